@@ -1,0 +1,1 @@
+"""Wire codecs. Only :class:`~sottovoce.errors.DecodeError` escapes a decoder."""

@@ -1,0 +1,245 @@
+"""The RFC 8446 §3 presentation language, with RFC 9420 §2.1.2 varint vectors.
+
+    Writer ── u8/u16/u32/u64, raw, opaque{8,16,24,32}, opaque_v, vector_v ──► bytes
+    bytes ──► Reader ── the same verbs ──► values; finish() rejects leftovers
+
+Rules enforced in one place (after aioquic's ``pull_block``):
+
+* a varint uses the minimal encoding for its value; the ``11`` prefix is invalid;
+* a length-prefixed block is consumed exactly by what is read from it;
+* reading past the end, or leaving bytes at the end, raises ``DecodeError``;
+* nothing but ``DecodeError`` escapes :func:`decode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.limits import MAX_DECODE_BYTES, VARINT_MAX
+
+T = TypeVar("T")
+
+
+def varint_bytes(value: int) -> bytes:
+    """RFC 9420 §2.1.2 minimal encoding of ``value``."""
+    if value < 0:
+        raise UsageError("varint must be non-negative")
+    if value < 0x40:
+        return bytes((value,))
+    if value < 0x4000:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value <= VARINT_MAX:
+        return (value | 0x80000000).to_bytes(4, "big")
+    raise UsageError("varint too large")
+
+
+class Writer:
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def getvalue(self) -> bytes:
+        return bytes(self._buf)
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def u8(self, v: int) -> None:
+        self._buf += _uint(v, 1)
+
+    def u16(self, v: int) -> None:
+        self._buf += _uint(v, 2)
+
+    def u32(self, v: int) -> None:
+        self._buf += _uint(v, 4)
+
+    def u64(self, v: int) -> None:
+        self._buf += _uint(v, 8)
+
+    def raw(self, data: bytes) -> None:
+        self._buf += data
+
+    def boolean(self, v: bool) -> None:
+        self._buf.append(1 if v else 0)
+
+    def varint(self, v: int) -> None:
+        self._buf += varint_bytes(v)
+
+    def opaque_v(self, data: bytes) -> None:
+        """``opaque data<V>`` (RFC 9420 §2.1.2)."""
+        self._buf += varint_bytes(len(data))
+        self._buf += data
+
+    def opaque8(self, data: bytes) -> None:
+        self._buf += _uint(len(data), 1) + data
+
+    def opaque16(self, data: bytes) -> None:
+        self._buf += _uint(len(data), 2) + data
+
+    def opaque24(self, data: bytes) -> None:
+        self._buf += _uint(len(data), 3) + data
+
+    def opaque32(self, data: bytes) -> None:
+        self._buf += _uint(len(data), 4) + data
+
+    def vector_v(self, items: Iterable[T], write: Callable[[Writer, T], None]) -> None:
+        """``T items<V>``: a varint byte length, then the encoded items."""
+        inner = Writer()
+        for item in items:
+            write(inner, item)
+        self.opaque_v(inner._buf)
+
+    def optional(self, value: T | None, write: Callable[[Writer, T], None]) -> None:
+        """``optional<T>`` (RFC 9420 §2.1.1): a presence octet, then T."""
+        if value is None:
+            self._buf.append(0)
+        else:
+            self._buf.append(1)
+            write(self, value)
+
+
+def _uint(v: int, n: int) -> bytes:
+    try:
+        return v.to_bytes(n, "big")
+    except OverflowError:
+        raise UsageError(f"value does not fit in uint{8 * n}") from None
+
+
+class Reader:
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self._data = data
+        self._pos = pos
+        self._end = len(data) if end is None else end
+
+    @property
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    def eof(self) -> bool:
+        return self._pos >= self._end
+
+    def finish(self) -> None:
+        """Reject trailing bytes."""
+        if self._pos != self._end:
+            raise DecodeError(f"{self._end - self._pos} trailing byte(s)")
+
+    def raw(self, n: int) -> bytes:
+        start = self._pos
+        stop = start + n
+        if n < 0 or stop > self._end:
+            raise DecodeError("truncated input")
+        self._pos = stop
+        return self._data[start:stop]
+
+    def _uint(self, n: int) -> int:
+        return int.from_bytes(self.raw(n), "big")
+
+    def u8(self) -> int:
+        if self._pos >= self._end:
+            raise DecodeError("truncated input")
+        v = self._data[self._pos]
+        self._pos += 1
+        return v
+
+    def u16(self) -> int:
+        return self._uint(2)
+
+    def u32(self) -> int:
+        return self._uint(4)
+
+    def u64(self) -> int:
+        return self._uint(8)
+
+    def boolean(self) -> bool:
+        v = self.u8()
+        if v > 1:
+            raise DecodeError("invalid boolean")
+        return v == 1
+
+    def varint(self) -> int:
+        first = self.u8()
+        prefix = first >> 6
+        if prefix == 0:
+            return first
+        if prefix == 1:
+            v = ((first & 0x3F) << 8) | self.u8()
+            if v < 0x40:
+                raise DecodeError("non-minimal varint")
+            return v
+        if prefix == 2:
+            v = ((first & 0x3F) << 24) | self._uint(3)
+            if v < 0x4000:
+                raise DecodeError("non-minimal varint")
+            return v
+        raise DecodeError("invalid varint prefix")
+
+    def opaque_v(self) -> bytes:
+        return self.raw(self.varint())
+
+    def opaque8(self) -> bytes:
+        return self.raw(self.u8())
+
+    def opaque16(self) -> bytes:
+        return self.raw(self.u16())
+
+    def opaque24(self) -> bytes:
+        return self.raw(self._uint(3))
+
+    def opaque32(self) -> bytes:
+        return self.raw(self.u32())
+
+    def block(self, n: int) -> Reader:
+        """A sub-reader over the next ``n`` bytes; the caller must finish() it."""
+        start = self._pos
+        if n < 0 or start + n > self._end:
+            raise DecodeError("truncated input")
+        self._pos = start + n
+        return Reader(self._data, start, start + n)
+
+    def vector_v(self, read: Callable[[Reader], T]) -> list[T]:
+        """``T items<V>``: items are read until the block is consumed exactly."""
+        sub = self.block(self.varint())
+        out: list[T] = []
+        while sub._pos < sub._end:
+            out.append(read(sub))
+        return out
+
+    def optional(self, read: Callable[[Reader], T]) -> T | None:
+        flag = self.u8()
+        if flag == 0:
+            return None
+        if flag != 1:
+            raise DecodeError("invalid optional presence octet")
+        return read(self)
+
+
+def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
+    w = Writer()
+    write(w, value)
+    return w.getvalue()
+
+
+def decode(read: Callable[[Reader], T], data: bytes) -> T:
+    """Decode ``data`` completely with ``read``; only ``DecodeError`` escapes.
+
+    Errors a careless reader could raise on hostile input (an out-of-range
+    enum value, say) are turned into ``DecodeError`` here, once.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise UsageError("decode expects bytes")
+    if len(data) > MAX_DECODE_BYTES:
+        raise DecodeError("input too large")
+    r = Reader(bytes(data))
+    try:
+        value = read(r)
+        r.finish()
+    except DecodeError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+        raise DecodeError(f"malformed input ({type(exc).__name__})") from None
+    return value

@@ -1,0 +1,45 @@
+"""Every size, count and time limit as a named constant, each with its reason.
+
+Limits live here so that a reviewer can see them all at once and so that the
+server, the client and the sans-IO cores agree on them.
+"""
+
+from __future__ import annotations
+
+# --- codec -------------------------------------------------------------------
+
+#: RFC 9420 §2.1.2: the variable-length integer has a 30-bit payload.
+VARINT_MAX = (1 << 30) - 1
+#: Largest single TLS-encoded structure we will decode; bounds memory per message.
+MAX_DECODE_BYTES = 16 * 1024 * 1024
+
+# --- identity ----------------------------------------------------------------
+
+#: Usernames are public aliases: short, printable, easy to read aloud.
+USERNAME_MIN_LEN = 3
+USERNAME_MAX_LEN = 32
+#: Device ids are opaque ASCII tokens chosen by the device.
+DEVICE_ID_MAX_LEN = 64
+#: A device certificate is valid for at most this long; devices renew before expiry.
+DEVICE_CERT_MAX_LIFETIME_MS = 2 * 365 * 24 * 3600 * 1000
+#: Tolerated clock skew between devices when checking "not yet valid".
+CLOCK_SKEW_MS = 5 * 60 * 1000
+#: Safety numbers: 60 digits, 12 groups of 5 (the Signal convention users know).
+SAFETY_NUMBER_DIGITS = 60
+#: Iterations of the safety-number fingerprint hash; slows brute-forcing collisions.
+SAFETY_NUMBER_ITERATIONS = 5200
+
+# --- pairwise ----------------------------------------------------------------
+
+#: Plaintexts are padded up to the next bucket so ciphertext length leaks little.
+PADDING_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+#: Above the largest bucket, pad to a multiple of this.
+PADDING_LARGE_STEP = 65536
+#: Largest 1:1 plaintext; larger content goes through attachments.
+MAX_PLAINTEXT_BYTES = 1024 * 1024
+#: One-time keys a device publishes per batch, and the stock below which it refills.
+ONE_TIME_KEYS_BATCH = 50
+ONE_TIME_KEYS_LOW_WATERMARK = 10
+#: Message ids remembered per session to reject duplicates after vodozemac's own
+#: ratchet has forgotten them (vodozemac keeps 40 skipped message keys per chain).
+SEEN_MESSAGE_IDS_PER_SESSION = 2048
