@@ -90,7 +90,7 @@ class Writer:
         inner = Writer()
         for item in items:
             write(inner, item)
-        self.opaque_v(inner._buf)
+        self.opaque_v(bytes(inner._buf))
 
     def optional(self, value: T | None, write: Callable[[Writer, T], None]) -> None:
         """``optional<T>`` (RFC 9420 §2.1.1): a presence octet, then T."""

@@ -131,7 +131,7 @@ class SigningKey:
             return cls(scheme, rng(32))
         if scheme is SignatureScheme.ED448:
             return cls(scheme, rng(57))
-        curve, _, size = _CURVES[scheme]
+        _, _, size = _CURVES[scheme]
         order = _ORDERS[scheme]
         while True:  # rejection sampling for a uniform scalar in [1, n-1]
             raw = bytearray(rng(size))
