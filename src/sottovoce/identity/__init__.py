@@ -1,0 +1,23 @@
+"""Account and device identity: keys, device certificates, revocation, safety numbers."""
+
+from sottovoce.identity.certificates import (
+    DeviceCertificate,
+    DevicePublicKeys,
+    RevocationStatement,
+    validate_device_id,
+    validate_username,
+)
+from sottovoce.identity.keys import AccountKey, DeviceSigningKey
+from sottovoce.identity.safety import SafetyNumber, safety_number
+
+__all__ = [
+    "AccountKey",
+    "DeviceCertificate",
+    "DevicePublicKeys",
+    "DeviceSigningKey",
+    "RevocationStatement",
+    "SafetyNumber",
+    "safety_number",
+    "validate_device_id",
+    "validate_username",
+]

@@ -1,0 +1,327 @@
+"""Device certificates and revocation statements (DESIGN §3).
+
+A device certificate is the account key's signature over the username, the
+device id, every public key of the device and its validity window. Anyone
+holding the account's public key can check it; the server checks it on upload
+but, holding no account key, can never make one.
+
+Both structures use the RFC 8446 presentation language (``codec.tls``); the
+signature covers a domain-separated encoding of every other field, so a
+signature made for one structure can never be replayed as another.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.crypto.sign import ed25519_verify
+from sottovoce.errors import (
+    CertificateExpired,
+    CertificateRevoked,
+    DecodeError,
+    IdentityError,
+    SignatureError,
+    UsageError,
+)
+from sottovoce.identity.keys import AccountKey
+from sottovoce.limits import (
+    CLOCK_SKEW_MS,
+    DEVICE_CERT_MAX_LIFETIME_MS,
+    DEVICE_ID_MAX_LEN,
+    USERNAME_MAX_LEN,
+    USERNAME_MIN_LEN,
+)
+
+CERT_VERSION = 1
+_CERT_DOMAIN = b"sottovoce device certificate v1"
+_REVOCATION_DOMAIN = b"sottovoce device revocation v1"
+
+_USERNAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?")
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ED25519_LEN = 32
+_SIG_LEN = 64
+
+
+def validate_username(name: str) -> str:
+    """Return ``name`` if it is a valid public alias, else raise :class:`UsageError`.
+
+    Lower-case letters, digits, ``_ . -``, starting and ending alphanumeric.
+    """
+    if not (USERNAME_MIN_LEN <= len(name) <= USERNAME_MAX_LEN) or not _USERNAME_RE.fullmatch(
+        name
+    ):
+        raise UsageError(
+            f"username must be {USERNAME_MIN_LEN}-{USERNAME_MAX_LEN} characters of a-z, 0-9, "
+            "'_', '.', '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_device_id(device_id: str) -> str:
+    if not (1 <= len(device_id) <= DEVICE_ID_MAX_LEN) or not _DEVICE_ID_RE.fullmatch(device_id):
+        raise UsageError(f"device id must be 1-{DEVICE_ID_MAX_LEN} characters of A-Z a-z 0-9 _ -")
+    return device_id
+
+
+def _read_name(r: Reader) -> str:
+    raw = r.opaque8()
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise DecodeError("identifier is not ASCII") from None
+
+
+def _read_key(r: Reader, length: int = _ED25519_LEN) -> bytes:
+    key = r.opaque8()
+    if len(key) != length:
+        raise DecodeError("key has the wrong length")
+    return key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DevicePublicKeys:
+    """Every public key of one device.
+
+    * ``signing_key``: Ed25519, authenticates the device to the server, signs prekeys;
+    * ``olm_identity_key`` / ``olm_signing_key``: the Olm account's Curve25519 and
+      Ed25519 identity keys (pairwise sessions);
+    * ``mls_signature_key``: the device's MLS signature public key (may be empty
+      until the device joins rooms).
+    """
+
+    signing_key: bytes
+    olm_identity_key: bytes
+    olm_signing_key: bytes
+    mls_signature_key: bytes = b""
+
+    def write(self, w: Writer) -> None:
+        w.opaque8(self.signing_key)
+        w.opaque8(self.olm_identity_key)
+        w.opaque8(self.olm_signing_key)
+        w.opaque_v(self.mls_signature_key)
+
+    @classmethod
+    def read(cls, r: Reader) -> DevicePublicKeys:
+        return cls(
+            signing_key=_read_key(r),
+            olm_identity_key=_read_key(r),
+            olm_signing_key=_read_key(r),
+            mls_signature_key=r.opaque_v(),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceCertificate:
+    username: str
+    account_key: bytes
+    device_id: str
+    keys: DevicePublicKeys
+    created_at_ms: int
+    expires_at_ms: int
+    signature: bytes
+    version: int = CERT_VERSION
+
+    # --- making one ------------------------------------------------------------
+
+    @classmethod
+    def issue(
+        cls,
+        account_key: AccountKey,
+        *,
+        username: str,
+        device_id: str,
+        keys: DevicePublicKeys,
+        now_ms: int,
+        lifetime_ms: int = DEVICE_CERT_MAX_LIFETIME_MS,
+    ) -> DeviceCertificate:
+        validate_username(username)
+        validate_device_id(device_id)
+        if not 0 < lifetime_ms <= DEVICE_CERT_MAX_LIFETIME_MS:
+            raise UsageError("certificate lifetime out of range")
+        unsigned = cls(
+            username=username,
+            account_key=account_key.public,
+            device_id=device_id,
+            keys=keys,
+            created_at_ms=now_ms,
+            expires_at_ms=now_ms + lifetime_ms,
+            signature=b"",
+        )
+        return cls(
+            username=username,
+            account_key=account_key.public,
+            device_id=device_id,
+            keys=keys,
+            created_at_ms=now_ms,
+            expires_at_ms=now_ms + lifetime_ms,
+            signature=account_key.sign(unsigned.tbs()),
+        )
+
+    # --- wire ------------------------------------------------------------------
+
+    def _write_body(self, w: Writer) -> None:
+        w.u8(self.version)
+        w.opaque8(self.username.encode("ascii"))
+        w.opaque8(self.account_key)
+        w.opaque8(self.device_id.encode("ascii"))
+        self.keys.write(w)
+        w.u64(self.created_at_ms)
+        w.u64(self.expires_at_ms)
+
+    def tbs(self) -> bytes:
+        """The bytes the account key signs."""
+        w = Writer()
+        w.opaque8(_CERT_DOMAIN)
+        self._write_body(w)
+        return w.getvalue()
+
+    def write(self, w: Writer) -> None:
+        self._write_body(w)
+        w.opaque8(self.signature)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> DeviceCertificate:
+        version = r.u8()
+        if version != CERT_VERSION:
+            raise DecodeError("unsupported certificate version")
+        username = _read_name(r)
+        account_key = _read_key(r)
+        device_id = _read_name(r)
+        keys = DevicePublicKeys.read(r)
+        created, expires = r.u64(), r.u64()
+        signature = _read_key(r, _SIG_LEN)
+        return cls(
+            username=username,
+            account_key=account_key,
+            device_id=device_id,
+            keys=keys,
+            created_at_ms=created,
+            expires_at_ms=expires,
+            signature=signature,
+            version=version,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeviceCertificate:
+        return decode(cls.read, data)
+
+    # --- checking one ------------------------------------------------------------
+
+    def verify(
+        self,
+        *,
+        now_ms: int,
+        account_key: bytes | None = None,
+        username: str | None = None,
+        revoked_device_ids: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """Check signature, binding, validity window and revocation.
+
+        ``account_key``/``username``: when given (from the directory or a
+        verified contact), the certificate must be bound to exactly them.
+        Raises :class:`IdentityError` (or its ``CertificateExpired`` /
+        ``CertificateRevoked`` subclasses); returns ``None`` on success.
+        """
+        try:
+            validate_username(self.username)
+            validate_device_id(self.device_id)
+        except UsageError as exc:
+            raise IdentityError("certificate names are malformed") from exc
+        if account_key is not None and account_key != self.account_key:
+            raise IdentityError("certificate is signed by a different account key")
+        if username is not None and username != self.username:
+            raise IdentityError("certificate is for a different username")
+        try:
+            ed25519_verify(self.account_key, self.tbs(), self.signature)
+        except SignatureError:
+            raise IdentityError("certificate signature is invalid") from None
+        if self.expires_at_ms - self.created_at_ms > DEVICE_CERT_MAX_LIFETIME_MS:
+            raise IdentityError("certificate lifetime exceeds the maximum")
+        if now_ms + CLOCK_SKEW_MS < self.created_at_ms:
+            raise IdentityError("certificate is not valid yet")
+        if now_ms >= self.expires_at_ms:
+            raise CertificateExpired("certificate has expired")
+        if self.device_id in revoked_device_ids:
+            raise CertificateRevoked("device has been revoked")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationStatement:
+    """The account key's statement that a device must no longer be trusted."""
+
+    username: str
+    account_key: bytes
+    device_id: str
+    revoked_at_ms: int
+    signature: bytes
+
+    @classmethod
+    def issue(
+        cls, account_key: AccountKey, *, username: str, device_id: str, now_ms: int
+    ) -> RevocationStatement:
+        validate_username(username)
+        validate_device_id(device_id)
+        unsigned = cls(
+            username=username,
+            account_key=account_key.public,
+            device_id=device_id,
+            revoked_at_ms=now_ms,
+            signature=b"",
+        )
+        return cls(
+            username=username,
+            account_key=account_key.public,
+            device_id=device_id,
+            revoked_at_ms=now_ms,
+            signature=account_key.sign(unsigned.tbs()),
+        )
+
+    def _write_body(self, w: Writer) -> None:
+        w.opaque8(self.username.encode("ascii"))
+        w.opaque8(self.account_key)
+        w.opaque8(self.device_id.encode("ascii"))
+        w.u64(self.revoked_at_ms)
+
+    def tbs(self) -> bytes:
+        w = Writer()
+        w.opaque8(_REVOCATION_DOMAIN)
+        self._write_body(w)
+        return w.getvalue()
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self._write_body(w)
+        w.opaque8(self.signature)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> RevocationStatement:
+        return cls(
+            username=_read_name(r),
+            account_key=_read_key(r),
+            device_id=_read_name(r),
+            revoked_at_ms=r.u64(),
+            signature=_read_key(r, _SIG_LEN),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> RevocationStatement:
+        return decode(cls.read, data)
+
+    def verify(self, *, account_key: bytes, username: str | None = None) -> None:
+        """Raise :class:`IdentityError` unless the account key signed this revocation."""
+        if account_key != self.account_key:
+            raise IdentityError("revocation is signed by a different account key")
+        if username is not None and username != self.username:
+            raise IdentityError("revocation is for a different username")
+        try:
+            ed25519_verify(self.account_key, self.tbs(), self.signature)
+        except SignatureError:
+            raise IdentityError("revocation signature is invalid") from None
