@@ -43,3 +43,38 @@ ONE_TIME_KEYS_LOW_WATERMARK = 10
 #: Message ids remembered per session to reject duplicates after vodozemac's own
 #: ratchet has forgotten them (vodozemac keeps 40 skipped message keys per chain).
 SEEN_MESSAGE_IDS_PER_SESSION = 2048
+
+# --- mls ---------------------------------------------------------------------
+
+#: RFC 9420 §7.8: node indices are uint32, so a tree holds at most 2^31 leaves.
+MLS_MAX_LEAVES = 1 << 31
+#: RFC 9420 §9: how far ahead of a sender's ratchet we derive to reach a generation;
+#: bounds the work one forged or far-future SenderData can make us do.
+MLS_MAX_FORWARD_RATCHET = 1000
+#: Skipped (not yet used) keys kept per sender ratchet for out-of-order delivery;
+#: bounds memory to 2 ratchets x this many keys per member.
+MLS_MAX_SKIPPED_KEYS = 128
+#: RFC 9420 §9: a ratchet generation is a uint32 in SenderData.
+MLS_MAX_GENERATION = (1 << 32) - 1
+
+# --- delivery protocol (KSMP v3) ---------------------------------------------
+
+#: Largest WebSocket frame either side accepts; bounds per-connection memory.
+MAX_FRAME_BYTES = 256 * 1024
+#: Largest single ciphertext in an envelope (base64-decoded); big content goes as attachments.
+MAX_CIPHERTEXT_BYTES = 160 * 1024
+#: Ciphertexts one send may carry: the recipient's devices plus our own other devices.
+MAX_SEND_DEVICES = 64
+#: Client-chosen ids (messageId, idempotencyKey, conversationId): opaque, bounded.
+MAX_ID_LEN = 128
+#: Prekeys accepted per upload and stored per device.
+MAX_PREKEYS_PER_UPLOAD = 100
+MAX_PREKEYS_PER_DEVICE = 500
+#: Frames replayed per resume batch before the server yields to other clients.
+REPLAY_BATCH = 500
+#: A server challenge must be answered within this window and only once.
+AUTH_CHALLENGE_TTL_MS = 30_000
+#: Unacked inbox frames are kept this long by default (server --retention-days).
+DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Keepalive: the server pings idle connections at this interval.
+KEEPALIVE_INTERVAL_MS = 20_000
