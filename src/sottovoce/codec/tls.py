@@ -206,7 +206,10 @@ class Reader:
         sub = self.block(self.varint())
         out: list[T] = []
         while sub._pos < sub._end:
+            before = sub._pos
             out.append(read(sub))
+            if sub._pos == before:  # an item that reads nothing would loop forever
+                raise DecodeError("vector item consumed no bytes")
         return out
 
     def optional(self, read: Callable[[Reader], T]) -> T | None:

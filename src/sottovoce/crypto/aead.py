@@ -65,6 +65,8 @@ class AeadKey:
         return f"AeadKey({self._alg.value}, <redacted>)"
 
     def seal(self, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+        if len(nonce) != self._alg.nonce_size:
+            raise UsageError("AEAD nonce has the wrong length")
         return self._cipher.encrypt(nonce, plaintext, aad)
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:

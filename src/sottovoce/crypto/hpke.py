@@ -13,6 +13,8 @@ from enum import IntEnum
 from typing import Any
 
 import pyhpke
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecryptionError, InvalidKey, UnsupportedError, UsageError
@@ -50,6 +52,15 @@ _NSK = {
 }
 
 
+_EC_CURVES: dict[KemId, ec.EllipticCurve] = {
+    KemId.P256_SHA256: ec.SECP256R1(),
+    KemId.P384_SHA384: ec.SECP384R1(),
+    KemId.P521_SHA512: ec.SECP521R1(),
+}
+_RAW = serialization.Encoding.Raw
+_RAW_PUB = serialization.PublicFormat.Raw
+
+
 @dataclass(frozen=True, slots=True)
 class KemKeyPair:
     private: Secret
@@ -68,7 +79,10 @@ class Context:
         self._ctx = ctx
 
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        return bytes(self._ctx.seal(plaintext, aad))
+        try:
+            return bytes(self._ctx.seal(plaintext, aad))
+        except pyhpke.NotSupportedError:
+            raise UsageError("this HPKE suite is export-only") from None
 
     def open(self, ciphertext: bytes, aad: bytes = b"") -> bytes:
         try:
@@ -105,15 +119,34 @@ class Hpke:
 
     def derive_key_pair(self, ikm: bytes) -> KemKeyPair:
         kp = self._suite.kem.derive_key_pair(ikm)
-        return KemKeyPair(
-            Secret(kp.private_key.to_private_bytes()), bytes(kp.public_key.to_public_bytes())
-        )
+        raw = bytes(kp.private_key.to_private_bytes())
+        # pyhpke 0.6.5 zero-pads EC scalars to the curve size in *bits*; RFC 9180
+        # §7.1.2 SerializePrivateKey is exactly Nsk big-endian bytes.
+        private = int.from_bytes(raw, "big").to_bytes(self.private_key_size, "big")
+        return KemKeyPair(Secret(private), bytes(kp.public_key.to_public_bytes()))
 
     def generate_key_pair(self, rng: Random) -> KemKeyPair:
         return self.derive_key_pair(rng(self.private_key_size))
 
     def public_from_private(self, private: bytes | Secret) -> bytes:
-        return bytes(self._private(private).to_public_bytes())
+        """SerializePublicKey(pk(sk)) (RFC 9180 §7.1.1)."""
+        raw = private.expose() if isinstance(private, Secret) else private
+        try:
+            if self.kem is KemId.X25519_SHA256:
+                return x25519.X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+                    _RAW, _RAW_PUB
+                )
+            if self.kem is KemId.X448_SHA512:
+                return x448.X448PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+                    _RAW, _RAW_PUB
+                )
+            curve = _EC_CURVES[self.kem]
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), curve)
+            return key.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        except ValueError:
+            raise InvalidKey("malformed HPKE private key") from None
 
     def _private(self, private: bytes | Secret) -> Any:
         raw = private.expose() if isinstance(private, Secret) else private

@@ -1,0 +1,31 @@
+"""Shared fixtures: a deterministic random source for the sans-IO core."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from sottovoce.crypto.rng import Random
+
+
+def deterministic_rng(seed: bytes = b"sottovoce-tests") -> Random:
+    """A seeded ``Random``: SHAKE-256 over ``seed || counter``, one call per block.
+
+    Reproducible across runs and platforms; never use outside tests.
+    """
+    counter = 0
+
+    def rng(n: int) -> bytes:
+        nonlocal counter
+        block = hashlib.shake_256(seed + counter.to_bytes(8, "big")).digest(n)
+        counter += 1
+        return block
+
+    return rng
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> Random:
+    """A fresh deterministic source per test, seeded by the test's node id."""
+    return deterministic_rng(request.node.nodeid.encode())

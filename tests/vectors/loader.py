@@ -1,0 +1,87 @@
+"""The one loader for test vectors (STYLE.md rule 7: vectors are data).
+
+Vector files live outside the repository, read-only, in ``../shared/vectors``
+(override with the ``SOTTOVOCE_VECTORS`` environment variable). Tests never
+open vector files themselves; they call :func:`load` or :func:`params`:
+
+    from tests.vectors.loader import load, params
+
+    @pytest.mark.parametrize("vector", params("mls/tree-math.json"))
+    def test_tree_math(vector): ...
+
+A missing file skips the tests that need it, with the path in the reason, so
+a checkout without the shared data still collects cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: <repo>/../shared/vectors, i.e. /work/shared/vectors for a repo at /work/main.
+_DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+
+VECTORS_DIR: Path = Path(os.environ.get("SOTTOVOCE_VECTORS") or _DEFAULT_DIR)
+
+
+def path(relpath: str) -> Path:
+    """Absolute path of a vector file, relative to :data:`VECTORS_DIR`."""
+    return VECTORS_DIR / relpath
+
+
+def _missing_reason(relpath: str) -> str:
+    return f"vector file {relpath} not found under {VECTORS_DIR} (set SOTTOVOCE_VECTORS)"
+
+
+def load(relpath: str) -> Any:
+    """Parsed JSON of ``relpath``; skips the calling test (or module) if absent."""
+    p = path(relpath)
+    if not p.is_file():
+        pytest.skip(_missing_reason(relpath), allow_module_level=True)
+    with p.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _default_id(index: int, item: Any) -> str:
+    # "suite1-#3" for MLS-style vectors, "#3" otherwise.
+    if isinstance(item, dict) and "cipher_suite" in item:
+        return f"suite{item['cipher_suite']}-#{index}"
+    return f"#{index}"
+
+
+def params(
+    relpath: str,
+    id_fn: Callable[[Any], str] | None = None,
+    *,
+    key: str | None = None,
+) -> list[Any]:
+    """One ``pytest.param`` per vector in the JSON list of ``relpath``.
+
+    ``id_fn(vector) -> str`` names each case (default: ``suite<N>-#<i>`` or
+    ``#<i>``); repeated names get ``-#<i>`` appended so every id is unique.
+    ``key`` picks a list inside a JSON object (e.g. ``key="header"`` for
+    ``sframe/test-vectors.json``). If the file is absent, the result is a
+    single skipped param whose reason names the missing path.
+    """
+    p = path(relpath)
+    if not p.is_file():
+        return [pytest.param(None, id="missing", marks=pytest.mark.skip(_missing_reason(relpath)))]
+    data = load(relpath)
+    if key is not None:
+        data = data[key]
+    if not isinstance(data, list):
+        raise TypeError(f"{relpath}{'[' + key + ']' if key else ''} is not a JSON list")
+    out: list[Any] = []
+    seen: set[str] = set()
+    for i, item in enumerate(data):
+        name = id_fn(item) if id_fn is not None else _default_id(i, item)
+        if name in seen:
+            name = f"{name}-#{i}"
+        seen.add(name)
+        out.append(pytest.param(item, id=name))
+    return out
