@@ -1,50 +1,54 @@
-"""Entry point of the `sottovoce` command."""
+"""Entry point of the `sottovoce` command.
+
+Each command family lives in its own module exposing
+``add_commands(subparsers)``; every parser it adds sets ``func`` (a callable
+taking the parsed ``argparse.Namespace`` and returning an exit code).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from sottovoce import __version__
 from sottovoce.errors import SottovoceError
 
+#: Modules that contribute subcommands, in help order.
+COMMAND_MODULES = (
+    "sottovoce.cli.demo",
+)
 
-def _build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sottovoce",
         description="End-to-end encrypted messaging with a blind relay server.",
-        epilog="Run 'sottovoce COMMAND --help' for the options of one command.",
+        epilog="Run 'sottovoce COMMAND --help' for the options and an example of one command.",
     )
     parser.add_argument("--version", action="version", version=f"sottovoce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
-        "demo",
-        help="two users exchange messages through an in-memory relay that sees only ciphertext",
-        description=(
-            "Create two users (alice and bob) with one device each, publish signed prekeys, "
-            "open an Olm session, exchange messages both ways, then print what the relay in "
-            "the middle saw and both users' safety numbers. Runs offline, in one process."
-        ),
-        epilog="example:\n  sottovoce demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "demo":
-            from sottovoce.cli.demo import run_demo
-
-            return run_demo()
+    func = getattr(args, "func", None)
+    if func is None:
         parser.print_help()
         return 2
+    try:
+        code: int = func(args)
+        return code
     except SottovoceError as exc:
         print(f"sottovoce: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,30 @@ Session, in order::
     client: ksmpv3.ack.read {upToGlobalInboxSeq} (server deletes those frames)
     either: ping / pong;  server: ksmpv3.error {code, message, retryable, retryAfterMs}
 
+Replies (``data`` of each server event; binary fields base64)::
+
+    sottovoce.challenge        {nonce, serverTimeMs}
+    ksmpv3.connected           {userId, deviceId, serverTimeMs, latestGlobalInboxSeq, heartbeatMs}
+    sottovoce.registered       {userId, deviceId}
+    sottovoce.username.result  {username, available}
+    sottovoce.directory.result {username, accountKey, devices: [{deviceId, certificate}],
+                                revokedDeviceIds: [..]}
+    sottovoce.prekeys.bundles  {username, bundles: [PrekeyBundle.encode()]}  one per device
+    sottovoce.prekeys.stored   {oneTimeKeys: <count now stored>}
+    sottovoce.prekeys.low      {remaining}                 (pushed when stock < low watermark)
+    sottovoce.device.added     {deviceId};  sottovoce.device.revoked {deviceId}
+    sottovoce.push.registered  {}
+    ksmpv3.send.ack            {messageId, idempotencyKey, conversationId, serverSeq,
+                                serverReceivedAtMs, duplicate}
+    ksmpv3.inbox.frame         {globalInboxSeq, envelope}  (globalInboxSeq 0 = ephemeral)
+    sottovoce.replay.done      {upToGlobalInboxSeq}
+    ksmpv3.error               {code, message, retryable, retryAfterMs, [messageId], [details]}
+
+A reply carries the ``requestId`` of the request it answers. A send whose
+ciphertexts do not cover exactly the recipient's active devices (plus the
+sender's other devices) gets ``ksmpv3.error`` code ``device_mismatch`` with
+``details: {missing: [{userId, deviceId}], stale: [{userId, deviceId}]}``.
+
 The challenge signature is the device signing key's Ed25519 signature over
 :func:`auth_message` (domain, nonce, username, device id). Events validate
 themselves when parsed, so a malformed event never exists past this module.
