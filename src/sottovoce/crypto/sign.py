@@ -48,7 +48,8 @@ def _private_from_bytes(
         if scheme is SignatureScheme.ED448:
             return ed448.Ed448PrivateKey.from_private_bytes(data)
         curve, _, size = _CURVES[scheme]
-        if len(data) != size:
+        # Some encoders drop leading zero octets of the scalar; accept up to the size.
+        if not 0 < len(data) <= size:
             raise ValueError
         return ec.derive_private_key(int.from_bytes(data, "big"), curve)
     except ValueError:

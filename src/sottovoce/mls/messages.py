@@ -1,0 +1,969 @@
+"""RFC 9420 wire structures (§5.3, §7, §10–12), byte-exact and sans-IO.
+
+Each struct is a frozen dataclass with ``write(w)`` / ``read(r)`` for use
+inside larger structures and ``encode()`` / ``decode(data)`` for a whole
+value (decoding consumes exactly and raises only ``DecodeError``).
+
+Selects are modelled as Python unions rather than tagged records:
+
+* ``Proposal`` is the union of the seven proposal bodies; each body class
+  carries its ``proposal_type``. ``Add.encode()`` is the bare ``Add`` struct;
+  :func:`encode_proposal` is the ``Proposal`` select (type + body).
+* ``ProposalOrRef`` is ``Proposal | bytes``: a ``bytes`` value is a
+  ProposalRef (a reference), anything else a proposal by value.
+* ``Node`` is ``LeafNode | ParentNode``; a ratchet tree is a list of
+  ``Node | None`` (``None`` = blank), see :func:`read_ratchet_tree`.
+
+Code points the RFC asks us to ignore when unknown (capabilities, extension
+types) are kept as plain ints so they round-trip. Code points that select a
+structure (credential, proposal, node, PSK type, leaf node source) must be
+known: an unknown one leaves the rest of the bytes unparseable, so decoding
+fails with ``DecodeError`` (RFC 9420 §13.5 forbids GREASE in those fields).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from typing import ClassVar, Self
+
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
+from sottovoce.crypto.sign import SigningKey, VerifyKey
+from sottovoce.crypto.suite import CipherSuite
+from sottovoce.errors import DecodeError, SignatureError, UsageError
+from sottovoce.mls.common import (
+    CredentialType,
+    Extension,
+    GroupContext,
+    ProposalType,
+    ProtocolVersion,
+    read_enum,
+    read_extensions,
+    write_extensions,
+)
+from sottovoce.mls.errors import InvalidSignature, MlsDecodeError
+from sottovoce.mls.key_schedule import PreSharedKeyID as PreSharedKeyID
+from sottovoce.mls.key_schedule import PSKType as PSKType
+from sottovoce.mls.key_schedule import ResumptionPSKUsage as ResumptionPSKUsage
+from sottovoce.secret import Secret
+
+# --- code points local to these structs ---------------------------------------
+
+
+class LeafNodeSource(IntEnum):
+    """RFC 9420 §7.2."""
+
+    KEY_PACKAGE = 1
+    UPDATE = 2
+    COMMIT = 3
+
+
+class NodeType(IntEnum):
+    """RFC 9420 §7.8."""
+
+    LEAF = 1
+    PARENT = 2
+
+
+class ProposalOrRefType(IntEnum):
+    """RFC 9420 §12.4."""
+
+    PROPOSAL = 1
+    REFERENCE = 2
+
+
+# RFC 9420 §5.2 / §5.1.2 labels. RefHash labels carry the full "MLS 1.0 " text;
+# SignWithLabel adds the prefix itself.
+KEY_PACKAGE_REF_LABEL = b"MLS 1.0 KeyPackage Reference"
+PROPOSAL_REF_LABEL = b"MLS 1.0 Proposal Reference"
+LEAF_NODE_TBS_LABEL = b"LeafNodeTBS"
+KEY_PACKAGE_TBS_LABEL = b"KeyPackageTBS"
+GROUP_INFO_TBS_LABEL = b"GroupInfoTBS"
+
+
+class WireStruct:
+    """Shared ``encode``/``decode`` for the wire structs; subclasses give read/write."""
+
+    __slots__ = ()
+
+    def write(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Decode exactly ``data``; raises only ``DecodeError``."""
+        return decode(cls.read, data)
+
+
+def write_struct(w: Writer, item: WireStruct) -> None:
+    """``Writer.vector_v``/``optional`` callback for any :class:`WireStruct`."""
+    item.write(w)
+
+
+# Vectors of fixed-width integers are packed and unpacked in one struct call:
+# capabilities and unmerged_leaves appear on every node of a large tree.
+
+
+def _read_uints(r: Reader, width: int, fmt: str) -> tuple[int, ...]:
+    data = r.opaque_v()
+    if len(data) % width:
+        raise DecodeError("integer vector length is not a multiple of its item size")
+    return struct.unpack(f">{len(data) // width}{fmt}", data)
+
+
+def _write_uints(w: Writer, values: tuple[int, ...], fmt: str) -> None:
+    try:
+        w.opaque_v(struct.pack(f">{len(values)}{fmt}", *values))
+    except struct.error:
+        raise UsageError("integer does not fit its vector item type") from None
+
+
+def _u16s(r: Reader) -> tuple[int, ...]:
+    return _read_uints(r, 2, "H")
+
+
+def _w_u16s(w: Writer, values: tuple[int, ...]) -> None:
+    _write_uints(w, values, "H")
+
+
+def _verify(key: VerifyKey, label: bytes, tbs: bytes, signature: bytes) -> None:
+    try:
+        verify_with_label(key, label, tbs, signature)
+    except SignatureError:
+        raise InvalidSignature(f"{label.decode()} signature does not verify") from None
+
+
+# --- credentials (§5.3) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credential(WireStruct):
+    """RFC 9420 §5.3. ``identity`` for basic, ``certificates`` (DER, leaf first) for x509.
+
+    Unknown credential types cannot be decoded (the select gives no length for
+    their body) and raise ``DecodeError``; RFC 9420 §13.5 forbids GREASE here.
+    """
+
+    credential_type: CredentialType
+    identity: bytes = b""
+    certificates: tuple[bytes, ...] = ()
+
+    @classmethod
+    def basic(cls, identity: bytes) -> Credential:
+        return cls(credential_type=CredentialType.BASIC, identity=identity)
+
+    @classmethod
+    def x509(cls, certificates: Sequence[bytes]) -> Credential:
+        return cls(credential_type=CredentialType.X509, certificates=tuple(certificates))
+
+    def write(self, w: Writer) -> None:
+        w.u16(self.credential_type)
+        if self.credential_type == CredentialType.BASIC:
+            w.opaque_v(self.identity)
+        elif self.credential_type == CredentialType.X509:
+            w.vector_v(self.certificates, Writer.opaque_v)
+        else:
+            raise UsageError("unknown credential type")
+
+    @classmethod
+    def read(cls, r: Reader) -> Credential:
+        ctype = read_enum(r, CredentialType, 2)
+        if ctype == CredentialType.BASIC:
+            return cls(credential_type=ctype, identity=r.opaque_v())
+        return cls(credential_type=ctype, certificates=tuple(r.vector_v(Reader.opaque_v)))
+
+
+# --- leaf nodes (§7.2) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities(WireStruct):
+    """RFC 9420 §7.2. All lists are raw uint16 code points (unknown values are kept)."""
+
+    versions: tuple[int, ...] = (ProtocolVersion.MLS10,)
+    cipher_suites: tuple[int, ...] = ()
+    extensions: tuple[int, ...] = ()
+    proposals: tuple[int, ...] = ()
+    credentials: tuple[int, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        _w_u16s(w, self.versions)
+        _w_u16s(w, self.cipher_suites)
+        _w_u16s(w, self.extensions)
+        _w_u16s(w, self.proposals)
+        _w_u16s(w, self.credentials)
+
+    @classmethod
+    def read(cls, r: Reader) -> Capabilities:
+        return cls(
+            versions=_u16s(r),
+            cipher_suites=_u16s(r),
+            extensions=_u16s(r),
+            proposals=_u16s(r),
+            credentials=_u16s(r),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lifetime(WireStruct):
+    """RFC 9420 §7.2: seconds since the Unix epoch."""
+
+    not_before: int
+    not_after: int
+
+    def write(self, w: Writer) -> None:
+        w.u64(self.not_before)
+        w.u64(self.not_after)
+
+    @classmethod
+    def read(cls, r: Reader) -> Lifetime:
+        return cls(not_before=r.u64(), not_after=r.u64())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeafNode(WireStruct):
+    """RFC 9420 §7.2.
+
+    ``lifetime`` is present exactly for ``key_package`` leaves; ``parent_hash``
+    is only encoded for ``commit`` leaves (it is ``b""`` otherwise).
+    """
+
+    encryption_key: bytes
+    signature_key: bytes
+    credential: Credential
+    capabilities: Capabilities
+    leaf_node_source: LeafNodeSource
+    lifetime: Lifetime | None = None
+    parent_hash: bytes = b""
+    extensions: tuple[Extension, ...] = ()
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        if (self.lifetime is not None) != (self.leaf_node_source == LeafNodeSource.KEY_PACKAGE):
+            raise UsageError("a LeafNode has a lifetime exactly when its source is key_package")
+        if self.parent_hash and self.leaf_node_source != LeafNodeSource.COMMIT:
+            raise UsageError("only a commit-source LeafNode carries a parent_hash")
+
+    def _write_content(self, w: Writer) -> None:
+        w.opaque_v(self.encryption_key)
+        w.opaque_v(self.signature_key)
+        self.credential.write(w)
+        self.capabilities.write(w)
+        w.u8(self.leaf_node_source)
+        if self.lifetime is not None:
+            self.lifetime.write(w)
+        elif self.leaf_node_source == LeafNodeSource.COMMIT:
+            w.opaque_v(self.parent_hash)
+        write_extensions(w, self.extensions)
+
+    def write(self, w: Writer) -> None:
+        self._write_content(w)
+        w.opaque_v(self.signature)
+
+    @classmethod
+    def read(cls, r: Reader) -> LeafNode:
+        encryption_key = r.opaque_v()
+        signature_key = r.opaque_v()
+        credential = Credential.read(r)
+        capabilities = Capabilities.read(r)
+        source = read_enum(r, LeafNodeSource)
+        lifetime = None
+        parent_hash = b""
+        if source == LeafNodeSource.KEY_PACKAGE:
+            lifetime = Lifetime.read(r)
+        elif source == LeafNodeSource.COMMIT:
+            parent_hash = r.opaque_v()
+        return cls(
+            encryption_key=encryption_key,
+            signature_key=signature_key,
+            credential=credential,
+            capabilities=capabilities,
+            leaf_node_source=source,
+            lifetime=lifetime,
+            parent_hash=parent_hash,
+            extensions=read_extensions(r),
+            signature=r.opaque_v(),
+        )
+
+    def tbs(self, group_id: bytes | None = None, leaf_index: int | None = None) -> bytes:
+        """LeafNodeTBS (§7.2): update/commit leaves are bound to group_id and leaf_index."""
+        w = Writer()
+        self._write_content(w)
+        if self.leaf_node_source != LeafNodeSource.KEY_PACKAGE:
+            if group_id is None or leaf_index is None:
+                raise UsageError("update/commit LeafNodeTBS needs group_id and leaf_index")
+            w.opaque_v(group_id)
+            w.u32(leaf_index)
+        return w.getvalue()
+
+    def signed(
+        self, key: SigningKey, group_id: bytes | None = None, leaf_index: int | None = None
+    ) -> LeafNode:
+        """A copy carrying SignWithLabel(key, "LeafNodeTBS", LeafNodeTBS)."""
+        sig = sign_with_label(key, LEAF_NODE_TBS_LABEL, self.tbs(group_id, leaf_index))
+        return replace(self, signature=sig)
+
+    def verify_signature(
+        self, suite: CipherSuite, group_id: bytes | None = None, leaf_index: int | None = None
+    ) -> None:
+        """Check the signature under this leaf's own signature_key; raises InvalidSignature."""
+        key = suite.verify_key(self.signature_key)
+        _verify(key, LEAF_NODE_TBS_LABEL, self.tbs(group_id, leaf_index), self.signature)
+
+
+def leaf_node_tbs(leaf: LeafNode, group_id: bytes | None, leaf_index: int | None) -> bytes:
+    """RFC 9420 §7.2 LeafNodeTBS bytes (group_id/leaf_index ignored for key_package leaves)."""
+    return leaf.tbs(group_id, leaf_index)
+
+
+# --- parent nodes and the ratchet tree (§7.1, §12.4.3.3) ----------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParentNode(WireStruct):
+    """RFC 9420 §7.1."""
+
+    encryption_key: bytes
+    parent_hash: bytes = b""
+    unmerged_leaves: tuple[int, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.encryption_key)
+        w.opaque_v(self.parent_hash)
+        _write_uints(w, self.unmerged_leaves, "I")
+
+    @classmethod
+    def read(cls, r: Reader) -> ParentNode:
+        return cls(
+            encryption_key=r.opaque_v(),
+            parent_hash=r.opaque_v(),
+            unmerged_leaves=_read_uints(r, 4, "I"),
+        )
+
+
+Node = LeafNode | ParentNode
+
+
+def write_node(w: Writer, node: Node) -> None:
+    """RFC 9420 §12.4.3.3 ``Node``: a NodeType octet, then the node."""
+    if isinstance(node, LeafNode):
+        w.u8(NodeType.LEAF)
+    else:
+        w.u8(NodeType.PARENT)
+    node.write(w)
+
+
+def read_node(r: Reader) -> Node:
+    if read_enum(r, NodeType) == NodeType.LEAF:
+        return LeafNode.read(r)
+    return ParentNode.read(r)
+
+
+def _write_opt_node(w: Writer, node: Node | None) -> None:
+    if node is None:
+        w.u8(0)
+    else:
+        w.u8(1)
+        write_node(w, node)
+
+
+def _read_opt_node(r: Reader) -> Node | None:
+    return r.optional(read_node)
+
+
+def write_ratchet_tree(w: Writer, nodes: Sequence[Node | None]) -> None:
+    """``optional<Node> ratchet_tree<V>`` with trailing blanks dropped (§12.4.3.3)."""
+    end = len(nodes)
+    while end and nodes[end - 1] is None:
+        end -= 1
+    w.vector_v(nodes[:end], _write_opt_node)
+
+
+def read_ratchet_tree(r: Reader) -> list[Node | None]:
+    """Read a ratchet tree in array order (leaf ``L`` at ``2L``), unpadded.
+
+    Structural rules checked here (§12.4.3.3): the tree is not empty, its
+    last entry is not blank, leaves sit at even and parents at odd indices.
+    Padding to ``2^(d+1) - 1`` nodes is left to the tree code.
+    """
+    nodes = r.vector_v(_read_opt_node)
+    if not nodes or nodes[-1] is None:
+        raise MlsDecodeError("ratchet tree is empty or ends with a blank node")
+    for i, node in enumerate(nodes):
+        if node is not None and isinstance(node, LeafNode) != (i % 2 == 0):
+            raise MlsDecodeError("ratchet tree node type does not match its position")
+    return nodes
+
+
+def encode_ratchet_tree(nodes: Sequence[Node | None]) -> bytes:
+    w = Writer()
+    write_ratchet_tree(w, nodes)
+    return w.getvalue()
+
+
+def decode_ratchet_tree(data: bytes) -> list[Node | None]:
+    return decode(read_ratchet_tree, data)
+
+
+# --- update paths (§7.6) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HPKECiphertext(WireStruct):
+    """RFC 9420 §7.6."""
+
+    kem_output: bytes
+    ciphertext: bytes
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.kem_output)
+        w.opaque_v(self.ciphertext)
+
+    @classmethod
+    def read(cls, r: Reader) -> HPKECiphertext:
+        return cls(kem_output=r.opaque_v(), ciphertext=r.opaque_v())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdatePathNode(WireStruct):
+    """RFC 9420 §7.6: one ciphertext per node of the copath node's resolution."""
+
+    encryption_key: bytes
+    encrypted_path_secret: tuple[HPKECiphertext, ...]
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.encryption_key)
+        w.vector_v(self.encrypted_path_secret, write_struct)
+
+    @classmethod
+    def read(cls, r: Reader) -> UpdatePathNode:
+        return cls(
+            encryption_key=r.opaque_v(),
+            encrypted_path_secret=tuple(r.vector_v(HPKECiphertext.read)),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdatePath(WireStruct):
+    """RFC 9420 §7.6."""
+
+    leaf_node: LeafNode
+    nodes: tuple[UpdatePathNode, ...]
+
+    def write(self, w: Writer) -> None:
+        self.leaf_node.write(w)
+        w.vector_v(self.nodes, write_struct)
+
+    @classmethod
+    def read(cls, r: Reader) -> UpdatePath:
+        return cls(leaf_node=LeafNode.read(r), nodes=tuple(r.vector_v(UpdatePathNode.read)))
+
+
+# --- key packages (§10) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyPackage(WireStruct):
+    """RFC 9420 §10."""
+
+    version: int = ProtocolVersion.MLS10
+    cipher_suite: int
+    init_key: bytes
+    leaf_node: LeafNode
+    extensions: tuple[Extension, ...] = ()
+    signature: bytes = b""
+
+    def _write_content(self, w: Writer) -> None:
+        w.u16(self.version)
+        w.u16(self.cipher_suite)
+        w.opaque_v(self.init_key)
+        self.leaf_node.write(w)
+        write_extensions(w, self.extensions)
+
+    def write(self, w: Writer) -> None:
+        self._write_content(w)
+        w.opaque_v(self.signature)
+
+    @classmethod
+    def read(cls, r: Reader) -> KeyPackage:
+        return cls(
+            version=r.u16(),
+            cipher_suite=r.u16(),
+            init_key=r.opaque_v(),
+            leaf_node=LeafNode.read(r),
+            extensions=read_extensions(r),
+            signature=r.opaque_v(),
+        )
+
+    def tbs(self) -> bytes:
+        """KeyPackageTBS (§10): every field but the signature."""
+        w = Writer()
+        self._write_content(w)
+        return w.getvalue()
+
+    def signed(self, key: SigningKey) -> KeyPackage:
+        return replace(self, signature=sign_with_label(key, KEY_PACKAGE_TBS_LABEL, self.tbs()))
+
+    def verify_signature(self, suite: CipherSuite) -> None:
+        """Check under ``leaf_node.signature_key``; raises InvalidSignature."""
+        key = suite.verify_key(self.leaf_node.signature_key)
+        _verify(key, KEY_PACKAGE_TBS_LABEL, self.tbs(), self.signature)
+
+    def ref(self, suite: CipherSuite) -> bytes:
+        """KeyPackageRef (§5.2), with the hash of this KeyPackage's own suite."""
+        return make_key_package_ref(suite, self.encode())
+
+
+def make_key_package_ref(suite: CipherSuite, encoded_key_package: bytes) -> bytes:
+    """RFC 9420 §5.2 MakeKeyPackageRef over the encoded KeyPackage."""
+    return ref_hash(suite, KEY_PACKAGE_REF_LABEL, encoded_key_package)
+
+
+def make_proposal_ref(suite: CipherSuite, encoded_authenticated_content: bytes) -> bytes:
+    """RFC 9420 §5.2 MakeProposalRef over the encoded AuthenticatedContent."""
+    return ref_hash(suite, PROPOSAL_REF_LABEL, encoded_authenticated_content)
+
+
+# --- pre-shared keys (§8.4) -------------------------------------------------------
+# PreSharedKeyID (with PSKType, ResumptionPSKUsage) lives in key_schedule, which
+# uses it for psk_secret; it is re-exported here for the PreSharedKey proposal
+# and GroupSecrets.
+
+
+def _write_psk_id(w: Writer, psk: PreSharedKeyID) -> None:
+    psk.write(w)
+
+
+# --- proposals (§12.1) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Add(WireStruct):
+    """RFC 9420 §12.1.1."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.ADD
+    key_package: KeyPackage
+
+    def write(self, w: Writer) -> None:
+        self.key_package.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> Add:
+        return cls(key_package=KeyPackage.read(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Update(WireStruct):
+    """RFC 9420 §12.1.2."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.UPDATE
+    leaf_node: LeafNode
+
+    def write(self, w: Writer) -> None:
+        self.leaf_node.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> Update:
+        return cls(leaf_node=LeafNode.read(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remove(WireStruct):
+    """RFC 9420 §12.1.3."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.REMOVE
+    removed: int
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.removed)
+
+    @classmethod
+    def read(cls, r: Reader) -> Remove:
+        return cls(removed=r.u32())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreSharedKey(WireStruct):
+    """RFC 9420 §12.1.4."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.PSK
+    psk: PreSharedKeyID
+
+    def write(self, w: Writer) -> None:
+        self.psk.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> PreSharedKey:
+        return cls(psk=PreSharedKeyID.read(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReInit(WireStruct):
+    """RFC 9420 §12.1.5."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.REINIT
+    group_id: bytes
+    version: int = ProtocolVersion.MLS10
+    cipher_suite: int
+    extensions: tuple[Extension, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.group_id)
+        w.u16(self.version)
+        w.u16(self.cipher_suite)
+        write_extensions(w, self.extensions)
+
+    @classmethod
+    def read(cls, r: Reader) -> ReInit:
+        return cls(
+            group_id=r.opaque_v(),
+            version=r.u16(),
+            cipher_suite=r.u16(),
+            extensions=read_extensions(r),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalInit(WireStruct):
+    """RFC 9420 §12.1.6."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.EXTERNAL_INIT
+    kem_output: bytes
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.kem_output)
+
+    @classmethod
+    def read(cls, r: Reader) -> ExternalInit:
+        return cls(kem_output=r.opaque_v())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupContextExtensions(WireStruct):
+    """RFC 9420 §12.1.7."""
+
+    proposal_type: ClassVar[ProposalType] = ProposalType.GROUP_CONTEXT_EXTENSIONS
+    extensions: tuple[Extension, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        write_extensions(w, self.extensions)
+
+    @classmethod
+    def read(cls, r: Reader) -> GroupContextExtensions:
+        return cls(extensions=read_extensions(r))
+
+
+Proposal = Add | Update | Remove | PreSharedKey | ReInit | ExternalInit | GroupContextExtensions
+
+_PROPOSAL_READERS: dict[ProposalType, Callable[[Reader], Proposal]] = {
+    ProposalType.ADD: Add.read,
+    ProposalType.UPDATE: Update.read,
+    ProposalType.REMOVE: Remove.read,
+    ProposalType.PSK: PreSharedKey.read,
+    ProposalType.REINIT: ReInit.read,
+    ProposalType.EXTERNAL_INIT: ExternalInit.read,
+    ProposalType.GROUP_CONTEXT_EXTENSIONS: GroupContextExtensions.read,
+}
+
+
+def write_proposal(w: Writer, proposal: Proposal) -> None:
+    """RFC 9420 §12.1 ``Proposal``: uint16 proposal_type, then the body."""
+    w.u16(proposal.proposal_type)
+    proposal.write(w)
+
+
+def read_proposal(r: Reader) -> Proposal:
+    ptype = read_enum(r, ProposalType, 2)
+    return _PROPOSAL_READERS[ptype](r)
+
+
+def encode_proposal(proposal: Proposal) -> bytes:
+    w = Writer()
+    write_proposal(w, proposal)
+    return w.getvalue()
+
+
+def decode_proposal(data: bytes) -> Proposal:
+    return decode(read_proposal, data)
+
+
+# --- commit (§12.4) ---------------------------------------------------------------
+
+#: A proposal by value, or a ProposalRef (``bytes``) by reference.
+ProposalOrRef = Proposal | bytes
+
+
+def write_proposal_or_ref(w: Writer, item: ProposalOrRef) -> None:
+    if isinstance(item, bytes):
+        w.u8(ProposalOrRefType.REFERENCE)
+        w.opaque_v(item)
+    else:
+        w.u8(ProposalOrRefType.PROPOSAL)
+        write_proposal(w, item)
+
+
+def read_proposal_or_ref(r: Reader) -> ProposalOrRef:
+    if read_enum(r, ProposalOrRefType) == ProposalOrRefType.REFERENCE:
+        return r.opaque_v()
+    return read_proposal(r)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Commit(WireStruct):
+    """RFC 9420 §12.4."""
+
+    proposals: tuple[ProposalOrRef, ...] = ()
+    path: UpdatePath | None = None
+
+    def write(self, w: Writer) -> None:
+        w.vector_v(self.proposals, write_proposal_or_ref)
+        w.optional(self.path, write_struct)
+
+    @classmethod
+    def read(cls, r: Reader) -> Commit:
+        return cls(
+            proposals=tuple(r.vector_v(read_proposal_or_ref)),
+            path=r.optional(UpdatePath.read),
+        )
+
+
+# --- group info and welcome (§12.4.3) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupInfo(WireStruct):
+    """RFC 9420 §12.4.3."""
+
+    group_context: GroupContext
+    extensions: tuple[Extension, ...] = ()
+    confirmation_tag: bytes
+    signer: int
+    signature: bytes = b""
+
+    def _write_content(self, w: Writer) -> None:
+        self.group_context.write(w)
+        write_extensions(w, self.extensions)
+        w.opaque_v(self.confirmation_tag)
+        w.u32(self.signer)
+
+    def write(self, w: Writer) -> None:
+        self._write_content(w)
+        w.opaque_v(self.signature)
+
+    @classmethod
+    def read(cls, r: Reader) -> GroupInfo:
+        return cls(
+            group_context=GroupContext.read(r),
+            extensions=read_extensions(r),
+            confirmation_tag=r.opaque_v(),
+            signer=r.u32(),
+            signature=r.opaque_v(),
+        )
+
+    def tbs(self) -> bytes:
+        """GroupInfoTBS (§12.4.3): every field but the signature."""
+        w = Writer()
+        self._write_content(w)
+        return w.getvalue()
+
+    def signed(self, key: SigningKey) -> GroupInfo:
+        return replace(self, signature=sign_with_label(key, GROUP_INFO_TBS_LABEL, self.tbs()))
+
+    def verify_signature(self, key: VerifyKey) -> None:
+        """Check under the signer's leaf key (the caller looks it up); raises InvalidSignature."""
+        _verify(key, GROUP_INFO_TBS_LABEL, self.tbs(), self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathSecret(WireStruct):
+    """RFC 9420 §12.4.3.1."""
+
+    path_secret: Secret
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.path_secret.expose())
+
+    @classmethod
+    def read(cls, r: Reader) -> PathSecret:
+        return cls(path_secret=Secret(r.opaque_v()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSecrets(WireStruct):
+    """RFC 9420 §12.4.3.1 (the HPKE plaintext of a Welcome)."""
+
+    joiner_secret: Secret
+    path_secret: PathSecret | None = None
+    psks: tuple[PreSharedKeyID, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.joiner_secret.expose())
+        w.optional(self.path_secret, write_struct)
+        w.vector_v(self.psks, _write_psk_id)
+
+    @classmethod
+    def read(cls, r: Reader) -> GroupSecrets:
+        return cls(
+            joiner_secret=Secret(r.opaque_v()),
+            path_secret=r.optional(PathSecret.read),
+            psks=tuple(r.vector_v(PreSharedKeyID.read)),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncryptedGroupSecrets(WireStruct):
+    """RFC 9420 §12.4.3.1."""
+
+    new_member: bytes  # KeyPackageRef
+    encrypted_group_secrets: HPKECiphertext
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.new_member)
+        self.encrypted_group_secrets.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> EncryptedGroupSecrets:
+        return cls(new_member=r.opaque_v(), encrypted_group_secrets=HPKECiphertext.read(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome(WireStruct):
+    """RFC 9420 §12.4.3.1."""
+
+    cipher_suite: int
+    secrets: tuple[EncryptedGroupSecrets, ...]
+    encrypted_group_info: bytes
+
+    def write(self, w: Writer) -> None:
+        w.u16(self.cipher_suite)
+        w.vector_v(self.secrets, write_struct)
+        w.opaque_v(self.encrypted_group_info)
+
+    @classmethod
+    def read(cls, r: Reader) -> Welcome:
+        return cls(
+            cipher_suite=r.u16(),
+            secrets=tuple(r.vector_v(EncryptedGroupSecrets.read)),
+            encrypted_group_info=r.opaque_v(),
+        )
+
+    def find_secrets(self, key_package_ref: bytes) -> EncryptedGroupSecrets | None:
+        """The entry addressed to ``key_package_ref``, if any (§12.4.3.1)."""
+        for entry in self.secrets:
+            if entry.new_member == key_package_ref:
+                return entry
+        return None
+
+
+# --- extension payloads (§12.4.3.3, §11.1, §12.1.8.1, §12.4.3.2, §5.3.3) -----------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplicationId(WireStruct):
+    """RFC 9420 §5.3.3 ``application_id`` leaf extension payload."""
+
+    application_id: bytes
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.application_id)
+
+    @classmethod
+    def read(cls, r: Reader) -> ApplicationId:
+        return cls(application_id=r.opaque_v())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatchetTree(WireStruct):
+    """RFC 9420 §12.4.3.3 ``ratchet_tree`` extension payload (array order, blanks = None)."""
+
+    nodes: tuple[Node | None, ...]
+
+    def write(self, w: Writer) -> None:
+        write_ratchet_tree(w, self.nodes)
+
+    @classmethod
+    def read(cls, r: Reader) -> RatchetTree:
+        return cls(nodes=tuple(read_ratchet_tree(r)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequiredCapabilities(WireStruct):
+    """RFC 9420 §11.1 ``required_capabilities`` group context extension payload."""
+
+    extension_types: tuple[int, ...] = ()
+    proposal_types: tuple[int, ...] = ()
+    credential_types: tuple[int, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        _w_u16s(w, self.extension_types)
+        _w_u16s(w, self.proposal_types)
+        _w_u16s(w, self.credential_types)
+
+    @classmethod
+    def read(cls, r: Reader) -> RequiredCapabilities:
+        return cls(extension_types=_u16s(r), proposal_types=_u16s(r), credential_types=_u16s(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalPub(WireStruct):
+    """RFC 9420 §12.4.3.2 ``external_pub`` GroupInfo extension payload."""
+
+    external_pub: bytes
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.external_pub)
+
+    @classmethod
+    def read(cls, r: Reader) -> ExternalPub:
+        return cls(external_pub=r.opaque_v())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalSender(WireStruct):
+    """RFC 9420 §12.1.8.1: one entry of the ``external_senders`` extension."""
+
+    signature_key: bytes
+    credential: Credential
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.signature_key)
+        self.credential.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> ExternalSender:
+        return cls(signature_key=r.opaque_v(), credential=Credential.read(r))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalSenders(WireStruct):
+    """RFC 9420 §12.1.8.1 ``ExternalSender external_senders<V>`` payload."""
+
+    senders: tuple[ExternalSender, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        w.vector_v(self.senders, write_struct)
+
+    @classmethod
+    def read(cls, r: Reader) -> ExternalSenders:
+        return cls(senders=tuple(r.vector_v(ExternalSender.read)))
+
+
+def find_extension(extensions: Sequence[Extension], extension_type: int) -> Extension | None:
+    """The extension of ``extension_type`` in a list (there is at most one, §13.4)."""
+    for ext in extensions:
+        if ext.extension_type == extension_type:
+            return ext
+    return None
+
