@@ -78,3 +78,29 @@ AUTH_CHALLENGE_TTL_MS = 30_000
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: Keepalive: the server pings idle connections at this interval.
 KEEPALIVE_INTERVAL_MS = 20_000
+
+# --- sframe ------------------------------------------------------------------
+
+#: RFC 9605 §4.3: KID and CTR are carried in at most 8 bytes each.
+SFRAME_MAX_KID = (1 << 64) - 1
+SFRAME_MAX_COUNTER = (1 << 64) - 1
+#: Default anti-replay window per KID, in counters (RFC 3711 §3.3.2 style); covers
+#: reordering of a few seconds of video at 30-60 frames/s per track.
+SFRAME_REPLAY_WINDOW = 128
+#: Largest replay window accepted; the bitmap is an int of this many bits per KID.
+SFRAME_MAX_REPLAY_WINDOW = 1 << 16
+#: Default frames (of a newer epoch) after which old-epoch receive keys are dropped;
+#: enough for in-flight frames of every track across an epoch change.
+SFRAME_EPOCH_GRACE_FRAMES = 512
+
+# --- client (issue 3) --------------------------------------------------------
+
+#: Largest text a client sends in one message; bigger content goes as attachments
+#: (and the fan-out frame must still fit MAX_FRAME_BYTES).
+MAX_TEXT_BYTES = 16 * 1024
+#: Frames (and acks) the client stores in one transaction before it acks them.
+CLIENT_INBOX_BATCH = 500
+#: Ephemeral messages kept in the in-memory ring buffer (never written anywhere).
+EPHEMERAL_RING_SIZE = 200
+#: Resends of one message after device_mismatch before it is marked failed (the issue: once).
+DEVICE_MISMATCH_RETRIES = 1
