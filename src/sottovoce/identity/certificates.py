@@ -13,7 +13,7 @@ signature made for one structure can never be replayed as another.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.sign import ed25519_verify
@@ -149,15 +149,7 @@ class DeviceCertificate:
             expires_at_ms=now_ms + lifetime_ms,
             signature=b"",
         )
-        return cls(
-            username=username,
-            account_key=account_key.public,
-            device_id=device_id,
-            keys=keys,
-            created_at_ms=now_ms,
-            expires_at_ms=now_ms + lifetime_ms,
-            signature=account_key.sign(unsigned.tbs()),
-        )
+        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
 
     # --- wire ------------------------------------------------------------------
 
@@ -275,13 +267,7 @@ class RevocationStatement:
             revoked_at_ms=now_ms,
             signature=b"",
         )
-        return cls(
-            username=username,
-            account_key=account_key.public,
-            device_id=device_id,
-            revoked_at_ms=now_ms,
-            signature=account_key.sign(unsigned.tbs()),
-        )
+        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
 
     def _write_body(self, w: Writer) -> None:
         w.opaque8(self.username.encode("ascii"))
