@@ -1,0 +1,644 @@
+"""Proposals: KeyPackage validation (RFC 9420 §10.1), single-proposal checks
+(§12.1), proposal-list validation (§12.2) and application (§12.3).
+
+::
+
+    proposal from the wire ──check_proposal()──► cached (by ProposalRef)
+                                                      │
+    Commit.proposals (by value / by reference) ───────┤
+                                                      ▼
+                          apply_proposal_list(tree copy, context, items)
+                            1. list rules (§12.2, regular or external commit)
+                            2. GroupContextExtensions -> new extensions
+                            3. Updates, 4. Removes, 5. Adds (in order)
+                            6. PSK ids, ExternalInit, ReInit noted
+                            7. every leaf supports the new extensions
+                                                      │
+                                                      ▼
+                                             AppliedProposals
+
+The tree passed to :func:`apply_proposal_list` is changed in place: callers
+hand in a copy (STYLE rule 2) and keep it only if the whole commit checks out.
+
+This module also holds the errors of the group layer, so that
+:mod:`~sottovoce.mls.welcome` and :mod:`~sottovoce.mls.group` share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sottovoce.crypto.suite import CipherSuite, cipher_suite
+from sottovoce.errors import DecodeError, InvalidKey, UnsupportedError, UsageError
+from sottovoce.mls.common import (
+    Extension,
+    ExtensionType,
+    GroupContext,
+    ProposalType,
+    ProtocolVersion,
+    SenderType,
+)
+from sottovoce.mls.errors import InvalidSignature, ValidationError
+from sottovoce.mls.framing import Sender
+from sottovoce.mls.key_schedule import PreSharedKeyID, PSKType, ResumptionPSKUsage
+from sottovoce.mls.messages import (
+    Add,
+    ExternalInit,
+    ExternalSenders,
+    GroupContextExtensions,
+    KeyPackage,
+    LeafNode,
+    LeafNodeSource,
+    PreSharedKey,
+    Proposal,
+    ReInit,
+    Remove,
+    RequiredCapabilities,
+    Update,
+    find_extension,
+)
+from sottovoce.mls.tree import InvalidLeafIndex, RatchetTree, TreeError, check_leaf_node
+
+__all__ = [
+    "AppliedProposals",
+    "GroupError",
+    "GroupInactive",
+    "InvalidCommit",
+    "InvalidKeyPackage",
+    "InvalidProposal",
+    "InvalidProposalList",
+    "InvalidWelcome",
+    "MissingPsk",
+    "NoMatchingKeyPackage",
+    "OwnMessage",
+    "QueuedProposal",
+    "UnknownProposal",
+    "UnknownSender",
+    "UnsupportedCipherSuite",
+    "WrongEpoch",
+    "WrongGroup",
+    "apply_proposal_list",
+    "check_group_context_extensions",
+    "check_proposal",
+    "path_required",
+    "required_capabilities",
+    "validate_key_package",
+]
+
+
+# --- errors of the group layer ------------------------------------------------------
+
+
+class GroupError(ValidationError):
+    """Root of the group-layer rejections of remote input (RFC 9420 §12)."""
+
+    code = "mls_group_error"
+
+
+class InvalidKeyPackage(GroupError):
+    """RFC 9420 §10.1: a KeyPackage fails validation."""
+
+    code = "mls_invalid_key_package"
+
+
+class UnsupportedCipherSuite(InvalidKeyPackage, UnsupportedError):
+    """A KeyPackage (or Welcome) names a cipher suite we or the group do not use (§10.1)."""
+
+    code = "mls_unsupported_cipher_suite"
+
+
+class InvalidProposal(GroupError):
+    """RFC 9420 §12.1: one proposal is invalid on its own."""
+
+    code = "mls_invalid_proposal"
+
+
+class InvalidProposalList(GroupError):
+    """RFC 9420 §12.2: the list of committed proposals breaks a list rule."""
+
+    code = "mls_invalid_proposal_list"
+
+
+class InvalidCommit(GroupError):
+    """RFC 9420 §12.4: a Commit is malformed for this group (path rules, sender, ...)."""
+
+    code = "mls_invalid_commit"
+
+
+class UnknownProposal(InvalidCommit):
+    """A Commit references a proposal this member has not cached in this epoch (§12.4)."""
+
+    code = "mls_unknown_proposal"
+
+
+class MissingPsk(GroupError):
+    """RFC 9420 §8.4, §12.4.2: a referenced pre-shared key is not available."""
+
+    code = "mls_missing_psk"
+
+
+class WrongGroup(GroupError):
+    """The message names another group id."""
+
+    code = "mls_wrong_group"
+
+
+class WrongEpoch(GroupError):
+    """RFC 9420 §12.4.2: the message's epoch is not one we can process."""
+
+    code = "mls_wrong_epoch"
+    retryable = False
+
+
+class UnknownSender(GroupError):
+    """RFC 9420 §6: the sender is not a member (blank leaf), or no such external sender."""
+
+    code = "mls_unknown_sender"
+
+
+class OwnMessage(GroupError):
+    """The delivery service echoed one of our own messages back to us.
+
+    Our own handshake messages take effect through ``merge_pending_commit`` or
+    the proposal cache; our own application messages are already known.
+    """
+
+    code = "mls_own_message"
+
+
+class InvalidWelcome(GroupError):
+    """RFC 9420 §12.4.3.1: a Welcome (or the GroupInfo inside it) does not check out."""
+
+    code = "mls_invalid_welcome"
+
+
+class NoMatchingKeyPackage(InvalidWelcome):
+    """The Welcome holds no secrets for our KeyPackage (§12.4.3.1)."""
+
+    code = "mls_no_matching_key_package"
+
+
+class GroupInactive(UsageError):
+    """The group cannot be used to send: we were removed, or a ReInit was committed."""
+
+    code = "mls_group_inactive"
+
+
+# --- helpers --------------------------------------------------------------------------
+
+# RFC 9420 §7.2: default extension and proposal types are implicitly supported.
+_DEFAULT_EXTENSIONS = frozenset(int(e) for e in ExtensionType)
+_DEFAULT_PROPOSALS = frozenset(int(p) for p in ProposalType)
+
+# RFC 9420 §12.1.8: what an `external` sender may propose.
+_EXTERNAL_SENDER_TYPES = frozenset(
+    {
+        ProposalType.ADD,
+        ProposalType.REMOVE,
+        ProposalType.PSK,
+        ProposalType.REINIT,
+        ProposalType.GROUP_CONTEXT_EXTENSIONS,
+    }
+)
+# RFC 9420 §12.4: proposal types that require an UpdatePath.
+_PATH_REQUIRED = frozenset(
+    {
+        ProposalType.UPDATE,
+        ProposalType.REMOVE,
+        ProposalType.EXTERNAL_INIT,
+        ProposalType.GROUP_CONTEXT_EXTENSIONS,
+    }
+)
+
+
+def required_capabilities(extensions: Sequence[Extension]) -> RequiredCapabilities | None:
+    """The decoded ``required_capabilities`` GroupContext extension, if present (§11.1)."""
+    ext = find_extension(extensions, ExtensionType.REQUIRED_CAPABILITIES)
+    if ext is None:
+        return None
+    try:
+        return RequiredCapabilities.decode(ext.extension_data)
+    except DecodeError:
+        raise InvalidProposal("required_capabilities extension does not decode") from None
+
+
+def check_group_context_extensions(
+    extensions: Sequence[Extension], leaves: Sequence[LeafNode]
+) -> None:
+    """Every ``leaves`` entry supports ``extensions`` as GroupContext extensions.
+
+    RFC 9420 §11.1 and §12.1.7: the required capabilities must be listed by
+    every member; §12.4.3 / §13.4: a non-default GroupContext extension must be
+    supported (listed in capabilities) by every member. Known payloads must
+    decode. Raises :class:`InvalidProposal`.
+    """
+    rc = required_capabilities(extensions)
+    ext_senders = find_extension(extensions, ExtensionType.EXTERNAL_SENDERS)
+    if ext_senders is not None:
+        try:
+            ExternalSenders.decode(ext_senders.extension_data)
+        except DecodeError:
+            raise InvalidProposal("external_senders extension does not decode") from None
+    if find_extension(extensions, ExtensionType.RATCHET_TREE) is not None:
+        raise InvalidProposal("ratchet_tree is not a GroupContext extension")
+    custom = [e.extension_type for e in extensions if e.extension_type not in _DEFAULT_EXTENSIONS]
+    for leaf in leaves:
+        caps = leaf.capabilities
+        if any(t not in caps.extensions for t in custom):
+            raise InvalidProposal("a member does not support a group context extension")
+        if rc is not None:
+            if any(
+                e not in _DEFAULT_EXTENSIONS and e not in caps.extensions
+                for e in rc.extension_types
+            ):
+                raise InvalidProposal("a member does not support a required extension")
+            if any(
+                p not in _DEFAULT_PROPOSALS and p not in caps.proposals for p in rc.proposal_types
+            ):
+                raise InvalidProposal("a member does not support a required proposal type")
+            if any(c not in caps.credentials for c in rc.credential_types):
+                raise InvalidProposal("a member does not support a required credential type")
+
+
+def path_required(proposals: Sequence[Proposal]) -> bool:
+    """RFC 9420 §12.4: an empty commit, or one covering a path-required type."""
+    return not proposals or any(p.proposal_type in _PATH_REQUIRED for p in proposals)
+
+
+# --- KeyPackage validation (§10.1) ---------------------------------------------------
+
+
+def validate_key_package(
+    key_package: KeyPackage,
+    *,
+    cipher_suite_id: int,
+    version: int = ProtocolVersion.MLS10,
+    required: RequiredCapabilities | None = None,
+    now_ms: int | None = None,
+) -> CipherSuite:
+    """RFC 9420 §10.1: is ``key_package`` usable to add its owner to a group?
+
+    Checks the version and cipher suite against the group's, that the
+    leaf node is a valid ``key_package`` leaf (§7.3: signature, credential in
+    its own capabilities, extensions listed, ``required`` capabilities,
+    lifetime covering ``now_ms`` when given), that the leaf advertises the
+    version and suite, the KeyPackage signature, that ``init_key`` differs from
+    the leaf's ``encryption_key``, and that the KeyPackage's own extensions are
+    listed in its capabilities. Returns the suite.
+
+    Raises :class:`UnsupportedCipherSuite` for a suite we do not implement or
+    that differs from the group's, :class:`InvalidKeyPackage` or
+    :class:`~sottovoce.mls.errors.InvalidSignature` otherwise.
+    """
+    if key_package.version != version:
+        raise InvalidKeyPackage("KeyPackage protocol version differs from the group's")
+    if key_package.cipher_suite != cipher_suite_id:
+        raise UnsupportedCipherSuite("KeyPackage cipher suite differs from the group's")
+    try:
+        suite = cipher_suite(key_package.cipher_suite)
+    except UnsupportedError:
+        raise UnsupportedCipherSuite("KeyPackage cipher suite is not supported") from None
+    leaf = key_package.leaf_node
+    if leaf.leaf_node_source != LeafNodeSource.KEY_PACKAGE:
+        raise InvalidKeyPackage("KeyPackage leaf node source is not key_package")
+    caps = leaf.capabilities
+    if version not in caps.versions or key_package.cipher_suite not in caps.cipher_suites:
+        raise InvalidKeyPackage("KeyPackage leaf does not advertise its version and suite")
+    try:
+        check_leaf_node(
+            suite,
+            leaf,
+            group_id=None,
+            leaf_index=None,
+            required_capabilities=required,
+            now_ms=now_ms,
+        )
+    except TreeError as exc:
+        raise InvalidKeyPackage(f"KeyPackage leaf node is invalid: {exc}") from None
+    try:
+        key_package.verify_signature(suite)
+    except InvalidKey:
+        raise InvalidSignature("KeyPackage signature key is malformed") from None
+    if key_package.init_key == leaf.encryption_key:
+        raise InvalidKeyPackage("KeyPackage init_key equals the leaf encryption_key")
+    for ext in key_package.extensions:
+        if ext.extension_type not in _DEFAULT_EXTENSIONS and ext.extension_type not in (
+            caps.extensions
+        ):
+            raise InvalidKeyPackage("KeyPackage carries an extension its capabilities omit")
+    return suite
+
+
+# --- proposals as received --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedProposal:
+    """A proposal with who sent it and its ProposalRef (``None`` when sent by value)."""
+
+    proposal: Proposal
+    sender: Sender
+    ref: bytes | None = None
+
+    @property
+    def proposal_type(self) -> ProposalType:
+        return self.proposal.proposal_type
+
+
+def _check_sender_may_propose(proposal: Proposal, sender: Sender, *, in_commit: bool) -> None:
+    ptype = proposal.proposal_type
+    stype = sender.sender_type
+    if stype == SenderType.MEMBER:
+        # ExternalInit only ever appears by value in an external commit (§12.1.6).
+        if ptype == ProposalType.EXTERNAL_INIT:
+            raise InvalidProposal("ExternalInit from a member")
+        return
+    if stype == SenderType.EXTERNAL:
+        if ptype not in _EXTERNAL_SENDER_TYPES:
+            # §12.1.8: MUST be rejected as malformed.
+            raise InvalidProposal("proposal type not allowed from an external sender")
+        return
+    if stype == SenderType.NEW_MEMBER_PROPOSAL:
+        if ptype != ProposalType.ADD:
+            raise InvalidProposal("a new_member_proposal sender may only propose Add")
+        return
+    if stype == SenderType.NEW_MEMBER_COMMIT and in_commit:
+        if ptype not in (ProposalType.EXTERNAL_INIT, ProposalType.REMOVE, ProposalType.PSK):
+            raise InvalidProposalList("external commit carries a forbidden proposal type")
+        return
+    raise InvalidProposal("sender type cannot send this proposal")
+
+
+def _check_psk_id(
+    suite: CipherSuite, psk: PreSharedKeyID, allowed_usage: ResumptionPSKUsage | None
+) -> None:
+    # RFC 9420 §12.1.4.
+    if len(psk.psk_nonce) != suite.nh:
+        raise InvalidProposal("psk_nonce is not Nh bytes")
+    if psk.psktype == PSKType.RESUMPTION and psk.usage in (
+        ResumptionPSKUsage.REINIT,
+        ResumptionPSKUsage.BRANCH,
+    ) and psk.usage != allowed_usage:
+        raise InvalidProposal("reinit/branch resumption PSKs are only for reinit/branch")
+
+
+def _check_update_leaf(
+    suite: CipherSuite,
+    tree: RatchetTree,
+    group_id: bytes,
+    index: int,
+    leaf: LeafNode,
+    required: RequiredCapabilities | None,
+    now_ms: int | None,
+) -> None:
+    # RFC 9420 §12.1.2 with §7.3: source update, fresh encryption key, valid leaf.
+    current = tree.leaf(index) if 0 <= index < tree.n_leaves else None
+    if current is None:
+        raise InvalidLeafIndex("Update sender is not a member")
+    if leaf.leaf_node_source != LeafNodeSource.UPDATE:
+        raise InvalidProposal("Update leaf node source is not update")
+    if leaf.encryption_key == current.encryption_key:
+        raise InvalidProposal("Update does not change the encryption key")
+    check_leaf_node(
+        suite, leaf, group_id=group_id, leaf_index=index,
+        required_capabilities=required, now_ms=now_ms,
+    )
+    tree.check_leaf_fits(leaf, replacing=index)
+
+
+def check_proposal(
+    suite: CipherSuite,
+    tree: RatchetTree,
+    context: GroupContext,
+    proposal: Proposal,
+    sender: Sender,
+    *,
+    now_ms: int | None = None,
+) -> None:
+    """Check one proposal as received outside a commit (§12.1), against the current state.
+
+    Rules that depend on the rest of a commit (duplicates, a Remove that frees
+    an Add's identity, key uniqueness after the other changes) are checked
+    again by :func:`apply_proposal_list`.
+    """
+    _check_sender_may_propose(proposal, sender, in_commit=False)
+    required = required_capabilities(context.extensions)
+    if isinstance(proposal, Add):
+        validate_key_package(
+            proposal.key_package,
+            cipher_suite_id=context.cipher_suite,
+            version=context.version,
+            required=required,
+            now_ms=now_ms,
+        )
+    elif isinstance(proposal, Update):
+        if sender.sender_type != SenderType.MEMBER:
+            raise InvalidProposal("Update from a non-member")
+        _check_update_leaf(
+            suite, tree, context.group_id, sender.index, proposal.leaf_node, required, now_ms
+        )
+    elif isinstance(proposal, Remove):
+        if not 0 <= proposal.removed < tree.n_leaves or tree.leaf(proposal.removed) is None:
+            raise InvalidLeafIndex("Remove names a blank or missing leaf")
+    elif isinstance(proposal, PreSharedKey):
+        _check_psk_id(suite, proposal.psk, None)
+    elif isinstance(proposal, ReInit):
+        _check_reinit(proposal, context)
+    elif isinstance(proposal, GroupContextExtensions):
+        check_group_context_extensions(proposal.extensions, [leaf for _, leaf in tree.leaves()])
+    else:  # ExternalInit
+        raise InvalidProposal("ExternalInit is only valid inside an external commit")
+
+
+def _check_reinit(proposal: ReInit, context: GroupContext) -> None:
+    # RFC 9420 §12.1.5; and we must be able to follow the new group.
+    if proposal.version < context.version:
+        raise InvalidProposal("ReInit lowers the protocol version")
+    if proposal.version != ProtocolVersion.MLS10:
+        raise InvalidProposal("ReInit names an unknown protocol version")
+    try:
+        cipher_suite(proposal.cipher_suite)
+    except UnsupportedError:
+        raise InvalidProposal("ReInit names an unsupported cipher suite") from None
+
+
+# --- proposal lists (§12.2, §12.3) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedProposals:
+    """What a validated proposal list did to the staged tree and GroupContext (§12.3)."""
+
+    proposals: tuple[QueuedProposal, ...]
+    #: GroupContext extensions of the new epoch (replaced by a GroupContextExtensions).
+    extensions: tuple[Extension, ...]
+    extensions_changed: bool
+    #: ``(leaf index, LeafNode)`` for each Update, Remove (the removed leaf) and Add.
+    updates: tuple[tuple[int, LeafNode], ...]
+    removes: tuple[tuple[int, LeafNode], ...]
+    adds: tuple[tuple[int, KeyPackage], ...]
+    psks: tuple[PreSharedKeyID, ...]
+    external_init: ExternalInit | None
+    reinit: ReInit | None
+    path_required: bool
+
+
+def apply_proposal_list(
+    suite: CipherSuite,
+    tree: RatchetTree,
+    context: GroupContext,
+    items: Sequence[QueuedProposal],
+    *,
+    committer: int | None,
+    now_ms: int | None = None,
+    allowed_psk_usage: ResumptionPSKUsage | None = None,
+) -> AppliedProposals:
+    """Validate ``items`` as one commit's list (§12.2) and apply them to ``tree`` (§12.3).
+
+    ``committer`` is the committing member's leaf index, or ``None`` for an
+    external commit (whose joiner leaf is placed later, with the path).
+    ``tree`` is changed in place: pass a copy. ``allowed_psk_usage`` admits the
+    one resumption usage (reinit or branch) of the commit that creates a
+    reinitialized or branched group (§11.2, §11.3).
+
+    Raises :class:`InvalidProposalList`, :class:`InvalidProposal`,
+    :class:`InvalidKeyPackage` or a tree error (duplicate key, bad leaf).
+    """
+    external = committer is None
+    by_type: dict[ProposalType, list[QueuedProposal]] = {t: [] for t in ProposalType}
+    for item in items:
+        _check_sender_may_propose(item.proposal, item.sender, in_commit=True)
+        by_type[item.proposal.proposal_type].append(item)
+
+    # §12.2 list rules, regular or external.
+    if external:
+        if len(by_type[ProposalType.EXTERNAL_INIT]) != 1:
+            raise InvalidProposalList("an external commit needs exactly one ExternalInit")
+        if len(by_type[ProposalType.REMOVE]) > 1:
+            raise InvalidProposalList("an external commit removes at most one leaf")
+        allowed = {ProposalType.EXTERNAL_INIT, ProposalType.REMOVE, ProposalType.PSK}
+        if any(by_type[t] for t in ProposalType if t not in allowed):
+            raise InvalidProposalList("an external commit carries a forbidden proposal")
+    else:
+        if by_type[ProposalType.EXTERNAL_INIT]:
+            raise InvalidProposalList("ExternalInit in a regular commit")
+        if by_type[ProposalType.REINIT] and len(items) != 1:
+            raise InvalidProposalList("a ReInit must be committed alone")
+    if len(by_type[ProposalType.GROUP_CONTEXT_EXTENSIONS]) > 1:
+        raise InvalidProposalList("more than one GroupContextExtensions")
+
+    touched: set[int] = set()
+    group_id = context.group_id
+
+    # 1. GroupContextExtensions: the new extensions govern every later check.
+    extensions = context.extensions
+    gce = by_type[ProposalType.GROUP_CONTEXT_EXTENSIONS]
+    if gce:
+        proposal = gce[0].proposal
+        if not isinstance(proposal, GroupContextExtensions):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        extensions = proposal.extensions
+    required = required_capabilities(extensions)
+
+    # 2. Updates.
+    updates: list[tuple[int, LeafNode]] = []
+    for item in by_type[ProposalType.UPDATE]:
+        if not isinstance(item.proposal, Update):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        if item.sender.sender_type != SenderType.MEMBER:
+            raise InvalidProposal("Update from a non-member")
+        index = item.sender.index
+        if index == committer:
+            raise InvalidProposalList("the committer's own Update cannot be committed")
+        if index in touched:
+            raise InvalidProposalList("two Updates/Removes for the same leaf")
+        touched.add(index)
+        leaf = item.proposal.leaf_node
+        _check_update_leaf(suite, tree, group_id, index, leaf, required, now_ms)
+        tree.update_leaf(index, leaf)
+        updates.append((index, leaf))
+
+    # 3. Removes.
+    removes: list[tuple[int, LeafNode]] = []
+    for item in by_type[ProposalType.REMOVE]:
+        if not isinstance(item.proposal, Remove):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        index = item.proposal.removed
+        if index == committer:
+            raise InvalidProposalList("a commit cannot remove its committer")
+        if index in touched:
+            raise InvalidProposalList("two Updates/Removes for the same leaf")
+        touched.add(index)
+        removed = tree.leaf(index) if 0 <= index < tree.n_leaves else None
+        if removed is None:
+            raise InvalidLeafIndex("Remove names a blank or missing leaf")
+        tree.remove_leaf(index)
+        removes.append((index, removed))
+
+    # 4. Adds, in order: leftmost blank leaf each (§12.1.1).
+    adds: list[tuple[int, KeyPackage]] = []
+    for item in by_type[ProposalType.ADD]:
+        if not isinstance(item.proposal, Add):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        kp = item.proposal.key_package
+        validate_key_package(
+            kp,
+            cipher_suite_id=context.cipher_suite,
+            version=context.version,
+            required=required,
+            now_ms=now_ms,
+        )
+        # The same client twice, or a client already in the group (not removed
+        # by this list): identical signature keys (§12.2), and §7.3 key
+        # uniqueness and credential compatibility against the staged tree.
+        tree.check_leaf_fits(kp.leaf_node)
+        adds.append((tree.add_leaf(kp.leaf_node), kp))
+
+    # 5. PSKs, in list order (§8.4); 6. ExternalInit; 7. ReInit.
+    psks: list[PreSharedKeyID] = []
+    seen_psks: set[bytes] = set()
+    for item in by_type[ProposalType.PSK]:
+        if not isinstance(item.proposal, PreSharedKey):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        psk = item.proposal.psk
+        _check_psk_id(suite, psk, allowed_psk_usage)
+        encoded = psk.encode()
+        if encoded in seen_psks:
+            raise InvalidProposalList("the same PreSharedKeyID twice")
+        seen_psks.add(encoded)
+        psks.append(psk)
+    external_init = None
+    if by_type[ProposalType.EXTERNAL_INIT]:
+        ei = by_type[ProposalType.EXTERNAL_INIT][0].proposal
+        if not isinstance(ei, ExternalInit):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        external_init = ei
+    reinit = None
+    if by_type[ProposalType.REINIT]:
+        ri = by_type[ProposalType.REINIT][0].proposal
+        if not isinstance(ri, ReInit):  # pragma: no cover - by_type
+            raise InvalidProposalList("proposal type mismatch")
+        _check_reinit(ri, context)
+        reinit = ri
+
+    if gce or adds:
+        # Members after this commit (added ones included, removed ones not)
+        # must support the GroupContext extensions (§12.1.7, §11.1).
+        if gce:
+            check_group_context_extensions(extensions, [leaf for _, leaf in tree.leaves()])
+        else:
+            check_group_context_extensions(extensions, [kp.leaf_node for _, kp in adds])
+
+    return AppliedProposals(
+        proposals=tuple(items),
+        extensions=tuple(extensions),
+        extensions_changed=bool(gce),
+        updates=tuple(updates),
+        removes=tuple(removes),
+        adds=tuple(adds),
+        psks=tuple(psks),
+        external_init=external_init,
+        reinit=reinit,
+        path_required=path_required([i.proposal for i in items]),
+    )
