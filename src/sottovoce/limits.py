@@ -57,6 +57,21 @@ MLS_MAX_SKIPPED_KEYS = 128
 #: RFC 9420 §9: a ratchet generation is a uint32 in SenderData.
 MLS_MAX_GENERATION = (1 << 32) - 1
 
+# --- mls group state (issue 4) ------------------------------------------------
+
+#: Past epochs whose application-message keys a member keeps for late messages
+#: (RFC 9420 §14: delivery may reorder across a commit); fewer = more forward secrecy.
+MLS_PAST_EPOCHS = 2
+#: Epochs whose resumption_psk is kept for PSK proposals, reinit and branch (RFC 9420 §8.6
+#: asks for an upper limit).
+MLS_RESUMPTION_PSK_EPOCHS = 32
+#: Proposals cached per epoch; bounds what a flood of proposals can make us hold.
+MLS_MAX_PENDING_PROPOSALS = 1000
+#: Default KeyPackage / leaf lifetime, and how far back not_before is set so that a
+#: peer whose clock runs a little behind still accepts a fresh KeyPackage.
+MLS_KEY_PACKAGE_LIFETIME_MS = 90 * 24 * 3600 * 1000
+MLS_LIFETIME_SKEW_MS = 3600 * 1000
+
 # --- delivery protocol (KSMP v3) ---------------------------------------------
 
 #: Largest WebSocket frame either side accepts; bounds per-connection memory.
@@ -102,5 +117,8 @@ MAX_TEXT_BYTES = 16 * 1024
 CLIENT_INBOX_BATCH = 500
 #: Ephemeral messages kept in the in-memory ring buffer (never written anywhere).
 EPHEMERAL_RING_SIZE = 200
+#: Sends a client keeps unacknowledged on the wire (outbox flow control); well under
+#: the server's per-device burst, so replaying a long outbox is never rate-limited.
+OUTBOX_WINDOW = 512
 #: Resends of one message after device_mismatch before it is marked failed (the issue: once).
 DEVICE_MISMATCH_RETRIES = 1

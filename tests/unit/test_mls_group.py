@@ -39,6 +39,7 @@ from sottovoce.mls.group import (
     Group,
     GroupConfig,
     GroupInactive,
+    InvalidProposal,
     InvalidProposalList,
     InvalidWelcome,
     KeyPackagePrivate,
@@ -702,3 +703,28 @@ def test_rfc9420_12_1_8_new_member_proposal_adds_itself(rng: Random) -> None:
     with pytest.raises(InvalidSignature):
         alice.process_message(MLSMessage(body=protect_public(SUITE, forged, None, None)).encode())
     assert snapshot(alice) == before
+
+
+def test_rfc9420_12_1_7_group_context_extensions(rng: Random) -> None:
+    groups, _ = make_group(rng)
+    ds_key = SUITE.generate_signing_key(rng)
+    senders = ExternalSenders(senders=(ExternalSender(
+        signature_key=ds_key.verify_key.data, credential=Credential.basic(b"ds")),))
+    ext = Extension(extension_type=ExtensionType.EXTERNAL_SENDERS,
+                    extension_data=senders.encode())
+    proposal = groups["carol"].propose_group_context_extensions([ext], rng=rng)
+    deliver(groups, "carol", proposal)
+    bundle = groups["alice"].commit(rng=rng)
+    assert bundle.staged.new_extensions == (ext,)
+    groups["alice"].merge_pending_commit()
+    deliver(groups, "alice", bundle.commit)
+    assert all(g.group_context.extensions == (ext,) for g in groups.values())
+    assert_in_sync(groups)
+    # Requiring an extension no member supports is refused, nothing changes.
+    rc = RequiredCapabilities(extension_types=(0xF0F0,))
+    required = Extension(extension_type=ExtensionType.REQUIRED_CAPABILITIES,
+                         extension_data=rc.encode())
+    before = snapshot(groups["bob"])
+    with pytest.raises(InvalidProposal):
+        groups["bob"].propose_group_context_extensions([required], rng=rng)
+    assert snapshot(groups["bob"]) == before
