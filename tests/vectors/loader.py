@@ -11,6 +11,11 @@ open vector files themselves; they call :func:`load` or :func:`params`:
 
 A missing file skips the tests that need it, with the path in the reason, so
 a checkout without the shared data still collects cleanly.
+
+To run another vector file of the same format without code changes (say, one
+produced by another MLS implementation), point one relative path elsewhere:
+
+    SOTTOVOCE_VECTOR_FILES="mls/welcome.json=/tmp/other-welcome.json" pytest tests/vectors
 """
 
 from __future__ import annotations
@@ -29,9 +34,19 @@ _DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 VECTORS_DIR: Path = Path(os.environ.get("SOTTOVOCE_VECTORS") or _DEFAULT_DIR)
 
 
+def _file_overrides() -> dict[str, Path]:
+    spec = os.environ.get("SOTTOVOCE_VECTOR_FILES", "")
+    pairs = (item.split("=", 1) for item in spec.split(",") if "=" in item)
+    return {rel.strip(): Path(target.strip()) for rel, target in pairs}
+
+
+#: ``relpath -> file`` replacements from ``SOTTOVOCE_VECTOR_FILES`` (comma-separated).
+VECTOR_FILES: dict[str, Path] = _file_overrides()
+
+
 def path(relpath: str) -> Path:
-    """Absolute path of a vector file, relative to :data:`VECTORS_DIR`."""
-    return VECTORS_DIR / relpath
+    """Absolute path of a vector file: an override, else relative to :data:`VECTORS_DIR`."""
+    return VECTOR_FILES.get(relpath, VECTORS_DIR / relpath)
 
 
 def _missing_reason(relpath: str) -> str:
