@@ -110,7 +110,8 @@ def parse_frame(text: str | bytes) -> tuple[str, str | None, dict[str, Any]]:
         raise ProtocolError("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays/objects exhaust the parser's stack.
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")

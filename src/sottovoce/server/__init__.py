@@ -1,0 +1,6 @@
+"""The blind relay: KSMP v3 delivery, directory and prekeys over one WebSocket (DESIGN §6-7).
+
+The only server I/O lives here. It routes, orders, stores and forwards
+ciphertext, and never imports code that could decrypt it (a test walks the
+imports: ``tests/unit/test_server_imports.py``).
+"""

@@ -1,0 +1,588 @@
+"""The server app: one ``websockets`` server built from a :class:`ServerConfig` (DESIGN §7).
+
+HTTP GETs ``/healthz`` (JSON) and ``/metrics`` (Prometheus text) are answered
+from ``process_request``; the WebSocket lives at ``/v3/ws``. Each connection:
+
+    connect ──► sottovoce.challenge ──► register | device.add | auth ──► ksmpv3.connected
+            ──► resume / send / ack.read / directory / prekeys / push / ping …
+
+Frames are parsed and validated by :mod:`sottovoce.protocol.events`; any
+failure becomes one ``ksmpv3.error`` here, at the boundary. Pre-auth requests
+are limited per IP, later ones per device; a connection that keeps sending
+bad or rate-limited frames is closed with 1008 (codes in :mod:`.errors`).
+Nothing here is global: tests start several apps in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from http import HTTPStatus
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+)
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from sottovoce import __version__
+from sottovoce.errors import DecodeError, IdentityError, UsageError
+from sottovoce.identity import DeviceCertificate, RevocationStatement, validate_username
+from sottovoce.limits import MAX_FRAME_BYTES
+from sottovoce.protocol.events import (
+    CHALLENGE,
+    CLIENT_EVENTS,
+    CONNECTED,
+    DEVICE_ADDED,
+    DEVICE_REVOKED,
+    DIRECTORY_RESULT,
+    PONG,
+    PREKEY_BUNDLES,
+    PREKEYS_LOW,
+    PREKEYS_STORED,
+    PUSH_REGISTERED,
+    REGISTERED,
+    USERNAME_RESULT,
+    AckRead,
+    AddDevice,
+    Auth,
+    ClientEvent,
+    DirectoryLookup,
+    Ping,
+    PrekeysClaim,
+    PrekeysUpload,
+    PushRegister,
+    Register,
+    Resume,
+    RevokeDevice,
+    Send,
+    UsernameCheck,
+    frame,
+    parse_frame,
+)
+from sottovoce.protocol.fields import ProtocolError, b64
+from sottovoce.server.auth import check_certificate, new_challenge, spend, verify_possession
+from sottovoce.server.config import ServerConfig
+from sottovoce.server.delivery import Delivery
+from sottovoce.server.directory import Directory
+from sottovoce.server.errors import CLOSE_ABUSE, CLOSE_GOING_AWAY, CLOSE_REVOKED, WireFailure
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.metrics import Metrics
+from sottovoce.server.push import (
+    Pusher,
+    TickleSender,
+    WebhookTickleSender,
+    check_endpoint,
+)
+from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.sendview import SendView, parse_send
+from sottovoce.server.session import Session
+from sottovoce.server.storage.base import Storage
+from sottovoce.server.storage.sqlite import SqliteStorage
+
+WS_PATH = "/v3/ws"
+#: Events a connection may send before it is authenticated.
+PRE_AUTH = frozenset({Register.name, AddDevice.name, Auth.name, UsernameCheck.name, Ping.name})
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ServerApp:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        storage: Storage | None = None,
+        tickle_sender: TickleSender | None = None,
+        logger: JsonLogger | None = None,
+    ) -> None:
+        self.config = config
+        if logger is None:
+            logger = (
+                JsonLogger.to_file(config.log_file, level=config.log_level)
+                if config.log_file is not None
+                else JsonLogger(level=config.log_level)
+            )
+        self.log = logger
+        if storage is None:
+            sqlite = SqliteStorage(
+                config.db_path,
+                logger=logger,
+                commit_window_ms=config.commit_window_ms,
+                max_batch=config.max_batch,
+            )
+            storage = sqlite
+        self.storage = storage
+        self.directory = Directory(storage)
+        self.delivery = Delivery(self)
+        if tickle_sender is None:
+            tickle_sender = WebhookTickleSender(timeout_ms=config.push_timeout_ms, logger=logger)
+        self.pusher = Pusher(
+            tickle_sender,
+            hints=config.push_hints,
+            min_interval_ms=config.push_min_interval_ms,
+            logger=logger,
+        )
+        self.metrics = Metrics(
+            connections=lambda: len(self.sessions),
+            online=lambda: len(self.delivery.online),
+            tickles=lambda: self.pusher.count,
+        )
+        if isinstance(self.storage, SqliteStorage):
+            self.storage.stats.observers.append(self.metrics.observe_batch)
+        self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
+        self.sessions: set[Session] = set()
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started_at = time.monotonic()
+        self._handlers: dict[type[ClientEvent], Callable[..., Awaitable[None] | None]] = {
+            Register: self._register,
+            AddDevice: self._add_device,
+            Auth: self._auth,
+            UsernameCheck: self._username_check,
+            Ping: self._ping,
+            Send: self._send,
+            AckRead: self._ack_read,
+            Resume: self._resume,
+            DirectoryLookup: self._lookup,
+            PrekeysUpload: self._prekeys_upload,
+            PrekeysClaim: self._prekeys_claim,
+            PushRegister: self._push_register,
+            RevokeDevice: self._revoke,
+        }
+
+    # --- life cycle -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise UsageError("server is not started")
+        for sock in self._server.sockets:
+            return int(sock.getsockname()[1])
+        raise UsageError("server has no socket")
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.config.scheme}://{host}:{self.port}"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load TLS certificate/key: {exc}") from None
+        return ctx
+
+    async def start(self) -> None:
+        cfg = self.config
+        ctx = self._ssl_context()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.storage.open()
+        self._server = await serve(
+            self._handler,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            ssl=ctx,
+            max_size=MAX_FRAME_BYTES,
+            max_queue=64,
+            compression=None,  # ciphertext does not compress; deflate would only cost CPU
+            ping_interval=cfg.heartbeat_ms / 1000,
+            ping_timeout=cfg.heartbeat_ms / 1000,
+            close_timeout=2,
+            backlog=1024,
+            server_header=f"sottovoce/{__version__}",
+        )
+        self._spawn(self._expiry_loop())
+        self.log.info("server.started", url=self.url, version=__version__,
+                      path=str(cfg.data_dir))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            # Stop accepting, tell every client (1001), give them a moment, then cut.
+            self._server.close(close_connections=False)
+            for session in list(self.sessions):
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
+            deadline = time.monotonic() + 0.5
+            while self.sessions and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            for session in list(self.sessions):
+                session.ws.transport.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pusher.close()
+        await self.storage.close()
+        self.log.info("server.stopped")
+        self.log.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expiry_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.expiry_interval_ms / 1000)
+            try:
+                deleted = await self.storage.expire(now_ms() - cfg.retention_ms)
+            except Exception as exc:
+                self.log.error("expiry.failed", error=type(exc).__name__)
+                continue
+            if deleted:
+                self.metrics.expired += deleted
+                self.log.info("expiry.deleted", deleted=deleted)
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            body = json.dumps({
+                "status": "ok",
+                "version": __version__,
+                "protocol": "ksmpv3",
+                "uptimeS": round(time.monotonic() - self.started_at, 3),
+                "connections": len(self.sessions),
+            }).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
+        if path != WS_PATH:
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        remote = _remote(conn)
+        wait = self.ip_buckets.take(remote)
+        if wait:
+            self.metrics.error("rate_limited")
+            resp = _response(HTTPStatus.TOO_MANY_REQUESTS, b"rate limited\n", "text/plain")
+            resp.headers["Retry-After"] = str(max(1, wait // 1000))
+            return resp
+        if len(self.sessions) >= self.config.max_connections:
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"server full\n", "text/plain")
+        return None
+
+    # --- WebSocket ------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        session = Session(self, ws, _remote(ws))
+        self.sessions.add(session)
+        self._challenge(session)
+        loop = asyncio.get_running_loop()
+        def preauth_expired() -> None:
+            if session.user is None:
+                session.close(CLOSE_ABUSE, "authenticate in time")
+
+        timer = loop.call_later(self.config.preauth_timeout_ms / 1000, preauth_expired)
+        try:
+            async for message in ws:
+                if session.closed:
+                    break
+                pending = self._dispatch(session, message)
+                if pending is not None:
+                    await pending
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            if session.close_task is not None:
+                with contextlib.suppress(Exception):
+                    await session.close_task
+            session.closed = True
+            self.delivery.detach(session)
+            self.sessions.discard(session)
+
+    def _challenge(self, session: Session) -> None:
+        now = now_ms()
+        session.challenge = new_challenge(now)
+        session.reply(
+            CHALLENGE, {"nonce": b64(session.challenge.nonce), "serverTimeMs": now}, None
+        )
+
+    def _dispatch(self, session: Session, message: str | bytes) -> Awaitable[None] | None:
+        rid: str | None = None
+        ev: ClientEvent | SendView | None = None
+        try:
+            event, rid, data = parse_frame(message)
+            cls = CLIENT_EVENTS.get(event)
+            if cls is None:
+                raise ProtocolError("unknown_event", "unknown event")
+            self.metrics.frame(event)
+            if session.user is None:
+                if event not in PRE_AUTH:
+                    raise WireFailure("unauthorized", "authenticate first")
+                wait = self.ip_buckets.take(session.remote)
+            else:
+                wait = session.bucket.take()
+            if wait:
+                raise WireFailure(
+                    "rate_limited", "too many requests", retryable=True, retry_after_ms=wait
+                )
+            # Sends take the fast validator (same acceptance, see sendview.py).
+            ev = parse_send(data) if cls is Send else cls.from_data(data)
+            result = self._handlers[cls](session, ev, data, rid)
+            session.strikes.good()
+            if result is None:
+                return None
+            return self._guard(session, rid, result, ev)
+        except ProtocolError as exc:
+            self.metrics.frame("invalid")
+            self._refuse(session, WireFailure(exc.code, str(exc)), rid)
+        except WireFailure as exc:
+            mid = getattr(ev, "messageId", None)
+            self._refuse(session, exc, rid, mid if isinstance(mid, str) else None)
+        except RecursionError:
+            # json.loads on deeply nested input; parse_frame lets it through.
+            self.metrics.frame("invalid")
+            self._refuse(session, WireFailure("bad_json", "frame nests too deeply"), rid)
+        except Exception as exc:  # our bug: answer, log, keep the connection and the server
+            self.log.error("dispatch.failed", error=type(exc).__name__)
+            session.error(WireFailure("internal", "internal error", retryable=True), rid)
+        return None
+
+    def _refuse(
+        self, session: Session, failure: WireFailure, rid: str | None, mid: str | None = None
+    ) -> None:
+        session.error(failure, rid, mid)
+        if failure.code in ("rate_limited", "bad_json", "bad_request", "unknown_event",
+                            "payload_too_large", "unauthorized", "forbidden") and (
+            session.strikes.hit()
+        ):
+            self.log.warning("abuse.close", userId=session.user, code=failure.code)
+            session.close(CLOSE_ABUSE, "too many bad or rate-limited requests")
+
+    async def _guard(
+        self,
+        session: Session,
+        rid: str | None,
+        pending: Awaitable[None],
+        ev: ClientEvent | SendView,
+    ) -> None:
+        try:
+            await pending
+        except WireFailure as exc:
+            mid = getattr(ev, "messageId", None)
+            self._refuse(session, exc, rid, mid if isinstance(mid, str) else None)
+            if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
+                self._challenge(session)
+        except ConnectionClosed:
+            raise
+        except Exception as exc:
+            self.log.error("handler.failed", reason=ev.name, error=type(exc).__name__)
+            session.error(WireFailure("internal", "internal error", retryable=True), rid)
+            if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
+                self._challenge(session)
+
+    # --- pre-auth handlers -------------------------------------------------------------
+
+    def _not_authenticated(self, session: Session) -> None:
+        if session.user is not None:
+            raise WireFailure("already_authenticated", "this connection is authenticated")
+
+    async def _register(
+        self, session: Session, ev: Register, data: dict[str, Any], rid: str | None
+    ) -> None:
+        self._not_authenticated(session)
+        now = now_ms()
+        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        cert = check_certificate(ev.certificate, now_ms=now)
+        verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
+                          ev.signature)
+        await self.directory.register(cert, ev.certificate, now)
+        self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
+        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
+        await self._authenticated(session, cert.username, cert.device_id, rid)
+
+    async def _add_device(
+        self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
+    ) -> None:
+        self._not_authenticated(session)
+        now = now_ms()
+        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        cert = check_certificate(ev.certificate, now_ms=now)
+        rec = await self.directory.account(cert.username)
+        if rec is None:
+            raise WireFailure("unknown_user", "no such account")
+        if cert.account_key != rec.account_key:
+            raise WireFailure("invalid_certificate", "certificate is not signed by the account")
+        verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
+                          ev.signature)
+        await self.directory.add_device(cert, ev.certificate, now)
+        self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
+        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
+        self.delivery.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
+        await self._authenticated(session, cert.username, cert.device_id, rid)
+
+    async def _auth(
+        self, session: Session, ev: Auth, data: dict[str, Any], rid: str | None
+    ) -> None:
+        self._not_authenticated(session)
+        now = now_ms()
+        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        rec = await self.directory.account(ev.username)
+        dev = rec.device(ev.deviceId) if rec is not None else None
+        if dev is None or dev.revoked:
+            raise WireFailure("auth_failed", "unknown or revoked device")
+        cert = DeviceCertificate.decode(dev.certificate)
+        verify_possession(cert.keys.signing_key, nonce, ev.username, ev.deviceId, ev.signature)
+        if now >= cert.expires_at_ms:
+            raise WireFailure("certificate_expired", "device certificate has expired")
+        await self._authenticated(session, ev.username, ev.deviceId, rid)
+
+    async def _authenticated(
+        self, session: Session, user: str, device: str, rid: str | None
+    ) -> None:
+        session.user, session.device = user, device
+        session.challenge = None
+        self.delivery.attach(session)
+        latest = await self.storage.latest_inbox_seq(user, device)
+        session.reply(CONNECTED, {
+            "userId": user,
+            "deviceId": device,
+            "serverTimeMs": now_ms(),
+            "latestGlobalInboxSeq": latest,
+            "heartbeatMs": self.config.heartbeat_ms,
+        }, rid)
+        self.log.info("connection.authenticated", userId=user, deviceId=device,
+                      remote=session.remote if self.config.log_ips else None)
+        remaining = await self.storage.count_prekeys(user, device)
+        if remaining < self.config.prekey_low_watermark:
+            session.reply(PREKEYS_LOW, {"remaining": remaining}, None)
+
+    async def _username_check(
+        self, session: Session, ev: UsernameCheck, data: dict[str, Any], rid: str | None
+    ) -> None:
+        try:
+            validate_username(ev.username)
+        except UsageError as exc:
+            raise WireFailure("invalid_username", str(exc)) from None
+        taken = await self.directory.exists(ev.username)
+        session.reply(USERNAME_RESULT, {"username": ev.username, "available": not taken}, rid)
+
+    def _ping(self, session: Session, ev: Ping, data: dict[str, Any], rid: str | None) -> None:
+        session.reply(PONG, {}, rid)
+
+    # --- delivery -------------------------------------------------------------------
+
+    def _send(
+        self, session: Session, ev: SendView, data: dict[str, Any], rid: str | None
+    ) -> Awaitable[None] | None:
+        return self.delivery.send(session, ev, data, rid)
+
+    def _ack_read(
+        self, session: Session, ev: AckRead, data: dict[str, Any], rid: str | None
+    ) -> None:
+        self.delivery.ack_read(session, ev.upToGlobalInboxSeq, rid)
+
+    def _resume(
+        self, session: Session, ev: Resume, data: dict[str, Any], rid: str | None
+    ) -> None:
+        self.delivery.resume(session, ev.lastGlobalInboxSeq, rid)
+
+    # --- directory, prekeys, push, revocation ------------------------------------------
+
+    async def _lookup(
+        self, session: Session, ev: DirectoryLookup, data: dict[str, Any], rid: str | None
+    ) -> None:
+        rec = await self.directory.account(ev.username)
+        if rec is None:
+            raise WireFailure("unknown_user", "no such user")
+        session.reply(DIRECTORY_RESULT, {
+            "username": rec.user_id,
+            "accountKey": b64(rec.account_key),
+            "devices": [
+                {"deviceId": d.device_id, "certificate": b64(d.certificate)} for d in rec.active()
+            ],
+            "revokedDeviceIds": [d.device_id for d in rec.devices if d.revoked],
+        }, rid)
+
+    async def _prekeys_upload(
+        self, session: Session, ev: PrekeysUpload, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        rec = await self.directory.account(user)
+        if rec is None:
+            raise WireFailure("unauthorized", "account no longer exists")
+        count = await self.directory.store_prekeys(
+            rec, device, ev.oneTimeKeys, ev.fallbackKey, now_ms()
+        )
+        session.reply(PREKEYS_STORED, {"oneTimeKeys": count}, rid)
+
+    async def _prekeys_claim(
+        self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
+    ) -> None:
+        claimed = await self.directory.claim(ev.username, session.key)
+        session.reply(PREKEY_BUNDLES, {
+            "username": ev.username,
+            # PrekeyBundle.encode() is the certificate's encoding followed by the prekey's.
+            "bundles": [b64(c.certificate + c.prekey) for c in claimed],
+        }, rid)
+        for c in claimed:
+            if c.remaining < self.config.prekey_low_watermark:
+                owner = self.delivery.online.get((ev.username, c.device_id))
+                if owner is not None:
+                    owner.reply(PREKEYS_LOW, {"remaining": c.remaining}, None)
+
+    async def _push_register(
+        self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        await check_endpoint(ev.endpoint, allow_private=self.config.push_allow_private)
+        await self.directory.set_push(user, device, ev.endpoint)
+        session.reply(PUSH_REGISTERED, {}, rid)
+
+    async def _revoke(
+        self, session: Session, ev: RevokeDevice, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, _ = session.key
+        rec = await self.directory.account(user)
+        if rec is None:
+            raise WireFailure("unauthorized", "account no longer exists")
+        try:
+            stmt = RevocationStatement.decode(ev.revocation)
+            stmt.verify(account_key=rec.account_key, username=user)
+        except (DecodeError, IdentityError) as exc:
+            raise WireFailure("invalid_revocation", str(exc)) from None
+        if rec.device(stmt.device_id) is None:
+            raise WireFailure("bad_request", "no such device")
+        await self.directory.revoke(user, stmt.device_id, now_ms())
+        self.log.info("device.revoked", userId=user, deviceId=stmt.device_id)
+        text = frame(DEVICE_REVOKED, {"deviceId": stmt.device_id})
+        revoked = self.delivery.online.get((user, stmt.device_id))
+        if revoked is not None:
+            revoked.write(text)
+            revoked.close(CLOSE_REVOKED, "device revoked")
+        session.reply(DEVICE_REVOKED, {"deviceId": stmt.device_id}, rid)
+        self.delivery.notify_user(user, text, skip=session)
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _remote(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0])
+    return "unknown"

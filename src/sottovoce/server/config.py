@@ -1,0 +1,246 @@
+"""Server configuration: defaults < TOML file < ``SOTTOVOCE_*`` environment < command-line flags.
+
+Every option is declared once in :data:`OPTIONS` (name, type, default, help);
+the CLI flags, the environment variable names and the config-file keys are all
+derived from it, so ``sottovoce server --help`` documents every option.
+
+    # sottovoce.toml
+    port = 8765
+    data_dir = "/var/lib/sottovoce"
+    retention_ms = 2592000000
+
+    SOTTOVOCE_PORT=9000 sottovoce server --config sottovoce.toml --retention-days 7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from sottovoce.errors import UsageError
+from sottovoce.limits import (
+    AUTH_CHALLENGE_TTL_MS,
+    DEFAULT_RETENTION_MS,
+    KEEPALIVE_INTERVAL_MS,
+    ONE_TIME_KEYS_LOW_WATERMARK,
+)
+
+DEFAULT_PORT = 8765
+ENV_PREFIX = "SOTTOVOCE_"
+CONFIG_ENV = "SOTTOVOCE_CONFIG"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("sottovoce")) / "server"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    retention_ms: int = DEFAULT_RETENTION_MS
+    expiry_interval_ms: int = 60_000
+    heartbeat_ms: int = KEEPALIVE_INTERVAL_MS
+    challenge_ttl_ms: int = AUTH_CHALLENGE_TTL_MS
+    preauth_timeout_ms: int = 60_000
+    commit_window_ms: float = 0.0
+    max_batch: int = 2048
+    device_rate: float = 2000.0
+    device_burst: int = 4000
+    ip_rate: float = 100.0
+    ip_burst: int = 400
+    abuse_strikes: int = 50
+    max_connections: int = 10_000
+    write_buffer_limit: int = 8 * 1024 * 1024
+    prekey_low_watermark: int = ONE_TIME_KEYS_LOW_WATERMARK
+    push_hints: bool = False
+    push_min_interval_ms: int = 1000
+    push_timeout_ms: int = 5000
+    push_allow_private: bool = False
+    log_file: Path | None = None
+    log_level: str = "info"
+    log_ips: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key must be given together")
+        if not 0 <= self.port <= 65535:
+            raise UsageError("port must be 0-65535")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise UsageError("log level must be debug, info, warning or error")
+        for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
+                     "max_batch", "device_burst", "ip_burst", "abuse_strikes"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name.replace('_', '-')} must be positive")
+        if self.device_rate <= 0 or self.ip_rate <= 0:
+            raise UsageError("rates must be positive")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls else "ws"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "sottovoce.sqlite3"
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+    flag_only: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "address to listen on (default 127.0.0.1; 0.0.0.0 for all)", "ADDR"),
+    Option("port", int, f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)", "PORT"),
+    Option("data_dir", Path, "directory for the SQLite database (default: user data dir)", "DIR"),
+    Option("tls_cert", Path, "PEM certificate chain: serve wss:// (needs --tls-key)", "PEM"),
+    Option("tls_key", Path, "PEM private key of --tls-cert", "PEM"),
+    Option("retention_ms", int, "keep unacknowledged inbox frames this long (default 30 days)",
+           "MS"),
+    Option("expiry_interval_ms", int, "how often expired frames are deleted (default 60000)",
+           "MS"),
+    Option("heartbeat_ms", int, "keepalive interval; silent peers are dropped after two",
+           "MS"),
+    Option("challenge_ttl_ms", int, "an auth challenge must be answered within this (30000)",
+           "MS"),
+    Option("preauth_timeout_ms", int, "close connections not authenticated within this (60000)",
+           "MS"),
+    Option("commit_window_ms", float,
+           "extra wait to gather more sends into one commit (default 0: take what queued "
+           "during the previous fsync)", "MS"),
+    Option("max_batch", int, "most requests in one storage transaction (default 2048)", "N"),
+    Option("device_rate", float, "requests per second per device, sustained (default 2000)",
+           "N"),
+    Option("device_burst", int, "requests per device allowed in a burst (default 4000)", "N"),
+    Option("ip_rate", float, "connections + pre-auth requests per second per IP (default 100)",
+           "N"),
+    Option("ip_burst", int, "burst of the per-IP limit (default 400)", "N"),
+    Option("abuse_strikes", int,
+           "rate-limited or malformed requests in a row before the socket is closed with 1008 "
+           "(default 50)", "N"),
+    Option("max_connections", int, "concurrent WebSocket connections (default 10000)", "N"),
+    Option("write_buffer_limit", int,
+           "bytes queued to one slow client before it is closed with 1013 (default 8 MiB)",
+           "BYTES"),
+    Option("prekey_low_watermark", int, "tell a device when its one-time keys fall below this",
+           "N"),
+    Option("push_hints", _bool, "add conversationId/serverSeq hints to push tickles (off)",
+           "BOOL"),
+    Option("push_min_interval_ms", int, "at most one tickle per device per interval (1000)",
+           "MS"),
+    Option("push_timeout_ms", int, "HTTP timeout of a push webhook POST (5000)", "MS"),
+    Option("push_allow_private", _bool,
+           "allow push endpoints on loopback/private addresses (off; for tests and LANs)",
+           "BOOL"),
+    Option("log_file", Path, "write JSON-lines logs here (default: standard error)", "FILE"),
+    Option("log_level", str, "debug, info, warning or error (default info)", "LEVEL"),
+    Option("log_ips", _bool, "include client IP addresses in logs (off)", "BOOL"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def _coerce(opt: Option, value: Any, origin: str) -> Any:
+    try:
+        if isinstance(value, str):
+            return opt.parse(value)
+        if opt.parse is Path:
+            return Path(str(value))
+        if opt.parse is _bool:
+            if not isinstance(value, bool):
+                raise ValueError("expected true/false")
+            return value
+        if opt.parse is float and isinstance(value, int):
+            return float(value)
+        expected = {int: int, float: float, str: str}.get(opt.parse)  # type: ignore[call-overload]
+        if expected is None or isinstance(value, bool) or not isinstance(value, expected):
+            raise ValueError("wrong type")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{origin}: bad value for {opt.name}: {exc}") from None
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    table = raw.get("server", raw)
+    if not isinstance(table, dict):
+        raise UsageError(f"config file {path}: [server] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            continue  # another component's [section] (e.g. [client]) in a shared file
+        name = key.replace("-", "_")
+        opt = _BY_NAME.get(name)
+        if opt is None:
+            raise UsageError(f"config file {path}: unknown option {key!r}")
+        out[name] = _coerce(opt, value, str(path))
+    return out
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Merge the four layers; ``flags`` holds only options given on the command line."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if path is not None:
+        values.update(load_file(path))
+    for opt in OPTIONS:
+        if opt.env in env:
+            values[opt.name] = _coerce(opt, env[opt.env], opt.env)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
+    return ServerConfig(**values)
+
+
+def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
+    return dataclasses.replace(config, **changes)
+
+
+def option_names() -> Sequence[str]:
+    return [o.name for o in OPTIONS]

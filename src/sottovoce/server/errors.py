@@ -1,0 +1,89 @@
+"""Server-side errors, each carrying its ``ksmpv3.error`` wire code (DESIGN §6).
+
+Handlers raise :class:`WireFailure`; the connection loop converts it once, at
+the boundary, into a ``ksmpv3.error`` frame. Messages name fields and rules,
+never values (a value may be ciphertext).
+
+Wire error codes the server emits (``retryable`` in brackets):
+
+=====================  ==========================================================
+``bad_json``           the frame is not JSON [no]
+``bad_request``        a field is missing, of the wrong type or out of range [no]
+``unknown_event``      no such event [no]
+``frame_too_large``    (the WebSocket is closed with 1009 before this can happen)
+``payload_too_large``  a field or list exceeds its limit [no]
+``unauthorized``       the event needs an authenticated connection [no]
+``already_authenticated`` register/auth on an authenticated connection [no]
+``auth_failed``        wrong signature, unknown or revoked device [no]
+``challenge_expired``  the challenge was older than its TTL; a new one follows [yes]
+``challenge_used``     the challenge was already answered; a new one follows [yes]
+``invalid_username``   the username breaks the alias rules [no]
+``username_taken``     someone holds that username [no]
+``invalid_certificate`` bad certificate: signature, binding, validity [no]
+``certificate_expired`` the device certificate has expired [no]
+``device_exists``      that device id is already registered [no]
+``invalid_prekey``     a prekey is malformed or not signed by the device [no]
+``prekeys_full``       the device already stores the maximum of one-time keys [no]
+``invalid_revocation`` revocation not signed by the account key [no]
+``unknown_user``       directory/prekey lookup of a username that does not exist [no]
+``unknown_recipient``  a send to a username that does not exist [no]
+``forbidden``          e.g. a ``senderUserId`` other than the authenticated user [no]
+``conversation_mismatch`` conversationId is not dm_conversation_id(sender, recipient) [no]
+``device_mismatch``    ciphertexts do not cover exactly the active devices [no]
+``recipient_offline``  ephemeral send while no recipient device is online [yes]
+``rate_limited``       token bucket empty; retry after ``retryAfterMs`` [yes]
+``unavailable``        storage failed; nothing was stored, retry later [yes]
+``internal``           our bug; the request may be retried [yes]
+=====================  ==========================================================
+
+WebSocket close codes the server uses:
+
+* 1009 – a frame larger than ``limits.MAX_FRAME_BYTES``;
+* 1008 – sustained abuse (too many rate-limited or malformed requests), or no
+  authentication within the pre-auth timeout;
+* 1013 – the client reads too slowly (write buffer over its limit): reconnect
+  and resume;
+* 4000 – replaced: the same device authenticated on a newer connection;
+* 4001 – the device was revoked;
+* 1001 – the server is shutting down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sottovoce.errors import RemoteError
+
+CLOSE_ABUSE = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SLOW_CONSUMER = 1013
+CLOSE_REPLACED = 4000
+CLOSE_REVOKED = 4001
+CLOSE_GOING_AWAY = 1001
+
+
+class WireFailure(RemoteError):
+    """A request failed in a way the client is told about with ``ksmpv3.error``."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_ms: int = 0,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.details = details or {}
+
+
+class StorageError(WireFailure):
+    """Storage could not complete a write; nothing of it was committed."""
+
+    def __init__(self, message: str = "storage unavailable") -> None:
+        super().__init__("unavailable", message, retryable=True, retry_after_ms=500)

@@ -1,0 +1,111 @@
+"""Prometheus metrics from a per-app registry (DESIGN §7).
+
+Hot-path counters are plain ints read at scrape time by a collector: a
+``prometheus_client`` ``Counter.inc()`` takes a lock and costs about a
+microsecond, several times per message. Label values come from fixed sets
+(event names, error codes) — never from client-chosen ids or content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sottovoce.protocol.events import CLIENT_EVENTS
+
+
+class Metrics(Collector):
+    def __init__(
+        self,
+        *,
+        connections: Callable[[], int] = lambda: 0,
+        online: Callable[[], int] = lambda: 0,
+        tickles: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.connections = connections
+        self.online = online
+        self.tickles = tickles
+        self.frames: dict[str, int] = dict.fromkeys((*CLIENT_EVENTS, "invalid"), 0)
+        self.errors: dict[str, int] = {}
+        self.closes: dict[int, int] = {}
+        self.sends_stored = 0
+        self.sends_duplicate = 0
+        self.sends_ephemeral = 0
+        self.deliveries_live = 0
+        self.deliveries_replay = 0
+        self.acked = 0
+        self.expired = 0
+        self.replay_rereads = 0
+        r = self.registry = CollectorRegistry()
+        r.register(self)
+        self.batch = Histogram(
+            "sottovoce_commit_batch_jobs", "jobs per storage commit", registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        )
+        self.commit = Histogram(
+            "sottovoce_commit_seconds", "storage transaction time incl. fsync", registry=r,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+
+    def frame(self, event: str) -> None:
+        frames = self.frames
+        if event in frames:
+            frames[event] += 1
+        else:
+            frames["invalid"] += 1
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def closed(self, code: int) -> None:
+        self.closes[code] = self.closes.get(code, 0) + 1
+
+    def observe_batch(self, jobs: int, seconds: float) -> None:
+        """Called by the storage writer thread once per commit."""
+        self.batch.observe(jobs)
+        self.commit.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("sottovoce_connections", "open WebSocket connections",
+                                value=self.connections())
+        yield GaugeMetricFamily("sottovoce_devices_online", "authenticated devices",
+                                value=self.online())
+        frames = CounterMetricFamily("sottovoce_frames_received", "client frames by event",
+                                     labels=["event"])
+        for event, n in self.frames.items():
+            frames.add_metric([event], n)
+        yield frames
+        sends = CounterMetricFamily("sottovoce_sends", "sends by kind", labels=["kind"])
+        sends.add_metric(["stored"], self.sends_stored)
+        sends.add_metric(["duplicate"], self.sends_duplicate)
+        sends.add_metric(["ephemeral"], self.sends_ephemeral)
+        yield sends
+        deliveries = CounterMetricFamily("sottovoce_deliveries",
+                                         "inbox frames written to sockets", labels=["path"])
+        deliveries.add_metric(["live"], self.deliveries_live)
+        deliveries.add_metric(["replay"], self.deliveries_replay)
+        yield deliveries
+        yield CounterMetricFamily("sottovoce_inbox_acked", "inbox frames deleted on ack",
+                                  value=self.acked)
+        yield CounterMetricFamily("sottovoce_inbox_expired", "inbox frames deleted by retention",
+                                  value=self.expired)
+        yield CounterMetricFamily("sottovoce_replay_rereads",
+                                  "replays that re-read storage after live frames overflowed",
+                                  value=self.replay_rereads)
+        yield CounterMetricFamily("sottovoce_push_tickles", "push tickles sent",
+                                  value=self.tickles())
+        errors = CounterMetricFamily("sottovoce_errors", "ksmpv3.error by code", labels=["code"])
+        for code, n in sorted(self.errors.items()):
+            errors.add_metric([code], n)
+        yield errors
+        closes = CounterMetricFamily("sottovoce_closes", "server-initiated closes by code",
+                                     labels=["code"])
+        for close, n in sorted(self.closes.items()):
+            closes.add_metric([str(close)], n)
+        yield closes

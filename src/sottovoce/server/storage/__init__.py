@@ -1,0 +1,1 @@
+"""Storage adapters behind one interface (:mod:`.base`): SQLite now, PostgreSQL next."""

@@ -1,0 +1,234 @@
+"""The storage interface every adapter implements (DESIGN §7, §9).
+
+Rules every adapter keeps (the conformance suite checks them through the wire):
+
+* a send's serverSeq (per conversation) and each recipient device's
+  globalInboxSeq are assigned in the same transaction as the inbox rows;
+* ``append`` resolves only after that transaction is durable;
+* (sender device, idempotencyKey) maps to the first outcome forever (within
+  retention): a retry returns it with ``duplicate=True`` and writes nothing;
+* one inbox row per recipient device (1:1 ciphertexts differ per device);
+* ``ack_read`` deletes a device's rows up to a seq; ``expire`` deletes rows older
+  than the retention;
+* a one-time prekey is handed out at most once.
+
+Envelopes are stored as their JSON text (built once by :meth:`SendRequest.envelope`)
+so that replay and live delivery never re-encode them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sottovoce.errors import RemoteError
+
+
+class UsernameTaken(RemoteError):
+    pass
+
+
+class DeviceExists(RemoteError):
+    pass
+
+
+class UnknownAccount(RemoteError):
+    pass
+
+
+class PrekeysFull(RemoteError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device_id: str
+    certificate: bytes
+    revoked: bool
+    push_endpoint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    user_id: str
+    account_key: bytes
+    devices: tuple[DeviceRecord, ...]
+
+    def active(self) -> tuple[DeviceRecord, ...]:
+        return tuple(d for d in self.devices if not d.revoked)
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        for d in self.devices:
+            if d.device_id == device_id:
+                return d
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedPrekey:
+    device_id: str
+    certificate: bytes
+    prekey: bytes
+    remaining: int
+
+
+@dataclass(slots=True)
+class SendRequest:
+    """One logical message, validated by the delivery layer, ready to store.
+
+    Every string field was checked against the protocol id alphabet
+    (``[A-Za-z0-9_.:@/+=-]``) or a fixed set, and ciphertexts are validated
+    base64, so none needs JSON escaping: :meth:`envelope` joins strings.
+    """
+
+    sender_user: str
+    sender_device: str
+    conversation_id: str
+    message_id: str
+    idempotency_key: str
+    recipient_user: str
+    content_type: str
+    client_created_at_ms: int
+    #: (userId, deviceId, ciphertext as base64) per target device.
+    targets: Sequence[tuple[str, str, str]]
+    ephemeral: bool = False
+
+    def envelope_parts(self) -> tuple[str, str]:
+        """The envelope JSON before and after the per-device ciphertext (serialize once)."""
+        head = (
+            '{"protocol":"ksmpv3","conversationId":"' + self.conversation_id
+            + '","messageId":"' + self.message_id
+            + '","senderUserId":"' + self.sender_user
+            + '","senderDeviceId":"' + self.sender_device
+            + '","recipientUserId":"' + self.recipient_user
+            + '","ciphertext":"'
+        )
+        tail = (
+            '","contentType":"' + self.content_type
+            + '","clientCreatedAtMs":' + str(self.client_created_at_ms)
+            + ',"serverSeq":'
+        )
+        return head, tail
+
+    def envelope(self, ciphertext_b64: str, server_seq: int, received_at_ms: int) -> str:
+        head, tail = self.envelope_parts()
+        return envelope_text(self, head, tail, ciphertext_b64, server_seq, received_at_ms)
+
+
+def envelope_text(
+    req: SendRequest, head: str, tail: str, ct: str, server_seq: int, received_at_ms: int
+) -> str:
+    return (
+        head + ct + tail + str(server_seq)
+        + ',"serverReceivedAtMs":' + str(received_at_ms)
+        + ',"idempotencyKey":"' + req.idempotency_key
+        + ('","ephemeral":true}' if req.ephemeral else '","ephemeral":false}')
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """One inbox row just written: who gets it, its globalInboxSeq and envelope text."""
+
+    user_id: str
+    device_id: str
+    global_seq: int
+    envelope: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    conversation_id: str
+    message_id: str
+    idempotency_key: str
+    server_seq: int
+    received_at_ms: int
+    duplicate: bool
+    frames: tuple[StoredFrame, ...]
+
+
+#: Called on the event loop once a send is durable (outcome) or has failed (error).
+AppendCallback = Callable[[SendOutcome | None, BaseException | None], None]
+
+
+class Storage(abc.ABC):
+    """Abstract storage; all methods are coroutines run on the server's event loop."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # --- accounts and devices ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_account(
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        """Raises :class:`UsernameTaken`."""
+
+    @abc.abstractmethod
+    async def add_device(
+        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        """Raises :class:`UnknownAccount`, :class:`DeviceExists`."""
+
+    @abc.abstractmethod
+    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def get_account(self, user_id: str) -> AccountRecord | None: ...
+
+    @abc.abstractmethod
+    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
+        ...
+
+    # --- prekeys -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def store_prekeys(
+        self,
+        user_id: str,
+        device_id: str,
+        one_time: Sequence[tuple[str, bytes]],
+        fallback: bytes | None,
+        max_stored: int,
+    ) -> int:
+        """Store keys; returns the one-time keys now stored. Raises :class:`PrekeysFull`."""
+
+    @abc.abstractmethod
+    async def count_prekeys(self, user_id: str, device_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def claim_prekeys(
+        self, user_id: str, exclude_device: tuple[str, str] | None
+    ) -> list[ClaimedPrekey]:
+        """Atomically take one one-time key (else the fallback) per active device."""
+
+    # --- delivery ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def append(self, req: SendRequest, callback: AppendCallback) -> None:
+        """Store a send; ``callback(outcome, error)`` runs on the loop after the commit."""
+
+    @abc.abstractmethod
+    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def read_inbox(
+        self, user_id: str, device_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """(globalInboxSeq, envelope JSON) after ``after_seq``, ascending."""
+
+    @abc.abstractmethod
+    async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
+        """Delete the device's frames up to ``up_to_seq``; returns how many."""
+
+    @abc.abstractmethod
+    async def expire(self, before_ms: int) -> int:
+        """Delete inbox frames and idempotency records received before ``before_ms``.
+
+        Returns the number of inbox frames deleted.
+        """

@@ -1,0 +1,873 @@
+"""SQLite storage: WAL, ``synchronous=FULL``, one writer thread doing group commit (DESIGN §9).
+
+::
+
+    event loop                        writer thread (owns the only write connection)
+    ──────────                        ───────────────────────────────────────────────
+    append(req, cb) ──► queue ──►  take every job queued (≤ max_batch)
+    await claim/ack/…               BEGIN IMMEDIATE
+                                    run each job: sequences, inbox rows, …
+                                    flush the sequence counters once per batch
+                                    COMMIT  (fsync: the batch is durable)
+    cb(outcome) ◄── call_soon_threadsafe(resolve whole batch)
+
+Acks never precede the commit: callbacks run only after COMMIT returned. While
+one batch is being fsynced the next one queues up, so batches grow with load
+and latency stays at one fsync when idle. Reads (replay, directory) use their
+own connections in a small thread pool; WAL lets them run beside the writer.
+
+The writer keeps the per-conversation serverSeq and per-device globalInboxSeq
+counters in memory (it is their only writer) and writes each touched counter
+once per batch. Any unexpected failure rolls the batch back, forgets the
+cached counters (they reload from the database) and retries the jobs one by
+one, so one bad job cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sottovoce.errors import RemoteError, UsageError
+from sottovoce.server.errors import StorageError
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage.base import (
+    AccountRecord,
+    AppendCallback,
+    ClaimedPrekey,
+    DeviceExists,
+    DeviceRecord,
+    PrekeysFull,
+    SendOutcome,
+    SendRequest,
+    Storage,
+    StoredFrame,
+    UnknownAccount,
+    UsernameTaken,
+    envelope_text,
+)
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version; applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE accounts(
+        user_id TEXT PRIMARY KEY,
+        account_key BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE devices(
+        dev INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        certificate BLOB NOT NULL,
+        revoked_at INTEGER,
+        push_endpoint TEXT,
+        last_inbox_seq INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        UNIQUE(user_id, device_id)
+    );
+    CREATE TABLE prekeys(
+        dev INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        prekey BLOB NOT NULL,
+        PRIMARY KEY(dev, key_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE fallback_keys(
+        dev INTEGER PRIMARY KEY,
+        prekey BLOB NOT NULL
+    );
+    CREATE TABLE conversations(
+        conversation_id TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Idempotency: (sender device, key) -> the original ack. Rowid order is
+    -- arrival order, which expiry relies on.
+    CREATE TABLE sends(
+        id INTEGER PRIMARY KEY,
+        sender_dev INTEGER NOT NULL,
+        idem_key TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        server_seq INTEGER NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX sends_idem ON sends(sender_dev, idem_key);
+    -- One row per recipient device (DESIGN §9): an append-only table with a
+    -- narrow index writes fastest, and rowid order is arrival order.
+    CREATE TABLE inbox(
+        id INTEGER PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX inbox_dev_seq ON inbox(dev, seq);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+#: How often the checkpointer copies the WAL into the database file.
+CHECKPOINT_INTERVAL_S = 0.5
+#: Under sustained writes a passive checkpoint never catches up with the end of
+#: the WAL, so the WAL would never restart; past this many frames (4 KiB pages,
+#: 64 MiB) the writer truncates it itself between two batches.
+WAL_TRUNCATE_FRAMES = 16_384
+
+
+#: Rows per multi-row INSERT, largest first. One statement per chunk means one
+#: sqlite3_step, so the writer thread gives up and retakes the GIL once per
+#: chunk instead of once per row (each retake can wait for the event loop).
+_CHUNKS = (256, 64, 16, 4, 1)
+_SQL_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def insert_many(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[Any, ...]]
+                ) -> None:
+    """``head`` is "INSERT ... INTO t(cols) VALUES"; rows are written in a few statements."""
+    i, n = 0, len(rows)
+    while i < n:
+        size = next(c for c in _CHUNKS if c <= n - i)
+        key = (head, width, size)
+        sql = _SQL_CACHE.get(key)
+        if sql is None:
+            one = "(" + ",".join("?" * width) + ")"
+            sql = _SQL_CACHE[key] = head + ",".join([one] * size)
+        params = [v for row in rows[i:i + size] for v in row]
+        conn.execute(sql, params)
+        i += size
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsynced at every commit, so an ack survives power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    # Checkpoints run on their own thread (see _checkpointer), not inside a
+    # commit, where they would add milliseconds to the acks that wait on it.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        found = 0 if row is None else int(row[0])
+        if found > SCHEMA_VERSION:
+            raise UsageError(
+                f"database schema v{found} is newer than this server (v{SCHEMA_VERSION})"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+        return found
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+Done = Callable[[Any, BaseException | None], None]
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: Done
+
+
+_STOP = object()
+
+
+class BatchStats:
+    """Counters the app exports as metrics (read on the loop, written by the writer)."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.jobs = 0
+        self.commit_seconds = 0.0
+        self.last_batch = 0
+        self.truncations = 0
+        self.observers: list[Callable[[int, float], None]] = []
+
+
+class SqliteStorage(Storage):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        logger: JsonLogger,
+        commit_window_ms: float = 0.0,
+        max_batch: int = 2048,
+        readers: int = 2,
+    ) -> None:
+        self.path = path
+        self._log = logger
+        self._window = commit_window_ms / 1000
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sv-read")
+        self._local = threading.local()
+        self._closed = False
+        self._stop_checkpoints = threading.Event()
+        self._truncate_wal = False
+        self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
+        self.wal_truncate_frames = WAL_TRUNCATE_FRAMES
+        self._checkpoint_thread: threading.Thread | None = None
+        self.stats = BatchStats()
+        # Writer-thread state (touched only by the writer thread).
+        self._devs: dict[tuple[str, str], int] = {}
+        self._inbox_seq: dict[int, int] = {}
+        self._conv_seq: dict[str, int] = {}
+        self._dirty_devs: set[int] = set()
+        self._dirty_convs: set[str] = set()
+        self._last_received = 0
+
+    # --- life cycle ----------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        conn = _connect(self.path)
+        found = migrate(conn)
+        if found != SCHEMA_VERSION:
+            self._log.info("storage.migrated", version=SCHEMA_VERSION, count=found)
+        self._thread = threading.Thread(
+            target=self._writer_main, args=(conn,), name="sv-writer", daemon=True
+        )
+        self._thread.start()
+        self._checkpoint_thread = threading.Thread(
+            target=self._checkpointer, name="sv-checkpoint", daemon=True
+        )
+        self._checkpoint_thread.start()
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL back into the database file beside the writer (PASSIVE never blocks
+        it); SQLite restarts the WAL from its beginning once all of it is checkpointed."""
+        conn = _connect(self.path)
+        try:
+            while not self._stop_checkpoints.wait(self.checkpoint_interval_s):
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    self._log.warning("storage.checkpoint_failed", error=type(exc).__name__)
+                    continue
+                if row is not None and int(row[1]) > self.wal_truncate_frames:
+                    self._truncate_wal = True
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._stop_checkpoints.set()
+        loop = asyncio.get_running_loop()
+        if self._thread is not None:
+            await loop.run_in_executor(None, self._thread.join)
+        if self._checkpoint_thread is not None:
+            await loop.run_in_executor(None, self._checkpoint_thread.join)
+        self._readers.shutdown(wait=True)
+
+    # --- the writer ----------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+        if self._closed:
+            done(None, StorageError("server is shutting down"))
+            return
+        self._queue.put(_Job(fn, args, done))
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self._submit(fn, args, done)
+        return await fut
+
+    def _writer_main(self, conn: sqlite3.Connection) -> None:
+        q = self._queue
+        stopping = False
+        while not stopping:
+            first = q.get()
+            if first is _STOP:
+                break
+            batch: list[_Job] = [first]  # type: ignore[list-item]
+            if self._window:
+                time.sleep(self._window)
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            results = self._run_batch(conn, batch)
+            elapsed = time.perf_counter() - t0
+            st = self.stats
+            st.commits += 1
+            st.jobs += len(batch)
+            st.commit_seconds += elapsed
+            st.last_batch = len(batch)
+            for obs in st.observers:
+                obs(len(batch), elapsed)
+            if self._loop is not None and not self._loop.is_closed():
+                try:
+                    self._loop.call_soon_threadsafe(_resolve, results)
+                except RuntimeError:  # loop closed while we committed
+                    break
+            if self._truncate_wal:  # after the acks of this batch went out
+                self._truncate_wal = False
+                try:
+                    # Between batches: nothing of ours is in flight; readers are short.
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    self.stats.truncations += 1
+                except sqlite3.Error as exc:
+                    self._log.warning("storage.truncate_failed", error=type(exc).__name__)
+        conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[Done, Any, BaseException | None]]:
+        results: list[tuple[Done, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            i = 0
+            while i < len(batch):
+                job = batch[i]
+                if job.fn == self._w_append:
+                    # A run of sends: written with a few statements for the whole run.
+                    j = i
+                    while j < len(batch) and batch[j].fn == self._w_append:
+                        j += 1
+                    run = batch[i:j]
+                    for rjob, (res, err) in zip(run, self._append_run(conn, run), strict=True):
+                        results.append((rjob.done, res, err))
+                    i = j
+                    continue
+                try:
+                    results.append((job.done, job.fn(conn, *job.args), None))
+                except RemoteError as exc:
+                    # Domain refusals are raised before a job writes anything.
+                    results.append((job.done, None, exc))
+                i += 1
+            self._flush_counters(conn)
+            conn.execute("COMMIT")
+            return results
+        except Exception as exc:
+            self._rollback(conn)
+            if len(batch) == 1:
+                self._log.error("storage.failed", error=type(exc).__name__)
+                return [(batch[0].done, None, StorageError())]
+        # Retry one by one so that a single bad job fails alone.
+        out: list[tuple[Done, Any, BaseException | None]] = []
+        for job in batch:
+            out.extend(self._run_batch(conn, [job]))
+        return out
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._devs.clear()
+        self._inbox_seq.clear()
+        self._conv_seq.clear()
+        self._dirty_devs.clear()
+        self._dirty_convs.clear()
+
+    def _flush_counters(self, conn: sqlite3.Connection) -> None:
+        if self._dirty_devs:
+            conn.executemany(
+                "UPDATE devices SET last_inbox_seq=? WHERE dev=?",
+                [(self._inbox_seq[d], d) for d in self._dirty_devs],
+            )
+            self._dirty_devs.clear()
+        if self._dirty_convs:
+            conn.executemany(
+                "INSERT INTO conversations(conversation_id, last_seq) VALUES (?, ?) "
+                "ON CONFLICT(conversation_id) DO UPDATE SET last_seq=excluded.last_seq",
+                [(c, self._conv_seq[c]) for c in self._dirty_convs],
+            )
+            self._dirty_convs.clear()
+
+    def _dev(self, conn: sqlite3.Connection, user: str, device: str) -> int | None:
+        key = (user, device)
+        dev = self._devs.get(key)
+        if dev is None:
+            row = conn.execute(
+                "SELECT dev, last_inbox_seq FROM devices WHERE user_id=? AND device_id=?", key
+            ).fetchone()
+            if row is None:
+                return None
+            dev = int(row[0])
+            self._devs[key] = dev
+            self._inbox_seq[dev] = int(row[1])
+        return dev
+
+    # --- delivery (writer side) ------------------------------------------------------
+
+    def append(self, req: SendRequest, callback: AppendCallback) -> None:
+        self._submit(self._w_append, (req,), callback)
+
+    def _append_run(
+        self, conn: sqlite3.Connection, jobs: list[_Job]
+    ) -> list[tuple[SendOutcome | None, BaseException | None]]:
+        """Store a run of sends with one INSERT per table (the common case: no retries).
+
+        Idempotency records go in with INSERT OR IGNORE; if any was already there
+        (a retry, or the same key twice in this run) the run is rolled back to
+        its savepoint, the counters restored, and each send redone on its own
+        by :meth:`_w_append`, which answers retries with the original ack.
+        """
+        conv_seq, inbox_seq = self._conv_seq, self._inbox_seq
+        conv_before: dict[str, int | None] = {}
+        dev_before: dict[int, int] = {}
+        results: list[tuple[SendOutcome | None, BaseException | None]] = []
+        sends_rows: list[tuple[int, str, str, str, int, int]] = []
+        inbox_rows: list[tuple[int, int, int, str]] = []
+        received = max(now_ms(), self._last_received)
+        self._last_received = received
+        for job in jobs:
+            req: SendRequest = job.args[0]
+            sender = self._dev(conn, req.sender_user, req.sender_device)
+            found = [self._dev(conn, u, d) for u, d, _ in req.targets]
+            devs = [d for d in found if d is not None]
+            if sender is None or len(devs) != len(found):
+                results.append((None, UnknownAccount("device is not registered")))
+                continue
+            conv = req.conversation_id
+            if conv not in conv_before:
+                conv_before[conv] = conv_seq.get(conv)
+            seq = conv_seq.get(conv)
+            if seq is None:
+                r = conn.execute(
+                    "SELECT last_seq FROM conversations WHERE conversation_id=?", (conv,)
+                ).fetchone()
+                seq = 0 if r is None else int(r[0])
+            seq += 1
+            conv_seq[conv] = seq
+            sends_rows.append((sender, req.idempotency_key, conv, req.message_id, seq, received))
+            head, tail = req.envelope_parts()
+            frames: list[StoredFrame] = []
+            for (user, device, ct), dev in zip(req.targets, devs, strict=True):
+                if dev not in dev_before:
+                    dev_before[dev] = inbox_seq[dev]
+                g = inbox_seq[dev] + 1
+                inbox_seq[dev] = g
+                env = envelope_text(req, head, tail, ct, seq, received)
+                inbox_rows.append((dev, g, received, env))
+                frames.append(StoredFrame(user, device, g, env))
+            results.append((SendOutcome(
+                conversation_id=conv,
+                message_id=req.message_id,
+                idempotency_key=req.idempotency_key,
+                server_seq=seq,
+                received_at_ms=received,
+                duplicate=False,
+                frames=tuple(frames),
+            ), None))
+        conn.execute("SAVEPOINT sends_run")
+        before = conn.total_changes
+        insert_many(
+            conn,
+            "INSERT OR IGNORE INTO sends(sender_dev, idem_key, conversation_id, message_id, "
+            "server_seq, received_at) VALUES ",
+            6,
+            sends_rows,
+        )
+        if conn.total_changes - before == len(sends_rows):
+            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES ", 4,
+                        inbox_rows)
+            conn.execute("RELEASE sends_run")
+            self._dirty_convs.update(conv_before)
+            self._dirty_devs.update(dev_before)
+            return results
+        # A retry is in the run: undo it and take the careful path, one send at a time.
+        conn.execute("ROLLBACK TO sends_run")
+        conn.execute("RELEASE sends_run")
+        for conv, old in conv_before.items():
+            if old is None:
+                conv_seq.pop(conv, None)
+            else:
+                conv_seq[conv] = old
+        for dev, old_seq in dev_before.items():
+            inbox_seq[dev] = old_seq
+        slow: list[tuple[SendOutcome | None, BaseException | None]] = []
+        for job in jobs:
+            try:
+                slow.append((self._w_append(conn, job.args[0]), None))
+            except RemoteError as exc:
+                slow.append((None, exc))
+        return slow
+
+    def _w_append(self, conn: sqlite3.Connection, req: SendRequest) -> SendOutcome:
+        sender = self._dev(conn, req.sender_user, req.sender_device)
+        if sender is None:
+            raise UnknownAccount("sender device is not registered")
+        row = conn.execute(
+            "SELECT conversation_id, message_id, server_seq, received_at FROM sends "
+            "WHERE sender_dev=? AND idem_key=?",
+            (sender, req.idempotency_key),
+        ).fetchone()
+        if row is not None:
+            return SendOutcome(
+                conversation_id=row[0],
+                message_id=row[1],
+                idempotency_key=req.idempotency_key,
+                server_seq=int(row[2]),
+                received_at_ms=int(row[3]),
+                duplicate=True,
+                frames=(),
+            )
+        devs: list[int] = []
+        for user, device, _ in req.targets:
+            dev = self._dev(conn, user, device)
+            if dev is None:
+                raise UnknownAccount("target device is not registered")
+            devs.append(dev)
+        # Writes start here; nothing below raises a domain error.
+        conv = req.conversation_id
+        seq = self._conv_seq.get(conv)
+        if seq is None:
+            r = conn.execute(
+                "SELECT last_seq FROM conversations WHERE conversation_id=?", (conv,)
+            ).fetchone()
+            seq = 0 if r is None else int(r[0])
+        seq += 1
+        self._conv_seq[conv] = seq
+        self._dirty_convs.add(conv)
+        # Monotonic in rowid order, which expiry relies on.
+        received = max(now_ms(), self._last_received)
+        self._last_received = received
+        conn.execute(
+            "INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (sender, req.idempotency_key, conv, req.message_id, seq, received),
+        )
+        head, tail = req.envelope_parts()
+        rows: list[tuple[int, int, int, str]] = []
+        frames: list[StoredFrame] = []
+        inbox_seq = self._inbox_seq
+        dirty = self._dirty_devs
+        for (user, device, ct), dev in zip(req.targets, devs, strict=True):
+            g = inbox_seq[dev] + 1
+            inbox_seq[dev] = g
+            dirty.add(dev)
+            env = envelope_text(req, head, tail, ct, seq, received)
+            rows.append((dev, g, received, env))
+            frames.append(StoredFrame(user, device, g, env))
+        conn.executemany(
+            "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES (?, ?, ?, ?)", rows
+        )
+        return SendOutcome(
+            conversation_id=conv,
+            message_id=req.message_id,
+            idempotency_key=req.idempotency_key,
+            server_seq=seq,
+            received_at_ms=received,
+            duplicate=False,
+            frames=tuple(frames),
+        )
+
+    async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
+        return await self._write(self._w_ack_read, user_id, device_id, up_to_seq)
+
+    def _w_ack_read(self, conn: sqlite3.Connection, user: str, device: str, up_to: int) -> int:
+        dev = self._dev(conn, user, device)
+        if dev is None:
+            return 0
+        return conn.execute("DELETE FROM inbox WHERE dev=? AND seq<=?", (dev, up_to)).rowcount
+
+    async def expire(self, before_ms: int) -> int:
+        return await self._write(self._w_expire, before_ms)
+
+    def _w_expire(self, conn: sqlite3.Connection, before: int) -> int:
+        deleted = 0
+        for table in ("inbox", "sends"):
+            # received_at grows with rowid, so the expired rows are a rowid prefix:
+            # find the first live row and delete everything before it.
+            row = conn.execute(
+                f"SELECT id FROM {table} WHERE received_at >= ? ORDER BY id LIMIT 1",  # noqa: S608
+                (before,),
+            ).fetchone()
+            if row is None:
+                n = conn.execute(f"DELETE FROM {table}").rowcount  # noqa: S608
+            else:
+                n = conn.execute(
+                    f"DELETE FROM {table} WHERE id < ?",  # noqa: S608
+                    (int(row[0]),),
+                ).rowcount
+            if table == "inbox":
+                deleted = n
+        return deleted
+
+    # --- accounts (writer side) ---------------------------------------------------
+
+    async def create_account(
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        await self._write(self._w_create, user_id, account_key, device_id, certificate, now_ms)
+
+    def _w_create(
+        self, conn: sqlite3.Connection, user: str, ak: bytes, device: str, cert: bytes, now: int
+    ) -> None:
+        if conn.execute("SELECT 1 FROM accounts WHERE user_id=?", (user,)).fetchone():
+            raise UsernameTaken("username is taken")
+        conn.execute(
+            "INSERT INTO accounts(user_id, account_key, created_at) VALUES (?, ?, ?)",
+            (user, ak, now),
+        )
+        conn.execute(
+            "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
+            (user, device, cert, now),
+        )
+
+    async def add_device(
+        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        await self._write(self._w_add_device, user_id, device_id, certificate, now_ms)
+
+    def _w_add_device(
+        self, conn: sqlite3.Connection, user: str, device: str, cert: bytes, now: int
+    ) -> None:
+        if not conn.execute("SELECT 1 FROM accounts WHERE user_id=?", (user,)).fetchone():
+            raise UnknownAccount("no such account")
+        if conn.execute(
+            "SELECT 1 FROM devices WHERE user_id=? AND device_id=?", (user, device)
+        ).fetchone():
+            raise DeviceExists("device id already registered")
+        conn.execute(
+            "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
+            (user, device, cert, now),
+        )
+
+    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
+        await self._write(self._w_revoke, user_id, device_id, now_ms)
+
+    def _w_revoke(self, conn: sqlite3.Connection, user: str, device: str, now: int) -> None:
+        dev = self._dev(conn, user, device)
+        if dev is None:
+            raise UnknownAccount("no such device")
+        conn.execute(
+            "UPDATE devices SET revoked_at=?, push_endpoint=NULL WHERE dev=? "
+            "AND revoked_at IS NULL",
+            (now, dev),
+        )
+        conn.execute("DELETE FROM prekeys WHERE dev=?", (dev,))
+        conn.execute("DELETE FROM fallback_keys WHERE dev=?", (dev,))
+        conn.execute("DELETE FROM inbox WHERE dev=?", (dev,))
+
+    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
+        await self._write(self._w_push, user_id, device_id, endpoint)
+
+    def _w_push(
+        self, conn: sqlite3.Connection, user: str, device: str, endpoint: str | None
+    ) -> None:
+        conn.execute(
+            "UPDATE devices SET push_endpoint=? WHERE user_id=? AND device_id=?",
+            (endpoint, user, device),
+        )
+
+    # --- prekeys (writer side) ------------------------------------------------------
+
+    async def store_prekeys(
+        self,
+        user_id: str,
+        device_id: str,
+        one_time: Sequence[tuple[str, bytes]],
+        fallback: bytes | None,
+        max_stored: int,
+    ) -> int:
+        return await self._write(
+            self._w_store_prekeys, user_id, device_id, list(one_time), fallback, max_stored
+        )
+
+    def _w_store_prekeys(
+        self,
+        conn: sqlite3.Connection,
+        user: str,
+        device: str,
+        one_time: list[tuple[str, bytes]],
+        fallback: bytes | None,
+        max_stored: int,
+    ) -> int:
+        dev = self._dev(conn, user, device)
+        if dev is None:
+            raise UnknownAccount("no such device")
+        have = int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
+        if have + len(one_time) > max_stored:
+            raise PrekeysFull("too many one-time keys stored")
+        conn.executemany(
+            "INSERT OR REPLACE INTO prekeys(dev, key_id, prekey) VALUES (?, ?, ?)",
+            [(dev, kid, blob) for kid, blob in one_time],
+        )
+        if fallback is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO fallback_keys(dev, prekey) VALUES (?, ?)", (dev, fallback)
+            )
+        return int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
+
+    async def claim_prekeys(
+        self, user_id: str, exclude_device: tuple[str, str] | None
+    ) -> list[ClaimedPrekey]:
+        return await self._write(self._w_claim, user_id, exclude_device)
+
+    def _w_claim(
+        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None
+    ) -> list[ClaimedPrekey]:
+        out: list[ClaimedPrekey] = []
+        devices = conn.execute(
+            "SELECT dev, device_id, certificate FROM devices WHERE user_id=? "
+            "AND revoked_at IS NULL ORDER BY dev",
+            (user,),
+        ).fetchall()
+        for dev, device_id, cert in devices:
+            if exclude is not None and (user, device_id) == exclude:
+                continue
+            row = conn.execute(
+                "SELECT key_id, prekey FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1", (dev,)
+            ).fetchone()
+            if row is not None:
+                # The single writer makes take-and-delete atomic: no other claim
+                # can run between these two statements (DESIGN §7).
+                conn.execute("DELETE FROM prekeys WHERE dev=? AND key_id=?", (dev, row[0]))
+                prekey = bytes(row[1])
+            else:
+                fb = conn.execute(
+                    "SELECT prekey FROM fallback_keys WHERE dev=?", (dev,)
+                ).fetchone()
+                if fb is None:
+                    continue
+                prekey = bytes(fb[0])
+            remaining = int(
+                conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0]
+            )
+            out.append(ClaimedPrekey(device_id, bytes(cert), prekey, remaining))
+        return out
+
+    # --- reads (reader pool) ------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            try:
+                return fn(self._reader(), *args)
+            except sqlite3.Error as exc:
+                self._log.error("storage.read_failed", error=type(exc).__name__)
+                raise StorageError() from None
+
+        return await loop.run_in_executor(self._readers, run)
+
+    async def get_account(self, user_id: str) -> AccountRecord | None:
+        return await self._read(_r_account, user_id)
+
+    async def count_prekeys(self, user_id: str, device_id: str) -> int:
+        return await self._read(_r_count_prekeys, user_id, device_id)
+
+    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
+        return await self._read(_r_latest, user_id, device_id)
+
+    async def read_inbox(
+        self, user_id: str, device_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, str]]:
+        return await self._read(_r_inbox, user_id, device_id, after_seq, limit)
+
+
+def _resolve(results: list[tuple[Done, Any, BaseException | None]]) -> None:
+    for done, result, error in results:
+        done(result, error)
+
+
+def _r_account(conn: sqlite3.Connection, user: str) -> AccountRecord | None:
+    row = conn.execute("SELECT account_key FROM accounts WHERE user_id=?", (user,)).fetchone()
+    if row is None:
+        return None
+    devices = tuple(
+        DeviceRecord(
+            device_id=d[0], certificate=bytes(d[1]), revoked=d[2] is not None, push_endpoint=d[3]
+        )
+        for d in conn.execute(
+            "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
+            "WHERE user_id=? ORDER BY dev",
+            (user,),
+        )
+    )
+    return AccountRecord(user_id=user, account_key=bytes(row[0]), devices=devices)
+
+
+def _r_count_prekeys(conn: sqlite3.Connection, user: str, device: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM prekeys JOIN devices USING(dev) WHERE user_id=? AND device_id=?",
+        (user, device),
+    ).fetchone()
+    return int(row[0])
+
+
+def _r_latest(conn: sqlite3.Connection, user: str, device: str) -> int:
+    row = conn.execute(
+        "SELECT last_inbox_seq FROM devices WHERE user_id=? AND device_id=?", (user, device)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _r_inbox(
+    conn: sqlite3.Connection, user: str, device: str, after: int, limit: int
+) -> list[tuple[int, str]]:
+    row = conn.execute(
+        "SELECT dev FROM devices WHERE user_id=? AND device_id=?", (user, device)
+    ).fetchone()
+    if row is None:
+        return []
+    return [
+        (int(seq), env)
+        for seq, env in conn.execute(
+            "SELECT seq, envelope FROM inbox WHERE dev=? AND seq>? ORDER BY seq LIMIT ?",
+            (row[0], after, limit),
+        )
+    ]
