@@ -18,6 +18,8 @@ from sottovoce.errors import SottovoceError
 #: Modules that contribute subcommands, in help order.
 COMMAND_MODULES = (
     "sottovoce.cli.demo",
+    "sottovoce.cli.server_cmd",
+    "sottovoce.cli.client_cmd",
 )
 
 

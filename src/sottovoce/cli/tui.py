@@ -1,0 +1,230 @@
+"""`sottovoce chat NAME`: a Textual chat screen that reads only the local store.
+
+    ┌ status: me ⇄ peer · connected ───────────────┐
+    │ history (scrolls; PageUp at the top loads     │
+    │ older messages from the store)                │
+    │ 12:01 you → bob: hello ✓                       │
+    ├ input ────────────────────────────────────────┤
+    └ footer: key bindings ─────────────────────────┘
+
+Events from the client only say *when* to look; every line shown is read
+back from the store, so the screen shows exactly what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, Static
+
+from sottovoce.cli.client_cmd import format_message, qr_text
+from sottovoce.client import (
+    Client,
+    ConnectionChanged,
+    DeliveryStateChanged,
+    EphemeralReceived,
+    ErrorEvent,
+    MessageReceived,
+    StoredMessage,
+)
+from sottovoce.errors import SottovoceError
+from sottovoce.identity import SafetyNumber
+
+PAGE = 50
+
+
+class SafetyNumberScreen(ModalScreen[None]):
+    """The safety number as digits and a QR code; Esc closes it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close"),
+        Binding("ctrl+s", "close", "Close", show=False),
+    ]
+    DEFAULT_CSS = """
+    SafetyNumberScreen { align: center middle; }
+    #sn-box {
+        width: 64; height: auto; max-height: 100%;
+        border: thick $accent; padding: 0 2; background: $surface;
+    }
+    #sn-box > Static { width: 100%; height: auto; }
+    #sn-digits { text-style: bold; padding: 1 0; }
+    """
+
+    def __init__(self, me: str, peer: str, number: SafetyNumber | None) -> None:
+        super().__init__()
+        self._me, self._peer, self._number = me, peer, number
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sn-box"):
+            yield Static(Text(f"Safety number: {self._me} and {self._peer}"))
+            if self._number is None:
+                yield Static(Text("Not known yet: connect once to look the peer up."))
+            else:
+                yield Static(Text(self._number.grouped()), id="sn-digits")
+                yield Static(Text(qr_text(self._number)), id="sn-qr")
+                yield Static(Text("Both of you must see the same digits. Esc to close."))
+        yield Footer()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ChatApp(App[int]):
+    TITLE = "sottovoce"
+    CSS = """
+    #status { height: 1; background: $primary; color: $text; padding: 0 1; }
+    #history { height: 1fr; padding: 0 1; }
+    .line { height: auto; }
+    #input { dock: bottom; margin-bottom: 1; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "safety", "Safety number"),
+        Binding("pageup", "page_up", "Older", priority=True),
+        Binding("pagedown", "page_down", "Newer", priority=True),
+        Binding("ctrl+q", "leave", "Quit", priority=True),
+    ]
+
+    def __init__(self, client: Client, peer: str) -> None:
+        super().__init__()
+        self.client = client
+        self.peer = peer
+        self._lines: dict[str, Static] = {}
+        self._oldest: int | None = None
+        self._connected = False
+
+    # --- layout ---------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield VerticalScroll(id="history")
+        yield Input(placeholder=f"Message {self.peer} (Enter sends)", id="input")
+        yield Footer()
+
+    def _status(self) -> None:
+        state = "connected" if self._connected else "connecting…"
+        me = f"{self.client.username}/{self.client.device_id}"
+        self.query_one("#status", Static).update(Text(f"{me} ⇄ {self.peer} · {state}"))
+
+    def _line(self, message: StoredMessage) -> Static:
+        widget = Static(Text(format_message(message, self.client.username)), classes="line")
+        self._lines[message.message_id] = widget
+        return widget
+
+    async def on_mount(self) -> None:
+        self._status()
+        history = self.client.history(self.peer, limit=PAGE)
+        if history:
+            self._oldest = history[0].local_id
+            await self.query_one("#history", VerticalScroll).mount_all(
+                [self._line(m) for m in history]
+            )
+        self.query_one("#history", VerticalScroll).scroll_end(animate=False)
+        self.query_one("#input", Input).focus()
+        self.run_worker(self._pump(), exclusive=True, group="events")
+
+    async def _pump(self) -> None:
+        events = self.client.events()
+        try:
+            await self.client.connect(wait=False)
+            async for event in events:
+                await self._on_client_event(event)
+        finally:
+            events.close()
+
+    async def _on_client_event(self, event: object) -> None:
+        if isinstance(event, MessageReceived) and event.message.peer == self.peer:
+            await self._append(event.message.message_id)
+        elif isinstance(event, DeliveryStateChanged) and event.peer == self.peer:
+            self._refresh(event.message_id)
+        elif isinstance(event, ConnectionChanged):
+            self._connected = event.connected
+            self._status()
+        elif isinstance(event, EphemeralReceived) and event.peer == self.peer:
+            self.notify(f"(ephemeral) {event.sender}: {event.text}")
+        elif isinstance(event, ErrorEvent):
+            self.notify(f"{event.code}: {event.message}", severity="error")
+
+    async def _append(self, message_id: str) -> None:
+        stored = self.client.message(message_id)  # the screen shows the store, nothing else
+        if stored is None or message_id in self._lines:
+            return
+        log = self.query_one("#history", VerticalScroll)
+        at_bottom = log.scroll_y >= log.max_scroll_y - 1
+        await log.mount(self._line(stored))
+        if self._oldest is None:
+            self._oldest = stored.local_id
+        if at_bottom or stored.outgoing:
+            log.scroll_end(animate=False)
+
+    def _refresh(self, message_id: str) -> None:
+        stored = self.client.message(message_id)
+        widget = self._lines.get(message_id)
+        if stored is not None and widget is not None:
+            widget.update(Text(format_message(stored, self.client.username)))
+
+    # --- actions --------------------------------------------------------------
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        event.input.value = ""
+        try:
+            message_id = await self.client.send_text(self.peer, text)
+        except SottovoceError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self._append(message_id)
+
+    def _page(self, log: VerticalScroll) -> int:
+        return max(1, log.scrollable_content_region.height - 1)
+
+    async def action_page_up(self) -> None:
+        log = self.query_one("#history", VerticalScroll)
+        top = log.scroll_target_y
+        if top <= 0 and self._oldest is not None:
+            older = self.client.history(self.peer, limit=PAGE, before=self._oldest)
+            if older:
+                self._oldest = older[0].local_id
+                widgets = [self._line(m) for m in older]
+                children = list(log.children)
+                if children:
+                    await log.mount_all(widgets, before=children[0])
+                else:
+                    await log.mount_all(widgets)
+                top = len(widgets)  # keep the line that was on top in place, then page
+                log.refresh(layout=True)
+                await asyncio.sleep(0)
+        # From the scroll *target*, so key repeats add up instead of landing on one spot.
+        log.scroll_to(y=max(0, top - self._page(log)), animate=False, immediate=True)
+
+    def action_page_down(self) -> None:
+        log = self.query_one("#history", VerticalScroll)
+        target = min(log.max_scroll_y, log.scroll_target_y + self._page(log))
+        log.scroll_to(y=target, animate=False, immediate=True)
+
+    async def action_safety(self) -> None:
+        number = self.client.known_safety_number(self.peer)
+        if number is None and self.client.connected:
+            try:
+                number = await self.client.safety_number(self.peer)
+            except SottovoceError as exc:
+                self.notify(str(exc), severity="error")
+        await self.push_screen(SafetyNumberScreen(self.client.username, self.peer, number))
+
+    def action_leave(self) -> None:
+        self.exit(0)
+
+    async def on_unmount(self) -> None:
+        await self.client.close()  # stores what already arrived; releases the account lock
+
+
+def run_chat(client: Client, peer: str) -> int:
+    code = ChatApp(client, peer).run()
+    return code if isinstance(code, int) else 0

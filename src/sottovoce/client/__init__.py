@@ -1,0 +1,42 @@
+"""The client SDK: the only client-side I/O (DESIGN §2). Start with :class:`Client`."""
+
+from sottovoce.client.client import Client, EventStream, register_device, username_available
+from sottovoce.client.errors import (
+    IdentityChanged,
+    NotConnected,
+    ServerError,
+    StoreError,
+    WrongPassphrase,
+)
+from sottovoce.client.events import (
+    ClientEvent,
+    ConnectionChanged,
+    DeliveryStateChanged,
+    EphemeralReceived,
+    ErrorEvent,
+    MessageReceived,
+    MessageSent,
+)
+from sottovoce.client.store import DeliveryStatus, KdfParams, StoredMessage
+
+__all__ = [
+    "Client",
+    "ClientEvent",
+    "ConnectionChanged",
+    "DeliveryStateChanged",
+    "DeliveryStatus",
+    "EphemeralReceived",
+    "ErrorEvent",
+    "EventStream",
+    "IdentityChanged",
+    "KdfParams",
+    "MessageReceived",
+    "MessageSent",
+    "NotConnected",
+    "ServerError",
+    "StoreError",
+    "StoredMessage",
+    "WrongPassphrase",
+    "register_device",
+    "username_available",
+]

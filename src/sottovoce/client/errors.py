@@ -1,0 +1,62 @@
+"""Errors of the client SDK (the split of ``sottovoce.errors``: misuse / remote / bug)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sottovoce.errors import IdentityError, RemoteError, UsageError
+
+
+class WrongPassphrase(UsageError):
+    """The passphrase does not open this account's local store (nothing was changed)."""
+
+    code = "wrong_passphrase"
+
+
+class StoreError(UsageError):
+    """The local store is missing, already exists, or is in use by another process."""
+
+    code = "store_error"
+
+
+class IdentityChanged(IdentityError):
+    """A contact's account key differs from the one pinned on first contact (TOFU).
+
+    Either the contact re-created their account or someone is in the middle;
+    compare safety numbers before trusting the new key.
+    """
+
+    code = "identity_changed"
+
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"the account key of '{username}' changed since first contact; "
+            "compare safety numbers (sottovoce verify) before trusting it"
+        )
+        self.username = username
+
+
+class NotConnected(RemoteError):
+    """The server is unreachable (or the connection dropped) and the operation needs it."""
+
+    code = "not_connected"
+    retryable = True
+
+
+class ServerError(RemoteError):
+    """The server answered a request with ``ksmpv3.error``."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_ms: int = 0,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"server error {code}: {message}")
+        self.code = code
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.details = details or {}

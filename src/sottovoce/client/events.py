@@ -1,0 +1,73 @@
+"""Typed events the :class:`~sottovoce.client.Client` hands to the application.
+
+Every event is emitted after the change it reports is durable in the local
+store, so an application that re-reads the store on an event sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sottovoce.client.store import DeliveryStatus, StoredMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    """A message from a peer, or a copy of what another of our devices sent."""
+
+    message: StoredMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageSent:
+    """The server acknowledged a durable write of one of our messages (✓)."""
+
+    message_id: str
+    peer: str
+    server_seq: int
+    idempotency_key: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryStateChanged:
+    message_id: str
+    peer: str
+    status: DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent:
+    """Something failed that the application should show (never contains content)."""
+
+    code: str
+    message: str
+    message_id: str | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionChanged:
+    """The authenticated connection came up (after resume and replay) or went down."""
+
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralReceived:
+    """An ephemeral message: held only in memory (never in the store)."""
+
+    peer: str
+    sender: str
+    message_id: str
+    text: str
+
+
+ClientEvent = (
+    MessageReceived
+    | MessageSent
+    | DeliveryStateChanged
+    | ErrorEvent
+    | ConnectionChanged
+    | EphemeralReceived
+)

@@ -1,0 +1,57 @@
+"""What a 1:1 ciphertext carries inside (the server never sees this structure).
+
+    struct {
+        uint8  version = 1;
+        opaque message_id<0..255>;       // binds the plaintext to the envelope's messageId
+        opaque conversation_id<0..255>;  // and to its conversation
+        opaque content_type<0..255>;
+        uint64 created_at_ms;
+        opaque body<V>;
+    } Payload;
+
+The receiver checks ``message_id`` and ``conversation_id`` against the
+envelope, so the relay cannot move a ciphertext to another message or chat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.errors import DecodeError
+
+_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payload:
+    message_id: str
+    conversation_id: str
+    content_type: str
+    created_at_ms: int
+    body: bytes
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(_VERSION)
+        w.opaque8(self.message_id.encode("ascii"))
+        w.opaque8(self.conversation_id.encode("ascii"))
+        w.opaque8(self.content_type.encode("ascii"))
+        w.u64(self.created_at_ms)
+        w.opaque_v(self.body)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Payload:
+        def read(r: Reader) -> Payload:
+            if r.u8() != _VERSION:
+                raise DecodeError("unknown payload version")
+            return cls(
+                message_id=r.opaque8().decode("ascii"),
+                conversation_id=r.opaque8().decode("ascii"),
+                content_type=r.opaque8().decode("ascii"),
+                created_at_ms=r.u64(),
+                body=r.opaque_v(),
+            )
+
+        return decode(read, data)

@@ -1,0 +1,279 @@
+"""Pairwise sessions and the directory view of this device (DESIGN §3-4).
+
+    directory.result ──verify every certificate against the account key──► Contact
+                     (first contact pins the account key; a different key later
+                      raises IdentityChanged, nothing is replaced)
+    prekeys.bundles  ──PairwiseSession.outbound (bundle verified)──► session
+    inbound prekey message ──PairwiseSession.inbound (sender cert verified)──► session
+
+Sessions live in memory once loaded; every change marks them dirty and
+:meth:`SessionManager.flush` writes the dirty ones (and the Olm account when a
+one-time key was consumed) inside the caller's transaction, the same one that
+stores the message the change produced (STYLE rule 2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Any
+
+from sottovoce.client.errors import IdentityChanged
+from sottovoce.client.store import Contact, Store
+from sottovoce.errors import (
+    DecodeError,
+    DuplicateMessage,
+    IdentityError,
+    MessageDecryptionError,
+    PairwiseError,
+    RemoteError,
+    SessionMismatch,
+)
+from sottovoce.identity import DeviceCertificate
+from sottovoce.pairwise import OlmAccount, OlmEnvelope, PairwiseSession, PrekeyBundle
+from sottovoce.secret import Secret
+
+Device = tuple[str, str]  # (username, device id)
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise RemoteError(f"directory {what} is not base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RemoteError(f"directory {what} is not base64") from None
+
+
+class SessionManager:
+    """Every pairwise session of this device, and the contacts they are bound to."""
+
+    def __init__(
+        self,
+        store: Store,
+        olm: OlmAccount,
+        *,
+        username: str,
+        device_id: str,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._olm = olm
+        self.username = username
+        self.device_id = device_id
+        self._clock = clock_ms
+        self._sessions: dict[Device, list[PairwiseSession]] = {}
+        self._contacts: dict[str, Contact] = {}
+        self._dirty: dict[tuple[str, str, str], PairwiseSession] = {}
+        self._olm_dirty = False
+
+    @property
+    def olm(self) -> OlmAccount:
+        return self._olm
+
+    # --- contacts ----------------------------------------------------------------------
+
+    def contact(self, username: str) -> Contact | None:
+        if username not in self._contacts:
+            found = self._store.get_contact(username)
+            if found is None:
+                return None
+            self._contacts[username] = found
+        return self._contacts[username]
+
+    def apply_directory(self, data: dict[str, Any]) -> Contact:
+        """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact.
+
+        Raises :class:`IdentityChanged` if the account key is not the pinned one.
+        Certificates that do not verify against the account key are ignored (the
+        server cannot add a device to someone's account). Call inside a transaction
+        or on its own; the contact is written at once.
+        """
+        username = data.get("username")
+        if not isinstance(username, str):
+            raise RemoteError("directory result has no username")
+        account_key = _b64(data.get("accountKey"), "account key")
+        if len(account_key) != 32:
+            raise RemoteError("directory account key has the wrong length")
+        pinned = self.contact(username)
+        if pinned is not None and pinned.account_key != account_key:
+            raise IdentityChanged(username)
+        revoked_raw = data.get("revokedDeviceIds") or []
+        revoked = (
+            {d for d in revoked_raw if isinstance(d, str)}
+            if isinstance(revoked_raw, list)
+            else set()
+        )
+        now = self._clock()
+        certs: dict[str, DeviceCertificate] = {}
+        devices = data.get("devices") or []
+        for item in devices if isinstance(devices, list) else []:
+            if not isinstance(item, dict):
+                continue
+            try:
+                cert = DeviceCertificate.decode(_b64(item.get("certificate"), "certificate"))
+                cert.verify(
+                    now_ms=now,
+                    account_key=account_key,
+                    username=username,
+                    revoked_device_ids=revoked,
+                )
+            except (DecodeError, IdentityError, RemoteError):
+                continue
+            if cert.device_id == item.get("deviceId"):
+                certs[cert.device_id] = cert
+        contact = Contact(
+            username=username,
+            account_key=account_key,
+            pinned_at_ms=pinned.pinned_at_ms if pinned else now,
+            verified=pinned.verified if pinned else False,
+            certificates=certs,
+            revoked=revoked | (pinned.revoked if pinned else set()),
+        )
+        self._store.put_contact(contact)
+        self._contacts[username] = contact
+        return contact
+
+    def pin_self(self, certificate: DeviceCertificate) -> None:
+        """Our own account is pinned by construction (our key signed our certificate)."""
+        if self.contact(self.username) is None:
+            contact = Contact(
+                username=self.username,
+                account_key=certificate.account_key,
+                pinned_at_ms=self._clock(),
+                verified=True,
+                certificates={certificate.device_id: certificate},
+            )
+            self._store.put_contact(contact)
+            self._contacts[self.username] = contact
+
+    def devices_of(self, username: str) -> list[str]:
+        """Device ids we would encrypt to (ours excluded)."""
+        contact = self.contact(username)
+        if contact is None:
+            return []
+        return sorted(
+            d
+            for d in contact.certificates
+            if d not in contact.revoked and not (username == self.username and d == self.device_id)
+        )
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def _load(self, device: Device) -> list[PairwiseSession]:
+        if device not in self._sessions:
+            key: Secret = self._store.storage_key
+            self._sessions[device] = [
+                PairwiseSession.restore(key, device[0], device[1], sealed)
+                for sealed in self._store.load_sessions(*device)
+            ]
+        return self._sessions[device]
+
+    def has_session(self, username: str, device_id: str) -> bool:
+        return bool(self._load((username, device_id)))
+
+    def add_outbound(self, bundle: PrekeyBundle) -> PairwiseSession:
+        """Open a session from a claimed bundle, checked against the pinned account key."""
+        cert = bundle.certificate
+        contact = self.contact(cert.username)
+        if contact is None:
+            raise PairwiseError("bundle for a user not looked up in the directory")
+        session = PairwiseSession.outbound(
+            self._olm,
+            bundle,
+            now_ms=self._clock(),
+            account_key=contact.account_key,
+            username=contact.username,
+            revoked_device_ids=contact.revoked,
+        )
+        self._remember((cert.username, cert.device_id), session)
+        return session
+
+    def _remember(self, device: Device, session: PairwiseSession) -> None:
+        sessions = self._load(device)
+        sessions.insert(0, session)
+        self._dirty[(device[0], device[1], session.session_id)] = session
+
+    def _touch(self, device: Device, session: PairwiseSession) -> None:
+        sessions = self._load(device)
+        if sessions and sessions[0] is not session:
+            sessions.remove(session)
+            sessions.insert(0, session)
+        self._dirty[(device[0], device[1], session.session_id)] = session
+
+    def encrypt(self, username: str, device_id: str, plaintext: bytes) -> bytes:
+        device = (username, device_id)
+        sessions = self._load(device)
+        if not sessions:
+            raise SessionMismatch("no session with this device")
+        session = sessions[0]
+        ciphertext = session.encrypt(plaintext)
+        self._touch(device, session)
+        return ciphertext
+
+    def decrypt(self, username: str, device_id: str, ciphertext: bytes) -> bytes:
+        """Decrypt with the matching session, or accept a prekey message (new session).
+
+        State changes only on success; the caller must :meth:`flush` in the
+        transaction that stores the result.
+        """
+        device = (username, device_id)
+        envelope = OlmEnvelope.decode(ciphertext)
+        sessions = self._load(device)
+        if envelope.is_prekey:
+            for session in sessions:
+                if session.matches(ciphertext):
+                    plaintext = session.decrypt(ciphertext)
+                    self._touch(device, session)
+                    return plaintext
+            contact = self.contact(username)
+            cert = contact.certificates.get(device_id) if contact else None
+            if contact is None or cert is None:
+                raise PairwiseError("prekey message from a device not in the directory")
+            session, plaintext = PairwiseSession.inbound(
+                self._olm,
+                cert,
+                ciphertext,
+                now_ms=self._clock(),
+                account_key=contact.account_key,
+                username=username,
+                revoked_device_ids=contact.revoked,
+            )
+            self._remember(device, session)
+            self._olm_dirty = True  # a one-time key was consumed
+            return plaintext
+        for session in sessions:
+            try:
+                plaintext = session.decrypt(ciphertext)
+            except (MessageDecryptionError, DuplicateMessage):
+                continue
+            self._touch(device, session)
+            return plaintext
+        raise MessageDecryptionError("no session could decrypt the message")
+
+    def mark_olm_dirty(self) -> None:
+        self._olm_dirty = True
+
+    def flush(self) -> None:
+        """Seal and write every changed session (and the Olm account) — in a transaction."""
+        now = self._clock()
+        for (user, device, session_id), session in self._dirty.items():
+            sealed = session.seal(self._store.storage_key, self._store.rng)
+            self._store.put_session(user, device, session_id, sealed, now)
+        self._dirty.clear()
+        if self._olm_dirty:
+            self._store.put_secret_sealed(
+                "olm_account", self._olm.seal(self._store.storage_key, self._store.rng)
+            )
+            self._olm_dirty = False
+
+    def discard_unflushed(self) -> None:
+        """After a failed transaction: forget in-memory state the store does not hold."""
+        self._sessions.clear()
+        self._dirty.clear()
+        if self._olm_dirty:
+            sealed = self._store.get_secret_sealed("olm_account")
+            if sealed is not None:
+                self._olm = OlmAccount.restore(self._store.storage_key, self.device_id, sealed)
+            self._olm_dirty = False

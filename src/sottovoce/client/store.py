@@ -1,0 +1,719 @@
+"""The local store of one account on one device: SQLite, sealed at rest.
+
+    passphrase ──Argon2id(salt, params in `meta`)──► storage key (32 bytes, never stored)
+    storage key ──seal_record──► every sensitive value (bodies, keys, Olm pickles, contacts)
+    storage key ──HKDF──► index key ──HMAC──► peer tags (look-ups without plaintext names)
+
+What stays in clear: random ids (messageId, idempotencyKey), sequence numbers,
+delivery status, row order and the KDF salt/parameters. A sealed key-check
+record turns a wrong passphrase into :class:`WrongPassphrase` before anything
+is read or written.
+
+Durability (DESIGN §6): ``lastGlobalInboxSeq`` is written in the same
+transaction as the messages it covers and the session states they advanced, so
+a crash can only replay frames the store does not hold yet (dedupe by
+messageId makes the replay harmless). One process per store: an exclusive
+lock file stops a second process from forking the ratchet state.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from sottovoce.client.errors import StoreError, WrongPassphrase
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.crypto.kdf import Hash, hkdf, hmac
+from sottovoce.crypto.rng import Random
+from sottovoce.crypto.sealed import open_record, seal_record
+from sottovoce.errors import DecodeError, DecryptionError
+from sottovoce.identity import DeviceCertificate
+from sottovoce.secret import Secret
+
+STORE_FILE = "store.sqlite3"
+LOCK_FILE = "store.lock"
+SCHEMA_VERSION = 1
+_KEYCHECK = b"sottovoce local store v1"
+_TAG_LEN = 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets(name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts(tag BLOB PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions(
+    tag BLOB PRIMARY KEY,
+    device_tag BLOB NOT NULL,
+    updated INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_device ON sessions(device_tag, updated);
+CREATE TABLE IF NOT EXISTS messages(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    peer_tag BLOB NOT NULL,
+    outgoing INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    idempotency_key TEXT,
+    server_seq INTEGER,
+    inbox_seq INTEGER,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_tag, id);
+CREATE TABLE IF NOT EXISTS outbox(
+    oid INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT NOT NULL,
+    sealed BLOB NOT NULL
+);
+"""
+
+
+# =============================================================================
+# Key derivation
+# =============================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """Argon2id parameters, recorded beside the salt so a store always reopens.
+
+    The default is RFC 9106 §4's second recommended option (64 MiB, t=3, p=4),
+    about 0.4 s on a 2-core machine.
+    """
+
+    memory_kib: int = 64 * 1024
+    iterations: int = 3
+    lanes: int = 4
+
+    def derive(self, passphrase: bytes, salt: bytes) -> Secret:
+        kdf = Argon2id(
+            salt=salt,
+            length=32,
+            iterations=self.iterations,
+            lanes=self.lanes,
+            memory_cost=self.memory_kib,
+        )
+        return Secret(kdf.derive(passphrase))
+
+
+#: Cheap parameters for unit tests only (the store records them; never use for real data).
+TEST_KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
+
+
+def _passphrase_bytes(passphrase: str | bytes) -> bytes:
+    raw = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+    if not raw:
+        raise StoreError("the passphrase must not be empty")
+    return raw
+
+
+# =============================================================================
+# Rows
+# =============================================================================
+
+
+class DeliveryStatus(enum.IntEnum):
+    SENDING = 0  # in the outbox, no server ack yet
+    SENT = 1  # ✓  the server acknowledged a durable write
+    DELIVERED = 2  # ✓✓ (reserved: delivery receipts come later)
+    FAILED = 3  # the server refused it for good, or it could not be decrypted
+
+    @property
+    def tick(self) -> str:
+        return {0: "…", 1: "✓", 2: "✓✓", 3: "✗"}[self.value]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    """A message as the UI sees it (decrypted once, read back from the store)."""
+
+    local_id: int
+    message_id: str
+    peer: str
+    sender: str
+    sender_device: str
+    outgoing: bool
+    status: DeliveryStatus
+    text: str
+    content_type: str = "text"
+    client_created_ms: int = 0
+    server_received_ms: int = 0
+    local_at_ms: int = 0
+    server_seq: int | None = None
+    inbox_seq: int | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Body:
+    peer: str
+    sender: str
+    sender_device: str
+    content_type: str
+    client_created_ms: int
+    server_received_ms: int
+    local_at_ms: int
+    text: str
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(1)
+        for name in (self.peer, self.sender, self.sender_device, self.content_type):
+            w.opaque8(name.encode("utf-8"))
+        w.u64(self.client_created_ms)
+        w.u64(self.server_received_ms)
+        w.u64(self.local_at_ms)
+        w.opaque_v(self.text.encode("utf-8"))
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Body:
+        def read(r: Reader) -> _Body:
+            if r.u8() != 1:
+                raise DecodeError("unknown message record version")
+            peer, sender, device, ctype = (r.opaque8().decode("utf-8") for _ in range(4))
+            return cls(
+                peer=peer,
+                sender=sender,
+                sender_device=device,
+                content_type=ctype,
+                client_created_ms=r.u64(),
+                server_received_ms=r.u64(),
+                local_at_ms=r.u64(),
+                text=r.opaque_v().decode("utf-8"),
+            )
+
+        return decode(read, data)
+
+
+def _write_cert(w: Writer, item: tuple[str, DeviceCertificate]) -> None:
+    w.opaque8(item[0].encode("ascii"))
+    w.opaque_v(item[1].encode())
+
+
+@dataclass(slots=True, kw_only=True)
+class Contact:
+    """What we know about a user: the pinned account key (TOFU) and verified devices."""
+
+    username: str
+    account_key: bytes
+    pinned_at_ms: int
+    verified: bool = False
+    certificates: dict[str, DeviceCertificate] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(1)
+        w.opaque8(self.username.encode("ascii"))
+        w.opaque8(self.account_key)
+        w.u64(self.pinned_at_ms)
+        w.boolean(self.verified)
+        w.vector_v(sorted(self.certificates.items()), _write_cert)
+        w.vector_v(sorted(self.revoked), lambda w2, d: w2.opaque8(d.encode("ascii")))
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Contact:
+        def read(r: Reader) -> Contact:
+            if r.u8() != 1:
+                raise DecodeError("unknown contact record version")
+            username = r.opaque8().decode("ascii")
+            account_key = r.opaque8()
+            pinned = r.u64()
+            verified = r.boolean()
+            certs = r.vector_v(
+                lambda r2: (r2.opaque8().decode("ascii"), DeviceCertificate.decode(r2.opaque_v()))
+            )
+            revoked = r.vector_v(lambda r2: r2.opaque8().decode("ascii"))
+            return cls(
+                username=username,
+                account_key=account_key,
+                pinned_at_ms=pinned,
+                verified=verified,
+                certificates=dict(certs),
+                revoked=set(revoked),
+            )
+
+        return decode(read, data)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    oid: int
+    message_id: str
+    idempotency_key: str
+    frame: str
+
+
+# =============================================================================
+# The store
+# =============================================================================
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """An exclusive, non-blocking lock on the account (released when the process dies)."""
+    handle = open(path, "a+b")  # noqa: SIM115 - held for the store's lifetime
+    try:
+        import fcntl  # POSIX; on other systems the lock is advisory only by documentation
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - non-POSIX
+        pass
+    except OSError:
+        handle.close()
+        raise StoreError(
+            "this account is open in another sottovoce process (one process per account)"
+        ) from None
+    return handle
+
+
+class Store:
+    """One account's local store. Not thread-safe: use it from one event loop."""
+
+    def __init__(
+        self, data_dir: Path, db: sqlite3.Connection, key: Secret, lock: IO[bytes], rng: Random
+    ) -> None:
+        self.data_dir = data_dir
+        self._db = db
+        self._key = key
+        self._index_key = hkdf(Hash.SHA256, key.expose(), b"", b"sottovoce store index v1", 32)
+        self._lock = lock
+        self._rng = rng
+        self._txn_depth = 0
+
+    # --- opening -------------------------------------------------------------------
+
+    @staticmethod
+    def exists(data_dir: str | os.PathLike[str]) -> bool:
+        return (Path(data_dir) / STORE_FILE).exists()
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a frame we ack to the server must survive a power cut, not just a crash.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        kdf: KdfParams | None = None,
+        rng: Random = secrets.token_bytes,
+    ) -> Store:
+        root = Path(data_dir)
+        raw = _passphrase_bytes(passphrase)
+        if cls.exists(root):
+            raise StoreError(f"an account already exists in {root}")
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = _lock(root / LOCK_FILE)
+        params = kdf or KdfParams()
+        salt = rng(16)
+        key = params.derive(raw, salt)
+        try:
+            db = cls._connect(root / STORE_FILE)
+            os.chmod(root / STORE_FILE, 0o600)
+            db.executescript(_SCHEMA)
+            kdf_record = {
+                "alg": "argon2id",
+                "version": 19,
+                "salt": salt.hex(),
+                "memory_kib": params.memory_kib,
+                "iterations": params.iterations,
+                "lanes": params.lanes,
+            }
+            check = seal_record(key, b"keycheck", b"store", _KEYCHECK, rng)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [
+                    ("schema", str(SCHEMA_VERSION).encode()),
+                    ("kdf", json.dumps(kdf_record).encode()),
+                    ("keycheck", check),
+                    ("last_inbox_seq", b"0"),
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            lock.close()
+            raise
+        return cls(root, db, key, lock, rng)
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        rng: Random = secrets.token_bytes,
+    ) -> Store:
+        root = Path(data_dir)
+        raw = _passphrase_bytes(passphrase)
+        if not cls.exists(root):
+            raise StoreError(f"no account in {root} (create one with 'sottovoce account create')")
+        lock = _lock(root / LOCK_FILE)
+        try:
+            db = cls._connect(root / STORE_FILE)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if int(meta.get("schema", b"0")) != SCHEMA_VERSION:
+                raise StoreError("the local store has an unknown schema version")
+            try:
+                record = json.loads(meta["kdf"])
+                params = KdfParams(
+                    memory_kib=int(record["memory_kib"]),
+                    iterations=int(record["iterations"]),
+                    lanes=int(record["lanes"]),
+                )
+                salt = bytes.fromhex(record["salt"])
+            except (KeyError, ValueError, TypeError):
+                raise StoreError("the local store's key parameters are damaged") from None
+            key = params.derive(raw, salt)
+            try:
+                if open_record(key, b"keycheck", b"store", meta["keycheck"]) != _KEYCHECK:
+                    raise WrongPassphrase("wrong passphrase for this account")
+            except DecryptionError:
+                raise WrongPassphrase("wrong passphrase for this account") from None
+        except BaseException:
+            lock.close()
+            raise
+        return cls(root, db, key, lock, rng)
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        finally:
+            self._lock.close()
+
+    # --- sealing -------------------------------------------------------------------
+
+    @property
+    def storage_key(self) -> Secret:
+        return self._key
+
+    @property
+    def rng(self) -> Random:
+        return self._rng
+
+    def seal(self, kind: bytes, record_id: bytes, plaintext: bytes) -> bytes:
+        return seal_record(self._key, kind, record_id, plaintext, self._rng)
+
+    def unseal(self, kind: bytes, record_id: bytes, sealed: bytes) -> bytes:
+        try:
+            return open_record(self._key, kind, record_id, sealed)
+        except DecryptionError:
+            raise StoreError("a sealed record in the local store is damaged") from None
+
+    def tag(self, kind: str, value: str) -> bytes:
+        """A keyed, deterministic tag so rows can be found without storing names in clear."""
+        return hmac(Hash.SHA256, self._index_key, f"{kind}\x00{value}".encode())[:_TAG_LEN]
+
+    # --- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic, durable write; nested uses join the outer transaction."""
+        if self._txn_depth:
+            self._txn_depth += 1
+            try:
+                yield
+            finally:
+                self._txn_depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._txn_depth = 1
+        try:
+            yield
+        except BaseException:
+            self._txn_depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._txn_depth = 0
+        self._db.execute("COMMIT")
+
+    # --- meta and secrets --------------------------------------------------------------
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def flag(self, name: str) -> bool:
+        return self._meta(f"flag:{name}") is not None
+
+    def set_flag(self, name: str) -> None:
+        self._set_meta(f"flag:{name}", b"1")
+
+    @property
+    def last_inbox_seq(self) -> int:
+        return int(self._meta("last_inbox_seq") or b"0")
+
+    def set_last_inbox_seq(self, seq: int) -> None:
+        """Advance ``lastGlobalInboxSeq``; call inside the transaction storing those frames."""
+        if seq > self.last_inbox_seq:
+            self._set_meta("last_inbox_seq", str(seq).encode())
+
+    def get_secret(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return self.unseal(b"secret", name.encode(), bytes(row[0]))
+
+    def get_secret_sealed(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT sealed FROM secrets WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        self.put_secret_sealed(name, self.seal(b"secret", name.encode(), value))
+
+    def put_secret_sealed(self, name: str, sealed: bytes) -> None:
+        """Store a record the caller sealed itself (Olm pickles seal their own binding)."""
+        self._db.execute(
+            "INSERT INTO secrets(name, sealed) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET sealed = excluded.sealed",
+            (name, sealed),
+        )
+
+    # --- contacts ------------------------------------------------------------------------
+
+    def get_contact(self, username: str) -> Contact | None:
+        row = self._db.execute(
+            "SELECT sealed FROM contacts WHERE tag = ?", (self.tag("user", username),)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return Contact.decode(self.unseal(b"contact", username.encode(), bytes(row[0])))
+        except DecodeError:
+            raise StoreError("a contact record in the local store is damaged") from None
+
+    def put_contact(self, contact: Contact) -> None:
+        sealed = self.seal(b"contact", contact.username.encode(), contact.encode())
+        self._db.execute(
+            "INSERT INTO contacts(tag, sealed) VALUES (?, ?) "
+            "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed",
+            (self.tag("user", contact.username), sealed),
+        )
+
+    # --- pairwise sessions (sealed by pairwise/ itself) ------------------------------------
+
+    def device_tag(self, username: str, device_id: str) -> bytes:
+        return self.tag("device", f"{username}/{device_id}")
+
+    def load_sessions(self, username: str, device_id: str) -> list[bytes]:
+        """Sealed sessions with one peer device, most recently used first."""
+        rows = self._db.execute(
+            "SELECT sealed FROM sessions WHERE device_tag = ? ORDER BY updated DESC",
+            (self.device_tag(username, device_id),),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def put_session(
+        self, username: str, device_id: str, session_id: str, sealed: bytes, updated: int
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO sessions(tag, device_tag, updated, sealed) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed, updated = excluded.updated",
+            (
+                self.tag("session", f"{username}/{device_id}/{session_id}"),
+                self.device_tag(username, device_id),
+                updated,
+                sealed,
+            ),
+        )
+
+    # --- messages --------------------------------------------------------------------------
+
+    def has_message(self, message_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return row is not None
+
+    def add_message(
+        self,
+        *,
+        message_id: str,
+        peer: str,
+        sender: str,
+        sender_device: str,
+        outgoing: bool,
+        status: DeliveryStatus,
+        text: str,
+        content_type: str = "text",
+        client_created_ms: int = 0,
+        server_received_ms: int = 0,
+        local_at_ms: int = 0,
+        server_seq: int | None = None,
+        inbox_seq: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int | None:
+        """Insert a message; ``None`` if its messageId is already stored (dedupe)."""
+        body = _Body(
+            peer=peer,
+            sender=sender,
+            sender_device=sender_device,
+            content_type=content_type,
+            client_created_ms=client_created_ms,
+            server_received_ms=server_received_ms,
+            local_at_ms=local_at_ms,
+            text=text,
+        )
+        cur = self._db.execute(
+            "INSERT INTO messages(message_id, peer_tag, outgoing, status, idempotency_key, "
+            "server_seq, inbox_seq, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(message_id) DO NOTHING",
+            (
+                message_id,
+                self.tag("user", peer),
+                int(outgoing),
+                int(status),
+                idempotency_key,
+                server_seq,
+                inbox_seq,
+                self.seal(b"message", message_id.encode(), body.encode()),
+            ),
+        )
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def mark_sent(self, message_id: str, server_seq: int) -> bool:
+        """Record the server's ack; returns whether the message was still unacked."""
+        cur = self._db.execute(
+            "UPDATE messages SET status = ?, server_seq = ? WHERE message_id = ? AND status = ?",
+            (int(DeliveryStatus.SENT), server_seq, message_id, int(DeliveryStatus.SENDING)),
+        )
+        return cur.rowcount == 1
+
+    def set_status(self, message_id: str, status: DeliveryStatus) -> None:
+        self._db.execute(
+            "UPDATE messages SET status = ? WHERE message_id = ?", (int(status), message_id)
+        )
+
+    def _row(self, row: tuple[Any, ...]) -> StoredMessage:
+        local_id, message_id, outgoing, status, idem, server_seq, inbox_seq, sealed = row
+        try:
+            body = _Body.decode(self.unseal(b"message", message_id.encode(), bytes(sealed)))
+        except DecodeError:
+            raise StoreError("a message record in the local store is damaged") from None
+        return StoredMessage(
+            local_id=local_id,
+            message_id=message_id,
+            peer=body.peer,
+            sender=body.sender,
+            sender_device=body.sender_device,
+            outgoing=bool(outgoing),
+            status=DeliveryStatus(status),
+            text=body.text,
+            content_type=body.content_type,
+            client_created_ms=body.client_created_ms,
+            server_received_ms=body.server_received_ms,
+            local_at_ms=body.local_at_ms,
+            server_seq=server_seq,
+            inbox_seq=inbox_seq,
+            idempotency_key=idem,
+        )
+
+    _COLUMNS = "id, message_id, outgoing, status, idempotency_key, server_seq, inbox_seq, sealed"
+
+    def get_message(self, message_id: str) -> StoredMessage | None:
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM messages WHERE message_id = ?",  # noqa: S608
+            (message_id,),
+        ).fetchone()
+        return None if row is None else self._row(row)
+
+    def history(
+        self, peer: str, *, limit: int = 50, before: int | None = None
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages with ``peer`` (oldest first), older than ``before``."""
+        rows = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM messages "  # noqa: S608
+            "WHERE peer_tag = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (self.tag("user", peer), before if before is not None else 1 << 62, limit),
+        ).fetchall()
+        return [self._row(r) for r in reversed(rows)]
+
+    def messages_after(self, local_id: int, *, limit: int = 1000) -> list[StoredMessage]:
+        """Every message (all peers) stored after ``local_id``, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM messages WHERE id > ? "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (local_id, limit),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def last_local_id(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+        return int(row[0])
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def add_outbox(self, message_id: str, idempotency_key: str, frame: str) -> None:
+        self._db.execute(
+            "INSERT INTO outbox(message_id, idempotency_key, sealed) VALUES (?, ?, ?)",
+            (message_id, idempotency_key, self._seal_frame(message_id, frame)),
+        )
+
+    def replace_outbox(self, message_id: str, frame: str) -> None:
+        """A re-encrypted send (after ``device_mismatch``) keeps its place and its key."""
+        self._db.execute(
+            "UPDATE outbox SET sealed = ? WHERE message_id = ?",
+            (self._seal_frame(message_id, frame), message_id),
+        )
+
+    def _seal_frame(self, message_id: str, frame: str) -> bytes:
+        return self.seal(b"outbox", message_id.encode(), frame.encode("utf-8"))
+
+    def remove_outbox(self, message_id: str) -> bool:
+        cur = self._db.execute("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+        return cur.rowcount == 1
+
+    def outbox(self, *, after_oid: int = 0, limit: int = 500) -> list[OutboxItem]:
+        rows = self._db.execute(
+            "SELECT oid, message_id, idempotency_key, sealed FROM outbox "
+            "WHERE oid > ? ORDER BY oid LIMIT ?",
+            (after_oid, limit),
+        ).fetchall()
+        return [
+            OutboxItem(
+                oid,
+                mid,
+                idem,
+                self.unseal(b"outbox", mid.encode(), bytes(sealed)).decode("utf-8"),
+            )
+            for oid, mid, idem, sealed in rows
+        ]
+
+    def get_outbox(self, message_id: str) -> OutboxItem | None:
+        row = self._db.execute(
+            "SELECT oid, message_id, idempotency_key, sealed FROM outbox WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        oid, mid, idem, sealed = row
+        frame = self.unseal(b"outbox", mid.encode(), bytes(sealed)).decode("utf-8")
+        return OutboxItem(oid, mid, idem, frame)
+
+    def outbox_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
