@@ -15,7 +15,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_opens_with_run_and_test_commands() -> None:
     run, test = _readme_commands()[:2]
-    assert "sottovoce" in run.split("&&")[-1]
+    assert run.rstrip().endswith("sottovoce server")
     assert test.rstrip().endswith("pytest")
     assert "mypy src" in test and "ruff check" in test
 

@@ -1,0 +1,459 @@
+"""Relay benchmark: the real ``sottovoce server`` driven by raw KSMP v3 clients (DESIGN §9).
+
+    python bench/relay.py [--pairs 4] [--seconds 8] [--window 256] [--fanout 50] [--profile]
+
+What is measured (payloads are 200 opaque random bytes; the relay never looks inside):
+
+* **1:1 throughput** — ``--pairs`` sender/recipient pairs, each sender keeping
+  ``--window`` sends in flight (a send leaves the window when its
+  ``ksmpv3.send.ack`` arrives, i.e. after the group commit's fsync). Recipients
+  are online and send ``ksmpv3.ack.read`` every 256 frames. Figure: inbox frames
+  delivered to recipients per second over the measured interval (after a warm-up).
+* **latency at 200 msgs/s** — one pair, sends paced at 5 ms; per message the
+  time from the sender's ``ws.send`` to the recipient receiving the inbox frame
+  (and to the sender receiving the ack), both taken with one monotonic clock in
+  the bench process. p50/p99.
+* **50-recipient fan-out** — one user with ``--fanout`` devices, all online; each
+  send carries one 200-byte ciphertext per device (one serverSeq, ``--fanout``
+  inbox rows, one frame per device socket). Figure: inbox frames delivered per second.
+
+The server runs in its own process (its data directory on the same disk as
+/tmp, WAL + synchronous=FULL); the clients run in this process on uvloop, so
+the two share the machine's cores the way a real deployment would not. The
+CPU time used by each process during every phase is printed so that it is
+visible which side saturated. ``--profile`` runs the server under cProfile and
+prints where its event-loop thread spent its time (the writer thread is not
+profiled; its commit time is in the /metrics histogram, printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import pstats
+import re
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conformance.rawclient import Device, RawClient
+from tests.integration.serverproc import ServerProcess
+
+from sottovoce.protocol.events import dm_conversation_id
+
+PAYLOAD = base64.b64encode(secrets.token_bytes(200)).decode()
+ACK_EVERY = 256
+_SEQ = re.compile(r'"globalInboxSeq":(\d+)')
+_MID = re.compile(r'"messageId":"m(\d+)-')
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used (from /proc/stat), to show outside load."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK
+
+
+class BenchServer(ServerProcess):
+    def __init__(self, data_dir: Path, *, profile: Path | None, extra: list[str]) -> None:
+        super().__init__(data_dir, extra_args=[
+            "--device-rate", "1000000", "--device-burst", "1000000",
+            "--ip-rate", "100000", "--ip-burst", "100000", "--log-level", "warning",
+            "--write-buffer-limit", str(64 * 1024 * 1024), *extra,
+        ])
+        self.profile = profile
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if self.profile is not None:
+            cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
+        return cmd
+
+
+def send_frame(sender: str, recipient: str, targets: list[tuple[str, str]], i: int, tag: str,
+               now_ms: int) -> str:
+    """A ksmpv3.send frame built by string formatting (the bench must not be the bottleneck)."""
+    cts = ",".join(
+        f'{{"userId":"{u}","deviceId":"{d}","ciphertext":"{PAYLOAD}"}}' for u, d in targets
+    )
+    conv = dm_conversation_id(sender, recipient)
+    return (
+        f'{{"event":"ksmpv3.send","data":{{"conversationId":"{conv}","messageId":"m{i}-{tag}",'
+        f'"idempotencyKey":"k{i}-{tag}","recipientUserId":"{recipient}","contentType":"text",'
+        f'"clientCreatedAtMs":{now_ms},"ciphertexts":[{cts}]}}}}'
+    )
+
+
+@dataclass
+class Receiver:
+    client: RawClient
+    delivered: int = 0
+    arrivals: dict[int, float] = field(default_factory=dict)
+    track: bool = False
+
+    async def run(self) -> None:
+        ws = self.client.ws
+        last_acked = 0
+        try:
+            async for msg in ws:
+                if not isinstance(msg, str) or '"ksmpv3.inbox.frame"' not in msg[:40]:
+                    continue
+                self.delivered += 1
+                if self.track:
+                    m = _MID.search(msg)
+                    if m:
+                        self.arrivals[int(m.group(1))] = time.perf_counter()
+                if self.delivered - last_acked >= ACK_EVERY:
+                    seq = _SEQ.search(msg)
+                    if seq:
+                        last_acked = self.delivered
+                        await ws.send(
+                            '{"event":"ksmpv3.ack.read","data":{"upToGlobalInboxSeq":'
+                            + seq.group(1) + "}}"
+                        )
+        except Exception:
+            pass
+
+
+@dataclass
+class Sender:
+    client: RawClient
+    recipient: str
+    targets: list[tuple[str, str]]
+    window: int
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    acked: int = 0
+    sent: int = 0
+    ack_times: dict[int, float] = field(default_factory=dict)
+    send_times: dict[int, float] = field(default_factory=dict)
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: bool = False
+
+    async def read_acks(self, track: bool = False) -> None:
+        try:
+            async for msg in self.client.ws:
+                if isinstance(msg, str) and '"ksmpv3.send.ack"' in msg[:40]:
+                    self.acked += 1
+                    if track:
+                        m = _MID.search(msg)
+                        if m:
+                            self.ack_times[int(m.group(1))] = time.perf_counter()
+                    if self.sent - self.acked < self.window:
+                        self._room.set()
+                elif isinstance(msg, str) and '"ksmpv3.error"' in msg[:40]:
+                    raise RuntimeError(f"server error: {msg[:300]}")
+        except RuntimeError:
+            raise
+        except Exception:
+            pass
+
+    async def flood(self) -> None:
+        ws = self.client.ws
+        me = self.client.device.username  # type: ignore[union-attr]
+        now = int(time.time() * 1000)
+        while not self.stop:
+            if self.sent - self.acked >= self.window:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            burst = min(64, self.window - (self.sent - self.acked))
+            for _ in range(burst):
+                await ws.send(send_frame(me, self.recipient, self.targets, self.sent, self.tag,
+                                         now))
+                self.sent += 1
+
+    async def paced(self, count: int, interval: float) -> None:
+        ws = self.client.ws
+        me = self.client.device.username  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        for i in range(count):
+            target = t0 + i * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = send_frame(me, self.recipient, self.targets, i, self.tag,
+                              int(time.time() * 1000))
+            self.send_times[i] = time.perf_counter()
+            await ws.send(text)
+            self.sent += 1
+
+
+async def online(url: str, device: Device | None = None, add: bool = False) -> RawClient:
+    if add and device is not None:
+        c = await RawClient.open(url, max_queue=None)
+        reply = await c.add_device(device)
+        if reply["event"] != "sottovoce.registered":
+            raise RuntimeError(reply)
+    else:
+        c = await RawClient.open(url, max_queue=None)
+        reply = await c.register(device or Device.new())
+        if reply["event"] != "sottovoce.registered":
+            raise RuntimeError(reply)
+    await c.resume()
+    return c
+
+
+@dataclass
+class Cpu:
+    """CPU used during a phase, in % of one core: server, bench clients, everything else."""
+
+    pid: int
+    t0: float = 0.0
+    s0: float = 0.0
+    b0: float = 0.0
+    m0: float = 0.0
+
+    def start(self) -> None:
+        self.t0, self.s0 = time.perf_counter(), cpu_seconds(self.pid)
+        self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
+
+    def stop(self, count: float = 0) -> str:
+        dt = time.perf_counter() - self.t0
+        srv_s = cpu_seconds(self.pid) - self.s0
+        srv = 100 * srv_s / dt
+        bench = 100 * (cpu_seconds() - self.b0) / dt
+        other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench)
+        per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered" if count else ""
+        return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, other processes "
+                f"{other:.0f}%{per}")
+
+
+async def measure(pid: int, seconds: float, get: Callable[[], int]) -> tuple[float, str]:
+    """Rate of ``get()`` over ``seconds`` and the CPU used meanwhile."""
+    cpu = Cpu(pid)
+    c0 = get()
+    cpu.start()
+    await asyncio.sleep(seconds)
+    c1 = get()
+    return (c1 - c0) / seconds, cpu.stop(c1 - c0)
+
+
+async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds: float) -> dict:
+    senders, receivers, tasks = [], [], []
+    for _ in range(pairs):
+        a = await online(url)
+        b = await online(url)
+        bob = b.device.username  # type: ignore[union-attr]
+        s = Sender(a, bob, [(bob, "d1")], window)
+        r = Receiver(b)
+        senders.append(s)
+        receivers.append(r)
+        tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(r.run()),
+                  asyncio.create_task(s.flood())]
+    await asyncio.sleep(1.5)  # warm-up
+    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+    for s in senders:
+        s.stop = True
+        s._room.set()
+    for c in [s.client for s in senders] + [r.client for r in receivers]:
+        await c.ws.close()
+    for t in tasks:
+        t.cancel()
+    return {"rate": rate, "cpu": cpu}
+
+
+async def bench_latency(url: str, pid: int, rate: float, seconds: float) -> dict:
+    a = await online(url)
+    b = await online(url)
+    bob = b.device.username  # type: ignore[union-attr]
+    s = Sender(a, bob, [(bob, "d1")], window=1 << 30)
+    r = Receiver(b, track=True)
+    tasks = [asyncio.create_task(s.read_acks(track=True)), asyncio.create_task(r.run())]
+    count = int(rate * seconds)
+    await s.paced(200, 1 / rate)  # warm-up
+    s.send_times.clear()
+    r.arrivals.clear()
+    s.ack_times.clear()
+    s.tag = secrets.token_hex(3)
+    cpu = Cpu(pid)
+    cpu.start()
+    await s.paced(count, 1 / rate)
+    await asyncio.sleep(0.5)
+    cpu_text = cpu.stop()
+    deliver = sorted(r.arrivals[i] - t for i, t in s.send_times.items() if i in r.arrivals)
+    ack = sorted(s.ack_times[i] - t for i, t in s.send_times.items() if i in s.ack_times)
+    for t in tasks:
+        t.cancel()
+    await a.ws.close()
+    await b.ws.close()
+
+    def pct(xs: list[float], p: float) -> float:
+        return 1000 * xs[min(len(xs) - 1, int(p * len(xs)))]
+
+    return {
+        "n": count, "delivered": len(deliver),
+        "p50": pct(deliver, 0.50), "p99": pct(deliver, 0.99), "max": 1000 * deliver[-1],
+        "ack_p50": pct(ack, 0.50), "ack_p99": pct(ack, 0.99),
+        "mean": 1000 * statistics.fmean(deliver), "cpu": cpu_text,
+    }
+
+
+async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: float) -> dict:
+    fan = Device.new()
+    receivers = [Receiver(await online(url, fan))]
+    for i in range(1, devices):
+        receivers.append(Receiver(await online(url, fan.sibling(f"d{i + 1}"), add=True)))
+    a = await online(url)
+    targets = [(fan.username, "d1")] + [(fan.username, f"d{i + 1}") for i in range(1, devices)]
+    s = Sender(a, fan.username, targets, window)
+    tasks = [asyncio.create_task(r.run()) for r in receivers]
+    tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(s.flood())]
+    await asyncio.sleep(1.5)
+    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+    s.stop = True
+    s._room.set()
+    for t in tasks:
+        t.cancel()
+    for c in [s.client] + [r.client for r in receivers]:
+        await c.ws.close()
+    return {"rate": rate, "cpu": cpu}
+
+
+def fsync_floor(directory: Path, n: int = 300) -> str:
+    """The disk's own durability latency: 16 KiB write + fdatasync, paced like 200 msgs/s."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"\0" * 16384)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+            time.sleep(0.004)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return (f"disk: fdatasync of 16 KiB p50 {1000 * times[n // 2]:.2f} ms, "
+            f"p99 {1000 * times[int(n * 0.99)]:.2f} ms, max {1000 * times[-1]:.2f} ms "
+            f"(the floor under any durable ack)")
+
+
+def commit_stats(metrics: str) -> str:
+    vals = {}
+    for name in ("sottovoce_commit_batch_jobs_sum", "sottovoce_commit_batch_jobs_count",
+                 "sottovoce_commit_seconds_sum"):
+        m = re.search(rf"^{name} ([0-9.e+]+)$", metrics, re.M)
+        vals[name] = float(m.group(1)) if m else 0.0
+    n = vals["sottovoce_commit_batch_jobs_count"] or 1
+    return (f"{int(n)} commits, {vals['sottovoce_commit_batch_jobs_sum'] / n:.1f} jobs/commit, "
+            f"{1000 * vals['sottovoce_commit_seconds_sum'] / n:.2f} ms/commit (writer thread)")
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Each phase gets a fresh server and data directory, so that one phase's
+    backlog (WAL checkpoints, inbox rows) cannot bleed into the next."""
+    base = Path(tempfile.mkdtemp(prefix="sv-relay-bench-"))
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, {_cpu_model()}; "
+          f"Python {platform.python_version()}; Linux {platform.release()}; "
+          f"load average {os.getloadavg()[0]:.2f} before the run")
+    print(f"server: python -m sottovoce server, data under {base} ({_fs(base)}), WAL + "
+          f"synchronous=FULL, uvloop; bench clients: this process (uvloop), 127.0.0.1")
+    print(fsync_floor(base), flush=True)
+    try:
+        for phase in ("1to1", "latency", "fanout"):
+            if phase in args.only:
+                await _phase(phase, base / phase, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+async def _phase(phase: str, data: Path, args: argparse.Namespace) -> None:
+    prof = data.parent / f"{phase}.prof" if args.profile else None
+    srv = BenchServer(data, profile=prof, extra=args.server_arg or [])
+    srv.start()
+    assert srv.proc is not None
+    pid = srv.proc.pid
+    try:
+        if phase == "1to1":
+            r = await bench_one_to_one(srv.ws_url, pid, args.pairs, args.window, args.seconds)
+            print(f"1:1 throughput: {r['rate']:,.0f} msgs/s delivered (durable; {args.pairs} "
+                  f"pairs, window {args.window}, {args.seconds:.0f}s)\n    {r['cpu']}")
+        elif phase == "latency":
+            r = await bench_latency(srv.ws_url, pid, 200, args.latency_seconds)
+            print(f"latency @200 msgs/s: send→delivered p50 {r['p50']:.2f} ms, p99 "
+                  f"{r['p99']:.2f} ms, max {r['max']:.2f} ms; send→ack p50 {r['ack_p50']:.2f} "
+                  f"ms, p99 {r['ack_p99']:.2f} ms ({r['delivered']}/{r['n']} msgs)\n    {r['cpu']}")
+        else:
+            r = await bench_fanout(srv.ws_url, pid, args.fanout, args.fanout_window,
+                                   args.seconds)
+            print(f"fan-out to {args.fanout} devices: {r['rate']:,.0f} deliveries/s "
+                  f"({r['rate'] / args.fanout:,.0f} sends/s, window {args.fanout_window})\n"
+                  f"    {r['cpu']}")
+        print("    storage:", commit_stats(srv.metrics()), flush=True)
+    finally:
+        srv.stop(timeout=30)
+    if prof is not None and prof.exists():
+        print(f"\n{phase}: server event-loop profile (cProfile, top {args.profile_top} by own "
+              "time):")
+        pstats.Stats(str(prof)).sort_stats("tottime").print_stats(args.profile_top)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _fs(path: Path) -> str:
+    best, fs = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fs = parts[1], parts[2]
+    except OSError:
+        pass
+    return fs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--window", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--fanout", type=int, default=50)
+    p.add_argument("--fanout-window", type=int, default=32)
+    p.add_argument("--only", nargs="+", default=["1to1", "latency", "fanout"],
+                   choices=["1to1", "latency", "fanout"])
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-top", type=int, default=30)
+    p.add_argument("--server-arg", action="append", help="extra server flag (repeatable)")
+    p.add_argument("--keep", action="store_true", help="keep the server's data directory")
+    args = p.parse_args()
+    try:
+        import uvloop
+        uvloop.run(run(args))
+    except ImportError:
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Ephemeral conversations: relayed to online devices only, never stored (DESIGN §6)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from tests.conformance.conftest import Target, online_pair
+from tests.conformance.rawclient import Device, logged_in, registered, unb64
+from tests.conformance.test_session import assert_error
+
+
+async def test_ephemeral_is_delivered_to_online_devices(url: str) -> None:
+    a, b = await online_pair(url)
+    bob = b.device.username
+    ack = await a.send_message(bob, [(bob, "d1", b"psst")], ephemeral=True)
+    assert ack["event"] == "ksmpv3.send.ack" and ack["data"]["serverSeq"] >= 1
+    f = await b.expect("ksmpv3.inbox.frame")
+    assert f["data"]["globalInboxSeq"] == 0
+    assert f["data"]["envelope"]["ephemeral"] is True
+    assert unb64(f["data"]["envelope"]["ciphertext"]) == b"psst"
+
+
+async def test_ephemeral_to_offline_recipient_is_recipient_offline(url: str) -> None:
+    bob = Device.new()
+    await (await registered(url, bob)).close()
+    a = await registered(url)
+    reply = await a.send_message(bob.username, [(bob.username, "d1", b"x")], ephemeral=True)
+    assert_error(reply, "recipient_offline")
+
+
+async def test_ephemeral_is_never_stored(target: Target) -> None:
+    url = target.ws_url
+    a, b = await online_pair(url)
+    bob = b.device
+    canary = b"EPHEMERAL-CANARY-" + secrets.token_hex(16).encode()
+    ack = await a.send_message(bob.username, [(bob.username, "d1", canary)], ephemeral=True)
+    assert ack["event"] == "ksmpv3.send.ack"
+    await b.expect("ksmpv3.inbox.frame")
+    await b.close()
+    b2 = await logged_in(url, bob)
+    assert b2.connected["latestGlobalInboxSeq"] == 0
+    assert await b2.resume(0) == []
+    if target.proc is not None:
+        proc = target.proc
+        proc.stop()  # checkpoint nothing away: read every file the server wrote
+        for path in proc.data_dir.iterdir():
+            if path.is_file():
+                blob = path.read_bytes()
+                for needle in (canary, base64.b64encode(canary), canary.hex().encode()):
+                    assert needle not in blob, f"ephemeral ciphertext found in {path.name}"

@@ -1,0 +1,35 @@
+"""Shared helpers for the client integration tests (real server subprocess, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sottovoce.client import Client, EventStream, MessageReceived, StoredMessage
+from sottovoce.client.store import TEST_KDF
+from tests.integration.serverproc import ServerProcess
+
+PASSPHRASE = "integration passphrase"
+
+
+async def make_account(server: ServerProcess, name: str, root: Path) -> Client:
+    """A registered, connected account (cheap Argon2 parameters: tests only)."""
+    return await Client.create_account(server.url, name, root / name, PASSPHRASE, kdf=TEST_KDF)
+
+
+async def received(stream: EventStream, n: int, timeout: float = 10.0) -> list[StoredMessage]:
+    """The next ``n`` messages stored by the client behind ``stream``."""
+    out: list[StoredMessage] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(out) < n:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError(f"received {len(out)} of {n} messages")
+        try:
+            event = await stream.next(remaining)
+        except TimeoutError:
+            raise TimeoutError(f"received {len(out)} of {n} messages") from None
+        if isinstance(event, MessageReceived):
+            out.append(event.message)
+    return out

@@ -1,0 +1,35 @@
+"""Integration fixtures: the real server process on 127.0.0.1 with a temporary data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.serverproc import ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server with default options; stopped after the test."""
+    srv = ServerProcess(tmp_path / "server").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with extra options: ``server_factory("--retention-ms", "500")``."""
+    started: list[ServerProcess] = []
+
+    def make(*extra_args: str, name: str | None = None) -> ServerProcess:
+        srv = ServerProcess(tmp_path / (name or f"server{len(started)}"), extra_args=extra_args)
+        started.append(srv.start())
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -1,0 +1,168 @@
+"""Start the real ``sottovoce server`` as a subprocess on 127.0.0.1 (tests and bench).
+
+    srv = ServerProcess(tmp_path / "srv").start()
+    srv.ws_url        # ws://127.0.0.1:PORT/v3/ws  (srv.url is the base the CLI takes)
+    srv.kill()        # SIGKILL, like a crash;  srv.stop() is a clean SIGTERM
+    srv.restart()     # same port, same data directory
+    srv.log_path      # JSON-lines server log;  srv.output_path: its stdout/stderr
+
+The environment's ``SOTTOVOCE_*`` variables are not passed on, so a developer's
+configuration cannot change what a test sees; pass options in ``extra_args``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.tls = "--tls-cert" in self.extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "server.log"
+        self.output_path = self.data_dir / "server.out"
+
+    # --- addresses ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url + "/v3/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "sottovoce.sqlite3"
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "sottovoce", "server",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--data-dir", str(self.data_dir),
+            "--log-file", str(self.log_path),
+            "--push-allow-private", "true",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+        with self.output_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
+                )
+            with contextlib.suppress(OSError, ValueError):
+                if self.health().get("status") == "ok":
+                    return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not become healthy:\n{self.output()[-3000:]}")
+
+    def health(self) -> dict[str, Any]:
+        return json.loads(self.http_get("/healthz"))  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        return self.http_get("/metrics").decode()
+
+    def http_get(self, path: str) -> bytes:
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(self.http_url + path, timeout=2, context=ctx) as resp:
+            return bytes(resp.read())
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, like a crash or power loss of the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    terminate = stop
+
+    def restart(self, timeout: float = 20.0) -> ServerProcess:
+        self.stop()
+        return self.start(timeout)
+
+    def output(self) -> str:
+        try:
+            return self.output_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        try:
+            text = self.log_path.read_text()
+        except OSError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,130 @@
+"""`sottovoce chat` driven in tmux (issue 3: "the TUI driven in tmux: send, receive, scroll").
+
+A real terminal (tmux, 120x40) runs the chat as alice against the real server;
+keys are typed with ``send-keys`` and the screen is read with ``capture-pane``.
+Bob is an SDK client in this process. Checked: the history comes from the
+local store, a typed message is sent and gets its ✓, a message from bob
+appears, PageUp scrolls back to the oldest message (loading older pages from
+the store), Ctrl-S shows the same safety number bob computes, Ctrl-Q exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sottovoce.client import Client
+from tests.integration.client_helpers import PASSPHRASE, make_account, received
+from tests.integration.serverproc import ServerProcess
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"
+)
+
+OLD = 60  # more than one screen, and more than the 50 the chat loads first
+
+
+class Tmux:
+    def __init__(self) -> None:
+        self.socket = f"sottovoce-test-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return done.stdout
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "chat", *keys)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "chat")
+
+    async def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if loop.time() > deadline:
+                raise AssertionError(f"{text!r} not on screen:\n{screen}")
+            await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+
+
+async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server").start()
+    tmux = Tmux()
+    bob: Client | None = None
+    try:
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        b_events = bob.events()
+        ids = [await alice.send_text("bob", f"old message {i:02d}") for i in range(OLD)]
+        await alice.wait_sent(ids[-1])
+        await received(b_events, OLD)
+        await alice.close()
+        passfile = tmp_path / "passphrase"
+        passfile.write_text(PASSPHRASE + "\n")
+
+        tmux.start(
+            # The pane's size is the terminal's: drop COLUMNS/LINES some runners export.
+            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob "
+            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
+            "echo EXIT=$?; sleep 60"
+        )
+        await tmux.wait_for("bob · connected")
+        screen = await tmux.wait_for(f"old message {OLD - 1:02d} ✓")  # from the store, ticked
+        assert "old message 00" not in screen
+        assert "Safety number" in screen and "Quit" in screen  # the footer's bindings
+
+        tmux.keys("hello from tmux", "Enter")
+        await tmux.wait_for("you → bob: hello from tmux ✓")
+        (got,) = await received(b_events, 1)
+        assert got.text == "hello from tmux"
+
+        await bob.send_text("alice", "reply from bob")
+        await tmux.wait_for("bob: reply from bob")
+
+        for _ in range(12):
+            tmux.keys("PageUp")
+            await asyncio.sleep(0.3)
+            if "old message 00" in tmux.screen():
+                break
+        screen = tmux.screen()
+        assert "old message 00" in screen  # older than the first page: loaded on scroll
+        assert "reply from bob" not in screen
+        tmux.keys("PageDown", "PageDown", "PageDown", "PageDown")
+        await tmux.wait_for("bob: reply from bob")
+
+        tmux.keys("C-s")
+        screen = await tmux.wait_for("Safety number: alice and bob")
+        expected = (await bob.safety_number("alice")).grouped().splitlines()
+        for row in expected:
+            assert row in screen
+        assert "▀" in screen or "█" in screen  # the QR code
+        tmux.keys("Escape")
+        await asyncio.sleep(0.5)
+        tmux.keys("C-q")
+        await tmux.wait_for("EXIT=0")
+    finally:
+        tmux.kill()
+        if bob is not None:
+            await bob.close()
+        server.stop()

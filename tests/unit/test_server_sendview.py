@@ -1,0 +1,106 @@
+"""The relay's fast ``ksmpv3.send`` validator accepts a subset of ``Send.from_data``.
+
+For any input the fast path accepts, the contract's own validator must accept
+it too and agree on every field; everything else falls back to the contract's
+validator, so the relay can never be more lenient than the contract.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sottovoce.protocol.events import Send
+from sottovoce.protocol.fields import ProtocolError
+from sottovoce.server.sendview import fast_send, parse_send
+
+GOOD: dict[str, Any] = {
+    "protocol": "ksmpv3",
+    "conversationId": "dm:alice:bob",
+    "messageId": "m-1",
+    "idempotencyKey": "k-1",
+    "recipientUserId": "bob",
+    "contentType": "text",
+    "clientCreatedAtMs": 1_700_000_000_000,
+    "ephemeral": False,
+    "ciphertexts": [
+        {"userId": "bob", "deviceId": "d1", "ciphertext": base64.b64encode(b"x" * 50).decode()},
+        {"userId": "alice", "deviceId": "d2", "ciphertext": "QUJD"},
+    ],
+}
+
+WEIRD = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-5, max_value=2**64),
+    st.text(max_size=140), st.sampled_from(["", "a b", "QQ=", "QQ==", "Q===", "=", "x" * 129,
+                                            "text", "pdf", "ksmpv3", "ksmpv2", "é"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers()),
+)
+FIELDS = [k for k in GOOD if k != "ciphertexts"]
+ITEM_FIELDS = ["userId", "deviceId", "ciphertext"]
+
+
+def _agree(data: dict[str, Any]) -> None:
+    fast = fast_send(data)
+    try:
+        ev = Send.from_data(data)
+    except ProtocolError:
+        assert fast is None, f"fast path accepted what the contract refuses: {data}"
+        return
+    if fast is None:
+        return  # the fallback handles it
+    assert fast.conversationId == ev.conversationId and fast.messageId == ev.messageId
+    assert fast.idempotencyKey == ev.idempotencyKey
+    assert fast.recipientUserId == ev.recipientUserId and fast.contentType == ev.contentType
+    assert fast.clientCreatedAtMs == ev.clientCreatedAtMs
+    assert fast.senderUserId == ev.senderUserId and fast.ephemeral == ev.ephemeral
+    assert [(u, d, base64.b64decode(c)) for u, d, c in fast.targets] == [
+        (c.userId, c.deviceId, c.ciphertext) for c in ev.ciphertexts
+    ]
+
+
+def test_fast_path_accepts_the_common_shape() -> None:
+    view = fast_send(GOOD)
+    assert view is not None and view.targets[1] == ("alice", "d2", "QUJD")
+    _agree(GOOD)
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from([*FIELDS, "senderUserId", "missing"]), value=WEIRD)
+def test_fast_path_is_never_more_lenient_on_fields(field: str, value: Any) -> None:
+    data = dict(GOOD)
+    if field == "missing":
+        del data["conversationId"]
+    else:
+        data[field] = value
+    _agree(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, 1), field=st.sampled_from([*ITEM_FIELDS, "drop"]), value=WEIRD,
+       dup=st.booleans())
+def test_fast_path_is_never_more_lenient_on_ciphertexts(
+    index: int, field: str, value: Any, dup: bool
+) -> None:
+    items = [dict(i) for i in GOOD["ciphertexts"]]
+    if field == "drop":
+        del items[index]["ciphertext"]
+    else:
+        items[index][field] = value
+    if dup:
+        items.append(dict(items[0]))
+    _agree({**GOOD, "ciphertexts": items})
+
+
+def test_parse_send_falls_back_to_the_contract_error() -> None:
+    bad = {**GOOD, "contentType": "pdf"}
+    try:
+        parse_send(bad)
+    except ProtocolError as exc:
+        assert exc.code == "bad_request" and "contentType" in str(exc)
+    else:
+        raise AssertionError("invalid send accepted")
+    no_protocol = {k: v for k, v in GOOD.items() if k != "protocol"}
+    assert parse_send(no_protocol).messageId == "m-1"
