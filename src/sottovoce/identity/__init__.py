@@ -8,6 +8,7 @@ from sottovoce.identity.certificates import (
     validate_username,
 )
 from sottovoce.identity.keys import AccountKey, DeviceSigningKey
+from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.identity.safety import SafetyNumber, safety_number
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DeviceSigningKey",
     "RevocationStatement",
     "SafetyNumber",
+    "SignedPrekey",
     "safety_number",
     "validate_device_id",
     "validate_username",

@@ -6,22 +6,19 @@ none. Accounts are cached in memory: this process is the only writer, and
 every write goes through :class:`Directory`, which refreshes the cache after
 the write is durable.
 
-Prekeys are stored as the encoded ``SignedPrekey`` bytes the device made. The
-server reads them with its own small reader (it must not import the pairwise
-package, DESIGN §2); the layout and signed bytes mirror
-``sottovoce.pairwise.prekeys.SignedPrekey`` and the conformance suite uploads
-keys made by that class, so a drift fails a test.
+Prekeys are stored as the encoded ``SignedPrekey`` bytes the device made and
+checked with :class:`sottovoce.identity.prekeys.SignedPrekey`, the same class
+the devices sign with (it lives in ``identity/`` so the server never imports
+the pairwise package, DESIGN §2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer, decode
-from sottovoce.crypto.sign import ed25519_verify
-from sottovoce.errors import DecodeError, SignatureError
+from sottovoce.errors import DecodeError, PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
+from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.limits import MAX_PREKEYS_PER_DEVICE
 from sottovoce.server.errors import WireFailure
 from sottovoce.server.storage.base import (
@@ -34,53 +31,18 @@ from sottovoce.server.storage.base import (
     UsernameTaken,
 )
 
-_PREKEY_DOMAIN = b"sottovoce prekey v1"
-_KEY_LEN = 32
-_SIG_LEN = 64
-_KEY_ID_MAX = 64
 
-
-@dataclass(frozen=True, slots=True)
-class PrekeyView:
-    key_id: str
-    public_key: bytes
-    fallback: bool
-    signature: bytes
-
-
-def read_prekey(raw: bytes) -> PrekeyView:
-    """Decode an encoded SignedPrekey (opaque8 id, opaque8 key, bool, opaque8 sig)."""
-
-    def read(r: Reader) -> PrekeyView:
-        key_id, public, fallback, sig = r.opaque8(), r.opaque8(), r.boolean(), r.opaque8()
-        if not 0 < len(key_id) <= _KEY_ID_MAX or len(public) != _KEY_LEN or len(sig) != _SIG_LEN:
-            raise DecodeError("malformed prekey")
-        try:
-            kid = key_id.decode("ascii")
-        except UnicodeDecodeError:
-            raise DecodeError("prekey id is not ASCII") from None
-        return PrekeyView(kid, public, fallback, sig)
-
-    return decode(read, raw)
-
-
-def verify_prekey(raw: bytes, cert: DeviceCertificate, *, fallback: bool) -> PrekeyView:
+def verify_prekey(raw: bytes, cert: DeviceCertificate, *, fallback: bool) -> SignedPrekey:
+    """Decode an uploaded prekey and check the device signed it for this slot."""
     try:
-        pk = read_prekey(raw)
+        pk = SignedPrekey.decode(raw)
     except DecodeError:
         raise WireFailure("invalid_prekey", "prekey does not decode") from None
     if pk.fallback != fallback:
         raise WireFailure("invalid_prekey", "prekey fallback flag does not match its slot")
-    w = Writer()
-    w.opaque8(_PREKEY_DOMAIN)
-    w.opaque8(cert.username.encode("ascii"))
-    w.opaque8(cert.device_id.encode("ascii"))
-    w.opaque8(pk.key_id.encode("ascii"))
-    w.opaque8(pk.public_key)
-    w.boolean(pk.fallback)
     try:
-        ed25519_verify(cert.keys.signing_key, w.getvalue(), pk.signature)
-    except SignatureError:
+        pk.verify(cert)
+    except PrekeyBundleError:
         raise WireFailure("invalid_prekey", "prekey is not signed by this device") from None
     return pk
 
