@@ -245,13 +245,13 @@ class Delivery:
         metrics.sends_stored += 1
         online = self.online
         live = 0
-        for f in outcome.frames:
-            target = online.get((f.user_id, f.device_id))
+        for user, device, seq, envelope in outcome.frames:
+            target = online.get((user, device))
             if target is not None:
-                target.deliver(f.global_seq, inbox_frame_text(f.global_seq, f.envelope))
+                target.deliver(seq, inbox_frame_text(seq, envelope))
                 live += 1
             else:
-                self._tickle(f.user_id, f.device_id, outcome)
+                self._tickle(user, device, outcome)
         metrics.deliveries_live += live
 
     def _tickle(self, user: str, device: str, outcome: SendOutcome) -> None:

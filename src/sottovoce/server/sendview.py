@@ -20,8 +20,12 @@ from sottovoce.limits import MAX_CIPHERTEXT_BYTES, MAX_ID_LEN, MAX_SEND_DEVICES
 from sottovoce.protocol.events import CONTENT_TYPES, PROTOCOL, Send
 
 _ID = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,%d}" % MAX_ID_LEN).fullmatch  # noqa: UP031
-# What base64.b64decode(validate=True) accepts, in canonical groups of four.
-_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?").fullmatch
+# What base64.b64decode(validate=True) accepts, in canonical groups of four: together
+# with ``len(ct) % 4 == 0`` this is the same set as
+# ``(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?`` (one or two "="
+# leave 3 or 2 characters of the last group), but one flat character-class scan is
+# about three times faster than the grouped pattern on a 200-byte ciphertext.
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}").fullmatch
 _B64_MAX = (MAX_CIPHERTEXT_BYTES + 2) // 3 * 4
 _MAX_INT = (1 << 63) - 1
 
@@ -96,15 +100,22 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
     items = g("ciphertexts")
     if type(items) is not list or not 0 < len(items) <= MAX_SEND_DEVICES:
         return None
-    targets = []
+    targets: list[tuple[str, str, str]] = []
+    # Targets name one or two users many times over: check each user id once.
+    checked_user: object = object()  # equal to nothing json.loads yields
+    u: Any  # checked once per distinct value below, not narrowed per item
     for item in items:
         if type(item) is not dict:
             return None
         u, dv, ct = item.get("userId"), item.get("deviceId"), item.get("ciphertext")
+        if u != checked_user:
+            if type(u) is not str or not _ID(u):
+                return None
+            checked_user = u
         if not (
-            type(u) is str and _ID(u)
-            and type(dv) is str and _ID(dv)
-            and type(ct) is str and len(ct) <= _B64_MAX and _B64(ct)
+            type(dv) is str and _ID(dv)
+            and type(ct) is str and len(ct) <= _B64_MAX and not len(ct) & 3
+            and _B64(ct)
         ):
             return None
         targets.append((u, dv, ct))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sottovoce.errors import RemoteError
 
@@ -127,9 +128,12 @@ def envelope_text(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredFrame:
-    """One inbox row just written: who gets it, its globalInboxSeq and envelope text."""
+class StoredFrame(NamedTuple):
+    """One inbox row just written: who gets it, its globalInboxSeq and envelope text.
+
+    A NamedTuple rather than a frozen dataclass: one is built per delivered frame on
+    the writer thread, and a frozen dataclass costs several times more to construct.
+    """
 
     user_id: str
     device_id: str
@@ -137,8 +141,9 @@ class StoredFrame:
     envelope: str
 
 
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
+class SendOutcome(NamedTuple):
+    """A stored send (one per message; a NamedTuple for the same reason as StoredFrame)."""
+
     conversation_id: str
     message_id: str
     idempotency_key: str
