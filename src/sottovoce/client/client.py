@@ -1021,38 +1021,52 @@ class Client:
             self._ephemeral.append(item)
             events.append(item)
             return
-        self._store.add_message(
-            message_id=envelope.messageId,
-            peer=peer,
-            sender=envelope.senderUserId,
-            sender_device=envelope.senderDeviceId,
-            outgoing=own_copy,
-            status=DeliveryStatus.SENT,
-            text=text,
+        self._record_envelope(
+            envelope,
+            peer,
+            seq,
+            own_copy,
+            DeliveryStatus.SENT,
+            text,
             content_type=payload.content_type,
             client_created_ms=payload.created_at_ms,
-            server_received_ms=envelope.serverReceivedAtMs,
-            local_at_ms=now_ms(),
-            server_seq=envelope.serverSeq,
-            inbox_seq=seq,
             idempotency_key=envelope.idempotencyKey,
         )
         received.append(envelope.messageId)
 
     def _store_failed(self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool) -> None:
         """A placeholder, so the gap is visible and the frame is never retried."""
+        self._record_envelope(envelope, peer, seq, own_copy, DeliveryStatus.FAILED, "")
+
+    def _record_envelope(
+        self,
+        envelope: ev.Envelope,
+        peer: str,
+        seq: int,
+        own_copy: bool,
+        status: DeliveryStatus,
+        text: str,
+        *,
+        content_type: str = "text",
+        client_created_ms: int = 0,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Store one received envelope (its routing fields taken from the envelope)."""
         self._store.add_message(
             message_id=envelope.messageId,
             peer=peer,
             sender=envelope.senderUserId,
             sender_device=envelope.senderDeviceId,
             outgoing=own_copy,
-            status=DeliveryStatus.FAILED,
-            text="",
+            status=status,
+            text=text,
+            content_type=content_type,
+            client_created_ms=client_created_ms,
             server_received_ms=envelope.serverReceivedAtMs,
             local_at_ms=now_ms(),
             server_seq=envelope.serverSeq,
             inbox_seq=seq,
+            idempotency_key=idempotency_key,
         )
 
     # =========================================================================
