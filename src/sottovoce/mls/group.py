@@ -1064,6 +1064,26 @@ class Group:
         """The encoded ratchet tree, for joiners whose Welcome does not carry it."""
         return self._epoch.tree.encode()
 
+    # --- persistence (sottovoce.mls.state) -------------------------------------------
+
+    def to_state(self) -> bytes:
+        """Everything this member holds, as bytes to seal and store (they are secret).
+
+        :meth:`from_state` continues exactly here; the config's ``psk_lookup``
+        is not stored. See :mod:`sottovoce.mls.state`.
+        """
+        from sottovoce.mls.state import encode_group_state  # state imports this module
+
+        return encode_group_state(self)
+
+    @classmethod
+    def from_state(cls, data: bytes, *, psk_lookup: PskLookup | None = None) -> Group:
+        """The group :meth:`to_state` saved; raises only ``InvalidGroupState`` (a
+        ``DecodeError``) on damaged or inconsistent input."""
+        from sottovoce.mls.state import decode_group_state
+
+        return decode_group_state(data, psk_lookup=psk_lookup)
+
     def export_secret(self, label: bytes, context: bytes, length: int) -> Secret:
         """MLS-Exporter(label, context, length) of the current epoch (§8.5)."""
         return self._epoch.secrets.exporter(label, context, length)
