@@ -104,3 +104,26 @@ def test_parse_send_falls_back_to_the_contract_error() -> None:
         raise AssertionError("invalid send accepted")
     no_protocol = {k: v for k, v in GOOD.items() if k != "protocol"}
     assert parse_send(no_protocol).messageId == "m-1"
+
+
+def test_ciphertext_limit_is_exact_on_decoded_bytes() -> None:
+    """One byte over the limit has the same base64 length as the limit itself (base64
+    rounds up to groups of four), so only a check on the decoded bytes refuses it."""
+    from sottovoce.limits import MAX_CIPHERTEXT_BYTES
+
+    def send_with(n: int) -> dict[str, Any]:
+        items = [dict(i) for i in GOOD["ciphertexts"]]
+        items[0]["ciphertext"] = base64.b64encode(b"\x01" * n).decode()
+        return {**GOOD, "ciphertexts": items}
+
+    over = MAX_CIPHERTEXT_BYTES + 1
+    assert len(base64.b64encode(b"\x01" * over)) == len(
+        base64.b64encode(b"\x01" * MAX_CIPHERTEXT_BYTES)
+    )
+    assert parse_send(send_with(MAX_CIPHERTEXT_BYTES)) is not None
+    try:
+        parse_send(send_with(over))
+    except ProtocolError as exc:
+        assert exc.code == "payload_too_large"
+    else:
+        raise AssertionError("a ciphertext one byte over the limit was accepted")

@@ -84,9 +84,13 @@ def req_b64(d: dict[str, Any], name: str, *, max_bytes: int) -> bytes:
     if len(v) > (max_bytes + 2) // 3 * 4:
         raise ProtocolError("payload_too_large", f"field '{name}' exceeds {max_bytes} bytes")
     try:
-        return base64.b64decode(v, validate=True)
+        raw = base64.b64decode(v, validate=True)
     except (binascii.Error, ValueError):
         raise bad(name, "is not valid base64") from None
+    # The length test above admits up to two bytes over the limit (base64 rounds up to 4).
+    if len(raw) > max_bytes:
+        raise ProtocolError("payload_too_large", f"field '{name}' exceeds {max_bytes} bytes")
+    return raw
 
 
 def req_list(d: dict[str, Any], name: str, *, max_items: int) -> list[Any]:
