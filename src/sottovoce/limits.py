@@ -108,6 +108,21 @@ SFRAME_MAX_REPLAY_WINDOW = 1 << 16
 #: enough for in-flight frames of every track across an epoch change.
 SFRAME_EPOCH_GRACE_FRAMES = 512
 
+# --- room audit trail (issue 5) -----------------------------------------------
+
+#: Devices one audit entry names (one commit's adds or removes); larger changes are
+#: split over several commits.
+AUDIT_MAX_SUBJECTS = 128
+#: Largest encoded audit entry: 128 subjects x 2 ids x (128 + 2) bytes plus at most
+#: ~1 KiB of fixed fields (ids, a 256-byte key and signature) = 34,287 bytes. Typical
+#: entries are ~300 bytes. The wire limit MAX_ROOM_AUDIT_ENTRY_BYTES is this value, so
+#: the server accepts every entry a client can build.
+AUDIT_MAX_ENTRY_BYTES = 36 * 1024
+#: Largest signature public key (P-521 uncompressed is 133 bytes) and signature
+#: (P-521 DER is at most 139 bytes); headroom, but bounded.
+AUDIT_MAX_KEY_BYTES = 256
+AUDIT_MAX_SIGNATURE_BYTES = 256
+
 # --- client (issue 3) --------------------------------------------------------
 
 #: Largest text a client sends in one message; bigger content goes as attachments
@@ -122,3 +137,48 @@ EPHEMERAL_RING_SIZE = 200
 OUTBOX_WINDOW = 512
 #: Resends of one message after device_mismatch before it is marked failed (the issue: once).
 DEVICE_MISMATCH_RETRIES = 1
+
+# --- client rooms (issue 5) ----------------------------------------------------
+
+#: One-time MLS KeyPackages a device uploads per batch (plus one last-resort one):
+#: enough for a burst of invitations between two top-ups.
+CLIENT_KEY_PACKAGE_BATCH = 50
+#: Attempts of one commit against commit_conflict / stale state before giving up; a
+#: member losing this many races in a row is better told than looping forever.
+ROOM_COMMIT_RETRIES = 12
+#: Attempts of one room message against stale_epoch (each waits for the new epoch).
+ROOM_SEND_RETRIES = 6
+#: Room frames buffered for a room we have not joined yet (its Welcome or our
+#: external commit's reply is still on the way); more are dropped (room.sync refills).
+ROOM_EARLY_FRAMES = 1000
+
+# --- rooms: the MLS delivery service (issue 5) ---------------------------------
+
+#: One MLS KeyPackage (RFC 9420 §10) with a basic credential is well under 1 KiB;
+#: 16 KiB leaves room for x509 chains without letting one upload hog memory.
+MAX_KEY_PACKAGE_BYTES = 16 * 1024
+#: KeyPackages accepted per upload and one-time KeyPackages stored per device.
+MAX_KEY_PACKAGES_PER_UPLOAD = 100
+MAX_KEY_PACKAGES_PER_DEVICE = 500
+#: The owner is told (sottovoce.keypackages.low) when its one-time stock falls below this.
+KEY_PACKAGES_LOW_WATERMARK = 10
+#: Member devices per room: bounds fan-out work per message and the roster kept in memory.
+MAX_ROOM_MEMBERS = 1000
+#: A commit, a Welcome and a GroupInfo each fit one frame (MAX_FRAME_BYTES bounds their sum;
+#: a GroupInfo carrying the ratchet tree of a very large room needs more and is refused).
+MAX_ROOM_COMMIT_BYTES = 160 * 1024
+MAX_ROOM_WELCOME_BYTES = 160 * 1024
+MAX_ROOM_GROUP_INFO_BYTES = 160 * 1024
+#: One audit entry holds ids, keys, a hash and a signature, never content: a few hundred
+#: bytes, more with many subjects; the format's own bound (protocol/audit.py), so an entry
+#: the client could build is never refused by size.
+MAX_ROOM_AUDIT_ENTRY_BYTES = AUDIT_MAX_ENTRY_BYTES
+#: Audit entries returned per sottovoce.room.audit reply.
+ROOM_AUDIT_BATCH = 1000
+#: Room frames per sottovoce.room.sync reply (and per replay read of one room).
+ROOM_SYNC_BATCH = 500
+#: Room join tokens: 22 chars = 128 bits of base64url at the least; clients send 43 (32 bytes).
+ROOM_TOKEN_MIN_LEN = 22
+ROOM_TOKEN_MAX_LEN = 128
+#: Rooms listed by sottovoce.rooms.list (bounded so the reply fits one frame).
+MAX_ROOMS_LISTED = 2000
