@@ -319,6 +319,141 @@ def test_replay_window_matches_model(counters: list[int], size: int) -> None:
             top = max(top, c)
 
 
+# --- the cached fast paths (context.py "Per-frame cost") agree with the full parser --------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(["next", "skip", "dup", "back"]), min_size=1, max_size=150),
+    st.integers(0, 2),
+    st.integers(1, 40),
+)
+def test_fast_path_mostly_in_order_stream_matches_model(
+    steps: list[str], start_width: int, size: int
+) -> None:
+    """A stream that is mostly in order, with losses, duplicates and late frames,
+    across a CTR width change (255 -> 256 or 65535 -> 65536): every decision equals
+    the RFC 3711 model, so the in-order shortcut and the header cache change nothing."""
+    tx, rx = pair(window=size)
+    start = (0, 250, 65_530)[start_width]
+    tx._send[7].next_ctr = start  # test-only: jump ahead without 65k encryptions
+    frames = {start + i: tx.protect(7, (start + i).to_bytes(4, "big")) for i in range(320)}
+    seen: set[int] = set()
+    top, ctr = -1, start
+    for step in steps:
+        if step == "skip":
+            ctr += 2
+        elif step == "back":
+            ctr = max(start, ctr - 3)
+        elif step == "next":
+            ctr += 1
+        ctr = min(ctr, start + 319)
+        expected = ctr not in seen and ctr > top - size
+        try:
+            out = rx.unprotect(frames[ctr])
+            assert (out.kid, out.ctr, out.plaintext) == (7, ctr, ctr.to_bytes(4, "big"))
+            accepted = True
+        except ReplayError:
+            accepted = False
+        assert accepted == expected, (step, ctr)
+        if accepted:
+            seen.add(ctr)
+            top = max(top, ctr)
+
+
+def test_fast_path_rejects_a_non_minimal_ctr_under_a_cached_prefix() -> None:
+    tx, rx = pair(kid=0x312)
+    for _ in range(300):  # caches the 1- and 2-byte CTR prefixes of KID 0x312
+        rx.unprotect(tx.protect(0x312, b"x"))
+    assert len(rx._prefixes) == 2
+    # CTR 5 in a 2-byte field under the cached 2-byte-CTR prefix: non-minimal.
+    cached = bytes([0x99, 0x03, 0x12])
+    for ctr_bytes in (b"\x00\x05", b"\x00\xff"):
+        with pytest.raises(HeaderDecodeError):
+            rx.unprotect(cached + ctr_bytes + bytes(20))
+    # Truncated inside the CTR, under the cached prefix.
+    for frame in (cached, cached + b"\x01"):
+        with pytest.raises(HeaderDecodeError):
+            rx.unprotect(frame)
+    with pytest.raises(HeaderDecodeError):
+        rx.unprotect(b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fast_path_header_decisions_equal_the_full_parser(data: st.DataObject) -> None:
+    """With the prefix cache warm, a frame whose header the full parser rejects is
+    rejected with HeaderDecodeError, and an accepted frame has the parser's (KID, CTR)."""
+    tx, rx = SFrameContext(GCM), SFrameContext(GCM)
+    for kid in (5, 0x312):
+        tx.add_send_key(kid, KEY_A)
+        rx.add_recv_key(kid, KEY_A)
+    for _ in range(300):  # cache the 1- and 2-byte CTR widths of both KIDs
+        for kid in (5, 0x312):
+            rx.unprotect(tx.protect(kid, b"x"))
+    frame = bytearray(tx.protect(data.draw(st.sampled_from([5, 0x312])), b"payload"))
+    mutation = data.draw(st.sampled_from(["truncate", "byte", "none"]))
+    if mutation == "truncate":
+        del frame[data.draw(st.integers(0, len(frame))) :]
+    elif mutation == "byte":
+        frame[data.draw(st.integers(0, min(4, len(frame) - 1)))] = data.draw(st.integers(0, 255))
+    raw = bytes(frame)
+    try:
+        expected: tuple[int, int] | None = parse_header(raw)[:2]
+    except HeaderDecodeError:
+        expected = None
+    try:
+        out = rx.unprotect(raw)
+    except HeaderDecodeError:
+        assert expected is None
+        return
+    except (UnknownKeyId, ReplayError, FrameDecryptionError):
+        assert expected is not None
+        return
+    assert expected == (out.kid, out.ctr)
+
+
+def test_fast_path_cache_is_dropped_with_the_key_and_bounded() -> None:
+    tx, rx = pair(kid=0x312)
+    frames = [tx.protect(0x312, b"x") for _ in range(20)]
+    for f in frames[:10]:
+        rx.unprotect(f)
+    assert rx._prefixes
+    assert rx.remove_key(0x312)
+    assert not rx._prefixes
+    with pytest.raises(UnknownKeyId):
+        rx.unprotect(frames[10])
+    rx.add_recv_key(0x312, KEY_B)  # same KID, another key: nothing stale is used
+    with pytest.raises(FrameDecryptionError):
+        rx.unprotect(frames[10])
+    # Headers with unknown KIDs never enter the cache.
+    for kid in (k for k in range(8, 2000) if k != 0x312):
+        with pytest.raises(UnknownKeyId):
+            rx.unprotect(encode_header(kid, 300) + bytes(20))
+    assert not rx._prefixes
+
+
+def test_fast_path_accepts_bytearray_and_memoryview_frames() -> None:
+    tx, rx = pair(kid=0x312)
+    for i in range(30):
+        frame = tx.protect(0x312, FRAME, b"md")
+        view = (bytes, bytearray, memoryview)[i % 3](frame)
+        assert rx.unprotect(view, b"md").plaintext == FRAME  # type: ignore[arg-type]
+
+
+def test_results_are_tuples_whose_repr_hides_the_plaintext() -> None:
+    tx, rx = pair()
+    out = rx.unprotect(tx.protect(7, b"secret words"))
+    assert out == (7, 0, b"secret words") and tuple(out) == (7, 0, b"secret words")
+    assert "secret" not in repr(out) and "12 bytes" in repr(out)
+    mgr_a, mgr_b = MediaKeyManager(GCM, 0), MediaKeyManager(GCM, 1)
+    for m in (mgr_a, mgr_b):
+        m.begin_epoch(3, epoch_exporter(3), [0, 1])
+    media = mgr_b.unprotect(mgr_a.protect(Track.AUDIO, b"secret words"))
+    assert (media.epoch, media.sender_leaf, media.track, media.ctr) == (3, 0, Track.AUDIO, 0)
+    assert media.plaintext == b"secret words" and "secret" not in repr(media)
+
+
 # --- MLS-derived track keys ----------------------------------------------------------
 
 

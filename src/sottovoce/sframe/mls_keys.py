@@ -54,8 +54,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import partial
-from typing import NamedTuple
+from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from sottovoce.codec.tls import Writer
 from sottovoce.errors import UsageError
@@ -177,19 +177,48 @@ def keys_for_epoch(
     }
 
 
-class MediaFrame(NamedTuple):
-    """An authenticated media frame and whom it is from."""
+class MediaFrame(tuple[int, int, Track, int, bytes]):
+    """An authenticated media frame and whom it is from:
+    ``(epoch, sender_leaf, track, ctr, plaintext)``, also as attributes.
 
-    epoch: int
-    sender_leaf: int
-    track: Track
-    ctr: int
-    plaintext: bytes
+    A plain tuple subclass (built once per frame on the hot path without a
+    Python-level ``__new__``); its repr never shows the plaintext.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        @property
+        def epoch(self) -> int: ...
+
+        @property
+        def sender_leaf(self) -> int: ...
+
+        @property
+        def track(self) -> Track: ...
+
+        @property
+        def ctr(self) -> int: ...
+
+        @property
+        def plaintext(self) -> bytes: ...
+
+    else:
+        epoch = property(itemgetter(0), doc="the MLS epoch whose key decrypted the frame")
+        sender_leaf = property(itemgetter(1), doc="the sender's leaf index in that epoch")
+        track = property(itemgetter(2), doc="the media track")
+        ctr = property(itemgetter(3), doc="the frame's SFrame CTR")
+        plaintext = property(itemgetter(4), doc="the decrypted frame")
+
+    def __repr__(self) -> str:
+        return (
+            f"MediaFrame(epoch={self[0]}, sender_leaf={self[1]}, track={self[2].name}, "
+            f"ctr={self[3]}, plaintext=<{len(self[4])} bytes>)"
+        )
 
 
-#: Hot path: build MediaFrame without NamedTuple's Python-level __new__, and
-#: map track ids by index rather than through the Enum constructor.
-_new_media_frame = partial(tuple.__new__, MediaFrame)
+#: Hot path: map track ids by index rather than through the Enum constructor.
 _TRACKS = tuple(Track)
 
 
@@ -351,24 +380,23 @@ class MediaKeyManager:
         :meth:`SFrameContext.unprotect`; :class:`UnknownKeyId` also for a KID of
         an epoch not (or no longer) held, or of a leaf not in that epoch."""
         try:
-            out = self.context.unprotect(frame, metadata)
+            kid, ctr, plaintext = self.context.unprotect(frame, metadata)
         except UnknownKeyId:
             kid, _, _ = parse_header(frame)
             if not self._install_recv(kid):
                 raise
-            out = self.context.unprotect(frame, metadata)
-        kid = out.kid
+            kid, ctr, plaintext = self.context.unprotect(frame, metadata)
         e = self._by_bits[kid & _EPOCH_MASK]
         if self._grace and e is self._current:
             self._tick_grace()
         # The KID authenticated (it is AAD) and has a key, so its track field is valid.
-        return _new_media_frame(
+        return MediaFrame(
             (
                 e.epoch,
                 kid >> _LEAF_SHIFT,
                 _TRACKS[(kid >> EPOCH_BITS) & _TRACK_MASK],
-                out.ctr,
-                out.plaintext,
+                ctr,
+                plaintext,
             )
         )
 
