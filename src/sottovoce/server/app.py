@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,7 +40,6 @@ from sottovoce.identity import DeviceCertificate, RevocationStatement, validate_
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.protocol.events import (
     CHALLENGE,
-    CLIENT_EVENTS,
     CONNECTED,
     DEVICE_ADDED,
     DEVICE_REVOKED,
@@ -68,11 +69,13 @@ from sottovoce.protocol.events import (
     parse_frame,
 )
 from sottovoce.protocol.fields import ProtocolError, b64
+from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 from sottovoce.server.auth import check_certificate, new_challenge, spend, verify_possession
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
 from sottovoce.server.errors import CLOSE_ABUSE, CLOSE_GOING_AWAY, CLOSE_REVOKED, WireFailure
+from sottovoce.server.fanout import make_fanout
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.push import (
@@ -82,10 +85,11 @@ from sottovoce.server.push import (
     check_endpoint,
 )
 from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import Storage
-from sottovoce.server.storage.sqlite import SqliteStorage
+from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 
 WS_PATH = "/v3/ws"
 #: Events a connection may send before it is authenticated.
@@ -114,16 +118,16 @@ class ServerApp:
             )
         self.log = logger
         if storage is None:
-            sqlite = SqliteStorage(
-                config.db_path,
-                logger=logger,
-                commit_window_ms=config.commit_window_ms,
-                max_batch=config.max_batch,
-            )
-            storage = sqlite
+            storage = make_storage(config, logger)
         self.storage = storage
+        #: Names this process in /healthz and the fan-out (several nodes share a database).
+        self.node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.directory = Directory(storage)
         self.delivery = Delivery(self)
+        self.rooms = Rooms(self)
+        self.fanout = make_fanout(self)
+        if self.fanout.remote:
+            self.directory.on_change = self.fanout.directory_changed
         if tickle_sender is None:
             tickle_sender = WebhookTickleSender(timeout_ms=config.push_timeout_ms, logger=logger)
         self.pusher = Pusher(
@@ -137,8 +141,9 @@ class ServerApp:
             online=lambda: len(self.delivery.online),
             tickles=lambda: self.pusher.count,
         )
-        if isinstance(self.storage, SqliteStorage):
-            self.storage.stats.observers.append(self.metrics.observe_batch)
+        stats = getattr(self.storage, "stats", None)
+        if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
+            stats.observers.append(self.metrics.observe_batch)
         self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
         self.sessions: set[Session] = set()
         self._server: Server | None = None
@@ -159,6 +164,7 @@ class ServerApp:
             PushRegister: self._push_register,
             RevokeDevice: self._revoke,
         }
+        self._handlers.update(self.rooms.handlers())
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -194,6 +200,7 @@ class ServerApp:
         ctx = self._ssl_context()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await self.storage.open()
+        await self.fanout.start()
         self._server = await serve(
             self._handler,
             cfg.host,
@@ -211,7 +218,7 @@ class ServerApp:
         )
         self._spawn(self._expiry_loop())
         self.log.info("server.started", url=self.url, version=__version__,
-                      path=str(cfg.data_dir))
+                      path=str(cfg.data_dir), reason=f"node {self.node_id}")
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -229,6 +236,7 @@ class ServerApp:
         for task in list(self._tasks):
             task.cancel()
         await self.pusher.close()
+        await self.fanout.close()
         await self.storage.close()
         self.log.info("server.stopped")
         self.log.close()
@@ -262,6 +270,10 @@ class ServerApp:
                 "protocol": "ksmpv3",
                 "uptimeS": round(time.monotonic() - self.started_at, 3),
                 "connections": len(self.sessions),
+                "node": self.node_id,
+                "residency": self.config.residency,
+                "storage": "sqlite" if self.config.database is None else "postgresql",
+                **self.fanout.status(),
             }).encode()
             return _response(HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
@@ -321,7 +333,7 @@ class ServerApp:
         ev: ClientEvent | SendView | None = None
         try:
             event, rid, data = parse_frame(message)
-            cls = CLIENT_EVENTS.get(event)
+            cls = ALL_CLIENT_EVENTS.get(event)
             if cls is None:
                 raise ProtocolError("unknown_event", "unknown event")
             self.metrics.frame(event)
@@ -451,7 +463,9 @@ class ServerApp:
     ) -> None:
         session.user, session.device = user, device
         session.challenge = None
-        self.delivery.attach(session)
+        pending = self.delivery.attach(session)
+        if pending is not None:
+            await pending  # other nodes route this device's frames here before it resumes
         latest = await self.storage.latest_inbox_seq(user, device)
         session.reply(CONNECTED, {
             "userId": user,
@@ -465,6 +479,7 @@ class ServerApp:
         remaining = await self.storage.count_prekeys(user, device)
         if remaining < self.config.prekey_low_watermark:
             session.reply(PREKEYS_LOW, {"remaining": remaining}, None)
+        await self.rooms.authenticated(session)
 
     async def _username_check(
         self, session: Session, ev: UsernameCheck, data: dict[str, Any], rid: str | None
@@ -539,6 +554,9 @@ class ServerApp:
                 owner = self.delivery.online.get((ev.username, c.device_id))
                 if owner is not None:
                     owner.reply(PREKEYS_LOW, {"remaining": c.remaining}, None)
+                elif self.fanout.remote:
+                    self.fanout.notice([(ev.username, c.device_id)],
+                                       frame(PREKEYS_LOW, {"remaining": c.remaining}))
 
     async def _push_register(
         self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None
@@ -563,14 +581,38 @@ class ServerApp:
         if rec.device(stmt.device_id) is None:
             raise WireFailure("bad_request", "no such device")
         await self.directory.revoke(user, stmt.device_id, now_ms())
+        # No room frame reaches it from here on; its rooms are asked to remove it.
+        self.rooms.device_revoked(user, stmt.device_id)
         self.log.info("device.revoked", userId=user, deviceId=stmt.device_id)
         text = frame(DEVICE_REVOKED, {"deviceId": stmt.device_id})
         revoked = self.delivery.online.get((user, stmt.device_id))
         if revoked is not None:
             revoked.write(text)
             revoked.close(CLOSE_REVOKED, "device revoked")
+        else:
+            self.fanout.revoked((user, stmt.device_id), text)  # held by another node, if any
         session.reply(DEVICE_REVOKED, {"deviceId": stmt.device_id}, rid)
         self.delivery.notify_user(user, text, skip=session)
+
+
+def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
+    """Embedded SQLite in the data directory, or PostgreSQL when ``database`` is set."""
+    if config.database is not None:
+        # Imported here: asyncpg is needed only by deployments that use it.
+        from sottovoce.server.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            config.database,
+            logger=logger,
+            commit_window_ms=config.commit_window_ms,
+            max_batch=config.max_batch,
+        )
+    return SqliteStorage(
+        config.db_path,
+        logger=logger,
+        commit_window_ms=config.commit_window_ms,
+        max_batch=config.max_batch,
+    )
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

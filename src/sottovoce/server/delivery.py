@@ -94,11 +94,13 @@ class Delivery:
 
     # --- presence -------------------------------------------------------------------
 
-    def attach(self, session: Session) -> None:
+    def attach(self, session: Session) -> Awaitable[None] | None:
+        """Returns what must finish before the device may resume (the fan-out's subscribe)."""
         old = self.online.get(session.key)
         if old is not None and old is not session:
             old.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
         self.online[session.key] = session
+        return self.app.fanout.attach(session)
 
     def detach(self, session: Session) -> None:
         if session.user is None or session.device is None:
@@ -106,6 +108,7 @@ class Delivery:
         key = (session.user, session.device)
         if self.online.get(key) is session:
             del self.online[key]
+            self.app.fanout.detach(key)
         if session.replay_task is not None:
             session.replay_task.cancel()
 
@@ -113,6 +116,14 @@ class Delivery:
         for (u, _), s in list(self.online.items()):
             if u == user and s is not skip:
                 s.write(text)
+        fanout = self.app.fanout
+        if fanout.remote:
+            rec = self.app.directory.cached(user)
+            if rec is not None:
+                fanout.notice(
+                    [(user, d.device_id) for d in rec.active()
+                     if (user, d.device_id) not in self.online], text,
+                )
 
     # --- send -----------------------------------------------------------------------
 
@@ -128,8 +139,7 @@ class Delivery:
         if sender_rec is None or recipient_rec is None:
             # Rare (cold cache): load, keeping this connection's sends in order.
             return self._send_cold(session, ev, data, rid)
-        self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
-        return None
+        return self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
 
     async def _send_cold(
         self, session: Session, ev: SendView, data: dict[str, Any], rid: str | None
@@ -141,7 +151,9 @@ class Delivery:
             raise WireFailure("unknown_recipient", "no such recipient")
         if sender_rec is None:
             raise WireFailure("unauthorized", "account no longer exists")
-        self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
+        pending = self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
+        if pending is not None:
+            await pending
 
     def _send_checked(
         self,
@@ -151,7 +163,7 @@ class Delivery:
         rid: str | None,
         sender_rec: AccountRecord,
         recipient_rec: AccountRecord,
-    ) -> None:
+    ) -> Awaitable[None] | None:
         user, device = session.key
         recipient = recipient_rec.user_id
         if ev.conversationId != dm_conversation_id(user, recipient):
@@ -181,9 +193,9 @@ class Delivery:
             ephemeral=ev.ephemeral,
         )
         if ev.ephemeral:
-            self._send_ephemeral(session, req, rid)
-            return
+            return self._send_ephemeral(session, req, rid)
         self.app.storage.append(req, partial(self._stored, session, rid, ev.messageId))
+        return None
 
     def _expected_devices(
         self, user: str, device: str, sender_rec: AccountRecord, recipient_rec: AccountRecord
@@ -244,6 +256,7 @@ class Delivery:
             return
         metrics.sends_stored += 1
         online = self.online
+        fanout = self.app.fanout
         live = 0
         for user, device, seq, envelope in outcome.frames:
             target = online.get((user, device))
@@ -251,10 +264,13 @@ class Delivery:
                 target.deliver(seq, inbox_frame_text(seq, envelope))
                 live += 1
             else:
-                self._tickle(user, device, outcome)
+                if fanout.remote:  # the node holding the device, if any, writes it
+                    fanout.frame(user, device, seq, inbox_frame_text(seq, envelope))
+                if not fanout.online_elsewhere((user, device)):
+                    self.tickle(user, device, outcome)
         metrics.deliveries_live += live
 
-    def _tickle(self, user: str, device: str, outcome: SendOutcome) -> None:
+    def tickle(self, user: str, device: str, outcome: SendOutcome) -> None:
         rec = self.app.directory.cached(user)
         dev = rec.device(device) if rec is not None else None
         if dev is None or dev.push_endpoint is None:
@@ -267,7 +283,9 @@ class Delivery:
             now=time.monotonic(),
         )
 
-    def _send_ephemeral(self, session: Session, req: SendRequest, rid: str | None) -> None:
+    def _send_ephemeral(
+        self, session: Session, req: SendRequest, rid: str | None
+    ) -> Awaitable[None] | None:
         idem = (req.sender_user, req.sender_device, req.idempotency_key)
         seen = self._eph_idem.get(idem)
         if seen is not None:
@@ -277,19 +295,67 @@ class Delivery:
                          conversation_id=conv, server_seq=seq, received_at_ms=received,
                          duplicate=True)
             )
-            return
+            return None
         online = self.online
-        if not any(u == req.recipient_user and (u, d) in online for u, d, _ in req.targets):
+        remote = self.app.fanout.remote
+        here = any(u == req.recipient_user and (u, d) in online for u, d, _ in req.targets)
+        if not here and not remote:
             raise WireFailure("recipient_offline", "no device of the recipient is online")
         seq = self._eph_seq.get(req.conversation_id, 0) + 1
         self._eph_seq[req.conversation_id] = seq
         received = time.time_ns() // 1_000_000
         head, tail = req.envelope_parts()
-        for u, d, ct in req.targets:
-            target = online.get((u, d))
+        texts = [
+            ((u, d), inbox_frame_text(0, envelope_text(req, head, tail, ct, seq, received)))
+            for u, d, ct in req.targets
+        ]
+        if not here:
+            # The recipient's devices may be on other nodes: ask them first, so that a
+            # refused send reaches nobody (as on one node).
+            return self._send_ephemeral_remote(session, req, rid, texts, seq, received)
+        away = []
+        for key, text in texts:
+            target = online.get(key)
             if target is not None:
-                env = envelope_text(req, head, tail, ct, seq, received)
-                target.deliver_ephemeral(inbox_frame_text(0, env))
+                target.deliver_ephemeral(text)
+            elif remote:
+                away.append((key, text))
+        if away:
+            self.app.fanout.ephemeral(away)  # best effort: the recipient already has it
+        self._ephemeral_acked(session, req, rid, seq, received)
+        return None
+
+    async def _send_ephemeral_remote(
+        self,
+        session: Session,
+        req: SendRequest,
+        rid: str | None,
+        texts: list[tuple[tuple[str, str], str]],
+        seq: int,
+        received: int,
+    ) -> None:
+        recipient = req.recipient_user
+        fanout = self.app.fanout
+        got = await fanout.ephemeral([(k, t) for k, t in texts if k[0] == recipient])
+        if not got:
+            raise WireFailure("recipient_offline", "no device of the recipient is online")
+        others = []
+        for key, text in texts:
+            if key[0] == recipient:
+                continue
+            target = self.online.get(key)
+            if target is not None:
+                target.deliver_ephemeral(text)
+            else:
+                others.append((key, text))
+        if others:
+            fanout.ephemeral(others)
+        self._ephemeral_acked(session, req, rid, seq, received)
+
+    def _ephemeral_acked(
+        self, session: Session, req: SendRequest, rid: str | None, seq: int, received: int
+    ) -> None:
+        idem = (req.sender_user, req.sender_device, req.idempotency_key)
         self._eph_idem[idem] = (req.conversation_id, req.message_id, seq, received)
         if len(self._eph_idem) > EPHEMERAL_IDEM_MAX:
             self._eph_idem.popitem(last=False)
@@ -310,13 +376,30 @@ class Delivery:
         session.live = False
         # Everything already routed here is committed and the replay will read it.
         session.pending.clear()
+        session.room_pending.clear()
+        session.room_sent.clear()  # rooms replay from the device's read positions
         session.pending_bytes = 0
         session.overflow = False
         session.last_sent = last_seq
         task = asyncio.get_running_loop().create_task(self._replay(session, rid))
         session.replay_task = task
 
-    async def _replay(self, session: Session, rid: str | None) -> None:
+    def catch_up(self, session: Session) -> None:
+        """Re-read storage after ``session.last_sent`` without a replay.done frame.
+
+        The fan-out calls this when this node may have missed live frames (its
+        NATS connection dropped): the durable inbox covers the gap.
+        """
+        if session.closed or not session.resumed:
+            return  # not resumed yet: its resume will read storage
+        if not session.live:
+            session.overflow = True  # a replay is running: make it read storage again
+            return
+        session.live = False
+        task = asyncio.get_running_loop().create_task(self._replay(session, None, announce=False))
+        session.replay_task = task
+
+    async def _replay(self, session: Session, rid: str | None, *, announce: bool = True) -> None:
         user, device = session.key
         storage = self.app.storage
         budget = self.app.config.write_buffer_limit // 4
@@ -339,10 +422,12 @@ class Delivery:
                 if len(rows) == REPLAY_BATCH:
                     await self._drain(session, budget)
                     continue
+                replayed += await self.app.rooms.replay(session, budget)
                 if session.overflow:
                     # Live frames were dropped from the buffer: they are stored, read again.
                     session.overflow = False
                     session.pending.clear()
+                    session.room_pending.clear()
                     session.pending_bytes = 0
                     self.app.metrics.replay_rereads += 1
                     continue
@@ -350,13 +435,17 @@ class Delivery:
             if session.closed:
                 return
             # No await from here on: switching to live cannot miss a frame.
-            session.reply(REPLAY_DONE, {"upToGlobalInboxSeq": session.last_sent}, rid)
+            if announce:
+                session.reply(REPLAY_DONE, {"upToGlobalInboxSeq": session.last_sent}, rid)
             session.live = True
             pending = sorted(session.pending)
             session.pending.clear()
             session.pending_bytes = 0
             for seq, text in pending:
                 session.deliver(seq, text)
+            room_pending, session.room_pending = session.room_pending, []
+            for room_id, seq, text in room_pending:  # per room already in serverSeq order
+                session.deliver_room(room_id, seq, text)
             self.app.metrics.deliveries_replay += replayed
             self.app.log.debug(
                 "resume.done", userId=user, deviceId=device, count=replayed,

@@ -30,9 +30,18 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``forbidden``          e.g. a ``senderUserId`` other than the authenticated user [no]
 ``conversation_mismatch`` conversationId is not dm_conversation_id(sender, recipient) [no]
 ``device_mismatch``    ciphertexts do not cover exactly the active devices [no]
-``recipient_offline``  ephemeral send while no recipient device is online [yes]
+``recipient_offline``  ephemeral send while no recipient device is online; nothing was stored [no]
 ``rate_limited``       token bucket empty; retry after ``retryAfterMs`` [yes]
 ``unavailable``        storage failed; nothing was stored, retry later [yes]
+``room_exists``        room.create with an id already taken [no]
+``unknown_room``       no such room [no]
+``not_member``         the device is not a member of that room [no]
+``commit_conflict``    another commit won this epoch; ``details`` name ``currentEpoch``
+                       and ``winningServerSeq``: process the winner, then retry [yes]
+``stale_epoch``        a room send made in an epoch that is no longer current [yes]
+``audit_conflict``     the audit entry does not link to the stored chain head [yes]
+``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
+``keypackages_full``   the device already stores the maximum of KeyPackages [no]
 ``internal``           our bug; the request may be retried [yes]
 =====================  ==========================================================
 

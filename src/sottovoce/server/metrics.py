@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sottovoce.protocol.events import CLIENT_EVENTS
+from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 
 
 class Metrics(Collector):
@@ -28,7 +28,7 @@ class Metrics(Collector):
         self.connections = connections
         self.online = online
         self.tickles = tickles
-        self.frames: dict[str, int] = dict.fromkeys((*CLIENT_EVENTS, "invalid"), 0)
+        self.frames: dict[str, int] = dict.fromkeys((*ALL_CLIENT_EVENTS, "invalid"), 0)
         self.errors: dict[str, int] = {}
         self.closes: dict[int, int] = {}
         self.sends_stored = 0
@@ -39,6 +39,13 @@ class Metrics(Collector):
         self.acked = 0
         self.expired = 0
         self.replay_rereads = 0
+        # Rooms (issue 5): messages and commits stored, room frames written, messages
+        # deleted once every member read them.
+        self.room_messages = 0
+        self.room_commits = 0
+        self.room_deliveries_live = 0
+        self.room_deliveries_replay = 0
+        self.room_deleted = 0
         r = self.registry = CollectorRegistry()
         r.register(self)
         self.batch = Histogram(
@@ -98,6 +105,14 @@ class Metrics(Collector):
         yield CounterMetricFamily("sottovoce_replay_rereads",
                                   "replays that re-read storage after live frames overflowed",
                                   value=self.replay_rereads)
+        rooms = CounterMetricFamily("sottovoce_room_events", "room messages and frames",
+                                    labels=["kind"])
+        rooms.add_metric(["message_stored"], self.room_messages)
+        rooms.add_metric(["commit_stored"], self.room_commits)
+        rooms.add_metric(["frame_live"], self.room_deliveries_live)
+        rooms.add_metric(["frame_replay"], self.room_deliveries_replay)
+        rooms.add_metric(["message_deleted"], self.room_deleted)
+        yield rooms
         yield CounterMetricFamily("sottovoce_push_tickles", "push tickles sent",
                                   value=self.tickles())
         errors = CounterMetricFamily("sottovoce_errors", "ksmpv3.error by code", labels=["code"])

@@ -58,6 +58,8 @@ class Session:
         "remote",
         "replay_task",
         "resumed",
+        "room_pending",
+        "room_sent",
         "strikes",
         "user",
         "ws",
@@ -79,6 +81,9 @@ class Session:
         self.pending_bytes = 0
         self.overflow = False
         self.last_sent = 0
+        #: Rooms: the last serverSeq written per room, and live room frames held during replay.
+        self.room_sent: dict[str, int] = {}
+        self.room_pending: list[tuple[str, int, str]] = []
         self.replay_task: asyncio.Task[None] | None = None
         self.closed = False
         self.close_task: asyncio.Task[None] | None = None
@@ -197,7 +202,37 @@ class Session:
                 self.pending.clear()
                 self.pending_bytes = 0
             return
+        if self.app.fanout.remote:
+            # Several nodes commit for this device: frames may arrive out of order.
+            self.app.fanout.deliver_live(self, seq, text)
+            return
         self.last_sent = seq
+        self.write(text)
+
+    def deliver_room(self, room_id: str, seq: int, text: str) -> None:
+        """A stored room frame: per room in serverSeq order, once per connection (as
+        :meth:`deliver`, with the room's serverSeq in place of the globalInboxSeq)."""
+        if not self.live:
+            if self.overflow:
+                return
+            self.pending_bytes += len(text)
+            if len(self.room_pending) < PENDING_MAX and self.pending_bytes <= self._limit:
+                self.room_pending.append((room_id, seq, text))
+            else:
+                # Stored frames only: the replay reads them again.
+                self.overflow = True
+                self.pending.clear()
+                self.room_pending.clear()
+                self.pending_bytes = 0
+            return
+        sent = self.room_sent
+        if seq <= sent.get(room_id, 0):
+            return
+        if self.app.fanout.remote:
+            # Several nodes commit for this room: frames may arrive out of order.
+            self.app.fanout.deliver_room_live(self, room_id, seq, text)
+            return
+        sent[room_id] = seq
         self.write(text)
 
     def deliver_ephemeral(self, text: str) -> None:

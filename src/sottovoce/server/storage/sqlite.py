@@ -54,6 +54,7 @@ from sottovoce.server.storage.base import (
     UsernameTaken,
     envelope_text,
 )
+from sottovoce.server.storage.sqlite_rooms import ROOMS_MIGRATION, SqliteRooms
 
 T = TypeVar("T")
 
@@ -113,6 +114,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE UNIQUE INDEX inbox_dev_seq ON inbox(dev, seq);
     """,
+    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/sqlite_rooms.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.
@@ -213,7 +215,7 @@ class BatchStats:
         self.observers: list[Callable[[int, float], None]] = []
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(Storage, SqliteRooms):
     def __init__(
         self,
         path: Path,
@@ -246,6 +248,7 @@ class SqliteStorage(Storage):
         self._dirty_devs: set[int] = set()
         self._dirty_convs: set[str] = set()
         self._last_received = 0
+        self._init_rooms()
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -411,8 +414,10 @@ class SqliteStorage(Storage):
         self._conv_seq.clear()
         self._dirty_devs.clear()
         self._dirty_convs.clear()
+        self._rooms_reset()
 
     def _flush_counters(self, conn: sqlite3.Connection) -> None:
+        self._flush_rooms(conn)
         if self._dirty_devs:
             conn.executemany(
                 "UPDATE devices SET last_inbox_seq=? WHERE dev=?",
@@ -620,7 +625,7 @@ class SqliteStorage(Storage):
 
     def _w_expire(self, conn: sqlite3.Connection, before: int) -> int:
         deleted = 0
-        for table in ("inbox", "sends"):
+        for table in ("inbox", "sends", "room_messages"):
             # received_at grows with rowid, so the expired rows are a rowid prefix:
             # find the first live row and delete everything before it.
             row = conn.execute(

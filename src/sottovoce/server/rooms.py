@@ -1,0 +1,552 @@
+"""Rooms: the MLS delivery service's handlers (issue #5, DESIGN §5; wire contract in
+:mod:`sottovoce.protocol.rooms`).
+
+Handlers are thin: they turn a validated event into a storage request and a
+storage outcome into replies and room frames. The rules (one commit per epoch,
+membership, roster changes, token hashes, audit linkage, read positions) are
+enforced inside storage transactions (:mod:`.storage.roombase`)::
+
+    room.send ──► storage.room_send ──(group commit)──► ksmpv3.send.ack
+                                                    └─► fan_out: ONE frame text → every member
+                                                        session online (else a push tickle)
+    room.commit ──► storage.room_commit ──► room.committed, frame to the members before the
+                                            change, Welcome inbox frames to the added devices
+    ksmpv3.resume ──► inbox replay ──► replay(): each room after the device's read position
+                  ──► sottovoce.replay.done ──► live
+
+Message outcomes arrive through callbacks in commit order, so each room's
+frames are fanned out in serverSeq order. Tokens are hashed on arrival
+(:func:`~sottovoce.protocol.rooms.token_hash`) and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sottovoce.errors import DecodeError
+from sottovoce.limits import (
+    KEY_PACKAGES_LOW_WATERMARK,
+    MAX_KEY_PACKAGES_PER_DEVICE,
+    MAX_ROOMS_LISTED,
+    ROOM_AUDIT_BATCH,
+    ROOM_SYNC_BATCH,
+)
+from sottovoce.protocol.audit import AuditEntry, entry_hash
+from sottovoce.protocol.events import ClientEvent, frame
+from sottovoce.protocol.fields import b64
+from sottovoce.protocol.rooms import (
+    KEYPACKAGE_BUNDLES,
+    KEYPACKAGES_LOW,
+    KEYPACKAGES_STORED,
+    ROOM_ACKED,
+    ROOM_AUDIT,
+    ROOM_AUDIT_APPENDED,
+    ROOM_COMMITTED,
+    ROOM_CREATED,
+    ROOM_GROUPINFO,
+    ROOM_JOIN_REQUESTED,
+    ROOM_STATE,
+    ROOM_SYNCED,
+    ROOM_TOKEN_UPDATED,
+    ROOMS,
+    AuditAppend,
+    AuditGet,
+    GroupInfoGet,
+    JoinRequest,
+    KeyPackagesClaim,
+    KeyPackagesUpload,
+    RoomAck,
+    RoomCommit,
+    RoomCreate,
+    RoomInfo,
+    RoomSend,
+    RoomsList,
+    RoomSync,
+    RoomTokenRevoke,
+    RoomTokenSet,
+    token_hash,
+)
+from sottovoce.server.delivery import ack_text, inbox_frame_text
+from sottovoce.server.errors import WireFailure
+from sottovoce.server.session import Session
+from sottovoce.server.storage.base import StoredFrame, UnknownAccount
+from sottovoce.server.storage.roombase import (
+    AuditAppendage,
+    CommitOutcome,
+    CommitRequest,
+    Member,
+    RoomRefused,
+    RoomSendRequest,
+    RoomStorage,
+    RoomStored,
+    room_frame_text,
+)
+
+if TYPE_CHECKING:
+    from sottovoce.server.app import ServerApp
+
+Handler = Callable[..., Awaitable[None] | None]
+
+
+def _wire(exc: BaseException | None) -> WireFailure:
+    """Storage refusal → the wire error (anything else: retryable internal/unavailable)."""
+    if isinstance(exc, WireFailure):
+        return exc
+    if isinstance(exc, RoomRefused):
+        return WireFailure(exc.code, exc.message, retryable=exc.retryable, details=exc.details)
+    if isinstance(exc, UnknownAccount):
+        return WireFailure("unauthorized", "device is not registered")
+    return WireFailure("internal", "room operation failed", retryable=True, retry_after_ms=100)
+
+
+def _pairs(items: Sequence[Member]) -> list[dict[str, str]]:
+    return [{"userId": u, "deviceId": d} for u, d in items]
+
+
+def audit_appendage(room_id: str, raw: bytes | None) -> AuditAppendage | None:
+    """Decode an audit entry enough for the linkage check (the server cannot verify more)."""
+    if raw is None:
+        return None
+    try:
+        entry = AuditEntry.decode(raw)
+    except DecodeError:
+        raise WireFailure("bad_request", "audit entry does not decode") from None
+    if entry.room_id != room_id:
+        raise WireFailure("bad_request", "audit entry belongs to another room")
+    return AuditAppendage(raw, entry.index, entry.prev_hash, entry_hash(raw))
+
+
+class Rooms:
+    def __init__(self, app: ServerApp) -> None:
+        self.app = app
+        st = app.storage
+        self._store: RoomStorage | None = st if isinstance(st, RoomStorage) else None
+
+    def handlers(self) -> dict[type[ClientEvent], Handler]:
+        return {
+            KeyPackagesUpload: self._kp_upload,
+            KeyPackagesClaim: self._kp_claim,
+            RoomCreate: self._create,
+            RoomCommit: self._commit,
+            RoomSend: self._send,
+            RoomAck: self._ack,
+            RoomSync: self._sync,
+            RoomInfo: self._info,
+            RoomsList: self._list,
+            RoomTokenSet: self._token_set,
+            RoomTokenRevoke: self._token_revoke,
+            GroupInfoGet: self._groupinfo,
+            JoinRequest: self._join_request,
+            AuditAppend: self._audit_append,
+            AuditGet: self._audit_get,
+        }
+
+    @property
+    def store(self) -> RoomStorage:
+        if self._store is None:
+            raise WireFailure("unavailable", "this server's storage has no rooms", retryable=False)
+        return self._store
+
+    # --- fan-out (the one place room frames leave for member devices) -------------------
+
+    def fan_out(self, room_id: str, seq: int, text: str, members: Sequence[Member]) -> int:
+        """Write ONE serialized room frame to every member device online here; the others
+        go through the fan-out (other nodes) or get a tickle. Returns the live deliveries."""
+        online = self.app.delivery.online
+        fanout = self.app.fanout
+        live = 0
+        for key in members:
+            target = online.get(key)
+            if target is not None:
+                target.deliver_room(room_id, seq, text)
+                live += 1
+            else:
+                if fanout.remote:
+                    fanout.room_frame(key, room_id, seq, text)
+                if not fanout.online_elsewhere(key):
+                    self._tickle(key, room_id, seq)
+        self.app.metrics.room_deliveries_live += live
+        return live
+
+    def _tickle(self, key: Member, room_id: str, seq: int) -> None:
+        rec = self.app.directory.cached(key[0])
+        dev = rec.device(key[1]) if rec is not None else None
+        if dev is None or dev.push_endpoint is None:
+            return
+        self.app.pusher.maybe_tickle(
+            key, dev.push_endpoint, conversation_id=room_id, server_seq=seq,
+            now=time.monotonic(),
+        )
+
+    def _publish(self, msg: RoomStored) -> None:
+        self.fan_out(msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members)
+
+    def _welcome(self, frames: Sequence[StoredFrame], room_id: str, seq: int) -> None:
+        online = self.app.delivery.online
+        fanout = self.app.fanout
+        for user, device, g, env in frames:
+            target = online.get((user, device))
+            if target is not None:
+                target.deliver(g, inbox_frame_text(g, env))
+            else:
+                if fanout.remote:
+                    fanout.frame(user, device, g, inbox_frame_text(g, env))
+                if not fanout.online_elsewhere((user, device)):
+                    self._tickle((user, device), room_id, seq)
+
+    # --- session hooks ----------------------------------------------------------------
+
+    async def authenticated(self, session: Session) -> None:
+        """At auth: tell a device that uses rooms when its KeyPackage stock is low."""
+        if self._store is None:
+            return
+        user, device = session.key
+        remaining = await self._store.count_key_packages(user, device)
+        if remaining is not None and remaining < KEY_PACKAGES_LOW_WATERMARK:
+            session.reply(KEYPACKAGES_LOW, {"remaining": remaining}, None)
+
+    async def replay(self, session: Session, budget: int) -> int:
+        """After the inbox replay: each room's frames after the device's read position."""
+        if self._store is None:
+            return 0
+        user, device = session.key
+        st = self._store
+        sent = session.room_sent
+        n = 0
+        for pos in await st.room_positions(user, device):
+            after = max(pos.read_seq, sent.get(pos.room_id, 0))
+            while not session.closed:
+                rows = await st.room_replay(pos.room_id, after, pos.until_seq, ROOM_SYNC_BATCH)
+                written = 0
+                for seq, env in rows:
+                    if seq <= sent.get(pos.room_id, 0):
+                        continue
+                    text = room_frame_text(env)
+                    session.write(text)
+                    sent[pos.room_id] = seq
+                    n += 1
+                    written += len(text)
+                    if written > budget:
+                        written = 0
+                        await self._drain(session, budget)
+                if len(rows) < ROOM_SYNC_BATCH:
+                    break
+                after = rows[-1][0]
+                await self._drain(session, budget)
+        self.app.metrics.room_deliveries_replay += n
+        return n
+
+    @staticmethod
+    async def _drain(session: Session, budget: int) -> None:
+        await asyncio.sleep(0)
+        while not session.closed and session.buffered() > budget:
+            await asyncio.sleep(0.002)
+
+    def device_revoked(self, user: str, device: str) -> None:
+        """The device gets nothing more from any room; each of its rooms gets a removeRequest
+        notice (members commit the Remove)."""
+        if self._store is None:
+            return
+
+        def done(out: list[RoomStored] | None, error: BaseException | None) -> None:
+            if out is None:
+                self.app.log.error("room.revoke_failed", error=type(error).__name__)
+                return
+            for msg in out:
+                self._publish(msg)
+
+        self._store.room_device_revoked(user, device, done)
+
+    # --- KeyPackages ---------------------------------------------------------------------
+
+    async def _kp_upload(
+        self, session: Session, ev: KeyPackagesUpload, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            count = await self.store.store_key_packages(
+                user, device, ev.keyPackages, ev.lastResort, MAX_KEY_PACKAGES_PER_DEVICE
+            )
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        session.reply(KEYPACKAGES_STORED, {"count": count}, rid)
+
+    async def _kp_claim(
+        self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
+    ) -> None:
+        if await self.app.directory.account(ev.username) is None:
+            raise WireFailure("unknown_user", "no such user")
+        claimed = await self.store.claim_key_packages(ev.username, session.key)
+        session.reply(KEYPACKAGE_BUNDLES, {
+            "username": ev.username,
+            "keyPackages": [
+                {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
+            ],
+        }, rid)
+        for c in claimed:
+            if c.remaining < KEY_PACKAGES_LOW_WATERMARK:
+                owner = self.app.delivery.online.get((ev.username, c.device_id))
+                if owner is not None:
+                    owner.reply(KEYPACKAGES_LOW, {"remaining": c.remaining}, None)
+                elif self.app.fanout.remote:  # the device may be on another node
+                    self.app.fanout.notice([(ev.username, c.device_id)],
+                                           frame(KEYPACKAGES_LOW, {"remaining": c.remaining}))
+
+    # --- rooms ---------------------------------------------------------------------------
+
+    async def _create(
+        self, session: Session, ev: RoomCreate, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            await self.store.create_room(
+                ev.roomId, user, device, ev.groupInfo, time.time_ns() // 1_000_000
+            )
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        self.app.log.info("room.created", userId=user, deviceId=device, conversationId=ev.roomId)
+        session.reply(ROOM_CREATED, {"roomId": ev.roomId, "epoch": 0, "serverSeq": 0}, rid)
+
+    def _commit(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        req = CommitRequest(
+            room_id=ev.roomId,
+            user=user,
+            device=device,
+            epoch=ev.epoch,
+            message_id=ev.messageId,
+            idempotency_key=ev.idempotencyKey,
+            # The validated base64 strings go into the envelopes as they came.
+            commit_b64=data["commit"],
+            welcome_b64=data.get("welcome") if ev.welcome is not None else None,
+            adds=tuple(m.key for m in ev.adds),
+            removes=tuple(m.key for m in ev.removes),
+            group_info=ev.groupInfo,
+            audit=audit_appendage(ev.roomId, ev.audit),
+            # Hashed at once; the token itself goes no further than this frame.
+            token_hash=None if ev.token is None else token_hash(ev.token),
+        )
+        self.store.room_commit(req, partial(self._committed, session, rid))
+
+    def _committed(
+        self, session: Session, rid: str | None, out: CommitOutcome | None,
+        error: BaseException | None,
+    ) -> None:
+        if out is None:
+            failure = _wire(error)
+            if failure.code == "internal":
+                self.app.log.error("room.commit_failed", error=type(error).__name__)
+            session.error(failure, rid)
+            return
+        msg = out.message
+        session.reply(ROOM_COMMITTED, {
+            "roomId": msg.room_id,
+            "epoch": out.epoch,
+            "serverSeq": msg.server_seq,
+            "messageId": msg.message_id,
+            "idempotencyKey": msg.idempotency_key,
+            "duplicate": msg.duplicate,
+        }, rid)
+        if msg.duplicate:
+            return
+        self.app.metrics.room_commits += 1
+        # To the members of the epoch the commit was made in (removed devices included).
+        self._publish(msg)
+        self._welcome(out.welcomes, msg.room_id, msg.server_seq)
+
+    def _send(
+        self, session: Session, ev: RoomSend, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        req = RoomSendRequest(
+            room_id=ev.roomId,
+            user=user,
+            device=device,
+            epoch=ev.epoch,
+            message_id=ev.messageId,
+            idempotency_key=ev.idempotencyKey,
+            content_type=ev.contentType,
+            client_created_at_ms=ev.clientCreatedAtMs,
+            ciphertext_b64=data["ciphertext"],
+        )
+        self.store.room_send(req, partial(self._sent, session, rid, ev.messageId))
+
+    def _sent(
+        self, session: Session, rid: str | None, message_id: str, msg: RoomStored | None,
+        error: BaseException | None,
+    ) -> None:
+        if msg is None:
+            failure = _wire(error)
+            if failure.code == "internal":
+                self.app.log.error("room.send_failed", error=type(error).__name__)
+            session.error(failure, rid, message_id)
+            return
+        session.write(ack_text(
+            rid,
+            message_id=msg.message_id,
+            idempotency_key=msg.idempotency_key,
+            conversation_id=msg.room_id,
+            server_seq=msg.server_seq,
+            received_at_ms=msg.received_at_ms,
+            duplicate=msg.duplicate,
+        ))
+        if msg.duplicate:
+            return
+        self.app.metrics.room_messages += 1
+        self._publish(msg)
+
+    async def _ack(
+        self, session: Session, ev: RoomAck, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            deleted = await self.store.room_ack(ev.roomId, user, device, ev.upToServerSeq)
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        self.app.metrics.room_deleted += deleted
+        session.reply(ROOM_ACKED, {"roomId": ev.roomId, "upToServerSeq": ev.upToServerSeq}, rid)
+
+    async def _sync(
+        self, session: Session, ev: RoomSync, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            got = await self.store.room_read(
+                ev.roomId, user, device, ev.afterServerSeq, ROOM_SYNC_BATCH
+            )
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        # Bounded by bytes too (commits can be large): the client asks again from up_to.
+        budget = self.app.config.write_buffer_limit // 4
+        up_to, written = ev.afterServerSeq, 0
+        for seq, env in got.frames:
+            text = room_frame_text(env)
+            session.write(text)
+            up_to = seq
+            written += len(text)
+            if written > budget:
+                break
+        session.reply(ROOM_SYNCED, {
+            "roomId": ev.roomId,
+            "upToServerSeq": up_to,
+            "epoch": got.epoch,
+            "latestServerSeq": got.latest_seq,
+        }, rid)
+
+    async def _info(
+        self, session: Session, ev: RoomInfo, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            st = await self.store.room_state(ev.roomId, user, device)
+        except RoomRefused as exc:
+            raise _wire(exc) from None
+        session.reply(ROOM_STATE, {
+            "roomId": st.room_id,
+            "epoch": st.epoch,
+            "members": _pairs(st.members),
+            "tokenSet": st.token_set,
+            "latestServerSeq": st.latest_seq,
+        }, rid)
+
+    async def _list(
+        self, session: Session, ev: RoomsList, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        rooms = await self.store.rooms_of(user, device, MAX_ROOMS_LISTED)
+        session.reply(ROOMS, {
+            "rooms": [
+                {"roomId": r.room_id, "epoch": r.epoch, "latestServerSeq": r.latest_seq}
+                for r in rooms
+            ],
+        }, rid)
+
+    # --- tokens, join requests ------------------------------------------------------------
+
+    async def _token_set(
+        self, session: Session, ev: RoomTokenSet, data: dict[str, Any], rid: str | None
+    ) -> None:
+        h = token_hash(ev.token)
+        await self._set_token(session, ev.roomId, h, ev.audit, rid)
+
+    async def _token_revoke(
+        self, session: Session, ev: RoomTokenRevoke, data: dict[str, Any], rid: str | None
+    ) -> None:
+        await self._set_token(session, ev.roomId, None, ev.audit, rid)
+
+    async def _set_token(
+        self, session: Session, room_id: str, h: bytes | None, audit: bytes | None,
+        rid: str | None,
+    ) -> None:
+        user, device = session.key
+        entry = audit_appendage(room_id, audit)
+        try:
+            await self.store.set_room_token(room_id, user, device, h, entry)
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        self.app.log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
+                          status=int(h is not None))
+        session.reply(ROOM_TOKEN_UPDATED, {"roomId": room_id, "tokenSet": h is not None}, rid)
+
+    async def _groupinfo(
+        self, session: Session, ev: GroupInfoGet, data: dict[str, Any], rid: str | None
+    ) -> None:
+        session.key  # noqa: B018 -- raises unless authenticated
+        found = await self.store.group_info_by_token(token_hash(ev.token))
+        if found is None:
+            # The same answer whether a room exists or not.
+            raise WireFailure("invalid_token", "the token does not open a room")
+        room_id, epoch, group_info = found
+        session.reply(ROOM_GROUPINFO, {
+            "roomId": room_id,
+            "epoch": epoch,
+            "groupInfo": b64(group_info) if group_info else None,
+        }, rid)
+
+    def _join_request(
+        self, session: Session, ev: JoinRequest, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+
+        def done(msg: RoomStored | None, error: BaseException | None) -> None:
+            if msg is None:
+                session.error(_wire(error), rid)
+                return
+            session.reply(ROOM_JOIN_REQUESTED, {"roomId": msg.room_id}, rid)
+            self._publish(msg)
+
+        self.store.room_join_request(token_hash(ev.token), user, device, data["keyPackage"], done)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    async def _audit_append(
+        self, session: Session, ev: AuditAppend, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        entry = audit_appendage(ev.roomId, ev.entry)
+        if entry is None:  # pragma: no cover -- entry is required by the event
+            raise WireFailure("bad_request", "entry is required")
+        try:
+            index = await self.store.audit_append(ev.roomId, user, device, entry)
+        except (RoomRefused, UnknownAccount) as exc:
+            raise _wire(exc) from None
+        session.reply(ROOM_AUDIT_APPENDED, {"roomId": ev.roomId, "index": index}, rid)
+
+    async def _audit_get(
+        self, session: Session, ev: AuditGet, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, device = session.key
+        try:
+            entries = await self.store.audit_get(
+                ev.roomId, user, device, ev.afterIndex, ROOM_AUDIT_BATCH
+            )
+        except RoomRefused as exc:
+            raise _wire(exc) from None
+        session.reply(ROOM_AUDIT, {"roomId": ev.roomId, "entries": [b64(e) for e in entries]},
+                      rid)
