@@ -1,6 +1,11 @@
 """Relay benchmark: the real ``sottovoce server`` driven by raw KSMP v3 clients (DESIGN §9).
 
     python bench/relay.py [--pairs 4] [--seconds 8] [--window 256] [--fanout 50] [--profile]
+    python bench/relay.py --database postgresql://postgres@127.0.0.1:5432/test --only 1to1
+
+With ``--database`` every phase runs twice, on embedded SQLite (the baseline)
+and on PostgreSQL (a fresh schema in that database per phase, dropped after),
+one after the other in the same run; ``--backends`` picks only one of them.
 
 What is measured (payloads are 200 opaque random bytes; the relay never looks inside):
 
@@ -65,6 +70,25 @@ def cpu_seconds(pid: int | None = None) -> float:
         return t.user + t.system
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def postgres_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each of the machine's PostgreSQL processes (by pid)."""
+    out: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            out[stat.parent.name] = (int(fields[11]) + int(fields[12])) / _CLK
+    return out
+
+
+def postgres_used(before: dict[str, float]) -> float:
+    """CPU seconds PostgreSQL used since ``before`` (backends that exited meanwhile are lost)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in postgres_seconds().items())
 
 
 def machine_busy_seconds() -> float:
@@ -222,20 +246,23 @@ class Cpu:
     s0: float = 0.0
     b0: float = 0.0
     m0: float = 0.0
+    p0: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> None:
         self.t0, self.s0 = time.perf_counter(), cpu_seconds(self.pid)
         self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
+        self.p0 = postgres_seconds()
 
     def stop(self, count: float = 0) -> str:
         dt = time.perf_counter() - self.t0
         srv_s = cpu_seconds(self.pid) - self.s0
         srv = 100 * srv_s / dt
         bench = 100 * (cpu_seconds() - self.b0) / dt
-        other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench)
+        pg = 100 * postgres_used(self.p0) / dt
+        other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench - pg)
         per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered" if count else ""
-        return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, other processes "
-                f"{other:.0f}%{per}")
+        return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, PostgreSQL {pg:.0f}%, "
+                f"other processes {other:.0f}%{per}")
 
 
 async def measure(pid: int, seconds: float, get: Callable[[], int]) -> tuple[float, str]:
@@ -371,18 +398,50 @@ async def run(args: argparse.Namespace) -> None:
     print(f"server: python -m sottovoce server, data under {base} ({_fs(base)}), WAL + "
           f"synchronous=FULL, uvloop; bench clients: this process (uvloop), 127.0.0.1")
     print(fsync_floor(base), flush=True)
+    backends = [b for b in args.backends if b == "sqlite" or args.database]
+    if "postgres" in args.backends and not args.database:
+        print("postgres: skipped (give --database postgresql://...)")
     try:
         for phase in ("1to1", "latency", "fanout"):
             if phase in args.only:
-                await _phase(phase, base / phase, args)
+                for backend in backends:
+                    if backend == "sqlite":
+                        await _phase(phase, base / phase, args)
+                    else:
+                        await _pg_phase(phase, base / f"{phase}-pg", args)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
 
-async def _phase(phase: str, data: Path, args: argparse.Namespace) -> None:
-    prof = data.parent / f"{phase}.prof" if args.profile else None
-    srv = BenchServer(data, profile=prof, extra=args.server_arg or [])
+async def _pg_phase(phase: str, data: Path, args: argparse.Namespace) -> None:
+    import asyncpg
+
+    schema = f"sv_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(args.database)
+    try:
+        version = await admin.fetchval("SHOW server_version")
+        fsync = await admin.fetchval("SHOW synchronous_commit")
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in args.database else "?"
+        dsn = f"{args.database}{sep}search_path={schema}"
+        print(f"[postgres {version}, synchronous_commit={fsync}, schema {schema}]", flush=True)
+        await _phase(phase, data, args, database=dsn)
+    finally:
+        if not args.keep:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+async def _phase(phase: str, data: Path, args: argparse.Namespace,
+                 database: str | None = None) -> None:
+    prof = data.parent / f"{data.name}.prof" if args.profile else None
+    extra = list(args.server_arg or [])
+    if database is not None:
+        extra += ["--database", database]
+    else:
+        print("[sqlite]", flush=True)
+    srv = BenchServer(data, profile=prof, extra=extra)
     srv.start()
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -447,6 +506,11 @@ def main() -> None:
     p.add_argument("--profile-top", type=int, default=30)
     p.add_argument("--server-arg", action="append", help="extra server flag (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the server's data directory")
+    p.add_argument("--database", metavar="URL",
+                   help="also run every phase on PostgreSQL (postgresql://...; a fresh schema "
+                        "per phase)")
+    p.add_argument("--backends", nargs="+", default=["sqlite", "postgres"],
+                   choices=["sqlite", "postgres"], help="which storages to measure")
     args = p.parse_args()
     try:
         import uvloop

@@ -1,38 +1,79 @@
-"""SQLite storage rules checked in-process (DESIGN §9): group commit, idempotency inside one
-batch, WAL kept bounded under sustained writes, retention as a rowid prefix."""
+"""Storage rules checked in-process on both adapters (DESIGN §7, §9; storage/base.py).
+
+Every test runs against SQLite and PostgreSQL (``backend`` fixture; the
+PostgreSQL runs get a fresh schema each and skip when the server is
+unreachable). SQLite-only mechanics (WAL truncation) and PostgreSQL-only
+ones (several nodes on one database, connection loss) are at the end.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import sqlite3
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
-from sottovoce.server.storage.base import SendOutcome, SendRequest
+from sottovoce.server.storage.base import (
+    DeviceExists,
+    PrekeysFull,
+    SendOutcome,
+    SendRequest,
+    Storage,
+    UnknownAccount,
+    UsernameTaken,
+)
 from sottovoce.server.storage.sqlite import SqliteStorage
+from tests.integration import pgschema
 
 CT = base64.b64encode(b"\x07" * 200).decode()
 
+Factory = Callable[[], Storage]
 
-def _req(i: int, key: str | None = None) -> SendRequest:
+
+def _req(i: int, key: str | None = None, *, conv: str = "dm:alice:bob",
+         sender: tuple[str, str] = ("alice", "d1"),
+         targets: list[tuple[str, str]] | None = None) -> SendRequest:
     return SendRequest(
-        sender_user="alice", sender_device="d1", conversation_id="dm:alice:bob",
+        sender_user=sender[0], sender_device=sender[1], conversation_id=conv,
         message_id=f"m{i}", idempotency_key=key or f"k{i}", recipient_user="bob",
-        content_type="text", client_created_at_ms=0, targets=[("bob", "d1", CT)],
+        content_type="text", client_created_at_ms=0,
+        targets=[(u, d, CT) for u, d in (targets or [("bob", "d1")])],
     )
 
 
-async def _storage(tmp_path: Path) -> SqliteStorage:
-    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """A factory of storages that all share one database (a reopen, or a second node)."""
+    log = JsonLogger(io.StringIO())
+    if request.param == "sqlite":
+        yield lambda: SqliteStorage(tmp_path / "db.sqlite3", logger=log)
+        return
+    reason = pgschema.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    from sottovoce.server.storage.postgres import PostgresStorage
+
+    with pgschema.fresh_schema() as dsn:
+        yield lambda: PostgresStorage(dsn, logger=log, pool_size=4)
+
+
+async def _open(factory: Factory, *, accounts: bool = True) -> Storage:
+    st = factory()
     await st.open()
-    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
-    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    if accounts:
+        await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+        await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
     return st
 
 
-async def _append_all(st: SqliteStorage, reqs: list[SendRequest]) -> list[SendOutcome]:
+def _submit(st: Storage, reqs: list[SendRequest]
+            ) -> list[asyncio.Future[SendOutcome]]:
     loop = asyncio.get_running_loop()
     futs: list[asyncio.Future[SendOutcome]] = []
     for r in reqs:
@@ -48,16 +89,31 @@ async def _append_all(st: SqliteStorage, reqs: list[SendRequest]) -> list[SendOu
 
         st.append(r, done)
         futs.append(fut)
-    return list(await asyncio.gather(*futs))
+    return futs
 
 
-async def test_retry_inside_one_batch_is_a_duplicate_not_a_second_row(tmp_path: Path) -> None:
-    st = await _storage(tmp_path)
+async def _append_all(st: Storage, reqs: list[SendRequest]) -> list[SendOutcome]:
+    return list(await asyncio.gather(*_submit(st, reqs)))
+
+
+async def _closing(st: Storage, body: Callable[[], Awaitable[None]]) -> None:
     try:
-        # Queued together, these land in one group commit and take the careful path.
+        await body()
+    finally:
+        await st.close()
+
+
+# --- delivery rules ----------------------------------------------------------------------
+
+
+async def test_retry_inside_one_batch_is_a_duplicate_not_a_second_row(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        # Queued together, these land in one group commit.
         out = await _append_all(st, [_req(1), _req(2), _req(3, key="k1"), _req(4)])
         assert [o.duplicate for o in out] == [False, False, True, False]
         assert out[2].server_seq == out[0].server_seq and out[2].message_id == "m1"
+        assert out[2].frames == ()
         assert [o.server_seq for o in out if not o.duplicate] == [1, 2, 3]
         rows = await st.read_inbox("bob", "d1", 0, 100)
         assert [seq for seq, _ in rows] == [1, 2, 3]
@@ -66,13 +122,72 @@ async def test_retry_inside_one_batch_is_a_duplicate_not_a_second_row(tmp_path: 
         await st.close()
 
 
-async def test_sequences_survive_reopen(tmp_path: Path) -> None:
-    st = await _storage(tmp_path)
+async def test_retry_in_a_later_batch_returns_the_first_outcome(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        (first,) = await _append_all(st, [_req(1)])
+        (again,) = await _append_all(st, [_req(99, key="k1")])
+        assert again.duplicate and again.frames == ()
+        assert (again.server_seq, again.message_id, again.received_at_ms) == (
+            first.server_seq, "m1", first.received_at_ms)
+        assert len(await st.read_inbox("bob", "d1", 0, 100)) == 1
+    finally:
+        await st.close()
+
+
+async def test_envelope_carries_the_assigned_sequences(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        (o,) = await _append_all(st, [_req(1)])
+        ((g, env),) = await st.read_inbox("bob", "d1", 0, 10)
+        assert g == o.frames[0].global_seq == 1
+        # Byte for byte the envelope SendRequest builds (PostgreSQL fills in the
+        # serverSeq in SQL; replay and live delivery must not differ).
+        assert env == o.frames[0].envelope == _req(1).envelope(CT, o.server_seq,
+                                                                o.received_at_ms)
+        assert f'"serverSeq":{o.server_seq},' in env
+        assert f'"serverReceivedAtMs":{o.received_at_ms},' in env
+        assert CT in env
+    finally:
+        await st.close()
+
+
+async def test_sequences_per_conversation_and_per_device(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        await st.add_device("bob", "d2", b"cert-b2", 0)
+        both = [("bob", "d1"), ("bob", "d2")]
+        out = await _append_all(st, [
+            _req(1, targets=both),
+            _req(2, conv="dm:alice:carol", targets=[("bob", "d2")]),
+            _req(3, targets=both),
+        ])
+        assert [o.server_seq for o in out] == [1, 1, 2]
+        assert [[f.global_seq for f in o.frames] for o in out] == [[1, 1], [2], [2, 3]]
+        assert await st.latest_inbox_seq("bob", "d2") == 3
+        assert await st.latest_inbox_seq("bob", "d1") == 2
+        assert await st.latest_inbox_seq("bob", "nope") == 0
+    finally:
+        await st.close()
+
+
+async def test_unknown_device_fails_alone(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        futs = _submit(st, [_req(1), _req(2, targets=[("bob", "ghost")]), _req(3)])
+        res = await asyncio.gather(*futs, return_exceptions=True)
+        assert isinstance(res[1], UnknownAccount)
+        assert [r.server_seq for r in (res[0], res[2]) if isinstance(r, SendOutcome)] == [1, 2]
+    finally:
+        await st.close()
+
+
+async def test_sequences_survive_reopen(backend: Factory) -> None:
+    st = await _open(backend)
     await _append_all(st, [_req(i) for i in range(5)])
-    await st.ack_read("bob", "d1", 5)
+    assert await st.ack_read("bob", "d1", 5) == 5
     await st.close()
-    st2 = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
-    await st2.open()
+    st2 = await _open(backend, accounts=False)
     try:
         (o,) = await _append_all(st2, [_req(9)])
         assert o.server_seq == 6 and o.frames[0].global_seq == 6
@@ -82,8 +197,131 @@ async def test_sequences_survive_reopen(tmp_path: Path) -> None:
         await st2.close()
 
 
+async def test_ack_read_deletes_up_to_the_seq_and_replay_pages(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        await _append_all(st, [_req(i) for i in range(6)])
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 2, 2)] == [3, 4]
+        assert await st.ack_read("bob", "d1", 4) == 4
+        assert await st.ack_read("bob", "d1", 4) == 0
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 0, 100)] == [5, 6]
+        assert await st.ack_read("nobody", "d1", 4) == 0
+        assert await st.read_inbox("nobody", "d1", 0, 10) == []
+    finally:
+        await st.close()
+
+
+async def test_expiry_deletes_the_old_prefix_only(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        old = await _append_all(st, [_req(i) for i in range(3)])
+        cutoff = max(o.received_at_ms for o in old) + 1
+        while True:  # the next send must be received after the cutoff (ms clock)
+            await asyncio.sleep(0.005)
+            (new,) = await _append_all(st, [_req(7)])
+            if new.received_at_ms >= cutoff:
+                break
+            await st.ack_read("bob", "d1", new.frames[0].global_seq)
+        assert await st.expire(cutoff) == 3
+        assert [seq for seq, _ in await st.read_inbox("bob", "d1", 0, 10)] == [
+            new.frames[0].global_seq]
+        assert await st.expire(cutoff) == 0
+        # The idempotency records expired with them: k0 is a new send now.
+        (again,) = await _append_all(st, [_req(0)])
+        assert not again.duplicate
+    finally:
+        await st.close()
+
+
+# --- accounts, devices, prekeys ----------------------------------------------------------
+
+
+async def test_accounts_and_devices(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        with pytest.raises(UsernameTaken):
+            await st.create_account("alice", b"x" * 32, "d9", b"c", 0)
+        with pytest.raises(DeviceExists):
+            await st.add_device("alice", "d1", b"c", 0)
+        with pytest.raises(UnknownAccount):
+            await st.add_device("carol", "d1", b"c", 0)
+        await st.add_device("alice", "d2", b"cert-a2", 5)
+        await st.set_push_endpoint("alice", "d2", "https://push.example/x")
+        rec = await st.get_account("alice")
+        assert rec is not None and rec.account_key == b"a" * 32
+        assert [(d.device_id, d.certificate, d.revoked, d.push_endpoint) for d in rec.devices] == [
+            ("d1", b"cert-a", False, None), ("d2", b"cert-a2", False, "https://push.example/x")]
+        assert await st.get_account("carol") is None
+    finally:
+        await st.close()
+
+
+async def test_revocation_drops_the_inbox_prekeys_and_push(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        await st.add_device("bob", "d2", b"cert-b2", 0)
+        await st.store_prekeys("bob", "d2", [("p1", b"k1")], b"fb", 10)
+        await st.set_push_endpoint("bob", "d2", "https://push.example/y")
+        await _append_all(st, [_req(1, targets=[("bob", "d1"), ("bob", "d2")])])
+        await st.revoke_device("bob", "d2", 7)
+        rec = await st.get_account("bob")
+        assert rec is not None
+        d2 = rec.device("d2")
+        assert d2 is not None and d2.revoked and d2.push_endpoint is None
+        assert [d.device_id for d in rec.active()] == ["d1"]
+        assert await st.read_inbox("bob", "d2", 0, 10) == []
+        assert await st.count_prekeys("bob", "d2") == 0
+        await st.store_prekeys("bob", "d1", [], b"fb1", 10)
+        assert [(c.device_id, c.prekey) for c in await st.claim_prekeys("bob", None)] == [
+            ("d1", b"fb1")]
+        with pytest.raises(UnknownAccount):
+            await st.revoke_device("bob", "ghost", 7)
+    finally:
+        await st.close()
+
+
+async def test_prekeys_one_time_then_fallback(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        assert await st.store_prekeys("bob", "d1", [("a", b"ka"), ("b", b"kb")], b"fb", 3) == 2
+        with pytest.raises(PrekeysFull):
+            await st.store_prekeys("bob", "d1", [("c", b"kc"), ("d", b"kd")], None, 3)
+        with pytest.raises(UnknownAccount):
+            await st.store_prekeys("bob", "ghost", [("c", b"kc")], None, 3)
+        assert await st.count_prekeys("bob", "d1") == 2
+        got = [await st.claim_prekeys("bob", ("alice", "d1")) for _ in range(3)]
+        assert [(c[0].prekey, c[0].remaining, c[0].certificate) for c in got] == [
+            (b"ka", 1, b"cert-b"), (b"kb", 0, b"cert-b"), (b"fb", 0, b"cert-b")]
+        # The requesting device itself is left out.
+        assert await st.claim_prekeys("bob", ("bob", "d1")) == []
+        assert await st.claim_prekeys("carol", None) == []
+    finally:
+        await st.close()
+
+
+async def test_concurrent_claims_never_hand_out_a_key_twice(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        keys = [(f"k{i:03}", b"key-%03d" % i) for i in range(40)]
+        await st.store_prekeys("bob", "d1", keys, b"fallback", 100)
+        claims = await asyncio.gather(*(st.claim_prekeys("bob", None) for _ in range(50)))
+        handed = [c[0].prekey for c in claims]
+        one_time = [k for k in handed if k != b"fallback"]
+        assert len(one_time) == len(set(one_time)) == 40
+        assert handed.count(b"fallback") == 10
+        assert await st.count_prekeys("bob", "d1") == 0
+    finally:
+        await st.close()
+
+
+# --- SQLite only ---------------------------------------------------------------------------
+
+
 async def test_wal_is_truncated_under_sustained_writes(tmp_path: Path) -> None:
-    st = await _storage(tmp_path)
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    await st.open()
+    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
     st.checkpoint_interval_s = 0.05
     st.wal_truncate_frames = 10
     wal = tmp_path / "db.sqlite3-wal"
@@ -102,17 +340,173 @@ async def test_wal_is_truncated_under_sustained_writes(tmp_path: Path) -> None:
         await st.close()
 
 
-async def test_expiry_deletes_the_old_prefix_only(tmp_path: Path) -> None:
-    st = await _storage(tmp_path)
+# --- PostgreSQL only: several nodes on one database, failures -----------------------------
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    reason = pgschema.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    with pgschema.fresh_schema() as dsn:
+        yield dsn
+
+
+def _pg(dsn: str, **kw: object) -> Storage:
+    from sottovoce.server.storage.postgres import PostgresStorage
+
+    return PostgresStorage(dsn, logger=JsonLogger(io.StringIO()), pool_size=4, **kw)  # type: ignore[arg-type]
+
+
+async def test_pg_two_nodes_keep_server_seq_strictly_increasing(pg_dsn: str) -> None:
+    nodes = [_pg(pg_dsn), _pg(pg_dsn), _pg(pg_dsn)]
+    for n in nodes:
+        await n.open()
+    a = nodes[0]
+    await a.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await a.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    await a.add_device("bob", "d2", b"cert-b2", 0)
     try:
-        await _append_all(st, [_req(i) for i in range(3)])
-        con = sqlite3.connect(tmp_path / "db.sqlite3")
-        (cutoff,) = con.execute("SELECT max(received_at) + 1 FROM inbox").fetchone()
-        con.close()
-        await asyncio.sleep(0.01)
-        await _append_all(st, [_req(7)])
-        assert await st.expire(cutoff) == 3
-        assert [seq for seq, _ in await st.read_inbox("bob", "d1", 0, 10)] == [4]
-        assert await st.expire(cutoff) == 0
+        both = [("bob", "d1"), ("bob", "d2")]
+        # Many small batches from three writers interleave on the same counter rows,
+        # plus a second conversation that locks the device rows in a different mix.
+        futs: list[asyncio.Future[SendOutcome]] = []
+        for round_ in range(20):
+            for k, n in enumerate(nodes):
+                base = (round_ * 3 + k) * 10
+                futs += _submit(n, [_req(base + j, targets=both) for j in range(5)])
+                futs += _submit(n, [_req(base + 5 + j, conv="dm:alice:zed",
+                                         targets=[("bob", "d2")]) for j in range(5)])
+            await asyncio.sleep(0)
+        out = await asyncio.gather(*futs)
+        main = sorted(o.server_seq for o in out if o.conversation_id == "dm:alice:bob")
+        other = sorted(o.server_seq for o in out if o.conversation_id == "dm:alice:zed")
+        assert main == list(range(1, 301)) and other == list(range(1, 301))
+        for dev, count in (("d1", 300), ("d2", 600)):
+            rows = await a.read_inbox("bob", dev, 0, 10_000)
+            assert [s for s, _ in rows] == list(range(1, count + 1))
+        # Within a device's inbox, serverSeq of one conversation grows with globalInboxSeq.
+        rows = await a.read_inbox("bob", "d1", 0, 10_000)
+        seqs = [int(env.split('"serverSeq":')[1].split(",")[0]) for _, env in rows]
+        assert seqs == sorted(seqs)
     finally:
+        for n in nodes:
+            await n.close()
+
+
+async def test_pg_same_idempotency_key_on_two_nodes_is_stored_once(pg_dsn: str) -> None:
+    a, b = _pg(pg_dsn), _pg(pg_dsn)
+    await a.open()
+    await b.open()
+    await a.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await a.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    try:
+        for i in range(10):
+            fa = _submit(a, [_req(i, key=f"race{i}")])
+            fb = _submit(b, [_req(i, key=f"race{i}")])
+            oa, ob = await asyncio.gather(*fa, *fb)
+            assert sorted([oa.duplicate, ob.duplicate]) == [False, True]
+            assert oa.server_seq == ob.server_seq
+        assert len(await a.read_inbox("bob", "d1", 0, 100)) == 10
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_pg_connection_loss_fails_retryably_and_stores_nothing_half(pg_dsn: str) -> None:
+    import asyncpg
+
+    app = "sv_kill_" + secrets.token_hex(4)
+    st = _pg(pg_dsn + "&application_name=" + app)
+    await st.open()
+    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await _append_all(st, [_req(0)])
+        # Hold the conversation's counter row so the next batch stops mid-transaction
+        # (after its idempotency lookup, before any insert) ...
+        blocker = admin.transaction()
+        await blocker.start()
+        await admin.execute("SELECT 1 FROM conversations WHERE conversation_id = 'dm:alice:bob' "
+                            "FOR UPDATE")
+        futs = _submit(st, [_req(1), _req(2)])
+        waiting = 0
+        for _ in range(500):
+            waiting = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'", app)
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1
+        # ... then cut that session, as a PostgreSQL restart or network loss would.
+        assert await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND wait_event_type = 'Lock'", app) == 1
+        res = await asyncio.gather(*futs, return_exceptions=True)
+        await blocker.rollback()
+        assert all(isinstance(r, StorageError) for r in res), res
+        assert all(r.retryable and r.code == "unavailable" for r in res
+                   if isinstance(r, StorageError))
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 0, 100)] == [1]
+        # The client retries with the same keys: the writer reconnects, each message
+        # is stored exactly once, and the counters did not move for the lost batch.
+        retry = await _append_all(st, [_req(1), _req(2)])
+        assert [(o.server_seq, o.duplicate) for o in retry] == [(2, False), (3, False)]
+        again = await _append_all(st, [_req(1), _req(2)])
+        assert [(o.server_seq, o.duplicate) for o in again] == [(2, True), (3, True)]
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 0, 100)] == [1, 2, 3]
+    finally:
+        await admin.close()
         await st.close()
+
+
+# --- configuration: which storage a server uses -------------------------------------------
+
+
+def test_database_and_residency_come_from_flags_env_or_file(tmp_path: Path) -> None:
+    from sottovoce.errors import UsageError
+    from sottovoce.server.app import make_storage
+    from sottovoce.server.config import load_config
+    from sottovoce.server.storage.postgres import PostgresStorage
+
+    log = JsonLogger(io.StringIO())
+    default = load_config({"data_dir": str(tmp_path)}, environ={})
+    assert default.database is None and default.residency is None
+    assert isinstance(make_storage(default, log), SqliteStorage)
+    toml = tmp_path / "s.toml"
+    toml.write_text('database = "postgresql://db.internal/sv"\nresidency = "eu-west"\n')
+    from_file = load_config(config_file=toml, environ={})
+    assert (from_file.database, from_file.residency) == ("postgresql://db.internal/sv", "eu-west")
+    env = {"SOTTOVOCE_DATABASE": "postgresql://u:hunter2@h/db", "SOTTOVOCE_RESIDENCY": "ch"}
+    from_env = load_config(config_file=toml, environ=env)
+    assert (from_env.database, from_env.residency) == ("postgresql://u:hunter2@h/db", "ch")
+    assert "hunter2" not in repr(from_env)
+    flag = load_config({"database": "postgres://h/db2"}, config_file=toml, environ=env)
+    assert flag.database == "postgres://h/db2"
+    st = make_storage(flag, log)
+    assert isinstance(st, PostgresStorage) and st.dsn == "postgres://h/db2"
+    with pytest.raises(UsageError, match="postgresql://") as bad:
+        load_config({"database": "mysql://u:hunter2@h/db"}, environ={})
+    assert "hunter2" not in str(bad.value)
+    with pytest.raises(UsageError, match="residency"):
+        load_config({"residency": "eu\nwest"}, environ={})
+
+
+def test_redacted_dsn_hides_only_the_password() -> None:
+    from sottovoce.server.storage.postgres import redact_dsn
+
+    assert redact_dsn("postgresql://sv:hunter2@db:5432/sv?sslmode=require") == (
+        "postgresql://sv:***@db:5432/sv?sslmode=require")
+    assert redact_dsn("postgresql://sv@db/sv") == "postgresql://sv@db/sv"
+
+
+def test_server_on_postgres_reports_storage_and_residency(pg_dsn: str, tmp_path: Path) -> None:
+    from tests.integration.serverproc import ServerProcess
+
+    with ServerProcess(tmp_path / "srv", extra_args=[
+        "--database", pg_dsn, "--residency", "eu-west"]) as srv:
+        health = srv.health()
+        assert (health["storage"], health["residency"]) == ("postgresql", "eu-west")
+    assert not (tmp_path / "srv" / "sottovoce.sqlite3").exists()

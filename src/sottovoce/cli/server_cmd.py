@@ -21,6 +21,10 @@ examples:
   sottovoce server --port 9000 --data-dir ./relay-data --retention-days 7
   sottovoce server --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   SOTTOVOCE_PORT=9000 sottovoce server --config /etc/sottovoce.toml
+  sottovoce server --database postgresql://sottovoce@db:5432/sottovoce --residency eu-west
+      PostgreSQL storage (schema migrated at start-up; see docs/operations.md)
+  sottovoce server --database postgresql://… --nats nats://nats:4222 --node-id node1
+      one node of several sharing PostgreSQL and NATS (see docs/deploy.md)
 
 configuration: defaults < TOML file (--config or ${CONFIG_ENV}; keys are the option
 names, e.g. `retention_ms = 86400000`, optionally under [server]) < environment
@@ -58,11 +62,25 @@ def run(args: argparse.Namespace) -> int:
     if args.retention_days is not None:
         flags["retention_ms"] = int(args.retention_days * 24 * 3600 * 1000)
     config = load_config(flags, config_file=args.config)
+    if config.nats is not None and config.database is None:
+        # Each node would have its own SQLite file: frames stored on one node would be
+        # invisible to the others' replays.
+        print("sottovoce server: --nats needs --database postgresql://… (one database "
+              "shared by all nodes)", file=sys.stderr)
+        return 2
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
         return asyncio.run(_serve(config))
     return uvloop.run(_serve(config))
+
+
+def _storage_label(config: Any) -> str:
+    if config.database is None:
+        return str(config.data_dir)
+    from sottovoce.server.storage.postgres import redact_dsn
+
+    return redact_dsn(config.database)
 
 
 async def _serve(config: Any) -> int:
@@ -81,9 +99,10 @@ async def _serve(config: Any) -> int:
     http = url.replace("wss://", "https://").replace("ws://", "http://")
     print(
         f"sottovoce server {__version__} listening on {url}  (WebSocket {url}/v3/ws)\n"
-        f"  data:    {config.data_dir}\n"
+        f"  data:    {_storage_label(config)}\n"
         f"  health:  {http}/healthz    metrics: {http}/metrics\n"
-        f"next, in another terminal:\n"
+        + (f"  node:    {app.node_id}, fan-out over NATS\n" if config.nats else "")
+        + "next, in another terminal:\n"
         f"  sottovoce account create alice --server {url}\n"
         f"  sottovoce account create bob --server {url}\n"
         f"  sottovoce chat bob      # as alice; Ctrl-C here stops the server",

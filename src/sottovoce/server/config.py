@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,16 @@ class ServerConfig:
     log_file: Path | None = None
     log_level: str = "info"
     log_ips: bool = False
+    #: postgresql://… DSN (production storage); None: embedded SQLite in data_dir.
+    database: str | None = field(default=None, repr=False)  # may hold a password
+    #: Data-residency label of this deployment (e.g. "eu-west"), shown by /healthz.
+    residency: str | None = None
+    #: NATS URL for cross-node fan-out (several nodes on one PostgreSQL); None: one node.
+    nats: str | None = field(default=None, repr=False)  # may hold credentials
+    #: This node's name in logs and /healthz (default: hostname-pid).
+    node_id: str | None = None
+    #: Subject namespace: deployments sharing one NATS must each use their own.
+    nats_namespace: str = "sottovoce"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -84,6 +95,21 @@ class ServerConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
             raise UsageError("rates must be positive")
+        if self.database is not None and not self.database.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            # Not echoed: a DSN may carry a password.
+            raise UsageError("--database must be a postgresql:// URL (omit it for SQLite)")
+        if self.residency is not None and not _RESIDENCY.fullmatch(self.residency):
+            raise UsageError("residency: 1-64 letters, digits, spaces or '.', '_', ':', '/', '-'")
+        if self.nats is not None and not all(
+            u.strip().startswith(("nats://", "tls://")) for u in self.nats.split(",")
+        ):
+            raise UsageError("--nats must be nats:// or tls:// URLs, separated by commas")
+        if self.node_id is not None and not _NODE_ID.fullmatch(self.node_id):
+            raise UsageError("node id: 1-64 letters, digits, '.', '_' or '-'")
+        if not _NODE_ID.fullmatch(self.nats_namespace) or "." in self.nats_namespace:
+            raise UsageError("NATS namespace: 1-64 letters, digits, '_' or '-'")
 
     @property
     def tls(self) -> bool:
@@ -96,6 +122,10 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "sottovoce.sqlite3"
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_RESIDENCY = re.compile(r"[A-Za-z0-9 ._:/-]{1,64}")
 
 
 def _bool(text: str) -> bool:
@@ -170,6 +200,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_file", Path, "write JSON-lines logs here (default: standard error)", "FILE"),
     Option("log_level", str, "debug, info, warning or error (default info)", "LEVEL"),
     Option("log_ips", _bool, "include client IP addresses in logs (off)", "BOOL"),
+    Option("database", str,
+           "PostgreSQL URL (postgresql://user@host:5432/db) for production storage "
+           "(default: embedded SQLite in --data-dir)", "URL"),
+    Option("residency", str, "data-residency label of this deployment, shown by /healthz "
+           "(e.g. eu-west)", "LABEL"),
+    Option("nats", str,
+           "NATS URL (nats://host:4222; tls://… for TLS; several separated by commas) for "
+           "fan-out across nodes sharing one PostgreSQL database (default: none, one node)",
+           "URL"),
+    Option("node_id", str, "this node's name in logs and /healthz (default: hostname-pid)",
+           "NAME"),
+    Option("nats_namespace", str,
+           "NATS subject namespace; deployments sharing one NATS need distinct ones "
+           "(default sottovoce)", "NAME"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -1,0 +1,903 @@
+"""PostgreSQL storage (asyncpg): group commit, safe under several server processes (DESIGN §7, §9).
+
+::
+
+    event loop (any node)                 PostgreSQL
+    ─────────────────────                 ──────────
+    append(req, cb) ──► pending list
+    writer task takes ≤ max_batch ──►     [careful path only: SELECT sends — retries]
+                                          SELECT sv_append_batch(…arrays…)   one round trip:
+                                            INSERT conversations … ON CONFLICT DO UPDATE
+                                                RETURNING last_seq     (row locks, sorted)
+                                            UPDATE devices SET last_inbox_seq …
+                                                RETURNING              (row locks, sorted)
+                                            INSERT sends  … ON CONFLICT DO NOTHING
+                                            INSERT inbox  … (envelope = pre || seq || post)
+    cb(outcome) for the whole batch ◄──   COMMIT (the statement's own transaction: durable)
+
+Counters live only in the database. Each batch takes the row locks of the
+conversation counters it advances, then those of the recipient devices, both
+in sorted order (so two nodes never deadlock), and holds them until COMMIT:
+a second node's batch for the same conversation or device waits, then reads
+the committed value. serverSeq is therefore strictly increasing per
+conversation, and a device's globalInboxSeq values commit in order, so a
+replay ``after_seq`` can never skip a row that commits later.
+
+Idempotency: the fast path assumes no key of the batch is stored yet. If one
+is (a client retry, or the same key racing on another node), ``INSERT …
+ON CONFLICT DO NOTHING`` on sends inserts fewer rows than planned; the batch
+is rolled back and redone on the careful path, which first SELECTs the keys
+and answers the stored ones with their original outcome (duplicate=True).
+ON CONFLICT waits for a conflicting in-flight transaction, so by then the
+other node's row is committed and visible.
+
+Failures: a lost connection or a serialization/deadlock error fails the batch
+with :class:`StorageError` (``unavailable``, retryable); the transaction
+either committed or not, and a client retry with the same idempotency key
+returns the original ack if it had. Other writes (accounts, prekeys, acks,
+expiry) are short transactions on a connection pool.
+
+Schema versions: :data:`MIGRATIONS`, applied in one transaction at start-up
+under an advisory lock (several nodes may start at once); a database newer
+than this code is refused (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from sottovoce.errors import RemoteError, UsageError
+from sottovoce.server.errors import StorageError
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage.base import (
+    AccountRecord,
+    AppendCallback,
+    ClaimedPrekey,
+    DeviceExists,
+    DeviceRecord,
+    PrekeysFull,
+    SendOutcome,
+    SendRequest,
+    Storage,
+    StoredFrame,
+    UnknownAccount,
+    UsernameTaken,
+)
+from sottovoce.server.storage.postgres_rooms import ROOMS_MIGRATION, PostgresRooms
+from sottovoce.server.storage.sqlite import BatchStats
+
+T = TypeVar("T")
+
+#: SQLSTATE raised by sv_append_batch when a key of the batch is already stored
+#: (written out in the function below as well).
+IDEMPOTENCY_SQLSTATE = "SV001"
+
+# One group commit's writes in one statement (one round trip instead of six: on a
+# busy event loop each round trip waits for a loop turn). Lock order: the
+# conversations' counter rows in the order given, then the devices' rows sorted
+# (FOR UPDATE under ORDER BY locks in that order). Sequences: a counter advanced
+# by n for this batch hands out last-n+1 … last, in the ranks the caller gave.
+_APPEND_FUNCTION = """
+    CREATE FUNCTION sv_append_batch(
+        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
+        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
+        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
+        i_pre text[], i_post text[], received bigint,
+        OUT conv_last bigint[], OUT dev_last bigint[]
+    ) LANGUAGE plpgsql AS $fn$
+    DECLARE
+        n bigint;
+    BEGIN
+        WITH up AS (
+            INSERT INTO conversations AS c(conversation_id, last_seq)
+            SELECT * FROM unnest(conv_ids, conv_counts)
+            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+            RETURNING c.conversation_id, c.last_seq
+        )
+        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
+        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
+        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
+        WITH up AS (
+            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
+            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
+            RETURNING d.dev, d.last_inbox_seq
+        )
+        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
+        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
+                          received_at)
+        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
+        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n <> coalesce(cardinality(s_dev), 0) THEN
+            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
+        END IF;
+        INSERT INTO inbox(dev, seq, received_at, envelope)
+        SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
+               u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
+        FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
+             AS u(dv, di, r, ci, sr, pre, post);
+    END
+    $fn$;
+"""
+
+# Each entry upgrades the schema by one version; applied in order at start-up.
+# Never edit a released entry: append a new one (docs/operations.md).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE accounts(
+        user_id text PRIMARY KEY,
+        account_key bytea NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE TABLE devices(
+        dev bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id text NOT NULL REFERENCES accounts(user_id),
+        device_id text NOT NULL,
+        certificate bytea NOT NULL,
+        revoked_at bigint,
+        push_endpoint text,
+        -- The device's globalInboxSeq counter; its row lock orders inbox commits.
+        last_inbox_seq bigint NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        UNIQUE(user_id, device_id)
+    );
+    CREATE TABLE prekeys(
+        dev bigint NOT NULL,
+        key_id text NOT NULL,
+        prekey bytea NOT NULL,
+        PRIMARY KEY(dev, key_id)
+    );
+    CREATE TABLE fallback_keys(
+        dev bigint PRIMARY KEY,
+        prekey bytea NOT NULL
+    );
+    -- The serverSeq counter per conversation; its row lock serializes writers.
+    CREATE TABLE conversations(
+        conversation_id text PRIMARY KEY,
+        last_seq bigint NOT NULL
+    );
+    -- Idempotency: (sender device, key) -> the original ack.
+    CREATE TABLE sends(
+        sender_dev bigint NOT NULL,
+        idem_key text NOT NULL,
+        conversation_id text NOT NULL,
+        message_id text NOT NULL,
+        server_seq bigint NOT NULL,
+        received_at bigint NOT NULL,
+        PRIMARY KEY(sender_dev, idem_key)
+    );
+    -- One row per recipient device (DESIGN §9). received_at grows with insertion
+    -- order, so a BRIN index finds the expired prefix at almost no write cost.
+    CREATE TABLE inbox(
+        dev bigint NOT NULL,
+        seq bigint NOT NULL,
+        received_at bigint NOT NULL,
+        envelope text NOT NULL,
+        PRIMARY KEY(dev, seq)
+    );
+    -- Ciphertext does not compress: do not spend CPU trying.
+    ALTER TABLE inbox ALTER COLUMN envelope SET STORAGE EXTERNAL;
+    CREATE INDEX inbox_received ON inbox USING brin(received_at);
+    CREATE INDEX sends_received ON sends USING brin(received_at);
+    """ + _APPEND_FUNCTION,
+    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/postgres_rooms.py)
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Connections in the pool used by reads and the short writes (the writer has its own).
+POOL_SIZE = 8
+#: Longest wait for a row lock held by another transaction (e.g. a hung node) before
+#: the send fails as unavailable (retryable) instead of stalling.
+LOCK_TIMEOUT_MS = 10_000
+#: A session idle inside a transaction this long is ended by PostgreSQL, releasing its locks.
+IDLE_IN_TRANSACTION_MS = 30_000
+#: How long to wait for PostgreSQL when (re)connecting before a write fails as unavailable.
+CONNECT_TIMEOUT_S = 5.0
+#: Attempts of one batch: the fast path, then the careful path (again if it loses a race).
+RACE_RETRIES = 4
+
+# Errors meaning "the database is not reachable / the transaction could not
+# commit now": the client is told to retry (StorageError), nothing was stored.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+_DB_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, asyncpg.exceptions.PostgresError)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (for logs and the start-up banner)."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+
+
+async def migrate(conn: Any, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """Bring the schema (in the connection's current schema) to ``len(migrations)``.
+
+    One transaction under a transaction-scoped advisory lock keyed on the schema
+    name: nodes starting together queue up, the first applies the migrations and
+    the others find the schema current. Returns the version found before.
+    """
+    target = len(migrations)
+    async with conn.transaction():
+        # Waiting for another node's migration may take longer than a row lock.
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('sottovoce.migrate:' || current_schema()))"
+        )
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version(version integer NOT NULL)")
+        found_row = await conn.fetchval("SELECT max(version) FROM schema_version")
+        found = 0 if found_row is None else int(found_row)
+        if found > target:
+            raise UsageError(
+                f"database schema v{found} is newer than this server (v{target}); "
+                "upgrade the server, or restore the backup taken before the upgrade"
+            )
+        for version in range(found, target):
+            # One script per version (simple-query protocol runs several statements).
+            await conn.execute(migrations[version])
+        if found != target:
+            await conn.execute("DELETE FROM schema_version")
+            await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", target)
+        return found
+
+
+_CLAIM = (
+    "DELETE FROM prekeys WHERE (dev, key_id) = ("
+    "  SELECT dev, key_id FROM prekeys WHERE dev=$1 ORDER BY key_id "
+    "  LIMIT 1 FOR UPDATE{}) RETURNING prekey"
+)
+_CLAIM_SKIP = _CLAIM.format(" SKIP LOCKED")
+_CLAIM_WAIT = _CLAIM.format("")
+
+
+class _IdempotencyRace(Exception):
+    """A key of this batch is already stored (a retry, or another node won a race).
+
+    The transaction is rolled back and the batch run again on the careful path,
+    which looks the keys up first.
+    """
+
+
+_Pending = tuple[SendRequest, AppendCallback]
+
+
+class PostgresStorage(Storage, PostgresRooms):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        logger: JsonLogger,
+        commit_window_ms: float = 0.0,
+        max_batch: int = 2048,
+        pool_size: int = POOL_SIZE,
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> None:
+        self.dsn = dsn
+        self._log = logger
+        self._window = commit_window_ms / 1000
+        self._max_batch = max_batch
+        self._pool_size = pool_size
+        self._migrations = tuple(migrations)
+        self._pool: Any = None
+        self._writer_conn: Any = None
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_received = 0
+        #: (user, device) -> dev id. Ids never change and device rows are never
+        #: deleted (revocation is a flag), so the cache is safe across nodes.
+        self._devs: dict[tuple[str, str], int] = {}
+        self.stats = BatchStats()
+        self._init_rooms()
+
+    # --- life cycle ----------------------------------------------------------------
+
+    @staticmethod
+    async def _init_conn(conn: Any) -> None:
+        # Short OLTP statements: JIT compilation would only add latency. A node that
+        # hangs inside a transaction must not stall every other node's writer behind
+        # its row locks: waits end with a retryable error, stuck sessions are ended.
+        await conn.execute(
+            "SET jit = off; "
+            f"SET lock_timeout = {LOCK_TIMEOUT_MS}; "
+            f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+        )
+
+    async def _connect(self) -> Any:
+        conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+        await self._init_conn(conn)
+        return conn
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self._pool_size, init=self._init_conn,
+                timeout=CONNECT_TIMEOUT_S,
+            )
+            async with self._pool.acquire() as conn:
+                found = await migrate(conn, self._migrations)
+            self._writer_conn = await self._connect()
+        except _TRANSIENT as exc:
+            await self._close_connections()
+            raise UsageError(
+                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {type(exc).__name__}"
+            ) from None
+        except asyncpg.exceptions.PostgresError as exc:
+            await self._close_connections()
+            raise UsageError(
+                f"PostgreSQL refused the schema set-up: {type(exc).__name__}: {exc}"
+            ) from None
+        except BaseException:
+            await self._close_connections()
+            raise
+        if found != len(self._migrations):
+            self._log.info("storage.migrated", version=len(self._migrations), count=found)
+        self._writer = asyncio.get_running_loop().create_task(self._writer_main())
+
+    async def _close_connections(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.terminate()
+            self._writer_conn = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except _TRANSIENT:
+                self._pool.terminate()
+            self._pool = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer  # drains what was queued before close
+        await self._drain_rooms()
+        if self._writer_conn is not None:
+            try:
+                await asyncio.wait_for(self._writer_conn.close(), timeout=5)
+            except _TRANSIENT:
+                self._writer_conn.terminate()
+            self._writer_conn = None
+        await self._close_connections()
+
+    # --- the writer ----------------------------------------------------------------
+
+    def append(self, req: SendRequest, callback: AppendCallback) -> None:
+        if self._closed:
+            callback(None, StorageError("server is shutting down"))
+            return
+        self._pending.append((req, callback))
+        self._wake.set()
+
+    async def _writer_main(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._window and not self._closed:
+                await asyncio.sleep(self._window)
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                t0 = time.perf_counter()
+                results = await self._run_batch(batch)
+                elapsed = time.perf_counter() - t0
+                st = self.stats
+                st.commits += 1
+                st.jobs += len(batch)
+                st.commit_seconds += elapsed
+                st.last_batch = len(batch)
+                try:  # a metrics or callback bug must not stop the writer
+                    for obs in st.observers:
+                        obs(len(batch), elapsed)
+                except Exception as exc:
+                    self._log.error("storage.observer_failed", error=type(exc).__name__)
+                for (_, callback), (outcome, error) in zip(batch, results, strict=True):
+                    try:
+                        callback(outcome, error)
+                    except Exception as exc:
+                        self._log.error("storage.callback_failed", error=type(exc).__name__)
+            if self._closed and not self._pending:
+                return
+
+    async def _writer_connection(self) -> Any:
+        conn = self._writer_conn
+        if conn is None or conn.is_closed():
+            self._writer_conn = None
+            conn = self._writer_conn = await self._connect()
+        return conn
+
+    def _drop_writer_connection(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.terminate()
+            self._writer_conn = None
+
+    async def _run_batch(
+        self, batch: list[_Pending]
+    ) -> list[tuple[SendOutcome | None, BaseException | None]]:
+        careful = False
+        for _ in range(RACE_RETRIES):
+            try:
+                conn = await self._writer_connection()
+                return await self._append_batch(conn, [req for req, _ in batch], careful)
+            except _IdempotencyRace:
+                careful = True
+                continue
+            except _TRANSIENT as exc:
+                # The connection may be gone or mid-transaction: start afresh next time.
+                self._drop_writer_connection()
+                self._log.warning("storage.unavailable", error=type(exc).__name__,
+                                  batch=len(batch))
+                return [(None, StorageError())] * len(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._log.error("storage.failed", error=type(exc).__name__)
+                    return [(None, StorageError())]
+                # Retry one by one so that a single bad send fails alone.
+                out: list[tuple[SendOutcome | None, BaseException | None]] = []
+                for item in batch:
+                    out.extend(await self._run_batch([item]))
+                return out
+        self._log.warning("storage.idempotency_race", batch=len(batch))
+        return [(None, StorageError())] * len(batch)
+
+    async def _resolve_devs(self, conn: Any, keys: set[tuple[str, str]]) -> None:
+        missing = [k for k in keys if k not in self._devs]
+        if not missing:
+            return
+        rows = await conn.fetch(
+            "SELECT d.user_id, d.device_id, d.dev FROM devices d "
+            "JOIN unnest($1::text[], $2::text[]) AS u(user_id, device_id) "
+            "ON d.user_id = u.user_id AND d.device_id = u.device_id",
+            [u for u, _ in missing], [d for _, d in missing],
+        )
+        for user, device, dev in rows:
+            self._devs[(user, device)] = int(dev)
+
+    async def _append_batch(
+        self, conn: Any, reqs: list[SendRequest], careful: bool
+    ) -> list[tuple[SendOutcome | None, BaseException | None]]:
+        """Store a batch in one transaction.
+
+        Fast path (``careful`` false): assume no key is stored yet, which holds
+        unless a client retried; the sends INSERT tells if that was wrong, and the
+        batch is redone carefully, looking every key up first.
+        """
+        devs = self._devs
+        keys: set[tuple[str, str]] = set()
+        for req in reqs:
+            keys.add((req.sender_user, req.sender_device))
+            keys.update((u, d) for u, d, _ in req.targets)
+        await self._resolve_devs(conn, keys)
+
+        results: list[tuple[SendOutcome | None, BaseException | None] | None] = [None] * len(reqs)
+        # Sends that pass the device check, by index.
+        valid: list[int] = []
+        sender_of: dict[int, int] = {}
+        for i, req in enumerate(reqs):
+            sender = devs.get((req.sender_user, req.sender_device))
+            if sender is None or any((u, d) not in devs for u, d, _ in req.targets):
+                results[i] = (None, UnknownAccount("device is not registered"))
+                continue
+            sender_of[i] = sender
+            valid.append(i)
+
+        stored: dict[tuple[int, str], tuple[str, str, int, int]] = {}
+        if valid and careful:
+            for d, k, conv, mid, seq, rec in await conn.fetch(
+                "SELECT s.sender_dev, s.idem_key, s.conversation_id, s.message_id, "
+                "s.server_seq, s.received_at FROM sends s "
+                "JOIN unnest($1::bigint[], $2::text[]) AS u(d, k) "
+                "ON s.sender_dev = u.d AND s.idem_key = u.k",
+                [sender_of[i] for i in valid], [reqs[i].idempotency_key for i in valid],
+            ):
+                stored[(int(d), k)] = (conv, mid, int(seq), int(rec))
+        # First occurrence of each (sender, key) not yet stored is new; the rest
+        # are retries answered with the stored (or this batch's) outcome.
+        fresh: list[int] = []
+        first_in_batch: dict[tuple[int, str], int] = {}
+        dup_of: dict[int, int] = {}
+        conv_count: dict[str, int] = {}
+        dev_count: dict[int, int] = {}
+        for i in valid:
+            req = reqs[i]
+            key = (sender_of[i], req.idempotency_key)
+            hit = stored.get(key)
+            if hit is not None:
+                conv, mid, seq, rec = hit
+                results[i] = (SendOutcome(conv, mid, req.idempotency_key, seq, rec,
+                                          True, ()), None)
+                continue
+            j = first_in_batch.get(key)
+            if j is not None:
+                dup_of[i] = j
+                continue
+            first_in_batch[key] = i
+            fresh.append(i)
+            conv_count[req.conversation_id] = conv_count.get(req.conversation_id, 0) + 1
+            for u, d, _ in req.targets:
+                dev = devs[(u, d)]
+                dev_count[dev] = dev_count.get(dev, 0) + 1
+
+        if fresh:
+            await self._store_fresh(conn, reqs, fresh, sender_of, conv_count, dev_count,
+                                    results)
+        # Committed: in-batch retries take their first's outcome.
+        for i, j in dup_of.items():
+            first = results[j]
+            if first is not None and first[0] is not None:
+                results[i] = (first[0]._replace(idempotency_key=reqs[i].idempotency_key,
+                                                duplicate=True, frames=()), None)
+        return [r if r is not None else (None, StorageError()) for r in results]
+
+    async def _store_fresh(
+        self,
+        conn: Any,
+        reqs: list[SendRequest],
+        fresh: list[int],
+        sender_of: dict[int, int],
+        conv_count: dict[str, int],
+        dev_count: dict[int, int],
+        results: list[tuple[SendOutcome | None, BaseException | None] | None],
+    ) -> None:
+        """Store the new sends with ONE call of ``sv_append_batch`` (one round trip).
+
+        The function takes the counter row locks (conversations, then devices, each
+        in the sorted order given here), inserts the sends and inbox rows with the
+        sequences it assigned, and returns each counter's new last value; the
+        sequences follow from those the same way on both sides. Each inbox envelope
+        is ``pre || serverSeq || post``: only the sequence is filled in by SQL.
+        """
+        devs = self._devs
+        received = max(now_ms(), self._last_received)
+        self._last_received = received
+        convs = sorted(conv_count)
+        conv_ix = {c: n for n, c in enumerate(convs)}
+        dev_ids = sorted(dev_count)
+        dev_ix = {d: n for n, d in enumerate(dev_ids)}
+        conv_rank: dict[str, int] = {}
+        dev_rank: dict[int, int] = {}
+        # Per send: (sender dev, key, conv, message id, conv index, rank in conv).
+        sends: list[tuple[int, str, str, str, int, int]] = []
+        i_dev: list[int] = []
+        i_di: list[int] = []
+        i_rank: list[int] = []
+        i_ci: list[int] = []
+        i_srank: list[int] = []
+        i_pre: list[str] = []
+        i_post: list[str] = []
+        # Per fresh send: its conv index, rank, and (user, device, dev index, rank, pre, post).
+        plan: list[tuple[int, int, list[tuple[str, str, int, int, str, str]]]] = []
+        rec = str(received)
+        for i in fresh:
+            req = reqs[i]
+            conv = req.conversation_id
+            ci = conv_ix[conv]
+            sr = conv_rank.get(conv, 0)
+            conv_rank[conv] = sr + 1
+            sends.append((sender_of[i], req.idempotency_key, conv, req.message_id, ci, sr))
+            head, tail = req.envelope_parts()
+            # The same text as base.envelope_text, split around the serverSeq.
+            post = (',"serverReceivedAtMs":' + rec + ',"idempotencyKey":"'
+                    + req.idempotency_key
+                    + ('","ephemeral":true}' if req.ephemeral else '","ephemeral":false}'))
+            targets: list[tuple[str, str, int, int, str, str]] = []
+            for user, device, ct in req.targets:
+                dev = devs[(user, device)]
+                di = dev_ix[dev]
+                r = dev_rank.get(dev, 0)
+                dev_rank[dev] = r + 1
+                pre = head + ct + tail
+                i_dev.append(dev)
+                i_di.append(di + 1)
+                i_rank.append(r)
+                i_ci.append(ci + 1)
+                i_srank.append(sr)
+                i_pre.append(pre)
+                i_post.append(post)
+                targets.append((user, device, di, r, pre, post))
+            plan.append((ci, sr, targets))
+        # Sorted by key so that two nodes inserting overlapping keys wait on each
+        # other in one order (ON CONFLICT waits for in-flight inserts).
+        sends.sort(key=lambda t: (t[0], t[1]))
+        try:
+            row = await conn.fetchrow(
+                "SELECT conv_last, dev_last FROM sv_append_batch("
+                "$1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+                "$5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[], "
+                "$11::bigint[], $12::int[], $13::bigint[], $14::int[], $15::bigint[], "
+                "$16::text[], $17::text[], $18::bigint)",
+                convs, [conv_count[c] for c in convs],
+                dev_ids, [dev_count[d] for d in dev_ids],
+                [t[0] for t in sends], [t[1] for t in sends], [t[2] for t in sends],
+                [t[3] for t in sends], [t[4] + 1 for t in sends], [t[5] for t in sends],
+                i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, received,
+            )
+        except asyncpg.exceptions.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == IDEMPOTENCY_SQLSTATE:
+                raise _IdempotencyRace() from None  # nothing was written
+            raise
+        conv_first = [int(last) - conv_count[c] + 1 for c, last in zip(convs, row[0],
+                                                                        strict=True)]
+        dev_first = [int(last) - dev_count[d] + 1
+                     for d, last in zip(dev_ids, row[1] or (), strict=True)]
+        for i, (ci, sr, targets) in zip(fresh, plan, strict=True):
+            req = reqs[i]
+            seq = conv_first[ci] + sr
+            seq_text = str(seq)
+            frames = tuple(
+                StoredFrame(user, device, dev_first[di] + r, pre + seq_text + post)
+                for user, device, di, r, pre, post in targets
+            )
+            results[i] = (SendOutcome(req.conversation_id, req.message_id, req.idempotency_key,
+                                      seq, received, False, frames), None)
+
+    # --- short writes and reads (pool) -----------------------------------------------
+
+    async def _with(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = True) -> T:
+        """Run ``fn(conn)`` on a pooled connection, in a transaction if ``write``."""
+        if self._pool is None:  # (room jobs queued before close() still run: it drains them)
+            raise StorageError("server is shutting down")
+        try:
+            async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+                if not write:
+                    return await fn(conn)
+                async with conn.transaction():
+                    return await fn(conn)
+        except RemoteError:
+            raise  # domain refusals (UsernameTaken, …) and StorageError
+        except _DB_ERRORS as exc:
+            self._log.error("storage.failed", error=type(exc).__name__)
+            raise StorageError() from None
+
+    async def _dev(self, conn: Any, user: str, device: str) -> int | None:
+        dev = self._devs.get((user, device))
+        if dev is None:
+            row = await conn.fetchval(
+                "SELECT dev FROM devices WHERE user_id=$1 AND device_id=$2", user, device
+            )
+            if row is None:
+                return None
+            dev = self._devs[(user, device)] = int(row)
+        return dev
+
+    async def create_account(
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        async def run(conn: Any) -> None:
+            status = await conn.execute(
+                "INSERT INTO accounts(user_id, account_key, created_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                user_id, account_key, now_ms,
+            )
+            if status.endswith(" 0"):
+                raise UsernameTaken("username is taken")
+            await conn.execute(
+                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
+                "VALUES ($1, $2, $3, $4)",
+                user_id, device_id, certificate, now_ms,
+            )
+
+        await self._with(run)
+
+    async def add_device(
+        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        async def run(conn: Any) -> None:
+            if await conn.fetchval("SELECT 1 FROM accounts WHERE user_id=$1", user_id) is None:
+                raise UnknownAccount("no such account")
+            status = await conn.execute(
+                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                user_id, device_id, certificate, now_ms,
+            )
+            if status.endswith(" 0"):
+                raise DeviceExists("device id already registered")
+
+        await self._with(run)
+
+    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
+        async def run(conn: Any) -> None:
+            dev = await self._dev(conn, user_id, device_id)
+            if dev is None:
+                raise UnknownAccount("no such device")
+            await conn.execute(
+                "UPDATE devices SET revoked_at=$1, push_endpoint=NULL "
+                "WHERE dev=$2 AND revoked_at IS NULL",
+                now_ms, dev,
+            )
+            await conn.execute("DELETE FROM prekeys WHERE dev=$1", dev)
+            await conn.execute("DELETE FROM fallback_keys WHERE dev=$1", dev)
+            await conn.execute("DELETE FROM inbox WHERE dev=$1", dev)
+
+        await self._with(run)
+
+    async def get_account(self, user_id: str) -> AccountRecord | None:
+        async def run(conn: Any) -> AccountRecord | None:
+            key = await conn.fetchval(
+                "SELECT account_key FROM accounts WHERE user_id=$1", user_id
+            )
+            if key is None:
+                return None
+            rows = await conn.fetch(
+                "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
+                "WHERE user_id=$1 ORDER BY dev",
+                user_id,
+            )
+            return AccountRecord(
+                user_id=user_id,
+                account_key=bytes(key),
+                devices=tuple(
+                    DeviceRecord(device_id=r[0], certificate=bytes(r[1]),
+                                 revoked=r[2] is not None, push_endpoint=r[3])
+                    for r in rows
+                ),
+            )
+
+        return await self._with(run, write=False)
+
+    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
+        async def run(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE devices SET push_endpoint=$1 WHERE user_id=$2 AND device_id=$3",
+                endpoint, user_id, device_id,
+            )
+
+        await self._with(run, write=False)
+
+    async def store_prekeys(
+        self,
+        user_id: str,
+        device_id: str,
+        one_time: Sequence[tuple[str, bytes]],
+        fallback: bytes | None,
+        max_stored: int,
+    ) -> int:
+        keys = list(one_time)
+
+        async def run(conn: Any) -> int:
+            dev = await self._dev(conn, user_id, device_id)
+            if dev is None:
+                raise UnknownAccount("no such device")
+            # Serialize uploads of one device (on any node) so the cap holds.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sottovoce.prekeys'), "
+                               "$1::int)", dev % 2_147_483_647)
+            have = int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
+            if have + len(keys) > max_stored:
+                raise PrekeysFull("too many one-time keys stored")
+            if keys:
+                await conn.execute(
+                    "INSERT INTO prekeys(dev, key_id, prekey) "
+                    "SELECT $1, k, p FROM unnest($2::text[], $3::bytea[]) AS u(k, p) "
+                    "ON CONFLICT (dev, key_id) DO UPDATE SET prekey = excluded.prekey",
+                    dev, [k for k, _ in keys], [p for _, p in keys],
+                )
+            if fallback is not None:
+                await conn.execute(
+                    "INSERT INTO fallback_keys(dev, prekey) VALUES ($1, $2) "
+                    "ON CONFLICT (dev) DO UPDATE SET prekey = excluded.prekey",
+                    dev, fallback,
+                )
+            return int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
+
+        return await self._with(run)
+
+    async def count_prekeys(self, user_id: str, device_id: str) -> int:
+        async def run(conn: Any) -> int:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM prekeys JOIN devices USING(dev) "
+                "WHERE user_id=$1 AND device_id=$2",
+                user_id, device_id,
+            ))
+
+        return await self._with(run, write=False)
+
+    async def claim_prekeys(
+        self, user_id: str, exclude_device: tuple[str, str] | None
+    ) -> list[ClaimedPrekey]:
+        async def run(conn: Any) -> list[ClaimedPrekey]:
+            out: list[ClaimedPrekey] = []
+            devices = await conn.fetch(
+                "SELECT dev, device_id, certificate FROM devices WHERE user_id=$1 "
+                "AND revoked_at IS NULL ORDER BY dev",
+                user_id,
+            )
+            for dev, device_id, cert in devices:
+                if exclude_device is not None and (user_id, device_id) == exclude_device:
+                    continue
+                # Take-and-delete in one statement; SKIP LOCKED lets concurrent
+                # claims (any node) take different keys without waiting. Only if
+                # every key left is locked, wait for those claims to finish: the
+                # fallback is handed out only when no one-time key remains.
+                prekey = await conn.fetchval(_CLAIM_SKIP, dev)
+                if prekey is None:
+                    prekey = await conn.fetchval(_CLAIM_WAIT, dev)
+                if prekey is None:
+                    prekey = await conn.fetchval(
+                        "SELECT prekey FROM fallback_keys WHERE dev=$1", dev
+                    )
+                    if prekey is None:
+                        continue
+                remaining = int(await conn.fetchval(
+                    "SELECT count(*) FROM prekeys WHERE dev=$1", dev
+                ))
+                out.append(ClaimedPrekey(device_id, bytes(cert), bytes(prekey), remaining))
+            return out
+
+        return await self._with(run)
+
+    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
+        async def run(conn: Any) -> int:
+            row = await conn.fetchval(
+                "SELECT last_inbox_seq FROM devices WHERE user_id=$1 AND device_id=$2",
+                user_id, device_id,
+            )
+            return 0 if row is None else int(row)
+
+        return await self._with(run, write=False)
+
+    async def read_inbox(
+        self, user_id: str, device_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, str]]:
+        async def run(conn: Any) -> list[tuple[int, str]]:
+            dev = await self._dev(conn, user_id, device_id)
+            if dev is None:
+                return []
+            rows = await conn.fetch(
+                "SELECT seq, envelope FROM inbox WHERE dev=$1 AND seq>$2 ORDER BY seq LIMIT $3",
+                dev, after_seq, limit,
+            )
+            return [(int(s), e) for s, e in rows]
+
+        return await self._with(run, write=False)
+
+    async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
+        async def run(conn: Any) -> int:
+            dev = await self._dev(conn, user_id, device_id)
+            if dev is None:
+                return 0
+            status = await conn.execute(
+                "DELETE FROM inbox WHERE dev=$1 AND seq<=$2", dev, up_to_seq
+            )
+            return int(status.rsplit(" ", 1)[1])
+
+        return await self._with(run, write=False)
+
+    async def expire(self, before_ms: int) -> int:
+        async def run(conn: Any) -> int:
+            status = await conn.execute("DELETE FROM inbox WHERE received_at < $1", before_ms)
+            await conn.execute("DELETE FROM sends WHERE received_at < $1", before_ms)
+            await conn.execute("DELETE FROM room_messages WHERE received_at < $1", before_ms)
+            return int(status.rsplit(" ", 1)[1])
+
+        return await self._with(run)
