@@ -2,9 +2,10 @@
 
 The server checks every signature it is handed (certificates on upload,
 prekey signatures against the uploading device's certificate) but can make
-none. Accounts are cached in memory: this process is the only writer, and
-every write goes through :class:`Directory`, which refreshes the cache after
-the write is durable.
+none. Accounts are cached in memory: every write goes through
+:class:`Directory`, which refreshes the cache after the write is durable and
+(with several nodes) tells the others through ``on_change`` so they drop
+their copy (:meth:`Directory.invalidate`).
 
 Prekeys are stored as the encoded ``SignedPrekey`` bytes the device made and
 checked with :class:`sottovoce.identity.prekeys.SignedPrekey`, the same class
@@ -14,7 +15,7 @@ the pairwise package, DESIGN §2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sottovoce.errors import DecodeError, PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
@@ -48,11 +49,15 @@ def verify_prekey(raw: bytes, cert: DeviceCertificate, *, fallback: bool) -> Sig
 
 
 class Directory:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, on_change: Callable[[str], None] | None = None
+    ) -> None:
         self._storage = storage
         self._accounts: dict[str, AccountRecord] = {}
         #: Bumped whenever a cached account changes; caches derived from accounts check it.
         self.version = 0
+        #: Called with the user id after a write to that account is durable.
+        self.on_change = on_change
 
     def cached(self, user_id: str) -> AccountRecord | None:
         return self._accounts.get(user_id)
@@ -60,14 +65,22 @@ class Directory:
     async def account(self, user_id: str) -> AccountRecord | None:
         rec = self._accounts.get(user_id)
         if rec is None:
+            version = self.version
             rec = await self._storage.get_account(user_id)
-            if rec is not None:
+            # An invalidation that arrived during the read may make `rec` stale: don't keep it.
+            if rec is not None and version == self.version:
                 self._accounts[user_id] = rec
         return rec
 
-    async def refresh(self, user_id: str) -> AccountRecord | None:
+    def invalidate(self, user_id: str) -> None:
+        """Another node changed this account: drop the cached copy."""
         self._accounts.pop(user_id, None)
         self.version += 1
+
+    async def refresh(self, user_id: str) -> AccountRecord | None:
+        self.invalidate(user_id)
+        if self.on_change is not None:
+            self.on_change(user_id)
         return await self.account(user_id)
 
     async def exists(self, user_id: str) -> bool:
