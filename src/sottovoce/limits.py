@@ -24,6 +24,9 @@ DEVICE_ID_MAX_LEN = 64
 DEVICE_CERT_MAX_LIFETIME_MS = 2 * 365 * 24 * 3600 * 1000
 #: Tolerated clock skew between devices when checking "not yet valid".
 CLOCK_SKEW_MS = 5 * 60 * 1000
+#: An account-deletion statement is signed just before it is sent; an older one
+#: (e.g. lifted from a stolen device's disk) is refused.
+ACCOUNT_DELETION_MAX_AGE_MS = 10 * 60 * 1000
 #: Safety numbers: 60 digits, 12 groups of 5 (the Signal convention users know).
 SAFETY_NUMBER_DIGITS = 60
 #: Iterations of the safety-number fingerprint hash; slows brute-forcing collisions.
@@ -175,6 +178,9 @@ MAX_ROOM_GROUP_INFO_BYTES = 160 * 1024
 MAX_ROOM_AUDIT_ENTRY_BYTES = AUDIT_MAX_ENTRY_BYTES
 #: Audit entries returned per sottovoce.room.audit reply.
 ROOM_AUDIT_BATCH = 1000
+#: Base64 bytes of audit entries in one reply, well under MAX_FRAME_BYTES (a reply with
+#: 1,000 maximum-size entries would not fit in a frame); the reply then says "more".
+ROOM_AUDIT_REPLY_BYTES = MAX_FRAME_BYTES // 2
 #: Room frames per sottovoce.room.sync reply (and per replay read of one room).
 ROOM_SYNC_BATCH = 500
 #: Room join tokens: 22 chars = 128 bits of base64url at the least; clients send 43 (32 bytes).

@@ -630,6 +630,39 @@ async def test_audit_chain_links_or_is_refused(url: str) -> None:
                  "not_member")
 
 
+async def test_audit_replies_fit_in_a_frame_and_say_more(url: str) -> None:
+    """Entries of up to 36 KiB: a reply is cut by bytes, says "more", and paging by
+    afterIndex returns the whole chain in order."""
+    from sottovoce.limits import ROOM_AUDIT_REPLY_BYTES
+
+    room, (a, _), epoch = await make_room(url, 2)
+    subjects = tuple((f"user{i:03d}" + "x" * 50, f"device{i:03d}" + "y" * 50) for i in range(120))
+    chain: list[bytes] = []
+    while sum(len(b64(e)) for e in chain) <= ROOM_AUDIT_REPLY_BYTES * 1.5:
+        entry = make_entry(
+            signing_key=ACTOR, suite=1, prev=chain[-1] if chain else None, room_id=room,
+            epoch=epoch, epoch_authenticator=b"\x01" * 32, action=AuditAction.CALL_STARTED,
+            actor_user_id="alice", actor_device_id="d1", actor_leaf_index=0, now_ms=now_ms(),
+            subjects=subjects,
+        ).encode()
+        reply = await a.request("sottovoce.room.audit.append",
+                                {"roomId": room, "entry": b64(entry)})
+        assert reply["event"] == "sottovoce.room.audit.appended", reply
+        chain.append(entry)
+    got: list[bytes] = []
+    pages = 0
+    while True:
+        reply = await a.request("sottovoce.room.audit.get",
+                                {"roomId": room, "afterIndex": len(got) - 1})
+        page = [unb64(e) for e in reply["data"]["entries"]]
+        assert sum(len(e) for e in reply["data"]["entries"]) <= ROOM_AUDIT_REPLY_BYTES
+        got.extend(page)
+        pages += 1
+        if not reply["data"]["more"]:
+            break
+    assert got == chain and pages >= 2
+
+
 # --- bad input -------------------------------------------------------------------------
 
 

@@ -9,11 +9,16 @@
 
 Events from the client only say *when* to look; every line shown is read
 back from the store, so the screen shows exactly what is stored.
+
+`sottovoce chat ROOM` opens a room the same way when ROOM is the local name
+(or id) of one of this device's rooms: history from the store (conversation =
+room id), one MLS message per line typed, the members in the status line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import ClassVar
 
 from rich.text import Text
@@ -33,6 +38,7 @@ from sottovoce.client import (
     MessageReceived,
     StoredMessage,
 )
+from sottovoce.client.events import RoomMembershipChanged, RoomMessageReceived
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
 
@@ -90,10 +96,12 @@ class ChatApp(App[int]):
         Binding("ctrl+q", "leave", "Quit", priority=True),
     ]
 
-    def __init__(self, client: Client, peer: str) -> None:
+    def __init__(self, client: Client, peer: str, *, room_id: str | None = None) -> None:
         super().__init__()
         self.client = client
         self.peer = peer
+        #: A room chat: ``peer`` is then the room's local name.
+        self.room_id = room_id
         self._lines: dict[str, Static] = {}
         self._oldest: int | None = None
         self._connected = False
@@ -106,19 +114,38 @@ class ChatApp(App[int]):
         yield Input(placeholder=f"Message {self.peer} (Enter sends)", id="input")
         yield Footer()
 
+    @property
+    def _conversation(self) -> str:
+        """Where this screen's messages are stored: the peer's name or the room id."""
+        return self.room_id or self.peer
+
     def _status(self) -> None:
         state = "connected" if self._connected else "connecting…"
         me = f"{self.client.username}/{self.client.device_id}"
+        if self.room_id is not None:
+            with contextlib.suppress(SottovoceError):
+                room = self.client.rooms.get(self.room_id)
+                users = sorted({u for u, _ in room.members()})
+                where = "removed" if room.removed else f"{len(users)} members: {', '.join(users)}"
+                text = f"{me} in #{self.peer} ({where}) · {state}"
+                self.query_one("#status", Static).update(Text(text))
+                return
         self.query_one("#status", Static).update(Text(f"{me} ⇄ {self.peer} · {state}"))
 
+    def _format(self, message: StoredMessage) -> str:
+        line = format_message(message, self.client.username)
+        if self.room_id is not None:
+            line = line.replace(f" → {message.peer}", "")  # a room line has no addressee
+        return line
+
     def _line(self, message: StoredMessage) -> Static:
-        widget = Static(Text(format_message(message, self.client.username)), classes="line")
+        widget = Static(Text(self._format(message)), classes="line")
         self._lines[message.message_id] = widget
         return widget
 
     async def on_mount(self) -> None:
         self._status()
-        history = self.client.history(self.peer, limit=PAGE)
+        history = self.client.history(self._conversation, limit=PAGE)
         if history:
             self._oldest = history[0].local_id
             await self.query_one("#history", VerticalScroll).mount_all(
@@ -138,9 +165,14 @@ class ChatApp(App[int]):
             events.close()
 
     async def _on_client_event(self, event: object) -> None:
-        if isinstance(event, MessageReceived) and event.message.peer == self.peer:
+        mine = (isinstance(event, MessageReceived) and event.message.peer == self.peer) or (
+            isinstance(event, RoomMessageReceived) and event.room_id == self.room_id
+        )
+        if mine and isinstance(event, MessageReceived | RoomMessageReceived):
             await self._append(event.message.message_id)
-        elif isinstance(event, DeliveryStateChanged) and event.peer == self.peer:
+        elif isinstance(event, RoomMembershipChanged) and event.room_id == self.room_id:
+            self._status()
+        elif isinstance(event, DeliveryStateChanged) and event.peer == self._conversation:
             self._refresh(event.message_id)
         elif isinstance(event, ConnectionChanged):
             self._connected = event.connected
@@ -166,7 +198,7 @@ class ChatApp(App[int]):
         stored = self.client.message(message_id)
         widget = self._lines.get(message_id)
         if stored is not None and widget is not None:
-            widget.update(Text(format_message(stored, self.client.username)))
+            widget.update(Text(self._format(stored)))
 
     # --- actions --------------------------------------------------------------
 
@@ -176,7 +208,10 @@ class ChatApp(App[int]):
             return
         event.input.value = ""
         try:
-            message_id = await self.client.send_text(self.peer, text)
+            if self.room_id is not None:
+                message_id = await self.client.rooms.send(self.room_id, text)
+            else:
+                message_id = await self.client.send_text(self.peer, text)
         except SottovoceError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -189,7 +224,7 @@ class ChatApp(App[int]):
         log = self.query_one("#history", VerticalScroll)
         top = log.scroll_target_y
         if top <= 0 and self._oldest is not None:
-            older = self.client.history(self.peer, limit=PAGE, before=self._oldest)
+            older = self.client.history(self._conversation, limit=PAGE, before=self._oldest)
             if older:
                 self._oldest = older[0].local_id
                 widgets = [self._line(m) for m in older]
@@ -210,6 +245,9 @@ class ChatApp(App[int]):
         log.scroll_to(y=target, animate=False, immediate=True)
 
     async def action_safety(self) -> None:
+        if self.room_id is not None:
+            self.notify("rooms have no single safety number: verify members one by one")
+            return
         number = self.client.known_safety_number(self.peer)
         if number is None and self.client.connected:
             try:
@@ -226,5 +264,10 @@ class ChatApp(App[int]):
 
 
 def run_chat(client: Client, peer: str) -> int:
-    code = ChatApp(client, peer).run()
+    """Chat with a user, or in a room when ``peer`` names one of this device's rooms."""
+    room_id = None
+    with contextlib.suppress(SottovoceError):
+        room = client.rooms.get(peer)
+        room_id, peer = room.room_id, room.label
+    code = ChatApp(client, peer, room_id=room_id).run()
     return code if isinstance(code, int) else 0

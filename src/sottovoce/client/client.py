@@ -50,6 +50,13 @@ from sottovoce.client.events import (
 )
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.payload import Payload
+from sottovoce.client.rooms import (
+    KEYPACKAGES_LOW,
+    ROOM_FRAME,
+    ROOM_PREFIX,
+    RoomManager,
+    SyncedMark,
+)
 from sottovoce.client.sessions import Device, SessionManager
 from sottovoce.client.store import (
     LOCK_FILE,
@@ -60,7 +67,13 @@ from sottovoce.client.store import (
     StoredMessage,
 )
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
-from sottovoce.identity import SafetyNumber, safety_number, validate_username
+from sottovoce.identity import (
+    RevocationStatement,
+    SafetyNumber,
+    safety_number,
+    validate_device_id,
+    validate_username,
+)
 from sottovoce.limits import (
     CLIENT_INBOX_BATCH,
     DEVICE_MISMATCH_RETRIES,
@@ -71,8 +84,10 @@ from sottovoce.limits import (
     OUTBOX_WINDOW,
 )
 from sottovoce.pairwise import OlmAccount, PrekeyBundle
+from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
 from sottovoce.protocol.fields import ProtocolError
+from sottovoce.secret import Secret
 
 CONNECT_TIMEOUT_S = 15.0
 #: A prekeys.low notice within this long after an upload is the one sent at auth.
@@ -105,7 +120,12 @@ class _ReplayDone:
     generation: int
 
 
-_Item = _Frame | _Ack | _ReplayDone
+@dataclass(frozen=True, slots=True)
+class _RoomFrame:
+    data: dict[str, Any]
+
+
+_Item = _Frame | _Ack | _ReplayDone | _RoomFrame | SyncedMark
 
 
 @dataclass(slots=True, kw_only=True)
@@ -197,6 +217,8 @@ class Client:
         self._cursor = 0  # highest outbox oid written on the current connection
         self._inflight: dict[str, int] = {}  # written, not acked: messageId -> oid
         self._last_upload = -1e9
+        #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
+        self.rooms = RoomManager(self)
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id})"
@@ -305,6 +327,7 @@ class Client:
             try:
                 await client.connect()
                 await client.ensure_prekeys()  # others can open sessions from now on
+                await client.rooms.ensure_key_packages()  # and add us to rooms
             except BaseException:
                 await client.close()
                 raise
@@ -467,6 +490,7 @@ class Client:
     async def _maintenance(self) -> None:
         try:
             await self.ensure_prekeys()
+            await self.rooms.ensure_key_packages()
             if self.username not in self._looked_up:
                 await self._lookup(self.username)
         except (SottovoceError, TransportClosed) as exc:
@@ -512,6 +536,24 @@ class Client:
             frozenset({ev.PREKEYS_STORED}),
         )
         self._last_upload = time.monotonic()
+
+    async def revoke_device(self, device_id: str) -> None:
+        """Revoke another device of this account (a statement signed by the account key).
+
+        The server stops routing to it at once and asks every room it is in to
+        remove it (members commit the Remove).
+        """
+        validate_device_id(device_id)
+        if device_id == self.device_id:
+            raise UsageError("revoke this device from another device of the account")
+        statement = RevocationStatement.issue(
+            self.identity.account_key, username=self.username, device_id=device_id, now_ms=now_ms()
+        )
+        await self._conn.request(
+            ev.RevokeDevice(revocation=statement.encode()), frozenset({ev.DEVICE_REVOKED})
+        )
+        self._looked_up.discard(self.username)
+        await self._lookup(self.username)
 
     async def register_push(self, endpoint: str) -> None:
         """Ask the server to wake this device with tickles at ``endpoint`` (an http(s) URL).
@@ -733,6 +775,11 @@ class Client:
     def _on_send_error(self, message_id: str, data: dict[str, Any]) -> None:
         err = ev.WireError.from_data(data) if "code" in data else None
         code = err.code if err else "error"
+        if code == "stale_epoch" and err is not None:
+            stored = self._store.get_message(message_id)
+            if stored is not None and stored.peer.startswith(ROOM_PREFIX):
+                self.rooms.on_stale_send(message_id, stored.peer, err.details)
+                return
         if code == "device_mismatch":
             self._spawn(self._resend_after_mismatch(message_id, err.details if err else {}))
             return
@@ -848,9 +895,17 @@ class Client:
                 )
         elif event == ev.PREKEYS_LOW:
             self._spawn(self._replenish())
+        elif event == ROOM_FRAME:
+            self._queue.put_nowait(_RoomFrame(data))
+        elif event == KEYPACKAGES_LOW:
+            self._spawn(self.rooms.replenish())
         elif event in (ev.DEVICE_ADDED, ev.DEVICE_REVOKED):
             self._looked_up.discard(self.username)
             self._spawn(self._refresh_self())
+
+    def _queue_room_item(self, item: SyncedMark) -> None:
+        """Queue a rooms marker behind the frames already received (in their order)."""
+        self._queue.put_nowait(item)
 
     async def _refresh_self(self) -> None:
         with contextlib.suppress(SottovoceError):
@@ -880,6 +935,10 @@ class Client:
                     envelope = None
                 frames.append((item.seq, envelope))
         envelopes = iter(frames)
+        await self.rooms.prepare(
+            [i.data for i in batch if isinstance(i, _RoomFrame)],
+            [e for _, e in frames if e is not None and e.conversationId.startswith(ROOM_PREFIX)],
+        )
         # Look up unknown senders first: no await may separate a decryption from
         # the commit that stores its result (a concurrent send would persist the
         # advanced ratchet without the message).
@@ -910,17 +969,29 @@ class Client:
                         self._apply_ack(item.data, events)
                     elif isinstance(item, _ReplayDone):
                         replay_done = replay_done or item.generation == self._generation
+                    elif isinstance(item, _RoomFrame):
+                        self.rooms.accept_frame(item.data, events)
+                    elif isinstance(item, SyncedMark):
+                        self.rooms.accept_synced(item, events)
                     else:
                         _, envelope = next(envelopes)
                         top = max(top, item.seq)
                         if item.seq and item.seq <= last_seq:
                             continue
+                        if envelope is not None and envelope.conversationId.startswith(
+                            ROOM_PREFIX
+                        ):
+                            self.rooms.accept_inbox(item.seq, envelope, item.data, events)
+                            continue
                         self._accept(item.seq, envelope, failed_lookup, events, received)
                 self._sessions.flush()
+                self.rooms.flush()
                 self._store.set_last_inbox_seq(top)
         except BaseException:
             self._sessions.discard_unflushed()
+            self.rooms.discard_unflushed()
             raise
+        self.rooms.after_batch()
         if any(isinstance(item, _Ack) for item in batch):
             self._pump()  # acks opened the window
         if top:
@@ -1115,6 +1186,47 @@ class Client:
         if contact is None:
             return None
         return safety_number(self.identity.certificate.account_key, contact.account_key)
+
+    # =========================================================================
+    # Audit only
+    # =========================================================================
+
+    def audit_only_private_material(self) -> list[tuple[str, Secret]]:
+        """FOR THE BLINDNESS AUDIT ONLY (``sottovoce audit blindness``); never for apps.
+
+        This device's private key material, labelled, so the audit kit can prove
+        none of it reached the server. The Olm account and the sessions loaded
+        in memory come as vodozemac pickles under the formality pickle key
+        (pairwise/account.py); ``sottovoce.audit_kit.keys`` unpacks them.
+        """
+        out = [
+            ("account key", self.identity.account_key.private_bytes()),
+            ("device signing key", self.identity.device_key.private_bytes()),
+            ("store key", self._store.storage_key),
+        ]
+        mls_key = getattr(self.identity, "mls_key", None)
+        if mls_key is not None:
+            out.append(("mls signature key", mls_key.private_bytes()))
+        olm = self._sessions.olm._vodozemac()
+        out.append(("olm account", Secret(olm.pickle(PICKLE_KEY).encode("ascii"))))
+        for (user, device), sessions in sorted(self._sessions._sessions.items()):
+            for i, session in enumerate(sessions):
+                pickle = session._session.pickle(PICKLE_KEY).encode("ascii")
+                out.append((f"olm session {user}/{device}#{i}", Secret(pickle)))
+        # MLS: each room's current epoch secrets and this member's HPKE tree keys.
+        # (The epoch authenticator is left out: audit entries may carry it on purpose.)
+        for room in getattr(getattr(self, "rooms", None), "all", list)():
+            group = getattr(room, "group", None)
+            epoch = getattr(group, "_epoch", None)
+            if epoch is None:
+                continue
+            for name in type(epoch.secrets).__dataclass_fields__:
+                value = getattr(epoch.secrets, name)
+                if isinstance(value, Secret) and name != "epoch_authenticator":
+                    out.append((f"mls room {room.room_id} {name}", value))
+            for node, key in sorted(epoch.private.keys.items()):
+                out.append((f"mls room {room.room_id} tree key node {node}", key))
+        return out
 
 
 # =============================================================================

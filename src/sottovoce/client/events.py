@@ -63,8 +63,44 @@ class EphemeralReceived:
     text: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomMessageReceived:
+    """A room message from a member (or from another of our devices), stored.
+
+    ``message.peer`` is the room id, so ``Client.history(room_id)`` lists it.
+    """
+
+    room_id: str
+    message: StoredMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomJoined:
+    """We are a member of a room now (created, invited by Welcome, or joined by token)."""
+
+    room_id: str
+    label: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomMembershipChanged:
+    """A commit moved the room to ``epoch``; ``added``/``removed`` are ``user/device``."""
+
+    room_id: str
+    epoch: int
+    committer: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: This device was removed: nothing later in this room can be read by it.
+    self_removed: bool = False
+
+
 ClientEvent = (
-    MessageReceived
+    RoomMessageReceived
+    | RoomJoined
+    | RoomMembershipChanged
+    | MessageReceived
     | MessageSent
     | DeliveryStateChanged
     | ErrorEvent

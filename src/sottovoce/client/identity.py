@@ -3,6 +3,11 @@
 Made once (``account create`` or ``add_device``) and kept sealed in the local
 store; the Olm account is sealed separately because it changes whenever an
 inbound prekey message consumes a one-time key.
+
+The MLS signature key (DESIGN §3) signs this device's KeyPackages and leaf
+nodes in rooms; its public half is in the device certificate, so a member who
+adds us can check a claimed KeyPackage against the directory. Identities of
+record version 1 predate rooms and have none (``mls_key is None``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.rng import Random
+from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.errors import DecodeError
 from sottovoce.identity import (
     AccountKey,
@@ -22,7 +28,8 @@ from sottovoce.identity import (
 )
 from sottovoce.pairwise import OlmAccount
 
-_VERSION = 1
+_VERSION = 2
+_VERSION_NO_MLS = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +42,8 @@ class LocalIdentity:
     account_key: AccountKey
     device_key: DeviceSigningKey
     certificate: DeviceCertificate
+    #: Ed25519 MLS signature key (RFC 9420 §5.1.2); ``None`` on pre-rooms identities.
+    mls_key: SigningKey | None = None
 
     def __repr__(self) -> str:
         return f"LocalIdentity({self.username}/{self.device_id} @ {self.server_url})"
@@ -55,6 +64,7 @@ class LocalIdentity:
         device = validate_device_id(device_id or rng(8).hex())
         ak = account_key if account_key is not None else AccountKey.generate(rng)
         device_key = DeviceSigningKey.generate(rng)
+        mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
         olm = OlmAccount.create(username=username, device_id=device)
         cert = DeviceCertificate.issue(
             ak,
@@ -64,6 +74,7 @@ class LocalIdentity:
                 signing_key=device_key.public,
                 olm_identity_key=olm.identity_key,
                 olm_signing_key=olm.signing_key,
+                mls_signature_key=mls_key.verify_key.data,
             ),
             now_ms=now_ms,
         )
@@ -74,6 +85,7 @@ class LocalIdentity:
             account_key=ak,
             device_key=device_key,
             certificate=cert,
+            mls_key=mls_key,
         )
         return ident, olm
 
@@ -87,20 +99,36 @@ class LocalIdentity:
         w.opaque8(self.account_key.private_bytes().expose())
         w.opaque8(self.device_key.private_bytes().expose())
         w.opaque_v(self.certificate.encode())
+        w.opaque8(b"" if self.mls_key is None else self.mls_key.private_bytes().expose())
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> LocalIdentity:
         def read(r: Reader) -> LocalIdentity:
-            if r.u8() != _VERSION:
+            version = r.u8()
+            if version not in (_VERSION, _VERSION_NO_MLS):
                 raise DecodeError("unknown identity record version")
+            username = r.opaque8().decode("ascii")
+            device_id = r.opaque8().decode("ascii")
+            server_url = r.opaque16().decode("utf-8")
+            account_key = AccountKey(r.opaque8())
+            device_key = DeviceSigningKey(r.opaque8())
+            certificate = DeviceCertificate.decode(r.opaque_v())
+            mls_key: SigningKey | None = None
+            if version == _VERSION:
+                raw = r.opaque8()
+                if raw:
+                    if len(raw) != 32:
+                        raise DecodeError("MLS signature key has the wrong length")
+                    mls_key = SigningKey(SignatureScheme.ED25519, raw)
             return cls(
-                username=r.opaque8().decode("ascii"),
-                device_id=r.opaque8().decode("ascii"),
-                server_url=r.opaque16().decode("utf-8"),
-                account_key=AccountKey(r.opaque8()),
-                device_key=DeviceSigningKey(r.opaque8()),
-                certificate=DeviceCertificate.decode(r.opaque_v()),
+                username=username,
+                device_id=device_id,
+                server_url=server_url,
+                account_key=account_key,
+                device_key=device_key,
+                certificate=certificate,
+                mls_key=mls_key,
             )
 
         return decode(read, data)

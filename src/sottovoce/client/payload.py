@@ -11,6 +11,11 @@
 
 The receiver checks ``message_id`` and ``conversation_id`` against the
 envelope, so the relay cannot move a ciphertext to another message or chat.
+
+Padding to size buckets (so a ciphertext's length says little about the text's)
+has one implementation, :mod:`sottovoce.pairwise.padding`: 1:1 sessions pad
+inside the Olm layer; a room's MLS application data is padded here
+(:meth:`Payload.encode_padded`), with the same buckets.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.errors import DecodeError
+from sottovoce.pairwise.padding import pad, unpad
 
 _VERSION = 1
 
@@ -55,3 +61,12 @@ class Payload:
             )
 
         return decode(read, data)
+
+    def encode_padded(self) -> bytes:
+        """The encoding padded to its size bucket (for MLS application data)."""
+        return pad(self.encode())
+
+    @classmethod
+    def decode_padded(cls, data: bytes) -> Payload:
+        """Inverse of :meth:`encode_padded`; ``DecodeError`` on a bad pad or payload."""
+        return cls.decode(unpad(data))

@@ -77,6 +77,38 @@ CREATE TABLE IF NOT EXISTS outbox(
 );
 """
 
+# Rooms (DESIGN §5), added after schema 1 shipped: created on open if missing.
+#   rooms:        one row per MLS group this device belongs to (or was removed from);
+#                 the local name is sealed, looked up by a keyed tag; the group state
+#                 (when the MLS layer can serialize it) is sealed and written in the
+#                 same transaction as the messages/epoch change that produced it.
+#   key_packages: our unused KeyPackages with their private keys, sealed, by KeyPackageRef.
+#   room_epochs:  epoch authenticators this member has seen (audit verification offline).
+_ROOM_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms(
+    room_id TEXT PRIMARY KEY,
+    label_tag BLOB NOT NULL,
+    sealed_label BLOB NOT NULL,
+    sealed_state BLOB,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS rooms_label ON rooms(label_tag);
+CREATE TABLE IF NOT EXISTS key_packages(
+    ref BLOB PRIMARY KEY,
+    last_resort INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS room_epochs(
+    room_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY(room_id, epoch)
+);
+"""
+
 
 # =============================================================================
 # Key derivation
@@ -328,7 +360,7 @@ class Store:
         try:
             db = cls._connect(root / STORE_FILE)
             os.chmod(root / STORE_FILE, 0o600)
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + _ROOM_SCHEMA)
             kdf_record = {
                 "alg": "argon2id",
                 "version": 19,
@@ -372,6 +404,7 @@ class Store:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if int(meta.get("schema", b"0")) != SCHEMA_VERSION:
                 raise StoreError("the local store has an unknown schema version")
+            db.executescript(_ROOM_SCHEMA)
             try:
                 record = json.loads(meta["kdf"])
                 params = KdfParams(
@@ -717,3 +750,141 @@ class Store:
 
     def outbox_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # --- rooms ---------------------------------------------------------------------------------
+
+    def add_room(self, room_id: str, label: str) -> bool:
+        """A room row; ``False`` if this room is already known (its label is kept)."""
+        cur = self._db.execute(
+            "INSERT INTO rooms(room_id, label_tag, sealed_label) VALUES (?, ?, ?) "
+            "ON CONFLICT(room_id) DO NOTHING",
+            (room_id, self.tag("room", label), self._seal_label(room_id, label)),
+        )
+        return cur.rowcount == 1
+
+    def _seal_label(self, room_id: str, label: str) -> bytes:
+        return self.seal(b"room-label", room_id.encode(), label.encode("utf-8"))
+
+    def set_room_label(self, room_id: str, label: str) -> None:
+        self._db.execute(
+            "UPDATE rooms SET label_tag = ?, sealed_label = ? WHERE room_id = ?",
+            (self.tag("room", label), self._seal_label(room_id, label), room_id),
+        )
+
+    def rooms(self) -> list[RoomRow]:
+        rows = self._db.execute(
+            "SELECT room_id, sealed_label, sealed_state, epoch, last_seq, removed FROM rooms "
+            "ORDER BY rowid"
+        ).fetchall()
+        return [self._room_row(r) for r in rows]
+
+    def get_room(self, room_id: str) -> RoomRow | None:
+        row = self._db.execute(
+            "SELECT room_id, sealed_label, sealed_state, epoch, last_seq, removed FROM rooms "
+            "WHERE room_id = ?",
+            (room_id,),
+        ).fetchone()
+        return None if row is None else self._room_row(row)
+
+    def rooms_by_label(self, label: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT room_id FROM rooms WHERE label_tag = ? ORDER BY rowid",
+            (self.tag("room", label),),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def _room_row(self, row: tuple[Any, ...]) -> RoomRow:
+        room_id, sealed_label, sealed_state, epoch, last_seq, removed = row
+        label = self.unseal(b"room-label", room_id.encode(), bytes(sealed_label)).decode("utf-8")
+        state = (
+            None
+            if sealed_state is None
+            else self.unseal(b"room-state", room_id.encode(), bytes(sealed_state))
+        )
+        return RoomRow(
+            room_id=room_id,
+            label=label,
+            state=state,
+            epoch=int(epoch),
+            last_seq=int(last_seq),
+            removed=bool(removed),
+        )
+
+    def update_room(
+        self,
+        room_id: str,
+        *,
+        epoch: int | None = None,
+        last_seq: int | None = None,
+        state: bytes | None = None,
+        removed: bool | None = None,
+    ) -> None:
+        """Advance a room's position; call inside the transaction that stores what it covers."""
+        if epoch is not None:
+            self._db.execute("UPDATE rooms SET epoch = ? WHERE room_id = ?", (epoch, room_id))
+        if last_seq is not None:
+            self._db.execute(
+                "UPDATE rooms SET last_seq = MAX(last_seq, ?) WHERE room_id = ?",
+                (last_seq, room_id),
+            )
+        if state is not None:
+            self._db.execute(
+                "UPDATE rooms SET sealed_state = ? WHERE room_id = ?",
+                (self.seal(b"room-state", room_id.encode(), state), room_id),
+            )
+        if removed is not None:
+            self._db.execute(
+                "UPDATE rooms SET removed = ? WHERE room_id = ?", (int(removed), room_id)
+            )
+
+    def put_epoch_authenticator(self, room_id: str, epoch: int, value: bytes) -> None:
+        record = f"{room_id}/{epoch}".encode()
+        self._db.execute(
+            "INSERT INTO room_epochs(room_id, epoch, sealed) VALUES (?, ?, ?) "
+            "ON CONFLICT(room_id, epoch) DO NOTHING",
+            (room_id, epoch, self.seal(b"epoch-auth", record, value)),
+        )
+
+    def epoch_authenticators(self, room_id: str) -> dict[int, bytes]:
+        rows = self._db.execute(
+            "SELECT epoch, sealed FROM room_epochs WHERE room_id = ?", (room_id,)
+        ).fetchall()
+        return {
+            int(e): self.unseal(b"epoch-auth", f"{room_id}/{e}".encode(), bytes(sealed))
+            for e, sealed in rows
+        }
+
+    # --- MLS KeyPackages (private halves, sealed) -------------------------------------------
+
+    def add_key_package(self, ref: bytes, record: bytes, *, last_resort: bool, now: int) -> None:
+        if last_resort:
+            self._db.execute("DELETE FROM key_packages WHERE last_resort = 1")
+        self._db.execute(
+            "INSERT INTO key_packages(ref, last_resort, created, sealed) VALUES (?, ?, ?, ?)",
+            (ref, int(last_resort), now, self.seal(b"key-package", ref, record)),
+        )
+
+    def get_key_package(self, ref: bytes) -> tuple[bytes, bool] | None:
+        row = self._db.execute(
+            "SELECT sealed, last_resort FROM key_packages WHERE ref = ?", (ref,)
+        ).fetchone()
+        if row is None:
+            return None
+        return self.unseal(b"key-package", ref, bytes(row[0])), bool(row[1])
+
+    def delete_key_package(self, ref: bytes) -> None:
+        self._db.execute("DELETE FROM key_packages WHERE ref = ? AND last_resort = 0", (ref,))
+
+    def key_package_count(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM key_packages WHERE last_resort = 0")
+        return int(row.fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomRow:
+    room_id: str
+    label: str
+    state: bytes | None
+    epoch: int
+    last_seq: int
+    removed: bool

@@ -520,6 +520,18 @@ class StagedCommit:
     def epoch_authenticator(self) -> Secret | None:
         return None if self._next is None else self._next.secrets.epoch_authenticator
 
+    def member(self, index: int) -> Member | None:
+        """The member at leaf ``index`` in the epoch this commit starts (``None`` for a
+        blank or out-of-range leaf, or when the commit removes us and no new epoch exists).
+
+        For an external commit, ``member(committer)`` is the joiner's new leaf.
+        """
+        nxt = self._next
+        if nxt is None or not 0 <= index < nxt.tree.n_leaves:
+            return None
+        leaf = nxt.tree.leaf(index)
+        return None if leaf is None else Member(index, leaf)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessedMessage:
@@ -1112,6 +1124,31 @@ class Group:
             with_ratchet_tree=with_ratchet_tree,
             with_external_pub=with_external_pub,
             extensions=extensions,
+        )
+        return MLSMessage(body=gi).encode()
+
+    def staged_group_info(
+        self,
+        staged: StagedCommit,
+        *,
+        with_ratchet_tree: bool = True,
+        with_external_pub: bool = True,
+    ) -> bytes | None:
+        """A signed MLSMessage(GroupInfo) for the epoch ``staged`` starts, signed by us.
+
+        A committer publishes it with its commit so external joiners see the new
+        epoch before anyone merged. ``staged`` must be this group's (our pending
+        commit or one we processed) for the current epoch; ``None`` when the commit
+        removes us (no new epoch to describe).
+        """
+        if staged._owner is not self._token or staged._base_epoch != self.epoch:
+            raise UsageError("this staged commit is not for this group's current epoch")
+        if staged._next is None:
+            return None
+        gi = self._group_info(
+            staged._next,
+            with_ratchet_tree=with_ratchet_tree,
+            with_external_pub=with_external_pub,
         )
         return MLSMessage(body=gi).encode()
 

@@ -33,6 +33,7 @@ from sottovoce.limits import (
     MAX_KEY_PACKAGES_PER_DEVICE,
     MAX_ROOMS_LISTED,
     ROOM_AUDIT_BATCH,
+    ROOM_AUDIT_REPLY_BYTES,
     ROOM_SYNC_BATCH,
 )
 from sottovoce.protocol.audit import AuditEntry, entry_hash
@@ -548,5 +549,15 @@ class Rooms:
             )
         except RoomRefused as exc:
             raise _wire(exc) from None
-        session.reply(ROOM_AUDIT, {"roomId": ev.roomId, "entries": [b64(e) for e in entries]},
-                      rid)
+        # A reply must fit in one frame: 1,000 entries of up to 36 KiB would not, so the
+        # reply is cut by bytes too and says "more" (the client asks again after it).
+        out: list[str] = []
+        size = 0
+        for raw in entries:
+            text = b64(raw)
+            if out and size + len(text) > ROOM_AUDIT_REPLY_BYTES:
+                break
+            out.append(text)
+            size += len(text) + 3
+        more = len(out) < len(entries) or len(entries) == ROOM_AUDIT_BATCH
+        session.reply(ROOM_AUDIT, {"roomId": ev.roomId, "entries": out, "more": more}, rid)
