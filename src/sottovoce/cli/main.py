@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "sottovoce.cli.demo",
     "sottovoce.cli.server_cmd",
     "sottovoce.cli.client_cmd",
+    "sottovoce.cli.room_cmd",
+    "sottovoce.cli.audit_cmd",
 )
 
 

@@ -1,0 +1,122 @@
+"""`sottovoce audit blindness`: prove a running server never saw content or keys (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from sottovoce.errors import UsageError
+
+EXAMPLE = """\
+examples:
+  sottovoce audit blindness --server ws://127.0.0.1:8765 \\
+      --data ./relay-data --logs ./relay-data/server.log --push-capture
+  sottovoce audit blindness --server wss://relay.example:8765 \\
+      --data postgresql://audit@db.example/sottovoce --logs /var/log/sottovoce/ --json
+
+what it does: registers two fresh canary accounts (one with two devices) on the
+server, sends random canary plaintexts through it (1:1 to an offline device, so
+they are stored; 1:1 live; to and from a second device; ephemeral; a room once
+the SDK has rooms), then searches every byte of what you point it at for each
+canary and for the canary devices' private keys (account, device, Olm identity,
+one-time, fallback and ratchet keys, the MLS signature key and room epoch
+secrets, the local store key, the store passphrase, a room join token): raw,
+hex, HEX, base64 and base64url at every alignment.
+
+  --data      a directory (every file under it: SQLite db, -wal, -shm, ...), a
+              file (its -wal/-shm/-journal are added), or a PostgreSQL DSN (every
+              table of every schema, or of the schemas in the DSN's search_path,
+              row by row, read-only). Repeatable. A DSN shows live rows only: to
+              include deleted rows not yet vacuumed and the WAL, also give the
+              PostgreSQL data directory as --data (needs read access).
+  --logs      log files or directories (.gz files are decompressed). Repeatable.
+  /metrics and /healthz of the server are always fetched and searched.
+  --push-capture  a canary device registers a push endpoint served by the kit
+              (on --push-listen, default 127.0.0.1 with a free port); the server
+              must be allowed to call it (e.g. --push-allow-private true).
+
+verdict and exit code:
+  PASS (0)        every canary arrived, every source was read, nothing was found.
+  FAIL (1)        a canary or private key was found; each finding names the file
+                  and byte offset (log: line), or the table, column and row. The
+                  secret itself is never printed, only a short prefix.
+  INCOMPLETE (1)  nothing found, but the audit could not check everything (a
+                  canary did not arrive, a source could not be read, no push
+                  payload arrived, or --data does not even contain the canary
+                  usernames: probably the wrong database). Not a pass.
+  usage errors exit 2.
+
+The canary accounts stay registered on the server (their usernames start with
+"svaudit-"); their local stores are deleted unless --keep DIR is given.
+"""
+
+
+def add_commands(sub: Any) -> None:
+    audit: argparse.ArgumentParser = sub.add_parser(
+        "audit",
+        help="audit a running server (blindness kit)",
+        description="Audits of a running sottovoce server.",
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT")
+    audit.set_defaults(func=lambda _args: _help(audit))
+    p: argparse.ArgumentParser = audit_sub.add_parser(
+        "blindness",
+        help="send canaries through the server, then search its data, logs and push "
+        "payloads for them and for key material",
+        description="The blindness kit: prove the server never holds plaintext or private keys.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--server", required=True, metavar="URL",
+                   help="the server's WebSocket URL (ws://HOST:PORT or wss://...)")
+    p.add_argument("--data", action="append", default=[], metavar="PATH-or-DSN",
+                   help="data directory, database file, or postgresql:// DSN (repeatable)")
+    p.add_argument("--logs", action="extend", nargs="+", type=Path, default=[], metavar="PATH",
+                   help="log files or directories (repeatable)")
+    p.add_argument("--push-capture", action="store_true",
+                   help="capture and search the server's push payloads")
+    p.add_argument("--push-listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where the push capture listens (default 127.0.0.1:0)")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep the canary clients' local stores in DIR (default: deleted)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    # Predictable canaries, for the kit's own tests (a planted canary must FAIL).
+    p.add_argument("--canary-seed", type=bytes.fromhex, metavar="HEX", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from sottovoce.audit_kit import AuditOptions, run_audit
+    from sottovoce.audit_kit.kit import check_options
+
+    opts = AuditOptions(
+        server=args.server,
+        data=list(args.data),
+        logs=list(args.logs),
+        push_capture=args.push_capture,
+        push_listen=args.push_listen,
+        keep=args.keep,
+        canary_seed=args.canary_seed,
+    )
+    try:
+        check_options(opts)
+    except UsageError as exc:
+        print(f"sottovoce audit blindness: error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"audit: {line}", file=sys.stderr, flush=True)
+
+    report = asyncio.run(run_audit(opts, progress=progress))
+    print(report.to_json_text() if args.json else report.render(), flush=True)
+    return report.exit_code
