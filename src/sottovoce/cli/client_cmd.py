@@ -1,4 +1,4 @@
-"""Client commands: `account create`, `send`, `listen`, `chat`, `verify`.
+"""Client commands: `account create`, `account delete`, `send`, `listen`, `chat`, `verify`.
 
 Every command works on one account directory: ``--data-dir``, else
 ``$SOTTOVOCE_HOME``, else ``<user data dir>/sottovoce/client``. Two accounts
@@ -127,6 +127,46 @@ def cmd_account_create(args: argparse.Namespace) -> int:
             print("next: sottovoce send NAME TEXT, sottovoce chat NAME, sottovoce verify NAME")
         finally:
             await client.close()
+        return 0
+
+    return _run(go())
+
+
+def confirm_deletion(username: str, server: str) -> bool:
+    """Ask on the terminal; the user must type the username back."""
+    if not sys.stdin.isatty():
+        raise UsageError("not deleting without confirmation: pass --yes, or run in a terminal")
+    print(
+        f"This deletes the account '{username}' on {server} for every one of its devices.\n"
+        "Its devices are revoked, messages waiting on the server are dropped, rooms remove\n"
+        "it, and the name can never be registered again. This cannot be undone."
+    )
+    answer = input(f"Type the username ({username}) to confirm: ")
+    return answer.strip() == username
+
+
+def cmd_account_delete(args: argparse.Namespace) -> int:
+    root = data_dir(args)
+    passphrase = read_passphrase(args)
+    client = Client.load(root, passphrase)
+    try:
+        confirmed = args.yes or confirm_deletion(client.username, client.identity.server_url)
+    except BaseException:
+        _run(client.close())
+        raise
+    if not confirmed:
+        _run(client.close())
+        print("not deleted.")
+        return 1
+
+    async def go() -> int:
+        try:
+            await client.connect(timeout=args.timeout)
+            await client.delete_account()
+        finally:
+            await client.close()
+        print(f"deleted account '{client.username}'; its name cannot be registered again.")
+        print(f"the local history stays in {root} until you remove that directory.")
         return 0
 
     return _run(go())
@@ -280,11 +320,11 @@ def _parser(
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     account = sub.add_parser(
         "account",
-        help="create an account (username, keys, local encrypted store)",
+        help="create or delete an account (username, keys, local encrypted store)",
         description="Manage the account kept in a local directory.",
         epilog=(
             "example:\n  sottovoce account create alice --server ws://127.0.0.1:8765 "
-            "--data-dir ~/.sv-alice"
+            "--data-dir ~/.sv-alice\n  sottovoce account delete --data-dir ~/.sv-alice"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -318,6 +358,29 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help=f"the relay server (default {DEFAULT_SERVER}; wss:// for TLS)",
     )
     _common(create)
+
+    delete = _parser(
+        account_sub,
+        "delete",
+        help="delete this account on the server, for all of its devices (irreversible)",
+        description=(
+            "Sign a deletion with the account key and send it: the server revokes every "
+            "device of the account, drops its prekeys and the messages waiting for it, asks "
+            "every room it is in to remove it, and keeps the username reserved forever so "
+            "nobody can impersonate you under it. Asks you to type the username unless "
+            "--yes is given. The local history stays in the data directory."
+        ),
+        example=(
+            "  sottovoce account delete --data-dir ~/.sv-alice\n"
+            "  sottovoce account delete --yes --data-dir ~/.sv-alice --passphrase-file pw.txt"
+        ),
+        func=cmd_account_delete,
+    )
+    delete.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation (for scripts)"
+    )
+    _common(delete)
+    _timeout(delete)
 
     send = _parser(
         sub,

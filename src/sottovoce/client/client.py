@@ -68,6 +68,7 @@ from sottovoce.client.store import (
 )
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.identity import (
+    AccountDeletion,
     RevocationStatement,
     SafetyNumber,
     safety_number,
@@ -92,6 +93,10 @@ from sottovoce.secret import Secret
 CONNECT_TIMEOUT_S = 15.0
 #: A prekeys.low notice within this long after an upload is the one sent at auth.
 PREKEY_LOW_GRACE_S = 5.0
+
+
+#: Store flag set once the server confirmed (or told us of) this account's deletion.
+ACCOUNT_DELETED_FLAG = "account_deleted"
 
 
 def now_ms() -> int:
@@ -219,6 +224,7 @@ class Client:
         self._last_upload = -1e9
         #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
         self.rooms = RoomManager(self)
+        self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id})"
@@ -359,6 +365,11 @@ class Client:
             sealed_olm = store.get_secret_sealed("olm_account")
             if raw is None or sealed_olm is None or not store.flag("registered"):
                 raise StoreError("the account in this directory was never registered")
+            if store.flag(ACCOUNT_DELETED_FLAG):
+                raise StoreError(
+                    "the account in this directory was deleted from its server; "
+                    "its name cannot be used again (create a new account in another directory)"
+                )
             try:
                 identity = LocalIdentity.decode(raw)
             except DecodeError:
@@ -554,6 +565,36 @@ class Client:
         )
         self._looked_up.discard(self.username)
         await self._lookup(self.username)
+
+    async def delete_account(self) -> None:
+        """Delete this account on the server, for every device (signed by the account key).
+
+        The server revokes every device of it, drops their prekeys, KeyPackages
+        and queued messages, keeps the username as a tombstone (nobody can
+        register it again) and asks every room of its devices to remove them.
+        This store is then marked deleted (:meth:`open` refuses it; the local
+        history stays on disk until the directory is removed) and the client
+        closes. Irreversible.
+        """
+        statement = AccountDeletion.issue(
+            self.identity.account_key, username=self.username, now_ms=now_ms()
+        )
+        await self._conn.request(
+            ev.DeleteAccount(statement=statement.encode()), frozenset({ev.ACCOUNT_DELETED})
+        )
+        self._mark_deleted()
+        await self.close()
+
+    def _mark_deleted(self) -> None:
+        self._account_deleted = True
+        if not self._closed and not self._store.flag(ACCOUNT_DELETED_FLAG):
+            with self._store.transaction():
+                self._store.set_flag(ACCOUNT_DELETED_FLAG)
+
+    @property
+    def account_deleted(self) -> bool:
+        """The server deleted this account (here or from another of its devices)."""
+        return self._account_deleted
 
     async def register_push(self, endpoint: str) -> None:
         """Ask the server to wake this device with tickles at ``endpoint`` (an http(s) URL).
@@ -902,6 +943,10 @@ class Client:
         elif event in (ev.DEVICE_ADDED, ev.DEVICE_REVOKED):
             self._looked_up.discard(self.username)
             self._spawn(self._refresh_self())
+        elif event == ev.ACCOUNT_DELETED:
+            # Another device of ours deleted the account; the server closes us next (4002).
+            self._mark_deleted()
+            self._emit(ErrorEvent(code="account_deleted", message="this account was deleted"))
 
     def _queue_room_item(self, item: SyncedMark) -> None:
         """Queue a rooms marker behind the frames already received (in their order)."""

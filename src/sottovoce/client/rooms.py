@@ -1746,10 +1746,17 @@ class RoomManager:
     async def _auto_remove(self, room: Room, user: str, device: str) -> None:
         """A removeRequest (revoked device): commit its Remove unless someone did already."""
         try:
-            await self._client._lookup(user)
-            contact = self._client._sessions.contact(user)
-            if contact is None or device not in contact.revoked:
-                return  # the directory does not say revoked: not the server's call
+            try:
+                await self._client._lookup(user)
+            except ServerError as exc:
+                if exc.code != "unknown_user":
+                    raise
+                # The account was deleted: the directory vouches for it exactly as it
+                # does for a revocation, so every device of it counts as revoked.
+            else:
+                contact = self._client._sessions.contact(user)
+                if contact is None or device not in contact.revoked:
+                    return  # the directory does not say revoked: not the server's call
             await asyncio.sleep(random.random() * 0.05)  # noqa: S311 - spread the herd
             await self._commit(
                 room,

@@ -1,6 +1,8 @@
-"""Account and device identity: keys, device certificates, revocation, safety numbers."""
+"""Account and device identity: keys, device certificates, revocation, account deletion,
+safety numbers."""
 
 from sottovoce.identity.certificates import (
+    AccountDeletion,
     DeviceCertificate,
     DevicePublicKeys,
     RevocationStatement,
@@ -12,6 +14,7 @@ from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.identity.safety import SafetyNumber, safety_number
 
 __all__ = [
+    "AccountDeletion",
     "AccountKey",
     "DeviceCertificate",
     "DevicePublicKeys",

@@ -1,12 +1,12 @@
-"""Device certificates and revocation statements (DESIGN §3).
+"""Device certificates, revocation statements and account deletions (DESIGN §3).
 
 A device certificate is the account key's signature over the username, the
 device id, every public key of the device and its validity window. Anyone
 holding the account's public key can check it; the server checks it on upload
 but, holding no account key, can never make one.
 
-Both structures use the RFC 8446 presentation language (``codec.tls``); the
-signature covers a domain-separated encoding of every other field, so a
+All three structures use the RFC 8446 presentation language (``codec.tls``);
+the signature covers a domain-separated encoding of every other field, so a
 signature made for one structure can never be replayed as another.
 """
 
@@ -27,6 +27,7 @@ from sottovoce.errors import (
 )
 from sottovoce.identity.keys import AccountKey
 from sottovoce.limits import (
+    ACCOUNT_DELETION_MAX_AGE_MS,
     CLOCK_SKEW_MS,
     DEVICE_CERT_MAX_LIFETIME_MS,
     DEVICE_ID_MAX_LEN,
@@ -37,6 +38,7 @@ from sottovoce.limits import (
 CERT_VERSION = 1
 _CERT_DOMAIN = b"sottovoce device certificate v1"
 _REVOCATION_DOMAIN = b"sottovoce device revocation v1"
+_DELETION_DOMAIN = b"sottovoce account deletion v1"
 
 _USERNAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?")
 _DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -78,6 +80,28 @@ def _read_key(r: Reader, length: int = _ED25519_LEN) -> bytes:
     if len(key) != length:
         raise DecodeError("key has the wrong length")
     return key
+
+
+def _verify_account_statement(
+    what: str,
+    *,
+    signed_by: bytes,
+    signed_for: str,
+    tbs: bytes,
+    signature: bytes,
+    account_key: bytes,
+    username: str | None,
+) -> None:
+    """The checks every statement of the account key shares: the expected key and
+    username, then the signature. Raises :class:`IdentityError` naming ``what``."""
+    if account_key != signed_by:
+        raise IdentityError(f"{what} is signed by a different account key")
+    if username is not None and username != signed_for:
+        raise IdentityError(f"{what} is for a different username")
+    try:
+        ed25519_verify(signed_by, tbs, signature)
+    except SignatureError:
+        raise IdentityError(f"{what} signature is invalid") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,11 +327,84 @@ class RevocationStatement:
 
     def verify(self, *, account_key: bytes, username: str | None = None) -> None:
         """Raise :class:`IdentityError` unless the account key signed this revocation."""
-        if account_key != self.account_key:
-            raise IdentityError("revocation is signed by a different account key")
-        if username is not None and username != self.username:
-            raise IdentityError("revocation is for a different username")
-        try:
-            ed25519_verify(self.account_key, self.tbs(), self.signature)
-        except SignatureError:
-            raise IdentityError("revocation signature is invalid") from None
+        _verify_account_statement(
+            "revocation",
+            signed_by=self.account_key,
+            signed_for=self.username,
+            tbs=self.tbs(),
+            signature=self.signature,
+            account_key=account_key,
+            username=username,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountDeletion:
+    """The account key's statement that the whole account is deleted (DESIGN §3).
+
+    Only the account key can make one, so neither the server nor a device that
+    lost the account key can delete an account. The server refuses a statement
+    whose ``deleted_at_ms`` is older than ``ACCOUNT_DELETION_MAX_AGE_MS`` (or in
+    the future beyond the clock skew): one taken from a device long ago is no use.
+    """
+
+    username: str
+    account_key: bytes
+    deleted_at_ms: int
+    signature: bytes
+
+    @classmethod
+    def issue(cls, account_key: AccountKey, *, username: str, now_ms: int) -> AccountDeletion:
+        validate_username(username)
+        unsigned = cls(
+            username=username, account_key=account_key.public, deleted_at_ms=now_ms,
+            signature=b"",
+        )
+        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
+
+    def _write_body(self, w: Writer) -> None:
+        w.opaque8(self.username.encode("ascii"))
+        w.opaque8(self.account_key)
+        w.u64(self.deleted_at_ms)
+
+    def tbs(self) -> bytes:
+        w = Writer()
+        w.opaque8(_DELETION_DOMAIN)
+        self._write_body(w)
+        return w.getvalue()
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self._write_body(w)
+        w.opaque8(self.signature)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> AccountDeletion:
+        return cls(
+            username=_read_name(r),
+            account_key=_read_key(r),
+            deleted_at_ms=r.u64(),
+            signature=_read_key(r, _SIG_LEN),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> AccountDeletion:
+        return decode(cls.read, data)
+
+    def verify(self, *, account_key: bytes, username: str, now_ms: int) -> None:
+        """Raise :class:`IdentityError` unless the account key signed this deletion of
+        ``username`` within the last ``ACCOUNT_DELETION_MAX_AGE_MS``."""
+        _verify_account_statement(
+            "account deletion",
+            signed_by=self.account_key,
+            signed_for=self.username,
+            tbs=self.tbs(),
+            signature=self.signature,
+            account_key=account_key,
+            username=username,
+        )
+        if self.deleted_at_ms > now_ms + CLOCK_SKEW_MS:
+            raise IdentityError("account deletion is dated in the future")
+        if self.deleted_at_ms < now_ms - ACCOUNT_DELETION_MAX_AGE_MS:
+            raise IdentityError("account deletion is too old; sign a new one")

@@ -28,6 +28,7 @@ Replies (``data`` of each server event; binary fields base64)::
     sottovoce.prekeys.stored   {oneTimeKeys: <count now stored>}
     sottovoce.prekeys.low      {remaining}                 (pushed when stock < low watermark)
     sottovoce.device.added     {deviceId};  sottovoce.device.revoked {deviceId}
+    sottovoce.account.deleted  {}  (then every connection of the account closes with 4002)
     sottovoce.push.registered  {}
     ksmpv3.send.ack            {messageId, idempotencyKey, conversationId, serverSeq,
                                 serverReceivedAtMs, duplicate}
@@ -508,6 +509,22 @@ class RevokeDevice(ClientEvent):
         return cls(revocation=req_b64(d, "revocation", max_bytes=CERT_MAX_BYTES))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteAccount(ClientEvent):
+    """An encoded ``AccountDeletion`` signed by the account key; answered with
+    ``sottovoce.account.deleted {}``, then every connection of the account closes (4002)."""
+
+    name: ClassVar[str] = "sottovoce.account.delete"
+    statement: bytes
+
+    def to_data(self) -> dict[str, Any]:
+        return {"statement": b64(self.statement)}
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any]) -> DeleteAccount:
+        return cls(statement=req_b64(d, "statement", max_bytes=CERT_MAX_BYTES))
+
+
 CLIENT_EVENTS: dict[str, Any] = {
     cls.name: cls
     for cls in (
@@ -524,6 +541,7 @@ CLIENT_EVENTS: dict[str, Any] = {
         Ping,
         PushRegister,
         RevokeDevice,
+        DeleteAccount,
     )
 }
 
@@ -596,6 +614,7 @@ PREKEYS_STORED = "sottovoce.prekeys.stored"
 PREKEYS_LOW = "sottovoce.prekeys.low"
 DEVICE_ADDED = "sottovoce.device.added"
 DEVICE_REVOKED = "sottovoce.device.revoked"
+ACCOUNT_DELETED = "sottovoce.account.deleted"
 PUSH_REGISTERED = "sottovoce.push.registered"
 
 

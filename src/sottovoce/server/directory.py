@@ -5,7 +5,9 @@ prekey signatures against the uploading device's certificate) but can make
 none. Accounts are cached in memory: every write goes through
 :class:`Directory`, which refreshes the cache after the write is durable and
 (with several nodes) tells the others through ``on_change`` so they drop
-their copy (:meth:`Directory.invalidate`).
+their copy (:meth:`Directory.invalidate`). A deleted account is kept as a
+tombstone: :meth:`Directory.account` answers ``None`` for it (lookups say
+``unknown_user``) while :meth:`Directory.exists` still says the name is taken.
 
 Prekeys are stored as the encoded ``SignedPrekey`` bytes the device made and
 checked with :class:`sottovoce.identity.prekeys.SignedPrekey`, the same class
@@ -60,9 +62,11 @@ class Directory:
         self.on_change = on_change
 
     def cached(self, user_id: str) -> AccountRecord | None:
-        return self._accounts.get(user_id)
+        rec = self._accounts.get(user_id)
+        return None if rec is None or rec.deleted else rec
 
-    async def account(self, user_id: str) -> AccountRecord | None:
+    async def _record(self, user_id: str) -> AccountRecord | None:
+        """The stored record, a deleted account's tombstone included."""
         rec = self._accounts.get(user_id)
         if rec is None:
             version = self.version
@@ -71,6 +75,11 @@ class Directory:
             if rec is not None and version == self.version:
                 self._accounts[user_id] = rec
         return rec
+
+    async def account(self, user_id: str) -> AccountRecord | None:
+        """The live account: ``None`` when there is none or it was deleted."""
+        rec = await self._record(user_id)
+        return None if rec is None or rec.deleted else rec
 
     def invalidate(self, user_id: str) -> None:
         """Another node changed this account: drop the cached copy."""
@@ -84,7 +93,8 @@ class Directory:
         return await self.account(user_id)
 
     async def exists(self, user_id: str) -> bool:
-        return await self.account(user_id) is not None
+        """Whether the name is taken (a deleted account's tombstone keeps it taken)."""
+        return await self._record(user_id) is not None
 
     async def register(self, cert: DeviceCertificate, raw_cert: bytes, now_ms: int) -> None:
         try:
@@ -110,6 +120,16 @@ class Directory:
         except UnknownAccount:
             raise WireFailure("bad_request", "no such device") from None
         await self.refresh(user_id)
+
+    async def delete(self, user_id: str, now_ms: int) -> tuple[str, ...]:
+        """Delete the account (tombstone, see ``Storage.delete_account``); returns the
+        device ids that were active until now."""
+        try:
+            revoked = await self._storage.delete_account(user_id, now_ms)
+        except UnknownAccount:
+            raise WireFailure("unauthorized", "account no longer exists") from None
+        await self.refresh(user_id)
+        return revoked
 
     async def set_push(self, user_id: str, device_id: str, endpoint: str | None) -> None:
         await self._storage.set_push_endpoint(user_id, device_id, endpoint)

@@ -25,6 +25,7 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``invalid_prekey``     a prekey is malformed or not signed by the device [no]
 ``prekeys_full``       the device already stores the maximum of one-time keys [no]
 ``invalid_revocation`` revocation not signed by the account key [no]
+``invalid_deletion``   account deletion not signed by the account key, or stale [no]
 ``unknown_user``       directory/prekey lookup of a username that does not exist [no]
 ``unknown_recipient``  a send to a username that does not exist [no]
 ``forbidden``          e.g. a ``senderUserId`` other than the authenticated user [no]
@@ -54,6 +55,7 @@ WebSocket close codes the server uses:
   and resume;
 * 4000 – replaced: the same device authenticated on a newer connection;
 * 4001 – the device was revoked;
+* 4002 – the account was deleted (every device of it, on every node);
 * 1001 – the server is shutting down.
 """
 
@@ -68,6 +70,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_REPLACED = 4000
 CLOSE_REVOKED = 4001
+CLOSE_ACCOUNT_DELETED = 4002
 CLOSE_GOING_AWAY = 1001
 
 

@@ -88,6 +88,11 @@ class Fanout(abc.ABC):
         """Write ``text`` to the revoked device and close its socket, wherever it is."""
 
     @abc.abstractmethod
+    def account_deleted(self, key: DeviceKey, text: str) -> None:
+        """Write ``text`` to the device of a deleted account and close its socket with
+        4002, wherever it is."""
+
+    @abc.abstractmethod
     def directory_changed(self, user: str) -> None:
         """``user``'s account record changed in storage: other nodes drop their cached copy."""
 
@@ -130,6 +135,9 @@ class InProcessFanout(Fanout):
         return None
 
     def revoked(self, key: DeviceKey, text: str) -> None:
+        return None
+
+    def account_deleted(self, key: DeviceKey, text: str) -> None:
         return None
 
     def directory_changed(self, user: str) -> None:

@@ -27,6 +27,7 @@ Other traffic on a device subject (first byte = kind):
 * ``E<frame>`` ephemeral, sent as a request; the holder answers ``1`` (NATS
   answers "no responders" when nobody holds the device: ``recipient_offline``);
 * ``N<frame>`` a notice; ``R<frame>`` revoked: write it, close with 4001;
+  ``D<frame>`` the account was deleted: write it, close with 4002;
 * ``A<ns> <node>`` a newer connection of this device attached on ``node``:
   an older one elsewhere closes with 4000 ("replaced").
 
@@ -61,7 +62,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sottovoce.errors import UsageError
-from sottovoce.server.errors import CLOSE_REPLACED, CLOSE_REVOKED
+from sottovoce.server.errors import CLOSE_ACCOUNT_DELETED, CLOSE_REPLACED, CLOSE_REVOKED
 from sottovoce.server.fanout.base import DeviceKey, Fanout
 
 if TYPE_CHECKING:
@@ -313,6 +314,9 @@ class NatsFanout(Fanout):
     def revoked(self, key: DeviceKey, text: str) -> None:
         self._publish(self.subject(key), b"R" + text.encode())
 
+    def account_deleted(self, key: DeviceKey, text: str) -> None:
+        self._publish(self.subject(key), b"D" + text.encode())
+
     def directory_changed(self, user: str) -> None:
         self._publish(f"{self.prefix}.dir", user.encode())
 
@@ -415,6 +419,10 @@ class NatsFanout(Fanout):
                 if session is not None:
                     session.write(data[1:].decode())
                     session.close(CLOSE_REVOKED, "device revoked")
+            elif kind == b"D":
+                if session is not None:
+                    session.write(data[1:].decode())
+                    session.close(CLOSE_ACCOUNT_DELETED, "account deleted")
             elif kind == b"A":
                 stamp_text, node = data[1:].split(b" ", 1)
                 stamp = int(stamp_text)

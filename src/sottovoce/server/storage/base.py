@@ -55,6 +55,8 @@ class AccountRecord:
     user_id: str
     account_key: bytes
     devices: tuple[DeviceRecord, ...]
+    #: A deleted account's tombstone: its name stays taken, nothing else answers for it.
+    deleted: bool = False
 
     def active(self) -> tuple[DeviceRecord, ...]:
         return tuple(d for d in self.devices if not d.revoked)
@@ -184,7 +186,22 @@ class Storage(abc.ABC):
     async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None: ...
 
     @abc.abstractmethod
-    async def get_account(self, user_id: str) -> AccountRecord | None: ...
+    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
+        """Delete an account in one transaction; returns the device ids it revoked.
+
+        Every device is marked revoked (push endpoint cleared) and loses its
+        prekeys, KeyPackages and inbox rows. The account row stays as a
+        *tombstone* (``deleted_at`` set, :attr:`AccountRecord.deleted`): the
+        username can never be registered again, so nobody can take over the
+        name and be mistaken by old contacts and rooms for the person who left.
+        Device rows stay too: rooms still name the devices until members commit
+        their Removes. Raises :class:`UnknownAccount` if there is no such
+        account or it is already deleted.
+        """
+
+    @abc.abstractmethod
+    async def get_account(self, user_id: str) -> AccountRecord | None:
+        """The account, or its tombstone (``deleted``) when it was deleted."""
 
     @abc.abstractmethod
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:

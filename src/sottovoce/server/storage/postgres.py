@@ -188,6 +188,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sends_received ON sends USING brin(received_at);
     """ + _APPEND_FUNCTION,
     ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/postgres_rooms.py)
+    # v3: account deletion. A deleted account keeps its row as a tombstone
+    # (deleted_at set), so its username can never be registered again.
+    """
+    ALTER TABLE accounts ADD COLUMN deleted_at bigint;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -714,7 +719,9 @@ class PostgresStorage(Storage, PostgresRooms):
         self, user_id: str, device_id: str, certificate: bytes, now_ms: int
     ) -> None:
         async def run(conn: Any) -> None:
-            if await conn.fetchval("SELECT 1 FROM accounts WHERE user_id=$1", user_id) is None:
+            if await conn.fetchval(
+                "SELECT 1 FROM accounts WHERE user_id=$1 AND deleted_at IS NULL", user_id
+            ) is None:
                 raise UnknownAccount("no such account")
             status = await conn.execute(
                 "INSERT INTO devices(user_id, device_id, certificate, created_at) "
@@ -742,13 +749,45 @@ class PostgresStorage(Storage, PostgresRooms):
 
         await self._with(run)
 
+    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
+        async def run(conn: Any) -> tuple[str, ...]:
+            # Row lock on the account: a concurrent add_device (FK check) waits for us.
+            deleted = await conn.fetchrow(
+                "SELECT deleted_at FROM accounts WHERE user_id=$1 FOR UPDATE", user_id
+            )
+            if deleted is None or deleted[0] is not None:
+                raise UnknownAccount("no such account")
+            rows = await conn.fetch(
+                "SELECT dev, device_id, revoked_at FROM devices WHERE user_id=$1 ORDER BY dev "
+                "FOR UPDATE",
+                user_id,
+            )
+            # The row stays as a tombstone: the name is never handed out again (Storage docs).
+            await conn.execute(
+                "UPDATE accounts SET deleted_at=$1 WHERE user_id=$2", now_ms, user_id
+            )
+            await conn.execute(
+                "UPDATE devices SET revoked_at=coalesce(revoked_at, $1), push_endpoint=NULL "
+                "WHERE user_id=$2",
+                now_ms, user_id,
+            )
+            devs = [int(r[0]) for r in rows]
+            for table in ("prekeys", "fallback_keys", "inbox", "key_packages",
+                          "key_package_devices"):
+                await conn.execute(f"DELETE FROM {table} WHERE dev = ANY($1::bigint[])",  # noqa: S608
+                                   devs)
+            return tuple(str(r[1]) for r in rows if r[2] is None)
+
+        return await self._with(run)
+
     async def get_account(self, user_id: str) -> AccountRecord | None:
         async def run(conn: Any) -> AccountRecord | None:
-            key = await conn.fetchval(
-                "SELECT account_key FROM accounts WHERE user_id=$1", user_id
+            found = await conn.fetchrow(
+                "SELECT account_key, deleted_at FROM accounts WHERE user_id=$1", user_id
             )
-            if key is None:
+            if found is None:
                 return None
+            key = found[0]
             rows = await conn.fetch(
                 "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
                 "WHERE user_id=$1 ORDER BY dev",
@@ -762,6 +801,7 @@ class PostgresStorage(Storage, PostgresRooms):
                                  revoked=r[2] is not None, push_endpoint=r[3])
                     for r in rows
                 ),
+                deleted=found[1] is not None,
             )
 
         return await self._with(run, write=False)

@@ -115,6 +115,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX inbox_dev_seq ON inbox(dev, seq);
     """,
     ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/sqlite_rooms.py)
+    # v3: account deletion. A deleted account keeps its row as a tombstone
+    # (deleted_at set), so its username can never be registered again.
+    """
+    ALTER TABLE accounts ADD COLUMN deleted_at INTEGER
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.
@@ -672,7 +677,9 @@ class SqliteStorage(Storage, SqliteRooms):
     def _w_add_device(
         self, conn: sqlite3.Connection, user: str, device: str, cert: bytes, now: int
     ) -> None:
-        if not conn.execute("SELECT 1 FROM accounts WHERE user_id=?", (user,)).fetchone():
+        if not conn.execute(
+            "SELECT 1 FROM accounts WHERE user_id=? AND deleted_at IS NULL", (user,)
+        ).fetchone():
             raise UnknownAccount("no such account")
         if conn.execute(
             "SELECT 1 FROM devices WHERE user_id=? AND device_id=?", (user, device)
@@ -698,6 +705,31 @@ class SqliteStorage(Storage, SqliteRooms):
         conn.execute("DELETE FROM prekeys WHERE dev=?", (dev,))
         conn.execute("DELETE FROM fallback_keys WHERE dev=?", (dev,))
         conn.execute("DELETE FROM inbox WHERE dev=?", (dev,))
+
+    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
+        return await self._write(self._w_delete_account, user_id, now_ms)
+
+    def _w_delete_account(self, conn: sqlite3.Connection, user: str, now: int) -> tuple[str, ...]:
+        row = conn.execute("SELECT deleted_at FROM accounts WHERE user_id=?", (user,)).fetchone()
+        if row is None or row[0] is not None:
+            raise UnknownAccount("no such account")
+        active = tuple(str(r[0]) for r in conn.execute(
+            "SELECT device_id FROM devices WHERE user_id=? AND revoked_at IS NULL ORDER BY dev",
+            (user,),
+        ))
+        # The row stays as a tombstone: the name is never handed out again (Storage docs).
+        conn.execute("UPDATE accounts SET deleted_at=? WHERE user_id=?", (now, user))
+        conn.execute(
+            "UPDATE devices SET revoked_at=coalesce(revoked_at, ?), push_endpoint=NULL "
+            "WHERE user_id=?",
+            (now, user),
+        )
+        for table in ("prekeys", "fallback_keys", "inbox", "key_packages", "key_package_devices"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE dev IN (SELECT dev FROM devices WHERE user_id=?)",  # noqa: S608
+                (user,),
+            )
+        return active
 
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
         await self._write(self._w_push, user_id, device_id, endpoint)
@@ -830,7 +862,9 @@ def _resolve(results: list[tuple[Done, Any, BaseException | None]]) -> None:
 
 
 def _r_account(conn: sqlite3.Connection, user: str) -> AccountRecord | None:
-    row = conn.execute("SELECT account_key FROM accounts WHERE user_id=?", (user,)).fetchone()
+    row = conn.execute(
+        "SELECT account_key, deleted_at FROM accounts WHERE user_id=?", (user,)
+    ).fetchone()
     if row is None:
         return None
     devices = tuple(
@@ -843,7 +877,9 @@ def _r_account(conn: sqlite3.Connection, user: str) -> AccountRecord | None:
             (user,),
         )
     )
-    return AccountRecord(user_id=user, account_key=bytes(row[0]), devices=devices)
+    return AccountRecord(
+        user_id=user, account_key=bytes(row[0]), devices=devices, deleted=row[1] is not None
+    )
 
 
 def _r_count_prekeys(conn: sqlite3.Connection, user: str, device: str) -> int:
