@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.sign import ed25519_verify
@@ -268,10 +269,35 @@ class DeviceCertificate:
             raise CertificateRevoked("device has been revoked")
 
 
+class _SignedStatement:
+    """What the account key's statements share: the signed bytes are a domain label
+    followed by the body, and the encoding is the body followed by the signature."""
+
+    __slots__ = ()
+    _DOMAIN: ClassVar[bytes]
+    signature: bytes
+
+    def _write_body(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    def tbs(self) -> bytes:
+        w = Writer()
+        w.opaque8(self._DOMAIN)
+        self._write_body(w)
+        return w.getvalue()
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self._write_body(w)
+        w.opaque8(self.signature)
+        return w.getvalue()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RevocationStatement:
+class RevocationStatement(_SignedStatement):
     """The account key's statement that a device must no longer be trusted."""
 
+    _DOMAIN: ClassVar[bytes] = _REVOCATION_DOMAIN
     username: str
     account_key: bytes
     device_id: str
@@ -298,18 +324,6 @@ class RevocationStatement:
         w.opaque8(self.account_key)
         w.opaque8(self.device_id.encode("ascii"))
         w.u64(self.revoked_at_ms)
-
-    def tbs(self) -> bytes:
-        w = Writer()
-        w.opaque8(_REVOCATION_DOMAIN)
-        self._write_body(w)
-        return w.getvalue()
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self._write_body(w)
-        w.opaque8(self.signature)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> RevocationStatement:
@@ -339,7 +353,7 @@ class RevocationStatement:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AccountDeletion:
+class AccountDeletion(_SignedStatement):
     """The account key's statement that the whole account is deleted (DESIGN §3).
 
     Only the account key can make one, so neither the server nor a device that
@@ -347,6 +361,8 @@ class AccountDeletion:
     whose ``deleted_at_ms`` is older than ``ACCOUNT_DELETION_MAX_AGE_MS`` (or in
     the future beyond the clock skew): one taken from a device long ago is no use.
     """
+
+    _DOMAIN: ClassVar[bytes] = _DELETION_DOMAIN
 
     username: str
     account_key: bytes
@@ -366,18 +382,6 @@ class AccountDeletion:
         w.opaque8(self.username.encode("ascii"))
         w.opaque8(self.account_key)
         w.u64(self.deleted_at_ms)
-
-    def tbs(self) -> bytes:
-        w = Writer()
-        w.opaque8(_DELETION_DOMAIN)
-        self._write_body(w)
-        return w.getvalue()
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self._write_body(w)
-        w.opaque8(self.signature)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> AccountDeletion:
