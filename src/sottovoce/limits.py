@@ -96,6 +96,16 @@ AUTH_CHALLENGE_TTL_MS = 30_000
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: Keepalive: the server pings idle connections at this interval.
 KEEPALIVE_INTERVAL_MS = 20_000
+#: Frames read but held back while a connection's earlier async work runs; past
+#: this the server stops reading that socket (bounds per-connection memory).
+MAX_PENDING_FRAMES = 64
+#: A TCP connection must finish the WebSocket handshake within this time.
+OPEN_TIMEOUT_MS = 10_000
+#: Handshake requests are split off the stream up to this size (a real one is < 1 KiB);
+#: a larger one goes to websockets' own parser, which has its own line/header limits.
+MAX_REQUEST_BYTES = 16 * 1024
+#: After a close frame, the peer has this long to answer before the TCP close (twice).
+CLOSE_TIMEOUT_MS = 2_000
 
 # --- sframe ------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The server app: one ``websockets`` server built from a :class:`ServerConfig` (DESIGN §7).
+"""The server app: one WebSocket server built from a :class:`ServerConfig` (DESIGN §7).
 
 HTTP GETs ``/healthz`` (JSON) and ``/metrics`` (Prometheus text) are answered
 from ``process_request``; the WebSocket lives at ``/v3/ws``. Each connection:
@@ -29,16 +29,20 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
 )
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from sottovoce import __version__
 from sottovoce.errors import DecodeError, IdentityError, UsageError
-from sottovoce.identity import DeviceCertificate, RevocationStatement, validate_username
+from sottovoce.identity import (
+    AccountDeletion,
+    DeviceCertificate,
+    RevocationStatement,
+    validate_username,
+)
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.protocol.events import (
+    ACCOUNT_DELETED,
     CHALLENGE,
     CONNECTED,
     DEVICE_ADDED,
@@ -55,6 +59,7 @@ from sottovoce.protocol.events import (
     AddDevice,
     Auth,
     ClientEvent,
+    DeleteAccount,
     DirectoryLookup,
     Ping,
     PrekeysClaim,
@@ -74,7 +79,13 @@ from sottovoce.server.auth import check_certificate, new_challenge, spend, verif
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
-from sottovoce.server.errors import CLOSE_ABUSE, CLOSE_GOING_AWAY, CLOSE_REVOKED, WireFailure
+from sottovoce.server.errors import (
+    CLOSE_ABUSE,
+    CLOSE_ACCOUNT_DELETED,
+    CLOSE_GOING_AWAY,
+    CLOSE_REVOKED,
+    WireFailure,
+)
 from sottovoce.server.fanout import make_fanout
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
@@ -90,6 +101,7 @@ from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import Storage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
+from sottovoce.server.transport import Connection, LeanServer, TransportConfig
 
 WS_PATH = "/v3/ws"
 #: Events a connection may send before it is authenticated.
@@ -146,7 +158,7 @@ class ServerApp:
             stats.observers.append(self.metrics.observe_batch)
         self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
         self.sessions: set[Session] = set()
-        self._server: Server | None = None
+        self._server: LeanServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started_at = time.monotonic()
         self._handlers: dict[type[ClientEvent], Callable[..., Awaitable[None] | None]] = {
@@ -163,6 +175,7 @@ class ServerApp:
             PrekeysClaim: self._prekeys_claim,
             PushRegister: self._push_register,
             RevokeDevice: self._revoke,
+            DeleteAccount: self._delete_account,
         }
         self._handlers.update(self.rooms.handlers())
 
@@ -201,21 +214,19 @@ class ServerApp:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await self.storage.open()
         await self.fanout.start()
-        self._server = await serve(
-            self._handler,
-            cfg.host,
-            cfg.port,
-            process_request=self._process_request,
-            ssl=ctx,
-            max_size=MAX_FRAME_BYTES,
-            max_queue=64,
-            compression=None,  # ciphertext does not compress; deflate would only cost CPU
-            ping_interval=cfg.heartbeat_ms / 1000,
-            ping_timeout=cfg.heartbeat_ms / 1000,
-            close_timeout=2,
-            backlog=1024,
-            server_header=f"sottovoce/{__version__}",
+        # No extensions (ciphertext does not compress; deflate would only cost CPU).
+        self._server = LeanServer(
+            TransportConfig(
+                max_size=MAX_FRAME_BYTES,
+                write_limit=cfg.write_buffer_limit,
+                ping_interval=cfg.heartbeat_ms / 1000,
+                ping_timeout=cfg.heartbeat_ms / 1000,
+                server_header=f"sottovoce/{__version__}",
+            ),
+            self._process_request,
+            self._connected,
         )
+        await self._server.start(cfg.host, cfg.port, ssl=ctx, backlog=1024)
         self._spawn(self._expiry_loop())
         self.log.info("server.started", url=self.url, version=__version__,
                       path=str(cfg.data_dir), reason=f"node {self.node_id}")
@@ -223,14 +234,13 @@ class ServerApp:
     async def stop(self) -> None:
         if self._server is not None:
             # Stop accepting, tell every client (1001), give them a moment, then cut.
-            self._server.close(close_connections=False)
+            self._server.close()
             for session in list(self.sessions):
                 session.close(CLOSE_GOING_AWAY, "server shutting down")
             deadline = time.monotonic() + 0.5
             while self.sessions and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            for session in list(self.sessions):
-                session.ws.transport.abort()
+            self._server.abort_all()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
         for task in list(self._tasks):
@@ -261,7 +271,7 @@ class ServerApp:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, remote: str, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             body = json.dumps({
@@ -280,7 +290,6 @@ class ServerApp:
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
         if path != WS_PATH:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-        remote = _remote(conn)
         wait = self.ip_buckets.take(remote)
         if wait:
             self.metrics.error("rate_limited")
@@ -293,33 +302,29 @@ class ServerApp:
 
     # --- WebSocket ------------------------------------------------------------------
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        session = Session(self, ws, _remote(ws))
+    def _connected(self, conn: Connection) -> Session:
+        """The transport upgraded a connection; frames go to the session from now on."""
+        session = Session(self, conn)
         self.sessions.add(session)
         self._challenge(session)
-        loop = asyncio.get_running_loop()
+
         def preauth_expired() -> None:
             if session.user is None:
                 session.close(CLOSE_ABUSE, "authenticate in time")
 
-        timer = loop.call_later(self.config.preauth_timeout_ms / 1000, preauth_expired)
-        try:
-            async for message in ws:
-                if session.closed:
-                    break
-                pending = self._dispatch(session, message)
-                if pending is not None:
-                    await pending
-        except ConnectionClosed:
-            pass
-        finally:
-            timer.cancel()
-            if session.close_task is not None:
-                with contextlib.suppress(Exception):
-                    await session.close_task
-            session.closed = True
-            self.delivery.detach(session)
-            self.sessions.discard(session)
+        session.timer = asyncio.get_running_loop().call_later(
+            self.config.preauth_timeout_ms / 1000, preauth_expired
+        )
+        return session
+
+    def _disconnected(self, session: Session) -> None:
+        """The TCP connection is gone (once per session). A handler may still be running
+        for it: ``closed`` stops it from attaching the session afterwards (Delivery.attach)."""
+        if session.timer is not None:
+            session.timer.cancel()
+        session.closed = True
+        self.delivery.detach(session)
+        self.sessions.discard(session)
 
     def _challenge(self, session: Session) -> None:
         now = now_ms()
@@ -394,8 +399,6 @@ class ServerApp:
             self._refuse(session, exc, rid, mid if isinstance(mid, str) else None)
             if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
                 self._challenge(session)
-        except ConnectionClosed:
-            raise
         except Exception as exc:
             self.log.error("handler.failed", reason=ev.name, error=type(exc).__name__)
             session.error(WireFailure("internal", "internal error", retryable=True), rid)
@@ -594,6 +597,37 @@ class ServerApp:
         session.reply(DEVICE_REVOKED, {"deviceId": stmt.device_id}, rid)
         self.delivery.notify_user(user, text, skip=session)
 
+    async def _delete_account(
+        self, session: Session, ev: DeleteAccount, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, _ = session.key
+        rec = await self.directory.account(user)
+        if rec is None:
+            raise WireFailure("unauthorized", "account no longer exists")
+        # Authenticate before mutating: only the stored account key can delete it.
+        try:
+            stmt = AccountDeletion.decode(ev.statement)
+            stmt.verify(account_key=rec.account_key, username=user, now_ms=now_ms())
+        except (DecodeError, IdentityError) as exc:
+            raise WireFailure("invalid_deletion", str(exc)) from None
+        devices = await self.directory.delete(user, now_ms())
+        # Each device leaves its rooms as a revoked one does: members commit the Removes.
+        for device in devices:
+            self.rooms.device_revoked(user, device)
+        self.log.info("account.deleted", userId=user, count=len(devices))
+        session.reply(ACCOUNT_DELETED, {}, rid)
+        text = frame(ACCOUNT_DELETED, {})
+        for device in devices:
+            target = self.delivery.online.get((user, device))
+            if target is session:
+                continue
+            if target is not None:
+                target.write(text)
+                target.close(CLOSE_ACCOUNT_DELETED, "account deleted")
+            else:
+                self.fanout.account_deleted((user, device), text)  # held by another node, if any
+        session.close(CLOSE_ACCOUNT_DELETED, "account deleted")
+
 
 def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
     """Embedded SQLite in the data directory, or PostgreSQL when ``database`` is set."""
@@ -621,10 +655,3 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers["Content-Length"] = str(len(body))
     headers["Cache-Control"] = "no-store"
     return Response(status.value, status.phrase, headers, body)
-
-
-def _remote(conn: ServerConnection) -> str:
-    addr = conn.remote_address
-    if isinstance(addr, tuple) and addr:
-        return str(addr[0])
-    return "unknown"

@@ -96,6 +96,11 @@ class Delivery:
 
     def attach(self, session: Session) -> Awaitable[None] | None:
         """Returns what must finish before the device may resume (the fan-out's subscribe)."""
+        if session.closed:
+            # The connection closed while its auth handler awaited: detach() already ran
+            # (the transport reports the loss at once), so registering now would leave a
+            # dead session online for good, taking this device's frames and push tickles.
+            return None
         old = self.online.get(session.key)
         if old is not None and old is not session:
             old.close(CLOSE_REPLACED, "replaced by a newer connection of this device")

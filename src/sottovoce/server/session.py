@@ -1,11 +1,12 @@
 """One WebSocket connection of one device: auth state, limits, and corked writes.
 
-Writes never await: a frame is appended to the connection's protocol buffer
-and all frames queued in one turn of the event loop go out in one
-``transport.write`` (a whole group-commit batch of acks and inbox frames
-costs one syscall per socket, DESIGN §9). A client that cannot keep up —
-its write buffer passes ``write_buffer_limit`` — is closed with 1013 and
-resumes from its last globalInboxSeq; stored frames are never lost that way.
+Writes never await: a frame is appended to the connection's buffer
+(:class:`~sottovoce.server.transport.Connection`) and all frames queued in one
+turn of the event loop go out in one ``transport.write`` (a whole group-commit
+batch of acks and inbox frames costs one syscall per socket, DESIGN §9). A
+client that cannot keep up — its write buffer passes ``write_buffer_limit`` —
+is closed with 1013 and resumes from its last globalInboxSeq; stored frames are
+never lost that way.
 
 Stored frames reach a device in globalInboxSeq order, each exactly once per
 connection:
@@ -20,10 +21,8 @@ Live frames that arrive while replaying are buffered and written after
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
-
-from websockets.asyncio.server import ServerConnection
-from websockets.protocol import State
 
 from sottovoce.protocol.events import ERROR, WireError, frame
 from sottovoce.server.auth import Challenge
@@ -32,6 +31,7 @@ from sottovoce.server.ratelimit import Strikes, TokenBucket
 
 if TYPE_CHECKING:
     from sottovoce.server.app import ServerApp
+    from sottovoce.server.transport import Connection
 
 #: Live frames buffered during a replay (at most write_buffer_limit bytes of them)
 #: before we drop them and fall back to re-reading storage.
@@ -41,14 +41,11 @@ PENDING_MAX = 10_000
 class Session:
     __slots__ = (
         "_limit",
-        "_loop",
-        "_out",
-        "_scheduled",
         "app",
         "bucket",
         "challenge",
-        "close_task",
         "closed",
+        "conn",
         "device",
         "last_sent",
         "live",
@@ -61,15 +58,15 @@ class Session:
         "room_pending",
         "room_sent",
         "strikes",
+        "timer",
         "user",
-        "ws",
     )
 
-    def __init__(self, app: ServerApp, ws: ServerConnection, remote: str) -> None:
+    def __init__(self, app: ServerApp, conn: Connection) -> None:
         cfg = app.config
         self.app = app
-        self.ws = ws
-        self.remote = remote
+        self.conn = conn
+        self.remote = conn.remote
         self.user: str | None = None
         self.device: str | None = None
         self.challenge: Challenge | None = None
@@ -86,11 +83,8 @@ class Session:
         self.room_pending: list[tuple[str, int, str]] = []
         self.replay_task: asyncio.Task[None] | None = None
         self.closed = False
-        self.close_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the pre-auth deadline
         self._limit = cfg.write_buffer_limit
-        self._loop = asyncio.get_running_loop()
-        self._scheduled = False
-        self._out: list[bytes] = []
 
     @property
     def key(self) -> tuple[str, str]:
@@ -101,57 +95,25 @@ class Session:
     # --- writing --------------------------------------------------------------------
 
     def write(self, text: str) -> None:
-        """Queue one text frame; flushed at the end of this event-loop turn.
-
-        The server runs without extensions (``compression=None``) and never
-        fragments, so a frame is the RFC 6455 §5.2 header plus the payload,
-        unmasked (server to client): built here, it costs a fraction of the
-        generic path through ``protocol.send_text``.
-        """
-        if self.closed or self.ws.protocol.state is not State.OPEN:
-            return
-        data = text.encode()
-        n = len(data)
-        out = self._out
-        if n < 126:
-            out.append(bytes((0x81, n)))
-        elif n < 65536:
-            out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
-        else:
-            out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
-        out.append(data)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        ws = self.ws
-        # websockets' own frames (pong, close) first, then ours, unless it is closing:
-        # after its close frame nothing may follow (RFC 6455 §5.5.1).
-        chunks = ws.protocol.data_to_send()
-        ours, self._out = self._out, []
-        if ws.protocol.state is State.OPEN:
-            chunks.extend(ours)
-        if not chunks:
-            return
-        transport = ws.transport
-        if all(chunks):
-            transport.write(b"".join(chunks))
-        else:  # the protocol is closing: an empty chunk means end of stream
-            for c in chunks:
-                if c:
-                    transport.write(c)
-                elif transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-            return
-        if transport.get_write_buffer_size() > self._limit:
-            self.close(CLOSE_SLOW_CONSUMER, "client reads too slowly, resume")
+        """Queue one text frame; flushed at the end of this event-loop turn."""
+        if not self.closed:
+            self.conn.write(text)
 
     def buffered(self) -> int:
-        return int(self.ws.transport.get_write_buffer_size())
+        return self.conn.buffered()
+
+    # --- what the transport calls (transport.Peer) ------------------------------------
+
+    def message(self, data: str | bytes) -> Awaitable[None] | None:
+        if self.closed:
+            return None
+        return self.app._dispatch(self, data)
+
+    def slow(self) -> None:
+        self.close(CLOSE_SLOW_CONSUMER, "client reads too slowly, resume")
+
+    def lost(self) -> None:
+        self.app._disconnected(self)
 
     def reply(self, event: str, data: dict[str, Any], request_id: str | None) -> None:
         self.write(frame(event, data, request_id))
@@ -179,11 +141,8 @@ class Session:
             "connection.close", closeCode=code, reason=reason, userId=self.user,
             deviceId=self.device,
         )
-        # Flush what is queued, then close without waiting for the peer.
-        self._flush()
-        # The connection handler awaits this before returning, so that our code
-        # (not websockets' default 1000) is the one the client sees.
-        self.close_task = self._loop.create_task(self.ws.close(code, reason))
+        # What is queued goes first, then the close frame; no waiting for the peer.
+        self.conn.close(code, reason)
 
     # --- stored frames, in globalInboxSeq order ----------------------------------------
 
