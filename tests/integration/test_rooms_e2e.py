@@ -532,3 +532,62 @@ async def test_room_send_while_offline_is_queued_and_delivered_once(
     # One accepted send; and the room's rows were: invite 1, bob's update 2, this 3
     # (read rows may be deleted, the counter stays): no second copy was appended.
     assert accepted == 1 and last_seq == seq == 3
+
+
+def _decoded(keys: Any, frames: list[bytes]) -> int:
+    from sottovoce.sframe.errors import SFrameError
+
+    n = 0
+    for f in frames:
+        try:
+            keys.unprotect(f)
+            n += 1
+        except SFrameError:
+            pass
+    return n
+
+
+async def test_media_frames_after_a_removal_decode_only_for_members(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Issue #5: SFrame keys from the room's real MLS groups, across the epoch change
+    of a removal: the member decodes all 1,000 frames, the removed member 0, and a
+    participant with a wrong key 0."""
+    import secrets as _secrets
+
+    from sottovoce.sframe.mls_keys import MediaKeyManager, Track
+
+    alice, bob, carol = await make_accounts(server, ["alice", "bob", "carol"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("call")
+        await alice.rooms.invite("call", "bob")
+        await alice.rooms.invite("call", "carol")
+        await bob.rooms.wait_epoch(room.room_id, 2)
+        await carol.rooms.wait_epoch(room.room_id, 2)
+        keys = {c: c.rooms.media_keys(room.room_id) for c in (alice, bob, carol)}
+        before = [keys[alice].protect(Track.AUDIO, b"before %d" % i) for i in range(10)]
+        assert _decoded(keys[carol], before) == 10  # control: carol is in the call
+
+        removal = await alice.rooms.remove("call", "carol")
+        assert removal is not None
+        await bob.rooms.wait_epoch(room.room_id, removal.epoch)
+        await carol.rooms.wait_until(lambda: carol.rooms.get(room.room_id).removed)
+        keys[alice] = alice.rooms.media_keys(room.room_id, keys[alice])
+        keys[bob] = bob.rooms.media_keys(room.room_id, keys[bob])
+        assert keys[alice].current_epoch == keys[bob].current_epoch == removal.epoch
+        with pytest.raises(SottovoceError):
+            carol.rooms.media_keys(room.room_id, keys[carol])  # no keys of the new epoch
+
+        frames = [keys[alice].protect(Track.VIDEO, b"frame %d" % i + b"\x00" * 1100)
+                  for i in range(1000)]
+        assert _decoded(keys[bob], frames) == 1000
+        assert _decoded(keys[carol], frames) == 0
+        group = bob.rooms.get(room.room_id).group
+        assert group is not None
+        wrong = MediaKeyManager(keys[bob].context.suite, group.own_leaf_index)
+        secret = _secrets.token_bytes(32)
+        wrong.begin_epoch(removal.epoch, lambda label, ctx, n: (secret * 2)[:n],
+                          [m.index for m in group.members()])
+        assert _decoded(wrong, frames) == 0
+    finally:
+        await close_all([alice, bob, carol])

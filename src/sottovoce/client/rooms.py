@@ -105,12 +105,16 @@ from sottovoce.protocol.fields import (
     req_int,
 )
 from sottovoce.secret import Secret
+from sottovoce.sframe.mls_keys import MediaKeyManager
+from sottovoce.sframe.suites import CipherSuiteId
 
 if TYPE_CHECKING:
     from sottovoce.client.client import Client
 
 #: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (DESIGN §5).
 SUITE = 1
+#: SFrame suite for calls in rooms: AES-128-GCM (RFC 9605 §4.5), the fast one.
+MEDIA_SUITE = int(CipherSuiteId.AES_128_GCM_SHA256_128)
 ROOM_PREFIX = "room:"
 GROUP_ID_BYTES = 16
 #: A KeyPackage low notice this soon after an upload is the one sent at auth.
@@ -482,6 +486,27 @@ class RoomManager:
     def epoch_authenticator(self, ref: str) -> bytes:
         group = self._active(self.get(ref))
         return group.epoch_authenticator.expose()
+
+    def media_keys(
+        self, ref: str, keys: MediaKeyManager | None = None, *, suite: int = MEDIA_SUITE
+    ) -> MediaKeyManager:
+        """This device's SFrame keys for calls in the room, at the room's current epoch.
+
+        Per-track, per-sender base keys come from the group's MLS exporter
+        (:mod:`sottovoce.sframe.mls_keys` documents the derivation and the KID
+        layout). Pass the manager back after every epoch change (a commit, a
+        removal) to move it to the new epoch: it sends under the new keys at once
+        and keeps the old receive keys for a short grace. A removed member gets a
+        UsageError here and keeps only keys of epochs it belonged to.
+        """
+        group = self._active(self.get(ref))
+        if keys is None:
+            keys = MediaKeyManager(suite, group.own_leaf_index)
+        if keys.current_epoch != group.epoch:
+            keys.begin_epoch(
+                group.epoch, group.export_secret, [m.index for m in group.members()]
+            )
+        return keys
 
     def _active(self, room: Room) -> Group:
         if room.group is None or room.removed or not room.group.is_active:
