@@ -343,3 +343,19 @@ async def test_room_frames_cross_nodes_in_order(nodes: list[ServerApp]) -> None:
     for c in clients:
         got = [(await room_frame(c, "message"))["serverSeq"] for _ in range(len(seqs))]
         assert got == seqs
+
+
+def test_every_log_line_names_its_node_when_several_nodes_share_a_log() -> None:
+    import io
+    import json
+
+    from sottovoce.server.logs import JsonLogger
+
+    stream = io.StringIO()
+    log = JsonLogger(stream)
+    log.info("a.event", userId="alice")
+    log.node = "node-b"
+    log.info("b.event", userId="alice")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "node" not in first
+    assert second["node"] == "node-b" and second["event"] == "b.event"

@@ -134,6 +134,8 @@ class ServerApp:
         self.storage = storage
         #: Names this process in /healthz and the fan-out (several nodes share a database).
         self.node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        if config.nats or config.node_id:
+            self.log.node = self.node_id  # several nodes may write to one log collector
         self.directory = Directory(storage)
         self.delivery = Delivery(self)
         self.rooms = Rooms(self)
@@ -229,7 +231,7 @@ class ServerApp:
         await self._server.start(cfg.host, cfg.port, ssl=ctx, backlog=1024)
         self._spawn(self._expiry_loop())
         self.log.info("server.started", url=self.url, version=__version__,
-                      path=str(cfg.data_dir), reason=f"node {self.node_id}")
+                      path=str(cfg.data_dir), node=self.node_id)
 
     async def stop(self) -> None:
         if self._server is not None:

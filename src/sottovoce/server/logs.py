@@ -46,6 +46,7 @@ FIELDS: dict[str, int] = {
     "remaining": 0,
     "deleted": 0,
     "error": 128,
+    "node": 128,
 }
 #: Strings must be identifiers, paths, URLs or short phrases: no base64 blobs
 #: longer than an id, no JSON, no newlines.
@@ -60,6 +61,8 @@ class JsonLogger:
         self._level = LEVELS[level]
         self._lock = threading.Lock()
         self._owned = False
+        #: Set when several nodes share a deployment: every line then names its node.
+        self.node: str | None = None
 
     @classmethod
     def to_file(cls, path: Path, *, level: str = "info") -> JsonLogger:
@@ -80,6 +83,8 @@ class JsonLogger:
             return
         line: dict[str, object] = {"ts": time.time_ns() // 1_000_000, "level": level}
         line["event"] = _clean("event", event)
+        if self.node is not None:
+            line["node"] = _clean("node", self.node)
         for name, value in fields.items():
             if value is None:
                 continue
