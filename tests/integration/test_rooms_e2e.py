@@ -468,6 +468,28 @@ async def test_a_lost_commit_frame_is_fetched_by_sync_and_the_room_converges(
         await close_all([alice, bob, carol])
 
 
+async def test_a_lost_message_of_the_same_epoch_is_fetched_by_sync(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Per-room serverSeqs are contiguous: a missing one is a lost frame even when no
+    epoch moved, and the member fetches it instead of silently skipping it."""
+    alice, bob = await make_accounts(server, ["alice", "bob"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("gaps")
+        await alice.rooms.invite("gaps", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1)
+        dropped, lost = _drop_room_frames(bob, "message")
+        await alice.rooms.send("gaps", "lost on the way")
+        await asyncio.wait_for(lost.wait(), 10)
+        await alice.rooms.send("gaps", "the next one")
+        got = await room_messages(bob, room.room_id, 2, timeout=15)
+        assert got == ["lost on the way", "the next one"]
+        assert bob.rooms.catch_ups == 1 and not bob.rooms.get(room.room_id).catching_up
+        assert len(dropped) == 1
+    finally:
+        await close_all([alice, bob])
+
+
 async def test_room_messages_are_padded_to_size_buckets(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -1510,15 +1510,16 @@ class RoomManager:
         self._acks[room.room_id] = frame.server_seq
 
     def _is_gap(self, room: Room, frame: RoomFrame) -> bool:
-        """A commit or message of a later epoch than ours: a commit is missing before it."""
+        """A frame is missing before this one: a commit or message of a later epoch
+        than ours (a commit is missing), or a serverSeq past the next one (a room's
+        serverSeqs are contiguous and every member gets every one from its join on,
+        so any frame, even one of our own epoch, was lost)."""
         group = room.group
-        return (
-            frame.kind in ("commit", "message")
-            and group is not None
-            and not room.removed
-            and group.is_active
-            and frame.epoch > group.epoch
-        )
+        if group is None or room.removed or not group.is_active:
+            return False
+        if frame.server_seq > room.last_seq + 1:
+            return True
+        return frame.kind in ("commit", "message") and frame.epoch > group.epoch
 
     def _hold(self, room: Room, frame: RoomFrame) -> None:
         """Keep ``frame`` until room.sync filled the gap (see :meth:`accept_synced`)."""

@@ -52,6 +52,11 @@ commit per epoch and answers every other one with ``commit_conflict``
                  └─commit{epoch n} later──► commit_conflict{winningServerSeq: s}
                                             (process s, retry from epoch n+1)
 
+A room's serverSeqs are contiguous (each stored room message takes the next
+one) and a member device is sent every one from its join on, in order, live or
+by replay/sync; a member that sees serverSeq n+2 after n has lost a frame and
+asks ``sottovoce.room.sync`` for it.
+
 A Welcome goes to each added device's durable inbox as a ``ksmpv3.inbox.frame``
 whose envelope has conversationId = roomId, contentType "system", roomKind
 "welcome", serverSeq = the commit's serverSeq, roomEpoch = epoch + 1 and the
