@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from sottovoce.codec.tls import Writer
 from sottovoce.limits import (
@@ -215,6 +215,20 @@ class ClientEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UsernameEvent(ClientEvent):
+    """An event whose only field is a username (check, lookup, prekey/KeyPackage claims)."""
+
+    username: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"username": self.username}
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any]) -> Self:
+        return cls(username=req_id(d, "username"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Register(ClientEvent):
     """Claim a username: the device certificate (signed by the new account key) and
     the device key's signature over the challenge, proving possession."""
@@ -282,29 +296,13 @@ class Auth(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UsernameCheck(ClientEvent):
+class UsernameCheck(UsernameEvent):
     name: ClassVar[str] = "sottovoce.username.check"
-    username: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"username": self.username}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> UsernameCheck:
-        return cls(username=req_id(d, "username"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DirectoryLookup(ClientEvent):
+class DirectoryLookup(UsernameEvent):
     name: ClassVar[str] = "sottovoce.directory.lookup"
-    username: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"username": self.username}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> DirectoryLookup:
-        return cls(username=req_id(d, "username"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,18 +334,10 @@ class PrekeysUpload(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrekeysClaim(ClientEvent):
+class PrekeysClaim(UsernameEvent):
     """Fetch one prekey bundle per active device of ``username`` (consumes one-time keys)."""
 
     name: ClassVar[str] = "sottovoce.prekeys.claim"
-    username: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"username": self.username}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> PrekeysClaim:
-        return cls(username=req_id(d, "username"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

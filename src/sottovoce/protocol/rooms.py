@@ -96,6 +96,7 @@ from sottovoce.protocol.events import (
     CONTENT_TYPES,
     ClientEvent,
     Envelope,
+    UsernameEvent,
 )
 from sottovoce.protocol.fields import (
     ProtocolError,
@@ -265,18 +266,10 @@ class KeyPackagesUpload(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class KeyPackagesClaim(ClientEvent):
+class KeyPackagesClaim(UsernameEvent):
     """One KeyPackage per active device of ``username`` (the caller's own device excluded)."""
 
     name: ClassVar[str] = "sottovoce.keypackages.claim"
-    username: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"username": self.username}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> KeyPackagesClaim:
-        return cls(username=req_id(d, "username"))
 
 
 # =============================================================================

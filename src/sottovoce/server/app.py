@@ -99,7 +99,7 @@ from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session
-from sottovoce.server.storage.base import Storage
+from sottovoce.server.storage.base import AccountRecord, Storage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 from sottovoce.server.transport import Connection, LeanServer, TransportConfig
 
@@ -533,13 +533,18 @@ class ServerApp:
             "revokedDeviceIds": [d.device_id for d in rec.devices if d.revoked],
         }, rid)
 
+    async def _own_account(self, user: str) -> AccountRecord:
+        """The authenticated user's account (it may have been deleted meanwhile)."""
+        rec = await self.directory.account(user)
+        if rec is None:
+            raise WireFailure("unauthorized", "account no longer exists")
+        return rec
+
     async def _prekeys_upload(
         self, session: Session, ev: PrekeysUpload, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        rec = await self.directory.account(user)
-        if rec is None:
-            raise WireFailure("unauthorized", "account no longer exists")
+        rec = await self._own_account(user)
         count = await self.directory.store_prekeys(
             rec, device, ev.oneTimeKeys, ev.fallbackKey, now_ms()
         )
@@ -575,9 +580,7 @@ class ServerApp:
         self, session: Session, ev: RevokeDevice, data: dict[str, Any], rid: str | None
     ) -> None:
         user, _ = session.key
-        rec = await self.directory.account(user)
-        if rec is None:
-            raise WireFailure("unauthorized", "account no longer exists")
+        rec = await self._own_account(user)
         try:
             stmt = RevocationStatement.decode(ev.revocation)
             stmt.verify(account_key=rec.account_key, username=user)
@@ -603,9 +606,7 @@ class ServerApp:
         self, session: Session, ev: DeleteAccount, data: dict[str, Any], rid: str | None
     ) -> None:
         user, _ = session.key
-        rec = await self.directory.account(user)
-        if rec is None:
-            raise WireFailure("unauthorized", "account no longer exists")
+        rec = await self._own_account(user)
         # Authenticate before mutating: only the stored account key can delete it.
         try:
             stmt = AccountDeletion.decode(ev.statement)
