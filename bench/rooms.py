@@ -1,4 +1,4 @@
-"""Rooms benchmark: fan-out deliveries/s through the real ``sottovoce server`` (issue #5).
+"""Rooms benchmark: fan-out deliveries/s through the real ``sottovoce server``.
 
     python bench/rooms.py [--members 50 500] [--messages 4000] [--window 256]
 
