@@ -343,6 +343,8 @@ def test_the_checks_can_fail() -> None:
     assert not runs_by_itself(Block("x.md", 1, "sh", "systemctl start sottovoce\n"))
     assert not runs_by_itself(Block("x.md", 1, "sh", "sottovoce send a b --server wss://x\n"))
     assert runs_by_itself(Block("x.md", 1, "sh", ".venv/bin/sottovoce demo   # offline\n"))
+    token = "-" + "A" * 41 + "-"
+    assert join_tokens(f"join token:\n{token}\nthey join with: x {token}\n") == [token, token]
     joined = Block("x.md", 1, "sh", "# c\nsottovoce server \\\n    --port 1  # p\n").commands
     assert joined == ["sottovoce server --port 1"]
 
@@ -431,6 +433,12 @@ def test_dockerignore_keeps_the_image_to_what_pip_needs() -> None:
 # --- running the examples ----------------------------------------------------------------
 
 
+def join_tokens(text: str) -> list[str]:
+    """Room join tokens in a command's output: 32 random bytes, 43 base64url characters
+    (which may start or end with '-', so no ``\\b``)."""
+    return re.findall(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", text)
+
+
 @dataclass
 class Sandbox:
     work: Path
@@ -447,7 +455,7 @@ class Sandbox:
         out = re.sub(r"(?<![\w/.])deploy/", f"{ROOT}/deploy/", out)
         out = re.sub(r"^sudo -u sottovoce ", "", out)
         if re.search(r"\bTOKEN\b", out):
-            tokens = [t for o in self.outputs for t in re.findall(r"\b[A-Za-z0-9_-]{43}\b", o)]
+            tokens = [t for o in self.outputs for t in join_tokens(o)]
             assert tokens, f"no join token printed before `{command}`"
             out = re.sub(r"\bTOKEN\b", tokens[-1], out)
         return out
