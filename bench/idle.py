@@ -1,4 +1,4 @@
-"""Idle connections: memory per authenticated WebSocket on one server node (issue #6).
+"""Idle connections: memory per authenticated WebSocket on one server node.
 
     python bench/idle.py [--connections 10000] [--database postgresql://…]
 
@@ -18,7 +18,7 @@ How it is measured:
    pings included) is printed too.
 
 The clients run in this process (uvloop), so the bench needs a file-descriptor
-limit above the connection count (``ulimit -n``). The target in issue #6 is
+limit above the connection count (``ulimit -n``). The target is
 10,000 idle connections at ≤ 30 KiB each.
 """
 

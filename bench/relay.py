@@ -1,4 +1,5 @@
-"""Relay benchmark: the real ``sottovoce server`` driven by raw KSMP v3 clients (DESIGN §9).
+"""Relay benchmark: the real ``sottovoce server`` driven by raw KSMP v3 clients
+(docs/architecture.md §Hot path).
 
     python bench/relay.py [--pairs 4] [--seconds 8] [--window 256] [--fanout 50] [--profile]
     python bench/relay.py --database postgresql://postgres@127.0.0.1:5432/test --only 1to1

@@ -1,4 +1,4 @@
-"""Rooms benchmark: fan-out deliveries/s through the real ``sottovoce server`` (issue #5).
+"""Rooms benchmark: fan-out deliveries/s through the real ``sottovoce server``.
 
     python bench/rooms.py [--members 50 500] [--messages 4000] [--window 256]
 
@@ -19,8 +19,8 @@ What is measured, per room size M (a fresh server and data directory each):
 The server runs in its own process (WAL + synchronous=FULL); the clients run in
 this process on uvloop, so both share the machine's cores. CPU time of each
 process during the measured interval is printed so it is visible which side
-saturated. The SFrame section (bench/sframe.py, owned by the media helper) is
-printed after the rooms figures when that module provides ``measure``.
+saturated. The SFrame section (bench/sframe.py) is printed after the rooms
+figures when that module provides ``measure``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ One "frame" below is one encrypt plus one decrypt of a BYTES-long plaintext
               outside the timed loop -- the floor for AES-128-GCM via `cryptography`;
 * gcm:        SFrameContext.protect(kid, pt) -> peer SFrameContext.unprotect(frame)
               with AES_128_GCM_SHA256_128 (header encode/parse, nonce = salt XOR
-              CTR, AAD = header, counter, replay window) -- the issue's figure;
+              CTR, AAD = header, counter, replay window) -- the target figure;
 * ctr-hmac:   the same with AES_128_CTR_HMAC_SHA256_80 (§4.5.1 AES-CTR + HMAC);
 * room-gcm:   MediaKeyManager.protect(Track.VIDEO, pt) -> peer .unprotect(frame),
               i.e. the above plus the per-epoch KID/track bookkeeping.
@@ -50,7 +50,7 @@ from sottovoce.crypto.kdf import Hash, hkdf
 from sottovoce.sframe import MediaKeyManager, SFrameContext, Track
 
 KID = 0x0312  # a 2-byte KID, as for a sender at leaf 3 (see sframe.mls_keys)
-#: The issue's target for protect+unprotect of 1,200-byte frames (AES-GCM suite).
+#: The target for protect+unprotect of 1,200-byte frames (AES-GCM suite).
 TARGET_FPS = 200_000
 
 

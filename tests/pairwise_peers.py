@@ -1,4 +1,4 @@
-"""Two devices in memory for the pairwise layer (DESIGN §8: "two peers in memory").
+"""Two devices in memory for the pairwise layer (docs/architecture.md §Testing).
 
 Builds everything a device publishes -- account key, device signing key, Olm
 account, device certificate, signed one-time keys -- with no I/O, so that unit

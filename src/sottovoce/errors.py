@@ -1,6 +1,6 @@
 """One root exception and its per-layer subclasses.
 
-Every error falls on one side of a three-way split (STYLE.md rule 3):
+Every error falls on one side of a three-way split (docs/architecture.md §Rules):
 
 * :class:`UsageError`  -- the caller misused an API (a bug in *our* caller);
 * :class:`RemoteError` -- a peer or the network handed us bad input;

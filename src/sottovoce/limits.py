@@ -60,7 +60,7 @@ MLS_MAX_SKIPPED_KEYS = 128
 #: RFC 9420 §9: a ratchet generation is a uint32 in SenderData.
 MLS_MAX_GENERATION = (1 << 32) - 1
 
-# --- mls group state (issue 4) ------------------------------------------------
+# --- mls group state ---------------------------------------------------------
 
 #: Past epochs whose application-message keys a member keeps for late messages
 #: (RFC 9420 §14: delivery may reorder across a commit); fewer = more forward secrecy.
@@ -121,7 +121,7 @@ SFRAME_MAX_REPLAY_WINDOW = 1 << 16
 #: enough for in-flight frames of every track across an epoch change.
 SFRAME_EPOCH_GRACE_FRAMES = 512
 
-# --- room audit trail (issue 5) -----------------------------------------------
+# --- room audit trail --------------------------------------------------------
 
 #: Devices one audit entry names (one commit's adds or removes); larger changes are
 #: split over several commits.
@@ -136,7 +136,7 @@ AUDIT_MAX_ENTRY_BYTES = 36 * 1024
 AUDIT_MAX_KEY_BYTES = 256
 AUDIT_MAX_SIGNATURE_BYTES = 256
 
-# --- client (issue 3) --------------------------------------------------------
+# --- client ------------------------------------------------------------------
 
 #: Largest text a client sends in one message; bigger content goes as attachments
 #: (and the fan-out frame must still fit MAX_FRAME_BYTES).
@@ -148,10 +148,11 @@ EPHEMERAL_RING_SIZE = 200
 #: Sends a client keeps unacknowledged on the wire (outbox flow control); well under
 #: the server's per-device burst, so replaying a long outbox is never rate-limited.
 OUTBOX_WINDOW = 512
-#: Resends of one message after device_mismatch before it is marked failed (the issue: once).
+#: Resends of one message after device_mismatch (with the devices the error names) before
+#: it is marked failed; a second mismatch means the directory changed again meanwhile.
 DEVICE_MISMATCH_RETRIES = 1
 
-# --- client rooms (issue 5) ----------------------------------------------------
+# --- client rooms ------------------------------------------------------------
 
 #: One-time MLS KeyPackages a device uploads per batch (plus one last-resort one):
 #: enough for a burst of invitations between two top-ups.
@@ -165,7 +166,7 @@ ROOM_SEND_RETRIES = 6
 #: external commit's reply is still on the way); more are dropped (room.sync refills).
 ROOM_EARLY_FRAMES = 1000
 
-# --- rooms: the MLS delivery service (issue 5) ---------------------------------
+# --- rooms: the MLS delivery service -----------------------------------------
 
 #: One MLS KeyPackage (RFC 9420 §10) with a basic credential is well under 1 KiB;
 #: 16 KiB leaves room for x509 chains without letting one upload hog memory.

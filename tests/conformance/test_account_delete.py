@@ -1,4 +1,5 @@
-"""Account deletion through the real server (issue #5; ``sottovoce.account.delete``).
+"""Account deletion through the real server: ``sottovoce.account.delete``
+(docs/protocol.md §Accounts).
 
 The account key's signed ``AccountDeletion`` is checked against the stored
 account key before anything changes. Then, in one storage transaction, every

@@ -1,5 +1,5 @@
 """KSMP v3 delivery rules: ack, serverSeq, globalInboxSeq, idempotency, durability, resume,
-ack.read deletion, device_mismatch (DESIGN §6)."""
+ack.read deletion, device_mismatch (docs/protocol.md §Delivery)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Directory and prekeys: lookups, signed prekeys, atomic claims, low-stock notice (DESIGN §3-4)."""
+"""Directory and prekeys: lookups, signed prekeys, atomic claims, low-stock notice
+(docs/protocol.md §Directory)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Ephemeral conversations: relayed to online devices only, never stored (DESIGN §6)."""
+"""Ephemeral conversations: relayed to online devices only, never stored
+(docs/protocol.md §Ephemeral)."""
 
 from __future__ import annotations
 

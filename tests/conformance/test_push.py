@@ -1,4 +1,5 @@
-"""Push: an offline device's webhook gets exactly {"type":"ksmpv3_tickle"} (DESIGN §6)."""
+"""Push: an offline device's webhook gets exactly {"type":"ksmpv3_tickle"}
+(docs/protocol.md §Push)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rooms through the real server (issue #5, /work/briefs/rooms-protocol.md, protocol/rooms.py):
+"""Rooms through the real server (docs/protocol.md §Rooms, protocol/rooms.py):
 the MLS delivery service's rules checked with raw frames.
 
 Commits, Welcomes and messages are opaque random bytes here: the server never

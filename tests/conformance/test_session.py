@@ -1,4 +1,5 @@
-"""KSMP v3 session rules: challenge, registration, auth, error shape, keepalive (DESIGN §6-7)."""
+"""KSMP v3 session rules: challenge, registration, auth, error shape, keepalive
+(docs/protocol.md §Session)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Account deletion through the real server process and real clients (issue #5).
+"""Account deletion through the real server process and real clients (docs/protocol.md §Accounts).
 
 * a user with two devices in two rooms deletes the account: every member's MLS
   group ends without any leaf of it (the members commit the Removes on the

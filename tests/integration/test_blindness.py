@@ -1,4 +1,4 @@
-"""Blindness (DESIGN §1, §8): canary plaintexts never reach the server in any form.
+"""Blindness (docs/threat-model.md): canary plaintexts never reach the server in any form.
 
 Real clients send canaries through the real server, to a peer that is
 offline (stored, then replayed, with a push tickle) and online (live). Then

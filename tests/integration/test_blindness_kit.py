@@ -1,4 +1,4 @@
-"""`sottovoce audit blindness` against the real server (DESIGN §8, issue #6).
+"""`sottovoce audit blindness` against the real server (docs/threat-model.md).
 
 The command runs as a subprocess, as an operator would run it: it registers
 canary accounts on a running server, sends canaries, then scans the data

@@ -1,14 +1,14 @@
-"""The client SDK and CLI against the real server process (issue 3).
+"""The client SDK and CLI against the real server process.
 
 * two accounts chat both ways; ticks, history order and safety numbers agree;
 * a user with two devices receives on both, and the sender's other device
-  gets a copy of what it sent (DESIGN §4: "once per own other device");
+  gets a copy of what it sent (docs/protocol.md §Delivery: once per own other device);
 * an offline recipient gets everything on its next connect, exactly once;
 * the CLI commands a user types (account create, send, listen, verify).
 
 The second device is linked with ``Client.add_device``, which certifies it
 with the account key copied from the first device's store (the QR/PAKE
-linking of DESIGN §3 comes later).
+linking is planned).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""kill -9 the server during a 2,000-message burst, restart it, resume (issue 3, DESIGN §8).
+"""kill -9 the server during a 2,000-message burst, restart it, resume (docs/protocol.md §Delivery).
 
 Contract rules checked on the receiver's store:
 

@@ -1,4 +1,4 @@
-"""Faults under load on three nodes: kill -9 a node, restart NATS, cut PostgreSQL (issue 6).
+"""Faults under load on three nodes: kill -9 a node, restart NATS, cut PostgreSQL (docs/deploy.md).
 
 Set-up per test: three ``sottovoce server`` processes on one throw-away
 PostgreSQL schema, a *private* ``nats-server`` on a free port (so restarting

@@ -1,4 +1,4 @@
-"""Several server processes on one PostgreSQL and one NATS (issue 6, DESIGN §7).
+"""Several server processes on one PostgreSQL and one NATS (docs/deploy.md).
 
 Each test gets a throw-away PostgreSQL schema and its own NATS subject
 namespace, so runs never hear each other. Clients speak raw KSMP v3.

@@ -1,4 +1,4 @@
-"""The `sottovoce room …` commands as a user types them, against the real server (issue 5).
+"""The `sottovoce room …` commands as a user types them, against the real server.
 
 Accounts are made through the SDK (cheap Argon2 parameters, tests only); every
 room command then runs as its own `python -m sottovoce` process, so the room

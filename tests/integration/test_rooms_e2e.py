@@ -1,4 +1,4 @@
-"""Rooms through the real server process, real clients (issue 5, DESIGN §5).
+"""Rooms through the real server process, real clients (docs/architecture.md §Rooms).
 
 * 20 members; 5 commit at the same moment: one commit per epoch wins, the others
   process it and retry, and all 20 end with the same epoch authenticator;
@@ -572,7 +572,7 @@ def _decoded(keys: Any, frames: list[bytes]) -> int:
 async def test_media_frames_after_a_removal_decode_only_for_members(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    """Issue #5: SFrame keys from the room's real MLS groups, across the epoch change
+    """SFrame keys from the room's real MLS groups, across the epoch change
     of a removal: the member decodes all 1,000 frames, the removed member 0, and a
     participant with a wrong key 0."""
     import secrets as _secrets

@@ -1,4 +1,5 @@
-"""Challenge/response auth: wrong, expired and replayed signatures are refused (DESIGN §7)."""
+"""Challenge/response auth: wrong, expired and replayed signatures are refused
+(docs/protocol.md §Session)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input, floods and races against the real server process (DESIGN §7 abuse controls).
+"""Bad input, floods and races against the real server process (docs/protocol.md §Limits).
 
 Every kind of bad input gets a typed ``ksmpv3.error`` or a close with a
 documented code (``server/errors.py``); the server stays up and a second pair

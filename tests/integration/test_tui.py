@@ -1,4 +1,4 @@
-"""`sottovoce chat` driven in tmux (issue 3: "the TUI driven in tmux: send, receive, scroll").
+"""`sottovoce chat` driven in tmux (send, receive, scroll).
 
 A real terminal (tmux, 120x40) runs the chat as alice against the real server;
 keys are typed with ``send-keys`` and the screen is read with ``capture-pane``.

@@ -1,4 +1,4 @@
-"""Identity (DESIGN §3): the account key's account-deletion statement.
+"""Identity (docs/architecture.md §Identity): the account key's account-deletion statement.
 
 Like the revocation statement: only the account key makes one, every field is
 under the signature, the domain label keeps other signatures of the same key

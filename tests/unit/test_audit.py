@@ -1,6 +1,7 @@
-"""The room audit trail (issue #5, protocol/audit.py): hash chain, signatures, epoch binding.
+"""The room audit trail (protocol/audit.py, docs/protocol.md §Audit trail): hash chain,
+signatures, epoch binding.
 
-Each tamper the issue names (delete, reorder, edit, forge, wrong binding, wrong room,
+Each tamper (delete, reorder, edit, forge, wrong binding, wrong room,
 truncation of what a member already saw) must fail verification with an
 :class:`AuditChainError` naming the right entry.
 """

@@ -1,6 +1,6 @@
-"""The client state machine against an in-memory relay (DESIGN §8: two peers in memory).
+"""The client state machine against an in-memory relay (two peers in memory).
 
-Contract rules (DESIGN §6) from the client's side: fan-out to the peer's and
+Contract rules (docs/protocol.md §Delivery) from the client's side: fan-out to the peer's and
 our own other devices; resume replays what was missed; a frame delivered
 twice reaches the application once and is decrypted once; a send whose ack is
 lost is resent with the same idempotency key; ``device_mismatch`` refreshes

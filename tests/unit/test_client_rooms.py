@@ -1,5 +1,5 @@
 """Client-side room pieces without a server: identity, store tables, wire parsing, and the
-checks a member applies to KeyPackages and received commits (DESIGN §3, §5).
+checks a member applies to KeyPackages and received commits (docs/architecture.md §Rooms).
 
 The end-to-end behaviour (commit races, removal, tokens, audit) runs against the
 real server in tests/integration/test_rooms_e2e.py.

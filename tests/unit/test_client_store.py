@@ -1,4 +1,4 @@
-"""The client's local store (issue 3: "a local store encrypted at rest").
+"""The client's local store (docs/protocol.md §Local store: sealed at rest).
 
 Rules checked: a wrong passphrase is a clear error and changes nothing; what is
 sensitive never sits in the files in clear; messages are deduplicated by

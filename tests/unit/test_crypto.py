@@ -16,7 +16,7 @@ from sottovoce.errors import CryptoError, DecryptionError, InvalidKey, Signature
 from sottovoce.secret import Secret
 from tests.conftest import deterministic_rng
 
-# --- Secret (STYLE.md rule 5) ---------------------------------------------------------
+# --- Secret (docs/architecture.md §Rules) ---------------------------------------------
 
 SECRET_BYTES = bytes.fromhex("deadbeefcafebabe0123456789abcdef")
 

@@ -1,4 +1,5 @@
-"""Identity (DESIGN §3): device certificates, revocation, names, safety numbers, key reprs."""
+"""Identity (docs/architecture.md §Identity): device certificates, revocation, names,
+safety numbers and key reprs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""1:1 sessions over Olm (DESIGN §4), two devices in memory (DESIGN §8).
+"""1:1 sessions over Olm (docs/architecture.md §1:1 messages), two devices in memory.
 
 The wire between the devices is a list we control: messages are delivered in
 bursts, reordered inside vodozemac's limits (40 skipped keys per chain, 5

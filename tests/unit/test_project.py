@@ -37,3 +37,108 @@ def test_crypto_dependencies_are_pinned_to_a_minor_range() -> None:
     constraints = (ROOT / "constraints.txt").read_text()
     for package in ("cryptography==", "pyhpke==", "vodozemac=="):
         assert package in constraints
+
+
+# --- the repository stands on its own ----------------------------------------------------
+
+#: What a clone must be able to read without anything beside it. Vector data is upstream's.
+_OWN_TEXT = ("README.md", "BENCHMARKS.md", "pyproject.toml", "docs", "deploy", "src", "tests",
+             "bench", ".ci")
+_SKIP_DIRS = frozenset({"__pycache__", "data", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
+#: References to material outside the repository: the design notes, house rules and
+#: issue tracker its authors used, and the machine it was written on. The character
+#: classes keep this file from matching itself.
+_OUTSIDE_REFERENCES = (
+    re.compile(r"\bD[E]SIGN\b"),
+    re.compile(r"\.\./s[h]ared"),
+    re.compile(r"\bST[Y]LE\b"),
+    re.compile(r"\bDEV[E]LOPERS\b"),
+    re.compile(r"\bEX[A]MPLES\b"),
+    re.compile(r"(?i)\bissues?\s*#\s*\d"),
+    re.compile(r"(?i)\bissues?\s+\d"),
+    re.compile(r"(?i)\(\s*issue\b"),
+    re.compile(r"/w[o]rk/"),
+)
+#: "docs/NAME.md" and, when given, "§Section" right after it.
+_DOC_CITATION = re.compile(r"docs/([a-z0-9-]+\.md)(?: §([^)\],;.\n]+))?")
+
+
+def _own_files() -> list[Path]:
+    out: list[Path] = []
+    for name in _OWN_TEXT:
+        top = ROOT / name
+        if top.is_file():
+            out.append(top)
+            continue
+        for path in sorted(top.rglob("*")):
+            rel = path.relative_to(ROOT).parts
+            if path.is_file() and not _SKIP_DIRS.intersection(rel) and not any(
+                part.endswith(".egg-info") for part in rel
+            ):
+                out.append(path)
+    return out
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def outside_references(text: str) -> list[str]:
+    """Each line of ``text`` that cites something outside the repository."""
+    return [
+        f"{n}: {line.strip()}"
+        for n, line in enumerate(text.splitlines(), 1)
+        if any(p.search(line) for p in _OUTSIDE_REFERENCES)
+    ]
+
+
+def test_no_file_cites_material_outside_the_repository() -> None:
+    files = _own_files()
+    assert len(files) > 100, "the walk found too few files"
+    found = [
+        f"{path.relative_to(ROOT)}:{hit}"
+        for path in files
+        if (text := _text(path)) is not None
+        for hit in outside_references(text)
+    ]
+    assert found == [], "cite docs/ or an RFC instead:\n" + "\n".join(found)
+
+
+def test_the_reference_check_catches_each_kind() -> None:
+    planted = [
+        "see D" "ESIGN §6", "../" "shared/vectors", "ST" "YLE rule 2", "DEVEL" "OPERS.md",
+        "EXAM" "PLES.md", "(iss" "ue 5)", "iss" "ue #6", "Iss" "ue 3:", "/wo" "rk/briefs/x.md",
+    ]
+    for line in planted:
+        assert outside_references(line), line
+    assert outside_references("docs/protocol.md §Delivery; RFC 9420 §12.4; .issue(") == []
+
+
+def _headings(doc: Path) -> list[str]:
+    return [
+        line.lstrip("#").strip()
+        for line in doc.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    ]
+
+
+def _cites(heading: str, cited: str) -> bool:
+    return cited == heading or cited.startswith((heading + ":", heading + " "))
+
+
+def test_every_docs_citation_names_a_file_and_a_section_that_exist() -> None:
+    broken = []
+    for path in _own_files():
+        text = _text(path)
+        if text is None:
+            continue
+        for doc, section in _DOC_CITATION.findall(text):
+            target = ROOT / "docs" / doc
+            if not target.is_file():
+                broken.append(f"{path.relative_to(ROOT)}: docs/{doc} does not exist")
+            elif section and not any(_cites(h, section.strip()) for h in _headings(target)):
+                broken.append(f"{path.relative_to(ROOT)}: docs/{doc} has no section {section!r}")
+    assert broken == [], "\n".join(sorted(set(broken)))

@@ -1,4 +1,4 @@
-"""STYLE.md rule 1: the protocol core is sans-IO.
+"""The protocol core is sans-IO (docs/architecture.md §Rules).
 
 Every module under the core packages is parsed (never imported) and walked:
 an import of an I/O, clock or OS-randomness module, a call to ``open()``, or a
@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sottovoce"
 
-#: The sans-IO packages (DESIGN.md §2). Those not written yet are simply absent.
+#: The sans-IO packages (docs/architecture.md §Rules). Those not written yet are simply absent.
 CORE_PACKAGES = ("codec", "crypto", "identity", "pairwise", "mls", "sframe", "protocol")
 
 # fmt: off

@@ -1,4 +1,4 @@
-"""Records sealed at rest (`sottovoce.crypto.sealed`, DESIGN §4).
+"""Records sealed at rest (`sottovoce.crypto.sealed`, docs/protocol.md §Local store).
 
 sealed = version(1) ‖ salt(32) ‖ nonce(12) ‖ AES-256-GCM(...), with kind and
 record id bound as AAD. Every mismatch is one opaque DecryptionError.

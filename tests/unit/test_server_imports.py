@@ -1,4 +1,4 @@
-"""DESIGN §2: the server package never imports decryption code.
+"""The server package never imports decryption code (docs/architecture.md §Rules).
 
 Every module under src/sottovoce/server is parsed (never imported) and its
 imports walked, including relative and function-level ones; importing

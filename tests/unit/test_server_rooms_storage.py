@@ -1,6 +1,6 @@
-"""RoomStorage rules checked in-process (storage/roombase.py, DESIGN §5, §9): one commit per
-epoch under concurrency, strictly increasing serverSeq, KeyPackages handed out once, read
-positions and deletion once read by all, audit linkage, token hashes only.
+"""RoomStorage rules checked in-process (storage/roombase.py, docs/protocol.md §Rooms):
+one commit per epoch under concurrency, strictly increasing serverSeq, KeyPackages handed
+out once, read positions and deletion once read by all, audit linkage, token hashes only.
 
 The ``room_storage`` fixture yields an opened adapter with three registered
 accounts; another backend joins by adding a parameter.

@@ -1,4 +1,4 @@
-"""Storage rules checked in-process on both adapters (DESIGN §7, §9; storage/base.py).
+"""Storage rules checked in-process on both adapters (storage/base.py).
 
 Every test runs against SQLite and PostgreSQL (``backend`` fixture; the
 PostgreSQL runs get a fresh schema each and skip when the server is

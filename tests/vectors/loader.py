@@ -1,17 +1,18 @@
-"""The one loader for test vectors (STYLE.md rule 7: vectors are data).
+"""The one loader for test vectors: tests never open vector files themselves.
 
-Vector files live outside the repository, read-only, in ``../shared/vectors``
-(override with the ``SOTTOVOCE_VECTORS`` environment variable). Tests never
-open vector files themselves; they call :func:`load` or :func:`params`:
+Vector files are checked in under ``tests/vectors/data`` (where each comes from,
+and its sha256, is in ``tests/vectors/data/PROVENANCE``). Tests call :func:`load`
+or :func:`params`:
 
     from tests.vectors.loader import load, params
 
     @pytest.mark.parametrize("vector", params("mls/tree-math.json"))
     def test_tree_math(vector): ...
 
-A missing file skips the tests that need it, with the path in the reason, so
-a checkout without the shared data still collects cleanly.
+A missing file FAILS the test that needs it, naming the path: a checkout
+without its vectors must never pass by skipping them.
 
+To read every vector from another directory, set ``SOTTOVOCE_VECTORS=/path``.
 To run another vector file of the same format without code changes (say, one
 produced by another MLS implementation), point one relative path elsewhere:
 
@@ -28,10 +29,10 @@ from typing import Any
 
 import pytest
 
-#: <repo>/../shared/vectors, i.e. /work/shared/vectors for a repo at /work/main.
-_DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+#: The vectors checked into the repository.
+DEFAULT_DIR = Path(__file__).resolve().parent / "data"
 
-VECTORS_DIR: Path = Path(os.environ.get("SOTTOVOCE_VECTORS") or _DEFAULT_DIR)
+VECTORS_DIR: Path = Path(os.environ.get("SOTTOVOCE_VECTORS") or DEFAULT_DIR)
 
 
 def _file_overrides() -> dict[str, Path]:
@@ -49,15 +50,20 @@ def path(relpath: str) -> Path:
     return VECTOR_FILES.get(relpath, VECTORS_DIR / relpath)
 
 
-def _missing_reason(relpath: str) -> str:
-    return f"vector file {relpath} not found under {VECTORS_DIR} (set SOTTOVOCE_VECTORS)"
+#: Marks the one param :func:`params` returns for an absent file; tests/vectors/conftest.py
+#: fails every test so marked, at setup, with the message the mark carries.
+MISSING_MARK = pytest.mark.vector_file_missing
+
+
+def _missing(relpath: str) -> str:
+    return f"vector file {relpath} is missing: {path(relpath)} does not exist"
 
 
 def load(relpath: str) -> Any:
-    """Parsed JSON of ``relpath``; skips the calling test (or module) if absent."""
+    """Parsed JSON of ``relpath``; fails the calling test if the file is absent."""
     p = path(relpath)
     if not p.is_file():
-        pytest.skip(_missing_reason(relpath), allow_module_level=True)
+        pytest.fail(_missing(relpath), pytrace=False)
     with p.open(encoding="utf-8") as f:
         return json.load(f)
 
@@ -81,11 +87,12 @@ def params(
     ``#<i>``); repeated names get ``-#<i>`` appended so every id is unique.
     ``key`` picks a list inside a JSON object (e.g. ``key="header"`` for
     ``sframe/test-vectors.json``). If the file is absent, the result is a
-    single skipped param whose reason names the missing path.
+    single param named ``missing`` that fails, naming the path (collection goes
+    on, so every missing file is reported, and none is skipped).
     """
     p = path(relpath)
     if not p.is_file():
-        return [pytest.param(None, id="missing", marks=pytest.mark.skip(_missing_reason(relpath)))]
+        return [pytest.param(None, id="missing", marks=MISSING_MARK(_missing(relpath)))]
     data = load(relpath)
     if key is not None:
         data = data[key]

@@ -1,4 +1,4 @@
-"""The blindness kit (DESIGN §1, §8): prove the server never sees content or keys.
+"""The blindness kit (docs/threat-model.md): prove the server never sees content or keys.
 
 Client-side tooling, not server code: ``sottovoce audit blindness`` registers
 canary accounts on a running server, sends random canary plaintexts through

@@ -1,4 +1,5 @@
-"""`sottovoce audit blindness`: prove a running server never saw content or keys (DESIGN §8)."""
+"""`sottovoce audit blindness`: prove a running server never saw content or keys
+(docs/threat-model.md)."""
 
 from __future__ import annotations
 

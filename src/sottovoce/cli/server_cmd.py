@@ -1,4 +1,4 @@
-"""`sottovoce server`: the blind relay on embedded SQLite, zero set-up (DESIGN §7)."""
+"""`sottovoce server`: the blind relay on embedded SQLite, zero set-up (docs/single-server.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The client SDK: the only client-side I/O (DESIGN §2). Start with :class:`Client`."""
+"""The client SDK: the only client-side I/O (docs/architecture.md §Rules).
+
+Start with :class:`Client`.
+"""
 
 from sottovoce.client.client import Client, EventStream, register_device, username_available
 from sottovoce.client.errors import (

@@ -1,4 +1,4 @@
-"""The async client SDK: one account on one device (DESIGN §4, §6).
+"""The async client SDK: one account on one device (docs/architecture.md §Data path).
 
     send_text ─► directory (TOFU) ─► claim bundles for devices without a session
               ─► encrypt once per device (peer's devices + our other devices)
@@ -275,7 +275,7 @@ class Client:
 
         Simple linking for now: this device certifies the new device with the
         account key and copies the account key into the new store (the QR/PAKE
-        linking of DESIGN §3 replaces this later).
+        linking planned in docs/architecture.md replaces this later).
         """
         identity, olm = LocalIdentity.new(
             username=self.username,
@@ -491,7 +491,7 @@ class Client:
 
     def _on_down(self, error: BaseException | None) -> None:
         self._synced.clear()
-        self._ephemeral.clear()  # DESIGN §6: the ring buffer dies with the connection
+        self._ephemeral.clear()  # docs/protocol.md §Ephemeral: the ring dies with the connection
         self._emit(ConnectionChanged(connected=False))
         if self._conn.fatal is not None:
             err = self._conn.fatal
@@ -599,7 +599,7 @@ class Client:
     async def register_push(self, endpoint: str) -> None:
         """Ask the server to wake this device with tickles at ``endpoint`` (an http(s) URL).
 
-        A tickle carries no content (DESIGN §6); on one, connect and resume.
+        A tickle carries no content (docs/protocol.md §Push); on one, connect and resume.
         """
         await self._conn.request(
             ev.PushRegister(endpoint=endpoint), frozenset({ev.PUSH_REGISTERED})

@@ -10,8 +10,9 @@
     └──────────────────────────────────────────────────────────────────────┘
 
 This module only moves frames: what a frame means is decided in ``client.py``
-(STYLE rule 10). It is written against a tiny :class:`Transport` so that the
-client logic can be tested with an in-memory transport.
+(thin edges: docs/architecture.md §Rules). It is written against a tiny
+:class:`Transport` so that the client logic can be tested with an in-memory
+transport.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""This device's identity: who it is, its private keys, its certificate (DESIGN §3).
+"""This device's identity: who it is, its private keys, its certificate
+(docs/architecture.md §Identity).
 
 Made once (``account create`` or ``add_device``) and kept sealed in the local
 store; the Olm account is sealed separately because it changes whenever an
 inbound prekey message consumes a one-time key.
 
-The MLS signature key (DESIGN §3) signs this device's KeyPackages and leaf
+The MLS signature key (docs/architecture.md §Identity) signs this device's KeyPackages and leaf
 nodes in rooms; its public half is in the device certificate, so a member who
 adds us can check a claimed KeyPackage against the directory. Identities of
 record version 1 predate rooms and have none (``mls_key is None``).

@@ -1,4 +1,5 @@
-"""Rooms in the client SDK: one MLS group per room, the server as delivery service (DESIGN §5).
+"""Rooms in the client SDK: one MLS group per room, the server as delivery service
+(docs/architecture.md §Rooms).
 
 ::
 
@@ -111,7 +112,7 @@ from sottovoce.sframe.suites import CipherSuiteId
 if TYPE_CHECKING:
     from sottovoce.client.client import Client
 
-#: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (DESIGN §5).
+#: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (RFC 9420 §17.1).
 SUITE = 1
 #: SFrame suite for calls in rooms: AES-128-GCM (RFC 9605 §4.5), the fast one.
 MEDIA_SUITE = int(CipherSuiteId.AES_128_GCM_SHA256_128)

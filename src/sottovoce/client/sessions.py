@@ -1,4 +1,4 @@
-"""Pairwise sessions and the directory view of this device (DESIGN §3-4).
+"""Pairwise sessions and the directory view of this device (docs/architecture.md §1:1 messages).
 
     directory.result ──verify every certificate against the account key──► Contact
                      (first contact pins the account key; a different key later
@@ -9,7 +9,7 @@
 Sessions live in memory once loaded; every change marks them dirty and
 :meth:`SessionManager.flush` writes the dirty ones (and the Olm account when a
 one-time key was consumed) inside the caller's transaction, the same one that
-stores the message the change produced (STYLE rule 2).
+stores the message the change produced (check, then commit).
 """
 
 from __future__ import annotations

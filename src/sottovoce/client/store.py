@@ -9,7 +9,7 @@ delivery status, row order and the KDF salt/parameters. A sealed key-check
 record turns a wrong passphrase into :class:`WrongPassphrase` before anything
 is read or written.
 
-Durability (DESIGN §6): ``lastGlobalInboxSeq`` is written in the same
+Durability (docs/protocol.md §Delivery): ``lastGlobalInboxSeq`` is written in the same
 transaction as the messages it covers and the session states they advanced, so
 a crash can only replay frames the store does not hold yet (dedupe by
 messageId makes the replay harmless). One process per store: an exclusive
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS outbox(
 );
 """
 
-# Rooms (DESIGN §5), added after schema 1 shipped: created on open if missing.
+# Rooms, added after schema 1 shipped: created on open if missing.
 #   rooms:        one row per MLS group this device belongs to (or was removed from);
 #                 the local name is sealed, looked up by a keyed tag; the group state
 #                 (when the MLS layer can serialize it) is sealed and written in the

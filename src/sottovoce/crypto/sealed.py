@@ -7,7 +7,7 @@
 
 A fresh salt per write gives a fresh key per record version, so two writes of
 the same state never produce related ciphertexts (vodozemac's own pickle
-encryption is deterministic, DESIGN §4). Binding kind and id as AAD stops a
+encryption is deterministic). Binding kind and id as AAD stops a
 sealed record from being swapped for another one.
 """
 

@@ -99,7 +99,7 @@ _TABLE = {
         AeadId.AES256GCM, Hash.SHA384, Aead.AES256GCM, SignatureScheme.ECDSA_SECP384R1_SHA384),
 }
 
-#: Suite 1 is the mandatory-to-implement default (RFC 9420 §17.1, DESIGN §5).
+#: Suite 1 is the mandatory-to-implement default (RFC 9420 §17.1).
 DEFAULT_SUITE_ID = 1
 SUPPORTED_SUITES = tuple(sorted(_TABLE))
 

@@ -1,4 +1,5 @@
-"""Device certificates, revocation statements and account deletions (DESIGN §3).
+"""Device certificates, revocation statements and account deletions
+(docs/architecture.md §Identity).
 
 A device certificate is the account key's signature over the username, the
 device id, every public key of the device and its validity window. Anyone
@@ -354,7 +355,7 @@ class RevocationStatement(_SignedStatement):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccountDeletion(_SignedStatement):
-    """The account key's statement that the whole account is deleted (DESIGN §3).
+    """The account key's statement that the whole account is deleted (docs/protocol.md §Accounts).
 
     Only the account key can make one, so neither the server nor a device that
     lost the account key can delete an account. The server refuses a statement

@@ -1,4 +1,5 @@
-"""Account key (AK) and device signing keys: Ed25519, made on the device (DESIGN §3)."""
+"""Account key (AK) and device signing keys: Ed25519, made on the device
+(docs/architecture.md §Identity)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Signed prekeys: a device key's signature over one of its Olm keys (DESIGN §4).
+"""Signed prekeys: a device key's signature over one of its Olm keys
+(docs/architecture.md §1:1 messages).
 
 Olm has no signed prekeys of its own, so every one-time and fallback key a
 device publishes carries the device key's signature over the key and the

@@ -679,7 +679,7 @@ def open_private(
     secret_tree: SecretTree,
     sender_data_secret: bytes | Secret,
 ) -> OpenedPrivateMessage:
-    """Decrypt without touching the secret tree (STYLE rule 2).
+    """Decrypt without touching the secret tree (check, then commit).
 
     Call ``pending_key.consume()`` once the content is accepted (sender leaf
     non-blank per §6.3.2, signature verified); on any error the tree is

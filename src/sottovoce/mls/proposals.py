@@ -18,7 +18,7 @@
                                              AppliedProposals
 
 The tree passed to :func:`apply_proposal_list` is changed in place: callers
-hand in a copy (STYLE rule 2) and keep it only if the whole commit checks out.
+hand in a copy (check, then commit) and keep it only if the whole commit checks out.
 
 This module also holds the errors of the group layer, so that
 :mod:`~sottovoce.mls.welcome` and :mod:`~sottovoce.mls.group` share them.

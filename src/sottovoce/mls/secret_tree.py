@@ -20,7 +20,7 @@ a key is dropped once used; a skipped key is kept (bounded by
 ``MLS_MAX_SKIPPED_KEYS``) only until it is used. Python cannot wipe memory, so
 "deleted" means every reference we hold is dropped.
 
-Receiving is transactional (STYLE rule 2): :meth:`SecretTree.peek` computes a
+Receiving is transactional (check, then commit): :meth:`SecretTree.peek` computes a
 key without changing the tree; :meth:`PendingKey.consume` commits the change
 once the message has authenticated. A message that fails to decrypt therefore
 leaves the tree exactly as it was.

@@ -10,14 +10,14 @@ plus two per-node caches::
        1     5
       / \\   / \\      a change at node x clears _th/_res for x and its
      0   2 4   6     ancestors only: the next tree hash costs O(log n)
-                     hashes, not O(n) (STYLE: fast at 1,000 members)
+                     hashes, not O(n) (fast at 1,000 members)
 
 Key indexes (encryption key and signature key -> use count) are kept up to date
 on every change too, so the uniqueness checks of §7.3 / §12.4.2 are O(1).
 
 The tree is mutable and cheap to :meth:`~RatchetTree.copy` (list copies, no
 hashing): the group layer stages a commit on a copy and keeps it only once every
-check has passed (STYLE rule 2). Validation of remote trees is explicit:
+check has passed (check, then commit). Validation of remote trees is explicit:
 :meth:`~RatchetTree.decode` checks only the structure, :meth:`~RatchetTree.validate`
 checks the RFC rules (parent hashes, leaf signatures, key uniqueness, credential
 and capability compatibility, unmerged leaves).

@@ -465,7 +465,7 @@ def apply_update_path(
     ``group_context`` is the provisional context; its ``tree_hash`` is replaced
     by the merged tree's. ``excluded_leaves`` are the leaves this commit added.
     On error the tree may be half-changed only if the error came from
-    decryption: stage on a copy (STYLE rule 2).
+    decryption: stage on a copy (docs/architecture.md §Rules).
     """
     merge_update_path(tree, sender, path)
     context = replace(group_context, tree_hash=tree.tree_hash())

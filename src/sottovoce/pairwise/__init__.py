@@ -1,4 +1,7 @@
-"""1:1 sessions over vodozemac's Olm (DESIGN §4). vodozemac types never leave this package."""
+"""1:1 sessions over vodozemac's Olm (docs/architecture.md §1:1 messages).
+
+vodozemac types never leave this package.
+"""
 
 from sottovoce.pairwise.account import OlmAccount
 from sottovoce.pairwise.prekeys import PrekeyBundle, SignedPrekey

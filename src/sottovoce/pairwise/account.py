@@ -20,7 +20,7 @@ from sottovoce.pairwise.prekeys import SignedPrekey
 from sottovoce.secret import Secret
 
 #: vodozemac's pickle encryption is deterministic; we seal pickles ourselves, so
-#: the pickle key is only a formality (DESIGN §4).
+#: the pickle key is only a formality (crypto/sealed.py).
 PICKLE_KEY = bytes(32)
 _ACCOUNT_KIND = b"olm-account"
 

@@ -1,4 +1,4 @@
-"""Padding plaintexts to size buckets so ciphertext lengths leak little (DESIGN §4).
+"""Padding plaintexts to size buckets so ciphertext lengths leak little (docs/threat-model.md).
 
 ISO/IEC 7816-4 style: ``content ‖ 0x80 ‖ 0x00…`` up to the bucket size, so the
 pad is unambiguous and needs no length field.

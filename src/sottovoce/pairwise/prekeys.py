@@ -1,4 +1,4 @@
-"""Prekey bundles (DESIGN §4): a device certificate and one signed prekey.
+"""Prekey bundles (docs/architecture.md §1:1 messages): a device certificate and one signed prekey.
 
 A bundle is only usable after the certificate *and* the prekey signature have
 been checked (:meth:`PrekeyBundle.verify`). ``SignedPrekey`` itself lives in

@@ -1,4 +1,4 @@
-"""One Olm session per device pair (DESIGN §4), wrapped in our own checks.
+"""One Olm session per device pair (docs/architecture.md §1:1 messages), wrapped in our own checks.
 
     outbound:  verify bundle (certificate + prekey signature) ──► Olm session
     inbound:   verify sender certificate, bind its Olm identity key ──► Olm session

@@ -1,4 +1,4 @@
-"""The room audit trail (issue #5, DESIGN §5): a hash-chained, signed, epoch-bound log.
+"""The room audit trail (docs/protocol.md §Audit trail): a hash-chained, signed, epoch-bound log.
 
 Every membership change, token change, call start/stop and recording on/off in a
 room appends one :class:`AuditEntry`. Entries carry who did what to whom, and when;

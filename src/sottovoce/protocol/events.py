@@ -1,4 +1,4 @@
-"""KSMP v3 frames (DESIGN §6) and the sottovoce.* extension events.
+"""KSMP v3 frames (docs/protocol.md) and the sottovoce.* extension events.
 
 Every WebSocket text frame is one JSON object::
 
@@ -134,7 +134,7 @@ def frame(event: str, data: dict[str, Any], request_id: str | None = None) -> st
 
 
 # =============================================================================
-# The envelope (DESIGN §6 table)
+# The envelope (docs/protocol.md §Envelope)
 # =============================================================================
 
 
@@ -553,7 +553,7 @@ def parse_client_event(text: str | bytes) -> tuple[ClientEvent, str | None]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WireError:
-    """``ksmpv3.error``: code, message, retryable, retryAfterMs (DESIGN §6)."""
+    """``ksmpv3.error``: code, message, retryable, retryAfterMs (docs/protocol.md §Errors)."""
 
     code: str
     message: str

@@ -1,4 +1,5 @@
-"""Rooms and MLS KeyPackages on the wire (issue #5): the MLS delivery service contract.
+"""Rooms and MLS KeyPackages on the wire: the MLS delivery service contract
+(docs/protocol.md §Rooms).
 
 The server is the MLS delivery service: it orders commits (exactly one per
 epoch), fans one ciphertext per room message out to every member device,

@@ -1,4 +1,5 @@
-"""The server app: one WebSocket server built from a :class:`ServerConfig` (DESIGN §7).
+"""The server app: one WebSocket server built from a :class:`ServerConfig`
+(docs/architecture.md §Server).
 
 HTTP GETs ``/healthz`` (JSON) and ``/metrics`` (Prometheus text) are answered
 from ``process_request``; the WebSocket lives at ``/v3/ws``. Each connection:

@@ -1,4 +1,4 @@
-"""Challenge/response authentication of a device (DESIGN §7: no passwords).
+"""Challenge/response authentication of a device (docs/protocol.md §Session: no passwords).
 
 ::
 
@@ -8,7 +8,7 @@
 A challenge is single use and lives ``challenge_ttl_ms``: whatever the outcome
 of an attempt, its nonce is spent, so a captured signature can never be
 replayed (another connection has another nonce; this one has been consumed).
-Signatures are checked once per connection, never per message (DESIGN §9).
+Signatures are checked once per connection, never per message (docs/architecture.md §Hot path).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Delivery: the KSMP v3 contract's send / inbox / resume / ack rules (DESIGN §6).
+"""Delivery: the KSMP v3 contract's send / inbox / resume / ack rules (docs/protocol.md §Delivery).
 
 ::
 
@@ -206,7 +206,8 @@ class Delivery:
         self, user: str, device: str, sender_rec: AccountRecord, recipient_rec: AccountRecord
     ) -> frozenset[tuple[str, str]]:
         """The ciphertexts must cover exactly the recipient's active devices and the
-        sender's other active devices (DESIGN §4); cached until the directory changes."""
+        sender's other active devices (docs/protocol.md §Delivery); cached until the
+        directory changes."""
         if self._expected_version != self.app.directory.version:
             self._expected.clear()
             self._expected_version = self.app.directory.version

@@ -1,4 +1,5 @@
-"""Directory and prekeys: usernames → account key and device certificates (DESIGN §3, §4).
+"""Directory and prekeys: usernames → account key and device certificates
+(docs/protocol.md §Directory).
 
 The server checks every signature it is handed (certificates on upload,
 prekey signatures against the uploading device's certificate) but can make
@@ -12,7 +13,7 @@ tombstone: :meth:`Directory.account` answers ``None`` for it (lookups say
 Prekeys are stored as the encoded ``SignedPrekey`` bytes the device made and
 checked with :class:`sottovoce.identity.prekeys.SignedPrekey`, the same class
 the devices sign with (it lives in ``identity/`` so the server never imports
-the pairwise package, DESIGN §2).
+the pairwise package: docs/architecture.md §Rules).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server-side errors, each carrying its ``ksmpv3.error`` wire code (DESIGN §6).
+"""Server-side errors, each carrying its ``ksmpv3.error`` wire code (docs/protocol.md §Errors).
 
 Handlers raise :class:`WireFailure`; the connection loop converts it once, at
 the boundary, into a ``ksmpv3.error`` frame. Messages name fields and rules,

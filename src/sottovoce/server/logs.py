@@ -1,4 +1,4 @@
-"""Structured JSON-lines logs that cannot carry content (DESIGN §6: logs never hold ciphertext).
+"""Structured JSON-lines logs that cannot carry content (docs/threat-model.md: no ciphertext).
 
 The logger accepts only whitelisted field names with scalar values; strings
 are cut to a short length and must look like identifiers, so a base64

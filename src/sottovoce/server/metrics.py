@@ -1,4 +1,4 @@
-"""Prometheus metrics from a per-app registry (DESIGN §7).
+"""Prometheus metrics from a per-app registry (docs/operations.md §Metrics).
 
 Hot-path counters are plain ints read at scrape time by a collector: a
 ``prometheus_client`` ``Counter.inc()`` takes a lock and costs about a
@@ -39,7 +39,7 @@ class Metrics(Collector):
         self.acked = 0
         self.expired = 0
         self.replay_rereads = 0
-        # Rooms (issue 5): messages and commits stored, room frames written, messages
+        # Rooms: messages and commits stored, room frames written, messages
         # deleted once every member read them.
         self.room_messages = 0
         self.room_commits = 0

@@ -1,4 +1,4 @@
-"""Push: wake-up tickles only, never content (DESIGN §6).
+"""Push: wake-up tickles only, never content (docs/protocol.md §Push).
 
 A tickle tells an offline device "you have mail; reconnect and resume". The
 payload is exactly ``{"type": "ksmpv3_tickle"}``; with ``push_hints`` on, the

@@ -1,4 +1,5 @@
-"""Token buckets: per device (after auth), per IP (before auth), and abuse strikes (DESIGN §7)."""
+"""Token buckets: per device (after auth), per IP (before auth), and abuse strikes
+(docs/protocol.md §Limits)."""
 
 from __future__ import annotations
 

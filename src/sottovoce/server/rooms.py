@@ -1,4 +1,4 @@
-"""Rooms: the MLS delivery service's handlers (issue #5, DESIGN §5; wire contract in
+"""Rooms: the MLS delivery service's handlers (docs/architecture.md §Rooms; wire contract in
 :mod:`sottovoce.protocol.rooms`).
 
 Handlers are thin: they turn a validated event into a storage request and a

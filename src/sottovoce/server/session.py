@@ -3,7 +3,7 @@
 Writes never await: a frame is appended to the connection's buffer
 (:class:`~sottovoce.server.transport.Connection`) and all frames queued in one
 turn of the event loop go out in one ``transport.write`` (a whole group-commit
-batch of acks and inbox frames costs one syscall per socket, DESIGN §9). A
+batch of acks and inbox frames costs one syscall per socket: docs/architecture.md §Hot path). A
 client that cannot keep up — its write buffer passes ``write_buffer_limit`` —
 is closed with 1013 and resumes from its last globalInboxSeq; stored frames are
 never lost that way.

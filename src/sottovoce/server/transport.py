@@ -2,7 +2,7 @@
 
 ``websockets.asyncio`` gives every frame a future, a queue slot and a task
 wake-up before the application sees it; at 10k+ frames/s that was a third of
-the relay's event-loop time (DESIGN §9). Here the bytes of one
+the relay's event-loop time (docs/architecture.md §Hot path). Here the bytes of one
 ``data_received`` call go through :class:`websockets.server.ServerProtocol`
 (``receive_data`` → ``events_received`` → ``data_to_send``) and every complete
 message is handed to the :class:`Peer` synchronously, in order. Writes are

@@ -27,7 +27,7 @@ Why this shape:
 * One exporter output per (epoch, sender, track): each key has exactly one
   sender (RFC 9605 §4.4.1: a base_key MUST NOT be used by several senders),
   the tracks are independent, and a member removed at epoch n+1 lacks
-  exporter_secret_{n+1}, so it derives no key of any later epoch (DESIGN §5).
+  exporter_secret_{n+1}, so it derives no key of any later epoch (docs/architecture.md §Rooms).
   The context is length-prefixed and fixed-width after the label, so no two
   (track, leaf, suite) triples give the same bytes; binding the SFrame suite
   keeps a key from ever serving two suites.

@@ -1,4 +1,4 @@
-"""Fan-out: how a committed frame reaches the node holding the target device (DESIGN §7).
+"""Fan-out: how a committed frame reaches the node holding the target device (docs/deploy.md).
 
 Delivery first looks in its own node's ``online`` map; only what is *not*
 connected here goes through the :class:`Fanout`:
@@ -73,7 +73,7 @@ class Fanout(abc.ABC):
 
     @abc.abstractmethod
     def room_frame(self, key: DeviceKey, room_id: str, seq: int, text: str) -> None:
-        """A stored room frame (one serialized text for all members, DESIGN §9)."""
+        """A stored room frame: one serialized text for all members."""
 
     @abc.abstractmethod
     def ephemeral(self, targets: Collection[tuple[DeviceKey, str]]) -> Awaitable[set[DeviceKey]]:

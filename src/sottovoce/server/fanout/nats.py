@@ -1,4 +1,4 @@
-"""NATS fan-out: any number of nodes share PostgreSQL and one NATS (DESIGN §7).
+"""NATS fan-out: any number of nodes share PostgreSQL and one NATS (docs/deploy.md).
 
 Routing is **one subject per device**: ``<ns>.v1.dev.<token>`` where the token
 is a keyed BLAKE2b of (user, device) — no raw ids in subjects. A node

@@ -1,4 +1,4 @@
-"""The storage interface every adapter implements (DESIGN §7, §9).
+"""The storage interface every adapter implements (docs/architecture.md §Server).
 
 Rules every adapter keeps (the conformance suite checks them through the wire):
 

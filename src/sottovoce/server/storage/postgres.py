@@ -1,4 +1,5 @@
-"""PostgreSQL storage (asyncpg): group commit, safe under several server processes (DESIGN §7, §9).
+"""PostgreSQL storage (asyncpg): group commit, safe under several server processes
+(docs/operations.md).
 
 ::
 
@@ -173,7 +174,7 @@ MIGRATIONS: tuple[str, ...] = (
         received_at bigint NOT NULL,
         PRIMARY KEY(sender_dev, idem_key)
     );
-    -- One row per recipient device (DESIGN §9). received_at grows with insertion
+    -- One row per recipient device (docs/architecture.md). received_at grows with insertion
     -- order, so a BRIN index finds the expired prefix at almost no write cost.
     CREATE TABLE inbox(
         dev bigint NOT NULL,

@@ -1,4 +1,5 @@
-"""PostgreSQL rooms and KeyPackages: :class:`RoomStorage` for several server processes (DESIGN §5).
+"""PostgreSQL rooms and KeyPackages: :class:`RoomStorage` for several server processes
+(docs/deploy.md).
 
 Mixed into :class:`~sottovoce.server.storage.postgres.PostgresStorage`. Every
 room write is one transaction on the pool that first locks the room's row
@@ -99,7 +100,7 @@ ROOMS_MIGRATION = """
         PRIMARY KEY(room, dev)
     );
     CREATE INDEX room_members_dev ON room_members(dev);
-    -- One row per room message (DESIGN §9), not one per recipient.
+    -- One row per room message (docs/architecture.md), not one per recipient.
     CREATE TABLE room_messages(
         room bigint NOT NULL,
         seq bigint NOT NULL,

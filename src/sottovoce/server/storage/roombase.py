@@ -1,4 +1,4 @@
-"""The storage interface of the MLS delivery service (rooms, KeyPackages; issue #5, DESIGN §5, §9).
+"""The storage interface of the MLS delivery service (rooms, KeyPackages; docs/protocol.md §Rooms).
 
 A separate ABC beside :class:`~sottovoce.server.storage.base.Storage`, so that
 adapters can add rooms on their own schedule. Rules every adapter keeps:

@@ -1,4 +1,5 @@
-"""SQLite storage: WAL, ``synchronous=FULL``, one writer thread doing group commit (DESIGN §9).
+"""SQLite storage: WAL, ``synchronous=FULL``, one writer thread doing group commit
+(docs/architecture.md §Hot path).
 
 ::
 
@@ -103,7 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
         received_at INTEGER NOT NULL
     );
     CREATE UNIQUE INDEX sends_idem ON sends(sender_dev, idem_key);
-    -- One row per recipient device (DESIGN §9): an append-only table with a
+    -- One row per recipient device (docs/architecture.md): an append-only table with a
     -- narrow index writes fastest, and rowid order is arrival order.
     CREATE TABLE inbox(
         id INTEGER PRIMARY KEY,
@@ -803,7 +804,7 @@ class SqliteStorage(Storage, SqliteRooms):
             ).fetchone()
             if row is not None:
                 # The single writer makes take-and-delete atomic: no other claim
-                # can run between these two statements (DESIGN §7).
+                # can run between these two statements.
                 conn.execute("DELETE FROM prekeys WHERE dev=? AND key_id=?", (dev, row[0]))
                 prekey = bytes(row[1])
             else:

@@ -1,4 +1,5 @@
-"""SQLite rooms and KeyPackages: :class:`RoomStorage` on the SQLite writer (DESIGN §5, §9).
+"""SQLite rooms and KeyPackages: :class:`RoomStorage` on the SQLite writer
+(docs/architecture.md §Hot path).
 
 Mixed into :class:`~sottovoce.server.storage.sqlite.SqliteStorage`: every write
 below is a job of its single writer thread, so room sends, commits and acks
@@ -88,7 +89,7 @@ ROOMS_MIGRATION = """
         PRIMARY KEY(room, dev)
     ) WITHOUT ROWID;
     CREATE INDEX room_members_dev ON room_members(dev);
-    -- One row per room message (DESIGN 9): append-only, narrow index, rowid = arrival.
+    -- One row per room message (docs/architecture.md): append-only, narrow index, rowid = arrival.
     CREATE TABLE room_messages(
         id INTEGER PRIMARY KEY,
         room INTEGER NOT NULL,

@@ -1,0 +1,71 @@
+"""The checked-in vectors are exactly the upstream files PROVENANCE names.
+
+Each vector file's sha256 must match its line in ``data/PROVENANCE``; every
+listed file must be present; every file under ``data/`` must be listed; and the
+listed files must be exactly those the tests read (no dead weight, none missing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from tests.vectors.loader import DEFAULT_DIR
+
+TESTS = Path(__file__).resolve().parents[1]
+PROVENANCE = DEFAULT_DIR / "PROVENANCE"
+#: Files under data/ that are not vectors.
+NOT_VECTORS = frozenset({"PROVENANCE", ".gitattributes"})
+_HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$", re.M)
+_VECTOR_NAME = re.compile(r"""["']((?:mls|hpke|sframe)/[A-Za-z0-9_.-]+\.json)["']""")
+
+
+def listed(text: str) -> dict[str, str]:
+    """relpath -> sha256 from PROVENANCE's sha256sum-style lines."""
+    out: dict[str, str] = {}
+    for digest, rel in _HASH_LINE.findall(text):
+        assert rel not in out, f"{rel} is listed twice in PROVENANCE"
+        out[rel] = digest
+    return out
+
+
+def test_every_vector_file_matches_its_sha256_in_provenance() -> None:
+    want = listed(PROVENANCE.read_text(encoding="utf-8"))
+    assert len(want) >= 17, "PROVENANCE lists too few files: was it truncated?"
+    for rel, digest in sorted(want.items()):
+        file = DEFAULT_DIR / rel
+        assert file.is_file(), f"{rel} is listed in PROVENANCE but {file} is missing"
+        got = hashlib.sha256(file.read_bytes()).hexdigest()
+        assert got == digest, f"{rel}: sha256 {got} differs from PROVENANCE ({digest})"
+
+
+def test_every_file_under_data_is_listed() -> None:
+    want = listed(PROVENANCE.read_text(encoding="utf-8"))
+    present = {
+        p.relative_to(DEFAULT_DIR).as_posix()
+        for p in DEFAULT_DIR.rglob("*")
+        if p.is_file() and p.name not in NOT_VECTORS
+    }
+    assert present - set(want) == set(), "files under tests/vectors/data missing from PROVENANCE"
+
+
+def test_the_listed_files_are_exactly_those_the_tests_read() -> None:
+    used = {
+        m
+        for path in TESTS.rglob("*.py")
+        if path.name != Path(__file__).name
+        for m in _VECTOR_NAME.findall(path.read_text(encoding="utf-8"))
+    }
+    want = set(listed(PROVENANCE.read_text(encoding="utf-8")))
+    assert used - want == set(), "tests read vector files that are not checked in"
+    assert want - used == set(), "checked-in vector files that no test reads"
+
+
+def test_the_checker_notices_a_changed_byte(tmp_path: Path) -> None:
+    text = PROVENANCE.read_text(encoding="utf-8")
+    rel, digest = next(iter(listed(text).items()))
+    data = bytearray((DEFAULT_DIR / rel).read_bytes())
+    data[len(data) // 2] ^= 1
+    assert hashlib.sha256(bytes(data)).hexdigest() != digest
+    assert listed(f"{digest}  {rel}\n") == {rel: digest}
