@@ -158,6 +158,7 @@ from sottovoce.mls.proposals import (
     required_capabilities,
     validate_key_package,
 )
+from sottovoce.mls.public import decode_mls
 from sottovoce.mls.secret_tree import PendingKey, RatchetType, SecretTree
 from sottovoce.mls.transcript import (
     ConfirmedTranscriptHashInput,
@@ -582,14 +583,7 @@ def _verify_key(suite: CipherSuite, data: bytes) -> VerifyKey:
 def _decode_message(message: bytes | MLSMessage) -> MLSMessage:
     """The MLSMessage of ``message``; malformed bytes raise :class:`MlsDecodeError`,
     which is both an MLS error and a ``DecodeError`` (the codec's own is neither)."""
-    if isinstance(message, MLSMessage):
-        return message
-    try:
-        return MLSMessage.decode(message)
-    except MlsDecodeError:
-        raise
-    except DecodeError as exc:
-        raise MlsDecodeError(f"MLSMessage does not decode: {exc}") from None
+    return message if isinstance(message, MLSMessage) else decode_mls(MLSMessage.read, message)
 
 
 def _joining_body(message: bytes | MLSMessage | Welcome | GroupInfo, what: str) -> object:
