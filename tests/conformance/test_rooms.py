@@ -1,9 +1,11 @@
 """Rooms through the real server (issue #5, /work/briefs/rooms-protocol.md, protocol/rooms.py):
 the MLS delivery service's rules checked with raw frames.
 
-Commits, Welcomes and messages are opaque random bytes here: the server never
-reads them, so the rules (one commit per epoch, fan-out of one ciphertext,
-read positions, tokens stored as hashes) are checked without any MLS.
+Member commits, Welcomes and messages are opaque random bytes here: the server
+never reads them, so the rules (one commit per epoch, fan-out of one ciphertext,
+read positions, tokens stored as hashes) are checked without any MLS. External
+commits are the exception: the server checks them with the MLS public view, so
+the tests that make one build it with real MLS.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import pytest
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import RevocationStatement
 from sottovoce.limits import MAX_ROOM_COMMIT_BYTES
+from sottovoce.mls.common import PreSharedKeyID
+from sottovoce.mls.group import Group, GroupConfig, PskStore
+from sottovoce.mls.messages import Credential
 from sottovoce.protocol.audit import AuditAction, make_entry
+from sottovoce.protocol.rooms import member_identity
 from tests.conformance import test_push
 from tests.conformance.conftest import BACKENDS, EXTERNAL_URL, Target
 from tests.conformance.rawclient import Device, RawClient, b64, logged_in, now_ms, registered, unb64
@@ -419,8 +425,38 @@ async def test_removed_offline_device_learns_its_removal_on_replay(url: str) -> 
 # --- tokens ----------------------------------------------------------------------------
 
 
+def mls_group(c: RawClient) -> tuple[str, Group]:
+    """A real one-member MLS group of ``c`` (external commits are checked by the server's
+    MLS public view, so a room that takes them needs a real GroupInfo) and its room id."""
+    assert c.device is not None
+    group = Group.create(
+        1, credential=Credential.basic(member_identity(c.device.username, c.device.device_id)),
+        signing_key=c.device.mls_key, rng=secrets.token_bytes, now_ms=now_ms(),
+        group_id=secrets.token_bytes(16),
+    )
+    return "room:" + group.group_id.hex(), group
+
+
+def external_commit(c: RawClient, group_info: bytes, psk_id: bytes) -> Group:
+    """``c``'s external commit (RFC 9420 §12.4.3.2) on ``group_info``, injecting an external
+    PSK named ``psk_id`` (its value is the members' business, not the server's)."""
+    assert c.device is not None
+    return Group.join_by_external_commit(
+        group_info,
+        credential=Credential.basic(member_identity(c.device.username, c.device.device_id)),
+        signing_key=c.device.mls_key, rng=secrets.token_bytes, now_ms=now_ms(),
+        psks=[PreSharedKeyID.external(psk_id, secrets.token_bytes(32))],
+        config=GroupConfig(psk_lookup=PskStore({psk_id: secrets.token_bytes(32)})),
+    )
+
+
 async def test_token_groupinfo_external_commit_and_revoke(url: str) -> None:
-    room, (a, b), epoch = await make_room(url, 2)
+    a = await registered(url)
+    await a.resume()
+    room, group = mls_group(a)
+    created = await a.request("sottovoce.room.create",
+                              {"roomId": room, "groupInfo": b64(group.group_info())})
+    assert created["event"] == "sottovoce.room.created", created
     token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     reply = await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     assert reply["data"] == {"roomId": room, "tokenSet": True}
@@ -429,31 +465,49 @@ async def test_token_groupinfo_external_commit_and_revoke(url: str) -> None:
     await joiner.resume()
     gi = await joiner.request("sottovoce.room.groupinfo.get", {"token": token})
     assert gi["event"] == "sottovoce.room.groupinfo"
-    assert gi["data"] == {"roomId": room, "epoch": epoch, "groupInfo": b64(b"group-info-0")}
+    assert gi["data"] == {"roomId": room, "epoch": 0, "groupInfo": b64(group.group_info())}
     wrong = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert_error(await joiner.request("sottovoce.room.groupinfo.get", {"token": wrong}),
                  "invalid_token", retryable=False)
-    # External commit: the token authorizes a non-member that adds exactly itself.
+    # The members' GroupInfo by room id: for members only.
+    mine = await a.request("sottovoce.room.groupinfo.get", {"roomId": room})
+    assert mine["data"] == gi["data"]
+    assert_error(await joiner.request("sottovoce.room.groupinfo.get", {"roomId": room}),
+                 "not_member")
+    # External commit: the token authorizes a non-member that adds exactly itself...
+    h = hashlib.sha256(TOKEN_DOMAIN + token.encode()).digest()
+    join = external_commit(joiner, unb64(gi["data"]["groupInfo"]), h)
+    commit = {"commit": b64(join.commit), "groupInfo": b64(join.group.group_info())}
     bad = await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)], token=wrong))
+        room, 0, adds=[member(joiner)], token=wrong, **commit))
     assert_error(bad, "invalid_token")
     assert_error(await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)])), "not_member")
+        room, 0, adds=[member(joiner)], **commit)), "not_member")
     assert_error(await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner), member(b)], token=token)), "bad_request")
+        room, 0, adds=[member(joiner), member(a)], token=token, **commit)), "bad_request")
+    # ... with a commit the server can check: not 64 random bytes (the attack that wedged
+    # rooms), not one that binds no token PSK, nor one for another epoch.
+    for refused in (
+        {"commit": b64(secrets.token_bytes(64)), "groupInfo": commit["groupInfo"]},
+        {"commit": b64(external_commit(joiner, unb64(gi["data"]["groupInfo"]), b"x" * 32)
+                       .commit), "groupInfo": commit["groupInfo"]},
+        {**commit, "groupInfo": b64(group.group_info())},  # not the next epoch's
+    ):
+        assert_error(await joiner.request("sottovoce.room.commit", commit_data(
+            room, 0, adds=[member(joiner)], token=token, **refused)), "invalid_commit")
+    assert (await a.request("sottovoce.room.info", {"roomId": room}))["data"]["epoch"] == 0
     ok = await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)], token=token, groupInfo=b64(b"group-info-2")))
-    assert ok["event"] == "sottovoce.room.committed" and ok["data"]["epoch"] == epoch + 1
-    for x in (a, b):
-        assert (await room_frame(x, "commit"))["adds"] == [member(joiner)]
+        room, 0, adds=[member(joiner)], token=token, **commit))
+    assert ok["event"] == "sottovoce.room.committed" and ok["data"]["epoch"] == 1
+    assert (await room_frame(a, "commit"))["adds"] == [member(joiner)]
     info = await joiner.request("sottovoce.room.info", {"roomId": room})
     assert member(joiner) in info["data"]["members"]
-    gi = await b.request("sottovoce.room.groupinfo.get", {"token": token})
-    assert gi["data"]["groupInfo"] == b64(b"group-info-2") and gi["data"]["epoch"] == epoch + 1
+    gi = await a.request("sottovoce.room.groupinfo.get", {"token": token})
+    assert gi["data"]["groupInfo"] == commit["groupInfo"] and gi["data"]["epoch"] == 1
     # Revoked: the same answer as a token that never existed.
-    reply = await b.request("sottovoce.room.token.revoke", {"roomId": room, "audit": None})
+    reply = await a.request("sottovoce.room.token.revoke", {"roomId": room, "audit": None})
     assert reply["data"] == {"roomId": room, "tokenSet": False}
-    assert_error(await b.request("sottovoce.room.groupinfo.get", {"token": token}),
+    assert_error(await a.request("sottovoce.room.groupinfo.get", {"token": token}),
                  "invalid_token")
 
 

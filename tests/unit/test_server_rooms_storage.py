@@ -283,17 +283,53 @@ async def test_token_is_kept_as_its_hash_only(room_storage: SqliteStorage) -> No
     assert await _scalar(st, "SELECT token_hash FROM rooms") == h
     blob = await _stored_bytes(st)
     assert token.encode() not in blob and (h in blob or h.hex().encode() in blob)
-    # External commit by the token: only for exactly the sender, only with the right hash.
+    # External commit by the token: only for exactly the sender, only with the right hash,
+    # only an external commit the handler checked against this epoch's GroupInfo.
     await st.create_account("dave", b"d" * 32, "d1", b"cert-d", 0)
-    with pytest.raises(RoomRefused) as exc:
-        await _cb(st.room_commit, _commit("dave", 1, "ext0", adds=(("dave", "d1"),),
-                                          token_hash=hashlib.sha256(b"nope").digest()))
-    assert exc.value.code == "invalid_token"
-    out: CommitOutcome = await _cb(st.room_commit, _commit(
-        "dave", 1, "ext1", adds=(("dave", "d1"),), token_hash=h))
+    join = {"adds": (("dave", "d1"),), "token_hash": h, "external": True}
+    refused = [
+        ("invalid_token", {**join, "token_hash": hashlib.sha256(b"nope").digest(),
+                           "checked_epoch": 1}),
+        ("invalid_commit", {**join, "external": False, "checked_epoch": 1}),
+        ("invalid_commit", {**join, "checked_epoch": None}),
+        ("invalid_commit", {**join, "checked_epoch": 0}),
+        ("bad_request", {**join, "adds": (("dave", "d1"), ("bob", "d1")), "checked_epoch": 1}),
+    ]
+    for i, (code, kw) in enumerate(refused):
+        with pytest.raises(RoomRefused) as exc:
+            await _cb(st.room_commit, _commit("dave", 1, f"ext-bad{i}", **kw))
+        assert exc.value.code == code, kw
+    assert (await st.room_state(ROOM, "bob", "d1")).epoch == 1  # nothing was stored
+    out: CommitOutcome = await _cb(st.room_commit, _commit("dave", 1, "ext1", checked_epoch=1,
+                                                           **join))
     assert out.epoch == 2 and ("dave", "d1") not in out.message.members
     await st.set_room_token(ROOM, "bob", "d1", None, None)
     assert await st.group_info_by_token(h) is None
+
+
+async def test_a_member_resync_changes_no_member_and_members_read_the_group_info(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    assert await st.room_group_info(ROOM, "bob", "d1") == (1, b"gi")
+    await st.create_account("dave", b"d" * 32, "d1", b"cert-d", 0)
+    with pytest.raises(RoomRefused) as exc:
+        await st.room_group_info(ROOM, "dave", "d1")
+    assert exc.value.code == "not_member"
+    with pytest.raises(RoomRefused) as exc:
+        await _cb(st.room_commit, _commit("bob", 1, "resync-bad", external=True,
+                                          checked_epoch=1, removes=(("carol", "d1"),)))
+    assert exc.value.code == "bad_request"
+    with pytest.raises(RoomRefused) as exc:
+        await _cb(st.room_commit, _commit("bob", 1, "resync-unchecked", external=True))
+    assert exc.value.code == "invalid_commit"
+    out: CommitOutcome = await _cb(st.room_commit, _commit(
+        "bob", 1, "resync", external=True, checked_epoch=1, group_info=b"gi-2"))
+    assert out.epoch == 2 and set(out.message.members) == {
+        ("alice", "d1"), ("bob", "d1"), ("carol", "d1")
+    }
+    assert await st.room_group_info(ROOM, "carol", "d1") == (2, b"gi-2")
 
 
 async def test_revoked_device_is_dropped_from_delivery_and_each_room_gets_a_notice(

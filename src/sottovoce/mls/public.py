@@ -44,11 +44,13 @@ from sottovoce.crypto.sign import SignatureScheme, VerifyKey
 from sottovoce.errors import DecodeError, InvalidKey, SignatureError, UsageError
 from sottovoce.mls.common import (
     ContentType,
+    CredentialType,
     ExtensionType,
     GroupContext,
     PreSharedKeyID,
     ProposalType,
     ProtocolVersion,
+    PSKType,
     SenderType,
     SignatureSuite,
     WireFormat,
@@ -63,6 +65,7 @@ from sottovoce.mls.errors import (
     InvalidSignature,
     InvalidWelcome,
     MlsDecodeError,
+    MlsError,
     TreeError,
     UnknownWireFormat,
     UnsupportedCipherSuite,
@@ -101,6 +104,7 @@ __all__ = [
     "ExternalCommit",
     "FramedContent",
     "FramedContentAuthData",
+    "MlsError",
     "PublicGroupInfo",
     "PublicMessage",
     "PublicSuite",
@@ -114,6 +118,7 @@ __all__ = [
     "decode_mls",
     "decode_public",
     "framed_content_tbs",
+    "is_external_commit",
     "public_suite",
     "read_content",
     "write_content",
@@ -687,6 +692,17 @@ class ExternalCommit:
     #: The PreSharedKey proposals' ids, in order (§8.4).
     psks: tuple[PreSharedKeyID, ...]
 
+    @property
+    def joiner_identity(self) -> bytes | None:
+        """The identity of the new leaf's basic credential (§5.3); ``None`` for another type."""
+        credential = self.leaf.credential
+        return credential.identity if credential.credential_type == CredentialType.BASIC else None
+
+    @property
+    def external_psk_ids(self) -> tuple[bytes, ...]:
+        """The ``psk_id`` of every external PSK the commit injects (§8.4)."""
+        return tuple(p.psk_id for p in self.psks if p.psktype == PSKType.EXTERNAL)
+
 
 def _external_proposals(
     suite: PublicSuite, proposals: Sequence[Proposal | bytes]
@@ -714,6 +730,20 @@ def _external_proposals(
     if len({p.encode() for p in psks}) != len(psks):
         raise InvalidProposalList("the same PreSharedKeyID twice")
     return (removes[0] if removes else None), tuple(psks)
+
+
+def is_external_commit(data: bytes) -> bool:
+    """Whether ``data`` is an MLSMessage(PublicMessage) from a ``new_member_commit`` sender
+    (an external commit, §12.4.3.2, to be checked with :func:`check_external_commit`);
+    anything else -- a PrivateMessage above all -- is not, and is not read further."""
+    try:
+        message = decode_public(data)
+    except MlsDecodeError:
+        return False
+    return (
+        isinstance(message, PublicMessage)
+        and message.content.sender.sender_type == SenderType.NEW_MEMBER_COMMIT
+    )
 
 
 def check_external_commit(

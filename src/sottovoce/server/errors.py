@@ -42,6 +42,8 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``stale_epoch``        a room send made in an epoch that is no longer current [yes]
 ``audit_conflict``     the audit entry does not link to the stored chain head [yes]
 ``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
+``invalid_commit``     an external commit (or the GroupInfo it publishes) fails the checks the
+                       server makes with the MLS public view; nothing was stored [no]
 ``keypackages_full``   the device already stores the maximum of KeyPackages [no]
 ``internal``           our bug; the request may be retried [yes]
 =====================  ==========================================================

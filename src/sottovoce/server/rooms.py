@@ -22,12 +22,14 @@ frames are fanned out in serverSeq order. Tokens are hashed on arrival
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sottovoce.errors import DecodeError
+from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
     KEY_PACKAGES_LOW_WATERMARK,
     MAX_KEY_PACKAGES_PER_DEVICE,
@@ -35,6 +37,12 @@ from sottovoce.limits import (
     ROOM_AUDIT_BATCH,
     ROOM_AUDIT_REPLY_BYTES,
     ROOM_SYNC_BATCH,
+)
+from sottovoce.mls.public import (
+    MlsError,
+    check_external_commit,
+    check_group_info,
+    is_external_commit,
 )
 from sottovoce.protocol.audit import AuditEntry, entry_hash
 from sottovoce.protocol.events import ClientEvent, frame
@@ -49,6 +57,7 @@ from sottovoce.protocol.rooms import (
     ROOM_COMMITTED,
     ROOM_CREATED,
     ROOM_GROUPINFO,
+    ROOM_ID_PREFIX,
     ROOM_JOIN_REQUESTED,
     ROOM_STATE,
     ROOM_SYNCED,
@@ -69,6 +78,7 @@ from sottovoce.protocol.rooms import (
     RoomSync,
     RoomTokenRevoke,
     RoomTokenSet,
+    member_identity,
     token_hash,
 )
 from sottovoce.server.delivery import ack_text, inbox_frame_text
@@ -314,6 +324,94 @@ class Rooms:
 
     def _commit(
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
+    ) -> Awaitable[None] | None:
+        session.key  # noqa: B018 -- raises unless authenticated
+        if ev.token is None and not is_external_commit(ev.commit):
+            self._submit_commit(session, ev, data, rid)
+            return None
+        return self._commit_external(session, ev, data, rid)
+
+    async def _commit_external(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
+    ) -> None:
+        """An external commit: a non-member joining with a token, or a member's resync.
+        Checked with the MLS public view before anything is stored (module docstring of
+        :mod:`sottovoce.protocol.rooms`, "Joining by token")."""
+        user, device = session.key
+        h = None if ev.token is None else token_hash(ev.token)
+        checked = await self._check_external(user, device, ev, h)
+        self._submit_commit(session, ev, data, rid, external=True, checked_epoch=checked)
+
+    async def _check_external(
+        self, user: str, device: str, ev: RoomCommit, h: bytes | None
+    ) -> int | None:
+        """The epoch the external commit was checked against; ``None`` when it names
+        another epoch than the room's (storage answers commit_conflict). Raises
+        ``WireFailure`` (invalid_token, not_member, invalid_commit)."""
+        if h is not None:
+            found = await self.store.group_info_by_token(h)
+            if found is None or found[0] != ev.roomId:
+                raise WireFailure("invalid_token", "the token does not open a room")
+            _, epoch, stored = found
+        else:
+            try:
+                epoch, stored = await self.store.room_group_info(ev.roomId, user, device)
+            except RoomRefused as exc:
+                raise _wire(exc) from None
+        if ev.epoch != epoch:
+            return None
+        key = await self._certified_mls_key(user, device)
+        try:
+            info = check_group_info(stored)
+        except MlsError:
+            raise WireFailure(
+                "invalid_commit", "the room holds no GroupInfo a joiner can check"
+            ) from None
+        if info.context.epoch != epoch or ev.roomId != ROOM_ID_PREFIX + info.context.group_id.hex():
+            raise WireFailure("invalid_commit", "the room's GroupInfo is not for its epoch")
+        try:
+            commit = check_external_commit(ev.commit, info)
+        except MlsError as exc:
+            raise WireFailure("invalid_commit", f"external commit refused: {exc}") from None
+        if commit.joiner_identity != member_identity(user, device):
+            raise WireFailure("invalid_commit", "the commit's new leaf names another device")
+        if not hmac.compare_digest(commit.leaf.signature_key, key):
+            raise WireFailure(
+                "invalid_commit", "the commit's new leaf does not hold the device's certified key"
+            )
+        if h is not None and not any(hmac.compare_digest(i, h) for i in commit.external_psk_ids):
+            raise WireFailure("invalid_commit", "the external commit does not bind the token")
+        # The GroupInfo it publishes is what the next joiner and a recovering member use.
+        if ev.groupInfo is None:
+            raise WireFailure("invalid_commit", "an external commit publishes its GroupInfo")
+        try:
+            after = check_group_info(ev.groupInfo, signer_key=key)
+        except MlsError as exc:
+            raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
+        if (
+            after.context.epoch != epoch + 1
+            or after.context.group_id != info.context.group_id
+            or after.external_pub is None
+        ):
+            raise WireFailure(
+                "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
+            )
+        return epoch
+
+    async def _certified_mls_key(self, user: str, device: str) -> bytes:
+        """The MLS signature key the device's certificate holds (the account key signed it)."""
+        rec = await self.app.directory.account(user)
+        dev = None if rec is None else rec.device(device)
+        if dev is None or dev.revoked:
+            raise WireFailure("unauthorized", "device is not registered")
+        key = DeviceCertificate.decode(dev.certificate).keys.mls_signature_key
+        if not key:
+            raise WireFailure("invalid_commit", "the device certificate holds no MLS key")
+        return key
+
+    def _submit_commit(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
+        *, external: bool = False, checked_epoch: int | None = None,
     ) -> None:
         user, device = session.key
         req = CommitRequest(
@@ -332,6 +430,8 @@ class Rooms:
             audit=audit_appendage(ev.roomId, ev.audit),
             # Hashed at once; the token itself goes no further than this frame.
             token_hash=None if ev.token is None else token_hash(ev.token),
+            external=external,
+            checked_epoch=checked_epoch,
         )
         self.store.room_commit(req, partial(self._committed, session, rid))
 
@@ -498,12 +598,21 @@ class Rooms:
     async def _groupinfo(
         self, session: Session, ev: GroupInfoGet, data: dict[str, Any], rid: str | None
     ) -> None:
-        session.key  # noqa: B018 -- raises unless authenticated
-        found = await self.store.group_info_by_token(token_hash(ev.token))
-        if found is None:
-            # The same answer whether a room exists or not.
-            raise WireFailure("invalid_token", "the token does not open a room")
-        room_id, epoch, group_info = found
+        user, device = session.key
+        if ev.roomId is not None:  # a member's (to rejoin by an external commit)
+            try:
+                epoch, group_info = await self.store.room_group_info(ev.roomId, user, device)
+            except RoomRefused as exc:
+                raise _wire(exc) from None
+            room_id = ev.roomId
+        elif ev.token is None:
+            raise WireFailure("bad_request", "give a token or a roomId")
+        else:
+            found = await self.store.group_info_by_token(token_hash(ev.token))
+            if found is None:
+                # The same answer whether a room exists or not.
+                raise WireFailure("invalid_token", "the token does not open a room")
+            room_id, epoch, group_info = found
         session.reply(ROOM_GROUPINFO, {
             "roomId": room_id,
             "epoch": epoch,

@@ -457,8 +457,12 @@ class PostgresRooms(RoomStorage):
             if room.token_hash is None or not hmac.compare_digest(room.token_hash,
                                                                   req.token_hash):
                 raise _refuse("invalid_token", "the token does not open a room")
+            if not req.external:
+                raise _refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
                 raise _refuse("bad_request", "an external commit adds exactly its sender")
+        elif req.external and (req.adds or req.removes):
+            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             win = await conn.fetchval(
                 "SELECT seq FROM room_commits WHERE room=$1 AND epoch=$2", room.pk, req.epoch
@@ -473,6 +477,10 @@ class PostgresRooms(RoomStorage):
                 details={"roomId": req.room_id, "currentEpoch": room.epoch,
                          "winningServerSeq": int(win)},
             )
+        if req.external and req.checked_epoch != room.epoch:
+            # Nothing unchecked is stored: the handler checks every external commit
+            # against the GroupInfo of the epoch it names (the MLS public view).
+            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
@@ -838,6 +846,18 @@ class PostgresRooms(RoomStorage):
                 "SELECT epoch, group_info FROM rooms WHERE room_id=$1", room_id
             )
             return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
+
+        return await self._with(run, write=False)
+
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        async def run(conn: Any) -> tuple[int, bytes]:
+            pk, epoch, _, _, until = await _membership(conn, room_id, user_id, device_id)
+            if until is not None:
+                raise _refuse("not_member", "this device was removed from the room")
+            info = await conn.fetchval("SELECT group_info FROM rooms WHERE room=$1", pk)
+            return epoch, b"" if info is None else bytes(info)
 
         return await self._with(run, write=False)
 

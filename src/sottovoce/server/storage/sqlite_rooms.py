@@ -406,8 +406,12 @@ class SqliteRooms(RoomStorage):
             ).fetchone()[0]
             if stored is None or not hmac.compare_digest(bytes(stored), req.token_hash):
                 raise _refuse("invalid_token", "the token does not open a room")
+            if not req.external:
+                raise _refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
                 raise _refuse("bad_request", "an external commit adds exactly its sender")
+        elif req.external and (req.adds or req.removes):
+            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             row = conn.execute(
                 "SELECT seq FROM room_commits WHERE room=? AND epoch=?", (room.pk, req.epoch)
@@ -422,6 +426,10 @@ class SqliteRooms(RoomStorage):
                 details={"roomId": req.room_id, "currentEpoch": room.epoch,
                          "winningServerSeq": int(row[0])},
             )
+        if req.external and req.checked_epoch != room.epoch:
+            # Nothing unchecked is stored: the handler checks every external commit
+            # against the GroupInfo of the epoch it names (the MLS public view).
+            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
@@ -708,6 +716,11 @@ class SqliteRooms(RoomStorage):
     async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
         return await self._read(_r_group_info, token_hash)
 
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        return await self._read(_r_member_group_info, room_id, user_id, device_id)
+
     async def audit_get(
         self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
     ) -> list[bytes]:
@@ -836,6 +849,16 @@ def _r_group_info(conn: sqlite3.Connection, h: bytes) -> tuple[str, int, bytes] 
         "SELECT epoch, group_info FROM rooms WHERE room_id=?", (room_id,)
     ).fetchone()
     return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
+
+
+def _r_member_group_info(
+    conn: sqlite3.Connection, room_id: str, user: str, device: str
+) -> tuple[int, bytes]:
+    pk, epoch, _, _, until = _membership(conn, room_id, user, device)
+    if until is not None:
+        raise _refuse("not_member", "this device was removed from the room")
+    row = conn.execute("SELECT group_info FROM rooms WHERE room=?", (pk,)).fetchone()
+    return epoch, b"" if row[0] is None else bytes(row[0])
 
 
 def _r_audit(
