@@ -51,7 +51,6 @@ pytestmark = pytest.mark.parametrize(
 
 webhook = test_push.webhook  # the same fixture, registered in this module too
 TOKEN_DOMAIN = b"sottovoce room token v1"
-ACTOR = SigningKey(SignatureScheme.ED25519, bytes([7]) * 32)
 
 
 def new_room_id() -> str:
@@ -647,28 +646,39 @@ async def test_keypackages_claimed_once_then_last_resort_and_low_notice(url: str
 # --- audit -----------------------------------------------------------------------------
 
 
-def _entry(room: str, prev: bytes | None, epoch: int) -> bytes:
+def _entry(
+    c: RawClient, room: str, prev: bytes | None, epoch: int, *,
+    key: SigningKey | None = None, actor: RawClient | None = None,
+    subjects: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """An entry by ``c`` (signed with its certified MLS key, naming it as the actor);
+    ``key``/``actor`` forge one."""
+    assert c.device is not None
+    who = (actor or c).device
+    assert who is not None
     return make_entry(
-        signing_key=ACTOR, suite=1, prev=prev, room_id=room, epoch=epoch,
+        signing_key=key or c.device.mls_key, suite=1, prev=prev, room_id=room, epoch=epoch,
         epoch_authenticator=b"\x01" * 32, action=AuditAction.CALL_STARTED,
-        actor_user_id="alice", actor_device_id="d1", actor_leaf_index=0, now_ms=now_ms(),
+        actor_user_id=who.username, actor_device_id=who.device_id, actor_leaf_index=0,
+        now_ms=now_ms(), subjects=subjects,
     ).encode()
 
 
 async def test_audit_chain_links_or_is_refused(url: str) -> None:
     room, (a, b), epoch = await make_room(url, 2)
-    e0 = _entry(room, None, epoch)
+    e0 = _entry(a, room, None, epoch)
     reply = await a.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
     assert reply["data"] == {"roomId": room, "index": 0}
     # Not linked to the head (index 0 again): refused, nothing stored.
-    again = await b.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
+    again = await a.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
     assert_error(again, "audit_conflict", retryable=True)
     assert again["data"]["details"] == {"roomId": room, "nextIndex": 1}
-    e1 = _entry(room, e0, epoch)
+    e1 = _entry(b, room, e0, epoch)
     commit = await b.request("sottovoce.room.commit", commit_data(room, epoch, audit=b64(e1)))
     assert commit["event"] == "sottovoce.room.committed"
     # A commit whose audit entry does not link is refused as a whole.
-    stale = await a.request("sottovoce.room.commit", commit_data(room, epoch + 1, audit=b64(e1)))
+    stale = await a.request("sottovoce.room.commit",
+                            commit_data(room, epoch + 1, audit=b64(_entry(a, room, e0, epoch))))
     assert_error(stale, "audit_conflict")
     info = await a.request("sottovoce.room.info", {"roomId": room})
     assert info["data"]["epoch"] == epoch + 1
@@ -676,12 +686,42 @@ async def test_audit_chain_links_or_is_refused(url: str) -> None:
     assert [unb64(e) for e in got["data"]["entries"]] == [e0, e1]
     got = await a.request("sottovoce.room.audit.get", {"roomId": room, "afterIndex": 0})
     assert [unb64(e) for e in got["data"]["entries"]] == [e1]
-    other = _entry(new_room_id(), None, 0)
+    other = _entry(a, new_room_id(), None, 0)
     assert_error(await a.request("sottovoce.room.audit.append",
                                  {"roomId": room, "entry": b64(other)}), "bad_request")
     outsider = await registered(url)
     assert_error(await outsider.request("sottovoce.room.audit.get", {"roomId": room}),
                  "not_member")
+
+
+async def test_an_audit_entry_is_signed_by_the_sending_devices_certified_key(url: str) -> None:
+    """The poisoning attack: a member appends an entry with a garbage signature naming
+    another member as actor. Refused, like every entry not by the sender's certified key;
+    nothing is stored and the chain goes on."""
+    room, (a, b), epoch = await make_room(url, 2)
+    e0 = _entry(a, room, None, epoch)
+    forged = bytearray(_entry(b, room, e0, epoch, actor=a))
+    forged[-1] ^= 1  # a garbage signature, too
+    stranger = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
+    assert (await a.request("sottovoce.room.audit.append",
+                            {"roomId": room, "entry": b64(e0)}))["data"]["index"] == 0
+    for bad in (
+        bytes(forged),                                        # another actor, bad signature
+        _entry(b, room, e0, epoch, actor=a),                  # another actor, b's key
+        _entry(b, room, e0, epoch, key=stranger),             # b as actor, not b's key
+        _entry(b, room, e0, epoch)[:-1] + b"\x00",            # b's key, signature broken
+    ):
+        assert_error(await b.request("sottovoce.room.audit.append",
+                                     {"roomId": room, "entry": b64(bad)}),
+                     "invalid_audit_entry", retryable=False)
+        assert_error(await b.request("sottovoce.room.commit",
+                                     commit_data(room, epoch, audit=b64(bad))),
+                     "invalid_audit_entry")
+    got = await a.request("sottovoce.room.audit.get", {"roomId": room, "afterIndex": -1})
+    assert [unb64(e) for e in got["data"]["entries"]] == [e0]
+    e1 = _entry(b, room, e0, epoch)
+    assert (await b.request("sottovoce.room.audit.append",
+                            {"roomId": room, "entry": b64(e1)}))["data"]["index"] == 1
 
 
 async def test_audit_replies_fit_in_a_frame_and_say_more(url: str) -> None:
@@ -693,12 +733,7 @@ async def test_audit_replies_fit_in_a_frame_and_say_more(url: str) -> None:
     subjects = tuple((f"user{i:03d}" + "x" * 50, f"device{i:03d}" + "y" * 50) for i in range(120))
     chain: list[bytes] = []
     while sum(len(b64(e)) for e in chain) <= ROOM_AUDIT_REPLY_BYTES * 1.5:
-        entry = make_entry(
-            signing_key=ACTOR, suite=1, prev=chain[-1] if chain else None, room_id=room,
-            epoch=epoch, epoch_authenticator=b"\x01" * 32, action=AuditAction.CALL_STARTED,
-            actor_user_id="alice", actor_device_id="d1", actor_leaf_index=0, now_ms=now_ms(),
-            subjects=subjects,
-        ).encode()
+        entry = _entry(a, room, chain[-1] if chain else None, epoch, subjects=subjects)
         reply = await a.request("sottovoce.room.audit.append",
                                 {"roomId": room, "entry": b64(entry)})
         assert reply["event"] == "sottovoce.room.audit.appended", reply
@@ -760,7 +795,8 @@ async def test_bad_room_input_gets_typed_errors(url: str) -> None:
         ("sottovoce.room.commit", commit_data(room, epoch)),
         ("sottovoce.room.ack", {"roomId": room, "upToServerSeq": 1}),
         ("sottovoce.room.token.set", {"roomId": room, "token": secrets.token_urlsafe(32)}),
-        ("sottovoce.room.audit.append", {"roomId": room, "entry": b64(_entry(room, None, 1))}),
+        ("sottovoce.room.audit.append",
+         {"roomId": room, "entry": b64(_entry(outsider, room, None, 1))}),
     ]:
         assert_error(await outsider.request(event, data), "not_member")
     # Nothing of that reached the members.

@@ -99,10 +99,10 @@ from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import (
     AuditAction,
-    AuditEntry,
+    AuditTrail,
     chain_head,
     make_entry,
-    verify_chain,
+    verify_trail,
 )
 from sottovoce.protocol.fields import (
     ProtocolError,
@@ -1353,23 +1353,24 @@ class RoomManager:
                 return index if isinstance(index, int) else len(room.audit) - 1
         raise ServerError("audit_conflict", "the audit chain kept moving", retryable=True)
 
-    async def audit(self, ref: str) -> list[AuditEntry]:
-        """Fetch and verify the room's whole audit trail (raises ``AuditChainError``
-        naming the first bad entry). Checks links, signatures, the binding to every
-        epoch authenticator this member saw, and that the chain still holds the head
-        this member verified before."""
+    async def audit(self, ref: str) -> AuditTrail:
+        """Fetch and verify the room's whole audit trail. Checks links, signatures, the
+        binding to every epoch authenticator this member saw, and that the chain still
+        holds the head this member verified before. A broken chain raises
+        ``AuditChainError`` naming the entry; an entry in it that is not authentic is
+        reported in ``rejected`` and skipped (protocol/audit.py states the rule)."""
         room = self.get(ref)
         room.audit = []
         entries = await self._fetch_audit(room)
         return self.verify_audit(room.room_id, entries)
 
-    def verify_audit(self, room_id: str, entries: list[bytes]) -> list[AuditEntry]:
+    def verify_audit(self, room_id: str, entries: list[bytes]) -> AuditTrail:
         """Offline verification of ``entries`` with what this device has kept."""
         known = self._store.get_secret(f"audit-head:{room_id}")
         known_head = None
         if known is not None and len(known) == 40:
             known_head = (int.from_bytes(known[:8], "big"), known[8:])
-        verified = verify_chain(
+        verified = verify_trail(
             entries,
             room_id=room_id,
             authenticators=self._store.epoch_authenticators(room_id),

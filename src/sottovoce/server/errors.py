@@ -44,6 +44,8 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
 ``invalid_commit``     an external commit (or the GroupInfo it publishes) fails the checks the
                        server makes with the MLS public view; nothing was stored [no]
+``invalid_audit_entry`` an audit entry names another actor than the sending device, or is not
+                       signed by the MLS key of that device's certificate [no]
 ``keypackages_full``   the device already stores the maximum of KeyPackages [no]
 ``internal``           our bug; the request may be retried [yes]
 =====================  ==========================================================

@@ -44,7 +44,7 @@ from sottovoce.mls.public import (
     check_group_info,
     is_external_commit,
 )
-from sottovoce.protocol.audit import AuditEntry, entry_hash
+from sottovoce.protocol.audit import AuditChainError, AuditEntry, check_signature, entry_hash
 from sottovoce.protocol.events import ClientEvent, frame
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
@@ -118,16 +118,31 @@ def _pairs(items: Sequence[Member]) -> list[dict[str, str]]:
     return [{"userId": u, "deviceId": d} for u, d in items]
 
 
-def audit_appendage(room_id: str, raw: bytes | None) -> AuditAppendage | None:
-    """Decode an audit entry enough for the linkage check (the server cannot verify more)."""
-    if raw is None:
-        return None
+def audit_appendage(
+    room_id: str, user: str, device: str, certified_key: bytes, raw: bytes
+) -> AuditAppendage:
+    """An audit entry the sending device may append (protocol/audit.py): it decodes, names
+    the room, names the sender as its actor, states the MLS signature key of the sender's
+    certificate and is signed by it. The linkage is checked in the storage transaction.
+    Whether it is bound to the epoch's authenticator only members can check."""
     try:
         entry = AuditEntry.decode(raw)
     except DecodeError:
         raise WireFailure("bad_request", "audit entry does not decode") from None
     if entry.room_id != room_id:
         raise WireFailure("bad_request", "audit entry belongs to another room")
+    if (entry.actor_user_id, entry.actor_device_id) != (user, device):
+        raise WireFailure("invalid_audit_entry", "an audit entry's actor is the sending device")
+    if not hmac.compare_digest(entry.actor_signature_key, certified_key):
+        raise WireFailure(
+            "invalid_audit_entry", "the audit entry's key is not the device's certified MLS key"
+        )
+    try:
+        check_signature(entry)
+    except AuditChainError:
+        raise WireFailure(
+            "invalid_audit_entry", "the audit entry's signature does not verify"
+        ) from None
     return AuditAppendage(raw, entry.index, entry.prev_hash, entry_hash(raw))
 
 
@@ -326,21 +341,36 @@ class Rooms:
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
     ) -> Awaitable[None] | None:
         session.key  # noqa: B018 -- raises unless authenticated
-        if ev.token is None and not is_external_commit(ev.commit):
+        external = ev.token is not None or is_external_commit(ev.commit)
+        if not external and ev.audit is None:
             self._submit_commit(session, ev, data, rid)
             return None
-        return self._commit_external(session, ev, data, rid)
+        return self._commit_checked(session, ev, data, rid, external)
 
-    async def _commit_external(
-        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
+    async def _commit_checked(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
+        external: bool,
     ) -> None:
-        """An external commit: a non-member joining with a token, or a member's resync.
-        Checked with the MLS public view before anything is stored (module docstring of
-        :mod:`sottovoce.protocol.rooms`, "Joining by token")."""
+        """A commit with something to check first: its audit entry's author, and for an
+        external commit (a non-member joining with a token, or a member's resync) the
+        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token")."""
         user, device = session.key
-        h = None if ev.token is None else token_hash(ev.token)
-        checked = await self._check_external(user, device, ev, h)
-        self._submit_commit(session, ev, data, rid, external=True, checked_epoch=checked)
+        checked = None
+        if external:
+            h = None if ev.token is None else token_hash(ev.token)
+            checked = await self._check_external(user, device, ev, h)
+        audit = await self._audit_entry(ev.roomId, user, device, ev.audit)
+        self._submit_commit(
+            session, ev, data, rid, audit=audit, external=external, checked_epoch=checked
+        )
+
+    async def _audit_entry(
+        self, room_id: str, user: str, device: str, raw: bytes | None
+    ) -> AuditAppendage | None:
+        if raw is None:
+            return None
+        key = await self._certified_mls_key(user, device, "invalid_audit_entry")
+        return audit_appendage(room_id, user, device, key, raw)
 
     async def _check_external(
         self, user: str, device: str, ev: RoomCommit, h: bytes | None
@@ -360,7 +390,7 @@ class Rooms:
                 raise _wire(exc) from None
         if ev.epoch != epoch:
             return None
-        key = await self._certified_mls_key(user, device)
+        key = await self._certified_mls_key(user, device, "invalid_commit")
         try:
             info = check_group_info(stored)
         except MlsError:
@@ -398,20 +428,22 @@ class Rooms:
             )
         return epoch
 
-    async def _certified_mls_key(self, user: str, device: str) -> bytes:
-        """The MLS signature key the device's certificate holds (the account key signed it)."""
+    async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
+        """The MLS signature key the device's certificate holds (the account key signed it:
+        the anchor for what the device signs in rooms); refused with ``code`` if none."""
         rec = await self.app.directory.account(user)
         dev = None if rec is None else rec.device(device)
         if dev is None or dev.revoked:
             raise WireFailure("unauthorized", "device is not registered")
         key = DeviceCertificate.decode(dev.certificate).keys.mls_signature_key
         if not key:
-            raise WireFailure("invalid_commit", "the device certificate holds no MLS key")
+            raise WireFailure(code, "the device certificate holds no MLS signature key")
         return key
 
     def _submit_commit(
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
-        *, external: bool = False, checked_epoch: int | None = None,
+        *, audit: AuditAppendage | None = None, external: bool = False,
+        checked_epoch: int | None = None,
     ) -> None:
         user, device = session.key
         req = CommitRequest(
@@ -427,7 +459,7 @@ class Rooms:
             adds=tuple(m.key for m in ev.adds),
             removes=tuple(m.key for m in ev.removes),
             group_info=ev.groupInfo,
-            audit=audit_appendage(ev.roomId, ev.audit),
+            audit=audit,
             # Hashed at once; the token itself goes no further than this frame.
             token_hash=None if ev.token is None else token_hash(ev.token),
             external=external,
@@ -586,7 +618,7 @@ class Rooms:
         rid: str | None,
     ) -> None:
         user, device = session.key
-        entry = audit_appendage(room_id, audit)
+        entry = await self._audit_entry(room_id, user, device, audit)
         try:
             await self.store.set_room_token(room_id, user, device, h, entry)
         except (RoomRefused, UnknownAccount) as exc:
@@ -639,9 +671,8 @@ class Rooms:
         self, session: Session, ev: AuditAppend, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        entry = audit_appendage(ev.roomId, ev.entry)
-        if entry is None:  # pragma: no cover -- entry is required by the event
-            raise WireFailure("bad_request", "entry is required")
+        key = await self._certified_mls_key(user, device, "invalid_audit_entry")
+        entry = audit_appendage(ev.roomId, user, device, key, ev.entry)
         try:
             index = await self.store.audit_append(ev.roomId, user, device, entry)
         except (RoomRefused, UnknownAccount) as exc:
