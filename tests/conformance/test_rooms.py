@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -24,7 +25,8 @@ from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import RevocationStatement
 from sottovoce.limits import MAX_ROOM_COMMIT_BYTES
 from sottovoce.mls.common import PreSharedKeyID
-from sottovoce.mls.group import Group, GroupConfig, PskStore
+from sottovoce.mls.framing import MLSMessage
+from sottovoce.mls.group import Group, GroupConfig, PskStore, generate_key_package
 from sottovoce.mls.messages import Credential
 from sottovoce.protocol.audit import AuditAction, make_entry
 from sottovoce.protocol.rooms import member_identity
@@ -510,13 +512,25 @@ async def test_token_groupinfo_external_commit_and_revoke(url: str) -> None:
                  "invalid_token")
 
 
+def key_package(c: RawClient, *, key: SigningKey | None = None, name: RawClient | None = None
+                ) -> bytes:
+    """An MLSMessage(KeyPackage) of ``c``'s device (``key``/``name`` forge one)."""
+    who = (name or c).device
+    assert c.device is not None and who is not None
+    kp, _ = generate_key_package(
+        1, Credential.basic(member_identity(who.username, who.device_id)),
+        key or c.device.mls_key, secrets.token_bytes, now_ms(),
+    )
+    return MLSMessage(body=kp).encode()
+
+
 async def test_join_request_is_a_notice_to_the_members(url: str) -> None:
     room, (a, b), epoch = await make_room(url, 2)
     token = secrets.token_urlsafe(32)
     await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     asker = await registered(url)
     await asker.resume()
-    kp = secrets.token_bytes(300)
+    kp = key_package(asker)
     reply = await asker.request("sottovoce.room.join.request",
                                 {"token": token, "keyPackage": b64(kp)})
     assert reply["data"] == {"roomId": room}
@@ -531,6 +545,61 @@ async def test_join_request_is_a_notice_to_the_members(url: str) -> None:
                  "invalid_token")
 
 
+async def test_a_join_request_carries_only_the_requesters_own_key_package(url: str) -> None:
+    room, (a,), _ = await make_room(url, 1)
+    token = secrets.token_urlsafe(32)
+    await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
+    asker = await registered(url)
+    stranger = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
+    for bad, code in (
+        (secrets.token_bytes(300), "invalid_key_package"),      # attacker-chosen bytes
+        (key_package(asker, name=a), "invalid_key_package"),    # names another device
+        (key_package(asker, key=stranger), "invalid_key_package"),  # not its certified key
+        (key_package(asker) + b"\x00" * 2048, "payload_too_large"),  # over the size cap
+    ):
+        assert_error(await asker.request("sottovoce.room.join.request",
+                                         {"token": token, "keyPackage": b64(bad)}), code)
+    await a.nothing(0.2)  # none of that reached the members
+
+
+async def test_a_join_request_flood_is_bounded(url: str) -> None:
+    """One device asks again and again; then many devices ask at once. The server answers
+    with typed errors past each limit, and the members get at most the room's cap."""
+    from sottovoce.limits import (
+        JOIN_REQUESTS_PER_DEVICE_BURST,
+        JOIN_REQUESTS_PER_ROOM_BURST,
+        MAX_PENDING_JOIN_REQUESTS,
+    )
+
+    room, (a,), _ = await make_room(url, 1)
+    token = secrets.token_urlsafe(32)
+    await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
+
+    async def ask(c: RawClient) -> dict[str, Any]:
+        return await c.request("sottovoce.room.join.request",
+                               {"token": token, "keyPackage": b64(key_package(c))})
+
+    first = await registered(url)
+    assert (await ask(first))["event"] == "sottovoce.room.join.requested"
+    for _ in range(JOIN_REQUESTS_PER_DEVICE_BURST - 1):
+        assert_error(await ask(first), "join_request_pending", retryable=False)
+    assert_error(await ask(first), "rate_limited", retryable=True)
+    askers = [await registered(url) for _ in range(JOIN_REQUESTS_PER_ROOM_BURST + 1)]
+    replies = [await ask(c) for c in askers]
+    events = [r["event"] if r["event"] != "ksmpv3.error" else r["data"]["code"] for r in replies]
+    room_left = JOIN_REQUESTS_PER_ROOM_BURST - JOIN_REQUESTS_PER_DEVICE_BURST
+    assert events == (
+        ["sottovoce.room.join.requested"] * (MAX_PENDING_JOIN_REQUESTS - 1)
+        + ["join_requests_full"] * (room_left - MAX_PENDING_JOIN_REQUESTS + 1)
+        + ["rate_limited"] * (len(askers) - room_left)
+    )
+    notices = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            notices.append(await asyncio.wait_for(room_frame(a, "notice"), 0.5))
+    assert len(notices) == MAX_PENDING_JOIN_REQUESTS
+
+
 async def test_token_is_stored_only_as_its_hash(target: Target) -> None:
     proc = target.local()
     room, (a, b), _ = await make_room(target.ws_url, 2)
@@ -538,6 +607,9 @@ async def test_token_is_stored_only_as_its_hash(target: Target) -> None:
     await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     await b.request("sottovoce.room.groupinfo.get", {"token": token})
     await b.request("sottovoce.room.join.request", {"token": token, "keyPackage": b64(b"kp")})
+    joiner = await registered(target.ws_url)
+    await joiner.request("sottovoce.room.join.request",
+                         {"token": token, "keyPackage": b64(key_package(joiner))})
     h = hashlib.sha256(TOKEN_DOMAIN + token.encode()).digest()
     files = [proc.db_path, proc.db_path.with_name(proc.db_path.name + "-wal"), proc.log_path]
     blob = b"".join(p.read_bytes() for p in files if p.exists())

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sottovoce.limits import MAX_PENDING_JOIN_REQUESTS
 from sottovoce.protocol.rooms import token_hash
 from sottovoce.secret import Secret
 from sottovoce.server.logs import JsonLogger
@@ -398,3 +399,28 @@ def test_room_events_round_trip_through_their_wire_form() -> None:
     parsed = wire.parse_room_frame({"envelope": env})
     assert parsed.roomId == ROOM and parsed.serverSeq == 4 and parsed.removeRequest == m
     assert parsed.removeReason == "revoked" and parsed.envelope.ciphertext == b"\x00"
+
+
+async def test_a_room_holds_a_bounded_number_of_pending_join_requests(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    h = hashlib.sha256(b"join token").digest()
+    await st.set_room_token(ROOM, "alice", "d1", h, None)
+    askers = [f"asker{i:02d}" for i in range(MAX_PENDING_JOIN_REQUESTS + 1)]
+    for name in askers:
+        await st.create_account(name, b"k" * 32, "d1", b"cert", 0)
+    for name in askers[:-1]:
+        notice: RoomStored = await _cb(st.room_join_request, h, name, "d1", CT)
+        assert f'"joinRequest":{{"userId":"{name}","deviceId":"d1"}}' in notice.envelope
+    refusals = [(askers[0], "join_request_pending"), (askers[-1], "join_requests_full")]
+    for name, code in refusals:
+        with pytest.raises(RoomRefused) as exc:
+            await _cb(st.room_join_request, h, name, "d1", CT)
+        assert exc.value.code == code
+    # Adding a requester answers its request: the slot is free again.
+    await _cb(st.room_commit, _commit("alice", 1, "add-asker", adds=((askers[0], "d1"),),
+                                      welcome_b64=CT))
+    notice = await _cb(st.room_join_request, h, askers[-1], "d1", CT)
+    assert askers[-1] in notice.envelope

@@ -119,6 +119,7 @@ __all__ = [
     "decode_public",
     "framed_content_tbs",
     "is_external_commit",
+    "leaf_identity",
     "public_suite",
     "read_content",
     "write_content",
@@ -576,6 +577,12 @@ def check_key_package(
     return suite
 
 
+def leaf_identity(leaf: LeafNode) -> bytes | None:
+    """The identity of a leaf's basic credential (§5.3); ``None`` for another type."""
+    credential = leaf.credential
+    return credential.identity if credential.credential_type == CredentialType.BASIC else None
+
+
 def decode_key_package(data: bytes) -> KeyPackage:
     """An MLSMessage(KeyPackage) from a peer; anything else is an :class:`InvalidKeyPackage`."""
     try:
@@ -695,8 +702,7 @@ class ExternalCommit:
     @property
     def joiner_identity(self) -> bytes | None:
         """The identity of the new leaf's basic credential (§5.3); ``None`` for another type."""
-        credential = self.leaf.credential
-        return credential.identity if credential.credential_type == CredentialType.BASIC else None
+        return leaf_identity(self.leaf)
 
     @property
     def external_psk_ids(self) -> tuple[bytes, ...]:

@@ -102,8 +102,9 @@ checks it the same way against the GroupInfo it gives members
 process a commit the server accepted rejoins so, and is never left behind for good.
 
 Error codes: room_exists, unknown_room, not_member, commit_conflict, stale_epoch,
-audit_conflict, invalid_token, invalid_commit, bad_request, forbidden,
-payload_too_large.
+audit_conflict, invalid_token, invalid_commit, invalid_audit_entry,
+invalid_key_package, join_request_pending, join_requests_full, rate_limited,
+bad_request, forbidden, payload_too_large.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ from typing import Any, ClassVar
 from sottovoce.errors import UsageError
 from sottovoce.limits import (
     MAX_CIPHERTEXT_BYTES,
+    MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES,
     MAX_KEY_PACKAGE_BYTES,
     MAX_KEY_PACKAGES_PER_UPLOAD,
     MAX_ROOM_AUDIT_ENTRY_BYTES,
@@ -581,7 +583,10 @@ class GroupInfoGet(ClientEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JoinRequest(ClientEvent):
-    """Ask the members of the token's room to add this device with ``keyPackage``."""
+    """Ask the members of the token's room to add this device with ``keyPackage``: its own
+    (a basic credential naming it, its certified MLS key, current, validly signed), at
+    most MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES. Rate-limited per device and per room; a
+    room holds at most MAX_PENDING_JOIN_REQUESTS unanswered ones, one per device."""
 
     name: ClassVar[str] = "sottovoce.room.join.request"
     token: Secret
@@ -594,7 +599,9 @@ class JoinRequest(ClientEvent):
     def from_data(cls, d: dict[str, Any]) -> JoinRequest:
         return cls(
             token=req_token(d),
-            keyPackage=_nonempty_b64(d, "keyPackage", max_bytes=MAX_KEY_PACKAGE_BYTES),
+            keyPackage=_nonempty_b64(
+                d, "keyPackage", max_bytes=MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES
+            ),
         )
 
 

@@ -31,6 +31,10 @@ from typing import TYPE_CHECKING, Any
 from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
+    JOIN_REQUESTS_PER_DEVICE_BURST,
+    JOIN_REQUESTS_PER_DEVICE_PER_S,
+    JOIN_REQUESTS_PER_ROOM_BURST,
+    JOIN_REQUESTS_PER_ROOM_PER_S,
     KEY_PACKAGES_LOW_WATERMARK,
     MAX_KEY_PACKAGES_PER_DEVICE,
     MAX_ROOMS_LISTED,
@@ -42,7 +46,10 @@ from sottovoce.mls.public import (
     MlsError,
     check_external_commit,
     check_group_info,
+    check_key_package,
+    decode_key_package,
     is_external_commit,
+    leaf_identity,
 )
 from sottovoce.protocol.audit import AuditChainError, AuditEntry, check_signature, entry_hash
 from sottovoce.protocol.events import ClientEvent, frame
@@ -83,6 +90,7 @@ from sottovoce.protocol.rooms import (
 )
 from sottovoce.server.delivery import ack_text, inbox_frame_text
 from sottovoce.server.errors import WireFailure
+from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
@@ -151,6 +159,13 @@ class Rooms:
         self.app = app
         st = app.storage
         self._store: RoomStorage | None = st if isinstance(st, RoomStorage) else None
+        self._join_requests_by_device = KeyedBuckets(
+            JOIN_REQUESTS_PER_DEVICE_PER_S, JOIN_REQUESTS_PER_DEVICE_BURST
+        )
+        #: Keyed by the token's hash: one token opens one room.
+        self._join_requests_by_room = KeyedBuckets(
+            JOIN_REQUESTS_PER_ROOM_PER_S, JOIN_REQUESTS_PER_ROOM_BURST
+        )
 
     def handlers(self) -> dict[type[ClientEvent], Handler]:
         return {
@@ -651,10 +666,33 @@ class Rooms:
             "groupInfo": b64(group_info) if group_info else None,
         }, rid)
 
-    def _join_request(
+    async def _join_request(
         self, session: Session, ev: JoinRequest, data: dict[str, Any], rid: str | None
     ) -> None:
+        """A join request becomes a notice to every member: so it is rate-limited per device
+        and per room, carries only the requester's own valid KeyPackage, and a room holds a
+        bounded number of them unanswered (storage)."""
         user, device = session.key
+        h = token_hash(ev.token)
+        wait = self._join_requests_by_device.take(f"{user}/{device}") or (
+            self._join_requests_by_room.take(h.hex())
+        )
+        if wait:
+            raise WireFailure(
+                "rate_limited", "too many join requests", retryable=True, retry_after_ms=wait
+            )
+        key = await self._certified_mls_key(user, device, "invalid_key_package")
+        try:
+            kp = decode_key_package(ev.keyPackage)
+            check_key_package(kp, now_ms=time.time_ns() // 1_000_000)
+        except MlsError as exc:
+            raise WireFailure("invalid_key_package", f"KeyPackage refused: {exc}") from None
+        if leaf_identity(kp.leaf_node) != member_identity(user, device) or not (
+            hmac.compare_digest(kp.leaf_node.signature_key, key)
+        ):
+            raise WireFailure(
+                "invalid_key_package", "the KeyPackage is not this device's (name or key)"
+            )
 
         def done(msg: RoomStored | None, error: BaseException | None) -> None:
             if msg is None:
@@ -663,7 +701,7 @@ class Rooms:
             session.reply(ROOM_JOIN_REQUESTED, {"roomId": msg.room_id}, rid)
             self._publish(msg)
 
-        self.store.room_join_request(token_hash(ev.token), user, device, data["keyPackage"], done)
+        self.store.room_join_request(h, user, device, data["keyPackage"], done)
 
     # --- audit ----------------------------------------------------------------------------
 

@@ -36,7 +36,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sottovoce.errors import RemoteError
-from sottovoce.limits import MAX_ROOM_MEMBERS
+from sottovoce.limits import (
+    JOIN_REQUEST_PENDING_MS,
+    MAX_PENDING_JOIN_REQUESTS,
+    MAX_ROOM_MEMBERS,
+)
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
@@ -121,6 +125,17 @@ ROOMS_MIGRATION = """
         idx bigint NOT NULL,
         entry bytea NOT NULL,
         PRIMARY KEY(room, idx)
+    );
+"""
+
+#: Schema v4: unanswered join requests (one per room and device), appended to
+#: ``postgres.MIGRATIONS``.
+JOIN_REQUESTS_MIGRATION = """
+    CREATE TABLE room_join_requests(
+        room bigint NOT NULL,
+        dev bigint NOT NULL,
+        requested_at bigint NOT NULL,
+        PRIMARY KEY(room, dev)
     );
 """
 
@@ -533,6 +548,10 @@ class PostgresRooms(RoomStorage):
                 "until_seq = NULL",
                 room.pk, dev, seq,
             )
+            # Its join request (if it made one) is answered.
+            await conn.execute(
+                "DELETE FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
+            )
         await conn.execute(
             "UPDATE rooms SET epoch=$1, group_info=coalesce($2, group_info) WHERE room=$3",
             req.epoch + 1, req.group_info, room.pk,
@@ -643,7 +662,7 @@ class PostgresRooms(RoomStorage):
     async def _join_request(
         self, conn: Any, h: bytes, user: str, device: str, kp_b64: str
     ) -> RoomStored:
-        await self._sender(conn, user, device)
+        dev = await self._sender(conn, user, device)
         room_id = await _token_room(conn, h)
         if room_id is None:
             raise _refuse("invalid_token", "the token does not open a room")
@@ -652,6 +671,28 @@ class PostgresRooms(RoomStorage):
             raise _refuse("invalid_token", "the token does not open a room")  # changed meanwhile
         if (user, device) in room.members:
             raise _refuse("bad_request", "this device is a member of the room")
+        # The room row is locked: counting and inserting cannot race another request.
+        now = self._received()
+        await conn.execute(
+            "DELETE FROM room_join_requests WHERE room=$1 AND requested_at<=$2",
+            room.pk, now - JOIN_REQUEST_PENDING_MS,
+        )
+        if await conn.fetchval(
+            "SELECT 1 FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
+        ):
+            raise _refuse("join_request_pending", "this device's join request is still pending")
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM room_join_requests WHERE room=$1", room.pk
+        )
+        if int(pending) >= MAX_PENDING_JOIN_REQUESTS:
+            raise RoomRefused(
+                "join_requests_full", "the room holds the most unanswered join requests",
+                retryable=True,
+            )
+        await conn.execute(
+            "INSERT INTO room_join_requests(room, dev, requested_at) VALUES ($1, $2, $3)",
+            room.pk, dev, now,
+        )
         extra = ',"joinRequest":' + json.dumps(
             {"userId": user, "deviceId": device}, separators=(",", ":")
         )

@@ -21,7 +21,11 @@ adapters can add rooms on their own schedule. Rules every adapter keeps:
   only if the handler checked it against the GroupInfo of the room's current epoch
   (``checked_epoch``), else ``invalid_commit``;
 * the audit chain only grows by an entry whose index is the stored count and
-  whose prev_hash is the hash of the last stored entry.
+  whose prev_hash is the hash of the last stored entry;
+* a room holds at most MAX_PENDING_JOIN_REQUESTS unanswered join requests, one per
+  device (a second one while the first is pending is ``join_request_pending``, one
+  past the cap ``join_requests_full``); a request is answered when a commit adds its
+  device, and stops counting after JOIN_REQUEST_PENDING_MS.
 
 Message-producing operations (commit, send, join request, revocation notices)
 take a callback, like ``Storage.append``: callbacks run on the event loop in
@@ -263,7 +267,8 @@ class RoomStorage(abc.ABC):
         self, token_hash: bytes, user_id: str, device_id: str, key_package_b64: str,
         callback: RoomCallback,
     ) -> None:
-        """Store a joinRequest notice in the token's room; ``callback(RoomStored | None, err)``."""
+        """Store a joinRequest notice in the token's room unless the device has one pending or
+        the room holds its maximum; ``callback(RoomStored | None, err)``."""
 
     @abc.abstractmethod
     def room_device_revoked(

@@ -28,7 +28,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sottovoce.limits import MAX_ROOM_MEMBERS
+from sottovoce.limits import (
+    JOIN_REQUEST_PENDING_MS,
+    MAX_PENDING_JOIN_REQUESTS,
+    MAX_ROOM_MEMBERS,
+)
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
@@ -110,6 +114,17 @@ ROOMS_MIGRATION = """
         entry BLOB NOT NULL,
         PRIMARY KEY(room, idx)
     ) WITHOUT ROWID;
+"""
+
+#: Schema v4: unanswered join requests (one per room and device), appended to
+#: ``sqlite.MIGRATIONS``.
+JOIN_REQUESTS_MIGRATION = """
+    CREATE TABLE room_join_requests(
+        room INTEGER NOT NULL,
+        dev INTEGER NOT NULL,
+        requested_at INTEGER NOT NULL,
+        PRIMARY KEY(room, dev)
+    ) WITHOUT ROWID
 """
 
 _ZERO_HASH = bytes(32)
@@ -483,6 +498,8 @@ class SqliteRooms(RoomStorage):
                 "VALUES (?, ?, ?, ?, NULL)",
                 (room.pk, dev, seq, seq),
             )
+            # Its join request (if it made one) is answered.
+            conn.execute("DELETE FROM room_join_requests WHERE room=? AND dev=?", (room.pk, dev))
             members[key] = (dev, False)
         conn.execute(
             "UPDATE rooms SET epoch=?, last_seq=?, group_info=coalesce(?, group_info) "
@@ -581,6 +598,28 @@ class SqliteRooms(RoomStorage):
         room = self._room(conn, room_id)
         if (user, device) in room.members:
             raise _refuse("bad_request", "this device is a member of the room")
+        dev = self._sender(conn, user, device)
+        received = self._received()
+        conn.execute(
+            "DELETE FROM room_join_requests WHERE room=? AND requested_at<=?",
+            (room.pk, received - JOIN_REQUEST_PENDING_MS),
+        )
+        if conn.execute(
+            "SELECT 1 FROM room_join_requests WHERE room=? AND dev=?", (room.pk, dev)
+        ).fetchone():
+            raise _refuse("join_request_pending", "this device's join request is still pending")
+        pending = conn.execute(
+            "SELECT count(*) FROM room_join_requests WHERE room=?", (room.pk,)
+        ).fetchone()[0]
+        if int(pending) >= MAX_PENDING_JOIN_REQUESTS:
+            raise RoomRefused(
+                "join_requests_full", "the room holds the most unanswered join requests",
+                retryable=True,
+            )
+        conn.execute(
+            "INSERT INTO room_join_requests(room, dev, requested_at) VALUES (?, ?, ?)",
+            (room.pk, dev, received),
+        )
         extra = ',"joinRequest":' + json.dumps(
             {"userId": user, "deviceId": device}, separators=(",", ":")
         )
