@@ -29,6 +29,14 @@
         (opened before the batch; every member leaf's key must be its device
          certificate's, one directory lookup per unknown user) ──► else refuse
 
+    token ──► T shared inside the group (a "system" room message; members keep it sealed)
+          ──► room.token.set {wire_token(T)}: the server never sees T itself
+    join_with_token ──► external commit injecting the PSK token_psk(T), psk_id = its hash
+        members: a wrong, unknown or missing PSK ──► refused ──► rejoin (below)
+    a commit we cannot follow (or an epoch we never entered) ──► rejoin: external commit
+        replacing our own leaf on the room's GroupInfo ──► remove who that commit added
+        ──► RoomRecovered
+
     send ──► pad (size buckets) ──► encrypt in the current epoch ──► ONE transaction:
              message (sending) + group state + outbox row ──► socket if up (the
              outbox is resent on reconnect, same messageId and idempotencyKey)
@@ -799,10 +807,22 @@ class RoomManager:
         return result
 
     async def _share_current_token(self, room: Room) -> None:
-        """Members added by a Welcome learn the room's token (to check later joiners)."""
+        """Members added by a Welcome learn the room's token (to check later joiners).
+
+        The add itself succeeded: a failure here is reported, not raised (until they are
+        told, they refuse a joiner by token and rejoin, see "Recovery")."""
         token = self._current_token(room.room_id)
-        if token is not None:
+        if token is None:
+            return
+        try:
             await self._share_token(room, token)
+        except (SottovoceError, UsageError) as exc:
+            self._client._emit(
+                ErrorEvent(
+                    code=getattr(exc, "code", "error"),
+                    message=f"room {room.room_id}: new members not told the join token: {exc}",
+                )
+            )
 
     async def remove(self, ref: str, username: str) -> CommitResult | None:
         """Remove every device of ``username`` from the room."""
@@ -1241,6 +1261,8 @@ class RoomManager:
             lambda entry: pr.RoomTokenRevoke(roomId=room.room_id, audit=entry),
             pr.ROOM_TOKEN_UPDATED,
         )
+        with self._store.transaction():  # nothing left to tell members we add
+            self._store.put_secret(_current_token_record(room.room_id), b"")
 
     async def record_event(self, ref: str, action: AuditAction) -> int:
         """Append a call start/stop or recording on/off entry; returns its index."""

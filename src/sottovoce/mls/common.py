@@ -195,7 +195,7 @@ class PreSharedKeyID:
     psk_epoch: int = 0
 
     def __post_init__(self) -> None:
-        # Structs validate themselves (STYLE: a malformed struct cannot exist).
+        # Structs validate themselves: a malformed one cannot exist.
         try:
             object.__setattr__(self, "psktype", PSKType(self.psktype))
             if self.usage is not None:

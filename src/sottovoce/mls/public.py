@@ -98,6 +98,8 @@ if TYPE_CHECKING:
     from sottovoce.crypto.suite import CipherSuite
 
 __all__ = [
+    "DEFAULT_EXTENSIONS",
+    "DEFAULT_PROPOSALS",
     "FRAMED_CONTENT_TBS_LABEL",
     "AuthenticatedContent",
     "Content",
@@ -190,6 +192,7 @@ FRAMED_CONTENT_TBS_LABEL = b"FramedContentTBS"
 
 #: ``application_data`` (bytes), a Proposal, or a Commit (§6 FramedContent select).
 Content = bytes | Proposal | Commit
+
 
 def content_type_of(content: Content) -> ContentType:
     if isinstance(content, bytes):
