@@ -144,6 +144,7 @@ async def test_a_join_without_the_tokens_psk_is_refused_by_the_members_who_rejoi
 ) -> None:
     alice, bob, mallory = await make_accounts(server, ["alice", "bob", "mallory"], tmp_path)
     recovered: dict[str, list[RoomRecovered]] = {"alice": [], "bob": []}
+    said = {"alice": asyncio.Event(), "bob": asyncio.Event()}
 
     async def watch(client: Client) -> None:
         stream = client.events()
@@ -152,6 +153,7 @@ async def test_a_join_without_the_tokens_psk_is_refused_by_the_members_who_rejoi
                 event: ClientEvent = await stream.next(60)
                 if isinstance(event, RoomRecovered):
                     recovered[client.username].append(event)
+                    said[client.username].set()
         finally:
             stream.close()
 
@@ -170,17 +172,16 @@ async def test_a_join_without_the_tokens_psk_is_refused_by_the_members_who_rejoi
                                join.group.group_info())
         assert done["epoch"] == epoch + 1  # the server took it: it holds no key to check
         # Both members refuse it, rejoin, and remove mallory again.
-        for client in (alice, bob):
-            await client.rooms.wait_until(lambda c=client: bool(recovered[c.username]), 20)
-        await alice.rooms.wait_until(
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in said.values())), 20)
+        assert await alice.rooms.wait_until(
             lambda: ("mallory", mallory.device_id) not in members(alice, room_id), 20
         )
-        await bob.rooms.wait_until(
+        assert await bob.rooms.wait_until(
             lambda: ("mallory", mallory.device_id) not in members(bob, room_id), 20
         )
         removed = [r for c in ("alice", "bob") for r in recovered[c] if r.removed]
         assert removed and removed[0].removed == (f"mallory/{mallory.device_id}",)
-        await alice.rooms.wait_until(
+        assert await alice.rooms.wait_until(
             lambda: alice.rooms.get(room_id).epoch == bob.rooms.get(room_id).epoch, 20
         )
         assert alice.rooms.epoch_authenticator(room_id) == bob.rooms.epoch_authenticator(
