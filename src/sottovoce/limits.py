@@ -199,3 +199,17 @@ ROOM_TOKEN_MIN_LEN = 22
 ROOM_TOKEN_MAX_LEN = 128
 #: Rooms listed by sottovoce.rooms.list (bounded so the reply fits one frame).
 MAX_ROOMS_LISTED = 2000
+#: A join request carries the requester's own KeyPackage with a basic credential (~400
+#: bytes), fanned out to every member: nothing bigger is needed, so nothing bigger goes.
+MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES = 2 * 1024
+#: Join requests one device may send (a burst, then one a minute): asking to join is rare.
+JOIN_REQUESTS_PER_DEVICE_BURST = 3
+JOIN_REQUESTS_PER_DEVICE_PER_S = 1 / 60
+#: Join requests one room takes (a burst, then one every 10 s): bounds the notices fanned
+#: out to its members whoever holds the token.
+JOIN_REQUESTS_PER_ROOM_BURST = 30
+JOIN_REQUESTS_PER_ROOM_PER_S = 1 / 10
+#: Unanswered join requests a room holds (one per device; answered ones free their slot).
+MAX_PENDING_JOIN_REQUESTS = 20
+#: An unanswered join request stops counting as pending after this long.
+JOIN_REQUEST_PENDING_MS = 24 * 3600 * 1000

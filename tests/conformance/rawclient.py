@@ -18,6 +18,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys, DeviceSigningKey
 from sottovoce.protocol.events import auth_message, dm_conversation_id
 
@@ -46,13 +47,15 @@ def unique_name(prefix: str = "u") -> str:
 
 @dataclass
 class Device:
-    """One device of an account: its keys and certificate (Olm keys are random stand-ins)."""
+    """One device of an account: its keys and certificate (Olm keys are random stand-ins;
+    the MLS signature key is real, for the room rules the server checks with it)."""
 
     username: str
     device_id: str
     account_key: AccountKey
     device_key: DeviceSigningKey
     certificate: DeviceCertificate
+    mls_key: SigningKey
 
     @classmethod
     def new(
@@ -67,15 +70,17 @@ class Device:
         username = username or unique_name()
         ak = account_key or AccountKey.generate(secrets.token_bytes)
         dk = DeviceSigningKey.generate(secrets.token_bytes)
+        mls_key = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
         keys = DevicePublicKeys(
             signing_key=dk.public,
             olm_identity_key=olm_identity_key or secrets.token_bytes(32),
             olm_signing_key=olm_signing_key or secrets.token_bytes(32),
+            mls_signature_key=mls_key.verify_key.data,
         )
         cert = DeviceCertificate.issue(
             ak, username=username, device_id=device_id, keys=keys, now_ms=now_ms()
         )
-        return cls(username, device_id, ak, dk, cert)
+        return cls(username, device_id, ak, dk, cert, mls_key)
 
     def sibling(self, device_id: str) -> Device:
         """Another device of the same account (certificate signed by the same account key)."""

@@ -1,15 +1,18 @@
 """Rooms through the real server (docs/protocol.md §Rooms, protocol/rooms.py):
 the MLS delivery service's rules checked with raw frames.
 
-Commits, Welcomes and messages are opaque random bytes here: the server never
-reads them, so the rules (one commit per epoch, fan-out of one ciphertext,
-read positions, tokens stored as hashes) are checked without any MLS.
+Member commits, Welcomes and messages are opaque random bytes here: the server
+never reads them, so the rules (one commit per epoch, fan-out of one ciphertext,
+read positions, tokens stored as hashes) are checked without any MLS. External
+commits are the exception: the server checks them with the MLS public view, so
+the tests that make one build it with real MLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -21,7 +24,12 @@ import pytest
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import RevocationStatement
 from sottovoce.limits import MAX_ROOM_COMMIT_BYTES
+from sottovoce.mls.common import PreSharedKeyID
+from sottovoce.mls.framing import MLSMessage
+from sottovoce.mls.group import Group, GroupConfig, PskStore, generate_key_package
+from sottovoce.mls.messages import Credential
 from sottovoce.protocol.audit import AuditAction, make_entry
+from sottovoce.protocol.rooms import member_identity
 from tests.conformance import test_push
 from tests.conformance.conftest import BACKENDS, EXTERNAL_URL, Target
 from tests.conformance.rawclient import Device, RawClient, b64, logged_in, now_ms, registered, unb64
@@ -45,7 +53,6 @@ pytestmark = pytest.mark.parametrize(
 
 webhook = test_push.webhook  # the same fixture, registered in this module too
 TOKEN_DOMAIN = b"sottovoce room token v1"
-ACTOR = SigningKey(SignatureScheme.ED25519, bytes([7]) * 32)
 
 
 def new_room_id() -> str:
@@ -419,8 +426,38 @@ async def test_removed_offline_device_learns_its_removal_on_replay(url: str) -> 
 # --- tokens ----------------------------------------------------------------------------
 
 
+def mls_group(c: RawClient) -> tuple[str, Group]:
+    """A real one-member MLS group of ``c`` (external commits are checked by the server's
+    MLS public view, so a room that takes them needs a real GroupInfo) and its room id."""
+    assert c.device is not None
+    group = Group.create(
+        1, credential=Credential.basic(member_identity(c.device.username, c.device.device_id)),
+        signing_key=c.device.mls_key, rng=secrets.token_bytes, now_ms=now_ms(),
+        group_id=secrets.token_bytes(16),
+    )
+    return "room:" + group.group_id.hex(), group
+
+
+def external_commit(c: RawClient, group_info: bytes, psk_id: bytes) -> Group:
+    """``c``'s external commit (RFC 9420 §12.4.3.2) on ``group_info``, injecting an external
+    PSK named ``psk_id`` (its value is the members' business, not the server's)."""
+    assert c.device is not None
+    return Group.join_by_external_commit(
+        group_info,
+        credential=Credential.basic(member_identity(c.device.username, c.device.device_id)),
+        signing_key=c.device.mls_key, rng=secrets.token_bytes, now_ms=now_ms(),
+        psks=[PreSharedKeyID.external(psk_id, secrets.token_bytes(32))],
+        config=GroupConfig(psk_lookup=PskStore({psk_id: secrets.token_bytes(32)})),
+    )
+
+
 async def test_token_groupinfo_external_commit_and_revoke(url: str) -> None:
-    room, (a, b), epoch = await make_room(url, 2)
+    a = await registered(url)
+    await a.resume()
+    room, group = mls_group(a)
+    created = await a.request("sottovoce.room.create",
+                              {"roomId": room, "groupInfo": b64(group.group_info())})
+    assert created["event"] == "sottovoce.room.created", created
     token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     reply = await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     assert reply["data"] == {"roomId": room, "tokenSet": True}
@@ -429,32 +466,62 @@ async def test_token_groupinfo_external_commit_and_revoke(url: str) -> None:
     await joiner.resume()
     gi = await joiner.request("sottovoce.room.groupinfo.get", {"token": token})
     assert gi["event"] == "sottovoce.room.groupinfo"
-    assert gi["data"] == {"roomId": room, "epoch": epoch, "groupInfo": b64(b"group-info-0")}
+    assert gi["data"] == {"roomId": room, "epoch": 0, "groupInfo": b64(group.group_info())}
     wrong = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert_error(await joiner.request("sottovoce.room.groupinfo.get", {"token": wrong}),
                  "invalid_token", retryable=False)
-    # External commit: the token authorizes a non-member that adds exactly itself.
+    # The members' GroupInfo by room id: for members only.
+    mine = await a.request("sottovoce.room.groupinfo.get", {"roomId": room})
+    assert mine["data"] == gi["data"]
+    assert_error(await joiner.request("sottovoce.room.groupinfo.get", {"roomId": room}),
+                 "not_member")
+    # External commit: the token authorizes a non-member that adds exactly itself...
+    h = hashlib.sha256(TOKEN_DOMAIN + token.encode()).digest()
+    join = external_commit(joiner, unb64(gi["data"]["groupInfo"]), h)
+    commit = {"commit": b64(join.commit), "groupInfo": b64(join.group.group_info())}
     bad = await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)], token=wrong))
+        room, 0, adds=[member(joiner)], token=wrong, **commit))
     assert_error(bad, "invalid_token")
     assert_error(await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)])), "not_member")
+        room, 0, adds=[member(joiner)], **commit)), "not_member")
     assert_error(await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner), member(b)], token=token)), "bad_request")
+        room, 0, adds=[member(joiner), member(a)], token=token, **commit)), "bad_request")
+    # ... with a commit the server can check: not 64 random bytes (the attack that wedged
+    # rooms), not one that binds no token PSK, nor one for another epoch.
+    for refused in (
+        {"commit": b64(secrets.token_bytes(64)), "groupInfo": commit["groupInfo"]},
+        {"commit": b64(external_commit(joiner, unb64(gi["data"]["groupInfo"]), b"x" * 32)
+                       .commit), "groupInfo": commit["groupInfo"]},
+        {**commit, "groupInfo": b64(group.group_info())},  # not the next epoch's
+    ):
+        assert_error(await joiner.request("sottovoce.room.commit", commit_data(
+            room, 0, adds=[member(joiner)], token=token, **refused)), "invalid_commit")
+    assert (await a.request("sottovoce.room.info", {"roomId": room}))["data"]["epoch"] == 0
     ok = await joiner.request("sottovoce.room.commit", commit_data(
-        room, epoch, adds=[member(joiner)], token=token, groupInfo=b64(b"group-info-2")))
-    assert ok["event"] == "sottovoce.room.committed" and ok["data"]["epoch"] == epoch + 1
-    for x in (a, b):
-        assert (await room_frame(x, "commit"))["adds"] == [member(joiner)]
+        room, 0, adds=[member(joiner)], token=token, **commit))
+    assert ok["event"] == "sottovoce.room.committed" and ok["data"]["epoch"] == 1
+    assert (await room_frame(a, "commit"))["adds"] == [member(joiner)]
     info = await joiner.request("sottovoce.room.info", {"roomId": room})
     assert member(joiner) in info["data"]["members"]
-    gi = await b.request("sottovoce.room.groupinfo.get", {"token": token})
-    assert gi["data"]["groupInfo"] == b64(b"group-info-2") and gi["data"]["epoch"] == epoch + 1
+    gi = await a.request("sottovoce.room.groupinfo.get", {"token": token})
+    assert gi["data"]["groupInfo"] == commit["groupInfo"] and gi["data"]["epoch"] == 1
     # Revoked: the same answer as a token that never existed.
-    reply = await b.request("sottovoce.room.token.revoke", {"roomId": room, "audit": None})
+    reply = await a.request("sottovoce.room.token.revoke", {"roomId": room, "audit": None})
     assert reply["data"] == {"roomId": room, "tokenSet": False}
-    assert_error(await b.request("sottovoce.room.groupinfo.get", {"token": token}),
+    assert_error(await a.request("sottovoce.room.groupinfo.get", {"token": token}),
                  "invalid_token")
+
+
+def key_package(c: RawClient, *, key: SigningKey | None = None, name: RawClient | None = None
+                ) -> bytes:
+    """An MLSMessage(KeyPackage) of ``c``'s device (``key``/``name`` forge one)."""
+    who = (name or c).device
+    assert c.device is not None and who is not None
+    kp, _ = generate_key_package(
+        1, Credential.basic(member_identity(who.username, who.device_id)),
+        key or c.device.mls_key, secrets.token_bytes, now_ms(),
+    )
+    return MLSMessage(body=kp).encode()
 
 
 async def test_join_request_is_a_notice_to_the_members(url: str) -> None:
@@ -463,7 +530,7 @@ async def test_join_request_is_a_notice_to_the_members(url: str) -> None:
     await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     asker = await registered(url)
     await asker.resume()
-    kp = secrets.token_bytes(300)
+    kp = key_package(asker)
     reply = await asker.request("sottovoce.room.join.request",
                                 {"token": token, "keyPackage": b64(kp)})
     assert reply["data"] == {"roomId": room}
@@ -478,6 +545,61 @@ async def test_join_request_is_a_notice_to_the_members(url: str) -> None:
                  "invalid_token")
 
 
+async def test_a_join_request_carries_only_the_requesters_own_key_package(url: str) -> None:
+    room, (a,), _ = await make_room(url, 1)
+    token = secrets.token_urlsafe(32)
+    await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
+    asker = await registered(url)
+    stranger = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
+    for bad, code in (
+        (secrets.token_bytes(300), "invalid_key_package"),      # attacker-chosen bytes
+        (key_package(asker, name=a), "invalid_key_package"),    # names another device
+        (key_package(asker, key=stranger), "invalid_key_package"),  # not its certified key
+        (key_package(asker) + b"\x00" * 2048, "payload_too_large"),  # over the size cap
+    ):
+        assert_error(await asker.request("sottovoce.room.join.request",
+                                         {"token": token, "keyPackage": b64(bad)}), code)
+    await a.nothing(0.2)  # none of that reached the members
+
+
+async def test_a_join_request_flood_is_bounded(url: str) -> None:
+    """One device asks again and again; then many devices ask at once. The server answers
+    with typed errors past each limit, and the members get at most the room's cap."""
+    from sottovoce.limits import (
+        JOIN_REQUESTS_PER_DEVICE_BURST,
+        JOIN_REQUESTS_PER_ROOM_BURST,
+        MAX_PENDING_JOIN_REQUESTS,
+    )
+
+    room, (a,), _ = await make_room(url, 1)
+    token = secrets.token_urlsafe(32)
+    await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
+
+    async def ask(c: RawClient) -> dict[str, Any]:
+        return await c.request("sottovoce.room.join.request",
+                               {"token": token, "keyPackage": b64(key_package(c))})
+
+    first = await registered(url)
+    assert (await ask(first))["event"] == "sottovoce.room.join.requested"
+    for _ in range(JOIN_REQUESTS_PER_DEVICE_BURST - 1):
+        assert_error(await ask(first), "join_request_pending", retryable=False)
+    assert_error(await ask(first), "rate_limited", retryable=True)
+    askers = [await registered(url) for _ in range(JOIN_REQUESTS_PER_ROOM_BURST + 1)]
+    replies = [await ask(c) for c in askers]
+    events = [r["event"] if r["event"] != "ksmpv3.error" else r["data"]["code"] for r in replies]
+    room_left = JOIN_REQUESTS_PER_ROOM_BURST - JOIN_REQUESTS_PER_DEVICE_BURST
+    assert events == (
+        ["sottovoce.room.join.requested"] * (MAX_PENDING_JOIN_REQUESTS - 1)
+        + ["join_requests_full"] * (room_left - MAX_PENDING_JOIN_REQUESTS + 1)
+        + ["rate_limited"] * (len(askers) - room_left)
+    )
+    notices = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            notices.append(await asyncio.wait_for(room_frame(a, "notice"), 0.5))
+    assert len(notices) == MAX_PENDING_JOIN_REQUESTS
+
+
 async def test_token_is_stored_only_as_its_hash(target: Target) -> None:
     proc = target.local()
     room, (a, b), _ = await make_room(target.ws_url, 2)
@@ -485,6 +607,9 @@ async def test_token_is_stored_only_as_its_hash(target: Target) -> None:
     await a.request("sottovoce.room.token.set", {"roomId": room, "token": token})
     await b.request("sottovoce.room.groupinfo.get", {"token": token})
     await b.request("sottovoce.room.join.request", {"token": token, "keyPackage": b64(b"kp")})
+    joiner = await registered(target.ws_url)
+    await joiner.request("sottovoce.room.join.request",
+                         {"token": token, "keyPackage": b64(key_package(joiner))})
     h = hashlib.sha256(TOKEN_DOMAIN + token.encode()).digest()
     files = [proc.db_path, proc.db_path.with_name(proc.db_path.name + "-wal"), proc.log_path]
     blob = b"".join(p.read_bytes() for p in files if p.exists())
@@ -593,28 +718,39 @@ async def test_keypackages_claimed_once_then_last_resort_and_low_notice(url: str
 # --- audit -----------------------------------------------------------------------------
 
 
-def _entry(room: str, prev: bytes | None, epoch: int) -> bytes:
+def _entry(
+    c: RawClient, room: str, prev: bytes | None, epoch: int, *,
+    key: SigningKey | None = None, actor: RawClient | None = None,
+    subjects: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """An entry by ``c`` (signed with its certified MLS key, naming it as the actor);
+    ``key``/``actor`` forge one."""
+    assert c.device is not None
+    who = (actor or c).device
+    assert who is not None
     return make_entry(
-        signing_key=ACTOR, suite=1, prev=prev, room_id=room, epoch=epoch,
+        signing_key=key or c.device.mls_key, suite=1, prev=prev, room_id=room, epoch=epoch,
         epoch_authenticator=b"\x01" * 32, action=AuditAction.CALL_STARTED,
-        actor_user_id="alice", actor_device_id="d1", actor_leaf_index=0, now_ms=now_ms(),
+        actor_user_id=who.username, actor_device_id=who.device_id, actor_leaf_index=0,
+        now_ms=now_ms(), subjects=subjects,
     ).encode()
 
 
 async def test_audit_chain_links_or_is_refused(url: str) -> None:
     room, (a, b), epoch = await make_room(url, 2)
-    e0 = _entry(room, None, epoch)
+    e0 = _entry(a, room, None, epoch)
     reply = await a.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
     assert reply["data"] == {"roomId": room, "index": 0}
     # Not linked to the head (index 0 again): refused, nothing stored.
-    again = await b.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
+    again = await a.request("sottovoce.room.audit.append", {"roomId": room, "entry": b64(e0)})
     assert_error(again, "audit_conflict", retryable=True)
     assert again["data"]["details"] == {"roomId": room, "nextIndex": 1}
-    e1 = _entry(room, e0, epoch)
+    e1 = _entry(b, room, e0, epoch)
     commit = await b.request("sottovoce.room.commit", commit_data(room, epoch, audit=b64(e1)))
     assert commit["event"] == "sottovoce.room.committed"
     # A commit whose audit entry does not link is refused as a whole.
-    stale = await a.request("sottovoce.room.commit", commit_data(room, epoch + 1, audit=b64(e1)))
+    stale = await a.request("sottovoce.room.commit",
+                            commit_data(room, epoch + 1, audit=b64(_entry(a, room, e0, epoch))))
     assert_error(stale, "audit_conflict")
     info = await a.request("sottovoce.room.info", {"roomId": room})
     assert info["data"]["epoch"] == epoch + 1
@@ -622,12 +758,42 @@ async def test_audit_chain_links_or_is_refused(url: str) -> None:
     assert [unb64(e) for e in got["data"]["entries"]] == [e0, e1]
     got = await a.request("sottovoce.room.audit.get", {"roomId": room, "afterIndex": 0})
     assert [unb64(e) for e in got["data"]["entries"]] == [e1]
-    other = _entry(new_room_id(), None, 0)
+    other = _entry(a, new_room_id(), None, 0)
     assert_error(await a.request("sottovoce.room.audit.append",
                                  {"roomId": room, "entry": b64(other)}), "bad_request")
     outsider = await registered(url)
     assert_error(await outsider.request("sottovoce.room.audit.get", {"roomId": room}),
                  "not_member")
+
+
+async def test_an_audit_entry_is_signed_by_the_sending_devices_certified_key(url: str) -> None:
+    """The poisoning attack: a member appends an entry with a garbage signature naming
+    another member as actor. Refused, like every entry not by the sender's certified key;
+    nothing is stored and the chain goes on."""
+    room, (a, b), epoch = await make_room(url, 2)
+    e0 = _entry(a, room, None, epoch)
+    forged = bytearray(_entry(b, room, e0, epoch, actor=a))
+    forged[-1] ^= 1  # a garbage signature, too
+    stranger = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
+    assert (await a.request("sottovoce.room.audit.append",
+                            {"roomId": room, "entry": b64(e0)}))["data"]["index"] == 0
+    for bad in (
+        bytes(forged),                                        # another actor, bad signature
+        _entry(b, room, e0, epoch, actor=a),                  # another actor, b's key
+        _entry(b, room, e0, epoch, key=stranger),             # b as actor, not b's key
+        _entry(b, room, e0, epoch)[:-1] + b"\x00",            # b's key, signature broken
+    ):
+        assert_error(await b.request("sottovoce.room.audit.append",
+                                     {"roomId": room, "entry": b64(bad)}),
+                     "invalid_audit_entry", retryable=False)
+        assert_error(await b.request("sottovoce.room.commit",
+                                     commit_data(room, epoch, audit=b64(bad))),
+                     "invalid_audit_entry")
+    got = await a.request("sottovoce.room.audit.get", {"roomId": room, "afterIndex": -1})
+    assert [unb64(e) for e in got["data"]["entries"]] == [e0]
+    e1 = _entry(b, room, e0, epoch)
+    assert (await b.request("sottovoce.room.audit.append",
+                            {"roomId": room, "entry": b64(e1)}))["data"]["index"] == 1
 
 
 async def test_audit_replies_fit_in_a_frame_and_say_more(url: str) -> None:
@@ -639,12 +805,7 @@ async def test_audit_replies_fit_in_a_frame_and_say_more(url: str) -> None:
     subjects = tuple((f"user{i:03d}" + "x" * 50, f"device{i:03d}" + "y" * 50) for i in range(120))
     chain: list[bytes] = []
     while sum(len(b64(e)) for e in chain) <= ROOM_AUDIT_REPLY_BYTES * 1.5:
-        entry = make_entry(
-            signing_key=ACTOR, suite=1, prev=chain[-1] if chain else None, room_id=room,
-            epoch=epoch, epoch_authenticator=b"\x01" * 32, action=AuditAction.CALL_STARTED,
-            actor_user_id="alice", actor_device_id="d1", actor_leaf_index=0, now_ms=now_ms(),
-            subjects=subjects,
-        ).encode()
+        entry = _entry(a, room, chain[-1] if chain else None, epoch, subjects=subjects)
         reply = await a.request("sottovoce.room.audit.append",
                                 {"roomId": room, "entry": b64(entry)})
         assert reply["event"] == "sottovoce.room.audit.appended", reply
@@ -706,7 +867,8 @@ async def test_bad_room_input_gets_typed_errors(url: str) -> None:
         ("sottovoce.room.commit", commit_data(room, epoch)),
         ("sottovoce.room.ack", {"roomId": room, "upToServerSeq": 1}),
         ("sottovoce.room.token.set", {"roomId": room, "token": secrets.token_urlsafe(32)}),
-        ("sottovoce.room.audit.append", {"roomId": room, "entry": b64(_entry(room, None, 1))}),
+        ("sottovoce.room.audit.append",
+         {"roomId": room, "entry": b64(_entry(outsider, room, None, 1))}),
     ]:
         assert_error(await outsider.request(event, data), "not_member")
     # Nothing of that reached the members.

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sottovoce.limits import MAX_PENDING_JOIN_REQUESTS
 from sottovoce.protocol.rooms import token_hash
 from sottovoce.secret import Secret
 from sottovoce.server.logs import JsonLogger
@@ -283,17 +284,53 @@ async def test_token_is_kept_as_its_hash_only(room_storage: SqliteStorage) -> No
     assert await _scalar(st, "SELECT token_hash FROM rooms") == h
     blob = await _stored_bytes(st)
     assert token.encode() not in blob and (h in blob or h.hex().encode() in blob)
-    # External commit by the token: only for exactly the sender, only with the right hash.
+    # External commit by the token: only for exactly the sender, only with the right hash,
+    # only an external commit the handler checked against this epoch's GroupInfo.
     await st.create_account("dave", b"d" * 32, "d1", b"cert-d", 0)
-    with pytest.raises(RoomRefused) as exc:
-        await _cb(st.room_commit, _commit("dave", 1, "ext0", adds=(("dave", "d1"),),
-                                          token_hash=hashlib.sha256(b"nope").digest()))
-    assert exc.value.code == "invalid_token"
-    out: CommitOutcome = await _cb(st.room_commit, _commit(
-        "dave", 1, "ext1", adds=(("dave", "d1"),), token_hash=h))
+    join = {"adds": (("dave", "d1"),), "token_hash": h, "external": True}
+    refused = [
+        ("invalid_token", {**join, "token_hash": hashlib.sha256(b"nope").digest(),
+                           "checked_epoch": 1}),
+        ("invalid_commit", {**join, "external": False, "checked_epoch": 1}),
+        ("invalid_commit", {**join, "checked_epoch": None}),
+        ("invalid_commit", {**join, "checked_epoch": 0}),
+        ("bad_request", {**join, "adds": (("dave", "d1"), ("bob", "d1")), "checked_epoch": 1}),
+    ]
+    for i, (code, kw) in enumerate(refused):
+        with pytest.raises(RoomRefused) as exc:
+            await _cb(st.room_commit, _commit("dave", 1, f"ext-bad{i}", **kw))
+        assert exc.value.code == code, kw
+    assert (await st.room_state(ROOM, "bob", "d1")).epoch == 1  # nothing was stored
+    out: CommitOutcome = await _cb(st.room_commit, _commit("dave", 1, "ext1", checked_epoch=1,
+                                                           **join))
     assert out.epoch == 2 and ("dave", "d1") not in out.message.members
     await st.set_room_token(ROOM, "bob", "d1", None, None)
     assert await st.group_info_by_token(h) is None
+
+
+async def test_a_member_resync_changes_no_member_and_members_read_the_group_info(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    assert await st.room_group_info(ROOM, "bob", "d1") == (1, b"gi")
+    await st.create_account("dave", b"d" * 32, "d1", b"cert-d", 0)
+    with pytest.raises(RoomRefused) as exc:
+        await st.room_group_info(ROOM, "dave", "d1")
+    assert exc.value.code == "not_member"
+    with pytest.raises(RoomRefused) as exc:
+        await _cb(st.room_commit, _commit("bob", 1, "resync-bad", external=True,
+                                          checked_epoch=1, removes=(("carol", "d1"),)))
+    assert exc.value.code == "bad_request"
+    with pytest.raises(RoomRefused) as exc:
+        await _cb(st.room_commit, _commit("bob", 1, "resync-unchecked", external=True))
+    assert exc.value.code == "invalid_commit"
+    out: CommitOutcome = await _cb(st.room_commit, _commit(
+        "bob", 1, "resync", external=True, checked_epoch=1, group_info=b"gi-2"))
+    assert out.epoch == 2 and set(out.message.members) == {
+        ("alice", "d1"), ("bob", "d1"), ("carol", "d1")
+    }
+    assert await st.room_group_info(ROOM, "carol", "d1") == (2, b"gi-2")
 
 
 async def test_revoked_device_is_dropped_from_delivery_and_each_room_gets_a_notice(
@@ -362,3 +399,28 @@ def test_room_events_round_trip_through_their_wire_form() -> None:
     parsed = wire.parse_room_frame({"envelope": env})
     assert parsed.roomId == ROOM and parsed.serverSeq == 4 and parsed.removeRequest == m
     assert parsed.removeReason == "revoked" and parsed.envelope.ciphertext == b"\x00"
+
+
+async def test_a_room_holds_a_bounded_number_of_pending_join_requests(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    h = hashlib.sha256(b"join token").digest()
+    await st.set_room_token(ROOM, "alice", "d1", h, None)
+    askers = [f"asker{i:02d}" for i in range(MAX_PENDING_JOIN_REQUESTS + 1)]
+    for name in askers:
+        await st.create_account(name, b"k" * 32, "d1", b"cert", 0)
+    for name in askers[:-1]:
+        notice: RoomStored = await _cb(st.room_join_request, h, name, "d1", CT)
+        assert f'"joinRequest":{{"userId":"{name}","deviceId":"d1"}}' in notice.envelope
+    refusals = [(askers[0], "join_request_pending"), (askers[-1], "join_requests_full")]
+    for name, code in refusals:
+        with pytest.raises(RoomRefused) as exc:
+            await _cb(st.room_join_request, h, name, "d1", CT)
+        assert exc.value.code == code
+    # Adding a requester answers its request: the slot is free again.
+    await _cb(st.room_commit, _commit("alice", 1, "add-asker", adds=((askers[0], "d1"),),
+                                      welcome_b64=CT))
+    notice = await _cb(st.room_join_request, h, askers[-1], "d1", CT)
+    assert askers[-1] in notice.envelope

@@ -126,7 +126,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 3
         for entry in entries:
             print(_describe(entry))
-        print(f"✓ {len(entries)} entries verified (links, signatures, epoch bindings)")
+        for bad in entries.rejected:  # in the chain, but not authentic: skipped
+            print(f"! audit entry #{bad.index} skipped: {bad.reason}", file=sys.stderr)
+        skipped = f", {len(entries.rejected)} skipped" if entries.rejected else ""
+        print(f"✓ {len(entries)} entries verified (links, signatures, epoch bindings){skipped}")
         return 0
 
     return _with_client(args, work)

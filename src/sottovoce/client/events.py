@@ -96,10 +96,28 @@ class RoomMembershipChanged:
     self_removed: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomRecovered(ErrorEvent):
+    """This device could not follow a commit of a room (it could not verify or process
+    it) and rejoined the room by an external commit, so it is not left behind.
+
+    Shown like an error (``code`` "room_recovered", ``message`` says what happened):
+    ``skipped`` room frames between the last one it could read and its rejoin stay
+    unreadable to it; ``removed`` are the devices (``user/device``) whose join it could
+    not verify and that it removed again after rejoining.
+    """
+
+    room_id: str
+    epoch: int
+    skipped: int = 0
+    removed: tuple[str, ...] = ()
+
+
 ClientEvent = (
     RoomMessageReceived
     | RoomJoined
     | RoomMembershipChanged
+    | RoomRecovered
     | MessageReceived
     | MessageSent
     | DeliveryStateChanged

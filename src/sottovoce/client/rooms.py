@@ -30,6 +30,14 @@
         (opened before the batch; every member leaf's key must be its device
          certificate's, one directory lookup per unknown user) ──► else refuse
 
+    token ──► T shared inside the group (a "system" room message; members keep it sealed)
+          ──► room.token.set {wire_token(T)}: the server never sees T itself
+    join_with_token ──► external commit injecting the PSK token_psk(T), psk_id = its hash
+        members: a wrong, unknown or missing PSK ──► refused ──► rejoin (below)
+    a commit we cannot follow (or an epoch we never entered) ──► rejoin: external commit
+        replacing our own leaf on the room's GroupInfo ──► remove who that commit added
+        ──► RoomRecovered
+
     send ──► pad (size buckets) ──► encrypt in the current epoch ──► ONE transaction:
              message (sending) + group state + outbox row ──► socket if up (the
              outbox is resent on reconnect, same messageId and idempotencyKey)
@@ -53,6 +61,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sottovoce.client.errors import NotConnected, ServerError
@@ -62,6 +71,7 @@ from sottovoce.client.events import (
     RoomJoined,
     RoomMembershipChanged,
     RoomMessageReceived,
+    RoomRecovered,
 )
 from sottovoce.client.payload import Payload
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -79,25 +89,29 @@ from sottovoce.limits import (
     ROOM_EARLY_FRAMES,
     ROOM_SEND_RETRIES,
 )
+from sottovoce.mls.common import PreSharedKeyID, PSKType
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.mls.group import (
     ApplicationMessage,
     CommitBundle,
     Group,
+    GroupConfig,
     KeyPackagePrivate,
+    PskLookup,
     StagedCommit,
     generate_key_package,
 )
 from sottovoce.mls.messages import Credential, KeyPackage, Welcome
 from sottovoce.mls.proposals import validate_key_package
+from sottovoce.mls.public import check_group_info
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import (
     AuditAction,
-    AuditEntry,
+    AuditTrail,
     chain_head,
     make_entry,
-    verify_chain,
+    verify_trail,
 )
 from sottovoce.protocol.fields import (
     ProtocolError,
@@ -127,6 +141,9 @@ ROOM_REQUEST_TIMEOUT_S = 20.0
 #: room.sync rounds in a row without progress before a catch-up gives up (a server
 #: that keeps answering without the missing frames must not keep us looping).
 ROOM_SYNC_ROUNDS = 3
+#: Rejoins of one room per session after commits we could not follow: a server that
+#: keeps sending commits no member can process must not make us commit forever.
+ROOM_RECOVERIES = 3
 
 # Event names the SDK waits for (the rest are in protocol/rooms.py).
 ROOM_FRAME = pr.ROOM_FRAME
@@ -157,8 +174,8 @@ def is_room_id(value: str) -> bool:
 
 
 def identity_of(user: str, device: str) -> bytes:
-    """The basic credential of a device: ``user/device`` (both from the id alphabet)."""
-    return f"{user}/{device}".encode("ascii")
+    """The basic credential of a device: ``user/device`` (the server checks it too)."""
+    return pr.member_identity(user, device)
 
 
 def device_of(credential: Credential | None) -> Device | None:
@@ -181,9 +198,56 @@ def _group_state(group: Group) -> bytes:
     return group.to_state()
 
 
-def _restore_group(state: bytes) -> Group | None:
+def _token_record(room_id: str, token_hash: bytes) -> str:
+    return f"room-token:{room_id}:{token_hash.hex()}"
+
+
+def _current_token_record(room_id: str) -> str:
+    return f"room-token-current:{room_id}"
+
+
+def _control_record(message_id: str) -> str:
+    return f"room-control:{message_id}"
+
+
+def _control_peer(room_id: str) -> str:
+    """Where a room's control messages are kept: beside the room, out of its history
+    (the message row dedupes them and carries their delivery state)."""
+    return f"{room_id}#control"
+
+
+# Room control messages: a room message whose payload content type is "system" and
+# whose body is ``uint8 kind`` then the kind's fields. Members act on them; the
+# history shows a line saying what happened, never the fields (a token is a secret).
+CONTROL_TOKEN = 1  # opaque token<V>: the room's join token, set or rotated
+#: What the history shows of a shared token.
+TOKEN_SHARED_TEXT = "(set a new join token for the room)"  # noqa: S105 -- a history line
+
+
+def _token_control(token: Secret) -> bytes:
+    w = Writer()
+    w.u8(CONTROL_TOKEN)
+    w.opaque_v(token.expose())
+    return w.getvalue()
+
+
+def _read_token_control(body: bytes) -> Secret:
+    """The token a control message shares; ``DecodeError`` for anything else."""
+
+    def read(r: Reader) -> Secret:
+        if r.u8() != CONTROL_TOKEN:
+            raise DecodeError("unknown room control message")
+        return pr.req_token({"token": r.opaque_v().decode("ascii", "replace")})
+
     try:
-        return Group.from_state(state)
+        return decode(read, body)
+    except ProtocolError:
+        raise DecodeError("the shared token is malformed") from None
+
+
+def _restore_group(state: bytes, psk_lookup: PskLookup) -> Group | None:
+    try:
+        return Group.from_state(state, psk_lookup=psk_lookup)
     except DecodeError:
         return None  # damaged record: the room is unusable, the rest of the account is not
 
@@ -266,7 +330,7 @@ def _marked_after(room: Room, marks: int) -> Callable[[], bool]:
 
 def group_member_after(
     staged: StagedCommit, credential: Credential | None
-) -> tuple[Device, bytes] | None:
+) -> tuple[Device, bytes]:
     """The external joiner of ``staged``: its device and its leaf's signature key."""
     who = device_of(credential)
     if who is None:
@@ -275,6 +339,18 @@ def group_member_after(
     if member is None:
         raise RemoteError("an external commit without a joiner leaf")
     return who, member.signature_key
+
+
+def _check_external_join(staged: StagedCommit, user: str, device: str) -> bool:
+    """An external commit is a resync of a member (it removes the joiner's own old leaf,
+    RFC 9420 §12.2; returns True) or a join by token, which must inject the token's
+    PSK (protocol/rooms.py, "Joining by token"): the key schedule already refused a
+    wrong or unknown one, so an external PSK being there is what is left to check."""
+    if any(device_of(m.credential) == (user, device) for m in staged.removes):
+        return True
+    if not any(p.psktype == PSKType.EXTERNAL for p in staged.psks):
+        raise RemoteError("an external join that does not show the room's token")
+    return False
 
 
 def _refs(devices: Iterable[Device]) -> tuple[pr.MemberRef, ...]:
@@ -346,6 +422,12 @@ class Room:
     held_overflow: bool = False
     #: room.sync rounds whose frames have been played (the sync task waits on it).
     sync_marks: int = 0
+    #: Rejoining (we could not follow a commit): frames are held, as when catching up.
+    recovering: bool = False
+    #: Rejoins tried since this device opened the room (bounded: ROOM_RECOVERIES).
+    recoveries: int = 0
+    #: Devices a commit we refused added: removed again once we have rejoined.
+    refused: set[Device] = field(default_factory=set)
 
     @property
     def epoch(self) -> int:
@@ -423,13 +505,42 @@ class RoomManager:
     def _credential(self) -> Credential:
         return Credential.basic(identity_of(self.username, self.device_id))
 
+    # --- join tokens: what members know of them (protocol/rooms.py, "Joining by token") ---
+
+    def _remember_token(self, room_id: str, token: Secret) -> None:
+        """Keep a room's token T, sealed: by its hash (to resolve an external commit's PSK
+        id) and as the room's current token (to share with members we add). Call inside
+        a store transaction."""
+        h = pr.token_hash(pr.wire_token(token))
+        self._store.put_secret(_token_record(room_id, h), token.expose())
+        self._store.put_secret(_current_token_record(room_id), token.expose())
+
+    def _current_token(self, room_id: str) -> Secret | None:
+        raw = self._store.get_secret(_current_token_record(room_id))
+        return None if not raw else Secret(raw)
+
+    def _psk_lookup(self, room_id: str) -> PskLookup:
+        """The room's external PSKs: the token whose hash an external commit names
+        resolves to ``token_psk(T)``; an unknown one to nothing (MissingPsk)."""
+
+        def lookup(psk: PreSharedKeyID) -> Secret | None:
+            if psk.psktype != PSKType.EXTERNAL:
+                return None
+            raw = self._store.get_secret(_token_record(room_id, psk.psk_id))
+            return None if raw is None else pr.token_psk(Secret(raw))
+
+        return lookup
+
+    def _group_config(self, room_id: str) -> GroupConfig:
+        return GroupConfig(psk_lookup=self._psk_lookup(room_id))
+
     # --- loading --------------------------------------------------------------------
 
     def _load(self) -> None:
         for row in self._store.rooms():
             group = None
             if row.state is not None and not row.removed:
-                group = _restore_group(row.state)
+                group = _restore_group(row.state, self._psk_lookup(row.room_id))
             if group is None and not row.removed:
                 continue  # damaged state: the room is unusable, the rest of the account is not
             self._rooms[row.room_id] = Room(
@@ -449,7 +560,7 @@ class RoomManager:
                 self._rooms.pop(room_id, None)
                 continue
             if row.state is not None:
-                group = _restore_group(row.state)
+                group = _restore_group(row.state, self._psk_lookup(room_id))
                 if group is not None:
                     room.group = group
             room.last_seq = row.last_seq
@@ -641,15 +752,17 @@ class RoomManager:
         """A new room with this device as its only member; ``label`` stays local."""
         if not label or len(label.encode("utf-8")) > 200:
             raise UsageError("a room name is 1-200 bytes")
+        group_id = secrets.token_bytes(GROUP_ID_BYTES)
+        room_id = room_id_of(group_id)
         group = Group.create(
             SUITE,
             credential=self._credential(),
             signing_key=self._signing_key,
             rng=secrets.token_bytes,
             now_ms=now_ms(),
-            group_id=secrets.token_bytes(GROUP_ID_BYTES),
+            group_id=group_id,
+            config=self._group_config(room_id),
         )
-        room_id = room_id_of(group.group_id)
         await self._conn.request(
             pr.RoomCreate(roomId=room_id, groupInfo=group.group_info()),
             frozenset({pr.ROOM_CREATED}),
@@ -689,7 +802,28 @@ class RoomManager:
             adds = tuple((username, d) for d, _ in todo)
             return _Plan(bundle, adds, (), AuditAction.MEMBER_ADDED)
 
-        return await self._commit(room, build)
+        result = await self._commit(room, build)
+        if result is not None:
+            await self._share_current_token(room)
+        return result
+
+    async def _share_current_token(self, room: Room) -> None:
+        """Members added by a Welcome learn the room's token (to check later joiners).
+
+        The add itself succeeded: a failure here is reported, not raised (until they are
+        told, they refuse a joiner by token and rejoin, see "Recovery")."""
+        token = self._current_token(room.room_id)
+        if token is None:
+            return
+        try:
+            await self._share_token(room, token)
+        except (SottovoceError, UsageError) as exc:
+            self._client._emit(
+                ErrorEvent(
+                    code=getattr(exc, "code", "error"),
+                    message=f"room {room.room_id}: new members not told the join token: {exc}",
+                )
+            )
 
     async def remove(self, ref: str, username: str) -> CommitResult | None:
         """Remove every device of ``username`` from the room."""
@@ -948,26 +1082,40 @@ class RoomManager:
         body = text.encode("utf-8")
         if not body or len(body) > MAX_TEXT_BYTES:
             raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
+        return await self._send(room, "text", body, text)
+
+    async def _send(
+        self, room: Room, content_type: str, body: bytes, text: str,
+        *, token: Secret | None = None,
+    ) -> str:
+        """Queue one room message (``text`` is what the history shows of it); a control
+        message sharing ``token`` keeps its body sealed for a re-encryption and the
+        token as the room's, in the transaction that queues it."""
         message_id, idem, created = new_id(), new_id(), now_ms()
         async with room.lock:
             frame = self._encrypt_send(
-                room, message_id=message_id, idempotency_key=idem, created_ms=created, text=text
+                room, message_id=message_id, idempotency_key=idem, created_ms=created,
+                content_type=content_type, body=body,
             )
             # mls/state.py: the state that consumed the generation is durable before
             # the ciphertext can leave, in the transaction that queues it.
             with self._store.transaction():
                 self._store.add_message(
                     message_id=message_id,
-                    peer=room.room_id,
+                    peer=_control_peer(room.room_id) if token is not None else room.room_id,
                     sender=self.username,
                     sender_device=self.device_id,
                     outgoing=True,
                     status=DeliveryStatus.SENDING,
                     text=text,
+                    content_type=content_type,
                     client_created_ms=created,
                     local_at_ms=created,
                     idempotency_key=idem,
                 )
+                if token is not None:
+                    self._store.put_secret(_control_record(message_id), body)
+                    self._remember_token(room.room_id, token)
                 self._persist(room)  # the sender ratchet moved
                 self._store.add_outbox(message_id, idem, frame)
         self._client._pump()  # offline: it goes out on the next connect
@@ -977,17 +1125,21 @@ class RoomManager:
         return message_id
 
     def _encrypt_send(
-        self, room: Room, *, message_id: str, idempotency_key: str, created_ms: int, text: str
+        self, room: Room, *, message_id: str, idempotency_key: str, created_ms: int,
+        content_type: str, body: bytes,
     ) -> str:
         """A room.send frame for the room's current epoch (consumes one MLS generation:
-        persist the group before the frame leaves). Call holding ``room.lock``."""
+        persist the group before the frame leaves). Call holding ``room.lock``.
+
+        The envelope says "text" whatever the payload holds: the server does not learn
+        which messages are control messages."""
         group = self._active(room)
         payload = Payload(
             message_id=message_id,
             conversation_id=room.room_id,
-            content_type="text",
+            content_type=content_type,
             created_at_ms=created_ms,
-            body=text.encode("utf-8"),
+            body=body,
         ).encode_padded()  # size buckets, as 1:1 (pairwise/padding.py)
         return pr.RoomSend(
             roomId=room.room_id,
@@ -998,6 +1150,15 @@ class RoomManager:
             clientCreatedAtMs=created_ms,
             ciphertext=group.encrypt_application(payload, rng=secrets.token_bytes),
         ).to_frame(request_id=message_id)
+
+    def _body_of(self, stored: StoredMessage) -> bytes:
+        """What a queued message carries, to encrypt it again for a newer epoch."""
+        if stored.content_type == "system":
+            body = self._store.get_secret(_control_record(stored.message_id))
+            if body is None:
+                raise UsageError("a queued control message lost its body")
+            return body
+        return stored.text.encode("utf-8")
 
     def on_stale_send(self, message_id: str, room_id: str, details: dict[str, Any]) -> None:
         """The server refused a queued room message as ``stale_epoch``: re-encrypt it
@@ -1039,7 +1200,8 @@ class RoomManager:
                         message_id=message_id,
                         idempotency_key=queued.idempotencyKey,
                         created_ms=queued.clientCreatedAtMs,
-                        text=stored.text,
+                        content_type=stored.content_type,
+                        body=self._body_of(stored),
                     )
                     with self._store.transaction():
                         self._persist(room)
@@ -1066,16 +1228,30 @@ class RoomManager:
 
     async def _token_change(self, room: Room, *, rotate: bool) -> str:
         token = new_token()
+        secret = Secret(token.encode("ascii"))
+        # The members learn the token first (so they can check a joiner's PSK before any
+        # joiner can use it: its commit comes after this message in the room's order),
+        # then the server learns its hash (protocol/rooms.py, "Joining by token").
+        await self._share_token(room, secret)
         action = AuditAction.TOKEN_ROTATED if rotate else AuditAction.TOKEN_CREATED
         await self._with_audit(
             room,
             action,
             lambda entry: pr.RoomTokenSet(
-                roomId=room.room_id, token=Secret(token.encode("ascii")), audit=entry
+                roomId=room.room_id, token=pr.wire_token(secret), audit=entry
             ),
             pr.ROOM_TOKEN_UPDATED,
         )
         return token
+
+    async def _share_token(self, room: Room, token: Secret) -> None:
+        """Tell the room's members the join token, inside the group (never to the server)."""
+        message_id = await self._send(
+            room, "system", _token_control(token), TOKEN_SHARED_TEXT, token=token
+        )
+        stored = self._store.get_message(message_id)
+        if stored is None or stored.status is not DeliveryStatus.SENT:
+            raise NotConnected("the members could not be told the new token; try again")
 
     async def revoke_token(self, ref: str) -> None:
         room = self.get(ref)
@@ -1086,6 +1262,8 @@ class RoomManager:
             lambda entry: pr.RoomTokenRevoke(roomId=room.room_id, audit=entry),
             pr.ROOM_TOKEN_UPDATED,
         )
+        with self._store.transaction():  # nothing left to tell members we add
+            self._store.put_secret(_current_token_record(room.room_id), b"")
 
     async def record_event(self, ref: str, action: AuditAction) -> int:
         """Append a call start/stop or recording on/off entry; returns its index."""
@@ -1198,23 +1376,24 @@ class RoomManager:
                 return index if isinstance(index, int) else len(room.audit) - 1
         raise ServerError("audit_conflict", "the audit chain kept moving", retryable=True)
 
-    async def audit(self, ref: str) -> list[AuditEntry]:
-        """Fetch and verify the room's whole audit trail (raises ``AuditChainError``
-        naming the first bad entry). Checks links, signatures, the binding to every
-        epoch authenticator this member saw, and that the chain still holds the head
-        this member verified before."""
+    async def audit(self, ref: str) -> AuditTrail:
+        """Fetch and verify the room's whole audit trail. Checks links, signatures, the
+        binding to every epoch authenticator this member saw, and that the chain still
+        holds the head this member verified before. A broken chain raises
+        ``AuditChainError`` naming the entry; an entry in it that is not authentic is
+        reported in ``rejected`` and skipped (protocol/audit.py states the rule)."""
         room = self.get(ref)
         room.audit = []
         entries = await self._fetch_audit(room)
         return self.verify_audit(room.room_id, entries)
 
-    def verify_audit(self, room_id: str, entries: list[bytes]) -> list[AuditEntry]:
+    def verify_audit(self, room_id: str, entries: list[bytes]) -> AuditTrail:
         """Offline verification of ``entries`` with what this device has kept."""
         known = self._store.get_secret(f"audit-head:{room_id}")
         known_head = None
         if known is not None and len(known) == 40:
             known_head = (int.from_bytes(known[:8], "big"), known[8:])
-        verified = verify_chain(
+        verified = verify_trail(
             entries,
             room_id=room_id,
             authenticators=self._store.epoch_authenticators(room_id),
@@ -1233,23 +1412,35 @@ class RoomManager:
         return verified
 
     async def join_with_token(self, token: str, label: str | None = None) -> Room:
-        """Join by external commit (RFC 9420 §12.4.3.2) from the GroupInfo the token unlocks."""
+        """Join by external commit (RFC 9420 §12.4.3.2) from the GroupInfo the token unlocks.
+
+        The commit injects the token's PSK (``token_psk``, named by the hash the server
+        keeps), which the members check: knowing the wire token or its hash is not enough.
+        """
         secret_token = pr.req_token({"token": token})
+        wire = pr.wire_token(secret_token)
         for attempt in range(ROOM_COMMIT_RETRIES):
             _, data = await self._conn.request(
-                pr.GroupInfoGet(token=secret_token),
+                pr.GroupInfoGet(token=wire),
                 frozenset({pr.ROOM_GROUPINFO}),
                 timeout=ROOM_REQUEST_TIMEOUT_S,
             )
             epoch = req_int(data, "epoch")
             room_id = pr.req_room_id(data)
             info = req_b64(data, "groupInfo", max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
+            with self._store.transaction():
+                self._remember_token(room_id, secret_token)
+            psk = PreSharedKeyID.external(
+                pr.token_hash(wire), secrets.token_bytes(self._active_suite().nh)
+            )
             join = Group.join_by_external_commit(
                 info,
                 credential=self._credential(),
                 signing_key=self._signing_key,
                 rng=secrets.token_bytes,
                 now_ms=now_ms(),
+                psks=[psk],
+                config=self._group_config(room_id),
             )
             group = join.group
             if room_id_of(group.group_id) != room_id or group.epoch != epoch + 1:
@@ -1264,7 +1455,7 @@ class RoomManager:
                 adds=_refs([(self.username, self.device_id)]),
                 groupInfo=group.group_info(),
                 audit=None,
-                token=secret_token,
+                token=wire,
             )
             try:
                 reply = await self._request_retrying(request, pr.ROOM_COMMITTED)
@@ -1306,11 +1497,16 @@ class RoomManager:
                 now=now_ms(),
             )
         _, data = await self._conn.request(
-            pr.JoinRequest(token=secret_token, keyPackage=MLSMessage(body=kp).encode()),
+            pr.JoinRequest(
+                token=pr.wire_token(secret_token), keyPackage=MLSMessage(body=kp).encode()
+            ),
             frozenset({pr.ROOM_JOIN_REQUESTED}),
             timeout=ROOM_REQUEST_TIMEOUT_S,
         )
-        return pr.req_room_id(data)
+        room_id = pr.req_room_id(data)
+        with self._store.transaction():  # to check later joiners' PSK once we are in
+            self._remember_token(room_id, secret_token)
+        return room_id
 
     def _join(self, room: Room, events: list[ClientEvent]) -> None:
         """Store a room we just joined and play the frames that came before we knew it."""
@@ -1368,7 +1564,7 @@ class RoomManager:
         if envelope.messageId in self._welcomes:
             return []
         try:
-            opened = self._open_welcome(envelope.ciphertext)
+            opened = self._open_welcome(envelope.ciphertext, envelope.conversationId)
         except SottovoceError as exc:
             self._welcomes[envelope.messageId] = exc  # the batch reports it
             return []
@@ -1378,7 +1574,7 @@ class RoomManager:
         others = (device_of(m.credential) for m in opened[0].members())
         return [d for d in others if d is not None and d != (self.username, self.device_id)]
 
-    def _open_welcome(self, data: bytes) -> tuple[Group, bytes]:
+    def _open_welcome(self, data: bytes, room_id: str) -> tuple[Group, bytes]:
         """Join the group of a Welcome for one of our KeyPackages (nothing is stored)."""
         welcome = MLSMessage.decode(data).body
         if not isinstance(welcome, Welcome):
@@ -1393,6 +1589,7 @@ class RoomManager:
             record.private,
             signing_key=self._signing_key,
             now_ms=now_ms(),
+            config=self._group_config(room_id),
         )
         return group, ref
 
@@ -1467,7 +1664,9 @@ class RoomManager:
             opened = self._welcomes.pop(frame.message_id, None)
             if isinstance(opened, SottovoceError):
                 raise opened
-            group, ref = opened if opened is not None else self._open_welcome(frame.ciphertext)
+            if opened is None:
+                opened = self._open_welcome(frame.ciphertext, frame.room_id)
+            group, ref = opened
             if room_id_of(group.group_id) != frame.room_id or group.epoch != frame.epoch:
                 raise RemoteError("the Welcome is for another room or epoch")
             self._check_members(group)
@@ -1492,6 +1691,9 @@ class RoomManager:
     def _apply(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         if frame.server_seq <= room.last_seq:
             return  # replayed or already covered (e.g. before our Welcome)
+        if room.recovering:
+            self._hold_for_rejoin(room, frame)
+            return
         if room.catching_up or self._is_gap(room, frame):
             self._hold(room, frame)
             return
@@ -1500,6 +1702,17 @@ class RoomManager:
     def _apply_now(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         """Process one frame (the next one in serverSeq order) and move the position."""
         self._touched.add(room.room_id)
+        group = room.group
+        if (
+            frame.kind in ("commit", "message")
+            and group is not None and group.is_active and not room.removed
+            and frame.epoch > group.epoch
+        ):
+            # Nothing fills the gap (a complete sync did not): the room is in an epoch
+            # we never entered. Rejoin rather than fail every later frame.
+            self._start_recovery(room, f"the room is at epoch {frame.epoch}, we at {group.epoch}")
+            self._hold_for_rejoin(room, frame)
+            return
         if frame.kind == "commit":
             self._apply_commit(room, frame, events)
         elif frame.kind == "message":
@@ -1621,6 +1834,182 @@ class RoomManager:
             if room.last_seq > before:
                 rounds = 0  # progress: keep going as long as it takes
 
+    # =========================================================================
+    # Recovery: a member that cannot follow a commit rejoins (never wedged for good)
+    # =========================================================================
+    #
+    #   commit refused (unverifiable, wrong PSK, ...)  ─┐   or a frame of an epoch we
+    #   and the server took it: the room moved on       ├── never entered, after a
+    #                                                   │   complete room.sync
+    #                                                   ▼
+    #   recovering: hold the room's frames ──► groupinfo.get {roomId} (members only)
+    #     ──► external commit removing our old leaf (RFC 9420 §12.2 resync), no token
+    #     ──► room.commit (roster unchanged; the server checks it like any external
+    #         commit) ──► commit_conflict: again on the newer GroupInfo
+    #     ──► our group = the new one, position = our commit; held frames after it play
+    #     ──► commit a Remove of every device the refused commit added ──► RoomRecovered
+    #
+    # Frames between the last one we read and our rejoin stay unreadable to us (their
+    # epochs' keys were never ours); the event says how many.
+
+    def _hold_for_rejoin(self, room: Room, frame: RoomFrame) -> None:
+        self._touched.add(room.room_id)
+        if frame.server_seq not in room.held and len(room.held) < ROOM_EARLY_FRAMES:
+            room.held[frame.server_seq] = frame  # more: not acked, room.sync brings them
+
+    def _start_recovery(self, room: Room, reason: str, refused: Iterable[Device] = ()) -> None:
+        """Rejoin ``room`` after this batch (once at a time, ROOM_RECOVERIES per session)."""
+        me = (self.username, self.device_id)
+        room.refused.update(d for d in refused if d != me)
+        if room.recovering or room.removed or room.recoveries >= ROOM_RECOVERIES:
+            return
+        room.recovering = True
+        room.recoveries += 1
+        self._after.append(lambda: self._spawn(self._recover(room, reason)))
+
+    async def _recover(self, room: Room, reason: str) -> None:
+        try:
+            rejoined = await self._rejoin(room)
+        except (SottovoceError, UsageError, ProtocolError) as exc:
+            # Held frames were never acked: the next resume brings them, and the next
+            # frame we cannot follow starts over (up to ROOM_RECOVERIES).
+            room.recovering = False
+            room.held.clear()
+            self._client._emit(
+                ErrorEvent(
+                    code=getattr(exc, "code", "room_recovery_failed"),
+                    message=f"room {room.room_id}: {reason}; rejoining failed: {exc}",
+                )
+            )
+            return
+        if rejoined is None:
+            return  # the server says we are no longer a member: nothing to rejoin
+        removed: list[str] = []
+        for user, device in sorted(room.refused):
+            if (user, device) not in set(room.members()):
+                continue
+            try:
+                done = await self._commit(
+                    room, partial(self._remove_plan, room, username=user, device=device)
+                )
+            except (SottovoceError, UsageError) as exc:
+                self._client._emit(
+                    ErrorEvent(
+                        code=getattr(exc, "code", "error"),
+                        message=f"room {room.room_id}: could not remove {user}/{device}: {exc}",
+                    )
+                )
+                continue
+            if done is not None:
+                removed.append(f"{user}/{device}")
+        room.refused.clear()
+        skipped = rejoined
+        self._client._emit(
+            RoomRecovered(
+                code="room_recovered",
+                message=(
+                    f"room {room.room_id}: {reason}; this device rejoined at epoch "
+                    f"{room.epoch}" + (f", {skipped} earlier frame(s) stay unreadable"
+                                       if skipped else "")
+                    + (f", removed {', '.join(removed)}" if removed else "")
+                ),
+                room_id=room.room_id,
+                epoch=room.epoch,
+                skipped=skipped,
+                removed=tuple(removed),
+            )
+        )
+
+    async def _rejoin(self, room: Room) -> int | None:
+        """Rejoin by an external commit on the room's current GroupInfo; returns how many
+        frames we skip (``None`` if we are no longer a member)."""
+        async with room.lock:
+            for attempt in range(ROOM_COMMIT_RETRIES):
+                try:
+                    _, data = await self._conn.request(
+                        pr.GroupInfoGet(roomId=room.room_id),
+                        frozenset({pr.ROOM_GROUPINFO}),
+                        timeout=ROOM_REQUEST_TIMEOUT_S,
+                    )
+                except ServerError as exc:
+                    if exc.code != "not_member":
+                        raise
+                    self._left(room)
+                    return None
+                epoch = req_int(data, "epoch")
+                info = req_b64(data, "groupInfo", max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
+                old = self._own_leaf_in(info)
+                join = Group.join_by_external_commit(
+                    info,
+                    credential=self._credential(),
+                    signing_key=self._signing_key,
+                    rng=secrets.token_bytes,
+                    now_ms=now_ms(),
+                    remove_leaf=old,
+                    config=self._group_config(room.room_id),
+                )
+                if room_id_of(join.group.group_id) != room.room_id or (
+                    join.group.epoch != epoch + 1
+                ):
+                    raise RemoteError("the GroupInfo is for another room or epoch")
+                request = pr.RoomCommit(
+                    roomId=room.room_id,
+                    epoch=epoch,
+                    messageId=new_id(),
+                    idempotencyKey=new_id(),
+                    commit=join.commit,
+                    groupInfo=join.group.group_info(),
+                )
+                try:
+                    reply = await self._request_retrying(request, pr.ROOM_COMMITTED)
+                except ServerError as exc:
+                    if exc.code != "commit_conflict":
+                        raise
+                    await self._backoff(attempt, exc.retry_after_ms)
+                    continue
+                return self._rejoined(room, join.group, req_int(reply, "serverSeq"))
+        raise ServerError("commit_conflict", "the room kept changing; try again", retryable=True)
+
+    def _own_leaf_in(self, group_info: bytes) -> int:
+        """Our leaf in a GroupInfo's tree (the one a resync removes)."""
+        view = check_group_info(group_info)
+        mine = self._credential()
+        for index, leaf in enumerate(view.leaves):
+            if leaf is not None and leaf.credential == mine:
+                return index
+        raise RemoteError("this device is not in the room's group any more")
+
+    def _rejoined(self, room: Room, group: Group, seq: int) -> int:
+        """Our resync commit is frame ``seq``: continue from there with ``group``."""
+        skipped = max(0, seq - room.last_seq - 1)
+        events: list[ClientEvent] = []
+        with self._store.transaction():
+            room.group, room.last_seq = group, seq
+            room.recovering = room.catching_up = room.held_overflow = False
+            held, room.held = sorted(room.held.items()), {}
+            self._touched.add(room.room_id)
+            self._persist(room, seq=seq)
+            self._acks[room.room_id] = seq
+            for at, frame in held:
+                if at > seq:
+                    self._apply(room, frame, events)
+        self._client_emit_all(events)
+        self._after_batch_notify()
+        return skipped
+
+    def _left(self, room: Room) -> None:
+        """The server no longer counts us in the room (a commit we could not read removed
+        us): the room is read-only history now."""
+        room.removed, room.recovering = True, False
+        room.held.clear()
+        with self._store.transaction():
+            self._persist(room)
+        self._client._emit(
+            RoomMembershipChanged(
+                room_id=room.room_id, epoch=room.epoch, committer="", self_removed=True
+            )
+        )
+
     def _apply_commit(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         group = room.group
         own = (frame.sender_user, frame.sender_device) == (self.username, self.device_id)
@@ -1639,17 +2028,7 @@ class RoomManager:
             # One commit per epoch: ours (merged on room.committed before its frame
             # came back) or one we processed already.
             return
-        if frame.epoch > group.epoch:
-            # Only after a complete room.sync that did not bring the missing commit.
-            events.append(
-                ErrorEvent(
-                    code="room_epoch_gap",
-                    message=f"room {room.room_id}: commit for epoch {frame.epoch} skipped,"
-                    f" this device is at epoch {group.epoch}",
-                    message_id=frame.message_id,
-                )
-            )
-            return
+        resync = False
         try:
             processed = group.process_message(frame.ciphertext, now_ms=now_ms())
             staged = processed.content
@@ -1659,7 +2038,10 @@ class RoomManager:
             if staged.external:
                 # RFC 9420 §12.4.3.2: the joiner is the committer, not an Add.
                 joiner = group_member_after(staged, processed.credential)
-            self._check_declared(staged, frame, joiner)
+                resync = _check_external_join(staged, *joiner[0])
+            self._check_declared(staged, frame, joiner, resync)
+        except NotConnected:
+            raise  # not a verdict: fail the batch (nothing acked), the resume retries it
         except SottovoceError as exc:
             events.append(
                 ErrorEvent(
@@ -1668,6 +2050,9 @@ class RoomManager:
                     message_id=frame.message_id,
                 )
             )
+            # The server took it, so the room moved on without us: rejoin, and remove
+            # again whoever that commit added (we could not verify them).
+            self._start_recovery(room, f"a commit could not be verified: {exc}", frame.adds)
             return
         if room.inflight is not None:
             # Our own commit for this epoch lost: the server will say commit_conflict.
@@ -1677,25 +2062,41 @@ class RoomManager:
             room.removed = True
         committer = device_of(processed.credential) or (frame.sender_user, frame.sender_device)
         change = self._changed(room, staged, committer[0], committer[1])
-        if staged.external:
+        if resync:
+            change = replace(change, removed=())  # the same device, with a fresh leaf
+        elif staged.external:
             change = replace(change, added=(*change.added, f"{committer[0]}/{committer[1]}"))
         events.append(change)
 
     def _check_declared(
-        self, staged: StagedCommit, frame: RoomFrame, joiner: tuple[Device, bytes] | None
+        self,
+        staged: StagedCommit,
+        frame: RoomFrame,
+        joiner: tuple[Device, bytes] | None,
+        resync: bool = False,
     ) -> None:
-        """The roster change the server applied must be the one the commit makes."""
+        """The roster change the server applied must be the one the commit makes (a
+        resync changes no member: the device replaces its own leaf)."""
         adds = sorted(d for m in staged.adds if (d := device_of(m.credential)) is not None)
-        if joiner is not None:
-            if not self._key_matches(joiner[0][0], joiner[0][1], joiner[1]):
-                raise RemoteError("the joiner's key is not its device certificate's")
-            adds = sorted([*adds, joiner[0]])
-            if len(staged.adds) + 1 != len(adds):
-                raise RemoteError("declared adds do not match the commit")
         removes = sorted(d for m in staged.removes if (d := device_of(m.credential)) is not None)
-        if len(adds) != len(staged.adds) + (joiner is not None) or adds != sorted(frame.adds):
+        extra = 0
+        if joiner is not None:
+            (user, device), key = joiner
+            if self._client._sessions.contact(user) is None and user in self._unreachable:
+                raise NotConnected(f"could not look up room member '{user}'")
+            if not self._key_matches(user, device, key):
+                raise RemoteError("the joiner's key is not its device certificate's")
+            if resync:
+                removes.remove((user, device))
+                extra = -1
+            else:
+                adds = sorted([*adds, (user, device)])
+                extra = 1
+        if len(adds) != len(staged.adds) + max(extra, 0) or adds != sorted(frame.adds):
             raise RemoteError("declared adds do not match the commit")
-        if len(removes) != len(staged.removes) or removes != sorted(frame.removes):
+        if len(removes) != len(staged.removes) + min(extra, 0) or removes != sorted(
+            frame.removes
+        ):
             raise RemoteError("declared removes do not match the commit")
         for member in staged.adds:
             who = device_of(member.credential)
@@ -1724,8 +2125,14 @@ class RoomManager:
             payload = Payload.decode_padded(processed.content.data)
             if payload.message_id != frame.message_id or payload.conversation_id != room.room_id:
                 raise RemoteError("ciphertext was moved to another message")
-            text = payload.body.decode("utf-8")
             content_type, created = payload.content_type, payload.created_at_ms
+            if content_type == "system":
+                # The room's join token, shared by the member that set it (only members
+                # see it): kept to check the PSK of the next external join.
+                self._remember_token(room.room_id, _read_token_control(payload.body))
+                text = TOKEN_SHARED_TEXT
+            else:
+                text = payload.body.decode("utf-8")
             status = DeliveryStatus.SENT
         except (SottovoceError, UnicodeDecodeError) as exc:
             events.append(
@@ -1736,9 +2143,10 @@ class RoomManager:
                 )
             )
         own = sender == (self.username, self.device_id) or frame.sender_user == self.username
+        control = status is DeliveryStatus.SENT and content_type == "system"
         local = self._store.add_message(
             message_id=frame.message_id,
-            peer=room.room_id,
+            peer=_control_peer(room.room_id) if control else room.room_id,
             sender=frame.sender_user,
             sender_device=frame.sender_device,
             outgoing=own,
@@ -1751,7 +2159,7 @@ class RoomManager:
             server_seq=frame.server_seq,
             idempotency_key=frame.idempotency_key or None,
         )
-        if local is not None and status is DeliveryStatus.SENT:
+        if local is not None and status is DeliveryStatus.SENT and not control:
             stored = self._store.get_message(frame.message_id)
             if stored is not None:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
@@ -1806,7 +2214,8 @@ class RoomManager:
                 return _Plan(bundle, ((user, device),), (), AuditAction.MEMBER_JOINED)
 
             await asyncio.sleep(random.random() * 0.05)  # noqa: S311 - spread the herd
-            await self._commit(room, build)
+            if await self._commit(room, build) is not None:
+                await self._share_current_token(room)
         except (SottovoceError, UsageError) as exc:
             self._client._emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
 

@@ -6,11 +6,16 @@ made for one purpose can never be accepted for another.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sottovoce.codec.tls import Writer
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey, VerifyKey
-from sottovoce.crypto.suite import CipherSuite
 from sottovoce.secret import Secret
+
+if TYPE_CHECKING:  # annotations only: the suite module loads HPKE and AEAD, and the
+    # signature helpers here serve code that must not (the server's MLS public view)
+    from sottovoce.crypto.suite import CipherSuite
 
 LABEL_PREFIX = b"MLS 1.0 "
 

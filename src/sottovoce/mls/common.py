@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sottovoce.codec.tls import Reader, Writer, decode
-from sottovoce.errors import DecodeError
+from sottovoce.errors import DecodeError, UsageError
+
+if TYPE_CHECKING:
+    from sottovoce.crypto.sign import VerifyKey
 
 
 class ProtocolVersion(IntEnum):
@@ -56,6 +59,17 @@ class ExtensionType(IntEnum):
 class CredentialType(IntEnum):
     BASIC = 1
     X509 = 2
+
+
+class SignatureSuite(Protocol):
+    """What checking a signed MLS struct needs of a cipher suite (RFC 9420 §17.1): its
+    id and its signature scheme. ``crypto.suite.CipherSuite`` is one; so is the public
+    view's ``PublicSuite``, which carries no HPKE or AEAD."""
+
+    @property
+    def id(self) -> int: ...
+
+    def verify_key(self, public: bytes) -> VerifyKey: ...
 
 
 E = TypeVar("E", bound=IntEnum)
@@ -145,4 +159,101 @@ class GroupContext:
 
     @classmethod
     def decode(cls, data: bytes) -> GroupContext:
+        return decode(cls.read, data)
+
+
+# --- pre-shared key ids (§8.4) --------------------------------------------------------
+# Plain wire data (no key material), shared by the PreSharedKey proposal, GroupSecrets
+# and the key schedule that turns the keys they name into psk_secret.
+
+
+class PSKType(IntEnum):
+    EXTERNAL = 1
+    RESUMPTION = 2
+
+
+class ResumptionPSKUsage(IntEnum):
+    APPLICATION = 1
+    REINIT = 2
+    BRANCH = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreSharedKeyID:
+    """RFC 9420 §8.4 PreSharedKeyID; build with :meth:`external` or :meth:`resumption`.
+
+    For an external PSK only ``psk_id`` is meaningful; for a resumption PSK only
+    ``usage``, ``psk_group_id`` and ``psk_epoch``. A fresh ``psk_nonce`` of Nh
+    bytes is required when injecting (§8.4); the group layer checks its length.
+    """
+
+    psktype: PSKType
+    psk_nonce: bytes
+    psk_id: bytes = b""
+    usage: ResumptionPSKUsage | None = None
+    psk_group_id: bytes = b""
+    psk_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        # Structs validate themselves: a malformed one cannot exist.
+        try:
+            object.__setattr__(self, "psktype", PSKType(self.psktype))
+            if self.usage is not None:
+                object.__setattr__(self, "usage", ResumptionPSKUsage(self.usage))
+        except ValueError:
+            raise UsageError("unknown PSK type or resumption usage") from None
+        if self.psktype is PSKType.EXTERNAL:
+            if self.usage is not None or self.psk_group_id or self.psk_epoch:
+                raise UsageError("an external PSK id carries only psk_id")
+        elif self.psktype is PSKType.RESUMPTION:
+            if self.usage is None or self.psk_id:
+                raise UsageError("a resumption PSK id needs usage and no psk_id")
+            if not 0 <= self.psk_epoch < 1 << 64:
+                raise UsageError("psk_epoch is not a uint64")
+
+    @classmethod
+    def external(cls, psk_id: bytes, psk_nonce: bytes) -> PreSharedKeyID:
+        return cls(psktype=PSKType.EXTERNAL, psk_id=psk_id, psk_nonce=psk_nonce)
+
+    @classmethod
+    def resumption(
+        cls, usage: ResumptionPSKUsage, psk_group_id: bytes, psk_epoch: int, psk_nonce: bytes
+    ) -> PreSharedKeyID:
+        return cls(
+            psktype=PSKType.RESUMPTION,
+            usage=usage,
+            psk_group_id=psk_group_id,
+            psk_epoch=psk_epoch,
+            psk_nonce=psk_nonce,
+        )
+
+    def write(self, w: Writer) -> None:
+        w.u8(self.psktype)
+        if self.psktype is PSKType.EXTERNAL:
+            w.opaque_v(self.psk_id)
+        else:
+            if self.usage is None:  # pragma: no cover - excluded by __post_init__
+                raise UsageError("a resumption PSK id needs usage")
+            w.u8(self.usage)
+            w.opaque_v(self.psk_group_id)
+            w.u64(self.psk_epoch)
+        w.opaque_v(self.psk_nonce)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> PreSharedKeyID:
+        psktype = read_enum(r, PSKType)
+        if psktype is PSKType.EXTERNAL:
+            return cls.external(psk_id=r.opaque_v(), psk_nonce=r.opaque_v())
+        usage = read_enum(r, ResumptionPSKUsage)
+        group_id = r.opaque_v()
+        epoch = r.u64()
+        return cls.resumption(usage, group_id, epoch, r.opaque_v())
+
+    @classmethod
+    def decode(cls, data: bytes) -> PreSharedKeyID:
         return decode(cls.read, data)

@@ -16,6 +16,11 @@ The functions here are pure: keys, the secret tree and randomness are passed
 in. Verifying *which* key signed (the sender's leaf, an external sender, the
 joiner's leaf) and checking group id / epoch are the group layer's job; this
 module checks the cryptography and the structural rules of §6.
+
+The structs that hold no key (``Sender``, ``FramedContent``,
+``FramedContentAuthData``, ``AuthenticatedContent``, ``PublicMessage``) are
+defined in :mod:`sottovoce.mls.public`, which the delivery service imports, and
+re-exported here; what needs a key or the secret tree stays in this module.
 """
 
 from __future__ import annotations
@@ -48,229 +53,26 @@ from sottovoce.mls.errors import (
     UnknownWireFormat,
     ValidationError,
 )
-from sottovoce.mls.messages import (
-    Commit,
-    GroupInfo,
-    KeyPackage,
-    Proposal,
-    Welcome,
-    WireStruct,
-    make_proposal_ref,
-    read_proposal,
-    write_proposal,
-)
+from sottovoce.mls.messages import GroupInfo, KeyPackage, Welcome, WireStruct
+from sottovoce.mls.public import FRAMED_CONTENT_TBS_LABEL as FRAMED_CONTENT_TBS_LABEL
+from sottovoce.mls.public import AuthenticatedContent as AuthenticatedContent
+from sottovoce.mls.public import Content as Content
+from sottovoce.mls.public import FramedContent as FramedContent
+from sottovoce.mls.public import FramedContentAuthData as FramedContentAuthData
+from sottovoce.mls.public import PublicMessage as PublicMessage
+from sottovoce.mls.public import Sender as Sender
+from sottovoce.mls.public import content_type_of as content_type_of
+from sottovoce.mls.public import framed_content_tbs as framed_content_tbs
+from sottovoce.mls.public import read_content, write_content
 from sottovoce.mls.secret_tree import PendingKey, RatchetType, SecretTree, sender_data_key_nonce
 from sottovoce.secret import Secret
 
-#: RFC 9420 §6.1 SignWithLabel label for FramedContentTBS.
-FRAMED_CONTENT_TBS_LABEL = b"FramedContentTBS"
 #: RFC 9420 §6.3.1: the reuse guard is four bytes, XORed into the nonce.
 REUSE_GUARD_SIZE = 4
-
-#: ``application_data`` (bytes), a Proposal, or a Commit (§6 FramedContent select).
-Content = bytes | Proposal | Commit
 
 
 def _raw(value: bytes | Secret) -> bytes:
     return value.expose() if isinstance(value, Secret) else value
-
-
-def content_type_of(content: Content) -> ContentType:
-    if isinstance(content, bytes):
-        return ContentType.APPLICATION
-    if isinstance(content, Commit):
-        return ContentType.COMMIT
-    return ContentType.PROPOSAL
-
-
-def _write_content(w: Writer, content: Content) -> None:
-    if isinstance(content, bytes):
-        w.opaque_v(content)
-    elif isinstance(content, Commit):
-        content.write(w)
-    else:
-        write_proposal(w, content)
-
-
-def _read_content(r: Reader, content_type: ContentType) -> Content:
-    if content_type == ContentType.APPLICATION:
-        return r.opaque_v()
-    if content_type == ContentType.PROPOSAL:
-        return read_proposal(r)
-    return Commit.read(r)
-
-
-# --- Sender and FramedContent (§6) ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sender(WireStruct):
-    """RFC 9420 §6. ``index`` is the leaf index (member) or sender index (external)."""
-
-    sender_type: SenderType
-    index: int = 0
-
-    def __post_init__(self) -> None:
-        if self.index and self.sender_type in (
-            SenderType.NEW_MEMBER_PROPOSAL,
-            SenderType.NEW_MEMBER_COMMIT,
-        ):
-            raise UsageError("new-member senders carry no index")
-
-    @classmethod
-    def member(cls, leaf_index: int) -> Sender:
-        return cls(sender_type=SenderType.MEMBER, index=leaf_index)
-
-    @classmethod
-    def external(cls, sender_index: int) -> Sender:
-        return cls(sender_type=SenderType.EXTERNAL, index=sender_index)
-
-    @classmethod
-    def new_member_proposal(cls) -> Sender:
-        return cls(sender_type=SenderType.NEW_MEMBER_PROPOSAL)
-
-    @classmethod
-    def new_member_commit(cls) -> Sender:
-        return cls(sender_type=SenderType.NEW_MEMBER_COMMIT)
-
-    def write(self, w: Writer) -> None:
-        w.u8(self.sender_type)
-        if self.sender_type in (SenderType.MEMBER, SenderType.EXTERNAL):
-            w.u32(self.index)
-
-    @classmethod
-    def read(cls, r: Reader) -> Sender:
-        sender_type = read_enum(r, SenderType)
-        if sender_type in (SenderType.MEMBER, SenderType.EXTERNAL):
-            return cls(sender_type=sender_type, index=r.u32())
-        return cls(sender_type=sender_type)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FramedContent(WireStruct):
-    """RFC 9420 §6."""
-
-    group_id: bytes
-    epoch: int
-    sender: Sender
-    authenticated_data: bytes = b""
-    content: Content
-
-    @property
-    def content_type(self) -> ContentType:
-        return content_type_of(self.content)
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.group_id)
-        w.u64(self.epoch)
-        self.sender.write(w)
-        w.opaque_v(self.authenticated_data)
-        w.u8(content_type_of(self.content))
-        _write_content(w, self.content)
-
-    @classmethod
-    def read(cls, r: Reader) -> FramedContent:
-        group_id = r.opaque_v()
-        epoch = r.u64()
-        sender = Sender.read(r)
-        authenticated_data = r.opaque_v()
-        content = _read_content(r, read_enum(r, ContentType))
-        return cls(
-            group_id=group_id,
-            epoch=epoch,
-            sender=sender,
-            authenticated_data=authenticated_data,
-            content=content,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FramedContentAuthData:
-    """RFC 9420 §6.1: the signature, plus the confirmation tag for commits.
-
-    Its layout depends on the enclosing content type, so ``read``/``decode``
-    take that content type.
-    """
-
-    signature: bytes
-    confirmation_tag: bytes | None = None
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.signature)
-        if self.confirmation_tag is not None:
-            w.opaque_v(self.confirmation_tag)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
-    @classmethod
-    def read(cls, r: Reader, content_type: ContentType) -> FramedContentAuthData:
-        signature = r.opaque_v()
-        tag = r.opaque_v() if content_type == ContentType.COMMIT else None
-        return cls(signature=signature, confirmation_tag=tag)
-
-    @classmethod
-    def decode(cls, data: bytes, content_type: ContentType) -> FramedContentAuthData:
-        return decode(lambda r: cls.read(r, content_type), data)
-
-
-def _check_auth(content: FramedContent, auth: FramedContentAuthData) -> None:
-    # RFC 9420 §6.1: a confirmation tag exactly when the content is a commit.
-    if (auth.confirmation_tag is not None) != isinstance(content.content, Commit):
-        raise UsageError("confirmation_tag must be present exactly for commits")
-
-
-def framed_content_tbs(
-    wire_format: WireFormat, content: FramedContent, group_context: GroupContext | None
-) -> bytes:
-    """FramedContentTBS (§6.1). The GroupContext is included for member and
-    new_member_commit senders (and must then be given); it is ignored otherwise."""
-    w = Writer()
-    w.u16(ProtocolVersion.MLS10)
-    w.u16(wire_format)
-    content.write(w)
-    if content.sender.sender_type in (SenderType.MEMBER, SenderType.NEW_MEMBER_COMMIT):
-        if group_context is None:
-            raise UsageError("FramedContentTBS for this sender needs the GroupContext")
-        group_context.write(w)
-    return w.getvalue()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthenticatedContent(WireStruct):
-    """RFC 9420 §6: what the group layer processes, whatever the wire protection."""
-
-    wire_format: WireFormat
-    content: FramedContent
-    auth: FramedContentAuthData
-
-    def __post_init__(self) -> None:
-        _check_auth(self.content, self.auth)
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.wire_format)
-        self.content.write(w)
-        self.auth.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> AuthenticatedContent:
-        wire_format = read_enum(r, WireFormat, 2)
-        if wire_format not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
-            raise MlsDecodeError("AuthenticatedContent wire format must be public or private")
-        content = FramedContent.read(r)
-        auth = FramedContentAuthData.read(r, content.content_type)
-        return cls(wire_format=wire_format, content=content, auth=auth)
-
-    def tbs(self, group_context: GroupContext | None) -> bytes:
-        return framed_content_tbs(self.wire_format, self.content, group_context)
-
-    def proposal_ref(self, suite: CipherSuite) -> bytes:
-        """ProposalRef (§5.2) of the proposal this content carries."""
-        if self.content.content_type != ContentType.PROPOSAL:
-            raise UsageError("only proposal content has a ProposalRef")
-        return make_proposal_ref(suite, self.encode())
 
 
 # --- signatures (§6.1) --------------------------------------------------------------------
@@ -339,41 +141,6 @@ def membership_tag(
 ) -> bytes:
     """MAC(membership_key, AuthenticatedContentTBM) (§6.2)."""
     return suite.mac(_raw(membership_key), _tbm(auth_content, group_context))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PublicMessage(WireStruct):
-    """RFC 9420 §6.2. ``membership_tag`` is present exactly for member senders."""
-
-    content: FramedContent
-    auth: FramedContentAuthData
-    membership_tag: bytes | None = None
-
-    def __post_init__(self) -> None:
-        _check_auth(self.content, self.auth)
-        if (self.membership_tag is not None) != (
-            self.content.sender.sender_type == SenderType.MEMBER
-        ):
-            raise UsageError("membership_tag must be present exactly for member senders")
-
-    def write(self, w: Writer) -> None:
-        self.content.write(w)
-        self.auth.write(w)
-        if self.membership_tag is not None:
-            w.opaque_v(self.membership_tag)
-
-    @classmethod
-    def read(cls, r: Reader) -> PublicMessage:
-        content = FramedContent.read(r)
-        auth = FramedContentAuthData.read(r, content.content_type)
-        tag = r.opaque_v() if content.sender.sender_type == SenderType.MEMBER else None
-        return cls(content=content, auth=auth, membership_tag=tag)
-
-    def authenticated_content(self) -> AuthenticatedContent:
-        """The AuthenticatedContent, without checking the membership tag."""
-        return AuthenticatedContent(
-            wire_format=WireFormat.PUBLIC_MESSAGE, content=self.content, auth=self.auth
-        )
 
 
 def protect_public(
@@ -502,7 +269,7 @@ class PrivateMessageContent:
     padding: int = 0
 
     def write(self, w: Writer) -> None:
-        _write_content(w, self.content)
+        write_content(w, self.content)
         self.auth.write(w)
         if self.padding:
             w.raw(bytes(self.padding))
@@ -514,7 +281,7 @@ class PrivateMessageContent:
 
     @classmethod
     def read(cls, r: Reader, content_type: ContentType) -> PrivateMessageContent:
-        content = _read_content(r, content_type)
+        content = read_content(r, content_type)
         auth = FramedContentAuthData.read(r, content_type)
         rest = r.raw(r.remaining)
         # RFC 9420 §6.3.1: padding MUST be all zero, else the message is malformed.

@@ -75,6 +75,7 @@ from sottovoce.mls.common import (
 from sottovoce.mls.errors import (
     InvalidMembershipTag,
     InvalidSignature,
+    MlsDecodeError,
     MlsDecryptionError,
     MlsError,
 )
@@ -157,6 +158,7 @@ from sottovoce.mls.proposals import (
     required_capabilities,
     validate_key_package,
 )
+from sottovoce.mls.public import decode_mls
 from sottovoce.mls.secret_tree import PendingKey, RatchetType, SecretTree
 from sottovoce.mls.transcript import (
     ConfirmedTranscriptHashInput,
@@ -579,7 +581,21 @@ def _verify_key(suite: CipherSuite, data: bytes) -> VerifyKey:
 
 
 def _decode_message(message: bytes | MLSMessage) -> MLSMessage:
-    return message if isinstance(message, MLSMessage) else MLSMessage.decode(message)
+    """The MLSMessage of ``message``; malformed bytes raise :class:`MlsDecodeError`,
+    which is both an MLS error and a ``DecodeError`` (the codec's own is neither)."""
+    return message if isinstance(message, MLSMessage) else decode_mls(MLSMessage.read, message)
+
+
+def _joining_body(message: bytes | MLSMessage | Welcome | GroupInfo, what: str) -> object:
+    """The body of a Welcome or GroupInfo handed to a join: bytes that do not
+    decode are an invalid Welcome/GroupInfo (RFC 9420 §12.4.3), like every other
+    way the joiner's input can be wrong."""
+    if isinstance(message, Welcome | GroupInfo):
+        return message
+    try:
+        return _decode_message(message).body
+    except MlsDecodeError:
+        raise InvalidWelcome(f"the {what} does not decode") from None
 
 
 class Group:
@@ -749,7 +765,7 @@ class Group:
             # Kept: later PSK proposals may name the same external PSKs.
             cfg = replace(cfg, psk_lookup=psk_lookup)
         lookup = cfg.psk_lookup
-        body: object = welcome if isinstance(welcome, Welcome) else _decode_message(welcome).body
+        body = _joining_body(welcome, "Welcome")
         if not isinstance(body, Welcome):
             raise InvalidWelcome("message is not a Welcome")
         if body.cipher_suite != key_package.cipher_suite:
@@ -875,11 +891,16 @@ class Group:
         (its credential must equal ``credential``). It is always a PublicMessage
         with an UpdatePath. Returns our group in the new epoch and the commit;
         the group is only real once the delivery service accepted the commit.
+
+        Remote input that does not check out (bytes that do not decode, a tree or
+        ``external_pub`` that does not decode or verify, a group we cannot
+        support) raises :class:`InvalidWelcome`, a tree error,
+        :class:`UnsupportedCipherSuite` or a signature error, never a bare
+        ``DecodeError``; :class:`MissingPsk` when ``psks`` names a key the
+        config's ``psk_lookup`` does not know.
         """
         cfg = config or GroupConfig()
-        body: object = group_info if isinstance(group_info, GroupInfo) else _decode_message(
-            group_info
-        ).body
+        body = _joining_body(group_info, "GroupInfo")
         if not isinstance(body, GroupInfo):
             raise InvalidWelcome("message is not a GroupInfo")
         gi = body
@@ -901,7 +922,7 @@ class Group:
             raise InvalidWelcome("GroupInfo has no external_pub extension")
         try:
             external_pub = ExternalPub.decode(ext.extension_data).external_pub
-        except MlsError:
+        except DecodeError:  # the codec's, not an MlsError: catch the base class
             raise InvalidWelcome("external_pub does not decode") from None
         try:
             kem_output, init_secret = external_init_send(suite, external_pub, rng)
@@ -933,9 +954,12 @@ class Group:
             extensions=tuple(leaf_extensions),
         )
         try:
-            staged_tree.check_leaf_fits(template)
             check_group_context_extensions(applied.extensions, [template])
-        except MlsError as exc:
+        except InvalidProposal:
+            raise InvalidWelcome("we do not support the group's extensions") from None
+        try:
+            staged_tree.check_leaf_fits(template)
+        except TreeError as exc:  # e.g. our key is in the tree: pass remove_leaf
             raise UsageError(f"our leaf does not fit the group: {exc}") from None
         index = staged_tree.add_leaf(template)
         provisional = replace(context, epoch=context.epoch + 1, extensions=applied.extensions)
@@ -1354,7 +1378,8 @@ class Group:
         Application data comes back decrypted (its key consumed); a proposal is
         checked and cached for the epoch's commits; a commit comes back as a
         :class:`StagedCommit` to inspect and then :meth:`merge_staged_commit`.
-        On any error the group is unchanged. Raises ``DecodeError``,
+        On any error the group is unchanged. Raises :class:`MlsDecodeError` (a
+        ``DecodeError``),
         :class:`WrongGroup`, :class:`WrongEpoch`, :class:`UnknownSender`,
         :class:`OwnMessage`, membership-tag, decryption, replay and signature
         errors, and the proposal/commit validation errors.
@@ -2186,12 +2211,16 @@ def _tree_for_join(
 ) -> RatchetTree:
     if isinstance(ratchet_tree, RatchetTree):
         return ratchet_tree.copy()
-    if ratchet_tree is not None:
+    if ratchet_tree is None:
+        ext = find_extension(group_info.extensions, ExtensionType.RATCHET_TREE)
+        if ext is None:
+            # §12.4.3.3 lets a group convey its tree some other way: the caller's to pass.
+            raise UsageError("the GroupInfo carries no ratchet tree; pass ratchet_tree=")
+        ratchet_tree = ext.extension_data
+    try:
         return RatchetTree.decode(suite, ratchet_tree)
-    ext = find_extension(group_info.extensions, ExtensionType.RATCHET_TREE)
-    if ext is None:
-        raise UsageError("the GroupInfo carries no ratchet tree; pass ratchet_tree=")
-    return RatchetTree.from_extension(suite, ext)
+    except DecodeError:
+        raise InvalidWelcome("the ratchet tree does not decode") from None
 
 
 def _verify_group_info(suite: CipherSuite, tree: RatchetTree, group_info: GroupInfo) -> None:

@@ -27,12 +27,11 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
 from sottovoce.crypto.sign import SigningKey, VerifyKey
-from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import DecodeError, SignatureError, UsageError
 from sottovoce.mls.common import (
     CredentialType,
@@ -40,15 +39,20 @@ from sottovoce.mls.common import (
     GroupContext,
     ProposalType,
     ProtocolVersion,
+    SignatureSuite,
     read_enum,
     read_extensions,
     write_extensions,
 )
+from sottovoce.mls.common import PreSharedKeyID as PreSharedKeyID
+from sottovoce.mls.common import PSKType as PSKType
+from sottovoce.mls.common import ResumptionPSKUsage as ResumptionPSKUsage
 from sottovoce.mls.errors import InvalidSignature, MlsDecodeError
-from sottovoce.mls.key_schedule import PreSharedKeyID as PreSharedKeyID
-from sottovoce.mls.key_schedule import PSKType as PSKType
-from sottovoce.mls.key_schedule import ResumptionPSKUsage as ResumptionPSKUsage
 from sottovoce.secret import Secret
+
+if TYPE_CHECKING:  # annotations only: these structs are parsed by the server's public
+    # view (mls/public.py), which must not load the HPKE and AEAD the suite module does
+    from sottovoce.crypto.suite import CipherSuite
 
 # --- code points local to these structs ---------------------------------------
 
@@ -316,7 +320,7 @@ class LeafNode(WireStruct):
         return replace(self, signature=sig)
 
     def verify_signature(
-        self, suite: CipherSuite, group_id: bytes | None = None, leaf_index: int | None = None
+        self, suite: SignatureSuite, group_id: bytes | None = None, leaf_index: int | None = None
     ) -> None:
         """Check the signature under this leaf's own signature_key; raises InvalidSignature."""
         key = suite.verify_key(self.signature_key)
@@ -516,7 +520,7 @@ class KeyPackage(WireStruct):
     def signed(self, key: SigningKey) -> KeyPackage:
         return replace(self, signature=sign_with_label(key, KEY_PACKAGE_TBS_LABEL, self.tbs()))
 
-    def verify_signature(self, suite: CipherSuite) -> None:
+    def verify_signature(self, suite: SignatureSuite) -> None:
         """Check under ``leaf_node.signature_key``; raises InvalidSignature."""
         key = suite.verify_key(self.leaf_node.signature_key)
         _verify(key, KEY_PACKAGE_TBS_LABEL, self.tbs(), self.signature)
@@ -537,9 +541,8 @@ def make_proposal_ref(suite: CipherSuite, encoded_authenticated_content: bytes) 
 
 
 # --- pre-shared keys (§8.4) -------------------------------------------------------
-# PreSharedKeyID (with PSKType, ResumptionPSKUsage) lives in key_schedule, which
-# uses it for psk_secret; it is re-exported here for the PreSharedKey proposal
-# and GroupSecrets.
+# PreSharedKeyID (with PSKType, ResumptionPSKUsage) lives in common, beside the other
+# shared structs; it is re-exported here for the PreSharedKey proposal and GroupSecrets.
 
 
 def _write_psk_id(w: Writer, psk: PreSharedKeyID) -> None:

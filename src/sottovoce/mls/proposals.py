@@ -20,8 +20,9 @@
 The tree passed to :func:`apply_proposal_list` is changed in place: callers
 hand in a copy (check, then commit) and keep it only if the whole commit checks out.
 
-This module also holds the errors of the group layer, so that
-:mod:`~sottovoce.mls.welcome` and :mod:`~sottovoce.mls.group` share them.
+The errors of the group layer live in :mod:`~sottovoce.mls.errors` (the public view
+raises them too); they are re-exported here for the modules that always took them
+from this one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
-from sottovoce.errors import DecodeError, InvalidKey, UnsupportedError, UsageError
+from sottovoce.errors import DecodeError, UnsupportedError
 from sottovoce.mls.common import (
     Extension,
     ExtensionType,
@@ -39,7 +40,23 @@ from sottovoce.mls.common import (
     ProtocolVersion,
     SenderType,
 )
-from sottovoce.mls.errors import InvalidSignature, ValidationError
+from sottovoce.mls.errors import (
+    GroupError,
+    GroupInactive,
+    InvalidCommit,
+    InvalidKeyPackage,
+    InvalidProposal,
+    InvalidProposalList,
+    InvalidWelcome,
+    MissingPsk,
+    NoMatchingKeyPackage,
+    OwnMessage,
+    UnknownProposal,
+    UnknownSender,
+    UnsupportedCipherSuite,
+    WrongEpoch,
+    WrongGroup,
+)
 from sottovoce.mls.framing import Sender
 from sottovoce.mls.key_schedule import PreSharedKeyID, PSKType, ResumptionPSKUsage
 from sottovoce.mls.messages import (
@@ -58,7 +75,8 @@ from sottovoce.mls.messages import (
     Update,
     find_extension,
 )
-from sottovoce.mls.tree import InvalidLeafIndex, RatchetTree, TreeError, check_leaf_node
+from sottovoce.mls.public import DEFAULT_EXTENSIONS, DEFAULT_PROPOSALS, check_key_package
+from sottovoce.mls.tree import InvalidLeafIndex, RatchetTree, check_leaf_node
 
 __all__ = [
     "AppliedProposals",
@@ -87,109 +105,8 @@ __all__ = [
 ]
 
 
-# --- errors of the group layer ------------------------------------------------------
-
-
-class GroupError(ValidationError):
-    """Root of the group-layer rejections of remote input (RFC 9420 §12)."""
-
-    code = "mls_group_error"
-
-
-class InvalidKeyPackage(GroupError):
-    """RFC 9420 §10.1: a KeyPackage fails validation."""
-
-    code = "mls_invalid_key_package"
-
-
-class UnsupportedCipherSuite(InvalidKeyPackage, UnsupportedError):
-    """A KeyPackage (or Welcome) names a cipher suite we or the group do not use (§10.1)."""
-
-    code = "mls_unsupported_cipher_suite"
-
-
-class InvalidProposal(GroupError):
-    """RFC 9420 §12.1: one proposal is invalid on its own."""
-
-    code = "mls_invalid_proposal"
-
-
-class InvalidProposalList(GroupError):
-    """RFC 9420 §12.2: the list of committed proposals breaks a list rule."""
-
-    code = "mls_invalid_proposal_list"
-
-
-class InvalidCommit(GroupError):
-    """RFC 9420 §12.4: a Commit is malformed for this group (path rules, sender, ...)."""
-
-    code = "mls_invalid_commit"
-
-
-class UnknownProposal(InvalidCommit):
-    """A Commit references a proposal this member has not cached in this epoch (§12.4)."""
-
-    code = "mls_unknown_proposal"
-
-
-class MissingPsk(GroupError):
-    """RFC 9420 §8.4, §12.4.2: a referenced pre-shared key is not available."""
-
-    code = "mls_missing_psk"
-
-
-class WrongGroup(GroupError):
-    """The message names another group id."""
-
-    code = "mls_wrong_group"
-
-
-class WrongEpoch(GroupError):
-    """RFC 9420 §12.4.2: the message's epoch is not one we can process."""
-
-    code = "mls_wrong_epoch"
-    retryable = False
-
-
-class UnknownSender(GroupError):
-    """RFC 9420 §6: the sender is not a member (blank leaf), or no such external sender."""
-
-    code = "mls_unknown_sender"
-
-
-class OwnMessage(GroupError):
-    """The delivery service echoed one of our own messages back to us.
-
-    Our own handshake messages take effect through ``merge_pending_commit`` or
-    the proposal cache; our own application messages are already known.
-    """
-
-    code = "mls_own_message"
-
-
-class InvalidWelcome(GroupError):
-    """RFC 9420 §12.4.3.1: a Welcome (or the GroupInfo inside it) does not check out."""
-
-    code = "mls_invalid_welcome"
-
-
-class NoMatchingKeyPackage(InvalidWelcome):
-    """The Welcome holds no secrets for our KeyPackage (§12.4.3.1)."""
-
-    code = "mls_no_matching_key_package"
-
-
-class GroupInactive(UsageError):
-    """The group cannot be used to send: we were removed, or a ReInit was committed."""
-
-    code = "mls_group_inactive"
-
-
 # --- helpers --------------------------------------------------------------------------
 
-# RFC 9420 §7.2: default extension and proposal types are implicitly supported.
-_DEFAULT_EXTENSIONS = frozenset(int(e) for e in ExtensionType)
-_DEFAULT_PROPOSALS = frozenset(int(p) for p in ProposalType)
 
 # RFC 9420 §12.1.8: what an `external` sender may propose.
 _EXTERNAL_SENDER_TYPES = frozenset(
@@ -242,19 +159,19 @@ def check_group_context_extensions(
             raise InvalidProposal("external_senders extension does not decode") from None
     if find_extension(extensions, ExtensionType.RATCHET_TREE) is not None:
         raise InvalidProposal("ratchet_tree is not a GroupContext extension")
-    custom = [e.extension_type for e in extensions if e.extension_type not in _DEFAULT_EXTENSIONS]
+    custom = [e.extension_type for e in extensions if e.extension_type not in DEFAULT_EXTENSIONS]
     for leaf in leaves:
         caps = leaf.capabilities
         if any(t not in caps.extensions for t in custom):
             raise InvalidProposal("a member does not support a group context extension")
         if rc is not None:
             if any(
-                e not in _DEFAULT_EXTENSIONS and e not in caps.extensions
+                e not in DEFAULT_EXTENSIONS and e not in caps.extensions
                 for e in rc.extension_types
             ):
                 raise InvalidProposal("a member does not support a required extension")
             if any(
-                p not in _DEFAULT_PROPOSALS and p not in caps.proposals for p in rc.proposal_types
+                p not in DEFAULT_PROPOSALS and p not in caps.proposals for p in rc.proposal_types
             ):
                 raise InvalidProposal("a member does not support a required proposal type")
             if any(c not in caps.credentials for c in rc.credential_types):
@@ -289,45 +206,18 @@ def validate_key_package(
 
     Raises :class:`UnsupportedCipherSuite` for a suite we do not implement or
     that differs from the group's, :class:`InvalidKeyPackage` or
-    :class:`~sottovoce.mls.errors.InvalidSignature` otherwise.
+    :class:`~sottovoce.mls.errors.InvalidSignature` otherwise. The checks are the
+    public view's (:func:`sottovoce.mls.public.check_key_package`); this returns the
+    full suite for the group layer.
     """
-    if key_package.version != version:
-        raise InvalidKeyPackage("KeyPackage protocol version differs from the group's")
-    if key_package.cipher_suite != cipher_suite_id:
-        raise UnsupportedCipherSuite("KeyPackage cipher suite differs from the group's")
+    check_key_package(
+        key_package, cipher_suite_id=cipher_suite_id, version=version, required=required,
+        now_ms=now_ms,
+    )
     try:
-        suite = cipher_suite(key_package.cipher_suite)
-    except UnsupportedError:
+        return cipher_suite(key_package.cipher_suite)
+    except UnsupportedError:  # pragma: no cover - the public table and crypto.suite agree
         raise UnsupportedCipherSuite("KeyPackage cipher suite is not supported") from None
-    leaf = key_package.leaf_node
-    if leaf.leaf_node_source != LeafNodeSource.KEY_PACKAGE:
-        raise InvalidKeyPackage("KeyPackage leaf node source is not key_package")
-    caps = leaf.capabilities
-    if version not in caps.versions or key_package.cipher_suite not in caps.cipher_suites:
-        raise InvalidKeyPackage("KeyPackage leaf does not advertise its version and suite")
-    try:
-        check_leaf_node(
-            suite,
-            leaf,
-            group_id=None,
-            leaf_index=None,
-            required_capabilities=required,
-            now_ms=now_ms,
-        )
-    except TreeError as exc:
-        raise InvalidKeyPackage(f"KeyPackage leaf node is invalid: {exc}") from None
-    try:
-        key_package.verify_signature(suite)
-    except InvalidKey:
-        raise InvalidSignature("KeyPackage signature key is malformed") from None
-    if key_package.init_key == leaf.encryption_key:
-        raise InvalidKeyPackage("KeyPackage init_key equals the leaf encryption_key")
-    for ext in key_package.extensions:
-        if ext.extension_type not in _DEFAULT_EXTENSIONS and ext.extension_type not in (
-            caps.extensions
-        ):
-            raise InvalidKeyPackage("KeyPackage carries an extension its capabilities omit")
-    return suite
 
 
 # --- proposals as received --------------------------------------------------------------

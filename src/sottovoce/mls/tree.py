@@ -31,10 +31,18 @@ from dataclasses import dataclass, replace
 
 from sottovoce.codec.tls import Writer
 from sottovoce.crypto.suite import CipherSuite
-from sottovoce.errors import InvalidKey, UsageError
+from sottovoce.errors import UsageError
 from sottovoce.mls import treemath
-from sottovoce.mls.common import Extension, ExtensionType, ProposalType
-from sottovoce.mls.errors import InvalidSignature, ValidationError
+from sottovoce.mls.common import Extension, ExtensionType
+from sottovoce.mls.errors import (
+    DuplicateKey,
+    InvalidLeafIndex,
+    InvalidLeafNode,
+    InvalidParentHash,
+    InvalidUnmergedLeaves,
+    TreeError,
+    TreeHashMismatch,
+)
 from sottovoce.mls.messages import (
     LeafNode,
     Node,
@@ -44,6 +52,7 @@ from sottovoce.mls.messages import (
     encode_ratchet_tree,
     write_struct,
 )
+from sottovoce.mls.public import check_leaf_node as check_leaf_node
 
 __all__ = [
     "DuplicateKey",
@@ -58,110 +67,9 @@ __all__ = [
 ]
 
 
-# --- errors ----------------------------------------------------------------------
-
-
-class TreeError(ValidationError):
-    """A ratchet tree (or a change to it) from a peer breaks a rule of RFC 9420 §7."""
-
-    code = "mls_invalid_tree"
-
-
-class InvalidParentHash(TreeError):
-    """RFC 9420 §7.9.2: a parent node is not parent-hash valid, or a path's hash is wrong."""
-
-    code = "mls_bad_parent_hash"
-
-
-class DuplicateKey(TreeError):
-    """RFC 9420 §7.3, §16.8: an encryption or signature key appears twice in the tree."""
-
-    code = "mls_duplicate_key"
-
-
-class InvalidLeafNode(TreeError):
-    """RFC 9420 §7.3: a leaf's credential, capabilities, extensions or lifetime are unacceptable."""
-
-    code = "mls_invalid_leaf_node"
-
-
-class InvalidUnmergedLeaves(TreeError):
-    """RFC 9420 §7.1, §4.2: a parent's unmerged_leaves list is unsorted or inconsistent."""
-
-    code = "mls_invalid_unmerged_leaves"
-
-
-class TreeHashMismatch(TreeError):
-    """RFC 9420 §12.4.3.3: the tree's root hash differs from the GroupContext tree_hash."""
-
-    code = "mls_tree_hash_mismatch"
-
-
-class InvalidLeafIndex(TreeError):
-    """A leaf index from a peer (Remove, Update sender) is outside the tree or blank."""
-
-    code = "mls_invalid_leaf_index"
-
-
-# RFC 9420 §7.2: default proposal and extension types are supported implicitly
-# (they MUST NOT even be listed in capabilities).
-_DEFAULT_EXTENSIONS = frozenset(int(e) for e in ExtensionType)
-_DEFAULT_PROPOSALS = frozenset(int(p) for p in ProposalType)
-
 # RFC 9420 §7.8 NodeType values inside TreeHashInput.
 _LEAF = 1
 _PARENT = 2
-
-
-def check_leaf_node(
-    suite: CipherSuite,
-    leaf: LeafNode,
-    *,
-    group_id: bytes | None,
-    leaf_index: int | None,
-    required_capabilities: RequiredCapabilities | None = None,
-    now_ms: int | None = None,
-) -> None:
-    """The leaf-local checks of RFC 9420 §7.3 (everything that needs no other leaf).
-
-    * the signature under the leaf's own ``signature_key``, over LeafNodeTBS with
-      ``group_id``/``leaf_index`` for ``update``/``commit`` leaves;
-    * the credential type is listed in its own capabilities (§7.2);
-    * every non-default extension in the leaf is listed in its capabilities;
-    * the group's ``required_capabilities``, if given, are all listed;
-    * the lifetime covers ``now_ms`` if ``now_ms`` is given (key_package leaves).
-
-    Credential *validation* (is this identity acceptable?) is the application's
-    and stays with the group layer. Raises :class:`InvalidSignature` or
-    :class:`InvalidLeafNode`.
-    """
-    try:
-        leaf.verify_signature(suite, group_id, leaf_index)
-    except InvalidKey:
-        raise InvalidSignature("leaf node signature key is malformed") from None
-    caps = leaf.capabilities
-    if int(leaf.credential.credential_type) not in caps.credentials:
-        raise InvalidLeafNode("leaf credential type is not in its own capabilities")
-    for ext in leaf.extensions:
-        if ext.extension_type not in _DEFAULT_EXTENSIONS and ext.extension_type not in (
-            caps.extensions
-        ):
-            raise InvalidLeafNode("leaf carries an extension its capabilities do not list")
-    if required_capabilities is not None:
-        rc = required_capabilities
-        if any(e not in _DEFAULT_EXTENSIONS and e not in caps.extensions
-               for e in rc.extension_types):
-            raise InvalidLeafNode("leaf does not support a required extension")
-        if any(p not in _DEFAULT_PROPOSALS and p not in caps.proposals
-               for p in rc.proposal_types):
-            raise InvalidLeafNode("leaf does not support a required proposal type")
-        # §11.1: credential types are never implicitly supported.
-        if any(c not in caps.credentials for c in rc.credential_types):
-            raise InvalidLeafNode("leaf does not support a required credential type")
-    if now_ms is not None and leaf.lifetime is not None:
-        now_s = now_ms // 1000
-        if not leaf.lifetime.not_before <= now_s <= leaf.lifetime.not_after:
-            raise InvalidLeafNode("leaf node lifetime does not cover the current time")
 
 
 @dataclass(slots=True)

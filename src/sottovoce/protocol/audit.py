@@ -20,11 +20,14 @@ never message content, never the token::
 
 Who can check what:
 
-* the **server** stores the chain and checks linkage only (``index``, ``prev_hash``,
-  ``room_id``, :func:`entry_hash`). It cannot edit an entry (signature and binding
-  break), nor reorder or drop one from the middle (the hash links break). It could
-  drop entries from the tail: a member detects that by passing the head it saw
-  before (``known_head`` of :func:`verify_chain`).
+* the **server** stores the chain and checks, before appending, its linkage
+  (``index``, ``prev_hash``, ``room_id``, :func:`entry_hash`) and its author: the
+  actor is the sending device, the stated key is the MLS signature key of that
+  device's certificate (which the account key signed), and the signature verifies
+  (:func:`check_signature`). It cannot edit an entry (signature and binding break),
+  nor reorder or drop one from the middle (the hash links break). It could drop
+  entries from the tail: a member detects that by passing the head it saw before
+  (``known_head`` of :func:`verify_chain`).
 * the **binding** is a MAC under a key derived from the epoch authenticator (RFC 9420
   §8.7), which only the members of that epoch know. The server sees the binding but
   learns nothing about the authenticator from it and cannot compute one; a member who
@@ -41,6 +44,25 @@ Who can check what:
 otherwise the epoch current when the action happened. The actor's leaf index and
 signature key are those of that epoch.
 
+A trail with a bad entry in it (:func:`verify_trail`) stays usable. A server that
+did not yet check authors let members append entries with bad signatures, and every
+later entry chains onto them. The rule:
+
+* the **chain** must hold: every entry decodes, sits at its index, names the room,
+  links by hash to the entry stored before it, and keeps the head the member saw
+  before. Any break is fatal (:class:`AuditChainError`): a server rewrote history;
+* an entry that is in the chain but not **authentic** (signature, key, binding,
+  strict epoch, member key, or an epoch older than the last authentic entry's) is
+  reported and skipped, not trusted, and does not taint the entries after it, which
+  are judged on their own. It is only skippable if the next entry links to it as it
+  is stored, i.e. it was in the chain when that entry was made; an entry that fails
+  and whose successor does not link to it was changed afterwards, and the error names
+  it. The last entry has no successor: if it fails it is reported (a changed head is
+  still caught through ``known_head``).
+
+:func:`verify_chain` is the strict form: the first entry that is not authentic fails
+the whole chain, for whoever needs every entry to hold (an exported trail).
+
 This module is deliberately importable by the server: it depends on the codec, the
 signature schemes and the hash/KDF only, never on AEAD, HPKE or ``mls`` (a test
 checks). The suite id → (signature scheme, hash) table below mirrors
@@ -51,7 +73,7 @@ from __future__ import annotations
 
 import hmac as _hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
@@ -88,12 +110,15 @@ __all__ = [
     "AuditChainError",
     "AuditEntry",
     "AuditSubject",
+    "AuditTrail",
     "binding_key",
     "chain_head",
+    "check_signature",
     "compute_binding",
     "entry_hash",
     "make_entry",
     "verify_chain",
+    "verify_trail",
 ]
 
 AUDIT_VERSION = 1
@@ -449,8 +474,8 @@ def make_entry(
             raise UsageError("prev is not an encoded audit entry") from None
         if previous.room_id != room_id:
             raise UsageError("prev belongs to another room")
-        if epoch < previous.epoch:
-            raise UsageError("epoch is older than the previous entry's")
+        # No check of ``epoch`` against prev's: prev is the stored head, not yet known
+        # to be authentic (one with a made-up epoch must not stop the next entry).
         index, prev_hash = previous.index + 1, entry_hash(prev)
     unsigned = AuditEntry(
         index=index,
@@ -502,6 +527,26 @@ def chain_head(entries: Sequence[bytes]) -> tuple[int, bytes] | None:
     return len(entries) - 1, entry_hash(entries[-1])
 
 
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    """A verified trail: the authentic entries, and the ones reported and skipped.
+
+    Iterating, indexing and ``len`` give the authentic entries (chain order)."""
+
+    entries: tuple[AuditEntry, ...]
+    #: Entries in the chain that are not authentic (module docstring: the rule).
+    rejected: tuple[AuditChainError, ...] = ()
+
+    def __iter__(self) -> Iterator[AuditEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> AuditEntry:
+        return self.entries[index]
+
+
 def verify_chain(
     entries: Sequence[bytes],
     *,
@@ -511,18 +556,40 @@ def verify_chain(
     member_keys: Mapping[int, Mapping[int, bytes]] | None = None,
     strict: bool = False,
 ) -> list[AuditEntry]:
-    """Verify a whole chain (entry #0 first); return the decoded entries.
+    """Verify a whole chain in which every entry must hold; return the decoded entries.
 
-    Checks, for each entry in order: it decodes; its index is its position; its
-    prev_hash is the hash of the entry before (zeros for #0); it names ``room_id``;
+    :func:`verify_trail`'s checks, with the first entry that is not authentic failing
+    the chain instead of being skipped. Raises :class:`AuditChainError` naming it.
+    """
+    trail = _walk(
+        entries, room_id=room_id, authenticators=authenticators, known_head=known_head,
+        member_keys=member_keys, strict=strict, skip=False,
+    )
+    return list(trail.entries)
+
+
+def verify_trail(
+    entries: Sequence[bytes],
+    *,
+    room_id: str,
+    authenticators: Mapping[int, bytes | Secret] | None = None,
+    known_head: tuple[int, bytes] | None = None,
+    member_keys: Mapping[int, Mapping[int, bytes]] | None = None,
+    strict: bool = False,
+) -> AuditTrail:
+    """Verify a chain (entry #0 first): fail on a broken chain, skip what is not authentic.
+
+    The chain (fatal): each entry decodes; its index is its position; its prev_hash is
+    the hash of the entry stored before (zeros for #0); it names ``room_id``; the chain
+    still holds ``known_head`` ``(index, entry_hash)``, the head this member verified
+    before (so a server that truncates or rewrites what the member already saw is
+    caught). Each entry (reported and skipped when it fails, see the module docstring):
     the cipher suite is known and the signature verifies under the stated key; its
-    epoch is not older than the previous entry's; if ``authenticators`` has its
+    epoch is not older than the last authentic entry's; if ``authenticators`` has its
     epoch, the binding matches; if ``member_keys`` has its epoch (epoch → leaf index →
     signature public key, as the member saw that epoch's tree), the actor's leaf is a
-    member then and holds that key. Finally the chain must still hold ``known_head``
-    ``(index, entry_hash)``, the head this member verified before (so a server that
-    truncates or rewrites what the member already saw is caught). ``time_ms`` is the
-    actor's clock, signed but not checked (device clocks disagree).
+    member then and holds that key. ``time_ms`` is the actor's clock, signed but not
+    checked (device clocks disagree).
 
     What the binding proves, and ``strict``: the signature alone only shows that
     *someone* holding the stated key signed; a server could sign an entry with a key
@@ -535,8 +602,24 @@ def verify_chain(
     processed the room's commits. Entries before that epoch are authenticated only by
     the chain link to a later bound entry.
 
-    Raises :class:`AuditChainError` naming the first bad entry.
+    Raises :class:`AuditChainError` naming the first break of the chain.
     """
+    return _walk(
+        entries, room_id=room_id, authenticators=authenticators, known_head=known_head,
+        member_keys=member_keys, strict=strict, skip=True,
+    )
+
+
+def _walk(
+    entries: Sequence[bytes],
+    *,
+    room_id: str,
+    authenticators: Mapping[int, bytes | Secret] | None,
+    known_head: tuple[int, bytes] | None,
+    member_keys: Mapping[int, Mapping[int, bytes]] | None,
+    strict: bool,
+    skip: bool,
+) -> AuditTrail:
     if known_head is not None and (
         known_head[0] < 0 or not isinstance(known_head[1], bytes) or len(known_head[1]) != HASH_SIZE
     ):
@@ -545,6 +628,8 @@ def verify_chain(
         raise UsageError("strict verification needs the member's epoch authenticators")
     first_known = min(authenticators) if authenticators else 0
     out: list[AuditEntry] = []
+    rejected: list[AuditChainError] = []
+    suspect: AuditChainError | None = None  # not authentic; skippable once its successor links
     prev_hash = ZERO_HASH
     prev_epoch = 0
     for position, data in enumerate(entries):
@@ -559,37 +644,13 @@ def verify_chain(
                 )
             raise AuditChainError(position, f"out of order (found entry #{entry.index})")
         if entry.prev_hash != prev_hash:
-            raise AuditChainError(position, "does not link to the previous entry")
+            # A failing entry the next one does not link to was changed afterwards.
+            raise suspect or AuditChainError(position, "does not link to the previous entry")
+        if suspect is not None:
+            rejected.append(suspect)
+            suspect = None
         if entry.room_id != room_id:
             raise AuditChainError(position, "belongs to another room")
-        _verify_signature(position, entry)
-        if entry.epoch < prev_epoch:
-            raise AuditChainError(position, "epoch goes backwards")
-        if authenticators is not None and entry.epoch in authenticators:
-            expected = compute_binding(entry.cipher_suite, authenticators[entry.epoch], entry.tbs())
-            if not _hmac.compare_digest(expected, entry.binding):
-                raise AuditChainError(
-                    position, f"not bound to this member's view of epoch {entry.epoch}"
-                )
-        elif strict and entry.epoch >= first_known:
-            raise AuditChainError(
-                position,
-                f"bound to epoch {entry.epoch}, which this member has not seen (unverifiable)",
-            )
-        if member_keys is not None and entry.epoch in member_keys:
-            leaves = member_keys[entry.epoch]
-            key = leaves.get(entry.actor_leaf_index)
-            if key is None:
-                raise AuditChainError(
-                    position,
-                    f"actor leaf {entry.actor_leaf_index} is not a member at epoch {entry.epoch}",
-                )
-            if not _hmac.compare_digest(key, entry.actor_signature_key):
-                raise AuditChainError(
-                    position,
-                    f"signature key is not that of leaf {entry.actor_leaf_index} "
-                    f"at epoch {entry.epoch}",
-                )
         this_hash = entry_hash(data)
         if (
             known_head is not None
@@ -597,13 +658,72 @@ def verify_chain(
             and not _hmac.compare_digest(known_head[1], this_hash)
         ):
             raise AuditChainError(position, "differs from the entry this member verified before")
-        out.append(entry)
-        prev_hash, prev_epoch = this_hash, entry.epoch
+        try:
+            _check_authentic(
+                position, entry, prev_epoch, authenticators, member_keys,
+                strict=strict, first_known=first_known,
+            )
+        except AuditChainError as bad:
+            if not skip:
+                raise
+            suspect = bad
+        else:
+            out.append(entry)
+            prev_epoch = entry.epoch
+        prev_hash = this_hash
+    if suspect is not None:
+        rejected.append(suspect)
     if known_head is not None and known_head[0] >= len(entries):
         raise AuditChainError(
             len(entries), "missing (the chain ends before the head this member saw)"
         )
-    return out
+    return AuditTrail(tuple(out), tuple(rejected))
+
+
+def _check_authentic(
+    position: int,
+    entry: AuditEntry,
+    prev_epoch: int,
+    authenticators: Mapping[int, bytes | Secret] | None,
+    member_keys: Mapping[int, Mapping[int, bytes]] | None,
+    *,
+    strict: bool,
+    first_known: int,
+) -> None:
+    _verify_signature(position, entry)
+    if entry.epoch < prev_epoch:
+        raise AuditChainError(position, "epoch goes backwards")
+    if authenticators is not None and entry.epoch in authenticators:
+        expected = compute_binding(entry.cipher_suite, authenticators[entry.epoch], entry.tbs())
+        if not _hmac.compare_digest(expected, entry.binding):
+            raise AuditChainError(
+                position, f"not bound to this member's view of epoch {entry.epoch}"
+            )
+    elif strict and entry.epoch >= first_known:
+        raise AuditChainError(
+            position,
+            f"bound to epoch {entry.epoch}, which this member has not seen (unverifiable)",
+        )
+    if member_keys is not None and entry.epoch in member_keys:
+        key = member_keys[entry.epoch].get(entry.actor_leaf_index)
+        if key is None:
+            raise AuditChainError(
+                position,
+                f"actor leaf {entry.actor_leaf_index} is not a member at epoch {entry.epoch}",
+            )
+        if not _hmac.compare_digest(key, entry.actor_signature_key):
+            raise AuditChainError(
+                position,
+                f"signature key is not that of leaf {entry.actor_leaf_index} "
+                f"at epoch {entry.epoch}",
+            )
+
+
+def check_signature(entry: AuditEntry) -> None:
+    """The entry's signature verifies under its stated key and suite (what the server
+    checks before appending, beside the key being the actor device's certified one).
+    Raises :class:`AuditChainError`."""
+    _verify_signature(entry.index, entry)
 
 
 def _verify_signature(position: int, entry: AuditEntry) -> None:

@@ -4,7 +4,8 @@
 The server is the MLS delivery service: it orders commits (exactly one per
 epoch), fans one ciphertext per room message out to every member device,
 holds KeyPackages, the public GroupInfo, a hash of the join token and the
-audit chain. It never reads a commit, a Welcome or a message.
+audit chain. It never reads a Welcome or a message; of commits it reads only
+external ones, with the MLS public view (see "Joining by token").
 
 Client → server (``data`` of each event; binary fields base64)::
 
@@ -32,7 +33,8 @@ Client → server (``data`` of each event; binary fields base64)::
     sottovoce.room.token.set    {roomId, token, audit|null} → sottovoce.room.token.updated
                                                               {roomId, tokenSet: true}
     sottovoce.room.token.revoke {roomId, audit|null}        → ... {roomId, tokenSet: false}
-    sottovoce.room.groupinfo.get {token} → sottovoce.room.groupinfo {roomId, epoch, groupInfo}
+    sottovoce.room.groupinfo.get {token} | {roomId} (members)
+        → sottovoce.room.groupinfo {roomId, epoch, groupInfo}
     sottovoce.room.join.request  {token, keyPackage} → sottovoce.room.join.requested {roomId}
     sottovoce.room.audit.append  {roomId, entry} → sottovoce.room.audit.appended {roomId, index}
     sottovoce.room.audit.get     {roomId, afterIndex} → sottovoce.room.audit {roomId, entries}
@@ -68,20 +70,56 @@ reason: "revoked"}``, ciphertext the single byte 0x00, "AA==").
 
 Tokens are secrets: clients hold them in :class:`Secret`; the server hashes
 them at once with :func:`token_hash` (SHA-256 over a domain prefix and the
-token) and keeps only the hash. Error codes: room_exists, unknown_room,
-not_member, commit_conflict, stale_epoch, audit_conflict, invalid_token,
+token) and keeps only the hash.
+
+Joining by token (RFC 9420 §12.4.3.2, §8.4). The token T that people pass around
+never reaches the server: a client sends :func:`wire_token` (T) wherever the
+contract says ``token``, and the server keeps H = ``token_hash(wire_token(T))``.
+The token grants routing (the GroupInfo, a join request, an external commit); the
+members decide who joins:
+
+* an external commit carries a PreSharedKey proposal naming an external PSK whose
+  ``psk_id`` is H and whose key is :func:`token_psk` (T), which neither H nor the
+  wire token reveals: a server (or a thief of its database) cannot make a commit
+  the members accept;
+* the server checks what it can without keys, with the MLS public view
+  (``sottovoce.mls.public``): the commit is an MLSMessage(PublicMessage) from a
+  ``new_member_commit`` sender for the room's group id and current epoch (per the
+  GroupInfo it holds), its proposals follow RFC 9420 §12.2, the UpdatePath leaf it
+  adds names the sending device (:func:`member_identity`) and holds that device's
+  certified MLS signature key, and that key signed the commit; a joiner's commit
+  names H in a PSK proposal; the GroupInfo it publishes is for the next epoch,
+  carries ``external_pub`` and is signed by the same key. Anything else is refused
+  with ``invalid_commit`` and nothing is stored;
+* members learn T from the member that set or rotated it, inside the group (a
+  room message of contentType "system"), and resolve H to ``token_psk(T)`` when they
+  process the commit: a wrong key fails their key schedule (the confirmation tag), a
+  missing one their policy, and they refuse the commit and recover (below).
+
+A member device that sends an external commit without a token rejoins its own room
+(a resync, RFC 9420 §12.2: it removes its old leaf and adds a new one): the server
+checks it the same way against the GroupInfo it gives members
+(``groupinfo.get {roomId}``), and the roster does not change. A member that cannot
+process a commit the server accepted rejoins so, and is never left behind for good.
+
+Error codes: room_exists, unknown_room, not_member, commit_conflict, stale_epoch,
+audit_conflict, invalid_token, invalid_commit, invalid_audit_entry,
+invalid_key_package, join_request_pending, join_requests_full, rate_limited,
 bad_request, forbidden, payload_too_large.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from sottovoce.errors import UsageError
 from sottovoce.limits import (
     MAX_CIPHERTEXT_BYTES,
+    MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES,
     MAX_KEY_PACKAGE_BYTES,
     MAX_KEY_PACKAGES_PER_UPLOAD,
     MAX_ROOM_AUDIT_ENTRY_BYTES,
@@ -117,6 +155,8 @@ ROOM_ID_PREFIX = "room:"
 _ROOM_ID_RE = re.compile(r"room:[0-9a-f]{32}")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
 TOKEN_HASH_DOMAIN = b"sottovoce room token v1"
+TOKEN_WIRE_DOMAIN = b"sottovoce room token wire v1"
+TOKEN_PSK_DOMAIN = b"sottovoce room token psk v1"
 #: Ciphertext of a removeRequest notice: base64 of the single byte 0x00 (never empty).
 NOTICE_CIPHERTEXT = "AA=="
 ROOM_KINDS = frozenset({"commit", "message", "welcome", "notice"})
@@ -149,6 +189,26 @@ def room_id_for(group_id: bytes) -> str:
 def token_hash(token: Secret) -> bytes:
     """H = SHA-256("sottovoce room token v1" || token): all the server ever keeps of a token."""
     return hashlib.sha256(TOKEN_HASH_DOMAIN + token.expose()).digest()
+
+
+def wire_token(token: Secret) -> Secret:
+    """What a client sends as ``token``: base64url(SHA-256("sottovoce room token wire v1"
+    || T)) without padding (43 id characters), never the token T itself."""
+    digest = hashlib.sha256(TOKEN_WIRE_DOMAIN + token.expose()).digest()
+    return Secret(base64.urlsafe_b64encode(digest).rstrip(b"="))
+
+
+def token_psk(token: Secret) -> Secret:
+    """The external PSK (RFC 9420 §8.4) an external commit injects to show it knew the
+    token T: SHA-256("sottovoce room token psk v1" || T). Its ``psk_id`` is
+    ``token_hash(wire_token(T))``, the hash the server keeps."""
+    return Secret(hashlib.sha256(TOKEN_PSK_DOMAIN + token.expose()).digest())
+
+
+def member_identity(user: str, device: str) -> bytes:
+    """The MLS basic credential identity (RFC 9420 §5.3) of a member device: ``user/device``
+    (both from the id alphabet, so ``/`` cannot be forged by either part)."""
+    return f"{user}/{device}".encode("ascii")
 
 
 # =============================================================================
@@ -496,22 +556,38 @@ class RoomTokenRevoke(ClientEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupInfoGet(ClientEvent):
-    """The public GroupInfo of the room a token opens (for an external commit)."""
+    """The public GroupInfo of a room, for an external commit: of the room a ``token``
+    opens (a joiner), or of ``roomId`` for one of its members (a member that could not
+    follow a commit rejoins by an external commit on it). Exactly one of the two."""
 
     name: ClassVar[str] = "sottovoce.room.groupinfo.get"
-    token: Secret
+    token: Secret | None = None
+    roomId: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.token is None) == (self.roomId is None):
+            raise UsageError("give exactly one of token and roomId")
 
     def to_data(self) -> dict[str, Any]:
-        return {"token": _secret_wire(self.token)}
+        if self.token is not None:
+            return {"token": _secret_wire(self.token)}
+        return {"roomId": self.roomId}
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> GroupInfoGet:
-        return cls(token=req_token(d))
+        token = opt_token(d)
+        room_id = None if d.get("roomId") is None else req_room_id(d)
+        if (token is None) == (room_id is None):
+            raise bad("token", "give exactly one of 'token' and 'roomId'")
+        return cls(token=token, roomId=room_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JoinRequest(ClientEvent):
-    """Ask the members of the token's room to add this device with ``keyPackage``."""
+    """Ask the members of the token's room to add this device with ``keyPackage``: its own
+    (a basic credential naming it, its certified MLS key, current, validly signed), at
+    most MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES. Rate-limited per device and per room; a
+    room holds at most MAX_PENDING_JOIN_REQUESTS unanswered ones, one per device."""
 
     name: ClassVar[str] = "sottovoce.room.join.request"
     token: Secret
@@ -524,7 +600,9 @@ class JoinRequest(ClientEvent):
     def from_data(cls, d: dict[str, Any]) -> JoinRequest:
         return cls(
             token=req_token(d),
-            keyPackage=_nonempty_b64(d, "keyPackage", max_bytes=MAX_KEY_PACKAGE_BYTES),
+            keyPackage=_nonempty_b64(
+                d, "keyPackage", max_bytes=MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES
+            ),
         )
 
 

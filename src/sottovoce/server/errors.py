@@ -42,6 +42,14 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``stale_epoch``        a room send made in an epoch that is no longer current [yes]
 ``audit_conflict``     the audit entry does not link to the stored chain head [yes]
 ``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
+``invalid_commit``     an external commit (or the GroupInfo it publishes) fails the checks the
+                       server makes with the MLS public view; nothing was stored [no]
+``invalid_audit_entry`` an audit entry names another actor than the sending device, or is not
+                       signed by the MLS key of that device's certificate [no]
+``invalid_key_package`` a join request's KeyPackage is malformed, expired, badly signed, or not
+                       the requesting device's own (credential, certified MLS key) [no]
+``join_request_pending`` this device's earlier join request to the room is still unanswered [no]
+``join_requests_full`` the room holds its maximum of unanswered join requests [yes]
 ``keypackages_full``   the device already stores the maximum of KeyPackages [no]
 ``internal``           our bug; the request may be retried [yes]
 =====================  ==========================================================

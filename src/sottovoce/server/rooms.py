@@ -22,13 +22,19 @@ frames are fanned out in serverSeq order. Tokens are hashed on arrival
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sottovoce.errors import DecodeError
+from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
+    JOIN_REQUESTS_PER_DEVICE_BURST,
+    JOIN_REQUESTS_PER_DEVICE_PER_S,
+    JOIN_REQUESTS_PER_ROOM_BURST,
+    JOIN_REQUESTS_PER_ROOM_PER_S,
     KEY_PACKAGES_LOW_WATERMARK,
     MAX_KEY_PACKAGES_PER_DEVICE,
     MAX_ROOMS_LISTED,
@@ -36,7 +42,16 @@ from sottovoce.limits import (
     ROOM_AUDIT_REPLY_BYTES,
     ROOM_SYNC_BATCH,
 )
-from sottovoce.protocol.audit import AuditEntry, entry_hash
+from sottovoce.mls.public import (
+    MlsError,
+    check_external_commit,
+    check_group_info,
+    check_key_package,
+    decode_key_package,
+    is_external_commit,
+    leaf_identity,
+)
+from sottovoce.protocol.audit import AuditChainError, AuditEntry, check_signature, entry_hash
 from sottovoce.protocol.events import ClientEvent, frame
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
@@ -49,6 +64,7 @@ from sottovoce.protocol.rooms import (
     ROOM_COMMITTED,
     ROOM_CREATED,
     ROOM_GROUPINFO,
+    ROOM_ID_PREFIX,
     ROOM_JOIN_REQUESTED,
     ROOM_STATE,
     ROOM_SYNCED,
@@ -69,10 +85,12 @@ from sottovoce.protocol.rooms import (
     RoomSync,
     RoomTokenRevoke,
     RoomTokenSet,
+    member_identity,
     token_hash,
 )
 from sottovoce.server.delivery import ack_text, inbox_frame_text
 from sottovoce.server.errors import WireFailure
+from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
@@ -108,16 +126,31 @@ def _pairs(items: Sequence[Member]) -> list[dict[str, str]]:
     return [{"userId": u, "deviceId": d} for u, d in items]
 
 
-def audit_appendage(room_id: str, raw: bytes | None) -> AuditAppendage | None:
-    """Decode an audit entry enough for the linkage check (the server cannot verify more)."""
-    if raw is None:
-        return None
+def audit_appendage(
+    room_id: str, user: str, device: str, certified_key: bytes, raw: bytes
+) -> AuditAppendage:
+    """An audit entry the sending device may append (protocol/audit.py): it decodes, names
+    the room, names the sender as its actor, states the MLS signature key of the sender's
+    certificate and is signed by it. The linkage is checked in the storage transaction.
+    Whether it is bound to the epoch's authenticator only members can check."""
     try:
         entry = AuditEntry.decode(raw)
     except DecodeError:
         raise WireFailure("bad_request", "audit entry does not decode") from None
     if entry.room_id != room_id:
         raise WireFailure("bad_request", "audit entry belongs to another room")
+    if (entry.actor_user_id, entry.actor_device_id) != (user, device):
+        raise WireFailure("invalid_audit_entry", "an audit entry's actor is the sending device")
+    if not hmac.compare_digest(entry.actor_signature_key, certified_key):
+        raise WireFailure(
+            "invalid_audit_entry", "the audit entry's key is not the device's certified MLS key"
+        )
+    try:
+        check_signature(entry)
+    except AuditChainError:
+        raise WireFailure(
+            "invalid_audit_entry", "the audit entry's signature does not verify"
+        ) from None
     return AuditAppendage(raw, entry.index, entry.prev_hash, entry_hash(raw))
 
 
@@ -126,6 +159,13 @@ class Rooms:
         self.app = app
         st = app.storage
         self._store: RoomStorage | None = st if isinstance(st, RoomStorage) else None
+        self._join_requests_by_device = KeyedBuckets(
+            JOIN_REQUESTS_PER_DEVICE_PER_S, JOIN_REQUESTS_PER_DEVICE_BURST
+        )
+        #: Keyed by the token's hash: one token opens one room.
+        self._join_requests_by_room = KeyedBuckets(
+            JOIN_REQUESTS_PER_ROOM_PER_S, JOIN_REQUESTS_PER_ROOM_BURST
+        )
 
     def handlers(self) -> dict[type[ClientEvent], Handler]:
         return {
@@ -314,6 +354,111 @@ class Rooms:
 
     def _commit(
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None
+    ) -> Awaitable[None] | None:
+        session.key  # noqa: B018 -- raises unless authenticated
+        external = ev.token is not None or is_external_commit(ev.commit)
+        if not external and ev.audit is None:
+            self._submit_commit(session, ev, data, rid)
+            return None
+        return self._commit_checked(session, ev, data, rid, external)
+
+    async def _commit_checked(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
+        external: bool,
+    ) -> None:
+        """A commit with something to check first: its audit entry's author, and for an
+        external commit (a non-member joining with a token, or a member's resync) the
+        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token")."""
+        user, device = session.key
+        checked = None
+        if external:
+            h = None if ev.token is None else token_hash(ev.token)
+            checked = await self._check_external(user, device, ev, h)
+        audit = await self._audit_entry(ev.roomId, user, device, ev.audit)
+        self._submit_commit(
+            session, ev, data, rid, audit=audit, external=external, checked_epoch=checked
+        )
+
+    async def _audit_entry(
+        self, room_id: str, user: str, device: str, raw: bytes | None
+    ) -> AuditAppendage | None:
+        if raw is None:
+            return None
+        key = await self._certified_mls_key(user, device, "invalid_audit_entry")
+        return audit_appendage(room_id, user, device, key, raw)
+
+    async def _check_external(
+        self, user: str, device: str, ev: RoomCommit, h: bytes | None
+    ) -> int | None:
+        """The epoch the external commit was checked against; ``None`` when it names
+        another epoch than the room's (storage answers commit_conflict). Raises
+        ``WireFailure`` (invalid_token, not_member, invalid_commit)."""
+        if h is not None:
+            found = await self.store.group_info_by_token(h)
+            if found is None or found[0] != ev.roomId:
+                raise WireFailure("invalid_token", "the token does not open a room")
+            _, epoch, stored = found
+        else:
+            try:
+                epoch, stored = await self.store.room_group_info(ev.roomId, user, device)
+            except RoomRefused as exc:
+                raise _wire(exc) from None
+        if ev.epoch != epoch:
+            return None
+        key = await self._certified_mls_key(user, device, "invalid_commit")
+        try:
+            info = check_group_info(stored)
+        except MlsError:
+            raise WireFailure(
+                "invalid_commit", "the room holds no GroupInfo a joiner can check"
+            ) from None
+        if info.context.epoch != epoch or ev.roomId != ROOM_ID_PREFIX + info.context.group_id.hex():
+            raise WireFailure("invalid_commit", "the room's GroupInfo is not for its epoch")
+        try:
+            commit = check_external_commit(ev.commit, info)
+        except MlsError as exc:
+            raise WireFailure("invalid_commit", f"external commit refused: {exc}") from None
+        if commit.joiner_identity != member_identity(user, device):
+            raise WireFailure("invalid_commit", "the commit's new leaf names another device")
+        if not hmac.compare_digest(commit.leaf.signature_key, key):
+            raise WireFailure(
+                "invalid_commit", "the commit's new leaf does not hold the device's certified key"
+            )
+        if h is not None and not any(hmac.compare_digest(i, h) for i in commit.external_psk_ids):
+            raise WireFailure("invalid_commit", "the external commit does not bind the token")
+        # The GroupInfo it publishes is what the next joiner and a recovering member use.
+        if ev.groupInfo is None:
+            raise WireFailure("invalid_commit", "an external commit publishes its GroupInfo")
+        try:
+            after = check_group_info(ev.groupInfo, signer_key=key)
+        except MlsError as exc:
+            raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
+        if (
+            after.context.epoch != epoch + 1
+            or after.context.group_id != info.context.group_id
+            or after.external_pub is None
+        ):
+            raise WireFailure(
+                "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
+            )
+        return epoch
+
+    async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
+        """The MLS signature key the device's certificate holds (the account key signed it:
+        the anchor for what the device signs in rooms); refused with ``code`` if none."""
+        rec = await self.app.directory.account(user)
+        dev = None if rec is None else rec.device(device)
+        if dev is None or dev.revoked:
+            raise WireFailure("unauthorized", "device is not registered")
+        key = DeviceCertificate.decode(dev.certificate).keys.mls_signature_key
+        if not key:
+            raise WireFailure(code, "the device certificate holds no MLS signature key")
+        return key
+
+    def _submit_commit(
+        self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
+        *, audit: AuditAppendage | None = None, external: bool = False,
+        checked_epoch: int | None = None,
     ) -> None:
         user, device = session.key
         req = CommitRequest(
@@ -329,9 +474,11 @@ class Rooms:
             adds=tuple(m.key for m in ev.adds),
             removes=tuple(m.key for m in ev.removes),
             group_info=ev.groupInfo,
-            audit=audit_appendage(ev.roomId, ev.audit),
+            audit=audit,
             # Hashed at once; the token itself goes no further than this frame.
             token_hash=None if ev.token is None else token_hash(ev.token),
+            external=external,
+            checked_epoch=checked_epoch,
         )
         self.store.room_commit(req, partial(self._committed, session, rid))
 
@@ -486,7 +633,7 @@ class Rooms:
         rid: str | None,
     ) -> None:
         user, device = session.key
-        entry = audit_appendage(room_id, audit)
+        entry = await self._audit_entry(room_id, user, device, audit)
         try:
             await self.store.set_room_token(room_id, user, device, h, entry)
         except (RoomRefused, UnknownAccount) as exc:
@@ -498,22 +645,54 @@ class Rooms:
     async def _groupinfo(
         self, session: Session, ev: GroupInfoGet, data: dict[str, Any], rid: str | None
     ) -> None:
-        session.key  # noqa: B018 -- raises unless authenticated
-        found = await self.store.group_info_by_token(token_hash(ev.token))
-        if found is None:
-            # The same answer whether a room exists or not.
-            raise WireFailure("invalid_token", "the token does not open a room")
-        room_id, epoch, group_info = found
+        user, device = session.key
+        if ev.roomId is not None:  # a member's (to rejoin by an external commit)
+            try:
+                epoch, group_info = await self.store.room_group_info(ev.roomId, user, device)
+            except RoomRefused as exc:
+                raise _wire(exc) from None
+            room_id = ev.roomId
+        elif ev.token is None:
+            raise WireFailure("bad_request", "give a token or a roomId")
+        else:
+            found = await self.store.group_info_by_token(token_hash(ev.token))
+            if found is None:
+                # The same answer whether a room exists or not.
+                raise WireFailure("invalid_token", "the token does not open a room")
+            room_id, epoch, group_info = found
         session.reply(ROOM_GROUPINFO, {
             "roomId": room_id,
             "epoch": epoch,
             "groupInfo": b64(group_info) if group_info else None,
         }, rid)
 
-    def _join_request(
+    async def _join_request(
         self, session: Session, ev: JoinRequest, data: dict[str, Any], rid: str | None
     ) -> None:
+        """A join request becomes a notice to every member: so it is rate-limited per device
+        and per room, carries only the requester's own valid KeyPackage, and a room holds a
+        bounded number of them unanswered (storage)."""
         user, device = session.key
+        h = token_hash(ev.token)
+        wait = self._join_requests_by_device.take(f"{user}/{device}") or (
+            self._join_requests_by_room.take(h.hex())
+        )
+        if wait:
+            raise WireFailure(
+                "rate_limited", "too many join requests", retryable=True, retry_after_ms=wait
+            )
+        key = await self._certified_mls_key(user, device, "invalid_key_package")
+        try:
+            kp = decode_key_package(ev.keyPackage)
+            check_key_package(kp, now_ms=time.time_ns() // 1_000_000)
+        except MlsError as exc:
+            raise WireFailure("invalid_key_package", f"KeyPackage refused: {exc}") from None
+        if leaf_identity(kp.leaf_node) != member_identity(user, device) or not (
+            hmac.compare_digest(kp.leaf_node.signature_key, key)
+        ):
+            raise WireFailure(
+                "invalid_key_package", "the KeyPackage is not this device's (name or key)"
+            )
 
         def done(msg: RoomStored | None, error: BaseException | None) -> None:
             if msg is None:
@@ -522,7 +701,7 @@ class Rooms:
             session.reply(ROOM_JOIN_REQUESTED, {"roomId": msg.room_id}, rid)
             self._publish(msg)
 
-        self.store.room_join_request(token_hash(ev.token), user, device, data["keyPackage"], done)
+        self.store.room_join_request(h, user, device, data["keyPackage"], done)
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -530,9 +709,8 @@ class Rooms:
         self, session: Session, ev: AuditAppend, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        entry = audit_appendage(ev.roomId, ev.entry)
-        if entry is None:  # pragma: no cover -- entry is required by the event
-            raise WireFailure("bad_request", "entry is required")
+        key = await self._certified_mls_key(user, device, "invalid_audit_entry")
+        entry = audit_appendage(ev.roomId, user, device, key, ev.entry)
         try:
             index = await self.store.audit_append(ev.roomId, user, device, entry)
         except (RoomRefused, UnknownAccount) as exc:

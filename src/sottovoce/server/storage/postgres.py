@@ -70,7 +70,11 @@ from sottovoce.server.storage.base import (
     UnknownAccount,
     UsernameTaken,
 )
-from sottovoce.server.storage.postgres_rooms import ROOMS_MIGRATION, PostgresRooms
+from sottovoce.server.storage.postgres_rooms import (
+    JOIN_REQUESTS_MIGRATION,
+    ROOMS_MIGRATION,
+    PostgresRooms,
+)
 from sottovoce.server.storage.sqlite import BatchStats
 
 T = TypeVar("T")
@@ -194,6 +198,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN deleted_at bigint;
     """,
+    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/postgres_rooms.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -37,7 +37,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sottovoce.errors import RemoteError
-from sottovoce.limits import MAX_ROOM_MEMBERS
+from sottovoce.limits import (
+    JOIN_REQUEST_PENDING_MS,
+    MAX_PENDING_JOIN_REQUESTS,
+    MAX_ROOM_MEMBERS,
+)
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
@@ -122,6 +126,17 @@ ROOMS_MIGRATION = """
         idx bigint NOT NULL,
         entry bytea NOT NULL,
         PRIMARY KEY(room, idx)
+    );
+"""
+
+#: Schema v4: unanswered join requests (one per room and device), appended to
+#: ``postgres.MIGRATIONS``.
+JOIN_REQUESTS_MIGRATION = """
+    CREATE TABLE room_join_requests(
+        room bigint NOT NULL,
+        dev bigint NOT NULL,
+        requested_at bigint NOT NULL,
+        PRIMARY KEY(room, dev)
     );
 """
 
@@ -458,8 +473,12 @@ class PostgresRooms(RoomStorage):
             if room.token_hash is None or not hmac.compare_digest(room.token_hash,
                                                                   req.token_hash):
                 raise _refuse("invalid_token", "the token does not open a room")
+            if not req.external:
+                raise _refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
                 raise _refuse("bad_request", "an external commit adds exactly its sender")
+        elif req.external and (req.adds or req.removes):
+            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             win = await conn.fetchval(
                 "SELECT seq FROM room_commits WHERE room=$1 AND epoch=$2", room.pk, req.epoch
@@ -474,6 +493,10 @@ class PostgresRooms(RoomStorage):
                 details={"roomId": req.room_id, "currentEpoch": room.epoch,
                          "winningServerSeq": int(win)},
             )
+        if req.external and req.checked_epoch != room.epoch:
+            # Nothing unchecked is stored: the handler checks every external commit
+            # against the GroupInfo of the epoch it names (the MLS public view).
+            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
@@ -525,6 +548,10 @@ class PostgresRooms(RoomStorage):
                 "SET joined_seq = excluded.joined_seq, read_seq = excluded.read_seq, "
                 "until_seq = NULL",
                 room.pk, dev, seq,
+            )
+            # Its join request (if it made one) is answered.
+            await conn.execute(
+                "DELETE FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
             )
         await conn.execute(
             "UPDATE rooms SET epoch=$1, group_info=coalesce($2, group_info) WHERE room=$3",
@@ -636,7 +663,7 @@ class PostgresRooms(RoomStorage):
     async def _join_request(
         self, conn: Any, h: bytes, user: str, device: str, kp_b64: str
     ) -> RoomStored:
-        await self._sender(conn, user, device)
+        dev = await self._sender(conn, user, device)
         room_id = await _token_room(conn, h)
         if room_id is None:
             raise _refuse("invalid_token", "the token does not open a room")
@@ -645,6 +672,28 @@ class PostgresRooms(RoomStorage):
             raise _refuse("invalid_token", "the token does not open a room")  # changed meanwhile
         if (user, device) in room.members:
             raise _refuse("bad_request", "this device is a member of the room")
+        # The room row is locked: counting and inserting cannot race another request.
+        now = self._received()
+        await conn.execute(
+            "DELETE FROM room_join_requests WHERE room=$1 AND requested_at<=$2",
+            room.pk, now - JOIN_REQUEST_PENDING_MS,
+        )
+        if await conn.fetchval(
+            "SELECT 1 FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
+        ):
+            raise _refuse("join_request_pending", "this device's join request is still pending")
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM room_join_requests WHERE room=$1", room.pk
+        )
+        if int(pending) >= MAX_PENDING_JOIN_REQUESTS:
+            raise RoomRefused(
+                "join_requests_full", "the room holds the most unanswered join requests",
+                retryable=True,
+            )
+        await conn.execute(
+            "INSERT INTO room_join_requests(room, dev, requested_at) VALUES ($1, $2, $3)",
+            room.pk, dev, now,
+        )
         extra = ',"joinRequest":' + json.dumps(
             {"userId": user, "deviceId": device}, separators=(",", ":")
         )
@@ -839,6 +888,18 @@ class PostgresRooms(RoomStorage):
                 "SELECT epoch, group_info FROM rooms WHERE room_id=$1", room_id
             )
             return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
+
+        return await self._with(run, write=False)
+
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        async def run(conn: Any) -> tuple[int, bytes]:
+            pk, epoch, _, _, until = await _membership(conn, room_id, user_id, device_id)
+            if until is not None:
+                raise _refuse("not_member", "this device was removed from the room")
+            info = await conn.fetchval("SELECT group_info FROM rooms WHERE room=$1", pk)
+            return epoch, b"" if info is None else bytes(info)
 
         return await self._with(run, write=False)
 

@@ -16,8 +16,16 @@ adapters can add rooms on their own schedule. Rules every adapter keeps:
 * a one-time KeyPackage is handed out at most once; the last-resort one is never consumed;
 * a room token is stored only as its hash (:func:`sottovoce.protocol.rooms.token_hash`),
   compared in constant time;
+* a non-member joins only by an external commit (token hash matching) that adds exactly
+  itself; a member's external commit (a resync) changes no member; either is stored
+  only if the handler checked it against the GroupInfo of the room's current epoch
+  (``checked_epoch``), else ``invalid_commit``;
 * the audit chain only grows by an entry whose index is the stored count and
-  whose prev_hash is the hash of the last stored entry.
+  whose prev_hash is the hash of the last stored entry;
+* a room holds at most MAX_PENDING_JOIN_REQUESTS unanswered join requests, one per
+  device (a second one while the first is pending is ``join_request_pending``, one
+  past the cap ``join_requests_full``); a request is answered when a commit adds its
+  device, and stops counting after JOIN_REQUEST_PENDING_MS.
 
 Message-producing operations (commit, send, join request, revocation notices)
 take a callback, like ``Storage.append``: callbacks run on the event loop in
@@ -82,6 +90,11 @@ class CommitRequest:
     audit: AuditAppendage | None
     token_hash: bytes | None
     client_created_at_ms: int = 0
+    #: The commit is an MLS external commit (sender new_member_commit, RFC 9420 §12.4.3.2).
+    external: bool = False
+    #: The epoch whose GroupInfo the handler checked the external commit against (the
+    #: MLS public view); an external commit is stored only when this is the room's epoch.
+    checked_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,7 +267,8 @@ class RoomStorage(abc.ABC):
         self, token_hash: bytes, user_id: str, device_id: str, key_package_b64: str,
         callback: RoomCallback,
     ) -> None:
-        """Store a joinRequest notice in the token's room; ``callback(RoomStored | None, err)``."""
+        """Store a joinRequest notice in the token's room unless the device has one pending or
+        the room holds its maximum; ``callback(RoomStored | None, err)``."""
 
     @abc.abstractmethod
     def room_device_revoked(
@@ -302,6 +316,13 @@ class RoomStorage(abc.ABC):
     @abc.abstractmethod
     async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
         """(roomId, epoch, GroupInfo) of the room whose token hash matches."""
+
+    @abc.abstractmethod
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        """(epoch, GroupInfo) of a room for one of its current member devices (b"" when
+        none was stored); ``RoomRefused`` unknown_room / not_member otherwise."""
 
     @abc.abstractmethod
     async def audit_append(

@@ -55,7 +55,11 @@ from sottovoce.server.storage.base import (
     UsernameTaken,
     envelope_text,
 )
-from sottovoce.server.storage.sqlite_rooms import ROOMS_MIGRATION, SqliteRooms
+from sottovoce.server.storage.sqlite_rooms import (
+    JOIN_REQUESTS_MIGRATION,
+    ROOMS_MIGRATION,
+    SqliteRooms,
+)
 
 T = TypeVar("T")
 
@@ -121,6 +125,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN deleted_at INTEGER
     """,
+    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/sqlite_rooms.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.

@@ -29,7 +29,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sottovoce.limits import MAX_ROOM_MEMBERS
+from sottovoce.limits import (
+    JOIN_REQUEST_PENDING_MS,
+    MAX_PENDING_JOIN_REQUESTS,
+    MAX_ROOM_MEMBERS,
+)
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
@@ -111,6 +115,17 @@ ROOMS_MIGRATION = """
         entry BLOB NOT NULL,
         PRIMARY KEY(room, idx)
     ) WITHOUT ROWID;
+"""
+
+#: Schema v4: unanswered join requests (one per room and device), appended to
+#: ``sqlite.MIGRATIONS``.
+JOIN_REQUESTS_MIGRATION = """
+    CREATE TABLE room_join_requests(
+        room INTEGER NOT NULL,
+        dev INTEGER NOT NULL,
+        requested_at INTEGER NOT NULL,
+        PRIMARY KEY(room, dev)
+    ) WITHOUT ROWID
 """
 
 _ZERO_HASH = bytes(32)
@@ -407,8 +422,12 @@ class SqliteRooms(RoomStorage):
             ).fetchone()[0]
             if stored is None or not hmac.compare_digest(bytes(stored), req.token_hash):
                 raise _refuse("invalid_token", "the token does not open a room")
+            if not req.external:
+                raise _refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
                 raise _refuse("bad_request", "an external commit adds exactly its sender")
+        elif req.external and (req.adds or req.removes):
+            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             row = conn.execute(
                 "SELECT seq FROM room_commits WHERE room=? AND epoch=?", (room.pk, req.epoch)
@@ -423,6 +442,10 @@ class SqliteRooms(RoomStorage):
                 details={"roomId": req.room_id, "currentEpoch": room.epoch,
                          "winningServerSeq": int(row[0])},
             )
+        if req.external and req.checked_epoch != room.epoch:
+            # Nothing unchecked is stored: the handler checks every external commit
+            # against the GroupInfo of the epoch it names (the MLS public view).
+            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
@@ -476,6 +499,8 @@ class SqliteRooms(RoomStorage):
                 "VALUES (?, ?, ?, ?, NULL)",
                 (room.pk, dev, seq, seq),
             )
+            # Its join request (if it made one) is answered.
+            conn.execute("DELETE FROM room_join_requests WHERE room=? AND dev=?", (room.pk, dev))
             members[key] = (dev, False)
         conn.execute(
             "UPDATE rooms SET epoch=?, last_seq=?, group_info=coalesce(?, group_info) "
@@ -574,6 +599,28 @@ class SqliteRooms(RoomStorage):
         room = self._room(conn, room_id)
         if (user, device) in room.members:
             raise _refuse("bad_request", "this device is a member of the room")
+        dev = self._sender(conn, user, device)
+        received = self._received()
+        conn.execute(
+            "DELETE FROM room_join_requests WHERE room=? AND requested_at<=?",
+            (room.pk, received - JOIN_REQUEST_PENDING_MS),
+        )
+        if conn.execute(
+            "SELECT 1 FROM room_join_requests WHERE room=? AND dev=?", (room.pk, dev)
+        ).fetchone():
+            raise _refuse("join_request_pending", "this device's join request is still pending")
+        pending = conn.execute(
+            "SELECT count(*) FROM room_join_requests WHERE room=?", (room.pk,)
+        ).fetchone()[0]
+        if int(pending) >= MAX_PENDING_JOIN_REQUESTS:
+            raise RoomRefused(
+                "join_requests_full", "the room holds the most unanswered join requests",
+                retryable=True,
+            )
+        conn.execute(
+            "INSERT INTO room_join_requests(room, dev, requested_at) VALUES (?, ?, ?)",
+            (room.pk, dev, received),
+        )
         extra = ',"joinRequest":' + json.dumps(
             {"userId": user, "deviceId": device}, separators=(",", ":")
         )
@@ -709,6 +756,11 @@ class SqliteRooms(RoomStorage):
     async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
         return await self._read(_r_group_info, token_hash)
 
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        return await self._read(_r_member_group_info, room_id, user_id, device_id)
+
     async def audit_get(
         self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
     ) -> list[bytes]:
@@ -837,6 +889,16 @@ def _r_group_info(conn: sqlite3.Connection, h: bytes) -> tuple[str, int, bytes] 
         "SELECT epoch, group_info FROM rooms WHERE room_id=?", (room_id,)
     ).fetchone()
     return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
+
+
+def _r_member_group_info(
+    conn: sqlite3.Connection, room_id: str, user: str, device: str
+) -> tuple[int, bytes]:
+    pk, epoch, _, _, until = _membership(conn, room_id, user, device)
+    if until is not None:
+        raise _refuse("not_member", "this device was removed from the room")
+    row = conn.execute("SELECT group_info FROM rooms WHERE room=?", (pk,)).fetchone()
+    return epoch, b"" if row[0] is None else bytes(row[0])
 
 
 def _r_audit(
