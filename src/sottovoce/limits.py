@@ -224,3 +224,16 @@ MAX_CALL_DEVICES = MAX_SEND_DEVICES
 MAX_CALL_ICE_RESTARTS = 1000
 #: Ended call ids remembered so a late or replayed signal is told apart from a new call.
 CALL_RECENT_IDS = 64
+
+# --- TURN (coturn use-auth-secret credentials) -----------------------------------
+
+#: TURN credentials live at most 10 minutes: long enough to set up and restart a
+#: call's transports (an allocation, once made, is refreshed by the client), short
+#: enough that a leaked credential is soon useless.
+TURN_CREDENTIAL_MAX_TTL_S = 600
+#: Random bytes of the opaque id in a TURN username (no user or device name in it).
+TURN_ID_BYTES = 12
+#: TURN URLs one server hands out (UDP, TCP, TLS for a few relays).
+TURN_MAX_URLS = 8
+#: The secret shared with coturn: at least 128 bits.
+TURN_SECRET_MIN_BYTES = 16
