@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.calls.turn import parse_turn_url
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import UsageError
 from sottovoce.limits import TURN_CREDENTIAL_MAX_TTL_S
 from sottovoce.secret import Secret
 from sottovoce.server.turn import (
     TurnConfig,
-    parse_turn_url,
     parse_turn_urls,
     read_turn_secret,
     turn_credentials,

@@ -23,10 +23,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sottovoce.calls.turn import parse_turn_url
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import UsageError
 from sottovoce.limits import (
@@ -36,15 +36,6 @@ from sottovoce.limits import (
     TURN_SECRET_MIN_BYTES,
 )
 from sottovoce.secret import Secret
-
-#: RFC 7065 §3.1 ``turn:`` / ``turns:`` URIs, with an IPv4, a bracketed IPv6 or a
-#: DNS host, an optional port and an optional transport.
-_TURN_URL_RE = re.compile(
-    r"(?P<scheme>turns?):"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)"
-    r"(?::(?P<port>[0-9]{1,5}))?"
-    r"(?:\?transport=(?P<transport>udp|tcp))?"
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,21 +97,6 @@ def turn_password(secret: Secret, username: str) -> Secret:
     """
     mac = hmac.new(secret.expose(), username.encode("ascii"), hashlib.sha1).digest()
     return Secret(base64.b64encode(mac))
-
-
-def parse_turn_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, transport) of one ``turn:`` / ``turns:`` URL."""
-    m = _TURN_URL_RE.fullmatch(url.strip())
-    if m is None:
-        raise UsageError(f"not a TURN URL (turn:HOST:PORT or turns:HOST:PORT): {url!r}")
-    scheme = m.group("scheme")
-    port = int(m.group("port") or (5349 if scheme == "turns" else 3478))
-    if not 1 <= port <= 65535:
-        raise UsageError(f"TURN port out of range: {url!r}")
-    transport = m.group("transport") or ("tcp" if scheme == "turns" else "udp")
-    if scheme == "turns" and transport != "tcp":
-        raise UsageError(f"turns: runs over TCP (RFC 7065 §3): {url!r}")
-    return scheme, m.group("host"), port, transport
 
 
 def parse_turn_urls(value: str) -> tuple[str, ...]:
