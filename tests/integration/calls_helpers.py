@@ -19,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +178,13 @@ class Net:
     #: (sender user, sender device, effect) → the bytes to deliver, or None to drop.
     tamper: Callable[[str, str, SendSignal], bytes | None] | None = None
 
-    def device(self, user: str, device: str, options: CallOptions) -> CallController:
+    def device(
+        self,
+        user: str,
+        device: str,
+        options: CallOptions,
+        turn_servers: Callable[[], Awaitable[tuple[TurnServer, ...]]] | None = None,
+    ) -> CallController:
         async def send(batch: list[SendSignal]) -> None:
             for effect in batch:
                 self.sent.append((user, device, effect))
@@ -197,6 +203,7 @@ class Net:
             send_signals=send,
             record_missed=record_missed,
             options=options,
+            turn_servers=turn_servers,
         )
         self.devices[(user, device)] = ctl
         return ctl

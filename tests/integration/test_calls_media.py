@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 import pytest
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from sottovoce.calls import sdp as sdp_text
@@ -34,8 +35,10 @@ from sottovoce.client.calls import (
     MediaSourceUnavailable,
     MediaSpec,
     TurnRefused,
+    TurnServer,
     hooks,
 )
+from sottovoce.client.calls.errors import CandidateLeak
 from sottovoce.client.calls.media import OPUS_CBR_BITRATE, MediaSession
 from sottovoce.client.calls.sources import PatternTrack, ToneTrack
 from sottovoce.secret import Secret
@@ -467,10 +470,18 @@ async def test_relay_only_call_runs_through_coturn_and_never_reveals_a_host_cand
 ) -> None:
     relay = CallOptions(ice=IceConfig(turn=(coturn.server(),), relay_only=True))
     alice = net.device("alice", "a1", relay)
+    issued = []
+
+    async def fresh_credentials() -> tuple[TurnServer, ...]:
+        # As the sottovoce server would issue them, per new connection.
+        issued.append(coturn.server())
+        return (issued[-1],)
+
     bob = net.device(
-        "bob", "b1", CallOptions(ice=IceConfig(turn=(coturn.server(),), relay_only=True))
+        "bob", "b1", CallOptions(ice=IceConfig(relay_only=True)), turn_servers=fresh_credentials
     )
     await connect(net, alice, bob)
+    assert len(issued) == 1
     # No host or server-reflexive candidate ever left alice (or bob).
     for text in net.sdps():
         found = sdp_text.candidates(text)
@@ -491,6 +502,11 @@ async def test_relay_only_call_runs_through_coturn_and_never_reveals_a_host_cand
     assert len(decoded) >= 0.95 * (last - first), (len(decoded), last - first)
     stats = await alice.stats()
     assert stats is not None and stats.relayed is True
+    # An ICE restart allocates again, with credentials fetched for it.
+    bob.restart_ice()
+    await wait_for(lambda: bob.call is not None and bob.call.generation == 1)
+    await wait_state(bob, CallState.ACTIVE)
+    assert len(issued) == 2 and issued[0].username != issued[1].username
     net.assert_loopback_only()
 
 
@@ -509,3 +525,52 @@ async def test_refused_turn_credentials_are_reported(net: Net, coturn: Coturn, f
     assert alice.call is not None and alice.call.reason is EndReason.FAILED
     await wait_state(bob, CallState.ENDED)  # bob stopped ringing: the caller cancelled
     assert not net.signals(Offer)  # no description with any candidate left alice
+
+
+# --- the media layer's own guards ------------------------------------------------------
+
+
+async def test_a_description_that_breaks_the_calls_policy_is_never_handed_out() -> None:
+    turn = TurnServer(url="turn:127.0.0.1:9", username="1:x", credential=Secret(b"p"))
+    relay = MediaSession(
+        spec=MediaSpec(), ice=IceConfig(turn=(turn,), relay_only=True), on_event=lambda e: None
+    )
+    loop = MediaSession(spec=MediaSpec(), ice=IceConfig(loopback=True), on_event=lambda e: None)
+    try:
+        own = relay.fingerprints
+        lines = "".join(f"a=fingerprint:{f.sdp_value()}\r\n" for f in own)
+        base = "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n" + lines
+        relay_cand = "a=candidate:1 1 udp 1 127.0.0.1 5000 typ relay raddr 0.0.0.0 rport 9\r\n"
+        await relay._check_local(base + relay_cand)  # the one shape relay-only allows
+        for bad in (
+            base + "a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n",
+            base + "a=candidate:1 1 udp 1 127.0.0.1 5000 typ srflx raddr 10.0.0.2 rport 1\r\n",
+            base + relay_cand.replace("raddr 0.0.0.0", "raddr 10.0.0.2"),
+            base + relay_cand + "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+        ):
+            with pytest.raises(CandidateLeak):
+                await relay._check_local(bad)
+        loop_lines = "".join(f"a=fingerprint:{f.sdp_value()}\r\n" for f in loop.fingerprints)
+        loop_base = base.replace(lines, loop_lines)
+        with pytest.raises(CandidateLeak):
+            await loop._check_local(loop_base + "a=candidate:1 1 udp 1 192.0.2.2 5000 typ host\r\n")
+        with pytest.raises(CandidateLeak):  # another certificate than the call's
+            await loop._check_local(base + "a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n")
+    finally:
+        await relay.close()
+        await loop.close()
+
+
+async def test_a_failing_source_is_reported_not_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors: list[BaseException] = []
+    track = PatternTrack(on_error=errors.append)
+    await track.recv()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("camera unplugged")
+
+    monkeypatch.setattr(av, "VideoFrame", broken)
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert track.readyState == "ended"

@@ -8,7 +8,8 @@
 The controller is the whole boundary a client needs: it is given two
 coroutines -- one that encrypts each :class:`SendSignal` for its (user,
 device) and sends it ephemerally, one that stores a missed-call record as a
-durable message -- and it hands decrypted call payloads to :meth:`receive`.
+durable message -- and optionally a third that returns current TURN
+credentials from the server; it hands decrypted call payloads to :meth:`receive`.
 Every machine input runs synchronously on the event loop; media work runs in
 one worker task per controller, in order.
 """
@@ -20,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,7 @@ from sottovoce.client.calls.media import (
     MediaProblem,
     MediaSession,
     MediaUp,
+    TurnServer,
 )
 from sottovoce.client.calls.sources import MediaSpec
 from sottovoce.crypto.rng import Random
@@ -100,6 +102,7 @@ class CallController:
         send_signals: Callable[[list[SendSignal]], Awaitable[None]],
         record_missed: Callable[[RecordMissedCall], Awaitable[None]],
         options: CallOptions | None = None,
+        turn_servers: Callable[[], Awaitable[tuple[TurnServer, ...]]] | None = None,
         rng: Random = secrets.token_bytes,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -109,6 +112,7 @@ class CallController:
         self.media: dict[bytes, MediaSession] = {}
         #: The last media failure (for a plain message: "TURN refused the credentials").
         self.last_error: SottovoceError | None = None
+        self._turn_servers = turn_servers
         self._send_signals = send_signals
         self._record_missed = record_missed
         self._clock = clock_ms
@@ -305,6 +309,10 @@ class CallController:
                     on_event=partial(self._on_media, op.call_id),
                 )
                 self.media[op.call_id] = session
+            if self._turn_servers is not None:
+                # TURN credentials live minutes; every new connection (an ICE
+                # restart late in a long call too) allocates with fresh ones.
+                session.ice = replace(session.ice, turn=await self._turn_servers())
             if op.role is MediaRole.OFFER:
                 sdp = await session.create_offer(op.generation)
             else:

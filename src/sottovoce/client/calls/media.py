@@ -117,11 +117,9 @@ class IceConfig:
     relay_only: bool = False
     loopback: bool = False
 
-    def __post_init__(self) -> None:
+    def rtc_configuration(self) -> RTCConfiguration:
         if self.relay_only and not self.turn:
             raise UsageError("relay-only calls need a TURN server")
-
-    def rtc_configuration(self) -> RTCConfiguration:
         # Always a list, even an empty one: with iceServers=None aiortc would use a
         # public STUN server and tell it our address.
         servers = [
