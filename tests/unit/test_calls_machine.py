@@ -208,6 +208,22 @@ def test_a_callee_that_never_hears_the_cancel_stops_ringing_by_itself() -> None:
     assert w.now >= 1_000_000 + CALL_RING_TIMEOUT_MS + CALL_RING_GRACE_MS
 
 
+def test_a_redial_replaces_a_ringing_call_whose_cancel_was_lost() -> None:
+    w, a1, b1, _b2 = world(drop=lambda s: isinstance(s.signal, Cancel))
+    first = dial(w, a1, "bob")
+    w.advance(100)
+    a1.machine.hangup(w.now)  # the cancel never arrives
+    w.advance(100)
+    assert state(b1) is CallState.INCOMING_RINGING
+    second = dial(w, a1, "bob")
+    w.advance(100)
+    assert b1.machine.call is not None and b1.machine.call.call_id == second != first
+    assert state(b1) is CallState.INCOMING_RINGING  # not "busy": the same caller
+    accept(w, b1)
+    w.run()
+    assert state(a1) is state(b1) is CallState.ACTIVE
+
+
 def test_caller_cancels() -> None:
     w, a1, b1, b2 = world()
     dial(w, a1, "bob")

@@ -131,6 +131,7 @@ class Event(Enum):
     # the peer
     INVITE = "invite"
     INVITE_BUSY = "invite_busy"  # an invite for another call while this one runs
+    INVITE_AGAIN = "invite_again"  # the caller that rings us rings again with a new call
     GLARE_WIN = "glare_win"  # the peer we ring rings us; our call id is lower
     GLARE_LOSE = "glare_lose"  # ... theirs is lower: answer theirs
     PEER_RINGING = "peer_ringing"
@@ -182,6 +183,7 @@ TRANSITIONS: dict[tuple[CallState, Event], CallState] = {
     (_S.OUTGOING_RINGING, _E.TIMEOUT): _S.ENDED,
 
     (_S.INCOMING_RINGING, _E.INVITE_BUSY): _S.INCOMING_RINGING,
+    (_S.INCOMING_RINGING, _E.INVITE_AGAIN): _S.INCOMING_RINGING,
     (_S.INCOMING_RINGING, _E.ANSWERED_EARLY): _S.INCOMING_RINGING,
     (_S.INCOMING_RINGING, _E.ACCEPT): _S.CONNECTING,
     (_S.INCOMING_RINGING, _E.DECLINE): _S.ENDED,
@@ -614,24 +616,35 @@ class CallMachine:
         call = self._call
         if invite.call_id in self._recent or (call is not None and call.call_id == invite.call_id):
             raise StaleSignal("this call was already seen")
+        record = CallRecord(
+            call_id=invite.call_id,
+            role=Role.CALLEE,
+            peer=from_user,
+            video=invite.video,
+            state=CallState.INCOMING_RINGING,
+            peer_devices=(invite.from_device,),
+            selected=invite.from_device,
+            deadline_ms=now_ms + CALL_RING_TIMEOUT_MS + CALL_RING_GRACE_MS,
+            camera_on=invite.video,
+        )
         if call is None or call.state is CallState.ENDED:
-            record = CallRecord(
-                call_id=invite.call_id,
-                role=Role.CALLEE,
-                peer=from_user,
-                video=invite.video,
-                state=CallState.INCOMING_RINGING,
-                peer_devices=(invite.from_device,),
-                selected=invite.from_device,
-                deadline_ms=now_ms + CALL_RING_TIMEOUT_MS + CALL_RING_GRACE_MS,
-                camera_on=invite.video,
-            )
 
             def ring(call: CallRecord, step: _Step) -> CallRecord:
                 self._send(step, call, call.selected, Ringing)
                 return call
 
             self._apply(Event.INVITE, ring, start=record)
+            return
+        if call.state is CallState.INCOMING_RINGING and from_user == call.peer:
+            # The same caller rings again: its cancel of the first call was lost
+            # (or it redialled from another device). Ring for the new call only.
+            def again(call: CallRecord, step: _Step) -> CallRecord:
+                self._end(call, step, EndReason.MISSED)
+                self._send(step, record, record.selected, Ringing)
+                step.effects.append(_changed(record))
+                return record
+
+            self._apply(Event.INVITE_AGAIN, again)
             return
 
         def busy(call: CallRecord, step: _Step) -> CallRecord:
