@@ -213,3 +213,42 @@ JOIN_REQUESTS_PER_ROOM_PER_S = 1 / 10
 MAX_PENDING_JOIN_REQUESTS = 20
 #: An unanswered join request stops counting as pending after this long.
 JOIN_REQUEST_PENDING_MS = 24 * 3600 * 1000
+
+# --- calls (1:1 signalling engine) ---------------------------------------------
+
+#: Call ids and offer/answer nonces: 128 random bits, so neither collides nor is guessed.
+CALL_ID_BYTES = 16
+CALL_NONCE_BYTES = 16
+#: A caller rings this long before the call counts as missed (what phone users expect).
+CALL_RING_TIMEOUT_MS = 45_000
+#: A callee device rings a little longer than the caller waits, so the caller's
+#: cancel (and its durable missed-call record) normally arrives before the callee gives up.
+CALL_RING_GRACE_MS = 5_000
+#: From accept to media flowing (offer, answer, ICE, DTLS), and from a lost path to a
+#: restarted one; past this the call has failed and both sides are told.
+CALL_SETUP_TIMEOUT_MS = 20_000
+CALL_RECONNECT_TIMEOUT_MS = 15_000
+#: An SDP of three m-sections with a dozen candidates is ~6 KB; bounds one signal's memory.
+MAX_CALL_SDP_BYTES = 32 * 1024
+#: ICE candidates one trickle signal may carry, and the length of one candidate line.
+MAX_CALL_CANDIDATES = 32
+MAX_CALL_CANDIDATE_BYTES = 512
+#: Callee devices rung at once; the same bound as the devices one send may address.
+MAX_CALL_DEVICES = MAX_SEND_DEVICES
+#: ICE restarts per call; each one is a new transport and a full DTLS handshake.
+MAX_CALL_ICE_RESTARTS = 1000
+#: Ended call ids remembered so a late or replayed signal is told apart from a new call.
+CALL_RECENT_IDS = 64
+
+# --- TURN (coturn use-auth-secret credentials) -----------------------------------
+
+#: TURN credentials live at most 10 minutes: long enough to set up and restart a
+#: call's transports (an allocation, once made, is refreshed by the client), short
+#: enough that a leaked credential is soon useless.
+TURN_CREDENTIAL_MAX_TTL_S = 600
+#: Random bytes of the opaque id in a TURN username (no user or device name in it).
+TURN_ID_BYTES = 12
+#: TURN URLs one server hands out (UDP, TCP, TLS for a few relays).
+TURN_MAX_URLS = 8
+#: The secret shared with coturn: at least 128 bits.
+TURN_SECRET_MIN_BYTES = 16

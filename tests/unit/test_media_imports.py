@@ -1,0 +1,51 @@
+"""Only client/calls (and the tests) import the media stack: aiortc, aioice, PyAV.
+
+Like tests/unit/test_server_imports.py: every module under src/sottovoce is
+parsed, never imported, and its imports walked (relative and function-level
+ones included); a self-test plants such imports to prove the checker works.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from tests.unit.test_server_imports import SRC, _imported, _module_name
+
+MEDIA = ("aiortc", "aioice", "av", "pylibsrtp", "pyee")
+ALLOWED = "sottovoce.client.calls"
+
+
+def media_violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    return [
+        f"{module}:{line} imports {name}"
+        for name, line in _imported(ast.parse(source), module, is_package)
+        if any(name == m or name.startswith(m + ".") for m in MEDIA)
+    ]
+
+
+def test_only_client_calls_imports_the_media_stack() -> None:
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) >= 100, "the source tree was not found"
+    problems = []
+    users = set()
+    for path in files:
+        module = _module_name(path)
+        found = media_violations(path.read_text(), module, is_package=path.name == "__init__.py")
+        if module == ALLOWED or module.startswith(ALLOWED + "."):
+            if found:
+                users.add(module)
+            continue
+        problems += found
+    assert problems == []
+    assert "sottovoce.client.calls.media" in users  # the walk does see the real users
+
+
+def test_checker_catches_planted_media_imports() -> None:
+    for source in (
+        "import av",
+        "from aiortc import RTCPeerConnection",
+        "def f():\n    import aioice.ice",
+        "import importlib\nimportlib.import_module('aiortc.contrib.media')",
+    ):
+        assert media_violations(source, "sottovoce.client.client"), source
+    assert media_violations("import avocado", "sottovoce.client.client") == []
