@@ -45,7 +45,7 @@ FP384 = Fingerprint(algorithm=HashAlgorithm.SHA_384, digest=bytes(48))
 SDP = fake_sdp(FP, "tok")
 CAND = IceCandidate(mid="0", line="candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host")
 
-EXAMPLES: list[CallSignal] = [
+SAMPLE_SIGNALS: list[CallSignal] = [
     Invite(**HEAD, video=True),
     Ringing(**HEAD),
     Accept(**HEAD),
@@ -67,10 +67,10 @@ EXAMPLES: list[CallSignal] = [
 
 
 def test_every_signal_type_has_an_example() -> None:
-    assert {type(s).TYPE for s in EXAMPLES} == set(SignalType)
+    assert {type(s).TYPE for s in SAMPLE_SIGNALS} == set(SignalType)
 
 
-@pytest.mark.parametrize("signal", EXAMPLES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("signal", SAMPLE_SIGNALS, ids=lambda s: type(s).__name__)
 def test_roundtrip(signal: CallSignal) -> None:
     data = signal.encode()
     assert CallSignal.decode(data) == signal
@@ -88,8 +88,8 @@ def test_decoding_as_the_wrong_kind_is_refused() -> None:
 
 
 def test_reprs_and_descriptions_never_show_sdp_or_candidates() -> None:
-    offer = EXAMPLES[5]
-    cands = EXAMPLES[7]
+    offer = SAMPLE_SIGNALS[5]
+    cands = SAMPLE_SIGNALS[7]
     for text in (repr(offer), repr(cands), offer.describe(), str(offer)):
         assert "127.0.0.1" not in text and "candidate:" not in text
         assert FP.digest.hex()[:16] not in text and "x00" not in text
@@ -132,7 +132,7 @@ def test_decoding_arbitrary_bytes_raises_only_decode_error(data: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(EXAMPLES), st.integers(0, 10_000), st.integers(0, 255))
+@given(st.sampled_from(SAMPLE_SIGNALS), st.integers(0, 10_000), st.integers(0, 255))
 def test_a_flipped_byte_decodes_or_raises_decode_error(
     signal: CallSignal, where: int, value: int
 ) -> None:
