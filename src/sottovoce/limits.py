@@ -213,3 +213,24 @@ JOIN_REQUESTS_PER_ROOM_PER_S = 1 / 10
 MAX_PENDING_JOIN_REQUESTS = 20
 #: An unanswered join request stops counting as pending after this long.
 JOIN_REQUEST_PENDING_MS = 24 * 3600 * 1000
+
+# --- key transparency ----------------------------------------------------------
+
+#: Leaves a log may hold: tree sizes are uint64 on the wire (c2sp.org/tlog-checkpoint);
+#: 2^48 directory changes is far beyond any deployment and keeps sizes exact in JSON.
+KT_MAX_LOG_SIZE = 1 << 48
+#: Signature lines read from one signed note; c2sp.org/signed-note asks verifiers to
+#: accept at least 16 (a log signature plus witnesses).
+KT_MAX_NOTE_SIGNATURES = 32
+#: Largest signed note (checkpoint plus signatures) accepted; a real one is < 1 KiB.
+KT_MAX_NOTE_BYTES = 16 * 1024
+#: Largest key name on a signature line (an origin like "example.com/log42").
+KT_MAX_KEY_NAME_BYTES = 256
+#: A checkpoint whose newest cosignature is older than this is refused by default: a
+#: server could otherwise keep showing one client an old, consistent view.
+KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
+#: Versions of one account kept in the map, and so walked by its monitor; each
+#: directory change of an account (device added, revoked, succession) is one version.
+KT_MAX_VERSIONS = 1 << 20
+#: Devices one account-state value lists (the map commits to all of them).
+KT_MAX_DEVICES = 64
