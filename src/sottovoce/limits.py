@@ -31,6 +31,11 @@ ACCOUNT_DELETION_MAX_AGE_MS = 10 * 60 * 1000
 SAFETY_NUMBER_DIGITS = 60
 #: Iterations of the safety-number fingerprint hash; slows brute-forcing collisions.
 SAFETY_NUMBER_ITERATIONS = 5200
+#: Random bytes in a printed recovery code: 128 bits, beyond any guessing.
+RECOVERY_CODE_BYTES = 16
+#: Links followed in an account's succession or recovery chain; bounds the resolver's
+#: work on a flood of statements (an account rotates its key once per revocation).
+SUCCESSION_MAX_CHAIN = 1024
 
 # --- pairwise ----------------------------------------------------------------
 
