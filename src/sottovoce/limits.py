@@ -36,6 +36,15 @@ RECOVERY_CODE_BYTES = 16
 #: Links followed in an account's succession or recovery chain; bounds the resolver's
 #: work on a flood of statements (an account rotates its key once per revocation).
 SUCCESSION_MAX_CHAIN = 1024
+#: A linking code (QR or short code) is good for this long; a closed or expired attempt
+#: leaves nothing behind.
+LINK_CODE_TTL_MS = 5 * 60 * 1000
+#: The one-time secret in a linking QR code: 256 bits, beyond any guessing.
+LINK_SECRET_BYTES = 32
+#: Words both screens show when linking (11 bits each): a mismatch is easy to spot.
+LINK_CONFIRMATION_WORDS = 4
+#: Longest server URL a linking QR code carries (keeps the code scannable).
+LINK_SERVER_URL_MAX_LEN = 512
 
 # --- pairwise ----------------------------------------------------------------
 
