@@ -42,12 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
 from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.crypto.dh import X25519PrivateKey
 from sottovoce.crypto.kdf import Hash, hkdf_expand, hkdf_extract
 from sottovoce.crypto.rng import Random
-from sottovoce.errors import DecodeError, IdentityError, UsageError
+from sottovoce.errors import CryptoError, DecodeError, IdentityError, UsageError
 from sottovoce.identity.certificates import validate_device_id
 from sottovoce.identity.wordlist import WORDS
 from sottovoce.limits import (
@@ -117,10 +116,8 @@ def scalar_mult_vfy(scalar: bytes, point: bytes) -> bytes:
     """X25519(y, g) (RFC 7748, which clamps y and ignores bit 255 of g); raises
     :class:`LinkError` where the draft returns G.I (a low-order point)."""
     try:
-        out = X25519PrivateKey.from_private_bytes(scalar).exchange(
-            X25519PublicKey.from_public_bytes(point)
-        )
-    except ValueError:
+        out = X25519PrivateKey(scalar).exchange(point).expose()
+    except CryptoError:  # a low-order point: the all-zero result, which X25519 refuses
         raise LinkError("the other device sent an invalid key share") from None
     if out == bytes(32):
         raise LinkError("the other device sent an invalid key share")
