@@ -89,6 +89,13 @@ class KTLog:
     ) -> LogLeaf:
         """Record one directory change: a new version in the map and a new log leaf."""
         key = map_key(self.label(username)[0])
+        return self.change_key(key, state, kind=kind, now_ms=now_ms, rng=rng)
+
+    def change_key(
+        self, key: bytes, state: bytes, *, kind: ChangeKind, now_ms: int, rng: Random
+    ) -> LogLeaf:
+        """:meth:`change` for an account whose map key is already known (the server
+        keeps each username's label, as :attr:`KTStores.labels` does)."""
         leaf = self._dir.append(key, state, kind=kind, epoch=self._log.size,
                                 timestamp_ms=now_ms, rng=rng)
         data = leaf.encode()

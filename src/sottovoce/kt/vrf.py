@@ -15,7 +15,7 @@ Point arithmetic is libsodium's (PyNaCl): ``cryptography`` has no Edwards point
 operations. Validation is stricter than the RFC's minimum, never looser:
 
 * the public key must be a canonical encoding of a point of the prime-order
-  subgroup (``crypto_core_ed25519_is_valid_point``), which includes RFC 9381
+  subgroup (libsodium's checks before any scalar multiplication), which includes RFC 9381
   §5.4.5's validate_key (no small-order key); this verifier always validates;
 * Gamma in a proof must likewise be canonical and in the prime-order subgroup.
   An honest prover's Gamma = x*H always is; a Gamma with a torsion component
@@ -174,20 +174,17 @@ class VRFSecretKey:
         raise TypeError("key objects cannot be pickled")
 
 
-def _valid_point(p: bytes) -> bool:
-    return len(p) == 32 and bool(sodium.crypto_core_ed25519_is_valid_point(p))
-
-
 def verify(public_key: bytes, alpha: bytes, pi: bytes) -> bytes:
     """RFC 9381 §5.3 with validate_key = TRUE: return beta, or raise :class:`VRFError`."""
-    if not isinstance(public_key, bytes) or not _valid_point(public_key):
-        raise VRFError("VRF public key is not a valid prime-order point")
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise VRFError("VRF public key has the wrong length")
     if not isinstance(pi, bytes) or len(pi) != PROOF_SIZE:
         raise VRFError("VRF proof has the wrong length")
-    # §5.4.4: decode (Gamma, c, s).
+    # §5.4.4: decode (Gamma, c, s). The point checks -- canonical encoding, not of small
+    # order, in the prime-order subgroup (which covers §5.4.5 validate_key) -- are
+    # those crypto_scalarmult_ed25519_noclamp makes on Y and Gamma below: it refuses
+    # any other point, and doing them twice would double the cost of a verification.
     gamma, c, s_string = pi[:32], pi[32:48], pi[48:]
-    if not _valid_point(gamma):
-        raise VRFError("VRF proof's Gamma is not a valid prime-order point")
     s = int.from_bytes(s_string, "little")
     if s >= _Q:
         raise VRFError("VRF proof's s is not reduced")
