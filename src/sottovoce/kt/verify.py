@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt import vrf
-from sottovoce.kt.checkpoint import NoteKey, SignedNote, VerifiedCheckpoint, open_checkpoint
+from sottovoce.kt.checkpoint import (
+    NoteKey,
+    SignedNote,
+    VerifiedCheckpoint,
+    known,
+    open_checkpoint,
+)
 from sottovoce.kt.errors import (
     LogForked,
     LogShrank,
@@ -70,6 +76,7 @@ class KTPolicy:
     max_age_ms: int = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
 
     def __post_init__(self) -> None:
+        known(self.witnesses)  # one key per witness name: K of N counts names
         if not 0 <= self.min_cosignatures <= len(self.witnesses):
             raise UsageError("the policy requires more cosignatures than it knows witnesses")
 
