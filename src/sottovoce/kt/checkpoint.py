@@ -323,10 +323,6 @@ class VerifiedCheckpoint:
     cosignatures: dict[str, int]
     note: SignedNote
 
-    @property
-    def newest_cosignature_s(self) -> int | None:
-        return max(self.cosignatures.values(), default=None)
-
 
 def add_cosignature(note: SignedNote, sig: NoteSignature) -> SignedNote:
     """The note with one more signature line, replacing an older line of the same key."""

@@ -348,16 +348,6 @@ class SparseMap:
     def root(self) -> bytes:
         return _record_hash(self._store.get((0, 0)))
 
-    def get(self, key: bytes) -> bytes | None:
-        k = int.from_bytes(key, "big")
-        for depth in range(KEY_BITS + 1):
-            rec = self._store.get((depth, _prefix(k, depth)))
-            if rec is None:
-                return None
-            if rec[:1] == _LEAF:
-                return rec[33:65] if rec[1:33] == key else None
-        return None
-
     def prove(self, key: bytes) -> MapProof:
         if len(key) != 32:
             raise UsageError("a map key is 32 bytes")

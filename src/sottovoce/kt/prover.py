@@ -72,10 +72,6 @@ class KTLog:
     def size(self) -> int:
         return self._log.size
 
-    @property
-    def directory(self) -> Directory:
-        return self._dir
-
     def label(self, username: str) -> tuple[bytes, bytes]:
         """(VRF output, VRF proof) of ``username``, computed once and kept."""
         cached = self._stores.labels.get(username)
