@@ -31,6 +31,20 @@ ACCOUNT_DELETION_MAX_AGE_MS = 10 * 60 * 1000
 SAFETY_NUMBER_DIGITS = 60
 #: Iterations of the safety-number fingerprint hash; slows brute-forcing collisions.
 SAFETY_NUMBER_ITERATIONS = 5200
+#: Random bytes in a printed recovery code: 128 bits, beyond any guessing.
+RECOVERY_CODE_BYTES = 16
+#: Links followed in an account's succession or recovery chain; bounds the resolver's
+#: work on a flood of statements (an account rotates its key once per revocation).
+SUCCESSION_MAX_CHAIN = 1024
+#: A linking code (QR or short code) is good for this long; a closed or expired attempt
+#: leaves nothing behind.
+LINK_CODE_TTL_MS = 5 * 60 * 1000
+#: The one-time secret in a linking QR code: 256 bits, beyond any guessing.
+LINK_SECRET_BYTES = 32
+#: Words both screens show when linking (11 bits each): a mismatch is easy to spot.
+LINK_CONFIRMATION_WORDS = 4
+#: Longest server URL a linking QR code carries (keeps the code scannable).
+LINK_SERVER_URL_MAX_LEN = 512
 
 # --- pairwise ----------------------------------------------------------------
 
@@ -252,3 +266,23 @@ TURN_ID_BYTES = 12
 TURN_MAX_URLS = 8
 #: The secret shared with coturn: at least 128 bits.
 TURN_SECRET_MIN_BYTES = 16
+# --- key transparency ----------------------------------------------------------
+
+#: Leaves a log may hold: tree sizes are uint64 on the wire (c2sp.org/tlog-checkpoint);
+#: 2^48 directory changes is far beyond any deployment and keeps sizes exact in JSON.
+KT_MAX_LOG_SIZE = 1 << 48
+#: Signature lines read from one signed note; c2sp.org/signed-note asks verifiers to
+#: accept at least 16 (a log signature plus witnesses).
+KT_MAX_NOTE_SIGNATURES = 32
+#: Largest signed note (checkpoint plus signatures) accepted; a real one is < 1 KiB.
+KT_MAX_NOTE_BYTES = 16 * 1024
+#: Largest key name on a signature line (an origin like "example.com/log42").
+KT_MAX_KEY_NAME_BYTES = 256
+#: A checkpoint whose newest cosignature is older than this is refused by default: a
+#: server could otherwise keep showing one client an old, consistent view.
+KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
+#: Versions of one account kept in the map, and so walked by its monitor; each
+#: directory change of an account (device added, revoked, succession) is one version.
+KT_MAX_VERSIONS = 1 << 20
+#: Devices one account-state value lists (the map commits to all of them).
+KT_MAX_DEVICES = 64

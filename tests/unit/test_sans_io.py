@@ -16,7 +16,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "sottovoce"
 
 #: The sans-IO packages (docs/architecture.md §Rules). Those not written yet are simply absent.
-CORE_PACKAGES = ("codec", "crypto", "identity", "pairwise", "mls", "sframe", "protocol", "calls")
+CORE_PACKAGES = (
+    "codec", "crypto", "identity", "pairwise", "mls", "sframe", "protocol", "calls", "kt",
+)
 
 # fmt: off
 # Modules the core must not import (top-level name; "os.path" counts as "os"):

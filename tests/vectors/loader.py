@@ -68,6 +68,35 @@ def load(relpath: str) -> Any:
         return json.load(f)
 
 
+def text(relpath: str) -> str:
+    """The text of ``relpath`` (a vector file that is not JSON: a spec's example, Go
+    test data); fails the calling test if the file is absent."""
+    p = path(relpath)
+    if not p.is_file():
+        pytest.fail(_missing(relpath), pytrace=False)
+    return p.read_text(encoding="utf-8")
+
+
+def files(reldir: str) -> list[Any]:
+    """One ``pytest.param`` per JSON file under ``reldir`` (recursively), holding its
+    relative path and parsed content, named by the path below ``reldir``.
+
+    For upstream suites kept as one file per case (transparency-dev/merkle's
+    testdata). An absent or empty directory gives a single failing param, as
+    :func:`params` does for an absent file.
+    """
+    root = path(reldir.rstrip("/"))
+    found = sorted(root.rglob("*.json")) if root.is_dir() else []
+    if not found:
+        return [pytest.param(None, id="missing", marks=MISSING_MARK(_missing(reldir)))]
+    out: list[Any] = []
+    for file in found:
+        with file.open(encoding="utf-8") as f:
+            item = json.load(f)
+        out.append(pytest.param(item, id=file.relative_to(root).as_posix()))
+    return out
+
+
 def _default_id(index: int, item: Any) -> str:
     # "suite1-#3" for MLS-style vectors, "#3" otherwise.
     if isinstance(item, dict) and "cipher_suite" in item:

@@ -18,7 +18,11 @@ PROVENANCE = DEFAULT_DIR / "PROVENANCE"
 #: Files under data/ that are not vectors.
 NOT_VECTORS = frozenset({"PROVENANCE", ".gitattributes"})
 _HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$", re.M)
-_VECTOR_NAME = re.compile(r"""["']((?:mls|hpke|sframe)/[A-Za-z0-9_.-]+\.json)["']""")
+#: A vector file named in a test ("mls/welcome.json", "kt/c2sp/signed-note.md"), or a
+#: directory ending in "/" whose every file a test reads (loader.files).
+_VECTOR_NAME = re.compile(
+    r"""["']((?:mls|hpke|sframe|kt|link)/(?:[\w.@\[\]-]+/)*(?:[\w.@\[\]-]+\.[a-z]+|[\w-]+/))["']"""
+)
 
 
 def listed(text: str) -> dict[str, str]:
@@ -51,13 +55,18 @@ def test_every_file_under_data_is_listed() -> None:
 
 
 def test_the_listed_files_are_exactly_those_the_tests_read() -> None:
-    used = {
+    named = {
         m
         for path in TESTS.rglob("*.py")
         if path.name != Path(__file__).name
         for m in _VECTOR_NAME.findall(path.read_text(encoding="utf-8"))
     }
     want = set(listed(PROVENANCE.read_text(encoding="utf-8")))
+    dirs = {m for m in named if m.endswith("/")}
+    assert all(any(rel.startswith(d) for rel in want) for d in dirs), "a read directory is empty"
+    used = {m for m in named if not m.endswith("/")} | {
+        rel for rel in want if any(rel.startswith(d) for d in dirs)
+    }
     assert used - want == set(), "tests read vector files that are not checked in"
     assert want - used == set(), "checked-in vector files that no test reads"
 

@@ -1,0 +1,396 @@
+"""The client side of key transparency: verify a lookup, and monitor one's own account.
+
+    lookup(bob) ──► LookupResponse
+      1. checkpoint: the pinned log key signed it; >= K known witnesses cosigned it;
+         its newest cosignature is recent enough                     (kt/checkpoint.py)
+      2. consistency with the last checkpoint this client kept       (RFC 9162 §2.1.4.2)
+      3. the latest log leaf is in the checkpoint's tree             (RFC 9162 §2.1.3.2)
+      4. the VRF proof turns "bob" into the label                    (RFC 9381 §5.3)
+      5. the map proof: under the leaf's map root, the label holds (n versions, root)
+      6. the version tree: version n-1 (the latest) is its last leaf, and the state
+         plus opening reproduce that version's commitment
+      ──► LookupResult(state of version n-1, the new checkpoint to keep)
+
+Every check must pass before anything is returned: the caller stores the new
+checkpoint only from a result (check, then commit). Each failure is a typed
+:class:`~sottovoce.kt.errors.KTError`.
+
+The monitor (:func:`monitor_own_account`) fetches every version of its own
+account, checks them against the map as above, checks that the versions it saw
+at its last poll are unchanged, and raises :class:`MonitorAlert` for any
+version holding a device or key its owner did not add -- including one that was
+added and removed again between two polls, since every version stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.kt import vrf
+from sottovoce.kt.checkpoint import (
+    NoteKey,
+    SignedNote,
+    VerifiedCheckpoint,
+    known,
+    open_checkpoint,
+)
+from sottovoce.kt.errors import (
+    LogForked,
+    LogShrank,
+    MalformedProof,
+    MonitorAlert,
+    ProofMismatch,
+)
+from sottovoce.kt.map import (
+    AccountState,
+    LogLeaf,
+    MapProof,
+    account_value,
+    commit,
+    map_key,
+    verify_map_proof,
+)
+from sottovoce.kt.merkle import (
+    HASH_SIZE,
+    LogWriter,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from sottovoce.limits import KT_DEFAULT_MAX_CHECKPOINT_AGE_MS, KT_MAX_VERSIONS
+
+_MAX_PROOF_HASHES = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KTPolicy:
+    """What a client pins and requires: the log's note key and VRF key, the witness
+    keys it knows, how many of them must cosign, and how old a checkpoint may be."""
+
+    log_key: NoteKey
+    vrf_key: bytes
+    witnesses: tuple[NoteKey, ...] = ()
+    min_cosignatures: int = 1
+    max_age_ms: int = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
+
+    def __post_init__(self) -> None:
+        known(self.witnesses)  # one key per witness name: K of N counts names
+        if not 0 <= self.min_cosignatures <= len(self.witnesses):
+            raise UsageError("the policy requires more cosignatures than it knows witnesses")
+
+    def open(self, note: bytes | SignedNote, now_ms: int) -> VerifiedCheckpoint:
+        return open_checkpoint(
+            note,
+            log_key=self.log_key,
+            witnesses=self.witnesses,
+            min_cosignatures=self.min_cosignatures,
+            now_ms=now_ms,
+            max_age_ms=self.max_age_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustedHead:
+    """The last checkpoint a client verified (size and root), and its note as received."""
+
+    size: int
+    root: bytes
+    note: bytes
+
+
+def check_extension(last: TrustedHead | None, new: VerifiedCheckpoint, proof: list[bytes]) -> None:
+    """Raise unless ``new`` extends ``last``: :class:`LogShrank` if it is smaller,
+    :class:`LogForked` if the consistency proof fails."""
+    cp = new.checkpoint
+    if last is None:
+        return
+    if cp.size < last.size:
+        raise LogShrank(f"the log shrank from {last.size} to {cp.size} leaves")
+    try:
+        if cp.size == last.size:
+            if proof or cp.root != last.root:
+                raise ProofMismatch("same size, different root")
+        else:
+            verify_consistency(last.size, cp.size, last.root, cp.root, proof)
+    except (ProofMismatch, MalformedProof):
+        raise LogForked("the new checkpoint is not consistent with the last one") from None
+
+
+def _write_hashes(w: Writer, hashes: tuple[bytes, ...]) -> None:
+    w.vector_v(hashes, lambda w2, h: w2.raw(h))
+
+
+def _read_hashes(r: Reader) -> tuple[bytes, ...]:
+    out = tuple(r.vector_v(lambda r2: r2.raw(HASH_SIZE)))
+    if len(out) > _MAX_PROOF_HASHES:
+        raise DecodeError("proof has too many hashes")
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryProof:
+    """Everything that ties one account's map entry to a checkpoint: the latest log
+    leaf and its inclusion proof, the consistency proof from the client's last size,
+    the VRF proof of the label, and the map proof of the label's entry."""
+
+    checkpoint: bytes
+    consistency: tuple[bytes, ...]
+    leaf: bytes
+    leaf_proof: tuple[bytes, ...]
+    vrf_proof: bytes
+    map_proof: MapProof
+    versions: int
+    version_root: bytes
+
+    def write(self, w: Writer) -> None:
+        w.opaque_v(self.checkpoint)
+        _write_hashes(w, self.consistency)
+        w.opaque_v(self.leaf)
+        _write_hashes(w, self.leaf_proof)
+        w.opaque8(self.vrf_proof)
+        self.map_proof.write(w)
+        w.u32(self.versions)
+        w.opaque8(self.version_root)
+
+    @classmethod
+    def read(cls, r: Reader) -> EntryProof:
+        return cls(
+            checkpoint=r.opaque_v(),
+            consistency=_read_hashes(r),
+            leaf=r.opaque_v(),
+            leaf_proof=_read_hashes(r),
+            vrf_proof=r.opaque8(),
+            map_proof=MapProof.read(r),
+            versions=r.u32(),
+            version_root=r.opaque8(),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupResponse:
+    """A lookup's answer: the entry proof, and for a present account the latest
+    version's inclusion proof in its version tree, its state and opening."""
+
+    entry: EntryProof
+    version_proof: tuple[bytes, ...] = ()
+    state: bytes = b""
+    opening: bytes = b""
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.entry.write(w)
+        _write_hashes(w, self.version_proof)
+        w.opaque_v(self.state)
+        w.opaque8(self.opening)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> LookupResponse:
+        return cls(entry=EntryProof.read(r), version_proof=_read_hashes(r), state=r.opaque_v(),
+                   opening=r.opaque8())
+
+    @classmethod
+    def decode(cls, data: bytes) -> LookupResponse:
+        return decode(cls.read, data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedEntry:
+    head: TrustedHead
+    leaf: LogLeaf
+    key: bytes
+    versions: int
+    version_root: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupResult:
+    """A verified lookup: the account's latest state (None if there is no account),
+    its version number, and the checkpoint the client should now keep."""
+
+    head: TrustedHead
+    username: str
+    version: int | None
+    state: AccountState | None
+
+
+def _verify_entry(
+    policy: KTPolicy, last: TrustedHead | None, username: str, entry: EntryProof, now_ms: int
+) -> VerifiedEntry:
+    verified = policy.open(entry.checkpoint, now_ms)
+    check_extension(last, verified, list(entry.consistency))
+    cp = verified.checkpoint
+    if cp.size == 0:
+        raise MalformedProof("the log is empty")
+    try:
+        leaf = LogLeaf.decode(entry.leaf)
+    except DecodeError:
+        raise MalformedProof("the log leaf does not decode") from None
+    if leaf.epoch != cp.size - 1:
+        raise MalformedProof("the leaf is not the checkpoint's latest")
+    verify_inclusion(cp.size - 1, cp.size, leaf.hash(), entry.leaf_proof, cp.root)
+    label = vrf.verify(policy.vrf_key, username.encode("utf-8"), entry.vrf_proof)
+    key = map_key(label)
+    value = verify_map_proof(leaf.map_root, key, entry.map_proof)
+    if value is None:
+        if entry.versions != 0:
+            raise ProofMismatch("the map proof shows no account, the response claims one")
+    elif not (
+        0 < entry.versions <= KT_MAX_VERSIONS
+        and len(entry.version_root) == HASH_SIZE
+        and value == account_value(entry.versions, entry.version_root)
+    ):
+        raise ProofMismatch("the account's version count or root does not match the map")
+    head = TrustedHead(size=cp.size, root=cp.root, note=verified.note.encode())
+    return VerifiedEntry(head=head, leaf=leaf, key=key, versions=entry.versions,
+                         version_root=entry.version_root)
+
+
+def _state(data: bytes) -> AccountState:
+    try:
+        return AccountState.decode(data)
+    except DecodeError:
+        raise MalformedProof("an account state does not decode") from None
+
+
+def verify_lookup(
+    policy: KTPolicy,
+    last: TrustedHead | None,
+    username: str,
+    response: LookupResponse,
+    *,
+    now_ms: int,
+) -> LookupResult:
+    """Steps 1-6 above; raises a :class:`~sottovoce.kt.errors.KTError` on any failure."""
+    e = _verify_entry(policy, last, username, response.entry, now_ms)
+    if e.versions == 0:
+        return LookupResult(head=e.head, username=username, version=None, state=None)
+    version = e.versions - 1
+    if len(response.opening) != 32:
+        raise MalformedProof("the commitment opening has the wrong length")
+    commitment = commit(e.key, version, response.state, response.opening)
+    verify_inclusion(version, e.versions, leaf_hash(commitment), response.version_proof,
+                     e.version_root)
+    return LookupResult(head=e.head, username=username, version=version,
+                        state=_state(response.state))
+
+
+# --- monitoring one's own account ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryResponse:
+    """Every version of one account (the owner's own), with the entry proof."""
+
+    entry: EntryProof
+    states: tuple[bytes, ...]
+    openings: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.entry.write(w)
+        w.vector_v(self.states, lambda w2, s: w2.opaque_v(s))
+        w.vector_v(self.openings, lambda w2, o: w2.opaque8(o))
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> HistoryResponse:
+        return cls(entry=EntryProof.read(r), states=tuple(r.vector_v(lambda r2: r2.opaque_v())),
+                   openings=tuple(r.vector_v(lambda r2: r2.opaque8())))
+
+    @classmethod
+    def decode(cls, data: bytes) -> HistoryResponse:
+        return decode(cls.read, data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnKeys:
+    """What the owner's devices know they did: every device they ever added (revoked
+    ones included), every account key and recovery key they made, and whether they
+    deleted the account."""
+
+    devices: frozenset[tuple[str, bytes]]
+    account_keys: frozenset[bytes]
+    recovery_keys: frozenset[bytes]
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorState:
+    """What the monitor keeps between polls: how many versions it has checked and the
+    version tree's root at that count."""
+
+    versions: int = 0
+    version_root: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorResult:
+    head: TrustedHead
+    state: MonitorState
+    new_versions: tuple[AccountState, ...]
+
+
+def _unexpected(state: AccountState, own: OwnKeys) -> list[str]:
+    out = [
+        f"device {d.device_id!r}"
+        for d in state.devices
+        if (d.device_id, d.signing_key) not in own.devices
+    ]
+    if state.account_key not in own.account_keys:
+        out.append("an account key")
+    if state.recovery_key not in own.recovery_keys:
+        out.append("a recovery key")
+    if state.deleted and not own.deleted:
+        out.append("an account deletion")
+    return out
+
+
+def monitor_own_account(
+    policy: KTPolicy,
+    last: TrustedHead | None,
+    username: str,
+    own: OwnKeys,
+    previous: MonitorState,
+    response: HistoryResponse,
+    *,
+    now_ms: int,
+) -> MonitorResult:
+    """Check every version of one's own account; raise :class:`MonitorAlert` naming the
+    first version that holds something its owner did not add, or if a version seen
+    before was changed or the history shrank."""
+    e = _verify_entry(policy, last, username, response.entry, now_ms)
+    if len(response.states) != e.versions or len(response.openings) != e.versions:
+        raise MalformedProof("the history does not list every version")
+    if e.versions < previous.versions:
+        raise MonitorAlert("versions of this account disappeared since the last poll")
+    writer = LogWriter()
+    for i, (raw, opening) in enumerate(zip(response.states, response.openings, strict=True)):
+        if i == previous.versions and previous.versions and writer.root() != previous.version_root:
+            raise MonitorAlert("earlier versions of this account were rewritten")
+        if len(opening) != 32:
+            raise MalformedProof("a commitment opening has the wrong length")
+        writer.append(leaf_hash(commit(e.key, i, raw, opening)))
+    if e.versions == previous.versions and previous.versions and (
+        writer.root() != previous.version_root
+    ):
+        raise MonitorAlert("earlier versions of this account were rewritten")
+    if e.versions and writer.root() != e.version_root:
+        raise ProofMismatch("the listed versions do not make the version root")
+    new_states = tuple(_state(s) for s in response.states[previous.versions :])
+    for offset, state in enumerate(new_states):
+        unexpected = _unexpected(state, own)
+        if unexpected:
+            version = previous.versions + offset
+            raise MonitorAlert(
+                f"version {version} of your account shows {', '.join(unexpected)} "
+                "that none of your devices added"
+            )
+    return MonitorResult(
+        head=e.head,
+        state=MonitorState(versions=e.versions, version_root=writer.root() if e.versions else b""),
+        new_versions=new_states,
+    )
+

@@ -1,0 +1,372 @@
+"""Key transparency end to end, in memory: the server core (kt/prover.py), a witness,
+an auditing witness, a client's lookup verification and an owner's monitor.
+
+Each attack the design must catch is played here against the cores: a split view
+(two clients shown different keys), a rollback, a fork, a stale or unsigned or
+under-cosigned checkpoint, a malformed proof, a device the owner did not add
+(also one added and removed between two polls), a rewritten history, and a map
+root no leaf justifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sottovoce.crypto.sign import SignatureScheme, SigningKey
+from sottovoce.errors import DecodeError
+from sottovoce.kt.checkpoint import NoteSigner, SignedNote, add_cosignature
+from sottovoce.kt.errors import (
+    BadCheckpointSignature,
+    KTError,
+    LogForked,
+    LogShrank,
+    MalformedProof,
+    MapMismatch,
+    MonitorAlert,
+    NotEnoughCosignatures,
+    ProofMismatch,
+    StaleCheckpoint,
+    VRFError,
+)
+from sottovoce.kt.map import (
+    EMPTY,
+    AccountState,
+    ChangeKind,
+    DeviceEntry,
+    LogLeaf,
+    MapProof,
+    SparseMap,
+    entry_hash,
+    inner_hash,
+    verify_map_proof,
+)
+from sottovoce.kt.prover import KTLog, KTStores
+from sottovoce.kt.verify import (
+    HistoryResponse,
+    KTPolicy,
+    LookupResponse,
+    MonitorState,
+    OwnKeys,
+    monitor_own_account,
+    verify_lookup,
+)
+from sottovoce.kt.vrf import VRFSecretKey
+from sottovoce.kt.witness import AuditingWitness, Witness
+
+NOW = 1_800_000_000_000
+
+
+class Counter:
+    """A deterministic rng."""
+
+    def __init__(self, seed: bytes = b"") -> None:
+        self.n, self.seed = 0, seed
+
+    def __call__(self, size: int) -> bytes:
+        self.n += 1
+        out = b""
+        while len(out) < size:
+            block = self.seed + self.n.to_bytes(8, "big") + bytes([len(out)])
+            out += hashlib.sha256(block).digest()
+        return out[:size]
+
+
+def _key(seed: int) -> SigningKey:
+    return SigningKey(SignatureScheme.ED25519, hashlib.sha256(bytes([seed])).digest())
+
+
+def _state(ak: int, *devices: str, rk: int = 200, deleted: bool = False) -> AccountState:
+    return AccountState(
+        account_key=_key(ak).verify_key.data,
+        recovery_key=_key(rk).verify_key.data,
+        devices=tuple(
+            DeviceEntry(device_id=d, signing_key=_key(len(d) + ord(d[0])).verify_key.data)
+            for d in devices
+        ),
+        deleted=deleted,
+    )
+
+
+class World:
+    """A server core, one witness and one client policy."""
+
+    def __init__(self) -> None:
+        self.rng = Counter()
+        self.log_signer = NoteSigner("kt.example/log", _key(1))
+        self.witness_signer = NoteSigner("witness.example/w1", _key(2), cosigner=True)
+        self.vrf = VRFSecretKey(bytes(32))
+        self.stores = KTStores.memory()
+        self.kt = KTLog(self.stores, vrf_key=self.vrf, log_signer=self.log_signer)
+        self.witness = Witness(self.witness_signer, self.log_signer.public)
+        self.policy = KTPolicy(log_key=self.log_signer.public, vrf_key=self.vrf.public,
+                               witnesses=(self.witness_signer.public,))
+
+    def change(self, name: str, state: AccountState, kind: ChangeKind = ChangeKind.DEVICE_ADDED,
+               ) -> LogLeaf:
+        return self.kt.change(name, state.encode(), kind=kind, now_ms=NOW, rng=self.rng)
+
+    def head(self, since: int = 0, now_ms: int = NOW) -> SignedNote:
+        note = self.kt.checkpoint()
+        proof = self.kt_consistency(since, note)
+        return add_cosignature(note, self.witness.cosign(note, proof, now_ms=now_ms))
+
+    def kt_consistency(self, since: int, note: SignedNote) -> list[bytes]:
+        from sottovoce.kt.merkle import consistency_proof
+
+        head = self.witness.state.head
+        if head is None:
+            return []
+        return consistency_proof(head.size, self.kt.size, self.stores.log_nodes)
+
+
+def test_lookup_verifies_and_returns_the_latest_state() -> None:
+    w = World()
+    w.change("alice", _state(10, "a1"), ChangeKind.REGISTRATION)
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.change("bob", _state(11, "b1", "b2"))
+    note = w.head()
+    res = verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", note), now_ms=NOW)
+    assert res.version == 1 and res.state == _state(11, "b1", "b2")
+    # A name with no account gets a verified "absent".
+    none = verify_lookup(w.policy, res.head, "carol", w.kt.lookup("carol", note, since=3),
+                         now_ms=NOW)
+    assert none.state is None and none.version is None
+    # The wire form round-trips.
+    resp = w.kt.lookup("bob", note)
+    assert LookupResponse.decode(resp.encode()) == resp
+
+
+def test_a_stale_unsigned_or_uncosigned_checkpoint_is_refused() -> None:
+    w = World()
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    old = w.head(now_ms=NOW - w.policy.max_age_ms - 1000)
+    with pytest.raises(StaleCheckpoint):
+        verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", old), now_ms=NOW)
+    bare = w.kt.checkpoint()
+    with pytest.raises(NotEnoughCosignatures):
+        verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", bare), now_ms=NOW)
+    other_log = NoteSigner("kt.example/log", _key(9))
+    forged = add_cosignature(
+        w.kt.checkpoint().__class__(text=bare.text, signatures=(other_log.sign(bare.text),)),
+        w.witness_signer.cosign(bare.text, timestamp_s=NOW // 1000),
+    )
+    with pytest.raises(BadCheckpointSignature):
+        verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", forged), now_ms=NOW)
+    # A known key whose signature fails rejects the whole note.
+    good = w.head()
+    sigs = list(good.signatures)
+    sigs[0] = replace(sigs[0], signature=bytes(64))
+    broken = replace(good, signatures=tuple(sigs))
+    with pytest.raises(BadCheckpointSignature):
+        verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", broken), now_ms=NOW)
+
+
+def test_a_log_that_shrank_or_forked_is_caught_at_the_next_consistency_check() -> None:
+    w = World()
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.change("bob", _state(11, "b1", "b2"))
+    res = verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", w.head()), now_ms=NOW)
+    # (b) A rolled-back server: a fresh log with one leaf, cosigned by a witness that
+    # has not seen the longer one.
+    rolled = World()
+    rolled.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    with pytest.raises(LogShrank):
+        verify_lookup(w.policy, res.head, "bob", rolled.kt.lookup("bob", rolled.head()),
+                      now_ms=NOW)
+    # A fork: same size, other history.
+    fork = World()
+    fork.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    fork.change("bob", _state(11, "b1", "evil"))
+    with pytest.raises(LogForked):
+        verify_lookup(w.policy, res.head, "bob", fork.kt.lookup("bob", fork.head(), since=2),
+                      now_ms=NOW)
+
+
+def test_a_split_view_needs_the_witness_to_sign_two_histories_and_it_will_not() -> None:
+    # (a) The server shows Alice one key for Bob and Carol another: both views must be
+    # cosigned, but the witness refuses the second history.
+    w = World()
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.head()
+    other = World()
+    other.change("bob", _state(66, "mallory"), ChangeKind.REGISTRATION)
+    other_note = other.kt.checkpoint()
+    with pytest.raises(LogForked):
+        w.witness.cosign(other_note, [], now_ms=NOW)
+    # And two clients that compare their checkpoints (each message carries one) see it.
+    alice = verify_lookup(w.policy, None, "bob", w.kt.lookup("bob", w.head()), now_ms=NOW)
+    with pytest.raises(LogForked):
+        verify_lookup(w.policy, alice.head, "bob",
+                      other.kt.lookup("bob", other.head()), now_ms=NOW)
+
+
+def test_malformed_or_tampered_responses_are_typed_errors() -> None:
+    w = World()
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.change("alice", _state(10, "a1"), ChangeKind.REGISTRATION)
+    note = w.head()
+    resp = w.kt.lookup("bob", note)
+    data = resp.encode()
+    for i in range(0, len(data), 7):
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        try:
+            parsed = LookupResponse.decode(bytes(bad))
+        except DecodeError:
+            continue
+        with pytest.raises(KTError):
+            verify_lookup(w.policy, None, "bob", parsed, now_ms=NOW)
+    with pytest.raises(DecodeError):
+        LookupResponse.decode(data[:-1])
+    # Alice's answer does not pass for Bob's (the VRF proof is of "alice").
+    with pytest.raises(VRFError):
+        verify_lookup(w.policy, None, "bob", w.kt.lookup("alice", note), now_ms=NOW)
+    # Claiming "no account" while the map holds one.
+    absent = replace(resp, entry=replace(resp.entry, versions=0))
+    with pytest.raises(ProofMismatch):
+        verify_lookup(w.policy, None, "bob", absent, now_ms=NOW)
+
+
+def _own(*states: AccountState, deleted: bool = False) -> OwnKeys:
+    return OwnKeys(
+        devices=frozenset((d.device_id, d.signing_key) for s in states for d in s.devices),
+        account_keys=frozenset(s.account_key for s in states),
+        recovery_keys=frozenset(s.recovery_key for s in states),
+        deleted=deleted,
+    )
+
+
+def test_the_monitor_flags_a_device_its_owner_did_not_add() -> None:
+    # (c) and (d): a device added by the server, and one added and removed again
+    # between two polls, are both caught at the next poll.
+    w = World()
+    s0, s1 = _state(11, "b1"), _state(11, "b1", "b2")
+    w.change("bob", s0, ChangeKind.REGISTRATION)
+    w.change("bob", s1)
+    own = _own(s0, s1)
+    first = monitor_own_account(w.policy, None, "bob", own, MonitorState(),
+                                w.kt.history("bob", w.head()), now_ms=NOW)
+    assert first.state.versions == 2 and first.new_versions == (s0, s1)
+    w.change("bob", _state(11, "b1", "b2", "x-evil"))
+    w.change("bob", s1)
+    resp = w.kt.history("bob", w.head(), since=first.head.size)
+    assert HistoryResponse.decode(resp.encode()) == resp
+    with pytest.raises(MonitorAlert, match=r"version 2 .*'x-evil'"):
+        monitor_own_account(w.policy, first.head, "bob", own, first.state, resp, now_ms=NOW)
+    # A poll with nothing new passes and keeps the watermark.
+    again = monitor_own_account(w.policy, None, "bob", _own(s0, s1, _state(11, "x-evil")),
+                                first.state, resp, now_ms=NOW)
+    assert again.state.versions == 4
+
+
+def test_the_monitor_flags_a_rewritten_history_and_a_foreign_key() -> None:
+    w = World()
+    s0 = _state(11, "b1")
+    w.change("bob", s0, ChangeKind.REGISTRATION)
+    first = monitor_own_account(w.policy, None, "bob", _own(s0), MonitorState(),
+                                w.kt.history("bob", w.head()), now_ms=NOW)
+    # Another server whose version 0 differs (same keys, other opening): a rewrite.
+    other = World()
+    other.rng = Counter(b"other")
+    other.change("bob", s0, ChangeKind.REGISTRATION)
+    other.change("bob", s0)
+    with pytest.raises(MonitorAlert, match="rewritten"):
+        monitor_own_account(other.policy, None, "bob", _own(s0), first.state,
+                            other.kt.history("bob", other.head()), now_ms=NOW)
+    w.change("bob", _state(99, "b1"), ChangeKind.SUCCESSION)
+    with pytest.raises(MonitorAlert, match="account key"):
+        monitor_own_account(w.policy, None, "bob", _own(s0), first.state,
+                            w.kt.history("bob", w.head()), now_ms=NOW)
+
+
+def test_the_auditing_witness_replays_leaves_and_refuses_a_bad_map_root() -> None:
+    w = World()
+    auditor = AuditingWitness(NoteSigner("audit.example/a1", _key(3), cosigner=True),
+                              w.log_signer.public)
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.change("alice", _state(10, "a1"), ChangeKind.REGISTRATION)
+    auditor.cosign_audited(w.kt.checkpoint(), [w.stores.leaves[i] for i in range(2)], now_ms=NOW)
+    assert auditor.size == 2
+    # (e) The server serves a map value no leaf justifies: the leaf's map root is not
+    # what replaying the change gives.
+    leaf = w.change("bob", _state(11, "b1", "b2"))
+    forged = replace(leaf, map_root=hashlib.sha256(b"not the map").digest())
+    w.stores.leaves[2] = forged.encode()
+    # (rebuild the server's log with the forged leaf so its checkpoint is self-consistent)
+    bad = World()
+    for i in range(3):
+        data = w.stores.leaves[i]
+        bad.kt._log.append(LogLeaf.decode(data).hash())
+        bad.stores.leaves[i] = data
+    note = bad.kt.checkpoint()
+    with pytest.raises(MapMismatch):
+        auditor.cosign_audited(note, [w.stores.leaves[2]], now_ms=NOW)
+    assert auditor.size == 2  # nothing kept
+    # A leaf that rewrites an account's history (an old version number) is refused too.
+    replay = replace(LogLeaf.decode(w.stores.leaves[0]), epoch=2)
+    bad2 = World()
+    for i, data in enumerate([w.stores.leaves[0], w.stores.leaves[1], replay.encode()]):
+        bad2.kt._log.append(LogLeaf.decode(data).hash())
+        bad2.stores.leaves[i] = data
+    with pytest.raises(MapMismatch):
+        auditor.cosign_audited(bad2.kt.checkpoint(), [replay.encode()], now_ms=NOW)
+    with pytest.raises(MalformedProof):
+        auditor.cosign_audited(note, [], now_ms=NOW)
+
+
+# --- the sparse map ---------------------------------------------------------------------
+
+
+def _naive_root(entries: dict[bytes, bytes], depth: int = 0, prefix: int = 0) -> bytes:
+    inside = {
+        k: v for k, v in entries.items() if int.from_bytes(k, "big") >> (256 - depth) == prefix
+    }
+    if not inside:
+        return EMPTY
+    if len(inside) == 1:
+        ((k, v),) = inside.items()
+        return entry_hash(k, v)
+    return inner_hash(_naive_root(inside, depth + 1, prefix << 1),
+                      _naive_root(inside, depth + 1, (prefix << 1) | 1))
+
+
+keys = st.binary(min_size=32, max_size=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(keys, st.binary(min_size=32, max_size=32), max_size=24), keys,
+       st.data())
+def test_sparse_map_root_and_proofs_match_the_definition(
+    entries: dict[bytes, bytes], absent: bytes, data: st.DataObject
+) -> None:
+    # Keys sharing long prefixes exercise deep splits.
+    m = SparseMap({})
+    shared = {bytes(31) + k[-1:]: v for k, v in list(entries.items())[:4]}
+    entries = {**entries, **shared}
+    for k, v in entries.items():
+        m.set(k, v)
+    root = m.root()
+    assert root == _naive_root(entries)
+    for k, v in entries.items():
+        proof = m.prove(k)
+        assert MapProof.decode(proof.encode()) == proof
+        assert verify_map_proof(root, k, proof) == v
+    if absent not in entries:
+        proof = m.prove(absent)
+        assert verify_map_proof(root, absent, proof) is None
+        if entries:
+            # Tampering with any part of a proof fails.
+            pick = data.draw(st.sampled_from(sorted(entries)))
+            good = m.prove(pick)
+            assert good.terminal_value is not None
+            other_value = bytes([good.terminal_value[0] ^ 1]) + good.terminal_value[1:]
+            for bad in (replace(good, terminal_value=other_value),
+                        replace(good, siblings=(*good.siblings, EMPTY)),
+                        replace(good, depth=good.depth + 1, present=good.present + b"\x00")):
+                with pytest.raises(KTError):
+                    verify_map_proof(root, pick, bad)
