@@ -58,11 +58,18 @@ from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     ClientEvent,
     ErrorEvent,
+    RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
     RoomMessageReceived,
 )
 from sottovoce.client.payload import Payload
+from sottovoce.client.room_notice import (
+    INVITE_CONTENT_TYPE,
+    InviteNotice,
+    free_label,
+    valid_room_name,
+)
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.sign import SigningKey
@@ -72,6 +79,7 @@ from sottovoce.limits import (
     MAX_KEY_PACKAGE_BYTES,
     MAX_ROOM_AUDIT_ENTRY_BYTES,
     MAX_ROOM_GROUP_INFO_BYTES,
+    MAX_ROOM_NAME_BYTES,
     MAX_TEXT_BYTES,
     ROOM_AUDIT_BATCH,
     ROOM_COMMIT_RETRIES,
@@ -415,7 +423,7 @@ class RoomManager:
         if key is None:
             raise UsageError(
                 "this device was made before rooms existed and has no MLS signature key "
-                "in its certificate; link a new device to use rooms"
+                "in its certificate; create a new account to use rooms"
             )
         return key
 
@@ -453,6 +461,7 @@ class RoomManager:
                     room.group = group
             room.last_seq = row.last_seq
             room.removed = row.removed
+            room.label = row.label  # an invitation notice may have renamed it
             # Held frames were never acked: the resume after the rollback brings them again.
             room.catching_up, room.held_overflow = False, False
             room.held.clear()
@@ -637,9 +646,10 @@ class RoomManager:
     # =========================================================================
 
     async def create_room(self, label: str) -> Room:
-        """A new room with this device as its only member; ``label`` stays local."""
-        if not label or len(label.encode("utf-8")) > 200:
-            raise UsageError("a room name is 1-200 bytes")
+        """A new room with this device as its only member; ``label`` is this device's name
+        for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
+        if not label or len(label.encode("utf-8")) > MAX_ROOM_NAME_BYTES:
+            raise UsageError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes")
         group = Group.create(
             SUITE,
             credential=self._credential(),
@@ -943,14 +953,34 @@ class RoomManager:
         queued: the outbox goes out on every reconnect with the same messageId and
         idempotencyKey, as 1:1 sends do (``client.wait_sent`` waits for the ack).
         """
+        return await self._send(self.get(ref), text, "text")
+
+    async def announce_invite(self, ref: str, username: str) -> str | None:
+        """Tell the room, inside its encryption, that we invited ``username`` and under which
+        name we know the room (:mod:`sottovoce.client.room_notice`); the invitee takes
+        that name. ``None`` when this device's name for the room cannot be sent as one."""
         room = self.get(ref)
-        body = text.encode("utf-8")
+        if not valid_room_name(room.label):
+            return None
+        notice = InviteNotice(name=room.label, invited=username).encode().decode("utf-8")
+        return await self._send(room, notice, INVITE_CONTENT_TYPE)
+
+    async def _send(self, room: Room, text: str, content_type: str) -> str:
+        try:
+            body = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the message is not valid UTF-8 text") from None
         if not body or len(body) > MAX_TEXT_BYTES:
             raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
         message_id, idem, created = new_id(), new_id(), now_ms()
         async with room.lock:
             frame = self._encrypt_send(
-                room, message_id=message_id, idempotency_key=idem, created_ms=created, text=text
+                room,
+                message_id=message_id,
+                idempotency_key=idem,
+                created_ms=created,
+                text=text,
+                content_type=content_type,
             )
             # mls/state.py: the state that consumed the generation is durable before
             # the ciphertext can leave, in the transaction that queues it.
@@ -963,6 +993,7 @@ class RoomManager:
                     outgoing=True,
                     status=DeliveryStatus.SENDING,
                     text=text,
+                    content_type=content_type,
                     client_created_ms=created,
                     local_at_ms=created,
                     idempotency_key=idem,
@@ -976,15 +1007,25 @@ class RoomManager:
         return message_id
 
     def _encrypt_send(
-        self, room: Room, *, message_id: str, idempotency_key: str, created_ms: int, text: str
+        self,
+        room: Room,
+        *,
+        message_id: str,
+        idempotency_key: str,
+        created_ms: int,
+        text: str,
+        content_type: str = "text",
     ) -> str:
         """A room.send frame for the room's current epoch (consumes one MLS generation:
-        persist the group before the frame leaves). Call holding ``room.lock``."""
+        persist the group before the frame leaves). Call holding ``room.lock``.
+
+        ``content_type`` is the payload's, inside the ciphertext; the relay sees "text".
+        """
         group = self._active(room)
         payload = Payload(
             message_id=message_id,
             conversation_id=room.room_id,
-            content_type="text",
+            content_type=content_type,
             created_at_ms=created_ms,
             body=text.encode("utf-8"),
         ).encode_padded()  # size buckets, as 1:1 (pairwise/padding.py)
@@ -1039,6 +1080,7 @@ class RoomManager:
                         idempotency_key=queued.idempotencyKey,
                         created_ms=queued.clientCreatedAtMs,
                         text=stored.text,
+                        content_type=stored.content_type,
                     )
                     with self._store.transaction():
                         self._persist(room)
@@ -1709,6 +1751,7 @@ class RoomManager:
             return  # never decrypt twice
         group = room.group
         sender = (frame.sender_user, frame.sender_device)
+        notice: InviteNotice | None = None
         text, status = "", DeliveryStatus.FAILED
         content_type, created = "text", frame.client_created_ms
         try:
@@ -1725,6 +1768,8 @@ class RoomManager:
                 raise RemoteError("ciphertext was moved to another message")
             text = payload.body.decode("utf-8")
             content_type, created = payload.content_type, payload.created_at_ms
+            if content_type == INVITE_CONTENT_TYPE:
+                notice = InviteNotice.decode(payload.body)
             status = DeliveryStatus.SENT
         except (SottovoceError, UnicodeDecodeError) as exc:
             events.append(
@@ -1754,6 +1799,24 @@ class RoomManager:
             stored = self._store.get_message(frame.message_id)
             if stored is not None:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
+            if notice is not None and notice.invited == self.username and not own:
+                self._take_invitation(room, notice, frame.sender_user, events)
+
+    def _take_invitation(
+        self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
+    ) -> None:
+        """We were invited: name the room as the inviter does, unless we named it already."""
+        if room.label == room.room_id:
+
+            def taken(label: str) -> bool:
+                return any(r != room.room_id for r in self._store.rooms_by_label(label))
+
+            room.label = free_label(notice.name, taken)
+            self._store.set_room_label(room.room_id, room.label)
+            self._touched.add(room.room_id)
+        events.append(
+            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+        )
 
     def _apply_notice(self, room: Room, frame: RoomFrame) -> None:
         if room.removed or room.group is None:
