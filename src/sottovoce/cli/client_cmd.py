@@ -236,6 +236,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     async def work(client: Client) -> tuple[str, SafetyNumber]:
+        if args.name == client.username:
+            raise CliError("that is you: a safety number is between you and someone else")
         sn = client.known_safety_number(args.name)
         if sn is None:
             await client.connect(timeout=args.timeout, fail_fast=True)

@@ -18,6 +18,7 @@ from sottovoce.cli.session import (
     Connect,
     account_options,
     add_timeout,
+    positive,
     subcommand,
     with_client,
 )
@@ -301,7 +302,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_history,
     )
     p.add_argument("room", metavar="ROOM")
-    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument(
+        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
+    )
     p.add_argument("--offline", action="store_true", help="do not connect; local store only")
     account_options(p)
     add_timeout(p)

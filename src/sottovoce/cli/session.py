@@ -316,9 +316,26 @@ def account_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number above zero (argparse turns the ValueError into usage)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # what argparse names in its message
+    return parse
+
+
 def add_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--timeout", type=float, default=15.0, metavar="S", help="seconds to wait for the server"
+        "--timeout",
+        type=positive(float),
+        default=15.0,
+        metavar="S",
+        help="seconds to wait for the server (default 15)",
     )
 
 
