@@ -225,6 +225,8 @@ class Client:
         #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
         self.rooms = RoomManager(self)
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
+        #: Sends stored offline wait for encryption (one process per store: exact).
+        self._has_unsent = store.unsent_size() > 0
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id})"
@@ -715,7 +717,7 @@ class Client:
         async with self._send_lock:
             if not ephemeral and not self._conn.is_up and not self._can_encrypt_offline(username):
                 return self._defer(username, text)
-            if self._conn.is_up:
+            if self._conn.is_up and self._has_unsent:
                 await self._encrypt_unsent()  # older queued messages go out first
             message_id, idempotency_key, created = new_id(), new_id(), now_ms()
             try:
@@ -825,6 +827,7 @@ class Client:
                 idempotency_key=idempotency_key,
             )
             self._store.add_unsent(message_id)
+        self._has_unsent = True
         return message_id
 
     async def _encrypt_unsent(self) -> None:
@@ -864,10 +867,11 @@ class Client:
                 self._store.add_outbox(message_id, stored.idempotency_key or "", frame)
                 self._store.remove_unsent(message_id)
             self._pump()
+        self._has_unsent = self._store.unsent_size() > 0
 
     async def _send_unsent(self) -> None:
         """After a connection comes up: the messages queued offline go out."""
-        if not self._store.unsent_size():
+        if not self._has_unsent:
             return
         try:
             async with self._send_lock:
