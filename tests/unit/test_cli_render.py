@@ -208,6 +208,17 @@ def test_connection_failures_are_worded_for_people() -> None:
     assert describe_failure(TimeoutError()) == "timed out"
 
 
+def test_join_tokens_never_look_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sottovoce.client import rooms
+
+    draws = iter([b"\xf8" + bytes(31), b"\x00" + bytes(31)])  # the first encodes to "-…"
+    monkeypatch.setattr(rooms.secrets, "token_bytes", lambda n: next(draws))
+    token = rooms.new_token()
+    assert not token.startswith("-") and len(token) == 43
+    args = build_parser().parse_args(["room", "join", "--", "-Hd44Shl"])
+    assert args.token == "-Hd44Shl"  # an older one still works after --
+
+
 def test_chat_target_syntax() -> None:
     assert parse_target("#team") == ("room", "team")
     assert parse_target("@bob") == ("user", "bob")

@@ -265,7 +265,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sottovoce-carol",
         func=cmd_join,
     )
-    p.add_argument("token", metavar="TOKEN")
+    p.add_argument(
+        "token", metavar="TOKEN", help="the join token (one starting with '-' needs -- before it)"
+    )
     p.add_argument(
         "--name",
         metavar="NAME",
