@@ -179,6 +179,9 @@ ROOM_SEND_RETRIES = 6
 #: Room frames buffered for a room we have not joined yet (its Welcome or our
 #: external commit's reply is still on the way); more are dropped (room.sync refills).
 ROOM_EARLY_FRAMES = 1000
+#: A room's local name, and the name an invitation notice carries: a label for a status
+#: line, not a description.
+MAX_ROOM_NAME_BYTES = 200
 
 # --- rooms: the MLS delivery service -----------------------------------------
 

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sottovoce.cli import render
+from sottovoce.cli.session import unreachable
+from sottovoce.client import NotConnected
+from sottovoce.client.connection import TransportClosed, websocket_connector, ws_url
 from sottovoce.errors import UsageError
 
 EXAMPLE = """\
@@ -20,8 +24,8 @@ examples:
 
 what it does: registers two fresh canary accounts (one with two devices) on the
 server, sends random canary plaintexts through it (1:1 to an offline device, so
-they are stored; 1:1 live; to and from a second device; ephemeral; a room once
-the SDK has rooms), then searches every byte of what you point it at for each
+they are stored; 1:1 live; to and from a second device; ephemeral; a room
+message, with a canary room name), then searches every byte of what you point it at for each
 canary and for the canary devices' private keys (account, device, Olm identity,
 one-time, fallback and ratchet keys, the MLS signature key and room epoch
 secrets, the local store key, the store passphrase, a room join token): raw,
@@ -90,6 +94,15 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+async def _probe(url: str) -> None:
+    """Open and close one WebSocket to ``url`` (NotConnected, saying why, if it fails)."""
+    try:
+        transport = await websocket_connector(ws_url(url))
+    except TransportClosed as exc:
+        raise NotConnected(f"cannot reach the server: {exc}") from None
+    await transport.close()
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -111,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_options(opts)
     except UsageError as exc:
-        print(f"sottovoce audit blindness: error: {exc}", file=sys.stderr)
+        print(f"sottovoce audit blindness: error: {render.safe(str(exc))}", file=sys.stderr)
         return 2
+    # A stopped server is a plain error here, not an INCOMPLETE report after a full scan.
+    try:
+        asyncio.run(_probe(args.server))
+    except NotConnected as exc:
+        raise unreachable(args.server, exc) from None
 
     def progress(line: str) -> None:
         if not args.quiet:

@@ -4,7 +4,9 @@ Every command works on one account directory: ``--data-dir``, else
 ``$SOTTOVOCE_HOME``, else ``<user data dir>/sottovoce/client``. Two accounts
 on one machine simply use two directories. The passphrase that seals the
 directory comes from ``--passphrase-file``, else ``$SOTTOVOCE_PASSPHRASE``,
-else an interactive prompt.
+else an interactive prompt. Each command is: parse, one domain call inside
+:func:`~sottovoce.cli.session.with_client`, print what :mod:`~sottovoce.cli.render`
+makes of the result, return the exit code.
 """
 
 from __future__ import annotations
@@ -12,101 +14,56 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
-import os
+import shlex
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TypeVar
 
-import platformdirs
-
+from sottovoce.cli import render
+from sottovoce.cli.session import (
+    DEFAULT_SERVER,
+    CliError,
+    Connect,
+    account_options,
+    add_timeout,
+    data_dir,
+    new_passphrase,
+    run,
+    subcommand,
+    unlock,
+    unreachable,
+    with_client,
+)
 from sottovoce.client import (
     Client,
-    DeliveryStatus,
+    ConnectionChanged,
     EphemeralReceived,
     ErrorEvent,
     MessageReceived,
     NotConnected,
-    StoredMessage,
+    username_available,
 )
-from sottovoce.errors import UsageError
-from sottovoce.identity import SafetyNumber
-
-ENV_HOME = "SOTTOVOCE_HOME"
-ENV_PASSPHRASE = "SOTTOVOCE_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
-DEFAULT_SERVER = "ws://127.0.0.1:8765"
-
-T = TypeVar("T")
-
-_DATA_DIR_HELP = (
-    f"the account directory (default: ${ENV_HOME}, else {{user data dir}}/sottovoce/client); "
-    "use one directory per account to keep several accounts on one machine"
+from sottovoce.client.connection import ws_url
+from sottovoce.client.events import (
+    RoomInvited,
+    RoomJoined,
+    RoomMembershipChanged,
+    RoomMessageReceived,
 )
+from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
+from sottovoce.client.store import Store
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.identity import SafetyNumber, validate_username
+
+#: `send`: the message is stored and queued, not acknowledged yet (sysexits.h EX_TEMPFAIL:
+#: "not really an error ... the request should be reattempted later", which the client
+#: does by itself on the next connection).
+EXIT_QUEUED = 75
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir("sottovoce", appauthor=False)) / "client"
-
-
-def data_dir(args: argparse.Namespace) -> Path:
-    given: str | None = getattr(args, "data_dir", None)
-    return Path(given).expanduser() if given else default_data_dir()
-
-
-def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
-    """--passphrase-file, then $SOTTOVOCE_PASSPHRASE, then a prompt (twice when creating)."""
-    path: str | None = getattr(args, "passphrase_file", None)
-    if path:
-        try:
-            text = Path(path).expanduser().read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read the passphrase file: {exc.strerror}") from None
-        return text.rstrip("\r\n")
-    env = os.environ.get(ENV_PASSPHRASE)
-    if env:
-        return env
-    if not sys.stdin.isatty():
-        raise UsageError(
-            f"no passphrase: use --passphrase-file or ${ENV_PASSPHRASE}, or run in a terminal"
-        )
-    first = getpass.getpass("Passphrase for the local store: ")
-    if confirm and getpass.getpass("Repeat the passphrase: ") != first:
-        raise UsageError("the passphrases differ")
-    return first
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def wrapper() -> T:
-        return await coro
-
-    return asyncio.run(wrapper())
-
-
-def format_message(m: StoredMessage, me: str) -> str:
-    when = time.strftime("%H:%M", time.localtime((m.client_created_ms or m.local_at_ms) / 1000))
-    if m.status is DeliveryStatus.FAILED and not m.text:
-        return f"{when} {m.sender}: [message could not be decrypted]"
-    who = "you" if m.sender == me else m.sender
-    tick = f" {m.status.tick}" if m.outgoing else ""
-    to = f" → {m.peer}" if m.outgoing else ""
-    return f"{when} {who}{to}: {m.text}{tick}"
-
-
-def qr_text(sn: SafetyNumber) -> str:
-    """The safety-number QR code as terminal text (segno, two modules per character)."""
-    import io
-
-    import segno
-
-    out = io.StringIO()
-    segno.make(sn.qr_payload(), error="m", micro=False).terminal(out=out, compact=True, border=2)
-    return out.getvalue()
+def _dir_flag(args: argparse.Namespace) -> str:
+    """``--data-dir DIR`` as the user gave it, for commands we suggest (else nothing)."""
+    given = getattr(args, "data_dir", None)
+    return f" --data-dir {shlex.quote(given)}" if given else ""
 
 
 # =============================================================================
@@ -116,98 +73,130 @@ def qr_text(sn: SafetyNumber) -> str:
 
 def cmd_account_create(args: argparse.Namespace) -> int:
     root = data_dir(args)
-    passphrase = read_passphrase(args, confirm=True)
+    validate_username(args.name)
+    ws_url(args.server)  # a wrong scheme is a plain error before any passphrase
+    if Store.exists(root):
+        raise CliError(
+            f"there is already an account in {root}\n"
+            "use another --data-dir for a second account (one directory per account)"
+        )
+    # Before the passphrase is typed twice: is the server there, and the name free?
+    try:
+        free = run(username_available(args.server, args.name))
+    except NotConnected as exc:
+        raise unreachable(args.server, exc) from None
+    if not free:
+        raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
+    passphrase = new_passphrase(args, args.name)
 
-    async def go() -> int:
+    async def go() -> tuple[str, str]:
         client = await Client.create_account(args.server, args.name, root, passphrase)
-        try:
-            print(f"created account '{client.username}' (device {client.device_id})")
-            print(f"  server:   {args.server}")
-            print(f"  data dir: {root}")
-            print("next: sottovoce send NAME TEXT, sottovoce chat NAME, sottovoce verify NAME")
-        finally:
-            await client.close()
-        return 0
+        await client.close()
+        return client.username, client.device_id
 
-    return _run(go())
+    username, device = run(go())
+    flag = _dir_flag(args)
+    print(f"created account '{render.safe(username)}' (device {device})")
+    print(f"  server:   {render.safe(args.server)}")
+    print(f"  data dir: {render.safe(str(root))}")
+    print(f"next: sottovoce send NAME TEXT{flag}, sottovoce chat NAME{flag}")
+    return 0
 
 
 def confirm_deletion(username: str, server: str) -> bool:
     """Ask on the terminal; the user must type the username back."""
     if not sys.stdin.isatty():
-        raise UsageError("not deleting without confirmation: pass --yes, or run in a terminal")
+        raise CliError("not deleting without confirmation: pass --yes, or run in a terminal")
     print(
-        f"This deletes the account '{username}' on {server} for every one of its devices.\n"
-        "Its devices are revoked, messages waiting on the server are dropped, rooms remove\n"
-        "it, and the name can never be registered again. This cannot be undone."
+        f"This deletes the account '{username}' on {render.safe(server)} for every one of its\n"
+        "devices. Its devices are revoked, messages waiting on the server are dropped, rooms\n"
+        "remove it, and the name can never be registered again. This cannot be undone."
     )
-    answer = input(f"Type the username ({username}) to confirm: ")
+    try:
+        answer = input(f"Type the username ({username}) to confirm: ")
+    except EOFError:
+        return False
     return answer.strip() == username
 
 
 def cmd_account_delete(args: argparse.Namespace) -> int:
     root = data_dir(args)
-    passphrase = read_passphrase(args)
-    client = Client.load(root, passphrase)
-    try:
+
+    async def work(client: Client) -> str | None:
         confirmed = args.yes or confirm_deletion(client.username, client.identity.server_url)
-    except BaseException:
-        _run(client.close())
-        raise
-    if not confirmed:
-        _run(client.close())
+        if not confirmed:
+            return None
+        await client.connect(timeout=args.timeout, fail_fast=True)
+        await client.delete_account()
+        return client.username
+
+    username = with_client(args, work, connect=Connect.NO)
+    if username is None:
         print("not deleted.")
         return 1
-
-    async def go() -> int:
-        try:
-            await client.connect(timeout=args.timeout)
-            await client.delete_account()
-        finally:
-            await client.close()
-        print(f"deleted account '{client.username}'; its name cannot be registered again.")
-        print(f"the local history stays in {root} until you remove that directory.")
-        return 0
-
-    return _run(go())
+    print(f"deleted account '{username}'; its name cannot be registered again.")
+    print(f"the local history stays in {render.safe(str(root))} until you remove that directory.")
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    root = data_dir(args)
-    passphrase = read_passphrase(args)
-
-    async def go() -> int:
-        client = await Client.open(root, passphrase)
+    async def work(client: Client) -> int | None:
+        message_id = await client.send_text(args.name, args.text)
+        if not client.connected:
+            return None
         try:
-            await client.connect(timeout=args.timeout)
-            message_id = await client.send_text(args.name, args.text)
-            seq = await client.wait_sent(message_id, timeout=args.timeout)
-            print(f"✓ sent to {args.name} (serverSeq {seq})")
-            return 0
-        except NotConnected as exc:
-            if client.pending_sends():
-                print(f"queued: {exc}; it is sent the next time this account connects")
-            else:
-                print(f"sottovoce: error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await client.close()
+            return await client.wait_sent(message_id, timeout=args.timeout)
+        except NotConnected:
+            return None  # stored and queued: it goes out with the next connection
 
-    return _run(go())
+    seq = with_client(args, work, connect=Connect.TRY)
+    if seq is None:
+        print(render.queued(args.name))
+        return EXIT_QUEUED
+    print(render.sent(args.name, seq))
+    return 0
+
+
+def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
+    """What ``listen`` prints for one event, and whether it goes to stderr."""
+    me = client.username
+    if isinstance(event, MessageReceived):
+        # Read back from the store: the store is what the UI shows.
+        stored = client.message(event.message.message_id)
+        return None if stored is None else (render.message_line(stored, me), False)
+    if isinstance(event, RoomMessageReceived):
+        stored = client.message(event.message.message_id)
+        if stored is None:
+            return None
+        if stored.content_type == INVITE_CONTENT_TYPE:
+            with contextlib.suppress(DecodeError, UnicodeEncodeError):
+                if InviteNotice.decode(stored.text.encode("utf-8")).invited == me:
+                    return None  # RoomInvited says it, with the room's name
+        label = client.rooms.get(event.room_id).label
+        return render.room_message_line(stored, me, label), False
+    if isinstance(event, RoomInvited):
+        return render.invitation(event), False
+    if isinstance(event, RoomJoined):
+        return f"+ you are now a member of {render.safe(event.label)}", False
+    if isinstance(event, RoomMembershipChanged):
+        return render.membership(event, client.rooms.get(event.room_id).label), False
+    if isinstance(event, EphemeralReceived):
+        return f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}", False
+    if isinstance(event, ErrorEvent):
+        return render.error_event(event), True
+    return None
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    root = data_dir(args)
-    passphrase = read_passphrase(args)
-
-    async def go() -> int:
-        client = await Client.open(root, passphrase)
+    async def work(client: Client) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         events = client.events()
+        url = client.identity.server_url
+        up: bool | None = None
         try:
             await client.connect(wait=False)
             print(
@@ -223,98 +212,122 @@ def cmd_listen(args: argparse.Namespace) -> int:
                     getter.cancel()
                     break
                 event = getter.result()
-                if isinstance(event, MessageReceived):
-                    # Read back from the store: the store is what the UI shows.
-                    stored = client.message(event.message.message_id)
-                    if stored is not None:
-                        print(format_message(stored, client.username), flush=True)
-                elif isinstance(event, EphemeralReceived):
-                    print(f"(ephemeral) {event.sender}: {event.text}", flush=True)
-                elif isinstance(event, ErrorEvent):
-                    print(f"! {event.code}: {event.message}", file=sys.stderr, flush=True)
+                if isinstance(event, ConnectionChanged):
+                    if event.connected != up:  # each failed retry says "down" again
+                        up = event.connected
+                        line = (
+                            render.connected(url)
+                            if up
+                            else render.offline(url, client.connection_problem)
+                        )
+                        print(line, flush=True)
+                    continue
+                with contextlib.suppress(UsageError):  # a room forgotten meanwhile
+                    shown = _listen_line(client, event)
+                    if shown is not None:
+                        print(shown[0], file=sys.stderr if shown[1] else sys.stdout, flush=True)
         finally:
             events.close()
-            await client.close()
         print("stopped.", flush=True)
         return 0
 
-    return _run(go())
+    return with_client(args, work, connect=Connect.NO, notices=False)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    root = data_dir(args)
-    passphrase = read_passphrase(args)
+    async def work(client: Client) -> tuple[str, SafetyNumber]:
+        if args.name == client.username:
+            raise CliError("that is you: a safety number is between you and someone else")
+        sn = client.known_safety_number(args.name)
+        if sn is None:
+            await client.connect(timeout=args.timeout, fail_fast=True)
+            sn = await client.safety_number(args.name)
+        return client.username, sn
 
-    async def go() -> int:
-        client = await Client.open(root, passphrase)
+    me, sn = with_client(args, work, connect=Connect.NO)
+    print(render.safety_number(me, args.name, sn, qr=not args.no_qr))
+    return 0
+
+
+def parse_target(name: str) -> tuple[str, str]:
+    """``chat`` targets: ``'#team'`` a room, ``@bob`` a person, ``bob`` either (a person
+    unless only a room is called that), ``room:…`` a room by id."""
+    if name.startswith("#"):
+        return "room", name[1:]
+    if name.startswith("@"):
+        return "user", name[1:]
+    if name.startswith("room:"):
+        return "room", name
+    return "either", name
+
+
+def _user_exists(client: Client, name: str) -> bool:
+    """Known here, or (asking the server before auth) registered there."""
+    if client.known_contact(name):
+        return True
+    try:
+        return not run(username_available(client.identity.server_url, name))
+    except NotConnected as exc:
+        raise CliError(
+            str(unreachable(client.identity.server_url, exc))
+            + f"\n(needed to look up '{name}', who is not a contact yet)"
+        ) from None
+
+
+def _chat_target(client: Client, name: str) -> tuple[str, str | None]:
+    """(who or which room, room id or None), refusing what cannot be a chat."""
+    kind, value = parse_target(name)
+    room = None
+    if kind != "user":
         try:
-            sn = client.known_safety_number(args.name)
-            if sn is None:
-                await client.connect(timeout=args.timeout)
-                sn = await client.safety_number(args.name)
-        finally:
-            await client.close()
-        print(f"Safety number for you ({client.username}) and {args.name}:\n")
-        print(sn.grouped())
-        print()
-        if not args.no_qr:
-            print(qr_text(sn))
-        print(
-            "Compare these 60 digits with what "
-            f"{args.name} sees (in person or by a call), or scan the QR code."
+            room = client.rooms.get(value)
+        except UsageError:
+            if kind == "room":
+                raise CliError(
+                    f"no room '{value}' on this device (sottovoce room list shows them)"
+                ) from None
+    if room is not None and kind == "room":
+        return room.label, room.room_id
+    validate_username(value)
+    if value == client.username:
+        raise CliError("that is you: chat with another user")
+    if room is not None:
+        if _user_exists(client, value):
+            raise CliError(
+                f"'{value}' is both a user and one of your rooms: "
+                f"chat @{value} for the person, chat {render.quoted_room(value)} for the room"
+            )
+        return room.label, room.room_id
+    if not _user_exists(client, value):
+        raise CliError(
+            f"no user '{value}' on {client.identity.server_url} (check the spelling)"
         )
-        return 0
-
-    return _run(go())
+    return value, None
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.cli.tui import run_chat
 
-    root = data_dir(args)
-    passphrase = read_passphrase(args)
-    client = Client.load(root, passphrase)  # a wrong passphrase fails before the screen opens
-    return run_chat(client, args.name)
+    client = unlock(args)  # a wrong passphrase fails before the screen opens
+    args.server_url = client.identity.server_url
+    try:
+        peer, room_id = _chat_target(client, args.name)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise CliError(
+                "chat needs a terminal; in scripts use sottovoce send and sottovoce listen"
+            )
+    except BaseException:
+        run(client.close())
+        raise
+    code, problem = run_chat(client, peer, room_id=room_id)
+    if problem:
+        raise CliError(problem)
+    return code
 
 
 # =============================================================================
 # Parsers
 # =============================================================================
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR", help=_DATA_DIR_HELP)
-    parser.add_argument(
-        "--passphrase-file",
-        metavar="FILE",
-        help=f"read the store passphrase from FILE (else ${ENV_PASSPHRASE}, else a prompt)",
-    )
-
-
-def _timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout", type=float, default=15.0, metavar="S", help="seconds to wait for the server"
-    )
-
-
-def _parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    *,
-    help: str,
-    description: str,
-    example: str,
-    func: Callable[[argparse.Namespace], int],
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog=f"example:\n{example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(func=func)
-    return parser
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -324,7 +337,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description="Manage the account kept in a local directory.",
         epilog=(
             "example:\n  sottovoce account create alice --server ws://127.0.0.1:8765 "
-            "--data-dir ~/.sv-alice\n  sottovoce account delete --data-dir ~/.sv-alice"
+            "--data-dir ~/.sottovoce-alice\n"
+            "  sottovoce account delete --data-dir ~/.sottovoce-alice"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -335,18 +349,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     account.set_defaults(func=account_help)
     account_sub = account.add_subparsers(dest="account_command", metavar="SUBCOMMAND")
-    create = _parser(
+    create = subcommand(
         account_sub,
         "create",
         help="claim a username on a server and make this device's keys",
         description=(
             "Claim NAME on the server (a public alias: no e-mail, no phone number), make an "
             "account key, this device's keys and certificate, upload signed prekeys, and keep "
-            "every private key sealed in the data directory under your passphrase."
+            "every private key sealed in the data directory under your passphrase (8 or more "
+            "characters; it cannot be recovered, and nothing opens the directory without it)."
         ),
         example=(
-            "  sottovoce account create alice --server ws://127.0.0.1:8765 --data-dir ~/.sv-alice\n"
-            "  SOTTOVOCE_HOME=~/.sv-bob sottovoce account create bob"
+            "  sottovoce account create alice --server ws://127.0.0.1:8765 "
+            "--data-dir ~/.sottovoce-alice\n"
+            "  SOTTOVOCE_HOME=~/.sottovoce-bob sottovoce account create bob"
         ),
         func=cmd_account_create,
     )
@@ -357,9 +373,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="URL",
         help=f"the relay server (default {DEFAULT_SERVER}; wss:// for TLS)",
     )
-    _common(create)
+    account_options(create)
 
-    delete = _parser(
+    delete = subcommand(
         account_sub,
         "delete",
         help="delete this account on the server, for all of its devices (irreversible)",
@@ -371,74 +387,88 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "--yes is given. The local history stays in the data directory."
         ),
         example=(
-            "  sottovoce account delete --data-dir ~/.sv-alice\n"
-            "  sottovoce account delete --yes --data-dir ~/.sv-alice --passphrase-file pw.txt"
+            "  sottovoce account delete --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce account delete --yes --data-dir ~/.sottovoce-alice "
+            "--passphrase-file pw.txt"
         ),
         func=cmd_account_delete,
     )
     delete.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation (for scripts)"
     )
-    _common(delete)
-    _timeout(delete)
+    account_options(delete)
+    add_timeout(delete)
 
-    send = _parser(
+    send = subcommand(
         sub,
         "send",
         help="send one message and wait for the server's ✓",
         description=(
             "Encrypt TEXT for every device of NAME (and your other devices), send it, and "
             "wait until the server has stored it (✓). If the server is unreachable the "
-            "message stays queued and goes out the next time this account connects."
+            "message is kept in the encrypted local store and goes out, once, the next time "
+            "any sottovoce command of this account connects (send, listen, chat, room ...)."
+            "\n\nexit codes: 0 sent (✓); 75 queued, not sent yet (do not send it again); "
+            "1 error; 2 wrong usage"
         ),
-        example="  sottovoce send bob 'hello bob' --data-dir ~/.sv-alice",
+        example="  sottovoce send bob 'hello bob' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
     )
     send.add_argument("name", metavar="NAME", help="the recipient's username")
     send.add_argument("text", metavar="TEXT", help="the message")
-    _common(send)
-    _timeout(send)
+    account_options(send)
+    add_timeout(send)
 
-    listen = _parser(
+    listen = subcommand(
         sub,
         "listen",
-        help="print incoming messages as they arrive (Ctrl-C to stop)",
+        help="print incoming messages, room messages and invitations (Ctrl-C to stop)",
         description=(
             "Connect, catch up on everything that arrived while offline, then print each "
-            "message as it is stored locally. Ctrl-C stops cleanly."
+            "message (1:1 and rooms, a room's lines start with #NAME), each invitation to a "
+            "room and each change of a room's members as it is stored locally. Says when the "
+            "server goes away and when it is back (it reconnects by itself). Ctrl-C stops "
+            "cleanly."
         ),
-        example="  sottovoce listen --data-dir ~/.sv-bob",
+        example="  sottovoce listen --data-dir ~/.sottovoce-bob",
         func=cmd_listen,
     )
-    _common(listen)
+    account_options(listen)
 
-    chat = _parser(
+    chat = subcommand(
         sub,
         "chat",
-        help="chat with NAME in a terminal UI",
+        help="chat with a person (NAME) or in a room ('#ROOM') in a terminal UI",
         description=(
-            "A full-screen chat with NAME: history from the local store, an input line, "
-            "delivery ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll "
-            "(older messages load at the top), Ctrl-S for the safety number, Ctrl-Q to quit."
+            "A full-screen chat: history from the local store, an input line, delivery "
+            "ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll (older "
+            "messages load at the top), Ctrl-S for the safety number, Ctrl-Q or Ctrl-C to "
+            "quit. NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
+            "treats # as a comment); @NAME insists on the person when a room has that name "
+            "too. A bare name that only a room has opens the room."
         ),
-        example="  sottovoce chat bob --data-dir ~/.sv-alice",
+        example=(
+            "  sottovoce chat bob --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce chat '#team' --data-dir ~/.sottovoce-alice"
+        ),
         func=cmd_chat,
     )
-    chat.add_argument("name", metavar="NAME", help="who to chat with")
-    _common(chat)
+    chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
+    account_options(chat)
 
-    verify = _parser(
+    verify = subcommand(
         sub,
         "verify",
         help="show the safety number with NAME (digits and a QR code)",
         description=(
             "Print the 60-digit safety number of your account and NAME's, and a QR code of "
-            "it. Both of you see the same number; if it differs, someone is in the middle."
+            "it. Both of you see the same number; if it differs, someone is in the middle. "
+            "Not while this account's chat or listen is running (one process per account)."
         ),
-        example="  sottovoce verify bob --data-dir ~/.sv-alice",
+        example="  sottovoce verify bob --data-dir ~/.sottovoce-alice",
         func=cmd_verify,
     )
     verify.add_argument("name", metavar="NAME", help="the other user")
     verify.add_argument("--no-qr", action="store_true", help="print the digits only")
-    _common(verify)
-    _timeout(verify)
+    account_options(verify)
+    add_timeout(verify)

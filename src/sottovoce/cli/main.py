@@ -3,16 +3,24 @@
 Each command family lives in its own module exposing
 ``add_commands(subparsers)``; every parser it adds sets ``func`` (a callable
 taking the parsed ``argparse.Namespace`` and returning an exit code).
+
+Every failure ends here as one or two plain lines on stderr and a non-zero exit
+code. ``--debug`` adds the traceback, with every secret and message text the
+command was given (the passphrase, TEXT, a join token) blotted out.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from sottovoce import __version__
+from sottovoce.cli import render
+from sottovoce.cli.session import explain
 from sottovoce.errors import SottovoceError
 
 #: Modules that contribute subcommands, in help order.
@@ -23,6 +31,23 @@ COMMAND_MODULES = (
     "sottovoce.cli.room_cmd",
     "sottovoce.cli.audit_cmd",
 )
+_DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
+#: Arguments whose values never appear in what a failure prints.
+_SECRET_ARGS = ("text", "token")
+
+
+def _add_debug(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subcommands the default is SUPPRESS, so `sottovoce --debug send ...` is not undone.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=_DEBUG_HELP,
+        default=False if top else argparse.SUPPRESS,
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    _add_debug(parser, top=True)
     return parser
+
+
+def redacted_traceback(exc: BaseException, secrets: Sequence[str]) -> str:
+    """The traceback of ``exc`` with each of ``secrets`` blotted out, safe for a terminal."""
+    text = "".join(traceback.format_exception(exc))
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return render.safe(text, multiline=True)
+
+
+def _secrets(args: argparse.Namespace) -> list[str]:
+    found: list[str] = list(getattr(args, "secrets", []))
+    for name in _SECRET_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            found.append(value)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,14 +88,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    debug = bool(getattr(args, "debug", False))
     try:
         code: int = func(args)
         return code
-    except SottovoceError as exc:
-        print(f"sottovoce: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): nothing more to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except SottovoceError as exc:
+        if debug:
+            print(redacted_traceback(exc, _secrets(args)), file=sys.stderr)
+        print(render.error(explain(exc, args)), file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if debug:
+            print(redacted_traceback(exc, _secrets(args)), file=sys.stderr)
+            print(render.error(f"internal error ({type(exc).__name__})"), file=sys.stderr)
+        else:
+            print(
+                render.error(
+                    f"internal error ({type(exc).__name__}): this is a bug in sottovoce\n"
+                    "run the command again with --debug to see where, and report it"
+                ),
+                file=sys.stderr,
+            )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

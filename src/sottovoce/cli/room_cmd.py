@@ -11,160 +11,177 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Awaitable, Callable
 
-from sottovoce.cli.client_cmd import (
-    _common,
-    _parser,
-    _run,
-    _timeout,
-    data_dir,
-    format_message,
-    read_passphrase,
+from sottovoce.cli import render
+from sottovoce.cli.session import (
+    CliError,
+    Connect,
+    account_options,
+    add_timeout,
+    positive,
+    subcommand,
+    with_client,
 )
 from sottovoce.client import Client
+from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.store import DeliveryStatus
-from sottovoce.protocol.audit import AuditChainError, AuditEntry
+from sottovoce.limits import MAX_ROOM_NAME_BYTES
+from sottovoce.protocol.audit import AuditChainError
+
+#: `room audit`: the trail does not verify.
+EXIT_AUDIT_INVALID = 3
+#: `room send`: stored and queued, not acknowledged yet (as `send`).
+EXIT_QUEUED = 75
 
 
-def _with_client(
-    args: argparse.Namespace, work: Callable[[Client], Awaitable[int]], *, connect: bool = True
-) -> int:
-    root = data_dir(args)
-    passphrase = read_passphrase(args)
+def room_ref(value: str) -> str:
+    """ROOM as typed: its name, '#NAME' (as `chat` takes it) or its id."""
+    return value[1:] if value.startswith("#") else value
 
-    async def go() -> int:
-        client = await Client.open(root, passphrase)
-        try:
-            if connect:
-                await client.connect(timeout=args.timeout)
-            return await work(client)
-        finally:
-            await client.close()
 
-    return _run(go())
+def room_name(value: str) -> str:
+    """A new local name for a room (refused when it could not be shown or typed back)."""
+    if value.startswith(("#", "@")):
+        raise CliError(f"leave out the '{value[0]}': it only marks a room or a person on the "
+                       "command line")
+    if not valid_room_name(value):
+        raise CliError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes of printable text, "
+                       "without spaces at either end")
+    return value
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        room = await client.rooms.create_room(args.name)
-        print(f"created room '{room.label}' ({room.room_id})")
-        print(f"next: sottovoce room invite {room.label} USER, sottovoce room token {room.label}")
-        return 0
+    name = room_name(args.name)
 
-    return _with_client(args, work)
+    async def work(client: Client) -> tuple[str, str]:
+        room = await client.rooms.create_room(name)
+        return room.label, room.room_id
+
+    label, room_id = with_client(args, work)
+    shown = render.safe(label)
+    print(f"created room '{shown}' ({room_id})")
+    print(f"next: sottovoce room invite {render.quoted_room(shown)} USER, "
+          f"sottovoce chat {render.quoted_room(shown)}")
+    return 0
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        result = await client.rooms.invite(args.room, args.user)
+    async def work(client: Client) -> tuple[int | None, str]:
+        room = client.rooms.get(room_ref(args.room))
+        result = await client.rooms.invite(room.room_id, args.user)
         if result is None:
-            print(f"{args.user} is already in the room")
-        else:
-            print(f"invited {args.user} (room epoch {result.epoch})")
-        return 0
+            return None, room.label
+        # Inside the room's encryption: the invitee learns who invited it, and the name.
+        await client.rooms.announce_invite(room.room_id, args.user)
+        return result.epoch, room.label
 
-    return _with_client(args, work)
+    epoch, label = with_client(args, work)
+    user = render.safe(args.user)
+    if epoch is None:
+        print(f"{user} is already in the room")
+    else:
+        print(f"invited {user} (room epoch {epoch}); they see the room as "
+              f"'{render.safe(label)}'")
+    return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        result = await client.rooms.remove(args.room, args.user)
-        print(f"removed {args.user}" + ("" if result is None else f" (room epoch {result.epoch})"))
-        return 0
+    async def work(client: Client) -> int | None:
+        result = await client.rooms.remove(room_ref(args.room), args.user)
+        return None if result is None else result.epoch
 
-    return _with_client(args, work)
+    epoch = with_client(args, work)
+    print(f"removed {render.safe(args.user)}" + ("" if epoch is None else f" (room epoch {epoch})"))
+    return 0
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        room = await client.rooms.join_with_token(args.token, label=args.name)
-        print(f"joined room '{room.label}' ({room.room_id}, epoch {room.epoch})")
-        return 0
+    name = None if args.name is None else room_name(args.name)
 
-    return _with_client(args, work)
+    async def work(client: Client) -> tuple[str, str, int]:
+        room = await client.rooms.join_with_token(args.token, label=name)
+        if name is not None and room.label != name:
+            client.rooms.rename(room.room_id, name)  # a rejoin keeps the old name otherwise
+        return room.label, room.room_id, room.epoch
+
+    label, room_id, epoch = with_client(args, work)
+    print(f"joined room '{render.safe(label)}' ({room_id}, epoch {epoch})")
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        room = client.rooms.get(args.room)
+    async def work(client: Client) -> tuple[str, bool]:
+        room = client.rooms.get(room_ref(args.room))
+        # Online, rooms.send waits for the ✓ itself; offline (or a slow ack) it is queued.
         message_id = await client.rooms.send(room.room_id, args.text)
         stored = client.message(message_id)
-        if stored is not None and stored.status is DeliveryStatus.SENT:
-            print(f"✓ sent to {room.label}")
-        else:
-            print(f"queued for {room.label}: it is sent the next time this account connects")
-        return 0
+        return room.label, stored is not None and stored.status is DeliveryStatus.SENT
 
-    return _with_client(args, work)
+    label, sent = with_client(args, work, connect=Connect.TRY)
+    if sent:
+        print(f"✓ sent to {render.safe(label)}")
+        return 0
+    print(render.queued(label))
+    return EXIT_QUEUED
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        for m in client.rooms.history(args.room, limit=args.limit):
-            print(format_message(m, client.username).replace(f" → {m.peer}", ""))
-        return 0
+    async def work(client: Client) -> list[str]:
+        me = client.username
+        return [
+            render.message_line(m, me, room=True)
+            for m in client.rooms.history(room_ref(args.room), limit=args.limit)
+        ]
 
-    return _with_client(args, work, connect=not args.offline)
-
-
-def _describe(entry: AuditEntry) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time_ms / 1000))
-    subjects = ", ".join(f"{s.user_id}/{s.device_id}" for s in entry.subjects)
-    action = entry.action.name.lower().replace("_", " ")
-    who = f"{entry.actor_user_id}/{entry.actor_device_id}"
-    return f"#{entry.index:<4} {when}  epoch {entry.epoch:<4} {who}: {action} {subjects}".rstrip()
+    for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
+        print(line)
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
+    async def work(client: Client) -> list[str] | str:
         try:
-            entries = await client.rooms.audit(args.room)
+            entries = await client.rooms.audit(room_ref(args.room))
         except AuditChainError as exc:
-            print(f"sottovoce: audit trail INVALID: {exc}", file=sys.stderr)
-            return 3
-        for entry in entries:
-            print(_describe(entry))
-        for bad in entries.rejected:  # in the chain, but not authentic: skipped
-            print(f"! audit entry #{bad.index} skipped: {bad.reason}", file=sys.stderr)
-        skipped = f", {len(entries.rejected)} skipped" if entries.rejected else ""
-        print(f"✓ {len(entries)} entries verified (links, signatures, epoch bindings){skipped}")
-        return 0
+            return str(exc)
+        skipped = [render.audit_skipped(bad.index, bad.reason) for bad in entries.rejected]
+        return [*(render.audit_entry(e) for e in entries), *skipped, render.audit_summary(entries)]
 
-    return _with_client(args, work)
+    result = with_client(args, work)
+    if isinstance(result, str):
+        print(f"sottovoce: audit trail INVALID: {render.safe(result)}", file=sys.stderr)
+        return EXIT_AUDIT_INVALID
+    print("\n".join(result))
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
+    async def work(client: Client) -> str | None:
+        ref = room_ref(args.room)
         if args.revoke:
-            await client.rooms.revoke_token(args.room)
-            print("token revoked: nobody can join with it any more")
-            return 0
+            await client.rooms.revoke_token(ref)
+            return None
         if args.rotate:
-            token = await client.rooms.rotate_token(args.room)
-        else:
-            token = await client.rooms.create_token(args.room)
-        print("join token (shown once; the server keeps only a hash of it):")
-        print(token)
-        print(f"they join with: sottovoce room join {token}")
-        return 0
+            return await client.rooms.rotate_token(ref)
+        return await client.rooms.create_token(ref)
 
-    return _with_client(args, work)
+    token = with_client(args, work)
+    if token is None:
+        print("token revoked: nobody can join with it any more")
+        return 0
+    print("join token (shown once; the server keeps only a hash of it):")
+    print(token)
+    print(f"they join with: sottovoce room join {token} --name NAME")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> int:
-        rooms = client.rooms.all()
-        if not rooms:
-            print("no rooms yet (sottovoce room create NAME)")
-        for room in rooms:
-            state = "removed" if room.removed else f"epoch {room.epoch}"
-            members = ", ".join(sorted({u for u, _ in room.members()}))
-            print(f"{room.label}  {room.room_id}  {state}  members: {members}")
-        return 0
+    async def work(client: Client) -> list[str]:
+        return [render.room_row(room) for room in client.rooms.all()]
 
-    return _with_client(args, work, connect=not args.offline)
+    rows = with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED)
+    print("\n".join(rows) if rows else "no rooms yet (sottovoce room create NAME)")
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -173,9 +190,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is the local name you gave it or its id (room:…)."
+            "message. ROOM is the room's name on this device (the one you gave it, or the one "
+            "your inviter gave it), the same with a '#' in front as `chat` takes it, or its "
+            "id (room:…) as `room list` shows it. The server never sees a room's name."
         ),
-        epilog="example:\n  sottovoce room create friends && sottovoce room invite friends bob",
+        epilog=(
+            "example:\n  sottovoce room create friends && sottovoce room invite friends bob\n"
+            "  sottovoce chat '#friends'"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -186,48 +208,54 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     room.set_defaults(func=room_help)
     rs = room.add_subparsers(dest="room_command", metavar="SUBCOMMAND")
 
-    p = _parser(
+    p = subcommand(
         rs,
         "create",
         help="make a room with you as its only member",
-        description="Make a new room. NAME is a label kept on this device only.",
-        example="  sottovoce room create friends --data-dir ~/.sv-alice",
+        description=(
+            "Make a new room with you as its only member. NAME is how this device names it; "
+            "the server never sees it, and people you invite receive it inside the room's "
+            "encryption."
+        ),
+        example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
     )
     p.add_argument("name", metavar="NAME", help="the room's local name")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "invite",
         help="add every device of USER to ROOM",
         description=(
             "Fetch one KeyPackage per device of USER, check each against USER's device "
-            "certificates, and commit their addition; each device gets a Welcome."
+            "certificates, and commit their addition; each device gets a Welcome. Then a "
+            "notice inside the room's encryption tells the room that you invited USER, and "
+            "under which name: USER's devices show the room by that name."
         ),
-        example="  sottovoce room invite friends bob --data-dir ~/.sv-alice",
+        example="  sottovoce room invite friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_invite,
     )
     p.add_argument("room", metavar="ROOM")
     p.add_argument("user", metavar="USER")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "remove",
         help="remove every device of USER from ROOM",
         description="Commit the removal of USER's devices; they cannot read anything later.",
-        example="  sottovoce room remove friends bob --data-dir ~/.sv-alice",
+        example="  sottovoce room remove friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_remove,
     )
     p.add_argument("room", metavar="ROOM")
     p.add_argument("user", metavar="USER")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "join",
         help="join a room with a join token (external commit)",
@@ -235,42 +263,56 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "Fetch the room's public GroupInfo with TOKEN and join by an external commit. "
             "The token only routes; the keys come from the MLS join."
         ),
-        example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sv-carol",
+        example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sottovoce-carol",
         func=cmd_join,
     )
-    p.add_argument("token", metavar="TOKEN")
-    p.add_argument("--name", metavar="NAME", help="local name for the room (default: its id)")
-    _common(p)
-    _timeout(p)
+    p.add_argument(
+        "token", metavar="TOKEN", help="the join token (one starting with '-' needs -- before it)"
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="this device's name for the room (default: its id); renames it on a rejoin",
+    )
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "send",
         help="send TEXT to ROOM and wait for the server's ✓",
-        description="Encrypt TEXT once for the whole room (MLS application message) and send it.",
-        example="  sottovoce room send friends 'hello all' --data-dir ~/.sv-alice",
+        description=(
+            "Encrypt TEXT once for the whole room (MLS application message) and send it. If "
+            "the server is unreachable the message is kept in the encrypted local store and "
+            "goes out, once, the next time any sottovoce command of this account connects."
+            "\n\nexit codes: 0 sent (✓); 75 queued, not sent yet (do not send it again); "
+            "1 error; 2 wrong usage"
+        ),
+        example="  sottovoce room send friends 'hello all' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
     )
     p.add_argument("room", metavar="ROOM")
     p.add_argument("text", metavar="TEXT")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "history",
         help="print ROOM's messages from the local store (after catching up)",
         description="Connect, store what arrived, then print the room's last messages.",
-        example="  sottovoce room history friends --data-dir ~/.sv-bob",
+        example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,
     )
     p.add_argument("room", metavar="ROOM")
-    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument(
+        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
+    )
     p.add_argument("--offline", action="store_true", help="do not connect; local store only")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "audit",
         help="fetch, verify and print ROOM's audit trail",
@@ -279,14 +321,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "and the binding to every epoch authenticator this device saw. A tampered chain "
             "fails with the number of the first bad entry (exit code 3)."
         ),
-        example="  sottovoce room audit friends --data-dir ~/.sv-alice",
+        example="  sottovoce room audit friends --data-dir ~/.sottovoce-alice",
         func=cmd_audit,
     )
     p.add_argument("room", metavar="ROOM")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "token",
         help="make, rotate or revoke ROOM's join token",
@@ -295,8 +337,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "its hash. --rotate replaces it, --revoke removes it."
         ),
         example=(
-            "  sottovoce room token friends --data-dir ~/.sv-alice\n"
-            "  sottovoce room token friends --revoke --data-dir ~/.sv-alice"
+            "  sottovoce room token friends --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce room token friends --revoke --data-dir ~/.sottovoce-alice"
         ),
         func=cmd_token,
     )
@@ -304,17 +346,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rotate", action="store_true", help="replace the current token")
     group.add_argument("--revoke", action="store_true", help="remove the token")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)
 
-    p = _parser(
+    p = subcommand(
         rs,
         "list",
         help="list this device's rooms",
-        description="Rooms on this device: local name, id, epoch and members.",
-        example="  sottovoce room list --data-dir ~/.sv-alice",
+        description=(
+            "Rooms on this device, one per line: name (when it has one), id, epoch and "
+            "members. Connects first, so rooms you were invited to meanwhile are listed."
+        ),
+        example="  sottovoce room list --data-dir ~/.sottovoce-alice",
         func=cmd_list,
     )
     p.add_argument("--offline", action="store_true", help="do not connect; local store only")
-    _common(p)
-    _timeout(p)
+    account_options(p)
+    add_timeout(p)

@@ -1,18 +1,31 @@
-"""`sottovoce server`: the blind relay on embedded SQLite, zero set-up (docs/single-server.md)."""
+"""`sottovoce server`: the blind relay on embedded SQLite, zero set-up (docs/single-server.md).
+
+One server per SQLite data directory: an exclusive lock on ``server.lock`` in
+it is held for the life of the process, so a second server started on the
+same directory refuses at once instead of sharing the database file with the
+first (two writers would each believe they own the inbox sequences).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
+import os
+import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sottovoce import __version__
+from sottovoce.errors import UsageError
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
+
+LOCK_FILE = "server.lock"
 
 EXAMPLE = f"""\
 examples:
@@ -68,16 +81,70 @@ def run(args: argparse.Namespace) -> int:
         print("sottovoce server: --nats needs --database postgresql://… (one database "
               "shared by all nodes)", file=sys.stderr)
         return 2
+    lock = None if config.database is not None else lock_data_dir(Path(config.data_dir))
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - Windows
+            return asyncio.run(_serve(config))
+        return uvloop.run(_serve(config))
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on the data directory for the life of this process.
+
+    The kernel drops the lock when the process ends, however it ends, so a crash
+    never leaves a stale lock behind.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held until exit
+    except OSError as exc:
+        raise UsageError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    try:
+        import fcntl  # POSIX; elsewhere the second server is not detected
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - non-POSIX
+        pass
+    except OSError:
+        handle.close()
+        raise UsageError(
+            f"another sottovoce server is already running on the data directory {data_dir}\n"
+            "stop it first, or give this one its own --data-dir"
+        ) from None
+    return handle
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How to run this same `sottovoce` from another terminal (pasteable)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if argv0.endswith(("__main__.py", "-c")) or not argv0:
+        return f"{shlex.quote(sys.executable)} -m sottovoce"  # started as python -m sottovoce
+    on_path = shutil.which("sottovoce")
+    with contextlib.suppress(OSError):
+        if on_path and os.path.samefile(on_path, argv0):
+            return "sottovoce"
+    return shlex.quote(os.path.abspath(argv0))
+
+
+def banner_commands(url: str, program: str) -> str:
+    """The first commands to run, as they can be pasted (absolute program, one dir each)."""
+    dirs = {name: f"~/.sottovoce-{name}" for name in ("alice", "bob")}
+    return (
+        f"  {program} account create alice --server {url} --data-dir {dirs['alice']}\n"
+        f"  {program} account create bob --server {url} --data-dir {dirs['bob']}\n"
+        f"  {program} chat bob --data-dir {dirs['alice']}      # as alice\n"
+        f"  {program} chat alice --data-dir {dirs['bob']}      # as bob, in a third terminal"
+    )
 
 
 def _storage_label(config: Any) -> str:
     if config.database is None:
-        return str(config.data_dir)
+        return str(Path(config.data_dir).resolve())
     from sottovoce.server.storage.postgres import redact_dsn
 
     return redact_dsn(config.database)
@@ -94,18 +161,29 @@ async def _serve(config: Any) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     app = ServerApp(config)
-    await app.start()
+    try:
+        await app.start()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            await app.stop()
+        where = f"{config.host}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"cannot listen on {where}: the port is already in use (another server?)\n"
+                "stop that one, or choose another port with --port"
+            ) from None
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     url = app.url
     http = url.replace("wss://", "https://").replace("ws://", "http://")
+    # A server on every interface is reached locally through the loopback address.
+    local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     print(
         f"sottovoce server {__version__} listening on {url}  (WebSocket {url}/v3/ws)\n"
         f"  data:    {_storage_label(config)}\n"
         f"  health:  {http}/healthz    metrics: {http}/metrics\n"
         + (f"  node:    {app.node_id}, fan-out over NATS\n" if config.nats else "")
-        + "next, in another terminal:\n"
-        f"  sottovoce account create alice --server {url}\n"
-        f"  sottovoce account create bob --server {url}\n"
-        f"  sottovoce chat bob      # as alice; Ctrl-C here stops the server",
+        + "next, in another terminal (Ctrl-C here stops the server):\n"
+        + banner_commands(local, command_name()),
         flush=True,
     )
     stop = asyncio.Event()

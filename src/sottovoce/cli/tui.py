@@ -10,9 +10,11 @@
 Events from the client only say *when* to look; every line shown is read
 back from the store, so the screen shows exactly what is stored.
 
-`sottovoce chat ROOM` opens a room the same way when ROOM is the local name
-(or id) of one of this device's rooms: history from the store (conversation =
-room id), one MLS message per line typed, the members in the status line.
+`sottovoce chat '#ROOM'` opens a room the same way: history from the store
+(conversation = room id), one MLS message per line typed, the members in the
+status line. Every string on screen is made by :mod:`sottovoce.cli.render`
+(peer text escaped) and shown as a rich ``Text``, never parsed as markup;
+notifications are shown with ``markup=False`` for the same reason.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 
-from sottovoce.cli.client_cmd import format_message, qr_text
+from sottovoce.cli import render
 from sottovoce.client import (
     Client,
     ConnectionChanged,
@@ -38,7 +40,7 @@ from sottovoce.client import (
     MessageReceived,
     StoredMessage,
 )
-from sottovoce.client.events import RoomMembershipChanged, RoomMessageReceived
+from sottovoce.client.events import RoomInvited, RoomMembershipChanged, RoomMessageReceived
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
 
@@ -68,12 +70,14 @@ class SafetyNumberScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sn-box"):
-            yield Static(Text(f"Safety number: {self._me} and {self._peer}"))
+            yield Static(
+                Text(f"Safety number: {render.safe(self._me)} and {render.safe(self._peer)}")
+            )
             if self._number is None:
                 yield Static(Text("Not known yet: connect once to look the peer up."))
             else:
                 yield Static(Text(self._number.grouped()), id="sn-digits")
-                yield Static(Text(qr_text(self._number)), id="sn-qr")
+                yield Static(Text(render.qr_text(self._number)), id="sn-qr")
                 yield Static(Text("Both of you must see the same digits. Esc to close."))
         yield Footer()
 
@@ -94,6 +98,8 @@ class ChatApp(App[int]):
         Binding("pageup", "page_up", "Older", priority=True),
         Binding("pagedown", "page_down", "Newer", priority=True),
         Binding("ctrl+q", "leave", "Quit", priority=True),
+        # Priority: the input line would otherwise take Ctrl-C as "copy" and swallow it.
+        Binding("ctrl+c", "leave", "Quit", priority=True, show=False),
     ]
 
     def __init__(self, client: Client, peer: str, *, room_id: str | None = None) -> None:
@@ -104,14 +110,17 @@ class ChatApp(App[int]):
         self.room_id = room_id
         self._lines: dict[str, Static] = {}
         self._oldest: int | None = None
-        self._connected = False
+        #: None: first attempt still under way; then the last state the client reported.
+        self._connected: bool | None = None
+        #: Set when the chat cannot go on (e.g. the account was deleted); printed on exit.
+        self.problem: str | None = None
 
     # --- layout ---------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
         yield VerticalScroll(id="history")
-        yield Input(placeholder=f"Message {self.peer} (Enter sends)", id="input")
+        yield Input(placeholder=f"Message {render.safe(self.peer)} (Enter sends)", id="input")
         yield Footer()
 
     @property
@@ -120,23 +129,33 @@ class ChatApp(App[int]):
         return self.room_id or self.peer
 
     def _status(self) -> None:
-        state = "connected" if self._connected else "connecting…"
+        if self._connected is None:
+            state = "connecting…"
+        elif self._connected:
+            state = "connected"
+        else:
+            why = self.client.connection_problem
+            state = "offline, reconnecting…" + (f" ({render.safe(why)})" if why else "")
         me = f"{self.client.username}/{self.client.device_id}"
+        peer = render.safe(self.peer)
         if self.room_id is not None:
             with contextlib.suppress(SottovoceError):
                 room = self.client.rooms.get(self.room_id)
-                users = sorted({u for u, _ in room.members()})
+                users = sorted({render.safe(u) for u, _ in room.members()})
                 where = "removed" if room.removed else f"{len(users)} members: {', '.join(users)}"
-                text = f"{me} in #{self.peer} ({where}) · {state}"
+                text = f"{me} in #{peer} ({where}) · {state}"
                 self.query_one("#status", Static).update(Text(text))
                 return
-        self.query_one("#status", Static).update(Text(f"{me} ⇄ {self.peer} · {state}"))
+        self.query_one("#status", Static).update(Text(f"{me} ⇄ {peer} · {state}"))
 
     def _format(self, message: StoredMessage) -> str:
-        line = format_message(message, self.client.username)
-        if self.room_id is not None:
-            line = line.replace(f" → {message.peer}", "")  # a room line has no addressee
-        return line
+        return render.message_line(
+            message, self.client.username, room=self.room_id is not None
+        )
+
+    def _tell(self, text: str, *, error: bool = False) -> None:
+        """A notification; its text may quote a peer, so it is never read as markup."""
+        self.notify(text, severity="error" if error else "information", markup=False)
 
     def _line(self, message: StoredMessage) -> Static:
         widget = Static(Text(self._format(message)), classes="line")
@@ -178,9 +197,14 @@ class ChatApp(App[int]):
             self._connected = event.connected
             self._status()
         elif isinstance(event, EphemeralReceived) and event.peer == self.peer:
-            self.notify(f"(ephemeral) {event.sender}: {event.text}")
+            self._tell(f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}")
+        elif isinstance(event, RoomInvited):
+            self._tell(render.invitation(event))
         elif isinstance(event, ErrorEvent):
-            self.notify(f"{event.code}: {event.message}", severity="error")
+            self._tell(render.error_event(event), error=True)
+            if event.code == "account_deleted":
+                self.problem = "this account was deleted (from another of its devices)"
+                self.exit(1)
 
     async def _append(self, message_id: str) -> None:
         stored = self.client.message(message_id)  # the screen shows the store, nothing else
@@ -213,7 +237,7 @@ class ChatApp(App[int]):
             else:
                 message_id = await self.client.send_text(self.peer, text)
         except SottovoceError as exc:
-            self.notify(str(exc), severity="error")
+            self._tell(render.safe(str(exc)), error=True)
             return
         await self._append(message_id)
 
@@ -246,14 +270,14 @@ class ChatApp(App[int]):
 
     async def action_safety(self) -> None:
         if self.room_id is not None:
-            self.notify("rooms have no single safety number: verify members one by one")
+            self._tell("rooms have no single safety number: verify members one by one")
             return
         number = self.client.known_safety_number(self.peer)
         if number is None and self.client.connected:
             try:
                 number = await self.client.safety_number(self.peer)
             except SottovoceError as exc:
-                self.notify(str(exc), severity="error")
+                self._tell(render.safe(str(exc)), error=True)
         await self.push_screen(SafetyNumberScreen(self.client.username, self.peer, number))
 
     def action_leave(self) -> None:
@@ -263,11 +287,11 @@ class ChatApp(App[int]):
         await self.client.close()  # stores what already arrived; releases the account lock
 
 
-def run_chat(client: Client, peer: str) -> int:
-    """Chat with a user, or in a room when ``peer`` names one of this device's rooms."""
-    room_id = None
-    with contextlib.suppress(SottovoceError):
-        room = client.rooms.get(peer)
-        room_id, peer = room.room_id, room.label
-    code = ChatApp(client, peer, room_id=room_id).run()
-    return code if isinstance(code, int) else 0
+def run_chat(client: Client, peer: str, *, room_id: str | None = None) -> tuple[int, str | None]:
+    """Chat with the user ``peer``, or in the room ``room_id`` (then ``peer`` is its name).
+
+    Returns the exit code, and a problem to report when the chat had to end.
+    """
+    app = ChatApp(client, peer, room_id=room_id)
+    code = app.run()
+    return (code if isinstance(code, int) else 0), app.problem

@@ -225,6 +225,8 @@ class Client:
         #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
         self.rooms = RoomManager(self)
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
+        #: Sends stored offline wait for encryption (one process per store: exact).
+        self._has_unsent = store.unsent_size() > 0
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id})"
@@ -384,12 +386,15 @@ class Client:
     # Connecting
     # =========================================================================
 
-    async def connect(self, *, timeout: float = CONNECT_TIMEOUT_S, wait: bool = True) -> None:
+    async def connect(
+        self, *, timeout: float = CONNECT_TIMEOUT_S, wait: bool = True, fail_fast: bool = False
+    ) -> None:
         """Start the connection (it reconnects by itself) and wait until caught up.
 
         "Caught up" means authenticated, resumed from ``lastGlobalInboxSeq``
         and every replayed frame stored. Raises :class:`NotConnected` after
-        ``timeout`` (the connection keeps trying in the background).
+        ``timeout``, or with ``fail_fast`` as soon as the first attempt fails
+        (saying why); the connection keeps trying in the background.
         """
         if self._closed:
             raise UsageError("client is closed")
@@ -397,12 +402,12 @@ class Client:
             self._processor = asyncio.get_running_loop().create_task(self._process_loop())
         self._conn.start()
         if wait:
-            await self.sync(timeout=timeout)
+            await self.sync(timeout=timeout, fail_fast=fail_fast)
 
-    async def sync(self, *, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    async def sync(self, *, timeout: float = CONNECT_TIMEOUT_S, fail_fast: bool = False) -> None:
         """Wait until connected and the replay after resume is stored."""
         deadline = time.monotonic() + timeout
-        await self._conn.wait_up(timeout)
+        await self._conn.wait_up(timeout, fail_fast=fail_fast)
         try:
             await asyncio.wait_for(self._synced.wait(), max(0.01, deadline - time.monotonic()))
         except TimeoutError:
@@ -418,6 +423,15 @@ class Client:
     @property
     def connected(self) -> bool:
         return self._conn.is_up
+
+    @property
+    def connection_problem(self) -> str | None:
+        """Why the last connection attempt failed, while it stays down (``None`` once up)."""
+        return None if self._conn.is_up else self._conn.last_failure
+
+    def known_contact(self, username: str) -> bool:
+        """``username`` was looked up before: its account key is pinned on this device."""
+        return self._sessions.contact(username) is not None
 
     @property
     def closed(self) -> bool:
@@ -466,6 +480,7 @@ class Client:
         self._inflight.clear()
         self._pump(opening=True)
         self._conn.mark_up()
+        self._spawn(self._send_unsent())
         self._spawn(self._maintenance())
 
     def _pump(self, *, opening: bool = False) -> None:
@@ -680,49 +695,40 @@ class Client:
         """Encrypt ``text`` for every device of ``username`` (and our other devices).
 
         Returns the messageId once the message is durably in the outbox (it is
-        resent on every reconnect until the server acks it). ``ephemeral``:
-        nothing is written to the store or on the server; the peer must be
-        online (else an ``ErrorEvent`` with ``recipient_offline``).
+        resent on every reconnect until the server acks it). Offline, a message
+        to someone whose devices this device cannot encrypt to yet (never looked
+        up, or a device without a session) is stored as sending with its
+        messageId and idempotencyKey fixed, and encrypted on the next
+        connection (:meth:`pending_sends` counts it). ``ephemeral``: nothing is
+        written to the store or on the server; the peer must be online (else an
+        ``ErrorEvent`` with ``recipient_offline``).
         """
         validate_username(username)
         if username == self.username:
             raise UsageError("send to another user; your other devices get a copy anyway")
-        body = text.encode("utf-8")
+        try:
+            body = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the message is not valid UTF-8 text") from None
         if not body or len(body) > MAX_TEXT_BYTES:
             raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
         if ephemeral and not self._conn.is_up:
             raise NotConnected("ephemeral messages need a live connection")
         async with self._send_lock:
-            targets = await self._targets(username)
+            if not ephemeral and not self._conn.is_up and not self._can_encrypt_offline(username):
+                return self._defer(username, text)
+            if self._conn.is_up and self._has_unsent:
+                await self._encrypt_unsent()  # older queued messages go out first
             message_id, idempotency_key, created = new_id(), new_id(), now_ms()
-            conversation = ev.dm_conversation_id(self.username, username)
-            payload = Payload(
-                message_id=message_id,
-                conversation_id=conversation,
-                content_type="text",
-                created_at_ms=created,
-                body=body,
-            ).encode()
-            ciphertexts = tuple(
-                ev.DeviceCiphertext(
-                    userId=user,
-                    deviceId=device,
-                    ciphertext=self._sessions.encrypt(user, device, payload),
-                )
-                for user, device in targets
+            try:
+                targets = await self._targets(username)
+            except NotConnected:
+                if ephemeral:
+                    raise
+                return self._defer(username, text)  # the connection dropped meanwhile
+            frame = self._send_frame(
+                username, targets, message_id, idempotency_key, created, body, ephemeral=ephemeral
             )
-            send = ev.Send(
-                conversationId=conversation,
-                messageId=message_id,
-                idempotencyKey=idempotency_key,
-                recipientUserId=username,
-                contentType="text",
-                clientCreatedAtMs=created,
-                ciphertexts=ciphertexts,
-                senderUserId=self.username,
-                ephemeral=ephemeral,
-            )
-            frame = send.to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES or ephemeral:
                 with self._store.transaction():
                     # The ratchets moved: persist them even if the message goes nowhere.
@@ -752,6 +758,138 @@ class Client:
         # Durable before we return (and before the frame leaves): see _commit_sends.
         await pending.done
         return message_id
+
+    def _send_frame(
+        self,
+        username: str,
+        targets: list[Device],
+        message_id: str,
+        idempotency_key: str,
+        created: int,
+        body: bytes,
+        *,
+        ephemeral: bool = False,
+    ) -> str:
+        """The ``ksmpv3.send`` frame: one ciphertext per target device (ratchets move)."""
+        conversation = ev.dm_conversation_id(self.username, username)
+        payload = Payload(
+            message_id=message_id,
+            conversation_id=conversation,
+            content_type="text",
+            created_at_ms=created,
+            body=body,
+        ).encode()
+        ciphertexts = tuple(
+            ev.DeviceCiphertext(
+                userId=user,
+                deviceId=device,
+                ciphertext=self._sessions.encrypt(user, device, payload),
+            )
+            for user, device in targets
+        )
+        send = ev.Send(
+            conversationId=conversation,
+            messageId=message_id,
+            idempotencyKey=idempotency_key,
+            recipientUserId=username,
+            contentType="text",
+            clientCreatedAtMs=created,
+            ciphertexts=ciphertexts,
+            senderUserId=self.username,
+            ephemeral=ephemeral,
+        )
+        return send.to_frame(request_id=message_id)
+
+    def _can_encrypt_offline(self, username: str) -> bool:
+        """Every device of ``username`` and of our own account is known and has a session."""
+        for user in (username, self.username):
+            if self._sessions.contact(user) is None:
+                return False
+            devices = self._sessions.devices_of(user)
+            if not all(self._sessions.has_session(user, d) for d in devices):
+                return False
+        return bool(self._sessions.devices_of(username))
+
+    def _defer(self, username: str, text: str) -> str:
+        """Store an outgoing message to encrypt on the next connection (see ``unsent``)."""
+        message_id, idempotency_key, created = new_id(), new_id(), now_ms()
+        with self._store.transaction():
+            self._store.add_message(
+                message_id=message_id,
+                peer=username,
+                sender=self.username,
+                sender_device=self.device_id,
+                outgoing=True,
+                status=DeliveryStatus.SENDING,
+                text=text,
+                client_created_ms=created,
+                local_at_ms=created,
+                idempotency_key=idempotency_key,
+            )
+            self._store.add_unsent(message_id)
+        self._has_unsent = True
+        return message_id
+
+    async def _encrypt_unsent(self) -> None:
+        """Encrypt the messages queued while offline, oldest first; call holding the send lock.
+
+        Each keeps the messageId and idempotencyKey it was stored with, so a send
+        the server already has is acknowledged as a duplicate, never stored twice.
+        """
+        for message_id in self._store.unsent():
+            stored = self._store.get_message(message_id)
+            if stored is None or stored.status is not DeliveryStatus.SENDING:
+                with self._store.transaction():
+                    self._store.remove_unsent(message_id)
+                continue
+            try:
+                targets = await self._targets(stored.peer)
+            except NotConnected:
+                return  # the next connection tries again
+            except SottovoceError as exc:  # e.g. unknown_user: this message can never go
+                self._fail(message_id, exc.code, str(exc))
+                continue
+            frame = self._send_frame(
+                stored.peer,
+                targets,
+                message_id,
+                stored.idempotency_key or new_id(),
+                stored.client_created_ms,
+                stored.text.encode("utf-8"),
+            )
+            if len(frame) > MAX_FRAME_BYTES:
+                with self._store.transaction():
+                    self._sessions.flush()  # the ratchets moved, as in send_text
+                self._fail(message_id, "too_large", "message too large for this many devices")
+                continue
+            with self._store.transaction():
+                self._sessions.flush()
+                self._store.add_outbox(message_id, stored.idempotency_key or "", frame)
+                self._store.remove_unsent(message_id)
+            self._pump()
+        self._has_unsent = self._store.unsent_size() > 0
+
+    async def _send_unsent(self) -> None:
+        """After a connection comes up: the messages queued offline go out."""
+        if not self._has_unsent:
+            return
+        try:
+            async with self._send_lock:
+                await self._encrypt_unsent()
+        except (SottovoceError, ProtocolError) as exc:
+            self._emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+
+    async def drain_outbox(self, timeout: float) -> int:
+        """Wait (at most ``timeout`` s) until every queued message is acknowledged.
+
+        Returns how many are still waiting (0: all sent).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.pending_sends()
+            if not left or time.monotonic() >= deadline or not self._conn.is_up:
+                return left
+            await asyncio.sleep(0.05)
 
     def _commit_sends(self) -> None:
         """Group commit: every send prepared in this loop turn, in one transaction.
@@ -810,8 +948,8 @@ class Client:
             raise NotConnected("no acknowledgement from the server in time") from None
 
     def pending_sends(self) -> int:
-        """Messages in the outbox (sent or not, not yet acknowledged)."""
-        return self._store.outbox_size()
+        """Messages not acknowledged yet: in the outbox, or waiting to be encrypted."""
+        return self._store.outbox_size() + self._store.unsent_size()
 
     def _on_send_error(self, message_id: str, data: dict[str, Any]) -> None:
         err = ev.WireError.from_data(data) if "code" in data else None
@@ -842,6 +980,7 @@ class Client:
         if stored is not None and stored.status is DeliveryStatus.SENDING:
             with self._store.transaction():
                 self._store.remove_outbox(message_id)
+                self._store.remove_unsent(message_id)
                 self._store.set_status(message_id, DeliveryStatus.FAILED)
             self._inflight.pop(message_id, None)
             self._pump()
@@ -1291,7 +1430,10 @@ async def register_device(
     The device key signs the server's challenge (``auth_message``) to prove it
     holds the key its certificate names.
     """
-    transport: Transport = await connector(url)
+    try:
+        transport: Transport = await connector(url)
+    except TransportClosed as exc:
+        raise NotConnected(f"cannot reach the server: {exc}") from None
     try:
         nonce = await read_challenge(transport)
         signature = sign_challenge(
@@ -1306,7 +1448,7 @@ async def register_device(
         await transport.send(request.to_frame("register"))
         await expect_reply(transport, frozenset({ev.REGISTERED, ev.CONNECTED}))
     except TransportClosed as exc:
-        raise NotConnected(f"could not reach the server: {exc}") from None
+        raise NotConnected(f"the server closed the connection: {exc}") from None
     finally:
         with contextlib.suppress(Exception):
             await transport.close()
@@ -1315,12 +1457,17 @@ async def register_device(
 async def username_available(
     server_url: str, username: str, *, connector: Connector = websocket_connector
 ) -> bool:
-    transport = await connector(ws_url(server_url))
+    try:
+        transport = await connector(ws_url(server_url))
+    except TransportClosed as exc:
+        raise NotConnected(f"cannot reach the server: {exc}") from None
     try:
         await read_challenge(transport)
         await transport.send(ev.UsernameCheck(username=username).to_frame("check"))
         _, data = await expect_reply(transport, frozenset({ev.USERNAME_RESULT}))
         return bool(data.get("available"))
+    except TransportClosed as exc:
+        raise NotConnected(f"the server closed the connection: {exc}") from None
     finally:
         with contextlib.suppress(Exception):
             await transport.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.errors import UsageError
 from sottovoce.identity import DeviceSigningKey
 from sottovoce.limits import KEEPALIVE_INTERVAL_MS, MAX_FRAME_BYTES
 from sottovoce.protocol import events as ev
@@ -48,9 +50,17 @@ _jitter = secrets.SystemRandom()
 def ws_url(server_url: str) -> str:
     """``ws://host:port`` → ``ws://host:port/v3/ws`` (a URL already ending in it is kept)."""
     url = server_url.rstrip("/")
-    if not url.startswith(("ws://", "wss://")):
-        raise ValueError("server URL must start with ws:// or wss://")
+    if not url.startswith(("ws://", "wss://")) or len(url) <= len("wss://"):
+        raise BadServerUrl(server_url)
     return url if url.endswith(WS_PATH) else url + WS_PATH
+
+
+class BadServerUrl(UsageError, ValueError):
+    """A server URL that is not ``ws://HOST:PORT`` or ``wss://HOST:PORT``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__("the server URL must start with ws:// (or wss:// for TLS)")
+        self.url = url
 
 
 def backoff_delay(
@@ -119,8 +129,30 @@ async def websocket_connector(url: str) -> Transport:
             close_timeout=2,
         )
     except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
-        raise TransportClosed(str(exc)) from None
+        raise TransportClosed(describe_failure(exc)) from None
     return _WebSocketTransport(ws)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why a connection attempt failed, in words a person can act on (no stack, no data)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's TLS certificate is not trusted here ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or 'no detail'})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(exc, ConnectionResetError):
+        return "the connection was reset (wss:// at a server without TLS?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"the server answered HTTP {exc.response.status_code}, not a WebSocket"
+    if isinstance(exc, websockets.InvalidHandshake):
+        # E.g. ws:// at a TLS port: what comes back is not an HTTP response.
+        return "no valid WebSocket handshake (ws:// at a wss:// server?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
 
 
 # =============================================================================
@@ -231,6 +263,9 @@ class Connection:
         self.fatal: ServerError | None = None
         self.info: ConnectedInfo | None = None
         self.attempts = 0
+        #: Why the last attempt that never came up failed (``None`` once up again).
+        self.last_failure: str | None = None
+        self._failed = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -242,15 +277,32 @@ class Connection:
     def is_up(self) -> bool:
         return self._up.is_set()
 
-    async def wait_up(self, timeout: float) -> None:
+    async def wait_up(self, timeout: float, *, fail_fast: bool = False) -> None:
+        """Wait until connected; ``fail_fast``: give up at the first failed attempt.
+
+        The connection keeps retrying in the background either way.
+        """
         if self.fatal is not None:
             raise self.fatal
+        if self._up.is_set():
+            return
+        up = asyncio.ensure_future(self._up.wait())
+        waiters = [up]
+        if fail_fast:
+            self._failed.clear()
+            waiters.append(asyncio.ensure_future(self._failed.wait()))
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            if self.fatal is not None:
-                raise self.fatal from None
-            raise NotConnected("the server is not reachable") from None
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if up.done() and not up.cancelled():
+            return  # it was up (it may be down again already: the caller's request says so)
+        if self.fatal is not None:
+            raise self.fatal
+        if fail_fast and self.last_failure is not None:
+            raise NotConnected(f"cannot reach the server: {self.last_failure}")
+        raise NotConnected("the server is not reachable")
 
     async def close(self) -> None:
         self._closing = True
@@ -286,6 +338,7 @@ class Connection:
 
     def mark_up(self) -> None:
         """Called by ``on_open`` once resume is sent and the outbox is queued."""
+        self.last_failure = None
         self._up.set()
 
     async def request(
@@ -401,6 +454,11 @@ class Connection:
             if not future.done():
                 future.set_exception(NotConnected("the connection dropped"))
         self._pending.clear()
+        if error is not None and not was_up:
+            # Only our own wording: TransportClosed holds describe_failure()'s text.
+            said = str(error) if isinstance(error, TransportClosed | ServerError) else ""
+            self.last_failure = said or type(error).__name__
+            self._failed.set()
         if was_up or error is not None:
             self._on_down(error)
 

@@ -84,6 +84,21 @@ class RoomJoined:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RoomInvited:
+    """A member told us, inside the room's encryption, who invited us and the room's name.
+
+    ``label`` is the local name this device now uses for the room (the inviter's
+    name for it, unless another room here already has that name); ``inviter`` is
+    the authenticated sender of the notice.
+    """
+
+    room_id: str
+    label: str
+    name: str
+    inviter: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RoomMembershipChanged:
     """A commit moved the room to ``epoch``; ``added``/``removed`` are ``user/device``."""
 
@@ -116,6 +131,7 @@ class RoomRecovered(ErrorEvent):
 ClientEvent = (
     RoomMessageReceived
     | RoomJoined
+    | RoomInvited
     | RoomMembershipChanged
     | RoomRecovered
     | MessageReceived

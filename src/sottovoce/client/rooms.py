@@ -68,12 +68,19 @@ from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     ClientEvent,
     ErrorEvent,
+    RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
     RoomMessageReceived,
     RoomRecovered,
 )
 from sottovoce.client.payload import Payload
+from sottovoce.client.room_notice import (
+    INVITE_CONTENT_TYPE,
+    InviteNotice,
+    free_label,
+    valid_room_name,
+)
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.sign import SigningKey
@@ -83,6 +90,7 @@ from sottovoce.limits import (
     MAX_KEY_PACKAGE_BYTES,
     MAX_ROOM_AUDIT_ENTRY_BYTES,
     MAX_ROOM_GROUP_INFO_BYTES,
+    MAX_ROOM_NAME_BYTES,
     MAX_TEXT_BYTES,
     ROOM_AUDIT_BATCH,
     ROOM_COMMIT_RETRIES,
@@ -189,8 +197,15 @@ def device_of(credential: Credential | None) -> Device | None:
 
 
 def new_token() -> str:
-    """32 random bytes, base64url without padding (43 characters of the id alphabet)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+    """32 random bytes, base64url without padding (43 characters of the id alphabet).
+
+    Drawn again when it would start with '-': a command line reads such a token as
+    an option (``room join -Hd4…``). That costs 0.02 of its 256 bits.
+    """
+    while True:
+        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+        if not token.startswith("-"):
+            return token
 
 
 def _group_state(group: Group) -> bytes:
@@ -457,6 +472,17 @@ class CommitResult:
     server_seq: int
 
 
+def _text_body(text: str) -> bytes:
+    """A room text message's bytes, or a plain error for what cannot be one."""
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the message is not valid UTF-8 text") from None
+    if not body or len(body) > MAX_TEXT_BYTES:
+        raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
+    return body
+
+
 class RoomManager:
     """Every room of one device; owned by :class:`~sottovoce.client.Client`."""
 
@@ -498,7 +524,7 @@ class RoomManager:
         if key is None:
             raise UsageError(
                 "this device was made before rooms existed and has no MLS signature key "
-                "in its certificate; link a new device to use rooms"
+                "in its certificate; create a new account to use rooms"
             )
         return key
 
@@ -565,6 +591,7 @@ class RoomManager:
                     room.group = group
             room.last_seq = row.last_seq
             room.removed = row.removed
+            room.label = row.label  # an invitation notice may have renamed it
             # Held frames were never acked: the resume after the rollback brings them again.
             room.catching_up, room.held_overflow = False, False
             room.held.clear()
@@ -749,9 +776,10 @@ class RoomManager:
     # =========================================================================
 
     async def create_room(self, label: str) -> Room:
-        """A new room with this device as its only member; ``label`` stays local."""
-        if not label or len(label.encode("utf-8")) > 200:
-            raise UsageError("a room name is 1-200 bytes")
+        """A new room with this device as its only member; ``label`` is this device's name
+        for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
+        if not label or len(label.encode("utf-8")) > MAX_ROOM_NAME_BYTES:
+            raise UsageError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes")
         group_id = secrets.token_bytes(GROUP_ID_BYTES)
         room_id = room_id_of(group_id)
         group = Group.create(
@@ -1078,11 +1106,17 @@ class RoomManager:
         queued: the outbox goes out on every reconnect with the same messageId and
         idempotencyKey, as 1:1 sends do (``client.wait_sent`` waits for the ack).
         """
+        return await self._send(self.get(ref), "text", _text_body(text), text)
+
+    async def announce_invite(self, ref: str, username: str) -> str | None:
+        """Tell the room, inside its encryption, that we invited ``username`` and under which
+        name we know the room (:mod:`sottovoce.client.room_notice`); the invitee takes
+        that name. ``None`` when this device's name for the room cannot be sent as one."""
         room = self.get(ref)
-        body = text.encode("utf-8")
-        if not body or len(body) > MAX_TEXT_BYTES:
-            raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
-        return await self._send(room, "text", body, text)
+        if not valid_room_name(room.label):
+            return None
+        notice = InviteNotice(name=room.label, invited=username).encode()
+        return await self._send(room, INVITE_CONTENT_TYPE, notice, notice.decode("utf-8"))
 
     async def _send(
         self, room: Room, content_type: str, body: bytes, text: str,
@@ -2111,6 +2145,7 @@ class RoomManager:
             return  # never decrypt twice
         group = room.group
         sender = (frame.sender_user, frame.sender_device)
+        notice: InviteNotice | None = None
         text, status = "", DeliveryStatus.FAILED
         content_type, created = "text", frame.client_created_ms
         try:
@@ -2133,6 +2168,8 @@ class RoomManager:
                 text = TOKEN_SHARED_TEXT
             else:
                 text = payload.body.decode("utf-8")
+                if content_type == INVITE_CONTENT_TYPE:
+                    notice = InviteNotice.decode(payload.body)
             status = DeliveryStatus.SENT
         except (SottovoceError, UnicodeDecodeError) as exc:
             events.append(
@@ -2163,6 +2200,24 @@ class RoomManager:
             stored = self._store.get_message(frame.message_id)
             if stored is not None:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
+            if notice is not None and notice.invited == self.username and not own:
+                self._take_invitation(room, notice, frame.sender_user, events)
+
+    def _take_invitation(
+        self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
+    ) -> None:
+        """We were invited: name the room as the inviter does, unless we named it already."""
+        if room.label == room.room_id:
+
+            def taken(label: str) -> bool:
+                return any(r != room.room_id for r in self._store.rooms_by_label(label))
+
+            room.label = free_label(notice.name, taken)
+            self._store.set_room_label(room.room_id, room.label)
+            self._touched.add(room.room_id)
+        events.append(
+            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+        )
 
     def _apply_notice(self, room: Room, frame: RoomFrame) -> None:
         if room.removed or room.group is None:

@@ -109,6 +109,17 @@ CREATE TABLE IF NOT EXISTS room_epochs(
 );
 """
 
+# Sends queued before they could be encrypted (added after schema 1 shipped: created on
+# open if missing). Offline, a message to someone whose devices or sessions we do not
+# know yet cannot be encrypted; its row in ``messages`` (sealed text, status sending,
+# messageId and idempotencyKey fixed) is written with a row here, and the next
+# connection encrypts it and moves it to the outbox in one transaction.
+_UNSENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS unsent(
+    oid INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE
+);
+"""
 
 # =============================================================================
 # Key derivation
@@ -360,7 +371,7 @@ class Store:
         try:
             db = cls._connect(root / STORE_FILE)
             os.chmod(root / STORE_FILE, 0o600)
-            db.executescript(_SCHEMA + _ROOM_SCHEMA)
+            db.executescript(_SCHEMA + _ROOM_SCHEMA + _UNSENT_SCHEMA)
             kdf_record = {
                 "alg": "argon2id",
                 "version": 19,
@@ -404,7 +415,7 @@ class Store:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if int(meta.get("schema", b"0")) != SCHEMA_VERSION:
                 raise StoreError("the local store has an unknown schema version")
-            db.executescript(_ROOM_SCHEMA)
+            db.executescript(_ROOM_SCHEMA + _UNSENT_SCHEMA)
             try:
                 record = json.loads(meta["kdf"])
                 params = KdfParams(
@@ -750,6 +761,26 @@ class Store:
 
     def outbox_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # --- sends not encrypted yet ---------------------------------------------------------
+
+    def add_unsent(self, message_id: str) -> None:
+        """Queue a stored outgoing message for encryption on the next connection."""
+        self._db.execute("INSERT INTO unsent(message_id) VALUES (?)", (message_id,))
+
+    def unsent(self, *, limit: int = 500) -> list[str]:
+        """messageIds waiting for encryption, oldest first."""
+        rows = self._db.execute(
+            "SELECT message_id FROM unsent ORDER BY oid LIMIT ?", (limit,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def remove_unsent(self, message_id: str) -> bool:
+        cur = self._db.execute("DELETE FROM unsent WHERE message_id = ?", (message_id,))
+        return cur.rowcount == 1
+
+    def unsent_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM unsent").fetchone()[0])
 
     # --- rooms ---------------------------------------------------------------------------------
 

@@ -1,0 +1,263 @@
+"""What the command line shows: pure functions from domain objects to terminal-safe text.
+
+No Client, no I/O: every function takes values and returns a ``str``. Anything
+another person chose -- message text, usernames, room names, file names, error
+messages relayed from a peer or the server -- passes through :func:`safe`
+before it reaches a terminal. Without it a contact could send ECMA-48 control
+sequences (CSI to rewrite the screen, OSC 0 to set the window title, OSC 52 to
+write the clipboard, their 8-bit C1 forms) or Unicode bidirectional overrides
+(the "Trojan Source" trick, CVE-2021-42574) that make a line read as something
+it is not. The chat screen shows the same strings as rich ``Text`` objects,
+never as console markup, so "[bold]" or "[@click=...]" stays literal.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+
+from sottovoce.client.events import (
+    ErrorEvent,
+    MessageReceived,
+    RoomInvited,
+    RoomMembershipChanged,
+    RoomMessageReceived,
+)
+from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
+from sottovoce.client.rooms import Room
+from sottovoce.client.store import DeliveryStatus, StoredMessage
+from sottovoce.errors import DecodeError
+from sottovoce.identity import SafetyNumber
+from sottovoce.protocol.audit import AuditEntry, AuditTrail
+
+# C0 controls and DEL, C1 controls (U+0080-U+009F: 8-bit CSI, OSC, ST...), the Unicode
+# bidirectional controls (Unicode Standard Annex #9 §2: LRM, RLM, ALM, the embeddings and
+# overrides U+202A-U+202E, the isolates U+2066-U+2069) and the line/paragraph separators.
+_CONTROLS = (
+    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0),
+    0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+    0x2028, 0x2029,
+)  # fmt: skip
+_ESCAPES = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _CONTROLS}
+_ESCAPES_MULTILINE = {c: e for c, e in _ESCAPES.items() if c != 0x0A}
+#: Continuation lines of a multi-line message are indented, so none can pass for a new line.
+_INDENT = "    "
+
+
+def safe(text: str, *, multiline: bool = False) -> str:
+    """``text`` with every control character shown as a visible escape (``\\x1b``, ``\\u202e``).
+
+    ``multiline`` keeps line feeds (for message bodies and tracebacks); everything
+    else that could move the cursor, change the terminal's state or reorder what
+    is displayed is escaped. Surrogates that are not valid text are escaped too.
+    """
+    table = _ESCAPES_MULTILINE if multiline else _ESCAPES
+    out = text.translate(table)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in out):
+        out = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in out)
+    return out
+
+
+def _body(text: str) -> str:
+    return safe(text, multiline=True).replace("\n", "\n" + _INDENT)
+
+
+def clock(ms: int) -> str:
+    return time.strftime("%H:%M", time.localtime(ms / 1000))
+
+
+def quoted_room(label: str) -> str:
+    """How to name a room on a command line: ``'#team'`` (the shell would eat a bare #)."""
+    return shlex.quote("#" + label)
+
+
+# =============================================================================
+# Messages
+# =============================================================================
+
+
+def _notice_text(m: StoredMessage, me: str) -> str:
+    try:
+        notice = InviteNotice.decode(m.text.encode("utf-8"))
+    except (DecodeError, UnicodeEncodeError):
+        return "[an invitation notice that could not be read]"
+    inviter = "you" if m.sender == me else safe(m.sender)
+    invited = "you" if notice.invited == me else safe(notice.invited)
+    return f"— {inviter} invited {invited} to '{safe(notice.name)}'"
+
+
+def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
+    """One message as a line: ``12:01 alice: hello``, ``12:02 you → bob: hi ✓``.
+
+    ``room``: a room's line has no addressee (``m.peer`` is the room id).
+    """
+    when = clock(m.client_created_ms or m.local_at_ms)
+    if m.status is DeliveryStatus.FAILED and not m.text:
+        return f"{when} {safe(m.sender)}: [message could not be decrypted]"
+    if m.content_type == INVITE_CONTENT_TYPE:
+        return f"{when} {_notice_text(m, me)}"
+    who = "you" if m.sender == me else safe(m.sender)
+    tick = f" {m.status.tick}" if m.outgoing else ""
+    to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
+    return f"{when} {who}{to}: {_body(m.text)}{tick}"
+
+
+def room_message_line(m: StoredMessage, me: str, label: str) -> str:
+    """A room message among other conversations (``listen``): ``#team 12:01 alice: hi``."""
+    return f"#{safe(label)} {message_line(m, me, room=True)}"
+
+
+def sent(peer: str, seq: int) -> str:
+    return f"✓ sent to {safe(peer)} (serverSeq {seq})"
+
+
+def queued(peer: str) -> str:
+    return (
+        f"queued for {safe(peer)}; will send when the server is reachable "
+        "(any sottovoce command that connects sends it; do not send it again)"
+    )
+
+
+def flushed(count: int) -> str:
+    return f"sent {count} message{'s' if count != 1 else ''} queued earlier"
+
+
+def still_queued(count: int) -> str:
+    return (
+        f"{count} queued message{'s' if count != 1 else ''} not acknowledged yet; "
+        "the next command that connects sends them again (never twice)"
+    )
+
+
+# =============================================================================
+# Rooms
+# =============================================================================
+
+
+def room_row(room: Room) -> str:
+    """``team  room:…  epoch 2  members: alice, bob`` (the id once when it has no name)."""
+    state = "removed" if room.removed else f"epoch {room.epoch}"
+    members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
+    name = "" if room.label == room.room_id else f"{safe(room.label)}  "
+    return f"{name}{room.room_id}  {state}  members: {members}"
+
+
+def room_name(room: Room) -> str:
+    """The room as a person refers to it: its name, else its id."""
+    return safe(room.label)
+
+
+def invitation(event: RoomInvited) -> str:
+    return (
+        f"{safe(event.inviter)} invited you to the room '{safe(event.name)}'; "
+        f"open it with: sottovoce chat {quoted_room(safe(event.label))}"
+    )
+
+
+def membership(event: RoomMembershipChanged, label: str) -> str:
+    """``#team alice: added bob/3f…, removed carol/9a…`` (or that we were removed)."""
+    if event.self_removed:
+        return f"#{safe(label)} you were removed from the room by {safe(event.committer)}"
+    changes = [f"added {safe(d)}" for d in event.added]
+    changes += [f"removed {safe(d)}" for d in event.removed]
+    what = ", ".join(changes) or "updated the room's keys"
+    return f"#{safe(label)} {safe(event.committer)}: {what}"
+
+
+def audit_entry(entry: AuditEntry) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time_ms / 1000))
+    subjects = ", ".join(f"{safe(s.user_id)}/{safe(s.device_id)}" for s in entry.subjects)
+    action = entry.action.name.lower().replace("_", " ")
+    who = f"{safe(entry.actor_user_id)}/{safe(entry.actor_device_id)}"
+    return f"#{entry.index:<4} {when}  epoch {entry.epoch:<4} {who}: {action} {subjects}".rstrip()
+
+
+def audit_skipped(index: int, reason: str) -> str:
+    """An entry in the chain that is not authentic: reported and skipped, not fatal."""
+    return f"! audit entry #{index} skipped: {safe(reason)}"
+
+
+def audit_summary(trail: AuditTrail) -> str:
+    skipped = f", {len(trail.rejected)} skipped" if trail.rejected else ""
+    return f"✓ {len(trail)} entries verified (links, signatures, epoch bindings){skipped}"
+
+
+# =============================================================================
+# Safety numbers
+# =============================================================================
+
+
+def qr_text(sn: SafetyNumber) -> str:
+    """The safety-number QR code as terminal text (segno, two modules per character)."""
+    import segno
+
+    out = io.StringIO()
+    segno.make(sn.qr_payload(), error="m", micro=False).terminal(out=out, compact=True, border=2)
+    return out.getvalue()
+
+
+def safety_number(me: str, peer: str, sn: SafetyNumber, *, qr: bool) -> str:
+    lines = [f"Safety number for you ({safe(me)}) and {safe(peer)}:", "", sn.grouped(), ""]
+    if qr:
+        lines.append(qr_text(sn))
+    how = "in person or by a call"
+    ending = f", or scan the QR code with {safe(peer)}'s device" if qr else ""
+    lines.append(f"Compare these 60 digits with what {safe(peer)} sees ({how}){ending}.")
+    return "\n".join(lines)
+
+
+def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> list[str]:
+    """What a command that is not `listen` mentions of the events of its run: invitations,
+    and who wrote (the messages are stored; `listen` and `chat` show them)."""
+    lines: list[str] = []
+    senders: dict[str, int] = {}
+    rooms: dict[str, int] = {}
+    for event in events:
+        if isinstance(event, RoomInvited):
+            lines.append(invitation(event))
+        elif isinstance(event, MessageReceived) and event.message.sender != me:
+            senders[event.message.sender] = senders.get(event.message.sender, 0) + 1
+        elif (
+            isinstance(event, RoomMessageReceived)
+            and event.message.sender != me
+            and event.message.content_type != INVITE_CONTENT_TYPE
+        ):
+            rooms[event.room_id] = rooms.get(event.room_id, 0) + 1
+    for sender, n in senders.items():
+        lines.append(
+            f"{n} new message{'s' if n != 1 else ''} from {safe(sender)} "
+            f"(sottovoce chat {safe(sender)} shows {'them' if n != 1 else 'it'})"
+        )
+    for room_id, n in rooms.items():
+        label = labels.get(room_id, room_id)
+        lines.append(
+            f"{n} new message{'s' if n != 1 else ''} in {safe(label)} "
+            f"(sottovoce chat {quoted_room(safe(label))} shows {'them' if n != 1 else 'it'})"
+        )
+    return lines
+
+
+# =============================================================================
+# Connection state and errors
+# =============================================================================
+
+
+def connected(url: str) -> str:
+    return f"● connected to {safe(url)}"
+
+
+def offline(url: str, reason: str | None) -> str:
+    why = f" ({safe(reason)})" if reason else ""
+    return f"○ offline: cannot reach {safe(url)}{why}; reconnecting…"
+
+
+def error_event(event: ErrorEvent) -> str:
+    """A problem reported while running (the text may come from the server or a peer)."""
+    return f"! {safe(event.code)}: {safe(event.message)}"
+
+
+def error(message: str) -> str:
+    """The one or two lines of a failed command (``message`` may quote the server)."""
+    return "sottovoce: error: " + safe(message, multiline=True).replace("\n", "\n  ")

@@ -1,0 +1,359 @@
+"""One account session for a command: data directory, passphrase, open, connect, close.
+
+Every client command runs its one domain call inside :func:`with_client`::
+
+    data dir ──► holds an account? (else say so, before any passphrase)
+             ──► passphrase (--passphrase-file, $SOTTOVOCE_PASSPHRASE, or a prompt:
+                 three tries at a terminal) ──► Client.load
+             ──► connect (fail fast, saying why) ──► work(client)
+             ──► queued messages acknowledged? ──► notices ──► close
+
+Errors leave as :class:`CliError` (a :class:`~sottovoce.errors.UsageError`)
+with one or two lines that say what happened and what to do; ``main`` prints
+them, and a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import platformdirs
+
+from sottovoce.cli import render
+from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
+from sottovoce.client.connection import BadServerUrl
+from sottovoce.client.store import Store
+from sottovoce.errors import SottovoceError, UsageError
+
+ENV_HOME = "SOTTOVOCE_HOME"
+ENV_PASSPHRASE = "SOTTOVOCE_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_SERVER = "ws://127.0.0.1:8765"
+#: Passphrase prompts at a terminal before giving up.
+PASSPHRASE_TRIES = 3
+#: Shortest passphrase accepted at account creation: it is all that protects the keys
+#: on a stolen disk (Argon2id slows each guess, it cannot make a short one long).
+MIN_PASSPHRASE_CHARS = 8
+#: Passphrases guessed first by anyone (a few of the most common, and ours).
+_COMMON = frozenset({
+    "password", "password1", "passw0rd", "12345678", "123456789", "1234567890",
+    "qwertyui", "qwertyuiop", "iloveyou", "sottovoce", "letmein1", "11111111",
+    "abcdefgh", "abc12345", "00000000", "87654321", "asdfghjk",
+})  # fmt: skip
+#: How long a command waits, before it closes, for queued messages to be acknowledged.
+DRAIN_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
+
+
+class CliError(UsageError):
+    """A command failed for a reason the person can act on; the message says how."""
+
+    code = "cli_error"
+
+
+# =============================================================================
+# Where the account lives, and its passphrase
+# =============================================================================
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("sottovoce", appauthor=False)) / "client"
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    given: str | None = getattr(args, "data_dir", None)
+    return Path(given).expanduser() if given else default_data_dir()
+
+
+def require_account(root: Path) -> None:
+    """Before any passphrase is asked: is there an account in ``root`` at all?"""
+    if not Store.exists(root):
+        raise CliError(
+            f"no account in {root}\n"
+            "create one with: sottovoce account create NAME --data-dir DIR "
+            f"(or point --data-dir / ${ENV_HOME} at an existing one)"
+        )
+
+
+def remember_secret(args: argparse.Namespace, value: str) -> None:
+    """Keep ``value`` out of anything printed on failure (``--debug`` tracebacks too)."""
+    if value:
+        secrets: list[str] = getattr(args, "secrets", [])
+        secrets.append(value)
+        args.secrets = secrets
+
+
+def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The passphrase from --passphrase-file or the environment, with where it came from."""
+    path: str | None = getattr(args, "passphrase_file", None)
+    if path:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"the passphrase file {path} is not UTF-8 text") from None
+        value = text.rstrip("\r\n")
+        remember_secret(args, value)
+        return value, f"--passphrase-file {path}"
+    env = os.environ.get(ENV_PASSPHRASE)
+    if env:
+        remember_secret(args, env)
+        return env, f"${ENV_PASSPHRASE}"
+    return None
+
+
+def _prompt(args: argparse.Namespace, prompt: str) -> str:
+    try:
+        value = getpass.getpass(prompt)
+    except EOFError:
+        raise CliError("no passphrase given") from None
+    remember_secret(args, value)
+    return value
+
+
+def _no_terminal() -> CliError:
+    return CliError(
+        f"no passphrase: use --passphrase-file FILE or ${ENV_PASSPHRASE}, or run in a terminal"
+    )
+
+
+def weak_passphrase(passphrase: str, username: str = "") -> str | None:
+    """Why ``passphrase`` is too weak to seal an account, or ``None`` if it will do."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        return f"the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters"
+    folded = passphrase.strip().lower()
+    if len(set(folded)) == 1:
+        return "the passphrase repeats one character: choose a real one"
+    if folded in _COMMON or (username and folded == username.lower()):
+        return "the passphrase is one of the first any attacker tries: choose another"
+    return None
+
+
+def new_passphrase(args: argparse.Namespace, username: str) -> str:
+    """The passphrase of a new account: asked twice at a terminal, refused if weak."""
+    given = given_passphrase(args)
+    if given is not None:
+        why = weak_passphrase(given[0], username)
+        if why is not None:
+            raise CliError(f"{why} (from {given[1]})")
+        return given[0]
+    if not sys.stdin.isatty():
+        raise _no_terminal()
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        first = _prompt(args, "Passphrase for the local store (8 or more characters): ")
+        why = weak_passphrase(first, username)
+        if why is None:
+            if _prompt(args, "Repeat the passphrase: ") == first:
+                return first
+            why = "the passphrases differ"
+        if attempt == PASSPHRASE_TRIES:
+            raise CliError(why)
+        print(f"{why}; try again", file=sys.stderr)
+    raise CliError("no passphrase given")  # pragma: no cover - the loop returns or raises
+
+
+def unlock(args: argparse.Namespace) -> Client:
+    """Open the account of ``args`` (three prompts at a terminal; one try otherwise)."""
+    root = data_dir(args)
+    require_account(root)
+    given = given_passphrase(args)
+    if given is not None:
+        try:
+            return Client.load(root, given[0])
+        except WrongPassphrase:
+            raise CliError(
+                f"wrong passphrase for the account in {root} (from {given[1]})"
+            ) from None
+    if not sys.stdin.isatty():
+        raise _no_terminal()
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        passphrase = _prompt(args, f"Passphrase for {root}: ")
+        try:
+            if passphrase:
+                return Client.load(root, passphrase)
+        except WrongPassphrase:
+            pass
+        if attempt < PASSPHRASE_TRIES:
+            print("wrong passphrase; try again", file=sys.stderr)
+    raise CliError(f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries)")
+
+
+# =============================================================================
+# Connecting, and what an error means to a person
+# =============================================================================
+
+
+class Connect(enum.Enum):
+    NO = "no"  # local store only
+    TRY = "try"  # connect if the server is up; the command works offline too
+    REQUIRED = "required"  # the command needs the server
+
+
+def unreachable(url: str, exc: SottovoceError) -> CliError:
+    reason = str(exc).removeprefix("cannot reach the server: ")
+    if "certificate" in reason:
+        hint = "for a self-signed certificate, point SSL_CERT_FILE at it"
+    else:
+        hint = (
+            "is it running (sottovoce server), and is the URL right: ws:// without TLS, "
+            "wss:// with TLS?"
+        )
+    return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
+
+
+def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
+    """The message ``main`` prints for ``exc`` (one or two lines, nothing secret)."""
+    name = getattr(args, "user", None) or getattr(args, "name", None)
+    server = getattr(args, "server_url", None) or getattr(args, "server", None)
+    if isinstance(exc, BadServerUrl):
+        hint = exc.url.replace("https://", "wss://").replace("http://", "ws://")
+        if "://" not in hint:
+            hint = f"ws://{hint}"
+        if hint.rstrip("/") in ("ws:", "wss:", "ws://", "wss://") or hint == exc.url:
+            return f"{exc}, then HOST:PORT: got '{exc.url}' (e.g. {DEFAULT_SERVER})"
+        return f"{exc}: got '{exc.url}'; did you mean {hint}?"
+    if isinstance(exc, NotConnected) and server:
+        return str(unreachable(server, exc))
+    if isinstance(exc, ServerError):
+        where = f" on {server}" if server else ""
+        if exc.code == "unknown_user" and isinstance(name, str):
+            return f"no user '{name}'{where} (check the spelling)"
+        if exc.code == "username_taken" and isinstance(name, str):
+            return f"the name '{name}' is taken{where}: choose another"
+        said = str(exc).removeprefix(f"server error {exc.code}: ")
+        return f"the server refused: {exc.code} ({said})"
+    return str(exc)
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+def with_client(
+    args: argparse.Namespace,
+    work: Callable[[Client], Awaitable[T]],
+    *,
+    connect: Connect = Connect.REQUIRED,
+    notices: bool = True,
+) -> T:
+    """Open the account, connect as asked, run ``work``, and always close.
+
+    On the way out, messages queued earlier (offline sends) that went out on this
+    connection are awaited briefly, and invitations that arrived are mentioned
+    (``notices``; off for commands that show events themselves).
+    """
+    client = unlock(args)
+    args.server_url = client.identity.server_url
+    return run(_session(client, args, work, connect, notices))
+
+
+async def _session(
+    client: Client,
+    args: argparse.Namespace,
+    work: Callable[[Client], Awaitable[T]],
+    connect: Connect,
+    notices: bool,
+) -> T:
+    events = client.events() if notices else None
+    try:
+        queued = client.pending_sends()
+        if connect is not Connect.NO:
+            try:
+                await client.connect(timeout=getattr(args, "timeout", 15.0), fail_fast=True)
+            except NotConnected as exc:
+                if connect is Connect.REQUIRED:
+                    raise unreachable(client.identity.server_url, exc) from None
+        result = await work(client)
+        if queued and client.connected:
+            left = await client.drain_outbox(DRAIN_TIMEOUT_S)
+            if left < queued:
+                print(render.flushed(queued - left), file=sys.stderr)
+            if left:
+                print(render.still_queued(left), file=sys.stderr)
+        if events is not None:
+            labels = {room.room_id: room.label for room in client.rooms.all()}
+            for line in render.notices(events.pending(), client.username, labels):
+                print(line, file=sys.stderr)
+        return result
+    finally:
+        if events is not None:
+            events.close()
+        await client.close()
+
+
+# =============================================================================
+# Options every account command shares
+# =============================================================================
+
+_DATA_DIR_HELP = (
+    f"the account directory (default: ${ENV_HOME}, else {{user data dir}}/sottovoce/client); "
+    "use one directory per account to keep several accounts on one machine"
+)
+
+
+def account_options(parser: argparse.ArgumentParser) -> None:
+    """--data-dir and --passphrase-file, for every command that opens an account."""
+    parser.add_argument("--data-dir", metavar="DIR", help=_DATA_DIR_HELP)
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help=f"read the store passphrase from FILE (else ${ENV_PASSPHRASE}, else a prompt)",
+    )
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number above zero (argparse turns the ValueError into usage)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # what argparse names in its message
+    return parse
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=15.0,
+        metavar="S",
+        help="seconds to wait for the server (default 15)",
+    )
+
+
+def subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    description: str,
+    example: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"example:\n{example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser

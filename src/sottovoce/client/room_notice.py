@@ -1,0 +1,81 @@
+"""The invitation notice: who invited whom to which room, inside the room's encryption.
+
+The server never learns a room's name: it is a label each device keeps sealed
+in its local store. So that an invitee sees the room under the name its
+inviter gave it (and knows who invited it), the inviter sends, right after the
+commit that adds the invitee, one room application message whose payload has
+content type :data:`INVITE_CONTENT_TYPE` and this body (UTF-8 JSON)::
+
+    {"v": 1, "name": "<the inviter's name for the room>", "invited": "<username>"}
+
+The outer ``sottovoce.room.send`` says ``contentType: "text"`` like any other
+message and the payload is padded to the same size buckets, so the relay
+cannot tell a notice from a message. The inviter is the MLS-authenticated
+sender of the message, never a field of the body. Every member stores the
+notice in the room's history; the invitee also takes the name as its local
+label when it has not named the room itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.identity import validate_username
+from sottovoce.limits import MAX_ROOM_NAME_BYTES
+
+#: Payload content type of a notice (the payload is inside the MLS ciphertext).
+INVITE_CONTENT_TYPE = "room-invite"
+_VERSION = 1
+
+
+def valid_room_name(name: str) -> bool:
+    """1-MAX_ROOM_NAME_BYTES of UTF-8, printable only (no controls, no bidi overrides)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    return 0 < size <= MAX_ROOM_NAME_BYTES and name.isprintable() and name == name.strip()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InviteNotice:
+    name: str
+    invited: str
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"v": _VERSION, "name": self.name, "invited": self.invited},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes) -> InviteNotice:
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise DecodeError("invitation notice is not JSON") from None
+        if not isinstance(value, dict) or set(value) != {"v", "name", "invited"}:
+            raise DecodeError("invitation notice has the wrong fields")
+        if value["v"] != _VERSION:
+            raise DecodeError("unknown invitation notice version")
+        name, invited = value["name"], value["invited"]
+        if not isinstance(name, str) or not valid_room_name(name):
+            raise DecodeError("invitation notice: bad room name")
+        if not isinstance(invited, str):
+            raise DecodeError("invitation notice: bad username")
+        try:
+            validate_username(invited)
+        except UsageError:
+            raise DecodeError("invitation notice: bad username") from None
+        return cls(name=name, invited=invited)
+
+
+def free_label(name: str, taken: Callable[[str], bool]) -> str:
+    """``name``, or ``name-2``, ``name-3``... : the first label no other room here has."""
+    if not taken(name):
+        return name
+    n = 2
+    while taken(f"{name}-{n}"):
+        n += 1
+    return f"{name}-{n}"
