@@ -10,8 +10,15 @@ from __future__ import annotations
 
 #: RFC 9420 §2.1.2: the variable-length integer has a 30-bit payload.
 VARINT_MAX = (1 << 30) - 1
-#: Largest single TLS-encoded structure we will decode; bounds memory per message.
-MAX_DECODE_BYTES = 16 * 1024 * 1024
+#: Largest single TLS-encoded structure we will decode; bounds memory per message. The
+#: largest any caller needs is a 1:1 payload of MAX_PLAINTEXT_BYTES (1 MiB) plus its
+#: header; network frames are far smaller (MAX_FRAME_BYTES).
+MAX_DECODE_BYTES = 2 * 1024 * 1024
+#: Vector items one decode may read in all. Each becomes a Python object, so this bounds
+#: what nested empty vectors can cost (~4 MB, ~0.1 s); the largest legitimate structure,
+#: a ratchet tree of MAX_ROOM_MEMBERS leaves, needs a few thousand (one per node, a few
+#: per leaf).
+MAX_DECODE_ITEMS = 1 << 16
 
 # --- identity ----------------------------------------------------------------
 
