@@ -140,6 +140,34 @@ async def test_auth_unknown_device_is_refused(url: str) -> None:
     assert_error(await c.auth(dev.sibling("nope")), "auth_failed")
 
 
+async def test_auth_failures_say_nothing_about_which_devices_exist(url: str) -> None:
+    """Unknown user, unknown device, revoked device, wrong signature: one identical answer
+    (code, message, retryable, retryAfterMs), so nobody learns which (user, device) exist."""
+    from sottovoce.identity import RevocationStatement
+
+    alice = Device.new()
+    a1 = await registered(url, alice)
+    gone = alice.sibling("d2")
+    await (await RawClient.open(url)).add_device(gone)
+    stmt = RevocationStatement.issue(alice.account_key, username=alice.username,
+                                     device_id="d2", now_ms=now_ms())
+    reply = await a1.request("sottovoce.device.revoke", {"revocation": b64(stmt.encode())})
+    assert reply["event"] == "sottovoce.device.revoked"
+    answers = []
+    for device, signer in [
+        (Device.new(), None),  # no such user
+        (alice.sibling("nope"), None),  # no such device
+        (gone, None),  # revoked
+        (alice, Device.new(alice.username)),  # the device exists; the signature is wrong
+    ]:
+        c = await RawClient.open(url)
+        sig = signer.sign_challenge(c.nonce) if signer is not None else None
+        reply = await c.auth(device, signature=sig)
+        answers.append(assert_error(reply, "auth_failed"))
+        await c.close()
+    assert all(a == answers[0] for a in answers), answers
+
+
 async def test_send_before_auth_is_unauthorized(url: str) -> None:
     c = await RawClient.open(url)
     reply = await c.request("ksmpv3.send", {"conversationId": "dm:a:b"})

@@ -36,7 +36,6 @@ from sottovoce import __version__
 from sottovoce.errors import DecodeError, IdentityError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
-    DeviceCertificate,
     RevocationStatement,
     validate_username,
 )
@@ -75,7 +74,14 @@ from sottovoce.protocol.events import (
 )
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
-from sottovoce.server.auth import check_certificate, new_challenge, spend, verify_possession
+from sottovoce.server.auth import (
+    Decoy,
+    authenticate_device,
+    check_certificate,
+    new_challenge,
+    spend,
+    verify_possession,
+)
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
@@ -159,6 +165,7 @@ class ServerApp:
         if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
             stats.observers.append(self.metrics.observe_batch)
         self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
+        self.decoy = Decoy()
         self.sessions: set[Session] = set()
         self._server: LeanServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -455,10 +462,10 @@ class ServerApp:
         nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
         rec = await self.directory.account(ev.username)
         dev = rec.device(ev.deviceId) if rec is not None else None
-        if dev is None or dev.revoked:
-            raise WireFailure("auth_failed", "unknown or revoked device")
-        cert = DeviceCertificate.decode(dev.certificate)
-        verify_possession(cert.keys.signing_key, nonce, ev.username, ev.deviceId, ev.signature)
+        cert = authenticate_device(
+            None if dev is None or dev.revoked else dev.certificate,
+            nonce, ev.username, ev.deviceId, ev.signature, decoy=self.decoy,
+        )
         if now >= cert.expires_at_ms:
             raise WireFailure("certificate_expired", "device certificate has expired")
         await self._authenticated(session, ev.username, ev.deviceId, rid)

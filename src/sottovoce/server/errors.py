@@ -14,7 +14,7 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``payload_too_large``  a field or list exceeds its limit [no]
 ``unauthorized``       the event needs an authenticated connection [no]
 ``already_authenticated`` register/auth on an authenticated connection [no]
-``auth_failed``        wrong signature, unknown or revoked device [no]
+``auth_failed``        wrong signature, unknown or revoked device: one answer for all [no]
 ``challenge_expired``  the challenge was older than its TTL; a new one follows [yes]
 ``challenge_used``     the challenge was already answered; a new one follows [yes]
 ``invalid_username``   the username breaks the alias rules [no]
