@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
@@ -40,6 +41,7 @@ from sottovoce.identity import (
     validate_username,
 )
 from sottovoce.limits import MAX_FRAME_BYTES
+from sottovoce.private_files import private_dir, private_file, sqlite_files
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
     CHALLENGE,
@@ -220,7 +222,7 @@ class ServerApp:
     async def start(self) -> None:
         cfg = self.config
         ctx = self._ssl_context()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._private_data_dir()
         await self.storage.open()
         await self.fanout.start()
         # No extensions (ciphertext does not compress; deflate would only cost CPU).
@@ -239,6 +241,18 @@ class ServerApp:
         self._spawn(self._expiry_loop())
         self.log.info("server.started", url=self.url, version=__version__,
                       path=str(cfg.data_dir), node=self.node_id)
+
+    def _private_data_dir(self) -> None:
+        """Data directory 0700, database files 0600; an existing wider one is reported
+        (a log line and standard error), not changed behind the operator's back."""
+        cfg = self.config
+        found = private_dir(cfg.data_dir)
+        if cfg.database is None:
+            found += private_file(cfg.db_path, *sqlite_files(cfg.db_path))
+        for too_open in found:
+            self.log.warning("storage.permissions", path=str(too_open.path),
+                             code=f"{too_open.mode:04o}")
+            print(f"sottovoce server: warning: {too_open}", file=sys.stderr, flush=True)
 
     async def stop(self) -> None:
         if self._server is not None:

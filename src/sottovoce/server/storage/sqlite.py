@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sottovoce.errors import RemoteError, UsageError
+from sottovoce.private_files import private_dir, private_file
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.storage.base import (
@@ -258,7 +259,9 @@ class SqliteStorage(Storage, SqliteRooms):
     # --- life cycle ----------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The app reports wider modes at start; here only: never create them wider.
+        private_dir(self.path.parent)
+        private_file(self.path)
         self._loop = asyncio.get_running_loop()
         conn = _connect(self.path)
         found = migrate(conn)
