@@ -5,9 +5,27 @@ amplification, inbox flooding, prekey and KeyPackage exhaustion.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import http.server
+import io
+import socket
+import ssl
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.push import WebhookTickleSender, check_endpoint
 from tests.conformance.conftest import online_pair
 from tests.integration.serverproc import ServerProcess
 
@@ -44,3 +62,120 @@ async def test_a_wider_existing_data_dir_is_reported_at_start(tmp_path: Path) ->
     warned = [line for line in srv.log_lines() if line["event"] == "storage.permissions"]
     assert warned and warned[0]["level"] == "warning" and warned[0]["path"] == str(data)
     assert _mode(data) == 0o755, "reported, not changed behind the operator's back"
+
+
+# --- push and DNS rebinding ---------------------------------------------------------------
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.hosts.append(self.headers.get("Host"))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _webhook(tls: ssl.SSLContext | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A webhook on 127.0.0.1; yields its port and the Host header of every POST."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    srv.hosts = []  # type: ignore[attr-defined]
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1], srv.hosts  # type: ignore[attr-defined]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _rebinding_dns(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> list[str]:
+    """The event loop's resolver (the server's and httpx's) answers ``answers`` in turn,
+    the last one for good: an attacker's DNS with a short TTL."""
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, port: object, *args: object, **kw: object) -> list[Any]:
+        asked.append(host)
+        ip = answers.pop(0) if len(answers) > 1 else answers[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    return asked
+
+
+async def test_push_does_not_follow_a_name_rebound_to_a_private_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _webhook() as (port, hosts):
+        endpoint = f"http://push.test:{port}/p"
+        _rebinding_dns(monkeypatch, ["93.184.216.34", "127.0.0.1"])
+        await check_endpoint(endpoint, allow_private=False)  # registration: a public address
+        log = io.StringIO()
+        sender = WebhookTickleSender(timeout_ms=2000, logger=JsonLogger(log))
+        await sender.tickle(endpoint, {"type": "ksmpv3_tickle"})  # now it says 127.0.0.1
+        await sender.close()
+    assert hosts == [], "the tickle reached the server's own network"
+    assert '"event":"push.refused"' in log.getvalue()
+
+
+async def test_push_resolves_once_per_delivery_and_keeps_the_endpoint_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _webhook() as (port, hosts):
+        # The second answer is an address nothing listens on: connecting there would fail.
+        asked = _rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.9"])
+        sender = WebhookTickleSender(timeout_ms=2000, logger=JsonLogger(io.StringIO()),
+                                     allow_private=True)
+        await sender.tickle(f"http://push.test:{port}/p", {"type": "ksmpv3_tickle"})
+        await sender.close()
+    assert asked == ["push.test"]
+    assert hosts == [f"push.test:{port}"]
+
+
+async def test_push_over_tls_sends_the_name_in_sni_and_checks_the_certificate_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key = _certificate(tmp_path, "push.test")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    with _webhook(server_ctx) as (port, hosts):
+        _rebinding_dns(monkeypatch, ["127.0.0.1"])
+        sender = WebhookTickleSender(timeout_ms=2000, logger=JsonLogger(io.StringIO()),
+                                     allow_private=True, verify=client_ctx)
+        await sender.tickle(f"https://push.test:{port}/p", {"type": "ksmpv3_tickle"})
+        await sender.close()
+    assert names == ["push.test"]
+    assert hosts == [f"push.test:{port}"], "the certificate names push.test, not 127.0.0.1"
+
+
+def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "push.pem", directory / "push.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    return cert_path, key_path

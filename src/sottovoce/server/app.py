@@ -151,7 +151,10 @@ class ServerApp:
         if self.fanout.remote:
             self.directory.on_change = self.fanout.directory_changed
         if tickle_sender is None:
-            tickle_sender = WebhookTickleSender(timeout_ms=config.push_timeout_ms, logger=logger)
+            tickle_sender = WebhookTickleSender(
+                timeout_ms=config.push_timeout_ms, logger=logger,
+                allow_private=config.push_allow_private,
+            )
         self.pusher = Pusher(
             tickle_sender,
             hints=config.push_hints,
