@@ -43,8 +43,27 @@ async def test_register_verifies_certificate_and_possession(url: str) -> None:
     c = await RawClient.open(url)
     reply = await c.register(dev)
     assert reply["event"] == "sottovoce.registered"
-    assert reply["data"] == {"userId": dev.username, "deviceId": "d1"}
-    assert c.connected["userId"] == dev.username
+    data = reply["data"]
+    assert data["userId"] == dev.username and data["deviceId"] == "d1"
+    assert data["latestGlobalInboxSeq"] == 0 and data["heartbeatMs"] > 0
+    assert abs(data["serverTimeMs"] - now_ms()) < 60_000
+
+
+async def test_register_and_device_add_get_exactly_one_reply(url: str) -> None:
+    """One reply per request: a client that settles a request on its first reply must not
+    see a second frame with the same requestId (a ksmpv3.connected after registered)."""
+    alice = Device.new()
+    for c, rid in [(await RawClient.open(url), "reg"), (await RawClient.open(url), "add")]:
+        device = alice if rid == "reg" else alice.sibling("d2")
+        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", {
+            "certificate": b64(device.certificate.encode()),
+            "signature": b64(device.sign_challenge(c.nonce)),
+        }, request_id=rid)
+        first = await c.recv()
+        assert first["event"] == "sottovoce.registered" and first["requestId"] == rid, first
+        await c.send("ping", {}, request_id="after")
+        nxt = await c.recv()
+        assert (nxt["event"], nxt.get("requestId")) == ("pong", "after"), nxt
 
 
 async def test_register_rejects_undecodable_certificate(url: str) -> None:

@@ -1304,7 +1304,7 @@ async def register_device(
             else ev.Register(certificate=cert, signature=signature)
         )
         await transport.send(request.to_frame("register"))
-        await expect_reply(transport, frozenset({ev.REGISTERED, ev.CONNECTED}))
+        await expect_reply(transport, frozenset({ev.REGISTERED}))  # the one reply
     except TransportClosed as exc:
         raise NotConnected(f"could not reach the server: {exc}") from None
     finally:

@@ -9,7 +9,8 @@ Session, in order::
     server: sottovoce.challenge {nonce}                       (on connect)
     client: sottovoce.register {certificate, signature}      (first time) or
             sottovoce.auth {username, deviceId, signature}   (every later time)
-    server: ksmpv3.connected {userId, deviceId, latestGlobalInboxSeq, ...}
+    server: ksmpv3.connected {userId, deviceId, latestGlobalInboxSeq, ...}  (auth) or
+            sottovoce.registered {the same fields}                         (register)
     client: ksmpv3.resume {lastGlobalInboxSeq}
     server: ksmpv3.inbox.frame × n, then sottovoce.replay.done, then live frames
     client: ksmpv3.send … ← ksmpv3.send.ack (after the write is durable)
@@ -20,7 +21,8 @@ Replies (``data`` of each server event; binary fields base64)::
 
     sottovoce.challenge        {nonce, serverTimeMs}
     ksmpv3.connected           {userId, deviceId, serverTimeMs, latestGlobalInboxSeq, heartbeatMs}
-    sottovoce.registered       {userId, deviceId}
+    sottovoce.registered       {the fields of ksmpv3.connected}: the ONE reply to register and
+                               device.add; the connection is then authenticated as after auth
     sottovoce.username.result  {username, available}
     sottovoce.directory.result {username, accountKey, devices: [{deviceId, certificate}],
                                 revokedDeviceIds: [..]}

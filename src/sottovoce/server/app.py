@@ -448,8 +448,7 @@ class ServerApp:
                           ev.signature)
         await self.directory.register(cert, ev.certificate, now)
         self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
-        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
-        await self._authenticated(session, cert.username, cert.device_id, rid)
+        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _add_device(
         self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
@@ -467,9 +466,8 @@ class ServerApp:
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
         self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
-        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
         self.delivery.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
-        await self._authenticated(session, cert.username, cert.device_id, rid)
+        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
         self, session: Session, ev: Auth, data: dict[str, Any], rid: str | None
@@ -488,15 +486,19 @@ class ServerApp:
         await self._authenticated(session, ev.username, ev.deviceId, rid)
 
     async def _authenticated(
-        self, session: Session, user: str, device: str, rid: str | None
+        self, session: Session, user: str, device: str, rid: str | None,
+        reply: str = CONNECTED,
     ) -> None:
+        """The connection is now this device's. One reply answers the request:
+        ``ksmpv3.connected`` for auth, ``sottovoce.registered`` (same fields) for
+        register and device.add."""
         session.user, session.device = user, device
         session.challenge = None
         pending = self.delivery.attach(session)
         if pending is not None:
             await pending  # other nodes route this device's frames here before it resumes
         latest = await self.storage.latest_inbox_seq(user, device)
-        session.reply(CONNECTED, {
+        session.reply(reply, {
             "userId": user,
             "deviceId": device,
             "serverTimeMs": now_ms(),
