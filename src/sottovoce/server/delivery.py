@@ -13,7 +13,10 @@
 One serverSeq per logical message (per conversation, strictly increasing);
 one globalInboxSeq per device per frame; both assigned inside the commit.
 Ephemeral sends never touch storage: they are relayed to the target devices
-online now (globalInboxSeq 0) or refused with ``recipient_offline``.
+online now (globalInboxSeq 0) or refused with ``recipient_offline``. They carry
+no serverSeq but an ``ephemeralSeq`` (per conversation, counted in this server
+process's memory, restarting with it), so that no client can mistake one
+sequence for the other.
 """
 
 from __future__ import annotations
@@ -62,14 +65,16 @@ def ack_text(
     server_seq: int,
     received_at_ms: int,
     duplicate: bool,
+    ephemeral: bool = False,
 ) -> str:
+    """``server_seq`` is the ephemeralSeq for an ephemeral send (and named so)."""
     # Every id here passed the protocol's id alphabet check: no JSON escaping needed.
     rid = '"requestId":"' + request_id + '",' if request_id is not None else ""
     return (
         '{"event":"ksmpv3.send.ack",' + rid + '"data":{"messageId":"' + message_id
         + '","idempotencyKey":"' + idempotency_key
         + '","conversationId":"' + conversation_id
-        + '","serverSeq":' + str(server_seq)
+        + ('","ephemeralSeq":' if ephemeral else '","serverSeq":') + str(server_seq)
         + ',"serverReceivedAtMs":' + str(received_at_ms)
         + (',"duplicate":true}}' if duplicate else ',"duplicate":false}}')
     )
@@ -298,7 +303,7 @@ class Delivery:
             session.write(
                 ack_text(rid, message_id=mid, idempotency_key=req.idempotency_key,
                          conversation_id=conv, server_seq=seq, received_at_ms=received,
-                         duplicate=True)
+                         duplicate=True, ephemeral=True)
             )
             return None
         online = self.online
@@ -368,7 +373,7 @@ class Delivery:
         session.write(
             ack_text(rid, message_id=req.message_id, idempotency_key=req.idempotency_key,
                      conversation_id=req.conversation_id, server_seq=seq,
-                     received_at_ms=received, duplicate=False)
+                     received_at_ms=received, duplicate=False, ephemeral=True)
         )
 
     # --- resume and ack -------------------------------------------------------------

@@ -110,7 +110,8 @@ class SendRequest:
         tail = (
             '","contentType":"' + self.content_type
             + '","clientCreatedAtMs":' + str(self.client_created_at_ms)
-            + ',"serverSeq":'
+            # An ephemeral message has no serverSeq: its own counter, its own name.
+            + (',"ephemeralSeq":' if self.ephemeral else ',"serverSeq":')
         )
         return head, tail
 
