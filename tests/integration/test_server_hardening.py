@@ -10,6 +10,8 @@ import contextlib
 import datetime
 import http.server
 import io
+import json
+import secrets
 import socket
 import ssl
 import stat
@@ -23,10 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.exceptions import ConnectionClosed
 
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.push import WebhookTickleSender, check_endpoint
 from tests.conformance.conftest import online_pair
+from tests.conformance.rawclient import Device, logged_in
 from tests.integration.serverproc import ServerProcess
 
 
@@ -179,3 +183,79 @@ def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
         serialization.NoEncryption(),
     ))
     return cert_path, key_path
+
+
+# --- resume amplification -----------------------------------------------------------------
+
+
+async def _unacked_inbox(url: str, messages: int, size: int) -> Device:
+    """A recipient whose inbox holds ``messages`` unacked frames of ``size`` bytes each."""
+    a, b = await online_pair(url)
+    bob = b.device
+    assert bob is not None
+    await b.close()
+    blob = secrets.token_bytes(size)
+    for _ in range(messages):
+        ack = await a.send_message(bob.username, [(bob.username, "d1", blob)])
+        assert ack["event"] == "ksmpv3.send.ack", ack
+    await a.close()
+    return bob
+
+
+async def _count_bytes(ws: Any, stop: asyncio.Event) -> int:
+    total = 0
+    while not stop.is_set():
+        try:
+            msg = await asyncio.wait_for(ws.recv(), 0.1)
+        except TimeoutError:
+            continue
+        except ConnectionClosed:
+            break
+        total += len(msg)
+    return total
+
+
+async def _one_replay(url: str, device: Device) -> int:
+    c = await logged_in(url, device)
+    frames = await c.resume(0)
+    await c.close()
+    return sum(len(json.dumps(f)) for f in frames)
+
+
+async def test_repeated_resumes_on_one_connection_send_one_replay(server: ServerProcess) -> None:
+    """400 resume{0} frames over a big inbox once made the server send 95,000x their size;
+    now a resume supersedes the running replay and never resends what the connection
+    already carried."""
+    bob = await _unacked_inbox(server.ws_url, 150, 4096)
+    replay = await _one_replay(server.ws_url, bob)
+    c = await logged_in(server.ws_url, bob)
+    stop = asyncio.Event()
+    counter = asyncio.create_task(_count_bytes(c.ws, stop))
+    for _ in range(60):
+        await c.ws.send(json.dumps({"event": "ksmpv3.resume", "data": {"lastGlobalInboxSeq": 0}}))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(1.0)
+    stop.set()
+    received = await counter
+    assert replay > 500_000
+    assert received < 1.5 * replay, (received, replay)
+
+
+async def test_reconnecting_to_resume_again_and_again_is_rate_limited(
+    server: ServerProcess,
+) -> None:
+    """Each connection needs a replay, so reconnecting is the other way to ask for many:
+    a device's resumes past a small burst (default 4) wait their turn (one per 5 s)."""
+    bob = await _unacked_inbox(server.ws_url, 150, 4096)
+    replay = await _one_replay(server.ws_url, bob)  # the first of the burst
+    stop = asyncio.Event()
+    counters = []
+    for _ in range(10):
+        c = await logged_in(server.ws_url, bob)  # replaces the previous connection
+        counters.append(asyncio.create_task(_count_bytes(c.ws, stop)))
+        await c.ws.send(json.dumps({"event": "ksmpv3.resume", "data": {"lastGlobalInboxSeq": 0}}))
+        await asyncio.sleep(0.15)
+    await asyncio.sleep(1.0)
+    stop.set()
+    received = sum(await asyncio.gather(*counters))
+    assert received < 3.5 * replay, (received, replay)  # the rest of the burst, then waits

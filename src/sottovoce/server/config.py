@@ -62,6 +62,8 @@ class ServerConfig:
     ip_burst: int = 400
     abuse_strikes: int = 50
     max_connections: int = 10_000
+    resume_burst: int = 4
+    resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
     prekey_low_watermark: int = ONE_TIME_KEYS_LOW_WATERMARK
     push_hints: bool = False
@@ -90,7 +92,8 @@ class ServerConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise UsageError("log level must be debug, info, warning or error")
         for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
-                     "max_batch", "device_burst", "ip_burst", "abuse_strikes"):
+                     "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
+                     "resume_interval_ms"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -184,6 +187,12 @@ OPTIONS: tuple[Option, ...] = (
            "rate-limited or malformed requests in a row before the socket is closed with 1008 "
            "(default 50)", "N"),
     Option("max_connections", int, "concurrent WebSocket connections (default 10000)", "N"),
+    Option("resume_burst", int,
+           "replays (ksmpv3.resume) a device may start at once, over all its connections "
+           "(default 4); later ones wait their turn", "N"),
+    Option("resume_interval_ms", int,
+           "past the burst, a device's next replay starts this long after the last (5000)",
+           "MS"),
     Option("write_buffer_limit", int,
            "bytes queued to one slow client before it is closed with 1013 (default 8 MiB)",
            "BYTES"),

@@ -10,6 +10,12 @@
     ksmpv3.resume{n} ──► replay frames after n in order ──► sottovoce.replay.done ──► live
     ksmpv3.ack.read{n} ──► delete the device's frames ≤ n
 
+A replay costs the server far more than the resume that asks for it, so one
+device gets one at a time: a new resume supersedes the running replay (it
+restarts from the new position, but never resends what this connection already
+carried: those frames are on the wire, in order), and a device's replays past
+``resume_burst`` wait ``resume_interval_ms`` each, over all its connections.
+
 One serverSeq per logical message (per conversation, strictly increasing);
 one globalInboxSeq per device per frame; both assigned inside the commit.
 Ephemeral sends never touch storage: they are relayed to the target devices
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from sottovoce.limits import REPLAY_BATCH
 from sottovoce.protocol.events import REPLAY_DONE, dm_conversation_id
 from sottovoce.server.errors import CLOSE_REPLACED, WireFailure
+from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.sendview import SendView
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import (
@@ -96,6 +103,8 @@ class Delivery:
         # (sender, sender device, recipient) -> the devices a send must cover.
         self._expected: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = {}
         self._expected_version = -1
+        cfg = app.config
+        self._resumes = KeyedBuckets(1000 / cfg.resume_interval_ms, cfg.resume_burst)
 
     # --- presence -------------------------------------------------------------------
 
@@ -379,19 +388,29 @@ class Delivery:
     # --- resume and ack -------------------------------------------------------------
 
     def resume(self, session: Session, last_seq: int, rid: str | None) -> None:
-        session.key  # noqa: B018 -- raises unless authenticated
+        key = session.key
         if session.replay_task is not None:
-            session.replay_task.cancel()
+            session.replay_task.cancel()  # superseded: one replay per connection
+        again = session.resumed
         session.resumed = True
         session.live = False
         # Everything already routed here is committed and the replay will read it.
         session.pending.clear()
         session.room_pending.clear()
-        session.room_sent.clear()  # rooms replay from the device's read positions
         session.pending_bytes = 0
         session.overflow = False
-        session.last_sent = last_seq
-        task = asyncio.get_running_loop().create_task(self._replay(session, rid))
+        if again:
+            # What this connection carried is on its way to the client, in order: a
+            # repeated resume never resends it (room frames likewise, by room_sent).
+            session.last_sent = max(last_seq, session.last_sent)
+        else:
+            session.last_sent = last_seq  # rooms replay from the device's read positions
+        wait = self._resumes.reserve(key)
+        metrics = self.app.metrics
+        metrics.resumes += 1
+        if wait:
+            metrics.resumes_deferred += 1
+        task = asyncio.get_running_loop().create_task(self._replay(session, rid, delay_ms=wait))
         session.replay_task = task
 
     def catch_up(self, session: Session) -> None:
@@ -409,12 +428,16 @@ class Delivery:
         task = asyncio.get_running_loop().create_task(self._replay(session, None, announce=False))
         session.replay_task = task
 
-    async def _replay(self, session: Session, rid: str | None, *, announce: bool = True) -> None:
+    async def _replay(
+        self, session: Session, rid: str | None, *, announce: bool = True, delay_ms: int = 0
+    ) -> None:
         user, device = session.key
         storage = self.app.storage
         budget = self.app.config.write_buffer_limit // 4
         replayed = 0
         try:
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)  # this device's turn (resume_interval_ms)
             while not session.closed:
                 rows = await storage.read_inbox(user, device, session.last_sent, REPLAY_BATCH)
                 written = 0

@@ -39,6 +39,8 @@ class Metrics(Collector):
         self.acked = 0
         self.expired = 0
         self.replay_rereads = 0
+        self.resumes = 0
+        self.resumes_deferred = 0
         # Rooms (issue 5): messages and commits stored, room frames written, messages
         # deleted once every member read them.
         self.room_messages = 0
@@ -105,6 +107,12 @@ class Metrics(Collector):
         yield CounterMetricFamily("sottovoce_replay_rereads",
                                   "replays that re-read storage after live frames overflowed",
                                   value=self.replay_rereads)
+        resumes = CounterMetricFamily("sottovoce_resumes", "ksmpv3.resume requests, and those "
+                                      "whose replay waited for the device's turn",
+                                      labels=["kind"])
+        resumes.add_metric(["requested"], self.resumes)
+        resumes.add_metric(["deferred"], self.resumes_deferred)
+        yield resumes
         rooms = CounterMetricFamily("sottovoce_room_events", "room messages and frames",
                                     labels=["kind"])
         rooms.add_metric(["message_stored"], self.room_messages)

@@ -1,10 +1,12 @@
-"""Token buckets: per device (after auth), per IP (before auth), and abuse strikes (DESIGN §7)."""
+"""Token buckets: per device (after auth), per IP (before auth), per device for resumes,
+and abuse strikes (DESIGN §7)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class TokenBucket:
@@ -28,6 +30,19 @@ class TokenBucket:
             return 0
         self._tokens = tokens
         return max(1, math.ceil((cost - tokens) / self._rate * 1000))
+
+    def reserve(self, cost: float = 1.0, *, now: float | None = None) -> int:
+        """Spend ``cost`` tokens now, going into debt if need be (at most one ``cost``
+        deep); returns how long (ms) the caller must wait before acting, 0 if none.
+        Unlike :meth:`take`, a caller that asks again while waiting pushes its own
+        turn further back instead of getting the same early one."""
+        t = time.monotonic() if now is None else now
+        tokens = min(self._burst, self._tokens + (t - self._stamp) * self._rate)
+        self._stamp = t
+        self._tokens = max(tokens - cost, -cost)
+        if self._tokens >= 0:
+            return 0
+        return max(1, math.ceil(-self._tokens / self._rate * 1000))
 
     def refund(self, cost: float = 1.0) -> None:
         self._tokens = min(self._burst, self._tokens + cost)
@@ -53,15 +68,16 @@ class Strikes:
 
 
 class KeyedBuckets:
-    """One bucket per key (IP address), the least recently used forgotten past ``max_keys``."""
+    """One bucket per key (an IP address, a device), the least recently used forgotten
+    past ``max_keys``."""
 
     def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000) -> None:
         self._rate = rate
         self._burst = burst
         self._max = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
-    def take(self, key: str, cost: float = 1.0) -> int:
+    def bucket(self, key: Hashable) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst)
@@ -70,4 +86,10 @@ class KeyedBuckets:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take(cost)
+        return bucket
+
+    def take(self, key: Hashable, cost: float = 1.0) -> int:
+        return self.bucket(key).take(cost)
+
+    def reserve(self, key: Hashable, cost: float = 1.0) -> int:
+        return self.bucket(key).reserve(cost)

@@ -15,7 +15,9 @@ connection:
     (buffer live frames)   (buffer live frames)       (write at once)
 
 Live frames that arrive while replaying are buffered and written after
-``sottovoce.replay.done`` unless the replay already carried them.
+``sottovoce.replay.done`` unless the replay already carried them. Another
+resume on the same connection supersedes the running replay and carries on
+from the later of its position and ``last_sent`` (delivery.py).
 """
 
 from __future__ import annotations
