@@ -16,7 +16,8 @@ import socket
 import ssl
 import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,26 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.push import WebhookTickleSender, check_endpoint
 from tests.conformance.conftest import online_pair
-from tests.conformance.rawclient import Device, logged_in
+from tests.conformance.rawclient import Device, logged_in, registered
 from tests.integration.serverproc import ServerProcess
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def _metric(text: str, name: str) -> float:
+    """One sample of the Prometheus text (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 # --- data directory permissions ---------------------------------------------------------
@@ -259,3 +269,57 @@ async def test_reconnecting_to_resume_again_and_again_is_rate_limited(
     stop.set()
     received = sum(await asyncio.gather(*counters))
     assert received < 3.5 * replay, (received, replay)  # the rest of the burst, then waits
+
+
+# --- lock-out before login ----------------------------------------------------------------
+
+#: Attackers' source addresses (Linux answers on all of 127.0.0.0/8 on lo).
+FLOOD_SOURCES = [f"127.0.0.{i}" for i in range(2, 8)]
+
+
+async def _flood(url: str, stop: asyncio.Event, held: list[Any], attempts: list[int]) -> None:
+    """Open unauthenticated WebSockets from FLOOD_SOURCES, round robin, and hold them (a
+    bounded number of attempts); refused ones are retried, as an attacker would."""
+    i = 0
+    while not stop.is_set() and attempts[0] < 3000:
+        attempts[0] += 1
+        source = FLOOD_SOURCES[i % len(FLOOD_SOURCES)]
+        i += 1
+        try:
+            ws = await connect(url, open_timeout=5, ping_interval=None, compression=None,
+                               local_addr=(source, 0))
+        except (OSError, InvalidHandshake, TimeoutError):
+            await asyncio.sleep(0.005)
+            continue
+        held.append(ws)
+
+
+async def test_a_flood_of_unauthenticated_connections_cannot_lock_out_logins(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """Unauthenticated sessions once counted against the global connection limit: a few
+    hundred from six addresses (scaled down from the 10,000 of the attack with
+    --max-connections) filled the server and every honest login got HTTP 503. Now they
+    have their own budget, per address and in total, and an honest device gets in."""
+    srv = server_factory("--max-connections", "300")
+    honest = Device.new()
+    await (await registered(srv.ws_url, honest)).close()
+    stop = asyncio.Event()
+    held: list[Any] = []
+    attempts = [0]
+    flood = asyncio.create_task(_flood(srv.ws_url, stop, held, attempts))
+    try:
+        while attempts[0] < 400:  # more than --max-connections: the old server was full
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        c = await logged_in(srv.ws_url, honest)  # during the flood
+        elapsed = time.monotonic() - t0
+        await c.close()
+    finally:
+        stop.set()
+        await flood
+        await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+    assert elapsed < 1.0, elapsed
+    assert attempts[0] > 400, "the flood went on during the login"
+    refused = _metric(srv.metrics(), 'sottovoce_handshakes_refused_total{reason="preauth_address"}')
+    assert refused > 0

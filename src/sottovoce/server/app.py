@@ -11,6 +11,11 @@ failure becomes one ``ksmpv3.error`` here, at the boundary. Pre-auth requests
 are limited per IP, later ones per device; a connection that keeps sending
 bad or rate-limited frames is closed with 1008 (codes in :mod:`.errors`).
 Nothing here is global: tests start several apps in one process.
+
+Connections not yet authenticated have a budget of their own (``max_preauth``
+in total, ``max_preauth_per_ip`` per address, ``preauth_timeout_ms`` each), apart
+from ``max_connections``, which counts authenticated ones only: a flood of
+sessions that never log in cannot take the room of devices that do.
 """
 
 from __future__ import annotations
@@ -165,7 +170,11 @@ class ServerApp:
             connections=lambda: len(self.sessions),
             online=lambda: len(self.delivery.online),
             tickles=lambda: self.pusher.count,
+            unauthenticated=lambda: self.preauth_total,
         )
+        #: Sessions not authenticated yet, per remote address and in total.
+        self.preauth: dict[str, int] = {}
+        self.preauth_total = 0
         stats = getattr(self.storage, "stats", None)
         if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
             stats.observers.append(self.metrics.observe_batch)
@@ -316,15 +325,32 @@ class ServerApp:
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
         if path != WS_PATH:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        cfg = self.config
         wait = self.ip_buckets.take(remote)
         if wait:
             self.metrics.error("rate_limited")
-            resp = _response(HTTPStatus.TOO_MANY_REQUESTS, b"rate limited\n", "text/plain")
-            resp.headers["Retry-After"] = str(max(1, wait // 1000))
-            return resp
-        if len(self.sessions) >= self.config.max_connections:
-            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"server full\n", "text/plain")
+            return self._refuse_handshake("rate_limited", HTTPStatus.TOO_MANY_REQUESTS,
+                                          b"rate limited\n", max(1, wait // 1000))
+        if len(self.sessions) - self.preauth_total >= cfg.max_connections:
+            return self._refuse_handshake("server_full", HTTPStatus.SERVICE_UNAVAILABLE,
+                                          b"server full\n", 1)
+        if self.preauth.get(remote, 0) >= cfg.max_preauth_per_ip:
+            return self._refuse_handshake(
+                "preauth_address", HTTPStatus.TOO_MANY_REQUESTS,
+                b"too many unauthenticated connections from this address\n", 1)
+        if self.preauth_total >= cfg.max_preauth:
+            return self._refuse_handshake(
+                "preauth_full", HTTPStatus.SERVICE_UNAVAILABLE,
+                b"too many unauthenticated connections\n", 1)
         return None
+
+    def _refuse_handshake(
+        self, reason: str, status: HTTPStatus, body: bytes, retry_after_s: int
+    ) -> Response:
+        self.metrics.handshake_refused(reason)
+        resp = _response(status, body, "text/plain")
+        resp.headers["Retry-After"] = str(retry_after_s)
+        return resp
 
     # --- WebSocket ------------------------------------------------------------------
 
@@ -332,6 +358,9 @@ class ServerApp:
         """The transport upgraded a connection; frames go to the session from now on."""
         session = Session(self, conn)
         self.sessions.add(session)
+        session.preauth = True
+        self.preauth[session.remote] = self.preauth.get(session.remote, 0) + 1
+        self.preauth_total += 1
         self._challenge(session)
 
         def preauth_expired() -> None:
@@ -349,8 +378,21 @@ class ServerApp:
         if session.timer is not None:
             session.timer.cancel()
         session.closed = True
+        self._end_preauth(session)
         self.delivery.detach(session)
         self.sessions.discard(session)
+
+    def _end_preauth(self, session: Session) -> None:
+        """The session leaves the pre-auth budget (authenticated or gone), once."""
+        if not session.preauth:
+            return
+        session.preauth = False
+        self.preauth_total -= 1
+        left = self.preauth[session.remote] - 1
+        if left:
+            self.preauth[session.remote] = left
+        else:
+            del self.preauth[session.remote]
 
     def _challenge(self, session: Session) -> None:
         now = now_ms()
@@ -494,6 +536,7 @@ class ServerApp:
         register and device.add."""
         session.user, session.device = user, device
         session.challenge = None
+        self._end_preauth(session)
         pending = self.delivery.attach(session)
         if pending is not None:
             await pending  # other nodes route this device's frames here before it resumes

@@ -53,7 +53,7 @@ class ServerConfig:
     expiry_interval_ms: int = 60_000
     heartbeat_ms: int = KEEPALIVE_INTERVAL_MS
     challenge_ttl_ms: int = AUTH_CHALLENGE_TTL_MS
-    preauth_timeout_ms: int = 60_000
+    preauth_timeout_ms: int = 5_000
     commit_window_ms: float = 0.0
     max_batch: int = 2048
     device_rate: float = 2000.0
@@ -62,6 +62,8 @@ class ServerConfig:
     ip_burst: int = 400
     abuse_strikes: int = 50
     max_connections: int = 10_000
+    max_preauth: int = 1024
+    max_preauth_per_ip: int = 16
     resume_burst: int = 4
     resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
@@ -93,7 +95,8 @@ class ServerConfig:
             raise UsageError("log level must be debug, info, warning or error")
         for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
-                     "resume_interval_ms"):
+                     "resume_interval_ms", "preauth_timeout_ms", "max_connections",
+                     "max_preauth", "max_preauth_per_ip"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -171,7 +174,7 @@ OPTIONS: tuple[Option, ...] = (
            "MS"),
     Option("challenge_ttl_ms", int, "an auth challenge must be answered within this (30000)",
            "MS"),
-    Option("preauth_timeout_ms", int, "close connections not authenticated within this (60000)",
+    Option("preauth_timeout_ms", int, "close connections not authenticated within this (5000)",
            "MS"),
     Option("commit_window_ms", float,
            "extra wait to gather more sends into one commit (default 0: take what queued "
@@ -186,7 +189,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("abuse_strikes", int,
            "rate-limited or malformed requests in a row before the socket is closed with 1008 "
            "(default 50)", "N"),
-    Option("max_connections", int, "concurrent WebSocket connections (default 10000)", "N"),
+    Option("max_connections", int,
+           "concurrent authenticated WebSocket connections (default 10000)", "N"),
+    Option("max_preauth", int,
+           "concurrent connections not yet authenticated, in total (default 1024); they never "
+           "take the room of authenticated ones", "N"),
+    Option("max_preauth_per_ip", int,
+           "concurrent connections not yet authenticated from one IP address (default 16)",
+           "N"),
     Option("resume_burst", int,
            "replays (ksmpv3.resume) a device may start at once, over all its connections "
            "(default 4); later ones wait their turn", "N"),

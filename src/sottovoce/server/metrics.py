@@ -24,10 +24,14 @@ class Metrics(Collector):
         connections: Callable[[], int] = lambda: 0,
         online: Callable[[], int] = lambda: 0,
         tickles: Callable[[], int] = lambda: 0,
+        unauthenticated: Callable[[], int] = lambda: 0,
     ) -> None:
         self.connections = connections
         self.online = online
         self.tickles = tickles
+        self.unauthenticated = unauthenticated
+        #: WebSocket upgrades refused, by reason (a fixed set: see ServerApp).
+        self.handshakes_refused: dict[str, int] = {}
         self.frames: dict[str, int] = dict.fromkeys((*ALL_CLIENT_EVENTS, "invalid"), 0)
         self.errors: dict[str, int] = {}
         self.closes: dict[int, int] = {}
@@ -69,6 +73,9 @@ class Metrics(Collector):
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    def handshake_refused(self, reason: str) -> None:
+        self.handshakes_refused[reason] = self.handshakes_refused.get(reason, 0) + 1
+
     def closed(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
 
@@ -85,6 +92,14 @@ class Metrics(Collector):
                                 value=self.connections())
         yield GaugeMetricFamily("sottovoce_devices_online", "authenticated devices",
                                 value=self.online())
+        yield GaugeMetricFamily("sottovoce_connections_unauthenticated",
+                                "connections that have not authenticated yet",
+                                value=self.unauthenticated())
+        refused = CounterMetricFamily("sottovoce_handshakes_refused",
+                                      "WebSocket upgrades refused, by reason", labels=["reason"])
+        for reason, n in sorted(self.handshakes_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
         frames = CounterMetricFamily("sottovoce_frames_received", "client frames by event",
                                      labels=["event"])
         for event, n in self.frames.items():

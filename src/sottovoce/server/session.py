@@ -54,6 +54,7 @@ class Session:
         "overflow",
         "pending",
         "pending_bytes",
+        "preauth",
         "remote",
         "replay_task",
         "resumed",
@@ -86,6 +87,7 @@ class Session:
         self.replay_task: asyncio.Task[None] | None = None
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None  # the pre-auth deadline
+        self.preauth = False  # counted in the app's pre-auth budget
         self._limit = cfg.write_buffer_limit
 
     @property
