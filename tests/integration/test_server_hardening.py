@@ -300,8 +300,10 @@ async def test_a_flood_of_unauthenticated_connections_cannot_lock_out_logins(
     """Unauthenticated sessions once counted against the global connection limit: a few
     hundred from six addresses (scaled down from the 10,000 of the attack with
     --max-connections) filled the server and every honest login got HTTP 503. Now they
-    have their own budget, per address and in total, and an honest device gets in."""
-    srv = server_factory("--max-connections", "300")
+    have their own budget (scaled down too): 16 per address, 64 in all, the oldest
+    closed for a newer one; an honest device gets in."""
+    srv = server_factory("--max-connections", "300", "--max-preauth-per-ip", "16",
+                         "--max-preauth", "64")
     honest = Device.new()
     await (await registered(srv.ws_url, honest)).close()
     stop = asyncio.Event()
@@ -315,11 +317,18 @@ async def test_a_flood_of_unauthenticated_connections_cannot_lock_out_logins(
         c = await logged_in(srv.ws_url, honest)  # during the flood
         elapsed = time.monotonic() - t0
         await c.close()
+        # One address alone gets 16 at a time: the 17th is refused.
+        for _ in range(16):
+            held.append(await connect(srv.ws_url, local_addr=("127.0.0.8", 0)))
+        with pytest.raises(InvalidHandshake, match="429"):
+            await connect(srv.ws_url, local_addr=("127.0.0.8", 0))
     finally:
         stop.set()
         await flood
         await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
     assert elapsed < 1.0, elapsed
     assert attempts[0] > 400, "the flood went on during the login"
-    refused = _metric(srv.metrics(), 'sottovoce_handshakes_refused_total{reason="preauth_address"}')
-    assert refused > 0
+    text = srv.metrics()
+    assert _metric(text, 'sottovoce_handshakes_refused_total{reason="preauth_address"}') > 0
+    assert _metric(text, "sottovoce_preauth_evicted_total") > 0
+

@@ -12,22 +12,28 @@ are limited per IP, later ones per device; a connection that keeps sending
 bad or rate-limited frames is closed with 1008 (codes in :mod:`.errors`).
 Nothing here is global: tests start several apps in one process.
 
-Connections not yet authenticated have a budget of their own (``max_preauth``
-in total, ``max_preauth_per_ip`` per address, ``preauth_timeout_ms`` each), apart
-from ``max_connections``, which counts authenticated ones only: a flood of
-sessions that never log in cannot take the room of devices that do.
+Connections not yet authenticated have a budget of their own, apart from
+``max_connections``, which counts authenticated ones only, so that a flood of
+sessions that never log in cannot take the room of devices that do: each has
+``preauth_timeout_ms`` to log in; one address (an IPv6 /64 counts as one) may
+hold ``max_preauth_per_ip`` of them (more are refused with HTTP 429); and when
+``max_preauth`` are open in all, a new one closes the oldest (1008), so that a
+flood from many addresses only ever displaces sessions that had their chance
+(an honest device logs in within one round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import socket
 import ssl
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
@@ -170,11 +176,11 @@ class ServerApp:
             connections=lambda: len(self.sessions),
             online=lambda: len(self.delivery.online),
             tickles=lambda: self.pusher.count,
-            unauthenticated=lambda: self.preauth_total,
+            unauthenticated=lambda: len(self.preauth_sessions),
         )
-        #: Sessions not authenticated yet, per remote address and in total.
+        #: Sessions not authenticated yet, oldest first, and how many per address.
+        self.preauth_sessions: OrderedDict[Session, None] = OrderedDict()
         self.preauth: dict[str, int] = {}
-        self.preauth_total = 0
         stats = getattr(self.storage, "stats", None)
         if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
             stats.observers.append(self.metrics.observe_batch)
@@ -331,17 +337,18 @@ class ServerApp:
             self.metrics.error("rate_limited")
             return self._refuse_handshake("rate_limited", HTTPStatus.TOO_MANY_REQUESTS,
                                           b"rate limited\n", max(1, wait // 1000))
-        if len(self.sessions) - self.preauth_total >= cfg.max_connections:
+        if len(self.sessions) - len(self.preauth_sessions) >= cfg.max_connections:
             return self._refuse_handshake("server_full", HTTPStatus.SERVICE_UNAVAILABLE,
                                           b"server full\n", 1)
-        if self.preauth.get(remote, 0) >= cfg.max_preauth_per_ip:
+        if self.preauth.get(address_key(remote), 0) >= cfg.max_preauth_per_ip:
             return self._refuse_handshake(
                 "preauth_address", HTTPStatus.TOO_MANY_REQUESTS,
                 b"too many unauthenticated connections from this address\n", 1)
-        if self.preauth_total >= cfg.max_preauth:
-            return self._refuse_handshake(
-                "preauth_full", HTTPStatus.SERVICE_UNAVAILABLE,
-                b"too many unauthenticated connections\n", 1)
+        while len(self.preauth_sessions) >= cfg.max_preauth:
+            oldest = next(iter(self.preauth_sessions))
+            self._end_preauth(oldest)
+            self.metrics.preauth_evicted += 1
+            oldest.close(CLOSE_ABUSE, "server busy: authenticate sooner")
         return None
 
     def _refuse_handshake(
@@ -359,8 +366,9 @@ class ServerApp:
         session = Session(self, conn)
         self.sessions.add(session)
         session.preauth = True
-        self.preauth[session.remote] = self.preauth.get(session.remote, 0) + 1
-        self.preauth_total += 1
+        self.preauth_sessions[session] = None
+        key = address_key(session.remote)
+        self.preauth[key] = self.preauth.get(key, 0) + 1
         self._challenge(session)
 
         def preauth_expired() -> None:
@@ -387,12 +395,13 @@ class ServerApp:
         if not session.preauth:
             return
         session.preauth = False
-        self.preauth_total -= 1
-        left = self.preauth[session.remote] - 1
+        del self.preauth_sessions[session]
+        key = address_key(session.remote)
+        left = self.preauth[key] - 1
         if left:
-            self.preauth[session.remote] = left
+            self.preauth[key] = left
         else:
-            del self.preauth[session.remote]
+            del self.preauth[key]
 
     def _challenge(self, session: Session) -> None:
         now = now_ms()
@@ -699,6 +708,20 @@ class ServerApp:
             else:
                 self.fanout.account_deleted((user, device), text)  # held by another node, if any
         session.close(CLOSE_ACCOUNT_DELETED, "account deleted")
+
+
+def address_key(remote: str) -> str:
+    """Whose connection this is, for per-address budgets: the IPv4 address, or the
+    IPv6 /64 (one subscriber usually holds a whole /64)."""
+    try:
+        addr = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return remote
 
 
 def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:

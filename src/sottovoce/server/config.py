@@ -63,7 +63,7 @@ class ServerConfig:
     abuse_strikes: int = 50
     max_connections: int = 10_000
     max_preauth: int = 1024
-    max_preauth_per_ip: int = 16
+    max_preauth_per_ip: int = 64
     resume_burst: int = 4
     resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
@@ -192,11 +192,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", int,
            "concurrent authenticated WebSocket connections (default 10000)", "N"),
     Option("max_preauth", int,
-           "concurrent connections not yet authenticated, in total (default 1024); they never "
-           "take the room of authenticated ones", "N"),
+           "concurrent connections not yet authenticated, in total (default 1024; past it a "
+           "new one closes the oldest); they never take the room of authenticated ones", "N"),
     Option("max_preauth_per_ip", int,
-           "concurrent connections not yet authenticated from one IP address (default 16)",
-           "N"),
+           "concurrent connections not yet authenticated from one IPv4 address or IPv6 /64 "
+           "(default 64)", "N"),
     Option("resume_burst", int,
            "replays (ksmpv3.resume) a device may start at once, over all its connections "
            "(default 4); later ones wait their turn", "N"),

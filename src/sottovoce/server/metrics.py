@@ -32,6 +32,8 @@ class Metrics(Collector):
         self.unauthenticated = unauthenticated
         #: WebSocket upgrades refused, by reason (a fixed set: see ServerApp).
         self.handshakes_refused: dict[str, int] = {}
+        #: Unauthenticated sessions closed to make room for newer ones.
+        self.preauth_evicted = 0
         self.frames: dict[str, int] = dict.fromkeys((*ALL_CLIENT_EVENTS, "invalid"), 0)
         self.errors: dict[str, int] = {}
         self.closes: dict[int, int] = {}
@@ -100,6 +102,9 @@ class Metrics(Collector):
         for reason, n in sorted(self.handshakes_refused.items()):
             refused.add_metric([reason], n)
         yield refused
+        yield CounterMetricFamily("sottovoce_preauth_evicted",
+                                  "unauthenticated connections closed to make room for newer ones",
+                                  value=self.preauth_evicted)
         frames = CounterMetricFamily("sottovoce_frames_received", "client frames by event",
                                      labels=["event"])
         for event, n in self.frames.items():
