@@ -29,10 +29,13 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from sottovoce.pairwise import PrekeyBundle
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.push import WebhookTickleSender, check_endpoint
 from tests.conformance.conftest import online_pair
-from tests.conformance.rawclient import Device, logged_in, registered
+from tests.conformance.rawclient import Device, RawClient, b64, logged_in, registered, unb64
+from tests.conformance.test_directory import olm_device
+from tests.integration.client_helpers import make_account
 from tests.integration.serverproc import ServerProcess
 
 
@@ -332,3 +335,117 @@ async def test_a_flood_of_unauthenticated_connections_cannot_lock_out_logins(
     assert _metric(text, 'sottovoce_handshakes_refused_total{reason="preauth_address"}') > 0
     assert _metric(text, "sottovoce_preauth_evicted_total") > 0
 
+
+# --- prekey and KeyPackage exhaustion -----------------------------------------------------
+
+
+async def _claim_prekeys(c: RawClient, target: str, times: int) -> list[bool]:
+    """Claim ``times``; per claim, whether the key served was a one-time key."""
+    out = []
+    for _ in range(times):
+        reply = await c.request("sottovoce.prekeys.claim", {"username": target})
+        (raw,) = reply["data"]["bundles"]
+        out.append(not PrekeyBundle.decode(unb64(raw)).prekey.fallback)
+    return out
+
+
+async def test_strangers_cannot_strip_a_user_of_one_time_prekeys(server: ServerProcess) -> None:
+    """A stranger once claimed all 50 one-time prekeys of a user in under a second. Now
+    one gets 5 an hour of a target and all strangers together 20; past that they get
+    the fallback key, which consumes nothing."""
+    url = server.ws_url
+    alice, olm = olm_device()
+    a = await registered(url, alice)
+    keys = olm.new_one_time_keys(alice.device_key, 50)
+    reply = await a.request("sottovoce.prekeys.upload", {
+        "oneTimeKeys": [b64(k.encode()) for k in keys],
+        "fallbackKey": b64(olm.new_fallback_key(alice.device_key).encode()),
+    })
+    assert reply["data"]["oneTimeKeys"] == 50
+    stranger = await registered(url)
+    first = await _claim_prekeys(stranger, alice.username, 60)
+    assert sum(first) == 5 and first[:5] == [True] * 5
+    sybils = [await registered(url) for _ in range(6)]
+    more = [await _claim_prekeys(s, alice.username, 5) for s in sybils]
+    assert sum(first) + sum(map(sum, more)) == 20, "all strangers together: 20 an hour"
+    # The owner's own other device is no stranger.
+    a2 = await RawClient.open(url)
+    await a2.add_device(alice.sibling("d2"))
+    assert await _claim_prekeys(a2, alice.username, 3) == [True] * 3
+    text = server.metrics()
+    assert _metric(text, 'sottovoce_key_claims_total{kind="prekey",result="limited"}') == 55 + 15
+    assert _metric(text, 'sottovoce_key_claims_total{kind="prekey",result="one_time"}') == 23
+
+
+async def test_strangers_cannot_strip_a_user_of_one_time_keypackages(
+    server: ServerProcess,
+) -> None:
+    url = server.ws_url
+    owner = await registered(url)
+    kps = [secrets.token_bytes(200) for _ in range(50)]
+    last = secrets.token_bytes(200)
+    reply = await owner.request("sottovoce.keypackages.upload", {
+        "keyPackages": [b64(k) for k in kps], "lastResort": b64(last)})
+    assert reply["data"] == {"count": 50}
+    name = owner.device.username  # type: ignore[union-attr]
+    stranger = await registered(url)
+    got = []
+    for _ in range(60):
+        r = await stranger.request("sottovoce.keypackages.claim", {"username": name})
+        (bundle,) = r["data"]["keyPackages"]
+        got.append(unb64(bundle["keyPackage"]))
+    assert got[:5] == kps[:5] and got[5:] == [last] * 55
+    metric = 'sottovoce_key_claims_total{kind="keypackage",result="limited"}'
+    assert _metric(server.metrics(), metric) == 55
+
+
+async def _poll(claim: Callable[[], Any], until: Callable[[Any], bool], timeout: float) -> float:
+    """Claim every 0.1 s until ``until(result)``; returns how long it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if until(await claim()):
+            return time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the stock was not replenished")
+
+
+async def test_the_owner_replenishes_at_once_when_its_stock_runs_low(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path,
+) -> None:
+    """A drain right after an upload used to be ignored for 5 s (the client took every
+    low notice that soon for the one sent at login); now the device tops up at once,
+    prekeys and KeyPackages alike."""
+    srv = server_factory("--key-claims-per-requester", "1000", "--key-claims-per-target", "1000")
+    alice = await make_account(srv, "alice", tmp_path)
+    try:
+        stranger = await registered(srv.ws_url)
+
+        async def prekey() -> bool | None:
+            r = await stranger.request("sottovoce.prekeys.claim", {"username": "alice"})
+            bundles = r["data"]["bundles"]
+            return not PrekeyBundle.decode(unb64(bundles[0])).prekey.fallback if bundles else None
+
+        async def keypackage() -> bytes | None:
+            r = await stranger.request("sottovoce.keypackages.claim", {"username": "alice"})
+            kps = r["data"]["keyPackages"]
+            return unb64(kps[0]["keyPackage"]) if kps else None
+
+        async def drain(event: str, reply: str, n: int) -> None:
+            for _ in range(n):  # pipelined: the whole stock at once
+                await stranger.send(event, {"username": "alice"})
+            for _ in range(n):
+                await stranger.wait_for(reply)
+
+        # Right after the first upload (well within the old 5 s), the whole stock goes.
+        await _poll(prekey, lambda one_time: one_time is True, 10)
+        await drain("sottovoce.prekeys.claim", "sottovoce.prekeys.bundles", 60)
+        assert await _poll(prekey, lambda one_time: one_time is True, 2) < 2
+
+        async def two_differ() -> bool:  # the last-resort KeyPackage is the same every time
+            return await keypackage() != await keypackage()
+
+        await _poll(keypackage, lambda kp: kp is not None, 10)
+        await drain("sottovoce.keypackages.claim", "sottovoce.keypackages.bundles", 60)
+        assert await _poll(two_differ, lambda differ: differ, 2) < 2
+    finally:
+        await alice.close()

@@ -299,6 +299,18 @@ async def test_prekeys_one_time_then_fallback(backend: Factory) -> None:
         await st.close()
 
 
+async def test_a_limited_claim_gets_the_fallback_and_consumes_nothing(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        await st.store_prekeys("bob", "d1", [("a", b"ka"), ("b", b"kb")], b"fb", 3)
+        got = await st.claim_prekeys("bob", ("alice", "d1"), one_time=False)
+        assert [(c.prekey, c.remaining) for c in got] == [(b"fb", 2)]
+        assert await st.count_prekeys("bob", "d1") == 2
+        assert (await st.claim_prekeys("bob", ("alice", "d1")))[0].prekey == b"ka"
+    finally:
+        await st.close()
+
+
 async def test_concurrent_claims_never_hand_out_a_key_twice(backend: Factory) -> None:
     st = await _open(backend)
     try:

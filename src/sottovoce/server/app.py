@@ -114,7 +114,7 @@ from sottovoce.server.push import (
     WebhookTickleSender,
     check_endpoint,
 )
-from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.ratelimit import ClaimLimits, KeyedBuckets
 from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session
@@ -172,7 +172,10 @@ class ServerApp:
             min_interval_ms=config.push_min_interval_ms,
             logger=logger,
         )
+        self.key_claims = ClaimLimits(config.key_claims_per_requester,
+                                      config.key_claims_per_target)
         self.metrics = Metrics(
+            key_claims=lambda: self.key_claims.counts,
             connections=lambda: len(self.sessions),
             online=lambda: len(self.delivery.online),
             tickles=lambda: self.pusher.count,
@@ -631,7 +634,10 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        claimed = await self.directory.claim(ev.username, session.key)
+        if await self.directory.account(ev.username) is None:
+            raise WireFailure("unknown_user", "no such user")
+        one_time = self.key_claims.one_time("prekey", session.key[0], ev.username)
+        claimed = await self.directory.claim(ev.username, session.key, one_time=one_time)
         session.reply(PREKEY_BUNDLES, {
             "username": ev.username,
             # PrekeyBundle.encode() is the certificate's encoding followed by the prekey's.

@@ -64,6 +64,8 @@ class ServerConfig:
     max_connections: int = 10_000
     max_preauth: int = 1024
     max_preauth_per_ip: int = 64
+    key_claims_per_requester: int = 5
+    key_claims_per_target: int = 20
     resume_burst: int = 4
     resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
@@ -96,7 +98,8 @@ class ServerConfig:
         for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
                      "resume_interval_ms", "preauth_timeout_ms", "max_connections",
-                     "max_preauth", "max_preauth_per_ip"):
+                     "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
+                     "key_claims_per_target"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -197,6 +200,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_preauth_per_ip", int,
            "concurrent connections not yet authenticated from one IPv4 address or IPv6 /64 "
            "(default 64)", "N"),
+    Option("key_claims_per_requester", int,
+           "one-time prekeys / KeyPackages one account may take of another per hour (5); "
+           "past it, claims get the fallback / last-resort key", "N"),
+    Option("key_claims_per_target", int,
+           "one-time prekeys / KeyPackages all other accounts together may take of one "
+           "account per hour (20)", "N"),
     Option("resume_burst", int,
            "replays (ksmpv3.resume) a device may start at once, over all its connections "
            "(default 4); later ones wait their turn", "N"),

@@ -25,7 +25,9 @@ class Metrics(Collector):
         online: Callable[[], int] = lambda: 0,
         tickles: Callable[[], int] = lambda: 0,
         unauthenticated: Callable[[], int] = lambda: 0,
+        key_claims: Callable[[], dict[tuple[str, str], int]] = dict,
     ) -> None:
+        self.key_claims = key_claims
         self.connections = connections
         self.online = online
         self.tickles = tickles
@@ -141,6 +143,12 @@ class Metrics(Collector):
         rooms.add_metric(["frame_replay"], self.room_deliveries_replay)
         rooms.add_metric(["message_deleted"], self.room_deleted)
         yield rooms
+        claims = CounterMetricFamily(
+            "sottovoce_key_claims", "prekey and KeyPackage claims: allowed one-time keys, or "
+            "limited to the fallback / last-resort key", labels=["kind", "result"])
+        for (kind, result), n in sorted(self.key_claims().items()):
+            claims.add_metric([kind, result], n)
+        yield claims
         yield CounterMetricFamily("sottovoce_push_tickles", "push tickles sent",
                                   value=self.tickles())
         errors = CounterMetricFamily("sottovoce_errors", "ksmpv3.error by code", labels=["code"])

@@ -67,6 +67,44 @@ class Strikes:
             self._count -= 1
 
 
+class ClaimLimits:
+    """One-time prekeys and KeyPackages handed to other accounts (docs/threat-model.md).
+
+    Each is spent by the claim that takes it, so a stranger who claims in a loop
+    would strip a user of them and leave everyone who contacts that user with
+    the reusable fallback key (weaker forward secrecy of first messages). A
+    requester gets ``per_requester`` one-time keys of a target per hour, and all
+    requesters together ``per_target``; past either, a claim is still answered,
+    with the fallback / last-resort key, which consumes nothing. An account
+    claiming its own other devices' keys is not limited. "Stranger" is, for now,
+    any other account: nothing here knows contacts.
+    """
+
+    HOUR_S = 3600
+
+    def __init__(self, per_requester: int, per_target: int) -> None:
+        self._pair = KeyedBuckets(per_requester / self.HOUR_S, per_requester)
+        self._target = KeyedBuckets(per_target / self.HOUR_S, per_target)
+        #: (kind, "one_time" | "limited") -> claims, for the metrics.
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def one_time(self, kind: str, requester: str, target: str) -> bool:
+        """Whether this claim may take one-time keys (``kind``: prekey, keypackage)."""
+        allowed = requester == target or self._take(kind, requester, target)
+        key = (kind, "one_time" if allowed else "limited")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return allowed
+
+    def _take(self, kind: str, requester: str, target: str) -> bool:
+        pair = self._pair.bucket((kind, requester, target))
+        if pair.take():
+            return False
+        if self._target.take((kind, target)):
+            pair.refund()
+            return False
+        return True
+
+
 class KeyedBuckets:
     """One bucket per key (an IP address, a device), the least recently used forgotten
     past ``max_keys``."""

@@ -863,7 +863,7 @@ class PostgresStorage(Storage, PostgresRooms):
         return await self._with(run, write=False)
 
     async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
         async def run(conn: Any) -> list[ClaimedPrekey]:
             out: list[ClaimedPrekey] = []
@@ -879,8 +879,8 @@ class PostgresStorage(Storage, PostgresRooms):
                 # claims (any node) take different keys without waiting. Only if
                 # every key left is locked, wait for those claims to finish: the
                 # fallback is handed out only when no one-time key remains.
-                prekey = await conn.fetchval(_CLAIM_SKIP, dev)
-                if prekey is None:
+                prekey = await conn.fetchval(_CLAIM_SKIP, dev) if one_time else None
+                if prekey is None and one_time:
                     prekey = await conn.fetchval(_CLAIM_WAIT, dev)
                 if prekey is None:
                     prekey = await conn.fetchval(

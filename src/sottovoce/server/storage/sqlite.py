@@ -785,12 +785,13 @@ class SqliteStorage(Storage, SqliteRooms):
         return int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
 
     async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
-        return await self._write(self._w_claim, user_id, exclude_device)
+        return await self._write(self._w_claim, user_id, exclude_device, one_time)
 
     def _w_claim(
-        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None
+        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None,
+        one_time: bool,
     ) -> list[ClaimedPrekey]:
         out: list[ClaimedPrekey] = []
         devices = conn.execute(
@@ -803,7 +804,7 @@ class SqliteStorage(Storage, SqliteRooms):
                 continue
             row = conn.execute(
                 "SELECT key_id, prekey FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1", (dev,)
-            ).fetchone()
+            ).fetchone() if one_time else None
             if row is not None:
                 # The single writer makes take-and-delete atomic: no other claim
                 # can run between these two statements (DESIGN §7).
