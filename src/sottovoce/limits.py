@@ -101,6 +101,16 @@ REPLAY_BATCH = 500
 AUTH_CHALLENGE_TTL_MS = 30_000
 #: Unacked inbox frames are kept this long by default (server --retention-days).
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Default inbox quotas (server --inbox-*): what may wait unread in one device's inbox,
+#: in all (a device offline for the whole retention in busy conversations stays under it)...
+INBOX_MAX_MESSAGES = 20_000
+INBOX_MAX_BYTES = 256 * 1024 * 1024
+#: ...from one account its account has written to (half: no contact fills it alone)...
+INBOX_CONTACT_MESSAGES = 10_000
+INBOX_CONTACT_BYTES = 128 * 1024 * 1024
+#: ...and from one account it has never written to (a stranger gets a tenth of that).
+INBOX_STRANGER_MESSAGES = 1_000
+INBOX_STRANGER_BYTES = 16 * 1024 * 1024
 #: Keepalive: the server pings idle connections at this interval.
 KEEPALIVE_INTERVAL_MS = 20_000
 #: Frames read but held back while a connection's earlier async work runs; past

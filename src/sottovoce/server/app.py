@@ -741,12 +741,14 @@ def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
             logger=logger,
             commit_window_ms=config.commit_window_ms,
             max_batch=config.max_batch,
+            limits=config.inbox_limits,
         )
     return SqliteStorage(
         config.db_path,
         logger=logger,
         commit_window_ms=config.commit_window_ms,
         max_batch=config.max_batch,
+        limits=config.inbox_limits,
     )
 
 

@@ -29,9 +29,16 @@ from sottovoce.errors import UsageError
 from sottovoce.limits import (
     AUTH_CHALLENGE_TTL_MS,
     DEFAULT_RETENTION_MS,
+    INBOX_CONTACT_BYTES,
+    INBOX_CONTACT_MESSAGES,
+    INBOX_MAX_BYTES,
+    INBOX_MAX_MESSAGES,
+    INBOX_STRANGER_BYTES,
+    INBOX_STRANGER_MESSAGES,
     KEEPALIVE_INTERVAL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
+from sottovoce.server.storage.quota import InboxLimits
 
 DEFAULT_PORT = 8765
 ENV_PREFIX = "SOTTOVOCE_"
@@ -66,6 +73,12 @@ class ServerConfig:
     max_preauth_per_ip: int = 64
     key_claims_per_requester: int = 5
     key_claims_per_target: int = 20
+    inbox_max_messages: int = INBOX_MAX_MESSAGES
+    inbox_max_bytes: int = INBOX_MAX_BYTES
+    inbox_contact_messages: int = INBOX_CONTACT_MESSAGES
+    inbox_contact_bytes: int = INBOX_CONTACT_BYTES
+    inbox_stranger_messages: int = INBOX_STRANGER_MESSAGES
+    inbox_stranger_bytes: int = INBOX_STRANGER_BYTES
     resume_burst: int = 4
     resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
@@ -99,11 +112,15 @@ class ServerConfig:
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
                      "resume_interval_ms", "preauth_timeout_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
-                     "key_claims_per_target"):
+                     "key_claims_per_target", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
             raise UsageError("rates must be positive")
+        limits = self.inbox_limits
+        if not (limits.stranger_messages <= limits.contact_messages <= limits.device_messages
+                and limits.stranger_bytes <= limits.contact_bytes <= limits.device_bytes):
+            raise UsageError("inbox quotas must grow: stranger <= contact <= inbox-max")
         if self.database is not None and not self.database.startswith(
             ("postgresql://", "postgres://")
         ):
@@ -121,6 +138,17 @@ class ServerConfig:
             raise UsageError("NATS namespace: 1-64 letters, digits, '_' or '-'")
 
     @property
+    def inbox_limits(self) -> InboxLimits:
+        return InboxLimits(
+            device_messages=self.inbox_max_messages,
+            device_bytes=self.inbox_max_bytes,
+            contact_messages=self.inbox_contact_messages,
+            contact_bytes=self.inbox_contact_bytes,
+            stranger_messages=self.inbox_stranger_messages,
+            stranger_bytes=self.inbox_stranger_bytes,
+        )
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
@@ -133,6 +161,8 @@ class ServerConfig:
         return self.data_dir / "sottovoce.sqlite3"
 
 
+_INBOX_OPTIONS = ("inbox_max_messages", "inbox_max_bytes", "inbox_contact_messages",
+                  "inbox_contact_bytes", "inbox_stranger_messages", "inbox_stranger_bytes")
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESIDENCY = re.compile(r"[A-Za-z0-9 ._:/-]{1,64}")
 
@@ -206,6 +236,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("key_claims_per_target", int,
            "one-time prekeys / KeyPackages all other accounts together may take of one "
            "account per hour (20)", "N"),
+    Option("inbox_max_messages", int,
+           "frames that may wait unread in one device's inbox (default 20000); past it sends "
+           "to the device are refused with inbox_full", "N"),
+    Option("inbox_max_bytes", int, "bytes that may wait in one device's inbox (256 MiB)",
+           "BYTES"),
+    Option("inbox_contact_messages", int,
+           "frames one account may have waiting in a device's inbox once that device's "
+           "account has written to it (default 10000)", "N"),
+    Option("inbox_contact_bytes", int, "bytes of the same (128 MiB)", "BYTES"),
+    Option("inbox_stranger_messages", int,
+           "frames one account may have waiting in a device's inbox before that device's "
+           "account has written to it (default 1000)", "N"),
+    Option("inbox_stranger_bytes", int, "bytes of the same (16 MiB)", "BYTES"),
     Option("resume_burst", int,
            "replays (ksmpv3.resume) a device may start at once, over all its connections "
            "(default 4); later ones wait their turn", "N"),

@@ -47,6 +47,7 @@ from sottovoce.server.storage.base import (
     SendRequest,
     envelope_text,
 )
+from sottovoce.server.storage.quota import InboxFull
 
 if TYPE_CHECKING:
     from sottovoce.server.app import ServerApp
@@ -255,7 +256,9 @@ class Delivery:
                 error if isinstance(error, WireFailure)
                 else WireFailure("internal", "send failed", retryable=True, retry_after_ms=100)
             )
-            if not isinstance(error, WireFailure):
+            if isinstance(error, InboxFull):
+                metrics.inbox_full[error.scope] = metrics.inbox_full.get(error.scope, 0) + 1
+            elif not isinstance(error, WireFailure):
                 self.app.log.error("send.failed", error=type(error).__name__)
             session.error(failure, rid, message_id)
             return

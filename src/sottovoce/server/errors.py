@@ -33,6 +33,9 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``device_mismatch``    ciphertexts do not cover exactly the active devices [no]
 ``recipient_offline``  ephemeral send while no recipient device is online; nothing was stored [no]
 ``rate_limited``       token bucket empty; retry after ``retryAfterMs`` [yes]
+``inbox_full``         a target device's inbox quota is used up (``details``: ``scope``
+                       device | contact | stranger, ``userId``, ``deviceId``); nothing was
+                       stored; retry after ``retryAfterMs`` (the recipient reads) [yes]
 ``unavailable``        storage failed; nothing was stored, retry later [yes]
 ``room_exists``        room.create with an id already taken [no]
 ``unknown_room``       no such room [no]

@@ -36,6 +36,8 @@ class Metrics(Collector):
         self.handshakes_refused: dict[str, int] = {}
         #: Unauthenticated sessions closed to make room for newer ones.
         self.preauth_evicted = 0
+        #: Sends refused with inbox_full, by quota scope (device, contact, stranger).
+        self.inbox_full: dict[str, int] = {}
         self.frames: dict[str, int] = dict.fromkeys((*ALL_CLIENT_EVENTS, "invalid"), 0)
         self.errors: dict[str, int] = {}
         self.closes: dict[int, int] = {}
@@ -143,6 +145,11 @@ class Metrics(Collector):
         rooms.add_metric(["frame_replay"], self.room_deliveries_replay)
         rooms.add_metric(["message_deleted"], self.room_deleted)
         yield rooms
+        full = CounterMetricFamily("sottovoce_inbox_full",
+                                   "sends refused by an inbox quota, by scope", labels=["scope"])
+        for scope, n in sorted(self.inbox_full.items()):
+            full.add_metric([scope], n)
+        yield full
         claims = CounterMetricFamily(
             "sottovoce_key_claims", "prekey and KeyPackage claims: allowed one-time keys, or "
             "limited to the fallback / last-resort key", labels=["kind", "result"])
