@@ -52,8 +52,9 @@ Wire error codes the server emits (``retryable`` in brackets):
 WebSocket close codes the server uses:
 
 * 1009 – a frame larger than ``limits.MAX_FRAME_BYTES``;
-* 1008 – sustained abuse (too many rate-limited or malformed requests), or no
-  authentication within the pre-auth timeout;
+* 1008 – sustained abuse (too many rate-limited or malformed requests), no
+  authentication within the pre-auth timeout, or (not authenticated yet) closed to
+  make room for a newer unauthenticated connection when the pre-auth budget is full;
 * 1013 – the client reads too slowly (write buffer over its limit): reconnect
   and resume;
 * 4000 – replaced: the same device authenticated on a newer connection;
