@@ -75,6 +75,8 @@ class Usage:
     messages: int = 0
     bytes: int = 0
     by_sender: dict[str, list[int]] = field(default_factory=dict)  # [messages, bytes]
+    #: Senders whose entry changed since the adapter last wrote it (if it keeps track).
+    dirty: set[str] = field(default_factory=set)
 
     def add(self, sender: str, messages: int, size: int) -> None:
         self.messages += messages

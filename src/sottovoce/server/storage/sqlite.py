@@ -287,7 +287,7 @@ class SqliteStorage(Storage, SqliteRooms):
         # use; (dev, sender) entries changed in this batch; dev -> its account; and
         # (account, peer) pairs known to have written (a cache of `correspondents`).
         self._usage: dict[int, Usage] = {}
-        self._dirty_usage: set[tuple[int, str]] = set()
+        self._dirty_usage: set[int] = set()  # devices with Usage.dirty senders
         self._dev_users: dict[int, str] = {}
         self._wrote: set[tuple[str, str]] = set()
         self._init_rooms()
@@ -466,18 +466,27 @@ class SqliteStorage(Storage, SqliteRooms):
     def _flush_counters(self, conn: sqlite3.Connection) -> None:
         self._flush_rooms(conn)
         if self._dirty_usage:
-            keep, drop = [], []
-            for dev, sender in self._dirty_usage:
-                entry = self._usage[dev].by_sender.get(sender) if dev in self._usage else None
-                if entry is None or entry == [0, 0]:
-                    drop.append((dev, sender))
-                else:
-                    keep.append((dev, sender, entry[0], entry[1]))
-            conn.executemany(
-                "INSERT INTO inbox_usage(dev, sender, messages, bytes) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(dev, sender) DO UPDATE SET messages=excluded.messages, "
-                "bytes=excluded.bytes", keep)
-            conn.executemany("DELETE FROM inbox_usage WHERE dev=? AND sender=?", drop)
+            keep: list[tuple[int, str, int, int]] = []
+            drop: list[tuple[int, str]] = []
+            for dev in self._dirty_usage:
+                usage = self._usage.get(dev)
+                if usage is None:
+                    continue
+                for sender in usage.dirty:
+                    entry = usage.by_sender.get(sender)
+                    if entry is None or entry == [0, 0]:
+                        usage.by_sender.pop(sender, None)
+                        drop.append((dev, sender))
+                    else:
+                        keep.append((dev, sender, entry[0], entry[1]))
+                usage.dirty.clear()
+            if keep:
+                conn.executemany(
+                    "INSERT INTO inbox_usage(dev, sender, messages, bytes) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(dev, sender) DO UPDATE SET messages=excluded.messages, "
+                    "bytes=excluded.bytes", keep)
+            if drop:
+                conn.executemany("DELETE FROM inbox_usage WHERE dev=? AND sender=?", drop)
             self._dirty_usage.clear()
         if self._dirty_devs:
             conn.executemany(
@@ -551,37 +560,48 @@ class SqliteStorage(Storage, SqliteRooms):
         self._wrote.add((user, peer))
         return True
 
-    def _check_quota(
+    def _charge(
         self, conn: sqlite3.Connection, req: SendRequest, devs: list[int], envs: list[str]
     ) -> InboxFull | None:
-        """The refusal for this send, if one of its frames would pass a quota."""
+        """Count the send's frames in their devices' usage, or, if one would pass a quota,
+        count none of them and return the refusal. Runs for every frame stored, so the
+        common case (far below every limit) is written out inline."""
         lim = self.limits
+        max_messages, max_bytes = lim.device_messages, lim.device_bytes
+        new_messages, new_bytes = lim.stranger_messages, lim.stranger_bytes
         sender = req.sender_user
         usages = self._usage
-        for (user, device, _), dev, env in zip(req.targets, devs, envs, strict=True):
+        targets = zip(req.targets, devs, envs, strict=True)
+        for charged, ((user, device, _), dev, env) in enumerate(targets):
             usage = usages.get(dev) or self._usage_of(conn, dev)
             size = len(env)
-            # The common case inline (on every send): far below every limit.
-            if usage.messages < lim.device_messages and usage.bytes + size <= lim.device_bytes:
-                if user == sender:
-                    continue
-                entry = usage.by_sender.get(sender)
-                if entry is None or (
-                    entry[0] < lim.stranger_messages and entry[1] + size <= lim.stranger_bytes
-                ):
-                    continue
-            scope = refusal(
-                lim, usage, sender=sender, own=user == sender, size=size,
-                known=lambda: self._has_written(conn, req.recipient_user, sender),
-            )
-            if scope is not None:
-                return InboxFull(scope, user, device)
+            entry = usage.by_sender.get(sender)
+            if not (usage.messages < max_messages and usage.bytes + size <= max_bytes and (
+                user == sender or entry is None
+                or (entry[0] < new_messages and entry[1] + size <= new_bytes)
+            )):
+                scope = refusal(
+                    lim, usage, sender=sender, own=user == sender, size=size,
+                    known=lambda: self._has_written(conn, req.recipient_user, sender),
+                )
+                if scope is not None:
+                    self._uncharge(sender, devs[:charged], envs[:charged])
+                    return InboxFull(scope, user, device)
+            usage.messages += 1
+            usage.bytes += size
+            if entry is None:
+                usage.by_sender[sender] = [1, size]
+            else:
+                entry[0] += 1
+                entry[1] += size
+            if sender not in usage.dirty:
+                usage.dirty.add(sender)
+                self._dirty_usage.add(dev)
         return None
 
-    def _use(self, dev: int, sender: str, size: int) -> None:
-        """Count a frame stored (its device's usage was loaded by _check_quota)."""
-        self._usage[dev].add(sender, 1, size)
-        self._dirty_usage.add((dev, sender))
+    def _uncharge(self, sender: str, devs: list[int], envs: list[str]) -> None:
+        for dev, env in zip(devs, envs, strict=True):
+            self._usage[dev].remove(sender, 1, len(env))
 
     def _release(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
         """Inbox rows matching ``where`` are about to be deleted: stop counting them."""
@@ -590,13 +610,15 @@ class SqliteStorage(Storage, SqliteRooms):
             f"WHERE {where} GROUP BY dev, sender", args
         ).fetchall():
             account = self._account_of(conn, int(sender)) if sender else UNKNOWN_SENDER
-            self._usage_of(conn, int(dev)).remove(account, int(messages), int(size))
-            self._dirty_usage.add((int(dev), account))
+            usage = self._usage_of(conn, int(dev))
+            usage.remove(account, int(messages), int(size))
+            usage.dirty.add(account)
+            self._dirty_usage.add(int(dev))
 
     def _forget_usage(self, conn: sqlite3.Connection, dev: int) -> None:
         """Every inbox row of ``dev`` is gone (revoked, account deleted)."""
         self._usage.pop(dev, None)
-        self._dirty_usage = {k for k in self._dirty_usage if k[0] != dev}
+        self._dirty_usage.discard(dev)
         conn.execute("DELETE FROM inbox_usage WHERE dev=?", (dev,))
 
     # --- delivery (writer side) ------------------------------------------------------
@@ -619,7 +641,7 @@ class SqliteStorage(Storage, SqliteRooms):
         conv_seq, inbox_seq = self._conv_seq, self._inbox_seq
         conv_before: dict[str, int | None] = {}
         dev_before: dict[int, int] = {}
-        used: list[tuple[int, str, int]] = []  # quota usage added, undone with the run
+        charged: list[tuple[str, list[int], list[str]]] = []  # undone with the run
         wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
         results: list[tuple[SendOutcome | None, BaseException | None]] = []
         sends_rows: list[tuple[int, str, str, str, int, int]] = []
@@ -645,10 +667,11 @@ class SqliteStorage(Storage, SqliteRooms):
             seq += 1
             head, tail = req.envelope_parts()
             envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
-            full = self._check_quota(conn, req, devs, envs)
+            full = self._charge(conn, req, devs, envs)
             if full is not None:
                 results.append(self._stored_or(conn, sender, req, full))
                 continue
+            charged.append((req.sender_user, devs, envs))
             if conv not in conv_before:
                 conv_before[conv] = conv_seq.get(conv)
             conv_seq[conv] = seq
@@ -661,8 +684,6 @@ class SqliteStorage(Storage, SqliteRooms):
                 inbox_seq[dev] = g
                 inbox_rows.append((dev, g, received, env, sender))
                 frames.append(StoredFrame(user, device, g, env))
-                self._use(dev, req.sender_user, len(env))
-                used.append((dev, req.sender_user, len(env)))
             if self._note_written(conn, req.sender_user, req.recipient_user):
                 wrote.append((req.sender_user, req.recipient_user))
             results.append((SendOutcome(
@@ -699,8 +720,8 @@ class SqliteStorage(Storage, SqliteRooms):
                 conv_seq[conv] = old
         for dev, old_seq in dev_before.items():
             inbox_seq[dev] = old_seq
-        for dev, account, size in used:
-            self._usage[dev].remove(account, 1, size)
+        for account, devs, envs in charged:
+            self._uncharge(account, devs, envs)
         self._wrote.difference_update(wrote)
         slow: list[tuple[SendOutcome | None, BaseException | None]] = []
         for job in jobs:
@@ -761,7 +782,7 @@ class SqliteStorage(Storage, SqliteRooms):
         received = max(now_ms(), self._last_received)
         head, tail = req.envelope_parts()
         envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
-        full = self._check_quota(conn, req, devs, envs)
+        full = self._charge(conn, req, devs, envs)
         if full is not None:
             raise full
         # Writes start here; nothing below raises a domain error.
@@ -783,7 +804,6 @@ class SqliteStorage(Storage, SqliteRooms):
             dirty.add(dev)
             rows.append((dev, g, received, env, sender))
             frames.append(StoredFrame(user, device, g, env))
-            self._use(dev, req.sender_user, len(env))
         self._note_written(conn, req.sender_user, req.recipient_user)
         conn.executemany(
             "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES (?, ?, ?, ?, ?)",
