@@ -108,8 +108,10 @@ INBOX_MAX_BYTES = 256 * 1024 * 1024
 #: ...from one account its account has written to (half: no contact fills it alone)...
 INBOX_CONTACT_MESSAGES = 10_000
 INBOX_CONTACT_BYTES = 128 * 1024 * 1024
-#: ...and from one account it has never written to (a stranger gets a tenth of that).
-INBOX_STRANGER_MESSAGES = 1_000
+#: ...and from one account it has never written to: an eighth of the bytes (big frames
+#: are how a stranger fills an inbox fast), half the frames (an honest first burst to a
+#: recipient busy reading must not be refused: a refused send is resent later, out of order).
+INBOX_STRANGER_MESSAGES = 5_000
 INBOX_STRANGER_BYTES = 16 * 1024 * 1024
 #: Keepalive: the server pings idle connections at this interval.
 KEEPALIVE_INTERVAL_MS = 20_000

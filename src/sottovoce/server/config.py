@@ -247,7 +247,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("inbox_contact_bytes", int, "bytes of the same (128 MiB)", "BYTES"),
     Option("inbox_stranger_messages", int,
            "frames one account may have waiting in a device's inbox before that device's "
-           "account has written to it (default 1000)", "N"),
+           "account has written to it (default 5000)", "N"),
     Option("inbox_stranger_bytes", int, "bytes of the same (16 MiB)", "BYTES"),
     Option("resume_burst", int,
            "replays (ksmpv3.resume) a device may start at once, over all its connections "

@@ -35,9 +35,10 @@ from sottovoce.server.errors import WireFailure
 
 #: The sending account of frames whose sender is not known (stored before quotas).
 UNKNOWN_SENDER = ""
-#: What a refused sender is told to wait before trying again: the recipient has to
-#: come online and read, which takes minutes rather than milliseconds.
-INBOX_FULL_RETRY_MS = 60_000
+#: What a refused sender is told to wait before trying again: the recipient has to read
+#: (at once if it is online and only behind, later if it is offline); every resend that
+#: is refused again costs one cheap check.
+INBOX_FULL_RETRY_MS = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
