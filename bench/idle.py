@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sv-idle-"))
     extra = [
         "--ip-rate", "1000000", "--ip-burst", "1000000",
+        "--max-preauth-per-ip", "100000",  # every connection logs in from 127.0.0.1
         "--max-connections", str(n + 1000), "--log-level", "warning",
     ]
     if args.database:

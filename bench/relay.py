@@ -104,7 +104,13 @@ class BenchServer(ServerProcess):
         super().__init__(data_dir, extra_args=[
             "--device-rate", "1000000", "--device-burst", "1000000",
             "--ip-rate", "100000", "--ip-burst", "100000", "--log-level", "warning",
-            "--write-buffer-limit", str(64 * 1024 * 1024), *extra,
+            "--write-buffer-limit", str(64 * 1024 * 1024),
+            # Receivers may fall behind a flood by more than a stranger's inbox quota:
+            # quotas are checked on every send, but set far away (the relay is measured).
+            *(f"--inbox-{name}={10**12}" for name in (
+                "max-messages", "max-bytes", "contact-messages", "contact-bytes",
+                "stranger-messages", "stranger-bytes")),
+            *extra,
         ])
         self.profile = profile
 

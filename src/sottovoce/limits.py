@@ -10,8 +10,15 @@ from __future__ import annotations
 
 #: RFC 9420 §2.1.2: the variable-length integer has a 30-bit payload.
 VARINT_MAX = (1 << 30) - 1
-#: Largest single TLS-encoded structure we will decode; bounds memory per message.
-MAX_DECODE_BYTES = 16 * 1024 * 1024
+#: Largest single TLS-encoded structure we will decode; bounds memory per message. The
+#: largest any caller needs is a 1:1 payload of MAX_PLAINTEXT_BYTES (1 MiB) plus its
+#: header; network frames are far smaller (MAX_FRAME_BYTES).
+MAX_DECODE_BYTES = 2 * 1024 * 1024
+#: Vector items one decode may read in all. Each becomes a Python object, so this bounds
+#: what nested empty vectors can cost (~4 MB, ~0.1 s); the largest legitimate structure,
+#: a ratchet tree of MAX_ROOM_MEMBERS leaves, needs a few thousand (one per node, a few
+#: per leaf).
+MAX_DECODE_ITEMS = 1 << 16
 
 # --- identity ----------------------------------------------------------------
 
@@ -108,6 +115,18 @@ REPLAY_BATCH = 500
 AUTH_CHALLENGE_TTL_MS = 30_000
 #: Unacked inbox frames are kept this long by default (server --retention-days).
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Default inbox quotas (server --inbox-*): what may wait unread in one device's inbox,
+#: in all (a device offline for the whole retention in busy conversations stays under it)...
+INBOX_MAX_MESSAGES = 20_000
+INBOX_MAX_BYTES = 256 * 1024 * 1024
+#: ...from one account its account has written to (half: no contact fills it alone)...
+INBOX_CONTACT_MESSAGES = 10_000
+INBOX_CONTACT_BYTES = 128 * 1024 * 1024
+#: ...and from one account it has never written to: an eighth of the bytes (big frames
+#: are how a stranger fills an inbox fast), half the frames (an honest first burst to a
+#: recipient busy reading must not be refused: a refused send is resent later, out of order).
+INBOX_STRANGER_MESSAGES = 5_000
+INBOX_STRANGER_BYTES = 16 * 1024 * 1024
 #: Keepalive: the server pings idle connections at this interval.
 KEEPALIVE_INTERVAL_MS = 20_000
 #: Frames read but held back while a connection's earlier async work runs; past

@@ -189,14 +189,14 @@ class RawClient:
     # --- session ----------------------------------------------------------------------
 
     async def register(self, device: Device) -> dict[str, Any]:
-        """Register; returns the reply (sottovoce.registered or ksmpv3.error)."""
+        """Register; returns the one reply (sottovoce.registered or ksmpv3.error)."""
         reply = await self.request("sottovoce.register", {
             "certificate": b64(device.certificate.encode()),
             "signature": b64(device.sign_challenge(self.nonce)),
         })
         if reply["event"] == "sottovoce.registered":
             self.device = device
-            self.connected = (await self.expect("ksmpv3.connected"))["data"]
+            self.connected = reply["data"]
         return reply
 
     async def add_device(self, device: Device) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class RawClient:
         })
         if reply["event"] == "sottovoce.registered":
             self.device = device
-            self.connected = (await self.expect("ksmpv3.connected"))["data"]
+            self.connected = reply["data"]
         return reply
 
     async def auth(self, device: Device, signature: bytes | None = None) -> dict[str, Any]:

@@ -259,3 +259,33 @@ async def test_unknown_recipient_is_refused(url: str) -> None:
     a = await registered(url)
     ghost = "ghost" + secrets.token_hex(4)
     assert_error(await a.send_message(ghost, [(ghost, "d1", b"x")]), "unknown_recipient")
+
+
+async def test_a_stranger_cannot_fill_an_offline_inbox(target: Target) -> None:
+    """One account once put 80 MB into another's inbox in 10 s. Now what may wait from
+    a stranger (an account the recipient never wrote to) is capped, the sender is told
+    (inbox_full, retryable later), and the recipient's contacts still get through."""
+    url = target.ws_url
+    bob, carol = Device.new(), Device.new()
+    b = await registered(url, bob)
+    c = await registered(url, carol)
+    ack = await b.send_message(carol.username, [(carol.username, "d1", b"hi")])
+    assert ack["event"] == "ksmpv3.send.ack"  # bob has written to carol: a contact
+    await b.close()
+    mallory = await registered(url)
+    blob = secrets.token_bytes(150_000)
+    stored = 0
+    for _ in range(200):  # 30 MB at most; the default stranger quota is 16 MiB
+        reply = await mallory.send_message(bob.username, [(bob.username, "d1", blob)])
+        if reply["event"] == "ksmpv3.error":
+            break
+        stored += 1
+    err = assert_error(reply, "inbox_full")
+    assert err["retryable"] is True and err["retryAfterMs"] > 0
+    assert err["details"] == {"scope": "stranger", "userId": bob.username, "deviceId": "d1"}
+    assert 50 < stored * 150_000 < 17 * 1024 * 1024
+    ack = await c.send_message(bob.username, [(bob.username, "d1", b"still here")])
+    assert ack["event"] == "ksmpv3.send.ack", ack
+    if target.proc is not None:
+        text = target.proc.metrics()
+        assert 'sottovoce_inbox_full_total{scope="stranger"} 1.0' in text

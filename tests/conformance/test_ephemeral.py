@@ -16,11 +16,32 @@ async def test_ephemeral_is_delivered_to_online_devices(url: str) -> None:
     a, b = await online_pair(url)
     bob = b.device.username
     ack = await a.send_message(bob, [(bob, "d1", b"psst")], ephemeral=True)
-    assert ack["event"] == "ksmpv3.send.ack" and ack["data"]["serverSeq"] >= 1
+    assert ack["event"] == "ksmpv3.send.ack" and ack["data"]["ephemeralSeq"] >= 1
     f = await b.expect("ksmpv3.inbox.frame")
     assert f["data"]["globalInboxSeq"] == 0
     assert f["data"]["envelope"]["ephemeral"] is True
     assert unb64(f["data"]["envelope"]["ciphertext"]) == b"psst"
+
+
+async def test_ephemeral_messages_have_their_own_sequence_never_a_server_seq(url: str) -> None:
+    """serverSeq is strictly increasing per conversation over stored messages; ephemeral
+    ones interleaved with them carry ephemeralSeq instead, so neither is read as the other."""
+    a, b = await online_pair(url)
+    bob = b.device.username
+    acks, frames = [], []
+    for ephemeral in (False, False, True, False, True):
+        ack = await a.send_message(bob, [(bob, "d1", b"m")], ephemeral=ephemeral)
+        assert ack["event"] == "ksmpv3.send.ack", ack
+        acks.append(ack["data"])
+        frames.append((await b.expect("ksmpv3.inbox.frame"))["data"]["envelope"])
+    stored = [f for f in frames if not f["ephemeral"]]
+    passing = [f for f in frames if f["ephemeral"]]
+    assert [f["serverSeq"] for f in stored] == [1, 2, 3]
+    assert [f["ephemeralSeq"] for f in passing] == [1, 2]
+    assert all("ephemeralSeq" not in f for f in stored)
+    assert all("serverSeq" not in f for f in passing)
+    assert [("serverSeq" in k, "ephemeralSeq" in k) for k in acks] == [
+        (True, False), (True, False), (False, True), (True, False), (False, True)]
 
 
 async def test_ephemeral_to_offline_recipient_is_recipient_offline(url: str) -> None:

@@ -44,8 +44,27 @@ async def test_register_verifies_certificate_and_possession(url: str) -> None:
     c = await RawClient.open(url)
     reply = await c.register(dev)
     assert reply["event"] == "sottovoce.registered"
-    assert reply["data"] == {"userId": dev.username, "deviceId": "d1"}
-    assert c.connected["userId"] == dev.username
+    data = reply["data"]
+    assert data["userId"] == dev.username and data["deviceId"] == "d1"
+    assert data["latestGlobalInboxSeq"] == 0 and data["heartbeatMs"] > 0
+    assert abs(data["serverTimeMs"] - now_ms()) < 60_000
+
+
+async def test_register_and_device_add_get_exactly_one_reply(url: str) -> None:
+    """One reply per request: a client that settles a request on its first reply must not
+    see a second frame with the same requestId (a ksmpv3.connected after registered)."""
+    alice = Device.new()
+    for c, rid in [(await RawClient.open(url), "reg"), (await RawClient.open(url), "add")]:
+        device = alice if rid == "reg" else alice.sibling("d2")
+        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", {
+            "certificate": b64(device.certificate.encode()),
+            "signature": b64(device.sign_challenge(c.nonce)),
+        }, request_id=rid)
+        first = await c.recv()
+        assert first["event"] == "sottovoce.registered" and first["requestId"] == rid, first
+        await c.send("ping", {}, request_id="after")
+        nxt = await c.recv()
+        assert (nxt["event"], nxt.get("requestId")) == ("pong", "after"), nxt
 
 
 async def test_register_rejects_undecodable_certificate(url: str) -> None:
@@ -139,6 +158,34 @@ async def test_auth_unknown_device_is_refused(url: str) -> None:
     await (await registered(url, dev)).close()
     c = await RawClient.open(url)
     assert_error(await c.auth(dev.sibling("nope")), "auth_failed")
+
+
+async def test_auth_failures_say_nothing_about_which_devices_exist(url: str) -> None:
+    """Unknown user, unknown device, revoked device, wrong signature: one identical answer
+    (code, message, retryable, retryAfterMs), so nobody learns which (user, device) exist."""
+    from sottovoce.identity import RevocationStatement
+
+    alice = Device.new()
+    a1 = await registered(url, alice)
+    gone = alice.sibling("d2")
+    await (await RawClient.open(url)).add_device(gone)
+    stmt = RevocationStatement.issue(alice.account_key, username=alice.username,
+                                     device_id="d2", now_ms=now_ms())
+    reply = await a1.request("sottovoce.device.revoke", {"revocation": b64(stmt.encode())})
+    assert reply["event"] == "sottovoce.device.revoked"
+    answers = []
+    for device, signer in [
+        (Device.new(), None),  # no such user
+        (alice.sibling("nope"), None),  # no such device
+        (gone, None),  # revoked
+        (alice, Device.new(alice.username)),  # the device exists; the signature is wrong
+    ]:
+        c = await RawClient.open(url)
+        sig = signer.sign_challenge(c.nonce) if signer is not None else None
+        reply = await c.auth(device, signature=sig)
+        answers.append(assert_error(reply, "auth_failed"))
+        await c.close()
+    assert all(a == answers[0] for a in answers), answers
 
 
 async def test_send_before_auth_is_unauthorized(url: str) -> None:

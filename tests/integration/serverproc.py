@@ -80,7 +80,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         if self.running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
         with self.output_path.open("ab") as out:
             self.proc = subprocess.Popen(

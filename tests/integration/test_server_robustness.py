@@ -125,7 +125,11 @@ async def test_flood_is_rate_limited_then_closed_with_1008(
     assert srv.health()["status"] == "ok"
 
 
-async def test_concurrent_prekey_claims_never_share_a_one_time_key(server: ServerProcess) -> None:
+async def test_concurrent_prekey_claims_never_share_a_one_time_key(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # Limits high enough to let every claimer race for the one-time keys.
+    server = server_factory("--key-claims-per-requester", "100", "--key-claims-per-target", "100")
     url = server.ws_url
     alice, olm = olm_device()
     a = await registered(url, alice)

@@ -209,9 +209,10 @@ class FakeRelay:
             self._error(sock, rid, "invalid_certificate", "wrong account key")
             return
         self.devices[(cert.username, cert.device_id)] = cert
-        sock.push(
-            ev.frame(ev.REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
-        )
+        sock.push(ev.frame(ev.REGISTERED, {
+            "userId": cert.username, "deviceId": cert.device_id, "serverTimeMs": 0,
+            "latestGlobalInboxSeq": 0, "heartbeatMs": 20_000,
+        }, rid))
 
     def _send(self, sock: _Socket, rid: str | None, send: ev.Send) -> None:
         assert sock.who is not None

@@ -10,6 +10,7 @@ per account.
 from __future__ import annotations
 
 import base64
+import stat
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,34 @@ def test_one_process_per_account(tmp_path: Path) -> None:
         Store.open(tmp_path, PASS)
     store.close()
     Store.open(tmp_path, PASS).close()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_store_directory_is_0700_and_its_files_0600(tmp_path: Path) -> None:
+    root = tmp_path / "new" / "alice"
+    store = Store.create(root, PASS, kdf=TEST_KDF)
+    try:
+        store.set_flag("touched")  # a write: the WAL and shared-memory files exist
+        files = sorted(p for p in root.iterdir() if p.is_file())
+        assert {p.name for p in files} >= {STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"}
+        assert _mode(root) == 0o700
+        assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
+    finally:
+        store.close()
+
+
+def test_opening_a_store_readable_by_others_warns_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "alice"
+    Store.create(root, PASS, kdf=TEST_KDF).close()
+    assert "warning" not in capsys.readouterr().err
+    root.chmod(0o755)
+    (root / STORE_FILE).chmod(0o644)
+    Store.open(root, PASS).close()
+    err = capsys.readouterr().err
+    assert f"{root} has mode 0755" in err and f"{root / STORE_FILE} has mode 0644" in err
+    assert _mode(root) == 0o755, "reported, not changed behind the user's back"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from sottovoce.codec.tls import Reader, Writer, decode, encode, varint_bytes
 from sottovoce.errors import DecodeError, UsageError
-from sottovoce.limits import VARINT_MAX
+from sottovoce.limits import MAX_DECODE_BYTES, MAX_DECODE_ITEMS, VARINT_MAX
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -340,3 +342,52 @@ def test_fuzz_mutated_encodings_decode_or_raise_decode_error(
     except DecodeError:
         return
     assert encode(write_outer, decoded) == bytes(enc)
+
+
+# --- worst-case cost of hostile input (limits.MAX_DECODE_BYTES, MAX_DECODE_ITEMS) ------
+
+
+def _empty_vectors(total: int) -> bytes:
+    """A vector of one-byte empty vectors filling ``total`` bytes: each item costs the
+    attacker one byte and the decoder one Python object, the cheapest amplification."""
+    inner = b"\x00" * (total - 4)
+    return varint_bytes(len(inner)) + inner
+
+
+def _nested(r: Reader) -> list[list[int]]:
+    return r.vector_v(lambda s: s.vector_v(Reader.u8))
+
+
+@pytest.mark.parametrize("size", [1 << 20, MAX_DECODE_BYTES])
+def test_nested_empty_vectors_near_the_limit_cost_bounded_time_and_memory(size: int) -> None:
+    data = _empty_vectors(size)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(DecodeError, match="too many vector items"):
+            decode(_nested, data)
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Generous bounds (a loaded 2-core machine): the item bound stops it after 64k items.
+    assert elapsed < 1.0, elapsed
+    assert peak - len(data) < 16 * 1024 * 1024, peak
+
+
+def test_a_vector_of_exactly_max_items_decodes() -> None:
+    value = decode(_nested, _empty_vectors(MAX_DECODE_ITEMS + 4))
+    assert len(value) == MAX_DECODE_ITEMS
+
+
+def test_input_over_max_decode_bytes_is_refused_unread() -> None:
+    with pytest.raises(DecodeError, match="too large"):
+        decode(Reader.u8, bytes(MAX_DECODE_BYTES + 1))
+
+
+def test_runaway_recursion_in_a_reader_is_decode_error() -> None:
+    def recursive(r: Reader) -> object:
+        return r.optional(recursive)
+
+    with pytest.raises(DecodeError):
+        decode(recursive, b"\x01" * 100_000)

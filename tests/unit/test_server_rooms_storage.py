@@ -180,6 +180,16 @@ async def test_server_seq_strictly_increasing_across_sends_and_commits(
     assert [s for s, _ in frames.frames] == list(range(2, 32)), "carol joined at seq 1"
 
 
+async def test_a_limited_key_package_claim_gets_the_last_resort_and_consumes_nothing(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await st.store_key_packages("bob", "d1", [b"kp-1", b"kp-2"], b"last-resort", 500)
+    got = await st.claim_key_packages("bob", ("alice", "d1"), one_time=False)
+    assert [(c.key_package, c.remaining) for c in got] == [(b"last-resort", 2)]
+    assert await st.count_key_packages("bob", "d1") == 2
+
+
 async def test_key_package_claimed_once_under_concurrent_claims(
     room_storage: SqliteStorage,
 ) -> None:

@@ -28,12 +28,13 @@ from sottovoce.server.storage.base import (
     UnknownAccount,
     UsernameTaken,
 )
+from sottovoce.server.storage.quota import InboxFull, InboxLimits
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
 
 CT = base64.b64encode(b"\x07" * 200).decode()
 
-Factory = Callable[[], Storage]
+Factory = Callable[..., Storage]  # keyword arguments go to the adapter (e.g. limits)
 
 
 def _req(i: int, key: str | None = None, *, conv: str = "dm:alice:bob",
@@ -52,7 +53,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]
     """A factory of storages that all share one database (a reopen, or a second node)."""
     log = JsonLogger(io.StringIO())
     if request.param == "sqlite":
-        yield lambda: SqliteStorage(tmp_path / "db.sqlite3", logger=log)
+        yield lambda **kw: SqliteStorage(tmp_path / "db.sqlite3", logger=log, **kw)
         return
     reason = pgschema.unreachable()
     if reason is not None:
@@ -60,11 +61,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]
     from sottovoce.server.storage.postgres import PostgresStorage
 
     with pgschema.fresh_schema() as dsn:
-        yield lambda: PostgresStorage(dsn, logger=log, pool_size=4)
+        yield lambda **kw: PostgresStorage(dsn, logger=log, pool_size=4, **kw)
 
 
-async def _open(factory: Factory, *, accounts: bool = True) -> Storage:
-    st = factory()
+async def _open(factory: Factory, *, accounts: bool = True, **kw: object) -> Storage:
+    st = factory(**kw)
     await st.open()
     if accounts:
         await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
@@ -299,6 +300,18 @@ async def test_prekeys_one_time_then_fallback(backend: Factory) -> None:
         await st.close()
 
 
+async def test_a_limited_claim_gets_the_fallback_and_consumes_nothing(backend: Factory) -> None:
+    st = await _open(backend)
+    try:
+        await st.store_prekeys("bob", "d1", [("a", b"ka"), ("b", b"kb")], b"fb", 3)
+        got = await st.claim_prekeys("bob", ("alice", "d1"), one_time=False)
+        assert [(c.prekey, c.remaining) for c in got] == [(b"fb", 2)]
+        assert await st.count_prekeys("bob", "d1") == 2
+        assert (await st.claim_prekeys("bob", ("alice", "d1")))[0].prekey == b"ka"
+    finally:
+        await st.close()
+
+
 async def test_concurrent_claims_never_hand_out_a_key_twice(backend: Factory) -> None:
     st = await _open(backend)
     try:
@@ -314,11 +327,96 @@ async def test_concurrent_claims_never_hand_out_a_key_twice(backend: Factory) ->
         await st.close()
 
 
+# --- inbox quotas (storage/quota.py) ----------------------------------------------------
+
+#: Small quotas: 2 frames from a stranger, 4 from a contact, 6 in all (bytes far away).
+SMALL = InboxLimits(device_messages=6, device_bytes=10**9, contact_messages=4,
+                    contact_bytes=10**9, stranger_messages=2, stranger_bytes=10**9)
+
+
+def _from(sender: str, i: int, to: str = "bob", device: str = "d1") -> SendRequest:
+    low, high = sorted((sender, to))
+    req = _req(i, conv=f"dm:{low}:{high}", sender=(sender, "d1"), targets=[(to, device)])
+    req.recipient_user = to
+    return req
+
+
+async def _refused(st: Storage, req: SendRequest) -> InboxFull:
+    with pytest.raises(InboxFull) as info:
+        await _append_all(st, [req])
+    return info.value
+
+
+async def test_inbox_quotas_stranger_then_contact_then_device(backend: Factory) -> None:
+    st = await _open(backend, limits=SMALL)
+    try:
+        await st.create_account("carol", b"c" * 32, "d1", b"cert-c", 0)
+        await _append_all(st, [_from("alice", 1), _from("alice", 2)])
+        err = await _refused(st, _from("alice", 3))
+        assert (err.code, err.retryable, err.retry_after_ms > 0) == ("inbox_full", True, True)
+        assert err.details == {"scope": "stranger", "userId": "bob", "deviceId": "d1"}
+        # Once bob has written to alice, she is a contact: 4 may wait.
+        await _append_all(st, [_from("bob", 10, to="alice")])
+        await _append_all(st, [_from("alice", 4), _from("alice", 5)])
+        assert (await _refused(st, _from("alice", 6))).scope == "contact"
+        # Carol is still a stranger; then the device is full for everyone.
+        await _append_all(st, [_from("carol", 20)])
+        await _append_all(st, [_from("carol", 21)])
+        assert (await _refused(st, _from("carol", 22))).scope == "device"
+        # A retry of a stored send is answered with its ack, full or not.
+        (dup,) = await _append_all(st, [_from("alice", 1)])
+        assert dup.duplicate
+        # Nothing of a refused send was stored; reading makes room.
+        assert len(await st.read_inbox("bob", "d1", 0, 100)) == 6
+        assert await st.ack_read("bob", "d1", 3) == 3  # three of alice's
+        await _append_all(st, [_from("alice", 7), _from("alice", 8), _from("alice", 9)])
+        assert (await _refused(st, _from("alice", 11))).scope == "device"
+    finally:
+        await st.close()
+
+
+async def test_inbox_quota_counts_bytes_and_one_batch_cannot_overshoot(backend: Factory) -> None:
+    one = len(_from("alice", 1).envelope(CT, 1, 1_700_000_000_000))
+    limits = InboxLimits(device_messages=100, device_bytes=10**9, contact_messages=100,
+                         contact_bytes=10**9, stranger_messages=100,
+                         stranger_bytes=3 * one + one // 2)
+    st = await _open(backend, limits=limits)
+    try:
+        # Queued together (one group commit): the fourth passes the byte quota alone.
+        futs = _submit(st, [_from("alice", i) for i in range(1, 6)])
+        res = await asyncio.gather(*futs, return_exceptions=True)
+        assert [type(r).__name__ for r in res] == ["SendOutcome"] * 3 + ["InboxFull"] * 2
+        assert len(await st.read_inbox("bob", "d1", 0, 100)) == 3
+    finally:
+        await st.close()
+
+
+async def test_inbox_usage_survives_a_restart_and_expiry_frees_it(backend: Factory) -> None:
+    st = await _open(backend, limits=SMALL)
+    await _append_all(st, [_from("alice", 1), _from("alice", 2)])
+    await st.close()
+    st = await _open(backend, accounts=False, limits=SMALL)
+    try:
+        assert (await _refused(st, _from("alice", 3))).scope == "stranger"
+        assert await st.expire(10**15) == 2  # everything is older than that
+        await _append_all(st, [_from("alice", 4), _from("alice", 5)])
+        # A revoked device's inbox is gone, and so is what counted in it.
+        await st.add_device("bob", "d2", b"cert-b2", 0)
+        await _append_all(st, [_from("alice", 6, device="d2"), _from("alice", 7, device="d2")])
+        await st.revoke_device("bob", "d2", 0)
+        assert (await _refused(st, _from("alice", 8))).scope == "stranger"  # d1 still full
+    finally:
+        await st.close()
+
+
 # --- SQLite only ---------------------------------------------------------------------------
 
 
 async def test_wal_is_truncated_under_sustained_writes(tmp_path: Path) -> None:
-    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    # Thousands of frames wait unread: no inbox quota in the way (limits far away).
+    far = InboxLimits(device_messages=10**9, device_bytes=10**12, contact_messages=10**9,
+                      contact_bytes=10**12, stranger_messages=10**9, stranger_bytes=10**12)
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()), limits=far)
     await st.open()
     await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
     await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)

@@ -19,6 +19,8 @@ import pytest
 from sottovoce.errors import UsageError
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.storage import sqlite as sqlite_mod
+from sottovoce.server.storage.base import SendRequest, Storage
+from sottovoce.server.storage.quota import InboxFull, InboxLimits
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
 
@@ -209,3 +211,96 @@ async def test_pg_nodes_opening_together_share_one_schema(pg_dsn: str) -> None:
     finally:
         for n in nodes:
             await n.close()
+
+
+# --- v5: inbox quotas count what already waits --------------------------------------------
+
+#: What waited before the upgrade: two frames for bob's device, of unknown senders.
+_ENVELOPE = '{"protocol":"ksmpv3","ciphertext":"' + "A" * 400 + '"}'
+TWO_FRAMES = 2 * len(_ENVELOPE)
+
+
+def _quota_request(i: int) -> SendRequest:
+    return SendRequest(
+        sender_user="alice", sender_device="d1", conversation_id="dm:alice:bob",
+        message_id=f"m{i}", idempotency_key=f"k{i}", recipient_user="bob",
+        content_type="text", client_created_at_ms=0, targets=[("bob", "d1", "AAAA")],
+    )
+
+
+async def _send(st: Storage, req: SendRequest) -> object:
+    fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    st.append(req, lambda o, e: fut.set_result(o if e is None else e))
+    return await fut
+
+
+async def _waiting_counts(st: Storage) -> None:
+    """With room for exactly one more frame, the two old ones must count."""
+    assert not isinstance(await _send(st, _quota_request(1)), BaseException)
+    refused = await _send(st, _quota_request(2))
+    assert isinstance(refused, InboxFull) and refused.scope == "device"
+
+
+ONE_MORE = InboxLimits(device_messages=3, device_bytes=10**9, contact_messages=3,
+                       contact_bytes=10**9, stranger_messages=3, stranger_bytes=10**9)
+
+
+async def test_sqlite_upgrade_to_quotas_counts_what_already_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    latest = sqlite_mod.MIGRATIONS
+    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", latest[:3])
+    monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", 3)
+    st = SqliteStorage(path, logger=_log())
+    await st.open()
+    for user in ("alice", "bob"):
+        await st.create_account(user, user.encode() * 16, "d1", b"cert", 0)
+    await st.close()
+    con = sqlite3.connect(path)
+    con.executemany("INSERT INTO inbox(dev, seq, received_at, envelope) VALUES "
+                    "((SELECT dev FROM devices WHERE user_id='bob'), ?, 0, ?)",
+                    [(1, _ENVELOPE), (2, _ENVELOPE)])
+    con.execute("UPDATE devices SET last_inbox_seq=2 WHERE user_id='bob'")
+    con.commit()
+    con.close()
+    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", latest)
+    monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", len(latest))
+    st = SqliteStorage(path, logger=_log(), limits=ONE_MORE)
+    await st.open()
+    try:
+        await _waiting_counts(st)
+    finally:
+        await st.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT messages, bytes FROM inbox_usage WHERE sender=''").fetchone() == (
+        2, TWO_FRAMES)
+    con.close()
+
+
+async def test_pg_upgrade_to_quotas_counts_what_already_waits(pg_dsn: str) -> None:
+    import asyncpg
+
+    from sottovoce.server.storage.postgres import MIGRATIONS, PostgresStorage
+
+    old = PostgresStorage(pg_dsn, logger=_log(), pool_size=2, migrations=MIGRATIONS[:3])
+    await old.open()
+    for user in ("alice", "bob"):
+        await old.create_account(user, user.encode() * 16, "d1", b"cert", 0)
+    await old.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES "
+            "((SELECT dev FROM devices WHERE user_id='bob'), $1, 0, $2)",
+            [(1, _ENVELOPE), (2, _ENVELOPE)])
+        await conn.execute("UPDATE devices SET last_inbox_seq=2 WHERE user_id='bob'")
+    finally:
+        await conn.close()
+    new = PostgresStorage(pg_dsn, logger=_log(), pool_size=2, limits=ONE_MORE)
+    await new.open()
+    try:
+        await _waiting_counts(new)
+    finally:
+        await new.close()
+    assert await _pg_fetch(pg_dsn, "SELECT bytes FROM inbox_usage WHERE sender=''") == TWO_FRAMES

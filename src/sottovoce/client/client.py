@@ -91,8 +91,6 @@ from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
 
 CONNECT_TIMEOUT_S = 15.0
-#: A prekeys.low notice within this long after an upload is the one sent at auth.
-PREKEY_LOW_GRACE_S = 5.0
 
 
 #: Store flag set once the server confirmed (or told us of) this account's deletion.
@@ -221,7 +219,10 @@ class Client:
         self._pending_sends: list[_PendingSend] = []
         self._cursor = 0  # highest outbox oid written on the current connection
         self._inflight: dict[str, int] = {}  # written, not acked: messageId -> oid
-        self._last_upload = -1e9
+        #: prekeys.low notices received, and how many had come before an upload was sent
+        #: that then succeeded (those spoke of the stock before it).
+        self._prekey_notices = 0
+        self._prekey_notices_answered = 0
         #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
         self.rooms = RoomManager(self)
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
@@ -529,12 +530,13 @@ class Client:
                 await self._upload_prekeys(ONE_TIME_KEYS_BATCH, fallback=True)
                 self._store.set_flag("prekeys_uploaded")
 
-    async def _replenish(self) -> None:
-        """``sottovoce.prekeys.low``: top the stock up (not right after another upload:
-        the server says "low" on every auth, the first one included)."""
+    async def _replenish(self, notice: int) -> None:
+        """``sottovoce.prekeys.low`` (the ``notice``-th): top the stock up at once, unless
+        the notice came before an upload that has succeeded since (it spoke of the stock
+        before that upload, as the one sent at every login does before the first one)."""
         try:
             async with self._prekey_lock:
-                if time.monotonic() - self._last_upload < PREKEY_LOW_GRACE_S:
+                if self._prekey_notices_answered >= notice:
                     return
                 if not self._store.flag("prekeys_uploaded"):
                     await self._upload_prekeys(ONE_TIME_KEYS_BATCH, fallback=True)
@@ -554,6 +556,7 @@ class Client:
         with self._store.transaction():
             self._sessions.mark_olm_dirty()
             self._sessions.flush()
+        notices = self._prekey_notices
         await self._conn.request(
             ev.PrekeysUpload(
                 oneTimeKeys=tuple(k.encode() for k in keys),
@@ -561,7 +564,7 @@ class Client:
             ),
             frozenset({ev.PREKEYS_STORED}),
         )
-        self._last_upload = time.monotonic()
+        self._prekey_notices_answered = max(self._prekey_notices_answered, notices)
 
     async def revoke_device(self, device_id: str) -> None:
         """Revoke another device of this account (a statement signed by the account key).
@@ -1074,7 +1077,8 @@ class Client:
                     )
                 )
         elif event == ev.PREKEYS_LOW:
-            self._spawn(self._replenish())
+            self._prekey_notices += 1
+            self._spawn(self._replenish(self._prekey_notices))
         elif event == ROOM_FRAME:
             self._queue.put_nowait(_RoomFrame(data))
         elif event == KEYPACKAGES_LOW:
@@ -1446,7 +1450,7 @@ async def register_device(
             else ev.Register(certificate=cert, signature=signature)
         )
         await transport.send(request.to_frame("register"))
-        await expect_reply(transport, frozenset({ev.REGISTERED, ev.CONNECTED}))
+        await expect_reply(transport, frozenset({ev.REGISTERED}))  # the one reply
     except TransportClosed as exc:
         raise NotConnected(f"the server closed the connection: {exc}") from None
     finally:

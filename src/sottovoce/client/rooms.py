@@ -140,8 +140,6 @@ SUITE = 1
 MEDIA_SUITE = int(CipherSuiteId.AES_128_GCM_SHA256_128)
 ROOM_PREFIX = "room:"
 GROUP_ID_BYTES = 16
-#: A KeyPackage low notice this soon after an upload is the one sent at auth.
-KEY_PACKAGE_LOW_GRACE_S = 5.0
 #: How long a loser waits for the winning commit to arrive before asking room.sync.
 CATCH_UP_WAIT_S = 3.0
 #: Requests of this module wait this long for the server.
@@ -513,7 +511,10 @@ class RoomManager:
         self._unreachable: set[str] = set()
         #: Welcomes opened (and their members looked up) before the batch that stores them.
         self._welcomes: dict[str, tuple[Group, bytes] | SottovoceError] = {}
-        self._last_kp_upload = -1e9
+        #: keypackages.low notices received, and how many had come before an upload was
+        #: sent that then succeeded (as for prekeys, client.py).
+        self._kp_notices = 0
+        self._kp_notices_answered = 0
         self._load()
 
     # --- identity -------------------------------------------------------------------
@@ -672,10 +673,13 @@ class RoomManager:
                 self._store.set_flag("keypackages_uploaded")
 
     async def replenish(self) -> None:
-        """``sottovoce.keypackages.low``: top up (not right after an upload)."""
+        """``sottovoce.keypackages.low``: top up at once, unless the notice came before an
+        upload that has succeeded since (it spoke of the stock before that upload)."""
+        self._kp_notices += 1
+        notice = self._kp_notices
         try:
             async with self._kp_lock:
-                if time.monotonic() - self._last_kp_upload < KEY_PACKAGE_LOW_GRACE_S:
+                if self._kp_notices_answered >= notice:
                     return
                 first = not self._store.flag("keypackages_uploaded")
                 await self._upload_key_packages(CLIENT_KEY_PACKAGE_BATCH, last_resort=first)
@@ -698,6 +702,7 @@ class RoomManager:
                 )
         one_time = [MLSMessage(body=kp).encode() for kp, _, lr in made if not lr]
         lr_kp = next((kp for kp, _, lr in made if lr), None)
+        notices = self._kp_notices
         await self._conn.request(
             pr.KeyPackagesUpload(
                 keyPackages=tuple(one_time),
@@ -706,7 +711,7 @@ class RoomManager:
             frozenset({pr.KEYPACKAGES_STORED}),
             timeout=ROOM_REQUEST_TIMEOUT_S,
         )
-        self._last_kp_upload = time.monotonic()
+        self._kp_notices_answered = max(self._kp_notices_answered, notices)
 
     @staticmethod
     def _active_suite() -> Any:

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sealed import open_record, seal_record
 from sottovoce.errors import DecodeError, DecryptionError
 from sottovoce.identity import DeviceCertificate
+from sottovoce.private_files import TooOpen, private_dir, private_file, sqlite_files
 from sottovoce.secret import Secret
 
 STORE_FILE = "store.sqlite3"
@@ -304,6 +306,12 @@ class OutboxItem:
 # =============================================================================
 
 
+def _warn(found: list[TooOpen]) -> None:
+    """Tell the user, once per path, that others may read their keys and history."""
+    for too_open in found:
+        print(f"sottovoce: warning: {too_open}", file=sys.stderr, flush=True)
+
+
 def _lock(path: Path) -> IO[bytes]:
     """An exclusive, non-blocking lock on the account (released when the process dies)."""
     handle = open(path, "a+b")  # noqa: SIM115 - held for the store's lifetime
@@ -363,14 +371,15 @@ class Store:
         raw = _passphrase_bytes(passphrase)
         if cls.exists(root):
             raise StoreError(f"an account already exists in {root}")
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _warn(private_dir(root) + private_file(root / LOCK_FILE))
         lock = _lock(root / LOCK_FILE)
         params = kdf or KdfParams()
         salt = rng(16)
         key = params.derive(raw, salt)
         try:
+            # Created 0600 first: SQLite gives its -wal and -shm files the same mode.
+            _warn(private_file(root / STORE_FILE))
             db = cls._connect(root / STORE_FILE)
-            os.chmod(root / STORE_FILE, 0o600)
             db.executescript(_SCHEMA + _ROOM_SCHEMA + _UNSENT_SCHEMA)
             kdf_record = {
                 "alg": "argon2id",
@@ -409,6 +418,8 @@ class Store:
         raw = _passphrase_bytes(passphrase)
         if not cls.exists(root):
             raise StoreError(f"no account in {root} (create one with 'sottovoce account create')")
+        store_file = root / STORE_FILE
+        _warn(private_dir(root) + private_file(store_file, *sqlite_files(store_file)))
         lock = _lock(root / LOCK_FILE)
         try:
             db = cls._connect(root / STORE_FILE)

@@ -8,7 +8,11 @@ Rules enforced in one place (after aioquic's ``pull_block``):
 * a varint uses the minimal encoding for its value; the ``11`` prefix is invalid;
 * a length-prefixed block is consumed exactly by what is read from it;
 * reading past the end, or leaving bytes at the end, raises ``DecodeError``;
-* nothing but ``DecodeError`` escapes :func:`decode`.
+* nothing but ``DecodeError`` escapes :func:`decode`;
+* :func:`decode` bounds the work a hostile input can cause: at most
+  ``MAX_DECODE_BYTES`` of input and ``MAX_DECODE_ITEMS`` vector items in all
+  (every item becomes a Python object of ~50+ bytes, so a vector of a million
+  one-byte empty vectors would cost ~64 MB and a second without the item bound).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from sottovoce.errors import DecodeError, UsageError
-from sottovoce.limits import MAX_DECODE_BYTES, VARINT_MAX
+from sottovoce.limits import MAX_DECODE_BYTES, MAX_DECODE_ITEMS, VARINT_MAX
 
 T = TypeVar("T")
 
@@ -109,12 +113,18 @@ def _uint(v: int, n: int) -> bytes:
 
 
 class Reader:
-    __slots__ = ("_data", "_end", "_pos")
+    """Reads ``data[pos:end]``. ``budget``, shared by every sub-reader of one decode,
+    is how many vector items may still be read (``None``: no bound, for trusted data)."""
 
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+    __slots__ = ("_budget", "_data", "_end", "_pos")
+
+    def __init__(
+        self, data: bytes, pos: int = 0, end: int | None = None, *, budget: list[int] | None = None
+    ) -> None:
         self._data = data
         self._pos = pos
         self._end = len(data) if end is None else end
+        self._budget = budget
 
     @property
     def remaining(self) -> int:
@@ -199,13 +209,21 @@ class Reader:
         if n < 0 or start + n > self._end:
             raise DecodeError("truncated input")
         self._pos = start + n
-        return Reader(self._data, start, start + n)
+        return Reader(self._data, start, start + n, budget=self._budget)
 
     def vector_v(self, read: Callable[[Reader], T]) -> list[T]:
         """``T items<V>``: items are read until the block is consumed exactly."""
-        sub = self.block(self.varint())
+        n = self.varint()
+        if n == 0:  # the cheapest item a hostile input can repeat: no sub-reader for it
+            return []
+        sub = self.block(n)
+        budget = self._budget
         out: list[T] = []
         while sub._pos < sub._end:
+            if budget is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise DecodeError("too many vector items")
             before = sub._pos
             out.append(read(sub))
             if sub._pos == before:  # an item that reads nothing would loop forever
@@ -237,12 +255,14 @@ def decode(read: Callable[[Reader], T], data: bytes) -> T:
         raise UsageError("decode expects bytes")
     if len(data) > MAX_DECODE_BYTES:
         raise DecodeError("input too large")
-    r = Reader(bytes(data))
+    r = Reader(bytes(data), budget=[MAX_DECODE_ITEMS])
     try:
         value = read(r)
         r.finish()
     except DecodeError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError) as exc:
+        # RecursionError: hostile nesting must not escape as an untyped error from a
+        # reader that recurses.
         raise DecodeError(f"malformed input ({type(exc).__name__})") from None
     return value

@@ -9,7 +9,8 @@ Session, in order::
     server: sottovoce.challenge {nonce}                       (on connect)
     client: sottovoce.register {certificate, signature}      (first time) or
             sottovoce.auth {username, deviceId, signature}   (every later time)
-    server: ksmpv3.connected {userId, deviceId, latestGlobalInboxSeq, ...}
+    server: ksmpv3.connected {userId, deviceId, latestGlobalInboxSeq, ...}  (auth) or
+            sottovoce.registered {the same fields}                         (register)
     client: ksmpv3.resume {lastGlobalInboxSeq}
     server: ksmpv3.inbox.frame × n, then sottovoce.replay.done, then live frames
     client: ksmpv3.send … ← ksmpv3.send.ack (after the write is durable)
@@ -20,7 +21,8 @@ Replies (``data`` of each server event; binary fields base64)::
 
     sottovoce.challenge        {nonce, serverTimeMs}
     ksmpv3.connected           {userId, deviceId, serverTimeMs, latestGlobalInboxSeq, heartbeatMs}
-    sottovoce.registered       {userId, deviceId}
+    sottovoce.registered       {the fields of ksmpv3.connected}: the ONE reply to register and
+                               device.add; the connection is then authenticated as after auth
     sottovoce.username.result  {username, available}
     sottovoce.directory.result {username, accountKey, devices: [{deviceId, certificate}],
                                 revokedDeviceIds: [..]}
@@ -32,7 +34,14 @@ Replies (``data`` of each server event; binary fields base64)::
     sottovoce.push.registered  {}
     ksmpv3.send.ack            {messageId, idempotencyKey, conversationId, serverSeq,
                                 serverReceivedAtMs, duplicate}
+                               (ephemeral sends: ephemeralSeq in place of serverSeq)
     ksmpv3.inbox.frame         {globalInboxSeq, envelope}  (globalInboxSeq 0 = ephemeral)
+
+An envelope carries ``serverSeq`` (stored messages: strictly increasing per
+conversation, durable) or, with ``ephemeral: true``, ``ephemeralSeq`` instead
+(per conversation, counted in the memory of one server process and restarting
+with it): two sequences under two names, so that neither is taken for the other.
+``senderDeviceId`` and ``ephemeral`` are sottovoce extensions of the envelope.
     sottovoce.replay.done      {upToGlobalInboxSeq}
     ksmpv3.error               {code, message, retryable, retryAfterMs, [messageId], [details]}
 
@@ -150,13 +159,23 @@ class Envelope:
     ciphertext: bytes
     contentType: str
     clientCreatedAtMs: int
-    serverSeq: int
     serverReceivedAtMs: int
     idempotencyKey: str
+    #: Stored messages: the conversation's serverSeq (>= 1); ephemeral ones: 0.
+    serverSeq: int = 0
+    #: Ephemeral messages: their own per-conversation sequence (>= 1); stored ones: 0.
+    ephemeralSeq: int = 0
     ephemeral: bool = False
     protocol: str = PROTOCOL
 
+    def __post_init__(self) -> None:
+        if self.ephemeral != (self.ephemeralSeq > 0) or self.ephemeral == (self.serverSeq > 0):
+            raise ProtocolError("bad_request", "an envelope has serverSeq or, if ephemeral, "
+                                               "ephemeralSeq")
+
     def to_wire(self) -> dict[str, Any]:
+        seq = ({"ephemeralSeq": self.ephemeralSeq} if self.ephemeral
+               else {"serverSeq": self.serverSeq})
         return {
             "protocol": self.protocol,
             "conversationId": self.conversationId,
@@ -167,7 +186,7 @@ class Envelope:
             "ciphertext": b64(self.ciphertext),
             "contentType": self.contentType,
             "clientCreatedAtMs": self.clientCreatedAtMs,
-            "serverSeq": self.serverSeq,
+            **seq,
             "serverReceivedAtMs": self.serverReceivedAtMs,
             "idempotencyKey": self.idempotencyKey,
             "ephemeral": self.ephemeral,
@@ -181,6 +200,16 @@ class Envelope:
         if content_type not in CONTENT_TYPES:
             raise bad("contentType", f"must be one of {sorted(CONTENT_TYPES)}")
         recipient = d.get("recipientUserId", "")
+        ephemeral = opt_bool(d, "ephemeral")
+        server_seq = eph_seq = 0
+        if ephemeral:
+            if "serverSeq" in d:
+                raise bad("serverSeq", "an ephemeral message has ephemeralSeq, not serverSeq")
+            eph_seq = req_int(d, "ephemeralSeq", minimum=1)
+        else:
+            if "ephemeralSeq" in d:
+                raise bad("ephemeralSeq", "only an ephemeral message has one")
+            server_seq = req_int(d, "serverSeq", minimum=1)
         return cls(
             conversationId=req_id(d, "conversationId"),
             messageId=req_id(d, "messageId"),
@@ -190,10 +219,11 @@ class Envelope:
             ciphertext=req_b64(d, "ciphertext", max_bytes=MAX_CIPHERTEXT_BYTES),
             contentType=content_type,
             clientCreatedAtMs=opt_int(d, "clientCreatedAtMs"),
-            serverSeq=req_int(d, "serverSeq", minimum=1),
             serverReceivedAtMs=req_int(d, "serverReceivedAtMs"),
             idempotencyKey=req_id(d, "idempotencyKey"),
-            ephemeral=opt_bool(d, "ephemeral"),
+            serverSeq=server_seq,
+            ephemeralSeq=eph_seq,
+            ephemeral=ephemeral,
         )
 
 

@@ -12,17 +12,29 @@ failure becomes one ``ksmpv3.error`` here, at the boundary. Pre-auth requests
 are limited per IP, later ones per device; a connection that keeps sending
 bad or rate-limited frames is closed with 1008 (codes in :mod:`.errors`).
 Nothing here is global: tests start several apps in one process.
+
+Connections not yet authenticated have a budget of their own, apart from
+``max_connections``, which counts authenticated ones only, so that a flood of
+sessions that never log in cannot take the room of devices that do: each has
+``preauth_timeout_ms`` to log in; one address (an IPv6 /64 counts as one) may
+hold ``max_preauth_per_ip`` of them (more are refused with HTTP 429); and when
+``max_preauth`` are open in all, a new one closes the oldest (1008), so that a
+flood from many addresses only ever displaces sessions that had their chance
+(an honest device logs in within one round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import socket
 import ssl
+import sys
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
@@ -37,11 +49,11 @@ from sottovoce import __version__
 from sottovoce.errors import DecodeError, IdentityError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
-    DeviceCertificate,
     RevocationStatement,
     validate_username,
 )
 from sottovoce.limits import MAX_FRAME_BYTES
+from sottovoce.private_files import private_dir, private_file, sqlite_files
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
     CHALLENGE,
@@ -76,7 +88,14 @@ from sottovoce.protocol.events import (
 )
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
-from sottovoce.server.auth import check_certificate, new_challenge, spend, verify_possession
+from sottovoce.server.auth import (
+    Decoy,
+    authenticate_device,
+    check_certificate,
+    new_challenge,
+    spend,
+    verify_possession,
+)
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
@@ -96,7 +115,7 @@ from sottovoce.server.push import (
     WebhookTickleSender,
     check_endpoint,
 )
-from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.ratelimit import ClaimLimits, KeyedBuckets
 from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session
@@ -144,22 +163,33 @@ class ServerApp:
         if self.fanout.remote:
             self.directory.on_change = self.fanout.directory_changed
         if tickle_sender is None:
-            tickle_sender = WebhookTickleSender(timeout_ms=config.push_timeout_ms, logger=logger)
+            tickle_sender = WebhookTickleSender(
+                timeout_ms=config.push_timeout_ms, logger=logger,
+                allow_private=config.push_allow_private,
+            )
         self.pusher = Pusher(
             tickle_sender,
             hints=config.push_hints,
             min_interval_ms=config.push_min_interval_ms,
             logger=logger,
         )
+        self.key_claims = ClaimLimits(config.key_claims_per_requester,
+                                      config.key_claims_per_target)
         self.metrics = Metrics(
+            key_claims=lambda: self.key_claims.counts,
             connections=lambda: len(self.sessions),
             online=lambda: len(self.delivery.online),
             tickles=lambda: self.pusher.count,
+            unauthenticated=lambda: len(self.preauth_sessions),
         )
+        #: Sessions not authenticated yet, oldest first, and how many per address.
+        self.preauth_sessions: OrderedDict[Session, None] = OrderedDict()
+        self.preauth: dict[str, int] = {}
         stats = getattr(self.storage, "stats", None)
         if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
             stats.observers.append(self.metrics.observe_batch)
         self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
+        self.decoy = Decoy()
         self.sessions: set[Session] = set()
         self._server: LeanServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -214,7 +244,7 @@ class ServerApp:
     async def start(self) -> None:
         cfg = self.config
         ctx = self._ssl_context()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._private_data_dir()
         await self.storage.open()
         await self.fanout.start()
         # No extensions (ciphertext does not compress; deflate would only cost CPU).
@@ -233,6 +263,18 @@ class ServerApp:
         self._spawn(self._expiry_loop())
         self.log.info("server.started", url=self.url, version=__version__,
                       path=str(cfg.data_dir), node=self.node_id)
+
+    def _private_data_dir(self) -> None:
+        """Data directory 0700, database files 0600; an existing wider one is reported
+        (a log line and standard error), not changed behind the operator's back."""
+        cfg = self.config
+        found = private_dir(cfg.data_dir)
+        if cfg.database is None:
+            found += private_file(cfg.db_path, *sqlite_files(cfg.db_path))
+        for too_open in found:
+            self.log.warning("storage.permissions", path=str(too_open.path),
+                             code=f"{too_open.mode:04o}")
+            print(f"sottovoce server: warning: {too_open}", file=sys.stderr, flush=True)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -293,15 +335,33 @@ class ServerApp:
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
         if path != WS_PATH:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        cfg = self.config
         wait = self.ip_buckets.take(remote)
         if wait:
             self.metrics.error("rate_limited")
-            resp = _response(HTTPStatus.TOO_MANY_REQUESTS, b"rate limited\n", "text/plain")
-            resp.headers["Retry-After"] = str(max(1, wait // 1000))
-            return resp
-        if len(self.sessions) >= self.config.max_connections:
-            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"server full\n", "text/plain")
+            return self._refuse_handshake("rate_limited", HTTPStatus.TOO_MANY_REQUESTS,
+                                          b"rate limited\n", max(1, wait // 1000))
+        if len(self.sessions) - len(self.preauth_sessions) >= cfg.max_connections:
+            return self._refuse_handshake("server_full", HTTPStatus.SERVICE_UNAVAILABLE,
+                                          b"server full\n", 1)
+        if self.preauth.get(address_key(remote), 0) >= cfg.max_preauth_per_ip:
+            return self._refuse_handshake(
+                "preauth_address", HTTPStatus.TOO_MANY_REQUESTS,
+                b"too many unauthenticated connections from this address\n", 1)
+        while len(self.preauth_sessions) >= cfg.max_preauth:
+            oldest = next(iter(self.preauth_sessions))
+            self._end_preauth(oldest)
+            self.metrics.preauth_evicted += 1
+            oldest.close(CLOSE_ABUSE, "server busy: authenticate sooner")
         return None
+
+    def _refuse_handshake(
+        self, reason: str, status: HTTPStatus, body: bytes, retry_after_s: int
+    ) -> Response:
+        self.metrics.handshake_refused(reason)
+        resp = _response(status, body, "text/plain")
+        resp.headers["Retry-After"] = str(retry_after_s)
+        return resp
 
     # --- WebSocket ------------------------------------------------------------------
 
@@ -309,6 +369,10 @@ class ServerApp:
         """The transport upgraded a connection; frames go to the session from now on."""
         session = Session(self, conn)
         self.sessions.add(session)
+        session.preauth = True
+        self.preauth_sessions[session] = None
+        key = address_key(session.remote)
+        self.preauth[key] = self.preauth.get(key, 0) + 1
         self._challenge(session)
 
         def preauth_expired() -> None:
@@ -326,8 +390,22 @@ class ServerApp:
         if session.timer is not None:
             session.timer.cancel()
         session.closed = True
+        self._end_preauth(session)
         self.delivery.detach(session)
         self.sessions.discard(session)
+
+    def _end_preauth(self, session: Session) -> None:
+        """The session leaves the pre-auth budget (authenticated or gone), once."""
+        if not session.preauth:
+            return
+        session.preauth = False
+        del self.preauth_sessions[session]
+        key = address_key(session.remote)
+        left = self.preauth[key] - 1
+        if left:
+            self.preauth[key] = left
+        else:
+            del self.preauth[key]
 
     def _challenge(self, session: Session) -> None:
         now = now_ms()
@@ -425,8 +503,7 @@ class ServerApp:
                           ev.signature)
         await self.directory.register(cert, ev.certificate, now)
         self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
-        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
-        await self._authenticated(session, cert.username, cert.device_id, rid)
+        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _add_device(
         self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
@@ -444,9 +521,8 @@ class ServerApp:
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
         self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
-        session.reply(REGISTERED, {"userId": cert.username, "deviceId": cert.device_id}, rid)
         self.delivery.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
-        await self._authenticated(session, cert.username, cert.device_id, rid)
+        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
         self, session: Session, ev: Auth, data: dict[str, Any], rid: str | None
@@ -456,24 +532,29 @@ class ServerApp:
         nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
         rec = await self.directory.account(ev.username)
         dev = rec.device(ev.deviceId) if rec is not None else None
-        if dev is None or dev.revoked:
-            raise WireFailure("auth_failed", "unknown or revoked device")
-        cert = DeviceCertificate.decode(dev.certificate)
-        verify_possession(cert.keys.signing_key, nonce, ev.username, ev.deviceId, ev.signature)
+        cert = authenticate_device(
+            None if dev is None or dev.revoked else dev.certificate,
+            nonce, ev.username, ev.deviceId, ev.signature, decoy=self.decoy,
+        )
         if now >= cert.expires_at_ms:
             raise WireFailure("certificate_expired", "device certificate has expired")
         await self._authenticated(session, ev.username, ev.deviceId, rid)
 
     async def _authenticated(
-        self, session: Session, user: str, device: str, rid: str | None
+        self, session: Session, user: str, device: str, rid: str | None,
+        reply: str = CONNECTED,
     ) -> None:
+        """The connection is now this device's. One reply answers the request:
+        ``ksmpv3.connected`` for auth, ``sottovoce.registered`` (same fields) for
+        register and device.add."""
         session.user, session.device = user, device
         session.challenge = None
+        self._end_preauth(session)
         pending = self.delivery.attach(session)
         if pending is not None:
             await pending  # other nodes route this device's frames here before it resumes
         latest = await self.storage.latest_inbox_seq(user, device)
-        session.reply(CONNECTED, {
+        session.reply(reply, {
             "userId": user,
             "deviceId": device,
             "serverTimeMs": now_ms(),
@@ -554,7 +635,10 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        claimed = await self.directory.claim(ev.username, session.key)
+        if await self.directory.account(ev.username) is None:
+            raise WireFailure("unknown_user", "no such user")
+        one_time = self.key_claims.one_time("prekey", session.key[0], ev.username)
+        claimed = await self.directory.claim(ev.username, session.key, one_time=one_time)
         session.reply(PREKEY_BUNDLES, {
             "username": ev.username,
             # PrekeyBundle.encode() is the certificate's encoding followed by the prekey's.
@@ -633,6 +717,20 @@ class ServerApp:
         session.close(CLOSE_ACCOUNT_DELETED, "account deleted")
 
 
+def address_key(remote: str) -> str:
+    """Whose connection this is, for per-address budgets: the IPv4 address, or the
+    IPv6 /64 (one subscriber usually holds a whole /64)."""
+    try:
+        addr = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return remote
+
+
 def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
     """Embedded SQLite in the data directory, or PostgreSQL when ``database`` is set."""
     if config.database is not None:
@@ -644,12 +742,14 @@ def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
             logger=logger,
             commit_window_ms=config.commit_window_ms,
             max_batch=config.max_batch,
+            limits=config.inbox_limits,
         )
     return SqliteStorage(
         config.db_path,
         logger=logger,
         commit_window_ms=config.commit_window_ms,
         max_batch=config.max_batch,
+        limits=config.inbox_limits,
     )
 
 

@@ -9,12 +9,18 @@ A challenge is single use and lives ``challenge_ttl_ms``: whatever the outcome
 of an attempt, its nonce is spent, so a captured signature can never be
 replayed (another connection has another nonce; this one has been consumed).
 Signatures are checked once per connection, never per message (docs/architecture.md §Hot path).
+
+A failed ``sottovoce.auth`` says nothing about why: an unknown device, a revoked
+one and a wrong signature get the same ``auth_failed`` error after the same
+work (one certificate decode and one signature check, against a decoy for a
+device that is not there), so a stranger cannot learn which (username, device)
+pairs exist (docs/threat-model.md).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
@@ -24,9 +30,18 @@ from sottovoce.errors import (
     SignatureError,
     UsageError,
 )
-from sottovoce.identity import DeviceCertificate, validate_username
+from sottovoce.identity import (
+    AccountKey,
+    DeviceCertificate,
+    DevicePublicKeys,
+    DeviceSigningKey,
+    validate_username,
+)
 from sottovoce.protocol.events import NONCE_BYTES, auth_message
 from sottovoce.server.errors import WireFailure
+
+#: The one answer to a failed possession proof, whatever the reason.
+AUTH_FAILED = "authentication failed"
 
 
 @dataclass(slots=True)
@@ -61,7 +76,40 @@ def verify_possession(
     try:
         ed25519_verify(signing_key, auth_message(nonce, username, device_id), signature)
     except SignatureError:
-        raise WireFailure("auth_failed", "challenge signature is invalid") from None
+        raise WireFailure("auth_failed", AUTH_FAILED) from None
+
+
+def _decoy_certificate() -> bytes:
+    account = AccountKey.generate(secrets.token_bytes)
+    device = DeviceSigningKey.generate(secrets.token_bytes)
+    keys = DevicePublicKeys(
+        signing_key=device.public,
+        olm_identity_key=secrets.token_bytes(32),
+        olm_signing_key=secrets.token_bytes(32),
+    )
+    return DeviceCertificate.issue(
+        account, username="decoy", device_id="decoy", keys=keys, now_ms=0
+    ).encode()
+
+
+@dataclass(slots=True)
+class Decoy:
+    """A certificate nobody holds the key of: checked in place of a missing device."""
+
+    certificate: bytes = field(default_factory=_decoy_certificate)
+
+
+def authenticate_device(
+    certificate: bytes | None, nonce: bytes, username: str, device_id: str, signature: bytes,
+    *, decoy: Decoy,
+) -> DeviceCertificate:
+    """Check the signature of a device's stored certificate (``None``: no such active
+    device). Either way the same work is done and the same error raised."""
+    cert = DeviceCertificate.decode(certificate if certificate is not None else decoy.certificate)
+    verify_possession(cert.keys.signing_key, nonce, username, device_id, signature)
+    if certificate is None:  # the decoy's key is thrown away: its check never passes
+        raise WireFailure("auth_failed", AUTH_FAILED)
+    return cert
 
 
 def check_certificate(

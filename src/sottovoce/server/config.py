@@ -29,9 +29,16 @@ from sottovoce.errors import UsageError
 from sottovoce.limits import (
     AUTH_CHALLENGE_TTL_MS,
     DEFAULT_RETENTION_MS,
+    INBOX_CONTACT_BYTES,
+    INBOX_CONTACT_MESSAGES,
+    INBOX_MAX_BYTES,
+    INBOX_MAX_MESSAGES,
+    INBOX_STRANGER_BYTES,
+    INBOX_STRANGER_MESSAGES,
     KEEPALIVE_INTERVAL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
+from sottovoce.server.storage.quota import InboxLimits
 
 DEFAULT_PORT = 8765
 ENV_PREFIX = "SOTTOVOCE_"
@@ -53,7 +60,7 @@ class ServerConfig:
     expiry_interval_ms: int = 60_000
     heartbeat_ms: int = KEEPALIVE_INTERVAL_MS
     challenge_ttl_ms: int = AUTH_CHALLENGE_TTL_MS
-    preauth_timeout_ms: int = 60_000
+    preauth_timeout_ms: int = 5_000
     commit_window_ms: float = 0.0
     max_batch: int = 2048
     device_rate: float = 2000.0
@@ -62,6 +69,18 @@ class ServerConfig:
     ip_burst: int = 400
     abuse_strikes: int = 50
     max_connections: int = 10_000
+    max_preauth: int = 1024
+    max_preauth_per_ip: int = 64
+    key_claims_per_requester: int = 5
+    key_claims_per_target: int = 20
+    inbox_max_messages: int = INBOX_MAX_MESSAGES
+    inbox_max_bytes: int = INBOX_MAX_BYTES
+    inbox_contact_messages: int = INBOX_CONTACT_MESSAGES
+    inbox_contact_bytes: int = INBOX_CONTACT_BYTES
+    inbox_stranger_messages: int = INBOX_STRANGER_MESSAGES
+    inbox_stranger_bytes: int = INBOX_STRANGER_BYTES
+    resume_burst: int = 4
+    resume_interval_ms: int = 5_000
     write_buffer_limit: int = 8 * 1024 * 1024
     prekey_low_watermark: int = ONE_TIME_KEYS_LOW_WATERMARK
     push_hints: bool = False
@@ -90,11 +109,18 @@ class ServerConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise UsageError("log level must be debug, info, warning or error")
         for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
-                     "max_batch", "device_burst", "ip_burst", "abuse_strikes"):
+                     "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
+                     "resume_interval_ms", "preauth_timeout_ms", "max_connections",
+                     "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
+                     "key_claims_per_target", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
             raise UsageError("rates must be positive")
+        limits = self.inbox_limits
+        if not (limits.stranger_messages <= limits.contact_messages <= limits.device_messages
+                and limits.stranger_bytes <= limits.contact_bytes <= limits.device_bytes):
+            raise UsageError("inbox quotas must grow: stranger <= contact <= inbox-max")
         if self.database is not None and not self.database.startswith(
             ("postgresql://", "postgres://")
         ):
@@ -112,6 +138,17 @@ class ServerConfig:
             raise UsageError("NATS namespace: 1-64 letters, digits, '_' or '-'")
 
     @property
+    def inbox_limits(self) -> InboxLimits:
+        return InboxLimits(
+            device_messages=self.inbox_max_messages,
+            device_bytes=self.inbox_max_bytes,
+            contact_messages=self.inbox_contact_messages,
+            contact_bytes=self.inbox_contact_bytes,
+            stranger_messages=self.inbox_stranger_messages,
+            stranger_bytes=self.inbox_stranger_bytes,
+        )
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
@@ -124,6 +161,8 @@ class ServerConfig:
         return self.data_dir / "sottovoce.sqlite3"
 
 
+_INBOX_OPTIONS = ("inbox_max_messages", "inbox_max_bytes", "inbox_contact_messages",
+                  "inbox_contact_bytes", "inbox_stranger_messages", "inbox_stranger_bytes")
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESIDENCY = re.compile(r"[A-Za-z0-9 ._:/-]{1,64}")
 
@@ -168,7 +207,7 @@ OPTIONS: tuple[Option, ...] = (
            "MS"),
     Option("challenge_ttl_ms", int, "an auth challenge must be answered within this (30000)",
            "MS"),
-    Option("preauth_timeout_ms", int, "close connections not authenticated within this (60000)",
+    Option("preauth_timeout_ms", int, "close connections not authenticated within this (5000)",
            "MS"),
     Option("commit_window_ms", float,
            "extra wait to gather more sends into one commit (default 0: take what queued "
@@ -183,7 +222,39 @@ OPTIONS: tuple[Option, ...] = (
     Option("abuse_strikes", int,
            "rate-limited or malformed requests in a row before the socket is closed with 1008 "
            "(default 50)", "N"),
-    Option("max_connections", int, "concurrent WebSocket connections (default 10000)", "N"),
+    Option("max_connections", int,
+           "concurrent authenticated WebSocket connections (default 10000)", "N"),
+    Option("max_preauth", int,
+           "concurrent connections not yet authenticated, in total (default 1024; past it a "
+           "new one closes the oldest); they never take the room of authenticated ones", "N"),
+    Option("max_preauth_per_ip", int,
+           "concurrent connections not yet authenticated from one IPv4 address or IPv6 /64 "
+           "(default 64)", "N"),
+    Option("key_claims_per_requester", int,
+           "one-time prekeys / KeyPackages one account may take of another per hour (5); "
+           "past it, claims get the fallback / last-resort key", "N"),
+    Option("key_claims_per_target", int,
+           "one-time prekeys / KeyPackages all other accounts together may take of one "
+           "account per hour (20)", "N"),
+    Option("inbox_max_messages", int,
+           "frames that may wait unread in one device's inbox (default 20000); past it sends "
+           "to the device are refused with inbox_full", "N"),
+    Option("inbox_max_bytes", int, "bytes that may wait in one device's inbox (256 MiB)",
+           "BYTES"),
+    Option("inbox_contact_messages", int,
+           "frames one account may have waiting in a device's inbox once that device's "
+           "account has written to it (default 10000)", "N"),
+    Option("inbox_contact_bytes", int, "bytes of the same (128 MiB)", "BYTES"),
+    Option("inbox_stranger_messages", int,
+           "frames one account may have waiting in a device's inbox before that device's "
+           "account has written to it (default 5000)", "N"),
+    Option("inbox_stranger_bytes", int, "bytes of the same (16 MiB)", "BYTES"),
+    Option("resume_burst", int,
+           "replays (ksmpv3.resume) a device may start at once, over all its connections "
+           "(default 4); later ones wait their turn", "N"),
+    Option("resume_interval_ms", int,
+           "past the burst, a device's next replay starts this long after the last (5000)",
+           "MS"),
     Option("write_buffer_limit", int,
            "bytes queued to one slow client before it is closed with 1013 (default 8 MiB)",
            "BYTES"),

@@ -10,10 +10,19 @@
     ksmpv3.resume{n} ──► replay frames after n in order ──► sottovoce.replay.done ──► live
     ksmpv3.ack.read{n} ──► delete the device's frames ≤ n
 
+A replay costs the server far more than the resume that asks for it, so one
+device gets one at a time: a new resume supersedes the running replay (it
+restarts from the new position, but never resends what this connection already
+carried: those frames are on the wire, in order), and a device's replays past
+``resume_burst`` wait ``resume_interval_ms`` each, over all its connections.
+
 One serverSeq per logical message (per conversation, strictly increasing);
 one globalInboxSeq per device per frame; both assigned inside the commit.
 Ephemeral sends never touch storage: they are relayed to the target devices
-online now (globalInboxSeq 0) or refused with ``recipient_offline``.
+online now (globalInboxSeq 0) or refused with ``recipient_offline``. They carry
+no serverSeq but an ``ephemeralSeq`` (per conversation, counted in this server
+process's memory, restarting with it), so that no client can mistake one
+sequence for the other.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from sottovoce.limits import REPLAY_BATCH
 from sottovoce.protocol.events import REPLAY_DONE, dm_conversation_id
 from sottovoce.server.errors import CLOSE_REPLACED, WireFailure
+from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.sendview import SendView
 from sottovoce.server.session import Session
 from sottovoce.server.storage.base import (
@@ -37,6 +47,7 @@ from sottovoce.server.storage.base import (
     SendRequest,
     envelope_text,
 )
+from sottovoce.server.storage.quota import InboxFull
 
 if TYPE_CHECKING:
     from sottovoce.server.app import ServerApp
@@ -62,14 +73,16 @@ def ack_text(
     server_seq: int,
     received_at_ms: int,
     duplicate: bool,
+    ephemeral: bool = False,
 ) -> str:
+    """``server_seq`` is the ephemeralSeq for an ephemeral send (and named so)."""
     # Every id here passed the protocol's id alphabet check: no JSON escaping needed.
     rid = '"requestId":"' + request_id + '",' if request_id is not None else ""
     return (
         '{"event":"ksmpv3.send.ack",' + rid + '"data":{"messageId":"' + message_id
         + '","idempotencyKey":"' + idempotency_key
         + '","conversationId":"' + conversation_id
-        + '","serverSeq":' + str(server_seq)
+        + ('","ephemeralSeq":' if ephemeral else '","serverSeq":') + str(server_seq)
         + ',"serverReceivedAtMs":' + str(received_at_ms)
         + (',"duplicate":true}}' if duplicate else ',"duplicate":false}}')
     )
@@ -91,6 +104,8 @@ class Delivery:
         # (sender, sender device, recipient) -> the devices a send must cover.
         self._expected: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = {}
         self._expected_version = -1
+        cfg = app.config
+        self._resumes = KeyedBuckets(1000 / cfg.resume_interval_ms, cfg.resume_burst)
 
     # --- presence -------------------------------------------------------------------
 
@@ -242,7 +257,9 @@ class Delivery:
                 error if isinstance(error, WireFailure)
                 else WireFailure("internal", "send failed", retryable=True, retry_after_ms=100)
             )
-            if not isinstance(error, WireFailure):
+            if isinstance(error, InboxFull):
+                metrics.inbox_full[error.scope] = metrics.inbox_full.get(error.scope, 0) + 1
+            elif not isinstance(error, WireFailure):
                 self.app.log.error("send.failed", error=type(error).__name__)
             session.error(failure, rid, message_id)
             return
@@ -299,7 +316,7 @@ class Delivery:
             session.write(
                 ack_text(rid, message_id=mid, idempotency_key=req.idempotency_key,
                          conversation_id=conv, server_seq=seq, received_at_ms=received,
-                         duplicate=True)
+                         duplicate=True, ephemeral=True)
             )
             return None
         online = self.online
@@ -369,25 +386,35 @@ class Delivery:
         session.write(
             ack_text(rid, message_id=req.message_id, idempotency_key=req.idempotency_key,
                      conversation_id=req.conversation_id, server_seq=seq,
-                     received_at_ms=received, duplicate=False)
+                     received_at_ms=received, duplicate=False, ephemeral=True)
         )
 
     # --- resume and ack -------------------------------------------------------------
 
     def resume(self, session: Session, last_seq: int, rid: str | None) -> None:
-        session.key  # noqa: B018 -- raises unless authenticated
+        key = session.key
         if session.replay_task is not None:
-            session.replay_task.cancel()
+            session.replay_task.cancel()  # superseded: one replay per connection
+        again = session.resumed
         session.resumed = True
         session.live = False
         # Everything already routed here is committed and the replay will read it.
         session.pending.clear()
         session.room_pending.clear()
-        session.room_sent.clear()  # rooms replay from the device's read positions
         session.pending_bytes = 0
         session.overflow = False
-        session.last_sent = last_seq
-        task = asyncio.get_running_loop().create_task(self._replay(session, rid))
+        if again:
+            # What this connection carried is on its way to the client, in order: a
+            # repeated resume never resends it (room frames likewise, by room_sent).
+            session.last_sent = max(last_seq, session.last_sent)
+        else:
+            session.last_sent = last_seq  # rooms replay from the device's read positions
+        wait = self._resumes.reserve(key)
+        metrics = self.app.metrics
+        metrics.resumes += 1
+        if wait:
+            metrics.resumes_deferred += 1
+        task = asyncio.get_running_loop().create_task(self._replay(session, rid, delay_ms=wait))
         session.replay_task = task
 
     def catch_up(self, session: Session) -> None:
@@ -405,12 +432,16 @@ class Delivery:
         task = asyncio.get_running_loop().create_task(self._replay(session, None, announce=False))
         session.replay_task = task
 
-    async def _replay(self, session: Session, rid: str | None, *, announce: bool = True) -> None:
+    async def _replay(
+        self, session: Session, rid: str | None, *, announce: bool = True, delay_ms: int = 0
+    ) -> None:
         user, device = session.key
         storage = self.app.storage
         budget = self.app.config.write_buffer_limit // 4
         replayed = 0
         try:
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)  # this device's turn (resume_interval_ms)
             while not session.closed:
                 rows = await storage.read_inbox(user, device, session.last_sent, REPLAY_BATCH)
                 written = 0

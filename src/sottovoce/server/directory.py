@@ -163,8 +163,10 @@ class Directory:
             ) from None
 
     async def claim(
-        self, user_id: str, requester: tuple[str, str]
+        self, user_id: str, requester: tuple[str, str], *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
+        """One bundle per active device of ``user_id`` but the requester's own;
+        ``one_time=False`` (a limited requester): fallback keys only."""
         if await self.account(user_id) is None:
             raise WireFailure("unknown_user", "no such user")
-        return await self._storage.claim_prekeys(user_id, requester)
+        return await self._storage.claim_prekeys(user_id, requester, one_time=one_time)

@@ -14,7 +14,7 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``payload_too_large``  a field or list exceeds its limit [no]
 ``unauthorized``       the event needs an authenticated connection [no]
 ``already_authenticated`` register/auth on an authenticated connection [no]
-``auth_failed``        wrong signature, unknown or revoked device [no]
+``auth_failed``        wrong signature, unknown or revoked device: one answer for all [no]
 ``challenge_expired``  the challenge was older than its TTL; a new one follows [yes]
 ``challenge_used``     the challenge was already answered; a new one follows [yes]
 ``invalid_username``   the username breaks the alias rules [no]
@@ -33,6 +33,9 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``device_mismatch``    ciphertexts do not cover exactly the active devices [no]
 ``recipient_offline``  ephemeral send while no recipient device is online; nothing was stored [no]
 ``rate_limited``       token bucket empty; retry after ``retryAfterMs`` [yes]
+``inbox_full``         a target device's inbox quota is used up (``details``: ``scope``
+                       device | contact | stranger, ``userId``, ``deviceId``); nothing was
+                       stored; retry after ``retryAfterMs`` (the recipient reads) [yes]
 ``unavailable``        storage failed; nothing was stored, retry later [yes]
 ``room_exists``        room.create with an id already taken [no]
 ``unknown_room``       no such room [no]
@@ -57,8 +60,9 @@ Wire error codes the server emits (``retryable`` in brackets):
 WebSocket close codes the server uses:
 
 * 1009 – a frame larger than ``limits.MAX_FRAME_BYTES``;
-* 1008 – sustained abuse (too many rate-limited or malformed requests), or no
-  authentication within the pre-auth timeout;
+* 1008 – sustained abuse (too many rate-limited or malformed requests), no
+  authentication within the pre-auth timeout, or (not authenticated yet) closed to
+  make room for a newer unauthenticated connection when the pre-auth budget is full;
 * 1013 – the client reads too slowly (write buffer over its limit): reconnect
   and resume;
 * 4000 – replaced: the same device authenticated on a newer connection;

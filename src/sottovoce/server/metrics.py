@@ -24,10 +24,20 @@ class Metrics(Collector):
         connections: Callable[[], int] = lambda: 0,
         online: Callable[[], int] = lambda: 0,
         tickles: Callable[[], int] = lambda: 0,
+        unauthenticated: Callable[[], int] = lambda: 0,
+        key_claims: Callable[[], dict[tuple[str, str], int]] = dict,
     ) -> None:
+        self.key_claims = key_claims
         self.connections = connections
         self.online = online
         self.tickles = tickles
+        self.unauthenticated = unauthenticated
+        #: WebSocket upgrades refused, by reason (a fixed set: see ServerApp).
+        self.handshakes_refused: dict[str, int] = {}
+        #: Unauthenticated sessions closed to make room for newer ones.
+        self.preauth_evicted = 0
+        #: Sends refused with inbox_full, by quota scope (device, contact, stranger).
+        self.inbox_full: dict[str, int] = {}
         self.frames: dict[str, int] = dict.fromkeys((*ALL_CLIENT_EVENTS, "invalid"), 0)
         self.errors: dict[str, int] = {}
         self.closes: dict[int, int] = {}
@@ -39,6 +49,8 @@ class Metrics(Collector):
         self.acked = 0
         self.expired = 0
         self.replay_rereads = 0
+        self.resumes = 0
+        self.resumes_deferred = 0
         # Rooms: messages and commits stored, room frames written, messages
         # deleted once every member read them.
         self.room_messages = 0
@@ -67,6 +79,9 @@ class Metrics(Collector):
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    def handshake_refused(self, reason: str) -> None:
+        self.handshakes_refused[reason] = self.handshakes_refused.get(reason, 0) + 1
+
     def closed(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
 
@@ -83,6 +98,17 @@ class Metrics(Collector):
                                 value=self.connections())
         yield GaugeMetricFamily("sottovoce_devices_online", "authenticated devices",
                                 value=self.online())
+        yield GaugeMetricFamily("sottovoce_connections_unauthenticated",
+                                "connections that have not authenticated yet",
+                                value=self.unauthenticated())
+        refused = CounterMetricFamily("sottovoce_handshakes_refused",
+                                      "WebSocket upgrades refused, by reason", labels=["reason"])
+        for reason, n in sorted(self.handshakes_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield CounterMetricFamily("sottovoce_preauth_evicted",
+                                  "unauthenticated connections closed to make room for newer ones",
+                                  value=self.preauth_evicted)
         frames = CounterMetricFamily("sottovoce_frames_received", "client frames by event",
                                      labels=["event"])
         for event, n in self.frames.items():
@@ -105,6 +131,12 @@ class Metrics(Collector):
         yield CounterMetricFamily("sottovoce_replay_rereads",
                                   "replays that re-read storage after live frames overflowed",
                                   value=self.replay_rereads)
+        resumes = CounterMetricFamily("sottovoce_resumes", "ksmpv3.resume requests, and those "
+                                      "whose replay waited for the device's turn",
+                                      labels=["kind"])
+        resumes.add_metric(["requested"], self.resumes)
+        resumes.add_metric(["deferred"], self.resumes_deferred)
+        yield resumes
         rooms = CounterMetricFamily("sottovoce_room_events", "room messages and frames",
                                     labels=["kind"])
         rooms.add_metric(["message_stored"], self.room_messages)
@@ -113,6 +145,17 @@ class Metrics(Collector):
         rooms.add_metric(["frame_replay"], self.room_deliveries_replay)
         rooms.add_metric(["message_deleted"], self.room_deleted)
         yield rooms
+        full = CounterMetricFamily("sottovoce_inbox_full",
+                                   "sends refused by an inbox quota, by scope", labels=["scope"])
+        for scope, n in sorted(self.inbox_full.items()):
+            full.add_metric([scope], n)
+        yield full
+        claims = CounterMetricFamily(
+            "sottovoce_key_claims", "prekey and KeyPackage claims: allowed one-time keys, or "
+            "limited to the fallback / last-resort key", labels=["kind", "result"])
+        for (kind, result), n in sorted(self.key_claims().items()):
+            claims.add_metric([kind, result], n)
+        yield claims
         yield CounterMetricFamily("sottovoce_push_tickles", "push tickles sent",
                                   value=self.tickles())
         errors = CounterMetricFamily("sottovoce_errors", "ksmpv3.error by code", labels=["code"])

@@ -3,6 +3,16 @@
 A tickle tells an offline device "you have mail; reconnect and resume". The
 payload is exactly ``{"type": "ksmpv3_tickle"}``; with ``push_hints`` on, the
 conversation id and serverSeq may be added — never ciphertext, previews or keys.
+
+Endpoints are chosen by devices, so the server must not be talked into calling
+its own network (SSRF). The check at registration is not enough: the name may
+resolve elsewhere by the time a tickle is sent (DNS rebinding). So every
+delivery resolves the name once, checks the address, and connects to exactly
+that address, with the endpoint's own name in the Host header and, for https,
+in TLS SNI and the certificate check::
+
+    endpoint https://push.example/p ──resolve──► 203.0.113.7 ──allowed?──► POST
+        https://203.0.113.7:443/p   Host: push.example   SNI: push.example
 """
 
 from __future__ import annotations
@@ -10,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -20,6 +34,80 @@ from sottovoce.server.errors import WireFailure
 from sottovoce.server.logs import JsonLogger
 
 TICKLE_TYPE = "ksmpv3_tickle"
+#: HTTP clients kept, one per endpoint origin (scheme, name, port): a pooled
+#: connection is only ever reused for the name it was opened (and verified) for.
+PUSH_CLIENTS = 64
+
+#: Resolves (host, port) to the addresses to try, in order.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def address_allowed(text: str) -> bool:
+    """A public unicast address: not private, loopback, link-local, reserved, multicast."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return addr.is_global and not addr.is_multicast
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushTarget:
+    """One delivery's pinned destination."""
+
+    url: str  # the endpoint with its host replaced by the checked address
+    origin: tuple[str, str, int]  # (scheme, name, port) of the endpoint
+    host_header: str
+    server_name: str | None  # TLS SNI and certificate name (https with a name)
+
+
+def _split(endpoint: str) -> tuple[SplitResult, str, int]:
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WireFailure("bad_request", "push endpoint must be an http(s) URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise WireFailure("bad_request", "push endpoint has a bad port") from None
+    return parts, parts.hostname, port
+
+
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def pin_endpoint(endpoint: str, *, allow_private: bool, resolve: Resolver) -> PushTarget:
+    """Resolve the endpoint once and pick an allowed address to connect to."""
+    parts, host, port = _split(endpoint)
+    try:
+        found = [host] if _literal(host) else await resolve(host, port)
+    except OSError:
+        raise WireFailure("bad_request", "push endpoint host does not resolve") from None
+    usable = [a for a in found if allow_private or address_allowed(a)]
+    if not usable:
+        raise WireFailure("forbidden", "push endpoint is on a private network")
+    address = usable[0]
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (userinfo + "@" if userinfo else "") + (
+        f"[{address}]" if ":" in address else address
+    ) + f":{port}"
+    return PushTarget(
+        url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+        origin=(parts.scheme, host, port),
+        host_header=parts.netloc.rpartition("@")[2],
+        server_name=host if parts.scheme == "https" and not _literal(host) else None,
+    )
 
 
 def tickle_payload(
@@ -54,44 +142,79 @@ class InMemoryTickleSender:
 
 
 class WebhookTickleSender:
-    """UnifiedPush-style: an HTTP POST of the JSON payload to the device's endpoint."""
+    """UnifiedPush-style: an HTTP POST of the JSON payload to the device's endpoint,
+    at an address resolved and checked for this delivery (see the module docstring)."""
 
-    def __init__(self, *, timeout_ms: int, logger: JsonLogger) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=timeout_ms / 1000, follow_redirects=False, trust_env=False
-        )
+    def __init__(
+        self,
+        *,
+        timeout_ms: int,
+        logger: JsonLogger,
+        allow_private: bool = False,
+        resolve: Resolver = system_resolve,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self._timeout = timeout_ms / 1000
         self._log = logger
+        self._allow_private = allow_private
+        self._resolve = resolve
+        self._verify = verify
+        self._clients: OrderedDict[tuple[str, str, int], httpx.AsyncClient] = OrderedDict()
+
+    def _client(self, origin: tuple[str, str, int]) -> httpx.AsyncClient:
+        client = self._clients.get(origin)
+        if client is not None:
+            self._clients.move_to_end(origin)
+            return client
+        client = self._clients[origin] = httpx.AsyncClient(
+            timeout=self._timeout, follow_redirects=False, trust_env=False, verify=self._verify
+        )
+        if len(self._clients) > PUSH_CLIENTS:
+            _, old = self._clients.popitem(last=False)
+            asyncio.get_running_loop().create_task(old.aclose())
+        return client
 
     async def tickle(self, endpoint: str, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
         try:
-            resp = await self._client.post(
-                endpoint, content=body, headers={"content-type": "application/json"}
+            target = await pin_endpoint(
+                endpoint, allow_private=self._allow_private, resolve=self._resolve
+            )
+        except WireFailure as exc:
+            self._log.warning("push.refused", code=exc.code)
+            return
+        extensions = {} if target.server_name is None else {"sni_hostname": target.server_name}
+        try:
+            resp = await self._client(target.origin).post(
+                target.url,
+                content=body,
+                headers={"content-type": "application/json", "host": target.host_header},
+                extensions=extensions,
             )
             self._log.debug("push.sent", status=resp.status_code)
         except httpx.HTTPError as exc:
             self._log.warning("push.failed", error=type(exc).__name__)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
+            await client.aclose()
 
 
-async def check_endpoint(endpoint: str, *, allow_private: bool) -> None:
-    """Refuse endpoints that would make the server call into its own network (SSRF)."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WireFailure("bad_request", "push endpoint must be an http(s) URL")
+async def check_endpoint(
+    endpoint: str, *, allow_private: bool, resolve: Resolver = system_resolve
+) -> None:
+    """At registration: refuse endpoints that would make the server call into its own
+    network (SSRF), whichever of the name's addresses a later delivery would use."""
+    _, host, port = _split(endpoint)
     if allow_private:
         return
-    host = parts.hostname
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        found = [host] if _literal(host) else await resolve(host, port)
     except OSError:
         raise WireFailure("bad_request", "push endpoint host does not resolve") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if not addr.is_global:
-            raise WireFailure("forbidden", "push endpoint is on a private network")
+    if not found or not all(address_allowed(a) for a in found):
+        raise WireFailure("forbidden", "push endpoint is on a private network")
 
 
 class Pusher:

@@ -1,11 +1,12 @@
-"""Token buckets: per device (after auth), per IP (before auth), and abuse strikes
-(docs/protocol.md §Limits)."""
+"""Token buckets: per device (after auth), per IP (before auth), per device for resumes,
+and abuse strikes (docs/protocol.md §Limits)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class TokenBucket:
@@ -30,6 +31,19 @@ class TokenBucket:
         self._tokens = tokens
         return max(1, math.ceil((cost - tokens) / self._rate * 1000))
 
+    def reserve(self, cost: float = 1.0, *, now: float | None = None) -> int:
+        """Spend ``cost`` tokens now, going into debt if need be (at most one ``cost``
+        deep); returns how long (ms) the caller must wait before acting, 0 if none.
+        Unlike :meth:`take`, a caller that asks again while waiting pushes its own
+        turn further back instead of getting the same early one."""
+        t = time.monotonic() if now is None else now
+        tokens = min(self._burst, self._tokens + (t - self._stamp) * self._rate)
+        self._stamp = t
+        self._tokens = max(tokens - cost, -cost)
+        if self._tokens >= 0:
+            return 0
+        return max(1, math.ceil(-self._tokens / self._rate * 1000))
+
     def refund(self, cost: float = 1.0) -> None:
         self._tokens = min(self._burst, self._tokens + cost)
 
@@ -53,16 +67,55 @@ class Strikes:
             self._count -= 1
 
 
+class ClaimLimits:
+    """One-time prekeys and KeyPackages handed to other accounts (docs/threat-model.md).
+
+    Each is spent by the claim that takes it, so a stranger who claims in a loop
+    would strip a user of them and leave everyone who contacts that user with
+    the reusable fallback key (weaker forward secrecy of first messages). A
+    requester gets ``per_requester`` one-time keys of a target per hour, and all
+    requesters together ``per_target``; past either, a claim is still answered,
+    with the fallback / last-resort key, which consumes nothing. An account
+    claiming its own other devices' keys is not limited. "Stranger" is, for now,
+    any other account: nothing here knows contacts.
+    """
+
+    HOUR_S = 3600
+
+    def __init__(self, per_requester: int, per_target: int) -> None:
+        self._pair = KeyedBuckets(per_requester / self.HOUR_S, per_requester)
+        self._target = KeyedBuckets(per_target / self.HOUR_S, per_target)
+        #: (kind, "one_time" | "limited") -> claims, for the metrics.
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def one_time(self, kind: str, requester: str, target: str) -> bool:
+        """Whether this claim may take one-time keys (``kind``: prekey, keypackage)."""
+        allowed = requester == target or self._take(kind, requester, target)
+        key = (kind, "one_time" if allowed else "limited")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return allowed
+
+    def _take(self, kind: str, requester: str, target: str) -> bool:
+        pair = self._pair.bucket((kind, requester, target))
+        if pair.take():
+            return False
+        if self._target.take((kind, target)):
+            pair.refund()
+            return False
+        return True
+
+
 class KeyedBuckets:
-    """One bucket per key (IP address), the least recently used forgotten past ``max_keys``."""
+    """One bucket per key (an IP address, a device), the least recently used forgotten
+    past ``max_keys``."""
 
     def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000) -> None:
         self._rate = rate
         self._burst = burst
         self._max = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
-    def take(self, key: str, cost: float = 1.0) -> int:
+    def bucket(self, key: Hashable) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst)
@@ -71,4 +124,10 @@ class KeyedBuckets:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take(cost)
+        return bucket
+
+    def take(self, key: Hashable, cost: float = 1.0) -> int:
+        return self.bucket(key).take(cost)
+
+    def reserve(self, key: Hashable, cost: float = 1.0) -> int:
+        return self.bucket(key).reserve(cost)

@@ -321,7 +321,9 @@ class Rooms:
     ) -> None:
         if await self.app.directory.account(ev.username) is None:
             raise WireFailure("unknown_user", "no such user")
-        claimed = await self.store.claim_key_packages(ev.username, session.key)
+        # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
+        one_time = self.app.key_claims.one_time("keypackage", session.key[0], ev.username)
+        claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
             "keyPackages": [

@@ -15,7 +15,9 @@ connection:
     (buffer live frames)   (buffer live frames)       (write at once)
 
 Live frames that arrive while replaying are buffered and written after
-``sottovoce.replay.done`` unless the replay already carried them.
+``sottovoce.replay.done`` unless the replay already carried them. Another
+resume on the same connection supersedes the running replay and carries on
+from the later of its position and ``last_sent`` (delivery.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Session:
         "overflow",
         "pending",
         "pending_bytes",
+        "preauth",
         "remote",
         "replay_task",
         "resumed",
@@ -84,6 +87,7 @@ class Session:
         self.replay_task: asyncio.Task[None] | None = None
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None  # the pre-auth deadline
+        self.preauth = False  # counted in the app's pre-auth budget
         self._limit = cfg.write_buffer_limit
 
     @property

@@ -110,7 +110,8 @@ class SendRequest:
         tail = (
             '","contentType":"' + self.content_type
             + '","clientCreatedAtMs":' + str(self.client_created_at_ms)
-            + ',"serverSeq":'
+            # An ephemeral message has no serverSeq: its own counter, its own name.
+            + (',"ephemeralSeq":' if self.ephemeral else ',"serverSeq":')
         )
         return head, tail
 
@@ -225,9 +226,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
-        """Atomically take one one-time key (else the fallback) per active device."""
+        """Atomically take one one-time key (else the fallback) per active device;
+        ``one_time=False``: the fallback only, consuming nothing (a limited requester)."""
 
     # --- delivery ------------------------------------------------------------------
 

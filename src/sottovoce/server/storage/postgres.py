@@ -75,6 +75,7 @@ from sottovoce.server.storage.postgres_rooms import (
     ROOMS_MIGRATION,
     PostgresRooms,
 )
+from sottovoce.server.storage.quota import InboxFull, InboxLimits, Usage, refusal
 from sottovoce.server.storage.sqlite import BatchStats
 
 T = TypeVar("T")
@@ -128,6 +129,69 @@ _APPEND_FUNCTION = """
                u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
         FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
              AS u(dv, di, r, ci, sr, pre, post);
+    END
+    $fn$;
+"""
+
+# v4's sv_append_batch: as above, and each inbox row also names its sending device;
+# then what waits per (recipient device, sending account) grows by the rows just
+# inserted (exact byte lengths), and the senders are recorded as having written to
+# the recipients. Usage rows of a device are only written under its counter row
+# lock (or by single-statement deletes), so these upserts cannot deadlock.
+_APPEND_FUNCTION_V4 = """
+    CREATE FUNCTION sv_append_batch(
+        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
+        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
+        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
+        i_pre text[], i_post text[], received bigint, i_sender bigint[],
+        w_user text[], w_peer text[],
+        OUT conv_last bigint[], OUT dev_last bigint[]
+    ) LANGUAGE plpgsql AS $fn$
+    DECLARE
+        n bigint;
+    BEGIN
+        WITH up AS (
+            INSERT INTO conversations AS c(conversation_id, last_seq)
+            SELECT * FROM unnest(conv_ids, conv_counts)
+            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+            RETURNING c.conversation_id, c.last_seq
+        )
+        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
+        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
+        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
+        WITH up AS (
+            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
+            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
+            RETURNING d.dev, d.last_inbox_seq
+        )
+        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
+        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
+                          received_at)
+        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
+        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n <> coalesce(cardinality(s_dev), 0) THEN
+            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
+        END IF;
+        WITH ins AS (
+            INSERT INTO inbox(dev, seq, received_at, envelope, sender)
+            SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
+                   u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post,
+                   u.sd
+            FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender)
+                 AS u(dv, di, r, ci, sr, pre, post, sd)
+            RETURNING inbox.dev, inbox.sender, octet_length(inbox.envelope) AS size
+        )
+        INSERT INTO inbox_usage AS q(dev, sender, messages, bytes)
+        SELECT ins.dev, d.user_id, count(*), sum(ins.size)
+        FROM ins JOIN devices d ON d.dev = ins.sender
+        GROUP BY ins.dev, d.user_id ORDER BY 1, 2
+        ON CONFLICT (dev, sender) DO UPDATE
+            SET messages = q.messages + excluded.messages, bytes = q.bytes + excluded.bytes;
+        INSERT INTO correspondents(user_id, peer)
+        SELECT * FROM unnest(w_user, w_peer) AS w(u, p) ORDER BY 1, 2
+        ON CONFLICT DO NOTHING;
     END
     $fn$;
 """
@@ -199,8 +263,35 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN deleted_at bigint;
     """,
     JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/postgres_rooms.py)
+    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
+    # (0: unknown, as for rows stored before); per recipient device, what waits from
+    # each sending account; which accounts have written to which. sv_append_batch
+    # also keeps those two up to date.
+    """
+    ALTER TABLE inbox ADD COLUMN sender bigint NOT NULL DEFAULT 0;
+    CREATE TABLE inbox_usage(
+        dev bigint NOT NULL,
+        sender text NOT NULL,
+        messages bigint NOT NULL,
+        bytes bigint NOT NULL,
+        PRIMARY KEY(dev, sender)
+    );
+    INSERT INTO inbox_usage(dev, sender, messages, bytes)
+        SELECT dev, '', count(*), sum(octet_length(envelope)) FROM inbox GROUP BY dev;
+    CREATE TABLE correspondents(
+        user_id text NOT NULL,
+        peer text NOT NULL,
+        PRIMARY KEY(user_id, peer)
+    );
+    DROP FUNCTION sv_append_batch;
+    """ + _APPEND_FUNCTION_V4,  # noqa: S608 -- constants only
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: A recipient device's cached inbox usage is read again after this long (other nodes
+#: store and delete frames too): quotas hold within what a second of sends can add.
+USAGE_FRESH_S = 1.0
+#: Correspondents known NOT to exist are asked again after this long.
+STRANGER_FRESH_S = 1.0
 
 #: Connections in the pool used by reads and the short writes (the writer has its own).
 POOL_SIZE = 8
@@ -281,6 +372,30 @@ async def migrate(conn: Any, migrations: Sequence[str] = MIGRATIONS) -> int:
         return found
 
 
+def _release_sql(where: str) -> str:
+    """Delete the inbox rows matching ``where`` and stop counting them in the quotas
+    (rows of unknown senders counted nowhere); returns how many were deleted."""
+    return (
+        "WITH gone AS (DELETE FROM inbox WHERE " + where + " "  # noqa: S608 -- constants
+        "RETURNING dev, sender, octet_length(envelope) AS size), "
+        "agg AS (SELECT gone.dev, coalesce(d.user_id, '') AS sender, count(*) AS m, "
+        "sum(gone.size) AS b FROM gone LEFT JOIN devices d ON d.dev = gone.sender "
+        "GROUP BY 1, 2), "
+        "upd AS (UPDATE inbox_usage q SET messages = greatest(q.messages - agg.m, 0), "
+        "bytes = greatest(q.bytes - agg.b, 0) FROM agg "
+        "WHERE q.dev = agg.dev AND q.sender = agg.sender) "
+        "SELECT coalesce(sum(m), 0) FROM agg"
+    )
+
+
+_ACK_RELEASE = _release_sql("dev=$1 AND seq<=$2")
+_EXPIRE_RELEASE = _release_sql("received_at < $1")
+
+#: Bytes of an envelope after its serverSeq but for the idempotency key (received-at
+#: time, names, punctuation), plus ten digits of the serverSeq itself.
+_POST_FIXED = len(',"serverReceivedAtMs":' + "0" * 13 + ',"idempotencyKey":"'
+                  + '","ephemeral":false}') + 10
+
 _CLAIM = (
     "DELETE FROM prekeys WHERE (dev, key_id) = ("
     "  SELECT dev, key_id FROM prekeys WHERE dev=$1 ORDER BY key_id "
@@ -311,8 +426,10 @@ class PostgresStorage(Storage, PostgresRooms):
         max_batch: int = 2048,
         pool_size: int = POOL_SIZE,
         migrations: Sequence[str] = MIGRATIONS,
+        limits: InboxLimits | None = None,
     ) -> None:
         self.dsn = dsn
+        self.limits = limits or InboxLimits()
         self._log = logger
         self._window = commit_window_ms / 1000
         self._max_batch = max_batch
@@ -328,6 +445,11 @@ class PostgresStorage(Storage, PostgresRooms):
         #: (user, device) -> dev id. Ids never change and device rows are never
         #: deleted (revocation is a flag), so the cache is safe across nodes.
         self._devs: dict[tuple[str, str], int] = {}
+        #: Inbox quotas: per recipient device its usage and when it was read; per
+        #: (account, peer) whether the account has written to the peer and when that
+        #: was read (True is final, False is asked again after STRANGER_FRESH_S).
+        self._usage: dict[int, tuple[Usage, float]] = {}
+        self._wrote: dict[tuple[str, str], tuple[bool, float]] = {}
         self.stats = BatchStats()
         self._init_rooms()
 
@@ -533,6 +655,14 @@ class PostgresStorage(Storage, PostgresRooms):
                 [sender_of[i] for i in valid], [reqs[i].idempotency_key for i in valid],
             ):
                 stored[(int(d), k)] = (conv, mid, int(seq), int(rec))
+        # Inbox quotas (storage/quota.py): each target device's usage and whether each
+        # recipient has written to its sender, unless read just before.
+        now = time.monotonic()
+        usage = await self._load_usage(
+            conn, {devs[(u, d)] for i in valid for u, d, _ in reqs[i].targets}, now)
+        await self._load_wrote(conn, {(reqs[i].recipient_user, reqs[i].sender_user)
+                                      for i in valid}, now)
+        touched: set[int] = set()
         # First occurrence of each (sender, key) not yet stored is new; the rest
         # are retries answered with the stored (or this batch's) outcome.
         fresh: list[int] = []
@@ -553,6 +683,12 @@ class PostgresStorage(Storage, PostgresRooms):
             if j is not None:
                 dup_of[i] = j
                 continue
+            full = self._quota_refusal(req, usage, touched)
+            if full is not None:
+                # A retry of a stored send gets its ack (the careful path looked it up).
+                dup = None if careful else await self._stored_send(conn, sender_of[i], req)
+                results[i] = (dup, None) if dup is not None else (None, full)
+                continue
             first_in_batch[key] = i
             fresh.append(i)
             conv_count[req.conversation_id] = conv_count.get(req.conversation_id, 0) + 1
@@ -561,8 +697,15 @@ class PostgresStorage(Storage, PostgresRooms):
                 dev_count[dev] = dev_count.get(dev, 0) + 1
 
         if fresh:
-            await self._store_fresh(conn, reqs, fresh, sender_of, conv_count, dev_count,
-                                    results)
+            try:
+                await self._store_fresh(conn, reqs, fresh, sender_of, conv_count, dev_count,
+                                        results)
+            except BaseException:
+                for dev in touched:  # the usage this batch added did not happen
+                    self._usage.pop(dev, None)
+                raise
+            for i in fresh:
+                self._wrote[(reqs[i].sender_user, reqs[i].recipient_user)] = (True, now)
         # Committed: in-batch retries take their first's outcome.
         for i, j in dup_of.items():
             first = results[j]
@@ -570,6 +713,80 @@ class PostgresStorage(Storage, PostgresRooms):
                 results[i] = (first[0]._replace(idempotency_key=reqs[i].idempotency_key,
                                                 duplicate=True, frames=()), None)
         return [r if r is not None else (None, StorageError()) for r in results]
+
+    async def _load_usage(self, conn: Any, devs: set[int], now: float) -> dict[int, Usage]:
+        """The usage of ``devs``, read again where the cached one is not fresh."""
+        cache = self._usage
+        out = {d: cache[d][0] for d in devs if d in cache and now - cache[d][1] <= USAGE_FRESH_S}
+        stale = [d for d in devs if d not in out]
+        if stale:
+            loaded = {d: Usage() for d in stale}
+            for dev, sender, messages, size in await conn.fetch(
+                "SELECT dev, sender, messages, bytes FROM inbox_usage "
+                "WHERE dev = ANY($1::bigint[])", stale,
+            ):
+                loaded[int(dev)].add(sender, int(messages), int(size))
+            for dev, usage in loaded.items():
+                cache[dev] = (usage, now)
+            out.update(loaded)
+        return out
+
+    async def _load_wrote(self, conn: Any, pairs: set[tuple[str, str]], now: float) -> None:
+        cache = self._wrote
+        ask = []
+        for pair in pairs:
+            hit = cache.get(pair)
+            if pair[0] != pair[1] and (
+                hit is None or (not hit[0] and now - hit[1] > STRANGER_FRESH_S)
+            ):
+                ask.append(pair)
+        if not ask:
+            return
+        found = {
+            (str(a), str(b)) for a, b in await conn.fetch(
+                "SELECT c.user_id, c.peer FROM correspondents c "
+                "JOIN unnest($1::text[], $2::text[]) AS u(a, b) "
+                "ON c.user_id = u.a AND c.peer = u.b",
+                [a for a, _ in ask], [b for _, b in ask],
+            )
+        }
+        if len(cache) > 100_000:
+            cache.clear()
+        for pair in ask:
+            cache[pair] = (pair in found, now)
+
+    def _quota_refusal(
+        self, req: SendRequest, usage: dict[int, Usage], touched: set[int]
+    ) -> InboxFull | None:
+        """Check the send against the cached usage; if it passes, count it there (the
+        next sends of the batch see it; the database counts exact bytes itself)."""
+        devs = self._devs
+        known = self._wrote.get((req.recipient_user, req.sender_user), (False, 0.0))[0]
+        head, tail = req.envelope_parts()
+        # The envelope's tail after the serverSeq (see _store_fresh), estimated.
+        base = len(head) + len(tail) + len(req.idempotency_key) + _POST_FIXED
+        usages = [usage[devs[(u, d)]] for u, d, _ in req.targets]
+        for (user, device, ct), used in zip(req.targets, usages, strict=True):
+            scope = refusal(self.limits, used, sender=req.sender_user,
+                            own=user == req.sender_user, size=base + len(ct),
+                            known=lambda: known)
+            if scope is not None:
+                return InboxFull(scope, user, device)
+        for (user, device, ct), used in zip(req.targets, usages, strict=True):
+            used.add(req.sender_user, 1, base + len(ct))
+            touched.add(devs[(user, device)])
+        return None
+
+    @staticmethod
+    async def _stored_send(conn: Any, sender: int, req: SendRequest) -> SendOutcome | None:
+        row = await conn.fetchrow(
+            "SELECT conversation_id, message_id, server_seq, received_at FROM sends "
+            "WHERE sender_dev=$1 AND idem_key=$2", sender, req.idempotency_key,
+        )
+        if row is None:
+            return None
+        return SendOutcome(row[0], row[1], req.idempotency_key, int(row[2]), int(row[3]),
+                           True, ())
 
     async def _store_fresh(
         self,
@@ -607,6 +824,7 @@ class PostgresStorage(Storage, PostgresRooms):
         i_srank: list[int] = []
         i_pre: list[str] = []
         i_post: list[str] = []
+        i_sender: list[int] = []
         # Per fresh send: its conv index, rank, and (user, device, dev index, rank, pre, post).
         plan: list[tuple[int, int, list[tuple[str, str, int, int, str, str]]]] = []
         rec = str(received)
@@ -636,23 +854,30 @@ class PostgresStorage(Storage, PostgresRooms):
                 i_srank.append(sr)
                 i_pre.append(pre)
                 i_post.append(post)
+                i_sender.append(sender_of[i])
                 targets.append((user, device, di, r, pre, post))
             plan.append((ci, sr, targets))
         # Sorted by key so that two nodes inserting overlapping keys wait on each
         # other in one order (ON CONFLICT waits for in-flight inserts).
         sends.sort(key=lambda t: (t[0], t[1]))
+        # Who has written to whom: only pairs not known here yet (the cache is final).
+        wrote = sorted({
+            (reqs[i].sender_user, reqs[i].recipient_user) for i in fresh
+            if not self._wrote.get((reqs[i].sender_user, reqs[i].recipient_user), (False,))[0]
+        })
         try:
             row = await conn.fetchrow(
                 "SELECT conv_last, dev_last FROM sv_append_batch("
                 "$1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
                 "$5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[], "
                 "$11::bigint[], $12::int[], $13::bigint[], $14::int[], $15::bigint[], "
-                "$16::text[], $17::text[], $18::bigint)",
+                "$16::text[], $17::text[], $18::bigint, $19::bigint[], $20::text[], $21::text[])",
                 convs, [conv_count[c] for c in convs],
                 dev_ids, [dev_count[d] for d in dev_ids],
                 [t[0] for t in sends], [t[1] for t in sends], [t[2] for t in sends],
                 [t[3] for t in sends], [t[4] + 1 for t in sends], [t[5] for t in sends],
-                i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, received,
+                i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, received, i_sender,
+                [u for u, _ in wrote], [p for _, p in wrote],
             )
         except asyncpg.exceptions.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == IDEMPOTENCY_SQLSTATE:
@@ -752,6 +977,8 @@ class PostgresStorage(Storage, PostgresRooms):
             await conn.execute("DELETE FROM prekeys WHERE dev=$1", dev)
             await conn.execute("DELETE FROM fallback_keys WHERE dev=$1", dev)
             await conn.execute("DELETE FROM inbox WHERE dev=$1", dev)
+            await conn.execute("DELETE FROM inbox_usage WHERE dev=$1", dev)
+            self._usage.pop(dev, None)
 
         await self._with(run)
 
@@ -778,10 +1005,14 @@ class PostgresStorage(Storage, PostgresRooms):
                 now_ms, user_id,
             )
             devs = [int(r[0]) for r in rows]
-            for table in ("prekeys", "fallback_keys", "inbox", "key_packages",
+            for table in ("prekeys", "fallback_keys", "inbox", "inbox_usage", "key_packages",
                           "key_package_devices"):
                 await conn.execute(f"DELETE FROM {table} WHERE dev = ANY($1::bigint[])",  # noqa: S608
                                    devs)
+            await conn.execute("DELETE FROM correspondents WHERE user_id=$1 OR peer=$1", user_id)
+            for dev in devs:
+                self._usage.pop(dev, None)
+            self._wrote.clear()
             return tuple(str(r[1]) for r in rows if r[2] is None)
 
         return await self._with(run)
@@ -869,7 +1100,7 @@ class PostgresStorage(Storage, PostgresRooms):
         return await self._with(run, write=False)
 
     async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
         async def run(conn: Any) -> list[ClaimedPrekey]:
             out: list[ClaimedPrekey] = []
@@ -885,8 +1116,8 @@ class PostgresStorage(Storage, PostgresRooms):
                 # claims (any node) take different keys without waiting. Only if
                 # every key left is locked, wait for those claims to finish: the
                 # fallback is handed out only when no one-time key remains.
-                prekey = await conn.fetchval(_CLAIM_SKIP, dev)
-                if prekey is None:
+                prekey = await conn.fetchval(_CLAIM_SKIP, dev) if one_time else None
+                if prekey is None and one_time:
                     prekey = await conn.fetchval(_CLAIM_WAIT, dev)
                 if prekey is None:
                     prekey = await conn.fetchval(
@@ -932,18 +1163,27 @@ class PostgresStorage(Storage, PostgresRooms):
             dev = await self._dev(conn, user_id, device_id)
             if dev is None:
                 return 0
-            status = await conn.execute(
-                "DELETE FROM inbox WHERE dev=$1 AND seq<=$2", dev, up_to_seq
-            )
-            return int(status.rsplit(" ", 1)[1])
+            # The device's counter row first, as a send batch takes it before its usage
+            # rows: the two never lock those rows in opposite orders.
+            await conn.execute("SELECT 1 FROM devices WHERE dev=$1 FOR UPDATE", dev)
+            deleted = int(await conn.fetchval(_ACK_RELEASE, dev, up_to_seq))
+            self._usage.pop(dev, None)
+            return deleted
 
-        return await self._with(run, write=False)
+        return await self._with(run)
 
     async def expire(self, before_ms: int) -> int:
         async def run(conn: Any) -> int:
-            status = await conn.execute("DELETE FROM inbox WHERE received_at < $1", before_ms)
+            # As in ack_read: counter rows first, in the order send batches take them.
+            await conn.execute(
+                "SELECT 1 FROM devices WHERE dev IN "
+                "(SELECT DISTINCT dev FROM inbox WHERE received_at < $1) ORDER BY dev FOR UPDATE",
+                before_ms,
+            )
+            deleted = int(await conn.fetchval(_EXPIRE_RELEASE, before_ms))
             await conn.execute("DELETE FROM sends WHERE received_at < $1", before_ms)
             await conn.execute("DELETE FROM room_messages WHERE received_at < $1", before_ms)
-            return int(status.rsplit(" ", 1)[1])
+            self._usage.clear()
+            return deleted
 
         return await self._with(run)

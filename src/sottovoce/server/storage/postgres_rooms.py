@@ -396,7 +396,7 @@ class PostgresRooms(RoomStorage):
         return await self._with(run, write=False)
 
     async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
     ) -> list[ClaimedKeyPackage]:
         async def run(conn: Any) -> list[ClaimedKeyPackage]:
             out: list[ClaimedKeyPackage] = []
@@ -409,8 +409,8 @@ class PostgresRooms(RoomStorage):
                 if exclude_device is not None and (user_id, device_id) == exclude_device:
                     continue
                 # As for prekeys: skip keys other claims hold, wait only if none is free.
-                kp = await conn.fetchval(_KP_CLAIM_SKIP, dev)
-                if kp is None:
+                kp = await conn.fetchval(_KP_CLAIM_SKIP, dev) if one_time else None
+                if kp is None and one_time:
                     kp = await conn.fetchval(_KP_CLAIM_WAIT, dev)
                 if kp is None:
                     kp = await conn.fetchval(

@@ -242,9 +242,10 @@ class RoomStorage(abc.ABC):
 
     @abc.abstractmethod
     async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
     ) -> list[ClaimedKeyPackage]:
-        """Atomically take one one-time KeyPackage (else the last-resort one) per active device."""
+        """Atomically take one one-time KeyPackage (else the last-resort one) per active device;
+        ``one_time=False``: the last-resort one only, consuming nothing (a limited requester)."""
 
     # --- rooms ---------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sottovoce.errors import RemoteError, UsageError
+from sottovoce.private_files import private_dir, private_file
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.storage.base import (
@@ -54,6 +55,13 @@ from sottovoce.server.storage.base import (
     UnknownAccount,
     UsernameTaken,
     envelope_text,
+)
+from sottovoce.server.storage.quota import (
+    UNKNOWN_SENDER,
+    InboxFull,
+    InboxLimits,
+    Usage,
+    refusal,
 )
 from sottovoce.server.storage.sqlite_rooms import (
     JOIN_REQUESTS_MIGRATION,
@@ -126,6 +134,26 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN deleted_at INTEGER
     """,
     JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/sqlite_rooms.py)
+    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
+    # (0: unknown, as for rows stored before); per recipient device, what waits
+    # from each sending account; which accounts have written to which.
+    """
+    ALTER TABLE inbox ADD COLUMN sender INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE inbox_usage(
+        dev INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        messages INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY(dev, sender)
+    ) WITHOUT ROWID;
+    INSERT INTO inbox_usage(dev, sender, messages, bytes)
+        SELECT dev, '', count(*), sum(length(envelope)) FROM inbox GROUP BY dev;
+    CREATE TABLE correspondents(
+        user_id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        PRIMARY KEY(user_id, peer)
+    ) WITHOUT ROWID
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.
@@ -235,8 +263,10 @@ class SqliteStorage(Storage, SqliteRooms):
         commit_window_ms: float = 0.0,
         max_batch: int = 2048,
         readers: int = 2,
+        limits: InboxLimits | None = None,
     ) -> None:
         self.path = path
+        self.limits = limits or InboxLimits()
         self._log = logger
         self._window = commit_window_ms / 1000
         self._max_batch = max_batch
@@ -259,12 +289,21 @@ class SqliteStorage(Storage, SqliteRooms):
         self._dirty_devs: set[int] = set()
         self._dirty_convs: set[str] = set()
         self._last_received = 0
+        # Inbox quotas (writer thread only): usage per recipient device, loaded on first
+        # use; (dev, sender) entries changed in this batch; dev -> its account; and
+        # (account, peer) pairs known to have written (a cache of `correspondents`).
+        self._usage: dict[int, Usage] = {}
+        self._dirty_usage: set[int] = set()  # devices with Usage.dirty senders
+        self._dev_users: dict[int, str] = {}
+        self._wrote: set[tuple[str, str]] = set()
         self._init_rooms()
 
     # --- life cycle ----------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The app reports wider modes at start; here only: never create them wider.
+        private_dir(self.path.parent)
+        private_file(self.path)
         self._loop = asyncio.get_running_loop()
         conn = _connect(self.path)
         found = migrate(conn)
@@ -425,10 +464,36 @@ class SqliteStorage(Storage, SqliteRooms):
         self._conv_seq.clear()
         self._dirty_devs.clear()
         self._dirty_convs.clear()
+        self._usage.clear()
+        self._dirty_usage.clear()
+        self._wrote.clear()
         self._rooms_reset()
 
     def _flush_counters(self, conn: sqlite3.Connection) -> None:
         self._flush_rooms(conn)
+        if self._dirty_usage:
+            keep: list[tuple[int, str, int, int]] = []
+            drop: list[tuple[int, str]] = []
+            for dev in self._dirty_usage:
+                usage = self._usage.get(dev)
+                if usage is None:
+                    continue
+                for sender in usage.dirty:
+                    entry = usage.by_sender.get(sender)
+                    if entry is None or entry == [0, 0]:
+                        usage.by_sender.pop(sender, None)
+                        drop.append((dev, sender))
+                    else:
+                        keep.append((dev, sender, entry[0], entry[1]))
+                usage.dirty.clear()
+            if keep:
+                conn.executemany(
+                    "INSERT INTO inbox_usage(dev, sender, messages, bytes) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(dev, sender) DO UPDATE SET messages=excluded.messages, "
+                    "bytes=excluded.bytes", keep)
+            if drop:
+                conn.executemany("DELETE FROM inbox_usage WHERE dev=? AND sender=?", drop)
+            self._dirty_usage.clear()
         if self._dirty_devs:
             conn.executemany(
                 "UPDATE devices SET last_inbox_seq=? WHERE dev=?",
@@ -454,8 +519,113 @@ class SqliteStorage(Storage, SqliteRooms):
                 return None
             dev = int(row[0])
             self._devs[key] = dev
+            self._dev_users[dev] = user
             self._inbox_seq[dev] = int(row[1])
         return dev
+
+    # --- inbox quotas (writer side, storage/quota.py) ------------------------------------
+
+    def _usage_of(self, conn: sqlite3.Connection, dev: int) -> Usage:
+        usage = self._usage.get(dev)
+        if usage is None:
+            usage = self._usage[dev] = Usage()
+            for sender, messages, size in conn.execute(
+                "SELECT sender, messages, bytes FROM inbox_usage WHERE dev=?", (dev,)
+            ):
+                usage.add(sender, int(messages), int(size))
+        return usage
+
+    def _account_of(self, conn: sqlite3.Connection, dev: int) -> str:
+        """The account of a sending device (UNKNOWN_SENDER for 0: rows before quotas)."""
+        user = self._dev_users.get(dev)
+        if user is None:
+            row = conn.execute("SELECT user_id FROM devices WHERE dev=?", (dev,)).fetchone()
+            user = UNKNOWN_SENDER if row is None else str(row[0])
+            if row is not None:
+                self._dev_users[dev] = user
+        return user
+
+    def _has_written(self, conn: sqlite3.Connection, user: str, peer: str) -> bool:
+        if (user, peer) in self._wrote:
+            return True
+        if conn.execute(
+            "SELECT 1 FROM correspondents WHERE user_id=? AND peer=?", (user, peer)
+        ).fetchone() is None:
+            return False
+        self._wrote.add((user, peer))
+        return True
+
+    def _note_written(self, conn: sqlite3.Connection, user: str, peer: str) -> bool:
+        """Record that ``user`` wrote to ``peer``; True if this added it to the cache."""
+        if (user, peer) in self._wrote:
+            return False
+        if len(self._wrote) > 100_000:
+            self._wrote.clear()
+        conn.execute("INSERT OR IGNORE INTO correspondents(user_id, peer) VALUES (?, ?)",
+                     (user, peer))
+        self._wrote.add((user, peer))
+        return True
+
+    def _charge(
+        self, conn: sqlite3.Connection, req: SendRequest, devs: list[int], envs: list[str]
+    ) -> InboxFull | None:
+        """Count the send's frames in their devices' usage, or, if one would pass a quota,
+        count none of them and return the refusal. Runs for every frame stored, so the
+        common case (far below every limit) is written out inline."""
+        lim = self.limits
+        max_messages, max_bytes = lim.device_messages, lim.device_bytes
+        new_messages, new_bytes = lim.stranger_messages, lim.stranger_bytes
+        sender = req.sender_user
+        usages = self._usage
+        targets = zip(req.targets, devs, envs, strict=True)
+        for charged, ((user, device, _), dev, env) in enumerate(targets):
+            usage = usages.get(dev) or self._usage_of(conn, dev)
+            size = len(env)
+            entry = usage.by_sender.get(sender)
+            if not (usage.messages < max_messages and usage.bytes + size <= max_bytes and (
+                user == sender or entry is None
+                or (entry[0] < new_messages and entry[1] + size <= new_bytes)
+            )):
+                scope = refusal(
+                    lim, usage, sender=sender, own=user == sender, size=size,
+                    known=lambda: self._has_written(conn, req.recipient_user, sender),
+                )
+                if scope is not None:
+                    self._uncharge(sender, devs[:charged], envs[:charged])
+                    return InboxFull(scope, user, device)
+            usage.messages += 1
+            usage.bytes += size
+            if entry is None:
+                usage.by_sender[sender] = [1, size]
+            else:
+                entry[0] += 1
+                entry[1] += size
+            if sender not in usage.dirty:
+                usage.dirty.add(sender)
+                self._dirty_usage.add(dev)
+        return None
+
+    def _uncharge(self, sender: str, devs: list[int], envs: list[str]) -> None:
+        for dev, env in zip(devs, envs, strict=True):
+            self._usage[dev].remove(sender, 1, len(env))
+
+    def _release(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+        """Inbox rows matching ``where`` are about to be deleted: stop counting them."""
+        for dev, sender, messages, size in conn.execute(
+            "SELECT dev, sender, count(*), sum(length(envelope)) FROM inbox "  # noqa: S608
+            f"WHERE {where} GROUP BY dev, sender", args
+        ).fetchall():
+            account = self._account_of(conn, int(sender)) if sender else UNKNOWN_SENDER
+            usage = self._usage_of(conn, int(dev))
+            usage.remove(account, int(messages), int(size))
+            usage.dirty.add(account)
+            self._dirty_usage.add(int(dev))
+
+    def _forget_usage(self, conn: sqlite3.Connection, dev: int) -> None:
+        """Every inbox row of ``dev`` is gone (revoked, account deleted)."""
+        self._usage.pop(dev, None)
+        self._dirty_usage.discard(dev)
+        conn.execute("DELETE FROM inbox_usage WHERE dev=?", (dev,))
 
     # --- delivery (writer side) ------------------------------------------------------
 
@@ -470,16 +640,21 @@ class SqliteStorage(Storage, SqliteRooms):
         Idempotency records go in with INSERT OR IGNORE; if any was already there
         (a retry, or the same key twice in this run) the run is rolled back to
         its savepoint, the counters restored, and each send redone on its own
-        by :meth:`_w_append`, which answers retries with the original ack.
+        by :meth:`_w_append`, which answers retries with the original ack. A send
+        that would pass an inbox quota is answered alone: with its original ack if
+        it is a retry, else refused (nothing of it is written).
         """
         conv_seq, inbox_seq = self._conv_seq, self._inbox_seq
         conv_before: dict[str, int | None] = {}
         dev_before: dict[int, int] = {}
+        charged: list[tuple[str, list[int], list[str]]] = []  # undone with the run
+        wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
         results: list[tuple[SendOutcome | None, BaseException | None]] = []
         sends_rows: list[tuple[int, str, str, str, int, int]] = []
-        inbox_rows: list[tuple[int, int, int, str]] = []
+        inbox_rows: list[tuple[int, int, int, str, int]] = []
         received = max(now_ms(), self._last_received)
         self._last_received = received
+        conn.execute("SAVEPOINT sends_run")
         for job in jobs:
             req: SendRequest = job.args[0]
             sender = self._dev(conn, req.sender_user, req.sender_device)
@@ -489,8 +664,6 @@ class SqliteStorage(Storage, SqliteRooms):
                 results.append((None, UnknownAccount("device is not registered")))
                 continue
             conv = req.conversation_id
-            if conv not in conv_before:
-                conv_before[conv] = conv_seq.get(conv)
             seq = conv_seq.get(conv)
             if seq is None:
                 r = conn.execute(
@@ -498,18 +671,27 @@ class SqliteStorage(Storage, SqliteRooms):
                 ).fetchone()
                 seq = 0 if r is None else int(r[0])
             seq += 1
+            head, tail = req.envelope_parts()
+            envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
+            full = self._charge(conn, req, devs, envs)
+            if full is not None:
+                results.append(self._stored_or(conn, sender, req, full))
+                continue
+            charged.append((req.sender_user, devs, envs))
+            if conv not in conv_before:
+                conv_before[conv] = conv_seq.get(conv)
             conv_seq[conv] = seq
             sends_rows.append((sender, req.idempotency_key, conv, req.message_id, seq, received))
-            head, tail = req.envelope_parts()
             frames: list[StoredFrame] = []
-            for (user, device, ct), dev in zip(req.targets, devs, strict=True):
+            for (user, device, _), dev, env in zip(req.targets, devs, envs, strict=True):
                 if dev not in dev_before:
                     dev_before[dev] = inbox_seq[dev]
                 g = inbox_seq[dev] + 1
                 inbox_seq[dev] = g
-                env = envelope_text(req, head, tail, ct, seq, received)
-                inbox_rows.append((dev, g, received, env))
+                inbox_rows.append((dev, g, received, env, sender))
                 frames.append(StoredFrame(user, device, g, env))
+            if self._note_written(conn, req.sender_user, req.recipient_user):
+                wrote.append((req.sender_user, req.recipient_user))
             results.append((SendOutcome(
                 conversation_id=conv,
                 message_id=req.message_id,
@@ -519,7 +701,6 @@ class SqliteStorage(Storage, SqliteRooms):
                 duplicate=False,
                 frames=tuple(frames),
             ), None))
-        conn.execute("SAVEPOINT sends_run")
         before = conn.total_changes
         insert_many(
             conn,
@@ -529,8 +710,8 @@ class SqliteStorage(Storage, SqliteRooms):
             sends_rows,
         )
         if conn.total_changes - before == len(sends_rows):
-            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES ", 4,
-                        inbox_rows)
+            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES ",
+                        5, inbox_rows)
             conn.execute("RELEASE sends_run")
             self._dirty_convs.update(conv_before)
             self._dirty_devs.update(dev_before)
@@ -545,6 +726,9 @@ class SqliteStorage(Storage, SqliteRooms):
                 conv_seq[conv] = old
         for dev, old_seq in dev_before.items():
             inbox_seq[dev] = old_seq
+        for account, devs, envs in charged:
+            self._uncharge(account, devs, envs)
+        self._wrote.difference_update(wrote)
         slow: list[tuple[SendOutcome | None, BaseException | None]] = []
         for job in jobs:
             try:
@@ -553,32 +737,45 @@ class SqliteStorage(Storage, SqliteRooms):
                 slow.append((None, exc))
         return slow
 
-    def _w_append(self, conn: sqlite3.Connection, req: SendRequest) -> SendOutcome:
-        sender = self._dev(conn, req.sender_user, req.sender_device)
-        if sender is None:
-            raise UnknownAccount("sender device is not registered")
+    def _stored_or(
+        self, conn: sqlite3.Connection, sender: int, req: SendRequest, error: RemoteError
+    ) -> tuple[SendOutcome | None, BaseException | None]:
+        """A retry's original outcome (duplicate), else ``error``."""
+        stored = self._stored_send(conn, sender, req)
+        return (stored, None) if stored is not None else (None, error)
+
+    @staticmethod
+    def _stored_send(conn: sqlite3.Connection, sender: int, req: SendRequest) -> SendOutcome | None:
         row = conn.execute(
             "SELECT conversation_id, message_id, server_seq, received_at FROM sends "
             "WHERE sender_dev=? AND idem_key=?",
             (sender, req.idempotency_key),
         ).fetchone()
-        if row is not None:
-            return SendOutcome(
-                conversation_id=row[0],
-                message_id=row[1],
-                idempotency_key=req.idempotency_key,
-                server_seq=int(row[2]),
-                received_at_ms=int(row[3]),
-                duplicate=True,
-                frames=(),
-            )
+        if row is None:
+            return None
+        return SendOutcome(
+            conversation_id=row[0],
+            message_id=row[1],
+            idempotency_key=req.idempotency_key,
+            server_seq=int(row[2]),
+            received_at_ms=int(row[3]),
+            duplicate=True,
+            frames=(),
+        )
+
+    def _w_append(self, conn: sqlite3.Connection, req: SendRequest) -> SendOutcome:
+        sender = self._dev(conn, req.sender_user, req.sender_device)
+        if sender is None:
+            raise UnknownAccount("sender device is not registered")
+        stored = self._stored_send(conn, sender, req)
+        if stored is not None:
+            return stored
         devs: list[int] = []
         for user, device, _ in req.targets:
             dev = self._dev(conn, user, device)
             if dev is None:
                 raise UnknownAccount("target device is not registered")
             devs.append(dev)
-        # Writes start here; nothing below raises a domain error.
         conv = req.conversation_id
         seq = self._conv_seq.get(conv)
         if seq is None:
@@ -587,30 +784,36 @@ class SqliteStorage(Storage, SqliteRooms):
             ).fetchone()
             seq = 0 if r is None else int(r[0])
         seq += 1
-        self._conv_seq[conv] = seq
-        self._dirty_convs.add(conv)
         # Monotonic in rowid order, which expiry relies on.
         received = max(now_ms(), self._last_received)
+        head, tail = req.envelope_parts()
+        envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
+        full = self._charge(conn, req, devs, envs)
+        if full is not None:
+            raise full
+        # Writes start here; nothing below raises a domain error.
         self._last_received = received
+        self._conv_seq[conv] = seq
+        self._dirty_convs.add(conv)
         conn.execute(
             "INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?)",
             (sender, req.idempotency_key, conv, req.message_id, seq, received),
         )
-        head, tail = req.envelope_parts()
-        rows: list[tuple[int, int, int, str]] = []
+        rows: list[tuple[int, int, int, str, int]] = []
         frames: list[StoredFrame] = []
         inbox_seq = self._inbox_seq
         dirty = self._dirty_devs
-        for (user, device, ct), dev in zip(req.targets, devs, strict=True):
+        for (user, device, _), dev, env in zip(req.targets, devs, envs, strict=True):
             g = inbox_seq[dev] + 1
             inbox_seq[dev] = g
             dirty.add(dev)
-            env = envelope_text(req, head, tail, ct, seq, received)
-            rows.append((dev, g, received, env))
+            rows.append((dev, g, received, env, sender))
             frames.append(StoredFrame(user, device, g, env))
+        self._note_written(conn, req.sender_user, req.recipient_user)
         conn.executemany(
-            "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES (?, ?, ?, ?)", rows
+            "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
         return SendOutcome(
             conversation_id=conv,
@@ -629,6 +832,7 @@ class SqliteStorage(Storage, SqliteRooms):
         dev = self._dev(conn, user, device)
         if dev is None:
             return 0
+        self._release(conn, "dev=? AND seq<=?", (dev, up_to))
         return conn.execute("DELETE FROM inbox WHERE dev=? AND seq<=?", (dev, up_to)).rowcount
 
     async def expire(self, before_ms: int) -> int:
@@ -643,6 +847,11 @@ class SqliteStorage(Storage, SqliteRooms):
                 f"SELECT id FROM {table} WHERE received_at >= ? ORDER BY id LIMIT 1",  # noqa: S608
                 (before,),
             ).fetchone()
+            if table == "inbox":  # expired frames no longer wait: stop counting them
+                if row is None:
+                    self._release(conn, "1", ())
+                else:
+                    self._release(conn, "id < ?", (int(row[0]),))
             if row is None:
                 n = conn.execute(f"DELETE FROM {table}").rowcount  # noqa: S608
             else:
@@ -711,6 +920,7 @@ class SqliteStorage(Storage, SqliteRooms):
         conn.execute("DELETE FROM prekeys WHERE dev=?", (dev,))
         conn.execute("DELETE FROM fallback_keys WHERE dev=?", (dev,))
         conn.execute("DELETE FROM inbox WHERE dev=?", (dev,))
+        self._forget_usage(conn, dev)
 
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         return await self._write(self._w_delete_account, user_id, now_ms)
@@ -735,6 +945,10 @@ class SqliteStorage(Storage, SqliteRooms):
                 f"DELETE FROM {table} WHERE dev IN (SELECT dev FROM devices WHERE user_id=?)",  # noqa: S608
                 (user,),
             )
+        for (dev,) in conn.execute("SELECT dev FROM devices WHERE user_id=?", (user,)).fetchall():
+            self._forget_usage(conn, int(dev))
+        conn.execute("DELETE FROM correspondents WHERE user_id=? OR peer=?", (user, user))
+        self._wrote.clear()
         return active
 
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
@@ -788,12 +1002,13 @@ class SqliteStorage(Storage, SqliteRooms):
         return int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
 
     async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
     ) -> list[ClaimedPrekey]:
-        return await self._write(self._w_claim, user_id, exclude_device)
+        return await self._write(self._w_claim, user_id, exclude_device, one_time)
 
     def _w_claim(
-        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None
+        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None,
+        one_time: bool,
     ) -> list[ClaimedPrekey]:
         out: list[ClaimedPrekey] = []
         devices = conn.execute(
@@ -806,7 +1021,7 @@ class SqliteStorage(Storage, SqliteRooms):
                 continue
             row = conn.execute(
                 "SELECT key_id, prekey FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1", (dev,)
-            ).fetchone()
+            ).fetchone() if one_time else None
             if row is not None:
                 # The single writer makes take-and-delete atomic: no other claim
                 # can run between these two statements.

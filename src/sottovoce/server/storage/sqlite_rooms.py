@@ -333,12 +333,12 @@ class SqliteRooms(RoomStorage):
         return await self._read(_r_count_kps, user_id, device_id)
 
     async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
     ) -> list[ClaimedKeyPackage]:
-        return await self._write(self._w_claim_kps, user_id, exclude_device)
+        return await self._write(self._w_claim_kps, user_id, exclude_device, one_time)
 
     def _w_claim_kps(
-        self, conn: sqlite3.Connection, user: str, exclude: Member | None
+        self, conn: sqlite3.Connection, user: str, exclude: Member | None, one_time: bool
     ) -> list[ClaimedKeyPackage]:
         out: list[ClaimedKeyPackage] = []
         devices = conn.execute(
@@ -351,7 +351,7 @@ class SqliteRooms(RoomStorage):
                 continue
             row = conn.execute(
                 "SELECT id, key_package FROM key_packages WHERE dev=? ORDER BY id LIMIT 1", (dev,)
-            ).fetchone()
+            ).fetchone() if one_time else None
             if row is not None:
                 # The single writer makes take-and-delete atomic: no other claim runs
                 # between these statements, so a KeyPackage is handed out once.
