@@ -1,5 +1,5 @@
-"""Attacks on a default server on 127.0.0.1, each reproduced, then refused (DESIGN §7
-abuse controls; docs/threat-model.md): data file modes, lock-out before login, resume
+"""Attacks on a default server on 127.0.0.1, each reproduced, then refused (the abuse
+controls of docs/threat-model.md): data file modes, lock-out before login, resume
 amplification, inbox flooding, prekey and KeyPackage exhaustion.
 """
 
