@@ -110,6 +110,7 @@ from sottovoce.mls.group import (
     GroupConfig,
     KeyPackagePrivate,
     StagedCommit,
+    WrongEpoch,
     generate_key_package,
 )
 from sottovoce.mls.messages import Add, Capabilities, Credential, KeyPackage, LeafNode, Remove
@@ -365,8 +366,9 @@ class RoomCall:
         elif isinstance(signal, Sealed):
             if self.phase is Phase.IN_CALL:
                 self._on_sealed(signal, sender, now_ms)
-        elif isinstance(signal, Start):
+        elif isinstance(signal, Start) and sender in self._roster().values():
             raise CallError("a second start for this call")
+        # (A joiner may still see the start it reacted to: nothing to do.)
         self._maybe_commit(room, now_ms)
 
     def room_changed(self, room: RoomView, now_ms: int) -> None:
@@ -785,7 +787,10 @@ class RoomCall:
         group = self.group
         if group is None:  # pragma: no cover - IN_CALL has a group
             return
-        processed = group.process_message(signal.message, now_ms=now_ms)
+        try:
+            processed = group.process_message(signal.message, now_ms=now_ms)
+        except WrongEpoch:
+            return  # sealed before this device joined (or too long ago): not for us
         content = processed.content
         inner = self._roster().get(processed.sender.index)
         if not isinstance(content, ApplicationMessage) or inner != sender:
