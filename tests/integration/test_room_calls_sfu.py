@@ -268,7 +268,7 @@ async def test_a_leaver_and_a_late_joiner_decode_nothing_outside_their_time_in_t
         0,
     )
     bob.leave()
-    await net.until(lambda: alice.participants == (dev(A), dev(C)))
+    await net.until(lambda: alice.participants == (dev(A), dev(C)) and bob.media is None)
     left_at = camera(alice).sent
     spy = await outsider(net, B, bob_keys)
     try:

@@ -173,12 +173,12 @@ class JanusSession:
                 await self._ws.send(self._proto.keepalive(self.session_id))
 
     async def close(self) -> None:
+        """Destroy the session (Janus then drops its handles: our publisher leaves the
+        room at once, so the same publisher id can join again) and disconnect."""
+        if self._ws is not None and self.session_id is not None:
+            with contextlib.suppress(SfuError):
+                await self._request({"janus": "destroy", "session_id": self.session_id})
         ws = self._ws
-        if ws is not None and self.session_id is not None:
-            with contextlib.suppress(websockets.WebSocketException, OSError):
-                await ws.send(
-                    self._proto.request({"janus": "destroy", "session_id": self.session_id})[0]
-                )
         for task in self._tasks:
             task.cancel()
         self._ws = None

@@ -398,10 +398,23 @@ class SfuMedia(RoomMedia):
                 transceiver.direction = "inactive"
                 continue
             self._guard(peer, transceiver, device, track)
-        answer = await self._set_local(pc, await pc.createAnswer())
+        # DTLS role passive (RFC 5763 §5): Janus, the offerer, then opens the DTLS
+        # handshake once its own ICE checks succeeded. As the active side we would send
+        # the first flight as soon as *our* checks succeed, Janus sometimes drops it, and
+        # the handshake then waits a full DTLS retransmission timer (1 s).
+        local = await pc.createAnswer()
+        passive = RTCSessionDescription(
+            local.sdp.replace("a=setup:active", "a=setup:passive"), "answer"
+        )
+        answer = await self._set_local(pc, passive)
         await janus.message(
             handle, {"request": "start"}, jsep={"type": "answer", "sdp": answer, "e2ee": True}
         )
+        # Ask for a keyframe at once rather than wait for the publisher's next one:
+        # the first packets that arrive carry the request back (PLI, RFC 4585 §6.3.1).
+        for guard in peer.guards:
+            if guard.track is not Track.AUDIO:
+                guard.request_keyframe()
 
     async def unsubscribe(self, device: Device) -> None:
         peer = self._subscriptions.pop(device, None)
