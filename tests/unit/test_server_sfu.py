@@ -287,11 +287,15 @@ async def test_open_call_creates_an_e2ee_only_room_named_by_hash_and_grants_memb
     room = sfus[url].rooms[grant.room]
     assert room["allowed"] == {grant.token.expose().decode()}
     assert grant.token.expose().decode() not in repr(grant)
+    # A new grant for a device whose earlier publisher is still there kicks that one.
+    room["feeds"].add(grant.feed_id)
+    again = await driver.grant("room1", call, ("alice", "a1"), MEMBERS)
+    assert again.feed_id == grant.feed_id and grant.feed_id not in room["feeds"]
     with pytest.raises(SfuNotAMember):
         await driver.grant("room1", call, ("mallory", "m1"), MEMBERS)
     with pytest.raises(SfuNotAMember):
         await driver.admit("room1", call, ("mallory", "m1"), MEMBERS)
-    assert len(room["allowed"]) == 1
+    assert len(room["allowed"]) == 2
 
 
 async def test_grants_expire_removed_members_are_kicked_and_empty_rooms_destroyed() -> None:

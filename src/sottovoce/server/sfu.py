@@ -575,6 +575,11 @@ class SfuDriver:
         call = self._calls.get((room_id, call_id))
         if call is None:
             raise SfuNoSuchRoom("the call has no SFU room (open it first)")
+        feed = sfu_feed_id(self.config.key, room_id, call_id, device)
+        # One presence per device: a publisher left over from an earlier session of
+        # this device (a crash, a lost connection) would hold its publisher id.
+        with contextlib.suppress(SfuNoSuchFeed):
+            await self._call_on(call, {"request": "kick", "id": feed})
         now = self._clock()
         token = call.grants.issue(
             device, now_ms=now, ttl_ms=self.config.grant_ttl_ms, rng=self._rng
@@ -587,7 +592,7 @@ class SfuDriver:
         return SfuGrant(
             url=call.endpoint.url,
             room=call.name,
-            feed_id=sfu_feed_id(self.config.key, room_id, call_id, device),
+            feed_id=feed,
             token=Secret(token.encode()),
             expires_ms=now + self.config.grant_ttl_ms,
         )
