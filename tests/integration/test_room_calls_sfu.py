@@ -353,6 +353,32 @@ async def test_no_grant_no_media_and_a_removed_member_is_kicked(net: RoomNet, ja
         with pytest.raises(SfuUnauthorized):
             await intruder.publish()
         await intruder.close()
+    # A device that cannot do SFrame (no "e2ee" in its JSEP) is refused even with a grant.
+    g = await net.sfu.admit(ROOM, call_id, dev(D), set(net.members))
+    plain = await JanusSession.connect(janus.ws_url)
+    pc = RTCPeerConnection()
+    try:
+        h = await plain.attach()
+        await plain.message(
+            h,
+            {
+                "request": "join",
+                "ptype": "publisher",
+                "room": room,
+                "id": g.feed_id,
+                "token": g.token.expose().decode(),
+            },
+        )
+        pc.addTrack(PatternTrack())
+        with hooks.loopback_only():
+            await pc.setLocalDescription(await pc.createOffer())
+        with pytest.raises(SfuUnauthorized):
+            await plain.message(
+                h, {"request": "publish"}, jsep={"type": "offer", "sdp": pc.localDescription.sdp}
+            )
+    finally:
+        await pc.close()
+        await plain.close()
     session = await JanusSession.connect(janus.ws_url)
     try:
         h = await session.attach()

@@ -40,6 +40,8 @@ async def record(path: Path, frames: int = 150) -> SealedRecording:
         encoder.encode(await pattern.recv())
         now[0] = i * 66
         rec.write(BOB, Track.VIDEO, Codec.VP8, i * 6000, video[-1])
+        if i < 20:
+            rec.write(BOB, Track.SCREEN, Codec.VP8, i * 6000, video[-1])
         for _ in range(3):
             for packet in opus.encode(await tone.recv())[0]:
                 rec.write(BOB, Track.AUDIO, Codec.OPUS, 0, packet)
@@ -53,17 +55,20 @@ async def test_a_recording_reads_back_and_exports_to_webm_without_reencoding(
     path = tmp_path / "call.rec"
     await record(path)
     frames = read_recording(path, KEY)
-    assert sum(1 for f in frames if f.codec is Codec.VP8) == 150
+    assert sum(1 for f in frames if f.track is Track.VIDEO) == 150
     assert all(f.sender == BOB for f in frames)
     # Nothing of the frames is readable at rest.
     raw = path.read_bytes()
     assert frames[0].data[10:42] not in raw
     files = export_recording(path, KEY, tmp_path)
-    assert [f.name for f in files] == ["bob_b1.webm"]
-    with av.open(str(files[0])) as container:
+    assert sorted(f.name for f in files) == ["bob_b1-screen.webm", "bob_b1.webm"]
+    with av.open(str(tmp_path / "bob_b1.webm")) as container:
         kinds = sorted(s.type for s in container.streams)
         video = sum(1 for _ in container.decode(video=0))
     assert kinds == ["audio", "video"] and video == 150
+    with av.open(str(tmp_path / "bob_b1-screen.webm")) as container:
+        assert [s.type for s in container.streams] == ["video"]
+        assert sum(1 for _ in container.decode(video=0)) == 20
 
 
 @pytest.mark.parametrize("damage", ["swap", "truncate", "flip", "drop_last", "other_key", "magic"])

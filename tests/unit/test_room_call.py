@@ -36,6 +36,8 @@ from sottovoce.calls.room_signals import (
     Join,
     Leave,
     LeaveProof,
+    Recording,
+    RecordingStep,
     RoomCallSignal,
     Sealed,
     Start,
@@ -492,6 +494,23 @@ def test_withdrawn_consent_or_a_newcomer_stops_a_running_recording() -> None:
     room.pump()
     assert room.effects_of(A, RecordingPermission)[-1] == RecordingPermission(allowed=False)
     assert room.effects_of(C, RecordingState)[-1] == RecordingState(on=False, by=dev(A))
+
+
+def test_rec_shows_even_without_consent_and_goes_off_when_the_requester_leaves() -> None:
+    room = consent_call({B: None, C: None})
+    request = room.effects_of(B, RecordingRequested)[-1].request_id
+    # Alice breaks the rule and says the recording runs although nobody agreed:
+    # every client still shows REC, marked as not consented.
+    room.call(A)._seal(Recording(request_id=request, step=RecordingStep.START))
+    room.pump()
+    for name in (B, C):
+        assert room.effects_of(name, RecordingState)[-1] == RecordingState(
+            on=True, by=dev(A), consented=False
+        )
+    room.call(A).leave()
+    room.pump()
+    for name in (B, C):
+        assert room.effects_of(name, RecordingState)[-1] == RecordingState(on=False, by=dev(A))
 
 
 def test_the_last_one_out_stops_the_call_in_the_audit_trail() -> None:

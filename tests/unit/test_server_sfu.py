@@ -280,6 +280,7 @@ async def test_open_call_creates_an_e2ee_only_room_named_by_hash_and_grants_memb
     create = log[0][1]
     assert create["require_e2ee"] is True and create["require_pvtid"] is True
     assert create["audiolevel_ext"] is False and create["opus_dtx"] is False
+    assert create["lock_record"] is True and create["permanent"] is False
     assert create["allowed"] == [] and create["room"] == sfu_room_name(KEY, "room1", call)
     assert "room1" not in str(create)
     grant = await driver.grant("room1", call, ("alice", "a1"), MEMBERS)
