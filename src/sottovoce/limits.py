@@ -308,3 +308,43 @@ KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
 KT_MAX_VERSIONS = 1 << 20
 #: Devices one account-state value lists (the map commits to all of them).
 KT_MAX_DEVICES = 64
+
+# --- room calls (SFU, mesh, call MLS group, SFrame media) ------------------------
+
+#: A call without an SFU is a full mesh: each device encodes once per peer, so four
+#: (three uploads each) is what a laptop and a home uplink carry.
+MESH_MAX_PARTICIPANTS = 4
+#: Devices in one call through an SFU (the VideoRoom's publisher limit; each one is a
+#: leaf of the call's MLS group and a set of receive keys at every member).
+ROOM_CALL_MAX_PARTICIPANTS = 32
+#: After an epoch change a receiver keeps the previous epoch's keys of a sender still in
+#: the call until that sender's first new-epoch frame, and never longer than this: a
+#: frame in flight is late after 2 s anyway.
+CALL_EPOCH_GRACE_MS = 2_000
+#: The member in line r (0 = the lowest leaf) commits pending joins and leaves once they
+#: have waited r times this long, so one member commits and another takes over if it
+#: has gone quiet, without two commits racing for every change.
+CALL_COMMIT_STAGGER_MS = 3_000
+#: Joins and leaves waiting for one commit (bounds the commit and the state a flood adds).
+MAX_CALL_PENDING_CHANGES = 16
+#: A recording starts only after every present participant said yes within this long.
+CALL_RECORDING_CONSENT_MS = 20_000
+#: Bytes of one room call signal (a commit with a path and a Welcome for several joiners
+#: with the ratchet tree of a 32-member group fits well below this).
+MAX_ROOM_CALL_SIGNAL_BYTES = 256 * 1024
+#: The SFU publisher id a device announces, and Janus ids in general (the server derives
+#: 32 hex characters).
+MAX_SFU_ID_LEN = 64
+#: SFUs one server may drive (each one is a Janus instance with its own WebSocket).
+SFU_MAX_ENDPOINTS = 16
+#: A grant lets one device join one call's SFU room for this long; once joined it stays
+#: until it leaves, is kicked, or the call ends. Short, so a leaked grant is soon useless.
+SFU_GRANT_TTL_MS = 60_000
+#: The Janus API answers a request within this long or the SFU counts as down.
+SFU_REQUEST_TIMEOUT_S = 5.0
+#: A Janus session dies after 60 s without a request (its session_timeout): ping well inside.
+SFU_KEEPALIVE_S = 25.0
+#: One Janus API message (an SDP of three m-sections and its JSON envelope).
+MAX_SFU_MESSAGE_BYTES = 64 * 1024
+#: Encoded frames of a recording sealed together in one record at rest.
+RECORDING_FRAMES_PER_CHUNK = 64

@@ -1,7 +1,7 @@
 """Every use of aiortc's and aioice's private internals, in one place.
 
 aiortc 1.16.0 and aioice 0.13.0 are pinned exactly (pyproject.toml) because
-the call media layer needs five things their public API does not offer:
+the call media layer needs seven things their public API does not offer:
 
 1. **Loopback host candidates.** ``aioice.ice.get_host_addresses`` drops
    127.0.0.1, so two peers on one machine find no path. :func:`loopback_only`
@@ -20,6 +20,16 @@ the call media layer needs five things their public API does not offer:
    checking that a relay-only call really runs through the relay; and a TURN
    allocation probe (:func:`probe_turn`) that says *why* no relay candidate
    was gathered, which aiortc swallows.
+6. **The whole encoded frame before packetization** (SFrame, RFC 9605 §4.2):
+   :class:`FrameSealingVp8Encoder` gets each VP8 frame where aiortc's
+   ``Vp8Encoder`` hands it to ``_packetize``; Opus frames come out of
+   ``OpusEncoder.encode`` whole, one per RTP payload (``media`` wraps that).
+7. **The whole encoded frame after depacketization, before the decoder**:
+   :func:`filter_frames` replaces the queue an ``RTCRtpReceiver`` feeds its
+   decoder thread with, so each reassembled frame passes a check (SFrame) that
+   may rewrite it or drop it before it is decoded; :func:`request_keyframe`
+   makes the receiver ask the sender for a keyframe (PLI, RFC 4585 §6.3.1)
+   after a dropped frame, as it does after a decoder error.
 
 ``tests/unit/test_calls_hooks.py`` checks every hook point and fails loudly
 when an upgrade moves one.
@@ -31,14 +41,18 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import queue
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aioice.ice
 import aioice.stun
 import aioice.turn
 from aioice import Candidate
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.base import Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS, RTCCertificate, RTCDtlsTransport
 from cryptography import x509
 
@@ -91,6 +105,58 @@ def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
 def use_encoder(sender: RTCRtpSender, encoder: Encoder) -> None:
     """Give ``sender`` its encoder before its first frame (aiortc would make its own)."""
     sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
+
+
+class FrameSealingVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder, with ``seal`` applied to each whole encoded frame just
+    before RTP packetization (``encode`` and ``pack`` both packetize through here)."""
+
+    def __init__(self, seal: Callable[[bytes], bytes]) -> None:
+        super().__init__()
+        self._seal = seal
+
+    def _packetize(self, buffer: bytes, picture_id: int) -> list[bytes]:  # type: ignore[override]
+        return super()._packetize(self._seal(buffer), picture_id)
+
+
+#: What a frame filter returns: the frame to decode, or None to drop it.
+FrameFilter = Callable[[str, JitterFrame], JitterFrame | None]
+
+
+class _FilteredQueue(queue.Queue):  # type: ignore[type-arg]
+    """The decoder queue of one receiver: every frame passes ``check`` on its way in.
+
+    ``put`` runs on the event loop (``RTCRtpReceiver._handle_rtp_packet``); the
+    decoder thread only ever sees what ``check`` let through. ``None`` (the stop
+    marker) passes untouched.
+    """
+
+    def __init__(self, check: FrameFilter) -> None:
+        super().__init__()
+        self._check = check
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            checked = self._check(codec.name, frame)
+            if checked is None:
+                return
+            item = (codec, checked)
+        super().put(item, block, timeout)
+
+
+def filter_frames(receiver: RTCRtpReceiver, check: FrameFilter) -> None:
+    """Pass every encoded frame ``receiver`` reassembles through ``check`` before its
+    decoder sees it. Call before the receiver starts (before the descriptions are
+    applied); ``check`` runs on the event loop and must not raise."""
+    if receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
+        raise RuntimeError("install the frame filter before the receiver starts")
+    receiver._RTCRtpReceiver__decoder_queue = _FilteredQueue(check)  # type: ignore[attr-defined]
+
+
+def request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Make ``receiver`` send a PLI with its next packet (video), as after a decode error."""
+    receiver._RTCRtpReceiver__decoder_error.set()  # type: ignore[attr-defined]
 
 
 def fingerprints_of(certificate: x509.Certificate) -> frozenset[Fingerprint]:
@@ -177,6 +243,9 @@ def hook_points() -> dict[str, bool]:
     gather_source = inspect.getsource(aioice.ice.Connection.gather_candidates)
     create_dtls = inspect.getsource(RTCPeerConnection._RTCPeerConnection__createDtlsTransport)  # type: ignore[attr-defined]
     next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    receiver_init = inspect.getsource(RTCRtpReceiver.__init__)
+    receive = inspect.getsource(RTCRtpReceiver.receive)
+    handle_rtp = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
     return {
         "aioice.ice.get_host_addresses": callable(_original_get_host_addresses)
         and list(inspect.signature(_original_get_host_addresses).parameters)
@@ -190,4 +259,17 @@ def hook_points() -> dict[str, bool]:
         in inspect.getsource(aioice.ice.Connection.__init__),
         "aioice.turn.create_turn_endpoint": "server_addr"
         in inspect.signature(aioice.turn.create_turn_endpoint).parameters,
+        "Vp8Encoder.encode packetizes through self._packetize": "self._packetize("
+        in inspect.getsource(Vp8Encoder.encode)
+        and "self._packetize(" in inspect.getsource(Vp8Encoder.pack),
+        "RTCRtpReceiver.__decoder_queue feeds the decoder thread": "self.__decoder_queue"
+        in receiver_init
+        and "self.__decoder_queue," in receive
+        and "self.__decoder_queue.put((codec, encoded_frame))" in handle_rtp,
+        "RTCRtpReceiver.__decoder_thread starts in receive()": "self.__decoder_thread: Optional"
+        in receiver_init
+        and "self.__decoder_thread = threading.Thread(" in receive,
+        "RTCRtpReceiver.__decoder_error asks for a PLI": "self.__decoder_error.is_set()"
+        in handle_rtp
+        and "pli_flag = True" in handle_rtp,
     }

@@ -247,7 +247,7 @@ class MediaSession:
         gen = await self._new_generation(generation)
         gen.expected = self._check_remote(remote_sdp, expected)
         pc = gen.pc
-        await pc.setRemoteDescription(RTCSessionDescription(_clean(remote_sdp), "offer"))
+        await pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "offer"))
         transceivers = pc.getTransceivers()
         if [t.kind for t in transceivers] != ["audio", "video", "video"]:
             raise MediaError("the offer does not have the call's audio, camera and screen sections")
@@ -264,7 +264,7 @@ class MediaSession:
         if gen is None or gen.done:
             return
         gen.expected = self._check_remote(remote_sdp, expected)
-        await gen.pc.setRemoteDescription(RTCSessionDescription(_clean(remote_sdp), "answer"))
+        await gen.pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "answer"))
 
     async def add_candidates(
         self, generation: int, candidates: tuple[tuple[str, str], ...], complete: bool
@@ -317,7 +317,7 @@ class MediaSession:
         pc = gen.pc
         guard = hooks.loopback_only() if self.ice.loopback else contextlib.nullcontext()
         with guard:
-            await pc.setLocalDescription(RTCSessionDescription(_clean(sdp), kind))
+            await pc.setLocalDescription(RTCSessionDescription(clean_sdp(sdp), kind))
         local = pc.localDescription.sdp
         await self._check_local(local)
         codecs = sdp_text.codecs(local)
@@ -374,8 +374,8 @@ class MediaSession:
         audio = self._sources.audio
         tracks: dict[str, MediaStreamTrack | None] = {
             "audio": self._relay.subscribe(audio, buffered=True) if audio else None,
-            "camera": _Switch(self._relay, self._sources.camera, on=self.camera_on),
-            "screen": _Switch(self._relay, self._sources.screen, on=self.screen_on),
+            "camera": SwitchTrack(self._relay, self._sources.camera, on=self.camera_on),
+            "screen": SwitchTrack(self._relay, self._sources.screen, on=self.screen_on),
         }
         gen.tracks = tracks
         for role, sender in zip(ROLES, senders, strict=True):
@@ -393,7 +393,7 @@ class MediaSession:
         for gen in self._generations.values():
             for role, on in (("camera", camera_on), ("screen", screen_on)):
                 switch = gen.tracks.get(role)
-                if isinstance(switch, _Switch):
+                if isinstance(switch, SwitchTrack):
                     switch.set(on)
 
     def _on_track(self, gen: _Generation, track: MediaStreamTrack) -> None:
@@ -558,12 +558,12 @@ class MediaSession:
             await self._recorder.close()
 
 
-def _clean(sdp: str) -> str:
+def clean_sdp(sdp: str) -> str:
     """The description without the RFC 6464 audio level (it would travel in the clear)."""
     return sdp_text.drop_header_extension(sdp, sdp_text.AUDIO_LEVEL_URI)
 
 
-class _Switch(MediaStreamTrack):
+class SwitchTrack(MediaStreamTrack):
     """A video sender's track that a user turns on and off without renegotiating.
 
     Off, it yields nothing (the sender sends nothing); its relay proxy is never
