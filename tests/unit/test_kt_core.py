@@ -338,6 +338,21 @@ def _naive_root(entries: dict[bytes, bytes], depth: int = 0, prefix: int = 0) ->
 keys = st.binary(min_size=32, max_size=32)
 
 
+def test_a_map_proof_deeper_than_the_key_is_malformed_not_a_crash() -> None:
+    # Found by the property test below: a tampered proof one level deeper than the
+    # 256-bit key once ended in a ValueError from a negative shift.
+    m = SparseMap({})
+    key = bytes(31) + b"\xdc"
+    m.set(key, bytes(32))
+    m.set(bytes(31) + b"\xdd", bytes([1]) * 32)
+    good = m.prove(key)
+    for bad in (replace(good, depth=257, present=good.present + b"\x00"),
+                replace(good, present=good.present + b"\x00"),
+                replace(good, terminal_key=bytes(31))):
+        with pytest.raises(KTError):
+            verify_map_proof(m.root(), key, bad)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.dictionaries(keys, st.binary(min_size=32, max_size=32), max_size=24), keys,
        st.data())

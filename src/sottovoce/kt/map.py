@@ -311,6 +311,11 @@ def verify_map_proof(root: bytes, key: bytes, proof: MapProof) -> bytes | None:
     :class:`ProofMismatch` if the proof does not lead to ``root``."""
     if len(key) != 32 or len(root) != HASH_SIZE:
         raise MalformedProof("map key or root has the wrong length")
+    # A proof built in memory has not been through read(): check its shape here too.
+    if not 0 <= proof.depth <= KEY_BITS or len(proof.present) != (proof.depth + 7) // 8:
+        raise MalformedProof("map proof depth or bitmap is out of range")
+    if any(len(t) != 32 for t in (proof.terminal_key, proof.terminal_value) if t is not None):
+        raise MalformedProof("map proof terminal has the wrong length")
     k = int.from_bytes(key, "big")
     if proof.terminal_key is None or proof.terminal_value is None:
         if proof.terminal_key is not None or proof.terminal_value is not None:
