@@ -25,7 +25,7 @@ from tests.integration.test_rooms_e2e import close_all, make_accounts
 async def _trail(client: Client, room_id: str) -> list[bytes]:
     room = client.rooms.get(room_id)
     room.audit = []
-    return list(await client.rooms._fetch_audit(room))
+    return list(await client.rooms._audit.fetch(room))
 
 
 def _poisoned(head: bytes, as_actor: Client) -> bytes:

@@ -209,7 +209,7 @@ def test_connection_failures_are_worded_for_people() -> None:
 
 
 def test_join_tokens_never_look_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sottovoce.client import rooms
+    from sottovoce.client.rooms import tokens as rooms
 
     draws = iter([b"\xf8" + bytes(31), b"\x00" + bytes(31)])  # the first encodes to "-…"
     monkeypatch.setattr(rooms.secrets, "token_bytes", lambda n: next(draws))

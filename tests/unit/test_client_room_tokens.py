@@ -11,12 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sottovoce.client.rooms import (
-    _check_external_join,
-    _read_token_control,
-    _token_control,
-    new_token,
-)
+from sottovoce.client.rooms.membership import _check_external_join
+from sottovoce.client.rooms.tokens import new_token, read_token_control, token_control
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.errors import DecodeError, RemoteError
 from sottovoce.mls.common import PreSharedKeyID, PSKType
@@ -124,10 +120,10 @@ def test_rfc9420_12_2_a_members_resync_needs_no_token() -> None:
 
 
 def test_the_token_travels_between_members_as_a_control_message() -> None:
-    assert _read_token_control(_token_control(TOKEN)) == TOKEN
-    for bad in (b"", b"\x02\x01a", b"\x01\x05short", _token_control(TOKEN) + b"\x00"):
+    assert read_token_control(token_control(TOKEN)) == TOKEN
+    for bad in (b"", b"\x02\x01a", b"\x01\x05short", token_control(TOKEN) + b"\x00"):
         with pytest.raises(DecodeError):
-            _read_token_control(bad)
+            read_token_control(bad)
     # What crosses the wire is neither the token nor the PSK; each is its own hash of it.
     wire, psk = pr.wire_token(TOKEN), pr.token_psk(TOKEN)
     assert len({wire.expose(), psk.expose(), TOKEN.expose(), H}) == 4

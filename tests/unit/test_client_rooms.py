@@ -14,18 +14,17 @@ from typing import Any
 import pytest
 
 from sottovoce.client import Client, EventStream
-from sottovoce.client import rooms as rooms_module
 from sottovoce.client.events import ErrorEvent, RoomJoined
 from sottovoce.client.identity import LocalIdentity
+from sottovoce.client.ids import now_ms
 from sottovoce.client.rooms import (
     RoomFrame,
-    _KeyPackageRecord,
     device_of,
     identity_of,
     is_room_id,
     new_token,
-    now_ms,
 )
+from sottovoce.client.rooms.keypackages import KeyPackageRecord
 from sottovoce.client.store import TEST_KDF, Store
 from sottovoce.codec.tls import Writer
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
@@ -173,23 +172,23 @@ async def test_claimed_key_package_must_match_the_device_certificate(tmp_path: P
         connector=relay.connector,
     )
     try:
-        await alice._lookup("bob")
+        await alice._directory.lookup("bob")
         bob_key = bob.identity.mls_key
         assert bob_key is not None
         cred = Credential.basic(identity_of("bob", bob.device_id))
         good, _ = generate_key_package(1, cred, bob_key, secrets.token_bytes, NOW)
-        alice.rooms._check_key_package("bob", bob.device_id, good, NOW)  # accepted
+        alice.rooms._key_packages.check("bob", bob.device_id, good, NOW)  # accepted
 
         stranger = SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
         forged, _ = generate_key_package(1, cred, stranger, secrets.token_bytes, NOW)
         with pytest.raises(RemoteError, match="certificate"):
-            alice.rooms._check_key_package("bob", bob.device_id, forged, NOW)
+            alice.rooms._key_packages.check("bob", bob.device_id, forged, NOW)
         with pytest.raises(RemoteError, match="another device"):
-            alice.rooms._check_key_package("bob", "other-device", good, NOW)
+            alice.rooms._key_packages.check("bob", "other-device", good, NOW)
         other = Credential.basic(identity_of("mallory", bob.device_id))
         wrong_name, _ = generate_key_package(1, other, bob_key, secrets.token_bytes, NOW)
         with pytest.raises(RemoteError):
-            alice.rooms._check_key_package("bob", bob.device_id, wrong_name, NOW)
+            alice.rooms._key_packages.check("bob", bob.device_id, wrong_name, NOW)
     finally:
         await alice.close()
         await bob.close()
@@ -215,10 +214,10 @@ async def test_commit_declaring_another_roster_than_it_makes_is_refused(tmp_path
         honest = RoomFrame.from_wire(_envelope(adds=[{"userId": "carol", "deviceId": "c1"}]))
         lying = RoomFrame.from_wire(_envelope(adds=[{"userId": "dave", "deviceId": "x"}]))
         hidden = RoomFrame.from_wire(_envelope(adds=[]))
-        alice.rooms._check_declared(staged, honest, None)
+        alice.rooms._membership.check_declared(staged, honest, None)
         for frame in (lying, hidden):
             with pytest.raises(RemoteError, match="declared adds"):
-                alice.rooms._check_declared(staged, frame, None)
+                alice.rooms._membership.check_declared(staged, frame, None)
     finally:
         await alice.close()
 
@@ -252,7 +251,7 @@ async def test_welcome_naming_a_forged_member_is_refused(tmp_path: Path) -> None
         )
         with bob._store.transaction():
             bob._store.add_key_package(
-                bob_kp.ref(cipher_suite(1)), _KeyPackageRecord(bob_kp, bob_priv).encode(),
+                bob_kp.ref(cipher_suite(1)), KeyPackageRecord(bob_kp, bob_priv).encode(),
                 last_resort=True, now=now,  # kept after use: both Welcomes below use it
             )
         carol_cred = Credential.basic(identity_of("carol", carol.device_id))
@@ -338,5 +337,6 @@ def test_public_mls_helpers_describe_the_epoch_a_commit_starts() -> None:
     assert joiner is not None and joiner.signature_key == dave_key.verify_key.data
     with pytest.raises(UsageError):
         group.staged_group_info(staged)  # merged already: not for the current epoch
-    source = Path(rooms_module.__file__).read_text()
+    rooms_package = Path(__file__).resolve().parents[2] / "src" / "sottovoce" / "client" / "rooms"
+    source = "".join(p.read_text() for p in sorted(rooms_package.glob("*.py")))
     assert "._next" not in source and "._group_info" not in source

@@ -3,7 +3,7 @@
 Start with :class:`Client`.
 """
 
-from sottovoce.client.client import Client, EventStream, register_device, username_available
+from sottovoce.client.client import Client
 from sottovoce.client.errors import (
     IdentityChanged,
     NotConnected,
@@ -17,9 +17,11 @@ from sottovoce.client.events import (
     DeliveryStateChanged,
     EphemeralReceived,
     ErrorEvent,
+    EventStream,
     MessageReceived,
     MessageSent,
 )
+from sottovoce.client.registration import register_device, username_available
 from sottovoce.client.store import DeliveryStatus, KdfParams, StoredMessage
 
 __all__ = [

@@ -1,13 +1,16 @@
 """The async client SDK: one account on one device (docs/architecture.md §Data path).
 
-    send_text ─► directory (TOFU) ─► claim bundles for devices without a session
-              ─► encrypt once per device (peer's devices + our other devices)
-              ─► ONE transaction: sessions + message (sending) + outbox frame
-              ─► socket (or later: the outbox is resent on every reconnect,
-                 same messageId and idempotencyKey)
-    send.ack  ─► message ✓, outbox row deleted
-    inbox     ─► batch ─► ONE transaction: sessions + messages + lastGlobalInboxSeq
-              ─► ksmpv3.ack.read ─► events to the application
+The :class:`Client` is the composition root: it builds each part and hands it only
+what it uses, so the arrows run one way::
+
+    Client ──► Connection (frames)      Directory (lookups, claims)
+           ──► Outbox (durable sends)   DirectMessages (the 1:1 path)
+           ──► RoomManager (rooms: given the connection, directory, outbox, store)
+
+    server event ──► the handler table (one entry per event name)
+                 ──► processing queue ──► batch ──► ONE transaction: sessions +
+                     messages + room state + lastGlobalInboxSeq
+                 ──► ksmpv3.ack.read / room.ack ──► events to the application
 
 The application reads messages back from the local store only; the events
 tell it when to look. Every inbound message is decrypted once: a replayed
@@ -21,7 +24,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,38 +33,32 @@ from sottovoce.client.connection import (
     ConnectedInfo,
     Connection,
     Connector,
-    Transport,
     TransportClosed,
-    expect_reply,
-    read_challenge,
-    sign_challenge,
     websocket_connector,
     ws_url,
 )
-from sottovoce.client.errors import IdentityChanged, NotConnected, ServerError, StoreError
+from sottovoce.client.direct import DirectMessages
+from sottovoce.client.directory import Directory
+from sottovoce.client.errors import NotConnected, StoreError
 from sottovoce.client.events import (
     ClientEvent,
     ConnectionChanged,
-    DeliveryStateChanged,
     EphemeralReceived,
     ErrorEvent,
+    EventHub,
+    EventStream,
     MessageReceived,
-    MessageSent,
 )
 from sottovoce.client.identity import LocalIdentity
-from sottovoce.client.payload import Payload
-from sottovoce.client.rooms import (
-    KEYPACKAGES_LOW,
-    ROOM_FRAME,
-    ROOM_PREFIX,
-    RoomManager,
-    SyncedMark,
-)
-from sottovoce.client.sessions import Device, SessionManager
+from sottovoce.client.ids import now_ms
+from sottovoce.client.outbox import Outbox
+from sottovoce.client.prekeys import Prekeys
+from sottovoce.client.registration import register_device
+from sottovoce.client.rooms import ROOM_PREFIX, RoomManager, SyncedMark
+from sottovoce.client.sessions import SessionManager
 from sottovoce.client.store import (
     LOCK_FILE,
     STORE_FILE,
-    DeliveryStatus,
     KdfParams,
     Store,
     StoredMessage,
@@ -75,18 +72,11 @@ from sottovoce.identity import (
     validate_device_id,
     validate_username,
 )
-from sottovoce.limits import (
-    CLIENT_INBOX_BATCH,
-    DEVICE_MISMATCH_RETRIES,
-    EPHEMERAL_RING_SIZE,
-    MAX_FRAME_BYTES,
-    MAX_TEXT_BYTES,
-    ONE_TIME_KEYS_BATCH,
-    OUTBOX_WINDOW,
-)
-from sottovoce.pairwise import OlmAccount, PrekeyBundle
+from sottovoce.limits import CLIENT_INBOX_BATCH
+from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
+from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
 
@@ -95,15 +85,6 @@ CONNECT_TIMEOUT_S = 15.0
 
 #: Store flag set once the server confirmed (or told us of) this account's deletion.
 ACCOUNT_DELETED_FLAG = "account_deleted"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def new_id() -> str:
-    """A random messageId / idempotencyKey (22 url-safe characters, 128 bits)."""
-    return secrets.token_urlsafe(16)
 
 
 # Items of the processing queue (inbound frames, send acks, replay markers).
@@ -130,47 +111,8 @@ class _RoomFrame:
 
 _Item = _Frame | _Ack | _ReplayDone | _RoomFrame | SyncedMark
 
-
-@dataclass(slots=True, kw_only=True)
-class _PendingSend:
-    """A prepared send waiting for the group commit."""
-
-    message_id: str
-    idempotency_key: str
-    peer: str
-    text: str
-    created_ms: int
-    frame: str
-    done: asyncio.Future[None]
-
-
-class EventStream:
-    """An async iterator of :mod:`sottovoce.client.events`; subscribed from creation on."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._queue: asyncio.Queue[ClientEvent] = asyncio.Queue()
-        client._subscribers.append(self._queue)
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> ClientEvent:
-        return await self._queue.get()
-
-    async def next(self, timeout: float | None = None) -> ClientEvent:
-        return await asyncio.wait_for(self._queue.get(), timeout)
-
-    def pending(self) -> list[ClientEvent]:
-        """Everything already queued, without waiting."""
-        out: list[ClientEvent] = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
-        return out
-
-    def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            self._client._subscribers.remove(self._queue)
+#: What the client does with one unsolicited server event: (requestId, data).
+_Handler = Callable[[str | None, dict[str, Any]], None]
 
 
 class Client:
@@ -189,45 +131,60 @@ class Client:
         self.username = identity.username
         self.device_id = identity.device_id
         self._connector = connector
+        self._hub = EventHub()
+        self._emit = self._hub.emit
         self._sessions = SessionManager(
             store, olm, username=identity.username, device_id=identity.device_id, clock_ms=now_ms
         )
         self._sessions.pin_self(identity.certificate)
         self._conn = Connection(
-            ws_url(identity.server_url),
-            username=identity.username,
-            device_id=identity.device_id,
-            device_key=identity.device_key,
-            on_frame=self._on_frame,
-            on_open=self._opened,
-            on_down=self._on_down,
+            ws_url(identity.server_url), username=identity.username,
+            device_id=identity.device_id, device_key=identity.device_key,
+            on_frame=self._on_frame, on_open=self._opened, on_down=self._on_down,
             connector=connector,
         )
-        self._subscribers: list[asyncio.Queue[ClientEvent]] = []
+        self._directory = Directory(
+            self._conn, store, self._sessions, username=self.username, emit=self._emit
+        )
+        self._outbox = Outbox(store, self._conn, self._emit)
+        self._prekeys = Prekeys(
+            store, self._conn, self._sessions, identity.device_key, self._emit
+        )
+        self._direct = DirectMessages(
+            store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
+            outbox=self._outbox, username=self.username, device_id=self.device_id,
+        )
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._processor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._send_lock = asyncio.Lock()
         self._synced = asyncio.Event()
         self._generation = 0
-        self._ack_waiters: dict[str, asyncio.Future[int]] = {}
-        self._mismatch_retries: dict[str, int] = {}
-        self._looked_up: set[str] = set()
-        self._ephemeral: deque[EphemeralReceived] = deque(maxlen=EPHEMERAL_RING_SIZE)
         self._closed = False
-        self._prekey_lock = asyncio.Lock()
-        self._pending_sends: list[_PendingSend] = []
-        self._cursor = 0  # highest outbox oid written on the current connection
-        self._inflight: dict[str, int] = {}  # written, not acked: messageId -> oid
-        #: prekeys.low notices received, and how many had come before an upload was sent
-        #: that then succeeded (those spoke of the stock before it).
-        self._prekey_notices = 0
-        self._prekey_notices_answered = 0
         #: Rooms (MLS groups) of this device: ``client.rooms.create_room(...)`` etc.
-        self.rooms = RoomManager(self)
+        self.rooms = RoomManager(
+            store=store, link=self._conn, contacts=self._directory, sends=self._outbox,
+            username=self.username, device_id=self.device_id, signing_key=identity.mls_key,
+            emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
+        )
+        # Calls (client/calls/) hang off the client the same way once wired: a
+        # CallController built here from narrow callables (an ephemeral 1:1 send for
+        # its signals, a durable 1:1 record for missed calls), fed decrypted call
+        # payloads by DirectMessages.accept (docs/architecture.md, "Client").
+
+        #: What each unsolicited server event does (replies to requests never come here).
+        self._handlers: dict[str, _Handler] = {
+            ev.INBOX_FRAME: self._on_inbox_frame,
+            ev.SEND_ACK: lambda _, data: self._queue.put_nowait(_Ack(data)),
+            ev.REPLAY_DONE: lambda _, __: self._queue.put_nowait(_ReplayDone(self._generation)),
+            ev.ERROR: self._on_error,
+            ev.PREKEYS_LOW: lambda _, __: self._spawn(self._prekeys.low()),
+            ev.DEVICE_ADDED: self._on_own_devices_changed,
+            ev.DEVICE_REVOKED: self._on_own_devices_changed,
+            ev.ACCOUNT_DELETED: self._on_account_deleted,
+            pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
+            pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
+        }
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
-        #: Sends stored offline wait for encryption (one process per store: exact).
-        self._has_unsent = store.unsent_size() > 0
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id})"
@@ -299,7 +256,7 @@ class Client:
             connect,
             add=True,
         )
-        self._looked_up.discard(self.username)
+        self._directory.forget(self.username)
         return client
 
     @classmethod
@@ -432,7 +389,7 @@ class Client:
 
     def known_contact(self, username: str) -> bool:
         """``username`` was looked up before: its account key is pinned on this device."""
-        return self._sessions.contact(username) is not None
+        return self._directory.contact(username) is not None
 
     @property
     def closed(self) -> bool:
@@ -443,6 +400,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._outbox.close()
         await self._conn.close()
         if self._processor is not None:
             # Frames already received are stored (their ack goes out on the next resume).
@@ -456,7 +414,7 @@ class Client:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._ephemeral.clear()
+        self._direct.forget_ephemeral()
         self._store.close()
 
     async def _drain(self) -> None:
@@ -477,37 +435,15 @@ class Client:
         self._conn.send_frame_opening(
             ev.Resume(lastGlobalInboxSeq=self._store.last_inbox_seq).to_frame()
         )
-        self._cursor = 0
-        self._inflight.clear()
-        self._pump(opening=True)
+        self._outbox.reopen(self._conn.send_frame_opening)
         self._conn.mark_up()
         self._spawn(self._send_unsent())
         self._spawn(self._maintenance())
 
-    def _pump(self, *, opening: bool = False) -> None:
-        """Write outbox rows not yet written on this connection, oldest first.
-
-        At most ``OUTBOX_WINDOW`` sends are unacknowledged at a time, so a long
-        outbox after a reconnect never trips the server's per-device rate limit.
-        """
-        if not opening and not self._conn.is_up:
-            return
-        while len(self._inflight) < OUTBOX_WINDOW:
-            room = OUTBOX_WINDOW - len(self._inflight)
-            items = self._store.outbox(after_oid=self._cursor, limit=room)
-            if not items:
-                return
-            for item in items:
-                if opening:
-                    self._conn.send_frame_opening(item.frame)
-                elif not self._conn.send_frame(item.frame):
-                    return
-                self._inflight[item.message_id] = item.oid
-                self._cursor = item.oid
-
     def _on_down(self, error: BaseException | None) -> None:
         self._synced.clear()
-        self._ephemeral.clear()  # docs/protocol.md §Ephemeral: the ring dies with the connection
+        # docs/protocol.md §Ephemeral: the ring dies with the connection
+        self._direct.forget_ephemeral()
         self._emit(ConnectionChanged(connected=False))
         if self._conn.fatal is not None:
             err = self._conn.fatal
@@ -518,53 +454,25 @@ class Client:
         try:
             await self.ensure_prekeys()
             await self.rooms.ensure_key_packages()
-            if self.username not in self._looked_up:
-                await self._lookup(self.username)
+            if not self._directory.looked_up(self.username):
+                await self._directory.lookup(self.username)
         except (SottovoceError, TransportClosed) as exc:
-            self._emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+            self._emit_error(exc)
+
+    def _emit_error(self, exc: BaseException) -> None:
+        """An operation of the client's own failed: tell the application, do not raise."""
+        self._emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+
+    async def _send_unsent(self) -> None:
+        """After a connection comes up: the messages queued offline go out."""
+        try:
+            await self._direct.send_unsent()
+        except (SottovoceError, ProtocolError) as exc:
+            self._emit_error(exc)
 
     async def ensure_prekeys(self) -> None:
         """Upload the first batch of one-time keys and a fallback key, once per device."""
-        async with self._prekey_lock:
-            if not self._store.flag("prekeys_uploaded"):
-                await self._upload_prekeys(ONE_TIME_KEYS_BATCH, fallback=True)
-                self._store.set_flag("prekeys_uploaded")
-
-    async def _replenish(self, notice: int) -> None:
-        """``sottovoce.prekeys.low`` (the ``notice``-th): top the stock up at once, unless
-        the notice came before an upload that has succeeded since (it spoke of the stock
-        before that upload, as the one sent at every login does before the first one)."""
-        try:
-            async with self._prekey_lock:
-                if self._prekey_notices_answered >= notice:
-                    return
-                if not self._store.flag("prekeys_uploaded"):
-                    await self._upload_prekeys(ONE_TIME_KEYS_BATCH, fallback=True)
-                    self._store.set_flag("prekeys_uploaded")
-                else:
-                    await self._upload_prekeys(ONE_TIME_KEYS_BATCH, fallback=False)
-        except SottovoceError as exc:
-            self._emit(ErrorEvent(code=exc.code, message=str(exc)))
-
-    async def _upload_prekeys(self, count: int, *, fallback: bool) -> None:
-        olm = self._sessions.olm
-        keys = olm.new_one_time_keys(self.identity.device_key, count)
-        # The fallback key rotates only with the first batch: vodozemac remembers one
-        # previous fallback key, and a peer may still hold a bundle with it.
-        fallback_key = olm.new_fallback_key(self.identity.device_key) if fallback else None
-        # The private halves are durable before anyone can claim the public ones.
-        with self._store.transaction():
-            self._sessions.mark_olm_dirty()
-            self._sessions.flush()
-        notices = self._prekey_notices
-        await self._conn.request(
-            ev.PrekeysUpload(
-                oneTimeKeys=tuple(k.encode() for k in keys),
-                fallbackKey=None if fallback_key is None else fallback_key.encode(),
-            ),
-            frozenset({ev.PREKEYS_STORED}),
-        )
-        self._prekey_notices_answered = max(self._prekey_notices_answered, notices)
+        await self._prekeys.ensure()
 
     async def revoke_device(self, device_id: str) -> None:
         """Revoke another device of this account (a statement signed by the account key).
@@ -581,8 +489,8 @@ class Client:
         await self._conn.request(
             ev.RevokeDevice(revocation=statement.encode()), frozenset({ev.DEVICE_REVOKED})
         )
-        self._looked_up.discard(self.username)
-        await self._lookup(self.username)
+        self._directory.forget(self.username)
+        await self._directory.lookup(self.username)
 
     async def delete_account(self) -> None:
         """Delete this account on the server, for every device (signed by the account key).
@@ -634,64 +542,11 @@ class Client:
 
     def events(self) -> EventStream:
         """Typed events from now on (``async for event in client.events(): ...``)."""
-        return EventStream(self)
+        return EventStream(self._hub)
 
-    def _emit(self, event: ClientEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
 
     # =========================================================================
-    # Directory and sessions
-    # =========================================================================
-
-    async def _lookup(self, username: str) -> None:
-        _, data = await self._conn.request(
-            ev.DirectoryLookup(username=username), frozenset({ev.DIRECTORY_RESULT})
-        )
-        if data.get("username") != username:
-            raise RemoteError("directory answered for another username")
-        with self._store.transaction():
-            self._sessions.apply_directory(data)
-        self._looked_up.add(username)
-
-    async def _claim(self, username: str) -> None:
-        _, data = await self._conn.request(
-            ev.PrekeysClaim(username=username), frozenset({ev.PREKEY_BUNDLES})
-        )
-        bundles = data.get("bundles")
-        wanted = set(self._sessions.devices_of(username))
-        for raw in bundles if isinstance(bundles, list) else []:
-            try:
-                bundle = PrekeyBundle.decode(_b64decode(raw))
-            except (DecodeError, ValueError):
-                continue
-            cert = bundle.certificate
-            if cert.username != username or cert.device_id not in wanted:
-                continue
-            if self._sessions.has_session(username, cert.device_id):
-                continue
-            try:
-                self._sessions.add_outbound(bundle)
-            except RemoteError as exc:
-                self._emit(ErrorEvent(code=exc.code, message=str(exc)))
-
-    async def _targets(self, username: str, *, refresh: bool = False) -> list[Device]:
-        """Every device a message to ``username`` goes to, each with a session."""
-        for user in (username, self.username):
-            cached = self._sessions.contact(user) is not None
-            if not cached or refresh or (user not in self._looked_up and self._conn.is_up):
-                # Offline with a pinned contact: use it; device_mismatch corrects it later.
-                await self._lookup(user)
-        targets = [(username, d) for d in self._sessions.devices_of(username)]
-        if not targets:
-            raise RemoteError(f"'{username}' has no device we can encrypt to")
-        targets += [(self.username, d) for d in self._sessions.devices_of(self.username)]
-        for user in sorted({u for u, d in targets if not self._sessions.has_session(u, d)}):
-            await self._claim(user)
-        return [t for t in targets if self._sessions.has_session(*t)]
-
-    # =========================================================================
-    # Sending
+    # Sending (the 1:1 path is DirectMessages; rooms are ``client.rooms``)
     # =========================================================================
 
     async def send_text(self, username: str, text: str, *, ephemeral: bool = False) -> str:
@@ -706,181 +561,7 @@ class Client:
         written to the store or on the server; the peer must be online (else an
         ``ErrorEvent`` with ``recipient_offline``).
         """
-        validate_username(username)
-        if username == self.username:
-            raise UsageError("send to another user; your other devices get a copy anyway")
-        try:
-            body = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError("the message is not valid UTF-8 text") from None
-        if not body or len(body) > MAX_TEXT_BYTES:
-            raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
-        if ephemeral and not self._conn.is_up:
-            raise NotConnected("ephemeral messages need a live connection")
-        async with self._send_lock:
-            if not ephemeral and not self._conn.is_up and not self._can_encrypt_offline(username):
-                return self._defer(username, text)
-            if self._conn.is_up and self._has_unsent:
-                await self._encrypt_unsent()  # older queued messages go out first
-            message_id, idempotency_key, created = new_id(), new_id(), now_ms()
-            try:
-                targets = await self._targets(username)
-            except NotConnected:
-                if ephemeral:
-                    raise
-                return self._defer(username, text)  # the connection dropped meanwhile
-            frame = self._send_frame(
-                username, targets, message_id, idempotency_key, created, body, ephemeral=ephemeral
-            )
-            if len(frame) > MAX_FRAME_BYTES or ephemeral:
-                with self._store.transaction():
-                    # The ratchets moved: persist them even if the message goes nowhere.
-                    self._sessions.flush()
-                if len(frame) > MAX_FRAME_BYTES:
-                    raise UsageError("message too large for this many devices")
-                if not self._conn.send_frame(frame):
-                    raise NotConnected("ephemeral messages need a live connection")
-                self._ephemeral.append(
-                    EphemeralReceived(
-                        peer=username, sender=self.username, message_id=message_id, text=text
-                    )
-                )
-                return message_id
-            pending = _PendingSend(
-                message_id=message_id,
-                idempotency_key=idempotency_key,
-                peer=username,
-                text=text,
-                created_ms=created,
-                frame=frame,
-                done=asyncio.get_running_loop().create_future(),
-            )
-            self._pending_sends.append(pending)
-            if len(self._pending_sends) == 1:
-                asyncio.get_running_loop().call_soon(self._commit_sends)
-        # Durable before we return (and before the frame leaves): see _commit_sends.
-        await pending.done
-        return message_id
-
-    def _send_frame(
-        self,
-        username: str,
-        targets: list[Device],
-        message_id: str,
-        idempotency_key: str,
-        created: int,
-        body: bytes,
-        *,
-        ephemeral: bool = False,
-    ) -> str:
-        """The ``ksmpv3.send`` frame: one ciphertext per target device (ratchets move)."""
-        conversation = ev.dm_conversation_id(self.username, username)
-        payload = Payload(
-            message_id=message_id,
-            conversation_id=conversation,
-            content_type="text",
-            created_at_ms=created,
-            body=body,
-        ).encode()
-        ciphertexts = tuple(
-            ev.DeviceCiphertext(
-                userId=user,
-                deviceId=device,
-                ciphertext=self._sessions.encrypt(user, device, payload),
-            )
-            for user, device in targets
-        )
-        send = ev.Send(
-            conversationId=conversation,
-            messageId=message_id,
-            idempotencyKey=idempotency_key,
-            recipientUserId=username,
-            contentType="text",
-            clientCreatedAtMs=created,
-            ciphertexts=ciphertexts,
-            senderUserId=self.username,
-            ephemeral=ephemeral,
-        )
-        return send.to_frame(request_id=message_id)
-
-    def _can_encrypt_offline(self, username: str) -> bool:
-        """Every device of ``username`` and of our own account is known and has a session."""
-        for user in (username, self.username):
-            if self._sessions.contact(user) is None:
-                return False
-            devices = self._sessions.devices_of(user)
-            if not all(self._sessions.has_session(user, d) for d in devices):
-                return False
-        return bool(self._sessions.devices_of(username))
-
-    def _defer(self, username: str, text: str) -> str:
-        """Store an outgoing message to encrypt on the next connection (see ``unsent``)."""
-        message_id, idempotency_key, created = new_id(), new_id(), now_ms()
-        with self._store.transaction():
-            self._store.add_message(
-                message_id=message_id,
-                peer=username,
-                sender=self.username,
-                sender_device=self.device_id,
-                outgoing=True,
-                status=DeliveryStatus.SENDING,
-                text=text,
-                client_created_ms=created,
-                local_at_ms=created,
-                idempotency_key=idempotency_key,
-            )
-            self._store.add_unsent(message_id)
-        self._has_unsent = True
-        return message_id
-
-    async def _encrypt_unsent(self) -> None:
-        """Encrypt the messages queued while offline, oldest first; call holding the send lock.
-
-        Each keeps the messageId and idempotencyKey it was stored with, so a send
-        the server already has is acknowledged as a duplicate, never stored twice.
-        """
-        for message_id in self._store.unsent():
-            stored = self._store.get_message(message_id)
-            if stored is None or stored.status is not DeliveryStatus.SENDING:
-                with self._store.transaction():
-                    self._store.remove_unsent(message_id)
-                continue
-            try:
-                targets = await self._targets(stored.peer)
-            except NotConnected:
-                return  # the next connection tries again
-            except SottovoceError as exc:  # e.g. unknown_user: this message can never go
-                self._fail(message_id, exc.code, str(exc))
-                continue
-            frame = self._send_frame(
-                stored.peer,
-                targets,
-                message_id,
-                stored.idempotency_key or new_id(),
-                stored.client_created_ms,
-                stored.text.encode("utf-8"),
-            )
-            if len(frame) > MAX_FRAME_BYTES:
-                with self._store.transaction():
-                    self._sessions.flush()  # the ratchets moved, as in send_text
-                self._fail(message_id, "too_large", "message too large for this many devices")
-                continue
-            with self._store.transaction():
-                self._sessions.flush()
-                self._store.add_outbox(message_id, stored.idempotency_key or "", frame)
-                self._store.remove_unsent(message_id)
-            self._pump()
-        self._has_unsent = self._store.unsent_size() > 0
-
-    async def _send_unsent(self) -> None:
-        """After a connection comes up: the messages queued offline go out."""
-        if not self._has_unsent:
-            return
-        try:
-            async with self._send_lock:
-                await self._encrypt_unsent()
-        except (SottovoceError, ProtocolError) as exc:
-            self._emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+        return await self._direct.send_text(username, text, ephemeral=ephemeral)
 
     async def drain_outbox(self, timeout: float) -> int:
         """Wait (at most ``timeout`` s) until every queued message is acknowledged.
@@ -894,65 +575,13 @@ class Client:
                 return left
             await asyncio.sleep(0.05)
 
-    def _commit_sends(self) -> None:
-        """Group commit: every send prepared in this loop turn, in one transaction.
-
-        Concurrent ``send_text`` calls (e.g. ``asyncio.gather``) share one fsync;
-        a single call costs what it did. The ratchet states the sends advanced
-        are written in the same transaction as their messages and outbox rows,
-        and nothing is written to the socket before that commit.
-        """
-        batch, self._pending_sends = self._pending_sends, []
-        try:
-            with self._store.transaction():
-                self._sessions.flush()
-                for p in batch:
-                    self._store.add_message(
-                        message_id=p.message_id,
-                        peer=p.peer,
-                        sender=self.username,
-                        sender_device=self.device_id,
-                        outgoing=True,
-                        status=DeliveryStatus.SENDING,
-                        text=p.text,
-                        client_created_ms=p.created_ms,
-                        local_at_ms=p.created_ms,
-                        idempotency_key=p.idempotency_key,
-                    )
-                    self._store.add_outbox(p.message_id, p.idempotency_key, p.frame)
-        except Exception as exc:
-            # Nothing was sent: forget the in-memory ratchet steps the store lacks.
-            self._sessions.discard_unflushed()
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
-            return
-        for p in batch:
-            if not p.done.done():
-                p.done.set_result(None)
-        self._pump()  # offline: the outbox goes out on the next connect
-
     async def wait_sent(self, message_id: str, *, timeout: float = CONNECT_TIMEOUT_S) -> int:
         """Wait for the server's ack of ``message_id``; returns its serverSeq."""
-        stored = self._store.get_message(message_id)
-        if stored is None:
-            raise UsageError("unknown message id")
-        if stored.status is DeliveryStatus.SENT and stored.server_seq is not None:
-            return stored.server_seq
-        if stored.status is DeliveryStatus.FAILED:
-            raise ServerError("send_failed", "the server refused this message")
-        future = self._ack_waiters.get(message_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._ack_waiters[message_id] = future
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise NotConnected("no acknowledgement from the server in time") from None
+        return await self._outbox.wait_sent(message_id, timeout=timeout)
 
     def pending_sends(self) -> int:
         """Messages not acknowledged yet: in the outbox, or waiting to be encrypted."""
-        return self._store.outbox_size() + self._store.unsent_size()
+        return self._outbox.pending()
 
     def _on_send_error(self, message_id: str, data: dict[str, Any]) -> None:
         err = ev.WireError.from_data(data) if "code" in data else None
@@ -963,141 +592,56 @@ class Client:
                 self.rooms.on_stale_send(message_id, stored.peer, err.details)
                 return
         if code == "device_mismatch":
-            self._spawn(self._resend_after_mismatch(message_id, err.details if err else {}))
+            self._spawn(self._direct.resend_after_mismatch(message_id))
             return
         if err is not None and err.retryable:
             delay = max(err.retryAfterMs, 200) / 1000
-            asyncio.get_running_loop().call_later(delay, self._resend, message_id)
+            asyncio.get_running_loop().call_later(delay, self._outbox.resend, message_id)
             return
-        self._fail(message_id, code, err.message if err else "send refused")
-
-    def _resend(self, message_id: str) -> None:
-        if self._closed:
-            return
-        item = self._store.get_outbox(message_id)
-        if item is not None:
-            self._conn.send_frame(item.frame)
-
-    def _fail(self, message_id: str, code: str, message: str) -> None:
-        stored = self._store.get_message(message_id)
-        if stored is not None and stored.status is DeliveryStatus.SENDING:
-            with self._store.transaction():
-                self._store.remove_outbox(message_id)
-                self._store.remove_unsent(message_id)
-                self._store.set_status(message_id, DeliveryStatus.FAILED)
-            self._inflight.pop(message_id, None)
-            self._pump()
-            self._emit(
-                DeliveryStateChanged(
-                    message_id=message_id, peer=stored.peer, status=DeliveryStatus.FAILED
-                )
-            )
-        self._emit(ErrorEvent(code=code, message=message, message_id=message_id))
-        future = self._ack_waiters.pop(message_id, None)
-        if future is not None and not future.done():
-            future.set_exception(ServerError(code, message))
-
-    async def _resend_after_mismatch(self, message_id: str, details: dict[str, Any]) -> None:
-        """``device_mismatch``: refresh the directory, re-encrypt for the new set, once."""
-        tries = self._mismatch_retries.get(message_id, 0)
-        if tries >= DEVICE_MISMATCH_RETRIES:
-            self._fail(message_id, "device_mismatch", "the recipient's devices kept changing")
-            return
-        self._mismatch_retries[message_id] = tries + 1
-        try:
-            async with self._send_lock:
-                stored = self._store.get_message(message_id)
-                item = self._store.get_outbox(message_id)
-                if stored is None or item is None:
-                    return
-                _, _, data = ev.parse_frame(item.frame)
-                old = ev.Send.from_data(data)
-                kept = {(c.userId, c.deviceId): c for c in old.ciphertexts}
-                targets = await self._targets(stored.peer, refresh=True)
-                payload = Payload(
-                    message_id=message_id,
-                    conversation_id=old.conversationId,
-                    content_type=old.contentType,
-                    created_at_ms=old.clientCreatedAtMs,
-                    body=stored.text.encode("utf-8"),
-                ).encode()
-                ciphertexts = tuple(
-                    kept.get(t)
-                    or ev.DeviceCiphertext(
-                        userId=t[0],
-                        deviceId=t[1],
-                        ciphertext=self._sessions.encrypt(t[0], t[1], payload),
-                    )
-                    for t in targets
-                )
-                send = ev.Send(
-                    conversationId=old.conversationId,
-                    messageId=message_id,
-                    idempotencyKey=old.idempotencyKey,
-                    recipientUserId=old.recipientUserId,
-                    contentType=old.contentType,
-                    clientCreatedAtMs=old.clientCreatedAtMs,
-                    ciphertexts=ciphertexts,
-                    senderUserId=self.username,
-                )
-                frame = send.to_frame(request_id=message_id)
-                with self._store.transaction():
-                    self._sessions.flush()
-                    self._store.replace_outbox(message_id, frame)
-                self._conn.send_frame(frame)
-        except (SottovoceError, ProtocolError) as exc:
-            self._fail(message_id, getattr(exc, "code", "error"), str(exc))
+        self._outbox.fail(message_id, code, err.message if err else "send refused")
 
     # =========================================================================
-    # Receiving
+    # Receiving: the handler table, then one batch per transaction
     # =========================================================================
 
     def _on_frame(self, event: str, request_id: str | None, data: dict[str, Any]) -> None:
         """Called by the connection for every frame that is not a request's reply."""
-        if event == ev.INBOX_FRAME:
-            seq = data.get("globalInboxSeq", 0)
-            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
-                self._queue.put_nowait(_Frame(seq, data))
-        elif event == ev.SEND_ACK:
-            self._queue.put_nowait(_Ack(data))
-        elif event == ev.REPLAY_DONE:
-            self._queue.put_nowait(_ReplayDone(self._generation))
-        elif event == ev.ERROR:
-            message_id = data.get("messageId") or request_id
-            if isinstance(message_id, str) and self._store.get_outbox(message_id) is not None:
-                self._on_send_error(message_id, data)
-            else:
-                err = data.get("code")
-                self._emit(
-                    ErrorEvent(
-                        code=err if isinstance(err, str) else "error",
-                        message=str(data.get("message", ""))[:200],
-                        message_id=message_id if isinstance(message_id, str) else None,
-                        retryable=bool(data.get("retryable")),
-                    )
-                )
-        elif event == ev.PREKEYS_LOW:
-            self._prekey_notices += 1
-            self._spawn(self._replenish(self._prekey_notices))
-        elif event == ROOM_FRAME:
-            self._queue.put_nowait(_RoomFrame(data))
-        elif event == KEYPACKAGES_LOW:
-            self._spawn(self.rooms.replenish())
-        elif event in (ev.DEVICE_ADDED, ev.DEVICE_REVOKED):
-            self._looked_up.discard(self.username)
-            self._spawn(self._refresh_self())
-        elif event == ev.ACCOUNT_DELETED:
-            # Another device of ours deleted the account; the server closes us next (4002).
-            self._mark_deleted()
-            self._emit(ErrorEvent(code="account_deleted", message="this account was deleted"))
+        handler = self._handlers.get(event)
+        if handler is not None:
+            handler(request_id, data)
 
-    def _queue_room_item(self, item: SyncedMark) -> None:
-        """Queue a rooms marker behind the frames already received (in their order)."""
-        self._queue.put_nowait(item)
+    def _on_inbox_frame(self, _: str | None, data: dict[str, Any]) -> None:
+        seq = data.get("globalInboxSeq", 0)
+        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+            self._queue.put_nowait(_Frame(seq, data))
+
+    def _on_error(self, request_id: str | None, data: dict[str, Any]) -> None:
+        message_id = data.get("messageId") or request_id
+        if isinstance(message_id, str) and self._outbox.holds(message_id):
+            self._on_send_error(message_id, data)
+            return
+        err = data.get("code")
+        self._emit(
+            ErrorEvent(
+                code=err if isinstance(err, str) else "error",
+                message=str(data.get("message", ""))[:200],
+                message_id=message_id if isinstance(message_id, str) else None,
+                retryable=bool(data.get("retryable")),
+            )
+        )
+
+    def _on_own_devices_changed(self, _: str | None, __: dict[str, Any]) -> None:
+        self._directory.forget(self.username)
+        self._spawn(self._refresh_self())
+
+    def _on_account_deleted(self, _: str | None, __: dict[str, Any]) -> None:
+        # Another device of ours deleted the account; the server closes us next (4002).
+        self._mark_deleted()
+        self._emit(ErrorEvent(code="account_deleted", message="this account was deleted"))
 
     async def _refresh_self(self) -> None:
         with contextlib.suppress(SottovoceError):
-            await self._lookup(self.username)
+            await self._directory.lookup(self.username)
 
     async def _process_loop(self) -> None:
         while True:
@@ -1127,24 +671,8 @@ class Client:
             [i.data for i in batch if isinstance(i, _RoomFrame)],
             [e for _, e in frames if e is not None and e.conversationId.startswith(ROOM_PREFIX)],
         )
-        # Look up unknown senders first: no await may separate a decryption from
-        # the commit that stores its result (a concurrent send would persist the
-        # advanced ratchet without the message).
-        failed_lookup: dict[str, ErrorEvent] = {}
-        for user in sorted({e.senderUserId for _, e in frames if e is not None}):
-            contact = self._sessions.contact(user)
-            known = contact is not None and all(
-                e.senderDeviceId in contact.certificates
-                for _, e in frames
-                if e is not None and e.senderUserId == user
-            )
-            if not known:
-                try:
-                    await self._lookup(user)
-                except IdentityChanged as exc:
-                    failed_lookup[user] = ErrorEvent(code=exc.code, message=str(exc))
-                except SottovoceError:
-                    pass  # decryption below fails for a still-unknown device, typed
+        # Every await happens before the transaction (see DirectMessages.prepare).
+        failed_lookup = await self._direct.prepare([e for _, e in frames if e is not None])
         events: list[ClientEvent] = []
         received: list[str] = []
         replay_done = False
@@ -1154,7 +682,7 @@ class Client:
             with self._store.transaction():
                 for item in batch:
                     if isinstance(item, _Ack):
-                        self._apply_ack(item.data, events)
+                        self._outbox.acked(item.data, events)
                     elif isinstance(item, _ReplayDone):
                         replay_done = replay_done or item.generation == self._generation
                     elif isinstance(item, _RoomFrame):
@@ -1171,7 +699,7 @@ class Client:
                         ):
                             self.rooms.accept_inbox(item.seq, envelope, item.data, events)
                             continue
-                        self._accept(item.seq, envelope, failed_lookup, events, received)
+                        self._direct.accept(item.seq, envelope, failed_lookup, events, received)
                 self._sessions.flush()
                 self.rooms.flush()
                 self._store.set_last_inbox_seq(top)
@@ -1181,7 +709,7 @@ class Client:
             raise
         self.rooms.after_batch()
         if any(isinstance(item, _Ack) for item in batch):
-            self._pump()  # acks opened the window
+            self._outbox.pump()  # acks opened the window
         if top:
             # Only now is it durable here: the server may delete up to ``top``.
             self._conn.send_frame(ev.AckRead(upToGlobalInboxSeq=top).to_frame())
@@ -1194,139 +722,6 @@ class Client:
         if replay_done and self._conn.is_up:
             self._synced.set()
             self._emit(ConnectionChanged(connected=True))
-
-    def _apply_ack(self, data: dict[str, Any], events: list[ClientEvent]) -> None:
-        message_id = data.get("messageId")
-        seq = data.get("serverSeq")
-        if not isinstance(message_id, str) or not isinstance(seq, int):
-            return
-        stored = self._store.get_message(message_id)
-        newly = self._store.mark_sent(message_id, seq)
-        self._store.remove_outbox(message_id)
-        self._inflight.pop(message_id, None)
-        self._mismatch_retries.pop(message_id, None)
-        if newly and stored is not None:
-            idem = data.get("idempotencyKey")
-            events.append(
-                MessageSent(
-                    message_id=message_id,
-                    peer=stored.peer,
-                    server_seq=seq,
-                    idempotency_key=idem if isinstance(idem, str) else "",
-                    duplicate=bool(data.get("duplicate")),
-                )
-            )
-            events.append(
-                DeliveryStateChanged(
-                    message_id=message_id, peer=stored.peer, status=DeliveryStatus.SENT
-                )
-            )
-        future = self._ack_waiters.pop(message_id, None)
-        if future is not None and not future.done():
-            future.set_result(seq)
-
-    def _accept(
-        self,
-        seq: int,
-        envelope: ev.Envelope | None,
-        failed_lookup: dict[str, ErrorEvent],
-        events: list[ClientEvent],
-        received: list[str],
-    ) -> None:
-        """Decrypt and store one inbound frame (inside the batch transaction)."""
-        if envelope is None:
-            events.append(ErrorEvent(code="bad_frame", message="malformed inbox frame skipped"))
-            return
-        ephemeral = envelope.ephemeral or seq == 0
-        if not ephemeral and self._store.has_message(envelope.messageId):
-            return  # replay of a stored message: never decrypt twice
-        own_copy = envelope.senderUserId == self.username
-        peer = envelope.recipientUserId if own_copy else envelope.senderUserId
-        if envelope.senderUserId in failed_lookup:
-            events.append(failed_lookup[envelope.senderUserId])
-            self._store_failed(envelope, peer, seq, own_copy)
-            return
-        try:
-            if envelope.conversationId != ev.dm_conversation_id(self.username, peer):
-                raise RemoteError("envelope names another conversation")
-            if not own_copy and envelope.recipientUserId not in ("", self.username):
-                raise RemoteError("envelope is addressed to someone else")
-            plaintext = self._sessions.decrypt(
-                envelope.senderUserId, envelope.senderDeviceId, envelope.ciphertext
-            )
-            payload = Payload.decode(plaintext)
-            if (
-                payload.message_id != envelope.messageId
-                or payload.conversation_id != envelope.conversationId
-            ):
-                raise RemoteError("ciphertext was moved to another message")
-            text = payload.body.decode("utf-8")
-        except (SottovoceError, UnicodeDecodeError) as exc:
-            code = getattr(exc, "code", "decryption_failed")
-            events.append(
-                ErrorEvent(
-                    code=code,
-                    message="a message could not be decrypted",
-                    message_id=envelope.messageId,
-                )
-            )
-            if not ephemeral:
-                self._store_failed(envelope, peer, seq, own_copy)
-            return
-        if ephemeral:
-            item = EphemeralReceived(
-                peer=peer, sender=envelope.senderUserId, message_id=envelope.messageId, text=text
-            )
-            self._ephemeral.append(item)
-            events.append(item)
-            return
-        self._record_envelope(
-            envelope,
-            peer,
-            seq,
-            own_copy,
-            DeliveryStatus.SENT,
-            text,
-            content_type=payload.content_type,
-            client_created_ms=payload.created_at_ms,
-            idempotency_key=envelope.idempotencyKey,
-        )
-        received.append(envelope.messageId)
-
-    def _store_failed(self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool) -> None:
-        """A placeholder, so the gap is visible and the frame is never retried."""
-        self._record_envelope(envelope, peer, seq, own_copy, DeliveryStatus.FAILED, "")
-
-    def _record_envelope(
-        self,
-        envelope: ev.Envelope,
-        peer: str,
-        seq: int,
-        own_copy: bool,
-        status: DeliveryStatus,
-        text: str,
-        *,
-        content_type: str = "text",
-        client_created_ms: int = 0,
-        idempotency_key: str | None = None,
-    ) -> None:
-        """Store one received envelope (its routing fields taken from the envelope)."""
-        self._store.add_message(
-            message_id=envelope.messageId,
-            peer=peer,
-            sender=envelope.senderUserId,
-            sender_device=envelope.senderDeviceId,
-            outgoing=own_copy,
-            status=status,
-            text=text,
-            content_type=content_type,
-            client_created_ms=client_created_ms,
-            server_received_ms=envelope.serverReceivedAtMs,
-            local_at_ms=now_ms(),
-            server_seq=envelope.serverSeq,
-            inbox_seq=seq,
-            idempotency_key=idempotency_key,
-        )
 
     # =========================================================================
     # Reading (the UI reads the store only)
@@ -1348,11 +743,11 @@ class Client:
         return self._store.last_local_id()
 
     def ephemeral_messages(self, username: str | None = None) -> list[EphemeralReceived]:
-        return [m for m in self._ephemeral if username is None or m.peer == username]
+        return self._direct.ephemeral_messages(username)
 
     def panic(self) -> None:
         """Forget every ephemeral message now."""
-        self._ephemeral.clear()
+        self._direct.forget_ephemeral()
 
     @property
     def last_inbox_seq(self) -> int:
@@ -1360,17 +755,17 @@ class Client:
 
     async def safety_number(self, username: str) -> SafetyNumber:
         """The 60-digit safety number with ``username`` (looked up if not pinned yet)."""
-        contact = self._sessions.contact(username)
+        contact = self._directory.contact(username)
         if contact is None:
-            await self._lookup(username)
-            contact = self._sessions.contact(username)
-        if contact is None:  # pragma: no cover - _lookup stores it or raises
+            await self._directory.lookup(username)
+            contact = self._directory.contact(username)
+        if contact is None:  # pragma: no cover - lookup stores it or raises
             raise RemoteError("the directory did not return this user")
         return safety_number(self.identity.certificate.account_key, contact.account_key)
 
     def known_safety_number(self, username: str) -> SafetyNumber | None:
         """The safety number from the pinned key only (no network)."""
-        contact = self._sessions.contact(username)
+        contact = self._directory.contact(username)
         if contact is None:
             return None
         return safety_number(self.identity.certificate.account_key, contact.account_key)
@@ -1416,73 +811,6 @@ class Client:
                 out.append((f"mls room {room.room_id} tree key node {node}", key))
         return out
 
-
-# =============================================================================
-# Registration (pre-auth)
-# =============================================================================
-
-
-async def register_device(
-    url: str,
-    identity: LocalIdentity,
-    *,
-    add: bool = False,
-    connector: Connector = websocket_connector,
-) -> None:
-    """Register a new account (``sottovoce.register``) or device (``sottovoce.device.add``).
-
-    The device key signs the server's challenge (``auth_message``) to prove it
-    holds the key its certificate names.
-    """
-    try:
-        transport: Transport = await connector(url)
-    except TransportClosed as exc:
-        raise NotConnected(f"cannot reach the server: {exc}") from None
-    try:
-        nonce = await read_challenge(transport)
-        signature = sign_challenge(
-            identity.device_key, nonce, identity.username, identity.device_id
-        )
-        cert = identity.certificate.encode()
-        request: ev.ClientEvent = (
-            ev.AddDevice(certificate=cert, signature=signature)
-            if add
-            else ev.Register(certificate=cert, signature=signature)
-        )
-        await transport.send(request.to_frame("register"))
-        await expect_reply(transport, frozenset({ev.REGISTERED}))  # the one reply
-    except TransportClosed as exc:
-        raise NotConnected(f"the server closed the connection: {exc}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await transport.close()
-
-
-async def username_available(
-    server_url: str, username: str, *, connector: Connector = websocket_connector
-) -> bool:
-    try:
-        transport = await connector(ws_url(server_url))
-    except TransportClosed as exc:
-        raise NotConnected(f"cannot reach the server: {exc}") from None
-    try:
-        await read_challenge(transport)
-        await transport.send(ev.UsernameCheck(username=username).to_frame("check"))
-        _, data = await expect_reply(transport, frozenset({ev.USERNAME_RESULT}))
-        return bool(data.get("available"))
-    except TransportClosed as exc:
-        raise NotConnected(f"the server closed the connection: {exc}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await transport.close()
-
-
-def _b64decode(value: Any) -> bytes:
-    import base64
-
-    if not isinstance(value, str):
-        raise ValueError("not base64")
-    return base64.b64decode(value, validate=True)
 
 
 def _remove_store(root: Path, created_dir: bool) -> None:

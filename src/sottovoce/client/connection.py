@@ -9,9 +9,9 @@
     │    └── backoff: min(cap, base·2^n), half jitter, ≥ retryAfterMs ◄── closed
     └──────────────────────────────────────────────────────────────────────┘
 
-This module only moves frames: what a frame means is decided in ``client.py``
-(thin edges: docs/architecture.md §Rules). It is written against a tiny
-:class:`Transport` so that the client logic can be tested with an in-memory
+This module only moves frames: what a frame means is decided by the event table in
+``client.py`` (thin edges: docs/architecture.md §Rules). It is written against a
+tiny :class:`Transport` so that the client logic can be tested with an in-memory
 transport.
 """
 

@@ -1,4 +1,5 @@
-"""Typed events the :class:`~sottovoce.client.Client` hands to the application.
+"""Typed events the :class:`~sottovoce.client.Client` hands to the application, and the
+hub that hands them out (one queue per :class:`EventStream`).
 
 Every event is emitted after the change it reports is durable in the local
 store, so an application that re-reads the store on an event sees it.
@@ -6,6 +7,8 @@ store, so an application that re-reads the store on an event sees it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -141,3 +144,50 @@ ClientEvent = (
     | ConnectionChanged
     | EphemeralReceived
 )
+
+
+class EventHub:
+    """Every open :class:`EventStream`; :meth:`emit` queues an event on each (never blocks)."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[ClientEvent]] = []
+
+    def emit(self, event: ClientEvent) -> None:
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[ClientEvent]:
+        queue: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ClientEvent]) -> None:
+        with contextlib.suppress(ValueError):
+            self._queues.remove(queue)
+
+
+class EventStream:
+    """An async iterator of client events; subscribed from creation on."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._queue = hub.subscribe()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ClientEvent:
+        return await self._queue.get()
+
+    async def next(self, timeout: float | None = None) -> ClientEvent:
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def pending(self) -> list[ClientEvent]:
+        """Everything already queued, without waiting."""
+        out: list[ClientEvent] = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self._hub.unsubscribe(self._queue)

@@ -80,13 +80,8 @@ class LocalIdentity:
             now_ms=now_ms,
         )
         ident = cls(
-            username=username,
-            device_id=device,
-            server_url=server_url,
-            account_key=ak,
-            device_key=device_key,
-            certificate=cert,
-            mls_key=mls_key,
+            username=username, device_id=device, server_url=server_url, account_key=ak,
+            device_key=device_key, certificate=cert, mls_key=mls_key,
         )
         return ident, olm
 
@@ -123,12 +118,8 @@ class LocalIdentity:
                         raise DecodeError("MLS signature key has the wrong length")
                     mls_key = SigningKey(SignatureScheme.ED25519, raw)
             return cls(
-                username=username,
-                device_id=device_id,
-                server_url=server_url,
-                account_key=account_key,
-                device_key=device_key,
-                certificate=certificate,
+                username=username, device_id=device_id, server_url=server_url,
+                account_key=account_key, device_key=device_key, certificate=certificate,
                 mls_key=mls_key,
             )
 

@@ -23,10 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sottovoce.codec.tls import Reader, Writer, decode
-from sottovoce.errors import DecodeError
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.limits import MAX_TEXT_BYTES
 from sottovoce.pairwise.padding import pad, unpad
 
 _VERSION = 1
+
+
+def text_body(text: str) -> bytes:
+    """A text message's body (1:1 or room), or a plain error for what cannot be one."""
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the message is not valid UTF-8 text") from None
+    if not body or len(body) > MAX_TEXT_BYTES:
+        raise UsageError(f"a text message is 1-{MAX_TEXT_BYTES} bytes of UTF-8")
+    return body
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

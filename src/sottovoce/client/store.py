@@ -651,6 +651,18 @@ class Store:
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
+    def add_outgoing(
+        self, message_id: str, *, peer: str, sender: str, sender_device: str, text: str,
+        created_ms: int, idempotency_key: str, content_type: str = "text",
+    ) -> None:
+        """A message this device is sending (status "sending" until the server's ack)."""
+        self.add_message(
+            message_id=message_id, peer=peer, sender=sender, sender_device=sender_device,
+            outgoing=True, status=DeliveryStatus.SENDING, text=text, content_type=content_type,
+            client_created_ms=created_ms, local_at_ms=created_ms,
+            idempotency_key=idempotency_key,
+        )
+
     def mark_sent(self, message_id: str, server_seq: int) -> bool:
         """Record the server's ack; returns whether the message was still unacked."""
         cur = self._db.execute(

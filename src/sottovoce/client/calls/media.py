@@ -56,10 +56,11 @@ from aiortc.stats import (
     RTCTransportStats,
 )
 
+# The module itself, not through the package: the package imports this module.
+import sottovoce.client.calls.hooks as hooks
 from sottovoce.calls import sdp as sdp_text
 from sottovoce.calls.signals import Fingerprint
 from sottovoce.calls.turn import parse_turn_url
-from sottovoce.client.calls import hooks
 from sottovoce.client.calls.errors import (
     CandidateLeak,
     FingerprintMismatch,

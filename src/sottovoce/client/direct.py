@@ -1,0 +1,442 @@
+"""1:1 messages on this device: encrypt once per device, queue, and read what arrives
+(docs/architecture.md §1:1 messages).
+
+    send_text ─► directory (TOFU) ─► claim bundles for devices without a session
+              ─► encrypt once per device (peer's devices + our other devices)
+              ─► ONE transaction: sessions + message (sending) + outbox row
+                 (sends prepared in one loop turn share it: a group commit)
+              ─► the outbox (it writes the frame when the connection is up)
+    offline, a device we cannot encrypt to yet ─► stored as sending ("unsent"),
+              encrypted on the next connection with the messageId it was given
+    device_mismatch ─► look the devices up again, encrypt for the new set, resend
+
+    inbox envelope (inside the client's batch transaction, no awaits):
+              ─► replay of a stored messageId? skip before decrypting
+              ─► decrypt once ─► payload bound to messageId and conversation
+              ─► message row (ephemeral: the in-memory ring only)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from sottovoce.client.directory import Directory
+from sottovoce.client.errors import IdentityChanged, NotConnected
+from sottovoce.client.events import ClientEvent, EphemeralReceived, ErrorEvent
+from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.outbox import Outbox
+from sottovoce.client.payload import Payload, text_body
+from sottovoce.client.ports import Link
+from sottovoce.client.sessions import Device, SessionManager
+from sottovoce.client.store import DeliveryStatus, Store
+from sottovoce.errors import RemoteError, SottovoceError, UsageError
+from sottovoce.identity import validate_username
+from sottovoce.limits import (
+    DEVICE_MISMATCH_RETRIES,
+    EPHEMERAL_RING_SIZE,
+    MAX_FRAME_BYTES,
+)
+from sottovoce.protocol import events as ev
+from sottovoce.protocol.fields import ProtocolError
+
+
+@dataclass(slots=True, kw_only=True)
+class _PendingSend:
+    """A prepared send waiting for the group commit."""
+
+    message_id: str
+    idempotency_key: str
+    peer: str
+    text: str
+    created_ms: int
+    frame: str
+    done: asyncio.Future[None]
+
+
+class DirectMessages:
+    """The 1:1 message path of one device, owned by :class:`~sottovoce.client.Client`."""
+
+    def __init__(
+        self, *, store: Store, link: Link, sessions: SessionManager, directory: Directory,
+        outbox: Outbox, username: str, device_id: str,
+    ) -> None:
+        self._store, self._link, self._sessions = store, link, sessions
+        self._directory, self._outbox = directory, outbox
+        self.username, self.device_id = username, device_id
+        self._send_lock = asyncio.Lock()
+        self._pending_sends: list[_PendingSend] = []
+        #: Sends stored offline wait for encryption (one process per store: exact).
+        self._has_unsent = store.unsent_size() > 0
+        self._ephemeral: deque[EphemeralReceived] = deque(maxlen=EPHEMERAL_RING_SIZE)
+
+    # =========================================================================
+    # Ephemeral messages (memory only)
+    # =========================================================================
+
+    def ephemeral_messages(self, username: str | None = None) -> list[EphemeralReceived]:
+        return [m for m in self._ephemeral if username is None or m.peer == username]
+
+    def forget_ephemeral(self) -> None:
+        self._ephemeral.clear()
+
+    # =========================================================================
+    # Sending
+    # =========================================================================
+
+    async def send_text(self, username: str, text: str, *, ephemeral: bool = False) -> str:
+        """See :meth:`sottovoce.client.Client.send_text`."""
+        validate_username(username)
+        if username == self.username:
+            raise UsageError("send to another user; your other devices get a copy anyway")
+        body = text_body(text)
+        if ephemeral and not self._link.is_up:
+            raise NotConnected("ephemeral messages need a live connection")
+        async with self._send_lock:
+            if (
+                not ephemeral
+                and not self._link.is_up
+                and not self._directory.can_encrypt_offline(username)
+            ):
+                return self._defer(username, text)
+            if self._link.is_up and self._has_unsent:
+                await self._encrypt_unsent()  # older queued messages go out first
+            message_id, idempotency_key, created = new_id(), new_id(), now_ms()
+            try:
+                targets = await self._directory.targets(username)
+            except NotConnected:
+                if ephemeral:
+                    raise
+                return self._defer(username, text)  # the connection dropped meanwhile
+            frame = self._send_frame(
+                username, targets, message_id, idempotency_key, created, body, ephemeral=ephemeral
+            )
+            if len(frame) > MAX_FRAME_BYTES or ephemeral:
+                with self._store.transaction():
+                    # The ratchets moved: persist them even if the message goes nowhere.
+                    self._sessions.flush()
+                if len(frame) > MAX_FRAME_BYTES:
+                    raise UsageError("message too large for this many devices")
+                if not self._link.send_frame(frame):
+                    raise NotConnected("ephemeral messages need a live connection")
+                self._ephemeral.append(
+                    EphemeralReceived(
+                        peer=username, sender=self.username, message_id=message_id, text=text
+                    )
+                )
+                return message_id
+            pending = _PendingSend(
+                message_id=message_id, idempotency_key=idempotency_key, peer=username,
+                text=text, created_ms=created, frame=frame,
+                done=asyncio.get_running_loop().create_future(),
+            )
+            self._pending_sends.append(pending)
+            if len(self._pending_sends) == 1:
+                asyncio.get_running_loop().call_soon(self._commit_sends)
+        # Durable before we return (and before the frame leaves): see _commit_sends.
+        await pending.done
+        return message_id
+
+    def _send_frame(
+        self,
+        username: str,
+        targets: list[Device],
+        message_id: str,
+        idempotency_key: str,
+        created: int,
+        body: bytes,
+        *,
+        ephemeral: bool = False,
+    ) -> str:
+        """The ``ksmpv3.send`` frame: one ciphertext per target device (ratchets move)."""
+        conversation = ev.dm_conversation_id(self.username, username)
+        payload = Payload(
+            message_id=message_id,
+            conversation_id=conversation,
+            content_type="text",
+            created_at_ms=created,
+            body=body,
+        ).encode()
+        ciphertexts = tuple(
+            ev.DeviceCiphertext(
+                userId=user,
+                deviceId=device,
+                ciphertext=self._sessions.encrypt(user, device, payload),
+            )
+            for user, device in targets
+        )
+        send = ev.Send(
+            conversationId=conversation,
+            messageId=message_id,
+            idempotencyKey=idempotency_key,
+            recipientUserId=username,
+            contentType="text",
+            clientCreatedAtMs=created,
+            ciphertexts=ciphertexts,
+            senderUserId=self.username,
+            ephemeral=ephemeral,
+        )
+        return send.to_frame(request_id=message_id)
+
+    def _defer(self, username: str, text: str) -> str:
+        """Store an outgoing message to encrypt on the next connection (see ``unsent``)."""
+        message_id, idempotency_key, created = new_id(), new_id(), now_ms()
+        with self._store.transaction():
+            self._add_outgoing(message_id, idempotency_key, username, text, created)
+            self._store.add_unsent(message_id)
+        self._has_unsent = True
+        return message_id
+
+    def _add_outgoing(
+        self, message_id: str, idempotency_key: str, peer: str, text: str, created: int
+    ) -> None:
+        self._store.add_outgoing(
+            message_id, peer=peer, sender=self.username, sender_device=self.device_id,
+            text=text, created_ms=created, idempotency_key=idempotency_key,
+        )
+
+    async def _encrypt_unsent(self) -> None:
+        """Encrypt the messages queued while offline, oldest first; call holding the send lock.
+
+        Each keeps the messageId and idempotencyKey it was stored with, so a send
+        the server already has is acknowledged as a duplicate, never stored twice.
+        """
+        for message_id in self._store.unsent():
+            stored = self._store.get_message(message_id)
+            if stored is None or stored.status is not DeliveryStatus.SENDING:
+                with self._store.transaction():
+                    self._store.remove_unsent(message_id)
+                continue
+            try:
+                targets = await self._directory.targets(stored.peer)
+            except NotConnected:
+                return  # the next connection tries again
+            except SottovoceError as exc:  # e.g. unknown_user: this message can never go
+                self._outbox.fail(message_id, exc.code, str(exc))
+                continue
+            frame = self._send_frame(
+                stored.peer,
+                targets,
+                message_id,
+                stored.idempotency_key or new_id(),
+                stored.client_created_ms,
+                stored.text.encode("utf-8"),
+            )
+            if len(frame) > MAX_FRAME_BYTES:
+                with self._store.transaction():
+                    self._sessions.flush()  # the ratchets moved, as in send_text
+                self._outbox.fail(
+                    message_id, "too_large", "message too large for this many devices"
+                )
+                continue
+            with self._store.transaction():
+                self._sessions.flush()
+                self._store.add_outbox(message_id, stored.idempotency_key or "", frame)
+                self._store.remove_unsent(message_id)
+            self._outbox.pump()
+        self._has_unsent = self._store.unsent_size() > 0
+
+    async def send_unsent(self) -> None:
+        """After a connection comes up: the messages queued offline go out (errors raise)."""
+        if not self._has_unsent:
+            return
+        async with self._send_lock:
+            await self._encrypt_unsent()
+
+    def _commit_sends(self) -> None:
+        """Group commit: every send prepared in this loop turn, in one transaction.
+
+        Concurrent ``send_text`` calls (e.g. ``asyncio.gather``) share one fsync;
+        a single call costs what it did. The ratchet states the sends advanced
+        are written in the same transaction as their messages and outbox rows,
+        and nothing is written to the socket before that commit.
+        """
+        batch, self._pending_sends = self._pending_sends, []
+        try:
+            with self._store.transaction():
+                self._sessions.flush()
+                for p in batch:
+                    self._add_outgoing(
+                        p.message_id, p.idempotency_key, p.peer, p.text, p.created_ms
+                    )
+                    self._store.add_outbox(p.message_id, p.idempotency_key, p.frame)
+        except Exception as exc:
+            # Nothing was sent: forget the in-memory ratchet steps the store lacks.
+            self._sessions.discard_unflushed()
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(None)
+        self._outbox.pump()  # offline: the outbox goes out on the next connect
+
+    async def resend_after_mismatch(self, message_id: str) -> None:
+        """``device_mismatch``: refresh the directory, re-encrypt for the new set, once."""
+        tries = self._outbox.mismatch_retries.get(message_id, 0)
+        if tries >= DEVICE_MISMATCH_RETRIES:
+            self._outbox.fail(
+                message_id, "device_mismatch", "the recipient's devices kept changing"
+            )
+            return
+        self._outbox.mismatch_retries[message_id] = tries + 1
+        try:
+            async with self._send_lock:
+                stored = self._store.get_message(message_id)
+                item = self._store.get_outbox(message_id)
+                if stored is None or item is None:
+                    return
+                _, _, data = ev.parse_frame(item.frame)
+                old = ev.Send.from_data(data)
+                kept = {(c.userId, c.deviceId): c for c in old.ciphertexts}
+                targets = await self._directory.targets(stored.peer, refresh=True)
+                payload = Payload(
+                    message_id=message_id,
+                    conversation_id=old.conversationId,
+                    content_type=old.contentType,
+                    created_at_ms=old.clientCreatedAtMs,
+                    body=stored.text.encode("utf-8"),
+                ).encode()
+                ciphertexts = tuple(
+                    kept.get(t)
+                    or ev.DeviceCiphertext(
+                        userId=t[0],
+                        deviceId=t[1],
+                        ciphertext=self._sessions.encrypt(t[0], t[1], payload),
+                    )
+                    for t in targets
+                )
+                send = ev.Send(
+                    conversationId=old.conversationId,
+                    messageId=message_id,
+                    idempotencyKey=old.idempotencyKey,
+                    recipientUserId=old.recipientUserId,
+                    contentType=old.contentType,
+                    clientCreatedAtMs=old.clientCreatedAtMs,
+                    ciphertexts=ciphertexts,
+                    senderUserId=self.username,
+                )
+                frame = send.to_frame(request_id=message_id)
+                with self._store.transaction():
+                    self._sessions.flush()
+                    self._store.replace_outbox(message_id, frame)
+                self._link.send_frame(frame)
+        except (SottovoceError, ProtocolError) as exc:
+            self._outbox.fail(message_id, getattr(exc, "code", "error"), str(exc))
+
+    # =========================================================================
+    # Receiving
+    # =========================================================================
+
+    async def prepare(self, envelopes: list[ev.Envelope]) -> dict[str, ErrorEvent]:
+        """Before a batch: look up senders whose device is not known yet.
+
+        No await may separate a decryption from the commit that stores its result
+        (a concurrent send would persist the advanced ratchet without the message),
+        so lookups happen here. Returns the senders whose key changed (TOFU), with
+        the error each of their messages reports.
+        """
+        failed_lookup: dict[str, ErrorEvent] = {}
+        for user in sorted({e.senderUserId for e in envelopes}):
+            contact = self._sessions.contact(user)
+            known = contact is not None and all(
+                e.senderDeviceId in contact.certificates
+                for e in envelopes
+                if e.senderUserId == user
+            )
+            if not known:
+                try:
+                    await self._directory.lookup(user)
+                except IdentityChanged as exc:
+                    failed_lookup[user] = ErrorEvent(code=exc.code, message=str(exc))
+                except SottovoceError:
+                    pass  # decryption below fails for a still-unknown device, typed
+        return failed_lookup
+
+    def accept(
+        self,
+        seq: int,
+        envelope: ev.Envelope | None,
+        failed_lookup: dict[str, ErrorEvent],
+        events: list[ClientEvent],
+        received: list[str],
+    ) -> None:
+        """Decrypt and store one inbound frame (inside the batch transaction)."""
+        if envelope is None:
+            events.append(ErrorEvent(code="bad_frame", message="malformed inbox frame skipped"))
+            return
+        ephemeral = envelope.ephemeral or seq == 0
+        if not ephemeral and self._store.has_message(envelope.messageId):
+            return  # replay of a stored message: never decrypt twice
+        own_copy = envelope.senderUserId == self.username
+        peer = envelope.recipientUserId if own_copy else envelope.senderUserId
+        if envelope.senderUserId in failed_lookup:
+            events.append(failed_lookup[envelope.senderUserId])
+            self._store_failed(envelope, peer, seq, own_copy)
+            return
+        try:
+            if envelope.conversationId != ev.dm_conversation_id(self.username, peer):
+                raise RemoteError("envelope names another conversation")
+            if not own_copy and envelope.recipientUserId not in ("", self.username):
+                raise RemoteError("envelope is addressed to someone else")
+            plaintext = self._sessions.decrypt(
+                envelope.senderUserId, envelope.senderDeviceId, envelope.ciphertext
+            )
+            payload = Payload.decode(plaintext)
+            if (
+                payload.message_id != envelope.messageId
+                or payload.conversation_id != envelope.conversationId
+            ):
+                raise RemoteError("ciphertext was moved to another message")
+            text = payload.body.decode("utf-8")
+        except (SottovoceError, UnicodeDecodeError) as exc:
+            code = getattr(exc, "code", "decryption_failed")
+            events.append(
+                ErrorEvent(
+                    code=code,
+                    message="a message could not be decrypted",
+                    message_id=envelope.messageId,
+                )
+            )
+            if not ephemeral:
+                self._store_failed(envelope, peer, seq, own_copy)
+            return
+        if ephemeral:
+            item = EphemeralReceived(
+                peer=peer, sender=envelope.senderUserId, message_id=envelope.messageId, text=text
+            )
+            self._ephemeral.append(item)
+            events.append(item)
+            return
+        self._record_envelope(
+            envelope,
+            peer,
+            seq,
+            own_copy,
+            DeliveryStatus.SENT,
+            text,
+            content_type=payload.content_type,
+            client_created_ms=payload.created_at_ms,
+            idempotency_key=envelope.idempotencyKey,
+        )
+        received.append(envelope.messageId)
+
+    def _store_failed(self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool) -> None:
+        """A placeholder, so the gap is visible and the frame is never retried."""
+        self._record_envelope(envelope, peer, seq, own_copy, DeliveryStatus.FAILED, "")
+
+    def _record_envelope(
+        self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool,
+        status: DeliveryStatus, text: str, *, content_type: str = "text",
+        client_created_ms: int = 0, idempotency_key: str | None = None,
+    ) -> None:
+        """Store one received envelope (its routing fields taken from the envelope)."""
+        self._store.add_message(
+            message_id=envelope.messageId, peer=peer, sender=envelope.senderUserId,
+            sender_device=envelope.senderDeviceId, outgoing=own_copy, status=status, text=text,
+            content_type=content_type, client_created_ms=client_created_ms,
+            server_received_ms=envelope.serverReceivedAtMs, local_at_ms=now_ms(),
+            server_seq=envelope.serverSeq, inbox_seq=seq, idempotency_key=idempotency_key,
+        )

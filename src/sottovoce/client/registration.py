@@ -1,0 +1,74 @@
+"""Before an account exists: registering a device and asking whether a name is free.
+
+Each is one short connection of its own (challenge, one request, one reply); the
+device key signs the server's challenge (``auth_message``) to prove it holds the
+key its certificate names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from sottovoce.client.connection import (
+    Connector,
+    Transport,
+    TransportClosed,
+    expect_reply,
+    read_challenge,
+    sign_challenge,
+    websocket_connector,
+    ws_url,
+)
+from sottovoce.client.errors import NotConnected
+from sottovoce.client.identity import LocalIdentity
+from sottovoce.protocol import events as ev
+
+
+@contextlib.asynccontextmanager
+async def _short_connection(url: str, connector: Connector) -> AsyncIterator[Transport]:
+    """One connection for one exchange; a closed transport becomes ``NotConnected``."""
+    try:
+        transport = await connector(url)
+    except TransportClosed as exc:
+        raise NotConnected(f"cannot reach the server: {exc}") from None
+    try:
+        yield transport
+    except TransportClosed as exc:
+        raise NotConnected(f"the server closed the connection: {exc}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await transport.close()
+
+
+async def register_device(
+    url: str,
+    identity: LocalIdentity,
+    *,
+    add: bool = False,
+    connector: Connector = websocket_connector,
+) -> None:
+    """Register a new account (``sottovoce.register``) or device (``sottovoce.device.add``)."""
+    async with _short_connection(url, connector) as transport:
+        nonce = await read_challenge(transport)
+        signature = sign_challenge(
+            identity.device_key, nonce, identity.username, identity.device_id
+        )
+        cert = identity.certificate.encode()
+        request: ev.ClientEvent = (
+            ev.AddDevice(certificate=cert, signature=signature)
+            if add
+            else ev.Register(certificate=cert, signature=signature)
+        )
+        await transport.send(request.to_frame("register"))
+        await expect_reply(transport, frozenset({ev.REGISTERED}))  # the one reply
+
+
+async def username_available(
+    server_url: str, username: str, *, connector: Connector = websocket_connector
+) -> bool:
+    async with _short_connection(ws_url(server_url), connector) as transport:
+        await read_challenge(transport)
+        await transport.send(ev.UsernameCheck(username=username).to_frame("check"))
+        _, data = await expect_reply(transport, frozenset({ev.USERNAME_RESULT}))
+        return bool(data.get("available"))

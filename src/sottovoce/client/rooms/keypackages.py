@@ -1,0 +1,221 @@
+"""KeyPackages: ours, uploaded so that members can add this device, and theirs,
+claimed to add them (RFC 9420 §10).
+
+    ensure / keypackages.low ──► generate (private halves sealed in the store first)
+                             ──► keypackages.upload (a batch + one last resort)
+    claim(user) ──► directory lookup ──► keypackages.claim ──► every KeyPackage
+                    checked (§10.1) and its leaf bound to that device's certificate
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from sottovoce.client.errors import ServerError
+from sottovoce.client.events import ErrorEvent
+from sottovoce.client.ids import now_ms
+from sottovoce.client.ports import Contacts, Link
+from sottovoce.client.rooms.book import RoomBook
+from sottovoce.client.rooms.model import (
+    ROOM_REQUEST_TIMEOUT_S,
+    SUITE,
+    identity_of,
+    key_matches,
+    mls_suite,
+)
+from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
+from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH, MAX_KEY_PACKAGE_BYTES
+from sottovoce.mls.framing import MLSMessage
+from sottovoce.mls.group import KeyPackagePrivate, generate_key_package
+from sottovoce.mls.messages import Credential, KeyPackage, Welcome
+from sottovoce.mls.proposals import validate_key_package
+from sottovoce.protocol import rooms as pr
+from sottovoce.protocol.fields import ProtocolError, req_b64, req_id
+from sottovoce.secret import Secret
+
+
+def decode_key_package(data: bytes) -> KeyPackage:
+    """A KeyPackage as MLSMessage(KeyPackage) (RFC 9420 §6) or bare."""
+    try:
+        body = MLSMessage.decode(data).body
+        if isinstance(body, KeyPackage):
+            return body
+    except DecodeError:
+        pass
+    return KeyPackage.decode(data)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPackageRecord:
+    """Our KeyPackage and its private keys, as sealed in the store."""
+
+    key_package: KeyPackage
+    private: KeyPackagePrivate
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(1)
+        w.opaque_v(self.key_package.encode())
+        w.opaque8(self.private.init_private.expose())
+        w.opaque8(self.private.encryption_private.expose())
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> KeyPackageRecord:
+        def read(r: Reader) -> KeyPackageRecord:
+            if r.u8() != 1:
+                raise DecodeError("unknown KeyPackage record version")
+            kp = KeyPackage.decode(r.opaque_v())
+            init, enc = r.opaque8(), r.opaque8()
+            private = KeyPackagePrivate(init_private=Secret(init), encryption_private=Secret(enc))
+            return cls(kp, private)
+
+        return decode(read, data)
+
+
+class KeyPackages:
+    """This device's KeyPackage stock, and the checks on everyone else's."""
+
+    def __init__(self, book: RoomBook, link: Link, contacts: Contacts) -> None:
+        self._book, self._store = book, book.store
+        self._link, self._contacts = link, contacts
+        self._lock = asyncio.Lock()
+        self._no_rooms = False
+        #: keypackages.low notices received, and how many had come before an upload was
+        #: sent that then succeeded (as for prekeys, client/prekeys.py).
+        self._notices = 0
+        self._notices_answered = 0
+
+    # --- ours -----------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Upload the first batch and a last-resort KeyPackage, once per device."""
+        if not self._book.has_signing_key or self._no_rooms:
+            return
+        async with self._lock:
+            if not self._store.flag("keypackages_uploaded"):
+                try:
+                    await self._upload(CLIENT_KEY_PACKAGE_BATCH, last_resort=True)
+                except ServerError as exc:
+                    if exc.code == "unknown_event":
+                        self._no_rooms = True  # a relay without rooms: 1:1 still works
+                        return
+                    raise
+                self._store.set_flag("keypackages_uploaded")
+
+    async def replenish(self) -> None:
+        """``sottovoce.keypackages.low``: top up at once, unless the notice came before an
+        upload that has succeeded since (it spoke of the stock before that upload)."""
+        self._notices += 1
+        notice = self._notices
+        try:
+            async with self._lock:
+                if self._notices_answered >= notice:
+                    return
+                first = not self._store.flag("keypackages_uploaded")
+                await self._upload(CLIENT_KEY_PACKAGE_BATCH, last_resort=first)
+                self._store.set_flag("keypackages_uploaded")
+        except (SottovoceError, UsageError) as exc:
+            self._book.emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+
+    def _generate(self, now: int) -> tuple[KeyPackage, KeyPackagePrivate]:
+        return generate_key_package(
+            SUITE, self._book.credential(), self._book.signing_key, secrets.token_bytes, now
+        )
+
+    async def _upload(self, count: int, *, last_resort: bool) -> None:
+        now = now_ms()
+        made: list[tuple[KeyPackage, KeyPackagePrivate, bool]] = []
+        for i in range(count + (1 if last_resort else 0)):
+            kp, priv = self._generate(now)
+            made.append((kp, priv, last_resort and i == count))
+        suite = mls_suite()
+        # The private halves are durable before anyone can claim the public ones.
+        with self._store.transaction():
+            for kp, priv, lr in made:
+                self._store.add_key_package(
+                    kp.ref(suite), KeyPackageRecord(kp, priv).encode(), last_resort=lr, now=now
+                )
+        one_time = [MLSMessage(body=kp).encode() for kp, _, lr in made if not lr]
+        lr_kp = next((kp for kp, _, lr in made if lr), None)
+        notices = self._notices
+        await self._link.request(
+            pr.KeyPackagesUpload(
+                keyPackages=tuple(one_time),
+                lastResort=None if lr_kp is None else MLSMessage(body=lr_kp).encode(),
+            ),
+            frozenset({pr.KEYPACKAGES_STORED}),
+            timeout=ROOM_REQUEST_TIMEOUT_S,
+        )
+        self._notices_answered = max(self._notices_answered, notices)
+
+    def make_one(self) -> KeyPackage:
+        """One KeyPackage for a join request, its private half stored first (a Welcome
+        needs it)."""
+        kp, priv = self._generate(now_ms())
+        with self._store.transaction():
+            self._store.add_key_package(
+                kp.ref(mls_suite()),
+                KeyPackageRecord(kp, priv).encode(),
+                last_resort=False,
+                now=now_ms(),
+            )
+        return kp
+
+    def find(self, welcome: Welcome) -> tuple[bytes, KeyPackageRecord] | None:
+        """Our KeyPackage (its ref and record) that ``welcome`` is for, if any."""
+        for entry in welcome.secrets:
+            found = self._store.get_key_package(entry.new_member)
+            if found is not None:
+                return entry.new_member, KeyPackageRecord.decode(found[0])
+        return None
+
+    # --- theirs ---------------------------------------------------------------------
+
+    async def claim(self, username: str) -> list[tuple[str, KeyPackage]]:
+        """One validated KeyPackage per device of ``username`` (checked against its certificate)."""
+        await self._contacts.lookup(username)
+        contact = self._contacts.contact(username)
+        if contact is None:  # pragma: no cover - lookup stores it or raises
+            raise RemoteError("the directory did not return this user")
+        _, data = await self._link.request(
+            pr.KeyPackagesClaim(username=username),
+            frozenset({pr.KEYPACKAGE_BUNDLES}),
+            timeout=ROOM_REQUEST_TIMEOUT_S,
+        )
+        if data.get("username") != username:
+            raise RemoteError("the server answered a claim for another user")
+        raw = data.get("keyPackages")
+        out: list[tuple[str, KeyPackage]] = []
+        now = now_ms()
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                if not isinstance(item, dict):
+                    raise RemoteError("bundle is not an object")
+                device = req_id(item, "deviceId")
+                kp = decode_key_package(
+                    req_b64(item, "keyPackage", max_bytes=MAX_KEY_PACKAGE_BYTES)
+                )
+                self.check(contact.username, device, kp, now)
+            except (SottovoceError, ProtocolError) as exc:
+                self._book.emit(
+                    ErrorEvent(code="bad_key_package", message=f"KeyPackage refused: {exc}")
+                )
+                continue
+            out.append((device, kp))
+        return out
+
+    def check(self, user: str, device: str, kp: KeyPackage, now: int) -> None:
+        """RFC 9420 §10.1 plus ours: the leaf is that device's, by its certificate."""
+        validate_key_package(kp, cipher_suite_id=SUITE, now_ms=now)
+        if kp.leaf_node.credential != Credential.basic(identity_of(user, device)):
+            raise RemoteError("KeyPackage credential names another device")
+        if not self.key_matches(user, device, kp.leaf_node.signature_key):
+            raise RemoteError("KeyPackage signature key is not the device certificate's")
+
+    def key_matches(self, user: str, device: str, signature_key: bytes) -> bool:
+        """``signature_key`` is the MLS key of that device's certificate, by the directory."""
+        return key_matches(self._contacts.contact(user), device, signature_key)

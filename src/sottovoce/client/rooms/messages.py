@@ -1,0 +1,286 @@
+"""The room message path: send, receive, and re-encrypt after a stale epoch
+(docs/architecture.md §A room message).
+
+    send ──► pad (size buckets) ──► encrypt in the current epoch ──► ONE transaction:
+             message (sending) + group state + outbox row ──► socket if up (the
+             outbox is resent on reconnect, same messageId and idempotencyKey)
+        stale_epoch ──► wait for the new epoch ──► re-encrypt (a fresh generation),
+                        persist, replace the outbox row ──► send again
+    message frame ──► dedupe by messageId ──► decrypt once ──► the sender must be
+             the envelope's, the payload bound to messageId and room
+             ──► messages table (peer = roomId); a control message (the join token)
+             is kept beside the room, an invitation notice names the room for us
+
+The envelope says "text" whatever the payload holds: the server does not learn
+which messages are control messages or invitation notices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any
+
+from sottovoce.client.errors import NotConnected
+from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
+from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.payload import Payload, text_body
+from sottovoce.client.ports import Link, SendQueue
+from sottovoce.client.room_notice import (
+    INVITE_CONTENT_TYPE,
+    InviteNotice,
+    free_label,
+    valid_room_name,
+)
+from sottovoce.client.rooms.book import RoomBook
+from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, Room, RoomFrame, device_of
+from sottovoce.client.rooms.sync import RoomSync
+from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
+from sottovoce.client.store import DeliveryStatus, StoredMessage
+from sottovoce.errors import RemoteError, SottovoceError, UsageError
+from sottovoce.limits import ROOM_SEND_RETRIES
+from sottovoce.mls.group import ApplicationMessage
+from sottovoce.protocol import events as ev
+from sottovoce.protocol import rooms as pr
+from sottovoce.protocol.fields import ProtocolError
+from sottovoce.secret import Secret
+
+
+def _control_record(message_id: str) -> str:
+    return f"room-control:{message_id}"
+
+
+def _control_peer(room_id: str) -> str:
+    """Where a room's control messages are kept: beside the room, out of its history
+    (the message row dedupes them and carries their delivery state)."""
+    return f"{room_id}#control"
+
+
+class RoomMessages:
+    """Room messages of this device, both ways."""
+
+    def __init__(self, book: RoomBook, link: Link, sends: SendQueue, sync: RoomSync) -> None:
+        self._book, self._store = book, book.store
+        self._link, self._sends, self._sync = link, sends, sync
+        #: stale_epoch answers per queued room message (bounded by ROOM_SEND_RETRIES).
+        self._stale_sends: dict[str, int] = {}
+        #: Queued room messages re-encrypted for a newer epoch after stale_epoch.
+        self.stale_resends = 0
+
+    # =========================================================================
+    # Sending
+    # =========================================================================
+
+    async def send(self, room: Room, text: str) -> str:
+        """Encrypt ``text`` once for the room and queue it (see RoomManager.send)."""
+        return await self._queue(room, "text", text_body(text), text)
+
+    async def announce_invite(self, room: Room, username: str) -> str | None:
+        """Tell the room that we invited ``username``, under this device's name for the
+        room (:mod:`sottovoce.client.room_notice`); ``None`` if that name cannot be one."""
+        if not valid_room_name(room.label):
+            return None
+        notice = InviteNotice(name=room.label, invited=username).encode()
+        return await self._queue(room, INVITE_CONTENT_TYPE, notice, notice.decode("utf-8"))
+
+    async def send_token(self, room: Room, token: Secret) -> str:
+        """Share the room's join token with its members (a control message; the token
+        becomes the room's current one in the transaction that queues it)."""
+        return await self._queue(
+            room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
+        )
+
+    async def _queue(
+        self, room: Room, content_type: str, body: bytes, text: str,
+        *, token: Secret | None = None,
+    ) -> str:
+        """Queue one room message (``text`` is what the history shows of it); a control
+        message sharing ``token`` keeps its body sealed for a re-encryption and the
+        token as the room's, in the transaction that queues it."""
+        message_id, idem, created = new_id(), new_id(), now_ms()
+        async with room.lock:
+            frame = self._encrypt(
+                room, message_id=message_id, idempotency_key=idem, created_ms=created,
+                content_type=content_type, body=body,
+            )
+            # mls/state.py: the state that consumed the generation is durable before
+            # the ciphertext can leave, in the transaction that queues it.
+            with self._store.transaction():
+                self._store.add_outgoing(
+                    message_id,
+                    peer=_control_peer(room.room_id) if token is not None else room.room_id,
+                    sender=self._book.username, sender_device=self._book.device_id, text=text,
+                    created_ms=created, idempotency_key=idem, content_type=content_type,
+                )
+                if token is not None:
+                    self._store.put_secret(_control_record(message_id), body)
+                    self._book.tokens.remember(room.room_id, token)
+                self._book.persist(room)  # the sender ratchet moved
+                self._store.add_outbox(message_id, idem, frame)
+        self._sends.pump()  # offline: it goes out on the next connect
+        if self._link.is_up:
+            with contextlib.suppress(NotConnected):
+                await self._sends.wait_sent(message_id, timeout=ROOM_REQUEST_TIMEOUT_S)
+        return message_id
+
+    def _encrypt(
+        self, room: Room, *, message_id: str, idempotency_key: str, created_ms: int,
+        content_type: str, body: bytes,
+    ) -> str:
+        """A room.send frame for the room's current epoch (consumes one MLS generation:
+        persist the group before the frame leaves). Call holding ``room.lock``."""
+        group = self._book.active(room)
+        payload = Payload(
+            message_id=message_id,
+            conversation_id=room.room_id,
+            content_type=content_type,
+            created_at_ms=created_ms,
+            body=body,
+        ).encode_padded()  # size buckets, as 1:1 (pairwise/padding.py)
+        return pr.RoomSend(
+            roomId=room.room_id,
+            epoch=group.epoch,
+            messageId=message_id,
+            idempotencyKey=idempotency_key,
+            contentType="text",
+            clientCreatedAtMs=created_ms,
+            ciphertext=group.encrypt_application(payload, rng=secrets.token_bytes),
+        ).to_frame(request_id=message_id)
+
+    def _body_of(self, stored: StoredMessage) -> bytes:
+        """What a queued message carries, to encrypt it again for a newer epoch."""
+        if stored.content_type == "system":
+            body = self._store.get_secret(_control_record(stored.message_id))
+            if body is None:
+                raise UsageError("a queued control message lost its body")
+            return body
+        return stored.text.encode("utf-8")
+
+    def on_stale_send(self, message_id: str, room_id: str, details: dict[str, Any]) -> None:
+        """The server refused a queued room message as ``stale_epoch``: re-encrypt it
+        for the new epoch once we are there, same messageId and idempotencyKey."""
+        for done in [m for m in self._stale_sends if self._store.get_outbox(m) is None]:
+            del self._stale_sends[done]  # acked or failed since
+        tries = self._stale_sends.get(message_id, 0) + 1
+        self._stale_sends[message_id] = tries
+        if tries > ROOM_SEND_RETRIES:
+            self._stale_sends.pop(message_id, None)
+            self._sends.fail(message_id, "stale_epoch", "the room kept changing epochs")
+            return
+        target = details.get("currentEpoch")
+        self._book.spawn(
+            self._resend_stale(message_id, room_id, target if isinstance(target, int) else None)
+        )
+
+    async def _resend_stale(self, message_id: str, room_id: str, target: int | None) -> None:
+        room = self._book.rooms.get(room_id)
+        item = self._store.get_outbox(message_id)
+        if room is None or item is None:
+            return
+        try:
+            refused = pr.RoomSend.from_data(ev.parse_frame(item.frame)[2])
+            await self._sync.catch_up(
+                room, epoch=refused.epoch + 1 if target is None else target
+            )
+            async with room.lock:
+                stored = self._store.get_message(message_id)
+                item = self._store.get_outbox(message_id)
+                if stored is None or item is None or stored.status is not DeliveryStatus.SENDING:
+                    return  # acked or failed meanwhile
+                queued = pr.RoomSend.from_data(ev.parse_frame(item.frame)[2])
+                if queued.epoch >= self._book.active(room).epoch:
+                    # Already for our epoch (we are not further yet, or another answer
+                    # re-encrypted it): the same bytes again, no new generation.
+                    frame = item.frame
+                else:
+                    frame = self._encrypt(
+                        room,
+                        message_id=message_id,
+                        idempotency_key=queued.idempotencyKey,
+                        created_ms=queued.clientCreatedAtMs,
+                        content_type=stored.content_type,
+                        body=self._body_of(stored),
+                    )
+                    with self._store.transaction():
+                        self._book.persist(room)
+                        self._store.replace_outbox(message_id, frame)
+                    self.stale_resends += 1
+                self._link.send_frame(frame)
+        except (SottovoceError, UsageError, ProtocolError) as exc:
+            self._sends.fail(message_id, getattr(exc, "code", "error"), str(exc))
+
+    # =========================================================================
+    # Receiving (inside the client's batch transaction; no awaits)
+    # =========================================================================
+
+    def apply_message(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
+        if self._store.has_message(frame.message_id):
+            return  # never decrypt twice
+        group = room.group
+        sender = (frame.sender_user, frame.sender_device)
+        notice: InviteNotice | None = None
+        text, status = "", DeliveryStatus.FAILED
+        content_type, created = "text", frame.client_created_ms
+        try:
+            if group is None:
+                raise RemoteError("not a member")
+            processed = group.process_message(frame.ciphertext, now_ms=now_ms())
+            if not isinstance(processed.content, ApplicationMessage):
+                raise RemoteError("a message frame holds no application message")
+            who = device_of(processed.credential)
+            if who != sender:
+                raise RemoteError("the room message's sender is not the envelope's")
+            payload = Payload.decode_padded(processed.content.data)
+            if payload.message_id != frame.message_id or payload.conversation_id != room.room_id:
+                raise RemoteError("ciphertext was moved to another message")
+            content_type, created = payload.content_type, payload.created_at_ms
+            if content_type == "system":
+                # The room's join token, shared by the member that set it (only members
+                # see it): kept to check the PSK of the next external join.
+                self._book.tokens.remember(room.room_id, read_token_control(payload.body))
+                text = TOKEN_SHARED_TEXT
+            else:
+                text = payload.body.decode("utf-8")
+                if content_type == INVITE_CONTENT_TYPE:
+                    notice = InviteNotice.decode(payload.body)
+            status = DeliveryStatus.SENT
+        except (SottovoceError, UnicodeDecodeError) as exc:
+            events.append(
+                ErrorEvent(
+                    code=getattr(exc, "code", "decryption_failed"),
+                    message="a room message could not be decrypted",
+                    message_id=frame.message_id,
+                )
+            )
+        own = sender == self._book.me or frame.sender_user == self._book.username
+        control = status is DeliveryStatus.SENT and content_type == "system"
+        local = self._store.add_message(
+            message_id=frame.message_id,
+            peer=_control_peer(room.room_id) if control else room.room_id,
+            sender=frame.sender_user, sender_device=frame.sender_device, outgoing=own,
+            status=status, text=text, content_type=content_type, client_created_ms=created,
+            server_received_ms=frame.server_received_ms, local_at_ms=now_ms(),
+            server_seq=frame.server_seq, idempotency_key=frame.idempotency_key or None,
+        )
+        if local is not None and status is DeliveryStatus.SENT and not control:
+            stored = self._store.get_message(frame.message_id)
+            if stored is not None:
+                events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
+            if notice is not None and notice.invited == self._book.username and not own:
+                self._take_invitation(room, notice, frame.sender_user, events)
+
+    def _take_invitation(
+        self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
+    ) -> None:
+        """We were invited: name the room as the inviter does, unless we named it already."""
+        if room.label == room.room_id:
+
+            def taken(label: str) -> bool:
+                return any(r != room.room_id for r in self._store.rooms_by_label(label))
+
+            room.label = free_label(notice.name, taken)
+            self._store.set_room_label(room.room_id, room.label)
+            self._book.touched.add(room.room_id)
+        events.append(
+            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+        )
