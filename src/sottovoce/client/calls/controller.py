@@ -338,9 +338,14 @@ class CallController:
                     audio_muted=op.audio_muted, camera_on=op.camera_on, screen_on=op.screen_on
                 )
         elif isinstance(op, StopMedia):
-            session = self.media.pop(op.call_id, None)
+            session = self.media.get(op.call_id)
             if session is not None:
-                await session.close()
+                # Leave ``media`` only once closed: the recording is whole by then.
+                try:
+                    await session.close()
+                finally:
+                    if self.media.get(op.call_id) is session:
+                        del self.media[op.call_id]
 
     def _media_failed(self, op: Effect, exc: SottovoceError) -> None:
         self.last_error = exc
