@@ -42,14 +42,15 @@ from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.mls import treemath
 from sottovoce.mls.common import GroupContext, WireFormat
+from sottovoce.mls.epoch import Epoch
 from sottovoce.mls.group import (
     Group,
     GroupConfig,
     KeyPackagePrivate,
     StagedCommit,
-    _Epoch,  # the bench assembles member states over a directly built tree
     generate_key_package,
 )
+from sottovoce.mls.group.epoch_state import EpochState  # member states over a built tree
 from sottovoce.mls.key_schedule import EpochSecrets
 from sottovoce.mls.messages import Credential, KeyPackage, LeafNode, LeafNodeSource
 from sottovoce.mls.transcript import confirmation_tag, interim_transcript_hash
@@ -115,11 +116,11 @@ def build_full(
         path = (2 * i, *treemath.direct_path(2 * i, tree.n_leaves))
         private = TreeKemPrivate(suite=suite, leaf_index=i, keys={x: privates[x] for x in path})
         private.check(tree)
-        epoch = _Epoch(context=context, tree=tree, private=private, secrets=secrets,
-                       interim_transcript_hash=interim_transcript_hash(suite, confirmed, tag),
-                       confirmation_tag=tag)
-        out[i] = Group(suite=suite, signing_key=members[i].signing_key, epoch=epoch,
-                       config=config)
+        epoch = Epoch(context=context, tree=tree, private=private, secrets=secrets,
+                      interim_transcript_hash=interim_transcript_hash(suite, confirmed, tag),
+                      confirmation_tag=tag)
+        out[i] = Group(EpochState.start(suite=suite, signing_key=members[i].signing_key,
+                                        epoch=epoch, config=config))
     return out
 
 

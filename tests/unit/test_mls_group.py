@@ -176,9 +176,9 @@ def reframe(
     (so only the intended field is wrong) and with a valid membership tag."""
     pm = MLSMessage.decode(message).body
     assert isinstance(pm, PublicMessage)
-    st = committer._epoch
+    st = committer._state.epoch
     fc = pm.content if content is None else content(pm.content)
-    sig = sign_content(committer._signing_key, WireFormat.PUBLIC_MESSAGE, fc, st.context)
+    sig = sign_content(committer._state.signing_key, WireFormat.PUBLIC_MESSAGE, fc, st.context)
     if signature is not None:
         sig = signature(sig)
     auth = AuthenticatedContent(
@@ -469,7 +469,7 @@ def test_rfc9420_12_4_2_commit_from_removed_member_rejected(rng: Random) -> None
     # A commit signed by carol's key for the current epoch, sent as her old leaf,
     # even with a valid membership tag (as if she had the key), is refused.
     own_commit = groups["alice"].self_update(rng=rng)
-    carol_key = carol._signing_key
+    carol_key = carol._state.signing_key
 
     def as_carol(fc: FramedContent) -> FramedContent:
         return replace(fc, sender=Sender.member(carol_index))
@@ -551,7 +551,7 @@ def test_rfc9420_12_4_3_1_tampered_welcome_rejected(rng: Random) -> None:
          InvalidSignature),
         # Re-signed by the signer, but with a wrong confirmation tag.
         (_rewrap(welcome, erin, lambda gi: replace(
-            gi, confirmation_tag=b"\0" * SUITE.nh).signed(groups["alice"]._signing_key)),
+            gi, confirmation_tag=b"\0" * SUITE.nh).signed(groups["alice"]._state.signing_key)),
          InvalidConfirmationTag),
     ]
     for data, error in cases:
@@ -572,7 +572,7 @@ def test_rfc9420_7_9_2_invalid_parent_hash_in_commit_path_rejected(rng: Random) 
     bad_ph = bytes([path.leaf_node.parent_hash[0] ^ 1]) + path.leaf_node.parent_hash[1:]
     # The leaf stays validly signed by alice: only its parent hash is wrong.
     bad_leaf = replace(path.leaf_node, parent_hash=bad_ph).signed(
-        alice._signing_key, alice.group_id, alice.own_leaf_index)
+        alice._state.signing_key, alice.group_id, alice.own_leaf_index)
     bad_commit = replace(commit_pm.content.content, path=UpdatePath(leaf_node=bad_leaf,
                                                                     nodes=path.nodes))
     bad = reframe(alice, bundle.commit, content=lambda fc: replace(fc, content=bad_commit))
@@ -695,7 +695,7 @@ def test_rfc9420_12_1_8_new_member_proposal_adds_itself(rng: Random) -> None:
     assert groups["bob"].member(3) is not None
     assert_in_sync(groups)
     # Signed by anyone but the KeyPackage's owner, it is refused.
-    forged_sig = sign_content(groups["bob"]._signing_key, WireFormat.PUBLIC_MESSAGE,
+    forged_sig = sign_content(groups["bob"]._state.signing_key, WireFormat.PUBLIC_MESSAGE,
                               replace(fc, epoch=alice.epoch), None)
     forged = replace(auth, content=replace(fc, epoch=alice.epoch),
                      auth=FramedContentAuthData(signature=forged_sig))

@@ -21,6 +21,7 @@ from sottovoce.crypto.rng import Random
 from sottovoce.crypto.suite import SUPPORTED_SUITES, CipherSuite, cipher_suite
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.mls.common import WireFormat
+from sottovoce.mls.epoch import Epoch, PastEpoch
 from sottovoce.mls.group import (
     ApplicationMessage,
     Group,
@@ -30,11 +31,22 @@ from sottovoce.mls.group import (
     QueuedProposal,
     StagedCommit,
     WrongEpoch,
-    _Epoch,
-    _PastEpoch,
 )
-from sottovoce.mls.secret_tree import RatchetType, ReplayedGeneration
-from sottovoce.mls.state import STATE_MAGIC, STATE_VERSION, InvalidGroupState
+from sottovoce.mls.group.epoch_state import EpochState
+from sottovoce.mls.secret_tree import (
+    RatchetSnapshot,
+    RatchetType,
+    ReplayedGeneration,
+    SecretTree,
+    SecretTreeSnapshot,
+)
+from sottovoce.mls.snapshot import GroupSnapshot, PastEpochSnapshot
+from sottovoce.mls.state import (
+    STATE_MAGIC,
+    STATE_VERSION,
+    InvalidGroupState,
+    encode_group_state,
+)
 from tests.unit.test_mls_group import NOW, SUITE, Client, make_client
 
 PRIVATE = GroupConfig()  # handshake messages as PrivateMessage: the secret tree matters most
@@ -215,7 +227,7 @@ def test_replay_after_restore_is_still_rejected(rng: Random) -> None:
     # Out of order: generation 2 first, so 0 and 1 become skipped keys.
     assert bob.process_message(msgs[2]).content == ApplicationMessage(b"2")
     bob = restart(bob)
-    assert bob._secret_tree.ratchet_position(
+    assert bob._state.secret_tree.ratchet_position(
         groups["alice"].own_leaf_index, RatchetType.APPLICATION
     ) == (3, (0, 1))
     with pytest.raises(ReplayedGeneration):
@@ -242,7 +254,7 @@ def test_restored_sender_continues_its_generations(rng: Random) -> None:
     msg = alice.encrypt_application(b"next", rng=rng)
     assert deliver(groups, "alice", msg) == [ApplicationMessage(b"next")] * 2
     leaf = alice.own_leaf_index
-    assert alice._secret_tree.ratchet_position(leaf, RatchetType.APPLICATION) == (4, ())
+    assert alice._state.secret_tree.ratchet_position(leaf, RatchetType.APPLICATION) == (4, ())
 
 
 def test_late_message_of_a_past_epoch_after_restore(rng: Random) -> None:
@@ -252,7 +264,7 @@ def test_late_message_of_a_past_epoch_after_restore(rng: Random) -> None:
     groups["bob"].merge_pending_commit()
     deliver(groups, "bob", bundle.commit)
     carol = restart(groups["carol"])
-    assert carol._past and carol._past[-1][0] == carol.epoch - 1
+    assert carol._state.past and carol._state.past[-1].context.epoch == carol.epoch - 1
     assert carol.process_message(late).content == ApplicationMessage(b"late")
     carol = restart(carol)
     with pytest.raises(ReplayedGeneration):
@@ -298,7 +310,7 @@ def test_resumption_psks_and_psk_lookup_after_restore(rng: Random) -> None:
     assert_in_sync(groups)
     # Without the lookup, the restored member cannot resolve an external PSK.
     alice = Group.from_state(groups["alice"].to_state())
-    assert alice._config.psk_lookup is None
+    assert alice._state.config.psk_lookup is None
 
 
 def test_committed_reinit_survives_restore(rng: Random) -> None:
@@ -346,6 +358,37 @@ def test_commit_received_but_not_merged_is_processed_again_after_restore(rng: Ra
         groups["bob"].process_message(bundle.commit)
 
 
+# --- snapshots: the value state.py encodes ---------------------------------------------
+
+
+def test_a_snapshot_is_detached_and_restores_a_member_of_its_own(rng: Random) -> None:
+    """``Group.snapshot()`` is a value: what the group does afterwards (consuming
+    keys, merging a commit) leaves it as it was, ``Group.restore()`` continues from it
+    as a new instance, and it encodes to the same bytes as ``to_state()``."""
+    groups, _ = three(rng, PUBLIC)
+    bob = groups["bob"]
+    msg = groups["alice"].encrypt_application(b"once", rng=rng)
+    snap, state = bob.snapshot(), bob.to_state()
+    assert encode_group_state(snap) == state
+    assert bob.process_message(msg).content == ApplicationMessage(b"once")
+    with pytest.raises(ReplayedGeneration):
+        bob.process_message(msg)
+    bundle = groups["carol"].self_update(rng=rng)
+    groups["carol"].merge_pending_commit()
+    deliver(groups, "carol", bundle.commit)
+    assert encode_group_state(snap) == state
+    restored = Group.restore(snap)
+    assert restored.epoch == bob.epoch - 1
+    assert restored.process_message(msg).content == ApplicationMessage(b"once")
+    staged = restored.process_message(bundle.commit).content
+    assert isinstance(staged, StagedCommit)
+    with pytest.raises(UsageError):  # staged by another instance
+        Group.restore(snap).merge_staged_commit(staged)
+    restored.merge_staged_commit(staged)
+    assert restored.epoch_authenticator == bob.epoch_authenticator
+    assert "Secret" not in repr(snap) and snap.epoch.context.epoch == restored.epoch - 1
+
+
 # --- all seven cipher suites ----------------------------------------------------------
 
 
@@ -389,7 +432,8 @@ def _busy_state(rng: Random) -> bytes:
     groups["bob"].propose_update(rng=rng)
     groups["bob"].commit(rng=rng)
     bob = groups["bob"]
-    assert bob._past and bob._proposals and bob._own_update_keys and bob.pending_commit
+    st = bob._state
+    assert st.past and st.proposals and st.own_update_keys and bob.pending_commit
     return bob.to_state()
 
 
@@ -453,7 +497,7 @@ def test_state_is_not_in_reprs_or_errors(rng: Random) -> None:
     bob = groups["bob"]
     state = bob.to_state()
     secret = bob.epoch_authenticator.expose()
-    for text in (repr(bob), repr(Group.from_state(state)), repr(bob._secret_tree)):
+    for text in (repr(bob), repr(Group.from_state(state)), repr(bob._state.secret_tree)):
         assert secret.hex() not in text and state[-32:].hex() not in text
     damaged = bytearray(state)
     damaged[-1] ^= 1
@@ -478,7 +522,7 @@ def test_past_epochs_are_stored_as_tree_differences(rng: Random) -> None:
     for _ in range(2):
         alice.self_update(rng=rng)
         alice.merge_pending_commit()
-    assert len(alice._past) == 2
+    assert len(alice._state.past) == 2
     tree = len(alice.export_ratchet_tree())
     with_past = len(alice.to_state())
     # Two full copies would add 2 * tree; the differences (the committer's leaf and
@@ -490,19 +534,29 @@ def test_past_epochs_are_stored_as_tree_differences(rng: Random) -> None:
 
 
 def test_every_group_field_is_known_to_the_state_codec() -> None:
-    """A new slot on Group (or field on its epoch records) must be added to
-    sottovoce.mls.state, or a restored member would silently lose it."""
-    assert set(Group.__slots__) == {
-        "_active", "_config", "_epoch", "_own_update_keys", "_past", "_pending_commit",
-        "_proposals", "_reinit", "_removed", "_resumption_psks", "_secret_tree",
-        "_signing_key", "_token", "suite",
-    }
-    assert [f.name for f in dataclasses.fields(_Epoch)] == [
+    """A new field of a member's state (or of its epoch records) must be added to
+    GroupSnapshot and sottovoce.mls.state, or a restored member would silently lose it."""
+    snapshot_fields = [f.name for f in dataclasses.fields(GroupSnapshot)]
+    assert snapshot_fields == [
+        "suite", "config", "signing_key", "epoch", "secret_tree", "proposals",
+        "own_update_keys", "past", "resumption_psks", "reinit", "removed", "active",
+        "pending_commit",
+    ]
+    # The live state holds exactly the snapshot's fields, plus the instance token.
+    assert {f.name for f in dataclasses.fields(EpochState)} == {*snapshot_fields, "token"}
+    assert [f.name for f in dataclasses.fields(Epoch)] == [
         "context", "tree", "private", "secrets", "interim_transcript_hash",
         "confirmation_tag", "context_bytes",
     ]
-    assert [f.name for f in dataclasses.fields(_PastEpoch)] == [
-        "context", "tree", "sender_data_secret", "secret_tree",
+    past_fields = ["context", "tree", "sender_data_secret", "secret_tree"]
+    assert [f.name for f in dataclasses.fields(PastEpoch)] == past_fields
+    assert [f.name for f in dataclasses.fields(PastEpochSnapshot)] == past_fields
+    assert set(SecretTree.__slots__) == {"_nodes", "_ratchets", "_suite", "_version", "n_leaves"}
+    assert [f.name for f in dataclasses.fields(SecretTreeSnapshot)] == [
+        "n_leaves", "nodes", "ratchets",
+    ]
+    assert [f.name for f in dataclasses.fields(RatchetSnapshot)] == [
+        "leaf", "ratchet_type", "generation", "secret", "expired_below", "skipped",
     ]
     assert [f.name for f in dataclasses.fields(GroupConfig)] == [
         "handshake_wire_format", "ratchet_tree_in_welcome", "max_past_epochs",

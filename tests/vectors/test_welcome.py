@@ -15,11 +15,15 @@ from typing import Any
 import pytest
 
 from sottovoce.crypto.suite import cipher_suite
-from sottovoce.mls.errors import InvalidConfirmationTag, InvalidSignature
+from sottovoce.mls.errors import (
+    InvalidConfirmationTag,
+    InvalidSignature,
+    InvalidWelcome,
+    NoMatchingKeyPackage,
+)
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.mls.key_schedule import join_epoch, zero_secret
 from sottovoce.mls.messages import GroupInfo, KeyPackage, Welcome
-from sottovoce.mls.proposals import InvalidWelcome, NoMatchingKeyPackage
 from sottovoce.mls.transcript import verify_confirmation_tag
 from sottovoce.mls.welcome import decrypt_group_info, decrypt_group_secrets
 from tests.vectors.loader import params

@@ -62,8 +62,8 @@ from sottovoce.mls.public import FramedContentAuthData as FramedContentAuthData
 from sottovoce.mls.public import PublicMessage as PublicMessage
 from sottovoce.mls.public import Sender as Sender
 from sottovoce.mls.public import content_type_of as content_type_of
+from sottovoce.mls.public import decode_mls, read_content, write_content
 from sottovoce.mls.public import framed_content_tbs as framed_content_tbs
-from sottovoce.mls.public import read_content, write_content
 from sottovoce.mls.secret_tree import PendingKey, RatchetType, SecretTree, sender_data_key_nonce
 from sottovoce.secret import Secret
 
@@ -525,3 +525,9 @@ class MLSMessage(WireStruct):
         if isinstance(body, KeyPackage) and body.version != version:
             raise MlsDecodeError("KeyPackage version differs from MLSMessage version")
         return cls(version=version, body=body)
+
+
+def decode_message(message: bytes | MLSMessage) -> MLSMessage:
+    """The MLSMessage of ``message``; malformed bytes raise :class:`MlsDecodeError`,
+    which is both an MLS error and a ``DecodeError`` (the codec's own is neither)."""
+    return message if isinstance(message, MLSMessage) else decode_mls(MLSMessage.read, message)

@@ -375,7 +375,8 @@ def read_node(r: Reader) -> Node:
     return ParentNode.read(r)
 
 
-def _write_opt_node(w: Writer, node: Node | None) -> None:
+def write_optional_node(w: Writer, node: Node | None) -> None:
+    """``optional<Node>`` (§2.1.1), one slot of a ratchet tree."""
     if node is None:
         w.u8(0)
     else:
@@ -383,7 +384,7 @@ def _write_opt_node(w: Writer, node: Node | None) -> None:
         write_node(w, node)
 
 
-def _read_opt_node(r: Reader) -> Node | None:
+def read_optional_node(r: Reader) -> Node | None:
     return r.optional(read_node)
 
 
@@ -392,7 +393,7 @@ def write_ratchet_tree(w: Writer, nodes: Sequence[Node | None]) -> None:
     end = len(nodes)
     while end and nodes[end - 1] is None:
         end -= 1
-    w.vector_v(nodes[:end], _write_opt_node)
+    w.vector_v(nodes[:end], write_optional_node)
 
 
 def read_ratchet_tree(r: Reader) -> list[Node | None]:
@@ -402,7 +403,7 @@ def read_ratchet_tree(r: Reader) -> list[Node | None]:
     last entry is not blank, leaves sit at even and parents at odd indices.
     Padding to ``2^(d+1) - 1`` nodes is left to the tree code.
     """
-    nodes = r.vector_v(_read_opt_node)
+    nodes = r.vector_v(read_optional_node)
     if not nodes or nodes[-1] is None:
         raise MlsDecodeError("ratchet tree is empty or ends with a blank node")
     for i, node in enumerate(nodes):

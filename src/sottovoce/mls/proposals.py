@@ -21,14 +21,14 @@ The tree passed to :func:`apply_proposal_list` is changed in place: callers
 hand in a copy (check, then commit) and keep it only if the whole commit checks out.
 
 The errors of the group layer live in :mod:`~sottovoce.mls.errors` (the public view
-raises them too); they are re-exported here for the modules that always took them
-from this one.
+raises them too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import DecodeError, UnsupportedError
@@ -41,21 +41,10 @@ from sottovoce.mls.common import (
     SenderType,
 )
 from sottovoce.mls.errors import (
-    GroupError,
-    GroupInactive,
-    InvalidCommit,
     InvalidKeyPackage,
     InvalidProposal,
     InvalidProposalList,
-    InvalidWelcome,
-    MissingPsk,
-    NoMatchingKeyPackage,
-    OwnMessage,
-    UnknownProposal,
-    UnknownSender,
     UnsupportedCipherSuite,
-    WrongEpoch,
-    WrongGroup,
 )
 from sottovoce.mls.framing import Sender
 from sottovoce.mls.key_schedule import PreSharedKeyID, PSKType, ResumptionPSKUsage
@@ -80,22 +69,8 @@ from sottovoce.mls.tree import InvalidLeafIndex, RatchetTree, check_leaf_node
 
 __all__ = [
     "AppliedProposals",
-    "GroupError",
-    "GroupInactive",
-    "InvalidCommit",
     "InvalidKeyPackage",
-    "InvalidProposal",
-    "InvalidProposalList",
-    "InvalidWelcome",
-    "MissingPsk",
-    "NoMatchingKeyPackage",
-    "OwnMessage",
     "QueuedProposal",
-    "UnknownProposal",
-    "UnknownSender",
-    "UnsupportedCipherSuite",
-    "WrongEpoch",
-    "WrongGroup",
     "apply_proposal_list",
     "check_group_context_extensions",
     "check_proposal",
@@ -106,6 +81,8 @@ __all__ = [
 
 
 # --- helpers --------------------------------------------------------------------------
+
+_P = TypeVar("_P", Add, Update, Remove, PreSharedKey, ReInit, ExternalInit, GroupContextExtensions)
 
 
 # RFC 9420 §12.1.8: what an `external` sender may propose.
@@ -397,6 +374,16 @@ def apply_proposal_list(
     """
     external = committer is None
     by_type: dict[ProposalType, list[QueuedProposal]] = {t: [] for t in ProposalType}
+
+    def of(ptype: ProposalType, cls: type[_P]) -> list[tuple[QueuedProposal, _P]]:
+        # The bucket of ``ptype``, each item with its proposal typed as ``cls``.
+        out = []
+        for item in by_type[ptype]:
+            if not isinstance(item.proposal, cls):  # pragma: no cover - bucketed by type
+                raise InvalidProposalList("proposal type mismatch")
+            out.append((item, item.proposal))
+        return out
+
     for item in items:
         _check_sender_may_propose(item.proposal, item.sender, in_commit=True)
         by_type[item.proposal.proposal_type].append(item)
@@ -423,19 +410,14 @@ def apply_proposal_list(
 
     # 1. GroupContextExtensions: the new extensions govern every later check.
     extensions = context.extensions
-    gce = by_type[ProposalType.GROUP_CONTEXT_EXTENSIONS]
+    gce = of(ProposalType.GROUP_CONTEXT_EXTENSIONS, GroupContextExtensions)
     if gce:
-        proposal = gce[0].proposal
-        if not isinstance(proposal, GroupContextExtensions):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        extensions = proposal.extensions
+        extensions = gce[0][1].extensions
     required = required_capabilities(extensions)
 
     # 2. Updates.
     updates: list[tuple[int, LeafNode]] = []
-    for item in by_type[ProposalType.UPDATE]:
-        if not isinstance(item.proposal, Update):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
+    for item, update in of(ProposalType.UPDATE, Update):
         if item.sender.sender_type != SenderType.MEMBER:
             raise InvalidProposal("Update from a non-member")
         index = item.sender.index
@@ -444,17 +426,14 @@ def apply_proposal_list(
         if index in touched:
             raise InvalidProposalList("two Updates/Removes for the same leaf")
         touched.add(index)
-        leaf = item.proposal.leaf_node
-        _check_update_leaf(suite, tree, group_id, index, leaf, required, now_ms)
-        tree.update_leaf(index, leaf)
-        updates.append((index, leaf))
+        _check_update_leaf(suite, tree, group_id, index, update.leaf_node, required, now_ms)
+        tree.update_leaf(index, update.leaf_node)
+        updates.append((index, update.leaf_node))
 
     # 3. Removes.
     removes: list[tuple[int, LeafNode]] = []
-    for item in by_type[ProposalType.REMOVE]:
-        if not isinstance(item.proposal, Remove):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        index = item.proposal.removed
+    for _, remove in of(ProposalType.REMOVE, Remove):
+        index = remove.removed
         if index == committer:
             raise InvalidProposalList("a commit cannot remove its committer")
         if index in touched:
@@ -468,10 +447,8 @@ def apply_proposal_list(
 
     # 4. Adds, in order: leftmost blank leaf each (§12.1.1).
     adds: list[tuple[int, KeyPackage]] = []
-    for item in by_type[ProposalType.ADD]:
-        if not isinstance(item.proposal, Add):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        kp = item.proposal.key_package
+    for _, add in of(ProposalType.ADD, Add):
+        kp = add.key_package
         validate_key_package(
             kp,
             cipher_suite_id=context.cipher_suite,
@@ -488,29 +465,18 @@ def apply_proposal_list(
     # 5. PSKs, in list order (§8.4); 6. ExternalInit; 7. ReInit.
     psks: list[PreSharedKeyID] = []
     seen_psks: set[bytes] = set()
-    for item in by_type[ProposalType.PSK]:
-        if not isinstance(item.proposal, PreSharedKey):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        psk = item.proposal.psk
+    for _, psk_proposal in of(ProposalType.PSK, PreSharedKey):
+        psk = psk_proposal.psk
         _check_psk_id(suite, psk, allowed_psk_usage)
         encoded = psk.encode()
         if encoded in seen_psks:
             raise InvalidProposalList("the same PreSharedKeyID twice")
         seen_psks.add(encoded)
         psks.append(psk)
-    external_init = None
-    if by_type[ProposalType.EXTERNAL_INIT]:
-        ei = by_type[ProposalType.EXTERNAL_INIT][0].proposal
-        if not isinstance(ei, ExternalInit):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        external_init = ei
-    reinit = None
-    if by_type[ProposalType.REINIT]:
-        ri = by_type[ProposalType.REINIT][0].proposal
-        if not isinstance(ri, ReInit):  # pragma: no cover - by_type
-            raise InvalidProposalList("proposal type mismatch")
-        _check_reinit(ri, context)
-        reinit = ri
+    external_init = next((ei for _, ei in of(ProposalType.EXTERNAL_INIT, ExternalInit)), None)
+    reinit = next((ri for _, ri in of(ProposalType.REINIT, ReInit)), None)
+    if reinit is not None:
+        _check_reinit(reinit, context)
 
     if gce or adds:
         # Members after this commit (added ones included, removed ones not)

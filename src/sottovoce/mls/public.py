@@ -119,11 +119,14 @@ __all__ = [
     "decode_key_package",
     "decode_mls",
     "decode_public",
+    "external_pub_of",
     "framed_content_tbs",
     "is_external_commit",
     "leaf_identity",
     "public_suite",
     "read_content",
+    "verify_group_info",
+    "verify_labeled",
     "write_content",
 ]
 
@@ -176,8 +179,11 @@ def public_suite(suite_id: int) -> PublicSuite:
     return PublicSuite(suite_id, hash_, scheme)
 
 
-def _verify(suite: SignatureSuite, key: bytes, label: bytes, tbs: bytes, sig: bytes) -> None:
-    """VerifyWithLabel (§5.1.2) under the public key ``key``; raises InvalidSignature."""
+def verify_labeled(
+    suite: SignatureSuite, key: bytes, label: bytes, tbs: bytes, sig: bytes
+) -> None:
+    """VerifyWithLabel (§5.1.2) under the public key ``key`` (as it came from a leaf or
+    an extension); a key that does not decode or a bad signature raises InvalidSignature."""
     try:
         verify_with_label(suite.verify_key(key), label, tbs, sig)
     except (SignatureError, InvalidKey):
@@ -664,26 +670,37 @@ def check_group_info(
             leaves = _leaves(decode_ratchet_tree(tree.extension_data))
         except DecodeError:
             raise InvalidWelcome("the ratchet tree does not decode") from None
-    external_pub = None
-    ext = find_extension(info.extensions, ExtensionType.EXTERNAL_PUB)
-    if ext is not None:
-        try:
-            external_pub = ExternalPub.decode(ext.extension_data).external_pub
-        except DecodeError:
-            raise InvalidWelcome("external_pub does not decode") from None
+    external_pub = external_pub_of(info)
     if leaves:
         signer = leaves[info.signer] if info.signer < len(leaves) else None
-        if signer is None:
-            raise InvalidWelcome("the GroupInfo signer is not a member")
-        if signer_key is not None and signer.signature_key != signer_key:
+        if signer is not None and signer_key is not None and signer.signature_key != signer_key:
             raise InvalidWelcome("the GroupInfo signer leaf does not hold the expected key")
-        key = signer.signature_key
+        verify_group_info(suite, info, signer)
     elif signer_key is not None:
-        key = signer_key
+        verify_labeled(suite, signer_key, GROUP_INFO_TBS_LABEL, info.tbs(), info.signature)
     else:
         raise InvalidWelcome("a GroupInfo without its ratchet tree needs the signer's key")
-    _verify(suite, key, GROUP_INFO_TBS_LABEL, info.tbs(), info.signature)
     return PublicGroupInfo(group_info=info, suite=suite, leaves=leaves, external_pub=external_pub)
+
+
+def verify_group_info(suite: SignatureSuite, info: GroupInfo, signer: LeafNode | None) -> None:
+    """§12.4.3.1: ``info`` is signed by ``signer``, the leaf at its ``signer`` index
+    (``None`` when that leaf is blank or outside the tree, which is an error)."""
+    if signer is None:
+        raise InvalidWelcome("the GroupInfo signer is not a member")
+    verify_labeled(suite, signer.signature_key, GROUP_INFO_TBS_LABEL, info.tbs(), info.signature)
+
+
+def external_pub_of(info: GroupInfo) -> bytes | None:
+    """The HPKE public key of ``info``'s ``external_pub`` extension (§12.4.3.2), if any;
+    one that does not decode is an :class:`InvalidWelcome`."""
+    ext = find_extension(info.extensions, ExtensionType.EXTERNAL_PUB)
+    if ext is None:
+        return None
+    try:
+        return ExternalPub.decode(ext.extension_data).external_pub
+    except DecodeError:
+        raise InvalidWelcome("external_pub does not decode") from None
 
 
 # --- external commits (§12.4.3.2) ------------------------------------------------------
@@ -798,7 +815,9 @@ def check_external_commit(
     if message.auth.confirmation_tag is None or len(message.auth.confirmation_tag) != suite.nh:
         raise InvalidCommit("the confirmation tag is not Nh bytes")
     tbs = framed_content_tbs(WireFormat.PUBLIC_MESSAGE, content, context)
-    _verify(suite, leaf.signature_key, FRAMED_CONTENT_TBS_LABEL, tbs, message.auth.signature)
+    verify_labeled(
+        suite, leaf.signature_key, FRAMED_CONTENT_TBS_LABEL, tbs, message.auth.signature
+    )
     if group_info.leaves:
         if removed is not None:
             old = group_info.leaves[removed] if removed < len(group_info.leaves) else None

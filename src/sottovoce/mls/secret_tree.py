@@ -44,10 +44,12 @@ __all__ = [
     "GenerationExpired",
     "GenerationTooFar",
     "PendingKey",
+    "RatchetSnapshot",
     "RatchetType",
     "ReplayedGeneration",
     "SecretTree",
     "SecretTreeError",
+    "SecretTreeSnapshot",
     "derive_tree_secret",
     "sender_data_key_nonce",
 ]
@@ -322,6 +324,46 @@ class SecretTree:
         pending.consume()
         return pending.key, pending.nonce
 
+    # --- persistence -----------------------------------------------------------------
+
+    def snapshot(self) -> SecretTreeSnapshot:
+        """Everything the tree holds, as a value later changes to the tree do not touch."""
+        return SecretTreeSnapshot(
+            n_leaves=self.n_leaves,
+            nodes=tuple(self._nodes.items()),
+            ratchets=tuple(
+                RatchetSnapshot(
+                    leaf=leaf,
+                    ratchet_type=rtype,
+                    generation=r.generation,
+                    secret=r.secret,
+                    expired_below=r.expired_below,
+                    skipped=tuple((g, key, nonce) for g, (key, nonce) in r.skipped.items()),
+                )
+                for (leaf, rtype), r in self._ratchets.items()
+            ),
+        )
+
+    @classmethod
+    def restore(cls, suite: CipherSuite, snapshot: SecretTreeSnapshot) -> SecretTree:
+        """The tree :meth:`snapshot` described. The snapshot is trusted: a decoder
+        checks a stored one first (coverage, windows, sizes; ``mls.state``)."""
+        tree = cls.__new__(cls)
+        tree._suite = suite
+        tree.n_leaves = snapshot.n_leaves
+        tree._nodes = dict(snapshot.nodes)
+        tree._ratchets = {
+            (r.leaf, r.ratchet_type): _Ratchet(
+                r.generation,
+                r.secret,
+                {g: (key, nonce) for g, key, nonce in r.skipped},
+                r.expired_below,
+            )
+            for r in snapshot.ratchets
+        }
+        tree._version = 0
+        return tree
+
     # --- introspection (tests, forward-secrecy audits) --------------------------------
 
     def held_nodes(self) -> frozenset[int]:
@@ -420,3 +462,31 @@ class SecretTree:
         for rtype, ratchet in plan.ratchets:
             self._ratchets[(plan.leaf, rtype)] = ratchet
         self._version += 1
+
+
+# --- the tree as a value ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatchetSnapshot:
+    """One sender ratchet as a value (see :class:`_Ratchet`)."""
+
+    leaf: int
+    ratchet_type: RatchetType
+    #: The next generation the chain itself will produce.
+    generation: int
+    secret: Secret
+    #: Every generation below this that is not in ``skipped`` was evicted or used.
+    expired_below: int
+    #: ``(generation, key, nonce)`` of unused keys below ``generation``, ascending.
+    skipped: tuple[tuple[int, Secret, Secret], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretTreeSnapshot:
+    """A :class:`SecretTree` as a value, detached from the live tree (for persistence)."""
+
+    n_leaves: int
+    #: ``(node index, tree secret)`` of the node secrets still held.
+    nodes: tuple[tuple[int, Secret], ...]
+    ratchets: tuple[RatchetSnapshot, ...]

@@ -1,10 +1,14 @@
-"""Group state persistence: one member's whole :class:`~sottovoce.mls.group.Group` as bytes.
+"""Group state persistence: one member's whole group state as bytes.
 
 ::
 
-    Group ──to_state()──► GroupState bytes ──(client seals, stores; sans-IO here)
-                                 │
-    Group ◄──from_state()────────┘   decode, check every invariant, rebuild
+    Group ──snapshot()──► GroupSnapshot ──encode_group_state()──► GroupState bytes
+                                                                  (client seals, stores;
+    Group ◄──restore()─── GroupSnapshot ◄──decode_group_state()───┘ sans-IO here)
+                                          decode, check every invariant
+
+This module knows :class:`~sottovoce.mls.snapshot.GroupSnapshot` and nothing of
+the group package (``Group.to_state()`` / ``Group.from_state()`` go through it).
 
     GroupState = "svMG" || uint16 version || opaque body<V> || SHA-256(all before)
 
@@ -45,17 +49,16 @@ re-checks every structural invariant the group relies on (tree hash against
 the GroupContext, private keys against the tree, signing key against our leaf,
 secret-tree coverage, ratchet windows, bounds) and raises only
 :class:`InvalidGroupState` (a ``DecodeError``). ``psk_lookup`` is a callable
-and is not stored: pass it again to :func:`decode_group_state`.
+and is not stored: pass it again to ``Group.from_state`` (or ``Group.restore``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 from sottovoce.codec.tls import Reader, Writer
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
-from sottovoce.errors import DecodeError, InternalError, SottovoceError
+from sottovoce.errors import DecodeError, SottovoceError
 from sottovoce.limits import MLS_MAX_GENERATION, MLS_MAX_PENDING_PROPOSALS, MLS_MAX_SKIPPED_KEYS
 from sottovoce.mls import treemath
 from sottovoce.mls.common import (
@@ -65,29 +68,25 @@ from sottovoce.mls.common import (
     read_extensions,
     write_extensions,
 )
+from sottovoce.mls.config import GroupConfig
+from sottovoce.mls.epoch import Epoch, Member, StagedCommit
 from sottovoce.mls.framing import Sender
-from sottovoce.mls.group import (
-    Group,
-    GroupConfig,
-    Member,
-    PskLookup,
-    QueuedProposal,
-    StagedCommit,
-    _Epoch,
-    _PastEpoch,
-)
 from sottovoce.mls.key_schedule import EpochSecrets, PreSharedKeyID
 from sottovoce.mls.messages import (
     LeafNode,
     Node,
     ReInit,
     read_node,
+    read_optional_node,
     read_proposal,
     write_node,
+    write_optional_node,
     write_proposal,
     write_struct,
 )
-from sottovoce.mls.secret_tree import RatchetType, SecretTree, _Ratchet
+from sottovoce.mls.proposals import QueuedProposal
+from sottovoce.mls.secret_tree import RatchetSnapshot, RatchetType, SecretTreeSnapshot
+from sottovoce.mls.snapshot import GroupSnapshot, PastEpochSnapshot
 from sottovoce.mls.tree import RatchetTree
 from sottovoce.mls.treekem import TreeKemPrivate
 from sottovoce.secret import Secret
@@ -121,10 +120,10 @@ class InvalidGroupState(DecodeError):
 # --- encoding ------------------------------------------------------------------------
 
 
-def encode_group_state(group: Group) -> bytes:
-    """The whole state of ``group`` (see the module docstring). The result is secret."""
+def encode_group_state(snapshot: GroupSnapshot) -> bytes:
+    """The whole state ``snapshot`` holds (see the module docstring). The result is secret."""
     body = Writer()
-    _write_group(body, group)
+    _write_group(body, snapshot)
     w = Writer()
     w.raw(STATE_MAGIC)
     w.u16(STATE_VERSION)
@@ -133,21 +132,21 @@ def encode_group_state(group: Group) -> bytes:
     return head + hashlib.sha256(head).digest()
 
 
-def _write_group(w: Writer, g: Group) -> None:
-    st = g._epoch
+def _write_group(w: Writer, g: GroupSnapshot) -> None:
+    tree = g.epoch.tree
     w.u16(g.suite.id)
-    _write_config(w, g._config)
-    w.opaque_v(g._signing_key.private_bytes().expose())
-    _write_epoch(w, st, None)
-    _write_secret_tree(w, g._secret_tree)
-    w.vector_v(g._proposals.values(), _write_cached_proposal)
-    w.vector_v(g._own_update_keys.items(), _write_key_pair)
-    w.vector_v(g._past, lambda w2, item: _write_past(w2, item[0], item[1], st.tree))
-    w.vector_v(g._resumption_psks.items(), _write_epoch_secret)
-    w.optional(g._reinit, write_struct)
-    w.boolean(g._removed)
-    w.boolean(g._active)
-    w.optional(g._pending_commit, lambda w2, s: _write_pending_commit(w2, s, st.tree))
+    _write_config(w, g.config)
+    w.opaque_v(g.signing_key.private_bytes().expose())
+    _write_epoch(w, g.epoch, None)
+    _write_secret_tree(w, g.secret_tree)
+    w.vector_v(g.proposals, _write_cached_proposal)
+    w.vector_v(g.own_update_keys, _write_key_pair)
+    w.vector_v(g.past, lambda w2, p: _write_past(w2, p, tree))
+    w.vector_v(g.resumption_psks, _write_epoch_secret)
+    w.optional(g.reinit, write_struct)
+    w.boolean(g.removed)
+    w.boolean(g.active)
+    w.optional(g.pending_commit, lambda w2, s: _write_pending_commit(w2, s, tree))
 
 
 def _write_config(w: Writer, c: GroupConfig) -> None:
@@ -158,7 +157,7 @@ def _write_config(w: Writer, c: GroupConfig) -> None:
     w.u32(c.padding)
 
 
-def _write_epoch(w: Writer, e: _Epoch, base: RatchetTree | None) -> None:
+def _write_epoch(w: Writer, e: Epoch, base: RatchetTree | None) -> None:
     e.context.write(w)
     _write_tree(w, e.tree, base)
     w.u32(e.private.leaf_index)
@@ -187,7 +186,7 @@ def _write_tree(w: Writer, tree: RatchetTree, base: RatchetTree | None) -> None:
     w.u32(tree.n_leaves)
     nodes = tree.nodes()
     if base is None:
-        w.vector_v(nodes, _write_opt_node)
+        w.vector_v(nodes, write_optional_node)
         return
     base_nodes = base.nodes()
     inner = Writer()
@@ -200,14 +199,6 @@ def _write_tree(w: Writer, tree: RatchetTree, base: RatchetTree | None) -> None:
             inner.u8(_NODE)
             write_node(inner, node)
     w.opaque_v(inner.getvalue())
-
-
-def _write_opt_node(w: Writer, node: Node | None) -> None:
-    if node is None:
-        w.u8(0)
-    else:
-        w.u8(1)
-        write_node(w, node)
 
 
 def _write_node_secret(w: Writer, item: tuple[int, Secret]) -> None:
@@ -225,34 +216,32 @@ def _write_epoch_secret(w: Writer, item: tuple[int, Secret]) -> None:
     w.opaque_v(item[1].expose())
 
 
-def _write_secret_tree(w: Writer, t: SecretTree) -> None:
+def _write_secret_tree(w: Writer, t: SecretTreeSnapshot) -> None:
     w.u32(t.n_leaves)
-    w.vector_v(t._nodes.items(), _write_node_secret)
-    w.vector_v(t._ratchets.items(), _write_ratchet)
+    w.vector_v(t.nodes, _write_node_secret)
+    w.vector_v(t.ratchets, _write_ratchet)
 
 
-def _write_ratchet(w: Writer, item: tuple[tuple[int, RatchetType], _Ratchet]) -> None:
-    (leaf, rtype), r = item
-    w.u32(leaf)
-    w.u8(rtype)
+def _write_ratchet(w: Writer, r: RatchetSnapshot) -> None:
+    w.u32(r.leaf)
+    w.u8(r.ratchet_type)
     # The next generation can be 2^32 once the last one is used, hence uint64.
     w.u64(r.generation)
     w.opaque_v(r.secret.expose())
     w.u64(r.expired_below)
-    w.vector_v(r.skipped.items(), _write_skipped)
+    w.vector_v(r.skipped, _write_skipped)
 
 
-def _write_skipped(w: Writer, item: tuple[int, tuple[Secret, Secret]]) -> None:
-    generation, (key, nonce) = item
+def _write_skipped(w: Writer, item: tuple[int, Secret, Secret]) -> None:
+    generation, key, nonce = item
     w.u32(generation)
     w.opaque_v(key.expose())
     w.opaque_v(nonce.expose())
 
 
-def _write_cached_proposal(w: Writer, q: QueuedProposal) -> None:
-    if q.ref is None:  # pragma: no cover - the cache is keyed by ref
-        raise InternalError("cached proposal without a ProposalRef")
-    w.opaque_v(q.ref)
+def _write_cached_proposal(w: Writer, item: tuple[bytes, QueuedProposal]) -> None:
+    ref, q = item
+    w.opaque_v(ref)
     q.sender.write(w)
     write_proposal(w, q.proposal)
 
@@ -263,8 +252,8 @@ def _write_queued(w: Writer, q: QueuedProposal) -> None:
     write_proposal(w, q.proposal)
 
 
-def _write_past(w: Writer, epoch: int, p: _PastEpoch, base: RatchetTree) -> None:
-    w.u64(epoch)
+def _write_past(w: Writer, p: PastEpochSnapshot, base: RatchetTree) -> None:
+    w.u64(p.context.epoch)
     p.context.write(w)
     _write_tree(w, p.tree, base)
     w.opaque_v(p.sender_data_secret.expose())
@@ -298,8 +287,8 @@ def _write_pending_commit(w: Writer, s: StagedCommit, base: RatchetTree) -> None
 # --- decoding ------------------------------------------------------------------------
 
 
-def decode_group_state(data: bytes, *, psk_lookup: PskLookup | None = None) -> Group:
-    """Rebuild the group :func:`encode_group_state` saved.
+def decode_group_state(data: bytes) -> GroupSnapshot:
+    """The snapshot :func:`encode_group_state` saved (its config without ``psk_lookup``).
 
     Raises :class:`InvalidGroupState` (a ``DecodeError``) and nothing else on
     truncated, damaged, foreign or inconsistent input.
@@ -322,7 +311,7 @@ def decode_group_state(data: bytes, *, psk_lookup: PskLookup | None = None) -> G
             raise InvalidGroupState(f"unsupported group state version {version}")
         body = r.block(r.varint())
         r.finish()
-        group = _read_group(body, psk_lookup)
+        group = _read_group(body)
         body.finish()
     except InvalidGroupState:
         raise
@@ -333,9 +322,9 @@ def decode_group_state(data: bytes, *, psk_lookup: PskLookup | None = None) -> G
     return group
 
 
-def _read_group(r: Reader, psk_lookup: PskLookup | None) -> Group:
+def _read_group(r: Reader) -> GroupSnapshot:
     suite = cipher_suite(r.u16())
-    config = _read_config(r, psk_lookup)
+    config = _read_config(r)
     signing_key = suite.signing_key(r.opaque_v())
     epoch = _read_epoch(r, suite, None)
     _check(epoch.context.cipher_suite == suite.id, "epoch suite differs from the state's")
@@ -344,11 +333,11 @@ def _read_group(r: Reader, psk_lookup: PskLookup | None) -> Group:
         own is not None and own.signature_key == signing_key.verify_key.data,
         "signing key does not match our leaf",
     )
-    group = Group(suite=suite, signing_key=signing_key, epoch=epoch, config=config)
+    number = epoch.context.epoch
 
     secret_tree = _read_secret_tree(r, suite, epoch.tree.n_leaves)
 
-    proposals: OrderedDict[bytes, QueuedProposal] = OrderedDict()
+    proposals: dict[bytes, QueuedProposal] = {}
     for ref, q in r.vector_v(_read_cached_proposal):
         _check(len(ref) == suite.nh and ref not in proposals, "bad or duplicate ProposalRef")
         proposals[ref] = q
@@ -361,25 +350,25 @@ def _read_group(r: Reader, psk_lookup: PskLookup | None) -> Group:
         update_keys[public] = private
 
     past = r.vector_v(lambda r2: _read_past(r2, suite, epoch.tree))
-    epochs = [e for e, _ in past]
+    epochs = [p.context.epoch for p in past]
     _check(epochs == sorted(set(epochs)), "past epochs out of order")
     _check(len(past) <= config.max_past_epochs, "more past epochs than configured")
-    for e, p in past:
-        _check(e < epoch.context.epoch and p.context.epoch == e, "bad past epoch")
+    for p in past:
+        _check(p.context.epoch < number, "bad past epoch")
         _check(p.context.group_id == epoch.context.group_id, "past epoch of another group")
         _check(p.context.cipher_suite == suite.id, "past epoch of another suite")
 
-    psks: OrderedDict[int, Secret] = OrderedDict(r.vector_v(_read_epoch_secret))
-    psk_epochs = list(psks)
+    psks = r.vector_v(_read_epoch_secret)
+    psk_epochs = [e for e, _ in psks]
     _check(
         bool(psk_epochs)
         and psk_epochs == sorted(set(psk_epochs))
-        and psk_epochs[-1] == epoch.context.epoch
+        and psk_epochs[-1] == number
         and len(psk_epochs) <= config.max_resumption_psks,
         "bad resumption PSK list",
     )
     _check(
-        psks[epoch.context.epoch] == epoch.secrets.resumption_psk,
+        psks[-1][1] == epoch.secrets.resumption_psk,
         "resumption PSK differs from the epoch's",
     )
 
@@ -390,18 +379,23 @@ def _read_group(r: Reader, psk_lookup: PskLookup | None) -> Group:
         active == (not removed and reinit is None),
         "active flag contradicts removed/reinit",
     )
-
-    group._secret_tree = secret_tree
-    group._proposals = proposals
-    group._own_update_keys = update_keys
-    group._past = past
-    group._resumption_psks = psks
-    group._reinit = reinit
-    group._removed = removed
-    group._active = active
-    group._pending_commit = r.optional(lambda r2: _read_pending_commit(r2, group))
-    _check(group._pending_commit is None or active, "pending commit in an inactive group")
-    return group
+    pending_commit = r.optional(lambda r2: _read_pending_commit(r2, suite, epoch))
+    _check(pending_commit is None or active, "pending commit in an inactive group")
+    return GroupSnapshot(
+        suite=suite,
+        config=config,
+        signing_key=signing_key,
+        epoch=epoch,
+        secret_tree=secret_tree,
+        proposals=tuple(proposals.items()),
+        own_update_keys=tuple(update_keys.items()),
+        past=tuple(past),
+        resumption_psks=tuple(psks),
+        reinit=reinit,
+        removed=removed,
+        active=active,
+        pending_commit=pending_commit,
+    )
 
 
 def _check(condition: bool, reason: str) -> None:
@@ -409,14 +403,13 @@ def _check(condition: bool, reason: str) -> None:
         raise InvalidGroupState(f"group state is inconsistent: {reason}")
 
 
-def _read_config(r: Reader, psk_lookup: PskLookup | None) -> GroupConfig:
+def _read_config(r: Reader) -> GroupConfig:
     return GroupConfig(
         handshake_wire_format=WireFormat(r.u8()),
         ratchet_tree_in_welcome=r.boolean(),
         max_past_epochs=r.u32(),
         max_resumption_psks=r.u32(),
         padding=r.u32(),
-        psk_lookup=psk_lookup,
     )
 
 
@@ -426,7 +419,7 @@ def _read_secret(r: Reader, size: int) -> Secret:
     return Secret(value)
 
 
-def _read_epoch(r: Reader, suite: CipherSuite, base: RatchetTree | None) -> _Epoch:
+def _read_epoch(r: Reader, suite: CipherSuite, base: RatchetTree | None) -> Epoch:
     context = GroupContext.read(r)
     _check(context.cipher_suite == suite.id, "epoch of another suite")
     tree = _read_tree(r, suite, base)
@@ -454,7 +447,7 @@ def _read_epoch(r: Reader, suite: CipherSuite, base: RatchetTree | None) -> _Epo
         epoch_authenticator=_read_secret(r, nh),
         init_secret=_read_secret(r, nh),
     )
-    return _Epoch(
+    return Epoch(
         context=context,
         tree=tree,
         private=private,
@@ -469,7 +462,7 @@ def _read_tree(r: Reader, suite: CipherSuite, base: RatchetTree | None) -> Ratch
     width = treemath.node_width(n_leaves)  # a power of two within MLS_MAX_LEAVES
     nodes: list[Node | None]
     if base is None:
-        nodes = r.vector_v(lambda r2: r2.optional(read_node))
+        nodes = r.vector_v(read_optional_node)
     else:
         base_nodes = base.nodes()
         sub = r.block(r.varint())
@@ -505,7 +498,7 @@ def _read_epoch_secret(r: Reader) -> tuple[int, Secret]:
     return r.u64(), Secret(r.opaque_v())
 
 
-def _read_secret_tree(r: Reader, suite: CipherSuite, tree_leaves: int) -> SecretTree:
+def _read_secret_tree(r: Reader, suite: CipherSuite, tree_leaves: int) -> SecretTreeSnapshot:
     n_leaves = r.u32()
     # Checked first: the coverage walk below is O(n_leaves). The secret tree
     # covers the epoch's ratchet tree exactly (EpochSecrets.secret_tree).
@@ -516,8 +509,9 @@ def _read_secret_tree(r: Reader, suite: CipherSuite, tree_leaves: int) -> Secret
         _check(x < width and x not in nodes, "bad secret tree node")
         _check(len(secret) == suite.nh, "secret tree node of the wrong size")
         nodes[x] = secret
-    ratchets: dict[tuple[int, RatchetType], _Ratchet] = {}
-    for leaf, rtype, ratchet in r.vector_v(lambda r2: _read_ratchet(r2, suite)):
+    ratchets: dict[tuple[int, RatchetType], RatchetSnapshot] = {}
+    for ratchet in r.vector_v(lambda r2: _read_ratchet(r2, suite)):
+        leaf, rtype = ratchet.leaf, ratchet.ratchet_type
         _check(leaf < n_leaves and (leaf, rtype) not in ratchets, "bad ratchet leaf")
         ratchets[(leaf, rtype)] = ratchet
     # §9 coverage: a sender's two ratchets exist together, and then no node on
@@ -529,32 +523,33 @@ def _read_secret_tree(r: Reader, suite: CipherSuite, tree_leaves: int) -> Secret
         x = treemath.leaf_to_node(leaf)
         held = sum(1 for n in (x, *treemath.direct_path(x, n_leaves)) if n in nodes)
         _check(held == (0 if all(has) else 1), "secret tree does not cover a sender once")
-    tree = SecretTree(suite, bytes(suite.nh), n_leaves)
-    tree._nodes = nodes
-    tree._ratchets = ratchets
-    return tree
+    return SecretTreeSnapshot(
+        n_leaves=n_leaves, nodes=tuple(nodes.items()), ratchets=tuple(ratchets.values())
+    )
 
 
-def _read_ratchet(r: Reader, suite: CipherSuite) -> tuple[int, RatchetType, _Ratchet]:
-    leaf = r.u32()
-    rtype = RatchetType(r.u8())
-    generation = r.u64()
-    secret = _read_secret(r, suite.nh)
-    expired_below = r.u64()
+def _read_ratchet(r: Reader, suite: CipherSuite) -> RatchetSnapshot:
+    ratchet = RatchetSnapshot(
+        leaf=r.u32(),
+        ratchet_type=RatchetType(r.u8()),
+        generation=r.u64(),
+        secret=_read_secret(r, suite.nh),
+        expired_below=r.u64(),
+        skipped=tuple(r.vector_v(_read_skipped)),
+    )
+    generation, expired_below = ratchet.generation, ratchet.expired_below
     _check(generation <= MLS_MAX_GENERATION + 1, "ratchet generation out of range")
     _check(expired_below <= generation, "ratchet window out of range")
-    skipped: dict[int, tuple[Secret, Secret]] = {}
     previous = -1
-    for g, key, nonce in r.vector_v(_read_skipped):
+    for g, key, nonce in ratchet.skipped:
         _check(previous < g and expired_below <= g < generation, "skipped keys out of order")
         _check(
             len(key) == suite.aead_key_size and len(nonce) == suite.aead_nonce_size,
             "skipped key of the wrong size",
         )
-        skipped[g] = (key, nonce)
         previous = g
-    _check(len(skipped) <= MLS_MAX_SKIPPED_KEYS, "too many skipped keys")
-    return leaf, rtype, _Ratchet(generation, secret, skipped, expired_below)
+    _check(len(ratchet.skipped) <= MLS_MAX_SKIPPED_KEYS, "too many skipped keys")
+    return ratchet
 
 
 def _read_skipped(r: Reader) -> tuple[int, Secret, Secret]:
@@ -573,15 +568,16 @@ def _read_queued(r: Reader) -> QueuedProposal:
     return QueuedProposal(proposal=read_proposal(r), sender=sender, ref=ref)
 
 
-def _read_past(r: Reader, suite: CipherSuite, base: RatchetTree) -> tuple[int, _PastEpoch]:
+def _read_past(r: Reader, suite: CipherSuite, base: RatchetTree) -> PastEpochSnapshot:
     epoch = r.u64()
     context = GroupContext.read(r)
+    _check(context.epoch == epoch, "bad past epoch")
     # The tree of a past epoch serves only to find senders' leaves; its hash
     # is not recomputed (that would cost as much as the current tree's).
     tree = _read_tree(r, suite, base)
     sender_data_secret = _read_secret(r, suite.nh)
     secret_tree = _read_secret_tree(r, suite, tree.n_leaves)
-    return epoch, _PastEpoch(
+    return PastEpochSnapshot(
         context=context, tree=tree, sender_data_secret=sender_data_secret, secret_tree=secret_tree
     )
 
@@ -590,8 +586,8 @@ def _read_member(r: Reader) -> Member:
     return Member(r.u32(), LeafNode.read(r))
 
 
-def _read_pending_commit(r: Reader, group: Group) -> StagedCommit:
-    suite = group.suite
+def _read_pending_commit(r: Reader, suite: CipherSuite, epoch: Epoch) -> StagedCommit:
+    number, group_id = epoch.context.epoch, epoch.context.group_id
     sender = Sender.read(r)
     committer = r.u32()
     proposals = tuple(r.vector_v(_read_queued))
@@ -603,16 +599,16 @@ def _read_pending_commit(r: Reader, group: Group) -> StagedCommit:
     reinit = r.optional(ReInit.read)
     external, has_path, self_removed = r.boolean(), r.boolean(), r.boolean()
     authenticated_data = r.opaque_v()
-    nxt = r.optional(lambda r2: _read_epoch(r2, suite, group._epoch.tree))
+    nxt = r.optional(lambda r2: _read_epoch(r2, suite, epoch.tree))
     _check((nxt is None) == self_removed, "pending commit epoch contradicts self_removed")
     if nxt is not None:
         _check(
-            nxt.context.epoch == group.epoch + 1 and nxt.context.group_id == group.group_id,
+            nxt.context.epoch == number + 1 and nxt.context.group_id == group_id,
             "pending commit is not for the next epoch",
         )
     return StagedCommit(
-        group_id=group.group_id,
-        epoch=group.epoch + 1,
+        group_id=group_id,
+        epoch=number + 1,
         sender=sender,
         committer=committer,
         proposals=proposals,
@@ -626,8 +622,9 @@ def _read_pending_commit(r: Reader, group: Group) -> StagedCommit:
         has_path=has_path,
         self_removed=self_removed,
         authenticated_data=authenticated_data,
-        _owner=group._token,
-        _base_epoch=group.epoch,
+        # Owned by no group yet: Group.restore() hands it to the restored one.
+        _owner=None,
+        _base_epoch=number,
         _next=nxt,
         _pending_key=None,
     )

@@ -28,6 +28,7 @@ from sottovoce.crypto.labels import decrypt_with_label, encrypt_with_label
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import DecodeError, DecryptionError, InvalidKey
+from sottovoce.mls.errors import InvalidWelcome, NoMatchingKeyPackage
 from sottovoce.mls.key_schedule import PreSharedKeyID, welcome_key_nonce, welcome_secret
 from sottovoce.mls.messages import (
     EncryptedGroupSecrets,
@@ -38,7 +39,6 @@ from sottovoce.mls.messages import (
     PathSecret,
     Welcome,
 )
-from sottovoce.mls.proposals import InvalidWelcome, NoMatchingKeyPackage
 from sottovoce.secret import Secret
 
 __all__ = [
