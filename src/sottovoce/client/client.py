@@ -800,9 +800,10 @@ class Client:
         # (The epoch authenticator is left out: audit entries may carry it on purpose.)
         for room in getattr(getattr(self, "rooms", None), "all", list)():
             group = getattr(room, "group", None)
-            epoch = getattr(group, "_epoch", None)
-            if epoch is None:
+            state = getattr(group, "_state", None)  # mls/group/epoch_state.py
+            if state is None:
                 continue
+            epoch = state.epoch
             for name in type(epoch.secrets).__dataclass_fields__:
                 value = getattr(epoch.secrets, name)
                 if isinstance(value, Secret) and name != "epoch_authenticator":
