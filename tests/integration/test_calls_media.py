@@ -323,7 +323,7 @@ async def test_a_relay_presenting_another_certificate_after_an_ice_restart_fails
         await wait_state(bob, CallState.ENDED)
         assert bob.call is not None and bob.call.reason is EndReason.FAILED
         assert isinstance(bob.last_error, FingerprintMismatch)
-        assert not bob.media  # every connection of the call is closed
+        await wait_for(lambda: not bob.media)  # every connection of the call is closed
     finally:
         await mallory.session.close()
 
@@ -363,7 +363,8 @@ async def test_glare_with_media_ends_in_one_call(net: Net) -> None:
     assert alice.call.call_id == bob.call.call_id == min(ca, cb)
     await wait_for(lambda: session(alice).sinks["camera"].frames > 3)
     await wait_for(lambda: session(bob).sinks["camera"].frames > 3)
-    assert len(alice.media) == len(bob.media) == 1  # the losing call's media is gone
+    # the losing call's media is gone once its close has finished
+    await wait_for(lambda: len(alice.media) == len(bob.media) == 1)
 
 
 async def test_answered_elsewhere_with_media(net: Net) -> None:
