@@ -336,6 +336,14 @@ def test_every_cli_command_has_a_worked_example() -> None:
     assert missing == [], f"commands without an example in README.md or docs/: {missing}"
 
 
+def test_every_benchmark_is_listed_in_the_readme_with_its_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    scripts = sorted(p.name for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+    assert len(scripts) >= 10, scripts
+    missing = [s for s in scripts if f"bench/{s}" not in readme]
+    assert missing == [], f"benchmarks README.md does not show how to run: {missing}"
+
+
 def test_the_checks_can_fail() -> None:
     bad = Block("x.md", 1, "sh", "sottovoce room frobnicate x\n")
     with pytest.raises(pytest.fail.Exception):

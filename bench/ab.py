@@ -1,0 +1,110 @@
+"""Before/after: the relay and MLS benchmarks of two checkouts, interleaved in one run.
+
+    python bench/ab.py BEFORE_DIR AFTER_DIR [--rounds 3] [--relay-seconds 5] [--mls-sizes 10,100]
+
+Each checkout runs with its own ``.venv/bin/python`` and its own ``bench/relay.py``
+and ``bench/mls.py``. One round runs BEFORE then AFTER, the next AFTER then BEFORE,
+and so on, so that a slow spell of a noisy machine falls on both sides alike. Per
+figure the bench prints the median over the rounds of each side and the ratio
+AFTER/BEFORE (for a rate, above 1 is faster; for a time, below 1 is faster).
+
+Figures compared:
+
+* relay (embedded SQLite only): 1:1 throughput (msgs/s), latency p50 and p99 at
+  200 msgs/s (ms), 50-device fan-out (deliveries/s);
+* MLS: every row of ``bench/mls.py``'s table (ms per operation) for the given sizes,
+  ``full`` tree, median of its own ``--repeat 3``.
+
+Nothing here is a pass/fail check; the figures and the load average at the start
+are printed for the reader to judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RELAY_PATTERNS = {
+    "relay 1:1 msgs/s": (r"1:1 throughput: ([\d,]+) msgs/s", True),
+    "relay latency p50 ms": (r"latency @200 msgs/s: send→delivered p50 ([\d.]+) ms", False),
+    "relay latency p99 ms": (
+        r"latency @200 msgs/s: send→delivered p50 [\d.]+ ms, p99 ([\d.]+)", False
+    ),
+    "relay fan-out deliveries/s": (r"fan-out to \d+ devices: ([\d,]+) deliveries/s", True),
+}
+MLS_ROW = re.compile(r"^\s*(\d+)\s+(full|sparse)\s+(.+?)\s{2,}([\d.]+)(?:\s+\d+)?\s*$")
+
+
+def run(checkout: Path, script: str, args: list[str]) -> str:
+    python = checkout / ".venv" / "bin" / "python"
+    done = subprocess.run(
+        [str(python), str(checkout / "bench" / script), *args],
+        cwd=checkout, capture_output=True, text=True, timeout=1800, check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"{checkout}/bench/{script} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def relay_figures(out: str) -> dict[str, tuple[float, bool]]:
+    figures: dict[str, tuple[float, bool]] = {}
+    for name, (pattern, higher_better) in RELAY_PATTERNS.items():
+        m = re.search(pattern, out)
+        if m:
+            figures[name] = (float(m.group(1).replace(",", "")), higher_better)
+    return figures
+
+
+def mls_figures(out: str) -> dict[str, tuple[float, bool]]:
+    figures: dict[str, tuple[float, bool]] = {}
+    for line in out.splitlines():
+        m = MLS_ROW.match(line)
+        if m:
+            figures[f"mls {m.group(1)} {m.group(3).strip()} ms"] = (float(m.group(4)), False)
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("before", type=Path)
+    ap.add_argument("after", type=Path)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--relay-seconds", default="5")
+    ap.add_argument("--mls-sizes", default="10,100")
+    args = ap.parse_args()
+    sides = {"before": args.before.resolve(), "after": args.after.resolve()}
+    relay_args = ["--backends", "sqlite", "--seconds", args.relay_seconds,
+                  "--latency-seconds", args.relay_seconds]
+    mls_args = ["--sizes", args.mls_sizes, "--shape", "full", "--repeat", "3"]
+    samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    better: dict[str, bool] = {}
+    load = os.getloadavg()[0]
+    print(f"before: {sides['before']}\nafter:  {sides['after']}\n"
+          f"{args.rounds} rounds, order alternating; load average at start {load:.2f}, "
+          f"{os.cpu_count()} cpus", flush=True)
+    for r in range(args.rounds):
+        order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+        for side in order:
+            figures = relay_figures(run(sides[side], "relay.py", relay_args))
+            figures |= mls_figures(run(sides[side], "mls.py", mls_args))
+            for name, (value, higher_better) in figures.items():
+                samples[side].setdefault(name, []).append(value)
+                better[name] = higher_better
+            print(f"  round {r + 1} {side}: {len(figures)} figures", flush=True)
+    print(f"\n{'figure':<52} {'before':>10} {'after':>10} {'after/before':>13}")
+    for name in samples["before"]:
+        if name not in samples["after"]:
+            continue
+        b = statistics.median(samples["before"][name])
+        a = statistics.median(samples["after"][name])
+        hint = "higher is better" if better[name] else "lower is better"
+        print(f"{name:<52} {b:10.2f} {a:10.2f} {a / b:13.3f}  ({hint})")
+
+
+if __name__ == "__main__":
+    main()
