@@ -400,6 +400,28 @@ def test_server_banner_commands_work_when_pasted(tmp_path: Path) -> None:
         proc.wait(timeout=20)
 
 
+
+def test_next_hints_work_when_pasted(up: World, tmp_path: Path) -> None:
+    """The "next:" lines name the program and the data directory as they can be pasted."""
+    home = tmp_path / "gina"
+    made = cli("account", "create", "gina", "--server", up.srv.url, home=home)
+    assert made.returncode == 0, made.stderr
+    hint = next(line for line in made.stdout.splitlines() if line.startswith("next: "))
+    send = hint.removeprefix("next: ").split(", ")[0]
+    assert send.split()[0] != "sottovoce" or shutil.which("sottovoce"), hint
+    pasted = send.replace("NAME", "bob").replace("TEXT", "'hello from a hint'")
+    done = subprocess.run(["bash", "-c", pasted], env=_env(), capture_output=True, text=True,
+                          timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, (pasted, done.stderr)
+    assert "hello from a hint" in asyncio.run(_texts(up.home("bob"), "gina"))
+    room = cli("room", "create", "hinted", home=home)
+    assert room.returncode == 0, room.stderr
+    hint = next(line for line in room.stdout.splitlines() if line.startswith("next: "))
+    invite = hint.removeprefix("next: ").split(", ")[0].replace("USER", "bob")
+    done = subprocess.run(["bash", "-c", invite], env=_env(), capture_output=True, text=True,
+                          timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, (invite, done.stderr)
+
 # =============================================================================
 # Bug 6: help text claims nothing that is not there
 # =============================================================================

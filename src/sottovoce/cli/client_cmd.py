@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shlex
 import signal
 import sys
 
 from sottovoce.cli import render
+from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
@@ -60,12 +60,6 @@ from sottovoce.identity import SafetyNumber, validate_username
 EXIT_QUEUED = 75
 
 
-def _dir_flag(args: argparse.Namespace) -> str:
-    """``--data-dir DIR`` as the user gave it, for commands we suggest (else nothing)."""
-    given = getattr(args, "data_dir", None)
-    return f" --data-dir {shlex.quote(given)}" if given else ""
-
-
 # =============================================================================
 # Commands
 # =============================================================================
@@ -95,11 +89,12 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         return client.username, client.device_id
 
     username, device = run(go())
-    flag = _dir_flag(args)
+    flag = dir_flag(args)
     print(f"created account '{render.safe(username)}' (device {device})")
     print(f"  server:   {render.safe(args.server)}")
     print(f"  data dir: {render.safe(str(root))}")
-    print(f"next: sottovoce send NAME TEXT{flag}, sottovoce chat NAME{flag}")
+    program = command_name()
+    print(f"next: {program} send NAME TEXT{flag}, {program} chat NAME{flag}")
     return 0
 
 

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from sottovoce.cli import render
+from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     CliError,
     Connect,
@@ -60,8 +61,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     label, room_id = with_client(args, work)
     shown = render.safe(label)
     print(f"created room '{shown}' ({room_id})")
-    print(f"next: sottovoce room invite {render.quoted_room(shown)} USER, "
-          f"sottovoce chat {render.quoted_room(shown)}")
+    program = command_name()
+    print(f"next: {program} room invite {render.quoted_room(shown)} USER{dir_flag(args)}, "
+          f"{program} chat {render.quoted_room(shown)}{dir_flag(args)}")
     return 0
 
 

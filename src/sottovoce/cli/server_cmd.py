@@ -13,15 +13,13 @@ import asyncio
 import contextlib
 import errno
 import gc
-import os
-import shlex
-import shutil
 import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 from sottovoce import __version__
+from sottovoce.cli.program import command_name
 from sottovoce.errors import UsageError
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
 
@@ -117,18 +115,6 @@ def lock_data_dir(data_dir: Path) -> IO[bytes]:
             "stop it first, or give this one its own --data-dir"
         ) from None
     return handle
-
-
-def command_name(argv0: str | None = None) -> str:
-    """How to run this same `sottovoce` from another terminal (pasteable)."""
-    argv0 = sys.argv[0] if argv0 is None else argv0
-    if argv0.endswith(("__main__.py", "-c")) or not argv0:
-        return f"{shlex.quote(sys.executable)} -m sottovoce"  # started as python -m sottovoce
-    on_path = shutil.which("sottovoce")
-    with contextlib.suppress(OSError):
-        if on_path and os.path.samefile(on_path, argv0):
-            return "sottovoce"
-    return shlex.quote(os.path.abspath(argv0))
 
 
 def banner_commands(url: str, program: str) -> str:
