@@ -83,7 +83,9 @@ def test_table_is_literal_and_every_state_is_reachable() -> None:
     # ENDED accepts exactly what IDLE accepts: a finished call never blocks the next one.
     idle = {e for (s, e) in TRANSITIONS if s is CallState.IDLE}
     ended = {e for (s, e) in TRANSITIONS if s is CallState.ENDED}
-    assert idle == ended == {Event.DIAL, Event.INVITE, Event.ANSWERED_EARLY}
+    assert idle == ended == {
+        Event.DIAL, Event.INVITE, Event.ANSWERED_EARLY, Event.CANCELLED_EARLY
+    }
     # Every event is used somewhere.
     assert {e for (_, e) in TRANSITIONS} == set(Event)
 
@@ -261,6 +263,19 @@ def test_answered_elsewhere_before_the_invite_never_rings() -> None:
     assert state(a1) is state(b1) is CallState.ACTIVE
     assert state(b2) is CallState.IDLE  # never rang
     assert [type(e) for e in b2.errors] == [StaleSignal]  # the late invite, refused
+
+
+def test_a_cancel_that_overtakes_its_invite_means_the_call_never_rings() -> None:
+    # The caller hangs up at once; its cancel reaches bob's devices before the invite.
+    w, a1, b1, b2 = world(delay=lambda s: 300 if isinstance(s.signal, Invite) else 0)
+    dial(w, a1, "bob")
+    a1.machine.hangup(w.now)
+    w.run()
+    assert reasons(a1) == [EndReason.CANCELLED]
+    for late in (b1, b2):
+        assert state(late) is CallState.IDLE  # never rang, so nothing to accept or miss
+        assert [type(e) for e in late.errors] == [StaleSignal]  # the late invite, refused
+        assert not late.missed
 
 
 def test_two_devices_accept_at_once_one_wins_the_other_stops() -> None:

@@ -147,6 +147,7 @@ class Event(Enum):
     PEER_MUTE = "peer_mute"
     ANSWERED_ELSEWHERE = "answered_elsewhere"
     ANSWERED_EARLY = "answered_early"  # ... for a call whose invite is still on its way
+    CANCELLED_EARLY = "cancelled_early"  # the caller's cancel overtook its own invite
     RESTART_OFFER = "restart_offer"
     RESTART_OFFER_IGNORED = "restart_offer_ignored"  # restart glare: ours wins
     RESTART_ANSWER = "restart_answer"
@@ -164,15 +165,18 @@ TRANSITIONS: dict[tuple[CallState, Event], CallState] = {
     (_S.IDLE, _E.DIAL): _S.OUTGOING_RINGING,
     (_S.IDLE, _E.INVITE): _S.INCOMING_RINGING,
     (_S.IDLE, _E.ANSWERED_EARLY): _S.IDLE,
+    (_S.IDLE, _E.CANCELLED_EARLY): _S.IDLE,
     (_S.ENDED, _E.DIAL): _S.OUTGOING_RINGING,
     (_S.ENDED, _E.INVITE): _S.INCOMING_RINGING,
     (_S.ENDED, _E.ANSWERED_EARLY): _S.ENDED,
+    (_S.ENDED, _E.CANCELLED_EARLY): _S.ENDED,
 
     (_S.OUTGOING_RINGING, _E.LOCAL_OFFER): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.MEDIA_STALE): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.PEER_RINGING): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.INVITE_BUSY): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.ANSWERED_EARLY): _S.OUTGOING_RINGING,
+    (_S.OUTGOING_RINGING, _E.CANCELLED_EARLY): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.GLARE_WIN): _S.OUTGOING_RINGING,
     (_S.OUTGOING_RINGING, _E.GLARE_LOSE): _S.CONNECTING,
     (_S.OUTGOING_RINGING, _E.PEER_ACCEPT): _S.CONNECTING,
@@ -185,6 +189,7 @@ TRANSITIONS: dict[tuple[CallState, Event], CallState] = {
     (_S.INCOMING_RINGING, _E.INVITE_BUSY): _S.INCOMING_RINGING,
     (_S.INCOMING_RINGING, _E.INVITE_AGAIN): _S.INCOMING_RINGING,
     (_S.INCOMING_RINGING, _E.ANSWERED_EARLY): _S.INCOMING_RINGING,
+    (_S.INCOMING_RINGING, _E.CANCELLED_EARLY): _S.INCOMING_RINGING,
     (_S.INCOMING_RINGING, _E.ACCEPT): _S.CONNECTING,
     (_S.INCOMING_RINGING, _E.DECLINE): _S.ENDED,
     (_S.INCOMING_RINGING, _E.CANCEL): _S.ENDED,
@@ -196,6 +201,7 @@ TRANSITIONS: dict[tuple[CallState, Event], CallState] = {
     (_S.CONNECTING, _E.MEDIA_STALE): _S.CONNECTING,
     (_S.CONNECTING, _E.INVITE_BUSY): _S.CONNECTING,
     (_S.CONNECTING, _E.ANSWERED_EARLY): _S.CONNECTING,
+    (_S.CONNECTING, _E.CANCELLED_EARLY): _S.CONNECTING,
     (_S.CONNECTING, _E.PEER_RINGING): _S.CONNECTING,
     (_S.CONNECTING, _E.PEER_LATE): _S.CONNECTING,
     (_S.CONNECTING, _E.OFFER): _S.CONNECTING,
@@ -219,6 +225,7 @@ TRANSITIONS: dict[tuple[CallState, Event], CallState] = {
     (_S.ACTIVE, _E.MEDIA_STALE): _S.ACTIVE,
     (_S.ACTIVE, _E.INVITE_BUSY): _S.ACTIVE,
     (_S.ACTIVE, _E.ANSWERED_EARLY): _S.ACTIVE,
+    (_S.ACTIVE, _E.CANCELLED_EARLY): _S.ACTIVE,
     (_S.ACTIVE, _E.PEER_RINGING): _S.ACTIVE,
     (_S.ACTIVE, _E.PEER_LATE): _S.ACTIVE,
     (_S.ACTIVE, _E.CANDIDATES): _S.ACTIVE,
@@ -583,6 +590,18 @@ class CallMachine:
             # (they travel different paths): never ring for it.
             if TRANSITIONS[(self.state, Event.ANSWERED_EARLY)] is not self.state:
                 raise InternalError("answered-early must not change the state")
+            self._recent.append(signal.call_id)
+            return
+        if (
+            isinstance(signal, Cancel)
+            and from_user != self.user
+            and (call is None or call.call_id != signal.call_id)
+            and signal.call_id not in self._recent
+        ):
+            # The caller cancelled a call whose invite has not reached us yet (the
+            # two may be reordered on the way): remember it, so it never rings.
+            if TRANSITIONS[(self.state, Event.CANCELLED_EARLY)] is not self.state:
+                raise InternalError("cancelled-early must not change the state")
             self._recent.append(signal.call_id)
             return
         if call is None or call.call_id != signal.call_id:
