@@ -436,7 +436,10 @@ def test_rfc9420_12_4_2_tampered_update_paths_are_rejected(group: Group) -> None
             broken = replace(
                 node,
                 encrypted_path_secret=(
-                    HPKECiphertext(kem_output=ct.kem_output, ciphertext=ct.ciphertext[:-1] + bytes([ct.ciphertext[-1] ^ 1])),
+                    HPKECiphertext(
+                        kem_output=ct.kem_output,
+                        ciphertext=ct.ciphertext[:-1] + bytes([ct.ciphertext[-1] ^ 1]),
+                    ),
                     *node.encrypted_path_secret[1:],
                 ),
             )
