@@ -41,12 +41,12 @@ from sottovoce.calls.wire import (
     USER,
     Field,
     WireStruct,
-    as_decode_error,
     ascii8,
     enum_u8,
+    vector_of,
 )
 from sottovoce.codec.tls import Reader, Writer
-from sottovoce.errors import DecodeError, UsageError
+from sottovoce.errors import UsageError
 from sottovoce.limits import MAX_ROOM_CALL_SIGNAL_BYTES, MAX_SFU_ID_LEN
 
 #: Janus ids (rooms, feeds) the server derives: lower-case hex, or any short token.
@@ -128,33 +128,18 @@ def _check_suites(suites: object, name: str) -> None:
         raise UsageError(f"{name} is up to {_MAX_SFRAME_SUITES} uint16 values")
 
 
-def _read_suites(r: Reader) -> tuple[int, ...]:
-    suites = r.vector_v(Reader.u16)
-    if len(suites) > _MAX_SFRAME_SUITES:
-        raise DecodeError("too many SFrame suites")
-    return tuple(suites)
-
-
-def _write_suites(w: Writer, suites: tuple[int, ...]) -> None:
-    w.vector_v(suites, Writer.u16)
-
-
 def _check_leaves(leaves: object, name: str) -> None:
     if not isinstance(leaves, tuple) or not all(isinstance(p, LeaveProof) for p in leaves):
         raise UsageError("leaves are LeaveProof values")
 
 
-def _write_leaves(w: Writer, leaves: tuple[LeaveProof, ...]) -> None:
-    def one(w: Writer, p: LeaveProof) -> None:
-        w.u32(p.leaf)
-        w.opaque8(p.signature)
-
-    w.vector_v(leaves, one)
+def _write_leave(w: Writer, p: LeaveProof) -> None:
+    w.u32(p.leaf)
+    w.opaque8(p.signature)
 
 
-@as_decode_error
-def _read_leaves(r: Reader) -> tuple[LeaveProof, ...]:
-    return tuple(r.vector_v(lambda r: LeaveProof(leaf=r.u32(), signature=r.opaque8())))
+def _read_leave(r: Reader) -> LeaveProof:
+    return LeaveProof(leaf=r.u32(), signature=r.opaque8())
 
 
 def _check_feed_id(value: object, name: str) -> None:
@@ -210,7 +195,10 @@ class Join(RoomCallSignal):
     TYPE = RoomSignalType.JOIN
     BODY = (
         ("key_package", OPAQUE),
-        ("sframe_suites", Field(_check_suites, _write_suites, _read_suites)),
+        (
+            "sframe_suites",
+            vector_of(_check_suites, Writer.u16, Reader.u16, most=_MAX_SFRAME_SUITES),
+        ),
     )
     HIDDEN = frozenset({"key_package"})
     key_package: bytes
@@ -242,7 +230,7 @@ class Commit(RoomCallSignal):
         ("epoch", Field(_check_uint(64), Writer.u64, Reader.u64)),
         ("commit", OPAQUE),
         ("welcome", _bytes_field(min_len=0)),
-        ("leaves", Field(_check_leaves, _write_leaves, _read_leaves)),
+        ("leaves", vector_of(_check_leaves, _write_leave, _read_leave)),
     )
     HIDDEN = frozenset({"commit", "welcome"})
     epoch: int
@@ -295,6 +283,7 @@ RoomCallSignal.KINDS = {cls.TYPE: cls for cls in (Start, Join, Commit, Leave, Re
 
 
 # --- inside the call group -------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class CallPayload(WireStruct):

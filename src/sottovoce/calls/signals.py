@@ -37,9 +37,9 @@ from sottovoce.calls.wire import (
     Field,
     Fields,
     WireStruct,
-    as_decode_error,
     ascii_text,
     enum_u8,
+    vector_of,
 )
 from sottovoce.codec.tls import Reader, Writer
 from sottovoce.errors import DecodeError, UsageError
@@ -177,24 +177,17 @@ def _check_fingerprints(fps: object, name: str) -> None:
         raise UsageError("a SHA-256 fingerprint is required")
 
 
-def _write_fingerprints(w: Writer, fps: tuple[Fingerprint, ...]) -> None:
-    def one(w: Writer, f: Fingerprint) -> None:
-        w.u8(f.algorithm)
-        w.opaque8(f.digest)
-
-    w.vector_v(fps, one)
+def _write_fingerprint(w: Writer, f: Fingerprint) -> None:
+    w.u8(f.algorithm)
+    w.opaque8(f.digest)
 
 
-@as_decode_error
-def _read_fingerprints(r: Reader) -> tuple[Fingerprint, ...]:
-    def one(r: Reader) -> Fingerprint:
-        try:
-            algorithm = HashAlgorithm(r.u8())
-        except ValueError:
-            raise DecodeError("unknown fingerprint hash") from None
-        return Fingerprint(algorithm=algorithm, digest=r.opaque8())
-
-    return tuple(r.vector_v(one))
+def _read_fingerprint(r: Reader) -> Fingerprint:
+    try:
+        algorithm = HashAlgorithm(r.u8())
+    except ValueError:
+        raise DecodeError("unknown fingerprint hash") from None
+    return Fingerprint(algorithm=algorithm, digest=r.opaque8())
 
 
 def _check_generation(generation: object, name: str) -> None:
@@ -209,30 +202,19 @@ def _check_candidates(candidates: object, name: str) -> None:
         raise UsageError("candidates must be IceCandidate values")
 
 
-def _write_candidates(w: Writer, candidates: tuple[IceCandidate, ...]) -> None:
-    def one(w: Writer, c: IceCandidate) -> None:
-        w.opaque8(c.mid.encode("ascii"))
-        w.opaque16(c.line.encode("ascii"))
-
-    w.vector_v(candidates, one)
+def _write_candidate(w: Writer, c: IceCandidate) -> None:
+    w.opaque8(c.mid.encode("ascii"))
+    w.opaque16(c.line.encode("ascii"))
 
 
-@as_decode_error
-def _read_candidates(r: Reader) -> tuple[IceCandidate, ...]:
-    candidates = r.vector_v(
-        lambda r: IceCandidate(mid=ascii_text(r.opaque8()), line=ascii_text(r.opaque16()))
-    )
-    if len(candidates) > MAX_CALL_CANDIDATES:
-        raise DecodeError("too many candidates")
-    return tuple(candidates)
+def _read_candidate(r: Reader) -> IceCandidate:
+    return IceCandidate(mid=ascii_text(r.opaque8()), line=ascii_text(r.opaque16()))
 
 
-FINGERPRINTS: Field[tuple[Fingerprint, ...]] = Field(
-    _check_fingerprints, _write_fingerprints, _read_fingerprints
-)
+FINGERPRINTS = vector_of(_check_fingerprints, _write_fingerprint, _read_fingerprint)
 GENERATION: Field[int] = Field(_check_generation, Writer.u16, Reader.u16)
-CANDIDATES: Field[tuple[IceCandidate, ...]] = Field(
-    _check_candidates, _write_candidates, _read_candidates
+CANDIDATES = vector_of(
+    _check_candidates, _write_candidate, _read_candidate, most=MAX_CALL_CANDIDATES
 )
 
 
@@ -308,10 +290,10 @@ _SDP_BODY: Fields = (("nonce", NONCE), ("fingerprints", FINGERPRINTS), ("sdp", S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Offer(CallSignal):
-    """Caller → the accepting device only: the SDP offer, bound to both devices."""
+class _SdpSignal(CallSignal):
+    """What every offer and answer carries: a fresh nonce, the sender's DTLS
+    certificate fingerprints and the SDP they must match (not a signal itself)."""
 
-    TYPE = SignalType.OFFER
     BODY = _SDP_BODY
     nonce: bytes
     fingerprints: tuple[Fingerprint, ...]
@@ -319,40 +301,38 @@ class Offer(CallSignal):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Answer(CallSignal):
+class Offer(_SdpSignal):
+    """Caller → the accepting device only: the SDP offer, bound to both devices."""
+
+    TYPE = SignalType.OFFER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Answer(_SdpSignal):
     """Accepting device → caller: the SDP answer to the offer whose nonce it echoes."""
 
     TYPE = SignalType.ANSWER
     BODY = (("offer_nonce", NONCE), *_SDP_BODY)
     offer_nonce: bytes
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class IceRestartOffer(CallSignal):
+class IceRestartOffer(_SdpSignal):
     """Either side → the other: a new ICE transport for the same call (generation n)."""
 
     TYPE = SignalType.ICE_RESTART_OFFER
     BODY = (("generation", GENERATION), *_SDP_BODY)
     generation: int
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class IceRestartAnswer(CallSignal):
+class IceRestartAnswer(_SdpSignal):
     """The answer to an :class:`IceRestartOffer`, echoing its nonce."""
 
     TYPE = SignalType.ICE_RESTART_ANSWER
     BODY = (("generation", GENERATION), ("offer_nonce", NONCE), *_SDP_BODY)
     generation: int
     offer_nonce: bytes
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

@@ -64,6 +64,29 @@ def as_decode_error(read: Callable[[Reader], T]) -> Callable[[Reader], T]:
     return wrapped
 
 
+def vector_of(
+    check: Callable[[object, str], None],
+    write_one: Callable[[Writer, T], None],
+    read_one: Callable[[Reader], T],
+    *,
+    most: int | None = None,
+) -> Field[tuple[T, ...]]:
+    """A tuple as a TLS vector<V>; ``most`` bounds it before any item is constructed
+    from it, and an item that fails its own checks is bad input."""
+
+    def write(w: Writer, items: tuple[T, ...]) -> None:
+        w.vector_v(items, write_one)
+
+    @as_decode_error
+    def read(r: Reader) -> tuple[T, ...]:
+        items = r.vector_v(read_one)
+        if most is not None and len(items) > most:
+            raise DecodeError("too many items in a vector")
+        return tuple(items)
+
+    return Field(check, write, read)
+
+
 def fixed_bytes(size: int) -> Field[bytes]:
     def check(value: object, name: str) -> None:
         if not isinstance(value, bytes) or len(value) != size:
