@@ -478,6 +478,20 @@ def decode_public(data: bytes) -> PublicMessage | GroupInfo | KeyPackage:
     return decode_mls(_read_public, data)
 
 
+B = TypeVar("B", PublicMessage, GroupInfo, KeyPackage)
+
+
+def _decode_body(data: bytes, kind: type[B], error: type[MlsError], what: str) -> B:
+    """A peer's MLSMessage that must carry a ``kind``: anything else is an ``error``."""
+    try:
+        body = decode_public(data)
+    except MlsDecodeError:
+        raise error(f"the {what} does not decode") from None
+    if not isinstance(body, kind):
+        raise error(f"the message is not a {what}")
+    return body
+
+
 # --- leaf nodes and KeyPackages (§7.3, §10.1) ----------------------------------------
 
 
@@ -594,13 +608,7 @@ def leaf_identity(leaf: LeafNode) -> bytes | None:
 
 def decode_key_package(data: bytes) -> KeyPackage:
     """An MLSMessage(KeyPackage) from a peer; anything else is an :class:`InvalidKeyPackage`."""
-    try:
-        body = decode_public(data)
-    except MlsDecodeError:
-        raise InvalidKeyPackage("the KeyPackage does not decode") from None
-    if not isinstance(body, KeyPackage):
-        raise InvalidKeyPackage("the message is not a KeyPackage")
-    return body
+    return _decode_body(data, KeyPackage, InvalidKeyPackage, "KeyPackage")
 
 
 # --- GroupInfo (§12.4.3) -------------------------------------------------------------------
@@ -649,16 +657,9 @@ def check_group_info(
     ``tree_hash`` and every leaf in it is valid is checked by a joiner (it needs
     the whole tree); the signature binds the tree to the signer either way.
     """
-    if isinstance(data, GroupInfo):
-        info = data
-    else:
-        try:
-            body = decode_public(data)
-        except MlsDecodeError:
-            raise InvalidWelcome("the GroupInfo does not decode") from None
-        if not isinstance(body, GroupInfo):
-            raise InvalidWelcome("the message is not a GroupInfo")
-        info = body
+    info = data if isinstance(data, GroupInfo) else _decode_body(
+        data, GroupInfo, InvalidWelcome, "GroupInfo"
+    )
     context = info.group_context
     if context.version != ProtocolVersion.MLS10:
         raise InvalidWelcome("the GroupInfo names another protocol version")
