@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.labels import verify_with_label
@@ -86,7 +86,6 @@ from sottovoce.mls.messages import (
     Proposal,
     Remove,
     RequiredCapabilities,
-    WireStruct,
     decode_ratchet_tree,
     find_extension,
     make_proposal_ref,
@@ -225,7 +224,6 @@ def read_content(r: Reader, content_type: ContentType) -> Content:
     return Commit.read(r)
 
 
-
 # --- Sender and FramedContent (§6) ------------------------------------------------------
 
 
@@ -311,7 +309,7 @@ class FramedContent(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FramedContentAuthData:
+class FramedContentAuthData(Encodable):
     """RFC 9420 §6.1: the signature, plus the confirmation tag for commits.
 
     Its layout depends on the enclosing content type, so ``read``/``decode``
@@ -325,11 +323,6 @@ class FramedContentAuthData:
         w.opaque_v(self.signature)
         if self.confirmation_tag is not None:
             w.opaque_v(self.confirmation_tag)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader, content_type: ContentType) -> FramedContentAuthData:
@@ -397,7 +390,6 @@ class AuthenticatedContent(WireStruct):
         if self.content.content_type != ContentType.PROPOSAL:
             raise UsageError("only proposal content has a ProposalRef")
         return make_proposal_ref(suite, self.encode())
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
