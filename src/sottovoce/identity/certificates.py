@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
     CertificateExpired,
@@ -136,10 +136,7 @@ class DevicePublicKeys:
         )
 
 
-St = TypeVar("St", bound="_SignedStatement")
-
-
-class _SignedStatement:
+class _SignedStatement(WireStruct):
     """What every statement signed by an account (or recovery) key shares: the
     signed bytes are a domain label followed by the body, and the encoding is the
     body followed by each signature, in ``_SIGNATURES`` order."""
@@ -157,9 +154,9 @@ class _SignedStatement:
         raise NotImplementedError
 
     @classmethod
-    def _signed(cls: type[St], signers: tuple[AccountKey, ...], **body: Any) -> St:
+    def _signed(cls, signers: tuple[AccountKey, ...], **body: Any) -> Self:
         """The statement with ``body``, signed over its :meth:`tbs` by each of ``signers``."""
-        make: Callable[..., St] = cls
+        make: Callable[..., Self] = cls
         tbs = make(**body, **dict.fromkeys(cls._SIGNATURES, b"")).tbs()
         signatures = {f: key.sign(tbs) for f, key in zip(cls._SIGNATURES, signers, strict=True)}
         return make(**body, **signatures)
@@ -176,20 +173,11 @@ class _SignedStatement:
         for name in self._SIGNATURES:
             w.opaque8(getattr(self, name))
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
     @classmethod
-    def read(cls: type[St], r: Reader) -> St:
-        make: Callable[..., St] = cls
+    def read(cls, r: Reader) -> Self:
+        make: Callable[..., Self] = cls
         body = cls._read_body(r)
         return make(**body, **{name: _read_key(r, _SIG_LEN) for name in cls._SIGNATURES})
-
-    @classmethod
-    def decode(cls: type[St], data: bytes) -> St:
-        return decode(cls.read, data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
