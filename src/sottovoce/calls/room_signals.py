@@ -40,7 +40,7 @@ from sottovoce.calls.wire import (
     SDP,
     USER,
     Field,
-    WireStruct,
+    TaggedStruct,
     ascii8,
     enum_u8,
     vector_of,
@@ -156,7 +156,7 @@ SIGNATURE: Field[bytes] = Field(_check_signature, Writer.opaque8, Reader.opaque8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class RoomCallSignal(WireStruct):
+class RoomCallSignal(TaggedStruct):
     """Fields every room-call signal carries; see the module docstring for the layout."""
 
     TYPE: ClassVar[RoomSignalType]
@@ -286,7 +286,7 @@ RoomCallSignal.KINDS = {cls.TYPE: cls for cls in (Start, Join, Commit, Leave, Re
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class CallPayload(WireStruct):
+class CallPayload(TaggedStruct):
     """What call members say to each other inside the call group::
 
     struct { uint8 version = 1; uint8 type; select (type) { ... } } CallPayload;

@@ -36,7 +36,7 @@ from sottovoce.calls.wire import (
     SDP,
     Field,
     Fields,
-    WireStruct,
+    TaggedStruct,
     ascii_text,
     enum_u8,
     vector_of,
@@ -219,7 +219,7 @@ CANDIDATES = vector_of(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class CallSignal(WireStruct):
+class CallSignal(TaggedStruct):
     """Fields every signal carries; see the module docstring for the layout."""
 
     TYPE: ClassVar[SignalType]

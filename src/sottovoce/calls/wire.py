@@ -157,11 +157,11 @@ DEVICE = ascii8(_check_device)
 USER = ascii8(_check_user)
 SDP: Field[str] = Field(_check_sdp, _write_sdp, _read_sdp)
 
-W = TypeVar("W", bound="WireStruct")
+W = TypeVar("W", bound="TaggedStruct")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class WireStruct:
+class TaggedStruct:
     """``struct { uint8 version; uint8 type; HEADER; BODY }``, checked on construction.
 
     A family's root sets ``HEADER`` (what every member carries) and its
@@ -173,7 +173,7 @@ class WireStruct:
     HEADER: ClassVar[Fields] = ()
     BODY: ClassVar[Fields] = ()
     HIDDEN: ClassVar[frozenset[str]] = frozenset()
-    KINDS: ClassVar[Mapping[int, type[WireStruct]]] = {}
+    KINDS: ClassVar[Mapping[int, type[TaggedStruct]]] = {}
     WHAT: ClassVar[str] = "call struct"
     MAX_BYTES: ClassVar[int | None] = None
 
@@ -199,7 +199,7 @@ class WireStruct:
         if cls.MAX_BYTES is not None and len(data) > cls.MAX_BYTES:
             raise DecodeError(f"{cls.WHAT} too large")
 
-        def read(r: Reader) -> WireStruct:
+        def read(r: Reader) -> TaggedStruct:
             if r.u8() != VERSION:
                 raise DecodeError(f"unknown {cls.WHAT} version")
             kind = cls.KINDS.get(r.u8())
