@@ -15,7 +15,7 @@ import contextlib
 import gzip
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,35 @@ def _cell_bytes(value: Any) -> bytes | None:
     return str(value).encode("utf-8", "replace")
 
 
+class _TableScan:
+    """One table being read, row by row, into a batch per column; :meth:`finish`
+    flushes them and records the table's row count (SQLite and PostgreSQL alike)."""
+
+    def __init__(self, item: Scanned, scanner: Scanner, results: Results, table: str,
+                 columns: list[str]) -> None:
+        self._item = item
+        self._table = table
+        self._batches = [_ColumnBatch(scanner, results, item.name, table, c) for c in columns]
+        self.rows = 0
+
+    def add_row(self, where: str, cells: Sequence[object]) -> None:
+        self.rows += 1
+        for batch, value in zip(self._batches, cells, strict=True):
+            raw = _cell_bytes(value)
+            if raw is not None:
+                self._item.bytes += len(raw)
+                batch.add(where, raw)
+
+    def finish(self) -> None:
+        for batch in self._batches:
+            batch.flush()
+        self._item.tables[self._table] = self.rows
+
+
+def _tables_detail(item: Scanned) -> str:
+    return f"{len(item.tables)} tables, {sum(item.tables.values())} rows"
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -265,26 +294,17 @@ def scan_sqlite_tables(path: Path, scanner: Scanner, results: Results) -> None:
             if cur is None:
                 results.problems.append(f"{path}: table {table} could not be read")
                 continue
-            columns = [d[0] for d in cur.description][1:]
-            batches = [_ColumnBatch(scanner, results, str(path), table, c) for c in columns]
-            count = 0
+            scan = _TableScan(item, scanner, results, table, [d[0] for d in cur.description][1:])
             for row in cur:
-                count += 1
-                where = f"rowid {row[0]}" if row[0] is not None else f"row #{count}"
-                for batch, value in zip(batches, row[1:], strict=True):
-                    raw = _cell_bytes(value)
-                    if raw is not None:
-                        item.bytes += len(raw)
-                        batch.add(where, raw)
-            for batch in batches:
-                batch.flush()
-            item.tables[table] = count
+                scan.add_row(f"rowid {row[0]}" if row[0] is not None else f"row #{scan.rows + 1}",
+                             row[1:])
+            scan.finish()
     except sqlite3.Error as exc:
         results.problems.append(f"{path}: tables could not be read ({exc})")
         return
     finally:
         db.close()
-    item.detail = f"{len(item.tables)} tables, {sum(item.tables.values())} rows"
+    item.detail = _tables_detail(item)
     results.scanned.append(item)
 
 
@@ -350,30 +370,22 @@ async def scan_postgres(dsn: str, scanner: Scanner, results: Results) -> None:
                 )
                 # Names from the catalogue, quoted by _quote_ident.
                 query = f"SELECT ctid::text{', ' + select if select else ''} FROM {qualified}"  # noqa: S608
-                batches = [_ColumnBatch(scanner, results, name, label, c) for c, _ in wanted]
-                count = 0
+                scan = _TableScan(item, scanner, results, label, [c for c, _ in wanted])
                 try:
                     # A savepoint: a table dropped meanwhile does not end the whole scan.
                     async with conn.transaction():
                         async for row in conn.cursor(query, prefetch=1000):
-                            count += 1
-                            for batch, value in zip(batches, list(row)[1:], strict=True):
-                                raw = _cell_bytes(value)
-                                if raw is not None:
-                                    item.bytes += len(raw)
-                                    batch.add(f"ctid {row[0]}", raw)
+                            scan.add_row(f"ctid {row[0]}", list(row)[1:])
                 except asyncpg.PostgresError as exc:
                     results.problems.append(f"{name}: table {label} could not be read ({exc})")
                     continue
-                for batch in batches:
-                    batch.flush()
-                item.tables[label] = count
+                scan.finish()
     except asyncpg.PostgresError as exc:
         results.problems.append(f"{name}: PostgreSQL scan failed ({exc})")
         return
     finally:
         await conn.close()
-    item.detail = f"{len(item.tables)} tables, {sum(item.tables.values())} rows" + (
+    item.detail = _tables_detail(item) + (
         f" (schemas {', '.join(schemas)}, from the DSN's search_path)" if schemas else ""
     )
     results.scanned.append(item)

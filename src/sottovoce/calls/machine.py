@@ -250,6 +250,13 @@ _CANCEL_ENDS = {
     CancelReason.GLARE: EndReason.SUPERSEDED,
 }
 
+#: A callee device that refuses a call: the event, what the caller's other callee
+#: devices are told, and how the call ends for the caller.
+_REFUSALS: dict[type[CallSignal], tuple[Event, CancelReason, EndReason]] = {
+    Decline: (Event.PEER_DECLINE, CancelReason.DECLINED, EndReason.PEER_DECLINED),
+    Busy: (Event.PEER_BUSY, CancelReason.BUSY, EndReason.BUSY),
+}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRecord:
@@ -748,20 +755,14 @@ class CallMachine:
                 return self._flush_offer(call, step)
 
             self._apply(Event.PEER_ACCEPT, accepted)
-        elif isinstance(signal, Decline):
+        elif isinstance(signal, Decline | Busy):
+            event, cancel, end = _REFUSALS[type(signal)]
 
-            def declined(call: CallRecord, step: _Step) -> CallRecord:
-                self._cancel_others(step, call, CancelReason.DECLINED, skip=device)
-                return self._end(call, step, EndReason.PEER_DECLINED)
+            def refused(call: CallRecord, step: _Step) -> CallRecord:
+                self._cancel_others(step, call, cancel, skip=device)
+                return self._end(call, step, end)
 
-            self._apply(Event.PEER_DECLINE, declined)
-        elif isinstance(signal, Busy):
-
-            def busy(call: CallRecord, step: _Step) -> CallRecord:
-                self._cancel_others(step, call, CancelReason.BUSY, skip=device)
-                return self._end(call, step, EndReason.BUSY)
-
-            self._apply(Event.PEER_BUSY, busy)
+            self._apply(event, refused)
         elif call.selected is None:
             raise BindingError("the signal comes from a device that has not answered")
         elif isinstance(signal, Answer):

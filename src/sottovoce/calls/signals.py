@@ -24,25 +24,31 @@ the certificate each DTLS handshake presents against them (docs/calls.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.calls.wire import (
+    BOOL,
+    CALL_ID,
+    DEVICE,
+    NONCE,
+    SDP,
+    Field,
+    Fields,
+    TaggedStruct,
+    ascii_text,
+    enum_u8,
+    vector_of,
+)
+from sottovoce.codec.tls import Reader, Writer
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import (
-    CALL_ID_BYTES,
-    CALL_NONCE_BYTES,
-    DEVICE_ID_MAX_LEN,
     MAX_CALL_CANDIDATE_BYTES,
     MAX_CALL_CANDIDATES,
     MAX_CALL_ICE_RESTARTS,
-    MAX_CALL_SDP_BYTES,
 )
 
-_VERSION = 1
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 #: RFC 8843 §7: a MID is a short token; aiortc uses "0", "1", ...; browsers the same.
 _MID_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 #: RFC 8839 §5.1: a candidate attribute value; printable ASCII, no line breaks.
@@ -158,122 +164,7 @@ class IceCandidate:
             raise UsageError("bad candidate line")
 
 
-S = TypeVar("S", bound="CallSignal")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class CallSignal:
-    """Fields every signal carries; see the module docstring for the layout."""
-
-    TYPE: ClassVar[SignalType]
-
-    call_id: bytes
-    from_device: str
-    to_device: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.call_id, bytes) or len(self.call_id) != CALL_ID_BYTES:
-            raise UsageError(f"a call id is {CALL_ID_BYTES} bytes")
-        for device in (self.from_device, self.to_device):
-            if (
-                not isinstance(device, str)
-                or not 1 <= len(device) <= DEVICE_ID_MAX_LEN
-                or not _DEVICE_ID_RE.fullmatch(device)
-            ):
-                raise UsageError("bad device id in a call signal")
-        self._check_body()
-
-    def _check_body(self) -> None:
-        """Each body validates itself on construction, so a malformed signal cannot exist."""
-
-    def _write_body(self, w: Writer) -> None:
-        """Bodiless signals write nothing."""
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {}
-
-    def encode(self) -> bytes:
-        w = Writer()
-        w.u8(_VERSION)
-        w.u8(self.TYPE)
-        w.raw(self.call_id)
-        w.opaque8(self.from_device.encode("ascii"))
-        w.opaque8(self.to_device.encode("ascii"))
-        self._write_body(w)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls: type[S], data: bytes) -> S:
-        """Decode any signal (on ``CallSignal``) or one kind (on a subclass).
-
-        Only :class:`~sottovoce.errors.DecodeError` escapes.
-        """
-
-        def read(r: Reader) -> CallSignal:
-            if r.u8() != _VERSION:
-                raise DecodeError("unknown call signal version")
-            kind = _CLASSES.get(r.u8())
-            if kind is None:
-                raise DecodeError("unknown call signal type")
-            header: dict[str, Any] = {
-                "call_id": r.raw(CALL_ID_BYTES),
-                "from_device": _ascii(r.opaque8()),
-                "to_device": _ascii(r.opaque8()),
-            }
-            body = kind._read_body(r)
-            try:
-                return kind(**header, **body)
-            except UsageError as exc:  # self-validation of a decoded value
-                raise DecodeError(str(exc)) from None
-
-        signal = decode(read, data)
-        if not isinstance(signal, cls):
-            raise DecodeError(f"expected a {cls.__name__} signal")
-        return signal
-
-    def describe(self) -> str:
-        """Type and call id only: safe for logs (no SDP, candidate or fingerprint)."""
-        return f"{type(self).__name__}(call={self.call_id.hex()[:8]})"
-
-    def __repr__(self) -> str:
-        # SDPs and candidates hold addresses, fingerprints name a call's certificate:
-        # keep them out of reprs, logs and tracebacks.
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("sdp", "candidates", "fingerprints"):
-                shown.append(f"{f.name}=<redacted>")
-            elif isinstance(value, bytes):
-                shown.append(f"{f.name}={value.hex()[:16]}")
-            else:
-                shown.append(f"{f.name}={value!r}")
-        return f"{type(self).__name__}({', '.join(shown)})"
-
-
-def _ascii(raw: bytes) -> str:
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise DecodeError("non-ASCII identifier") from None
-
-
-def _enum(make: Callable[[int], IntEnum], value: int) -> IntEnum:
-    try:
-        return make(value)
-    except ValueError:
-        raise DecodeError("unknown enum value") from None
-
-
-# --- shared pieces of bodies ---------------------------------------------------
-
-
-def _check_nonce(value: object, name: str) -> None:
-    if not isinstance(value, bytes) or len(value) != CALL_NONCE_BYTES:
-        raise UsageError(f"{name} is {CALL_NONCE_BYTES} bytes")
-
-
-def _check_fingerprints(fps: object) -> None:
+def _check_fingerprints(fps: object, name: str) -> None:
     if not isinstance(fps, tuple) or not 1 <= len(fps) <= len(HashAlgorithm):
         raise UsageError("between one and three fingerprints")
     if not all(isinstance(f, Fingerprint) for f in fps):
@@ -286,48 +177,65 @@ def _check_fingerprints(fps: object) -> None:
         raise UsageError("a SHA-256 fingerprint is required")
 
 
-def _check_sdp(sdp: object) -> None:
-    if not isinstance(sdp, str) or not sdp:
-        raise UsageError("an SDP is a non-empty string")
-    if len(sdp.encode("utf-8", "surrogatepass")) > MAX_CALL_SDP_BYTES or "\x00" in sdp:
-        raise UsageError("SDP too large or not text")
+def _write_fingerprint(w: Writer, f: Fingerprint) -> None:
+    w.u8(f.algorithm)
+    w.opaque8(f.digest)
 
 
-def _check_generation(generation: object) -> None:
+def _read_fingerprint(r: Reader) -> Fingerprint:
+    try:
+        algorithm = HashAlgorithm(r.u8())
+    except ValueError:
+        raise DecodeError("unknown fingerprint hash") from None
+    return Fingerprint(algorithm=algorithm, digest=r.opaque8())
+
+
+def _check_generation(generation: object, name: str) -> None:
     if not isinstance(generation, int) or not 0 <= generation <= MAX_CALL_ICE_RESTARTS:
         raise UsageError("ICE generation out of range")
 
 
-def _write_fingerprints(w: Writer, fps: tuple[Fingerprint, ...]) -> None:
-    def one(w: Writer, f: Fingerprint) -> None:
-        w.u8(f.algorithm)
-        w.opaque8(f.digest)
-
-    w.vector_v(fps, one)
-
-
-def _read_fingerprints(r: Reader) -> tuple[Fingerprint, ...]:
-    def one(r: Reader) -> Fingerprint:
-        try:
-            algorithm = HashAlgorithm(r.u8())
-        except ValueError:
-            raise DecodeError("unknown fingerprint hash") from None
-        return Fingerprint(algorithm=algorithm, digest=r.opaque8())
-
-    try:
-        return tuple(r.vector_v(one))
-    except UsageError as exc:
-        raise DecodeError(str(exc)) from None
+def _check_candidates(candidates: object, name: str) -> None:
+    if not isinstance(candidates, tuple) or len(candidates) > MAX_CALL_CANDIDATES:
+        raise UsageError(f"at most {MAX_CALL_CANDIDATES} candidates per signal")
+    if not all(isinstance(c, IceCandidate) for c in candidates):
+        raise UsageError("candidates must be IceCandidate values")
 
 
-def _read_sdp(r: Reader) -> str:
-    raw = r.opaque_v()
-    if len(raw) > MAX_CALL_SDP_BYTES:
-        raise DecodeError("SDP too large")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError("SDP is not UTF-8") from None
+def _write_candidate(w: Writer, c: IceCandidate) -> None:
+    w.opaque8(c.mid.encode("ascii"))
+    w.opaque16(c.line.encode("ascii"))
+
+
+def _read_candidate(r: Reader) -> IceCandidate:
+    return IceCandidate(mid=ascii_text(r.opaque8()), line=ascii_text(r.opaque16()))
+
+
+FINGERPRINTS = vector_of(_check_fingerprints, _write_fingerprint, _read_fingerprint)
+GENERATION: Field[int] = Field(_check_generation, Writer.u16, Reader.u16)
+CANDIDATES = vector_of(
+    _check_candidates, _write_candidate, _read_candidate, most=MAX_CALL_CANDIDATES
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class CallSignal(TaggedStruct):
+    """Fields every signal carries; see the module docstring for the layout."""
+
+    TYPE: ClassVar[SignalType]
+    HEADER = (("call_id", CALL_ID), ("from_device", DEVICE), ("to_device", DEVICE))
+    # SDPs and candidates hold addresses, fingerprints name a call's certificate:
+    # keep them out of reprs, logs and tracebacks.
+    HIDDEN = frozenset({"sdp", "candidates", "fingerprints"})
+    WHAT = "call signal"
+
+    call_id: bytes
+    from_device: str
+    to_device: str
+
+    def describe(self) -> str:
+        """Type and call id only: safe for logs (no SDP, candidate or fingerprint)."""
+        return f"{type(self).__name__}(call={self.call_id.hex()[:8]})"
 
 
 # --- the signals ---------------------------------------------------------------
@@ -339,18 +247,8 @@ class Invite(CallSignal):
     answers never learns the caller's addresses."""
 
     TYPE = SignalType.INVITE
+    BODY = (("video", BOOL),)
     video: bool
-
-    def _check_body(self) -> None:
-        if not isinstance(self.video, bool):
-            raise UsageError("video is a bool")
-
-    def _write_body(self, w: Writer) -> None:
-        w.boolean(self.video)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"video": r.boolean()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -388,132 +286,53 @@ class AnsweredElsewhere(CallSignal):
     TYPE = SignalType.ANSWERED_ELSEWHERE
 
 
+_SDP_BODY: Fields = (("nonce", NONCE), ("fingerprints", FINGERPRINTS), ("sdp", SDP))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Offer(CallSignal):
+class _SdpSignal(CallSignal):
+    """What every offer and answer carries: a fresh nonce, the sender's DTLS
+    certificate fingerprints and the SDP they must match (not a signal itself)."""
+
+    BODY = _SDP_BODY
+    nonce: bytes
+    fingerprints: tuple[Fingerprint, ...]
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Offer(_SdpSignal):
     """Caller → the accepting device only: the SDP offer, bound to both devices."""
 
     TYPE = SignalType.OFFER
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
-
-    def _check_body(self) -> None:
-        _check_nonce(self.nonce, "nonce")
-        _check_fingerprints(self.fingerprints)
-        _check_sdp(self.sdp)
-
-    def _write_body(self, w: Writer) -> None:
-        w.raw(self.nonce)
-        _write_fingerprints(w, self.fingerprints)
-        w.opaque_v(self.sdp.encode("utf-8"))
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {
-            "nonce": r.raw(CALL_NONCE_BYTES),
-            "fingerprints": _read_fingerprints(r),
-            "sdp": _read_sdp(r),
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Answer(CallSignal):
+class Answer(_SdpSignal):
     """Accepting device → caller: the SDP answer to the offer whose nonce it echoes."""
 
     TYPE = SignalType.ANSWER
+    BODY = (("offer_nonce", NONCE), *_SDP_BODY)
     offer_nonce: bytes
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
-
-    def _check_body(self) -> None:
-        _check_nonce(self.offer_nonce, "offer_nonce")
-        _check_nonce(self.nonce, "nonce")
-        _check_fingerprints(self.fingerprints)
-        _check_sdp(self.sdp)
-
-    def _write_body(self, w: Writer) -> None:
-        w.raw(self.offer_nonce)
-        w.raw(self.nonce)
-        _write_fingerprints(w, self.fingerprints)
-        w.opaque_v(self.sdp.encode("utf-8"))
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {
-            "offer_nonce": r.raw(CALL_NONCE_BYTES),
-            "nonce": r.raw(CALL_NONCE_BYTES),
-            "fingerprints": _read_fingerprints(r),
-            "sdp": _read_sdp(r),
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class IceRestartOffer(CallSignal):
+class IceRestartOffer(_SdpSignal):
     """Either side → the other: a new ICE transport for the same call (generation n)."""
 
     TYPE = SignalType.ICE_RESTART_OFFER
+    BODY = (("generation", GENERATION), *_SDP_BODY)
     generation: int
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
-
-    def _check_body(self) -> None:
-        _check_generation(self.generation)
-        _check_nonce(self.nonce, "nonce")
-        _check_fingerprints(self.fingerprints)
-        _check_sdp(self.sdp)
-
-    def _write_body(self, w: Writer) -> None:
-        w.u16(self.generation)
-        w.raw(self.nonce)
-        _write_fingerprints(w, self.fingerprints)
-        w.opaque_v(self.sdp.encode("utf-8"))
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {
-            "generation": r.u16(),
-            "nonce": r.raw(CALL_NONCE_BYTES),
-            "fingerprints": _read_fingerprints(r),
-            "sdp": _read_sdp(r),
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class IceRestartAnswer(CallSignal):
+class IceRestartAnswer(_SdpSignal):
     """The answer to an :class:`IceRestartOffer`, echoing its nonce."""
 
     TYPE = SignalType.ICE_RESTART_ANSWER
+    BODY = (("generation", GENERATION), ("offer_nonce", NONCE), *_SDP_BODY)
     generation: int
     offer_nonce: bytes
-    nonce: bytes
-    fingerprints: tuple[Fingerprint, ...]
-    sdp: str
-
-    def _check_body(self) -> None:
-        _check_generation(self.generation)
-        _check_nonce(self.offer_nonce, "offer_nonce")
-        _check_nonce(self.nonce, "nonce")
-        _check_fingerprints(self.fingerprints)
-        _check_sdp(self.sdp)
-
-    def _write_body(self, w: Writer) -> None:
-        w.u16(self.generation)
-        w.raw(self.offer_nonce)
-        w.raw(self.nonce)
-        _write_fingerprints(w, self.fingerprints)
-        w.opaque_v(self.sdp.encode("utf-8"))
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {
-            "generation": r.u16(),
-            "offer_nonce": r.raw(CALL_NONCE_BYTES),
-            "nonce": r.raw(CALL_NONCE_BYTES),
-            "fingerprints": _read_fingerprints(r),
-            "sdp": _read_sdp(r),
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -521,41 +340,14 @@ class IceCandidates(CallSignal):
     """Trickle ICE (RFC 8838): more candidates for transport generation n."""
 
     TYPE = SignalType.ICE_CANDIDATES
+    BODY = (("generation", GENERATION), ("candidates", CANDIDATES), ("complete", BOOL))
     generation: int
     candidates: tuple[IceCandidate, ...]
     complete: bool
 
     def _check_body(self) -> None:
-        _check_generation(self.generation)
-        if not isinstance(self.candidates, tuple) or len(self.candidates) > MAX_CALL_CANDIDATES:
-            raise UsageError(f"at most {MAX_CALL_CANDIDATES} candidates per signal")
-        if not all(isinstance(c, IceCandidate) for c in self.candidates):
-            raise UsageError("candidates must be IceCandidate values")
-        if not isinstance(self.complete, bool) or not (self.candidates or self.complete):
+        if not (self.candidates or self.complete):
             raise UsageError("a candidates signal carries candidates or end-of-candidates")
-
-    def _write_body(self, w: Writer) -> None:
-        def one(w: Writer, c: IceCandidate) -> None:
-            w.opaque8(c.mid.encode("ascii"))
-            w.opaque16(c.line.encode("ascii"))
-
-        w.u16(self.generation)
-        w.vector_v(self.candidates, one)
-        w.boolean(self.complete)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        def one(r: Reader) -> IceCandidate:
-            try:
-                return IceCandidate(mid=_ascii(r.opaque8()), line=_ascii(r.opaque16()))
-            except UsageError as exc:
-                raise DecodeError(str(exc)) from None
-
-        generation = r.u16()
-        candidates = r.vector_v(one)
-        if len(candidates) > MAX_CALL_CANDIDATES:
-            raise DecodeError("too many candidates")
-        return {"generation": generation, "candidates": tuple(candidates), "complete": r.boolean()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -563,18 +355,8 @@ class Hangup(CallSignal):
     """Either side → the other, once the call is set up or being set up: it is over."""
 
     TYPE = SignalType.HANGUP
+    BODY = (("reason", enum_u8(HangupReason)),)
     reason: HangupReason
-
-    def _check_body(self) -> None:
-        if not isinstance(self.reason, HangupReason):
-            raise UsageError("reason is a HangupReason")
-
-    def _write_body(self, w: Writer) -> None:
-        w.u8(self.reason)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"reason": _enum(HangupReason, r.u8())}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -582,18 +364,8 @@ class Cancel(CallSignal):
     """Caller → a callee device that is (or may be) still ringing: stop."""
 
     TYPE = SignalType.CANCEL
+    BODY = (("reason", enum_u8(CancelReason)),)
     reason: CancelReason
-
-    def _check_body(self) -> None:
-        if not isinstance(self.reason, CancelReason):
-            raise UsageError("reason is a CancelReason")
-
-    def _write_body(self, w: Writer) -> None:
-        w.u8(self.reason)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"reason": _enum(CancelReason, r.u8())}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -601,22 +373,10 @@ class MuteState(CallSignal):
     """Either side → the other: what the sender is sending now (for the peer's UI)."""
 
     TYPE = SignalType.MUTE_STATE
+    BODY = (("audio_muted", BOOL), ("camera_on", BOOL), ("screen_on", BOOL))
     audio_muted: bool
     camera_on: bool
     screen_on: bool
-
-    def _check_body(self) -> None:
-        if not all(isinstance(v, bool) for v in (self.audio_muted, self.camera_on, self.screen_on)):
-            raise UsageError("mute flags are bools")
-
-    def _write_body(self, w: Writer) -> None:
-        w.boolean(self.audio_muted)
-        w.boolean(self.camera_on)
-        w.boolean(self.screen_on)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"audio_muted": r.boolean(), "camera_on": r.boolean(), "screen_on": r.boolean()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -624,21 +384,11 @@ class RecordingConsent(CallSignal):
     """Either side → the other: ask for, give, or refuse/withdraw consent to record."""
 
     TYPE = SignalType.RECORDING_CONSENT
+    BODY = (("state", enum_u8(ConsentState)),)
     state: ConsentState
 
-    def _check_body(self) -> None:
-        if not isinstance(self.state, ConsentState):
-            raise UsageError("state is a ConsentState")
 
-    def _write_body(self, w: Writer) -> None:
-        w.u8(self.state)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"state": _enum(ConsentState, r.u8())}
-
-
-_CLASSES: dict[int, type[CallSignal]] = {
+CallSignal.KINDS = {
     cls.TYPE: cls
     for cls in (
         Invite,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import MAX_TEXT_BYTES
 from sottovoce.pairwise.padding import pad, unpad
@@ -42,37 +42,32 @@ def text_body(text: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Payload:
+class Payload(WireStruct):
     message_id: str
     conversation_id: str
     content_type: str
     created_at_ms: int
     body: bytes
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.u8(_VERSION)
         w.opaque8(self.message_id.encode("ascii"))
         w.opaque8(self.conversation_id.encode("ascii"))
         w.opaque8(self.content_type.encode("ascii"))
         w.u64(self.created_at_ms)
         w.opaque_v(self.body)
-        return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> Payload:
-        def read(r: Reader) -> Payload:
-            if r.u8() != _VERSION:
-                raise DecodeError("unknown payload version")
-            return cls(
-                message_id=r.opaque8().decode("ascii"),
-                conversation_id=r.opaque8().decode("ascii"),
-                content_type=r.opaque8().decode("ascii"),
-                created_at_ms=r.u64(),
-                body=r.opaque_v(),
-            )
-
-        return decode(read, data)
+    def read(cls, r: Reader) -> Payload:
+        if r.u8() != _VERSION:
+            raise DecodeError("unknown payload version")
+        return cls(
+            message_id=r.opaque8().decode("ascii"),
+            conversation_id=r.opaque8().decode("ascii"),
+            content_type=r.opaque8().decode("ascii"),
+            created_at_ms=r.u64(),
+            body=r.opaque_v(),
+        )
 
     def encode_padded(self) -> bytes:
         """The encoding padded to its size bucket (for MLS application data)."""

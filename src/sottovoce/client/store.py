@@ -33,7 +33,7 @@ from typing import IO, Any
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from sottovoce.client.errors import StoreError, WrongPassphrase
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.kdf import Hash, hkdf, hmac
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sealed import open_record, seal_record
@@ -200,7 +200,7 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Body:
+class _Body(WireStruct):
     peer: str
     sender: str
     sender_device: str
@@ -210,8 +210,7 @@ class _Body:
     local_at_ms: int
     text: str
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.u8(1)
         for name in (self.peer, self.sender, self.sender_device, self.content_type):
             w.opaque8(name.encode("utf-8"))
@@ -219,26 +218,22 @@ class _Body:
         w.u64(self.server_received_ms)
         w.u64(self.local_at_ms)
         w.opaque_v(self.text.encode("utf-8"))
-        return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> _Body:
-        def read(r: Reader) -> _Body:
-            if r.u8() != 1:
-                raise DecodeError("unknown message record version")
-            peer, sender, device, ctype = (r.opaque8().decode("utf-8") for _ in range(4))
-            return cls(
-                peer=peer,
-                sender=sender,
-                sender_device=device,
-                content_type=ctype,
-                client_created_ms=r.u64(),
-                server_received_ms=r.u64(),
-                local_at_ms=r.u64(),
-                text=r.opaque_v().decode("utf-8"),
-            )
-
-        return decode(read, data)
+    def read(cls, r: Reader) -> _Body:
+        if r.u8() != 1:
+            raise DecodeError("unknown message record version")
+        peer, sender, device, ctype = (r.opaque8().decode("utf-8") for _ in range(4))
+        return cls(
+            peer=peer,
+            sender=sender,
+            sender_device=device,
+            content_type=ctype,
+            client_created_ms=r.u64(),
+            server_received_ms=r.u64(),
+            local_at_ms=r.u64(),
+            text=r.opaque_v().decode("utf-8"),
+        )
 
 
 def _write_cert(w: Writer, item: tuple[str, DeviceCertificate]) -> None:
@@ -247,7 +242,7 @@ def _write_cert(w: Writer, item: tuple[str, DeviceCertificate]) -> None:
 
 
 @dataclass(slots=True, kw_only=True)
-class Contact:
+class Contact(WireStruct):
     """What we know about a user: the pinned account key (TOFU) and verified devices."""
 
     username: str
@@ -257,8 +252,7 @@ class Contact:
     certificates: dict[str, DeviceCertificate] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.u8(1)
         w.opaque8(self.username.encode("ascii"))
         w.opaque8(self.account_key)
@@ -266,31 +260,27 @@ class Contact:
         w.boolean(self.verified)
         w.vector_v(sorted(self.certificates.items()), _write_cert)
         w.vector_v(sorted(self.revoked), lambda w2, d: w2.opaque8(d.encode("ascii")))
-        return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> Contact:
-        def read(r: Reader) -> Contact:
-            if r.u8() != 1:
-                raise DecodeError("unknown contact record version")
-            username = r.opaque8().decode("ascii")
-            account_key = r.opaque8()
-            pinned = r.u64()
-            verified = r.boolean()
-            certs = r.vector_v(
-                lambda r2: (r2.opaque8().decode("ascii"), DeviceCertificate.decode(r2.opaque_v()))
-            )
-            revoked = r.vector_v(lambda r2: r2.opaque8().decode("ascii"))
-            return cls(
-                username=username,
-                account_key=account_key,
-                pinned_at_ms=pinned,
-                verified=verified,
-                certificates=dict(certs),
-                revoked=set(revoked),
-            )
-
-        return decode(read, data)
+    def read(cls, r: Reader) -> Contact:
+        if r.u8() != 1:
+            raise DecodeError("unknown contact record version")
+        username = r.opaque8().decode("ascii")
+        account_key = r.opaque8()
+        pinned = r.u64()
+        verified = r.boolean()
+        certs = r.vector_v(
+            lambda r2: (r2.opaque8().decode("ascii"), DeviceCertificate.decode(r2.opaque_v()))
+        )
+        revoked = r.vector_v(lambda r2: r2.opaque8().decode("ascii"))
+        return cls(
+            username=username,
+            account_key=account_key,
+            pinned_at_ms=pinned,
+            verified=verified,
+            certificates=dict(certs),
+            revoked=set(revoked),
+        )
 
 
 @dataclass(frozen=True, slots=True)

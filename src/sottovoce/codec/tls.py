@@ -18,7 +18,7 @@ Rules enforced in one place (after aioquic's ``pull_block``):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import MAX_DECODE_BYTES, MAX_DECODE_ITEMS, VARINT_MAX
@@ -266,3 +266,40 @@ def decode(read: Callable[[Reader], T], data: bytes) -> T:
         # reader that recurses.
         raise DecodeError(f"malformed input ({type(exc).__name__})") from None
     return value
+
+
+class Encodable:
+    """``encode`` once for every struct that can ``write`` itself."""
+
+    __slots__ = ()
+
+    def write(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.getvalue()
+
+
+class WireStruct(Encodable):
+    """``encode``/``decode`` once for every struct that can ``write`` itself and
+    ``read`` one: decoding consumes exactly the input and raises only ``DecodeError``.
+    (A struct whose layout depends on its context, say a content type, is only
+    :class:`Encodable` and reads with that context given.)"""
+
+    __slots__ = ()
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Decode exactly ``data``; raises only ``DecodeError``."""
+        return decode(cls.read, data)
+
+
+def write_struct(w: Writer, item: WireStruct) -> None:
+    """``Writer.vector_v``/``optional`` callback for any :class:`WireStruct`."""
+    item.write(w)

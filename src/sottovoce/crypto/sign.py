@@ -33,6 +33,19 @@ _CURVES: dict[SignatureScheme, tuple[ec.EllipticCurve, hashes.HashAlgorithm, int
     SignatureScheme.ECDSA_SECP521R1_SHA512: (ec.SECP521R1(), hashes.SHA512(), 66),
 }
 
+#: EdDSA (RFC 8032): private key class, public key class, private key size.
+_EDDSA: dict[
+    SignatureScheme,
+    tuple[
+        type[ed25519.Ed25519PrivateKey] | type[ed448.Ed448PrivateKey],
+        type[ed25519.Ed25519PublicKey] | type[ed448.Ed448PublicKey],
+        int,
+    ],
+] = {
+    SignatureScheme.ED25519: (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey, 32),
+    SignatureScheme.ED448: (ed448.Ed448PrivateKey, ed448.Ed448PublicKey, 57),
+}
+
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 _RAW_PRIV = serialization.PrivateFormat.Raw
@@ -43,10 +56,8 @@ def _private_from_bytes(
     scheme: SignatureScheme, data: bytes
 ) -> ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | ec.EllipticCurvePrivateKey:
     try:
-        if scheme is SignatureScheme.ED25519:
-            return ed25519.Ed25519PrivateKey.from_private_bytes(data)
-        if scheme is SignatureScheme.ED448:
-            return ed448.Ed448PrivateKey.from_private_bytes(data)
+        if scheme in _EDDSA:
+            return _EDDSA[scheme][0].from_private_bytes(data)
         curve, _, size = _CURVES[scheme]
         # Some encoders drop leading zero octets of the scalar; accept up to the size.
         if not 0 < len(data) <= size:
@@ -60,10 +71,8 @@ def _public_from_bytes(
     scheme: SignatureScheme, data: bytes
 ) -> ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | ec.EllipticCurvePublicKey:
     try:
-        if scheme is SignatureScheme.ED25519:
-            return ed25519.Ed25519PublicKey.from_public_bytes(data)
-        if scheme is SignatureScheme.ED448:
-            return ed448.Ed448PublicKey.from_public_bytes(data)
+        if scheme in _EDDSA:
+            return _EDDSA[scheme][1].from_public_bytes(data)
         curve, _, _ = _CURVES[scheme]
         return ec.EllipticCurvePublicKey.from_encoded_point(curve, data)
     except ValueError:
@@ -128,10 +137,8 @@ class SigningKey:
 
     @classmethod
     def generate(cls, scheme: SignatureScheme, rng: Random) -> SigningKey:
-        if scheme is SignatureScheme.ED25519:
-            return cls(scheme, rng(32))
-        if scheme is SignatureScheme.ED448:
-            return cls(scheme, rng(57))
+        if scheme in _EDDSA:
+            return cls(scheme, rng(_EDDSA[scheme][2]))
         _, _, size = _CURVES[scheme]
         order = _ORDERS[scheme]
         while True:  # rejection sampling for a uniform scalar in [1, n-1]

@@ -14,10 +14,11 @@ signature made for one structure can never be replayed as another.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
     CertificateExpired,
@@ -86,22 +87,19 @@ def _read_key(r: Reader, length: int = _ED25519_LEN) -> bytes:
 
 def _verify_account_statement(
     what: str,
-    *,
-    signed_by: bytes,
-    signed_for: str,
-    tbs: bytes,
-    signature: bytes,
-    account_key: bytes,
+    statement: DeviceCertificate | RevocationStatement | AccountDeletion,
+    account_key: bytes | None,
     username: str | None,
 ) -> None:
     """The checks every statement of the account key shares: the expected key and
-    username, then the signature. Raises :class:`IdentityError` naming ``what``."""
-    if account_key != signed_by:
+    username (each when given), then the signature. Raises :class:`IdentityError`
+    naming ``what``."""
+    if account_key is not None and account_key != statement.account_key:
         raise IdentityError(f"{what} is signed by a different account key")
-    if username is not None and username != signed_for:
+    if username is not None and username != statement.username:
         raise IdentityError(f"{what} is for a different username")
     try:
-        ed25519_verify(signed_by, tbs, signature)
+        ed25519_verify(statement.account_key, statement.tbs(), statement.signature)
     except SignatureError:
         raise IdentityError(f"{what} signature is invalid") from None
 
@@ -138,8 +136,53 @@ class DevicePublicKeys:
         )
 
 
+class _SignedStatement(WireStruct):
+    """What every statement signed by an account (or recovery) key shares: the
+    signed bytes are a domain label followed by the body, and the encoding is the
+    body followed by each signature, in ``_SIGNATURES`` order."""
+
+    __slots__ = ()
+    _DOMAIN: ClassVar[bytes]
+    #: The signature fields, in wire order; the i-th key given to :meth:`_signed` makes the i-th.
+    _SIGNATURES: ClassVar[tuple[str, ...]] = ("signature",)
+
+    def _write_body(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _signed(cls, signers: tuple[AccountKey, ...], **body: Any) -> Self:
+        """The statement with ``body``, signed over its :meth:`tbs` by each of ``signers``."""
+        make: Callable[..., Self] = cls
+        tbs = make(**body, **dict.fromkeys(cls._SIGNATURES, b"")).tbs()
+        signatures = {f: key.sign(tbs) for f, key in zip(cls._SIGNATURES, signers, strict=True)}
+        return make(**body, **signatures)
+
+    def tbs(self) -> bytes:
+        """The bytes each key signs."""
+        w = Writer()
+        w.opaque8(self._DOMAIN)
+        self._write_body(w)
+        return w.getvalue()
+
+    def write(self, w: Writer) -> None:
+        self._write_body(w)
+        for name in self._SIGNATURES:
+            w.opaque8(getattr(self, name))
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        make: Callable[..., Self] = cls
+        body = cls._read_body(r)
+        return make(**body, **{name: _read_key(r, _SIG_LEN) for name in cls._SIGNATURES})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceCertificate:
+class DeviceCertificate(_SignedStatement):
+    _DOMAIN: ClassVar[bytes] = _CERT_DOMAIN
     username: str
     account_key: bytes
     device_id: str
@@ -166,16 +209,15 @@ class DeviceCertificate:
         validate_device_id(device_id)
         if not 0 < lifetime_ms <= DEVICE_CERT_MAX_LIFETIME_MS:
             raise UsageError("certificate lifetime out of range")
-        unsigned = cls(
+        return cls._signed(
+            (account_key,),
             username=username,
             account_key=account_key.public,
             device_id=device_id,
             keys=keys,
             created_at_ms=now_ms,
             expires_at_ms=now_ms + lifetime_ms,
-            signature=b"",
         )
-        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
 
     # --- wire ------------------------------------------------------------------
 
@@ -188,47 +230,20 @@ class DeviceCertificate:
         w.u64(self.created_at_ms)
         w.u64(self.expires_at_ms)
 
-    def tbs(self) -> bytes:
-        """The bytes the account key signs."""
-        w = Writer()
-        w.opaque8(_CERT_DOMAIN)
-        self._write_body(w)
-        return w.getvalue()
-
-    def write(self, w: Writer) -> None:
-        self._write_body(w)
-        w.opaque8(self.signature)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
     @classmethod
-    def read(cls, r: Reader) -> DeviceCertificate:
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
         version = r.u8()
         if version != CERT_VERSION:
             raise DecodeError("unsupported certificate version")
-        username = _read_name(r)
-        account_key = _read_key(r)
-        device_id = _read_name(r)
-        keys = DevicePublicKeys.read(r)
-        created, expires = r.u64(), r.u64()
-        signature = _read_key(r, _SIG_LEN)
-        return cls(
-            username=username,
-            account_key=account_key,
-            device_id=device_id,
-            keys=keys,
-            created_at_ms=created,
-            expires_at_ms=expires,
-            signature=signature,
-            version=version,
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> DeviceCertificate:
-        return decode(cls.read, data)
+        return {
+            "version": version,
+            "username": _read_name(r),
+            "account_key": _read_key(r),
+            "device_id": _read_name(r),
+            "keys": DevicePublicKeys.read(r),
+            "created_at_ms": r.u64(),
+            "expires_at_ms": r.u64(),
+        }
 
     # --- checking one ------------------------------------------------------------
 
@@ -252,14 +267,7 @@ class DeviceCertificate:
             validate_device_id(self.device_id)
         except UsageError as exc:
             raise IdentityError("certificate names are malformed") from exc
-        if account_key is not None and account_key != self.account_key:
-            raise IdentityError("certificate is signed by a different account key")
-        if username is not None and username != self.username:
-            raise IdentityError("certificate is for a different username")
-        try:
-            ed25519_verify(self.account_key, self.tbs(), self.signature)
-        except SignatureError:
-            raise IdentityError("certificate signature is invalid") from None
+        _verify_account_statement("certificate", self, account_key, username)
         if self.expires_at_ms - self.created_at_ms > DEVICE_CERT_MAX_LIFETIME_MS:
             raise IdentityError("certificate lifetime exceeds the maximum")
         if now_ms + CLOCK_SKEW_MS < self.created_at_ms:
@@ -268,30 +276,6 @@ class DeviceCertificate:
             raise CertificateExpired("certificate has expired")
         if self.device_id in revoked_device_ids:
             raise CertificateRevoked("device has been revoked")
-
-
-class _SignedStatement:
-    """What the account key's statements share: the signed bytes are a domain label
-    followed by the body, and the encoding is the body followed by the signature."""
-
-    __slots__ = ()
-    _DOMAIN: ClassVar[bytes]
-    signature: bytes
-
-    def _write_body(self, w: Writer) -> None:
-        raise NotImplementedError
-
-    def tbs(self) -> bytes:
-        w = Writer()
-        w.opaque8(self._DOMAIN)
-        self._write_body(w)
-        return w.getvalue()
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self._write_body(w)
-        w.opaque8(self.signature)
-        return w.getvalue()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,14 +295,13 @@ class RevocationStatement(_SignedStatement):
     ) -> RevocationStatement:
         validate_username(username)
         validate_device_id(device_id)
-        unsigned = cls(
+        return cls._signed(
+            (account_key,),
             username=username,
             account_key=account_key.public,
             device_id=device_id,
             revoked_at_ms=now_ms,
-            signature=b"",
         )
-        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
 
     def _write_body(self, w: Writer) -> None:
         w.opaque8(self.username.encode("ascii"))
@@ -327,30 +310,17 @@ class RevocationStatement(_SignedStatement):
         w.u64(self.revoked_at_ms)
 
     @classmethod
-    def read(cls, r: Reader) -> RevocationStatement:
-        return cls(
-            username=_read_name(r),
-            account_key=_read_key(r),
-            device_id=_read_name(r),
-            revoked_at_ms=r.u64(),
-            signature=_read_key(r, _SIG_LEN),
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> RevocationStatement:
-        return decode(cls.read, data)
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
+        return {
+            "username": _read_name(r),
+            "account_key": _read_key(r),
+            "device_id": _read_name(r),
+            "revoked_at_ms": r.u64(),
+        }
 
     def verify(self, *, account_key: bytes, username: str | None = None) -> None:
         """Raise :class:`IdentityError` unless the account key signed this revocation."""
-        _verify_account_statement(
-            "revocation",
-            signed_by=self.account_key,
-            signed_for=self.username,
-            tbs=self.tbs(),
-            signature=self.signature,
-            account_key=account_key,
-            username=username,
-        )
+        _verify_account_statement("revocation", self, account_key, username)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,11 +343,9 @@ class AccountDeletion(_SignedStatement):
     @classmethod
     def issue(cls, account_key: AccountKey, *, username: str, now_ms: int) -> AccountDeletion:
         validate_username(username)
-        unsigned = cls(
-            username=username, account_key=account_key.public, deleted_at_ms=now_ms,
-            signature=b"",
+        return cls._signed(
+            (account_key,), username=username, account_key=account_key.public, deleted_at_ms=now_ms
         )
-        return replace(unsigned, signature=account_key.sign(unsigned.tbs()))
 
     def _write_body(self, w: Writer) -> None:
         w.opaque8(self.username.encode("ascii"))
@@ -385,30 +353,13 @@ class AccountDeletion(_SignedStatement):
         w.u64(self.deleted_at_ms)
 
     @classmethod
-    def read(cls, r: Reader) -> AccountDeletion:
-        return cls(
-            username=_read_name(r),
-            account_key=_read_key(r),
-            deleted_at_ms=r.u64(),
-            signature=_read_key(r, _SIG_LEN),
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> AccountDeletion:
-        return decode(cls.read, data)
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
+        return {"username": _read_name(r), "account_key": _read_key(r), "deleted_at_ms": r.u64()}
 
     def verify(self, *, account_key: bytes, username: str, now_ms: int) -> None:
         """Raise :class:`IdentityError` unless the account key signed this deletion of
         ``username`` within the last ``ACCOUNT_DELETION_MAX_AGE_MS``."""
-        _verify_account_statement(
-            "account deletion",
-            signed_by=self.account_key,
-            signed_for=self.username,
-            tbs=self.tbs(),
-            signature=self.signature,
-            account_key=account_key,
-            username=username,
-        )
+        _verify_account_statement("account deletion", self, account_key, username)
         if self.deleted_at_ms > now_ms + CLOCK_SKEW_MS:
             raise IdentityError("account deletion is dated in the future")
         if self.deleted_at_ms < now_ms - ACCOUNT_DELETION_MAX_AGE_MS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import DecodeError, PrekeyBundleError, SignatureError
 from sottovoce.identity.certificates import DeviceCertificate
@@ -25,7 +25,7 @@ _KEY_ID_MAX = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SignedPrekey:
+class SignedPrekey(WireStruct):
     """A Curve25519 one-time (or fallback) key, signed by the device key."""
 
     key_id: str
@@ -93,12 +93,3 @@ class SignedPrekey:
         except UnicodeDecodeError:
             raise DecodeError("prekey id is not ASCII") from None
         return cls(key_id=kid, public_key=public_key, fallback=fallback, signature=signature)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes) -> SignedPrekey:
-        return decode(cls.read, data)

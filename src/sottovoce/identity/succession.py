@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, Writer
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import DecodeError, IdentityError, SignatureError, UsageError
@@ -53,7 +53,6 @@ from sottovoce.secret import Secret
 _SUCCESSION_DOMAIN = b"sottovoce account succession v1"
 _RECOVERY_DOMAIN = b"sottovoce account recovery v1"
 _RK_KDF_DOMAIN = b"sottovoce recovery key v1"
-_SIG_LEN = 64
 
 
 def _verify(key: bytes, tbs: bytes, sig: bytes) -> bool:
@@ -73,6 +72,7 @@ class Succession(_SignedStatement):
     key proves it exists (no one can succeed to a key they do not hold)."""
 
     _DOMAIN: ClassVar[bytes] = _SUCCESSION_DOMAIN
+    _SIGNATURES: ClassVar[tuple[str, ...]] = ("signature", "new_signature")
     username: str
     old_key: bytes
     new_key: bytes
@@ -85,10 +85,10 @@ class Succession(_SignedStatement):
         cls, old: AccountKey, new: AccountKey, *, username: str, now_ms: int
     ) -> Succession:
         validate_username(username)
-        unsigned = cls(username=username, old_key=old.public, new_key=new.public,
-                       signed_at_ms=now_ms, signature=b"", new_signature=b"")
-        tbs = unsigned.tbs()
-        return replace(unsigned, signature=old.sign(tbs), new_signature=new.sign(tbs))
+        return cls._signed(
+            (old, new), username=username, old_key=old.public, new_key=new.public,
+            signed_at_ms=now_ms,
+        )
 
     def _write_body(self, w: Writer) -> None:
         w.opaque8(self.username.encode("ascii"))
@@ -96,22 +96,10 @@ class Succession(_SignedStatement):
         w.opaque8(self.new_key)
         w.u64(self.signed_at_ms)
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self._write_body(w)
-        w.opaque8(self.signature)
-        w.opaque8(self.new_signature)
-        return w.getvalue()
-
     @classmethod
-    def read(cls, r: Reader) -> Succession:
-        return cls(username=_read_name(r), old_key=_read_key(r), new_key=_read_key(r),
-                   signed_at_ms=r.u64(), signature=_read_key(r, _SIG_LEN),
-                   new_signature=_read_key(r, _SIG_LEN))
-
-    @classmethod
-    def decode(cls, data: bytes) -> Succession:
-        return decode(cls.read, data)
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
+        return {"username": _read_name(r), "old_key": _read_key(r), "new_key": _read_key(r),
+                "signed_at_ms": r.u64()}
 
     def valid(self) -> bool:
         tbs = self.tbs()
@@ -126,6 +114,9 @@ class Recovery(_SignedStatement):
     by both new keys."""
 
     _DOMAIN: ClassVar[bytes] = _RECOVERY_DOMAIN
+    _SIGNATURES: ClassVar[tuple[str, ...]] = (
+        "signature", "account_signature", "new_recovery_signature"
+    )
     username: str
     recovery_key: bytes
     new_account_key: bytes
@@ -146,14 +137,11 @@ class Recovery(_SignedStatement):
         now_ms: int,
     ) -> Recovery:
         validate_username(username)
-        unsigned = cls(username=username, recovery_key=recovery.public,
-                       new_account_key=new_account.public, new_recovery_key=new_recovery.public,
-                       signed_at_ms=now_ms, signature=b"", account_signature=b"",
-                       new_recovery_signature=b"")
-        tbs = unsigned.tbs()
-        return replace(unsigned, signature=recovery.sign(tbs),
-                       account_signature=new_account.sign(tbs),
-                       new_recovery_signature=new_recovery.sign(tbs))
+        return cls._signed(
+            (recovery, new_account, new_recovery), username=username,
+            recovery_key=recovery.public, new_account_key=new_account.public,
+            new_recovery_key=new_recovery.public, signed_at_ms=now_ms,
+        )
 
     def _write_body(self, w: Writer) -> None:
         w.opaque8(self.username.encode("ascii"))
@@ -162,25 +150,11 @@ class Recovery(_SignedStatement):
         w.opaque8(self.new_recovery_key)
         w.u64(self.signed_at_ms)
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self._write_body(w)
-        w.opaque8(self.signature)
-        w.opaque8(self.account_signature)
-        w.opaque8(self.new_recovery_signature)
-        return w.getvalue()
-
     @classmethod
-    def read(cls, r: Reader) -> Recovery:
-        return cls(username=_read_name(r), recovery_key=_read_key(r),
-                   new_account_key=_read_key(r), new_recovery_key=_read_key(r),
-                   signed_at_ms=r.u64(), signature=_read_key(r, _SIG_LEN),
-                   account_signature=_read_key(r, _SIG_LEN),
-                   new_recovery_signature=_read_key(r, _SIG_LEN))
-
-    @classmethod
-    def decode(cls, data: bytes) -> Recovery:
-        return decode(cls.read, data)
+    def _read_body(cls, r: Reader) -> dict[str, Any]:
+        return {"username": _read_name(r), "recovery_key": _read_key(r),
+                "new_account_key": _read_key(r), "new_recovery_key": _read_key(r),
+                "signed_at_ms": r.u64()}
 
     def valid(self) -> bool:
         tbs = self.tbs()

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.errors import MalformedProof, ProofMismatch
@@ -111,7 +111,7 @@ class DeviceEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AccountState:
+class AccountState(WireStruct):
     """The directory state of one account at one version: its account key (AK), its
     recovery key (RK), its devices, and whether it is deleted. The monitor compares
     successive versions of its own account against what its owner did."""
@@ -121,13 +121,11 @@ class AccountState:
     devices: tuple[DeviceEntry, ...] = ()
     deleted: bool = False
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.opaque8(self.account_key)
         w.opaque8(self.recovery_key)
         w.vector_v(self.devices, _write_device)
         w.boolean(self.deleted)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> AccountState:
@@ -138,10 +136,6 @@ class AccountState:
         if len({d.device_id for d in devices}) != len(devices):
             raise DecodeError("account state lists a device twice")
         return cls(account_key=ak, recovery_key=rk, devices=devices, deleted=r.boolean())
-
-    @classmethod
-    def decode(cls, data: bytes) -> AccountState:
-        return decode(cls.read, data)
 
 
 def _write_device(w: Writer, d: DeviceEntry) -> None:
@@ -174,7 +168,7 @@ LEAF_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LogLeaf:
+class LogLeaf(WireStruct):
     """One log leaf: a directory change and the map root after it.
 
         struct {
@@ -200,8 +194,7 @@ class LogLeaf:
     commitment: bytes
     map_root: bytes
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.u8(LEAF_VERSION)
         w.u64(self.epoch)
         w.u64(self.timestamp_ms)
@@ -210,7 +203,6 @@ class LogLeaf:
         w.u32(self.account_version)
         w.raw(self.commitment)
         w.raw(self.map_root)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> LogLeaf:
@@ -230,10 +222,6 @@ class LogLeaf:
             commitment=r.raw(32),
             map_root=r.raw(32),
         )
-
-    @classmethod
-    def decode(cls, data: bytes) -> LogLeaf:
-        return decode(cls.read, data)
 
     def hash(self) -> bytes:
         """The RFC 9162 leaf hash of the encoded leaf."""
@@ -257,7 +245,7 @@ def _record_hash(record: bytes | None) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MapProof:
+class MapProof(WireStruct):
     """The path to where a key's search ends, siblings from the root down (empty
     siblings left out; ``present`` marks which depths have one)."""
 
@@ -279,11 +267,6 @@ class MapProof:
         for s in self.siblings:
             w.raw(s)
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
     @classmethod
     def read(cls, r: Reader) -> MapProof:
         depth = r.u16()
@@ -300,10 +283,6 @@ class MapProof:
         siblings = tuple(r.raw(HASH_SIZE) for _ in range(count))
         return cls(depth=depth, terminal_key=tkey, terminal_value=tval, present=present,
                    siblings=siblings)
-
-    @classmethod
-    def decode(cls, data: bytes) -> MapProof:
-        return decode(cls.read, data)
 
 
 def verify_map_proof(root: bytes, key: bytes, proof: MapProof) -> bytes | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from sottovoce.errors import UsageError
@@ -207,6 +207,25 @@ def _equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def _walk(fn: int, sn: int, path: Sequence[bytes], what: str) -> Iterator[tuple[bytes, bool]]:
+    """The index walk RFC 9162 §2.1.3.2 and §2.1.4.2 share: each hash of ``path`` with
+    whether it is a left sibling (``fn`` odd, or ``fn == sn``: hash it in on the left).
+    Raises :class:`MalformedProof` once the path proves longer or shorter than the walk."""
+    for p in path:
+        if sn == 0:
+            raise MalformedProof(f"{what} proof is too long")
+        left = bool(fn & 1) or fn == sn
+        yield p, left
+        if left and not fn & 1:
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise MalformedProof(f"{what} proof is too short")
+
+
 def root_from_inclusion_proof(
     index: int, size: int, leaf: bytes, proof: Sequence[bytes]
 ) -> bytes:
@@ -218,22 +237,9 @@ def root_from_inclusion_proof(
     _check_hashes("inclusion proof", [leaf, *proof])
     if not 0 <= index < size or size > KT_MAX_LOG_SIZE:
         raise MalformedProof("leaf index is outside the tree")
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            raise MalformedProof("inclusion proof is too long")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise MalformedProof("inclusion proof is too short")
+    r = leaf
+    for p, left in _walk(index, size - 1, proof, "inclusion"):
+        r = node_hash(p, r) if left else node_hash(r, p)
     return r
 
 
@@ -284,24 +290,14 @@ def verify_consistency(
         sn >>= 1
     # Step 5: fr = sr = the first value in the path.
     fr = sr = path[0]
-    # Step 6: for each subsequent value c in the path.
-    for c in path[1:]:
-        if sn == 0:
-            raise MalformedProof("consistency proof is too long")
-        if fn & 1 or fn == sn:
+    # Step 6: for each subsequent value c in the path; step 7: sn must end at 0 ...
+    for c, left in _walk(fn, sn, path[1:], "consistency"):
+        if left:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
         else:
             sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    # Step 7: sn must be 0 and both roots must match.
-    if sn != 0:
-        raise MalformedProof("consistency proof is too short")
+    # ... and both roots must match.
     if not (_equal(fr, first_root) and _equal(sr, second_root)):
         raise ProofMismatch("consistency proof does not lead to both roots")
 

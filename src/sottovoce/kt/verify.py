@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt import vrf
 from sottovoce.kt.checkpoint import (
@@ -130,7 +130,7 @@ def _read_hashes(r: Reader) -> tuple[bytes, ...]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EntryProof:
+class EntryProof(WireStruct):
     """Everything that ties one account's map entry to a checkpoint: the latest log
     leaf and its inclusion proof, the consistency proof from the client's last size,
     the VRF proof of the label, and the map proof of the label's entry."""
@@ -169,7 +169,7 @@ class EntryProof:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LookupResponse:
+class LookupResponse(WireStruct):
     """A lookup's answer: the entry proof, and for a present account the latest
     version's inclusion proof in its version tree, its state and opening."""
 
@@ -178,22 +178,16 @@ class LookupResponse:
     state: bytes = b""
     opening: bytes = b""
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         self.entry.write(w)
         _write_hashes(w, self.version_proof)
         w.opaque_v(self.state)
         w.opaque8(self.opening)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> LookupResponse:
         return cls(entry=EntryProof.read(r), version_proof=_read_hashes(r), state=r.opaque_v(),
                    opening=r.opaque8())
-
-    @classmethod
-    def decode(cls, data: bytes) -> LookupResponse:
-        return decode(cls.read, data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,28 +275,22 @@ def verify_lookup(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HistoryResponse:
+class HistoryResponse(WireStruct):
     """Every version of one account (the owner's own), with the entry proof."""
 
     entry: EntryProof
     states: tuple[bytes, ...]
     openings: tuple[bytes, ...]
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         self.entry.write(w)
         w.vector_v(self.states, lambda w2, s: w2.opaque_v(s))
         w.vector_v(self.openings, lambda w2, o: w2.opaque8(o))
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> HistoryResponse:
         return cls(entry=EntryProof.read(r), states=tuple(r.vector_v(lambda r2: r2.opaque_v())),
                    openings=tuple(r.vector_v(lambda r2: r2.opaque8())))
-
-    @classmethod
-    def decode(cls, data: bytes) -> HistoryResponse:
-        return decode(cls.read, data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def read_extensions(r: Reader) -> tuple[Extension, ...]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GroupContext:
+class GroupContext(WireStruct):
     """RFC 9420 §8.1."""
 
     version: int = ProtocolVersion.MLS10
@@ -140,11 +140,6 @@ class GroupContext:
         w.opaque_v(self.confirmed_transcript_hash)
         write_extensions(w, self.extensions)
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
     @classmethod
     def read(cls, r: Reader) -> GroupContext:
         return cls(
@@ -156,10 +151,6 @@ class GroupContext:
             confirmed_transcript_hash=r.opaque_v(),
             extensions=read_extensions(r),
         )
-
-    @classmethod
-    def decode(cls, data: bytes) -> GroupContext:
-        return decode(cls.read, data)
 
 
 # --- pre-shared key ids (§8.4) --------------------------------------------------------
@@ -179,7 +170,7 @@ class ResumptionPSKUsage(IntEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PreSharedKeyID:
+class PreSharedKeyID(WireStruct):
     """RFC 9420 §8.4 PreSharedKeyID; build with :meth:`external` or :meth:`resumption`.
 
     For an external PSK only ``psk_id`` is meaningful; for a resumption PSK only
@@ -239,11 +230,6 @@ class PreSharedKeyID:
             w.u64(self.psk_epoch)
         w.opaque_v(self.psk_nonce)
 
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
     @classmethod
     def read(cls, r: Reader) -> PreSharedKeyID:
         psktype = read_enum(r, PSKType)
@@ -253,7 +239,3 @@ class PreSharedKeyID:
         group_id = r.opaque_v()
         epoch = r.u64()
         return cls.resumption(usage, group_id, epoch, r.opaque_v())
-
-    @classmethod
-    def decode(cls, data: bytes) -> PreSharedKeyID:
-        return decode(cls.read, data)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
 from sottovoce.crypto.labels import sign_with_label, verify_with_label
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey, VerifyKey
@@ -53,7 +53,7 @@ from sottovoce.mls.errors import (
     UnknownWireFormat,
     ValidationError,
 )
-from sottovoce.mls.messages import GroupInfo, KeyPackage, Welcome, WireStruct
+from sottovoce.mls.messages import GroupInfo, KeyPackage, Welcome
 from sottovoce.mls.public import FRAMED_CONTENT_TBS_LABEL as FRAMED_CONTENT_TBS_LABEL
 from sottovoce.mls.public import AuthenticatedContent as AuthenticatedContent
 from sottovoce.mls.public import Content as Content
@@ -261,7 +261,7 @@ class SenderData(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrivateMessageContent:
+class PrivateMessageContent(Encodable):
     """RFC 9420 §6.3.1: content, auth, then ``padding`` zero octets."""
 
     content: Content
@@ -273,11 +273,6 @@ class PrivateMessageContent:
         self.auth.write(w)
         if self.padding:
             w.raw(bytes(self.padding))
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader, content_type: ContentType) -> PrivateMessageContent:

@@ -27,9 +27,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer, decode, write_struct
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
 from sottovoce.crypto.sign import SigningKey, VerifyKey
 from sottovoce.errors import DecodeError, SignatureError, UsageError
@@ -86,34 +86,6 @@ PROPOSAL_REF_LABEL = b"MLS 1.0 Proposal Reference"
 LEAF_NODE_TBS_LABEL = b"LeafNodeTBS"
 KEY_PACKAGE_TBS_LABEL = b"KeyPackageTBS"
 GROUP_INFO_TBS_LABEL = b"GroupInfoTBS"
-
-
-class WireStruct:
-    """Shared ``encode``/``decode`` for the wire structs; subclasses give read/write."""
-
-    __slots__ = ()
-
-    def write(self, w: Writer) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        raise NotImplementedError
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Self:
-        """Decode exactly ``data``; raises only ``DecodeError``."""
-        return decode(cls.read, data)
-
-
-def write_struct(w: Writer, item: WireStruct) -> None:
-    """``Writer.vector_v``/``optional`` callback for any :class:`WireStruct`."""
-    item.write(w)
 
 
 # Vectors of fixed-width integers are packed and unpacked in one struct call:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.labels import verify_with_label
@@ -86,7 +86,6 @@ from sottovoce.mls.messages import (
     Proposal,
     Remove,
     RequiredCapabilities,
-    WireStruct,
     decode_ratchet_tree,
     find_extension,
     make_proposal_ref,
@@ -225,7 +224,6 @@ def read_content(r: Reader, content_type: ContentType) -> Content:
     return Commit.read(r)
 
 
-
 # --- Sender and FramedContent (§6) ------------------------------------------------------
 
 
@@ -311,7 +309,7 @@ class FramedContent(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FramedContentAuthData:
+class FramedContentAuthData(Encodable):
     """RFC 9420 §6.1: the signature, plus the confirmation tag for commits.
 
     Its layout depends on the enclosing content type, so ``read``/``decode``
@@ -325,11 +323,6 @@ class FramedContentAuthData:
         w.opaque_v(self.signature)
         if self.confirmation_tag is not None:
             w.opaque_v(self.confirmation_tag)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        self.write(w)
-        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader, content_type: ContentType) -> FramedContentAuthData:
@@ -397,7 +390,6 @@ class AuthenticatedContent(WireStruct):
         if self.content.content_type != ContentType.PROPOSAL:
             raise UsageError("only proposal content has a ProposalRef")
         return make_proposal_ref(suite, self.encode())
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -476,6 +468,20 @@ def decode_public(data: bytes) -> PublicMessage | GroupInfo | KeyPackage:
     Anything else, or bytes that do not decode exactly, raise :class:`MlsDecodeError`.
     """
     return decode_mls(_read_public, data)
+
+
+B = TypeVar("B", PublicMessage, GroupInfo, KeyPackage)
+
+
+def _decode_body(data: bytes, kind: type[B], error: type[MlsError], what: str) -> B:
+    """A peer's MLSMessage that must carry a ``kind``: anything else is an ``error``."""
+    try:
+        body = decode_public(data)
+    except MlsDecodeError:
+        raise error(f"the {what} does not decode") from None
+    if not isinstance(body, kind):
+        raise error(f"the message is not a {what}")
+    return body
 
 
 # --- leaf nodes and KeyPackages (§7.3, §10.1) ----------------------------------------
@@ -594,13 +600,7 @@ def leaf_identity(leaf: LeafNode) -> bytes | None:
 
 def decode_key_package(data: bytes) -> KeyPackage:
     """An MLSMessage(KeyPackage) from a peer; anything else is an :class:`InvalidKeyPackage`."""
-    try:
-        body = decode_public(data)
-    except MlsDecodeError:
-        raise InvalidKeyPackage("the KeyPackage does not decode") from None
-    if not isinstance(body, KeyPackage):
-        raise InvalidKeyPackage("the message is not a KeyPackage")
-    return body
+    return _decode_body(data, KeyPackage, InvalidKeyPackage, "KeyPackage")
 
 
 # --- GroupInfo (§12.4.3) -------------------------------------------------------------------
@@ -649,16 +649,9 @@ def check_group_info(
     ``tree_hash`` and every leaf in it is valid is checked by a joiner (it needs
     the whole tree); the signature binds the tree to the signer either way.
     """
-    if isinstance(data, GroupInfo):
-        info = data
-    else:
-        try:
-            body = decode_public(data)
-        except MlsDecodeError:
-            raise InvalidWelcome("the GroupInfo does not decode") from None
-        if not isinstance(body, GroupInfo):
-            raise InvalidWelcome("the message is not a GroupInfo")
-        info = body
+    info = data if isinstance(data, GroupInfo) else _decode_body(
+        data, GroupInfo, InvalidWelcome, "GroupInfo"
+    )
     context = info.group_context
     if context.version != ProtocolVersion.MLS10:
         raise InvalidWelcome("the GroupInfo names another protocol version")

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sottovoce.codec.tls import Reader, Writer
+from sottovoce.codec.tls import Reader, Writer, write_struct
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import DecodeError, SottovoceError
 from sottovoce.limits import MLS_MAX_GENERATION, MLS_MAX_PENDING_PROPOSALS, MLS_MAX_SKIPPED_KEYS
@@ -82,7 +82,6 @@ from sottovoce.mls.messages import (
     write_node,
     write_optional_node,
     write_proposal,
-    write_struct,
 )
 from sottovoce.mls.proposals import QueuedProposal
 from sottovoce.mls.secret_tree import RatchetSnapshot, RatchetType, SecretTreeSnapshot

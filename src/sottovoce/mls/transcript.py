@@ -17,13 +17,12 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import UsageError
 from sottovoce.mls.common import ContentType, WireFormat, read_enum
 from sottovoce.mls.errors import InvalidConfirmationTag, MlsDecodeError
 from sottovoce.mls.framing import AuthenticatedContent, FramedContent
-from sottovoce.mls.messages import WireStruct
 from sottovoce.secret import Secret
 
 

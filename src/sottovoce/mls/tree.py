@@ -29,7 +29,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from sottovoce.codec.tls import Writer
+from sottovoce.codec.tls import Writer, write_struct
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import UsageError
 from sottovoce.mls import treemath
@@ -50,7 +50,6 @@ from sottovoce.mls.messages import (
     RequiredCapabilities,
     decode_ratchet_tree,
     encode_ratchet_tree,
-    write_struct,
 )
 from sottovoce.mls.public import check_leaf_node as check_leaf_node
 

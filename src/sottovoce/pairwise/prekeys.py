@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import IdentityError, PrekeyBundleError
 from sottovoce.identity.certificates import DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
@@ -18,7 +18,7 @@ __all__ = ["PrekeyBundle", "SignedPrekey"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrekeyBundle:
+class PrekeyBundle(WireStruct):
     """What the directory hands out for one device: its certificate and one prekey."""
 
     certificate: DeviceCertificate
@@ -47,15 +47,10 @@ class PrekeyBundle:
             raise PrekeyBundleError(f"device certificate rejected: {exc}") from exc
         self.prekey.verify(self.certificate)
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         self.certificate.write(w)
         self.prekey.write(w)
-        return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> PrekeyBundle:
-        def read(r: Reader) -> PrekeyBundle:
-            return cls(certificate=DeviceCertificate.read(r), prekey=SignedPrekey.read(r))
-
-        return decode(read, data)
+    def read(cls, r: Reader) -> PrekeyBundle:
+        return cls(certificate=DeviceCertificate.read(r), prekey=SignedPrekey.read(r))

@@ -25,7 +25,7 @@ from sottovoce.client.rooms.model import (
     key_matches,
     mls_suite,
 )
-from sottovoce.codec.tls import Reader, Writer, decode
+from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH, MAX_KEY_PACKAGE_BYTES
 from sottovoce.mls.framing import MLSMessage
@@ -49,31 +49,26 @@ def decode_key_package(data: bytes) -> KeyPackage:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyPackageRecord:
+class KeyPackageRecord(WireStruct):
     """Our KeyPackage and its private keys, as sealed in the store."""
 
     key_package: KeyPackage
     private: KeyPackagePrivate
 
-    def encode(self) -> bytes:
-        w = Writer()
+    def write(self, w: Writer) -> None:
         w.u8(1)
         w.opaque_v(self.key_package.encode())
         w.opaque8(self.private.init_private.expose())
         w.opaque8(self.private.encryption_private.expose())
-        return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> KeyPackageRecord:
-        def read(r: Reader) -> KeyPackageRecord:
-            if r.u8() != 1:
-                raise DecodeError("unknown KeyPackage record version")
-            kp = KeyPackage.decode(r.opaque_v())
-            init, enc = r.opaque8(), r.opaque8()
-            private = KeyPackagePrivate(init_private=Secret(init), encryption_private=Secret(enc))
-            return cls(kp, private)
-
-        return decode(read, data)
+    def read(cls, r: Reader) -> KeyPackageRecord:
+        if r.u8() != 1:
+            raise DecodeError("unknown KeyPackage record version")
+        kp = KeyPackage.decode(r.opaque_v())
+        init, enc = r.opaque8(), r.opaque8()
+        private = KeyPackagePrivate(init_private=Secret(init), encryption_private=Secret(enc))
+        return cls(kp, private)
 
 
 class KeyPackages:
