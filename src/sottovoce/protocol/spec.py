@@ -1,0 +1,293 @@
+"""Wire events and structs declared once: the field list drives parsing and serializing.
+
+An event is a frozen dataclass whose fields say, each once, what they are on the
+wire (:func:`wire`: the field kind from :mod:`sottovoce.protocol.fields`, optional or
+required, default). :func:`parse` reads a JSON object field by field, in declaration
+order, and raises the first :class:`~sottovoce.protocol.fields.ProtocolError`
+(so the order of the fields is the order in which a bad frame's faults are reported);
+:func:`dump` writes one back. Neither is written per event.
+
+Adding an event (e.g. a call or file event) is a few lines::
+
+    @event("sottovoce.call.ring")
+    class CallRing(ClientEvent):
+        \"\"\"Ring the other devices of a 1:1 conversation (why it exists, one line).\"\"\"
+
+        conversationId: str = wire(ID)
+        callId: str = wire(ID)
+        offer: bytes = wire(B64(max_bytes=MAX_SDP_BYTES, nonempty=True))
+        video: bool = wire(Bool(), default=False)        # optional: absent → False
+
+then list it in its module's registry (``CLIENT_EVENTS`` / ``ROOM_CLIENT_EVENTS``), so
+the server dispatches it. A rule that spans fields (``adds`` and ``removes`` disjoint)
+is a ``check`` on the last field it needs; it runs right after that field is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Self, TypeVar, cast, dataclass_transform, overload
+
+from sottovoce.protocol.fields import Kind, ProtocolError, bad
+
+T = TypeVar("T")
+D = TypeVar("D")
+C = TypeVar("C", bound=type)
+Data = dict[str, Any]
+#: A rule over the fields read so far (``values``, by attribute); raises ProtocolError.
+Check = Callable[[Data], None]
+
+_META = "sottovoce.wire"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One field as the wire sees it (built by :func:`wire`, completed by the decorator)."""
+
+    kind: Kind[Any]
+    key: str | None = None
+    #: None: required unless the dataclass field has a default.
+    required: bool | None = None
+    #: Values that mean "not given" (besides a missing key); None: the kind's own.
+    absent: tuple[Any, ...] | None = None
+    omit_default: bool = False
+    only_if: Callable[[Data], bool] | None = None
+    stray: str = ""
+    check: Check | None = None
+    inline: bool = False
+    emit: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Bound:
+    """A :class:`Field` with its attribute, wire key and default resolved."""
+
+    attr: str
+    key: str
+    spec: Field
+    required: bool
+    absent: tuple[Any, ...]
+    default: Callable[[], Any]
+
+    def read(self, d: Data, values: Data) -> Any:
+        spec = self.spec
+        if spec.only_if is not None and not spec.only_if(values):
+            if self.key in d:
+                raise bad(self.key, spec.stray)
+            return self.default()
+        if spec.inline:
+            return spec.kind.parse(d, self.key)
+        v = d.get(self.key)
+        if not self.required and (self.key not in d or v in self.absent):
+            return self.default()
+        return spec.kind.parse(v, self.key)
+
+
+@overload
+def wire(kind: Kind[T], *, required: bool | None = ..., key: str | None = ...,
+         absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
+         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
+         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T: ...
+@overload
+def wire(kind: Kind[T], *, default: D, required: bool | None = ..., key: str | None = ...,
+         absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
+         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
+         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T | D: ...
+@overload
+def wire(kind: Kind[T], *, default_factory: Callable[[], T], required: bool | None = ...,
+         key: str | None = ..., absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
+         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
+         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T: ...
+def wire(
+    kind: Kind[Any],
+    *,
+    default: Any = dataclasses.MISSING,
+    default_factory: Any = dataclasses.MISSING,
+    required: bool | None = None,
+    key: str | None = None,
+    absent: tuple[Any, ...] | None = None,
+    omit_default: bool = False,
+    only_if: Callable[[Data], bool] | None = None,
+    stray: str = "",
+    check: Check | None = None,
+    inline: bool = False,
+    emit: bool = True,
+) -> Any:
+    """Declare a field: its ``kind``; ``key`` on the wire (default: the attribute name).
+
+    A field with a ``default`` is optional on the wire (missing, or one of the kind's
+    ``absent`` values, gives the default) unless ``required=True``; ``omit_default``
+    leaves it out of :func:`dump` while it holds its default. ``only_if(values)`` false:
+    the field must be missing (else refused with ``stray``) and takes its default.
+    ``check(values)`` runs once the field is read. ``inline``: the kind reads the whole
+    object, not one key (a struct extended by more fields). ``emit=False``: parse only.
+    """
+    spec = Field(kind=kind, key=key, required=required, absent=absent,
+                 omit_default=omit_default, only_if=only_if, stray=stray, check=check,
+                 inline=inline, emit=emit)
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={_META: spec})
+
+
+def _bind(f: dataclasses.Field[Any]) -> _Bound:
+    spec: Field = f.metadata[_META]
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+        default: Callable[[], Any] = lambda: value  # noqa: E731
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory
+    else:
+        default = _no_default
+    has_default = default is not _no_default
+    return _Bound(
+        attr=f.name,
+        key=spec.key or f.name,
+        spec=spec,
+        required=not has_default if spec.required is None else spec.required,
+        absent=spec.kind.absent if spec.absent is None else spec.absent,
+        default=default,
+    )
+
+
+def _no_default() -> Any:
+    raise TypeError("a required field has no default")  # unreachable: required is read
+
+
+def _declare(cls: C) -> C:
+    made: type[Any] = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
+    fields = dataclasses.fields(made)
+    missing = [f.name for f in fields if _META not in f.metadata]
+    if missing:
+        raise TypeError(f"{made.__name__}: fields {missing} are not declared with wire()")
+    made._wire_fields = tuple(_bind(f) for f in fields)
+    return cast(C, made)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(wire,))
+def struct(cls: C) -> C:
+    """Declare a nested wire object (an envelope, one device's ciphertext)."""
+    return _declare(cls)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(wire,))
+def event(name: str) -> Callable[[C], C]:
+    """Declare a client event called ``name`` on the wire."""
+
+    def declare(cls: C) -> C:
+        cls.name = name  # type: ignore[attr-defined]  # ClientEvent.name: ClassVar[str]
+        return _declare(cls)
+
+    return declare
+
+
+S = TypeVar("S", bound="Declared")
+
+
+class Declared:
+    """What :func:`struct` and :func:`event` give a class: its bound field list."""
+
+    __slots__ = ()
+    _wire_fields: ClassVar[tuple[_Bound, ...]] = ()
+
+
+def parse(cls: type[S], d: Data) -> S:
+    """Read ``d`` into ``cls``, field by field; raises :class:`ProtocolError`."""
+    values: Data = {}
+    for f in cls._wire_fields:
+        values[f.attr] = f.read(d, values)
+        if f.spec.check is not None:
+            f.spec.check(values)
+    return cls(**values)
+
+
+def dump(obj: Declared) -> Data:
+    """The JSON object of ``obj`` (binary fields base64)."""
+    out: Data = {}
+    for f in obj._wire_fields:
+        spec = f.spec
+        if not spec.emit:
+            continue
+        value = getattr(obj, f.attr)
+        if spec.omit_default and value == f.default():
+            continue
+        if value is None:
+            out[f.key] = None
+        elif spec.inline:
+            out.update(spec.kind.dump(value))
+        else:
+            out[f.key] = spec.kind.dump(value)
+    return out
+
+
+class WireStruct(Declared):
+    """Base of nested wire objects (declare with :func:`struct`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_wire(cls, d: Data) -> Self:
+        return parse(cls, d)
+
+    def to_wire(self) -> Data:
+        return dump(self)
+
+
+class Nested(Kind[T]):
+    """A JSON object that is one :class:`WireStruct`; anything else is refused with ``why``."""
+
+    def __init__(self, cls: type[T], *, why: str = "must be an object") -> None:
+        self.cls = cls
+        self.why = why
+
+    def parse(self, v: Any, key: str) -> T:
+        if not isinstance(v, dict):
+            raise bad(key, self.why)
+        return parse(self.cls, v)  # type: ignore[type-var]  # cls is a WireStruct
+
+    def dump(self, value: T) -> Data:
+        return dump(value)  # type: ignore[arg-type]
+
+
+def frame(event: str, data: Data, request_id: str | None = None) -> str:
+    """One text frame: ``{"event", "data"[, "requestId"]}`` (compact JSON)."""
+    obj: Data = {"event": event, "data": data}
+    if request_id is not None:
+        obj["requestId"] = request_id
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class ClientEvent(Declared):
+    """Base of events a client sends (declare with :func:`event`); ``name`` is the wire
+    event name."""
+
+    __slots__ = ()
+    name: ClassVar[str]
+
+    @classmethod
+    def from_data(cls, d: Data) -> Self:
+        """Parse and validate the ``data`` of a frame; raises :class:`ProtocolError`."""
+        return parse(cls, d)
+
+    def to_data(self) -> Data:
+        return dump(self)
+
+    def to_frame(self, request_id: str | None = None) -> str:
+        return frame(self.name, self.to_data(), request_id)
+
+
+__all__ = [
+    "ClientEvent",
+    "Declared",
+    "Field",
+    "Nested",
+    "ProtocolError",
+    "WireStruct",
+    "dump",
+    "event",
+    "frame",
+    "parse",
+    "struct",
+    "wire",
+]
