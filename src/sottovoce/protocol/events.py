@@ -82,6 +82,7 @@ from sottovoce.protocol.fields import (
     ProtocolError,
     Str,
     b64,
+    bad,
     opt,
     req_obj,
 )
@@ -172,6 +173,14 @@ def parse_frame(text: str | bytes) -> tuple[str, str | None, dict[str, Any]]:
 # =============================================================================
 
 
+def _one_sequence(values: dict[str, Any], d: dict[str, Any]) -> None:
+    """Two sequences under two names, so that neither is taken for the other."""
+    if values["ephemeral"] and "serverSeq" in d:
+        raise bad("serverSeq", "an ephemeral message has ephemeralSeq, not serverSeq")
+    if not values["ephemeral"] and "ephemeralSeq" in d:
+        raise bad("ephemeralSeq", "only an ephemeral message has one")
+
+
 def _stored(values: dict[str, Any]) -> bool:
     return not values["ephemeral"]
 
@@ -188,13 +197,13 @@ class Envelope(WireStruct):
     contentType: str = wire(CONTENT_TYPE)
     #: Empty for room messages; a malformed one is read as empty (routing only).
     recipientUserId: str = wire(Loose(lambda v: v if isinstance(v, str) else ""), default="")
-    ephemeral: bool = wire(Bool(), default=False)
+    ephemeral: bool = wire(Bool(), default=False, check=_one_sequence)
     #: Stored messages: the conversation's serverSeq (>= 1); ephemeral ones: 0.
-    serverSeq: int = wire(Int(minimum=1), default=0, only_if=_stored, omit_default=True,
-                          stray="an ephemeral message has ephemeralSeq, not serverSeq")
+    serverSeq: int = wire(Int(minimum=1), default=0, required=True, only_if=_stored,
+                          omit_default=True)
     #: Ephemeral messages: their own per-conversation sequence (>= 1); stored ones: 0.
-    ephemeralSeq: int = wire(Int(minimum=1), default=0, only_if=_ephemeral, omit_default=True,
-                             stray="only an ephemeral message has one")
+    ephemeralSeq: int = wire(Int(minimum=1), default=0, required=True, only_if=_ephemeral,
+                             omit_default=True)
     conversationId: str = wire(ID)
     messageId: str = wire(ID)
     senderUserId: str = wire(ID)

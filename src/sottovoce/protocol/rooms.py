@@ -266,7 +266,7 @@ MEMBERS = ListOf(MEMBER, max_items=MAX_ROOM_MEMBERS, unique=_key)
 # =============================================================================
 
 
-def _some_key_package(values: dict[str, Any]) -> None:
+def _some_key_package(values: dict[str, Any], _: dict[str, Any]) -> None:
     if not values["keyPackages"] and values["lastResort"] is None:
         raise bad("keyPackages", "must not be empty without a lastResort")
 
@@ -298,12 +298,12 @@ class RoomCreate(ClientEvent):
     groupInfo: bytes | None = wire(GROUP_INFO, default=None)
 
 
-def _disjoint(values: dict[str, Any]) -> None:
+def _disjoint(values: dict[str, Any], _: dict[str, Any]) -> None:
     if {m.key for m in values["adds"]} & {m.key for m in values["removes"]}:
         raise bad("adds", "names a device that 'removes' also names")
 
 
-def _welcome_has_adds(values: dict[str, Any]) -> None:
+def _welcome_has_adds(values: dict[str, Any], _: dict[str, Any]) -> None:
     if values["welcome"] is not None and not values["adds"]:
         raise bad("welcome", "needs at least one device in 'adds'")
 
@@ -381,7 +381,7 @@ class RoomTokenRevoke(ClientEvent):
     audit: bytes | None = wire(AUDIT, default=None)
 
 
-def _one_of_token_and_room(values: dict[str, Any]) -> None:
+def _one_of_token_and_room(values: dict[str, Any], _: dict[str, Any]) -> None:
     if (values["token"] is None) == (values["roomId"] is None):
         raise bad("token", "give exactly one of 'token' and 'roomId'")
 
@@ -480,6 +480,12 @@ class RoomEnvelope(WireStruct):
     removes: tuple[MemberRef, ...] = wire(MEMBERS, default=(), absent=())
     joinRequest: MemberRef | None = wire(MEMBER, default=None)
     removeRequest: MemberRef | None = wire(MEMBER, default=None)
+
+    def to_wire(self) -> dict[str, Any]:
+        d = WireStruct.to_wire(self)
+        if self.removeRequest is not None:
+            d["removeRequest"] = {**d["removeRequest"], "reason": self.removeReason}
+        return d
 
     @property
     def roomId(self) -> str:

@@ -36,8 +36,9 @@ T = TypeVar("T")
 D = TypeVar("D")
 C = TypeVar("C", bound=type)
 Data = dict[str, Any]
-#: A rule over the fields read so far (``values``, by attribute); raises ProtocolError.
-Check = Callable[[Data], None]
+#: A rule over the fields read so far (``values``, by attribute) and the object they were
+#: read from; raises ProtocolError.
+Check = Callable[[Data, Data], None]
 
 _META = "sottovoce.wire"
 
@@ -54,7 +55,6 @@ class Field:
     absent: tuple[Any, ...] | None = None
     omit_default: bool = False
     only_if: Callable[[Data], bool] | None = None
-    stray: str = ""
     check: Check | None = None
     inline: bool = False
     emit: bool = True
@@ -74,8 +74,6 @@ class _Bound:
     def read(self, d: Data, values: Data) -> Any:
         spec = self.spec
         if spec.only_if is not None and not spec.only_if(values):
-            if self.key in d:
-                raise bad(self.key, spec.stray)
             return self.default()
         if spec.inline:
             return spec.kind.parse(d, self.key)
@@ -88,18 +86,18 @@ class _Bound:
 @overload
 def wire(kind: Kind[T], *, required: bool | None = ..., key: str | None = ...,
          absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
-         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
-         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T: ...
+         only_if: Callable[[Data], bool] | None = ..., check: Check | None = ...,
+         inline: bool = ..., emit: bool = ...) -> T: ...
 @overload
 def wire(kind: Kind[T], *, default: D, required: bool | None = ..., key: str | None = ...,
          absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
-         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
-         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T | D: ...
+         only_if: Callable[[Data], bool] | None = ..., check: Check | None = ...,
+         inline: bool = ..., emit: bool = ...) -> T | D: ...
 @overload
 def wire(kind: Kind[T], *, default_factory: Callable[[], T], required: bool | None = ...,
          key: str | None = ..., absent: tuple[Any, ...] | None = ..., omit_default: bool = ...,
-         only_if: Callable[[Data], bool] | None = ..., stray: str = ...,
-         check: Check | None = ..., inline: bool = ..., emit: bool = ...) -> T: ...
+         only_if: Callable[[Data], bool] | None = ..., check: Check | None = ...,
+         inline: bool = ..., emit: bool = ...) -> T: ...
 def wire(
     kind: Kind[Any],
     *,
@@ -110,7 +108,6 @@ def wire(
     absent: tuple[Any, ...] | None = None,
     omit_default: bool = False,
     only_if: Callable[[Data], bool] | None = None,
-    stray: str = "",
     check: Check | None = None,
     inline: bool = False,
     emit: bool = True,
@@ -120,12 +117,13 @@ def wire(
     A field with a ``default`` is optional on the wire (missing, or one of the kind's
     ``absent`` values, gives the default) unless ``required=True``; ``omit_default``
     leaves it out of :func:`dump` while it holds its default. ``only_if(values)`` false:
-    the field must be missing (else refused with ``stray``) and takes its default.
-    ``check(values)`` runs once the field is read. ``inline``: the kind reads the whole
-    object, not one key (a struct extended by more fields). ``emit=False``: parse only.
+    the field is not read and takes its default (a ``check`` before it refuses it if it
+    must not be there). ``check(values, d)`` runs once the field is read. ``inline``: the
+    kind reads the whole object, not one key (a struct extended by more fields).
+    ``emit=False``: parse only.
     """
     spec = Field(kind=kind, key=key, required=required, absent=absent,
-                 omit_default=omit_default, only_if=only_if, stray=stray, check=check,
+                 omit_default=omit_default, only_if=only_if, check=check,
                  inline=inline, emit=emit)
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={_META: spec})
@@ -198,7 +196,7 @@ def parse(cls: type[S], d: Data) -> S:
     for f in cls._wire_fields:
         values[f.attr] = f.read(d, values)
         if f.spec.check is not None:
-            f.spec.check(values)
+            f.spec.check(values, d)
     return cls(**values)
 
 
