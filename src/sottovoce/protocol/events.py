@@ -86,7 +86,16 @@ from sottovoce.protocol.fields import (
     opt,
     req_obj,
 )
-from sottovoce.protocol.spec import ClientEvent, Nested, WireStruct, event, frame, struct, wire
+from sottovoce.protocol.spec import (
+    ClientEvent,
+    Nested,
+    WireStruct,
+    event,
+    frame,
+    registry,
+    struct,
+    wire,
+)
 
 __all__ = [
     "CERT_MAX_BYTES",
@@ -353,25 +362,22 @@ class DeleteAccount(ClientEvent):
     statement: bytes = wire(CERTIFICATE)
 
 
-CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
-    cls.name: cls
-    for cls in (
-        Register,
-        AddDevice,
-        Auth,
-        UsernameCheck,
-        DirectoryLookup,
-        PrekeysUpload,
-        PrekeysClaim,
-        Send,
-        AckRead,
-        Resume,
-        Ping,
-        PushRegister,
-        RevokeDevice,
-        DeleteAccount,
-    )
-}
+CLIENT_EVENTS = registry(
+    Register,
+    AddDevice,
+    Auth,
+    UsernameCheck,
+    DirectoryLookup,
+    PrekeysUpload,
+    PrekeysClaim,
+    Send,
+    AckRead,
+    Resume,
+    Ping,
+    PushRegister,
+    RevokeDevice,
+    DeleteAccount,
+)
 
 
 def parse_client_event(text: str | bytes) -> tuple[ClientEvent, str | None]:

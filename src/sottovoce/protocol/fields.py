@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Hashable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Generic, TypeVar
 
 from sottovoce.errors import RemoteError
@@ -58,6 +59,7 @@ class Kind(Generic[T]):
     optional field (a missing optional field takes its default).
     """
 
+    __slots__ = ()
     absent: tuple[Any, ...] = (None,)
 
     def parse(self, v: Any, key: str) -> T:
@@ -67,24 +69,16 @@ class Kind(Generic[T]):
         return value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Str(Kind[str]):
     """A string of 1..``max_len`` characters, optionally matching ``pattern`` in full
     (else ``why``) and optionally one of ``choices``."""
 
-    def __init__(
-        self,
-        *,
-        max_len: int = MAX_ID_LEN,
-        pattern: re.Pattern[str] | None = None,
-        why: str = "",
-        choices: Collection[str] = (),
-        absent: tuple[Any, ...] = (None,),
-    ) -> None:
-        self.max_len = max_len
-        self.pattern = pattern
-        self.why = why
-        self.choices = frozenset(choices)
-        self.absent = absent
+    max_len: int = MAX_ID_LEN
+    pattern: re.Pattern[str] | None = None
+    why: str = ""
+    choices: frozenset[str] = frozenset()
+    absent: tuple[Any, ...] = (None,)
 
     def parse(self, v: Any, key: str) -> str:
         if not isinstance(v, str):
@@ -98,12 +92,12 @@ class Str(Kind[str]):
         return v
 
 
+@dataclass(frozen=True, slots=True)
 class Pattern(Kind[str]):
     """A string matching ``pattern`` in full; any other value is refused with ``why``."""
 
-    def __init__(self, pattern: re.Pattern[str], why: str) -> None:
-        self.pattern = pattern
-        self.why = why
+    pattern: re.Pattern[str]
+    why: str
 
     def parse(self, v: Any, key: str) -> str:
         if not isinstance(v, str) or not self.pattern.fullmatch(v):
@@ -111,13 +105,12 @@ class Pattern(Kind[str]):
         return v
 
 
+@dataclass(frozen=True, slots=True)
 class Const(Kind[str]):
     """Exactly ``value`` (the protocol name); a JSON null is a wrong value, not absent."""
 
-    absent = ()
-
-    def __init__(self, value: str) -> None:
-        self.value = value
+    value: str
+    absent: tuple[Any, ...] = ()
 
     def parse(self, v: Any, key: str) -> str:
         if v != self.value:
@@ -125,12 +118,12 @@ class Const(Kind[str]):
         return self.value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Int(Kind[int]):
     """An integer in ``[minimum, maximum]``; JSON ``true`` is not 1."""
 
-    def __init__(self, *, minimum: int = 0, maximum: int = MAX_INT) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
+    minimum: int = 0
+    maximum: int = MAX_INT
 
     def parse(self, v: Any, key: str) -> int:
         # bool is an int subclass in Python; JSON true must not pass as 1.
@@ -141,10 +134,11 @@ class Int(Kind[int]):
         return v
 
 
+@dataclass(frozen=True, slots=True)
 class Bool(Kind[bool]):
     """``true`` or ``false``; a JSON null is a wrong value, not absent."""
 
-    absent = ()
+    absent: tuple[Any, ...] = ()
 
     def parse(self, v: Any, key: str) -> bool:
         if not isinstance(v, bool):
@@ -152,20 +146,19 @@ class Bool(Kind[bool]):
         return v
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class B64(Kind[bytes]):
     """Base64 of at most ``max_bytes`` decoded bytes (``payload_too_large`` past it);
     ``size`` demands exactly that many, ``nonempty`` at least one."""
 
-    def __init__(self, *, max_bytes: int, size: int | None = None, nonempty: bool = False) -> None:
-        self.max_bytes = max_bytes
-        self.max_chars = (max_bytes + 2) // 3 * 4
-        self.size = size
-        self.nonempty = nonempty
+    max_bytes: int
+    size: int | None = None
+    nonempty: bool = False
 
     def parse(self, v: Any, key: str) -> bytes:
         if not isinstance(v, str):
             raise bad(key, "must be a base64 string")
-        if len(v) > self.max_chars:  # refuse before decoding an oversized string
+        if len(v) > (self.max_bytes + 2) // 3 * 4:  # refuse before decoding an oversized one
             raise too_large(key, f"exceeds {self.max_bytes} bytes")
         try:
             raw = base64.b64decode(v, validate=True)
@@ -184,6 +177,7 @@ class B64(Kind[bytes]):
         return b64(value)
 
 
+@dataclass(frozen=True, slots=True)
 class ListOf(Kind[tuple[T, ...]]):
     """A list of at most ``max_items`` values of ``item`` (each error names the list).
 
@@ -191,20 +185,12 @@ class ListOf(Kind[tuple[T, ...]]):
     (else ``repeated``).
     """
 
-    def __init__(
-        self,
-        item: Kind[T],
-        *,
-        max_items: int,
-        nonempty: bool = False,
-        unique: Callable[[T], Hashable] | None = None,
-        repeated: str = "names a device twice",
-    ) -> None:
-        self.item = item
-        self.max_items = max_items
-        self.nonempty = nonempty
-        self.unique = unique
-        self.repeated = repeated
+    item: Kind[T]
+    _: KW_ONLY
+    max_items: int
+    nonempty: bool = False
+    unique: Callable[[T], Hashable] | None = None
+    repeated: str = "names a device twice"
 
     def parse(self, v: Any, key: str) -> tuple[T, ...]:
         if not isinstance(v, list):
@@ -222,14 +208,13 @@ class ListOf(Kind[tuple[T, ...]]):
         return [self.item.dump(x) for x in value]
 
 
+@dataclass(frozen=True, slots=True)
 class Loose(Kind[T]):
     """A value taken as it comes, made safe by ``fn`` (never refused): for fields of
     server replies that a client only displays or passes on."""
 
-    absent = ()
-
-    def __init__(self, fn: Callable[[Any], T]) -> None:
-        self.fn = fn
+    fn: Callable[[Any], T]
+    absent: tuple[Any, ...] = ()
 
     def parse(self, v: Any, key: str) -> T:
         return self.fn(v)

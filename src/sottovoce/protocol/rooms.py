@@ -144,7 +144,15 @@ from sottovoce.protocol.fields import (
     bad,
     req_obj,
 )
-from sottovoce.protocol.spec import ClientEvent, Nested, WireStruct, event, struct, wire
+from sottovoce.protocol.spec import (
+    ClientEvent,
+    Nested,
+    WireStruct,
+    event,
+    registry,
+    struct,
+    wire,
+)
 from sottovoce.secret import Secret
 
 ROOM_ID_PREFIX = "room:"
@@ -426,29 +434,26 @@ class AuditGet(ClientEvent):
     roomId: str = wire(ROOM_ID)
 
 
-ROOM_CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
-    cls.name: cls
-    for cls in (
-        KeyPackagesUpload,
-        KeyPackagesClaim,
-        RoomCreate,
-        RoomCommit,
-        RoomSend,
-        RoomAck,
-        RoomSync,
-        RoomInfo,
-        RoomsList,
-        RoomTokenSet,
-        RoomTokenRevoke,
-        GroupInfoGet,
-        JoinRequest,
-        AuditAppend,
-        AuditGet,
-    )
-}
+ROOM_CLIENT_EVENTS = registry(
+    KeyPackagesUpload,
+    KeyPackagesClaim,
+    RoomCreate,
+    RoomCommit,
+    RoomSend,
+    RoomAck,
+    RoomSync,
+    RoomInfo,
+    RoomsList,
+    RoomTokenSet,
+    RoomTokenRevoke,
+    GroupInfoGet,
+    JoinRequest,
+    AuditAppend,
+    AuditGet,
+)
 #: Every client event the server understands, KSMP v3 core and rooms: the one registry
 #: the server dispatches on (protocol/events.py cannot import this module: it is imported here).
-ALL_CLIENT_EVENTS: dict[str, type[ClientEvent]] = {**CLIENT_EVENTS, **ROOM_CLIENT_EVENTS}
+ALL_CLIENT_EVENTS = registry(*CLIENT_EVENTS.values(), *ROOM_CLIENT_EVENTS.values())
 
 
 # =============================================================================

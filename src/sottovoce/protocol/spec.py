@@ -232,20 +232,21 @@ class WireStruct(Declared):
         return dump(self)
 
 
-class Nested(Kind[T]):
-    """A JSON object that is one :class:`WireStruct`; anything else is refused with ``why``."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nested(Kind[S]):
+    """A JSON object that is one struct; anything else is refused with ``why``."""
 
-    def __init__(self, cls: type[T], *, why: str = "must be an object") -> None:
-        self.cls = cls
-        self.why = why
+    cls: type[S]
+    _: dataclasses.KW_ONLY
+    why: str = "must be an object"
 
-    def parse(self, v: Any, key: str) -> T:
+    def parse(self, v: Any, key: str) -> S:
         if not isinstance(v, dict):
             raise bad(key, self.why)
-        return parse(self.cls, v)  # type: ignore[type-var]  # cls is a WireStruct
+        return parse(self.cls, v)
 
-    def dump(self, value: T) -> Data:
-        return dump(value)  # type: ignore[arg-type]
+    def dump(self, value: S) -> Data:
+        return dump(value)
 
 
 def frame(event: str, data: Data, request_id: str | None = None) -> str:
@@ -275,6 +276,16 @@ class ClientEvent(Declared):
         return frame(self.name, self.to_data(), request_id)
 
 
+def registry(*events: type[ClientEvent]) -> dict[str, type[ClientEvent]]:
+    """Events by wire name, for dispatch; a name given twice fails at import."""
+    out: dict[str, type[ClientEvent]] = {}
+    for cls in events:
+        if cls.name in out:
+            raise TypeError(f"two events are called {cls.name!r}")
+        out[cls.name] = cls
+    return out
+
+
 __all__ = [
     "ClientEvent",
     "Declared",
@@ -286,6 +297,7 @@ __all__ = [
     "event",
     "frame",
     "parse",
+    "registry",
     "struct",
     "wire",
 ]
