@@ -53,6 +53,24 @@ sender's other devices) gets ``ksmpv3.error`` code ``device_mismatch`` with
 The challenge signature is the device signing key's Ed25519 signature over
 :func:`auth_message` (domain, nonce, username, device id). Events validate
 themselves when parsed, so a malformed event never exists past this module.
+
+Each event is declared once, as its list of fields (:mod:`sottovoce.protocol.spec`);
+``from_data``, ``to_data`` and ``to_frame`` come from that list. Adding an event (a
+call, a file) is a class and a line in the registry::
+
+    @event("sottovoce.call.ring")
+    class CallRing(ClientEvent):
+        \"\"\"Ring the other devices of a 1:1 conversation.\"\"\"
+
+        conversationId: str = wire(ID)
+        callId: str = wire(ID)
+        offer: bytes = wire(B64(max_bytes=MAX_SDP_BYTES, nonempty=True))
+        video: bool = wire(Bool(), default=False)     # optional: missing means False
+
+    CLIENT_EVENTS = registry(..., CallRing)
+
+The field kinds (``ID``, ``B64``, ``Int``, ``ListOf``, ``Nested`` ...) hold the shared
+rules (protocol/fields.py), so a new event inherits every fix to them.
 """
 
 from __future__ import annotations

@@ -7,20 +7,11 @@ order, and raises the first :class:`~sottovoce.protocol.fields.ProtocolError`
 (so the order of the fields is the order in which a bad frame's faults are reported);
 :func:`dump` writes one back. Neither is written per event.
 
-Adding an event (e.g. a call or file event) is a few lines::
-
-    @event("sottovoce.call.ring")
-    class CallRing(ClientEvent):
-        \"\"\"Ring the other devices of a 1:1 conversation (why it exists, one line).\"\"\"
-
-        conversationId: str = wire(ID)
-        callId: str = wire(ID)
-        offer: bytes = wire(B64(max_bytes=MAX_SDP_BYTES, nonempty=True))
-        video: bool = wire(Bool(), default=False)        # optional: absent → False
-
-then list it in its module's registry (``CLIENT_EVENTS`` / ``ROOM_CLIENT_EVENTS``), so
-the server dispatches it. A rule that spans fields (``adds`` and ``removes`` disjoint)
-is a ``check`` on the last field it needs; it runs right after that field is read.
+An event is a class decorated with :func:`event` (a nested object: :func:`struct`)
+and listed in its module's :func:`registry`, so the server dispatches it;
+protocol/events.py shows one. A rule that spans fields (``adds`` and ``removes``
+disjoint) is a ``check`` on the last field it needs; it runs right after that field
+is read.
 """
 
 from __future__ import annotations
