@@ -51,27 +51,26 @@ class Field:
     emit: bool = True
 
 
+_MISSING = object()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Bound:
-    """A :class:`Field` with its attribute, wire key and default resolved."""
+    """A :class:`Field` resolved for its class: attribute, wire key, default, and the
+    kind's methods looked up once (the parse loop is a relay's per-frame work)."""
 
     attr: str
     key: str
-    spec: Field
-    required: bool
+    parse: Callable[[Any, str], Any]
+    dump: Callable[[Any], Any]
+    optional: bool
     absent: tuple[Any, ...]
     default: Callable[[], Any]
-
-    def read(self, d: Data, values: Data) -> Any:
-        spec = self.spec
-        if spec.only_if is not None and not spec.only_if(values):
-            return self.default()
-        if spec.inline:
-            return spec.kind.parse(d, self.key)
-        v = d.get(self.key)
-        if not self.required and (self.key not in d or v in self.absent):
-            return self.default()
-        return spec.kind.parse(v, self.key)
+    only_if: Callable[[Data], bool] | None
+    check: Check | None
+    inline: bool
+    emit: bool
+    omit_default: bool
 
 
 @overload
@@ -133,10 +132,16 @@ def _bind(f: dataclasses.Field[Any]) -> _Bound:
     return _Bound(
         attr=f.name,
         key=spec.key or f.name,
-        spec=spec,
-        required=not has_default if spec.required is None else spec.required,
+        parse=spec.kind.parse,
+        dump=spec.kind.dump,
+        optional=has_default if spec.required is None else not spec.required,
         absent=spec.kind.absent if spec.absent is None else spec.absent,
         default=default,
+        only_if=spec.only_if,
+        check=spec.check,
+        inline=spec.inline,
+        emit=spec.emit,
+        omit_default=spec.omit_default,
     )
 
 
@@ -185,9 +190,19 @@ def parse(cls: type[S], d: Data) -> S:
     """Read ``d`` into ``cls``, field by field; raises :class:`ProtocolError`."""
     values: Data = {}
     for f in cls._wire_fields:
-        values[f.attr] = f.read(d, values)
-        if f.spec.check is not None:
-            f.spec.check(values, d)
+        if f.only_if is not None and not f.only_if(values):
+            value = f.default()
+        elif f.inline:
+            value = f.parse(d, f.key)
+        else:
+            v = d.get(f.key, _MISSING)
+            if f.optional and (v is _MISSING or v in f.absent):
+                value = f.default()
+            else:
+                value = f.parse(None if v is _MISSING else v, f.key)
+        values[f.attr] = value
+        if f.check is not None:
+            f.check(values, d)
     return cls(**values)
 
 
@@ -195,18 +210,17 @@ def dump(obj: Declared) -> Data:
     """The JSON object of ``obj`` (binary fields base64)."""
     out: Data = {}
     for f in obj._wire_fields:
-        spec = f.spec
-        if not spec.emit:
+        if not f.emit:
             continue
         value = getattr(obj, f.attr)
-        if spec.omit_default and value == f.default():
+        if f.omit_default and value == f.default():
             continue
         if value is None:
             out[f.key] = None
-        elif spec.inline:
-            out.update(spec.kind.dump(value))
+        elif f.inline:
+            out.update(f.dump(value))
         else:
-            out[f.key] = spec.kind.dump(value)
+            out[f.key] = f.dump(value)
     return out
 
 
