@@ -34,43 +34,33 @@ Check = Callable[[Data, Data], None]
 _META = "sottovoce.wire"
 
 
+def _no_default() -> Any:
+    raise TypeError("a required field has no default")  # unreachable: required is read
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Field:
-    """One field as the wire sees it (built by :func:`wire`, completed by the decorator)."""
+    """One field as the wire sees it: declared by :func:`wire`, then completed by
+    :func:`struct`/:func:`event` with its attribute, key, default and optionality."""
 
     kind: Kind[Any]
-    key: str | None = None
+    key: str = ""
     #: None: required unless the dataclass field has a default.
     required: bool | None = None
-    #: Values that mean "not given" (besides a missing key); None: the kind's own.
-    absent: tuple[Any, ...] | None = None
+    #: Values that mean "not given" (besides a missing key).
+    absent: tuple[Any, ...] = (None,)
     omit_default: bool = False
     only_if: Callable[[Data], bool] | None = None
     check: Check | None = None
     inline: bool = False
     emit: bool = True
+    # Completed by the decorator:
+    attr: str = ""
+    optional: bool = False
+    default: Callable[[], Any] = _no_default
 
 
 _MISSING = object()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Bound:
-    """A :class:`Field` resolved for its class: attribute, wire key, default, and the
-    kind's methods looked up once (the parse loop is a relay's per-frame work)."""
-
-    attr: str
-    key: str
-    parse: Callable[[Any, str], Any]
-    dump: Callable[[Any], Any]
-    optional: bool
-    absent: tuple[Any, ...]
-    default: Callable[[], Any]
-    only_if: Callable[[Data], bool] | None
-    check: Check | None
-    inline: bool
-    emit: bool
-    omit_default: bool
 
 
 @overload
@@ -112,14 +102,15 @@ def wire(
     kind reads the whole object, not one key (a struct extended by more fields).
     ``emit=False``: parse only.
     """
-    spec = Field(kind=kind, key=key, required=required, absent=absent,
+    spec = Field(kind=kind, key=key or "", required=required,
+                 absent=kind.absent if absent is None else absent,
                  omit_default=omit_default, only_if=only_if, check=check,
                  inline=inline, emit=emit)
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={_META: spec})
 
 
-def _bind(f: dataclasses.Field[Any]) -> _Bound:
+def _bind(f: dataclasses.Field[Any]) -> Field:
     spec: Field = f.metadata[_META]
     if f.default is not dataclasses.MISSING:
         value = f.default
@@ -129,24 +120,13 @@ def _bind(f: dataclasses.Field[Any]) -> _Bound:
     else:
         default = _no_default
     has_default = default is not _no_default
-    return _Bound(
+    return dataclasses.replace(
+        spec,
         attr=f.name,
         key=spec.key or f.name,
-        parse=spec.kind.parse,
-        dump=spec.kind.dump,
         optional=has_default if spec.required is None else not spec.required,
-        absent=spec.kind.absent if spec.absent is None else spec.absent,
         default=default,
-        only_if=spec.only_if,
-        check=spec.check,
-        inline=spec.inline,
-        emit=spec.emit,
-        omit_default=spec.omit_default,
     )
-
-
-def _no_default() -> Any:
-    raise TypeError("a required field has no default")  # unreachable: required is read
 
 
 def _declare(cls: C) -> C:
@@ -183,7 +163,7 @@ class Declared:
     """What :func:`struct` and :func:`event` give a class: its bound field list."""
 
     __slots__ = ()
-    _wire_fields: ClassVar[tuple[_Bound, ...]] = ()
+    _wire_fields: ClassVar[tuple[Field, ...]] = ()
 
 
 def parse(cls: type[S], d: Data) -> S:
@@ -193,13 +173,13 @@ def parse(cls: type[S], d: Data) -> S:
         if f.only_if is not None and not f.only_if(values):
             value = f.default()
         elif f.inline:
-            value = f.parse(d, f.key)
+            value = f.kind.parse(d, f.key)
         else:
             v = d.get(f.key, _MISSING)
             if f.optional and (v is _MISSING or v in f.absent):
                 value = f.default()
             else:
-                value = f.parse(None if v is _MISSING else v, f.key)
+                value = f.kind.parse(None if v is _MISSING else v, f.key)
         values[f.attr] = value
         if f.check is not None:
             f.check(values, d)
@@ -218,9 +198,9 @@ def dump(obj: Declared) -> Data:
         if value is None:
             out[f.key] = None
         elif f.inline:
-            out.update(f.dump(value))
+            out.update(f.kind.dump(value))
         else:
-            out[f.key] = f.dump(value)
+            out[f.key] = f.kind.dump(value)
     return out
 
 
