@@ -89,7 +89,6 @@ from sottovoce.limits import (
 from sottovoce.protocol.fields import (
     B64,
     CONTENT_TYPE,
-    CONTENT_TYPES,
     ID,
     OPT_ID,
     Bool,
@@ -97,43 +96,19 @@ from sottovoce.protocol.fields import (
     Int,
     ListOf,
     Loose,
-    ProtocolError,
     Str,
-    b64,
     bad,
     opt,
     req_obj,
 )
-from sottovoce.protocol.spec import (
-    ClientEvent,
-    Nested,
-    WireStruct,
-    event,
-    frame,
-    registry,
-    struct,
-    wire,
-)
 
-__all__ = [
-    "CERT_MAX_BYTES",
-    "CLIENT_EVENTS",
-    "CONTENT_TYPES",
-    "NONCE_BYTES",
-    "PREKEY_MAX_BYTES",
-    "PROTOCOL",
-    "SIGNATURE_BYTES",
-    "ClientEvent",
-    "Envelope",
-    "ProtocolError",
-    "WireError",
-    "auth_message",
-    "b64",
-    "dm_conversation_id",
-    "frame",
-    "parse_client_event",
-    "parse_frame",
-]
+# The ``X as X`` imports are re-exports: code that speaks the protocol imports them from here.
+from sottovoce.protocol.fields import CONTENT_TYPES as CONTENT_TYPES
+from sottovoce.protocol.fields import ProtocolError as ProtocolError
+from sottovoce.protocol.fields import b64 as b64
+from sottovoce.protocol.spec import ClientEvent as ClientEvent
+from sottovoce.protocol.spec import Nested, WireStruct, event, registry, struct, wire
+from sottovoce.protocol.spec import frame as frame
 
 PROTOCOL = "ksmpv3"
 _AUTH_DOMAIN = b"sottovoce auth v1"
