@@ -236,7 +236,7 @@ class Token(Kind[Secret]):
 ROOM_ID = Pattern(_ROOM_ID_RE, "must be 'room:' followed by 32 lowercase hex characters")
 TOKEN = Token()
 GROUP_INFO = B64(max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
-#: The audit entry that goes with a change (may be empty: the server then refuses it).
+#: The encoded audit entry that goes with a change (an AuditEntry), or null.
 AUDIT = B64(max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES)
 KEY_PACKAGE = B64(max_bytes=MAX_KEY_PACKAGE_BYTES, nonempty=True)
 
