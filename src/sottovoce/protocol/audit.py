@@ -72,7 +72,6 @@ checks). The suite id → (signature scheme, hash) table below mirrors
 from __future__ import annotations
 
 import hmac as _hmac
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -97,6 +96,7 @@ from sottovoce.limits import (
     AUDIT_MAX_SUBJECTS,
     MAX_ID_LEN,
 )
+from sottovoce.protocol.fields import ID_RE
 from sottovoce.secret import Secret
 
 if TYPE_CHECKING:  # only for annotations: importing suite would pull HPKE/AEAD in
@@ -143,8 +143,6 @@ _SUITES: dict[int, tuple[SignatureScheme, Hash]] = {
     7: (SignatureScheme.ECDSA_SECP384R1_SHA384, Hash.SHA384),
 }
 
-# The protocol id alphabet (protocol/fields.py), for room, user and device ids.
-_ID_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 
@@ -193,7 +191,7 @@ class AuditChainError(RemoteError):
 def _check_id(value: str, what: str) -> None:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN:
         raise UsageError(f"{what} must be a string of 1-{MAX_ID_LEN} characters")
-    if not _ID_RE.fullmatch(value):
+    if not ID_RE.fullmatch(value):
         raise UsageError(f"{what} contains characters outside the id alphabet")
 
 
@@ -384,7 +382,7 @@ def _read_id(r: Reader) -> str:
         value = raw.decode("ascii")
     except UnicodeDecodeError:
         raise DecodeError("identifier is not ASCII") from None
-    if not 0 < len(value) <= MAX_ID_LEN or not _ID_RE.fullmatch(value):
+    if not 0 < len(value) <= MAX_ID_LEN or not ID_RE.fullmatch(value):
         raise DecodeError("identifier outside the id alphabet or too long")
     return value
 

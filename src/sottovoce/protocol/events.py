@@ -53,13 +53,31 @@ sender's other devices) gets ``ksmpv3.error`` code ``device_mismatch`` with
 The challenge signature is the device signing key's Ed25519 signature over
 :func:`auth_message` (domain, nonce, username, device id). Events validate
 themselves when parsed, so a malformed event never exists past this module.
+
+Each event is declared once, as its list of fields (:mod:`sottovoce.protocol.spec`);
+``from_data``, ``to_data`` and ``to_frame`` come from that list. Adding an event (a
+call, a file) is a class and a line in the registry::
+
+    @event("sottovoce.call.ring")
+    class CallRing(ClientEvent):
+        \"\"\"Ring the other devices of a 1:1 conversation.\"\"\"
+
+        conversationId: str = wire(ID)
+        callId: str = wire(ID)
+        offer: bytes = wire(B64(max_bytes=MAX_SDP_BYTES, nonempty=True))
+        video: bool = wire(Bool(), default=False)     # optional: missing means False
+
+    CLIENT_EVENTS = registry(..., CallRing)
+
+The field kinds (``ID``, ``B64``, ``Int``, ``ListOf``, ``Nested`` ...) hold the shared
+rules (protocol/fields.py), so a new event inherits every fix to them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+import re
+from typing import Any
 
 from sottovoce.codec.tls import Writer
 from sottovoce.limits import (
@@ -69,28 +87,45 @@ from sottovoce.limits import (
     MAX_SEND_DEVICES,
 )
 from sottovoce.protocol.fields import (
-    ProtocolError,
-    b64,
+    B64,
+    CONTENT_TYPE,
+    ID,
+    OPT_ID,
+    Bool,
+    Const,
+    Int,
+    ListOf,
+    Loose,
+    Str,
     bad,
-    opt_bool,
-    opt_id,
-    opt_int,
-    req_b64,
-    req_id,
-    req_int,
-    req_list,
+    opt,
     req_obj,
-    req_str,
 )
 
+# The ``X as X`` imports are re-exports: code that speaks the protocol imports them from here.
+from sottovoce.protocol.fields import CONTENT_TYPES as CONTENT_TYPES
+from sottovoce.protocol.fields import ProtocolError as ProtocolError
+from sottovoce.protocol.fields import b64 as b64
+from sottovoce.protocol.spec import ClientEvent as ClientEvent
+from sottovoce.protocol.spec import Nested, WireStruct, event, registry, struct, wire
+from sottovoce.protocol.spec import frame as frame
+
 PROTOCOL = "ksmpv3"
-CONTENT_TYPES = frozenset({"text", "image", "voice", "system"})
 _AUTH_DOMAIN = b"sottovoce auth v1"
 #: Sizes of the binary fields carried in base64.
 CERT_MAX_BYTES = 4096
 PREKEY_MAX_BYTES = 512
 SIGNATURE_BYTES = 64
 NONCE_BYTES = 32
+#: Where a device wants its wake-up tickles: an http(s) URL.
+PUSH_ENDPOINT_MAX_LEN = 2048
+
+CERTIFICATE = B64(max_bytes=CERT_MAX_BYTES)
+SIGNATURE = B64(max_bytes=SIGNATURE_BYTES, size=SIGNATURE_BYTES)
+PREKEY = B64(max_bytes=PREKEY_MAX_BYTES)
+CIPHERTEXT = B64(max_bytes=MAX_CIPHERTEXT_BYTES)
+PUSH_ENDPOINT = Str(max_len=PUSH_ENDPOINT_MAX_LEN, pattern=re.compile(r"https?://.*", re.S),
+                    why="must be an http(s) URL")
 
 
 def auth_message(nonce: bytes, username: str, device_id: str) -> bytes:
@@ -128,18 +163,11 @@ def parse_frame(text: str | bytes) -> tuple[str, str | None, dict[str, Any]]:
     event = obj.get("event")
     if not isinstance(event, str) or not event:
         raise ProtocolError("bad_request", "frame has no 'event'")
-    request_id = opt_id(obj, "requestId")
+    request_id = opt(obj, "requestId", OPT_ID, None)
     data = obj.get("data", {})
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "'data' must be an object")
     return event, request_id, data
-
-
-def frame(event: str, data: dict[str, Any], request_id: str | None = None) -> str:
-    obj: dict[str, Any] = {"event": event, "data": data}
-    if request_id is not None:
-        obj["requestId"] = request_id
-    return json.dumps(obj, separators=(",", ":"))
 
 
 # =============================================================================
@@ -147,84 +175,50 @@ def frame(event: str, data: dict[str, Any], request_id: str | None = None) -> st
 # =============================================================================
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
+def _one_sequence(values: dict[str, Any], d: dict[str, Any]) -> None:
+    """Two sequences under two names, so that neither is taken for the other."""
+    if values["ephemeral"] and "serverSeq" in d:
+        raise bad("serverSeq", "an ephemeral message has ephemeralSeq, not serverSeq")
+    if not values["ephemeral"] and "ephemeralSeq" in d:
+        raise bad("ephemeralSeq", "only an ephemeral message has one")
+
+
+def _stored(values: dict[str, Any]) -> bool:
+    return not values["ephemeral"]
+
+
+def _ephemeral(values: dict[str, Any]) -> bool:
+    return bool(values["ephemeral"])
+
+
+@struct
+class Envelope(WireStruct):
     """One message as a recipient device receives it (its own ciphertext inside)."""
 
-    conversationId: str
-    messageId: str
-    senderUserId: str
-    senderDeviceId: str
-    recipientUserId: str
-    ciphertext: bytes
-    contentType: str
-    clientCreatedAtMs: int
-    serverReceivedAtMs: int
-    idempotencyKey: str
+    protocol: str = wire(Const(PROTOCOL), default=PROTOCOL, required=True)
+    contentType: str = wire(CONTENT_TYPE)
+    #: Empty for room messages; a malformed one is read as empty (routing only).
+    recipientUserId: str = wire(Loose(lambda v: v if isinstance(v, str) else ""), default="")
+    ephemeral: bool = wire(Bool(), default=False, check=_one_sequence)
     #: Stored messages: the conversation's serverSeq (>= 1); ephemeral ones: 0.
-    serverSeq: int = 0
+    serverSeq: int = wire(Int(minimum=1), default=0, required=True, only_if=_stored,
+                          omit_default=True)
     #: Ephemeral messages: their own per-conversation sequence (>= 1); stored ones: 0.
-    ephemeralSeq: int = 0
-    ephemeral: bool = False
-    protocol: str = PROTOCOL
+    ephemeralSeq: int = wire(Int(minimum=1), default=0, required=True, only_if=_ephemeral,
+                             omit_default=True)
+    conversationId: str = wire(ID)
+    messageId: str = wire(ID)
+    senderUserId: str = wire(ID)
+    senderDeviceId: str = wire(ID)
+    ciphertext: bytes = wire(CIPHERTEXT)
+    clientCreatedAtMs: int = wire(Int(), default=0)
+    serverReceivedAtMs: int = wire(Int())
+    idempotencyKey: str = wire(ID)
 
     def __post_init__(self) -> None:
         if self.ephemeral != (self.ephemeralSeq > 0) or self.ephemeral == (self.serverSeq > 0):
             raise ProtocolError("bad_request", "an envelope has serverSeq or, if ephemeral, "
                                                "ephemeralSeq")
-
-    def to_wire(self) -> dict[str, Any]:
-        seq = ({"ephemeralSeq": self.ephemeralSeq} if self.ephemeral
-               else {"serverSeq": self.serverSeq})
-        return {
-            "protocol": self.protocol,
-            "conversationId": self.conversationId,
-            "messageId": self.messageId,
-            "senderUserId": self.senderUserId,
-            "senderDeviceId": self.senderDeviceId,
-            "recipientUserId": self.recipientUserId,
-            "ciphertext": b64(self.ciphertext),
-            "contentType": self.contentType,
-            "clientCreatedAtMs": self.clientCreatedAtMs,
-            **seq,
-            "serverReceivedAtMs": self.serverReceivedAtMs,
-            "idempotencyKey": self.idempotencyKey,
-            "ephemeral": self.ephemeral,
-        }
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> Envelope:
-        if d.get("protocol") != PROTOCOL:
-            raise bad("protocol", f"must be '{PROTOCOL}'")
-        content_type = req_str(d, "contentType")
-        if content_type not in CONTENT_TYPES:
-            raise bad("contentType", f"must be one of {sorted(CONTENT_TYPES)}")
-        recipient = d.get("recipientUserId", "")
-        ephemeral = opt_bool(d, "ephemeral")
-        server_seq = eph_seq = 0
-        if ephemeral:
-            if "serverSeq" in d:
-                raise bad("serverSeq", "an ephemeral message has ephemeralSeq, not serverSeq")
-            eph_seq = req_int(d, "ephemeralSeq", minimum=1)
-        else:
-            if "ephemeralSeq" in d:
-                raise bad("ephemeralSeq", "only an ephemeral message has one")
-            server_seq = req_int(d, "serverSeq", minimum=1)
-        return cls(
-            conversationId=req_id(d, "conversationId"),
-            messageId=req_id(d, "messageId"),
-            senderUserId=req_id(d, "senderUserId"),
-            senderDeviceId=req_id(d, "senderDeviceId"),
-            recipientUserId=recipient if isinstance(recipient, str) else "",
-            ciphertext=req_b64(d, "ciphertext", max_bytes=MAX_CIPHERTEXT_BYTES),
-            contentType=content_type,
-            clientCreatedAtMs=opt_int(d, "clientCreatedAtMs"),
-            serverReceivedAtMs=req_int(d, "serverReceivedAtMs"),
-            idempotencyKey=req_id(d, "idempotencyKey"),
-            serverSeq=server_seq,
-            ephemeralSeq=eph_seq,
-            ephemeral=ephemeral,
-        )
 
 
 # =============================================================================
@@ -232,169 +226,74 @@ class Envelope:
 # =============================================================================
 
 
-class ClientEvent:
-    """Base of events a client sends; ``name`` is the wire event name."""
-
-    name: ClassVar[str]
-
-    def to_data(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def to_frame(self, request_id: str | None = None) -> str:
-        return frame(self.name, self.to_data(), request_id)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
+@struct
 class UsernameEvent(ClientEvent):
     """An event whose only field is a username (check, lookup, prekey/KeyPackage claims)."""
 
-    username: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"username": self.username}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Self:
-        return cls(username=req_id(d, "username"))
+    username: str = wire(ID)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Register(ClientEvent):
-    """Claim a username: the device certificate (signed by the new account key) and
-    the device key's signature over the challenge, proving possession."""
+@struct
+class _Certified(ClientEvent):
+    """A device certificate (signed by the account key) and the device key's signature
+    over the challenge, proving possession."""
 
-    name: ClassVar[str] = "sottovoce.register"
-    certificate: bytes
-    signature: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {"certificate": b64(self.certificate), "signature": b64(self.signature)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Register:
-        return cls(
-            certificate=req_b64(d, "certificate", max_bytes=CERT_MAX_BYTES),
-            signature=_signature(d),
-        )
+    certificate: bytes = wire(CERTIFICATE)
+    signature: bytes = wire(SIGNATURE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AddDevice(ClientEvent):
+@event("sottovoce.register")
+class Register(_Certified):
+    """Claim a username: the certificate is signed by the new account key."""
+
+
+@event("sottovoce.device.add")
+class AddDevice(_Certified):
     """Register another device of an existing account (certificate signed by the account key)."""
 
-    name: ClassVar[str] = "sottovoce.device.add"
-    certificate: bytes
-    signature: bytes
 
-    def to_data(self) -> dict[str, Any]:
-        return {"certificate": b64(self.certificate), "signature": b64(self.signature)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> AddDevice:
-        return cls(
-            certificate=req_b64(d, "certificate", max_bytes=CERT_MAX_BYTES),
-            signature=_signature(d),
-        )
-
-
-def _signature(d: dict[str, Any]) -> bytes:
-    sig = req_b64(d, "signature", max_bytes=SIGNATURE_BYTES)
-    if len(sig) != SIGNATURE_BYTES:
-        raise bad("signature", f"must be {SIGNATURE_BYTES} bytes")
-    return sig
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.auth")
 class Auth(ClientEvent):
-    name: ClassVar[str] = "sottovoce.auth"
-    username: str
-    deviceId: str
-    signature: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "username": self.username,
-            "deviceId": self.deviceId,
-            "signature": b64(self.signature),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Auth:
-        return cls(
-            username=req_id(d, "username"), deviceId=req_id(d, "deviceId"), signature=_signature(d)
-        )
+    username: str = wire(ID)
+    deviceId: str = wire(ID)
+    signature: bytes = wire(SIGNATURE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.username.check")
 class UsernameCheck(UsernameEvent):
-    name: ClassVar[str] = "sottovoce.username.check"
+    pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.directory.lookup")
 class DirectoryLookup(UsernameEvent):
-    name: ClassVar[str] = "sottovoce.directory.lookup"
+    pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.prekeys.upload")
 class PrekeysUpload(ClientEvent):
     """Signed one-time keys (encoded ``SignedPrekey``) and optionally a new fallback key."""
 
-    name: ClassVar[str] = "sottovoce.prekeys.upload"
-    oneTimeKeys: tuple[bytes, ...]
-    fallbackKey: bytes | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "oneTimeKeys": [b64(k) for k in self.oneTimeKeys],
-            "fallbackKey": None if self.fallbackKey is None else b64(self.fallbackKey),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> PrekeysUpload:
-        raw = req_list(d, "oneTimeKeys", max_items=MAX_PREKEYS_PER_UPLOAD)
-        keys = tuple(
-            req_b64({"oneTimeKeys": k}, "oneTimeKeys", max_bytes=PREKEY_MAX_BYTES) for k in raw
-        )
-        fallback = (
-            None
-            if d.get("fallbackKey") is None
-            else req_b64(d, "fallbackKey", max_bytes=PREKEY_MAX_BYTES)
-        )
-        return cls(oneTimeKeys=keys, fallbackKey=fallback)
+    oneTimeKeys: tuple[bytes, ...] = wire(ListOf(PREKEY, max_items=MAX_PREKEYS_PER_UPLOAD))
+    fallbackKey: bytes | None = wire(PREKEY, default=None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.prekeys.claim")
 class PrekeysClaim(UsernameEvent):
     """Fetch one prekey bundle per active device of ``username`` (consumes one-time keys)."""
 
-    name: ClassVar[str] = "sottovoce.prekeys.claim"
+
+@struct
+class DeviceCiphertext(WireStruct):
+    userId: str = wire(ID)
+    deviceId: str = wire(ID)
+    ciphertext: bytes = wire(CIPHERTEXT)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceCiphertext:
-    userId: str
-    deviceId: str
-    ciphertext: bytes
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "userId": self.userId,
-            "deviceId": self.deviceId,
-            "ciphertext": b64(self.ciphertext),
-        }
-
-    @classmethod
-    def from_wire(cls, d: Any) -> DeviceCiphertext:
-        if not isinstance(d, dict):
-            raise bad("ciphertexts", "items must be objects")
-        return cls(
-            userId=req_id(d, "userId"),
-            deviceId=req_id(d, "deviceId"),
-            ciphertext=req_b64(d, "ciphertext", max_bytes=MAX_CIPHERTEXT_BYTES),
-        )
+def _target(c: DeviceCiphertext) -> tuple[str, str]:
+    return (c.userId, c.deviceId)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("ksmpv3.send")
 class Send(ClientEvent):
     """One logical message: one ciphertext per recipient device (and own other devices).
 
@@ -402,168 +301,76 @@ class Send(ClientEvent):
     device a standard :class:`Envelope` holding its own ciphertext.
     """
 
-    name: ClassVar[str] = "ksmpv3.send"
-    conversationId: str
-    messageId: str
-    idempotencyKey: str
-    recipientUserId: str
-    contentType: str
-    clientCreatedAtMs: int
-    ciphertexts: tuple[DeviceCiphertext, ...]
-    senderUserId: str | None = None
-    ephemeral: bool = False
-
-    def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "protocol": PROTOCOL,
-            "conversationId": self.conversationId,
-            "messageId": self.messageId,
-            "idempotencyKey": self.idempotencyKey,
-            "recipientUserId": self.recipientUserId,
-            "contentType": self.contentType,
-            "clientCreatedAtMs": self.clientCreatedAtMs,
-            "ephemeral": self.ephemeral,
-            "ciphertexts": [c.to_wire() for c in self.ciphertexts],
-        }
-        if self.senderUserId is not None:
-            data["senderUserId"] = self.senderUserId
-        return data
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Send:
-        if d.get("protocol", PROTOCOL) != PROTOCOL:
-            raise bad("protocol", f"must be '{PROTOCOL}'")
-        content_type = req_str(d, "contentType")
-        if content_type not in CONTENT_TYPES:
-            raise bad("contentType", f"must be one of {sorted(CONTENT_TYPES)}")
-        items = req_list(d, "ciphertexts", max_items=MAX_SEND_DEVICES)
-        if not items:
-            raise bad("ciphertexts", "must not be empty")
-        ciphertexts = tuple(DeviceCiphertext.from_wire(c) for c in items)
-        targets = {(c.userId, c.deviceId) for c in ciphertexts}
-        if len(targets) != len(ciphertexts):
-            raise bad("ciphertexts", "names a device twice")
-        return cls(
-            conversationId=req_id(d, "conversationId"),
-            messageId=req_id(d, "messageId"),
-            idempotencyKey=req_id(d, "idempotencyKey"),
-            recipientUserId=req_id(d, "recipientUserId"),
-            contentType=content_type,
-            clientCreatedAtMs=opt_int(d, "clientCreatedAtMs"),
-            ciphertexts=ciphertexts,
-            senderUserId=opt_id(d, "senderUserId"),
-            ephemeral=opt_bool(d, "ephemeral"),
-        )
+    protocol: str = wire(Const(PROTOCOL), default=PROTOCOL)
+    contentType: str = wire(CONTENT_TYPE)
+    ciphertexts: tuple[DeviceCiphertext, ...] = wire(ListOf(
+        Nested(DeviceCiphertext, why="items must be objects"),
+        max_items=MAX_SEND_DEVICES, nonempty=True, unique=_target,
+    ))
+    conversationId: str = wire(ID)
+    messageId: str = wire(ID)
+    idempotencyKey: str = wire(ID)
+    recipientUserId: str = wire(ID)
+    clientCreatedAtMs: int = wire(Int(), default=0)
+    senderUserId: str | None = wire(OPT_ID, default=None, omit_default=True)
+    ephemeral: bool = wire(Bool(), default=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("ksmpv3.ack.read")
 class AckRead(ClientEvent):
     """The device has durably stored every frame up to this global inbox seq."""
 
-    name: ClassVar[str] = "ksmpv3.ack.read"
-    upToGlobalInboxSeq: int
-
-    def to_data(self) -> dict[str, Any]:
-        return {"upToGlobalInboxSeq": self.upToGlobalInboxSeq}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> AckRead:
-        return cls(upToGlobalInboxSeq=req_int(d, "upToGlobalInboxSeq", minimum=1))
+    upToGlobalInboxSeq: int = wire(Int(minimum=1))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("ksmpv3.resume")
 class Resume(ClientEvent):
-    name: ClassVar[str] = "ksmpv3.resume"
-    lastGlobalInboxSeq: int = 0
-
-    def to_data(self) -> dict[str, Any]:
-        return {"lastGlobalInboxSeq": self.lastGlobalInboxSeq}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Resume:
-        return cls(lastGlobalInboxSeq=opt_int(d, "lastGlobalInboxSeq"))
+    lastGlobalInboxSeq: int = wire(Int(), default=0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("ping")
 class Ping(ClientEvent):
-    name: ClassVar[str] = "ping"
-
-    def to_data(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> Ping:
-        return cls()
+    pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.push.register")
 class PushRegister(ClientEvent):
     """Where to send wake-up tickles for this device (a UnifiedPush-style endpoint URL)."""
 
-    name: ClassVar[str] = "sottovoce.push.register"
-    endpoint: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> PushRegister:
-        endpoint = req_str(d, "endpoint", max_len=2048)
-        if not endpoint.startswith(("https://", "http://")):
-            raise bad("endpoint", "must be an http(s) URL")
-        return cls(endpoint=endpoint)
+    endpoint: str = wire(PUSH_ENDPOINT)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.device.revoke")
 class RevokeDevice(ClientEvent):
     """An encoded ``RevocationStatement`` signed by the account key."""
 
-    name: ClassVar[str] = "sottovoce.device.revoke"
-    revocation: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {"revocation": b64(self.revocation)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RevokeDevice:
-        return cls(revocation=req_b64(d, "revocation", max_bytes=CERT_MAX_BYTES))
+    revocation: bytes = wire(CERTIFICATE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.account.delete")
 class DeleteAccount(ClientEvent):
     """An encoded ``AccountDeletion`` signed by the account key; answered with
     ``sottovoce.account.deleted {}``, then every connection of the account closes (4002)."""
 
-    name: ClassVar[str] = "sottovoce.account.delete"
-    statement: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {"statement": b64(self.statement)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> DeleteAccount:
-        return cls(statement=req_b64(d, "statement", max_bytes=CERT_MAX_BYTES))
+    statement: bytes = wire(CERTIFICATE)
 
 
-CLIENT_EVENTS: dict[str, Any] = {
-    cls.name: cls
-    for cls in (
-        Register,
-        AddDevice,
-        Auth,
-        UsernameCheck,
-        DirectoryLookup,
-        PrekeysUpload,
-        PrekeysClaim,
-        Send,
-        AckRead,
-        Resume,
-        Ping,
-        PushRegister,
-        RevokeDevice,
-        DeleteAccount,
-    )
-}
+CLIENT_EVENTS = registry(
+    Register,
+    AddDevice,
+    Auth,
+    UsernameCheck,
+    DirectoryLookup,
+    PrekeysUpload,
+    PrekeysClaim,
+    Send,
+    AckRead,
+    Resume,
+    Ping,
+    PushRegister,
+    RevokeDevice,
+    DeleteAccount,
+)
 
 
 def parse_client_event(text: str | bytes) -> tuple[ClientEvent, str | None]:
@@ -572,8 +379,7 @@ def parse_client_event(text: str | bytes) -> tuple[ClientEvent, str | None]:
     cls = CLIENT_EVENTS.get(event)
     if cls is None:
         raise ProtocolError("unknown_event", "unknown event")
-    parsed: ClientEvent = cls.from_data(data)
-    return parsed, request_id
+    return cls.from_data(data), request_id
 
 
 # =============================================================================
@@ -581,41 +387,25 @@ def parse_client_event(text: str | bytes) -> tuple[ClientEvent, str | None]:
 # =============================================================================
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WireError:
+@struct
+class WireError(WireStruct):
     """``ksmpv3.error``: code, message, retryable, retryAfterMs (docs/protocol.md §Errors)."""
 
-    code: str
-    message: str
-    retryable: bool = False
-    retryAfterMs: int = 0
-    messageId: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    code: str = wire(Str())
+    #: Shown to a person at most: any value is taken, as text, cut to 500 characters.
+    message: str = wire(Loose(lambda v: str(v)[:500]), default="")
+    retryable: bool = wire(Bool(), default=False)
+    retryAfterMs: int = wire(Int(), default=0)
+    messageId: str | None = wire(OPT_ID, default=None, omit_default=True)
+    details: dict[str, Any] = wire(Loose(lambda v: v if isinstance(v, dict) else {}),
+                                   default_factory=dict, omit_default=True)
 
     def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "retryable": self.retryable,
-            "retryAfterMs": self.retryAfterMs,
-        }
-        if self.messageId is not None:
-            data["messageId"] = self.messageId
-        if self.details:
-            data["details"] = self.details
-        return data
+        return self.to_wire()
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> WireError:
-        details = d.get("details", {})
-        return cls(
-            code=req_str(d, "code"),
-            message=str(d.get("message", ""))[:500],
-            retryable=opt_bool(d, "retryable"),
-            retryAfterMs=opt_int(d, "retryAfterMs"),
-            messageId=opt_id(d, "messageId"),
-            details=details if isinstance(details, dict) else {},
-        )
+        return cls.from_wire(d)
 
 
 #: Server → client event names.
@@ -644,4 +434,4 @@ def inbox_frame(global_inbox_seq: int, envelope: dict[str, Any]) -> str:
 
 
 def parse_inbox_frame(data: dict[str, Any]) -> tuple[int, Envelope]:
-    return opt_int(data, "globalInboxSeq"), Envelope.from_wire(req_obj(data, "envelope"))
+    return opt(data, "globalInboxSeq", Int(), 0), Envelope.from_wire(req_obj(data, "envelope"))

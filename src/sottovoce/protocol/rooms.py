@@ -113,8 +113,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from sottovoce.errors import UsageError
 from sottovoce.limits import (
@@ -130,30 +129,34 @@ from sottovoce.limits import (
     ROOM_TOKEN_MAX_LEN,
     ROOM_TOKEN_MIN_LEN,
 )
-from sottovoce.protocol.events import (
-    CLIENT_EVENTS,
-    CONTENT_TYPES,
-    ClientEvent,
-    Envelope,
-    UsernameEvent,
-)
+from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, UsernameEvent
 from sottovoce.protocol.fields import (
+    B64,
+    CONTENT_TYPE,
+    ID,
+    ID_RE,
+    Int,
+    Kind,
+    ListOf,
+    Pattern,
     ProtocolError,
-    b64,
+    Str,
     bad,
-    opt_int,
-    req_b64,
-    req_id,
-    req_int,
-    req_list,
     req_obj,
-    req_str,
+)
+from sottovoce.protocol.spec import (
+    ClientEvent,
+    Nested,
+    WireStruct,
+    event,
+    registry,
+    struct,
+    wire,
 )
 from sottovoce.secret import Secret
 
 ROOM_ID_PREFIX = "room:"
 _ROOM_ID_RE = re.compile(r"room:[0-9a-f]{32}")
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
 TOKEN_HASH_DOMAIN = b"sottovoce room token v1"
 TOKEN_WIRE_DOMAIN = b"sottovoce room token wire v1"
 TOKEN_PSK_DOMAIN = b"sottovoce room token psk v1"
@@ -212,82 +215,58 @@ def member_identity(user: str, device: str) -> bytes:
 
 
 # =============================================================================
-# Field readers
+# Field kinds
 # =============================================================================
 
 
+class Token(Kind[Secret]):
+    """A wire token (:func:`wire_token`): held as a :class:`Secret` from the moment it is read."""
+
+    def parse(self, v: Any, key: str) -> Secret:
+        if not isinstance(v, str):
+            raise bad(key, "must be a string")
+        if not ROOM_TOKEN_MIN_LEN <= len(v) <= ROOM_TOKEN_MAX_LEN or not ID_RE.fullmatch(v):
+            raise bad(key, f"must be {ROOM_TOKEN_MIN_LEN}-{ROOM_TOKEN_MAX_LEN} id characters")
+        return Secret(v.encode("ascii"))
+
+    def dump(self, value: Secret) -> str:
+        return value.expose().decode("ascii")
+
+
+ROOM_ID = Pattern(_ROOM_ID_RE, "must be 'room:' followed by 32 lowercase hex characters")
+TOKEN = Token()
+GROUP_INFO = B64(max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
+#: The encoded audit entry that goes with a change (an AuditEntry), or null.
+AUDIT = B64(max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES)
+KEY_PACKAGE = B64(max_bytes=MAX_KEY_PACKAGE_BYTES, nonempty=True)
+
+
 def req_room_id(d: dict[str, Any], name: str = "roomId") -> str:
-    v = d.get(name)
-    if not isinstance(v, str) or not _ROOM_ID_RE.fullmatch(v):
-        raise bad(name, "must be 'room:' followed by 32 lowercase hex characters")
-    return v
+    return ROOM_ID.parse(d.get(name), name)
 
 
 def req_token(d: dict[str, Any], name: str = "token") -> Secret:
-    v = d.get(name)
-    if not isinstance(v, str):
-        raise bad(name, "must be a string")
-    if not ROOM_TOKEN_MIN_LEN <= len(v) <= ROOM_TOKEN_MAX_LEN or not _TOKEN_RE.fullmatch(v):
-        raise bad(name, f"must be {ROOM_TOKEN_MIN_LEN}-{ROOM_TOKEN_MAX_LEN} id characters")
-    return Secret(v.encode("ascii"))
+    return TOKEN.parse(d.get(name), name)
 
 
-def opt_token(d: dict[str, Any], name: str = "token") -> Secret | None:
-    return None if d.get(name) is None else req_token(d, name)
-
-
-def exact_b64(d: dict[str, Any], name: str, *, max_bytes: int) -> bytes:
-    """``req_b64`` with the limit checked on the decoded bytes (its length pre-check alone
-    lets up to two bytes more through)."""
-    v = req_b64(d, name, max_bytes=max_bytes)
-    if len(v) > max_bytes:
-        raise ProtocolError("payload_too_large", f"field '{name}' exceeds {max_bytes} bytes")
-    return v
-
-
-def opt_b64(d: dict[str, Any], name: str, *, max_bytes: int) -> bytes | None:
-    return None if d.get(name) is None else exact_b64(d, name, max_bytes=max_bytes)
-
-
-def _nonempty_b64(d: dict[str, Any], name: str, *, max_bytes: int) -> bytes:
-    v = exact_b64(d, name, max_bytes=max_bytes)
-    if not v:
-        raise bad(name, "must not be empty")
-    return v
-
-
-def _secret_wire(token: Secret) -> str:
-    return token.expose().decode("ascii")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemberRef:
+@struct
+class MemberRef(WireStruct):
     """One member device of a room."""
 
-    userId: str
-    deviceId: str
-
-    def to_wire(self) -> dict[str, str]:
-        return {"userId": self.userId, "deviceId": self.deviceId}
+    userId: str = wire(ID)
+    deviceId: str = wire(ID)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.userId, self.deviceId)
 
-    @classmethod
-    def from_wire(cls, d: Any, name: str) -> MemberRef:
-        if not isinstance(d, dict):
-            raise bad(name, "items must be objects")
-        return cls(userId=req_id(d, "userId"), deviceId=req_id(d, "deviceId"))
+
+def _key(m: MemberRef) -> tuple[str, str]:
+    return m.key
 
 
-def _members(d: dict[str, Any], name: str) -> tuple[MemberRef, ...]:
-    items = tuple(
-        MemberRef.from_wire(x, name) for x in req_list(d, name, max_items=MAX_ROOM_MEMBERS)
-    )
-    if len({m.key for m in items}) != len(items):
-        raise bad(name, "names a device twice")
-    return items
+MEMBER = Nested(MemberRef, why="items must be objects")
+MEMBERS = ListOf(MEMBER, max_items=MAX_ROOM_MEMBERS, unique=_key)
 
 
 # =============================================================================
@@ -295,42 +274,25 @@ def _members(d: dict[str, Any], name: str) -> tuple[MemberRef, ...]:
 # =============================================================================
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _some_key_package(values: dict[str, Any], _: dict[str, Any]) -> None:
+    if not values["keyPackages"] and values["lastResort"] is None:
+        raise bad("keyPackages", "must not be empty without a lastResort")
+
+
+@event("sottovoce.keypackages.upload")
 class KeyPackagesUpload(ClientEvent):
     """One-time KeyPackages (RFC 9420 §10, opaque to the server) and optionally a new
     last-resort one, which is handed out when the one-time stock is empty and never consumed."""
 
-    name: ClassVar[str] = "sottovoce.keypackages.upload"
-    keyPackages: tuple[bytes, ...]
-    lastResort: bytes | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "keyPackages": [b64(k) for k in self.keyPackages],
-            "lastResort": None if self.lastResort is None else b64(self.lastResort),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> KeyPackagesUpload:
-        raw = req_list(d, "keyPackages", max_items=MAX_KEY_PACKAGES_PER_UPLOAD)
-        kps = tuple(
-            _nonempty_b64({"keyPackages": k}, "keyPackages", max_bytes=MAX_KEY_PACKAGE_BYTES)
-            for k in raw
-        )
-        last = (
-            None if d.get("lastResort") is None
-            else _nonempty_b64(d, "lastResort", max_bytes=MAX_KEY_PACKAGE_BYTES)
-        )
-        if not kps and last is None:
-            raise bad("keyPackages", "must not be empty without a lastResort")
-        return cls(keyPackages=kps, lastResort=last)
+    keyPackages: tuple[bytes, ...] = wire(
+        ListOf(KEY_PACKAGE, max_items=MAX_KEY_PACKAGES_PER_UPLOAD)
+    )
+    lastResort: bytes | None = wire(KEY_PACKAGE, default=None, check=_some_key_package)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.keypackages.claim")
 class KeyPackagesClaim(UsernameEvent):
     """One KeyPackage per active device of ``username`` (the caller's own device excluded)."""
-
-    name: ClassVar[str] = "sottovoce.keypackages.claim"
 
 
 # =============================================================================
@@ -338,331 +300,160 @@ class KeyPackagesClaim(UsernameEvent):
 # =============================================================================
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.create")
 class RoomCreate(ClientEvent):
-    name: ClassVar[str] = "sottovoce.room.create"
-    roomId: str
-    groupInfo: bytes | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "roomId": self.roomId,
-            "groupInfo": None if self.groupInfo is None else b64(self.groupInfo),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomCreate:
-        return cls(
-            roomId=req_room_id(d),
-            groupInfo=opt_b64(d, "groupInfo", max_bytes=MAX_ROOM_GROUP_INFO_BYTES),
-        )
+    roomId: str = wire(ROOM_ID)
+    groupInfo: bytes | None = wire(GROUP_INFO, default=None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _disjoint(values: dict[str, Any], _: dict[str, Any]) -> None:
+    if {m.key for m in values["adds"]} & {m.key for m in values["removes"]}:
+        raise bad("adds", "names a device that 'removes' also names")
+
+
+def _welcome_has_adds(values: dict[str, Any], _: dict[str, Any]) -> None:
+    if values["welcome"] is not None and not values["adds"]:
+        raise bad("welcome", "needs at least one device in 'adds'")
+
+
+@event("sottovoce.room.commit")
 class RoomCommit(ClientEvent):
     """An MLS commit made in ``epoch`` with the roster change it declares.
 
     ``token`` set means an external commit by a non-member (``adds`` = itself).
     """
 
-    name: ClassVar[str] = "sottovoce.room.commit"
-    roomId: str
-    epoch: int
-    messageId: str
-    idempotencyKey: str
-    commit: bytes
-    welcome: bytes | None = None
-    adds: tuple[MemberRef, ...] = ()
-    removes: tuple[MemberRef, ...] = ()
-    groupInfo: bytes | None = None
-    audit: bytes | None = None
-    token: Secret | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "roomId": self.roomId,
-            "epoch": self.epoch,
-            "messageId": self.messageId,
-            "idempotencyKey": self.idempotencyKey,
-            "commit": b64(self.commit),
-            "welcome": None if self.welcome is None else b64(self.welcome),
-            "adds": [m.to_wire() for m in self.adds],
-            "removes": [m.to_wire() for m in self.removes],
-            "groupInfo": None if self.groupInfo is None else b64(self.groupInfo),
-            "audit": None if self.audit is None else b64(self.audit),
-            "token": None if self.token is None else _secret_wire(self.token),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomCommit:
-        adds = _members(d, "adds")
-        removes = _members(d, "removes")
-        if {m.key for m in adds} & {m.key for m in removes}:
-            raise bad("adds", "names a device that 'removes' also names")
-        welcome = opt_b64(d, "welcome", max_bytes=MAX_ROOM_WELCOME_BYTES)
-        if welcome is not None and not adds:
-            raise bad("welcome", "needs at least one device in 'adds'")
-        return cls(
-            roomId=req_room_id(d),
-            epoch=req_int(d, "epoch"),
-            messageId=req_id(d, "messageId"),
-            idempotencyKey=req_id(d, "idempotencyKey"),
-            commit=_nonempty_b64(d, "commit", max_bytes=MAX_ROOM_COMMIT_BYTES),
-            welcome=welcome,
-            adds=adds,
-            removes=removes,
-            groupInfo=opt_b64(d, "groupInfo", max_bytes=MAX_ROOM_GROUP_INFO_BYTES),
-            audit=opt_b64(d, "audit", max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES),
-            token=opt_token(d),
-        )
+    adds: tuple[MemberRef, ...] = wire(MEMBERS, default=(), required=True)
+    removes: tuple[MemberRef, ...] = wire(MEMBERS, default=(), required=True, check=_disjoint)
+    welcome: bytes | None = wire(B64(max_bytes=MAX_ROOM_WELCOME_BYTES), default=None,
+                                 check=_welcome_has_adds)
+    roomId: str = wire(ROOM_ID)
+    epoch: int = wire(Int())
+    messageId: str = wire(ID)
+    idempotencyKey: str = wire(ID)
+    commit: bytes = wire(B64(max_bytes=MAX_ROOM_COMMIT_BYTES, nonempty=True))
+    groupInfo: bytes | None = wire(GROUP_INFO, default=None)
+    audit: bytes | None = wire(AUDIT, default=None)
+    token: Secret | None = wire(TOKEN, default=None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.send")
 class RoomSend(ClientEvent):
     """One MLS PrivateMessage for the whole room, made in ``epoch``."""
 
-    name: ClassVar[str] = "sottovoce.room.send"
-    roomId: str
-    epoch: int
-    messageId: str
-    idempotencyKey: str
-    contentType: str
-    clientCreatedAtMs: int
-    ciphertext: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "roomId": self.roomId,
-            "epoch": self.epoch,
-            "messageId": self.messageId,
-            "idempotencyKey": self.idempotencyKey,
-            "contentType": self.contentType,
-            "clientCreatedAtMs": self.clientCreatedAtMs,
-            "ciphertext": b64(self.ciphertext),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomSend:
-        content_type = req_str(d, "contentType")
-        if content_type not in CONTENT_TYPES:
-            raise bad("contentType", f"must be one of {sorted(CONTENT_TYPES)}")
-        return cls(
-            roomId=req_room_id(d),
-            epoch=req_int(d, "epoch"),
-            messageId=req_id(d, "messageId"),
-            idempotencyKey=req_id(d, "idempotencyKey"),
-            contentType=content_type,
-            clientCreatedAtMs=opt_int(d, "clientCreatedAtMs"),
-            ciphertext=_nonempty_b64(d, "ciphertext", max_bytes=MAX_CIPHERTEXT_BYTES),
-        )
+    contentType: str = wire(CONTENT_TYPE)
+    roomId: str = wire(ROOM_ID)
+    epoch: int = wire(Int())
+    messageId: str = wire(ID)
+    idempotencyKey: str = wire(ID)
+    clientCreatedAtMs: int = wire(Int(), default=0)
+    ciphertext: bytes = wire(B64(max_bytes=MAX_CIPHERTEXT_BYTES, nonempty=True))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.ack")
 class RoomAck(ClientEvent):
     """The device has stored the room's messages up to this serverSeq (its read position)."""
 
-    name: ClassVar[str] = "sottovoce.room.ack"
-    roomId: str
-    upToServerSeq: int
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId, "upToServerSeq": self.upToServerSeq}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomAck:
-        return cls(roomId=req_room_id(d), upToServerSeq=req_int(d, "upToServerSeq", minimum=1))
+    roomId: str = wire(ROOM_ID)
+    upToServerSeq: int = wire(Int(minimum=1))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.sync")
 class RoomSync(ClientEvent):
-    name: ClassVar[str] = "sottovoce.room.sync"
-    roomId: str
-    afterServerSeq: int = 0
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId, "afterServerSeq": self.afterServerSeq}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomSync:
-        return cls(roomId=req_room_id(d), afterServerSeq=opt_int(d, "afterServerSeq"))
+    roomId: str = wire(ROOM_ID)
+    afterServerSeq: int = wire(Int(), default=0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.info")
 class RoomInfo(ClientEvent):
-    name: ClassVar[str] = "sottovoce.room.info"
-    roomId: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomInfo:
-        return cls(roomId=req_room_id(d))
+    roomId: str = wire(ROOM_ID)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.rooms.list")
 class RoomsList(ClientEvent):
-    name: ClassVar[str] = "sottovoce.rooms.list"
-
-    def to_data(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomsList:
-        return cls()
+    pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.token.set")
 class RoomTokenSet(ClientEvent):
     """Create or rotate the room's join token (the server keeps only its hash)."""
 
-    name: ClassVar[str] = "sottovoce.room.token.set"
-    roomId: str
-    token: Secret
-    audit: bytes | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "roomId": self.roomId,
-            "token": _secret_wire(self.token),
-            "audit": None if self.audit is None else b64(self.audit),
-        }
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomTokenSet:
-        return cls(
-            roomId=req_room_id(d),
-            token=req_token(d),
-            audit=opt_b64(d, "audit", max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES),
-        )
+    roomId: str = wire(ROOM_ID)
+    token: Secret = wire(TOKEN)
+    audit: bytes | None = wire(AUDIT, default=None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.token.revoke")
 class RoomTokenRevoke(ClientEvent):
-    name: ClassVar[str] = "sottovoce.room.token.revoke"
-    roomId: str
-    audit: bytes | None = None
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId, "audit": None if self.audit is None else b64(self.audit)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> RoomTokenRevoke:
-        return cls(
-            roomId=req_room_id(d),
-            audit=opt_b64(d, "audit", max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES),
-        )
+    roomId: str = wire(ROOM_ID)
+    audit: bytes | None = wire(AUDIT, default=None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _one_of_token_and_room(values: dict[str, Any], _: dict[str, Any]) -> None:
+    if (values["token"] is None) == (values["roomId"] is None):
+        raise bad("token", "give exactly one of 'token' and 'roomId'")
+
+
+@event("sottovoce.room.groupinfo.get")
 class GroupInfoGet(ClientEvent):
     """The public GroupInfo of a room, for an external commit: of the room a ``token``
     opens (a joiner), or of ``roomId`` for one of its members (a member that could not
     follow a commit rejoins by an external commit on it). Exactly one of the two."""
 
-    name: ClassVar[str] = "sottovoce.room.groupinfo.get"
-    token: Secret | None = None
-    roomId: str | None = None
+    token: Secret | None = wire(TOKEN, default=None, omit_default=True)
+    roomId: str | None = wire(ROOM_ID, default=None, omit_default=True,
+                              check=_one_of_token_and_room)
 
     def __post_init__(self) -> None:
         if (self.token is None) == (self.roomId is None):
             raise UsageError("give exactly one of token and roomId")
 
-    def to_data(self) -> dict[str, Any]:
-        if self.token is not None:
-            return {"token": _secret_wire(self.token)}
-        return {"roomId": self.roomId}
 
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> GroupInfoGet:
-        token = opt_token(d)
-        room_id = None if d.get("roomId") is None else req_room_id(d)
-        if (token is None) == (room_id is None):
-            raise bad("token", "give exactly one of 'token' and 'roomId'")
-        return cls(token=token, roomId=room_id)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.join.request")
 class JoinRequest(ClientEvent):
     """Ask the members of the token's room to add this device with ``keyPackage``: its own
     (a basic credential naming it, its certified MLS key, current, validly signed), at
     most MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES. Rate-limited per device and per room; a
     room holds at most MAX_PENDING_JOIN_REQUESTS unanswered ones, one per device."""
 
-    name: ClassVar[str] = "sottovoce.room.join.request"
-    token: Secret
-    keyPackage: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {"token": _secret_wire(self.token), "keyPackage": b64(self.keyPackage)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> JoinRequest:
-        return cls(
-            token=req_token(d),
-            keyPackage=_nonempty_b64(
-                d, "keyPackage", max_bytes=MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES
-            ),
-        )
+    token: Secret = wire(TOKEN)
+    keyPackage: bytes = wire(B64(max_bytes=MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES, nonempty=True))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.audit.append")
 class AuditAppend(ClientEvent):
     """An audit entry for an event that is not a commit (calls, recordings)."""
 
-    name: ClassVar[str] = "sottovoce.room.audit.append"
-    roomId: str
-    entry: bytes
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId, "entry": b64(self.entry)}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> AuditAppend:
-        return cls(
-            roomId=req_room_id(d),
-            entry=_nonempty_b64(d, "entry", max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES),
-        )
+    roomId: str = wire(ROOM_ID)
+    entry: bytes = wire(B64(max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES, nonempty=True))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@event("sottovoce.room.audit.get")
 class AuditGet(ClientEvent):
-    name: ClassVar[str] = "sottovoce.room.audit.get"
-    roomId: str
-    afterIndex: int = -1
-
-    def to_data(self) -> dict[str, Any]:
-        return {"roomId": self.roomId, "afterIndex": self.afterIndex}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> AuditGet:
-        after = -1 if d.get("afterIndex") is None else req_int(d, "afterIndex", minimum=-1)
-        return cls(roomId=req_room_id(d), afterIndex=after)
+    afterIndex: int = wire(Int(minimum=-1), default=-1)
+    roomId: str = wire(ROOM_ID)
 
 
-ROOM_CLIENT_EVENTS: dict[str, Any] = {
-    cls.name: cls
-    for cls in (
-        KeyPackagesUpload,
-        KeyPackagesClaim,
-        RoomCreate,
-        RoomCommit,
-        RoomSend,
-        RoomAck,
-        RoomSync,
-        RoomInfo,
-        RoomsList,
-        RoomTokenSet,
-        RoomTokenRevoke,
-        GroupInfoGet,
-        JoinRequest,
-        AuditAppend,
-        AuditGet,
-    )
-}
+ROOM_CLIENT_EVENTS = registry(
+    KeyPackagesUpload,
+    KeyPackagesClaim,
+    RoomCreate,
+    RoomCommit,
+    RoomSend,
+    RoomAck,
+    RoomSync,
+    RoomInfo,
+    RoomsList,
+    RoomTokenSet,
+    RoomTokenRevoke,
+    GroupInfoGet,
+    JoinRequest,
+    AuditAppend,
+    AuditGet,
+)
 #: Every client event the server understands, KSMP v3 core and rooms: the one registry
 #: the server dispatches on (protocol/events.py cannot import this module: it is imported here).
-ALL_CLIENT_EVENTS: dict[str, Any] = {**CLIENT_EVENTS, **ROOM_CLIENT_EVENTS}
+ALL_CLIENT_EVENTS = registry(*CLIENT_EVENTS.values(), *ROOM_CLIENT_EVENTS.values())
 
 
 # =============================================================================
@@ -670,19 +461,36 @@ ALL_CLIENT_EVENTS: dict[str, Any] = {**CLIENT_EVENTS, **ROOM_CLIENT_EVENTS}
 # =============================================================================
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoomEnvelope:
-    """A room message as a member device receives it in ``sottovoce.room.frame``
-    (or, roomKind "welcome", in its inbox)."""
+class _RemoveReason(Kind[str]):
+    """The ``reason`` inside a ``removeRequest`` object."""
 
-    envelope: Envelope
-    roomEpoch: int
-    roomKind: str
-    adds: tuple[MemberRef, ...] = ()
-    removes: tuple[MemberRef, ...] = ()
-    joinRequest: MemberRef | None = None
-    removeRequest: MemberRef | None = None
-    removeReason: str | None = None
+    def parse(self, v: Any, key: str) -> str:
+        if not isinstance(v, dict):
+            raise bad(key, "must be an object")
+        return Str().parse(v.get("reason"), "reason")
+
+
+@struct
+class RoomEnvelope(WireStruct):
+    """A room message as a member device receives it in ``sottovoce.room.frame``
+    (or, roomKind "welcome", in its inbox): the KSMP v3 envelope and the room's fields
+    beside it in the same object."""
+
+    envelope: Envelope = wire(Nested(Envelope), inline=True)
+    roomKind: str = wire(Str(choices=ROOM_KINDS))
+    removeReason: str | None = wire(_RemoveReason(), key="removeRequest", default=None,
+                                    emit=False)
+    roomEpoch: int = wire(Int())
+    adds: tuple[MemberRef, ...] = wire(MEMBERS, default=(), absent=())
+    removes: tuple[MemberRef, ...] = wire(MEMBERS, default=(), absent=())
+    joinRequest: MemberRef | None = wire(MEMBER, default=None)
+    removeRequest: MemberRef | None = wire(MEMBER, default=None)
+
+    def to_wire(self) -> dict[str, Any]:
+        d = WireStruct.to_wire(self)
+        if self.removeRequest is not None:
+            d["removeRequest"] = {**d["removeRequest"], "reason": self.removeReason}
+        return d
 
     @property
     def roomId(self) -> str:
@@ -691,28 +499,6 @@ class RoomEnvelope:
     @property
     def serverSeq(self) -> int:
         return self.envelope.serverSeq
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> RoomEnvelope:
-        env = Envelope.from_wire(d)
-        kind = req_str(d, "roomKind")
-        if kind not in ROOM_KINDS:
-            raise bad("roomKind", f"must be one of {sorted(ROOM_KINDS)}")
-        join = d.get("joinRequest")
-        remove = d.get("removeRequest")
-        reason = None
-        if remove is not None:
-            reason = req_str(req_obj(d, "removeRequest"), "reason")
-        return cls(
-            envelope=env,
-            roomEpoch=req_int(d, "roomEpoch"),
-            roomKind=kind,
-            adds=_members(d, "adds") if "adds" in d else (),
-            removes=_members(d, "removes") if "removes" in d else (),
-            joinRequest=None if join is None else MemberRef.from_wire(join, "joinRequest"),
-            removeRequest=None if remove is None else MemberRef.from_wire(remove, "removeRequest"),
-            removeReason=reason,
-        )
 
 
 def parse_room_frame(data: dict[str, Any]) -> RoomEnvelope:
