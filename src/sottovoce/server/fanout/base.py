@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Collection
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
-    from sottovoce.server.session import Session
+from sottovoce.server.ports import DeviceKey, FanoutPorts
+from sottovoce.server.session import Session
 
-DeviceKey = tuple[str, str]
+__all__ = ["DeviceKey", "Fanout", "InProcessFanout"]
 
 
 class Fanout(abc.ABC):
     #: True when other nodes may hold devices (a non-local device may be online elsewhere).
     remote: bool = False
 
-    def __init__(self, app: ServerApp) -> None:
-        self.app = app
+    def __init__(self, ports: FanoutPorts) -> None:
+        self.ports = ports
 
     async def start(self) -> None:
         return None
