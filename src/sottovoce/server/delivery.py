@@ -196,7 +196,7 @@ class Delivery:
                 else WireFailure("internal", "send failed", retryable=True, retry_after_ms=100)
             )
             if isinstance(error, InboxFull):
-                metrics.inbox_full[error.scope] = metrics.inbox_full.get(error.scope, 0) + 1
+                metrics.inbox_refused(error.scope)
             elif not isinstance(error, WireFailure):
                 self._log.error("send.failed", error=type(error).__name__)
             session.error(failure, rid, message_id)

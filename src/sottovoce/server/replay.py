@@ -66,11 +66,7 @@ class Replay:
         again = session.resumed
         session.resumed = True
         session.live = False
-        # Everything already routed here is committed and the replay will read it.
-        session.pending.clear()
-        session.room_pending.clear()
-        session.pending_bytes = 0
-        session.overflow = False
+        session.drop_held()  # all committed: the replay reads them
         if again:
             # What this connection carried is on its way to the client, in order: a
             # repeated resume never resends it (room frames likewise, by room_sent).
@@ -131,10 +127,7 @@ class Replay:
                 replayed += await self._replay_rooms(session)
                 if session.overflow:
                     # Live frames were dropped from the buffer: they are stored, read again.
-                    session.overflow = False
-                    session.pending.clear()
-                    session.room_pending.clear()
-                    session.pending_bytes = 0
+                    session.drop_held()
                     self._metrics.replay_rereads += 1
                     continue
                 break

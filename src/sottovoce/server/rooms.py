@@ -224,15 +224,13 @@ class Rooms:
 
     # --- fan-out (the one place room frames leave for member devices) -------------------
 
-    def fan_out(self, room_id: str, seq: int, text: str, members: Sequence[Member]) -> int:
-        """Write ONE serialized room frame to every member device (here, on another node,
-        or a tickle). Returns the live deliveries here."""
-        live = self._presence.room_frame(room_id, seq, text, members)
-        self._metrics.room_deliveries_live += live
-        return live
-
     def _publish(self, msg: RoomStored) -> None:
-        self.fan_out(msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members)
+        """ONE serialized room frame to every member device: here, on another node, or
+        a tickle (Presence)."""
+        live = self._presence.room_frame(
+            msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members
+        )
+        self._metrics.room_deliveries_live += live
 
     # --- session hooks ----------------------------------------------------------------
 

@@ -194,16 +194,8 @@ class Session:
         if seq <= self.last_sent:
             return
         if not self.live:
-            if self.overflow:
-                return
-            self.pending_bytes += len(text)
-            if len(self.pending) < PENDING_MAX and self.pending_bytes <= self._limit:
+            if self._may_hold(len(self.pending), text):
                 self.pending.append((seq, text))
-            else:
-                # Stored frames only: drop the copies, the replay reads them again.
-                self.overflow = True
-                self.pending.clear()
-                self.pending_bytes = 0
             return
         order = self._ports.order
         if order is not None:
@@ -217,17 +209,8 @@ class Session:
         """A stored room frame: per room in serverSeq order, once per connection (as
         :meth:`deliver`, with the room's serverSeq in place of the globalInboxSeq)."""
         if not self.live:
-            if self.overflow:
-                return
-            self.pending_bytes += len(text)
-            if len(self.room_pending) < PENDING_MAX and self.pending_bytes <= self._limit:
+            if self._may_hold(len(self.room_pending), text):
                 self.room_pending.append((room_id, seq, text))
-            else:
-                # Stored frames only: the replay reads them again.
-                self.overflow = True
-                self.pending.clear()
-                self.room_pending.clear()
-                self.pending_bytes = 0
             return
         sent = self.room_sent
         if seq <= sent.get(room_id, 0):
@@ -239,6 +222,27 @@ class Session:
             return
         sent[room_id] = seq
         self.write(text)
+
+    def _may_hold(self, held: int, text: str) -> bool:
+        """Whether a live stored frame may wait for replay.done (``held`` of its kind wait
+        already). Past the budget every held copy is dropped: they are stored frames
+        only, and the replay reads them again (``overflow``)."""
+        if self.overflow:
+            return False
+        self.pending_bytes += len(text)
+        if held < PENDING_MAX and self.pending_bytes <= self._limit:
+            return True
+        self.drop_held()
+        self.overflow = True
+        return False
+
+    def drop_held(self) -> None:
+        """Forget the live frames held for replay.done: a replay about to read storage
+        carries them (they are committed)."""
+        self.pending.clear()
+        self.room_pending.clear()
+        self.pending_bytes = 0
+        self.overflow = False
 
     def deliver_ephemeral(self, text: str) -> None:
         self.write(text)
