@@ -415,7 +415,7 @@ class ServerApp:
 
     def _disconnected(self, session: Session) -> None:
         """The TCP connection is gone (once per session). A handler may still be running
-        for it: ``closed`` stops it from attaching the session afterwards (Delivery.attach)."""
+        for it: ``closed`` stops it from attaching the session afterwards (Presence.attach)."""
         if session.timer is not None:
             session.timer.cancel()
         session.closed = True

@@ -17,7 +17,7 @@ connection:
 Live frames that arrive while replaying are buffered and written after
 ``sottovoce.replay.done`` unless the replay already carried them. Another
 resume on the same connection supersedes the running replay and carries on
-from the later of its position and ``last_sent`` (delivery.py).
+from the later of its position and ``last_sent`` (replay.py).
 """
 
 from __future__ import annotations
