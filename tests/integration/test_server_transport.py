@@ -320,7 +320,7 @@ async def test_a_connection_lost_during_registration_is_not_left_online(tmp_path
         gate = asyncio.Event()
         inner_register = app.directory.register
         attached: list[object] = []
-        inner_attach = app.delivery.attach
+        inner_attach = app.presence.attach
 
         async def held_register(*args: Any) -> Any:
             await gate.wait()
@@ -331,7 +331,7 @@ async def test_a_connection_lost_during_registration_is_not_left_online(tmp_path
             return inner_attach(session)
 
         app.directory.register = held_register  # type: ignore[method-assign]
-        app.delivery.attach = recording_attach  # type: ignore[method-assign]
+        app.presence.attach = recording_attach  # type: ignore[method-assign]
         dev = Device.new()
         client = await RawClient.open(app.url + "/v3/ws")
         await client.send("sottovoce.register", {
@@ -355,7 +355,7 @@ async def test_a_connection_lost_during_registration_is_not_left_online(tmp_path
             await asyncio.sleep(0.01)
         assert attached, "the handler never reached attach"
         assert await app.directory.exists(dev.username)
-        assert (dev.username, dev.device_id) not in app.delivery.online
+        assert (dev.username, dev.device_id) not in app.presence.online
     finally:
         await app.stop()
 

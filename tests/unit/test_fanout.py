@@ -19,9 +19,10 @@ from websockets.exceptions import ConnectionClosed
 from sottovoce.identity import RevocationStatement
 from sottovoce.server.app import ServerApp
 from sottovoce.server.config import ServerConfig
-from sottovoce.server.fanout import InProcessFanout
+from sottovoce.server.fanout import FanoutPorts, InProcessFanout
 from sottovoce.server.fanout.nats import NatsFanout, device_token
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.metrics import Metrics
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.conformance.rawclient import Device, RawClient, b64, logged_in, now_ms, registered
 
@@ -263,39 +264,35 @@ class _FakeSession:
         self.written.append(text)
 
 
-class _FakeDelivery:
-    def __init__(self) -> None:
-        self.caught_up: list[object] = []
-
-    def catch_up(self, session: object) -> None:
-        self.caught_up.append(session)
-
-
-class _FakeApp:
-    def __init__(self) -> None:
-        self.delivery = _FakeDelivery()
+def _fake_ports(tmp_path: Path) -> tuple[FanoutPorts, list[object]]:
+    """What a NatsFanout is given, with a catch-up that only records its session."""
+    caught_up: list[object] = []
+    log = JsonLogger(open(tmp_path / "log", "a"))  # noqa: SIM115
+    ports = FanoutPorts(online={}, catch_up=caught_up.append, invalidate=lambda user: None,
+                        metrics=Metrics(), log=log)
+    return ports, caught_up
 
 
-async def test_frames_from_two_nodes_are_put_back_in_inbox_order() -> None:
-    app = _FakeApp()
-    fan = NatsFanout(app, NATS_URL, node_id="n")  # type: ignore[arg-type]
+async def test_frames_from_two_nodes_are_put_back_in_inbox_order(tmp_path: Path) -> None:
+    ports, caught_up = _fake_ports(tmp_path)
+    fan = NatsFanout(ports, NATS_URL, node_id="n")
     s = _FakeSession(last_sent=10)
-    fan.deliver_live(s, 12, "f12")  # node b's publish overtook node a's
-    fan.deliver_live(s, 13, "f13")
+    fan.deliver_live(s, 12, "f12")  # type: ignore[arg-type]  # node b's publish overtook node a's
+    fan.deliver_live(s, 13, "f13")  # type: ignore[arg-type]
     assert s.written == []
-    fan.deliver_live(s, 11, "f11")
+    fan.deliver_live(s, 11, "f11")  # type: ignore[arg-type]
     assert s.written == ["f11", "f12", "f13"] and s.last_sent == 13
-    fan.deliver_live(s, 14, "f14")
-    assert s.written[-1] == "f14" and not app.delivery.caught_up
+    fan.deliver_live(s, 14, "f14")  # type: ignore[arg-type]
+    assert s.written[-1] == "f14" and not caught_up
 
 
-async def test_a_gap_that_does_not_fill_is_read_from_storage() -> None:
-    app = _FakeApp()
-    fan = NatsFanout(app, NATS_URL, node_id="n")  # type: ignore[arg-type]
+async def test_a_gap_that_does_not_fill_is_read_from_storage(tmp_path: Path) -> None:
+    ports, caught_up = _fake_ports(tmp_path)
+    fan = NatsFanout(ports, NATS_URL, node_id="n")
     s = _FakeSession(last_sent=1)
-    fan.deliver_live(s, 3, "f3")  # frame 2 was lost (e.g. published while NATS was away)
+    fan.deliver_live(s, 3, "f3")  # type: ignore[arg-type]  # frame 2 was lost (NATS away)
     await asyncio.sleep(0.2)
-    assert app.delivery.caught_up == [s] and s.written == []
+    assert caught_up == [s] and s.written == []
     assert fan.gaps == 1
 
 

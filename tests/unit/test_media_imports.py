@@ -1,15 +1,17 @@
 """Only client/calls (and the tests) import the media stack: aiortc, aioice, PyAV.
 
 Like tests/unit/test_server_imports.py: every module under src/sottovoce is
-parsed, never imported, and its imports walked (relative and function-level
-ones included); a self-test plants such imports to prove the checker works.
+parsed, never imported, and its imports walked by :mod:`tests.imports_graph`
+(relative, function-level and dynamic ones included); a self-test plants such
+imports to prove the checker works.
 """
 
 from __future__ import annotations
 
-import ast
+from tests.imports_graph import SRC as SRC_ROOT
+from tests.imports_graph import imported, module_name
 
-from tests.unit.test_server_imports import SRC, _imported, _module_name
+SRC = SRC_ROOT / "sottovoce"
 
 MEDIA = ("aiortc", "aioice", "av", "pylibsrtp", "pyee")
 ALLOWED = "sottovoce.client.calls"
@@ -18,7 +20,7 @@ ALLOWED = "sottovoce.client.calls"
 def media_violations(source: str, module: str, is_package: bool = False) -> list[str]:
     return [
         f"{module}:{line} imports {name}"
-        for name, line in _imported(ast.parse(source), module, is_package)
+        for name, line in imported(source, module, is_package)
         if any(name == m or name.startswith(m + ".") for m in MEDIA)
     ]
 
@@ -29,7 +31,7 @@ def test_only_client_calls_imports_the_media_stack() -> None:
     problems = []
     users = set()
     for path in files:
-        module = _module_name(path)
+        module = module_name(path)
         found = media_violations(path.read_text(), module, is_package=path.name == "__init__.py")
         if module == ALLOWED or module.startswith(ALLOWED + "."):
             if found:

@@ -2,7 +2,7 @@
 imports no key-holding code: not pairwise, not sframe, and of mls only its public view).
 
 Every module under src/sottovoce/server is parsed (never imported) and its imports
-walked, including relative and function-level ones:
+walked (:mod:`tests.imports_graph`), including relative and function-level ones:
 
 * directly, a server module may import ``sottovoce.mls.public`` and nothing else of
   ``sottovoce.mls``, and never pairwise, sframe, the AEAD/HPKE/sealed-record crypto
@@ -19,13 +19,14 @@ prove the checkers catch them, and one subprocess imports the server and looks a
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "sottovoce"
+from tests.imports_graph import SRC as SRC_ROOT
+from tests.imports_graph import imported, module_name
+
+SRC = SRC_ROOT / "sottovoce"
 SERVER = SRC / "server"
 
 #: The one module of mls/ the server may import.
@@ -60,69 +61,6 @@ MLS_REACHABLE = frozenset(
 )
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _nodes(tree: ast.AST, *, runtime: bool) -> list[ast.AST]:
-    """Every node, or (``runtime``) every node outside ``if TYPE_CHECKING:`` bodies."""
-    if not runtime:
-        return list(ast.walk(tree))
-    out: list[ast.AST] = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        if _is_type_checking(node):
-            assert isinstance(node, ast.If)
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-    return out
-
-
-def _imported(
-    tree: ast.AST, module: str, is_package: bool, *, runtime: bool = False
-) -> list[tuple[str, int]]:
-    """Absolute dotted names a module imports (``from a import b`` yields a and a.b)."""
-    out: list[tuple[str, int]] = []
-    package = module if is_package else module.rpartition(".")[0]
-    for node in _nodes(tree, runtime=runtime):
-        if isinstance(node, ast.Import):
-            out.extend((a.name, node.lineno) for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join([*base, node.module] if node.module else base)
-            else:
-                target = node.module or ""
-            out.append((target, node.lineno))
-            out.extend((f"{target}.{a.name}", node.lineno) for a in node.names)
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute | ast.Name)
-            and getattr(node.func, "attr", getattr(node.func, "id", "")) in
-            ("import_module", "__import__")
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            out.append((node.args[0].value, node.lineno))
-    return out
-
-
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -130,7 +68,7 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 def violations(source: str, module: str, is_package: bool = False) -> list[str]:
     """Direct imports a server module may not make."""
     found = []
-    for name, line in _imported(ast.parse(source), module, is_package):
+    for name, line in imported(source, module, is_package):
         if _under(name, (MLS_PUBLIC,)):
             continue
         for bad in FORBIDDEN:
@@ -176,7 +114,7 @@ def closure(roots: list[str], sources: dict[str, str] | None = None) -> dict[str
         if found is None:
             continue
         source, is_package = found
-        for name, _ in _imported(ast.parse(source), module, is_package, runtime=True):
+        for name, _ in imported(source, module, is_package, runtime=True):
             for target in _loaded(name, sources):
                 if target not in chains:
                     chains[target] = [*chains[module], target]
@@ -195,7 +133,7 @@ def transitive_violations(chains: dict[str, list[str]]) -> list[str]:
 
 @cache
 def _server_modules() -> list[str]:
-    return sorted(_module_name(p) for p in SERVER.rglob("*.py"))
+    return sorted(module_name(p) for p in SERVER.rglob("*.py"))
 
 
 # --- tests ---------------------------------------------------------------------------
@@ -207,7 +145,7 @@ def test_server_never_imports_decryption_code() -> None:
     problems = []
     for path in files:
         problems += violations(
-            path.read_text(), _module_name(path), is_package=path.name == "__init__.py"
+            path.read_text(), module_name(path), is_package=path.name == "__init__.py"
         )
     assert problems == []
 

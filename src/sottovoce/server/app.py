@@ -100,15 +100,17 @@ from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
 from sottovoce.server.errors import (
+    ABUSE_CODES,
     CLOSE_ABUSE,
     CLOSE_ACCOUNT_DELETED,
     CLOSE_GOING_AWAY,
-    CLOSE_REVOKED,
     WireFailure,
 )
-from sottovoce.server.fanout import make_fanout
+from sottovoce.server.fanout import FanoutPorts, make_fanout
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
+from sottovoce.server.ports import DeviceKey
+from sottovoce.server.presence import Presence
 from sottovoce.server.push import (
     Pusher,
     TickleSender,
@@ -116,10 +118,12 @@ from sottovoce.server.push import (
     check_endpoint,
 )
 from sottovoce.server.ratelimit import ClaimLimits, KeyedBuckets
+from sottovoce.server.replay import Replay
 from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
-from sottovoce.server.session import Session
+from sottovoce.server.session import Session, SessionLimits, SessionPorts
 from sottovoce.server.storage.base import AccountRecord, Storage
+from sottovoce.server.storage.roombase import RoomStorage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 from sottovoce.server.transport import Connection, LeanServer, TransportConfig
 
@@ -156,12 +160,9 @@ class ServerApp:
         self.node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
         if config.nats or config.node_id:
             self.log.node = self.node_id  # several nodes may write to one log collector
+        # The composition root: each part gets exactly what it uses, built bottom-up, so
+        # no module below imports this one (docs/architecture.md §Server).
         self.directory = Directory(storage)
-        self.delivery = Delivery(self)
-        self.rooms = Rooms(self)
-        self.fanout = make_fanout(self)
-        if self.fanout.remote:
-            self.directory.on_change = self.fanout.directory_changed
         if tickle_sender is None:
             tickle_sender = WebhookTickleSender(
                 timeout_ms=config.push_timeout_ms, logger=logger,
@@ -175,22 +176,50 @@ class ServerApp:
         )
         self.key_claims = ClaimLimits(config.key_claims_per_requester,
                                       config.key_claims_per_target)
-        self.metrics = Metrics(
-            key_claims=lambda: self.key_claims.counts,
-            connections=lambda: len(self.sessions),
-            online=lambda: len(self.delivery.online),
-            tickles=lambda: self.pusher.count,
-            unauthenticated=lambda: len(self.preauth_sessions),
-        )
+        self.sessions: set[Session] = set()
         #: Sessions not authenticated yet, oldest first, and how many per address.
         self.preauth_sessions: OrderedDict[Session, None] = OrderedDict()
         self.preauth: dict[str, int] = {}
+        online: dict[DeviceKey, Session] = {}
+        self.metrics = Metrics(
+            key_claims=lambda: self.key_claims.counts,
+            connections=lambda: len(self.sessions),
+            online=lambda: len(online),
+            tickles=lambda: self.pusher.count,
+            unauthenticated=lambda: len(self.preauth_sessions),
+        )
+        room_store = storage if isinstance(storage, RoomStorage) else None
+        budget = config.write_buffer_limit // 4  # replayed bytes before awaiting a drain
+        self.replay = Replay(
+            storage, room_store, budget=budget,
+            resume_interval_ms=config.resume_interval_ms, resume_burst=config.resume_burst,
+            metrics=self.metrics, log=logger,
+        )
+        self.fanout = make_fanout(
+            FanoutPorts(online=online, catch_up=self.replay.catch_up,
+                        invalidate=self.directory.invalidate, metrics=self.metrics, log=logger),
+            config.nats, node_id=self.node_id, namespace=config.nats_namespace,
+        )
+        if self.fanout.remote:
+            self.directory.on_change = self.fanout.directory_changed
+        self.presence = Presence(online, self.fanout, self.directory, self.pusher)
+        self.delivery = Delivery(
+            storage, self.directory, self.presence, self.fanout, self.metrics, logger
+        )
+        self.rooms = Rooms(
+            room_store, self.directory, self.presence, self.key_claims, self.metrics, logger,
+            budget=budget,
+        )
+        self._session_ports = SessionPorts(
+            dispatch=self._dispatch, lost=self._disconnected,
+            limits=SessionLimits.of(config), metrics=self.metrics, log=logger,
+            order=self.fanout if self.fanout.remote else None,
+        )
         stats = getattr(self.storage, "stats", None)
         if isinstance(stats, BatchStats):  # both adapters group-commit and report batches
             stats.observers.append(self.metrics.observe_batch)
         self.ip_buckets = KeyedBuckets(config.ip_rate, config.ip_burst)
         self.decoy = Decoy()
-        self.sessions: set[Session] = set()
         self._server: LeanServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started_at = time.monotonic()
@@ -367,7 +396,7 @@ class ServerApp:
 
     def _connected(self, conn: Connection) -> Session:
         """The transport upgraded a connection; frames go to the session from now on."""
-        session = Session(self, conn)
+        session = Session(conn, self._session_ports)
         self.sessions.add(session)
         session.preauth = True
         self.preauth_sessions[session] = None
@@ -386,12 +415,12 @@ class ServerApp:
 
     def _disconnected(self, session: Session) -> None:
         """The TCP connection is gone (once per session). A handler may still be running
-        for it: ``closed`` stops it from attaching the session afterwards (Delivery.attach)."""
+        for it: ``closed`` stops it from attaching the session afterwards (Presence.attach)."""
         if session.timer is not None:
             session.timer.cancel()
         session.closed = True
         self._end_preauth(session)
-        self.delivery.detach(session)
+        self.presence.detach(session)
         self.sessions.discard(session)
 
     def _end_preauth(self, session: Session) -> None:
@@ -444,8 +473,7 @@ class ServerApp:
             self.metrics.frame("invalid")
             self._refuse(session, WireFailure(exc.code, str(exc)), rid)
         except WireFailure as exc:
-            mid = getattr(ev, "messageId", None)
-            self._refuse(session, exc, rid, mid if isinstance(mid, str) else None)
+            self._refuse(session, exc, rid, ev)
         except RecursionError:
             # json.loads on deeply nested input; parse_frame lets it through.
             self.metrics.frame("invalid")
@@ -456,13 +484,14 @@ class ServerApp:
         return None
 
     def _refuse(
-        self, session: Session, failure: WireFailure, rid: str | None, mid: str | None = None
+        self, session: Session, failure: WireFailure, rid: str | None,
+        ev: ClientEvent | SendView | None = None,
     ) -> None:
-        session.error(failure, rid, mid)
-        if failure.code in ("rate_limited", "bad_json", "bad_request", "unknown_event",
-                            "payload_too_large", "unauthorized", "forbidden") and (
-            session.strikes.hit()
-        ):
+        """Answer a refused request (naming the send's messageId, if any); a code that
+        counts as abuse is a strike against the connection."""
+        mid = getattr(ev, "messageId", None)
+        session.error(failure, rid, mid if isinstance(mid, str) else None)
+        if failure.code in ABUSE_CODES and session.strikes.hit():
             self.log.warning("abuse.close", userId=session.user, code=failure.code)
             session.close(CLOSE_ABUSE, "too many bad or rate-limited requests")
 
@@ -475,29 +504,28 @@ class ServerApp:
     ) -> None:
         try:
             await pending
+            return
         except WireFailure as exc:
-            mid = getattr(ev, "messageId", None)
-            self._refuse(session, exc, rid, mid if isinstance(mid, str) else None)
-            if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
-                self._challenge(session)
+            self._refuse(session, exc, rid, ev)
         except Exception as exc:
             self.log.error("handler.failed", reason=ev.name, error=type(exc).__name__)
             session.error(WireFailure("internal", "internal error", retryable=True), rid)
-            if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
-                self._challenge(session)
+        if isinstance(ev, Register | AddDevice | Auth) and session.user is None:
+            self._challenge(session)  # a failed login spent its challenge: here is the next
 
     # --- pre-auth handlers -------------------------------------------------------------
 
-    def _not_authenticated(self, session: Session) -> None:
+    def _spend_challenge(self, session: Session) -> tuple[int, bytes]:
+        """(now, the nonce) of the challenge a login answers: it is used up either way."""
         if session.user is not None:
             raise WireFailure("already_authenticated", "this connection is authenticated")
+        now = now_ms()
+        return now, spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
 
     async def _register(
         self, session: Session, ev: Register, data: dict[str, Any], rid: str | None
     ) -> None:
-        self._not_authenticated(session)
-        now = now_ms()
-        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        now, nonce = self._spend_challenge(session)
         cert = check_certificate(ev.certificate, now_ms=now)
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
@@ -508,9 +536,7 @@ class ServerApp:
     async def _add_device(
         self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
     ) -> None:
-        self._not_authenticated(session)
-        now = now_ms()
-        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        now, nonce = self._spend_challenge(session)
         cert = check_certificate(ev.certificate, now_ms=now)
         rec = await self.directory.account(cert.username)
         if rec is None:
@@ -521,15 +547,13 @@ class ServerApp:
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
         self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
-        self.delivery.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
+        self.presence.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
         await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
         self, session: Session, ev: Auth, data: dict[str, Any], rid: str | None
     ) -> None:
-        self._not_authenticated(session)
-        now = now_ms()
-        nonce = spend(session.challenge, now_ms=now, ttl_ms=self.config.challenge_ttl_ms)
+        now, nonce = self._spend_challenge(session)
         rec = await self.directory.account(ev.username)
         dev = rec.device(ev.deviceId) if rec is not None else None
         cert = authenticate_device(
@@ -550,7 +574,7 @@ class ServerApp:
         session.user, session.device = user, device
         session.challenge = None
         self._end_preauth(session)
-        pending = self.delivery.attach(session)
+        pending = self.presence.attach(session)
         if pending is not None:
             await pending  # other nodes route this device's frames here before it resumes
         latest = await self.storage.latest_inbox_seq(user, device)
@@ -596,7 +620,7 @@ class ServerApp:
     def _resume(
         self, session: Session, ev: Resume, data: dict[str, Any], rid: str | None
     ) -> None:
-        self.delivery.resume(session, ev.lastGlobalInboxSeq, rid)
+        self.replay.resume(session, ev.lastGlobalInboxSeq, rid)
 
     # --- directory, prekeys, push, revocation ------------------------------------------
 
@@ -646,12 +670,9 @@ class ServerApp:
         }, rid)
         for c in claimed:
             if c.remaining < self.config.prekey_low_watermark:
-                owner = self.delivery.online.get((ev.username, c.device_id))
-                if owner is not None:
-                    owner.reply(PREKEYS_LOW, {"remaining": c.remaining}, None)
-                elif self.fanout.remote:
-                    self.fanout.notice([(ev.username, c.device_id)],
-                                       frame(PREKEYS_LOW, {"remaining": c.remaining}))
+                self.presence.notice(
+                    (ev.username, c.device_id), frame(PREKEYS_LOW, {"remaining": c.remaining})
+                )
 
     async def _push_register(
         self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None
@@ -678,14 +699,9 @@ class ServerApp:
         self.rooms.device_revoked(user, stmt.device_id)
         self.log.info("device.revoked", userId=user, deviceId=stmt.device_id)
         text = frame(DEVICE_REVOKED, {"deviceId": stmt.device_id})
-        revoked = self.delivery.online.get((user, stmt.device_id))
-        if revoked is not None:
-            revoked.write(text)
-            revoked.close(CLOSE_REVOKED, "device revoked")
-        else:
-            self.fanout.revoked((user, stmt.device_id), text)  # held by another node, if any
+        self.presence.revoked((user, stmt.device_id), text)
         session.reply(DEVICE_REVOKED, {"deviceId": stmt.device_id}, rid)
-        self.delivery.notify_user(user, text, skip=session)
+        self.presence.notify_user(user, text, skip=session)
 
     async def _delete_account(
         self, session: Session, ev: DeleteAccount, data: dict[str, Any], rid: str | None
@@ -706,14 +722,7 @@ class ServerApp:
         session.reply(ACCOUNT_DELETED, {}, rid)
         text = frame(ACCOUNT_DELETED, {})
         for device in devices:
-            target = self.delivery.online.get((user, device))
-            if target is session:
-                continue
-            if target is not None:
-                target.write(text)
-                target.close(CLOSE_ACCOUNT_DELETED, "account deleted")
-            else:
-                self.fanout.account_deleted((user, device), text)  # held by another node, if any
+            self.presence.account_deleted((user, device), text, skip=session)
         session.close(CLOSE_ACCOUNT_DELETED, "account deleted")
 
 

@@ -85,6 +85,13 @@ CLOSE_REVOKED = 4001
 CLOSE_ACCOUNT_DELETED = 4002
 CLOSE_GOING_AWAY = 1001
 
+#: Refusals that count as a strike against the connection (``abuse_strikes`` of them
+#: in a row close it with 1008): what a well-behaved client does not send twice.
+ABUSE_CODES = frozenset({
+    "rate_limited", "bad_json", "bad_request", "unknown_event", "payload_too_large",
+    "unauthorized", "forbidden",
+})
+
 
 class WireFailure(RemoteError):
     """A request failed in a way the client is told about with ``ksmpv3.error``."""

@@ -8,7 +8,8 @@ microsecond, several times per message. Label values come from fixed sets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,6 +83,10 @@ class Metrics(Collector):
     def handshake_refused(self, reason: str) -> None:
         self.handshakes_refused[reason] = self.handshakes_refused.get(reason, 0) + 1
 
+    def inbox_refused(self, scope: str) -> None:
+        """A send refused with inbox_full, by quota scope (device, contact, stranger)."""
+        self.inbox_full[scope] = self.inbox_full.get(scope, 0) + 1
+
     def closed(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
 
@@ -101,29 +106,20 @@ class Metrics(Collector):
         yield GaugeMetricFamily("sottovoce_connections_unauthenticated",
                                 "connections that have not authenticated yet",
                                 value=self.unauthenticated())
-        refused = CounterMetricFamily("sottovoce_handshakes_refused",
-                                      "WebSocket upgrades refused, by reason", labels=["reason"])
-        for reason, n in sorted(self.handshakes_refused.items()):
-            refused.add_metric([reason], n)
-        yield refused
+        yield _counted("sottovoce_handshakes_refused", "WebSocket upgrades refused, by reason",
+                       ["reason"], sorted(self.handshakes_refused.items()))
         yield CounterMetricFamily("sottovoce_preauth_evicted",
                                   "unauthenticated connections closed to make room for newer ones",
                                   value=self.preauth_evicted)
-        frames = CounterMetricFamily("sottovoce_frames_received", "client frames by event",
-                                     labels=["event"])
-        for event, n in self.frames.items():
-            frames.add_metric([event], n)
-        yield frames
-        sends = CounterMetricFamily("sottovoce_sends", "sends by kind", labels=["kind"])
-        sends.add_metric(["stored"], self.sends_stored)
-        sends.add_metric(["duplicate"], self.sends_duplicate)
-        sends.add_metric(["ephemeral"], self.sends_ephemeral)
-        yield sends
-        deliveries = CounterMetricFamily("sottovoce_deliveries",
-                                         "inbox frames written to sockets", labels=["path"])
-        deliveries.add_metric(["live"], self.deliveries_live)
-        deliveries.add_metric(["replay"], self.deliveries_replay)
-        yield deliveries
+        yield _counted("sottovoce_frames_received", "client frames by event", ["event"],
+                       self.frames.items())
+        yield _counted("sottovoce_sends", "sends by kind", ["kind"], [
+            ("stored", self.sends_stored), ("duplicate", self.sends_duplicate),
+            ("ephemeral", self.sends_ephemeral),
+        ])
+        yield _counted("sottovoce_deliveries", "inbox frames written to sockets", ["path"], [
+            ("live", self.deliveries_live), ("replay", self.deliveries_replay),
+        ])
         yield CounterMetricFamily("sottovoce_inbox_acked", "inbox frames deleted on ack",
                                   value=self.acked)
         yield CounterMetricFamily("sottovoce_inbox_expired", "inbox frames deleted by retention",
@@ -131,39 +127,36 @@ class Metrics(Collector):
         yield CounterMetricFamily("sottovoce_replay_rereads",
                                   "replays that re-read storage after live frames overflowed",
                                   value=self.replay_rereads)
-        resumes = CounterMetricFamily("sottovoce_resumes", "ksmpv3.resume requests, and those "
-                                      "whose replay waited for the device's turn",
-                                      labels=["kind"])
-        resumes.add_metric(["requested"], self.resumes)
-        resumes.add_metric(["deferred"], self.resumes_deferred)
-        yield resumes
-        rooms = CounterMetricFamily("sottovoce_room_events", "room messages and frames",
-                                    labels=["kind"])
-        rooms.add_metric(["message_stored"], self.room_messages)
-        rooms.add_metric(["commit_stored"], self.room_commits)
-        rooms.add_metric(["frame_live"], self.room_deliveries_live)
-        rooms.add_metric(["frame_replay"], self.room_deliveries_replay)
-        rooms.add_metric(["message_deleted"], self.room_deleted)
-        yield rooms
-        full = CounterMetricFamily("sottovoce_inbox_full",
-                                   "sends refused by an inbox quota, by scope", labels=["scope"])
-        for scope, n in sorted(self.inbox_full.items()):
-            full.add_metric([scope], n)
-        yield full
-        claims = CounterMetricFamily(
+        yield _counted("sottovoce_resumes", "ksmpv3.resume requests, and those whose replay "
+                       "waited for the device's turn", ["kind"], [
+            ("requested", self.resumes), ("deferred", self.resumes_deferred),
+        ])
+        yield _counted("sottovoce_room_events", "room messages and frames", ["kind"], [
+            ("message_stored", self.room_messages),
+            ("commit_stored", self.room_commits),
+            ("frame_live", self.room_deliveries_live),
+            ("frame_replay", self.room_deliveries_replay),
+            ("message_deleted", self.room_deleted),
+        ])
+        yield _counted("sottovoce_inbox_full", "sends refused by an inbox quota, by scope",
+                       ["scope"], sorted(self.inbox_full.items()))
+        yield _counted(
             "sottovoce_key_claims", "prekey and KeyPackage claims: allowed one-time keys, or "
-            "limited to the fallback / last-resort key", labels=["kind", "result"])
-        for (kind, result), n in sorted(self.key_claims().items()):
-            claims.add_metric([kind, result], n)
-        yield claims
+            "limited to the fallback / last-resort key", ["kind", "result"],
+            sorted(self.key_claims().items()))
         yield CounterMetricFamily("sottovoce_push_tickles", "push tickles sent",
                                   value=self.tickles())
-        errors = CounterMetricFamily("sottovoce_errors", "ksmpv3.error by code", labels=["code"])
-        for code, n in sorted(self.errors.items()):
-            errors.add_metric([code], n)
-        yield errors
-        closes = CounterMetricFamily("sottovoce_closes", "server-initiated closes by code",
-                                     labels=["code"])
-        for close, n in sorted(self.closes.items()):
-            closes.add_metric([str(close)], n)
-        yield closes
+        yield _counted("sottovoce_errors", "ksmpv3.error by code", ["code"],
+                       sorted(self.errors.items()))
+        yield _counted("sottovoce_closes", "server-initiated closes by code", ["code"],
+                       sorted(self.closes.items()))
+
+
+def _counted(
+    name: str, doc: str, labels: list[str], counts: Iterable[tuple[Any, int]]
+) -> CounterMetricFamily:
+    """A labelled counter family from (label value, or a tuple of them; count) pairs."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in counts:
+        family.add_metric([str(v) for v in key] if isinstance(key, tuple) else [str(key)], n)
+    return family

@@ -11,22 +11,24 @@ enforced inside storage transactions (:mod:`.storage.roombase`)::
                                                         session online (else a push tickle)
     room.commit ──► storage.room_commit ──► room.committed, frame to the members before the
                                             change, Welcome inbox frames to the added devices
-    ksmpv3.resume ──► inbox replay ──► replay(): each room after the device's read position
+    ksmpv3.resume ──► inbox replay ──► each room after the device's read position (:mod:`.replay`)
                   ──► sottovoce.replay.done ──► live
 
-Message outcomes arrive through callbacks in commit order, so each room's
+Rooms is given the room storage, the directory cache, presence (the one way a frame
+reaches a device), the KeyPackage claim limits, metrics and the log; it imports none
+of them back. Message outcomes arrive through callbacks in commit order, so each room's
 frames are fanned out in serverSeq order. Tokens are hashed on arrival
 (:func:`~sottovoce.protocol.rooms.token_hash`) and never logged or stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
@@ -88,11 +90,15 @@ from sottovoce.protocol.rooms import (
     member_identity,
     token_hash,
 )
-from sottovoce.server.delivery import ack_text, inbox_frame_text
+from sottovoce.server.directory import Directory
 from sottovoce.server.errors import WireFailure
-from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.frames import stored_ack_text
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.metrics import Metrics
+from sottovoce.server.presence import Presence
+from sottovoce.server.ratelimit import ClaimLimits, KeyedBuckets
 from sottovoce.server.session import Session
-from sottovoce.server.storage.base import StoredFrame, UnknownAccount
+from sottovoce.server.storage.base import UnknownAccount
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
     CommitOutcome,
@@ -104,9 +110,6 @@ from sottovoce.server.storage.roombase import (
     RoomStored,
     room_frame_text,
 )
-
-if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
 
 Handler = Callable[..., Awaitable[None] | None]
 
@@ -120,6 +123,17 @@ def _wire(exc: BaseException | None) -> WireFailure:
     if isinstance(exc, UnknownAccount):
         return WireFailure("unauthorized", "device is not registered")
     return WireFailure("internal", "room operation failed", retryable=True, retry_after_ms=100)
+
+
+@contextmanager
+def _as_wire(*kinds: type[BaseException]) -> Iterator[None]:
+    """A storage refusal (``RoomRefused``, ``UnknownAccount`` unless ``kinds`` are named)
+    raised inside becomes its wire error."""
+    caught = kinds or (RoomRefused, UnknownAccount)
+    try:
+        yield
+    except caught as exc:
+        raise _wire(exc) from None
 
 
 def _pairs(items: Sequence[Member]) -> list[dict[str, str]]:
@@ -155,10 +169,26 @@ def audit_appendage(
 
 
 class Rooms:
-    def __init__(self, app: ServerApp) -> None:
-        self.app = app
-        st = app.storage
-        self._store: RoomStorage | None = st if isinstance(st, RoomStorage) else None
+    def __init__(
+        self,
+        store: RoomStorage | None,
+        directory: Directory,
+        presence: Presence,
+        key_claims: ClaimLimits,
+        metrics: Metrics,
+        log: JsonLogger,
+        *,
+        budget: int,
+    ) -> None:
+        #: ``None`` when the storage engine has no rooms: room events answer ``unavailable``.
+        self._store = store
+        self._directory = directory
+        self._presence = presence
+        self._key_claims = key_claims
+        self._metrics = metrics
+        self._log = log
+        #: Bytes of frames one room.sync reply carries (a quarter of the write buffer).
+        self._budget = budget
         self._join_requests_by_device = KeyedBuckets(
             JOIN_REQUESTS_PER_DEVICE_PER_S, JOIN_REQUESTS_PER_DEVICE_BURST
         )
@@ -194,50 +224,13 @@ class Rooms:
 
     # --- fan-out (the one place room frames leave for member devices) -------------------
 
-    def fan_out(self, room_id: str, seq: int, text: str, members: Sequence[Member]) -> int:
-        """Write ONE serialized room frame to every member device online here; the others
-        go through the fan-out (other nodes) or get a tickle. Returns the live deliveries."""
-        online = self.app.delivery.online
-        fanout = self.app.fanout
-        live = 0
-        for key in members:
-            target = online.get(key)
-            if target is not None:
-                target.deliver_room(room_id, seq, text)
-                live += 1
-            else:
-                if fanout.remote:
-                    fanout.room_frame(key, room_id, seq, text)
-                if not fanout.online_elsewhere(key):
-                    self._tickle(key, room_id, seq)
-        self.app.metrics.room_deliveries_live += live
-        return live
-
-    def _tickle(self, key: Member, room_id: str, seq: int) -> None:
-        rec = self.app.directory.cached(key[0])
-        dev = rec.device(key[1]) if rec is not None else None
-        if dev is None or dev.push_endpoint is None:
-            return
-        self.app.pusher.maybe_tickle(
-            key, dev.push_endpoint, conversation_id=room_id, server_seq=seq,
-            now=time.monotonic(),
-        )
-
     def _publish(self, msg: RoomStored) -> None:
-        self.fan_out(msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members)
-
-    def _welcome(self, frames: Sequence[StoredFrame], room_id: str, seq: int) -> None:
-        online = self.app.delivery.online
-        fanout = self.app.fanout
-        for user, device, g, env in frames:
-            target = online.get((user, device))
-            if target is not None:
-                target.deliver(g, inbox_frame_text(g, env))
-            else:
-                if fanout.remote:
-                    fanout.frame(user, device, g, inbox_frame_text(g, env))
-                if not fanout.online_elsewhere((user, device)):
-                    self._tickle((user, device), room_id, seq)
+        """ONE serialized room frame to every member device: here, on another node, or
+        a tickle (Presence)."""
+        live = self._presence.room_frame(
+            msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members
+        )
+        self._metrics.room_deliveries_live += live
 
     # --- session hooks ----------------------------------------------------------------
 
@@ -250,43 +243,6 @@ class Rooms:
         if remaining is not None and remaining < KEY_PACKAGES_LOW_WATERMARK:
             session.reply(KEYPACKAGES_LOW, {"remaining": remaining}, None)
 
-    async def replay(self, session: Session, budget: int) -> int:
-        """After the inbox replay: each room's frames after the device's read position."""
-        if self._store is None:
-            return 0
-        user, device = session.key
-        st = self._store
-        sent = session.room_sent
-        n = 0
-        for pos in await st.room_positions(user, device):
-            after = max(pos.read_seq, sent.get(pos.room_id, 0))
-            while not session.closed:
-                rows = await st.room_replay(pos.room_id, after, pos.until_seq, ROOM_SYNC_BATCH)
-                written = 0
-                for seq, env in rows:
-                    if seq <= sent.get(pos.room_id, 0):
-                        continue
-                    text = room_frame_text(env)
-                    session.write(text)
-                    sent[pos.room_id] = seq
-                    n += 1
-                    written += len(text)
-                    if written > budget:
-                        written = 0
-                        await self._drain(session, budget)
-                if len(rows) < ROOM_SYNC_BATCH:
-                    break
-                after = rows[-1][0]
-                await self._drain(session, budget)
-        self.app.metrics.room_deliveries_replay += n
-        return n
-
-    @staticmethod
-    async def _drain(session: Session, budget: int) -> None:
-        await asyncio.sleep(0)
-        while not session.closed and session.buffered() > budget:
-            await asyncio.sleep(0.002)
-
     def device_revoked(self, user: str, device: str) -> None:
         """The device gets nothing more from any room; each of its rooms gets a removeRequest
         notice (members commit the Remove)."""
@@ -295,7 +251,7 @@ class Rooms:
 
         def done(out: list[RoomStored] | None, error: BaseException | None) -> None:
             if out is None:
-                self.app.log.error("room.revoke_failed", error=type(error).__name__)
+                self._log.error("room.revoke_failed", error=type(error).__name__)
                 return
             for msg in out:
                 self._publish(msg)
@@ -308,21 +264,19 @@ class Rooms:
         self, session: Session, ev: KeyPackagesUpload, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire():
             count = await self.store.store_key_packages(
                 user, device, ev.keyPackages, ev.lastResort, MAX_KEY_PACKAGES_PER_DEVICE
             )
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
         session.reply(KEYPACKAGES_STORED, {"count": count}, rid)
 
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self.app.directory.account(ev.username) is None:
+        if await self._directory.account(ev.username) is None:
             raise WireFailure("unknown_user", "no such user")
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
-        one_time = self.app.key_claims.one_time("keypackage", session.key[0], ev.username)
+        one_time = self._key_claims.one_time("keypackage", session.key[0], ev.username)
         claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
@@ -332,12 +286,9 @@ class Rooms:
         }, rid)
         for c in claimed:
             if c.remaining < KEY_PACKAGES_LOW_WATERMARK:
-                owner = self.app.delivery.online.get((ev.username, c.device_id))
-                if owner is not None:
-                    owner.reply(KEYPACKAGES_LOW, {"remaining": c.remaining}, None)
-                elif self.app.fanout.remote:  # the device may be on another node
-                    self.app.fanout.notice([(ev.username, c.device_id)],
-                                           frame(KEYPACKAGES_LOW, {"remaining": c.remaining}))
+                self._presence.notice(
+                    (ev.username, c.device_id), frame(KEYPACKAGES_LOW, {"remaining": c.remaining})
+                )
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -345,13 +296,11 @@ class Rooms:
         self, session: Session, ev: RoomCreate, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire():
             await self.store.create_room(
                 ev.roomId, user, device, ev.groupInfo, time.time_ns() // 1_000_000
             )
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
-        self.app.log.info("room.created", userId=user, deviceId=device, conversationId=ev.roomId)
+        self._log.info("room.created", userId=user, deviceId=device, conversationId=ev.roomId)
         session.reply(ROOM_CREATED, {"roomId": ev.roomId, "epoch": 0, "serverSeq": 0}, rid)
 
     def _commit(
@@ -401,10 +350,8 @@ class Rooms:
                 raise WireFailure("invalid_token", "the token does not open a room")
             _, epoch, stored = found
         else:
-            try:
+            with _as_wire(RoomRefused):
                 epoch, stored = await self.store.room_group_info(ev.roomId, user, device)
-            except RoomRefused as exc:
-                raise _wire(exc) from None
         if ev.epoch != epoch:
             return None
         key = await self._certified_mls_key(user, device, "invalid_commit")
@@ -448,7 +395,7 @@ class Rooms:
     async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
         """The MLS signature key the device's certificate holds (the account key signed it:
         the anchor for what the device signs in rooms); refused with ``code`` if none."""
-        rec = await self.app.directory.account(user)
+        rec = await self._directory.account(user)
         dev = None if rec is None else rec.device(device)
         if dev is None or dev.revoked:
             raise WireFailure("unauthorized", "device is not registered")
@@ -489,10 +436,7 @@ class Rooms:
         error: BaseException | None,
     ) -> None:
         if out is None:
-            failure = _wire(error)
-            if failure.code == "internal":
-                self.app.log.error("room.commit_failed", error=type(error).__name__)
-            session.error(failure, rid)
+            self._failed(session, rid, error, "room.commit_failed")
             return
         msg = out.message
         session.reply(ROOM_COMMITTED, {
@@ -505,10 +449,20 @@ class Rooms:
         }, rid)
         if msg.duplicate:
             return
-        self.app.metrics.room_commits += 1
+        self._metrics.room_commits += 1
         # To the members of the epoch the commit was made in (removed devices included).
         self._publish(msg)
-        self._welcome(out.welcomes, msg.room_id, msg.server_seq)
+        self._presence.inbox_frames(out.welcomes, msg.room_id, msg.server_seq)
+
+    def _failed(
+        self, session: Session, rid: str | None, error: BaseException | None, event: str,
+        message_id: str | None = None,
+    ) -> None:
+        """A stored operation failed: its wire error to the client, and our bugs to the log."""
+        failure = _wire(error)
+        if failure.code == "internal":
+            self._log.error(event, error=type(error).__name__)
+        session.error(failure, rid, message_id)
 
     def _send(
         self, session: Session, ev: RoomSend, data: dict[str, Any], rid: str | None
@@ -532,48 +486,33 @@ class Rooms:
         error: BaseException | None,
     ) -> None:
         if msg is None:
-            failure = _wire(error)
-            if failure.code == "internal":
-                self.app.log.error("room.send_failed", error=type(error).__name__)
-            session.error(failure, rid, message_id)
+            self._failed(session, rid, error, "room.send_failed", message_id)
             return
-        session.write(ack_text(
-            rid,
-            message_id=msg.message_id,
-            idempotency_key=msg.idempotency_key,
-            conversation_id=msg.room_id,
-            server_seq=msg.server_seq,
-            received_at_ms=msg.received_at_ms,
-            duplicate=msg.duplicate,
-        ))
+        session.write(stored_ack_text(rid, msg.room_id, msg))
         if msg.duplicate:
             return
-        self.app.metrics.room_messages += 1
+        self._metrics.room_messages += 1
         self._publish(msg)
 
     async def _ack(
         self, session: Session, ev: RoomAck, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire():
             deleted = await self.store.room_ack(ev.roomId, user, device, ev.upToServerSeq)
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
-        self.app.metrics.room_deleted += deleted
+        self._metrics.room_deleted += deleted
         session.reply(ROOM_ACKED, {"roomId": ev.roomId, "upToServerSeq": ev.upToServerSeq}, rid)
 
     async def _sync(
         self, session: Session, ev: RoomSync, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire():
             got = await self.store.room_read(
                 ev.roomId, user, device, ev.afterServerSeq, ROOM_SYNC_BATCH
             )
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
         # Bounded by bytes too (commits can be large): the client asks again from up_to.
-        budget = self.app.config.write_buffer_limit // 4
+        budget = self._budget
         up_to, written = ev.afterServerSeq, 0
         for seq, env in got.frames:
             text = room_frame_text(env)
@@ -593,10 +532,8 @@ class Rooms:
         self, session: Session, ev: RoomInfo, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire(RoomRefused):
             st = await self.store.room_state(ev.roomId, user, device)
-        except RoomRefused as exc:
-            raise _wire(exc) from None
         session.reply(ROOM_STATE, {
             "roomId": st.room_id,
             "epoch": st.epoch,
@@ -636,11 +573,9 @@ class Rooms:
     ) -> None:
         user, device = session.key
         entry = await self._audit_entry(room_id, user, device, audit)
-        try:
+        with _as_wire():
             await self.store.set_room_token(room_id, user, device, h, entry)
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
-        self.app.log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
+        self._log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
                           status=int(h is not None))
         session.reply(ROOM_TOKEN_UPDATED, {"roomId": room_id, "tokenSet": h is not None}, rid)
 
@@ -649,10 +584,8 @@ class Rooms:
     ) -> None:
         user, device = session.key
         if ev.roomId is not None:  # a member's (to rejoin by an external commit)
-            try:
+            with _as_wire(RoomRefused):
                 epoch, group_info = await self.store.room_group_info(ev.roomId, user, device)
-            except RoomRefused as exc:
-                raise _wire(exc) from None
             room_id = ev.roomId
         elif ev.token is None:
             raise WireFailure("bad_request", "give a token or a roomId")
@@ -713,22 +646,18 @@ class Rooms:
         user, device = session.key
         key = await self._certified_mls_key(user, device, "invalid_audit_entry")
         entry = audit_appendage(ev.roomId, user, device, key, ev.entry)
-        try:
+        with _as_wire():
             index = await self.store.audit_append(ev.roomId, user, device, entry)
-        except (RoomRefused, UnknownAccount) as exc:
-            raise _wire(exc) from None
         session.reply(ROOM_AUDIT_APPENDED, {"roomId": ev.roomId, "index": index}, rid)
 
     async def _audit_get(
         self, session: Session, ev: AuditGet, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
-        try:
+        with _as_wire(RoomRefused):
             entries = await self.store.audit_get(
                 ev.roomId, user, device, ev.afterIndex, ROOM_AUDIT_BATCH
             )
-        except RoomRefused as exc:
-            raise _wire(exc) from None
         # A reply must fit in one frame: 1,000 entries of up to 36 KiB would not, so the
         # reply is cut by bytes too and says "more" (the client asks again after it).
         out: list[str] = []

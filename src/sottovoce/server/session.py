@@ -17,22 +17,25 @@ connection:
 Live frames that arrive while replaying are buffered and written after
 ``sottovoce.replay.done`` unless the replay already carried them. Another
 resume on the same connection supersedes the running replay and carries on
-from the later of its position and ``last_sent`` (delivery.py).
+from the later of its position and ``last_sent`` (replay.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sottovoce.protocol.events import ERROR, WireError, frame
 from sottovoce.server.auth import Challenge
+from sottovoce.server.config import ServerConfig
 from sottovoce.server.errors import CLOSE_SLOW_CONSUMER, WireFailure
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.metrics import Metrics
 from sottovoce.server.ratelimit import Strikes, TokenBucket
 
 if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
     from sottovoce.server.transport import Connection
 
 #: Live frames buffered during a replay (at most write_buffer_limit bytes of them)
@@ -40,10 +43,47 @@ if TYPE_CHECKING:
 PENDING_MAX = 10_000
 
 
+class LiveOrder(Protocol):
+    """Puts live stored frames back in order when several nodes commit for one device
+    (the NATS fan-out); a single node writes them as they come and has none."""
+
+    def deliver_live(self, session: Session, seq: int, text: str) -> None: ...
+
+    def deliver_room_live(self, session: Session, room_id: str, seq: int, text: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The per-connection budgets (from :class:`ServerConfig`)."""
+
+    device_rate: float
+    device_burst: int
+    abuse_strikes: int
+    write_buffer_limit: int
+
+    @classmethod
+    def of(cls, cfg: ServerConfig) -> SessionLimits:
+        return cls(cfg.device_rate, cfg.device_burst, cfg.abuse_strikes, cfg.write_buffer_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPorts:
+    """Everything a session may call, the same for every connection of one app: it
+    hands its frames to ``dispatch`` and its loss to ``lost``, and never sees the app."""
+
+    dispatch: Callable[[Session, str | bytes], Awaitable[None] | None]
+    lost: Callable[[Session], None]
+    limits: SessionLimits
+    metrics: Metrics
+    log: JsonLogger
+    #: ``None`` on a single node: live frames arrive in order and are written at once.
+    order: LiveOrder | None = None
+
+
 class Session:
     __slots__ = (
         "_limit",
-        "app",
+        "_ports",
         "bucket",
         "challenge",
         "closed",
@@ -65,9 +105,9 @@ class Session:
         "user",
     )
 
-    def __init__(self, app: ServerApp, conn: Connection) -> None:
-        cfg = app.config
-        self.app = app
+    def __init__(self, conn: Connection, ports: SessionPorts) -> None:
+        cfg = ports.limits
+        self._ports = ports
         self.conn = conn
         self.remote = conn.remote
         self.user: str | None = None
@@ -111,13 +151,13 @@ class Session:
     def message(self, data: str | bytes) -> Awaitable[None] | None:
         if self.closed:
             return None
-        return self.app._dispatch(self, data)
+        return self._ports.dispatch(self, data)
 
     def slow(self) -> None:
         self.close(CLOSE_SLOW_CONSUMER, "client reads too slowly, resume")
 
     def lost(self) -> None:
-        self.app._disconnected(self)
+        self._ports.lost(self)
 
     def reply(self, event: str, data: dict[str, Any], request_id: str | None) -> None:
         self.write(frame(event, data, request_id))
@@ -125,7 +165,7 @@ class Session:
     def error(
         self, failure: WireFailure, request_id: str | None, message_id: str | None = None
     ) -> None:
-        self.app.metrics.error(failure.code)
+        self._ports.metrics.error(failure.code)
         err = WireError(
             code=failure.code,
             message=failure.message,
@@ -140,8 +180,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self.app.metrics.closed(code)
-        self.app.log.info(
+        self._ports.metrics.closed(code)
+        self._ports.log.info(
             "connection.close", closeCode=code, reason=reason, userId=self.user,
             deviceId=self.device,
         )
@@ -154,20 +194,13 @@ class Session:
         if seq <= self.last_sent:
             return
         if not self.live:
-            if self.overflow:
-                return
-            self.pending_bytes += len(text)
-            if len(self.pending) < PENDING_MAX and self.pending_bytes <= self._limit:
+            if self._may_hold(len(self.pending), text):
                 self.pending.append((seq, text))
-            else:
-                # Stored frames only: drop the copies, the replay reads them again.
-                self.overflow = True
-                self.pending.clear()
-                self.pending_bytes = 0
             return
-        if self.app.fanout.remote:
+        order = self._ports.order
+        if order is not None:
             # Several nodes commit for this device: frames may arrive out of order.
-            self.app.fanout.deliver_live(self, seq, text)
+            order.deliver_live(self, seq, text)
             return
         self.last_sent = seq
         self.write(text)
@@ -176,27 +209,40 @@ class Session:
         """A stored room frame: per room in serverSeq order, once per connection (as
         :meth:`deliver`, with the room's serverSeq in place of the globalInboxSeq)."""
         if not self.live:
-            if self.overflow:
-                return
-            self.pending_bytes += len(text)
-            if len(self.room_pending) < PENDING_MAX and self.pending_bytes <= self._limit:
+            if self._may_hold(len(self.room_pending), text):
                 self.room_pending.append((room_id, seq, text))
-            else:
-                # Stored frames only: the replay reads them again.
-                self.overflow = True
-                self.pending.clear()
-                self.room_pending.clear()
-                self.pending_bytes = 0
             return
         sent = self.room_sent
         if seq <= sent.get(room_id, 0):
             return
-        if self.app.fanout.remote:
+        order = self._ports.order
+        if order is not None:
             # Several nodes commit for this room: frames may arrive out of order.
-            self.app.fanout.deliver_room_live(self, room_id, seq, text)
+            order.deliver_room_live(self, room_id, seq, text)
             return
         sent[room_id] = seq
         self.write(text)
+
+    def _may_hold(self, held: int, text: str) -> bool:
+        """Whether a live stored frame may wait for replay.done (``held`` of its kind wait
+        already). Past the budget every held copy is dropped: they are stored frames
+        only, and the replay reads them again (``overflow``)."""
+        if self.overflow:
+            return False
+        self.pending_bytes += len(text)
+        if held < PENDING_MAX and self.pending_bytes <= self._limit:
+            return True
+        self.drop_held()
+        self.overflow = True
+        return False
+
+    def drop_held(self) -> None:
+        """Forget the live frames held for replay.done: a replay about to read storage
+        carries them (they are committed)."""
+        self.pending.clear()
+        self.room_pending.clear()
+        self.pending_bytes = 0
+        self.overflow = False
 
     def deliver_ephemeral(self, text: str) -> None:
         self.write(text)

@@ -212,12 +212,8 @@ class Connection(asyncio.Protocol):
             if b1 == 0x81 and self._fragments is None:
                 payload = apply_mask(view[head + 4 : end], data[head : head + 4])
                 pos = end
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                if not self._text(payload):
                     return
-                self._message(text)
             else:
                 self._feed(data[pos:end])
                 pos = end
@@ -333,12 +329,8 @@ class Connection(asyncio.Protocol):
                     whole = b"".join(self._fragments)
                     self._fragments = None
                     if self._fragment_text:
-                        try:
-                            text = whole.decode()
-                        except UnicodeDecodeError:
-                            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                        if not self._text(whole):
                             return
-                        self._message(text)
                     else:
                         self._message(whole)
             elif op is OP_PONG:
@@ -348,6 +340,16 @@ class Connection(asyncio.Protocol):
             elif op is OP_CLOSE:  # the protocol echoed it and asked for EOF
                 self._closing()
             # OP_PING: the protocol queued the pong already.
+
+    def _text(self, payload: bytes) -> bool:
+        """A whole text message on to the peer; invalid UTF-8 fails the connection (1007)."""
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return False
+        self._message(text)
+        return True
 
     def _message(self, data: str | bytes) -> None:
         if self._busy is not None or self._backlog:

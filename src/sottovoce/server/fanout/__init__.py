@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sottovoce.server.fanout.base import DeviceKey, Fanout, InProcessFanout
+from sottovoce.server.ports import FanoutPorts
 
-if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
-
-__all__ = ["DeviceKey", "Fanout", "InProcessFanout", "make_fanout"]
+__all__ = ["DeviceKey", "Fanout", "FanoutPorts", "InProcessFanout", "make_fanout"]
 
 
-def make_fanout(app: ServerApp) -> Fanout:
+def make_fanout(
+    ports: FanoutPorts, nats: str | None, *, node_id: str, namespace: str
+) -> Fanout:
     """NATS when ``--nats`` is configured, else the in-process fan-out (no import of nats)."""
-    url = app.config.nats
-    if not url:
-        return InProcessFanout(app)
+    if not nats:
+        return InProcessFanout(ports)
     from sottovoce.server.fanout.nats import NatsFanout
 
-    return NatsFanout(app, url, node_id=app.node_id, namespace=app.config.nats_namespace)
+    return NatsFanout(ports, nats, node_id=node_id, namespace=namespace)

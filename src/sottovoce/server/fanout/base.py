@@ -1,7 +1,7 @@
 """Fan-out: how a committed frame reaches the node holding the target device (docs/deploy.md).
 
-Delivery first looks in its own node's ``online`` map; only what is *not*
-connected here goes through the :class:`Fanout`:
+:class:`~sottovoce.server.presence.Presence` first looks in its own node's
+``online`` map; only what is *not* connected here goes through the :class:`Fanout`:
 
     send commits on this node
         │
@@ -15,27 +15,28 @@ connected here goes through the :class:`Fanout`:
 The in-process implementation is what a single node runs with no ``--nats``:
 every method is a no-op or the old local behaviour, so the single-node hot
 path costs one method call more than before.
+
+A fan-out is given :class:`~sottovoce.server.ports.FanoutPorts` (the online map, a
+catch-up callable, the directory cache's invalidate, metrics, the log) and nothing else.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Collection
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
-    from sottovoce.server.session import Session
+from sottovoce.server.ports import DeviceKey, FanoutPorts
+from sottovoce.server.session import Session
 
-DeviceKey = tuple[str, str]
+__all__ = ["DeviceKey", "Fanout", "InProcessFanout"]
 
 
 class Fanout(abc.ABC):
     #: True when other nodes may hold devices (a non-local device may be online elsewhere).
     remote: bool = False
 
-    def __init__(self, app: ServerApp) -> None:
-        self.app = app
+    def __init__(self, ports: FanoutPorts) -> None:
+        self.ports = ports
 
     async def start(self) -> None:
         return None

@@ -51,7 +51,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Collection
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -63,11 +63,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from sottovoce.errors import UsageError
 from sottovoce.server.errors import CLOSE_ACCOUNT_DELETED, CLOSE_REPLACED, CLOSE_REVOKED
-from sottovoce.server.fanout.base import DeviceKey, Fanout
-
-if TYPE_CHECKING:
-    from sottovoce.server.app import ServerApp
-    from sottovoce.server.session import Session
+from sottovoce.server.fanout.base import Fanout
+from sottovoce.server.ports import DeviceKey, FanoutPorts
+from sottovoce.server.session import Session
 
 #: Keys the subject tokens: without it a NATS operator could test guessed usernames.
 TOKEN_PERSON = b"sottovoce-dev"
@@ -109,9 +107,9 @@ class NatsFanout(Fanout):
     remote = True
 
     def __init__(
-        self, app: ServerApp, url: str, *, node_id: str, namespace: str = "sottovoce"
+        self, ports: FanoutPorts, url: str, *, node_id: str, namespace: str = "sottovoce"
     ) -> None:
-        super().__init__(app)
+        super().__init__(ports)
         self.url = url
         self.node_id = node_id
         self.prefix = f"{namespace}.v1"
@@ -176,7 +174,7 @@ class NatsFanout(Fanout):
         # Ask the others for their lists; they answer on the presence subject.
         self._publish(f"{self.prefix}.presence", b"?" + self.node_id.encode())
         self._spawn(self._presence_loop())
-        self.app.log.info("fanout.started", url=_redact_url(self.url), reason=self.node_id)
+        self.ports.log.info("fanout.started", url=_redact_url(self.url), reason=self.node_id)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -238,12 +236,12 @@ class NatsFanout(Fanout):
         stamp = time.time_ns()
         self._stamps[key] = stamp
         subject = self.subject(key)
-        online = self.app.delivery.online
+        online = self.ports.online
         if key not in self._subs:
             try:
                 sub = await nc.subscribe(subject, cb=partial(self._on_device, key))
             except NatsError as exc:
-                self.app.log.warning("fanout.subscribe_failed", error=type(exc).__name__)
+                self.ports.log.warning("fanout.subscribe_failed", error=type(exc).__name__)
                 return
             if key not in self._subs and online.get(key) is session:
                 self._subs[key] = sub
@@ -336,7 +334,7 @@ class NatsFanout(Fanout):
             # device's read position is, only storage knows. Read the room from there
             # (this frame included: it is committed) instead of guessing.
             self.gaps += 1
-            self.app.delivery.catch_up(session)
+            self.ports.catch_up(session)
             return
         self._ordered(session, room_id, seq, text)
 
@@ -384,28 +382,28 @@ class NatsFanout(Fanout):
         self.gaps += 1
         session = stream[0]
         if not session.closed:
-            self.app.delivery.catch_up(session)
+            self.ports.catch_up(session)
 
     # --- inbound --------------------------------------------------------------------
 
     async def _on_device(self, key: DeviceKey, msg: Msg) -> None:
         data = msg.data
         kind = data[:1]
-        session = self.app.delivery.online.get(key)
+        session = self.ports.online.get(key)
         try:
             if kind == b"F":
                 nl = data.index(b"\n", 1, 24)
                 seq = int(data[1:nl])
                 if session is not None:
                     session.deliver(seq, data[nl + 1:].decode())
-                    self.app.metrics.deliveries_live += 1
+                    self.ports.metrics.deliveries_live += 1
             elif kind == b"M":
                 nl = data.index(b"\n", 1, 300)
                 seq_text, room = data[1:nl].split(b" ", 1)
                 seq = int(seq_text)
                 if session is not None:
                     session.deliver_room(room.decode(), seq, data[nl + 1:].decode())
-                    self.app.metrics.room_deliveries_live += 1
+                    self.ports.metrics.room_deliveries_live += 1
             elif kind == b"E":
                 ok = session is not None and not session.closed
                 if session is not None and ok:
@@ -433,7 +431,7 @@ class NatsFanout(Fanout):
             else:
                 raise ValueError("unknown kind")
         except (ValueError, UnicodeDecodeError):
-            self.app.log.warning("fanout.bad_message", reason="device subject")
+            self.ports.log.warning("fanout.bad_message", reason="device subject")
 
     async def _on_directory(self, msg: Msg) -> None:
         if not 0 < len(msg.data) <= MAX_ID_BYTES:
@@ -442,7 +440,7 @@ class NatsFanout(Fanout):
             user = msg.data.decode()
         except UnicodeDecodeError:
             return
-        self.app.directory.invalidate(user)
+        self.ports.invalidate(user)
 
     async def _on_presence(self, msg: Msg) -> None:
         data = msg.data
@@ -494,12 +492,12 @@ class NatsFanout(Fanout):
     async def _on_disconnected(self) -> None:
         if self.connected:
             self.connected = False
-            self.app.log.warning("fanout.disconnected", reason=self.node_id)
+            self.ports.log.warning("fanout.disconnected", reason=self.node_id)
 
     async def _on_reconnected(self) -> None:
         self.connected = True
         self.reconnects += 1
-        self.app.log.info("fanout.reconnected", reason=self.node_id)
+        self.ports.log.info("fanout.reconnected", reason=self.node_id)
         self._publish(f"{self.prefix}.presence", b"?" + self.node_id.encode())
         self._announce()
         self.catch_up_all()
@@ -509,13 +507,13 @@ class NatsFanout(Fanout):
             # Frames were dropped for a device: read them back from storage.
             self.catch_up_all()
             return
-        self.app.log.warning("fanout.error", error=type(exc).__name__)
+        self.ports.log.warning("fanout.error", error=type(exc).__name__)
 
     def catch_up_all(self) -> None:
         """Frames may have been missed: re-read storage for every connected device."""
         self.catchups += 1
-        for session in list(self.app.delivery.online.values()):
-            self.app.delivery.catch_up(session)
+        for session in list(self.ports.online.values()):
+            self.ports.catch_up(session)
 
 
 async def _unsubscribe(sub: Subscription) -> None:
