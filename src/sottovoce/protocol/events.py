@@ -545,6 +545,31 @@ class DeleteAccount(ClientEvent):
         return cls(statement=req_b64(d, "statement", max_bytes=CERT_MAX_BYTES))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnCredentialsRequest(ClientEvent):
+    """Ask for short-lived TURN credentials (authenticated devices only; no fields).
+
+    Answered with ``sottovoce.turn.result {urls, username, credential, expiresAt}``
+    (the RTCIceServer shape; ``username`` is coturn's "expiry:random id", naming
+    nobody), or ``ksmpv3.error`` ``turn_unavailable`` when the server has no TURN.
+    """
+
+    name: ClassVar[str] = "sottovoce.turn.credentials"
+
+    def to_data(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any]) -> TurnCredentialsRequest:
+        if d:
+            raise bad("data", "must be empty for this request")
+        return cls()
+
+
+#: The reply to :class:`TurnCredentialsRequest`.
+TURN_RESULT = "sottovoce.turn.result"
+
+
 CLIENT_EVENTS: dict[str, Any] = {
     cls.name: cls
     for cls in (
@@ -562,6 +587,7 @@ CLIENT_EVENTS: dict[str, Any] = {
         PushRegister,
         RevokeDevice,
         DeleteAccount,
+        TurnCredentialsRequest,
     )
 }
 

@@ -122,6 +122,7 @@ from sottovoce.server.session import Session
 from sottovoce.server.storage.base import AccountRecord, Storage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 from sottovoce.server.transport import Connection, LeanServer, TransportConfig
+from sottovoce.server.turn_handler import TurnHandler
 
 WS_PATH = "/v3/ws"
 #: Events a connection may send before it is authenticated.
@@ -211,6 +212,7 @@ class ServerApp:
             DeleteAccount: self._delete_account,
         }
         self._handlers.update(self.rooms.handlers())
+        self._handlers.update(TurnHandler.from_config(config).handlers())
 
     # --- life cycle -----------------------------------------------------------------
 
