@@ -27,6 +27,7 @@ from sottovoce.cli.session import (
     add_timeout,
     data_dir,
     new_passphrase,
+    positive,
     run,
     subcommand,
     unlock,
@@ -197,6 +198,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         events = client.events()
         url = client.identity.server_url
         up: bool | None = None
+        client.start_calls()  # rings show here (they cannot be answered from listen)
+        calls = asyncio.ensure_future(_print_calls(client))
         try:
             await client.connect(wait=False)
             print(
@@ -227,11 +230,40 @@ def cmd_listen(args: argparse.Namespace) -> int:
                     if shown is not None:
                         print(shown[0], file=sys.stderr if shown[1] else sys.stdout, flush=True)
         finally:
+            calls.cancel()
             events.close()
         print("stopped.", flush=True)
         return 0
 
     return with_client(args, work, connect=Connect.NO, notices=False)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> list[str]:
+        if args.name == client.username:
+            raise CliError("that is you: a history is with another user")
+        me = client.username
+        return [render.message_line(m, me) for m in client.history(args.name, limit=args.limit)]
+
+    lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"no messages with {render.safe(args.name)} on this device")
+    return 0
+
+
+async def _print_calls(client: Client) -> None:
+    """`listen`: incoming calls and how they ended (`sottovoce answer` takes them)."""
+    from sottovoce.calls.effects import CallState, StateChanged
+
+    while True:
+        event = await client.calls.events.get()
+        if isinstance(event, StateChanged) and event.state in (
+            CallState.INCOMING_RINGING,
+            CallState.ENDED,
+        ):
+            print(render.call_state(event), flush=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -455,6 +487,25 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
     account_options(chat)
+
+    history = subcommand(
+        sub,
+        "history",
+        help="print the messages and calls with NAME from the local store",
+        description=(
+            "Connect if the server is there (to store what arrived), then print the last "
+            "messages with NAME, missed calls included, oldest first."
+        ),
+        example="  sottovoce history bob --data-dir ~/.sottovoce-alice",
+        func=cmd_history,
+    )
+    history.add_argument("name", metavar="NAME", help="the other user")
+    history.add_argument(
+        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
+    )
+    history.add_argument("--offline", action="store_true", help="do not connect; local store only")
+    account_options(history)
+    add_timeout(history)
 
     verify = subcommand(
         sub,

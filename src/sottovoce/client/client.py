@@ -83,7 +83,7 @@ from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
 
 if TYPE_CHECKING:
-    from sottovoce.client.calls import CallController, CallOptions
+    from sottovoce.client.calls import CallController, CallOptions, TurnServer
 
 CONNECT_TIMEOUT_S = 15.0
 #: Closing waits this long for a call's hang-up to leave and its media to stop.
@@ -765,12 +765,6 @@ class Client:
             call = self._calls.call if self._calls is not None else None
             return call.peer if call is not None else None
 
-        async def ask_turn() -> dict[str, Any]:
-            _, data = await self._conn.request(
-                ev.TurnCredentialsRequest(), frozenset({ev.TURN_RESULT})
-            )
-            return data
-
         self._calls = CallController(
             user=self.username,
             device=self.device_id,
@@ -779,9 +773,20 @@ class Client:
             ),
             record_missed=missed_call_recorder(self._direct.send_record),
             options=options,
-            turn_servers=turn_fetcher(ask_turn),
+            turn_servers=turn_fetcher(self._ask_turn),
         )
         return self._calls
+
+    async def _ask_turn(self) -> dict[str, Any]:
+        _, data = await self._conn.request(ev.TurnCredentialsRequest(), frozenset({ev.TURN_RESULT}))
+        return data
+
+    async def turn_servers(self) -> tuple[TurnServer, ...]:
+        """Fresh TURN credentials from the server (``ServerError`` ``turn_unavailable``
+        when it has none); calls fetch their own, this is for checking up front."""
+        from sottovoce.client.calls.wiring import turn_servers_from_wire
+
+        return turn_servers_from_wire(await self._ask_turn())
 
     @property
     def calls(self) -> CallController:
