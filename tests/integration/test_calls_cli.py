@@ -273,13 +273,32 @@ def _plain(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_mistakes_are_plain(turn_server: tuple[ServerProcess, list[Path]], tmp_path: Path) -> None:
-    srv, (alice, _, _) = turn_server
+    _, (alice, _, _) = turn_server
     assert "no user 'nobody'" in _plain(run(alice, "call", "nobody", *LOOPBACK))
     assert "media file" in _plain(run(alice, "call", "bob", "--media", str(tmp_path / "no.webm")))
     assert "that is you" in _plain(run(alice, "call", "alice"))
     # bob is not online: said at once, not after 45 s of ringing.
     offline = run(alice, "call", "bob", "--audio-only", *LOOPBACK)
     assert offline.returncode != 0 and "no device of bob is online" in offline.stderr
+
+
+def test_turn_refusing_the_servers_credentials_is_reported(
+    coturn: Coturn, tmp_path: Path
+) -> None:
+    """A server whose secret is not coturn's hands out credentials coturn refuses (401):
+    the relay-only call fails at once with a plain reason, never silently."""
+    srv = _server_with_turn(tmp_path, coturn, secret=b"not-the-secret-coturn-holds")
+    try:
+        alice, bob = _accounts(srv, tmp_path, "alice", "bob")
+        answer = start(bob, "answer", "--wait", "20", "--loopback")
+        answer.wait_for("waiting up to")
+        call = run(alice, "call", "bob", "--relay-only", *LOOPBACK)
+        assert call.returncode == 1, (call.stdout, call.stderr)
+        assert "refused the credentials" in _plain(call)
+        answer.proc.send_signal(signal.SIGINT)
+        answer.finish()
+    finally:
+        srv.stop()
 
 
 def test_relay_only_without_turn_on_the_server_is_a_plain_error(

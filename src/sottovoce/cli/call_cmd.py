@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -250,10 +251,16 @@ async def _finish(client: Client, run: _Run) -> int:
         return 0
     if run.ended is EndReason.FAILED or run.problems:
         reason = client.calls.last_error
-        if reason is not None:
+        if reason is not None and str(reason) not in run.problems:
             _say(render.error(str(reason)), err=True)
         return 1
     return EXIT_NOT_ANSWERED
+
+
+def _quiet(args: argparse.Namespace) -> None:
+    """The media stack's log lines are for --debug; what matters is said in plain lines."""
+    if not getattr(args, "debug", False):
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 async def _connect(client: Client, args: argparse.Namespace, options: CallOptions) -> None:
@@ -272,6 +279,7 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
 
 
 def cmd_call(args: argparse.Namespace) -> int:
+    _quiet(args)
     validate_username(args.name)
     options = call_options(args)
 
@@ -306,6 +314,7 @@ async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
 
 def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
+        _quiet(args)
         options = CallOptions() if decline else call_options(args)
 
         async def work(client: Client) -> int:
