@@ -1,4 +1,4 @@
-"""Client commands: `account create`, `account delete`, `send`, `listen`, `chat`, `verify`.
+"""Client commands: `account create|delete`, `send`, `listen`, `chat`, `history`, `verify`.
 
 Every command works on one account directory: ``--data-dir``, else
 ``$SOTTOVOCE_HOME``, else ``<user data dir>/sottovoce/client``. Two accounts
