@@ -351,7 +351,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except BaseException:
         run(client.close())
         raise
-    code, problem = run_chat(client, peer, room_id=room_id)
+    from sottovoce.client.calls import CallOptions, IceConfig
+
+    options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
+    code, problem = run_chat(client, peer, room_id=room_id, call_options=options)
     if problem:
         raise CliError(problem)
     return code
@@ -474,8 +477,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "A full-screen chat: history from the local store, an input line, delivery "
             "ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll (older "
-            "messages load at the top), Ctrl-S for the safety number, Ctrl-Q or Ctrl-C to "
-            "quit. NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
+            "messages load at the top), Ctrl-S for the safety number, F5 to call NAME or "
+            "accept a ringing call, F6 to decline or hang up, Ctrl-Q or Ctrl-C to quit. "
+            "NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
             "treats # as a comment); @NAME insists on the person when a room has that name "
             "too. A bare name that only a room has opens the room."
         ),
@@ -486,6 +490,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_chat,
     )
     chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
+    chat.add_argument(
+        "--relay-only", action="store_true",
+        help="calls made or taken here go through the server's TURN relay only",
+    )
+    chat.add_argument(
+        "--loopback", action="store_true",
+        help="calls use 127.0.0.1 only (both devices on this machine: demos and tests)",
+    )
     account_options(chat)
 
     history = subcommand(
