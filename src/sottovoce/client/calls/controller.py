@@ -182,35 +182,36 @@ class CallController:
         self._drain()
         return call_id
 
-    def accept(self, *, own_devices: list[str] | None = None) -> None:
-        self.machine.accept(self._clock(), own_devices=own_devices or [])
+    def _act(self, action: Callable[..., object], **kwargs: object) -> None:
+        """One local action: the engine at the current time, then its effects."""
+        action(self._clock(), **kwargs)
         self._drain()
+
+    def accept(self, *, own_devices: list[str] | None = None) -> None:
+        self._act(self.machine.accept, own_devices=own_devices or [])
 
     def decline(self) -> None:
-        self.machine.decline(self._clock())
-        self._drain()
+        self._act(self.machine.decline)
 
     def hangup(self) -> None:
-        self.machine.hangup(self._clock())
-        self._drain()
+        self._act(self.machine.hangup)
 
     def set_media(self, *, audio_muted: bool, camera_on: bool, screen_on: bool) -> None:
-        self.machine.set_media(
-            self._clock(), audio_muted=audio_muted, camera_on=camera_on, screen_on=screen_on
+        self._act(
+            self.machine.set_media,
+            audio_muted=audio_muted,
+            camera_on=camera_on,
+            screen_on=screen_on,
         )
-        self._drain()
 
     def restart_ice(self) -> None:
-        self.machine.restart_ice(self._clock())
-        self._drain()
+        self._act(self.machine.restart_ice)
 
     def grant_recording(self) -> None:
-        self.machine.grant_recording(self._clock())
-        self._drain()
+        self._act(self.machine.grant_recording)
 
     def refuse_recording(self) -> None:
-        self.machine.refuse_recording(self._clock())
-        self._drain()
+        self._act(self.machine.refuse_recording)
 
     # --- what the peer says -----------------------------------------------------------
 

@@ -184,6 +184,16 @@ class Sink:
     numbers: set[int] = field(default_factory=set)
     first_frame_at: float | None = None
 
+    def count(self, frame: object, now: float) -> None:
+        """One decoded frame at loop time ``now`` (a test-pattern frame by its number too)."""
+        if isinstance(frame, av.VideoFrame):
+            number = read_frame_number(frame)
+            if number is not None:
+                self.numbers.add(number)
+        self.frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+
 
 @dataclass(slots=True)
 class _Generation:
@@ -421,13 +431,7 @@ class MediaSession:
             except MediaStreamError:
                 return
             try:
-                sink.frames += 1
-                if sink.first_frame_at is None:
-                    sink.first_frame_at = loop.time()
-                if isinstance(frame, av.VideoFrame):
-                    number = read_frame_number(frame)
-                    if number is not None:
-                        sink.numbers.add(number)
+                sink.count(frame, loop.time())
                 if (
                     self._recorder is not None
                     and role != "screen"
