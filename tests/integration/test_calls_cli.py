@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import pytest
 
 from tests.integration.calls_helpers import Coturn
@@ -192,6 +193,26 @@ def test_a_relay_only_cli_call_goes_through_turn_and_hides_both_addresses(
     assert "relayed" in answer.stdout()
     assert "the peer offered: relay\n" in answer.stdout()
     assert "the peer offered: relay\n" in call.stdout()
+
+
+def test_record_to_writes_the_peers_media_only_with_consent(
+    turn_server: tuple[ServerProcess, list[Path]], tmp_path: Path
+) -> None:
+    _, (alice, bob, _) = turn_server
+    refused, granted = tmp_path / "refused.webm", tmp_path / "granted.webm"
+    answer = start(bob, "answer", "--seconds", "3", "--record-to", str(refused), *LOOPBACK)
+    answer.wait_for("waiting up to")
+    assert run(alice, "call", "bob", "--audio-only", *LOOPBACK).returncode == 0
+    assert answer.finish() == 0
+    assert "recording: the peer does not consent" in answer.stdout()
+    assert not refused.exists() or refused.stat().st_size == 0
+    answer = start(bob, "answer", "--seconds", "3", "--record-to", str(granted), *LOOPBACK)
+    answer.wait_for("waiting up to")
+    assert run(alice, "call", "bob", "--allow-recording", *LOOPBACK).returncode == 0
+    assert answer.finish() == 0
+    assert "recording: the peer consents" in answer.stdout()
+    with av.open(str(granted)) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 10
 
 
 # --- ringing outcomes -------------------------------------------------------------------
