@@ -50,6 +50,17 @@ class Tmux:
     def start(self, command: str) -> None:
         self.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
 
+    def chat_as_alice(self, tmp_path: Path, *options: str) -> None:
+        """`sottovoce chat bob` as the account in tmp_path/alice; EXIT=code when it ends."""
+        passfile = tmp_path / "passphrase"
+        passfile.write_text(PASSPHRASE + "\n")
+        self.start(
+            # The pane's size is the terminal's: drop COLUMNS/LINES some runners export.
+            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob {' '.join(options)} "
+            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
+            "echo EXIT=$?; sleep 60"
+        )
+
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", "chat", *keys)
 
@@ -83,15 +94,7 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         await alice.wait_sent(ids[-1])
         await received(b_events, OLD)
         await alice.close()
-        passfile = tmp_path / "passphrase"
-        passfile.write_text(PASSPHRASE + "\n")
-
-        tmux.start(
-            # The pane's size is the terminal's: drop COLUMNS/LINES some runners export.
-            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob "
-            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
-            "echo EXIT=$?; sleep 60"
-        )
+        tmux.chat_as_alice(tmp_path)
         await tmux.wait_for("bob · connected")
         screen = await tmux.wait_for(f"old message {OLD - 1:02d} ✓")  # from the store, ticked
         assert "old message 00" not in screen
@@ -146,15 +149,9 @@ async def test_chat_in_tmux_rings_accepts_shows_the_call_line_and_declines(
         await alice.close()
         bob = await make_account(server, "bob", tmp_path)
         calls = bob.start_calls(CallOptions(ice=IceConfig(loopback=True)))
-        passfile = tmp_path / "passphrase"
-        passfile.write_text(PASSPHRASE + "\n")
-        tmux.start(
-            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob --loopback "
-            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
-            "echo EXIT=$?; sleep 60"
-        )
+        tmux.chat_as_alice(tmp_path, "--loopback")
         await tmux.wait_for("bob · connected")
-        assert "Call/Accept" in tmux.screen()
+        await tmux.wait_for("Call/Accept")  # the footer names the call keys
 
         await bob.place_call("alice")
         await tmux.wait_for("incoming video call from bob · F5 accept · F6 decline")

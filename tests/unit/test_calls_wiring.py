@@ -5,6 +5,8 @@ request, and the lines the CLI prints."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from sottovoce.client.call_payloads import (
     encode_signals,
     missed_call_line,
 )
+from sottovoce.client.calls.media import CallStats
 from sottovoce.client.calls.wiring import (
     missed_call_recorder,
     signal_sender,
@@ -170,8 +173,20 @@ def test_call_lines_are_plain_and_terminal_safe() -> None:
         line = render.call_state(_change(CallState.ENDED, reason))
         assert line and "\x1b" not in line
     assert render.call_state(_change(CallState.ENDED, EndReason.NO_ANSWER)) == "no answer"
-    line = render.call_stats(
-        "bob", audio_codec="opus", video_codec="VP8", send_kbps=None, recv_kbps=312.5,
-        rtt_ms=None, loss_pct=0.0, relayed=True,
+    stats = CallStats(
+        audio_codec="opus", video_codec="VP8", send_kbps=0.0, recv_kbps=312.5, rtt_ms=None,
+        loss_pct=0.0, relayed=True, frames_received={},
     )
+    line = render.call_stats("bob", stats)
     assert line == "bob · VP8/opus · ↑ – ↓ 312.5 kbit/s · RTT – · loss 0 % · relayed · E2EE on"
+
+
+def test_the_cli_starts_without_the_media_stack() -> None:
+    """Every command's parser is built at start; only a call imports aiortc and PyAV."""
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, sottovoce.cli.main as m; m.build_parser(); "
+         "print(sorted({'aiortc', 'aioice', 'av'} & set(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert done.stdout.strip() == "[]"

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sottovoce.calls.effects import (
     CallState,
@@ -44,15 +45,10 @@ from sottovoce.cli.session import (
     with_client,
 )
 from sottovoce.client import Client, NotConnected, ServerError
-from sottovoce.client.calls import (
-    CallOptions,
-    IceConfig,
-    MediaSession,
-    MediaSpec,
-    SignalFailed,
-)
-from sottovoce.client.calls.media import MediaProblem
 from sottovoce.identity import validate_username
+
+if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when a call command runs
+    from sottovoce.client.calls import CallOptions, MediaSession
 
 #: The call did not happen: declined, busy, no answer, missed, cancelled, no call came.
 EXIT_NOT_ANSWERED = 3
@@ -69,6 +65,8 @@ FLUSH_TIMEOUT_S = 10.0
 
 def call_options(args: argparse.Namespace) -> CallOptions:
     """What this device sends and how it connects, from the command line (files checked)."""
+    from sottovoce.client.calls import CallOptions, IceConfig, MediaSpec
+
     media = getattr(args, "media", None)
     if media is not None:
         path = Path(media).expanduser()
@@ -135,6 +133,9 @@ def _say(line: str, *, err: bool = False) -> None:
 
 async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
     """Print the call's state changes until it ends (Ctrl-C or --seconds hang up)."""
+    from sottovoce.client.calls import SignalFailed
+    from sottovoce.client.calls.media import MediaProblem
+
     calls = client.calls
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -202,18 +203,7 @@ async def _print_stats(client: Client, run: _Run) -> None:
     stats = await client.calls.stats()
     if stats is None:
         return
-    _say(
-        render.call_stats(
-            run.peer,
-            audio_codec=stats.audio_codec,
-            video_codec=stats.video_codec,
-            send_kbps=stats.send_kbps or None,
-            recv_kbps=stats.recv_kbps or None,
-            rtt_ms=stats.rtt_ms,
-            loss_pct=stats.loss_pct,
-            relayed=stats.relayed,
-        )
-    )
+    _say(render.call_stats(run.peer, stats))
     session = client.calls.session()
     path = session.path() if session is not None else None
     if path is not None:
@@ -315,6 +305,8 @@ async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
 def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         _quiet(args)
+        from sottovoce.client.calls import CallOptions
+
         options = CallOptions() if decline else call_options(args)
 
         async def work(client: Client) -> int:
@@ -345,6 +337,19 @@ def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
 # =============================================================================
 
 
+def add_path_options(parser: argparse.ArgumentParser) -> None:
+    """--relay-only and --loopback: how a call's media find their way (`chat` takes them too)."""
+    parser.add_argument(
+        "--relay-only", action="store_true",
+        help="connect calls through the server's TURN relay only, so the peer never learns "
+        "your address (the server must have TURN configured)",
+    )
+    parser.add_argument(
+        "--loopback", action="store_true",
+        help="calls use 127.0.0.1 only (both devices on this machine: demos and tests)",
+    )
+
+
 def _media_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audio-only", action="store_true", help="send no camera video (an audio call)"
@@ -356,15 +361,7 @@ def _media_options(parser: argparse.ArgumentParser) -> None:
         "--media", metavar="FILE",
         help="send this audio/video file instead of the default synthetic tone and pattern",
     )
-    parser.add_argument(
-        "--relay-only", action="store_true",
-        help="connect through the server's TURN relay only, so the peer never learns your "
-        "address (the server must have TURN configured)",
-    )
-    parser.add_argument(
-        "--loopback", action="store_true",
-        help="use 127.0.0.1 only (both devices on this machine: demos and tests)",
-    )
+    add_path_options(parser)
     parser.add_argument(
         "--record-to", metavar="FILE",
         help="write the peer's audio and camera to FILE (WebM), once the peer consents",

@@ -19,6 +19,7 @@ import signal
 import sys
 
 from sottovoce.cli import render
+from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
@@ -490,14 +491,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_chat,
     )
     chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
-    chat.add_argument(
-        "--relay-only", action="store_true",
-        help="calls made or taken here go through the server's TURN relay only",
-    )
-    chat.add_argument(
-        "--loopback", action="store_true",
-        help="calls use 127.0.0.1 only (both devices on this machine: demos and tests)",
-    )
+    add_path_options(chat)
     account_options(chat)
 
     history = subcommand(

@@ -17,6 +17,7 @@ import io
 import shlex
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
@@ -33,6 +34,9 @@ from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
 from sottovoce.protocol.audit import AuditEntry, AuditTrail
+
+if TYPE_CHECKING:  # the media stack is imported by call commands only
+    from sottovoce.client.calls.media import CallStats
 
 # C0 controls and DEL, C1 controls (U+0080-U+009F: 8-bit CSI, OSC, ST...), the Unicode
 # bidirectional controls (Unicode Standard Annex #9 §2: LRM, RLM, ALM, the embeddings and
@@ -284,24 +288,14 @@ def _number(value: float | None, unit: str) -> str:
     return "–" if value is None else f"{value:g} {unit}"
 
 
-def call_stats(
-    peer: str,
-    *,
-    audio_codec: str | None,
-    video_codec: str | None,
-    send_kbps: float | None,
-    recv_kbps: float | None,
-    rtt_ms: float | None,
-    loss_pct: float | None,
-    relayed: bool | None,
-) -> str:
-    """The in-call status line; "–" for what is not known (yet)."""
-    codecs = "/".join(c for c in (video_codec, audio_codec) if c) or "–"
-    path = "–" if relayed is None else ("relayed" if relayed else "direct")
+def call_stats(peer: str, stats: CallStats) -> str:
+    """The in-call status line; "–" for what is not known (yet: a rate needs two samples)."""
+    codecs = "/".join(c for c in (stats.video_codec, stats.audio_codec) if c) or "–"
+    path = "–" if stats.relayed is None else ("relayed" if stats.relayed else "direct")
     return (
-        f"{safe(peer)} · {safe(codecs)} · ↑ {_number(send_kbps, 'kbit/s')} "
-        f"↓ {_number(recv_kbps, 'kbit/s')} · RTT {_number(rtt_ms, 'ms')} · "
-        f"loss {_number(loss_pct, '%')} · {path} · E2EE on"
+        f"{safe(peer)} · {safe(codecs)} · ↑ {_number(stats.send_kbps or None, 'kbit/s')} "
+        f"↓ {_number(stats.recv_kbps or None, 'kbit/s')} · RTT {_number(stats.rtt_ms, 'ms')} · "
+        f"loss {_number(stats.loss_pct, '%')} · {path} · E2EE on"
     )
 
 

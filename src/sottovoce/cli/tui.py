@@ -277,17 +277,7 @@ class ChatApp(App[int]):
         stats = await calls.stats()
         if stats is None or calls.state is not CallState.ACTIVE:
             return
-        line = render.call_stats(
-            self._call_peer(),
-            audio_codec=stats.audio_codec,
-            video_codec=stats.video_codec,
-            send_kbps=stats.send_kbps or None,
-            recv_kbps=stats.recv_kbps or None,
-            rtt_ms=stats.rtt_ms,
-            loss_pct=stats.loss_pct,
-            relayed=stats.relayed,
-        )
-        self._call_bar(f"☎ {line} · F6 hang up")
+        self._call_bar(f"☎ {render.call_stats(self._call_peer(), stats)} · F6 hang up")
 
     async def action_call_or_accept(self) -> None:
         calls = self.client.calls

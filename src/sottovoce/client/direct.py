@@ -128,10 +128,10 @@ class DirectMessages:
                 if ephemeral:
                     raise
                 return self._defer(username, text, content_type)  # the connection dropped
-            frame = self._send_frame(
+            frame = self._send_event(
                 username, targets, message_id, idempotency_key, created,
                 {t: body for t in targets}, content_type=content_type, ephemeral=ephemeral,
-            )
+            ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES or ephemeral:
                 with self._store.transaction():
                     # The ratchets moved: persist them even if the message goes nowhere.
@@ -158,27 +158,6 @@ class DirectMessages:
         await pending.done
         return message_id
 
-    def _send_frame(
-        self,
-        username: str,
-        targets: list[Device],
-        message_id: str,
-        idempotency_key: str,
-        created: int,
-        bodies: Mapping[Device, bytes],
-        *,
-        content_type: str = "text",
-        ephemeral: bool = False,
-    ) -> str:
-        """The ``ksmpv3.send`` frame: one ciphertext per target device (ratchets move).
-
-        ``bodies`` holds each target's payload body (call signals differ per device).
-        """
-        return self._send_event(
-            username, targets, message_id, idempotency_key, created, bodies,
-            content_type=content_type, ephemeral=ephemeral,
-        ).to_frame(request_id=message_id)
-
     def _send_event(
         self,
         username: str,
@@ -189,8 +168,12 @@ class DirectMessages:
         bodies: Mapping[Device, bytes],
         *,
         content_type: str,
-        ephemeral: bool,
+        ephemeral: bool = False,
     ) -> ev.Send:
+        """The ``ksmpv3.send``: one ciphertext per target device (ratchets move).
+
+        ``bodies`` holds each target's payload body (call signals differ per device).
+        """
         conversation = ev.dm_conversation_id(self.username, username)
 
         def payload(body: bytes) -> bytes:
@@ -264,7 +247,7 @@ class DirectMessages:
                 self._outbox.fail(message_id, exc.code, str(exc))
                 continue
             body = stored.text.encode("utf-8")
-            frame = self._send_frame(
+            frame = self._send_event(
                 stored.peer,
                 targets,
                 message_id,
@@ -272,7 +255,7 @@ class DirectMessages:
                 stored.client_created_ms,
                 {t: body for t in targets},
                 content_type=stored.content_type,
-            )
+            ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES:
                 with self._store.transaction():
                     self._sessions.flush()  # the ratchets moved, as in send_text
