@@ -27,8 +27,8 @@ from sottovoce.cli.session import (
     account_options,
     add_timeout,
     data_dir,
+    history_options,
     new_passphrase,
-    positive,
     run,
     subcommand,
     unlock,
@@ -506,12 +506,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_history,
     )
     history.add_argument("name", metavar="NAME", help="the other user")
-    history.add_argument(
-        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
-    )
-    history.add_argument("--offline", action="store_true", help="do not connect; local store only")
-    account_options(history)
-    add_timeout(history)
+    history_options(history)
 
     verify = subcommand(
         sub,
