@@ -10,6 +10,7 @@ WAL, logs or metrics (the blindness kit's scanner, every encoding).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from sottovoce.audit_kit.needles import Scanner, needles_for
-from sottovoce.calls.effects import CallState
+from sottovoce.calls.effects import CallState, EndReason
 from sottovoce.client import ServerError
 from sottovoce.client.calls import CallController, CallOptions, IceConfig
 from sottovoce.limits import TURN_CREDENTIAL_MAX_TTL_S, TURN_REQUESTS_BURST
@@ -86,6 +87,25 @@ async def test_no_turn_on_the_server_is_a_structured_error(
         assert refused.value.code == "turn_unavailable"
     finally:
         await alice.close()
+
+
+async def test_a_device_that_takes_no_calls_never_rings_nor_declines(
+    turn_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A client that never started calls (a `send` command) ignores a ring: the caller
+    hears no answer, not a decline that would end the call on the callee's other devices."""
+    alice = await make_account(turn_server, "alice", tmp_path)
+    bob = await make_account(turn_server, "bob", tmp_path)
+    try:
+        calls = alice.start_calls(CallOptions(ice=IceConfig(loopback=True), ring_timeout_ms=3000))
+        await alice.place_call("bob")
+        await asyncio.sleep(1.0)  # the ring reached bob's device; the command ends meanwhile
+        await bob.close()
+        await wait_for(lambda: calls.state is CallState.ENDED, 15)
+        assert calls.call is not None and calls.call.reason is EndReason.NO_ANSWER
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 # --- blindness: a call's secrets never reach the server ------------------------------------

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -80,13 +81,9 @@ def call_options(args: argparse.Namespace) -> CallOptions:
         record_to = Path(args.record_to).expanduser()
         if not record_to.parent.is_dir():
             raise CliError(f"cannot record to {args.record_to}: no such directory")
-    spec = MediaSpec(
-        source=source,
-        video=not args.audio_only,
-        screen="synthetic" if args.screen and source == "synthetic" else (
-            "device" if args.screen else None
-        ),
-    )
+    # The screen of this machine's display where there is one; else a test pattern.
+    screen = ("device" if os.environ.get("DISPLAY") else "synthetic") if args.screen else None
+    spec = MediaSpec(source=source, video=not args.audio_only, screen=screen)
     ring_ms = int(getattr(args, "ring_timeout", 45.0) * 1000)
     return CallOptions(
         media=spec,
@@ -175,7 +172,7 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
                 run.problems.append("no device of theirs is online")
                 _say(f"no device of {render.safe(run.peer or args_peer(args))} is online", err=True)
                 calls.hangup()
-            else:
+            elif calls.state not in (CallState.ENDED, CallState.IDLE):
                 _say(f"a call signal could not be sent ({render.safe(event.code)})", err=True)
         elif isinstance(event, MediaProblem):
             run.problems.append(event.error)

@@ -811,7 +811,14 @@ class Client:
         self.calls.accept(own_devices=self._sessions.devices_of(self.username))
 
     def _on_call_signals(self, user: str, device: str, body: bytes) -> None:
-        """Decrypted call signals (inside the batch transaction: no await, no store)."""
+        """Decrypted call signals (inside the batch transaction: no await, no store).
+
+        A device rings only while an application that takes calls runs (it called
+        :meth:`start_calls`): a short command such as ``send`` must neither ring nor,
+        closing, decline a call the user could take on another device.
+        """
+        if self._calls is None:
+            return
         try:
             signals = decode_signals(body)
         except DecodeError:
@@ -819,7 +826,7 @@ class Client:
             return
         for data in signals:
             try:
-                self.calls.receive(from_user=user, from_device=device, data=data)
+                self._calls.receive(from_user=user, from_device=device, data=data)
             except SottovoceError as exc:
                 # Late or stale signals are normal (a lost race to answer); the state
                 # is unchanged. Never log the signal: it may hold an SDP.
