@@ -288,6 +288,10 @@ TURN_ID_BYTES = 12
 TURN_MAX_URLS = 8
 #: The secret shared with coturn: at least 128 bits.
 TURN_SECRET_MIN_BYTES = 16
+#: TURN credential requests per device: a call asks once per connection (an ICE
+#: restart too), so a few a minute is plenty; more is a device minting relays.
+TURN_REQUESTS_PER_MINUTE = 20
+TURN_REQUESTS_BURST = 10
 # --- key transparency ----------------------------------------------------------
 
 #: Leaves a log may hold: tree sizes are uint64 on the wire (c2sp.org/tlog-checkpoint);

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.integration.serverproc import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.integration.calls_helpers import Coturn
 
 
 @pytest.fixture
@@ -33,3 +37,15 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    """A coturn of the module's own on 127.0.0.1 (skips where coturn is not installed)."""
+    from tests.integration.calls_helpers import Coturn
+
+    turn = Coturn(tmp_path_factory.mktemp("coturn")).start()
+    try:
+        yield turn
+    finally:
+        turn.stop()

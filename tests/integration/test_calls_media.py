@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -54,15 +54,6 @@ async def net() -> AsyncIterator[Net]:
         yield n
     finally:
         await n.close()
-
-
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    turn = Coturn(tmp_path_factory.mktemp("coturn")).start()
-    try:
-        yield turn
-    finally:
-        turn.stop()
 
 
 async def connect(

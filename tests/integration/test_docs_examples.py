@@ -55,6 +55,10 @@ LONG_RUNNING = {
     "server": "runs until stopped; this test starts its own server on 127.0.0.1",
     "chat": "a full-screen TUI until Ctrl-Q; tests/integration/test_tui.py drives it in tmux",
     "listen": "prints messages until Ctrl-C; tests/integration/test_client_e2e.py covers it",
+    "call": "needs the callee waiting in another terminal; tests/integration/test_calls_cli.py "
+            "runs both sides",
+    "answer": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
+    "decline": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
 }
 
 #: (document, first command of the block) -> why the block is not run. Reviewed.

@@ -1,4 +1,4 @@
-"""`sottovoce chat` driven in tmux (send, receive, scroll).
+"""`sottovoce chat` driven in tmux (send, receive, scroll, calls).
 
 A real terminal (tmux, 120x40) runs the chat as alice against the real server;
 keys are typed with ``send-keys`` and the screen is read with ``capture-pane``.
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.calls.effects import CallState, EndReason
 from sottovoce.client import Client
+from sottovoce.client.calls import CallOptions, IceConfig
+from tests.integration.calls_helpers import wait_for
 from tests.integration.client_helpers import PASSPHRASE, make_account, received
 from tests.integration.serverproc import ServerProcess
 
@@ -46,6 +49,17 @@ class Tmux:
 
     def start(self, command: str) -> None:
         self.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
+
+    def chat_as_alice(self, tmp_path: Path, *options: str) -> None:
+        """`sottovoce chat bob` as the account in tmp_path/alice; EXIT=code when it ends."""
+        passfile = tmp_path / "passphrase"
+        passfile.write_text(PASSPHRASE + "\n")
+        self.start(
+            # The pane's size is the terminal's: drop COLUMNS/LINES some runners export.
+            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob {' '.join(options)} "
+            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
+            "echo EXIT=$?; sleep 60"
+        )
 
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", "chat", *keys)
@@ -80,15 +94,7 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         await alice.wait_sent(ids[-1])
         await received(b_events, OLD)
         await alice.close()
-        passfile = tmp_path / "passphrase"
-        passfile.write_text(PASSPHRASE + "\n")
-
-        tmux.start(
-            # The pane's size is the terminal's: drop COLUMNS/LINES some runners export.
-            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat bob "
-            f"--data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
-            "echo EXIT=$?; sleep 60"
-        )
+        tmux.chat_as_alice(tmp_path)
         await tmux.wait_for("bob · connected")
         screen = await tmux.wait_for(f"old message {OLD - 1:02d} ✓")  # from the store, ticked
         assert "old message 00" not in screen
@@ -121,6 +127,50 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         assert "▀" in screen or "█" in screen  # the QR code
         tmux.keys("Escape")
         await asyncio.sleep(0.5)
+        tmux.keys("C-q")
+        await tmux.wait_for("EXIT=0")
+    finally:
+        tmux.kill()
+        if bob is not None:
+            await bob.close()
+        server.stop()
+
+
+async def test_chat_in_tmux_rings_accepts_shows_the_call_line_and_declines(
+    tmp_path: Path,
+) -> None:
+    """F5 accepts bob's ringing call, the banner becomes the in-call line (codecs,
+    rates, RTT, loss, E2EE), F6 hangs up; a second ring is declined with F6."""
+    server = ServerProcess(tmp_path / "server").start()
+    tmux = Tmux()
+    bob: Client | None = None
+    try:
+        alice = await make_account(server, "alice", tmp_path)
+        await alice.close()
+        bob = await make_account(server, "bob", tmp_path)
+        calls = bob.start_calls(CallOptions(ice=IceConfig(loopback=True)))
+        tmux.chat_as_alice(tmp_path, "--loopback")
+        await tmux.wait_for("bob · connected")
+        await tmux.wait_for("Call/Accept")  # the footer names the call keys
+
+        await bob.place_call("alice")
+        await tmux.wait_for("incoming video call from bob · F5 accept · F6 decline")
+        tmux.keys("F5")
+        await wait_for(lambda: calls.state is CallState.ACTIVE, 30)
+        screen = await tmux.wait_for("E2EE on", timeout=30)
+        line = next(row for row in screen.splitlines() if "E2EE on" in row)
+        assert "bob · VP8/opus" in line and "RTT" in line and "loss" in line, line
+        await tmux.wait_for("kbit/s ↓", timeout=10)  # a rate once there are two samples
+        tmux.keys("F6")
+        await wait_for(lambda: calls.state is CallState.ENDED, 15)
+        assert calls.call is not None and calls.call.reason is EndReason.PEER_HUNG_UP
+        await tmux.wait_for("call: ended (you hung up)")
+
+        await bob.place_call("alice")
+        await tmux.wait_for("incoming video call from bob")
+        tmux.keys("F6")
+        await wait_for(lambda: calls.state is CallState.ENDED, 15)
+        assert calls.call is not None and calls.call.reason is EndReason.PEER_DECLINED
         tmux.keys("C-q")
         await tmux.wait_for("EXIT=0")
     finally:

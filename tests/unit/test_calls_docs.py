@@ -33,7 +33,9 @@ def test_the_documented_limits_are_the_code_limits() -> None:
 
 
 def test_the_coturn_config_in_the_docs_is_the_deployed_one() -> None:
-    block = DOC.split("```\n", 2)[1].split("```", 1)[0]
+    start = "```\n# /etc/sottovoce/turnserver.conf"
+    block = DOC.split(start, 1)[1].split("```", 1)[0]
+    block = start.removeprefix("```\n") + block
     assert block == CONF
 
 

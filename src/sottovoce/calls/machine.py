@@ -313,10 +313,14 @@ _Handler = Callable[[CallRecord, _Step], CallRecord]
 class CallMachine:
     """The call engine of one device (see the module docstring)."""
 
-    def __init__(self, *, user: str, device: str, rng: Random) -> None:
+    def __init__(
+        self, *, user: str, device: str, rng: Random, ring_timeout_ms: int = CALL_RING_TIMEOUT_MS
+    ) -> None:
         self.user = validate_username(user)
         self.device = validate_device_id(device)
         self._rng = rng
+        #: How long the caller rings before "no answer" (shorter only for tests and demos).
+        self._ring_timeout_ms = min(max(1, ring_timeout_ms), CALL_RING_TIMEOUT_MS)
         self._call: CallRecord | None = None
         self._recent: deque[bytes] = deque(maxlen=CALL_RECENT_IDS)
         self._effects: list[Effect] = []
@@ -374,7 +378,7 @@ class CallMachine:
             state=CallState.OUTGOING_RINGING,
             peer_devices=devices,
             own_devices=own,
-            deadline_ms=now_ms + CALL_RING_TIMEOUT_MS,
+            deadline_ms=now_ms + self._ring_timeout_ms,
             offerer=True,
             camera_on=video,
         )

@@ -1,4 +1,4 @@
-"""Client commands: `account create`, `account delete`, `send`, `listen`, `chat`, `verify`.
+"""Client commands: `account create|delete`, `send`, `listen`, `chat`, `history`, `verify`.
 
 Every command works on one account directory: ``--data-dir``, else
 ``$SOTTOVOCE_HOME``, else ``<user data dir>/sottovoce/client``. Two accounts
@@ -18,6 +18,7 @@ import signal
 import sys
 
 from sottovoce.cli import render
+from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
@@ -26,6 +27,7 @@ from sottovoce.cli.session import (
     account_options,
     add_timeout,
     data_dir,
+    history_options,
     new_passphrase,
     run,
     subcommand,
@@ -192,6 +194,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         events = client.events()
         url = client.identity.server_url
         up: bool | None = None
+        client.start_calls()  # rings show here (they cannot be answered from listen)
+        calls = asyncio.ensure_future(_print_calls(client))
         try:
             await client.connect(wait=False)
             print(
@@ -222,11 +226,40 @@ def cmd_listen(args: argparse.Namespace) -> int:
                     if shown is not None:
                         print(shown[0], file=sys.stderr if shown[1] else sys.stdout, flush=True)
         finally:
+            calls.cancel()
             events.close()
         print("stopped.", flush=True)
         return 0
 
     return with_client(args, work, connect=Connect.NO, notices=False)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> list[str]:
+        if args.name == client.username:
+            raise CliError("that is you: a history is with another user")
+        me = client.username
+        return [render.message_line(m, me) for m in client.history(args.name, limit=args.limit)]
+
+    lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"no messages with {render.safe(args.name)} on this device")
+    return 0
+
+
+async def _print_calls(client: Client) -> None:
+    """`listen`: incoming calls and how they ended (`sottovoce answer` takes them)."""
+    from sottovoce.calls.effects import CallState, StateChanged
+
+    while True:
+        event = await client.calls.events.get()
+        if isinstance(event, StateChanged) and event.state in (
+            CallState.INCOMING_RINGING,
+            CallState.ENDED,
+        ):
+            print(render.call_state(event), flush=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -314,7 +347,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except BaseException:
         run(client.close())
         raise
-    code, problem = run_chat(client, peer, room_id=room_id)
+    from sottovoce.client.calls import CallOptions, IceConfig
+
+    options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
+    code, problem = run_chat(client, peer, room_id=room_id, call_options=options)
     if problem:
         raise CliError(problem)
     return code
@@ -437,8 +473,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "A full-screen chat: history from the local store, an input line, delivery "
             "ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll (older "
-            "messages load at the top), Ctrl-S for the safety number, Ctrl-Q or Ctrl-C to "
-            "quit. NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
+            "messages load at the top), Ctrl-S for the safety number, F5 to call NAME or "
+            "accept a ringing call, F6 to decline or hang up, Ctrl-Q or Ctrl-C to quit. "
+            "NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
             "treats # as a comment); @NAME insists on the person when a room has that name "
             "too. A bare name that only a room has opens the room."
         ),
@@ -449,7 +486,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_chat,
     )
     chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
+    add_path_options(chat)
     account_options(chat)
+
+    history = subcommand(
+        sub,
+        "history",
+        help="print the messages and calls with NAME from the local store",
+        description=(
+            "Connect if the server is there (to store what arrived), then print the last "
+            "messages with NAME, missed calls included, oldest first."
+        ),
+        example="  sottovoce history bob --data-dir ~/.sottovoce-alice",
+        func=cmd_history,
+    )
+    history.add_argument("name", metavar="NAME", help="the other user")
+    history_options(history)
 
     verify = subcommand(
         sub,

@@ -17,7 +17,10 @@ import io
 import shlex
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
+from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
+from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
 from sottovoce.client.events import (
     ErrorEvent,
     MessageReceived,
@@ -31,6 +34,9 @@ from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
 from sottovoce.protocol.audit import AuditEntry, AuditTrail
+
+if TYPE_CHECKING:  # the media stack is imported by call commands only
+    from sottovoce.client.calls.media import CallStats
 
 # C0 controls and DEL, C1 controls (U+0080-U+009F: 8-bit CSI, OSC, ST...), the Unicode
 # bidirectional controls (Unicode Standard Annex #9 §2: LRM, RLM, ALM, the embeddings and
@@ -101,6 +107,8 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
     who = "you" if m.sender == me else safe(m.sender)
     tick = f" {m.status.tick}" if m.outgoing else ""
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
+    if m.content_type == MISSED_CALL_CONTENT_TYPE:
+        return f"{when} {who}{to}: ☎ {missed_call_line(m.text, outgoing=m.outgoing)}{tick}"
     return f"{when} {who}{to}: {_body(m.text)}{tick}"
 
 
@@ -237,6 +245,58 @@ def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> lis
             f"(sottovoce chat {quoted_room(safe(label))} shows {'them' if n != 1 else 'it'})"
         )
     return lines
+
+
+# =============================================================================
+# Calls
+# =============================================================================
+
+_ENDED = {
+    EndReason.HUNG_UP: "ended (you hung up)",
+    EndReason.PEER_HUNG_UP: "ended ({peer} hung up)",
+    EndReason.CANCELLED: "cancelled",
+    EndReason.DECLINED: "declined",
+    EndReason.PEER_DECLINED: "declined by {peer}",
+    EndReason.DECLINED_ELSEWHERE: "declined on another of your devices",
+    EndReason.BUSY: "busy: {peer} is in another call",
+    EndReason.NO_ANSWER: "no answer",
+    EndReason.MISSED: "missed call from {peer}",
+    EndReason.ANSWERED_ELSEWHERE: "answered on another of your devices",
+    EndReason.SUPERSEDED: "{peer} called you at the same moment: taking that call",
+    EndReason.FAILED: "failed: the call's media could not connect (or reconnect)",
+}
+
+
+def call_state(change: StateChanged) -> str:
+    """One line per call state: ``calling bob…``, ``answered``, ``no answer`` …"""
+    peer = safe(change.peer)
+    kind = "video call" if change.video else "call"
+    if change.state is CallState.OUTGOING_RINGING:
+        return f"calling {peer} ({kind})…"
+    if change.state is CallState.INCOMING_RINGING:
+        return f"incoming {kind} from {peer}"
+    if change.state is CallState.CONNECTING:
+        return "answered; connecting…" if change.role is Role.CALLER else "accepted; connecting…"
+    if change.state is CallState.ACTIVE:
+        return f"connected: in a {kind} with {peer} (end-to-end encrypted)"
+    if change.state is CallState.ENDED and change.reason is not None:
+        return _ENDED[change.reason].format(peer=peer)
+    return str(change.state.value)
+
+
+def _number(value: float | None, unit: str) -> str:
+    return "–" if value is None else f"{value:g} {unit}"
+
+
+def call_stats(peer: str, stats: CallStats) -> str:
+    """The in-call status line; "–" for what is not known (yet: a rate needs two samples)."""
+    codecs = "/".join(c for c in (stats.video_codec, stats.audio_codec) if c) or "–"
+    path = "–" if stats.relayed is None else ("relayed" if stats.relayed else "direct")
+    return (
+        f"{safe(peer)} · {safe(codecs)} · ↑ {_number(stats.send_kbps or None, 'kbit/s')} "
+        f"↓ {_number(stats.recv_kbps or None, 'kbit/s')} · RTT {_number(stats.rtt_ms, 'ms')} · "
+        f"loss {_number(stats.loss_pct, '%')} · {path} · E2EE on"
+    )
 
 
 # =============================================================================

@@ -19,7 +19,7 @@ from sottovoce.cli.session import (
     Connect,
     account_options,
     add_timeout,
-    positive,
+    history_options,
     subcommand,
     with_client,
 )
@@ -307,12 +307,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_history,
     )
     p.add_argument("room", metavar="ROOM")
-    p.add_argument(
-        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
-    )
-    p.add_argument("--offline", action="store_true", help="do not connect; local store only")
-    account_options(p)
-    add_timeout(p)
+    history_options(p)
 
     p = subcommand(
         rs,

@@ -36,6 +36,8 @@ examples:
       PostgreSQL storage (schema migrated at start-up; see docs/operations.md)
   sottovoce server --database postgresql://… --nats nats://nats:4222 --node-id node1
       one node of several sharing PostgreSQL and NATS (see docs/deploy.md)
+  sottovoce server --turn-url turn:turn.example.org:3478 --turn-secret-file turn-secret
+      hand devices short-lived credentials for this coturn, for calls (see docs/calls.md)
 
 configuration: defaults < TOML file (--config or ${CONFIG_ENV}; keys are the option
 names, e.g. `retention_ms = 86400000`, optionally under [server]) < environment
@@ -168,6 +170,7 @@ async def _serve(config: Any) -> int:
         f"  data:    {_storage_label(config)}\n"
         f"  health:  {http}/healthz    metrics: {http}/metrics\n"
         + (f"  node:    {app.node_id}, fan-out over NATS\n" if config.nats else "")
+        + (f"  turn:    {', '.join(config.turn_url)}\n" if config.turn_url else "")
         + "next, in another terminal (Ctrl-C here stops the server):\n"
         + banner_commands(local, command_name()),
         flush=True,

@@ -316,6 +316,16 @@ def account_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def history_options(parser: argparse.ArgumentParser) -> None:
+    """--limit and --offline, then the account options, for commands that print a history."""
+    parser.add_argument(
+        "--limit", type=positive(int), default=50, metavar="N", help="the last N (default 50)"
+    )
+    parser.add_argument("--offline", action="store_true", help="do not connect; local store only")
+    account_options(parser)
+    add_timeout(parser)
+
+
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     """An argparse type: a number above zero (argparse turns the ValueError into usage)."""
 

@@ -1,6 +1,8 @@
 """`sottovoce chat NAME`: a Textual chat screen that reads only the local store.
 
     ┌ status: me ⇄ peer · connected ───────────────┐
+    │ call: a ring (F5 accept, F6 decline) or the   │  (only while a call
+    │ in-call line: codec, bitrate, RTT, loss, E2EE │   rings or runs)
     │ history (scrolls; PageUp at the top loads     │
     │ older messages from the store)                │
     │ 12:01 you → bob: hello ✓                       │
@@ -15,6 +17,12 @@ back from the store, so the screen shows exactly what is stored.
 status line. Every string on screen is made by :mod:`sottovoce.cli.render`
 (peer text escaped) and shown as a rich ``Text``, never parsed as markup;
 notifications are shown with ``markup=False`` for the same reason.
+
+Calls: F5 calls the peer (or accepts a ringing call), F6 declines or hangs up.
+An incoming call from anyone shows a banner while it rings; during a call the
+banner is the in-call line (:func:`sottovoce.cli.render.call_stats`), refreshed
+every second. The media are the headless defaults (a tone and a test pattern)
+unless a device source is configured.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 
+from sottovoce.calls.effects import CallState, PeerRinging, StateChanged
 from sottovoce.cli import render
 from sottovoce.client import (
     Client,
@@ -40,11 +49,15 @@ from sottovoce.client import (
     MessageReceived,
     StoredMessage,
 )
+from sottovoce.client.calls import CallOptions, SignalFailed
+from sottovoce.client.calls.media import MediaProblem
 from sottovoce.client.events import RoomInvited, RoomMembershipChanged, RoomMessageReceived
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
 
 PAGE = 50
+#: How often the in-call line is refreshed (seconds).
+CALL_STATS_EVERY_S = 1.0
 
 
 class SafetyNumberScreen(ModalScreen[None]):
@@ -89,12 +102,15 @@ class ChatApp(App[int]):
     TITLE = "sottovoce"
     CSS = """
     #status { height: 1; background: $primary; color: $text; padding: 0 1; }
+    #call { height: 1; background: $warning; color: $text; padding: 0 1; display: none; }
     #history { height: 1fr; padding: 0 1; }
     .line { height: auto; }
     #input { dock: bottom; margin-bottom: 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "safety", "Safety number"),
+        Binding("f5", "call_or_accept", "Call/Accept", priority=True),
+        Binding("f6", "decline_or_hang_up", "Decline/Hang up", priority=True),
         Binding("pageup", "page_up", "Older", priority=True),
         Binding("pagedown", "page_down", "Newer", priority=True),
         Binding("ctrl+q", "leave", "Quit", priority=True),
@@ -102,10 +118,18 @@ class ChatApp(App[int]):
         Binding("ctrl+c", "leave", "Quit", priority=True, show=False),
     ]
 
-    def __init__(self, client: Client, peer: str, *, room_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        peer: str,
+        *,
+        room_id: str | None = None,
+        call_options: CallOptions | None = None,
+    ) -> None:
         super().__init__()
         self.client = client
         self.peer = peer
+        self._call_options = call_options
         #: A room chat: ``peer`` is then the room's local name.
         self.room_id = room_id
         self._lines: dict[str, Static] = {}
@@ -119,6 +143,7 @@ class ChatApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
+        yield Static(id="call")
         yield VerticalScroll(id="history")
         yield Input(placeholder=f"Message {render.safe(self.peer)} (Enter sends)", id="input")
         yield Footer()
@@ -172,6 +197,9 @@ class ChatApp(App[int]):
             )
         self.query_one("#history", VerticalScroll).scroll_end(animate=False)
         self.query_one("#input", Input).focus()
+        self.client.start_calls(self._call_options)  # before connecting: no ring is missed
+        self.run_worker(self._call_pump(), exclusive=True, group="calls")
+        self.set_interval(CALL_STATS_EVERY_S, self._call_stats)
         self.run_worker(self._pump(), exclusive=True, group="events")
 
     async def _pump(self) -> None:
@@ -205,6 +233,74 @@ class ChatApp(App[int]):
             if event.code == "account_deleted":
                 self.problem = "this account was deleted (from another of its devices)"
                 self.exit(1)
+
+    # --- calls ----------------------------------------------------------------
+
+    def _call_bar(self, text: str | None) -> None:
+        bar = self.query_one("#call", Static)
+        bar.display = text is not None
+        bar.update(Text(text or ""))
+
+    async def _call_pump(self) -> None:
+        calls = self.client.calls
+        while True:
+            event = await calls.events.get()
+            if isinstance(event, StateChanged):
+                self._call_changed(event)
+            elif isinstance(event, PeerRinging) and calls.state is CallState.OUTGOING_RINGING:
+                self._call_bar(f"☎ ringing {render.safe(self._call_peer())}… · F6 hang up")
+            elif isinstance(event, SignalFailed):
+                if event.code == "recipient_offline" and calls.state is CallState.OUTGOING_RINGING:
+                    self._tell(f"no device of {render.safe(self._call_peer())} is online")
+                    calls.hangup()
+            elif isinstance(event, MediaProblem):
+                self._tell(f"call: {render.safe(event.error)}", error=True)
+
+    def _call_peer(self) -> str:
+        call = self.client.calls.call
+        return call.peer if call is not None else self.peer
+
+    def _call_changed(self, change: StateChanged) -> None:
+        line = render.call_state(change)
+        if change.state is CallState.INCOMING_RINGING:
+            self._call_bar(f"☎ {line} · F5 accept · F6 decline")
+        elif change.state is not CallState.ENDED:
+            self._call_bar(f"☎ {line} · F6 hang up")
+        else:
+            self._call_bar(None)
+            self._tell(f"call: {line}")
+
+    async def _call_stats(self) -> None:
+        calls = self.client.calls
+        if calls.state is not CallState.ACTIVE:
+            return
+        stats = await calls.stats()
+        if stats is None or calls.state is not CallState.ACTIVE:
+            return
+        self._call_bar(f"☎ {render.call_stats(self._call_peer(), stats)} · F6 hang up")
+
+    async def action_call_or_accept(self) -> None:
+        calls = self.client.calls
+        try:
+            if calls.state is CallState.INCOMING_RINGING:
+                self.client.answer_call()
+            elif calls.state in (CallState.IDLE, CallState.ENDED):
+                if self.room_id is not None:
+                    self._tell("calls in rooms are not in this version: call one person")
+                    return
+                await self.client.place_call(self.peer)
+        except SottovoceError as exc:
+            self._tell(render.safe(str(exc)), error=True)
+
+    def action_decline_or_hang_up(self) -> None:
+        calls = self.client.calls
+        with contextlib.suppress(SottovoceError):
+            if calls.state is CallState.INCOMING_RINGING:
+                calls.decline()
+            elif calls.state in (
+                CallState.OUTGOING_RINGING, CallState.CONNECTING, CallState.ACTIVE
+            ):
+                calls.hangup()
 
     async def _append(self, message_id: str) -> None:
         stored = self.client.message(message_id)  # the screen shows the store, nothing else
@@ -287,11 +383,17 @@ class ChatApp(App[int]):
         await self.client.close()  # stores what already arrived; releases the account lock
 
 
-def run_chat(client: Client, peer: str, *, room_id: str | None = None) -> tuple[int, str | None]:
+def run_chat(
+    client: Client,
+    peer: str,
+    *,
+    room_id: str | None = None,
+    call_options: CallOptions | None = None,
+) -> tuple[int, str | None]:
     """Chat with the user ``peer``, or in the room ``room_id`` (then ``peer`` is its name).
 
     Returns the exit code, and a problem to report when the chat had to end.
     """
-    app = ChatApp(client, peer, room_id=room_id)
+    app = ChatApp(client, peer, room_id=room_id, call_options=call_options)
     code = app.run()
     return (code if isinstance(code, int) else 0), app.problem

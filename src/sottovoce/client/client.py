@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sottovoce.client.call_payloads import decode_signals
 from sottovoce.client.connection import (
     ConnectedInfo,
     Connection,
@@ -80,7 +82,14 @@ from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
 
+if TYPE_CHECKING:
+    from sottovoce.client.calls import CallController, CallOptions, TurnServer
+
 CONNECT_TIMEOUT_S = 15.0
+#: Closing waits this long for a call's hang-up to leave and its media to stop.
+CALL_CLOSE_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 #: Store flag set once the server confirmed (or told us of) this account's deletion.
@@ -153,6 +162,7 @@ class Client:
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
+            on_call=self._on_call_signals,
         )
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._processor: asyncio.Task[None] | None = None
@@ -166,10 +176,12 @@ class Client:
             username=self.username, device_id=self.device_id, signing_key=identity.mls_key,
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
-        # Calls (client/calls/) hang off the client the same way once wired: a
-        # CallController built here from narrow callables (an ephemeral 1:1 send for
-        # its signals, a durable 1:1 record for missed calls), fed decrypted call
-        # payloads by DirectMessages.accept (docs/architecture.md, "Client").
+        # Calls (client/calls/): a CallController built from narrow callables (an
+        # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
+        # a TURN credential request), fed decrypted call payloads by
+        # DirectMessages.accept (docs/architecture.md, "Client"). Built on first use:
+        # it needs the running event loop, and the media stack is heavy to import.
+        self._calls: CallController | None = None
 
         #: What each unsolicited server event does (replies to requests never come here).
         self._handlers: dict[str, _Handler] = {
@@ -399,6 +411,10 @@ class Client:
         """Disconnect, store whatever is already received, and close the store."""
         if self._closed:
             return
+        if self._calls is not None:
+            # Hang up first, while the hang-up can still reach the peer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calls.close(), CALL_CLOSE_TIMEOUT_S)
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -722,6 +738,99 @@ class Client:
         if replay_done and self._conn.is_up:
             self._synced.set()
             self._emit(ConnectionChanged(connected=True))
+
+    # =========================================================================
+    # Calls (1:1; docs/calls.md)
+    # =========================================================================
+
+    def start_calls(self, options: CallOptions | None = None) -> CallController:
+        """Build this device's call controller with ``options`` (once, before any call).
+
+        Start it before connecting so that no ring is missed; :attr:`calls` builds it
+        with the default options otherwise.
+        """
+        from sottovoce.client.calls import CallController
+        from sottovoce.client.calls.wiring import (
+            missed_call_recorder,
+            signal_sender,
+            turn_fetcher,
+        )
+
+        if self._calls is not None:
+            raise UsageError("calls are already started on this client")
+        if self._closed:
+            raise UsageError("client is closed")
+
+        def current_peer() -> str | None:
+            call = self._calls.call if self._calls is not None else None
+            return call.peer if call is not None else None
+
+        self._calls = CallController(
+            user=self.username,
+            device=self.device_id,
+            send_signals=signal_sender(
+                me=self.username, send_call=self._direct.send_call, current_peer=current_peer
+            ),
+            record_missed=missed_call_recorder(self._direct.send_record),
+            options=options,
+            turn_servers=turn_fetcher(self._ask_turn),
+        )
+        return self._calls
+
+    async def _ask_turn(self) -> dict[str, Any]:
+        _, data = await self._conn.request(ev.TurnCredentialsRequest(), frozenset({ev.TURN_RESULT}))
+        return data
+
+    async def turn_servers(self) -> tuple[TurnServer, ...]:
+        """Fresh TURN credentials from the server (``ServerError`` ``turn_unavailable``
+        when it has none); calls fetch their own, this is for checking up front."""
+        from sottovoce.client.calls.wiring import turn_servers_from_wire
+
+        return turn_servers_from_wire(await self._ask_turn())
+
+    @property
+    def calls(self) -> CallController:
+        """This device's calls: dial, accept, hang up, ``events`` (a queue), ``stats()``."""
+        return self._calls if self._calls is not None else self.start_calls()
+
+    async def place_call(self, username: str, *, video: bool | None = None) -> bytes:
+        """Ring every device of ``username``; returns the call id (follow ``calls.events``)."""
+        validate_username(username)
+        if username == self.username:
+            raise UsageError("call another user")
+        targets = await self._directory.targets(username)
+        return self.calls.dial(
+            username,
+            [d for u, d in targets if u == username],
+            own_devices=[d for u, d in targets if u == self.username],
+            video=video,
+        )
+
+    def answer_call(self) -> None:
+        """Accept the call ringing here (the caller's other devices learn it was answered)."""
+        self.calls.accept(own_devices=self._sessions.devices_of(self.username))
+
+    def _on_call_signals(self, user: str, device: str, body: bytes) -> None:
+        """Decrypted call signals (inside the batch transaction: no await, no store).
+
+        A device rings only while an application that takes calls runs (it called
+        :meth:`start_calls`): a short command such as ``send`` must neither ring nor,
+        closing, decline a call the user could take on another device.
+        """
+        if self._calls is None:
+            return
+        try:
+            signals = decode_signals(body)
+        except DecodeError:
+            self._emit(ErrorEvent(code="bad_frame", message="a malformed call payload was skipped"))
+            return
+        for data in signals:
+            try:
+                self._calls.receive(from_user=user, from_device=device, data=data)
+            except SottovoceError as exc:
+                # Late or stale signals are normal (a lost race to answer); the state
+                # is unchanged. Never log the signal: it may hold an SDP.
+                log.debug("calls: signal refused: %s", exc.code)
 
     # =========================================================================
     # Reading (the UI reads the store only)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from sottovoce.client.call_payloads import CALL_CONTENT_TYPE
 from sottovoce.client.directory import Directory
-from sottovoce.client.errors import IdentityChanged, NotConnected
+from sottovoce.client.errors import IdentityChanged, NotConnected, ServerError
 from sottovoce.client.events import ClientEvent, EphemeralReceived, ErrorEvent
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.outbox import Outbox
@@ -50,6 +52,7 @@ class _PendingSend:
     idempotency_key: str
     peer: str
     text: str
+    content_type: str
     created_ms: int
     frame: str
     done: asyncio.Future[None]
@@ -61,8 +64,11 @@ class DirectMessages:
     def __init__(
         self, *, store: Store, link: Link, sessions: SessionManager, directory: Directory,
         outbox: Outbox, username: str, device_id: str,
+        on_call: Callable[[str, str, bytes], None] | None = None,
     ) -> None:
         self._store, self._link, self._sessions = store, link, sessions
+        #: Where decrypted call signals go: (sender user, sender device, signals body).
+        self._on_call = on_call
         self._directory, self._outbox = directory, outbox
         self.username, self.device_id = username, device_id
         self._send_lock = asyncio.Lock()
@@ -90,7 +96,20 @@ class DirectMessages:
         validate_username(username)
         if username == self.username:
             raise UsageError("send to another user; your other devices get a copy anyway")
-        body = text_body(text)
+        return await self._send(username, text, text_body(text), "text", ephemeral=ephemeral)
+
+    async def send_record(self, username: str, content_type: str, text: str) -> str:
+        """A durable entry of another kind than text (a missed call), sent like a message.
+
+        The server sees ``contentType: "text"`` as for any message; the kind is
+        inside the ciphertext, so the relay cannot tell a record from a message.
+        """
+        validate_username(username)
+        return await self._send(username, text, text.encode("utf-8"), content_type)
+
+    async def _send(
+        self, username: str, text: str, body: bytes, content_type: str, *, ephemeral: bool = False
+    ) -> str:
         if ephemeral and not self._link.is_up:
             raise NotConnected("ephemeral messages need a live connection")
         async with self._send_lock:
@@ -99,7 +118,7 @@ class DirectMessages:
                 and not self._link.is_up
                 and not self._directory.can_encrypt_offline(username)
             ):
-                return self._defer(username, text)
+                return self._defer(username, text, content_type)
             if self._link.is_up and self._has_unsent:
                 await self._encrypt_unsent()  # older queued messages go out first
             message_id, idempotency_key, created = new_id(), new_id(), now_ms()
@@ -108,10 +127,11 @@ class DirectMessages:
             except NotConnected:
                 if ephemeral:
                     raise
-                return self._defer(username, text)  # the connection dropped meanwhile
-            frame = self._send_frame(
-                username, targets, message_id, idempotency_key, created, body, ephemeral=ephemeral
-            )
+                return self._defer(username, text, content_type)  # the connection dropped
+            frame = self._send_event(
+                username, targets, message_id, idempotency_key, created,
+                {t: body for t in targets}, content_type=content_type, ephemeral=ephemeral,
+            ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES or ephemeral:
                 with self._store.transaction():
                     # The ratchets moved: persist them even if the message goes nowhere.
@@ -128,7 +148,7 @@ class DirectMessages:
                 return message_id
             pending = _PendingSend(
                 message_id=message_id, idempotency_key=idempotency_key, peer=username,
-                text=text, created_ms=created, frame=frame,
+                text=text, content_type=content_type, created_ms=created, frame=frame,
                 done=asyncio.get_running_loop().create_future(),
             )
             self._pending_sends.append(pending)
@@ -138,31 +158,40 @@ class DirectMessages:
         await pending.done
         return message_id
 
-    def _send_frame(
+    def _send_event(
         self,
         username: str,
         targets: list[Device],
         message_id: str,
         idempotency_key: str,
         created: int,
-        body: bytes,
+        bodies: Mapping[Device, bytes],
         *,
+        content_type: str,
         ephemeral: bool = False,
-    ) -> str:
-        """The ``ksmpv3.send`` frame: one ciphertext per target device (ratchets move)."""
+    ) -> ev.Send:
+        """The ``ksmpv3.send``: one ciphertext per target device (ratchets move).
+
+        ``bodies`` holds each target's payload body (call signals differ per device).
+        """
         conversation = ev.dm_conversation_id(self.username, username)
-        payload = Payload(
-            message_id=message_id,
-            conversation_id=conversation,
-            content_type="text",
-            created_at_ms=created,
-            body=body,
-        ).encode()
+
+        def payload(body: bytes) -> bytes:
+            return Payload(
+                message_id=message_id,
+                conversation_id=conversation,
+                content_type=content_type,
+                created_at_ms=created,
+                body=body,
+            ).encode()
+
         ciphertexts = tuple(
             ev.DeviceCiphertext(
                 userId=user,
                 deviceId=device,
-                ciphertext=self._sessions.encrypt(user, device, payload),
+                ciphertext=self._sessions.encrypt(
+                    user, device, payload(bodies.get((user, device), b""))
+                ),
             )
             for user, device in targets
         )
@@ -177,23 +206,25 @@ class DirectMessages:
             senderUserId=self.username,
             ephemeral=ephemeral,
         )
-        return send.to_frame(request_id=message_id)
+        return send
 
-    def _defer(self, username: str, text: str) -> str:
+    def _defer(self, username: str, text: str, content_type: str) -> str:
         """Store an outgoing message to encrypt on the next connection (see ``unsent``)."""
         message_id, idempotency_key, created = new_id(), new_id(), now_ms()
         with self._store.transaction():
-            self._add_outgoing(message_id, idempotency_key, username, text, created)
+            self._add_outgoing(message_id, idempotency_key, username, text, created, content_type)
             self._store.add_unsent(message_id)
         self._has_unsent = True
         return message_id
 
     def _add_outgoing(
-        self, message_id: str, idempotency_key: str, peer: str, text: str, created: int
+        self, message_id: str, idempotency_key: str, peer: str, text: str, created: int,
+        content_type: str,
     ) -> None:
         self._store.add_outgoing(
             message_id, peer=peer, sender=self.username, sender_device=self.device_id,
             text=text, created_ms=created, idempotency_key=idempotency_key,
+            content_type=content_type,
         )
 
     async def _encrypt_unsent(self) -> None:
@@ -215,14 +246,16 @@ class DirectMessages:
             except SottovoceError as exc:  # e.g. unknown_user: this message can never go
                 self._outbox.fail(message_id, exc.code, str(exc))
                 continue
-            frame = self._send_frame(
+            body = stored.text.encode("utf-8")
+            frame = self._send_event(
                 stored.peer,
                 targets,
                 message_id,
                 stored.idempotency_key or new_id(),
                 stored.client_created_ms,
-                stored.text.encode("utf-8"),
-            )
+                {t: body for t in targets},
+                content_type=stored.content_type,
+            ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES:
                 with self._store.transaction():
                     self._sessions.flush()  # the ratchets moved, as in send_text
@@ -236,6 +269,33 @@ class DirectMessages:
                 self._store.remove_unsent(message_id)
             self._outbox.pump()
         self._has_unsent = self._store.unsent_size() > 0
+
+    async def send_call(self, username: str, bodies: Mapping[Device, bytes]) -> None:
+        """Call signals for devices of ``username`` (and of ours), sent ephemerally.
+
+        The server wants a ciphertext for every device of ``username`` and each other
+        device of ours; a device without a signal gets an empty call payload, so the
+        relay cannot tell which device a signal is for. Nothing is stored, here or
+        there. Raises ``ServerError`` (``recipient_offline`` ...) or ``NotConnected``;
+        a device list that moved meanwhile is looked up again once.
+        """
+        for attempt in range(2):
+            async with self._send_lock:
+                targets = await self._directory.targets(username, refresh=attempt > 0)
+                send = self._send_event(
+                    username, targets, new_id(), new_id(), now_ms(), bodies,
+                    content_type=CALL_CONTENT_TYPE, ephemeral=True,
+                )
+                with self._store.transaction():
+                    self._sessions.flush()  # the ratchets moved, sent or not
+            if len(send.to_frame(request_id="r")) > MAX_FRAME_BYTES:
+                raise UsageError("call signal too large for this many devices")
+            try:
+                await self._link.request(send, frozenset({ev.SEND_ACK}))
+                return
+            except ServerError as exc:
+                if exc.code != "device_mismatch" or attempt:
+                    raise
 
     async def send_unsent(self) -> None:
         """After a connection comes up: the messages queued offline go out (errors raise)."""
@@ -258,7 +318,8 @@ class DirectMessages:
                 self._sessions.flush()
                 for p in batch:
                     self._add_outgoing(
-                        p.message_id, p.idempotency_key, p.peer, p.text, p.created_ms
+                        p.message_id, p.idempotency_key, p.peer, p.text, p.created_ms,
+                        p.content_type,
                     )
                     self._store.add_outbox(p.message_id, p.idempotency_key, p.frame)
         except Exception as exc:
@@ -295,7 +356,7 @@ class DirectMessages:
                 payload = Payload(
                     message_id=message_id,
                     conversation_id=old.conversationId,
-                    content_type=old.contentType,
+                    content_type=stored.content_type,
                     created_at_ms=old.clientCreatedAtMs,
                     body=stored.text.encode("utf-8"),
                 ).encode()
@@ -390,7 +451,8 @@ class DirectMessages:
                 or payload.conversation_id != envelope.conversationId
             ):
                 raise RemoteError("ciphertext was moved to another message")
-            text = payload.body.decode("utf-8")
+            call = payload.content_type == CALL_CONTENT_TYPE
+            text = "" if call else payload.body.decode("utf-8")
         except (SottovoceError, UnicodeDecodeError) as exc:
             code = getattr(exc, "code", "decryption_failed")
             events.append(
@@ -402,6 +464,9 @@ class DirectMessages:
             )
             if not ephemeral:
                 self._store_failed(envelope, peer, seq, own_copy)
+            return
+        if call:
+            self._hand_off_call(envelope, payload.body, ephemeral, peer, seq, events)
             return
         if ephemeral:
             item = EphemeralReceived(
@@ -422,6 +487,29 @@ class DirectMessages:
             idempotency_key=envelope.idempotencyKey,
         )
         received.append(envelope.messageId)
+
+    def _hand_off_call(
+        self, envelope: ev.Envelope, body: bytes, ephemeral: bool, peer: str, seq: int,
+        events: list[ClientEvent],
+    ) -> None:
+        """Call signals go to the call controller, never to the store or the ring.
+
+        They only ever travel ephemerally: one the server stored (it would be replayed
+        long after its call) is skipped. An empty body is the filler a device gets
+        when a signal of the same send is for another device.
+        """
+        if not ephemeral:
+            events.append(
+                ErrorEvent(
+                    code="bad_frame",
+                    message="a stored call signal was skipped",
+                    message_id=envelope.messageId,
+                )
+            )
+            self._store_failed(envelope, peer, seq, envelope.senderUserId == self.username)
+            return
+        if body and self._on_call is not None:
+            self._on_call(envelope.senderUserId, envelope.senderDeviceId, body)
 
     def _store_failed(self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool) -> None:
         """A placeholder, so the gap is visible and the frame is never retried."""

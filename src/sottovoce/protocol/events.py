@@ -77,7 +77,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from sottovoce.codec.tls import Writer
 from sottovoce.limits import (
@@ -355,6 +356,31 @@ class DeleteAccount(ClientEvent):
     statement: bytes = wire(CERTIFICATE)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnCredentialsRequest(ClientEvent):
+    """Ask for short-lived TURN credentials (authenticated devices only; no fields).
+
+    Answered with ``sottovoce.turn.result {urls, username, credential, expiresAt}``
+    (the RTCIceServer shape; ``username`` is coturn's "expiry:random id", naming
+    nobody), or ``ksmpv3.error`` ``turn_unavailable`` when the server has no TURN.
+    """
+
+    name: ClassVar[str] = "sottovoce.turn.credentials"
+
+    def to_data(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any]) -> TurnCredentialsRequest:
+        if d:
+            raise bad("data", "must be empty for this request")
+        return cls()
+
+
+#: The reply to :class:`TurnCredentialsRequest`.
+TURN_RESULT = "sottovoce.turn.result"
+
+
 CLIENT_EVENTS = registry(
     Register,
     AddDevice,
@@ -370,6 +396,7 @@ CLIENT_EVENTS = registry(
     PushRegister,
     RevokeDevice,
     DeleteAccount,
+    TurnCredentialsRequest,
 )
 
 

@@ -126,6 +126,7 @@ from sottovoce.server.storage.base import AccountRecord, Storage
 from sottovoce.server.storage.roombase import RoomStorage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 from sottovoce.server.transport import Connection, LeanServer, TransportConfig
+from sottovoce.server.turn_handler import TurnHandler
 
 WS_PATH = "/v3/ws"
 #: Events a connection may send before it is authenticated.
@@ -240,6 +241,7 @@ class ServerApp:
             DeleteAccount: self._delete_account,
         }
         self._handlers.update(self.rooms.handlers())
+        self._handlers.update(TurnHandler.from_config(config).handlers())
 
     # --- life cycle -----------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from sottovoce.limits import (
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
 from sottovoce.server.storage.quota import InboxLimits
+from sottovoce.server.turn import parse_turn_urls
 
 DEFAULT_PORT = 8765
 ENV_PREFIX = "SOTTOVOCE_"
@@ -100,6 +101,10 @@ class ServerConfig:
     node_id: str | None = None
     #: Subject namespace: deployments sharing one NATS must each use their own.
     nats_namespace: str = "sottovoce"
+    #: TURN servers handed to devices (``--turn-url``, several separated by commas).
+    turn_url: tuple[str, ...] = ()
+    #: The secret shared with coturn (``static-auth-secret``), one line in this file.
+    turn_secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -136,6 +141,8 @@ class ServerConfig:
             raise UsageError("node id: 1-64 letters, digits, '.', '_' or '-'")
         if not _NODE_ID.fullmatch(self.nats_namespace) or "." in self.nats_namespace:
             raise UsageError("NATS namespace: 1-64 letters, digits, '_' or '-'")
+        if bool(self.turn_url) != (self.turn_secret_file is not None):
+            raise UsageError("--turn-url and --turn-secret-file must be given together")
 
     @property
     def inbox_limits(self) -> InboxLimits:
@@ -282,6 +289,13 @@ OPTIONS: tuple[Option, ...] = (
            "URL"),
     Option("node_id", str, "this node's name in logs and /healthz (default: hostname-pid)",
            "NAME"),
+    Option("turn_url", parse_turn_urls,
+           "TURN server(s) for calls: turn:HOST:PORT (?transport=udp|tcp, turns: for TLS; "
+           "several separated by commas); devices get short-lived credentials for them "
+           "(needs --turn-secret-file)", "URL"),
+    Option("turn_secret_file", Path,
+           "file holding the secret shared with coturn (its static-auth-secret), one line",
+           "FILE"),
     Option("nats_namespace", str,
            "NATS subject namespace; deployments sharing one NATS need distinct ones "
            "(default sottovoce)", "NAME"),

@@ -4,7 +4,12 @@ This package (and the tests) is the only place that imports aiortc, aioice or
 PyAV; ``tests/unit/test_media_imports.py`` enforces it.
 """
 
-from sottovoce.client.calls.controller import CallController, CallEvent, CallOptions
+from sottovoce.client.calls.controller import (
+    CallController,
+    CallEvent,
+    CallOptions,
+    SignalFailed,
+)
 from sottovoce.client.calls.errors import (
     FingerprintMismatch,
     MediaError,
@@ -27,6 +32,7 @@ __all__ = [
     "MediaSession",
     "MediaSourceUnavailable",
     "MediaSpec",
+    "SignalFailed",
     "TurnError",
     "TurnRefused",
     "TurnServer",

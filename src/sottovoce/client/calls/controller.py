@@ -58,8 +58,20 @@ from sottovoce.client.calls.media import (
 from sottovoce.client.calls.sources import MediaSpec
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import SottovoceError
+from sottovoce.limits import CALL_RING_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalFailed:
+    """For the UI: call signals could not leave (``recipient_offline``: no device of the
+    peer is online; ``not_connected``: we are offline). The engine's timers end the
+    call if it mattered; a UI may say why at once."""
+
+    code: str
+
 
 CallEvent = (
     StateChanged
@@ -68,6 +80,7 @@ CallEvent = (
     | RecordingRequested
     | RecordingPermission
     | MediaProblem
+    | SignalFailed
 )
 
 
@@ -85,6 +98,8 @@ class CallOptions:
     ice: IceConfig = field(default_factory=IceConfig)
     record_to: Path | None = None
     recording_consent: Literal["ask", "grant", "refuse"] = "ask"
+    #: How long a call rings before "no answer" (at most the engine's 45 s).
+    ring_timeout_ms: int = CALL_RING_TIMEOUT_MS
 
 
 def wall_clock_ms() -> int:
@@ -106,8 +121,10 @@ class CallController:
         rng: Random = secrets.token_bytes,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        self.machine = CallMachine(user=user, device=device, rng=rng)
         self.options = options or CallOptions()
+        self.machine = CallMachine(
+            user=user, device=device, rng=rng, ring_timeout_ms=self.options.ring_timeout_ms
+        )
         self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
         self.media: dict[bytes, MediaSession] = {}
         #: The last media failure (for a plain message: "TURN refused the credentials").
@@ -165,35 +182,36 @@ class CallController:
         self._drain()
         return call_id
 
-    def accept(self, *, own_devices: list[str] | None = None) -> None:
-        self.machine.accept(self._clock(), own_devices=own_devices or [])
+    def _act(self, action: Callable[..., object], **kwargs: object) -> None:
+        """One local action: the engine at the current time, then its effects."""
+        action(self._clock(), **kwargs)
         self._drain()
+
+    def accept(self, *, own_devices: list[str] | None = None) -> None:
+        self._act(self.machine.accept, own_devices=own_devices or [])
 
     def decline(self) -> None:
-        self.machine.decline(self._clock())
-        self._drain()
+        self._act(self.machine.decline)
 
     def hangup(self) -> None:
-        self.machine.hangup(self._clock())
-        self._drain()
+        self._act(self.machine.hangup)
 
     def set_media(self, *, audio_muted: bool, camera_on: bool, screen_on: bool) -> None:
-        self.machine.set_media(
-            self._clock(), audio_muted=audio_muted, camera_on=camera_on, screen_on=screen_on
+        self._act(
+            self.machine.set_media,
+            audio_muted=audio_muted,
+            camera_on=camera_on,
+            screen_on=screen_on,
         )
-        self._drain()
 
     def restart_ice(self) -> None:
-        self.machine.restart_ice(self._clock())
-        self._drain()
+        self._act(self.machine.restart_ice)
 
     def grant_recording(self) -> None:
-        self.machine.grant_recording(self._clock())
-        self._drain()
+        self._act(self.machine.grant_recording)
 
     def refuse_recording(self) -> None:
-        self.machine.refuse_recording(self._clock())
-        self._drain()
+        self._act(self.machine.refuse_recording)
 
     # --- what the peer says -----------------------------------------------------------
 
@@ -287,6 +305,7 @@ class CallController:
                 # A signal that cannot leave is like one lost on the way: the
                 # engine's timers end the call if it mattered.
                 log.warning("calls: could not send a call signal: %s", type(exc).__name__)
+                self.events.put_nowait(SignalFailed(code=getattr(exc, "code", "network")))
 
     async def _media_worker(self) -> None:
         while (op := await self._media_ops.get()) is not None:

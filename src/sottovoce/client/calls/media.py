@@ -70,6 +70,7 @@ from sottovoce.client.calls.errors import (
 )
 from sottovoce.client.calls.sources import (
     MediaSpec,
+    PatternTrack,
     SilenceGate,
     Sources,
     open_sources,
@@ -183,6 +184,16 @@ class Sink:
     numbers: set[int] = field(default_factory=set)
     first_frame_at: float | None = None
 
+    def count(self, frame: object, now: float) -> None:
+        """One decoded frame at loop time ``now`` (a test-pattern frame by its number too)."""
+        if isinstance(frame, av.VideoFrame):
+            number = read_frame_number(frame)
+            if number is not None:
+                self.numbers.add(number)
+        self.frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+
 
 @dataclass(slots=True)
 class _Generation:
@@ -221,6 +232,8 @@ class MediaSession:
         self._recorder: _Recorder | None = _Recorder(record_to) if record_to else None
         self._last_stats: tuple[float, int, int] | None = None
         self.turn_error: TurnError | None = None
+        #: Types of the candidates the peer offered (relay only: it hid its addresses).
+        self.peer_candidate_types: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
 
     # --- descriptions -----------------------------------------------------------------
@@ -277,6 +290,7 @@ class MediaSession:
         mids = [t.mid for t in gen.pc.getTransceivers()]
         for mid, line in candidates:
             candidate = candidate_from_sdp(line.removeprefix("candidate:"))
+            self.peer_candidate_types.add(candidate.type)
             candidate.sdpMid = mid
             if mid in mids:
                 candidate.sdpMLineIndex = mids.index(mid)
@@ -291,6 +305,7 @@ class MediaSession:
     ) -> frozenset[Fingerprint]:
         # The engine checked this already; the media layer does not trust its caller.
         sdp_text.check_fingerprints(remote_sdp, expected)
+        self.peer_candidate_types.update(c.type for c in sdp_text.candidates(remote_sdp))
         return frozenset(expected)
 
     async def _new_generation(self, number: int) -> _Generation:
@@ -416,13 +431,7 @@ class MediaSession:
             except MediaStreamError:
                 return
             try:
-                sink.frames += 1
-                if sink.first_frame_at is None:
-                    sink.first_frame_at = loop.time()
-                if isinstance(frame, av.VideoFrame):
-                    number = read_frame_number(frame)
-                    if number is not None:
-                        sink.numbers.add(number)
+                sink.count(frame, loop.time())
                 if (
                     self._recorder is not None
                     and role != "screen"
@@ -495,6 +504,17 @@ class MediaSession:
             task.cancel()
 
     # --- stats and recording --------------------------------------------------------------
+
+    def path(self) -> tuple[str, str] | None:
+        """The candidate types (local, remote) of the pair ICE selected, once connected."""
+        pc = self.current()
+        pair = hooks.selected_pair(pc) if pc is not None else None
+        return None if pair is None else (pair[0].type, pair[1].type)
+
+    def camera_frames_sent(self) -> int | None:
+        """Numbered test-pattern frames sent so far (a synthetic camera only, else ``None``)."""
+        track = self._sources.camera
+        return track.sent if isinstance(track, PatternTrack) else None
 
     def allow_recording(self, allowed: bool) -> None:
         """Write received media to ``record_to`` only while the peer consents."""

@@ -26,7 +26,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
-import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -52,7 +51,7 @@ from sottovoce.client.calls.media import (
     SwitchTrack,
     clean_sdp,
 )
-from sottovoce.client.calls.sources import MediaSpec, SilenceGate, open_sources, read_frame_number
+from sottovoce.client.calls.sources import MediaSpec, SilenceGate, open_sources
 from sottovoce.sframe import Track
 
 log = logging.getLogger(__name__)
@@ -210,13 +209,7 @@ class RoomMedia:
             except MediaStreamError:
                 return
             try:
-                if isinstance(frame, av.VideoFrame):
-                    number = read_frame_number(frame)
-                    if number is not None:
-                        sink.numbers.add(number)
-                sink.frames += 1
-                if sink.first_frame_at is None:
-                    sink.first_frame_at = loop.time()
+                sink.count(frame, loop.time())
             except Exception as exc:  # a broken sink must not silence the track unseen
                 log.warning("call media: %s sink failed: %s", role, type(exc).__name__)
                 if self._on_problem is not None:
