@@ -11,6 +11,7 @@ participant is told one is needed. Video is 320x240 at 15 fps.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.integration.client_helpers import make_account
 from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, events_of
 from tests.integration.serverproc import ServerProcess
+from tests.integration.test_calls_cli import Cli, start
 
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
 
@@ -197,3 +199,44 @@ async def test_without_an_sfu_a_room_calls_as_a_mesh_and_the_fifth_is_told_to_us
         assert fifth.participants == () and len(ctls[0].participants) == 4
     finally:
         await close_all(clients)
+
+
+async def test_room_call_from_the_cli_three_processes_and_a_refused_recording(
+    sfu_server: ServerProcess, tmp_path: Path
+) -> None:
+    clients, room_id = await room_of(["alice", "bob", "carol"], sfu_server, tmp_path)
+    await close_all(clients)  # each account is opened again by its own command
+    alice, bob, carol = (tmp_path / n for n in ("alice", "bob", "carol"))
+    common = ("room", "call", room_id, "--loopback")
+    running: list[Cli] = []
+    try:
+        a = start(alice, *common, "--new", "--seconds", "25", "--allow-recording")
+        running.append(a)
+        a.wait_for(r"in the call: E2EE on, epoch 0")
+        assert "through the server's SFU" in a.stdout()
+        b = start(bob, *common, "--seconds", "18")  # refuses recordings (the default)
+        running.append(b)
+        b.wait_for(r"in the call: E2EE on, epoch \d+")
+        c = start(carol, *common, "--seconds", "8", "--record", "--record-to",
+                  str(tmp_path / "carol.rec"))
+        running.append(c)
+        c.wait_for(r"participants \(3, epoch \d+\)")
+        for cli in (c, b, a):
+            assert await asyncio.to_thread(cli.finish, 90) == 0, cli.stderr()
+    finally:
+        for cli in running:
+            if cli.proc.poll() is None:
+                cli.proc.kill()
+    said = {name: cli.stdout() + cli.stderr() for name, cli in zip("abc", running, strict=True)}
+    assert "recording refused (bob/" in said["c"], said["c"]
+    assert "REC on" not in said["a"] + said["b"]
+    frames = {
+        (name, m.group(2)): int(m.group(1))
+        for name, text in said.items()
+        for m in re.finditer(r"received (\d+) camera frames .* from (\w+)/", text)
+    }
+    # Carol, 8 s in the call, decoded the others' 15 fps; nothing failed to open.
+    assert frames[("c", "alice")] >= 60 and frames[("c", "bob")] >= 60, said["c"]
+    assert frames[("a", "bob")] >= 60 and frames[("b", "alice")] >= 60, said
+    assert all(int(n) == 0 for n in re.findall(r"; (\d+) did not open", "".join(said.values())))
+    assert not (tmp_path / "carol.rec").exists()  # nothing recorded without everyone's yes

@@ -244,7 +244,7 @@ async def _finish(client: Client, run: _Run) -> int:
     return EXIT_NOT_ANSWERED
 
 
-def _quiet(args: argparse.Namespace) -> None:
+def quiet(args: argparse.Namespace) -> None:
     """The media stack's log lines are for --debug; what matters is said in plain lines."""
     if not getattr(args, "debug", False):
         logging.getLogger().addHandler(logging.NullHandler())
@@ -266,7 +266,7 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    _quiet(args)
+    quiet(args)
     validate_username(args.name)
     options = call_options(args)
 
@@ -301,7 +301,7 @@ async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
 
 def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        _quiet(args)
+        quiet(args)
         from sottovoce.client.calls import CallOptions
 
         options = CallOptions() if decline else call_options(args)

@@ -346,6 +346,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_options(p)
     add_timeout(p)
 
+    from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
+
+    room_call_cmd.add_command(rs)
+
     p = subcommand(
         rs,
         "list",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -834,6 +835,9 @@ class Client:
             raise UsageError("client is closed")
         if self.identity.mls_key is None:
             raise UsageError("this device has no room key (it predates rooms)")
+        if options is not None and options.record_to is not None and options.storage_key is None:
+            # This device's recordings are sealed at rest with its store's key.
+            options = dataclasses.replace(options, storage_key=self._store.storage_key)
         hub = RoomCalls(
             me=(self.username, self.device_id),
             signing_key=self.identity.mls_key,

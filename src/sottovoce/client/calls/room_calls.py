@@ -23,9 +23,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sottovoce.calls.room_signals import CallMode, RoomCallSignal, Start
+from sottovoce.client.calls.recording import export_recording
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.calls.room_media import SfuAccess
 from sottovoce.crypto.rng import Random
@@ -209,6 +211,13 @@ class RoomCalls:
         with contextlib.suppress(SottovoceError):
             ctl.leave()
         await ctl.close()
+
+    def export_recording(self, path: Path, out_dir: Path) -> list[Path]:
+        """This device's sealed recording at ``path`` as WebM files in ``out_dir``."""
+        key = self.options.storage_key
+        if key is None:
+            raise UsageError("no storage key to open recordings with")
+        return export_recording(path, key, out_dir)
 
     async def close(self) -> None:
         for room_id in list(self.active):
