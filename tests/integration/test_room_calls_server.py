@@ -34,7 +34,7 @@ from tests.integration.client_helpers import make_account
 from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, events_of
 from tests.integration.serverproc import ServerProcess
-from tests.integration.test_calls_cli import Cli, start
+from tests.integration.test_calls_cli import Cli, run, start
 
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
 
@@ -240,3 +240,21 @@ async def test_room_call_from_the_cli_three_processes_and_a_refused_recording(
     assert frames[("a", "bob")] >= 60 and frames[("b", "alice")] >= 60, said
     assert all(int(n) == 0 for n in re.findall(r"; (\d+) did not open", "".join(said.values())))
     assert not (tmp_path / "carol.rec").exists()  # nothing recorded without everyone's yes
+
+
+async def test_room_call_mistakes_are_plain_messages_and_a_nonzero_exit(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    await (await make_account(server, "alice", tmp_path)).close()
+    home = tmp_path / "alice"
+    cases = [
+        (("nosuch",), "no room 'nosuch' on this device"),
+        (("r", "--record"), "--record needs --record-to FILE"),
+        (("r", "--media", str(tmp_path / "none.webm")), "cannot read the media file"),
+        (("r", "--record", "--record-to", str(tmp_path / "no" / "x.rec")), "no such directory"),
+        (("r", "--seconds", "-1"), "--seconds"),
+    ]
+    for args, message in cases:
+        done = await asyncio.to_thread(run, home, "room", "call", *args)
+        assert done.returncode in (1, 2), (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
