@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -30,11 +32,12 @@ from sottovoce.server.sfu import (
     sfu_room_name,
     sfu_room_secret,
 )
-from tests.integration.client_helpers import make_account
+from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, events_of
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_calls_cli import Cli, run, start
+from tests.integration.test_tui import Tmux
 
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
 
@@ -258,3 +261,39 @@ async def test_room_call_mistakes_are_plain_messages_and_a_nonzero_exit(
         done = await asyncio.to_thread(run, home, "room", "call", *args)
         assert done.returncode in (1, 2), (args, done.stdout, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+async def test_the_chat_screen_of_a_room_joins_its_call_with_f5_and_leaves_with_f6(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (alice, bob), room_id = await room_of(["alice", "bob"], server, tmp_path)
+    await alice.close()
+    tmux = Tmux()
+    try:
+        hub = bob.start_room_calls(QUIET)
+        ctl = await hub.start(room_id)
+        await until(lambda: len(ctl.participants) == 1)
+        passfile = tmp_path / "passphrase"
+        passfile.write_text(PASSPHRASE + "\n")
+        tmux.start(
+            f"env -u COLUMNS -u LINES {sys.executable} -m sottovoce chat '#{room_id}' "
+            f"--loopback --data-dir {tmp_path / 'alice'} --passphrase-file {passfile}; "
+            "echo EXIT=$?; sleep 60"
+        )
+        await tmux.wait_for("connected")
+        tmux.keys("F5")
+        # What the call's MLS group says: its epoch after alice's join, both of them.
+        screen = await tmux.wait_for("E2EE on, epoch 1", timeout=30)
+        line = next(row for row in screen.splitlines() if "E2EE on" in row)
+        assert "2 in call:" in line and "alice" in line and "bob" in line, line
+        assert "call signal" not in screen  # the signals stay out of the room's history
+        await until(lambda: len(ctl.participants) == 2)
+        tmux.keys("F6")
+        await tmux.wait_for("left the room's call")
+        await until(lambda: len(ctl.participants) == 1, 30)
+        tmux.keys("C-q")
+        await tmux.wait_for("EXIT=0")
+    finally:
+        tmux.kill()
+        await bob.close()
