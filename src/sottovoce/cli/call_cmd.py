@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sottovoce.calls.effects import (
     CallState,
@@ -49,7 +49,9 @@ from sottovoce.client import Client, NotConnected, ServerError
 from sottovoce.identity import validate_username
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when a call command runs
-    from sottovoce.client.calls import CallOptions, MediaSession
+    from sottovoce.client.calls import CallOptions, MediaSession, TurnServer
+
+T = TypeVar("T")
 
 #: The call did not happen: declined, busy, no answer, missed, cancelled, no call came.
 EXIT_NOT_ANSWERED = 3
@@ -94,10 +96,10 @@ def call_options(args: argparse.Namespace) -> CallOptions:
     )
 
 
-async def _require_turn(client: Client) -> None:
+async def require_turn(client: Client) -> tuple[TurnServer, ...]:
     """--relay-only: the server must hand out TURN credentials, or the call cannot go."""
     try:
-        await client.turn_servers()
+        return await client.turn_servers()
     except ServerError as exc:
         if exc.code == "turn_unavailable":
             raise CliError(
@@ -124,8 +126,30 @@ class _Run:
     problems: list[str] = field(default_factory=list)
 
 
-def _say(line: str, *, err: bool = False) -> None:
+def say(line: str, *, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that Ctrl-C (and SIGTERM) sets, in place of KeyboardInterrupt."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def next_or_stop(events: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The next event, or ``None`` once ``stop`` is set (Ctrl-C, a timer)."""
+    getter = asyncio.ensure_future(events.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None
 
 
 async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
@@ -134,28 +158,20 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
     from sottovoce.client.calls.media import MediaProblem
 
     calls = client.calls
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     ringing_said = False
     while run.ended is None:
-        getter = asyncio.ensure_future(calls.events.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter not in done:
-            getter.cancel()
+        event = await next_or_stop(calls.events, stop)
+        if event is None:
             stop.clear()
             await _end(client, run)
             continue
-        event = getter.result()
         if isinstance(event, StateChanged):
             if event.call_id != (calls.call.call_id if calls.call else event.call_id):
                 continue  # an earlier call's last word
             run.peer = event.peer
-            _say(render.call_state(event))
+            say(render.call_state(event))
             if event.state is CallState.ACTIVE and not run.answered:
                 run.answered = True
                 run.session = calls.session()
@@ -166,19 +182,19 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
                 run.ended = event.reason
         elif isinstance(event, PeerRinging) and not ringing_said:
             ringing_said = True
-            _say("ringing")
+            say("ringing")
         elif isinstance(event, SignalFailed):
             if event.code == "recipient_offline" and calls.state is CallState.OUTGOING_RINGING:
                 run.problems.append("no device of theirs is online")
-                _say(f"no device of {render.safe(run.peer or args_peer(args))} is online", err=True)
+                say(f"no device of {render.safe(run.peer or args_peer(args))} is online", err=True)
                 calls.hangup()
             elif calls.state not in (CallState.ENDED, CallState.IDLE):
-                _say(f"a call signal could not be sent ({render.safe(event.code)})", err=True)
+                say(f"a call signal could not be sent ({render.safe(event.code)})", err=True)
         elif isinstance(event, MediaProblem):
             run.problems.append(event.error)
-            _say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}", err=True)
+            say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}", err=True)
         elif isinstance(event, RecordingPermission):
-            _say("recording: the peer " + ("consents" if event.allowed else "does not consent"))
+            say("recording: the peer " + ("consents" if event.allowed else "does not consent"))
 
 
 def args_peer(args: argparse.Namespace) -> str:
@@ -200,11 +216,11 @@ async def _print_stats(client: Client, run: _Run) -> None:
     stats = await client.calls.stats()
     if stats is None:
         return
-    _say(render.call_stats(run.peer, stats))
+    say(render.call_stats(run.peer, stats))
     session = client.calls.session()
     path = session.path() if session is not None else None
     if path is not None:
-        _say(f"path: {path[0]} ↔ {path[1]}")
+        say(f"path: {path[0]} ↔ {path[1]}")
 
 
 def _summary(run: _Run) -> None:
@@ -214,18 +230,18 @@ def _summary(run: _Run) -> None:
         return
     sent = session.camera_frames_sent()
     if sent is not None:
-        _say(f"sent {sent} camera frames")
+        say(f"sent {sent} camera frames")
     camera = session.sinks["camera"]
     if camera.numbers:
-        _say(
+        say(
             f"received {len(camera.numbers)} camera frames, numbered "
             f"{min(camera.numbers)} to {max(camera.numbers)}"
         )
     else:
-        _say(f"received {camera.frames} camera frames")
-    _say(f"received {session.sinks['audio'].frames} audio frames")
+        say(f"received {camera.frames} camera frames")
+    say(f"received {session.sinks['audio'].frames} audio frames")
     if session.peer_candidate_types:
-        _say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))
+        say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))
 
 
 async def _finish(client: Client, run: _Run) -> int:
@@ -239,7 +255,7 @@ async def _finish(client: Client, run: _Run) -> int:
     if run.ended is EndReason.FAILED or run.problems:
         reason = client.calls.last_error
         if reason is not None and str(reason) not in run.problems:
-            _say(render.error(str(reason)), err=True)
+            say(render.error(str(reason)), err=True)
         return 1
     return EXIT_NOT_ANSWERED
 
@@ -257,7 +273,7 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
     except NotConnected as exc:
         raise unreachable(client.identity.server_url, exc) from None
     if options.ice.relay_only:
-        await _require_turn(client)
+        await require_turn(client)
 
 
 # =============================================================================
@@ -308,13 +324,13 @@ def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
 
         async def work(client: Client) -> int:
             await _connect(client, args, options)
-            _say(f"waiting up to {args.wait:g} s for a call (Ctrl-C to stop)")
+            say(f"waiting up to {args.wait:g} s for a call (Ctrl-C to stop)")
             ring = await _wait_for_ring(client, args.wait)
             if ring is None:
-                _say(f"no call came within {args.wait:g} s", err=True)
+                say(f"no call came within {args.wait:g} s", err=True)
                 await client.calls.close()
                 return EXIT_NOT_ANSWERED
-            _say(render.call_state(ring))
+            say(render.call_state(ring))
             run = _Run(peer=ring.peer)
             if decline:
                 client.calls.decline()

@@ -21,13 +21,18 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
-from sottovoce.cli.call_cmd import add_path_options, quiet
+from sottovoce.cli.call_cmd import (
+    add_path_options,
+    next_or_stop,
+    quiet,
+    require_turn,
+    say,
+    stop_on_signals,
+)
 from sottovoce.cli.session import (
     CliError,
     Connect,
@@ -38,7 +43,7 @@ from sottovoce.cli.session import (
     unreachable,
     with_client,
 )
-from sottovoce.client import Client, NotConnected, ServerError
+from sottovoce.client import Client, NotConnected
 from sottovoce.errors import SottovoceError
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command runs
@@ -51,10 +56,6 @@ JOIN_TIMEOUT_S = 20.0
 FLUSH_TIMEOUT_S = 10.0
 
 Device = tuple[str, str]
-
-
-def _say(line: str, *, err: bool = False) -> None:
-    print(line, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def who(device: Device) -> str:
@@ -91,30 +92,14 @@ def room_call_options(args: argparse.Namespace) -> RoomCallOptions:
     )
 
 
-async def _with_turn(client: Client, hub: RoomCalls) -> None:
-    """--relay-only: the server's TURN credentials, or a plain error."""
-    try:
-        servers = await client.turn_servers()
-    except ServerError as exc:
-        if exc.code == "turn_unavailable":
-            raise CliError(
-                f"the server at {client.identity.server_url} has no TURN server, and "
-                "--relay-only needs one; or call without --relay-only"
-            ) from None
-        raise
-    hub.options = dataclasses.replace(
-        hub.options, ice=dataclasses.replace(hub.options.ice, turn=servers)
-    )
-
-
 async def _enter(client: Client, hub: RoomCalls, room_id: str, new: bool) -> RoomCallController:
     seen = None if new else hub.seen.get(room_id)
     if seen is not None:
-        _say(f"joining the call {who(seen.starter)} started")
+        say(f"joining the call {who(seen.starter)} started")
         return hub.join(room_id)
     ctl = await hub.start(room_id)
     how = "through the server's SFU" if ctl.call.mode.name == "SFU" else "as a mesh (at most 4)"
-    _say(f"started a call {how}")
+    say(f"started a call {how}")
     return ctl
 
 
@@ -134,26 +119,18 @@ async def _follow(
     from sottovoce.client.calls.media import MediaProblem
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     timer = loop.call_later(JOIN_TIMEOUT_S, stop.set)
     joined = False
     while True:
-        getter = asyncio.ensure_future(ctl.events.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter not in done:
-            getter.cancel()
+        event = await next_or_stop(ctl.events, stop)
+        if event is None:
             if not joined:
                 raise CliError(
                     f"the call did not let this device in within {JOIN_TIMEOUT_S:g} s (it "
                     "may have ended); start a new one with --new"
                 )
             return True
-        event = getter.result()
         # The starter is in from the start (no Welcome): its first participant list says so.
         if not joined and (
             isinstance(event, Joined)
@@ -161,30 +138,30 @@ async def _follow(
         ):
             joined = True
             timer.cancel()
-            _say(f"in the call: E2EE on, epoch {ctl.call.epoch}")
+            say(f"in the call: E2EE on, epoch {ctl.call.epoch}")
             if args.seconds is not None:
                 loop.call_later(args.seconds, stop.set)
             if args.record:
                 ctl.request_recording()
-                _say("asked everyone in the call to consent to recording")
+                say("asked everyone in the call to consent to recording")
         if isinstance(event, ParticipantsChanged):
             others.update(d for d in event.participants if d != ctl.call.me)
             epoch = ctl.call.epoch
             names = ", ".join(who(d) for d in event.participants)
-            _say(f"participants ({len(event.participants)}, epoch {epoch}): {names}")
+            say(f"participants ({len(event.participants)}, epoch {epoch}): {names}")
         elif isinstance(event, JoinRefused):
             raise CliError(str(event.error))
         elif isinstance(event, RecordingState):
             mark = "" if event.consented else " (not consented!)"
-            _say(f"REC {'on' if event.on else 'off'}: recorded by {who(event.by)}{mark}")
+            say(f"REC {'on' if event.on else 'off'}: recorded by {who(event.by)}{mark}")
         elif isinstance(event, RecordingRefused):
             by = ", ".join(who(d) for d in event.refused_by) or "nobody answered in time"
-            _say(f"recording refused ({by})", err=True)
+            say(f"recording refused ({by})", err=True)
         elif isinstance(event, MediaProblem):
-            _say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}",
+            say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}",
                  err=True)
         elif isinstance(event, Left):
-            _say("removed from the call (this device left the room)" if event.removed
+            say("removed from the call (this device left the room)" if event.removed
                  else "left the call")
             return joined
 
@@ -196,7 +173,7 @@ def _summary(ctl: RoomCallController, others: set[Device]) -> None:
         return
     for device in sorted(others):
         camera = media.sink(device, "camera")
-        _say(
+        say(
             f"received {camera.frames} camera frames and "
             f"{media.sink(device, 'audio').frames} audio frames from {who(device)}"
             f"; {media.dropped(device)} did not open"
@@ -215,8 +192,9 @@ def cmd_room_call(args: argparse.Namespace) -> int:
             await client.connect(timeout=args.timeout, fail_fast=True)
         except NotConnected as exc:
             raise unreachable(client.identity.server_url, exc) from None
-        if args.relay_only:
-            await _with_turn(client, hub)
+        if args.relay_only:  # the server's TURN credentials, or a plain error
+            ice = dataclasses.replace(hub.options.ice, turn=await require_turn(client))
+            hub.options = dataclasses.replace(hub.options, ice=ice)
         try:
             room_id = client.rooms.get(ref).room_id
         except SottovoceError:
@@ -234,7 +212,7 @@ def cmd_room_call(args: argparse.Namespace) -> int:
         if options.record_to is not None and options.record_to.exists():
             out = options.record_to.parent
             for path in hub.export_recording(options.record_to, out):
-                _say(f"recording written: {path}")
+                say(f"recording written: {path}")
         return 0
 
     return with_client(args, work, connect=Connect.NO)
