@@ -49,7 +49,7 @@ from sottovoce.client import Client, NotConnected, ServerError
 from sottovoce.identity import validate_username
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when a call command runs
-    from sottovoce.client.calls import CallOptions, MediaSession, TurnServer
+    from sottovoce.client.calls import CallOptions, MediaSession, MediaSpec, TurnServer
 
 T = TypeVar("T")
 
@@ -66,9 +66,9 @@ FLUSH_TIMEOUT_S = 10.0
 # =============================================================================
 
 
-def call_options(args: argparse.Namespace) -> CallOptions:
-    """What this device sends and how it connects, from the command line (files checked)."""
-    from sottovoce.client.calls import CallOptions, IceConfig, MediaSpec
+def media_spec(args: argparse.Namespace) -> MediaSpec:
+    """What a call sends: --media FILE (checked), --audio-only, --screen."""
+    from sottovoce.client.calls import MediaSpec
 
     media = getattr(args, "media", None)
     if media is not None:
@@ -78,19 +78,30 @@ def call_options(args: argparse.Namespace) -> CallOptions:
         source = str(path)
     else:
         source = "synthetic"  # headless: a tone and numbered test-pattern frames
-    record_to: Path | None = None
-    if getattr(args, "record_to", None):
-        record_to = Path(args.record_to).expanduser()
-        if not record_to.parent.is_dir():
-            raise CliError(f"cannot record to {args.record_to}: no such directory")
     # The screen of this machine's display where there is one; else a test pattern.
     screen = ("device" if os.environ.get("DISPLAY") else "synthetic") if args.screen else None
-    spec = MediaSpec(source=source, video=not args.audio_only, screen=screen)
+    return MediaSpec(source=source, video=not args.audio_only, screen=screen)
+
+
+def record_path(args: argparse.Namespace) -> Path | None:
+    """--record-to FILE, its directory checked."""
+    if not getattr(args, "record_to", None):
+        return None
+    record_to = Path(args.record_to).expanduser()
+    if not record_to.parent.is_dir():
+        raise CliError(f"cannot record to {args.record_to}: no such directory")
+    return record_to
+
+
+def call_options(args: argparse.Namespace) -> CallOptions:
+    """What this device sends and how it connects, from the command line (files checked)."""
+    from sottovoce.client.calls import CallOptions, IceConfig
+
     ring_ms = int(getattr(args, "ring_timeout", 45.0) * 1000)
     return CallOptions(
-        media=spec,
+        media=media_spec(args),
         ice=IceConfig(relay_only=args.relay_only, loopback=args.loopback),
-        record_to=record_to,
+        record_to=record_path(args),
         recording_consent="grant" if args.allow_recording else "refuse",
         ring_timeout_ms=ring_ms,
     )

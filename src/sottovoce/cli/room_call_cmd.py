@@ -20,15 +20,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import (
     add_path_options,
+    media_spec,
     next_or_stop,
     quiet,
+    record_path,
     require_turn,
     say,
     stop_on_signals,
@@ -66,26 +66,14 @@ def room_call_options(args: argparse.Namespace) -> RoomCallOptions:
     """What this device sends, how it connects and records, from the command line."""
     from sottovoce.client.calls.media import IceConfig
     from sottovoce.client.calls.room_controller import RoomCallOptions
-    from sottovoce.client.calls.sources import MediaSpec
 
-    source = "synthetic"  # headless: a tone and numbered test-pattern frames
-    if args.media is not None:
-        path = Path(args.media).expanduser()
-        if not path.is_file():
-            raise CliError(f"cannot read the media file {args.media}: no such file")
-        source = str(path)
-    record_to: Path | None = None
-    if args.record_to:
-        record_to = Path(args.record_to).expanduser()
-        if not record_to.parent.is_dir():
-            raise CliError(f"cannot record to {args.record_to}: no such directory")
-        if record_to.exists():
-            raise CliError(f"{args.record_to} exists already: give a new file")
-    elif args.record:
+    record_to = record_path(args)
+    if record_to is not None and record_to.exists():
+        raise CliError(f"{args.record_to} exists already: give a new file")
+    if args.record and record_to is None:
         raise CliError("--record needs --record-to FILE: where the sealed recording goes")
-    screen = ("device" if os.environ.get("DISPLAY") else "synthetic") if args.screen else None
     return RoomCallOptions(
-        media=MediaSpec(source=source, video=not args.audio_only, screen=screen),
+        media=media_spec(args),
         ice=IceConfig(relay_only=args.relay_only, loopback=args.loopback),
         recording_consent="grant" if args.allow_recording else "refuse",
         record_to=record_to,
