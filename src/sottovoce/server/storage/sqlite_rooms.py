@@ -26,7 +26,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sottovoce.limits import (
@@ -35,24 +35,21 @@ from sottovoce.limits import (
     MAX_ROOM_MEMBERS,
 )
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
+from sottovoce.server.storage import engine_sqlite
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
-    ClaimedKeyPackage,
     CommitOutcome,
     CommitRequest,
     Member,
     RoomCallback,
-    RoomFrames,
-    RoomPosition,
     RoomRefused,
     RoomSendRequest,
-    RoomState,
-    RoomStorage,
     RoomStored,
-    RoomSummary,
     room_envelope,
 )
+from sottovoce.server.storage.rooms import ZERO_HASH, pairs_json, refuse, token_room
+from sottovoce.server.storage.shared import SharedRooms
 
 T = TypeVar("T")
 
@@ -128,9 +125,6 @@ JOIN_REQUESTS_MIGRATION = """
     ) WITHOUT ROWID
 """
 
-_ZERO_HASH = bytes(32)
-
-
 class _Room:
     """The writer's view of one room (only the writer thread touches it)."""
 
@@ -154,15 +148,7 @@ class _Room:
         self.deliver = tuple(sorted(k for k, (_, rev) in self.members.items() if not rev))
 
 
-def _refuse(code: str, message: str, **details: Any) -> RoomRefused:
-    return RoomRefused(code, message, details=details or None)
-
-
-def _pairs_json(items: Sequence[Member]) -> str:
-    return json.dumps([{"userId": u, "deviceId": d} for u, d in items], separators=(",", ":"))
-
-
-class SqliteRooms(RoomStorage):
+class SqliteRooms(SharedRooms):
     """Room methods of :class:`SqliteStorage` (which provides the writer and readers)."""
 
     if TYPE_CHECKING:
@@ -215,7 +201,7 @@ class SqliteRooms(RoomStorage):
                 "SELECT room, epoch, last_seq FROM rooms WHERE room_id=?", (room_id,)
             ).fetchone()
             if row is None:
-                raise _refuse("unknown_room", "no such room")
+                raise refuse("unknown_room", "no such room")
             members = {
                 (u, d): (int(dev), rev is not None)
                 for u, d, dev, rev in conn.execute(
@@ -246,7 +232,7 @@ class SqliteRooms(RoomStorage):
         if row is None:
             return None
         if row[0] != room_id:
-            raise _refuse("bad_request", "idempotencyKey was used for another conversation")
+            raise refuse("bad_request", "idempotencyKey was used for another conversation")
         return str(row[1]), int(row[2]), int(row[3])
 
     def _store_message(
@@ -271,7 +257,7 @@ class SqliteRooms(RoomStorage):
             "SELECT audit_count, audit_head FROM rooms WHERE room=?", (room.pk,)
         ).fetchone()
         count, head = int(row[0]), row[1]
-        want = _ZERO_HASH if head is None else bytes(head)
+        want = ZERO_HASH if head is None else bytes(head)
         if audit.index != count or not hmac.compare_digest(audit.prev_hash, want):
             raise RoomRefused(
                 "audit_conflict", "audit entry does not link to the stored chain head",
@@ -290,109 +276,9 @@ class SqliteRooms(RoomStorage):
 
     def _member_of(self, room: _Room, user: str, device: str) -> None:
         if (user, device) not in room.members:
-            raise _refuse("not_member", "this device is not a member of the room")
-
-    # --- KeyPackages (writer) ----------------------------------------------------------
-
-    async def store_key_packages(
-        self,
-        user_id: str,
-        device_id: str,
-        key_packages: Sequence[bytes],
-        last_resort: bytes | None,
-        max_stored: int,
-    ) -> int:
-        return await self._write(
-            self._w_store_kps, user_id, device_id, list(key_packages), last_resort, max_stored
-        )
-
-    def _w_store_kps(
-        self, conn: sqlite3.Connection, user: str, device: str, kps: list[bytes],
-        last_resort: bytes | None, max_stored: int,
-    ) -> int:
-        dev = self._sender(conn, user, device)
-        have = int(
-            conn.execute("SELECT count(*) FROM key_packages WHERE dev=?", (dev,)).fetchone()[0]
-        )
-        if have + len(kps) > max_stored:
-            raise _refuse("keypackages_full", f"at most {max_stored} KeyPackages per device")
-        conn.executemany(
-            "INSERT INTO key_packages(dev, key_package) VALUES (?, ?)", [(dev, k) for k in kps]
-        )
-        if last_resort is not None:
-            conn.execute(
-                "INSERT INTO key_package_devices(dev, last_resort) VALUES (?, ?) "
-                "ON CONFLICT(dev) DO UPDATE SET last_resort=excluded.last_resort",
-                (dev, last_resort),
-            )
-        else:
-            conn.execute("INSERT OR IGNORE INTO key_package_devices(dev) VALUES (?)", (dev,))
-        return have + len(kps)
-
-    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
-        return await self._read(_r_count_kps, user_id, device_id)
-
-    async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
-    ) -> list[ClaimedKeyPackage]:
-        return await self._write(self._w_claim_kps, user_id, exclude_device, one_time)
-
-    def _w_claim_kps(
-        self, conn: sqlite3.Connection, user: str, exclude: Member | None, one_time: bool
-    ) -> list[ClaimedKeyPackage]:
-        out: list[ClaimedKeyPackage] = []
-        devices = conn.execute(
-            "SELECT dev, device_id FROM devices WHERE user_id=? AND revoked_at IS NULL "
-            "ORDER BY dev",
-            (user,),
-        ).fetchall()
-        for dev, device_id in devices:
-            if exclude is not None and (user, device_id) == exclude:
-                continue
-            row = conn.execute(
-                "SELECT id, key_package FROM key_packages WHERE dev=? ORDER BY id LIMIT 1", (dev,)
-            ).fetchone() if one_time else None
-            if row is not None:
-                # The single writer makes take-and-delete atomic: no other claim runs
-                # between these statements, so a KeyPackage is handed out once.
-                conn.execute("DELETE FROM key_packages WHERE id=?", (row[0],))
-                kp = bytes(row[1])
-            else:
-                lr = conn.execute(
-                    "SELECT last_resort FROM key_package_devices WHERE dev=?", (dev,)
-                ).fetchone()
-                if lr is None or lr[0] is None:
-                    continue
-                kp = bytes(lr[0])
-            remaining = int(
-                conn.execute("SELECT count(*) FROM key_packages WHERE dev=?", (dev,)).fetchone()[0]
-            )
-            out.append(ClaimedKeyPackage(device_id, kp, remaining))
-        return out
+            raise refuse("not_member", "this device is not a member of the room")
 
     # --- rooms (writer) ----------------------------------------------------------------
-
-    async def create_room(
-        self, room_id: str, user_id: str, device_id: str, group_info: bytes | None, now_ms: int
-    ) -> None:
-        await self._write(self._w_create_room, room_id, user_id, device_id, group_info, now_ms)
-
-    def _w_create_room(
-        self, conn: sqlite3.Connection, room_id: str, user: str, device: str,
-        group_info: bytes | None, now: int,
-    ) -> None:
-        dev = self._sender(conn, user, device)
-        if conn.execute("SELECT 1 FROM rooms WHERE room_id=?", (room_id,)).fetchone():
-            raise _refuse("room_exists", "a room with this id exists")
-        cur = conn.execute(
-            "INSERT INTO rooms(room_id, epoch, last_seq, group_info, created_at) "
-            "VALUES (?, 0, 0, ?, ?)",
-            (room_id, group_info, now),
-        )
-        conn.execute(
-            "INSERT INTO room_members(room, dev, joined_seq, read_seq) VALUES (?, ?, 0, 0)",
-            (cur.lastrowid, dev),
-        )
 
     def room_commit(self, req: CommitRequest, callback: RoomCallback) -> None:
         self._submit(self._w_commit, (req,), callback)
@@ -406,7 +292,7 @@ class SqliteRooms(RoomStorage):
                 "SELECT epoch FROM room_commits WHERE room=? AND seq=?", (room.pk, dup[1])
             ).fetchone()
             if row is None:
-                raise _refuse("bad_request", "idempotencyKey was used for a room message")
+                raise refuse("bad_request", "idempotencyKey was used for a room message")
             return CommitOutcome(
                 RoomStored(req.room_id, dup[0], req.idempotency_key, dup[1], dup[2], True, "", ()),
                 int(row[0]) + 1,
@@ -416,18 +302,18 @@ class SqliteRooms(RoomStorage):
         external = me not in room.members
         if external:
             if req.token_hash is None:
-                raise _refuse("not_member", "this device is not a member of the room")
+                raise refuse("not_member", "this device is not a member of the room")
             stored = conn.execute(
                 "SELECT token_hash FROM rooms WHERE room=?", (room.pk,)
             ).fetchone()[0]
             if stored is None or not hmac.compare_digest(bytes(stored), req.token_hash):
-                raise _refuse("invalid_token", "the token does not open a room")
+                raise refuse("invalid_token", "the token does not open a room")
             if not req.external:
-                raise _refuse("invalid_commit", "a non-member joins by an external commit")
+                raise refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
-                raise _refuse("bad_request", "an external commit adds exactly its sender")
+                raise refuse("bad_request", "an external commit adds exactly its sender")
         elif req.external and (req.adds or req.removes):
-            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
+            raise refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             row = conn.execute(
                 "SELECT seq FROM room_commits WHERE room=? AND epoch=?", (room.pk, req.epoch)
@@ -445,29 +331,29 @@ class SqliteRooms(RoomStorage):
         if req.external and req.checked_epoch != room.epoch:
             # Nothing unchecked is stored: the handler checks every external commit
             # against the GroupInfo of the epoch it names (the MLS public view).
-            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
+            raise refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
-                raise _refuse("bad_request", "'adds' names a current member")
+                raise refuse("bad_request", "'adds' names a current member")
             dev = self._dev(conn, *key)
             revoked = None if dev is None else conn.execute(
                 "SELECT revoked_at FROM devices WHERE dev=?", (dev,)
             ).fetchone()[0]
             if dev is None or revoked is not None:
-                raise _refuse("bad_request", "'adds' names an unknown or revoked device")
+                raise refuse("bad_request", "'adds' names an unknown or revoked device")
             added.append((key, dev))
         for key in req.removes:
             if key not in room.members:
-                raise _refuse("bad_request", "'removes' names a device that is not a member")
+                raise refuse("bad_request", "'removes' names a device that is not a member")
         if len(room.members) + len(req.adds) - len(req.removes) > MAX_ROOM_MEMBERS:
-            raise _refuse("bad_request", f"a room has at most {MAX_ROOM_MEMBERS} member devices")
+            raise refuse("bad_request", f"a room has at most {MAX_ROOM_MEMBERS} member devices")
         if req.audit is not None:
             self._audit_check(conn, room, req.audit)
         # --- writes start here; nothing below raises a domain error ---
         received = self._received()
         before = room.deliver
-        extra = ',"adds":' + _pairs_json(req.adds) + ',"removes":' + _pairs_json(req.removes)
+        extra = ',"adds":' + pairs_json(req.adds) + ',"removes":' + pairs_json(req.removes)
         seq, env = self._store_message(conn, room, received, lambda s: room_envelope(
             room_id=req.room_id, message_id=req.message_id, user=req.user, device=req.device,
             ciphertext_b64=req.commit_b64, content_type="system",
@@ -593,12 +479,12 @@ class SqliteRooms(RoomStorage):
         self, conn: sqlite3.Connection, h: bytes, user: str, device: str, kp_b64: str
     ) -> RoomStored:
         self._sender(conn, user, device)
-        room_id = _token_room(conn, h)
+        room_id = engine_sqlite.run(token_room(h), conn)
         if room_id is None:
-            raise _refuse("invalid_token", "the token does not open a room")
+            raise refuse("invalid_token", "the token does not open a room")
         room = self._room(conn, room_id)
         if (user, device) in room.members:
-            raise _refuse("bad_request", "this device is a member of the room")
+            raise refuse("bad_request", "this device is a member of the room")
         dev = self._sender(conn, user, device)
         received = self._received()
         conn.execute(
@@ -608,7 +494,7 @@ class SqliteRooms(RoomStorage):
         if conn.execute(
             "SELECT 1 FROM room_join_requests WHERE room=? AND dev=?", (room.pk, dev)
         ).fetchone():
-            raise _refuse("join_request_pending", "this device's join request is still pending")
+            raise refuse("join_request_pending", "this device's join request is still pending")
         pending = conn.execute(
             "SELECT count(*) FROM room_join_requests WHERE room=?", (room.pk,)
         ).fetchone()[0]
@@ -668,7 +554,7 @@ class SqliteRooms(RoomStorage):
             "SELECT read_seq, until_seq FROM room_members WHERE room=? AND dev=?", (room.pk, dev)
         ).fetchone()
         if row is None:
-            raise _refuse("not_member", "this device is not a member of the room")
+            raise refuse("not_member", "this device is not a member of the room")
         read, until = int(row[0]), row[1]
         new = min(up_to, room.last_seq if until is None else int(until))
         if until is not None and new >= int(until):
@@ -710,7 +596,7 @@ class SqliteRooms(RoomStorage):
         if h is not None and conn.execute(
             "SELECT 1 FROM rooms WHERE token_hash=? AND room<>?", (h, room.pk)
         ).fetchone():
-            raise _refuse("bad_request", "this token is in use; make a new one")
+            raise refuse("bad_request", "this token is in use; make a new one")
         if audit is not None:
             self._audit_check(conn, room, audit)
         conn.execute("UPDATE rooms SET token_hash=? WHERE room=?", (h, room.pk))
@@ -731,186 +617,3 @@ class SqliteRooms(RoomStorage):
         self._audit_check(conn, room, audit)
         self._audit_write(conn, room, audit)
         return audit.index
-
-    # --- reads (reader pool) -----------------------------------------------------------
-
-    async def room_read(
-        self, room_id: str, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> RoomFrames:
-        return await self._read(_r_room_read, room_id, user_id, device_id, after_seq, limit)
-
-    async def room_positions(self, user_id: str, device_id: str) -> list[RoomPosition]:
-        return await self._read(_r_positions, user_id, device_id)
-
-    async def room_replay(
-        self, room_id: str, after_seq: int, until_seq: int | None, limit: int
-    ) -> list[tuple[int, str]]:
-        return await self._read(_r_replay, room_id, after_seq, until_seq, limit)
-
-    async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState:
-        return await self._read(_r_state, room_id, user_id, device_id)
-
-    async def rooms_of(self, user_id: str, device_id: str, limit: int) -> list[RoomSummary]:
-        return await self._read(_r_rooms_of, user_id, device_id, limit)
-
-    async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
-        return await self._read(_r_group_info, token_hash)
-
-    async def room_group_info(
-        self, room_id: str, user_id: str, device_id: str
-    ) -> tuple[int, bytes]:
-        return await self._read(_r_member_group_info, room_id, user_id, device_id)
-
-    async def audit_get(
-        self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
-    ) -> list[bytes]:
-        return await self._read(_r_audit, room_id, user_id, device_id, after_index, limit)
-
-
-def _token_room(conn: sqlite3.Connection, h: bytes) -> str | None:
-    row = conn.execute("SELECT room_id, token_hash FROM rooms WHERE token_hash=?", (h,)).fetchone()
-    # The index finds the row; the comparison that decides is constant-time.
-    if row is None or not hmac.compare_digest(bytes(row[1]), h):
-        return None
-    return str(row[0])
-
-
-def _r_count_kps(conn: sqlite3.Connection, user: str, device: str) -> int | None:
-    row = conn.execute(
-        "SELECT d.dev FROM devices d JOIN key_package_devices k ON k.dev=d.dev "
-        "WHERE d.user_id=? AND d.device_id=?",
-        (user, device),
-    ).fetchone()
-    if row is None:
-        return None
-    return int(
-        conn.execute("SELECT count(*) FROM key_packages WHERE dev=?", (row[0],)).fetchone()[0]
-    )
-
-
-def _membership(
-    conn: sqlite3.Connection, room_id: str, user: str, device: str
-) -> tuple[int, int, int, int, int | None]:
-    """(room pk, epoch, last_seq, joined_seq, until_seq) or RoomRefused."""
-    room = conn.execute(
-        "SELECT room, epoch, last_seq FROM rooms WHERE room_id=?", (room_id,)
-    ).fetchone()
-    if room is None:
-        raise _refuse("unknown_room", "no such room")
-    row = conn.execute(
-        "SELECT m.joined_seq, m.until_seq FROM room_members m JOIN devices d ON d.dev=m.dev "
-        "WHERE m.room=? AND d.user_id=? AND d.device_id=?",
-        (room[0], user, device),
-    ).fetchone()
-    if row is None:
-        raise _refuse("not_member", "this device is not a member of the room")
-    until = None if row[1] is None else int(row[1])
-    return int(room[0]), int(room[1]), int(room[2]), int(row[0]), until
-
-
-def _r_room_read(
-    conn: sqlite3.Connection, room_id: str, user: str, device: str, after: int, limit: int
-) -> RoomFrames:
-    pk, epoch, last, joined, until = _membership(conn, room_id, user, device)
-    # Nothing from before the device joined; a removed device up to its removal.
-    frames = _messages(conn, pk, max(after, joined), until, limit)
-    return RoomFrames(frames, epoch, last)
-
-
-def _messages(
-    conn: sqlite3.Connection, pk: int, after: int, until: int | None, limit: int
-) -> list[tuple[int, str]]:
-    top = (1 << 62) if until is None else until
-    return [
-        (int(seq), env)
-        for seq, env in conn.execute(
-            "SELECT seq, envelope FROM room_messages WHERE room=? AND seq>? AND seq<=? "
-            "ORDER BY seq LIMIT ?",
-            (pk, after, top, limit),
-        )
-    ]
-
-
-def _r_positions(conn: sqlite3.Connection, user: str, device: str) -> list[RoomPosition]:
-    return [
-        RoomPosition(str(rid), int(read), None if until is None else int(until))
-        for rid, read, until in conn.execute(
-            "SELECT r.room_id, m.read_seq, m.until_seq FROM devices d "
-            "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-            "WHERE d.user_id=? AND d.device_id=? AND d.revoked_at IS NULL ORDER BY r.room",
-            (user, device),
-        )
-    ]
-
-
-def _r_replay(
-    conn: sqlite3.Connection, room_id: str, after: int, until: int | None, limit: int
-) -> list[tuple[int, str]]:
-    row = conn.execute("SELECT room FROM rooms WHERE room_id=?", (room_id,)).fetchone()
-    if row is None:
-        return []
-    return _messages(conn, int(row[0]), after, until, limit)
-
-
-def _r_state(conn: sqlite3.Connection, room_id: str, user: str, device: str) -> RoomState:
-    pk, epoch, last, _, until = _membership(conn, room_id, user, device)
-    if until is not None:
-        raise _refuse("not_member", "this device was removed from the room")
-    members = tuple(
-        (str(u), str(d))
-        for u, d in conn.execute(
-            "SELECT d.user_id, d.device_id FROM room_members m JOIN devices d ON d.dev=m.dev "
-            "WHERE m.room=? AND m.until_seq IS NULL ORDER BY d.user_id, d.device_id",
-            (pk,),
-        )
-    )
-    token = conn.execute("SELECT token_hash IS NOT NULL FROM rooms WHERE room=?", (pk,)).fetchone()
-    return RoomState(room_id, epoch, last, members, bool(token[0]))
-
-
-def _r_rooms_of(conn: sqlite3.Connection, user: str, device: str, limit: int) -> list[RoomSummary]:
-    return [
-        RoomSummary(str(rid), int(epoch), int(last))
-        for rid, epoch, last in conn.execute(
-            "SELECT r.room_id, r.epoch, r.last_seq FROM devices d "
-            "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-            "WHERE d.user_id=? AND d.device_id=? AND m.until_seq IS NULL "
-            "ORDER BY r.room_id LIMIT ?",
-            (user, device, limit),
-        )
-    ]
-
-
-def _r_group_info(conn: sqlite3.Connection, h: bytes) -> tuple[str, int, bytes] | None:
-    room_id = _token_room(conn, h)
-    if room_id is None:
-        return None
-    row = conn.execute(
-        "SELECT epoch, group_info FROM rooms WHERE room_id=?", (room_id,)
-    ).fetchone()
-    return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
-
-
-def _r_member_group_info(
-    conn: sqlite3.Connection, room_id: str, user: str, device: str
-) -> tuple[int, bytes]:
-    pk, epoch, _, _, until = _membership(conn, room_id, user, device)
-    if until is not None:
-        raise _refuse("not_member", "this device was removed from the room")
-    row = conn.execute("SELECT group_info FROM rooms WHERE room=?", (pk,)).fetchone()
-    return epoch, b"" if row[0] is None else bytes(row[0])
-
-
-def _r_audit(
-    conn: sqlite3.Connection, room_id: str, user: str, device: str, after: int, limit: int
-) -> list[bytes]:
-    pk, _, _, _, until = _membership(conn, room_id, user, device)
-    if until is not None:
-        raise _refuse("not_member", "this device was removed from the room")
-    return [
-        bytes(e)
-        for (e,) in conn.execute(
-            "SELECT entry FROM room_audit WHERE room=? AND idx>? ORDER BY idx LIMIT ?",
-            (pk, after, limit),
-        )
-    ]

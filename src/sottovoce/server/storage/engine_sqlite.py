@@ -1,0 +1,81 @@
+"""The SQLite side of :mod:`.txn`: run an operation on a ``sqlite3`` connection.
+
+All an engine differs in, for the operations written once: ``?`` is already
+SQLite's placeholder; row-lock clauses are dropped and :attr:`Stmt.locking`
+statements skipped, because one writer thread runs every write transaction
+(``BEGIN IMMEDIATE`` in :mod:`.sqlite`), so nothing can interleave with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sottovoce.server.storage.txn import DevId, Lock, Stmt, Txn
+
+T = TypeVar("T")
+
+DevLookup = Callable[[sqlite3.Connection, str, str], "int | None"]
+
+#: Row-lock clauses as the operations spell them, longest first.
+_LOCK_CLAUSES = (" FOR UPDATE SKIP LOCKED", " FOR UPDATE")
+_SQL: dict[str, str] = {}
+#: What a skipped :attr:`Stmt.locking` statement answers, by kind.
+_SKIPPED: dict[str, Any] = {"one": None, "val": None, "all": [], "exec": 0, "many": None}
+
+
+def sqlite_sql(sql: str) -> str:
+    """``sql`` without row-lock clauses (cached: the texts are constants)."""
+    out = _SQL.get(sql)
+    if out is None:
+        out = sql
+        for clause in _LOCK_CLAUSES:
+            out = out.replace(clause, "")
+        _SQL[sql] = out
+    return out
+
+
+def lookup_dev(conn: sqlite3.Connection, user: str, device: str) -> int | None:
+    """A device's id without a cache (reader threads share none with the writer)."""
+    row = conn.execute(
+        "SELECT dev FROM devices WHERE user_id=? AND device_id=?", (user, device)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
+    if stmt.locking:
+        return _SKIPPED[stmt.kind]
+    sql = sqlite_sql(stmt.sql)
+    kind = stmt.kind
+    if kind == "many":
+        conn.executemany(sql, stmt.params)
+        return None
+    cur = conn.execute(sql, stmt.params)
+    if kind == "one":
+        return cur.fetchone()
+    if kind == "all":
+        return cur.fetchall()
+    if kind == "val":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return cur.rowcount
+
+
+def run(txn: Txn[T], conn: sqlite3.Connection, dev_of: DevLookup = lookup_dev) -> T:
+    """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any)."""
+    result: Any = None
+    try:
+        while True:
+            stmt = txn.send(result)
+            if type(stmt) is Stmt:
+                result = execute(conn, stmt)
+            elif type(stmt) is DevId:
+                result = dev_of(conn, stmt.user, stmt.device)
+            elif type(stmt) is Lock:
+                result = None
+            else:
+                raise TypeError(f"not a statement: {type(stmt).__name__}")
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

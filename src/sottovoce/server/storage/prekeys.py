@@ -1,0 +1,82 @@
+"""Olm prekeys, written once for every engine (:mod:`.txn`).
+
+A one-time prekey is handed out at most once: it is taken and deleted in one
+statement. Where several writers run (PostgreSQL), ``SKIP LOCKED`` lets
+concurrent claims take different keys; only when every key left is held by
+another claim does the claim wait for them, so the fallback key is handed out
+only when no one-time key remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sottovoce.server.storage.base import ClaimedPrekey, PrekeysFull, UnknownAccount
+from sottovoce.server.storage.txn import DevId, Lock, Txn, blob, execute, many, rows, val
+
+_COUNT = "SELECT count(*) FROM prekeys WHERE dev=?"
+_CLAIM = (
+    "DELETE FROM prekeys WHERE dev=? AND key_id = ("
+    "SELECT key_id FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1{}) RETURNING prekey"
+)
+_CLAIM_SKIP = _CLAIM.format(" FOR UPDATE SKIP LOCKED")
+_CLAIM_WAIT = _CLAIM.format(" FOR UPDATE")
+
+
+def store_prekeys(
+    user: str, device: str, one_time: Sequence[tuple[str, bytes]], fallback: bytes | None,
+    max_stored: int,
+) -> Txn[int]:
+    dev = yield DevId(user, device)
+    if dev is None:
+        raise UnknownAccount("no such device")
+    # Serialize uploads of one device (on any node) so the cap holds.
+    yield Lock("prekeys", dev)
+    have = int((yield val(_COUNT, dev)))
+    if have + len(one_time) > max_stored:
+        raise PrekeysFull("too many one-time keys stored")
+    yield many(
+        "INSERT INTO prekeys(dev, key_id, prekey) VALUES (?, ?, ?) "
+        "ON CONFLICT (dev, key_id) DO UPDATE SET prekey = excluded.prekey",
+        [(dev, kid, key) for kid, key in one_time],
+    )
+    if fallback is not None:
+        yield execute(
+            "INSERT INTO fallback_keys(dev, prekey) VALUES (?, ?) "
+            "ON CONFLICT (dev) DO UPDATE SET prekey = excluded.prekey",
+            dev, fallback,
+        )
+    return int((yield val(_COUNT, dev)))
+
+
+def count_prekeys(user: str, device: str) -> Txn[int]:
+    return int((yield val(
+        "SELECT count(*) FROM prekeys JOIN devices USING(dev) WHERE user_id=? AND device_id=?",
+        user, device,
+    )))
+
+
+def claim_prekeys(
+    user: str, exclude: tuple[str, str] | None, one_time: bool
+) -> Txn[list[ClaimedPrekey]]:
+    out: list[ClaimedPrekey] = []
+    devices = yield rows(
+        "SELECT dev, device_id, certificate FROM devices WHERE user_id=? "
+        "AND revoked_at IS NULL ORDER BY dev",
+        user,
+    )
+    for dev, device_id, cert in devices:
+        if exclude is not None and (user, device_id) == exclude:
+            continue
+        prekey = None
+        if one_time:
+            prekey = yield val(_CLAIM_SKIP, dev, dev)
+            if prekey is None:
+                prekey = yield val(_CLAIM_WAIT, dev, dev, locking=True)
+        if prekey is None:
+            prekey = yield val("SELECT prekey FROM fallback_keys WHERE dev=?", dev)
+            if prekey is None:
+                continue
+        remaining = int((yield val(_COUNT, dev)))
+        out.append(ClaimedPrekey(device_id, blob(cert), blob(prekey), remaining))
+    return out
