@@ -56,19 +56,13 @@ import asyncpg
 from sottovoce.errors import RemoteError, UsageError
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage import engine_postgres
 from sottovoce.server.storage.base import (
-    AccountRecord,
     AppendCallback,
-    ClaimedPrekey,
-    DeviceExists,
-    DeviceRecord,
-    PrekeysFull,
     SendOutcome,
     SendRequest,
-    Storage,
     StoredFrame,
     UnknownAccount,
-    UsernameTaken,
 )
 from sottovoce.server.storage.postgres_rooms import (
     JOIN_REQUESTS_MIGRATION,
@@ -76,6 +70,7 @@ from sottovoce.server.storage.postgres_rooms import (
     PostgresRooms,
 )
 from sottovoce.server.storage.quota import InboxFull, InboxLimits, Usage, refusal
+from sottovoce.server.storage.shared import Op, SharedStorage
 from sottovoce.server.storage.sqlite import BatchStats
 
 T = TypeVar("T")
@@ -396,15 +391,6 @@ _EXPIRE_RELEASE = _release_sql("received_at < $1")
 _POST_FIXED = len(',"serverReceivedAtMs":' + "0" * 13 + ',"idempotencyKey":"'
                   + '","ephemeral":false}') + 10
 
-_CLAIM = (
-    "DELETE FROM prekeys WHERE (dev, key_id) = ("
-    "  SELECT dev, key_id FROM prekeys WHERE dev=$1 ORDER BY key_id "
-    "  LIMIT 1 FOR UPDATE{}) RETURNING prekey"
-)
-_CLAIM_SKIP = _CLAIM.format(" SKIP LOCKED")
-_CLAIM_WAIT = _CLAIM.format("")
-
-
 class _IdempotencyRace(Exception):
     """A key of this batch is already stored (a retry, or another node won a race).
 
@@ -416,7 +402,7 @@ class _IdempotencyRace(Exception):
 _Pending = tuple[SendRequest, AppendCallback]
 
 
-class PostgresStorage(Storage, PostgresRooms):
+class PostgresStorage(SharedStorage, PostgresRooms):
     def __init__(
         self,
         dsn: str,
@@ -927,236 +913,30 @@ class PostgresStorage(Storage, PostgresRooms):
             dev = self._devs[(user, device)] = int(row)
         return dev
 
-    async def create_account(
-        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            status = await conn.execute(
-                "INSERT INTO accounts(user_id, account_key, created_at) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING",
-                user_id, account_key, now_ms,
-            )
-            if status.endswith(" 0"):
-                raise UsernameTaken("username is taken")
-            await conn.execute(
-                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
-                "VALUES ($1, $2, $3, $4)",
-                user_id, device_id, certificate, now_ms,
-            )
+    async def _write_op(
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
+    ) -> T:
+        async def run(conn: Any) -> T:
+            result = await engine_postgres.run(op(*args), conn, self._dev)
+            if after is not None:
+                after(result)
+            return result
 
-        await self._with(run)
+        # One statement needs no transaction of its own (two round trips fewer).
+        return await self._with(run, write=atomic)
 
-    async def add_device(
-        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            if await conn.fetchval(
-                "SELECT 1 FROM accounts WHERE user_id=$1 AND deleted_at IS NULL", user_id
-            ) is None:
-                raise UnknownAccount("no such account")
-            status = await conn.execute(
-                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                user_id, device_id, certificate, now_ms,
-            )
-            if status.endswith(" 0"):
-                raise DeviceExists("device id already registered")
+    async def _read_op(self, op: Op[T], *args: Any) -> T:
+        async def run(conn: Any) -> T:
+            return await engine_postgres.run(op(*args), conn, self._dev)
 
-        await self._with(run)
+        return await self._with(run, write=False)
 
-    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
-        async def run(conn: Any) -> None:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                raise UnknownAccount("no such device")
-            await conn.execute(
-                "UPDATE devices SET revoked_at=$1, push_endpoint=NULL "
-                "WHERE dev=$2 AND revoked_at IS NULL",
-                now_ms, dev,
-            )
-            await conn.execute("DELETE FROM prekeys WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM fallback_keys WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM inbox WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM inbox_usage WHERE dev=$1", dev)
+    def _forget_inboxes(self, devs: Sequence[int], *, correspondents: bool) -> None:
+        for dev in devs:
             self._usage.pop(dev, None)
-
-        await self._with(run)
-
-    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
-        async def run(conn: Any) -> tuple[str, ...]:
-            # Row lock on the account: a concurrent add_device (FK check) waits for us.
-            deleted = await conn.fetchrow(
-                "SELECT deleted_at FROM accounts WHERE user_id=$1 FOR UPDATE", user_id
-            )
-            if deleted is None or deleted[0] is not None:
-                raise UnknownAccount("no such account")
-            rows = await conn.fetch(
-                "SELECT dev, device_id, revoked_at FROM devices WHERE user_id=$1 ORDER BY dev "
-                "FOR UPDATE",
-                user_id,
-            )
-            # The row stays as a tombstone: the name is never handed out again (Storage docs).
-            await conn.execute(
-                "UPDATE accounts SET deleted_at=$1 WHERE user_id=$2", now_ms, user_id
-            )
-            await conn.execute(
-                "UPDATE devices SET revoked_at=coalesce(revoked_at, $1), push_endpoint=NULL "
-                "WHERE user_id=$2",
-                now_ms, user_id,
-            )
-            devs = [int(r[0]) for r in rows]
-            for table in ("prekeys", "fallback_keys", "inbox", "inbox_usage", "key_packages",
-                          "key_package_devices"):
-                await conn.execute(f"DELETE FROM {table} WHERE dev = ANY($1::bigint[])",  # noqa: S608
-                                   devs)
-            await conn.execute("DELETE FROM correspondents WHERE user_id=$1 OR peer=$1", user_id)
-            for dev in devs:
-                self._usage.pop(dev, None)
+        if correspondents:
             self._wrote.clear()
-            return tuple(str(r[1]) for r in rows if r[2] is None)
-
-        return await self._with(run)
-
-    async def get_account(self, user_id: str) -> AccountRecord | None:
-        async def run(conn: Any) -> AccountRecord | None:
-            found = await conn.fetchrow(
-                "SELECT account_key, deleted_at FROM accounts WHERE user_id=$1", user_id
-            )
-            if found is None:
-                return None
-            key = found[0]
-            rows = await conn.fetch(
-                "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
-                "WHERE user_id=$1 ORDER BY dev",
-                user_id,
-            )
-            return AccountRecord(
-                user_id=user_id,
-                account_key=bytes(key),
-                devices=tuple(
-                    DeviceRecord(device_id=r[0], certificate=bytes(r[1]),
-                                 revoked=r[2] is not None, push_endpoint=r[3])
-                    for r in rows
-                ),
-                deleted=found[1] is not None,
-            )
-
-        return await self._with(run, write=False)
-
-    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
-        async def run(conn: Any) -> None:
-            await conn.execute(
-                "UPDATE devices SET push_endpoint=$1 WHERE user_id=$2 AND device_id=$3",
-                endpoint, user_id, device_id,
-            )
-
-        await self._with(run, write=False)
-
-    async def store_prekeys(
-        self,
-        user_id: str,
-        device_id: str,
-        one_time: Sequence[tuple[str, bytes]],
-        fallback: bytes | None,
-        max_stored: int,
-    ) -> int:
-        keys = list(one_time)
-
-        async def run(conn: Any) -> int:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                raise UnknownAccount("no such device")
-            # Serialize uploads of one device (on any node) so the cap holds.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sottovoce.prekeys'), "
-                               "$1::int)", dev % 2_147_483_647)
-            have = int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
-            if have + len(keys) > max_stored:
-                raise PrekeysFull("too many one-time keys stored")
-            if keys:
-                await conn.execute(
-                    "INSERT INTO prekeys(dev, key_id, prekey) "
-                    "SELECT $1, k, p FROM unnest($2::text[], $3::bytea[]) AS u(k, p) "
-                    "ON CONFLICT (dev, key_id) DO UPDATE SET prekey = excluded.prekey",
-                    dev, [k for k, _ in keys], [p for _, p in keys],
-                )
-            if fallback is not None:
-                await conn.execute(
-                    "INSERT INTO fallback_keys(dev, prekey) VALUES ($1, $2) "
-                    "ON CONFLICT (dev) DO UPDATE SET prekey = excluded.prekey",
-                    dev, fallback,
-                )
-            return int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
-
-        return await self._with(run)
-
-    async def count_prekeys(self, user_id: str, device_id: str) -> int:
-        async def run(conn: Any) -> int:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM prekeys JOIN devices USING(dev) "
-                "WHERE user_id=$1 AND device_id=$2",
-                user_id, device_id,
-            ))
-
-        return await self._with(run, write=False)
-
-    async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
-    ) -> list[ClaimedPrekey]:
-        async def run(conn: Any) -> list[ClaimedPrekey]:
-            out: list[ClaimedPrekey] = []
-            devices = await conn.fetch(
-                "SELECT dev, device_id, certificate FROM devices WHERE user_id=$1 "
-                "AND revoked_at IS NULL ORDER BY dev",
-                user_id,
-            )
-            for dev, device_id, cert in devices:
-                if exclude_device is not None and (user_id, device_id) == exclude_device:
-                    continue
-                # Take-and-delete in one statement; SKIP LOCKED lets concurrent
-                # claims (any node) take different keys without waiting. Only if
-                # every key left is locked, wait for those claims to finish: the
-                # fallback is handed out only when no one-time key remains.
-                prekey = await conn.fetchval(_CLAIM_SKIP, dev) if one_time else None
-                if prekey is None and one_time:
-                    prekey = await conn.fetchval(_CLAIM_WAIT, dev)
-                if prekey is None:
-                    prekey = await conn.fetchval(
-                        "SELECT prekey FROM fallback_keys WHERE dev=$1", dev
-                    )
-                    if prekey is None:
-                        continue
-                remaining = int(await conn.fetchval(
-                    "SELECT count(*) FROM prekeys WHERE dev=$1", dev
-                ))
-                out.append(ClaimedPrekey(device_id, bytes(cert), bytes(prekey), remaining))
-            return out
-
-        return await self._with(run)
-
-    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
-        async def run(conn: Any) -> int:
-            row = await conn.fetchval(
-                "SELECT last_inbox_seq FROM devices WHERE user_id=$1 AND device_id=$2",
-                user_id, device_id,
-            )
-            return 0 if row is None else int(row)
-
-        return await self._with(run, write=False)
-
-    async def read_inbox(
-        self, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> list[tuple[int, str]]:
-        async def run(conn: Any) -> list[tuple[int, str]]:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                return []
-            rows = await conn.fetch(
-                "SELECT seq, envelope FROM inbox WHERE dev=$1 AND seq>$2 ORDER BY seq LIMIT $3",
-                dev, after_seq, limit,
-            )
-            return [(int(s), e) for s, e in rows]
-
-        return await self._with(run, write=False)
 
     async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
         async def run(conn: Any) -> int:

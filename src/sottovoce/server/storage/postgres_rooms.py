@@ -45,24 +45,21 @@ from sottovoce.limits import (
 from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage import engine_postgres
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
-    ClaimedKeyPackage,
     CommitOutcome,
     CommitRequest,
     Member,
     RoomCallback,
-    RoomFrames,
-    RoomPosition,
     RoomRefused,
     RoomSendRequest,
-    RoomState,
-    RoomStorage,
     RoomStored,
-    RoomSummary,
     room_envelope,
 )
+from sottovoce.server.storage.rooms import ZERO_HASH, pairs_json, refuse, token_room
+from sottovoce.server.storage.shared import SharedRooms
 
 T = TypeVar("T")
 
@@ -140,9 +137,6 @@ JOIN_REQUESTS_MIGRATION = """
     );
 """
 
-_ZERO_HASH = bytes(32)
-
-
 class _Room:
     """One room's row and current roster, read under its row lock in this transaction."""
 
@@ -165,19 +159,11 @@ class _Room:
         self.deliver = tuple(sorted(k for k, (_, rev) in members.items() if not rev))
 
 
-def _refuse(code: str, message: str, **details: Any) -> RoomRefused:
-    return RoomRefused(code, message, details=details or None)
-
-
-def _pairs_json(items: Sequence[Member]) -> str:
-    return json.dumps([{"userId": u, "deviceId": d} for u, d in items], separators=(",", ":"))
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class PostgresRooms(RoomStorage):
+class PostgresRooms(SharedRooms):
     """Room methods of :class:`PostgresStorage` (which provides the pool and device ids)."""
 
     if TYPE_CHECKING:
@@ -260,7 +246,7 @@ class PostgresRooms(RoomStorage):
             room_id,
         )
         if row is None:
-            raise _refuse("unknown_room", "no such room")
+            raise refuse("unknown_room", "no such room")
         pk = int(row[0])
         members = {
             (u, d): (int(dev), rev is not None)
@@ -292,7 +278,7 @@ class PostgresRooms(RoomStorage):
         if row is None:
             return None
         if row[0] != room_id:
-            raise _refuse("bad_request", "idempotencyKey was used for another conversation")
+            raise refuse("bad_request", "idempotencyKey was used for another conversation")
         return str(row[1]), int(row[2]), int(row[3])
 
     @staticmethod
@@ -320,7 +306,7 @@ class PostgresRooms(RoomStorage):
 
     @staticmethod
     def _audit_check(room: _Room, audit: AuditAppendage) -> None:
-        want = _ZERO_HASH if room.audit_head is None else room.audit_head
+        want = ZERO_HASH if room.audit_head is None else room.audit_head
         if audit.index != room.audit_count or not hmac.compare_digest(audit.prev_hash, want):
             raise RoomRefused(
                 "audit_conflict", "audit entry does not link to the stored chain head",
@@ -341,111 +327,9 @@ class PostgresRooms(RoomStorage):
     @staticmethod
     def _member_of(room: _Room, user: str, device: str) -> None:
         if (user, device) not in room.members:
-            raise _refuse("not_member", "this device is not a member of the room")
-
-    # --- KeyPackages -------------------------------------------------------------------------
-
-    async def store_key_packages(
-        self,
-        user_id: str,
-        device_id: str,
-        key_packages: Sequence[bytes],
-        last_resort: bytes | None,
-        max_stored: int,
-    ) -> int:
-        kps = list(key_packages)
-
-        async def run(conn: Any) -> int:
-            dev = await self._sender(conn, user_id, device_id)
-            # Serialize uploads of one device (on any node) so the cap holds.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sottovoce.kps'), $1::int)",
-                               dev % 2_147_483_647)
-            have = int(await conn.fetchval("SELECT count(*) FROM key_packages WHERE dev=$1", dev))
-            if have + len(kps) > max_stored:
-                raise _refuse("keypackages_full", f"at most {max_stored} KeyPackages per device")
-            if kps:
-                await conn.execute(
-                    "INSERT INTO key_packages(dev, key_package) "
-                    "SELECT $1, k FROM unnest($2::bytea[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-                    dev, kps,
-                )
-            if last_resort is not None:
-                await conn.execute(
-                    "INSERT INTO key_package_devices(dev, last_resort) VALUES ($1, $2) "
-                    "ON CONFLICT (dev) DO UPDATE SET last_resort = excluded.last_resort",
-                    dev, last_resort,
-                )
-            else:
-                await conn.execute(
-                    "INSERT INTO key_package_devices(dev) VALUES ($1) ON CONFLICT DO NOTHING", dev
-                )
-            return have + len(kps)
-
-        return await self._with(run)
-
-    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
-        async def run(conn: Any) -> int | None:
-            row = await conn.fetchrow(
-                "SELECT d.dev, (SELECT count(*) FROM key_packages k WHERE k.dev = d.dev) "
-                "FROM devices d JOIN key_package_devices kd ON kd.dev = d.dev "
-                "WHERE d.user_id=$1 AND d.device_id=$2",
-                user_id, device_id,
-            )
-            return None if row is None else int(row[1])
-
-        return await self._with(run, write=False)
-
-    async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
-    ) -> list[ClaimedKeyPackage]:
-        async def run(conn: Any) -> list[ClaimedKeyPackage]:
-            out: list[ClaimedKeyPackage] = []
-            devices = await conn.fetch(
-                "SELECT dev, device_id FROM devices WHERE user_id=$1 AND revoked_at IS NULL "
-                "ORDER BY dev",
-                user_id,
-            )
-            for dev, device_id in devices:
-                if exclude_device is not None and (user_id, device_id) == exclude_device:
-                    continue
-                # As for prekeys: skip keys other claims hold, wait only if none is free.
-                kp = await conn.fetchval(_KP_CLAIM_SKIP, dev) if one_time else None
-                if kp is None and one_time:
-                    kp = await conn.fetchval(_KP_CLAIM_WAIT, dev)
-                if kp is None:
-                    kp = await conn.fetchval(
-                        "SELECT last_resort FROM key_package_devices WHERE dev=$1", dev
-                    )
-                    if kp is None:
-                        continue
-                remaining = int(await conn.fetchval(
-                    "SELECT count(*) FROM key_packages WHERE dev=$1", dev
-                ))
-                out.append(ClaimedKeyPackage(device_id, bytes(kp), remaining))
-            return out
-
-        return await self._with(run)
+            raise refuse("not_member", "this device is not a member of the room")
 
     # --- rooms ---------------------------------------------------------------------------------
-
-    async def create_room(
-        self, room_id: str, user_id: str, device_id: str, group_info: bytes | None, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            dev = await self._sender(conn, user_id, device_id)
-            pk = await conn.fetchval(
-                "INSERT INTO rooms(room_id, epoch, last_seq, group_info, created_at) "
-                "VALUES ($1, 0, 0, $2, $3) ON CONFLICT (room_id) DO NOTHING RETURNING room",
-                room_id, group_info, now_ms,
-            )
-            if pk is None:
-                raise _refuse("room_exists", "a room with this id exists")
-            await conn.execute(
-                "INSERT INTO room_members(room, dev, joined_seq, read_seq) VALUES ($1, $2, 0, 0)",
-                pk, dev,
-            )
-
-        await self._with(run)
 
     def room_commit(self, req: CommitRequest, callback: RoomCallback) -> None:
         self._run_ordered([req.room_id], lambda conn: self._commit(conn, req), callback)
@@ -459,7 +343,7 @@ class PostgresRooms(RoomStorage):
                 "SELECT epoch FROM room_commits WHERE room=$1 AND seq=$2", room.pk, dup[1]
             )
             if epoch is None:
-                raise _refuse("bad_request", "idempotencyKey was used for a room message")
+                raise refuse("bad_request", "idempotencyKey was used for a room message")
             return CommitOutcome(
                 RoomStored(req.room_id, dup[0], req.idempotency_key, dup[1], dup[2], True, "", ()),
                 int(epoch) + 1,
@@ -469,16 +353,16 @@ class PostgresRooms(RoomStorage):
         external = me not in room.members
         if external:
             if req.token_hash is None:
-                raise _refuse("not_member", "this device is not a member of the room")
+                raise refuse("not_member", "this device is not a member of the room")
             if room.token_hash is None or not hmac.compare_digest(room.token_hash,
                                                                   req.token_hash):
-                raise _refuse("invalid_token", "the token does not open a room")
+                raise refuse("invalid_token", "the token does not open a room")
             if not req.external:
-                raise _refuse("invalid_commit", "a non-member joins by an external commit")
+                raise refuse("invalid_commit", "a non-member joins by an external commit")
             if req.adds != (me,) or req.removes:
-                raise _refuse("bad_request", "an external commit adds exactly its sender")
+                raise refuse("bad_request", "an external commit adds exactly its sender")
         elif req.external and (req.adds or req.removes):
-            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
+            raise refuse("bad_request", "a member's external commit (a resync) changes no member")
         if req.epoch != room.epoch:
             win = await conn.fetchval(
                 "SELECT seq FROM room_commits WHERE room=$1 AND epoch=$2", room.pk, req.epoch
@@ -496,29 +380,29 @@ class PostgresRooms(RoomStorage):
         if req.external and req.checked_epoch != room.epoch:
             # Nothing unchecked is stored: the handler checks every external commit
             # against the GroupInfo of the epoch it names (the MLS public view).
-            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
+            raise refuse("invalid_commit", "the external commit was not checked for this epoch")
         added: list[tuple[Member, int]] = []
         for key in req.adds:
             if key in room.members and not external:
-                raise _refuse("bad_request", "'adds' names a current member")
+                raise refuse("bad_request", "'adds' names a current member")
             dev = await self._dev(conn, *key)
             revoked = None if dev is None else await conn.fetchval(
                 "SELECT revoked_at FROM devices WHERE dev=$1", dev
             )
             if dev is None or revoked is not None:
-                raise _refuse("bad_request", "'adds' names an unknown or revoked device")
+                raise refuse("bad_request", "'adds' names an unknown or revoked device")
             added.append((key, dev))
         for key in req.removes:
             if key not in room.members:
-                raise _refuse("bad_request", "'removes' names a device that is not a member")
+                raise refuse("bad_request", "'removes' names a device that is not a member")
         if len(room.members) + len(req.adds) - len(req.removes) > MAX_ROOM_MEMBERS:
-            raise _refuse("bad_request", f"a room has at most {MAX_ROOM_MEMBERS} member devices")
+            raise refuse("bad_request", f"a room has at most {MAX_ROOM_MEMBERS} member devices")
         if req.audit is not None:
             self._audit_check(room, req.audit)
         # --- writes start here; nothing below raises a domain error ---
         received = self._received()
         before = room.deliver
-        extra = ',"adds":' + _pairs_json(req.adds) + ',"removes":' + _pairs_json(req.removes)
+        extra = ',"adds":' + pairs_json(req.adds) + ',"removes":' + pairs_json(req.removes)
         seq, env = await self._store_message(conn, room, received, lambda s: room_envelope(
             room_id=req.room_id, message_id=req.message_id, user=req.user, device=req.device,
             ciphertext_b64=req.commit_b64, content_type="system",
@@ -645,13 +529,12 @@ class PostgresRooms(RoomStorage):
         async def start() -> None:
             # The room is known only from the token: find it, then queue behind its jobs.
             try:
-                room_id = await self._with(lambda conn: _token_room(conn, token_hash),
-                                           write=False)
+                room_id = await self._read_op(token_room, token_hash)
             except RemoteError as exc:
                 callback(None, exc)
                 return
             if room_id is None:
-                callback(None, _refuse("invalid_token", "the token does not open a room"))
+                callback(None, refuse("invalid_token", "the token does not open a room"))
                 return
             self._run_ordered([room_id], lambda conn: self._join_request(
                 conn, token_hash, user_id, device_id, key_package_b64), callback)
@@ -664,14 +547,14 @@ class PostgresRooms(RoomStorage):
         self, conn: Any, h: bytes, user: str, device: str, kp_b64: str
     ) -> RoomStored:
         dev = await self._sender(conn, user, device)
-        room_id = await _token_room(conn, h)
+        room_id = await engine_postgres.run(token_room(h), conn)
         if room_id is None:
-            raise _refuse("invalid_token", "the token does not open a room")
+            raise refuse("invalid_token", "the token does not open a room")
         room = await self._lock_room(conn, room_id)
         if room.token_hash is None or not hmac.compare_digest(room.token_hash, h):
-            raise _refuse("invalid_token", "the token does not open a room")  # changed meanwhile
+            raise refuse("invalid_token", "the token does not open a room")  # changed meanwhile
         if (user, device) in room.members:
-            raise _refuse("bad_request", "this device is a member of the room")
+            raise refuse("bad_request", "this device is a member of the room")
         # The room row is locked: counting and inserting cannot race another request.
         now = self._received()
         await conn.execute(
@@ -681,7 +564,7 @@ class PostgresRooms(RoomStorage):
         if await conn.fetchval(
             "SELECT 1 FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
         ):
-            raise _refuse("join_request_pending", "this device's join request is still pending")
+            raise refuse("join_request_pending", "this device's join request is still pending")
         pending = await conn.fetchval(
             "SELECT count(*) FROM room_join_requests WHERE room=$1", room.pk
         )
@@ -740,7 +623,7 @@ class PostgresRooms(RoomStorage):
                 room.pk, dev,
             )
             if row is None:
-                raise _refuse("not_member", "this device is not a member of the room")
+                raise refuse("not_member", "this device is not a member of the room")
             read, until = int(row[0]), row[1]
             new = min(up_to_seq, room.last_seq if until is None else int(until))
             if until is not None and new >= int(until):
@@ -782,7 +665,7 @@ class PostgresRooms(RoomStorage):
             if token_hash is not None and await conn.fetchval(
                 "SELECT 1 FROM rooms WHERE token_hash=$1 AND room<>$2", token_hash, room.pk
             ):
-                raise _refuse("bad_request", "this token is in use; make a new one")
+                raise refuse("bad_request", "this token is in use; make a new one")
             if audit is not None:
                 self._audit_check(room, audit)
             await conn.execute("UPDATE rooms SET token_hash=$1 WHERE room=$2", token_hash,
@@ -804,139 +687,6 @@ class PostgresRooms(RoomStorage):
 
         return await self._with(run)
 
-    # --- reads ---------------------------------------------------------------------------------
-
-    async def room_read(
-        self, room_id: str, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> RoomFrames:
-        async def run(conn: Any) -> RoomFrames:
-            pk, epoch, last, joined, until = await _membership(conn, room_id, user_id, device_id)
-            # Nothing from before the device joined; a removed device up to its removal.
-            frames = await _messages(conn, pk, max(after_seq, joined), until, limit)
-            return RoomFrames(frames, epoch, last)
-
-        return await self._with(run, write=False)
-
-    async def room_positions(self, user_id: str, device_id: str) -> list[RoomPosition]:
-        async def run(conn: Any) -> list[RoomPosition]:
-            return [
-                RoomPosition(str(rid), int(read), None if until is None else int(until))
-                for rid, read, until in await conn.fetch(
-                    "SELECT r.room_id, m.read_seq, m.until_seq FROM devices d "
-                    "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-                    "WHERE d.user_id=$1 AND d.device_id=$2 AND d.revoked_at IS NULL "
-                    "ORDER BY r.room",
-                    user_id, device_id,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-    async def room_replay(
-        self, room_id: str, after_seq: int, until_seq: int | None, limit: int
-    ) -> list[tuple[int, str]]:
-        async def run(conn: Any) -> list[tuple[int, str]]:
-            pk = await conn.fetchval("SELECT room FROM rooms WHERE room_id=$1", room_id)
-            if pk is None:
-                return []
-            return await _messages(conn, int(pk), after_seq, until_seq, limit)
-
-        return await self._with(run, write=False)
-
-    async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState:
-        async def run(conn: Any) -> RoomState:
-            pk, epoch, last, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            members = tuple(
-                (str(u), str(d))
-                for u, d in await conn.fetch(
-                    "SELECT d.user_id, d.device_id FROM room_members m "
-                    "JOIN devices d ON d.dev=m.dev WHERE m.room=$1 AND m.until_seq IS NULL "
-                    "ORDER BY d.user_id, d.device_id",
-                    pk,
-                )
-            )
-            token = await conn.fetchval(
-                "SELECT token_hash IS NOT NULL FROM rooms WHERE room=$1", pk
-            )
-            return RoomState(room_id, epoch, last, members, bool(token))
-
-        return await self._with(run, write=False)
-
-    async def rooms_of(self, user_id: str, device_id: str, limit: int) -> list[RoomSummary]:
-        async def run(conn: Any) -> list[RoomSummary]:
-            return [
-                RoomSummary(str(rid), int(epoch), int(last))
-                for rid, epoch, last in await conn.fetch(
-                    "SELECT r.room_id, r.epoch, r.last_seq FROM devices d "
-                    "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-                    "WHERE d.user_id=$1 AND d.device_id=$2 AND m.until_seq IS NULL "
-                    "ORDER BY r.room_id LIMIT $3",
-                    user_id, device_id, limit,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-    async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
-        async def run(conn: Any) -> tuple[str, int, bytes] | None:
-            room_id = await _token_room(conn, token_hash)
-            if room_id is None:
-                return None
-            row = await conn.fetchrow(
-                "SELECT epoch, group_info FROM rooms WHERE room_id=$1", room_id
-            )
-            return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
-
-        return await self._with(run, write=False)
-
-    async def room_group_info(
-        self, room_id: str, user_id: str, device_id: str
-    ) -> tuple[int, bytes]:
-        async def run(conn: Any) -> tuple[int, bytes]:
-            pk, epoch, _, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            info = await conn.fetchval("SELECT group_info FROM rooms WHERE room=$1", pk)
-            return epoch, b"" if info is None else bytes(info)
-
-        return await self._with(run, write=False)
-
-    async def audit_get(
-        self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
-    ) -> list[bytes]:
-        async def run(conn: Any) -> list[bytes]:
-            pk, _, _, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            return [
-                bytes(e)
-                for (e,) in await conn.fetch(
-                    "SELECT entry FROM room_audit WHERE room=$1 AND idx>$2 ORDER BY idx LIMIT $3",
-                    pk, after_index, limit,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-
-_KP_CLAIM = (
-    "DELETE FROM key_packages WHERE id = ("
-    "  SELECT id FROM key_packages WHERE dev=$1 ORDER BY id LIMIT 1 FOR UPDATE{}"
-    ") RETURNING key_package"
-)
-_KP_CLAIM_SKIP = _KP_CLAIM.format(" SKIP LOCKED")
-_KP_CLAIM_WAIT = _KP_CLAIM.format("")
-
-
-async def _token_room(conn: Any, h: bytes) -> str | None:
-    row = await conn.fetchrow("SELECT room_id, token_hash FROM rooms WHERE token_hash=$1", h)
-    # The index finds the row; the comparison that decides is constant-time.
-    if row is None or not hmac.compare_digest(bytes(row[1]), h):
-        return None
-    return str(row[0])
-
 
 async def _device_rooms(conn: Any, user: str, device: str) -> list[str]:
     return [
@@ -945,39 +695,5 @@ async def _device_rooms(conn: Any, user: str, device: str) -> list[str]:
             "JOIN rooms r ON r.room=m.room "
             "WHERE d.user_id=$1 AND d.device_id=$2 AND m.until_seq IS NULL ORDER BY r.room_id",
             user, device,
-        )
-    ]
-
-
-async def _membership(
-    conn: Any, room_id: str, user: str, device: str
-) -> tuple[int, int, int, int, int | None]:
-    """(room pk, epoch, last_seq, joined_seq, until_seq) or RoomRefused."""
-    room = await conn.fetchrow(
-        "SELECT room, epoch, last_seq FROM rooms WHERE room_id=$1", room_id
-    )
-    if room is None:
-        raise _refuse("unknown_room", "no such room")
-    row = await conn.fetchrow(
-        "SELECT m.joined_seq, m.until_seq FROM room_members m JOIN devices d ON d.dev=m.dev "
-        "WHERE m.room=$1 AND d.user_id=$2 AND d.device_id=$3",
-        room[0], user, device,
-    )
-    if row is None:
-        raise _refuse("not_member", "this device is not a member of the room")
-    until = None if row[1] is None else int(row[1])
-    return int(room[0]), int(room[1]), int(room[2]), int(row[0]), until
-
-
-async def _messages(
-    conn: Any, pk: int, after: int, until: int | None, limit: int
-) -> list[tuple[int, str]]:
-    top = (1 << 62) if until is None else until
-    return [
-        (int(seq), env)
-        for seq, env in await conn.fetch(
-            "SELECT seq, envelope FROM room_messages WHERE room=$1 AND seq>$2 AND seq<=$3 "
-            "ORDER BY seq LIMIT $4",
-            pk, after, top, limit,
         )
     ]

@@ -27,7 +27,6 @@ from sottovoce.server.storage.roombase import (
 from sottovoce.server.storage.txn import Txn
 
 T = TypeVar("T")
-R = TypeVar("R")
 Op = Callable[..., Txn[T]]
 
 
@@ -36,10 +35,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def _write_op(
-        self, op: Op[T], *args: Any, after: Callable[[T], R] | None = None
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
     ) -> T:
         """Run ``op(*args)`` in a write transaction; ``after(result)`` runs in it too, where
-        the engine's writer-side caches may be touched (before any later write)."""
+        the engine's writer-side caches may be touched (before any later write).
+        ``atomic=False``: the operation is one statement, atomic by itself."""
 
     @abc.abstractmethod
     async def _read_op(self, op: Op[T], *args: Any) -> T: ...
@@ -82,7 +83,9 @@ class SharedStorage(Storage, Engine):
         return await self._read_op(accounts.get_account, user_id)
 
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
-        await self._write_op(accounts.set_push_endpoint, user_id, device_id, endpoint)
+        await self._write_op(
+            accounts.set_push_endpoint, user_id, device_id, endpoint, atomic=False
+        )
 
     async def store_prekeys(
         self,

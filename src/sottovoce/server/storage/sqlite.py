@@ -861,8 +861,10 @@ class SqliteStorage(SharedStorage, SqliteRooms):
     # --- operations written once (storage/shared.py) ------------------------------------
 
     async def _write_op(
-        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
     ) -> T:
+        # Every write job runs inside the writer's batch transaction: ``atomic`` is moot.
         return await self._write(self._w_op, op, args, after)
 
     def _w_op(
