@@ -256,6 +256,25 @@ async def test_removed_device_reads_up_to_its_removal_then_is_forgotten(
     assert await st.room_positions("carol", "d1") == []
 
 
+async def test_rooms_of_lists_a_device_s_current_rooms_by_id(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    other = "room:" + "cd" * 16
+    await st.create_room(other, "carol", "d1", None, 0)
+    with pytest.raises(RoomRefused) as exc:
+        await st.create_room(other, "alice", "d1", None, 0)
+    assert exc.value.code == "room_exists"
+    summaries = await st.rooms_of("carol", "d1", 10)
+    assert [(r.room_id, r.epoch, r.latest_seq) for r in summaries] == [(ROOM, 1, 1), (other, 0, 0)]
+    assert [r.room_id for r in await st.rooms_of("carol", "d1", 1)] == [ROOM]
+    assert [r.room_id for r in await st.rooms_of("alice", "d1", 10)] == [ROOM]
+    # A removed device no longer lists the room.
+    await _cb(st.room_commit, _commit("alice", 1, "rm", removes=(("carol", "d1"),)))
+    assert [r.room_id for r in await st.rooms_of("carol", "d1", 10)] == [other]
+
+
 async def test_audit_chain_only_grows_by_a_linked_entry(room_storage: SqliteStorage) -> None:
     st = room_storage
     await st.create_room(ROOM, "alice", "d1", None, 0)
