@@ -10,14 +10,35 @@ Each statement is one round trip, as the hand-written code had.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sottovoce.server.storage.txn import DevId, Lock, Stmt, Txn
+from sottovoce.server.storage.rooms import RoomView
+from sottovoce.server.storage.txn import (
+    DevId,
+    InboxSeqs,
+    Lock,
+    Received,
+    RoomAdvanced,
+    RoomForUpdate,
+    Stmt,
+    Txn,
+)
 
 T = TypeVar("T")
 
-DevLookup = Callable[[Any, str, str], Awaitable["int | None"]]
+
+class Node(Protocol):
+    """What this node keeps (device ids) and how it takes its counters (row locks)."""
+
+    async def _dev(self, conn: Any, user: str, device: str) -> int | None: ...
+
+    async def _room_for_update(self, conn: Any, room_id: str) -> RoomView: ...
+
+    async def _room_advanced(self, conn: Any, room: RoomView) -> None: ...
+
+    def _received(self) -> int: ...
+
+    async def _inbox_seqs(self, conn: Any, devs: tuple[int, ...]) -> list[int]: ...
 
 _SQL: dict[str, str] = {}
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('sottovoce.' || $1::text), $2::int)"
@@ -65,7 +86,7 @@ async def execute(conn: Any, stmt: Stmt) -> Any:
     return _count(await conn.execute(sql, *stmt.params))
 
 
-async def run(txn: Txn[T], conn: Any, dev_of: DevLookup = lookup_dev) -> T:
+async def run(txn: Txn[T], conn: Any, node: Node | None = None) -> T:
     """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any)."""
     result: Any = None
     try:
@@ -74,10 +95,22 @@ async def run(txn: Txn[T], conn: Any, dev_of: DevLookup = lookup_dev) -> T:
             if type(stmt) is Stmt:
                 result = await execute(conn, stmt)
             elif type(stmt) is DevId:
-                result = await dev_of(conn, stmt.user, stmt.device)
+                result = await (lookup_dev(conn, stmt.user, stmt.device) if node is None
+                                else node._dev(conn, stmt.user, stmt.device))
             elif type(stmt) is Lock:
                 await conn.execute(_LOCK, stmt.name, stmt.key % _INT4)
                 result = None
+            elif node is None:
+                raise TypeError(f"{type(stmt).__name__} needs the node's state")
+            elif type(stmt) is RoomForUpdate:
+                result = await node._room_for_update(conn, stmt.room_id)
+            elif type(stmt) is RoomAdvanced:
+                await node._room_advanced(conn, stmt.room)
+                result = None
+            elif type(stmt) is Received:
+                result = node._received()
+            elif type(stmt) is InboxSeqs:
+                result = await node._inbox_seqs(conn, stmt.devs)
             else:
                 raise TypeError(f"not a statement: {type(stmt).__name__}")
     except StopIteration as stop:

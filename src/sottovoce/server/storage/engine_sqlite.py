@@ -9,14 +9,35 @@ statements skipped, because one writer thread runs every write transaction
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sottovoce.server.storage.txn import DevId, Lock, Stmt, Txn
+from sottovoce.server.storage.rooms import RoomView
+from sottovoce.server.storage.txn import (
+    DevId,
+    InboxSeqs,
+    Lock,
+    Received,
+    RoomAdvanced,
+    RoomForUpdate,
+    Stmt,
+    Txn,
+)
 
 T = TypeVar("T")
 
-DevLookup = Callable[[sqlite3.Connection, str, str], "int | None"]
+
+class Writer(Protocol):
+    """What the writer thread keeps in memory, as its only writer (see :mod:`.sqlite`)."""
+
+    def _dev(self, conn: sqlite3.Connection, user: str, device: str) -> int | None: ...
+
+    def _room_for_update(self, conn: sqlite3.Connection, room_id: str) -> RoomView: ...
+
+    def _room_advanced(self, room: RoomView) -> None: ...
+
+    def _received(self) -> int: ...
+
+    def _inbox_seqs(self, conn: sqlite3.Connection, devs: tuple[int, ...]) -> list[int]: ...
 
 #: Row-lock clauses as the operations spell them, longest first.
 _LOCK_CLAUSES = (" FOR UPDATE SKIP LOCKED", " FOR UPDATE")
@@ -63,8 +84,9 @@ def execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     return cur.rowcount
 
 
-def run(txn: Txn[T], conn: sqlite3.Connection, dev_of: DevLookup = lookup_dev) -> T:
-    """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any)."""
+def run(txn: Txn[T], conn: sqlite3.Connection, writer: Writer | None = None) -> T:
+    """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any);
+    ``writer``: on the writer thread (reads have none, and cannot write rooms)."""
     result: Any = None
     try:
         while True:
@@ -72,9 +94,21 @@ def run(txn: Txn[T], conn: sqlite3.Connection, dev_of: DevLookup = lookup_dev) -
             if type(stmt) is Stmt:
                 result = execute(conn, stmt)
             elif type(stmt) is DevId:
-                result = dev_of(conn, stmt.user, stmt.device)
+                result = (lookup_dev(conn, stmt.user, stmt.device) if writer is None
+                          else writer._dev(conn, stmt.user, stmt.device))
             elif type(stmt) is Lock:
                 result = None
+            elif writer is None:
+                raise TypeError(f"{type(stmt).__name__} outside the writer")
+            elif type(stmt) is RoomForUpdate:
+                result = writer._room_for_update(conn, stmt.room_id)
+            elif type(stmt) is RoomAdvanced:
+                writer._room_advanced(stmt.room)
+                result = None
+            elif type(stmt) is Received:
+                result = writer._received()
+            elif type(stmt) is InboxSeqs:
+                result = writer._inbox_seqs(conn, stmt.devs)
             else:
                 raise TypeError(f"not a statement: {type(stmt).__name__}")
     except StopIteration as stop:

@@ -918,7 +918,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
         atomic: bool = True,
     ) -> T:
         async def run(conn: Any) -> T:
-            result = await engine_postgres.run(op(*args), conn, self._dev)
+            result = await engine_postgres.run(op(*args), conn, self)
             if after is not None:
                 after(result)
             return result
@@ -928,7 +928,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
 
     async def _read_op(self, op: Op[T], *args: Any) -> T:
         async def run(conn: Any) -> T:
-            return await engine_postgres.run(op(*args), conn, self._dev)
+            return await engine_postgres.run(op(*args), conn, self)
 
         return await self._with(run, write=False)
 

@@ -30,6 +30,53 @@ ZERO_HASH = bytes(32)
 _NO_TOP = 1 << 62
 
 
+class RoomView:
+    """One room as a write transaction sees it: its row and current roster. The writes of
+    :mod:`.room_writes` keep it up to date, so an engine may cache it across transactions
+    (the SQLite writer does, as the room's only writer)."""
+
+    __slots__ = ("audit_count", "audit_head", "deliver", "epoch", "last_seq", "members", "pk",
+                 "room_id", "token_hash")
+
+    def __init__(self, pk: int, room_id: str, epoch: int, last_seq: int,
+                 token_hash: bytes | None, audit_count: int, audit_head: bytes | None,
+                 members: dict[Member, tuple[int, bool]]) -> None:
+        self.pk = pk
+        self.room_id = room_id
+        self.epoch = epoch
+        self.last_seq = last_seq
+        self.token_hash = token_hash
+        self.audit_count = audit_count
+        self.audit_head = audit_head
+        #: Current member devices -> (dev, revoked).
+        self.members = members
+        self.deliver: tuple[Member, ...] = ()
+        self.recompute()
+
+    def recompute(self) -> None:
+        # Revoked devices stay MLS members until a commit removes them, but get nothing.
+        self.deliver = tuple(sorted(k for k, (_, rev) in self.members.items() if not rev))
+
+
+#: The row of a room as :func:`room_view` reads it (engines add their lock or cache).
+ROOM_ROW = ("SELECT room, epoch, last_seq, token_hash, audit_count, audit_head FROM rooms "
+            "WHERE room_id=?")
+ROOM_MEMBERS = (
+    "SELECT d.user_id, d.device_id, m.dev, d.revoked_at FROM room_members m "
+    "JOIN devices d ON d.dev=m.dev WHERE m.room=? AND m.until_seq IS NULL"
+)
+
+
+def room_view(room_id: str, row: Any, members: Any) -> RoomView:
+    """A :class:`RoomView` from a :data:`ROOM_ROW` row and its :data:`ROOM_MEMBERS` rows."""
+    return RoomView(
+        int(row[0]), room_id, int(row[1]), int(row[2]),
+        None if row[3] is None else blob(row[3]), int(row[4]),
+        None if row[5] is None else blob(row[5]),
+        {(str(u), str(d)): (int(dev), rev is not None) for u, d, dev, rev in members},
+    )
+
+
 def refuse(code: str, message: str, **details: Any) -> RoomRefused:
     return RoomRefused(code, message, details=details or None)
 

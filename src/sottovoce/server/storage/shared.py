@@ -13,13 +13,17 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, rooms
+from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
 from sottovoce.server.storage.base import AccountRecord, ClaimedPrekey, Storage
 from sottovoce.server.storage.roombase import (
+    AuditAppendage,
     ClaimedKeyPackage,
+    CommitRequest,
     Member,
+    RoomCallback,
     RoomFrames,
     RoomPosition,
+    RoomSendRequest,
     RoomState,
     RoomStorage,
     RoomSummary,
@@ -44,6 +48,14 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def _read_op(self, op: Op[T], *args: Any) -> T: ...
+
+    @abc.abstractmethod
+    def _submit_op(
+        self, op: Op[Any], args: tuple[Any, ...], callback: RoomCallback,
+        rooms: Callable[[], Txn[list[str]]] | list[str],
+    ) -> None:
+        """Run ``op(*args)`` in a write transaction after the jobs queued before it for the
+        same ``rooms`` (or the rooms that op finds), then ``callback(result, error)``."""
 
 
 class SharedStorage(Storage, Engine):
@@ -117,7 +129,7 @@ class SharedStorage(Storage, Engine):
 
 
 class SharedRooms(RoomStorage, Engine):
-    """KeyPackages, room creation and room reads of :class:`RoomStorage`."""
+    """:class:`RoomStorage`: KeyPackages, rooms, their messages and reads."""
 
     async def store_key_packages(
         self,
@@ -179,3 +191,41 @@ class SharedRooms(RoomStorage, Engine):
     ) -> list[bytes]:
         return await self._read_op(rooms.audit_get, room_id, user_id, device_id, after_index,
                                    limit)
+
+    def room_commit(self, req: CommitRequest, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.commit, (req,), callback, [req.room_id])
+
+    def room_send(self, req: RoomSendRequest, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.send, (req,), callback, [req.room_id])
+
+    def room_join_request(
+        self, token_hash: bytes, user_id: str, device_id: str, key_package_b64: str,
+        callback: RoomCallback,
+    ) -> None:
+        self._submit_op(
+            room_writes.join_request, (token_hash, user_id, device_id, key_package_b64),
+            callback, lambda: room_writes.token_rooms(token_hash),
+        )
+
+    def room_device_revoked(self, user_id: str, device_id: str, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.device_revoked, (user_id, device_id), callback,
+                        lambda: room_writes.device_rooms(user_id, device_id))
+
+    async def room_ack(self, room_id: str, user_id: str, device_id: str, up_to_seq: int) -> int:
+        return await self._write_op(room_writes.ack, room_id, user_id, device_id, up_to_seq)
+
+    async def set_room_token(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        token_hash: bytes | None,
+        audit: AuditAppendage | None,
+    ) -> None:
+        await self._write_op(room_writes.set_token, room_id, user_id, device_id, token_hash,
+                             audit)
+
+    async def audit_append(
+        self, room_id: str, user_id: str, device_id: str, audit: AuditAppendage
+    ) -> int:
+        return await self._write_op(room_writes.audit_append, room_id, user_id, device_id, audit)

@@ -872,7 +872,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         after: Callable[[T], Any] | None,
     ) -> T:
         # A fresh generator per run: a failed batch runs its jobs again one by one.
-        result = engine_sqlite.run(op(*args), conn, self._dev)
+        result = engine_sqlite.run(op(*args), conn, self)
         if after is not None:
             after(result)
         return result

@@ -53,7 +53,33 @@ class Lock(NamedTuple):
     key: int
 
 
-Statement = Stmt | DevId | Lock
+class RoomForUpdate(NamedTuple):
+    """The room (a :class:`~.rooms.RoomView`) for a transaction that may change it; raises
+    ``unknown_room``. PostgreSQL locks its row until the end of the transaction; the SQLite
+    writer, its only writer, hands out its cached view (forgotten on rollback)."""
+
+    room_id: str
+
+
+class RoomAdvanced(NamedTuple):
+    """The view's ``last_seq`` moved on: store it (at once, or with the writer's batch)."""
+
+    room: Any
+
+
+class Received(NamedTuple):
+    """The server time for rows stored now: never less than any stored before, since
+    expiry deletes a prefix in received order."""
+
+
+class InboxSeqs(NamedTuple):
+    """The next globalInboxSeq of each device in ``devs`` (one per entry, in order; a device
+    may repeat), taken from its counter as 1:1 sends take them."""
+
+    devs: tuple[int, ...]
+
+
+Statement = Stmt | DevId | Lock | RoomForUpdate | RoomAdvanced | Received | InboxSeqs
 Txn = Generator[Statement, Any, T]
 
 
