@@ -2,8 +2,8 @@
 
 What differs from SQLite, for the operations written once: ``?`` becomes
 ``$1, $2, …`` (rewritten once per statement text, cached); row-lock clauses and
-:attr:`Stmt.locking` statements run, since several writers (this node's pool,
-other nodes) share the database; a :class:`Lock` is a transaction-scoped
+:attr:`~.txn.Stmt.locking` statements run, since several writers (this node's pool,
+other nodes) share the database; a :class:`~.txn.Lock` is a transaction-scoped
 advisory lock; a command's row count is parsed from its status line.
 Each statement is one round trip, as the hand-written code had.
 """
@@ -12,17 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
+from sottovoce.server.storage import txn
 from sottovoce.server.storage.rooms import RoomView
-from sottovoce.server.storage.txn import (
-    DevId,
-    InboxSeqs,
-    Lock,
-    Received,
-    RoomAdvanced,
-    RoomForUpdate,
-    Stmt,
-    Txn,
-)
 
 T = TypeVar("T")
 
@@ -70,7 +61,7 @@ def _count(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-async def execute(conn: Any, stmt: Stmt) -> Any:
+async def execute(conn: Any, stmt: txn.Stmt) -> Any:
     sql = postgres_sql(stmt.sql)
     kind = stmt.kind
     if kind == "one":
@@ -86,30 +77,30 @@ async def execute(conn: Any, stmt: Stmt) -> Any:
     return _count(await conn.execute(sql, *stmt.params))
 
 
-async def run(txn: Txn[T], conn: Any, node: Node | None = None) -> T:
-    """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any)."""
+async def run(transaction: txn.Txn[T], conn: Any, node: Node | None = None) -> T:
+    """Drive ``transaction`` to its end on ``conn`` (inside the caller's transaction, if any)."""
     result: Any = None
     try:
         while True:
-            stmt = txn.send(result)
-            if type(stmt) is Stmt:
+            stmt = transaction.send(result)
+            if type(stmt) is txn.Stmt:
                 result = await execute(conn, stmt)
-            elif type(stmt) is DevId:
+            elif type(stmt) is txn.DevId:
                 result = await (lookup_dev(conn, stmt.user, stmt.device) if node is None
                                 else node._dev(conn, stmt.user, stmt.device))
-            elif type(stmt) is Lock:
+            elif type(stmt) is txn.Lock:
                 await conn.execute(_LOCK, stmt.name, stmt.key % _INT4)
                 result = None
             elif node is None:
                 raise TypeError(f"{type(stmt).__name__} needs the node's state")
-            elif type(stmt) is RoomForUpdate:
+            elif type(stmt) is txn.RoomForUpdate:
                 result = await node._room_for_update(conn, stmt.room_id)
-            elif type(stmt) is RoomAdvanced:
+            elif type(stmt) is txn.RoomAdvanced:
                 await node._room_advanced(conn, stmt.room)
                 result = None
-            elif type(stmt) is Received:
+            elif type(stmt) is txn.Received:
                 result = node._received()
-            elif type(stmt) is InboxSeqs:
+            elif type(stmt) is txn.InboxSeqs:
                 result = await node._inbox_seqs(conn, stmt.devs)
             else:
                 raise TypeError(f"not a statement: {type(stmt).__name__}")

@@ -1,7 +1,7 @@
 """The SQLite side of :mod:`.txn`: run an operation on a ``sqlite3`` connection.
 
 All an engine differs in, for the operations written once: ``?`` is already
-SQLite's placeholder; row-lock clauses are dropped and :attr:`Stmt.locking`
+SQLite's placeholder; row-lock clauses are dropped and :attr:`~.txn.Stmt.locking`
 statements skipped, because one writer thread runs every write transaction
 (``BEGIN IMMEDIATE`` in :mod:`.sqlite`), so nothing can interleave with it.
 """
@@ -11,17 +11,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol, TypeVar
 
+from sottovoce.server.storage import txn
 from sottovoce.server.storage.rooms import RoomView
-from sottovoce.server.storage.txn import (
-    DevId,
-    InboxSeqs,
-    Lock,
-    Received,
-    RoomAdvanced,
-    RoomForUpdate,
-    Stmt,
-    Txn,
-)
 
 T = TypeVar("T")
 
@@ -42,7 +33,7 @@ class Writer(Protocol):
 #: Row-lock clauses as the operations spell them, longest first.
 _LOCK_CLAUSES = (" FOR UPDATE SKIP LOCKED", " FOR UPDATE")
 _SQL: dict[str, str] = {}
-#: What a skipped :attr:`Stmt.locking` statement answers, by kind.
+#: What a skipped :attr:`~.txn.Stmt.locking` statement answers, by kind.
 _SKIPPED: dict[str, Any] = {"one": None, "val": None, "all": [], "exec": 0, "many": None}
 
 
@@ -65,7 +56,7 @@ def lookup_dev(conn: sqlite3.Connection, user: str, device: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
+def execute(conn: sqlite3.Connection, stmt: txn.Stmt) -> Any:
     if stmt.locking:
         return _SKIPPED[stmt.kind]
     sql = sqlite_sql(stmt.sql)
@@ -84,30 +75,30 @@ def execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     return cur.rowcount
 
 
-def run(txn: Txn[T], conn: sqlite3.Connection, writer: Writer | None = None) -> T:
-    """Drive ``txn`` to its end on ``conn`` (inside the caller's transaction, if any);
+def run(transaction: txn.Txn[T], conn: sqlite3.Connection, writer: Writer | None = None) -> T:
+    """Drive ``transaction`` to its end on ``conn`` (inside the caller's transaction, if any);
     ``writer``: on the writer thread (reads have none, and cannot write rooms)."""
     result: Any = None
     try:
         while True:
-            stmt = txn.send(result)
-            if type(stmt) is Stmt:
+            stmt = transaction.send(result)
+            if type(stmt) is txn.Stmt:
                 result = execute(conn, stmt)
-            elif type(stmt) is DevId:
+            elif type(stmt) is txn.DevId:
                 result = (lookup_dev(conn, stmt.user, stmt.device) if writer is None
                           else writer._dev(conn, stmt.user, stmt.device))
-            elif type(stmt) is Lock:
+            elif type(stmt) is txn.Lock:
                 result = None
             elif writer is None:
                 raise TypeError(f"{type(stmt).__name__} outside the writer")
-            elif type(stmt) is RoomForUpdate:
+            elif type(stmt) is txn.RoomForUpdate:
                 result = writer._room_for_update(conn, stmt.room_id)
-            elif type(stmt) is RoomAdvanced:
+            elif type(stmt) is txn.RoomAdvanced:
                 writer._room_advanced(stmt.room)
                 result = None
-            elif type(stmt) is Received:
+            elif type(stmt) is txn.Received:
                 result = writer._received()
-            elif type(stmt) is InboxSeqs:
+            elif type(stmt) is txn.InboxSeqs:
                 result = writer._inbox_seqs(conn, stmt.devs)
             else:
                 raise TypeError(f"not a statement: {type(stmt).__name__}")

@@ -9,17 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sottovoce.server.storage.base import UnknownAccount
+from sottovoce.server.storage.prekeys import take_one
 from sottovoce.server.storage.roombase import ClaimedKeyPackage, Member
 from sottovoce.server.storage.rooms import refuse
-from sottovoce.server.storage.txn import DevId, Lock, Txn, blob, execute, many, one, rows, val
+from sottovoce.server.storage.txn import DevId, Lock, Txn, execute, many, one, rows, val
 
 _COUNT = "SELECT count(*) FROM key_packages WHERE dev=?"
 _CLAIM = (
-    "DELETE FROM key_packages WHERE id = ("
+    "DELETE FROM key_packages WHERE dev=? AND id = ("
     "SELECT id FROM key_packages WHERE dev=? ORDER BY id LIMIT 1{}) RETURNING key_package"
 )
-_CLAIM_SKIP = _CLAIM.format(" FOR UPDATE SKIP LOCKED")
-_CLAIM_WAIT = _CLAIM.format(" FOR UPDATE")
 
 
 def store_key_packages(
@@ -70,16 +69,11 @@ def claim_key_packages(
     for dev, device_id in devices:
         if exclude is not None and (user, device_id) == exclude:
             continue
-        kp = None
-        if one_time:
-            # As for prekeys: skip keys other claims hold, wait only if none is free.
-            kp = yield val(_CLAIM_SKIP, dev)
-            if kp is None:
-                kp = yield val(_CLAIM_WAIT, dev, locking=True)
+        kp = yield from take_one(
+            _CLAIM, "SELECT last_resort FROM key_package_devices WHERE dev=?", dev, one_time
+        )
         if kp is None:
-            kp = yield val("SELECT last_resort FROM key_package_devices WHERE dev=?", dev)
-            if kp is None:
-                continue
+            continue
         remaining = int((yield val(_COUNT, dev)))
-        out.append(ClaimedKeyPackage(device_id, blob(kp), remaining))
+        out.append(ClaimedKeyPackage(device_id, kp, remaining))
     return out

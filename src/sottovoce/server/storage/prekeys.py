@@ -1,10 +1,10 @@
 """Olm prekeys, written once for every engine (:mod:`.txn`).
 
 A one-time prekey is handed out at most once: it is taken and deleted in one
-statement. Where several writers run (PostgreSQL), ``SKIP LOCKED`` lets
-concurrent claims take different keys; only when every key left is held by
-another claim does the claim wait for them, so the fallback key is handed out
-only when no one-time key remains.
+statement (:func:`take_one`, which KeyPackages use too). Where several writers
+run (PostgreSQL), ``SKIP LOCKED`` lets concurrent claims take different keys;
+only when every key left is held by another claim does the claim wait for them,
+so the fallback key is handed out only when no one-time key remains.
 """
 
 from __future__ import annotations
@@ -15,12 +15,27 @@ from sottovoce.server.storage.base import ClaimedPrekey, PrekeysFull, UnknownAcc
 from sottovoce.server.storage.txn import DevId, Lock, Txn, blob, execute, many, rows, val
 
 _COUNT = "SELECT count(*) FROM prekeys WHERE dev=?"
+#: Take-and-delete the first one-time key; ``{}``: the row-lock clause.
 _CLAIM = (
     "DELETE FROM prekeys WHERE dev=? AND key_id = ("
     "SELECT key_id FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1{}) RETURNING prekey"
 )
-_CLAIM_SKIP = _CLAIM.format(" FOR UPDATE SKIP LOCKED")
-_CLAIM_WAIT = _CLAIM.format(" FOR UPDATE")
+
+
+def take_one(claim: str, fallback: str, dev: int, one_time: bool) -> Txn[bytes | None]:
+    """A device's next one-time key (deleted as it is taken), else its fallback (kept), else
+    None. ``claim`` has ``{}`` where its subquery's row-lock clause goes and two ``?`` for
+    ``dev``; ``fallback`` one. ``one_time=False``: the fallback only (a limited requester)."""
+    key = None
+    if one_time:
+        # SKIP LOCKED lets concurrent claims (any node) take different keys without
+        # waiting; only if every key left is locked, wait for those claims to finish.
+        key = yield val(claim.format(" FOR UPDATE SKIP LOCKED"), dev, dev)
+        if key is None:
+            key = yield val(claim.format(" FOR UPDATE"), dev, dev, locking=True)
+    if key is None:
+        key = yield val(fallback, dev)
+    return None if key is None else blob(key)
 
 
 def store_prekeys(
@@ -68,15 +83,11 @@ def claim_prekeys(
     for dev, device_id, cert in devices:
         if exclude is not None and (user, device_id) == exclude:
             continue
-        prekey = None
-        if one_time:
-            prekey = yield val(_CLAIM_SKIP, dev, dev)
-            if prekey is None:
-                prekey = yield val(_CLAIM_WAIT, dev, dev, locking=True)
+        prekey = yield from take_one(
+            _CLAIM, "SELECT prekey FROM fallback_keys WHERE dev=?", dev, one_time
+        )
         if prekey is None:
-            prekey = yield val("SELECT prekey FROM fallback_keys WHERE dev=?", dev)
-            if prekey is None:
-                continue
+            continue
         remaining = int((yield val(_COUNT, dev)))
-        out.append(ClaimedPrekey(device_id, blob(cert), blob(prekey), remaining))
+        out.append(ClaimedPrekey(device_id, blob(cert), prekey, remaining))
     return out
