@@ -84,12 +84,13 @@ IDEMPOTENCY_SQLSTATE = "SV001"
 # conversations' counter rows in the order given, then the devices' rows sorted
 # (FOR UPDATE under ORDER BY locks in that order). Sequences: a counter advanced
 # by n for this batch hands out last-n+1 … last, in the ranks the caller gave.
-_APPEND_FUNCTION = """
+# The two released versions share their start; each one's text is as released.
+_APPEND_HEAD = """
     CREATE FUNCTION sv_append_batch(
         conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
         s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
         i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
-        i_pre text[], i_post text[], received bigint,
+        i_pre text[], i_post text[], received bigint,{args}
         OUT conv_last bigint[], OUT dev_last bigint[]
     ) LANGUAGE plpgsql AS $fn$
     DECLARE
@@ -119,7 +120,8 @@ _APPEND_FUNCTION = """
         IF n <> coalesce(cardinality(s_dev), 0) THEN
             RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
         END IF;
-        INSERT INTO inbox(dev, seq, received_at, envelope)
+"""
+_APPEND_FUNCTION = _APPEND_HEAD.format(args="") + """        INSERT INTO inbox(dev, seq, received_at, envelope)
         SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
                u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
         FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
@@ -133,43 +135,10 @@ _APPEND_FUNCTION = """
 # inserted (exact byte lengths), and the senders are recorded as having written to
 # the recipients. Usage rows of a device are only written under its counter row
 # lock (or by single-statement deletes), so these upserts cannot deadlock.
-_APPEND_FUNCTION_V4 = """
-    CREATE FUNCTION sv_append_batch(
-        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
-        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
-        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
-        i_pre text[], i_post text[], received bigint, i_sender bigint[],
-        w_user text[], w_peer text[],
-        OUT conv_last bigint[], OUT dev_last bigint[]
-    ) LANGUAGE plpgsql AS $fn$
-    DECLARE
-        n bigint;
-    BEGIN
-        WITH up AS (
-            INSERT INTO conversations AS c(conversation_id, last_seq)
-            SELECT * FROM unnest(conv_ids, conv_counts)
-            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
-            RETURNING c.conversation_id, c.last_seq
-        )
-        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
-        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
-        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
-        WITH up AS (
-            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
-            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
-            RETURNING d.dev, d.last_inbox_seq
-        )
-        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
-        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
-                          received_at)
-        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
-        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> coalesce(cardinality(s_dev), 0) THEN
-            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
-        END IF;
-        WITH ins AS (
+_APPEND_FUNCTION_V4 = _APPEND_HEAD.format(
+    args=""" i_sender bigint[],
+        w_user text[], w_peer text[],"""
+) + """        WITH ins AS (
             INSERT INTO inbox(dev, seq, received_at, envelope, sender)
             SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
                    u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post,
