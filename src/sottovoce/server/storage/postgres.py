@@ -121,24 +121,25 @@ _APPEND_HEAD = """
             RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
         END IF;
 """
-_APPEND_FUNCTION = _APPEND_HEAD.format(args="") + """        INSERT INTO inbox(dev, seq, received_at, envelope)
+_APPEND_FUNCTION = _APPEND_HEAD.format(args="") + """\
+        INSERT INTO inbox(dev, seq, received_at, envelope)
         SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
                u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
         FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
              AS u(dv, di, r, ci, sr, pre, post);
     END
     $fn$;
-"""
+"""  # noqa: S608 -- constants only
 
 # v4's sv_append_batch: as above, and each inbox row also names its sending device;
 # then what waits per (recipient device, sending account) grows by the rows just
 # inserted (exact byte lengths), and the senders are recorded as having written to
 # the recipients. Usage rows of a device are only written under its counter row
 # lock (or by single-statement deletes), so these upserts cannot deadlock.
-_APPEND_FUNCTION_V4 = _APPEND_HEAD.format(
-    args=""" i_sender bigint[],
+_V4_ARGS = """ i_sender bigint[],
         w_user text[], w_peer text[],"""
-) + """        WITH ins AS (
+_APPEND_FUNCTION_V4 = _APPEND_HEAD.format(args=_V4_ARGS) + """\
+        WITH ins AS (
             INSERT INTO inbox(dev, seq, received_at, envelope, sender)
             SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
                    u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post,
@@ -158,7 +159,7 @@ _APPEND_FUNCTION_V4 = _APPEND_HEAD.format(
         ON CONFLICT DO NOTHING;
     END
     $fn$;
-"""
+"""  # noqa: S608 -- constants only
 
 # Each entry upgrades the schema by one version; applied in order at start-up.
 # Never edit a released entry: append a new one (docs/operations.md).
