@@ -39,7 +39,7 @@ from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.storage import engine_postgres
 from sottovoce.server.storage.roombase import RoomCallback
-from sottovoce.server.storage.rooms import ROOM_MEMBERS, ROOM_ROW, RoomView, refuse, room_view
+from sottovoce.server.storage.rooms import RoomView, load_room
 from sottovoce.server.storage.shared import Op, SharedRooms
 from sottovoce.server.storage.txn import Txn
 
@@ -122,10 +122,6 @@ JOIN_REQUESTS_MIGRATION = """
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-_ROOM_FOR_UPDATE = engine_postgres.postgres_sql(ROOM_ROW + " FOR UPDATE")
-_ROOM_MEMBERS = engine_postgres.postgres_sql(ROOM_MEMBERS)
 
 
 class PostgresRooms(SharedRooms):
@@ -232,10 +228,7 @@ class PostgresRooms(SharedRooms):
         return received
 
     async def _room_for_update(self, conn: Any, room_id: str) -> RoomView:
-        row = await conn.fetchrow(_ROOM_FOR_UPDATE, room_id)
-        if row is None:
-            raise refuse("unknown_room", "no such room")
-        return room_view(room_id, row, await conn.fetch(_ROOM_MEMBERS, row[0]))
+        return await engine_postgres.run(load_room(room_id), conn)
 
     async def _room_advanced(self, conn: Any, room: RoomView) -> None:
         await conn.execute("UPDATE rooms SET last_seq=$1 WHERE room=$2", room.last_seq, room.pk)

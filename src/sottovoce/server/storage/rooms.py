@@ -58,17 +58,21 @@ class RoomView:
         self.deliver = tuple(sorted(k for k, (_, rev) in self.members.items() if not rev))
 
 
-#: The row of a room as :func:`room_view` reads it (engines add their lock or cache).
-ROOM_ROW = ("SELECT room, epoch, last_seq, token_hash, audit_count, audit_head FROM rooms "
-            "WHERE room_id=?")
-ROOM_MEMBERS = (
-    "SELECT d.user_id, d.device_id, m.dev, d.revoked_at FROM room_members m "
-    "JOIN devices d ON d.dev=m.dev WHERE m.room=? AND m.until_seq IS NULL"
-)
-
-
-def room_view(room_id: str, row: Any, members: Any) -> RoomView:
-    """A :class:`RoomView` from a :data:`ROOM_ROW` row and its :data:`ROOM_MEMBERS` rows."""
+def load_room(room_id: str) -> Txn[RoomView]:
+    """The room with its current roster, its row locked where writers run concurrently
+    (``unknown_room`` if there is none)."""
+    row = yield one(
+        "SELECT room, epoch, last_seq, token_hash, audit_count, audit_head FROM rooms "
+        "WHERE room_id=? FOR UPDATE",
+        room_id,
+    )
+    if row is None:
+        raise refuse("unknown_room", "no such room")
+    members = yield rows(
+        "SELECT d.user_id, d.device_id, m.dev, d.revoked_at FROM room_members m "
+        "JOIN devices d ON d.dev=m.dev WHERE m.room=? AND m.until_seq IS NULL",
+        row[0],
+    )
     return RoomView(
         int(row[0]), room_id, int(row[1]), int(row[2]),
         None if row[3] is None else blob(row[3]), int(row[4]),

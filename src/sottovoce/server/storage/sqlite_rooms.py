@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sottovoce.server.storage import engine_sqlite
 from sottovoce.server.storage.roombase import RoomCallback
-from sottovoce.server.storage.rooms import ROOM_MEMBERS, ROOM_ROW, RoomView, refuse, room_view
+from sottovoce.server.storage.rooms import RoomView, load_room
 from sottovoce.server.storage.shared import Op, SharedRooms
 from sottovoce.server.storage.txn import Txn
 
@@ -156,11 +157,7 @@ class SqliteRooms(SharedRooms):
     def _room_for_update(self, conn: sqlite3.Connection, room_id: str) -> RoomView:
         room = self._rooms.get(room_id)
         if room is None:
-            row = conn.execute(ROOM_ROW, (room_id,)).fetchone()
-            if row is None:
-                raise refuse("unknown_room", "no such room")
-            room = room_view(room_id, row, conn.execute(ROOM_MEMBERS, (int(row[0]),)))
-            self._rooms[room_id] = room
+            room = self._rooms[room_id] = engine_sqlite.run(load_room(room_id), conn)
         return room
 
     def _room_advanced(self, room: RoomView) -> None:
