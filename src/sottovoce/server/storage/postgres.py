@@ -64,193 +64,20 @@ from sottovoce.server.storage.base import (
     StoredFrame,
     UnknownAccount,
 )
-from sottovoce.server.storage.postgres_rooms import (
-    JOIN_REQUESTS_MIGRATION,
-    ROOMS_MIGRATION,
-    PostgresRooms,
-)
+from sottovoce.server.storage.postgres_rooms import PostgresRooms
 from sottovoce.server.storage.quota import InboxFull, InboxLimits, Usage, refusal
+from sottovoce.server.storage.schema import POSTGRES_MIGRATIONS
 from sottovoce.server.storage.shared import Op, SharedStorage
 from sottovoce.server.storage.sqlite import BatchStats
 
 T = TypeVar("T")
 
 #: SQLSTATE raised by sv_append_batch when a key of the batch is already stored
-#: (written out in the function below as well).
+#: (written out in the function's text in storage/schema.py as well).
 IDEMPOTENCY_SQLSTATE = "SV001"
 
-# One group commit's writes in one statement (one round trip instead of six: on a
-# busy event loop each round trip waits for a loop turn). Lock order: the
-# conversations' counter rows in the order given, then the devices' rows sorted
-# (FOR UPDATE under ORDER BY locks in that order). Sequences: a counter advanced
-# by n for this batch hands out last-n+1 … last, in the ranks the caller gave.
-# The two released versions share their start; each one's text is as released.
-_APPEND_HEAD = """
-    CREATE FUNCTION sv_append_batch(
-        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
-        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
-        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
-        i_pre text[], i_post text[], received bigint,{args}
-        OUT conv_last bigint[], OUT dev_last bigint[]
-    ) LANGUAGE plpgsql AS $fn$
-    DECLARE
-        n bigint;
-    BEGIN
-        WITH up AS (
-            INSERT INTO conversations AS c(conversation_id, last_seq)
-            SELECT * FROM unnest(conv_ids, conv_counts)
-            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
-            RETURNING c.conversation_id, c.last_seq
-        )
-        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
-        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
-        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
-        WITH up AS (
-            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
-            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
-            RETURNING d.dev, d.last_inbox_seq
-        )
-        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
-        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
-                          received_at)
-        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
-        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> coalesce(cardinality(s_dev), 0) THEN
-            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
-        END IF;
-"""
-_APPEND_FUNCTION = _APPEND_HEAD.format(args="") + """\
-        INSERT INTO inbox(dev, seq, received_at, envelope)
-        SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
-               u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
-        FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
-             AS u(dv, di, r, ci, sr, pre, post);
-    END
-    $fn$;
-"""  # noqa: S608 -- constants only
-
-# v4's sv_append_batch: as above, and each inbox row also names its sending device;
-# then what waits per (recipient device, sending account) grows by the rows just
-# inserted (exact byte lengths), and the senders are recorded as having written to
-# the recipients. Usage rows of a device are only written under its counter row
-# lock (or by single-statement deletes), so these upserts cannot deadlock.
-_V4_ARGS = """ i_sender bigint[],
-        w_user text[], w_peer text[],"""
-_APPEND_FUNCTION_V4 = _APPEND_HEAD.format(args=_V4_ARGS) + """\
-        WITH ins AS (
-            INSERT INTO inbox(dev, seq, received_at, envelope, sender)
-            SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
-                   u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post,
-                   u.sd
-            FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender)
-                 AS u(dv, di, r, ci, sr, pre, post, sd)
-            RETURNING inbox.dev, inbox.sender, octet_length(inbox.envelope) AS size
-        )
-        INSERT INTO inbox_usage AS q(dev, sender, messages, bytes)
-        SELECT ins.dev, d.user_id, count(*), sum(ins.size)
-        FROM ins JOIN devices d ON d.dev = ins.sender
-        GROUP BY ins.dev, d.user_id ORDER BY 1, 2
-        ON CONFLICT (dev, sender) DO UPDATE
-            SET messages = q.messages + excluded.messages, bytes = q.bytes + excluded.bytes;
-        INSERT INTO correspondents(user_id, peer)
-        SELECT * FROM unnest(w_user, w_peer) AS w(u, p) ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-    END
-    $fn$;
-"""  # noqa: S608 -- constants only
-
-# Each entry upgrades the schema by one version; applied in order at start-up.
-# Never edit a released entry: append a new one (docs/operations.md).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE accounts(
-        user_id text PRIMARY KEY,
-        account_key bytea NOT NULL,
-        created_at bigint NOT NULL
-    );
-    CREATE TABLE devices(
-        dev bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_id text NOT NULL REFERENCES accounts(user_id),
-        device_id text NOT NULL,
-        certificate bytea NOT NULL,
-        revoked_at bigint,
-        push_endpoint text,
-        -- The device's globalInboxSeq counter; its row lock orders inbox commits.
-        last_inbox_seq bigint NOT NULL DEFAULT 0,
-        created_at bigint NOT NULL,
-        UNIQUE(user_id, device_id)
-    );
-    CREATE TABLE prekeys(
-        dev bigint NOT NULL,
-        key_id text NOT NULL,
-        prekey bytea NOT NULL,
-        PRIMARY KEY(dev, key_id)
-    );
-    CREATE TABLE fallback_keys(
-        dev bigint PRIMARY KEY,
-        prekey bytea NOT NULL
-    );
-    -- The serverSeq counter per conversation; its row lock serializes writers.
-    CREATE TABLE conversations(
-        conversation_id text PRIMARY KEY,
-        last_seq bigint NOT NULL
-    );
-    -- Idempotency: (sender device, key) -> the original ack.
-    CREATE TABLE sends(
-        sender_dev bigint NOT NULL,
-        idem_key text NOT NULL,
-        conversation_id text NOT NULL,
-        message_id text NOT NULL,
-        server_seq bigint NOT NULL,
-        received_at bigint NOT NULL,
-        PRIMARY KEY(sender_dev, idem_key)
-    );
-    -- One row per recipient device (docs/architecture.md). received_at grows with insertion
-    -- order, so a BRIN index finds the expired prefix at almost no write cost.
-    CREATE TABLE inbox(
-        dev bigint NOT NULL,
-        seq bigint NOT NULL,
-        received_at bigint NOT NULL,
-        envelope text NOT NULL,
-        PRIMARY KEY(dev, seq)
-    );
-    -- Ciphertext does not compress: do not spend CPU trying.
-    ALTER TABLE inbox ALTER COLUMN envelope SET STORAGE EXTERNAL;
-    CREATE INDEX inbox_received ON inbox USING brin(received_at);
-    CREATE INDEX sends_received ON sends USING brin(received_at);
-    """ + _APPEND_FUNCTION,
-    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/postgres_rooms.py)
-    # v3: account deletion. A deleted account keeps its row as a tombstone
-    # (deleted_at set), so its username can never be registered again.
-    """
-    ALTER TABLE accounts ADD COLUMN deleted_at bigint;
-    """,
-    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/postgres_rooms.py)
-    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
-    # (0: unknown, as for rows stored before); per recipient device, what waits from
-    # each sending account; which accounts have written to which. sv_append_batch
-    # also keeps those two up to date.
-    """
-    ALTER TABLE inbox ADD COLUMN sender bigint NOT NULL DEFAULT 0;
-    CREATE TABLE inbox_usage(
-        dev bigint NOT NULL,
-        sender text NOT NULL,
-        messages bigint NOT NULL,
-        bytes bigint NOT NULL,
-        PRIMARY KEY(dev, sender)
-    );
-    INSERT INTO inbox_usage(dev, sender, messages, bytes)
-        SELECT dev, '', count(*), sum(octet_length(envelope)) FROM inbox GROUP BY dev;
-    CREATE TABLE correspondents(
-        user_id text NOT NULL,
-        peer text NOT NULL,
-        PRIMARY KEY(user_id, peer)
-    );
-    DROP FUNCTION sv_append_batch;
-    """ + _APPEND_FUNCTION_V4,  # noqa: S608 -- constants only
-)
+#: Each entry upgrades the schema by one version (storage/schema.py); applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = POSTGRES_MIGRATIONS
 SCHEMA_VERSION = len(MIGRATIONS)
 #: A recipient device's cached inbox usage is read again after this long (other nodes
 #: store and delete frames too): quotas hold within what a second of sends can add.

@@ -57,99 +57,14 @@ from sottovoce.server.storage.quota import (
     Usage,
     refusal,
 )
+from sottovoce.server.storage.schema import SQLITE_MIGRATIONS
 from sottovoce.server.storage.shared import Op, SharedStorage
-from sottovoce.server.storage.sqlite_rooms import (
-    JOIN_REQUESTS_MIGRATION,
-    ROOMS_MIGRATION,
-    SqliteRooms,
-)
+from sottovoce.server.storage.sqlite_rooms import SqliteRooms
 
 T = TypeVar("T")
 
-# Each entry upgrades the schema by one version; applied in order at start-up.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE accounts(
-        user_id TEXT PRIMARY KEY,
-        account_key BLOB NOT NULL,
-        created_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE devices(
-        dev INTEGER PRIMARY KEY,
-        user_id TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        certificate BLOB NOT NULL,
-        revoked_at INTEGER,
-        push_endpoint TEXT,
-        last_inbox_seq INTEGER NOT NULL DEFAULT 0,
-        created_at INTEGER NOT NULL,
-        UNIQUE(user_id, device_id)
-    );
-    CREATE TABLE prekeys(
-        dev INTEGER NOT NULL,
-        key_id TEXT NOT NULL,
-        prekey BLOB NOT NULL,
-        PRIMARY KEY(dev, key_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE fallback_keys(
-        dev INTEGER PRIMARY KEY,
-        prekey BLOB NOT NULL
-    );
-    CREATE TABLE conversations(
-        conversation_id TEXT PRIMARY KEY,
-        last_seq INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    -- Idempotency: (sender device, key) -> the original ack. Rowid order is
-    -- arrival order, which expiry relies on.
-    CREATE TABLE sends(
-        id INTEGER PRIMARY KEY,
-        sender_dev INTEGER NOT NULL,
-        idem_key TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        server_seq INTEGER NOT NULL,
-        received_at INTEGER NOT NULL
-    );
-    CREATE UNIQUE INDEX sends_idem ON sends(sender_dev, idem_key);
-    -- One row per recipient device (docs/architecture.md): an append-only table with a
-    -- narrow index writes fastest, and rowid order is arrival order.
-    CREATE TABLE inbox(
-        id INTEGER PRIMARY KEY,
-        dev INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        received_at INTEGER NOT NULL,
-        envelope TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX inbox_dev_seq ON inbox(dev, seq);
-    """,
-    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/sqlite_rooms.py)
-    # v3: account deletion. A deleted account keeps its row as a tombstone
-    # (deleted_at set), so its username can never be registered again.
-    """
-    ALTER TABLE accounts ADD COLUMN deleted_at INTEGER
-    """,
-    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/sqlite_rooms.py)
-    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
-    # (0: unknown, as for rows stored before); per recipient device, what waits
-    # from each sending account; which accounts have written to which.
-    """
-    ALTER TABLE inbox ADD COLUMN sender INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE inbox_usage(
-        dev INTEGER NOT NULL,
-        sender TEXT NOT NULL,
-        messages INTEGER NOT NULL,
-        bytes INTEGER NOT NULL,
-        PRIMARY KEY(dev, sender)
-    ) WITHOUT ROWID;
-    INSERT INTO inbox_usage(dev, sender, messages, bytes)
-        SELECT dev, '', count(*), sum(length(envelope)) FROM inbox GROUP BY dev;
-    CREATE TABLE correspondents(
-        user_id TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        PRIMARY KEY(user_id, peer)
-    ) WITHOUT ROWID
-    """,
-)
+#: Each entry upgrades the schema by one version (storage/schema.py); applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = SQLITE_MIGRATIONS
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.
 CHECKPOINT_INTERVAL_S = 0.5
