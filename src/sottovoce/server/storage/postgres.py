@@ -67,8 +67,7 @@ from sottovoce.server.storage.base import (
 from sottovoce.server.storage.postgres_rooms import PostgresRooms
 from sottovoce.server.storage.quota import InboxFull, InboxLimits, Usage, refusal
 from sottovoce.server.storage.schema import POSTGRES_MIGRATIONS
-from sottovoce.server.storage.shared import Op, SharedStorage
-from sottovoce.server.storage.sqlite import BatchStats
+from sottovoce.server.storage.shared import BatchStats, Op, SharedStorage
 
 T = TypeVar("T")
 
@@ -328,14 +327,8 @@ class PostgresStorage(SharedStorage, PostgresRooms):
                 t0 = time.perf_counter()
                 results = await self._run_batch(batch)
                 elapsed = time.perf_counter() - t0
-                st = self.stats
-                st.commits += 1
-                st.jobs += len(batch)
-                st.commit_seconds += elapsed
-                st.last_batch = len(batch)
                 try:  # a metrics or callback bug must not stop the writer
-                    for obs in st.observers:
-                        obs(len(batch), elapsed)
+                    self.stats.record(len(batch), elapsed)
                 except Exception as exc:
                     self._log.error("storage.observer_failed", error=type(exc).__name__)
                 for (_, callback), (outcome, error) in zip(batch, results, strict=True):

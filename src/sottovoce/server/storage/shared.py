@@ -34,6 +34,28 @@ T = TypeVar("T")
 Op = Callable[..., Txn[T]]
 
 
+class BatchStats:
+    """Group-commit counters the app exports as metrics (read on the loop, written by the
+    engine's writer)."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.jobs = 0
+        self.commit_seconds = 0.0
+        self.last_batch = 0
+        self.truncations = 0
+        self.observers: list[Callable[[int, float], None]] = []
+
+    def record(self, jobs: int, seconds: float) -> None:
+        """One commit of ``jobs`` jobs took ``seconds``; the observers hear of it."""
+        self.commits += 1
+        self.jobs += jobs
+        self.commit_seconds += seconds
+        self.last_batch = jobs
+        for observe in self.observers:
+            observe(jobs, seconds)
+
+
 class Engine(abc.ABC):
     """Where operations run: the engine's write transaction, or a read."""
 

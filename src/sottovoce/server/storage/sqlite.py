@@ -58,10 +58,12 @@ from sottovoce.server.storage.quota import (
     refusal,
 )
 from sottovoce.server.storage.schema import SQLITE_MIGRATIONS
-from sottovoce.server.storage.shared import Op, SharedStorage
+from sottovoce.server.storage.shared import BatchStats, Op, SharedStorage
 from sottovoce.server.storage.sqlite_rooms import SqliteRooms
 
 T = TypeVar("T")
+
+__all__ = ["BatchStats", "SqliteStorage", "migrate"]  # BatchStats: the app imports it here
 
 #: Each entry upgrades the schema by one version (storage/schema.py); applied in order at start-up.
 MIGRATIONS: tuple[str, ...] = SQLITE_MIGRATIONS
@@ -150,18 +152,6 @@ class _Job:
 
 
 _STOP = object()
-
-
-class BatchStats:
-    """Counters the app exports as metrics (read on the loop, written by the writer)."""
-
-    def __init__(self) -> None:
-        self.commits = 0
-        self.jobs = 0
-        self.commit_seconds = 0.0
-        self.last_batch = 0
-        self.truncations = 0
-        self.observers: list[Callable[[int, float], None]] = []
 
 
 class SqliteStorage(SharedStorage, SqliteRooms):
@@ -302,13 +292,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             t0 = time.perf_counter()
             results = self._run_batch(conn, batch)
             elapsed = time.perf_counter() - t0
-            st = self.stats
-            st.commits += 1
-            st.jobs += len(batch)
-            st.commit_seconds += elapsed
-            st.last_batch = len(batch)
-            for obs in st.observers:
-                obs(len(batch), elapsed)
+            self.stats.record(len(batch), elapsed)
             if self._loop is not None and not self._loop.is_closed():
                 try:
                     self._loop.call_soon_threadsafe(_resolve, results)
