@@ -515,12 +515,6 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             usage.dirty.add(account)
             self._dirty_usage.add(int(dev))
 
-    def _forget_usage(self, conn: sqlite3.Connection, dev: int) -> None:
-        """Every inbox row of ``dev`` is gone (revoked, account deleted)."""
-        self._usage.pop(dev, None)
-        self._dirty_usage.discard(dev)
-        conn.execute("DELETE FROM inbox_usage WHERE dev=?", (dev,))
-
     # --- delivery (writer side) ------------------------------------------------------
 
     def append(self, req: SendRequest, callback: AppendCallback) -> None:

@@ -5,7 +5,7 @@ so the same rules run on the SQLite writer thread (synchronous ``sqlite3``) and 
 an asyncpg connection (``await``), each driven by its engine module::
 
     def count_prekeys(user, device) -> Txn[int]:       engine_sqlite.run(txn, conn)
-        n = yield Val("SELECT count(*) ... ?", ...)     engine_postgres.run(txn, conn)
+        n = yield val("SELECT count(*) ... ?", ...)     engine_postgres.run(txn, conn)
         return int(n)                                  (one statement = one round trip)
 
 SQL is written once with ``?`` placeholders; the PostgreSQL engine rewrites them
