@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sottovoce.server.storage.base import UnknownAccount
-from sottovoce.server.storage.prekeys import take_one
+from sottovoce.server.storage.prekeys import stored_count, take_one
 from sottovoce.server.storage.roombase import ClaimedKeyPackage, Member
 from sottovoce.server.storage.rooms import refuse
-from sottovoce.server.storage.txn import DevId, Lock, Txn, execute, many, one, rows, val
+from sottovoce.server.storage.txn import DevId, Txn, execute, many, one, rows, val
 
 _COUNT = "SELECT count(*) FROM key_packages WHERE dev=?"
 _CLAIM = (
@@ -27,9 +27,7 @@ def store_key_packages(
     dev = yield DevId(user, device)
     if dev is None:
         raise UnknownAccount("device is not registered")
-    # Serialize uploads of one device (on any node) so the cap holds.
-    yield Lock("kps", dev)
-    have = int((yield val(_COUNT, dev)))
+    have = yield from stored_count("kps", _COUNT, dev)
     if have + len(kps) > max_stored:
         raise refuse("keypackages_full", f"at most {max_stored} KeyPackages per device")
     # In order: claims hand out the oldest first.

@@ -38,6 +38,13 @@ def take_one(claim: str, fallback: str, dev: int, one_time: bool) -> Txn[bytes |
     return None if key is None else blob(key)
 
 
+def stored_count(name: str, count: str, dev: int) -> Txn[int]:
+    """What the device has stored (``count`` with one ``?``), its uploads serialized (on
+    any node) until the transaction ends, so that a cap checked against it holds."""
+    yield Lock(name, dev)
+    return int((yield val(count, dev)))
+
+
 def store_prekeys(
     user: str, device: str, one_time: Sequence[tuple[str, bytes]], fallback: bytes | None,
     max_stored: int,
@@ -45,9 +52,7 @@ def store_prekeys(
     dev = yield DevId(user, device)
     if dev is None:
         raise UnknownAccount("no such device")
-    # Serialize uploads of one device (on any node) so the cap holds.
-    yield Lock("prekeys", dev)
-    have = int((yield val(_COUNT, dev)))
+    have = yield from stored_count("prekeys", _COUNT, dev)
     if have + len(one_time) > max_stored:
         raise PrekeysFull("too many one-time keys stored")
     yield many(

@@ -37,7 +37,15 @@ from sottovoce.server.storage.roombase import (
     RoomStored,
     room_envelope,
 )
-from sottovoce.server.storage.rooms import ZERO_HASH, RoomView, pairs_json, refuse, token_room
+from sottovoce.server.storage.rooms import (
+    EVERY_ROOM,
+    ZERO_HASH,
+    RoomView,
+    pairs_json,
+    refuse,
+    rooms_of,
+    token_room,
+)
 from sottovoce.server.storage.txn import (
     DevId,
     InboxSeqs,
@@ -48,7 +56,6 @@ from sottovoce.server.storage.txn import (
     execute,
     many,
     one,
-    rows,
     val,
 )
 
@@ -314,13 +321,7 @@ def join_request(token_hash: bytes, user: str, device: str, kp_b64: str) -> Txn[
 
 def device_rooms(user: str, device: str) -> Txn[list[str]]:
     """The rooms a device is a member of, by room id (the order their rows are locked in)."""
-    found = yield rows(
-        "SELECT r.room_id FROM devices d JOIN room_members m ON m.dev=d.dev "
-        "JOIN rooms r ON r.room=m.room "
-        "WHERE d.user_id=? AND d.device_id=? AND m.until_seq IS NULL ORDER BY r.room_id",
-        user, device,
-    )
-    return [str(r[0]) for r in found]
+    return [r.room_id for r in (yield from rooms_of(user, device, EVERY_ROOM))]
 
 
 def device_revoked(user: str, device: str) -> Txn[list[RoomStored]]:

@@ -26,8 +26,8 @@ from sottovoce.server.storage.txn import DevId, Txn, blob, execute, one, rows, v
 
 #: The audit chain's prev_hash before its first entry.
 ZERO_HASH = bytes(32)
-#: "No upper bound" for a serverSeq range (fits a signed 64-bit column).
-_NO_TOP = 1 << 62
+#: "No upper bound" for a serverSeq range or a count (fits a signed 64-bit column).
+_NO_TOP = EVERY_ROOM = 1 << 62
 
 
 class RoomView:
