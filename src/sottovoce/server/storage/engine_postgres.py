@@ -95,6 +95,8 @@ async def run(transaction: txn.Txn[T], conn: Any, node: Node | None = None) -> T
                 raise TypeError(f"{type(stmt).__name__} needs the node's state")
             elif type(stmt) is txn.RoomForUpdate:
                 result = await node._room_for_update(conn, stmt.room_id)
+            elif type(stmt) is txn.RoomReread:
+                result = None  # loaded under the row lock in this very transaction
             elif type(stmt) is txn.RoomAdvanced:
                 await node._room_advanced(conn, stmt.room)
                 result = None

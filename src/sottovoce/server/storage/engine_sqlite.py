@@ -24,6 +24,8 @@ class Writer(Protocol):
 
     def _room_for_update(self, conn: sqlite3.Connection, room_id: str) -> RoomView: ...
 
+    def _room_reread(self, conn: sqlite3.Connection, room: RoomView) -> None: ...
+
     def _room_advanced(self, room: RoomView) -> None: ...
 
     def _received(self) -> int: ...
@@ -93,6 +95,9 @@ def run(transaction: txn.Txn[T], conn: sqlite3.Connection, writer: Writer | None
                 raise TypeError(f"{type(stmt).__name__} outside the writer")
             elif type(stmt) is txn.RoomForUpdate:
                 result = writer._room_for_update(conn, stmt.room_id)
+            elif type(stmt) is txn.RoomReread:
+                writer._room_reread(conn, stmt.room)
+                result = None
             elif type(stmt) is txn.RoomAdvanced:
                 writer._room_advanced(stmt.room)
                 result = None

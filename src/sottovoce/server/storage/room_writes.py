@@ -10,7 +10,8 @@ before the first write, so a refused job leaves nothing behind::
              ─► (writes) message, sends, room_commits, roster, rooms, audit, Welcomes
 
 The view is updated with every write, so an engine may keep it across
-transactions. Where a counter lives (a room's last serverSeq, a device's
+transactions (``RoomReread`` then refreshes its token hash and audit head before
+they decide anything). Where a counter lives (a room's last serverSeq, a device's
 globalInboxSeq) is the engine's: ``RoomAdvanced`` and ``InboxSeqs``.
 """
 
@@ -52,6 +53,7 @@ from sottovoce.server.storage.txn import (
     Received,
     RoomAdvanced,
     RoomForUpdate,
+    RoomReread,
     Txn,
     execute,
     many,
@@ -134,6 +136,8 @@ def commit(req: CommitRequest) -> Txn[CommitOutcome]:
         )
     me = (req.user, req.device)
     external = me not in room.members
+    if external or req.audit is not None:
+        yield RoomReread(room)
     if external:
         if req.token_hash is None:
             raise refuse("not_member", "this device is not a member of the room")
@@ -295,6 +299,7 @@ def join_request(token_hash: bytes, user: str, device: str, kp_b64: str) -> Txn[
     dev = yield from _sender(user, device)
     (room_id,) = yield from token_rooms(token_hash)
     room: RoomView = yield RoomForUpdate(room_id)
+    yield RoomReread(room)
     if room.token_hash is None or not hmac.compare_digest(room.token_hash, token_hash):
         raise refuse("invalid_token", "the token does not open a room")  # changed meanwhile
     if (user, device) in room.members:
@@ -385,6 +390,7 @@ def set_token(
     )):
         raise refuse("bad_request", "this token is in use; make a new one")
     if audit is not None:
+        yield RoomReread(room)
         _audit_check(room, audit)
     yield execute("UPDATE rooms SET token_hash=? WHERE room=?", token_hash, room.pk)
     room.token_hash = token_hash
@@ -395,6 +401,7 @@ def set_token(
 def audit_append(room_id: str, user: str, device: str, audit: AuditAppendage) -> Txn[int]:
     room: RoomView = yield RoomForUpdate(room_id)
     _member_of(room, user, device)
+    yield RoomReread(room)
     _audit_check(room, audit)
     yield from _audit_write(room, audit)
     return audit.index

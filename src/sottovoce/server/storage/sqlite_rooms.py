@@ -87,6 +87,14 @@ class SqliteRooms(SharedRooms):
             room = self._rooms[room_id] = engine_sqlite.run(load_room(room_id), conn)
         return room
 
+    def _room_reread(self, conn: sqlite3.Connection, room: RoomView) -> None:
+        token, count, head = conn.execute(
+            "SELECT token_hash, audit_count, audit_head FROM rooms WHERE room=?", (room.pk,)
+        ).fetchone()
+        room.token_hash = None if token is None else bytes(token)
+        room.audit_count = int(count)
+        room.audit_head = None if head is None else bytes(head)
+
     def _room_advanced(self, room: RoomView) -> None:
         self._dirty_rooms.add(room.room_id)  # written once per batch (_flush_rooms)
 

@@ -61,6 +61,15 @@ class RoomForUpdate(NamedTuple):
     room_id: str
 
 
+class RoomReread(NamedTuple):
+    """Bring the view's token hash and audit head up to the database's before they decide
+    something: an engine that keeps views across transactions (the SQLite writer) reads
+    them again, since an operator's tool may have written them (repairs, imports); one
+    that loaded the view under its row lock in this transaction has them already."""
+
+    room: Any
+
+
 class RoomAdvanced(NamedTuple):
     """The view's ``last_seq`` moved on: store it (at once, or with the writer's batch)."""
 
@@ -79,7 +88,9 @@ class InboxSeqs(NamedTuple):
     devs: tuple[int, ...]
 
 
-Statement = Stmt | DevId | Lock | RoomForUpdate | RoomAdvanced | Received | InboxSeqs
+Statement = (
+    Stmt | DevId | Lock | RoomForUpdate | RoomReread | RoomAdvanced | Received | InboxSeqs
+)
 Txn = Generator[Statement, Any, T]
 
 
