@@ -590,29 +590,12 @@ class CallMachine:
             self._on_invite(now_ms, from_user, signal)
             return
         call = self._call
-        if (
-            isinstance(signal, AnsweredElsewhere)
-            and from_user == self.user
-            and from_device != self.device
-            and (call is None or call.call_id != signal.call_id)
-            and signal.call_id not in self._recent
-        ):
-            # Our other device won a call whose invite has not reached us yet
-            # (they travel different paths): never ring for it.
-            if TRANSITIONS[(self.state, Event.ANSWERED_EARLY)] is not self.state:
-                raise InternalError("answered-early must not change the state")
-            self._recent.append(signal.call_id)
-            return
-        if (
-            isinstance(signal, Cancel)
-            and from_user != self.user
-            and (call is None or call.call_id != signal.call_id)
-            and signal.call_id not in self._recent
-        ):
-            # The caller cancelled a call whose invite has not reached us yet (the
-            # two may be reordered on the way): remember it, so it never rings.
-            if TRANSITIONS[(self.state, Event.CANCELLED_EARLY)] is not self.state:
-                raise InternalError("cancelled-early must not change the state")
+        early = self._early(signal, from_user, from_device)
+        if early is not None and (call is None or call.call_id != signal.call_id):
+            # The signal overtook its call's invite (they travel different paths, or
+            # are reordered on the way): remember the call, so it never rings.
+            if TRANSITIONS[(self.state, early)] is not self.state:
+                raise InternalError(f"{early.value} must not change the state")
             self._recent.append(signal.call_id)
             return
         if call is None or call.call_id != signal.call_id:
@@ -639,6 +622,24 @@ class CallMachine:
             if from_device != call.selected:
                 raise BindingError("the signal comes from another device than the caller's")
             self._from_caller(now_ms, call, signal)
+
+    def _early(self, signal: CallSignal, from_user: str, from_device: str) -> Event | None:
+        """The event of a signal that can arrive before its call's invite, if it is one.
+
+        Our other device answering (it won the call), or the caller cancelling: either
+        way the call must never ring here. A call already over is not early.
+        """
+        if signal.call_id in self._recent:
+            return None
+        if (
+            isinstance(signal, AnsweredElsewhere)
+            and from_user == self.user
+            and from_device != self.device
+        ):
+            return Event.ANSWERED_EARLY
+        if isinstance(signal, Cancel) and from_user != self.user:
+            return Event.CANCELLED_EARLY
+        return None
 
     def _on_invite(self, now_ms: int, from_user: str, invite: Invite) -> None:
         if from_user == self.user:
@@ -1144,22 +1145,25 @@ def _with(call: CallRecord, step: _Step, effect: Effect) -> CallRecord:
 
 
 def _create_offer(call: CallRecord) -> CreateDescription:
-    return CreateDescription(
-        call_id=call.call_id,
-        generation=call.generation,
-        role=MediaRole.OFFER,
-        remote_sdp=None,
-        expected_fingerprints=(),
-    )
+    return _describe(call, MediaRole.OFFER, None, ())
 
 
 def _answer_effect(call: CallRecord, sdp: str) -> CreateDescription:
+    return _describe(call, MediaRole.ANSWER, _from_peer(sdp), call.peer_fingerprints)
+
+
+def _describe(
+    call: CallRecord,
+    role: MediaRole,
+    remote_sdp: str | None,
+    expected: tuple[Fingerprint, ...],
+) -> CreateDescription:
     return CreateDescription(
         call_id=call.call_id,
         generation=call.generation,
-        role=MediaRole.ANSWER,
-        remote_sdp=drop_header_extension(sdp, AUDIO_LEVEL_URI),
-        expected_fingerprints=call.peer_fingerprints,
+        role=role,
+        remote_sdp=remote_sdp,
+        expected_fingerprints=expected,
     )
 
 
@@ -1167,9 +1171,15 @@ def _apply_answer_effect(call: CallRecord, sdp: str) -> ApplyAnswer:
     return ApplyAnswer(
         call_id=call.call_id,
         generation=call.generation,
-        remote_sdp=drop_header_extension(sdp, AUDIO_LEVEL_URI),
+        remote_sdp=_from_peer(sdp),
         expected_fingerprints=call.peer_fingerprints,
     )
+
+
+def _from_peer(sdp: str) -> str:
+    """The peer's SDP as our media layer takes it: without the RFC 6464 audio level,
+    which SRTP leaves in the clear (it would tell the network who speaks when)."""
+    return drop_header_extension(sdp, AUDIO_LEVEL_URI)
 
 
 def _check_pinned(
