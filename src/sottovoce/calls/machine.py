@@ -884,17 +884,7 @@ class CallMachine:
             return
 
         def run(call: CallRecord, step: _Step) -> CallRecord:
-            call = replace(
-                call,
-                state=CallState.CONNECTING,
-                generation=offer.generation,
-                offerer=False,
-                offer_nonce=offer.nonce,
-                pending_offer=None,
-                offer_done=True,
-                answer_done=False,
-                deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
-            )
+            call = _restarting(call, now_ms, offer.generation, offer_nonce=offer.nonce)
             step.effects.append(_changed(call))
             step.effects.append(_answer_effect(call, offer.sdp))
             return call
@@ -942,17 +932,7 @@ class CallMachine:
             raise CallUsageError("ICE can be restarted once the call is set up")
         if call.generation >= MAX_CALL_ICE_RESTARTS:
             raise CallUsageError("too many ICE restarts in this call")
-        call = replace(
-            call,
-            state=CallState.CONNECTING,
-            generation=call.generation + 1,
-            offerer=True,
-            offer_nonce=None,
-            pending_offer=None,
-            offer_done=False,
-            answer_done=False,
-            deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
-        )
+        call = _restarting(call, now_ms, call.generation + 1, offer_nonce=None)
         step.effects.append(_changed(call))
         step.effects.append(_create_offer(call))
         return call
@@ -961,66 +941,47 @@ class CallMachine:
         """Send our offer once there is both an offer and a device to send it to."""
         if call.pending_offer is None or call.selected is None:
             return call
-        nonce = self._rng(CALL_NONCE_BYTES)
-        if call.generation == 0:
-            self._send(
-                step,
-                call,
-                call.selected,
-                Offer,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=call.pending_offer,
-            )
-        else:
-            self._send(
-                step,
-                call,
-                call.selected,
-                IceRestartOffer,
-                generation=call.generation,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=call.pending_offer,
-            )
-        call = replace(call, pending_offer=None, offer_nonce=nonce, offer_done=True)
-        # The peer learns our mute state as soon as the call is being set up.
-        if call.generation == 0:
-            self._send_mute(step, call)
-        return call
+        nonce = self._send_sdp(step, call, (Offer, IceRestartOffer), call.pending_offer)
+        return replace(call, pending_offer=None, offer_nonce=nonce, offer_done=True)
 
     def _send_answer(self, call: CallRecord, step: _Step, sdp: str) -> CallRecord:
         if call.offer_nonce is None:
             raise InternalError("an answer without the offer's nonce")
+        self._send_sdp(
+            step, call, (Answer, IceRestartAnswer), sdp, offer_nonce=call.offer_nonce
+        )
+        return replace(call, answer_done=True)
+
+    def _send_sdp(
+        self,
+        step: _Step,
+        call: CallRecord,
+        kinds: tuple[type[CallSignal], type[CallSignal]],
+        sdp: str,
+        **body: object,
+    ) -> bytes:
+        """Send our offer or answer under a fresh nonce, and return the nonce.
+
+        ``kinds`` is (the call's first, an ICE restart's): a restart names its
+        generation. The peer learns our mute state as soon as the call is being set up.
+        """
+        first, restart = kinds
+        if call.generation:
+            body["generation"] = call.generation
         nonce = self._rng(CALL_NONCE_BYTES)
-        if call.generation == 0:
-            self._send(
-                step,
-                call,
-                call.selected,
-                Answer,
-                offer_nonce=call.offer_nonce,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=sdp,
-            )
-        else:
-            self._send(
-                step,
-                call,
-                call.selected,
-                IceRestartAnswer,
-                generation=call.generation,
-                offer_nonce=call.offer_nonce,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=sdp,
-            )
-        call = replace(call, answer_done=True)
-        # The peer learns our mute state as soon as the call is being set up.
+        self._send(
+            step,
+            call,
+            call.selected,
+            restart if call.generation else first,
+            nonce=nonce,
+            fingerprints=call.local_fingerprints,
+            sdp=sdp,
+            **body,
+        )
         if call.generation == 0:
             self._send_mute(step, call)
-        return call
+        return nonce
 
     def _send_mute(self, step: _Step, call: CallRecord) -> None:
         if call.selected is not None and call.state in (CallState.CONNECTING, CallState.ACTIVE):
@@ -1136,6 +1097,25 @@ def _changed(call: CallRecord) -> StateChanged:
         state=call.state,
         reason=call.reason,
         video=call.video,
+    )
+
+
+def _restarting(
+    call: CallRecord, now_ms: int, generation: int, *, offer_nonce: bytes | None
+) -> CallRecord:
+    """``call`` setting up ICE generation ``generation`` (RFC 8445 §9): we offer
+    (``offer_nonce`` None), or we answer the peer's offer, which carried the nonce."""
+    answering = offer_nonce is not None
+    return replace(
+        call,
+        state=CallState.CONNECTING,
+        generation=generation,
+        offerer=not answering,
+        offer_nonce=offer_nonce,
+        pending_offer=None,
+        offer_done=answering,
+        answer_done=False,
+        deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
     )
 
 
