@@ -338,7 +338,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.cli.tui import run_chat
 
     client = unlock(args)  # a wrong passphrase fails before the screen opens
-    args.server_url = client.identity.server_url
     try:
         peer, room_id = _chat_target(client, args.name)
         if not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -165,7 +165,14 @@ def new_passphrase(args: argparse.Namespace, username: str) -> str:
 
 
 def unlock(args: argparse.Namespace) -> Client:
-    """Open the account of ``args`` (three prompts at a terminal; one try otherwise)."""
+    """Open the account of ``args``; from then on an error can name its server."""
+    client = _load(args)
+    args.server_url = client.identity.server_url
+    return client
+
+
+def _load(args: argparse.Namespace) -> Client:
+    """The account of ``args`` (three prompts at a terminal; one try otherwise)."""
     root = data_dir(args)
     require_account(root)
     given = given_passphrase(args)
@@ -258,7 +265,6 @@ def with_client(
     (``notices``; off for commands that show events themselves).
     """
     client = unlock(args)
-    args.server_url = client.identity.server_url
     return run(_session(client, args, work, connect, notices))
 
 
