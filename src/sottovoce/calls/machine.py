@@ -397,12 +397,7 @@ class CallMachine:
         own = tuple(d for d in _devices(own_devices) if d != self.device)
 
         def run(call: CallRecord, step: _Step) -> CallRecord:
-            call = replace(
-                call,
-                state=CallState.CONNECTING,
-                own_devices=own,
-                deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS,
-            )
+            call = replace(_connecting(call, now_ms), own_devices=own)
             self._send(step, call, call.selected, Accept)
             step.effects.append(_changed(call))
             return call
@@ -750,12 +745,7 @@ class CallMachine:
         elif isinstance(signal, Accept):
 
             def accepted(call: CallRecord, step: _Step) -> CallRecord:
-                call = replace(
-                    call,
-                    state=CallState.CONNECTING,
-                    selected=device,
-                    deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS,
-                )
+                call = replace(_connecting(call, now_ms), selected=device)
                 step.effects.append(_changed(call))
                 return self._flush_offer(call, step)
 
@@ -1098,6 +1088,11 @@ def _changed(call: CallRecord) -> StateChanged:
         reason=call.reason,
         video=call.video,
     )
+
+
+def _connecting(call: CallRecord, now_ms: int) -> CallRecord:
+    """``call`` picked up (here or by the peer): media setup starts, with its timer."""
+    return replace(call, state=CallState.CONNECTING, deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS)
 
 
 def _restarting(
