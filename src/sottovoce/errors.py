@@ -13,6 +13,8 @@ server and client convert it exactly once, at their edge, into a
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SottovoceError(Exception):
     """Root of every error raised by sottovoce."""
@@ -37,6 +39,31 @@ class InternalError(SottovoceError):
     """An invariant inside sottovoce broke; this is our bug."""
 
     code = "internal_error"
+
+
+class WireError(RemoteError):
+    """A refusal as ``ksmpv3.error`` carries it between server and client: a code,
+    whether (and after how long) a retry may succeed, and the code's details.
+
+    The server raises one to refuse a request; the client raises one when it is
+    refused. ``message`` is the human half, and never holds anything secret.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_ms: int = 0,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.details = details or {}
 
 
 # --- codec -------------------------------------------------------------------

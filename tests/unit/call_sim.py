@@ -90,7 +90,13 @@ class World:
         drop: Callable[[SendSignal], bool] | None = None,
         delay: Callable[[SendSignal], int] | None = None,
         duplicate: Callable[[SendSignal], bool] | None = None,
+        ordered_links: bool = False,
     ) -> None:
+        """``ordered_links``: signals between the same two devices arrive in the order
+        they were sent, however they are delayed -- as on the real relay, which carries
+        a device's signals over its one WebSocket and relays them in order. Without it
+        the network may also reorder them, which the engine must survive (typed errors,
+        no state change) but cannot always turn into a call."""
         self.now = 1_000_000
         self._rng = deterministic_rng(seed)
         self.devices: dict[tuple[str, str], Device] = {}
@@ -102,6 +108,8 @@ class World:
         self._drop = drop
         self._delay = delay
         self._duplicate = duplicate
+        self._ordered = ordered_links
+        self._last_arrival: dict[tuple[tuple[str, str], tuple[str, str]], int] = {}
         self.sent: list[SendSignal] = []
 
     def add(self, user: str, device: str) -> Device:
@@ -171,7 +179,12 @@ class World:
             copies = 2 if self._duplicate is not None and self._duplicate(effect) else 1
             for _ in range(copies):
                 extra = self._delay(effect) if self._delay is not None else 0
-                self.at(self.now + self.latency_ms + extra, self._deliver(d, effect))
+                arrival = self.now + self.latency_ms + extra
+                if self._ordered:
+                    link = (d.key, (effect.user, effect.device))
+                    arrival = max(arrival, self._last_arrival.get(link, arrival))
+                    self._last_arrival[link] = arrival
+                self.at(arrival, self._deliver(d, effect))
         elif isinstance(effect, CreateDescription):
             t = Transport(expected=effect.expected_fingerprints, remote=effect.remote_sdp)
             t.local = fake_sdp(d.fingerprint, f"{d.device}.{effect.generation}.{self._seq}")

@@ -112,9 +112,10 @@ scenario = st.tuples(st.booleans(), st.lists(action, min_size=1, max_size=25)).m
     seed=st.integers(0, 2**32 - 1),
     loss=st.sampled_from([0.0, 0.05, 0.3]),
     dup=st.sampled_from([0.0, 0.1]),
+    ordered=st.booleans(),
 )
 def test_random_calls_over_a_lossy_network_settle_consistently(
-    actions: list[tuple[str, int, int, int]], seed: int, loss: float, dup: float
+    actions: list[tuple[str, int, int, int]], seed: int, loss: float, dup: float, ordered: bool
 ) -> None:
     net = random.Random(seed)
     w = World(
@@ -122,6 +123,7 @@ def test_random_calls_over_a_lossy_network_settle_consistently(
         drop=lambda s: net.random() < loss,
         delay=lambda s: net.randrange(0, 400),
         duplicate=lambda s: net.random() < dup,
+        ordered_links=ordered,
     )
     devices = [w.add(u, d) for u, ds in USERS.items() for d in ds]
     for kind, who, target, wait in actions:
@@ -130,9 +132,11 @@ def test_random_calls_over_a_lossy_network_settle_consistently(
         w.advance(wait)
     w.run()  # let every timer fire: ringing, setup, reconnect
     check_settled(w)
-    if loss == 0 and not any(kind == "break" for kind, *_ in actions):
-        # Liveness: over a network that loses nothing, every accepted call is set
-        # up (glare, races and ICE restarts included); only a lost path fails one.
+    if ordered and loss == 0 and not any(kind == "break" for kind, *_ in actions):
+        # Liveness: over a network that loses nothing and keeps each device pair's
+        # signals in order (as the relay does), every accepted call is set up (glare,
+        # races and ICE restarts included); only a lost path fails one. Reordered
+        # signals are still survived (settled states above, typed errors below).
         failed = [
             (d.key, e.call_id.hex()[:8])
             for d in devices

@@ -256,6 +256,74 @@ async def test_removed_device_reads_up_to_its_removal_then_is_forgotten(
     assert await st.room_positions("carol", "d1") == []
 
 
+async def test_rooms_of_lists_a_device_s_current_rooms_by_id(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    other = "room:" + "cd" * 16
+    await st.create_room(other, "carol", "d1", None, 0)
+    with pytest.raises(RoomRefused) as exc:
+        await st.create_room(other, "alice", "d1", None, 0)
+    assert exc.value.code == "room_exists"
+    summaries = await st.rooms_of("carol", "d1", 10)
+    assert [(r.room_id, r.epoch, r.latest_seq) for r in summaries] == [(ROOM, 1, 1), (other, 0, 0)]
+    assert [r.room_id for r in await st.rooms_of("carol", "d1", 1)] == [ROOM]
+    assert [r.room_id for r in await st.rooms_of("alice", "d1", 10)] == [ROOM]
+    # A removed device no longer lists the room.
+    await _cb(st.room_commit, _commit("alice", 1, "rm", removes=(("carol", "d1"),)))
+    assert [r.room_id for r in await st.rooms_of("carol", "d1", 10)] == [other]
+
+
+async def test_a_removed_device_added_again_starts_over_from_the_commit_that_adds_it(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    await _cb(st.room_commit, _commit("alice", 1, "rm", removes=(("carol", "d1"),)))  # 2
+    await _cb(st.room_send, _send("alice", 2, "while-out"))  # 3
+    latest = await st.latest_inbox_seq("carol", "d1")
+    back: CommitOutcome = await _cb(st.room_commit, _commit(
+        "alice", 2, "re-add", adds=(("carol", "d1"),), welcome_b64=CT))  # 4
+    assert back.epoch == 3 and back.message.server_seq == 4
+    # Its Welcome takes the device's next globalInboxSeq, like any frame to its inbox.
+    assert [(w.user_id, w.global_seq) for w in back.welcomes] == [("carol", latest + 1)]
+    assert await st.latest_inbox_seq("carol", "d1") == latest + 1
+    (pos,) = await st.room_positions("carol", "d1")
+    assert (pos.read_seq, pos.until_seq) == (4, None), "one position, reset, not a second row"
+    assert await _scalar(st, "SELECT count(*) FROM room_members") == 3
+    after: RoomStored = await _cb(st.room_send, _send("carol", 3, "hello-again"))  # 5
+    assert ("carol", "d1") in after.members
+    frames = await st.room_read(ROOM, "carol", "d1", 0, 100)
+    assert [s for s, _ in frames.frames] == [5], "nothing from while it was out"
+
+
+async def test_writes_to_a_room_that_does_not_exist_are_refused(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    ghost = "room:" + "ef" * 16
+    for op in (
+        _cb(st.room_send, RoomSendRequest(
+            room_id=ghost, user="alice", device="d1", epoch=0, message_id="m", idempotency_key="k",
+            content_type="text", client_created_at_ms=0, ciphertext_b64=CT)),
+        _cb(st.room_commit, _commit("alice", 0, "c", room_id=ghost)),
+        st.room_ack(ghost, "alice", "d1", 1),
+        st.audit_append(ghost, "alice", "d1", AuditAppendage(b"e", 0, bytes(32), bytes(32))),
+        st.set_room_token(ghost, "alice", "d1", None, None),
+        st.room_state(ghost, "alice", "d1"),
+    ):
+        with pytest.raises(RoomRefused) as exc:
+            await op
+        assert exc.value.code == "unknown_room"
+    # A room message's idempotency key cannot be reused for a commit.
+    await _room_of_three(st)
+    await _cb(st.room_send, _send("alice", 1, "same-key"))
+    with pytest.raises(RoomRefused) as dup:
+        await _cb(st.room_commit, _commit("alice", 1, "same-key"))
+    assert dup.value.code == "bad_request"
+
+
 async def test_audit_chain_only_grows_by_a_linked_entry(room_storage: SqliteStorage) -> None:
     st = room_storage
     await st.create_room(ROOM, "alice", "d1", None, 0)

@@ -281,6 +281,39 @@ async def test_revocation_drops_the_inbox_prekeys_and_push(backend: Factory) -> 
         await st.close()
 
 
+async def test_deleting_an_account_leaves_a_tombstone_and_drops_what_its_devices_held(
+    backend: Factory,
+) -> None:
+    st = await _open(backend)
+    try:
+        await st.add_device("bob", "d2", b"cert-b2", 0)
+        await st.add_device("bob", "d3", b"cert-b3", 0)
+        await st.revoke_device("bob", "d3", 3)
+        await st.store_prekeys("bob", "d1", [("p1", b"k1")], b"fb", 10)
+        await st.set_push_endpoint("bob", "d2", "https://push.example/z")
+        await _append_all(st, [_req(1, targets=[("bob", "d1"), ("bob", "d2")])])
+        # Only the devices it revoked now: d3 was revoked before.
+        assert await st.delete_account("bob", 9) == ("d1", "d2")
+        rec = await st.get_account("bob")
+        assert rec is not None and rec.deleted and rec.active() == ()
+        assert all(d.push_endpoint is None for d in rec.devices)
+        assert await st.read_inbox("bob", "d1", 0, 10) == []
+        assert await st.count_prekeys("bob", "d1") == 0
+        assert await st.claim_prekeys("bob", None) == []
+        with pytest.raises(UsernameTaken):  # the name is never handed out again
+            await st.create_account("bob", b"x" * 32, "d1", b"c", 0)
+        with pytest.raises(UnknownAccount):
+            await st.add_device("bob", "d4", b"c", 0)
+        with pytest.raises(UnknownAccount):
+            await st.delete_account("bob", 10)
+        with pytest.raises(UnknownAccount):
+            await st.delete_account("carol", 10)
+        rec_a = await st.get_account("alice")  # other accounts are untouched
+        assert rec_a is not None and not rec_a.deleted
+    finally:
+        await st.close()
+
+
 async def test_prekeys_one_time_then_fallback(backend: Factory) -> None:
     st = await _open(backend)
     try:

@@ -397,12 +397,7 @@ class CallMachine:
         own = tuple(d for d in _devices(own_devices) if d != self.device)
 
         def run(call: CallRecord, step: _Step) -> CallRecord:
-            call = replace(
-                call,
-                state=CallState.CONNECTING,
-                own_devices=own,
-                deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS,
-            )
+            call = replace(_connecting(call, now_ms), own_devices=own)
             self._send(step, call, call.selected, Accept)
             step.effects.append(_changed(call))
             return call
@@ -590,29 +585,12 @@ class CallMachine:
             self._on_invite(now_ms, from_user, signal)
             return
         call = self._call
-        if (
-            isinstance(signal, AnsweredElsewhere)
-            and from_user == self.user
-            and from_device != self.device
-            and (call is None or call.call_id != signal.call_id)
-            and signal.call_id not in self._recent
-        ):
-            # Our other device won a call whose invite has not reached us yet
-            # (they travel different paths): never ring for it.
-            if TRANSITIONS[(self.state, Event.ANSWERED_EARLY)] is not self.state:
-                raise InternalError("answered-early must not change the state")
-            self._recent.append(signal.call_id)
-            return
-        if (
-            isinstance(signal, Cancel)
-            and from_user != self.user
-            and (call is None or call.call_id != signal.call_id)
-            and signal.call_id not in self._recent
-        ):
-            # The caller cancelled a call whose invite has not reached us yet (the
-            # two may be reordered on the way): remember it, so it never rings.
-            if TRANSITIONS[(self.state, Event.CANCELLED_EARLY)] is not self.state:
-                raise InternalError("cancelled-early must not change the state")
+        early = self._early(signal, from_user, from_device)
+        if early is not None and (call is None or call.call_id != signal.call_id):
+            # The signal overtook its call's invite (they travel different paths, or
+            # are reordered on the way): remember the call, so it never rings.
+            if TRANSITIONS[(self.state, early)] is not self.state:
+                raise InternalError(f"{early.value} must not change the state")
             self._recent.append(signal.call_id)
             return
         if call is None or call.call_id != signal.call_id:
@@ -639,6 +617,24 @@ class CallMachine:
             if from_device != call.selected:
                 raise BindingError("the signal comes from another device than the caller's")
             self._from_caller(now_ms, call, signal)
+
+    def _early(self, signal: CallSignal, from_user: str, from_device: str) -> Event | None:
+        """The event of a signal that can arrive before its call's invite, if it is one.
+
+        Our other device answering (it won the call), or the caller cancelling: either
+        way the call must never ring here. A call already over is not early.
+        """
+        if signal.call_id in self._recent:
+            return None
+        if (
+            isinstance(signal, AnsweredElsewhere)
+            and from_user == self.user
+            and from_device != self.device
+        ):
+            return Event.ANSWERED_EARLY
+        if isinstance(signal, Cancel) and from_user != self.user:
+            return Event.CANCELLED_EARLY
+        return None
 
     def _on_invite(self, now_ms: int, from_user: str, invite: Invite) -> None:
         if from_user == self.user:
@@ -749,12 +745,7 @@ class CallMachine:
         elif isinstance(signal, Accept):
 
             def accepted(call: CallRecord, step: _Step) -> CallRecord:
-                call = replace(
-                    call,
-                    state=CallState.CONNECTING,
-                    selected=device,
-                    deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS,
-                )
+                call = replace(_connecting(call, now_ms), selected=device)
                 step.effects.append(_changed(call))
                 return self._flush_offer(call, step)
 
@@ -883,17 +874,7 @@ class CallMachine:
             return
 
         def run(call: CallRecord, step: _Step) -> CallRecord:
-            call = replace(
-                call,
-                state=CallState.CONNECTING,
-                generation=offer.generation,
-                offerer=False,
-                offer_nonce=offer.nonce,
-                pending_offer=None,
-                offer_done=True,
-                answer_done=False,
-                deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
-            )
+            call = _restarting(call, now_ms, offer.generation, offer_nonce=offer.nonce)
             step.effects.append(_changed(call))
             step.effects.append(_answer_effect(call, offer.sdp))
             return call
@@ -941,17 +922,7 @@ class CallMachine:
             raise CallUsageError("ICE can be restarted once the call is set up")
         if call.generation >= MAX_CALL_ICE_RESTARTS:
             raise CallUsageError("too many ICE restarts in this call")
-        call = replace(
-            call,
-            state=CallState.CONNECTING,
-            generation=call.generation + 1,
-            offerer=True,
-            offer_nonce=None,
-            pending_offer=None,
-            offer_done=False,
-            answer_done=False,
-            deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
-        )
+        call = _restarting(call, now_ms, call.generation + 1, offer_nonce=None)
         step.effects.append(_changed(call))
         step.effects.append(_create_offer(call))
         return call
@@ -960,66 +931,47 @@ class CallMachine:
         """Send our offer once there is both an offer and a device to send it to."""
         if call.pending_offer is None or call.selected is None:
             return call
-        nonce = self._rng(CALL_NONCE_BYTES)
-        if call.generation == 0:
-            self._send(
-                step,
-                call,
-                call.selected,
-                Offer,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=call.pending_offer,
-            )
-        else:
-            self._send(
-                step,
-                call,
-                call.selected,
-                IceRestartOffer,
-                generation=call.generation,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=call.pending_offer,
-            )
-        call = replace(call, pending_offer=None, offer_nonce=nonce, offer_done=True)
-        # The peer learns our mute state as soon as the call is being set up.
-        if call.generation == 0:
-            self._send_mute(step, call)
-        return call
+        nonce = self._send_sdp(step, call, (Offer, IceRestartOffer), call.pending_offer)
+        return replace(call, pending_offer=None, offer_nonce=nonce, offer_done=True)
 
     def _send_answer(self, call: CallRecord, step: _Step, sdp: str) -> CallRecord:
         if call.offer_nonce is None:
             raise InternalError("an answer without the offer's nonce")
+        self._send_sdp(
+            step, call, (Answer, IceRestartAnswer), sdp, offer_nonce=call.offer_nonce
+        )
+        return replace(call, answer_done=True)
+
+    def _send_sdp(
+        self,
+        step: _Step,
+        call: CallRecord,
+        kinds: tuple[type[CallSignal], type[CallSignal]],
+        sdp: str,
+        **body: object,
+    ) -> bytes:
+        """Send our offer or answer under a fresh nonce, and return the nonce.
+
+        ``kinds`` is (the call's first, an ICE restart's): a restart names its
+        generation. The peer learns our mute state as soon as the call is being set up.
+        """
+        first, restart = kinds
+        if call.generation:
+            body["generation"] = call.generation
         nonce = self._rng(CALL_NONCE_BYTES)
-        if call.generation == 0:
-            self._send(
-                step,
-                call,
-                call.selected,
-                Answer,
-                offer_nonce=call.offer_nonce,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=sdp,
-            )
-        else:
-            self._send(
-                step,
-                call,
-                call.selected,
-                IceRestartAnswer,
-                generation=call.generation,
-                offer_nonce=call.offer_nonce,
-                nonce=nonce,
-                fingerprints=call.local_fingerprints,
-                sdp=sdp,
-            )
-        call = replace(call, answer_done=True)
-        # The peer learns our mute state as soon as the call is being set up.
+        self._send(
+            step,
+            call,
+            call.selected,
+            restart if call.generation else first,
+            nonce=nonce,
+            fingerprints=call.local_fingerprints,
+            sdp=sdp,
+            **body,
+        )
         if call.generation == 0:
             self._send_mute(step, call)
-        return call
+        return nonce
 
     def _send_mute(self, step: _Step, call: CallRecord) -> None:
         if call.selected is not None and call.state in (CallState.CONNECTING, CallState.ACTIVE):
@@ -1138,28 +1090,55 @@ def _changed(call: CallRecord) -> StateChanged:
     )
 
 
+def _connecting(call: CallRecord, now_ms: int) -> CallRecord:
+    """``call`` picked up (here or by the peer): media setup starts, with its timer."""
+    return replace(call, state=CallState.CONNECTING, deadline_ms=now_ms + CALL_SETUP_TIMEOUT_MS)
+
+
+def _restarting(
+    call: CallRecord, now_ms: int, generation: int, *, offer_nonce: bytes | None
+) -> CallRecord:
+    """``call`` setting up ICE generation ``generation`` (RFC 8445 §9): we offer
+    (``offer_nonce`` None), or we answer the peer's offer, which carried the nonce."""
+    answering = offer_nonce is not None
+    return replace(
+        call,
+        state=CallState.CONNECTING,
+        generation=generation,
+        offerer=not answering,
+        offer_nonce=offer_nonce,
+        pending_offer=None,
+        offer_done=answering,
+        answer_done=False,
+        deadline_ms=now_ms + CALL_RECONNECT_TIMEOUT_MS,
+    )
+
+
 def _with(call: CallRecord, step: _Step, effect: Effect) -> CallRecord:
     step.effects.append(effect)
     return call
 
 
 def _create_offer(call: CallRecord) -> CreateDescription:
-    return CreateDescription(
-        call_id=call.call_id,
-        generation=call.generation,
-        role=MediaRole.OFFER,
-        remote_sdp=None,
-        expected_fingerprints=(),
-    )
+    return _describe(call, MediaRole.OFFER, None, ())
 
 
 def _answer_effect(call: CallRecord, sdp: str) -> CreateDescription:
+    return _describe(call, MediaRole.ANSWER, _from_peer(sdp), call.peer_fingerprints)
+
+
+def _describe(
+    call: CallRecord,
+    role: MediaRole,
+    remote_sdp: str | None,
+    expected: tuple[Fingerprint, ...],
+) -> CreateDescription:
     return CreateDescription(
         call_id=call.call_id,
         generation=call.generation,
-        role=MediaRole.ANSWER,
-        remote_sdp=drop_header_extension(sdp, AUDIO_LEVEL_URI),
-        expected_fingerprints=call.peer_fingerprints,
+        role=role,
+        remote_sdp=remote_sdp,
+        expected_fingerprints=expected,
     )
 
 
@@ -1167,9 +1146,15 @@ def _apply_answer_effect(call: CallRecord, sdp: str) -> ApplyAnswer:
     return ApplyAnswer(
         call_id=call.call_id,
         generation=call.generation,
-        remote_sdp=drop_header_extension(sdp, AUDIO_LEVEL_URI),
+        remote_sdp=_from_peer(sdp),
         expected_fingerprints=call.peer_fingerprints,
     )
+
+
+def _from_peer(sdp: str) -> str:
+    """The peer's SDP as our media layer takes it: without the RFC 6464 audio level,
+    which SRTP leaves in the clear (it would tell the network who speaks when)."""
+    return drop_header_extension(sdp, AUDIO_LEVEL_URI)
 
 
 def _check_pinned(

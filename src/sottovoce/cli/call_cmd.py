@@ -38,10 +38,9 @@ from sottovoce.cli import render
 from sottovoce.cli.session import (
     CliError,
     Connect,
-    account_options,
-    add_timeout,
     positive,
     subcommand,
+    timed_account_options,
     unreachable,
     with_client,
 )
@@ -398,8 +397,7 @@ def _media_options(parser: argparse.ArgumentParser) -> None:
         "--seconds", type=positive(float), metavar="N",
         help="hang up N seconds after the call connects (default: at Ctrl-C or the peer's)",
     )
-    account_options(parser)
-    add_timeout(parser)
+    timed_account_options(parser)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -421,14 +419,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "--data-dir ~/.sottovoce-alice"
         ),
         func=cmd_call,
+        args=[("NAME", "the username to call")],
+        options=_media_options,
     )
-    call.add_argument("name", metavar="NAME", help="the username to call")
     call.add_argument(
         "--ring-timeout", type=positive(float), default=45.0, metavar="S",
         help="give up after S seconds of ringing (default and most 45); both histories "
         "then show the missed call",
     )
-    _media_options(call)
 
     for name, decline, verb in (("answer", False, "accept"), ("decline", True, "decline")):
         parser = subcommand(
@@ -451,6 +449,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                 else f"  sottovoce {name} --wait 30 --data-dir ~/.sottovoce-bob"
             ),
             func=_incoming(decline),
+            options=timed_account_options if decline else _media_options,
         )
         parser.add_argument(
             "--wait", type=positive(float), default=DEFAULT_WAIT_S, metavar="SECONDS",
@@ -458,7 +457,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         )
         if decline:
             parser.set_defaults(seconds=None)
-            account_options(parser)
-            add_timeout(parser)
-        else:
-            _media_options(parser)

@@ -24,8 +24,9 @@ from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
+    Positional,
     account_options,
-    add_timeout,
+    command_group,
     data_dir,
     history_options,
     new_passphrase,
@@ -337,7 +338,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.cli.tui import run_chat
 
     client = unlock(args)  # a wrong passphrase fails before the screen opens
-    args.server_url = client.identity.server_url
     try:
         peer, room_id = _chat_target(client, args.name)
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -361,25 +361,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # =============================================================================
 
 
+OTHER_USER: Positional = ("NAME", "the other user")
+
+
+def _chat_options(parser: argparse.ArgumentParser) -> None:
+    add_path_options(parser)
+    account_options(parser)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    account = sub.add_parser(
+    account_sub = command_group(
+        sub,
         "account",
         help="create or delete an account (username, keys, local encrypted store)",
         description="Manage the account kept in a local directory.",
-        epilog=(
-            "example:\n  sottovoce account create alice --server ws://127.0.0.1:8765 "
+        example=(
+            "  sottovoce account create alice --server ws://127.0.0.1:8765 "
             "--data-dir ~/.sottovoce-alice\n"
             "  sottovoce account delete --data-dir ~/.sottovoce-alice"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-
-    def account_help(args: argparse.Namespace) -> int:
-        account.print_help()
-        return 2
-
-    account.set_defaults(func=account_help)
-    account_sub = account.add_subparsers(dest="account_command", metavar="SUBCOMMAND")
     create = subcommand(
         account_sub,
         "create",
@@ -396,15 +397,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "  SOTTOVOCE_HOME=~/.sottovoce-bob sottovoce account create bob"
         ),
         func=cmd_account_create,
+        args=[("NAME", "the username to claim (a-z, 0-9, _ . -)")],
+        options=account_options,
     )
-    create.add_argument("name", metavar="NAME", help="the username to claim (a-z, 0-9, _ . -)")
     create.add_argument(
         "--server",
         default=DEFAULT_SERVER,
         metavar="URL",
         help=f"the relay server (default {DEFAULT_SERVER}; wss:// for TLS)",
     )
-    account_options(create)
 
     delete = subcommand(
         account_sub,
@@ -427,10 +428,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     delete.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation (for scripts)"
     )
-    account_options(delete)
-    add_timeout(delete)
 
-    send = subcommand(
+    subcommand(
         sub,
         "send",
         help="send one message and wait for the server's ✓",
@@ -444,13 +443,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce send bob 'hello bob' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
+        args=[("NAME", "the recipient's username"), ("TEXT", "the message")],
     )
-    send.add_argument("name", metavar="NAME", help="the recipient's username")
-    send.add_argument("text", metavar="TEXT", help="the message")
-    account_options(send)
-    add_timeout(send)
-
-    listen = subcommand(
+    subcommand(
         sub,
         "listen",
         help="print incoming messages, room messages and invitations (Ctrl-C to stop)",
@@ -463,10 +458,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce listen --data-dir ~/.sottovoce-bob",
         func=cmd_listen,
+        options=account_options,
     )
-    account_options(listen)
-
-    chat = subcommand(
+    subcommand(
         sub,
         "chat",
         help="chat with a person (NAME) or in a room ('#ROOM') in a terminal UI",
@@ -484,12 +478,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "  sottovoce chat '#team' --data-dir ~/.sottovoce-alice"
         ),
         func=cmd_chat,
+        args=[("NAME", "a username, or '#ROOM' for a room")],
+        options=_chat_options,
     )
-    chat.add_argument("name", metavar="NAME", help="a username, or '#ROOM' for a room")
-    add_path_options(chat)
-    account_options(chat)
-
-    history = subcommand(
+    subcommand(
         sub,
         "history",
         help="print the messages and calls with NAME from the local store",
@@ -499,10 +491,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce history bob --data-dir ~/.sottovoce-alice",
         func=cmd_history,
+        args=[OTHER_USER],
+        options=history_options,
     )
-    history.add_argument("name", metavar="NAME", help="the other user")
-    history_options(history)
-
     verify = subcommand(
         sub,
         "verify",
@@ -514,8 +505,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce verify bob --data-dir ~/.sottovoce-alice",
         func=cmd_verify,
+        args=[OTHER_USER],
     )
-    verify.add_argument("name", metavar="NAME", help="the other user")
     verify.add_argument("--no-qr", action="store_true", help="print the digits only")
-    account_options(verify)
-    add_timeout(verify)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sottovoce.cli.session import no_options, subcommand
 from sottovoce.identity import (
     AccountKey,
     DeviceCertificate,
@@ -138,7 +139,8 @@ def run_demo(out: Callable[[str], None] = print) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
+    subcommand(
+        sub,
         "demo",
         help="two users exchange messages through an in-memory relay that sees only ciphertext",
         description=(
@@ -146,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "open an Olm session, exchange messages both ways, then print what the relay in "
             "the middle saw and both users' safety numbers. Runs offline, in one process."
         ),
-        epilog="example:\n  sottovoce demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="  sottovoce demo",
+        func=lambda args: run_demo(),
+        options=no_options,
     )
-    parser.set_defaults(func=lambda args: run_demo())

@@ -128,13 +128,18 @@ def queued(peer: str) -> str:
     )
 
 
+def messages(count: int, kind: str = "") -> str:
+    """``1 new message``, ``3 queued messages``: the count with its noun in the right number."""
+    return f"{count} {kind}{' ' if kind else ''}message{'s' if count != 1 else ''}"
+
+
 def flushed(count: int) -> str:
-    return f"sent {count} message{'s' if count != 1 else ''} queued earlier"
+    return f"sent {messages(count)} queued earlier"
 
 
 def still_queued(count: int) -> str:
     return (
-        f"{count} queued message{'s' if count != 1 else ''} not acknowledged yet; "
+        f"{messages(count, 'queued')} not acknowledged yet; "
         "the next command that connects sends them again (never twice)"
     )
 
@@ -234,17 +239,18 @@ def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> lis
         ):
             rooms[event.room_id] = rooms.get(event.room_id, 0) + 1
     for sender, n in senders.items():
-        lines.append(
-            f"{n} new message{'s' if n != 1 else ''} from {safe(sender)} "
-            f"(sottovoce chat {safe(sender)} shows {'them' if n != 1 else 'it'})"
-        )
+        lines.append(_unread(n, f"from {safe(sender)}", safe(sender)))
     for room_id, n in rooms.items():
-        label = labels.get(room_id, room_id)
-        lines.append(
-            f"{n} new message{'s' if n != 1 else ''} in {safe(label)} "
-            f"(sottovoce chat {quoted_room(safe(label))} shows {'them' if n != 1 else 'it'})"
-        )
+        label = safe(labels.get(room_id, room_id))
+        lines.append(_unread(n, f"in {label}", quoted_room(label)))
     return lines
+
+
+def _unread(count: int, where: str, target: str) -> str:
+    return (
+        f"{messages(count, 'new')} {where} "
+        f"(sottovoce chat {target} shows {'them' if count != 1 else 'it'})"
+    )
 
 
 # =============================================================================

@@ -36,8 +36,6 @@ from sottovoce.cli.call_cmd import (
 from sottovoce.cli.session import (
     CliError,
     Connect,
-    account_options,
-    add_timeout,
     positive,
     subcommand,
     unreachable,
@@ -230,8 +228,8 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "~/.sottovoce-carol"
         ),
         func=cmd_room_call,
+        args=[("ROOM", "the room: its name on this device, '#NAME' or its id")],
     )
-    p.add_argument("room", metavar="ROOM")
     p.add_argument("--new", action="store_true",
                    help="start a new call even if one was started in the room")
     p.add_argument("--audio-only", action="store_true", help="send no camera video")
@@ -250,5 +248,3 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="consent when someone asks to record (default: refuse)")
     p.add_argument("--seconds", type=positive(float), metavar="N",
                    help="leave N seconds after joining (default: at Ctrl-C)")
-    account_options(p)
-    add_timeout(p)

@@ -17,8 +17,8 @@ from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     CliError,
     Connect,
-    account_options,
-    add_timeout,
+    Positional,
+    command_group,
     history_options,
     subcommand,
     with_client,
@@ -186,8 +186,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+ROOM: Positional = ("ROOM", None)
+USER: Positional = ("USER", None)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    room = sub.add_parser(
+    rs = command_group(
+        sub,
         "room",
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
@@ -196,21 +201,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "your inviter gave it), the same with a '#' in front as `chat` takes it, or its "
             "id (room:…) as `room list` shows it. The server never sees a room's name."
         ),
-        epilog=(
-            "example:\n  sottovoce room create friends && sottovoce room invite friends bob\n"
+        example=(
+            "  sottovoce room create friends && sottovoce room invite friends bob\n"
             "  sottovoce chat '#friends'"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-
-    def room_help(args: argparse.Namespace) -> int:
-        room.print_help()
-        return 2
-
-    room.set_defaults(func=room_help)
-    rs = room.add_subparsers(dest="room_command", metavar="SUBCOMMAND")
-
-    p = subcommand(
+    subcommand(
         rs,
         "create",
         help="make a room with you as its only member",
@@ -221,12 +217,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
+        args=[("NAME", "the room's local name")],
     )
-    p.add_argument("name", metavar="NAME", help="the room's local name")
-    account_options(p)
-    add_timeout(p)
-
-    p = subcommand(
+    subcommand(
         rs,
         "invite",
         help="add every device of USER to ROOM",
@@ -238,25 +231,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce room invite friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_invite,
+        args=[ROOM, USER],
     )
-    p.add_argument("room", metavar="ROOM")
-    p.add_argument("user", metavar="USER")
-    account_options(p)
-    add_timeout(p)
-
-    p = subcommand(
+    subcommand(
         rs,
         "remove",
         help="remove every device of USER from ROOM",
         description="Commit the removal of USER's devices; they cannot read anything later.",
         example="  sottovoce room remove friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_remove,
+        args=[ROOM, USER],
     )
-    p.add_argument("room", metavar="ROOM")
-    p.add_argument("user", metavar="USER")
-    account_options(p)
-    add_timeout(p)
-
     p = subcommand(
         rs,
         "join",
@@ -267,19 +252,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sottovoce-carol",
         func=cmd_join,
-    )
-    p.add_argument(
-        "token", metavar="TOKEN", help="the join token (one starting with '-' needs -- before it)"
+        args=[("TOKEN", "the join token (one starting with '-' needs -- before it)")],
     )
     p.add_argument(
         "--name",
         metavar="NAME",
         help="this device's name for the room (default: its id); renames it on a rejoin",
     )
-    account_options(p)
-    add_timeout(p)
-
-    p = subcommand(
+    subcommand(
         rs,
         "send",
         help="send TEXT to ROOM and wait for the server's ✓",
@@ -292,24 +272,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce room send friends 'hello all' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
+        args=[ROOM, ("TEXT", None)],
     )
-    p.add_argument("room", metavar="ROOM")
-    p.add_argument("text", metavar="TEXT")
-    account_options(p)
-    add_timeout(p)
-
-    p = subcommand(
+    subcommand(
         rs,
         "history",
         help="print ROOM's messages from the local store (after catching up)",
         description="Connect, store what arrived, then print the room's last messages.",
         example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,
+        args=[ROOM],
+        options=history_options,
     )
-    p.add_argument("room", metavar="ROOM")
-    history_options(p)
-
-    p = subcommand(
+    subcommand(
         rs,
         "audit",
         help="fetch, verify and print ROOM's audit trail",
@@ -320,11 +295,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example="  sottovoce room audit friends --data-dir ~/.sottovoce-alice",
         func=cmd_audit,
+        args=[ROOM],
     )
-    p.add_argument("room", metavar="ROOM")
-    account_options(p)
-    add_timeout(p)
-
     p = subcommand(
         rs,
         "token",
@@ -338,18 +310,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "  sottovoce room token friends --revoke --data-dir ~/.sottovoce-alice"
         ),
         func=cmd_token,
+        args=[ROOM],
     )
-    p.add_argument("room", metavar="ROOM")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rotate", action="store_true", help="replace the current token")
     group.add_argument("--revoke", action="store_true", help="remove the token")
-    account_options(p)
-    add_timeout(p)
-
     from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
 
     room_call_cmd.add_command(rs)
-
     p = subcommand(
         rs,
         "list",
@@ -362,5 +330,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_list,
     )
     p.add_argument("--offline", action="store_true", help="do not connect; local store only")
-    account_options(p)
-    add_timeout(p)

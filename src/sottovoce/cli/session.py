@@ -21,7 +21,7 @@ import enum
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -165,7 +165,14 @@ def new_passphrase(args: argparse.Namespace, username: str) -> str:
 
 
 def unlock(args: argparse.Namespace) -> Client:
-    """Open the account of ``args`` (three prompts at a terminal; one try otherwise)."""
+    """Open the account of ``args``; from then on an error can name its server."""
+    client = _load(args)
+    args.server_url = client.identity.server_url
+    return client
+
+
+def _load(args: argparse.Namespace) -> Client:
+    """The account of ``args`` (three prompts at a terminal; one try otherwise)."""
     root = data_dir(args)
     require_account(root)
     given = given_passphrase(args)
@@ -258,7 +265,6 @@ def with_client(
     (``notices``; off for commands that show events themselves).
     """
     client = unlock(args)
-    args.server_url = client.identity.server_url
     return run(_session(client, args, work, connect, notices))
 
 
@@ -349,6 +355,20 @@ def add_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: A positional argument as (METAVAR, help); its attribute is the metavar in lower case.
+Positional = tuple[str, str | None]
+
+
+def no_options(parser: argparse.ArgumentParser) -> None:
+    """For a command that opens no account (``demo``)."""
+
+
+def timed_account_options(parser: argparse.ArgumentParser) -> None:
+    """The account options and --timeout: for a command that opens the account and connects."""
+    account_options(parser)
+    add_timeout(parser)
+
+
 def subcommand(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -357,7 +377,14 @@ def subcommand(
     description: str,
     example: str,
     func: Callable[[argparse.Namespace], int],
+    args: Sequence[Positional] = (),
+    options: Callable[[argparse.ArgumentParser], None] = timed_account_options,
 ) -> argparse.ArgumentParser:
+    """A subcommand with its positionals, then ``options`` (by default the account's).
+
+    Every account command takes the same options, so a new one is a table entry;
+    the caller adds the flags only it has to the parser returned.
+    """
     parser = sub.add_parser(
         name,
         help=help,
@@ -366,4 +393,28 @@ def subcommand(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)
+    for metavar, text in args:
+        parser.add_argument(metavar.lower(), metavar=metavar, help=text)
+    options(parser)
     return parser
+
+
+def command_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    description: str,
+    example: str,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command made of subcommands (``account``, ``room``); alone it prints its help (exit 2)."""
+
+    def show_help(args: argparse.Namespace) -> int:
+        group.print_help()
+        return 2
+
+    group = subcommand(
+        sub, name, help=help, description=description, example=example, func=show_help,
+        options=no_options,
+    )
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")

@@ -20,15 +20,14 @@ message, so the relay cannot tell a call from a chat:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from sottovoce.client.payload import json_body, read_json_body
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.errors import DecodeError
 
 CALL_CONTENT_TYPE = "call"
 MISSED_CALL_CONTENT_TYPE = "call-missed"
-_VERSION = 1
 _CALL_ID_BYTES = 16
 
 
@@ -58,22 +57,13 @@ class MissedCall:
     video: bool
 
     def encode(self) -> str:
-        return json.dumps(
-            {"v": _VERSION, "callId": self.call_id.hex(), "video": self.video},
-            separators=(",", ":"),
-        )
+        return json_body(callId=self.call_id.hex(), video=self.video)
 
     @classmethod
     def decode(cls, text: str) -> MissedCall:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise DecodeError("missed-call entry is not JSON") from None
+        value = read_json_body(text, ("callId", "video"), "missed-call entry")
         if (
-            not isinstance(value, dict)
-            or set(value) != {"v", "callId", "video"}
-            or value["v"] != _VERSION
-            or not isinstance(value["video"], bool)
+            not isinstance(value["video"], bool)
             or not isinstance(value["callId"], str)
             or len(value["callId"]) != 2 * _CALL_ID_BYTES
         ):

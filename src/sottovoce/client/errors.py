@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sottovoce.errors import IdentityError, RemoteError, UsageError
+from sottovoce.errors import IdentityError, RemoteError, UsageError, WireError
 
 
 class WrongPassphrase(UsageError):
@@ -43,20 +41,8 @@ class NotConnected(RemoteError):
     retryable = True
 
 
-class ServerError(RemoteError):
+class ServerError(WireError):
     """The server answered a request with ``ksmpv3.error``."""
 
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        retry_after_ms: int = 0,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(f"server error {code}: {message}")
-        self.code = code
-        self.retryable = retryable
-        self.retry_after_ms = retry_after_ms
-        self.details = details or {}
+    def __str__(self) -> str:
+        return f"server error {self.code}: {self.message}"

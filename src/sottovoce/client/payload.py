@@ -20,7 +20,10 @@ inside the Olm layer; a room's MLS application data is padded here
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
@@ -28,6 +31,35 @@ from sottovoce.limits import MAX_TEXT_BYTES
 from sottovoce.pairwise.padding import pad, unpad
 
 _VERSION = 1
+
+
+#: The ``"v"`` of the small JSON bodies some payloads carry (a missed call, a room invitation).
+JSON_BODY_VERSION = 1
+
+
+def json_body(**fields: object) -> str:
+    """A small payload body as compact JSON with its version first: ``{"v":1,...}``."""
+    return json.dumps(
+        {"v": JSON_BODY_VERSION, **fields}, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def read_json_body(data: str | bytes, fields: Collection[str], what: str) -> dict[str, Any]:
+    """The object :func:`json_body` wrote, with exactly ``fields`` besides ``v``.
+
+    Anything else (not UTF-8 JSON, other fields, another version) is a
+    ``DecodeError`` naming ``what``; the caller checks each field's value.
+    """
+    try:
+        # Bytes are UTF-8 only (json.loads alone would guess UTF-16 or UTF-32 too).
+        value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, ValueError):
+        raise DecodeError(f"{what} is not JSON") from None
+    if not isinstance(value, dict) or set(value) != {"v", *fields}:
+        raise DecodeError(f"{what} has the wrong fields")
+    if value["v"] != JSON_BODY_VERSION:
+        raise DecodeError(f"unknown {what} version")
+    return value
 
 
 def text_body(text: str) -> bytes:

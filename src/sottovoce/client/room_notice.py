@@ -18,17 +18,16 @@ label when it has not named the room itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sottovoce.client.payload import json_body, read_json_body
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.identity import validate_username
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
 
 #: Payload content type of a notice (the payload is inside the MLS ciphertext).
 INVITE_CONTENT_TYPE = "room-invite"
-_VERSION = 1
 
 
 def valid_room_name(name: str) -> bool:
@@ -43,22 +42,11 @@ class InviteNotice:
     invited: str
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"v": _VERSION, "name": self.name, "invited": self.invited},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode("utf-8")
+        return json_body(name=self.name, invited=self.invited).encode("utf-8")
 
     @classmethod
     def decode(cls, data: bytes) -> InviteNotice:
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise DecodeError("invitation notice is not JSON") from None
-        if not isinstance(value, dict) or set(value) != {"v", "name", "invited"}:
-            raise DecodeError("invitation notice has the wrong fields")
-        if value["v"] != _VERSION:
-            raise DecodeError("unknown invitation notice version")
+        value = read_json_body(data, ("name", "invited"), "invitation notice")
         name, invited = value["name"], value["invited"]
         if not isinstance(name, str) or not valid_room_name(name):
             raise DecodeError("invitation notice: bad room name")

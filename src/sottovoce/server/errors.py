@@ -73,9 +73,7 @@ WebSocket close codes the server uses:
 
 from __future__ import annotations
 
-from typing import Any
-
-from sottovoce.errors import RemoteError
+from sottovoce.errors import WireError
 
 CLOSE_ABUSE = 1008
 CLOSE_TOO_BIG = 1009
@@ -93,24 +91,8 @@ ABUSE_CODES = frozenset({
 })
 
 
-class WireFailure(RemoteError):
+class WireFailure(WireError):
     """A request failed in a way the client is told about with ``ksmpv3.error``."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        retry_after_ms: int = 0,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.retry_after_ms = retry_after_ms
-        self.details = details or {}
 
 
 class StorageError(WireFailure):

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import av
 from aiortc.contrib.media import MediaPlayer
@@ -37,8 +38,10 @@ VIDEO_CLOCK = 90_000  # RFC 7741 §4.1: VP8 uses a 90 kHz RTP clock
 PATTERN_BITS = 16
 _WHITE, _BLACK, _GREY = 235, 16, 128  # ITU-R BT.601 studio-range luma
 
+F = TypeVar("F", av.AudioFrame, av.VideoFrame)
 
-class _PacedTrack(MediaStreamTrack):
+
+class _PacedTrack(MediaStreamTrack, Generic[F]):
     """Frames at a fixed rate on the event loop's clock; reports its own failures."""
 
     def __init__(
@@ -61,14 +64,24 @@ class _PacedTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         return index
 
-    def _failed(self, exc: BaseException) -> MediaStreamError:
-        if self._on_error is not None:
-            self._on_error(exc)
-        self.stop()
-        return MediaStreamError(f"{type(self).__name__} failed")
+    async def recv(self) -> F:
+        if self.readyState != "live":
+            raise MediaStreamError("track ended")
+        index = await self._wait_turn()
+        try:
+            return self._frame(index)
+        except Exception as exc:  # reported, then the track ends (see module docstring)
+            if self._on_error is not None:
+                self._on_error(exc)
+            self.stop()
+            raise MediaStreamError(f"{type(self).__name__} failed") from exc
+
+    def _frame(self, index: int) -> F:
+        """Frame number ``index`` (from 0), due now."""
+        raise NotImplementedError
 
 
-class ToneTrack(_PacedTrack):
+class ToneTrack(_PacedTrack[av.AudioFrame]):
     """A sine tone, mono s16 at 48 kHz in 20 ms frames."""
 
     kind = "audio"
@@ -93,20 +106,14 @@ class ToneTrack(_PacedTrack):
             ),
         ).tobytes()
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError("track ended")
-        index = await self._wait_turn()
-        try:
-            start = (index * AUDIO_FRAME_SAMPLES) % AUDIO_RATE * 2
-            frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_FRAME_SAMPLES)
-            frame.planes[0].update(self._second[start : start + AUDIO_FRAME_SAMPLES * 2])
-            frame.sample_rate = AUDIO_RATE
-            frame.pts = index * AUDIO_FRAME_SAMPLES
-            frame.time_base = fractions.Fraction(1, AUDIO_RATE)
-            return frame
-        except Exception as exc:  # reported, then the track ends (see module docstring)
-            raise self._failed(exc) from exc
+    def _frame(self, index: int) -> av.AudioFrame:
+        start = (index * AUDIO_FRAME_SAMPLES) % AUDIO_RATE * 2
+        frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_FRAME_SAMPLES)
+        frame.planes[0].update(self._second[start : start + AUDIO_FRAME_SAMPLES * 2])
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = index * AUDIO_FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        return frame
 
 
 class SilenceGate(MediaStreamTrack):
@@ -137,7 +144,7 @@ class SilenceGate(MediaStreamTrack):
         self._source.stop()
 
 
-class PatternTrack(_PacedTrack):
+class PatternTrack(_PacedTrack[av.VideoFrame]):
     """Numbered video frames (see the module docstring), yuv420p."""
 
     kind = "video"
@@ -180,21 +187,15 @@ class PatternTrack(_PacedTrack):
         bars = self._bars[shift:] + self._bars[:shift]
         return bytes(top) * ch + bytes(bottom) * ch + bars * (self.height - 2 * ch)
 
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError("track ended")
-        index = await self._wait_turn()
-        try:
-            frame = av.VideoFrame(self.width, self.height, "yuv420p")
-            _fill(frame.planes[0], self._luma(index % (1 << PATTERN_BITS)), self.width)
-            _fill(frame.planes[1], self._chroma, self.width // 2)
-            _fill(frame.planes[2], self._chroma, self.width // 2)
-            frame.pts = index * (VIDEO_CLOCK // self.fps)
-            frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-            self.sent = index + 1
-            return frame
-        except Exception as exc:  # reported, then the track ends (see module docstring)
-            raise self._failed(exc) from exc
+    def _frame(self, index: int) -> av.VideoFrame:
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        _fill(frame.planes[0], self._luma(index % (1 << PATTERN_BITS)), self.width)
+        _fill(frame.planes[1], self._chroma, self.width // 2)
+        _fill(frame.planes[2], self._chroma, self.width // 2)
+        frame.pts = index * (VIDEO_CLOCK // self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.sent = index + 1
+        return frame
 
 
 def _fill(plane: av.video.plane.VideoPlane, rows: bytes, width: int) -> None:

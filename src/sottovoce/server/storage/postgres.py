@@ -56,236 +56,27 @@ import asyncpg
 from sottovoce.errors import RemoteError, UsageError
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage import engine_postgres
 from sottovoce.server.storage.base import (
-    AccountRecord,
     AppendCallback,
-    ClaimedPrekey,
-    DeviceExists,
-    DeviceRecord,
-    PrekeysFull,
     SendOutcome,
     SendRequest,
-    Storage,
     StoredFrame,
     UnknownAccount,
-    UsernameTaken,
 )
-from sottovoce.server.storage.postgres_rooms import (
-    JOIN_REQUESTS_MIGRATION,
-    ROOMS_MIGRATION,
-    PostgresRooms,
-)
+from sottovoce.server.storage.postgres_rooms import PostgresRooms
 from sottovoce.server.storage.quota import InboxFull, InboxLimits, Usage, refusal
-from sottovoce.server.storage.sqlite import BatchStats
+from sottovoce.server.storage.schema import POSTGRES_MIGRATIONS
+from sottovoce.server.storage.shared import BatchStats, Op, SharedStorage
 
 T = TypeVar("T")
 
 #: SQLSTATE raised by sv_append_batch when a key of the batch is already stored
-#: (written out in the function below as well).
+#: (written out in the function's text in storage/schema.py as well).
 IDEMPOTENCY_SQLSTATE = "SV001"
 
-# One group commit's writes in one statement (one round trip instead of six: on a
-# busy event loop each round trip waits for a loop turn). Lock order: the
-# conversations' counter rows in the order given, then the devices' rows sorted
-# (FOR UPDATE under ORDER BY locks in that order). Sequences: a counter advanced
-# by n for this batch hands out last-n+1 … last, in the ranks the caller gave.
-_APPEND_FUNCTION = """
-    CREATE FUNCTION sv_append_batch(
-        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
-        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
-        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
-        i_pre text[], i_post text[], received bigint,
-        OUT conv_last bigint[], OUT dev_last bigint[]
-    ) LANGUAGE plpgsql AS $fn$
-    DECLARE
-        n bigint;
-    BEGIN
-        WITH up AS (
-            INSERT INTO conversations AS c(conversation_id, last_seq)
-            SELECT * FROM unnest(conv_ids, conv_counts)
-            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
-            RETURNING c.conversation_id, c.last_seq
-        )
-        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
-        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
-        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
-        WITH up AS (
-            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
-            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
-            RETURNING d.dev, d.last_inbox_seq
-        )
-        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
-        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
-                          received_at)
-        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
-        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> coalesce(cardinality(s_dev), 0) THEN
-            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
-        END IF;
-        INSERT INTO inbox(dev, seq, received_at, envelope)
-        SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
-               u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post
-        FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post)
-             AS u(dv, di, r, ci, sr, pre, post);
-    END
-    $fn$;
-"""
-
-# v4's sv_append_batch: as above, and each inbox row also names its sending device;
-# then what waits per (recipient device, sending account) grows by the rows just
-# inserted (exact byte lengths), and the senders are recorded as having written to
-# the recipients. Usage rows of a device are only written under its counter row
-# lock (or by single-statement deletes), so these upserts cannot deadlock.
-_APPEND_FUNCTION_V4 = """
-    CREATE FUNCTION sv_append_batch(
-        conv_ids text[], conv_counts bigint[], dev_ids bigint[], dev_counts bigint[],
-        s_dev bigint[], s_key text[], s_conv text[], s_mid text[], s_ci int[], s_rank bigint[],
-        i_dev bigint[], i_di int[], i_rank bigint[], i_ci int[], i_srank bigint[],
-        i_pre text[], i_post text[], received bigint, i_sender bigint[],
-        w_user text[], w_peer text[],
-        OUT conv_last bigint[], OUT dev_last bigint[]
-    ) LANGUAGE plpgsql AS $fn$
-    DECLARE
-        n bigint;
-    BEGIN
-        WITH up AS (
-            INSERT INTO conversations AS c(conversation_id, last_seq)
-            SELECT * FROM unnest(conv_ids, conv_counts)
-            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
-            RETURNING c.conversation_id, c.last_seq
-        )
-        SELECT array_agg(up.last_seq ORDER BY u.ord) INTO conv_last
-        FROM up JOIN unnest(conv_ids) WITH ORDINALITY AS u(id, ord) ON u.id = up.conversation_id;
-        PERFORM 1 FROM devices WHERE dev = ANY(dev_ids) ORDER BY dev FOR UPDATE;
-        WITH up AS (
-            UPDATE devices AS d SET last_inbox_seq = d.last_inbox_seq + u.cnt
-            FROM unnest(dev_ids, dev_counts) AS u(id, cnt) WHERE d.dev = u.id
-            RETURNING d.dev, d.last_inbox_seq
-        )
-        SELECT array_agg(up.last_inbox_seq ORDER BY up.dev) INTO dev_last FROM up;
-        INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq,
-                          received_at)
-        SELECT u.sd, u.k, u.cv, u.m, conv_last[u.ci] - conv_counts[u.ci] + 1 + u.r, received
-        FROM unnest(s_dev, s_key, s_conv, s_mid, s_ci, s_rank) AS u(sd, k, cv, m, ci, r)
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> coalesce(cardinality(s_dev), 0) THEN
-            RAISE EXCEPTION 'idempotency key already stored' USING ERRCODE = 'SV001';
-        END IF;
-        WITH ins AS (
-            INSERT INTO inbox(dev, seq, received_at, envelope, sender)
-            SELECT u.dv, dev_last[u.di] - dev_counts[u.di] + 1 + u.r, received,
-                   u.pre || (conv_last[u.ci] - conv_counts[u.ci] + 1 + u.sr)::text || u.post,
-                   u.sd
-            FROM unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender)
-                 AS u(dv, di, r, ci, sr, pre, post, sd)
-            RETURNING inbox.dev, inbox.sender, octet_length(inbox.envelope) AS size
-        )
-        INSERT INTO inbox_usage AS q(dev, sender, messages, bytes)
-        SELECT ins.dev, d.user_id, count(*), sum(ins.size)
-        FROM ins JOIN devices d ON d.dev = ins.sender
-        GROUP BY ins.dev, d.user_id ORDER BY 1, 2
-        ON CONFLICT (dev, sender) DO UPDATE
-            SET messages = q.messages + excluded.messages, bytes = q.bytes + excluded.bytes;
-        INSERT INTO correspondents(user_id, peer)
-        SELECT * FROM unnest(w_user, w_peer) AS w(u, p) ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-    END
-    $fn$;
-"""
-
-# Each entry upgrades the schema by one version; applied in order at start-up.
-# Never edit a released entry: append a new one (docs/operations.md).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE accounts(
-        user_id text PRIMARY KEY,
-        account_key bytea NOT NULL,
-        created_at bigint NOT NULL
-    );
-    CREATE TABLE devices(
-        dev bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_id text NOT NULL REFERENCES accounts(user_id),
-        device_id text NOT NULL,
-        certificate bytea NOT NULL,
-        revoked_at bigint,
-        push_endpoint text,
-        -- The device's globalInboxSeq counter; its row lock orders inbox commits.
-        last_inbox_seq bigint NOT NULL DEFAULT 0,
-        created_at bigint NOT NULL,
-        UNIQUE(user_id, device_id)
-    );
-    CREATE TABLE prekeys(
-        dev bigint NOT NULL,
-        key_id text NOT NULL,
-        prekey bytea NOT NULL,
-        PRIMARY KEY(dev, key_id)
-    );
-    CREATE TABLE fallback_keys(
-        dev bigint PRIMARY KEY,
-        prekey bytea NOT NULL
-    );
-    -- The serverSeq counter per conversation; its row lock serializes writers.
-    CREATE TABLE conversations(
-        conversation_id text PRIMARY KEY,
-        last_seq bigint NOT NULL
-    );
-    -- Idempotency: (sender device, key) -> the original ack.
-    CREATE TABLE sends(
-        sender_dev bigint NOT NULL,
-        idem_key text NOT NULL,
-        conversation_id text NOT NULL,
-        message_id text NOT NULL,
-        server_seq bigint NOT NULL,
-        received_at bigint NOT NULL,
-        PRIMARY KEY(sender_dev, idem_key)
-    );
-    -- One row per recipient device (docs/architecture.md). received_at grows with insertion
-    -- order, so a BRIN index finds the expired prefix at almost no write cost.
-    CREATE TABLE inbox(
-        dev bigint NOT NULL,
-        seq bigint NOT NULL,
-        received_at bigint NOT NULL,
-        envelope text NOT NULL,
-        PRIMARY KEY(dev, seq)
-    );
-    -- Ciphertext does not compress: do not spend CPU trying.
-    ALTER TABLE inbox ALTER COLUMN envelope SET STORAGE EXTERNAL;
-    CREATE INDEX inbox_received ON inbox USING brin(received_at);
-    CREATE INDEX sends_received ON sends USING brin(received_at);
-    """ + _APPEND_FUNCTION,
-    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/postgres_rooms.py)
-    # v3: account deletion. A deleted account keeps its row as a tombstone
-    # (deleted_at set), so its username can never be registered again.
-    """
-    ALTER TABLE accounts ADD COLUMN deleted_at bigint;
-    """,
-    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/postgres_rooms.py)
-    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
-    # (0: unknown, as for rows stored before); per recipient device, what waits from
-    # each sending account; which accounts have written to which. sv_append_batch
-    # also keeps those two up to date.
-    """
-    ALTER TABLE inbox ADD COLUMN sender bigint NOT NULL DEFAULT 0;
-    CREATE TABLE inbox_usage(
-        dev bigint NOT NULL,
-        sender text NOT NULL,
-        messages bigint NOT NULL,
-        bytes bigint NOT NULL,
-        PRIMARY KEY(dev, sender)
-    );
-    INSERT INTO inbox_usage(dev, sender, messages, bytes)
-        SELECT dev, '', count(*), sum(octet_length(envelope)) FROM inbox GROUP BY dev;
-    CREATE TABLE correspondents(
-        user_id text NOT NULL,
-        peer text NOT NULL,
-        PRIMARY KEY(user_id, peer)
-    );
-    DROP FUNCTION sv_append_batch;
-    """ + _APPEND_FUNCTION_V4,  # noqa: S608 -- constants only
-)
+#: Each entry upgrades the schema by one version (storage/schema.py); applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = POSTGRES_MIGRATIONS
 SCHEMA_VERSION = len(MIGRATIONS)
 #: A recipient device's cached inbox usage is read again after this long (other nodes
 #: store and delete frames too): quotas hold within what a second of sends can add.
@@ -396,15 +187,6 @@ _EXPIRE_RELEASE = _release_sql("received_at < $1")
 _POST_FIXED = len(',"serverReceivedAtMs":' + "0" * 13 + ',"idempotencyKey":"'
                   + '","ephemeral":false}') + 10
 
-_CLAIM = (
-    "DELETE FROM prekeys WHERE (dev, key_id) = ("
-    "  SELECT dev, key_id FROM prekeys WHERE dev=$1 ORDER BY key_id "
-    "  LIMIT 1 FOR UPDATE{}) RETURNING prekey"
-)
-_CLAIM_SKIP = _CLAIM.format(" SKIP LOCKED")
-_CLAIM_WAIT = _CLAIM.format("")
-
-
 class _IdempotencyRace(Exception):
     """A key of this batch is already stored (a retry, or another node won a race).
 
@@ -416,7 +198,7 @@ class _IdempotencyRace(Exception):
 _Pending = tuple[SendRequest, AppendCallback]
 
 
-class PostgresStorage(Storage, PostgresRooms):
+class PostgresStorage(SharedStorage, PostgresRooms):
     def __init__(
         self,
         dsn: str,
@@ -545,14 +327,8 @@ class PostgresStorage(Storage, PostgresRooms):
                 t0 = time.perf_counter()
                 results = await self._run_batch(batch)
                 elapsed = time.perf_counter() - t0
-                st = self.stats
-                st.commits += 1
-                st.jobs += len(batch)
-                st.commit_seconds += elapsed
-                st.last_batch = len(batch)
                 try:  # a metrics or callback bug must not stop the writer
-                    for obs in st.observers:
-                        obs(len(batch), elapsed)
+                    self.stats.record(len(batch), elapsed)
                 except Exception as exc:
                     self._log.error("storage.observer_failed", error=type(exc).__name__)
                 for (_, callback), (outcome, error) in zip(batch, results, strict=True):
@@ -927,236 +703,30 @@ class PostgresStorage(Storage, PostgresRooms):
             dev = self._devs[(user, device)] = int(row)
         return dev
 
-    async def create_account(
-        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            status = await conn.execute(
-                "INSERT INTO accounts(user_id, account_key, created_at) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING",
-                user_id, account_key, now_ms,
-            )
-            if status.endswith(" 0"):
-                raise UsernameTaken("username is taken")
-            await conn.execute(
-                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
-                "VALUES ($1, $2, $3, $4)",
-                user_id, device_id, certificate, now_ms,
-            )
+    async def _write_op(
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
+    ) -> T:
+        async def run(conn: Any) -> T:
+            result = await engine_postgres.run(op(*args), conn, self)
+            if after is not None:
+                after(result)
+            return result
 
-        await self._with(run)
+        # One statement needs no transaction of its own (two round trips fewer).
+        return await self._with(run, write=atomic)
 
-    async def add_device(
-        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            if await conn.fetchval(
-                "SELECT 1 FROM accounts WHERE user_id=$1 AND deleted_at IS NULL", user_id
-            ) is None:
-                raise UnknownAccount("no such account")
-            status = await conn.execute(
-                "INSERT INTO devices(user_id, device_id, certificate, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                user_id, device_id, certificate, now_ms,
-            )
-            if status.endswith(" 0"):
-                raise DeviceExists("device id already registered")
+    async def _read_op(self, op: Op[T], *args: Any) -> T:
+        async def run(conn: Any) -> T:
+            return await engine_postgres.run(op(*args), conn, self)
 
-        await self._with(run)
+        return await self._with(run, write=False)
 
-    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
-        async def run(conn: Any) -> None:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                raise UnknownAccount("no such device")
-            await conn.execute(
-                "UPDATE devices SET revoked_at=$1, push_endpoint=NULL "
-                "WHERE dev=$2 AND revoked_at IS NULL",
-                now_ms, dev,
-            )
-            await conn.execute("DELETE FROM prekeys WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM fallback_keys WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM inbox WHERE dev=$1", dev)
-            await conn.execute("DELETE FROM inbox_usage WHERE dev=$1", dev)
+    def _forget_inboxes(self, devs: Sequence[int], *, correspondents: bool) -> None:
+        for dev in devs:
             self._usage.pop(dev, None)
-
-        await self._with(run)
-
-    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
-        async def run(conn: Any) -> tuple[str, ...]:
-            # Row lock on the account: a concurrent add_device (FK check) waits for us.
-            deleted = await conn.fetchrow(
-                "SELECT deleted_at FROM accounts WHERE user_id=$1 FOR UPDATE", user_id
-            )
-            if deleted is None or deleted[0] is not None:
-                raise UnknownAccount("no such account")
-            rows = await conn.fetch(
-                "SELECT dev, device_id, revoked_at FROM devices WHERE user_id=$1 ORDER BY dev "
-                "FOR UPDATE",
-                user_id,
-            )
-            # The row stays as a tombstone: the name is never handed out again (Storage docs).
-            await conn.execute(
-                "UPDATE accounts SET deleted_at=$1 WHERE user_id=$2", now_ms, user_id
-            )
-            await conn.execute(
-                "UPDATE devices SET revoked_at=coalesce(revoked_at, $1), push_endpoint=NULL "
-                "WHERE user_id=$2",
-                now_ms, user_id,
-            )
-            devs = [int(r[0]) for r in rows]
-            for table in ("prekeys", "fallback_keys", "inbox", "inbox_usage", "key_packages",
-                          "key_package_devices"):
-                await conn.execute(f"DELETE FROM {table} WHERE dev = ANY($1::bigint[])",  # noqa: S608
-                                   devs)
-            await conn.execute("DELETE FROM correspondents WHERE user_id=$1 OR peer=$1", user_id)
-            for dev in devs:
-                self._usage.pop(dev, None)
+        if correspondents:
             self._wrote.clear()
-            return tuple(str(r[1]) for r in rows if r[2] is None)
-
-        return await self._with(run)
-
-    async def get_account(self, user_id: str) -> AccountRecord | None:
-        async def run(conn: Any) -> AccountRecord | None:
-            found = await conn.fetchrow(
-                "SELECT account_key, deleted_at FROM accounts WHERE user_id=$1", user_id
-            )
-            if found is None:
-                return None
-            key = found[0]
-            rows = await conn.fetch(
-                "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
-                "WHERE user_id=$1 ORDER BY dev",
-                user_id,
-            )
-            return AccountRecord(
-                user_id=user_id,
-                account_key=bytes(key),
-                devices=tuple(
-                    DeviceRecord(device_id=r[0], certificate=bytes(r[1]),
-                                 revoked=r[2] is not None, push_endpoint=r[3])
-                    for r in rows
-                ),
-                deleted=found[1] is not None,
-            )
-
-        return await self._with(run, write=False)
-
-    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
-        async def run(conn: Any) -> None:
-            await conn.execute(
-                "UPDATE devices SET push_endpoint=$1 WHERE user_id=$2 AND device_id=$3",
-                endpoint, user_id, device_id,
-            )
-
-        await self._with(run, write=False)
-
-    async def store_prekeys(
-        self,
-        user_id: str,
-        device_id: str,
-        one_time: Sequence[tuple[str, bytes]],
-        fallback: bytes | None,
-        max_stored: int,
-    ) -> int:
-        keys = list(one_time)
-
-        async def run(conn: Any) -> int:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                raise UnknownAccount("no such device")
-            # Serialize uploads of one device (on any node) so the cap holds.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sottovoce.prekeys'), "
-                               "$1::int)", dev % 2_147_483_647)
-            have = int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
-            if have + len(keys) > max_stored:
-                raise PrekeysFull("too many one-time keys stored")
-            if keys:
-                await conn.execute(
-                    "INSERT INTO prekeys(dev, key_id, prekey) "
-                    "SELECT $1, k, p FROM unnest($2::text[], $3::bytea[]) AS u(k, p) "
-                    "ON CONFLICT (dev, key_id) DO UPDATE SET prekey = excluded.prekey",
-                    dev, [k for k, _ in keys], [p for _, p in keys],
-                )
-            if fallback is not None:
-                await conn.execute(
-                    "INSERT INTO fallback_keys(dev, prekey) VALUES ($1, $2) "
-                    "ON CONFLICT (dev) DO UPDATE SET prekey = excluded.prekey",
-                    dev, fallback,
-                )
-            return int(await conn.fetchval("SELECT count(*) FROM prekeys WHERE dev=$1", dev))
-
-        return await self._with(run)
-
-    async def count_prekeys(self, user_id: str, device_id: str) -> int:
-        async def run(conn: Any) -> int:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM prekeys JOIN devices USING(dev) "
-                "WHERE user_id=$1 AND device_id=$2",
-                user_id, device_id,
-            ))
-
-        return await self._with(run, write=False)
-
-    async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
-    ) -> list[ClaimedPrekey]:
-        async def run(conn: Any) -> list[ClaimedPrekey]:
-            out: list[ClaimedPrekey] = []
-            devices = await conn.fetch(
-                "SELECT dev, device_id, certificate FROM devices WHERE user_id=$1 "
-                "AND revoked_at IS NULL ORDER BY dev",
-                user_id,
-            )
-            for dev, device_id, cert in devices:
-                if exclude_device is not None and (user_id, device_id) == exclude_device:
-                    continue
-                # Take-and-delete in one statement; SKIP LOCKED lets concurrent
-                # claims (any node) take different keys without waiting. Only if
-                # every key left is locked, wait for those claims to finish: the
-                # fallback is handed out only when no one-time key remains.
-                prekey = await conn.fetchval(_CLAIM_SKIP, dev) if one_time else None
-                if prekey is None and one_time:
-                    prekey = await conn.fetchval(_CLAIM_WAIT, dev)
-                if prekey is None:
-                    prekey = await conn.fetchval(
-                        "SELECT prekey FROM fallback_keys WHERE dev=$1", dev
-                    )
-                    if prekey is None:
-                        continue
-                remaining = int(await conn.fetchval(
-                    "SELECT count(*) FROM prekeys WHERE dev=$1", dev
-                ))
-                out.append(ClaimedPrekey(device_id, bytes(cert), bytes(prekey), remaining))
-            return out
-
-        return await self._with(run)
-
-    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
-        async def run(conn: Any) -> int:
-            row = await conn.fetchval(
-                "SELECT last_inbox_seq FROM devices WHERE user_id=$1 AND device_id=$2",
-                user_id, device_id,
-            )
-            return 0 if row is None else int(row)
-
-        return await self._with(run, write=False)
-
-    async def read_inbox(
-        self, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> list[tuple[int, str]]:
-        async def run(conn: Any) -> list[tuple[int, str]]:
-            dev = await self._dev(conn, user_id, device_id)
-            if dev is None:
-                return []
-            rows = await conn.fetch(
-                "SELECT seq, envelope FROM inbox WHERE dev=$1 AND seq>$2 ORDER BY seq LIMIT $3",
-                dev, after_seq, limit,
-            )
-            return [(int(s), e) for s, e in rows]
-
-        return await self._with(run, write=False)
 
     async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
         async def run(conn: Any) -> int:

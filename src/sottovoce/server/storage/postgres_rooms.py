@@ -1,7 +1,8 @@
 """PostgreSQL rooms and KeyPackages: :class:`RoomStorage` for several server processes
 (docs/deploy.md).
 
-Mixed into :class:`~sottovoce.server.storage.postgres.PostgresStorage`. Every
+Mixed into :class:`~sottovoce.server.storage.postgres.PostgresStorage`; the
+writes themselves are :mod:`.room_writes` (written once for both engines). Every
 room write is one transaction on the pool that first locks the room's row
 (``SELECT … FOR UPDATE``): commits, sends and acks of one room are serialized
 across all nodes, so the epoch check, the serverSeq, the roster change, the
@@ -29,155 +30,26 @@ groups the WAL flushes of concurrent commits of different rooms).
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sottovoce.errors import RemoteError
-from sottovoce.limits import (
-    JOIN_REQUEST_PENDING_MS,
-    MAX_PENDING_JOIN_REQUESTS,
-    MAX_ROOM_MEMBERS,
-)
-from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
-from sottovoce.server.storage.base import StoredFrame, UnknownAccount
-from sottovoce.server.storage.roombase import (
-    AuditAppendage,
-    ClaimedKeyPackage,
-    CommitOutcome,
-    CommitRequest,
-    Member,
-    RoomCallback,
-    RoomFrames,
-    RoomPosition,
-    RoomRefused,
-    RoomSendRequest,
-    RoomState,
-    RoomStorage,
-    RoomStored,
-    RoomSummary,
-    room_envelope,
-)
+from sottovoce.server.storage import engine_postgres
+from sottovoce.server.storage.roombase import RoomCallback
+from sottovoce.server.storage.rooms import RoomView, load_room
+from sottovoce.server.storage.shared import Op, SharedRooms
+from sottovoce.server.storage.txn import Txn
 
 T = TypeVar("T")
-
-#: Schema v2 of PostgreSQL (rooms and KeyPackages), appended to ``postgres.MIGRATIONS``.
-ROOMS_MIGRATION = """
-    CREATE TABLE key_packages(
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        dev bigint NOT NULL,
-        key_package bytea NOT NULL
-    );
-    CREATE INDEX key_packages_dev ON key_packages(dev, id);
-    -- One row per device that ever uploaded KeyPackages, with its last-resort one.
-    CREATE TABLE key_package_devices(
-        dev bigint PRIMARY KEY,
-        last_resort bytea
-    );
-    -- token_hash is SHA-256 over a domain prefix and the token: never the token.
-    -- The row is the room's lock: every room write takes it FOR UPDATE first.
-    CREATE TABLE rooms(
-        room bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        room_id text NOT NULL UNIQUE,
-        epoch bigint NOT NULL,
-        last_seq bigint NOT NULL,
-        group_info bytea,
-        token_hash bytea,
-        audit_count bigint NOT NULL DEFAULT 0,
-        audit_head bytea,
-        created_at bigint NOT NULL
-    );
-    CREATE UNIQUE INDEX rooms_token ON rooms(token_hash) WHERE token_hash IS NOT NULL;
-    -- One read position per member device; until_seq is set when the device is
-    -- removed (it still gets the messages up to the commit that removed it).
-    CREATE TABLE room_members(
-        room bigint NOT NULL,
-        dev bigint NOT NULL,
-        joined_seq bigint NOT NULL,
-        read_seq bigint NOT NULL,
-        until_seq bigint,
-        PRIMARY KEY(room, dev)
-    );
-    CREATE INDEX room_members_dev ON room_members(dev);
-    -- One row per room message (docs/architecture.md), not one per recipient.
-    CREATE TABLE room_messages(
-        room bigint NOT NULL,
-        seq bigint NOT NULL,
-        received_at bigint NOT NULL,
-        envelope text NOT NULL,
-        PRIMARY KEY(room, seq)
-    );
-    ALTER TABLE room_messages ALTER COLUMN envelope SET STORAGE EXTERNAL;
-    CREATE INDEX room_messages_received ON room_messages USING brin(received_at);
-    -- The accepted commit of each epoch (epoch = the epoch it was made in).
-    CREATE TABLE room_commits(
-        room bigint NOT NULL,
-        epoch bigint NOT NULL,
-        seq bigint NOT NULL,
-        PRIMARY KEY(room, epoch)
-    );
-    CREATE TABLE room_audit(
-        room bigint NOT NULL,
-        idx bigint NOT NULL,
-        entry bytea NOT NULL,
-        PRIMARY KEY(room, idx)
-    );
-"""
-
-#: Schema v4: unanswered join requests (one per room and device), appended to
-#: ``postgres.MIGRATIONS``.
-JOIN_REQUESTS_MIGRATION = """
-    CREATE TABLE room_join_requests(
-        room bigint NOT NULL,
-        dev bigint NOT NULL,
-        requested_at bigint NOT NULL,
-        PRIMARY KEY(room, dev)
-    );
-"""
-
-_ZERO_HASH = bytes(32)
-
-
-class _Room:
-    """One room's row and current roster, read under its row lock in this transaction."""
-
-    __slots__ = ("audit_count", "audit_head", "deliver", "epoch", "last_seq", "members", "pk",
-                 "room_id", "token_hash")
-
-    def __init__(self, pk: int, room_id: str, epoch: int, last_seq: int,
-                 token_hash: bytes | None, audit_count: int, audit_head: bytes | None,
-                 members: dict[Member, tuple[int, bool]]) -> None:
-        self.pk = pk
-        self.room_id = room_id
-        self.epoch = epoch
-        self.last_seq = last_seq
-        self.token_hash = token_hash
-        self.audit_count = audit_count
-        self.audit_head = audit_head
-        #: Current member devices -> (dev, revoked).
-        self.members = members
-        # Revoked devices stay MLS members until a commit removes them, but get nothing.
-        self.deliver = tuple(sorted(k for k, (_, rev) in members.items() if not rev))
-
-
-def _refuse(code: str, message: str, **details: Any) -> RoomRefused:
-    return RoomRefused(code, message, details=details or None)
-
-
-def _pairs_json(items: Sequence[Member]) -> str:
-    return json.dumps([{"userId": u, "deviceId": d} for u, d in items], separators=(",", ":"))
-
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class PostgresRooms(RoomStorage):
+class PostgresRooms(SharedRooms):
     """Room methods of :class:`PostgresStorage` (which provides the pool and device ids)."""
 
     if TYPE_CHECKING:
@@ -197,10 +69,32 @@ class PostgresRooms(RoomStorage):
         while self._room_tasks:
             await asyncio.gather(*list(self._room_tasks), return_exceptions=True)
 
-    def _received(self) -> int:
-        received = max(_now_ms(), self._last_received)
-        self._last_received = received
-        return received
+    def _submit_op(
+        self, op: Op[Any], args: tuple[Any, ...], callback: RoomCallback,
+        rooms: Callable[[], Txn[list[str]]] | list[str],
+    ) -> None:
+        async def fn(conn: Any) -> Any:
+            return await engine_postgres.run(op(*args), conn, self)
+
+        if isinstance(rooms, list):
+            self._run_ordered(rooms, fn, callback)
+            return
+
+        async def start() -> None:
+            # The rooms are known only from the database: find them, then queue behind
+            # their jobs (the transaction finds them again, under their row locks).
+            try:
+                room_ids = await self._with(
+                    lambda conn: engine_postgres.run(rooms(), conn, self), write=False
+                )
+            except RemoteError as exc:
+                callback(None, exc)
+                return
+            self._run_ordered(room_ids, fn, callback)
+
+        task = asyncio.get_running_loop().create_task(start())
+        self._room_tasks.add(task)
+        task.add_done_callback(self._room_tasks.discard)
 
     # --- ordering within this process ---------------------------------------------------
 
@@ -251,733 +145,37 @@ class PostgresRooms(RoomStorage):
                 if entry[1] == 0:
                     del self._room_locks[rid]
 
-    # --- helpers inside a transaction ----------------------------------------------------
+    # --- room state under row locks (the engine_postgres.Node protocol) ------------------
 
-    async def _lock_room(self, conn: Any, room_id: str) -> _Room:
-        row = await conn.fetchrow(
-            "SELECT room, epoch, last_seq, token_hash, audit_count, audit_head FROM rooms "
-            "WHERE room_id=$1 FOR UPDATE",
-            room_id,
-        )
-        if row is None:
-            raise _refuse("unknown_room", "no such room")
-        pk = int(row[0])
-        members = {
-            (u, d): (int(dev), rev is not None)
-            for u, d, dev, rev in await conn.fetch(
-                "SELECT d.user_id, d.device_id, m.dev, d.revoked_at FROM room_members m "
-                "JOIN devices d ON d.dev=m.dev WHERE m.room=$1 AND m.until_seq IS NULL",
-                pk,
+    def _received(self) -> int:
+        received = max(_now_ms(), self._last_received)
+        self._last_received = received
+        return received
+
+    async def _room_for_update(self, conn: Any, room_id: str) -> RoomView:
+        return await engine_postgres.run(load_room(room_id), conn)
+
+    async def _room_advanced(self, conn: Any, room: RoomView) -> None:
+        await conn.execute("UPDATE rooms SET last_seq=$1 WHERE room=$2", room.last_seq, room.pk)
+
+    async def _inbox_seqs(self, conn: Any, devs: tuple[int, ...]) -> list[int]:
+        wanted = sorted(set(devs))
+        counts = [devs.count(d) for d in wanted]
+        # Device counters: row locks in sorted order, as 1:1 batches take them.
+        last = {
+            int(d): int(seq) for d, seq in await conn.fetch(
+                "UPDATE devices d SET last_inbox_seq = d.last_inbox_seq + u.n "
+                "FROM (SELECT dev FROM devices WHERE dev = ANY($1::bigint[]) "
+                "      ORDER BY dev FOR UPDATE) AS l, "
+                "     unnest($1::bigint[], $2::bigint[]) AS u(dev, n) "
+                "WHERE d.dev = l.dev AND u.dev = l.dev "
+                "RETURNING d.dev, d.last_inbox_seq",
+                wanted, counts,
             )
         }
-        return _Room(pk, room_id, int(row[1]), int(row[2]),
-                     None if row[3] is None else bytes(row[3]), int(row[4]),
-                     None if row[5] is None else bytes(row[5]), members)
-
-    async def _sender(self, conn: Any, user: str, device: str) -> int:
-        dev = await self._dev(conn, user, device)
-        if dev is None:
-            raise UnknownAccount("device is not registered")
-        return dev
-
-    @staticmethod
-    async def _duplicate(
-        conn: Any, sender: int, key: str, room_id: str
-    ) -> tuple[str, int, int] | None:
-        row = await conn.fetchrow(
-            "SELECT conversation_id, message_id, server_seq, received_at FROM sends "
-            "WHERE sender_dev=$1 AND idem_key=$2",
-            sender, key,
-        )
-        if row is None:
-            return None
-        if row[0] != room_id:
-            raise _refuse("bad_request", "idempotencyKey was used for another conversation")
-        return str(row[1]), int(row[2]), int(row[3])
-
-    @staticmethod
-    async def _store_message(
-        conn: Any, room: _Room, received: int, envelope_of: Callable[[int], str]
-    ) -> tuple[int, str]:
-        seq = room.last_seq + 1
-        env = envelope_of(seq)
-        await conn.execute(
-            "INSERT INTO room_messages(room, seq, received_at, envelope) VALUES ($1, $2, $3, $4)",
-            room.pk, seq, received, env,
-        )
-        await conn.execute("UPDATE rooms SET last_seq=$1 WHERE room=$2", seq, room.pk)
-        room.last_seq = seq
-        return seq, env
-
-    @staticmethod
-    async def _record_send(conn: Any, sender: int, key: str, room_id: str, mid: str, seq: int,
-                           received: int) -> None:
-        await conn.execute(
-            "INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, server_seq, "
-            "received_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            sender, key, room_id, mid, seq, received,
-        )
-
-    @staticmethod
-    def _audit_check(room: _Room, audit: AuditAppendage) -> None:
-        want = _ZERO_HASH if room.audit_head is None else room.audit_head
-        if audit.index != room.audit_count or not hmac.compare_digest(audit.prev_hash, want):
-            raise RoomRefused(
-                "audit_conflict", "audit entry does not link to the stored chain head",
-                retryable=True, details={"roomId": room.room_id, "nextIndex": room.audit_count},
-            )
-
-    @staticmethod
-    async def _audit_write(conn: Any, room: _Room, audit: AuditAppendage) -> None:
-        await conn.execute(
-            "INSERT INTO room_audit(room, idx, entry) VALUES ($1, $2, $3)",
-            room.pk, audit.index, audit.entry,
-        )
-        await conn.execute(
-            "UPDATE rooms SET audit_count=$1, audit_head=$2 WHERE room=$3",
-            audit.index + 1, audit.entry_hash, room.pk,
-        )
-
-    @staticmethod
-    def _member_of(room: _Room, user: str, device: str) -> None:
-        if (user, device) not in room.members:
-            raise _refuse("not_member", "this device is not a member of the room")
-
-    # --- KeyPackages -------------------------------------------------------------------------
-
-    async def store_key_packages(
-        self,
-        user_id: str,
-        device_id: str,
-        key_packages: Sequence[bytes],
-        last_resort: bytes | None,
-        max_stored: int,
-    ) -> int:
-        kps = list(key_packages)
-
-        async def run(conn: Any) -> int:
-            dev = await self._sender(conn, user_id, device_id)
-            # Serialize uploads of one device (on any node) so the cap holds.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sottovoce.kps'), $1::int)",
-                               dev % 2_147_483_647)
-            have = int(await conn.fetchval("SELECT count(*) FROM key_packages WHERE dev=$1", dev))
-            if have + len(kps) > max_stored:
-                raise _refuse("keypackages_full", f"at most {max_stored} KeyPackages per device")
-            if kps:
-                await conn.execute(
-                    "INSERT INTO key_packages(dev, key_package) "
-                    "SELECT $1, k FROM unnest($2::bytea[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-                    dev, kps,
-                )
-            if last_resort is not None:
-                await conn.execute(
-                    "INSERT INTO key_package_devices(dev, last_resort) VALUES ($1, $2) "
-                    "ON CONFLICT (dev) DO UPDATE SET last_resort = excluded.last_resort",
-                    dev, last_resort,
-                )
-            else:
-                await conn.execute(
-                    "INSERT INTO key_package_devices(dev) VALUES ($1) ON CONFLICT DO NOTHING", dev
-                )
-            return have + len(kps)
-
-        return await self._with(run)
-
-    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
-        async def run(conn: Any) -> int | None:
-            row = await conn.fetchrow(
-                "SELECT d.dev, (SELECT count(*) FROM key_packages k WHERE k.dev = d.dev) "
-                "FROM devices d JOIN key_package_devices kd ON kd.dev = d.dev "
-                "WHERE d.user_id=$1 AND d.device_id=$2",
-                user_id, device_id,
-            )
-            return None if row is None else int(row[1])
-
-        return await self._with(run, write=False)
-
-    async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
-    ) -> list[ClaimedKeyPackage]:
-        async def run(conn: Any) -> list[ClaimedKeyPackage]:
-            out: list[ClaimedKeyPackage] = []
-            devices = await conn.fetch(
-                "SELECT dev, device_id FROM devices WHERE user_id=$1 AND revoked_at IS NULL "
-                "ORDER BY dev",
-                user_id,
-            )
-            for dev, device_id in devices:
-                if exclude_device is not None and (user_id, device_id) == exclude_device:
-                    continue
-                # As for prekeys: skip keys other claims hold, wait only if none is free.
-                kp = await conn.fetchval(_KP_CLAIM_SKIP, dev) if one_time else None
-                if kp is None and one_time:
-                    kp = await conn.fetchval(_KP_CLAIM_WAIT, dev)
-                if kp is None:
-                    kp = await conn.fetchval(
-                        "SELECT last_resort FROM key_package_devices WHERE dev=$1", dev
-                    )
-                    if kp is None:
-                        continue
-                remaining = int(await conn.fetchval(
-                    "SELECT count(*) FROM key_packages WHERE dev=$1", dev
-                ))
-                out.append(ClaimedKeyPackage(device_id, bytes(kp), remaining))
-            return out
-
-        return await self._with(run)
-
-    # --- rooms ---------------------------------------------------------------------------------
-
-    async def create_room(
-        self, room_id: str, user_id: str, device_id: str, group_info: bytes | None, now_ms: int
-    ) -> None:
-        async def run(conn: Any) -> None:
-            dev = await self._sender(conn, user_id, device_id)
-            pk = await conn.fetchval(
-                "INSERT INTO rooms(room_id, epoch, last_seq, group_info, created_at) "
-                "VALUES ($1, 0, 0, $2, $3) ON CONFLICT (room_id) DO NOTHING RETURNING room",
-                room_id, group_info, now_ms,
-            )
-            if pk is None:
-                raise _refuse("room_exists", "a room with this id exists")
-            await conn.execute(
-                "INSERT INTO room_members(room, dev, joined_seq, read_seq) VALUES ($1, $2, 0, 0)",
-                pk, dev,
-            )
-
-        await self._with(run)
-
-    def room_commit(self, req: CommitRequest, callback: RoomCallback) -> None:
-        self._run_ordered([req.room_id], lambda conn: self._commit(conn, req), callback)
-
-    async def _commit(self, conn: Any, req: CommitRequest) -> CommitOutcome:
-        room = await self._lock_room(conn, req.room_id)
-        sender = await self._sender(conn, req.user, req.device)
-        dup = await self._duplicate(conn, sender, req.idempotency_key, req.room_id)
-        if dup is not None:
-            epoch = await conn.fetchval(
-                "SELECT epoch FROM room_commits WHERE room=$1 AND seq=$2", room.pk, dup[1]
-            )
-            if epoch is None:
-                raise _refuse("bad_request", "idempotencyKey was used for a room message")
-            return CommitOutcome(
-                RoomStored(req.room_id, dup[0], req.idempotency_key, dup[1], dup[2], True, "", ()),
-                int(epoch) + 1,
-                (),
-            )
-        me = (req.user, req.device)
-        external = me not in room.members
-        if external:
-            if req.token_hash is None:
-                raise _refuse("not_member", "this device is not a member of the room")
-            if room.token_hash is None or not hmac.compare_digest(room.token_hash,
-                                                                  req.token_hash):
-                raise _refuse("invalid_token", "the token does not open a room")
-            if not req.external:
-                raise _refuse("invalid_commit", "a non-member joins by an external commit")
-            if req.adds != (me,) or req.removes:
-                raise _refuse("bad_request", "an external commit adds exactly its sender")
-        elif req.external and (req.adds or req.removes):
-            raise _refuse("bad_request", "a member's external commit (a resync) changes no member")
-        if req.epoch != room.epoch:
-            win = await conn.fetchval(
-                "SELECT seq FROM room_commits WHERE room=$1 AND epoch=$2", room.pk, req.epoch
-            )
-            if win is None:
-                win = await conn.fetchval(
-                    "SELECT coalesce(max(seq), 0) FROM room_commits WHERE room=$1", room.pk
-                )
-            raise RoomRefused(
-                "commit_conflict", "another commit was accepted for this epoch",
-                retryable=True,
-                details={"roomId": req.room_id, "currentEpoch": room.epoch,
-                         "winningServerSeq": int(win)},
-            )
-        if req.external and req.checked_epoch != room.epoch:
-            # Nothing unchecked is stored: the handler checks every external commit
-            # against the GroupInfo of the epoch it names (the MLS public view).
-            raise _refuse("invalid_commit", "the external commit was not checked for this epoch")
-        added: list[tuple[Member, int]] = []
-        for key in req.adds:
-            if key in room.members and not external:
-                raise _refuse("bad_request", "'adds' names a current member")
-            dev = await self._dev(conn, *key)
-            revoked = None if dev is None else await conn.fetchval(
-                "SELECT revoked_at FROM devices WHERE dev=$1", dev
-            )
-            if dev is None or revoked is not None:
-                raise _refuse("bad_request", "'adds' names an unknown or revoked device")
-            added.append((key, dev))
-        for key in req.removes:
-            if key not in room.members:
-                raise _refuse("bad_request", "'removes' names a device that is not a member")
-        if len(room.members) + len(req.adds) - len(req.removes) > MAX_ROOM_MEMBERS:
-            raise _refuse("bad_request", f"a room has at most {MAX_ROOM_MEMBERS} member devices")
-        if req.audit is not None:
-            self._audit_check(room, req.audit)
-        # --- writes start here; nothing below raises a domain error ---
-        received = self._received()
-        before = room.deliver
-        extra = ',"adds":' + _pairs_json(req.adds) + ',"removes":' + _pairs_json(req.removes)
-        seq, env = await self._store_message(conn, room, received, lambda s: room_envelope(
-            room_id=req.room_id, message_id=req.message_id, user=req.user, device=req.device,
-            ciphertext_b64=req.commit_b64, content_type="system",
-            client_created_at_ms=req.client_created_at_ms, server_seq=s, received_at_ms=received,
-            idempotency_key=req.idempotency_key, epoch=req.epoch, kind="commit", extra=extra,
-        ))
-        await self._record_send(conn, sender, req.idempotency_key, req.room_id, req.message_id,
-                                seq, received)
-        await conn.execute(
-            "INSERT INTO room_commits(room, epoch, seq) VALUES ($1, $2, $3)",
-            room.pk, req.epoch, seq,
-        )
-        for key in req.removes:
-            dev, revoked = room.members[key]
-            if revoked:  # a revoked device reads nothing more: forget its position
-                await conn.execute("DELETE FROM room_members WHERE room=$1 AND dev=$2",
-                                   room.pk, dev)
-            else:
-                await conn.execute(
-                    "UPDATE room_members SET until_seq=$1 WHERE room=$2 AND dev=$3",
-                    seq, room.pk, dev,
-                )
-        for _, dev in added:
-            await conn.execute(
-                "INSERT INTO room_members(room, dev, joined_seq, read_seq, until_seq) "
-                "VALUES ($1, $2, $3, $3, NULL) ON CONFLICT (room, dev) DO UPDATE "
-                "SET joined_seq = excluded.joined_seq, read_seq = excluded.read_seq, "
-                "until_seq = NULL",
-                room.pk, dev, seq,
-            )
-            # Its join request (if it made one) is answered.
-            await conn.execute(
-                "DELETE FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
-            )
-        await conn.execute(
-            "UPDATE rooms SET epoch=$1, group_info=coalesce($2, group_info) WHERE room=$3",
-            req.epoch + 1, req.group_info, room.pk,
-        )
-        if req.audit is not None:
-            await self._audit_write(conn, room, req.audit)
-        welcomes: list[StoredFrame] = []
-        if req.welcome_b64 is not None and added:
-            devs = sorted({dev for _, dev in added})
-            # Device counters: row locks in sorted order, as 1:1 batches take them.
-            nxt = {
-                int(d): int(last) for d, last in await conn.fetch(
-                    "UPDATE devices d SET last_inbox_seq = d.last_inbox_seq + u.n "
-                    "FROM (SELECT dev FROM devices WHERE dev = ANY($1::bigint[]) "
-                    "      ORDER BY dev FOR UPDATE) AS l, "
-                    "     unnest($1::bigint[], $2::bigint[]) AS u(dev, n) "
-                    "WHERE d.dev = l.dev AND u.dev = l.dev "
-                    "RETURNING d.dev, d.last_inbox_seq",
-                    devs, [sum(1 for _, x in added if x == d) for d in devs],
-                )
-            }
-            count = {d: sum(1 for _, x in added if x == d) for d in devs}
-            nxt = {d: last - count[d] + 1 for d, last in nxt.items()}
-            rows: list[tuple[int, int, int, str]] = []
-            for (user, device), dev in added:
-                g = nxt[dev]
-                nxt[dev] = g + 1
-                wenv = room_envelope(
-                    room_id=req.room_id, message_id=req.message_id, user=req.user,
-                    device=req.device, ciphertext_b64=req.welcome_b64, content_type="system",
-                    client_created_at_ms=req.client_created_at_ms, server_seq=seq,
-                    received_at_ms=received, idempotency_key=req.idempotency_key,
-                    epoch=req.epoch + 1, kind="welcome", recipient=user,
-                )
-                rows.append((dev, g, received, wenv))
-                welcomes.append(StoredFrame(user, device, g, wenv))
-            await conn.executemany(
-                "INSERT INTO inbox(dev, seq, received_at, envelope) VALUES ($1, $2, $3, $4)", rows
-            )
-        msg = RoomStored(req.room_id, req.message_id, req.idempotency_key, seq, received, False,
-                         env, before)
-        return CommitOutcome(msg, req.epoch + 1, tuple(welcomes))
-
-    def room_send(self, req: RoomSendRequest, callback: RoomCallback) -> None:
-        self._run_ordered([req.room_id], lambda conn: self._send(conn, req), callback)
-
-    async def _send(self, conn: Any, req: RoomSendRequest) -> RoomStored:
-        room = await self._lock_room(conn, req.room_id)
-        sender = await self._sender(conn, req.user, req.device)
-        dup = await self._duplicate(conn, sender, req.idempotency_key, req.room_id)
-        if dup is not None:
-            return RoomStored(req.room_id, dup[0], req.idempotency_key, dup[1], dup[2], True,
-                              "", ())
-        self._member_of(room, req.user, req.device)
-        if req.epoch != room.epoch:
-            raise RoomRefused(
-                "stale_epoch", "the room has moved to another epoch", retryable=True,
-                details={"roomId": req.room_id, "currentEpoch": room.epoch},
-            )
-        received = self._received()
-        seq, env = await self._store_message(conn, room, received, lambda s: room_envelope(
-            room_id=req.room_id, message_id=req.message_id, user=req.user, device=req.device,
-            ciphertext_b64=req.ciphertext_b64, content_type=req.content_type,
-            client_created_at_ms=req.client_created_at_ms, server_seq=s, received_at_ms=received,
-            idempotency_key=req.idempotency_key, epoch=req.epoch, kind="message",
-        ))
-        await self._record_send(conn, sender, req.idempotency_key, req.room_id, req.message_id,
-                                seq, received)
-        return RoomStored(req.room_id, req.message_id, req.idempotency_key, seq, received, False,
-                          env, room.deliver)
-
-    async def _notice(
-        self, conn: Any, room: _Room, user: str, device: str, ct_b64: str, extra: str
-    ) -> RoomStored:
-        """A message made by the server itself (no idempotency record: it is never retried)."""
-        mid = "srv-" + secrets.token_hex(16)
-        received = self._received()
-        seq, env = await self._store_message(conn, room, received, lambda s: room_envelope(
-            room_id=room.room_id, message_id=mid, user=user, device=device,
-            ciphertext_b64=ct_b64, content_type="system", client_created_at_ms=0, server_seq=s,
-            received_at_ms=received, idempotency_key=mid, epoch=room.epoch, kind="notice",
-            extra=extra,
-        ))
-        return RoomStored(room.room_id, mid, mid, seq, received, False, env, room.deliver)
-
-    def room_join_request(
-        self, token_hash: bytes, user_id: str, device_id: str, key_package_b64: str,
-        callback: RoomCallback,
-    ) -> None:
-        async def start() -> None:
-            # The room is known only from the token: find it, then queue behind its jobs.
-            try:
-                room_id = await self._with(lambda conn: _token_room(conn, token_hash),
-                                           write=False)
-            except RemoteError as exc:
-                callback(None, exc)
-                return
-            if room_id is None:
-                callback(None, _refuse("invalid_token", "the token does not open a room"))
-                return
-            self._run_ordered([room_id], lambda conn: self._join_request(
-                conn, token_hash, user_id, device_id, key_package_b64), callback)
-
-        task = asyncio.get_running_loop().create_task(start())
-        self._room_tasks.add(task)
-        task.add_done_callback(self._room_tasks.discard)
-
-    async def _join_request(
-        self, conn: Any, h: bytes, user: str, device: str, kp_b64: str
-    ) -> RoomStored:
-        dev = await self._sender(conn, user, device)
-        room_id = await _token_room(conn, h)
-        if room_id is None:
-            raise _refuse("invalid_token", "the token does not open a room")
-        room = await self._lock_room(conn, room_id)
-        if room.token_hash is None or not hmac.compare_digest(room.token_hash, h):
-            raise _refuse("invalid_token", "the token does not open a room")  # changed meanwhile
-        if (user, device) in room.members:
-            raise _refuse("bad_request", "this device is a member of the room")
-        # The room row is locked: counting and inserting cannot race another request.
-        now = self._received()
-        await conn.execute(
-            "DELETE FROM room_join_requests WHERE room=$1 AND requested_at<=$2",
-            room.pk, now - JOIN_REQUEST_PENDING_MS,
-        )
-        if await conn.fetchval(
-            "SELECT 1 FROM room_join_requests WHERE room=$1 AND dev=$2", room.pk, dev
-        ):
-            raise _refuse("join_request_pending", "this device's join request is still pending")
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM room_join_requests WHERE room=$1", room.pk
-        )
-        if int(pending) >= MAX_PENDING_JOIN_REQUESTS:
-            raise RoomRefused(
-                "join_requests_full", "the room holds the most unanswered join requests",
-                retryable=True,
-            )
-        await conn.execute(
-            "INSERT INTO room_join_requests(room, dev, requested_at) VALUES ($1, $2, $3)",
-            room.pk, dev, now,
-        )
-        extra = ',"joinRequest":' + json.dumps(
-            {"userId": user, "deviceId": device}, separators=(",", ":")
-        )
-        return await self._notice(conn, room, user, device, kp_b64, extra)
-
-    def room_device_revoked(self, user_id: str, device_id: str, callback: RoomCallback) -> None:
-        async def start() -> None:
-            try:
-                room_ids = await self._with(
-                    lambda conn: _device_rooms(conn, user_id, device_id), write=False
-                )
-            except RemoteError as exc:
-                callback(None, exc)
-                return
-            self._run_ordered(room_ids, lambda conn: self._revoked(conn, user_id, device_id),
-                              callback)
-
-        task = asyncio.get_running_loop().create_task(start())
-        self._room_tasks.add(task)
-        task.add_done_callback(self._room_tasks.discard)
-
-    async def _revoked(self, conn: Any, user: str, device: str) -> list[RoomStored]:
-        dev = await self._dev(conn, user, device)
-        if dev is None:
-            return []
-        # A revoked device must not be added anywhere again.
-        await conn.execute("DELETE FROM key_packages WHERE dev=$1", dev)
-        await conn.execute("DELETE FROM key_package_devices WHERE dev=$1", dev)
-        extra = ',"removeRequest":' + json.dumps(
-            {"userId": user, "deviceId": device, "reason": "revoked"}, separators=(",", ":")
-        )
-        out: list[RoomStored] = []
-        for room_id in await _device_rooms(conn, user, device):  # sorted: the lock order
-            room = await self._lock_room(conn, room_id)
-            out.append(await self._notice(conn, room, user, device, NOTICE_CIPHERTEXT, extra))
+        nxt = {d: last[d] - n + 1 for d, n in zip(wanted, counts, strict=True)}
+        out: list[int] = []
+        for dev in devs:
+            out.append(nxt[dev])
+            nxt[dev] += 1
         return out
-
-    async def room_ack(self, room_id: str, user_id: str, device_id: str, up_to_seq: int) -> int:
-        async def run(conn: Any) -> int:
-            room = await self._lock_room(conn, room_id)
-            dev = await self._sender(conn, user_id, device_id)
-            row = await conn.fetchrow(
-                "SELECT read_seq, until_seq FROM room_members WHERE room=$1 AND dev=$2",
-                room.pk, dev,
-            )
-            if row is None:
-                raise _refuse("not_member", "this device is not a member of the room")
-            read, until = int(row[0]), row[1]
-            new = min(up_to_seq, room.last_seq if until is None else int(until))
-            if until is not None and new >= int(until):
-                # A removed device has read everything it may: forget it.
-                await conn.execute("DELETE FROM room_members WHERE room=$1 AND dev=$2",
-                                   room.pk, dev)
-            elif new > read:
-                await conn.execute(
-                    "UPDATE room_members SET read_seq=$1 WHERE room=$2 AND dev=$3",
-                    new, room.pk, dev,
-                )
-            else:
-                return 0
-            low = await conn.fetchval(
-                "SELECT min(m.read_seq) FROM room_members m JOIN devices d ON d.dev=m.dev "
-                "WHERE m.room=$1 AND d.revoked_at IS NULL",
-                room.pk,
-            )
-            if low is None:
-                return 0
-            status = await conn.execute(
-                "DELETE FROM room_messages WHERE room=$1 AND seq<=$2", room.pk, int(low)
-            )
-            return int(status.rsplit(" ", 1)[1])
-
-        return await self._with(run)
-
-    async def set_room_token(
-        self,
-        room_id: str,
-        user_id: str,
-        device_id: str,
-        token_hash: bytes | None,
-        audit: AuditAppendage | None,
-    ) -> None:
-        async def run(conn: Any) -> None:
-            room = await self._lock_room(conn, room_id)
-            self._member_of(room, user_id, device_id)
-            if token_hash is not None and await conn.fetchval(
-                "SELECT 1 FROM rooms WHERE token_hash=$1 AND room<>$2", token_hash, room.pk
-            ):
-                raise _refuse("bad_request", "this token is in use; make a new one")
-            if audit is not None:
-                self._audit_check(room, audit)
-            await conn.execute("UPDATE rooms SET token_hash=$1 WHERE room=$2", token_hash,
-                               room.pk)
-            if audit is not None:
-                await self._audit_write(conn, room, audit)
-
-        await self._with(run)
-
-    async def audit_append(
-        self, room_id: str, user_id: str, device_id: str, audit: AuditAppendage
-    ) -> int:
-        async def run(conn: Any) -> int:
-            room = await self._lock_room(conn, room_id)
-            self._member_of(room, user_id, device_id)
-            self._audit_check(room, audit)
-            await self._audit_write(conn, room, audit)
-            return audit.index
-
-        return await self._with(run)
-
-    # --- reads ---------------------------------------------------------------------------------
-
-    async def room_read(
-        self, room_id: str, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> RoomFrames:
-        async def run(conn: Any) -> RoomFrames:
-            pk, epoch, last, joined, until = await _membership(conn, room_id, user_id, device_id)
-            # Nothing from before the device joined; a removed device up to its removal.
-            frames = await _messages(conn, pk, max(after_seq, joined), until, limit)
-            return RoomFrames(frames, epoch, last)
-
-        return await self._with(run, write=False)
-
-    async def room_positions(self, user_id: str, device_id: str) -> list[RoomPosition]:
-        async def run(conn: Any) -> list[RoomPosition]:
-            return [
-                RoomPosition(str(rid), int(read), None if until is None else int(until))
-                for rid, read, until in await conn.fetch(
-                    "SELECT r.room_id, m.read_seq, m.until_seq FROM devices d "
-                    "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-                    "WHERE d.user_id=$1 AND d.device_id=$2 AND d.revoked_at IS NULL "
-                    "ORDER BY r.room",
-                    user_id, device_id,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-    async def room_replay(
-        self, room_id: str, after_seq: int, until_seq: int | None, limit: int
-    ) -> list[tuple[int, str]]:
-        async def run(conn: Any) -> list[tuple[int, str]]:
-            pk = await conn.fetchval("SELECT room FROM rooms WHERE room_id=$1", room_id)
-            if pk is None:
-                return []
-            return await _messages(conn, int(pk), after_seq, until_seq, limit)
-
-        return await self._with(run, write=False)
-
-    async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState:
-        async def run(conn: Any) -> RoomState:
-            pk, epoch, last, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            members = tuple(
-                (str(u), str(d))
-                for u, d in await conn.fetch(
-                    "SELECT d.user_id, d.device_id FROM room_members m "
-                    "JOIN devices d ON d.dev=m.dev WHERE m.room=$1 AND m.until_seq IS NULL "
-                    "ORDER BY d.user_id, d.device_id",
-                    pk,
-                )
-            )
-            token = await conn.fetchval(
-                "SELECT token_hash IS NOT NULL FROM rooms WHERE room=$1", pk
-            )
-            return RoomState(room_id, epoch, last, members, bool(token))
-
-        return await self._with(run, write=False)
-
-    async def rooms_of(self, user_id: str, device_id: str, limit: int) -> list[RoomSummary]:
-        async def run(conn: Any) -> list[RoomSummary]:
-            return [
-                RoomSummary(str(rid), int(epoch), int(last))
-                for rid, epoch, last in await conn.fetch(
-                    "SELECT r.room_id, r.epoch, r.last_seq FROM devices d "
-                    "JOIN room_members m ON m.dev=d.dev JOIN rooms r ON r.room=m.room "
-                    "WHERE d.user_id=$1 AND d.device_id=$2 AND m.until_seq IS NULL "
-                    "ORDER BY r.room_id LIMIT $3",
-                    user_id, device_id, limit,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-    async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
-        async def run(conn: Any) -> tuple[str, int, bytes] | None:
-            room_id = await _token_room(conn, token_hash)
-            if room_id is None:
-                return None
-            row = await conn.fetchrow(
-                "SELECT epoch, group_info FROM rooms WHERE room_id=$1", room_id
-            )
-            return room_id, int(row[0]), b"" if row[1] is None else bytes(row[1])
-
-        return await self._with(run, write=False)
-
-    async def room_group_info(
-        self, room_id: str, user_id: str, device_id: str
-    ) -> tuple[int, bytes]:
-        async def run(conn: Any) -> tuple[int, bytes]:
-            pk, epoch, _, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            info = await conn.fetchval("SELECT group_info FROM rooms WHERE room=$1", pk)
-            return epoch, b"" if info is None else bytes(info)
-
-        return await self._with(run, write=False)
-
-    async def audit_get(
-        self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
-    ) -> list[bytes]:
-        async def run(conn: Any) -> list[bytes]:
-            pk, _, _, _, until = await _membership(conn, room_id, user_id, device_id)
-            if until is not None:
-                raise _refuse("not_member", "this device was removed from the room")
-            return [
-                bytes(e)
-                for (e,) in await conn.fetch(
-                    "SELECT entry FROM room_audit WHERE room=$1 AND idx>$2 ORDER BY idx LIMIT $3",
-                    pk, after_index, limit,
-                )
-            ]
-
-        return await self._with(run, write=False)
-
-
-_KP_CLAIM = (
-    "DELETE FROM key_packages WHERE id = ("
-    "  SELECT id FROM key_packages WHERE dev=$1 ORDER BY id LIMIT 1 FOR UPDATE{}"
-    ") RETURNING key_package"
-)
-_KP_CLAIM_SKIP = _KP_CLAIM.format(" SKIP LOCKED")
-_KP_CLAIM_WAIT = _KP_CLAIM.format("")
-
-
-async def _token_room(conn: Any, h: bytes) -> str | None:
-    row = await conn.fetchrow("SELECT room_id, token_hash FROM rooms WHERE token_hash=$1", h)
-    # The index finds the row; the comparison that decides is constant-time.
-    if row is None or not hmac.compare_digest(bytes(row[1]), h):
-        return None
-    return str(row[0])
-
-
-async def _device_rooms(conn: Any, user: str, device: str) -> list[str]:
-    return [
-        str(r[0]) for r in await conn.fetch(
-            "SELECT r.room_id FROM devices d JOIN room_members m ON m.dev=d.dev "
-            "JOIN rooms r ON r.room=m.room "
-            "WHERE d.user_id=$1 AND d.device_id=$2 AND m.until_seq IS NULL ORDER BY r.room_id",
-            user, device,
-        )
-    ]
-
-
-async def _membership(
-    conn: Any, room_id: str, user: str, device: str
-) -> tuple[int, int, int, int, int | None]:
-    """(room pk, epoch, last_seq, joined_seq, until_seq) or RoomRefused."""
-    room = await conn.fetchrow(
-        "SELECT room, epoch, last_seq FROM rooms WHERE room_id=$1", room_id
-    )
-    if room is None:
-        raise _refuse("unknown_room", "no such room")
-    row = await conn.fetchrow(
-        "SELECT m.joined_seq, m.until_seq FROM room_members m JOIN devices d ON d.dev=m.dev "
-        "WHERE m.room=$1 AND d.user_id=$2 AND d.device_id=$3",
-        room[0], user, device,
-    )
-    if row is None:
-        raise _refuse("not_member", "this device is not a member of the room")
-    until = None if row[1] is None else int(row[1])
-    return int(room[0]), int(room[1]), int(room[2]), int(row[0]), until
-
-
-async def _messages(
-    conn: Any, pk: int, after: int, until: int | None, limit: int
-) -> list[tuple[int, str]]:
-    top = (1 << 62) if until is None else until
-    return [
-        (int(seq), env)
-        for seq, env in await conn.fetch(
-            "SELECT seq, envelope FROM room_messages WHERE room=$1 AND seq>$2 AND seq<=$3 "
-            "ORDER BY seq LIMIT $4",
-            pk, after, top, limit,
-        )
-    ]

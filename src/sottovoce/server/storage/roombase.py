@@ -39,26 +39,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sottovoce.errors import RemoteError
+from sottovoce.errors import WireError
 from sottovoce.server.storage.base import StoredFrame
 
 
-class RoomRefused(RemoteError):
+class RoomRefused(WireError):
     """A room operation the rules refuse; ``code`` is the wire error code."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.details = details or {}
 
 
 Member = tuple[str, str]

@@ -41,19 +41,13 @@ from sottovoce.errors import RemoteError, UsageError
 from sottovoce.private_files import private_dir, private_file
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage import engine_sqlite
 from sottovoce.server.storage.base import (
-    AccountRecord,
     AppendCallback,
-    ClaimedPrekey,
-    DeviceExists,
-    DeviceRecord,
-    PrekeysFull,
     SendOutcome,
     SendRequest,
-    Storage,
     StoredFrame,
     UnknownAccount,
-    UsernameTaken,
     envelope_text,
 )
 from sottovoce.server.storage.quota import (
@@ -63,98 +57,16 @@ from sottovoce.server.storage.quota import (
     Usage,
     refusal,
 )
-from sottovoce.server.storage.sqlite_rooms import (
-    JOIN_REQUESTS_MIGRATION,
-    ROOMS_MIGRATION,
-    SqliteRooms,
-)
+from sottovoce.server.storage.schema import SQLITE_MIGRATIONS
+from sottovoce.server.storage.shared import BatchStats, Op, SharedStorage
+from sottovoce.server.storage.sqlite_rooms import SqliteRooms
 
 T = TypeVar("T")
 
-# Each entry upgrades the schema by one version; applied in order at start-up.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE accounts(
-        user_id TEXT PRIMARY KEY,
-        account_key BLOB NOT NULL,
-        created_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE devices(
-        dev INTEGER PRIMARY KEY,
-        user_id TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        certificate BLOB NOT NULL,
-        revoked_at INTEGER,
-        push_endpoint TEXT,
-        last_inbox_seq INTEGER NOT NULL DEFAULT 0,
-        created_at INTEGER NOT NULL,
-        UNIQUE(user_id, device_id)
-    );
-    CREATE TABLE prekeys(
-        dev INTEGER NOT NULL,
-        key_id TEXT NOT NULL,
-        prekey BLOB NOT NULL,
-        PRIMARY KEY(dev, key_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE fallback_keys(
-        dev INTEGER PRIMARY KEY,
-        prekey BLOB NOT NULL
-    );
-    CREATE TABLE conversations(
-        conversation_id TEXT PRIMARY KEY,
-        last_seq INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    -- Idempotency: (sender device, key) -> the original ack. Rowid order is
-    -- arrival order, which expiry relies on.
-    CREATE TABLE sends(
-        id INTEGER PRIMARY KEY,
-        sender_dev INTEGER NOT NULL,
-        idem_key TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        server_seq INTEGER NOT NULL,
-        received_at INTEGER NOT NULL
-    );
-    CREATE UNIQUE INDEX sends_idem ON sends(sender_dev, idem_key);
-    -- One row per recipient device (docs/architecture.md): an append-only table with a
-    -- narrow index writes fastest, and rowid order is arrival order.
-    CREATE TABLE inbox(
-        id INTEGER PRIMARY KEY,
-        dev INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        received_at INTEGER NOT NULL,
-        envelope TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX inbox_dev_seq ON inbox(dev, seq);
-    """,
-    ROOMS_MIGRATION,  # v2: rooms and KeyPackages (storage/sqlite_rooms.py)
-    # v3: account deletion. A deleted account keeps its row as a tombstone
-    # (deleted_at set), so its username can never be registered again.
-    """
-    ALTER TABLE accounts ADD COLUMN deleted_at INTEGER
-    """,
-    JOIN_REQUESTS_MIGRATION,  # v4: pending room join requests (storage/sqlite_rooms.py)
-    # v5: inbox quotas (storage/quota.py). Each inbox row names its sending device
-    # (0: unknown, as for rows stored before); per recipient device, what waits
-    # from each sending account; which accounts have written to which.
-    """
-    ALTER TABLE inbox ADD COLUMN sender INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE inbox_usage(
-        dev INTEGER NOT NULL,
-        sender TEXT NOT NULL,
-        messages INTEGER NOT NULL,
-        bytes INTEGER NOT NULL,
-        PRIMARY KEY(dev, sender)
-    ) WITHOUT ROWID;
-    INSERT INTO inbox_usage(dev, sender, messages, bytes)
-        SELECT dev, '', count(*), sum(length(envelope)) FROM inbox GROUP BY dev;
-    CREATE TABLE correspondents(
-        user_id TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        PRIMARY KEY(user_id, peer)
-    ) WITHOUT ROWID
-    """,
-)
+__all__ = ["BatchStats", "SqliteStorage", "migrate"]  # BatchStats: the app imports it here
+
+#: Each entry upgrades the schema by one version (storage/schema.py); applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = SQLITE_MIGRATIONS
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How often the checkpointer copies the WAL into the database file.
 CHECKPOINT_INTERVAL_S = 0.5
@@ -242,19 +154,7 @@ class _Job:
 _STOP = object()
 
 
-class BatchStats:
-    """Counters the app exports as metrics (read on the loop, written by the writer)."""
-
-    def __init__(self) -> None:
-        self.commits = 0
-        self.jobs = 0
-        self.commit_seconds = 0.0
-        self.last_batch = 0
-        self.truncations = 0
-        self.observers: list[Callable[[int, float], None]] = []
-
-
-class SqliteStorage(Storage, SqliteRooms):
+class SqliteStorage(SharedStorage, SqliteRooms):
     def __init__(
         self,
         path: Path,
@@ -392,13 +292,7 @@ class SqliteStorage(Storage, SqliteRooms):
             t0 = time.perf_counter()
             results = self._run_batch(conn, batch)
             elapsed = time.perf_counter() - t0
-            st = self.stats
-            st.commits += 1
-            st.jobs += len(batch)
-            st.commit_seconds += elapsed
-            st.last_batch = len(batch)
-            for obs in st.observers:
-                obs(len(batch), elapsed)
+            self.stats.record(len(batch), elapsed)
             if self._loop is not None and not self._loop.is_closed():
                 try:
                     self._loop.call_soon_threadsafe(_resolve, results)
@@ -620,12 +514,6 @@ class SqliteStorage(Storage, SqliteRooms):
             usage.remove(account, int(messages), int(size))
             usage.dirty.add(account)
             self._dirty_usage.add(int(dev))
-
-    def _forget_usage(self, conn: sqlite3.Connection, dev: int) -> None:
-        """Every inbox row of ``dev`` is gone (revoked, account deleted)."""
-        self._usage.pop(dev, None)
-        self._dirty_usage.discard(dev)
-        conn.execute("DELETE FROM inbox_usage WHERE dev=?", (dev,))
 
     # --- delivery (writer side) ------------------------------------------------------
 
@@ -863,182 +751,34 @@ class SqliteStorage(Storage, SqliteRooms):
                 deleted = n
         return deleted
 
-    # --- accounts (writer side) ---------------------------------------------------
+    # --- operations written once (storage/shared.py) ------------------------------------
 
-    async def create_account(
-        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        await self._write(self._w_create, user_id, account_key, device_id, certificate, now_ms)
+    async def _write_op(
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
+    ) -> T:
+        # Every write job runs inside the writer's batch transaction: ``atomic`` is moot.
+        return await self._write(self._w_op, op, args, after)
 
-    def _w_create(
-        self, conn: sqlite3.Connection, user: str, ak: bytes, device: str, cert: bytes, now: int
-    ) -> None:
-        if conn.execute("SELECT 1 FROM accounts WHERE user_id=?", (user,)).fetchone():
-            raise UsernameTaken("username is taken")
-        conn.execute(
-            "INSERT INTO accounts(user_id, account_key, created_at) VALUES (?, ?, ?)",
-            (user, ak, now),
-        )
-        conn.execute(
-            "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
-            (user, device, cert, now),
-        )
+    def _w_op(
+        self, conn: sqlite3.Connection, op: Op[T], args: tuple[Any, ...],
+        after: Callable[[T], Any] | None,
+    ) -> T:
+        # A fresh generator per run: a failed batch runs its jobs again one by one.
+        result = engine_sqlite.run(op(*args), conn, self)
+        if after is not None:
+            after(result)
+        return result
 
-    async def add_device(
-        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
-    ) -> None:
-        await self._write(self._w_add_device, user_id, device_id, certificate, now_ms)
+    async def _read_op(self, op: Op[T], *args: Any) -> T:
+        return await self._read(_r_op, op, args)
 
-    def _w_add_device(
-        self, conn: sqlite3.Connection, user: str, device: str, cert: bytes, now: int
-    ) -> None:
-        if not conn.execute(
-            "SELECT 1 FROM accounts WHERE user_id=? AND deleted_at IS NULL", (user,)
-        ).fetchone():
-            raise UnknownAccount("no such account")
-        if conn.execute(
-            "SELECT 1 FROM devices WHERE user_id=? AND device_id=?", (user, device)
-        ).fetchone():
-            raise DeviceExists("device id already registered")
-        conn.execute(
-            "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
-            (user, device, cert, now),
-        )
-
-    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
-        await self._write(self._w_revoke, user_id, device_id, now_ms)
-
-    def _w_revoke(self, conn: sqlite3.Connection, user: str, device: str, now: int) -> None:
-        dev = self._dev(conn, user, device)
-        if dev is None:
-            raise UnknownAccount("no such device")
-        conn.execute(
-            "UPDATE devices SET revoked_at=?, push_endpoint=NULL WHERE dev=? "
-            "AND revoked_at IS NULL",
-            (now, dev),
-        )
-        conn.execute("DELETE FROM prekeys WHERE dev=?", (dev,))
-        conn.execute("DELETE FROM fallback_keys WHERE dev=?", (dev,))
-        conn.execute("DELETE FROM inbox WHERE dev=?", (dev,))
-        self._forget_usage(conn, dev)
-
-    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
-        return await self._write(self._w_delete_account, user_id, now_ms)
-
-    def _w_delete_account(self, conn: sqlite3.Connection, user: str, now: int) -> tuple[str, ...]:
-        row = conn.execute("SELECT deleted_at FROM accounts WHERE user_id=?", (user,)).fetchone()
-        if row is None or row[0] is not None:
-            raise UnknownAccount("no such account")
-        active = tuple(str(r[0]) for r in conn.execute(
-            "SELECT device_id FROM devices WHERE user_id=? AND revoked_at IS NULL ORDER BY dev",
-            (user,),
-        ))
-        # The row stays as a tombstone: the name is never handed out again (Storage docs).
-        conn.execute("UPDATE accounts SET deleted_at=? WHERE user_id=?", (now, user))
-        conn.execute(
-            "UPDATE devices SET revoked_at=coalesce(revoked_at, ?), push_endpoint=NULL "
-            "WHERE user_id=?",
-            (now, user),
-        )
-        for table in ("prekeys", "fallback_keys", "inbox", "key_packages", "key_package_devices"):
-            conn.execute(
-                f"DELETE FROM {table} WHERE dev IN (SELECT dev FROM devices WHERE user_id=?)",  # noqa: S608
-                (user,),
-            )
-        for (dev,) in conn.execute("SELECT dev FROM devices WHERE user_id=?", (user,)).fetchall():
-            self._forget_usage(conn, int(dev))
-        conn.execute("DELETE FROM correspondents WHERE user_id=? OR peer=?", (user, user))
-        self._wrote.clear()
-        return active
-
-    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
-        await self._write(self._w_push, user_id, device_id, endpoint)
-
-    def _w_push(
-        self, conn: sqlite3.Connection, user: str, device: str, endpoint: str | None
-    ) -> None:
-        conn.execute(
-            "UPDATE devices SET push_endpoint=? WHERE user_id=? AND device_id=?",
-            (endpoint, user, device),
-        )
-
-    # --- prekeys (writer side) ------------------------------------------------------
-
-    async def store_prekeys(
-        self,
-        user_id: str,
-        device_id: str,
-        one_time: Sequence[tuple[str, bytes]],
-        fallback: bytes | None,
-        max_stored: int,
-    ) -> int:
-        return await self._write(
-            self._w_store_prekeys, user_id, device_id, list(one_time), fallback, max_stored
-        )
-
-    def _w_store_prekeys(
-        self,
-        conn: sqlite3.Connection,
-        user: str,
-        device: str,
-        one_time: list[tuple[str, bytes]],
-        fallback: bytes | None,
-        max_stored: int,
-    ) -> int:
-        dev = self._dev(conn, user, device)
-        if dev is None:
-            raise UnknownAccount("no such device")
-        have = int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
-        if have + len(one_time) > max_stored:
-            raise PrekeysFull("too many one-time keys stored")
-        conn.executemany(
-            "INSERT OR REPLACE INTO prekeys(dev, key_id, prekey) VALUES (?, ?, ?)",
-            [(dev, kid, blob) for kid, blob in one_time],
-        )
-        if fallback is not None:
-            conn.execute(
-                "INSERT OR REPLACE INTO fallback_keys(dev, prekey) VALUES (?, ?)", (dev, fallback)
-            )
-        return int(conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0])
-
-    async def claim_prekeys(
-        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
-    ) -> list[ClaimedPrekey]:
-        return await self._write(self._w_claim, user_id, exclude_device, one_time)
-
-    def _w_claim(
-        self, conn: sqlite3.Connection, user: str, exclude: tuple[str, str] | None,
-        one_time: bool,
-    ) -> list[ClaimedPrekey]:
-        out: list[ClaimedPrekey] = []
-        devices = conn.execute(
-            "SELECT dev, device_id, certificate FROM devices WHERE user_id=? "
-            "AND revoked_at IS NULL ORDER BY dev",
-            (user,),
-        ).fetchall()
-        for dev, device_id, cert in devices:
-            if exclude is not None and (user, device_id) == exclude:
-                continue
-            row = conn.execute(
-                "SELECT key_id, prekey FROM prekeys WHERE dev=? ORDER BY key_id LIMIT 1", (dev,)
-            ).fetchone() if one_time else None
-            if row is not None:
-                # The single writer makes take-and-delete atomic: no other claim
-                # can run between these two statements.
-                conn.execute("DELETE FROM prekeys WHERE dev=? AND key_id=?", (dev, row[0]))
-                prekey = bytes(row[1])
-            else:
-                fb = conn.execute(
-                    "SELECT prekey FROM fallback_keys WHERE dev=?", (dev,)
-                ).fetchone()
-                if fb is None:
-                    continue
-                prekey = bytes(fb[0])
-            remaining = int(
-                conn.execute("SELECT count(*) FROM prekeys WHERE dev=?", (dev,)).fetchone()[0]
-            )
-            out.append(ClaimedPrekey(device_id, bytes(cert), prekey, remaining))
-        return out
+    def _forget_inboxes(self, devs: Sequence[int], *, correspondents: bool) -> None:
+        for dev in devs:  # (their inbox_usage rows were deleted with their inbox rows)
+            self._usage.pop(dev, None)
+            self._dirty_usage.discard(dev)
+        if correspondents:
+            self._wrote.clear()
 
     # --- reads (reader pool) ------------------------------------------------------
 
@@ -1062,74 +802,11 @@ class SqliteStorage(Storage, SqliteRooms):
 
         return await loop.run_in_executor(self._readers, run)
 
-    async def get_account(self, user_id: str) -> AccountRecord | None:
-        return await self._read(_r_account, user_id)
-
-    async def count_prekeys(self, user_id: str, device_id: str) -> int:
-        return await self._read(_r_count_prekeys, user_id, device_id)
-
-    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
-        return await self._read(_r_latest, user_id, device_id)
-
-    async def read_inbox(
-        self, user_id: str, device_id: str, after_seq: int, limit: int
-    ) -> list[tuple[int, str]]:
-        return await self._read(_r_inbox, user_id, device_id, after_seq, limit)
-
 
 def _resolve(results: list[tuple[Done, Any, BaseException | None]]) -> None:
     for done, result, error in results:
         done(result, error)
 
 
-def _r_account(conn: sqlite3.Connection, user: str) -> AccountRecord | None:
-    row = conn.execute(
-        "SELECT account_key, deleted_at FROM accounts WHERE user_id=?", (user,)
-    ).fetchone()
-    if row is None:
-        return None
-    devices = tuple(
-        DeviceRecord(
-            device_id=d[0], certificate=bytes(d[1]), revoked=d[2] is not None, push_endpoint=d[3]
-        )
-        for d in conn.execute(
-            "SELECT device_id, certificate, revoked_at, push_endpoint FROM devices "
-            "WHERE user_id=? ORDER BY dev",
-            (user,),
-        )
-    )
-    return AccountRecord(
-        user_id=user, account_key=bytes(row[0]), devices=devices, deleted=row[1] is not None
-    )
-
-
-def _r_count_prekeys(conn: sqlite3.Connection, user: str, device: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM prekeys JOIN devices USING(dev) WHERE user_id=? AND device_id=?",
-        (user, device),
-    ).fetchone()
-    return int(row[0])
-
-
-def _r_latest(conn: sqlite3.Connection, user: str, device: str) -> int:
-    row = conn.execute(
-        "SELECT last_inbox_seq FROM devices WHERE user_id=? AND device_id=?", (user, device)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _r_inbox(
-    conn: sqlite3.Connection, user: str, device: str, after: int, limit: int
-) -> list[tuple[int, str]]:
-    row = conn.execute(
-        "SELECT dev FROM devices WHERE user_id=? AND device_id=?", (user, device)
-    ).fetchone()
-    if row is None:
-        return []
-    return [
-        (int(seq), env)
-        for seq, env in conn.execute(
-            "SELECT seq, envelope FROM inbox WHERE dev=? AND seq>? ORDER BY seq LIMIT ?",
-            (row[0], after, limit),
-        )
-    ]
+def _r_op(conn: sqlite3.Connection, op: Op[T], args: tuple[Any, ...]) -> T:
+    return engine_sqlite.run(op(*args), conn)

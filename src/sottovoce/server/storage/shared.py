@@ -1,0 +1,253 @@
+"""The storage API written once: each method runs an operation of :mod:`.accounts`,
+:mod:`.prekeys`, :mod:`.inbox`, :mod:`.keypackages` or :mod:`.rooms` on the engine.
+
+An engine provides only where an operation runs (:meth:`SharedStorage._write_op`,
+:meth:`SharedStorage._read_op`) and what it caches of the inbox quotas (forgotten
+when a device's inbox goes). Sends, acks, expiry and the room writes that produce
+messages stay in the engine modules (see :mod:`.inbox` and :mod:`.rooms`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
+from sottovoce.server.storage.base import AccountRecord, ClaimedPrekey, Storage
+from sottovoce.server.storage.roombase import (
+    AuditAppendage,
+    ClaimedKeyPackage,
+    CommitRequest,
+    Member,
+    RoomCallback,
+    RoomFrames,
+    RoomPosition,
+    RoomSendRequest,
+    RoomState,
+    RoomStorage,
+    RoomSummary,
+)
+from sottovoce.server.storage.txn import Txn
+
+T = TypeVar("T")
+Op = Callable[..., Txn[T]]
+
+
+class BatchStats:
+    """Group-commit counters the app exports as metrics (read on the loop, written by the
+    engine's writer)."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.jobs = 0
+        self.commit_seconds = 0.0
+        self.last_batch = 0
+        self.truncations = 0
+        self.observers: list[Callable[[int, float], None]] = []
+
+    def record(self, jobs: int, seconds: float) -> None:
+        """One commit of ``jobs`` jobs took ``seconds``; the observers hear of it."""
+        self.commits += 1
+        self.jobs += jobs
+        self.commit_seconds += seconds
+        self.last_batch = jobs
+        for observe in self.observers:
+            observe(jobs, seconds)
+
+
+class Engine(abc.ABC):
+    """Where operations run: the engine's write transaction, or a read."""
+
+    @abc.abstractmethod
+    async def _write_op(
+        self, op: Op[T], *args: Any, after: Callable[[T], Any] | None = None,
+        atomic: bool = True,
+    ) -> T:
+        """Run ``op(*args)`` in a write transaction; ``after(result)`` runs in it too, where
+        the engine's writer-side caches may be touched (before any later write).
+        ``atomic=False``: the operation is one statement, atomic by itself."""
+
+    @abc.abstractmethod
+    async def _read_op(self, op: Op[T], *args: Any) -> T: ...
+
+    @abc.abstractmethod
+    def _submit_op(
+        self, op: Op[Any], args: tuple[Any, ...], callback: RoomCallback,
+        rooms: Callable[[], Txn[list[str]]] | list[str],
+    ) -> None:
+        """Run ``op(*args)`` in a write transaction after the jobs queued before it for the
+        same ``rooms`` (or the rooms that op finds), then ``callback(result, error)``."""
+
+
+class SharedStorage(Storage, Engine):
+    """Accounts, devices, prekeys and inbox reads of :class:`Storage`."""
+
+    @abc.abstractmethod
+    def _forget_inboxes(self, devs: Sequence[int], *, correspondents: bool) -> None:
+        """Every inbox row of ``devs`` is gone (and, if ``correspondents``, some accounts'
+        correspondents): drop what the engine cached of their quota usage."""
+
+    async def create_account(
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        await self._write_op(
+            accounts.create_account, user_id, account_key, device_id, certificate, now_ms
+        )
+
+    async def add_device(
+        self, user_id: str, device_id: str, certificate: bytes, now_ms: int
+    ) -> None:
+        await self._write_op(accounts.add_device, user_id, device_id, certificate, now_ms)
+
+    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
+        await self._write_op(
+            accounts.revoke_device, user_id, device_id, now_ms,
+            after=lambda dev: self._forget_inboxes([dev], correspondents=False),
+        )
+
+    async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
+        active, _ = await self._write_op(
+            accounts.delete_account, user_id, now_ms,
+            after=lambda found: self._forget_inboxes(found[1], correspondents=True),
+        )
+        return active
+
+    async def get_account(self, user_id: str) -> AccountRecord | None:
+        return await self._read_op(accounts.get_account, user_id)
+
+    async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
+        await self._write_op(
+            accounts.set_push_endpoint, user_id, device_id, endpoint, atomic=False
+        )
+
+    async def store_prekeys(
+        self,
+        user_id: str,
+        device_id: str,
+        one_time: Sequence[tuple[str, bytes]],
+        fallback: bytes | None,
+        max_stored: int,
+    ) -> int:
+        return await self._write_op(
+            prekeys.store_prekeys, user_id, device_id, list(one_time), fallback, max_stored
+        )
+
+    async def count_prekeys(self, user_id: str, device_id: str) -> int:
+        return await self._read_op(prekeys.count_prekeys, user_id, device_id)
+
+    async def claim_prekeys(
+        self, user_id: str, exclude_device: tuple[str, str] | None, *, one_time: bool = True
+    ) -> list[ClaimedPrekey]:
+        return await self._write_op(prekeys.claim_prekeys, user_id, exclude_device, one_time)
+
+    async def latest_inbox_seq(self, user_id: str, device_id: str) -> int:
+        return await self._read_op(inbox.latest_inbox_seq, user_id, device_id)
+
+    async def read_inbox(
+        self, user_id: str, device_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, str]]:
+        return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit)
+
+
+class SharedRooms(RoomStorage, Engine):
+    """:class:`RoomStorage`: KeyPackages, rooms, their messages and reads."""
+
+    async def store_key_packages(
+        self,
+        user_id: str,
+        device_id: str,
+        key_packages: Sequence[bytes],
+        last_resort: bytes | None,
+        max_stored: int,
+    ) -> int:
+        return await self._write_op(
+            keypackages.store_key_packages, user_id, device_id, list(key_packages),
+            last_resort, max_stored,
+        )
+
+    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
+        return await self._read_op(keypackages.count_key_packages, user_id, device_id)
+
+    async def claim_key_packages(
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
+    ) -> list[ClaimedKeyPackage]:
+        return await self._write_op(
+            keypackages.claim_key_packages, user_id, exclude_device, one_time
+        )
+
+    async def create_room(
+        self, room_id: str, user_id: str, device_id: str, group_info: bytes | None, now_ms: int
+    ) -> None:
+        await self._write_op(rooms.create_room, room_id, user_id, device_id, group_info, now_ms)
+
+    async def room_read(
+        self, room_id: str, user_id: str, device_id: str, after_seq: int, limit: int
+    ) -> RoomFrames:
+        return await self._read_op(rooms.room_read, room_id, user_id, device_id, after_seq, limit)
+
+    async def room_positions(self, user_id: str, device_id: str) -> list[RoomPosition]:
+        return await self._read_op(rooms.room_positions, user_id, device_id)
+
+    async def room_replay(
+        self, room_id: str, after_seq: int, until_seq: int | None, limit: int
+    ) -> list[tuple[int, str]]:
+        return await self._read_op(rooms.room_replay, room_id, after_seq, until_seq, limit)
+
+    async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState:
+        return await self._read_op(rooms.room_state, room_id, user_id, device_id)
+
+    async def rooms_of(self, user_id: str, device_id: str, limit: int) -> list[RoomSummary]:
+        return await self._read_op(rooms.rooms_of, user_id, device_id, limit)
+
+    async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:
+        return await self._read_op(rooms.group_info_by_token, token_hash)
+
+    async def room_group_info(
+        self, room_id: str, user_id: str, device_id: str
+    ) -> tuple[int, bytes]:
+        return await self._read_op(rooms.room_group_info, room_id, user_id, device_id)
+
+    async def audit_get(
+        self, room_id: str, user_id: str, device_id: str, after_index: int, limit: int
+    ) -> list[bytes]:
+        return await self._read_op(rooms.audit_get, room_id, user_id, device_id, after_index,
+                                   limit)
+
+    def room_commit(self, req: CommitRequest, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.commit, (req,), callback, [req.room_id])
+
+    def room_send(self, req: RoomSendRequest, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.send, (req,), callback, [req.room_id])
+
+    def room_join_request(
+        self, token_hash: bytes, user_id: str, device_id: str, key_package_b64: str,
+        callback: RoomCallback,
+    ) -> None:
+        self._submit_op(
+            room_writes.join_request, (token_hash, user_id, device_id, key_package_b64),
+            callback, lambda: room_writes.token_rooms(token_hash),
+        )
+
+    def room_device_revoked(self, user_id: str, device_id: str, callback: RoomCallback) -> None:
+        self._submit_op(room_writes.device_revoked, (user_id, device_id), callback,
+                        lambda: room_writes.device_rooms(user_id, device_id))
+
+    async def room_ack(self, room_id: str, user_id: str, device_id: str, up_to_seq: int) -> int:
+        return await self._write_op(room_writes.ack, room_id, user_id, device_id, up_to_seq)
+
+    async def set_room_token(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        token_hash: bytes | None,
+        audit: AuditAppendage | None,
+    ) -> None:
+        await self._write_op(room_writes.set_token, room_id, user_id, device_id, token_hash,
+                             audit)
+
+    async def audit_append(
+        self, room_id: str, user_id: str, device_id: str, audit: AuditAppendage
+    ) -> int:
+        return await self._write_op(room_writes.audit_append, room_id, user_id, device_id, audit)
