@@ -59,6 +59,8 @@ LONG_RUNNING = {
             "runs both sides",
     "answer": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
     "decline": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
+    "room call": "stays in the call until Ctrl-C, the others joining from other terminals; "
+                 "tests/integration/test_room_calls_server.py runs three of them",
 }
 
 #: (document, first command of the block) -> why the block is not run. Reviewed.
@@ -112,6 +114,10 @@ SKIP: dict[tuple[str, str], str] = {
         "checks the TOML and the unit",
     ("docs/deploy.md", "curl -sk https://node1.internal:8765/healthz"):
         "production host names; tests/integration/test_server_ops.py checks /healthz",
+    ("docs/calls.md",
+     "sottovoce server --sfu wss://sfu.example.org/ --sfu-key-file /etc/sottovoce/sfu-key"):
+        "production SFU addresses and key; tests/integration/test_room_calls_server.py starts "
+        "the server with --sfu against a real Janus",
     ("docs/deploy.md", "docker compose -f deploy/compose.yaml up --build"):
         "needs a Docker daemon and images from the network; "
         "test_dockerignore_keeps_the_image_to_what_pip_needs checks the build context",
@@ -236,6 +242,12 @@ def is_sottovoce(argv: list[str]) -> bool:
 
 def subcommand(argv: list[str]) -> str:
     return next((a for a in argv[1:] if not a.startswith("-")), "")
+
+
+def long_running(argv: list[str]) -> bool:
+    """The command (``call``) or command and subcommand (``room call``) never ends by itself."""
+    words = [a for a in argv[1:3] if not a.startswith("-")]
+    return subcommand(argv) in LONG_RUNNING or " ".join(words) in LONG_RUNNING
 
 
 def check_parses(argv: list[str], where: str) -> None:
@@ -475,7 +487,7 @@ class Sandbox:
     def run(self, block: Block) -> None:
         for command in block.commands:
             argvs = simple_commands(command)
-            if any(is_sottovoce(a) and subcommand(a) in LONG_RUNNING for a in argvs):
+            if any(is_sottovoce(a) and long_running(a) for a in argvs):
                 for argv in argvs:
                     if is_sottovoce(argv):
                         check_parses(argv, block.where())

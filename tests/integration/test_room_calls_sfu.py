@@ -27,12 +27,12 @@ from sottovoce.calls.media_keys import CallKeys, EpochKeys
 from sottovoce.calls.room_effects import Left, RecordingRefused, RecordingState
 from sottovoce.client.calls import hooks
 from sottovoce.client.calls.e2ee import FrameCrypto
-from sottovoce.client.calls.janus import JanusSession
 from sottovoce.client.calls.media import IceConfig
 from sottovoce.client.calls.recording import export_recording
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.calls.room_media import SfuAccess, SfuMedia
 from sottovoce.client.calls.sources import MediaSpec, PatternTrack
+from sottovoce.janus_session import JanusSession
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.secret import Secret
 from sottovoce.server.sfu import (

@@ -460,6 +460,7 @@ def test_room_events_round_trip_through_their_wire_form() -> None:
         wire.JoinRequest(token=token, keyPackage=b"kp"),
         wire.AuditAppend(roomId=ROOM, entry=b"e"),
         wire.AuditGet(roomId=ROOM, afterIndex=-1),
+        wire.RoomCallGrant(roomId=ROOM, callId=b"c" * 16),
     ]
     assert {type(e).name for e in events} == set(wire.ROOM_CLIENT_EVENTS)
     for ev in events:

@@ -229,11 +229,15 @@ class RoomCall:
         signing_key: SigningKey,
         rng: Random,
         now_ms: int,
+        call_id: bytes | None = None,
     ) -> RoomCall:
-        """Start a call in the room: this device is the call group's first member."""
+        """Start a call in the room: this device is the call group's first member
+        (``call_id``: one drawn already, e.g. to ask the server for an SFU grant first)."""
+        if call_id is not None and len(call_id) != CALL_ID_BYTES:
+            raise UsageError(f"a call id is {CALL_ID_BYTES} bytes")
         call = cls(
             room_id=room_id,
-            call_id=rng(CALL_ID_BYTES),
+            call_id=rng(CALL_ID_BYTES) if call_id is None else call_id,
             mode=mode,
             me=me,
             signing_key=signing_key,

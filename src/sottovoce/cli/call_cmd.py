@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sottovoce.calls.effects import (
     CallState,
@@ -48,7 +48,9 @@ from sottovoce.client import Client, NotConnected, ServerError
 from sottovoce.identity import validate_username
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when a call command runs
-    from sottovoce.client.calls import CallOptions, MediaSession
+    from sottovoce.client.calls import CallOptions, MediaSession, MediaSpec, TurnServer
+
+T = TypeVar("T")
 
 #: The call did not happen: declined, busy, no answer, missed, cancelled, no call came.
 EXIT_NOT_ANSWERED = 3
@@ -63,9 +65,9 @@ FLUSH_TIMEOUT_S = 10.0
 # =============================================================================
 
 
-def call_options(args: argparse.Namespace) -> CallOptions:
-    """What this device sends and how it connects, from the command line (files checked)."""
-    from sottovoce.client.calls import CallOptions, IceConfig, MediaSpec
+def media_spec(args: argparse.Namespace) -> MediaSpec:
+    """What a call sends: --media FILE (checked), --audio-only, --screen."""
+    from sottovoce.client.calls import MediaSpec
 
     media = getattr(args, "media", None)
     if media is not None:
@@ -75,28 +77,39 @@ def call_options(args: argparse.Namespace) -> CallOptions:
         source = str(path)
     else:
         source = "synthetic"  # headless: a tone and numbered test-pattern frames
-    record_to: Path | None = None
-    if getattr(args, "record_to", None):
-        record_to = Path(args.record_to).expanduser()
-        if not record_to.parent.is_dir():
-            raise CliError(f"cannot record to {args.record_to}: no such directory")
     # The screen of this machine's display where there is one; else a test pattern.
     screen = ("device" if os.environ.get("DISPLAY") else "synthetic") if args.screen else None
-    spec = MediaSpec(source=source, video=not args.audio_only, screen=screen)
+    return MediaSpec(source=source, video=not args.audio_only, screen=screen)
+
+
+def record_path(args: argparse.Namespace) -> Path | None:
+    """--record-to FILE, its directory checked."""
+    if not getattr(args, "record_to", None):
+        return None
+    record_to = Path(args.record_to).expanduser()
+    if not record_to.parent.is_dir():
+        raise CliError(f"cannot record to {args.record_to}: no such directory")
+    return record_to
+
+
+def call_options(args: argparse.Namespace) -> CallOptions:
+    """What this device sends and how it connects, from the command line (files checked)."""
+    from sottovoce.client.calls import CallOptions, IceConfig
+
     ring_ms = int(getattr(args, "ring_timeout", 45.0) * 1000)
     return CallOptions(
-        media=spec,
+        media=media_spec(args),
         ice=IceConfig(relay_only=args.relay_only, loopback=args.loopback),
-        record_to=record_to,
+        record_to=record_path(args),
         recording_consent="grant" if args.allow_recording else "refuse",
         ring_timeout_ms=ring_ms,
     )
 
 
-async def _require_turn(client: Client) -> None:
+async def require_turn(client: Client) -> tuple[TurnServer, ...]:
     """--relay-only: the server must hand out TURN credentials, or the call cannot go."""
     try:
-        await client.turn_servers()
+        return await client.turn_servers()
     except ServerError as exc:
         if exc.code == "turn_unavailable":
             raise CliError(
@@ -123,8 +136,30 @@ class _Run:
     problems: list[str] = field(default_factory=list)
 
 
-def _say(line: str, *, err: bool = False) -> None:
+def say(line: str, *, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that Ctrl-C (and SIGTERM) sets, in place of KeyboardInterrupt."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def next_or_stop(events: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The next event, or ``None`` once ``stop`` is set (Ctrl-C, a timer)."""
+    getter = asyncio.ensure_future(events.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None
 
 
 async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
@@ -133,28 +168,20 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
     from sottovoce.client.calls.media import MediaProblem
 
     calls = client.calls
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     ringing_said = False
     while run.ended is None:
-        getter = asyncio.ensure_future(calls.events.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter not in done:
-            getter.cancel()
+        event = await next_or_stop(calls.events, stop)
+        if event is None:
             stop.clear()
             await _end(client, run)
             continue
-        event = getter.result()
         if isinstance(event, StateChanged):
             if event.call_id != (calls.call.call_id if calls.call else event.call_id):
                 continue  # an earlier call's last word
             run.peer = event.peer
-            _say(render.call_state(event))
+            say(render.call_state(event))
             if event.state is CallState.ACTIVE and not run.answered:
                 run.answered = True
                 run.session = calls.session()
@@ -165,19 +192,19 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
                 run.ended = event.reason
         elif isinstance(event, PeerRinging) and not ringing_said:
             ringing_said = True
-            _say("ringing")
+            say("ringing")
         elif isinstance(event, SignalFailed):
             if event.code == "recipient_offline" and calls.state is CallState.OUTGOING_RINGING:
                 run.problems.append("no device of theirs is online")
-                _say(f"no device of {render.safe(run.peer or args_peer(args))} is online", err=True)
+                say(f"no device of {render.safe(run.peer or args_peer(args))} is online", err=True)
                 calls.hangup()
             elif calls.state not in (CallState.ENDED, CallState.IDLE):
-                _say(f"a call signal could not be sent ({render.safe(event.code)})", err=True)
+                say(f"a call signal could not be sent ({render.safe(event.code)})", err=True)
         elif isinstance(event, MediaProblem):
             run.problems.append(event.error)
-            _say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}", err=True)
+            say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}", err=True)
         elif isinstance(event, RecordingPermission):
-            _say("recording: the peer " + ("consents" if event.allowed else "does not consent"))
+            say("recording: the peer " + ("consents" if event.allowed else "does not consent"))
 
 
 def args_peer(args: argparse.Namespace) -> str:
@@ -199,11 +226,11 @@ async def _print_stats(client: Client, run: _Run) -> None:
     stats = await client.calls.stats()
     if stats is None:
         return
-    _say(render.call_stats(run.peer, stats))
+    say(render.call_stats(run.peer, stats))
     session = client.calls.session()
     path = session.path() if session is not None else None
     if path is not None:
-        _say(f"path: {path[0]} ↔ {path[1]}")
+        say(f"path: {path[0]} ↔ {path[1]}")
 
 
 def _summary(run: _Run) -> None:
@@ -213,18 +240,18 @@ def _summary(run: _Run) -> None:
         return
     sent = session.camera_frames_sent()
     if sent is not None:
-        _say(f"sent {sent} camera frames")
+        say(f"sent {sent} camera frames")
     camera = session.sinks["camera"]
     if camera.numbers:
-        _say(
+        say(
             f"received {len(camera.numbers)} camera frames, numbered "
             f"{min(camera.numbers)} to {max(camera.numbers)}"
         )
     else:
-        _say(f"received {camera.frames} camera frames")
-    _say(f"received {session.sinks['audio'].frames} audio frames")
+        say(f"received {camera.frames} camera frames")
+    say(f"received {session.sinks['audio'].frames} audio frames")
     if session.peer_candidate_types:
-        _say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))
+        say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))
 
 
 async def _finish(client: Client, run: _Run) -> int:
@@ -238,12 +265,12 @@ async def _finish(client: Client, run: _Run) -> int:
     if run.ended is EndReason.FAILED or run.problems:
         reason = client.calls.last_error
         if reason is not None and str(reason) not in run.problems:
-            _say(render.error(str(reason)), err=True)
+            say(render.error(str(reason)), err=True)
         return 1
     return EXIT_NOT_ANSWERED
 
 
-def _quiet(args: argparse.Namespace) -> None:
+def quiet(args: argparse.Namespace) -> None:
     """The media stack's log lines are for --debug; what matters is said in plain lines."""
     if not getattr(args, "debug", False):
         logging.getLogger().addHandler(logging.NullHandler())
@@ -256,7 +283,7 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
     except NotConnected as exc:
         raise unreachable(client.identity.server_url, exc) from None
     if options.ice.relay_only:
-        await _require_turn(client)
+        await require_turn(client)
 
 
 # =============================================================================
@@ -265,7 +292,7 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    _quiet(args)
+    quiet(args)
     validate_username(args.name)
     options = call_options(args)
 
@@ -300,20 +327,20 @@ async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
 
 def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        _quiet(args)
+        quiet(args)
         from sottovoce.client.calls import CallOptions
 
         options = CallOptions() if decline else call_options(args)
 
         async def work(client: Client) -> int:
             await _connect(client, args, options)
-            _say(f"waiting up to {args.wait:g} s for a call (Ctrl-C to stop)")
+            say(f"waiting up to {args.wait:g} s for a call (Ctrl-C to stop)")
             ring = await _wait_for_ring(client, args.wait)
             if ring is None:
-                _say(f"no call came within {args.wait:g} s", err=True)
+                say(f"no call came within {args.wait:g} s", err=True)
                 await client.calls.close()
                 return EXIT_NOT_ANSWERED
-            _say(render.call_state(ring))
+            say(render.call_state(ring))
             run = _Run(peer=ring.peer)
             if decline:
                 client.calls.decline()

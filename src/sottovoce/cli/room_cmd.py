@@ -315,6 +315,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rotate", action="store_true", help="replace the current token")
     group.add_argument("--revoke", action="store_true", help="remove the token")
+    from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
+
+    room_call_cmd.add_command(rs)
     p = subcommand(
         rs,
         "list",

@@ -38,6 +38,9 @@ examples:
       one node of several sharing PostgreSQL and NATS (see docs/deploy.md)
   sottovoce server --turn-url turn:turn.example.org:3478 --turn-secret-file turn-secret
       hand devices short-lived credentials for this coturn, for calls (see docs/calls.md)
+  sottovoce server --sfu eu=wss://sfu-eu.example.org/,ch=wss://sfu-ch.example.org/ \
+      --sfu-key-file sfu-key
+      room calls through these Janus SFUs (the key is their VideoRoom admin_key)
 
 configuration: defaults < TOML file (--config or ${CONFIG_ENV}; keys are the option
 names, e.g. `retention_ms = 86400000`, optionally under [server]) < environment
@@ -171,6 +174,7 @@ async def _serve(config: Any) -> int:
         f"  health:  {http}/healthz    metrics: {http}/metrics\n"
         + (f"  node:    {app.node_id}, fan-out over NATS\n" if config.nats else "")
         + (f"  turn:    {', '.join(config.turn_url)}\n" if config.turn_url else "")
+        + (f"  sfu:     {', '.join(e.url for e in config.sfu)}\n" if config.sfu else "")
         + "next, in another terminal (Ctrl-C here stops the server):\n"
         + banner_commands(local, command_name()),
         flush=True,

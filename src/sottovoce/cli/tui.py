@@ -22,7 +22,10 @@ Calls: F5 calls the peer (or accepts a ringing call), F6 declines or hangs up.
 An incoming call from anyone shows a banner while it rings; during a call the
 banner is the in-call line (:func:`sottovoce.cli.render.call_stats`), refreshed
 every second. The media are the headless defaults (a tone and a test pattern)
-unless a device source is configured.
+unless a device source is configured. In a room, F5 joins the call last started
+in the room (or starts one) and F6 leaves it; the banner then shows what the
+call's own MLS group says: "E2EE on, epoch N", its participants, and REC while
+someone records.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from sottovoce.client import (
 )
 from sottovoce.client.calls import CallOptions, SignalFailed
 from sottovoce.client.calls.media import MediaProblem
+from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.events import RoomInvited, RoomMembershipChanged, RoomMessageReceived
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
@@ -198,6 +202,11 @@ class ChatApp(App[int]):
         self.query_one("#history", VerticalScroll).scroll_end(animate=False)
         self.query_one("#input", Input).focus()
         self.client.start_calls(self._call_options)  # before connecting: no ring is missed
+        if self.room_id is not None:  # before connecting too: no call start is missed
+            opts = self._call_options
+            self.client.start_room_calls(
+                RoomCallOptions(media=opts.media, ice=opts.ice) if opts is not None else None
+            )
         self.run_worker(self._call_pump(), exclusive=True, group="calls")
         self.set_interval(CALL_STATS_EVERY_S, self._call_stats)
         self.run_worker(self._pump(), exclusive=True, group="events")
@@ -284,15 +293,19 @@ class ChatApp(App[int]):
         try:
             if calls.state is CallState.INCOMING_RINGING:
                 self.client.answer_call()
+            elif self.room_id is not None:
+                await self._enter_room_call(self.room_id)
             elif calls.state in (CallState.IDLE, CallState.ENDED):
-                if self.room_id is not None:
-                    self._tell("calls in rooms are not in this version: call one person")
-                    return
                 await self.client.place_call(self.peer)
         except SottovoceError as exc:
             self._tell(render.safe(str(exc)), error=True)
 
-    def action_decline_or_hang_up(self) -> None:
+    async def action_decline_or_hang_up(self) -> None:
+        if self.room_id is not None and self.room_id in self.client.room_calls.active:
+            await self.client.room_calls.end(self.room_id)
+            self._call_bar(None)
+            self._tell("left the room's call")
+            return
         calls = self.client.calls
         with contextlib.suppress(SottovoceError):
             if calls.state is CallState.INCOMING_RINGING:
@@ -301,6 +314,45 @@ class ChatApp(App[int]):
                 CallState.OUTGOING_RINGING, CallState.CONNECTING, CallState.ACTIVE
             ):
                 calls.hangup()
+
+    # --- room calls -------------------------------------------------------------
+
+    async def _enter_room_call(self, room_id: str) -> None:
+        hub = self.client.room_calls
+        if room_id in hub.active:
+            self._tell("already in this room's call (F6 leaves)")
+            return
+        ctl = hub.join(room_id) if room_id in hub.seen else await hub.start(room_id)
+        self._call_bar("☎ room call: joining… · F6 leave")
+        self.run_worker(self._room_call_pump(ctl), exclusive=True, group="room-call")
+
+    async def _room_call_pump(self, ctl: RoomCallController) -> None:
+        from sottovoce.calls.room_effects import JoinRefused, Left, RecordingState
+
+        recording = ""
+        while True:
+            event = await ctl.events.get()
+            if isinstance(event, JoinRefused):
+                self._tell(f"room call: {render.safe(str(event.error))}", error=True)
+                await self.client.room_calls.end(ctl.call.room_id)
+                self._call_bar(None)
+                return
+            if isinstance(event, Left):
+                self._call_bar(None)
+                return
+            if isinstance(event, RecordingState):
+                by = render.safe(event.by[0])
+                mark = "" if event.consented else ", not consented"
+                recording = f" · REC ({by}{mark})" if event.on else ""
+            elif isinstance(event, MediaProblem):
+                self._tell(f"room call: {render.safe(event.error)}", error=True)
+            people = ctl.participants  # the call's MLS group, never the SFU's list
+            if ctl.call.epoch is not None and ctl.call.me in people:
+                names = ", ".join(render.safe(u) for u, _ in people)
+                self._call_bar(
+                    f"☎ room call · E2EE on, epoch {ctl.call.epoch} · {len(people)} in call: "
+                    f"{names}{recording} · F6 leave"
+                )
 
     async def _append(self, message_id: str) -> None:
         stored = self.client.message(message_id)  # the screen shows the store, nothing else

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -84,6 +85,8 @@ from sottovoce.secret import Secret
 
 if TYPE_CHECKING:
     from sottovoce.client.calls import CallController, CallOptions, TurnServer
+    from sottovoce.client.calls.room_calls import RoomCalls
+    from sottovoce.client.calls.room_controller import RoomCallOptions
 
 CONNECT_TIMEOUT_S = 15.0
 #: Closing waits this long for a call's hang-up to leave and its media to stop.
@@ -182,6 +185,9 @@ class Client:
         # DirectMessages.accept (docs/architecture.md, "Client"). Built on first use:
         # it needs the running event loop, and the media stack is heavy to import.
         self._calls: CallController | None = None
+        # Room calls: a RoomCalls hub fed decrypted room-call signals by the room
+        # message path (rooms.on_call_signal) and told of room changes after each batch.
+        self._room_calls: RoomCalls | None = None
 
         #: What each unsolicited server event does (replies to requests never come here).
         self._handlers: dict[str, _Handler] = {
@@ -415,6 +421,9 @@ class Client:
             # Hang up first, while the hang-up can still reach the peer.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._calls.close(), CALL_CLOSE_TIMEOUT_S)
+        if self._room_calls is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room_calls.close(), CALL_CLOSE_TIMEOUT_S)
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -724,6 +733,8 @@ class Client:
             self.rooms.discard_unflushed()
             raise
         self.rooms.after_batch()
+        if self._room_calls is not None:
+            self._room_calls.rooms_changed()
         if any(isinstance(item, _Ack) for item in batch):
             self._outbox.pump()  # acks opened the window
         if top:
@@ -809,6 +820,47 @@ class Client:
     def answer_call(self) -> None:
         """Accept the call ringing here (the caller's other devices learn it was answered)."""
         self.calls.accept(own_devices=self._sessions.devices_of(self.username))
+
+    # Room calls (docs/calls.md, "Room calls")
+
+    def start_room_calls(self, options: RoomCallOptions | None = None) -> RoomCalls:
+        """Build this device's room calls with ``options`` (once; before connecting, so
+        that no call started while it syncs is missed). ``room_calls.start(room)`` or
+        ``.join(room)`` then gives the room's RoomCallController."""
+        from sottovoce.client.calls.room_calls import RoomCalls
+
+        if self._room_calls is not None:
+            raise UsageError("room calls are already started on this client")
+        if self._closed:
+            raise UsageError("client is closed")
+        if self.identity.mls_key is None:
+            raise UsageError("this device has no room key (it predates rooms)")
+        if options is not None and options.record_to is not None and options.storage_key is None:
+            # This device's recordings are sealed at rest with its store's key.
+            options = dataclasses.replace(options, storage_key=self._store.storage_key)
+        hub = RoomCalls(
+            me=(self.username, self.device_id),
+            signing_key=self.identity.mls_key,
+            send_signal=self.rooms.send_call_signal,
+            leaf_keys=self.rooms.leaf_keys,
+            append_audit=self.rooms.record_event,
+            ask_grant=self._ask_sfu_grant,
+            options=options,
+        )
+        self.rooms.on_call_signal(hub.receive)
+        self._room_calls = hub
+        return hub
+
+    @property
+    def room_calls(self) -> RoomCalls:
+        """This device's room calls (built with default options on first use)."""
+        return self._room_calls if self._room_calls is not None else self.start_room_calls()
+
+    async def _ask_sfu_grant(self, room_id: str, call_id: bytes) -> dict[str, Any]:
+        _, data = await self._conn.request(
+            pr.RoomCallGrant(roomId=room_id, callId=call_id), frozenset({pr.ROOM_CALL_GRANTED})
+        )
+        return data
 
     def _on_call_signals(self, user: str, device: str, body: bytes) -> None:
         """Decrypted call signals (inside the batch transaction: no await, no store).

@@ -38,6 +38,9 @@ Client → server (``data`` of each event; binary fields base64)::
     sottovoce.room.join.request  {token, keyPackage} → sottovoce.room.join.requested {roomId}
     sottovoce.room.audit.append  {roomId, entry} → sottovoce.room.audit.appended {roomId, index}
     sottovoce.room.audit.get     {roomId, afterIndex} → sottovoce.room.audit {roomId, entries}
+    sottovoce.room.call.grant    {roomId, callId} (a current member, the server runs an SFU)
+        → sottovoce.room.call.granted {url, room, feedId, token, expiresAt}
+          (else sfu_not_member, sfu_unavailable: rooms then call as a mesh)
 
 Server → member device, unsolicited::
 
@@ -117,6 +120,7 @@ from typing import Any
 
 from sottovoce.errors import UsageError
 from sottovoce.limits import (
+    CALL_ID_BYTES,
     MAX_CIPHERTEXT_BYTES,
     MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES,
     MAX_KEY_PACKAGE_BYTES,
@@ -180,6 +184,7 @@ ROOM_GROUPINFO = "sottovoce.room.groupinfo"
 ROOM_JOIN_REQUESTED = "sottovoce.room.join.requested"
 ROOM_AUDIT_APPENDED = "sottovoce.room.audit.appended"
 ROOM_AUDIT = "sottovoce.room.audit"
+ROOM_CALL_GRANTED = "sottovoce.room.call.granted"
 
 
 def room_id_for(group_id: bytes) -> str:
@@ -434,6 +439,17 @@ class AuditGet(ClientEvent):
     roomId: str = wire(ROOM_ID)
 
 
+@event("sottovoce.room.call.grant")
+class RoomCallGrant(ClientEvent):
+    """Let this device into the SFU room of one call of the room for a short while.
+
+    Only a current member of the room's group gets a grant; the call itself (its own
+    MLS group, its keys) is the members' business and never passes through here."""
+
+    roomId: str = wire(ROOM_ID)
+    callId: bytes = wire(B64(max_bytes=CALL_ID_BYTES, size=CALL_ID_BYTES))
+
+
 ROOM_CLIENT_EVENTS = registry(
     KeyPackagesUpload,
     KeyPackagesClaim,
@@ -450,6 +466,7 @@ ROOM_CLIENT_EVENTS = registry(
     JoinRequest,
     AuditAppend,
     AuditGet,
+    RoomCallGrant,
 )
 #: Every client event the server understands, KSMP v3 core and rooms: the one registry
 #: the server dispatches on (protocol/events.py cannot import this module: it is imported here).

@@ -122,6 +122,7 @@ from sottovoce.server.replay import Replay
 from sottovoce.server.rooms import Rooms
 from sottovoce.server.sendview import SendView, parse_send
 from sottovoce.server.session import Session, SessionLimits, SessionPorts
+from sottovoce.server.sfu_handler import SfuHandler
 from sottovoce.server.storage.base import AccountRecord, Storage
 from sottovoce.server.storage.roombase import RoomStorage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
@@ -242,6 +243,9 @@ class ServerApp:
         }
         self._handlers.update(self.rooms.handlers())
         self._handlers.update(TurnHandler.from_config(config).handlers())
+        self.sfu = SfuHandler.from_config(config, room_store)
+        self._handlers.update(self.sfu.handlers())
+        self.rooms.on_removed = self.sfu.members_removed
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -321,6 +325,7 @@ class ServerApp:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
         for task in list(self._tasks):
             task.cancel()
+        await self.sfu.close()
         await self.pusher.close()
         await self.fanout.close()
         await self.storage.close()

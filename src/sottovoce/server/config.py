@@ -38,6 +38,7 @@ from sottovoce.limits import (
     KEEPALIVE_INTERVAL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
+from sottovoce.server.sfu import SfuEndpoint, parse_sfu_option
 from sottovoce.server.storage.quota import InboxLimits
 from sottovoce.server.turn import parse_turn_urls
 
@@ -105,6 +106,10 @@ class ServerConfig:
     turn_url: tuple[str, ...] = ()
     #: The secret shared with coturn (``static-auth-secret``), one line in this file.
     turn_secret_file: Path | None = None
+    #: Janus SFUs for room calls (``--sfu [REGION=]URL[,...]``); none: rooms call as a mesh.
+    sfu: tuple[SfuEndpoint, ...] = ()
+    #: The key shared with them (the VideoRoom ``admin_key``), one line in this file.
+    sfu_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -143,6 +148,8 @@ class ServerConfig:
             raise UsageError("NATS namespace: 1-64 letters, digits, '_' or '-'")
         if bool(self.turn_url) != (self.turn_secret_file is not None):
             raise UsageError("--turn-url and --turn-secret-file must be given together")
+        if bool(self.sfu) != (self.sfu_key_file is not None):
+            raise UsageError("--sfu and --sfu-key-file must be given together")
 
     @property
     def inbox_limits(self) -> InboxLimits:
@@ -295,6 +302,13 @@ OPTIONS: tuple[Option, ...] = (
            "(needs --turn-secret-file)", "URL"),
     Option("turn_secret_file", Path,
            "file holding the secret shared with coturn (its static-auth-secret), one line",
+           "FILE"),
+    Option("sfu", parse_sfu_option,
+           "Janus SFU(s) for room calls: their WebSocket API URL (ws:// or wss://), several "
+           "separated by commas, each optionally REGION=URL (needs --sfu-key-file); without "
+           "it rooms of up to 4 call as a mesh", "[REGION=]URL"),
+    Option("sfu_key_file", Path,
+           "file holding the key shared with the SFUs (the VideoRoom admin_key), one line",
            "FILE"),
     Option("nats_namespace", str,
            "NATS subject namespace; deployments sharing one NATS need distinct ones "

@@ -196,6 +196,8 @@ class Rooms:
         self._join_requests_by_room = KeyedBuckets(
             JOIN_REQUESTS_PER_ROOM_PER_S, JOIN_REQUESTS_PER_ROOM_BURST
         )
+        #: Told of the devices each stored commit removed (room calls revoke their grants).
+        self.on_removed: Callable[[str, Sequence[Member]], None] | None = None
 
     def handlers(self) -> dict[type[ClientEvent], Handler]:
         return {
@@ -429,11 +431,11 @@ class Rooms:
             external=external,
             checked_epoch=checked_epoch,
         )
-        self.store.room_commit(req, partial(self._committed, session, rid))
+        self.store.room_commit(req, partial(self._committed, session, rid, req.removes))
 
     def _committed(
-        self, session: Session, rid: str | None, out: CommitOutcome | None,
-        error: BaseException | None,
+        self, session: Session, rid: str | None, removes: Sequence[Member],
+        out: CommitOutcome | None, error: BaseException | None,
     ) -> None:
         if out is None:
             self._failed(session, rid, error, "room.commit_failed")
@@ -453,6 +455,8 @@ class Rooms:
         # To the members of the epoch the commit was made in (removed devices included).
         self._publish(msg)
         self._presence.inbox_frames(out.welcomes, msg.room_id, msg.server_seq)
+        if removes and self.on_removed is not None:
+            self.on_removed(msg.room_id, removes)
 
     def _failed(
         self, session: Session, rid: str | None, error: BaseException | None, event: str,

@@ -27,7 +27,6 @@ VideoRoom's ``admin_key`` (room creation) and each room's secret (everything els
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -40,16 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-
 from sottovoce.calls.janus import (
-    PLUGIN,
-    SUBPROTOCOL,
-    JanusProtocol,
-    JanusReply,
-    ReplyKind,
     SfuError,
     SfuNoSuchFeed,
     SfuNoSuchRoom,
@@ -57,11 +47,10 @@ from sottovoce.calls.janus import (
 )
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import RemoteError, UsageError
+from sottovoce.janus_session import JanusSession
 from sottovoce.limits import (
-    MAX_SFU_MESSAGE_BYTES,
     ROOM_CALL_MAX_PARTICIPANTS,
     SFU_GRANT_TTL_MS,
-    SFU_KEEPALIVE_S,
     SFU_MAX_ENDPOINTS,
     SFU_REQUEST_TIMEOUT_S,
 )
@@ -289,133 +278,34 @@ class JanusAdmin(Protocol):
 
 
 class JanusConnection:
-    """A Janus session with one VideoRoom handle over the WebSocket API, kept alive."""
+    """A Janus session with one VideoRoom handle (the shared :class:`JanusSession`)."""
 
-    def __init__(self, url: str, *, rng: Random, timeout_s: float = SFU_REQUEST_TIMEOUT_S) -> None:
-        self.url = url
-        self._proto = JanusProtocol(rng)
-        self._timeout = timeout_s
-        self._ws: ClientConnection | None = None
-        self._session: int | None = None
-        self._handle: int | None = None
-        self._pending: dict[str, asyncio.Future[JanusReply]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+    def __init__(self, session: JanusSession, handle: int) -> None:
+        self.url = session.url
+        self._session = session
+        self._handle = handle
 
     @classmethod
     async def open(
         cls, url: str, *, rng: Random, timeout_s: float = SFU_REQUEST_TIMEOUT_S
     ) -> JanusConnection:
-        conn = cls(url, rng=rng, timeout_s=timeout_s)
+        session = await JanusSession.connect(url, rng=rng, timeout_s=timeout_s)
         try:
-            conn._ws = await asyncio.wait_for(
-                ws_connect(
-                    url,
-                    subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
-                    max_size=MAX_SFU_MESSAGE_BYTES,
-                    open_timeout=timeout_s,
-                    ping_interval=None,
-                ),
-                timeout_s,
-            )
-            conn._tasks.append(asyncio.ensure_future(conn._read()))
-            conn._session = _id_of(await conn._request({"janus": "create"}))
-            conn._handle = _id_of(
-                await conn._request(
-                    {"janus": "attach", "plugin": PLUGIN, "session_id": conn._session}
-                )
-            )
-            conn._tasks.append(asyncio.ensure_future(conn._keepalive()))
-        except (OSError, TimeoutError, websockets.WebSocketException):
-            await conn.close()
-            raise SfuUnavailable(f"the SFU at {url} does not answer") from None
+            return cls(session, await session.attach())
         except SfuError:
-            await conn.close()
+            await session.close()
             raise
-        return conn
-
-    async def _read(self) -> None:
-        ws = self._ws
-        if ws is None:  # pragma: no cover - set before the task starts
-            return
-        try:
-            async for text in ws:
-                try:
-                    reply = self._proto.receive(text)
-                except SfuError as exc:
-                    log.warning("sfu: dropped a frame from %s: %s", self.url, exc.code)
-                    continue
-                if reply.kind is ReplyKind.ACK:
-                    continue
-                future = self._pending.pop(reply.transaction or "", None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
-        except websockets.WebSocketException:
-            pass
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(SfuUnavailable(f"lost the SFU at {self.url}"))
-            self._pending.clear()
-
-    async def _keepalive(self) -> None:
-        while self._ws is not None and self._session is not None:
-            await asyncio.sleep(SFU_KEEPALIVE_S)
-            with contextlib.suppress(websockets.WebSocketException):
-                await self._ws.send(self._proto.keepalive(self._session))
-
-    async def _request(self, body: dict[str, Any]) -> JanusReply:
-        ws = self._ws
-        if ws is None:
-            raise SfuUnavailable(f"not connected to the SFU at {self.url}")
-        text, txn = self._proto.request(body)
-        future: asyncio.Future[JanusReply] = asyncio.get_running_loop().create_future()
-        self._pending[txn] = future
-        try:
-            await ws.send(text)
-            reply = await asyncio.wait_for(future, self._timeout)
-        except (TimeoutError, websockets.WebSocketException):
-            raise SfuUnavailable(f"the SFU at {self.url} did not answer in time") from None
-        finally:
-            self._pending.pop(txn, None)
-        error = reply.plugin_error()
-        if error is not None:
-            raise error
-        return reply
 
     async def call(self, body: dict[str, Any]) -> dict[str, Any]:
         """A synchronous VideoRoom request; its answer's plugin data (typed errors raised)."""
-        reply = await self._request(
-            {
-                "janus": "message",
-                "session_id": self._session,
-                "handle_id": self._handle,
-                "body": body,
-            }
-        )
-        return reply.data
+        return (await self._session.message(self._handle, body)).data
 
     @property
     def closed(self) -> bool:
-        return self._ws is None
+        return self._session.closed
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(websockets.WebSocketException, OSError):
-                await ws.close()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-
-def _id_of(reply: JanusReply) -> int:
-    value = reply.data.get("id")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SfuError("the SFU answered without an id")
-    return value
+        await self._session.close()
 
 
 # --- I/O: the driver -----------------------------------------------------------------

@@ -159,10 +159,12 @@ class RoomCallController:
         mode: CallMode,
         rng: Random = secrets.token_bytes,
         clock_ms: Callable[[], int] = _now_ms,
+        call_id: bytes | None = None,
         **kwargs: object,
     ) -> RoomCallController:
         call = RoomCall.start(
-            room_id=room_id, mode=mode, me=me, signing_key=signing_key, rng=rng, now_ms=clock_ms()
+            room_id=room_id, mode=mode, me=me, signing_key=signing_key, rng=rng,
+            now_ms=clock_ms(), call_id=call_id,
         )
         return cls(call=call, rng=rng, clock_ms=clock_ms, **kwargs)  # type: ignore[arg-type]
 

@@ -43,7 +43,6 @@ from sottovoce.client.calls.e2ee import (
     sealing_vp8_encoder,
 )
 from sottovoce.client.calls.errors import CandidateLeak, MediaError
-from sottovoce.client.calls.janus import JanusSession
 from sottovoce.client.calls.media import (
     IceConfig,
     MediaProblem,
@@ -52,6 +51,7 @@ from sottovoce.client.calls.media import (
     clean_sdp,
 )
 from sottovoce.client.calls.sources import MediaSpec, SilenceGate, open_sources
+from sottovoce.janus_session import JanusSession
 from sottovoce.sframe import Track
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,15 @@ from sottovoce.client.rooms.joins import Joins
 from sottovoce.client.rooms.keypackages import KeyPackages
 from sottovoce.client.rooms.keys import media_keys
 from sottovoce.client.rooms.membership import Membership
-from sottovoce.client.rooms.messages import RoomMessages
+from sottovoce.client.rooms.messages import CallSignalSink, RoomMessages
 from sottovoce.client.rooms.model import (
     MEDIA_SUITE,
     ROOM_REQUEST_TIMEOUT_S,
     CommitResult,
+    Device,
     Room,
     SyncedMark,
+    device_of,
 )
 from sottovoce.client.rooms.recovery import Recovery
 from sottovoce.client.rooms.sync import RoomSync
@@ -216,6 +218,28 @@ class RoomManager:
         idempotencyKey, as 1:1 sends do (``client.wait_sent`` waits for the ack).
         """
         return await self._messages.send(self.get(ref), text)
+
+    async def send_call_signal(self, ref: str, signal: bytes) -> str:
+        """Send one room-call signal as an MLS application message of the room."""
+        return await self._messages.send_call_signal(self.get(ref), signal)
+
+    def on_call_signal(self, sink: CallSignalSink | None) -> None:
+        """Where decrypted room-call signals of every room go (room id, sender, signal),
+        in each room's order, this device's own included."""
+        self._messages.on_call_signal = sink
+
+    def leaf_keys(self, ref: str) -> dict[Device, bytes]:
+        """The room's member devices now, each with the signature key of its leaf
+        (what a room call checks its joiners against); empty once removed."""
+        room = self.get(ref)
+        if room.group is None or room.removed:
+            return {}
+        out: dict[Device, bytes] = {}
+        for member in room.group.members():
+            device = device_of(member.credential)
+            if device is not None:
+                out[device] = member.leaf.signature_key
+        return out
 
     async def announce_invite(self, ref: str, username: str) -> str | None:
         """Tell the room, inside its encryption, that we invited ``username`` and under which

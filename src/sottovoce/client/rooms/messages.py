@@ -9,7 +9,9 @@
     message frame ──► dedupe by messageId ──► decrypt once ──► the sender must be
              the envelope's, the payload bound to messageId and room
              ──► messages table (peer = roomId); a control message (the join token)
-             is kept beside the room, an invitation notice names the room for us
+             is kept beside the room, an invitation notice names the room for us;
+             a room-call signal is kept beside the room too and handed, after the
+             batch, to ``on_call_signal`` (ours when it comes back in the room's order)
 
 The envelope says "text" whatever the payload holds: the server does not learn
 which messages are control messages or invitation notices.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from sottovoce.client.errors import NotConnected
@@ -33,7 +36,13 @@ from sottovoce.client.room_notice import (
     valid_room_name,
 )
 from sottovoce.client.rooms.book import RoomBook
-from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, Room, RoomFrame, device_of
+from sottovoce.client.rooms.model import (
+    ROOM_REQUEST_TIMEOUT_S,
+    Device,
+    Room,
+    RoomFrame,
+    device_of,
+)
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -44,6 +53,15 @@ from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
+
+#: A room-call signal (calls/room_signals.py): an MLS application message of the room
+#: like any other, so the server cannot tell it from a chat message.
+ROOM_CALL_CONTENT_TYPE = "room-call"
+_CALL_SIGNAL_TEXT = "(call signal)"
+#: Payloads kept beside the room, out of its history, their body sealed in the store.
+_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE})
+#: (room id, authenticated sender, signal): a decrypted room-call signal, in room order.
+CallSignalSink = Callable[[str, Device, bytes], None]
 
 
 def _control_record(message_id: str) -> str:
@@ -66,6 +84,8 @@ class RoomMessages:
         self._stale_sends: dict[str, int] = {}
         #: Queued room messages re-encrypted for a newer epoch after stale_epoch.
         self.stale_resends = 0
+        #: Where room-call signals go (the client's room calls); ``None``: dropped.
+        self.on_call_signal: CallSignalSink | None = None
 
     # =========================================================================
     # Sending
@@ -90,6 +110,11 @@ class RoomMessages:
             room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
         )
 
+    async def send_call_signal(self, room: Room, signal: bytes) -> str:
+        """Queue one room-call signal; it reaches ``on_call_signal`` of every member
+        device, ours included, in the room's order."""
+        return await self._queue(room, ROOM_CALL_CONTENT_TYPE, signal, _CALL_SIGNAL_TEXT)
+
     async def _queue(
         self, room: Room, content_type: str, body: bytes, text: str,
         *, token: Secret | None = None,
@@ -98,6 +123,7 @@ class RoomMessages:
         message sharing ``token`` keeps its body sealed for a re-encryption and the
         token as the room's, in the transaction that queues it."""
         message_id, idem, created = new_id(), new_id(), now_ms()
+        control = content_type in _CONTROL_TYPES
         async with room.lock:
             frame = self._encrypt(
                 room, message_id=message_id, idempotency_key=idem, created_ms=created,
@@ -108,12 +134,13 @@ class RoomMessages:
             with self._store.transaction():
                 self._store.add_outgoing(
                     message_id,
-                    peer=_control_peer(room.room_id) if token is not None else room.room_id,
+                    peer=_control_peer(room.room_id) if control else room.room_id,
                     sender=self._book.username, sender_device=self._book.device_id, text=text,
                     created_ms=created, idempotency_key=idem, content_type=content_type,
                 )
-                if token is not None:
+                if control:
                     self._store.put_secret(_control_record(message_id), body)
+                if token is not None:
                     self._book.tokens.remember(room.room_id, token)
                 self._book.persist(room)  # the sender ratchet moved
                 self._store.add_outbox(message_id, idem, frame)
@@ -149,7 +176,7 @@ class RoomMessages:
 
     def _body_of(self, stored: StoredMessage) -> bytes:
         """What a queued message carries, to encrypt it again for a newer epoch."""
-        if stored.content_type == "system":
+        if stored.content_type in _CONTROL_TYPES:
             body = self._store.get_secret(_control_record(stored.message_id))
             if body is None:
                 raise UsageError("a queued control message lost its body")
@@ -215,6 +242,7 @@ class RoomMessages:
 
     def apply_message(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         if self._store.has_message(frame.message_id):
+            self._own_call_signal(room, frame)
             return  # never decrypt twice
         group = room.group
         sender = (frame.sender_user, frame.sender_device)
@@ -239,6 +267,9 @@ class RoomMessages:
                 # see it): kept to check the PSK of the next external join.
                 self._book.tokens.remember(room.room_id, read_token_control(payload.body))
                 text = TOKEN_SHARED_TEXT
+            elif content_type == ROOM_CALL_CONTENT_TYPE:
+                text = _CALL_SIGNAL_TEXT
+                self._hand_call_signal(room.room_id, sender, payload.body)
             else:
                 text = payload.body.decode("utf-8")
                 if content_type == INVITE_CONTENT_TYPE:
@@ -253,7 +284,7 @@ class RoomMessages:
                 )
             )
         own = sender == self._book.me or frame.sender_user == self._book.username
-        control = status is DeliveryStatus.SENT and content_type == "system"
+        control = status is DeliveryStatus.SENT and content_type in _CONTROL_TYPES
         local = self._store.add_message(
             message_id=frame.message_id,
             peer=_control_peer(room.room_id) if control else room.room_id,
@@ -268,6 +299,28 @@ class RoomMessages:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
             if notice is not None and notice.invited == self._book.username and not own:
                 self._take_invitation(room, notice, frame.sender_user, events)
+
+    def _hand_call_signal(self, room_id: str, sender: Device, signal: bytes) -> None:
+        """After the batch is stored (the controller awaits nothing of the store), in
+        the order the room's frames were played."""
+        sink = self.on_call_signal
+        if sink is not None:
+            self._book.after.append(lambda: sink(room_id, sender, signal))
+
+    def _own_call_signal(self, room: Room, frame: RoomFrame) -> None:
+        """Our own room-call signal came back in the room's order: hand it over once
+        (MLS does not let a sender decrypt its own message, so the body kept when it
+        was queued is used, then emptied)."""
+        if (frame.sender_user, frame.sender_device) != self._book.me:
+            return
+        stored = self._store.get_message(frame.message_id)
+        if stored is None or stored.content_type != ROOM_CALL_CONTENT_TYPE:
+            return
+        record = _control_record(frame.message_id)
+        body = self._store.get_secret(record)
+        if body:
+            self._store.put_secret(record, b"")
+            self._hand_call_signal(room.room_id, self._book.me, body)
 
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]

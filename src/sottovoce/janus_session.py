@@ -1,10 +1,12 @@
-"""A participant's connection to Janus: one API session over the WebSocket transport.
+"""A connection to Janus: one API session over the WebSocket transport, for both ends.
 
 The protocol itself (requests, typed replies and errors) is
 :mod:`sottovoce.calls.janus`; this is the asyncio loop around it: one reader
 task that routes each reply to the request waiting for it (by transaction) or to
 the handle it is about (``events``), and a keepalive well inside Janus's
-session timeout.
+session timeout. A participant (``client/calls/room_media.py``) attaches a
+handle per PeerConnection; the server's SFU driver (``server/sfu.py``) one handle
+for its VideoRoom requests. It imports neither side.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class JanusSession:
             session._tasks.append(asyncio.ensure_future(session._keepalive()))
         except (OSError, TimeoutError, websockets.WebSocketException):
             await session.close()
-            raise SfuUnavailable("the SFU does not answer") from None
+            raise SfuUnavailable(f"the SFU at {url} does not answer") from None
         except SfuError:
             await session.close()
             raise
@@ -171,6 +173,10 @@ class JanusSession:
             await asyncio.sleep(SFU_KEEPALIVE_S)
             with contextlib.suppress(websockets.WebSocketException):
                 await self._ws.send(self._proto.keepalive(self.session_id))
+
+    @property
+    def closed(self) -> bool:
+        return self._ws is None
 
     async def close(self) -> None:
         """Destroy the session (Janus then drops its handles: our publisher leaves the
