@@ -69,13 +69,8 @@ def call_options(args: argparse.Namespace) -> CallOptions:
     from sottovoce.client.calls import CallOptions, IceConfig, MediaSpec
 
     media = getattr(args, "media", None)
-    if media is not None:
-        path = Path(media).expanduser()
-        if not path.is_file():
-            raise CliError(f"cannot read the media file {media}: no such file")
-        source = str(path)
-    else:
-        source = "synthetic"  # headless: a tone and numbered test-pattern frames
+    # Headless: a tone and numbered test-pattern frames.
+    source = "synthetic" if media is None else _media_file(media)
     record_to: Path | None = None
     if getattr(args, "record_to", None):
         record_to = Path(args.record_to).expanduser()
@@ -92,6 +87,28 @@ def call_options(args: argparse.Namespace) -> CallOptions:
         recording_consent="grant" if args.allow_recording else "refuse",
         ring_timeout_ms=ring_ms,
     )
+
+
+def _media_file(name: str) -> str:
+    """--media FILE, opened once now: a file that is not there or holds no audio or video
+    is a plain error before anything rings (the call opens it only once answered)."""
+    import av
+
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise CliError(f"cannot read the media file {name}: no such file")
+    if not path.is_file():
+        raise CliError(f"cannot read the media file {name}: not a file")
+    try:
+        with av.open(str(path)) as container:
+            usable = any(s.type in ("audio", "video") for s in container.streams)
+    except PermissionError:
+        raise CliError(f"cannot read the media file {name}: permission denied") from None
+    except (av.FFmpegError, OSError, ValueError):
+        usable = False
+    if not usable:
+        raise CliError(f"the media file {name} holds no audio or video this client can play")
+    return str(path)
 
 
 async def _require_turn(client: Client) -> None:
@@ -159,6 +176,14 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
             if event.state is CallState.ACTIVE and not run.answered:
                 run.answered = True
                 run.session = calls.session()
+                if getattr(args, "screen", False) and run.session and calls.call:
+                    # The screen track starts switched off, like a muted camera; turned on
+                    # through the engine, so the peer is told of it too.
+                    calls.set_media(
+                        audio_muted=calls.call.audio_muted,
+                        camera_on=run.session.camera_on,
+                        screen_on=True,
+                    )
                 await calls.stats()  # the baseline of the rates the last line shows
                 if args.seconds is not None:
                     loop.call_later(args.seconds, stop.set)
@@ -215,14 +240,15 @@ def _summary(run: _Run) -> None:
     sent = session.camera_frames_sent()
     if sent is not None:
         _say(f"sent {sent} camera frames")
-    camera = session.sinks["camera"]
-    if camera.numbers:
-        _say(
-            f"received {len(camera.numbers)} camera frames, numbered "
-            f"{min(camera.numbers)} to {max(camera.numbers)}"
-        )
-    else:
-        _say(f"received {camera.frames} camera frames")
+    for role in ("camera", "screen"):
+        sink = session.sinks[role]
+        if sink.numbers:
+            _say(
+                f"received {len(sink.numbers)} {role} frames, numbered "
+                f"{min(sink.numbers)} to {max(sink.numbers)}"
+            )
+        elif role == "camera" or sink.frames:  # a screen only when one was shared
+            _say(f"received {sink.frames} {role} frames")
     _say(f"received {session.sinks['audio'].frames} audio frames")
     if session.peer_candidate_types:
         _say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))
