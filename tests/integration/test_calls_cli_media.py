@@ -15,6 +15,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +25,16 @@ from typing import Any
 import pytest
 
 from sottovoce.calls.effects import CallState, EndReason, StateChanged
+from sottovoce.calls.machine import CallMachine
+from sottovoce.cli.call_cmd import call_options
+from sottovoce.cli.main import build_parser
 from sottovoce.client.calls import CallOptions, IceConfig, TurnRefused
+from sottovoce.limits import CALL_RING_TIMEOUT_MS
 from tests.integration.calls_cli_helpers import (
     LOOPBACK,
     Cli,
     accounts,
+    env,
     plain,
     run,
     server_with_turn,
@@ -223,6 +230,24 @@ def test_exit_codes_as_documented(homes: tuple[ServerProcess, list[Path]], tmp_p
         assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("given", "rings_ms"), [((), CALL_RING_TIMEOUT_MS), (("2",), 2000), (("100",), 45_000)]
+)
+def test_ring_timeout_is_45_seconds_by_default_and_at_most(
+    given: tuple[str, ...], rings_ms: int
+) -> None:
+    """`--ring-timeout S` as the command parses it, into the engine that rings: the
+    default is 45 s, and a longer wish still gives up after 45 s (the clock is the
+    engine's input: nothing waits)."""
+    argv = ["call", "bob", *(("--ring-timeout", *given) if given else ())]
+    options = call_options(build_parser().parse_args(argv))
+    machine = CallMachine(
+        user="alice", device="a1", rng=os.urandom, ring_timeout_ms=options.ring_timeout_ms
+    )
+    machine.dial(1_000, peer="bob", peer_devices=["b1"])
+    assert machine.next_deadline() == 1_000 + rings_ms
+
+
 def test_ctrl_c_stops_waiting_for_a_call(homes: tuple[ServerProcess, list[Path]]) -> None:
     _, (_, bob) = homes
     for command in ("answer", "decline"):
@@ -232,7 +257,8 @@ def test_ctrl_c_stops_waiting_for_a_call(homes: tuple[ServerProcess, list[Path]]
         waiting.proc.send_signal(signal.SIGINT)
         code = waiting.finish(timeout=15)
         assert time.monotonic() - began < 10
-        assert code not in (0, 3), (command, code)  # interrupted: neither a call nor a timeout
+        assert code == 130, (command, code)  # interrupted: neither a call nor "no call came"
+        assert "interrupted" in waiting.stderr()
         assert "Traceback" not in waiting.stderr(), waiting.stderr()
 
 
@@ -286,3 +312,30 @@ async def test_an_expired_turn_credential_is_reported_by_the_client(
     finally:
         await alice.close()
         await bob.close()
+
+
+def test_bad_turn_options_stop_the_server_at_start_with_a_plain_error(tmp_path: Path) -> None:
+    """`server --turn-url ... --turn-secret-file F`: a missing, short or unreadable
+    secret, a URL that is not TURN, or one option without the other: one plain line and
+    exit 1 before it listens; the environment variables are read the same way."""
+    good, short = tmp_path / "good", tmp_path / "short"
+    good.write_text("0123456789abcdef0123456789abcdef\n")
+    short.write_text("short\n")
+    url = "turn:127.0.0.1:3478"
+    cases: list[tuple[list[str], dict[str, str], str]] = [
+        (["--turn-url", url, "--turn-secret-file", str(tmp_path / "missing")], {}, "cannot read"),
+        (["--turn-url", url, "--turn-secret-file", str(tmp_path)], {}, "cannot read"),
+        (["--turn-url", url, "--turn-secret-file", str(short)], {}, "at least 16 bytes"),
+        (["--turn-url", "stun:127.0.0.1:3478", "--turn-secret-file", str(good)], {}, "TURN URL"),
+        (["--turn-url", url], {}, "together"),
+        ([], {"SOTTOVOCE_TURN_URL": "stun:127.0.0.1", "SOTTOVOCE_TURN_SECRET_FILE": str(good)},
+         "TURN URL"),
+    ]
+    for args, environ, reason in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "sottovoce", "server", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(tmp_path / "server"), *args],
+            env={**env(tmp_path), **environ}, capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        assert reason in plain(done), (args, environ, done.stderr)
