@@ -17,6 +17,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,18 @@ def accounts(srv: ServerProcess, root: Path, *names: str) -> list[Path]:
 
     asyncio.run(make())
     return [root / name for name in names]
+
+
+@contextmanager
+def accounts_on_a_turn_server(
+    turn: Coturn, root: Path, *names: str
+) -> Iterator[tuple[ServerProcess, list[Path]]]:
+    """A server handing out credentials for ``turn``, with these accounts on it."""
+    srv = server_with_turn(root, turn)
+    try:
+        yield srv, accounts(srv, root, *names)
+    finally:
+        srv.stop()
 
 
 def answered_call(

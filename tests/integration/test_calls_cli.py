@@ -21,6 +21,7 @@ import pytest
 from tests.integration.calls_cli_helpers import (
     LOOPBACK,
     accounts,
+    accounts_on_a_turn_server,
     answered_call,
     plain,
     received,
@@ -38,11 +39,8 @@ def turn_server(
 ) -> Iterator[tuple[ServerProcess, list[Path]]]:
     """A server handing out credentials for the coturn, and alice, bob and carol on it."""
     root = tmp_path_factory.mktemp("calls-cli")
-    srv = server_with_turn(root, coturn)
-    try:
-        yield srv, accounts(srv, root, "alice", "bob", "carol")
-    finally:
-        srv.stop()
+    with accounts_on_a_turn_server(coturn, root, "alice", "bob", "carol") as found:
+        yield found
 
 
 # --- media ------------------------------------------------------------------------------

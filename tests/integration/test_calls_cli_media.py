@@ -33,11 +33,10 @@ from sottovoce.limits import CALL_RING_TIMEOUT_MS
 from tests.integration.calls_cli_helpers import (
     LOOPBACK,
     Cli,
-    accounts,
+    accounts_on_a_turn_server,
     env,
     plain,
     run,
-    server_with_turn,
     start,
 )
 from tests.integration.calls_helpers import Coturn, wait_for, write_clip
@@ -54,11 +53,8 @@ def homes(
 ) -> Iterator[tuple[ServerProcess, list[Path]]]:
     """A server with TURN, and alice and bob on it."""
     root = tmp_path_factory.mktemp("calls-cli-media")
-    srv = server_with_turn(root, coturn)
-    try:
-        yield srv, accounts(srv, root, "alice", "bob")
-    finally:
-        srv.stop()
+    with accounts_on_a_turn_server(coturn, root, "alice", "bob") as found:
+        yield found
 
 
 def _received(side: Cli, role: str) -> tuple[int, int | None, int | None]:
