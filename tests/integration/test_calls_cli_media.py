@@ -335,3 +335,18 @@ def test_bad_turn_options_stop_the_server_at_start_with_a_plain_error(tmp_path: 
             check=False,
         )
         assert reason in plain(done), (args, environ, done.stderr)
+
+
+def test_a_turn_server_that_does_not_answer_is_reported(tmp_path: Path) -> None:
+    """The server hands out credentials for a TURN address where nothing listens: a
+    relay-only call fails with a plain reason and exit 1, never silently."""
+    nobody = Coturn(tmp_path / "silent")  # its port is free, and nothing is started on it
+    with accounts_on_a_turn_server(nobody, tmp_path, "alice", "bob") as (_, (alice, bob)):
+        answer = start(bob, "answer", "--wait", "60", *LOOPBACK)
+        answer.wait_for("waiting up to")
+        began = time.monotonic()
+        call = run(alice, "call", "bob", "--relay-only", *LOOPBACK)
+        assert "did not answer" in plain(call), call.stderr
+        assert time.monotonic() - began < 45
+        answer.proc.send_signal(signal.SIGINT)
+        answer.finish()
