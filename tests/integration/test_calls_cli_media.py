@@ -95,7 +95,8 @@ def test_without_screen_no_screen_frames_arrive(
     homes: tuple[ServerProcess, list[Path]],
 ) -> None:
     """The negative of the above, and `--audio-only` both ways: an audio call carries no
-    camera video from the caller, and a callee answering `--audio-only` sends none."""
+    camera video from the caller, and a callee answering `--audio-only` sends none (and
+    Ctrl-C in `answer` hangs up)."""
     _, (alice, bob) = homes
     answer = _answer(bob, "--seconds", "3")
     call = start(alice, "call", "bob", "--audio-only", *LOOPBACK)
@@ -108,9 +109,14 @@ def test_without_screen_no_screen_frames_arrive(
     # bob was asked to an audio call: his camera stays off too.
     assert _received(call, "camera")[0] == 0, call.stdout()
 
-    answer = _answer(bob, "--audio-only", "--seconds", "3")
+    # This time bob hangs up with Ctrl-C, 3 s into the call.
+    answer = _answer(bob, "--audio-only")
     call = start(alice, "call", "bob", *LOOPBACK)
+    answer.wait_for("connected")
+    time.sleep(3)
+    answer.proc.send_signal(signal.SIGINT)
     assert call.finish() == 0 and answer.finish() == 0, (call.stderr(), answer.stderr())
+    assert "ended (you hung up)" in answer.stdout() and "ended (bob hung up)" in call.stdout()
     assert _received(call, "camera")[0] == 0, call.stdout()
     assert re.search(r"received \d{2,} audio frames", call.stdout()), call.stdout()
     assert _received(answer, "camera")[0] >= 20, answer.stdout()
@@ -247,8 +253,8 @@ def test_ring_timeout_is_45_seconds_by_default_and_at_most(
 def test_ctrl_c_stops_waiting_for_a_call(homes: tuple[ServerProcess, list[Path]]) -> None:
     _, (_, bob) = homes
     for command in ("answer", "decline"):
-        waiting = start(bob, command, "--wait", "60")
-        waiting.wait_for("waiting up to 60 s")
+        waiting = start(bob, command)
+        waiting.wait_for("waiting up to 60 s")  # the default --wait
         began = time.monotonic()
         waiting.proc.send_signal(signal.SIGINT)
         code = waiting.finish(timeout=15)
