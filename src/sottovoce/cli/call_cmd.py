@@ -92,22 +92,14 @@ def call_options(args: argparse.Namespace) -> CallOptions:
 def _media_file(name: str) -> str:
     """--media FILE, opened once now: a file that is not there or holds no audio or video
     is a plain error before anything rings (the call opens it only once answered)."""
-    import av
+    from sottovoce.client.calls.errors import MediaSourceUnavailable
+    from sottovoce.client.calls.sources import check_media_file
 
     path = Path(name).expanduser()
-    if not path.exists():
-        raise CliError(f"cannot read the media file {name}: no such file")
-    if not path.is_file():
-        raise CliError(f"cannot read the media file {name}: not a file")
     try:
-        with av.open(str(path)) as container:
-            usable = any(s.type in ("audio", "video") for s in container.streams)
-    except PermissionError:
-        raise CliError(f"cannot read the media file {name}: permission denied") from None
-    except (av.FFmpegError, OSError, ValueError):
-        usable = False
-    if not usable:
-        raise CliError(f"the media file {name} holds no audio or video this client can play")
+        check_media_file(path)
+    except MediaSourceUnavailable as exc:
+        raise CliError(f"cannot use the media file {name}: {exc}") from None
     return str(path)
 
 
