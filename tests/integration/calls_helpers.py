@@ -4,6 +4,7 @@
     turn.server(ttl_s=600)                # a TurnServer with fresh REST credentials
     net = Net(); alice = net.device("alice", "a1", options)   # CallControllers
     net.tamper = lambda sent: ...         # rewrite or drop signals in flight
+    await write_clip(path, seconds=2)     # a WebM of numbered frames and a tone
 
 Signalling here is in memory and not encrypted: the engine is the boundary
 under test. Every signal is recorded so a test can check that no SDP ever named
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import pytest
 
 from sottovoce.calls import sdp as sdp_text
@@ -36,6 +38,7 @@ from sottovoce.calls.signals import (
     Offer,
 )
 from sottovoce.client.calls import CallController, CallOptions, TurnServer
+from sottovoce.client.calls.sources import PatternTrack, ToneTrack
 from sottovoce.errors import DecodeError
 from sottovoce.secret import Secret
 from sottovoce.server.turn import TurnConfig, turn_credentials
@@ -257,3 +260,22 @@ async def wait_for(
 
 async def wait_state(ctl: CallController, state: CallState, timeout: float = 10.0) -> None:
     await wait_for(lambda: ctl.state is state, timeout)
+
+
+async def write_clip(path: Path, *, seconds: int) -> None:
+    """``seconds`` of pattern video (320x240, 15 fps, numbered from 0) and tone, as WebM
+    (VP8 + Opus): a media file whose frames a receiver can tell apart by number."""
+    video, audio = PatternTrack(fps=15), ToneTrack()
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libvpx", rate=15)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        aus = out.add_stream("libopus", rate=48000)
+        for _ in range(15 * seconds):
+            for packet in vs.encode(await video.recv()):
+                out.mux(packet)
+        for _ in range(50 * seconds):
+            for packet in aus.encode(await audio.recv()):
+                out.mux(packet)
+        for stream in (vs, aus):
+            for packet in stream.encode(None):
+                out.mux(packet)

@@ -10,108 +10,27 @@ side received is counted by frame number. ``--loopback`` keeps every candidate o
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import pytest
 
+from tests.integration.calls_cli_helpers import (
+    LOOPBACK,
+    accounts,
+    accounts_on_a_turn_server,
+    answered_call,
+    plain,
+    received,
+    run,
+    server_with_turn,
+    start,
+)
 from tests.integration.calls_helpers import Coturn
-from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
-
-LOOPBACK = ("--loopback",)
-
-
-@dataclass
-class Cli:
-    """One running command, its output going to files a test can poll."""
-
-    proc: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-
-    def stdout(self) -> str:
-        return self.out.read_text(encoding="utf-8", errors="replace")
-
-    def stderr(self) -> str:
-        return self.err.read_text(encoding="utf-8", errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.stdout())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                found = re.search(pattern, self.stdout())
-                if found:
-                    return found
-                raise AssertionError(
-                    f"exited {self.proc.returncode} before {pattern!r}:\n"
-                    f"{self.stdout()}\n{self.stderr()}"
-                )
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} in time:\n{self.stdout()}\n{self.stderr()}")
-
-    def finish(self, timeout: float = 60.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"still running:\n{self.stdout()}\n{self.stderr()}") from None
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
-    env.update(SOTTOVOCE_HOME=str(home), SOTTOVOCE_PASSPHRASE=PASSPHRASE)
-    return env
-
-
-def start(home: Path, *args: str) -> Cli:
-    n = len(list(home.parent.glob(f"{home.name}-*.out")))
-    out, err = home.parent / f"{home.name}-{n}.out", home.parent / f"{home.name}-{n}.err"
-    with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sottovoce", *args], env=_env(home), stdout=o, stderr=e
-        )
-    return Cli(proc, out, err)
-
-
-def run(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sottovoce", *args],
-        env=_env(home), capture_output=True, text=True, timeout=timeout, check=False,
-    )
-
-
-def _server_with_turn(root: Path, turn: Coturn, secret: bytes | None = None) -> ServerProcess:
-    secret_file = root / "turn-secret"
-    root.mkdir(parents=True, exist_ok=True)
-    secret_file.write_bytes((secret or turn.secret.expose()) + b"\n")
-    secret_file.chmod(0o600)
-    return ServerProcess(
-        root / "server",
-        extra_args=["--turn-url", turn.url, "--turn-secret-file", str(secret_file)],
-    ).start()
-
-
-def _accounts(srv: ServerProcess, root: Path, *names: str) -> list[Path]:
-    async def make() -> None:
-        for name in names:
-            await (await make_account(srv, name, root)).close()
-
-    asyncio.run(make())
-    return [root / name for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -120,30 +39,8 @@ def turn_server(
 ) -> Iterator[tuple[ServerProcess, list[Path]]]:
     """A server handing out credentials for the coturn, and alice, bob and carol on it."""
     root = tmp_path_factory.mktemp("calls-cli")
-    srv = _server_with_turn(root, coturn)
-    try:
-        yield srv, _accounts(srv, root, "alice", "bob", "carol")
-    finally:
-        srv.stop()
-
-
-def _answered_call(
-    caller: Path, callee: Path, *extra: str, seconds: float = 5.0
-) -> tuple[Cli, Cli]:
-    """The callee answers and hangs up ``seconds`` after the call connects."""
-    answer = start(callee, "answer", "--wait", "30", "--seconds", str(seconds), *extra)
-    answer.wait_for("waiting up to")
-    call = start(caller, "call", callee.name, *extra)
-    assert call.finish() == 0, (call.stdout(), call.stderr())
-    assert answer.finish() == 0, (answer.stdout(), answer.stderr())
-    return call, answer
-
-
-def _received(answer: Cli) -> tuple[int, int]:
-    found = answer.wait_for(r"received (\d+) camera frames, numbered (\d+) to (\d+)")
-    count, first, last = (int(g) for g in found.groups())
-    assert first <= 2  # the first frames were decoded too
-    return count, last + 1
+    with accounts_on_a_turn_server(coturn, root, "alice", "bob", "carol") as found:
+        yield found
 
 
 # --- media ------------------------------------------------------------------------------
@@ -153,12 +50,12 @@ def test_a_cli_call_decodes_at_least_95_percent_of_the_video_frames_sent(
     turn_server: tuple[ServerProcess, list[Path]],
 ) -> None:
     _, (alice, bob, _) = turn_server
-    call, answer = _answered_call(alice, bob, *LOOPBACK)
+    call, answer = answered_call(alice, bob, *LOOPBACK)
     for line in ("calling bob", "ringing", "answered", "connected", "ended (bob hung up)"):
         assert line in call.stdout(), call.stdout()
     assert "incoming video call from alice" in answer.stdout()
     assert "ended (you hung up)" in answer.stdout()
-    decoded, numbered = _received(answer)
+    decoded, numbered = received(answer)
     sent = int(call.wait_for(r"sent (\d+) camera frames").group(1))
     assert numbered >= 60, answer.stdout()  # 15 fps for 5 s, less the set-up
     assert decoded >= 0.95 * numbered, answer.stdout()
@@ -175,8 +72,8 @@ def test_a_relay_only_cli_call_goes_through_turn_and_hides_both_addresses(
     turn_server: tuple[ServerProcess, list[Path]],
 ) -> None:
     _, (alice, bob, _) = turn_server
-    call, answer = _answered_call(alice, bob, "--relay-only", *LOOPBACK)
-    decoded, numbered = _received(answer)
+    call, answer = answered_call(alice, bob, "--relay-only", *LOOPBACK)
+    decoded, numbered = received(answer)
     assert numbered >= 45 and decoded >= 0.95 * numbered, answer.stdout()
     # The pair ICE chose is relay to relay, and neither side ever offered anything
     # but relay candidates: no host or server-reflexive address left the caller.
@@ -202,8 +99,13 @@ def test_record_to_writes_the_peers_media_only_with_consent(
     assert run(alice, "call", "bob", "--allow-recording", *LOOPBACK).returncode == 0
     assert answer.finish() == 0
     assert "recording: the peer consents" in answer.stdout()
+    # A WebM file PyAV plays: the peer's camera and audio, frame by frame.
     with av.open(str(granted)) as container:
+        assert b"webm" in granted.read_bytes()[:64]  # the EBML DocType, not Matroska
+        assert {s.type for s in container.streams} == {"audio", "video"}
         assert sum(1 for _ in container.decode(video=0)) >= 5
+    with av.open(str(granted)) as container:
+        assert sum(1 for _ in container.decode(audio=0)) >= 50
 
 
 # --- ringing outcomes -------------------------------------------------------------------
@@ -276,22 +178,14 @@ def test_the_caller_cancels_while_it_rings(
 # --- mistakes: one or two plain lines, a non-zero exit ------------------------------------
 
 
-def _plain(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode not in (0, 3), (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert 1 <= len(lines) <= 2, done.stderr
-    return done.stderr
-
-
-def test_mistakes_are_plain(turn_server: tuple[ServerProcess, list[Path]], tmp_path: Path) -> None:
+def test_mistakes_areplain(turn_server: tuple[ServerProcess, list[Path]], tmp_path: Path) -> None:
     _, (alice, _, _) = turn_server
-    assert "no user 'nobody'" in _plain(run(alice, "call", "nobody", *LOOPBACK))
-    assert "media file" in _plain(run(alice, "call", "bob", "--media", str(tmp_path / "no.webm")))
-    assert "that is you" in _plain(run(alice, "call", "alice"))
+    assert "no user 'nobody'" in plain(run(alice, "call", "nobody", *LOOPBACK))
+    assert "media file" in plain(run(alice, "call", "bob", "--media", str(tmp_path / "no.webm")))
+    assert "that is you" in plain(run(alice, "call", "alice"))
     # bob is not online: said at once, not after 45 s of ringing.
     offline = run(alice, "call", "bob", "--audio-only", *LOOPBACK)
-    assert "no device of bob is online" in _plain(offline)
+    assert "no device of bob is online" in plain(offline)
 
 
 def test_turn_refusing_the_servers_credentials_is_reported(
@@ -299,14 +193,14 @@ def test_turn_refusing_the_servers_credentials_is_reported(
 ) -> None:
     """A server whose secret is not coturn's hands out credentials coturn refuses (401):
     the relay-only call fails at once with a plain reason, never silently."""
-    srv = _server_with_turn(tmp_path, coturn, secret=b"not-the-secret-coturn-holds")
+    srv = server_with_turn(tmp_path, coturn, secret=b"not-the-secret-coturn-holds")
     try:
-        alice, bob = _accounts(srv, tmp_path, "alice", "bob")
+        alice, bob = accounts(srv, tmp_path, "alice", "bob")
         answer = start(bob, "answer", "--wait", "20", "--loopback")
         answer.wait_for("waiting up to")
         call = run(alice, "call", "bob", "--relay-only", *LOOPBACK)
         assert call.returncode == 1, (call.stdout, call.stderr)
-        assert "refused the credentials" in _plain(call)
+        assert "refused the credentials" in plain(call)
         answer.proc.send_signal(signal.SIGINT)
         answer.finish()
     finally:
@@ -316,9 +210,9 @@ def test_turn_refusing_the_servers_credentials_is_reported(
 def test_relay_only_without_turn_on_the_server_is_a_plain_error(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    (alice, _) = _accounts(server, tmp_path, "alice", "bob")
-    err = _plain(run(alice, "call", "bob", "--relay-only"))
+    (alice, _) = accounts(server, tmp_path, "alice", "bob")
+    err = plain(run(alice, "call", "bob", "--relay-only"))
     assert "has no TURN server" in err and "--relay-only" in err
     server.stop()
-    err = _plain(run(alice, "call", "bob", "--timeout", "2"))
+    err = plain(run(alice, "call", "bob", "--timeout", "2"))
     assert "cannot reach the server" in err

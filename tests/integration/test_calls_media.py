@@ -40,9 +40,9 @@ from sottovoce.client.calls import (
 )
 from sottovoce.client.calls.errors import CandidateLeak
 from sottovoce.client.calls.media import OPUS_CBR_BITRATE, MediaSession
-from sottovoce.client.calls.sources import PatternTrack, ToneTrack
+from sottovoce.client.calls.sources import PatternTrack
 from sottovoce.secret import Secret
-from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state
+from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state, write_clip
 
 LOOPBACK = CallOptions(ice=IceConfig(loopback=True))
 
@@ -409,7 +409,7 @@ async def test_recording_needs_consent_then_writes_the_peers_media(
 
 async def test_a_media_file_is_a_call_source(net: Net, tmp_path: Path) -> None:
     clip = tmp_path / "clip.webm"
-    await _write_clip(clip)
+    await write_clip(clip, seconds=1)
     alice = net.device(
         "alice", "a1", CallOptions(media=MediaSpec(source=str(clip)), ice=IceConfig(loopback=True))
     )
@@ -419,24 +419,6 @@ async def test_a_media_file_is_a_call_source(net: Net, tmp_path: Path) -> None:
     await wait_for(lambda: session(bob).sinks["audio"].frames > 5)
     # The clip is made of pattern frames: their numbers survive the file and the call.
     assert session(bob).sinks["camera"].numbers
-
-
-async def _write_clip(path: Path) -> None:
-    """One second of pattern video and tone, as a WebM file (VP8 + Opus)."""
-    video, audio = PatternTrack(fps=15), ToneTrack()
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libvpx", rate=15)
-        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
-        aus = out.add_stream("libopus", rate=48000)
-        for _ in range(15):
-            for packet in vs.encode(await video.recv()):
-                out.mux(packet)
-        for _ in range(50):
-            for packet in aus.encode(await audio.recv()):
-                out.mux(packet)
-        for stream in (vs, aus):
-            for packet in stream.encode(None):
-                out.mux(packet)
 
 
 def test_devices_that_are_not_there_give_a_plain_error() -> None:

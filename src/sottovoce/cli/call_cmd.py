@@ -70,13 +70,8 @@ def media_spec(args: argparse.Namespace) -> MediaSpec:
     from sottovoce.client.calls import MediaSpec
 
     media = getattr(args, "media", None)
-    if media is not None:
-        path = Path(media).expanduser()
-        if not path.is_file():
-            raise CliError(f"cannot read the media file {media}: no such file")
-        source = str(path)
-    else:
-        source = "synthetic"  # headless: a tone and numbered test-pattern frames
+    # Headless: a tone and numbered test-pattern frames.
+    source = "synthetic" if media is None else _media_file(media)
     # The screen of this machine's display where there is one; else a test pattern.
     screen = ("device" if os.environ.get("DISPLAY") else "synthetic") if args.screen else None
     return MediaSpec(source=source, video=not args.audio_only, screen=screen)
@@ -104,6 +99,20 @@ def call_options(args: argparse.Namespace) -> CallOptions:
         recording_consent="grant" if args.allow_recording else "refuse",
         ring_timeout_ms=ring_ms,
     )
+
+
+def _media_file(name: str) -> str:
+    """--media FILE, opened once now: a file that is not there or holds no audio or video
+    is a plain error before anything rings (the call opens it only once answered)."""
+    from sottovoce.client.calls.errors import MediaSourceUnavailable
+    from sottovoce.client.calls.sources import check_media_file
+
+    path = Path(name).expanduser()
+    try:
+        check_media_file(path)
+    except MediaSourceUnavailable as exc:
+        raise CliError(f"cannot use the media file {name}: {exc}") from None
+    return str(path)
 
 
 async def require_turn(client: Client) -> tuple[TurnServer, ...]:
@@ -185,6 +194,14 @@ async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
             if event.state is CallState.ACTIVE and not run.answered:
                 run.answered = True
                 run.session = calls.session()
+                if getattr(args, "screen", False) and run.session and calls.call:
+                    # The screen track starts switched off, like a muted camera; turned on
+                    # through the engine, so the peer is told of it too.
+                    calls.set_media(
+                        audio_muted=calls.call.audio_muted,
+                        camera_on=run.session.camera_on,
+                        screen_on=True,
+                    )
                 await calls.stats()  # the baseline of the rates the last line shows
                 if args.seconds is not None:
                     loop.call_later(args.seconds, stop.set)
@@ -241,14 +258,15 @@ def _summary(run: _Run) -> None:
     sent = session.camera_frames_sent()
     if sent is not None:
         say(f"sent {sent} camera frames")
-    camera = session.sinks["camera"]
-    if camera.numbers:
-        say(
-            f"received {len(camera.numbers)} camera frames, numbered "
-            f"{min(camera.numbers)} to {max(camera.numbers)}"
-        )
-    else:
-        say(f"received {camera.frames} camera frames")
+    for role in ("camera", "screen"):
+        sink = session.sinks[role]
+        if sink.numbers:
+            say(
+                f"received {len(sink.numbers)} {role} frames, numbered "
+                f"{min(sink.numbers)} to {max(sink.numbers)}"
+            )
+        elif role == "camera" or sink.frames:  # a screen only when one was shared
+            say(f"received {sink.frames} {role} frames")
     say(f"received {session.sinks['audio'].frames} audio frames")
     if session.peer_candidate_types:
         say("the peer offered: " + ", ".join(sorted(session.peer_candidate_types)))

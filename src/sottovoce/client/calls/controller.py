@@ -327,6 +327,13 @@ class CallController:
                     record_to=self.options.record_to,
                     on_event=partial(self._on_media, op.call_id),
                 )
+                call = self.machine.call
+                if call is not None and call.call_id == op.call_id and not call.camera_on:
+                    # An audio call: no camera video from either side, even where a
+                    # camera source is open (the user may still turn it on later).
+                    session.set_local_media(
+                        audio_muted=call.audio_muted, camera_on=False, screen_on=session.screen_on
+                    )
                 self.media[op.call_id] = session
             if self._turn_servers is not None:
                 # TURN credentials live minutes; every new connection (an ICE

@@ -337,6 +337,24 @@ def open_sources(spec: MediaSpec, *, on_error: Callable[[BaseException], None]) 
     )
 
 
+def check_media_file(path: Path) -> None:
+    """Open ``path`` as media once, so that a command can refuse a file that is not there
+    or holds no audio or video before a call rings (:class:`MediaSourceUnavailable`)."""
+    if not path.exists():
+        raise MediaSourceUnavailable("no such file")
+    if not path.is_file():
+        raise MediaSourceUnavailable("not a file")
+    try:
+        with av.open(str(path)) as container:
+            usable = any(s.type in ("audio", "video") for s in container.streams)
+    except PermissionError:
+        raise MediaSourceUnavailable("permission denied") from None
+    except (av.FFmpegError, OSError, ValueError):
+        usable = False
+    if not usable:
+        raise MediaSourceUnavailable("it holds no audio or video this client can play")
+
+
 def _open_player(target: str, fmt: str | None, options: dict[str, str]) -> MediaPlayer | None:
     if fmt is not None and fmt not in av.formats_available:
         return None
