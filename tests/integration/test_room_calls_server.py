@@ -32,11 +32,11 @@ from sottovoce.server.sfu import (
     sfu_room_name,
     sfu_room_secret,
 )
+from tests.integration.calls_cli_helpers import Cli, run, start
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, events_of
 from tests.integration.serverproc import ServerProcess
-from tests.integration.test_calls_cli import Cli, run, start
 from tests.integration.test_tui import Tmux
 
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
@@ -253,7 +253,7 @@ async def test_room_call_mistakes_are_plain_messages_and_a_nonzero_exit(
     cases = [
         (("nosuch",), "no room 'nosuch' on this device"),
         (("r", "--record"), "--record needs --record-to FILE"),
-        (("r", "--media", str(tmp_path / "none.webm")), "cannot read the media file"),
+        (("r", "--media", str(tmp_path / "none.webm")), "cannot use the media file"),
         (("r", "--record", "--record-to", str(tmp_path / "no" / "x.rec")), "no such directory"),
         (("r", "--seconds", "-1"), "--seconds"),
     ]
