@@ -55,6 +55,7 @@ from sottovoce.limits import (
     SFU_REQUEST_TIMEOUT_S,
 )
 from sottovoce.secret import Secret
+from sottovoce.server.secret_file import read_secret_line
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,7 @@ def parse_sfu_option(value: str) -> tuple[SfuEndpoint, ...]:
 
 def read_sfu_key(path: Path) -> Secret:
     """``--sfu-key-file``: the VideoRoom ``admin_key`` (one line, at least 16 bytes)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the SFU key file {path}: {exc.strerror}") from None
-    key = raw.strip()
-    if len(key) < SFU_KEY_MIN_BYTES or b"\n" in key:
-        raise UsageError(
-            f"the SFU key file must hold one line of at least {SFU_KEY_MIN_BYTES} bytes"
-        )
-    return Secret(key)
+    return read_secret_line(path, "SFU key file", SFU_KEY_MIN_BYTES)
 
 
 def _mac(key: Secret, label: bytes, *parts: bytes) -> bytes:

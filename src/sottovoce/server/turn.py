@@ -36,6 +36,7 @@ from sottovoce.limits import (
     TURN_SECRET_MIN_BYTES,
 )
 from sottovoce.secret import Secret
+from sottovoce.server.secret_file import read_secret_line
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,13 +112,4 @@ def parse_turn_urls(value: str) -> tuple[str, ...]:
 
 def read_turn_secret(path: Path) -> Secret:
     """The ``--turn-secret-file`` option: the coturn ``static-auth-secret``, one line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the TURN secret file {path}: {exc.strerror}") from None
-    secret = raw.strip()
-    if len(secret) < TURN_SECRET_MIN_BYTES or b"\n" in secret:
-        raise UsageError(
-            f"the TURN secret file must hold one line of at least {TURN_SECRET_MIN_BYTES} bytes"
-        )
-    return Secret(secret)
+    return read_secret_line(path, "TURN secret file", TURN_SECRET_MIN_BYTES)
