@@ -321,9 +321,9 @@ MESH_MAX_PARTICIPANTS = 4
 #: Devices in one call through an SFU (the VideoRoom's publisher limit; each one is a
 #: leaf of the call's MLS group and a set of receive keys at every member).
 ROOM_CALL_MAX_PARTICIPANTS = 32
-#: After an epoch change a receiver keeps the previous epoch's keys of a sender still in
-#: the call until that sender's first new-epoch frame, and never longer than this: a
-#: frame in flight is late after 2 s anyway.
+#: After an epoch change a receiver keeps the previous epoch's key of a sender's track
+#: while the sender is still in the call, until that sender's first new-epoch frame of
+#: the track, and never longer than this: a frame in flight is late after 2 s anyway.
 CALL_EPOCH_GRACE_MS = 2_000
 #: The member in line r (0 = the lowest leaf) commits pending joins and leaves once they
 #: have waited r times this long, so one member commits and another takes over if it
