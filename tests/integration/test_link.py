@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -285,3 +289,109 @@ async def test_the_pre_auth_exception_is_narrow(
     finally:
         await raw.close()
     await no_mailboxes(server)
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env["SOTTOVOCE_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+class Proc:
+    """A `sottovoce` command in the background, its output in a file."""
+
+    def __init__(self, out: Path, *args: str, stdin: bool = False) -> None:
+        self.out = out
+        with out.open("wb") as o:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sottovoce", *args], env=cli_env(), stdout=o,
+                stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+
+    def text(self) -> str:
+        return self.out.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        for _ in range(int(timeout / 0.05)):
+            found = re.search(pattern, self.text())
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {pattern!r}:\n{self.text()}")
+
+    def answer(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode())
+        self.proc.stdin.close()
+
+    async def exit_code(self, timeout: float = 60) -> int:
+        for _ in range(int(timeout / 0.05)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"still running:\n{self.text()}")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sottovoce", *args], env=cli_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_cli_device_link_account_link_list_rename_and_send(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    await alice.close()
+    alice_dir, laptop_dir = str(tmp_path / "alice"), str(tmp_path / "laptop")
+    try:
+        existing = Proc(tmp_path / "link.out", "device", "link", "--no-qr", "--data-dir",
+                        alice_dir, stdin=True)
+        code = (await existing.wait_for(r"short code: +(\S+ \S+)")).group(1)
+        assert "Only link a device you are holding" in existing.text()
+        assert "sottovoce-link:" in existing.text()
+        new = Proc(tmp_path / "new.out", "account", "link", "--server", server.url,
+                   "--data-dir", laptop_dir, "--name", "laptop", "--code", code)
+        words = (await new.wait_for(r"This screen shows:\n +([a-z ]+)\n")).group(1)
+        shown = (await existing.wait_for(r"'laptop' \(\w+\) shows:\n +([a-z ]+)\n")).group(1)
+        assert words == shown
+        existing.answer("y\n")
+        assert await new.exit_code() == 0, new.text()
+        assert await existing.exit_code() == 0, existing.text()
+        assert "linked 'laptop'" in existing.text()
+        assert "this device is 'laptop'" in new.text()
+
+        listed = cli("device", "list", "--data-dir", laptop_dir)
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert len(lines) == 2
+        mine = next(line for line in lines if "(this device)" in line)
+        assert "laptop" in mine and mine.startswith("*") and "key " in mine
+        other = next(line for line in lines if "(this device)" not in line).split()[0]
+        renamed = cli("device", "rename", other[:6], "desktop", "--data-dir", laptop_dir)
+        assert renamed.returncode == 0, renamed.stderr
+        assert "desktop" in cli("device", "list", "--data-dir", laptop_dir).stdout
+
+        bob_inbox = bob.events()
+        sent = cli("send", "bob", "from the linked laptop", "--data-dir", laptop_dir)
+        assert sent.returncode == 0, sent.stderr
+        assert [m.text for m in await received(bob_inbox, 1)] == ["from the linked laptop"]
+    finally:
+        await bob.close()
+    await no_mailboxes(server)
+
+
+def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:
+    bad = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--code", "hello")
+    assert bad.returncode == 1 and "a short code looks like" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    damaged = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--code",
+                  "sottovoce-link:AAAA")
+    assert damaged.returncode == 1 and "damaged" in damaged.stderr
+    nobody = cli("device", "rename", "abc", "x", "--data-dir", str(tmp_path / "none"))
+    assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
