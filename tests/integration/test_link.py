@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -395,3 +397,33 @@ def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:
     assert damaged.returncode == 1 and "damaged" in damaged.stderr
     nobody = cli("device", "rename", "abc", "x", "--data-dir", str(tmp_path / "none"))
     assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
+
+
+async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, _ = alice_bob
+    left = threading.Event()
+    invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
+
+    def confirm(hello: PeerHello) -> bool:
+        left.wait(10)
+        return True
+
+    task = asyncio.create_task(link_existing(alice, show=invites.put_nowait, confirm=confirm))
+    device = by_qr(await invites.get())
+    await device.start()
+    hello_sent = asyncio.create_task(device.complete(
+        name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE, kdf=TEST_KDF))
+    await asyncio.sleep(0.5)  # HELLO is out; the existing device waits for the user
+    hello_sent.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await hello_sent
+    await asyncio.sleep(0.3)
+    left.set()
+    with pytest.raises(LinkError, match="cancelled on the other device"):
+        await asyncio.wait_for(task, 10)
+    await alice.refresh_own_devices()
+    contact = alice.own_contact()
+    assert contact is not None and set(contact.certificates) == {alice.device_id}
+    await no_mailboxes(server)

@@ -417,6 +417,14 @@ class _Opener:
                 raise _closed_error(payload)
             return kind, box, payload
 
+    def check_open(self, mailbox: str) -> None:
+        """Raise if the mailbox ended meanwhile (while the user was deciding)."""
+        while not self._inbox.queue.empty():
+            kind, box, payload = self._inbox.queue.get_nowait()
+            if box == mailbox and kind == "closed" and box in self.open_boxes:
+                self.open_boxes.remove(box)
+                raise _closed_error(payload)
+
     async def body(self, mailbox: str) -> bytes:
         kind, _, payload = await self.next(mailbox)
         if kind != "message":
@@ -506,6 +514,7 @@ async def _link_existing(
     if not await asyncio.to_thread(confirm, PeerHello(new_id, name, result.words)):
         await opener.close(mailbox, "cancelled")
         raise UsageError("not linked: you did not confirm the new device")
+    opener.check_open(mailbox)
 
     cert = DeviceCertificate.issue(ident.account_key, username=client.username,
                                    device_id=new_id, keys=keys, now_ms=now_ms())
