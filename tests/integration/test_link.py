@@ -101,6 +101,14 @@ async def no_mailboxes(server: ServerProcess) -> None:
     raise AssertionError(f"mailboxes left on the server: {server.health()['linkMailboxes']}")
 
 
+async def nothing_linked(server: ServerProcess, client: Client) -> None:
+    """The account still has only ``client``'s device, and the server no mailbox."""
+    await client.refresh_own_devices()
+    contact = client.own_contact()
+    assert contact is not None and set(contact.certificates) == {client.device_id}
+    await no_mailboxes(server)
+
+
 async def test_link_by_qr_with_history_rooms_and_the_other_devices_told(
     server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
 ) -> None:
@@ -195,10 +203,7 @@ async def test_refusing_the_words_links_nothing(
     with pytest.raises(Exception, match="did not confirm"):
         await existing.task
     assert not (tmp_path / "x").exists()
-    await alice.refresh_own_devices()
-    contact = alice.own_contact()
-    assert contact is not None and set(contact.certificates) == {alice.device_id}
-    await no_mailboxes(server)
+    await nothing_linked(server, alice)
 
 
 async def test_expired_code_is_refused(server_factory: Callable[..., ServerProcess],
@@ -423,7 +428,4 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     left.set()
     with pytest.raises(LinkError, match="cancelled on the other device"):
         await asyncio.wait_for(task, 10)
-    await alice.refresh_own_devices()
-    contact = alice.own_contact()
-    assert contact is not None and set(contact.certificates) == {alice.device_id}
-    await no_mailboxes(server)
+    await nothing_linked(server, alice)

@@ -37,6 +37,7 @@ from sottovoce.client.linking import (
     LinkInvite,
     NewDevice,
     PeerHello,
+    all_messages,
     link_existing,
 )
 from sottovoce.client.store import Store
@@ -210,12 +211,9 @@ def _own_devices(client: Client) -> dict[str, tuple[int, bytes]]:
 def _last_active(client: Client) -> dict[str, int]:
     """When this device last heard from each of the account's devices (its messages)."""
     seen: dict[str, int] = {}
-    after = 0
-    while batch := client.messages_after(after):
-        for m in batch:
-            if m.sender == client.username:
-                seen[m.sender_device] = max(seen.get(m.sender_device, 0), m.local_at_ms)
-        after = batch[-1].local_id
+    for m in all_messages(client.messages_after):
+        if m.sender == client.username:
+            seen[m.sender_device] = max(seen.get(m.sender_device, 0), m.local_at_ms)
     return seen
 
 

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,15 +305,20 @@ def _read_message(r: Reader) -> dict[str, Any]:
             "text": r.opaque_v().decode("utf-8")}
 
 
+def all_messages(after: Callable[[int], list[StoredMessage]]) -> Iterator[StoredMessage]:
+    """Every stored message, oldest first, read in batches by ``after(local_id)``
+    (``Store.messages_after`` or ``Client.messages_after``)."""
+    last = 0
+    while batch := after(last):
+        yield from batch
+        last = batch[-1].local_id
+
+
 def history_archive(store: Store) -> tuple[list[bytes], int]:
     """Every stored message, encoded, in parts that each fit one mailbox message; and how
     many messages."""
     w = Writer()
-    messages: list[StoredMessage] = []
-    after = 0
-    while batch := store.messages_after(after, limit=1000):
-        messages.extend(batch)
-        after = batch[-1].local_id
+    messages = list(all_messages(store.messages_after))
     w.vector_v(messages, _write_message)
     raw = w.getvalue()
     parts = [raw[i:i + _HISTORY_PART] for i in range(0, len(raw), _HISTORY_PART)] or [b""]
@@ -557,11 +562,8 @@ def _contacts(client: Client, store: Store) -> list[Contact]:
     """The people this device knows (those it has messages with, and room members), with
     their pinned keys and whether they were verified."""
     users: set[str] = set()
-    after = 0
-    while batch := store.messages_after(after, limit=1000):
-        users.update(m.peer for m in batch)
-        users.update(m.sender for m in batch)
-        after = batch[-1].local_id
+    for m in all_messages(store.messages_after):
+        users.update((m.peer, m.sender))
     for room in client.rooms.all():
         users.update(u for u, _ in room.members())
     users.discard(client.username)
