@@ -74,14 +74,16 @@ class Existing:
 
 
 async def linked_device(server: ServerProcess, tmp_path: Path, existing: Existing,
-                        make: Callable[[LinkInvite], NewDevice]) -> tuple[Client, LinkedDevice]:
+                        make: Callable[[LinkInvite], NewDevice], name: str = "laptop",
+                        ) -> tuple[Client, LinkedDevice]:
     device = make(await existing.invite())
     words = await device.start()
-    client, linked = await device.complete(name="laptop", data_dir=str(tmp_path / "laptop"),
+    client, linked = await device.complete(name=name, data_dir=str(tmp_path / "laptop"),
                                            passphrase=PASSPHRASE, kdf=TEST_KDF)
     await asyncio.wait_for(existing.task, 20)
     assert existing.hello is not None and existing.hello.words == words
-    assert existing.hello.name == "laptop" and existing.hello.device_id == client.device_id
+    assert existing.hello.name == (name or "spare")  # the existing device's --name-hint
+    assert existing.hello.device_id == client.device_id
     return client, linked
 
 
@@ -154,8 +156,10 @@ async def test_link_by_short_code_then_send(
     server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
 ) -> None:
     alice, bob = alice_bob
-    laptop, linked = await linked_device(server, tmp_path, Existing(alice), by_code(server))
+    laptop, linked = await linked_device(server, tmp_path, Existing(alice), by_code(server),
+                                         name="")
     try:
+        assert linked.name == "spare"  # no name of its own: the hint
         assert linked.history_messages == 0 and laptop.history("bob") == []
         assert laptop.username == "alice"
         bob_inbox = bob.events()
@@ -354,9 +358,12 @@ async def test_cli_device_link_account_link_list_rename_and_send(
 ) -> None:
     alice = await make_account(server, "alice", tmp_path)
     bob = await make_account(server, "bob", tmp_path)
-    await alice.close()
+    second = await alice.add_device(tmp_path / "alice2", PASSPHRASE, kdf=TEST_KDF)
+    await asyncio.gather(alice.close(), second.close())
     alice_dir, laptop_dir = str(tmp_path / "alice"), str(tmp_path / "laptop")
+    listen = Proc(tmp_path / "listen.out", "listen", "--data-dir", str(tmp_path / "alice2"))
     try:
+        await listen.wait_for("● connected")
         existing = Proc(tmp_path / "link.out", "device", "link", "--no-qr", "--data-dir",
                         alice_dir, stdin=True)
         code = (await existing.wait_for(r"short code: +(\S+ \S+)")).group(1)
@@ -376,10 +383,12 @@ async def test_cli_device_link_account_link_list_rename_and_send(
         listed = cli("device", "list", "--data-dir", laptop_dir)
         assert listed.returncode == 0, listed.stderr
         lines = listed.stdout.splitlines()
-        assert len(lines) == 2
+        assert len(lines) == 3  # alice's first device, the second, the laptop
         mine = next(line for line in lines if "(this device)" in line)
         assert "laptop" in mine and mine.startswith("*") and "key " in mine
-        other = next(line for line in lines if "(this device)" not in line).split()[0]
+        unnamed = [line.split() for line in lines if "(this device)" not in line]
+        assert [words[1] for words in unnamed] == ["-", "-"]  # no names given to them
+        other = unnamed[0][0]
         renamed = cli("device", "rename", other[:6], "desktop", "--data-dir", laptop_dir)
         assert renamed.returncode == 0, renamed.stderr
         assert "desktop" in cli("device", "list", "--data-dir", laptop_dir).stdout
@@ -388,7 +397,11 @@ async def test_cli_device_link_account_link_list_rename_and_send(
         sent = cli("send", "bob", "from the linked laptop", "--data-dir", laptop_dir)
         assert sent.returncode == 0, sent.stderr
         assert [m.text for m in await received(bob_inbox, 1)] == ["from the linked laptop"]
+        told = await listen.wait_for(r"a new device was linked to your account: (\w+)")
+        assert told.group(1) in mine
     finally:
+        listen.proc.terminate()
+        listen.proc.wait(10)
         await bob.close()
     await no_mailboxes(server)
 
