@@ -52,6 +52,16 @@ LINK_SECRET_BYTES = 32
 LINK_CONFIRMATION_WORDS = 4
 #: Longest server URL a linking QR code carries (keeps the code scannable).
 LINK_SERVER_URL_MAX_LEN = 512
+#: One message through a linking mailbox (a handover part, a history chunk): one
+#: ciphertext's worth, so a relayed frame stays well under MAX_FRAME_BYTES.
+LINK_MESSAGE_MAX_BYTES = 160 * 1024
+#: Messages one linking mailbox relays in all (the PAKE's three, the handover, the
+#: history in chunks): past it the mailbox closes.
+LINK_MAX_MESSAGES = 160
+#: Messages a mailbox holds for a side that has not joined yet (the PAKE's first).
+LINK_MAX_QUEUED = 4
+#: Mailboxes one server node holds at once (each lives at most LINK_CODE_TTL_MS).
+LINK_MAX_MAILBOXES = 4096
 
 # --- pairwise ----------------------------------------------------------------
 
