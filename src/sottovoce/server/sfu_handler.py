@@ -5,9 +5,11 @@
             a mesh) ──► under this device's rate? (else "rate_limited")
             ──► a current member of the room's group? (the room storage's members;
             else "sfu_not_member") ──► SfuDriver.admit: the call's VideoRoom on the
-            room's SFU, a 60 s token ──► sottovoce.room.call.granted
+            room's SFU -- of the room's residency region when it has one, else
+            "sfu_region_unavailable" -- a 60 s token ──► sottovoce.room.call.granted
     room commit removing D ──► members_removed(room, [D]) ──► D's tokens revoked, its
-            feeds kicked (in the background: the commit is already answered)
+            feeds kicked (in the background: the commit is already answered); the
+            fan-out tells the other nodes, whose own calls get the same
 
 The grant names the VideoRoom by a keyed hash of (room, call), never the room id;
 nothing of the call (its MLS group, its keys, its signals) passes through here.
@@ -99,7 +101,9 @@ class SfuHandler:
                 SfuNotAMember.code, "only a current member of the room may join its calls"
             ) from None
         try:
-            granted = await self._sfu.admit(ev.roomId, ev.callId, device, set(state.members))
+            granted = await self._sfu.admit(
+                ev.roomId, ev.callId, device, set(state.members), residency=state.residency
+            )
         except SfuNotAMember as exc:  # pragma: no cover - room_state answered for a member
             raise WireFailure(exc.code, str(exc)) from None
         except SfuError as exc:
