@@ -132,8 +132,16 @@ async def test_a_pinned_room_gets_grants_from_its_region_only_and_is_refused_whe
                    if e.action is AuditAction.ROOM_SETTING]
         assert changes == [("alice", "eu"), ("alice", "ch"), ("alice", "us"),
                            ("alice", "mars"), ("alice", "none")]
+        await alice.rooms.set_setting(room.room_id, "residency", "us")
     finally:
         await asyncio.gather(alice.close(), bob.close(), return_exceptions=True)
+    # `room call` in a room whose region is down: a plain refusal, exit 1, no mesh.
+    done = await asyncio.to_thread(
+        _room, "call", room.room_id, "--loopback", "--seconds", "1", home=tmp_path / "alice"
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "region 'us'" in done.stderr and "not moved out of the region" in done.stderr
+    assert "Traceback" not in done.stderr and "mesh" not in done.stdout
 
 
 def _room(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
