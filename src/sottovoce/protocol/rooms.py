@@ -192,6 +192,9 @@ ROOM_SETTING_UPDATED = "sottovoce.room.setting.updated"
 ROOM_SETTINGS = ("residency", "recorder")
 #: "No residency": calls go to any SFU (a region label is never "none").
 RESIDENCY_NONE = "none"
+#: The device id of an opt-in recorder device: every client marks it as the recorder,
+#: and the server grants it no SFU access in a room whose recorder setting is off.
+RECORDER_DEVICE_ID = "recorder"
 
 
 def room_id_for(group_id: bytes) -> str:

@@ -1,0 +1,159 @@
+"""The opt-in recorder device against the real server and a real Janus (docs/calls.md,
+"Recorder device"): with the room's setting off it never joins (and gets no SFU grant);
+with it on it joins every call as a visible participant, asks for recording under the
+same consent rule as anyone, and writes the recording sealed with its own key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sottovoce.calls.room_effects import RecordingState
+from sottovoce.client import Client, ServerError
+from sottovoce.client.calls.media import IceConfig
+from sottovoce.client.calls.recorder import Recorder, is_recorder
+from sottovoce.client.calls.recording import RecordingDamaged, read_recording
+from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
+from sottovoce.client.calls.sources import MediaSpec
+from sottovoce.client.store import TEST_KDF
+from sottovoce.protocol.audit import AuditAction
+from sottovoce.secret import Secret
+from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.janus_helpers import Janus
+from tests.integration.room_calls_helpers import LOOPBACK, events_of
+from tests.integration.serverproc import ServerProcess
+
+SAYS_YES = dataclasses.replace(LOOPBACK, recording_consent="grant")
+SAYS_NO = dataclasses.replace(LOOPBACK, recording_consent="refuse")
+
+
+@pytest.fixture(scope="module")
+def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    j = Janus(tmp_path_factory.mktemp("janus")).start()
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+@pytest.fixture
+def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
+    key = tmp_path / "sfu-key"
+    key.write_bytes(janus.admin_key.expose() + b"\n")
+    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(key)]
+    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def recording_states(ctl: RoomCallController) -> list[RecordingState]:
+    return [e for e in events_of(ctl) if isinstance(e, RecordingState)]
+
+
+async def test_the_recorder_joins_only_opted_in_rooms_visibly_and_records_with_consent(
+    sfu_server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(sfu_server, "alice", tmp_path)
+    bob = await make_account(sfu_server, "bob", tmp_path)
+    rec = await Client.create_account(sfu_server.url, "rec", tmp_path / "rec", PASSPHRASE,
+                                      kdf=TEST_KDF, device_id="recorder")
+    out = tmp_path / "rec" / "recordings"
+    rec_hub = rec.start_room_calls(RoomCallOptions(
+        media=MediaSpec(audio=False, video=False), ice=IceConfig(loopback=True),
+        recording_consent="grant", record_to=out / "unused.rec",
+    ))
+    storage_key = rec_hub.options.storage_key
+    assert isinstance(storage_key, Secret)
+    said: list[str] = []
+    recorder = Recorder(rec, rec_hub, out, say=said.append)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(recorder.run(stop))
+    a_hub = alice.start_room_calls(SAYS_YES)
+    b_hub = bob.start_room_calls(SAYS_YES)
+    me_rec = ("rec", "recorder")
+    try:
+        room = await alice.rooms.create_room("recorded")
+        for name in ("bob", "rec"):
+            await alice.rooms.invite(room.room_id, name)
+        for c in (bob, rec):
+            await c.rooms.wait_epoch(room.room_id, 2, timeout=20)
+        room_id = room.room_id
+
+        async def a_call() -> tuple[RoomCallController, RoomCallController]:
+            a = await a_hub.start(room_id)
+            await until(lambda: b_hub.seen.get(room_id) is not None
+                        and b_hub.seen[room_id].call_id == a.call.call_id)
+            return a, b_hub.join(room_id)
+
+        async def hang_up() -> None:
+            await a_hub.end(room_id)
+            await b_hub.end(room_id)
+            await until(lambda: room_id not in recorder.attending)
+
+        # The setting is off: a call goes on without the recorder, whose grant is refused.
+        a, b = await a_call()
+        await until(lambda: len(a.participants) == 2 and len(b.participants) == 2)
+        await asyncio.sleep(2.0)
+        assert room_id not in rec_hub.active and me_rec not in a.participants
+        assert any("recorder setting is off: not joining" in line for line in said)
+        with pytest.raises(ServerError) as off:
+            await rec._ask_sfu_grant(room_id, secrets.token_bytes(16))
+        assert off.value.code == "recorder_off"
+        await hang_up()
+
+        await alice.rooms.set_setting(room_id, "recorder", "on")
+        # On, and bob says no: the recorder is in the call, visible, and records nothing.
+        b_hub.options = SAYS_NO
+        a, b = await a_call()
+        await until(lambda: all(me_rec in c.participants and len(c.participants) == 3
+                                for c in (a, b)))
+        assert [d for d in a.participants if is_recorder(d)] == [me_rec]
+        await until(lambda: any("recording refused: bob/" in line for line in said), 40)
+        assert not recording_states(a) and not recording_states(b)
+        await hang_up()
+        assert recorder.recordings == []
+
+        # Everyone says yes: REC on every screen, a sealed file only its key opens.
+        b_hub.options = SAYS_YES
+        a, b = await a_call()
+        call_id = a.call.call_id
+        await until(lambda: all(me_rec in c.participants for c in (a, b)))
+        await until(lambda: all(any(s.on and s.by == me_rec and s.consented
+                                    for s in recording_states(c)) for c in (a, b)), 40)
+        await asyncio.sleep(2.5)  # frames to record
+        await hang_up()
+        (path,) = recorder.recordings
+        assert path.parent == out and call_id.hex() in path.name
+        frames = read_recording(path, storage_key)
+        senders = {f.sender for f in frames}
+        assert (alice.username, alice.device_id) in senders
+        assert (bob.username, bob.device_id) in senders
+        with pytest.raises(RecordingDamaged):
+            read_recording(path, Secret(secrets.token_bytes(32)))
+
+        trail = await bob.rooms.audit(room_id)
+        rec_entries = [e.action for e in trail if (e.actor_user_id, e.actor_device_id) == me_rec]
+        assert AuditAction.RECORDING_ON in rec_entries
+        assert AuditAction.RECORDING_OFF in rec_entries
+        settings = [e.subjects for e in trail if e.action is AuditAction.ROOM_SETTING]
+        assert settings == [(("recorder", "on"),)]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await asyncio.gather(*(c.close() for c in (alice, bob, rec)), return_exceptions=True)
