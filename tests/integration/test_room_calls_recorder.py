@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,11 +58,13 @@ def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
         srv.stop()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+async def until(
+    predicate: Callable[[], bool], timeout: float = 30.0, said: object = None
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in time; the recorder said {said}")
         await asyncio.sleep(0.05)
 
 
@@ -157,3 +163,84 @@ async def test_the_recorder_joins_only_opted_in_rooms_visibly_and_records_with_c
         stop.set()
         await asyncio.wait_for(running, 30)
         await asyncio.gather(*(c.close() for c in (alice, bob, rec)), return_exceptions=True)
+
+
+def _cli(*args: str, home: Path) -> list[str]:
+    return [sys.executable, "-m", "sottovoce", *args, "--data-dir", str(home)]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env["SOTTOVOCE_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+async def test_the_recorder_command_makes_its_account_then_records_an_opted_in_call(
+    sfu_server: ServerProcess, tmp_path: Path
+) -> None:
+    home = tmp_path / "rec"
+    proc = subprocess.Popen(
+        _cli("recorder", "--server", sfu_server.url, "--name", "rec", "--loopback",
+             "--seconds", "90", home=home),
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = asyncio.get_running_loop().run_in_executor(None, read)
+    alice = await make_account(sfu_server, "alice", tmp_path)
+    bob = await make_account(sfu_server, "bob", tmp_path)
+    me_rec = ("rec", "recorder")
+    try:
+        await until(lambda: any("recorder 'rec' running" in x for x in lines), 60)
+        assert any("created the recorder account 'rec' (device recorder)" in x for x in lines)
+        assert any("room set ROOM --recorder on" in x for x in lines)
+        room = await alice.rooms.create_room("recorded")
+        for name in ("bob", "rec"):
+            await alice.rooms.invite(room.room_id, name)
+        await bob.rooms.wait_epoch(room.room_id, 2, timeout=20)
+        await alice.rooms.set_setting(room.room_id, "recorder", "on")
+        a_hub, b_hub = alice.start_room_calls(SAYS_YES), bob.start_room_calls(SAYS_YES)
+        a = await a_hub.start(room.room_id)
+        await until(lambda: room.room_id in b_hub.seen)
+        b = b_hub.join(room.room_id)
+        await until(lambda: all(me_rec in c.participants for c in (a, b)), 40)
+        await until(lambda: all(any(s.on and s.by == me_rec for s in recording_states(c))
+                                for c in (a, b)), 40, lines)
+        await asyncio.sleep(2.0)
+        await a_hub.end(room.room_id)
+        await b_hub.end(room.room_id)
+        await until(lambda: any("recording sealed in" in x for x in lines), 30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        await reader
+        await asyncio.gather(alice.close(), bob.close(), return_exceptions=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert code == 0, (lines, err)
+    assert any("1 recording(s) written" in x for x in lines), lines
+    (written,) = (home / "recordings").glob("*.rec")
+    assert written.stat().st_size > 0 and written.name.startswith(room.room_id[5:])
+
+    # The command on another account's directory, and its --help.
+    not_rec = subprocess.run(_cli("recorder", "--seconds", "1", home=tmp_path / "alice"),
+                             env=_env(), capture_output=True, text=True, timeout=60)
+    assert not_rec.returncode == 1 and "is not a recorder" in not_rec.stderr
+    assert "Traceback" not in not_rec.stderr
+    shown = subprocess.run(_cli("recorder", "--help", home=home), env=_env(),
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    flat = " ".join(shown.split())
+    for promise in ("--server URL", "--name NAME", "default 'recorder'", "--loopback",
+                    "--seconds N", "With the setting off it never joins",
+                    "marked as the recorder", "DATA_DIR/recordings/",
+                    "sottovoce recorder --server ws://127.0.0.1:8765"):
+        assert promise in flat, promise

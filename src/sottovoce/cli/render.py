@@ -34,6 +34,7 @@ from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
 from sottovoce.protocol.audit import AuditAction, AuditEntry, AuditTrail
+from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
 
 if TYPE_CHECKING:  # the media stack is imported by call commands only
     from sottovoce.client.calls.media import CallStats
@@ -155,6 +156,13 @@ def room_row(room: Room) -> str:
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
     name = "" if room.label == room.room_id else f"{safe(room.label)}  "
     return f"{name}{room.room_id}  {state}  members: {members}"
+
+
+def participant(device: tuple[str, str], *, with_device: bool = True) -> str:
+    """A call participant as every list shows it: ``user/device``, and ``(recorder)``
+    after the opt-in recorder device."""
+    name = f"{safe(device[0])}/{safe(device[1])}" if with_device else safe(device[0])
+    return name + (" (recorder)" if device[1] == RECORDER_DEVICE_ID else "")
 
 
 def room_setting(name: str, value: str) -> str:

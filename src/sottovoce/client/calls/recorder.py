@@ -65,13 +65,25 @@ def recording_path(out_dir: Path, room_id: str, call_id: bytes) -> Path:
     return out_dir / f"{room_id.removeprefix('room:')}-{call_id.hex()}.rec"
 
 
+#: The participants must stay the same this long before the recorder asks (a device
+#: that joins while consent is asked was never asked, and stops the recording).
+RECORDER_SETTLE_S = 1.5
+
+
 @dataclass(slots=True)
 class _Attended:
     ctl: RoomCallController
     path: Path
     deadline: float
     joined: bool = False
-    asked: bool = False
+    #: The participants when they last changed, and when.
+    seen: frozenset[Device] = frozenset()
+    since: float = 0.0
+    #: The participants it last asked (it asks again only when they change).
+    asked: frozenset[Device] | None = None
+    #: A request of its own is out (no answer yet).
+    pending: bool = False
+    recording: bool = False
 
 
 class Recorder:
@@ -148,19 +160,24 @@ class Recorder:
     async def _follow(self, room_id: str, attended: _Attended) -> None:
         ctl = attended.ctl
         me = ctl.call.me
+        now = asyncio.get_running_loop().time()
         while not ctl.events.empty():
             event = ctl.events.get_nowait()
             if isinstance(event, (Joined, ParticipantsChanged)) and me in ctl.participants:
                 attended.joined = True
             if isinstance(event, ParticipantsChanged):
-                if attended.joined and set(event.participants) <= {me}:
+                attended.seen, attended.since = frozenset(event.participants), now
+                if attended.joined and attended.seen <= {me}:
                     self._say(f"{room_id}: everyone else left the call")
                     await self._leave(room_id)
                     return
             elif isinstance(event, RecordingState):
+                if event.by == me:
+                    attended.pending, attended.recording = False, event.on
                 state = "on" if event.on else "off"
                 self._say(f"{room_id}: REC {state} ({event.by[0]}/{event.by[1]})")
             elif isinstance(event, RecordingRefused):
+                attended.pending = False
                 self._say(f"{room_id}: recording refused: "
                           + (", ".join(f"{u}/{d}" for u, d in event.refused_by)
                              or "nobody answered in time"))
@@ -171,14 +188,29 @@ class Recorder:
             elif isinstance(event, Left):
                 await self._leave(room_id)
                 return
-        if attended.joined and not attended.asked:
-            attended.asked = True
-            ctl.request_recording()
+        if not attended.joined:
+            if now > attended.deadline:
+                self._say(f"{room_id}: the call did not let the recorder in; giving up")
+                await self._leave(room_id)
+            return
+        # Ask once the participants have settled, and again when they change (a joiner
+        # stops a recording; a refusal stands until someone new is in the call).
+        if (
+            not attended.pending
+            and not attended.recording
+            and len(attended.seen) >= 2
+            and attended.seen != attended.asked
+            and now - attended.since >= RECORDER_SETTLE_S
+        ):
+            attended.asked, attended.pending = attended.seen, True
+            try:
+                ctl.request_recording()
+            except SottovoceError as exc:
+                attended.pending = False
+                self._say(f"{room_id}: cannot ask for recording now ({exc})")
+                return
             self._say(f"{room_id}: in the call; asked every participant to consent to "
                       "recording")
-        elif not attended.joined and asyncio.get_running_loop().time() > attended.deadline:
-            self._say(f"{room_id}: the call did not let the recorder in; giving up")
-            await self._leave(room_id)
 
     async def _leave(self, room_id: str) -> None:
         attended = self.attending.get(room_id)
