@@ -25,6 +25,7 @@ import pytest
 
 from sottovoce.client import Client, ServerError
 from sottovoce.errors import UsageError
+from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.janus_helpers import Janus
@@ -104,6 +105,23 @@ async def test_a_pinned_room_gets_grants_from_its_region_only_and_is_refused_whe
         assert refused.value.code == "not_admin"
         with pytest.raises(UsageError):
             await alice.rooms.set_setting(room.room_id, "residency", "EU!")
+        # The server checks too: a value outside the setting's values, and an audit
+        # entry that states another change than the one asked, are refused.
+        own = alice.rooms.get(room.room_id)
+        for setting, value, stated, code in (
+            ("recorder", "maybe", ("recorder", "maybe"), "bad_request"),
+            ("residency", "ch", ("residency", "eu"), "invalid_audit_entry"),
+            ("recorder", "on", ("recorder", "off"), "invalid_audit_entry"),
+        ):
+            with pytest.raises(ServerError) as wrong:
+                await alice.rooms._audit.with_entry(
+                    own, AuditAction.ROOM_SETTING,
+                    lambda entry, s=setting, v=value: pr.RoomSettingSet(  # type: ignore[misc]
+                        roomId=room.room_id, setting=s, value=v, audit=entry),
+                    pr.ROOM_SETTING_UPDATED, (stated,),
+                )
+            assert wrong.value.code == code
+        assert (await bob.rooms.info(room.room_id))["recorder"] is False
 
         await alice.rooms.set_setting(room.room_id, "residency", "eu")
         info = await bob.rooms.info(room.room_id)
