@@ -27,22 +27,11 @@ from tests.integration.test_multinode import Cluster, skip_without_services
 from tests.integration.test_room_calls_server import feeds_in
 
 
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    skip_without_services()
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
 @pytest.fixture
 def two_nodes(janus: Janus, tmp_path: Path) -> Iterator[Cluster]:
     """Two nodes on one schema and one NATS namespace, both driving the same Janus."""
     skip_without_services()
-    key = tmp_path / "sfu-key"
-    key.write_bytes(janus.admin_key.expose() + b"\n")
+    key = janus.key_file(tmp_path)
     schema, dsn = create_schema("sv_rcmn")
     cluster = Cluster(tmp_path / "cluster", dsn, f"t{secrets.token_hex(6)}")
     sfu = ("--sfu", janus.ws_url, "--sfu-key-file", str(key))

@@ -13,7 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,33 +29,11 @@ from sottovoce.client.store import TEST_KDF
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.secret import Secret
 from tests.integration.client_helpers import PASSPHRASE, make_account
-from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, events_of
 from tests.integration.serverproc import ServerProcess
 
 SAYS_YES = dataclasses.replace(LOOPBACK, recording_consent="grant")
 SAYS_NO = dataclasses.replace(LOOPBACK, recording_consent="refuse")
-
-
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
-@pytest.fixture
-def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
-    key = tmp_path / "sfu-key"
-    key.write_bytes(janus.admin_key.expose() + b"\n")
-    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(key)]
-    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 async def until(

@@ -38,15 +38,6 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])  # closed again: nobody listens there
 
 
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
 class Regions:
     def __init__(self, janus: Janus) -> None:
         self.eu = janus.ws_url + "eu"
@@ -64,8 +55,7 @@ def regions(janus: Janus) -> Regions:
 
 @pytest.fixture
 def region_server(janus: Janus, regions: Regions, tmp_path: Path) -> Iterator[ServerProcess]:
-    key = tmp_path / "sfu-key"
-    key.write_bytes(janus.admin_key.expose() + b"\n")
+    key = janus.key_file(tmp_path)
     args = ["--sfu", regions.option(), "--sfu-key-file", str(key)]
     srv = ServerProcess(tmp_path / "server", extra_args=args).start()
     try:
