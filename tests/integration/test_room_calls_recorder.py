@@ -137,6 +137,17 @@ async def test_the_recorder_joins_only_opted_in_rooms_visibly_and_records_with_c
         assert AuditAction.RECORDING_OFF in rec_entries
         settings = [e.subjects for e in trail if e.action is AuditAction.ROOM_SETTING]
         assert settings == [(("recorder", "on"),)]
+
+        # Turned off during a call: the recorder leaves it (within its 5 s re-read).
+        b_hub.options = SAYS_NO  # no second recording of this call
+        a, b = await a_call()
+        await until(lambda: all(me_rec in c.participants for c in (a, b)))
+        await alice.rooms.set_setting(room_id, "recorder", "off")
+        await until(lambda: all(me_rec not in c.participants for c in (a, b)), 30)
+        await until(lambda: room_id not in recorder.attending)
+        assert any("recorder setting was turned off: leaving" in line for line in said)
+        await a_hub.end(room_id)
+        await b_hub.end(room_id)
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
@@ -219,6 +230,7 @@ async def test_the_recorder_command_makes_its_account_then_records_an_opted_in_c
     flat = " ".join(shown.split())
     for promise in ("--server URL", "--name NAME", "default 'recorder'", "--loopback",
                     "--seconds N", "With the setting off it never joins",
+                    "it leaves a call when the setting is turned off",
                     "marked as the recorder", "DATA_DIR/recordings/",
                     "sottovoce recorder --server ws://127.0.0.1:8765"):
         assert promise in flat, promise

@@ -123,7 +123,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "participant everyone sees, marked as the recorder, asks for recording under "
             "the same rule as anyone (every participant says yes; any no or 20 s of silence "
             "refuses), and writes what it receives sealed with its own key to "
-            "DATA_DIR/recordings/. With the setting off it never joins. Ctrl-C stops."
+            "DATA_DIR/recordings/. With the setting off it never joins, and it leaves a call "
+            "when the setting is turned off. Ctrl-C stops."
             "\n\nexit codes: 0 stopped; 1 error; 2 wrong usage"
         ),
         example=(

@@ -65,6 +65,8 @@ def recording_path(out_dir: Path, room_id: str, call_id: bytes) -> Path:
     return out_dir / f"{room_id.removeprefix('room:')}-{call_id.hex()}.rec"
 
 
+#: How often, in a call, it reads the room's setting again (turned off: it leaves).
+RECORDER_RECHECK_S = 5.0
 #: The participants must stay the same this long before the recorder asks (a device
 #: that joins while consent is asked was never asked, and stops the recording).
 RECORDER_SETTLE_S = 1.5
@@ -84,6 +86,8 @@ class _Attended:
     #: A request of its own is out (no answer yet).
     pending: bool = False
     recording: bool = False
+    #: When it last read the room's recorder setting.
+    checked: float = 0.0
 
 
 class Recorder:
@@ -154,7 +158,9 @@ class Recorder:
             self._say(f"{room_id}: cannot join the call ({exc})")
             return
         loop = asyncio.get_running_loop()
-        self.attending[room_id] = _Attended(ctl, path, loop.time() + RECORDER_JOIN_TIMEOUT_S)
+        now = loop.time()
+        self.attending[room_id] = _Attended(ctl, path, now + RECORDER_JOIN_TIMEOUT_S,
+                                            checked=now)
         self._say(f"{room_id}: joining the call (the room's recorder setting is on)")
 
     async def _follow(self, room_id: str, attended: _Attended) -> None:
@@ -188,6 +194,14 @@ class Recorder:
             elif isinstance(event, Left):
                 await self._leave(room_id)
                 return
+        if now - attended.checked >= RECORDER_RECHECK_S:
+            attended.checked = now
+            with contextlib.suppress(SottovoceError):  # unreadable now: read it next time
+                if (await self._client.rooms.info(room_id)).get("recorder") is not True:
+                    self._say(f"{room_id}: the room's recorder setting was turned off: "
+                              "leaving the call")
+                    await self._leave(room_id)
+                    return
         if not attended.joined:
             if now > attended.deadline:
                 self._say(f"{room_id}: the call did not let the recorder in; giving up")
