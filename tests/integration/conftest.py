@@ -12,6 +12,7 @@ from tests.integration.serverproc import ServerProcess
 
 if TYPE_CHECKING:
     from tests.integration.calls_helpers import Coturn
+    from tests.integration.janus_helpers import Janus
 
 
 @pytest.fixture
@@ -49,3 +50,26 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
         yield turn
     finally:
         turn.stop()
+
+
+@pytest.fixture(scope="module")
+def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    """A Janus of the module's own on 127.0.0.1 (skips where janus or gcc is missing)."""
+    from tests.integration.janus_helpers import Janus
+
+    j = Janus(tmp_path_factory.mktemp("janus")).start()
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+@pytest.fixture
+def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server whose SFU is the module's Janus (``--sfu``, ``--sfu-key-file``)."""
+    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(janus.key_file(tmp_path))]
+    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -108,6 +108,12 @@ class Janus:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.ws_port}/"
 
+    def key_file(self, directory: Path) -> Path:
+        """The VideoRoom admin key in a file, as a server's ``--sfu-key-file`` reads it."""
+        path = directory / "sfu-key"
+        path.write_bytes(self.admin_key.expose() + b"\n")
+        return path
+
     def _configs(self, rtp_low: int) -> None:
         self.config_dir.mkdir(exist_ok=True)
         self.rec_dir.mkdir(exist_ok=True)

@@ -121,6 +121,10 @@ SKIP: dict[tuple[str, str], str] = {
      "sottovoce server --sfu wss://sfu.example.org/ --sfu-key-file /etc/sottovoce/sfu-key"):
         "production SFU addresses and key; tests/integration/test_room_calls_server.py starts "
         "the server with --sfu against a real Janus",
+    ("docs/calls.md",
+     "sottovoce recorder --server wss://chat.example.org --data-dir /var/lib/sottovoce-rec"):
+        "runs until Ctrl-C against a production server; "
+        "tests/integration/test_room_calls_recorder.py runs the command and its room setting",
     ("docs/deploy.md", "docker compose -f deploy/compose.yaml up --build"):
         "needs a Docker daemon and images from the network; "
         "test_dockerignore_keeps_the_image_to_what_pip_needs checks the build context",

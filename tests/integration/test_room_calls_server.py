@@ -16,7 +16,7 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -41,27 +41,6 @@ from tests.integration.serverproc import ServerProcess
 from tests.integration.test_tui import Tmux
 
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
-
-
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
-@pytest.fixture
-def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
-    key = tmp_path / "sfu-key"
-    key.write_bytes(janus.admin_key.expose() + b"\n")
-    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(key)]
-    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:

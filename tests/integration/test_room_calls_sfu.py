@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -49,15 +49,6 @@ from tests.integration.janus_helpers import Janus
 from tests.integration.room_calls_helpers import LOOPBACK, ROOM, RoomNet, dev, events_of
 
 A, B, C, D = "alice/a1", "bob/b1", "carol/c1", "dave/d1"
-
-
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
 
 
 def driver(janus: Janus) -> SfuDriver:

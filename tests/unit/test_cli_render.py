@@ -300,3 +300,25 @@ def test_no_import_ring_among_cli_modules() -> None:
     assert graph["render"] == set()  # pure: imports no other cli module
     # The checker itself finds a planted ring.
     assert _cycle({**graph, "render": {"tui"}, "tui": {"render"}}) is not None
+
+
+def test_the_recorder_is_marked_in_every_participant_list() -> None:
+    assert render.participant(("rec", "recorder")) == "rec/recorder (recorder)"
+    assert render.participant(("rec", "recorder"), with_device=False) == "rec (recorder)"
+    assert render.participant(("alice", "d1")) == "alice/d1"
+    assert render.participant(("alice", "d1"), with_device=False) == "alice"
+    assert render.participant(("\x1b[2J", "recorder")) == "\\x1b[2J/recorder (recorder)"
+
+
+def test_room_settings_and_info_as_shown() -> None:
+    assert render.room_setting("residency", "eu") == "data residency: eu"
+    assert render.room_setting("residency", "none") == "data residency: none (any SFU)"
+    assert render.room_setting("recorder", "on") == "recorder: on"
+    lines = render.room_info("team", {
+        "roomId": "room:" + "0" * 32, "epoch": 3, "admin": "alice", "residency": None,
+        "recorder": True, "members": [{"userId": "alice", "deviceId": "d1"}, "junk"],
+    })
+    assert lines == [
+        f"team  room:{'0' * 32}  epoch 3", "admin: alice", "data residency: none (any SFU)",
+        "recorder: on", "members: alice/d1",
+    ]

@@ -20,7 +20,12 @@ from sottovoce.identity import RevocationStatement
 from sottovoce.server.app import ServerApp
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.fanout import FanoutPorts, InProcessFanout
-from sottovoce.server.fanout.nats import NatsFanout, device_token
+from sottovoce.server.fanout.nats import (
+    MAX_REMOVED_DEVICES,
+    NatsFanout,
+    device_token,
+    parse_removal,
+)
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.storage.sqlite import SqliteStorage
@@ -117,6 +122,29 @@ def test_subject_tokens_hide_ids() -> None:
     assert tok != device_token("alice", "d1", b"another deployment")
     # (user, device) pairs that concatenate alike stay apart.
     assert device_token("ab", "c") != device_token("a", "bc")
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"not json",
+    b"[]",
+    b'{"room": "r", "devices": []}',
+    b'{"room": "r", "devices": [["u"]]}',
+    b'{"room": "r", "devices": [["u", 7]]}',
+    b'{"room": "bad room", "devices": [["u", "d"]]}',
+    b'{"room": "r", "devices": [["u", "d\\n"]]}',
+    b'{"devices": [["u", "d"]]}',
+    ('{"room": "r", "devices": [' + ",".join(['["u", "d"]'] * (MAX_REMOVED_DEVICES + 1))
+     + "]}").encode(),
+    b"\xff\xfe",
+])
+def test_a_removal_from_nats_is_checked_before_it_kicks_anything(data: bytes) -> None:
+    assert parse_removal(data) is None
+
+
+def test_a_removal_from_nats_names_the_room_and_devices() -> None:
+    data = b'{"room": "room:00", "devices": [["alice", "d1"], ["bob", "d2"]]}'
+    assert parse_removal(data) == ("room:00", [("alice", "d1"), ("bob", "d2")])
 
 
 def test_single_node_uses_the_in_process_fanout(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from sottovoce.limits import MAX_PENDING_JOIN_REQUESTS
+from sottovoce.protocol.audit import AuditAction, entry_hash, make_entry
 from sottovoce.protocol.rooms import token_hash
 from sottovoce.secret import Secret
 from sottovoce.server.logs import JsonLogger
@@ -34,6 +35,7 @@ from sottovoce.server.storage.roombase import (
 )
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
+from tests.unit.test_audit import ALICE, NOW, auth
 
 ROOM = "room:" + "ab" * 16
 CT = base64.b64encode(b"\x07" * 200).decode()
@@ -350,6 +352,61 @@ async def test_audit_chain_only_grows_by_a_linked_entry(room_storage: SqliteStor
     assert exc.value.code == "not_member"
 
 
+def _signed(index: int, prev: bytes | None, action: AuditAction, user: str,
+            subjects: tuple[tuple[str, str], ...] = ()) -> AuditAppendage:
+    raw = make_entry(
+        signing_key=ALICE, suite=1, prev=prev, room_id=ROOM, epoch=1,
+        epoch_authenticator=auth(1), action=action, actor_user_id=user,
+        actor_device_id="d1", actor_leaf_index=0, now_ms=NOW, subjects=subjects,
+    ).encode()
+    return AuditAppendage(raw, index, bytes(32) if prev is None else entry_hash(prev),
+                          entry_hash(raw))
+
+
+async def test_only_the_rooms_creator_changes_its_settings_each_with_its_audit_entry(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    state = await st.room_state(ROOM, "bob", "d1")
+    assert (state.admin, state.residency, state.recorder) == (None, None, False)
+    created = _signed(0, None, AuditAction.ROOM_CREATED, "alice")
+    await st.audit_append(ROOM, "alice", "d1", created)
+    state = await st.room_state(ROOM, "bob", "d1")
+    assert state.admin == "alice"
+
+    def setting(index: int, prev: bytes, user: str, name: str, value: str) -> AuditAppendage:
+        return _signed(index, prev, AuditAction.ROOM_SETTING, user, ((name, value),))
+
+    # A member who is not the admin is refused, and nothing is stored.
+    with pytest.raises(RoomRefused) as exc:
+        await st.set_room_setting(ROOM, "bob", "d1", "residency", "eu",
+                                  setting(1, created.entry, "bob", "residency", "eu"))
+    assert exc.value.code == "not_admin"
+    with pytest.raises(RoomRefused) as exc:
+        await st.set_room_setting(ROOM, "nobody", "d1", "residency", "eu",
+                                  setting(1, created.entry, "alice", "residency", "eu"))
+    assert exc.value.code == "not_member"
+    # The admin's change goes in with its entry, linked to the chain's head, or not at all.
+    with pytest.raises(RoomRefused) as exc:
+        await st.set_room_setting(ROOM, "alice", "d1", "residency", "eu",
+                                  setting(2, created.entry, "alice", "residency", "eu"))
+    assert exc.value.code == "audit_conflict"
+    assert (await st.room_state(ROOM, "carol", "d1")).residency is None
+    eu = setting(1, created.entry, "alice", "residency", "eu")
+    await st.set_room_setting(ROOM, "alice", "d1", "residency", "eu", eu)
+    on = setting(2, eu.entry, "alice", "recorder", "on")
+    await st.set_room_setting(ROOM, "alice", "d1", "recorder", "on", on)
+    state = await st.room_state(ROOM, "carol", "d1")
+    assert (state.residency, state.recorder) == ("eu", True)
+    cleared = setting(3, on.entry, "alice", "residency", "none")
+    await st.set_room_setting(ROOM, "alice", "d1", "residency", "none", cleared)
+    state = await st.room_state(ROOM, "carol", "d1")
+    assert (state.residency, state.recorder) == (None, True)
+    assert await st.audit_get(ROOM, "bob", "d1", -1, 10) == [
+        created.entry, eu.entry, on.entry, cleared.entry]
+
+
 async def test_token_is_kept_as_its_hash_only(room_storage: SqliteStorage) -> None:
     st = room_storage
     await _room_of_three(st)
@@ -461,6 +518,7 @@ def test_room_events_round_trip_through_their_wire_form() -> None:
         wire.AuditAppend(roomId=ROOM, entry=b"e"),
         wire.AuditGet(roomId=ROOM, afterIndex=-1),
         wire.RoomCallGrant(roomId=ROOM, callId=b"c" * 16),
+        wire.RoomSettingSet(roomId=ROOM, setting="residency", value="eu", audit=b"a"),
     ]
     assert {type(e).name for e in events} == set(wire.ROOM_CLIENT_EVENTS)
     for ev in events:

@@ -68,6 +68,7 @@ def test_sfu_option_takes_urls_or_region_labelled_urls() -> None:
         "eu=wss://a/,wss://b/",  # labels on all or none
         "EU=wss://a/",  # lower-case labels
         "eu=wss://a/,ch=wss://a/",  # the same SFU twice
+        "none=wss://a/",  # what a room without a residency says, never a label
         "wss://a b/",
         ",".join(f"wss://s{i}/" for i in range(17)),
     ],
@@ -326,3 +327,19 @@ async def test_an_sfu_that_is_down_moves_the_room_within_its_region_only() -> No
     with pytest.raises(SfuRegionUnavailable):
         await driver2.open_call("room1", bytes(16), residency="ch")
     assert log2 == []  # no request ever went to an SFU of another region
+
+
+async def test_a_call_opened_before_its_room_was_pinned_elsewhere_is_refused_not_moved() -> None:
+    both = EU + CH
+    driver, _, _, _ = rig(both)
+    call = bytes(16)
+    url = await driver.open_call("room1", call, residency="eu")
+    assert url in {e.url for e in EU}
+    # The same call asked for again in its region: the same SFU; pinned elsewhere: refused.
+    assert await driver.open_call("room1", call, residency="eu") == url
+    assert await driver.open_call("room1", call) == url
+    with pytest.raises(SfuRegionUnavailable):
+        await driver.admit("room1", call, ("alice", "a1"), MEMBERS, residency="ch")
+    # A new call of the room goes to the room's new region.
+    moved = await driver.open_call("room1", bytes([1]) * 16, residency="ch")
+    assert moved in {e.url for e in CH}

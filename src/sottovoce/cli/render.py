@@ -17,7 +17,7 @@ import io
 import shlex
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
@@ -33,7 +33,8 @@ from sottovoce.client.rooms import Room
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
-from sottovoce.protocol.audit import AuditEntry, AuditTrail
+from sottovoce.protocol.audit import AuditAction, AuditEntry, AuditTrail
+from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
 
 if TYPE_CHECKING:  # the media stack is imported by call commands only
     from sottovoce.client.calls.media import CallStats
@@ -157,6 +158,36 @@ def room_row(room: Room) -> str:
     return f"{name}{room.room_id}  {state}  members: {members}"
 
 
+def participant(device: tuple[str, str], *, with_device: bool = True) -> str:
+    """A call participant as every list shows it: ``user/device``, and ``(recorder)``
+    after the opt-in recorder device."""
+    name = f"{safe(device[0])}/{safe(device[1])}" if with_device else safe(device[0])
+    return name + (" (recorder)" if device[1] == RECORDER_DEVICE_ID else "")
+
+
+def room_setting(name: str, value: str) -> str:
+    """``data residency: eu`` / ``recorder: on``."""
+    if name == "residency":
+        return "data residency: " + ("none (any SFU)" if value == "none" else safe(value))
+    return f"{safe(name)}: {safe(value)}"
+
+
+def room_info(label: str, state: dict[str, Any]) -> list[str]:
+    """``room info``: the server's view of a room, its settings first."""
+    residency = state.get("residency")
+    members = state.get("members") or []
+    return [
+        f"{safe(label)}  {safe(str(state.get('roomId')))}  epoch {state.get('epoch')}",
+        f"admin: {safe(str(state.get('admin') or '?'))}",
+        room_setting("residency", residency if isinstance(residency, str) else "none"),
+        room_setting("recorder", "on" if state.get("recorder") is True else "off"),
+        "members: " + ", ".join(
+            f"{safe(str(m.get('userId')))}/{safe(str(m.get('deviceId')))}"
+            for m in members if isinstance(m, dict)
+        ),
+    ]
+
+
 def room_name(room: Room) -> str:
     """The room as a person refers to it: its name, else its id."""
     return safe(room.label)
@@ -183,6 +214,8 @@ def audit_entry(entry: AuditEntry) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time_ms / 1000))
     subjects = ", ".join(f"{safe(s.user_id)}/{safe(s.device_id)}" for s in entry.subjects)
     action = entry.action.name.lower().replace("_", " ")
+    if entry.action is AuditAction.ROOM_SETTING:  # the subject is (setting, value)
+        subjects = ", ".join(room_setting(s.user_id, s.device_id) for s in entry.subjects)
     who = f"{safe(entry.actor_user_id)}/{safe(entry.actor_device_id)}"
     return f"#{entry.index:<4} {when}  epoch {entry.epoch:<4} {who}: {action} {subjects}".rstrip()
 

@@ -57,7 +57,7 @@ Device = tuple[str, str]
 
 
 def who(device: Device) -> str:
-    return f"{render.safe(device[0])}/{render.safe(device[1])}"
+    return render.participant(device)
 
 
 def room_call_options(args: argparse.Namespace) -> RoomCallOptions:

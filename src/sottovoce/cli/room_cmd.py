@@ -1,4 +1,4 @@
-"""Room commands: `room create|invite|join|remove|send|audit|token|list|history`.
+"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`.
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from sottovoce.cli import render
 from sottovoce.cli.program import command_name, dir_flag
@@ -28,6 +29,7 @@ from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.store import DeliveryStatus
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
 from sottovoce.protocol.audit import AuditChainError
+from sottovoce.protocol.rooms import setting_refusal
 
 #: `room audit`: the trail does not verify.
 EXIT_AUDIT_INVALID = 3
@@ -177,6 +179,39 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set(args: argparse.Namespace) -> int:
+    changes = [(name, value) for name, value in (("residency", args.residency),
+                                                ("recorder", args.recorder)) if value is not None]
+    if not changes:
+        raise CliError("say what to change: --residency REGION|none and/or --recorder on|off")
+    for name, value in changes:
+        why = setting_refusal(name, value)
+        if why is not None:
+            raise CliError(why)
+
+    async def work(client: Client) -> str:
+        room = client.rooms.get(room_ref(args.room))
+        for name, value in changes:
+            await client.rooms.set_setting(room.room_id, name, value)
+        return room.label
+
+    label = with_client(args, work)
+    for name, value in changes:
+        print(f"{render.safe(label)}: {render.room_setting(name, value)} "
+              "(every member sees it; in the room's audit trail)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> tuple[str, dict[str, Any]]:
+        room = client.rooms.get(room_ref(args.room))
+        return room.label, await client.rooms.info(room.room_id)
+
+    label, state = with_client(args, work)
+    print("\n".join(render.room_info(label, state)))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         return [render.room_row(room) for room in client.rooms.all()]
@@ -315,6 +350,41 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rotate", action="store_true", help="replace the current token")
     group.add_argument("--revoke", action="store_true", help="remove the token")
+    p = subcommand(
+        rs,
+        "set",
+        help="change ROOM's settings (the room's admin only)",
+        description=(
+            "Change a room setting. Only the room's admin -- the account that created it -- "
+            "may; every member sees the settings (`room info`) and each change is an entry "
+            "of the room's signed audit trail (`room audit`). --residency REGION keeps the "
+            "room's calls on the server's SFUs of that region (refused when none of them is "
+            "up, never moved out of it); 'none' lifts it. --recorder on lets the recorder "
+            "device the operator runs join the room's calls as a visible participant."
+        ),
+        example=(
+            "  sottovoce room set friends --residency eu --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce room set friends --recorder on --data-dir ~/.sottovoce-alice"
+        ),
+        func=cmd_set,
+        args=[ROOM],
+    )
+    p.add_argument("--residency", metavar="REGION",
+                   help="keep the room's calls in this SFU region ('none': any SFU)")
+    p.add_argument("--recorder", choices=("on", "off"),
+                   help="whether the operator's recorder device may join the room's calls")
+    subcommand(
+        rs,
+        "info",
+        help="show ROOM as the server holds it: members, epoch, admin and settings",
+        description=(
+            "Ask the server for the room's state: its admin, data residency, recorder "
+            "setting, epoch and member devices."
+        ),
+        example="  sottovoce room info friends --data-dir ~/.sottovoce-bob",
+        func=cmd_info,
+        args=[ROOM],
+    )
     from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
 
     room_call_cmd.add_command(rs)

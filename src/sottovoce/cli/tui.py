@@ -348,7 +348,7 @@ class ChatApp(App[int]):
                 self._tell(f"room call: {render.safe(event.error)}", error=True)
             people = ctl.participants  # the call's MLS group, never the SFU's list
             if ctl.call.epoch is not None and ctl.call.me in people:
-                names = ", ".join(render.safe(u) for u, _ in people)
+                names = ", ".join(render.participant(d, with_device=False) for d in people)
                 self._call_bar(
                     f"☎ room call · E2EE on, epoch {ctl.call.epoch} · {len(people)} in call: "
                     f"{names}{recording} · F6 leave"

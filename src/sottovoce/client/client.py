@@ -225,6 +225,7 @@ class Client:
         kdf: KdfParams | None = None,
         connector: Connector = websocket_connector,
         connect: bool = True,
+        device_id: str | None = None,
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -232,12 +233,14 @@ class Client:
         leaves a claimed username whose keys are lost. If the server refuses
         (name taken, unreachable), the new store is removed again. With
         ``connect`` (the default) the client comes back connected, with its
-        prekeys uploaded.
+        prekeys uploaded. ``device_id``: the device's id (default: random; the
+        recorder device is named ``recorder``).
         """
         validate_username(username)
         url = ws_url(server_url)
         identity, olm = LocalIdentity.new(
-            username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes
+            username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes,
+            device_id=device_id,
         )
         return await cls._enroll(
             url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False

@@ -164,6 +164,9 @@ class AuditAction(IntEnum):
     CALL_STOPPED = 11
     RECORDING_ON = 12
     RECORDING_OFF = 13
+    #: A room setting changed (admins only); the one subject is (setting, value):
+    #: ("residency", REGION or "none"), ("recorder", "on" or "off").
+    ROOM_SETTING = 14
 
 
 class AuditSubject(NamedTuple):

@@ -186,6 +186,16 @@ ROOM_JOIN_REQUESTED = "sottovoce.room.join.requested"
 ROOM_AUDIT_APPENDED = "sottovoce.room.audit.appended"
 ROOM_AUDIT = "sottovoce.room.audit"
 ROOM_CALL_GRANTED = "sottovoce.room.call.granted"
+ROOM_SETTING_UPDATED = "sottovoce.room.setting.updated"
+
+#: The room settings (docs/protocol.md, "Room settings") and the values each takes:
+#: a data-residency region label (or "none"), and the opt-in recorder device.
+ROOM_SETTINGS = ("residency", "recorder")
+#: "No residency": calls go to any SFU (a region label is never "none").
+RESIDENCY_NONE = "none"
+#: The device id of an opt-in recorder device: every client marks it as the recorder,
+#: and the server grants it no SFU access in a room whose recorder setting is off.
+RECORDER_DEVICE_ID = "recorder"
 
 
 def room_id_for(group_id: bytes) -> str:
@@ -245,6 +255,21 @@ GROUP_INFO = B64(max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
 #: The encoded audit entry that goes with a change (an AuditEntry), or null.
 AUDIT = B64(max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES)
 KEY_PACKAGE = B64(max_bytes=MAX_KEY_PACKAGE_BYTES, nonempty=True)
+#: A region label, as the server's ``--sfu REGION=URL`` names its SFUs.
+REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
+SETTING_NAME = Pattern(re.compile("|".join(ROOM_SETTINGS)), "must be 'residency' or 'recorder'")
+SETTING_VALUE = Pattern(REGION_RE, "must be a region label (a-z, 0-9, -), 'none', 'on' or 'off'")
+
+
+def setting_refusal(setting: str, value: str) -> str | None:
+    """Why ``value`` is not one ``setting`` takes (``None``: it is)."""
+    if setting == "recorder" and value not in ("on", "off"):
+        return "the recorder setting is 'on' or 'off'"
+    if setting == "residency" and not REGION_RE.fullmatch(value):
+        return "a residency is a region label (a-z, 0-9, -; at most 16) or 'none'"
+    if setting not in ROOM_SETTINGS:
+        return "the room settings are 'residency' and 'recorder'"
+    return None
 
 
 def req_room_id(d: dict[str, Any], name: str = "roomId") -> str:
@@ -451,6 +476,17 @@ class RoomCallGrant(ClientEvent):
     callId: bytes = wire(B64(max_bytes=CALL_ID_BYTES, size=CALL_ID_BYTES))
 
 
+@event("sottovoce.room.setting.set")
+class RoomSettingSet(ClientEvent):
+    """Change one room setting (the room's admin only), with its signed audit entry
+    (action ROOM_SETTING, the one subject (setting, value))."""
+
+    roomId: str = wire(ROOM_ID)
+    setting: str = wire(SETTING_NAME)
+    value: str = wire(SETTING_VALUE)
+    audit: bytes = wire(B64(max_bytes=MAX_ROOM_AUDIT_ENTRY_BYTES, nonempty=True))
+
+
 ROOM_CLIENT_EVENTS = registry(
     KeyPackagesUpload,
     KeyPackagesClaim,
@@ -468,6 +504,7 @@ ROOM_CLIENT_EVENTS = registry(
     AuditAppend,
     AuditGet,
     RoomCallGrant,
+    RoomSettingSet,
 )
 #: Every client event the server understands, KSMP v3 core, rooms and device linking: the
 #: one registry the server dispatches on (protocol/events.py cannot import this module: it

@@ -35,7 +35,7 @@ import ssl
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -249,10 +249,17 @@ class ServerApp:
         self._handlers.update(TurnHandler.from_config(config).handlers())
         self.sfu = SfuHandler.from_config(config, room_store)
         self._handlers.update(self.sfu.handlers())
-        self.rooms.on_removed = self.sfu.members_removed
+        # A removal kicks feeds on this node and, through the fan-out, on the node that
+        # opened the call (another one, when several share the storage).
+        self.rooms.on_removed = self._members_removed
+        self.fanout.on_members_removed = self.sfu.members_removed
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
                                    rearm=self._arm_preauth)
         self._handlers.update(self.links.handlers())
+
+    def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
+        self.sfu.members_removed(room_id, devices)
+        self.fanout.members_removed(room_id, devices)
 
     # --- life cycle -----------------------------------------------------------------
 

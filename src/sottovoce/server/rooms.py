@@ -53,7 +53,14 @@ from sottovoce.mls.public import (
     is_external_commit,
     leaf_identity,
 )
-from sottovoce.protocol.audit import AuditChainError, AuditEntry, check_signature, entry_hash
+from sottovoce.protocol.audit import (
+    AuditAction,
+    AuditChainError,
+    AuditEntry,
+    AuditSubject,
+    check_signature,
+    entry_hash,
+)
 from sottovoce.protocol.events import ClientEvent, frame
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
@@ -68,6 +75,7 @@ from sottovoce.protocol.rooms import (
     ROOM_GROUPINFO,
     ROOM_ID_PREFIX,
     ROOM_JOIN_REQUESTED,
+    ROOM_SETTING_UPDATED,
     ROOM_STATE,
     ROOM_SYNCED,
     ROOM_TOKEN_UPDATED,
@@ -83,11 +91,13 @@ from sottovoce.protocol.rooms import (
     RoomCreate,
     RoomInfo,
     RoomSend,
+    RoomSettingSet,
     RoomsList,
     RoomSync,
     RoomTokenRevoke,
     RoomTokenSet,
     member_identity,
+    setting_refusal,
     token_hash,
 )
 from sottovoce.server.directory import Directory
@@ -212,6 +222,7 @@ class Rooms:
             RoomsList: self._list,
             RoomTokenSet: self._token_set,
             RoomTokenRevoke: self._token_revoke,
+            RoomSettingSet: self._setting_set,
             GroupInfoGet: self._groupinfo,
             JoinRequest: self._join_request,
             AuditAppend: self._audit_append,
@@ -544,6 +555,9 @@ class Rooms:
             "members": _pairs(st.members),
             "tokenSet": st.token_set,
             "latestServerSeq": st.latest_seq,
+            "admin": st.admin,
+            "residency": st.residency,
+            "recorder": st.recorder,
         }, rid)
 
     async def _list(
@@ -582,6 +596,28 @@ class Rooms:
         self._log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
                           status=int(h is not None))
         session.reply(ROOM_TOKEN_UPDATED, {"roomId": room_id, "tokenSet": h is not None}, rid)
+
+    async def _setting_set(
+        self, session: Session, ev: RoomSettingSet, data: dict[str, Any], rid: str | None
+    ) -> None:
+        """One room setting, changed by the room's admin with its audit entry (ROOM_SETTING,
+        the one subject (setting, value)), both in one transaction."""
+        user, device = session.key
+        why = setting_refusal(ev.setting, ev.value)
+        if why is not None:
+            raise WireFailure("bad_request", why)
+        key = await self._certified_mls_key(user, device, "invalid_audit_entry")
+        entry = audit_appendage(ev.roomId, user, device, key, ev.audit)
+        decoded = AuditEntry.decode(entry.entry)
+        if decoded.action is not AuditAction.ROOM_SETTING or decoded.subjects != (
+            AuditSubject(ev.setting, ev.value),
+        ):
+            raise WireFailure("invalid_audit_entry", "the audit entry does not state this change")
+        with _as_wire():
+            await self.store.set_room_setting(ev.roomId, user, device, ev.setting, ev.value, entry)
+        self._log.info("room.setting", userId=user, deviceId=device, conversationId=ev.roomId)
+        session.reply(ROOM_SETTING_UPDATED,
+                      {"roomId": ev.roomId, "setting": ev.setting, "value": ev.value}, rid)
 
     async def _groupinfo(
         self, session: Session, ev: GroupInfoGet, data: dict[str, Any], rid: str | None

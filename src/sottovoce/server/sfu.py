@@ -54,13 +54,12 @@ from sottovoce.limits import (
     SFU_MAX_ENDPOINTS,
     SFU_REQUEST_TIMEOUT_S,
 )
+from sottovoce.protocol.rooms import REGION_RE, RESIDENCY_NONE
 from sottovoce.secret import Secret
 from sottovoce.server.secret_file import read_secret_line
 
 log = logging.getLogger(__name__)
 
-#: A region label: short, lower-case (``eu``, ``ch``, ``us-east``).
-_REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
 _URL_RE = re.compile(r"wss?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[\x21-\x7e]*)?")
 #: An SFU that failed is skipped this long before it is tried again.
 SFU_DOWN_MS = 30_000
@@ -96,8 +95,12 @@ class SfuEndpoint:
     def __post_init__(self) -> None:
         if not _URL_RE.fullmatch(self.url):
             raise UsageError(f"not an SFU WebSocket URL (ws:// or wss://): {self.url!r}")
-        if self.region is not None and not _REGION_RE.fullmatch(self.region):
-            raise UsageError(f"bad SFU region label (a-z, 0-9, -): {self.region!r}")
+        # A region label: short, lower-case (``eu``, ``ch``, ``us-east``); "none" is what
+        # a room without a residency says.
+        if self.region is not None and (
+            not REGION_RE.fullmatch(self.region) or self.region == RESIDENCY_NONE
+        ):
+            raise UsageError(f"bad SFU region label (a-z, 0-9, -; not 'none'): {self.region!r}")
 
 
 def parse_sfu_option(value: str) -> tuple[SfuEndpoint, ...]:
@@ -392,6 +395,12 @@ class SfuDriver:
         region); returns that SFU's URL. Idempotent for a call already open."""
         existing = self._calls.get((room_id, call_id))
         if existing is not None:
+            if residency is not None and existing.endpoint.region != residency:
+                # Opened before the room was pinned: it does not follow the room out of
+                # its old place, it is refused (a new call goes to the region).
+                raise SfuRegionUnavailable(
+                    f"this call runs outside region {residency!r}; start a new call"
+                )
             return existing.endpoint.url
         key = self.config.key
         pin = room_pin(key, room_id)

@@ -4,10 +4,13 @@
             dispatcher) ──► SFU configured? (else "sfu_unavailable": rooms call as
             a mesh) ──► under this device's rate? (else "rate_limited")
             ──► a current member of the room's group? (the room storage's members;
-            else "sfu_not_member") ──► SfuDriver.admit: the call's VideoRoom on the
-            room's SFU, a 60 s token ──► sottovoce.room.call.granted
+            else "sfu_not_member") ──► the recorder device in a room whose recorder
+            setting is off? ("recorder_off") ──► SfuDriver.admit: the call's VideoRoom on the
+            room's SFU -- of the room's residency region when it has one, else
+            "sfu_region_unavailable" -- a 60 s token ──► sottovoce.room.call.granted
     room commit removing D ──► members_removed(room, [D]) ──► D's tokens revoked, its
-            feeds kicked (in the background: the commit is already answered)
+            feeds kicked (in the background: the commit is already answered); the
+            fan-out tells the other nodes, whose own calls get the same
 
 The grant names the VideoRoom by a keyed hash of (room, call), never the room id;
 nothing of the call (its MLS group, its keys, its signals) passes through here.
@@ -23,7 +26,7 @@ from typing import Any
 
 from sottovoce.calls.janus import SfuError
 from sottovoce.limits import TURN_REQUESTS_BURST, TURN_REQUESTS_PER_MINUTE
-from sottovoce.protocol.rooms import ROOM_CALL_GRANTED, RoomCallGrant
+from sottovoce.protocol.rooms import RECORDER_DEVICE_ID, ROOM_CALL_GRANTED, RoomCallGrant
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.errors import WireFailure
 from sottovoce.server.ratelimit import KeyedBuckets
@@ -98,8 +101,14 @@ class SfuHandler:
             raise WireFailure(
                 SfuNotAMember.code, "only a current member of the room may join its calls"
             ) from None
+        if device[1] == RECORDER_DEVICE_ID and not state.recorder:
+            raise WireFailure(
+                "recorder_off", "this room's recorder setting is off: its recorder may not join"
+            )
         try:
-            granted = await self._sfu.admit(ev.roomId, ev.callId, device, set(state.members))
+            granted = await self._sfu.admit(
+                ev.roomId, ev.callId, device, set(state.members), residency=state.residency
+            )
         except SfuNotAMember as exc:  # pragma: no cover - room_state answered for a member
             raise WireFailure(exc.code, str(exc)) from None
         except SfuError as exc:

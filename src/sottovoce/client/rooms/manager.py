@@ -37,6 +37,7 @@ from sottovoce.client.rooms.recovery import Recovery
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.store import Store, StoredMessage
 from sottovoce.crypto.sign import SigningKey
+from sottovoce.errors import UsageError
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction, AuditTrail
@@ -189,6 +190,25 @@ class RoomManager:
 
     async def revoke_token(self, ref: str) -> None:
         await self._membership.revoke_token(self.get(ref))
+
+    async def set_setting(self, ref: str, setting: str, value: str) -> None:
+        """Change one room setting (``residency``: a region or "none"; ``recorder``: "on"
+        or "off"). Only the room's admin may; the change and its signed audit entry are
+        stored together (``not_admin`` otherwise)."""
+        why = pr.setting_refusal(setting, value)
+        if why is not None:
+            raise UsageError(why)
+        room = self.get(ref)
+        self._book.active(room)
+        await self._audit.with_entry(
+            room,
+            AuditAction.ROOM_SETTING,
+            lambda entry: pr.RoomSettingSet(
+                roomId=room.room_id, setting=setting, value=value, audit=entry
+            ),
+            pr.ROOM_SETTING_UPDATED,
+            ((setting, value),),
+        )
 
     async def join_with_token(self, token: str, label: str | None = None) -> Room:
         """Join by external commit (RFC 9420 §12.4.3.2) from the GroupInfo the token unlocks.

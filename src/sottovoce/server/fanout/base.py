@@ -23,7 +23,7 @@ catch-up callable, the directory cache's invalidate, metrics, the log) and nothi
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from sottovoce.server.ports import DeviceKey, FanoutPorts
 from sottovoce.server.session import Session
@@ -37,6 +37,9 @@ class Fanout(abc.ABC):
 
     def __init__(self, ports: FanoutPorts) -> None:
         self.ports = ports
+        #: Told of the devices a commit on *another* node removed from a room (the SFU
+        #: handler: this node revokes the grants and kicks the feeds of calls it opened).
+        self.on_members_removed: Callable[[str, Sequence[DeviceKey]], None] | None = None
 
     async def start(self) -> None:
         return None
@@ -96,6 +99,11 @@ class Fanout(abc.ABC):
     @abc.abstractmethod
     def directory_changed(self, user: str) -> None:
         """``user``'s account record changed in storage: other nodes drop their cached copy."""
+
+    def members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
+        """A commit stored here removed ``devices`` from ``room_id``: tell the other nodes
+        (each kicks the feeds of the calls it opened). One node: nothing to tell."""
+        return None
 
     def deliver_live(self, session: Session, seq: int, text: str) -> None:
         """Write a stored frame to a live session (``seq`` > ``session.last_sent``).

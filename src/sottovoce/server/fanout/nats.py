@@ -31,6 +31,12 @@ Other traffic on a device subject (first byte = kind):
 * ``A<ns> <node>`` a newer connection of this device attached on ``node``:
   an older one elsewhere closes with 4000 ("replaced").
 
+``<prefix>.sfu`` carries room removals (JSON ``{"room": ID, "devices": [[user,
+device], ...]}``) from the node that stored the commit to every other node, so the
+node that opened a call's SFU room revokes the removed devices' grants and kicks
+their feeds wherever the commit was made (the room id and device ids are what room
+frames already carry in the clear).
+
 ``<prefix>.dir`` carries directory invalidations (payload: the user id) so the
 nodes' account caches follow writes made elsewhere. ``<prefix>.presence``
 gossips which devices are online on which node; it only decides whether an
@@ -48,8 +54,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Sequence
 from functools import partial
 from typing import Any
 
@@ -62,6 +69,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sottovoce.errors import UsageError
+from sottovoce.limits import MAX_ID_LEN
+from sottovoce.protocol.fields import ID_RE
 from sottovoce.server.errors import CLOSE_ACCOUNT_DELETED, CLOSE_REPLACED, CLOSE_REVOKED
 from sottovoce.server.fanout.base import Fanout
 from sottovoce.server.ports import DeviceKey, FanoutPorts
@@ -93,6 +102,10 @@ FANOUT_GAP_WAIT_S = 0.05
 FANOUT_GAP_MAX_FRAMES = 1000
 #: Largest presence message accepted (2,000 tokens of 32 hex chars per chunk).
 MAX_PRESENCE_BYTES = 128 * 1024
+#: Most devices one removal names (one commit removes at most this many).
+MAX_REMOVED_DEVICES = 1000
+#: Largest removal message accepted.
+MAX_REMOVAL_BYTES = MAX_REMOVED_DEVICES * 2 * (MAX_ID_LEN + 8) + 256
 
 
 def device_token(user: str, device: str, key: bytes = b"") -> str:
@@ -170,6 +183,7 @@ class NatsFanout(Fanout):
         nc = self.nc
         await nc.subscribe(f"{self.prefix}.dir", cb=self._on_directory)
         await nc.subscribe(f"{self.prefix}.presence", cb=self._on_presence)
+        await nc.subscribe(f"{self.prefix}.sfu", cb=self._on_members_removed)
         await nc.flush(FANOUT_FLUSH_TIMEOUT_S)
         # Ask the others for their lists; they answer on the presence subject.
         self._publish(f"{self.prefix}.presence", b"?" + self.node_id.encode())
@@ -318,6 +332,12 @@ class NatsFanout(Fanout):
     def directory_changed(self, user: str) -> None:
         self._publish(f"{self.prefix}.dir", user.encode())
 
+    def members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
+        for i in range(0, len(devices), MAX_REMOVED_DEVICES):
+            chunk = [list(d) for d in devices[i:i + MAX_REMOVED_DEVICES]]
+            self._publish(f"{self.prefix}.sfu",
+                          json.dumps({"room": room_id, "devices": chunk}).encode())
+
     # --- ordering -------------------------------------------------------------------
     #
     # A "stream" is a session's inbox (room None) or one of its rooms. Sequence
@@ -442,6 +462,14 @@ class NatsFanout(Fanout):
             return
         self.ports.invalidate(user)
 
+    async def _on_members_removed(self, msg: Msg) -> None:
+        hook = self.on_members_removed
+        removal = parse_removal(msg.data)
+        if removal is None:
+            self.ports.log.warning("fanout.bad_message", reason="sfu subject")
+        elif hook is not None:
+            hook(*removal)
+
     async def _on_presence(self, msg: Msg) -> None:
         data = msg.data
         if not data or len(data) > MAX_PRESENCE_BYTES:
@@ -514,6 +542,32 @@ class NatsFanout(Fanout):
         self.catchups += 1
         for session in list(self.ports.online.values()):
             self.ports.catch_up(session)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_ID_LEN and bool(ID_RE.fullmatch(value))
+
+
+def parse_removal(data: bytes) -> tuple[str, list[DeviceKey]] | None:
+    """A removal from the ``sfu`` subject, checked (``None``: not a valid one). NATS is
+    shared by the nodes only, but what comes from it is still parsed with bounds."""
+    if not 0 < len(data) <= MAX_REMOVAL_BYTES:
+        return None
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict) or not _is_id(body.get("room")):
+        return None
+    listed = body.get("devices")
+    if not isinstance(listed, list) or not 0 < len(listed) <= MAX_REMOVED_DEVICES:
+        return None
+    devices: list[DeviceKey] = []
+    for item in listed:
+        if not (isinstance(item, list) and len(item) == 2 and all(_is_id(x) for x in item)):
+            return None
+        devices.append((item[0], item[1]))
+    return body["room"], devices
 
 
 async def _unsubscribe(sub: Subscription) -> None:

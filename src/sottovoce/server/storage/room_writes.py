@@ -26,7 +26,7 @@ from sottovoce.limits import (
     MAX_PENDING_JOIN_REQUESTS,
     MAX_ROOM_MEMBERS,
 )
-from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT
+from sottovoce.protocol.rooms import NOTICE_CIPHERTEXT, RESIDENCY_NONE
 from sottovoce.server.storage.base import StoredFrame, UnknownAccount
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
@@ -44,6 +44,7 @@ from sottovoce.server.storage.rooms import (
     RoomView,
     pairs_json,
     refuse,
+    room_admin,
     rooms_of,
     token_room,
 )
@@ -396,6 +397,24 @@ def set_token(
     room.token_hash = token_hash
     if audit is not None:
         yield from _audit_write(room, audit)
+
+
+def set_setting(
+    room_id: str, user: str, device: str, setting: str, value: str, audit: AuditAppendage
+) -> Txn[None]:
+    room: RoomView = yield RoomForUpdate(room_id)
+    _member_of(room, user, device)
+    if (yield from room_admin(room.pk)) != user:
+        raise refuse("not_admin", "only the room's admin (the account that created it) "
+                     "changes its settings")
+    yield RoomReread(room)
+    _audit_check(room, audit)
+    if setting == "residency":
+        region = None if value == RESIDENCY_NONE else value
+        yield execute("UPDATE rooms SET residency=? WHERE room=?", region, room.pk)
+    else:
+        yield execute("UPDATE rooms SET recorder=? WHERE room=?", value == "on", room.pk)
+    yield from _audit_write(room, audit)
 
 
 def audit_append(room_id: str, user: str, device: str, audit: AuditAppendage) -> Txn[int]:

@@ -139,6 +139,12 @@ class RoomState:
     latest_seq: int
     members: tuple[Member, ...]
     token_set: bool
+    #: The region the room's calls stay in (None: any SFU).
+    residency: str | None = None
+    #: Whether the room's opt-in recorder device may join its calls.
+    recorder: bool = False
+    #: The room's admin: the account that created it (None: no creation entry stored).
+    admin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +305,19 @@ class RoomStorage(abc.ABC):
         audit: AuditAppendage | None,
     ) -> None:
         """Set (hash) or clear (None) the room's token, with its audit entry, in one transaction."""
+
+    @abc.abstractmethod
+    async def set_room_setting(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        setting: str,
+        value: str,
+        audit: AuditAppendage,
+    ) -> None:
+        """Change one room setting (the room's admin only), with its audit entry, in one
+        transaction; ``RoomRefused`` not_member / not_admin / audit_conflict otherwise."""
 
     @abc.abstractmethod
     async def group_info_by_token(self, token_hash: bytes) -> tuple[str, int, bytes] | None:

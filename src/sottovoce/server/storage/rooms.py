@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.protocol.audit import AuditAction, AuditEntry
 from sottovoce.server.storage.base import UnknownAccount
 from sottovoce.server.storage.roombase import (
     Member,
@@ -186,9 +188,26 @@ def room_state(room_id: str, user: str, device: str) -> Txn[RoomState]:
         "WHERE m.room=? AND m.until_seq IS NULL ORDER BY d.user_id, d.device_id",
         pk,
     )
-    token = yield val("SELECT token_hash IS NOT NULL FROM rooms WHERE room=?", pk)
+    token, residency, recorder = yield one(
+        "SELECT token_hash IS NOT NULL, residency, recorder FROM rooms WHERE room=?", pk
+    )
+    admin = yield from room_admin(pk)
     return RoomState(room_id, epoch, last, tuple((str(u), str(d)) for u, d in members),
-                     bool(token))
+                     bool(token), None if residency is None else str(residency),
+                     bool(recorder), admin)
+
+
+def room_admin(pk: int) -> Txn[str | None]:
+    """The room's admin: the account that signed its first audit entry, ROOM_CREATED
+    (the server checked that entry's signature against its actor's certificate)."""
+    first = yield val("SELECT entry FROM room_audit WHERE room=? AND idx=0", pk)
+    if first is None:
+        return None
+    try:
+        entry = AuditEntry.decode(blob(first))
+    except (DecodeError, UsageError):
+        return None
+    return entry.actor_user_id if entry.action is AuditAction.ROOM_CREATED else None
 
 
 def rooms_of(user: str, device: str, limit: int) -> Txn[list[RoomSummary]]:

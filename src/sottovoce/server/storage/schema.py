@@ -416,6 +416,18 @@ VERSIONS: tuple[Version, ...] = (
     DROP FUNCTION sv_append_batch;
     """ + _APPEND_FUNCTION_V4,  # noqa: S608 -- constants only
     ),
+    Version(
+        "room settings the server acts on (docs/calls.md): the data-residency region of a"
+        " room's calls (NULL: any SFU) and whether its opt-in recorder device may join them",
+        sqlite="""
+    ALTER TABLE rooms ADD COLUMN residency TEXT;
+    ALTER TABLE rooms ADD COLUMN recorder INTEGER NOT NULL DEFAULT 0
+    """,
+        postgres="""
+    ALTER TABLE rooms ADD COLUMN residency text;
+    ALTER TABLE rooms ADD COLUMN recorder boolean NOT NULL DEFAULT false;
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

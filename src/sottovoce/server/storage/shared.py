@@ -247,6 +247,18 @@ class SharedRooms(RoomStorage, Engine):
         await self._write_op(room_writes.set_token, room_id, user_id, device_id, token_hash,
                              audit)
 
+    async def set_room_setting(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        setting: str,
+        value: str,
+        audit: AuditAppendage,
+    ) -> None:
+        await self._write_op(room_writes.set_setting, room_id, user_id, device_id, setting,
+                             value, audit)
+
     async def audit_append(
         self, room_id: str, user_id: str, device_id: str, audit: AuditAppendage
     ) -> int:
