@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, get_args
 
 from sottovoce.codec.tls import Reader, WireStruct, Writer, decode, write_struct
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
@@ -643,14 +643,9 @@ class GroupContextExtensions(WireStruct):
 
 Proposal = Add | Update | Remove | PreSharedKey | ReInit | ExternalInit | GroupContextExtensions
 
+#: Each proposal's reader by its ``proposal_type``, from the classes of :data:`Proposal`.
 _PROPOSAL_READERS: dict[ProposalType, Callable[[Reader], Proposal]] = {
-    ProposalType.ADD: Add.read,
-    ProposalType.UPDATE: Update.read,
-    ProposalType.REMOVE: Remove.read,
-    ProposalType.PSK: PreSharedKey.read,
-    ProposalType.REINIT: ReInit.read,
-    ProposalType.EXTERNAL_INIT: ExternalInit.read,
-    ProposalType.GROUP_CONTEXT_EXTENSIONS: GroupContextExtensions.read,
+    cls.proposal_type: cls.read for cls in get_args(Proposal)
 }
 
 
