@@ -1,18 +1,41 @@
 """Which MLS cipher suites exist (RFC 9420 §17.1): each one's name, hash and signature scheme.
 
-This is the part of a suite that checking a hash or a signature needs. It loads
-no HPKE and no AEAD, so code that holds no group keys (the server, the public
-view of MLS, the audit chain) can name a suite without pulling them in;
-:mod:`sottovoce.crypto.suite` adds each suite's HPKE and AEAD for members.
+This is the part of a suite that checking a hash or a signature needs, as a
+table and as :class:`PublicSuite`. It loads no HPKE and no AEAD, so code that
+holds no group keys (the server, the public view of MLS, the audit chain) can use
+a suite without pulling them in; :mod:`sottovoce.crypto.suite` adds each suite's
+HPKE and AEAD for members (its ``CipherSuite`` is a ``PublicSuite``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
+from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
-from sottovoce.crypto.sign import SignatureScheme
+from sottovoce.crypto.sign import SignatureScheme, VerifyKey
 from sottovoce.errors import UnsupportedError
+
+
+@dataclass(frozen=True, slots=True)
+class PublicSuite:
+    """A cipher suite's hash and signature scheme: all a public check uses of it."""
+
+    id: int
+    hash: Hash
+    signature: SignatureScheme
+
+    @property
+    def nh(self) -> int:
+        """KDF.Nh: the hash output size, used for secrets throughout."""
+        return self.hash.size
+
+    def digest(self, data: bytes) -> bytes:
+        return kdf.digest(self.hash, data)
+
+    def verify_key(self, public: bytes) -> VerifyKey:
+        return VerifyKey(self.signature, public)
 
 
 class SuiteEntry(NamedTuple):

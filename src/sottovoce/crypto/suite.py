@@ -17,29 +17,21 @@ from sottovoce.crypto.hpke import AeadId, Hpke, KdfId, KemId, KemKeyPair
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.mls_suites import DEFAULT_SUITE_ID as DEFAULT_SUITE_ID
 from sottovoce.crypto.mls_suites import SUPPORTED_SUITES as SUPPORTED_SUITES
-from sottovoce.crypto.mls_suites import suite_entry
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.crypto.rng import Random
-from sottovoce.crypto.sign import SignatureScheme, SigningKey, VerifyKey
+from sottovoce.crypto.sign import SigningKey
 
 
-@dataclass(frozen=True, slots=True)
-class CipherSuite:
-    id: int
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CipherSuite(PublicSuite):
+    """A whole suite: the public part (id, hash, signature scheme; ``nh``, ``digest``,
+    ``verify_key``) with its name, AEAD and HPKE."""
+
     name: str
-    hash: Hash
     aead: Aead
-    signature: SignatureScheme
     hpke: Hpke = field(compare=False, repr=False)
 
     # --- hash, MAC, KDF --------------------------------------------------------
-
-    @property
-    def nh(self) -> int:
-        """KDF.Nh: the hash output size, used for secrets throughout."""
-        return self.hash.size
-
-    def digest(self, data: bytes) -> bytes:
-        return kdf.digest(self.hash, data)
 
     def mac(self, key: bytes, data: bytes) -> bytes:
         return kdf.hmac(self.hash, key, data)
@@ -79,9 +71,6 @@ class CipherSuite:
     def signing_key(self, private: bytes) -> SigningKey:
         return SigningKey(self.signature, private)
 
-    def verify_key(self, public: bytes) -> VerifyKey:
-        return VerifyKey(self.signature, public)
-
 
 #: What members add to each suite of :data:`~sottovoce.crypto.mls_suites.SUITE_TABLE`:
 #: the HPKE KEM, and the AEAD (of messages and of HPKE alike).
@@ -112,6 +101,5 @@ def cipher_suite(suite_id: int) -> CipherSuite:
     """Return the suite for an RFC 9420 code point, or raise :class:`UnsupportedError`."""
     name, hash_, sig = suite_entry(suite_id)
     kem, aead = _KEM_AND_AEAD[suite_id]
-    return CipherSuite(
-        suite_id, name, hash_, aead, sig, Hpke(kem, _HPKE_KDF[hash_], _HPKE_AEAD[aead])
-    )
+    hpke = Hpke(kem, _HPKE_KDF[hash_], _HPKE_AEAD[aead])
+    return CipherSuite(id=suite_id, hash=hash_, signature=sig, name=name, aead=aead, hpke=hpke)

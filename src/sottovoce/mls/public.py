@@ -37,11 +37,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
-from sottovoce.crypto import kdf
-from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.labels import verify_with_label
-from sottovoce.crypto.mls_suites import suite_entry
-from sottovoce.crypto.sign import SignatureScheme, VerifyKey
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.errors import (
     DecodeError,
     InvalidKey,
@@ -143,25 +140,6 @@ DEFAULT_PROPOSALS = frozenset(int(p) for p in ProposalType)
 
 
 # --- cipher suites, as far as public checks need them (§17.1) ------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PublicSuite:
-    """A cipher suite's hash and signature scheme: all a public check uses of it."""
-
-    id: int
-    hash: Hash
-    signature: SignatureScheme
-
-    @property
-    def nh(self) -> int:
-        return self.hash.size
-
-    def digest(self, data: bytes) -> bytes:
-        return kdf.digest(self.hash, data)
-
-    def verify_key(self, public: bytes) -> VerifyKey:
-        return VerifyKey(self.signature, public)
 
 
 def public_suite(suite_id: int) -> PublicSuite:
