@@ -65,8 +65,8 @@ the whole chain, for whoever needs every entry to hold (an exported trail).
 
 This module is deliberately importable by the server: it depends on the codec, the
 signature schemes and the hash/KDF only, never on AEAD, HPKE or ``mls`` (a test
-checks). The suite id → (signature scheme, hash) table below mirrors
-``crypto.suite`` and a test keeps the two equal.
+checks). A suite id's signature scheme and hash come from
+:mod:`sottovoce.crypto.mls_suites`, the table ``crypto.suite`` is built on too.
 """
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ import hmac as _hmac
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
-from sottovoce.crypto.mls_suites import suite_entry
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.crypto.sign import SignatureScheme, SigningKey, VerifyKey
 from sottovoce.errors import (
     DecodeError,
@@ -99,9 +99,6 @@ from sottovoce.limits import (
 )
 from sottovoce.protocol.fields import ID_RE
 from sottovoce.secret import Secret
-
-if TYPE_CHECKING:  # only for annotations: importing suite would pull HPKE/AEAD in
-    from sottovoce.crypto.suite import CipherSuite
 
 __all__ = [
     "AUDIT_VERSION",
@@ -428,7 +425,7 @@ def _sign_content(content: bytes) -> bytes:
 def make_entry(
     *,
     signing_key: SigningKey,
-    suite: int | CipherSuite,
+    suite: int | PublicSuite,
     prev: bytes | None,
     room_id: str,
     epoch: int,
