@@ -443,7 +443,7 @@ def test_constructions_match_rfc9420_labelled_operations_and_the_suite_table() -
     )
     for suite_id in SUPPORTED_SUITES:
         suite = cipher_suite(suite_id)
-        assert audit._SUITES[suite_id] == (suite.signature, suite.hash)
+        assert audit._scheme_and_hash(suite_id) == (suite.signature, suite.hash)
         a = bytes(range(suite.nh))
         assert audit.binding_key(suite_id, a).expose() == labels.expand_with_label(
             suite, a, b"sottovoce audit binding", b"", 32

@@ -1,8 +1,9 @@
 """The seven MLS cipher suites (RFC 9420 §17.1) as one object each.
 
 A :class:`CipherSuite` bundles the hash/KDF, AEAD, HPKE and signature scheme of
-a suite. The RFC 9420 labelled operations built on it are in
-:mod:`sottovoce.crypto.labels`.
+a suite. Which suites exist, with their names, hashes and signature schemes, is
+:mod:`sottovoce.crypto.mls_suites` (it loads no HPKE or AEAD). The RFC 9420
+labelled operations built on a suite are in :mod:`sottovoce.crypto.labels`.
 """
 
 from __future__ import annotations
@@ -14,29 +15,23 @@ from sottovoce.crypto import kdf
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.hpke import AeadId, Hpke, KdfId, KemId, KemKeyPair
 from sottovoce.crypto.kdf import Hash
+from sottovoce.crypto.mls_suites import DEFAULT_SUITE_ID as DEFAULT_SUITE_ID
+from sottovoce.crypto.mls_suites import SUPPORTED_SUITES as SUPPORTED_SUITES
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.crypto.rng import Random
-from sottovoce.crypto.sign import SignatureScheme, SigningKey, VerifyKey
-from sottovoce.errors import UnsupportedError
+from sottovoce.crypto.sign import SigningKey
 
 
-@dataclass(frozen=True, slots=True)
-class CipherSuite:
-    id: int
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CipherSuite(PublicSuite):
+    """A whole suite: the public part (id, hash, signature scheme; ``nh``, ``digest``,
+    ``verify_key``) with its name, AEAD and HPKE."""
+
     name: str
-    hash: Hash
     aead: Aead
-    signature: SignatureScheme
     hpke: Hpke = field(compare=False, repr=False)
 
     # --- hash, MAC, KDF --------------------------------------------------------
-
-    @property
-    def nh(self) -> int:
-        """KDF.Nh: the hash output size, used for secrets throughout."""
-        return self.hash.size
-
-    def digest(self, data: bytes) -> bytes:
-        return kdf.digest(self.hash, data)
 
     def mac(self, key: bytes, data: bytes) -> bytes:
         return kdf.hmac(self.hash, key, data)
@@ -76,39 +71,35 @@ class CipherSuite:
     def signing_key(self, private: bytes) -> SigningKey:
         return SigningKey(self.signature, private)
 
-    def verify_key(self, public: bytes) -> VerifyKey:
-        return VerifyKey(self.signature, public)
 
-
-_TABLE = {
-    1: ("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", KemId.X25519_SHA256, KdfId.HKDF_SHA256,
-        AeadId.AES128GCM, Hash.SHA256, Aead.AES128GCM, SignatureScheme.ED25519),
-    2: ("MLS_128_DHKEMP256_AES128GCM_SHA256_P256", KemId.P256_SHA256, KdfId.HKDF_SHA256,
-        AeadId.AES128GCM, Hash.SHA256, Aead.AES128GCM, SignatureScheme.ECDSA_SECP256R1_SHA256),
-    3: ("MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519", KemId.X25519_SHA256,
-        KdfId.HKDF_SHA256, AeadId.CHACHA20POLY1305, Hash.SHA256, Aead.CHACHA20POLY1305,
-        SignatureScheme.ED25519),
-    4: ("MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448", KemId.X448_SHA512, KdfId.HKDF_SHA512,
-        AeadId.AES256GCM, Hash.SHA512, Aead.AES256GCM, SignatureScheme.ED448),
-    5: ("MLS_256_DHKEMP521_AES256GCM_SHA512_P521", KemId.P521_SHA512, KdfId.HKDF_SHA512,
-        AeadId.AES256GCM, Hash.SHA512, Aead.AES256GCM, SignatureScheme.ECDSA_SECP521R1_SHA512),
-    6: ("MLS_256_DHKEMX448_CHACHA20POLY1305_SHA512_Ed448", KemId.X448_SHA512,
-        KdfId.HKDF_SHA512, AeadId.CHACHA20POLY1305, Hash.SHA512, Aead.CHACHA20POLY1305,
-        SignatureScheme.ED448),
-    7: ("MLS_256_DHKEMP384_AES256GCM_SHA384_P384", KemId.P384_SHA384, KdfId.HKDF_SHA384,
-        AeadId.AES256GCM, Hash.SHA384, Aead.AES256GCM, SignatureScheme.ECDSA_SECP384R1_SHA384),
+#: What members add to each suite of :data:`~sottovoce.crypto.mls_suites.SUITE_TABLE`:
+#: the HPKE KEM, and the AEAD (of messages and of HPKE alike).
+_KEM_AND_AEAD = {
+    1: (KemId.X25519_SHA256, Aead.AES128GCM),
+    2: (KemId.P256_SHA256, Aead.AES128GCM),
+    3: (KemId.X25519_SHA256, Aead.CHACHA20POLY1305),
+    4: (KemId.X448_SHA512, Aead.AES256GCM),
+    5: (KemId.P521_SHA512, Aead.AES256GCM),
+    6: (KemId.X448_SHA512, Aead.CHACHA20POLY1305),
+    7: (KemId.P384_SHA384, Aead.AES256GCM),
 }
-
-#: Suite 1 is the mandatory-to-implement default (RFC 9420 §17.1).
-DEFAULT_SUITE_ID = 1
-SUPPORTED_SUITES = tuple(sorted(_TABLE))
+#: RFC 9420 §17.1: a suite's HPKE runs HKDF over the suite's hash and the suite's AEAD.
+_HPKE_KDF = {
+    Hash.SHA256: KdfId.HKDF_SHA256,
+    Hash.SHA384: KdfId.HKDF_SHA384,
+    Hash.SHA512: KdfId.HKDF_SHA512,
+}
+_HPKE_AEAD = {
+    Aead.AES128GCM: AeadId.AES128GCM,
+    Aead.AES256GCM: AeadId.AES256GCM,
+    Aead.CHACHA20POLY1305: AeadId.CHACHA20POLY1305,
+}
 
 
 @cache
 def cipher_suite(suite_id: int) -> CipherSuite:
     """Return the suite for an RFC 9420 code point, or raise :class:`UnsupportedError`."""
-    try:
-        name, kem, kdf_id, aead_id, hash_, aead, sig = _TABLE[suite_id]
-    except KeyError:
-        raise UnsupportedError(f"unsupported MLS cipher suite {suite_id:#06x}") from None
-    return CipherSuite(suite_id, name, hash_, aead, sig, Hpke(kem, kdf_id, aead_id))
+    name, hash_, sig = suite_entry(suite_id)
+    kem, aead = _KEM_AND_AEAD[suite_id]
+    hpke = Hpke(kem, _HPKE_KDF[hash_], _HPKE_AEAD[aead])
+    return CipherSuite(id=suite_id, hash=hash_, signature=sig, name=name, aead=aead, hpke=hpke)

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, get_args
 
 from sottovoce.codec.tls import Reader, WireStruct, Writer, decode, write_struct
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
@@ -52,6 +52,8 @@ from sottovoce.secret import Secret
 
 if TYPE_CHECKING:  # annotations only: these structs are parsed by the server's public
     # view (mls/public.py), which must not load the HPKE and AEAD the suite module does
+    from dataclasses import Field
+
     from sottovoce.crypto.suite import CipherSuite
 
 # --- code points local to these structs ---------------------------------------
@@ -119,6 +121,40 @@ def _verify(key: VerifyKey, label: bytes, tbs: bytes, signature: bytes) -> None:
         verify_with_label(key, label, tbs, signature)
     except SignatureError:
         raise InvalidSignature(f"{label.decode()} signature does not verify") from None
+
+
+class _Signed(WireStruct):
+    """A struct signed with SignWithLabel (§5.1.2) over its own fields: on the wire, its
+    content then ``opaque signature<V>``; its TBS is the content alone (a subclass may
+    bind more to it). A subclass writes the content, names ``TBS_LABEL`` and declares
+    the ``signature`` field."""
+
+    __slots__ = ()
+
+    TBS_LABEL: ClassVar[bytes]
+    signature: bytes
+    if TYPE_CHECKING:  # every subclass is a dataclass, as ``replace`` needs
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    def _write_content(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    def write(self, w: Writer) -> None:
+        self._write_content(w)
+        w.opaque_v(self.signature)
+
+    def tbs(self) -> bytes:
+        """What is signed: the content, every field but the signature."""
+        w = Writer()
+        self._write_content(w)
+        return w.getvalue()
+
+    def signed(self, key: SigningKey) -> Self:
+        """A copy carrying SignWithLabel(key, TBS_LABEL, tbs())."""
+        return replace(self, signature=sign_with_label(key, self.TBS_LABEL, self.tbs()))
+
+    def _verify_tbs(self, key: VerifyKey, tbs: bytes) -> None:
+        _verify(key, self.TBS_LABEL, tbs, self.signature)
 
 
 # --- credentials (§5.3) -----------------------------------------------------------
@@ -209,13 +245,14 @@ class Lifetime(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LeafNode(WireStruct):
+class LeafNode(_Signed):
     """RFC 9420 §7.2.
 
     ``lifetime`` is present exactly for ``key_package`` leaves; ``parent_hash``
     is only encoded for ``commit`` leaves (it is ``b""`` otherwise).
     """
 
+    TBS_LABEL: ClassVar[bytes] = LEAF_NODE_TBS_LABEL
     encryption_key: bytes
     signature_key: bytes
     credential: Credential
@@ -243,10 +280,6 @@ class LeafNode(WireStruct):
         elif self.leaf_node_source == LeafNodeSource.COMMIT:
             w.opaque_v(self.parent_hash)
         write_extensions(w, self.extensions)
-
-    def write(self, w: Writer) -> None:
-        self._write_content(w)
-        w.opaque_v(self.signature)
 
     @classmethod
     def read(cls, r: Reader) -> LeafNode:
@@ -295,8 +328,7 @@ class LeafNode(WireStruct):
         self, suite: SignatureSuite, group_id: bytes | None = None, leaf_index: int | None = None
     ) -> None:
         """Check the signature under this leaf's own signature_key; raises InvalidSignature."""
-        key = suite.verify_key(self.signature_key)
-        _verify(key, LEAF_NODE_TBS_LABEL, self.tbs(group_id, leaf_index), self.signature)
+        self._verify_tbs(suite.verify_key(self.signature_key), self.tbs(group_id, leaf_index))
 
 
 def leaf_node_tbs(leaf: LeafNode, group_id: bytes | None, leaf_index: int | None) -> bytes:
@@ -452,9 +484,10 @@ class UpdatePath(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class KeyPackage(WireStruct):
-    """RFC 9420 §10."""
+class KeyPackage(_Signed):
+    """RFC 9420 §10; KeyPackageTBS is every field but the signature."""
 
+    TBS_LABEL: ClassVar[bytes] = KEY_PACKAGE_TBS_LABEL
     version: int = ProtocolVersion.MLS10
     cipher_suite: int
     init_key: bytes
@@ -469,10 +502,6 @@ class KeyPackage(WireStruct):
         self.leaf_node.write(w)
         write_extensions(w, self.extensions)
 
-    def write(self, w: Writer) -> None:
-        self._write_content(w)
-        w.opaque_v(self.signature)
-
     @classmethod
     def read(cls, r: Reader) -> KeyPackage:
         return cls(
@@ -484,19 +513,9 @@ class KeyPackage(WireStruct):
             signature=r.opaque_v(),
         )
 
-    def tbs(self) -> bytes:
-        """KeyPackageTBS (§10): every field but the signature."""
-        w = Writer()
-        self._write_content(w)
-        return w.getvalue()
-
-    def signed(self, key: SigningKey) -> KeyPackage:
-        return replace(self, signature=sign_with_label(key, KEY_PACKAGE_TBS_LABEL, self.tbs()))
-
     def verify_signature(self, suite: SignatureSuite) -> None:
         """Check under ``leaf_node.signature_key``; raises InvalidSignature."""
-        key = suite.verify_key(self.leaf_node.signature_key)
-        _verify(key, KEY_PACKAGE_TBS_LABEL, self.tbs(), self.signature)
+        self._verify_tbs(suite.verify_key(self.leaf_node.signature_key), self.tbs())
 
     def ref(self, suite: CipherSuite) -> bytes:
         """KeyPackageRef (§5.2), with the hash of this KeyPackage's own suite."""
@@ -643,14 +662,9 @@ class GroupContextExtensions(WireStruct):
 
 Proposal = Add | Update | Remove | PreSharedKey | ReInit | ExternalInit | GroupContextExtensions
 
+#: Each proposal's reader by its ``proposal_type``, from the classes of :data:`Proposal`.
 _PROPOSAL_READERS: dict[ProposalType, Callable[[Reader], Proposal]] = {
-    ProposalType.ADD: Add.read,
-    ProposalType.UPDATE: Update.read,
-    ProposalType.REMOVE: Remove.read,
-    ProposalType.PSK: PreSharedKey.read,
-    ProposalType.REINIT: ReInit.read,
-    ProposalType.EXTERNAL_INIT: ExternalInit.read,
-    ProposalType.GROUP_CONTEXT_EXTENSIONS: GroupContextExtensions.read,
+    cls.proposal_type: cls.read for cls in get_args(Proposal)
 }
 
 
@@ -719,9 +733,10 @@ class Commit(WireStruct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GroupInfo(WireStruct):
-    """RFC 9420 §12.4.3."""
+class GroupInfo(_Signed):
+    """RFC 9420 §12.4.3; GroupInfoTBS is every field but the signature."""
 
+    TBS_LABEL: ClassVar[bytes] = GROUP_INFO_TBS_LABEL
     group_context: GroupContext
     extensions: tuple[Extension, ...] = ()
     confirmation_tag: bytes
@@ -734,10 +749,6 @@ class GroupInfo(WireStruct):
         w.opaque_v(self.confirmation_tag)
         w.u32(self.signer)
 
-    def write(self, w: Writer) -> None:
-        self._write_content(w)
-        w.opaque_v(self.signature)
-
     @classmethod
     def read(cls, r: Reader) -> GroupInfo:
         return cls(
@@ -748,18 +759,9 @@ class GroupInfo(WireStruct):
             signature=r.opaque_v(),
         )
 
-    def tbs(self) -> bytes:
-        """GroupInfoTBS (§12.4.3): every field but the signature."""
-        w = Writer()
-        self._write_content(w)
-        return w.getvalue()
-
-    def signed(self, key: SigningKey) -> GroupInfo:
-        return replace(self, signature=sign_with_label(key, GROUP_INFO_TBS_LABEL, self.tbs()))
-
     def verify_signature(self, key: VerifyKey) -> None:
         """Check under the signer's leaf key (the caller looks it up); raises InvalidSignature."""
-        _verify(key, GROUP_INFO_TBS_LABEL, self.tbs(), self.signature)
+        self._verify_tbs(key, self.tbs())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,9 +21,9 @@ What this module may import is the point of it: the codec, signature checks,
 hashes and the pure wire structs of :mod:`~sottovoce.mls.common` and
 :mod:`~sottovoce.mls.messages` -- never the key schedule, the secret tree, TreeKEM,
 HPKE or AEAD. The server imports this module and nothing else of ``mls/``; a test
-walks what it pulls in. Which suites exist is therefore restated here as
-:class:`PublicSuite` (hash and signature scheme), kept equal to
-``crypto.suite`` by a test.
+walks what it pulls in. A suite is therefore a :class:`PublicSuite` here (hash and
+signature scheme), read from :mod:`sottovoce.crypto.mls_suites`, the table
+``crypto.suite`` is built on too.
 
 None of these checks makes a message trustworthy for a member: membership tags,
 confirmation tags and the key schedule (only members can check them) still decide.
@@ -37,11 +37,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
-from sottovoce.crypto import kdf
-from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.labels import verify_with_label
-from sottovoce.crypto.sign import SignatureScheme, VerifyKey
-from sottovoce.errors import DecodeError, InvalidKey, SignatureError, UsageError
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
+from sottovoce.errors import (
+    DecodeError,
+    InvalidKey,
+    SignatureError,
+    UnsupportedError,
+    UsageError,
+)
 from sottovoce.mls.common import (
     ContentType,
     CredentialType,
@@ -138,43 +142,12 @@ DEFAULT_PROPOSALS = frozenset(int(p) for p in ProposalType)
 # --- cipher suites, as far as public checks need them (§17.1) ------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PublicSuite:
-    """A cipher suite's hash and signature scheme: all a public check uses of it."""
-
-    id: int
-    hash: Hash
-    signature: SignatureScheme
-
-    @property
-    def nh(self) -> int:
-        return self.hash.size
-
-    def digest(self, data: bytes) -> bytes:
-        return kdf.digest(self.hash, data)
-
-    def verify_key(self, public: bytes) -> VerifyKey:
-        return VerifyKey(self.signature, public)
-
-
-# RFC 9420 §17.1; the same table as crypto.suite's (a test keeps them equal).
-_SUITES: dict[int, tuple[Hash, SignatureScheme]] = {
-    1: (Hash.SHA256, SignatureScheme.ED25519),
-    2: (Hash.SHA256, SignatureScheme.ECDSA_SECP256R1_SHA256),
-    3: (Hash.SHA256, SignatureScheme.ED25519),
-    4: (Hash.SHA512, SignatureScheme.ED448),
-    5: (Hash.SHA512, SignatureScheme.ECDSA_SECP521R1_SHA512),
-    6: (Hash.SHA512, SignatureScheme.ED448),
-    7: (Hash.SHA384, SignatureScheme.ECDSA_SECP384R1_SHA384),
-}
-
-
 def public_suite(suite_id: int) -> PublicSuite:
     """The suite ``suite_id``; raises :class:`UnsupportedCipherSuite` for one we lack."""
     try:
-        hash_, scheme = _SUITES[suite_id]
-    except KeyError:
-        raise UnsupportedCipherSuite(f"unsupported MLS cipher suite {suite_id:#06x}") from None
+        _, hash_, scheme = suite_entry(suite_id)
+    except UnsupportedError as exc:
+        raise UnsupportedCipherSuite(str(exc)) from None
     return PublicSuite(suite_id, hash_, scheme)
 
 

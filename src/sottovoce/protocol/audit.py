@@ -65,8 +65,8 @@ the whole chain, for whoever needs every entry to hold (an exported trail).
 
 This module is deliberately importable by the server: it depends on the codec, the
 signature schemes and the hash/KDF only, never on AEAD, HPKE or ``mls`` (a test
-checks). The suite id → (signature scheme, hash) table below mirrors
-``crypto.suite`` and a test keeps the two equal.
+checks). A suite id's signature scheme and hash come from
+:mod:`sottovoce.crypto.mls_suites`, the table ``crypto.suite`` is built on too.
 """
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ import hmac as _hmac
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
+from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.crypto.sign import SignatureScheme, SigningKey, VerifyKey
 from sottovoce.errors import (
     DecodeError,
@@ -98,9 +99,6 @@ from sottovoce.limits import (
 )
 from sottovoce.protocol.fields import ID_RE
 from sottovoce.secret import Secret
-
-if TYPE_CHECKING:  # only for annotations: importing suite would pull HPKE/AEAD in
-    from sottovoce.crypto.suite import CipherSuite
 
 __all__ = [
     "AUDIT_VERSION",
@@ -130,18 +128,6 @@ _HASH_DOMAIN = b"sottovoce audit entry hash v1"
 _SIGN_LABEL = b"sottovoce audit entry"  # SignWithLabel prefixes "MLS 1.0 "
 _BINDING_LABEL = b"sottovoce audit binding"  # ExpandWithLabel prefixes "MLS 1.0 "
 _MLS_LABEL_PREFIX = b"MLS 1.0 "  # RFC 9420 §5.1.2 / §8
-
-# RFC 9420 §17.1 suite id -> (signature scheme, KDF hash). Mirrors crypto.suite._TABLE
-# without importing it (that module pulls in HPKE and AEAD, which the server must not load).
-_SUITES: dict[int, tuple[SignatureScheme, Hash]] = {
-    1: (SignatureScheme.ED25519, Hash.SHA256),
-    2: (SignatureScheme.ECDSA_SECP256R1_SHA256, Hash.SHA256),
-    3: (SignatureScheme.ED25519, Hash.SHA256),
-    4: (SignatureScheme.ED448, Hash.SHA512),
-    5: (SignatureScheme.ECDSA_SECP521R1_SHA512, Hash.SHA512),
-    6: (SignatureScheme.ED448, Hash.SHA512),
-    7: (SignatureScheme.ECDSA_SECP384R1_SHA384, Hash.SHA384),
-}
 
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
@@ -204,10 +190,8 @@ def _check_uint(value: int, maximum: int, what: str) -> None:
 
 
 def _scheme_and_hash(suite_id: int) -> tuple[SignatureScheme, Hash]:
-    try:
-        return _SUITES[suite_id]
-    except KeyError:
-        raise UnsupportedError(f"unsupported MLS cipher suite {suite_id:#06x}") from None
+    _, hash_, scheme = suite_entry(suite_id)
+    return scheme, hash_
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -444,7 +428,7 @@ def _sign_content(content: bytes) -> bytes:
 def make_entry(
     *,
     signing_key: SigningKey,
-    suite: int | CipherSuite,
+    suite: int | PublicSuite,
     prev: bytes | None,
     room_id: str,
     epoch: int,
