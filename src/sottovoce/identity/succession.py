@@ -250,7 +250,8 @@ def resolve(genesis: Genesis, statements: Iterable[Statement], *, now_ms: int) -
     revoked = {
         s.device_id
         for s in valid
-        if isinstance(s, RevocationStatement) and s.account_key == head and _revocation_ok(s, head)
+        if isinstance(s, RevocationStatement) and s.account_key == head
+        and signed_revocation(s, head)
     }
     devices = []
     for s in valid:
@@ -265,7 +266,8 @@ def resolve(genesis: Genesis, statements: Iterable[Statement], *, now_ms: int) -
                      devices=tuple(devices), forked=forked)
 
 
-def _revocation_ok(s: RevocationStatement, key: bytes) -> bool:
+def signed_revocation(s: RevocationStatement, key: bytes) -> bool:
+    """Whether ``key`` signed the revocation ``s``."""
     try:
         s.verify(account_key=key)
     except IdentityError:
@@ -322,6 +324,17 @@ def recovery_key_from_code(code: str, *, username: str) -> AccountKey:
     seed = Argon2id(salt=salt, length=32, iterations=2, lanes=1,
                     memory_cost=19 * 1024).derive(secret.expose())
     return AccountKey(seed)
+
+
+_KINDS: dict[type, str] = {
+    Succession: "succession", Recovery: "recovery",
+    DeviceCertificate: "certificate", RevocationStatement: "revocation",
+}
+
+
+def kind_of(statement: Statement) -> str:
+    """The kind name a statement is sent and stored under (see :func:`decode_statement`)."""
+    return _KINDS[type(statement)]
 
 
 def decode_statement(kind: str, data: bytes) -> Statement:
