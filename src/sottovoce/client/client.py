@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sottovoce.client.account_keys import (
+    Rotation,
+    recertify,
+    recover,
+    revoke_by_succession,
+    to_wire,
+)
 from sottovoce.client.call_payloads import decode_signals
 from sottovoce.client.connection import (
     ConnectedInfo,
@@ -69,13 +76,13 @@ from sottovoce.client.store import (
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
-    RevocationStatement,
     SafetyNumber,
     safety_number,
     validate_device_id,
     validate_username,
 )
-from sottovoce.limits import CLIENT_INBOX_BATCH
+from sottovoce.identity.succession import new_recovery_code, recovery_key_from_code
+from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH
 from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
@@ -140,6 +147,9 @@ class Client:
     ) -> None:
         self._store = store
         self.identity = identity
+        #: The printed recovery code of a new account: set by :meth:`create_account` only,
+        #: to be shown once; never stored.
+        self.recovery_code: Secret | None = None
         self.username = identity.username
         self.device_id = identity.device_id
         self._connector = connector
@@ -236,9 +246,14 @@ class Client:
         identity, olm = LocalIdentity.new(
             username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes
         )
-        return await cls._enroll(
-            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False
+        code = new_recovery_code(secrets.token_bytes)
+        rk = recovery_key_from_code(code.expose().decode(), username=username)
+        client = await cls._enroll(
+            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
+            recovery_key=rk.public,
         )
+        client.recovery_code = code  # shown once by the caller, never stored
+        return client
 
     async def add_device(
         self,
@@ -290,6 +305,7 @@ class Client:
         connect: bool,
         *,
         add: bool,
+        recovery_key: bytes | None = None,
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -300,7 +316,8 @@ class Client:
                 store.put_secret_sealed(
                     "olm_account", olm.seal(store.storage_key, secrets.token_bytes)
                 )
-            await register_device(url, identity, add=add, connector=connector)
+            await register_device(url, identity, add=add, connector=connector,
+                                  recovery_key=recovery_key)
             store.set_flag("registered")
         except BaseException:
             store.close()
@@ -477,6 +494,7 @@ class Client:
 
     async def _maintenance(self) -> None:
         try:
+            await self._renew_if_due()
             await self.ensure_prekeys()
             await self.rooms.ensure_key_packages()
             if not self._directory.looked_up(self.username):
@@ -500,22 +518,84 @@ class Client:
         await self._prekeys.ensure()
 
     async def revoke_device(self, device_id: str) -> None:
-        """Revoke another device of this account (a statement signed by the account key).
+        """Revoke another device of this account, which may hold the account key: the
+        account key is succeeded by a new one (signed by both), every other device is
+        certified again under it and the device is revoked, in one upload.
 
-        The server stops routing to it at once and asks every room it is in to
-        remove it (members commit the Remove).
+        The server closes the device's connections at once, asks every room it is in to
+        remove it, and from then on refuses anything signed by the old key; contacts
+        follow the succession on their next lookup (``KeysChanged``).
         """
         validate_device_id(device_id)
         if device_id == self.device_id:
             raise UsageError("revoke this device from another device of the account")
-        statement = RevocationStatement.issue(
-            self.identity.account_key, username=self.username, device_id=device_id, now_ms=now_ms()
-        )
-        await self._conn.request(
-            ev.RevokeDevice(revocation=statement.encode()), frozenset({ev.DEVICE_REVOKED})
-        )
         self._directory.forget(self.username)
         await self._directory.lookup(self.username)
+        own = self._sessions.contact(self.username)
+        if own is None or device_id not in own.certificates:
+            raise UsageError(f"this account has no active device '{device_id}'")
+        rotation = revoke_by_succession(
+            self.identity.account_key, self.identity.certificate, own.certificates.values(),
+            device_id, now_ms=now_ms(), rng=secrets.token_bytes,
+        )
+        await self._conn.request(
+            ev.AccountStatements(statements=to_wire(rotation.statements)),
+            frozenset({ev.ACCOUNT_HEAD}),
+        )
+        await self._adopt(rotation)
+
+    async def recover_account(self, code: str) -> Secret:
+        """Take the account back with its printed recovery code (from this device, even a
+        revoked one): a new account key and recovery key, signed by the code's key, which
+        cancel every statement made with an account key alone since the last recovery.
+        Returns the new recovery code (the old one is used up). Other devices of the
+        account must be linked again."""
+        rotation, new_code = recover(code, self.identity.certificate, now_ms=now_ms(),
+                                     rng=secrets.token_bytes)
+        await self._relogin(rotation)
+        return new_code
+
+    async def renew_certificate(self) -> None:
+        """A fresh certificate for this device under the current account key (the same
+        device keys); works after expiry too, through a login of its own."""
+        cert = recertify(self.identity.account_key, [self.identity.certificate],
+                         now_ms=now_ms())[0]
+        await self._relogin(Rotation(account_key=self.identity.account_key,
+                                     statements=(cert,), certificate=cert))
+
+    async def _relogin(self, rotation: Rotation) -> None:
+        """Send ``rotation`` on a login of its own (``device.add`` with statements), which
+        works for a revoked or expired device too, and adopt it; the connection (started
+        after, or reconnecting) logs in under the new certificate."""
+        renewed = dataclasses.replace(self.identity, account_key=rotation.account_key,
+                                      certificate=rotation.certificate)
+        await register_device(ws_url(self.identity.server_url), renewed, add=True,
+                              connector=self._connector, statements=to_wire(rotation.statements))
+        await self._adopt(rotation)
+
+    async def _renew_if_due(self) -> None:
+        """Renew this device's certificate while it is still valid, once it is close to
+        expiry (checked on every connect)."""
+        if self.identity.certificate.expires_at_ms - now_ms() > CERT_RENEW_BEFORE_MS:
+            return
+        cert = recertify(self.identity.account_key, [self.identity.certificate],
+                         now_ms=now_ms())[0]
+        await self._conn.request(
+            ev.AccountStatements(statements=to_wire([cert])), frozenset({ev.ACCOUNT_HEAD})
+        )
+        await self._adopt(Rotation(account_key=self.identity.account_key, statements=(cert,),
+                                   certificate=cert))
+
+    async def _adopt(self, rotation: Rotation) -> None:
+        """Keep the new account key and certificate, and look our own account up again."""
+        self.identity = dataclasses.replace(
+            self.identity, account_key=rotation.account_key, certificate=rotation.certificate
+        )
+        with self._store.transaction():
+            self._store.put_secret("identity", self.identity.encode())
+        self._directory.forget(self.username)
+        if self._conn.is_up:
+            await self._directory.lookup(self.username)
 
     async def delete_account(self) -> None:
         """Delete this account on the server, for every device (signed by the account key).

@@ -38,6 +38,7 @@ from sottovoce.server.errors import WireFailure
 from sottovoce.server.storage.base import (
     AccountRecord,
     Applied,
+    StaleStatement,
     StatementsFull,
     Storage,
     UnknownAccount,
@@ -102,14 +103,10 @@ def _self_consistent(st: Statement) -> bool:
     return True
 
 
-def is_chain(st: Statement) -> bool:
-    return isinstance(st, Succession | Recovery)
-
-
-def signer(st: Statement) -> bytes:
-    """The account key a certificate or revocation is signed by (a succession's: the old)."""
-    return st.old_key if isinstance(st, Succession) else (
-        st.recovery_key if isinstance(st, Recovery) else st.account_key)
+_STALE = {
+    "account_forked": "two successions of one account key: only the recovery code settles it",
+    "stale_account_key": "signed by an account key that no longer rules this account",
+}
 
 
 class AccountKeys:
@@ -123,27 +120,8 @@ class AccountKeys:
     async def apply(self, user: str, statements: Sequence[Statement], now_ms: int,
                     *, skip: Any = None) -> AccountRecord:
         """Keep ``statements`` (decoded and checked) and act on the result; returns the
-        account as it now stands. Certificates and revocations must be signed by the key
-        that rules once the chain statements among them are counted."""
-        chain = [s for s in statements if is_chain(s)]
-        rest = [s for s in statements if not is_chain(s)]
-        if chain:
-            await self._store(user, chain, now_ms, skip)
-        if rest:
-            rec = await self._directory.account(user)
-            if rec is None:
-                raise WireFailure("unauthorized", "account no longer exists")
-            if rec.forked:
-                raise WireFailure(
-                    "account_forked",
-                    "two successions of one account key: only the recovery code can settle it",
-                )
-            if any(signer(s) != rec.account_key for s in rest):
-                raise WireFailure(
-                    "stale_account_key",
-                    "signed by an account key that no longer rules this account",
-                )
-            await self._store(user, rest, now_ms, skip)
+        account as it now stands."""
+        await self._store(user, statements, now_ms, skip)
         rec = await self._directory.account(user)
         if rec is None:
             raise WireFailure("unauthorized", "account no longer exists")
@@ -155,6 +133,8 @@ class AccountKeys:
             applied = await self._storage.apply_statements(user, statements, now_ms)
         except UnknownAccount:
             raise WireFailure("unauthorized", "account no longer exists") from None
+        except StaleStatement as exc:
+            raise WireFailure(str(exc), _STALE[str(exc)]) from None
         except StatementsFull:
             raise WireFailure(
                 "too_many_statements", "this account keeps no more statements; "

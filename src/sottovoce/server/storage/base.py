@@ -47,6 +47,11 @@ class StatementsFull(RemoteError):
     pass
 
 
+class StaleStatement(RemoteError):
+    """A certificate or revocation not signed by the ruling account key; the message is
+    the wire error code (``stale_account_key``, or ``account_forked``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
     device_id: str
@@ -218,7 +223,7 @@ class Storage(abc.ABC):
         self, user_id: str, statements: Sequence[Statement], now_ms: int
     ) -> Applied:
         """Keep the account's new signed statements and resolve it (storage/statements.py).
-        Raises :class:`UnknownAccount`, :class:`StatementsFull`."""
+        Raises :class:`UnknownAccount`, :class:`StatementsFull`, :class:`StaleStatement`."""
 
     @abc.abstractmethod
     async def account_chain(self, user_id: str) -> tuple[Genesis, list[Statement]] | None:

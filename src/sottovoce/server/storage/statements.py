@@ -22,13 +22,19 @@ from sottovoce.identity.succession import (
     Genesis,
     Recovery,
     Statement,
+    Succession,
     decode_statement,
     kind_of,
     resolve,
     signed_revocation,
 )
 from sottovoce.server.storage.accounts import DEVICE_OWNED
-from sottovoce.server.storage.base import Applied, StatementsFull, UnknownAccount
+from sottovoce.server.storage.base import (
+    Applied,
+    StaleStatement,
+    StatementsFull,
+    UnknownAccount,
+)
 from sottovoce.server.storage.txn import DevId, Txn, blob, execute, one, rows
 
 
@@ -56,16 +62,29 @@ def load(user: str) -> Txn[tuple[Genesis, list[Statement]] | None]:
 def apply_statements(
     user: str, new: Sequence[Statement], now: int, cap: int
 ) -> Txn[Applied]:
-    """Keep ``new`` (each already decoded and checked for ``user``), resolve the account
-    and bring its key and devices in line. Raises :class:`UnknownAccount`, and
-    :class:`StatementsFull` when ``cap`` statements are kept (recoveries pass)."""
+    """Keep ``new`` (each already decoded and checked for ``user`` by its own signatures),
+    resolve the account and bring its key and devices in line.
+
+    Successions and recoveries are kept whatever they say; certificates and revocations
+    only if signed by the key that rules once the successions among ``new`` are counted
+    (else :class:`StaleStatement`, and nothing is kept). Raises :class:`UnknownAccount`,
+    and :class:`StatementsFull` when ``cap`` statements are kept (recoveries pass)."""
     yield one("SELECT 1 FROM accounts WHERE user_id=? FOR UPDATE", user)
     loaded = yield from load(user)
     if loaded is None:
         raise UnknownAccount("no such account")
     genesis, statements = loaded
+    chain = [s for s in new if isinstance(s, Succession | Recovery)]
+    rest = [s for s in new if not isinstance(s, Succession | Recovery)]
+    if rest:
+        ruling = resolve(genesis, [*statements, *chain], now_ms=now)
+        if ruling.forked:
+            raise StaleStatement("account_forked")
+        if any(s.account_key != ruling.account_key for s in rest
+               if isinstance(s, DeviceCertificate | RevocationStatement)):
+            raise StaleStatement("stale_account_key")
     count = len(statements)
-    for st in new:
+    for st in (*chain, *rest):
         if count >= cap and not isinstance(st, Recovery):
             raise StatementsFull("this account keeps no more statements")
         if (yield execute(
