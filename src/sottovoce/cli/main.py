@@ -28,13 +28,14 @@ COMMAND_MODULES = (
     "sottovoce.cli.demo",
     "sottovoce.cli.server_cmd",
     "sottovoce.cli.client_cmd",
+    "sottovoce.cli.revoke_cmd",
     "sottovoce.cli.room_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.audit_cmd",
 )
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
-_SECRET_ARGS = ("text", "token")
+_SECRET_ARGS = ("text", "token", "code")
 
 
 def _add_debug(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -81,7 +81,7 @@ from sottovoce.identity import (
     validate_device_id,
     validate_username,
 )
-from sottovoce.identity.succession import new_recovery_code, recovery_key_from_code
+from sottovoce.identity.succession import Recovery, new_recovery_code, recovery_key_from_code
 from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH
 from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
@@ -255,6 +255,36 @@ class Client:
         client.recovery_code = code  # shown once by the caller, never stored
         return client
 
+    @classmethod
+    async def recover_on_new_device(
+        cls,
+        server_url: str,
+        username: str,
+        data_dir: str | os.PathLike[str],
+        passphrase: str | bytes,
+        code: str,
+        *,
+        kdf: KdfParams | None = None,
+        connector: Connector = websocket_connector,
+    ) -> tuple[Client, Secret]:
+        """Take ``username`` back on a new device with its printed recovery code: a new
+        account key (certifying this device) and a new recovery key, signed by the code's
+        key. Returns the connected client and the new recovery code."""
+        validate_username(username)
+        rk = recovery_key_from_code(code, username=username)
+        identity, olm = LocalIdentity.new(
+            username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes
+        )
+        new_code = new_recovery_code(secrets.token_bytes)
+        new_rk = recovery_key_from_code(new_code.expose().decode(), username=username)
+        recovery = Recovery.issue(rk, identity.account_key, new_rk, username=username,
+                                  now_ms=now_ms())
+        client = await cls._enroll(
+            ws_url(server_url), identity, olm, data_dir, passphrase, kdf, connector, True,
+            add=True, statements=to_wire([recovery, identity.certificate]),
+        )
+        return client, new_code
+
     async def add_device(
         self,
         data_dir: str | os.PathLike[str],
@@ -306,6 +336,7 @@ class Client:
         *,
         add: bool,
         recovery_key: bytes | None = None,
+        statements: tuple[ev.SignedStatement, ...] = (),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -317,7 +348,7 @@ class Client:
                     "olm_account", olm.seal(store.storage_key, secrets.token_bytes)
                 )
             await register_device(url, identity, add=add, connector=connector,
-                                  recovery_key=recovery_key)
+                                  recovery_key=recovery_key, statements=statements)
             store.set_flag("registered")
         except BaseException:
             store.close()
