@@ -38,7 +38,6 @@ from sottovoce.server.errors import WireFailure
 from sottovoce.server.storage.base import (
     AccountRecord,
     Applied,
-    StaleStatement,
     StatementsFull,
     Storage,
     UnknownAccount,
@@ -133,8 +132,6 @@ class AccountKeys:
             applied = await self._storage.apply_statements(user, statements, now_ms)
         except UnknownAccount:
             raise WireFailure("unauthorized", "account no longer exists") from None
-        except StaleStatement as exc:
-            raise WireFailure(str(exc), _STALE[str(exc)]) from None
         except StatementsFull:
             raise WireFailure(
                 "too_many_statements", "this account keeps no more statements; "
@@ -148,6 +145,8 @@ class AccountKeys:
             text = frame(DEVICE_REVOKED, {"deviceId": device})
             self._presence.revoked((user, device), text)
             self._presence.notify_user(user, text, skip=skip)
+        if applied.refused is not None:
+            raise WireFailure(applied.refused, _STALE[applied.refused])
         return applied
 
 

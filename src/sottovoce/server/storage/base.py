@@ -47,11 +47,6 @@ class StatementsFull(RemoteError):
     pass
 
 
-class StaleStatement(RemoteError):
-    """A certificate or revocation not signed by the ruling account key; the message is
-    the wire error code (``stale_account_key``, or ``account_forked``)."""
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
     device_id: str
@@ -94,6 +89,9 @@ class Applied:
     revoked: tuple[str, ...]
     #: Their internal ids: the engine forgets what it cached of their inboxes.
     devs: tuple[int, ...]
+    #: Why the certificates and revocations were not kept (``stale_account_key``: not
+    #: signed by the ruling key; ``account_forked``), or None.
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +221,8 @@ class Storage(abc.ABC):
         self, user_id: str, statements: Sequence[Statement], now_ms: int
     ) -> Applied:
         """Keep the account's new signed statements and resolve it (storage/statements.py).
-        Raises :class:`UnknownAccount`, :class:`StatementsFull`, :class:`StaleStatement`."""
+        Raises :class:`UnknownAccount`, :class:`StatementsFull`; :attr:`Applied.refused`
+        names a refusal."""
 
     @abc.abstractmethod
     async def account_chain(self, user_id: str) -> tuple[Genesis, list[Statement]] | None:

@@ -31,7 +31,6 @@ from sottovoce.identity.succession import (
 from sottovoce.server.storage.accounts import DEVICE_OWNED
 from sottovoce.server.storage.base import (
     Applied,
-    StaleStatement,
     StatementsFull,
     UnknownAccount,
 )
@@ -65,10 +64,11 @@ def apply_statements(
     """Keep ``new`` (each already decoded and checked for ``user`` by its own signatures),
     resolve the account and bring its key and devices in line.
 
-    Successions and recoveries are kept whatever they say; certificates and revocations
-    only if signed by the key that rules once the successions among ``new`` are counted
-    (else :class:`StaleStatement`, and nothing is kept). Raises :class:`UnknownAccount`,
-    and :class:`StatementsFull` when ``cap`` statements are kept (recoveries pass)."""
+    Successions and recoveries are kept whatever they say (a second succession of one key
+    is a fork, and freezes the account); certificates and revocations only if signed by
+    the key that rules once those are counted, else none of them is kept and
+    :attr:`Applied.refused` says why. Raises :class:`UnknownAccount`, and
+    :class:`StatementsFull` when ``cap`` statements are kept (recoveries pass)."""
     yield one("SELECT 1 FROM accounts WHERE user_id=? FOR UPDATE", user)
     loaded = yield from load(user)
     if loaded is None:
@@ -76,31 +76,25 @@ def apply_statements(
     genesis, statements = loaded
     chain = [s for s in new if isinstance(s, Succession | Recovery)]
     rest = [s for s in new if not isinstance(s, Succession | Recovery)]
+    kept = yield from _keep(user, statements, chain, now, cap)
+    refused = None
     if rest:
-        ruling = resolve(genesis, [*statements, *chain], now_ms=now)
+        ruling = resolve(genesis, kept, now_ms=now)
         if ruling.forked:
-            raise StaleStatement("account_forked")
-        if any(s.account_key != ruling.account_key for s in rest
-               if isinstance(s, DeviceCertificate | RevocationStatement)):
-            raise StaleStatement("stale_account_key")
-    count = len(statements)
-    for st in (*chain, *rest):
-        if count >= cap and not isinstance(st, Recovery):
-            raise StatementsFull("this account keeps no more statements")
-        if (yield execute(
-            "INSERT INTO account_statements(user_id, kind, body, received_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            user, kind_of(st), st.encode(), now,
-        )):
-            statements.append(st)
-            count += 1
-    head = resolve(genesis, statements, now_ms=now)
+            refused = "account_forked"
+        elif any(s.account_key != ruling.account_key for s in rest
+                 if isinstance(s, DeviceCertificate | RevocationStatement)):
+            refused = "stale_account_key"
+        else:
+            kept = yield from _keep(user, kept, rest, now, cap)
+    head = resolve(genesis, kept, now_ms=now)
     yield execute("UPDATE accounts SET account_key=?, forked=? WHERE user_id=?",
                   head.account_key, int(head.forked), user)
     if head.forked:
-        return Applied(head=head, revoked=(), devs=())  # frozen: nothing moves until settled
+        # frozen: nothing moves until settled
+        return Applied(head=head, revoked=(), devs=(), refused=refused)
     newest: dict[str, DeviceCertificate] = {}
-    for c in certified(head, statements, user):
+    for c in certified(head, kept, user):
         have = newest.get(c.device_id)
         if have is None or (c.expires_at_ms, c.encode()) > (have.expires_at_ms, have.encode()):
             newest[c.device_id] = c
@@ -131,7 +125,24 @@ def apply_statements(
             "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
             user, device_id, cert.encode(), now,
         )
-    return Applied(head=head, revoked=tuple(revoked), devs=tuple(devs))
+    return Applied(head=head, revoked=tuple(revoked), devs=tuple(devs), refused=refused)
+
+
+def _keep(
+    user: str, statements: list[Statement], new: Sequence[Statement], now: int, cap: int
+) -> Txn[list[Statement]]:
+    """``statements`` and those of ``new`` that were not kept yet, now kept."""
+    kept = list(statements)
+    for st in new:
+        if len(kept) >= cap and not isinstance(st, Recovery):
+            raise StatementsFull("this account keeps no more statements")
+        if (yield execute(
+            "INSERT INTO account_statements(user_id, kind, body, received_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            user, kind_of(st), st.encode(), now,
+        )):
+            kept.append(st)
+    return kept
 
 
 def certified(head: ChainHead, statements: Sequence[Statement], user: str
