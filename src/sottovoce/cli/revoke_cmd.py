@@ -100,7 +100,7 @@ def cmd_account_recover(args: argparse.Namespace) -> int:
     print("other devices of the account are signed out: link them again.")
     for line in recovery_lines(new_code):
         print(line)
-    print("the code you used is spent.")
+    print("from now on only the new code recovers the account: keep it where you kept the old.")
     return 0
 
 
@@ -198,7 +198,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "an account key loses the account, whatever order things happened in. Without "
             "NAME it recovers the account in the data directory (even a revoked device); "
             "with NAME and --server it makes a new device for it in a new data directory. "
-            "Prints a new recovery code: the one used is spent."
+            "Prints a new recovery code, which replaces the one used."
         ),
         example=(
             f"  {command_name()} account recover --code 7K3Q-... --data-dir ~/.sottovoce-alice\n"

@@ -209,6 +209,7 @@ class Client:
             ev.DEVICE_ADDED: self._on_own_devices_changed,
             ev.DEVICE_REVOKED: self._on_own_devices_changed,
             ev.ACCOUNT_DELETED: self._on_account_deleted,
+            ev.KEYS_CHANGED: self._on_keys_changed,
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
             pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
         }
@@ -774,6 +775,20 @@ class Client:
         # Another device of ours deleted the account; the server closes us next (4002).
         self._mark_deleted()
         self._emit(ErrorEvent(code="account_deleted", message="this account was deleted"))
+
+    def _on_keys_changed(self, _: str | None, data: dict[str, Any]) -> None:
+        """A correspondent's account key changed: follow its chain now (``KeysChanged``,
+        or the fork's error), not at the next send."""
+        username = data.get("username")
+        if isinstance(username, str) and self._sessions.contact(username) is not None:
+            self._directory.forget(username)
+            self._spawn(self._follow(username))
+
+    async def _follow(self, username: str) -> None:
+        try:
+            await self._directory.lookup(username)
+        except SottovoceError as exc:
+            self._emit_error(exc)
 
     async def _refresh_self(self) -> None:
         with contextlib.suppress(SottovoceError):

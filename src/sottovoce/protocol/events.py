@@ -490,6 +490,8 @@ DEVICE_ADDED = "sottovoce.device.added"
 DEVICE_REVOKED = "sottovoce.device.revoked"
 ACCOUNT_DELETED = "sottovoce.account.deleted"
 ACCOUNT_HEAD = "sottovoce.account.head"
+#: To the correspondents of an account whose account key changed: look it up again.
+KEYS_CHANGED = "sottovoce.keys.changed"
 PUSH_REGISTERED = "sottovoce.push.registered"
 
 

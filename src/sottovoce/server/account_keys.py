@@ -33,7 +33,7 @@ from sottovoce.identity.succession import (
     kind_of,
     signed_revocation,
 )
-from sottovoce.protocol.events import DEVICE_REVOKED, SignedStatement, b64, frame
+from sottovoce.protocol.events import DEVICE_REVOKED, KEYS_CHANGED, SignedStatement, b64, frame
 from sottovoce.server.errors import WireFailure
 from sottovoce.server.storage.base import (
     AccountRecord,
@@ -128,6 +128,7 @@ class AccountKeys:
 
     async def _store(self, user: str, statements: Sequence[Statement], now_ms: int,
                      skip: Any) -> Applied:
+        before = await self._directory.account(user)
         try:
             applied = await self._storage.apply_statements(user, statements, now_ms)
         except UnknownAccount:
@@ -138,6 +139,13 @@ class AccountKeys:
                 "only a recovery is accepted"
             ) from None
         await self._directory.refresh(user)
+        head = applied.head
+        if before is None or (before.account_key, before.forked) != (head.account_key,
+                                                                     head.forked):
+            # Its contacts look it up again and follow the chain (or learn of the fork).
+            text = frame(KEYS_CHANGED, {"username": user})
+            for peer in await self._storage.correspondents(user):
+                self._presence.notify_user(peer, text)
         self._log.info("account.statements", userId=user, count=len(statements),
                        forked=applied.head.forked, revoked=len(applied.revoked))
         for device in applied.revoked:

@@ -229,6 +229,10 @@ class Storage(abc.ABC):
         """The genesis keys and the succession and recovery statements of a live account."""
 
     @abc.abstractmethod
+    async def correspondents(self, user_id: str) -> list[str]:
+        """The accounts that exchanged 1:1 messages with ``user_id``."""
+
+    @abc.abstractmethod
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         """Delete an account in one transaction; returns the device ids it revoked.
 

@@ -124,6 +124,9 @@ class SharedStorage(Storage, Engine):
     async def account_chain(self, user_id: str) -> tuple[Genesis, list[Statement]] | None:
         return await self._read_op(statements_ops.genesis_of, user_id)
 
+    async def correspondents(self, user_id: str) -> list[str]:
+        return await self._read_op(statements_ops.correspondents, user_id)
+
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         active, _ = await self._write_op(
             accounts.delete_account, user_id, now_ms,

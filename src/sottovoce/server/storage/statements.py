@@ -173,3 +173,13 @@ def genesis_of(user: str) -> Txn[tuple[Genesis, list[Statement]] | None]:
     genesis, statements = loaded
     return genesis, [s for s in statements if kind_of(s) in ("succession", "recovery")]
 
+
+
+def correspondents(user: str) -> Txn[list[str]]:
+    """The accounts that wrote to ``user`` or were written to by it: who to tell that its
+    keys changed."""
+    found = yield rows(
+        "SELECT peer FROM correspondents WHERE user_id=? "
+        "UNION SELECT user_id FROM correspondents WHERE peer=?", user, user,
+    )
+    return sorted({str(r[0]) for r in found} - {user})
