@@ -41,6 +41,7 @@ from sottovoce.identity.succession import (
     Succession,
     follow,
 )
+from sottovoce.kt.map import ChangeKind
 from sottovoce.pairwise import OlmAccount
 from sottovoce.protocol.events import b64
 from sottovoce.server.account_keys import chain_data
@@ -249,6 +250,24 @@ async def test_the_old_key_certifies_and_revokes_nothing_after_a_succession(
         assert applied.refused == "stale_account_key"
     rec = await storage.get_account("erin")
     assert rec is not None and [d.device_id for d in rec.active()] == ["phone"]
+
+
+async def test_each_change_says_what_the_transparency_log_is_to_record(
+    storage: SqliteStorage, contact: SessionManager
+) -> None:
+    story = Story("hank")
+    await _play(storage, contact, story, ())
+    applied = await storage.apply_statements("hank", story.first, NOW)
+    assert applied.change is None  # nothing new
+    renewal = story.cert(story.ak0, "phone", story.phone, 3)
+    applied = await storage.apply_statements("hank", [renewal], NOW)
+    assert applied.change is ChangeKind.DEVICE_ADDED
+    revocation = story.revoke(story.ak0, "laptop")
+    assert (await storage.apply_statements("hank", [revocation], NOW)).change is (
+        ChangeKind.DEVICE_REVOKED)
+    kinds = [(await storage.apply_statements("hank", story.bundles[e], NOW)).change
+             for e in ("owner", "thief", "recovery")]
+    assert kinds == [ChangeKind.SUCCESSION, ChangeKind.SUCCESSION, ChangeKind.RECOVERY]
 
 
 async def test_a_contact_refuses_a_key_that_does_not_descend_from_the_pinned_one(

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from sottovoce.errors import RemoteError
 from sottovoce.identity.succession import ChainHead, Genesis, Statement
+from sottovoce.kt.map import ChangeKind
 
 
 class UsernameTaken(RemoteError):
@@ -92,6 +93,8 @@ class Applied:
     #: Why the certificates and revocations were not kept (``stale_account_key``: not
     #: signed by the ruling key; ``account_forked``), or None.
     refused: str | None = None
+    #: What the key-transparency log is to record of it (storage/statements.py), or None.
+    change: ChangeKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from sottovoce.identity.succession import (
     resolve,
     signed_revocation,
 )
+from sottovoce.kt.map import ChangeKind
 from sottovoce.server.storage.accounts import DEVICE_OWNED
 from sottovoce.server.storage.base import (
     Applied,
@@ -74,6 +75,7 @@ def apply_statements(
     if loaded is None:
         raise UnknownAccount("no such account")
     genesis, statements = loaded
+    prior = resolve(genesis, statements, now_ms=now)
     chain = [s for s in new if isinstance(s, Succession | Recovery)]
     rest = [s for s in new if not isinstance(s, Succession | Recovery)]
     kept = yield from _keep(user, statements, chain, now, cap)
@@ -92,7 +94,8 @@ def apply_statements(
                   head.account_key, int(head.forked), user)
     if head.forked:
         # frozen: nothing moves until settled
-        return Applied(head=head, revoked=(), devs=(), refused=refused)
+        return Applied(head=head, revoked=(), devs=(), refused=refused,
+                       change=_change(prior, head, False, False))
     newest: dict[str, DeviceCertificate] = {}
     for c in certified(head, kept, user):
         have = newest.get(c.device_id)
@@ -103,6 +106,7 @@ def apply_statements(
     )
     revoked: list[str] = []
     devs: list[int] = []
+    recertified = False
     for device_id, cert_raw, revoked_at in existing:
         cert: DeviceCertificate | None = newest.pop(str(device_id), None)
         if cert is None:
@@ -116,16 +120,34 @@ def apply_statements(
                 revoked.append(str(device_id))
                 devs.append(int(dev))
         elif revoked_at is not None or blob(cert_raw) != cert.encode():
+            recertified = True
             yield execute(
                 "UPDATE devices SET certificate=?, revoked_at=NULL WHERE user_id=? AND device_id=?",
                 cert.encode(), user, str(device_id),
             )
+    added = bool(newest)
     for device_id, cert in sorted(newest.items()):
         yield execute(
             "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?)",
             user, device_id, cert.encode(), now,
         )
-    return Applied(head=head, revoked=tuple(revoked), devs=tuple(devs), refused=refused)
+    change = _change(prior, head, bool(revoked), added or recertified)
+    # Key transparency: the change is to be appended to the log here, in this transaction
+    # (the log's storage: ``record(writer, user, change, now, account_key=head.account_key,
+    # recovery_key=head.recovery_key)``); until then the caller gets ``change``.
+    return Applied(head=head, revoked=tuple(revoked), devs=tuple(devs), refused=refused,
+                   change=change)
+
+
+def _change(prior: ChainHead, head: ChainHead, revoked: bool, added: bool) -> ChangeKind | None:
+    """What a key-transparency log leaf would say of this change (None: nothing moved)."""
+    if head.recovery_key != prior.recovery_key:
+        return ChangeKind.RECOVERY
+    if (head.account_key, head.forked) != (prior.account_key, prior.forked):
+        return ChangeKind.SUCCESSION
+    if revoked:
+        return ChangeKind.DEVICE_REVOKED
+    return ChangeKind.DEVICE_ADDED if added else None
 
 
 def _keep(
