@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from sottovoce.errors import DecodeError, IdentityError
 from sottovoce.identity import RevocationStatement
@@ -66,10 +66,8 @@ def check_recovery_key(key: bytes | None, account_key: bytes) -> None:
     """A registration's recovery key: an Ed25519 public key other than the account key."""
     if key is None:
         return
-    try:
-        Ed25519PublicKey.from_public_bytes(key)
-    except ValueError:
-        raise WireFailure("invalid_recovery_key", "recovery key is not a public key") from None
+    if not crypto_core_ed25519_is_valid_point(key):  # on the curve, in the prime-order group
+        raise WireFailure("invalid_recovery_key", "recovery key is not a public key")
     if key == account_key:
         raise WireFailure("invalid_recovery_key", "recovery key must differ from the account key")
 
