@@ -27,6 +27,7 @@ from sottovoce.errors import SottovoceError
 from sottovoce.identity import AccountKey, RevocationStatement
 from sottovoce.identity.succession import AccountForked, Succession
 from sottovoce.protocol import events as ev
+from sottovoce.secret import Secret
 from tests.integration.client_helpers import PASSPHRASE, make_account, received
 from tests.integration.serverproc import ServerProcess
 
@@ -69,13 +70,18 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-async def test_a_thief_with_the_laptop_s_data_loses_everything_once_the_owner_acts(
-    server: ServerProcess, tmp_path: Path
-) -> None:
+async def _alice_and_bob(server: ServerProcess, tmp_path: Path) -> tuple[Client, Secret, Client]:
+    """alice's phone, the recovery code it printed, and bob."""
     phone = await make_account(server, "alice", tmp_path)
     code = phone.recovery_code
     assert code is not None
-    bob = await make_account(server, "bob", tmp_path)
+    return phone, code, await make_account(server, "bob", tmp_path)
+
+
+async def test_a_thief_with_the_laptop_s_data_loses_everything_once_the_owner_acts(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    phone, code, bob = await _alice_and_bob(server, tmp_path)
     laptop = await phone.add_device(tmp_path / "laptop", PASSPHRASE, kdf=TEST_KDF)
     bob_events = bob.events()
     phone_events = phone.events()
@@ -172,10 +178,7 @@ async def test_a_thief_with_the_laptop_s_data_loses_everything_once_the_owner_ac
 async def test_recovery_on_a_new_device_takes_the_account_back(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    phone = await make_account(server, "alice", tmp_path)
-    code = phone.recovery_code
-    assert code is not None
-    bob = await make_account(server, "bob", tmp_path)
+    phone, code, bob = await _alice_and_bob(server, tmp_path)
     await phone.close()
     try:
         fresh, new_code = await Client.recover_on_new_device(

@@ -41,7 +41,8 @@ from sottovoce.protocol.events import SignedStatement
 from sottovoce.secret import Secret
 
 
-def _b64(value: Any, what: str) -> bytes:
+def directory_b64(value: Any, what: str) -> bytes:
+    """A base64 field of a directory answer (``RemoteError`` naming ``what``)."""
     if not isinstance(value, str):
         raise RemoteError(f"directory {what} is not base64")
     try:
@@ -55,8 +56,8 @@ def served_genesis(username: str, data: dict[str, Any]) -> Genesis | None:
     raw = data.get("genesis")
     if not isinstance(raw, dict):
         return None
-    ak = _b64(raw.get("accountKey"), "genesis key")
-    rk = _b64(raw.get("recoveryKey", ""), "recovery key")
+    ak = directory_b64(raw.get("accountKey"), "genesis key")
+    rk = directory_b64(raw.get("recoveryKey", ""), "recovery key")
     if len(ak) != 32 or len(rk) not in (0, 32):
         raise RemoteError("directory genesis keys have the wrong length")
     return Genesis(username=username, account_key=ak, recovery_key=rk)
@@ -71,7 +72,8 @@ def served_chain(data: dict[str, Any]) -> list[Statement]:
         if not isinstance(item, dict) or item.get("kind") not in ("succession", "recovery"):
             continue
         try:
-            out.append(decode_statement(str(item["kind"]), _b64(item.get("data"), "statement")))
+            raw = directory_b64(item.get("data"), "statement")
+            out.append(decode_statement(str(item["kind"]), raw))
         except (DecodeError, RemoteError):
             continue
     return out

@@ -14,12 +14,10 @@ stores the message the change produced (check, then commit).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
-from sottovoce.client.account_keys import check_change, served_genesis
+from sottovoce.client.account_keys import check_change, directory_b64, served_genesis
 from sottovoce.client.store import Contact, Store
 from sottovoce.errors import (
     DecodeError,
@@ -36,15 +34,6 @@ from sottovoce.pairwise import OlmAccount, OlmEnvelope, PairwiseSession, PrekeyB
 from sottovoce.secret import Secret
 
 Device = tuple[str, str]  # (username, device id)
-
-
-def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise RemoteError(f"directory {what} is not base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RemoteError(f"directory {what} is not base64") from None
 
 
 class SessionManager:
@@ -100,7 +89,7 @@ class SessionManager:
         username = data.get("username")
         if not isinstance(username, str):
             raise RemoteError("directory result has no username")
-        account_key = _b64(data.get("accountKey"), "account key")
+        account_key = directory_b64(data.get("accountKey"), "account key")
         if len(account_key) != 32:
             raise RemoteError("directory account key has the wrong length")
         pinned = self.contact(username)
@@ -124,7 +113,8 @@ class SessionManager:
             if not isinstance(item, dict):
                 continue
             try:
-                cert = DeviceCertificate.decode(_b64(item.get("certificate"), "certificate"))
+                raw = directory_b64(item.get("certificate"), "certificate")
+                cert = DeviceCertificate.decode(raw)
                 cert.verify(
                     now_ms=now,
                     account_key=account_key,
