@@ -53,7 +53,7 @@ from sottovoce.identity import (
     RevocationStatement,
     validate_username,
 )
-from sottovoce.identity.succession import Statement, signed_revocation
+from sottovoce.identity.succession import Statement
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.private_files import private_dir, private_file, sqlite_files
 from sottovoce.protocol.events import (
@@ -741,12 +741,13 @@ class ServerApp:
     ) -> None:
         user, _ = session.key
         rec = await self._own_account(user)
+        if rec.forked:
+            raise WireFailure("account_forked", "the account is forked: recover it first")
         try:
             stmt = RevocationStatement.decode(ev.revocation)
-        except DecodeError as exc:
+            stmt.verify(account_key=rec.account_key, username=user)
+        except (DecodeError, IdentityError) as exc:
             raise WireFailure("invalid_revocation", str(exc)) from None
-        if stmt.username != user or not signed_revocation(stmt, stmt.account_key):
-            raise WireFailure("invalid_revocation", "revocation signature is invalid")
         if rec.device(stmt.device_id) is None:
             raise WireFailure("bad_request", "no such device")
         await self.account_keys.apply(user, [stmt], now_ms(), skip=session)
