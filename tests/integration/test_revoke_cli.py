@@ -1,7 +1,8 @@
-"""The commands of docs/threat-model.md §Stolen device through the real server:
-`account create` prints the recovery code once, `device revoke`, `account recover`
-(this device, or a new one), and certificates that renew themselves before they expire
-(an injected clock) or, once expired, with `device renew`, which the error names.
+"""The commands for a lost or stolen device (docs/threat-model.md §A stolen or seized device),
+through the real server: `account create` prints the recovery code once, `device revoke`,
+`account recover` (this device, or a new one), and certificates that renew themselves
+before they expire (an injected clock) or, once expired, with `device renew`, which the
+error names.
 """
 
 from __future__ import annotations

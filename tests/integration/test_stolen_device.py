@@ -1,4 +1,5 @@
-"""A stolen device, step by step, through the real server (docs/threat-model.md §Stolen device).
+"""A stolen device, step by step, through the real server
+(docs/threat-model.md §A stolen or seized device).
 
 The thief holds a full copy of the laptop's data directory (account key included) and
 its passphrase. The owner revokes the laptop from the phone, then, once the thief has

@@ -1,5 +1,6 @@
 """Commands that change who holds an account: `device revoke`, `device renew` and
-`account recover` (docs/protocol.md §Succession, docs/threat-model.md §Stolen device).
+`account recover` (docs/protocol.md §Succession,
+docs/threat-model.md §A stolen or seized device).
 
     device revoke ID   the account key is succeeded by a new one: the revoked device's copy
                        of the old key certifies, revokes and renews nothing any more
