@@ -12,6 +12,7 @@ ends pinned to that same key (docs/protocol.md §Succession).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import secrets
@@ -72,7 +73,7 @@ class Story:
                       self.cert(self.ak0, "laptop", self.laptop, 0)]
         owner, thief, thief2 = (AccountKey.generate(gen) for _ in range(3))
         recovered, rk1 = AccountKey.generate(gen), AccountKey.generate(gen)
-        self.owner_key, self.recovered = owner.public, recovered.public
+        self.owner, self.owner_key, self.recovered = owner, owner.public, recovered.public
         self.bundles: dict[str, list[Statement]] = {
             "owner": [self.succession(self.ak0, owner), self.cert(owner, "phone", self.phone),
                       self.revoke(owner, "laptop")],
@@ -331,3 +332,28 @@ async def test_a_contact_pinned_before_genesis_keys_follows_only_its_own_key_s_c
     await _play_more(storage, contact, story, ("owner",))
     pinned = contact.contact("gail")
     assert pinned is not None and pinned.account_key == story.owner_key
+
+
+async def test_a_contact_offline_during_several_successions_checks_every_link(
+    storage: SqliteStorage, contact: SessionManager
+) -> None:
+    story = Story("ivan")
+    await _play(storage, contact, story, ())  # the contact pins AK0, then goes away
+    later = AccountKey.generate(secrets.token_bytes)
+    second = [story.succession(story.owner, later), story.cert(later, "phone", story.phone, 2)]
+    await storage.apply_statements("ivan", story.bundles["owner"], NOW + 10)
+    await storage.apply_statements("ivan", second, NOW + 11)
+    changes: list[tuple[bytes, bytes]] = []
+    answer = await directory_answer(storage, "ivan")
+    contact.apply_directory(answer, lambda old, new: changes.append((old.account_key,
+                                                                      new.account_key)))
+    assert changes == [(story.ak0.public, later.public)]
+    # Without the middle link, the same answer is refused.
+    gap = {**answer, "chain": [c for c in answer["chain"]
+                               if c["data"] != b64(story.bundles["owner"][0].encode())]}
+    contact._contacts.clear()
+    contact._store.put_contact(dataclasses.replace(
+        contact.contact("ivan"), account_key=story.ak0.public))
+    contact._contacts.clear()
+    with pytest.raises(IdentityChanged):
+        contact.apply_directory(gap)
