@@ -564,6 +564,12 @@ class Client:
         self._directory.forget(self.username)
         await self._directory.lookup(self.username)
         own = self._sessions.contact(self.username)
+        if own is not None and own.account_key != self.identity.account_key.public:
+            # A succession from a key that no longer rules would fork the account.
+            raise UsageError(
+                "another device of this account replaced the account key: revoke from that "
+                "device (or, if that was not you, use the recovery code: account recover)"
+            )
         if own is None or device_id not in own.certificates:
             raise UsageError(f"this account has no active device '{device_id}'")
         rotation = revoke_by_succession(
