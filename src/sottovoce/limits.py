@@ -43,6 +43,15 @@ RECOVERY_CODE_BYTES = 16
 #: Links followed in an account's succession or recovery chain; bounds the resolver's
 #: work on a flood of statements (an account rotates its key once per revocation).
 SUCCESSION_MAX_CHAIN = 1024
+#: Signed statements (certificates, revocations, successions) the server keeps per account;
+#: recoveries signed by the recovery key are kept past it, so a thief who floods an
+#: account with statements from a stolen key cannot lock the owner out.
+MAX_ACCOUNT_STATEMENTS = 512
+#: Statements in one upload (a succession, one certificate per surviving device, revocations).
+MAX_STATEMENTS_PER_UPLOAD = 64
+#: A device renews its own certificate when less than this is left of it (checked on every
+#: connect), so a device in use never meets an expired certificate.
+CERT_RENEW_BEFORE_MS = 30 * 24 * 3600 * 1000
 #: A linking code (QR or short code) is good for this long; a closed or expired attempt
 #: leaves nothing behind.
 LINK_CODE_TTL_MS = 5 * 60 * 1000

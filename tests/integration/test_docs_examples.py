@@ -125,6 +125,10 @@ SKIP: dict[tuple[str, str], str] = {
      "sottovoce recorder --server wss://chat.example.org --data-dir /var/lib/sottovoce-rec"):
         "runs until Ctrl-C against a production server; "
         "tests/integration/test_room_calls_recorder.py runs the command and its room setting",
+    ("README.md",
+     ".venv/bin/sottovoce device revoke 3f9a0c1d --data-dir ~/.sottovoce-alice"):
+        "needs a second device's id and the recovery code account create printed; "
+        "tests/integration/test_revoke_cli.py runs each of these commands",
     ("docs/deploy.md", "docker compose -f deploy/compose.yaml up --build"):
         "needs a Docker daemon and images from the network; "
         "test_dockerignore_keeps_the_image_to_what_pip_needs checks the build context",

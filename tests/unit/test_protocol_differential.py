@@ -229,11 +229,15 @@ def _plain(v: Any) -> Any:
     return v
 
 
+#: Optional fields added to events after the old parser was frozen (absent: their default).
+ADDED_SINCE = {"recoveryKey", "statements"}
+
+
 def _only_old_keys(new: Any, old: Any) -> Any:
     """``new`` without the fields the old classes did not have (``protocol`` is now one)."""
     if isinstance(new, dict) and isinstance(old, dict):
         extra = set(new) - set(old)
-        assert extra <= {"protocol"}, extra
+        assert extra <= {"protocol", *ADDED_SINCE}, extra
         return {k: _only_old_keys(new[k], old[k]) for k in old if k in new}
     if isinstance(new, tuple) and isinstance(old, tuple) and len(new) == len(old):
         return tuple(_only_old_keys(n, o) for n, o in zip(new, old, strict=True))

@@ -61,8 +61,8 @@ async def test_sqlite_older_database_is_upgraded_keeping_its_rows(
     monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", 1)
     st = SqliteStorage(path, logger=_log())
     await st.open()
-    await st.create_account("alice", b"a" * 32, "d1", b"cert", 0)
     await st.close()
+    _old_accounts_sqlite(path, "alice")
     assert _sqlite_version(path) == 1
     # The newer server: every released version plus one more.
     monkeypatch.setattr(sqlite_mod, "MIGRATIONS", (*latest, EXTRA_SQLITE))
@@ -76,6 +76,10 @@ async def test_sqlite_older_database_is_upgraded_keeping_its_rows(
     assert _sqlite_version(path) == len(latest) + 1
     con = sqlite3.connect(path)
     assert "note" in [r[1] for r in con.execute("PRAGMA table_info(inbox)")]
+    # Its genesis is the key it had, and its device's certificate is kept as a statement.
+    assert con.execute("SELECT genesis_key FROM accounts").fetchone() == (b"alice" * 6,)
+    assert con.execute("SELECT kind, body FROM account_statements").fetchall() == [
+        ("certificate", b"cert")]
     con.close()
 
 
@@ -102,6 +106,31 @@ def pg_dsn() -> Iterator[str]:
         pytest.skip(reason)
     with pgschema.fresh_schema("sv_mig") as dsn:
         yield dsn
+
+
+_OLD_ACCOUNT = "INSERT INTO accounts(user_id, account_key, created_at) VALUES ({0}, {1}, 0)"
+_OLD_DEVICE = ("INSERT INTO devices(user_id, device_id, certificate, created_at) "
+               "VALUES ({0}, 'd1', {1}, 0)")
+
+
+def _old_accounts_sqlite(path: Path, *users: str) -> None:
+    """Accounts as an older server wrote them (today's writes use columns it did not have)."""
+    con = sqlite3.connect(path)
+    for user in users:
+        con.execute(_OLD_ACCOUNT.format("?", "?"), (user, user.encode() * (32 // len(user))))
+        con.execute(_OLD_DEVICE.format("?", "?"), (user, b"cert"))
+    con.commit()
+    con.close()
+
+
+async def _old_accounts_pg(dsn: str, *users: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    for user in users:
+        await conn.execute(_OLD_ACCOUNT.format("$1", "$2"), user, user.encode() * (32 // len(user)))
+        await conn.execute(_OLD_DEVICE.format("$1", "$2"), user, b"cert")
+    await conn.close()
 
 
 async def _pg_fetch(dsn: str, sql: str) -> object:
@@ -135,8 +164,8 @@ async def test_pg_older_database_is_upgraded_keeping_its_rows(pg_dsn: str) -> No
 
     old = PostgresStorage(pg_dsn, logger=_log(), pool_size=2, migrations=MIGRATIONS[:1])
     await old.open()
-    await old.create_account("alice", b"a" * 32, "d1", b"cert", 0)
     await old.close()
+    await _old_accounts_pg(pg_dsn, "alice")
     new = PostgresStorage(pg_dsn, logger=_log(), pool_size=2,
                           migrations=(*MIGRATIONS, EXTRA_PG))
     await new.open()
@@ -148,6 +177,7 @@ async def test_pg_older_database_is_upgraded_keeping_its_rows(pg_dsn: str) -> No
     assert await _pg_fetch(pg_dsn, "SELECT count(*) FROM information_schema.columns "
                                    "WHERE table_schema = current_schema() "
                                    "AND table_name = 'inbox' AND column_name = 'note'") == 1
+    assert await _pg_fetch(pg_dsn, "SELECT count(*) FROM account_statements") == 1
 
 
 async def test_pg_newer_database_is_refused(pg_dsn: str) -> None:
@@ -254,9 +284,8 @@ async def test_sqlite_upgrade_to_quotas_counts_what_already_waits(
     monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", 3)
     st = SqliteStorage(path, logger=_log())
     await st.open()
-    for user in ("alice", "bob"):
-        await st.create_account(user, user.encode() * 16, "d1", b"cert", 0)
     await st.close()
+    _old_accounts_sqlite(path, "alice", "bob")
     con = sqlite3.connect(path)
     con.executemany("INSERT INTO inbox(dev, seq, received_at, envelope) VALUES "
                     "((SELECT dev FROM devices WHERE user_id='bob'), ?, 0, ?)",
@@ -285,9 +314,8 @@ async def test_pg_upgrade_to_quotas_counts_what_already_waits(pg_dsn: str) -> No
 
     old = PostgresStorage(pg_dsn, logger=_log(), pool_size=2, migrations=MIGRATIONS[:3])
     await old.open()
-    for user in ("alice", "bob"):
-        await old.create_account(user, user.encode() * 16, "d1", b"cert", 0)
     await old.close()
+    await _old_accounts_pg(pg_dsn, "alice", "bob")
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.executemany(

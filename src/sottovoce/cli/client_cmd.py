@@ -21,6 +21,7 @@ from sottovoce.cli import render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
 from sottovoce.cli.program import command_name, dir_flag
+from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
@@ -58,6 +59,7 @@ from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.identity import SafetyNumber, validate_username
+from sottovoce.secret import Secret
 
 #: `send`: the message is stored and queued, not acknowledged yet (sysexits.h EX_TEMPFAIL:
 #: "not really an error ... the request should be reattempted later", which the client
@@ -88,16 +90,18 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
     passphrase = new_passphrase(args, args.name)
 
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[str, str, Secret | None]:
         client = await Client.create_account(args.server, args.name, root, passphrase)
         await client.close()
-        return client.username, client.device_id
+        return client.username, client.device_id, client.recovery_code
 
-    username, device = run(go())
+    username, device, code = run(go())
     flag = dir_flag(args)
     print(f"created account '{render.safe(username)}' (device {device})")
     print(f"  server:   {render.safe(args.server)}")
     print(f"  data dir: {render.safe(str(root))}")
+    if code is not None:
+        print("\n".join(recovery_lines(code)))
     program = command_name()
     print(f"next: {program} send NAME TEXT{flag}, {program} chat NAME{flag}")
     return 0
@@ -393,7 +397,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "Claim NAME on the server (a public alias: no e-mail, no phone number), make an "
             "account key, this device's keys and certificate, upload signed prekeys, and keep "
             "every private key sealed in the data directory under your passphrase (8 or more "
-            "characters; it cannot be recovered, and nothing opens the directory without it)."
+            "characters; it cannot be recovered, and nothing opens the directory without it). "
+            "Prints a recovery code, once: write it down and keep it offline; with it alone "
+            "you can take the account back from a lost or stolen device (account recover)."
         ),
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "

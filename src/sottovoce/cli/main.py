@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.server_cmd",
     "sottovoce.cli.client_cmd",
     "sottovoce.cli.device_cmd",
+    "sottovoce.cli.revoke_cmd",
     "sottovoce.cli.room_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.recorder_cmd",
@@ -36,7 +37,7 @@ COMMAND_MODULES = (
 )
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
-_SECRET_ARGS = ("text", "token")
+_SECRET_ARGS = ("text", "token", "code")
 
 
 def _add_debug(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -23,6 +23,7 @@ from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
 from sottovoce.client.events import (
     ErrorEvent,
+    KeysChanged,
     MessageReceived,
     RoomInvited,
     RoomMembershipChanged,
@@ -273,6 +274,8 @@ def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> lis
     for event in events:
         if isinstance(event, RoomInvited):
             lines.append(invitation(event))
+        elif isinstance(event, KeysChanged):
+            lines.append(f"! {safe(event.message)}")
         elif isinstance(event, MessageReceived) and event.message.sender != me:
             senders[event.message.sender] = senders.get(event.message.sender, 0) + 1
         elif (

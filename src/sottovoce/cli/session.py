@@ -220,6 +220,25 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
     return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
 
 
+#: Refusals whose fix is a command: what happened, then what to run.
+_FIXES = {
+    "certificate_expired": (
+        "this device's certificate has expired (it was not used for a long time)\n"
+        "fix: sottovoce device renew (add this command's --data-dir), then try again"
+    ),
+    "stale_account_key": (
+        "this device holds an account key that no longer rules the account (another device "
+        "replaced it, or someone holding a stolen copy did)\n"
+        "fix: if that was not you, sottovoce account recover --code YOUR-RECOVERY-CODE"
+    ),
+    "account_forked": (
+        "the account key was succeeded twice (a stolen device racing you): nothing signed by "
+        "an account key counts until the recovery code settles it\n"
+        "fix: sottovoce account recover --code YOUR-RECOVERY-CODE"
+    ),
+}
+
+
 def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
     """The message ``main`` prints for ``exc`` (one or two lines, nothing secret)."""
     name = getattr(args, "user", None) or getattr(args, "name", None)
@@ -239,6 +258,8 @@ def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
             return f"no user '{name}'{where} (check the spelling)"
         if exc.code == "username_taken" and isinstance(name, str):
             return f"the name '{name}' is taken{where}: choose another"
+        if exc.code in _FIXES:
+            return _FIXES[exc.code]
         said = str(exc).removeprefix(f"server error {exc.code}: ")
         return f"the server refused: {exc.code} ({said})"
     return str(exc)

@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sottovoce.client.account_keys import (
+    Rotation,
+    recertify,
+    recover,
+    revoke_by_succession,
+    to_wire,
+)
 from sottovoce.client.call_payloads import decode_signals
 from sottovoce.client.connection import (
     ConnectedInfo,
@@ -72,13 +79,13 @@ from sottovoce.client.store import (
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
-    RevocationStatement,
     SafetyNumber,
     safety_number,
     validate_device_id,
     validate_username,
 )
-from sottovoce.limits import CLIENT_INBOX_BATCH
+from sottovoce.identity.succession import Recovery, new_recovery_code, recovery_key_from_code
+from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH
 from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
@@ -143,6 +150,9 @@ class Client:
     ) -> None:
         self._store = store
         self.identity = identity
+        #: The printed recovery code of a new account: set by :meth:`create_account` only,
+        #: to be shown once; never stored.
+        self.recovery_code: Secret | None = None
         self.username = identity.username
         self.device_id = identity.device_id
         self._connector = connector
@@ -202,6 +212,7 @@ class Client:
             ev.DEVICE_ADDED: self._on_device_added,
             ev.DEVICE_REVOKED: self._on_own_devices_changed,
             ev.ACCOUNT_DELETED: self._on_account_deleted,
+            ev.KEYS_CHANGED: self._on_keys_changed,
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
             pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
         }
@@ -242,9 +253,44 @@ class Client:
             username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes,
             device_id=device_id,
         )
-        return await cls._enroll(
-            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False
+        code = new_recovery_code(secrets.token_bytes)
+        rk = recovery_key_from_code(code.expose().decode(), username=username)
+        client = await cls._enroll(
+            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
+            recovery_key=rk.public,
         )
+        client.recovery_code = code  # shown once by the caller, never stored
+        return client
+
+    @classmethod
+    async def recover_on_new_device(
+        cls,
+        server_url: str,
+        username: str,
+        data_dir: str | os.PathLike[str],
+        passphrase: str | bytes,
+        code: str,
+        *,
+        kdf: KdfParams | None = None,
+        connector: Connector = websocket_connector,
+    ) -> tuple[Client, Secret]:
+        """Take ``username`` back on a new device with its printed recovery code: a new
+        account key (certifying this device) and a new recovery key, signed by the code's
+        key. Returns the connected client and the new recovery code."""
+        validate_username(username)
+        rk = recovery_key_from_code(code, username=username)
+        identity, olm = LocalIdentity.new(
+            username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes
+        )
+        new_code = new_recovery_code(secrets.token_bytes)
+        new_rk = recovery_key_from_code(new_code.expose().decode(), username=username)
+        recovery = Recovery.issue(rk, identity.account_key, new_rk, username=username,
+                                  now_ms=now_ms())
+        client = await cls._enroll(
+            ws_url(server_url), identity, olm, data_dir, passphrase, kdf, connector, True,
+            add=True, statements=to_wire([recovery, identity.certificate]),
+        )
+        return client, new_code
 
     async def add_device(
         self,
@@ -296,6 +342,8 @@ class Client:
         connect: bool,
         *,
         add: bool,
+        recovery_key: bytes | None = None,
+        statements: tuple[ev.SignedStatement, ...] = (),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -306,7 +354,8 @@ class Client:
                 store.put_secret_sealed(
                     "olm_account", olm.seal(store.storage_key, secrets.token_bytes)
                 )
-            await register_device(url, identity, add=add, connector=connector)
+            await register_device(url, identity, add=add, connector=connector,
+                                  recovery_key=recovery_key, statements=statements)
             store.set_flag("registered")
         except BaseException:
             store.close()
@@ -483,6 +532,7 @@ class Client:
 
     async def _maintenance(self) -> None:
         try:
+            await self._renew_if_due()
             await self.ensure_prekeys()
             await self.rooms.ensure_key_packages()
             if not self._directory.looked_up(self.username):
@@ -506,22 +556,90 @@ class Client:
         await self._prekeys.ensure()
 
     async def revoke_device(self, device_id: str) -> None:
-        """Revoke another device of this account (a statement signed by the account key).
+        """Revoke another device of this account, which may hold the account key: the
+        account key is succeeded by a new one (signed by both), every other device is
+        certified again under it and the device is revoked, in one upload.
 
-        The server stops routing to it at once and asks every room it is in to
-        remove it (members commit the Remove).
+        The server closes the device's connections at once, asks every room it is in to
+        remove it, and from then on refuses anything signed by the old key; contacts
+        follow the succession on their next lookup (``KeysChanged``).
         """
         validate_device_id(device_id)
         if device_id == self.device_id:
             raise UsageError("revoke this device from another device of the account")
-        statement = RevocationStatement.issue(
-            self.identity.account_key, username=self.username, device_id=device_id, now_ms=now_ms()
-        )
-        await self._conn.request(
-            ev.RevokeDevice(revocation=statement.encode()), frozenset({ev.DEVICE_REVOKED})
-        )
         self._directory.forget(self.username)
         await self._directory.lookup(self.username)
+        own = self._sessions.contact(self.username)
+        if own is not None and own.account_key != self.identity.account_key.public:
+            # A succession from a key that no longer rules would fork the account.
+            raise UsageError(
+                "another device of this account replaced the account key: revoke from that "
+                "device (or, if that was not you, use the recovery code: account recover)"
+            )
+        if own is None or device_id not in own.certificates:
+            raise UsageError(f"this account has no active device '{device_id}'")
+        rotation = revoke_by_succession(
+            self.identity.account_key, self.identity.certificate, own.certificates.values(),
+            device_id, now_ms=now_ms(), rng=secrets.token_bytes,
+        )
+        await self._conn.request(
+            ev.AccountStatements(statements=to_wire(rotation.statements)),
+            frozenset({ev.ACCOUNT_HEAD}),
+        )
+        await self._adopt(rotation)
+
+    async def recover_account(self, code: str) -> Secret:
+        """Take the account back with its printed recovery code (from this device, even a
+        revoked one): a new account key and recovery key, signed by the code's key, which
+        cancel every statement made with an account key alone since the last recovery.
+        Returns the new recovery code (the old one is used up). Other devices of the
+        account must be linked again."""
+        rotation, new_code = recover(code, self.identity.certificate, now_ms=now_ms(),
+                                     rng=secrets.token_bytes)
+        await self._relogin(rotation)
+        return new_code
+
+    async def renew_certificate(self) -> None:
+        """A fresh certificate for this device under the current account key (the same
+        device keys); works after expiry too, through a login of its own."""
+        cert = recertify(self.identity.account_key, [self.identity.certificate],
+                         now_ms=now_ms())[0]
+        await self._relogin(Rotation(account_key=self.identity.account_key,
+                                     statements=(cert,), certificate=cert))
+
+    async def _relogin(self, rotation: Rotation) -> None:
+        """Send ``rotation`` on a login of its own (``device.add`` with statements), which
+        works for a revoked or expired device too, and adopt it; the connection (started
+        after, or reconnecting) logs in under the new certificate."""
+        renewed = dataclasses.replace(self.identity, account_key=rotation.account_key,
+                                      certificate=rotation.certificate)
+        await register_device(ws_url(self.identity.server_url), renewed, add=True,
+                              connector=self._connector, statements=to_wire(rotation.statements))
+        await self._adopt(rotation)
+
+    async def _renew_if_due(self) -> None:
+        """Renew this device's certificate while it is still valid, once it is close to
+        expiry (checked on every connect)."""
+        if self.identity.certificate.expires_at_ms - now_ms() > CERT_RENEW_BEFORE_MS:
+            return
+        cert = recertify(self.identity.account_key, [self.identity.certificate],
+                         now_ms=now_ms())[0]
+        await self._conn.request(
+            ev.AccountStatements(statements=to_wire([cert])), frozenset({ev.ACCOUNT_HEAD})
+        )
+        await self._adopt(Rotation(account_key=self.identity.account_key, statements=(cert,),
+                                   certificate=cert))
+
+    async def _adopt(self, rotation: Rotation) -> None:
+        """Keep the new account key and certificate, and look our own account up again."""
+        self.identity = dataclasses.replace(
+            self.identity, account_key=rotation.account_key, certificate=rotation.certificate
+        )
+        with self._store.transaction():
+            self._store.put_secret("identity", self.identity.encode())
+        self._directory.forget(self.username)
+        if self._conn.is_up:
+            await self._directory.lookup(self.username)
 
     async def delete_account(self) -> None:
         """Delete this account on the server, for every device (signed by the account key).
@@ -704,6 +822,20 @@ class Client:
         """Ask the directory for this account's devices again (one was linked or revoked)."""
         self._directory.forget(self.username)
         await self._directory.lookup(self.username)
+
+    def _on_keys_changed(self, _: str | None, data: dict[str, Any]) -> None:
+        """A correspondent's account key changed: follow its chain now (``KeysChanged``,
+        or the fork's error), not at the next send."""
+        username = data.get("username")
+        if isinstance(username, str) and self._sessions.contact(username) is not None:
+            self._directory.forget(username)
+            self._spawn(self._follow(username))
+
+    async def _follow(self, username: str) -> None:
+        try:
+            await self._directory.lookup(username)
+        except SottovoceError as exc:
+            self._emit_error(exc)
 
     async def _refresh_self(self) -> None:
         with contextlib.suppress(SottovoceError):

@@ -2,7 +2,8 @@
 
     lookup ──► sottovoce.directory.result ──► SessionManager.apply_directory
                (every certificate verified against the account key; the first
-                lookup pins that key, a different one later raises IdentityChanged)
+                lookup pins that key; a different one later is followed from it by
+                its chain of successions and recoveries, else IdentityChanged)
     claim  ──► prekey bundles (each verified) ──► outbound Olm sessions
     targets ──► every device a 1:1 message goes to, each with a session
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from sottovoce.client.events import ErrorEvent
+from sottovoce.client.events import ErrorEvent, KeysChanged
 from sottovoce.client.ports import Emit, Link
 from sottovoce.client.sessions import Device, SessionManager
 from sottovoce.client.store import Contact, Store
@@ -49,8 +50,17 @@ class Directory:
         if data.get("username") != username:
             raise RemoteError("directory answered for another username")
         with self._store.transaction():
-            self._sessions.apply_directory(data)
+            self._sessions.apply_directory(data, self._keys_changed)
         self._looked_up.add(username)
+
+    def _keys_changed(self, old: Contact, new: Contact) -> None:
+        dropped = tuple(sorted(set(old.certificates) - set(new.certificates)))
+        gone = f" (devices dropped: {', '.join(dropped)})" if dropped else ""
+        self._emit(KeysChanged(
+            code="keys_changed", username=new.username, dropped=dropped,
+            message=f"{new.username}'s keys changed by succession{gone}; the safety number "
+                    f"changed: compare it again (sottovoce verify {new.username})",
+        ))
 
     async def claim(self, username: str) -> None:
         """Open an outbound session to every device of ``username`` that has none yet."""

@@ -139,6 +139,17 @@ class DeviceLinked:
     device_id: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysChanged(ErrorEvent):
+    """A contact's account key changed by succession or recovery, and every link from
+    the key we had pinned was checked (identity/succession.py ``follow``). Shown like an
+    error (``code`` "keys_changed"): the safety number changed, so the contact is no longer
+    verified; ``dropped`` are the devices whose sessions were forgotten."""
+
+    username: str
+    dropped: tuple[str, ...] = ()
+
+
 ClientEvent = (
     DeviceLinked
     | RoomMessageReceived
@@ -146,6 +157,7 @@ ClientEvent = (
     | RoomInvited
     | RoomMembershipChanged
     | RoomRecovered
+    | KeysChanged
     | MessageReceived
     | MessageSent
     | DeliveryStateChanged

@@ -47,8 +47,12 @@ async def register_device(
     *,
     add: bool = False,
     connector: Connector = websocket_connector,
+    recovery_key: bytes | None = None,
+    statements: tuple[ev.SignedStatement, ...] = (),
 ) -> None:
-    """Register a new account (``sottovoce.register``) or device (``sottovoce.device.add``)."""
+    """Register a new account (``sottovoce.register``, with the public ``recovery_key``) or
+    device (``sottovoce.device.add``; with ``statements``: a recovery or a renewal that
+    logs an already known device in under its new certificate)."""
     async with _short_connection(url, connector) as transport:
         nonce = await read_challenge(transport)
         signature = sign_challenge(
@@ -56,9 +60,9 @@ async def register_device(
         )
         cert = identity.certificate.encode()
         request: ev.ClientEvent = (
-            ev.AddDevice(certificate=cert, signature=signature)
+            ev.AddDevice(certificate=cert, signature=signature, statements=statements)
             if add
-            else ev.Register(certificate=cert, signature=signature)
+            else ev.Register(certificate=cert, signature=signature, recoveryKey=recovery_key)
         )
         await transport.send(request.to_frame("register"))
         await expect_reply(transport, frozenset({ev.REGISTERED}))  # the one reply

@@ -14,12 +14,10 @@ stores the message the change produced (check, then commit).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
-from sottovoce.client.errors import IdentityChanged
+from sottovoce.client.account_keys import check_change, directory_b64, served_genesis
 from sottovoce.client.store import Contact, Store
 from sottovoce.errors import (
     DecodeError,
@@ -31,19 +29,11 @@ from sottovoce.errors import (
     SessionMismatch,
 )
 from sottovoce.identity import DeviceCertificate
+from sottovoce.identity.succession import AccountForked
 from sottovoce.pairwise import OlmAccount, OlmEnvelope, PairwiseSession, PrekeyBundle
 from sottovoce.secret import Secret
 
 Device = tuple[str, str]  # (username, device id)
-
-
-def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise RemoteError(f"directory {what} is not base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RemoteError(f"directory {what} is not base64") from None
 
 
 class SessionManager:
@@ -82,10 +72,16 @@ class SessionManager:
             self._contacts[username] = found
         return self._contacts[username]
 
-    def apply_directory(self, data: dict[str, Any]) -> Contact:
+    def apply_directory(
+        self, data: dict[str, Any], on_change: Callable[[Contact, Contact], None] | None = None
+    ) -> Contact:
         """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact.
 
-        Raises :class:`IdentityChanged` if the account key is not the pinned one.
+        Raises :class:`IdentityChanged` if the account key is not the pinned one and does
+        not descend from it by a chain of successions and recoveries; ``AccountForked``
+        while the account is forked. A key that does descend replaces the pinned one:
+        the contact is no longer verified, sessions with devices that are gone are
+        forgotten and ``on_change(old, new)`` is called.
         Certificates that do not verify against the account key are ignored (the
         server cannot add a device to someone's account). Call inside a transaction
         or on its own; the contact is written at once.
@@ -93,26 +89,32 @@ class SessionManager:
         username = data.get("username")
         if not isinstance(username, str):
             raise RemoteError("directory result has no username")
-        account_key = _b64(data.get("accountKey"), "account key")
+        account_key = directory_b64(data.get("accountKey"), "account key")
         if len(account_key) != 32:
             raise RemoteError("directory account key has the wrong length")
         pinned = self.contact(username)
-        if pinned is not None and pinned.account_key != account_key:
-            raise IdentityChanged(username)
+        now = self._clock()
+        succeeded = pinned is not None and pinned.account_key != account_key
+        if pinned is not None and succeeded:
+            check_change(pinned, account_key, data, now_ms=now)
+        elif data.get("forked") is True:
+            raise AccountForked(f"{username}'s account is forked: nothing is sent to it "
+                                "until its owner settles it with the recovery code")
+        genesis = served_genesis(username, data)
         revoked_raw = data.get("revokedDeviceIds") or []
         revoked = (
             {d for d in revoked_raw if isinstance(d, str)}
             if isinstance(revoked_raw, list)
             else set()
         )
-        now = self._clock()
         certs: dict[str, DeviceCertificate] = {}
         devices = data.get("devices") or []
         for item in devices if isinstance(devices, list) else []:
             if not isinstance(item, dict):
                 continue
             try:
-                cert = DeviceCertificate.decode(_b64(item.get("certificate"), "certificate"))
+                raw = directory_b64(item.get("certificate"), "certificate")
+                cert = DeviceCertificate.decode(raw)
                 cert.verify(
                     now_ms=now,
                     account_key=account_key,
@@ -123,17 +125,34 @@ class SessionManager:
                 continue
             if cert.device_id == item.get("deviceId"):
                 certs[cert.device_id] = cert
+        keep_genesis = pinned is not None and bool(pinned.genesis_key)
         contact = Contact(
             username=username,
             account_key=account_key,
-            pinned_at_ms=pinned.pinned_at_ms if pinned else now,
-            verified=pinned.verified if pinned else False,
+            pinned_at_ms=now if succeeded or pinned is None else pinned.pinned_at_ms,
+            verified=bool(pinned and pinned.verified and not succeeded),
             certificates=certs,
             revoked=revoked | (pinned.revoked if pinned else set()),
+            genesis_key=(pinned.genesis_key if pinned and keep_genesis
+                         else genesis.account_key if genesis else b""),
+            recovery_key=(pinned.recovery_key if pinned and keep_genesis
+                          else genesis.recovery_key if genesis else b""),
         )
         self._store.put_contact(contact)
         self._contacts[username] = contact
+        if pinned is not None and succeeded:
+            for device_id in set(pinned.certificates) - set(certs):
+                self.forget_device(username, device_id)
+            if on_change is not None:
+                on_change(pinned, contact)
         return contact
+
+    def forget_device(self, username: str, device_id: str) -> None:
+        """Drop every session with a device that is gone (revoked, or not re-certified)."""
+        self._sessions.pop((username, device_id), None)
+        for key in [k for k in self._dirty if k[:2] == (username, device_id)]:
+            del self._dirty[key]
+        self._store.delete_sessions(username, device_id)
 
     def pin_self(self, certificate: DeviceCertificate) -> None:
         """Our own account is pinned by construction (our key signed our certificate)."""

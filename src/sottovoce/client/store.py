@@ -243,7 +243,11 @@ def _write_cert(w: Writer, item: tuple[str, DeviceCertificate]) -> None:
 
 @dataclass(slots=True, kw_only=True)
 class Contact(WireStruct):
-    """What we know about a user: the pinned account key (TOFU) and verified devices."""
+    """What we know about a user: the pinned account key (TOFU) and verified devices.
+
+    ``genesis_key``/``recovery_key``: the keys the account was registered with, pinned with
+    the first lookup that named them (empty: not known yet); a later account key is
+    accepted only if it descends from them (identity/succession.py ``follow``)."""
 
     username: str
     account_key: bytes
@@ -251,19 +255,24 @@ class Contact(WireStruct):
     verified: bool = False
     certificates: dict[str, DeviceCertificate] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
+    genesis_key: bytes = b""
+    recovery_key: bytes = b""
 
     def write(self, w: Writer) -> None:
-        w.u8(1)
+        w.u8(2)
         w.opaque8(self.username.encode("ascii"))
         w.opaque8(self.account_key)
         w.u64(self.pinned_at_ms)
         w.boolean(self.verified)
         w.vector_v(sorted(self.certificates.items()), _write_cert)
         w.vector_v(sorted(self.revoked), lambda w2, d: w2.opaque8(d.encode("ascii")))
+        w.opaque8(self.genesis_key)
+        w.opaque8(self.recovery_key)
 
     @classmethod
     def read(cls, r: Reader) -> Contact:
-        if r.u8() != 1:
+        version = r.u8()
+        if version not in (1, 2):
             raise DecodeError("unknown contact record version")
         username = r.opaque8().decode("ascii")
         account_key = r.opaque8()
@@ -273,6 +282,7 @@ class Contact(WireStruct):
             lambda r2: (r2.opaque8().decode("ascii"), DeviceCertificate.decode(r2.opaque_v()))
         )
         revoked = r.vector_v(lambda r2: r2.opaque8().decode("ascii"))
+        genesis = (r.opaque8(), r.opaque8()) if version == 2 else (b"", b"")
         return cls(
             username=username,
             account_key=account_key,
@@ -280,6 +290,8 @@ class Contact(WireStruct):
             verified=verified,
             certificates=dict(certs),
             revoked=set(revoked),
+            genesis_key=genesis[0],
+            recovery_key=genesis[1],
         )
 
 
@@ -572,6 +584,12 @@ class Store:
             (self.device_tag(username, device_id),),
         ).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    def delete_sessions(self, username: str, device_id: str) -> None:
+        """Forget every session with one peer device (it was revoked)."""
+        self._db.execute(
+            "DELETE FROM sessions WHERE device_tag = ?", (self.device_tag(username, device_id),)
+        )
 
     def put_session(
         self, username: str, device_id: str, session_id: str, sealed: bytes, updated: int

@@ -250,7 +250,8 @@ def resolve(genesis: Genesis, statements: Iterable[Statement], *, now_ms: int) -
     revoked = {
         s.device_id
         for s in valid
-        if isinstance(s, RevocationStatement) and s.account_key == head and _revocation_ok(s, head)
+        if isinstance(s, RevocationStatement) and s.account_key == head
+        and signed_revocation(s, head)
     }
     devices = []
     for s in valid:
@@ -265,7 +266,56 @@ def resolve(genesis: Genesis, statements: Iterable[Statement], *, now_ms: int) -
                      devices=tuple(devices), forked=forked)
 
 
-def _revocation_ok(s: RevocationStatement, key: bytes) -> bool:
+class AccountForked(IdentityError):
+    """Two different successions (or recoveries) were signed by one key of the account:
+    until a statement of its recovery key settles it, nobody can tell the owner's chain
+    from a thief's, and contacts must not encrypt to the account."""
+
+    code = "account_forked"
+
+
+def history(genesis: Genesis, statements: Iterable[Statement]) -> set[bytes]:
+    """Every account key that ever descended from the genesis by valid statements, on a
+    ruling branch or a cancelled one (a contact may have pinned either)."""
+    valid = _canonical(statements, genesis.username)
+    keys, rks = {genesis.account_key}, {genesis.recovery_key}
+    grew = True
+    while grew:
+        grew = False
+        for s in valid:
+            if isinstance(s, Succession) and s.old_key in keys and s.new_key not in keys:
+                keys.add(s.new_key)
+                grew = True
+            elif (isinstance(s, Recovery) and s.recovery_key in rks
+                  and s.new_recovery_key not in rks):
+                keys.add(s.new_account_key)
+                rks.add(s.new_recovery_key)
+                grew = True
+    return keys
+
+
+def follow(
+    genesis: Genesis, statements: Iterable[Statement], *, pinned_key: bytes, now_ms: int
+) -> ChainHead:
+    """What a contact's client concludes when the served account key is not the one it
+    pinned: the account's head, provided the pinned key descends from the same genesis
+    (every link of the chain is checked, however many were made while it was away).
+    Raises :class:`AccountForked` on an unsettled fork, :class:`IdentityError` when the
+    pinned key is not in the account's history."""
+    statements = list(statements)
+    head = resolve(genesis, statements, now_ms=now_ms)
+    if head.forked:
+        raise AccountForked(
+            f"{genesis.username}'s account key was succeeded twice (a stolen device?): "
+            "nothing is sent to it until its owner settles it with the recovery code"
+        )
+    if pinned_key not in history(genesis, statements):
+        raise IdentityError("the new account key does not descend from the pinned one")
+    return head
+
+
+def signed_revocation(s: RevocationStatement, key: bytes) -> bool:
+    """Whether ``key`` signed the revocation ``s``."""
     try:
         s.verify(account_key=key)
     except IdentityError:
@@ -322,6 +372,17 @@ def recovery_key_from_code(code: str, *, username: str) -> AccountKey:
     seed = Argon2id(salt=salt, length=32, iterations=2, lanes=1,
                     memory_cost=19 * 1024).derive(secret.expose())
     return AccountKey(seed)
+
+
+_KINDS: dict[type, str] = {
+    Succession: "succession", Recovery: "recovery",
+    DeviceCertificate: "certificate", RevocationStatement: "revocation",
+}
+
+
+def kind_of(statement: Statement) -> str:
+    """The kind name a statement is sent and stored under (see :func:`decode_statement`)."""
+    return _KINDS[type(statement)]
 
 
 def decode_statement(kind: str, data: bytes) -> Statement:

@@ -86,6 +86,7 @@ from sottovoce.limits import (
     MAX_FRAME_BYTES,
     MAX_PREKEYS_PER_UPLOAD,
     MAX_SEND_DEVICES,
+    MAX_STATEMENTS_PER_UPLOAD,
 )
 from sottovoce.protocol.fields import (
     B64,
@@ -243,14 +244,49 @@ class _Certified(ClientEvent):
     signature: bytes = wire(SIGNATURE)
 
 
+#: The kinds of signed account statements (identity/succession.py ``decode_statement``).
+STATEMENT_KINDS = frozenset({"certificate", "revocation", "succession", "recovery"})
+
+
+@struct
+class SignedStatement(WireStruct):
+    """One signed statement about an account, by kind."""
+
+    kind: str = wire(Str(choices=STATEMENT_KINDS))
+    data: bytes = wire(CERTIFICATE)
+
+
+STATEMENTS = ListOf(Nested(SignedStatement, why="items must be objects"),
+                    max_items=MAX_STATEMENTS_PER_UPLOAD)
+
+
 @event("sottovoce.register")
 class Register(_Certified):
-    """Claim a username: the certificate is signed by the new account key."""
+    """Claim a username: the certificate is signed by the new account key; ``recoveryKey``
+    is the public half of the printed recovery code's key, the only key that can ever
+    replace the account key without it (docs/protocol.md §Succession)."""
+
+    recoveryKey: bytes | None = wire(B64(max_bytes=32, size=32), default=None,
+                                     omit_default=True)
 
 
 @event("sottovoce.device.add")
 class AddDevice(_Certified):
-    """Register another device of an existing account (certificate signed by the account key)."""
+    """Register another device of an existing account (certificate signed by the account key).
+
+    With ``statements`` (a recovery, a renewal after expiry), the server keeps them first and
+    the device may be one it knows: its certificate must then be the ruling one."""
+
+    statements: tuple[SignedStatement, ...] = wire(STATEMENTS, default=(), omit_default=True)
+
+
+@event("sottovoce.account.statements")
+class AccountStatements(ClientEvent):
+    """Signed statements about the caller's own account (succession, certificates of the
+    surviving devices, revocations, a renewed certificate); answered with
+    ``sottovoce.account.head``."""
+
+    statements: tuple[SignedStatement, ...] = wire(STATEMENTS)
 
 
 @event("sottovoce.auth")
@@ -396,6 +432,7 @@ CLIENT_EVENTS = registry(
     PushRegister,
     RevokeDevice,
     DeleteAccount,
+    AccountStatements,
     TurnCredentialsRequest,
 )
 
@@ -452,6 +489,9 @@ PREKEYS_LOW = "sottovoce.prekeys.low"
 DEVICE_ADDED = "sottovoce.device.added"
 DEVICE_REVOKED = "sottovoce.device.revoked"
 ACCOUNT_DELETED = "sottovoce.account.deleted"
+ACCOUNT_HEAD = "sottovoce.account.head"
+#: To the correspondents of an account whose account key changed: look it up again.
+KEYS_CHANGED = "sottovoce.keys.changed"
 PUSH_REGISTERED = "sottovoce.push.registered"
 
 

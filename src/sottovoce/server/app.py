@@ -49,13 +49,16 @@ from sottovoce import __version__
 from sottovoce.errors import DecodeError, IdentityError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
+    DeviceCertificate,
     RevocationStatement,
     validate_username,
 )
+from sottovoce.identity.succession import Statement
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.private_files import private_dir, private_file, sqlite_files
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
+    ACCOUNT_HEAD,
     CHALLENGE,
     CONNECTED,
     DEVICE_ADDED,
@@ -68,6 +71,7 @@ from sottovoce.protocol.events import (
     PUSH_REGISTERED,
     REGISTERED,
     USERNAME_RESULT,
+    AccountStatements,
     AckRead,
     AddDevice,
     Auth,
@@ -89,6 +93,13 @@ from sottovoce.protocol.events import (
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.link import LINK_PRE_AUTH
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
+from sottovoce.server.account_keys import (
+    AccountKeys,
+    chain_data,
+    check_recovery_key,
+    decode_statements,
+    head_data,
+)
 from sottovoce.server.auth import (
     Decoy,
     authenticate_device,
@@ -256,6 +267,9 @@ class ServerApp:
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
                                    rearm=self._arm_preauth)
         self._handlers.update(self.links.handlers())
+        self.account_keys = AccountKeys(storage, self.directory, self.presence, self.rooms,
+                                        logger)
+        self._handlers[AccountStatements] = self._account_statements
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)
@@ -558,7 +572,8 @@ class ServerApp:
         cert = check_certificate(ev.certificate, now_ms=now)
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
-        await self.directory.register(cert, ev.certificate, now)
+        check_recovery_key(ev.recoveryKey, cert.account_key)
+        await self.directory.register(cert, ev.certificate, now, ev.recoveryKey)
         self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
         await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
@@ -567,9 +582,14 @@ class ServerApp:
     ) -> None:
         now, nonce = self._spend_challenge(session)
         cert = check_certificate(ev.certificate, now_ms=now)
+        if ev.statements:
+            await self._recertified_login(session, ev, cert, nonce, now, rid)
+            return
         rec = await self.directory.account(cert.username)
         if rec is None:
             raise WireFailure("unknown_user", "no such account")
+        if rec.forked:
+            raise WireFailure("account_forked", "the account is forked: recover it first")
         if cert.account_key != rec.account_key:
             raise WireFailure("invalid_certificate", "certificate is not signed by the account")
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
@@ -577,6 +597,24 @@ class ServerApp:
         await self.directory.add_device(cert, ev.certificate, now)
         self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
         self.presence.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
+        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
+
+    async def _recertified_login(
+        self, session: Session, ev: AddDevice, cert: DeviceCertificate, nonce: bytes, now: int,
+        rid: str | None,
+    ) -> None:
+        """``device.add`` with statements: a recovery from a new or revoked device, or a
+        device renewing its expired certificate. The statements prove themselves; the
+        device logs in if its certificate is then the ruling one for it."""
+        verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
+                          ev.signature)
+        statements = decode_statements(cert.username, ev.statements)
+        cert_statement = DeviceCertificate.decode(ev.certificate)
+        rec = await self.account_keys.apply(cert.username, [*statements, cert_statement], now)
+        dev = rec.device(cert.device_id)
+        if dev is None or dev.revoked or dev.certificate != ev.certificate:
+            raise WireFailure("invalid_certificate", "certificate is not the ruling one")
+        self.log.info("device.recertified", userId=cert.username, deviceId=cert.device_id)
         await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
@@ -666,7 +704,16 @@ class ServerApp:
                 {"deviceId": d.device_id, "certificate": b64(d.certificate)} for d in rec.active()
             ],
             "revokedDeviceIds": [d.device_id for d in rec.devices if d.revoked],
+            "forked": rec.forked,
+            **chain_data(rec.genesis_key, rec.recovery_key, await self._chain(rec)),
         }, rid)
+
+    async def _chain(self, rec: AccountRecord) -> list[Statement]:
+        """An account's successions and recoveries (none to read while it has its first key)."""
+        if rec.account_key == rec.genesis_key and not rec.forked:
+            return []
+        found = await self.storage.account_chain(rec.user_id)
+        return [] if found is None else found[1]
 
     async def _own_account(self, user: str) -> AccountRecord:
         """The authenticated user's account (it may have been deleted meanwhile)."""
@@ -716,6 +763,8 @@ class ServerApp:
     ) -> None:
         user, _ = session.key
         rec = await self._own_account(user)
+        if rec.forked:
+            raise WireFailure("account_forked", "the account is forked: recover it first")
         try:
             stmt = RevocationStatement.decode(ev.revocation)
             stmt.verify(account_key=rec.account_key, username=user)
@@ -723,14 +772,18 @@ class ServerApp:
             raise WireFailure("invalid_revocation", str(exc)) from None
         if rec.device(stmt.device_id) is None:
             raise WireFailure("bad_request", "no such device")
-        await self.directory.revoke(user, stmt.device_id, now_ms())
-        # No room frame reaches it from here on; its rooms are asked to remove it.
-        self.rooms.device_revoked(user, stmt.device_id)
+        await self.account_keys.apply(user, [stmt], now_ms(), skip=session)
         self.log.info("device.revoked", userId=user, deviceId=stmt.device_id)
-        text = frame(DEVICE_REVOKED, {"deviceId": stmt.device_id})
-        self.presence.revoked((user, stmt.device_id), text)
         session.reply(DEVICE_REVOKED, {"deviceId": stmt.device_id}, rid)
-        self.presence.notify_user(user, text, skip=session)
+
+    async def _account_statements(
+        self, session: Session, ev: AccountStatements, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, _ = session.key
+        await self._own_account(user)
+        statements = decode_statements(user, ev.statements)
+        rec = await self.account_keys.apply(user, statements, now_ms(), skip=session)
+        session.reply(ACCOUNT_HEAD, head_data(rec), rid)
 
     async def _delete_account(
         self, session: Session, ev: DeleteAccount, data: dict[str, Any], rid: str | None

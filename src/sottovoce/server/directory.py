@@ -97,10 +97,13 @@ class Directory:
         """Whether the name is taken (a deleted account's tombstone keeps it taken)."""
         return await self._record(user_id) is not None
 
-    async def register(self, cert: DeviceCertificate, raw_cert: bytes, now_ms: int) -> None:
+    async def register(
+        self, cert: DeviceCertificate, raw_cert: bytes, now_ms: int,
+        recovery_key: bytes | None = None,
+    ) -> None:
         try:
             await self._storage.create_account(
-                cert.username, cert.account_key, cert.device_id, raw_cert, now_ms
+                cert.username, cert.account_key, cert.device_id, raw_cert, now_ms, recovery_key
             )
         except UsernameTaken:
             raise WireFailure("username_taken", "username is taken") from None
@@ -114,13 +117,6 @@ class Directory:
         except DeviceExists:
             raise WireFailure("device_exists", "device id is already registered") from None
         await self.refresh(cert.username)
-
-    async def revoke(self, user_id: str, device_id: str, now_ms: int) -> None:
-        try:
-            await self._storage.revoke_device(user_id, device_id, now_ms)
-        except UnknownAccount:
-            raise WireFailure("bad_request", "no such device") from None
-        await self.refresh(user_id)
 
     async def delete(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         """Delete the account (tombstone, see ``Storage.delete_account``); returns the

@@ -45,6 +45,8 @@ FIELDS: dict[str, int] = {
     "batch": 0,
     "remaining": 0,
     "deleted": 0,
+    "forked": 0,
+    "revoked": 0,
     "error": 128,
     "node": 128,
 }

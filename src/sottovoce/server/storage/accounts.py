@@ -28,16 +28,25 @@ _NEW_DEVICE = (
 )
 
 
+_CERT_STATEMENT = (
+    "INSERT INTO account_statements(user_id, kind, body, received_at) "
+    "VALUES (?, 'certificate', ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
 def create_account(
-    user: str, account_key: bytes, device: str, certificate: bytes, now: int
+    user: str, account_key: bytes, device: str, certificate: bytes, now: int,
+    recovery_key: bytes | None = None,
 ) -> Txn[None]:
+    """The first certificate is kept as a statement too (storage/statements.py)."""
     if not (yield execute(
-        "INSERT INTO accounts(user_id, account_key, created_at) VALUES (?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        user, account_key, now,
+        "INSERT INTO accounts(user_id, account_key, genesis_key, recovery_key, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        user, account_key, account_key, recovery_key, now,
     )):
         raise UsernameTaken("username is taken")
     yield execute(_NEW_DEVICE, user, device, certificate, now)
+    yield execute(_CERT_STATEMENT, user, certificate, now)
 
 
 def add_device(user: str, device: str, certificate: bytes, now: int) -> Txn[None]:
@@ -45,6 +54,7 @@ def add_device(user: str, device: str, certificate: bytes, now: int) -> Txn[None
         raise UnknownAccount("no such account")
     if not (yield execute(_NEW_DEVICE, user, device, certificate, now)):
         raise DeviceExists("device id already registered")
+    yield execute(_CERT_STATEMENT, user, certificate, now)
 
 
 def revoke_device(user: str, device: str, now: int) -> Txn[int]:
@@ -89,7 +99,10 @@ def delete_account(user: str, now: int) -> Txn[tuple[tuple[str, ...], list[int]]
 
 
 def get_account(user: str) -> Txn[AccountRecord | None]:
-    found = yield one("SELECT account_key, deleted_at FROM accounts WHERE user_id=?", user)
+    found = yield one(
+        "SELECT account_key, deleted_at, forked, genesis_key, recovery_key FROM accounts "
+        "WHERE user_id=?", user
+    )
     if found is None:
         return None
     devices = yield rows(
@@ -106,6 +119,9 @@ def get_account(user: str) -> Txn[AccountRecord | None]:
             for r in devices
         ),
         deleted=found[1] is not None,
+        forked=bool(found[2]),
+        genesis_key=blob(found[3]) if found[3] is not None else blob(found[0]),
+        recovery_key=blob(found[4]) if found[4] is not None else b"",
     )
 
 

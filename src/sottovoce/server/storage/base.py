@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sottovoce.errors import RemoteError
+from sottovoce.identity.succession import ChainHead, Genesis, Statement
+from sottovoce.kt.map import ChangeKind
 
 
 class UsernameTaken(RemoteError):
@@ -42,6 +44,10 @@ class PrekeysFull(RemoteError):
     pass
 
 
+class StatementsFull(RemoteError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
     device_id: str
@@ -57,6 +63,13 @@ class AccountRecord:
     devices: tuple[DeviceRecord, ...]
     #: A deleted account's tombstone: its name stays taken, nothing else answers for it.
     deleted: bool = False
+    #: Two successions by one account key and no recovery settling it yet: nothing signed
+    #: by an account key is acted on (storage/statements.py).
+    forked: bool = False
+    #: The keys it was registered with (identity/succession.py ``Genesis``); the recovery
+    #: key is empty for accounts registered before recovery codes.
+    genesis_key: bytes = b""
+    recovery_key: bytes = b""
 
     def active(self) -> tuple[DeviceRecord, ...]:
         return tuple(d for d in self.devices if not d.revoked)
@@ -66,6 +79,22 @@ class AccountRecord:
             if d.device_id == device_id:
                 return d
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`Storage.apply_statements` made of an account."""
+
+    head: ChainHead
+    #: Devices that were active and are not any more (their connections must close).
+    revoked: tuple[str, ...]
+    #: Their internal ids: the engine forgets what it cached of their inboxes.
+    devs: tuple[int, ...]
+    #: Why the certificates and revocations were not kept (``stale_account_key``: not
+    #: signed by the ruling key; ``account_forked``), or None.
+    refused: str | None = None
+    #: What the key-transparency log is to record of it (storage/statements.py), or None.
+    change: ChangeKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +202,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def create_account(
-        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int,
+        recovery_key: bytes | None = None,
     ) -> None:
-        """Raises :class:`UsernameTaken`."""
+        """Raises :class:`UsernameTaken`. ``recovery_key``: the RK the account is registered
+        with (the genesis of identity/succession.py, with ``account_key``)."""
 
     @abc.abstractmethod
     async def add_device(
@@ -184,7 +215,25 @@ class Storage(abc.ABC):
         """Raises :class:`UnknownAccount`, :class:`DeviceExists`."""
 
     @abc.abstractmethod
-    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None: ...
+    async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
+        """Mark one device revoked without a statement (the server itself revokes through
+        :meth:`apply_statements`, which keeps the signed revocation)."""
+
+    @abc.abstractmethod
+    async def apply_statements(
+        self, user_id: str, statements: Sequence[Statement], now_ms: int
+    ) -> Applied:
+        """Keep the account's new signed statements and resolve it (storage/statements.py).
+        Raises :class:`UnknownAccount`, :class:`StatementsFull`; :attr:`Applied.refused`
+        names a refusal."""
+
+    @abc.abstractmethod
+    async def account_chain(self, user_id: str) -> tuple[Genesis, list[Statement]] | None:
+        """The genesis keys and the succession and recovery statements of a live account."""
+
+    @abc.abstractmethod
+    async def correspondents(self, user_id: str) -> list[str]:
+        """The accounts that exchanged 1:1 messages with ``user_id``."""
 
     @abc.abstractmethod
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:

@@ -428,6 +428,44 @@ VERSIONS: tuple[Version, ...] = (
     ALTER TABLE rooms ADD COLUMN recorder boolean NOT NULL DEFAULT false;
     """,
     ),
+    Version(
+        "account-key succession and recovery (identity/succession.py): each account keeps"
+        " the keys it was registered with (genesis_key, recovery_key; NULL for accounts"
+        " registered before) and every valid statement it was given; account_key and the"
+        " devices are what resolve() makes of them, forked while a fork is unsettled",
+        sqlite="""
+    ALTER TABLE accounts ADD COLUMN genesis_key BLOB;
+    ALTER TABLE accounts ADD COLUMN recovery_key BLOB;
+    ALTER TABLE accounts ADD COLUMN forked INTEGER NOT NULL DEFAULT 0;
+    UPDATE accounts SET genesis_key = account_key;
+    CREATE TABLE account_statements(
+        user_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY(user_id, kind, body)
+    ) WITHOUT ROWID;
+    INSERT INTO account_statements(user_id, kind, body, received_at)
+        SELECT user_id, 'certificate', certificate, created_at FROM devices
+        WHERE revoked_at IS NULL
+    """,
+        postgres="""
+    ALTER TABLE accounts ADD COLUMN genesis_key bytea;
+    ALTER TABLE accounts ADD COLUMN recovery_key bytea;
+    ALTER TABLE accounts ADD COLUMN forked bigint NOT NULL DEFAULT 0;
+    UPDATE accounts SET genesis_key = account_key;
+    CREATE TABLE account_statements(
+        user_id text NOT NULL,
+        kind text NOT NULL,
+        body bytea NOT NULL,
+        received_at bigint NOT NULL,
+        PRIMARY KEY(user_id, kind, body)
+    );
+    INSERT INTO account_statements(user_id, kind, body, received_at)
+        SELECT user_id, 'certificate', certificate, created_at FROM devices
+        WHERE revoked_at IS NULL;
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

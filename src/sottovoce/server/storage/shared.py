@@ -1,5 +1,6 @@
 """The storage API written once: each method runs an operation of :mod:`.accounts`,
-:mod:`.prekeys`, :mod:`.inbox`, :mod:`.keypackages` or :mod:`.rooms` on the engine.
+:mod:`.statements`, :mod:`.prekeys`, :mod:`.inbox`, :mod:`.keypackages` or :mod:`.rooms`
+on the engine.
 
 An engine provides only where an operation runs (:meth:`SharedStorage._write_op`,
 :meth:`SharedStorage._read_op`) and what it caches of the inbox quotas (forgotten
@@ -13,8 +14,11 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from sottovoce.identity.succession import Genesis, Statement
+from sottovoce.limits import MAX_ACCOUNT_STATEMENTS
 from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
-from sottovoce.server.storage.base import AccountRecord, ClaimedPrekey, Storage
+from sottovoce.server.storage import statements as statements_ops
+from sottovoce.server.storage.base import AccountRecord, Applied, ClaimedPrekey, Storage
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
     ClaimedKeyPackage,
@@ -89,10 +93,12 @@ class SharedStorage(Storage, Engine):
         correspondents): drop what the engine cached of their quota usage."""
 
     async def create_account(
-        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
+        self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int,
+        recovery_key: bytes | None = None,
     ) -> None:
         await self._write_op(
-            accounts.create_account, user_id, account_key, device_id, certificate, now_ms
+            accounts.create_account, user_id, account_key, device_id, certificate, now_ms,
+            recovery_key,
         )
 
     async def add_device(
@@ -105,6 +111,21 @@ class SharedStorage(Storage, Engine):
             accounts.revoke_device, user_id, device_id, now_ms,
             after=lambda dev: self._forget_inboxes([dev], correspondents=False),
         )
+
+    async def apply_statements(
+        self, user_id: str, statements: Sequence[Statement], now_ms: int
+    ) -> Applied:
+        return await self._write_op(
+            statements_ops.apply_statements, user_id, tuple(statements), now_ms,
+            MAX_ACCOUNT_STATEMENTS,
+            after=lambda applied: self._forget_inboxes(applied.devs, correspondents=False),
+        )
+
+    async def account_chain(self, user_id: str) -> tuple[Genesis, list[Statement]] | None:
+        return await self._read_op(statements_ops.genesis_of, user_id)
+
+    async def correspondents(self, user_id: str) -> list[str]:
+        return await self._read_op(statements_ops.correspondents, user_id)
 
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         active, _ = await self._write_op(
