@@ -427,7 +427,7 @@ def test_next_hints_work_when_pasted(up: World, tmp_path: Path) -> None:
 # =============================================================================
 
 
-def test_every_help_text_renders_and_claims_no_device_linking() -> None:
+def test_every_help_text_renders_and_claims_nothing_unbuilt() -> None:
     import argparse
 
     from sottovoce.cli.main import build_parser
@@ -443,7 +443,9 @@ def test_every_help_text_renders_and_claims_no_device_linking() -> None:
     assert len(texts) > 15
     for text in texts:
         lowered = text.lower()
-        for claim in ("link a new device", "link a device", "device linking", "design §"):
+        # Device linking is built (tests/integration/test_link.py runs every command it
+        # names); the help must still point at nothing outside the repository.
+        for claim in ("design §", "../shared", "issue #"):
             assert claim not in lowered, (claim, text)
         assert "once the sdk" not in lowered, text
         assert "--debug" in text
