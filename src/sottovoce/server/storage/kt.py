@@ -319,7 +319,7 @@ def record(
 
 def store_checkpoint(size: int, note: bytes, now_ms: int) -> Txn[None]:
     yield execute(
-        "INSERT INTO kt_checkpoints(size, note, created_at) VALUES (?, ?, ?) "
+        "INSERT INTO kt_checkpoints(size, signed_note, created_at) VALUES (?, ?, ?) "
         "ON CONFLICT DO NOTHING",
         size, note, now_ms,
     )
@@ -336,7 +336,7 @@ def store_cosignature(size: int, witness: str, timestamp_s: int, line: str) -> T
 def latest_checkpoint() -> Txn[tuple[int, bytes, list[str]] | None]:
     """The largest stored checkpoint: (size, the log-signed note, the newest cosignature
     line of each witness that cosigned it)."""
-    found = yield one("SELECT size, note FROM kt_checkpoints ORDER BY size DESC LIMIT 1")
+    found = yield one("SELECT size, signed_note FROM kt_checkpoints ORDER BY size DESC LIMIT 1")
     if found is None:
         return None
     size = int(found[0])

@@ -452,7 +452,7 @@ VERSIONS: tuple[Version, ...] = (
     ) WITHOUT ROWID;
     CREATE TABLE kt_checkpoints(
         size INTEGER PRIMARY KEY,
-        note BLOB NOT NULL,
+        signed_note BLOB NOT NULL,
         created_at INTEGER NOT NULL
     );
     CREATE TABLE kt_cosignatures(
@@ -494,7 +494,7 @@ VERSIONS: tuple[Version, ...] = (
     );
     CREATE TABLE kt_checkpoints(
         size bigint PRIMARY KEY,
-        note bytea NOT NULL,
+        signed_note bytea NOT NULL,
         created_at bigint NOT NULL
     );
     CREATE TABLE kt_cosignatures(
