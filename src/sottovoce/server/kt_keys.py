@@ -59,7 +59,7 @@ def read_note_key(path: Path, *, cosigner: bool, what: str) -> NoteSigner:
                      f"({_PREFIX}name+keyid+key)")
     if not line.startswith(_PREFIX):
         raise bad
-    parts = line[len(_PREFIX):].split("+")
+    parts = line[len(_PREFIX):].split("+", 2)  # the base64 key may hold "+"
     if len(parts) != 3:
         raise bad
     name, key_id, payload = parts
