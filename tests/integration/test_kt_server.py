@@ -49,7 +49,6 @@ from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess, free_port
 
 
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path / "srv").start()
@@ -72,12 +71,12 @@ def _policy(srv: ServerProcess, *, min_cosignatures: int = 1) -> KTPolicy:
 
 
 async def _head(client: Client, since: int = 0) -> KTHeadResult:
-    _, data = await client._conn.request(KTHead(since=since), frozenset({KT_HEAD_RESULT}))  # noqa: SLF001
+    _, data = await client._conn.request(KTHead(since=since), frozenset({KT_HEAD_RESULT}))
     return KTHeadResult.from_wire(data)
 
 
 async def _lookup(client: Client, user: str, since: int = 0) -> LookupResponse:
-    _, data = await client._conn.request(  # noqa: SLF001
+    _, data = await client._conn.request(
         KTLookup(username=user, since=since), frozenset({KT_LOOKUP_RESULT}))
     return LookupResponse.decode(KTResponse.from_wire(data).response)
 
@@ -129,7 +128,7 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
         assert newer.checkpoint.size == 4
 
         # The owner's history: every version, none it did not make.
-        _, data = await alice._conn.request(KTHistory(), frozenset({KT_HISTORY_RESULT}))  # noqa: SLF001
+        _, data = await alice._conn.request(KTHistory(), frozenset({KT_HISTORY_RESULT}))
         history = HistoryResponse.decode(KTResponse.from_wire(data).response)
         own = OwnKeys(devices=frozenset({(alice.device_id, alice.identity.device_key.public),
                                          (tablet.device_id, tablet.identity.device_key.public)}),
@@ -161,7 +160,7 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
 async def test_malformed_requests_get_typed_errors(server: ServerProcess, tmp_path: Path) -> None:
     alice = await make_account(server, "alice", tmp_path)
     try:
-        conn = alice._conn  # noqa: SLF001
+        conn = alice._conn
         with pytest.raises(ServerError) as err:
             await conn.request(KTLookup(username="NOT A NAME!"), frozenset({KT_LOOKUP_RESULT}))
         assert err.value.code in ("bad_request", "invalid_username")
@@ -280,7 +279,7 @@ def _hide_an_account():  # type: ignore[no-untyped-def]
 
     size = yield from kt_tables.log_size()
     key = secrets.token_bytes(32)
-    path = Overlay(dict((yield from kt_tables._map_path(key, size))))  # noqa: SLF001
+    path = Overlay(dict((yield from kt_tables._map_path(key, size))))
     SparseMap(path).set(key, b"\xee" * 32)
     for node, record in path.writes.items():
         node_id = kt_tables.map_node_id(node)
