@@ -48,6 +48,7 @@ from sottovoce.server.storage import engine_sqlite
 from sottovoce.server.storage.kt import NO_RECOVERY_KEY
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess, free_port
+from tests.kt_helpers import hide_an_account
 
 
 @pytest.fixture
@@ -264,7 +265,7 @@ async def test_a_witness_process_cosigns_and_an_auditor_refuses_a_tampered_map(
         assert _cosigners(srv, plain.vkey, auditor.vkey) == {"witness.test/w1", "witness.test/a1"}
         # Someone with the database hides an account in the map (no leaf appends it).
         with sqlite3.connect(srv.db_path) as conn:
-            engine_sqlite.run(_hide_an_account(), conn)
+            engine_sqlite.run(hide_an_account(), conn)
         bob = await make_account(srv, "bob", tmp_path)
         await bob.close()
         # The plain witness only checks the log; the auditor replays the leaves and refuses.
@@ -277,24 +278,6 @@ async def test_a_witness_process_cosigns_and_an_auditor_refuses_a_tampered_map(
         srv.stop()
         plain.stop()
         auditor.stop()
-
-
-def _hide_an_account():  # type: ignore[no-untyped-def]
-    import secrets
-
-    from sottovoce.kt.map import Overlay, SparseMap
-    from sottovoce.server.storage import kt as kt_tables
-    from sottovoce.server.storage.txn import execute
-
-    size = yield from kt_tables.log_size()
-    key = secrets.token_bytes(32)
-    path = Overlay(dict((yield from kt_tables._map_path(key, size))))
-    SparseMap(path).set(key, b"\xee" * 32)
-    for node, record in path.writes.items():
-        node_id = kt_tables.map_node_id(node)
-        yield execute("DELETE FROM kt_map_nodes WHERE node=? AND epoch=?", node_id, size - 1)
-        yield execute("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-                      node_id, size - 1, record)
 
 
 def test_the_witness_command_checks_once_and_refuses_plainly(

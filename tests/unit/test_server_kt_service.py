@@ -166,3 +166,41 @@ async def test_http_answers_before_and_after_the_first_checkpoint(tmp_path: Path
     finally:
         await kt.close()
         await st.close()
+
+
+def test_an_auditing_witness_restarts_from_its_state_by_replaying_the_leaves(
+    tmp_path: Path,
+) -> None:
+    """After a restart the auditor rebuilds its replica from leaf 0 and checks it makes
+    the checkpoint it cosigned last; a log that rewrote those leaves is refused."""
+    import hashlib
+
+    from sottovoce.kt.errors import KTError
+    from sottovoce.kt.map import ChangeKind
+    from sottovoce.kt.prover import KTLog, KTStores
+    from sottovoce.kt.vrf import VRFSecretKey
+
+    log = kt_keys.note_key(tmp_path / "log.key", "kt.test/log", cosigner=False, what="l")
+    stores = KTStores.memory()
+    core = KTLog(stores, vrf_key=VRFSecretKey(hashlib.sha256(b"v").digest()), log_signer=log)
+    signer = kt_keys.note_key(tmp_path / "a.key", "a.test/a1", cosigner=True, what="a")
+
+    def auditor() -> WitnessService:
+        return WitnessService(signer, tmp_path / "a.state", log_key=log.public,
+                              leaves=lambda start, n: [stores.leaves[i] for i in
+                                                       range(start, min(start + n, core.size))],
+                              clock_ms=lambda: NOW)
+
+    def grow(n: int) -> bytes:
+        for i in range(n):
+            core.change(f"user{core.size}", bytes([i]), kind=ChangeKind.REGISTRATION, now_ms=NOW,
+                        rng=lambda k: bytes(k))
+        return core.checkpoint().encode()
+
+    first = auditor()
+    assert first.handle(add_checkpoint_body(0, [], grow(3)))[0] == 200
+    again = auditor()  # a restart
+    assert again.handle(add_checkpoint_body(3, [], grow(2)))[0] == 200
+    stores.leaves[1] = stores.leaves[2]  # the log rewrites its past
+    with pytest.raises(KTError):
+        auditor().add_checkpoint(5, [], grow(1))

@@ -27,6 +27,7 @@ from sottovoce.server.storage.kt import NO_RECOVERY_KEY, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
+from tests.kt_helpers import hide_an_account
 
 VRF = VRFSecretKey(hashlib.sha256(b"vrf").digest())
 LOG = NoteSigner("kt.test/log", SigningKey(SignatureScheme.ED25519, bytes(range(32))))
@@ -144,8 +145,8 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         note = KTLog(await store.kt_snapshot("user0", 5, 0, every_version=False),
                      vrf_key=VRF, log_signer=LOG).checkpoint()
         auditor.cosign_audited(note, leaves, now_ms=NOW)
-        # Tamper: a map entry's record rewritten under the latest epoch.
-        await store._write_op(_tamper)
+        # Tamper: an account no leaf appended, hidden in the map.
+        await store._write_op(hide_an_account)
         a = Account("user9")
         await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
         note = KTLog(await store.kt_snapshot("user0", 6, 0, every_version=False),
@@ -154,24 +155,6 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
             auditor.cosign_audited(note, await store.kt_leaves(5, 10), now_ms=NOW)
     finally:
         await store.close()
-
-
-def _tamper():  # type: ignore[no-untyped-def]
-    """Someone with the database hides an account in the map: an entry no leaf appended,
-    written over the records of the latest epoch."""
-    from sottovoce.kt.map import Overlay, SparseMap
-    from sottovoce.server.storage import kt as kt_tables
-    from sottovoce.server.storage.txn import execute
-
-    size = yield from kt_tables.log_size()
-    key = secrets.token_bytes(32)
-    path = Overlay(dict((yield from kt_tables._map_path(key, size))))
-    SparseMap(path).set(key, b"\xee" * 32)
-    for node, record in path.writes.items():
-        node_id = kt_tables.map_node_id(node)
-        yield execute("DELETE FROM kt_map_nodes WHERE node=? AND epoch=?", node_id, size - 1)
-        yield execute("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-                      node_id, size - 1, record)
 
 
 def test_account_state_round_trips() -> None:
