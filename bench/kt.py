@@ -166,16 +166,26 @@ def _certs(n: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-async def _register(st: Any, certs: list[tuple[str, bytes, bytes]], now: int) -> float:
+async def _register(
+    st: Any, certs: list[tuple[str, bytes, bytes]], now: int
+) -> tuple[float, list[float]]:
+    """Total seconds, and the seconds per registration of each tenth of them in turn
+    (whether the cost grows with the log)."""
     sem = asyncio.Semaphore(64)
+    tenth = max(1, len(certs) // 10)
+    blocks: list[float] = []
 
     async def one(name: str, ak: bytes, cert: bytes) -> None:
         async with sem:
             await st.create_account(name, ak, "d1", cert, now)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(*c) for c in certs))
-    return time.perf_counter() - t0
+    for i in range(0, len(certs), tenth):
+        t = time.perf_counter()
+        part = certs[i:i + tenth]
+        await asyncio.gather(*(one(*c) for c in part))
+        blocks.append((time.perf_counter() - t) / len(part))
+    return time.perf_counter() - t0, blocks
 
 
 async def sqlite_bench(n: int, lookups: int) -> None:
@@ -200,16 +210,18 @@ async def sqlite_bench(n: int, lookups: int) -> None:
         log = JsonLogger(io.StringIO())
         plain = SqliteStorage(Path(tmp) / "plain.sqlite3", logger=log)
         await plain.open()
-        base = await _register(plain, certs, now)
+        base, _ = await _register(plain, certs, now)
         await plain.close()
         st = SqliteStorage(Path(tmp) / "kt.sqlite3", logger=log)
         kt = kt_log.from_config(ServerConfig(data_dir=Path(tmp) / "data"), st, log)
         await st.open()
-        with_kt = await _register(st, certs, now)
+        with_kt, blocks = await _register(st, certs, now)
         print(f"registration without the log: {n / base:,.0f}/s ({base / n * 1e6:.0f} us each)")
         print(f"registration with the log append: {n / with_kt:,.0f}/s "
               f"({with_kt / n * 1e6:.0f} us each; the append adds "
               f"{(with_kt - base) / n * 1e6:.0f} us, x{with_kt / base:.1f})")
+        print("  with the log, each tenth in turn (us each): "
+              + ", ".join(f"{b * 1e6:.0f}" for b in blocks))
         size = os.path.getsize(Path(tmp) / "kt.sqlite3") + os.path.getsize(
             Path(tmp) / "kt.sqlite3-wal")
         print(f"database with the log: {size / n:,.0f} B per account")
