@@ -52,6 +52,16 @@ LINK_SECRET_BYTES = 32
 LINK_CONFIRMATION_WORDS = 4
 #: Longest server URL a linking QR code carries (keeps the code scannable).
 LINK_SERVER_URL_MAX_LEN = 512
+#: One message through a linking mailbox (a handover part, a history chunk): one
+#: ciphertext's worth, so a relayed frame stays well under MAX_FRAME_BYTES.
+LINK_MESSAGE_MAX_BYTES = 160 * 1024
+#: Messages one linking mailbox relays in all (the PAKE's three, the handover, the
+#: history in chunks): past it the mailbox closes.
+LINK_MAX_MESSAGES = 160
+#: Messages a mailbox holds for a side that has not joined yet (the PAKE's first).
+LINK_MAX_QUEUED = 4
+#: Mailboxes one server node holds at once (each lives at most LINK_CODE_TTL_MS).
+LINK_MAX_MAILBOXES = 4096
 
 # --- pairwise ----------------------------------------------------------------
 
@@ -329,9 +339,9 @@ MESH_MAX_PARTICIPANTS = 4
 #: Devices in one call through an SFU (the VideoRoom's publisher limit; each one is a
 #: leaf of the call's MLS group and a set of receive keys at every member).
 ROOM_CALL_MAX_PARTICIPANTS = 32
-#: After an epoch change a receiver keeps the previous epoch's keys of a sender still in
-#: the call until that sender's first new-epoch frame, and never longer than this: a
-#: frame in flight is late after 2 s anyway.
+#: After an epoch change a receiver keeps the previous epoch's key of a sender's track
+#: while the sender is still in the call, until that sender's first new-epoch frame of
+#: the track, and never longer than this: a frame in flight is late after 2 s anyway.
 CALL_EPOCH_GRACE_MS = 2_000
 #: The member in line r (0 = the lowest leaf) commits pending joins and leaves once they
 #: have waited r times this long, so one member commits and another takes over if it

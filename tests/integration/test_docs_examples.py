@@ -75,6 +75,9 @@ SKIP: dict[tuple[str, str], str] = {
      "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[dev]' "
      "&& .venv/bin/ruff check src tests bench && .venv/bin/mypy src && .venv/bin/pytest"):
         "command 2 is this test suite itself; CI runs it (.ci/run, tests/unit/test_project.py)",
+    ("README.md", ".venv/bin/sottovoce device link --with-history --data-dir ~/.sottovoce-alice"):
+        "two terminals: the code device link shows goes to account link, and the words are "
+        "confirmed by hand; tests/integration/test_link.py runs both commands, list and rename",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

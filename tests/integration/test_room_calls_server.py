@@ -14,6 +14,7 @@ import asyncio
 import re
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -213,18 +214,22 @@ async def test_room_call_from_the_cli_three_processes_and_a_refused_recording(
     common = ("room", "call", room_id, "--loopback")
     running: list[Cli] = []
     try:
-        a = start(alice, *common, "--new", "--seconds", "25", "--allow-recording")
+        # Alice and Bob stay until Carol has left (Ctrl-C), however slowly a loaded
+        # machine starts Carol's process: Bob must still be there to refuse.
+        a = start(alice, *common, "--new", "--allow-recording")
         running.append(a)
         a.wait_for(r"in the call: E2EE on, epoch 0")
         assert "through the server's SFU" in a.stdout()
-        b = start(bob, *common, "--seconds", "18")  # refuses recordings (the default)
+        b = start(bob, *common)  # refuses recordings (the default)
         running.append(b)
         b.wait_for(r"in the call: E2EE on, epoch \d+")
         c = start(carol, *common, "--seconds", "8", "--record", "--record-to",
                   str(tmp_path / "carol.rec"))
         running.append(c)
-        c.wait_for(r"participants \(3, epoch \d+\)")
-        for cli in (c, b, a):
+        c.wait_for(r"participants \(3, epoch \d+\)", 60)
+        assert await asyncio.to_thread(c.finish, 90) == 0, c.stderr()
+        for cli in (b, a):
+            cli.proc.send_signal(signal.SIGINT)
             assert await asyncio.to_thread(cli.finish, 90) == 0, cli.stderr()
     finally:
         for cli in running:
@@ -241,7 +246,9 @@ async def test_room_call_from_the_cli_three_processes_and_a_refused_recording(
     # Carol, 8 s in the call, decoded the others' 15 fps; nothing failed to open.
     assert frames[("c", "alice")] >= 60 and frames[("c", "bob")] >= 60, said["c"]
     assert frames[("a", "bob")] >= 60 and frames[("b", "alice")] >= 60, said
-    assert all(int(n) == 0 for n in re.findall(r"; (\d+) did not open", "".join(said.values())))
+    assert all(
+        int(n) == 0 for n in re.findall(r"; (\d+) did not open", "".join(said.values()))
+    ), said
     assert not (tmp_path / "carol.rec").exists()  # nothing recorded without everyone's yes
 
 

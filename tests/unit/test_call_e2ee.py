@@ -100,6 +100,25 @@ async def test_replays_other_senders_wrong_keys_and_plain_frames_never_reach_the
         assert offer(q, frame) is None
         assert receiver._RTCRtpReceiver__decoder_error.is_set()  # type: ignore[attr-defined]
         assert guard.counters.opened == 1 and guard.counters.dropped == 5
+        # Plain VP8 read as SFrame names no key bob holds: unkeyed; the rest failed.
+        assert (guard.counters.unkeyed, guard.counters.failed) == (1, 4)
+    finally:
+        await pc.close()
+
+
+async def test_a_frame_of_an_epoch_not_held_yet_is_unkeyed_not_failed() -> None:
+    # Alice processed a commit bob has not yet: her next frame names epoch 1.
+    def exporter(label: bytes, context: bytes, length: int) -> Secret:
+        return Secret(hashlib.shake_256(b"epoch 1" + label + context).digest(length))
+
+    alice, bob = crypto(ALICE), crypto(BOB)
+    alice.begin_epoch(EpochKeys.derive(epoch=1, exporter=exporter, roster=ROSTER, own_leaf=0))
+    frame = (await vp8_frames(1))[0]
+    pc, _, guard, q = await guarded(ALICE, Track.VIDEO, bob)
+    try:
+        assert offer(q, alice.seal(Track.VIDEO, Codec.VP8, frame)) is None
+        counters = guard.counters
+        assert (counters.dropped, counters.unkeyed, counters.failed) == (1, 1, 0)
     finally:
         await pc.close()
 

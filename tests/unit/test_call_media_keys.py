@@ -106,6 +106,27 @@ def test_senders_switch_at_once_and_old_frames_count_until_the_senders_first_new
     assert keys[BOB].epochs() == (0, 1)
 
 
+def test_a_new_audio_frame_does_not_drop_an_old_video_frame_still_in_flight() -> None:
+    # Tracks are separate streams: a video frame sealed just before the switch may
+    # arrive after the sender's first new-epoch audio frame.
+    keys = pair(R3)
+    old_video = keys[ALICE].protect(Track.VIDEO, b"old video", b"")
+    old_audio = keys[ALICE].protect(Track.AUDIO, b"old audio", b"")
+    for d, k in keys.items():
+        k.begin_epoch(keys_for(1, R3, d), 1000)
+    new_audio = keys[ALICE].protect(Track.AUDIO, b"new audio", b"")
+    assert keys[BOB].unprotect(new_audio, b"", 1010).epoch == 1
+    assert keys[BOB].unprotect(old_video, b"", 1020).plaintext == b"old video"
+    # ... while the audio track's old key went with its first new frame.
+    with pytest.raises(UnknownKeyId):
+        keys[BOB].unprotect(old_audio, b"", 1030)
+    new_video = keys[ALICE].protect(Track.VIDEO, b"new video", b"")
+    assert keys[BOB].unprotect(new_video, b"", 1040).epoch == 1
+    assert keys[BOB].epochs() == (0, 1)  # carol's old keys are still held
+    late = keys[ALICE].protect(Track.SCREEN, b"s", b"")  # her screen never sent in epoch 0
+    assert keys[BOB].unprotect(late, b"", 1050).epoch == 1
+
+
 def test_old_epoch_frames_stop_counting_after_the_grace_even_without_a_new_frame() -> None:
     keys = pair(R3)
     old = [keys[CAROL].protect(Track.AUDIO, b"x", b"") for _ in range(2)]

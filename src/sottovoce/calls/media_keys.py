@@ -10,7 +10,8 @@
          ├─ receive: every other member's keys of epoch n
          └─ epoch n-1 receive keys stay for a sender only while
               · that sender is still a member of epoch n (same user/device), and
-              · its first epoch-n frame has not arrived yet, and
+              · its first epoch-n frame of that track has not arrived yet
+                (tracks are separate streams: audio may overtake video), and
               · now <= switch time + CALL_EPOCH_GRACE_MS (2 s)
 
 A sender removed by the commit loses every key at once: nothing it sends after
@@ -199,6 +200,14 @@ class CallKeys:
         for kid in e.kids.pop(leaf, ()):
             self.context.remove_key(kid)
 
+    def _drop_track(self, e: _Epoch, leaf: int, track: Track) -> None:
+        held = e.kids.get(leaf, set())
+        for kid in [k for k in held if KeyId.decode(k).track is track]:
+            held.discard(kid)
+            self.context.remove_key(kid)
+        if not held:
+            e.kids.pop(leaf, None)
+
     def _drop_epoch(self, e: _Epoch) -> None:
         for leaf in list(e.kids):
             self._drop_leaf(e, leaf)
@@ -257,11 +266,13 @@ class CallKeys:
         e = self._epochs[fields.epoch_bits]
         sender = e.roster[fields.leaf]
         if e is self._current and self._next_deadline is not None:
-            # The sender's first frame of the new epoch: its old keys go now.
+            # The sender's first frame of the new epoch on this track: its old key of
+            # this track goes now. Each track is its own stream, so a video frame sealed
+            # before the switch may still arrive after the first new audio frame.
             for old in list(self._epochs.values()):
                 if old is not e:
                     for old_leaf in [x for x in old.kids if old.roster[x] == sender]:
-                        self._drop_leaf(old, old_leaf)
+                        self._drop_track(old, old_leaf, fields.track)
             self._tidy()
         return CallFrame(
             epoch=e.epoch, sender=sender, track=fields.track, ctr=ctr, plaintext=plaintext

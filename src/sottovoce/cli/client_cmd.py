@@ -19,6 +19,7 @@ import sys
 
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import add_path_options
+from sottovoce.cli.device_cmd import add_account_link
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
@@ -47,6 +48,7 @@ from sottovoce.client import (
 )
 from sottovoce.client.connection import ws_url
 from sottovoce.client.events import (
+    DeviceLinked,
     RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
@@ -182,6 +184,8 @@ def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
         return f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}", False
     if isinstance(event, ErrorEvent):
         return render.error_event(event), True
+    if isinstance(event, DeviceLinked):
+        return render.device_linked(event.device_id), True
     return None
 
 
@@ -428,6 +432,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     delete.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation (for scripts)"
     )
+    add_account_link(account_sub)
 
     subcommand(
         sub,

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.demo",
     "sottovoce.cli.server_cmd",
     "sottovoce.cli.client_cmd",
+    "sottovoce.cli.device_cmd",
     "sottovoce.cli.room_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.audit_cmd",

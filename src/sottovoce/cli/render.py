@@ -204,11 +204,21 @@ def audit_summary(trail: AuditTrail) -> str:
 
 def qr_text(sn: SafetyNumber) -> str:
     """The safety-number QR code as terminal text (segno, two modules per character)."""
+    return qr_terminal(sn.qr_payload())
+
+
+def qr_terminal(payload: str | bytes) -> str:
+    """A QR code of ``payload`` as terminal text (segno, two modules per character)."""
     import segno
 
     out = io.StringIO()
-    segno.make(sn.qr_payload(), error="m", micro=False).terminal(out=out, compact=True, border=2)
+    segno.make(payload, error="m", micro=False).terminal(out=out, compact=True, border=2)
     return out.getvalue()
+
+
+def device_linked(device_id: str) -> str:
+    return (f"! a new device was linked to your account: {safe(device_id)} "
+            "(if that was not you, revoke it)")
 
 
 def safety_number(me: str, peer: str, sn: SafetyNumber, *, qr: bool) -> str:

@@ -159,10 +159,12 @@ def _summary(ctl: RoomCallController, others: set[Device]) -> None:
         return
     for device in sorted(others):
         camera = media.sink(device, "camera")
+        unkeyed = media.unkeyed(device)
         say(
             f"received {camera.frames} camera frames and "
             f"{media.sink(device, 'audio').frames} audio frames from {who(device)}"
-            f"; {media.dropped(device)} did not open"
+            f"; {media.failed(device)} did not open"
+            + (f", {unkeyed} came under a key this device did not hold" if unkeyed else "")
         )
 
 

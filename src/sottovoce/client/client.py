@@ -46,6 +46,7 @@ from sottovoce.client.errors import NotConnected, StoreError
 from sottovoce.client.events import (
     ClientEvent,
     ConnectionChanged,
+    DeviceLinked,
     EphemeralReceived,
     ErrorEvent,
     EventHub,
@@ -55,6 +56,7 @@ from sottovoce.client.events import (
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.outbox import Outbox
+from sottovoce.client.ports import LinkPort
 from sottovoce.client.prekeys import Prekeys
 from sottovoce.client.registration import register_device
 from sottovoce.client.rooms import ROOM_PREFIX, RoomManager, SyncedMark
@@ -62,6 +64,7 @@ from sottovoce.client.sessions import SessionManager
 from sottovoce.client.store import (
     LOCK_FILE,
     STORE_FILE,
+    Contact,
     KdfParams,
     Store,
     StoredMessage,
@@ -196,7 +199,7 @@ class Client:
             ev.REPLAY_DONE: lambda _, __: self._queue.put_nowait(_ReplayDone(self._generation)),
             ev.ERROR: self._on_error,
             ev.PREKEYS_LOW: lambda _, __: self._spawn(self._prekeys.low()),
-            ev.DEVICE_ADDED: self._on_own_devices_changed,
+            ev.DEVICE_ADDED: self._on_device_added,
             ev.DEVICE_REVOKED: self._on_own_devices_changed,
             ev.ACCOUNT_DELETED: self._on_account_deleted,
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
@@ -655,6 +658,32 @@ class Client:
             )
         )
 
+    def _on_device_added(self, rid: str | None, data: dict[str, Any]) -> None:
+        device = data.get("deviceId")
+        if isinstance(device, str) and device != self.device_id:
+            self._emit(DeviceLinked(device_id=device[:64]))
+        self._on_own_devices_changed(rid, data)
+
+    def linking(self) -> LinkPort:
+        """What linking a new device to this account uses of this device (client/linking.py)."""
+
+        def route(name: str, handler: Callable[[dict[str, Any]], None]) -> None:
+            self._handlers[name] = lambda _, data: handler(data)
+
+        return LinkPort(link=self._conn, store=self._store, forget=self._directory.forget,
+                        contacts=self._directory, route=route)
+
+    @classmethod
+    async def enroll_linked(
+        cls, identity: LocalIdentity, olm: OlmAccount, data_dir: str | os.PathLike[str],
+        passphrase: str | bytes, *, kdf: KdfParams | None = None,
+        connector: Connector = websocket_connector,
+    ) -> Client:
+        """Register a device that linking made (its certificate from another device of the
+        account) and come back connected, with prekeys and KeyPackages uploaded."""
+        return await cls._enroll(ws_url(identity.server_url), identity, olm, data_dir,
+                                 passphrase, kdf, connector, True, add=True)
+
     def _on_own_devices_changed(self, _: str | None, __: dict[str, Any]) -> None:
         self._directory.forget(self.username)
         self._spawn(self._refresh_self())
@@ -663,6 +692,15 @@ class Client:
         # Another device of ours deleted the account; the server closes us next (4002).
         self._mark_deleted()
         self._emit(ErrorEvent(code="account_deleted", message="this account was deleted"))
+
+    def own_contact(self) -> Contact | None:
+        """This account as this device knows it: its devices' certificates, the revoked."""
+        return self._directory.contact(self.username)
+
+    async def refresh_own_devices(self) -> None:
+        """Ask the directory for this account's devices again (one was linked or revoked)."""
+        self._directory.forget(self.username)
+        await self._directory.lookup(self.username)
 
     async def _refresh_self(self) -> None:
         with contextlib.suppress(SottovoceError):

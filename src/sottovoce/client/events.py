@@ -131,8 +131,17 @@ class RoomRecovered(ErrorEvent):
     removed: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceLinked:
+    """The server says a new device was added to this account (``device link`` on one of
+    its devices, or the SDK's ``add_device``): if it was not you, revoke it."""
+
+    device_id: str
+
+
 ClientEvent = (
-    RoomMessageReceived
+    DeviceLinked
+    | RoomMessageReceived
     | RoomJoined
     | RoomInvited
     | RoomMembershipChanged

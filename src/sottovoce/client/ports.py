@@ -11,10 +11,11 @@ owns it (docs/architecture.md, "Who may import what").
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sottovoce.client.events import ClientEvent
-from sottovoce.client.store import Contact
+from sottovoce.client.store import Contact, Store
 from sottovoce.protocol import events as ev
 
 #: Hand an event to the application (after the change it reports is durable).
@@ -64,3 +65,16 @@ class SendQueue(Protocol):
     def fail(self, message_id: str, code: str, message: str) -> None:
         """Give up on a queued message: marked failed, told to the application."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPort:
+    """What linking a new device (client/linking.py) may use of the existing device."""
+
+    link: Link
+    store: Store
+    #: Forget a user's looked-up devices (our own, once a device is added).
+    forget: Callable[[str], None]
+    contacts: Contacts
+    #: Route one unsolicited server event (by name) to a handler of its data.
+    route: Callable[[str, Callable[[dict[str, Any]], None]], None]

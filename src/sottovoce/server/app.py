@@ -88,6 +88,7 @@ from sottovoce.protocol.events import (
     parse_frame,
 )
 from sottovoce.protocol.fields import ProtocolError, b64
+from sottovoce.protocol.link import LINK_PRE_AUTH
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 from sottovoce.server import kt_log
 from sottovoce.server.auth import (
@@ -109,6 +110,7 @@ from sottovoce.server.errors import (
     WireFailure,
 )
 from sottovoce.server.fanout import FanoutPorts, make_fanout
+from sottovoce.server.link_mailbox import LinkMailboxes
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.ports import DeviceKey
@@ -133,8 +135,10 @@ from sottovoce.server.transport import Connection, LeanServer, TransportConfig
 from sottovoce.server.turn_handler import TurnHandler
 
 WS_PATH = "/v3/ws"
-#: Events a connection may send before it is authenticated.
-PRE_AUTH = frozenset({Register.name, AddDevice.name, Auth.name, UsernameCheck.name, Ping.name})
+#: Events a connection may send before it is authenticated (the link events only for the
+#: one linking mailbox it joined: server/link_mailbox.py).
+PRE_AUTH = frozenset({Register.name, AddDevice.name, Auth.name, UsernameCheck.name, Ping.name,
+                      *LINK_PRE_AUTH})
 
 
 def now_ms() -> int:
@@ -255,6 +259,9 @@ class ServerApp:
         if self.kt is not None:
             self._handlers.update(self.kt.handlers())
             self.directory.kt_changed = self.kt.changed
+        self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
+                                   rearm=self._arm_preauth)
+        self._handlers.update(self.links.handlers())
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -386,6 +393,7 @@ class ServerApp:
                 "connections": len(self.sessions),
                 "node": self.node_id,
                 "residency": self.config.residency,
+                "linkMailboxes": len(self.links),
                 "storage": "sqlite" if self.config.database is None else "postgresql",
                 **self.fanout.status(),
             }).encode()
@@ -437,15 +445,21 @@ class ServerApp:
         key = address_key(session.remote)
         self.preauth[key] = self.preauth.get(key, 0) + 1
         self._challenge(session)
+        self._arm_preauth(session, None)
+        return session
+
+    def _arm_preauth(self, session: Session, delay_ms: int | None) -> None:
+        """(Re)set the deadline by which ``session`` must log in: ``preauth_timeout_ms``,
+        or ``delay_ms`` (a new device waiting in a linking mailbox)."""
+        if session.timer is not None:
+            session.timer.cancel()
 
         def preauth_expired() -> None:
             if session.user is None:
                 session.close(CLOSE_ABUSE, "authenticate in time")
 
-        session.timer = asyncio.get_running_loop().call_later(
-            self.config.preauth_timeout_ms / 1000, preauth_expired
-        )
-        return session
+        delay = self.config.preauth_timeout_ms if delay_ms is None else delay_ms
+        session.timer = asyncio.get_running_loop().call_later(delay / 1000, preauth_expired)
 
     def _disconnected(self, session: Session) -> None:
         """The TCP connection is gone (once per session). A handler may still be running
@@ -453,6 +467,7 @@ class ServerApp:
         if session.timer is not None:
             session.timer.cancel()
         session.closed = True
+        self.links.lost(session)
         self._end_preauth(session)
         self.presence.detach(session)
         self.sessions.discard(session)

@@ -37,6 +37,7 @@ from sottovoce.limits import (
     INBOX_STRANGER_MESSAGES,
     KEEPALIVE_INTERVAL_MS,
     KT_COSIGN_INTERVAL_MS,
+    LINK_CODE_TTL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
 from sottovoce.server.kt_witness import RemoteWitness, parse_kt_witnesses
@@ -65,6 +66,8 @@ class ServerConfig:
     heartbeat_ms: int = KEEPALIVE_INTERVAL_MS
     challenge_ttl_ms: int = AUTH_CHALLENGE_TTL_MS
     preauth_timeout_ms: int = 5_000
+    #: A device-linking mailbox closes this long after it opened (and sooner when done).
+    link_ttl_ms: int = LINK_CODE_TTL_MS
     commit_window_ms: float = 0.0
     max_batch: int = 2048
     device_rate: float = 2000.0
@@ -131,7 +134,7 @@ class ServerConfig:
             raise UsageError("log level must be debug, info, warning or error")
         for name in ("retention_ms", "expiry_interval_ms", "heartbeat_ms", "challenge_ttl_ms",
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
-                     "resume_interval_ms", "preauth_timeout_ms", "max_connections",
+                     "resume_interval_ms", "preauth_timeout_ms", "link_ttl_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
                      "key_claims_per_target", "kt_cosign_interval_ms", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
@@ -237,6 +240,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("challenge_ttl_ms", int, "an auth challenge must be answered within this (30000)",
            "MS"),
     Option("preauth_timeout_ms", int, "close connections not authenticated within this (5000)",
+           "MS"),
+    Option("link_ttl_ms", int,
+           "a device-linking mailbox (its code) expires this long after it opened (300000)",
            "MS"),
     Option("commit_window_ms", float,
            "extra wait to gather more sends into one commit (default 0: take what queued "

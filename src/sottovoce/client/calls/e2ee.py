@@ -34,7 +34,7 @@ from sottovoce.calls.media_keys import CallKeys, Device, EpochKeys
 from sottovoce.client.calls import hooks
 from sottovoce.client.calls.media import CbrOpusEncoder
 from sottovoce.errors import SottovoceError
-from sottovoce.sframe import SFrameError, Track
+from sottovoce.sframe import SFrameError, Track, UnknownKeyId
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,19 @@ class StreamCounters:
     """What happened to one received stream's frames."""
 
     opened: int = 0
+    #: every frame kept from the decoder, whatever the reason
     dropped: int = 0
+    #: of those, frames whose stream names another sender or track
     misbound: int = 0
+    #: of those, frames under a key this device does not hold: sealed before it joined,
+    #: before it had processed the commit the sender had, or after their grace ended
+    unkeyed: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Frames that did not open under a key this device holds (forged, replayed,
+        malformed, or misbound)."""
+        return self.dropped - self.unkeyed
 
 
 class StreamGuard:
@@ -171,8 +182,10 @@ class StreamGuard:
             if self.counters.misbound == 1 and self._on_misbound is not None:
                 self._on_misbound(exc)
             return None
-        except (SFrameError, SottovoceError):
+        except (SFrameError, SottovoceError) as exc:
             self.counters.dropped += 1
+            if isinstance(exc, UnknownKeyId):
+                self.counters.unkeyed += 1
             self._ask_keyframe(codec)
             return None
         except Exception as exc:  # never let a bug reach aiortc's packet loop

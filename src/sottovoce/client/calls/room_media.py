@@ -39,6 +39,7 @@ from sottovoce.client.calls import hooks
 from sottovoce.client.calls.e2ee import (
     FrameTransform,
     SealingOpusEncoder,
+    StreamCounters,
     StreamGuard,
     sealing_vp8_encoder,
 )
@@ -226,14 +227,25 @@ class RoomMedia:
     def sink(self, device: Device, role: str) -> Sink:
         return self.sinks.setdefault((device, role), Sink())
 
-    def dropped(self, device: Device | None = None) -> int:
-        """Received frames that did not open (all streams, or those of ``device``)."""
-        return sum(
-            g.counters.dropped
+    def _counters(self, device: Device | None) -> list[StreamCounters]:
+        return [
+            g.counters
             for p in self._peers()
             for g in p.guards
             if device is None or g.sender == device
-        )
+        ]
+
+    def dropped(self, device: Device | None = None) -> int:
+        """Received frames kept from the decoder (all streams, or those of ``device``)."""
+        return sum(c.dropped for c in self._counters(device))
+
+    def failed(self, device: Device | None = None) -> int:
+        """Received frames that did not open under a key this device holds."""
+        return sum(c.failed for c in self._counters(device))
+
+    def unkeyed(self, device: Device | None = None) -> int:
+        """Received frames under a key this device never held or no longer holds."""
+        return sum(c.unkeyed for c in self._counters(device))
 
     def _source_failed(self, exc: BaseException) -> None:
         log.warning("call media: a source failed: %s", type(exc).__name__)

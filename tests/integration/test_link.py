@@ -1,0 +1,444 @@
+"""Linking a new device through the real server (docs/protocol.md §Device linking).
+
+* by the QR code's text and by the short code: the same words on both screens; the new
+  device reads a room message sent after linking, and with the history the old 1:1
+  messages; it can send 1:1 itself; the account's other device is told;
+* a wrong code ends the attempt, and the right code afterwards finds nothing;
+* an expired code is refused;
+* malformed and out-of-order linking messages get typed errors (LinkError), and the
+  pre-auth exception is narrow: a joined connection may touch its mailbox only;
+* after success, failure or expiry the server holds no mailbox (/healthz).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from sottovoce.client import Client
+from sottovoce.client.events import DeviceLinked
+from sottovoce.client.linking import (
+    LinkedDevice,
+    LinkError,
+    LinkInvite,
+    NewDevice,
+    PeerHello,
+    link_existing,
+)
+from sottovoce.client.store import TEST_KDF
+from sottovoce.identity.pake import ShortCode
+from tests.conformance.rawclient import RawClient
+from tests.integration.client_helpers import PASSPHRASE, make_account, received
+from tests.integration.serverproc import ServerProcess
+from tests.integration.test_rooms_e2e import room_messages
+
+
+@pytest.fixture
+async def alice_bob(server: ServerProcess, tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        yield alice, bob
+    finally:
+        await asyncio.gather(alice.close(), bob.close(), return_exceptions=True)
+
+
+class Existing:
+    """The existing device's side run as a task; the invite and the words it showed."""
+
+    def __init__(self, client: Client, *, with_history: bool = False,
+                 answer: bool = True) -> None:
+        self.invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
+        self.hello: PeerHello | None = None
+        self._answer = answer
+        self.task: asyncio.Task[LinkedDevice] = asyncio.get_running_loop().create_task(
+            link_existing(client, show=self.invites.put_nowait, confirm=self._confirm,
+                          name_hint="spare", with_history=with_history))
+
+    def _confirm(self, hello: PeerHello) -> bool:
+        self.hello = hello
+        return self._answer
+
+    async def invite(self) -> LinkInvite:
+        return await asyncio.wait_for(self.invites.get(), 10)
+
+
+async def linked_device(server: ServerProcess, tmp_path: Path, existing: Existing,
+                        make: Callable[[LinkInvite], NewDevice], name: str = "laptop",
+                        ) -> tuple[Client, LinkedDevice]:
+    device = make(await existing.invite())
+    words = await device.start()
+    client, linked = await device.complete(name=name, data_dir=str(tmp_path / "laptop"),
+                                           passphrase=PASSPHRASE, kdf=TEST_KDF)
+    await asyncio.wait_for(existing.task, 20)
+    assert existing.hello is not None and existing.hello.words == words
+    assert existing.hello.name == (name or "spare")  # the existing device's --name-hint
+    assert existing.hello.device_id == client.device_id
+    return client, linked
+
+
+def by_qr(invite: LinkInvite) -> NewDevice:
+    return NewDevice.from_qr(invite.qr.encode())
+
+
+def by_code(server: ServerProcess) -> Callable[[LinkInvite], NewDevice]:
+    return lambda invite: NewDevice.from_code(server.url, str(invite.code))
+
+
+async def no_mailboxes(server: ServerProcess) -> None:
+    for _ in range(50):
+        if server.health()["linkMailboxes"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"mailboxes left on the server: {server.health()['linkMailboxes']}")
+
+
+async def nothing_linked(server: ServerProcess, client: Client) -> None:
+    """The account still has only ``client``'s device, and the server no mailbox."""
+    await client.refresh_own_devices()
+    contact = client.own_contact()
+    assert contact is not None and set(contact.certificates) == {client.device_id}
+    await no_mailboxes(server)
+
+
+async def test_link_by_qr_with_history_rooms_and_the_other_devices_told(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, bob = alice_bob
+    second = await alice.add_device(tmp_path / "alice2", PASSPHRASE, kdf=TEST_KDF)
+    told = second.events()
+    room = await alice.rooms.create_room("team")
+    await alice.rooms.invite("team", "bob")
+    await bob.rooms.wait_epoch(room.room_id, 1)
+    inbox = alice.events()
+    await bob.send_text("alice", "before the link")
+    await received(inbox, 1)
+    await alice.send_text("bob", "an answer before the link")
+
+    laptop, linked = await linked_device(server, tmp_path, Existing(alice, with_history=True),
+                                         by_qr)
+    try:
+        texts = [m.text for m in laptop.history("bob")]
+        assert texts == ["before the link", "an answer before the link"]
+        assert linked.history_messages >= 2
+        assert laptop.known_contact("bob")
+        assert laptop.rooms.get(room.room_id).label == "team"
+        await bob.rooms.wait_epoch(room.room_id, 2)  # the Add of the linked device
+        await bob.rooms.send(room.room_id, "after the link")
+        assert "after the link" in await room_messages(laptop, room.room_id, 1)
+
+        async def told_of(device: str) -> None:
+            while True:
+                event = await told.next(10)
+                if isinstance(event, DeviceLinked) and event.device_id == device:
+                    return
+
+        await told_of(laptop.device_id)
+        bob_inbox = bob.events()
+        await laptop.send_text("bob", "from the laptop")
+        assert [m.text for m in await received(bob_inbox, 1)] == ["from the laptop"]
+    finally:
+        await asyncio.gather(laptop.close(), second.close())
+    await no_mailboxes(server)
+
+
+async def test_link_by_short_code_then_send(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, bob = alice_bob
+    laptop, linked = await linked_device(server, tmp_path, Existing(alice), by_code(server),
+                                         name="")
+    try:
+        assert linked.name == "spare"  # no name of its own: the hint
+        assert linked.history_messages == 0 and laptop.history("bob") == []
+        assert laptop.username == "alice"
+        bob_inbox = bob.events()
+        await laptop.send_text("bob", "hello from the new device")
+        got = await received(bob_inbox, 1)
+        assert got[0].sender_device == laptop.device_id
+    finally:
+        await laptop.close()
+    await no_mailboxes(server)
+
+
+async def test_wrong_code_ends_the_attempt_and_the_right_one_then_fails(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, _ = alice_bob
+    existing = Existing(alice)
+    invite = await existing.invite()
+    right = invite.code
+    digits = right.digits[:4] + f"{(int(right.digits[4:]) + 1) % 10000:04d}"
+    wrong = ShortCode(digits=digits, words=right.words)
+    guess = NewDevice.from_code(server.url, str(wrong))
+    with pytest.raises(LinkError):
+        await guess.start()
+    with pytest.raises(LinkError, match="code does not match"):
+        await asyncio.wait_for(existing.task, 10)
+    await no_mailboxes(server)
+    again = NewDevice.from_code(server.url, str(right))
+    with pytest.raises(LinkError, match="no linking code with this number"):
+        await again.start()
+    qr = by_qr(invite)
+    with pytest.raises(LinkError, match="no linking code"):
+        await qr.start()
+
+
+async def test_refusing_the_words_links_nothing(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, _ = alice_bob
+    existing = Existing(alice, answer=False)
+    device = by_qr(await existing.invite())
+    await device.start()
+    with pytest.raises(LinkError, match="cancelled on the other device"):
+        await device.complete(name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE,
+                              kdf=TEST_KDF)
+    with pytest.raises(Exception, match="did not confirm"):
+        await existing.task
+    assert not (tmp_path / "x").exists()
+    await nothing_linked(server, alice)
+
+
+async def test_expired_code_is_refused(server_factory: Callable[..., ServerProcess],
+                                       tmp_path: Path) -> None:
+    server = server_factory("--link-ttl-ms", "600")
+    alice = await make_account(server, "alice", tmp_path)
+    try:
+        existing = Existing(alice)
+        invite = await existing.invite()
+        with pytest.raises(LinkError, match="expired"):
+            await asyncio.wait_for(existing.task, 10)
+        await no_mailboxes(server)
+        with pytest.raises(LinkError, match="no linking code"):
+            await NewDevice.from_code(server.url, str(invite.code)).start()
+    finally:
+        await alice.close()
+
+
+async def raw_joiner(server: ServerProcess, mailbox: str) -> RawClient:
+    raw = await RawClient.open(server.ws_url)
+    reply = await raw.request("sottovoce.link.join", {"mailbox": mailbox})
+    assert reply["event"] == "sottovoce.link.joined", reply
+    return raw
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"\x00garbage", "malformed"),
+    (b"\x01" + bytes(200), "out of order"),
+])
+async def test_malformed_or_out_of_order_message_is_a_typed_error(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client],
+    body: bytes, why: str,
+) -> None:
+    alice, _ = alice_bob
+    existing = Existing(alice)
+    invite = await existing.invite()
+    raw = await raw_joiner(server, invite.qr.mailbox_id())
+    try:
+        first = await raw.wait_for("sottovoce.link.message")
+        assert base64.b64decode(first["data"]["body"])[0] == 0  # the PAKE's first message
+        await raw.request("sottovoce.link.put", {"mailbox": invite.qr.mailbox_id(),
+                                                 "body": b64(body)})
+        with pytest.raises(LinkError, match=why):
+            await asyncio.wait_for(existing.task, 10)
+        closed = await raw.wait_for("sottovoce.link.closed")
+        assert closed["data"]["reason"] == "failed"
+    finally:
+        await raw.close()
+    await no_mailboxes(server)
+
+
+async def test_the_pre_auth_exception_is_narrow(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, _ = alice_bob
+    stranger = await RawClient.open(server.ws_url)
+    try:
+        refused = await stranger.request("sottovoce.link.open", {"mailbox": "1234"})
+        assert refused["data"]["code"] == "unauthorized"
+        refused = await stranger.request("sottovoce.link.put",
+                                         {"mailbox": "1234", "body": b64(b"x")})
+        assert refused["data"]["code"] == "unauthorized"
+        bad = await stranger.request("sottovoce.link.join", {"mailbox": "12345"})
+        assert bad["data"]["code"] == "bad_request"
+    finally:
+        await stranger.close()
+
+    existing = Existing(alice)
+    invite = await existing.invite()
+    raw = await raw_joiner(server, invite.code.nameplate)
+    try:
+        other = await raw.request("sottovoce.link.put", {"mailbox": "0000" if
+                                  invite.code.nameplate != "0000" else "0001",
+                                  "body": b64(b"x")})
+        assert other["data"]["code"] == "unauthorized"
+        lookup = await raw.request("sottovoce.directory.lookup", {"username": "alice"})
+        assert lookup["data"]["code"] == "unauthorized"
+        second = await RawClient.open(server.ws_url)
+        taken = await second.request("sottovoce.link.join", {"mailbox": invite.code.nameplate})
+        assert taken["data"]["code"] == "link_not_found"
+        await second.close()
+        await raw.request("sottovoce.link.close", {"mailbox": invite.code.nameplate,
+                                                   "reason": "cancelled"})
+        with pytest.raises(LinkError, match="cancelled on the other device"):
+            await asyncio.wait_for(existing.task, 10)
+    finally:
+        await raw.close()
+    await no_mailboxes(server)
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env["SOTTOVOCE_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+class Proc:
+    """A `sottovoce` command in the background, its output in a file."""
+
+    def __init__(self, out: Path, *args: str, stdin: bool = False) -> None:
+        self.out = out
+        with out.open("wb") as o:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sottovoce", *args], env=cli_env(), stdout=o,
+                stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+
+    def text(self) -> str:
+        return self.out.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        for _ in range(int(timeout / 0.05)):
+            found = re.search(pattern, self.text())
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {pattern!r}:\n{self.text()}")
+
+    def answer(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode())
+        self.proc.stdin.close()
+
+    async def exit_code(self, timeout: float = 60) -> int:
+        for _ in range(int(timeout / 0.05)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"still running:\n{self.text()}")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sottovoce", *args], env=cli_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_cli_device_link_account_link_list_rename_and_send(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    second = await alice.add_device(tmp_path / "alice2", PASSPHRASE, kdf=TEST_KDF)
+    await asyncio.gather(alice.close(), second.close())
+    alice_dir, laptop_dir = str(tmp_path / "alice"), str(tmp_path / "laptop")
+    listen = Proc(tmp_path / "listen.out", "listen", "--data-dir", str(tmp_path / "alice2"))
+    try:
+        await listen.wait_for("● connected")
+        existing = Proc(tmp_path / "link.out", "device", "link", "--no-qr", "--data-dir",
+                        alice_dir, stdin=True)
+        code = (await existing.wait_for(r"short code: +(\S+ \S+)")).group(1)
+        assert "Only link a device you are holding" in existing.text()
+        assert "sottovoce-link:" in existing.text()
+        new = Proc(tmp_path / "new.out", "account", "link", "--server", server.url,
+                   "--data-dir", laptop_dir, "--name", "laptop", "--code", code)
+        words = (await new.wait_for(r"This screen shows:\n +([a-z ]+)\n")).group(1)
+        shown = (await existing.wait_for(r"'laptop' \(\w+\) shows:\n +([a-z ]+)\n")).group(1)
+        assert words == shown
+        existing.answer("y\n")
+        assert await new.exit_code() == 0, new.text()
+        assert await existing.exit_code() == 0, existing.text()
+        assert "linked 'laptop'" in existing.text()
+        assert "this device is 'laptop'" in new.text()
+
+        listed = cli("device", "list", "--data-dir", laptop_dir)
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert len(lines) == 3  # alice's first device, the second, the laptop
+        mine = next(line for line in lines if "(this device)" in line)
+        assert "laptop" in mine and mine.startswith("*") and "key " in mine
+        unnamed = [line.split() for line in lines if "(this device)" not in line]
+        assert [words[1] for words in unnamed] == ["-", "-"]  # no names given to them
+        other = unnamed[0][0]
+        renamed = cli("device", "rename", other[:6], "desktop", "--data-dir", laptop_dir)
+        assert renamed.returncode == 0, renamed.stderr
+        assert "desktop" in cli("device", "list", "--data-dir", laptop_dir).stdout
+
+        bob_inbox = bob.events()
+        sent = cli("send", "bob", "from the linked laptop", "--data-dir", laptop_dir)
+        assert sent.returncode == 0, sent.stderr
+        assert [m.text for m in await received(bob_inbox, 1)] == ["from the linked laptop"]
+        told = await listen.wait_for(r"a new device was linked to your account: (\w+)")
+        assert told.group(1) in mine
+    finally:
+        listen.proc.terminate()
+        listen.proc.wait(10)
+        await bob.close()
+    await no_mailboxes(server)
+
+
+def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:
+    bad = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--code", "hello")
+    assert bad.returncode == 1 and "a short code looks like" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    damaged = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--code",
+                  "sottovoce-link:AAAA")
+    assert damaged.returncode == 1 and "damaged" in damaged.stderr
+    nobody = cli("device", "rename", "abc", "x", "--data-dir", str(tmp_path / "none"))
+    assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
+
+
+async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, _ = alice_bob
+    left = threading.Event()
+    invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
+
+    def confirm(hello: PeerHello) -> bool:
+        left.wait(10)
+        return True
+
+    task = asyncio.create_task(link_existing(alice, show=invites.put_nowait, confirm=confirm))
+    device = by_qr(await invites.get())
+    await device.start()
+    hello_sent = asyncio.create_task(device.complete(
+        name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE, kdf=TEST_KDF))
+    await asyncio.sleep(0.5)  # HELLO is out; the existing device waits for the user
+    hello_sent.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await hello_sent
+    await asyncio.sleep(0.3)
+    left.set()
+    with pytest.raises(LinkError, match="cancelled on the other device"):
+        await asyncio.wait_for(task, 10)
+    await nothing_linked(server, alice)
