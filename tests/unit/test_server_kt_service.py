@@ -204,3 +204,26 @@ def test_an_auditing_witness_restarts_from_its_state_by_replaying_the_leaves(
     stores.leaves[1] = stores.leaves[2]  # the log rewrites its past
     with pytest.raises(KTError):
         auditor().add_checkpoint(5, [], grow(1))
+
+
+async def test_a_failed_checkpoint_round_does_not_fail_the_change(tmp_path: Path) -> None:
+    """The directory change is durable before its round starts: a round that fails is
+    logged and the change answered; the next round covers it."""
+    out = io.StringIO()
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st, JsonLogger(out))
+    await st.open()
+    try:
+        async def broken(wanted: object) -> dict[object, bytes]:
+            raise OSError("disk gone")
+
+        real = st.kt_log_nodes
+        st.kt_log_nodes = broken  # type: ignore[method-assign]
+        await kt.changed()  # returns, does not raise
+        assert '"event":"kt.sync_late","error":"OSError"' in out.getvalue()
+        st.kt_log_nodes = real  # type: ignore[method-assign]
+        served = await kt.sync()
+        assert served is not None and served.size == 0
+    finally:
+        await kt.close()
+        await st.close()
