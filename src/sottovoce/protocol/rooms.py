@@ -148,6 +148,7 @@ from sottovoce.protocol.fields import (
     bad,
     req_obj,
 )
+from sottovoce.protocol.kt import KT_CLIENT_EVENTS
 from sottovoce.protocol.link import LINK_CLIENT_EVENTS
 from sottovoce.protocol.spec import (
     ClientEvent,
@@ -506,11 +507,11 @@ ROOM_CLIENT_EVENTS = registry(
     RoomCallGrant,
     RoomSettingSet,
 )
-#: Every client event the server understands, KSMP v3 core, rooms and device linking: the
-#: one registry the server dispatches on (protocol/events.py cannot import this module: it
-#: is imported here).
+#: Every client event the server understands, KSMP v3 core, rooms, device linking and key
+#: transparency: the one registry the server dispatches on (protocol/events.py cannot import
+#: this module: it is imported here).
 ALL_CLIENT_EVENTS = registry(*CLIENT_EVENTS.values(), *ROOM_CLIENT_EVENTS.values(),
-                             *LINK_CLIENT_EVENTS.values())
+                             *LINK_CLIENT_EVENTS.values(), *KT_CLIENT_EVENTS.values())
 
 
 # =============================================================================

@@ -47,6 +47,7 @@ from sottovoce.server.storage.base import (
 class _Directory(Protocol):
     async def account(self, user_id: str) -> AccountRecord | None: ...
     async def refresh(self, user_id: str) -> AccountRecord | None: ...
+    async def logged(self) -> None: ...
 
 
 class _Presence(Protocol):
@@ -137,6 +138,8 @@ class AccountKeys:
                 "only a recovery is accepted"
             ) from None
         await self._directory.refresh(user)
+        if applied.change is not None:
+            await self._directory.logged()
         head = applied.head
         if before is None or (before.account_key, before.forked) != (head.account_key,
                                                                      head.forked):

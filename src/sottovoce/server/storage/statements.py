@@ -29,6 +29,8 @@ from sottovoce.identity.succession import (
     signed_revocation,
 )
 from sottovoce.kt.map import ChangeKind
+from sottovoce.server.storage import accounts
+from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage.accounts import DEVICE_OWNED
 from sottovoce.server.storage.base import (
     Applied,
@@ -60,7 +62,8 @@ def load(user: str) -> Txn[tuple[Genesis, list[Statement]] | None]:
 
 
 def apply_statements(
-    user: str, new: Sequence[Statement], now: int, cap: int
+    user: str, new: Sequence[Statement], now: int, cap: int,
+    kt: kt_tables.KTWriter | None = None,
 ) -> Txn[Applied]:
     """Keep ``new`` (each already decoded and checked for ``user`` by its own signatures),
     resolve the account and bring its key and devices in line.
@@ -93,9 +96,10 @@ def apply_statements(
     yield execute("UPDATE accounts SET account_key=?, forked=? WHERE user_id=?",
                   head.account_key, int(head.forked), user)
     if head.forked:
-        # frozen: nothing moves until settled
-        return Applied(head=head, revoked=(), devs=(), refused=refused,
-                       change=_change(prior, head, False, False))
+        # frozen: nothing moves until settled (the fork itself is logged)
+        change = _change(prior, head, False, False)
+        yield from _logged(kt, user, change, head, now)
+        return Applied(head=head, revoked=(), devs=(), refused=refused, change=change)
     newest: dict[str, DeviceCertificate] = {}
     for c in certified(head, kept, user):
         have = newest.get(c.device_id)
@@ -132,11 +136,20 @@ def apply_statements(
             user, device_id, cert.encode(), now,
         )
     change = _change(prior, head, bool(revoked), added or recertified)
-    # Key transparency: the change is to be appended to the log here, in this transaction
-    # (the log's storage: ``record(writer, user, change, now, account_key=head.account_key,
-    # recovery_key=head.recovery_key)``); until then the caller gets ``change``.
+    yield from _logged(kt, user, change, head, now)
     return Applied(head=head, revoked=tuple(revoked), devs=tuple(devs), refused=refused,
                    change=change)
+
+
+def _logged(
+    kt: kt_tables.KTWriter | None, user: str, change: ChangeKind | None, head: ChainHead,
+    now: int,
+) -> Txn[None]:
+    """The account's new version in the key-transparency log, in this transaction, with
+    the keys the resolved chain rules by."""
+    if change is not None:
+        yield from accounts.logged(kt, user, change, now, account_key=head.account_key,
+                                   recovery_key=head.recovery_key)
 
 
 def _change(prior: ChainHead, head: ChainHead, revoked: bool, added: bool) -> ChangeKind | None:
