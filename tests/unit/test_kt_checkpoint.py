@@ -158,3 +158,14 @@ def test_misuse_is_a_usage_error() -> None:
                                   sig_type=W1.public.sig_type)])
     with pytest.raises(UsageError):
         Checkpoint(origin="a\nb", size=1, root=ROOT)
+
+
+def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
+    # c2sp.org/signed-note: name+keyid+base64(type||key); only the name excludes "+".
+    for seed in range(64):
+        key = NoteSigner("kt.example/log", SigningKey(SignatureScheme.ED25519,
+                                                      bytes([seed]) * 32)).public
+        if "+" in key.vkey().split("+", 2)[2]:
+            assert NoteKey.from_vkey(key.vkey()) == key
+            return
+    raise AssertionError("no seed gave a base64 key with '+'")

@@ -174,7 +174,7 @@ class NoteKey:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteKey:
         """Parse a vkey; its key ID must match its name and key (raises MalformedProof)."""
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)  # the base64 key may hold "+" too
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
             raise MalformedProof("malformed verifier key")
         raw = _b64decode(parts[2], "verifier key")
