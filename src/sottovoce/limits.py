@@ -352,3 +352,10 @@ SFU_KEEPALIVE_S = 25.0
 MAX_SFU_MESSAGE_BYTES = 64 * 1024
 #: Encoded frames of a recording sealed together in one record at rest.
 RECORDING_FRAMES_PER_CHUNK = 64
+#: How often a connected device polls its own account's history in the transparency log
+#: (besides once per connection): a device or key the owner did not add is seen within
+#: this long while the device is online; 10 minutes costs one small request per device.
+KT_MONITOR_INTERVAL_S = 600
+#: Alerts a device keeps about its transparency log (split views, forks, foreign devices);
+#: each one stays until acknowledged, so a server cannot flush the list with noise.
+KT_MAX_ALERTS = 1000
