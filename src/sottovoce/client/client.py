@@ -42,7 +42,7 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
-from sottovoce.client.errors import NotConnected, StoreError
+from sottovoce.client.errors import NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
     ConnectionChanged,
@@ -54,6 +54,7 @@ from sottovoce.client.events import (
 )
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
+from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.prekeys import Prekeys
 from sottovoce.client.registration import register_device
@@ -75,7 +76,7 @@ from sottovoce.identity import (
     validate_device_id,
     validate_username,
 )
-from sottovoce.limits import CLIENT_INBOX_BATCH
+from sottovoce.limits import CLIENT_INBOX_BATCH, KT_MONITOR_INTERVAL_S
 from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
@@ -155,8 +156,18 @@ class Client:
             on_frame=self._on_frame, on_open=self._opened, on_down=self._on_down,
             connector=connector,
         )
+        #: Key transparency (client/kt.py): pins, the kept head, the monitor, alerts.
+        self.kt = KeyTransparency(
+            store, LinkSource(self._conn), username=self.username, clock_ms=now_ms,
+            own_devices=lambda: self._sessions.contact(self.username),
+        )
+        #: Seconds between two checks of our own account in the log while connected.
+        self.kt_poll_interval_s: float = KT_MONITOR_INTERVAL_S
+        self._heads_compared: set[tuple[str, int, bytes]] = set()
+        self._pin_lock = asyncio.Lock()
         self._directory = Directory(
-            self._conn, store, self._sessions, username=self.username, emit=self._emit
+            self._conn, store, self._sessions, username=self.username, emit=self._emit,
+            kt=self.kt,
         )
         self._outbox = Outbox(store, self._conn, self._emit)
         self._prekeys = Prekeys(
@@ -165,7 +176,8 @@ class Client:
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
-            on_call=self._on_call_signals,
+            on_call=self._on_call_signals, log_head=self.kt.checkpoint_ref,
+            on_log_head=self._on_log_head,
         )
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._processor: asyncio.Task[None] | None = None
@@ -222,6 +234,8 @@ class Client:
         kdf: KdfParams | None = None,
         connector: Connector = websocket_connector,
         connect: bool = True,
+        kt_key: str | None = None,
+        kt_witnesses: tuple[str, ...] = (),
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -229,7 +243,11 @@ class Client:
         leaves a claimed username whose keys are lost. If the server refuses
         (name taken, unreachable), the new store is removed again. With
         ``connect`` (the default) the client comes back connected, with its
-        prekeys uploaded.
+        prekeys uploaded and the server's transparency log pinned: its log key
+        and witness keys, or ``kt_key`` / ``kt_witnesses`` (verifier keys) given
+        from elsewhere, in which case a server with another log key is refused
+        (:class:`~sottovoce.client.errors.KTAlertRaised`; the account stays, and
+        its lookups are refused until the right log is pinned).
         """
         validate_username(username)
         url = ws_url(server_url)
@@ -237,7 +255,8 @@ class Client:
             username=username, server_url=server_url, now_ms=now_ms(), rng=secrets.token_bytes
         )
         return await cls._enroll(
-            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False
+            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
+            kt_expect=(kt_key, kt_witnesses),
         )
 
     async def add_device(
@@ -273,7 +292,10 @@ class Client:
             self._connector,
             connect,
             add=True,
+            kt_expect=self.kt.expected_by_new_device(),
         )
+        if client.kt.pins is not None:
+            self.kt.remember_own_device(identity.device_id, identity.certificate.keys.signing_key)
         self._directory.forget(self.username)
         return client
 
@@ -290,6 +312,7 @@ class Client:
         connect: bool,
         *,
         add: bool,
+        kt_expect: tuple[str | None, tuple[str, ...]] = (None, ()),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -300,6 +323,7 @@ class Client:
                 store.put_secret_sealed(
                     "olm_account", olm.seal(store.storage_key, secrets.token_bytes)
                 )
+            expect_log(store, *kt_expect)
             await register_device(url, identity, add=add, connector=connector)
             store.set_flag("registered")
         except BaseException:
@@ -312,6 +336,7 @@ class Client:
                 await client.connect()
                 await client.ensure_prekeys()  # others can open sessions from now on
                 await client.rooms.ensure_key_packages()  # and add us to rooms
+                await client.pin_log()
             except BaseException:
                 await client.close()
                 raise
@@ -483,6 +508,62 @@ class Client:
                 await self._directory.lookup(self.username)
         except (SottovoceError, TransportClosed) as exc:
             self._emit_error(exc)
+        await self._watch_log(self._generation)
+
+    # =========================================================================
+    # Key transparency (client/kt.py)
+    # =========================================================================
+
+    async def pin_log(self) -> Pins | None:
+        """Pin the server's transparency log if nothing is pinned yet (on first use, or
+        with the keys given at account creation); ``None`` if the server has no log."""
+        async with self._pin_lock:  # the first connection's monitor may be pinning too
+            if self.kt.pins is not None:
+                return self.kt.pins
+            try:
+                return await self.kt.pin_from_server()
+            except ServerError as exc:
+                if exc.code != "unknown_event" or self.kt.required:
+                    raise
+                return None  # a server without key transparency: lookups stay unverified
+
+    async def check_log(self) -> int:
+        """Check the log's newest head and our own account's versions in it now
+        (:meth:`KeyTransparency.refresh`, :meth:`KeyTransparency.poll_own`); returns how
+        many versions of our account were new."""
+        if await self.pin_log() is None:
+            return 0
+        await self.kt.refresh()
+        if not self._directory.looked_up(self.username):
+            await self._directory.lookup(self.username)  # our devices' certificates
+        return await self.kt.poll_own(lambda: self._directory.lookup(self.username))
+
+    async def _watch_log(self, generation: int) -> None:
+        """On each connection: check our own account now and every kt_poll_interval_s."""
+        while generation == self._generation and self._conn.is_up and not self._closed:
+            try:
+                await self.check_log()
+            except (NotConnected, TransportClosed):
+                return
+            except (SottovoceError, ProtocolError) as exc:
+                self._emit_error(exc)  # KT alerts are stored too: kt status shows them
+            await asyncio.sleep(self.kt_poll_interval_s)
+
+    def _on_log_head(self, sender: str, size: int, root: bytes) -> None:
+        """A peer's message carried its log head: compare it with ours (once per head)."""
+        key = (sender, size, root)
+        if key in self._heads_compared or self.kt.pins is None:
+            return
+        self._heads_compared.add(key)
+
+        async def compare() -> None:
+            try:
+                await self.kt.compare(sender, size, root)
+            except (SottovoceError, ProtocolError, TransportClosed) as exc:
+                self._heads_compared.discard(key)
+                self._emit_error(exc)
+
+        self._spawn(compare())
 
     def _emit_error(self, exc: BaseException) -> None:
         """An operation of the client's own failed: tell the application, do not raise."""

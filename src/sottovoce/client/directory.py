@@ -13,6 +13,7 @@ import base64
 from typing import Any
 
 from sottovoce.client.events import ErrorEvent
+from sottovoce.client.kt import KeyTransparency
 from sottovoce.client.ports import Emit, Link
 from sottovoce.client.sessions import Device, SessionManager
 from sottovoce.client.store import Contact, Store
@@ -25,9 +26,11 @@ class Directory:
     """Lookups, prekey claims and message targets (satisfies :class:`~.ports.Contacts`)."""
 
     def __init__(
-        self, link: Link, store: Store, sessions: SessionManager, *, username: str, emit: Emit
+        self, link: Link, store: Store, sessions: SessionManager, *, username: str, emit: Emit,
+        kt: KeyTransparency | None = None,
     ) -> None:
         self._link, self._store, self._sessions = link, store, sessions
+        self._kt = kt
         self._username, self._emit = username, emit
         #: Users looked up on this run (a pinned contact may still have new devices).
         self._looked_up: set[str] = set()
@@ -48,8 +51,11 @@ class Directory:
         )
         if data.get("username") != username:
             raise RemoteError("directory answered for another username")
+        contact = self._sessions.read_directory(data)
+        if self._kt is not None and self._kt.required:
+            await self._kt.verify_contact(contact)
         with self._store.transaction():
-            self._sessions.apply_directory(data)
+            self._sessions.keep_contact(contact)
         self._looked_up.add(username)
 
     async def claim(self, username: str) -> None:

@@ -82,13 +82,19 @@ class SessionManager:
             self._contacts[username] = found
         return self._contacts[username]
 
-    def apply_directory(self, data: dict[str, Any]) -> Contact:
-        """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact.
+    def keep_contact(self, contact: Contact) -> Contact:
+        """Write a contact :meth:`read_directory` made (inside a transaction or alone)."""
+        self._store.put_contact(contact)
+        self._contacts[contact.username] = contact
+        return contact
+
+    def read_directory(self, data: dict[str, Any]) -> Contact:
+        """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact,
+        without writing it yet.
 
         Raises :class:`IdentityChanged` if the account key is not the pinned one.
         Certificates that do not verify against the account key are ignored (the
-        server cannot add a device to someone's account). Call inside a transaction
-        or on its own; the contact is written at once.
+        server cannot add a device to someone's account).
         """
         username = data.get("username")
         if not isinstance(username, str):
@@ -131,8 +137,6 @@ class SessionManager:
             certificates=certs,
             revoked=revoked | (pinned.revoked if pinned else set()),
         )
-        self._store.put_contact(contact)
-        self._contacts[username] = contact
         return contact
 
     def pin_self(self, certificate: DeviceCertificate) -> None:
