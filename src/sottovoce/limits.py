@@ -312,6 +312,14 @@ KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
 KT_MAX_VERSIONS = 1 << 20
 #: Devices one account-state value lists (the map commits to all of them).
 KT_MAX_DEVICES = 64
+#: Key-transparency requests (head, lookup, history) per device: each lookup costs the
+#: server a VRF evaluation for an unknown name and a few dozen indexed reads.
+KT_LOOKUPS_PER_MINUTE = 120
+KT_LOOKUPS_BURST = 30
+#: With no directory change, the same checkpoint is cosigned again this often, so its
+#: newest cosignature stays well within what clients accept
+#: (KT_DEFAULT_MAX_CHECKPOINT_AGE_MS).
+KT_COSIGN_INTERVAL_MS = 3600 * 1000
 
 # --- room calls (SFU, mesh, call MLS group, SFrame media) ------------------------
 

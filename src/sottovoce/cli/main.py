@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.room_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.audit_cmd",
+    "sottovoce.cli.kt_cmd",
 )
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.

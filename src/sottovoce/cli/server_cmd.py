@@ -68,13 +68,21 @@ def add_commands(sub: Any) -> None:
             group.add_argument("--retention-days", type=float, metavar="DAYS", default=None,
                                help="the same retention in days (e.g. 7)")
             continue
+        if opt.switch:
+            p.add_argument(opt.flag, dest=opt.name, action="store_const", const="true",
+                           default=None, help=f"{opt.help}; env {opt.env}=1")
+            continue
         p.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, default=None,
+                       action="append" if opt.repeat else "store",
                        help=f"{opt.help}; env {opt.env}")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {opt.name: getattr(args, opt.name) for opt in OPTIONS}
+    for opt in OPTIONS:
+        if opt.repeat and flags[opt.name] is not None:
+            flags[opt.name] = " ".join(flags[opt.name])
     if args.retention_days is not None:
         flags["retention_ms"] = int(args.retention_days * 24 * 3600 * 1000)
     config = load_config(flags, config_file=args.config)
@@ -141,6 +149,21 @@ def _storage_label(config: Any) -> str:
     return redact_dsn(config.database)
 
 
+def _kt_lines(app: Any) -> str:
+    """The key-transparency keys clients pin: the log key and its fingerprint."""
+    if app.kt is None:
+        return ""
+    log_key = app.kt.signer.public
+    keys = app.kt.keys()
+    colocated = keys["colocated_witness"]
+    return (
+        f"  kt log:  {log_key.vkey()}\n"
+        f"           fingerprint {log_key.fingerprint()}\n"
+        + (f"  kt witness (co-located, not independent): {colocated}\n" if colocated else "")
+        + "".join(f"  kt witness: {w}\n" for w in keys["witnesses"] if w != colocated)
+    )
+
+
 async def _serve(config: Any) -> int:
     from sottovoce.server.app import ServerApp
 
@@ -175,6 +198,7 @@ async def _serve(config: Any) -> int:
         + (f"  node:    {app.node_id}, fan-out over NATS\n" if config.nats else "")
         + (f"  turn:    {', '.join(config.turn_url)}\n" if config.turn_url else "")
         + (f"  sfu:     {', '.join(e.url for e in config.sfu)}\n" if config.sfu else "")
+        + _kt_lines(app)
         + "next, in another terminal (Ctrl-C here stops the server):\n"
         + banner_commands(local, command_name()),
         flush=True,

@@ -2,7 +2,8 @@
 (docs/architecture.md §Server).
 
 HTTP GETs ``/healthz`` (JSON) and ``/metrics`` (Prometheus text) are answered
-from ``process_request``; the WebSocket lives at ``/v3/ws``. Each connection:
+from ``process_request``, and the key-transparency ones (``/kt/...``, server/kt_log.py)
+from the storage after it; the WebSocket lives at ``/v3/ws``. Each connection:
 
     connect ──► sottovoce.challenge ──► register | device.add | auth ──► ksmpv3.connected
             ──► resume / send / ack.read / directory / prekeys / push / ping …
@@ -88,6 +89,7 @@ from sottovoce.protocol.events import (
 )
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
+from sottovoce.server import kt_log
 from sottovoce.server.auth import (
     Decoy,
     authenticate_device,
@@ -125,6 +127,7 @@ from sottovoce.server.session import Session, SessionLimits, SessionPorts
 from sottovoce.server.sfu_handler import SfuHandler
 from sottovoce.server.storage.base import AccountRecord, Storage
 from sottovoce.server.storage.roombase import RoomStorage
+from sottovoce.server.storage.shared import SharedStorage
 from sottovoce.server.storage.sqlite import BatchStats, SqliteStorage
 from sottovoce.server.transport import Connection, LeanServer, TransportConfig
 from sottovoce.server.turn_handler import TurnHandler
@@ -246,6 +249,12 @@ class ServerApp:
         self.sfu = SfuHandler.from_config(config, room_store)
         self._handlers.update(self.sfu.handlers())
         self.rooms.on_removed = self.sfu.members_removed
+        #: Key transparency (both storage engines keep its tables).
+        self.kt = (kt_log.from_config(config, storage, logger)
+                   if isinstance(storage, SharedStorage) else None)
+        if self.kt is not None:
+            self._handlers.update(self.kt.handlers())
+            self.directory.kt_changed = self.kt.changed
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -281,6 +290,8 @@ class ServerApp:
         ctx = self._ssl_context()
         self._private_data_dir()
         await self.storage.open()
+        if self.kt is not None:
+            await self.kt.start()
         await self.fanout.start()
         # No extensions (ciphertext does not compress; deflate would only cost CPU).
         self._server = LeanServer(
@@ -296,6 +307,8 @@ class ServerApp:
         )
         await self._server.start(cfg.host, cfg.port, ssl=ctx, backlog=1024)
         self._spawn(self._expiry_loop())
+        if self.kt is not None:  # its first round may call witnesses that call us back
+            self._spawn(self.kt.run())
         self.log.info("server.started", url=self.url, version=__version__,
                       path=str(cfg.data_dir), node=self.node_id)
 
@@ -326,6 +339,8 @@ class ServerApp:
         for task in list(self._tasks):
             task.cancel()
         await self.sfu.close()
+        if self.kt is not None:
+            await self.kt.close()
         await self.pusher.close()
         await self.fanout.close()
         await self.storage.close()
@@ -352,8 +367,16 @@ class ServerApp:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    def _process_request(self, remote: str, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
+    def _process_request(
+        self, remote: str, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        path, _, query = request.path.partition("?")
+        if path.startswith("/kt/") and self.kt is not None:
+            wait = self.ip_buckets.take(remote)
+            if wait:
+                return self._refuse_handshake("rate_limited", HTTPStatus.TOO_MANY_REQUESTS,
+                                              b"rate limited\n", max(1, wait // 1000))
+            return self._kt_get(self.kt, path, query)
         if path == "/healthz":
             body = json.dumps({
                 "status": "ok",
@@ -390,6 +413,10 @@ class ServerApp:
             self.metrics.preauth_evicted += 1
             oldest.close(CLOSE_ABUSE, "server busy: authenticate sooner")
         return None
+
+    async def _kt_get(self, kt: kt_log.KTService, path: str, query: str) -> Response:
+        status, body, content_type = await kt.http_get(path, query)
+        return _response(status, body, content_type)
 
     def _refuse_handshake(
         self, reason: str, status: HTTPStatus, body: bytes, retry_after_s: int

@@ -36,8 +36,10 @@ from sottovoce.limits import (
     INBOX_STRANGER_BYTES,
     INBOX_STRANGER_MESSAGES,
     KEEPALIVE_INTERVAL_MS,
+    KT_COSIGN_INTERVAL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
+from sottovoce.server.kt_witness import RemoteWitness, parse_kt_witnesses
 from sottovoce.server.sfu import SfuEndpoint, parse_sfu_option
 from sottovoce.server.storage.quota import InboxLimits
 from sottovoce.server.turn import parse_turn_urls
@@ -110,6 +112,15 @@ class ServerConfig:
     sfu: tuple[SfuEndpoint, ...] = ()
     #: The key shared with them (the VideoRoom ``admin_key``), one line in this file.
     sfu_key_file: Path | None = None
+    #: Key transparency: the log's note key and the VRF key (default: made at first start
+    #: in data_dir), the name a new log key gets, the witnesses to push checkpoints to,
+    #: whether to run the co-located witness, and how often an unchanged log is cosigned.
+    kt_log_key_file: Path | None = None
+    kt_vrf_key_file: Path | None = None
+    kt_origin: str | None = None
+    kt_witness: tuple[RemoteWitness, ...] = ()
+    no_local_witness: bool = False
+    kt_cosign_interval_ms: int = KT_COSIGN_INTERVAL_MS
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -122,7 +133,7 @@ class ServerConfig:
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
                      "resume_interval_ms", "preauth_timeout_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
-                     "key_claims_per_target", *_INBOX_OPTIONS):
+                     "key_claims_per_target", "kt_cosign_interval_ms", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -197,6 +208,10 @@ class Option:
     help: str
     metavar: str = ""
     flag_only: bool = False
+    #: A flag that takes no value (``--no-local-witness``); env and file take a boolean.
+    switch: bool = False
+    #: A flag that may be given several times; env and file separate values by spaces.
+    repeat: bool = False
 
     @property
     def flag(self) -> str:
@@ -310,6 +325,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("sfu_key_file", Path,
            "file holding the key shared with the SFUs (the VideoRoom admin_key), one line",
            "FILE"),
+    Option("kt_log_key_file", Path,
+           "key-transparency log key, one line (default: made at first start in --data-dir "
+           "as kt-log.key)", "FILE"),
+    Option("kt_vrf_key_file", Path,
+           "key-transparency VRF key, one line (default: made at first start in --data-dir "
+           "as kt-vrf.key)", "FILE"),
+    Option("kt_origin", str,
+           "name (checkpoint origin) a newly made log key gets (default HOSTNAME/sottovoce-kt)",
+           "NAME"),
+    Option("kt_witness", parse_kt_witnesses,
+           "an independent witness to push each checkpoint to and take its cosignature "
+           "from: its URL and verifier key (repeatable)", "URL=VKEY", repeat=True),
+    Option("no_local_witness", _bool,
+           "do not run the co-located witness (on by default, so clients that require one "
+           "cosignature work out of the box; it is no independent witness)", switch=True),
+    Option("kt_cosign_interval_ms", int,
+           "with no directory change, have the same checkpoint cosigned again this often "
+           "(default 3600000)", "MS"),
     Option("nats_namespace", str,
            "NATS subject namespace; deployments sharing one NATS need distinct ones "
            "(default sottovoce)", "NAME"),
@@ -319,6 +352,8 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 
 def _coerce(opt: Option, value: Any, origin: str) -> Any:
     try:
+        if opt.repeat and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = " ".join(value)
         if isinstance(value, str):
             return opt.parse(value)
         if opt.parse is Path:

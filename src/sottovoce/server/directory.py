@@ -18,7 +18,7 @@ the pairwise package: docs/architecture.md §Rules).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sottovoce.errors import DecodeError, PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
@@ -61,6 +61,13 @@ class Directory:
         self.version = 0
         #: Called with the user id after a write to that account is durable.
         self.on_change = on_change
+        #: Awaited after a change the key-transparency log records (registration, device
+        #: added or revoked, deletion): returns once a checkpoint covers it (bounded).
+        self.kt_changed: Callable[[], Awaitable[None]] | None = None
+
+    async def _logged(self) -> None:
+        if self.kt_changed is not None:
+            await self.kt_changed()
 
     def cached(self, user_id: str) -> AccountRecord | None:
         rec = self._accounts.get(user_id)
@@ -105,6 +112,7 @@ class Directory:
         except UsernameTaken:
             raise WireFailure("username_taken", "username is taken") from None
         await self.refresh(cert.username)
+        await self._logged()
 
     async def add_device(self, cert: DeviceCertificate, raw_cert: bytes, now_ms: int) -> None:
         try:
@@ -114,6 +122,7 @@ class Directory:
         except DeviceExists:
             raise WireFailure("device_exists", "device id is already registered") from None
         await self.refresh(cert.username)
+        await self._logged()
 
     async def revoke(self, user_id: str, device_id: str, now_ms: int) -> None:
         try:
@@ -121,6 +130,7 @@ class Directory:
         except UnknownAccount:
             raise WireFailure("bad_request", "no such device") from None
         await self.refresh(user_id)
+        await self._logged()
 
     async def delete(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         """Delete the account (tombstone, see ``Storage.delete_account``); returns the
@@ -130,6 +140,7 @@ class Directory:
         except UnknownAccount:
             raise WireFailure("unauthorized", "account no longer exists") from None
         await self.refresh(user_id)
+        await self._logged()
         return revoked
 
     async def set_push(self, user_id: str, device_id: str, endpoint: str | None) -> None:

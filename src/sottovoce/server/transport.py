@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from websockets.datastructures import Headers
 from websockets.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT, CloseCode, Frame
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, State
@@ -74,7 +75,9 @@ class Peer(Protocol):
         """The TCP connection is gone (called once, for every opened connection)."""
 
 
-RequestHook = Callable[[str, Request], Response | None]
+#: None: accept the WebSocket; a response (or, for a plain HTTP GET, an awaitable of
+#: one) refuses it with that response.
+RequestHook = Callable[[str, Request], Response | Awaitable[Response] | None]
 Opener = Callable[["Connection"], Peer]
 
 
@@ -402,12 +405,23 @@ class Connection(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         proto = self._proto
         server = self._server
-        response: Response | None
+        response: Response | Awaitable[Response] | None
         try:
             response = server.process_request(self.remote, request)
         except Exception as exc:
             _WS_LOG.error("process_request failed: %s", type(exc).__name__)
             response = proto.reject(500, "Failed to open a WebSocket connection.\n")
+        if response is not None and not isinstance(response, Response):
+            task = self._loop.create_task(_settle(response))
+            task.add_done_callback(lambda t: self._respond(request, t.result()))
+            return
+        self._respond(request, response)
+
+    def _respond(self, request: Request, response: Response | None) -> None:
+        proto = self._proto
+        server = self._server
+        if self._lost:
+            return
         if response is None:
             if server.serving:
                 response = proto.accept(request)
@@ -561,3 +575,12 @@ class LeanServer:
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
+
+
+async def _settle(pending: Awaitable[Response]) -> Response | None:
+    """An awaited HTTP response; a failure is answered 500 (and logged), never raised."""
+    try:
+        return await pending
+    except Exception as exc:
+        _WS_LOG.error("process_request failed: %s", type(exc).__name__)
+        return Response(500, "Internal Server Error", Headers([("Content-Length", "0")]), b"")

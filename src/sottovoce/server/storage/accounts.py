@@ -7,6 +7,8 @@ either (revocation is a flag), which is what lets engines cache device ids.
 
 from __future__ import annotations
 
+from sottovoce.kt.map import ChangeKind
+from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage.base import (
     AccountRecord,
     DeviceExists,
@@ -28,8 +30,16 @@ _NEW_DEVICE = (
 )
 
 
+def _logged(kt: kt_tables.KTWriter | None, user: str, kind: ChangeKind, now: int) -> Txn[None]:
+    """The change just made, appended to the key-transparency log in the same transaction
+    (when the server keeps one: storage tests without KT keys pass None)."""
+    if kt is not None:
+        yield from kt_tables.record(kt, user, kind, now)
+
+
 def create_account(
-    user: str, account_key: bytes, device: str, certificate: bytes, now: int
+    user: str, account_key: bytes, device: str, certificate: bytes, now: int,
+    kt: kt_tables.KTWriter | None = None,
 ) -> Txn[None]:
     if not (yield execute(
         "INSERT INTO accounts(user_id, account_key, created_at) VALUES (?, ?, ?) "
@@ -38,30 +48,40 @@ def create_account(
     )):
         raise UsernameTaken("username is taken")
     yield execute(_NEW_DEVICE, user, device, certificate, now)
+    yield from _logged(kt, user, ChangeKind.REGISTRATION, now)
 
 
-def add_device(user: str, device: str, certificate: bytes, now: int) -> Txn[None]:
+def add_device(
+    user: str, device: str, certificate: bytes, now: int, kt: kt_tables.KTWriter | None = None
+) -> Txn[None]:
     if (yield one("SELECT 1 FROM accounts WHERE user_id=? AND deleted_at IS NULL", user)) is None:
         raise UnknownAccount("no such account")
     if not (yield execute(_NEW_DEVICE, user, device, certificate, now)):
         raise DeviceExists("device id already registered")
+    yield from _logged(kt, user, ChangeKind.DEVICE_ADDED, now)
 
 
-def revoke_device(user: str, device: str, now: int) -> Txn[int]:
+def revoke_device(
+    user: str, device: str, now: int, kt: kt_tables.KTWriter | None = None
+) -> Txn[int]:
     """Returns the device's id: the engine forgets what it cached of its inbox usage."""
     dev = yield DevId(user, device)
     if dev is None:
         raise UnknownAccount("no such device")
-    yield execute(
+    revoked = yield execute(
         "UPDATE devices SET revoked_at=?, push_endpoint=NULL WHERE dev=? AND revoked_at IS NULL",
         now, dev,
     )
     for table in DEVICE_OWNED:
         yield execute(f"DELETE FROM {table} WHERE dev=?", dev)  # noqa: S608 -- constants
+    if revoked:  # revoking a revoked device again changes nothing to log
+        yield from _logged(kt, user, ChangeKind.DEVICE_REVOKED, now)
     return int(dev)
 
 
-def delete_account(user: str, now: int) -> Txn[tuple[tuple[str, ...], list[int]]]:
+def delete_account(
+    user: str, now: int, kt: kt_tables.KTWriter | None = None
+) -> Txn[tuple[tuple[str, ...], list[int]]]:
     """(device ids it revoked, ids of all its devices) — see ``Storage.delete_account``."""
     # Row lock on the account: a concurrent add_device (FK check) waits for us.
     found = yield one("SELECT deleted_at FROM accounts WHERE user_id=? FOR UPDATE", user)
@@ -84,6 +104,7 @@ def delete_account(user: str, now: int) -> Txn[tuple[tuple[str, ...], list[int]]
             user,
         )
     yield execute("DELETE FROM correspondents WHERE user_id=? OR peer=?", user, user)
+    yield from _logged(kt, user, ChangeKind.DELETION, now)
     active = tuple(str(r[1]) for r in devices if r[2] is None)
     return active, [int(r[0]) for r in devices]
 

@@ -416,6 +416,96 @@ VERSIONS: tuple[Version, ...] = (
     DROP FUNCTION sv_append_batch;
     """ + _APPEND_FUNCTION_V4,  # noqa: S608 -- constants only
     ),
+    Version(
+        "key transparency (storage/kt.py): the log's leaves and nodes, every account"
+        " version, the per-account version trees, the map's nodes versioned by the epoch"
+        " that wrote them, VRF labels, checkpoints and cosignatures; every table"
+        " append-only",
+        sqlite="""
+    CREATE TABLE kt_leaves(idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL);
+    CREATE TABLE kt_log_nodes(node INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+    CREATE TABLE kt_versions(
+        map_key BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        opening BLOB NOT NULL,
+        commitment BLOB NOT NULL,
+        PRIMARY KEY(map_key, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE kt_version_nodes(
+        map_key BLOB NOT NULL,
+        node INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY(map_key, node)
+    ) WITHOUT ROWID;
+    CREATE TABLE kt_map_nodes(
+        node BLOB NOT NULL,
+        epoch INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY(node, epoch)
+    ) WITHOUT ROWID;
+    CREATE TABLE kt_labels(
+        username TEXT PRIMARY KEY,
+        label BLOB NOT NULL,
+        proof BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE kt_checkpoints(
+        size INTEGER PRIMARY KEY,
+        signed_note BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE kt_cosignatures(
+        size INTEGER NOT NULL,
+        witness TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY(size, witness, ts)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE kt_leaves(idx bigint PRIMARY KEY, leaf bytea NOT NULL);
+    CREATE TABLE kt_log_nodes(node bigint PRIMARY KEY, hash bytea NOT NULL);
+    CREATE TABLE kt_versions(
+        map_key bytea NOT NULL,
+        version bigint NOT NULL,
+        epoch bigint NOT NULL,
+        state bytea NOT NULL,
+        opening bytea NOT NULL,
+        commitment bytea NOT NULL,
+        PRIMARY KEY(map_key, version)
+    );
+    CREATE TABLE kt_version_nodes(
+        map_key bytea NOT NULL,
+        node bigint NOT NULL,
+        hash bytea NOT NULL,
+        PRIMARY KEY(map_key, node)
+    );
+    CREATE TABLE kt_map_nodes(
+        node bytea NOT NULL,
+        epoch bigint NOT NULL,
+        record bytea NOT NULL,
+        PRIMARY KEY(node, epoch)
+    );
+    CREATE TABLE kt_labels(
+        username text PRIMARY KEY,
+        label bytea NOT NULL,
+        proof bytea NOT NULL
+    );
+    CREATE TABLE kt_checkpoints(
+        size bigint PRIMARY KEY,
+        signed_note bytea NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE TABLE kt_cosignatures(
+        size bigint NOT NULL,
+        witness text NOT NULL,
+        ts bigint NOT NULL,
+        line text NOT NULL,
+        PRIMARY KEY(size, witness, ts)
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

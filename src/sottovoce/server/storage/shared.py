@@ -10,10 +10,16 @@ messages stay in the engine modules (see :mod:`.inbox` and :mod:`.rooms`).
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from sottovoce.kt.map import ChangeKind, LogLeaf
+from sottovoce.kt.merkle import NodeId
+from sottovoce.kt.prover import KTStores
+from sottovoce.server.errors import StorageError
 from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
+from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage.base import AccountRecord, ClaimedPrekey, Storage
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
@@ -81,7 +87,12 @@ class Engine(abc.ABC):
 
 
 class SharedStorage(Storage, Engine):
-    """Accounts, devices, prekeys and inbox reads of :class:`Storage`."""
+    """Accounts, devices, prekeys and inbox reads of :class:`Storage`, and the
+    key-transparency tables."""
+
+    #: Set by the server before it serves (its VRF key): every directory change is then
+    #: appended to the key-transparency log in its own transaction.
+    kt_writer: kt_tables.KTWriter | None = None
 
     @abc.abstractmethod
     def _forget_inboxes(self, devs: Sequence[int], *, correspondents: bool) -> None:
@@ -92,29 +103,71 @@ class SharedStorage(Storage, Engine):
         self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int
     ) -> None:
         await self._write_op(
-            accounts.create_account, user_id, account_key, device_id, certificate, now_ms
+            accounts.create_account, user_id, account_key, device_id, certificate, now_ms,
+            self.kt_writer,
         )
 
     async def add_device(
         self, user_id: str, device_id: str, certificate: bytes, now_ms: int
     ) -> None:
-        await self._write_op(accounts.add_device, user_id, device_id, certificate, now_ms)
+        await self._write_op(accounts.add_device, user_id, device_id, certificate, now_ms,
+                             self.kt_writer)
 
     async def revoke_device(self, user_id: str, device_id: str, now_ms: int) -> None:
         await self._write_op(
-            accounts.revoke_device, user_id, device_id, now_ms,
+            accounts.revoke_device, user_id, device_id, now_ms, self.kt_writer,
             after=lambda dev: self._forget_inboxes([dev], correspondents=False),
         )
 
     async def delete_account(self, user_id: str, now_ms: int) -> tuple[str, ...]:
         active, _ = await self._write_op(
-            accounts.delete_account, user_id, now_ms,
+            accounts.delete_account, user_id, now_ms, self.kt_writer,
             after=lambda found: self._forget_inboxes(found[1], correspondents=True),
         )
         return active
 
     async def get_account(self, user_id: str) -> AccountRecord | None:
         return await self._read_op(accounts.get_account, user_id)
+
+    # --- key transparency (storage/kt.py) ------------------------------------------------
+
+    async def kt_record(
+        self, user_id: str, kind: ChangeKind, now_ms: int, *,
+        account_key: bytes | None = None, recovery_key: bytes | None = None,
+    ) -> LogLeaf:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        op = functools.partial(kt_tables.record, account_key=account_key, recovery_key=recovery_key)
+        return await self._write_op(op, self.kt_writer, user_id, kind, now_ms)
+
+    async def kt_size(self) -> int:
+        return await self._read_op(kt_tables.log_size)
+
+    async def kt_snapshot(
+        self, user_id: str, size: int, since: int, *, every_version: bool
+    ) -> KTStores:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        op = functools.partial(kt_tables.snapshot, every_version=every_version)
+        return await self._read_op(op, self.kt_writer.vrf, user_id, size, since)
+
+    async def kt_leaves(self, start: int, count: int) -> list[bytes]:
+        return await self._read_op(kt_tables.leaves, start, count)
+
+    async def kt_log_nodes(self, wanted: set[NodeId]) -> dict[NodeId, bytes]:
+        return await self._read_op(kt_tables.log_nodes, wanted)
+
+    async def kt_store_checkpoint(self, size: int, note: bytes, now_ms: int) -> None:
+        await self._write_op(kt_tables.store_checkpoint, size, note, now_ms, atomic=False)
+
+    async def kt_store_cosignature(
+        self, size: int, witness: str, timestamp_s: int, line: str
+    ) -> None:
+        await self._write_op(kt_tables.store_cosignature, size, witness, timestamp_s, line,
+                             atomic=False)
+
+    async def kt_latest_checkpoint(self) -> tuple[int, bytes, list[str]] | None:
+        return await self._read_op(kt_tables.latest_checkpoint)
 
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
         await self._write_op(

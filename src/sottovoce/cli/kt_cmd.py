@@ -1,0 +1,17 @@
+"""`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sottovoce.cli import kt_witness_cmd
+
+
+def add_commands(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "kt", help="key transparency: witness a server's log",
+        description="Key-transparency commands.",
+    )
+    kt_sub = p.add_subparsers(dest="kt_command", metavar="KT_COMMAND", required=True)
+    kt_witness_cmd.add_witness(kt_sub)

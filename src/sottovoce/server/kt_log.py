@@ -1,0 +1,415 @@
+"""The server's key-transparency log: checkpoints, witnesses, and the KT requests.
+
+    directory change ──► storage (the leaf, in the change's own transaction)
+                     ──► sync(): sign a checkpoint of the new size, push it to every
+                         witness (add-checkpoint), store it with their cosignatures;
+                         that checkpoint is now the one every answer is built on
+    sottovoce.kt.head / lookup / history ──► the served checkpoint, proofs built from
+                         the tables as of its size (storage/kt.py)
+    GET /kt/keys, /kt/checkpoint, /kt/consistency, /kt/leaves ──► witnesses, auditors
+
+Checkpoints are signed per batch, not per leaf and not on a timer: a round covers
+every leaf committed before it starts, and changes that commit while a round runs
+wait for the next one (one round at a time), so under load one signature and one
+witness exchange cover many changes, while a lone change is answered as soon as it
+is durable and cosigned. A checkpoint is stored (and served) only once its witness
+round is over, so what clients get always carries the cosignatures there are. With
+no change for ``cosign_interval_ms``, the same size is cosigned again so that the
+newest cosignature stays recent (clients refuse stale checkpoints).
+
+The co-located witness (on by default, ``--no-local-witness`` turns it off) runs in
+this process with its own key and state file in the data directory: it lets a
+client that requires one cosignature work out of the box, but proves nothing a
+compromised server could not forge. Independent witnesses (``--kt-witness URL=VKEY``)
+run elsewhere (``sottovoce kt witness``, docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+from sottovoce.errors import UsageError
+from sottovoce.identity import validate_username
+from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSignature, NoteSigner, SignedNote
+from sottovoce.kt.errors import KTError
+from sottovoce.kt.merkle import consistency_nodes, consistency_proof, fold_range, root_nodes
+from sottovoce.kt.prover import KTLog
+from sottovoce.kt.vrf import VRFSecretKey
+from sottovoce.limits import (
+    KT_LOOKUPS_BURST,
+    KT_LOOKUPS_PER_MINUTE,
+    KT_MAX_LOG_SIZE,
+    MAX_FRAME_BYTES,
+)
+from sottovoce.protocol.kt import (
+    KT_HEAD_RESULT,
+    KT_HISTORY_RESULT,
+    KT_LOOKUP_RESULT,
+    KTHead,
+    KTHeadResult,
+    KTHistory,
+    KTLookup,
+    KTResponse,
+)
+from sottovoce.server import kt_keys
+from sottovoce.server.config import ServerConfig
+from sottovoce.server.errors import WireFailure
+from sottovoce.server.kt_witness import (
+    Conflict,
+    RemoteWitness,
+    WitnessService,
+    add_checkpoint_body,
+    parse_cosignature,
+)
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.ratelimit import KeyedBuckets
+from sottovoce.server.session import Session
+from sottovoce.server.storage.kt import KTWriter
+from sottovoce.server.storage.shared import SharedStorage
+
+#: Leaves per /kt/leaves request, at most.
+MAX_LEAVES_PER_REQUEST = 1000
+#: How long a directory change waits for the checkpoint that covers it before it is
+#: answered anyway (the change is durable either way; the client's lookup then sees it
+#: with the next checkpoint).
+SYNC_WAIT_S = 5.0
+#: A witness that has not answered in this long is skipped for this round.
+WITNESS_TIMEOUT_S = 3.0
+#: How long another node's newer checkpoint may go unseen by this one.
+REFRESH_S = 1.0
+#: An encoded response must fit a frame once in base64 inside its JSON.
+MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The checkpoint every answer is built on: its size and the note with cosignatures."""
+
+    size: int
+    note: bytes
+
+
+class KTService:
+    def __init__(
+        self,
+        storage: SharedStorage,
+        *,
+        signer: NoteSigner,
+        vrf: VRFSecretKey,
+        witnesses: tuple[RemoteWitness, ...] = (),
+        local: WitnessService | None = None,
+        log: JsonLogger,
+        cosign_interval_ms: int,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._storage = storage
+        self.signer = signer
+        self.vrf = vrf
+        self._remote = witnesses
+        self._local = local
+        self._log = log
+        self._clock = clock_ms
+        self._interval_s = cosign_interval_ms / 1000
+        self._round_lock = asyncio.Lock()
+        self._served: Served | None = None
+        self._checked_at = 0.0
+        #: The size each remote witness last cosigned, as far as this node knows.
+        self._witness_size: dict[str, int] = {}
+        self._buckets = KeyedBuckets(KT_LOOKUPS_PER_MINUTE / 60, KT_LOOKUPS_BURST)
+        self._http: httpx.AsyncClient | None = None
+
+    # --- keys ------------------------------------------------------------------------------
+
+    @property
+    def witness_keys(self) -> tuple[NoteKey, ...]:
+        local = () if self._local is None else (self._local.signer.public,)
+        return (*local, *(w.key for w in self._remote))
+
+    def keys(self) -> dict[str, Any]:
+        """What ``/kt/keys`` and ``sottovoce.kt.head`` say of the keys."""
+        return {
+            "log_key": self.signer.public.vkey(),
+            "vrf_key": base64.b64encode(self.vrf.public).decode(),
+            "witnesses": [k.vkey() for k in self.witness_keys],
+            "colocated_witness": None if self._local is None else self._local.signer.public.vkey(),
+        }
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the served checkpoint; cosign the current size in the background (the
+        witnesses may call back this server's HTTP endpoints, so it must be listening)."""
+        await self._refresh(force=True)
+
+    async def run(self) -> None:
+        """The background task: a first round now, then one per cosign interval."""
+        while True:
+            try:
+                await self.sync(again=True)
+            except Exception as exc:
+                self._log.error("kt.round_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._interval_s)
+
+    async def changed(self) -> None:
+        """A directory change committed: wait (bounded) for a checkpoint that covers it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.sync()), SYNC_WAIT_S)
+        except (TimeoutError, WireFailure, OSError) as exc:
+            self._log.warning("kt.sync_late", error=type(exc).__name__)
+
+    async def sync(self, *, again: bool = False) -> Served | None:
+        """Sign, cosign and store a checkpoint of the current size if it is newer than the
+        served one (``again``: also if it is not, to refresh the cosignatures)."""
+        async with self._round_lock:
+            size = await self._storage.kt_size()
+            await self._refresh(force=True)
+            served = self._served
+            if served is None or size > served.size or again:
+                self._served = await self._round(size)
+                self._checked_at = time.monotonic()
+            return self._served
+
+    async def _round(self, size: int) -> Served:
+        nodes = await self._storage.kt_log_nodes(set(root_nodes(size)))
+        root = fold_range([nodes[n] for n in root_nodes(size)])
+        signed = Checkpoint(origin=self.signer.public.name, size=size, root=root).sign(self.signer)
+        note = signed.encode()
+        lines: list[NoteSignature] = []
+        if self._local is not None:
+            sig = await self._ask_local(self._local, size, note)
+            if sig is not None:
+                lines.append(sig)
+        results = await asyncio.gather(*(self._ask(w, size, note) for w in self._remote))
+        lines.extend(s for s in results if s is not None)
+        # The cosignatures first: another node serves a stored checkpoint at once.
+        for sig in lines:
+            ts = int.from_bytes(sig.signature[:8], "big")
+            await self._storage.kt_store_cosignature(size, sig.name, ts, sig.line())
+        await self._storage.kt_store_checkpoint(size, note, self._clock())
+        full = SignedNote(text=signed.text, signatures=(*signed.signatures, *lines)).encode()
+        self._log.info("kt.checkpoint", size=size, cosignatures=len(lines))
+        return Served(size=size, note=full)
+
+    async def _proof(self, old: int, size: int) -> list[bytes]:
+        if not 0 < old < size:
+            return []
+        wanted = consistency_nodes(old, size)
+        return consistency_proof(old, size, await self._storage.kt_log_nodes(wanted))
+
+    async def _ask_local(
+        self, local: WitnessService, size: int, note: bytes
+    ) -> NoteSignature | None:
+        old = local.size
+        if old > size:
+            self._log.error("kt.witness_ahead", witness=local.signer.public.name)
+            return None
+        proof = await self._proof(old, size)
+        try:  # in a thread: the witness fsyncs its state file
+            return await asyncio.to_thread(local.add_checkpoint, old, proof, note)
+        except (KTError, Conflict) as exc:
+            self._log.error("kt.witness_refused", witness=local.signer.public.name,
+                            error=type(exc).__name__)
+            return None
+
+    async def _ask(self, w: RemoteWitness, size: int, note: bytes) -> NoteSignature | None:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=WITNESS_TIMEOUT_S)
+        for _ in range(2):  # a 409 tells the witness's real size: one retry from it
+            old = self._witness_size.get(w.url, 0)
+            body = add_checkpoint_body(old, await self._proof(min(old, size), size), note)
+            try:
+                resp = await self._http.post(f"{w.url}/add-checkpoint", content=body)
+            except httpx.HTTPError as exc:
+                self._log.warning("kt.witness_unreachable", witness=w.key.name,
+                                  error=type(exc).__name__)
+                return None
+            if resp.status_code == HTTPStatus.CONFLICT:
+                text = resp.content.strip()
+                if not text.isdigit() or int(text) > size:
+                    break
+                self._witness_size[w.url] = int(text)
+                continue
+            if resp.status_code != HTTPStatus.OK:
+                break
+            try:
+                sig = parse_cosignature(resp.content, w.key, note, self.signer.public)
+            except KTError:
+                break
+            self._witness_size[w.url] = size
+            return sig
+        self._log.warning("kt.witness_refused", witness=w.key.name, status=resp.status_code)
+        return None
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        """Take a newer checkpoint stored by another node (at most every REFRESH_S)."""
+        if not force and time.monotonic() - self._checked_at < REFRESH_S:
+            return
+        self._checked_at = time.monotonic()
+        found = await self._storage.kt_latest_checkpoint()
+        if found is None:
+            return
+        size, note, cosigs = found
+        if self._served is not None and self._served.size >= size:
+            return
+        self._served = Served(size=size, note=note + "".join(cosigs).encode())
+
+    async def current(self) -> Served:
+        await self._refresh()
+        if self._served is None:
+            raise WireFailure("kt_unavailable", "the key-transparency log has no checkpoint yet",
+                              retryable=True, retry_after_ms=1000)
+        return self._served
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # --- requests from devices ---------------------------------------------------------------
+
+    def handlers(self) -> dict[type[Any], Callable[..., Any]]:
+        return {KTHead: self.head, KTLookup: self.lookup, KTHistory: self.history}
+
+    def _limit(self, session: Session) -> None:
+        wait = self._buckets.take(session.key)
+        if wait:
+            raise WireFailure("rate_limited", "too many key-transparency requests",
+                              retryable=True, retry_after_ms=wait)
+
+    async def head(self, session: Session, ev: KTHead, data: dict[str, Any],
+                   rid: str | None) -> None:
+        self._limit(session)
+        served = await self.current()
+        proof = await self._proof(ev.since, served.size)
+        keys = self.keys()
+        result = KTHeadResult(checkpoint=served.note.decode(), consistency=tuple(proof),
+                              log_key=keys["log_key"], vrf_key=self.vrf.public,
+                              witnesses=tuple(keys["witnesses"]))
+        session.reply(KT_HEAD_RESULT, result.to_wire(), rid)
+
+    async def _answer(self, user: str, since: int, *, history: bool) -> bytes:
+        served = await self.current()
+        if served.size == 0:
+            raise WireFailure("kt_unavailable", "the key-transparency log is empty",
+                              retryable=True, retry_after_ms=1000)
+        # A client ahead of this checkpoint gets no proof: it sees the log shrank.
+        since = since if since <= served.size else 0
+        stores = await self._storage.kt_snapshot(user, served.size, since,
+                                                 every_version=history)
+        core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
+        note = SignedNote.decode(served.note)
+        resp = (core.history(user, note, since=since) if history
+                else core.lookup(user, note, since=since))
+        encoded = resp.encode()
+        if len(encoded) > MAX_RESPONSE_BYTES:
+            raise WireFailure("kt_too_large", "this account's history does not fit one frame")
+        return encoded
+
+    async def lookup(self, session: Session, ev: KTLookup, data: dict[str, Any],
+                     rid: str | None) -> None:
+        self._limit(session)
+        try:
+            validate_username(ev.username)
+        except UsageError as exc:
+            raise WireFailure("invalid_username", str(exc)) from None
+        encoded = await self._answer(ev.username, ev.since, history=False)
+        session.reply(KT_LOOKUP_RESULT, KTResponse(response=encoded).to_wire(), rid)
+
+    async def history(self, session: Session, ev: KTHistory, data: dict[str, Any],
+                      rid: str | None) -> None:
+        self._limit(session)
+        user, _ = session.key
+        encoded = await self._answer(user, ev.since, history=True)
+        session.reply(KT_HISTORY_RESULT, KTResponse(response=encoded).to_wire(), rid)
+
+    # --- read-only HTTP for witnesses and auditors ----------------------------------------------
+
+    async def http_get(self, path: str, query: str) -> tuple[HTTPStatus, bytes, str]:
+        """(status, body, content type) of one ``/kt/...`` GET."""
+        params = parse_qs(query, keep_blank_values=True, max_num_fields=4)
+        try:
+            if path == "/kt/keys":
+                return HTTPStatus.OK, _json(self.keys()), "application/json"
+            served = await self.current()
+            if path == "/kt/checkpoint":
+                return HTTPStatus.OK, served.note, "text/plain; charset=utf-8"
+            if path == "/kt/consistency":
+                old, new = _int(params, "old"), _int(params, "new")
+                if not 0 <= old <= new <= served.size:
+                    return _bad("old and new must be sizes with old <= new <= the checkpoint's")
+                proof = await self._proof(old, new)
+                return HTTPStatus.OK, _json({"proof": [_b64(h) for h in proof]}), _JSON
+            if path == "/kt/leaves":
+                start, count = _int(params, "start"), _int(params, "count")
+                if not 0 < count <= MAX_LEAVES_PER_REQUEST or start >= served.size:
+                    return _bad(f"count must be 1-{MAX_LEAVES_PER_REQUEST} and start below "
+                                "the checkpoint's size")
+                leaves = await self._storage.kt_leaves(start, min(count, served.size - start))
+                return HTTPStatus.OK, _json({"leaves": [_b64(x) for x in leaves]}), _JSON
+        except WireFailure as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"{exc.message}\n".encode(), "text/plain"
+        except ValueError as exc:
+            return _bad(str(exc))
+        return HTTPStatus.NOT_FOUND, b"not found\n", "text/plain"
+
+
+_JSON = "application/json"
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _bad(why: str) -> tuple[HTTPStatus, bytes, str]:
+    return HTTPStatus.BAD_REQUEST, f"{why}\n".encode(), "text/plain"
+
+
+def _int(params: dict[str, list[str]], name: str) -> int:
+    values = params.get(name)
+    if not values or len(values) != 1 or not values[0].isdigit() or len(values[0]) > 16:
+        raise ValueError(f"{name} must be one non-negative integer")
+    value = int(values[0])
+    if value > KT_MAX_LOG_SIZE:
+        raise ValueError(f"{name} is out of range")
+    return value
+
+
+def local_witness_paths(data_dir: Path) -> tuple[Path, Path]:
+    """The co-located witness's key file and state file in the server's data directory."""
+    return data_dir / "kt-colocated-witness.key", data_dir / "kt-colocated-witness.state"
+
+
+def from_config(config: ServerConfig, storage: SharedStorage, log: JsonLogger) -> KTService:
+    """The log of this server: its keys read (or made at first start) now, so a bad key
+    file is a plain error before the server listens; appends wired into ``storage``."""
+    data = Path(config.data_dir)
+    origin = config.kt_origin or f"{socket.gethostname()}/sottovoce-kt"
+    signer = kt_keys.note_key(config.kt_log_key_file or data / "kt-log.key", origin,
+                              cosigner=False, what="key-transparency log key file")
+    vrf = kt_keys.vrf_key(config.kt_vrf_key_file or data / "kt-vrf.key")
+    local = None
+    if not config.no_local_witness:
+        key_file, state_file = local_witness_paths(data)
+        witness = kt_keys.note_key(key_file, f"{signer.public.name}/colocated-witness",
+                                   cosigner=True, what="co-located witness key file")
+        local = WitnessService(witness, state_file, log_key=signer.public,
+                               clock_ms=lambda: time.time_ns() // 1_000_000)
+    storage.kt_writer = KTWriter(vrf=vrf, rng=secrets.token_bytes)
+    return KTService(storage, signer=signer, vrf=vrf, witnesses=config.kt_witness, local=local,
+                     log=log, cosign_interval_ms=config.kt_cosign_interval_ms)

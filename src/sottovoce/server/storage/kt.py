@@ -1,0 +1,347 @@
+"""The key-transparency log and map in tables, written once for every engine (:mod:`.txn`).
+
+    kt_leaves        idx -> encoded LogLeaf                     (append-only)
+    kt_log_nodes     node -> hash  (node = level << 56 | index)  (append-only)
+    kt_versions      (map key, version) -> epoch, state, opening, commitment (append-only)
+    kt_version_nodes (map key, node) -> hash                     (append-only)
+    kt_map_nodes     (node, epoch) -> record                     (insert-only, versioned)
+    kt_labels        username -> VRF output and proof            (insert-only)
+    kt_checkpoints   size -> the log-signed note                 (insert-only)
+    kt_cosignatures  (size, witness, time) -> cosignature line   (insert-only)
+
+Nothing is rewritten in place. A map node changes with every account under it, so
+each change inserts the node's new record under the epoch (the leaf index) that
+wrote it, and a read "as of tree size S" takes, for each node, the record of the
+largest epoch below S. So a crash before the commit leaves the previous head whole,
+and a lookup answers at exactly the checkpoint it serves while later appends land.
+
+:func:`record` is the one call that appends a directory change: it runs inside the
+transaction that changes the directory (registration, device added or revoked,
+deletion, and the account-key succession / recovery statements), under one lock so
+appends from several server nodes take consecutive leaf indexes. The sans-I/O core
+(kt/map.py, kt/merkle.py, kt/prover.py) works on the dicts the reads below fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sottovoce.crypto.rng import Random
+from sottovoce.errors import DecodeError
+from sottovoce.identity import DeviceCertificate
+from sottovoce.kt.map import (
+    KEY_BITS,
+    AccountState,
+    ChangeKind,
+    DeviceEntry,
+    Directory,
+    LogLeaf,
+    Overlay,
+    VersionRecord,
+    map_key,
+)
+from sottovoce.kt.merkle import (
+    LogWriter,
+    NodeId,
+    consistency_nodes,
+    inclusion_nodes,
+    root_nodes,
+)
+from sottovoce.kt.prover import KTStores
+from sottovoce.kt.vrf import VRFSecretKey
+from sottovoce.server.storage.txn import Lock, Txn, blob, execute, many, one, rows, val
+
+#: Serializes appends (several server nodes on one PostgreSQL database).
+_LOCK = Lock("kt_append", 1)
+#: Statement parameters per IN list (well under every engine's limit).
+_CHUNK = 400
+#: Map depths fetched per round trip while walking down to a key's entry: a map of
+#: N accounts is about log2(N) + 2 deep, so one round trip up to ~2^30 accounts.
+_DEPTH_STEP = 32
+#: The "no recovery key registered" value of an account state: an account registered
+#: before its owner committed a recovery key.
+NO_RECOVERY_KEY = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class KTWriter:
+    """What an append needs besides the database: the VRF key (a new account's label)
+    and randomness (each version's commitment opening)."""
+
+    vrf: VRFSecretKey
+    rng: Random
+
+
+def node_id(node: NodeId) -> int:
+    """A log or version-tree node (level, index) as one integer column."""
+    level, index = node
+    return level << 56 | index
+
+
+def _from_id(n: int) -> NodeId:
+    return n >> 56, n & ((1 << 56) - 1)
+
+
+def map_node_id(node: NodeId) -> bytes:
+    depth, prefix = node
+    return depth.to_bytes(2, "big") + prefix.to_bytes((depth + 7) // 8, "big")
+
+
+def _chunks(items: list[int] | list[bytes]) -> Iterator[list[int] | list[bytes]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+def log_size() -> Txn[int]:
+    last = yield val("SELECT max(idx) FROM kt_leaves")
+    return 0 if last is None else int(last) + 1
+
+
+def leaves(start: int, count: int) -> Txn[list[bytes]]:
+    found = yield rows("SELECT leaf FROM kt_leaves WHERE idx>=? AND idx<? ORDER BY idx",
+                       start, start + count)
+    return [blob(r[0]) for r in found]
+
+
+def log_nodes(wanted: Iterable[NodeId]) -> Txn[dict[NodeId, bytes]]:
+    ids = sorted({node_id(n) for n in wanted})
+    out: dict[NodeId, bytes] = {}
+    for part in _chunks(ids):
+        found = yield rows(
+            f"SELECT node, hash FROM kt_log_nodes WHERE node IN ({_marks(len(part))})",  # noqa: S608
+            *part,
+        )
+        out.update((_from_id(int(r[0])), blob(r[1])) for r in found)
+    return out
+
+
+VersionNodeMap = dict[tuple[bytes, int, int], bytes]
+
+
+def _version_nodes(key: bytes, wanted: Iterable[NodeId]) -> Txn[VersionNodeMap]:
+    ids = sorted({node_id(n) for n in wanted})
+    out: VersionNodeMap = {}
+    for part in _chunks(ids):
+        found = yield rows(
+            "SELECT node, hash FROM kt_version_nodes "  # noqa: S608 -- placeholders only
+            f"WHERE map_key=? AND node IN ({_marks(len(part))})",
+            key, *part,
+        )
+        out.update(((key, *_from_id(int(r[0]))), blob(r[1])) for r in found)
+    return out
+
+
+def _map_path(key: bytes, size: int) -> Txn[dict[NodeId, bytes]]:
+    """Every map node on ``key``'s path and beside it, as of tree size ``size``: all
+    that the sparse map reads to prove or update ``key``."""
+    k = int.from_bytes(key, "big")
+    out: dict[NodeId, bytes] = {}
+    start = 0
+    while start <= KEY_BITS:
+        wanted: dict[bytes, NodeId] = {}
+        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+            prefix = k >> (KEY_BITS - depth)
+            wanted[map_node_id((depth, prefix))] = (depth, prefix)
+            if depth:
+                wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
+        ids = list(wanted)
+        found = yield rows(
+            "SELECT node, record FROM kt_map_nodes m "  # noqa: S608 -- placeholders only
+            f"WHERE node IN ({_marks(len(ids))}) AND epoch<? AND epoch=("
+            "SELECT max(epoch) FROM kt_map_nodes WHERE node=m.node AND epoch<?)",
+            *ids, size, size,
+        )
+        out.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+        # Stop at the first depth of this step where the path ends (empty or an entry).
+        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+            rec = out.get((depth, k >> (KEY_BITS - depth)))
+            if rec is None or rec[:1] == b"\x10":
+                return out
+        start += _DEPTH_STEP
+    return out  # pragma: no cover - a path ends before depth 256
+
+
+def _versions(key: bytes, size: int) -> Txn[int]:
+    last = yield val("SELECT max(version) FROM kt_versions WHERE map_key=? AND epoch<?",
+                     key, size)
+    return 0 if last is None else int(last) + 1
+
+
+def _records(key: bytes, first: int, end: int) -> Txn[dict[tuple[bytes, int], VersionRecord]]:
+    found = yield rows(
+        "SELECT version, state, opening, commitment FROM kt_versions "
+        "WHERE map_key=? AND version>=? AND version<? ORDER BY version",
+        key, first, end,
+    )
+    return {
+        (key, int(r[0])): VersionRecord(version=int(r[0]), state=blob(r[1]), opening=blob(r[2]),
+                                        commitment=blob(r[3]))
+        for r in found
+    }
+
+
+def label(vrf: VRFSecretKey, user: str, *, keep: bool) -> Txn[tuple[bytes, bytes]]:
+    """``user``'s VRF output and proof: the stored ones, else computed (and, if ``keep``,
+    stored: only for a name that has an account, so lookups cannot fill the table)."""
+    found = yield one("SELECT label, proof FROM kt_labels WHERE username=?", user)
+    if found is not None:
+        return blob(found[0]), blob(found[1])
+    beta, pi = vrf.evaluate(user.encode("utf-8"))
+    if keep:
+        yield execute("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)",
+                      user, beta, pi)
+    return beta, pi
+
+
+class _Sized(dict[int, bytes]):
+    """The leaves a proof reads, reporting the tree's size as its length (KTLog sizes
+    its log by ``len(leaves)``)."""
+
+    def __init__(self, size: int, known: dict[int, bytes]) -> None:
+        super().__init__(known)
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def snapshot(
+    vrf: VRFSecretKey, user: str, size: int, since: int, *, every_version: bool
+) -> Txn[KTStores]:
+    """What kt/prover.py's KTLog reads to answer a lookup (``every_version``: a history)
+    of ``user`` at tree size ``size`` with a consistency proof from ``since``."""
+    beta, pi = yield from label(vrf, user, keep=False)
+    key = map_key(beta)
+    leaf = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+    wanted = set(root_nodes(size)) | inclusion_nodes(size - 1, size)
+    wanted |= consistency_nodes(since, size)
+    nodes = yield from log_nodes(wanted)
+    path = yield from _map_path(key, size)
+    n = yield from _versions(key, size)
+    vwanted = set(root_nodes(n)) | (inclusion_nodes(n - 1, n) if n else set())
+    vnodes = yield from _version_nodes(key, vwanted)
+    records = yield from _records(key, 0 if every_version else max(n - 1, 0), n)
+    return KTStores(
+        log_nodes=nodes, leaves=_Sized(size, {} if leaf is None else {size - 1: blob(leaf[0])}),
+        map_nodes=path, version_nodes=vnodes, records=records, sizes={key: n},
+        labels={user: (beta, pi)},
+    )
+
+
+# --- the append ---------------------------------------------------------------------------
+
+
+def _device(raw: bytes) -> DeviceEntry:
+    cert = DeviceCertificate.decode(raw)
+    return DeviceEntry(device_id=cert.device_id, signing_key=cert.keys.signing_key)
+
+
+def account_state(
+    user: str, previous: bytes | None, account_key: bytes | None, recovery_key: bytes | None
+) -> Txn[AccountState]:
+    """The account's state as the directory holds it now: its account key, its recovery
+    key (given, else the previous version's, else none yet) and its active devices'
+    signing keys; a deleted account lists no device."""
+    found = yield one("SELECT account_key, deleted_at FROM accounts WHERE user_id=?", user)
+    devices = yield rows(
+        "SELECT certificate FROM devices WHERE user_id=? AND revoked_at IS NULL ORDER BY dev",
+        user,
+    )
+    rk = recovery_key
+    if rk is None and previous is not None:
+        try:
+            rk = AccountState.decode(previous).recovery_key
+        except DecodeError:  # pragma: no cover - every stored state was encoded here
+            rk = None
+    deleted = found is None or found[1] is not None
+    return AccountState(
+        account_key=account_key if account_key is not None else blob(found[0]) if found else b"",
+        recovery_key=rk if rk is not None else NO_RECOVERY_KEY,
+        devices=() if deleted else tuple(_device(blob(r[0])) for r in devices),
+        deleted=deleted,
+    )
+
+
+def record(
+    writer: KTWriter, user: str, kind: ChangeKind, now_ms: int, *,
+    account_key: bytes | None = None, recovery_key: bytes | None = None,
+) -> Txn[LogLeaf]:
+    """Append ``user``'s directory change to the log, inside the caller's transaction,
+    after its change to the accounts and devices tables: a new version of the account
+    (its state read back from those tables) and one log leaf.
+
+    ``account_key`` / ``recovery_key``: the keys a succession or recovery statement
+    installs (default: the account row's key, and the recovery key of the previous
+    version).
+    """
+    yield _LOCK
+    size = yield from log_size()
+    beta, _ = yield from label(writer.vrf, user, keep=True)
+    key = map_key(beta)
+    n = yield from _versions(key, size)
+    previous = None
+    if n:
+        previous = (yield from _records(key, n - 1, n))[(key, n - 1)].state
+    state = yield from account_state(user, previous, account_key, recovery_key)
+    nodes = yield from log_nodes(root_nodes(size))
+    path = Overlay(dict((yield from _map_path(key, size))))
+    vnodes = Overlay(dict((yield from _version_nodes(key, root_nodes(n)))))
+    records: Overlay[tuple[bytes, int], VersionRecord] = Overlay({})
+    directory = Directory(path, vnodes, records, {key: n})
+    leaf = directory.append(key, state.encode(), kind=kind, epoch=size, timestamp_ms=now_ms,
+                            rng=writer.rng)
+    log = LogWriter(size, [nodes[x] for x in root_nodes(size)])
+    yield execute("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)", size, leaf.encode())
+    yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)",
+               [(node_id(x), h) for x, h in log.append(leaf.hash())])
+    yield many("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
+               [(map_node_id(x), size, rec) for x, rec in path.writes.items()])
+    yield many("INSERT INTO kt_version_nodes(map_key, node, hash) VALUES (?, ?, ?)",
+               [(k, node_id((lv, i)), h) for (k, lv, i), h in vnodes.writes.items()])
+    yield many(
+        "INSERT INTO kt_versions(map_key, version, epoch, state, opening, commitment) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(k, v, size, r.state, r.opening, r.commitment) for (k, v), r in records.writes.items()],
+    )
+    return leaf
+
+
+# --- checkpoints and cosignatures -----------------------------------------------------------
+
+
+def store_checkpoint(size: int, note: bytes, now_ms: int) -> Txn[None]:
+    yield execute(
+        "INSERT INTO kt_checkpoints(size, signed_note, created_at) VALUES (?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        size, note, now_ms,
+    )
+
+
+def store_cosignature(size: int, witness: str, timestamp_s: int, line: str) -> Txn[None]:
+    yield execute(
+        "INSERT INTO kt_cosignatures(size, witness, ts, line) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        size, witness, timestamp_s, line,
+    )
+
+
+def latest_checkpoint() -> Txn[tuple[int, bytes, list[str]] | None]:
+    """The largest stored checkpoint: (size, the log-signed note, the newest cosignature
+    line of each witness that cosigned it)."""
+    found = yield one("SELECT size, signed_note FROM kt_checkpoints ORDER BY size DESC LIMIT 1")
+    if found is None:
+        return None
+    size = int(found[0])
+    lines = yield rows(
+        "SELECT witness, line FROM kt_cosignatures WHERE size=? ORDER BY witness, ts", size
+    )
+    newest = {str(r[0]): str(r[1]) for r in lines}  # later ts overwrite earlier ones
+    return size, blob(found[1]), list(newest.values())
