@@ -20,11 +20,12 @@ is also stored as an alert that stays until acknowledged (``sottovoce kt ack``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sottovoce.client.errors import KeyNotInLog, KTAlertRaised
+from sottovoce.client.errors import KeyNotInLog, KTAlertRaised, ServerError
 from sottovoce.client.ports import Link
 from sottovoce.client.store import Contact, Store
 from sottovoce.codec.tls import Reader, WireStruct, Writer
@@ -44,7 +45,11 @@ from sottovoce.kt.verify import (
     monitor_own_account,
     verify_lookup,
 )
-from sottovoce.limits import KT_DEFAULT_MAX_CHECKPOINT_AGE_MS, KT_MAX_ALERTS
+from sottovoce.limits import (
+    KT_CATCH_UP_PAUSES_S,
+    KT_DEFAULT_MAX_CHECKPOINT_AGE_MS,
+    KT_MAX_ALERTS,
+)
 from sottovoce.protocol import kt as pk
 from sottovoce.protocol.fields import ProtocolError
 
@@ -370,8 +375,16 @@ class KeyTransparency:
         return self.pins is not None or self._store.get_kt(_EXPECT) is not None
 
     async def pin_from_server(self) -> Pins:
-        """Fetch the head and :meth:`pin` it (with the keys given earlier, if any)."""
-        return self.pin(await self._source.head(0))
+        """Fetch the head and :meth:`pin` it (with the keys given earlier, if any); an
+        empty log (``kt_unavailable``, just after the first registration) is waited for."""
+        for pause in (*KT_CATCH_UP_PAUSES_S, None):
+            try:
+                return self.pin(await self._source.head(0))
+            except ServerError as exc:
+                if pause is None or exc.code != "kt_unavailable":
+                    raise
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def pin(self, answer: HeadAnswer) -> Pins:
         """Pin the log of ``answer`` (its keys, or the ones given to :meth:`expect`, which
@@ -468,7 +481,19 @@ class KeyTransparency:
 
     async def verify_contact(self, contact: Contact) -> AccountState:
         """Verify ``contact``'s keys against the log: KeyNotInLog unless the verified
-        account state holds its account key and every device it lists."""
+        account state holds its account key and every device it lists. A change the
+        log does not show yet is waited for (KT_CATCH_UP_PAUSES_S) before refusing."""
+        for pause in (*KT_CATCH_UP_PAUSES_S, None):
+            try:
+                return await self._verify_contact(contact)
+            except (KeyNotInLog, ServerError) as exc:
+                late = isinstance(exc, KeyNotInLog) or exc.code == "kt_unavailable"
+                if pause is None or not late:
+                    raise
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _verify_contact(self, contact: Contact) -> AccountState:
         policy = self._policy()
         last = self.head
         response = await self._source.lookup(contact.username, last.size if last else 0)
@@ -477,6 +502,8 @@ class KeyTransparency:
                                    now_ms=self._clock())
         except (LogShrank, LogForked) as exc:
             raise self._inconsistent(exc) from None
+        with self._store.transaction():
+            self._keep_head(result.head)  # verified, whatever the keys turn out to be
         state = result.state
         if state is None or state.deleted:
             raise KeyNotInLog(contact.username, "the log holds no such account")
@@ -486,8 +513,6 @@ class KeyTransparency:
         for device_id, cert in contact.certificates.items():
             if (device_id, cert.keys.signing_key) not in logged:
                 raise KeyNotInLog(contact.username, f"device {device_id!r} is not in the log")
-        with self._store.transaction():
-            self._keep_head(result.head)
         return state
 
     # --- monitoring our own account -------------------------------------------------
