@@ -200,7 +200,7 @@ class KTService:
             await self._storage.kt_store_cosignature(size, sig.name, ts, sig.line())
         await self._storage.kt_store_checkpoint(size, note, self._clock())
         full = SignedNote(text=signed.text, signatures=(*signed.signatures, *lines)).encode()
-        self._log.info("kt.checkpoint", size=size, cosignatures=len(lines))
+        self._log.info("kt.checkpoint", size=size, count=len(lines))
         return Served(size=size, note=full)
 
     async def _proof(self, old: int, size: int) -> list[bytes]:
@@ -214,13 +214,13 @@ class KTService:
     ) -> NoteSignature | None:
         old = local.size
         if old > size:
-            self._log.error("kt.witness_ahead", witness=local.signer.public.name)
+            self._log.error("kt.witness_ahead", reason=local.signer.public.name)
             return None
         proof = await self._proof(old, size)
         try:  # in a thread: the witness fsyncs its state file
             return await asyncio.to_thread(local.add_checkpoint, old, proof, note)
         except (KTError, Conflict) as exc:
-            self._log.error("kt.witness_refused", witness=local.signer.public.name,
+            self._log.error("kt.witness_refused", reason=local.signer.public.name,
                             error=type(exc).__name__)
             return None
 
@@ -233,7 +233,7 @@ class KTService:
             try:
                 resp = await self._http.post(f"{w.url}/add-checkpoint", content=body)
             except httpx.HTTPError as exc:
-                self._log.warning("kt.witness_unreachable", witness=w.key.name,
+                self._log.warning("kt.witness_unreachable", reason=w.key.name,
                                   error=type(exc).__name__)
                 return None
             if resp.status_code == HTTPStatus.CONFLICT:
@@ -250,7 +250,7 @@ class KTService:
                 break
             self._witness_size[w.url] = size
             return sig
-        self._log.warning("kt.witness_refused", witness=w.key.name, status=resp.status_code)
+        self._log.warning("kt.witness_refused", reason=w.key.name, status=resp.status_code)
         return None
 
     async def _refresh(self, *, force: bool = False) -> None:
@@ -342,21 +342,23 @@ class KTService:
         try:
             if path == "/kt/keys":
                 return HTTPStatus.OK, _json(self.keys()), "application/json"
-            served = await self.current()
             if path == "/kt/checkpoint":
-                return HTTPStatus.OK, served.note, "text/plain; charset=utf-8"
+                return HTTPStatus.OK, (await self.current()).note, "text/plain; charset=utf-8"
+            # Leaves and proofs reach every committed leaf: a witness asked to cosign a new
+            # checkpoint reads up to its size before this node serves it.
+            size = await self._storage.kt_size()
             if path == "/kt/consistency":
                 old, new = _int(params, "old"), _int(params, "new")
-                if not 0 <= old <= new <= served.size:
-                    return _bad("old and new must be sizes with old <= new <= the checkpoint's")
+                if not 0 <= old <= new <= size:
+                    return _bad("old and new must be sizes with old <= new <= the log's")
                 proof = await self._proof(old, new)
                 return HTTPStatus.OK, _json({"proof": [_b64(h) for h in proof]}), _JSON
             if path == "/kt/leaves":
                 start, count = _int(params, "start"), _int(params, "count")
-                if not 0 < count <= MAX_LEAVES_PER_REQUEST or start >= served.size:
+                if not 0 < count <= MAX_LEAVES_PER_REQUEST or start >= size:
                     return _bad(f"count must be 1-{MAX_LEAVES_PER_REQUEST} and start below "
-                                "the checkpoint's size")
-                leaves = await self._storage.kt_leaves(start, min(count, served.size - start))
+                                "the log's size")
+                leaves = await self._storage.kt_leaves(start, min(count, size - start))
                 return HTTPStatus.OK, _json({"leaves": [_b64(x) for x in leaves]}), _JSON
         except WireFailure as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, f"{exc.message}\n".encode(), "text/plain"

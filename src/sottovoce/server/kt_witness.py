@@ -277,6 +277,8 @@ class WitnessService:
                 raise Conflict(self.size)
             size = open_checkpoint(note, log_key=log_key).checkpoint.size
             now = self._clock()
+            if self.size == 0:  # every tree extends the empty one (RFC 9162 has no proof)
+                witness.state = WitnessState()
             if isinstance(witness, AuditingWitness):
                 if size < self.size:
                     raise LogShrank("the checkpoint is smaller than the last one cosigned")
@@ -300,6 +302,8 @@ class WitnessService:
             return 400, f"{exc}\n".encode()
         except KTError as exc:
             return 422, f"{exc}\n".encode()
+        except UsageError as exc:  # the log's endpoints failed this witness (audit)
+            return 502, f"{exc}\n".encode()
         return 200, sig.line().encode()
 
 
