@@ -54,9 +54,12 @@ async def test_accounts_pin_the_servers_log_and_messages_flow_verified(tmp_path:
 
 
 async def test_a_device_in_the_directory_but_not_in_the_log_is_refused(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path / "server").start() as server:
+    server = ServerProcess(tmp_path / "server").start()
+    try:
         alice = await make_account(server, "alice", tmp_path)
         bob = await make_account(server, "bob", tmp_path)
+        for c in (alice, bob):
+            await c.close()
         # The server adds a device to bob's directory entry without logging it. Even
         # with a certificate bob's account key really signed (so only the log can
         # tell), alice does not use it.
@@ -69,6 +72,7 @@ async def test_a_device_in_the_directory_but_not_in_the_log_is_refused(tmp_path:
                                   mls_signature_key=keys.mls_signature_key),
             now_ms=bob.identity.certificate.created_at_ms,
         )
+        server.stop()  # behind the server's back (it caches accounts)
         db = sqlite3.connect(server.db_path)
         db.execute(
             "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?,?,?,?)",
@@ -76,11 +80,15 @@ async def test_a_device_in_the_directory_but_not_in_the_log_is_refused(tmp_path:
         )
         db.commit()
         db.close()
+        server.start()
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)
+        await alice.connect()
         with pytest.raises(KeyNotInLog, match="planted0device00"):
             await alice.send_text("bob", "to a planted device?")
         assert alice.history("bob") == []
-        for c in (alice, bob):
-            await c.close()
+        await alice.close()
+    finally:
+        server.stop()
 
 
 async def test_a_rolled_back_server_is_caught_at_the_next_check(tmp_path: Path) -> None:
