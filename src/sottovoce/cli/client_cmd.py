@@ -95,8 +95,9 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         client = await Client.create_account(
             args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses
         )
+        pins = client.kt.pins
         await client.close()
-        return client.username, client.device_id, client.kt.pins
+        return client.username, client.device_id, pins
 
     flag = dir_flag(args)
     try:
