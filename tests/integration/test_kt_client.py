@@ -120,3 +120,28 @@ async def test_a_rolled_back_server_is_caught_at_the_next_check(tmp_path: Path) 
         await alice.close()
     finally:
         server.stop()
+
+
+async def test_room_messages_carry_the_senders_head_to_be_compared(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "server").start() as server:
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        seen: list[tuple[str, int, bytes]] = []
+        compare = bob.kt.compare
+
+        async def recording(peer: str, size: int, root: bytes) -> None:
+            seen.append((peer, size, root))
+            await compare(peer, size, root)
+
+        bob.kt.compare = recording  # type: ignore[method-assign]
+        room = await alice.rooms.create_room("friends")
+        await alice.rooms.invite("friends", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1)
+        await alice.check_log()
+        await alice.rooms.send("friends", "hello")
+        head = alice.kt.checkpoint_ref()
+        assert head is not None
+        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        assert bob.kt.alerts() == []
+        for c in (alice, bob):
+            await c.close()
