@@ -122,10 +122,11 @@ async def test_a_rolled_back_server_is_caught_at_the_next_check(tmp_path: Path) 
         server.stop()
 
 
-async def test_room_messages_carry_the_senders_head_to_be_compared(tmp_path: Path) -> None:
+async def test_room_messages_and_commits_carry_the_senders_head(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "server").start() as server:
         alice = await make_account(server, "alice", tmp_path)
         bob = await make_account(server, "bob", tmp_path)
+        carol = await make_account(server, "carol", tmp_path)
         seen: list[tuple[str, int, bytes]] = []
         compare = bob.kt.compare
 
@@ -142,6 +143,13 @@ async def test_room_messages_carry_the_senders_head_to_be_compared(tmp_path: Pat
         head = alice.kt.checkpoint_ref()
         assert head is not None
         await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        # A commit carries it in its authenticated data.
+        seen.clear()
+        await alice.rooms.invite("friends", "carol")
+        await bob.rooms.wait_epoch(room.room_id, 2)
+        head = alice.kt.checkpoint_ref()
+        assert head is not None
+        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
         assert bob.kt.alerts() == []
-        for c in (alice, bob):
+        for c in (alice, bob, carol):
             await c.close()

@@ -410,3 +410,15 @@ def test_witness_keys_are_parsed_and_checked() -> None:
         parse_vkey(OTHER_WITNESS.public.vkey(), witness=False)
     with pytest.raises(UsageError, match="not a verifier key"):
         parse_vkey("nonsense", witness=False)
+
+
+def test_a_commits_log_head_round_trips_and_anything_else_is_no_head() -> None:
+    from sottovoce.client.payload import decode_log_head, encode_log_head
+
+    head = (9, bytes(range(32)))
+    assert decode_log_head(encode_log_head(head)) == head
+    assert encode_log_head(None) == b"" and decode_log_head(b"") is None
+    good = encode_log_head(head)
+    for bad in (b"\x02" + good[1:], good + b"\x00", good[:-1], encode_log_head((0, head[1])),
+                encode_log_head((9, bytes(31)))):
+        assert decode_log_head(bad) is None

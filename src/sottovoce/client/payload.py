@@ -137,3 +137,35 @@ class Payload(WireStruct):
     def decode_padded(cls, data: bytes) -> Payload:
         """Inverse of :meth:`encode_padded`; ``DecodeError`` on a bad pad or payload."""
         return cls.decode(unpad(data))
+
+
+#: A log head in an MLS commit's authenticated data: ``uint8 version = 1; uint64 size;
+#: opaque root<0..255>`` (32 bytes); empty when the committer has none.
+_HEAD_AAD_VERSION = 1
+
+
+def encode_log_head(head: tuple[int, bytes] | None) -> bytes:
+    """The authenticated data of a commit: our transparency-log head, or nothing."""
+    if head is None:
+        return b""
+    w = Writer()
+    w.u8(_HEAD_AAD_VERSION)
+    w.u64(head[0])
+    w.opaque8(head[1])
+    return w.getvalue()
+
+
+def decode_log_head(data: bytes) -> tuple[int, bytes] | None:
+    """The head a commit's authenticated data carries; ``None`` if it holds none or
+    something else (a commit is never refused for it)."""
+    if not data:
+        return None
+    try:
+        r = Reader(data)
+        if r.u8() != _HEAD_AAD_VERSION:
+            return None
+        size, root = r.u64(), r.opaque8()
+        r.finish()
+    except DecodeError:
+        return None
+    return (size, root) if size > 0 and len(root) == 32 else None
