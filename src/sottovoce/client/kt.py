@@ -38,6 +38,7 @@ from sottovoce.kt.verify import (
     HistoryResponse,
     KTPolicy,
     LookupResponse,
+    MonitorResult,
     MonitorState,
     OwnKeys,
     TrustedHead,
@@ -352,12 +353,13 @@ class KeyTransparency:
             return self._store.acknowledge_kt_alerts()
 
     def _alert(self, kind: str, message: str) -> KTAlertRaised:
-        """Store an alert (once per kind and message while unacknowledged) and return the
-        error to raise."""
+        """Store an alert (once per kind and message while not acknowledged) and return
+        the error to raise."""
         with self._store.transaction():
-            pending = self._store.kt_alerts(acknowledged=True)
-            if not any(_same(raw, kind, message) for _, raw in pending[-KT_MAX_ALERTS:]) \
-                    and len(pending) < KT_MAX_ALERTS:
+            pending = self._store.kt_alerts()
+            if not any(_same(raw, kind, message) for _, raw in pending) and (
+                len(self._store.kt_alerts(acknowledged=True)) < KT_MAX_ALERTS
+            ):
                 self._store.add_kt_alert(Alert(kind=kind, message=message,
                                                at_ms=self._clock()).encode())
         return KTAlertRaised(kind, message)
@@ -550,15 +552,45 @@ class KeyTransparency:
                 raise self._inconsistent(exc) from None
             except MonitorAlert as exc:
                 if attempt or refresh_own is None:
-                    raise self._alert(OWN_ACCOUNT, str(exc)) from None
+                    alert = self._alert(OWN_ACCOUNT, str(exc))
+                    self._move_past(policy, last, previous, response)
+                    raise alert from None
                 await refresh_own()
+        self._kept_poll(result, record)
+        return len(result.new_versions)
+
+    def _kept_poll(self, result: MonitorResult, record: _Own | None) -> None:
         with self._store.transaction():
             self._keep_head(result.head)
             self._store.put_kt(_MONITOR, _Monitor(versions=result.state.versions,
                                                   version_root=result.state.version_root
                                                   ).encode())
-            self._store.put_kt(_OWN, record.encode())
-        return len(result.new_versions)
+            if record is not None:
+                self._store.put_kt(_OWN, record.encode())
+
+    def _move_past(self, policy: KTPolicy, last: TrustedHead | None, previous: MonitorState,
+                   response: HistoryResponse) -> None:
+        """After an own-account alert is stored: the monitor moves past the versions it
+        flagged (the alert stays), so the next poll checks only newer ones. A history
+        that was rewritten or shrank is not moved past: it keeps failing."""
+        states = []
+        for raw in response.states:
+            try:
+                states.append(AccountState.decode(raw))
+            except DecodeError:
+                return
+        everything = OwnKeys(
+            devices=frozenset((d.device_id, d.signing_key) for st in states for d in st.devices),
+            account_keys=frozenset(st.account_key for st in states),
+            recovery_keys=frozenset(st.recovery_key for st in states),
+            deleted=any(st.deleted for st in states),
+        )
+        try:
+            result = monitor_own_account(policy, last, self._username, everything, previous,
+                                         response, now_ms=self._clock())
+        except KTError:
+            return
+        self._kept_poll(result, None)
 
     def remember_own_device(self, device_id: str, signing_key: bytes) -> None:
         """A device this one certified (Client.add_device): the monitor accepts it."""
