@@ -73,6 +73,10 @@ class Directory:
             cert = bundle.certificate
             if cert.username != username or cert.device_id not in wanted:
                 continue
+            known = self._sessions.contact(username)
+            kept = known.certificates.get(cert.device_id) if known else None
+            if kept is None or kept.keys != cert.keys:
+                continue  # only the keys the lookup verified (and the log holds)
             if self._sessions.has_session(username, cert.device_id):
                 continue
             try:
