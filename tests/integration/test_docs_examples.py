@@ -73,6 +73,12 @@ SKIP: dict[tuple[str, str], str] = {
      "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[dev]' "
      "&& .venv/bin/ruff check src tests bench && .venv/bin/mypy src && .venv/bin/pytest"):
         "command 2 is this test suite itself; CI runs it (.ci/run, tests/unit/test_project.py)",
+    ("README.md",
+     ".venv/bin/sottovoce account create carol --server ws://127.0.0.1:8765 --data-dir "
+     "~/.sottovoce-carol --kt-key 'example.com/sottovoce-kt+1a2b3c4d+AU...' --kt-witness "
+     "'witness.example/w1+5e6f7a8b+BN...'"):
+        "the keys are placeholders for ones obtained from an operator and a witness; "
+        "tests/integration/test_kt_cli.py runs both commands with real keys",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",
