@@ -304,7 +304,7 @@ async def _session(
     finally:
         if events is not None:
             events.close()
-        if alerts:
+        if alerts and not client.closed:  # a deleted account's client closed itself
             for line in render.kt_alerts(client.kt.alerts(), command_name()):
                 print(line, file=sys.stderr)
         await client.close()
