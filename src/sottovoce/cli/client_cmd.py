@@ -372,6 +372,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except BaseException:
         run(client.close())
         raise
+    # Before the screen opens: they stay on the terminal the chat gives back.
+    for line in render.kt_alerts(client.kt.alerts(), command_name()):
+        print(line, file=sys.stderr)
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
