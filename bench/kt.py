@@ -1,6 +1,8 @@
-"""Key-transparency cores at N accounts (default 1,000,000), all in memory.
+"""Key-transparency cores at N accounts (default 1,000,000), all in memory; and the
+server's log in its real SQLite store.
 
     python bench/kt.py [--accounts N] [--lookups L]
+    python bench/kt.py --sqlite N [--lookups L]
 
 Method:
 
@@ -18,14 +20,28 @@ Method:
 
 Figures are medians (and p99) over the L lookups. Targets: a lookup's proofs
 <= 2 KiB; verification <= 1 ms.
+
+``--sqlite N``: the server's own store (server/storage/sqlite.py, WAL,
+synchronous=FULL, group commit) and key-transparency service (server/kt_log.py,
+co-located witness). N accounts, each with a real device certificate, are
+registered through ``Storage.create_account`` twice in the same run: into a store
+without a log, then into one that appends each registration to the log in its
+transaction (64 registrations in flight, as many clients would send them). Then one
+checkpoint round (sign, co-located witness cosigns, store), and L lookups answered
+the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the served
+checkpoint, build the proofs, encode) -- one at a time, then 8 at once (the reader
+pool) -- each checked once with ``verify_lookup``. No WebSocket: the cost of the
+relay's framing is in the relay figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import time
+from typing import Any
 
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.kt.checkpoint import NoteSigner, add_cosignature
@@ -54,7 +70,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--accounts", type=int, default=1_000_000)
     ap.add_argument("--lookups", type=int, default=1000)
+    ap.add_argument("--sqlite", type=int, metavar="N",
+                    help="measure the server's log in SQLite at N accounts instead")
     args = ap.parse_args()
+    if args.sqlite:
+        asyncio.run(sqlite_bench(args.sqlite, args.lookups))
+        return
     now = int(time.time() * 1000)
 
     log_signer = NoteSigner(
@@ -127,6 +148,103 @@ def main() -> None:
           f"{statistics.median(sizes):.0f} B, max {max(sizes)} B")
     for k, v in parts.items():
         print(f"  {k}: median {statistics.median(v):.0f} B, max {max(v)} B")
+
+
+def _certs(n: int) -> list[tuple[str, bytes, bytes]]:
+    """(username, account key, certificate) of ``n`` accounts."""
+    from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys
+
+    out = []
+    for i in range(n):
+        ak = AccountKey.generate(os.urandom)
+        keys = DevicePublicKeys(signing_key=os.urandom(32), olm_identity_key=bytes(32),
+                                olm_signing_key=bytes(32))
+        name = f"user{i:07d}"
+        cert = DeviceCertificate.issue(ak, username=name, device_id="d1", keys=keys,
+                                       now_ms=int(time.time() * 1000))
+        out.append((name, ak.public, cert.encode()))
+    return out
+
+
+async def _register(st: Any, certs: list[tuple[str, bytes, bytes]], now: int) -> float:
+    sem = asyncio.Semaphore(64)
+
+    async def one(name: str, ak: bytes, cert: bytes) -> None:
+        async with sem:
+            await st.create_account(name, ak, "d1", cert, now)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(*c) for c in certs))
+    return time.perf_counter() - t0
+
+
+async def sqlite_bench(n: int, lookups: int) -> None:
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from sottovoce.kt.checkpoint import NoteKey
+    from sottovoce.kt.verify import LookupResponse
+    from sottovoce.server import kt_log
+    from sottovoce.server.config import ServerConfig
+    from sottovoce.server.logs import JsonLogger
+    from sottovoce.server.storage.sqlite import SqliteStorage
+
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    certs = _certs(n)
+    made = time.perf_counter() - t0
+    print(f"{n:,} accounts' certificates made in {made:.1f} s (not timed below)")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = JsonLogger(io.StringIO())
+        plain = SqliteStorage(Path(tmp) / "plain.sqlite3", logger=log)
+        await plain.open()
+        base = await _register(plain, certs, now)
+        await plain.close()
+        st = SqliteStorage(Path(tmp) / "kt.sqlite3", logger=log)
+        kt = kt_log.from_config(ServerConfig(data_dir=Path(tmp) / "data"), st, log)
+        await st.open()
+        with_kt = await _register(st, certs, now)
+        print(f"registration without the log: {n / base:,.0f}/s ({base / n * 1e6:.0f} us each)")
+        print(f"registration with the log append: {n / with_kt:,.0f}/s "
+              f"({with_kt / n * 1e6:.0f} us each; the append adds "
+              f"{(with_kt - base) / n * 1e6:.0f} us, x{with_kt / base:.1f})")
+        size = os.path.getsize(Path(tmp) / "kt.sqlite3") + os.path.getsize(
+            Path(tmp) / "kt.sqlite3-wal")
+        print(f"database with the log: {size / n:,.0f} B per account")
+        t = time.perf_counter()
+        served = await kt.sync()
+        print(f"checkpoint round (sign, co-located witness, store): "
+              f"{(time.perf_counter() - t) * 1e3:.1f} ms at size {served.size if served else 0:,}")
+        keys = kt.keys()
+        policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
+                          witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
+        users = [certs[(i * 7919) % n][0] for i in range(lookups)]
+        t = time.perf_counter()
+        for name in users:
+            await kt._answer(name, 0, history=False)
+        serial = time.perf_counter() - t
+        sem = asyncio.Semaphore(8)
+
+        async def answer(name: str) -> bytes:
+            async with sem:
+                return await kt._answer(name, 0, history=False)
+
+        t = time.perf_counter()
+        answers = await asyncio.gather(*(answer(u) for u in users))
+        parallel = time.perf_counter() - t
+        for name, data in zip(users, answers, strict=True):
+            result = verify_lookup(policy, None, name, LookupResponse.decode(data),
+                                   now_ms=int(time.time() * 1000))
+            assert result.version == 0
+        print(f"lookups with proofs served: {lookups / serial:,.0f}/s one at a time, "
+              f"{lookups / parallel:,.0f}/s 8 at once "
+              f"(median response {statistics.median(len(a) for a in answers):.0f} B); "
+              f"all {lookups:,} verify")
+        await kt.close()
+        await st.close()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ LONG_RUNNING = {
     "decline": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
     "room call": "stays in the call until Ctrl-C, the others joining from other terminals; "
                  "tests/integration/test_room_calls_server.py runs three of them",
+    "kt witness": "serves add-checkpoint until stopped (or checks another machine's server "
+                  "once); tests/integration/test_kt_server.py runs both kinds",
 }
 
 #: (document, first command of the block) -> why the block is not run. Reviewed.

@@ -6,6 +6,7 @@ requests get typed errors."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -47,6 +48,7 @@ from sottovoce.server.storage import engine_sqlite
 from sottovoce.server.storage.kt import NO_RECOVERY_KEY
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess, free_port
+from tests.kt_helpers import hide_an_account
 
 
 @pytest.fixture
@@ -91,6 +93,10 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
     policy = _policy(server)
     keys = _keys(server)
     assert keys["colocated_witness"] in keys["witnesses"]
+    banner = server.output()  # what the operator reads at start: the key clients pin
+    assert f"kt log:  {keys['log_key']}" in banner
+    assert f"fingerprint {policy.log_key.fingerprint()}" in banner
+    assert "co-located, not independent" in banner
     alice = await make_account(server, "alice", tmp_path)
     bob = await make_account(server, "bob", tmp_path)
     try:
@@ -180,6 +186,9 @@ async def test_malformed_requests_get_typed_errors(server: ServerProcess, tmp_pa
         assert head.consistency == ()
     finally:
         await alice.close()
+    with pytest.raises(urllib.error.HTTPError) as http:
+        server.http_get("/kt/whatever")
+    assert http.value.code == 404
     for path in ("/kt/leaves?start=0&count=1001", "/kt/leaves?start=x&count=1",
                  "/kt/consistency?old=2&new=1", "/kt/consistency?old=0&new=99",
                  "/kt/leaves?start=0&count=1&start=1"):
@@ -256,36 +265,19 @@ async def test_a_witness_process_cosigns_and_an_auditor_refuses_a_tampered_map(
         assert _cosigners(srv, plain.vkey, auditor.vkey) == {"witness.test/w1", "witness.test/a1"}
         # Someone with the database hides an account in the map (no leaf appends it).
         with sqlite3.connect(srv.db_path) as conn:
-            engine_sqlite.run(_hide_an_account(), conn)
+            engine_sqlite.run(hide_an_account(), conn)
         bob = await make_account(srv, "bob", tmp_path)
         await bob.close()
         # The plain witness only checks the log; the auditor replays the leaves and refuses.
         assert _cosigners(srv, plain.vkey, auditor.vkey) == {"witness.test/w1"}
         assert "commits to a map root no replay gives" in auditor.output()
+        assert '"kt.witness_refused","reason":"witness.test/a1"' in srv.log_path.read_text()
         state = json.loads((tmp_path / "audit" / "witness.key.state").read_text())
         assert state["size"] == 1
     finally:
         srv.stop()
         plain.stop()
         auditor.stop()
-
-
-def _hide_an_account():  # type: ignore[no-untyped-def]
-    import secrets
-
-    from sottovoce.kt.map import Overlay, SparseMap
-    from sottovoce.server.storage import kt as kt_tables
-    from sottovoce.server.storage.txn import execute
-
-    size = yield from kt_tables.log_size()
-    key = secrets.token_bytes(32)
-    path = Overlay(dict((yield from kt_tables._map_path(key, size))))
-    SparseMap(path).set(key, b"\xee" * 32)
-    for node, record in path.writes.items():
-        node_id = kt_tables.map_node_id(node)
-        yield execute("DELETE FROM kt_map_nodes WHERE node=? AND epoch=?", node_id, size - 1)
-        yield execute("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-                      node_id, size - 1, record)
 
 
 def test_the_witness_command_checks_once_and_refuses_plainly(
@@ -306,3 +298,85 @@ def test_the_witness_command_checks_once_and_refuses_plainly(
     assert other.returncode == 1 and "Traceback" not in other.stderr
     bad = witness("--listen", "nowhere")
     assert bad.returncode == 1 and "--listen must be HOST:PORT" in bad.stderr
+
+
+async def test_kt_requests_are_rate_limited_per_device(server: ServerProcess,
+                                                       tmp_path: Path) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    try:
+        codes = []
+        for _ in range(40):
+            try:
+                await _head(alice)
+            except ServerError as exc:
+                codes.append(exc.code)
+        assert codes and set(codes) == {"rate_limited"}
+        assert 40 - len(codes) >= 30  # the burst
+    finally:
+        await alice.close()
+
+
+async def test_an_unchanged_log_is_cosigned_again(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "srv", extra_args=["--kt-cosign-interval-ms", "300"]).start()
+    try:
+        policy = _policy(srv)
+
+        def newest() -> int:
+            while True:  # the first round runs once the server listens
+                try:
+                    note = srv.http_get("/kt/checkpoint")
+                    break
+                except urllib.error.HTTPError:
+                    time.sleep(0.05)
+            return max(open_checkpoint(note, log_key=policy.log_key,
+                                       witnesses=policy.witnesses).cosignatures.values())
+
+        first = newest()
+        deadline = time.monotonic() + 10
+        while newest() == first:
+            assert time.monotonic() < deadline, "no fresh cosignature"
+            time.sleep(0.2)
+    finally:
+        srv.stop()
+
+
+async def test_a_crash_mid_registrations_leaves_a_whole_log(tmp_path: Path) -> None:
+    """kill -9 while registrations stream in: after the restart every account that
+    exists has exactly its leaf, the log's proofs verify, and the co-located witness
+    (which saw the heads before the crash) cosigns the new head."""
+    import asyncio
+
+    srv = ServerProcess(tmp_path / "srv").start()
+    try:
+        async def register(i: int) -> None:
+            try:
+                client = await make_account(srv, f"user{i}", tmp_path)
+                await client.close()
+            except Exception:
+                pass
+
+        tasks = [asyncio.create_task(register(i)) for i in range(12)]
+        deadline = time.monotonic() + 60
+        while _count(srv, "accounts") < 3:  # kill once some are in, others on their way
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        srv.kill()
+        await asyncio.gather(*tasks)
+        srv.start()
+        accounts = _count(srv, "accounts")
+        assert accounts == _count(srv, "kt_leaves") and accounts >= 3
+        alice = await make_account(srv, "alice", tmp_path)
+        try:
+            policy = _policy(srv)
+            found = verify_lookup(policy, None, "alice", await _lookup(alice, "alice"),
+                                  now_ms=_now())
+            assert found.version == 0 and found.head.size == accounts + 1
+        finally:
+            await alice.close()
+    finally:
+        srv.stop()
+
+
+def _count(srv: ServerProcess, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(srv.db_path, timeout=10)) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

@@ -27,6 +27,7 @@ from sottovoce.server.storage.kt import NO_RECOVERY_KEY, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
+from tests.kt_helpers import hide_an_account
 
 VRF = VRFSecretKey(hashlib.sha256(b"vrf").digest())
 LOG = NoteSigner("kt.test/log", SigningKey(SignatureScheme.ED25519, bytes(range(32))))
@@ -144,8 +145,8 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         note = KTLog(await store.kt_snapshot("user0", 5, 0, every_version=False),
                      vrf_key=VRF, log_signer=LOG).checkpoint()
         auditor.cosign_audited(note, leaves, now_ms=NOW)
-        # Tamper: a map entry's record rewritten under the latest epoch.
-        await store._write_op(_tamper)
+        # Tamper: an account no leaf appended, hidden in the map.
+        await store._write_op(hide_an_account)
         a = Account("user9")
         await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
         note = KTLog(await store.kt_snapshot("user0", 6, 0, every_version=False),
@@ -156,24 +157,39 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         await store.close()
 
 
-def _tamper():  # type: ignore[no-untyped-def]
-    """Someone with the database hides an account in the map: an entry no leaf appended,
-    written over the records of the latest epoch."""
-    from sottovoce.kt.map import Overlay, SparseMap
-    from sottovoce.server.storage import kt as kt_tables
-    from sottovoce.server.storage.txn import execute
-
-    size = yield from kt_tables.log_size()
-    key = secrets.token_bytes(32)
-    path = Overlay(dict((yield from kt_tables._map_path(key, size))))
-    SparseMap(path).set(key, b"\xee" * 32)
-    for node, record in path.writes.items():
-        node_id = kt_tables.map_node_id(node)
-        yield execute("DELETE FROM kt_map_nodes WHERE node=? AND epoch=?", node_id, size - 1)
-        yield execute("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-                      node_id, size - 1, record)
-
-
 def test_account_state_round_trips() -> None:
     s = AccountState(account_key=b"a" * 32, recovery_key=NO_RECOVERY_KEY)
     assert AccountState.decode(s.encode()) == s
+
+
+async def test_two_nodes_appending_at_once_take_consecutive_leaves(tmp_path: Path) -> None:
+    """Several server nodes on one PostgreSQL database: the append lock orders them."""
+    import asyncio
+
+    reason = pgschema.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    from sottovoce.server.storage.postgres import PostgresStorage
+
+    log = JsonLogger(io.StringIO())
+    with pgschema.fresh_schema() as dsn:
+        nodes = [PostgresStorage(dsn, logger=log, pool_size=4) for _ in range(2)]
+        for st in nodes:
+            st.kt_writer = KTWriter(vrf=VRF, rng=secrets.token_bytes)
+            await st.open()
+        try:
+            accounts = [Account(f"user{i}") for i in range(16)]
+            await asyncio.gather(*(
+                nodes[i % 2].create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+                for i, a in enumerate(accounts)))
+            leaves = await nodes[0].kt_leaves(0, 100)
+            assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(16))
+            auditor = AuditingWitness(WITNESS, LOG.public)
+            note = KTLog(await nodes[1].kt_snapshot("user0", 16, 0, every_version=False),
+                         vrf_key=VRF, log_signer=LOG).checkpoint()
+            auditor.cosign_audited(note, leaves, now_ms=NOW)  # every map root replays
+            for a in accounts[:3]:
+                assert (await _lookup(nodes[0], a.user)).version == 0
+        finally:
+            for st in nodes:
+                await st.close()

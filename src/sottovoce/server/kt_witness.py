@@ -31,18 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sottovoce.errors import DecodeError, UsageError
+from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import NoteKey, NoteSignature, NoteSigner, SignedNote, open_checkpoint
 from sottovoce.kt.errors import (
     BadCheckpointSignature,
     KTError,
-    LogForked,
     LogShrank,
     MalformedProof,
-    MapMismatch,
 )
-from sottovoce.kt.map import LogLeaf
-from sottovoce.kt.merkle import LogWriter
 from sottovoce.kt.verify import TrustedHead
 from sottovoce.kt.witness import AuditingWitness, Witness, WitnessState
 from sottovoce.limits import KT_MAX_NOTE_BYTES
@@ -223,19 +219,15 @@ class WitnessService:
         if self._leaves is None:
             self._witness = Witness(self.signer, log_key, state)
             return self._witness, log_key
-        # Rebuild the replica from every leaf up to the last cosigned size; it must make
-        # the root this witness cosigned, or the log changed its past.
+        # Rebuild the replica from every leaf up to the last checkpoint cosigned: the
+        # replay must make that checkpoint's root, or the log changed its past.
         auditor = AuditingWitness(self.signer, log_key)
-        self._replay(auditor, self.size)
-        if self._head is not None and auditor.size and self._root(auditor) != self._head.root:
-            raise LogForked("the log's leaves no longer make the checkpoint this witness cosigned")
+        if self._head is not None and self._head.size:
+            auditor.cosign_audited(self._head.note, self._fetch(0, self._head.size),
+                                   now_ms=self._clock())
         auditor.state = state
         self._witness = auditor
         return auditor, log_key
-
-    @staticmethod
-    def _root(auditor: AuditingWitness) -> bytes:
-        return auditor._log.root()
 
     def _fetch(self, start: int, end: int) -> list[bytes]:
         source = self._leaves
@@ -248,26 +240,6 @@ class WitnessService:
                 raise MalformedProof("the log did not serve the leaves of its checkpoint")
             out.extend(got)
         return out
-
-    def _replay(self, auditor: AuditingWitness, size: int) -> None:
-        """Replay leaves [0, size) into ``auditor``'s replica (no cosignature)."""
-        stores = auditor._map_stores
-        from sottovoce.kt.map import Directory
-
-        replica = Directory(stores[0], stores[1], {}, stores[2])
-        log = LogWriter()
-        for data in self._fetch(0, size):
-            try:
-                leaf = LogLeaf.decode(data)
-            except DecodeError:
-                raise MalformedProof("a log leaf does not decode") from None
-            if leaf.epoch != log.size or leaf.account_version != replica.versions(leaf.map_key):
-                raise MapMismatch(f"leaf {log.size} does not append its account's next version")
-            _, root = replica.append_commitment(leaf.map_key, leaf.commitment)
-            if root != leaf.map_root:
-                raise MapMismatch(f"leaf {log.size} commits to a map root no replay gives")
-            log.append(leaf.hash())
-        auditor._log = log
 
     def add_checkpoint(self, old: int, proof: list[bytes], note: bytes) -> NoteSignature:
         """Check and cosign; raises :class:`Conflict` or a :class:`KTError`."""

@@ -139,6 +139,21 @@ def _version_nodes(key: bytes, wanted: Iterable[NodeId]) -> Txn[VersionNodeMap]:
     return out
 
 
+_NEWEST: dict[int, str] = {}
+
+
+def _newest_records(n: int) -> str:
+    """SQL for the newest record below a size of each of ``n`` map nodes (cached by n)."""
+    sql = _NEWEST.get(n)
+    if sql is None:
+        sql = _NEWEST[n] = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT node, record FROM kt_map_nodes WHERE node=? AND epoch<? "
+            f"ORDER BY epoch DESC LIMIT 1) AS n{i}"
+            for i in range(n)
+        )
+    return sql
+
+
 def _map_path(key: bytes, size: int) -> Txn[dict[NodeId, bytes]]:
     """Every map node on ``key``'s path and beside it, as of tree size ``size``: all
     that the sparse map reads to prove or update ``key``."""
@@ -153,12 +168,10 @@ def _map_path(key: bytes, size: int) -> Txn[dict[NodeId, bytes]]:
             if depth:
                 wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
         ids = list(wanted)
-        found = yield rows(
-            "SELECT node, record FROM kt_map_nodes m "  # noqa: S608 -- placeholders only
-            f"WHERE node IN ({_marks(len(ids))}) AND epoch<? AND epoch=("
-            "SELECT max(epoch) FROM kt_map_nodes WHERE node=m.node AND epoch<?)",
-            *ids, size, size,
-        )
+        # One index probe per node (its newest record below ``size``): a node near the
+        # root has a record per epoch, so scanning them would grow with the log.
+        found = yield rows(_newest_records(len(ids)),
+                           *(p for node in ids for p in (node, size)))
         out.update((wanted[blob(r[0])], blob(r[1])) for r in found)
         # Stop at the first depth of this step where the path ends (empty or an entry).
         for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):

@@ -1,0 +1,206 @@
+"""The server's key-transparency pieces without a socket: key files, the witnesses'
+add-checkpoint exchange, configuration, and the read-only HTTP answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sottovoce.errors import UsageError
+from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
+from sottovoce.kt.errors import MalformedProof
+from sottovoce.kt.merkle import EMPTY_ROOT
+from sottovoce.server import kt_keys, kt_log
+from sottovoce.server.config import ServerConfig, load_config
+from sottovoce.server.kt_witness import (
+    SavedState,
+    WitnessService,
+    add_checkpoint_body,
+    load_state,
+    parse_add_checkpoint,
+    parse_cosignature,
+    parse_kt_witnesses,
+)
+from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage.sqlite import SqliteStorage
+
+NOW = 1_700_000_000_000
+
+
+def test_key_files_are_made_once_private_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "log.key"
+    signer = kt_keys.note_key(path, "kt.test/log", cosigner=False, what="log key file")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text().startswith("PRIVATE+KEY+kt.test/log+")
+    again = kt_keys.note_key(path, "other/name", cosigner=False, what="log key file")
+    assert again.public == signer.public  # an existing key is never replaced
+    vrf = kt_keys.vrf_key(tmp_path / "vrf.key")
+    assert kt_keys.vrf_key(tmp_path / "vrf.key").public == vrf.public
+    assert "PRIVATE" not in repr(signer) and "seed" not in repr(vrf)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("hello\n", "at least 40 bytes|not a note private key"),
+    ("PRIVATE+KEY+kt.test/log+00000000+" + "A" * 44 + "\n", "where a log key is needed|"
+     "not a note private key"),
+])
+def test_a_bad_key_file_is_a_plain_error_naming_the_file(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "log.key"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=match) as err:
+        kt_keys.read_note_key(path, cosigner=False, what="log key file")
+    assert str(path) in str(err.value) or "at least" in str(err.value)
+
+
+def test_a_witness_key_is_not_a_log_key_and_a_tampered_id_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.key"
+    kt_keys.note_key(path, "w.test/w1", cosigner=True, what="witness key file")
+    with pytest.raises(UsageError, match="where a log key is needed"):
+        kt_keys.read_note_key(path, cosigner=False, what="log key file")
+    line = path.read_text()
+    parts = line.split("+")
+    parts[3] = "00000000" if parts[3] != "00000000" else "11111111"
+    path.write_text("+".join(parts))
+    with pytest.raises(UsageError, match="key ID does not match"):
+        kt_keys.read_note_key(path, cosigner=True, what="witness key file")
+    (tmp_path / "v.key").write_text("not base64 at all, but long enough to be read!!\n")
+    with pytest.raises(UsageError, match="base64 of a 32-byte key"):
+        kt_keys.vrf_key(tmp_path / "v.key")
+
+
+def test_add_checkpoint_bodies_round_trip_and_malformed_ones_are_refused() -> None:
+    body = add_checkpoint_body(3, [b"\x01" * 32, b"\x02" * 32], b"note\n\n\xe2\x80\x94 x y\n")
+    assert parse_add_checkpoint(body) == (3, [b"\x01" * 32, b"\x02" * 32],
+                                          b"note\n\n\xe2\x80\x94 x y\n")
+    for bad in (b"old 3\nnot-base64!\n\nnote", b"old x\n\nnote", b"new 3\n\nnote",
+                b"old 3", b"old 3\nAAAA\n\nnote", b"x" * 100_000):
+        with pytest.raises(MalformedProof):
+            parse_add_checkpoint(bad)
+
+
+def _witness(tmp_path: Path, log: object) -> WitnessService:
+    signer = kt_keys.note_key(tmp_path / "w.key", "w.test/w1", cosigner=True, what="w")
+    return WitnessService(signer, tmp_path / "w.state", log_key=log.public,  # type: ignore[attr-defined]
+                          clock_ms=lambda: NOW)
+
+
+def test_a_witness_cosigns_answers_409_with_its_size_and_keeps_state(tmp_path: Path) -> None:
+    log = kt_keys.note_key(tmp_path / "log.key", "kt.test/log", cosigner=False, what="l")
+    w = _witness(tmp_path, log)
+    note = Checkpoint(origin="kt.test/log", size=0, root=EMPTY_ROOT).sign(log).encode()
+    status, line = w.handle(add_checkpoint_body(0, [], note))
+    assert status == 200
+    sig = parse_cosignature(line, w.signer.public, note, log.public)
+    assert sig.name == "w.test/w1"
+    assert w.handle(add_checkpoint_body(5, [], note)) == (409, b"0\n")
+    other = kt_keys.note_key(tmp_path / "other.key", "kt.test/log", cosigner=False, what="l")
+    forged = Checkpoint(origin="kt.test/log", size=0, root=EMPTY_ROOT).sign(other).encode()
+    assert w.handle(add_checkpoint_body(0, [], forged))[0] == 403
+    assert w.handle(b"garbage")[0] == 400
+    saved = load_state(tmp_path / "w.state")
+    assert saved == SavedState(log.public.vkey(), saved.head) and saved.head is not None
+    with pytest.raises(UsageError, match="another log key"):
+        _witness(tmp_path, other)
+    with pytest.raises(MalformedProof):
+        parse_cosignature(b"\xe2\x80\x94 someone AAAA\n", w.signer.public, note, log.public)
+
+
+def test_witnesses_and_the_local_witness_switch_in_configuration(tmp_path: Path) -> None:
+    w = NoteKey.from_vkey(
+        kt_keys.note_key(tmp_path / "w.key", "w.test/w1", cosigner=True, what="w").public.vkey())
+    flag = "http://127.0.0.1:9/=" + w.vkey()
+    cfg = load_config({"kt_witness": f"{flag} https://w2.test/x/={w.vkey()}",
+                       "no_local_witness": "true"}, environ={})
+    assert [x.url for x in cfg.kt_witness] == ["http://127.0.0.1:9", "https://w2.test/x"]
+    assert cfg.no_local_witness is True
+    env = load_config({}, environ={"SOTTOVOCE_KT_WITNESS": flag,
+                                   "SOTTOVOCE_NO_LOCAL_WITNESS": "1"})
+    assert env.kt_witness[0].key == w and env.no_local_witness
+    for bad in ("ftp://x=" + w.vkey(), "http://x", "http://x=notakey"):
+        with pytest.raises(UsageError, match="kt_witness"):
+            load_config({"kt_witness": bad}, environ={})
+    log = kt_keys.note_key(tmp_path / "l.key", "kt.test/log", cosigner=False, what="l")
+    with pytest.raises(ValueError, match="type 0x04"):
+        parse_kt_witnesses("http://x=" + log.public.vkey())
+
+
+def test_the_server_flags_parse_repeated_witnesses_and_the_switch(tmp_path: Path) -> None:
+    from sottovoce.cli.main import build_parser
+
+    w = kt_keys.note_key(tmp_path / "w.key", "w.test/w1", cosigner=True, what="w").public.vkey()
+    args = build_parser().parse_args(["server", "--kt-witness", "http://a=" + w,
+                                      "--kt-witness", "http://b=" + w, "--no-local-witness"])
+    assert args.kt_witness == [f"http://a={w}", f"http://b={w}"]
+    assert args.no_local_witness == "true"
+
+
+async def test_http_answers_before_and_after_the_first_checkpoint(tmp_path: Path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "data")
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(cfg, st, JsonLogger(io.StringIO()))
+    await st.open()
+    try:
+        status, body, _ = await kt.http_get("/kt/checkpoint", "")
+        assert status == 503 and b"no checkpoint yet" in body
+        keys = json.loads((await kt.http_get("/kt/keys", ""))[1])
+        assert keys["colocated_witness"] in keys["witnesses"]
+        assert keys["colocated_witness"].startswith(kt.signer.public.name + "/colocated-witness+")
+        served = await kt.sync()
+        assert served is not None and served.size == 0
+        status, body, _ = await kt.http_get("/kt/checkpoint", "")
+        assert status == 200 and Checkpoint.parse(SignedNote.decode(body).text).size == 0
+        assert (await kt.http_get("/kt/nothing", ""))[0] == 404
+        assert (await kt.http_get("/kt/leaves", "start=0&count=1"))[0] == 400  # empty log
+        assert (await kt.http_get("/kt/consistency", "old=0&new=0"))[0] == 200
+        assert (await kt.http_get("/kt/consistency", "old=-1&new=0"))[0] == 400
+        assert (await kt.http_get("/kt/consistency", "old=1"))[0] == 400
+        assert (await kt.http_get("/kt/leaves", "start=99999999999999999&count=1"))[0] == 400
+        assert (tmp_path / "data" / "kt-colocated-witness.state").exists()
+    finally:
+        await kt.close()
+        await st.close()
+
+
+def test_an_auditing_witness_restarts_from_its_state_by_replaying_the_leaves(
+    tmp_path: Path,
+) -> None:
+    """After a restart the auditor rebuilds its replica from leaf 0 and checks it makes
+    the checkpoint it cosigned last; a log that rewrote those leaves is refused."""
+    import hashlib
+
+    from sottovoce.kt.errors import KTError
+    from sottovoce.kt.map import ChangeKind
+    from sottovoce.kt.prover import KTLog, KTStores
+    from sottovoce.kt.vrf import VRFSecretKey
+
+    log = kt_keys.note_key(tmp_path / "log.key", "kt.test/log", cosigner=False, what="l")
+    stores = KTStores.memory()
+    core = KTLog(stores, vrf_key=VRFSecretKey(hashlib.sha256(b"v").digest()), log_signer=log)
+    signer = kt_keys.note_key(tmp_path / "a.key", "a.test/a1", cosigner=True, what="a")
+
+    def auditor() -> WitnessService:
+        return WitnessService(signer, tmp_path / "a.state", log_key=log.public,
+                              leaves=lambda start, n: [stores.leaves[i] for i in
+                                                       range(start, min(start + n, core.size))],
+                              clock_ms=lambda: NOW)
+
+    def grow(n: int) -> bytes:
+        for i in range(n):
+            core.change(f"user{core.size}", bytes([i]), kind=ChangeKind.REGISTRATION, now_ms=NOW,
+                        rng=lambda k: bytes(k))
+        return core.checkpoint().encode()
+
+    first = auditor()
+    assert first.handle(add_checkpoint_body(0, [], grow(3)))[0] == 200
+    again = auditor()  # a restart
+    assert again.handle(add_checkpoint_body(3, [], grow(2)))[0] == 200
+    stores.leaves[1] = stores.leaves[2]  # the log rewrites its past
+    with pytest.raises(KTError):
+        auditor().add_checkpoint(5, [], grow(1))
