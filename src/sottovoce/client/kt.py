@@ -468,10 +468,11 @@ class KeyTransparency:
             check_extension(last, verified, list(answer.consistency))
         except (LogShrank, LogForked) as exc:
             raise self._inconsistent(exc) from None
-        with self._store.transaction():
-            self._keep(verified)
         cp = verified.checkpoint
-        return TrustedHead(size=cp.size, root=cp.root, note=verified.note.encode())
+        head = TrustedHead(size=cp.size, root=cp.root, note=verified.note.encode())
+        with self._store.transaction():
+            self._keep_head(head)  # never backwards, whatever ran meanwhile
+        return head
 
     def _check_log_key(self, answer: HeadAnswer) -> None:
         pins = self.pins
