@@ -379,3 +379,15 @@ SFU_KEEPALIVE_S = 25.0
 MAX_SFU_MESSAGE_BYTES = 64 * 1024
 #: Encoded frames of a recording sealed together in one record at rest.
 RECORDING_FRAMES_PER_CHUNK = 64
+#: How often a connected device polls its own account's history in the transparency log
+#: (besides once per connection): a device or key the owner did not add is seen within
+#: this long while the device is online; 10 minutes costs one small request per device.
+KT_MONITOR_INTERVAL_S = 600
+#: Alerts a device keeps about its transparency log (split views, forks, foreign devices);
+#: each one stays until acknowledged, so a server cannot flush the list with noise.
+KT_MAX_ALERTS = 1000
+#: A directory change is served before the log shows it: the server signs a checkpoint
+#: per batch of changes and waits for its witnesses to cosign it. A lookup whose keys
+#: are not (yet) in the log is retried after each of these pauses (4 s in all) before
+#: it is refused; a witness round takes milliseconds on a LAN, about a second remote.
+KT_CATCH_UP_PAUSES_S = (0.1, 0.3, 0.6, 1.0, 2.0)

@@ -78,6 +78,12 @@ SKIP: dict[tuple[str, str], str] = {
     ("README.md", ".venv/bin/sottovoce device link --with-history --data-dir ~/.sottovoce-alice"):
         "two terminals: the code device link shows goes to account link, and the words are "
         "confirmed by hand; tests/integration/test_link.py runs both commands, list and rename",
+    ("README.md",
+     ".venv/bin/sottovoce account create carol --server ws://127.0.0.1:8765 --data-dir "
+     "~/.sottovoce-carol --kt-key 'example.com/sottovoce-kt+1a2b3c4d+AU...' --kt-witness "
+     "'witness.example/w1+5e6f7a8b+BN...'"):
+        "the keys are placeholders for ones obtained from an operator and a witness; "
+        "tests/integration/test_kt_cli.py runs both commands with real keys",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

@@ -499,12 +499,14 @@ async def test_room_messages_are_padded_to_size_buckets(
         await alice.rooms.invite("padded", "bob")
         await bob.rooms.wait_epoch(room.room_id, 1)
         tapped = _tap_room_ciphertexts(bob)
-        texts = ["hi", "a longer one, still in the same bucket", "x" * 300]
+        # The payload carries ~120 bytes besides the text (ids, the sender's
+        # transparency-log head), so 20 and 100 bytes of text share the 256 bucket.
+        texts = ["a short one, twenty!", "x" * 100, "x" * 300]
         for text in texts:
             await alice.rooms.send("padded", text)
         assert await room_messages(bob, room.room_id, 3) == texts  # the pad comes off
         short, longer, long = (len(ct) for _, ct in sorted(tapped))
-        assert short == longer  # 2 and 38 bytes of text: one bucket, one length
+        assert short == longer  # 20 and 100 bytes of text: one bucket, one length
         assert long > longer  # 300 bytes: the next bucket up
     finally:
         await close_all([alice, bob])

@@ -18,9 +18,11 @@ from typing import Any
 from sottovoce.client.connection import TransportClosed
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.identity import DeviceCertificate
+from sottovoce.kt.map import ChangeKind
 from sottovoce.pairwise import PrekeyBundle, SignedPrekey
 from sottovoce.protocol import events as ev
 from sottovoce.protocol.fields import b64
+from tests.unit.kt_fake_log import FakeLog
 
 NOW = 0
 
@@ -72,6 +74,8 @@ class FakeRelay:
     swallow_acks: int = 0
     #: Deliver every live frame twice.
     duplicate_frames: bool = False
+    #: A transparency log (sottovoce.kt.*); without one those events are unknown.
+    kt: FakeLog | None = None
 
     async def connector(self, url: str) -> _Socket:
         sock = _Socket(self)
@@ -156,8 +160,17 @@ class FakeRelay:
             sock.push(ev.frame(ev.PREKEY_BUNDLES, {"username": name, "bundles": bundles}, rid))
         elif event == "ksmpv3.send":
             self._send(sock, rid, ev.Send.from_data(data))
+        elif event.startswith("sottovoce.kt.") and self.kt is not None:
+            name, out = self.kt.answer(sock.who[0], event, data)
+            sock.push(ev.frame(name, out, rid))
         else:
             self._error(sock, rid, "unknown_event", "unknown event")
+
+    def log_account(self, username: str, kind: ChangeKind) -> None:
+        """Append ``username``'s directory state to the transparency log (if there is one)."""
+        if self.kt is not None:
+            certs = [c for (u, _), c in self.devices.items() if u == username]
+            self.kt.record(username, self.accounts[username], certs, kind)
 
     def _error(self, sock: _Socket, rid: str | None, code: str, msg: str, **extra: Any) -> None:
         err = ev.WireError(code=code, message=msg, **extra)
@@ -209,6 +222,8 @@ class FakeRelay:
             self._error(sock, rid, "invalid_certificate", "wrong account key")
             return
         self.devices[(cert.username, cert.device_id)] = cert
+        self.log_account(cert.username, ChangeKind.REGISTRATION if event == "sottovoce.register"
+                         else ChangeKind.DEVICE_ADDED)
         sock.push(ev.frame(ev.REGISTERED, {
             "userId": cert.username, "deviceId": cert.device_id, "serverTimeMs": 0,
             "latestGlobalInboxSeq": 0, "heartbeatMs": 20_000,

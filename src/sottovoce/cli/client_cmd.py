@@ -48,6 +48,7 @@ from sottovoce.client import (
     username_available,
 )
 from sottovoce.client.connection import ws_url
+from sottovoce.client.errors import KTAlertRaised
 from sottovoce.client.events import (
     DeviceLinked,
     RoomInvited,
@@ -55,10 +56,12 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
+from sottovoce.client.kt import Pins, parse_vkey
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.identity import SafetyNumber, validate_username
+from sottovoce.kt.checkpoint import NoteKey
 from sottovoce.secret import Secret
 
 #: `send`: the message is stored and queued, not acknowledged yet (sysexits.h EX_TEMPFAIL:
@@ -88,18 +91,44 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         raise unreachable(args.server, exc) from None
     if not free:
         raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
+    kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None
+    kt_witnesses = tuple(parse_vkey(w, witness=True) for w in args.kt_witness or ())
     passphrase = new_passphrase(args, args.name)
 
-    async def go() -> tuple[str, str, Secret | None]:
-        client = await Client.create_account(args.server, args.name, root, passphrase)
+    async def go() -> tuple[str, str, Secret | None, Pins | None]:
+        client = await Client.create_account(
+            args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses
+        )
+        pins = client.kt.pins
         await client.close()
-        return client.username, client.device_id, client.recovery_code
+        return client.username, client.device_id, client.recovery_code, pins
 
-    username, device, code = run(go())
     flag = dir_flag(args)
+    try:
+        username, device, code, pins = run(go())
+    except KTAlertRaised as exc:
+        if not Store.exists(root):
+            raise
+        # The account exists: its recovery code must not be lost with the error.
+        lost = exc.recovery_code
+        if lost is not None:
+            print("\n".join(recovery_lines(lost)))
+        raise CliError(
+            f"created account '{render.safe(args.name)}' in {render.safe(str(root))}, but "
+            f"{exc}\nits lookups are refused until the right log is pinned; see: "
+            f"{command_name()} kt status{flag}"
+        ) from None
     print(f"created account '{render.safe(username)}' (device {device})")
     print(f"  server:   {render.safe(args.server)}")
     print(f"  data dir: {render.safe(str(root))}")
+    if pins is None:
+        print("  kt log:   none offered by the server: lookups are not verified")
+    else:
+        print(f"  kt log:   {render.safe(pins.log_key)}")
+        print(f"            fingerprint {NoteKey.from_vkey(pins.log_key).fingerprint()} "
+              "(compare it with the server's start-up banner)")
+        for w in pins.witnesses:
+            print(f"  witness:  {render.safe(w)}")
     if code is not None:
         print("\n".join(recovery_lines(code)))
     program = command_name()
@@ -355,6 +384,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except BaseException:
         run(client.close())
         raise
+    # Before the screen opens: they stay on the terminal the chat gives back.
+    for line in render.kt_alerts(client.kt.alerts(), command_name()):
+        print(line, file=sys.stderr)
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
@@ -415,6 +447,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=DEFAULT_SERVER,
         metavar="URL",
         help=f"the relay server (default {DEFAULT_SERVER}; wss:// for TLS)",
+    )
+    create.add_argument(
+        "--kt-key",
+        metavar="VKEY",
+        help="the server's transparency-log key as obtained from its operator (else the "
+        "key the server names is pinned on first use); a server with another key is refused",
+    )
+    create.add_argument(
+        "--kt-witness",
+        metavar="VKEY",
+        action="append",
+        help="a witness key to pin instead of the ones the server names (repeatable); "
+        "every checkpoint then needs a cosignature by one of them",
     )
 
     delete = subcommand(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
@@ -29,6 +29,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
+from sottovoce.client.kt import Alert
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -373,3 +374,16 @@ def error_event(event: ErrorEvent) -> str:
 def error(message: str) -> str:
     """The one or two lines of a failed command (``message`` may quote the server)."""
     return "sottovoce: error: " + safe(message, multiline=True).replace("\n", "\n  ")
+
+
+def kt_alerts(alerts: Sequence[Alert], program: str = "sottovoce") -> list[str]:
+    """What every command prints while alerts are not acknowledged (empty: nothing)."""
+    if not alerts:
+        return []
+    lines = [f"KEY-TRANSPARENCY ALERT: {len(alerts)} not acknowledged "
+             f"(the server may be showing you forged keys)"]
+    for a in alerts:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.at_ms / 1000))
+        lines.append(f"  [{when} UTC] {safe(a.kind)}: {safe(a.message)}")
+    lines.append(f"  details: {program} kt status; when dealt with: {program} kt ack")
+    return lines

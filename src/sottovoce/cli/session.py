@@ -28,6 +28,7 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
+from sottovoce.cli.program import command_name
 from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
 from sottovoce.client.connection import BadServerUrl
 from sottovoce.client.store import Store
@@ -278,15 +279,18 @@ def with_client(
     *,
     connect: Connect = Connect.REQUIRED,
     notices: bool = True,
+    alerts: bool = True,
 ) -> T:
     """Open the account, connect as asked, run ``work``, and always close.
 
     On the way out, messages queued earlier (offline sends) that went out on this
     connection are awaited briefly, and invitations that arrived are mentioned
-    (``notices``; off for commands that show events themselves).
+    (``notices``; off for commands that show events themselves). Key-transparency
+    alerts not yet acknowledged are printed to stderr, even after a failure
+    (``alerts``; off for the ``kt`` commands, which show them themselves).
     """
     client = unlock(args)
-    return run(_session(client, args, work, connect, notices))
+    return run(_session(client, args, work, connect, notices, alerts))
 
 
 async def _session(
@@ -295,6 +299,7 @@ async def _session(
     work: Callable[[Client], Awaitable[T]],
     connect: Connect,
     notices: bool,
+    alerts: bool = True,
 ) -> T:
     events = client.events() if notices else None
     try:
@@ -320,6 +325,9 @@ async def _session(
     finally:
         if events is not None:
             events.close()
+        if alerts and not client.closed:  # a deleted account's client closed itself
+            for line in render.kt_alerts(client.kt.alerts(), command_name()):
+                print(line, file=sys.stderr)
         await client.close()
 
 

@@ -49,7 +49,7 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
-from sottovoce.client.errors import NotConnected, StoreError
+from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
     ConnectionChanged,
@@ -62,6 +62,7 @@ from sottovoce.client.events import (
 )
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
+from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.ports import LinkPort
 from sottovoce.client.prekeys import Prekeys
@@ -85,7 +86,7 @@ from sottovoce.identity import (
     validate_username,
 )
 from sottovoce.identity.succession import Recovery, new_recovery_code, recovery_key_from_code
-from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH
+from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH, KT_MONITOR_INTERVAL_S
 from sottovoce.pairwise import OlmAccount
 from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
@@ -168,8 +169,18 @@ class Client:
             on_frame=self._on_frame, on_open=self._opened, on_down=self._on_down,
             connector=connector,
         )
+        #: Key transparency (client/kt.py): pins, the kept head, the monitor, alerts.
+        self.kt = KeyTransparency(
+            store, LinkSource(self._conn), username=self.username, clock_ms=now_ms,
+            own_devices=lambda: self._sessions.contact(self.username),
+        )
+        #: Seconds between two checks of our own account in the log while connected.
+        self.kt_poll_interval_s: float = KT_MONITOR_INTERVAL_S
+        self._heads_compared: set[tuple[str, int, bytes]] = set()
+        self._pin_lock = asyncio.Lock()
         self._directory = Directory(
-            self._conn, store, self._sessions, username=self.username, emit=self._emit
+            self._conn, store, self._sessions, username=self.username, emit=self._emit,
+            kt=self.kt,
         )
         self._outbox = Outbox(store, self._conn, self._emit)
         self._prekeys = Prekeys(
@@ -178,7 +189,8 @@ class Client:
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
-            on_call=self._on_call_signals,
+            on_call=self._on_call_signals, log_head=self.kt.checkpoint_ref,
+            on_log_head=self._on_log_head,
         )
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._processor: asyncio.Task[None] | None = None
@@ -192,6 +204,7 @@ class Client:
             username=self.username, device_id=self.device_id, signing_key=identity.mls_key,
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
+        self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by
@@ -237,6 +250,8 @@ class Client:
         connector: Connector = websocket_connector,
         connect: bool = True,
         device_id: str | None = None,
+        kt_key: str | None = None,
+        kt_witnesses: tuple[str, ...] = (),
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -244,8 +259,12 @@ class Client:
         leaves a claimed username whose keys are lost. If the server refuses
         (name taken, unreachable), the new store is removed again. With
         ``connect`` (the default) the client comes back connected, with its
-        prekeys uploaded. ``device_id``: the device's id (default: random; the
-        recorder device is named ``recorder``).
+        prekeys uploaded and the server's transparency log pinned: its log key
+        and witness keys, or ``kt_key`` / ``kt_witnesses`` (verifier keys) given
+        from elsewhere, in which case a server with another log key is refused
+        (:class:`~sottovoce.client.errors.KTAlertRaised`; the account stays, and
+        its lookups are refused until the right log is pinned). ``device_id``: the
+        device's id (default: random; the recorder device is named ``recorder``).
         """
         validate_username(username)
         url = ws_url(server_url)
@@ -255,10 +274,14 @@ class Client:
         )
         code = new_recovery_code(secrets.token_bytes)
         rk = recovery_key_from_code(code.expose().decode(), username=username)
-        client = await cls._enroll(
-            url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
-            recovery_key=rk.public,
-        )
+        try:
+            client = await cls._enroll(
+                url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
+                recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses),
+            )
+        except KTAlertRaised as exc:
+            exc.recovery_code = code  # registered: the code must still reach its owner
+            raise
         client.recovery_code = code  # shown once by the caller, never stored
         return client
 
@@ -325,7 +348,10 @@ class Client:
             self._connector,
             connect,
             add=True,
+            kt_expect=self.kt.expected_by_new_device(),
         )
+        if client.kt.pins is not None:
+            self.kt.remember_own_device(identity.device_id, identity.certificate.keys.signing_key)
         self._directory.forget(self.username)
         return client
 
@@ -344,6 +370,7 @@ class Client:
         add: bool,
         recovery_key: bytes | None = None,
         statements: tuple[ev.SignedStatement, ...] = (),
+        kt_expect: tuple[str | None, tuple[str, ...]] = (None, ()),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -354,6 +381,7 @@ class Client:
                 store.put_secret_sealed(
                     "olm_account", olm.seal(store.storage_key, secrets.token_bytes)
                 )
+            expect_log(store, *kt_expect)
             await register_device(url, identity, add=add, connector=connector,
                                   recovery_key=recovery_key, statements=statements)
             store.set_flag("registered")
@@ -367,6 +395,7 @@ class Client:
                 await client.connect()
                 await client.ensure_prekeys()  # others can open sessions from now on
                 await client.rooms.ensure_key_packages()  # and add us to rooms
+                await client.pin_log()
             except BaseException:
                 await client.close()
                 raise
@@ -539,6 +568,62 @@ class Client:
                 await self._directory.lookup(self.username)
         except (SottovoceError, TransportClosed) as exc:
             self._emit_error(exc)
+        await self._watch_log(self._generation)
+
+    # =========================================================================
+    # Key transparency (client/kt.py)
+    # =========================================================================
+
+    async def pin_log(self) -> Pins | None:
+        """Pin the server's transparency log if nothing is pinned yet (on first use, or
+        with the keys given at account creation); ``None`` if the server has no log."""
+        async with self._pin_lock:  # the first connection's monitor may be pinning too
+            if self.kt.pins is not None:
+                return self.kt.pins
+            try:
+                return await self.kt.pin_from_server()
+            except ServerError as exc:
+                if exc.code != "unknown_event" or self.kt.required:
+                    raise
+                return None  # a server without key transparency: lookups stay unverified
+
+    async def check_log(self) -> int:
+        """Check the log's newest head and our own account's versions in it now
+        (:meth:`KeyTransparency.refresh`, :meth:`KeyTransparency.poll_own`); returns how
+        many versions of our account were new."""
+        if await self.pin_log() is None:
+            return 0
+        await self.kt.refresh()
+        if not self._directory.looked_up(self.username):
+            await self._directory.lookup(self.username)  # our devices' certificates
+        return await self.kt.poll_own(lambda: self._directory.lookup(self.username))
+
+    async def _watch_log(self, generation: int) -> None:
+        """On each connection: check our own account now and every kt_poll_interval_s."""
+        while generation == self._generation and self._conn.is_up and not self._closed:
+            try:
+                await self.check_log()
+            except (NotConnected, TransportClosed):
+                return
+            except (SottovoceError, ProtocolError) as exc:
+                self._emit_error(exc)  # KT alerts are stored too: kt status shows them
+            await asyncio.sleep(self.kt_poll_interval_s)
+
+    def _on_log_head(self, sender: str, size: int, root: bytes) -> None:
+        """A peer's message carried its log head: compare it with ours (once per head)."""
+        key = (sender, size, root)
+        if key in self._heads_compared or self.kt.pins is None:
+            return
+        self._heads_compared.add(key)
+
+        async def compare() -> None:
+            try:
+                await self.kt.compare(sender, size, root)
+            except (SottovoceError, ProtocolError, TransportClosed) as exc:
+                self._heads_compared.discard(key)
+                self._emit_error(exc)
+
+        self._spawn(compare())
 
     def _emit_error(self, exc: BaseException) -> None:
         """An operation of the client's own failed: tell the application, do not raise."""

@@ -65,8 +65,13 @@ class DirectMessages:
         self, *, store: Store, link: Link, sessions: SessionManager, directory: Directory,
         outbox: Outbox, username: str, device_id: str,
         on_call: Callable[[str, str, bytes], None] | None = None,
+        log_head: Callable[[], tuple[int, bytes] | None] = lambda: None,
+        on_log_head: Callable[[str, int, bytes], None] | None = None,
     ) -> None:
         self._store, self._link, self._sessions = store, link, sessions
+        #: Our latest verified transparency-log head, carried in every payload we send;
+        #: a peer's head goes to ``on_log_head`` (sender, size, root) to be compared.
+        self._log_head, self._on_log_head = log_head, on_log_head
         #: Where decrypted call signals go: (sender user, sender device, signals body).
         self._on_call = on_call
         self._directory, self._outbox = directory, outbox
@@ -176,6 +181,8 @@ class DirectMessages:
         """
         conversation = ev.dm_conversation_id(self.username, username)
 
+        head = self._log_head()
+
         def payload(body: bytes) -> bytes:
             return Payload(
                 message_id=message_id,
@@ -183,7 +190,7 @@ class DirectMessages:
                 content_type=content_type,
                 created_at_ms=created,
                 body=body,
-            ).encode()
+            ).with_head(head).encode()
 
         ciphertexts = tuple(
             ev.DeviceCiphertext(
@@ -359,7 +366,7 @@ class DirectMessages:
                     content_type=stored.content_type,
                     created_at_ms=old.clientCreatedAtMs,
                     body=stored.text.encode("utf-8"),
-                ).encode()
+                ).with_head(self._log_head()).encode()
                 ciphertexts = tuple(
                     kept.get(t)
                     or ev.DeviceCiphertext(
@@ -465,6 +472,8 @@ class DirectMessages:
             if not ephemeral:
                 self._store_failed(envelope, peer, seq, own_copy)
             return
+        if payload.kt_root and self._on_log_head is not None:
+            self._on_log_head(envelope.senderUserId, payload.kt_size, payload.kt_root)
         if call:
             self._hand_off_call(envelope, payload.body, ephemeral, peer, seq, events)
             return

@@ -1,9 +1,10 @@
 """This device's view of the directory (docs/architecture.md §Identity).
 
-    lookup ──► sottovoce.directory.result ──► SessionManager.apply_directory
+    lookup ──► sottovoce.directory.result ──► SessionManager.read_directory
                (every certificate verified against the account key; the first
                 lookup pins that key; a different one later is followed from it by
                 its chain of successions and recoveries, else IdentityChanged)
+           ──► checked against the transparency log ──► SessionManager.keep_contact
     claim  ──► prekey bundles (each verified) ──► outbound Olm sessions
     targets ──► every device a 1:1 message goes to, each with a session
 """
@@ -14,6 +15,7 @@ import base64
 from typing import Any
 
 from sottovoce.client.events import ErrorEvent, KeysChanged
+from sottovoce.client.kt import KeyTransparency
 from sottovoce.client.ports import Emit, Link
 from sottovoce.client.sessions import Device, SessionManager
 from sottovoce.client.store import Contact, Store
@@ -26,9 +28,11 @@ class Directory:
     """Lookups, prekey claims and message targets (satisfies :class:`~.ports.Contacts`)."""
 
     def __init__(
-        self, link: Link, store: Store, sessions: SessionManager, *, username: str, emit: Emit
+        self, link: Link, store: Store, sessions: SessionManager, *, username: str, emit: Emit,
+        kt: KeyTransparency | None = None,
     ) -> None:
         self._link, self._store, self._sessions = link, store, sessions
+        self._kt = kt
         self._username, self._emit = username, emit
         #: Users looked up on this run (a pinned contact may still have new devices).
         self._looked_up: set[str] = set()
@@ -49,8 +53,11 @@ class Directory:
         )
         if data.get("username") != username:
             raise RemoteError("directory answered for another username")
+        contact = self._sessions.read_directory(data)
+        if self._kt is not None and self._kt.required:
+            await self._kt.verify_contact(contact)
         with self._store.transaction():
-            self._sessions.apply_directory(data, self._keys_changed)
+            self._sessions.keep_contact(contact, self._keys_changed)
         self._looked_up.add(username)
 
     def _keys_changed(self, old: Contact, new: Contact) -> None:
@@ -77,6 +84,10 @@ class Directory:
             cert = bundle.certificate
             if cert.username != username or cert.device_id not in wanted:
                 continue
+            known = self._sessions.contact(username)
+            kept = known.certificates.get(cert.device_id) if known else None
+            if kept is None or kept.keys != cert.keys:
+                continue  # only the keys the lookup verified (and the log holds)
             if self._sessions.has_session(username, cert.device_id):
                 continue
             try:

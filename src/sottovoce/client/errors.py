@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sottovoce.errors import IdentityError, RemoteError, UsageError, WireError
+from sottovoce.secret import Secret
 
 
 class WrongPassphrase(UsageError):
@@ -46,3 +47,31 @@ class ServerError(WireError):
 
     def __str__(self) -> str:
         return f"server error {self.code}: {self.message}"
+
+
+class KeyNotInLog(RemoteError):
+    """The directory showed keys of ``username`` that the verified transparency log does
+    not hold: the server answers lookups with keys it did not publish."""
+
+    code = "kt_key_not_in_log"
+
+    def __init__(self, username: str, why: str) -> None:
+        super().__init__(
+            f"the keys the server gave for '{username}' are not in its transparency log "
+            f"({why}); not using them"
+        )
+        self.username = username
+
+
+class KTAlertRaised(RemoteError):
+    """Key transparency caught the server misbehaving; the alert is stored and shown by
+    every command until acknowledged (``sottovoce kt ack``)."""
+
+    code = "kt_alert"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"key-transparency alert ({kind}): {message}")
+        self.kind = kind
+        #: Set when the alert ended ``Client.create_account`` after the account was
+        #: registered: the recovery code that account was created with (shown once).
+        self.recovery_code: Secret | None = None

@@ -7,10 +7,17 @@
         opaque content_type<0..255>;
         uint64 created_at_ms;
         opaque body<V>;
+        // version 2 only: the sender's latest verified transparency-log head
+        uint64 kt_size;
+        opaque kt_root<0..255>;          // 32 bytes
     } Payload;
 
 The receiver checks ``message_id`` and ``conversation_id`` against the
 envelope, so the relay cannot move a ciphertext to another message or chat.
+Version 2 adds the sender's head of the key-transparency log (its size and
+root), so two users who talk compare the log they were shown
+(:meth:`sottovoce.client.kt.KeyTransparency.compare`); a sender with no head
+writes version 1.
 
 Padding to size buckets (so a ciphertext's length says little about the text's)
 has one implementation, :mod:`sottovoce.pairwise.padding`: 1:1 sessions pad
@@ -20,6 +27,7 @@ inside the Olm layer; a room's MLS application data is padded here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -31,10 +39,12 @@ from sottovoce.limits import MAX_TEXT_BYTES
 from sottovoce.pairwise.padding import pad, unpad
 
 _VERSION = 1
+_VERSION_KT = 2
 
 
 #: The ``"v"`` of the small JSON bodies some payloads carry (a missed call, a room invitation).
 JSON_BODY_VERSION = 1
+_VERSION_KT = 2
 
 
 def json_body(**fields: object) -> str:
@@ -80,26 +90,44 @@ class Payload(WireStruct):
     content_type: str
     created_at_ms: int
     body: bytes
+    kt_size: int = 0
+    kt_root: bytes = b""
 
     def write(self, w: Writer) -> None:
-        w.u8(_VERSION)
+        w.u8(_VERSION_KT if self.kt_root else _VERSION)
         w.opaque8(self.message_id.encode("ascii"))
         w.opaque8(self.conversation_id.encode("ascii"))
         w.opaque8(self.content_type.encode("ascii"))
         w.u64(self.created_at_ms)
         w.opaque_v(self.body)
+        if self.kt_root:
+            w.u64(self.kt_size)
+            w.opaque8(self.kt_root)
 
     @classmethod
     def read(cls, r: Reader) -> Payload:
-        if r.u8() != _VERSION:
+        version = r.u8()
+        if version not in (_VERSION, _VERSION_KT):
             raise DecodeError("unknown payload version")
-        return cls(
+        payload = cls(
             message_id=r.opaque8().decode("ascii"),
             conversation_id=r.opaque8().decode("ascii"),
             content_type=r.opaque8().decode("ascii"),
             created_at_ms=r.u64(),
             body=r.opaque_v(),
         )
+        if version == _VERSION:
+            return payload
+        size, root = r.u64(), r.opaque8()
+        if size <= 0 or len(root) != 32:
+            raise DecodeError("the payload's log head is malformed")
+        return payload.with_head((size, root))
+
+    def with_head(self, head: tuple[int, bytes] | None) -> Payload:
+        """This payload carrying the log head ``(size, root)`` (unchanged without one)."""
+        if head is None:
+            return self
+        return dataclasses.replace(self, kt_size=head[0], kt_root=head[1])
 
     def encode_padded(self) -> bytes:
         """The encoding padded to its size bucket (for MLS application data)."""
@@ -109,3 +137,35 @@ class Payload(WireStruct):
     def decode_padded(cls, data: bytes) -> Payload:
         """Inverse of :meth:`encode_padded`; ``DecodeError`` on a bad pad or payload."""
         return cls.decode(unpad(data))
+
+
+#: A log head in an MLS commit's authenticated data: ``uint8 version = 1; uint64 size;
+#: opaque root<0..255>`` (32 bytes); empty when the committer has none.
+_HEAD_AAD_VERSION = 1
+
+
+def encode_log_head(head: tuple[int, bytes] | None) -> bytes:
+    """The authenticated data of a commit: our transparency-log head, or nothing."""
+    if head is None:
+        return b""
+    w = Writer()
+    w.u8(_HEAD_AAD_VERSION)
+    w.u64(head[0])
+    w.opaque8(head[1])
+    return w.getvalue()
+
+
+def decode_log_head(data: bytes) -> tuple[int, bytes] | None:
+    """The head a commit's authenticated data carries; ``None`` if it holds none or
+    something else (a commit is never refused for it)."""
+    if not data:
+        return None
+    try:
+        r = Reader(data)
+        if r.u8() != _HEAD_AAD_VERSION:
+            return None
+        size, root = r.u64(), r.opaque8()
+        r.finish()
+    except DecodeError:
+        return None
+    return (size, root) if size > 0 and len(root) == 32 else None

@@ -75,16 +75,35 @@ class SessionManager:
     def apply_directory(
         self, data: dict[str, Any], on_change: Callable[[Contact, Contact], None] | None = None
     ) -> Contact:
-        """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact.
+        """:meth:`read_directory`, then :meth:`keep_contact`."""
+        return self.keep_contact(self.read_directory(data), on_change)
+
+    def keep_contact(
+        self, contact: Contact, on_change: Callable[[Contact, Contact], None] | None = None
+    ) -> Contact:
+        """Write a contact :meth:`read_directory` made (inside a transaction or alone). If
+        its account key replaced the pinned one (a succession), sessions with devices that
+        are gone are forgotten and ``on_change(old, new)`` is called."""
+        pinned = self.contact(contact.username)
+        self._store.put_contact(contact)
+        self._contacts[contact.username] = contact
+        if pinned is not None and pinned.account_key != contact.account_key:
+            for device_id in set(pinned.certificates) - set(contact.certificates):
+                self.forget_device(contact.username, device_id)
+            if on_change is not None:
+                on_change(pinned, contact)
+        return contact
+
+    def read_directory(self, data: dict[str, Any]) -> Contact:
+        """Verify a ``sottovoce.directory.result`` and merge it into the pinned contact,
+        without writing it yet.
 
         Raises :class:`IdentityChanged` if the account key is not the pinned one and does
         not descend from it by a chain of successions and recoveries; ``AccountForked``
-        while the account is forked. A key that does descend replaces the pinned one:
-        the contact is no longer verified, sessions with devices that are gone are
-        forgotten and ``on_change(old, new)`` is called.
+        while the account is forked. A key that does descend replaces the pinned one
+        (once kept): the contact is no longer verified.
         Certificates that do not verify against the account key are ignored (the
-        server cannot add a device to someone's account). Call inside a transaction
-        or on its own; the contact is written at once.
+        server cannot add a device to someone's account).
         """
         username = data.get("username")
         if not isinstance(username, str):
@@ -138,13 +157,6 @@ class SessionManager:
             recovery_key=(pinned.recovery_key if pinned and keep_genesis
                           else genesis.recovery_key if genesis else b""),
         )
-        self._store.put_contact(contact)
-        self._contacts[username] = contact
-        if pinned is not None and succeeded:
-            for device_id in set(pinned.certificates) - set(certs):
-                self.forget_device(username, device_id)
-            if on_change is not None:
-                on_change(pinned, contact)
         return contact
 
     def forget_device(self, username: str, device_id: str) -> None:

@@ -122,6 +122,17 @@ CREATE TABLE IF NOT EXISTS unsent(
     message_id TEXT NOT NULL UNIQUE
 );
 """
+# Key transparency (client/kt.py): pinned keys, the last verified checkpoint, the
+# monitor's place, each a sealed record; alerts stay until acknowledged.
+_KT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kt_state(name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kt_alerts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sealed BLOB NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0
+);
+"""
+
 
 # =============================================================================
 # Key derivation
@@ -382,7 +393,7 @@ class Store:
             # Created 0600 first: SQLite gives its -wal and -shm files the same mode.
             _warn(private_file(root / STORE_FILE))
             db = cls._connect(root / STORE_FILE)
-            db.executescript(_SCHEMA + _ROOM_SCHEMA + _UNSENT_SCHEMA)
+            db.executescript(_SCHEMA + _ROOM_SCHEMA + _UNSENT_SCHEMA + _KT_SCHEMA)
             kdf_record = {
                 "alg": "argon2id",
                 "version": 19,
@@ -428,7 +439,7 @@ class Store:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if int(meta.get("schema", b"0")) != SCHEMA_VERSION:
                 raise StoreError("the local store has an unknown schema version")
-            db.executescript(_ROOM_SCHEMA + _UNSENT_SCHEMA)
+            db.executescript(_ROOM_SCHEMA + _UNSENT_SCHEMA + _KT_SCHEMA)
             try:
                 record = json.loads(meta["kdf"])
                 params = KdfParams(
@@ -550,6 +561,37 @@ class Store:
             "ON CONFLICT(name) DO UPDATE SET sealed = excluded.sealed",
             (name, sealed),
         )
+
+    # --- key transparency -----------------------------------------------------------------
+
+    def get_kt(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT sealed FROM kt_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self.unseal(b"kt", name.encode(), bytes(row[0]))
+
+    def put_kt(self, name: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO kt_state(name, sealed) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET sealed = excluded.sealed",
+            (name, self.seal(b"kt", name.encode(), value)),
+        )
+
+    def add_kt_alert(self, record: bytes) -> int:
+        cur = self._db.execute(
+            "INSERT INTO kt_alerts(sealed) VALUES (?)", (self.seal(b"kt_alert", b"", record),)
+        )
+        return int(cur.lastrowid or 0)
+
+    def kt_alerts(self, *, acknowledged: bool = False) -> list[tuple[int, bytes]]:
+        """Alerts not yet acknowledged (``acknowledged``: every one), oldest first."""
+        rows = self._db.execute(
+            "SELECT id, sealed FROM kt_alerts WHERE acknowledged <= ? ORDER BY id",
+            (int(acknowledged),),
+        ).fetchall()
+        return [(int(i), self.unseal(b"kt_alert", b"", bytes(s))) for i, s in rows]
+
+    def acknowledge_kt_alerts(self) -> int:
+        cur = self._db.execute("UPDATE kt_alerts SET acknowledged = 1 WHERE acknowledged = 0")
+        return cur.rowcount
 
     # --- contacts ------------------------------------------------------------------------
 

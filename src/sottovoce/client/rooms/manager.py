@@ -248,6 +248,13 @@ class RoomManager:
         in each room's order, this device's own included."""
         self._messages.on_call_signal = sink
 
+    def carry_log_head(
+        self, head: Callable[[], tuple[int, bytes] | None], sink: Callable[[str, int, bytes], None]
+    ) -> None:
+        """Room messages carry ``head()`` (our transparency-log head) and hand each
+        member's head to ``sink`` (sender, size, root) to be compared."""
+        self._messages.log_head, self._messages.on_log_head = head, sink
+
     def leaf_keys(self, ref: str) -> dict[Device, bytes]:
         """The room's member devices now, each with the signature key of its leaf
         (what a room call checks its joiners against); empty once removed."""

@@ -40,6 +40,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
 )
 from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.payload import decode_log_head, encode_log_head
 from sottovoce.client.ports import Contacts, Link
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook, backoff, request_retrying
@@ -184,7 +185,8 @@ class Membership:
             if not todo:
                 return None
             bundle = group.add_members(
-                [kp for _, kp in todo], rng=secrets.token_bytes, now_ms=now_ms()
+                [kp for _, kp in todo], rng=secrets.token_bytes, now_ms=now_ms(),
+                authenticated_data=self._head_aad(),
             )
             adds = tuple((username, d) for d, _ in todo)
             return Plan(bundle, adds, (), AuditAction.MEMBER_ADDED)
@@ -236,14 +238,27 @@ class Membership:
             gone.append(who)
         if not leaves:
             return None
-        bundle = group.remove_members(leaves, rng=secrets.token_bytes, now_ms=now_ms())
+        bundle = group.remove_members(leaves, rng=secrets.token_bytes, now_ms=now_ms(),
+                                      authenticated_data=self._head_aad())
         return Plan(bundle, (), tuple(gone), action)
+
+    def _head_aad(self) -> bytes:
+        """A commit's authenticated data: our transparency-log head (payload.py)."""
+        return encode_log_head(self._messages.log_head())
+
+    def _compare_head(self, aad: bytes, credential: Credential | None) -> None:
+        head, sink = decode_log_head(aad), self._messages.on_log_head
+        who = device_of(credential)
+        if head is not None and sink is not None and who is not None and who != self._book.me:
+            sink(who[0], *head)
 
     async def self_update(self, room: Room) -> CommitResult | None:
         """Fresh keys on our direct path (an empty commit with a path, RFC 9420 §12.4)."""
 
         def build(group: Group) -> Plan:
-            return Plan(group.self_update(rng=secrets.token_bytes, now_ms=now_ms()), (), ())
+            bundle = group.self_update(rng=secrets.token_bytes, now_ms=now_ms(),
+                                       authenticated_data=self._head_aad())
+            return Plan(bundle, (), ())
 
         return await self.commit(room, build)
 
@@ -411,6 +426,7 @@ class Membership:
                 joiner = group_member_after(staged, processed.credential)
                 resync = _check_external_join(staged, *joiner[0])
             self.check_declared(staged, frame, joiner, resync)
+            self._compare_head(processed.authenticated_data, processed.credential)
         except NotConnected:
             raise  # not a verdict: fail the batch (nothing acked), the resume retries it
         except SottovoceError as exc:
@@ -526,7 +542,8 @@ class Membership:
             def build(group: Group) -> Plan | None:
                 if (user, device) in room.members():
                     return None
-                bundle = group.add_members([kp], rng=secrets.token_bytes, now_ms=now_ms())
+                bundle = group.add_members([kp], rng=secrets.token_bytes, now_ms=now_ms(),
+                                           authenticated_data=self._head_aad())
                 return Plan(bundle, ((user, device),), (), AuditAction.MEMBER_JOINED)
 
             await asyncio.sleep(random.random() * 0.05)  # noqa: S311 - spread the herd

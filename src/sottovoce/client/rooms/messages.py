@@ -86,6 +86,10 @@ class RoomMessages:
         self.stale_resends = 0
         #: Where room-call signals go (the client's room calls); ``None``: dropped.
         self.on_call_signal: CallSignalSink | None = None
+        #: Our latest verified transparency-log head, carried in every room message;
+        #: a member's head goes to ``on_log_head`` (sender, size, root) to be compared.
+        self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
+        self.on_log_head: Callable[[str, int, bytes], None] | None = None
 
     # =========================================================================
     # Sending
@@ -163,7 +167,7 @@ class RoomMessages:
             content_type=content_type,
             created_at_ms=created_ms,
             body=body,
-        ).encode_padded()  # size buckets, as 1:1 (pairwise/padding.py)
+        ).with_head(self.log_head()).encode_padded()  # size buckets, as 1:1
         return pr.RoomSend(
             roomId=room.room_id,
             epoch=group.epoch,
@@ -262,6 +266,8 @@ class RoomMessages:
             if payload.message_id != frame.message_id or payload.conversation_id != room.room_id:
                 raise RemoteError("ciphertext was moved to another message")
             content_type, created = payload.content_type, payload.created_at_ms
+            if payload.kt_root and self.on_log_head is not None and sender != self._book.me:
+                self.on_log_head(frame.sender_user, payload.kt_size, payload.kt_root)
             if content_type == "system":
                 # The room's join token, shared by the member that set it (only members
                 # see it): kept to check the PSK of the next external join.

@@ -603,22 +603,29 @@ class Group:
         return bundle
 
     def add_members(
-        self, key_packages: Sequence[KeyPackage], *, rng: Random, now_ms: int | None = None
+        self, key_packages: Sequence[KeyPackage], *, rng: Random, now_ms: int | None = None,
+        authenticated_data: bytes = b"",
     ) -> CommitBundle:
         return self.commit(
-            rng=rng, now_ms=now_ms, proposals=[Add(key_package=kp) for kp in key_packages]
+            rng=rng, now_ms=now_ms, proposals=[Add(key_package=kp) for kp in key_packages],
+            authenticated_data=authenticated_data,
         )
 
     def remove_members(
-        self, leaf_indices: Sequence[int], *, rng: Random, now_ms: int | None = None
+        self, leaf_indices: Sequence[int], *, rng: Random, now_ms: int | None = None,
+        authenticated_data: bytes = b"",
     ) -> CommitBundle:
         return self.commit(
-            rng=rng, now_ms=now_ms, proposals=[Remove(removed=i) for i in leaf_indices]
+            rng=rng, now_ms=now_ms, proposals=[Remove(removed=i) for i in leaf_indices],
+            authenticated_data=authenticated_data,
         )
 
-    def self_update(self, *, rng: Random, now_ms: int | None = None) -> CommitBundle:
+    def self_update(
+        self, *, rng: Random, now_ms: int | None = None, authenticated_data: bytes = b""
+    ) -> CommitBundle:
         """An empty commit with a path: fresh keys on our whole direct path (§12.4)."""
-        return self.commit(rng=rng, now_ms=now_ms, include_pending=False)
+        return self.commit(rng=rng, now_ms=now_ms, include_pending=False,
+                           authenticated_data=authenticated_data)
 
     def merge_pending_commit(self) -> StagedCommit:
         """Apply our own pending commit (after the delivery service accepted it)."""

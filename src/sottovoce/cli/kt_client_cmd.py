@@ -1,0 +1,167 @@
+"""`sottovoce kt status|ack|pin-witness`: this device's view of the server's
+transparency log (docs/protocol.md §Key transparency: client rules).
+
+``status`` shows what is pinned (the log key and its fingerprint, the witness
+keys), the last verified checkpoint (size, root prefix, age, cosignatures) and
+every alert not yet acknowledged; connected, it checks the log first. ``ack``
+acknowledges the alerts (they are kept, marked seen); ``pin-witness`` adds a
+witness key obtained from elsewhere. Every other command prints the alerts not
+yet acknowledged (:func:`sottovoce.cli.render.kt_alerts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import time
+from typing import Any
+
+from sottovoce.cli import render
+from sottovoce.cli.program import command_name, dir_flag
+from sottovoce.cli.session import Connect, subcommand, timed_account_options, with_client
+from sottovoce.client import Client
+from sottovoce.client.kt import Alert, parse_vkey
+from sottovoce.errors import SottovoceError
+from sottovoce.kt.checkpoint import NoteKey
+
+
+def _age(ms: int) -> str:
+    s = max(0, ms // 1000)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h" if s < 172800 else f"{s // 86400} days"
+
+
+def _status_lines(client: Client, checked: str | None) -> list[str]:
+    kt = client.kt
+    pins = kt.pins
+    if pins is None:
+        how = ("keys were given at account create and the server's do not match them: "
+               "lookups are refused" if kt.required else
+               "the server offered no transparency log when this device was set up; "
+               "lookups are not verified")
+        return [f"log:         not pinned ({how})"]
+    log_key = NoteKey.from_vkey(pins.log_key)
+    lines = [
+        f"log key:     {render.safe(pins.log_key)}",
+        f"fingerprint: {log_key.fingerprint()}",
+    ]
+    if pins.witnesses:
+        lines.append(f"witnesses:   {len(pins.witnesses)} pinned, {pins.min_cosignatures} "
+                     "cosignature(s) required on every checkpoint")
+        lines += [f"  {render.safe(w)}" for w in pins.witnesses]
+    else:
+        lines.append("witnesses:   none pinned: lookups are refused until one is "
+                     "(kt pin-witness VKEY)")
+    lines.append(f"max age:     {_age(pins.max_age_ms)} (newest cosignature on a checkpoint)")
+    verified = kt.verified_head()
+    if verified is None:
+        lines.append("checkpoint:  none verified yet")
+    else:
+        cp = verified.checkpoint
+        now = int(time.time() * 1000)
+        lines.append(f"checkpoint:  size {cp.size}, root {base64.b64encode(cp.root).decode()[:12]}"
+                     "...")
+        for name, ts in sorted(verified.cosignatures.items()):
+            lines.append(f"  cosigned by {render.safe(name)}, {_age(now - ts * 1000)} ago")
+    monitor = kt.monitor_state
+    lines.append(f"own account: {monitor.versions} version(s) checked")
+    if checked is not None:
+        lines.append(f"check now:   {checked}")
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> tuple[list[str], list[Alert]]:
+        checked: str | None = None
+        if client.connected:
+            try:
+                await client.check_log()
+                checked = "ok"
+            except SottovoceError as exc:
+                checked = f"FAILED: {exc}"
+        elif not args.offline:
+            checked = "not connected: showing what this device kept"
+        return _status_lines(client, checked), client.kt.alerts()
+
+    connect = Connect.NO if args.offline else Connect.TRY
+    lines, alerts = with_client(args, work, connect=connect, alerts=False)
+    for line in lines:
+        print(line)
+    if alerts:
+        for line in render.kt_alerts(alerts, command_name()):
+            print(line)
+        return 1
+    print("alerts:      none")
+    return 0
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> int:
+        return client.kt.acknowledge()
+
+    n = with_client(args, work, connect=Connect.NO, alerts=False)
+    print(f"acknowledged {n} alert(s)" if n else "no alert to acknowledge")
+    return 0
+
+
+def cmd_pin_witness(args: argparse.Namespace) -> int:
+    vkey = parse_vkey(args.vkey, witness=True)
+
+    async def work(client: Client) -> int:
+        return len(client.kt.pin_witness(vkey).witnesses)
+
+    n = with_client(args, work, connect=Connect.NO)
+    print(f"pinned witness {render.safe(vkey.split('+', 1)[0])} ({n} pinned); "
+          f"check it with: {command_name()} kt status{dir_flag(args)}")
+    return 0
+
+
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--offline", action="store_true",
+                        help="do not connect; show what this device kept")
+    timed_account_options(parser)
+
+
+def add_client_commands(kt_sub: Any) -> None:
+    """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
+    subcommand(
+        kt_sub, "status",
+        help="this device's view of the server's transparency log, and any alert",
+        description=(
+            "Show the pinned log key and its fingerprint (compare it with the server's "
+            "start-up banner or its operator), the pinned witness keys, the last verified "
+            "checkpoint (size, root, the age of each cosignature), how many versions of "
+            "your own account were checked, and every alert not yet acknowledged. "
+            "Connected, it checks the log first. Exit 1 while an alert is not acknowledged."
+        ),
+        example="  sottovoce kt status --data-dir ~/.sottovoce-alice",
+        func=cmd_status, options=_status_options,
+    )
+    subcommand(
+        kt_sub, "ack",
+        help="acknowledge the key-transparency alerts (every command shows them until then)",
+        description=(
+            "Mark every alert as seen: commands stop printing it. The alerts are kept; "
+            "a new one is shown again. Acknowledge only once you know what happened "
+            "(compare safety numbers with the people concerned)."
+        ),
+        example="  sottovoce kt ack --data-dir ~/.sottovoce-alice",
+        func=cmd_ack,
+    )
+    subcommand(
+        kt_sub, "pin-witness",
+        help="pin one more witness key (a verifier key obtained from its operator)",
+        description=(
+            "Add a witness's verifier key (name+keyid+base64) to the keys this device "
+            "requires cosignatures from: a checkpoint needs one cosignature by a pinned "
+            "witness. Pin an independent witness run by someone other than the server's "
+            "operator to be protected against a server that shows users different logs."
+        ),
+        example="  sottovoce kt pin-witness 'witness.example/w1+1a2b3c4d+BH...' "
+                "--data-dir ~/.sottovoce-alice",
+        func=cmd_pin_witness,
+        args=[("VKEY", "the witness's verifier key")],
+    )

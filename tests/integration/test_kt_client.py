@@ -1,0 +1,155 @@
+"""Key transparency from the client's side against the real server (127.0.0.1, SQLite,
+its co-located witness): pinning at account create, lookups verified against the
+log, the own-account monitor, and two lying servers made by editing the server's
+data behind its back: a device added to the directory without a log entry, and a
+whole data directory rolled back (log, map and witness state together).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sottovoce.client import Client
+from sottovoce.client.errors import KeyNotInLog, KTAlertRaised
+from sottovoce.client.kt import LOG_INCONSISTENT
+from sottovoce.identity import DeviceCertificate, DevicePublicKeys
+from sottovoce.kt.checkpoint import NoteKey
+from tests.integration.client_helpers import PASSPHRASE, make_account, received
+from tests.integration.serverproc import ServerProcess
+
+
+def _keys(server: ServerProcess) -> dict[str, object]:
+    data = json.loads(server.http_get("/kt/keys"))
+    assert isinstance(data, dict)
+    return data
+
+
+async def test_accounts_pin_the_servers_log_and_messages_flow_verified(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "server").start() as server:
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        keys = _keys(server)
+        pins = alice.kt.pins
+        assert pins is not None and pins.log_key == NoteKey.from_vkey(str(keys["log_key"])).vkey()
+        assert list(pins.witnesses) == keys["witnesses"] and pins.witnesses
+        b_events = bob.events()
+        await alice.wait_sent(await alice.send_text("bob", "verified"), timeout=10)
+        assert [m.text for m in await received(b_events, 1)] == ["verified"]
+        # A second device of bob's: in the log by the time alice's lookup is answered.
+        bob2 = await bob.add_device(tmp_path / "bob2", PASSPHRASE)
+        await bob.check_log()
+        await bob2.check_log()
+        alice_head = alice.kt.head
+        await alice.wait_sent(await alice.send_text("bob", "both devices"), timeout=10)
+        head = alice.kt.head
+        assert head is not None and alice_head is not None and head.size > alice_head.size
+        for c in (alice, bob, bob2):
+            assert c.kt.alerts() == []
+            await c.close()
+
+
+async def test_a_device_in_the_directory_but_not_in_the_log_is_refused(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server").start()
+    try:
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        for c in (alice, bob):
+            await c.close()
+        # The server adds a device to bob's directory entry without logging it. Even
+        # with a certificate bob's account key really signed (so only the log can
+        # tell), alice does not use it.
+        keys = bob.identity.certificate.keys
+        forged = DeviceCertificate.issue(
+            bob.identity.account_key, username="bob", device_id="planted0device00",
+            keys=DevicePublicKeys(signing_key=bytes(range(32)),
+                                  olm_identity_key=keys.olm_identity_key,
+                                  olm_signing_key=keys.olm_signing_key,
+                                  mls_signature_key=keys.mls_signature_key),
+            now_ms=bob.identity.certificate.created_at_ms,
+        )
+        server.stop()  # behind the server's back (it caches accounts)
+        db = sqlite3.connect(server.db_path)
+        db.execute(
+            "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?,?,?,?)",
+            ("bob", forged.device_id, forged.encode(), forged.created_at_ms),
+        )
+        db.commit()
+        db.close()
+        server.start()
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)
+        await alice.connect()
+        with pytest.raises(KeyNotInLog, match="planted0device00"):
+            await alice.send_text("bob", "to a planted device?")
+        assert alice.history("bob") == []
+        await alice.close()
+    finally:
+        server.stop()
+
+
+async def test_a_rolled_back_server_is_caught_at_the_next_check(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server").start()
+    try:
+        alice = await make_account(server, "alice", tmp_path)
+        await alice.close()
+        server.stop()
+        shutil.copytree(server.data_dir, tmp_path / "snapshot")
+        server.start()
+        await (await make_account(server, "bob", tmp_path)).close()
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)
+        await alice.connect()
+        await alice.check_log()
+        head = alice.kt.head
+        assert head is not None and head.size >= 2
+        await alice.close()
+        server.stop()
+        # Everything goes back, the co-located witness's memory too.
+        shutil.rmtree(server.data_dir)
+        shutil.copytree(tmp_path / "snapshot", server.data_dir)
+        server.start()
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)
+        await alice.connect()
+        with pytest.raises(KTAlertRaised, match="shrank"):
+            await alice.check_log()
+        assert alice.kt.head == head
+        assert [a.kind for a in alice.kt.alerts()] == [LOG_INCONSISTENT]
+        await alice.close()
+    finally:
+        server.stop()
+
+
+async def test_room_messages_and_commits_carry_the_senders_head(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "server").start() as server:
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        carol = await make_account(server, "carol", tmp_path)
+        seen: list[tuple[str, int, bytes]] = []
+        compare = bob.kt.compare
+
+        async def recording(peer: str, size: int, root: bytes) -> None:
+            seen.append((peer, size, root))
+            await compare(peer, size, root)
+
+        bob.kt.compare = recording  # type: ignore[method-assign]
+        room = await alice.rooms.create_room("friends")
+        await alice.rooms.invite("friends", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1)
+        await alice.check_log()
+        await alice.rooms.send("friends", "hello")
+        head = alice.kt.checkpoint_ref()
+        assert head is not None
+        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        # A commit carries it in its authenticated data.
+        seen.clear()
+        await alice.rooms.invite("friends", "carol")
+        await bob.rooms.wait_epoch(room.room_id, 2)
+        head = alice.kt.checkpoint_ref()
+        assert head is not None
+        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        assert bob.kt.alerts() == []
+        for c in (alice, bob, carol):
+            await c.close()
