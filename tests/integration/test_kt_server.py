@@ -22,6 +22,7 @@ import pytest
 
 from sottovoce.client import Client, ServerError
 from sottovoce.client.store import TEST_KDF
+from sottovoce.identity.succession import recovery_key_from_code
 from sottovoce.kt.checkpoint import NoteKey, open_checkpoint
 from sottovoce.kt.merkle import verify_consistency
 from sottovoce.kt.verify import (
@@ -110,7 +111,10 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
         found = verify_lookup(policy, last, "bob", await _lookup(alice, "bob", 2), now_ms=_now())
         assert found.version == 0 and found.state is not None
         assert found.state.account_key == bob.identity.account_key.public
-        assert found.state.recovery_key == NO_RECOVERY_KEY
+        # The recovery key committed at registration (account create printed its code).
+        assert bob.recovery_code is not None
+        bob_rk = recovery_key_from_code(bob.recovery_code.expose().decode(), username="bob")
+        assert found.state.recovery_key == bob_rk.public != NO_RECOVERY_KEY
         assert [d.device_id for d in found.state.devices] == [bob.device_id]
 
         tablet = await alice.add_device(tmp_path / "alice-tablet", PASSPHRASE, kdf=TEST_KDF)
@@ -121,11 +125,13 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
         last = found.head
         assert last.size == 3
 
-        await alice.revoke_device(tablet.device_id)
+        old_account_key = alice.identity.account_key.public
+        await alice.revoke_device(tablet.device_id)  # a succession to a new account key
         found = verify_lookup(policy, last, "alice", await _lookup(bob, "alice", 3),
                               now_ms=_now())
         assert found.version == 2 and found.state is not None
         assert [d.device_id for d in found.state.devices] == [alice.device_id]
+        assert found.state.account_key == alice.identity.account_key.public != old_account_key
         await tablet.close()
 
         # A head with a consistency proof from the last size verifies against it.
@@ -139,8 +145,10 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
         history = HistoryResponse.decode(KTResponse.from_wire(data).response)
         own = OwnKeys(devices=frozenset({(alice.device_id, alice.identity.device_key.public),
                                          (tablet.device_id, tablet.identity.device_key.public)}),
-                      account_keys=frozenset({alice.identity.account_key.public}),
-                      recovery_keys=frozenset({NO_RECOVERY_KEY}))
+                      account_keys=frozenset({old_account_key,
+                                              alice.identity.account_key.public}),
+                      recovery_keys=frozenset({recovery_key_from_code(
+                          alice.recovery_code.expose().decode(), username="alice").public}))
         mon = monitor_own_account(policy, None, "alice", own, MonitorState(), history,
                                   now_ms=_now())
         assert len(mon.new_versions) == 3

@@ -38,7 +38,6 @@ from sottovoce.client.account_keys import (
     revoke_by_succession,
     to_wire,
 )
-from sottovoce.client.call_payloads import decode_signals
 from sottovoce.client.connection import (
     ConnectedInfo,
     Connection,
@@ -88,7 +87,6 @@ from sottovoce.identity import (
 from sottovoce.identity.succession import Recovery, new_recovery_code, recovery_key_from_code
 from sottovoce.limits import CERT_RENEW_BEFORE_MS, CLIENT_INBOX_BATCH, KT_MONITOR_INTERVAL_S
 from sottovoce.pairwise import OlmAccount
-from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
@@ -176,7 +174,6 @@ class Client:
         )
         #: Seconds between two checks of our own account in the log while connected.
         self.kt_poll_interval_s: float = KT_MONITOR_INTERVAL_S
-        self._heads_compared: set[tuple[str, int, bytes]] = set()
         self._pin_lock = asyncio.Lock()
         self._directory = Directory(
             self._conn, store, self._sessions, username=self.username, emit=self._emit,
@@ -611,19 +608,15 @@ class Client:
 
     def _on_log_head(self, sender: str, size: int, root: bytes) -> None:
         """A peer's message carried its log head: compare it with ours (once per head)."""
-        key = (sender, size, root)
-        if key in self._heads_compared or self.kt.pins is None:
-            return
-        self._heads_compared.add(key)
 
         async def compare() -> None:
             try:
                 await self.kt.compare(sender, size, root)
             except (SottovoceError, ProtocolError, TransportClosed) as exc:
-                self._heads_compared.discard(key)
                 self._emit_error(exc)
 
-        self._spawn(compare())
+        if self.kt.pins is not None:
+            self._spawn(compare())
 
     def _emit_error(self, exc: BaseException) -> None:
         """An operation of the client's own failed: tell the application, do not raise."""
@@ -687,10 +680,13 @@ class Client:
     async def renew_certificate(self) -> None:
         """A fresh certificate for this device under the current account key (the same
         device keys); works after expiry too, through a login of its own."""
+        await self._relogin(self._renewal())
+
+    def _renewal(self) -> Rotation:
         cert = recertify(self.identity.account_key, [self.identity.certificate],
                          now_ms=now_ms())[0]
-        await self._relogin(Rotation(account_key=self.identity.account_key,
-                                     statements=(cert,), certificate=cert))
+        return Rotation(account_key=self.identity.account_key, statements=(cert,),
+                        certificate=cert)
 
     async def _relogin(self, rotation: Rotation) -> None:
         """Send ``rotation`` on a login of its own (``device.add`` with statements), which
@@ -707,13 +703,10 @@ class Client:
         expiry (checked on every connect)."""
         if self.identity.certificate.expires_at_ms - now_ms() > CERT_RENEW_BEFORE_MS:
             return
-        cert = recertify(self.identity.account_key, [self.identity.certificate],
-                         now_ms=now_ms())[0]
-        await self._conn.request(
-            ev.AccountStatements(statements=to_wire([cert])), frozenset({ev.ACCOUNT_HEAD})
-        )
-        await self._adopt(Rotation(account_key=self.identity.account_key, statements=(cert,),
-                                   certificate=cert))
+        rotation = self._renewal()
+        await self._conn.request(ev.AccountStatements(statements=to_wire(rotation.statements)),
+                                 frozenset({ev.ACCOUNT_HEAD}))
+        await self._adopt(rotation)
 
     async def _adopt(self, rotation: Rotation) -> None:
         """Keep the new account key and certificate, and look our own account up again."""
@@ -1019,11 +1012,7 @@ class Client:
         with the default options otherwise.
         """
         from sottovoce.client.calls import CallController
-        from sottovoce.client.calls.wiring import (
-            missed_call_recorder,
-            signal_sender,
-            turn_fetcher,
-        )
+        from sottovoce.client.calls.wiring import missed_call_recorder, signal_sender, turn_fetcher
 
         if self._calls is not None:
             raise UsageError("calls are already started on this client")
@@ -1093,11 +1082,9 @@ class Client:
             raise UsageError("client is closed")
         if self.identity.mls_key is None:
             raise UsageError("this device has no room key (it predates rooms)")
-        if options is not None and options.record_to is not None and options.storage_key is None:
-            # This device's recordings are sealed at rest with its store's key.
-            options = dataclasses.replace(options, storage_key=self._store.storage_key)
         hub = RoomCalls(
             me=(self.username, self.device_id),
+            storage_key=self._store.storage_key,
             signing_key=self.identity.mls_key,
             send_signal=self.rooms.send_call_signal,
             leaf_keys=self.rooms.leaf_keys,
@@ -1127,20 +1114,10 @@ class Client:
         :meth:`start_calls`): a short command such as ``send`` must neither ring nor,
         closing, decline a call the user could take on another device.
         """
-        if self._calls is None:
-            return
-        try:
-            signals = decode_signals(body)
-        except DecodeError:
-            self._emit(ErrorEvent(code="bad_frame", message="a malformed call payload was skipped"))
-            return
-        for data in signals:
-            try:
-                self._calls.receive(from_user=user, from_device=device, data=data)
-            except SottovoceError as exc:
-                # Late or stale signals are normal (a lost race to answer); the state
-                # is unchanged. Never log the signal: it may hold an SDP.
-                log.debug("calls: signal refused: %s", exc.code)
+        if self._calls is not None:
+            from sottovoce.client.calls.wiring import deliver_signals
+
+            deliver_signals(self._calls, user, device, body, self._emit)
 
     # =========================================================================
     # Reading (the UI reads the store only)
@@ -1197,9 +1174,7 @@ class Client:
         """FOR THE BLINDNESS AUDIT ONLY (``sottovoce audit blindness``); never for apps.
 
         This device's private key material, labelled, so the audit kit can prove
-        none of it reached the server. The Olm account and the sessions loaded
-        in memory come as vodozemac pickles under the formality pickle key
-        (pairwise/account.py); ``sottovoce.audit_kit.keys`` unpacks them.
+        none of it reached the server; the Olm and MLS parts come from their owners.
         """
         out = [
             ("account key", self.identity.account_key.private_bytes()),
@@ -1209,28 +1184,11 @@ class Client:
         mls_key = getattr(self.identity, "mls_key", None)
         if mls_key is not None:
             out.append(("mls signature key", mls_key.private_bytes()))
-        olm = self._sessions.olm._vodozemac()
-        out.append(("olm account", Secret(olm.pickle(PICKLE_KEY).encode("ascii"))))
-        for (user, device), sessions in sorted(self._sessions._sessions.items()):
-            for i, session in enumerate(sessions):
-                pickle = session._session.pickle(PICKLE_KEY).encode("ascii")
-                out.append((f"olm session {user}/{device}#{i}", Secret(pickle)))
-        # MLS: each room's current epoch secrets and this member's HPKE tree keys.
-        # (The epoch authenticator is left out: audit entries may carry it on purpose.)
-        for room in getattr(getattr(self, "rooms", None), "all", list)():
-            group = getattr(room, "group", None)
-            state = getattr(group, "_state", None)  # mls/group/epoch_state.py
-            if state is None:
-                continue
-            epoch = state.epoch
-            for name in type(epoch.secrets).__dataclass_fields__:
-                value = getattr(epoch.secrets, name)
-                if isinstance(value, Secret) and name != "epoch_authenticator":
-                    out.append((f"mls room {room.room_id} {name}", value))
-            for node, key in sorted(epoch.private.keys.items()):
-                out.append((f"mls room {room.room_id} tree key node {node}", key))
+        out += self._sessions.audit_only_private_material()
+        rooms = getattr(self, "rooms", None)
+        if rooms is not None:
+            out += rooms.audit_only_private_material()
         return out
-
 
 
 def _remove_store(root: Path, created_dir: bool) -> None:

@@ -295,6 +295,8 @@ class KeyTransparency:
         self._store, self._source = store, source
         self._username, self._clock = username, clock_ms
         self._own_contact = own_devices
+        #: peers' heads compared already (sender, size, root)
+        self._compared: set[tuple[str, int, bytes]] = set()
 
     # --- reading the store ---------------------------------------------------------
 
@@ -605,9 +607,19 @@ class KeyTransparency:
 
     async def compare(self, peer: str, size: int, root: bytes) -> None:
         """A peer's message carried its head (``size``, ``root``): raise (and store) the
-        split-view alert unless the log the server shows us now extends it."""
-        if self.pins is None or size <= 0 or len(root) != HASH_SIZE:
+        split-view alert unless the log the server shows us now extends it. Each head
+        is compared once, unless the comparison failed (it is tried again later)."""
+        key = (peer, size, root)
+        if self.pins is None or size <= 0 or len(root) != HASH_SIZE or key in self._compared:
             return
+        self._compared.add(key)
+        try:
+            await self._compare(peer, size, root)
+        except BaseException:
+            self._compared.discard(key)
+            raise
+
+    async def _compare(self, peer: str, size: int, root: bytes) -> None:
         for _ in range(2):  # the log may grow between the two requests: try once more
             latest = await self.refresh()
             if size >= latest.size:

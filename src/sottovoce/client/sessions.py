@@ -31,6 +31,7 @@ from sottovoce.errors import (
 from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.succession import AccountForked
 from sottovoce.pairwise import OlmAccount, OlmEnvelope, PairwiseSession, PrekeyBundle
+from sottovoce.pairwise.account import PICKLE_KEY
 from sottovoce.secret import Secret
 
 Device = tuple[str, str]  # (username, device id)
@@ -308,3 +309,15 @@ class SessionManager:
             if sealed is not None:
                 self._olm = OlmAccount.restore(self._store.storage_key, self.device_id, sealed)
             self._olm_dirty = False
+
+    def audit_only_private_material(self) -> list[tuple[str, Secret]]:
+        """FOR THE BLINDNESS AUDIT ONLY: the Olm account and the sessions loaded in
+        memory, as vodozemac pickles under the formality pickle key
+        (pairwise/account.py); ``sottovoce.audit_kit.keys`` unpacks them."""
+        olm = self.olm._vodozemac()
+        out = [("olm account", Secret(olm.pickle(PICKLE_KEY).encode("ascii")))]
+        for (user, device), sessions in sorted(self._sessions.items()):
+            for i, session in enumerate(sessions):
+                pickle = session._session.pickle(PICKLE_KEY).encode("ascii")
+                out.append((f"olm session {user}/{device}#{i}", Secret(pickle)))
+        return out

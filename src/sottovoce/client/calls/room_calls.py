@@ -19,6 +19,7 @@ sees signals only as room ciphertext; grants name the call, never the room's con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,7 @@ from sottovoce.crypto.sign import SigningKey
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import CALL_ID_BYTES
 from sottovoce.protocol.audit import AuditAction
+from sottovoce.secret import Secret
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,15 @@ class RoomCalls:
         append_audit: AppendAudit,
         ask_grant: AskGrant,
         options: RoomCallOptions | None = None,
+        storage_key: Secret | None = None,
         rng: Random = secrets.token_bytes,
     ) -> None:
         self.me = me
-        self.options = options or RoomCallOptions()
+        options = options or RoomCallOptions()
+        if options.record_to is not None and options.storage_key is None:
+            # This device's recordings are sealed at rest with its store's key.
+            options = dataclasses.replace(options, storage_key=storage_key)
+        self.options = options
         self._key = signing_key
         self._send = send_signal
         self._leaf_keys = leaf_keys

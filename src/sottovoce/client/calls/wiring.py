@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sottovoce.calls.effects import RecordMissedCall, SendSignal
-from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, MissedCall, encode_signals
+from sottovoce.client.call_payloads import (
+    MISSED_CALL_CONTENT_TYPE,
+    MissedCall,
+    decode_signals,
+    encode_signals,
+)
 from sottovoce.client.calls.media import TurnServer
-from sottovoce.errors import RemoteError, SottovoceError
+from sottovoce.client.events import ErrorEvent
+from sottovoce.errors import DecodeError, RemoteError, SottovoceError
 from sottovoce.limits import TURN_MAX_URLS
 from sottovoce.secret import Secret
+
+if TYPE_CHECKING:
+    from sottovoce.client.calls.controller import CallController
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +128,23 @@ def turn_servers_from_wire(data: Mapping[str, Any]) -> tuple[TurnServer, ...]:
         )
     except SottovoceError:
         raise RemoteError("the server sent a TURN URL this client cannot use") from None
+
+
+def deliver_signals(
+    calls: CallController, user: str, device: str, body: bytes,
+    emit: Callable[[ErrorEvent], None],
+) -> None:
+    """Hand a decrypted call payload's signals to ``calls``; a malformed payload is an
+    error event, a late or stale signal is refused quietly (the state is unchanged)."""
+    try:
+        signals = decode_signals(body)
+    except DecodeError:
+        emit(ErrorEvent(code="bad_frame", message="a malformed call payload was skipped"))
+        return
+    for data in signals:
+        try:
+            calls.receive(from_user=user, from_device=device, data=data)
+        except SottovoceError as exc:
+            # Late or stale signals are normal (a lost race to answer). Never log the
+            # signal: it may hold an SDP.
+            log.debug("calls: signal refused: %s", exc.code)

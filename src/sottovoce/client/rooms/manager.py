@@ -41,6 +41,7 @@ from sottovoce.errors import UsageError
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction, AuditTrail
+from sottovoce.secret import Secret
 from sottovoce.sframe.mls_keys import MediaKeyManager
 
 
@@ -370,3 +371,21 @@ class RoomManager:
         for action in after:
             action()
         book.notify()
+
+    def audit_only_private_material(self) -> list[tuple[str, Secret]]:
+        """FOR THE BLINDNESS AUDIT ONLY: each room's current epoch secrets and this
+        member's HPKE tree keys (the epoch authenticator is left out: audit entries may
+        carry it on purpose)."""
+        out: list[tuple[str, Secret]] = []
+        for room in self.all():
+            state = getattr(room.group, "_state", None)  # mls/group/epoch_state.py
+            if state is None:
+                continue
+            epoch = state.epoch
+            for name in type(epoch.secrets).__dataclass_fields__:
+                value = getattr(epoch.secrets, name)
+                if isinstance(value, Secret) and name != "epoch_authenticator":
+                    out.append((f"mls room {room.room_id} {name}", value))
+            for node, key in sorted(epoch.private.keys.items()):
+                out.append((f"mls room {room.room_id} tree key node {node}", key))
+        return out
