@@ -148,8 +148,10 @@ async def test_create_makes_the_creator_the_only_member(url: str) -> None:
     assert_error(again, "room_exists")
     info = await a.request("sottovoce.room.info", {"roomId": room})
     assert info["event"] == "sottovoce.room.state"
+    # No audit entry names an admin here; no residency, no recorder until an admin sets them.
     assert info["data"] == {"roomId": room, "epoch": 0, "members": [member(a)],
-                            "tokenSet": False, "latestServerSeq": 0}
+                            "tokenSet": False, "latestServerSeq": 0,
+                            "admin": None, "residency": None, "recorder": False}
     listed = await a.request("sottovoce.rooms.list", {})
     assert listed["data"]["rooms"] == [{"roomId": room, "epoch": 0, "latestServerSeq": 0}]
     b = await registered(url)
