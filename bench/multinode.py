@@ -51,6 +51,7 @@ from bench.relay import (
     online,
 )
 from tests.integration import pgschema
+from tests.integration.serverproc import shared_kt_args
 
 
 async def phase(nodes_n: int, nats: bool, args: argparse.Namespace, root: Path) -> dict:
@@ -59,7 +60,9 @@ async def phase(nodes_n: int, nats: bool, args: argparse.Namespace, root: Path) 
     ns = f"bench{secrets.token_hex(4)}"
     servers = []
     for i in range(nodes_n):
-        extra = ["--database", dsn, "--node-id", f"node{i}"]
+        extra = ["--database", dsn, "--node-id", f"node{i}",
+                 *shared_kt_args(root / f"{nodes_n}-{int(nats)}-kt",
+                                 root / f"{nodes_n}-{int(nats)}-node{i}")]
         if nats:
             extra += ["--nats", args.nats, "--nats-namespace", ns]
         servers.append(BenchServer(root / f"{nodes_n}-{int(nats)}-node{i}", profile=None,

@@ -28,6 +28,31 @@ from types import TracebackType
 from typing import Any
 
 
+def shared_kt_args(root: Path, data_dir: Path) -> list[str]:
+    """What a node among several on one database needs to keep one key-transparency log
+    (docs/deploy.md, "Several nodes"): the same log and VRF key files as the others, and
+    here, for the tests, the same co-located witness key in its data directory (clients
+    require a cosignature; a deployment uses an independent witness instead)."""
+    import shutil
+
+    from sottovoce.server import kt_keys
+    from sottovoce.server.kt_log import local_witness_paths
+
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_key, vrf_key = root / "kt-log.key", root / "kt-vrf.key"
+    signer = kt_keys.note_key(log_key, "nodes.test/sottovoce-kt", cosigner=False,
+                              what="log key file")
+    kt_keys.vrf_key(vrf_key)
+    witness = root / "kt-colocated-witness.key"
+    kt_keys.note_key(witness, f"{signer.public.name}/colocated-witness", cosigner=True,
+                     what="witness key file")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target, _ = local_witness_paths(data_dir)
+    if not target.exists():
+        shutil.copy2(witness, target)
+    return ["--kt-log-key-file", str(log_key), "--kt-vrf-key-file", str(vrf_key)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

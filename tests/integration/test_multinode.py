@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from sottovoce.identity import RevocationStatement
 from tests.conformance.rawclient import Device, RawClient, b64, logged_in, now_ms, registered
 from tests.integration.pgschema import create_schema, drop_schema, unreachable
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerProcess, shared_kt_args
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -51,7 +51,8 @@ class Cluster:
         i = len(self.nodes)
         node = ServerProcess(self.root / f"node{i}", extra_args=[
             "--database", self.dsn, "--nats", NATS_URL, "--nats-namespace", self.namespace,
-            "--node-id", f"node{i}", *extra,
+            "--node-id", f"node{i}", *shared_kt_args(self.root / "kt", self.root / f"node{i}"),
+            *extra,
         ])
         self.nodes.append(node)
         return node

@@ -266,8 +266,12 @@ class KTService:
             return
         self._served = Served(size=size, note=note + "".join(cosigs).encode())
 
-    async def current(self) -> Served:
-        await self._refresh()
+    async def current(self, since: int = 0) -> Served:
+        """The checkpoint to serve: the newest this node knows, read again from storage
+        when a device has seen a newer one (another node signed it), so that no device
+        is ever served a head older than one it holds."""
+        held = self._served.size if self._served is not None else 0
+        await self._refresh(force=since > held)
         if self._served is None:
             raise WireFailure("kt_unavailable", "the key-transparency log has no checkpoint yet",
                               retryable=True, retry_after_ms=1000)
@@ -291,7 +295,7 @@ class KTService:
     async def head(self, session: Session, ev: KTHead, data: dict[str, Any],
                    rid: str | None) -> None:
         self._limit(session)
-        served = await self.current()
+        served = await self.current(ev.since)
         proof = await self._proof(ev.since, served.size)
         keys = self.keys()
         result = KTHeadResult(checkpoint=served.note.decode(), consistency=tuple(proof),
@@ -300,7 +304,7 @@ class KTService:
         session.reply(KT_HEAD_RESULT, result.to_wire(), rid)
 
     async def _answer(self, user: str, since: int, *, history: bool) -> bytes:
-        served = await self.current()
+        served = await self.current(since)
         if served.size == 0:
             raise WireFailure("kt_unavailable", "the key-transparency log is empty",
                               retryable=True, retry_after_ms=1000)
