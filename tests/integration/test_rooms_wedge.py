@@ -197,6 +197,40 @@ async def test_a_join_without_the_tokens_psk_is_refused_by_the_members_who_rejoi
         await close_all([alice, bob, mallory])
 
 
+async def test_a_members_unreadable_commit_is_refused_without_the_next_groupinfo(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A member's commit is a PrivateMessage the server cannot read. One of 200 random
+    bytes and no GroupInfo was once stored as the next epoch: nobody could process it,
+    and nobody could rejoin either (the room held only the previous epoch's GroupInfo),
+    so the room was wedged for good. Now a member's commit publishes the next epoch's
+    GroupInfo, signed by its certified key, or nothing is stored."""
+    alice, bob, carol = await make_accounts(server, ["alice", "bob", "carol"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("r")
+        await alice.rooms.invite("r", "bob")
+        await alice.rooms.invite("r", "carol")
+        for client in (bob, carol):
+            await client.rooms.wait_epoch(room.room_id, 2)
+        await chat(alice, bob, room.room_id, 2, "before")
+        group = carol.rooms.get(room.room_id).group
+        assert group is not None
+        current = group.group_info()  # valid and carol's, but this epoch's
+        for info in (None, secrets.token_bytes(300), current):
+            request = pr.RoomCommit(
+                roomId=room.room_id, epoch=2, messageId=secrets.token_hex(8),
+                idempotencyKey=secrets.token_hex(8), commit=secrets.token_bytes(200),
+                groupInfo=info,
+            )
+            with pytest.raises(ServerError) as err:
+                await carol._conn.request(request, frozenset({pr.ROOM_COMMITTED}))
+            assert err.value.code == "invalid_commit", err.value
+        assert await epoch_at_server(alice, room.room_id) == 2  # nothing was stored
+        await chat(alice, bob, room.room_id, 4, "after")
+    finally:
+        await close_all([alice, bob, carol])
+
+
 async def test_an_honest_joiner_by_token_is_accepted_and_sees_later_tokens(
     server: ServerProcess, tmp_path: Path
 ) -> None:
