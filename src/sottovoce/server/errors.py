@@ -45,7 +45,7 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``stale_epoch``        a room send made in an epoch that is no longer current [yes]
 ``audit_conflict``     the audit entry does not link to the stored chain head [yes]
 ``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
-``invalid_commit``     an external commit (or the GroupInfo it publishes) fails the checks the
+``invalid_commit``     an external commit (or the GroupInfo a commit publishes) fails the checks the
                        server makes with the MLS public view; nothing was stored [no]
 ``invalid_audit_entry`` an audit entry names another actor than the sending device, or is not
                        signed by the MLS key of that device's certificate [no]

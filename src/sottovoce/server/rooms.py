@@ -46,6 +46,7 @@ from sottovoce.limits import (
 )
 from sottovoce.mls.public import (
     MlsError,
+    PublicGroupInfo,
     check_external_commit,
     check_group_info,
     check_key_package,
@@ -176,6 +177,28 @@ def audit_appendage(
             "invalid_audit_entry", "the audit entry's signature does not verify"
         ) from None
     return AuditAppendage(raw, entry.index, entry.prev_hash, entry_hash(raw))
+
+
+def _check_next_group_info(
+    raw: bytes | None, key: bytes, info: PublicGroupInfo, epoch: int
+) -> None:
+    """The GroupInfo a commit into ``epoch`` publishes (what the next joiner and a
+    recovering member use): for ``epoch + 1`` of the same group, joinable by an
+    external commit, signed by ``key``."""
+    if raw is None:
+        raise WireFailure("invalid_commit", "a commit publishes the next epoch's GroupInfo")
+    try:
+        after = check_group_info(raw, signer_key=key)
+    except MlsError as exc:
+        raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
+    if (
+        after.context.epoch != epoch + 1
+        or after.context.group_id != info.context.group_id
+        or after.external_pub is None
+    ):
+        raise WireFailure(
+            "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
+        )
 
 
 class Rooms:
@@ -321,23 +344,23 @@ class Rooms:
     ) -> Awaitable[None] | None:
         session.key  # noqa: B018 -- raises unless authenticated
         external = ev.token is not None or is_external_commit(ev.commit)
-        if not external and ev.audit is None:
-            self._submit_commit(session, ev, data, rid)
-            return None
         return self._commit_checked(session, ev, data, rid, external)
 
     async def _commit_checked(
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
         external: bool,
     ) -> None:
-        """A commit with something to check first: its audit entry's author, and for an
+        """A commit with something to check first: its audit entry's author; for an
         external commit (a non-member joining with a token, or a member's resync) the
-        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token")."""
+        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token");
+        for a member's commit the GroupInfo it publishes."""
         user, device = session.key
         checked = None
         if external:
             h = None if ev.token is None else token_hash(ev.token)
             checked = await self._check_external(user, device, ev, h)
+        else:
+            await self._check_member_group_info(user, device, ev)
         audit = await self._audit_entry(ev.roomId, user, device, ev.audit)
         self._submit_commit(
             session, ev, data, rid, audit=audit, external=external, checked_epoch=checked
@@ -388,22 +411,24 @@ class Rooms:
             )
         if h is not None and not any(hmac.compare_digest(i, h) for i in commit.external_psk_ids):
             raise WireFailure("invalid_commit", "the external commit does not bind the token")
-        # The GroupInfo it publishes is what the next joiner and a recovering member use.
-        if ev.groupInfo is None:
-            raise WireFailure("invalid_commit", "an external commit publishes its GroupInfo")
-        try:
-            after = check_group_info(ev.groupInfo, signer_key=key)
-        except MlsError as exc:
-            raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
-        if (
-            after.context.epoch != epoch + 1
-            or after.context.group_id != info.context.group_id
-            or after.external_pub is None
-        ):
-            raise WireFailure(
-                "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
-            )
+        _check_next_group_info(ev.groupInfo, key, info, epoch)
         return epoch
+
+    async def _check_member_group_info(self, user: str, device: str, ev: RoomCommit) -> None:
+        """A member's commit to a room that holds an MLS GroupInfo publishes the next
+        epoch's, signed by the committer's certified key: members that cannot process
+        the commit rejoin on it (an insider's unreadable commit without one once left
+        every other member unable to rejoin). Raises ``WireFailure`` (invalid_commit)."""
+        with _as_wire(RoomRefused):
+            epoch, stored = await self.store.room_group_info(ev.roomId, user, device)
+        if ev.epoch != epoch or not stored:
+            return  # storage answers commit_conflict (or a retry's duplicate)
+        try:
+            info = check_group_info(stored)
+        except MlsError:
+            return  # the room never held a GroupInfo anyone could rejoin on
+        key = await self._certified_mls_key(user, device, "invalid_commit")
+        _check_next_group_info(ev.groupInfo, key, info, epoch)
 
     async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
         """The MLS signature key the device's certificate holds (the account key signed it:
