@@ -469,7 +469,10 @@ class MediaSession:
                     del self._generations[number]
                     await self._close_generation(other)
             self._on_event(MediaUp(generation=gen.number))
-        elif state == "failed":
+        elif state in ("failed", "closed"):
+            # A lost path (ICE consent expired, RFC 7675) closes DTLS before ICE
+            # reports "failed", so aiortc says "closed": the connection died under
+            # us (ours are marked done before we close them), and the call restarts ICE.
             await self._fail(gen, self._verify_peer(gen, after_failure=True))
 
     def _verify_peer(self, gen: _Generation, *, after_failure: bool = False) -> MediaError | None:
