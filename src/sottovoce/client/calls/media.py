@@ -86,6 +86,11 @@ OPUS_CBR_BITRATE = 32_000
 #: How long the TURN probe waits for an answer when no relay candidate was gathered.
 TURN_PROBE_TIMEOUT_S = 3.0
 ROLES = ("audio", "camera", "screen")  # the m-sections, in order
+#: A live connection is looked at every second; one that received nothing for this
+#: many looks in a row lost its path (a network change). Every sender of the peer
+#: sends RTCP every 0.5-1.5 s, muted or not, so a quiet second is never a quiet call;
+#: ICE consent freshness (RFC 7675) alone would take some 30 s to notice.
+LOST_PATH_CHECKS = 5
 
 
 class CbrOpusEncoder(OpusEncoder):
@@ -464,6 +469,7 @@ class MediaSession:
                 await self._fail(gen, mismatch)
                 return
             gen.up = True
+            gen.consumers.append(asyncio.ensure_future(self._watch(gen)))
             for number, other in list(self._generations.items()):
                 if number < gen.number:
                     del self._generations[number]
@@ -474,6 +480,23 @@ class MediaSession:
             # reports "failed", so aiortc says "closed": the connection died under
             # us (ours are marked done before we close them), and the call restarts ICE.
             await self._fail(gen, self._verify_peer(gen, after_failure=True))
+
+    async def _watch(self, gen: _Generation) -> None:
+        """Report a live connection that stopped receiving anything as down (see
+        ``LOST_PATH_CHECKS``): the call then restarts ICE on a new path."""
+        last, quiet = -1, 0
+        while not gen.done:
+            await asyncio.sleep(1.0)
+            report = await gen.pc.getStats()
+            received = sum(
+                s.bytesReceived for s in report.values() if isinstance(s, RTCTransportStats)
+            )
+            quiet = quiet + 1 if received == last else 0
+            last = received
+            if quiet >= LOST_PATH_CHECKS:
+                log.warning("call media: generation %d receives nothing", gen.number)
+                self._spawn(self._fail(gen, None))
+                return
 
     def _verify_peer(self, gen: _Generation, *, after_failure: bool = False) -> MediaError | None:
         """The certificate each DTLS handshake presented must be the signalled one."""
@@ -491,6 +514,8 @@ class MediaSession:
         return None
 
     async def _fail(self, gen: _Generation, error: MediaError | None) -> None:
+        if gen.done:
+            return  # closed already (by us, or by the other report of its end)
         if error is not None:
             log.warning("call media: generation %d failed: %s", gen.number, error.code)
         self._generations.pop(gen.number, None)
