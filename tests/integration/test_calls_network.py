@@ -10,6 +10,7 @@ uses stops carrying packets -- ends in an ICE restart, and the call goes on.
 from __future__ import annotations
 
 import asyncio
+import time
 from asyncio import selector_events
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ import aioice.stun
 import aioice.turn
 import pytest
 
-from sottovoce.calls.effects import CallState
-from sottovoce.calls.signals import IceRestartOffer
+from sottovoce.calls.effects import CallState, EndReason, SendSignal
+from sottovoce.calls.signals import Hangup, IceRestartOffer
 from sottovoce.client.calls import CallController, CallOptions, IceConfig, MediaSpec, hooks
 from sottovoce.client.calls.media import LOST_PATH_CHECKS, MediaSession
+from sottovoce.limits import TURN_CREDENTIAL_MAX_TTL_S
 from sottovoce.secret import Secret
 from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state
 
@@ -168,6 +170,29 @@ async def test_a_quiet_call_is_not_a_lost_path(net: Net) -> None:
     assert not net.signals(IceRestartOffer)
 
 
+async def test_a_hangup_that_reaches_the_peer_after_the_media_is_not_a_lost_path(
+    net: Net,
+) -> None:
+    # The hang-up's DTLS close_notify goes straight to bob; the signal takes the
+    # server's way round, here 2 s. Bob waits for it rather than restarting ICE.
+    alice = net.device("alice", "a1", LOOPBACK)
+    bob = net.device("bob", "b1", LOOPBACK)
+    await connect(net, alice, bob)
+    loop = asyncio.get_running_loop()
+
+    def slow_hangup(user: str, device: str, effect: SendSignal) -> bytes | None:
+        if isinstance(effect.signal, Hangup):
+            loop.call_later(2.0, net._deliver, user, device, effect, effect.payload)
+            return None
+        return effect.payload
+
+    net.tamper = slow_hangup
+    alice.hangup()
+    await wait_state(bob, CallState.ENDED, 10)
+    assert bob.call is not None and bob.call.reason is EndReason.PEER_HUNG_UP
+    assert bob.call.generation == 0 and not net.signals(IceRestartOffer)
+
+
 # --- the deployed coturn configuration, run for real ---------------------------------------
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "turnserver.conf"
@@ -248,3 +273,36 @@ async def test_the_deployed_coturn_takes_our_credentials_and_relays_to_no_intern
     finally:
         turn.stop()
     assert {host for host, _ in sent_to} == {"127.0.0.1"}
+
+
+async def test_an_allocation_outlives_its_credentials_expiry_while_it_is_refreshed(
+    coturn: Coturn,
+) -> None:
+    # coturn checks a credential's expiry when an allocation is made; a call that
+    # keeps its allocation refreshed goes on past the credential's 10 minutes.
+    soon = coturn.server(now_s=int(time.time()) - TURN_CREDENTIAL_MAX_TTL_S + 2)
+    assert int(soon.username.split(":")[0]) - time.time() <= 2
+    relayed, _ = await aioice.turn.create_turn_endpoint(
+        _Quiet, server_addr=("127.0.0.1", coturn.port),
+        username=soon.username, password=soon.credential.expose().decode(),
+    )  # fmt: skip
+    try:
+        client = relayed._TurnTransport__inner_protocol  # type: ignore[attr-defined]
+        await asyncio.sleep(3.5)  # the credential has expired now
+        refresh = aioice.stun.Message(
+            message_method=aioice.stun.Method.REFRESH, message_class=aioice.stun.Class.REQUEST
+        )
+        refresh.attributes["LIFETIME"] = 600
+        response, _ = await client.request_with_retry(refresh)
+        assert response.attributes["LIFETIME"] > 0
+        await client.channel_bind(0x4000, ("127.0.0.1", 9))  # a new peer's permission too
+    finally:
+        relayed.close()
+        await asyncio.sleep(0.1)
+    # A new allocation with the expired credential is refused.
+    with pytest.raises(aioice.stun.TransactionFailed) as refused:
+        await aioice.turn.create_turn_endpoint(
+            _Quiet, server_addr=("127.0.0.1", coturn.port),
+            username=soon.username, password=soon.credential.expose().decode(),
+        )  # fmt: skip
+    assert refused.value.response.attributes["ERROR-CODE"][0] == 401

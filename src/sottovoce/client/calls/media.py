@@ -89,7 +89,8 @@ ROLES = ("audio", "camera", "screen")  # the m-sections, in order
 #: A live connection is looked at every second; one that received nothing for this
 #: many looks in a row lost its path (a network change). Every sender of the peer
 #: sends RTCP every 0.5-1.5 s, muted or not, so a quiet second is never a quiet call;
-#: ICE consent freshness (RFC 7675) alone would take some 30 s to notice.
+#: ICE consent freshness (RFC 7675) would take some 30 s to notice, and aiortc then
+#: reports the connection "closed", as after the peer's hang-up.
 LOST_PATH_CHECKS = 5
 
 
@@ -475,10 +476,9 @@ class MediaSession:
                     del self._generations[number]
                     await self._close_generation(other)
             self._on_event(MediaUp(generation=gen.number))
-        elif state in ("failed", "closed"):
-            # A lost path (ICE consent expired, RFC 7675) closes DTLS before ICE
-            # reports "failed", so aiortc says "closed": the connection died under
-            # us (ours are marked done before we close them), and the call restarts ICE.
+        elif state == "failed":
+            # A path lost once up ends "closed", as does the peer's hang-up (its
+            # DTLS close_notify, ahead of the signal): _watch tells a lost path.
             await self._fail(gen, self._verify_peer(gen, after_failure=True))
 
     async def _watch(self, gen: _Generation) -> None:
@@ -487,10 +487,13 @@ class MediaSession:
         last, quiet = -1, 0
         while not gen.done:
             await asyncio.sleep(1.0)
-            report = await gen.pc.getStats()
-            received = sum(
-                s.bytesReceived for s in report.values() if isinstance(s, RTCTransportStats)
-            )
+            try:
+                report = await gen.pc.getStats()
+                received = sum(
+                    s.bytesReceived for s in report.values() if isinstance(s, RTCTransportStats)
+                )
+            except Exception:  # a connection aiortc closed: nothing more arrives
+                received = last
             quiet = quiet + 1 if received == last else 0
             last = received
             if quiet >= LOST_PATH_CHECKS:
