@@ -86,6 +86,12 @@ OPUS_CBR_BITRATE = 32_000
 #: How long the TURN probe waits for an answer when no relay candidate was gathered.
 TURN_PROBE_TIMEOUT_S = 3.0
 ROLES = ("audio", "camera", "screen")  # the m-sections, in order
+#: A live connection is looked at every second; one that received nothing for this
+#: many looks in a row lost its path (a network change). Every sender of the peer
+#: sends RTCP every 0.5-1.5 s, muted or not, so a quiet second is never a quiet call;
+#: ICE consent freshness (RFC 7675) would take some 30 s to notice, and aiortc then
+#: reports the connection "closed", as after the peer's hang-up.
+LOST_PATH_CHECKS = 5
 
 
 class CbrOpusEncoder(OpusEncoder):
@@ -464,13 +470,36 @@ class MediaSession:
                 await self._fail(gen, mismatch)
                 return
             gen.up = True
+            gen.consumers.append(asyncio.ensure_future(self._watch(gen)))
             for number, other in list(self._generations.items()):
                 if number < gen.number:
                     del self._generations[number]
                     await self._close_generation(other)
             self._on_event(MediaUp(generation=gen.number))
         elif state == "failed":
+            # A path lost once up ends "closed", as does the peer's hang-up (its
+            # DTLS close_notify, ahead of the signal): _watch tells a lost path.
             await self._fail(gen, self._verify_peer(gen, after_failure=True))
+
+    async def _watch(self, gen: _Generation) -> None:
+        """Report a live connection that stopped receiving anything as down (see
+        ``LOST_PATH_CHECKS``): the call then restarts ICE on a new path."""
+        last, quiet = -1, 0
+        while not gen.done:
+            await asyncio.sleep(1.0)
+            try:
+                report = await gen.pc.getStats()
+                received = sum(
+                    s.bytesReceived for s in report.values() if isinstance(s, RTCTransportStats)
+                )
+            except Exception:  # a connection aiortc closed: nothing more arrives
+                received = last
+            quiet = quiet + 1 if received == last else 0
+            last = received
+            if quiet >= LOST_PATH_CHECKS:
+                log.warning("call media: generation %d receives nothing", gen.number)
+                self._spawn(self._fail(gen, None))
+                return
 
     def _verify_peer(self, gen: _Generation, *, after_failure: bool = False) -> MediaError | None:
         """The certificate each DTLS handshake presented must be the signalled one."""
@@ -488,6 +517,8 @@ class MediaSession:
         return None
 
     async def _fail(self, gen: _Generation, error: MediaError | None) -> None:
+        if gen.done:
+            return  # closed already (by us, or by the other report of its end)
         if error is not None:
             log.warning("call media: generation %d failed: %s", gen.number, error.code)
         self._generations.pop(gen.number, None)
