@@ -174,8 +174,11 @@ class KTService:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
         served one (``again``: also if it is not, to refresh the cosignatures)."""
         async with self._round_lock:
-            size = await self._storage.kt_size()
+            # The newest stored checkpoint first, then the size: a size read before would
+            # be older than a checkpoint another node stored meanwhile, and a round of it
+            # would serve a smaller head than this node just took.
             await self._refresh(force=True)
+            size = await self._storage.kt_size()
             served = self._served
             if served is None or size > served.size or again:
                 self._served = await self._round(size)
@@ -269,9 +272,10 @@ class KTService:
     async def current(self, since: int = 0) -> Served:
         """The checkpoint to serve: the newest this node knows, read again from storage
         when a device has seen a newer one (another node signed it), so that no device
-        is ever served a head older than one it holds."""
+        is ever served a head older than one it holds; and while this node knows only the
+        empty log, which another node may have grown since."""
         held = self._served.size if self._served is not None else 0
-        await self._refresh(force=since > held)
+        await self._refresh(force=since > held or held == 0)
         if self._served is None:
             raise WireFailure("kt_unavailable", "the key-transparency log has no checkpoint yet",
                               retryable=True, retry_after_ms=1000)
