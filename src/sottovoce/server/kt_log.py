@@ -77,7 +77,7 @@ from sottovoce.server.kt_witness import (
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
-from sottovoce.server.storage.kt import KTWriter
+from sottovoce.server.storage.kt import AppendCache, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 
 #: Leaves per /kt/leaves request, at most.
@@ -90,6 +90,8 @@ SYNC_WAIT_S = 5.0
 WITNESS_TIMEOUT_S = 3.0
 #: How long another node's newer checkpoint may go unseen by this one.
 REFRESH_S = 1.0
+#: Answers kept for the served checkpoint, at most (about 2 KB each).
+MAX_CACHED_ANSWERS = 8192
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -129,6 +131,11 @@ class KTService:
         #: The size each remote witness last cosigned, as far as this node knows.
         self._witness_size: dict[str, int] = {}
         self._buckets = KeyedBuckets(KT_LOOKUPS_PER_MINUTE / 60, KT_LOOKUPS_BURST)
+        #: Answers built on the served checkpoint (the very note, cosignatures and all),
+        #: by (username, since, history); and the upper map nodes as of its size.
+        self._answers: dict[tuple[str, int, bool], bytes] = {}
+        self._answers_for: Served | None = None
+        self._map_cache = AppendCache()
         self._http: httpx.AsyncClient | None = None
 
     # --- keys ------------------------------------------------------------------------------
@@ -314,13 +321,24 @@ class KTService:
                               retryable=True, retry_after_ms=1000)
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
-        stores = await self._storage.kt_snapshot(user, served.size, since,
-                                                 every_version=history)
-        core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
-        note = SignedNote.decode(served.note)
-        resp = (core.history(user, note, since=since) if history
-                else core.lookup(user, note, since=since))
-        encoded = resp.encode()
+        if served is not self._answers_for:
+            self._answers, self._answers_for = {}, served
+            if self._map_cache.size != served.size:
+                self._map_cache = AppendCache(served.size)
+        answers, ask = self._answers, (user, since, history)
+        encoded = answers.get(ask)
+        if encoded is None:
+            stores = await self._storage.kt_snapshot(user, served.size, since,
+                                                     every_version=history,
+                                                     cache=self._map_cache)
+            core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
+            note = SignedNote.decode(served.note)
+            resp = (core.history(user, note, since=since) if history
+                    else core.lookup(user, note, since=since))
+            encoded = resp.encode()
+            if len(answers) >= MAX_CACHED_ANSWERS:
+                answers.clear()
+            answers[ask] = encoded
         if len(encoded) > MAX_RESPONSE_BYTES:
             raise WireFailure("kt_too_large", "this account's history does not fit one frame")
         return encoded
