@@ -135,6 +135,7 @@ class KTService:
         #: by (username, since, history); and the upper map nodes as of its size.
         self._answers: dict[tuple[str, int, bool], bytes] = {}
         self._answers_for: Served | None = None
+        self._note = SignedNote(text="", signatures=())
         self._map_cache = AppendCache()
         self._http: httpx.AsyncClient | None = None
 
@@ -323,16 +324,16 @@ class KTService:
         since = since if since <= served.size else 0
         if served is not self._answers_for:
             self._answers, self._answers_for = {}, served
+            self._note = SignedNote.decode(served.note)
             if self._map_cache.size != served.size:
                 self._map_cache = AppendCache(served.size)
-        answers, ask = self._answers, (user, since, history)
+        answers, ask, note = self._answers, (user, since, history), self._note
         encoded = answers.get(ask)
         if encoded is None:
             stores = await self._storage.kt_snapshot(user, served.size, since,
                                                      every_version=history,
                                                      cache=self._map_cache)
             core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
-            note = SignedNote.decode(served.note)
             resp = (core.history(user, note, since=since) if history
                     else core.lookup(user, note, since=since))
             encoded = resp.encode()

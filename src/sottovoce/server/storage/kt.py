@@ -59,6 +59,8 @@ _CHUNK = 400
 #: Map depths fetched per round trip while walking down to a key's entry: a map of
 #: N accounts is about log2(N) + 2 deep, so one round trip up to ~2^30 accounts.
 _DEPTH_STEP = 32
+#: The same below what the append cache knew: the path ends a few depths further down.
+_CACHED_STEP = 8
 #: The "no recovery key registered" value of an account state: an account registered
 #: before its owner committed a recovery key.
 NO_RECOVERY_KEY = bytes(32)
@@ -221,9 +223,10 @@ def _map_path(
             if rec is None or rec[:1] == b"\x10":
                 return out
             start += 1
+    step = _CACHED_STEP if start else _DEPTH_STEP
     while start <= KEY_BITS:
         wanted: dict[bytes, NodeId] = {}
-        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+        for depth in range(start, min(start + step, KEY_BITS + 1)):
             prefix = k >> (KEY_BITS - depth)
             wanted[map_node_id((depth, prefix))] = (depth, prefix)
             if depth:
@@ -238,11 +241,12 @@ def _map_path(
         if cache is not None:
             cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= CACHE_DEPTH)
         # Stop at the first depth of this step where the path ends (empty or an entry).
-        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+        for depth in range(start, min(start + step, KEY_BITS + 1)):
             rec = out.get((depth, k >> (KEY_BITS - depth)))
             if rec is None or rec[:1] == b"\x10":
                 return out
-        start += _DEPTH_STEP
+        start += step
+        step = _DEPTH_STEP
     return out  # pragma: no cover - a path ends before depth 256
 
 
