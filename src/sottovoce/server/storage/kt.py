@@ -81,12 +81,17 @@ class AppendCache:
     back, makes it start over (equal borders mean equal logs, hence equal leaves and
     map roots). ``None`` records a node known to be absent."""
 
-    __slots__ = ("border", "nodes", "size")
+    __slots__ = ("border", "labels", "leaf", "log", "nodes", "size")
 
     def __init__(self, size: int = -1) -> None:
         self.size = size
         self.border: tuple[bytes, ...] = ()
         self.nodes: dict[NodeId, bytes | None] = {}
+        #: For lookups at ``size``: log nodes (written once, never changed), the last
+        #: leaf, and VRF labels (a name's label never changes).
+        self.log: dict[NodeId, bytes] = {}
+        self.leaf: bytes | None = None
+        self.labels: dict[str, tuple[bytes, bytes]] = {}
 
     def check(self, size: int, border: tuple[bytes, ...]) -> None:
         if size != self.size or border != self.border:
@@ -304,19 +309,41 @@ def snapshot(
     """What kt/prover.py's KTLog reads to answer a lookup (``every_version``: a history)
     of ``user`` at tree size ``size`` with a consistency proof from ``since``; the upper
     map nodes from ``cache`` if it is of that size (lookups at one checkpoint share it)."""
-    beta, pi = yield from label(vrf, user, keep=False)
+    c = cache if cache is not None and cache.size == size else None
+    known = c.labels.get(user) if c is not None else None
+    beta, pi = known if known is not None else (yield from label(vrf, user, keep=False))
+    if c is not None and known is None and len(c.labels) < _MAX_LABELS:
+        c.labels[user] = (beta, pi)
     key = map_key(beta)
-    leaf = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+    leaf = c.leaf if c is not None else None
+    if leaf is None:
+        found = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+        leaf = None if found is None else blob(found[0])
+        if c is not None:
+            c.leaf = leaf
     wanted = set(root_nodes(size)) | inclusion_nodes(size - 1, size)
     wanted |= consistency_nodes(since, size)
-    nodes = yield from log_nodes(wanted)
-    path = yield from _map_path(key, size, cache if cache and cache.size == size else None)
-    n = yield from _versions(key, size)
+    nodes = {n: c.log[n] for n in wanted if n in c.log} if c is not None else {}
+    if len(nodes) < len(wanted):
+        nodes.update((yield from log_nodes(wanted - nodes.keys())))
+        if c is not None:
+            c.log.update(nodes)
+    path = yield from _map_path(key, size, c)
+    if every_version:
+        n = yield from _versions(key, size)
+        records = yield from _records(key, 0, n)
+    else:  # the latest version only: its number and record in one probe
+        last = yield one(
+            "SELECT version, state, opening, commitment FROM kt_versions "
+            "WHERE map_key=? AND epoch<? ORDER BY version DESC LIMIT 1", key, size)
+        n = 0 if last is None else int(last[0]) + 1
+        records = {} if last is None else {(key, n - 1): VersionRecord(
+            version=n - 1, state=blob(last[1]), opening=blob(last[2]),
+            commitment=blob(last[3]))}
     vwanted = set(root_nodes(n)) | (inclusion_nodes(n - 1, n) if n else set())
     vnodes = yield from _version_nodes(key, vwanted)
-    records = yield from _records(key, 0 if every_version else max(n - 1, 0), n)
     return KTStores(
-        log_nodes=nodes, leaves=_Sized(size, {} if leaf is None else {size - 1: blob(leaf[0])}),
+        log_nodes=nodes, leaves=_Sized(size, {} if leaf is None else {size - 1: leaf}),
         map_nodes=path, version_nodes=vnodes, records=records, sizes={key: n},
         labels={user: (beta, pi)},
     )
