@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.sign import ed25519_verify
@@ -83,6 +83,16 @@ def _read_key(r: Reader, length: int = _ED25519_LEN) -> bytes:
     if len(key) != length:
         raise DecodeError("key has the wrong length")
     return key
+
+
+class CertificateChecks(TypedDict, total=False):
+    """What :meth:`DeviceCertificate.verify` checks a certificate against besides the
+    clock, for the callers that pass it on: the account key and username it must be
+    bound to (each when given) and the device ids the account revoked."""
+
+    account_key: bytes | None
+    username: str | None
+    revoked_device_ids: frozenset[str] | set[str]
 
 
 def _verify_account_statement(
