@@ -18,7 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypedDict
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    Codec,
+    Reader,
+    TlsStruct,
+    WireStruct,
+    Writer,
+    tls,
+    tls_struct,
+)
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
     CertificateExpired,
@@ -95,6 +104,10 @@ class CertificateChecks(TypedDict, total=False):
     revoked_device_ids: frozenset[str] | set[str]
 
 
+#: An Ed25519 public key: ``opaque key<0..255>`` of exactly 32 bytes.
+_KEY = Codec(Writer.opaque8, _read_key)
+
+
 def _verify_account_statement(
     what: str,
     statement: DeviceCertificate | RevocationStatement | AccountDeletion,
@@ -114,8 +127,8 @@ def _verify_account_statement(
         raise IdentityError(f"{what} signature is invalid") from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DevicePublicKeys:
+@tls_struct
+class DevicePublicKeys(TlsStruct):
     """Every public key of one device.
 
     * ``signing_key``: Ed25519, authenticates the device to the server, signs prekeys;
@@ -125,25 +138,10 @@ class DevicePublicKeys:
       until the device joins rooms).
     """
 
-    signing_key: bytes
-    olm_identity_key: bytes
-    olm_signing_key: bytes
-    mls_signature_key: bytes = b""
-
-    def write(self, w: Writer) -> None:
-        w.opaque8(self.signing_key)
-        w.opaque8(self.olm_identity_key)
-        w.opaque8(self.olm_signing_key)
-        w.opaque_v(self.mls_signature_key)
-
-    @classmethod
-    def read(cls, r: Reader) -> DevicePublicKeys:
-        return cls(
-            signing_key=_read_key(r),
-            olm_identity_key=_read_key(r),
-            olm_signing_key=_read_key(r),
-            mls_signature_key=r.opaque_v(),
-        )
+    signing_key: bytes = tls(_KEY)
+    olm_identity_key: bytes = tls(_KEY)
+    olm_signing_key: bytes = tls(_KEY)
+    mls_signature_key: bytes = tls(OPAQUE_V, default=b"")
 
 
 class _SignedStatement(WireStruct):

@@ -96,6 +96,11 @@ def read_enum(r: Reader, enum: type[E], width: int = 1) -> E:
         raise DecodeError(f"unknown {enum.__name__} {value}") from None
 
 
+def enum_of(enum: type[IntEnum], width: int = 1) -> Codec:
+    """A ``uint8`` (or ``uint16``) code point that must be a known value of ``enum``."""
+    return Codec(Writer.u8 if width == 1 else Writer.u16, lambda r: read_enum(r, enum, width))
+
+
 @tls_struct
 class Extension(TlsStruct):
     """RFC 9420 §7.2: ``uint16 extension_type; opaque extension_data<V>``.

@@ -7,10 +7,9 @@ been checked (:meth:`PrekeyBundle.verify`). ``SignedPrekey`` itself lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Unpack
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import TlsStruct, struct_of, tls, tls_struct
 from sottovoce.errors import IdentityError, PrekeyBundleError
 from sottovoce.identity.certificates import CertificateChecks, DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
@@ -29,12 +28,12 @@ def verify_certificate(
         raise PrekeyBundleError(f"{what} certificate rejected: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrekeyBundle(WireStruct):
+@tls_struct
+class PrekeyBundle(TlsStruct):
     """What the directory hands out for one device: its certificate and one prekey."""
 
-    certificate: DeviceCertificate
-    prekey: SignedPrekey
+    certificate: DeviceCertificate = tls(struct_of(DeviceCertificate))
+    prekey: SignedPrekey = tls(struct_of(SignedPrekey))
 
     def verify(self, *, now_ms: int, **checks: Unpack[CertificateChecks]) -> None:
         """Check the certificate (signature, binding, expiry, revocation) and the prekey.
@@ -43,11 +42,3 @@ class PrekeyBundle(WireStruct):
         """
         verify_certificate(self.certificate, "device", now_ms=now_ms, **checks)
         self.prekey.verify(self.certificate)
-
-    def write(self, w: Writer) -> None:
-        self.certificate.write(w)
-        self.prekey.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> PrekeyBundle:
-        return cls(certificate=DeviceCertificate.read(r), prekey=SignedPrekey.read(r))
