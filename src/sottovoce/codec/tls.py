@@ -242,6 +242,12 @@ class Reader:
         return read(self)
 
 
+#: The untyped errors a careless reader can raise on hostile or damaged input (an
+#: out-of-range enum value, a missing table key, ...); whoever decodes turns them into
+#: one typed error.
+READER_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError)
+
+
 def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
     w = Writer()
     write(w, value)
@@ -251,8 +257,7 @@ def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
 def decode(read: Callable[[Reader], T], data: bytes) -> T:
     """Decode ``data`` completely with ``read``; only ``DecodeError`` escapes.
 
-    Errors a careless reader could raise on hostile input (an out-of-range
-    enum value, say) are turned into ``DecodeError`` here, once.
+    :data:`READER_ERRORS` are turned into ``DecodeError`` here, once.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UsageError("decode expects bytes")
@@ -264,7 +269,7 @@ def decode(read: Callable[[Reader], T], data: bytes) -> T:
         r.finish()
     except DecodeError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError) as exc:
+    except (*READER_ERRORS, RecursionError) as exc:
         # RecursionError: hostile nesting must not escape as an untyped error from a
         # reader that recurses.
         raise DecodeError(f"malformed input ({type(exc).__name__})") from None
