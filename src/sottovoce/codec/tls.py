@@ -371,6 +371,12 @@ class TlsStruct(WireStruct):
         for name, write in zip(self._tls_names, self._tls_writers, strict=True):
             write(w, getattr(self, name))
 
+    def _write_fields(self, w: Writer, count: int) -> None:
+        """Write the first ``count`` fields only (what a struct's signature covers, say)."""
+        names, writers = self._tls_names[:count], self._tls_writers[:count]
+        for name, write in zip(names, writers, strict=True):
+            write(w, getattr(self, name))
+
     @classmethod
     def read(cls, r: Reader) -> Self:
         values = [read(r) for read in cls._tls_readers]  # in wire order
