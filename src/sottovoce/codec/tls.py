@@ -362,26 +362,24 @@ class TlsStruct(WireStruct):
     written once and ``write`` and ``read`` cannot disagree."""
 
     __slots__ = ()
-    #: Bound by :func:`tls_struct`: the field names, and their writers and readers, in order.
-    _tls_names: ClassVar[tuple[str, ...]] = ()
-    _tls_writers: ClassVar[tuple[Callable[[Writer, Any], None], ...]] = ()
-    _tls_readers: ClassVar[tuple[Callable[[Reader], Any], ...]] = ()
+    #: Bound by :func:`tls_struct`: each field's name with its writer, and with its
+    #: reader, in wire order.
+    _tls_writers: ClassVar[tuple[tuple[str, Callable[[Writer, Any], None]], ...]] = ()
+    _tls_readers: ClassVar[tuple[tuple[str, Callable[[Reader], Any]], ...]] = ()
 
     def write(self, w: Writer) -> None:
-        for name, write in zip(self._tls_names, self._tls_writers, strict=True):
+        for name, write in self._tls_writers:
             write(w, getattr(self, name))
 
     def _write_fields(self, w: Writer, count: int) -> None:
         """Write the first ``count`` fields only (what a struct's signature covers, say)."""
-        names, writers = self._tls_names[:count], self._tls_writers[:count]
-        for name, write in zip(names, writers, strict=True):
+        for name, write in self._tls_writers[:count]:
             write(w, getattr(self, name))
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        values = [read(r) for read in cls._tls_readers]  # in wire order
         make: Callable[..., Self] = cls
-        return make(**dict(zip(cls._tls_names, values, strict=True)))
+        return make(**{name: read(r) for name, read in cls._tls_readers})  # in wire order
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(tls,))
@@ -395,7 +393,6 @@ def tls_struct(cls: C) -> C:
     missing = [f.name for f in fields if _TLS not in f.metadata]
     if missing:
         raise TypeError(f"{made.__name__}: fields {missing} are not declared with tls()")
-    made._tls_names = tuple(f.name for f in fields)
-    made._tls_writers = tuple(f.metadata[_TLS].write for f in fields)
-    made._tls_readers = tuple(f.metadata[_TLS].read for f in fields)
+    made._tls_writers = tuple((f.name, f.metadata[_TLS].write) for f in fields)
+    made._tls_readers = tuple((f.name, f.metadata[_TLS].read) for f in fields)
     return cast(C, made)

@@ -177,7 +177,7 @@ class _SignedStatement(TlsStruct):
         """The bytes each key signs."""
         w = Writer()
         w.opaque8(self._DOMAIN)
-        self._write_fields(w, len(self._tls_names) - len(self._SIGNATURES))
+        self._write_fields(w, len(self._tls_writers) - len(self._SIGNATURES))
         return w.getvalue()
 
 
