@@ -20,13 +20,13 @@ from typing import IO, Any
 
 from sottovoce import __version__
 from sottovoce.cli.program import command_name
+from sottovoce.cli.session import subcommand
 from sottovoce.errors import UsageError
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
 
 LOCK_FILE = "server.lock"
 
 EXAMPLE = f"""\
-examples:
   sottovoce server
       listen on ws://127.0.0.1:{DEFAULT_PORT}, data in the user data directory
   sottovoce server --port 9000 --data-dir ./relay-data --retention-days 7
@@ -50,14 +50,7 @@ endpoints: WebSocket ws://HOST:PORT/v3/ws; GET /healthz (JSON); GET /metrics (Pr
 """
 
 
-def add_commands(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "server",
-        help="run the relay server (embedded SQLite, no set-up)",
-        description="Run the sottovoce blind relay: it stores and forwards ciphertext only.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help=f"TOML config file (also ${CONFIG_ENV})")
     for opt in OPTIONS:
@@ -75,7 +68,15 @@ def add_commands(sub: Any) -> None:
         p.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, default=None,
                        action="append" if opt.repeat else "store",
                        help=f"{opt.help}; env {opt.env}")
-    p.set_defaults(func=run)
+
+
+def add_commands(sub: Any) -> None:
+    subcommand(
+        sub, "server",
+        help="run the relay server (embedded SQLite, no set-up)",
+        description="Run the sottovoce blind relay: it stores and forwards ciphertext only.",
+        example=EXAMPLE, heading="examples", func=run, options=_server_options,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
