@@ -452,8 +452,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             hit = stored.get(key)
             if hit is not None:
                 conv, mid, seq, rec = hit
-                results[i] = (SendOutcome(conv, mid, req.idempotency_key, seq, rec,
-                                          True, ()), None)
+                results[i] = (req.retried(conv, mid, seq, rec), None)
                 continue
             j = first_in_batch.get(key)
             if j is not None:
@@ -561,8 +560,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
         )
         if row is None:
             return None
-        return SendOutcome(row[0], row[1], req.idempotency_key, int(row[2]), int(row[3]),
-                           True, ())
+        return req.retried(row[0], row[1], int(row[2]), int(row[3]))
 
     async def _store_fresh(
         self,
@@ -671,8 +669,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
                 StoredFrame(user, device, dev_first[di] + r, pre + seq_text + post)
                 for user, device, di, r, pre, post in targets
             )
-            results[i] = (SendOutcome(req.conversation_id, req.message_id, req.idempotency_key,
-                                      seq, received, False, frames), None)
+            results[i] = (req.stored(seq, received, frames), None)
 
     # --- short writes and reads (pool) -----------------------------------------------
 
