@@ -21,6 +21,7 @@ from typing import IO, Any
 from sottovoce import __version__
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import subcommand
+from sottovoce.client.store import exclusive_lock
 from sottovoce.errors import UsageError
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
 
@@ -106,28 +107,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
-    """Hold an exclusive lock on the data directory for the life of this process.
-
-    The kernel drops the lock when the process ends, however it ends, so a crash
-    never leaves a stale lock behind.
-    """
+    """Hold an exclusive lock on the data directory for the life of this process."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held until exit
+        handle = exclusive_lock(data_dir / LOCK_FILE)
     except OSError as exc:
         raise UsageError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
-    try:
-        import fcntl  # POSIX; elsewhere the second server is not detected
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # pragma: no cover - non-POSIX
-        pass
-    except OSError:
-        handle.close()
+    if handle is None:
         raise UsageError(
             f"another sottovoce server is already running on the data directory {data_dir}\n"
             "stop it first, or give this one its own --data-dir"
-        ) from None
+        )
     return handle
 
 
