@@ -118,6 +118,7 @@ from sottovoce.server.errors import (
     CLOSE_ABUSE,
     CLOSE_ACCOUNT_DELETED,
     CLOSE_GOING_AWAY,
+    RateLimited,
     WireFailure,
 )
 from sottovoce.server.fanout import FanoutPorts, make_fanout
@@ -529,9 +530,7 @@ class ServerApp:
             else:
                 wait = session.bucket.take()
             if wait:
-                raise WireFailure(
-                    "rate_limited", "too many requests", retryable=True, retry_after_ms=wait
-                )
+                raise RateLimited("too many requests", wait)
             # Sends take the fast validator (same acceptance, see sendview.py).
             ev = parse_send(data) if cls is Send else cls.from_data(data)
             result = self._handlers[cls](session, ev, data, rid)

@@ -100,3 +100,11 @@ class StorageError(WireFailure):
 
     def __init__(self, message: str = "storage unavailable") -> None:
         super().__init__("unavailable", message, retryable=True, retry_after_ms=500)
+
+
+class RateLimited(WireFailure):
+    """A token bucket is empty: ``message`` says what came too often, ``wait_ms`` when to
+    try again."""
+
+    def __init__(self, message: str, wait_ms: int) -> None:
+        super().__init__("rate_limited", message, retryable=True, retry_after_ms=wait_ms)

@@ -101,7 +101,7 @@ from sottovoce.protocol.rooms import (
     token_hash,
 )
 from sottovoce.server.directory import Directory
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure
 from sottovoce.server.frames import stored_ack_text
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
@@ -653,9 +653,7 @@ class Rooms:
             self._join_requests_by_room.take(h.hex())
         )
         if wait:
-            raise WireFailure(
-                "rate_limited", "too many join requests", retryable=True, retry_after_ms=wait
-            )
+            raise RateLimited("too many join requests", wait)
         key = await self._certified_mls_key(user, device, "invalid_key_package")
         try:
             kp = decode_key_package(ev.keyPackage)
