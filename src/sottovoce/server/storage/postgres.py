@@ -198,6 +198,14 @@ class _IdempotencyRace(Exception):
 _Pending = tuple[SendRequest, AppendCallback]
 
 
+async def _close_gracefully(closable: Any) -> None:
+    """Close a connection or pool, waiting at most 5 s; if that fails, tear it down."""
+    try:
+        await asyncio.wait_for(closable.close(), timeout=5)
+    except _TRANSIENT:
+        closable.terminate()
+
+
 class PostgresStorage(SharedStorage, PostgresRooms):
     def __init__(
         self,
@@ -284,10 +292,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             self._writer_conn.terminate()
             self._writer_conn = None
         if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), timeout=5)
-            except _TRANSIENT:
-                self._pool.terminate()
+            await _close_gracefully(self._pool)
             self._pool = None
 
     async def close(self) -> None:
@@ -299,10 +304,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             await self._writer  # drains what was queued before close
         await self._drain_rooms()
         if self._writer_conn is not None:
-            try:
-                await asyncio.wait_for(self._writer_conn.close(), timeout=5)
-            except _TRANSIENT:
-                self._writer_conn.terminate()
+            await _close_gracefully(self._writer_conn)
             self._writer_conn = None
         await self._close_connections()
 
