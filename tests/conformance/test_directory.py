@@ -51,6 +51,8 @@ async def test_lookup_of_unknown_user(url: str) -> None:
     b = await registered(url)
     reply = await b.request("sottovoce.directory.lookup", {"username": "no" + secrets.token_hex(4)})
     assert_error(reply, "unknown_user")
+    reply = await b.request("sottovoce.prekeys.claim", {"username": "no" + secrets.token_hex(4)})
+    assert_error(reply, "unknown_user")
 
 
 async def test_add_device_requires_the_account_key(url: str) -> None:

@@ -761,20 +761,17 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self.directory.account(ev.username) is None:
-            raise WireFailure("unknown_user", "no such user")
-        one_time = self.key_claims.one_time("prekey", session.key[0], ev.username)
+        one_time = await self.directory.one_time_claims(
+            self.key_claims, "prekey", session.key[0], ev.username
+        )
         claimed = await self.directory.claim(ev.username, session.key, one_time=one_time)
         session.reply(PREKEY_BUNDLES, {
             "username": ev.username,
             # PrekeyBundle.encode() is the certificate's encoding followed by the prekey's.
             "bundles": [b64(c.certificate + c.prekey) for c in claimed],
         }, rid)
-        for c in claimed:
-            if c.remaining < self.config.prekey_low_watermark:
-                self.presence.notice(
-                    (ev.username, c.device_id), frame(PREKEYS_LOW, {"remaining": c.remaining})
-                )
+        self.presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+                                 self.config.prekey_low_watermark, PREKEYS_LOW)
 
     async def _push_register(
         self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None

@@ -25,6 +25,7 @@ from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.limits import MAX_PREKEYS_PER_DEVICE
 from sottovoce.server.errors import WireFailure
+from sottovoce.server.ratelimit import ClaimLimits
 from sottovoce.server.storage.base import (
     AccountRecord,
     ClaimedPrekey,
@@ -101,6 +102,15 @@ class Directory:
         if self.on_change is not None:
             self.on_change(user_id)
         return await self.account(user_id)
+
+    async def one_time_claims(
+        self, limits: ClaimLimits, kind: str, requester: str, target: str
+    ) -> bool:
+        """Whether ``requester`` may take ``target``'s one-time keys of ``kind`` now (see
+        :class:`ClaimLimits`); ``unknown_user`` if ``target`` has no account."""
+        if await self.account(target) is None:
+            raise WireFailure("unknown_user", "no such user")
+        return limits.one_time(kind, requester, target)
 
     async def exists(self, user_id: str) -> bool:
         """Whether the name is taken (a deleted account's tombstone keeps it taken)."""

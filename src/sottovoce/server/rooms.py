@@ -61,7 +61,7 @@ from sottovoce.protocol.audit import (
     check_signature,
     entry_hash,
 )
-from sottovoce.protocol.events import ClientEvent, frame
+from sottovoce.protocol.events import ClientEvent
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
     KEYPACKAGE_BUNDLES,
@@ -286,10 +286,10 @@ class Rooms:
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self._directory.account(ev.username) is None:
-            raise WireFailure("unknown_user", "no such user")
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
-        one_time = self._key_claims.one_time("keypackage", session.key[0], ev.username)
+        one_time = await self._directory.one_time_claims(
+            self._key_claims, "keypackage", session.key[0], ev.username
+        )
         claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
@@ -297,11 +297,8 @@ class Rooms:
                 {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
             ],
         }, rid)
-        for c in claimed:
-            if c.remaining < KEY_PACKAGES_LOW_WATERMARK:
-                self._presence.notice(
-                    (ev.username, c.device_id), frame(KEYPACKAGES_LOW, {"remaining": c.remaining})
-                )
+        self._presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+                                  KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW)
 
     # --- rooms ---------------------------------------------------------------------------
 
