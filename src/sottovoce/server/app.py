@@ -600,8 +600,7 @@ class ServerApp:
                           ev.signature)
         check_recovery_key(ev.recoveryKey, cert.account_key)
         await self.directory.register(cert, ev.certificate, now, ev.recoveryKey)
-        self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
-        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
+        await self._registered(session, cert, rid, "account.registered")
 
     async def _add_device(
         self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
@@ -621,9 +620,8 @@ class ServerApp:
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
-        self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
         self.presence.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
-        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
+        await self._registered(session, cert, rid, "device.added")
 
     async def _recertified_login(
         self, session: Session, ev: AddDevice, cert: DeviceCertificate, nonce: bytes, now: int,
@@ -640,7 +638,13 @@ class ServerApp:
         dev = rec.device(cert.device_id)
         if dev is None or dev.revoked or dev.certificate != ev.certificate:
             raise WireFailure("invalid_certificate", "certificate is not the ruling one")
-        self.log.info("device.recertified", userId=cert.username, deviceId=cert.device_id)
+        await self._registered(session, cert, rid, "device.recertified")
+
+    async def _registered(
+        self, session: Session, cert: DeviceCertificate, rid: str | None, event: str
+    ) -> None:
+        """A register or device.add went through: ``event`` to the log, and the device in."""
+        self.log.info(event, userId=cert.username, deviceId=cert.device_id)
         await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
