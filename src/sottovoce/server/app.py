@@ -851,24 +851,18 @@ def address_key(remote: str) -> str:
 
 def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
     """Embedded SQLite in the data directory, or PostgreSQL when ``database`` is set."""
+    tuning: dict[str, Any] = {
+        "logger": logger,
+        "commit_window_ms": config.commit_window_ms,
+        "max_batch": config.max_batch,
+        "limits": config.inbox_limits,
+    }
     if config.database is not None:
         # Imported here: asyncpg is needed only by deployments that use it.
         from sottovoce.server.storage.postgres import PostgresStorage
 
-        return PostgresStorage(
-            config.database,
-            logger=logger,
-            commit_window_ms=config.commit_window_ms,
-            max_batch=config.max_batch,
-            limits=config.inbox_limits,
-        )
-    return SqliteStorage(
-        config.db_path,
-        logger=logger,
-        commit_window_ms=config.commit_window_ms,
-        max_batch=config.max_batch,
-        limits=config.inbox_limits,
-    )
+        return PostgresStorage(config.database, **tuning)
+    return SqliteStorage(config.db_path, **tuning)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
