@@ -96,6 +96,9 @@ async def test_prekey_not_signed_by_the_device_is_refused(url: str) -> None:
     keys = olm.new_one_time_keys(other, 1)
     reply = await a.request("sottovoce.prekeys.upload", {"oneTimeKeys": [b64(keys[0].encode())]})
     assert_error(reply, "invalid_prekey")
+    reply = await a.request("sottovoce.prekeys.upload", {"oneTimeKeys": [b64(b"\x01junk")]})
+    assert_error(reply, "invalid_prekey")
+    assert "does not decode" in reply["data"]["message"]
 
 
 async def test_revoked_device_leaves_the_directory_and_its_socket(url: str) -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from sottovoce.errors import DecodeError, PrekeyBundleError
+from sottovoce.errors import PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.limits import MAX_PREKEYS_PER_DEVICE
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import WireFailure, decoded
 from sottovoce.server.ratelimit import ClaimLimits
 from sottovoce.server.storage.base import (
     AccountRecord,
@@ -39,10 +39,7 @@ from sottovoce.server.storage.base import (
 
 def verify_prekey(raw: bytes, cert: DeviceCertificate, *, fallback: bool) -> SignedPrekey:
     """Decode an uploaded prekey and check the device signed it for this slot."""
-    try:
-        pk = SignedPrekey.decode(raw)
-    except DecodeError:
-        raise WireFailure("invalid_prekey", "prekey does not decode") from None
+    pk = decoded(SignedPrekey.decode, raw, "invalid_prekey", "prekey")
     if pk.fallback != fallback:
         raise WireFailure("invalid_prekey", "prekey fallback flag does not match its slot")
     try:

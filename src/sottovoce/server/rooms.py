@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
     JOIN_REQUESTS_PER_DEVICE_BURST,
@@ -101,7 +100,7 @@ from sottovoce.protocol.rooms import (
     token_hash,
 )
 from sottovoce.server.directory import Directory
-from sottovoce.server.errors import RateLimited, WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure, decoded
 from sottovoce.server.frames import stored_ack_text
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
@@ -157,10 +156,7 @@ def audit_appendage(
     the room, names the sender as its actor, states the MLS signature key of the sender's
     certificate and is signed by it. The linkage is checked in the storage transaction.
     Whether it is bound to the epoch's authenticator only members can check."""
-    try:
-        entry = AuditEntry.decode(raw)
-    except DecodeError:
-        raise WireFailure("bad_request", "audit entry does not decode") from None
+    entry = decoded(AuditEntry.decode, raw, "bad_request", "audit entry")
     if entry.room_id != room_id:
         raise WireFailure("bad_request", "audit entry belongs to another room")
     if (entry.actor_user_id, entry.actor_device_id) != (user, device):
