@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
     JOIN_REQUESTS_PER_DEVICE_BURST,
@@ -62,7 +61,7 @@ from sottovoce.protocol.audit import (
     check_signature,
     entry_hash,
 )
-from sottovoce.protocol.events import ClientEvent, frame
+from sottovoce.protocol.events import ClientEvent
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
     KEYPACKAGE_BUNDLES,
@@ -102,7 +101,7 @@ from sottovoce.protocol.rooms import (
     token_hash,
 )
 from sottovoce.server.directory import Directory
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure, decoded
 from sottovoce.server.frames import stored_ack_text
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
@@ -158,10 +157,7 @@ def audit_appendage(
     the room, names the sender as its actor, states the MLS signature key of the sender's
     certificate and is signed by it. The linkage is checked in the storage transaction.
     Whether it is bound to the epoch's authenticator only members can check."""
-    try:
-        entry = AuditEntry.decode(raw)
-    except DecodeError:
-        raise WireFailure("bad_request", "audit entry does not decode") from None
+    entry = decoded(AuditEntry.decode, raw, "bad_request", "audit entry")
     if entry.room_id != room_id:
         raise WireFailure("bad_request", "audit entry belongs to another room")
     if (entry.actor_user_id, entry.actor_device_id) != (user, device):
@@ -309,10 +305,10 @@ class Rooms:
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self._directory.account(ev.username) is None:
-            raise WireFailure("unknown_user", "no such user")
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
-        one_time = self._key_claims.one_time("keypackage", session.key[0], ev.username)
+        one_time = await self._directory.one_time_claims(
+            self._key_claims, "keypackage", session.key[0], ev.username
+        )
         claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
@@ -320,11 +316,8 @@ class Rooms:
                 {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
             ],
         }, rid)
-        for c in claimed:
-            if c.remaining < KEY_PACKAGES_LOW_WATERMARK:
-                self._presence.notice(
-                    (ev.username, c.device_id), frame(KEYPACKAGES_LOW, {"remaining": c.remaining})
-                )
+        self._presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+                                  KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW)
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -678,9 +671,7 @@ class Rooms:
             self._join_requests_by_room.take(h.hex())
         )
         if wait:
-            raise WireFailure(
-                "rate_limited", "too many join requests", retryable=True, retry_after_ms=wait
-            )
+            raise RateLimited("too many join requests", wait)
         key = await self._certified_mls_key(user, device, "invalid_key_package")
         try:
             kp = decode_key_package(ev.keyPackage)
