@@ -346,8 +346,8 @@ class MediaSession:
     async def apply_answer(
         self, generation: int, remote_sdp: str, expected: tuple[Fingerprint, ...]
     ) -> None:
-        gen = self._generations.get(generation)
-        if gen is None or gen.done:
+        gen = self._live(generation)
+        if gen is None:
             return
         gen.expected = self._check_remote(remote_sdp, expected)
         await gen.pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "answer"))
@@ -356,8 +356,8 @@ class MediaSession:
         self, generation: int, candidates: tuple[tuple[str, str], ...], complete: bool
     ) -> None:
         """Trickled candidates (RFC 8838) from the peer; aiortc gathers ours all at once."""
-        gen = self._generations.get(generation)
-        if gen is None or gen.done:
+        gen = self._live(generation)
+        if gen is None:
             return
         mids = [t.mid for t in gen.pc.getTransceivers()]
         for mid, line in candidates:
@@ -371,6 +371,11 @@ class MediaSession:
             await gen.pc.addIceCandidate(candidate)
         if complete:
             await gen.pc.addIceCandidate(None)
+
+    def _live(self, generation: int) -> _Generation | None:
+        """The connection of ``generation``, unless it is gone or closing (a late signal)."""
+        gen = self._generations.get(generation)
+        return None if gen is None or gen.done else gen
 
     def _check_remote(
         self, remote_sdp: str, expected: tuple[Fingerprint, ...]
