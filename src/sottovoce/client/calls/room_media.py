@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from sottovoce.calls.errors import StreamBindingError
 from sottovoce.calls.frames import Codec
-from sottovoce.calls.janus import SfuError
+from sottovoce.calls.janus import JanusReply, SfuError
 from sottovoce.calls.media_keys import Device
 from sottovoce.client.calls import hooks
 from sottovoce.client.calls.e2ee import (
@@ -297,16 +297,8 @@ class SfuMedia(RoomMedia):
         :class:`~sottovoce.calls.janus.SfuUnauthorized` without a valid grant."""
         janus = await JanusSession.connect(self.access.url)
         self._janus = janus
-        handle = await janus.attach()
-        joined = await janus.message(
-            handle,
-            {
-                "request": "join",
-                "ptype": "publisher",
-                "room": self.access.room,
-                "id": self.access.feed_id,
-                "token": self.access.token,
-            },
+        handle, joined = await self._join(
+            janus, "publisher", id=self.access.feed_id, token=self.access.token
         )
         private_id = joined.data.get("private_id")
         if not isinstance(private_id, int) or isinstance(private_id, bool):
@@ -317,9 +309,7 @@ class SfuMedia(RoomMedia):
         self._publisher = peer
         peer.tracks = self._add_send_sections(pc, "sendonly")
         offer = await self._set_local(pc, await pc.createOffer())
-        reply = await janus.message(
-            handle, {"request": "publish"}, jsep={"type": "offer", "sdp": offer, "e2ee": True}
-        )
+        reply = await janus.message(handle, {"request": "publish"}, jsep=_jsep("offer", offer))
         if reply.jsep is None or reply.jsep.get("type") != "answer":
             raise SfuError("the SFU did not answer the publication")
         answer = clean_sdp(reply.jsep["sdp"])
@@ -334,16 +324,8 @@ class SfuMedia(RoomMedia):
             raise MediaError("publish first: subscriptions need the publisher's private id")
         if device in self._subscriptions:
             await self.unsubscribe(device)
-        handle = await janus.attach()
-        reply = await janus.message(
-            handle,
-            {
-                "request": "join",
-                "ptype": "subscriber",
-                "room": self.access.room,
-                "streams": [{"feed": feed_id}],
-                "private_id": self._private_id,
-            },
+        handle, reply = await self._join(
+            janus, "subscriber", streams=[{"feed": feed_id}], private_id=self._private_id
         )
         if reply.jsep is None or reply.jsep.get("type") != "offer":
             raise SfuError("the SFU did not offer the feed")
@@ -375,14 +357,20 @@ class SfuMedia(RoomMedia):
             local.sdp.replace("a=setup:active", "a=setup:passive"), "answer"
         )
         answer = await self._set_local(pc, passive)
-        await janus.message(
-            handle, {"request": "start"}, jsep={"type": "answer", "sdp": answer, "e2ee": True}
-        )
+        await janus.message(handle, {"request": "start"}, jsep=_jsep("answer", answer))
         # Ask for a keyframe at once rather than wait for the publisher's next one:
         # the first packets that arrive carry the request back (PLI, RFC 4585 §6.3.1).
         for guard in peer.guards:
             if guard.track is not Track.AUDIO:
                 guard.request_keyframe()
+
+    async def _join(
+        self, janus: JanusSession, ptype: str, **fields: object
+    ) -> tuple[int, JanusReply]:
+        """A new handle, joined to the call's VideoRoom as a publisher or a subscriber."""
+        handle = await janus.attach()
+        body = {"request": "join", "ptype": ptype, "room": self.access.room, **fields}
+        return handle, await janus.message(handle, body)
 
     async def unsubscribe(self, device: Device) -> None:
         peer = self._subscriptions.pop(device, None)
@@ -399,6 +387,11 @@ class SfuMedia(RoomMedia):
         if self._janus is not None:
             await self._janus.close()
             self._janus = None
+
+
+def _jsep(kind: str, sdp: str) -> dict[str, object]:
+    """Every description we hand Janus says it is end-to-end encrypted (``require_e2ee``)."""
+    return {"type": kind, "sdp": sdp, "e2ee": True}
 
 
 def _feed_mids(streams: object) -> dict[str, str]:
