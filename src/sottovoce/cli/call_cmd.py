@@ -391,7 +391,9 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _media_options(parser: argparse.ArgumentParser) -> None:
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """--audio-only, --screen and --media: what a call sends, as :func:`media_spec` reads
+    it (`room call` takes them too)."""
     parser.add_argument(
         "--audio-only", action="store_true", help="send no camera video (an audio call)"
     )
@@ -402,6 +404,10 @@ def _media_options(parser: argparse.ArgumentParser) -> None:
         "--media", metavar="FILE",
         help="send this audio/video file instead of the default synthetic tone and pattern",
     )
+
+
+def _media_options(parser: argparse.ArgumentParser) -> None:
+    add_source_options(parser)
     add_path_options(parser)
     parser.add_argument(
         "--record-to", metavar="FILE",

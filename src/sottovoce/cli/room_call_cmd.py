@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import (
     add_path_options,
+    add_source_options,
     media_spec,
     next_or_stop,
     quiet,
@@ -234,11 +235,7 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--new", action="store_true",
                    help="start a new call even if one was started in the room")
-    p.add_argument("--audio-only", action="store_true", help="send no camera video")
-    p.add_argument("--screen", action="store_true",
-                   help="share the screen too (a test pattern when headless)")
-    p.add_argument("--media", metavar="FILE",
-                   help="send this audio/video file instead of the synthetic tone and pattern")
+    add_source_options(p)
     add_path_options(p)
     p.add_argument("--record", action="store_true",
                    help="ask everyone in the call to consent, then record what this device "
