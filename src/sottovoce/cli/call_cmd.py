@@ -294,12 +294,18 @@ def quiet(args: argparse.Namespace) -> None:
         logging.getLogger().addHandler(logging.NullHandler())
 
 
-async def _connect(client: Client, args: argparse.Namespace, options: CallOptions) -> None:
-    client.start_calls(options)  # before connecting: no ring is missed
+async def connect(client: Client, args: argparse.Namespace) -> None:
+    """Connect once the account's calls are started (so no ring or call start is
+    missed), or say plainly why the server cannot be reached."""
     try:
         await client.connect(timeout=args.timeout, fail_fast=True)
     except NotConnected as exc:
         raise unreachable(client.identity.server_url, exc) from None
+
+
+async def _connect(client: Client, args: argparse.Namespace, options: CallOptions) -> None:
+    client.start_calls(options)  # before connecting: no ring is missed
+    await connect(client, args)
     if options.ice.relay_only:
         await require_turn(client)
 

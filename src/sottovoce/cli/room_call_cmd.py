@@ -26,6 +26,7 @@ from sottovoce.cli import render
 from sottovoce.cli.call_cmd import (
     add_path_options,
     add_source_options,
+    connect,
     media_spec,
     next_or_stop,
     quiet,
@@ -39,10 +40,9 @@ from sottovoce.cli.session import (
     Connect,
     positive,
     subcommand,
-    unreachable,
     with_client,
 )
-from sottovoce.client import Client, NotConnected
+from sottovoce.client import Client
 from sottovoce.errors import SottovoceError
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command runs
@@ -177,10 +177,7 @@ def cmd_room_call(args: argparse.Namespace) -> int:
 
     async def work(client: Client) -> int:
         hub = client.start_room_calls(options)  # before connecting: a start is not missed
-        try:
-            await client.connect(timeout=args.timeout, fail_fast=True)
-        except NotConnected as exc:
-            raise unreachable(client.identity.server_url, exc) from None
+        await connect(client, args)
         if args.relay_only:  # the server's TURN credentials, or a plain error
             ice = dataclasses.replace(hub.options.ice, turn=await require_turn(client))
             hub.options = dataclasses.replace(hub.options, ice=ice)
