@@ -5,7 +5,7 @@ Local servers run once per storage backend: embedded SQLite and PostgreSQL (its
 own schema; skipped with the reason when PostgreSQL is unreachable).
 ``SOTTOVOCE_CONFORMANCE_BACKENDS=sqlite`` (comma-separated) narrows the set.
 
-Every test makes its own users with random names, so the tests of a session share
+Every test makes its own users with random names, so the conformance tests share
 one server per backend, started at its first use (a start costs more than most
 tests). A test that kills, stops or restarts the server, or whose assertions
 count over all it stores (metrics, every row of a table), is marked
@@ -92,7 +92,7 @@ def _local_server(backend: str, data_dir: Path) -> Iterator[Target]:
 
 
 class _SharedServers:
-    """One server per backend for the session, started at its first use."""
+    """One server per backend for the conformance tests, started at its first use."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -115,7 +115,7 @@ class _SharedServers:
         return target
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once the conformance tests are done
 def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_SharedServers]:
     servers = _SharedServers(tmp_path_factory.mktemp("conformance"))
     with servers.stack:
