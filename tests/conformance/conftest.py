@@ -63,14 +63,6 @@ def _ws_url(base: str) -> str:
     return base if base.endswith("/v3/ws") else base + "/v3/ws"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "fresh_server: the test gets a server of its own (it stops, kills or restarts it, "
-        "or counts over everything the server stores)",
-    )
-
-
 @contextlib.contextmanager
 def _local_server(backend: str, data_dir: Path) -> Iterator[Target]:
     if backend == "sqlite":
