@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import pytest
+
 from tests.conformance.conftest import Target, online_pair
 from tests.conformance.rawclient import (
     Device,
@@ -110,6 +112,7 @@ async def test_idempotent_retry_returns_same_ack_and_no_second_delivery(url: str
     assert third["data"]["serverSeq"] == first["data"]["serverSeq"]
 
 
+@pytest.mark.fresh_server
 async def test_ack_only_after_durable(target: Target) -> None:
     proc = target.local()
     url = target.ws_url
@@ -261,6 +264,7 @@ async def test_unknown_recipient_is_refused(url: str) -> None:
     assert_error(await a.send_message(ghost, [(ghost, "d1", b"x")]), "unknown_recipient")
 
 
+@pytest.mark.fresh_server
 async def test_a_stranger_cannot_fill_an_offline_inbox(target: Target) -> None:
     """One account once put 80 MB into another's inbox in 10 s. Now what may wait from
     a stranger (an account the recipient never wrote to) is capped, the sender is told

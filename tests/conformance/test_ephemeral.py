@@ -7,6 +7,8 @@ import asyncio
 import base64
 import secrets
 
+import pytest
+
 from tests.conformance.conftest import Target, online_pair
 from tests.conformance.rawclient import Device, logged_in, registered, unb64
 from tests.conformance.test_session import assert_error
@@ -58,6 +60,7 @@ async def test_ephemeral_to_offline_recipient_is_recipient_offline(url: str) -> 
     assert_error(reply, "recipient_offline")
 
 
+@pytest.mark.fresh_server
 async def test_ephemeral_is_never_stored(target: Target) -> None:
     url = target.ws_url
     a, b = await online_pair(url)

@@ -602,6 +602,7 @@ async def test_a_join_request_flood_is_bounded(url: str) -> None:
     assert len(notices) == MAX_PENDING_JOIN_REQUESTS
 
 
+@pytest.mark.fresh_server
 async def test_token_is_stored_only_as_its_hash(target: Target) -> None:
     proc = target.local()
     room, (a, b), _ = await make_room(target.ws_url, 2)

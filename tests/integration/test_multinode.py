@@ -1,7 +1,8 @@
 """Several server processes on one PostgreSQL and one NATS (docs/deploy.md).
 
-Each test gets a throw-away PostgreSQL schema and its own NATS subject
-namespace, so runs never hear each other. Clients speak raw KSMP v3.
+Each cluster gets a throw-away PostgreSQL schema and its own NATS subject
+namespace, so runs never hear each other; the tests of the module share one
+cluster per size. Clients speak raw KSMP v3.
 """
 
 from __future__ import annotations
@@ -65,24 +66,39 @@ class Cluster:
             node.stop()
 
 
+@pytest.fixture(scope="module")
+def _clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, tuple[Cluster, str]]]:
+    """The module's clusters (and schemas), one per size, started at first use: the tests
+    make their own random users and stop no node, and starting nodes costs more than
+    most tests."""
+    made: dict[int, tuple[Cluster, str]] = {}
+    yield made
+    for c, schema in made.values():
+        c.stop()
+        drop_schema(schema)
+
+
 @pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Callable[[int], Awaitable[Cluster]]]:
+def cluster_factory(
+    _clusters: dict[int, tuple[Cluster, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[int], Awaitable[Cluster]]:
+    """``await cluster_factory(n)``: the module's running cluster of ``n`` nodes."""
     skip_without_services()
-    made: list[tuple[Cluster, str]] = []
 
     async def make(n: int) -> Cluster:
+        if n in _clusters:
+            c = _clusters[n][0]
+            assert all(node.running for node in c.nodes), "a node of the shared cluster died"
+            return c
         schema, dsn = await asyncio.to_thread(create_schema, "sv_mn")
-        c = Cluster(tmp_path / f"c{len(made)}", dsn, f"t{secrets.token_hex(6)}")
-        made.append((c, schema))
+        c = Cluster(tmp_path_factory.mktemp(f"cluster{n}"), dsn, f"t{secrets.token_hex(6)}")
+        _clusters[n] = (c, schema)
         nodes = [c.add() for _ in range(n)]
         await asyncio.to_thread(nodes[0].start)  # the first applies the schema migrations
         await asyncio.gather(*(asyncio.to_thread(node.start) for node in nodes[1:]))
         return c
 
-    yield make
-    for c, schema in made:
-        c.stop()
-        drop_schema(schema)
+    return make
 
 
 def cts(*devices: Device) -> list[tuple[str, str, bytes]]:
