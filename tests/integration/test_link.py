@@ -398,7 +398,7 @@ async def test_cli_device_link_account_link_list_rename_and_send(
         sent = cli("send", "bob", "from the linked laptop", "--data-dir", laptop_dir)
         assert sent.returncode == 0, sent.stderr
         assert [m.text for m in await received(bob_inbox, 1)] == ["from the linked laptop"]
-        told = await listen.wait_for(r"a new device was linked to your account: (\w+)")
+        told = await listen.wait_for(r"a device was linked to your account: .*?\(id (\w+)\)")
         assert told.group(1) in mine
     finally:
         listen.proc.terminate()
@@ -466,6 +466,41 @@ def test_cli_qr_image_mistakes_are_plain(tmp_path: Path) -> None:
                "--code", "1234-5678 apple-river")
     assert both.returncode == 1 and "not both" in both.stderr
     assert not (tmp_path / "n").exists()
+
+
+async def test_an_offline_device_is_told_once_of_a_link_and_of_a_revocation(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Device B is offline while A links C, then while A revokes C: B's next command
+    says so, once; A, which did both itself, is not told."""
+    alice = await make_account(server, "alice", tmp_path)
+    second = await alice.add_device(tmp_path / "alice2", PASSPHRASE, kdf=TEST_KDF)
+    await second.refresh_own_devices()  # what B knows of its account: A and B
+    await second.close()
+    laptop, _ = await linked_device(server, tmp_path, Existing(alice), by_qr)
+    laptop_id = laptop.device_id
+    await asyncio.gather(laptop.close(), alice.close())
+    alice_dir, second_dir = str(tmp_path / "alice"), str(tmp_path / "alice2")
+
+    def told(data_dir: str, what: str) -> list[str]:
+        done = cli("device", "list", "--data-dir", data_dir)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return [line for line in done.stderr.splitlines() if what in line]
+
+    linked = told(second_dir, "a device was linked to your account")
+    assert len(linked) == 1, linked
+    assert f"(id {laptop_id}) on " in linked[0]
+    assert "revoke it with '" in linked[0] and f" device revoke {laptop_id}'" in linked[0]
+    assert told(second_dir, "was linked") == []  # told once
+    assert told(alice_dir, "was linked") == []  # A linked it itself
+
+    revoked = cli("device", "revoke", laptop_id, "--data-dir", alice_dir)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "was revoked" not in revoked.stderr
+    gone = told(second_dir, "was revoked")
+    assert gone == [f"! device (id {laptop_id}) was revoked from your account"]
+    assert told(second_dir, "was revoked") == []
+    assert told(alice_dir, "was revoked") == []
 
 
 def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:

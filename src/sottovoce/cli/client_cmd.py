@@ -48,15 +48,18 @@ from sottovoce.client import (
     username_available,
 )
 from sottovoce.client.connection import ws_url
+from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import KTAlertRaised
 from sottovoce.client.events import (
     DeviceLinked,
+    DeviceRevoked,
     RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
     RoomMessageReceived,
 )
 from sottovoce.client.kt import Pins, parse_vkey
+from sottovoce.client.linking import DeviceNames
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
@@ -217,8 +220,14 @@ def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
         return f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}", False
     if isinstance(event, ErrorEvent):
         return render.error_event(event), True
-    if isinstance(event, DeviceLinked):
-        return render.device_linked(event.device_id), True
+    if isinstance(event, DeviceLinked | DeviceRevoked):
+        # Stored as notices too (client/device_notices.py): shown here, they are seen.
+        store = client.linking().store
+        notices = DeviceNotices(store, client.device_id)
+        pending = [n for n in notices.pending() if n.device_id == event.device_id]
+        notices.mark_seen(event.device_id)
+        lines = render.device_notices(pending, DeviceNames(store).all(), command_name())
+        return ("\n".join(lines), True) if lines else None
     return None
 
 
