@@ -6,6 +6,8 @@
   device is told;
 * a wrong code ends the attempt, and the right code afterwards finds nothing;
 * an expired code is refused;
+* a device offline during a link, then a revocation, is told by its next command, once;
+* a picture of the QR code links like its text; a wrong picture is a plain error;
 * malformed and out-of-order linking messages get typed errors (LinkError), and the
   pre-auth exception is narrow: a joined connection may touch its mailbox only;
 * after success, failure or expiry the server holds no mailbox (/healthz).

@@ -33,6 +33,7 @@ from sottovoce.cli.session import (
     history_options,
     new_passphrase,
     run,
+    show_device_notices,
     subcommand,
     unlock,
     unreachable,
@@ -396,6 +397,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     # Before the screen opens: they stay on the terminal the chat gives back.
     for line in render.kt_alerts(client.kt.alerts(), command_name()):
         print(line, file=sys.stderr)
+    show_device_notices(client)  # a device linked or revoked since the last command
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
