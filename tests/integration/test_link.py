@@ -1,10 +1,13 @@
 """Linking a new device through the real server (docs/protocol.md §Device linking).
 
-* by the QR code's text and by the short code: the same words on both screens; the new
-  device reads a room message sent after linking, and with the history the old 1:1
-  messages; it can send 1:1 itself; the account's other device is told;
+* by the QR code's text, by a picture of the QR code and by the short code: the same
+  words on both screens; the new device reads a room message sent after linking, and
+  with the history the old 1:1 messages; it can send 1:1 itself; the account's other
+  device is told;
 * a wrong code ends the attempt, and the right code afterwards finds nothing;
 * an expired code is refused;
+* a device offline during a link, then a revocation, is told by its next command, once;
+* a picture of the QR code links like its text; a wrong picture is a plain error;
 * malformed and out-of-order linking messages get typed errors (LinkError), and the
   pre-auth exception is narrow: a joined connection may touch its mailbox only;
 * after success, failure or expiry the server holds no mailbox (/healthz).
@@ -397,13 +400,109 @@ async def test_cli_device_link_account_link_list_rename_and_send(
         sent = cli("send", "bob", "from the linked laptop", "--data-dir", laptop_dir)
         assert sent.returncode == 0, sent.stderr
         assert [m.text for m in await received(bob_inbox, 1)] == ["from the linked laptop"]
-        told = await listen.wait_for(r"a new device was linked to your account: (\w+)")
+        told = await listen.wait_for(r"a device was linked to your account: .*?\(id (\w+)\)")
         assert told.group(1) in mine
     finally:
         listen.proc.terminate()
         listen.proc.wait(10)
         await bob.close()
     await no_mailboxes(server)
+
+
+async def test_cli_account_link_by_qr_image(server: ServerProcess, tmp_path: Path) -> None:
+    """The QR code `device link` shows, as a PNG: `account link --qr-image` links with it
+    as with the pasted text."""
+    import segno
+
+    alice = await make_account(server, "alice", tmp_path)
+    await alice.close()
+    laptop_dir = str(tmp_path / "laptop")
+    existing = Proc(tmp_path / "link.out", "device", "link", "--data-dir",
+                    str(tmp_path / "alice"), stdin=True)
+    try:
+        text = (await existing.wait_for(r"linking text: (sottovoce-link:\S+)")).group(1)
+        image = tmp_path / "link-qr.png"
+        segno.make(text, error="m", micro=False).save(str(image), scale=6, border=4)
+        new = Proc(tmp_path / "new.out", "account", "link", "--data-dir", laptop_dir,
+                   "--name", "laptop", "--qr-image", str(image))
+        words = (await new.wait_for(r"This screen shows:\n +([a-z ]+)\n")).group(1)
+        shown = (await existing.wait_for(r"'laptop' \(\w+\) shows:\n +([a-z ]+)\n")).group(1)
+        assert words == shown
+        existing.answer("y\n")
+        assert await new.exit_code() == 0, new.text()
+        assert await existing.exit_code() == 0, existing.text()
+        assert "this device is 'laptop'" in new.text() and "of 'alice'" in new.text()
+        listed = cli("device", "list", "--data-dir", laptop_dir)
+        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2, listed
+    finally:
+        for proc in (existing.proc,):
+            if proc.poll() is None:
+                proc.kill()
+    await no_mailboxes(server)
+
+
+def test_cli_qr_image_mistakes_are_plain(tmp_path: Path) -> None:
+    import segno
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (200, 200), 255).save(blank)
+    other = tmp_path / "other.png"
+    segno.make("https://example.org/not-a-link", micro=False).save(str(other), scale=6)
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(blank.read_bytes()[:60])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("sottovoce-link:AAAA")
+    cases = [
+        (tmp_path / "missing.png", "no image file"),
+        (notes, "not an image"),
+        (damaged, "damaged image"),
+        (blank, "found no QR code"),
+        (other, "not a sottovoce linking code"),
+    ]
+    for path, why in cases:
+        bad = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--qr-image", str(path))
+        assert bad.returncode == 1 and why in bad.stderr, (path, bad.stderr)
+        assert "Traceback" not in bad.stderr
+    both = cli("account", "link", "--data-dir", str(tmp_path / "n"), "--qr-image", str(blank),
+               "--code", "1234-5678 apple-river")
+    assert both.returncode == 1 and "not both" in both.stderr
+    assert not (tmp_path / "n").exists()
+
+
+async def test_an_offline_device_is_told_once_of_a_link_and_of_a_revocation(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Device B is offline while A links C, then while A revokes C: B's next command
+    says so, once; A, which did both itself, is not told."""
+    alice = await make_account(server, "alice", tmp_path)
+    second = await alice.add_device(tmp_path / "alice2", PASSPHRASE, kdf=TEST_KDF)
+    await second.refresh_own_devices()  # what B knows of its account: A and B
+    await second.close()
+    laptop, _ = await linked_device(server, tmp_path, Existing(alice), by_qr)
+    laptop_id = laptop.device_id
+    await asyncio.gather(laptop.close(), alice.close())
+    alice_dir, second_dir = str(tmp_path / "alice"), str(tmp_path / "alice2")
+
+    def told(data_dir: str, what: str) -> list[str]:
+        done = cli("device", "list", "--data-dir", data_dir)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return [line for line in done.stderr.splitlines() if what in line]
+
+    linked = told(second_dir, "a device was linked to your account")
+    assert len(linked) == 1, linked
+    assert f"(id {laptop_id}) on " in linked[0]
+    assert "revoke it with '" in linked[0] and f" device revoke {laptop_id}'" in linked[0]
+    assert told(second_dir, "was linked") == []  # told once
+    assert told(alice_dir, "was linked") == []  # A linked it itself
+
+    revoked = cli("device", "revoke", laptop_id, "--data-dir", alice_dir)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "was revoked" not in revoked.stderr
+    gone = told(second_dir, "was revoked")
+    assert gone == [f"! device (id {laptop_id}) was revoked from your account"]
+    assert told(second_dir, "was revoked") == []
+    assert told(alice_dir, "was revoked") == []
 
 
 def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from sottovoce.cli.session import (
     history_options,
     new_passphrase,
     run,
+    show_device_notices,
     subcommand,
     unlock,
     unreachable,
@@ -48,15 +49,18 @@ from sottovoce.client import (
     username_available,
 )
 from sottovoce.client.connection import ws_url
+from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import KTAlertRaised
 from sottovoce.client.events import (
     DeviceLinked,
+    DeviceRevoked,
     RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
     RoomMessageReceived,
 )
 from sottovoce.client.kt import Pins, parse_vkey
+from sottovoce.client.linking import DeviceNames
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
@@ -217,8 +221,14 @@ def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
         return f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}", False
     if isinstance(event, ErrorEvent):
         return render.error_event(event), True
-    if isinstance(event, DeviceLinked):
-        return render.device_linked(event.device_id), True
+    if isinstance(event, DeviceLinked | DeviceRevoked):
+        # Stored as notices too (client/device_notices.py): shown here, they are seen.
+        store = client.linking().store
+        notices = DeviceNotices(store, client.device_id)
+        pending = [n for n in notices.pending() if n.device_id == event.device_id]
+        notices.mark_seen(event.device_id)
+        lines = render.device_notices(pending, DeviceNames(store).all(), command_name())
+        return ("\n".join(lines), True) if lines else None
     return None
 
 
@@ -387,6 +397,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     # Before the screen opens: they stay on the terminal the chat gives back.
     for line in render.kt_alerts(client.kt.alerts(), command_name()):
         print(line, file=sys.stderr)
+    show_device_notices(client)  # a device linked or revoked since the last command
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))

@@ -101,6 +101,12 @@ def cmd_device_link(args: argparse.Namespace) -> int:
 
 
 def _read_code(args: argparse.Namespace) -> str:
+    if args.code and args.qr_image:
+        raise CliError("give the code (--code) or the QR code's image (--qr-image), not both")
+    if args.qr_image:
+        from sottovoce.cli.qr_image import read_link_qr
+
+        return read_link_qr(args.qr_image)
     if args.code:
         return str(args.code)
     if not sys.stdin.isatty():
@@ -162,8 +168,9 @@ def add_account_link(account_sub: argparse._SubParsersAction[argparse.ArgumentPa
             "Link this device to an account you already use elsewhere. On the existing "
             "device run 'sottovoce device link': it shows a QR code, the same code as text "
             "(sottovoce-link:...) and a short code (1234-5678 word-word). Give either one "
-            "here with --code (or paste it when asked; scanning a QR image is not supported: "
-            "paste its text). Both screens then show the same words; confirm on the "
+            "here with --code (or paste it when asked), or give a picture of the QR code "
+            "(PNG or JPEG; a screenshot or a photo of the screen) with --qr-image. Both "
+            "screens then show the same words; confirm on the "
             "existing device. This device gets its own keys, certified by the account, the "
             "account's contacts, device names and rooms (and, if the other device chose "
             "--with-history, the message history). A wrong code ends the attempt: start "
@@ -171,7 +178,9 @@ def add_account_link(account_sub: argparse._SubParsersAction[argparse.ArgumentPa
         ),
         example=(
             "  sottovoce account link --server ws://127.0.0.1:8765 --data-dir ~/.sv-laptop "
-            "--code '1234-5678 apple-river' --name laptop"
+            "--code '1234-5678 apple-river' --name laptop\n"
+            "  sottovoce account link --data-dir ~/.sv-laptop --qr-image link-qr.png "
+            "--name laptop"
         ),
         func=cmd_account_link,
         options=account_options,
@@ -181,6 +190,8 @@ def add_account_link(account_sub: argparse._SubParsersAction[argparse.ArgumentPa
                            "the linking text names its server itself)")
     link.add_argument("--code", metavar="CODE",
                       help="the short code or the linking text (else a prompt)")
+    link.add_argument("--qr-image", metavar="FILE",
+                      help="an image (PNG, JPEG) of the QR code the existing device shows")
     link.add_argument("--name", metavar="NAME", help="this device's name (e.g. laptop)")
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
+from sottovoce.client.device_notices import LINKED, REVOKED, DeviceNotice
 from sottovoce.client.events import (
     ErrorEvent,
     KeysChanged,
@@ -251,9 +252,24 @@ def qr_terminal(payload: str | bytes) -> str:
     return out.getvalue()
 
 
-def device_linked(device_id: str) -> str:
-    return (f"! a new device was linked to your account: {safe(device_id)} "
-            "(if that was not you, revoke it)")
+def device_notices(notices: Iterable[DeviceNotice], names: Mapping[str, str],
+                   program: str = "sottovoce") -> list[str]:
+    """What every command prints of the changes of the account's devices not shown yet
+    (client/device_notices.py), and `listen` as they happen."""
+    lines = []
+    for n in notices:
+        device = safe(n.device_id)
+        label = f"{safe(names[n.device_id])} (id {device})" if n.device_id in names else (
+            f"(id {device})")
+        if n.kind == LINKED:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.at_ms / 1000))
+            lines.append(f"! a device was linked to your account: {label} on {when}; if this "
+                         f"was not you, revoke it with '{program} device revoke {device}'")
+        elif n.kind == REVOKED:
+            lines.append(f"! device {label} was revoked from your account")
+        else:
+            lines.append(f"! device {label} is no longer a device of your account")
+    return lines
 
 
 def safety_number(me: str, peer: str, sn: SafetyNumber, *, qr: bool) -> str:

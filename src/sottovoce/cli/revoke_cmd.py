@@ -32,6 +32,7 @@ from sottovoce.cli.session import (
 )
 from sottovoce.client import Client
 from sottovoce.client.connection import ws_url
+from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.store import Store
 from sottovoce.identity import validate_username
 from sottovoce.identity.succession import parse_recovery_code
@@ -62,6 +63,7 @@ def _code(args: argparse.Namespace) -> str:
 def cmd_device_revoke(args: argparse.Namespace) -> int:
     async def work(client: Client) -> str:
         await client.revoke_device(args.id)
+        DeviceNotices(client.linking().store, client.device_id).forget(args.id)  # done here
         return client.identity.account_key.public.hex()[:16]
 
     fingerprint = with_client(args, work)

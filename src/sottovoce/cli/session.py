@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import getpass
 import os
@@ -30,7 +31,9 @@ import platformdirs
 from sottovoce.cli import render
 from sottovoce.cli.program import command_name
 from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
-from sottovoce.client.connection import BadServerUrl
+from sottovoce.client.connection import BadServerUrl, TransportClosed
+from sottovoce.client.device_notices import DeviceNotices
+from sottovoce.client.linking import DeviceNames
 from sottovoce.client.store import Store
 from sottovoce.errors import SottovoceError, UsageError
 
@@ -311,6 +314,11 @@ async def _session(
                 if connect is Connect.REQUIRED:
                     raise unreachable(client.identity.server_url, exc) from None
         result = await work(client)
+        if client.connected and not client.closed:
+            # A device linked or revoked while this one was offline: told below (or on a
+            # later run; a KT alert is stored and shown below).
+            with contextlib.suppress(SottovoceError, TransportClosed, TimeoutError):
+                await asyncio.wait_for(client.refresh_own_devices(again=False), 10)
         if queued and client.connected:
             left = await client.drain_outbox(DRAIN_TIMEOUT_S)
             if left < queued:
@@ -328,7 +336,21 @@ async def _session(
         if alerts and not client.closed:  # a deleted account's client closed itself
             for line in render.kt_alerts(client.kt.alerts(), command_name()):
                 print(line, file=sys.stderr)
+        if not client.closed:
+            show_device_notices(client)
         await client.close()
+
+
+def show_device_notices(client: Client) -> None:
+    """Print the changes of this account's devices not shown yet (a device linked or
+    revoked, also while this one was offline) to stderr, once: then they are seen."""
+    store = client.linking().store
+    notices = DeviceNotices(store, client.device_id)
+    pending = notices.pending()
+    if pending:
+        for line in render.device_notices(pending, DeviceNames(store).all(), command_name()):
+            print(line, file=sys.stderr)
+        notices.mark_seen()
 
 
 # =============================================================================

@@ -52,7 +52,6 @@ from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, St
 from sottovoce.client.events import (
     ClientEvent,
     ConnectionChanged,
-    DeviceLinked,
     EphemeralReceived,
     ErrorEvent,
     EventHub,
@@ -219,7 +218,7 @@ class Client:
             ev.REPLAY_DONE: lambda _, __: self._queue.put_nowait(_ReplayDone(self._generation)),
             ev.ERROR: self._on_error,
             ev.PREKEYS_LOW: lambda _, __: self._spawn(self._prekeys.low()),
-            ev.DEVICE_ADDED: self._on_device_added,
+            ev.DEVICE_ADDED: self._on_own_devices_changed,  # the lookup tells (DeviceLinked)
             ev.DEVICE_REVOKED: self._on_own_devices_changed,
             ev.ACCOUNT_DELETED: self._on_account_deleted,
             ev.KEYS_CHANGED: self._on_keys_changed,
@@ -349,6 +348,7 @@ class Client:
         )
         if client.kt.pins is not None:
             self.kt.remember_own_device(identity.device_id, identity.certificate.keys.signing_key)
+        self._directory.notices().expect(identity.device_id)  # added here: not a notice here
         self._directory.forget(self.username)
         return client
 
@@ -857,12 +857,6 @@ class Client:
             )
         )
 
-    def _on_device_added(self, rid: str | None, data: dict[str, Any]) -> None:
-        device = data.get("deviceId")
-        if isinstance(device, str) and device != self.device_id:
-            self._emit(DeviceLinked(device_id=device[:64]))
-        self._on_own_devices_changed(rid, data)
-
     def linking(self) -> LinkPort:
         """What linking a new device to this account uses of this device (client/linking.py)."""
 
@@ -896,10 +890,12 @@ class Client:
         """This account as this device knows it: its devices' certificates, the revoked."""
         return self._directory.contact(self.username)
 
-    async def refresh_own_devices(self) -> None:
-        """Ask the directory for this account's devices again (one was linked or revoked)."""
-        self._directory.forget(self.username)
-        await self._directory.lookup(self.username)
+    async def refresh_own_devices(self, *, again: bool = True) -> None:
+        """Ask the directory for this account's devices again (one was linked or revoked;
+        ``again=False``: only if not yet on this run). Changes become notices."""
+        if again or not self._directory.looked_up(self.username):
+            self._directory.forget(self.username)
+            await self._directory.lookup(self.username)
 
     def _on_keys_changed(self, _: str | None, data: dict[str, Any]) -> None:
         """A correspondent's account key changed: follow its chain now (``KeysChanged``,

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from sottovoce.client.events import ErrorEvent, KeysChanged
+from sottovoce.client.device_notices import LINKED, REVOKED, DeviceNotices
+from sottovoce.client.events import DeviceLinked, DeviceRevoked, ErrorEvent, KeysChanged
+from sottovoce.client.ids import now_ms
 from sottovoce.client.kt import KeyTransparency
 from sottovoce.client.ports import Emit, Link
 from sottovoce.client.sessions import Device, SessionManager
@@ -58,7 +60,18 @@ class Directory:
             await self._kt.verify_contact(contact)
         with self._store.transaction():
             self._sessions.keep_contact(contact, self._keys_changed)
+            told = (self.notices().note(contact, now_ms()) if username == self._username
+                    else [])
         self._looked_up.add(username)
+        for notice in told:  # stored first: a command shows them even without listening
+            self._emit(DeviceLinked(device_id=notice.device_id, linked_at_ms=notice.at_ms)
+                       if notice.kind == LINKED else
+                       DeviceRevoked(device_id=notice.device_id,
+                                     revoked=notice.kind == REVOKED))
+
+    def notices(self) -> DeviceNotices:
+        """The changes of our own account's devices this device has not shown yet."""
+        return DeviceNotices(self._store, self._sessions.device_id)
 
     def _keys_changed(self, old: Contact, new: Contact) -> None:
         dropped = tuple(sorted(set(old.certificates) - set(new.certificates)))

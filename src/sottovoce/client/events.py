@@ -133,10 +133,22 @@ class RoomRecovered(ErrorEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceLinked:
-    """The server says a new device was added to this account (``device link`` on one of
-    its devices, or the SDK's ``add_device``): if it was not you, revoke it."""
+    """A new device was added to this account (``device link`` on another of its devices,
+    or the SDK's ``add_device``), seen in a verified lookup of the account (also after
+    this device was offline; client/device_notices.py): if it was not you, revoke it."""
 
     device_id: str
+    #: When its certificate was made.
+    linked_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRevoked:
+    """A device of this account is gone: revoked (``revoked``), or its certificate is no
+    longer in the directory."""
+
+    device_id: str
+    revoked: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +164,7 @@ class KeysChanged(ErrorEvent):
 
 ClientEvent = (
     DeviceLinked
+    | DeviceRevoked
     | RoomMessageReceived
     | RoomJoined
     | RoomInvited

@@ -45,6 +45,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
@@ -526,6 +527,7 @@ async def _link_existing(
     store = port.store
     names = DeviceNames(store)
     names.set(new_id, name)
+    DeviceNotices(store, client.device_id).expect(new_id)  # linked here: no notice here
     parts, count = history_archive(store) if with_history else ([], 0)
     rooms = [(r.room_id, r.label) for r in client.rooms.all() if not r.removed]
     grant = Writer()
