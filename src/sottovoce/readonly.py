@@ -6,13 +6,15 @@ A class that hands out parts of an object it holds (``Group`` and its epoch stat
 once: reading ``group.suite`` returns ``group._state.suite``, and assigning to it
 raises :class:`AttributeError`, as for any property without a setter.
 
-It is a ``property`` whose getter is :func:`operator.attrgetter`, so a read runs no
-Python frame and costs no more than the hand-written property did.
+It is a ``property`` whose getter is :func:`operator.attrgetter` (or
+:func:`operator.itemgetter`, for the named fields of a tuple subclass built once per
+media frame), so a read runs no Python frame and costs no more than a hand-written
+property.
 """
 
 from __future__ import annotations
 
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, overload
 
 __all__ = ["ReadOnly"]
@@ -21,12 +23,13 @@ T = TypeVar("T")
 
 
 class ReadOnly(property, Generic[T]):
-    """A read-only attribute whose value is ``attrgetter(path)`` of the instance."""
+    """A read-only attribute whose value is ``attrgetter(path)`` of the instance, or
+    ``itemgetter(path)`` when ``path`` is an index (a field of a tuple subclass)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(attrgetter(path))
+    def __init__(self, path: str | int, doc: str | None = None) -> None:
+        super().__init__(itemgetter(path) if isinstance(path, int) else attrgetter(path))
         self.path = path
-        self.__doc__ = f"Reads ``{path}``."
+        self.__doc__ = doc if doc is not None else f"Reads ``{path}``."
 
     def __repr__(self) -> str:
         return f"ReadOnly({self.path!r})"
