@@ -16,6 +16,7 @@ from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.sign import SignatureScheme, VerifyKey
 from sottovoce.errors import UnsupportedError
+from sottovoce.readonly import ReadOnly
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +27,7 @@ class PublicSuite:
     hash: Hash
     signature: SignatureScheme
 
-    @property
-    def nh(self) -> int:
-        """KDF.Nh: the hash output size, used for secrets throughout."""
-        return self.hash.size
+    nh = ReadOnly[int]("hash.size", "KDF.Nh: the hash output size, used for secrets throughout.")
 
     def digest(self, data: bytes) -> bytes:
         return kdf.digest(self.hash, data)

@@ -20,6 +20,7 @@ from sottovoce.crypto.mls_suites import SUPPORTED_SUITES as SUPPORTED_SUITES
 from sottovoce.crypto.mls_suites import PublicSuite, suite_entry
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey
+from sottovoce.readonly import ReadOnly
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,13 +45,8 @@ class CipherSuite(PublicSuite):
 
     # --- AEAD ------------------------------------------------------------------
 
-    @property
-    def aead_key_size(self) -> int:
-        return self.aead.key_size
-
-    @property
-    def aead_nonce_size(self) -> int:
-        return self.aead.nonce_size
+    aead_key_size = ReadOnly[int]("aead.key_size")
+    aead_nonce_size = ReadOnly[int]("aead.nonce_size")
 
     def aead_key(self, key: bytes) -> AeadKey:
         return AeadKey(self.aead, key)

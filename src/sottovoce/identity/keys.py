@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SignatureScheme, SigningKey, VerifyKey
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 
@@ -20,13 +21,8 @@ class _Ed25519Key:
     def generate(cls, rng: Random) -> _Ed25519Key:
         return cls(rng(32))
 
-    @property
-    def public(self) -> bytes:
-        return self._key.verify_key.data
-
-    @property
-    def verify_key(self) -> VerifyKey:
-        return self._key.verify_key
+    public = ReadOnly[bytes]("_key.verify_key.data")
+    verify_key = ReadOnly[VerifyKey]("_key.verify_key")
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)

@@ -34,6 +34,7 @@ from sottovoce.mls.transcript import (
 )
 from sottovoce.mls.tree import RatchetTree
 from sottovoce.mls.treekem import TreeKemPrivate
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 __all__ = ["Epoch", "Member", "PastEpoch", "StagedCommit", "next_epoch"]
@@ -46,17 +47,9 @@ class Member:
     index: int
     leaf: LeafNode
 
-    @property
-    def credential(self) -> Credential:
-        return self.leaf.credential
-
-    @property
-    def signature_key(self) -> bytes:
-        return self.leaf.signature_key
-
-    @property
-    def encryption_key(self) -> bytes:
-        return self.leaf.encryption_key
+    credential = ReadOnly[Credential]("leaf.credential")
+    signature_key = ReadOnly[bytes]("leaf.signature_key")
+    encryption_key = ReadOnly[bytes]("leaf.encryption_key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from sottovoce.limits import MLS_MAX_FORWARD_RATCHET, MLS_MAX_GENERATION, MLS_MA
 from sottovoce.mls import treemath
 from sottovoce.mls.common import ContentType
 from sottovoce.mls.errors import MlsError
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 __all__ = [
@@ -234,17 +235,9 @@ class PendingKey:
         self._tree = tree
         self._plan = plan
 
-    @property
-    def leaf(self) -> int:
-        return self._plan.leaf
-
-    @property
-    def ratchet_type(self) -> RatchetType:
-        return self._plan.ratchet_type
-
-    @property
-    def generation(self) -> int:
-        return self._plan.generation
+    leaf = ReadOnly[int]("_plan.leaf")
+    ratchet_type = ReadOnly[RatchetType]("_plan.ratchet_type")
+    generation = ReadOnly[int]("_plan.generation")
 
     @property
     def key(self) -> bytes:

@@ -159,6 +159,7 @@ from sottovoce.protocol.spec import (
     struct,
     wire,
 )
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 ROOM_ID_PREFIX = "room:"
@@ -550,13 +551,8 @@ class RoomEnvelope(WireStruct):
             d["removeRequest"] = {**d["removeRequest"], "reason": self.removeReason}
         return d
 
-    @property
-    def roomId(self) -> str:
-        return self.envelope.conversationId
-
-    @property
-    def serverSeq(self) -> int:
-        return self.envelope.serverSeq
+    roomId = ReadOnly[str]("envelope.conversationId")
+    serverSeq = ReadOnly[int]("envelope.serverSeq")
 
 
 def parse_room_frame(data: dict[str, Any]) -> RoomEnvelope:

@@ -46,9 +46,6 @@ frame; what is cached is only what cannot change between frames:
 
 from __future__ import annotations
 
-from operator import itemgetter
-from typing import TYPE_CHECKING
-
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.errors import UsageError
@@ -58,6 +55,7 @@ from sottovoce.limits import (
     SFRAME_MAX_REPLAY_WINDOW,
     SFRAME_REPLAY_WINDOW,
 )
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 from sottovoce.sframe.errors import (
     CounterExhausted,
@@ -165,21 +163,9 @@ class DecryptedFrame(tuple[int, int, bytes]):
 
     __slots__ = ()
 
-    if TYPE_CHECKING:
-
-        @property
-        def kid(self) -> int: ...
-
-        @property
-        def ctr(self) -> int: ...
-
-        @property
-        def plaintext(self) -> bytes: ...
-
-    else:
-        kid = property(itemgetter(0), doc="the frame's KID (authenticated: part of the AAD)")
-        ctr = property(itemgetter(1), doc="the frame's CTR")
-        plaintext = property(itemgetter(2), doc="the decrypted frame")
+    kid = ReadOnly[int](0, "the frame's KID (authenticated: part of the AAD)")
+    ctr = ReadOnly[int](1, "the frame's CTR")
+    plaintext = ReadOnly[bytes](2, "the decrypted frame")
 
     def __repr__(self) -> str:
         return f"DecryptedFrame(kid={self[0]}, ctr={self[1]}, plaintext=<{len(self[2])} bytes>)"

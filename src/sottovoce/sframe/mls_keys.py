@@ -54,8 +54,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from operator import itemgetter
-from typing import TYPE_CHECKING
 
 from sottovoce.codec.tls import Writer
 from sottovoce.errors import UsageError
@@ -65,6 +63,7 @@ from sottovoce.limits import (
     SFRAME_MAX_COUNTER,
     SFRAME_REPLAY_WINDOW,
 )
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 from sottovoce.sframe.context import SFrameContext
 from sottovoce.sframe.errors import UnknownKeyId
@@ -187,29 +186,11 @@ class MediaFrame(tuple[int, int, Track, int, bytes]):
 
     __slots__ = ()
 
-    if TYPE_CHECKING:
-
-        @property
-        def epoch(self) -> int: ...
-
-        @property
-        def sender_leaf(self) -> int: ...
-
-        @property
-        def track(self) -> Track: ...
-
-        @property
-        def ctr(self) -> int: ...
-
-        @property
-        def plaintext(self) -> bytes: ...
-
-    else:
-        epoch = property(itemgetter(0), doc="the MLS epoch whose key decrypted the frame")
-        sender_leaf = property(itemgetter(1), doc="the sender's leaf index in that epoch")
-        track = property(itemgetter(2), doc="the media track")
-        ctr = property(itemgetter(3), doc="the frame's SFrame CTR")
-        plaintext = property(itemgetter(4), doc="the decrypted frame")
+    epoch = ReadOnly[int](0, "the MLS epoch whose key decrypted the frame")
+    sender_leaf = ReadOnly[int](1, "the sender's leaf index in that epoch")
+    track = ReadOnly[Track](2, "the media track")
+    ctr = ReadOnly[int](3, "the frame's SFrame CTR")
+    plaintext = ReadOnly[bytes](4, "the decrypted frame")
 
     def __repr__(self) -> str:
         return (

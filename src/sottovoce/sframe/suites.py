@@ -32,6 +32,7 @@ from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.errors import UnsupportedError, UsageError
 from sottovoce.limits import SFRAME_MAX_KID
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 from sottovoce.sframe.errors import FrameDecryptionError
 
@@ -167,13 +168,8 @@ class SFrameSuite:
     nt: int
     nka: int
 
-    @property
-    def name(self) -> str:
-        return self.id.name
-
-    @property
-    def nh(self) -> int:
-        return self.hash.size
+    name = ReadOnly[str]("id.name")
+    nh = ReadOnly[int]("hash.size")
 
     @property
     def is_ctr_hmac(self) -> bool:

@@ -114,6 +114,7 @@ from sottovoce.mls.proposals import QueuedProposal, validate_key_package
 from sottovoce.mls.snapshot import GroupSnapshot
 from sottovoce.mls.state import decode_group_state, encode_group_state
 from sottovoce.mls.tree import RatchetTree
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 __all__ = [
@@ -297,70 +298,32 @@ class Group:
 
     # --- reading the state -------------------------------------------------------------
 
-    @property
-    def suite(self) -> CipherSuite:
-        """The group's cipher suite (§17.1)."""
-        return self._state.suite
-
-    @property
-    def group_id(self) -> bytes:
-        """The group's id (§8.1)."""
-        return self._state.group_id
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch's number."""
-        return self._state.number
-
-    @property
-    def group_context(self) -> GroupContext:
-        """The current epoch's GroupContext (§8.1)."""
-        return self._state.epoch.context
-
-    @property
-    def own_leaf_index(self) -> int:
-        """Our leaf's index in the ratchet tree."""
-        return self._state.own_index
-
-    @property
-    def own_leaf(self) -> LeafNode:
-        """Our LeafNode in the current tree."""
-        return self._state.own_leaf
-
-    @property
-    def epoch_authenticator(self) -> Secret:
-        """§8.7: equal across members iff they share the epoch's view."""
-        return self._state.epoch.secrets.epoch_authenticator
-
-    @property
-    def confirmation_tag(self) -> bytes:
-        """The tag of the commit or GroupInfo that started this epoch (§6.1)."""
-        return self._state.epoch.confirmation_tag
-
-    @property
-    def tree_hash(self) -> bytes:
-        """The ratchet tree's hash, as in the GroupContext (§7.8)."""
-        return self._state.epoch.context.tree_hash
-
-    @property
-    def is_active(self) -> bool:
-        """False once we were removed or a ReInit was committed."""
-        return self._state.active
-
-    @property
-    def removed(self) -> bool:
-        """True once a commit removed us (§12.4.2)."""
-        return self._state.removed
-
-    @property
-    def pending_reinit(self) -> ReInit | None:
-        """The committed ReInit this group is waiting to be replaced by (§11.2)."""
-        return self._state.reinit
-
-    @property
-    def pending_commit(self) -> StagedCommit | None:
-        """Our own commit, sent but not merged yet."""
-        return self._state.pending_commit
+    #: The group's cipher suite (§17.1).
+    suite = ReadOnly[CipherSuite]("_state.suite")
+    #: The group's id (§8.1).
+    group_id = ReadOnly[bytes]("_state.group_id")
+    #: The current epoch's number.
+    epoch = ReadOnly[int]("_state.number")
+    #: The current epoch's GroupContext (§8.1).
+    group_context = ReadOnly[GroupContext]("_state.epoch.context")
+    #: Our leaf's index in the ratchet tree.
+    own_leaf_index = ReadOnly[int]("_state.own_index")
+    #: Our LeafNode in the current tree.
+    own_leaf = ReadOnly[LeafNode]("_state.own_leaf")
+    #: §8.7: equal across members iff they share the epoch's view.
+    epoch_authenticator = ReadOnly[Secret]("_state.epoch.secrets.epoch_authenticator")
+    #: The tag of the commit or GroupInfo that started this epoch (§6.1).
+    confirmation_tag = ReadOnly[bytes]("_state.epoch.confirmation_tag")
+    #: The ratchet tree's hash, as in the GroupContext (§7.8).
+    tree_hash = ReadOnly[bytes]("_state.epoch.context.tree_hash")
+    #: False once we were removed or a ReInit was committed.
+    is_active = ReadOnly[bool]("_state.active")
+    #: True once a commit removed us (§12.4.2).
+    removed = ReadOnly[bool]("_state.removed")
+    #: The committed ReInit this group is waiting to be replaced by (§11.2).
+    pending_reinit = ReadOnly[ReInit | None]("_state.reinit")
+    #: Our own commit, sent but not merged yet.
+    pending_commit = ReadOnly[StagedCommit | None]("_state.pending_commit")
 
     @property
     def pending_proposals(self) -> tuple[QueuedProposal, ...]:

@@ -30,6 +30,7 @@ from sottovoce.mls.messages import LeafNode, ReInit
 from sottovoce.mls.proposals import AppliedProposals, QueuedProposal
 from sottovoce.mls.secret_tree import PendingKey, SecretTree
 from sottovoce.mls.snapshot import GroupSnapshot, PastEpochSnapshot
+from sottovoce.readonly import ReadOnly
 from sottovoce.secret import Secret
 
 __all__ = ["EpochState"]
@@ -88,18 +89,9 @@ class EpochState:
 
     # --- reading -----------------------------------------------------------------------
 
-    @property
-    def group_id(self) -> bytes:
-        return self.epoch.context.group_id
-
-    @property
-    def number(self) -> int:
-        """The current epoch's number."""
-        return self.epoch.context.epoch
-
-    @property
-    def own_index(self) -> int:
-        return self.epoch.private.leaf_index
+    group_id = ReadOnly[bytes]("epoch.context.group_id")
+    number = ReadOnly[int]("epoch.context.epoch", "The current epoch's number.")
+    own_index = ReadOnly[int]("epoch.private.leaf_index")
 
     @property
     def own_leaf(self) -> LeafNode:
