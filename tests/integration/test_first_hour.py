@@ -427,10 +427,15 @@ def test_next_hints_work_when_pasted(up: World, tmp_path: Path) -> None:
 # =============================================================================
 
 
-def test_every_help_text_renders_and_claims_nothing_unbuilt() -> None:
+def test_every_help_text_renders_and_claims_nothing_unbuilt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import argparse
 
     from sottovoce.cli.main import build_parser
+
+    # Some examples name the program as it can be pasted: make it the installed script.
+    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).with_name("sottovoce"))])
 
     def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
         yield parser
@@ -450,6 +455,9 @@ def test_every_help_text_renders_and_claims_nothing_unbuilt() -> None:
             assert claim not in lowered, (claim, text)
         assert "once the sdk" not in lowered, text
         assert "--debug" in text
+    # Every command and command group shows a worked example (the top level points at them).
+    for text in texts[1:]:
+        assert re.search(r"\nexamples?:\n  \S*sottovoce ", text), text
 
 
 # =============================================================================

@@ -413,7 +413,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_sub = command_group(
         sub,
         "account",
-        help="create or delete an account (username, keys, local encrypted store)",
+        help="create, link, recover or delete an account (username, keys, local store)",
         description="Manage the account kept in a local directory.",
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "
