@@ -246,6 +246,9 @@ def test_invitee_is_told_who_invited_it_and_sees_the_room_by_name(up: World) -> 
     assert audit.returncode == 0, audit.stderr
     assert re.search(r"✓ \d+ entries verified", audit.stdout)
     assert "alice invited you to the room 'team'" in audit.stderr
+    # Its "open it with:" command works when pasted (it reaches the chat, which needs a tty).
+    opener = next(x for x in audit.stderr.splitlines() if "invited you to the room 'team'" in x)
+    assert_pastes_to_chat(opener.split("open it with: ", 1)[1], bob)
     listed = cli("room", "list", home=bob)
     assert listed.returncode == 0, listed.stderr
     (line,) = [row for row in listed.stdout.splitlines() if row.startswith("team ")]
@@ -401,6 +404,17 @@ def test_server_banner_commands_work_when_pasted(tmp_path: Path) -> None:
 
 
 
+def assert_pastes_to_chat(command: str, home: Path) -> None:
+    """``command`` (a suggested ``chat``) names a program a shell finds and ``home``'s
+    account: pasted, it gets as far as asking for a terminal (it has none here)."""
+    program = command.split()[0]
+    assert program != "sottovoce" or shutil.which("sottovoce"), command
+    assert f"--data-dir {home}" in command, command
+    done = subprocess.run(["bash", "-c", command], env=_env(), capture_output=True, text=True,
+                          timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert "needs a terminal" in plain_failure(done), command
+
+
 def test_next_hints_work_when_pasted(up: World, tmp_path: Path) -> None:
     """The "next:" lines name the program and the data directory as they can be pasted."""
     home = tmp_path / "gina"
@@ -413,6 +427,10 @@ def test_next_hints_work_when_pasted(up: World, tmp_path: Path) -> None:
     done = subprocess.run(["bash", "-c", pasted], env=_env(), capture_output=True, text=True,
                           timeout=60, check=False, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, (pasted, done.stderr)
+    # bob's next command says who wrote, with a command that opens the chat when pasted.
+    told = cli("room", "list", home=up.home("bob"))
+    unread = next(x for x in told.stderr.splitlines() if "new message from gina" in x)
+    assert_pastes_to_chat(re.sub(r"^.*\((.*) shows it\)$", r"\1", unread), up.home("bob"))
     assert "hello from a hint" in asyncio.run(_texts(up.home("bob"), "gina"))
     room = cli("room", "create", "hinted", home=home)
     assert room.returncode == 0, room.stderr

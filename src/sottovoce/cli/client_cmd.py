@@ -190,8 +190,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
-    """What ``listen`` prints for one event, and whether it goes to stderr."""
+def _listen_line(
+    client: Client, event: object, hint: tuple[str, str] = ("sottovoce", "")
+) -> tuple[str, bool] | None:
+    """What ``listen`` prints for one event, and whether it goes to stderr (``hint``: the
+    program and the ``--data-dir`` flag of the commands it suggests)."""
     me = client.username
     if isinstance(event, MessageReceived):
         # Read back from the store: the store is what the UI shows.
@@ -208,7 +211,7 @@ def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
         label = client.rooms.get(event.room_id).label
         return render.room_message_line(stored, me, label), False
     if isinstance(event, RoomInvited):
-        return render.invitation(event), False
+        return render.invitation(event, *hint), False
     if isinstance(event, RoomJoined):
         return f"+ you are now a member of {render.safe(event.label)}", False
     if isinstance(event, RoomMembershipChanged):
@@ -260,7 +263,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         print(line, flush=True)
                     continue
                 with contextlib.suppress(UsageError):  # a room forgotten meanwhile
-                    shown = _listen_line(client, event)
+                    shown = _listen_line(client, event, (command_name(), dir_flag(args)))
                     if shown is not None:
                         print(shown[0], file=sys.stderr if shown[1] else sys.stdout, flush=True)
         finally:

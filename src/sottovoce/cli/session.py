@@ -28,7 +28,7 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
-from sottovoce.cli.program import command_name
+from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
 from sottovoce.client.connection import BadServerUrl
 from sottovoce.client.store import Store
@@ -319,7 +319,8 @@ async def _session(
                 print(render.still_queued(left), file=sys.stderr)
         if events is not None:
             labels = {room.room_id: room.label for room in client.rooms.all()}
-            for line in render.notices(events.pending(), client.username, labels):
+            hint = (command_name(), dir_flag(args))
+            for line in render.notices(events.pending(), client.username, labels, *hint):
                 print(line, file=sys.stderr)
         return result
     finally:
