@@ -25,6 +25,7 @@ import asyncio
 import os
 import queue
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -261,12 +262,18 @@ def test_invitee_is_told_who_invited_it_and_sees_the_room_by_name(up: World) -> 
 def test_join_name_is_kept_on_a_rejoin(up: World) -> None:
     alice, dave = up.home("alice"), up.home("dave")
     assert cli("room", "create", "club", home=alice).returncode == 0
-    token = cli("room", "token", "club", home=alice).stdout.splitlines()[1].strip()
-    first = cli("room", "join", token, "--name", "readers", home=dave)
+    made = cli("room", "token", "club", home=alice).stdout
+    token = made.splitlines()[1].strip()
+    # The line for the invitee works when pasted, even for a token that starts with "-".
+    hint = made.splitlines()[2].removeprefix("they join with: ")
+    assert hint == f"sottovoce room join --name NAME -- {token}", made
+    pasted = shlex.split(hint.replace("NAME", "readers"))[1:]
+    pasted[-2:-2] = ["--data-dir", str(dave)]  # dave's account is not in the default place
+    first = cli(*pasted)
     assert first.returncode == 0 and "joined room 'readers'" in first.stdout, first.stderr
     assert cli("room", "remove", "club", "dave", home=alice).returncode == 0
     token = cli("room", "token", "club", "--rotate", home=alice).stdout.splitlines()[1].strip()
-    again = cli("room", "join", token, "--name", "writers", home=dave)
+    again = cli("room", "join", "--name", "writers", "--data-dir", str(dave), "--", token)
     assert again.returncode == 0, again.stderr
     assert "joined room 'writers'" in again.stdout
     listed = cli("room", "list", "--offline", home=dave).stdout

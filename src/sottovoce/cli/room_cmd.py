@@ -175,7 +175,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
     print("join token (shown once; the server keeps only a hash of it):")
     print(token)
-    print(f"they join with: sottovoce room join {token} --name NAME")
+    # "--" first: a token may start with "-", which would otherwise read as an option.
+    print(f"they join with: sottovoce room join --name NAME -- {token}")
     return 0
 
 
