@@ -219,6 +219,29 @@ def test_mistakes_are_plain_errors(up: World, tmp_path: Path) -> None:
         assert expected in said, (args, said)
 
 
+def test_usage_mistakes_are_two_lines_naming_the_help(tmp_path: Path) -> None:
+    """A mistyped command line: what is wrong and which --help to read, not the usage
+    block (which runs to five lines for some commands), and exit code 2."""
+    cases = [
+        (("room", "set", "team", "--recorder", "maybe"), "sottovoce room set",
+         "invalid choice: 'maybe'"),
+        (("send",), "sottovoce send", "required: NAME, TEXT"),
+        (("sendd", "bob", "hi"), "sottovoce", "invalid choice: 'sendd'"),
+        (("kt",), "sottovoce kt", "required: KT_COMMAND"),
+        (("account", "create", "erin", "--bogus"), "sottovoce", "unrecognized arguments"),
+    ]
+    for args, prog, expected in cases:
+        done = cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2 and "Traceback" not in done.stderr, done.stderr
+        assert lines[0].startswith(f"{prog}: error: ") and expected in lines[0], done.stderr
+        assert lines[1] == f"'{prog} --help' shows the options and an example", done.stderr
+    # A server option checked after parsing: one plain line, in words an operator reads.
+    port = plain_failure(cli("server", "--port", "eighty", "--data-dir", str(tmp_path / "s")))
+    assert "--port: bad value for port: 'eighty' is not a whole number" in port
+
+
 def test_debug_shows_the_traceback_without_secrets_or_message_text(up: World) -> None:
     text, secret = "CANARY-text-5d1e9f", "CANARY-pass-8b2c4a"
     shown = cli("--debug", "send", "nobody", text, home=up.home("alice"))
