@@ -174,6 +174,17 @@ def test_account_create_without_a_server_or_with_an_http_url(up: World, tmp_path
     http = plain_failure(cli("account", "create", "erin", "--server", up.srv.http_url,
                              home=tmp_path / "erin"))
     assert f"did you mean ws://127.0.0.1:{up.srv.port}" in http
+    # A URL that only looks right: a port out of range, a broken host, a password in it.
+    for url, said in [
+        ("ws://127.0.0.1:99999", "is not ws://HOST:PORT (a port is 1-65535)"),
+        ("ws://[::1", "is not ws://HOST:PORT"),
+        (f"ws://:{up.srv.port}", "has no host"),
+        (f"ws://erin:CANARY-pw-71c3@127.0.0.1:{up.srv.port}", "must not hold a user name"),
+    ]:
+        wrong = plain_failure(cli("account", "create", "erin", "--server", url,
+                                  home=tmp_path / "erin"))
+        assert said in wrong and "CANARY" not in wrong, wrong
+        assert not (tmp_path / "erin" / "store.sqlite3").exists()
     # (TLS on one side only is worded by connection.describe_failure; see its unit test.)
 
 

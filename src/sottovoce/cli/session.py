@@ -244,6 +244,8 @@ def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
     """The message ``main`` prints for ``exc`` (one or two lines, nothing secret)."""
     name = getattr(args, "user", None) or getattr(args, "name", None)
     server = getattr(args, "server_url", None) or getattr(args, "server", None)
+    if isinstance(exc, BadServerUrl) and exc.problem:
+        return f"{exc}: got '{exc.url}'" if exc.url else str(exc)
     if isinstance(exc, BadServerUrl):
         hint = exc.url.replace("https://", "wss://").replace("http://", "ws://")
         if "://" not in hint:
