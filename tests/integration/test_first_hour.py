@@ -190,15 +190,14 @@ def test_account_create_without_a_server_or_with_an_http_url(up: World, tmp_path
 
 def test_server_on_a_busy_port_or_a_data_dir_in_use_refuses(up: World, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "sottovoce", "server", "--host", "127.0.0.1"]
+    # No --log-file: the server logs to stderr, and the mistake must still be all it says.
     busy = subprocess.run(
-        [*base, "--port", str(up.srv.port), "--data-dir", str(tmp_path / "other"),
-         "--log-file", str(tmp_path / "busy.log")],
+        [*base, "--port", str(up.srv.port), "--data-dir", str(tmp_path / "other")],
         env=_env(None), capture_output=True, text=True, timeout=60, check=False,
     )
     assert "already in use" in plain_failure(busy)
     second = subprocess.run(
-        [*base, "--port", str(free_port()), "--data-dir", str(up.srv.data_dir),
-         "--log-file", str(tmp_path / "second.log")],
+        [*base, "--port", str(free_port()), "--data-dir", str(up.srv.data_dir)],
         env=_env(None), capture_output=True, text=True, timeout=60, check=False,
     )
     assert "another sottovoce server is already running" in plain_failure(second)
