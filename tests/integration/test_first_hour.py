@@ -204,6 +204,22 @@ def test_server_on_a_busy_port_or_a_data_dir_in_use_refuses(up: World, tmp_path:
     assert up.srv.health()["status"] == "ok"  # the first one is untouched
 
 
+def test_server_with_wrong_tls_files_says_which(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "sottovoce", "server", "--host", "127.0.0.1", "--port",
+            str(free_port()), "--data-dir", str(tmp_path / "srv")]
+    not_pem = tmp_path / "cert.txt"
+    not_pem.write_text("not a certificate\n")
+    for cert, key, said in [
+        (tmp_path / "missing.pem", tmp_path / "missing.key", "No such file or directory"),
+        (not_pem, not_pem, "not a PEM certificate chain and its private key"),
+    ]:
+        done = subprocess.run([*base, "--tls-cert", str(cert), "--tls-key", str(key)],
+                              env=_env(None), capture_output=True, text=True, timeout=60,
+                              check=False, stdin=subprocess.DEVNULL)
+        wrong = plain_failure(done)
+        assert f"cannot load TLS certificate {cert} with key {key}" in wrong and said in wrong
+
+
 def test_audit_against_a_stopped_server_is_one_plain_error(tmp_path: Path) -> None:
     done = cli("audit", "blindness", "--server", f"ws://127.0.0.1:{free_port()}",
                "--data", str(tmp_path), passphrase=None)
