@@ -220,6 +220,16 @@ def test_server_with_wrong_tls_files_says_which(tmp_path: Path) -> None:
         assert f"cannot load TLS certificate {cert} with key {key}" in wrong and said in wrong
 
 
+def test_witness_against_a_stopped_server_says_why_in_words(tmp_path: Path) -> None:
+    key = str(tmp_path / "witness.key")
+    down = cli("kt", "witness", "--server", f"http://127.0.0.1:{free_port()}", "--key", key,
+               "--audit", passphrase=None)
+    assert "connection refused" in plain_failure(down)  # not httpx's class name
+    bad = cli("kt", "witness", "--server", "http://127.0.0.1:99999", "--key", key, "--audit",
+              passphrase=None)
+    assert "(a port is 1-65535)" in plain_failure(bad)
+
+
 def test_audit_against_a_stopped_server_is_one_plain_error(tmp_path: Path) -> None:
     done = cli("audit", "blindness", "--server", f"ws://127.0.0.1:{free_port()}",
                "--data", str(tmp_path), passphrase=None)
