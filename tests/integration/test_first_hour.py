@@ -220,6 +220,16 @@ def test_server_with_wrong_tls_files_says_which(tmp_path: Path) -> None:
         assert f"cannot load TLS certificate {cert} with key {key}" in wrong and said in wrong
 
 
+def test_server_with_a_log_file_it_cannot_write_says_so(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sottovoce", "server", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(tmp_path / "srv"), "--log-file", str(tmp_path)],  # a directory
+        env=_env(None), capture_output=True, text=True, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert f"cannot write the log file {tmp_path}: Is a directory" in plain_failure(done)
+
+
 def test_witness_against_a_stopped_server_says_why_in_words(tmp_path: Path) -> None:
     key = str(tmp_path / "witness.key")
     down = cli("kt", "witness", "--server", f"http://127.0.0.1:{free_port()}", "--key", key,
