@@ -441,6 +441,13 @@ def test_account_creation_refuses_weak_passphrases_and_checks_before_asking(
     assert "already an account" in exists
     missing = plain_failure(cli("listen", home=tmp_path / "nowhere", passphrase=None))
     assert "no account in" in missing
+    # A --data-dir that cannot be a directory is said before any passphrase, too.
+    (tmp_path / "a-file").write_text("")
+    why = f"{tmp_path / 'a-file'} is a file, not a directory"
+    for where in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        said = plain_failure(cli("account", "create", "frank3", "--server", up.srv.url,
+                                 home=where, passphrase=None))
+        assert f"cannot use {where} as the account's data directory: {why}" in said
 
 
 def test_verify_no_qr_does_not_mention_a_qr_code(up: World) -> None:

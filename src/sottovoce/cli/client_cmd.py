@@ -84,6 +84,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
             f"there is already an account in {root}\n"
             "use another --data-dir for a second account (one directory per account)"
         )
+    Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
     # Before the passphrase is typed twice: is the server there, and the name free?
     try:
         free = run(username_available(args.server, args.name))
