@@ -358,6 +358,14 @@ def test_a_room_named_like_a_user_does_not_hide_the_person(up: World) -> None:
     # The explicit forms pass the name check (and then need a terminal, which we lack).
     for target in ("@bob", "#bob"):
         assert "needs a terminal" in plain_failure(cli("chat", target, home=alice))
+    # `history` takes the same forms: '#bob' is the room, whose history it points to.
+    room = plain_failure(cli("history", "#bob", home=alice))
+    suggested = room.split("#bob is a room: ", 1)[1].strip()
+    pasted = subprocess.run(["bash", "-c", suggested], env=_env(), capture_output=True,
+                            text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert pasted.returncode == 0, (suggested, pasted.stderr)
+    person = cli("history", "@bob", home=alice)
+    assert person.returncode == 0 and "with @bob" not in person.stdout, person.stdout
     nobody = plain_failure(cli("chat", "nobody", home=alice))
     assert "no user 'nobody'" in nobody
     assert "no room 'nothing'" in plain_failure(cli("chat", "#nothing", home=alice))

@@ -277,6 +277,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.name.startswith("#"):  # as `chat` takes a room; its history is `room history`
+        raise CliError(f"{render.safe(args.name)} is a room: {command_name()} room history "
+                       f"{render.quoted_room(render.safe(args.name[1:]))}{dir_flag(args)}")
+    args.name = args.name.removeprefix("@")  # `chat @bob` names a person the same way
+
     async def work(client: Client) -> list[str]:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
