@@ -286,7 +286,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "Fetch the room's public GroupInfo with TOKEN and join by an external commit. "
             "The token only routes; the keys come from the MLS join."
         ),
-        example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sottovoce-carol",
+        example="  sottovoce room join --name friends --data-dir ~/.sottovoce-carol -- Zk3…Q",
         func=cmd_join,
         args=[("TOKEN", "the join token (one starting with '-' needs -- before it)")],
     )
