@@ -283,6 +283,14 @@ def test_usage_mistakes_are_two_lines_naming_the_help(tmp_path: Path) -> None:
         assert len(lines) == 2 and "Traceback" not in done.stderr, done.stderr
         assert lines[0].startswith(f"{prog}: error: ") and expected in lines[0], done.stderr
         assert lines[1] == f"'{prog} --help' shows the options and an example", done.stderr
+    # The README puts '--' before a join token: an option typed after it is explained.
+    late = cli("room", "join", "--name", "x", "--", "Zk3Q", "--data-dir", str(tmp_path))
+    assert late.returncode == 2 and late.stderr.splitlines() == [
+        f"sottovoce: error: unrecognized arguments: --data-dir {tmp_path}",
+        "after '--' every word is an argument, not an option: put options before '--'",
+    ], late.stderr
+    early = cli("room", "join", "--bogus", "--", "Zk3Q")  # the mistake is not after '--'
+    assert early.stderr.splitlines()[1] == "'sottovoce --help' shows the options and an example"
     # A server option checked after parsing: one plain line, in words an operator reads.
     port = plain_failure(cli("server", "--port", "eighty", "--data-dir", str(tmp_path / "s")))
     assert "--port: bad value for port: 'eighty' is not a whole number" in port

@@ -61,8 +61,12 @@ class _Parser(argparse.ArgumentParser):
     usage block (subcommands inherit the class)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n"
-                     f"'{self.prog} --help' shows the options and an example\n")
+        hint = f"'{self.prog} --help' shows the options and an example"
+        argv, extra = sys.argv[1:], message.removeprefix("unrecognized arguments: ").split()
+        after = argv[argv.index("--") + 1:] if "--" in argv else []
+        if message.startswith("unrecognized arguments: -") and set(extra) <= set(after):
+            hint = "after '--' every word is an argument, not an option: put options before '--'"
+        self.exit(2, f"{self.prog}: error: {message}\n{hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
