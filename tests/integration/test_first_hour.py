@@ -230,6 +230,27 @@ def test_server_with_a_log_file_it_cannot_write_says_so(tmp_path: Path) -> None:
     assert f"cannot write the log file {tmp_path}: Is a directory" in plain_failure(done)
 
 
+def test_a_server_that_lost_the_account_is_explained(tmp_path: Path) -> None:
+    """The same address, a server started on other data: what happened, and what to do."""
+    first = ServerProcess(tmp_path / "first").start()
+    try:
+        async def make() -> None:
+            client = await Client.create_account(
+                first.url, "hana", tmp_path / "hana", PASSPHRASE, kdf=TEST_KDF)
+            await client.close()
+
+        asyncio.run(make())
+    finally:
+        first.stop()
+    other = ServerProcess(tmp_path / "other", port=first.port).start()
+    try:
+        said = plain_failure(cli("room", "list", home=tmp_path / "hana"))
+        assert "the server does not accept this device" in said
+        assert "make the account again" in said
+    finally:
+        other.stop()
+
+
 def test_witness_against_a_stopped_server_says_why_in_words(tmp_path: Path) -> None:
     key = str(tmp_path / "witness.key")
     down = cli("kt", "witness", "--server", f"http://127.0.0.1:{free_port()}", "--key", key,

@@ -223,6 +223,11 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
 
 #: Refusals whose fix is a command: what happened, then what to run.
 _FIXES = {
+    "auth_failed": (
+        "the server does not accept this device: it was revoked, its account was deleted, "
+        "or the server at this address is not the one it was made on (other data?)\n"
+        "if the server lost its data, make the account again (account create, a new --data-dir)"
+    ),
     "certificate_expired": (
         "this device's certificate has expired (it was not used for a long time)\n"
         "fix: sottovoce device renew (add this command's --data-dir), then try again"
