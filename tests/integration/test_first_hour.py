@@ -378,6 +378,22 @@ def test_join_name_is_kept_on_a_rejoin(up: World) -> None:
     assert listed.startswith("writers ") and "readers" not in listed
 
 
+def test_one_name_names_one_room(up: World) -> None:
+    """`room create` refuses a name this device already uses (or one that reads as an id);
+    a room it was removed from gives its name up to a new one."""
+    alice, bob = up.home("alice"), up.home("bob")
+    assert cli("room", "create", "twice", home=alice).returncode == 0
+    again = plain_failure(cli("room", "create", "twice", home=alice))
+    assert "you already have a room called 'twice'" in again
+    assert "cannot start with 'room:'" in plain_failure(cli("room", "create", "room:x",
+                                                           home=alice))
+    assert cli("room", "invite", "twice", "bob", home=alice).returncode == 0
+    assert cli("room", "remove", "twice", "alice", home=bob).returncode == 0
+    assert cli("room", "create", "twice", home=alice).returncode == 0
+    sent = cli("room", "send", "twice", "to the new one", home=alice)
+    assert sent.returncode == 0, sent.stderr
+
+
 def test_a_room_named_like_a_user_does_not_hide_the_person(up: World) -> None:
     alice = up.home("alice")
     assert cli("room", "create", "bob", home=alice).returncode == 0
