@@ -478,6 +478,24 @@ def test_listen_shows_rooms_invitations_and_when_it_is_offline(up: World) -> Non
     assert "Traceback" not in err
 
 
+def test_one_account_in_two_processes_is_refused_plainly(up: World) -> None:
+    """The same data directory twice on the client side: the second command says so."""
+    dave = up.home("dave")
+    listener = subprocess.Popen(
+        [sys.executable, "-u", "-m", "sottovoce", "listen", "--data-dir", str(dave)],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        Lines(listener).wait_for("● connected")
+        second = plain_failure(cli("send", "bob", "while listening", home=dave))
+        assert "this account is open in another sottovoce process" in second
+    finally:
+        listener.send_signal(2)
+        listener.communicate(timeout=20)
+    assert listener.returncode == 0
+
+
 def test_account_creation_refuses_weak_passphrases_and_checks_before_asking(
     up: World, tmp_path: Path
 ) -> None:
