@@ -51,6 +51,8 @@ async def test_lookup_of_unknown_user(url: str) -> None:
     b = await registered(url)
     reply = await b.request("sottovoce.directory.lookup", {"username": "no" + secrets.token_hex(4)})
     assert_error(reply, "unknown_user")
+    reply = await b.request("sottovoce.prekeys.claim", {"username": "no" + secrets.token_hex(4)})
+    assert_error(reply, "unknown_user")
 
 
 async def test_add_device_requires_the_account_key(url: str) -> None:
@@ -94,6 +96,9 @@ async def test_prekey_not_signed_by_the_device_is_refused(url: str) -> None:
     keys = olm.new_one_time_keys(other, 1)
     reply = await a.request("sottovoce.prekeys.upload", {"oneTimeKeys": [b64(keys[0].encode())]})
     assert_error(reply, "invalid_prekey")
+    reply = await a.request("sottovoce.prekeys.upload", {"oneTimeKeys": [b64(b"\x01junk")]})
+    assert_error(reply, "invalid_prekey")
+    assert "does not decode" in reply["data"]["message"]
 
 
 async def test_revoked_device_leaves_the_directory_and_its_socket(url: str) -> None:

@@ -103,34 +103,7 @@ class Coturn:
             pytest.skip("coturn is not installed (apt-get install coturn; .ci/services does)")
         low = free_port_range(64)
         config = self.workdir / "turnserver.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    "listening-ip=127.0.0.1",
-                    "relay-ip=127.0.0.1",
-                    f"listening-port={self.port}",
-                    f"min-port={low}",
-                    f"max-port={low + 63}",
-                    "realm=sottovoce.test",
-                    "use-auth-secret",
-                    f"static-auth-secret={self.secret.expose().decode()}",
-                    "fingerprint",
-                    "no-tls",
-                    "no-dtls",
-                    "no-cli",
-                    "no-tcp-relay",
-                    "no-multicast-peers",
-                    # Tests only: both peers and the relay share 127.0.0.1.
-                    "allow-loopback-peers",
-                    "no-software-attribute",
-                    f"log-file={self.log_path}",
-                    "simple-log",
-                    f"pidfile={self.workdir / 'turnserver.pid'}",
-                    f"userdb={self.workdir / 'turndb'}",
-                    "",
-                ]
-            )
-        )
+        config.write_text("\n".join([*self.config_lines(low), ""]))
         self.proc = subprocess.Popen(
             [binary, "-c", str(config)],
             stdout=subprocess.DEVNULL,
@@ -149,6 +122,32 @@ class Coturn:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"turnserver did not answer on 127.0.0.1:{self.port}")
+
+    def config_lines(self, low: int) -> list[str]:
+        """coturn's configuration: relaying on ports ``low`` to ``low + 63``."""
+        return [
+            "listening-ip=127.0.0.1",
+            "relay-ip=127.0.0.1",
+            f"listening-port={self.port}",
+            f"min-port={low}",
+            f"max-port={low + 63}",
+            "realm=sottovoce.test",
+            "use-auth-secret",
+            f"static-auth-secret={self.secret.expose().decode()}",
+            "fingerprint",
+            "no-tls",
+            "no-dtls",
+            "no-cli",
+            "no-tcp-relay",
+            "no-multicast-peers",
+            # Tests only: both peers and the relay share 127.0.0.1.
+            "allow-loopback-peers",
+            "no-software-attribute",
+            f"log-file={self.log_path}",
+            "simple-log",
+            f"pidfile={self.workdir / 'turnserver.pid'}",
+            f"userdb={self.workdir / 'turndb'}",
+        ]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -23,10 +23,11 @@ from sottovoce.audit_kit.needles import Scanner, needles_for
 from sottovoce.calls.effects import CallState, EndReason
 from sottovoce.client import ServerError
 from sottovoce.client.calls import CallController, CallOptions, IceConfig
+from sottovoce.client.store import TEST_KDF
 from sottovoce.limits import TURN_CREDENTIAL_MAX_TTL_S, TURN_REQUESTS_BURST
 from sottovoce.server.turn import turn_password
 from tests.integration.calls_helpers import Coturn, wait_for
-from tests.integration.client_helpers import make_account
+from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 
 
@@ -106,6 +107,33 @@ async def test_a_device_that_takes_no_calls_never_rings_nor_declines(
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.parametrize("answering", ["the first device", "a linked device"])
+async def test_every_device_rings_one_answers_the_other_hears_it_from_its_sibling(
+    turn_server: ServerProcess, tmp_path: Path, answering: str
+) -> None:
+    """Through the real server: alice rings both of bob's devices; the one that picks
+    up tells the other "answered elsewhere" (an E2EE signal from bob's own device),
+    so the other stops ringing at once, not when the ring times out."""
+    alice = await make_account(turn_server, "alice", tmp_path)
+    bob = await make_account(turn_server, "bob", tmp_path)
+    tablet = await bob.add_device(tmp_path / "bob-tablet", PASSPHRASE, kdf=TEST_KDF)
+    options = CallOptions(ice=IceConfig(loopback=True))
+    try:
+        caller, phone, pad = (c.start_calls(options) for c in (alice, bob, tablet))
+        await alice.place_call("bob")
+        await wait_for(lambda: phone.state is pad.state is CallState.INCOMING_RINGING, 15)
+        winner, loser = (bob, pad) if answering == "the first device" else (tablet, phone)
+        winner.answer_call()
+        await wait_for(lambda: caller.state is CallState.ACTIVE, 30)
+        await wait_for(lambda: loser.state is CallState.ENDED, 10)
+        assert loser.call is not None and loser.call.reason is EndReason.ANSWERED_ELSEWHERE
+        assert not loser.media  # the device that did not answer set up no media
+        assert caller.call is not None and caller.call.selected == winner.device_id
+    finally:
+        for c in (alice, bob, tablet):
+            await c.close()
 
 
 # --- blindness: a call's secrets never reach the server ------------------------------------

@@ -166,15 +166,6 @@ async def setup(
         finally:
             await _teardown(lite)
         return
-    # A known defect, open: with several nodes under this load, a client's lookup can
-    # be answered with a checkpoint that does not extend the one it holds, and the client
-    # raises its fork alert. These tests are about delivery through faults, so their
-    # clients pin no transparency log here; key transparency is tested on one node
-    # (test_kt_*) and across two nodes without load (test_multinode).
-    async def no_log(self: Client) -> None:
-        return None
-
-    monkeypatch.setattr(Client, "pin_log", no_log)
     reason = await asyncio.to_thread(_skip_reason)
     if reason is not None:
         pytest.skip(reason)

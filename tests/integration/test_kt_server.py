@@ -275,6 +275,10 @@ async def test_a_witness_process_cosigns_and_an_auditor_refuses_a_tampered_map(
         # Someone with the database hides an account in the map (no leaf appends it).
         with sqlite3.connect(srv.db_path) as conn:
             engine_sqlite.run(hide_an_account(), conn)
+        # A running node appends from the map nodes it keeps in memory; restarted (or
+        # another node) it reads the tables, and its next append carries the hidden entry.
+        srv.stop()
+        srv.start()
         bob = await make_account(srv, "bob", tmp_path)
         await bob.close()
         # The plain witness only checks the log; the auditor replays the leaves and refuses.

@@ -197,6 +197,95 @@ async def test_a_join_without_the_tokens_psk_is_refused_by_the_members_who_rejoi
         await close_all([alice, bob, mallory])
 
 
+async def test_a_members_unreadable_commit_is_refused_without_the_next_groupinfo(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A member's commit is a PrivateMessage the server cannot read. One of 200 random
+    bytes and no GroupInfo was once stored as the next epoch: nobody could process it,
+    and nobody could rejoin either (the room held only the previous epoch's GroupInfo),
+    so the room was wedged for good. Now a member's commit publishes the next epoch's
+    GroupInfo, signed by its certified key, or nothing is stored."""
+    alice, bob, carol = await make_accounts(server, ["alice", "bob", "carol"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("r")
+        await alice.rooms.invite("r", "bob")
+        await alice.rooms.invite("r", "carol")
+        for client in (bob, carol):
+            await client.rooms.wait_epoch(room.room_id, 2)
+        await chat(alice, bob, room.room_id, 2, "before")
+        group = carol.rooms.get(room.room_id).group
+        assert group is not None
+        current = group.group_info()  # valid and carol's, but this epoch's
+        for info in (None, secrets.token_bytes(300), current):
+            request = pr.RoomCommit(
+                roomId=room.room_id, epoch=2, messageId=secrets.token_hex(8),
+                idempotencyKey=secrets.token_hex(8), commit=secrets.token_bytes(200),
+                groupInfo=info,
+            )
+            with pytest.raises(ServerError) as err:
+                await carol._conn.request(request, frozenset({pr.ROOM_COMMITTED}))
+            assert err.value.code == "invalid_commit", err.value
+        assert await epoch_at_server(alice, room.room_id) == 2  # nothing was stored
+        await chat(alice, bob, room.room_id, 4, "after")
+    finally:
+        await close_all([alice, bob, carol])
+
+
+async def test_members_who_cannot_read_a_members_commit_rejoin_on_its_groupinfo(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The insider's other try: an unreadable commit with a good next GroupInfo (of a
+    commit it made but did not send). The server takes it; every member, the sender's
+    own client included, fails to process it, rejoins on that GroupInfo, says so, and
+    the room chats on."""
+    alice, bob, carol = await make_accounts(server, ["alice", "bob", "carol"], tmp_path)
+    said: dict[str, asyncio.Event] = {c.username: asyncio.Event() for c in (alice, bob, carol)}
+
+    async def watch(client: Client) -> None:
+        stream = client.events()
+        try:
+            while True:
+                event: ClientEvent = await stream.next(60)
+                if isinstance(event, RoomRecovered):
+                    said[client.username].set()
+        finally:
+            stream.close()
+
+    watchers = [asyncio.create_task(watch(c)) for c in (alice, bob, carol)]
+    try:
+        room = await alice.rooms.create_room("r")
+        await alice.rooms.invite("r", "bob")
+        await alice.rooms.invite("r", "carol")
+        for client in (bob, carol):
+            await client.rooms.wait_epoch(room.room_id, 2)
+        await chat(alice, bob, room.room_id, 2, "before")
+        group = carol.rooms.get(room.room_id).group
+        assert group is not None
+        bundle = group.self_update(rng=secrets.token_bytes)
+        info = group.staged_group_info(bundle.staged)
+        group.clear_pending_commit()
+        request = pr.RoomCommit(
+            roomId=room.room_id, epoch=2, messageId=secrets.token_hex(8),
+            idempotencyKey=secrets.token_hex(8), commit=secrets.token_bytes(200),
+            groupInfo=info,
+        )
+        _, done = await carol._conn.request(request, frozenset({pr.ROOM_COMMITTED}))
+        assert done["epoch"] == 3
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in said.values())), 30)
+        assert await alice.rooms.wait_until(
+            lambda: alice.rooms.get(room.room_id).epoch == bob.rooms.get(room.room_id).epoch
+            == carol.rooms.get(room.room_id).epoch, 20
+        )
+        await chat(alice, bob, room.room_id, 4, "after")
+        assert (await room_messages(carol, room.room_id, 2))[-2:] == [
+            "after from alice", "after from bob"
+        ]
+    finally:
+        for w in watchers:
+            w.cancel()
+        await close_all([alice, bob, carol])
+
+
 async def test_an_honest_joiner_by_token_is_accepted_and_sees_later_tokens(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -44,6 +44,20 @@ def test_config_refuses_unknown_and_ill_typed_options(tmp_path: Path) -> None:
         load_config({"tls_cert": "c.pem"}, environ={})
 
 
+def test_inbox_quota_options_reach_the_inbox_limits_each_to_its_own() -> None:
+    flags = {"inbox_max_messages": "600", "inbox_max_bytes": "6000",
+             "inbox_contact_messages": "500", "inbox_contact_bytes": "5000",
+             "inbox_stranger_messages": "400", "inbox_stranger_bytes": "4000"}
+    limits = load_config(flags, environ={}).inbox_limits
+    assert (limits.device_messages, limits.device_bytes) == (600, 6000)
+    assert (limits.contact_messages, limits.contact_bytes) == (500, 5000)
+    assert (limits.stranger_messages, limits.stranger_bytes) == (400, 4000)
+    with pytest.raises(UsageError, match="must grow"):
+        load_config({**flags, "inbox_stranger_bytes": "5001"}, environ={})
+    with pytest.raises(UsageError, match="inbox-contact-bytes must be positive"):
+        load_config({**flags, "inbox_contact_bytes": "0"}, environ={})
+
+
 def test_help_documents_every_option_with_an_example() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sottovoce", "server", "--help"],

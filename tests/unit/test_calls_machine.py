@@ -38,6 +38,7 @@ from sottovoce.calls.signals import (
     HashAlgorithm,
     IceCandidate,
     IceCandidates,
+    IceRestartAnswer,
     IceRestartOffer,
     Invite,
     Offer,
@@ -505,6 +506,33 @@ def test_an_ice_restart_with_another_certificate_is_refused() -> None:
     refuse(b1, BindingError, restart.encode())
     # Consistent with the SDP, but not the certificate pinned when the call was set up.
     assert state(b1) is CallState.ACTIVE
+
+
+def test_a_restart_answer_for_another_restart_offer_is_refused() -> None:
+    w, a1, b1 = active_pair()
+    w._drop = lambda s: isinstance(s.signal, IceRestartAnswer)
+    a1.machine.restart_ice(w.now)
+    w.run(w.now + 1000)
+    restart = next(s.signal for s in w.sent if isinstance(s.signal, IceRestartOffer))
+    assert state(a1) is CallState.CONNECTING and a1.machine.call.generation == 1  # type: ignore[union-attr]
+
+    def answer(offer_nonce: bytes, generation: int = 1) -> bytes:
+        return IceRestartAnswer(
+            call_id=restart.call_id,
+            from_device="b1",
+            to_device="a1",
+            generation=generation,
+            offer_nonce=offer_nonce,
+            nonce=b"y" * 16,
+            fingerprints=(b1.fingerprint,),
+            sdp=fake_sdp(b1.fingerprint, "t"),
+        ).encode()
+
+    refuse(a1, BindingError, answer(b"x" * 16), user="bob", device="b1")  # a forged echo
+    first = next(s.signal for s in w.sent if isinstance(s.signal, Offer))
+    refuse(a1, BindingError, answer(first.nonce), user="bob", device="b1")  # the first offer's
+    refuse(a1, OutOfOrderSignal, answer(restart.nonce, 2), user="bob", device="b1")
+    assert state(a1) is CallState.CONNECTING
 
 
 def test_answer_for_another_offer_is_refused() -> None:

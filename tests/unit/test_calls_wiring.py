@@ -22,6 +22,7 @@ from sottovoce.calls.effects import (
 )
 from sottovoce.calls.signals import Decline, Invite
 from sottovoce.cli import render
+from sottovoce.cli.main import main
 from sottovoce.client.call_payloads import (
     MISSED_CALL_CONTENT_TYPE,
     MissedCall,
@@ -190,3 +191,27 @@ def test_the_cli_starts_without_the_media_stack() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("call", ["--audio-only", "--screen", "--media", "--relay-only", "--loopback",
+                  "--record-to", "--allow-recording", "--seconds", "--ring-timeout"]),
+        ("answer", ["--audio-only", "--screen", "--media", "--relay-only", "--loopback",
+                    "--record-to", "--allow-recording", "--seconds", "--wait"]),
+        ("decline", ["--wait"]),
+    ],
+)
+def test_every_call_command_has_help_with_its_flags_and_an_example(
+    command: str, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit codes:" in text
+    for flag in flags:
+        assert flag in text, flag
+    example = text.split("example:\n", 1)[1]
+    assert f"sottovoce {command}" in example

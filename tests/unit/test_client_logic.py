@@ -140,6 +140,12 @@ async def test_second_device_gets_messages_and_copies_after_device_mismatch(
     copy = alice2.history("bob")
     assert [(m.text, m.outgoing, m.sender) for m in copy] == [("to both", True, "alice")]
     assert {len(s["ciphertexts"]) for s in relay.sends} == {1, 3}
+    # The retry is the same send (ids, recipient, type, time) to the devices there are now.
+    (retry,) = (s for s in relay.sends if s["messageId"] == mid)
+    sent = next(m for m in alice.history("bob") if m.message_id == mid)
+    assert (retry["idempotencyKey"], retry["clientCreatedAtMs"], retry["recipientUserId"],
+            retry["senderUserId"], retry["contentType"], len(retry["ciphertexts"])) == (
+        sent.idempotency_key, sent.client_created_ms, "bob", "alice", "text", 3)
     # Bob answers from his second device: alice's devices and bob's first get it.
     await bob2.send_text("alice", "from bob2")
     assert await _received(alice, e_alice, 1) == ["from bob2"]

@@ -10,7 +10,9 @@ per account.
 from __future__ import annotations
 
 import base64
+import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -179,7 +181,18 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_store_directory_is_0700_and_its_files_0600(tmp_path: Path) -> None:
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask of 022 (the usual default), so that the modes tested are the store's
+    doing: under a stricter umask the files would be private without it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_store_directory_is_0700_and_its_files_0600(tmp_path: Path, open_umask: None) -> None:
     root = tmp_path / "new" / "alice"
     store = Store.create(root, PASS, kdf=TEST_KDF)
     try:

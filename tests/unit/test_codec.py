@@ -11,7 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sottovoce.codec.tls import Reader, Writer, decode, encode, varint_bytes
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    U8,
+    U16,
+    U32,
+    U64,
+    Reader,
+    TlsStruct,
+    Writer,
+    decode,
+    encode,
+    optional_of,
+    struct_of,
+    tls,
+    tls_struct,
+    varint_bytes,
+    vector_of,
+)
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import MAX_DECODE_BYTES, MAX_DECODE_ITEMS, VARINT_MAX
 
@@ -395,3 +412,63 @@ def test_runaway_recursion_in_a_reader_is_decode_error() -> None:
 
     with pytest.raises(DecodeError):
         decode(recursive, b"\x01" * 100_000)
+
+
+# --- structs declared with tls_struct -----------------------------------------------
+
+
+@tls_struct
+class _Inner(TlsStruct):
+    tag: int = tls(U8)
+
+
+@tls_struct
+class _Laid(TlsStruct):
+    version: int = tls(U16, default=1)
+    name: bytes = tls(OPAQUE_V)
+    count: int = tls(U32)
+    stamp: int = tls(U64)
+    inner: _Inner = tls(struct_of(_Inner))
+    items: tuple[_Inner, ...] = tls(vector_of(struct_of(_Inner)), default=())
+    extra: _Inner | None = tls(optional_of(struct_of(_Inner)), default=None)
+
+
+def test_tls_struct_writes_its_fields_in_declaration_order() -> None:
+    value = _Laid(name=b"ab", count=3, stamp=4, inner=_Inner(tag=5), items=(_Inner(tag=6),),
+                  extra=_Inner(tag=7))
+    w = Writer()
+    w.u16(1)
+    w.opaque_v(b"ab")
+    w.u32(3)
+    w.u64(4)
+    w.u8(5)
+    w.opaque_v(b"\x06")
+    w.raw(b"\x01\x07")
+    assert value.encode() == w.getvalue()
+    assert _Laid.decode(w.getvalue()) == value
+    bare = _Laid(name=b"", count=0, stamp=0, inner=_Inner(tag=0))
+    assert _Laid.decode(bare.encode()) == bare
+    assert bare.encode().endswith(b"\x00\x00")  # no items, no extra
+
+
+def test_tls_struct_decoding_refuses_truncated_and_trailing_bytes() -> None:
+    data = _Laid(name=b"ab", count=3, stamp=4, inner=_Inner(tag=5)).encode()
+    with pytest.raises(DecodeError):
+        _Laid.decode(data[:-1])
+    with pytest.raises(DecodeError):
+        _Laid.decode(data + b"\x00")
+
+
+def test_tls_struct_refuses_a_field_without_a_codec_and_a_class_without_the_base() -> None:
+    class NoCodec(TlsStruct):
+        a: int = tls(U8)
+        b: int = 0
+
+    with pytest.raises(TypeError, match=r"\['b'\] are not declared with tls"):
+        tls_struct(NoCodec)
+
+    class NotLaidOut:
+        a: int = tls(U8)
+
+    with pytest.raises(TypeError, match="must derive from TlsStruct"):
+        tls_struct(NotLaidOut)

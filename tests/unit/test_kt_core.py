@@ -52,6 +52,7 @@ from sottovoce.kt.verify import (
     LookupResponse,
     MonitorState,
     OwnKeys,
+    TrustedHead,
     monitor_own_account,
     verify_lookup,
 )
@@ -185,6 +186,28 @@ def test_a_log_that_shrank_or_forked_is_caught_at_the_next_consistency_check() -
     with pytest.raises(LogForked):
         verify_lookup(w.policy, res.head, "bob", fork.kt.lookup("bob", fork.head(), since=2),
                       now_ms=NOW)
+
+
+def test_a_device_that_saw_the_log_empty_takes_the_next_head_without_a_proof() -> None:
+    """A device that pinned the log while it was empty (a new server, or a node that had
+    not seen another node's newer checkpoint yet) verifies its next lookup: RFC 9162 has
+    no consistency proof from the empty tree, so none is sent and none is asked for."""
+    w = World()
+    cp = w.policy.open(w.head(), NOW).checkpoint
+    assert cp.size == 0
+    empty = TrustedHead(size=0, root=cp.root, note=b"")
+    w.change("bob", _state(11, "b1"), ChangeKind.REGISTRATION)
+    w.change("carol", _state(12, "c1"), ChangeKind.REGISTRATION)
+    resp = w.kt.lookup("bob", w.head(), since=0)
+    assert resp.entry.consistency == ()
+    res = verify_lookup(w.policy, empty, "bob", resp, now_ms=NOW)
+    assert res.head.size == 2 and res.state == _state(11, "b1")
+    # Still no proof from the empty tree, and it has only the one root.
+    padded = replace(resp, entry=replace(resp.entry, consistency=(bytes(32),)))
+    with pytest.raises(LogForked):
+        verify_lookup(w.policy, empty, "bob", padded, now_ms=NOW)
+    with pytest.raises(LogForked):
+        verify_lookup(w.policy, replace(empty, root=bytes(32)), "bob", resp, now_ms=NOW)
 
 
 def test_a_split_view_needs_the_witness_to_sign_two_histories_and_it_will_not() -> None:

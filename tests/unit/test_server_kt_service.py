@@ -227,3 +227,43 @@ async def test_a_failed_checkpoint_round_does_not_fail_the_change(tmp_path: Path
     finally:
         await kt.close()
         await st.close()
+
+
+async def test_lookups_answered_from_memory_follow_the_served_checkpoint(tmp_path: Path) -> None:
+    """The same question at the same checkpoint is answered from memory; once another
+    checkpoint (or a new cosignature of the same size) is served, answers are built on
+    it, and they verify from the head a device kept."""
+    from sottovoce.kt.verify import KTPolicy, LookupResponse, verify_lookup
+    from tests.unit.test_server_kt_storage import Account
+
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
+                            JsonLogger(io.StringIO()))
+    await st.open()
+    keys = kt.keys()
+    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
+                      witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
+    now = kt._clock()
+
+    async def register(user: str) -> None:
+        a = Account(user)
+        await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await kt.changed()
+
+    try:
+        await register("alice")
+        first = await kt._answer("alice", 0, history=False)
+        assert await kt._answer("alice", 0, history=False) is first
+        head = verify_lookup(policy, None, "alice", LookupResponse.decode(first),
+                             now_ms=now).head
+        await register("bob")
+        later = LookupResponse.decode(await kt._answer("alice", 1, history=False))
+        res = verify_lookup(policy, head, "alice", later, now_ms=now)
+        assert res.head.size == 2 and res.version == 0
+        served = await kt.sync(again=True)  # the same size cosigned again
+        assert served is not None and served.size == 2
+        again = await kt._answer("alice", 1, history=False)
+        assert LookupResponse.decode(again).entry.checkpoint == served.note
+    finally:
+        await kt.close()
+        await st.close()

@@ -22,10 +22,13 @@ from sottovoce.kt.prover import KTLog
 from sottovoce.kt.verify import KTPolicy, verify_lookup
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.kt.witness import AuditingWitness
+from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage.kt import NO_RECOVERY_KEY, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 from sottovoce.server.storage.sqlite import SqliteStorage
+from sottovoce.server.storage.txn import Txn
 from tests.integration import pgschema
 from tests.kt_helpers import hide_an_account
 
@@ -147,12 +150,52 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         auditor.cosign_audited(note, leaves, now_ms=NOW)
         # Tamper: an account no leaf appended, hidden in the map.
         await store._write_op(hide_an_account)
+        # The next append, by another node or this one after a restart (a node's own
+        # append cache does not read the map's upper nodes again), carries it into the
+        # map root.
+        store.kt_writer = KTWriter(vrf=VRF, rng=secrets.token_bytes)
         a = Account("user9")
         await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
         note = KTLog(await store.kt_snapshot("user0", 6, 0, every_version=False),
                      vrf_key=VRF, log_signer=LOG).checkpoint()
         with pytest.raises(MapMismatch):
             auditor.cosign_audited(note, await store.kt_leaves(5, 10), now_ms=NOW)
+    finally:
+        await store.close()
+
+
+def _append_then_fail(writer: KTWriter, user: str) -> Txn[None]:
+    yield from kt_tables.record(writer, user, ChangeKind.DEVICE_ADDED, NOW)
+    raise RuntimeError("the change failed after its append")
+
+
+async def test_an_append_rolled_back_after_it_warmed_the_cache_leaves_no_trace(
+    store: SharedStorage,
+) -> None:
+    """A node keeps the upper map nodes and the log's border of its last append in
+    memory. An append whose transaction then rolls back moved that copy on: the next
+    append finds the log's size and border differ and reads the tables again, so every
+    leaf's map root still replays."""
+    await store.open()
+    try:
+        for i in range(4):
+            a = Account(f"user{i}")
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        writer = store.kt_writer
+        assert writer is not None and writer.cache.size == 4 and writer.cache.nodes
+        with pytest.raises((RuntimeError, StorageError)):  # (SQLite's writer wraps it)
+            await store._write_op(_append_then_fail, writer, "user1")
+        assert writer.cache.size == 5 and await store.kt_size() == 4
+        for i in range(4, 7):
+            a = Account(f"user{i}")
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        leaves = await store.kt_leaves(0, 10)
+        assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(7))
+        note = KTLog(await store.kt_snapshot("user0", 7, 0, every_version=False),
+                     vrf_key=VRF, log_signer=LOG).checkpoint()
+        AuditingWitness(WITNESS, LOG.public).cosign_audited(note, leaves, now_ms=NOW)
+        for i in range(7):
+            assert (await _lookup(store, f"user{i}")).version == 0
     finally:
         await store.close()
 

@@ -618,6 +618,13 @@ def test_database_and_residency_come_from_flags_env_or_file(tmp_path: Path) -> N
     assert flag.database == "postgres://h/db2"
     st = make_storage(flag, log)
     assert isinstance(st, PostgresStorage) and st.dsn == "postgres://h/db2"
+    # Both engines get the same tuning from the configuration.
+    tuned = {"max_batch": "7", "inbox_stranger_messages": "3"}
+    for engine in (make_storage(load_config({**tuned, "data_dir": str(tmp_path)}, environ={}), log),
+                   make_storage(load_config({**tuned, "database": "postgres://h/db3"},
+                                            environ={}), log)):
+        assert isinstance(engine, SqliteStorage | PostgresStorage)
+        assert engine.limits.stranger_messages == 3 and engine._max_batch == 7
     with pytest.raises(UsageError, match="postgresql://") as bad:
         load_config({"database": "mysql://u:hunter2@h/db"}, environ={})
     assert "hunter2" not in str(bad.value)

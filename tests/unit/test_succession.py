@@ -16,6 +16,7 @@ import pytest
 
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.identity.certificates import (
+    AccountDeletion,
     DeviceCertificate,
     DevicePublicKeys,
     RevocationStatement,
@@ -158,3 +159,12 @@ def test_recovery_code_round_trip_typos_and_derivation() -> None:
     rk = recovery_key_from_code(code, username=USER)
     assert rk.public == recovery_key_from_code(code.lower(), username=USER).public
     assert rk.public != recovery_key_from_code(code, username="another").public
+
+
+@pytest.mark.parametrize(
+    "cls", [DeviceCertificate, RevocationStatement, AccountDeletion, Succession, Recovery]
+)
+def test_a_statement_signs_every_field_but_its_signatures_which_come_last(cls: type) -> None:
+    names = tuple(name for name, _ in cls._tls_writers)
+    assert names[-len(cls._SIGNATURES):] == cls._SIGNATURES
+    assert not set(cls._SIGNATURES) & set(names[: -len(cls._SIGNATURES)])

@@ -294,12 +294,18 @@ def quiet(args: argparse.Namespace) -> None:
         logging.getLogger().addHandler(logging.NullHandler())
 
 
-async def _connect(client: Client, args: argparse.Namespace, options: CallOptions) -> None:
-    client.start_calls(options)  # before connecting: no ring is missed
+async def connect(client: Client, args: argparse.Namespace) -> None:
+    """Connect once the account's calls are started (so no ring or call start is
+    missed), or say plainly why the server cannot be reached."""
     try:
         await client.connect(timeout=args.timeout, fail_fast=True)
     except NotConnected as exc:
         raise unreachable(client.identity.server_url, exc) from None
+
+
+async def _connect(client: Client, args: argparse.Namespace, options: CallOptions) -> None:
+    client.start_calls(options)  # before connecting: no ring is missed
+    await connect(client, args)
     if options.ice.relay_only:
         await require_turn(client)
 
@@ -391,7 +397,9 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _media_options(parser: argparse.ArgumentParser) -> None:
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """--audio-only, --screen and --media: what a call sends, as :func:`media_spec` reads
+    it (`room call` takes them too)."""
     parser.add_argument(
         "--audio-only", action="store_true", help="send no camera video (an audio call)"
     )
@@ -402,6 +410,10 @@ def _media_options(parser: argparse.ArgumentParser) -> None:
         "--media", metavar="FILE",
         help="send this audio/video file instead of the default synthetic tone and pattern",
     )
+
+
+def _media_options(parser: argparse.ArgumentParser) -> None:
+    add_source_options(parser)
     add_path_options(parser)
     parser.add_argument(
         "--record-to", metavar="FILE",

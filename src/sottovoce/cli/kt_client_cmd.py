@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 await client.check_log()
                 checked = "ok"
             except SottovoceError as exc:
-                checked = f"FAILED: {exc}"
+                checked = f"FAILED: {render.safe(str(exc))}"
         elif not args.offline:
             checked = "not connected: showing what this device kept"
         return _status_lines(client, checked), client.kt.alerts()

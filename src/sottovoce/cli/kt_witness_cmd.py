@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sottovoce.cli.session import subcommand
 from sottovoce.client.connection import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
@@ -32,7 +33,6 @@ from sottovoce.server.kt_keys import note_key
 from sottovoce.server.kt_witness import MAX_BODY_BYTES, Conflict, WitnessService
 
 EXAMPLE = """\
-examples:
   sottovoce kt witness --server https://relay.example:8765 --key witness.key \\
       --listen 0.0.0.0:8780
       serve add-checkpoint for that server (run it with
@@ -48,14 +48,7 @@ unless --log-key pins it): a log that shrinks, forks or changes key is refused.
 """
 
 
-def add_witness(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "witness",
-        help="witness a server's key-transparency log: check each checkpoint, then cosign",
-        description="Run an independent witness of a sottovoce server's key-transparency log.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _witness_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, metavar="URL",
                    help="the server (http(s):// or ws(s)://HOST:PORT)")
     p.add_argument("--key", required=True, type=Path, metavar="FILE",
@@ -70,7 +63,15 @@ def add_witness(sub: Any) -> None:
                    help="replay every leaf and recompute the map before cosigning")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="serve add-checkpoint here (port 0: any free port, printed)")
-    p.set_defaults(func=run)
+
+
+def add_witness(sub: Any) -> None:
+    subcommand(
+        sub, "witness",
+        help="witness a server's key-transparency log: check each checkpoint, then cosign",
+        description="Run an independent witness of a sottovoce server's key-transparency log.",
+        example=EXAMPLE, heading="examples", func=run, options=_witness_options,
+    )
 
 
 def http_base(url: str) -> str:

@@ -18,7 +18,7 @@ import asyncio
 from pathlib import Path
 
 from sottovoce.cli import render
-from sottovoce.cli.call_cmd import quiet, say, stop_on_signals
+from sottovoce.cli.call_cmd import connect, quiet, say, stop_on_signals
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
@@ -93,10 +93,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
             recording_consent="grant",
             record_to=out / "pending.rec",  # each call gets its own file
         ))
-        try:
-            await client.connect(timeout=args.timeout, fail_fast=True)
-        except NotConnected as exc:
-            raise unreachable(client.identity.server_url, exc) from None
+        await connect(client, args)
         stop = stop_on_signals()
         if args.seconds is not None:
             asyncio.get_running_loop().call_later(args.seconds, stop.set)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import (
     add_path_options,
+    add_source_options,
+    connect,
     media_spec,
     next_or_stop,
     quiet,
@@ -38,10 +40,9 @@ from sottovoce.cli.session import (
     Connect,
     positive,
     subcommand,
-    unreachable,
     with_client,
 )
-from sottovoce.client import Client, NotConnected
+from sottovoce.client import Client
 from sottovoce.errors import SottovoceError
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command runs
@@ -176,10 +177,7 @@ def cmd_room_call(args: argparse.Namespace) -> int:
 
     async def work(client: Client) -> int:
         hub = client.start_room_calls(options)  # before connecting: a start is not missed
-        try:
-            await client.connect(timeout=args.timeout, fail_fast=True)
-        except NotConnected as exc:
-            raise unreachable(client.identity.server_url, exc) from None
+        await connect(client, args)
         if args.relay_only:  # the server's TURN credentials, or a plain error
             ice = dataclasses.replace(hub.options.ice, turn=await require_turn(client))
             hub.options = dataclasses.replace(hub.options, ice=ice)
@@ -234,11 +232,7 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--new", action="store_true",
                    help="start a new call even if one was started in the room")
-    p.add_argument("--audio-only", action="store_true", help="send no camera video")
-    p.add_argument("--screen", action="store_true",
-                   help="share the screen too (a test pattern when headless)")
-    p.add_argument("--media", metavar="FILE",
-                   help="send this audio/video file instead of the synthetic tone and pattern")
+    add_source_options(p)
     add_path_options(p)
     p.add_argument("--record", action="store_true",
                    help="ask everyone in the call to consent, then record what this device "

@@ -21,13 +21,14 @@ from typing import IO, Any
 
 from sottovoce import __version__
 from sottovoce.cli.program import command_name
+from sottovoce.cli.session import subcommand
+from sottovoce.client.store import exclusive_lock
 from sottovoce.errors import UsageError
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
 
 LOCK_FILE = "server.lock"
 
 EXAMPLE = f"""\
-examples:
   sottovoce server
       listen on ws://127.0.0.1:{DEFAULT_PORT}, data in the user data directory
   sottovoce server --port 9000 --data-dir ./relay-data --retention-days 7
@@ -51,14 +52,7 @@ endpoints: WebSocket ws://HOST:PORT/v3/ws; GET /healthz (JSON); GET /metrics (Pr
 """
 
 
-def add_commands(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "server",
-        help="run the relay server (embedded SQLite, no set-up)",
-        description="Run the sottovoce blind relay: it stores and forwards ciphertext only.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help=f"TOML config file (also ${CONFIG_ENV})")
     for opt in OPTIONS:
@@ -76,7 +70,15 @@ def add_commands(sub: Any) -> None:
         p.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, default=None,
                        action="append" if opt.repeat else "store",
                        help=f"{opt.help}; env {opt.env}")
-    p.set_defaults(func=run)
+
+
+def add_commands(sub: Any) -> None:
+    subcommand(
+        sub, "server",
+        help="run the relay server (embedded SQLite, no set-up)",
+        description="Run the sottovoce blind relay: it stores and forwards ciphertext only.",
+        example=EXAMPLE, heading="examples", func=run, options=_server_options,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,28 +109,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
-    """Hold an exclusive lock on the data directory for the life of this process.
-
-    The kernel drops the lock when the process ends, however it ends, so a crash
-    never leaves a stale lock behind.
-    """
+    """Hold an exclusive lock on the data directory for the life of this process."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held until exit
+        handle = exclusive_lock(data_dir / LOCK_FILE)
     except OSError as exc:
         raise UsageError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
-    try:
-        import fcntl  # POSIX; elsewhere the second server is not detected
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # pragma: no cover - non-POSIX
-        pass
-    except OSError:
-        handle.close()
+    if handle is None:
         raise UsageError(
             f"another sottovoce server is already running on the data directory {data_dir}\n"
             "stop it first, or give this one its own --data-dir"
-        ) from None
+        )
     return handle
 
 

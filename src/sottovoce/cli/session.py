@@ -416,17 +416,19 @@ def subcommand(
     func: Callable[[argparse.Namespace], int],
     args: Sequence[Positional] = (),
     options: Callable[[argparse.ArgumentParser], None] = timed_account_options,
+    heading: str = "example",
 ) -> argparse.ArgumentParser:
     """A subcommand with its positionals, then ``options`` (by default the account's).
 
     Every account command takes the same options, so a new one is a table entry;
-    the caller adds the flags only it has to the parser returned.
+    the caller adds the flags only it has to the parser returned. ``example`` is
+    shown under ``heading`` at the end of the help.
     """
     parser = sub.add_parser(
         name,
         help=help,
         description=description,
-        epilog=f"example:\n{example}",
+        epilog=f"{heading}:\n{example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sottovoce.client.call_payloads import CALL_CONTENT_TYPE
 from sottovoce.client.directory import Directory
@@ -376,16 +376,9 @@ class DirectMessages:
                     )
                     for t in targets
                 )
-                send = ev.Send(
-                    conversationId=old.conversationId,
-                    messageId=message_id,
-                    idempotencyKey=old.idempotencyKey,
-                    recipientUserId=old.recipientUserId,
-                    contentType=old.contentType,
-                    clientCreatedAtMs=old.clientCreatedAtMs,
-                    ciphertexts=ciphertexts,
-                    senderUserId=self.username,
-                )
+                # The same send (ids, recipient, type, time) to the devices there are now.
+                send = replace(old, messageId=message_id, ciphertexts=ciphertexts,
+                               senderUserId=self.username)
                 frame = send.to_frame(request_id=message_id)
                 with self._store.transaction():
                     self._sessions.flush()

@@ -325,20 +325,33 @@ def _warn(found: list[TooOpen]) -> None:
         print(f"sottovoce: warning: {too_open}", file=sys.stderr, flush=True)
 
 
-def _lock(path: Path) -> IO[bytes]:
-    """An exclusive, non-blocking lock on the account (released when the process dies)."""
-    handle = open(path, "a+b")  # noqa: SIM115 - held for the store's lifetime
+def exclusive_lock(path: Path) -> IO[bytes] | None:
+    """Open ``path`` and lock it, exclusive and non-blocking; None if another process holds it.
+
+    The lock lasts as long as the handle: the kernel drops it when the process ends,
+    however it ends, so a crash never leaves a stale lock behind. Where there is no
+    ``fcntl`` (not POSIX) the handle is returned unlocked.
+    """
+    handle = open(path, "a+b")  # noqa: SIM115 - the caller holds it
     try:
-        import fcntl  # POSIX; on other systems the lock is advisory only by documentation
+        import fcntl
 
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:  # pragma: no cover - non-POSIX
         pass
     except OSError:
         handle.close()
+        return None
+    return handle
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """The lock on the account, held for the store's lifetime."""
+    handle = exclusive_lock(path)
+    if handle is None:
         raise StoreError(
             "this account is open in another sottovoce process (one process per account)"
-        ) from None
+        )
     return handle
 
 

@@ -2,6 +2,7 @@
 
     Writer ── u8/u16/u32/u64, raw, opaque{8,16,24,32}, opaque_v, vector_v ──► bytes
     bytes ──► Reader ── the same verbs ──► values; finish() rejects leftovers
+    @tls_struct: a dataclass whose fields, each declared tls(codec), are its layout
 
 Rules enforced in one place (after aioquic's ``pull_block``):
 
@@ -17,13 +18,15 @@ Rules enforced in one place (after aioquic's ``pull_block``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Self, TypeVar
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar, cast, dataclass_transform
 
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import MAX_DECODE_BYTES, MAX_DECODE_ITEMS, VARINT_MAX
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 
 def varint_bytes(value: int) -> bytes:
@@ -239,6 +242,12 @@ class Reader:
         return read(self)
 
 
+#: The untyped errors a careless reader can raise on hostile or damaged input (an
+#: out-of-range enum value, a missing table key, ...); whoever decodes turns them into
+#: one typed error.
+READER_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError)
+
+
 def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
     w = Writer()
     write(w, value)
@@ -248,8 +257,7 @@ def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
 def decode(read: Callable[[Reader], T], data: bytes) -> T:
     """Decode ``data`` completely with ``read``; only ``DecodeError`` escapes.
 
-    Errors a careless reader could raise on hostile input (an out-of-range
-    enum value, say) are turned into ``DecodeError`` here, once.
+    :data:`READER_ERRORS` are turned into ``DecodeError`` here, once.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UsageError("decode expects bytes")
@@ -261,7 +269,7 @@ def decode(read: Callable[[Reader], T], data: bytes) -> T:
         r.finish()
     except DecodeError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError) as exc:
+    except (*READER_ERRORS, RecursionError) as exc:
         # RecursionError: hostile nesting must not escape as an untyped error from a
         # reader that recurses.
         raise DecodeError(f"malformed input ({type(exc).__name__})") from None
@@ -303,3 +311,88 @@ class WireStruct(Encodable):
 def write_struct(w: Writer, item: WireStruct) -> None:
     """``Writer.vector_v``/``optional`` callback for any :class:`WireStruct`."""
     item.write(w)
+
+
+# --- structs whose fields say once how they go on the wire ---------------------------
+
+
+class Codec(NamedTuple):
+    """How one field goes on the wire: its writer and its reader."""
+
+    write: Callable[[Writer, Any], None]
+    read: Callable[[Reader], Any]
+
+
+U8 = Codec(Writer.u8, Reader.u8)
+U16 = Codec(Writer.u16, Reader.u16)
+U32 = Codec(Writer.u32, Reader.u32)
+U64 = Codec(Writer.u64, Reader.u64)
+OPAQUE8 = Codec(Writer.opaque8, Reader.opaque8)
+OPAQUE_V = Codec(Writer.opaque_v, Reader.opaque_v)
+
+
+def struct_of(cls: type[WireStruct]) -> Codec:
+    """A nested struct, written and read by itself."""
+    return Codec(write_struct, cls.read)
+
+
+def vector_of(item: Codec) -> Codec:
+    """``T items<V>`` of ``item``, read as a tuple."""
+    write, read = item
+    return Codec(lambda w, v: w.vector_v(v, write), lambda r: tuple(r.vector_v(read)))
+
+
+def optional_of(item: Codec) -> Codec:
+    """``optional<T>`` of ``item`` (``None`` when absent)."""
+    write, read = item
+    return Codec(lambda w, v: w.optional(v, write), lambda r: r.optional(read))
+
+
+_TLS = "sottovoce.tls"
+
+
+def tls(codec: Codec, *, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a field of a :func:`tls_struct`: its ``codec`` and its default, if any."""
+    return dataclasses.field(default=default, metadata={_TLS: codec})
+
+
+class TlsStruct(WireStruct):
+    """A :class:`WireStruct` made by :func:`tls_struct`: it writes and reads its fields in
+    declaration order, each with the codec its :func:`tls` names, so the layout is
+    written once and ``write`` and ``read`` cannot disagree."""
+
+    __slots__ = ()
+    #: Bound by :func:`tls_struct`: each field's name with its writer, and with its
+    #: reader, in wire order.
+    _tls_writers: ClassVar[tuple[tuple[str, Callable[[Writer, Any], None]], ...]] = ()
+    _tls_readers: ClassVar[tuple[tuple[str, Callable[[Reader], Any]], ...]] = ()
+
+    def write(self, w: Writer) -> None:
+        for name, write in self._tls_writers:
+            write(w, getattr(self, name))
+
+    def _write_fields(self, w: Writer, count: int) -> None:
+        """Write the first ``count`` fields only (what a struct's signature covers, say)."""
+        for name, write in self._tls_writers[:count]:
+            write(w, getattr(self, name))
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        make: Callable[..., Self] = cls
+        return make(**{name: read(r) for name, read in cls._tls_readers})  # in wire order
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(tls,))
+def tls_struct(cls: C) -> C:
+    """Make ``cls`` (a :class:`TlsStruct`) a frozen dataclass whose fields, each declared
+    with :func:`tls`, are its wire layout in order."""
+    if not issubclass(cls, TlsStruct):
+        raise TypeError(f"{cls.__name__} must derive from TlsStruct")
+    made: type[Any] = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
+    fields = dataclasses.fields(made)
+    missing = [f.name for f in fields if _TLS not in f.metadata]
+    if missing:
+        raise TypeError(f"{made.__name__}: fields {missing} are not declared with tls()")
+    made._tls_writers = tuple((f.name, f.metadata[_TLS].write) for f in fields)
+    made._tls_readers = tuple((f.name, f.metadata[_TLS].read) for f in fields)
+    return cast(C, made)

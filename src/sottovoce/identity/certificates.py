@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    U64,
+    Codec,
+    Reader,
+    TlsStruct,
+    Writer,
+    struct_of,
+    tls,
+    tls_struct,
+)
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
     CertificateExpired,
@@ -85,6 +94,31 @@ def _read_key(r: Reader, length: int = _ED25519_LEN) -> bytes:
     return key
 
 
+class CertificateChecks(TypedDict, total=False):
+    """What :meth:`DeviceCertificate.verify` checks a certificate against besides the
+    clock, for the callers that pass it on: the account key and username it must be
+    bound to (each when given) and the device ids the account revoked."""
+
+    account_key: bytes | None
+    username: str | None
+    revoked_device_ids: frozenset[str] | set[str]
+
+
+def _read_cert_version(r: Reader) -> int:
+    version = r.u8()
+    if version != CERT_VERSION:
+        raise DecodeError("unsupported certificate version")
+    return version
+
+
+#: An Ed25519 public key, an Ed25519 signature: ``opaque<0..255>`` of exactly 32 or 64 bytes.
+KEY = Codec(Writer.opaque8, _read_key)
+SIGNATURE = Codec(Writer.opaque8, lambda r: _read_key(r, _SIG_LEN))
+#: A username or device id: ``opaque<0..255>`` of ASCII.
+NAME = Codec(lambda w, v: w.opaque8(v.encode("ascii")), _read_name)
+_CERT_VERSION = Codec(Writer.u8, _read_cert_version)
+
+
 def _verify_account_statement(
     what: str,
     statement: DeviceCertificate | RevocationStatement | AccountDeletion,
@@ -104,8 +138,8 @@ def _verify_account_statement(
         raise IdentityError(f"{what} signature is invalid") from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DevicePublicKeys:
+@tls_struct
+class DevicePublicKeys(TlsStruct):
     """Every public key of one device.
 
     * ``signing_key``: Ed25519, authenticates the device to the server, signs prekeys;
@@ -115,43 +149,21 @@ class DevicePublicKeys:
       until the device joins rooms).
     """
 
-    signing_key: bytes
-    olm_identity_key: bytes
-    olm_signing_key: bytes
-    mls_signature_key: bytes = b""
-
-    def write(self, w: Writer) -> None:
-        w.opaque8(self.signing_key)
-        w.opaque8(self.olm_identity_key)
-        w.opaque8(self.olm_signing_key)
-        w.opaque_v(self.mls_signature_key)
-
-    @classmethod
-    def read(cls, r: Reader) -> DevicePublicKeys:
-        return cls(
-            signing_key=_read_key(r),
-            olm_identity_key=_read_key(r),
-            olm_signing_key=_read_key(r),
-            mls_signature_key=r.opaque_v(),
-        )
+    signing_key: bytes = tls(KEY)
+    olm_identity_key: bytes = tls(KEY)
+    olm_signing_key: bytes = tls(KEY)
+    mls_signature_key: bytes = tls(OPAQUE_V, default=b"")
 
 
-class _SignedStatement(WireStruct):
-    """What every statement signed by an account (or recovery) key shares: the
-    signed bytes are a domain label followed by the body, and the encoding is the
-    body followed by each signature, in ``_SIGNATURES`` order."""
+class _SignedStatement(TlsStruct):
+    """What every statement signed by an account (or recovery) key shares: it is a
+    :func:`tls_struct` whose last fields are its signatures, in ``_SIGNATURES`` order; the
+    signed bytes are a domain label followed by every field before them (the body)."""
 
     __slots__ = ()
     _DOMAIN: ClassVar[bytes]
     #: The signature fields, in wire order; the i-th key given to :meth:`_signed` makes the i-th.
     _SIGNATURES: ClassVar[tuple[str, ...]] = ("signature",)
-
-    def _write_body(self, w: Writer) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        raise NotImplementedError
 
     @classmethod
     def _signed(cls, signers: tuple[AccountKey, ...], **body: Any) -> Self:
@@ -165,32 +177,21 @@ class _SignedStatement(WireStruct):
         """The bytes each key signs."""
         w = Writer()
         w.opaque8(self._DOMAIN)
-        self._write_body(w)
+        self._write_fields(w, len(self._tls_writers) - len(self._SIGNATURES))
         return w.getvalue()
 
-    def write(self, w: Writer) -> None:
-        self._write_body(w)
-        for name in self._SIGNATURES:
-            w.opaque8(getattr(self, name))
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        make: Callable[..., Self] = cls
-        body = cls._read_body(r)
-        return make(**body, **{name: _read_key(r, _SIG_LEN) for name in cls._SIGNATURES})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
+@tls_struct
 class DeviceCertificate(_SignedStatement):
     _DOMAIN: ClassVar[bytes] = _CERT_DOMAIN
-    username: str
-    account_key: bytes
-    device_id: str
-    keys: DevicePublicKeys
-    created_at_ms: int
-    expires_at_ms: int
-    signature: bytes
-    version: int = CERT_VERSION
+    version: int = tls(_CERT_VERSION, default=CERT_VERSION)
+    username: str = tls(NAME)
+    account_key: bytes = tls(KEY)
+    device_id: str = tls(NAME)
+    keys: DevicePublicKeys = tls(struct_of(DevicePublicKeys))
+    created_at_ms: int = tls(U64)
+    expires_at_ms: int = tls(U64)
+    signature: bytes = tls(SIGNATURE)
 
     # --- making one ------------------------------------------------------------
 
@@ -218,32 +219,6 @@ class DeviceCertificate(_SignedStatement):
             created_at_ms=now_ms,
             expires_at_ms=now_ms + lifetime_ms,
         )
-
-    # --- wire ------------------------------------------------------------------
-
-    def _write_body(self, w: Writer) -> None:
-        w.u8(self.version)
-        w.opaque8(self.username.encode("ascii"))
-        w.opaque8(self.account_key)
-        w.opaque8(self.device_id.encode("ascii"))
-        self.keys.write(w)
-        w.u64(self.created_at_ms)
-        w.u64(self.expires_at_ms)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        version = r.u8()
-        if version != CERT_VERSION:
-            raise DecodeError("unsupported certificate version")
-        return {
-            "version": version,
-            "username": _read_name(r),
-            "account_key": _read_key(r),
-            "device_id": _read_name(r),
-            "keys": DevicePublicKeys.read(r),
-            "created_at_ms": r.u64(),
-            "expires_at_ms": r.u64(),
-        }
 
     # --- checking one ------------------------------------------------------------
 
@@ -278,16 +253,16 @@ class DeviceCertificate(_SignedStatement):
             raise CertificateRevoked("device has been revoked")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@tls_struct
 class RevocationStatement(_SignedStatement):
     """The account key's statement that a device must no longer be trusted."""
 
     _DOMAIN: ClassVar[bytes] = _REVOCATION_DOMAIN
-    username: str
-    account_key: bytes
-    device_id: str
-    revoked_at_ms: int
-    signature: bytes
+    username: str = tls(NAME)
+    account_key: bytes = tls(KEY)
+    device_id: str = tls(NAME)
+    revoked_at_ms: int = tls(U64)
+    signature: bytes = tls(SIGNATURE)
 
     @classmethod
     def issue(
@@ -303,27 +278,12 @@ class RevocationStatement(_SignedStatement):
             revoked_at_ms=now_ms,
         )
 
-    def _write_body(self, w: Writer) -> None:
-        w.opaque8(self.username.encode("ascii"))
-        w.opaque8(self.account_key)
-        w.opaque8(self.device_id.encode("ascii"))
-        w.u64(self.revoked_at_ms)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {
-            "username": _read_name(r),
-            "account_key": _read_key(r),
-            "device_id": _read_name(r),
-            "revoked_at_ms": r.u64(),
-        }
-
     def verify(self, *, account_key: bytes, username: str | None = None) -> None:
         """Raise :class:`IdentityError` unless the account key signed this revocation."""
         _verify_account_statement("revocation", self, account_key, username)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@tls_struct
 class AccountDeletion(_SignedStatement):
     """The account key's statement that the whole account is deleted (docs/protocol.md §Accounts).
 
@@ -335,10 +295,10 @@ class AccountDeletion(_SignedStatement):
 
     _DOMAIN: ClassVar[bytes] = _DELETION_DOMAIN
 
-    username: str
-    account_key: bytes
-    deleted_at_ms: int
-    signature: bytes
+    username: str = tls(NAME)
+    account_key: bytes = tls(KEY)
+    deleted_at_ms: int = tls(U64)
+    signature: bytes = tls(SIGNATURE)
 
     @classmethod
     def issue(cls, account_key: AccountKey, *, username: str, now_ms: int) -> AccountDeletion:
@@ -346,15 +306,6 @@ class AccountDeletion(_SignedStatement):
         return cls._signed(
             (account_key,), username=username, account_key=account_key.public, deleted_at_ms=now_ms
         )
-
-    def _write_body(self, w: Writer) -> None:
-        w.opaque8(self.username.encode("ascii"))
-        w.opaque8(self.account_key)
-        w.u64(self.deleted_at_ms)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"username": _read_name(r), "account_key": _read_key(r), "deleted_at_ms": r.u64()}
 
     def verify(self, *, account_key: bytes, username: str, now_ms: int) -> None:
         """Raise :class:`IdentityError` unless the account key signed this deletion of

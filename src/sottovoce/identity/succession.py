@@ -22,7 +22,7 @@ after the owner's recovery hang off keys that are no longer on the chain.
 
 The statements reuse the layout of ``identity/certificates.py``: the signed
 bytes are a domain label followed by the body (RFC 8446 presentation language),
-and the encoding is the body followed by the signature(s).
+and the encoding is the body followed by the signature(s), the last fields.
 """
 
 from __future__ import annotations
@@ -30,19 +30,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from sottovoce.codec.tls import Reader, Writer
+from sottovoce.codec.tls import U64, tls, tls_struct
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import DecodeError, IdentityError, SignatureError, UsageError
 from sottovoce.identity.certificates import (
+    KEY,
+    NAME,
+    SIGNATURE,
     DeviceCertificate,
     RevocationStatement,
-    _read_key,
-    _read_name,
     _SignedStatement,
     validate_username,
 )
@@ -66,19 +67,19 @@ def _verify(key: bytes, tbs: bytes, sig: bytes) -> bool:
 # --- statements ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@tls_struct
 class Succession(_SignedStatement):
     """AK -> AK', signed by both: the old key vouches for the new one, and the new
     key proves it exists (no one can succeed to a key they do not hold)."""
 
     _DOMAIN: ClassVar[bytes] = _SUCCESSION_DOMAIN
     _SIGNATURES: ClassVar[tuple[str, ...]] = ("signature", "new_signature")
-    username: str
-    old_key: bytes
-    new_key: bytes
-    signed_at_ms: int
-    signature: bytes  # by old_key
-    new_signature: bytes  # by new_key
+    username: str = tls(NAME)
+    old_key: bytes = tls(KEY)
+    new_key: bytes = tls(KEY)
+    signed_at_ms: int = tls(U64)
+    signature: bytes = tls(SIGNATURE)  # by old_key
+    new_signature: bytes = tls(SIGNATURE)  # by new_key
 
     @classmethod
     def issue(
@@ -90,24 +91,13 @@ class Succession(_SignedStatement):
             signed_at_ms=now_ms,
         )
 
-    def _write_body(self, w: Writer) -> None:
-        w.opaque8(self.username.encode("ascii"))
-        w.opaque8(self.old_key)
-        w.opaque8(self.new_key)
-        w.u64(self.signed_at_ms)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"username": _read_name(r), "old_key": _read_key(r), "new_key": _read_key(r),
-                "signed_at_ms": r.u64()}
-
     def valid(self) -> bool:
         tbs = self.tbs()
         return (self.old_key != self.new_key and _verify(self.old_key, tbs, self.signature)
                 and _verify(self.new_key, tbs, self.new_signature))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@tls_struct
 class Recovery(_SignedStatement):
     """The recovery key's statement: the account is now ruled by ``new_account_key``,
     and ``new_recovery_key`` replaces the RK that signed it. Signed by the old RK and
@@ -117,14 +107,14 @@ class Recovery(_SignedStatement):
     _SIGNATURES: ClassVar[tuple[str, ...]] = (
         "signature", "account_signature", "new_recovery_signature"
     )
-    username: str
-    recovery_key: bytes
-    new_account_key: bytes
-    new_recovery_key: bytes
-    signed_at_ms: int
-    signature: bytes  # by recovery_key
-    account_signature: bytes  # by new_account_key
-    new_recovery_signature: bytes  # by new_recovery_key
+    username: str = tls(NAME)
+    recovery_key: bytes = tls(KEY)
+    new_account_key: bytes = tls(KEY)
+    new_recovery_key: bytes = tls(KEY)
+    signed_at_ms: int = tls(U64)
+    signature: bytes = tls(SIGNATURE)  # by recovery_key
+    account_signature: bytes = tls(SIGNATURE)  # by new_account_key
+    new_recovery_signature: bytes = tls(SIGNATURE)  # by new_recovery_key
 
     @classmethod
     def issue(
@@ -142,19 +132,6 @@ class Recovery(_SignedStatement):
             recovery_key=recovery.public, new_account_key=new_account.public,
             new_recovery_key=new_recovery.public, signed_at_ms=now_ms,
         )
-
-    def _write_body(self, w: Writer) -> None:
-        w.opaque8(self.username.encode("ascii"))
-        w.opaque8(self.recovery_key)
-        w.opaque8(self.new_account_key)
-        w.opaque8(self.new_recovery_key)
-        w.u64(self.signed_at_ms)
-
-    @classmethod
-    def _read_body(cls, r: Reader) -> dict[str, Any]:
-        return {"username": _read_name(r), "recovery_key": _read_key(r),
-                "new_account_key": _read_key(r), "new_recovery_key": _read_key(r),
-                "signed_at_ms": r.u64()}
 
     def valid(self) -> bool:
         tbs = self.tbs()

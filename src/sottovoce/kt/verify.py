@@ -53,6 +53,7 @@ from sottovoce.kt.map import (
     verify_map_proof,
 )
 from sottovoce.kt.merkle import (
+    EMPTY_ROOT,
     HASH_SIZE,
     LogWriter,
     leaf_hash,
@@ -109,7 +110,13 @@ def check_extension(last: TrustedHead | None, new: VerifiedCheckpoint, proof: li
     if cp.size < last.size:
         raise LogShrank(f"the log shrank from {last.size} to {cp.size} leaves")
     try:
-        if cp.size == last.size:
+        if last.size == 0:
+            # Every tree extends the empty one, and RFC 9162 has no proof for it: a
+            # device that first saw the log empty (a new log, or a server node that had
+            # not seen the newest checkpoint yet) takes any later one with no proof.
+            if proof or last.root != EMPTY_ROOT or (cp.size == 0 and cp.root != EMPTY_ROOT):
+                raise ProofMismatch("the empty tree has one root and no proof")
+        elif cp.size == last.size:
             if proof or cp.root != last.root:
                 raise ProofMismatch("same size, different root")
         else:

@@ -6,7 +6,19 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    U16,
+    U64,
+    Codec,
+    Reader,
+    TlsStruct,
+    WireStruct,
+    Writer,
+    tls,
+    tls_struct,
+    write_struct,
+)
 from sottovoce.errors import DecodeError, UsageError
 
 if TYPE_CHECKING:
@@ -84,28 +96,25 @@ def read_enum(r: Reader, enum: type[E], width: int = 1) -> E:
         raise DecodeError(f"unknown {enum.__name__} {value}") from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Extension:
+def enum_of(enum: type[IntEnum], width: int = 1) -> Codec:
+    """A ``uint8`` (or ``uint16``) code point that must be a known value of ``enum``."""
+    return Codec(Writer.u8 if width == 1 else Writer.u16, lambda r: read_enum(r, enum, width))
+
+
+@tls_struct
+class Extension(TlsStruct):
     """RFC 9420 §7.2: ``uint16 extension_type; opaque extension_data<V>``.
 
     Types are kept as plain ints: unknown (and GREASE) extension types must
     survive a round trip untouched.
     """
 
-    extension_type: int
-    extension_data: bytes
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.extension_type)
-        w.opaque_v(self.extension_data)
-
-    @classmethod
-    def read(cls, r: Reader) -> Extension:
-        return cls(extension_type=r.u16(), extension_data=r.opaque_v())
+    extension_type: int = tls(U16)
+    extension_data: bytes = tls(OPAQUE_V)
 
 
 def write_extensions(w: Writer, extensions: tuple[Extension, ...]) -> None:
-    w.vector_v(extensions, lambda w2, e: e.write(w2))
+    w.vector_v(extensions, write_struct)
 
 
 def read_extensions(r: Reader) -> tuple[Extension, ...]:
@@ -119,38 +128,21 @@ def read_extensions(r: Reader) -> tuple[Extension, ...]:
     return exts
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GroupContext(WireStruct):
+#: ``Extension extensions<V>``, each type at most once.
+EXTENSIONS = Codec(write_extensions, read_extensions)
+
+
+@tls_struct
+class GroupContext(TlsStruct):
     """RFC 9420 §8.1."""
 
-    version: int = ProtocolVersion.MLS10
-    cipher_suite: int
-    group_id: bytes
-    epoch: int
-    tree_hash: bytes
-    confirmed_transcript_hash: bytes
-    extensions: tuple[Extension, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.version)
-        w.u16(self.cipher_suite)
-        w.opaque_v(self.group_id)
-        w.u64(self.epoch)
-        w.opaque_v(self.tree_hash)
-        w.opaque_v(self.confirmed_transcript_hash)
-        write_extensions(w, self.extensions)
-
-    @classmethod
-    def read(cls, r: Reader) -> GroupContext:
-        return cls(
-            version=r.u16(),
-            cipher_suite=r.u16(),
-            group_id=r.opaque_v(),
-            epoch=r.u64(),
-            tree_hash=r.opaque_v(),
-            confirmed_transcript_hash=r.opaque_v(),
-            extensions=read_extensions(r),
-        )
+    version: int = tls(U16, default=ProtocolVersion.MLS10)
+    cipher_suite: int = tls(U16)
+    group_id: bytes = tls(OPAQUE_V)
+    epoch: int = tls(U64)
+    tree_hash: bytes = tls(OPAQUE_V)
+    confirmed_transcript_hash: bytes = tls(OPAQUE_V)
+    extensions: tuple[Extension, ...] = tls(EXTENSIONS, default=())
 
 
 # --- pre-shared key ids (§8.4) --------------------------------------------------------

@@ -30,7 +30,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sottovoce.codec.tls import Encodable, Reader, WireStruct, Writer, decode
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    U32,
+    U64,
+    Codec,
+    Encodable,
+    Reader,
+    TlsStruct,
+    WireStruct,
+    Writer,
+    decode,
+    tls,
+    tls_struct,
+)
 from sottovoce.crypto.labels import sign_with_label, verify_with_label
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey, VerifyKey
@@ -42,7 +55,7 @@ from sottovoce.mls.common import (
     ProtocolVersion,
     SenderType,
     WireFormat,
-    read_enum,
+    enum_of,
 )
 from sottovoce.mls.errors import (
     InvalidMembershipTag,
@@ -190,35 +203,16 @@ def unprotect_public(
 # --- PrivateMessage (§6.3) ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrivateMessage(WireStruct):
+@tls_struct
+class PrivateMessage(TlsStruct):
     """RFC 9420 §6.3."""
 
-    group_id: bytes
-    epoch: int
-    content_type: ContentType
-    authenticated_data: bytes = b""
-    encrypted_sender_data: bytes
-    ciphertext: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.group_id)
-        w.u64(self.epoch)
-        w.u8(self.content_type)
-        w.opaque_v(self.authenticated_data)
-        w.opaque_v(self.encrypted_sender_data)
-        w.opaque_v(self.ciphertext)
-
-    @classmethod
-    def read(cls, r: Reader) -> PrivateMessage:
-        return cls(
-            group_id=r.opaque_v(),
-            epoch=r.u64(),
-            content_type=read_enum(r, ContentType),
-            authenticated_data=r.opaque_v(),
-            encrypted_sender_data=r.opaque_v(),
-            ciphertext=r.opaque_v(),
-        )
+    group_id: bytes = tls(OPAQUE_V)
+    epoch: int = tls(U64)
+    content_type: ContentType = tls(enum_of(ContentType))
+    authenticated_data: bytes = tls(OPAQUE_V, default=b"")
+    encrypted_sender_data: bytes = tls(OPAQUE_V)
+    ciphertext: bytes = tls(OPAQUE_V)
 
     def sender_data_aad(self) -> bytes:
         """SenderDataAAD (§6.3.2)."""
@@ -238,26 +232,20 @@ class PrivateMessage(WireStruct):
         return w.getvalue()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SenderData(WireStruct):
+_REUSE_GUARD = Codec(Writer.raw, lambda r: r.raw(REUSE_GUARD_SIZE))
+
+
+@tls_struct
+class SenderData(TlsStruct):
     """RFC 9420 §6.3.2."""
 
-    leaf_index: int
-    generation: int
-    reuse_guard: bytes
+    leaf_index: int = tls(U32)
+    generation: int = tls(U32)
+    reuse_guard: bytes = tls(_REUSE_GUARD)
 
     def __post_init__(self) -> None:
         if len(self.reuse_guard) != REUSE_GUARD_SIZE:
             raise UsageError("reuse_guard must be 4 bytes")
-
-    def write(self, w: Writer) -> None:
-        w.u32(self.leaf_index)
-        w.u32(self.generation)
-        w.raw(self.reuse_guard)
-
-    @classmethod
-    def read(cls, r: Reader) -> SenderData:
-        return cls(leaf_index=r.u32(), generation=r.u32(), reuse_guard=r.raw(REUSE_GUARD_SIZE))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

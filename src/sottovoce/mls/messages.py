@@ -2,7 +2,9 @@
 
 Each struct is a frozen dataclass with ``write(w)`` / ``read(r)`` for use
 inside larger structures and ``encode()`` / ``decode(data)`` for a whole
-value (decoding consumes exactly and raises only ``DecodeError``).
+value (decoding consumes exactly and raises only ``DecodeError``). A struct
+that is its fields in order is a ``codec.tls.tls_struct``: each field names
+its codec once; one whose layout branches (a select) writes and reads by hand.
 
 Selects are modelled as Python unions rather than tagged records:
 
@@ -29,11 +31,28 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self, get_args
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer, decode, write_struct
+from sottovoce.codec.tls import (
+    OPAQUE_V,
+    U16,
+    U32,
+    U64,
+    Codec,
+    Reader,
+    TlsStruct,
+    WireStruct,
+    Writer,
+    decode,
+    optional_of,
+    struct_of,
+    tls,
+    tls_struct,
+    vector_of,
+)
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
 from sottovoce.crypto.sign import SigningKey, VerifyKey
 from sottovoce.errors import DecodeError, SignatureError, UsageError
 from sottovoce.mls.common import (
+    EXTENSIONS,
     CredentialType,
     Extension,
     GroupContext,
@@ -108,12 +127,11 @@ def _write_uints(w: Writer, values: tuple[int, ...], fmt: str) -> None:
         raise UsageError("integer does not fit its vector item type") from None
 
 
-def _u16s(r: Reader) -> tuple[int, ...]:
-    return _read_uints(r, 2, "H")
-
-
-def _w_u16s(w: Writer, values: tuple[int, ...]) -> None:
-    _write_uints(w, values, "H")
+#: ``uint16 items<V>`` (capability lists) and ``uint32 items<V>`` (unmerged leaves).
+U16S = Codec(lambda w, v: _write_uints(w, v, "H"), lambda r: _read_uints(r, 2, "H"))
+_U32S = Codec(lambda w, v: _write_uints(w, v, "I"), lambda r: _read_uints(r, 4, "I"))
+#: ``opaque secret<V>`` held as a :class:`Secret`.
+SECRET = Codec(lambda w, v: w.opaque_v(v.expose()), lambda r: Secret(r.opaque_v()))
 
 
 def _verify(key: VerifyKey, label: bytes, tbs: bytes, signature: bytes) -> None:
@@ -200,48 +218,23 @@ class Credential(WireStruct):
 # --- leaf nodes (§7.2) ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Capabilities(WireStruct):
+@tls_struct
+class Capabilities(TlsStruct):
     """RFC 9420 §7.2. All lists are raw uint16 code points (unknown values are kept)."""
 
-    versions: tuple[int, ...] = (ProtocolVersion.MLS10,)
-    cipher_suites: tuple[int, ...] = ()
-    extensions: tuple[int, ...] = ()
-    proposals: tuple[int, ...] = ()
-    credentials: tuple[int, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        _w_u16s(w, self.versions)
-        _w_u16s(w, self.cipher_suites)
-        _w_u16s(w, self.extensions)
-        _w_u16s(w, self.proposals)
-        _w_u16s(w, self.credentials)
-
-    @classmethod
-    def read(cls, r: Reader) -> Capabilities:
-        return cls(
-            versions=_u16s(r),
-            cipher_suites=_u16s(r),
-            extensions=_u16s(r),
-            proposals=_u16s(r),
-            credentials=_u16s(r),
-        )
+    versions: tuple[int, ...] = tls(U16S, default=(ProtocolVersion.MLS10,))
+    cipher_suites: tuple[int, ...] = tls(U16S, default=())
+    extensions: tuple[int, ...] = tls(U16S, default=())
+    proposals: tuple[int, ...] = tls(U16S, default=())
+    credentials: tuple[int, ...] = tls(U16S, default=())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lifetime(WireStruct):
+@tls_struct
+class Lifetime(TlsStruct):
     """RFC 9420 §7.2: seconds since the Unix epoch."""
 
-    not_before: int
-    not_after: int
-
-    def write(self, w: Writer) -> None:
-        w.u64(self.not_before)
-        w.u64(self.not_after)
-
-    @classmethod
-    def read(cls, r: Reader) -> Lifetime:
-        return cls(not_before=r.u64(), not_after=r.u64())
+    not_before: int = tls(U64)
+    not_after: int = tls(U64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,26 +332,13 @@ def leaf_node_tbs(leaf: LeafNode, group_id: bytes | None, leaf_index: int | None
 # --- parent nodes and the ratchet tree (§7.1, §12.4.3.3) ----------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ParentNode(WireStruct):
+@tls_struct
+class ParentNode(TlsStruct):
     """RFC 9420 §7.1."""
 
-    encryption_key: bytes
-    parent_hash: bytes = b""
-    unmerged_leaves: tuple[int, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.encryption_key)
-        w.opaque_v(self.parent_hash)
-        _write_uints(w, self.unmerged_leaves, "I")
-
-    @classmethod
-    def read(cls, r: Reader) -> ParentNode:
-        return cls(
-            encryption_key=r.opaque_v(),
-            parent_hash=r.opaque_v(),
-            unmerged_leaves=_read_uints(r, 4, "I"),
-        )
+    encryption_key: bytes = tls(OPAQUE_V)
+    parent_hash: bytes = tls(OPAQUE_V, default=b"")
+    unmerged_leaves: tuple[int, ...] = tls(_U32S, default=())
 
 
 Node = LeafNode | ParentNode
@@ -426,58 +406,34 @@ def decode_ratchet_tree(data: bytes) -> list[Node | None]:
     return decode(read_ratchet_tree, data)
 
 
+_RATCHET_TREE = Codec(write_ratchet_tree, lambda r: tuple(read_ratchet_tree(r)))
+
+
 # --- update paths (§7.6) ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HPKECiphertext(WireStruct):
+@tls_struct
+class HPKECiphertext(TlsStruct):
     """RFC 9420 §7.6."""
 
-    kem_output: bytes
-    ciphertext: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.kem_output)
-        w.opaque_v(self.ciphertext)
-
-    @classmethod
-    def read(cls, r: Reader) -> HPKECiphertext:
-        return cls(kem_output=r.opaque_v(), ciphertext=r.opaque_v())
+    kem_output: bytes = tls(OPAQUE_V)
+    ciphertext: bytes = tls(OPAQUE_V)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UpdatePathNode(WireStruct):
+@tls_struct
+class UpdatePathNode(TlsStruct):
     """RFC 9420 §7.6: one ciphertext per node of the copath node's resolution."""
 
-    encryption_key: bytes
-    encrypted_path_secret: tuple[HPKECiphertext, ...]
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.encryption_key)
-        w.vector_v(self.encrypted_path_secret, write_struct)
-
-    @classmethod
-    def read(cls, r: Reader) -> UpdatePathNode:
-        return cls(
-            encryption_key=r.opaque_v(),
-            encrypted_path_secret=tuple(r.vector_v(HPKECiphertext.read)),
-        )
+    encryption_key: bytes = tls(OPAQUE_V)
+    encrypted_path_secret: tuple[HPKECiphertext, ...] = tls(vector_of(struct_of(HPKECiphertext)))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UpdatePath(WireStruct):
+@tls_struct
+class UpdatePath(TlsStruct):
     """RFC 9420 §7.6."""
 
-    leaf_node: LeafNode
-    nodes: tuple[UpdatePathNode, ...]
-
-    def write(self, w: Writer) -> None:
-        self.leaf_node.write(w)
-        w.vector_v(self.nodes, write_struct)
-
-    @classmethod
-    def read(cls, r: Reader) -> UpdatePath:
-        return cls(leaf_node=LeafNode.read(r), nodes=tuple(r.vector_v(UpdatePathNode.read)))
+    leaf_node: LeafNode = tls(struct_of(LeafNode))
+    nodes: tuple[UpdatePathNode, ...] = tls(vector_of(struct_of(UpdatePathNode)))
 
 
 # --- key packages (§10) -----------------------------------------------------------
@@ -537,127 +493,66 @@ def make_proposal_ref(suite: CipherSuite, encoded_authenticated_content: bytes) 
 # shared structs; it is re-exported here for the PreSharedKey proposal and GroupSecrets.
 
 
-def _write_psk_id(w: Writer, psk: PreSharedKeyID) -> None:
-    psk.write(w)
-
-
 # --- proposals (§12.1) ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Add(WireStruct):
+@tls_struct
+class Add(TlsStruct):
     """RFC 9420 §12.1.1."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.ADD
-    key_package: KeyPackage
-
-    def write(self, w: Writer) -> None:
-        self.key_package.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> Add:
-        return cls(key_package=KeyPackage.read(r))
+    key_package: KeyPackage = tls(struct_of(KeyPackage))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Update(WireStruct):
+@tls_struct
+class Update(TlsStruct):
     """RFC 9420 §12.1.2."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.UPDATE
-    leaf_node: LeafNode
-
-    def write(self, w: Writer) -> None:
-        self.leaf_node.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> Update:
-        return cls(leaf_node=LeafNode.read(r))
+    leaf_node: LeafNode = tls(struct_of(LeafNode))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Remove(WireStruct):
+@tls_struct
+class Remove(TlsStruct):
     """RFC 9420 §12.1.3."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.REMOVE
-    removed: int
-
-    def write(self, w: Writer) -> None:
-        w.u32(self.removed)
-
-    @classmethod
-    def read(cls, r: Reader) -> Remove:
-        return cls(removed=r.u32())
+    removed: int = tls(U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PreSharedKey(WireStruct):
+@tls_struct
+class PreSharedKey(TlsStruct):
     """RFC 9420 §12.1.4."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.PSK
-    psk: PreSharedKeyID
-
-    def write(self, w: Writer) -> None:
-        self.psk.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> PreSharedKey:
-        return cls(psk=PreSharedKeyID.read(r))
+    psk: PreSharedKeyID = tls(struct_of(PreSharedKeyID))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReInit(WireStruct):
+@tls_struct
+class ReInit(TlsStruct):
     """RFC 9420 §12.1.5."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.REINIT
-    group_id: bytes
-    version: int = ProtocolVersion.MLS10
-    cipher_suite: int
-    extensions: tuple[Extension, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.group_id)
-        w.u16(self.version)
-        w.u16(self.cipher_suite)
-        write_extensions(w, self.extensions)
-
-    @classmethod
-    def read(cls, r: Reader) -> ReInit:
-        return cls(
-            group_id=r.opaque_v(),
-            version=r.u16(),
-            cipher_suite=r.u16(),
-            extensions=read_extensions(r),
-        )
+    group_id: bytes = tls(OPAQUE_V)
+    version: int = tls(U16, default=ProtocolVersion.MLS10)
+    cipher_suite: int = tls(U16)
+    extensions: tuple[Extension, ...] = tls(EXTENSIONS, default=())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExternalInit(WireStruct):
+@tls_struct
+class ExternalInit(TlsStruct):
     """RFC 9420 §12.1.6."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.EXTERNAL_INIT
-    kem_output: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.kem_output)
-
-    @classmethod
-    def read(cls, r: Reader) -> ExternalInit:
-        return cls(kem_output=r.opaque_v())
+    kem_output: bytes = tls(OPAQUE_V)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GroupContextExtensions(WireStruct):
+@tls_struct
+class GroupContextExtensions(TlsStruct):
     """RFC 9420 §12.1.7."""
 
     proposal_type: ClassVar[ProposalType] = ProposalType.GROUP_CONTEXT_EXTENSIONS
-    extensions: tuple[Extension, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        write_extensions(w, self.extensions)
-
-    @classmethod
-    def read(cls, r: Reader) -> GroupContextExtensions:
-        return cls(extensions=read_extensions(r))
+    extensions: tuple[Extension, ...] = tls(EXTENSIONS, default=())
 
 
 Proposal = Add | Update | Remove | PreSharedKey | ReInit | ExternalInit | GroupContextExtensions
@@ -710,23 +605,14 @@ def read_proposal_or_ref(r: Reader) -> ProposalOrRef:
     return read_proposal(r)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Commit(WireStruct):
+@tls_struct
+class Commit(TlsStruct):
     """RFC 9420 §12.4."""
 
-    proposals: tuple[ProposalOrRef, ...] = ()
-    path: UpdatePath | None = None
-
-    def write(self, w: Writer) -> None:
-        w.vector_v(self.proposals, write_proposal_or_ref)
-        w.optional(self.path, write_struct)
-
-    @classmethod
-    def read(cls, r: Reader) -> Commit:
-        return cls(
-            proposals=tuple(r.vector_v(read_proposal_or_ref)),
-            path=r.optional(UpdatePath.read),
-        )
+    proposals: tuple[ProposalOrRef, ...] = tls(
+        vector_of(Codec(write_proposal_or_ref, read_proposal_or_ref)), default=()
+    )
+    path: UpdatePath | None = tls(optional_of(struct_of(UpdatePath)), default=None)
 
 
 # --- group info and welcome (§12.4.3) ---------------------------------------------
@@ -764,78 +650,37 @@ class GroupInfo(_Signed):
         self._verify_tbs(key, self.tbs())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PathSecret(WireStruct):
+@tls_struct
+class PathSecret(TlsStruct):
     """RFC 9420 §12.4.3.1."""
 
-    path_secret: Secret
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.path_secret.expose())
-
-    @classmethod
-    def read(cls, r: Reader) -> PathSecret:
-        return cls(path_secret=Secret(r.opaque_v()))
+    path_secret: Secret = tls(SECRET)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GroupSecrets(WireStruct):
+@tls_struct
+class GroupSecrets(TlsStruct):
     """RFC 9420 §12.4.3.1 (the HPKE plaintext of a Welcome)."""
 
-    joiner_secret: Secret
-    path_secret: PathSecret | None = None
-    psks: tuple[PreSharedKeyID, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.joiner_secret.expose())
-        w.optional(self.path_secret, write_struct)
-        w.vector_v(self.psks, _write_psk_id)
-
-    @classmethod
-    def read(cls, r: Reader) -> GroupSecrets:
-        return cls(
-            joiner_secret=Secret(r.opaque_v()),
-            path_secret=r.optional(PathSecret.read),
-            psks=tuple(r.vector_v(PreSharedKeyID.read)),
-        )
+    joiner_secret: Secret = tls(SECRET)
+    path_secret: PathSecret | None = tls(optional_of(struct_of(PathSecret)), default=None)
+    psks: tuple[PreSharedKeyID, ...] = tls(vector_of(struct_of(PreSharedKeyID)), default=())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EncryptedGroupSecrets(WireStruct):
+@tls_struct
+class EncryptedGroupSecrets(TlsStruct):
     """RFC 9420 §12.4.3.1."""
 
-    new_member: bytes  # KeyPackageRef
-    encrypted_group_secrets: HPKECiphertext
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.new_member)
-        self.encrypted_group_secrets.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> EncryptedGroupSecrets:
-        return cls(new_member=r.opaque_v(), encrypted_group_secrets=HPKECiphertext.read(r))
+    new_member: bytes = tls(OPAQUE_V)  # KeyPackageRef
+    encrypted_group_secrets: HPKECiphertext = tls(struct_of(HPKECiphertext))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Welcome(WireStruct):
+@tls_struct
+class Welcome(TlsStruct):
     """RFC 9420 §12.4.3.1."""
 
-    cipher_suite: int
-    secrets: tuple[EncryptedGroupSecrets, ...]
-    encrypted_group_info: bytes
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.cipher_suite)
-        w.vector_v(self.secrets, write_struct)
-        w.opaque_v(self.encrypted_group_info)
-
-    @classmethod
-    def read(cls, r: Reader) -> Welcome:
-        return cls(
-            cipher_suite=r.u16(),
-            secrets=tuple(r.vector_v(EncryptedGroupSecrets.read)),
-            encrypted_group_info=r.opaque_v(),
-        )
+    cipher_suite: int = tls(U16)
+    secrets: tuple[EncryptedGroupSecrets, ...] = tls(vector_of(struct_of(EncryptedGroupSecrets)))
+    encrypted_group_info: bytes = tls(OPAQUE_V)
 
     def find_secrets(self, key_package_ref: bytes) -> EncryptedGroupSecrets | None:
         """The entry addressed to ``key_package_ref``, if any (§12.4.3.1)."""
@@ -848,94 +693,49 @@ class Welcome(WireStruct):
 # --- extension payloads (§12.4.3.3, §11.1, §12.1.8.1, §12.4.3.2, §5.3.3) -----------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApplicationId(WireStruct):
+@tls_struct
+class ApplicationId(TlsStruct):
     """RFC 9420 §5.3.3 ``application_id`` leaf extension payload."""
 
-    application_id: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.application_id)
-
-    @classmethod
-    def read(cls, r: Reader) -> ApplicationId:
-        return cls(application_id=r.opaque_v())
+    application_id: bytes = tls(OPAQUE_V)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RatchetTree(WireStruct):
+@tls_struct
+class RatchetTree(TlsStruct):
     """RFC 9420 §12.4.3.3 ``ratchet_tree`` extension payload (array order, blanks = None)."""
 
-    nodes: tuple[Node | None, ...]
-
-    def write(self, w: Writer) -> None:
-        write_ratchet_tree(w, self.nodes)
-
-    @classmethod
-    def read(cls, r: Reader) -> RatchetTree:
-        return cls(nodes=tuple(read_ratchet_tree(r)))
+    nodes: tuple[Node | None, ...] = tls(_RATCHET_TREE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequiredCapabilities(WireStruct):
+@tls_struct
+class RequiredCapabilities(TlsStruct):
     """RFC 9420 §11.1 ``required_capabilities`` group context extension payload."""
 
-    extension_types: tuple[int, ...] = ()
-    proposal_types: tuple[int, ...] = ()
-    credential_types: tuple[int, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        _w_u16s(w, self.extension_types)
-        _w_u16s(w, self.proposal_types)
-        _w_u16s(w, self.credential_types)
-
-    @classmethod
-    def read(cls, r: Reader) -> RequiredCapabilities:
-        return cls(extension_types=_u16s(r), proposal_types=_u16s(r), credential_types=_u16s(r))
+    extension_types: tuple[int, ...] = tls(U16S, default=())
+    proposal_types: tuple[int, ...] = tls(U16S, default=())
+    credential_types: tuple[int, ...] = tls(U16S, default=())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExternalPub(WireStruct):
+@tls_struct
+class ExternalPub(TlsStruct):
     """RFC 9420 §12.4.3.2 ``external_pub`` GroupInfo extension payload."""
 
-    external_pub: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.external_pub)
-
-    @classmethod
-    def read(cls, r: Reader) -> ExternalPub:
-        return cls(external_pub=r.opaque_v())
+    external_pub: bytes = tls(OPAQUE_V)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExternalSender(WireStruct):
+@tls_struct
+class ExternalSender(TlsStruct):
     """RFC 9420 §12.1.8.1: one entry of the ``external_senders`` extension."""
 
-    signature_key: bytes
-    credential: Credential
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.signature_key)
-        self.credential.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> ExternalSender:
-        return cls(signature_key=r.opaque_v(), credential=Credential.read(r))
+    signature_key: bytes = tls(OPAQUE_V)
+    credential: Credential = tls(struct_of(Credential))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExternalSenders(WireStruct):
+@tls_struct
+class ExternalSenders(TlsStruct):
     """RFC 9420 §12.1.8.1 ``ExternalSender external_senders<V>`` payload."""
 
-    senders: tuple[ExternalSender, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        w.vector_v(self.senders, write_struct)
-
-    @classmethod
-    def read(cls, r: Reader) -> ExternalSenders:
-        return cls(senders=tuple(r.vector_v(ExternalSender.read)))
+    senders: tuple[ExternalSender, ...] = tls(vector_of(struct_of(ExternalSender)), default=())
 
 
 def find_extension(extensions: Sequence[Extension], extension_type: int) -> Extension | None:

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sottovoce.codec.tls import Reader, Writer, write_struct
+from sottovoce.codec.tls import READER_ERRORS, Reader, Writer, write_struct
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import DecodeError, SottovoceError
 from sottovoce.limits import MLS_MAX_GENERATION, MLS_MAX_PENDING_PROPOSALS, MLS_MAX_SKIPPED_KEYS
@@ -314,7 +314,7 @@ def decode_group_state(data: bytes) -> GroupSnapshot:
         body.finish()
     except InvalidGroupState:
         raise
-    except (SottovoceError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+    except (SottovoceError, *READER_ERRORS) as exc:
         # Any typed error from a constructor (UsageError, InvalidKey, a tree
         # error, ...) means the stored state is inconsistent; report it as one kind.
         raise InvalidGroupState(f"group state is inconsistent ({type(exc).__name__})") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import OPAQUE_V, Reader, TlsStruct, WireStruct, Writer, tls, tls_struct
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import UsageError
 from sottovoce.mls.common import ContentType, WireFormat, read_enum
@@ -60,18 +60,11 @@ class ConfirmedTranscriptHashInput(WireStruct):
         return cls(wire_format=wire_format, content=content, signature=r.opaque_v())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InterimTranscriptHashInput(WireStruct):
+@tls_struct
+class InterimTranscriptHashInput(TlsStruct):
     """RFC 9420 §8.2."""
 
-    confirmation_tag: bytes
-
-    def write(self, w: Writer) -> None:
-        w.opaque_v(self.confirmation_tag)
-
-    @classmethod
-    def read(cls, r: Reader) -> InterimTranscriptHashInput:
-        return cls(confirmation_tag=r.opaque_v())
+    confirmation_tag: bytes = tls(OPAQUE_V)
 
 
 def confirmed_transcript_hash(

@@ -7,50 +7,38 @@ been checked (:meth:`PrekeyBundle.verify`). ``SignedPrekey`` itself lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Unpack
 
-from sottovoce.codec.tls import Reader, WireStruct, Writer
+from sottovoce.codec.tls import TlsStruct, struct_of, tls, tls_struct
 from sottovoce.errors import IdentityError, PrekeyBundleError
-from sottovoce.identity.certificates import DeviceCertificate
+from sottovoce.identity.certificates import CertificateChecks, DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
 
-__all__ = ["PrekeyBundle", "SignedPrekey"]
+__all__ = ["PrekeyBundle", "SignedPrekey", "verify_certificate"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrekeyBundle(WireStruct):
+def verify_certificate(
+    certificate: DeviceCertificate, what: str, *, now_ms: int, **checks: Unpack[CertificateChecks]
+) -> None:
+    """:meth:`DeviceCertificate.verify`, a failure raised as :class:`PrekeyBundleError`
+    naming ``what`` certificate was rejected (and wrapping the identity error)."""
+    try:
+        certificate.verify(now_ms=now_ms, **checks)
+    except IdentityError as exc:
+        raise PrekeyBundleError(f"{what} certificate rejected: {exc}") from exc
+
+
+@tls_struct
+class PrekeyBundle(TlsStruct):
     """What the directory hands out for one device: its certificate and one prekey."""
 
-    certificate: DeviceCertificate
-    prekey: SignedPrekey
+    certificate: DeviceCertificate = tls(struct_of(DeviceCertificate))
+    prekey: SignedPrekey = tls(struct_of(SignedPrekey))
 
-    def verify(
-        self,
-        *,
-        now_ms: int,
-        account_key: bytes | None = None,
-        username: str | None = None,
-        revoked_device_ids: frozenset[str] | set[str] = frozenset(),
-    ) -> None:
+    def verify(self, *, now_ms: int, **checks: Unpack[CertificateChecks]) -> None:
         """Check the certificate (signature, binding, expiry, revocation) and the prekey.
 
         Raises :class:`PrekeyBundleError` (wrapping the identity error) on failure.
         """
-        try:
-            self.certificate.verify(
-                now_ms=now_ms,
-                account_key=account_key,
-                username=username,
-                revoked_device_ids=revoked_device_ids,
-            )
-        except IdentityError as exc:
-            raise PrekeyBundleError(f"device certificate rejected: {exc}") from exc
+        verify_certificate(self.certificate, "device", now_ms=now_ms, **checks)
         self.prekey.verify(self.certificate)
-
-    def write(self, w: Writer) -> None:
-        self.certificate.write(w)
-        self.prekey.write(w)
-
-    @classmethod
-    def read(cls, r: Reader) -> PrekeyBundle:
-        return cls(certificate=DeviceCertificate.read(r), prekey=SignedPrekey.read(r))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Unpack
 
 import vodozemac
 
@@ -26,18 +27,17 @@ from sottovoce.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
-    IdentityError,
     MessageDecryptionError,
     PairwiseError,
     PrekeyBundleError,
     SealedStateError,
     SessionMismatch,
 )
-from sottovoce.identity.certificates import DeviceCertificate
+from sottovoce.identity.certificates import CertificateChecks, DeviceCertificate
 from sottovoce.limits import SEEN_MESSAGE_IDS_PER_SESSION
 from sottovoce.pairwise.account import PICKLE_KEY, OlmAccount
 from sottovoce.pairwise.padding import pad, unpad
-from sottovoce.pairwise.prekeys import PrekeyBundle
+from sottovoce.pairwise.prekeys import PrekeyBundle, verify_certificate
 from sottovoce.secret import Secret
 
 _ENVELOPE_VERSION = 1
@@ -142,17 +142,10 @@ class PairwiseSession:
         bundle: PrekeyBundle,
         *,
         now_ms: int,
-        account_key: bytes | None = None,
-        username: str | None = None,
-        revoked_device_ids: frozenset[str] | set[str] = frozenset(),
+        **checks: Unpack[CertificateChecks],
     ) -> PairwiseSession:
         """Open a session to the bundle's device; the bundle is verified first."""
-        bundle.verify(
-            now_ms=now_ms,
-            account_key=account_key,
-            username=username,
-            revoked_device_ids=revoked_device_ids,
-        )
+        bundle.verify(now_ms=now_ms, **checks)
         cert = bundle.certificate
         try:
             session = account._vodozemac().create_outbound_session(
@@ -176,9 +169,7 @@ class PairwiseSession:
         message: bytes,
         *,
         now_ms: int,
-        account_key: bytes | None = None,
-        username: str | None = None,
-        revoked_device_ids: frozenset[str] | set[str] = frozenset(),
+        **checks: Unpack[CertificateChecks],
     ) -> tuple[PairwiseSession, bytes]:
         """Accept a prekey message from ``sender``; returns the session and the plaintext.
 
@@ -186,15 +177,7 @@ class PairwiseSession:
         Olm identity key that certificate names. The account's one-time key is
         consumed: persist the account afterwards.
         """
-        try:
-            sender.verify(
-                now_ms=now_ms,
-                account_key=account_key,
-                username=username,
-                revoked_device_ids=revoked_device_ids,
-            )
-        except IdentityError as exc:
-            raise PrekeyBundleError(f"sender certificate rejected: {exc}") from exc
+        verify_certificate(sender, "sender", now_ms=now_ms, **checks)
         envelope = OlmEnvelope.decode(message)
         if not envelope.is_prekey:
             raise SessionMismatch("no session with this device and not a prekey message")

@@ -75,7 +75,7 @@ import hmac as _hmac
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, Unpack
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto import kdf
@@ -532,35 +532,30 @@ class AuditTrail:
         return self.entries[index]
 
 
+class TrailChecks(TypedDict, total=False):
+    """What :func:`verify_trail` and :func:`verify_chain` check a chain against besides
+    its room: ``authenticators``, ``known_head``, ``member_keys``, ``strict`` (none by
+    default; :func:`verify_trail` says what each proves)."""
+
+    authenticators: Mapping[int, bytes | Secret] | None
+    known_head: tuple[int, bytes] | None
+    member_keys: Mapping[int, Mapping[int, bytes]] | None
+    strict: bool
+
+
 def verify_chain(
-    entries: Sequence[bytes],
-    *,
-    room_id: str,
-    authenticators: Mapping[int, bytes | Secret] | None = None,
-    known_head: tuple[int, bytes] | None = None,
-    member_keys: Mapping[int, Mapping[int, bytes]] | None = None,
-    strict: bool = False,
+    entries: Sequence[bytes], *, room_id: str, **checks: Unpack[TrailChecks]
 ) -> list[AuditEntry]:
     """Verify a whole chain in which every entry must hold; return the decoded entries.
 
     :func:`verify_trail`'s checks, with the first entry that is not authentic failing
     the chain instead of being skipped. Raises :class:`AuditChainError` naming it.
     """
-    trail = _walk(
-        entries, room_id=room_id, authenticators=authenticators, known_head=known_head,
-        member_keys=member_keys, strict=strict, skip=False,
-    )
-    return list(trail.entries)
+    return list(_walk(entries, room_id=room_id, skip=False, **checks).entries)
 
 
 def verify_trail(
-    entries: Sequence[bytes],
-    *,
-    room_id: str,
-    authenticators: Mapping[int, bytes | Secret] | None = None,
-    known_head: tuple[int, bytes] | None = None,
-    member_keys: Mapping[int, Mapping[int, bytes]] | None = None,
-    strict: bool = False,
+    entries: Sequence[bytes], *, room_id: str, **checks: Unpack[TrailChecks]
 ) -> AuditTrail:
     """Verify a chain (entry #0 first): fail on a broken chain, skip what is not authentic.
 
@@ -589,21 +584,18 @@ def verify_trail(
 
     Raises :class:`AuditChainError` naming the first break of the chain.
     """
-    return _walk(
-        entries, room_id=room_id, authenticators=authenticators, known_head=known_head,
-        member_keys=member_keys, strict=strict, skip=True,
-    )
+    return _walk(entries, room_id=room_id, skip=True, **checks)
 
 
 def _walk(
     entries: Sequence[bytes],
     *,
     room_id: str,
-    authenticators: Mapping[int, bytes | Secret] | None,
-    known_head: tuple[int, bytes] | None,
-    member_keys: Mapping[int, Mapping[int, bytes]] | None,
-    strict: bool,
     skip: bool,
+    authenticators: Mapping[int, bytes | Secret] | None = None,
+    known_head: tuple[int, bytes] | None = None,
+    member_keys: Mapping[int, Mapping[int, bytes]] | None = None,
+    strict: bool = False,
 ) -> AuditTrail:
     if known_head is not None and (
         known_head[0] < 0 or not isinstance(known_head[1], bytes) or len(known_head[1]) != HASH_SIZE

@@ -19,11 +19,12 @@ close, their rooms are asked to remove them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
-from sottovoce.errors import DecodeError, IdentityError
+from sottovoce.errors import IdentityError
 from sottovoce.identity import RevocationStatement
 from sottovoce.identity.succession import (
     Recovery,
@@ -34,7 +35,7 @@ from sottovoce.identity.succession import (
     signed_revocation,
 )
 from sottovoce.protocol.events import DEVICE_REVOKED, KEYS_CHANGED, SignedStatement, b64, frame
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import WireFailure, decoded
 from sottovoce.server.storage.base import (
     AccountRecord,
     Applied,
@@ -77,10 +78,8 @@ def decode_statements(user: str, items: Iterable[SignedStatement]) -> list[State
     """Decode and check each statement's own signatures; all must be about ``user``."""
     out: list[Statement] = []
     for item in items:
-        try:
-            st = decode_statement(item.kind, item.data)
-        except DecodeError:
-            raise WireFailure("invalid_statement", f"{item.kind} does not decode") from None
+        st = decoded(partial(decode_statement, item.kind), item.data, "invalid_statement",
+                     item.kind)
         if st.username != user:
             raise WireFailure("invalid_statement", f"{item.kind} is about another account")
         if not _self_consistent(st):

@@ -118,6 +118,7 @@ from sottovoce.server.errors import (
     CLOSE_ABUSE,
     CLOSE_ACCOUNT_DELETED,
     CLOSE_GOING_AWAY,
+    RateLimited,
     WireFailure,
 )
 from sottovoce.server.fanout import FanoutPorts, make_fanout
@@ -537,9 +538,7 @@ class ServerApp:
             else:
                 wait = session.bucket.take()
             if wait:
-                raise WireFailure(
-                    "rate_limited", "too many requests", retryable=True, retry_after_ms=wait
-                )
+                raise RateLimited("too many requests", wait)
             # Sends take the fast validator (same acceptance, see sendview.py).
             ev = parse_send(data) if cls is Send else cls.from_data(data)
             result = self._handlers[cls](session, ev, data, rid)
@@ -609,8 +608,7 @@ class ServerApp:
                           ev.signature)
         check_recovery_key(ev.recoveryKey, cert.account_key)
         await self.directory.register(cert, ev.certificate, now, ev.recoveryKey)
-        self.log.info("account.registered", userId=cert.username, deviceId=cert.device_id)
-        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
+        await self._registered(session, cert, rid, "account.registered")
 
     async def _add_device(
         self, session: Session, ev: AddDevice, data: dict[str, Any], rid: str | None
@@ -630,9 +628,8 @@ class ServerApp:
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
-        self.log.info("device.added", userId=cert.username, deviceId=cert.device_id)
         self.presence.notify_user(cert.username, frame(DEVICE_ADDED, {"deviceId": cert.device_id}))
-        await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
+        await self._registered(session, cert, rid, "device.added")
 
     async def _recertified_login(
         self, session: Session, ev: AddDevice, cert: DeviceCertificate, nonce: bytes, now: int,
@@ -649,7 +646,13 @@ class ServerApp:
         dev = rec.device(cert.device_id)
         if dev is None or dev.revoked or dev.certificate != ev.certificate:
             raise WireFailure("invalid_certificate", "certificate is not the ruling one")
-        self.log.info("device.recertified", userId=cert.username, deviceId=cert.device_id)
+        await self._registered(session, cert, rid, "device.recertified")
+
+    async def _registered(
+        self, session: Session, cert: DeviceCertificate, rid: str | None, event: str
+    ) -> None:
+        """A register or device.add went through: ``event`` to the log, and the device in."""
+        self.log.info(event, userId=cert.username, deviceId=cert.device_id)
         await self._authenticated(session, cert.username, cert.device_id, rid, REGISTERED)
 
     async def _auth(
@@ -770,20 +773,17 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self.directory.account(ev.username) is None:
-            raise WireFailure("unknown_user", "no such user")
-        one_time = self.key_claims.one_time("prekey", session.key[0], ev.username)
+        one_time = await self.directory.one_time_claims(
+            self.key_claims, "prekey", session.key[0], ev.username
+        )
         claimed = await self.directory.claim(ev.username, session.key, one_time=one_time)
         session.reply(PREKEY_BUNDLES, {
             "username": ev.username,
             # PrekeyBundle.encode() is the certificate's encoding followed by the prekey's.
             "bundles": [b64(c.certificate + c.prekey) for c in claimed],
         }, rid)
-        for c in claimed:
-            if c.remaining < self.config.prekey_low_watermark:
-                self.presence.notice(
-                    (ev.username, c.device_id), frame(PREKEYS_LOW, {"remaining": c.remaining})
-                )
+        self.presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+                                 self.config.prekey_low_watermark, PREKEYS_LOW)
 
     async def _push_register(
         self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None
@@ -859,24 +859,18 @@ def address_key(remote: str) -> str:
 
 def make_storage(config: ServerConfig, logger: JsonLogger) -> Storage:
     """Embedded SQLite in the data directory, or PostgreSQL when ``database`` is set."""
+    tuning: dict[str, Any] = {
+        "logger": logger,
+        "commit_window_ms": config.commit_window_ms,
+        "max_batch": config.max_batch,
+        "limits": config.inbox_limits,
+    }
     if config.database is not None:
         # Imported here: asyncpg is needed only by deployments that use it.
         from sottovoce.server.storage.postgres import PostgresStorage
 
-        return PostgresStorage(
-            config.database,
-            logger=logger,
-            commit_window_ms=config.commit_window_ms,
-            max_batch=config.max_batch,
-            limits=config.inbox_limits,
-        )
-    return SqliteStorage(
-        config.db_path,
-        logger=logger,
-        commit_window_ms=config.commit_window_ms,
-        max_batch=config.max_batch,
-        limits=config.inbox_limits,
-    )
+        return PostgresStorage(config.database, **tuning)
+    return SqliteStorage(config.db_path, **tuning)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

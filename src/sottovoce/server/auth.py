@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from sottovoce.crypto.sign import ed25519_verify
 from sottovoce.errors import (
     CertificateExpired,
-    DecodeError,
     IdentityError,
     SignatureError,
     UsageError,
@@ -38,7 +37,7 @@ from sottovoce.identity import (
     validate_username,
 )
 from sottovoce.protocol.events import NONCE_BYTES, auth_message
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import WireFailure, decoded
 
 #: The one answer to a failed possession proof, whatever the reason.
 AUTH_FAILED = "authentication failed"
@@ -116,10 +115,7 @@ def check_certificate(
     raw: bytes, *, now_ms: int, account_key: bytes | None = None
 ) -> DeviceCertificate:
     """Decode and verify a device certificate uploaded by a device."""
-    try:
-        cert = DeviceCertificate.decode(raw)
-    except DecodeError:
-        raise WireFailure("invalid_certificate", "certificate does not decode") from None
+    cert = decoded(DeviceCertificate.decode, raw, "invalid_certificate", "certificate")
     try:
         validate_username(cert.username)
     except UsageError as exc:

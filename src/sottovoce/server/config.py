@@ -167,14 +167,7 @@ class ServerConfig:
 
     @property
     def inbox_limits(self) -> InboxLimits:
-        return InboxLimits(
-            device_messages=self.inbox_max_messages,
-            device_bytes=self.inbox_max_bytes,
-            contact_messages=self.inbox_contact_messages,
-            contact_bytes=self.inbox_contact_bytes,
-            stranger_messages=self.inbox_stranger_messages,
-            stranger_bytes=self.inbox_stranger_bytes,
-        )
+        return InboxLimits(**{limit: getattr(self, name) for name, limit in _INBOX_OPTIONS.items()})
 
     @property
     def tls(self) -> bool:
@@ -189,8 +182,12 @@ class ServerConfig:
         return self.data_dir / "sottovoce.sqlite3"
 
 
-_INBOX_OPTIONS = ("inbox_max_messages", "inbox_max_bytes", "inbox_contact_messages",
-                  "inbox_contact_bytes", "inbox_stranger_messages", "inbox_stranger_bytes")
+#: The inbox quota options, each with the field of InboxLimits it sets.
+_INBOX_OPTIONS = {
+    "inbox_max_messages": "device_messages", "inbox_max_bytes": "device_bytes",
+    "inbox_contact_messages": "contact_messages", "inbox_contact_bytes": "contact_bytes",
+    "inbox_stranger_messages": "stranger_messages", "inbox_stranger_bytes": "stranger_bytes",
+}
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESIDENCY = re.compile(r"[A-Za-z0-9 ._:/-]{1,64}")
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from sottovoce.errors import DecodeError, PrekeyBundleError
+from sottovoce.errors import PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
 from sottovoce.limits import MAX_PREKEYS_PER_DEVICE
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import WireFailure, decoded
+from sottovoce.server.ratelimit import ClaimLimits
 from sottovoce.server.storage.base import (
     AccountRecord,
     ClaimedPrekey,
@@ -38,10 +39,7 @@ from sottovoce.server.storage.base import (
 
 def verify_prekey(raw: bytes, cert: DeviceCertificate, *, fallback: bool) -> SignedPrekey:
     """Decode an uploaded prekey and check the device signed it for this slot."""
-    try:
-        pk = SignedPrekey.decode(raw)
-    except DecodeError:
-        raise WireFailure("invalid_prekey", "prekey does not decode") from None
+    pk = decoded(SignedPrekey.decode, raw, "invalid_prekey", "prekey")
     if pk.fallback != fallback:
         raise WireFailure("invalid_prekey", "prekey fallback flag does not match its slot")
     try:
@@ -101,6 +99,15 @@ class Directory:
         if self.on_change is not None:
             self.on_change(user_id)
         return await self.account(user_id)
+
+    async def one_time_claims(
+        self, limits: ClaimLimits, kind: str, requester: str, target: str
+    ) -> bool:
+        """Whether ``requester`` may take ``target``'s one-time keys of ``kind`` now (see
+        :class:`ClaimLimits`); ``unknown_user`` if ``target`` has no account."""
+        if await self.account(target) is None:
+            raise WireFailure("unknown_user", "no such user")
+        return limits.one_time(kind, requester, target)
 
     async def exists(self, user_id: str) -> bool:
         """Whether the name is taken (a deleted account's tombstone keeps it taken)."""

@@ -45,7 +45,7 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``stale_epoch``        a room send made in an epoch that is no longer current [yes]
 ``audit_conflict``     the audit entry does not link to the stored chain head [yes]
 ``invalid_token``      no room has that join token (same answer whether or not the room exists) [no]
-``invalid_commit``     an external commit (or the GroupInfo it publishes) fails the checks the
+``invalid_commit``     an external commit (or the GroupInfo a commit publishes) fails the checks the
                        server makes with the MLS public view; nothing was stored [no]
 ``invalid_audit_entry`` an audit entry names another actor than the sending device, or is not
                        signed by the MLS key of that device's certificate [no]
@@ -73,7 +73,12 @@ WebSocket close codes the server uses:
 
 from __future__ import annotations
 
-from sottovoce.errors import WireError
+from collections.abc import Callable
+from typing import TypeVar
+
+from sottovoce.errors import DecodeError, WireError
+
+T = TypeVar("T")
 
 CLOSE_ABUSE = 1008
 CLOSE_TOO_BIG = 1009
@@ -100,3 +105,19 @@ class StorageError(WireFailure):
 
     def __init__(self, message: str = "storage unavailable") -> None:
         super().__init__("unavailable", message, retryable=True, retry_after_ms=500)
+
+
+class RateLimited(WireFailure):
+    """A token bucket is empty: ``message`` says what came too often, ``wait_ms`` when to
+    try again."""
+
+    def __init__(self, message: str, wait_ms: int) -> None:
+        super().__init__("rate_limited", message, retryable=True, retry_after_ms=wait_ms)
+
+
+def decoded(decode: Callable[[bytes], T], raw: bytes, code: str, what: str) -> T:
+    """``decode(raw)``; if it does not decode, the failure ``code`` saying so of ``what``."""
+    try:
+        return decode(raw)
+    except DecodeError:
+        raise WireFailure(code, f"{what} does not decode") from None

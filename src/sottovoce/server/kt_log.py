@@ -77,7 +77,7 @@ from sottovoce.server.kt_witness import (
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
-from sottovoce.server.storage.kt import KTWriter
+from sottovoce.server.storage.kt import AppendCache, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 
 #: Leaves per /kt/leaves request, at most.
@@ -90,6 +90,8 @@ SYNC_WAIT_S = 5.0
 WITNESS_TIMEOUT_S = 3.0
 #: How long another node's newer checkpoint may go unseen by this one.
 REFRESH_S = 1.0
+#: Answers kept for the served checkpoint, at most (about 2 KB each).
+MAX_CACHED_ANSWERS = 8192
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -129,6 +131,12 @@ class KTService:
         #: The size each remote witness last cosigned, as far as this node knows.
         self._witness_size: dict[str, int] = {}
         self._buckets = KeyedBuckets(KT_LOOKUPS_PER_MINUTE / 60, KT_LOOKUPS_BURST)
+        #: Answers built on the served checkpoint (the very note, cosignatures and all),
+        #: by (username, since, history); and the upper map nodes as of its size.
+        self._answers: dict[tuple[str, int, bool], bytes] = {}
+        self._answers_for: Served | None = None
+        self._note = SignedNote(text="", signatures=())
+        self._map_cache = AppendCache()
         self._http: httpx.AsyncClient | None = None
 
     # --- keys ------------------------------------------------------------------------------
@@ -174,8 +182,11 @@ class KTService:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
         served one (``again``: also if it is not, to refresh the cosignatures)."""
         async with self._round_lock:
-            size = await self._storage.kt_size()
+            # The newest stored checkpoint first, then the size: a size read before would
+            # be older than a checkpoint another node stored meanwhile, and a round of it
+            # would serve a smaller head than this node just took.
             await self._refresh(force=True)
+            size = await self._storage.kt_size()
             served = self._served
             if served is None or size > served.size or again:
                 self._served = await self._round(size)
@@ -269,9 +280,10 @@ class KTService:
     async def current(self, since: int = 0) -> Served:
         """The checkpoint to serve: the newest this node knows, read again from storage
         when a device has seen a newer one (another node signed it), so that no device
-        is ever served a head older than one it holds."""
+        is ever served a head older than one it holds; and while this node knows only the
+        empty log, which another node may have grown since."""
         held = self._served.size if self._served is not None else 0
-        await self._refresh(force=since > held)
+        await self._refresh(force=since > held or held == 0)
         if self._served is None:
             raise WireFailure("kt_unavailable", "the key-transparency log has no checkpoint yet",
                               retryable=True, retry_after_ms=1000)
@@ -310,13 +322,24 @@ class KTService:
                               retryable=True, retry_after_ms=1000)
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
-        stores = await self._storage.kt_snapshot(user, served.size, since,
-                                                 every_version=history)
-        core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
-        note = SignedNote.decode(served.note)
-        resp = (core.history(user, note, since=since) if history
-                else core.lookup(user, note, since=since))
-        encoded = resp.encode()
+        if served is not self._answers_for:
+            self._answers, self._answers_for = {}, served
+            self._note = SignedNote.decode(served.note)
+            if self._map_cache.size != served.size:
+                self._map_cache = AppendCache(served.size)
+        answers, ask, note = self._answers, (user, since, history), self._note
+        encoded = answers.get(ask)
+        if encoded is None:
+            stores = await self._storage.kt_snapshot(user, served.size, since,
+                                                     every_version=history,
+                                                     cache=self._map_cache)
+            core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
+            resp = (core.history(user, note, since=since) if history
+                    else core.lookup(user, note, since=since))
+            encoded = resp.encode()
+            if len(answers) >= MAX_CACHED_ANSWERS:
+                answers.clear()
+            answers[ask] = encoded
         if len(encoded) > MAX_RESPONSE_BYTES:
             raise WireFailure("kt_too_large", "this account's history does not fit one frame")
         return encoded

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 
+from sottovoce.protocol.events import frame
 from sottovoce.server.directory import Directory
 from sottovoce.server.errors import CLOSE_ACCOUNT_DELETED, CLOSE_REPLACED, CLOSE_REVOKED
 from sottovoce.server.fanout import Fanout
@@ -123,6 +124,15 @@ class Presence:
             target.write(text)
         elif self._fanout.remote:
             self._fanout.notice([key], text)
+
+    def notice_low(
+        self, user: str, claimed: Iterable[tuple[str, int]], below: int, event: str
+    ) -> None:
+        """After a claim of ``user``'s keys, (device id, keys left) each: ``event`` to each
+        device left with fewer than ``below``, so that it uploads more."""
+        for device_id, remaining in claimed:
+            if remaining < below:
+                self.notice((user, device_id), frame(event, {"remaining": remaining}))
 
     def notify_user(self, user: str, text: str, *, skip: Session | None = None) -> None:
         """A frame to every connected device of ``user`` (but ``skip``), on every node."""

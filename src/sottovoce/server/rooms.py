@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.limits import (
     JOIN_REQUESTS_PER_DEVICE_BURST,
@@ -46,6 +45,7 @@ from sottovoce.limits import (
 )
 from sottovoce.mls.public import (
     MlsError,
+    PublicGroupInfo,
     check_external_commit,
     check_group_info,
     check_key_package,
@@ -61,7 +61,7 @@ from sottovoce.protocol.audit import (
     check_signature,
     entry_hash,
 )
-from sottovoce.protocol.events import ClientEvent, frame
+from sottovoce.protocol.events import ClientEvent
 from sottovoce.protocol.fields import b64
 from sottovoce.protocol.rooms import (
     KEYPACKAGE_BUNDLES,
@@ -101,7 +101,7 @@ from sottovoce.protocol.rooms import (
     token_hash,
 )
 from sottovoce.server.directory import Directory
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure, decoded
 from sottovoce.server.frames import stored_ack_text
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
@@ -157,10 +157,7 @@ def audit_appendage(
     the room, names the sender as its actor, states the MLS signature key of the sender's
     certificate and is signed by it. The linkage is checked in the storage transaction.
     Whether it is bound to the epoch's authenticator only members can check."""
-    try:
-        entry = AuditEntry.decode(raw)
-    except DecodeError:
-        raise WireFailure("bad_request", "audit entry does not decode") from None
+    entry = decoded(AuditEntry.decode, raw, "bad_request", "audit entry")
     if entry.room_id != room_id:
         raise WireFailure("bad_request", "audit entry belongs to another room")
     if (entry.actor_user_id, entry.actor_device_id) != (user, device):
@@ -176,6 +173,28 @@ def audit_appendage(
             "invalid_audit_entry", "the audit entry's signature does not verify"
         ) from None
     return AuditAppendage(raw, entry.index, entry.prev_hash, entry_hash(raw))
+
+
+def _check_next_group_info(
+    raw: bytes | None, key: bytes, info: PublicGroupInfo, epoch: int
+) -> None:
+    """The GroupInfo a commit into ``epoch`` publishes (what the next joiner and a
+    recovering member use): for ``epoch + 1`` of the same group, joinable by an
+    external commit, signed by ``key``."""
+    if raw is None:
+        raise WireFailure("invalid_commit", "a commit publishes the next epoch's GroupInfo")
+    try:
+        after = check_group_info(raw, signer_key=key)
+    except MlsError as exc:
+        raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
+    if (
+        after.context.epoch != epoch + 1
+        or after.context.group_id != info.context.group_id
+        or after.external_pub is None
+    ):
+        raise WireFailure(
+            "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
+        )
 
 
 class Rooms:
@@ -286,10 +305,10 @@ class Rooms:
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
-        if await self._directory.account(ev.username) is None:
-            raise WireFailure("unknown_user", "no such user")
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
-        one_time = self._key_claims.one_time("keypackage", session.key[0], ev.username)
+        one_time = await self._directory.one_time_claims(
+            self._key_claims, "keypackage", session.key[0], ev.username
+        )
         claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
@@ -297,11 +316,8 @@ class Rooms:
                 {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
             ],
         }, rid)
-        for c in claimed:
-            if c.remaining < KEY_PACKAGES_LOW_WATERMARK:
-                self._presence.notice(
-                    (ev.username, c.device_id), frame(KEYPACKAGES_LOW, {"remaining": c.remaining})
-                )
+        self._presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+                                  KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW)
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -321,23 +337,23 @@ class Rooms:
     ) -> Awaitable[None] | None:
         session.key  # noqa: B018 -- raises unless authenticated
         external = ev.token is not None or is_external_commit(ev.commit)
-        if not external and ev.audit is None:
-            self._submit_commit(session, ev, data, rid)
-            return None
         return self._commit_checked(session, ev, data, rid, external)
 
     async def _commit_checked(
         self, session: Session, ev: RoomCommit, data: dict[str, Any], rid: str | None,
         external: bool,
     ) -> None:
-        """A commit with something to check first: its audit entry's author, and for an
+        """A commit with something to check first: its audit entry's author; for an
         external commit (a non-member joining with a token, or a member's resync) the
-        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token")."""
+        MLS public view's checks (:mod:`sottovoce.protocol.rooms`, "Joining by token");
+        for a member's commit the GroupInfo it publishes."""
         user, device = session.key
         checked = None
         if external:
             h = None if ev.token is None else token_hash(ev.token)
             checked = await self._check_external(user, device, ev, h)
+        else:
+            await self._check_member_group_info(user, device, ev)
         audit = await self._audit_entry(ev.roomId, user, device, ev.audit)
         self._submit_commit(
             session, ev, data, rid, audit=audit, external=external, checked_epoch=checked
@@ -388,22 +404,24 @@ class Rooms:
             )
         if h is not None and not any(hmac.compare_digest(i, h) for i in commit.external_psk_ids):
             raise WireFailure("invalid_commit", "the external commit does not bind the token")
-        # The GroupInfo it publishes is what the next joiner and a recovering member use.
-        if ev.groupInfo is None:
-            raise WireFailure("invalid_commit", "an external commit publishes its GroupInfo")
-        try:
-            after = check_group_info(ev.groupInfo, signer_key=key)
-        except MlsError as exc:
-            raise WireFailure("invalid_commit", f"the new GroupInfo is refused: {exc}") from None
-        if (
-            after.context.epoch != epoch + 1
-            or after.context.group_id != info.context.group_id
-            or after.external_pub is None
-        ):
-            raise WireFailure(
-                "invalid_commit", "the new GroupInfo is not the next epoch's, or not joinable"
-            )
+        _check_next_group_info(ev.groupInfo, key, info, epoch)
         return epoch
+
+    async def _check_member_group_info(self, user: str, device: str, ev: RoomCommit) -> None:
+        """A member's commit to a room that holds an MLS GroupInfo publishes the next
+        epoch's, signed by the committer's certified key: members that cannot process
+        the commit rejoin on it (an insider's unreadable commit without one once left
+        every other member unable to rejoin). Raises ``WireFailure`` (invalid_commit)."""
+        with _as_wire(RoomRefused):
+            epoch, stored = await self.store.room_group_info(ev.roomId, user, device)
+        if ev.epoch != epoch or not stored:
+            return  # storage answers commit_conflict (or a retry's duplicate)
+        try:
+            info = check_group_info(stored)
+        except MlsError:
+            return  # the room never held a GroupInfo anyone could rejoin on
+        key = await self._certified_mls_key(user, device, "invalid_commit")
+        _check_next_group_info(ev.groupInfo, key, info, epoch)
 
     async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
         """The MLS signature key the device's certificate holds (the account key signed it:
@@ -653,9 +671,7 @@ class Rooms:
             self._join_requests_by_room.take(h.hex())
         )
         if wait:
-            raise WireFailure(
-                "rate_limited", "too many join requests", retryable=True, retry_after_ms=wait
-            )
+            raise RateLimited("too many join requests", wait)
         key = await self._certified_mls_key(user, device, "invalid_key_package")
         try:
             kp = decode_key_package(ev.keyPackage)

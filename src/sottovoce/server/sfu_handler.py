@@ -28,7 +28,7 @@ from sottovoce.calls.janus import SfuError
 from sottovoce.limits import TURN_REQUESTS_BURST, TURN_REQUESTS_PER_MINUTE
 from sottovoce.protocol.rooms import RECORDER_DEVICE_ID, ROOM_CALL_GRANTED, RoomCallGrant
 from sottovoce.server.config import ServerConfig
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
 from sottovoce.server.sfu import SfuConfig, SfuDriver, SfuNotAMember, read_sfu_key
@@ -90,10 +90,7 @@ class SfuHandler:
             raise WireFailure("unavailable", "this server's storage has no rooms")
         wait = self._buckets.take(device)
         if wait:
-            raise WireFailure(
-                "rate_limited", "too many SFU grant requests",
-                retryable=True, retry_after_ms=wait,
-            )
+            raise RateLimited("too many SFU grant requests", wait)
         try:
             state = await self._rooms.room_state(ev.roomId, *device)
         except RoomRefused:

@@ -22,7 +22,7 @@ from typing import Any
 from sottovoce.limits import TURN_REQUESTS_BURST, TURN_REQUESTS_PER_MINUTE
 from sottovoce.protocol.events import TURN_RESULT, TurnCredentialsRequest
 from sottovoce.server.config import ServerConfig
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import RateLimited, WireFailure
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
 from sottovoce.server.turn import TurnConfig, read_turn_secret, turn_credentials
@@ -75,9 +75,6 @@ class TurnHandler:
             raise WireFailure("turn_unavailable", "this server has no TURN server configured")
         wait = self._buckets.take(device)
         if wait:
-            raise WireFailure(
-                "rate_limited", "too many TURN credential requests",
-                retryable=True, retry_after_ms=wait,
-            )
+            raise RateLimited("too many TURN credential requests", wait)
         creds = turn_credentials(self._turn, now_s=int(self._clock()), rng=secrets.token_bytes)
         session.reply(TURN_RESULT, creds.to_wire(), rid)

@@ -106,6 +106,21 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def rearm_timer(
+    timer: asyncio.TimerHandle | None,
+    deadline_ms: int | None,
+    clock_ms: Callable[[], int],
+    fire: Callable[[], None],
+) -> asyncio.TimerHandle | None:
+    """Cancel an engine's ``timer`` and, if it has a next deadline, call ``fire`` then."""
+    if timer is not None:
+        timer.cancel()
+    if deadline_ms is None:
+        return None
+    delay = max(0.0, (deadline_ms - clock_ms()) / 1000)
+    return asyncio.get_running_loop().call_later(delay, fire)
+
+
 class CallController:
     """See the module docstring."""
 
@@ -280,14 +295,8 @@ class CallController:
             self.events.put_nowait(effect)
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.machine.next_deadline()
-        if deadline is None or self._closed:
-            return
-        delay = max(0.0, (deadline - self._clock()) / 1000)
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+        deadline = None if self._closed else self.machine.next_deadline()
+        self._timer = rearm_timer(self._timer, deadline, self._clock, self._fire)
 
     def _fire(self) -> None:
         self._timer = None

@@ -32,8 +32,9 @@ import asyncio
 import contextlib
 import fractions
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import av
@@ -42,6 +43,7 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.codecs.opus import OpusEncoder
@@ -86,6 +88,12 @@ OPUS_CBR_BITRATE = 32_000
 #: How long the TURN probe waits for an answer when no relay candidate was gathered.
 TURN_PROBE_TIMEOUT_S = 3.0
 ROLES = ("audio", "camera", "screen")  # the m-sections, in order
+#: A live connection is looked at every second; one that received nothing for this
+#: many looks in a row lost its path (a network change). Every sender of the peer
+#: sends RTCP every 0.5-1.5 s, muted or not, so a quiet second is never a quiet call;
+#: ICE consent freshness (RFC 7675) would take some 30 s to notice, and aiortc then
+#: reports the connection "closed", as after the peer's hang-up.
+LOST_PATH_CHECKS = 5
 
 
 class CbrOpusEncoder(OpusEncoder):
@@ -195,6 +203,82 @@ class Sink:
             self.first_frame_at = now
 
 
+def report_failure(
+    on_problem: Callable[[MediaProblem], None] | None, where: str, exc: BaseException
+) -> None:
+    """A source, track or sink failed: logged and reported by the error's type only."""
+    log.warning("call media: %s failed: %s", where, type(exc).__name__)
+    if on_problem is not None:
+        on_problem(MediaProblem(where=where, error=type(exc).__name__))
+
+
+async def consume(
+    track: MediaStreamTrack,
+    sink: Sink,
+    role: str,
+    on_problem: Callable[[MediaProblem], None] | None,
+    feed: Callable[[av.AudioFrame | av.VideoFrame], Awaitable[None]] | None = None,
+) -> None:
+    """Count every frame of a received ``track`` into ``sink`` (and hand each audio or
+    video frame to ``feed``) until the track ends."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        try:
+            sink.count(frame, loop.time())
+            if feed is not None and isinstance(frame, av.AudioFrame | av.VideoFrame):
+                await feed(frame)
+        except Exception as exc:  # a broken sink must not silence the track unseen
+            report_failure(on_problem, role, exc)
+            return
+
+
+def add_sections(pc: RTCPeerConnection, direction: str) -> list[RTCRtpTransceiver]:
+    """The call's three m-sections, in the order of :data:`ROLES`, each preferring
+    Opus or VP8 (and its retransmissions) over every other codec."""
+    transceivers = []
+    for role in ROLES:
+        kind = "audio" if role == "audio" else "video"
+        transceiver = pc.addTransceiver(kind, direction=direction)
+        wanted = "audio/opus" if kind == "audio" else "video/vp8"
+        caps = RTCRtpSender.getCapabilities(kind).codecs
+        transceiver.setCodecPreferences(
+            [c for c in caps if c.mimeType.lower() in (wanted, f"{kind}/rtx")]
+        )
+        transceivers.append(transceiver)
+    return transceivers
+
+
+async def set_local(pc: RTCPeerConnection, sdp: str, kind: str, *, loopback: bool) -> str:
+    """Set our description, without the audio level, and return it as set (on a
+    loopback call, with nothing but 127.0.0.1 gathered)."""
+    guard = hooks.loopback_only() if loopback else contextlib.nullcontext()
+    with guard:
+        await pc.setLocalDescription(RTCSessionDescription(clean_sdp(sdp), kind))
+    return pc.localDescription.sdp
+
+
+def check_description(sdp: str, *, loopback: bool) -> None:
+    """What every description this device hands out must hold: no RFC 6464 audio
+    level, and on a loopback call no address but 127.0.0.1."""
+    if sdp_text.AUDIO_LEVEL_URI in sdp_text.header_extensions(sdp):
+        raise CandidateLeak("the audio-level header extension survived")
+    if loopback:
+        check_loopback(sdp)
+
+
+def check_loopback(sdp: str) -> None:
+    """A description on a loopback call (ours or the other end's) names no address but
+    127.0.0.1."""
+    candidates = sdp_text.candidates(sdp)
+    addresses = {c.address for c in candidates} | set(sdp_text.connection_addresses(sdp))
+    if addresses - {hooks.LOOPBACK, "0.0.0.0"}:  # noqa: S104 -- an SDP "no address"
+        raise CandidateLeak("a loopback call saw another address")
+
+
 @dataclass(slots=True)
 class _Generation:
     number: int
@@ -222,7 +306,9 @@ class MediaSession:
         self._on_event = on_event
         self._certificate = RTCCertificate.generateCertificate()
         self.fingerprints = hooks.local_fingerprints(self._certificate)
-        self._sources: Sources = open_sources(spec, on_error=self._source_failed)
+        self._sources: Sources = open_sources(
+            spec, on_error=partial(report_failure, on_event, "source")
+        )
         self._relay = MediaRelay()
         self._generations: dict[int, _Generation] = {}
         self._closed = False
@@ -241,17 +327,9 @@ class MediaSession:
     async def create_offer(self, generation: int) -> str:
         """A new connection for ``generation`` and its offer (ours is the first SDP)."""
         gen = await self._new_generation(generation)
-        pc = gen.pc
-        for role in ROLES:
-            kind = "audio" if role == "audio" else "video"
-            transceiver = pc.addTransceiver(kind, direction="sendrecv")
-            wanted = "audio/opus" if kind == "audio" else "video/vp8"
-            caps = RTCRtpSender.getCapabilities(kind).codecs
-            transceiver.setCodecPreferences(
-                [c for c in caps if c.mimeType.lower() in (wanted, f"{kind}/rtx")]
-            )
+        add_sections(gen.pc, "sendrecv")
         self._attach(gen)
-        offer = await pc.createOffer()
+        offer = await gen.pc.createOffer()
         return await self._set_local(gen, offer.sdp, "offer")
 
     async def create_answer(
@@ -274,8 +352,8 @@ class MediaSession:
     async def apply_answer(
         self, generation: int, remote_sdp: str, expected: tuple[Fingerprint, ...]
     ) -> None:
-        gen = self._generations.get(generation)
-        if gen is None or gen.done:
+        gen = self._live(generation)
+        if gen is None:
             return
         gen.expected = self._check_remote(remote_sdp, expected)
         await gen.pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "answer"))
@@ -284,8 +362,8 @@ class MediaSession:
         self, generation: int, candidates: tuple[tuple[str, str], ...], complete: bool
     ) -> None:
         """Trickled candidates (RFC 8838) from the peer; aiortc gathers ours all at once."""
-        gen = self._generations.get(generation)
-        if gen is None or gen.done:
+        gen = self._live(generation)
+        if gen is None:
             return
         mids = [t.mid for t in gen.pc.getTransceivers()]
         for mid, line in candidates:
@@ -299,6 +377,11 @@ class MediaSession:
             await gen.pc.addIceCandidate(candidate)
         if complete:
             await gen.pc.addIceCandidate(None)
+
+    def _live(self, generation: int) -> _Generation | None:
+        """The connection of ``generation``, unless it is gone or closing (a late signal)."""
+        gen = self._generations.get(generation)
+        return None if gen is None or gen.done else gen
 
     def _check_remote(
         self, remote_sdp: str, expected: tuple[Fingerprint, ...]
@@ -330,11 +413,7 @@ class MediaSession:
         return gen
 
     async def _set_local(self, gen: _Generation, sdp: str, kind: str) -> str:
-        pc = gen.pc
-        guard = hooks.loopback_only() if self.ice.loopback else contextlib.nullcontext()
-        with guard:
-            await pc.setLocalDescription(RTCSessionDescription(clean_sdp(sdp), kind))
-        local = pc.localDescription.sdp
+        local = await set_local(gen.pc, sdp, kind, loopback=self.ice.loopback)
         await self._check_local(local)
         codecs = sdp_text.codecs(local)
         if codecs.get("audio:0", "opus").lower() != "opus":
@@ -343,15 +422,10 @@ class MediaSession:
 
     async def _check_local(self, local: str) -> None:
         """Refuse to hand out a description that breaks this call's policy."""
-        if sdp_text.AUDIO_LEVEL_URI in sdp_text.header_extensions(local):
-            raise CandidateLeak("the audio-level header extension survived")
+        check_description(local, loopback=self.ice.loopback)
         if sdp_text.fingerprints(local) != self.fingerprints:
             raise CandidateLeak("the description does not carry the call's certificate")
         candidates = sdp_text.candidates(local)
-        if self.ice.loopback:
-            addresses = {c.address for c in candidates} | set(sdp_text.connection_addresses(local))
-            if addresses - {hooks.LOOPBACK, "0.0.0.0"}:  # noqa: S104 -- an SDP "no address"
-                raise CandidateLeak("a loopback call gathered another address")
         if self.ice.relay_only:
             if any(c.type != "relay" for c in candidates):
                 raise CandidateLeak("a relay-only call gathered a host or reflexive candidate")
@@ -420,32 +494,11 @@ class MediaSession:
         )
         if role is None:
             return
-        gen.consumers.append(asyncio.ensure_future(self._consume(role, track)))
-
-    async def _consume(self, role: str, track: MediaStreamTrack) -> None:
-        sink = self.sinks[role]
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            try:
-                sink.count(frame, loop.time())
-                if (
-                    self._recorder is not None
-                    and role != "screen"
-                    and isinstance(frame, av.AudioFrame | av.VideoFrame)
-                ):
-                    await self._recorder.feed(role, frame)
-            except Exception as exc:  # a broken sink must not silence the track unseen
-                log.warning("call media: %s sink failed: %s", role, type(exc).__name__)
-                self._on_event(MediaProblem(where=role, error=type(exc).__name__))
-                return
-
-    def _source_failed(self, exc: BaseException) -> None:
-        log.warning("call media: a source failed: %s", type(exc).__name__)
-        self._on_event(MediaProblem(where="source", error=type(exc).__name__))
+        recorder = self._recorder if role != "screen" else None
+        feed = None if recorder is None else partial(recorder.feed, role)
+        gen.consumers.append(
+            asyncio.ensure_future(consume(track, self.sinks[role], role, self._on_event, feed))
+        )
 
     # --- connection state ---------------------------------------------------------------
 
@@ -464,13 +517,36 @@ class MediaSession:
                 await self._fail(gen, mismatch)
                 return
             gen.up = True
+            gen.consumers.append(asyncio.ensure_future(self._watch(gen)))
             for number, other in list(self._generations.items()):
                 if number < gen.number:
                     del self._generations[number]
                     await self._close_generation(other)
             self._on_event(MediaUp(generation=gen.number))
         elif state == "failed":
+            # A path lost once up ends "closed", as does the peer's hang-up (its
+            # DTLS close_notify, ahead of the signal): _watch tells a lost path.
             await self._fail(gen, self._verify_peer(gen, after_failure=True))
+
+    async def _watch(self, gen: _Generation) -> None:
+        """Report a live connection that stopped receiving anything as down (see
+        ``LOST_PATH_CHECKS``): the call then restarts ICE on a new path."""
+        last, quiet = -1, 0
+        while not gen.done:
+            await asyncio.sleep(1.0)
+            try:
+                report = await gen.pc.getStats()
+                received = sum(
+                    s.bytesReceived for s in report.values() if isinstance(s, RTCTransportStats)
+                )
+            except Exception:  # a connection aiortc closed: nothing more arrives
+                received = last
+            quiet = quiet + 1 if received == last else 0
+            last = received
+            if quiet >= LOST_PATH_CHECKS:
+                log.warning("call media: generation %d receives nothing", gen.number)
+                self._spawn(self._fail(gen, None))
+                return
 
     def _verify_peer(self, gen: _Generation, *, after_failure: bool = False) -> MediaError | None:
         """The certificate each DTLS handshake presented must be the signalled one."""
@@ -488,6 +564,8 @@ class MediaSession:
         return None
 
     async def _fail(self, gen: _Generation, error: MediaError | None) -> None:
+        if gen.done:
+            return  # closed already (by us, or by the other report of its end)
         if error is not None:
             log.warning("call media: generation %d failed: %s", gen.number, error.code)
         self._generations.pop(gen.number, None)

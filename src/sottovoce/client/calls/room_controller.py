@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +57,7 @@ from sottovoce.calls.room_effects import (
     SendRoomSignal,
 )
 from sottovoce.calls.room_signals import CallMode
+from sottovoce.client.calls.controller import rearm_timer, wall_clock_ms
 from sottovoce.client.calls.e2ee import FrameCrypto
 from sottovoce.client.calls.media import IceConfig, MediaProblem
 from sottovoce.client.calls.recording import SealedRecording
@@ -104,10 +104,6 @@ class RoomCallOptions:
     storage_key: Secret | None = None
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class RoomCallController:
     """See the module docstring. Build with :meth:`start` or :meth:`join`."""
 
@@ -122,7 +118,7 @@ class RoomCallController:
         options: RoomCallOptions | None = None,
         crypto: FrameCrypto | None = None,
         rng: Random = secrets.token_bytes,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if call.mode is CallMode.SFU and sfu_grant is None:
             raise UsageError("a call through an SFU needs a way to get grants from the server")
@@ -158,7 +154,7 @@ class RoomCallController:
         signing_key: SigningKey,
         mode: CallMode,
         rng: Random = secrets.token_bytes,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
         call_id: bytes | None = None,
         **kwargs: object,
     ) -> RoomCallController:
@@ -178,7 +174,7 @@ class RoomCallController:
         me: Device,
         signing_key: SigningKey,
         rng: Random = secrets.token_bytes,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
         **kwargs: object,
     ) -> RoomCallController:
         call = RoomCall.join(
@@ -435,14 +431,7 @@ class RoomCallController:
     # --- time and the end ------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.call.next_deadline()
-        if deadline is None:
-            return
-        delay = max(0.0, (deadline - self._clock()) / 1000)
-        self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
+        self._timer = rearm_timer(self._timer, self.call.next_deadline(), self._clock, self._tick)
 
     def _tick(self) -> None:
         self._timer = None

@@ -21,19 +21,18 @@ without it). Descriptions never carry the RFC 6464 audio level; with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from sottovoce.calls import sdp as sdp_text
 from sottovoce.calls.errors import StreamBindingError
 from sottovoce.calls.frames import Codec
-from sottovoce.calls.janus import SfuError
+from sottovoce.calls.janus import JanusReply, SfuError
 from sottovoce.calls.media_keys import Device
 from sottovoce.client.calls import hooks
 from sottovoce.client.calls.e2ee import (
@@ -43,13 +42,20 @@ from sottovoce.client.calls.e2ee import (
     StreamGuard,
     sealing_vp8_encoder,
 )
-from sottovoce.client.calls.errors import CandidateLeak, MediaError
+from sottovoce.client.calls.errors import MediaError
 from sottovoce.client.calls.media import (
+    ROLES,
     IceConfig,
     MediaProblem,
     Sink,
     SwitchTrack,
+    add_sections,
+    check_description,
+    check_loopback,
     clean_sdp,
+    consume,
+    report_failure,
+    set_local,
 )
 from sottovoce.client.calls.sources import MediaSpec, SilenceGate, open_sources
 from sottovoce.janus_session import JanusSession
@@ -57,7 +63,6 @@ from sottovoce.sframe import Track
 
 log = logging.getLogger(__name__)
 
-ROLES = ("audio", "camera", "screen")
 #: The sending side's mid of each section (the order of :data:`ROLES`).
 TRACK_OF_MID = {"0": Track.AUDIO, "1": Track.VIDEO, "2": Track.SCREEN}
 ROLE_OF_TRACK = {Track.AUDIO: "audio", Track.VIDEO: "camera", Track.SCREEN: "screen"}
@@ -113,7 +118,7 @@ class RoomMedia:
         self.crypto = crypto
         self._on_problem = on_problem
         self._tap = tap
-        self._sources = open_sources(spec, on_error=self._source_failed)
+        self._sources = open_sources(spec, on_error=partial(report_failure, on_problem, "source"))
         self._relay = MediaRelay()
         self.camera_on = spec.video and self._sources.camera is not None
         self.screen_on = self._sources.screen is not None
@@ -126,10 +131,7 @@ class RoomMedia:
     def _add_send_sections(self, pc: RTCPeerConnection, direction: str) -> list[MediaStreamTrack]:
         """The three sections, each with its sealing encoder and its track."""
         tracks: list[MediaStreamTrack] = []
-        for role in ROLES:
-            kind = "audio" if role == "audio" else "video"
-            transceiver = pc.addTransceiver(kind, direction=direction)
-            _prefer(transceiver, kind)
+        for role, transceiver in zip(ROLES, add_sections(pc, direction), strict=True):
             self._arm_sender(transceiver.sender, role)
             tracks.append(self._track_for(role))
             transceiver.sender.replaceTrack(tracks[-1])
@@ -197,25 +199,10 @@ class RoomMedia:
             )
             role = role_of(transceiver.mid if transceiver else None)
             if role is not None:
-                peer.consumers.append(asyncio.ensure_future(self._consume(device, role, track)))
+                consumer = consume(track, self.sink(device, role), role, self._on_problem)
+                peer.consumers.append(asyncio.ensure_future(consumer))
 
         return on_track
-
-    async def _consume(self, device: Device, role: str, track: MediaStreamTrack) -> None:
-        sink = self.sinks.setdefault((device, role), Sink())
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            try:
-                sink.count(frame, loop.time())
-            except Exception as exc:  # a broken sink must not silence the track unseen
-                log.warning("call media: %s sink failed: %s", role, type(exc).__name__)
-                if self._on_problem is not None:
-                    self._on_problem(MediaProblem(where=role, error=type(exc).__name__))
-                return
 
     def request_keyframes(self) -> None:
         """Ask every video sender for a keyframe now (a recording starts on one)."""
@@ -247,32 +234,16 @@ class RoomMedia:
         """Received frames under a key this device never held or no longer holds."""
         return sum(c.unkeyed for c in self._counters(device))
 
-    def _source_failed(self, exc: BaseException) -> None:
-        log.warning("call media: a source failed: %s", type(exc).__name__)
-        if self._on_problem is not None:
-            self._on_problem(MediaProblem(where="source", error=type(exc).__name__))
-
     # --- descriptions -----------------------------------------------------------------
 
     async def _set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
-        guard = hooks.loopback_only() if self.ice.loopback else contextlib.nullcontext()
-        with guard:
-            await pc.setLocalDescription(
-                RTCSessionDescription(clean_sdp(description.sdp), description.type)
-            )
-        local = pc.localDescription.sdp
-        if sdp_text.AUDIO_LEVEL_URI in sdp_text.header_extensions(local):
-            raise CandidateLeak("the audio-level header extension survived")
-        self._check_addresses(local)
+        local = await set_local(pc, description.sdp, description.type, loopback=self.ice.loopback)
+        check_description(local, loopback=self.ice.loopback)
         return local
 
     def _check_addresses(self, sdp: str) -> None:
-        if not self.ice.loopback:
-            return
-        candidates = sdp_text.candidates(sdp)
-        addresses = {c.address for c in candidates} | set(sdp_text.connection_addresses(sdp))
-        if addresses - {hooks.LOOPBACK, "0.0.0.0"}:  # noqa: S104 -- an SDP "no address"
-            raise CandidateLeak("a loopback call saw another address")
+        if self.ice.loopback:
+            check_loopback(sdp)
 
     async def _connected(self, pc: RTCPeerConnection) -> None:
         async def up() -> None:
@@ -307,14 +278,6 @@ class RoomMedia:
         self._sources.stop()
 
 
-def _prefer(transceiver: RTCRtpTransceiver, kind: str) -> None:
-    wanted = "audio/opus" if kind == "audio" else "video/vp8"
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    transceiver.setCodecPreferences(
-        [c for c in caps if c.mimeType.lower() in (wanted, f"{kind}/rtx")]
-    )
-
-
 class SfuMedia(RoomMedia):
     """A participant's media through a Janus VideoRoom."""
 
@@ -334,16 +297,8 @@ class SfuMedia(RoomMedia):
         :class:`~sottovoce.calls.janus.SfuUnauthorized` without a valid grant."""
         janus = await JanusSession.connect(self.access.url)
         self._janus = janus
-        handle = await janus.attach()
-        joined = await janus.message(
-            handle,
-            {
-                "request": "join",
-                "ptype": "publisher",
-                "room": self.access.room,
-                "id": self.access.feed_id,
-                "token": self.access.token,
-            },
+        handle, joined = await self._join(
+            janus, "publisher", id=self.access.feed_id, token=self.access.token
         )
         private_id = joined.data.get("private_id")
         if not isinstance(private_id, int) or isinstance(private_id, bool):
@@ -354,9 +309,7 @@ class SfuMedia(RoomMedia):
         self._publisher = peer
         peer.tracks = self._add_send_sections(pc, "sendonly")
         offer = await self._set_local(pc, await pc.createOffer())
-        reply = await janus.message(
-            handle, {"request": "publish"}, jsep={"type": "offer", "sdp": offer, "e2ee": True}
-        )
+        reply = await janus.message(handle, {"request": "publish"}, jsep=_jsep("offer", offer))
         if reply.jsep is None or reply.jsep.get("type") != "answer":
             raise SfuError("the SFU did not answer the publication")
         answer = clean_sdp(reply.jsep["sdp"])
@@ -371,16 +324,8 @@ class SfuMedia(RoomMedia):
             raise MediaError("publish first: subscriptions need the publisher's private id")
         if device in self._subscriptions:
             await self.unsubscribe(device)
-        handle = await janus.attach()
-        reply = await janus.message(
-            handle,
-            {
-                "request": "join",
-                "ptype": "subscriber",
-                "room": self.access.room,
-                "streams": [{"feed": feed_id}],
-                "private_id": self._private_id,
-            },
+        handle, reply = await self._join(
+            janus, "subscriber", streams=[{"feed": feed_id}], private_id=self._private_id
         )
         if reply.jsep is None or reply.jsep.get("type") != "offer":
             raise SfuError("the SFU did not offer the feed")
@@ -412,14 +357,20 @@ class SfuMedia(RoomMedia):
             local.sdp.replace("a=setup:active", "a=setup:passive"), "answer"
         )
         answer = await self._set_local(pc, passive)
-        await janus.message(
-            handle, {"request": "start"}, jsep={"type": "answer", "sdp": answer, "e2ee": True}
-        )
+        await janus.message(handle, {"request": "start"}, jsep=_jsep("answer", answer))
         # Ask for a keyframe at once rather than wait for the publisher's next one:
         # the first packets that arrive carry the request back (PLI, RFC 4585 §6.3.1).
         for guard in peer.guards:
             if guard.track is not Track.AUDIO:
                 guard.request_keyframe()
+
+    async def _join(
+        self, janus: JanusSession, ptype: str, **fields: object
+    ) -> tuple[int, JanusReply]:
+        """A new handle, joined to the call's VideoRoom as a publisher or a subscriber."""
+        handle = await janus.attach()
+        body = {"request": "join", "ptype": ptype, "room": self.access.room, **fields}
+        return handle, await janus.message(handle, body)
 
     async def unsubscribe(self, device: Device) -> None:
         peer = self._subscriptions.pop(device, None)
@@ -436,6 +387,11 @@ class SfuMedia(RoomMedia):
         if self._janus is not None:
             await self._janus.close()
             self._janus = None
+
+
+def _jsep(kind: str, sdp: str) -> dict[str, object]:
+    """Every description we hand Janus says it is end-to-end encrypted (``require_e2ee``)."""
+    return {"type": kind, "sdp": sdp, "e2ee": True}
 
 
 def _feed_mids(streams: object) -> dict[str, str]:
@@ -525,10 +481,3 @@ class MeshMedia(RoomMedia):
         peer = self._mesh.pop(device, None)
         if peer is not None:
             await self._close_peer(peer)
-
-
-def spawn(tasks: set[asyncio.Future[None]], coro: Coroutine[object, object, None]) -> None:
-    """Run ``coro`` in the background, keeping a reference until it is done."""
-    task = asyncio.ensure_future(coro)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Required, TypedDict, Unpack
 
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey
@@ -118,6 +119,7 @@ from sottovoce.secret import Secret
 __all__ = [
     "ApplicationMessage",
     "CommitBundle",
+    "CommitOptions",
     "ExternalJoin",
     "Group",
     "GroupConfig",
@@ -148,6 +150,15 @@ __all__ = [
     "generate_key_package",
     "validate_key_package",
 ]
+
+
+class CommitOptions(TypedDict, total=False):
+    """What the commit shortcuts (:meth:`Group.add_members`, ...) pass on to
+    :meth:`Group.commit`."""
+
+    rng: Required[Random]
+    now_ms: int | None
+    authenticated_data: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -603,29 +614,18 @@ class Group:
         return bundle
 
     def add_members(
-        self, key_packages: Sequence[KeyPackage], *, rng: Random, now_ms: int | None = None,
-        authenticated_data: bytes = b"",
+        self, key_packages: Sequence[KeyPackage], **options: Unpack[CommitOptions]
     ) -> CommitBundle:
-        return self.commit(
-            rng=rng, now_ms=now_ms, proposals=[Add(key_package=kp) for kp in key_packages],
-            authenticated_data=authenticated_data,
-        )
+        return self.commit(proposals=[Add(key_package=kp) for kp in key_packages], **options)
 
     def remove_members(
-        self, leaf_indices: Sequence[int], *, rng: Random, now_ms: int | None = None,
-        authenticated_data: bytes = b"",
+        self, leaf_indices: Sequence[int], **options: Unpack[CommitOptions]
     ) -> CommitBundle:
-        return self.commit(
-            rng=rng, now_ms=now_ms, proposals=[Remove(removed=i) for i in leaf_indices],
-            authenticated_data=authenticated_data,
-        )
+        return self.commit(proposals=[Remove(removed=i) for i in leaf_indices], **options)
 
-    def self_update(
-        self, *, rng: Random, now_ms: int | None = None, authenticated_data: bytes = b""
-    ) -> CommitBundle:
+    def self_update(self, **options: Unpack[CommitOptions]) -> CommitBundle:
         """An empty commit with a path: fresh keys on our whole direct path (§12.4)."""
-        return self.commit(rng=rng, now_ms=now_ms, include_pending=False,
-                           authenticated_data=authenticated_data)
+        return self.commit(include_pending=False, **options)
 
     def merge_pending_commit(self) -> StagedCommit:
         """Apply our own pending commit (after the delivery service accepted it)."""

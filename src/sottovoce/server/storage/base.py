@@ -148,6 +148,20 @@ class SendRequest:
         head, tail = self.envelope_parts()
         return envelope_text(self, head, tail, ciphertext_b64, server_seq, received_at_ms)
 
+    def stored(
+        self, server_seq: int, received_at_ms: int, frames: tuple[StoredFrame, ...]
+    ) -> SendOutcome:
+        """The outcome of this send, just stored at ``server_seq`` with its ``frames``."""
+        return SendOutcome(self.conversation_id, self.message_id, self.idempotency_key,
+                           server_seq, received_at_ms, False, frames)
+
+    def retried(
+        self, conversation_id: str, message_id: str, server_seq: int, received_at_ms: int
+    ) -> SendOutcome:
+        """The outcome of a retry of this send: the original's, as it was stored."""
+        return SendOutcome(conversation_id, message_id, self.idempotency_key,
+                           server_seq, received_at_ms, True, ())
+
 
 def envelope_text(
     req: SendRequest, head: str, tail: str, ct: str, server_seq: int, received_at_ms: int

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sottovoce.server.storage.base import UnknownAccount
-from sottovoce.server.storage.prekeys import stored_count, take_one
+from sottovoce.server.storage.prekeys import stored_count, take_from_each
 from sottovoce.server.storage.roombase import ClaimedKeyPackage, Member
 from sottovoce.server.storage.rooms import refuse
-from sottovoce.server.storage.txn import DevId, Txn, execute, many, one, rows, val
+from sottovoce.server.storage.txn import DevId, Txn, execute, many, one, rows
 
 _COUNT = "SELECT count(*) FROM key_packages WHERE dev=?"
 _CLAIM = (
@@ -59,19 +59,12 @@ def count_key_packages(user: str, device: str) -> Txn[int | None]:
 def claim_key_packages(
     user: str, exclude: Member | None, one_time: bool
 ) -> Txn[list[ClaimedKeyPackage]]:
-    out: list[ClaimedKeyPackage] = []
     devices = yield rows(
         "SELECT dev, device_id FROM devices WHERE user_id=? AND revoked_at IS NULL ORDER BY dev",
         user,
     )
-    for dev, device_id in devices:
-        if exclude is not None and (user, device_id) == exclude:
-            continue
-        kp = yield from take_one(
-            _CLAIM, "SELECT last_resort FROM key_package_devices WHERE dev=?", dev, one_time
-        )
-        if kp is None:
-            continue
-        remaining = int((yield val(_COUNT, dev)))
-        out.append(ClaimedKeyPackage(device_id, kp, remaining))
-    return out
+    taken = yield from take_from_each(
+        user, exclude, devices,
+        _CLAIM, "SELECT last_resort FROM key_package_devices WHERE dev=?", _COUNT, one_time,
+    )
+    return [ClaimedKeyPackage(row[1], kp, left) for row, kp, left in taken]

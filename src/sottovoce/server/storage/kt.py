@@ -25,7 +25,7 @@ appends from several server nodes take consecutive leaf indexes. The sans-I/O co
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecodeError
@@ -59,18 +59,68 @@ _CHUNK = 400
 #: Map depths fetched per round trip while walking down to a key's entry: a map of
 #: N accounts is about log2(N) + 2 deep, so one round trip up to ~2^30 accounts.
 _DEPTH_STEP = 32
+#: The same below what the append cache knew: the path ends a few depths further down.
+_CACHED_STEP = 8
 #: The "no recovery key registered" value of an account state: an account registered
 #: before its owner committed a recovery key.
 NO_RECOVERY_KEY = bytes(32)
 
 
+#: Map depths whose nodes the append cache keeps (every append reads the top ones): at
+#: most 2^(depth+1) nodes, a few tens of MB at most.
+CACHE_DEPTH = 16
+#: VRF labels computed ahead of their registration's transaction, kept at most.
+_MAX_LABELS = 4096
+
+
+class AppendCache:
+    """This process's copy of what appends read again and again: the log's border
+    (:func:`root_nodes` hashes) and the upper map nodes' records, as of tree size
+    ``size``. It is used only when the log in the database has that very size and
+    border, so another node's append, or an append of ours whose transaction rolled
+    back, makes it start over (equal borders mean equal logs, hence equal leaves and
+    map roots). ``None`` records a node known to be absent."""
+
+    __slots__ = ("border", "labels", "leaf", "log", "nodes", "size")
+
+    def __init__(self, size: int = -1) -> None:
+        self.size = size
+        self.border: tuple[bytes, ...] = ()
+        self.nodes: dict[NodeId, bytes | None] = {}
+        #: For lookups at ``size``: log nodes (written once, never changed), the last
+        #: leaf, and VRF labels (a name's label never changes).
+        self.log: dict[NodeId, bytes] = {}
+        self.leaf: bytes | None = None
+        self.labels: dict[str, tuple[bytes, bytes]] = {}
+
+    def check(self, size: int, border: tuple[bytes, ...]) -> None:
+        if size != self.size or border != self.border:
+            self.size, self.border = size, border
+            self.nodes.clear()
+
+    def advance(self, size: int, border: tuple[bytes, ...],
+                writes: dict[NodeId, bytes]) -> None:
+        self.size, self.border = size, border
+        self.nodes.update((n, r) for n, r in writes.items() if n[0] <= CACHE_DEPTH)
+
+
 @dataclass(frozen=True, slots=True)
 class KTWriter:
-    """What an append needs besides the database: the VRF key (a new account's label)
-    and randomness (each version's commitment opening)."""
+    """What an append needs besides the database: the VRF key (a new account's label),
+    randomness (each version's commitment opening), labels computed before their
+    transaction (:meth:`remember`), and the :class:`AppendCache`."""
 
     vrf: VRFSecretKey
     rng: Random
+    labels: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    cache: AppendCache = field(default_factory=AppendCache)
+
+    def remember(self, user: str, label: tuple[bytes, bytes]) -> None:
+        """``user``'s VRF output and proof, computed outside the append's transaction
+        (a VRF evaluation costs about as much as the rest of the append)."""
+        if len(self.labels) >= _MAX_LABELS:
+            self.labels.clear()
+        self.labels[user] = label
 
 
 def node_id(node: NodeId) -> int:
@@ -154,15 +204,34 @@ def _newest_records(n: int) -> str:
     return sql
 
 
-def _map_path(key: bytes, size: int) -> Txn[dict[NodeId, bytes]]:
+def _map_path(
+    key: bytes, size: int, cache: AppendCache | None = None
+) -> Txn[dict[NodeId, bytes]]:
     """Every map node on ``key``'s path and beside it, as of tree size ``size``: all
-    that the sparse map reads to prove or update ``key``."""
+    that the sparse map reads to prove or update ``key``. ``cache`` (of that size):
+    the upper nodes come from it, and what is read of them goes into it."""
     k = int.from_bytes(key, "big")
     out: dict[NodeId, bytes] = {}
     start = 0
+    if cache is not None:
+        known = cache.nodes
+        while start <= CACHE_DEPTH:
+            here = (start, k >> (KEY_BITS - start))
+            beside = (start, here[1] ^ 1)
+            if here not in known or (start and beside not in known):
+                break
+            rec = known[here]
+            if rec is not None:
+                out[here] = rec
+            if start and (sib := known[beside]) is not None:
+                out[beside] = sib
+            if rec is None or rec[:1] == b"\x10":
+                return out
+            start += 1
+    step = _CACHED_STEP if start else _DEPTH_STEP
     while start <= KEY_BITS:
         wanted: dict[bytes, NodeId] = {}
-        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+        for depth in range(start, min(start + step, KEY_BITS + 1)):
             prefix = k >> (KEY_BITS - depth)
             wanted[map_node_id((depth, prefix))] = (depth, prefix)
             if depth:
@@ -172,13 +241,17 @@ def _map_path(key: bytes, size: int) -> Txn[dict[NodeId, bytes]]:
         # root has a record per epoch, so scanning them would grow with the log.
         found = yield rows(_newest_records(len(ids)),
                            *(p for node in ids for p in (node, size)))
-        out.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+        got = {wanted[blob(r[0])]: blob(r[1]) for r in found}
+        out.update(got)
+        if cache is not None:
+            cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= CACHE_DEPTH)
         # Stop at the first depth of this step where the path ends (empty or an entry).
-        for depth in range(start, min(start + _DEPTH_STEP, KEY_BITS + 1)):
+        for depth in range(start, min(start + step, KEY_BITS + 1)):
             rec = out.get((depth, k >> (KEY_BITS - depth)))
             if rec is None or rec[:1] == b"\x10":
                 return out
-        start += _DEPTH_STEP
+        start += step
+        step = _DEPTH_STEP
     return out  # pragma: no cover - a path ends before depth 256
 
 
@@ -201,13 +274,16 @@ def _records(key: bytes, first: int, end: int) -> Txn[dict[tuple[bytes, int], Ve
     }
 
 
-def label(vrf: VRFSecretKey, user: str, *, keep: bool) -> Txn[tuple[bytes, bytes]]:
-    """``user``'s VRF output and proof: the stored ones, else computed (and, if ``keep``,
-    stored: only for a name that has an account, so lookups cannot fill the table)."""
+def label(
+    vrf: VRFSecretKey, user: str, *, keep: bool, known: tuple[bytes, bytes] | None = None
+) -> Txn[tuple[bytes, bytes]]:
+    """``user``'s VRF output and proof: the stored ones, else ``known`` (computed ahead)
+    or computed now (and, if ``keep``, stored: only for a name that has an account, so
+    lookups cannot fill the table)."""
     found = yield one("SELECT label, proof FROM kt_labels WHERE username=?", user)
     if found is not None:
         return blob(found[0]), blob(found[1])
-    beta, pi = vrf.evaluate(user.encode("utf-8"))
+    beta, pi = known if known is not None else vrf.evaluate(user.encode("utf-8"))
     if keep:
         yield execute("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)",
                       user, beta, pi)
@@ -227,23 +303,47 @@ class _Sized(dict[int, bytes]):
 
 
 def snapshot(
-    vrf: VRFSecretKey, user: str, size: int, since: int, *, every_version: bool
+    vrf: VRFSecretKey, user: str, size: int, since: int, *, every_version: bool,
+    cache: AppendCache | None = None,
 ) -> Txn[KTStores]:
     """What kt/prover.py's KTLog reads to answer a lookup (``every_version``: a history)
-    of ``user`` at tree size ``size`` with a consistency proof from ``since``."""
-    beta, pi = yield from label(vrf, user, keep=False)
+    of ``user`` at tree size ``size`` with a consistency proof from ``since``; the upper
+    map nodes from ``cache`` if it is of that size (lookups at one checkpoint share it)."""
+    c = cache if cache is not None and cache.size == size else None
+    known = c.labels.get(user) if c is not None else None
+    beta, pi = known if known is not None else (yield from label(vrf, user, keep=False))
+    if c is not None and known is None and len(c.labels) < _MAX_LABELS:
+        c.labels[user] = (beta, pi)
     key = map_key(beta)
-    leaf = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+    leaf = c.leaf if c is not None else None
+    if leaf is None:
+        found = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+        leaf = None if found is None else blob(found[0])
+        if c is not None:
+            c.leaf = leaf
     wanted = set(root_nodes(size)) | inclusion_nodes(size - 1, size)
     wanted |= consistency_nodes(since, size)
-    nodes = yield from log_nodes(wanted)
-    path = yield from _map_path(key, size)
-    n = yield from _versions(key, size)
+    nodes = {n: c.log[n] for n in wanted if n in c.log} if c is not None else {}
+    if len(nodes) < len(wanted):
+        nodes.update((yield from log_nodes(wanted - nodes.keys())))
+        if c is not None:
+            c.log.update(nodes)
+    path = yield from _map_path(key, size, c)
+    if every_version:
+        n = yield from _versions(key, size)
+        records = yield from _records(key, 0, n)
+    else:  # the latest version only: its number and record in one probe
+        last = yield one(
+            "SELECT version, state, opening, commitment FROM kt_versions "
+            "WHERE map_key=? AND epoch<? ORDER BY version DESC LIMIT 1", key, size)
+        n = 0 if last is None else int(last[0]) + 1
+        records = {} if last is None else {(key, n - 1): VersionRecord(
+            version=n - 1, state=blob(last[1]), opening=blob(last[2]),
+            commitment=blob(last[3]))}
     vwanted = set(root_nodes(n)) | (inclusion_nodes(n - 1, n) if n else set())
     vnodes = yield from _version_nodes(key, vwanted)
-    records = yield from _records(key, 0 if every_version else max(n - 1, 0), n)
     return KTStores(
-        log_nodes=nodes, leaves=_Sized(size, {} if leaf is None else {size - 1: blob(leaf[0])}),
+        log_nodes=nodes, leaves=_Sized(size, {} if leaf is None else {size - 1: leaf}),
         map_nodes=path, version_nodes=vnodes, records=records, sizes={key: n},
         labels={user: (beta, pi)},
     )
@@ -297,7 +397,7 @@ def record(
     """
     yield _LOCK
     size = yield from log_size()
-    beta, _ = yield from label(writer.vrf, user, keep=True)
+    beta, _ = yield from label(writer.vrf, user, keep=True, known=writer.labels.pop(user, None))
     key = map_key(beta)
     n = yield from _versions(key, size)
     previous = None
@@ -305,16 +405,22 @@ def record(
         previous = (yield from _records(key, n - 1, n))[(key, n - 1)].state
     state = yield from account_state(user, previous, account_key, recovery_key)
     nodes = yield from log_nodes(root_nodes(size))
-    path = Overlay(dict((yield from _map_path(key, size))))
+    border = tuple(nodes[x] for x in root_nodes(size))
+    cache = writer.cache
+    cache.check(size, border)
+    path = Overlay(dict((yield from _map_path(key, size, cache))))
     vnodes = Overlay(dict((yield from _version_nodes(key, root_nodes(n)))))
     records: Overlay[tuple[bytes, int], VersionRecord] = Overlay({})
     directory = Directory(path, vnodes, records, {key: n})
     leaf = directory.append(key, state.encode(), kind=kind, epoch=size, timestamp_ms=now_ms,
                             rng=writer.rng)
-    log = LogWriter(size, [nodes[x] for x in root_nodes(size)])
+    log = LogWriter(size, border)
     yield execute("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)", size, leaf.encode())
     yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)",
                [(node_id(x), h) for x, h in log.append(leaf.hash())])
+    # As of the new size, if this transaction commits (else the next append sees the
+    # log's size or border differ, and starts over).
+    cache.advance(size + 1, log.border, path.writes)
     yield many("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
                [(map_node_id(x), size, rec) for x, rec in path.writes.items()])
     yield many("INSERT INTO kt_version_nodes(map_key, node, hash) VALUES (?, ?, ?)",

@@ -198,6 +198,14 @@ class _IdempotencyRace(Exception):
 _Pending = tuple[SendRequest, AppendCallback]
 
 
+async def _close_gracefully(closable: Any) -> None:
+    """Close a connection or pool, waiting at most 5 s; if that fails, tear it down."""
+    try:
+        await asyncio.wait_for(closable.close(), timeout=5)
+    except _TRANSIENT:
+        closable.terminate()
+
+
 class PostgresStorage(SharedStorage, PostgresRooms):
     def __init__(
         self,
@@ -284,10 +292,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             self._writer_conn.terminate()
             self._writer_conn = None
         if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), timeout=5)
-            except _TRANSIENT:
-                self._pool.terminate()
+            await _close_gracefully(self._pool)
             self._pool = None
 
     async def close(self) -> None:
@@ -299,10 +304,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             await self._writer  # drains what was queued before close
         await self._drain_rooms()
         if self._writer_conn is not None:
-            try:
-                await asyncio.wait_for(self._writer_conn.close(), timeout=5)
-            except _TRANSIENT:
-                self._writer_conn.terminate()
+            await _close_gracefully(self._writer_conn)
             self._writer_conn = None
         await self._close_connections()
 
@@ -452,8 +454,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             hit = stored.get(key)
             if hit is not None:
                 conv, mid, seq, rec = hit
-                results[i] = (SendOutcome(conv, mid, req.idempotency_key, seq, rec,
-                                          True, ()), None)
+                results[i] = (req.retried(conv, mid, seq, rec), None)
                 continue
             j = first_in_batch.get(key)
             if j is not None:
@@ -561,8 +562,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
         )
         if row is None:
             return None
-        return SendOutcome(row[0], row[1], req.idempotency_key, int(row[2]), int(row[3]),
-                           True, ())
+        return req.retried(row[0], row[1], int(row[2]), int(row[3]))
 
     async def _store_fresh(
         self,
@@ -671,8 +671,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
                 StoredFrame(user, device, dev_first[di] + r, pre + seq_text + post)
                 for user, device, di, r, pre, post in targets
             )
-            results[i] = (SendOutcome(req.conversation_id, req.message_id, req.idempotency_key,
-                                      seq, received, False, frames), None)
+            results[i] = (req.stored(seq, received, frames), None)
 
     # --- short writes and reads (pool) -----------------------------------------------
 

@@ -1,7 +1,8 @@
 """Olm prekeys, written once for every engine (:mod:`.txn`).
 
 A one-time prekey is handed out at most once: it is taken and deleted in one
-statement (:func:`take_one`, which KeyPackages use too). Where several writers
+statement (:func:`take_one`; :func:`take_from_each` does it for each device of an
+account, for KeyPackages too). Where several writers
 run (PostgreSQL), ``SKIP LOCKED`` lets concurrent claims take different keys;
 only when every key left is held by another claim does the claim wait for them,
 so the fallback key is handed out only when no one-time key remains.
@@ -10,6 +11,7 @@ so the fallback key is handed out only when no one-time key remains.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sottovoce.server.storage.base import ClaimedPrekey, PrekeysFull, UnknownAccount
 from sottovoce.server.storage.txn import DevId, Lock, Txn, blob, execute, many, rows, val
@@ -36,6 +38,24 @@ def take_one(claim: str, fallback: str, dev: int, one_time: bool) -> Txn[bytes |
     if key is None:
         key = yield val(fallback, dev)
     return None if key is None else blob(key)
+
+
+def take_from_each(
+    user: str, exclude: tuple[str, str] | None, devices: Sequence[Sequence[Any]],
+    claim: str, fallback: str, count: str, one_time: bool,
+) -> Txn[list[tuple[Sequence[Any], bytes, int]]]:
+    """One key from each of the account's ``devices`` (rows that start with dev, device_id)
+    but ``exclude``, as :func:`take_one` takes it: (the row, the key, the one-time keys it
+    has left by ``count``). A device with no key at all is passed over."""
+    out: list[tuple[Sequence[Any], bytes, int]] = []
+    for row in devices:
+        dev, device_id = row[0], row[1]
+        if exclude is not None and (user, device_id) == exclude:
+            continue
+        key = yield from take_one(claim, fallback, dev, one_time)
+        if key is not None:
+            out.append((row, key, int((yield val(count, dev)))))
+    return out
 
 
 def stored_count(name: str, count: str, dev: int) -> Txn[int]:
@@ -79,20 +99,13 @@ def count_prekeys(user: str, device: str) -> Txn[int]:
 def claim_prekeys(
     user: str, exclude: tuple[str, str] | None, one_time: bool
 ) -> Txn[list[ClaimedPrekey]]:
-    out: list[ClaimedPrekey] = []
     devices = yield rows(
         "SELECT dev, device_id, certificate FROM devices WHERE user_id=? "
         "AND revoked_at IS NULL ORDER BY dev",
         user,
     )
-    for dev, device_id, cert in devices:
-        if exclude is not None and (user, device_id) == exclude:
-            continue
-        prekey = yield from take_one(
-            _CLAIM, "SELECT prekey FROM fallback_keys WHERE dev=?", dev, one_time
-        )
-        if prekey is None:
-            continue
-        remaining = int((yield val(_COUNT, dev)))
-        out.append(ClaimedPrekey(device_id, blob(cert), prekey, remaining))
-    return out
+    taken = yield from take_from_each(
+        user, exclude, devices,
+        _CLAIM, "SELECT prekey FROM fallback_keys WHERE dev=?", _COUNT, one_time,
+    )
+    return [ClaimedPrekey(row[1], blob(row[2]), prekey, left) for row, prekey, left in taken]

@@ -61,13 +61,20 @@ class AuditAppendage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CommitRequest:
+class RoomWrite:
+    """What every write to a room names: the room, the member device writing, the epoch
+    it writes in, and the message's ids (a retry is known by its idempotency key)."""
+
     room_id: str
     user: str
     device: str
     epoch: int
     message_id: str
     idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRequest(RoomWrite):
     commit_b64: str
     welcome_b64: str | None
     adds: tuple[Member, ...]
@@ -84,13 +91,7 @@ class CommitRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RoomSendRequest:
-    room_id: str
-    user: str
-    device: str
-    epoch: int
-    message_id: str
-    idempotency_key: str
+class RoomSendRequest(RoomWrite):
     content_type: str
     client_created_at_ms: int
     ciphertext_b64: str

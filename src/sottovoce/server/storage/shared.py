@@ -11,6 +11,7 @@ messages stay in the engine modules (see :mod:`.inbox` and :mod:`.rooms`).
 from __future__ import annotations
 
 import abc
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -107,6 +108,10 @@ class SharedStorage(Storage, Engine):
         self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int,
         recovery_key: bytes | None = None,
     ) -> None:
+        kt = self.kt_writer
+        if kt is not None:  # the new name's VRF label, outside the writer and its lock
+            kt.remember(user_id, await asyncio.to_thread(kt.vrf.evaluate,
+                                                         user_id.encode("utf-8")))
         await self._write_op(
             accounts.create_account, user_id, account_key, device_id, certificate, now_ms,
             recovery_key, self.kt_writer,
@@ -164,11 +169,12 @@ class SharedStorage(Storage, Engine):
         return await self._read_op(kt_tables.log_size)
 
     async def kt_snapshot(
-        self, user_id: str, size: int, since: int, *, every_version: bool
+        self, user_id: str, size: int, since: int, *, every_version: bool,
+        cache: kt_tables.AppendCache | None = None,
     ) -> KTStores:
         if self.kt_writer is None:
             raise StorageError("this server keeps no key-transparency log")
-        op = functools.partial(kt_tables.snapshot, every_version=every_version)
+        op = functools.partial(kt_tables.snapshot, every_version=every_version, cache=cache)
         return await self._read_op(op, self.kt_writer.vrf, user_id, size, since)
 
     async def kt_leaves(self, start: int, count: int) -> list[bytes]:

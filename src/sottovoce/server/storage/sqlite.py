@@ -552,13 +552,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 results.append((None, UnknownAccount("device is not registered")))
                 continue
             conv = req.conversation_id
-            seq = conv_seq.get(conv)
-            if seq is None:
-                r = conn.execute(
-                    "SELECT last_seq FROM conversations WHERE conversation_id=?", (conv,)
-                ).fetchone()
-                seq = 0 if r is None else int(r[0])
-            seq += 1
+            seq = self._last_conv_seq(conn, conv) + 1
             head, tail = req.envelope_parts()
             envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
             full = self._charge(conn, req, devs, envs)
@@ -580,15 +574,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 frames.append(StoredFrame(user, device, g, env))
             if self._note_written(conn, req.sender_user, req.recipient_user):
                 wrote.append((req.sender_user, req.recipient_user))
-            results.append((SendOutcome(
-                conversation_id=conv,
-                message_id=req.message_id,
-                idempotency_key=req.idempotency_key,
-                server_seq=seq,
-                received_at_ms=received,
-                duplicate=False,
-                frames=tuple(frames),
-            ), None))
+            results.append((req.stored(seq, received, tuple(frames)), None))
         before = conn.total_changes
         insert_many(
             conn,
@@ -632,6 +618,16 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         stored = self._stored_send(conn, sender, req)
         return (stored, None) if stored is not None else (None, error)
 
+    def _last_conv_seq(self, conn: sqlite3.Connection, conv: str) -> int:
+        """The conversation's last serverSeq: the cached one, else the stored one (0: new)."""
+        seq = self._conv_seq.get(conv)
+        if seq is None:
+            r = conn.execute(
+                "SELECT last_seq FROM conversations WHERE conversation_id=?", (conv,)
+            ).fetchone()
+            seq = 0 if r is None else int(r[0])
+        return seq
+
     @staticmethod
     def _stored_send(conn: sqlite3.Connection, sender: int, req: SendRequest) -> SendOutcome | None:
         row = conn.execute(
@@ -641,15 +637,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         ).fetchone()
         if row is None:
             return None
-        return SendOutcome(
-            conversation_id=row[0],
-            message_id=row[1],
-            idempotency_key=req.idempotency_key,
-            server_seq=int(row[2]),
-            received_at_ms=int(row[3]),
-            duplicate=True,
-            frames=(),
-        )
+        return req.retried(row[0], row[1], int(row[2]), int(row[3]))
 
     def _w_append(self, conn: sqlite3.Connection, req: SendRequest) -> SendOutcome:
         sender = self._dev(conn, req.sender_user, req.sender_device)
@@ -665,13 +653,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 raise UnknownAccount("target device is not registered")
             devs.append(dev)
         conv = req.conversation_id
-        seq = self._conv_seq.get(conv)
-        if seq is None:
-            r = conn.execute(
-                "SELECT last_seq FROM conversations WHERE conversation_id=?", (conv,)
-            ).fetchone()
-            seq = 0 if r is None else int(r[0])
-        seq += 1
+        seq = self._last_conv_seq(conn, conv) + 1
         # Monotonic in rowid order, which expiry relies on.
         received = max(now_ms(), self._last_received)
         head, tail = req.envelope_parts()
@@ -703,15 +685,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES (?, ?, ?, ?, ?)",
             rows,
         )
-        return SendOutcome(
-            conversation_id=conv,
-            message_id=req.message_id,
-            idempotency_key=req.idempotency_key,
-            server_seq=seq,
-            received_at_ms=received,
-            duplicate=False,
-            frames=tuple(frames),
-        )
+        return req.stored(seq, received, tuple(frames))
 
     async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
         return await self._write(self._w_ack_read, user_id, device_id, up_to_seq)
