@@ -64,7 +64,7 @@ def test_room_create_invite_send_join_audit(server: ServerProcess, tmp_path: Pat
     token_out = _ok(_room("token", "friends", home=alice))
     token = token_out.splitlines()[1].strip()
     assert len(token) == 43
-    joined = _ok(_room("join", token, "--name", "club", home=carol))
+    joined = _ok(_room("join", "--name", "club", "--", token, home=carol))
     assert f"joined room 'club' ({room_id}" in joined
     _ok(_room("send", "club", "carol says hi", home=carol))
     assert "carol: carol says hi" in _ok(_room("history", "friends", home=alice))

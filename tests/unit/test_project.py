@@ -142,3 +142,21 @@ def test_every_docs_citation_names_a_file_and_a_section_that_exist() -> None:
             elif section and not any(_cites(h, section.strip()) for h in _headings(target)):
                 broken.append(f"{path.relative_to(ROOT)}: docs/{doc} has no section {section!r}")
     assert broken == [], "\n".join(sorted(set(broken)))
+
+
+def test_the_literal_grep_for_outside_material_finds_nothing() -> None:
+    """The check as a reader would type it: a plain ``grep -rn`` for the five needles
+    below, byte for byte and without word boundaries, over README.md, docs, deploy, src,
+    tests, bench and pyproject.toml (vector data included) prints nothing. (The needles
+    are spelt in parts so that this file does not match.)"""
+    needles = [part.encode() for part in (
+        "DE" "SIGN", "../" "shared", "STY" "LE.md", "DEVEL" "OPERS", "iss" "ue #")]
+    roots = [ROOT / name for name in
+             ("README.md", "docs", "deploy", "src", "tests", "bench", "pyproject.toml")]
+    caches = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+    files = [p for r in roots for p in ([r] if r.is_file() else sorted(r.rglob("*")))
+             if p.is_file() and not caches.intersection(p.parts) and ".egg-info" not in str(p)]
+    assert len(files) > 100, "the walk found too few files"
+    found = [f"{p.relative_to(ROOT)}: {n.decode()}"
+             for p in files for n in needles if n in p.read_bytes()]
+    assert found == [], found

@@ -8,7 +8,10 @@ listed files must be exactly those the tests read (no dead weight, none missing)
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.vectors.loader import DEFAULT_DIR
@@ -78,3 +81,27 @@ def test_the_checker_notices_a_changed_byte(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 1
     assert hashlib.sha256(bytes(data)).hexdigest() != digest
     assert listed(f"{digest}  {rel}\n") == {rel: digest}
+
+
+def test_a_missing_vector_file_fails_the_run_and_never_skips(tmp_path: Path) -> None:
+    """A checkout without a vector file must fail, naming the file: run pytest on two
+    tests that read one (through ``params`` in tests/vectors, through ``load`` in
+    tests/unit) with that file pointed at a path that does not exist."""
+    absent = tmp_path / "absent"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env["SOTTOVOCE_VECTOR_FILES"] = (
+        f"mls/tree-math.json={absent / 'tree-math.json'},"
+        f"mls/tree-validation.json={absent / 'tree-validation.json'}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/vectors/test_tree_math.py",
+         "tests/unit/test_mls_tree.py::test_rfc9420_7_3_bad_leaf_signature_is_rejected"],
+        cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    summary = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stdout
+    # The one in tests/vectors fails at setup (an error), the one in tests/unit in its body.
+    assert re.fullmatch(r"1 failed, 1 error in [\d.]+s", summary), done.stdout
+    assert "vector file mls/tree-math.json is missing" in done.stdout
+    assert "vector file mls/tree-validation.json is missing" in done.stdout

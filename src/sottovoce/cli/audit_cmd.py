@@ -64,6 +64,9 @@ def add_commands(sub: Any) -> None:
         "audit",
         help="audit a running server (blindness kit)",
         description="Audits of a running sottovoce server.",
+        epilog="example:\n  sottovoce audit blindness --server ws://127.0.0.1:8765 "
+        "--data ./relay-data --logs ./relay-data/server.log",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT")
     audit.set_defaults(func=lambda _args: _help(audit))

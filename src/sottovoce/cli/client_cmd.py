@@ -88,6 +88,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
             f"there is already an account in {root}\n"
             "use another --data-dir for a second account (one directory per account)"
         )
+    Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
     # Before the passphrase is typed twice: is the server there, and the name free?
     try:
         free = run(username_available(args.server, args.name))
@@ -194,8 +195,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
-    """What ``listen`` prints for one event, and whether it goes to stderr."""
+def _listen_line(
+    client: Client, event: object, hint: tuple[str, str] = ("sottovoce", "")
+) -> tuple[str, bool] | None:
+    """What ``listen`` prints for one event, and whether it goes to stderr (``hint``: the
+    program and the ``--data-dir`` flag of the commands it suggests)."""
     me = client.username
     if isinstance(event, MessageReceived):
         # Read back from the store: the store is what the UI shows.
@@ -212,7 +216,7 @@ def _listen_line(client: Client, event: object) -> tuple[str, bool] | None:
         label = client.rooms.get(event.room_id).label
         return render.room_message_line(stored, me, label), False
     if isinstance(event, RoomInvited):
-        return render.invitation(event), False
+        return render.invitation(event, *hint), False
     if isinstance(event, RoomJoined):
         return f"+ you are now a member of {render.safe(event.label)}", False
     if isinstance(event, RoomMembershipChanged):
@@ -270,7 +274,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         print(line, flush=True)
                     continue
                 with contextlib.suppress(UsageError):  # a room forgotten meanwhile
-                    shown = _listen_line(client, event)
+                    shown = _listen_line(client, event, (command_name(), dir_flag(args)))
                     if shown is not None:
                         print(shown[0], file=sys.stderr if shown[1] else sys.stdout, flush=True)
         finally:
@@ -283,6 +287,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.name.startswith("#"):  # as `chat` takes a room; its history is `room history`
+        raise CliError(f"{render.safe(args.name)} is a room: {command_name()} room history "
+                       f"{render.quoted_room(render.safe(args.name[1:]))}{dir_flag(args)}")
+    args.name = args.name.removeprefix("@")  # `chat @bob` names a person the same way
+
     async def work(client: Client) -> list[str]:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
@@ -424,7 +433,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_sub = command_group(
         sub,
         "account",
-        help="create or delete an account (username, keys, local encrypted store)",
+        help="create, link, recover or delete an account (username, keys, local store)",
         description="Manage the account kept in a local directory.",
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "

@@ -20,10 +20,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from sottovoce.cli.session import subcommand
+from sottovoce.client.connection import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
 from sottovoce.kt.errors import KTError
@@ -81,7 +83,25 @@ def http_base(url: str) -> str:
             return http + url[len(ws):]
     if not url.startswith(("http://", "https://")):
         raise UsageError("--server must be an http(s):// or ws(s):// URL")
+    try:
+        urlsplit(url).port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise UsageError("--server is not a URL with HOST:PORT (a port is 1-65535)") from None
     return url
+
+
+def unreachable_why(exc: httpx.HTTPError) -> str:
+    """Why the server could not be asked, in words (the OS's reason, not httpx's class)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError):  # ssl.SSLError and socket.gaierror too
+            return describe_failure(cause)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)):
+        return "the connection closed before an answer (is it starting, or not this server?)"
+    return type(exc).__name__
 
 
 class LogClient:
@@ -96,7 +116,7 @@ class LogClient:
             resp = self._http.get(self.base + path)
         except httpx.HTTPError as exc:
             raise UsageError(f"cannot reach the server at {self.base}: "
-                             f"{type(exc).__name__}") from None
+                             f"{unreachable_why(exc)}") from None
         if resp.status_code != 200:
             raise UsageError(f"the server answered {resp.status_code} to {path.split('?')[0]}")
         return resp.content

@@ -17,6 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sottovoce import __version__
 from sottovoce.cli import render
@@ -55,8 +56,21 @@ def _add_debug(parser: argparse.ArgumentParser, *, top: bool) -> None:
                 _add_debug(child, top=False)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake in two lines, what is wrong and where the help is, not the whole
+    usage block (subcommands inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"'{self.prog} --help' shows the options and an example"
+        argv, extra = sys.argv[1:], message.removeprefix("unrecognized arguments: ").split()
+        after = argv[argv.index("--") + 1:] if "--" in argv else []
+        if message.startswith("unrecognized arguments: -") and set(extra) <= set(after):
+            hint = "after '--' every word is an argument, not an option: put options before '--'"
+        self.exit(2, f"{self.prog}: error: {message}\n{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sottovoce",
         description="End-to-end encrypted messaging with a blind relay server.",
         epilog="Run 'sottovoce COMMAND --help' for the options and an example of one command.",

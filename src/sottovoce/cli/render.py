@@ -196,10 +196,12 @@ def room_name(room: Room) -> str:
     return safe(room.label)
 
 
-def invitation(event: RoomInvited) -> str:
+def invitation(event: RoomInvited, program: str = "sottovoce", flag: str = "") -> str:
+    """Who invited us to which room, and the command that opens it (``program`` and the
+    ``--data-dir`` ``flag`` as they can be pasted)."""
     return (
         f"{safe(event.inviter)} invited you to the room '{safe(event.name)}'; "
-        f"open it with: sottovoce chat {quoted_room(safe(event.label))}"
+        f"open it with: {program} chat {quoted_room(safe(event.label))}{flag}"
     )
 
 
@@ -282,15 +284,22 @@ def safety_number(me: str, peer: str, sn: SafetyNumber, *, qr: bool) -> str:
     return "\n".join(lines)
 
 
-def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> list[str]:
+def notices(
+    events: Iterable[object],
+    me: str,
+    labels: Mapping[str, str],
+    program: str = "sottovoce",
+    flag: str = "",
+) -> list[str]:
     """What a command that is not `listen` mentions of the events of its run: invitations,
-    and who wrote (the messages are stored; `listen` and `chat` show them)."""
+    and who wrote (the messages are stored; `listen` and `chat` show them). The commands
+    it suggests start with ``program`` and end with ``flag`` (the ``--data-dir``)."""
     lines: list[str] = []
     senders: dict[str, int] = {}
     rooms: dict[str, int] = {}
     for event in events:
         if isinstance(event, RoomInvited):
-            lines.append(invitation(event))
+            lines.append(invitation(event, program, flag))
         elif isinstance(event, KeysChanged):
             lines.append(f"! {safe(event.message)}")
         elif isinstance(event, MessageReceived) and event.message.sender != me:
@@ -302,18 +311,15 @@ def notices(events: Iterable[object], me: str, labels: Mapping[str, str]) -> lis
         ):
             rooms[event.room_id] = rooms.get(event.room_id, 0) + 1
     for sender, n in senders.items():
-        lines.append(_unread(n, f"from {safe(sender)}", safe(sender)))
+        lines.append(_unread(n, f"from {safe(sender)}", f"{program} chat {safe(sender)}{flag}"))
     for room_id, n in rooms.items():
         label = safe(labels.get(room_id, room_id))
-        lines.append(_unread(n, f"in {label}", quoted_room(label)))
+        lines.append(_unread(n, f"in {label}", f"{program} chat {quoted_room(label)}{flag}"))
     return lines
 
 
-def _unread(count: int, where: str, target: str) -> str:
-    return (
-        f"{messages(count, 'new')} {where} "
-        f"(sottovoce chat {target} shows {'them' if count != 1 else 'it'})"
-    )
+def _unread(count: int, where: str, command: str) -> str:
+    return f"{messages(count, 'new')} {where} ({command} shows {'them' if count != 1 else 'it'})"
 
 
 # =============================================================================

@@ -47,6 +47,8 @@ def room_name(value: str) -> str:
     if value.startswith(("#", "@")):
         raise CliError(f"leave out the '{value[0]}': it only marks a room or a person on the "
                        "command line")
+    if value.startswith("room:"):  # would read back as a room's id
+        raise CliError("a room name cannot start with 'room:', which marks a room's id")
     if not valid_room_name(value):
         raise CliError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes of printable text, "
                        "without spaces at either end")
@@ -57,6 +59,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     name = room_name(args.name)
 
     async def work(client: Client) -> tuple[str, str]:
+        same = [r.room_id for r in client.rooms.all() if r.label == name and not r.removed]
+        if same:  # two rooms of one name could then only be told apart by their ids
+            raise CliError(f"you already have a room called '{render.safe(name)}' ({same[0]}); "
+                           "choose another name")
         room = await client.rooms.create_room(name)
         return room.label, room.room_id
 
@@ -175,7 +181,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
     print("join token (shown once; the server keeps only a hash of it):")
     print(token)
-    print(f"they join with: sottovoce room join {token} --name NAME")
+    # "--" first: a token may start with "-", which would otherwise read as an option.
+    print(f"they join with: sottovoce room join --name NAME -- {token}")
     return 0
 
 
@@ -285,7 +292,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "Fetch the room's public GroupInfo with TOKEN and join by an external commit. "
             "The token only routes; the keys come from the MLS join."
         ),
-        example="  sottovoce room join Zk3…Q --name friends --data-dir ~/.sottovoce-carol",
+        example="  sottovoce room join --name friends --data-dir ~/.sottovoce-carol -- Zk3…Q",
         func=cmd_join,
         args=[("TOKEN", "the join token (one starting with '-' needs -- before it)")],
     )

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import gc
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lock = None if config.database is not None else lock_data_dir(Path(config.data_dir))
     try:
+        check_port(config.host, config.port)
         try:
             import uvloop
         except ImportError:  # pragma: no cover - Windows
@@ -119,6 +121,38 @@ def lock_data_dir(data_dir: Path) -> IO[bytes]:
             "stop it first, or give this one its own --data-dir"
         )
     return handle
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> UsageError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return UsageError(
+            f"cannot listen on {where}: the port is already in use (another server?)\n"
+            "stop that one, or choose another port with --port"
+        )
+    return UsageError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse an address we cannot listen on before the server starts, so that the
+    mistake is the one thing printed (not after the start-up log lines)."""
+    if port == 0:
+        return
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise cannot_listen(host, port, OSError(None, str(getattr(exc, "strerror", exc)))) from None
+    for family, kind, proto, _, addr in found:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio's create_server binds: address reuse on, IPv6 sockets IPv6 only.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise cannot_listen(host, port, exc) from None
 
 
 def banner_commands(url: str, program: str) -> str:
@@ -171,13 +205,7 @@ async def _serve(config: Any) -> int:
     except OSError as exc:
         with contextlib.suppress(Exception):
             await app.stop()
-        where = f"{config.host}:{config.port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(
-                f"cannot listen on {where}: the port is already in use (another server?)\n"
-                "stop that one, or choose another port with --port"
-            ) from None
-        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        raise cannot_listen(config.host, config.port, exc) from None
     url = app.url
     http = url.replace("wss://", "https://").replace("ws://", "http://")
     # A server on every interface is reached locally through the loopback address.

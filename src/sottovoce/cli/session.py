@@ -29,7 +29,7 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
-from sottovoce.cli.program import command_name
+from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
 from sottovoce.client.connection import BadServerUrl, TransportClosed
 from sottovoce.client.device_notices import DeviceNotices
@@ -226,6 +226,11 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
 
 #: Refusals whose fix is a command: what happened, then what to run.
 _FIXES = {
+    "auth_failed": (
+        "the server does not accept this device: it was revoked, its account was deleted, "
+        "or the server at this address is not the one it was made on (other data?)\n"
+        "if the server lost its data, make the account again (account create, a new --data-dir)"
+    ),
     "certificate_expired": (
         "this device's certificate has expired (it was not used for a long time)\n"
         "fix: sottovoce device renew (add this command's --data-dir), then try again"
@@ -247,6 +252,8 @@ def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
     """The message ``main`` prints for ``exc`` (one or two lines, nothing secret)."""
     name = getattr(args, "user", None) or getattr(args, "name", None)
     server = getattr(args, "server_url", None) or getattr(args, "server", None)
+    if isinstance(exc, BadServerUrl) and exc.problem:
+        return f"{exc}: got '{exc.url}'" if exc.url else str(exc)
     if isinstance(exc, BadServerUrl):
         hint = exc.url.replace("https://", "wss://").replace("http://", "ws://")
         if "://" not in hint:
@@ -327,7 +334,8 @@ async def _session(
                 print(render.still_queued(left), file=sys.stderr)
         if events is not None:
             labels = {room.room_id: room.label for room in client.rooms.all()}
-            for line in render.notices(events.pending(), client.username, labels):
+            hint = (command_name(), dir_flag(args))
+            for line in render.notices(events.pending(), client.username, labels, *hint):
                 print(line, file=sys.stderr)
         return result
     finally:

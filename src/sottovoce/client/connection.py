@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -52,15 +53,28 @@ def ws_url(server_url: str) -> str:
     url = server_url.rstrip("/")
     if not url.startswith(("ws://", "wss://")) or len(url) <= len("wss://"):
         raise BadServerUrl(server_url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise BadServerUrl(server_url, "is not ws://HOST:PORT (a port is 1-65535)") from None
+    if "@" in parts.netloc:
+        # Devices sign in with their keys; a password in the URL would be stored and shown.
+        raise BadServerUrl("", "must not hold a user name or password (devices sign in "
+                               "with their keys)")
+    if not parts.hostname:
+        raise BadServerUrl(server_url, "has no host (ws://HOST:PORT)")
     return url if url.endswith(WS_PATH) else url + WS_PATH
 
 
 class BadServerUrl(UsageError, ValueError):
-    """A server URL that is not ``ws://HOST:PORT`` or ``wss://HOST:PORT``."""
+    """A server URL that is not ``ws://HOST:PORT`` or ``wss://HOST:PORT``; ``url`` is what
+    was given (empty when it must not be shown), ``problem`` what is wrong with it."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__("the server URL must start with ws:// (or wss:// for TLS)")
+    def __init__(self, url: str, problem: str = "") -> None:
+        super().__init__(f"the server URL {problem or 'must start with ws:// (or wss:// for TLS)'}")
         self.url = url
+        self.problem = problem
 
 
 def backoff_delay(

@@ -376,6 +376,23 @@ class Store:
         return (Path(data_dir) / STORE_FILE).exists()
 
     @staticmethod
+    def make_dir(data_dir: str | os.PathLike[str]) -> list[TooOpen]:
+        """Create the data directory (0700), or say plainly why it cannot be one."""
+        root = Path(data_dir)
+        for part in (root, *root.parents):
+            if part.exists():
+                if not part.is_dir():
+                    raise StoreError(f"cannot use {root} as the account's data directory: "
+                                     f"{part} is a file, not a directory")
+                break
+        try:
+            return private_dir(root)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {root} as the account's data directory: {exc.strerror or exc}"
+            ) from None
+
+    @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -397,7 +414,7 @@ class Store:
         raw = _passphrase_bytes(passphrase)
         if cls.exists(root):
             raise StoreError(f"an account already exists in {root}")
-        _warn(private_dir(root) + private_file(root / LOCK_FILE))
+        _warn(cls.make_dir(root) + private_file(root / LOCK_FILE))
         lock = _lock(root / LOCK_FILE)
         params = kdf or KdfParams()
         salt = rng(16)

@@ -310,8 +310,16 @@ class ServerApp:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"cannot load TLS certificate/key: {exc}") from None
+        except ssl.SSLError as exc:
+            raise UsageError(
+                f"cannot load TLS certificate {cfg.tls_cert} with key {cfg.tls_key}: they are "
+                f"not a PEM certificate chain and its private key ({exc.reason or 'PEM'})"
+            ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot load TLS certificate {cfg.tls_cert} with key {cfg.tls_key}: "
+                f"{exc.strerror or exc}"
+            ) from None
         return ctx
 
     async def start(self) -> None:

@@ -372,7 +372,12 @@ def _coerce(opt: Option, value: Any, origin: str) -> Any:
             raise ValueError("wrong type")
         return value
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{origin}: bad value for {opt.name}: {exc}") from None
+        reason = str(exc)
+        if reason.startswith(("invalid literal for int()", "could not convert string")):
+            # Python's wording ("invalid literal for int() with base 10") helps no operator.
+            kind = "a whole number" if opt.parse is int else "a number"
+            reason = f"{value!r} is not {kind}"
+        raise UsageError(f"{origin}: bad value for {opt.name}: {reason}") from None
 
 
 def load_file(path: Path) -> dict[str, Any]:

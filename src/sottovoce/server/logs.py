@@ -68,8 +68,12 @@ class JsonLogger:
 
     @classmethod
     def to_file(cls, path: Path, *, level: str = "info") -> JsonLogger:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        logger = cls(path.open("a", encoding="utf-8", buffering=1), level=level)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stream = path.open("a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise UsageError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
+        logger = cls(stream, level=level)
         logger._owned = True
         return logger
 

@@ -170,8 +170,9 @@ class RoomBook:
         if room is not None:
             return room
         matches = [self.rooms[r] for r in self.store.rooms_by_label(ref) if r in self.rooms]
-        if len(matches) == 1:
-            return matches[0]
+        live = [room for room in matches if not room.removed]
+        if len(matches) == 1 or len(live) == 1:  # a room we were removed from yields its name
+            return matches[0] if len(matches) == 1 else live[0]
         if matches:
             raise UsageError(f"more than one room is called '{ref}'; use its id")
         raise UsageError(f"no room '{ref}' on this device")
