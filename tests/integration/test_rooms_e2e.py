@@ -251,7 +251,7 @@ def _tap_room_ciphertexts(client: Client) -> list[tuple[int, bytes]]:
     """Record (serverSeq, ciphertext) of every room message frame ``client`` receives."""
     seen: list[tuple[int, bytes]] = []
     conn = client._conn
-    inner = conn._on_frame
+    inner = conn.on_frame
 
     def tap(event: str, request_id: str | None, data: dict[str, Any]) -> None:
         env = data.get("envelope") if event == "sottovoce.room.frame" else None
@@ -259,7 +259,7 @@ def _tap_room_ciphertexts(client: Client) -> list[tuple[int, bytes]]:
             seen.append((env["serverSeq"], base64.b64decode(env["ciphertext"])))
         inner(event, request_id, data)
 
-    conn._on_frame = tap
+    conn.on_frame = tap
     return seen
 
 
@@ -414,7 +414,7 @@ def _drop_room_frames(
     dropped: list[int] = []
     done = asyncio.Event()
     conn = client._conn
-    inner = conn._on_frame
+    inner = conn.on_frame
 
     def lossy(event: str, request_id: str | None, data: dict[str, Any]) -> None:
         env = data.get("envelope") if event == "sottovoce.room.frame" else None
@@ -425,7 +425,7 @@ def _drop_room_frames(
             return
         inner(event, request_id, data)
 
-    conn._on_frame = lossy
+    conn.on_frame = lossy
     return dropped, done
 
 

@@ -243,7 +243,7 @@ async def test_lookups_answered_from_memory_follow_the_served_checkpoint(tmp_pat
     keys = kt.keys()
     policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
                       witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
-    now = kt._clock()
+    now = kt.clock_ms()
 
     async def register(user: str) -> None:
         a = Account(user)

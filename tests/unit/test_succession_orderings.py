@@ -321,7 +321,7 @@ async def test_a_contact_pinned_before_genesis_keys_follows_only_its_own_key_s_c
     contact._contacts.clear()
     old = contact.contact("gail")
     assert old is not None
-    contact._store.put_contact(
+    contact.store.put_contact(
         type(old)(username="gail", account_key=old.account_key, pinned_at_ms=old.pinned_at_ms,
                   certificates=old.certificates))
     contact._contacts.clear()
@@ -352,7 +352,7 @@ async def test_a_contact_offline_during_several_successions_checks_every_link(
     gap = {**answer, "chain": [c for c in answer["chain"]
                                if c["data"] != b64(story.bundles["owner"][0].encode())]}
     contact._contacts.clear()
-    contact._store.put_contact(dataclasses.replace(
+    contact.store.put_contact(dataclasses.replace(
         contact.contact("ivan"), account_key=story.ak0.public))
     contact._contacts.clear()
     with pytest.raises(IdentityChanged):

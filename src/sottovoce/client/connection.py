@@ -23,7 +23,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -240,29 +240,21 @@ class ConnectedInfo:
 FrameHandler = Callable[[str, str | None, dict[str, Any]], None]
 
 
+@dataclass(eq=False, repr=False)
 class Connection:
     """Keeps one authenticated connection up; hands unsolicited frames to ``on_frame``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        username: str,
-        device_id: str,
-        device_key: DeviceSigningKey,
-        on_frame: FrameHandler,
-        on_open: Callable[[ConnectedInfo], Awaitable[None]],
-        on_down: Callable[[BaseException | None], None],
-        connector: Connector = websocket_connector,
-    ) -> None:
-        self.url = url
-        self._username = username
-        self._device_id = device_id
-        self._device_key = device_key
-        self._on_frame = on_frame
-        self._on_open = on_open
-        self._on_down = on_down
-        self._connector = connector
+    url: str
+    _: KW_ONLY
+    username: str
+    device_id: str
+    device_key: DeviceSigningKey
+    on_frame: FrameHandler
+    on_open: Callable[[ConnectedInfo], Awaitable[None]]
+    on_down: Callable[[BaseException | None], None]
+    connector: Connector = websocket_connector
+
+    def __post_init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._transport: Transport | None = None
         self._outq: asyncio.Queue[str] = asyncio.Queue()
@@ -416,21 +408,21 @@ class Connection:
 
     async def _session(self) -> None:
         self.attempts += 1
-        transport = await self._connector(self.url)
+        transport = await self.connector(self.url)
         self._transport = transport
         nonce = await read_challenge(transport)
         auth = ev.Auth(
-            username=self._username,
-            deviceId=self._device_id,
-            signature=sign_challenge(self._device_key, nonce, self._username, self._device_id),
+            username=self.username,
+            deviceId=self.device_id,
+            signature=sign_challenge(self.device_key, nonce, self.username, self.device_id),
         )
         await transport.send(auth.to_frame())
         _, data = await expect_reply(transport, frozenset({ev.CONNECTED}))
         heartbeat = data.get("heartbeatMs")
         latest = data.get("latestGlobalInboxSeq")
         self.info = ConnectedInfo(
-            user_id=str(data.get("userId", self._username)),
-            device_id=str(data.get("deviceId", self._device_id)),
+            user_id=str(data.get("userId", self.username)),
+            device_id=str(data.get("deviceId", self.device_id)),
             latest_global_inbox_seq=latest if isinstance(latest, int) else 0,
             heartbeat_ms=heartbeat
             if isinstance(heartbeat, int) and heartbeat > 0
@@ -443,7 +435,7 @@ class Connection:
         reader = loop.create_task(self._reader(transport))
         keepalive = loop.create_task(self._keepalive(transport, self.info.heartbeat_ms))
         try:
-            await self._on_open(self.info)
+            await self.on_open(self.info)
             done, _ = await asyncio.wait(
                 {writer, reader, keepalive}, return_when=asyncio.FIRST_COMPLETED
             )
@@ -474,7 +466,7 @@ class Connection:
             self.last_failure = said or type(error).__name__
             self._failed.set()
         if was_up or error is not None:
-            self._on_down(error)
+            self.on_down(error)
 
     async def _writer(self, transport: Transport, queue: asyncio.Queue[str]) -> None:
         while True:
@@ -501,7 +493,7 @@ class Connection:
                 retry_after = data.get("retryAfterMs")
                 if isinstance(retry_after, int):
                     self._retry_after_ms = max(self._retry_after_ms, retry_after)
-            self._on_frame(event, request_id, data)
+            self.on_frame(event, request_id, data)
 
     async def _keepalive(self, transport: Transport, heartbeat_ms: int) -> None:
         interval = heartbeat_ms / 1000

@@ -33,7 +33,7 @@ import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from sottovoce.client.client import Client
@@ -660,25 +660,27 @@ class _Joiner:
             await self._transport.close()
 
 
+@dataclass(eq=False, repr=False)
 class NewDevice:
     """The new device's side: join with a QR payload or a short code, run the PAKE
     (:meth:`start`: the words to show), then :meth:`complete` makes the account here."""
 
-    def __init__(self, server_url: str, mailbox: str, prs: Secret,
-                 fingerprint: bytes | None, *, connector: Connector = websocket_connector,
-                 rng: Random = secrets.token_bytes) -> None:
-        self.server_url = server_url
-        self._mailbox = mailbox
-        self._prs = prs
-        self._fingerprint = fingerprint
-        self._connector = connector
-        self._rng = rng
-        self._joiner: _Joiner | None = None
-        self._sealed: _Sealed | None = None
-        self._result: LinkResult | None = None
-        self.device_id = rng(8).hex()
-        self.username = ""
-        self.name_hint = ""
+    server_url: str
+    mailbox: str
+    prs: Secret
+    fingerprint: bytes | None
+    _: KW_ONLY
+    connector: Connector = websocket_connector
+    rng: Random = secrets.token_bytes
+    _joiner: _Joiner | None = field(init=False, default=None)
+    _sealed: _Sealed | None = field(init=False, default=None)
+    _result: LinkResult | None = field(init=False, default=None)
+    device_id: str = field(init=False)
+    username: str = field(init=False, default="")
+    name_hint: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.device_id = self.rng(8).hex()
 
     @classmethod
     def from_qr(cls, text: str, **kw: Any) -> NewDevice:
@@ -693,15 +695,15 @@ class NewDevice:
 
     async def start(self) -> tuple[str, ...]:
         """Join and run the PAKE; the confirmation words (the other screen shows them too)."""
-        self._joiner = await _Joiner.join(self.server_url, self._mailbox, self._connector)
+        self._joiner = await _Joiner.join(self.server_url, self.mailbox, self.connector)
         try:
             first = _pake_body(await self._joiner.body())
             if len(first) <= _SID_BYTES:
                 raise LinkError("a linking message is malformed")
-            session = LinkSession(Role.NEW, prs=self._prs, sid=first[:_SID_BYTES],
+            session = LinkSession(Role.NEW, prs=self.prs, sid=first[:_SID_BYTES],
                                   device_id=self.device_id)
             await self._joiner.put(bytes([_PAKE]) + session.respond(first[_SID_BYTES:],
-                                                                    self._rng))
+                                                                    self.rng))
             self._result = session.finish(_pake_body(await self._joiner.body()))
             self._sealed = _Sealed(self._result, Role.NEW)
             self.username, self.name_hint = _read(
@@ -737,7 +739,7 @@ class NewDevice:
         data_dir: str, passphrase: str | bytes, kdf: KdfParams | None,
         on_wait: Callable[[], None],
     ) -> tuple[Client, LinkedDevice]:
-        rng = self._rng
+        rng = self.rng
         device_key = DeviceSigningKey.generate(rng)
         mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
         olm = OlmAccount.create(username=self.username, device_id=self.device_id)
@@ -759,7 +761,7 @@ class NewDevice:
                                  server_url=self.server_url, account_key=account_key,
                                  device_key=device_key, certificate=cert, mls_key=mls_key)
         client = await Client.enroll_linked(identity, olm, data_dir, passphrase, kdf=kdf,
-                                            connector=self._connector)
+                                            connector=self.connector)
         try:
             port = client.linking()
             with port.store.transaction():
@@ -791,8 +793,8 @@ class NewDevice:
             raise LinkError("the other device certified other keys than this device's")
         if existing.device_id != result.peer_device_id:
             raise LinkError("the other device's certificate names another device")
-        if self._fingerprint is not None and (
-            hashlib.sha256(existing.keys.signing_key).digest() != self._fingerprint
+        if self.fingerprint is not None and (
+            hashlib.sha256(existing.keys.signing_key).digest() != self.fingerprint
         ):
             raise LinkError("the other device's key is not the one its QR code named")
 

@@ -15,6 +15,7 @@ stores the message the change produced (check, then commit).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from sottovoce.client.account_keys import check_change, directory_b64, served_genesis
@@ -37,37 +38,26 @@ from sottovoce.secret import Secret
 Device = tuple[str, str]  # (username, device id)
 
 
+@dataclass(eq=False, repr=False)
 class SessionManager:
     """Every pairwise session of this device, and the contacts they are bound to."""
 
-    def __init__(
-        self,
-        store: Store,
-        olm: OlmAccount,
-        *,
-        username: str,
-        device_id: str,
-        clock_ms: Callable[[], int],
-    ) -> None:
-        self._store = store
-        self._olm = olm
-        self.username = username
-        self.device_id = device_id
-        self._clock = clock_ms
-        self._sessions: dict[Device, list[PairwiseSession]] = {}
-        self._contacts: dict[str, Contact] = {}
-        self._dirty: dict[tuple[str, str, str], PairwiseSession] = {}
-        self._olm_dirty = False
-
-    @property
-    def olm(self) -> OlmAccount:
-        return self._olm
+    store: Store
+    olm: OlmAccount
+    _: KW_ONLY
+    username: str
+    device_id: str
+    clock_ms: Callable[[], int]
+    _sessions: dict[Device, list[PairwiseSession]] = field(init=False, default_factory=dict)
+    _contacts: dict[str, Contact] = field(init=False, default_factory=dict)
+    _dirty: dict[tuple[str, str, str], PairwiseSession] = field(init=False, default_factory=dict)
+    _olm_dirty: bool = field(init=False, default=False)
 
     # --- contacts ----------------------------------------------------------------------
 
     def contact(self, username: str) -> Contact | None:
         if username not in self._contacts:
-            found = self._store.get_contact(username)
+            found = self.store.get_contact(username)
             if found is None:
                 return None
             self._contacts[username] = found
@@ -86,7 +76,7 @@ class SessionManager:
         its account key replaced the pinned one (a succession), sessions with devices that
         are gone are forgotten and ``on_change(old, new)`` is called."""
         pinned = self.contact(contact.username)
-        self._store.put_contact(contact)
+        self.store.put_contact(contact)
         self._contacts[contact.username] = contact
         if pinned is not None and pinned.account_key != contact.account_key:
             for device_id in set(pinned.certificates) - set(contact.certificates):
@@ -113,7 +103,7 @@ class SessionManager:
         if len(account_key) != 32:
             raise RemoteError("directory account key has the wrong length")
         pinned = self.contact(username)
-        now = self._clock()
+        now = self.clock_ms()
         succeeded = pinned is not None and pinned.account_key != account_key
         if pinned is not None and succeeded:
             check_change(pinned, account_key, data, now_ms=now)
@@ -165,7 +155,7 @@ class SessionManager:
         self._sessions.pop((username, device_id), None)
         for key in [k for k in self._dirty if k[:2] == (username, device_id)]:
             del self._dirty[key]
-        self._store.delete_sessions(username, device_id)
+        self.store.delete_sessions(username, device_id)
 
     def pin_self(self, certificate: DeviceCertificate) -> None:
         """Our own account is pinned by construction (our key signed our certificate)."""
@@ -173,11 +163,11 @@ class SessionManager:
             contact = Contact(
                 username=self.username,
                 account_key=certificate.account_key,
-                pinned_at_ms=self._clock(),
+                pinned_at_ms=self.clock_ms(),
                 verified=True,
                 certificates={certificate.device_id: certificate},
             )
-            self._store.put_contact(contact)
+            self.store.put_contact(contact)
             self._contacts[self.username] = contact
 
     def devices_of(self, username: str) -> list[str]:
@@ -195,10 +185,10 @@ class SessionManager:
 
     def _load(self, device: Device) -> list[PairwiseSession]:
         if device not in self._sessions:
-            key: Secret = self._store.storage_key
+            key: Secret = self.store.storage_key
             self._sessions[device] = [
                 PairwiseSession.restore(key, device[0], device[1], sealed)
-                for sealed in self._store.load_sessions(*device)
+                for sealed in self.store.load_sessions(*device)
             ]
         return self._sessions[device]
 
@@ -212,9 +202,9 @@ class SessionManager:
         if contact is None:
             raise PairwiseError("bundle for a user not looked up in the directory")
         session = PairwiseSession.outbound(
-            self._olm,
+            self.olm,
             bundle,
-            now_ms=self._clock(),
+            now_ms=self.clock_ms(),
             account_key=contact.account_key,
             username=contact.username,
             revoked_device_ids=contact.revoked,
@@ -264,10 +254,10 @@ class SessionManager:
             if contact is None or cert is None:
                 raise PairwiseError("prekey message from a device not in the directory")
             session, plaintext = PairwiseSession.inbound(
-                self._olm,
+                self.olm,
                 cert,
                 ciphertext,
-                now_ms=self._clock(),
+                now_ms=self.clock_ms(),
                 account_key=contact.account_key,
                 username=username,
                 revoked_device_ids=contact.revoked,
@@ -289,14 +279,14 @@ class SessionManager:
 
     def flush(self) -> None:
         """Seal and write every changed session (and the Olm account) — in a transaction."""
-        now = self._clock()
+        now = self.clock_ms()
         for (user, device, session_id), session in self._dirty.items():
-            sealed = session.seal(self._store.storage_key, self._store.rng)
-            self._store.put_session(user, device, session_id, sealed, now)
+            sealed = session.seal(self.store.storage_key, self.store.rng)
+            self.store.put_session(user, device, session_id, sealed, now)
         self._dirty.clear()
         if self._olm_dirty:
-            self._store.put_secret_sealed(
-                "olm_account", self._olm.seal(self._store.storage_key, self._store.rng)
+            self.store.put_secret_sealed(
+                "olm_account", self.olm.seal(self.store.storage_key, self.store.rng)
             )
             self._olm_dirty = False
 
@@ -305,9 +295,9 @@ class SessionManager:
         self._sessions.clear()
         self._dirty.clear()
         if self._olm_dirty:
-            sealed = self._store.get_secret_sealed("olm_account")
+            sealed = self.store.get_secret_sealed("olm_account")
             if sealed is not None:
-                self._olm = OlmAccount.restore(self._store.storage_key, self.device_id, sealed)
+                self.olm = OlmAccount.restore(self.store.storage_key, self.device_id, sealed)
             self._olm_dirty = False
 
     def audit_only_private_material(self) -> list[tuple[str, Secret]]:

@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -58,30 +59,24 @@ def _pairs(items: AbstractSet[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"userId": u, "deviceId": d} for u, d in sorted(items)]
 
 
+@dataclass(eq=False, repr=False)
 class Delivery:
-    def __init__(
-        self,
-        storage: Storage,
-        directory: Directory,
-        presence: Presence,
-        fanout: Fanout,
-        metrics: Metrics,
-        log: JsonLogger,
-    ) -> None:
-        self._storage = storage
-        self._directory = directory
-        self._presence = presence
-        self._fanout = fanout
-        self._metrics = metrics
-        self._log = log
-        self._eph_seq: dict[str, int] = {}
-        self._eph_idem: OrderedDict[tuple[str, str, str], tuple[str, str, int, int]] = (
-            OrderedDict()
-        )
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # (sender, sender device, recipient) -> the devices a send must cover.
-        self._expected: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = {}
-        self._expected_version = -1
+    storage: Storage
+    directory: Directory
+    presence: Presence
+    fanout: Fanout
+    metrics: Metrics
+    log: JsonLogger
+    _eph_seq: dict[str, int] = field(init=False, default_factory=dict)
+    _eph_idem: OrderedDict[tuple[str, str, str], tuple[str, str, int, int]] = field(
+        init=False, default_factory=OrderedDict
+    )
+    _tasks: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
+    # (sender, sender device, recipient) -> the devices a send must cover.
+    _expected: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = field(
+        init=False, default_factory=dict
+    )
+    _expected_version: int = field(init=False, default=-1)
 
     # --- send -----------------------------------------------------------------------
 
@@ -91,7 +86,7 @@ class Delivery:
         user, _ = session.key
         if ev.senderUserId is not None and ev.senderUserId != user:
             raise WireFailure("forbidden", "senderUserId is not the authenticated user")
-        directory = self._directory
+        directory = self.directory
         sender_rec = directory.cached(user)
         recipient_rec = directory.cached(ev.recipientUserId)
         if sender_rec is None or recipient_rec is None:
@@ -103,8 +98,8 @@ class Delivery:
         self, session: Session, ev: SendView, data: dict[str, Any], rid: str | None
     ) -> None:
         user, _ = session.key
-        sender_rec = await self._directory.account(user)
-        recipient_rec = await self._directory.account(ev.recipientUserId)
+        sender_rec = await self.directory.account(user)
+        recipient_rec = await self.directory.account(ev.recipientUserId)
         if recipient_rec is None:
             raise WireFailure("unknown_recipient", "no such recipient")
         if sender_rec is None:
@@ -152,7 +147,7 @@ class Delivery:
         )
         if ev.ephemeral:
             return self._send_ephemeral(session, req, rid)
-        self._storage.append(req, partial(self._stored, session, rid, ev.messageId))
+        self.storage.append(req, partial(self._stored, session, rid, ev.messageId))
         return None
 
     def _expected_devices(
@@ -161,9 +156,9 @@ class Delivery:
         """The ciphertexts must cover exactly the recipient's active devices and the
         sender's other active devices (docs/protocol.md §Delivery); cached until the
         directory changes."""
-        if self._expected_version != self._directory.version:
+        if self._expected_version != self.directory.version:
             self._expected.clear()
-            self._expected_version = self._directory.version
+            self._expected_version = self.directory.version
         key = (user, device, recipient_rec.user_id)
         found = self._expected.get(key)
         if found is None:
@@ -189,7 +184,7 @@ class Delivery:
         error: BaseException | None,
     ) -> None:
         """Runs on the loop once the send's transaction committed (or failed)."""
-        metrics = self._metrics
+        metrics = self.metrics
         if outcome is None:
             failure = (
                 error if isinstance(error, WireFailure)
@@ -198,7 +193,7 @@ class Delivery:
             if isinstance(error, InboxFull):
                 metrics.inbox_refused(error.scope)
             elif not isinstance(error, WireFailure):
-                self._log.error("send.failed", error=type(error).__name__)
+                self.log.error("send.failed", error=type(error).__name__)
             session.error(failure, rid, message_id)
             return
         session.write(stored_ack_text(rid, outcome.conversation_id, outcome))
@@ -206,7 +201,7 @@ class Delivery:
             metrics.sends_duplicate += 1
             return
         metrics.sends_stored += 1
-        live = self._presence.inbox_frames(
+        live = self.presence.inbox_frames(
             outcome.frames, outcome.conversation_id, outcome.server_seq
         )
         metrics.deliveries_live += live
@@ -224,8 +219,8 @@ class Delivery:
                          duplicate=True, ephemeral=True)
             )
             return None
-        online = self._presence.online
-        remote = self._fanout.remote
+        online = self.presence.online
+        remote = self.fanout.remote
         here = any(u == req.recipient_user and (u, d) in online for u, d, _ in req.targets)
         if not here and not remote:
             raise WireFailure("recipient_offline", "no device of the recipient is online")
@@ -255,7 +250,7 @@ class Delivery:
         received: int,
     ) -> None:
         recipient = req.recipient_user
-        got = await self._fanout.ephemeral([(k, t) for k, t in texts if k[0] == recipient])
+        got = await self.fanout.ephemeral([(k, t) for k, t in texts if k[0] == recipient])
         if not got:
             raise WireFailure("recipient_offline", "no device of the recipient is online")
         self._relay_ephemeral([(k, t) for k, t in texts if k[0] != recipient])
@@ -263,7 +258,7 @@ class Delivery:
 
     def _relay_ephemeral(self, texts: list[tuple[tuple[str, str], str]]) -> None:
         """Ephemeral frames to the target devices here; the others through the fan-out."""
-        online = self._presence.online
+        online = self.presence.online
         away = []
         for key, text in texts:
             target = online.get(key)
@@ -271,8 +266,8 @@ class Delivery:
                 target.deliver_ephemeral(text)
             else:
                 away.append((key, text))
-        if away and self._fanout.remote:
-            self._fanout.ephemeral(away)
+        if away and self.fanout.remote:
+            self.fanout.ephemeral(away)
 
     def _ephemeral_acked(
         self, session: Session, req: SendRequest, rid: str | None, seq: int, received: int
@@ -281,7 +276,7 @@ class Delivery:
         self._eph_idem[idem] = (req.conversation_id, req.message_id, seq, received)
         if len(self._eph_idem) > EPHEMERAL_IDEM_MAX:
             self._eph_idem.popitem(last=False)
-        self._metrics.sends_ephemeral += 1
+        self.metrics.sends_ephemeral += 1
         session.write(
             ack_text(rid, message_id=req.message_id, idempotency_key=req.idempotency_key,
                      conversation_id=req.conversation_id, server_seq=seq,
@@ -298,7 +293,7 @@ class Delivery:
 
     async def _ack_read(self, user: str, device: str, up_to: int) -> None:
         try:
-            deleted = await self._storage.ack_read(user, device, up_to)
-            self._metrics.acked += deleted
+            deleted = await self.storage.ack_read(user, device, up_to)
+            self.metrics.acked += deleted
         except Exception as exc:
-            self._log.error("ack.failed", error=type(exc).__name__)
+            self.log.error("ack.failed", error=type(exc).__name__)

@@ -33,7 +33,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -104,26 +104,19 @@ class Served:
     note: bytes
 
 
+@dataclass(eq=False, repr=False)
 class KTService:
-    def __init__(
-        self,
-        storage: SharedStorage,
-        *,
-        signer: NoteSigner,
-        vrf: VRFSecretKey,
-        witnesses: tuple[RemoteWitness, ...] = (),
-        local: WitnessService | None = None,
-        log: JsonLogger,
-        cosign_interval_ms: int,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-    ) -> None:
-        self._storage = storage
-        self.signer = signer
-        self.vrf = vrf
-        self._remote = witnesses
-        self._local = local
-        self._log = log
-        self._clock = clock_ms
+    storage: SharedStorage
+    _: KW_ONLY
+    signer: NoteSigner
+    vrf: VRFSecretKey
+    witnesses: tuple[RemoteWitness, ...] = ()
+    local: WitnessService | None = None
+    log: JsonLogger
+    cosign_interval_ms: InitVar[int]
+    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+
+    def __post_init__(self, cosign_interval_ms: int) -> None:
         self._interval_s = cosign_interval_ms / 1000
         self._round_lock = asyncio.Lock()
         self._served: Served | None = None
@@ -143,8 +136,8 @@ class KTService:
 
     @property
     def witness_keys(self) -> tuple[NoteKey, ...]:
-        local = () if self._local is None else (self._local.signer.public,)
-        return (*local, *(w.key for w in self._remote))
+        local = () if self.local is None else (self.local.signer.public,)
+        return (*local, *(w.key for w in self.witnesses))
 
     def keys(self) -> dict[str, Any]:
         """What ``/kt/keys`` and ``sottovoce.kt.head`` say of the keys."""
@@ -152,7 +145,7 @@ class KTService:
             "log_key": self.signer.public.vkey(),
             "vrf_key": base64.b64encode(self.vrf.public).decode(),
             "witnesses": [k.vkey() for k in self.witness_keys],
-            "colocated_witness": None if self._local is None else self._local.signer.public.vkey(),
+            "colocated_witness": None if self.local is None else self.local.signer.public.vkey(),
         }
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -168,7 +161,7 @@ class KTService:
             try:
                 await self.sync(again=True)
             except Exception as exc:
-                self._log.error("kt.round_failed", error=type(exc).__name__)
+                self.log.error("kt.round_failed", error=type(exc).__name__)
             await asyncio.sleep(self._interval_s)
 
     async def changed(self) -> None:
@@ -176,7 +169,7 @@ class KTService:
         try:
             await asyncio.wait_for(asyncio.shield(self.sync()), SYNC_WAIT_S)
         except Exception as exc:  # the change is durable: answer it anyway
-            self._log.warning("kt.sync_late", error=type(exc).__name__)
+            self.log.warning("kt.sync_late", error=type(exc).__name__)
 
     async def sync(self, *, again: bool = False) -> Served | None:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
@@ -186,7 +179,7 @@ class KTService:
             # be older than a checkpoint another node stored meanwhile, and a round of it
             # would serve a smaller head than this node just took.
             await self._refresh(force=True)
-            size = await self._storage.kt_size()
+            size = await self.storage.kt_size()
             served = self._served
             if served is None or size > served.size or again:
                 self._served = await self._round(size)
@@ -194,44 +187,44 @@ class KTService:
             return self._served
 
     async def _round(self, size: int) -> Served:
-        nodes = await self._storage.kt_log_nodes(set(root_nodes(size)))
+        nodes = await self.storage.kt_log_nodes(set(root_nodes(size)))
         root = fold_range([nodes[n] for n in root_nodes(size)])
         signed = Checkpoint(origin=self.signer.public.name, size=size, root=root).sign(self.signer)
         note = signed.encode()
         lines: list[NoteSignature] = []
-        if self._local is not None:
-            sig = await self._ask_local(self._local, size, note)
+        if self.local is not None:
+            sig = await self._ask_local(self.local, size, note)
             if sig is not None:
                 lines.append(sig)
-        results = await asyncio.gather(*(self._ask(w, size, note) for w in self._remote))
+        results = await asyncio.gather(*(self._ask(w, size, note) for w in self.witnesses))
         lines.extend(s for s in results if s is not None)
         # The cosignatures first: another node serves a stored checkpoint at once.
         for sig in lines:
             ts = int.from_bytes(sig.signature[:8], "big")
-            await self._storage.kt_store_cosignature(size, sig.name, ts, sig.line())
-        await self._storage.kt_store_checkpoint(size, note, self._clock())
+            await self.storage.kt_store_cosignature(size, sig.name, ts, sig.line())
+        await self.storage.kt_store_checkpoint(size, note, self.clock_ms())
         full = SignedNote(text=signed.text, signatures=(*signed.signatures, *lines)).encode()
-        self._log.info("kt.checkpoint", size=size, count=len(lines))
+        self.log.info("kt.checkpoint", size=size, count=len(lines))
         return Served(size=size, note=full)
 
     async def _proof(self, old: int, size: int) -> list[bytes]:
         if not 0 < old < size:
             return []
         wanted = consistency_nodes(old, size)
-        return consistency_proof(old, size, await self._storage.kt_log_nodes(wanted))
+        return consistency_proof(old, size, await self.storage.kt_log_nodes(wanted))
 
     async def _ask_local(
         self, local: WitnessService, size: int, note: bytes
     ) -> NoteSignature | None:
         old = local.size
         if old > size:
-            self._log.error("kt.witness_ahead", reason=local.signer.public.name)
+            self.log.error("kt.witness_ahead", reason=local.signer.public.name)
             return None
         proof = await self._proof(old, size)
         try:  # in a thread: the witness fsyncs its state file
             return await asyncio.to_thread(local.add_checkpoint, old, proof, note)
         except (KTError, Conflict) as exc:
-            self._log.error("kt.witness_refused", reason=local.signer.public.name,
+            self.log.error("kt.witness_refused", reason=local.signer.public.name,
                             error=type(exc).__name__)
             return None
 
@@ -244,7 +237,7 @@ class KTService:
             try:
                 resp = await self._http.post(f"{w.url}/add-checkpoint", content=body)
             except httpx.HTTPError as exc:
-                self._log.warning("kt.witness_unreachable", reason=w.key.name,
+                self.log.warning("kt.witness_unreachable", reason=w.key.name,
                                   error=type(exc).__name__)
                 return None
             if resp.status_code == HTTPStatus.CONFLICT:
@@ -261,7 +254,7 @@ class KTService:
                 break
             self._witness_size[w.url] = size
             return sig
-        self._log.warning("kt.witness_refused", reason=w.key.name, status=resp.status_code)
+        self.log.warning("kt.witness_refused", reason=w.key.name, status=resp.status_code)
         return None
 
     async def _refresh(self, *, force: bool = False) -> None:
@@ -269,7 +262,7 @@ class KTService:
         if not force and time.monotonic() - self._checked_at < REFRESH_S:
             return
         self._checked_at = time.monotonic()
-        found = await self._storage.kt_latest_checkpoint()
+        found = await self.storage.kt_latest_checkpoint()
         if found is None:
             return
         size, note, cosigs = found
@@ -330,7 +323,7 @@ class KTService:
         answers, ask, note = self._answers, (user, since, history), self._note
         encoded = answers.get(ask)
         if encoded is None:
-            stores = await self._storage.kt_snapshot(user, served.size, since,
+            stores = await self.storage.kt_snapshot(user, served.size, since,
                                                      every_version=history,
                                                      cache=self._map_cache)
             core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
@@ -373,7 +366,7 @@ class KTService:
                 return HTTPStatus.OK, (await self.current()).note, "text/plain; charset=utf-8"
             # Leaves and proofs reach every committed leaf: a witness asked to cosign a new
             # checkpoint reads up to its size before this node serves it.
-            size = await self._storage.kt_size()
+            size = await self.storage.kt_size()
             if path == "/kt/consistency":
                 old, new = _int(params, "old"), _int(params, "new")
                 if not 0 <= old <= new <= size:
@@ -385,7 +378,7 @@ class KTService:
                 if not 0 < count <= MAX_LEAVES_PER_REQUEST or start >= size:
                     return _bad(f"count must be 1-{MAX_LEAVES_PER_REQUEST} and start below "
                                 "the log's size")
-                leaves = await self._storage.kt_leaves(start, min(count, size - start))
+                leaves = await self.storage.kt_leaves(start, min(count, size - start))
                 return HTTPStatus.OK, _json({"leaves": [_b64(x) for x in leaves]}), _JSON
         except WireFailure as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, f"{exc.message}\n".encode(), "text/plain"

@@ -9,6 +9,7 @@ microsecond, several times per message. Label values come from fixed sets
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -18,21 +19,15 @@ from prometheus_client.registry import Collector
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class Metrics(Collector):
-    def __init__(
-        self,
-        *,
-        connections: Callable[[], int] = lambda: 0,
-        online: Callable[[], int] = lambda: 0,
-        tickles: Callable[[], int] = lambda: 0,
-        unauthenticated: Callable[[], int] = lambda: 0,
-        key_claims: Callable[[], dict[tuple[str, str], int]] = dict,
-    ) -> None:
-        self.key_claims = key_claims
-        self.connections = connections
-        self.online = online
-        self.tickles = tickles
-        self.unauthenticated = unauthenticated
+    connections: Callable[[], int] = lambda: 0
+    online: Callable[[], int] = lambda: 0
+    tickles: Callable[[], int] = lambda: 0
+    unauthenticated: Callable[[], int] = lambda: 0
+    key_claims: Callable[[], dict[tuple[str, str], int]] = dict
+
+    def __post_init__(self) -> None:
         #: WebSocket upgrades refused, by reason (a fixed set: see ServerApp).
         self.handshakes_refused: dict[str, int] = {}
         #: Unauthenticated sessions closed to make room for newer ones.

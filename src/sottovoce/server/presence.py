@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 
 from sottovoce.protocol.events import frame
 from sottovoce.server.directory import Directory
@@ -26,19 +27,13 @@ from sottovoce.server.session import Session
 from sottovoce.server.storage.base import StoredFrame
 
 
+@dataclass(eq=False, repr=False)
 class Presence:
-    def __init__(
-        self,
-        online: dict[DeviceKey, Session],
-        fanout: Fanout,
-        directory: Directory,
-        pusher: Pusher,
-    ) -> None:
-        #: This node's authenticated sessions by device (the fan-out reads the same map).
-        self.online = online
-        self._fanout = fanout
-        self._directory = directory
-        self._pusher = pusher
+    #: This node's authenticated sessions by device (the fan-out reads the same map).
+    online: dict[DeviceKey, Session]
+    fanout: Fanout
+    directory: Directory
+    pusher: Pusher
 
     # --- attach and detach --------------------------------------------------------------
 
@@ -53,7 +48,7 @@ class Presence:
         if old is not None and old is not session:
             old.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
         self.online[session.key] = session
-        return self._fanout.attach(session)
+        return self.fanout.attach(session)
 
     def detach(self, session: Session) -> None:
         if session.user is None or session.device is None:
@@ -61,7 +56,7 @@ class Presence:
         key = (session.user, session.device)
         if self.online.get(key) is session:
             del self.online[key]
-            self._fanout.detach(key)
+            self.fanout.detach(key)
         if session.replay_task is not None:
             session.replay_task.cancel()
 
@@ -73,7 +68,7 @@ class Presence:
         """Each committed inbox frame to its device; returns the live deliveries here.
         ``conversation_id`` and ``server_seq`` are the push tickle's hints."""
         online = self.online
-        fanout = self._fanout
+        fanout = self.fanout
         live = 0
         for user, device, seq, envelope in frames:
             target = online.get((user, device))
@@ -90,7 +85,7 @@ class Presence:
     def room_frame(self, room_id: str, seq: int, text: str, members: Sequence[DeviceKey]) -> int:
         """ONE serialized room frame to every member device; returns the live deliveries."""
         online = self.online
-        fanout = self._fanout
+        fanout = self.fanout
         live = 0
         for key in members:
             target = online.get(key)
@@ -106,11 +101,11 @@ class Presence:
 
     def tickle(self, key: DeviceKey, conversation_id: str, server_seq: int) -> None:
         """Wake the device by push, if it registered an endpoint (no content: hints only)."""
-        rec = self._directory.cached(key[0])
+        rec = self.directory.cached(key[0])
         dev = rec.device(key[1]) if rec is not None else None
         if dev is None or dev.push_endpoint is None:
             return
-        self._pusher.maybe_tickle(
+        self.pusher.maybe_tickle(
             key, dev.push_endpoint, conversation_id=conversation_id, server_seq=server_seq,
             now=time.monotonic(),
         )
@@ -122,8 +117,8 @@ class Presence:
         target = self.online.get(key)
         if target is not None:
             target.write(text)
-        elif self._fanout.remote:
-            self._fanout.notice([key], text)
+        elif self.fanout.remote:
+            self.fanout.notice([key], text)
 
     def notice_low(
         self, user: str, claimed: Iterable[tuple[str, int]], below: int, event: str
@@ -139,9 +134,9 @@ class Presence:
         for (u, _), s in list(self.online.items()):
             if u == user and s is not skip:
                 s.write(text)
-        fanout = self._fanout
+        fanout = self.fanout
         if fanout.remote:
-            rec = self._directory.cached(user)
+            rec = self.directory.cached(user)
             if rec is not None:
                 fanout.notice(
                     [(user, d.device_id) for d in rec.active()
@@ -155,7 +150,7 @@ class Presence:
             target.write(text)
             target.close(CLOSE_REVOKED, "device revoked")
         else:
-            self._fanout.revoked(key, text)  # held by another node, if any
+            self.fanout.revoked(key, text)  # held by another node, if any
 
     def account_deleted(self, key: DeviceKey, text: str, *, skip: Session) -> None:
         """Tell a device of a deleted account and close its socket, wherever it is
@@ -167,4 +162,4 @@ class Presence:
             target.write(text)
             target.close(CLOSE_ACCOUNT_DELETED, "account deleted")
         else:
-            self._fanout.account_deleted(key, text)  # held by another node, if any
+            self.fanout.account_deleted(key, text)  # held by another node, if any

@@ -19,6 +19,7 @@ writes to the session only; it needs nothing of delivery, rooms or the app.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 
 from sottovoce.limits import REPLAY_BATCH, ROOM_SYNC_BATCH
 from sottovoce.protocol.events import REPLAY_DONE
@@ -39,25 +40,21 @@ async def drain(session: Session, budget: int) -> None:
         await asyncio.sleep(0.002)
 
 
+@dataclass(eq=False, repr=False)
 class Replay:
-    def __init__(
-        self,
-        storage: Storage,
-        rooms: RoomStorage | None,
-        *,
-        budget: int,
-        resume_interval_ms: int,
-        resume_burst: int,
-        metrics: Metrics,
-        log: JsonLogger,
-    ) -> None:
-        self._storage = storage
-        self._rooms = rooms
-        #: Bytes written before waiting for the socket to drain (a quarter of its buffer).
-        self._budget = budget
+    storage: Storage
+    rooms: RoomStorage | None
+    _: KW_ONLY
+    #: Bytes written before waiting for the socket to drain (a quarter of its buffer).
+    budget: int
+    resume_interval_ms: InitVar[int]
+    resume_burst: InitVar[int]
+    metrics: Metrics
+    log: JsonLogger
+    _resumes: KeyedBuckets = field(init=False)
+
+    def __post_init__(self, resume_interval_ms: int, resume_burst: int) -> None:
         self._resumes = KeyedBuckets(1000 / resume_interval_ms, resume_burst)
-        self._metrics = metrics
-        self._log = log
 
     def resume(self, session: Session, last_seq: int, rid: str | None) -> None:
         key = session.key
@@ -74,7 +71,7 @@ class Replay:
         else:
             session.last_sent = last_seq  # rooms replay from the device's read positions
         wait = self._resumes.reserve(key)
-        metrics = self._metrics
+        metrics = self.metrics
         metrics.resumes += 1
         if wait:
             metrics.resumes_deferred += 1
@@ -100,13 +97,13 @@ class Replay:
         self, session: Session, rid: str | None, *, announce: bool = True, delay_ms: int = 0
     ) -> None:
         user, device = session.key
-        budget = self._budget
+        budget = self.budget
         replayed = 0
         try:
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)  # this device's turn (resume_interval_ms)
             while not session.closed:
-                rows = await self._storage.read_inbox(
+                rows = await self.storage.read_inbox(
                     user, device, session.last_sent, REPLAY_BATCH
                 )
                 written = 0
@@ -128,7 +125,7 @@ class Replay:
                 if session.overflow:
                     # Live frames were dropped from the buffer: they are stored, read again.
                     session.drop_held()
-                    self._metrics.replay_rereads += 1
+                    self.metrics.replay_rereads += 1
                     continue
                 break
             if session.closed:
@@ -145,8 +142,8 @@ class Replay:
             room_pending, session.room_pending = session.room_pending, []
             for room_id, seq, text in room_pending:  # per room already in serverSeq order
                 session.deliver_room(room_id, seq, text)
-            self._metrics.deliveries_replay += replayed
-            self._log.debug(
+            self.metrics.deliveries_replay += replayed
+            self.log.debug(
                 "resume.done", userId=user, deviceId=device, count=replayed,
                 seq=session.last_sent,
             )
@@ -155,16 +152,16 @@ class Replay:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # our bug; the client may resume again
-            self._log.error("resume.failed", error=type(exc).__name__)
+            self.log.error("resume.failed", error=type(exc).__name__)
             session.error(WireFailure("internal", "replay failed", retryable=True), rid)
 
     async def _replay_rooms(self, session: Session) -> int:
         """After the inbox replay: each room's frames after the device's read position."""
-        st = self._rooms
+        st = self.rooms
         if st is None:
             return 0
         user, device = session.key
-        budget = self._budget
+        budget = self.budget
         sent = session.room_sent
         n = 0
         for pos in await st.room_positions(user, device):
@@ -187,5 +184,5 @@ class Replay:
                     break
                 after = rows[-1][0]
                 await drain(session, budget)
-        self._metrics.room_deliveries_replay += n
+        self.metrics.room_deliveries_replay += n
         return n

@@ -27,6 +27,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -197,36 +198,33 @@ def _check_next_group_info(
         )
 
 
+@dataclass(eq=False, repr=False)
 class Rooms:
-    def __init__(
-        self,
-        store: RoomStorage | None,
-        directory: Directory,
-        presence: Presence,
-        key_claims: ClaimLimits,
-        metrics: Metrics,
-        log: JsonLogger,
-        *,
-        budget: int,
-    ) -> None:
-        #: ``None`` when the storage engine has no rooms: room events answer ``unavailable``.
-        self._store = store
-        self._directory = directory
-        self._presence = presence
-        self._key_claims = key_claims
-        self._metrics = metrics
-        self._log = log
-        #: Bytes of frames one room.sync reply carries (a quarter of the write buffer).
-        self._budget = budget
-        self._join_requests_by_device = KeyedBuckets(
+    #: ``None`` when the storage engine has no rooms: room events answer ``unavailable``.
+    room_store: RoomStorage | None
+    directory: Directory
+    presence: Presence
+    key_claims: ClaimLimits
+    metrics: Metrics
+    log: JsonLogger
+    _: KW_ONLY
+    #: Bytes of frames one room.sync reply carries (a quarter of the write buffer).
+    budget: int
+    _join_requests_by_device: KeyedBuckets = field(
+        init=False,
+        default_factory=lambda: KeyedBuckets(
             JOIN_REQUESTS_PER_DEVICE_PER_S, JOIN_REQUESTS_PER_DEVICE_BURST
-        )
-        #: Keyed by the token's hash: one token opens one room.
-        self._join_requests_by_room = KeyedBuckets(
+        ),
+    )
+    #: Keyed by the token's hash: one token opens one room.
+    _join_requests_by_room: KeyedBuckets = field(
+        init=False,
+        default_factory=lambda: KeyedBuckets(
             JOIN_REQUESTS_PER_ROOM_PER_S, JOIN_REQUESTS_PER_ROOM_BURST
-        )
-        #: Told of the devices each stored commit removed (room calls revoke their grants).
-        self.on_removed: Callable[[str, Sequence[Member]], None] | None = None
+        ),
+    )
+    #: Told of the devices each stored commit removed (room calls revoke their grants).
+    on_removed: Callable[[str, Sequence[Member]], None] | None = field(init=False, default=None)
 
     def handlers(self) -> dict[type[ClientEvent], Handler]:
         return {
@@ -250,45 +248,45 @@ class Rooms:
 
     @property
     def store(self) -> RoomStorage:
-        if self._store is None:
+        if self.room_store is None:
             raise WireFailure("unavailable", "this server's storage has no rooms", retryable=False)
-        return self._store
+        return self.room_store
 
     # --- fan-out (the one place room frames leave for member devices) -------------------
 
     def _publish(self, msg: RoomStored) -> None:
         """ONE serialized room frame to every member device: here, on another node, or
         a tickle (Presence)."""
-        live = self._presence.room_frame(
+        live = self.presence.room_frame(
             msg.room_id, msg.server_seq, room_frame_text(msg.envelope), msg.members
         )
-        self._metrics.room_deliveries_live += live
+        self.metrics.room_deliveries_live += live
 
     # --- session hooks ----------------------------------------------------------------
 
     async def authenticated(self, session: Session) -> None:
         """At auth: tell a device that uses rooms when its KeyPackage stock is low."""
-        if self._store is None:
+        if self.room_store is None:
             return
         user, device = session.key
-        remaining = await self._store.count_key_packages(user, device)
+        remaining = await self.room_store.count_key_packages(user, device)
         if remaining is not None and remaining < KEY_PACKAGES_LOW_WATERMARK:
             session.reply(KEYPACKAGES_LOW, {"remaining": remaining}, None)
 
     def device_revoked(self, user: str, device: str) -> None:
         """The device gets nothing more from any room; each of its rooms gets a removeRequest
         notice (members commit the Remove)."""
-        if self._store is None:
+        if self.room_store is None:
             return
 
         def done(out: list[RoomStored] | None, error: BaseException | None) -> None:
             if out is None:
-                self._log.error("room.revoke_failed", error=type(error).__name__)
+                self.log.error("room.revoke_failed", error=type(error).__name__)
                 return
             for msg in out:
                 self._publish(msg)
 
-        self._store.room_device_revoked(user, device, done)
+        self.room_store.room_device_revoked(user, device, done)
 
     # --- KeyPackages ---------------------------------------------------------------------
 
@@ -306,8 +304,8 @@ class Rooms:
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
-        one_time = await self._directory.one_time_claims(
-            self._key_claims, "keypackage", session.key[0], ev.username
+        one_time = await self.directory.one_time_claims(
+            self.key_claims, "keypackage", session.key[0], ev.username
         )
         claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
         session.reply(KEYPACKAGE_BUNDLES, {
@@ -316,7 +314,7 @@ class Rooms:
                 {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
             ],
         }, rid)
-        self._presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
+        self.presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
                                   KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW)
 
     # --- rooms ---------------------------------------------------------------------------
@@ -329,7 +327,7 @@ class Rooms:
             await self.store.create_room(
                 ev.roomId, user, device, ev.groupInfo, time.time_ns() // 1_000_000
             )
-        self._log.info("room.created", userId=user, deviceId=device, conversationId=ev.roomId)
+        self.log.info("room.created", userId=user, deviceId=device, conversationId=ev.roomId)
         session.reply(ROOM_CREATED, {"roomId": ev.roomId, "epoch": 0, "serverSeq": 0}, rid)
 
     def _commit(
@@ -426,7 +424,7 @@ class Rooms:
     async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
         """The MLS signature key the device's certificate holds (the account key signed it:
         the anchor for what the device signs in rooms); refused with ``code`` if none."""
-        rec = await self._directory.account(user)
+        rec = await self.directory.account(user)
         dev = None if rec is None else rec.device(device)
         if dev is None or dev.revoked:
             raise WireFailure("unauthorized", "device is not registered")
@@ -480,10 +478,10 @@ class Rooms:
         }, rid)
         if msg.duplicate:
             return
-        self._metrics.room_commits += 1
+        self.metrics.room_commits += 1
         # To the members of the epoch the commit was made in (removed devices included).
         self._publish(msg)
-        self._presence.inbox_frames(out.welcomes, msg.room_id, msg.server_seq)
+        self.presence.inbox_frames(out.welcomes, msg.room_id, msg.server_seq)
         if removes and self.on_removed is not None:
             self.on_removed(msg.room_id, removes)
 
@@ -494,7 +492,7 @@ class Rooms:
         """A stored operation failed: its wire error to the client, and our bugs to the log."""
         failure = _wire(error)
         if failure.code == "internal":
-            self._log.error(event, error=type(error).__name__)
+            self.log.error(event, error=type(error).__name__)
         session.error(failure, rid, message_id)
 
     def _send(
@@ -524,7 +522,7 @@ class Rooms:
         session.write(stored_ack_text(rid, msg.room_id, msg))
         if msg.duplicate:
             return
-        self._metrics.room_messages += 1
+        self.metrics.room_messages += 1
         self._publish(msg)
 
     async def _ack(
@@ -533,7 +531,7 @@ class Rooms:
         user, device = session.key
         with _as_wire():
             deleted = await self.store.room_ack(ev.roomId, user, device, ev.upToServerSeq)
-        self._metrics.room_deleted += deleted
+        self.metrics.room_deleted += deleted
         session.reply(ROOM_ACKED, {"roomId": ev.roomId, "upToServerSeq": ev.upToServerSeq}, rid)
 
     async def _sync(
@@ -545,7 +543,7 @@ class Rooms:
                 ev.roomId, user, device, ev.afterServerSeq, ROOM_SYNC_BATCH
             )
         # Bounded by bytes too (commits can be large): the client asks again from up_to.
-        budget = self._budget
+        budget = self.budget
         up_to, written = ev.afterServerSeq, 0
         for seq, env in got.frames:
             text = room_frame_text(env)
@@ -611,7 +609,7 @@ class Rooms:
         entry = await self._audit_entry(room_id, user, device, audit)
         with _as_wire():
             await self.store.set_room_token(room_id, user, device, h, entry)
-        self._log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
+        self.log.info("room.token", userId=user, deviceId=device, conversationId=room_id,
                           status=int(h is not None))
         session.reply(ROOM_TOKEN_UPDATED, {"roomId": room_id, "tokenSet": h is not None}, rid)
 
@@ -633,7 +631,7 @@ class Rooms:
             raise WireFailure("invalid_audit_entry", "the audit entry does not state this change")
         with _as_wire():
             await self.store.set_room_setting(ev.roomId, user, device, ev.setting, ev.value, entry)
-        self._log.info("room.setting", userId=user, deviceId=device, conversationId=ev.roomId)
+        self.log.info("room.setting", userId=user, deviceId=device, conversationId=ev.roomId)
         session.reply(ROOM_SETTING_UPDATED,
                       {"roomId": ev.roomId, "setting": ev.setting, "value": ev.value}, rid)
 

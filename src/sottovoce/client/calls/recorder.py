@@ -90,6 +90,7 @@ class _Attended:
     checked: float = 0.0
 
 
+@dataclass(eq=False, repr=False)
 class Recorder:
     """Joins and records the calls of the rooms that opted in (see the module docstring).
 
@@ -97,43 +98,35 @@ class Recorder:
     (so that they hold the store's key); ``say`` reports each step to the operator.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        hub: RoomCalls,
-        out_dir: Path,
-        *,
-        say: Callable[[str], None] = lambda _: None,
-        poll_s: float = 0.2,
-    ) -> None:
-        self._client = client
-        self._hub = hub
-        self._out = out_dir
-        self._say = say
-        self._poll_s = poll_s
-        self._handled: set[tuple[str, bytes]] = set()
-        self.attending: dict[str, _Attended] = {}
-        #: The sealed recordings written, in order.
-        self.recordings: list[Path] = []
+    client: Client
+    hub: RoomCalls
+    out_dir: Path
+    _: dataclasses.KW_ONLY
+    say: Callable[[str], None] = lambda _: None
+    poll_s: float = 0.2
+    _handled: set[tuple[str, bytes]] = dataclasses.field(init=False, default_factory=set)
+    attending: dict[str, _Attended] = dataclasses.field(init=False, default_factory=dict)
+    #: The sealed recordings written, in order.
+    recordings: list[Path] = dataclasses.field(init=False, default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Attend calls until ``stop`` is set, then leave every call."""
-        self._out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             while not stop.is_set():
                 await self.step()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._poll_s)
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
         finally:
             for room_id in list(self.attending):
                 await self._leave(room_id)
 
     async def step(self) -> None:
         """Join the calls newly started in opted-in rooms; follow the ones attended."""
-        me = self._hub.me
-        for room_id, seen in list(self._hub.seen.items()):
+        me = self.hub.me
+        for room_id, seen in list(self.hub.seen.items()):
             key = (room_id, seen.call_id)
-            if key in self._handled or room_id in self._hub.active or seen.starter == me:
+            if key in self._handled or room_id in self.hub.active or seen.starter == me:
                 continue
             self._handled.add(key)
             await self._consider(room_id, seen.call_id)
@@ -142,26 +135,26 @@ class Recorder:
 
     async def _consider(self, room_id: str, call_id: bytes) -> None:
         try:
-            state = await self._client.rooms.info(room_id)
+            state = await self.client.rooms.info(room_id)
         except SottovoceError as exc:
-            self._say(f"{room_id}: cannot read the room's settings ({exc}); not joining")
+            self.say(f"{room_id}: cannot read the room's settings ({exc}); not joining")
             return
         if state.get("recorder") is not True:
-            self._say(f"{room_id}: a call started; the room's recorder setting is off: "
+            self.say(f"{room_id}: a call started; the room's recorder setting is off: "
                       "not joining")
             return
-        path = recording_path(self._out, room_id, call_id)
-        self._hub.options = dataclasses.replace(self._hub.options, record_to=path)
+        path = recording_path(self.out_dir, room_id, call_id)
+        self.hub.options = dataclasses.replace(self.hub.options, record_to=path)
         try:
-            ctl = self._hub.join(room_id)
+            ctl = self.hub.join(room_id)
         except SottovoceError as exc:
-            self._say(f"{room_id}: cannot join the call ({exc})")
+            self.say(f"{room_id}: cannot join the call ({exc})")
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.attending[room_id] = _Attended(ctl, path, now + RECORDER_JOIN_TIMEOUT_S,
                                             checked=now)
-        self._say(f"{room_id}: joining the call (the room's recorder setting is on)")
+        self.say(f"{room_id}: joining the call (the room's recorder setting is on)")
 
     async def _follow(self, room_id: str, attended: _Attended) -> None:
         ctl = attended.ctl
@@ -174,21 +167,21 @@ class Recorder:
             if isinstance(event, ParticipantsChanged):
                 attended.seen, attended.since = frozenset(event.participants), now
                 if attended.joined and attended.seen <= {me}:
-                    self._say(f"{room_id}: everyone else left the call")
+                    self.say(f"{room_id}: everyone else left the call")
                     await self._leave(room_id)
                     return
             elif isinstance(event, RecordingState):
                 if event.by == me:
                     attended.pending, attended.recording = False, event.on
                 state = "on" if event.on else "off"
-                self._say(f"{room_id}: REC {state} ({event.by[0]}/{event.by[1]})")
+                self.say(f"{room_id}: REC {state} ({event.by[0]}/{event.by[1]})")
             elif isinstance(event, RecordingRefused):
                 attended.pending = False
-                self._say(f"{room_id}: recording refused: "
+                self.say(f"{room_id}: recording refused: "
                           + (", ".join(f"{u}/{d}" for u, d in event.refused_by)
                              or "nobody answered in time"))
             elif isinstance(event, JoinRefused):
-                self._say(f"{room_id}: the call refused the recorder ({event.error})")
+                self.say(f"{room_id}: the call refused the recorder ({event.error})")
                 await self._leave(room_id)
                 return
             elif isinstance(event, Left):
@@ -197,14 +190,14 @@ class Recorder:
         if now - attended.checked >= RECORDER_RECHECK_S:
             attended.checked = now
             with contextlib.suppress(SottovoceError):  # unreadable now: read it next time
-                if (await self._client.rooms.info(room_id)).get("recorder") is not True:
-                    self._say(f"{room_id}: the room's recorder setting was turned off: "
+                if (await self.client.rooms.info(room_id)).get("recorder") is not True:
+                    self.say(f"{room_id}: the room's recorder setting was turned off: "
                               "leaving the call")
                     await self._leave(room_id)
                     return
         if not attended.joined:
             if now > attended.deadline:
-                self._say(f"{room_id}: the call did not let the recorder in; giving up")
+                self.say(f"{room_id}: the call did not let the recorder in; giving up")
                 await self._leave(room_id)
             return
         # Ask once the participants have settled, and again when they change (a joiner
@@ -221,9 +214,9 @@ class Recorder:
                 ctl.request_recording()
             except SottovoceError as exc:
                 attended.pending = False
-                self._say(f"{room_id}: cannot ask for recording now ({exc})")
+                self.say(f"{room_id}: cannot ask for recording now ({exc})")
                 return
-            self._say(f"{room_id}: in the call; asked every participant to consent to "
+            self.say(f"{room_id}: in the call; asked every participant to consent to "
                       "recording")
 
     async def _leave(self, room_id: str) -> None:
@@ -236,10 +229,10 @@ class Recorder:
             with contextlib.suppress(SottovoceError):
                 attended.ctl.stop_recording()
         try:
-            await self._hub.end(room_id)
+            await self.hub.end(room_id)
         except SottovoceError as exc:  # pragma: no cover - end() suppresses its own
             log.warning("recorder: leaving a call failed: %s", type(exc).__name__)
         if attended.path.exists():
             self.recordings.append(attended.path)
-            self._say(f"{room_id}: recording sealed in {attended.path}")
+            self.say(f"{room_id}: recording sealed in {attended.path}")
         del self.attending[room_id]  # last: once it is gone, the call is wholly left

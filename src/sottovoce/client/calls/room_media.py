@@ -101,26 +101,22 @@ class _Peer:
     handle: int | None = None
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class RoomMedia:
     """What SFU and mesh calls share: sources, sealing encoders, guarded receivers, sinks."""
 
-    def __init__(
-        self,
-        *,
-        spec: MediaSpec,
-        ice: IceConfig,
-        crypto: FrameTransform,
-        on_problem: Callable[[MediaProblem], None] | None = None,
-        tap: FrameTap | None = None,
-    ) -> None:
-        self.spec = spec
-        self.ice = ice
-        self.crypto = crypto
-        self._on_problem = on_problem
-        self._tap = tap
-        self._sources = open_sources(spec, on_error=partial(report_failure, on_problem, "source"))
+    spec: MediaSpec
+    ice: IceConfig
+    crypto: FrameTransform
+    on_problem: Callable[[MediaProblem], None] | None = None
+    tap: FrameTap | None = None
+
+    def __post_init__(self) -> None:
+        self._sources = open_sources(
+            self.spec, on_error=partial(report_failure, self.on_problem, "source")
+        )
         self._relay = MediaRelay()
-        self.camera_on = spec.video and self._sources.camera is not None
+        self.camera_on = self.spec.video and self._sources.camera is not None
         self.screen_on = self._sources.screen is not None
         self.sinks: dict[tuple[Device, str], Sink] = {}
         self.misbound: list[StreamBindingError] = []
@@ -179,7 +175,7 @@ class RoomMedia:
                 sender=device,
                 track=track,
                 receiver=transceiver.receiver,
-                on_frame=self._tap,
+                on_frame=self.tap,
                 on_misbound=self._misbound,
             )
         )
@@ -187,8 +183,8 @@ class RoomMedia:
     def _misbound(self, exc: StreamBindingError) -> None:
         log.warning("call media: %s", exc.code)
         self.misbound.append(exc)
-        if self._on_problem is not None:
-            self._on_problem(MediaProblem(where="stream", error=exc.code))
+        if self.on_problem is not None:
+            self.on_problem(MediaProblem(where="stream", error=exc.code))
 
     def _on_track(
         self, peer: _Peer, device: Device, role_of: Callable[[str | None], str | None]
@@ -199,7 +195,7 @@ class RoomMedia:
             )
             role = role_of(transceiver.mid if transceiver else None)
             if role is not None:
-                consumer = consume(track, self.sink(device, role), role, self._on_problem)
+                consumer = consume(track, self.sink(device, role), role, self.on_problem)
                 peer.consumers.append(asyncio.ensure_future(consumer))
 
         return on_track

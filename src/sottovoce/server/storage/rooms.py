@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sottovoce.errors import DecodeError, UsageError
@@ -32,27 +33,24 @@ ZERO_HASH = bytes(32)
 _NO_TOP = EVERY_ROOM = 1 << 62
 
 
+@dataclass(eq=False, repr=False, slots=True)
 class RoomView:
     """One room as a write transaction sees it: its row and current roster. The writes of
     :mod:`.room_writes` keep it up to date, so an engine may cache it across transactions
     (the SQLite writer does, as the room's only writer)."""
 
-    __slots__ = ("audit_count", "audit_head", "deliver", "epoch", "last_seq", "members", "pk",
-                 "room_id", "token_hash")
+    pk: int
+    room_id: str
+    epoch: int
+    last_seq: int
+    token_hash: bytes | None
+    audit_count: int
+    audit_head: bytes | None
+    #: Current member devices -> (dev, revoked).
+    members: dict[Member, tuple[int, bool]]
+    deliver: tuple[Member, ...] = field(init=False)
 
-    def __init__(self, pk: int, room_id: str, epoch: int, last_seq: int,
-                 token_hash: bytes | None, audit_count: int, audit_head: bytes | None,
-                 members: dict[Member, tuple[int, bool]]) -> None:
-        self.pk = pk
-        self.room_id = room_id
-        self.epoch = epoch
-        self.last_seq = last_seq
-        self.token_hash = token_hash
-        self.audit_count = audit_count
-        self.audit_head = audit_head
-        #: Current member devices -> (dev, revoked).
-        self.members = members
-        self.deliver: tuple[Member, ...] = ()
+    def __post_init__(self) -> None:
         self.recompute()
 
     def recompute(self) -> None:
