@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from sottovoce.errors import UsageError
 from sottovoce.limits import CALL_EPOCH_GRACE_MS, SFRAME_REPLAY_WINDOW
+from sottovoce.protocol.fields import Device as Device
 from sottovoce.secret import Secret
 from sottovoce.sframe import (
     CipherSuiteId,
@@ -51,9 +52,6 @@ CALL_TRACKS = (Track.AUDIO, Track.VIDEO, Track.SCREEN)
 #: AES-128-GCM with SHA-256 (RFC 9605 §4.5): what browsers' SFrame implementations offer.
 CALL_SFRAME_SUITE = int(CipherSuiteId.AES_128_GCM_SHA256_128)
 _EPOCH_MASK = (1 << EPOCH_BITS) - 1
-
-#: A call participant: (user, device).
-Device = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

@@ -44,6 +44,7 @@ from sottovoce.cli.session import (
 )
 from sottovoce.client import Client
 from sottovoce.errors import SottovoceError
+from sottovoce.protocol.fields import Device
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command runs
     from sottovoce.client.calls.room_calls import RoomCalls
@@ -53,8 +54,6 @@ if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command
 JOIN_TIMEOUT_S = 20.0
 #: The leave signal's way out before the account closes.
 FLUSH_TIMEOUT_S = 10.0
-
-Device = tuple[str, str]
 
 
 def who(device: Device) -> str:

@@ -33,9 +33,8 @@ from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.succession import AccountForked
 from sottovoce.pairwise import OlmAccount, OlmEnvelope, PairwiseSession, PrekeyBundle
 from sottovoce.pairwise.account import PICKLE_KEY
+from sottovoce.protocol.fields import Device as Device
 from sottovoce.secret import Secret
-
-Device = tuple[str, str]  # (username, device id)
 
 
 @dataclass(eq=False, repr=False)

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import hmac as _hmac
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import NamedTuple, TypedDict, Unpack
 
@@ -484,22 +484,7 @@ def make_entry(
     if len(tbs) + HASH_SIZE + 2 + len(signature) > AUDIT_MAX_ENTRY_BYTES:
         # Never emit an entry that no one (server included) would decode.
         raise UsageError("audit entry too large: split the change over several entries")
-    return AuditEntry(
-        index=index,
-        prev_hash=prev_hash,
-        room_id=room_id,
-        epoch=epoch,
-        action=action,
-        subjects=unsigned.subjects,
-        actor_user_id=actor_user_id,
-        actor_device_id=actor_device_id,
-        actor_leaf_index=actor_leaf_index,
-        cipher_suite=suite_id,
-        actor_signature_key=unsigned.actor_signature_key,
-        time_ms=now_ms,
-        binding=binding,
-        signature=signature,
-    )
+    return replace(unsigned, binding=binding, signature=signature)
 
 
 # --- verification ------------------------------------------------------------------------

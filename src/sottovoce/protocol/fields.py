@@ -27,6 +27,9 @@ from sottovoce.limits import MAX_ID_LEN
 T = TypeVar("T")
 D = TypeVar("D")
 
+#: How every layer names one device: (username, device id).
+Device = tuple[str, str]
+
 #: The id alphabet: every identifier chosen by a client (user, device, message, ...).
 ID_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
 MAX_INT = (1 << 63) - 1  # JSON numbers beyond a signed 64-bit integer are refused

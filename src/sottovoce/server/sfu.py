@@ -54,6 +54,7 @@ from sottovoce.limits import (
     SFU_MAX_ENDPOINTS,
     SFU_REQUEST_TIMEOUT_S,
 )
+from sottovoce.protocol.fields import Device
 from sottovoce.protocol.rooms import REGION_RE, RESIDENCY_NONE
 from sottovoce.secret import Secret
 from sottovoce.server.secret_file import read_secret_line
@@ -65,8 +66,6 @@ _URL_RE = re.compile(r"wss?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[\x21-\x7e
 SFU_DOWN_MS = 30_000
 #: The key file: at least 128 bits, one line.
 SFU_KEY_MIN_BYTES = 16
-
-Device = tuple[str, str]
 
 
 class SfuRegionUnavailable(SfuError):

@@ -26,6 +26,7 @@ from typing import Any
 
 from sottovoce.calls.janus import SfuError
 from sottovoce.limits import TURN_REQUESTS_BURST, TURN_REQUESTS_PER_MINUTE
+from sottovoce.protocol.fields import Device
 from sottovoce.protocol.rooms import RECORDER_DEVICE_ID, ROOM_CALL_GRANTED, RoomCallGrant
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.errors import RateLimited, WireFailure
@@ -35,8 +36,6 @@ from sottovoce.server.sfu import SfuConfig, SfuDriver, SfuNotAMember, read_sfu_k
 from sottovoce.server.storage.roombase import RoomRefused, RoomStorage
 
 log = logging.getLogger(__name__)
-
-Device = tuple[str, str]
 
 
 def sfu_driver(config: ServerConfig) -> SfuDriver | None:

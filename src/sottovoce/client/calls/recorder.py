@@ -40,6 +40,7 @@ from sottovoce.calls.room_effects import (
     RecordingState,
 )
 from sottovoce.errors import SottovoceError
+from sottovoce.protocol.fields import Device
 from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
     from sottovoce.client.client import Client
 
 log = logging.getLogger(__name__)
-
-Device = tuple[str, str]
 
 #: A call that does not let the recorder in within this long is given up (it ended).
 RECORDER_JOIN_TIMEOUT_S = 20.0

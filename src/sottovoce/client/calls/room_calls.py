@@ -36,11 +36,11 @@ from sottovoce.crypto.sign import SigningKey
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import CALL_ID_BYTES
 from sottovoce.protocol.audit import AuditAction
+from sottovoce.protocol.fields import Device
 from sottovoce.secret import Secret
 
 log = logging.getLogger(__name__)
 
-Device = tuple[str, str]
 #: (room id, signal) -> sent as an MLS application message of the room.
 SendRoomSignal = Callable[[str, bytes], Awaitable[object]]
 #: room id -> its member devices now, each with its leaf's signature key.

@@ -27,6 +27,7 @@ from sottovoce.client.calls.media import TurnServer
 from sottovoce.client.events import ErrorEvent
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError
 from sottovoce.limits import TURN_MAX_URLS
+from sottovoce.protocol.fields import Device
 from sottovoce.secret import Secret
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Device = tuple[str, str]
 #: Encrypt per-device bodies for ``user``'s devices (and ours) and send them ephemerally.
 SendCall = Callable[[str, Mapping[Device, bytes]], Awaitable[None]]
 #: Store and send one durable entry: (peer, payload content type, text).

@@ -19,6 +19,7 @@ from sottovoce.errors import RemoteError
 from sottovoce.mls.group import Group
 from sottovoce.mls.messages import Credential
 from sottovoce.protocol import rooms as pr
+from sottovoce.protocol.fields import Device as Device
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.sframe.suites import CipherSuiteId
 
@@ -30,9 +31,6 @@ ROOM_PREFIX = "room:"
 GROUP_ID_BYTES = 16
 #: Requests of the room code wait this long for the server.
 ROOM_REQUEST_TIMEOUT_S = 20.0
-
-#: A member device: (username, device id).
-Device = tuple[str, str]
 
 
 def mls_suite() -> CipherSuite:
