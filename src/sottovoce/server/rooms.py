@@ -151,13 +151,6 @@ def _pairs(items: Sequence[Member]) -> list[dict[str, str]]:
     return [{"userId": u, "deviceId": d} for u, d in items]
 
 
-def _write_head(session: Session, ev: RoomCommit | RoomSend) -> dict[str, Any]:
-    """The :class:`RoomWrite` fields of a commit or message: its sender and its frame's ids."""
-    user, device = session.key
-    return {"room_id": ev.roomId, "user": user, "device": device, "epoch": ev.epoch,
-            "message_id": ev.messageId, "idempotency_key": ev.idempotencyKey}
-
-
 def audit_appendage(
     room_id: str, user: str, device: str, certified_key: bytes, raw: bytes
 ) -> AuditAppendage:
@@ -445,8 +438,14 @@ class Rooms:
         *, audit: AuditAppendage | None = None, external: bool = False,
         checked_epoch: int | None = None,
     ) -> None:
+        user, device = session.key
         req = CommitRequest(
-            **_write_head(session, ev),
+            room_id=ev.roomId,
+            user=user,
+            device=device,
+            epoch=ev.epoch,
+            message_id=ev.messageId,
+            idempotency_key=ev.idempotencyKey,
             # The validated base64 strings go into the envelopes as they came.
             commit_b64=data["commit"],
             welcome_b64=data.get("welcome") if ev.welcome is not None else None,
@@ -499,8 +498,14 @@ class Rooms:
     def _send(
         self, session: Session, ev: RoomSend, data: dict[str, Any], rid: str | None
     ) -> None:
+        user, device = session.key
         req = RoomSendRequest(
-            **_write_head(session, ev),
+            room_id=ev.roomId,
+            user=user,
+            device=device,
+            epoch=ev.epoch,
+            message_id=ev.messageId,
+            idempotency_key=ev.idempotencyKey,
             content_type=ev.contentType,
             client_created_at_ms=ev.clientCreatedAtMs,
             ciphertext_b64=data["ciphertext"],
