@@ -46,7 +46,14 @@ from sottovoce.identity import validate_username
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSignature, NoteSigner, SignedNote
 from sottovoce.kt.errors import KTError
 from sottovoce.kt.merkle import consistency_nodes, consistency_proof, fold_range, root_nodes
-from sottovoce.kt.prover import KTLog
+from sottovoce.kt.prover import (
+    KTStores,
+    LogProof,
+    entry_proof,
+    history_response,
+    log_proof,
+    lookup_response,
+)
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.limits import (
     KT_LOOKUPS_BURST,
@@ -92,6 +99,12 @@ WITNESS_TIMEOUT_S = 3.0
 REFRESH_S = 1.0
 #: Answers kept for the served checkpoint, at most (about 2 KB each).
 MAX_CACHED_ANSWERS = 8192
+#: Log proofs kept for the served checkpoint, one per size clients come from, at most.
+MAX_CACHED_SINCE = 256
+#: Lookups whose rows one reader round trip reads, at most; and such round trips at once
+#: (the store's reader threads).
+MAX_READ_BATCH = 32
+READ_TASKS = 2
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -135,8 +148,11 @@ class KTService:
         #: by (username, since, history); and the upper map nodes as of its size.
         self._answers: dict[tuple[str, int, bool], bytes] = {}
         self._answers_for: Served | None = None
-        self._note = SignedNote(text="", signatures=())
+        self._parts: dict[int, LogProof] = {}
         self._map_cache = AppendCache()
+        #: Lookups waiting for their rows, and the task reading them.
+        self._queue: list[tuple[str, bool, int, asyncio.Future[KTStores]]] = []
+        self._reading: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
     # --- keys ------------------------------------------------------------------------------
@@ -290,6 +306,8 @@ class KTService:
         return self._served
 
     async def close(self) -> None:
+        for task in self._reading:
+            task.cancel()
         if self._http is not None:
             await self._http.aclose()
 
@@ -323,26 +341,68 @@ class KTService:
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
         if served is not self._answers_for:
-            self._answers, self._answers_for = {}, served
-            self._note = SignedNote.decode(served.note)
+            self._answers, self._answers_for, self._parts = {}, served, {}
             if self._map_cache.size != served.size:
                 self._map_cache = AppendCache(served.size)
-        answers, ask, note = self._answers, (user, since, history), self._note
+        answers, ask = self._answers, (user, since, history)
         encoded = answers.get(ask)
         if encoded is None:
-            stores = await self._storage.kt_snapshot(user, served.size, since,
-                                                     every_version=history,
-                                                     cache=self._map_cache)
-            core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
-            resp = (core.history(user, note, since=since) if history
-                    else core.lookup(user, note, since=since))
+            part = self._parts.get(since)
+            if part is None:
+                part = await self._log_proof(served, since)
+            stores = await self._snapshot(user, history, served.size)
+            entry, key = entry_proof(part, stores, user)
+            resp = (history_response(entry, key, stores) if history
+                    else lookup_response(entry, key, stores))
             encoded = resp.encode()
-            if len(answers) >= MAX_CACHED_ANSWERS:
-                answers.clear()
-            answers[ask] = encoded
+            if served is self._answers_for:  # not a checkpoint that was replaced meanwhile
+                if len(answers) >= MAX_CACHED_ANSWERS:
+                    answers.clear()
+                answers[ask] = encoded
         if len(encoded) > MAX_RESPONSE_BYTES:
             raise WireFailure("kt_too_large", "this account's history does not fit one frame")
         return encoded
+
+    async def _log_proof(self, served: Served, since: int) -> LogProof:
+        """The log's part of every answer at ``served`` to clients at ``since``."""
+        leaf, nodes = await self._storage.kt_log_part(served.size, since, self._map_cache)
+        if leaf is None:
+            raise WireFailure("kt_unavailable", "the key-transparency log is not readable yet",
+                              retryable=True, retry_after_ms=1000)
+        part = log_proof(served.note, served.size, since, leaf, nodes)
+        if served is self._answers_for:
+            if len(self._parts) >= MAX_CACHED_SINCE:
+                self._parts.clear()
+            self._parts[since] = part
+        return part
+
+    async def _snapshot(self, user: str, history: bool, size: int) -> KTStores:
+        """``user``'s rows as of ``size``, read with the other lookups waiting meanwhile:
+        one reader round trip serves all that queued while the previous one ran."""
+        fut: asyncio.Future[KTStores] = asyncio.get_running_loop().create_future()
+        self._queue.append((user, history, size, fut))
+        self._reading = {t for t in self._reading if not t.done()}
+        if len(self._reading) < READ_TASKS:
+            self._reading.add(asyncio.create_task(self._read_queued()))
+        return await fut
+
+    async def _read_queued(self) -> None:
+        while self._queue:
+            size = self._queue[0][2]
+            batch = [q for q in self._queue if q[2] == size][:MAX_READ_BATCH]
+            taken = {id(q) for q in batch}
+            self._queue = [q for q in self._queue if id(q) not in taken]
+            try:
+                found = await self._storage.kt_snapshots(
+                    [(user, history) for user, history, _, _ in batch], size, self._map_cache)
+            except Exception as exc:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (*_, fut), stores in zip(batch, found, strict=True):
+                if not fut.done():  # its asker may have gone
+                    fut.set_result(stores)
 
     async def lookup(self, session: Session, ev: KTLookup, data: dict[str, Any],
                      rid: str | None) -> None:

@@ -177,6 +177,18 @@ class SharedStorage(Storage, Engine):
         op = functools.partial(kt_tables.snapshot, every_version=every_version, cache=cache)
         return await self._read_op(op, self.kt_writer.vrf, user_id, size, since)
 
+    async def kt_snapshots(
+        self, asks: list[tuple[str, bool]], size: int, cache: kt_tables.AppendCache | None,
+    ) -> list[KTStores]:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        return await self._read_op(kt_tables.snapshots, self.kt_writer.vrf, asks, size, cache)
+
+    async def kt_log_part(
+        self, size: int, since: int, cache: kt_tables.AppendCache | None
+    ) -> tuple[bytes | None, dict[NodeId, bytes]]:
+        return await self._read_op(kt_tables.log_part, size, since, cache)
+
     async def kt_leaves(self, start: int, count: int) -> list[bytes]:
         return await self._read_op(kt_tables.leaves, start, count)
 
