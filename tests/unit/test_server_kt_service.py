@@ -289,13 +289,13 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
     policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
                       witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
     reads: list[int] = []
-    real = st.kt_snapshots
+    real = st.kt_answers
 
-    async def counted(asks: list[tuple[str, bool]], size: int, cache: object) -> object:
+    async def counted(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
         reads.append(len(asks))
         return await real(asks, size, cache)  # type: ignore[arg-type]
 
-    st.kt_snapshots = counted  # type: ignore[assignment,method-assign]
+    st.kt_answers = counted  # type: ignore[assignment,method-assign]
     try:
         for i in range(10):
             a = Account(f"user{i}")
@@ -314,12 +314,12 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
         async def broken(asks: object, size: object, cache: object) -> object:
             raise StorageError()
 
-        st.kt_snapshots = broken  # type: ignore[assignment,method-assign]
+        st.kt_answers = broken  # type: ignore[assignment,method-assign]
         kt._answers.clear()
         failed = await asyncio.gather(*(kt._answer(n, 0, history=False) for n in names[:5]),
                                       return_exceptions=True)
         assert all(isinstance(f, StorageError) for f in failed)
-        st.kt_snapshots = counted  # type: ignore[assignment,method-assign]
+        st.kt_answers = counted  # type: ignore[assignment,method-assign]
         assert await kt._answer("user1", 0, history=False) == together[1]
     finally:
         await kt.close()

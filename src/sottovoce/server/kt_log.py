@@ -46,14 +46,7 @@ from sottovoce.identity import validate_username
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSignature, NoteSigner, SignedNote
 from sottovoce.kt.errors import KTError
 from sottovoce.kt.merkle import consistency_nodes, consistency_proof, fold_range, root_nodes
-from sottovoce.kt.prover import (
-    KTStores,
-    LogProof,
-    entry_proof,
-    history_response,
-    log_proof,
-    lookup_response,
-)
+from sottovoce.kt.prover import LogProof, log_proof
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.limits import (
     KT_LOOKUPS_BURST,
@@ -151,7 +144,7 @@ class KTService:
         self._parts: dict[int, LogProof] = {}
         self._map_cache = AppendCache()
         #: Lookups waiting for their rows, and the task reading them.
-        self._queue: list[tuple[str, bool, int, asyncio.Future[KTStores]]] = []
+        self._queue: list[tuple[str, bool, LogProof, int, asyncio.Future[bytes]]] = []
         self._reading: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
@@ -350,11 +343,7 @@ class KTService:
             part = self._parts.get(since)
             if part is None:
                 part = await self._log_proof(served, since)
-            stores = await self._snapshot(user, history, served.size)
-            entry, key = entry_proof(part, stores, user)
-            resp = (history_response(entry, key, stores) if history
-                    else lookup_response(entry, key, stores))
-            encoded = resp.encode()
+            encoded = await self._read(user, history, part, served.size)
             if served is self._answers_for:  # not a checkpoint that was replaced meanwhile
                 if len(answers) >= MAX_CACHED_ANSWERS:
                     answers.clear()
@@ -376,11 +365,12 @@ class KTService:
             self._parts[since] = part
         return part
 
-    async def _snapshot(self, user: str, history: bool, size: int) -> KTStores:
-        """``user``'s rows as of ``size``, read with the other lookups waiting meanwhile:
-        one reader round trip serves all that queued while the previous one ran."""
-        fut: asyncio.Future[KTStores] = asyncio.get_running_loop().create_future()
-        self._queue.append((user, history, size, fut))
+    async def _read(self, user: str, history: bool, part: LogProof, size: int) -> bytes:
+        """``user``'s answer at ``size``, read and built with the other lookups waiting
+        meanwhile: one reader round trip serves all that queued while the previous one
+        ran."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.append((user, history, part, size, fut))
         self._reading = {t for t in self._reading if not t.done()}
         if len(self._reading) < READ_TASKS:
             self._reading.add(asyncio.create_task(self._read_queued()))
@@ -388,21 +378,22 @@ class KTService:
 
     async def _read_queued(self) -> None:
         while self._queue:
-            size = self._queue[0][2]
-            batch = [q for q in self._queue if q[2] == size][:MAX_READ_BATCH]
+            size = self._queue[0][3]
+            batch = [q for q in self._queue if q[3] == size][:MAX_READ_BATCH]
             taken = {id(q) for q in batch}
             self._queue = [q for q in self._queue if id(q) not in taken]
             try:
-                found = await self._storage.kt_snapshots(
-                    [(user, history) for user, history, _, _ in batch], size, self._map_cache)
+                found = await self._storage.kt_answers(
+                    [(user, history, part) for user, history, part, _, _ in batch], size,
+                    self._map_cache)
             except Exception as exc:
                 for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (*_, fut), stores in zip(batch, found, strict=True):
+            for (*_, fut), encoded in zip(batch, found, strict=True):
                 if not fut.done():  # its asker may have gone
-                    fut.set_result(stores)
+                    fut.set_result(encoded)
 
     async def lookup(self, session: Session, ev: KTLookup, data: dict[str, Any],
                      rid: str | None) -> None:

@@ -49,7 +49,13 @@ from sottovoce.kt.merkle import (
     leaf_hash,
     root_nodes,
 )
-from sottovoce.kt.prover import KTStores
+from sottovoce.kt.prover import (
+    KTStores,
+    LogProof,
+    entry_proof,
+    history_response,
+    lookup_response,
+)
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.server.storage.txn import Lock, Txn, blob, execute, many, one, rows, val
 
@@ -382,6 +388,23 @@ def snapshots(
             version_nodes=vnodes, records=records, sizes={key: n},
             labels={user: labels[user]},
         ))
+    return out
+
+
+def answers(
+    vrf: VRFSecretKey, asks: list[tuple[str, bool, LogProof]], size: int,
+    cache: AppendCache | None,
+) -> Txn[list[bytes]]:
+    """The encoded answers (a lookup, or with ``True`` a history) of ``asks`` at tree
+    size ``size``, each built on its log proof: read as :func:`snapshots` reads, built
+    where they are read (no hand-off of the rows between threads)."""
+    found = yield from snapshots(vrf, [(u, h) for u, h, _ in asks], size, cache)
+    out = []
+    for (user, history, part), stores in zip(asks, found, strict=True):
+        entry, key = entry_proof(part, stores, user)
+        resp = (history_response(entry, key, stores) if history
+                else lookup_response(entry, key, stores))
+        out.append(resp.encode())
     return out
 
 
