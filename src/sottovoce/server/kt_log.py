@@ -301,6 +301,9 @@ class KTService:
     async def close(self) -> None:
         for task in self._reading:
             task.cancel()
+        for *_, fut in self._queue:
+            fut.cancel()
+        self._queue = []
         if self._http is not None:
             await self._http.aclose()
 
