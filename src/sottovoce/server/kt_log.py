@@ -5,7 +5,9 @@
                          witness (add-checkpoint), store it with their cosignatures;
                          that checkpoint is now the one every answer is built on
     sottovoce.kt.head / lookup / history ──► the served checkpoint, proofs built from
-                         the tables as of its size (storage/kt.py)
+                         the tables as of its size (storage/kt.py); the log's part
+                         once per checkpoint, the rows of the lookups waiting at once
+                         in one reader round trip
     GET /kt/keys, /kt/checkpoint, /kt/consistency, /kt/leaves ──► witnesses, auditors
 
 Checkpoints are signed per batch, not per leaf and not on a timer: a round covers
