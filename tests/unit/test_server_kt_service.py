@@ -274,7 +274,8 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
 ) -> None:
     """Lookups that arrive while rows are being read are read together in the next
     round trip; each answer is the one the lookup alone gets and verifies. A read that
-    fails fails the lookups it carried, and the next ones are answered."""
+    fails is made once more; one that fails again fails the lookups it carried, and the
+    next ones are answered."""
     import asyncio
 
     from sottovoce.kt.verify import KTPolicy, LookupResponse, verify_lookup
@@ -321,6 +322,17 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
         assert all(isinstance(f, StorageError) for f in failed)
         st.kt_answers = counted  # type: ignore[assignment,method-assign]
         assert await kt._answer("user1", 0, history=False) == together[1]
+        failures = [StorageError()]
+
+        async def once(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
+            if failures:  # a dropped connection: the read is made once more
+                raise failures.pop()
+            return await real(asks, size, cache)  # type: ignore[arg-type]
+
+        st.kt_answers = once  # type: ignore[assignment,method-assign]
+        kt._answers.clear()
+        assert await kt._answer("user2", 0, history=False) == together[2]
+        assert not failures
     finally:
         await kt.close()
         await st.close()

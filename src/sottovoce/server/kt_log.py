@@ -68,7 +68,7 @@ from sottovoce.protocol.kt import (
 )
 from sottovoce.server import kt_keys
 from sottovoce.server.config import ServerConfig
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import StorageError, WireFailure
 from sottovoce.server.kt_witness import (
     Conflict,
     RemoteWitness,
@@ -387,10 +387,14 @@ class KTService:
             batch = [q for q in self._queue if q[3] == size][:MAX_READ_BATCH]
             taken = {id(q) for q in batch}
             self._queue = [q for q in self._queue if id(q) not in taken]
+            asks = [(user, history, part) for user, history, part, _, _ in batch]
             try:
-                found = await self._storage.kt_answers(
-                    [(user, history, part) for user, history, part, _, _ in batch], size,
-                    self._map_cache)
+                try:
+                    found = await self._storage.kt_answers(asks, size, self._map_cache)
+                except StorageError:
+                    # A read fails every lookup it carries: once more, on a fresh
+                    # connection (a read can be repeated; a dropped one often is).
+                    found = await self._storage.kt_answers(asks, size, self._map_cache)
             except Exception as exc:
                 for *_, fut in batch:
                     if not fut.done():
