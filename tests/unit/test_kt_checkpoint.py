@@ -169,3 +169,38 @@ def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
             assert NoteKey.from_vkey(key.vkey()) == key
             return
     raise AssertionError("no seed gave a base64 key with '+'")
+
+
+def test_a_checkpoint_checked_before_is_not_checked_again_but_a_changed_one_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sottovoce.kt import checkpoint as module
+
+    calls = []
+    real = module.VerifyKey.verify
+
+    def counted(self: module.VerifyKey, message: bytes, signature: bytes) -> None:
+        calls.append(message)
+        real(self, message, signature)
+
+    def check(note: SignedNote) -> None:
+        open_checkpoint(note.encode(), log_key=LOG.public, witnesses=(W1.public,),
+                        min_cosignatures=1)
+
+    monkeypatch.setattr(module.VerifyKey, "verify", counted)
+    note = _note(7, ROOT, W1)
+    check(note)
+    assert len(calls) == 2  # the log's signature and the cosignature
+    check(note)
+    assert len(calls) == 2  # both remembered
+    log_sig, cosig = note.signatures
+    forged = NoteSignature(name=log_sig.name, key_id=log_sig.key_id,
+                           signature=bytes(63) + b"\x01")
+    with pytest.raises(BadCheckpointSignature):
+        check(SignedNote(text=note.text, signatures=(forged, cosig)))
+    other = SignedNote(text=note.text.replace("7", "8", 1), signatures=note.signatures)
+    with pytest.raises(BadCheckpointSignature):
+        check(other)
+    with pytest.raises(BadCheckpointSignature):  # a failure is not remembered either
+        check(other)
+    assert len(calls) == 5

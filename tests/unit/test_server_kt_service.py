@@ -267,3 +267,72 @@ async def test_lookups_answered_from_memory_follow_the_served_checkpoint(tmp_pat
     finally:
         await kt.close()
         await st.close()
+
+
+async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_only_its_own(
+    tmp_path: Path,
+) -> None:
+    """Lookups that arrive while rows are being read are read together in the next
+    round trip; each answer is the one the lookup alone gets and verifies. A read that
+    fails is made once more; one that fails again fails the lookups it carried, and the
+    next ones are answered."""
+    import asyncio
+
+    from sottovoce.kt.verify import KTPolicy, LookupResponse, verify_lookup
+    from sottovoce.server.errors import StorageError
+    from tests.unit.test_server_kt_storage import Account
+
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
+                            JsonLogger(io.StringIO()))
+    await st.open()
+    keys = kt.keys()
+    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
+                      witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
+    reads: list[int] = []
+    real = st.kt_answers
+
+    async def counted(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
+        reads.append(len(asks))
+        return await real(asks, size, cache)  # type: ignore[arg-type]
+
+    st.kt_answers = counted  # type: ignore[assignment,method-assign]
+    try:
+        for i in range(10):
+            a = Account(f"user{i}")
+            await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await kt.sync()
+        names = [f"user{i}" for i in range(10)] + [f"nobody{i}" for i in range(10)]
+        together = await asyncio.gather(*(kt._answer(n, 0, history=False) for n in names))
+        assert sum(reads) == len(names) and len(reads) < len(names) / 2
+        now = kt._clock()
+        for n, data in zip(names, together, strict=True):
+            res = verify_lookup(policy, None, n, LookupResponse.decode(data), now_ms=now)
+            assert (res.version == 0) == n.startswith("user")
+            kt._answers.clear()
+            assert await kt._answer(n, 0, history=False) == data
+
+        async def broken(asks: object, size: object, cache: object) -> object:
+            raise StorageError()
+
+        st.kt_answers = broken  # type: ignore[assignment,method-assign]
+        kt._answers.clear()
+        failed = await asyncio.gather(*(kt._answer(n, 0, history=False) for n in names[:5]),
+                                      return_exceptions=True)
+        assert all(isinstance(f, StorageError) for f in failed)
+        st.kt_answers = counted  # type: ignore[assignment,method-assign]
+        assert await kt._answer("user1", 0, history=False) == together[1]
+        failures = [StorageError()]
+
+        async def once(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
+            if failures:  # a dropped connection: the read is made once more
+                raise failures.pop()
+            return await real(asks, size, cache)  # type: ignore[arg-type]
+
+        st.kt_answers = once  # type: ignore[assignment,method-assign]
+        kt._answers.clear()
+        assert await kt._answer("user2", 0, history=False) == together[2]
+        assert not failures
+    finally:
+        await kt.close()
+        await st.close()

@@ -236,3 +236,43 @@ async def test_two_nodes_appending_at_once_take_consecutive_leaves(tmp_path: Pat
         finally:
             for st in nodes:
                 await st.close()
+
+
+async def test_lookups_read_together_answer_as_each_read_alone(store: SharedStorage) -> None:
+    """Several lookups' rows in one read (with the log's part built once per checkpoint)
+    give byte for byte the answers of one full read each, at the newest size and at an
+    older one, cache cold and warm: one version or several, no account, a deletion,
+    one name asked twice, a history beside lookups."""
+    from sottovoce.kt import prover
+
+    await store.open()
+    try:
+        for i in range(12):
+            a = Account(f"user{i}")
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+            for d in range(i % 4):  # 1 to 4 versions
+                await store.add_device(a.user, f"d{d + 2}", a.cert(f"d{d + 2}"), NOW)
+        await store.delete_account("user5", NOW)
+        names = ["user3", "nobody", "user0", "user5", "user3", "user7", "user11", "user2"]
+        asks = [(n, False) for n in names] + [("user3", True)]
+        for size in (await store.kt_size(), 9):
+            core_for = {}
+            for n in set(names):
+                full = await store.kt_snapshot(n, size, 4, every_version=True)
+                core_for[n] = KTLog(full, vrf_key=VRF, log_signer=LOG)
+            note = next(iter(core_for.values())).checkpoint()
+            leaf, nodes = await store.kt_log_part(size, 4, None)
+            assert leaf is not None
+            part = prover.log_proof(note.encode(), size, 4, leaf, nodes)
+            cache = kt_tables.AppendCache(size)
+            for _ in range(2):  # the cache cold, then warm
+                got = await store.kt_answers([(n, h, part) for n, h in asks], size, cache)
+                for (n, history), mine in zip(asks, got, strict=True):
+                    if history:
+                        assert mine == core_for[n].history(n, note, since=4).encode()
+                    else:
+                        assert mine == core_for[n].lookup(n, note, since=4).encode()
+        found = await _lookup(store, "user3")
+        assert found.version == 3
+    finally:
+        await store.close()

@@ -244,11 +244,25 @@ class NoteSigner:
         raise TypeError("key objects cannot be pickled")
 
 
+#: Signatures that verified, as (public key, message, signature): a client checks the same
+#: checkpoint once per lookup until the next one, so each of its signatures is verified
+#: once. Only successes are kept, keyed by every input of the check, so a hit is exactly
+#: as strong as a verification; when full, it starts again empty.
+_VERIFIED: dict[tuple[bytes, bytes, bytes], None] = {}
+_VERIFIED_MAX = 64
+
+
 def _verify_ed25519(key: NoteKey, message: bytes, signature: bytes) -> None:
+    entry = (key.public_key, message, signature)
+    if entry in _VERIFIED:
+        return
     try:
         VerifyKey(SignatureScheme.ED25519, key.public_key).verify(message, signature)
     except SignatureError:
         raise BadCheckpointSignature(f"signature by {key.name!r} does not verify") from None
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()  # one step, safe beside other threads
+    _VERIFIED[entry] = None
 
 
 def verify_note_signature(key: NoteKey, text: str, sig: NoteSignature) -> int | None:

@@ -14,7 +14,7 @@ transaction that changes the directory.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from sottovoce.crypto.rng import Random
@@ -31,7 +31,9 @@ from sottovoce.kt.map import (
 from sottovoce.kt.merkle import (
     LogWriter,
     NodeId,
+    consistency_nodes,
     consistency_proof,
+    inclusion_nodes,
     inclusion_proof,
     root_nodes,
 )
@@ -109,34 +111,83 @@ class KTLog:
         # The map is read as it is now, so the checkpoint must be of the current size.
         if not 0 < size == self._log.size or not 0 <= since <= size:
             raise UsageError("the checkpoint is not the current one, or since is past it")
-        beta, pi = self.label(username)
-        key = map_key(beta)
-        nodes = self._stores.log_nodes
-        entry = EntryProof(
-            checkpoint=note.encode(),
-            consistency=tuple(consistency_proof(since, size, nodes)) if since else (),
-            leaf=self._stores.leaves[size - 1],
-            leaf_proof=tuple(inclusion_proof(size - 1, size, nodes)),
-            vrf_proof=pi,
-            map_proof=self._dir.prove(key),
-            versions=self._dir.versions(key),
-            version_root=self._dir.version_root(key),
-        )
-        return entry, key
+        part = log_proof(note.encode(), size, since, self._stores.leaves[size - 1],
+                         self._stores.log_nodes)
+        return entry_proof(part, self._stores, username)
 
     def lookup(self, username: str, note: SignedNote, *, since: int = 0) -> LookupResponse:
         """The lookup answer at the current checkpoint ``note`` (as cosigned by the
         witnesses), with a consistency proof from the client's last size ``since``."""
+        self.label(username)
         entry, key = self._entry(username, note, since)
-        if entry.versions == 0:
-            return LookupResponse(entry=entry)
-        latest = self._dir.record(key, entry.versions - 1)
-        proof = inclusion_proof(latest.version, entry.versions, self._dir.version_nodes(key))
-        return LookupResponse(entry=entry, version_proof=tuple(proof), state=latest.state,
-                              opening=latest.opening)
+        return lookup_response(entry, key, self._stores)
 
     def history(self, username: str, note: SignedNote, *, since: int = 0) -> HistoryResponse:
+        self.label(username)
         entry, key = self._entry(username, note, since)
-        records = [self._dir.record(key, v) for v in range(entry.versions)]
-        return HistoryResponse(entry=entry, states=tuple(r.state for r in records),
-                               openings=tuple(r.opening for r in records))
+        return history_response(entry, key, self._stores)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogProof:
+    """What every answer at one checkpoint, for clients at one ``since``, shares: the
+    note, the consistency proof, the latest leaf and its inclusion proof. A server
+    builds it once per checkpoint and size a client comes from."""
+
+    checkpoint: bytes
+    consistency: tuple[bytes, ...]
+    leaf: bytes
+    leaf_proof: tuple[bytes, ...]
+
+
+def log_proof(
+    note: bytes, size: int, since: int, leaf: bytes, nodes: Mapping[NodeId, bytes]
+) -> LogProof:
+    """The log's part of an answer at tree size ``size`` (``note`` is its checkpoint):
+    ``nodes`` holds at least :func:`log_proof_nodes` of it."""
+    return LogProof(
+        checkpoint=note,
+        consistency=tuple(consistency_proof(since, size, nodes)) if since else (),
+        leaf=leaf,
+        leaf_proof=tuple(inclusion_proof(size - 1, size, nodes)),
+    )
+
+
+def log_proof_nodes(size: int, since: int) -> set[NodeId]:
+    """The log nodes :func:`log_proof` reads."""
+    return inclusion_nodes(size - 1, size) | consistency_nodes(since, size)
+
+
+def entry_proof(part: LogProof, stores: KTStores, username: str) -> tuple[EntryProof, bytes]:
+    """``username``'s entry proof (and map key) over ``stores``, which hold its label,
+    its map path and its version tree as of the checkpoint of ``part``."""
+    _, pi = stores.labels[username]
+    key = map_key(stores.labels[username][0])
+    directory = Directory(stores.map_nodes, stores.version_nodes, stores.records, stores.sizes)
+    return EntryProof(
+        checkpoint=part.checkpoint,
+        consistency=part.consistency,
+        leaf=part.leaf,
+        leaf_proof=part.leaf_proof,
+        vrf_proof=pi,
+        map_proof=directory.prove(key),
+        versions=directory.versions(key),
+        version_root=directory.version_root(key),
+    ), key
+
+
+def lookup_response(entry: EntryProof, key: bytes, stores: KTStores) -> LookupResponse:
+    if entry.versions == 0:
+        return LookupResponse(entry=entry)
+    directory = Directory(stores.map_nodes, stores.version_nodes, stores.records, stores.sizes)
+    latest = directory.record(key, entry.versions - 1)
+    proof = inclusion_proof(latest.version, entry.versions, directory.version_nodes(key))
+    return LookupResponse(entry=entry, version_proof=tuple(proof), state=latest.state,
+                          opening=latest.opening)
+
+
+def history_response(entry: EntryProof, key: bytes, stores: KTStores) -> HistoryResponse:
+    directory = Directory(stores.map_nodes, stores.version_nodes, stores.records, stores.sizes)
+    records = [directory.record(key, v) for v in range(entry.versions)]
+    return HistoryResponse(entry=entry, states=tuple(r.state for r in records),
+                           openings=tuple(r.opening for r in records))

@@ -5,7 +5,9 @@
                          witness (add-checkpoint), store it with their cosignatures;
                          that checkpoint is now the one every answer is built on
     sottovoce.kt.head / lookup / history ──► the served checkpoint, proofs built from
-                         the tables as of its size (storage/kt.py)
+                         the tables as of its size (storage/kt.py); the log's part
+                         once per checkpoint, the rows of the lookups waiting at once
+                         in one reader round trip
     GET /kt/keys, /kt/checkpoint, /kt/consistency, /kt/leaves ──► witnesses, auditors
 
 Checkpoints are signed per batch, not per leaf and not on a timer: a round covers
@@ -46,7 +48,7 @@ from sottovoce.identity import validate_username
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSignature, NoteSigner, SignedNote
 from sottovoce.kt.errors import KTError
 from sottovoce.kt.merkle import consistency_nodes, consistency_proof, fold_range, root_nodes
-from sottovoce.kt.prover import KTLog
+from sottovoce.kt.prover import LogProof, log_proof
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.limits import (
     KT_LOOKUPS_BURST,
@@ -66,7 +68,7 @@ from sottovoce.protocol.kt import (
 )
 from sottovoce.server import kt_keys
 from sottovoce.server.config import ServerConfig
-from sottovoce.server.errors import WireFailure
+from sottovoce.server.errors import StorageError, WireFailure
 from sottovoce.server.kt_witness import (
     Conflict,
     RemoteWitness,
@@ -92,6 +94,12 @@ WITNESS_TIMEOUT_S = 3.0
 REFRESH_S = 1.0
 #: Answers kept for the served checkpoint, at most (about 2 KB each).
 MAX_CACHED_ANSWERS = 8192
+#: Log proofs kept for the served checkpoint, one per size clients come from, at most.
+MAX_CACHED_SINCE = 256
+#: Lookups whose rows one reader round trip reads, at most; and such round trips at once
+#: (the store's reader threads).
+MAX_READ_BATCH = 32
+READ_TASKS = 2
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -128,8 +136,11 @@ class KTService:
         #: by (username, since, history); and the upper map nodes as of its size.
         self._answers: dict[tuple[str, int, bool], bytes] = {}
         self._answers_for: Served | None = None
-        self._note = SignedNote(text="", signatures=())
+        self._parts: dict[int, LogProof] = {}
         self._map_cache = AppendCache()
+        #: Lookups waiting for their rows, and the task reading them.
+        self._queue: list[tuple[str, bool, LogProof, int, asyncio.Future[bytes]]] = []
+        self._reading: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
     # --- keys ------------------------------------------------------------------------------
@@ -283,6 +294,11 @@ class KTService:
         return self._served
 
     async def close(self) -> None:
+        for task in self._reading:
+            task.cancel()
+        for *_, fut in self._queue:
+            fut.cancel()
+        self._queue = []
         if self._http is not None:
             await self._http.aclose()
 
@@ -316,26 +332,70 @@ class KTService:
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
         if served is not self._answers_for:
-            self._answers, self._answers_for = {}, served
-            self._note = SignedNote.decode(served.note)
+            self._answers, self._answers_for, self._parts = {}, served, {}
             if self._map_cache.size != served.size:
                 self._map_cache = AppendCache(served.size)
-        answers, ask, note = self._answers, (user, since, history), self._note
+        answers, ask = self._answers, (user, since, history)
         encoded = answers.get(ask)
         if encoded is None:
-            stores = await self.storage.kt_snapshot(user, served.size, since,
-                                                     every_version=history,
-                                                     cache=self._map_cache)
-            core = KTLog(stores, vrf_key=self.vrf, log_signer=self.signer)
-            resp = (core.history(user, note, since=since) if history
-                    else core.lookup(user, note, since=since))
-            encoded = resp.encode()
-            if len(answers) >= MAX_CACHED_ANSWERS:
-                answers.clear()
-            answers[ask] = encoded
+            part = self._parts.get(since)
+            if part is None:
+                part = await self._log_proof(served, since)
+            encoded = await self._read(user, history, part, served.size)
+            if served is self._answers_for:  # not a checkpoint that was replaced meanwhile
+                if len(answers) >= MAX_CACHED_ANSWERS:
+                    answers.clear()
+                answers[ask] = encoded
         if len(encoded) > MAX_RESPONSE_BYTES:
             raise WireFailure("kt_too_large", "this account's history does not fit one frame")
         return encoded
+
+    async def _log_proof(self, served: Served, since: int) -> LogProof:
+        """The log's part of every answer at ``served`` to clients at ``since``."""
+        leaf, nodes = await self.storage.kt_log_part(served.size, since, self._map_cache)
+        if leaf is None:
+            raise WireFailure("kt_unavailable", "the key-transparency log is not readable yet",
+                              retryable=True, retry_after_ms=1000)
+        part = log_proof(served.note, served.size, since, leaf, nodes)
+        if served is self._answers_for:
+            if len(self._parts) >= MAX_CACHED_SINCE:
+                self._parts.clear()
+            self._parts[since] = part
+        return part
+
+    async def _read(self, user: str, history: bool, part: LogProof, size: int) -> bytes:
+        """``user``'s answer at ``size``, read and built with the other lookups waiting
+        meanwhile: one reader round trip serves all that queued while the previous one
+        ran."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.append((user, history, part, size, fut))
+        self._reading = {t for t in self._reading if not t.done()}
+        if len(self._reading) < READ_TASKS:
+            self._reading.add(asyncio.create_task(self._read_queued()))
+        return await fut
+
+    async def _read_queued(self) -> None:
+        while self._queue:
+            size = self._queue[0][3]
+            batch = [q for q in self._queue if q[3] == size][:MAX_READ_BATCH]
+            taken = {id(q) for q in batch}
+            self._queue = [q for q in self._queue if id(q) not in taken]
+            asks = [(user, history, part) for user, history, part, _, _ in batch]
+            try:
+                try:
+                    found = await self.storage.kt_answers(asks, size, self._map_cache)
+                except StorageError:
+                    # A read fails every lookup it carries: once more, on a fresh
+                    # connection (a read can be repeated; a dropped one often is).
+                    found = await self.storage.kt_answers(asks, size, self._map_cache)
+            except Exception as exc:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (*_, fut), encoded in zip(batch, found, strict=True):
+                if not fut.done():  # its asker may have gone
+                    fut.set_result(encoded)
 
     async def lookup(self, session: Session, ev: KTLookup, data: dict[str, Any],
                      rid: str | None) -> None:

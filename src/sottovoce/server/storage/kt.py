@@ -46,9 +46,16 @@ from sottovoce.kt.merkle import (
     NodeId,
     consistency_nodes,
     inclusion_nodes,
+    leaf_hash,
     root_nodes,
 )
-from sottovoce.kt.prover import KTStores
+from sottovoce.kt.prover import (
+    KTStores,
+    LogProof,
+    entry_proof,
+    history_response,
+    lookup_response,
+)
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.server.storage.txn import Lock, Txn, blob, execute, many, one, rows, val
 
@@ -210,49 +217,81 @@ def _map_path(
     """Every map node on ``key``'s path and beside it, as of tree size ``size``: all
     that the sparse map reads to prove or update ``key``. ``cache`` (of that size):
     the upper nodes come from it, and what is read of them goes into it."""
-    k = int.from_bytes(key, "big")
-    out: dict[NodeId, bytes] = {}
+    return (yield from _map_paths([key], size, cache))[key]
+
+
+def _cached_path(k: int, known: dict[NodeId, bytes | None], out: dict[NodeId, bytes]) -> int:
+    """Fill ``out`` with key ``k``'s path from the cache; return the first depth the
+    cache cannot give, or -1 if the path ended within it."""
     start = 0
-    if cache is not None:
-        known = cache.nodes
-        while start <= CACHE_DEPTH:
-            here = (start, k >> (KEY_BITS - start))
-            beside = (start, here[1] ^ 1)
-            if here not in known or (start and beside not in known):
-                break
-            rec = known[here]
-            if rec is not None:
-                out[here] = rec
-            if start and (sib := known[beside]) is not None:
-                out[beside] = sib
-            if rec is None or rec[:1] == b"\x10":
-                return out
-            start += 1
-    step = _CACHED_STEP if start else _DEPTH_STEP
-    while start <= KEY_BITS:
+    while start <= CACHE_DEPTH:
+        here = (start, k >> (KEY_BITS - start))
+        beside = (start, here[1] ^ 1)
+        if here not in known or (start and beside not in known):
+            return start
+        rec = known[here]
+        if rec is not None:
+            out[here] = rec
+        if start and (sib := known[beside]) is not None:
+            out[beside] = sib
+        if rec is None or rec[:1] == b"\x10":
+            return -1
+        start += 1
+    return start
+
+
+def _map_paths(
+    keys: list[bytes], size: int, cache: AppendCache | None
+) -> Txn[dict[bytes, dict[NodeId, bytes]]]:
+    """:func:`_map_path` of several keys, their index probes sent together (one
+    statement per step down, for all the keys still walking)."""
+    paths: dict[bytes, dict[NodeId, bytes]] = {}
+    walking: dict[bytes, tuple[int, int]] = {}  # key -> (first depth to read, step)
+    for key in keys:
+        out = paths[key] = {}
+        start = 0 if cache is None else _cached_path(int.from_bytes(key, "big"), cache.nodes, out)
+        if start >= 0:
+            walking[key] = (start, _CACHED_STEP if start else _DEPTH_STEP)
+    while walking:
         wanted: dict[bytes, NodeId] = {}
-        for depth in range(start, min(start + step, KEY_BITS + 1)):
-            prefix = k >> (KEY_BITS - depth)
-            wanted[map_node_id((depth, prefix))] = (depth, prefix)
-            if depth:
-                wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
+        for key, (start, step) in walking.items():
+            k = int.from_bytes(key, "big")
+            for depth in range(start, min(start + step, KEY_BITS + 1)):
+                prefix = k >> (KEY_BITS - depth)
+                wanted[map_node_id((depth, prefix))] = (depth, prefix)
+                if depth:
+                    wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
+        got: dict[NodeId, bytes] = {}
         ids = list(wanted)
-        # One index probe per node (its newest record below ``size``): a node near the
-        # root has a record per epoch, so scanning them would grow with the log.
-        found = yield rows(_newest_records(len(ids)),
-                           *(p for node in ids for p in (node, size)))
-        got = {wanted[blob(r[0])]: blob(r[1]) for r in found}
-        out.update(got)
+        for i in range(0, len(ids), _CHUNK // 2):
+            part = ids[i:i + _CHUNK // 2]
+            # One index probe per node (its newest record below ``size``): a node near
+            # the root has a record per epoch, so scanning them would grow with the log.
+            found = yield rows(_newest_records(len(part)),
+                               *(p for node in part for p in (node, size)))
+            got.update((wanted[blob(r[0])], blob(r[1])) for r in found)
         if cache is not None:
             cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= CACHE_DEPTH)
-        # Stop at the first depth of this step where the path ends (empty or an entry).
-        for depth in range(start, min(start + step, KEY_BITS + 1)):
-            rec = out.get((depth, k >> (KEY_BITS - depth)))
-            if rec is None or rec[:1] == b"\x10":
-                return out
-        start += step
-        step = _DEPTH_STEP
-    return out  # pragma: no cover - a path ends before depth 256
+        going: dict[bytes, tuple[int, int]] = {}
+        for key, (start, step) in walking.items():
+            k = int.from_bytes(key, "big")
+            out = paths[key]
+            ended = False
+            for depth in range(start, min(start + step, KEY_BITS + 1)):
+                prefix = k >> (KEY_BITS - depth)
+                for node in ((depth, prefix), (depth, prefix ^ 1)) if depth else ((0, 0),):
+                    if node in got:
+                        out[node] = got[node]
+            # Stop at the first depth of this step where the path ends (empty or an entry).
+            for depth in range(start, min(start + step, KEY_BITS + 1)):
+                rec = out.get((depth, k >> (KEY_BITS - depth)))
+                if rec is None or rec[:1] == b"\x10":
+                    ended = True
+                    break
+            if not ended and start + step <= KEY_BITS:
+                going[key] = (start + step, _DEPTH_STEP)
+        walking = going
+    return paths
 
 
 def _versions(key: bytes, size: int) -> Txn[int]:
@@ -302,32 +341,114 @@ class _Sized(dict[int, bytes]):
         return self.size
 
 
+def snapshots(
+    vrf: VRFSecretKey, asks: list[tuple[str, bool]], size: int, cache: AppendCache | None,
+) -> Txn[list[KTStores]]:
+    """:func:`snapshot` of several (user, every_version) at tree size ``size`` without
+    the log's part (the caller keeps that per checkpoint), in one reader round trip
+    and with the same statements for all: the labels in one, the map paths one per
+    step down, the latest versions in one."""
+    c = cache if cache is not None and cache.size == size else None
+    users = list(dict.fromkeys(user for user, _ in asks))
+    labels = {u: c.labels[u] for u in users if c is not None and u in c.labels}
+    missing = [u for u in users if u not in labels]
+    for i in range(0, len(missing), _CHUNK):
+        part = missing[i:i + _CHUNK]
+        found = yield rows(
+            f"SELECT username, label, proof FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
+            *part,
+        )
+        labels.update((str(r[0]), (blob(r[1]), blob(r[2]))) for r in found)
+    for u in missing:
+        if u not in labels:  # no account: computed, not stored
+            labels[u] = vrf.evaluate(u.encode("utf-8"))
+        if c is not None and len(c.labels) < _MAX_LABELS:
+            c.labels[u] = labels[u]
+    keys = {u: map_key(labels[u][0]) for u in users}
+    paths = yield from _map_paths(list(dict.fromkeys(keys.values())), size, c)
+    latest = yield from _latest_records(
+        list(dict.fromkeys(keys[u] for u, every in asks if not every)), size)
+    out = []
+    for user, every_version in asks:
+        key = keys[user]
+        if every_version:
+            n = yield from _versions(key, size)
+            records = yield from _records(key, 0, n)
+        else:
+            last = latest.get(key)
+            n = 0 if last is None else last.version + 1
+            records = {} if last is None else {(key, n - 1): last}
+        if n == 1:  # a one-leaf tree's only node is its leaf
+            vnodes = {(key, 0, 0): leaf_hash(records[(key, 0)].commitment)}
+        else:
+            vwanted = set(root_nodes(n)) | (inclusion_nodes(n - 1, n) if n else set())
+            vnodes = yield from _version_nodes(key, vwanted)
+        out.append(KTStores(
+            log_nodes={}, leaves=_Sized(size, {}), map_nodes=dict(paths[key]),
+            version_nodes=vnodes, records=records, sizes={key: n},
+            labels={user: labels[user]},
+        ))
+    return out
+
+
+def answers(
+    vrf: VRFSecretKey, asks: list[tuple[str, bool, LogProof]], size: int,
+    cache: AppendCache | None,
+) -> Txn[list[bytes]]:
+    """The encoded answers (a lookup, or with ``True`` a history) of ``asks`` at tree
+    size ``size``, each built on its log proof: read as :func:`snapshots` reads, built
+    where they are read (no hand-off of the rows between threads)."""
+    found = yield from snapshots(vrf, [(u, h) for u, h, _ in asks], size, cache)
+    out = []
+    for (user, history, part), stores in zip(asks, found, strict=True):
+        entry, key = entry_proof(part, stores, user)
+        resp = (history_response(entry, key, stores) if history
+                else lookup_response(entry, key, stores))
+        out.append(resp.encode())
+    return out
+
+
+_LATEST: dict[int, str] = {}
+
+
+def _latest_records(keys: list[bytes], size: int) -> Txn[dict[bytes, VersionRecord]]:
+    """The latest version below ``size`` of each of ``keys`` that has one."""
+    out: dict[bytes, VersionRecord] = {}
+    for i in range(0, len(keys), _CHUNK // 2):
+        part = keys[i:i + _CHUNK // 2]
+        sql = _LATEST.get(len(part))
+        if sql is None:
+            sql = _LATEST[len(part)] = " UNION ALL ".join(
+                "SELECT * FROM (SELECT map_key, version, state, opening, commitment "  # noqa: S608
+                "FROM kt_versions WHERE map_key=? AND epoch<? "
+                f"ORDER BY version DESC LIMIT 1) AS v{j}"  # an alias per probe, numbers only
+                for j in range(len(part))
+            )
+        found = yield rows(sql, *(p for key in part for p in (key, size)))
+        for r in found:
+            out[blob(r[0])] = VersionRecord(version=int(r[1]), state=blob(r[2]),
+                                            opening=blob(r[3]), commitment=blob(r[4]))
+    return out
+
+
 def snapshot(
     vrf: VRFSecretKey, user: str, size: int, since: int, *, every_version: bool,
-    cache: AppendCache | None = None,
+    cache: AppendCache | None = None, with_log: bool = True,
 ) -> Txn[KTStores]:
     """What kt/prover.py's KTLog reads to answer a lookup (``every_version``: a history)
     of ``user`` at tree size ``size`` with a consistency proof from ``since``; the upper
-    map nodes from ``cache`` if it is of that size (lookups at one checkpoint share it)."""
+    map nodes from ``cache`` if it is of that size (lookups at one checkpoint share it).
+    Without ``with_log``: no log leaf or node (for kt/prover.py's ``entry_proof``)."""
     c = cache if cache is not None and cache.size == size else None
     known = c.labels.get(user) if c is not None else None
     beta, pi = known if known is not None else (yield from label(vrf, user, keep=False))
     if c is not None and known is None and len(c.labels) < _MAX_LABELS:
         c.labels[user] = (beta, pi)
     key = map_key(beta)
-    leaf = c.leaf if c is not None else None
-    if leaf is None:
-        found = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
-        leaf = None if found is None else blob(found[0])
-        if c is not None:
-            c.leaf = leaf
-    wanted = set(root_nodes(size)) | inclusion_nodes(size - 1, size)
-    wanted |= consistency_nodes(since, size)
-    nodes = {n: c.log[n] for n in wanted if n in c.log} if c is not None else {}
-    if len(nodes) < len(wanted):
-        nodes.update((yield from log_nodes(wanted - nodes.keys())))
-        if c is not None:
-            c.log.update(nodes)
+    leaf: bytes | None = None
+    nodes: dict[NodeId, bytes] = {}
+    if with_log:
+        leaf, nodes = yield from _log_part(size, since, c)
     path = yield from _map_path(key, size, c)
     if every_version:
         n = yield from _versions(key, size)
@@ -347,6 +468,35 @@ def snapshot(
         map_nodes=path, version_nodes=vnodes, records=records, sizes={key: n},
         labels={user: (beta, pi)},
     )
+
+
+def _log_part(
+    size: int, since: int, c: AppendCache | None
+) -> Txn[tuple[bytes | None, dict[NodeId, bytes]]]:
+    """The last leaf at ``size`` and the log nodes of its proofs (from ``c`` if known)."""
+    leaf = c.leaf if c is not None else None
+    if leaf is None:
+        found = yield one("SELECT leaf FROM kt_leaves WHERE idx=?", size - 1)
+        leaf = None if found is None else blob(found[0])
+        if c is not None:
+            c.leaf = leaf
+    wanted = set(root_nodes(size)) | inclusion_nodes(size - 1, size)
+    wanted |= consistency_nodes(since, size)
+    nodes = {n: c.log[n] for n in wanted if n in c.log} if c is not None else {}
+    if len(nodes) < len(wanted):
+        nodes.update((yield from log_nodes(wanted - nodes.keys())))
+        if c is not None:
+            c.log.update(nodes)
+    return leaf, nodes
+
+
+def log_part(
+    size: int, since: int, cache: AppendCache | None
+) -> Txn[tuple[bytes | None, dict[NodeId, bytes]]]:
+    """The last leaf at ``size`` (None if there is none) and every log node of its
+    inclusion proof and of the consistency proof from ``since``."""
+    c = cache if cache is not None and cache.size == size else None
+    return (yield from _log_part(size, since, c))
 
 
 # --- the append ---------------------------------------------------------------------------

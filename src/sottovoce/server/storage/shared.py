@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sottovoce.identity.succession import Genesis, Statement
 from sottovoce.kt.map import ChangeKind, LogLeaf
 from sottovoce.kt.merkle import NodeId
-from sottovoce.kt.prover import KTStores
+from sottovoce.kt.prover import KTStores, LogProof
 from sottovoce.limits import MAX_ACCOUNT_STATEMENTS
 from sottovoce.server.errors import StorageError
 from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
@@ -176,6 +176,19 @@ class SharedStorage(Storage, Engine):
             raise StorageError("this server keeps no key-transparency log")
         op = functools.partial(kt_tables.snapshot, every_version=every_version, cache=cache)
         return await self._read_op(op, self.kt_writer.vrf, user_id, size, since)
+
+    async def kt_answers(
+        self, asks: list[tuple[str, bool, LogProof]], size: int,
+        cache: kt_tables.AppendCache | None,
+    ) -> list[bytes]:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        return await self._read_op(kt_tables.answers, self.kt_writer.vrf, asks, size, cache)
+
+    async def kt_log_part(
+        self, size: int, since: int, cache: kt_tables.AppendCache | None
+    ) -> tuple[bytes | None, dict[NodeId, bytes]]:
+        return await self._read_op(kt_tables.log_part, size, since, cache)
 
     async def kt_leaves(self, start: int, count: int) -> list[bytes]:
         return await self._read_op(kt_tables.leaves, start, count)
