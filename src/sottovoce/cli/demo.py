@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sottovoce.cli.session import no_options, subcommand
+from sottovoce.cli.options import no_options, subcommand
 from sottovoce.identity import (
     AccountKey,
     DeviceCertificate,

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import base64
 import time
-from typing import Any
 
 from sottovoce.cli import render
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.cli.session import Connect, subcommand, timed_account_options, with_client
+from sottovoce.cli.session import Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.kt import Alert, parse_vkey
 from sottovoce.errors import SottovoceError
@@ -117,51 +116,3 @@ def cmd_pin_witness(args: argparse.Namespace) -> int:
     print(f"pinned witness {render.safe(vkey.split('+', 1)[0])} ({n} pinned); "
           f"check it with: {command_name()} kt status{dir_flag(args)}")
     return 0
-
-
-def _status_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--offline", action="store_true",
-                        help="do not connect; show what this device kept")
-    timed_account_options(parser)
-
-
-def add_client_commands(kt_sub: Any) -> None:
-    """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
-    subcommand(
-        kt_sub, "status",
-        help="this device's view of the server's transparency log, and any alert",
-        description=(
-            "Show the pinned log key and its fingerprint (compare it with the server's "
-            "start-up banner or its operator), the pinned witness keys, the last verified "
-            "checkpoint (size, root, the age of each cosignature), how many versions of "
-            "your own account were checked, and every alert not yet acknowledged. "
-            "Connected, it checks the log first. Exit 1 while an alert is not acknowledged."
-        ),
-        example="  sottovoce kt status --data-dir ~/.sottovoce-alice",
-        func=cmd_status, options=_status_options,
-    )
-    subcommand(
-        kt_sub, "ack",
-        help="acknowledge the key-transparency alerts (every command shows them until then)",
-        description=(
-            "Mark every alert as seen: commands stop printing it. The alerts are kept; "
-            "a new one is shown again. Acknowledge only once you know what happened "
-            "(compare safety numbers with the people concerned)."
-        ),
-        example="  sottovoce kt ack --data-dir ~/.sottovoce-alice",
-        func=cmd_ack,
-    )
-    subcommand(
-        kt_sub, "pin-witness",
-        help="pin one more witness key (a verifier key obtained from its operator)",
-        description=(
-            "Add a witness's verifier key (name+keyid+base64) to the keys this device "
-            "requires cosignatures from: a checkpoint needs one cosignature by a pinned "
-            "witness. Pin an independent witness run by someone other than the server's "
-            "operator to be protected against a server that shows users different logs."
-        ),
-        example="  sottovoce kt pin-witness 'witness.example/w1+1a2b3c4d+BH...' "
-                "--data-dir ~/.sottovoce-alice",
-        func=cmd_pin_witness,
-        args=[("VKEY", "the witness's verifier key")],
-    )

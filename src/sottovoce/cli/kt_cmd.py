@@ -1,11 +1,85 @@
-"""`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py)."""
+"""`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py).
+
+The device's own commands (``status``, ``ack``, ``pin-witness``) run in
+cli/kt_client_cmd.py, imported only when one of them runs: a witness starts
+without the client code.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from sottovoce.cli import kt_client_cmd, kt_witness_cmd
+from sottovoce.cli import kt_witness_cmd
+from sottovoce.cli.options import subcommand, timed_account_options
+
+# The device's commands import the client stack, so only when one of them runs.
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_status
+
+    return cmd_status(args)
+
+
+def _ack(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_ack
+
+    return cmd_ack(args)
+
+
+def _pin_witness(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_pin_witness
+
+    return cmd_pin_witness(args)
+
+
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--offline", action="store_true",
+                        help="do not connect; show what this device kept")
+    timed_account_options(parser)
+
+
+def _add_client_commands(kt_sub: Any) -> None:
+    """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
+    subcommand(
+        kt_sub, "status",
+        help="this device's view of the server's transparency log, and any alert",
+        description=(
+            "Show the pinned log key and its fingerprint (compare it with the server's "
+            "start-up banner or its operator), the pinned witness keys, the last verified "
+            "checkpoint (size, root, the age of each cosignature), how many versions of "
+            "your own account were checked, and every alert not yet acknowledged. "
+            "Connected, it checks the log first. Exit 1 while an alert is not acknowledged."
+        ),
+        example="  sottovoce kt status --data-dir ~/.sottovoce-alice",
+        func=_status, options=_status_options,
+    )
+    subcommand(
+        kt_sub, "ack",
+        help="acknowledge the key-transparency alerts (every command shows them until then)",
+        description=(
+            "Mark every alert as seen: commands stop printing it. The alerts are kept; "
+            "a new one is shown again. Acknowledge only once you know what happened "
+            "(compare safety numbers with the people concerned)."
+        ),
+        example="  sottovoce kt ack --data-dir ~/.sottovoce-alice",
+        func=_ack,
+    )
+    subcommand(
+        kt_sub, "pin-witness",
+        help="pin one more witness key (a verifier key obtained from its operator)",
+        description=(
+            "Add a witness's verifier key (name+keyid+base64) to the keys this device "
+            "requires cosignatures from: a checkpoint needs one cosignature by a pinned "
+            "witness. Pin an independent witness run by someone other than the server's "
+            "operator to be protected against a server that shows users different logs."
+        ),
+        example="  sottovoce kt pin-witness 'witness.example/w1+1a2b3c4d+BH...' "
+                "--data-dir ~/.sottovoce-alice",
+        func=_pin_witness,
+        args=[("VKEY", "the witness's verifier key")],
+    )
 
 
 def add_commands(sub: Any) -> None:
@@ -17,5 +91,5 @@ def add_commands(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kt_sub = p.add_subparsers(dest="kt_command", metavar="KT_COMMAND", required=True)
-    kt_client_cmd.add_client_commands(kt_sub)
+    _add_client_commands(kt_sub)
     kt_witness_cmd.add_witness(kt_sub)

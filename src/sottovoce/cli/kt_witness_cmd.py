@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sottovoce.cli.session import subcommand
-from sottovoce.client.connection import describe_failure
+from sottovoce.cli.options import subcommand
+from sottovoce.connect_failure import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
 from sottovoce.kt.errors import KTError

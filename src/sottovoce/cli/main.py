@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from sottovoce import __version__
-from sottovoce.cli import render
-from sottovoce.cli.session import explain
+from sottovoce.cli import terminal
 from sottovoce.errors import SottovoceError
 
 #: Modules that contribute subcommands, in help order.
@@ -37,6 +36,23 @@ COMMAND_MODULES = (
     "sottovoce.cli.audit_cmd",
     "sottovoce.cli.kt_cmd",
 )
+_CLIENT = "sottovoce.cli.client_cmd"
+_DEVICE = "sottovoce.cli.device_cmd"
+_REVOKE = "sottovoce.cli.revoke_cmd"
+#: The modules that declare each top-level command, in COMMAND_MODULES order (``revoke``
+#: adds to the ``account`` and ``device`` groups, so it needs the modules that make them).
+COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
+    "demo": ("sottovoce.cli.demo",),
+    "server": ("sottovoce.cli.server_cmd",),
+    **dict.fromkeys(("send", "listen", "chat", "history", "verify"), (_CLIENT,)),
+    "account": (_CLIENT, _REVOKE),
+    "device": (_CLIENT, _DEVICE, _REVOKE),
+    "room": ("sottovoce.cli.room_cmd",),
+    **dict.fromkeys(("call", "answer", "decline"), ("sottovoce.cli.call_cmd",)),
+    "recorder": ("sottovoce.cli.recorder_cmd",),
+    "audit": ("sottovoce.cli.audit_cmd",),
+    "kt": ("sottovoce.cli.kt_cmd",),
+}
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
 _SECRET_ARGS = ("text", "token", "code")
@@ -69,7 +85,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n{hint}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def modules_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command modules a parse of ``argv`` needs: only the named command's when the
+    command comes first (after ``--debug`` at most), else all (the top-level help lists
+    every command, and an unknown one is told the choices). A server start thus imports
+    no client code."""
+    for word in argv:
+        if word == "--debug":
+            continue
+        if word in COMMAND_SOURCES:
+            return COMMAND_SOURCES[word]
+        break
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, given ``argv``, of what parsing it needs."""
     parser = _Parser(
         prog="sottovoce",
         description="End-to-end encrypted messaging with a blind relay server.",
@@ -77,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sottovoce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if argv is None else modules_for(argv):
         importlib.import_module(name).add_commands(sub)
     _add_debug(parser, top=True)
     return parser
@@ -88,7 +119,7 @@ def redacted_traceback(exc: BaseException, secrets: Sequence[str]) -> str:
     text = "".join(traceback.format_exception(exc))
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
-    return render.safe(text, multiline=True)
+    return terminal.safe(text, multiline=True)
 
 
 def _secrets(args: argparse.Namespace) -> list[str]:
@@ -100,8 +131,20 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     return found
 
 
+def _explain(exc: SottovoceError, args: argparse.Namespace) -> str:
+    """What a failed command prints. Only the client's errors have more to say than their
+    text, and they exist only once the client code is imported: a command that never
+    imported it (``server``) does not import it to fail."""
+    if "sottovoce.client" not in sys.modules:
+        return str(exc)
+    from sottovoce.cli.session import explain
+
+    return explain(exc, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
@@ -121,15 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SottovoceError as exc:
         if debug:
             print(redacted_traceback(exc, _secrets(args)), file=sys.stderr)
-        print(render.error(explain(exc, args)), file=sys.stderr)
+        print(terminal.error(_explain(exc, args)), file=sys.stderr)
         return 1
     except Exception as exc:
         if debug:
             print(redacted_traceback(exc, _secrets(args)), file=sys.stderr)
-            print(render.error(f"internal error ({type(exc).__name__})"), file=sys.stderr)
+            print(terminal.error(f"internal error ({type(exc).__name__})"), file=sys.stderr)
         else:
             print(
-                render.error(
+                terminal.error(
                     f"internal error ({type(exc).__name__}): this is a bug in sottovoce\n"
                     "run the command again with --debug to see where, and report it"
                 ),

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from sottovoce import __version__
+from sottovoce.cli.options import subcommand
 from sottovoce.cli.program import command_name
-from sottovoce.cli.session import subcommand
-from sottovoce.client.store import exclusive_lock
 from sottovoce.errors import UsageError
+from sottovoce.file_lock import exclusive_lock
 from sottovoce.server.config import CONFIG_ENV, DEFAULT_PORT, ENV_PREFIX, OPTIONS, load_config
 
 LOCK_FILE = "server.lock"

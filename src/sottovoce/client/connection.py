@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
@@ -32,6 +31,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.connect_failure import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.identity import DeviceSigningKey
 from sottovoce.limits import KEEPALIVE_INTERVAL_MS, MAX_FRAME_BYTES
@@ -145,28 +145,6 @@ async def websocket_connector(url: str) -> Transport:
     except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
         raise TransportClosed(describe_failure(exc)) from None
     return _WebSocketTransport(ws)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """Why a connection attempt failed, in words a person can act on (no stack, no data)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the server's TLS certificate is not trusted here ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or 'no detail'})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused: nothing listens on that port"
-    if isinstance(exc, ConnectionResetError):
-        return "the connection was reset (wss:// at a server without TLS?)"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, websockets.InvalidStatus):
-        return f"the server answered HTTP {exc.response.status_code}, not a WebSocket"
-    if isinstance(exc, websockets.InvalidHandshake):
-        # E.g. ws:// at a TLS port: what comes back is not an HTTP response.
-        return "no valid WebSocket handshake (ws:// at a wss:// server?)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return type(exc).__name__
 
 
 # =============================================================================

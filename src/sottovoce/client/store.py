@@ -38,6 +38,7 @@ from sottovoce.crypto.kdf import Hash, hkdf, hmac
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sealed import open_record, seal_record
 from sottovoce.errors import DecodeError, DecryptionError
+from sottovoce.file_lock import exclusive_lock
 from sottovoce.identity import DeviceCertificate
 from sottovoce.private_files import TooOpen, private_dir, private_file, sqlite_files
 from sottovoce.secret import Secret
@@ -323,26 +324,6 @@ def _warn(found: list[TooOpen]) -> None:
     """Tell the user, once per path, that others may read their keys and history."""
     for too_open in found:
         print(f"sottovoce: warning: {too_open}", file=sys.stderr, flush=True)
-
-
-def exclusive_lock(path: Path) -> IO[bytes] | None:
-    """Open ``path`` and lock it, exclusive and non-blocking; None if another process holds it.
-
-    The lock lasts as long as the handle: the kernel drops it when the process ends,
-    however it ends, so a crash never leaves a stale lock behind. Where there is no
-    ``fcntl`` (not POSIX) the handle is returned unlocked.
-    """
-    handle = open(path, "a+b")  # noqa: SIM115 - the caller holds it
-    try:
-        import fcntl
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # pragma: no cover - non-POSIX
-        pass
-    except OSError:
-        handle.close()
-        return None
-    return handle
 
 
 def _lock(path: Path) -> IO[bytes]:
