@@ -421,6 +421,8 @@ async def test_cli_account_link_by_qr_image(server: ServerProcess, tmp_path: Pat
                     str(tmp_path / "alice"), stdin=True)
     try:
         text = (await existing.wait_for(r"linking text: (sottovoce-link:\S+)")).group(1)
+        # The existing device names both ways to link: the short code and a picture.
+        await existing.wait_for(r"account link --data-dir DIR --qr-image FILE")
         image = tmp_path / "link-qr.png"
         segno.make(text, error="m", micro=False).save(str(image), scale=6, border=4)
         new = Proc(tmp_path / "new.out", "account", "link", "--data-dir", laptop_dir,

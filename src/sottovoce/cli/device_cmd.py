@@ -62,6 +62,8 @@ def _show_invite(invite: LinkInvite, *, qr: bool) -> None:
               "On the new device run:",
               f"  {command_name()} account link --data-dir DIR --server "
               f"{render.safe(invite.qr.server_url)} --code '{invite.code}'",
+              "or, with a photo or screenshot of the QR code:",
+              f"  {command_name()} account link --data-dir DIR --qr-image FILE",
               f"The code works once and expires at "
               f"{time.strftime('%H:%M:%S', time.localtime(invite.expires_at_ms / 1000))}."]
     print("\n".join(lines), flush=True)
