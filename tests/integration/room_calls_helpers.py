@@ -159,3 +159,13 @@ class RoomNet:
         self._pump.cancel()
         if self.sfu is not None:
             await self.sfu.close()
+
+
+async def window_settled(later_seen: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until every frame sent in a counting window has had its chance to arrive:
+    ``later_seen`` is true once each receiver has decoded a frame sent *after* the
+    window (frames are numbered in order, so an earlier one still missing then is
+    lost, not late). Returns at ``timeout`` either way; the caller's count judges."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not later_seen() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)

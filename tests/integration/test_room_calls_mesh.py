@@ -14,7 +14,13 @@ from sottovoce.calls.room_effects import JoinRefused
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.calls.room_media import MeshMedia
 from sottovoce.client.calls.sources import MediaSpec, PatternTrack
-from tests.integration.room_calls_helpers import LOOPBACK, RoomNet, dev, events_of
+from tests.integration.room_calls_helpers import (
+    LOOPBACK,
+    RoomNet,
+    dev,
+    events_of,
+    window_settled,
+)
 
 A, B, C, D, E = "alice/a1", "bob/b1", "carol/c1", "dave/d1", "erin/e1"
 QUIET = RoomCallOptions(media=MediaSpec(audio=False, video=False), ice=LOOPBACK.ice)
@@ -54,7 +60,8 @@ async def test_a_mesh_of_three_decodes_95_percent_then_a_fifth_is_told_an_sfu_is
     starts = {c.call.me: camera(c).sent for c in everyone}
     await asyncio.sleep(3.0)
     ends = {c.call.me: camera(c).sent for c in everyone}
-    await asyncio.sleep(0.3)
+    await window_settled(lambda: all(max(numbers(x, w), default=-1) >= ends[dev(w)] + 2
+                                     for x, w in pairs))
     for x, w in pairs:
         me = dev(w)
         got = {n for n in numbers(x, w) if starts[me] <= n < ends[me]}

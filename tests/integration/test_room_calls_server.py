@@ -36,7 +36,7 @@ from sottovoce.server.sfu import (
 from tests.integration.calls_cli_helpers import Cli, run, start
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.janus_helpers import Janus
-from tests.integration.room_calls_helpers import LOOPBACK, events_of
+from tests.integration.room_calls_helpers import LOOPBACK, events_of, window_settled
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_tui import Tmux
 
@@ -120,7 +120,8 @@ async def test_a_call_of_three_through_the_servers_sfu_then_a_removed_member_is_
         starts = {c.call.me: camera(c).sent for c in ctls}
         await asyncio.sleep(3.0)
         ends = {c.call.me: camera(c).sent for c in ctls}
-        await asyncio.sleep(0.3)
+        await window_settled(lambda: all(max(numbers(x, w), default=-1) >= ends[w] + 2
+                                         for x, w in pairs))
         for x, w in pairs:
             got = {n for n in numbers(x, w) if starts[w] <= n < ends[w]}
             sent = ends[w] - starts[w]

@@ -46,7 +46,14 @@ from sottovoce.server.sfu import (
 )
 from sottovoce.sframe import Track
 from tests.integration.janus_helpers import Janus
-from tests.integration.room_calls_helpers import LOOPBACK, ROOM, RoomNet, dev, events_of
+from tests.integration.room_calls_helpers import (
+    LOOPBACK,
+    ROOM,
+    RoomNet,
+    dev,
+    events_of,
+    window_settled,
+)
 
 A, B, C, D = "alice/a1", "bob/b1", "carol/c1", "dave/d1"
 
@@ -125,7 +132,10 @@ async def test_a_call_of_three_through_janus_decodes_95_percent_and_the_sfu_sees
     starts = {c.call.me: camera(c).sent for c in everyone}
     await asyncio.sleep(3.0)
     ends = {c.call.me: camera(c).sent for c in everyone}
-    await asyncio.sleep(0.3)  # frames in flight at the end of the window
+    await window_settled(lambda: all(
+        max(numbers(r, f"{s.call.me[0]}/{s.call.me[1]}"), default=-1) >= ends[s.call.me] + 2
+        for r in everyone for s in everyone if s is not r
+    ))
     for receiver in everyone:
         for sender in everyone:
             if sender is receiver:
