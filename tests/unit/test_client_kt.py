@@ -24,7 +24,7 @@ from sottovoce.client.kt import LOG_INCONSISTENT, LOG_KEY_CHANGED, OWN_ACCOUNT, 
 from sottovoce.client.payload import Payload
 from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
-from sottovoce.errors import DecodeError
+from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.checkpoint import NoteSigner
 from sottovoce.kt.errors import (
     BadCheckpointSignature,
@@ -33,12 +33,16 @@ from sottovoce.kt.errors import (
     NotEnoughCosignatures,
 )
 from sottovoce.kt.map import ChangeKind
+from sottovoce.kt.prover import KTLog, KTStores
+from sottovoce.kt.witness import Witness
 from tests.unit.client_fake_relay import FakeRelay
 from tests.unit.kt_fake_log import (
     LOG_SIGNER,
     OTHER_WITNESS,
+    VRF,
     WITNESS_SIGNER,
     FakeLog,
+    World,
     state_of,
 )
 
@@ -146,6 +150,45 @@ async def test_a_changed_log_key_is_a_lasting_alert_until_acknowledged(tmp_path:
     assert alice.kt.acknowledge() == 1
     assert alice.kt.alerts() == [] and len(alice.kt.alerts(acknowledged=True)) == 1
     await alice.close()
+
+
+async def test_a_rotated_log_key_is_an_alert_until_the_user_pins_the_new_one(
+    tmp_path: Path,
+) -> None:
+    relay = _relay()
+    alice, bob = await _account(relay, "alice", tmp_path), await _account(relay, "bob", tmp_path)
+    log = relay.kt
+    assert log is not None
+    # The operator rotates the log key: the same changes, signed by a new key, that the
+    # witness now follows.
+    new = NoteSigner("kt.test/log2", SigningKey(SignatureScheme.ED25519, bytes([8]) * 32))
+    stores = KTStores.memory()
+    rotated = World(core=KTLog(stores, vrf_key=VRF, log_signer=new),
+                    witness=Witness(WITNESS_SIGNER, new.public), stores=stores)
+    for change in log.history:
+        rotated.change(change)
+    log.honest, log.served_log_key = rotated, new.public.vkey()
+    with pytest.raises(KTAlertRaised, match="another log key"):
+        await alice.check_log()
+    with pytest.raises(KTError):  # never silently: lookups fail under the old key
+        await alice.send_text("bob", "under the new key?")
+    assert alice.kt.pins is not None and alice.kt.pins.log_key == LOG_SIGNER.public.vkey()
+    # Re-pinning by hand: a key the server does not name is refused, nothing changes.
+    with pytest.raises(UsageError, match="another log key"):
+        await alice.kt.repin(_other_log_key())
+    assert alice.kt.pins.log_key == LOG_SIGNER.public.vkey()
+    pins = await alice.kt.repin(new.public.vkey())
+    assert pins.log_key == new.public.vkey() and pins.witnesses == (WITNESS_SIGNER.public.vkey(),)
+    assert alice.kt.alerts() == []  # the log-key alert is acknowledged, and kept
+    assert [a.kind for a in alice.kt.alerts(acknowledged=True)] == [LOG_KEY_CHANGED]
+    await alice.check_log()
+    await bob.kt.repin(new.public.vkey())  # bob checked the new key too
+    b_events = bob.events()
+    await alice.wait_sent(await alice.send_text("bob", "verified again"))
+    assert await _received(bob, b_events, 1) == ["verified again"]
+    assert alice.kt.alerts() == []
+    for c in (alice, bob):
+        await c.close()
 
 
 def _other_log_key() -> str:

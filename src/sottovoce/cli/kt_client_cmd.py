@@ -1,12 +1,14 @@
-"""`sottovoce kt status|ack|pin-witness`: this device's view of the server's
+"""`sottovoce kt status|ack|pin|pin-witness`: this device's view of the server's
 transparency log (docs/protocol.md §Key transparency: client rules).
 
 ``status`` shows what is pinned (the log key and its fingerprint, the witness
 keys), the last verified checkpoint (size, root prefix, age, cosignatures) and
 every alert not yet acknowledged; connected, it checks the log first. ``ack``
-acknowledges the alerts (they are kept, marked seen); ``pin-witness`` adds a
-witness key obtained from elsewhere. Every other command prints the alerts not
-yet acknowledged (:func:`sottovoce.cli.render.kt_alerts`).
+acknowledges the alerts (they are kept, marked seen); ``pin`` replaces the
+pinned log key by the one the user checked after a rotation (the only way it
+ever changes); ``pin-witness`` adds a witness key obtained from elsewhere.
+Every other command prints the alerts not yet acknowledged
+(:func:`sottovoce.cli.render.kt_alerts`).
 """
 
 from __future__ import annotations
@@ -114,5 +116,18 @@ def cmd_pin_witness(args: argparse.Namespace) -> int:
 
     n = with_client(args, work, connect=Connect.NO)
     print(f"pinned witness {render.safe(vkey.split('+', 1)[0])} ({n} pinned); "
+          f"check it with: {command_name()} kt status{dir_flag(args)}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    vkey = parse_vkey(args.kt_key, witness=False)
+
+    async def work(client: Client) -> None:
+        await client.kt.repin(vkey)
+
+    with_client(args, work, connect=Connect.REQUIRED, notices=False)
+    key = NoteKey.from_vkey(vkey)
+    print(f"pinned log key {render.safe(key.name)} (fingerprint {key.fingerprint()}); "
           f"check it with: {command_name()} kt status{dir_flag(args)}")
     return 0

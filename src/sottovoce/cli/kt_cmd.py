@@ -1,6 +1,6 @@
 """`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py).
 
-The device's own commands (``status``, ``ack``, ``pin-witness``) run in
+The device's own commands (``status``, ``ack``, ``pin``, ``pin-witness``) run in
 cli/kt_client_cmd.py, imported only when one of them runs: a witness starts
 without the client code.
 """
@@ -28,6 +28,19 @@ def _ack(args: argparse.Namespace) -> int:
     return cmd_ack(args)
 
 
+def _pin(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_pin
+
+    return cmd_pin(args)
+
+
+def _pin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kt-key", required=True, metavar="VKEY",
+                        help="the log's new verifier key, checked out of band (its "
+                             "fingerprint from the server's operator)")
+    timed_account_options(parser)
+
+
 def _pin_witness(args: argparse.Namespace) -> int:
     from sottovoce.cli.kt_client_cmd import cmd_pin_witness
 
@@ -41,7 +54,7 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_client_commands(kt_sub: Any) -> None:
-    """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
+    """``status``, ``ack``, ``pin`` and ``pin-witness`` under ``sottovoce kt``."""
     subcommand(
         kt_sub, "status",
         help="this device's view of the server's transparency log, and any alert",
@@ -65,6 +78,21 @@ def _add_client_commands(kt_sub: Any) -> None:
         ),
         example="  sottovoce kt ack --data-dir ~/.sottovoce-alice",
         func=_ack,
+    )
+    subcommand(
+        kt_sub, "pin",
+        help="pin the log's new key after a rotation you checked (clears the alert)",
+        description=(
+            "A server naming another log key than the pinned one is an alert, never a "
+            "silent update. Once the operator confirmed the rotation and you compared "
+            "the new key's fingerprint out of band, pin it here: the server must name "
+            "this very key and its checkpoint must verify under it and the pinned "
+            "witnesses. The kept checkpoint and the own-account monitor start over on "
+            "the new log, and the log-key-changed alerts are acknowledged."
+        ),
+        example="  sottovoce kt pin --kt-key 'log.example/sottovoce-kt+1a2b3c4d+AX...' "
+                "--data-dir ~/.sottovoce-alice",
+        func=_pin, options=_pin_options,
     )
     subcommand(
         kt_sub, "pin-witness",

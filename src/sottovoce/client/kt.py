@@ -417,6 +417,39 @@ class KeyTransparency:
             self._keep(verified)
         return pins
 
+    async def repin(self, log_key: str) -> Pins:
+        """Pin the log key ``log_key`` (checked by :func:`parse_vkey`) in place of the
+        pinned one, after a legitimate rotation the user checked out of band: the server
+        must name that very key and its checkpoint must verify under it (and the pinned
+        witnesses, or the server's if none is). The head and the monitor start over on
+        the new log, and the log-key-changed alerts are acknowledged. Never automatic."""
+        answer = await self._source.head(0)
+        served = _vkey(answer.log_key, "log key")
+        if served != log_key:
+            shown = NoteKey.from_vkey(served)
+            raise UsageError(f"the server names another log key ({shown.name}, fingerprint "
+                             f"{shown.fingerprint()}); nothing was pinned")
+        old = self.pins or self._record(_EXPECT, Pins)
+        witnesses = old.witnesses if old is not None and old.witnesses else tuple(
+            _vkey(w, "witness key") for w in answer.witnesses)
+        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=witnesses,
+                    min_cosignatures=old.min_cosignatures if old is not None else 1,
+                    max_age_ms=old.max_age_ms if old is not None
+                    else KT_DEFAULT_MAX_CHECKPOINT_AGE_MS)
+        try:
+            policy = pins.policy()
+        except (MalformedProof, UsageError) as exc:
+            raise MalformedProof(f"the log's keys are unusable: {exc}") from None
+        verified = policy.open(answer.checkpoint, self._clock())
+        with self._store.transaction():
+            self._store.put_kt(_PINS, pins.encode())
+            self._keep(verified)  # another log: the old head proves nothing about it
+            self._store.put_kt(_MONITOR, _Monitor(versions=0, version_root=b"").encode())
+            for alert in self.alerts():
+                if alert.kind == LOG_KEY_CHANGED:
+                    self._store.acknowledge_kt_alert(alert.id)
+        return pins
+
     def pin_witness(self, vkey: str) -> Pins:
         """Add one witness key to the pins (a key checked by :func:`parse_vkey`)."""
         pins = self.pins
