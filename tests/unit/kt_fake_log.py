@@ -121,6 +121,8 @@ class FakeLog:
     uncosigned: bool = False
     #: The log key named in kt.head answers (a server that changed its log key).
     served_log_key: str | None = None
+    #: The witness keys named in kt.head answers (``[]``: a server with no witness).
+    served_witnesses: list[str] | None = None
     #: Rewrites a raw answer before it is sent (malformed proofs, bad signatures).
     tamper: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
 
@@ -161,7 +163,8 @@ class FakeLog:
                 "consistency": [b64(h) for h in w.proof(since)],
                 "log_key": self.served_log_key or LOG_SIGNER.public.vkey(),
                 "vrf_key": b64(VRF.public),
-                "witnesses": [WITNESS_SIGNER.public.vkey()],
+                "witnesses": ([WITNESS_SIGNER.public.vkey()] if self.served_witnesses is None
+                              else self.served_witnesses),
             }
         elif event == "sottovoce.kt.lookup":
             resp = w.core.lookup(data["username"], note, since=since)

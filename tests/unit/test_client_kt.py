@@ -20,7 +20,14 @@ import pytest
 
 from sottovoce.client import Client, MessageReceived
 from sottovoce.client.errors import KeyNotInLog, KTAlertRaised
-from sottovoce.client.kt import LOG_INCONSISTENT, LOG_KEY_CHANGED, OWN_ACCOUNT, SPLIT_VIEW
+from sottovoce.client.events import ErrorEvent
+from sottovoce.client.kt import (
+    LOG_INCONSISTENT,
+    LOG_KEY_CHANGED,
+    OWN_ACCOUNT,
+    SPLIT_VIEW,
+    WitnessPolicy,
+)
 from sottovoce.client.payload import Payload
 from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
@@ -31,6 +38,7 @@ from sottovoce.kt.errors import (
     KTError,
     MalformedProof,
     NotEnoughCosignatures,
+    NoWitnessPinned,
 )
 from sottovoce.kt.map import ChangeKind
 from sottovoce.kt.prover import KTLog, KTStores
@@ -445,6 +453,47 @@ async def test_a_server_without_a_log_leaves_lookups_unverified(tmp_path: Path) 
     alice, bob = await _account(relay, "alice", tmp_path), await _account(relay, "bob", tmp_path)
     assert alice.kt.pins is None and not alice.kt.required
     await alice.wait_sent(await alice.send_text("bob", "no log here"))
+    for c in (alice, bob):
+        await c.close()
+
+
+async def test_a_server_with_no_witness_is_loud_and_refused_unless_the_user_opted_out(
+    tmp_path: Path,
+) -> None:
+    relay = _relay()
+    assert relay.kt is not None
+    relay.kt.served_witnesses = []
+    alice = await _account(relay, "alice", tmp_path)
+    bob = await _account(relay, "bob", tmp_path, kt_min_cosignatures=0)
+    assert alice.kt.pins is not None and alice.kt.pins.witnesses == ()
+    assert alice.kt.witness_policy is WitnessPolicy.MISSING
+    assert bob.kt.witness_policy is WitnessPolicy.OPTED_OUT
+    # At connect the client says so (a typed event), and every lookup is refused.
+    await alice.close()
+    alice = await Client.open(tmp_path / "alice", PASS, connector=relay.connector)
+    events = alice.events()
+    await alice.connect()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        event = await events.next(max(0.01, deadline - loop.time()))
+        if isinstance(event, ErrorEvent) and event.code == "kt_no_witness":
+            break
+    with pytest.raises(NoWitnessPinned):
+        await alice.send_text("bob", "unverifiable")
+    with pytest.raises(NoWitnessPinned):
+        await alice.check_log()
+    # Bob opted out knowingly: checked against the log key alone, no warning.
+    assert await bob.check_log() == 0
+    await bob.wait_sent(await bob.send_text("alice", "checked by the log key only"))
+    # A witness pinned by hand (or opting out) ends the refusal.
+    alice.kt.pin_witness(WITNESS_SIGNER.public.vkey())
+    assert alice.kt.witness_policy is WitnessPolicy.REQUIRED
+    await alice.wait_sent(await alice.send_text("bob", "verified"))
+    assert alice.kt.require(2).min_cosignatures == 2  # more than pinned: refused again
+    assert alice.kt.witness_policy is WitnessPolicy.MISSING
+    with pytest.raises(NoWitnessPinned):
+        await alice.check_log()
     for c in (alice, bob):
         await c.close()
 

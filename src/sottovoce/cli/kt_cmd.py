@@ -1,6 +1,7 @@
 """`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py).
 
-The device's own commands (``status``, ``ack``, ``pin``, ``pin-witness``) run in
+The device's own commands (``status``, ``ack``, ``pin``, ``pin-witness``,
+``require``) run in
 cli/kt_client_cmd.py, imported only when one of them runs: a witness starts
 without the client code.
 """
@@ -41,6 +42,12 @@ def _pin_options(parser: argparse.ArgumentParser) -> None:
     timed_account_options(parser)
 
 
+def _require(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_require
+
+    return cmd_require(args)
+
+
 def _pin_witness(args: argparse.Namespace) -> int:
     from sottovoce.cli.kt_client_cmd import cmd_pin_witness
 
@@ -54,7 +61,7 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_client_commands(kt_sub: Any) -> None:
-    """``status``, ``ack``, ``pin`` and ``pin-witness`` under ``sottovoce kt``."""
+    """``status``, ``ack``, ``pin``, ``pin-witness`` and ``require`` under ``sottovoce kt``."""
     subcommand(
         kt_sub, "status",
         help="this device's view of the server's transparency log, and any alert",
@@ -107,6 +114,20 @@ def _add_client_commands(kt_sub: Any) -> None:
                 "--data-dir ~/.sottovoce-alice",
         func=_pin_witness,
         args=[("VKEY", "the witness's verifier key")],
+    )
+    subcommand(
+        kt_sub, "require",
+        help="how many pinned witnesses must cosign every checkpoint (0 opts out)",
+        description=(
+            "Set how many pinned witnesses must cosign every checkpoint (default 1). "
+            "With fewer witnesses pinned than required, every lookup is refused and every "
+            "command warns. 0 is the explicit opt-out, for a server that runs no witness: "
+            "checkpoints are then checked against the log key alone, which does not show "
+            "a server that shows different users different logs."
+        ),
+        example="  sottovoce kt require 0 --data-dir ~/.sottovoce-alice",
+        func=_require,
+        args=[("COSIGNATURES", "the cosignatures required, 0-32")],
     )
 
 

@@ -21,6 +21,7 @@ is also stored as an alert that stays until acknowledged (``sottovoce kt ack``).
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -31,7 +32,14 @@ from sottovoce.client.store import Contact, Store
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.checkpoint import NoteKey, VerifiedCheckpoint, open_checkpoint
-from sottovoce.kt.errors import KTError, LogForked, LogShrank, MalformedProof, MonitorAlert
+from sottovoce.kt.errors import (
+    KTError,
+    LogForked,
+    LogShrank,
+    MalformedProof,
+    MonitorAlert,
+    NoWitnessPinned,
+)
 from sottovoce.kt.map import AccountState
 from sottovoce.kt.merkle import HASH_SIZE, verify_consistency
 from sottovoce.kt.verify import (
@@ -161,10 +169,12 @@ class Pins(WireStruct):
                    min_cosignatures=r.u8(), max_age_ms=r.u64())
 
     def policy(self) -> KTPolicy:
+        required = min(self.min_cosignatures, len(self.witnesses))
         return KTPolicy(log_key=NoteKey.from_vkey(self.log_key), vrf_key=self.vrf_key,
                         witnesses=tuple(NoteKey.from_vkey(v) for v in self.witnesses),
-                        min_cosignatures=min(self.min_cosignatures, len(self.witnesses)),
-                        max_age_ms=self.max_age_ms)
+                        min_cosignatures=required,
+                        # With no cosignature required, none dates a checkpoint.
+                        max_age_ms=self.max_age_ms if required else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +260,33 @@ class Alert(WireStruct):
         return cls(kind=r.opaque8().decode(), message=r.opaque_v().decode(), at_ms=r.u64())
 
 
+class WitnessPolicy(enum.Enum):
+    """What this device requires of witnesses (:attr:`KeyTransparency.witness_policy`)."""
+
+    #: At least one pinned witness must cosign every checkpoint (the default).
+    REQUIRED = "required"
+    #: Cosignatures are required but fewer witnesses are pinned than required (a server
+    #: with no witness): every lookup is refused, and the client says so at connect.
+    MISSING = "missing"
+    #: The user opted out (``--kt-min-cosignatures 0``): checkpoints are checked against
+    #: the log key alone, which proves nothing against a server showing a forked log.
+    OPTED_OUT = "opted-out"
+
+
+def witness_policy_of(pins: Pins | None) -> WitnessPolicy | None:
+    """What ``pins`` require of witnesses (``None`` for no pins)."""
+    if pins is None:
+        return None
+    if pins.min_cosignatures == 0:
+        return WitnessPolicy.OPTED_OUT
+    if len(pins.witnesses) < pins.min_cosignatures:
+        return WitnessPolicy.MISSING
+    return WitnessPolicy.REQUIRED
+
+
+#: The most cosignatures a device may require.
+MAX_MIN_COSIGNATURES = 32
+
 #: Alert kinds (``sottovoce kt status`` prints them as they are).
 LOG_KEY_CHANGED = "log-key-changed"
 LOG_INCONSISTENT = "log-inconsistent"
@@ -269,15 +306,26 @@ def parse_vkey(text: str, *, witness: bool) -> str:
     return key.vkey()
 
 
-def expect_log(store: Store, log_key: str | None, witnesses: Sequence[str]) -> None:
+def check_min_cosignatures(n: int) -> int:
+    """A ``--kt-min-cosignatures`` value, checked; a plain error if it is not one."""
+    if not 0 <= n <= MAX_MIN_COSIGNATURES:
+        raise UsageError(f"the cosignatures required are 0-{MAX_MIN_COSIGNATURES}")
+    return n
+
+
+def expect_log(store: Store, log_key: str | None, witnesses: Sequence[str],
+               min_cosignatures: int = 1) -> None:
     """Keys given from elsewhere (``--kt-key``, ``--kt-witness``), kept before the
     account is registered: the log is pinned only if the server's key is this one,
-    and lookups are refused until it is."""
-    if log_key is None and not witnesses:
+    and lookups are refused until it is. ``min_cosignatures`` other than 1 (0: the
+    explicit opt-out of witnesses) is kept the same way."""
+    if log_key is None and not witnesses and min_cosignatures == 1:
         return
     with store.transaction():
         store.put_kt(_EXPECT, Pins(log_key=log_key or "", vrf_key=b"",
-                                   witnesses=tuple(witnesses)).encode())
+                                   witnesses=tuple(witnesses),
+                                   min_cosignatures=check_min_cosignatures(min_cosignatures)
+                                   ).encode())
 
 
 # =============================================================================
@@ -368,10 +416,30 @@ class KeyTransparency:
 
     # --- pinning -------------------------------------------------------------------
 
-    def expected_by_new_device(self) -> tuple[str | None, tuple[str, ...]]:
-        """What a device this one adds should pin: our log key and witnesses."""
+    def expected_by_new_device(self) -> tuple[str | None, tuple[str, ...], int]:
+        """What a device this one adds should pin: our log key and witnesses, and how
+        many cosignatures we require."""
         pins = self.pins
-        return (None, ()) if pins is None else (pins.log_key, pins.witnesses)
+        return ((None, (), 1) if pins is None
+                else (pins.log_key, pins.witnesses, pins.min_cosignatures))
+
+    @property
+    def witness_policy(self) -> WitnessPolicy | None:
+        """What this device requires of witnesses (``None`` while no log is pinned)."""
+        return witness_policy_of(self.pins)
+
+    def require(self, min_cosignatures: int) -> Pins:
+        """Require ``min_cosignatures`` pinned witnesses' cosignatures on every checkpoint
+        (0 opts out of witnesses: the user's explicit choice, never a default)."""
+        pins = self.pins
+        if pins is None:
+            raise UsageError("no log is pinned on this device yet")
+        new = Pins(log_key=pins.log_key, vrf_key=pins.vrf_key, witnesses=pins.witnesses,
+                   min_cosignatures=check_min_cosignatures(min_cosignatures),
+                   max_age_ms=pins.max_age_ms)
+        with self._store.transaction():
+            self._store.put_kt(_PINS, new.encode())
+        return new
 
     @property
     def required(self) -> bool:
@@ -405,8 +473,10 @@ class KeyTransparency:
         chosen = tuple(witnesses) if witnesses else tuple(
             _vkey(w, "witness key") for w in answer.witnesses
         )
-        # With no witness the log is pinned all the same: lookups are refused until one is.
-        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=chosen)
+        # With no witness the log is pinned all the same: lookups are refused until one is
+        # (WitnessPolicy.MISSING), unless the user opted out of witnesses.
+        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=chosen,
+                    min_cosignatures=expected.min_cosignatures if expected else 1)
         try:
             policy = pins.policy()
         except (MalformedProof, UsageError) as exc:
@@ -481,9 +551,12 @@ class KeyTransparency:
         if pins is None:
             raise KTError("no transparency log is pinned on this device, so its lookups "
                           "cannot be verified (see sottovoce kt status)")
-        if not pins.witnesses:
-            raise KTError("no witness is pinned, and at least one cosignature is required "
-                          "(pin one with: sottovoce kt pin-witness VKEY)")
+        if self.witness_policy is WitnessPolicy.MISSING:
+            raise NoWitnessPinned(
+                f"{len(pins.witnesses)} witness(es) pinned and {pins.min_cosignatures} "
+                "cosignature(s) required, so no checkpoint of the log can be verified: "
+                "pin an independent witness (sottovoce kt pin-witness VKEY), or opt out "
+                "knowingly (sottovoce kt require 0)")
         return pins.policy()
 
     def _inconsistent(self, exc: KTError) -> KTAlertRaised:

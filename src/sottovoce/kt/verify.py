@@ -68,13 +68,15 @@ _MAX_PROOF_HASHES = 64
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KTPolicy:
     """What a client pins and requires: the log's note key and VRF key, the witness
-    keys it knows, how many of them must cosign, and how old a checkpoint may be."""
+    keys it knows, how many of them must cosign, and how old a checkpoint may be
+    (``None``: not checked, for a policy that requires no witness, since only a
+    cosignature says when a checkpoint was seen)."""
 
     log_key: NoteKey
     vrf_key: bytes
     witnesses: tuple[NoteKey, ...] = ()
     min_cosignatures: int = 1
-    max_age_ms: int = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
+    max_age_ms: int | None = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
 
     def __post_init__(self) -> None:
         known(self.witnesses)  # one key per witness name: K of N counts names
