@@ -511,6 +511,12 @@ def test_witness_keys_are_parsed_and_checked() -> None:
         parse_vkey(OTHER_WITNESS.public.vkey(), witness=False)
     with pytest.raises(UsageError, match="not a verifier key"):
         parse_vkey("nonsense", witness=False)
+    from sottovoce.client.kt import check_min_cosignatures
+
+    assert check_min_cosignatures(0) == 0 and check_min_cosignatures(32) == 32
+    for bad in (-1, 33):
+        with pytest.raises(UsageError, match="0-32"):
+            check_min_cosignatures(bad)
 
 
 def test_a_commits_log_head_round_trips_and_anything_else_is_no_head() -> None:
