@@ -438,6 +438,56 @@ async def test_malformed_proofs_and_bad_signatures_are_typed_and_replace_nothing
         await c.close()
 
 
+async def test_a_long_lived_account_is_monitored_a_page_at_a_time(tmp_path: Path) -> None:
+    relay = _relay()
+    log = relay.kt
+    assert log is not None
+    log.page = 3  # versions per kt.history page
+    await (await _account(relay, "bob", tmp_path)).close()
+    bob = await Client.open(tmp_path / "bob", PASS, connector=relay.connector)
+
+    async def polled_by_hand() -> int:
+        return 0
+
+    bob.check_log = polled_by_hand  # type: ignore[method-assign]  # no poll on connect
+    await bob.connect()
+    base = bob.kt.monitor_state.versions  # 1 if the poll at create ran to its end
+    pages: list[int] = []
+
+    def count(event: str, out: dict[str, Any]) -> dict[str, Any]:
+        if event == "sottovoce.kt.history":
+            pages.append(len(out["response"]))
+        return out
+
+    log.tamper = count
+    me = log.history[0].state
+    for _ in range(10):  # ten more versions of bob's own making (the same devices)
+        log.log("bob", me, ChangeKind.DEVICE_ADDED)
+    assert await bob.kt.poll_own() == 11 - base
+    assert bob.kt.monitor_state.versions == 11 and len(pages) == 4
+    # The next poll reads only what is new: one page.
+    pages.clear()
+    log.log("bob", me, ChangeKind.DEVICE_ADDED)
+    assert await bob.kt.poll_own() == 1 and len(pages) == 1
+    # A monitor record kept before pages (no compact range) is checked again from the
+    # first version, with no alert and nothing counted twice.
+    state = bob.kt.monitor_state
+    with bob._store.transaction():
+        bob._store.put_kt("monitor", b"\x01" + state.versions.to_bytes(4, "big")
+                          + bytes([32]) + state.version_root)
+    assert bob.kt.monitor_state.border == ()
+    pages.clear()
+    assert await bob.kt.poll_own() == 0 and len(pages) == 4
+    assert bob.kt.monitor_state == state
+    # A device bob did not add, many versions later, is still caught.
+    log.log("bob", state_of(me.account_key, [("x-evil", bytes([4]) * 32)]),
+            ChangeKind.DEVICE_ADDED)
+    with pytest.raises(KTAlertRaised, match=r"version 12 .*'x-evil'"):
+        await bob.kt.poll_own()
+    assert [a.kind for a in bob.kt.alerts()] == [OWN_ACCOUNT]
+    await bob.close()
+
+
 async def test_an_uncosigned_checkpoint_is_refused(tmp_path: Path) -> None:
     relay = _relay()
     alice = await _account(relay, "alice", tmp_path)

@@ -5,7 +5,7 @@
     every lookup   ──► kt.lookup ──► verify_lookup (pinned keys, >= 1 witness, age,
                        consistency with the kept head) ──► the directory's keys must
                        be in the verified account state, else KeyNotInLog
-    on connect and every KT_MONITOR_INTERVAL_S ──► kt.history ──► monitor_own_account
+    on connect and every KT_MONITOR_INTERVAL_S ──► kt.history pages ──► monitor_page
                        against every device this account's key certified
     every message  ──► carries our head (size, root); a peer's head of the same size
                        with another root, or one our log is not consistent with, is
@@ -43,7 +43,7 @@ from sottovoce.kt.errors import (
 from sottovoce.kt.map import AccountState
 from sottovoce.kt.merkle import HASH_SIZE, verify_consistency
 from sottovoce.kt.verify import (
-    HistoryResponse,
+    HistoryPage,
     KTPolicy,
     LookupResponse,
     MonitorResult,
@@ -51,7 +51,7 @@ from sottovoce.kt.verify import (
     OwnKeys,
     TrustedHead,
     check_extension,
-    monitor_own_account,
+    monitor_page,
     verify_lookup,
 )
 from sottovoce.limits import (
@@ -90,7 +90,7 @@ class KTSource(Protocol):
 
     async def lookup(self, username: str, since: int) -> LookupResponse: ...
 
-    async def history(self, since: int) -> HistoryResponse: ...
+    async def history_page(self, since: int, start: int) -> HistoryPage: ...
 
 
 class LinkSource:
@@ -121,9 +121,9 @@ class LinkSource:
                                    pk.KT_LOOKUP_RESULT)
         return _decode(LookupResponse, raw)
 
-    async def history(self, since: int) -> HistoryResponse:
-        raw = await self._response(pk.KTHistory(since=since), pk.KT_HISTORY_RESULT)
-        return _decode(HistoryResponse, raw)
+    async def history_page(self, since: int, start: int) -> HistoryPage:
+        raw = await self._response(pk.KTHistory(since=since, start=start), pk.KT_HISTORY_RESULT)
+        return _decode(HistoryPage, raw)
 
 
 def _decode(cls: type[R], raw: bytes) -> R:
@@ -197,18 +197,27 @@ class _Head(WireStruct):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Monitor(WireStruct):
+    """Version 2 adds the version tree's compact range (version 1: checked again from
+    the first version, a page at a time)."""
+
     versions: int
     version_root: bytes
+    border: tuple[bytes, ...] = ()
 
     def write(self, w: Writer) -> None:
-        w.u8(_RECORD_VERSION)
+        w.u8(2)
         w.u32(self.versions)
         w.opaque8(self.version_root)
+        w.vector_v(self.border, lambda w2, h: w2.opaque8(h))
 
     @classmethod
     def read(cls, r: Reader) -> _Monitor:
-        _versioned(r, "monitor")
-        return cls(versions=r.u32(), version_root=r.opaque8())
+        version = r.u8()
+        if version not in (1, 2):
+            raise DecodeError("unknown monitor record version")
+        versions, root = r.u32(), r.opaque8()
+        border = tuple(r.vector_v(lambda r2: r2.opaque8())) if version == 2 else ()
+        return cls(versions=versions, version_root=root, border=border)
 
 
 def _write_device(w: Writer, device: tuple[str, bytes]) -> None:
@@ -370,8 +379,8 @@ class KeyTransparency:
     @property
     def monitor_state(self) -> MonitorState:
         m = self._record(_MONITOR, _Monitor)
-        return MonitorState() if m is None else MonitorState(versions=m.versions,
-                                                            version_root=m.version_root)
+        return MonitorState() if m is None else MonitorState(
+            versions=m.versions, version_root=m.version_root, border=m.border)
 
     def checkpoint_ref(self) -> tuple[int, bytes] | None:
         """What our messages carry: the last verified head's size and root."""
@@ -628,7 +637,7 @@ class KeyTransparency:
 
     # --- monitoring our own account -------------------------------------------------
 
-    def _own_keys(self, response: HistoryResponse | None = None) -> tuple[OwnKeys, _Own]:
+    def _own_keys(self, page: HistoryPage | None = None) -> tuple[OwnKeys, _Own]:
         kept = self._record(_OWN, _Own) or _Own(devices=(), account_keys=(), recovery_keys=())
         devices = set(kept.devices)
         account_keys = set(kept.account_keys)
@@ -636,7 +645,7 @@ class KeyTransparency:
         if contact is not None:
             devices |= {(d, c.keys.signing_key) for d, c in contact.certificates.items()}
             account_keys.add(contact.account_key)
-        recovery = set(kept.recovery_keys) or _first_recovery_key(response)
+        recovery = set(kept.recovery_keys) or _first_recovery_key(page)
         record = _Own(devices=tuple(sorted(devices)), account_keys=tuple(sorted(account_keys)),
                       recovery_keys=tuple(sorted(recovery)))
         own = OwnKeys(devices=frozenset(devices), account_keys=frozenset(account_keys),
@@ -644,46 +653,67 @@ class KeyTransparency:
         return own, record
 
     async def poll_own(self, refresh_own: Callable[[], Awaitable[None]] | None = None) -> int:
-        """Check every version of our own account since the last poll; returns how many
-        were new. A version we did not make raises (and stores) an alert; before that,
-        ``refresh_own`` (a fresh directory lookup of our own account) is awaited once,
-        since another of our devices may have certified a device this one has not seen."""
+        """Check every version of our own account since the last poll, a page at a time
+        (``sottovoce.kt.history`` with ``start``); returns how many were new. A version
+        we did not make raises (and stores) an alert; before that, ``refresh_own`` (a
+        fresh directory lookup of our own account) is awaited once, since another of our
+        devices may have certified a device this one has not seen."""
         policy = self._policy()
-        last, previous = self.head, self.monitor_state
-        response = await self._source.history(last.size if last else 0)
+        previous, checked = self.monitor_state, None
+        if previous.versions and not previous.border:
+            # Kept before pages: checked again from the first version, with no alert
+            # for the versions it had checked, and kept only once past them.
+            previous, checked = MonitorState(), previous
+        new = 0
+        while True:
+            last = self.head
+            page = await self._source.history_page(last.size if last else 0, previous.versions)
+            result, record = await self._check_page(policy, last, previous, page, checked,
+                                                    refresh_own)
+            if checked is None or result.state.versions >= checked.versions:
+                self._kept_poll(result, record)
+                checked = None
+            new += len(result.new_versions)
+            previous = result.state
+            if not result.more:
+                return new
+
+    async def _check_page(
+        self, policy: KTPolicy, last: TrustedHead | None, previous: MonitorState,
+        page: HistoryPage, checked: MonitorState | None,
+        refresh_own: Callable[[], Awaitable[None]] | None,
+    ) -> tuple[MonitorResult, _Own]:
         for attempt in range(2):
-            own, record = self._own_keys(response)
+            own, record = self._own_keys(page)
             try:
-                result = monitor_own_account(policy, last, self._username, own, previous,
-                                             response, now_ms=self._clock())
-                break
+                return monitor_page(policy, last, self._username, own, previous, page,
+                                    now_ms=self._clock(), checked=checked), record
             except (LogShrank, LogForked) as exc:
                 raise self._inconsistent(exc) from None
             except MonitorAlert as exc:
                 if attempt or refresh_own is None:
                     alert = self._alert(OWN_ACCOUNT, str(exc))
-                    self._move_past(policy, last, previous, response)
+                    self._move_past(policy, last, previous, page)
                     raise alert from None
                 await refresh_own()
-        self._kept_poll(result, record)
-        return len(result.new_versions)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _kept_poll(self, result: MonitorResult, record: _Own | None) -> None:
         with self._store.transaction():
             self._keep_head(result.head)
             self._store.put_kt(_MONITOR, _Monitor(versions=result.state.versions,
-                                                  version_root=result.state.version_root
-                                                  ).encode())
+                                                  version_root=result.state.version_root,
+                                                  border=result.state.border).encode())
             if record is not None:
                 self._store.put_kt(_OWN, record.encode())
 
     def _move_past(self, policy: KTPolicy, last: TrustedHead | None, previous: MonitorState,
-                   response: HistoryResponse) -> None:
+                   page: HistoryPage) -> None:
         """After an own-account alert is stored: the monitor moves past the versions it
         flagged (the alert stays), so the next poll checks only newer ones. A history
         that was rewritten or shrank is not moved past: it keeps failing."""
         states = []
-        for raw in response.states:
+        for raw in page.states:
             try:
                 states.append(AccountState.decode(raw))
             except DecodeError:
@@ -695,8 +725,8 @@ class KeyTransparency:
             deleted=any(st.deleted for st in states),
         )
         try:
-            result = monitor_own_account(policy, last, self._username, everything, previous,
-                                         response, now_ms=self._clock())
+            result = monitor_page(policy, last, self._username, everything, previous, page,
+                                  now_ms=self._clock())
         except KTError:
             return
         self._kept_poll(result, None)
@@ -764,13 +794,13 @@ def _vkey(text: str, what: str) -> str:
         raise MalformedProof(f"the server's {what} is not a verifier key") from None
 
 
-def _first_recovery_key(response: HistoryResponse | None) -> set[bytes]:
+def _first_recovery_key(page: HistoryPage | None) -> set[bytes]:
     """Devices make no recovery key yet, so the one the registration version shows is
     taken as ours (checked with the rest of the history before it is kept); the
     monitor then flags any other one in a later version."""
-    if response is None or not response.states:
+    if page is None or page.start != 0 or not page.states:
         return set()
     try:
-        return {AccountState.decode(response.states[0]).recovery_key}
+        return {AccountState.decode(page.states[0]).recovery_key}
     except DecodeError:
         return set()
