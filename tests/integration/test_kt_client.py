@@ -189,3 +189,29 @@ async def test_an_external_join_and_a_rejoin_carry_the_joiners_head(tmp_path: Pa
         assert alice.kt.alerts() == [] and carol.kt.alerts() == []
         for c in (alice, carol):
             await c.close()
+
+
+async def test_the_own_account_is_monitored_in_pages_of_the_servers_size(
+    tmp_path: Path,
+) -> None:
+    """A server whose history pages hold two versions (--kt-history-page 2): a device
+    checks its account's three versions in two pages, and one page holds two."""
+    from sottovoce.kt.verify import HistoryPage, HistoryResponse
+    from sottovoce.protocol import kt as pk
+
+    extra = ["--kt-history-page", "2"]
+    with ServerProcess(tmp_path / "server", extra_args=extra).start() as server:
+        bob = await make_account(server, "bob", tmp_path)
+        others = [await bob.add_device(tmp_path / f"bob{i}", PASSPHRASE) for i in (2, 3)]
+        assert await bob.check_log() >= 0
+        assert bob.kt.monitor_state.versions == 3 and bob.kt.alerts() == []
+        answers = frozenset({pk.KT_HISTORY_RESULT})
+        _, data = await bob._conn.request(pk.KTHistory(since=0, start=0), answers)
+        page = HistoryPage.decode(pk.KTResponse.from_wire(data).response)
+        assert page.start == 0 and len(page.states) == 2
+        _, data = await bob._conn.request(pk.KTHistory(since=0), answers)  # all at once
+        assert len(HistoryResponse.decode(pk.KTResponse.from_wire(data).response).states) == 3
+        for c in (bob, *others):
+            await c.check_log()
+            assert c.kt.alerts() == []
+            await c.close()
