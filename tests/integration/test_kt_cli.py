@@ -151,6 +151,7 @@ def test_a_server_without_witness_is_a_warning_unless_opted_out(tmp_path: Path) 
         # Bob opted out at create: no warning, his lookups are checked by the log key.
         status = _cli("kt", "status", home=bob)
         assert "none required (opted out" in _ok(status) and "WARNING" not in status.stderr
+        assert "max age:     not checked" in status.stdout
         assert "WARNING" not in _cli("send", "alice", "hi", home=bob).stderr
         # Alice opts out by hand; a bad count is a plain mistake.
         assert "a number" in _plain_failure(_cli("kt", "require", "many", home=alice))

@@ -69,7 +69,11 @@ def _status_lines(client: Client, checked: str | None) -> list[str]:
         lines.append(f"witnesses:   {len(pins.witnesses)} pinned, {pins.min_cosignatures} "
                      "cosignature(s) required on every checkpoint")
     lines += [f"  {render.safe(w)}" for w in pins.witnesses]
-    lines.append(f"max age:     {_age(pins.max_age_ms)} (newest cosignature on a checkpoint)")
+    if policy is WitnessPolicy.OPTED_OUT:
+        lines.append("max age:     not checked (no cosignature required to date a checkpoint)")
+    else:
+        lines.append(f"max age:     {_age(pins.max_age_ms)} (newest cosignature on a "
+                     "checkpoint)")
     verified = kt.verified_head()
     if verified is None:
         lines.append("checkpoint:  none verified yet")
