@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sottovoce.client import DeliveryStatus, WrongPassphrase
-from sottovoce.client import store_keys
+from sottovoce.client import DeliveryStatus, WrongPassphrase, store_keys
 from sottovoce.client.store import STORE_FILE, TEST_KDF, Store
 
 OLD = "the first passphrase"
