@@ -446,6 +446,11 @@ class Store:
     def rng(self) -> Random:
         return self._rng
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For modules that keep their own tables here (sealed with :meth:`seal`)."""
+        return self._db
+
     def seal(self, kind: bytes, record_id: bytes, plaintext: bytes) -> bytes:
         return seal_record(self._key, kind, record_id, plaintext, self._rng)
 
