@@ -296,7 +296,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
         me = client.username
-        return [render.message_line(m, me) for m in client.history(args.name, limit=args.limit)]
+        shown = client.history(args.name, limit=args.limit)
+        client.conversations.mark_read(args.name, shown)
+        return [render.message_line(m, me) for m in shown]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:
@@ -433,7 +435,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_sub = command_group(
         sub,
         "account",
-        help="create, link, recover or delete an account (username, keys, local store)",
+        help="create, link, recover or delete an account, or change its passphrase",
         description="Manage the account kept in a local directory.",
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "

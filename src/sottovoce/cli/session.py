@@ -120,7 +120,7 @@ def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
     return None
 
 
-def _prompt(args: argparse.Namespace, prompt: str) -> str:
+def prompt_secret(args: argparse.Namespace, prompt: str) -> str:
     try:
         value = getpass.getpass(prompt)
     except EOFError:
@@ -129,29 +129,33 @@ def _prompt(args: argparse.Namespace, prompt: str) -> str:
     return value
 
 
-def _no_terminal() -> CliError:
+def no_terminal() -> CliError:
     return CliError(
         f"no passphrase: use --passphrase-file FILE or ${ENV_PASSPHRASE}, or run in a terminal"
     )
 
 
-def new_passphrase(args: argparse.Namespace, username: str) -> str:
-    """The passphrase of a new account: asked twice at a terminal, refused if weak."""
-    given = given_passphrase(args)
+def new_passphrase(
+    args: argparse.Namespace,
+    username: str,
+    *,
+    source: Callable[[argparse.Namespace], tuple[str, str] | None] = given_passphrase,
+    what: str = "Passphrase for the local store",
+) -> str:
+    """A new passphrase (from ``source``, else asked twice at a terminal), refused if weak."""
+    given = source(args)
     if given is not None:
         why = weak_passphrase(given[0], username)
         if why is not None:
             raise CliError(f"{why} (from {given[1]})")
         return given[0]
     if not sys.stdin.isatty():
-        raise _no_terminal()
+        raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        first = _prompt(
-            args, f"Passphrase for the local store ({MIN_PASSPHRASE_CHARS} or more characters): "
-        )
+        first = prompt_secret(args, f"{what} ({MIN_PASSPHRASE_CHARS} or more characters): ")
         why = weak_passphrase(first, username)
         if why is None:
-            if _prompt(args, "Repeat the passphrase: ") == first:
+            if prompt_secret(args, "Repeat the passphrase: ") == first:
                 return first
             why = "the passphrases differ"
         if attempt == PASSPHRASE_TRIES:
@@ -180,9 +184,9 @@ def _load(args: argparse.Namespace) -> Client:
                 f"wrong passphrase for the account in {root} (from {given[1]})"
             ) from None
     if not sys.stdin.isatty():
-        raise _no_terminal()
+        raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        passphrase = _prompt(args, f"Passphrase for {root}: ")
+        passphrase = prompt_secret(args, f"Passphrase for {root}: ")
         try:
             if passphrase:
                 return Client.load(root, passphrase)

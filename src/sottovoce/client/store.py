@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sottovoce.client import store_keys
+import sottovoce.client.store_keys as store_keys
 from sottovoce.client.errors import StoreError, WrongPassphrase
 from sottovoce.client.store_keys import TEST_KDF as TEST_KDF
 from sottovoce.client.store_keys import KdfParams as KdfParams
