@@ -77,12 +77,12 @@ def test_search_matches_every_word_in_text_messages_only(store: Store, tmp_path:
     before = (tmp_path / STORE_FILE).read_bytes() + (tmp_path / f"{STORE_FILE}-wal").read_bytes()
     hits = convs.search(["LUNCH"])
     assert [(h.conversation, h.message.text) for h in hits] == [
+        ("bob", "yes, lunch"),
         ("team", "team lunch friday"),
         ("carol", "Lunch tomorrow"),
-        ("bob", "yes, lunch"),
         ("bob", "hello Alice, lunch at noon?"),
-    ]  # newest stored first; the call record is not text
-    assert hits[0].room and not hits[1].room
+    ]  # newest first; the call record is not text
+    assert hits[1].room and not hits[0].room
     assert [h.message.text for h in convs.search(["lunch", "noon"])] == [
         "hello Alice, lunch at noon?"
     ]

@@ -155,7 +155,8 @@ class Conversations:
             text = m.text.casefold()
             if all(n in text for n in needles):
                 hits.append(SearchHit(rooms.get(m.peer, m.peer), m.peer in rooms, m))
-        return hits[::-1][:limit]
+        hits.sort(key=lambda h: (message_time(h.message), h.message.local_id), reverse=True)
+        return hits[:limit]
 
     # --- export and forget ----------------------------------------------------------
 
