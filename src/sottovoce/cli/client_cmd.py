@@ -32,6 +32,7 @@ from sottovoce.cli.session import (
     data_dir,
     history_options,
     new_passphrase,
+    positive,
     run,
     show_device_notices,
     subcommand,
@@ -412,7 +413,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
-    code, problem = run_chat(client, peer, room_id=room_id, call_options=options)
+    lock_after = args.lock_after * 60 if args.lock_after else None
+    code, problem = run_chat(client, peer, room_id=room_id, call_options=options,
+                             lock_after_s=lock_after)
     if problem:
         raise CliError(problem)
     return code
@@ -428,6 +431,11 @@ OTHER_USER: Positional = ("NAME", "the other user")
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
     add_path_options(parser)
+    parser.add_argument(
+        "--lock-after", type=positive(float), metavar="MINUTES", default=None,
+        help="lock the screen after MINUTES without a key press (a fraction will do); "
+        "the passphrase unlocks it, and nothing of the chat shows while locked",
+    )
     account_options(parser)
 
 

@@ -430,6 +430,10 @@ class Store:
         store_keys.rewrap(self._db, self._key, _passphrase_bytes(old), _passphrase_bytes(new),
                           kdf or KdfParams(), self._rng)
 
+    def check_passphrase(self, passphrase: str | bytes) -> bool:
+        """Whether ``passphrase`` opens this store (e.g. to unlock an idle screen)."""
+        return store_keys.opens(self._db, self._key, _passphrase_bytes(passphrase))
+
     def close(self) -> None:
         try:
             self._db.close()

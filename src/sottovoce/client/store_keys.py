@@ -147,6 +147,15 @@ def write_rows(db: sqlite3.Connection, rows: list[tuple[str, bytes]]) -> None:
 between_rows: Callable[[], None] = lambda: None  # noqa: E731
 
 
+def opens(db: sqlite3.Connection, current: Secret, passphrase: bytes) -> bool:
+    """Whether ``passphrase`` opens the data key ``current`` (one Argon2id: slow)."""
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    try:
+        return data_key(meta, passphrase)[0] == current
+    except WrongPassphrase:
+        return False
+
+
 def rewrap(
     db: sqlite3.Connection,
     current: Secret,
