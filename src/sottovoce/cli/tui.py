@@ -210,7 +210,8 @@ class ChatApp(App[int]):
         if self._idle is not None and self._idle.due():
             self._idle.lock()
             self.clear_notifications()
-            self.push_screen(LockScreen(self.client.check_passphrase, self._unlocked))
+            store = self.client.linking().store  # the passphrase is checked against it
+            self.push_screen(LockScreen(store.check_passphrase, self._unlocked))
 
     def _unlocked(self) -> None:
         if self._idle is not None:

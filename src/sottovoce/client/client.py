@@ -1128,10 +1128,6 @@ class Client:
         """Messages with ``username``, oldest first; ``before`` is a ``local_id`` cursor."""
         return self._store.history(username, limit=limit, before=before)
 
-    def check_passphrase(self, passphrase: str) -> bool:
-        """Whether ``passphrase`` opens this account's store (slow: one Argon2id)."""
-        return self._store.check_passphrase(passphrase)
-
     def message(self, message_id: str) -> StoredMessage | None:
         return self._store.get_message(message_id)
 

@@ -29,9 +29,9 @@ from typing import Any
 from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
 from sottovoce.errors import UsageError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS read_marks(peer_tag BLOB PRIMARY KEY, local_id INTEGER NOT NULL);
-"""
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS read_marks(peer_tag BLOB PRIMARY KEY, local_id INTEGER NOT NULL)"
+)
 #: Messages decrypted per query while scanning (search, export).
 _PAGE = 1000
 #: The version of the export's JSON.
@@ -67,7 +67,7 @@ class Conversations:
     def __init__(self, store: Store, me: str) -> None:
         self._store = store
         self._me = me
-        store.connection.executescript(_SCHEMA)
+        store.connection.execute(_SCHEMA)  # one statement: joins no transaction
 
     @property
     def _db(self) -> Any:
