@@ -9,6 +9,7 @@ store is closed and reopened by each command as in separate processes).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sqlite3
@@ -87,8 +88,16 @@ async def _conversations(server: ServerProcess, root: Path) -> None:
         await client.close()
 
 
+class _Terminal(io.StringIO):
+    """Standard input as if typed at a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_list_search_export_forget_and_a_new_passphrase(
-    server: ServerProcess, tmp_path: Path, cli: Callable[..., Done]
+    server: ServerProcess, tmp_path: Path, cli: Callable[..., Done],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     asyncio.run(_conversations(server, tmp_path))
     home = tmp_path / "alice"
@@ -109,6 +118,7 @@ def test_list_search_export_forget_and_a_new_passphrase(
     assert found[0].endswith("  bob  bob: lunch at noon?")  # newest first
     assert found[1].endswith("  #team  bob: team lunch on friday")
     assert _ok(cli("search", "lunch", "noon", home=home)).count("\n") == 1
+    assert _ok(cli("search", "lunch", "--limit", "1", home=home)) == found[0] + "\n"
     nothing = cli("search", "no-such-word", home=home)
     assert nothing.returncode == 1 and nothing.stdout == ""
     assert "no message on this device holds" in nothing.stderr
@@ -130,7 +140,12 @@ def test_list_search_export_forget_and_a_new_passphrase(
     sealed = [bytes(r[0])[-40:] for r in db.execute("SELECT sealed FROM messages")]
     db.close()
     assert "--yes" in _plain_failure(cli("forget", "carol", home=home))
-    assert "deleted 2 messages of carol" in _ok(cli("forget", "carol", "--yes", home=home))
+    monkeypatch.setattr("sys.stdin", _Terminal("no\n"))  # at a terminal: asks, "no" keeps it
+    kept = cli("forget", "carol", home=home)
+    assert kept.returncode == 1 and "Type yes to delete" in kept.stdout
+    assert "nothing deleted" in kept.stdout
+    monkeypatch.setattr("sys.stdin", _Terminal("yes\n"))
+    assert "deleted 2 messages of carol" in _ok(cli("forget", "carol", home=home))
     raw = b"".join(p.read_bytes() for p in home.glob(f"{STORE_FILE}*"))
     assert sum(s not in raw for s in sealed) == 2  # carol's two, and no other
     listed = _ok(cli("list", "--offline", home=home))
@@ -146,3 +161,10 @@ def test_list_search_export_forget_and_a_new_passphrase(
     assert "passphrase changed" in _ok(changed)
     assert "wrong passphrase" in _plain_failure(cli("list", "--offline", home=home))
     assert "bob" in _ok(cli("list", "--offline", home=home, passphrase=NEW_PASSPHRASE))
+    # The same from files (--passphrase-file for the current one): back to the first.
+    (tmp_path / "now").write_text(NEW_PASSPHRASE + "\n")
+    (tmp_path / "next").write_text(PASSPHRASE + "\n")
+    back = cli("account", "passphrase", "--passphrase-file", str(tmp_path / "now"),
+               "--new-passphrase-file", str(tmp_path / "next"), home=home, passphrase="unused")
+    assert "passphrase changed" in _ok(back)
+    assert "bob" in _ok(cli("list", "--offline", home=home))
