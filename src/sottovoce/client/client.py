@@ -46,6 +46,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
@@ -201,6 +202,8 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
+        #: The list with unread counts, read marks, search, export, forget (local only).
+        self.conversations = Conversations(store, self.username)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by
