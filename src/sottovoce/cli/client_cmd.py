@@ -20,21 +20,23 @@ import sys
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
+from sottovoce.cli.options import (
+    Positional,
+    account_options,
+    command_group,
+    history_options,
+    subcommand,
+)
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    Positional,
-    account_options,
-    command_group,
     data_dir,
-    history_options,
     new_passphrase,
     run,
     show_device_notices,
-    subcommand,
     unlock,
     unreachable,
     with_client,

@@ -16,18 +16,16 @@ import sys
 import time
 
 from sottovoce.cli import render
+from sottovoce.cli.options import account_options, command_group, subcommand
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    account_options,
-    command_group,
     data_dir,
     new_passphrase,
     remember_secret,
     run,
-    subcommand,
     with_client,
 )
 from sottovoce.client import Client

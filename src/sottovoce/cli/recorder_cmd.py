@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import connect, quiet, say, stop_on_signals
+from sottovoce.cli.options import positive, subcommand
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
@@ -26,9 +27,7 @@ from sottovoce.cli.session import (
     Connect,
     data_dir,
     new_passphrase,
-    positive,
     run,
-    subcommand,
     unreachable,
     with_client,
 )

@@ -16,18 +16,15 @@ import os
 import time
 
 from sottovoce.cli import render
+from sottovoce.cli.options import account_options, command_group, subcommand, timed_account_options
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    account_options,
-    command_group,
     data_dir,
     new_passphrase,
     run,
-    subcommand,
-    timed_account_options,
     with_client,
 )
 from sottovoce.client import Client

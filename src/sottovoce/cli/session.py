@@ -29,17 +29,7 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
-from sottovoce.cli.options import ENV_HOME as ENV_HOME
-from sottovoce.cli.options import ENV_PASSPHRASE as ENV_PASSPHRASE
-from sottovoce.cli.options import Positional as Positional
-from sottovoce.cli.options import account_options as account_options
-from sottovoce.cli.options import add_timeout as add_timeout
-from sottovoce.cli.options import command_group as command_group
-from sottovoce.cli.options import history_options as history_options
-from sottovoce.cli.options import no_options as no_options
-from sottovoce.cli.options import positive as positive
-from sottovoce.cli.options import subcommand as subcommand
-from sottovoce.cli.options import timed_account_options as timed_account_options
+from sottovoce.cli.options import ENV_HOME, ENV_PASSPHRASE
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
 from sottovoce.client.connection import BadServerUrl, TransportClosed
