@@ -324,3 +324,33 @@ def test_room_settings_and_info_as_shown() -> None:
         f"team  room:{'0' * 32}  epoch 3", "admin: alice", "data residency: none (any SFU)",
         "recorder: on", "members: alice/d1",
     ]
+
+
+def test_a_new_accounts_name_is_checked_before_any_passphrase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`account create` and the recorder's first run ask the server first: a taken name and
+    an unreachable server are each one plain error saying what to do."""
+    from sottovoce.cli import session
+    from sottovoce.client import NotConnected
+
+    async def available(server: str, name: str) -> bool:
+        if server == "ws://127.0.0.1:9":
+            raise NotConnected("cannot reach the server: connection refused")
+        return name == "bob"
+
+    monkeypatch.setattr(session, "username_available", available)
+    session.check_name_free("ws://127.0.0.1:8765", "bob")  # free: nothing to say
+    with pytest.raises(session.CliError) as taken:
+        session.check_name_free("ws://127.0.0.1:8765", "alice")
+    assert str(taken.value) == "the name 'alice' is taken on ws://127.0.0.1:8765: choose another"
+    with pytest.raises(session.CliError) as hinted:
+        session.check_name_free(
+            "ws://127.0.0.1:8765", "alice", taken_hint="give another with --name"
+        )
+    assert str(hinted.value).endswith(": give another with --name")
+    with pytest.raises(session.CliError) as down:
+        session.check_name_free("ws://127.0.0.1:9", "bob")
+    assert str(down.value).startswith(
+        "cannot reach the server at ws://127.0.0.1:9: connection refused\n"
+    )

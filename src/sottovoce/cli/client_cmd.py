@@ -33,6 +33,7 @@ from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
+    check_name_free,
     data_dir,
     new_passphrase,
     run,
@@ -91,13 +92,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
             "use another --data-dir for a second account (one directory per account)"
         )
     Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
-    # Before the passphrase is typed twice: is the server there, and the name free?
-    try:
-        free = run(username_available(args.server, args.name))
-    except NotConnected as exc:
-        raise unreachable(args.server, exc) from None
-    if not free:
-        raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
+    check_name_free(args.server, args.name)  # before the passphrase is typed twice
     kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None
     kt_witnesses = tuple(parse_vkey(w, witness=True) for w in args.kt_witness or ())
     passphrase = new_passphrase(args, args.name)

@@ -31,7 +31,13 @@ import platformdirs
 from sottovoce.cli import render
 from sottovoce.cli.options import ENV_HOME, ENV_PASSPHRASE
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
+from sottovoce.client import (
+    Client,
+    NotConnected,
+    ServerError,
+    WrongPassphrase,
+    username_available,
+)
 from sottovoce.client.connection import BadServerUrl, TransportClosed
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.linking import DeviceNames
@@ -221,6 +227,17 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
             "wss:// with TLS?"
         )
     return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
+
+
+def check_name_free(server: str, name: str, *, taken_hint: str = "choose another") -> None:
+    """Before a passphrase is typed: is ``server`` there, and ``name`` still free on it?
+    Each "no" is one plain error; ``taken_hint`` says what to do about a taken name."""
+    try:
+        free = run(username_available(server, name))
+    except NotConnected as exc:
+        raise unreachable(server, exc) from None
+    if not free:
+        raise CliError(f"the name '{name}' is taken on {server}: {taken_hint}")
 
 
 #: Refusals whose fix is a command: what happened, then what to run.
