@@ -354,3 +354,19 @@ def test_a_new_accounts_name_is_checked_before_any_passphrase(
     assert str(down.value).startswith(
         "cannot reach the server at ws://127.0.0.1:9: connection refused\n"
     )
+
+
+def test_a_new_account_goes_only_into_a_directory_without_one(tmp_path: Path) -> None:
+    """`account create`, `account link` and `account recover NAME` refuse a directory that
+    holds an account, each saying where the new one goes instead."""
+    from sottovoce.cli import session
+    from sottovoce.client.store import STORE_FILE
+
+    args = argparse.Namespace(data_dir=str(tmp_path / "new"))
+    assert session.new_account_dir(args, hint="unused") == tmp_path / "new"
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / STORE_FILE).write_bytes(b"")
+    with pytest.raises(session.CliError) as taken:
+        session.new_account_dir(args, hint="use another --data-dir")
+    assert str(taken.value) == f"there is already an account in {tmp_path / 'new'}\n" \
+        "use another --data-dir"

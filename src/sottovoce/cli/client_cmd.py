@@ -35,6 +35,7 @@ from sottovoce.cli.session import (
     Connect,
     check_name_free,
     data_dir,
+    new_account_dir,
     new_passphrase,
     run,
     show_device_notices,
@@ -83,14 +84,11 @@ EXIT_QUEUED = 75
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
-    root = data_dir(args)
     validate_username(args.name)
     ws_url(args.server)  # a wrong scheme is a plain error before any passphrase
-    if Store.exists(root):
-        raise CliError(
-            f"there is already an account in {root}\n"
-            "use another --data-dir for a second account (one directory per account)"
-        )
+    root = new_account_dir(
+        args, hint="use another --data-dir for a second account (one directory per account)"
+    )
     Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
     check_name_free(args.server, args.name)  # before the passphrase is typed twice
     kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None

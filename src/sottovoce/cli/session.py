@@ -95,6 +95,15 @@ def require_account(root: Path) -> None:
         )
 
 
+def new_account_dir(args: argparse.Namespace, *, hint: str) -> Path:
+    """The data directory a new account (or device) goes into, refused if it holds an
+    account already; ``hint`` says where to put the new one instead."""
+    root = data_dir(args)
+    if Store.exists(root):
+        raise CliError(f"there is already an account in {root}\n{hint}")
+    return root
+
+
 def remember_secret(args: argparse.Namespace, value: str) -> None:
     """Keep ``value`` out of anything printed on failure (``--debug`` tracebacks too)."""
     if value:
