@@ -83,8 +83,7 @@ def _add_client_commands(kt_sub: Subparsers) -> None:
 
 def add_commands(sub: Subparsers) -> None:
     kt_sub = command_group(
-        sub,
-        "kt",
+        sub, "kt",
         help="key transparency: this device's view of the log (status, ack), witnesses",
         description="Key-transparency commands.",
         example=(
