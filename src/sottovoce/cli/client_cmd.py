@@ -20,22 +20,26 @@ import sys
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
+from sottovoce.cli.options import (
+    Positional,
+    account_options,
+    command_group,
+    history_options,
+    positive,
+    subcommand,
+)
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    Positional,
-    account_options,
-    command_group,
+    check_name_free,
     data_dir,
-    history_options,
+    new_account_dir,
     new_passphrase,
-    positive,
     run,
     show_device_notices,
-    subcommand,
     unlock,
     unreachable,
     with_client,
@@ -81,22 +85,13 @@ EXIT_QUEUED = 75
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
-    root = data_dir(args)
     validate_username(args.name)
     ws_url(args.server)  # a wrong scheme is a plain error before any passphrase
-    if Store.exists(root):
-        raise CliError(
-            f"there is already an account in {root}\n"
-            "use another --data-dir for a second account (one directory per account)"
-        )
+    root = new_account_dir(
+        args, hint="use another --data-dir for a second account (one directory per account)"
+    )
     Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
-    # Before the passphrase is typed twice: is the server there, and the name free?
-    try:
-        free = run(username_available(args.server, args.name))
-    except NotConnected as exc:
-        raise unreachable(args.server, exc) from None
-    if not free:
-        raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
+    check_name_free(args.server, args.name)  # before the passphrase is typed twice
     kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None
     kt_witnesses = tuple(parse_vkey(w, witness=True) for w in args.kt_witness or ())
     passphrase = new_passphrase(args, args.name)

@@ -19,23 +19,25 @@ import time
 from pathlib import Path
 
 from sottovoce.cli import render
-from sottovoce.cli.options import ENV_PASSPHRASE
+from sottovoce.cli.options import (
+    ENV_PASSPHRASE,
+    account_options,
+    positive,
+    subcommand,
+    timed_account_options,
+)
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import (
     PASSPHRASE_TRIES,
     CliError,
     Connect,
-    account_options,
     data_dir,
     given_passphrase,
     new_passphrase,
     no_terminal,
-    positive,
     prompt_secret,
     remember_secret,
     require_account,
-    subcommand,
-    timed_account_options,
     with_client,
 )
 from sottovoce.client import Client, WrongPassphrase

@@ -14,16 +14,9 @@ import sys
 from typing import Any
 
 from sottovoce.cli import render
+from sottovoce.cli.options import Positional, command_group, history_options, subcommand
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    Positional,
-    command_group,
-    history_options,
-    subcommand,
-    with_client,
-)
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.store import DeliveryStatus

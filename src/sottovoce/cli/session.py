@@ -29,21 +29,16 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
-from sottovoce.cli.options import ENV_HOME as ENV_HOME
-from sottovoce.cli.options import ENV_PASSPHRASE as ENV_PASSPHRASE
-from sottovoce.cli.options import Positional as Positional
-from sottovoce.cli.options import account_options as account_options
-from sottovoce.cli.options import add_timeout as add_timeout
-from sottovoce.cli.options import command_group as command_group
-from sottovoce.cli.options import history_options as history_options
-from sottovoce.cli.options import no_options as no_options
-from sottovoce.cli.options import positive as positive
-from sottovoce.cli.options import subcommand as subcommand
-from sottovoce.cli.options import timed_account_options as timed_account_options
-from sottovoce.cli.passphrase_strength import MIN_PASSPHRASE_CHARS
-from sottovoce.cli.passphrase_strength import weak_passphrase as weak_passphrase
+from sottovoce.cli.options import ENV_HOME, ENV_PASSPHRASE
+from sottovoce.cli.passphrase_strength import MIN_PASSPHRASE_CHARS, weak_passphrase
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
+from sottovoce.client import (
+    Client,
+    NotConnected,
+    ServerError,
+    WrongPassphrase,
+    username_available,
+)
 from sottovoce.client.connection import BadServerUrl, TransportClosed
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.linking import DeviceNames
@@ -90,6 +85,15 @@ def require_account(root: Path) -> None:
             "create one with: sottovoce account create NAME --data-dir DIR "
             f"(or point --data-dir / ${ENV_HOME} at an existing one)"
         )
+
+
+def new_account_dir(args: argparse.Namespace, *, hint: str) -> Path:
+    """The data directory a new account (or device) goes into, refused if it holds an
+    account already; ``hint`` says where to put the new one instead."""
+    root = data_dir(args)
+    if Store.exists(root):
+        raise CliError(f"there is already an account in {root}\n{hint}")
+    return root
 
 
 def remember_secret(args: argparse.Namespace, value: str) -> None:
@@ -218,6 +222,17 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
             "wss:// with TLS?"
         )
     return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
+
+
+def check_name_free(server: str, name: str, *, taken_hint: str = "choose another") -> None:
+    """Before a passphrase is typed: is ``server`` there, and ``name`` still free on it?
+    Each "no" is one plain error; ``taken_hint`` says what to do about a taken name."""
+    try:
+        free = run(username_available(server, name))
+    except NotConnected as exc:
+        raise unreachable(server, exc) from None
+    if not free:
+        raise CliError(f"the name '{name}' is taken on {server}: {taken_hint}")
 
 
 #: Refusals whose fix is a command: what happened, then what to run.
