@@ -64,7 +64,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
-from sottovoce.client.kt import Pins, parse_vkey
+from sottovoce.client.kt import Pins, check_min_cosignatures, parse_vkey, witness_policy_of
 from sottovoce.client.linking import DeviceNames
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
@@ -94,11 +94,13 @@ def cmd_account_create(args: argparse.Namespace) -> int:
     check_name_free(args.server, args.name)  # before the passphrase is typed twice
     kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None
     kt_witnesses = tuple(parse_vkey(w, witness=True) for w in args.kt_witness or ())
+    kt_min = check_min_cosignatures(args.kt_min_cosignatures)
     passphrase = new_passphrase(args, args.name)
 
     async def go() -> tuple[str, str, Secret | None, Pins | None]:
         client = await Client.create_account(
-            args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses
+            args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses,
+            kt_min_cosignatures=kt_min,
         )
         pins = client.kt.pins
         await client.close()
@@ -130,6 +132,8 @@ def cmd_account_create(args: argparse.Namespace) -> int:
               "(compare it with the server's start-up banner)")
         for w in pins.witnesses:
             print(f"  witness:  {render.safe(w)}")
+        for line in render.kt_witness_warning(witness_policy_of(pins), command_name()):
+            print(line, file=sys.stderr)
     if code is not None:
         print("\n".join(recovery_lines(code)))
     program = command_name()
@@ -404,6 +408,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     # Before the screen opens: they stay on the terminal the chat gives back.
     for line in render.kt_alerts(client.kt.alerts(), command_name()):
         print(line, file=sys.stderr)
+    for line in render.kt_witness_warning(client.kt.witness_policy, command_name()):
+        print(line, file=sys.stderr)
     show_device_notices(client)  # a device linked or revoked since the last command
     from sottovoce.client.calls import CallOptions, IceConfig
 
@@ -485,6 +491,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="append",
         help="a witness key to pin instead of the ones the server names (repeatable); "
         "every checkpoint then needs a cosignature by one of them",
+    )
+    create.add_argument(
+        "--kt-min-cosignatures",
+        metavar="N",
+        type=int,
+        default=1,
+        help="how many pinned witnesses must cosign every checkpoint (default 1; 0 opts "
+        "out of witnesses, which leaves you unprotected against a server showing you a "
+        "forked log)",
     )
 
     delete = subcommand(

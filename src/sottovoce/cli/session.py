@@ -355,6 +355,8 @@ async def _session(
         if alerts and not client.closed:  # a deleted account's client closed itself
             for line in render.kt_alerts(client.kt.alerts(), command_name()):
                 print(line, file=sys.stderr)
+            for line in render.kt_witness_warning(client.kt.witness_policy, command_name()):
+                print(line, file=sys.stderr)
         if not client.closed:
             show_device_notices(client)
         await client.close()

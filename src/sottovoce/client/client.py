@@ -237,6 +237,7 @@ class Client(CallSurface):
         device_id: str | None = None,
         kt_key: str | None = None,
         kt_witnesses: tuple[str, ...] = (),
+        kt_min_cosignatures: int = 1,
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -248,7 +249,8 @@ class Client(CallSurface):
         and witness keys, or ``kt_key`` / ``kt_witnesses`` (verifier keys) given
         from elsewhere, in which case a server with another log key is refused
         (:class:`~sottovoce.client.errors.KTAlertRaised`; the account stays, and
-        its lookups are refused until the right log is pinned). ``device_id``: the
+        its lookups are refused until the right log is pinned). ``kt_min_cosignatures``:
+        the witness cosignatures required (0 opts out of witnesses). ``device_id``: the
         device's id (default: random; the recorder device is named ``recorder``).
         """
         validate_username(username)
@@ -262,7 +264,7 @@ class Client(CallSurface):
         try:
             client = await cls._enroll(
                 url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
-                recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses),
+                recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses, kt_min_cosignatures),
             )
         except KTAlertRaised as exc:
             exc.recovery_code = code  # registered: the code must still reach its owner
@@ -356,7 +358,7 @@ class Client(CallSurface):
         add: bool,
         recovery_key: bytes | None = None,
         statements: tuple[ev.SignedStatement, ...] = (),
-        kt_expect: tuple[str | None, tuple[str, ...]] = (None, ()),
+        kt_expect: tuple[str | None, tuple[str, ...], int] = (None, (), 1),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()

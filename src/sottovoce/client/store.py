@@ -571,6 +571,9 @@ class Store:
         cur = self._db.execute("UPDATE kt_alerts SET acknowledged = 1 WHERE acknowledged = 0")
         return cur.rowcount
 
+    def acknowledge_kt_alert(self, alert_id: int) -> None:
+        self._db.execute("UPDATE kt_alerts SET acknowledged = 1 WHERE id = ?", (alert_id,))
+
     # --- contacts ------------------------------------------------------------------------
 
     def get_contact(self, username: str) -> Contact | None:
