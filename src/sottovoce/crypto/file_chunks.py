@@ -1,0 +1,227 @@
+"""Files encrypted in chunks, sans I/O (docs/protocol.md §Files).
+
+A file is cut into chunks of :data:`CHUNK_SIZE` plaintext bytes (the last one
+shorter, an empty file one empty chunk) and each chunk is sealed on its own
+with AES-256-GCM under a random per-file key, so a file of any size streams
+through a fixed amount of memory and a download can resume at any chunk::
+
+    chunk i = header ‖ AES-256-GCM(key, nonce = i as 12 bytes,
+                                   aad = "sottovoce file chunk v1" ‖ file_id ‖ header,
+                                   plaintext[i·CHUNK_SIZE : (i+1)·CHUNK_SIZE])
+    header  = uint32 index ‖ uint8 last (1 on the final chunk, else 0)
+
+The header is in clear (so a misplaced chunk is named for what it is) and
+authenticated, as is the file id: a chunk cannot move to another position or
+another file, and only the real final chunk says "last", so cutting the file
+short or appending to it is seen. A SHA-256 of the whole plaintext travels with
+the key (in the end-to-end encrypted message) and is checked at the end.
+
+Every way a stream can be wrong ends in its own :class:`FileIntegrityError`:
+a chunk that does not open (:class:`ChunkTampered`), one in the wrong place
+(:class:`ChunkOutOfOrder`), an end before the final chunk
+(:class:`FileTruncated`), data past it (:class:`FileExtended`), or a whole that
+is not the file that was sent (:class:`FileMismatch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sottovoce.errors import CryptoError, UsageError
+from sottovoce.secret import Secret
+
+#: Plaintext bytes per chunk: a sealed chunk, base64-encoded in a frame, stays well under
+#: the 256 KiB frame limit (limits.MAX_FRAME_BYTES).
+CHUNK_SIZE = 128 * 1024
+HEADER_SIZE = 5
+TAG_SIZE = 16
+#: What sealing adds to each chunk.
+CHUNK_OVERHEAD = HEADER_SIZE + TAG_SIZE
+#: A full sealed chunk (every chunk but the last is exactly this long).
+SEALED_CHUNK_SIZE = CHUNK_SIZE + CHUNK_OVERHEAD
+KEY_SIZE = 32
+FILE_ID_SIZE = 16
+#: A uint32 index: 2^32 chunks of 128 KiB is far beyond any size limit.
+MAX_CHUNKS = 1 << 32
+_AAD = b"sottovoce file chunk v1"
+
+
+class FileIntegrityError(CryptoError):
+    """A file's chunks are not the file that was sent; nothing of it may be kept."""
+
+
+class ChunkTampered(FileIntegrityError):
+    """A chunk does not open under the file's key at its place (changed or damaged)."""
+
+
+class ChunkOutOfOrder(FileIntegrityError):
+    """A chunk names another position than the one it was read at."""
+
+
+class FileTruncated(FileIntegrityError):
+    """The chunks ended before the file's final chunk."""
+
+
+class FileExtended(FileIntegrityError):
+    """A chunk came after the file's final chunk."""
+
+
+class FileMismatch(FileIntegrityError):
+    """Every chunk opened, but the whole is not the size or the hash that was sent."""
+
+
+def chunk_count(size: int) -> int:
+    """How many chunks a file of ``size`` plaintext bytes has (an empty file has one)."""
+    if size < 0:
+        raise UsageError("a file size is not negative")
+    return max(1, -(-size // CHUNK_SIZE))
+
+
+def sealed_size(size: int) -> int:
+    """Bytes of all sealed chunks of a file of ``size`` plaintext bytes."""
+    return size + chunk_count(size) * CHUNK_OVERHEAD
+
+
+def plain_size(sealed: int, chunks: int) -> int:
+    """The plaintext size of ``chunks`` sealed chunks of ``sealed`` bytes in all."""
+    return sealed - chunks * CHUNK_OVERHEAD
+
+
+def valid_layout(sealed: int, chunks: int) -> bool:
+    """Whether ``sealed`` bytes can be ``chunks`` sealed chunks (all full but the last,
+    which holds at least its overhead): what a server checks without any key."""
+    if not 1 <= chunks < MAX_CHUNKS:
+        return False
+    low = (chunks - 1) * SEALED_CHUNK_SIZE + CHUNK_OVERHEAD
+    if chunks > 1:
+        low += 1  # a last chunk after full ones holds at least one byte
+    return low <= sealed <= chunks * SEALED_CHUNK_SIZE
+
+
+def sealed_chunk_size(index: int, chunks: int, sealed: int) -> int:
+    """The length of sealed chunk ``index`` of a file laid out as ``(sealed, chunks)``."""
+    if index < chunks - 1:
+        return SEALED_CHUNK_SIZE
+    return sealed - (chunks - 1) * SEALED_CHUNK_SIZE
+
+
+def new_file_key() -> Secret:
+    return Secret(secrets.token_bytes(KEY_SIZE))
+
+
+def new_file_id() -> bytes:
+    return secrets.token_bytes(FILE_ID_SIZE)
+
+
+def _header(index: int, last: bool) -> bytes:
+    return index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def _aead(key: Secret, file_id: bytes) -> AESGCM:
+    raw = key.expose()
+    if len(raw) != KEY_SIZE:
+        raise UsageError("a file key is 32 bytes")
+    if len(file_id) != FILE_ID_SIZE:
+        raise UsageError("a file id is 16 bytes")
+    return AESGCM(raw)
+
+
+class ChunkSealer:
+    """Seals the chunks of one file, in order, and hashes its plaintext on the way."""
+
+    __slots__ = ("_aead", "_file_id", "_hash", "_next", "chunks", "size")
+
+    def __init__(self, key: Secret, file_id: bytes, size: int) -> None:
+        self._aead = _aead(key, file_id)
+        self._file_id = file_id
+        self.size = size
+        self.chunks = chunk_count(size)
+        self._next = 0
+        self._hash = hashlib.sha256()
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """Seal the next chunk (``CHUNK_SIZE`` bytes, the last one up to that)."""
+        index = self._next
+        if index >= self.chunks:
+            raise UsageError("the file has no more chunks")
+        last = index == self.chunks - 1
+        want = self.size - index * CHUNK_SIZE if last else CHUNK_SIZE
+        if len(plaintext) != want:
+            raise UsageError("the file changed while it was being sent")
+        self._next += 1
+        self._hash.update(plaintext)
+        header = _header(index, last)
+        nonce = index.to_bytes(12, "big")
+        return header + self._aead.encrypt(nonce, plaintext, _AAD + self._file_id + header)
+
+    @property
+    def done(self) -> bool:
+        return self._next == self.chunks
+
+    def digest(self) -> bytes:
+        """SHA-256 of the plaintext, once every chunk is sealed."""
+        if not self.done:
+            raise UsageError("the file is not sealed to its end")
+        return self._hash.digest()
+
+
+class ChunkOpener:
+    """Opens the chunks of one file, in order, and checks the whole at the end."""
+
+    __slots__ = ("_aead", "_done", "_file_id", "_hash", "_next", "_seen", "chunks", "sha256",
+                 "size")
+
+    def __init__(self, key: Secret, file_id: bytes, size: int, sha256: bytes) -> None:
+        self._aead = _aead(key, file_id)
+        self._file_id = file_id
+        self.size = size
+        self.sha256 = sha256
+        self.chunks = chunk_count(size)
+        self._next = 0
+        self._seen = 0
+        self._done = False
+        self._hash = hashlib.sha256()
+
+    @property
+    def next_index(self) -> int:
+        return self._next
+
+    def open(self, sealed: bytes) -> bytes:
+        """The plaintext of the next chunk, or a :class:`FileIntegrityError`."""
+        if self._done:
+            raise FileExtended("data follows the file's final chunk")
+        if len(sealed) < CHUNK_OVERHEAD or len(sealed) > SEALED_CHUNK_SIZE:
+            raise ChunkTampered(f"chunk {self._next} has an impossible length")
+        header = bytes(sealed[:HEADER_SIZE])
+        index = int.from_bytes(header[:4], "big")
+        if index != self._next or header[4] > 1:
+            raise ChunkOutOfOrder(f"chunk {self._next} names position {index}")
+        nonce = index.to_bytes(12, "big")
+        try:
+            plaintext = self._aead.decrypt(
+                nonce, bytes(sealed[HEADER_SIZE:]), _AAD + self._file_id + header
+            )
+        except InvalidTag:
+            raise ChunkTampered(f"chunk {index} does not open under the file's key") from None
+        last = header[4] == 1
+        if last != (index == self.chunks - 1):
+            # Sealed by the key holder with another layout than the message says.
+            raise FileMismatch("the file's chunks do not match its size")
+        self._next += 1
+        self._seen += len(plaintext)
+        self._hash.update(plaintext)
+        self._done = last
+        return plaintext
+
+    def finish(self) -> None:
+        """Every chunk was read: the final one was seen and the whole is the file sent."""
+        if not self._done:
+            raise FileTruncated(f"the file ends after {self._next} of {self.chunks} chunks")
+        if self._seen != self.size:
+            raise FileMismatch("the file is not the size that was sent")
+        if not secrets.compare_digest(self._hash.digest(), self.sha256):
+            raise FileMismatch("the file's SHA-256 is not the one that was sent")

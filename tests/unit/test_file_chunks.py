@@ -1,0 +1,122 @@
+"""Chunked file encryption: a round trip, and every way a stream can be wrong ends in
+its own typed error (crypto/file_chunks.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from sottovoce.crypto.file_chunks import (
+    CHUNK_OVERHEAD,
+    CHUNK_SIZE,
+    SEALED_CHUNK_SIZE,
+    ChunkOpener,
+    ChunkOutOfOrder,
+    ChunkSealer,
+    ChunkTampered,
+    FileExtended,
+    FileIntegrityError,
+    FileMismatch,
+    FileTruncated,
+    chunk_count,
+    new_file_id,
+    new_file_key,
+    sealed_chunk_size,
+    sealed_size,
+    valid_layout,
+)
+from sottovoce.errors import UsageError
+
+DATA = bytes(range(256)) * (CHUNK_SIZE * 3 // 256) + b"tail"
+
+
+def seal_all(data: bytes, key=None, file_id=None):  # type: ignore[no-untyped-def]
+    key = key or new_file_key()
+    file_id = file_id or new_file_id()
+    sealer = ChunkSealer(key, file_id, len(data))
+    chunks = [sealer.seal(data[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE])
+              for i in range(sealer.chunks)]
+    return key, file_id, chunks, sealer.digest()
+
+
+def open_all(key, file_id, size, digest, chunks):  # type: ignore[no-untyped-def]
+    opener = ChunkOpener(key, file_id, size, digest)
+    out = b"".join(opener.open(c) for c in chunks)
+    opener.finish()
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, len(DATA)])
+def test_round_trip_and_layout(size: int) -> None:
+    data = DATA[:size]
+    key, file_id, chunks, digest = seal_all(data)
+    assert digest == hashlib.sha256(data).digest()
+    assert len(chunks) == chunk_count(size)
+    assert sum(map(len, chunks)) == sealed_size(size)
+    assert valid_layout(sealed_size(size), len(chunks))
+    for i, c in enumerate(chunks):
+        assert len(c) == sealed_chunk_size(i, len(chunks), sealed_size(size))
+    assert open_all(key, file_id, size, digest, chunks) == data
+
+
+def test_layouts_a_server_refuses() -> None:
+    assert not valid_layout(0, 1)
+    assert not valid_layout(SEALED_CHUNK_SIZE + 1, 1)
+    assert not valid_layout(SEALED_CHUNK_SIZE + CHUNK_OVERHEAD, 2)  # an empty last chunk
+    assert valid_layout(SEALED_CHUNK_SIZE + CHUNK_OVERHEAD + 1, 2)
+    assert not valid_layout(10, 0)
+
+
+def test_tampered_chunk() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    bad = bytearray(chunks[1])
+    bad[100] ^= 1
+    with pytest.raises(ChunkTampered):
+        open_all(key, file_id, len(DATA), digest, [chunks[0], bytes(bad), *chunks[2:]])
+
+
+def test_header_forged_to_the_right_place_still_fails() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    moved = chunks[0][:0] + (1).to_bytes(4, "big") + b"\x00" + chunks[2][5:]
+    with pytest.raises(ChunkTampered):
+        open_all(key, file_id, len(DATA), digest, [chunks[0], moved, *chunks[2:]])
+
+
+def test_reordered_chunks() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    with pytest.raises(ChunkOutOfOrder):
+        open_all(key, file_id, len(DATA), digest, [chunks[1], chunks[0], *chunks[2:]])
+
+
+def test_truncated_stream() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    with pytest.raises(FileTruncated):
+        open_all(key, file_id, len(DATA), digest, chunks[:-1])
+
+
+def test_extended_stream() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    with pytest.raises(FileExtended):
+        open_all(key, file_id, len(DATA), digest, [*chunks, chunks[-1]])
+
+
+def test_chunk_of_another_file() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    _, _, other, _ = seal_all(DATA, key=key)  # same key, another file id
+    with pytest.raises(ChunkTampered):
+        open_all(key, file_id, len(DATA), digest, [other[0], *chunks[1:]])
+
+
+def test_wrong_hash_or_size() -> None:
+    key, file_id, chunks, _ = seal_all(DATA)
+    with pytest.raises(FileMismatch):
+        open_all(key, file_id, len(DATA), b"\x00" * 32, chunks)
+    with pytest.raises(FileIntegrityError):
+        open_all(key, file_id, len(DATA) - 1, hashlib.sha256(DATA).digest(), chunks)
+
+
+def test_sealer_refuses_a_file_that_changed() -> None:
+    sealer = ChunkSealer(new_file_key(), new_file_id(), 10)
+    with pytest.raises(UsageError):
+        sealer.seal(b"short")
