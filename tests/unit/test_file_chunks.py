@@ -120,3 +120,19 @@ def test_sealer_refuses_a_file_that_changed() -> None:
     sealer = ChunkSealer(new_file_key(), new_file_id(), 10)
     with pytest.raises(UsageError):
         sealer.seal(b"short")
+
+
+def test_resumed_sealing_and_opening_give_the_same_file() -> None:
+    key, file_id, chunks, digest = seal_all(DATA)
+    again = ChunkSealer(key, file_id, len(DATA), start=2)
+    assert again.seal(DATA[2 * CHUNK_SIZE:3 * CHUNK_SIZE]) == chunks[2]
+    assert again.reseal(2, DATA[2 * CHUNK_SIZE:3 * CHUNK_SIZE]) == chunks[2]
+    with pytest.raises(UsageError):
+        again.digest()
+    opener = ChunkOpener(key, file_id, len(DATA), digest)
+    opener.accept_verified(DATA[:CHUNK_SIZE])
+    opener.accept_verified(DATA[CHUNK_SIZE:2 * CHUNK_SIZE])
+    assert opener.next_index == 2
+    for c in chunks[2:]:
+        opener.open(c)
+    opener.finish()

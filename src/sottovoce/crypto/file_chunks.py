@@ -133,14 +133,16 @@ def _aead(key: Secret, file_id: bytes) -> AESGCM:
 class ChunkSealer:
     """Seals the chunks of one file, in order, and hashes its plaintext on the way."""
 
-    __slots__ = ("_aead", "_file_id", "_hash", "_next", "chunks", "size")
+    __slots__ = ("_aead", "_file_id", "_hash", "_next", "_start", "chunks", "size")
 
-    def __init__(self, key: Secret, file_id: bytes, size: int) -> None:
+    def __init__(self, key: Secret, file_id: bytes, size: int, *, start: int = 0) -> None:
+        """``start``: seal from that chunk on (the ones before are sealed already; the
+        hash then covers only what this sealer saw, and :meth:`digest` refuses)."""
         self._aead = _aead(key, file_id)
         self._file_id = file_id
         self.size = size
         self.chunks = chunk_count(size)
-        self._next = 0
+        self._next = self._start = start
         self._hash = hashlib.sha256()
 
     def seal(self, plaintext: bytes) -> bytes:
@@ -159,14 +161,29 @@ class ChunkSealer:
         return header + self._aead.encrypt(nonce, plaintext, _AAD + self._file_id + header)
 
     @property
+    def next_index(self) -> int:
+        return self._next
+
+    @property
     def done(self) -> bool:
         return self._next == self.chunks
 
     def digest(self) -> bytes:
         """SHA-256 of the plaintext, once every chunk is sealed."""
-        if not self.done:
-            raise UsageError("the file is not sealed to its end")
+        if not self.done or self._start:
+            raise UsageError("the file is not sealed from its start to its end")
         return self._hash.digest()
+
+    def reseal(self, index: int, plaintext: bytes) -> bytes:
+        """Chunk ``index`` again, already sealed once (a resumed upload sends it again):
+        the same bytes, since the nonce is the index; the hash is not touched."""
+        if index >= self._next:
+            raise UsageError("only a chunk sealed before can be sealed again")
+        last = index == self.chunks - 1
+        header = _header(index, last)
+        return header + self._aead.encrypt(
+            index.to_bytes(12, "big"), plaintext, _AAD + self._file_id + header
+        )
 
 
 class ChunkOpener:
@@ -189,6 +206,18 @@ class ChunkOpener:
     @property
     def next_index(self) -> int:
         return self._next
+
+    def accept_verified(self, plaintext: bytes) -> None:
+        """The next chunk's plaintext, opened and checked before (a resumed download keeps
+        what it verified): counted and hashed, not opened again."""
+        if self._done:
+            raise FileExtended("data follows the file's final chunk")
+        if len(plaintext) > CHUNK_SIZE:
+            raise UsageError("a chunk holds at most CHUNK_SIZE bytes")
+        self._next += 1
+        self._seen += len(plaintext)
+        self._hash.update(plaintext)
+        self._done = self._next == self.chunks
 
     def open(self, sealed: bytes) -> bytes:
         """The plaintext of the next chunk, or a :class:`FileIntegrityError`."""

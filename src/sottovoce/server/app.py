@@ -110,6 +110,7 @@ from sottovoce.server.auth import (
     spend,
     verify_possession,
 )
+from sottovoce.server.blobs import BlobService
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
@@ -280,6 +281,11 @@ class ServerApp:
         self.account_keys = AccountKeys(storage, self.directory, self.presence, self.rooms,
                                         logger)
         self._handlers[AccountStatements] = self._account_statements
+        #: File blobs (both storage engines keep their metadata; chunks are in data_dir).
+        self.blobs = (BlobService(storage, config, logger, now_ms)
+                      if isinstance(storage, SharedStorage) else None)
+        if self.blobs is not None:
+            self._handlers.update(self.blobs.handlers())
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)
@@ -344,6 +350,9 @@ class ServerApp:
         )
         await self._server.start(cfg.host, cfg.port, ssl=ctx, backlog=1024)
         self._spawn(self._expiry_loop())
+        if self.blobs is not None:
+            self.blobs.start()
+            self._spawn(self.blobs.run())
         if self.kt is not None:  # its first round may call witnesses that call us back
             self._spawn(self.kt.run())
         self.log.info("server.started", url=self.url, version=__version__,
