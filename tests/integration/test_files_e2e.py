@@ -1,0 +1,246 @@
+"""Files against the real server process (client/files.py, server/blobs.py).
+
+* a file round-trips 1:1 and in a room, its SHA-256 checked, and the server's blob
+  is deleted once every device it was for has fetched it;
+* a 50 MiB file round-trips and the server's blob files and database hold none of its
+  plaintext;
+* a download cut off halfway (the task cancelled, then the connection dropped)
+  resumes and completes;
+* a chunk tampered with on the server is refused and nothing of the file is kept;
+* a file over the server's --max-file-size is refused before any of it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sottovoce.client import Client, MessageReceived
+from sottovoce.client.events import RoomMessageReceived
+from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
+from sottovoce.errors import UsageError
+from tests.integration.client_helpers import make_account
+from tests.integration.serverproc import ServerProcess
+
+CANARY = b"CANARY-plaintext-7f3a9c"
+
+
+def make_file(path: Path, size: int) -> bytes:
+    """``size`` random bytes with the canary every 64 KiB; their SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = (CANARY + os.urandom(64 * 1024 - len(CANARY)))[:left]
+            f.write(block)
+            digest.update(block)
+            left -= len(block)
+    return digest.digest()
+
+
+def sha256_of(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+async def file_message(client: Client, timeout: float = 20.0) -> str:
+    """The messageId of the next file message ``client`` stores (1:1 or room)."""
+    stream = client.events()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        event = await stream.next(max(0.01, deadline - loop.time()))
+        message = getattr(event, "message", None)
+        if isinstance(event, MessageReceived | RoomMessageReceived) and message is not None \
+                and message.content_type == "file":
+            return str(message.message_id)
+
+
+def blob_rows(server: ServerProcess) -> int:
+    with sqlite3.connect(server.db_path) as db:
+        return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
+
+
+def blob_files(server: ServerProcess) -> list[Path]:
+    return sorted((server.data_dir / "blobs").iterdir())
+
+
+async def test_file_round_trips_one_to_one_and_goes_once_fetched(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "notes.txt"
+        digest = make_file(src, 3 * CHUNK_SIZE + 1234)
+        waiting = asyncio.ensure_future(file_message(bob))
+        seen: list[tuple[int, int]] = []
+        sent = await alice.files.send_file("bob", src, progress=lambda d, t: seen.append((d, t)))
+        assert seen[-1] == (src.stat().st_size, src.stat().st_size) and len(seen) == 4
+        message_id = await waiting
+        assert message_id == sent
+        info = bob.files.info(message_id)
+        assert (info.name, info.media_type, info.kind, info.size) == (
+            "notes.txt", "text/plain", "file", src.stat().st_size)
+        assert blob_rows(server) == 1 and len(blob_files(server)) == 1
+        (tmp_path / "dl").mkdir()
+        out = await bob.files.save(message_id, tmp_path / "dl")
+        assert out == tmp_path / "dl" / "notes.txt" and sha256_of(out) == digest
+        # The only device it was for has it: the server holds nothing of it any more.
+        assert blob_rows(server) == 0 and blob_files(server) == []
+        # Bob's copy is sealed: the plaintext is in no file of his data directory.
+        for path in (tmp_path / "bob" / "files").iterdir():
+            assert CANARY not in path.read_bytes()
+        with pytest.raises(UsageError, match="exists"):
+            await bob.files.save(message_id, out)
+        again = await bob.files.save(message_id, tmp_path / "again.txt")  # from the local copy
+        assert sha256_of(again) == digest
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_large_file_leaves_no_plaintext_on_the_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "big.bin"
+        digest = make_file(src, 50 * 1024 * 1024)
+        waiting = asyncio.ensure_future(file_message(bob, timeout=60))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+        for path in [*blob_files(server), *server.data_dir.glob("sottovoce.sqlite3*")]:
+            with open(path, "rb") as f:
+                while block := f.read(8 << 20):
+                    assert CANARY not in block, path
+        out = await bob.files.save(message_id, tmp_path / "big.out")
+        assert sha256_of(out) == digest
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_cut_off_download_resumes_and_completes(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "resume.bin"
+        digest = make_file(src, 40 * CHUNK_SIZE)
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+
+        tasks: list[asyncio.Future[None]] = []
+
+        def stop_halfway(done: int, total: int) -> None:
+            if done >= total // 2:
+                tasks[0].cancel()  # the program stops halfway
+
+        tasks.append(asyncio.ensure_future(bob.files.download(message_id,
+                                                              progress=stop_halfway)))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(tasks[0], 30)
+        parts = list((tmp_path / "bob" / "files").glob("*.part"))
+        assert len(parts) == 1 and parts[0].stat().st_size >= 20 * SEALED_CHUNK_SIZE
+        assert not bob.files.is_downloaded(message_id)
+
+        first: list[int] = []
+        drops: list[asyncio.Future[None]] = []
+
+        def progress(done: int, total: int) -> None:
+            first.append(done)
+            if len(first) == 3:  # and the connection drops in the middle of the rest
+                drops.append(asyncio.ensure_future(bob.drop_connection()))
+
+        await bob.files.download(message_id, progress=progress)
+        assert first[0] > 20 * CHUNK_SIZE  # it carried on from the verified chunks
+        assert bob.files.resumed  # and again after the dropped connection
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_tampered_chunk_is_refused_and_nothing_kept(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "t.bin"
+        make_file(src, 5 * CHUNK_SIZE)
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+        [blob] = blob_files(server)
+        with open(blob, "r+b") as f:
+            f.seek(2 * SEALED_CHUNK_SIZE + 100)
+            byte = f.read(1)
+            f.seek(2 * SEALED_CHUNK_SIZE + 100)
+            f.write(bytes([byte[0] ^ 1]))
+        dest = tmp_path / "t.out"
+        with pytest.raises(ChunkTampered):
+            await bob.files.save(message_id, dest)
+        assert not dest.exists() and list(tmp_path.glob(".t.out*")) == []
+        assert list((tmp_path / "bob" / "files").iterdir()) == []
+        assert not bob.files.is_downloaded(message_id)
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_file_over_the_size_limit_is_refused_before_upload(
+    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory("--max-file-size", "300000")
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "huge.bin"
+        make_file(src, 300001)
+        with pytest.raises(UsageError, match=r"too large: the server takes files of at most "
+                                             r"300000 bytes"):
+            await alice.files.send_file("bob", src)
+        assert blob_rows(server) == 0 and blob_files(server) == []
+        assert alice.history("bob") == []
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_file_round_trips_in_a_room_and_goes_once_all_fetched(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob, carol = [await make_account(server, n, tmp_path)
+                         for n in ("alice", "bob", "carol")]
+    try:
+        room = await alice.rooms.create_room("team")
+        await alice.rooms.invite("team", "bob")
+        await alice.rooms.invite("team", "carol")
+        await bob.rooms.wait_epoch(room.room_id, 2)
+        await carol.rooms.wait_epoch(room.room_id, 2)
+        src = tmp_path / "plan.pdf"
+        digest = make_file(src, CHUNK_SIZE + 7)
+        waits = [asyncio.ensure_future(file_message(c)) for c in (bob, carol)]
+        sent = await alice.files.room_send_file("team", src)
+        assert [await w for w in waits] == [sent, sent]
+        assert bob.files.info(sent).media_type == "application/pdf"
+        assert sha256_of(await bob.files.save(sent, tmp_path / "b.pdf")) == digest
+        assert blob_rows(server) == 1  # carol has not fetched it yet
+        assert sha256_of(await carol.files.save(sent, tmp_path / "c.pdf")) == digest
+        assert blob_rows(server) == 0 and blob_files(server) == []
+    finally:
+        for c in (alice, bob, carol):
+            await c.close()
