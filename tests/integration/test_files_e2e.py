@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,3 +247,44 @@ async def test_file_round_trips_in_a_room_and_goes_once_all_fetched(
     finally:
         for c in (alice, bob, carol):
             await c.close()
+
+
+def _cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env.update(SOTTOVOCE_HOME=str(home), SOTTOVOCE_PASSPHRASE="a long cli passphrase")
+    return subprocess.run([sys.executable, "-m", "sottovoce", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: Path) -> None:
+    alice_home, bob_home = tmp_path / "cli-alice", tmp_path / "cli-bob"
+    for name, home in (("alice", alice_home), ("bob", bob_home)):
+        done = _cli("account", "create", name, "--server", server.url, home=home)
+        assert done.returncode == 0, done.stderr
+    src = tmp_path / "report.txt"
+    digest = make_file(src, CHUNK_SIZE + 99)
+
+    both = _cli("send", "bob", "hi", "--file", str(src), home=alice_home)
+    assert both.returncode == 1 and both.stderr.strip().endswith(
+        "give TEXT or --file PATH, not both"), both.stderr
+    missing = _cli("send", "bob", "--file", str(tmp_path / "nope.txt"), home=alice_home)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    sent = _cli("send", "bob", "--file", str(src), home=alice_home)
+    assert sent.returncode == 0, sent.stderr
+    assert "✓ sent" in sent.stdout and "report.txt" in sent.stdout
+    assert sent.stderr == ""  # not a terminal: no progress bar
+    message_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", sent.stdout)
+    assert message_id is not None
+
+    history = _cli("history", "alice", home=bob_home)
+    assert history.returncode == 0, history.stderr
+    assert re.search(r"alice: \[file\] report\.txt \(128\.1 KiB, text/plain\) id "
+                     + re.escape(message_id.group(1)), history.stdout), history.stdout
+
+    dest = tmp_path / "saved.txt"
+    saved = _cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
+    assert saved.returncode == 0, saved.stderr
+    assert f"saved report.txt to {dest}" in saved.stdout
+    assert sha256_of(dest) == digest
