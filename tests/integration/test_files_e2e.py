@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
 
 from sottovoce.client import Client, MessageReceived
+from sottovoce.client.errors import ServerError
 from sottovoce.client.events import RoomMessageReceived
 from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
 from sottovoce.errors import UsageError
@@ -288,3 +291,68 @@ def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: Path) -
     assert saved.returncode == 0, saved.stderr
     assert f"saved report.txt to {dest}" in saved.stdout
     assert sha256_of(dest) == digest
+
+
+async def test_image_thumbnail_and_voice_duration_travel_in_the_message(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        picture = tmp_path / "cat.png"
+        Image.new("RGB", (640, 480), (200, 120, 40)).save(picture)
+        voice = tmp_path / "note.wav"
+        with wave.open(str(voice), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(b"\x00\x01" * 12000)  # 1.5 s
+        waiting = asyncio.ensure_future(file_message(bob))
+        first = await alice.files.send_file("bob", picture)
+        assert await waiting == first
+        waiting = asyncio.ensure_future(file_message(bob))
+        second = await alice.files.send_file("bob", voice)
+        assert await waiting == second
+        image = bob.files.info(first)
+        assert (image.kind, image.media_type) == ("image", "image/png")
+        assert image.thumbnail is not None
+        with Image.open(io.BytesIO(image.thumbnail)) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) == 160
+        note = bob.files.info(second)
+        assert (note.kind, note.duration_ms, note.thumbnail) == ("voice", 1500, None)
+        shown = await bob.files.view(second)  # decrypted for playing, in the viewing area
+        assert shown.parent.parent == tmp_path / "bob" / "view"
+        assert shown.read_bytes() == voice.read_bytes()
+    finally:
+        await alice.close()
+        await bob.close()
+    assert not (tmp_path / "bob" / "view").exists()  # wiped when the client closed
+
+
+async def test_unfetched_blob_expires_and_is_swept(
+    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory("--file-ttl-ms", "1500", "--expiry-interval-ms", "200")
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "late.bin"
+        make_file(src, 1000)
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+        assert bob.files.info(message_id).expires_at_ms > 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while blob_files(server) or blob_rows(server):
+            assert loop.time() < deadline, "the sweep did not delete the expired blob"
+            await asyncio.sleep(0.1)
+        with pytest.raises(ServerError) as gone:
+            await bob.files.download(message_id)
+        assert gone.value.code == "unknown_blob"
+        assert list((tmp_path / "bob" / "files").glob("*")) == []
+    finally:
+        await alice.close()
+        await bob.close()

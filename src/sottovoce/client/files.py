@@ -244,6 +244,10 @@ class Files:
         except FileIntegrityError:
             self._table.forget(record)
             raise
+        except ServerError as exc:
+            if exc.code == "unknown_blob":  # expired, or fetched by all: nothing to resume
+                self._table.forget(record)
+            raise
         os.replace(part, self._table.path(record))
         self._table.mark_complete(message_id)
         with contextlib.suppress(NotConnected, ServerError):
