@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import mimetypes
 import os
@@ -63,8 +64,8 @@ from sottovoce.protocol import blobs as pb
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
 Device = tuple[str, str]
-#: Chunk requests in flight at once (each chunk is 128 KiB).
-WINDOW = 8
+#: Chunk requests in flight at once (each chunk is 128 KiB: 2 MiB in flight).
+WINDOW = 16
 #: How long a transfer waits for a lost connection to come back, each time.
 RECONNECT_WAIT_S = 30.0
 #: Times one transfer carries on after a lost connection before it gives up.
@@ -185,8 +186,9 @@ class Files:
                     sealed = sealer.reseal(send_at, plaintext)
                 else:
                     sealed = sealer.seal(plaintext)
-                put = pb.BlobPut(blobId=blob_id, index=send_at, data=sealed)
-                inflight.append(asyncio.ensure_future(self._link.request(put, _STORED)))
+                inflight.append(asyncio.ensure_future(self._link.request_built(
+                    functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at, data=sealed),
+                    _STORED)))
                 send_at += 1
             try:
                 await inflight.popleft()
@@ -377,7 +379,10 @@ def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes:
     """The chunk of a ``sottovoce.blob.chunk`` reply, which must be the one asked for."""
     if data.get("blobId") != blob_id or data.get("index") != index:
         raise DecodeError("the server answered with another chunk")
-    return pb.CHUNK_DATA.parse(data.get("data"), "data")
+    chunk = data.get("data")
+    if isinstance(chunk, bytes):  # a binary message (the usual answer)
+        return chunk
+    return pb.CHUNK_DATA.parse(chunk, "data")
 
 
 def _size_text(value: object) -> str:

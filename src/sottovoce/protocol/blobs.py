@@ -16,6 +16,12 @@ end-to-end encrypted message. Over the device's authenticated WebSocket::
     sottovoce.blob.fetched {blobId}                   a recipient device has it all
         → sottovoce.blob.released {blobId, deleted}    deleted once every recipient has
 
+The chunks themselves travel as binary WebSocket messages, without base64 or JSON
+(a put, and the answer to a get)::
+
+    uint8 op | blob id (16 bytes) | uint32 index | uint8 n | requestId (n bytes) | chunk
+    op 0x01: sottovoce.blob.put (client → server); op 0x02: sottovoce.blob.chunk (reply)
+
 ``size`` is the sum of the sealed chunks; every chunk but the last is exactly
 ``SEALED_CHUNK_SIZE`` bytes, so the server checks each one's length and finds any by
 its index. Error codes: file_too_large (``details {maxBytes}``), quota_exceeded
@@ -26,10 +32,11 @@ blob_incomplete, forbidden, bad_request.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from sottovoce.crypto.file_chunks import MAX_CHUNKS, SEALED_CHUNK_SIZE
+from sottovoce.crypto.file_chunks import FILE_ID_SIZE, MAX_CHUNKS, SEALED_CHUNK_SIZE
 from sottovoce.limits import MAX_ROOM_MEMBERS
-from sottovoce.protocol.fields import B64, ID, MAX_INT, Int, ListOf, Pattern
+from sottovoce.protocol.fields import B64, ID, ID_RE, MAX_INT, Int, ListOf, Pattern, bad
 from sottovoce.protocol.spec import ClientEvent, Nested, WireStruct, event, registry, struct, wire
 
 BLOB_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -88,3 +95,46 @@ class BlobFetched(ClientEvent):
 
 
 BLOB_CLIENT_EVENTS = registry(BlobCreate, BlobPut, BlobGet, BlobFetched)
+
+
+# =============================================================================
+# Binary messages: chunks without base64 or JSON
+# =============================================================================
+
+OP_PUT = 0x01
+OP_CHUNK = 0x02
+_HEAD = 1 + FILE_ID_SIZE + 4 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryChunk:
+    op: int
+    blob_id: str
+    index: int
+    request_id: str
+    data: bytes
+
+
+def is_binary_chunk(message: bytes) -> bool:
+    return message[:1] in (b"\x01", b"\x02")
+
+
+def pack_chunk(op: int, blob_id: str, index: int, request_id: str, data: bytes) -> bytes:
+    rid = request_id.encode("ascii")
+    return b"".join((bytes((op,)), bytes.fromhex(blob_id), index.to_bytes(4, "big"),
+                     bytes((len(rid),)), rid, data))
+
+
+def unpack_chunk(message: bytes) -> BinaryChunk:
+    """A binary chunk message; ``ProtocolError`` if it is not a well-formed one."""
+    if len(message) < _HEAD or message[0] not in (OP_PUT, OP_CHUNK):
+        raise bad("binary", "is not a chunk message")
+    n = message[_HEAD - 1]
+    rid = bytes(message[_HEAD:_HEAD + n]).decode("ascii", "replace")
+    if not n or len(message) < _HEAD + n or not ID_RE.fullmatch(rid):
+        raise bad("requestId", "must be 1-255 id characters")
+    data = bytes(message[_HEAD + n:])
+    if not data or len(data) > SEALED_CHUNK_SIZE:
+        raise bad("data", f"must be 1-{SEALED_CHUNK_SIZE} bytes")
+    return BinaryChunk(message[0], bytes(message[1:1 + FILE_ID_SIZE]).hex(),
+                       int.from_bytes(message[1 + FILE_ID_SIZE:_HEAD - 1], "big"), rid, data)

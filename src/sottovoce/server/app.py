@@ -57,6 +57,7 @@ from sottovoce.identity import (
 from sottovoce.identity.succession import Statement
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.private_files import private_dir, private_file, sqlite_files
+from sottovoce.protocol.blobs import BlobPut, is_binary_chunk
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
     ACCOUNT_HEAD,
@@ -535,6 +536,9 @@ class ServerApp:
         rid: str | None = None
         ev: ClientEvent | SendView | None = None
         try:
+            if (isinstance(message, bytes) and self.blobs is not None
+                    and is_binary_chunk(message)):
+                return self._binary(self.blobs, session, message)
             event, rid, data = parse_frame(message)
             cls = ALL_CLIENT_EVENTS.get(event)
             if cls is None:
@@ -568,6 +572,25 @@ class ServerApp:
             self.log.error("dispatch.failed", error=type(exc).__name__)
             session.error(WireFailure("internal", "internal error", retryable=True), rid)
         return None
+
+    def _binary(
+        self, blobs: BlobService, session: Session, message: bytes
+    ) -> Awaitable[None] | None:
+        """A file chunk in a binary message (server/blobs.py): the same checks as a frame."""
+        self.metrics.frame(BlobPut.name)
+        if session.user is None:
+            raise WireFailure("unauthorized", "authenticate first")
+        wait = session.bucket.take()
+        if wait:
+            raise RateLimited("too many requests", wait)
+        ev, rid = blobs.binary(session, message)
+        try:
+            result = self._handlers[BlobPut](session, ev, {}, rid)
+        except WireFailure as exc:
+            self._refuse(session, exc, rid, ev)
+            return None
+        session.strikes.good()
+        return None if result is None else self._guard(session, rid, result, ev)
 
     def _refuse(
         self, session: Session, failure: WireFailure, rid: str | None,

@@ -38,12 +38,16 @@ from sottovoce.protocol.blobs import (
     BLOB_CREATED,
     BLOB_RELEASED,
     BLOB_STORED,
+    OP_CHUNK,
+    OP_PUT,
     BlobCreate,
     BlobFetched,
     BlobGet,
     BlobPut,
+    pack_chunk,
+    unpack_chunk,
 )
-from sottovoce.protocol.fields import b64
+from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.errors import WireFailure
 from sottovoce.server.logs import JsonLogger
@@ -151,6 +155,15 @@ class BlobService:
             "expiresAtMs": meta.expires_at, "maxBytes": limit,
         }, rid)
 
+    def binary(self, session: Session, message: bytes) -> tuple[BlobPut, str]:
+        """A binary put (protocol/blobs.py) as the event it stands for, and its requestId;
+        ``ProtocolError`` for anything else."""
+        chunk = unpack_chunk(message)
+        if chunk.op != OP_PUT:
+            raise ProtocolError("bad_request", "a client sends only put chunks")
+        return BlobPut(blobId=chunk.blob_id, index=chunk.index, data=chunk.data), \
+            chunk.request_id
+
     def _put(
         self, session: Session, ev: BlobPut, data: dict[str, Any], rid: str | None
     ) -> Awaitable[None] | None:
@@ -240,8 +253,11 @@ class BlobService:
         except FileNotFoundError:
             raise WireFailure("unknown_blob",
                               "no such file on the server (gone or expired)") from None
-        session.reply(BLOB_CHUNK, {"blobId": meta.blob_id, "index": index, "data": b64(chunk)},
-                      rid)
+        if rid is None:
+            session.reply(BLOB_CHUNK, {"blobId": meta.blob_id, "index": index,
+                                       "data": b64(chunk)}, rid)
+        else:  # raw bytes in a binary message: no base64, no JSON
+            session.write_binary(pack_chunk(OP_CHUNK, meta.blob_id, index, rid, chunk))
 
     async def _fetched(
         self, session: Session, ev: BlobFetched, data: dict[str, Any], rid: str | None

@@ -265,15 +265,22 @@ class Connection(asyncio.Protocol):
         """
         if not self.open:
             return
-        data = text.encode()
+        self._frame(0x81, text.encode())
+
+    def write_binary(self, data: bytes) -> None:
+        """Queue one binary frame (file chunks: server/blobs.py), flushed as ``write``."""
+        if self.open:
+            self._frame(0x82, data)
+
+    def _frame(self, first: int, data: bytes) -> None:
         n = len(data)
         out = self._out
         if n < 126:
-            out.append(bytes((0x81, n)))
+            out.append(bytes((first, n)))
         elif n < 65536:
-            out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+            out.append(bytes((first, 0x7E)) + n.to_bytes(2, "big"))
         else:
-            out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
+            out.append(bytes((first, 0x7F)) + n.to_bytes(8, "big"))
         out.append(data)
         if not self._scheduled:
             self._scheduled = True
