@@ -202,13 +202,8 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
-        #: Files and media, 1:1 and in rooms (client/files.py).
-        self.files = Files(
-            store=store, link=self._conn, me=(self.username, self.device_id),
-            targets=self._directory.targets, send_record=self._direct.send_record,
-            room_members=lambda ref: self.rooms.get(ref).members(),
-            room_send_record=self.rooms.send_record,
-        )
+        self.files = Files(store, self._conn, (self.username, self.device_id),  # files.py
+                           self._directory.targets, self._direct.send_record, self.rooms)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by

@@ -42,6 +42,7 @@ from sottovoce.client.file_body import (
     FileInfo,
     valid_name,
 )
+from sottovoce.client.rooms import RoomManager
 from sottovoce.client.store import Store
 from sottovoce.client.store_files import FileTable, LocalFile
 from sottovoce.crypto.file_chunks import (
@@ -81,22 +82,21 @@ class Files:
 
     def __init__(
         self,
-        *,
         store: Store,
         link: Connection,
         me: Device,
         targets: Callable[[str], Awaitable[list[Device]]],
         send_record: Callable[[str, str, str], Awaitable[str]],
-        room_members: Callable[[str], list[Device]],
-        room_send_record: Callable[[str, str, str], Awaitable[str]],
+        rooms: RoomManager,
     ) -> None:
+        """``targets``: the devices a 1:1 message to a user goes to (ours included);
+        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms."""
         self._store = store
         self._link = link
         self._me = me
         self._targets = targets
         self._send_record = send_record
-        self._room_members = room_members
-        self._room_send_record = room_send_record
+        self._rooms = rooms
         self._table = FileTable(store)
         self.view_dir = store.data_dir / "view"
         self.wipe_views()  # what a run that did not close left behind
@@ -118,11 +118,11 @@ class Files:
         self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> str:
         """Upload ``path`` for every other member device of room ``ref`` and send it there."""
-        members = [d for d in self._room_members(ref) if d != self._me]
+        members = [d for d in self._rooms.get(ref).members() if d != self._me]
         if not members:
             raise UsageError("the room has no other member to send a file to")
         info = await self._upload(Path(path), members, progress)
-        return await self._room_send_record(ref, FILE_CONTENT_TYPE, info.encode())
+        return await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode())
 
     async def _upload(
         self, path: Path, recipients: list[Device], progress: Progress | None

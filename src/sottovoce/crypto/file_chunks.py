@@ -31,22 +31,33 @@ import secrets
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sottovoce.crypto.file_layout import (
+    CHUNK_OVERHEAD,
+    CHUNK_SIZE,
+    FILE_ID_SIZE,
+    HEADER_SIZE,
+    MAX_CHUNKS,
+    SEALED_CHUNK_SIZE,
+    TAG_SIZE,
+    chunk_count,
+    plain_size,
+    sealed_chunk_size,
+    sealed_size,
+    valid_layout,
+)
 from sottovoce.errors import CryptoError, UsageError
 from sottovoce.secret import Secret
 
-#: Plaintext bytes per chunk: a sealed chunk, base64-encoded in a frame, stays well under
-#: the 256 KiB frame limit (limits.MAX_FRAME_BYTES).
-CHUNK_SIZE = 128 * 1024
-HEADER_SIZE = 5
-TAG_SIZE = 16
-#: What sealing adds to each chunk.
-CHUNK_OVERHEAD = HEADER_SIZE + TAG_SIZE
-#: A full sealed chunk (every chunk but the last is exactly this long).
-SEALED_CHUNK_SIZE = CHUNK_SIZE + CHUNK_OVERHEAD
+__all__ = [
+    "CHUNK_OVERHEAD", "CHUNK_SIZE", "FILE_ID_SIZE", "HEADER_SIZE", "KEY_SIZE", "MAX_CHUNKS",
+    "SEALED_CHUNK_SIZE", "TAG_SIZE", "ChunkOpener", "ChunkOutOfOrder", "ChunkSealer",
+    "ChunkTampered", "FileExtended", "FileIntegrityError", "FileMismatch", "FileTruncated",
+    "chunk_count", "new_file_id", "new_file_key", "plain_size", "sealed_chunk_size",
+    "sealed_size", "valid_layout",
+]
+
 KEY_SIZE = 32
-FILE_ID_SIZE = 16
-#: A uint32 index: 2^32 chunks of 128 KiB is far beyond any size limit.
-MAX_CHUNKS = 1 << 32
+
 _AAD = b"sottovoce file chunk v1"
 
 
@@ -72,41 +83,6 @@ class FileExtended(FileIntegrityError):
 
 class FileMismatch(FileIntegrityError):
     """Every chunk opened, but the whole is not the size or the hash that was sent."""
-
-
-def chunk_count(size: int) -> int:
-    """How many chunks a file of ``size`` plaintext bytes has (an empty file has one)."""
-    if size < 0:
-        raise UsageError("a file size is not negative")
-    return max(1, -(-size // CHUNK_SIZE))
-
-
-def sealed_size(size: int) -> int:
-    """Bytes of all sealed chunks of a file of ``size`` plaintext bytes."""
-    return size + chunk_count(size) * CHUNK_OVERHEAD
-
-
-def plain_size(sealed: int, chunks: int) -> int:
-    """The plaintext size of ``chunks`` sealed chunks of ``sealed`` bytes in all."""
-    return sealed - chunks * CHUNK_OVERHEAD
-
-
-def valid_layout(sealed: int, chunks: int) -> bool:
-    """Whether ``sealed`` bytes can be ``chunks`` sealed chunks (all full but the last,
-    which holds at least its overhead): what a server checks without any key."""
-    if not 1 <= chunks < MAX_CHUNKS:
-        return False
-    low = (chunks - 1) * SEALED_CHUNK_SIZE + CHUNK_OVERHEAD
-    if chunks > 1:
-        low += 1  # a last chunk after full ones holds at least one byte
-    return low <= sealed <= chunks * SEALED_CHUNK_SIZE
-
-
-def sealed_chunk_size(index: int, chunks: int, sealed: int) -> int:
-    """The length of sealed chunk ``index`` of a file laid out as ``(sealed, chunks)``."""
-    if index < chunks - 1:
-        return SEALED_CHUNK_SIZE
-    return sealed - (chunks - 1) * SEALED_CHUNK_SIZE
 
 
 def new_file_key() -> Secret:

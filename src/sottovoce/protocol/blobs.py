@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sottovoce.crypto.file_chunks import FILE_ID_SIZE, MAX_CHUNKS, SEALED_CHUNK_SIZE
+from sottovoce.crypto.file_layout import FILE_ID_SIZE, MAX_CHUNKS, SEALED_CHUNK_SIZE
 from sottovoce.limits import MAX_ROOM_MEMBERS
 from sottovoce.protocol.fields import B64, ID, ID_RE, MAX_INT, Int, ListOf, Pattern, bad
 from sottovoce.protocol.spec import ClientEvent, Nested, WireStruct, event, registry, struct, wire

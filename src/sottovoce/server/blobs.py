@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sottovoce.crypto.file_chunks import (
+from sottovoce.crypto.file_layout import (
     SEALED_CHUNK_SIZE,
     plain_size,
     sealed_chunk_size,
