@@ -89,19 +89,44 @@ async def next_file(bob: Client) -> str:
             return event.message.message_id
 
 
-async def transfer(alice: Client, bob: Client, src: Path, dst: Path) -> tuple[float, ...]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phases:
+    """Wall time and CPU (this process, the server) of each phase."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.rows: list[tuple[str, float, float, float]] = []
+        self._mark = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), cpu_seconds(self.pid)
+
+    def restart(self) -> None:
+        self._mark = self._now()
+
+    def done(self, name: str) -> None:
+        now = self._now()
+        self.rows.append((name, *(b - a for a, b in zip(self._mark, now, strict=True))))
+        self._mark = now
+
+
+async def transfer(alice: Client, bob: Client, src: Path, dst: Path, phases: Phases) -> None:
     waiting = asyncio.ensure_future(next_file(bob))
-    t0 = time.perf_counter()
+    phases.restart()
     await alice.files.send_file("bob", src)
-    t1 = time.perf_counter()
+    phases.done("upload")
     message_id = await waiting
-    t2 = time.perf_counter()
+    phases.restart()
     await bob.files.download(message_id)
-    t3 = time.perf_counter()
+    phases.done("download")
     await bob.files.save(message_id, dst)
-    t4 = time.perf_counter()
+    phases.done("save")
     dst.unlink()
-    return t1 - t0, t3 - t2, t4 - t3
 
 
 async def main() -> None:
@@ -131,22 +156,26 @@ async def main() -> None:
             cp_seconds(src, dst)  # warm the page cache
             cp = cp_seconds(src, dst)
             aes = aes_seconds(src)
-            up, down, save = await transfer(alice, bob, src, dst)
-            total = up + down + save
+            assert server.proc is not None
+            phases = Phases(server.proc.pid)
+            await transfer(alice, bob, src, dst, phases)
+            total = sum(row[1] for row in phases.rows)
             print(f"file: {args.size_mib} MiB, {CHUNK_SIZE // 1024} KiB chunks, "
                   f"storage {'postgresql' if args.database else 'sqlite'}")
             print(f"cp:                   {rate(size, cp)}")
             print(f"AES-256-GCM alone:    {rate(size, aes)}  (seal + open)")
-            print(f"upload:               {rate(size, up)}")
-            print(f"download:             {rate(size, down)}")
-            print(f"save:                 {rate(size, save)}")
+            for name, wall, client_cpu, server_cpu in phases.rows:
+                print(f"{name + ':':22}{rate(size, wall)}  CPU: client {client_cpu:.2f} s, "
+                      f"server {server_cpu:.2f} s")
+            cpu = sum(r[2] + r[3] for r in phases.rows)
             print(f"end to end:           {rate(size, total)}  "
-                  f"= {aes / total:.2f}x AES-GCM alone")
+                  f"= {aes / total:.2f}x AES-GCM alone; {cpu:.2f} CPU-s in all "
+                  f"({size / cpu / 1e6:.0f} MB per CPU-second)")
             for mib in (int(m) for m in args.memory_sizes.split(",") if m):
                 src.unlink()
                 make_file(src, mib * MIB)
                 tracemalloc.start()
-                await transfer(alice, bob, src, dst)
+                await transfer(alice, bob, src, dst, Phases(server.proc.pid))
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
                 print(f"client peak (tracemalloc), {mib:4d} MiB file: {peak / MIB:.1f} MiB")
