@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import os
@@ -30,6 +31,7 @@ from sottovoce.client.errors import ServerError
 from sottovoce.client.events import RoomMessageReceived
 from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
 from sottovoce.errors import UsageError
+from sottovoce.protocol import blobs as pb
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 
@@ -207,10 +209,10 @@ async def test_tampered_chunk_is_refused_and_nothing_kept(
         await bob.close()
 
 
-async def test_file_over_the_size_limit_is_refused_before_upload(
+async def test_file_over_the_size_limit_or_quota_is_refused_before_upload(
     server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    server = server_factory("--max-file-size", "300000")
+    server = server_factory("--max-file-size", "300000", "--file-quota", "400000")
     alice = await make_account(server, "alice", tmp_path)
     bob = await make_account(server, "bob", tmp_path)
     try:
@@ -221,6 +223,11 @@ async def test_file_over_the_size_limit_is_refused_before_upload(
             await alice.files.send_file("bob", src)
         assert blob_rows(server) == 0 and blob_files(server) == []
         assert alice.history("bob") == []
+        make_file(src, 250_000)
+        await alice.files.send_file("bob", src)  # waits on the server until bob fetches it
+        with pytest.raises(UsageError, match="would pass your quota"):
+            await alice.files.send_file("bob", src)
+        assert blob_rows(server) == 1
     finally:
         await alice.close()
         await bob.close()
@@ -356,3 +363,76 @@ async def test_unfetched_blob_expires_and_is_swept(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_upload_resumes_after_a_lost_connection(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "up.bin"
+        digest = make_file(src, 80 * CHUNK_SIZE)
+        drops: list[asyncio.Future[None]] = []
+
+        def progress(done: int, total: int) -> None:
+            if not drops and done >= total // 4:
+                drops.append(asyncio.ensure_future(alice.drop_connection()))
+
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src, progress=progress)
+        assert alice.files.resumed and alice.files.resumed[0] >= 20  # carried on, not over
+        message_id = await waiting
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_the_server_checks_every_blob_request(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob, carol = [await make_account(server, n, tmp_path)
+                         for n in ("alice", "bob", "carol")]
+    try:
+        blob = "ab" * 16
+        bob_device = pb.Recipient(userId="bob", deviceId=bob.device_id)
+
+        async def refused(client: Client, event: object) -> str:
+            build = event.to_frame if hasattr(event, "to_frame") else event
+            with pytest.raises(ServerError) as exc:
+                await client._conn.request_built(build, frozenset({"x"}))
+            return str(exc.value.code)
+
+        def create(size: int, chunks: int) -> pb.BlobCreate:
+            return pb.BlobCreate(blobId=blob, size=size, chunks=chunks, ttlMs=60_000,
+                                 recipients=(bob_device,))
+
+        def put(index: int, data: bytes) -> object:
+            return functools.partial(pb.pack_chunk, pb.OP_PUT, blob, index, data=data)
+
+        assert await refused(alice, create(SEALED_CHUNK_SIZE + 1, 1)) == "bad_request"
+        assert await refused(alice, create(10, 1)) == "bad_request"  # shorter than a chunk
+        layout = create(SEALED_CHUNK_SIZE + 100, 2)
+        _, created = await alice._conn.request(layout, frozenset({pb.BLOB_CREATED}))
+        assert created["received"] == 0
+        assert await refused(bob, layout) == "blob_conflict"  # the id is alice's
+        assert await refused(alice, put(1, b"x" * 100)) == "bad_chunk"  # not the next one
+        assert await refused(alice, put(0, b"x" * 100)) == "bad_chunk"  # not a full chunk
+        assert await refused(bob, put(0, b"x" * SEALED_CHUNK_SIZE)) == "forbidden"
+        await alice._conn.request_built(put(0, b"x" * SEALED_CHUNK_SIZE),
+                                        frozenset({pb.BLOB_STORED}))
+        get = pb.BlobGet(blobId=blob, index=0)
+        assert await refused(bob, get) == "blob_incomplete"
+        _, again = await alice._conn.request(layout, frozenset({pb.BLOB_CREATED}))
+        assert again["received"] == 1  # an upload resumes where the server's file ends
+        await alice._conn.request_built(put(1, b"y" * 100), frozenset({pb.BLOB_STORED}))
+        assert await refused(carol, get) == "unknown_blob"  # not a recipient: no such blob
+        assert await refused(bob, pb.BlobGet(blobId=blob, index=2)) == "bad_request"
+        _, chunk = await bob._conn.request(get, frozenset({pb.BLOB_CHUNK}))
+        assert chunk["data"] == b"x" * SEALED_CHUNK_SIZE
+        assert await refused(carol, pb.BlobFetched(blobId=blob)) == "unknown_blob"
+        assert blob_rows(server) == 1
+    finally:
+        for c in (alice, bob, carol):
+            await c.close()

@@ -4,6 +4,7 @@ its own typed error (crypto/file_chunks.py)."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 
@@ -32,8 +33,8 @@ DATA = bytes(range(256)) * (CHUNK_SIZE * 3 // 256) + b"tail"
 
 
 def seal_all(data: bytes, key=None, file_id=None):  # type: ignore[no-untyped-def]
-    key = key or new_file_key()
-    file_id = file_id or new_file_id()
+    key = key or new_file_key(secrets.token_bytes)
+    file_id = file_id or new_file_id(secrets.token_bytes)
     sealer = ChunkSealer(key, file_id, len(data))
     chunks = [sealer.seal(data[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE])
               for i in range(sealer.chunks)]
@@ -117,7 +118,7 @@ def test_wrong_hash_or_size() -> None:
 
 
 def test_sealer_refuses_a_file_that_changed() -> None:
-    sealer = ChunkSealer(new_file_key(), new_file_id(), 10)
+    sealer = ChunkSealer(new_file_key(secrets.token_bytes), new_file_id(secrets.token_bytes), 10)
     with pytest.raises(UsageError):
         sealer.seal(b"short")
 
@@ -136,3 +137,25 @@ def test_resumed_sealing_and_opening_give_the_same_file() -> None:
     for c in chunks[2:]:
         opener.open(c)
     opener.finish()
+
+
+def test_binary_chunk_messages_round_trip_and_refuse_malformed_ones() -> None:
+    from sottovoce.protocol import blobs as pb
+    from sottovoce.protocol.fields import ProtocolError
+
+    msg = pb.pack_chunk(pb.OP_PUT, "ab" * 16, 7, "r12", b"sealed")
+    assert pb.is_binary_chunk(msg)
+    got = pb.unpack_chunk(msg)
+    assert (got.op, got.blob_id, got.index, got.request_id, got.data) == (
+        pb.OP_PUT, "ab" * 16, 7, "r12", b"sealed")
+    for bad in (
+        msg[:10],  # cut in the header
+        b"\x03" + msg[1:],  # unknown op
+        msg[:21] + b"\x00" + msg[22:],  # no requestId
+        msg[:21] + b"\x03r\x01!" + b"data",  # requestId outside the id alphabet
+        pb.pack_chunk(pb.OP_PUT, "ab" * 16, 0, "r1", b""),  # no chunk
+        pb.pack_chunk(pb.OP_PUT, "ab" * 16, 0, "r1", b"x" * (SEALED_CHUNK_SIZE + 1)),
+    ):
+        with pytest.raises(ProtocolError):
+            pb.unpack_chunk(bad)
+    assert not pb.is_binary_chunk(b'{"event":"x"}')

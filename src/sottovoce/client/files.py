@@ -134,7 +134,7 @@ class Files:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
             size = os.fstat(f.fileno()).st_size
-            key, file_id = new_file_key(), new_file_id()
+            key, file_id = new_file_key(self._store.rng), new_file_id(self._store.rng)
             blob_id = file_id.hex()
             sealer = ChunkSealer(key, file_id, size)
             create = pb.BlobCreate(

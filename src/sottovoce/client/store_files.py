@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from sottovoce.client.store import Store
-from sottovoce.crypto.file_chunks import FILE_ID_SIZE, new_file_key
+from sottovoce.crypto.file_chunks import new_file_id, new_file_key
 from sottovoce.secret import Secret
 
 _SCHEMA = """
@@ -60,7 +59,8 @@ class FileTable:
                          Secret(base64.b64decode(raw["key"])), bool(row[0]))
 
     def new(self, message_id: str) -> LocalFile:
-        record = LocalFile(message_id, secrets.token_bytes(FILE_ID_SIZE), new_file_key(), False)
+        rng = self._store.rng
+        record = LocalFile(message_id, new_file_id(rng), new_file_key(rng), False)
         body = json.dumps({"id": record.local_id.hex(),
                            "key": base64.b64encode(record.key.expose()).decode()}).encode()
         with self._store.transaction():

@@ -26,7 +26,7 @@ is not the file that was sent (:class:`FileMismatch`).
 from __future__ import annotations
 
 import hashlib
-import secrets
+import hmac
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +45,7 @@ from sottovoce.crypto.file_layout import (
     sealed_size,
     valid_layout,
 )
+from sottovoce.crypto.rng import Random
 from sottovoce.errors import CryptoError, UsageError
 from sottovoce.secret import Secret
 
@@ -85,12 +86,12 @@ class FileMismatch(FileIntegrityError):
     """Every chunk opened, but the whole is not the size or the hash that was sent."""
 
 
-def new_file_key() -> Secret:
-    return Secret(secrets.token_bytes(KEY_SIZE))
+def new_file_key(rng: Random) -> Secret:
+    return Secret(rng(KEY_SIZE))
 
 
-def new_file_id() -> bytes:
-    return secrets.token_bytes(FILE_ID_SIZE)
+def new_file_id(rng: Random) -> bytes:
+    return rng(FILE_ID_SIZE)
 
 
 def _header(index: int, last: bool) -> bytes:
@@ -228,5 +229,5 @@ class ChunkOpener:
             raise FileTruncated(f"the file ends after {self._next} of {self.chunks} chunks")
         if self._seen != self.size:
             raise FileMismatch("the file is not the size that was sent")
-        if not secrets.compare_digest(self._hash.digest(), self.sha256):
+        if not hmac.compare_digest(self._hash.digest(), self.sha256):
             raise FileMismatch("the file's SHA-256 is not the one that was sent")
