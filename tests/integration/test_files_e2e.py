@@ -267,16 +267,18 @@ def _cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedPro
 
 
 async def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: Path) -> None:
-    # Accounts made here (cheap key derivation), then used by the commands.
-    for name in ("alice", "bob"):
-        await (await make_account(server, name, tmp_path)).close()
+    # Accounts and a room made here (cheap key derivation), then used by the commands.
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    room = await alice.rooms.create_room("team")
+    await alice.rooms.invite("team", "bob")
+    await bob.rooms.wait_epoch(room.room_id, 1)
+    await alice.close()
+    await bob.close()
     alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
     src = tmp_path / "report.txt"
     digest = make_file(src, CHUNK_SIZE + 99)
 
-    both = _cli("send", "bob", "hi", "--file", str(src), home=alice_home)
-    assert both.returncode == 1 and both.stderr.strip().endswith(
-        "give TEXT or --file PATH, not both"), both.stderr
     missing = _cli("send", "bob", "--file", str(tmp_path / "nope.txt"), home=alice_home)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert "Traceback" not in missing.stderr
@@ -298,6 +300,17 @@ async def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: P
     assert saved.returncode == 0, saved.stderr
     assert f"saved report.txt to {dest}" in saved.stdout
     assert sha256_of(dest) == digest
+
+    in_room = _cli("room", "send", "team", "--file", str(src), home=alice_home)
+    assert in_room.returncode == 0, in_room.stderr
+    assert "✓ sent" in in_room.stdout and "#team" in in_room.stdout
+    room_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", in_room.stdout)
+    assert room_id is not None
+    (tmp_path / "room-dl").mkdir()
+    saved = _cli("save", f"#{room.room_id}", room_id.group(1), str(tmp_path / "room-dl"),
+                 home=bob_home)
+    assert saved.returncode == 0, saved.stderr
+    assert sha256_of(tmp_path / "room-dl" / "report.txt") == digest
 
 
 async def test_image_thumbnail_and_voice_duration_travel_in_the_message(

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from sottovoce.cli import render
 from sottovoce.cli.files_cmd import progress_bar
+from sottovoce.cli.main import main as cli_main
 from sottovoce.client.file_body import FileInfo, valid_name
 from sottovoce.errors import DecodeError
 from sottovoce.secret import Secret
@@ -76,3 +78,36 @@ def test_progress_bar_on_a_terminal_only() -> None:
     text = out.getvalue()
     assert "\rsending [" + "." * 30 + "] 0 B / 2.0 KiB" in text
     assert "\rsending [" + "#" * 30 + "] 2.0 KiB / 2.0 KiB" in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["send", "bob", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+    (["send", "bob"], "give the message TEXT, or --file PATH to send a file"),
+    (["room", "send", "team", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+])
+def test_send_takes_text_or_a_file(
+    argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main([*argv, "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith(said) and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "promises"), [
+    (["send", "--help"], ["--file PATH", "encrypted on this device in chunks",
+                          "sottovoce save", "refused past the server's size limit"]),
+    (["room", "send", "--help"], ["--file PATH", "every other member device",
+                                  "sottovoce save #ROOM MESSAGE_ID DEST"]),
+    (["save", "--help"], ["SHA-256", "a directory: under the sender's file name",
+                          "never left half-written", "not replaced"]),
+    (["server", "--help"], ["--max-file-size", "--file-quota", "--file-ttl-ms"]),
+])
+def test_the_file_commands_help(
+    argv: list[str], promises: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for promise in promises:
+        assert promise in text, promise
