@@ -143,7 +143,7 @@ class Files:
                 recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in recipients),
             )
             created = await self._create(create, path)
-            await self._put_all(f, sealer, blob_id, int(created["received"]), create,
+            await self._put_all(f, sealer, int(created["received"]), create, path,
                                 progress)
             thumbnail, duration = (make_thumbnail(path) if media_type.startswith("image/")
                                    else None), voice_duration(path, media_type)
@@ -171,10 +171,10 @@ class Files:
         return data
 
     async def _put_all(
-        self, f: BinaryIO, sealer: ChunkSealer, blob_id: str, start: int,
-        create: pb.BlobCreate, progress: Progress | None,
+        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
+        path: Path, progress: Progress | None,
     ) -> None:
-        chunks, size = sealer.chunks, sealer.size
+        chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
         inflight: deque[asyncio.Future[Any]] = deque()
         resumes = 0
@@ -199,7 +199,7 @@ class Files:
                         or resumes > MAX_RESUMES):
                     raise
                 await self._link.wait_up(RECONNECT_WAIT_S)
-                created = await self._create(create, Path(blob_id))
+                created = await self._create(create, path)
                 acked = send_at = int(created["received"])
                 self.resumed.append(acked)
                 continue
