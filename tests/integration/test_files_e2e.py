@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client, MessageReceived
 from sottovoce.client.errors import ServerError
 from sottovoce.client.events import RoomMessageReceived
@@ -150,16 +151,15 @@ async def test_cut_off_download_resumes_and_completes(
         await alice.files.send_file("bob", src)
         message_id = await waiting
 
-        tasks: list[asyncio.Future[None]] = []
+        class Stopped(Exception):
+            """The program stops a quarter of the way (as Ctrl-C would stop it)."""
 
-        def stop_halfway(done: int, total: int) -> None:
+        def stop_early(done: int, total: int) -> None:
             if done >= total // 4:
-                tasks[0].cancel()  # the program stops a quarter of the way
+                raise Stopped
 
-        tasks.append(asyncio.ensure_future(bob.files.download(message_id,
-                                                              progress=stop_halfway)))
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(tasks[0], 30)
+        with pytest.raises(Stopped):
+            await bob.files.download(message_id, progress=stop_early)
         parts = list((tmp_path / "bob" / "files").glob("*.part"))
         assert len(parts) == 1 and parts[0].stat().st_size >= 20 * SEALED_CHUNK_SIZE
         assert not bob.files.is_downloaded(message_id)
@@ -266,22 +266,35 @@ def _cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-async def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: Path) -> None:
-    # Accounts and a room made here (cheap key derivation), then used by the commands.
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    room = await alice.rooms.create_room("team")
-    await alice.rooms.invite("team", "bob")
-    await bob.rooms.wait_epoch(room.room_id, 1)
-    await alice.close()
-    await bob.close()
+def test_cli_send_file_history_and_save(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One command as a user runs it (a subprocess), the rest through the same entry
+    point in this process (each a fresh event loop and client, as a command is)."""
+
+    async def setup() -> str:
+        # Accounts and a room made here (cheap key derivation), used by the commands.
+        alice = await make_account(server, "alice", tmp_path)
+        bob = await make_account(server, "bob", tmp_path)
+        room = await alice.rooms.create_room("team")
+        await alice.rooms.invite("team", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1)
+        await alice.close()
+        await bob.close()
+        return room.room_id
+
+    room_id = asyncio.run(setup())
     alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    monkeypatch.setenv("SOTTOVOCE_PASSPHRASE", PASSPHRASE)
+
+    def cli(*args: str, home: Path) -> tuple[int, str, str]:
+        code = cli_main([*args, "--data-dir", str(home)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     src = tmp_path / "report.txt"
     digest = make_file(src, CHUNK_SIZE + 99)
-
-    missing = _cli("send", "bob", "--file", str(tmp_path / "nope.txt"), home=alice_home)
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
-    assert "Traceback" not in missing.stderr
 
     sent = _cli("send", "bob", "--file", str(src), home=alice_home)
     assert sent.returncode == 0, sent.stderr
@@ -290,27 +303,34 @@ async def test_cli_send_file_history_and_save(server: ServerProcess, tmp_path: P
     message_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", sent.stdout)
     assert message_id is not None
 
-    history = _cli("history", "alice", home=bob_home)
-    assert history.returncode == 0, history.stderr
+    code, _, err = cli("send", "bob", "--file", str(tmp_path / "nope.txt"), home=alice_home)
+    assert code == 1 and "cannot read" in err and "Traceback" not in err
+
+    code, out, err = cli("history", "alice", home=bob_home)
+    assert code == 0, err
     assert re.search(r"alice: \[file\] report\.txt \(128\.1 KiB, text/plain\) id "
-                     + re.escape(message_id.group(1)), history.stdout), history.stdout
+                     + re.escape(message_id.group(1)), out), out
 
     dest = tmp_path / "saved.txt"
-    saved = _cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
-    assert saved.returncode == 0, saved.stderr
-    assert f"saved report.txt to {dest}" in saved.stdout
+    code, out, err = cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
+    assert code == 0, err
+    assert f"saved report.txt to {dest}" in out
     assert sha256_of(dest) == digest
+    code, _, err = cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
+    assert code == 1 and "exists" in err
 
-    in_room = _cli("room", "send", "team", "--file", str(src), home=alice_home)
-    assert in_room.returncode == 0, in_room.stderr
-    assert "✓ sent" in in_room.stdout and "#team" in in_room.stdout
-    room_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", in_room.stdout)
-    assert room_id is not None
+    code, out, err = cli("room", "send", "team", "--file", str(src), home=alice_home)
+    assert code == 0, err
+    assert "✓ sent" in out and "#team" in out
+    in_room = re.search(r"\(message ([A-Za-z0-9_-]+)\)", out)
+    assert in_room is not None
     (tmp_path / "room-dl").mkdir()
-    saved = _cli("save", f"#{room.room_id}", room_id.group(1), str(tmp_path / "room-dl"),
-                 home=bob_home)
-    assert saved.returncode == 0, saved.stderr
+    code, out, err = cli("save", f"#{room_id}", in_room.group(1), str(tmp_path / "room-dl"),
+                         home=bob_home)
+    assert code == 0, err
     assert sha256_of(tmp_path / "room-dl" / "report.txt") == digest
+    code, _, err = cli("save", "bob", in_room.group(1), str(tmp_path / "x"), home=alice_home)
+    assert code == 1 and "is not in the conversation with bob" in err
 
 
 async def test_image_thumbnail_and_voice_duration_travel_in_the_message(

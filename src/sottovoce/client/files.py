@@ -174,9 +174,19 @@ class Files:
         self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
         path: Path, progress: Progress | None,
     ) -> None:
+        inflight: deque[asyncio.Future[Any]] = deque()
+        try:
+            await self._put_window(f, sealer, start, create, path, progress, inflight)
+        finally:  # stopped early (an error, a cancel): no request outlives the transfer
+            for fut in inflight:
+                fut.cancel()
+
+    async def _put_window(
+        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
+        path: Path, progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+    ) -> None:
         chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
-        inflight: deque[asyncio.Future[Any]] = deque()
         resumes = 0
         while acked < chunks:
             while send_at < chunks and len(inflight) < WINDOW:
@@ -286,9 +296,19 @@ class Files:
         self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
         progress: Progress | None,
     ) -> None:
+        inflight: deque[asyncio.Future[Any]] = deque()
+        try:
+            await self._get_window(info, opener, local, out, progress, inflight)
+        finally:  # stopped early (an error, a cancel): no request outlives the transfer
+            for fut in inflight:
+                fut.cancel()
+
+    async def _get_window(
+        self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
+        progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+    ) -> None:
         chunks = opener.chunks
         ask = opener.next_index
-        inflight: deque[asyncio.Future[Any]] = deque()
         resumes = 0
         while opener.next_index < chunks:
             while ask < chunks and len(inflight) < WINDOW:
