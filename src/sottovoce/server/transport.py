@@ -265,23 +265,32 @@ class Connection(asyncio.Protocol):
         """
         if not self.open:
             return
-        self._frame(0x81, text.encode())
-
-    def write_binary(self, data: bytes) -> None:
-        """Queue one binary frame (file chunks: server/blobs.py), flushed as ``write``."""
-        if self.open:
-            self._frame(0x82, data)
-
-    def _frame(self, first: int, data: bytes) -> None:
+        data = text.encode()
         n = len(data)
         out = self._out
         if n < 126:
-            out.append(bytes((first, n)))
+            out.append(bytes((0x81, n)))
         elif n < 65536:
-            out.append(bytes((first, 0x7E)) + n.to_bytes(2, "big"))
+            out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
         else:
-            out.append(bytes((first, 0x7F)) + n.to_bytes(8, "big"))
+            out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
         out.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def write_binary(self, data: bytes) -> None:
+        """Queue one binary frame (a file chunk: server/blobs.py), flushed as ``write``."""
+        if not self.open:
+            return
+        n = len(data)
+        if n < 126:
+            self._out.append(bytes((0x82, n)))
+        elif n < 65536:
+            self._out.append(b"\x82\x7e" + n.to_bytes(2, "big"))
+        else:
+            self._out.append(b"\x82\x7f" + n.to_bytes(8, "big"))
+        self._out.append(data)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
