@@ -13,7 +13,8 @@ import time
 from typing import TextIO
 
 from sottovoce.cli import render
-from sottovoce.cli.session import CliError, Connect, subcommand, with_client
+from sottovoce.cli.options import subcommand
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.files import Progress
 from sottovoce.client.store import StoredMessage

@@ -8,10 +8,9 @@ without the client code.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from sottovoce.cli import kt_witness_cmd
-from sottovoce.cli.options import subcommand, timed_account_options
+from sottovoce.cli.options import Subparsers, command_group, subcommand, timed_account_options
 
 # The device's commands import the client stack, so only when one of them runs.
 
@@ -40,7 +39,7 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
     timed_account_options(parser)
 
 
-def _add_client_commands(kt_sub: Any) -> None:
+def _add_client_commands(kt_sub: Subparsers) -> None:
     """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
     subcommand(
         kt_sub, "status",
@@ -82,14 +81,17 @@ def _add_client_commands(kt_sub: Any) -> None:
     )
 
 
-def add_commands(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "kt", help="key transparency: this device's view of the log (status, ack), witnesses",
+def add_commands(sub: Subparsers) -> None:
+    kt_sub = command_group(
+        sub, "kt",
+        help="key transparency: this device's view of the log (status, ack), witnesses",
         description="Key-transparency commands.",
-        epilog="example:\n  sottovoce kt status --data-dir ~/.sottovoce-alice\n"
-        "  sottovoce kt ack --data-dir ~/.sottovoce-alice",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=(
+            "  sottovoce kt status --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce kt ack --data-dir ~/.sottovoce-alice"
+        ),
+        metavar="KT_COMMAND",
+        required=True,
     )
-    kt_sub = p.add_subparsers(dest="kt_command", metavar="KT_COMMAND", required=True)
     _add_client_commands(kt_sub)
     kt_witness_cmd.add_witness(kt_sub)
