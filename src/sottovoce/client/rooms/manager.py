@@ -240,6 +240,10 @@ class RoomManager:
         """
         return await self._messages.send(self.get(ref), text)
 
+    async def send_record(self, ref: str, content_type: str, text: str) -> str:
+        """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
+        return await self._messages.send_record(self.get(ref), content_type, text)
+
     async def send_call_signal(self, ref: str, signal: bytes) -> str:
         """Send one room-call signal as an MLS application message of the room."""
         return await self._messages.send_call_signal(self.get(ref), signal)
