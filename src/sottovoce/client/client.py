@@ -75,6 +75,7 @@ from sottovoce.client.store import (
     Store,
     StoredMessage,
 )
+from sottovoce.client.timers import Timers
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
@@ -201,6 +202,7 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
+        self.timers = Timers(store, self._direct, self.rooms)  #: disappearing messages
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by
@@ -457,6 +459,7 @@ class Client:
             raise UsageError("client is closed")
         if self._processor is None:
             self._processor = asyncio.get_running_loop().create_task(self._process_loop())
+        self.timers.start()
         self._conn.start()
         if wait:
             await self.sync(timeout=timeout, fail_fast=fail_fast)
@@ -521,6 +524,7 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._direct.forget_ephemeral()
+        await self.timers.stop()
         self._store.close()
 
     async def _drain(self) -> None:

@@ -380,6 +380,8 @@ class Store:
         # FULL: a frame we ack to the server must survive a power cut, not just a crash.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        # A deleted row (an expired message) is overwritten, not left in a free page.
+        db.execute("PRAGMA secure_delete=ON")
         return db
 
     @classmethod
@@ -487,6 +489,11 @@ class Store:
     @property
     def rng(self) -> Random:
         return self._rng
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for modules keeping their own tables beside these."""
+        return self._db
 
     def seal(self, kind: bytes, record_id: bytes, plaintext: bytes) -> bytes:
         return seal_record(self._key, kind, record_id, plaintext, self._rng)

@@ -1,0 +1,127 @@
+"""The disappearing-messages API of the SDK (``client.timers``): set and read a chat's
+timer, and the task that deletes messages when they expire (docs/architecture.md
+§Disappearing messages).
+
+Expired messages are deleted three ways: when this object is built (the client was
+closed while they expired: they go before anything is shown), by a task that sleeps
+until the next expiry while the client runs (:meth:`Timers.start`), and on demand
+(:meth:`Timers.sweep`). The expiry of each message is the one inside its ciphertext,
+recorded when it was sent or received (:mod:`sottovoce.client.expiry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from sottovoce.client.direct import DirectMessages
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, timer_body
+from sottovoce.client.rooms.manager import RoomManager
+from sottovoce.client.store import Store
+from sottovoce.client.store_timers import ChatTimer
+from sottovoce.errors import UsageError
+from sottovoce.identity import validate_username
+from sottovoce.protocol import events as ev
+
+#: The longest the sweep task sleeps without looking again (a clock that jumps).
+_MAX_SLEEP_S = 60.0
+
+
+class Timers:
+    """Disappearing messages of one device; owned by :class:`~sottovoce.client.Client`."""
+
+    def __init__(self, store: Store, direct: DirectMessages, rooms: RoomManager) -> None:
+        self._store, self._direct, self._rooms = store, direct, rooms
+        self.expiries: Expiries = direct.expiries
+        rooms.use_expiries(self.expiries)
+        self.expiries.on_record = self._recorded
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None
+        #: messageIds deleted by the sweeps of this process (for tests and the TUI).
+        self.deleted = 0
+        self.sweep()  # what expired while the client was closed goes before anything shows
+
+    # =========================================================================
+    # Timers
+    # =========================================================================
+
+    def chat_timer(self, username: str) -> ChatTimer | None:
+        """The timer of the 1:1 chat with ``username`` (``None``: never set)."""
+        validate_username(username)
+        return self.expiries.table.timer(self._dm(username))
+
+    def room_timer(self, ref: str) -> ChatTimer | None:
+        return self.expiries.table.timer(self._rooms.get(ref).room_id)
+
+    async def set_chat_timer(self, username: str, seconds: int) -> str:
+        """Tell every device of both sides that messages now disappear after ``seconds``
+        (0: off); returns the timer message's id. Applied here at once."""
+        validate_username(username)
+        if username == self._direct.username:
+            raise UsageError("set a timer on a chat with another user")
+        message_id = await self._direct.send_record(
+            username, TIMER_CONTENT_TYPE, timer_body(seconds)
+        )
+        self._apply_own(self._dm(username), message_id)
+        return message_id
+
+    async def set_room_timer(self, ref: str, seconds: int) -> str:
+        """The same for a room: every member's devices apply it."""
+        room = self._rooms.get(ref)
+        message_id = await self._rooms.send_timer(room.room_id, timer_body(seconds))
+        self._apply_own(room.room_id, message_id)
+        return message_id
+
+    def _apply_own(self, chat: str, message_id: str) -> None:
+        stored = self._store.get_message(message_id)
+        if stored is None:
+            return
+        with self._store.transaction():
+            self.expiries.apply(
+                chat, stored.sender, message_id, stored.client_created_ms,
+                stored.text.encode("utf-8"),
+            )
+
+    def expires_at(self, message_id: str) -> int:
+        """When a stored message disappears (Unix ms); 0 if it does not."""
+        return self.expiries.of(message_id)
+
+    def _dm(self, username: str) -> str:
+        return ev.dm_conversation_id(self._direct.username, username)
+
+    # =========================================================================
+    # Deleting what expired
+    # =========================================================================
+
+    def sweep(self) -> list[str]:
+        """Delete every message expired by now (the store, its outbox, its queues)."""
+        gone = self.expiries.sweep()
+        self.deleted += len(gone)
+        return gone
+
+    def start(self) -> None:
+        """Run the sweep task (idempotent; it ends with the client's event loop task)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def _recorded(self, expires_at_ms: int) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            self.sweep()
+            due = self.expiries.table.next_expiry()
+            delay = _MAX_SLEEP_S
+            if due is not None:
+                delay = min(_MAX_SLEEP_S, max(0.0, (due - self.expiries.clock()) / 1000) + 0.01)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
