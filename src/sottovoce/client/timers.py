@@ -38,6 +38,7 @@ class Timers:
         self.expiries.on_record = self._recorded
         self._wake = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
+        self._swept: asyncio.Event | None = None
         #: messageIds deleted by the sweeps of this process (for tests and the TUI).
         self.deleted = 0
         self.sweep()  # what expired while the client was closed goes before anything shows
@@ -98,7 +99,25 @@ class Timers:
         """Delete every message expired by now (the store, its outbox, its queues)."""
         gone = self.expiries.sweep()
         self.deleted += len(gone)
+        if self._swept is not None:
+            self._swept.set()
+            self._swept = None
         return gone
+
+    async def wait_deleted(self, message_id: str, timeout: float) -> None:
+        """Wait (without polling) until a sweep deleted ``message_id``; ``TimeoutError``
+        if it is still stored after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._store.get_message(message_id) is not None:
+            if self._swept is None:
+                self._swept = asyncio.Event()
+            swept = self._swept
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"message {message_id} was not deleted")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(swept.wait(), left)
 
     def start(self) -> None:
         """Run the sweep task (idempotent; it ends with the client's event loop task)."""
