@@ -188,3 +188,28 @@ def test_the_send_frame_carries_expires_at_and_both_validators_agree() -> None:
         assert fast_send(_send(expiresAtMs=bad)) is None
         with pytest.raises(ev.ProtocolError):
             ev.Send.from_data(_send(expiresAtMs=bad))
+
+
+def test_a_linked_device_gets_no_disappearing_message_but_gets_the_timers(
+    tmp_path: Path,
+) -> None:
+    from sottovoce.client.linking import history_archive, import_history
+
+    old = Store.create(tmp_path / "old", "pw", kdf=TEST_KDF)
+    exp = Expiries(old)
+    with old.transaction():
+        for mid, ctype, text in (("t1", "timer", timer_body(3600)), ("m1", "text", "fades"),
+                                 ("m2", "text", "stays")):
+            old.add_message(message_id=mid, peer="bob", sender="bob", sender_device="d",
+                            outgoing=False, status=DeliveryStatus.SENT, text=text,
+                            content_type=ctype, client_created_ms=5)
+        exp.record("m1", 10**13)
+    parts, count = history_archive(old)
+    assert count == 2
+    new = Store.create(tmp_path / "new", "pw", kdf=TEST_KDF)
+    assert import_history(new, b"".join(parts), "alice") == 2
+    assert [m.message_id for m in new.history("bob")] == ["t1", "m2"]
+    timer = Expiries(new).table.timer(ev.dm_conversation_id("alice", "bob"))
+    assert timer is not None and (timer.seconds, timer.setter) == (3600, "bob")
+    old.close()
+    new.close()
