@@ -213,3 +213,23 @@ def test_a_linked_device_gets_no_disappearing_message_but_gets_the_timers(
     assert timer is not None and (timer.seconds, timer.setter) == (3600, "bob")
     old.close()
     new.close()
+
+
+def test_history_lines_show_timer_changes_and_time_left() -> None:
+    from sottovoce.cli import render
+    from sottovoce.client.store import StoredMessage
+
+    def msg(ctype: str, text: str, sender: str = "alice") -> StoredMessage:
+        return StoredMessage(local_id=1, message_id="m", peer="alice", sender=sender,
+                             sender_device="d", outgoing=sender == "bob",
+                             status=DeliveryStatus.SENT, text=text, content_type=ctype,
+                             client_created_ms=0)
+
+    plain = render.message_line(msg("text", "hi"), "bob")
+    assert plain.endswith(" alice: hi")  # unchanged without an expiry
+    assert render.message_line(msg("text", "hi"), "bob", expires_at_ms=90_000,
+                               now_ms=30_000) == plain + " ⏱ 1 min left"
+    assert render.message_line(msg("timer", timer_body(5)), "bob").endswith(
+        " — alice set disappearing messages to 5 s")
+    assert render.message_line(msg("timer", timer_body(0), "bob"), "bob").endswith(
+        " — you turned disappearing messages off")

@@ -296,7 +296,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
         me = client.username
-        return [render.message_line(m, me) for m in client.history(args.name, limit=args.limit)]
+        return [render.message_line(m, me, expires_at_ms=client.timers.expires_at(m.message_id))
+                for m in client.history(args.name, limit=args.limit)]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:

@@ -139,7 +139,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         me = client.username
         return [
-            render.message_line(m, me, room=True)
+            render.message_line(
+                m, me, room=True, expires_at_ms=client.timers.expires_at(m.message_id)
+            )
             for m in client.rooms.history(room_ref(args.room), limit=args.limit)
         ]
 
