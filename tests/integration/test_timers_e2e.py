@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sottovoce.client import Client, DeliveryStatus
+from sottovoce.client.events import RoomMessageReceived
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE
 from sottovoce.client.store import STORE_FILE
 from tests.integration import pgschema
@@ -239,5 +240,22 @@ async def test_a_room_timer_applies_for_all_three_members(
             assert c.message(mid) is None
             kinds = [m.content_type for m in c.rooms.history(room.room_id)]
             assert TIMER_CONTENT_TYPE in kinds and "text" not in kinds
+        # A member that fetches a message only after it expired never shows it.
+        await carol.close()
+        late = await bob.rooms.send(room.room_id, "expired before carol looks")
+        carol = await Client.open(tmp_path / "carol", PASSPHRASE)
+        clients = (alice, bob, carol)
+        carol.timers.expiries.clock = lambda: later
+        events = carol.events()
+        await carol.connect()
+        await carol.timers.wait_deleted(late, 10)
+        assert carol.message(late) is None
+        assert carol.timers.deleted == 1  # it was stored (then deleted), not missed
+        while True:
+            try:
+                event = await events.next(0.01)
+            except TimeoutError:
+                break
+            assert not (isinstance(event, RoomMessageReceived) and event.message.message_id == late)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

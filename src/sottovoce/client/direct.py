@@ -518,7 +518,8 @@ class DirectMessages:
                 envelope.conversationId, envelope.senderUserId, envelope.messageId,
                 payload.created_at_ms, payload.body,
             )
-        received.append(envelope.messageId)
+        if not self.expiries.due(payload.expires_at_ms):  # else the next sweep deletes it
+            received.append(envelope.messageId)
 
     def _hand_off_call(
         self, envelope: ev.Envelope, body: bytes, ephemeral: bool, peer: str, seq: int,

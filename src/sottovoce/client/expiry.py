@@ -115,6 +115,10 @@ class Expiries:
     def of(self, message_id: str) -> int:
         return self.table.expiry(message_id)
 
+    def due(self, expires_at_ms: int) -> bool:
+        """Whether a message with this expiry is already gone (it is never shown)."""
+        return bool(expires_at_ms) and expires_at_ms <= self.clock()
+
     def record(self, message_id: str, expires_at_ms: int) -> None:
         if not expires_at_ms:
             return

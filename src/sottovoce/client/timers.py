@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
 from typing import Any
 
 from sottovoce.client.direct import DirectMessages
+from sottovoce.client.errors import StoreError
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, timer_body
 from sottovoce.client.rooms.manager import RoomManager
 from sottovoce.client.store import Store
@@ -23,6 +26,8 @@ from sottovoce.client.store_timers import ChatTimer
 from sottovoce.errors import UsageError
 from sottovoce.identity import validate_username
 from sottovoce.protocol import events as ev
+
+_log = logging.getLogger(__name__)
 
 #: The longest the sweep task sleeps without looking again (a clock that jumps).
 _MAX_SLEEP_S = 60.0
@@ -137,7 +142,10 @@ class Timers:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            self.sweep()
+            try:
+                self.sweep()
+            except (StoreError, sqlite3.Error) as exc:  # e.g. a full disk: again on next wake
+                _log.warning("expired messages not deleted yet: %s", exc)
             due = self.expiries.table.next_expiry()
             delay = _MAX_SLEEP_S
             if due is not None:

@@ -321,7 +321,8 @@ class RoomMessages:
                 self.expiries.apply(
                     room.room_id, frame.sender_user, frame.message_id, created, body
                 )
-        if local is not None and status is DeliveryStatus.SENT and not control:
+        shown = not control and not self.expiries.due(expires)  # else the sweep deletes it
+        if local is not None and status is DeliveryStatus.SENT and shown:
             stored = self._store.get_message(frame.message_id)
             if stored is not None:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
