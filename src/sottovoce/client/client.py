@@ -202,7 +202,7 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
-        self.timers = Timers(store, self._direct, self.rooms)  #: disappearing messages
+        self.timers = Timers(store, self._direct, self.rooms, self._emit)  #: disappearing
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by

@@ -19,7 +19,9 @@ from typing import Any
 
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.errors import StoreError
+from sottovoce.client.events import MessagesExpired
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, timer_body
+from sottovoce.client.ports import Emit
 from sottovoce.client.rooms.manager import RoomManager
 from sottovoce.client.store import Store
 from sottovoce.client.store_timers import ChatTimer
@@ -36,8 +38,10 @@ _MAX_SLEEP_S = 60.0
 class Timers:
     """Disappearing messages of one device; owned by :class:`~sottovoce.client.Client`."""
 
-    def __init__(self, store: Store, direct: DirectMessages, rooms: RoomManager) -> None:
-        self._store, self._direct, self._rooms = store, direct, rooms
+    def __init__(
+        self, store: Store, direct: DirectMessages, rooms: RoomManager, emit: Emit
+    ) -> None:
+        self._store, self._direct, self._rooms, self._emit = store, direct, rooms, emit
         self.expiries: Expiries = direct.expiries
         rooms.use_expiries(self.expiries)
         self.expiries.on_record = self._recorded
@@ -104,6 +108,8 @@ class Timers:
         """Delete every message expired by now (the store, its outbox, its queues)."""
         gone = self.expiries.sweep()
         self.deleted += len(gone)
+        if gone:
+            self._emit(MessagesExpired(message_ids=tuple(gone)))
         if self._swept is not None:
             self._swept.set()
             self._swept = None
