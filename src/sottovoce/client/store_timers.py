@@ -75,7 +75,10 @@ class TimerStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._db = store.connection
-        self._db.executescript(_SCHEMA)
+        # One statement at a time: executescript would commit a transaction in progress.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
 
     # --- chat timers ------------------------------------------------------------
 
