@@ -181,14 +181,26 @@ def test_safety_number_text_mentions_the_qr_code_only_when_shown() -> None:
         ("PASSWORD", True),
         ("aaaaaaaaaaaa", True),
         ("alice", True),
-        ("alicealice", False),
+        ("alicealice", True),  # the username, repeated
+        ("alice2026!", True),  # the username and a year
+        ("Password1!", True),  # a common password, decorated
+        ("qwertyuiop12", True),  # a keyboard walk
+        ("abcdefghijk", True),  # a sequence
+        ("8 chars!", True),  # long enough, but a few million guesses
         ("correct horse", False),
-        ("8 chars!", False),
+        ("violet lantern orbit", False),
+        ("x" * 200 + " orbit lantern violet", True),  # scored by its start: repeats
+        ("lantern violet orbit " * 5, False),  # longer than zxcvbn scores
     ],
 )
 def test_weak_passphrases_are_refused_at_creation(passphrase: str, weak: bool) -> None:
-    assert (weak_passphrase(passphrase, "alice") is not None) is weak
-    assert weak_passphrase("alicealice", "alicealice") is not None  # the username itself
+    why = weak_passphrase(passphrase, "alice")
+    assert (why is not None) is weak
+    if why is not None:  # why, and what would do
+        assert "\n" not in why and "four unrelated words will do" in why
+    assert weak_passphrase("bobsmith99", "bobsmith99") is not None  # the username itself
+    said = weak_passphrase("alice2026!", "alice")
+    assert said is not None and "contains the username" in said
 
 
 def test_connection_failures_are_worded_for_people() -> None:

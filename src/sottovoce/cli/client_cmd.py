@@ -32,6 +32,7 @@ from sottovoce.cli.session import (
     data_dir,
     history_options,
     new_passphrase,
+    positive,
     run,
     show_device_notices,
     subcommand,
@@ -296,8 +297,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
         me = client.username
+        shown = client.history(args.name, limit=args.limit)
+        client.conversations.mark_read(args.name, shown)
         return [render.message_line(m, me, expires_at_ms=client.timers.expires_at(m.message_id))
-                for m in client.history(args.name, limit=args.limit)]
+                for m in shown]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:
@@ -411,7 +414,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
-    code, problem = run_chat(client, peer, room_id=room_id, call_options=options)
+    lock_after = args.lock_after * 60 if args.lock_after else None
+    code, problem = run_chat(client, peer, room_id=room_id, call_options=options,
+                             lock_after_s=lock_after)
     if problem:
         raise CliError(problem)
     return code
@@ -427,6 +432,11 @@ OTHER_USER: Positional = ("NAME", "the other user")
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
     add_path_options(parser)
+    parser.add_argument(
+        "--lock-after", type=positive(float), metavar="MINUTES", default=None,
+        help="lock the screen after MINUTES without a key press (a fraction will do); "
+        "the passphrase unlocks it, and nothing of the chat shows while locked",
+    )
     account_options(parser)
 
 
@@ -434,7 +444,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_sub = command_group(
         sub,
         "account",
-        help="create, link, recover or delete an account (username, keys, local store)",
+        help="create, link, recover or delete an account, or change its passphrase",
         description="Manage the account kept in a local directory.",
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "

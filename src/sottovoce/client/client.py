@@ -46,6 +46,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
@@ -180,9 +181,7 @@ class Client:
             kt=self.kt,
         )
         self._outbox = Outbox(store, self._conn, self._emit)
-        self._prekeys = Prekeys(
-            store, self._conn, self._sessions, identity.device_key, self._emit
-        )
+        self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
@@ -202,7 +201,9 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
-        self.timers = Timers(store, self._direct, self.rooms, self._emit)  #: disappearing
+        self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
+        #: The list with unread counts, read marks, search, export, forget (local only).
+        self.conversations = Conversations(store, self.username)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by
@@ -459,7 +460,7 @@ class Client:
             raise UsageError("client is closed")
         if self._processor is None:
             self._processor = asyncio.get_running_loop().create_task(self._process_loop())
-        self.timers.start()
+        self.timers.start()  # the sweep task (a task of the client's: close cancels it)
         self._conn.start()
         if wait:
             await self.sync(timeout=timeout, fail_fast=fail_fast)
@@ -524,7 +525,6 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._direct.forget_ephemeral()
-        await self.timers.stop()
         self._store.close()
 
     async def _drain(self) -> None:

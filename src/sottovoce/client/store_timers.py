@@ -140,6 +140,7 @@ class TimerStore:
         gone = self.expired(now_ms)
         if not gone:
             return []
+        self._db.execute("PRAGMA secure_delete = ON")  # the store's default; said again here
         with self._store.transaction():
             for start in range(0, len(gone), _CHUNK):
                 chunk = gone[start : start + _CHUNK]

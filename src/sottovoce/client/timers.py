@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from typing import Any
 
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.errors import StoreError
 from sottovoce.client.events import MessagesExpired
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, timer_body
-from sottovoce.client.ports import Emit
+from sottovoce.client.ports import Emit, Spawn
 from sottovoce.client.rooms.manager import RoomManager
 from sottovoce.client.store import Store
 from sottovoce.client.store_timers import ChatTimer
@@ -39,14 +38,16 @@ class Timers:
     """Disappearing messages of one device; owned by :class:`~sottovoce.client.Client`."""
 
     def __init__(
-        self, store: Store, direct: DirectMessages, rooms: RoomManager, emit: Emit
+        self, store: Store, direct: DirectMessages, rooms: RoomManager, emit: Emit,
+        spawn: Spawn,
     ) -> None:
         self._store, self._direct, self._rooms, self._emit = store, direct, rooms, emit
+        self._spawn = spawn
         self.expiries: Expiries = direct.expiries
         rooms.use_expiries(self.expiries)
         self.expiries.on_record = self._recorded
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[Any] | None = None
+        self._running = False
         self._swept: asyncio.Event | None = None
         #: messageIds deleted by the sweeps of this process (for tests and the TUI).
         self.deleted = 0
@@ -131,21 +132,21 @@ class Timers:
                 await asyncio.wait_for(swept.wait(), left)
 
     def start(self) -> None:
-        """Run the sweep task (idempotent; it ends with the client's event loop task)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        """Run the sweep task (once; it is the client's task, which ``close`` cancels)."""
+        if not self._running:
+            self._running = True
+            self._spawn(self._run())
 
     def _recorded(self, expires_at_ms: int) -> None:
         self._wake.set()
 
     async def _run(self) -> None:
+        try:
+            await self._sweep_forever()
+        finally:
+            self._running = False
+
+    async def _sweep_forever(self) -> None:
         while True:
             self._wake.clear()
             try:
