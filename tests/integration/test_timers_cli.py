@@ -63,3 +63,9 @@ def test_timer_commands_and_history(server: ServerProcess, tmp_path: Path) -> No
     assert "— alice set disappearing messages to 1 day" in room_history
     assert _ok(_cli("timer", "bob", "off", home=alice)) == (
         "disappearing messages with bob: off\n")
+
+    server.stop()  # no server: the timer message is queued (exit 75), as `send` does
+    queued = _cli("timer", "bob", "5s", "--timeout", "2", home=alice)
+    assert queued.returncode == 75, (queued.stdout, queued.stderr)
+    assert queued.stdout.startswith("disappearing messages with bob: 5 s after sending\n"
+                                    "queued for bob")
