@@ -302,7 +302,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         me = client.username
         shown = client.history(args.name, limit=args.limit)
         client.conversations.mark_read(args.name, shown)
-        return [render.message_line(m, me) for m in shown]
+        return [render.message_line(m, me, expires_at_ms=client.timers.expires_at(m.message_id))
+                for m in shown]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:

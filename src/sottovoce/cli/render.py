@@ -32,6 +32,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
 from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
@@ -77,10 +78,15 @@ def _notice_text(m: StoredMessage, me: str) -> str:
     return f"— {inviter} invited {invited} to '{safe(notice.name)}'"
 
 
-def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
+def message_line(
+    m: StoredMessage, me: str, *, room: bool = False, expires_at_ms: int = 0,
+    now_ms: int | None = None,
+) -> str:
     """One message as a line: ``12:01 alice: hello``, ``12:02 you → bob: hi ✓``.
 
     ``room``: a room's line has no addressee (``m.peer`` is the room id).
+    ``expires_at_ms``: a disappearing message ends with ``⏱ 59 min left``; a timer
+    message reads ``alice set disappearing messages to 1 min``.
     """
     when = clock(m.client_created_ms or m.local_at_ms)
     if m.status is DeliveryStatus.FAILED and not m.text:
@@ -88,6 +94,15 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
     if m.content_type == INVITE_CONTENT_TYPE:
         return f"{when} {_notice_text(m, me)}"
     who = "you" if m.sender == me else safe(m.sender)
+    if m.content_type == TIMER_CONTENT_TYPE:
+        return f"{when} — {timer_notice(who, m.text)}"
+    if expires_at_ms:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return f"{_line(m, when, who, room)} ⏱ {remaining(expires_at_ms, now)} left"
+    return _line(m, when, who, room)
+
+
+def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
     tick = f" {m.status.tick}" if m.outgoing else ""
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     if m.content_type == MISSED_CALL_CONTENT_TYPE:

@@ -143,7 +143,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         room = client.rooms.get(room_ref(args.room))
         shown = client.rooms.history(room.room_id, limit=args.limit)
         client.conversations.mark_read(room.room_id, shown)
-        return [render.message_line(m, me, room=True) for m in shown]
+        return [
+            render.message_line(
+                m, me, room=True, expires_at_ms=client.timers.expires_at(m.message_id)
+            )
+            for m in shown
+        ]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
         print(line)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sottovoce.client.events import ClientEvent
+from sottovoce.client.expiry import Expiries
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook
@@ -243,6 +244,14 @@ class RoomManager:
     async def send_record(self, ref: str, content_type: str, text: str) -> str:
         """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
         return await self._messages.send_record(self.get(ref), content_type, text)
+
+    async def send_timer(self, ref: str, body: str) -> str:
+        """Send a timer message (client/expiry.py) to the room."""
+        return await self._messages.send_timer(self.get(ref), body)
+
+    def use_expiries(self, expiries: Expiries) -> None:
+        """Share the client's expiry bookkeeping (one sweep task wakes for every path)."""
+        self._messages.expiries = expiries
 
     async def send_call_signal(self, ref: str, signal: bytes) -> str:
         """Send one room-call signal as an MLS application message of the room."""
