@@ -79,7 +79,7 @@ from sottovoce.server.kt_witness import (
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
-from sottovoce.server.storage.kt import AppendCache, KTWriter
+from sottovoce.server.storage.kt import FOLD_BATCH, AppendCache, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 
 #: Leaves per /kt/leaves request, at most.
@@ -186,6 +186,7 @@ class KTService:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
         served one (``again``: also if it is not, to refresh the cosignatures)."""
         async with self._round_lock:
+            await self.fold()
             # The newest stored checkpoint first, then the size: a size read before would
             # be older than a checkpoint another node stored meanwhile, and a round of it
             # would serve a smaller head than this node just took.
@@ -196,6 +197,23 @@ class KTService:
                 self._served = await self._round(size)
                 self._checked_at = time.monotonic()
             return self._served
+
+    async def fold(self) -> int:
+        """Append every queued directory change to the log (in batches of FOLD_BATCH, one
+        transaction each); how many. A fold that fails is logged and leaves its changes
+        queued for the next round, which still signs what was appended."""
+        done = 0
+        try:
+            while True:
+                leaves = await self.storage.kt_fold(FOLD_BATCH)
+                done += len(leaves)
+                if len(leaves) < FOLD_BATCH:
+                    break
+        except Exception as exc:
+            self.log.error("kt.fold_failed", error=type(exc).__name__)
+        if done:
+            self.log.info("kt.folded", count=done)
+        return done
 
     async def _round(self, size: int) -> Served:
         nodes = await self.storage.kt_log_nodes(set(root_nodes(size)))

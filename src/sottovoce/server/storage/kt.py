@@ -24,6 +24,7 @@ appends from several server nodes take consecutive leaf indexes. The sans-I/O co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -59,8 +60,10 @@ from sottovoce.kt.prover import (
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.server.storage.txn import Lock, Txn, blob, execute, many, one, rows, val
 
-#: Serializes appends (several server nodes on one PostgreSQL database).
+#: Serializes folds (several server nodes on one PostgreSQL database).
 _LOCK = Lock("kt_append", 1)
+#: Serializes queued changes, so that they commit in the order of their numbers.
+_QUEUE_LOCK = Lock("kt_queue", 1)
 #: Statement parameters per IN list (well under every engine's limit).
 _CHUNK = 400
 #: Map depths fetched per round trip while walking down to a key's entry: a map of
@@ -78,6 +81,9 @@ NO_RECOVERY_KEY = bytes(32)
 CACHE_DEPTH = 16
 #: VRF labels computed ahead of their registration's transaction, kept at most.
 _MAX_LABELS = 4096
+#: Queued changes one fold appends, at most (one write transaction: on SQLite, other
+#: writes wait for it, about 0.1-0.2 ms per change).
+FOLD_BATCH = 1024
 
 
 class AppendCache:
@@ -536,51 +542,145 @@ def account_state(
 def record(
     writer: KTWriter, user: str, kind: ChangeKind, now_ms: int, *,
     account_key: bytes | None = None, recovery_key: bytes | None = None,
-) -> Txn[LogLeaf]:
-    """Append ``user``'s directory change to the log, inside the caller's transaction,
-    after its change to the accounts and devices tables: a new version of the account
-    (its state read back from those tables) and one log leaf.
+) -> Txn[None]:
+    """Queue ``user``'s directory change for the log, inside the caller's transaction,
+    after its change to the accounts and devices tables: one ``kt_pending`` row with the
+    account's state as those tables hold it now. :func:`fold` appends it (a new version
+    of the account and one log leaf) with the other changes queued before the next
+    checkpoint; the row is as durable as the change, so a crash before the fold loses
+    nothing (the next fold takes it).
 
     ``account_key`` / ``recovery_key``: the keys a succession or recovery statement
     installs (default: the account row's key, and the recovery key of the previous
-    version).
+    version, filled in by the fold).
+    """
+    # One queue for every node: rows commit in the order of their numbers, so the
+    # fold's ``ORDER BY seq`` is the order the changes were made in.
+    yield _QUEUE_LOCK
+    state = yield from account_state(user, None, account_key, recovery_key)
+    yield execute(
+        "INSERT INTO kt_pending(username, kind, ts, state, inherit_rk) VALUES (?, ?, ?, ?, ?)",
+        user, int(kind), now_ms, state.encode(), int(recovery_key is None),
+    )
+
+
+def pending_unlabelled(limit: int) -> Txn[list[str]]:
+    """Names among the first ``limit`` queued changes that have no stored VRF label yet
+    (new accounts): :func:`fold` needs them, and a caller computes them before its
+    transaction (a VRF evaluation costs more than the rest of a change's fold)."""
+    found = yield rows(
+        "SELECT DISTINCT p.username FROM (SELECT username FROM kt_pending ORDER BY seq "
+        "LIMIT ?) AS p LEFT JOIN kt_labels AS l ON l.username = p.username "
+        "WHERE l.username IS NULL",
+        limit,
+    )
+    return [str(r[0]) for r in found]
+
+
+def pending_count() -> Txn[int]:
+    n = yield val("SELECT count(*) FROM kt_pending")
+    return int(n or 0)
+
+
+def fold(writer: KTWriter, limit: int) -> Txn[list[LogLeaf]]:
+    """Append the first ``limit`` queued changes to the log and the map in one
+    transaction, in the order they were queued; return their leaves.
+
+    Each change still gets its own version and its own leaf, whose map root is the
+    map's root right after that change (so an auditor replays the leaves one by one as
+    before), but the reads and writes are shared: every key's map path is read once,
+    a map node several changes rewrote is stored once (its last record, under the
+    batch's last epoch: a checkpoint is only ever taken between two folds, so no read
+    is ever made at a size inside the batch), and each statement runs once for all.
     """
     yield _LOCK
+    queued = yield rows(
+        "SELECT seq, username, kind, ts, state, inherit_rk FROM kt_pending ORDER BY seq LIMIT ?",
+        limit,
+    )
+    if not queued:
+        return []
     size = yield from log_size()
-    beta, _ = yield from label(writer.vrf, user, keep=True, known=writer.labels.pop(user, None))
-    key = map_key(beta)
-    n = yield from _versions(key, size)
-    previous = None
-    if n:
-        previous = (yield from _records(key, n - 1, n))[(key, n - 1)].state
-    state = yield from account_state(user, previous, account_key, recovery_key)
+    users = list(dict.fromkeys(str(r[1]) for r in queued))
+    labels: dict[str, tuple[bytes, bytes]] = {}
+    for i in range(0, len(users), _CHUNK):
+        part = users[i:i + _CHUNK]
+        found = yield rows(
+            f"SELECT username, label FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
+            *part,
+        )
+        labels.update((str(r[0]), (blob(r[1]), b"")) for r in found)
+    new_labels = []
+    for u in users:
+        if u not in labels:
+            known = writer.labels.pop(u, None)
+            labels[u] = known if known is not None else writer.vrf.evaluate(u.encode("utf-8"))
+            new_labels.append((u, *labels[u]))
+    if new_labels:
+        yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)", new_labels)
+    keys = {u: map_key(labels[u][0]) for u in users}
+    unique = list(dict.fromkeys(keys.values()))
+    latest = yield from _latest_records(unique, size)
+    sizes = {k: r.version + 1 for k, r in latest.items()}
+    states = {k: r.state for k, r in latest.items()}
     nodes = yield from log_nodes(root_nodes(size))
     border = tuple(nodes[x] for x in root_nodes(size))
     cache = writer.cache
     cache.check(size, border)
-    path = Overlay(dict((yield from _map_path(key, size, cache))))
-    vnodes = Overlay(dict((yield from _version_nodes(key, root_nodes(n)))))
+    paths = yield from _map_paths(unique, size, cache)
+    base: dict[NodeId, bytes] = {}
+    for p in paths.values():
+        base.update(p)
+    vbase: VersionNodeMap = {}
+    for k, n in sizes.items():
+        vbase.update((yield from _version_nodes(k, root_nodes(n))))
+    path, vnodes = Overlay(base), Overlay(vbase)
     records: Overlay[tuple[bytes, int], VersionRecord] = Overlay({})
-    directory = Directory(path, vnodes, records, {key: n})
-    leaf = directory.append(key, state.encode(), kind=kind, epoch=size, timestamp_ms=now_ms,
-                            rng=writer.rng)
+    directory = Directory(path, vnodes, records, sizes)
     log = LogWriter(size, border)
-    yield execute("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)", size, leaf.encode())
-    yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)",
-               [(node_id(x), h) for x, h in log.append(leaf.hash())])
-    # As of the new size, if this transaction commits (else the next append sees the
+    leaves: list[LogLeaf] = []
+    log_writes: list[tuple[int, bytes]] = []
+    for i, (_, user, kind, ts, raw, inherit) in enumerate(queued):
+        key = keys[str(user)]
+        state = blob(raw)
+        previous = states.get(key)
+        if inherit and previous is not None:
+            state = _inherit_recovery_key(state, previous)
+        leaf = directory.append(key, state, kind=ChangeKind(int(kind)), epoch=size + i,
+                                timestamp_ms=int(ts), rng=writer.rng)
+        states[key] = state
+        leaves.append(leaf)
+        log_writes.extend((node_id(x), h) for x, h in log.append(leaf.hash()))
+    end = size + len(queued)
+    yield many("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)",
+               [(leaf.epoch, leaf.encode()) for leaf in leaves])
+    yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)", log_writes)
+    # As of the new size, if this transaction commits (else the next fold sees the
     # log's size or border differ, and starts over).
-    cache.advance(size + 1, log.border, path.writes)
+    cache.advance(end, log.border, path.writes)
     yield many("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-               [(map_node_id(x), size, rec) for x, rec in path.writes.items()])
+               [(map_node_id(x), end - 1, rec) for x, rec in path.writes.items()])
     yield many("INSERT INTO kt_version_nodes(map_key, node, hash) VALUES (?, ?, ?)",
                [(k, node_id((lv, i)), h) for (k, lv, i), h in vnodes.writes.items()])
+    epochs = {(leaf.map_key, leaf.account_version): leaf.epoch for leaf in leaves}
     yield many(
         "INSERT INTO kt_versions(map_key, version, epoch, state, opening, commitment) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [(k, v, size, r.state, r.opening, r.commitment) for (k, v), r in records.writes.items()],
+        [(k, v, epochs[(k, v)], r.state, r.opening, r.commitment)
+         for (k, v), r in records.writes.items()],
     )
-    return leaf
+    yield execute("DELETE FROM kt_pending WHERE seq<=?", int(queued[-1][0]))
+    return leaves
+
+
+def _inherit_recovery_key(state: bytes, previous: bytes) -> bytes:
+    """``state`` with the recovery key of the account's previous version (a change that
+    installs none keeps the one there was)."""
+    try:
+        rk = AccountState.decode(previous).recovery_key
+    except DecodeError:  # pragma: no cover - every stored state was encoded here
+        return state
+    return dataclasses.replace(AccountState.decode(state), recovery_key=rk).encode()
 
 
 # --- checkpoints and cosignatures -----------------------------------------------------------
