@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecodeError
@@ -160,6 +161,15 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _padded(part: list[Any]) -> list[Any]:
+    """``part`` with its last item repeated up to the next power of two: a statement
+    sized by its list then has a few texts, not one per length, so the engine's cache
+    of prepared statements keeps them (a 200-probe statement costs milliseconds to
+    prepare). Repeated probes return repeated rows, which every caller merges."""
+    n = 1 << (len(part) - 1).bit_length() if part else 0
+    return part + [part[-1]] * (n - len(part))
+
+
 # --- reads --------------------------------------------------------------------------------
 
 
@@ -178,6 +188,7 @@ def log_nodes(wanted: Iterable[NodeId]) -> Txn[dict[NodeId, bytes]]:
     ids = sorted({node_id(n) for n in wanted})
     out: dict[NodeId, bytes] = {}
     for part in _chunks(ids):
+        part = _padded(part)
         found = yield rows(
             f"SELECT node, hash FROM kt_log_nodes WHERE node IN ({_marks(len(part))})",  # noqa: S608
             *part,
@@ -193,6 +204,7 @@ def _version_nodes(key: bytes, wanted: Iterable[NodeId]) -> Txn[VersionNodeMap]:
     ids = sorted({node_id(n) for n in wanted})
     out: VersionNodeMap = {}
     for part in _chunks(ids):
+        part = _padded(part)
         found = yield rows(
             "SELECT node, hash FROM kt_version_nodes "  # noqa: S608 -- placeholders only
             f"WHERE map_key=? AND node IN ({_marks(len(part))})",
@@ -270,7 +282,7 @@ def _map_paths(
         got: dict[NodeId, bytes] = {}
         ids = list(wanted)
         for i in range(0, len(ids), _CHUNK // 2):
-            part = ids[i:i + _CHUNK // 2]
+            part = _padded(ids[i:i + _CHUNK // 2])
             # One index probe per node (its newest record below ``size``): a node near
             # the root has a record per epoch, so scanning them would grow with the log.
             found = yield rows(_newest_records(len(part)),
@@ -359,7 +371,7 @@ def snapshots(
     labels = {u: c.labels[u] for u in users if c is not None and u in c.labels}
     missing = [u for u in users if u not in labels]
     for i in range(0, len(missing), _CHUNK):
-        part = missing[i:i + _CHUNK]
+        part = _padded(missing[i:i + _CHUNK])
         found = yield rows(
             f"SELECT username, label, proof FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
             *part,
@@ -421,7 +433,7 @@ def _latest_records(keys: list[bytes], size: int) -> Txn[dict[bytes, VersionReco
     """The latest version below ``size`` of each of ``keys`` that has one."""
     out: dict[bytes, VersionRecord] = {}
     for i in range(0, len(keys), _CHUNK // 2):
-        part = keys[i:i + _CHUNK // 2]
+        part = _padded(keys[i:i + _CHUNK // 2])
         sql = _LATEST.get(len(part))
         if sql is None:
             sql = _LATEST[len(part)] = " UNION ALL ".join(
@@ -604,7 +616,7 @@ def fold(writer: KTWriter, limit: int) -> Txn[list[LogLeaf]]:
     users = list(dict.fromkeys(str(r[1]) for r in queued))
     labels: dict[str, tuple[bytes, bytes]] = {}
     for i in range(0, len(users), _CHUNK):
-        part = users[i:i + _CHUNK]
+        part = _padded(users[i:i + _CHUNK])
         found = yield rows(
             f"SELECT username, label FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
             *part,
