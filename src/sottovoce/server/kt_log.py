@@ -1,7 +1,8 @@
 """The server's key-transparency log: checkpoints, witnesses, and the KT requests.
 
-    directory change ──► storage (the leaf, in the change's own transaction)
-                     ──► sync(): sign a checkpoint of the new size, push it to every
+    directory change ──► storage (a queued row, in the change's own transaction)
+                     ──► sync(): fold the queue into the log and map (a batch, one
+                         leaf per change), sign a checkpoint of the new size, push it to every
                          witness (add-checkpoint), store it with their cosignatures;
                          that checkpoint is now the one every answer is built on
     sottovoce.kt.head / lookup / history ──► the served checkpoint, proofs built from

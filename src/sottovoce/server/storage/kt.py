@@ -8,6 +8,7 @@
     kt_labels        username -> VRF output and proof            (insert-only)
     kt_checkpoints   size -> the log-signed note                 (insert-only)
     kt_cosignatures  (size, witness, time) -> cosignature line   (insert-only)
+    kt_pending       seq -> a queued change and the state it left (inserted, folded, deleted)
 
 Nothing is rewritten in place. A map node changes with every account under it, so
 each change inserts the node's new record under the epoch (the leaf index) that
@@ -15,11 +16,15 @@ wrote it, and a read "as of tree size S" takes, for each node, the record of the
 largest epoch below S. So a crash before the commit leaves the previous head whole,
 and a lookup answers at exactly the checkpoint it serves while later appends land.
 
-:func:`record` is the one call that appends a directory change: it runs inside the
+:func:`record` is the one call that logs a directory change: it runs inside the
 transaction that changes the directory (registration, device added or revoked,
-deletion, and the account-key succession / recovery statements), under one lock so
-appends from several server nodes take consecutive leaf indexes. The sans-I/O core
-(kt/map.py, kt/merkle.py, kt/prover.py) works on the dicts the reads below fill.
+deletion, and the account-key succession / recovery statements) and only queues the
+change, with the account's state as it left it: a cheap insert on the request's path.
+:func:`fold` appends queued changes in batches, once per checkpoint round, under one
+lock so folds from several server nodes take consecutive leaf indexes; each change
+still gets its own version and leaf, but a batch shares its reads and writes. The
+sans-I/O core (kt/map.py, kt/merkle.py, kt/prover.py) works on the dicts the reads
+below fill.
 """
 
 from __future__ import annotations
