@@ -72,10 +72,10 @@ _LOCK = Lock("kt_append", 1)
 _QUEUE_LOCK = Lock("kt_queue", 1)
 #: Statement parameters per IN list (well under every engine's limit).
 _CHUNK = 400
-#: Map depths fetched per round trip while walking down to a key's entry: a map of
-#: N accounts is about log2(N) + 2 deep, so one round trip up to ~2^30 accounts.
+#: Map depths fetched in the first round trip while walking down to a key's entry, at
+#: most: a map of N accounts is about log2(N) + 2 deep.
 _DEPTH_STEP = 32
-#: The same below what the append cache knew: the path ends a few depths further down.
+#: The same past that depth, or below what the append cache knew.
 _CACHED_STEP = 8
 #: The "no recovery key registered" value of an account state: an account registered
 #: before its owner committed a recovery key.
@@ -270,11 +270,15 @@ def _map_paths(
     statement per step down, for all the keys still walking)."""
     paths: dict[bytes, dict[NodeId, bytes]] = {}
     walking: dict[bytes, tuple[int, int]] = {}  # key -> (first depth to read, step)
+    # A map of at most ``size`` accounts ends most paths by depth log2(size) + 2: the
+    # first step reads down to there (each depth read past a path's end is a wasted
+    # probe), a path that goes on takes further steps of _CACHED_STEP.
+    deep = min(size.bit_length() + 2, _DEPTH_STEP)
     for key in keys:
         out = paths[key] = {}
         start = 0 if cache is None else _cached_path(int.from_bytes(key, "big"), cache.nodes, out)
         if start >= 0:
-            walking[key] = (start, _CACHED_STEP if start else _DEPTH_STEP)
+            walking[key] = (start, max(_CACHED_STEP, deep - start))
     while walking:
         wanted: dict[bytes, NodeId] = {}
         for key, (start, step) in walking.items():
@@ -312,7 +316,7 @@ def _map_paths(
                     ended = True
                     break
             if not ended and start + step <= KEY_BITS:
-                going[key] = (start + step, _DEPTH_STEP)
+                going[key] = (start + step, _CACHED_STEP)
         walking = going
     return paths
 
