@@ -27,18 +27,26 @@ wall-clock times far more). Targets: a lookup's proofs
 
 ``--sqlite N``: the server's own store (server/storage/sqlite.py, WAL,
 synchronous=FULL, group commit) and key-transparency service (server/kt_log.py,
-co-located witness). N accounts, each with a real device certificate, are
-registered through ``Storage.create_account`` twice in the same run: into a store
-without a log, then into one that appends each registration to the log in its
-transaction (64 registrations in flight, as many clients would send them). Then one
-checkpoint round (sign, co-located witness cosigns, store), and L lookups answered
-the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the served
-checkpoint, build the proofs, encode) -- L names 8 at once right after the checkpoint
-(what lookups share -- upper map nodes, log proofs -- not read yet), then L others one
-at a time, L others 8 at once, L others 64 at once (as many clients would ask), each
-name for the first time at that checkpoint; then the third L names again (a server
-that keeps its answers per checkpoint answers those from memory) -- each answer
-checked once with ``verify_lookup``. CPU time is ``time.process_time`` (the process, all threads).
+co-located witness), at N accounts, each with a real device certificate. The first
+N - K (``--timed K``, default 20,000) are bulk-loaded through the same storage code
+(``accounts.create_account``, which queues each change for the log) in 10,000-account
+transactions into two stores, one without a log and one with it, the latter's queue
+folded into the log in batches (``Storage.kt_fold``, the VRF labels computed on a
+thread first). Then the last K are registered through ``Storage.create_account``, 64
+in flight as many clients would send them, in the same run: all K into the store
+without a log; half into the store with it while no checkpoint round runs (the
+request alone: the change and its queued row), then one round that folds them and
+signs; the other half while rounds run back to back as a server runs them (each
+folds what is queued, signs, the co-located witness cosigns). Then L lookups
+answered the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the
+served checkpoint, build the proofs, encode) -- L names 8 at once right after the
+checkpoint (what lookups share -- upper map nodes, log proofs -- not read yet), then
+L others one at a time, L others 8 at once, L others 64 at once (as many clients
+would ask), each name for the first time at that checkpoint; then the third L names
+again (a server that keeps its answers per checkpoint answers those from memory) --
+each answer checked once with ``verify_lookup`` (its CPU time reported). CPU time is
+``time.process_time`` (the process, all threads). ``KT_BENCH_DIR``: where the
+temporary databases go.
 No WebSocket: the cost of the relay's framing is in the relay figures.
 """
 
