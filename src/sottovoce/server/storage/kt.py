@@ -71,7 +71,7 @@ _LOCK = Lock("kt_append", 1)
 #: Serializes queued changes, so that they commit in the order of their numbers.
 _QUEUE_LOCK = Lock("kt_queue", 1)
 #: Statement parameters per IN list (well under every engine's limit).
-_CHUNK = 400
+_CHUNK = 512
 #: Map depths fetched in the first round trip while walking down to a key's entry, at
 #: most: a map of N accounts is about log2(N) + 2 deep.
 _DEPTH_STEP = 32
@@ -167,12 +167,14 @@ def _marks(n: int) -> str:
 
 
 def _padded(part: list[Any]) -> list[Any]:
-    """``part`` with its last item repeated up to the next power of two: a statement
-    sized by its list then has a few texts, not one per length, so the engine's cache
-    of prepared statements keeps them (a 200-probe statement costs milliseconds to
-    prepare). Repeated probes return repeated rows, which every caller merges."""
-    n = 1 << (len(part) - 1).bit_length() if part else 0
-    return part + [part[-1]] * (n - len(part))
+    """``part`` with its last item repeated up to the next power of two (up to 32) or
+    multiple of 32: a statement sized by its list then has a few texts, not one per
+    length, so the engine's cache of prepared statements keeps them (a 200-probe
+    statement costs milliseconds to prepare), for at most 31 repeated probes.
+    Repeated probes return repeated rows, which every caller merges."""
+    k = len(part)
+    n = 1 << (k - 1).bit_length() if 0 < k <= 32 else -(-k // 32) * 32
+    return part + [part[-1]] * (n - k)
 
 
 # --- reads --------------------------------------------------------------------------------
