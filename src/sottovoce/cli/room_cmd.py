@@ -14,16 +14,9 @@ import sys
 from typing import Any
 
 from sottovoce.cli import render
+from sottovoce.cli.options import Positional, command_group, history_options, subcommand
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    Positional,
-    command_group,
-    history_options,
-    subcommand,
-    with_client,
-)
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.store import DeliveryStatus
@@ -138,10 +131,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         me = client.username
-        return [
-            render.message_line(m, me, room=True)
-            for m in client.rooms.history(room_ref(args.room), limit=args.limit)
-        ]
+        room = client.rooms.get(room_ref(args.room))
+        shown = client.rooms.history(room.room_id, limit=args.limit)
+        client.conversations.mark_read(room.room_id, shown)
+        return [render.message_line(m, me, room=True) for m in shown]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
         print(line)
