@@ -1,7 +1,7 @@
 """The batch fold of queued directory changes (server/storage/kt.py ``fold``): many
 changes folded at once give byte for byte the leaves (map roots, commitments) of the
 same changes folded one by one, and a server killed between a change's commit and its
-fold loses nothing: the next checkpoint round folds it."""
+fold loses nothing: the next start folds it."""
 
 from __future__ import annotations
 
@@ -164,8 +164,10 @@ async def test_changes_committed_before_a_kill_are_folded_by_the_next_start(
     await st.open()
     try:
         assert await st.kt_pending() == 6 and await st.kt_size() == 0
-        served = await kt.sync()  # the server's first round, as run() makes it at start
-        assert served is not None and served.size == 6 and await st.kt_pending() == 0
+        await kt.start()  # as the server starts, before it listens
+        assert await st.kt_pending() == 0 and await st.kt_size() == 6
+        served = await kt.sync()  # the first round, which run() makes at once
+        assert served is not None and served.size == 6
         leaves = await st.kt_leaves(0, 10)
         assert [LogLeaf.decode(x).kind for x in leaves] == [ChangeKind.REGISTRATION] * 6
         for i in range(6):

@@ -314,8 +314,10 @@ async def test_history_pages_read_from_the_tables_are_the_cores_and_fit_a_budget
     try:
         bob = Account("bob")
         await store.create_account("bob", bob.ak.public, "d1", bob.cert("d1"), NOW)
-        for d in range(2, 9):  # 8 versions in all
+        await store.kt_fold()
+        for d in range(2, 9):  # 8 versions in all, one fold each (read at every size)
             await store.add_device("bob", f"d{d}", bob.cert(f"d{d}"), NOW)
+            await store.kt_fold()
         policy = KTPolicy(log_key=LOG.public, vrf_key=VRF.public, witnesses=(WITNESS.public,))
         everything = OwnKeys(devices=frozenset((f"d{d}", bob.keys[f"d{d}"]) for d in range(1, 9)),
                              account_keys=frozenset({bob.ak.public}),

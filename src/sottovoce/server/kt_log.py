@@ -166,8 +166,10 @@ class KTService:
     # --- checkpoints ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the served checkpoint; cosign the current size in the background (the
-        witnesses may call back this server's HTTP endpoints, so it must be listening)."""
+        """Append the directory changes a stop left queued; load the served checkpoint;
+        cosign the current size in the background (the witnesses may call back this
+        server's HTTP endpoints, so it must be listening)."""
+        await self.fold()
         await self._refresh(force=True)
 
     async def run(self) -> None:
