@@ -27,18 +27,26 @@ wall-clock times far more). Targets: a lookup's proofs
 
 ``--sqlite N``: the server's own store (server/storage/sqlite.py, WAL,
 synchronous=FULL, group commit) and key-transparency service (server/kt_log.py,
-co-located witness). N accounts, each with a real device certificate, are
-registered through ``Storage.create_account`` twice in the same run: into a store
-without a log, then into one that appends each registration to the log in its
-transaction (64 registrations in flight, as many clients would send them). Then one
-checkpoint round (sign, co-located witness cosigns, store), and L lookups answered
-the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the served
-checkpoint, build the proofs, encode) -- L names 8 at once right after the checkpoint
-(what lookups share -- upper map nodes, log proofs -- not read yet), then L others one
-at a time, L others 8 at once, L others 64 at once (as many clients would ask), each
-name for the first time at that checkpoint; then the third L names again (a server
-that keeps its answers per checkpoint answers those from memory) -- each answer
-checked once with ``verify_lookup``. CPU time is ``time.process_time`` (the process, all threads).
+co-located witness), at N accounts, each with a real device certificate. The first
+N - K (``--timed K``, default 20,000) are bulk-loaded through the same storage code
+(``accounts.create_account``, which queues each change for the log) in 10,000-account
+transactions into two stores, one without a log and one with it, the latter's queue
+folded into the log in batches (``Storage.kt_fold``, the VRF labels computed on a
+thread first). Then the last K are registered through ``Storage.create_account``, 64
+in flight as many clients would send them, in the same run: all K into the store
+without a log; half into the store with it while no checkpoint round runs (the
+request alone: the change and its queued row), then one round that folds them and
+signs; the other half while rounds run back to back as a server runs them (each
+folds what is queued, signs, the co-located witness cosigns). Then L lookups
+answered the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the
+served checkpoint, build the proofs, encode) -- L names 8 at once right after the
+checkpoint (what lookups share -- upper map nodes, log proofs -- not read yet), then
+L others one at a time, L others 8 at once, L others 64 at once (as many clients
+would ask), each name for the first time at that checkpoint; then the third L names
+again (a server that keeps its answers per checkpoint answers those from memory) --
+each answer checked once with ``verify_lookup`` (its CPU time reported). CPU time is
+``time.process_time`` (the process, all threads). ``KT_BENCH_DIR``: where the
+temporary databases go.
 No WebSocket: the cost of the relay's framing is in the relay figures.
 """
 
@@ -80,9 +88,12 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--sqlite", type=int, metavar="N",
                     help="measure the server's log in SQLite at N accounts instead")
+    ap.add_argument("--timed", type=int, default=20_000, metavar="K",
+                    help="with --sqlite: the last K registrations are timed one request "
+                         "each; the N - K before are bulk-loaded")
     args = ap.parse_args()
     if args.sqlite:
-        asyncio.run(sqlite_bench(args.sqlite, args.lookups))
+        asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed))
         return
     now = int(time.time() * 1000)
 
@@ -166,12 +177,12 @@ def main() -> None:
         print(f"  {k}: median {statistics.median(v):.0f} B, max {max(v)} B")
 
 
-def _certs(n: int) -> list[tuple[str, bytes, bytes]]:
-    """(username, account key, certificate) of ``n`` accounts."""
+def _certs(first: int, n: int) -> list[tuple[str, bytes, bytes]]:
+    """(username, account key, certificate) of accounts ``first`` .. ``first + n - 1``."""
     from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys
 
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         ak = AccountKey.generate(os.urandom)
         keys = DevicePublicKeys(signing_key=os.urandom(32), olm_identity_key=bytes(32),
                                 olm_signing_key=bytes(32))
@@ -182,29 +193,30 @@ def _certs(n: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-async def _register(
-    st: Any, certs: list[tuple[str, bytes, bytes]], now: int
-) -> tuple[float, list[float]]:
-    """Total seconds, and the seconds per registration of each tenth of them in turn
-    (whether the cost grows with the log)."""
+def _bulk_op(certs: list[tuple[str, bytes, bytes]], now: int, kt: Any) -> Any:
+    """Many registrations in one transaction, each exactly as one request makes it
+    (storage/accounts.py ``create_account``: the account, its device, its statement and,
+    with the log, its queued change)."""
+    from sottovoce.server.storage import accounts
+
+    for name, ak, cert in certs:
+        yield from accounts.create_account(name, ak, "d1", cert, now, None, kt)
+
+
+async def _register(st: Any, certs: list[tuple[str, bytes, bytes]], now: int) -> float:
+    """Seconds to register ``certs``, 64 in flight, as many clients would."""
     sem = asyncio.Semaphore(64)
-    tenth = max(1, len(certs) // 10)
-    blocks: list[float] = []
 
     async def one(name: str, ak: bytes, cert: bytes) -> None:
         async with sem:
             await st.create_account(name, ak, "d1", cert, now)
 
     t0 = time.perf_counter()
-    for i in range(0, len(certs), tenth):
-        t = time.perf_counter()
-        part = certs[i:i + tenth]
-        await asyncio.gather(*(one(*c) for c in part))
-        blocks.append((time.perf_counter() - t) / len(part))
-    return time.perf_counter() - t0, blocks
+    await asyncio.gather(*(one(*c) for c in certs))
+    return time.perf_counter() - t0
 
 
-async def sqlite_bench(n: int, lookups: int) -> None:
+async def sqlite_bench(n: int, lookups: int, timed: int) -> None:
     import io
     import tempfile
     from pathlib import Path
@@ -218,40 +230,110 @@ async def sqlite_bench(n: int, lookups: int) -> None:
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     now = int(time.time() * 1000)
-    t0 = time.perf_counter()
-    certs = _certs(n)
-    made = time.perf_counter() - t0
-    print(f"{n:,} accounts' certificates made in {made:.1f} s (not timed below)")
-    with tempfile.TemporaryDirectory() as tmp:
+    timed = min(timed, n)
+    bulk = n - timed
+    with tempfile.TemporaryDirectory(dir=os.environ.get("KT_BENCH_DIR")) as tmp:
         log = JsonLogger(io.StringIO())
         plain = SqliteStorage(Path(tmp) / "plain.sqlite3", logger=log)
         await plain.open()
-        base, _ = await _register(plain, certs, now)
-        await plain.close()
         st = SqliteStorage(Path(tmp) / "kt.sqlite3", logger=log)
         kt = kt_log.from_config(ServerConfig(data_dir=Path(tmp) / "data"), st, log)
         await st.open()
-        with_kt, blocks = await _register(st, certs, now)
-        print(f"registration without the log: {n / base:,.0f}/s ({base / n * 1e6:.0f} us each)")
-        print(f"registration with the log append: {n / with_kt:,.0f}/s "
-              f"({with_kt / n * 1e6:.0f} us each; the append adds "
-              f"{(with_kt - base) / n * 1e6:.0f} us, x{with_kt / base:.1f})")
-        print("  with the log, each tenth in turn (us each): "
-              + ", ".join(f"{b * 1e6:.0f}" for b in blocks))
+        if bulk:
+            # The first accounts in large transactions through the same storage code,
+            # then folded into the log in large batches (VRF labels on a thread).
+            t0, c0 = time.perf_counter(), time.process_time()
+            made = fold_s = 0.0
+            for first in range(0, bulk, BULK_BATCH):
+                t = time.perf_counter()
+                certs = _certs(first, min(BULK_BATCH, bulk - first))
+                made += time.perf_counter() - t
+                await plain._write_op(_bulk_op, certs, now, None)
+                await st._write_op(_bulk_op, certs, now, st.kt_writer)
+                t = time.perf_counter()
+                while await st.kt_fold(BULK_BATCH):
+                    pass
+                fold_s += time.perf_counter() - t
+                if first // BULK_BATCH % 20 == 19:
+                    print(f"  bulk {first + BULK_BATCH:,} accounts, "
+                          f"{time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"bulk load of {bulk:,} accounts in {BULK_BATCH:,}-account transactions: "
+                  f"{time.perf_counter() - t0:.0f} s wall ({made:.0f} s making certificates, "
+                  f"{fold_s:.0f} s folding: {fold_s / bulk * 1e6:.0f} us per change with its "
+                  f"VRF label), {time.process_time() - c0:.0f} s CPU")
+        certs = _certs(bulk, timed)
+        c = time.process_time()
+        base = await _register(plain, certs, now)
+        base_cpu = time.process_time() - c
+        await plain.close()
+        half = timed // 2
+        # With the log, the request alone: each change and its queued row; then the
+        # checkpoint round that folds them all (in FOLD_BATCH transactions) and signs.
+        c = time.process_time()
+        queued = await _register(st, certs[:half], now)
+        queued_cpu = time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
+        served = await kt.sync()
+        folded, folded_cpu = time.perf_counter() - t, time.process_time() - c
+        assert served is not None and served.size == bulk + half
+        # With the log as a server runs it: checkpoint rounds (each folds what is
+        # queued, signs, the co-located witness cosigns) run while the changes arrive,
+        # as each change's request triggers one.
+        done = asyncio.Event()
+        rounds = 0
+
+        async def server_rounds() -> None:
+            nonlocal rounds
+            while not done.is_set():
+                await kt.sync()
+                rounds += 1
+                await asyncio.sleep(0)
+
+        c = time.process_time()
+        roundtask = asyncio.create_task(server_rounds())
+        t0 = time.perf_counter()
+        with_kt = await _register(st, certs[half:], now)
+        done.set()
+        await roundtask
+        served = await kt.sync()  # the rest of the queue
+        drained = time.perf_counter() - t0
+        kt_cpu = time.process_time() - c
+        assert served is not None and served.size == n and await st.kt_pending() == 0
+        rest = timed - half
+        per, per_cpu = base / timed, base_cpu / timed
+        print(f"at {bulk:,} -> {n:,} accounts, registrations 64 in flight:")
+        print(f"  without the log ({timed:,}): {timed / base:,.0f}/s ({per * 1e6:.0f} us each, "
+              f"{per_cpu * 1e6:.0f} us CPU)")
+        print(f"  with the log, the requests alone ({half:,}, change + queued row): "
+              f"{half / queued:,.0f}/s ({queued / half * 1e6:.0f} us each, "
+              f"x{queued / half / per:.2f}; {queued_cpu / half * 1e6:.0f} us CPU, "
+              f"x{queued_cpu / half / per_cpu:.2f})")
+        print(f"    then one round folding them: {folded / half * 1e6:.0f} us each "
+              f"({folded_cpu / half * 1e6:.0f} us CPU, the VRF label included); request "
+              f"and fold x{(queued + folded) / half / per:.2f} wall, "
+              f"x{(queued_cpu + folded_cpu) / half / per_cpu:.2f} CPU")
+        print(f"  with the log and rounds running meanwhile ({rest:,}, {rounds + 1} rounds): "
+              f"{rest / with_kt:,.0f}/s ({with_kt / rest * 1e6:.0f} us each, "
+              f"x{with_kt / rest / per:.2f}); until all folded and cosigned "
+              f"{drained / rest * 1e6:.0f} us each (x{drained / rest / per:.2f}), "
+              f"{kt_cpu / rest * 1e6:.0f} us CPU (x{kt_cpu / rest / per_cpu:.2f})")
+        t = time.perf_counter()
+        for _ in range(3):
+            a = _certs(n + _, 1)[0]
+            await st.create_account(a[0], a[1], "d1", a[2], now)
+        served = await kt.sync()
+        print(f"a checkpoint round folding 3 changes: {(time.perf_counter() - t) * 1e3:.1f} ms "
+              f"at size {served.size if served else 0:,}")
         size = os.path.getsize(Path(tmp) / "kt.sqlite3") + os.path.getsize(
             Path(tmp) / "kt.sqlite3-wal")
         print(f"database with the log: {size / n:,.0f} B per account")
-        t = time.perf_counter()
-        served = await kt.sync()
-        print(f"checkpoint round (sign, co-located witness, store): "
-              f"{(time.perf_counter() - t) * 1e3:.1f} ms at size {served.size if served else 0:,}")
         keys = kt.keys()
         policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
                           witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
-        # Three sets of names, each asked for the first time at this checkpoint (what
+        # Four sets of names, each asked for the first time at this checkpoint (what
         # earlier lookups warmed -- upper map nodes, log proofs -- is shared, as on a
         # server answering many names).
-        picks = [certs[(i * 7919) % n][0] for i in range(min(n, 4 * lookups))]
+        picks = [f"user{(i * 7919) % n:07d}" for i in range(min(n, 4 * lookups))]
         sets = [picks[i::4] for i in range(4)]
 
         async def run(names: list[str], at_once: int) -> tuple[list[bytes], float, float]:
@@ -275,21 +357,31 @@ async def sqlite_bench(n: int, lookups: int) -> None:
         again, wall, cpu = await run(sets[2], 8)
         start = len(sets[0]) + len(sets[1])
         assert again == answers[start:start + len(sets[2])]
+        verify, verify_now = [], int(time.time() * 1000)
         for name, data in zip([u for s in sets for u in s], answers, strict=True):
+            t = time.process_time()
             result = verify_lookup(policy, None, name, LookupResponse.decode(data),
-                                   now_ms=int(time.time() * 1000))
+                                   now_ms=verify_now)
+            verify.append(time.process_time() - t)
             assert result.version == 0
         print("lookups with proofs served, each name the first time at this checkpoint: "
               f"the first {len(sets[0]):,} names (nothing of the checkpoint read yet) "
               f"{figures[0]}; then {', '.join(figures[1:])}")
         print(f"  response median {statistics.median(len(a) for a in answers):.0f} B, "
-              f"max {max(len(a) for a in answers)} B; all {len(answers):,} verify")
+              f"max {max(len(a) for a in answers)} B; all {len(answers):,} verify, client "
+              f"verification median {statistics.median(verify) * 1e3:.3f} ms, p99 "
+              f"{_percentile(verify, 0.99) * 1e3:.3f} ms (the checkpoint's signatures "
+              f"checked once)")
         print(f"lookups of the same names again at this checkpoint: "
               f"{len(sets[2]) / wall:,.0f}/s 8 at once "
               f"({cpu / len(sets[2]) * 1e6:.0f} us CPU each)")
         await kt.close()
         await st.close()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+#: Accounts per transaction (and per fold) of the bulk load.
+BULK_BATCH = 10_000
 
 
 if __name__ == "__main__":

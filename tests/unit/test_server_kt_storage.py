@@ -1,6 +1,7 @@
 """The key-transparency tables (server/storage/kt.py) on both engines: every directory
-change appends one leaf in its own transaction, proofs built from the tables verify with
-the client's checks, and a read at an older tree size sees the map as it was then."""
+change is queued in its own transaction and a fold appends one leaf for each, proofs
+built from the tables verify with the client's checks, and a read at an older tree size
+sees the map as it was then."""
 
 from __future__ import annotations
 
@@ -90,9 +91,12 @@ async def test_each_directory_change_appends_a_leaf_whose_proofs_verify(
     try:
         alice, bob = Account("alice"), Account("bob")
         await store.create_account("alice", alice.ak.public, "d1", alice.cert("d1"), NOW)
-        assert await store.kt_size() == 1
+        assert await store.kt_size() == 0 and await store.kt_pending() == 1
+        assert len(await store.kt_fold()) == 1
+        assert await store.kt_size() == 1 and await store.kt_pending() == 0
         await store.create_account("bob", bob.ak.public, "d1", bob.cert("d1"), NOW)
         await store.add_device("alice", "d2", alice.cert("d2"), NOW)
+        await store.kt_fold()
         assert await store.kt_size() == 3
         found = await _lookup(store, "alice")
         assert found.version == 1 and found.state is not None
@@ -102,6 +106,7 @@ async def test_each_directory_change_appends_a_leaf_whose_proofs_verify(
             ("d1", alice.keys["d1"]), ("d2", alice.keys["d2"])}
         await store.revoke_device("alice", "d1", NOW)
         await store.revoke_device("alice", "d1", NOW)  # a second revocation logs nothing
+        await store.kt_fold()
         assert await store.kt_size() == 4
         found = await _lookup(store, "alice", since=2)
         assert found.version == 2 and found.state is not None
@@ -110,15 +115,17 @@ async def test_each_directory_change_appends_a_leaf_whose_proofs_verify(
         old = await _lookup(store, "alice", size=3)
         assert old.version == 1 and old.state is not None and len(old.state.devices) == 2
         await store.delete_account("bob", NOW)
+        await store.kt_fold()
         gone = await _lookup(store, "bob")
         assert gone.state is not None and gone.state.deleted and gone.state.devices == ()
         nobody = await _lookup(store, "carol")
         assert nobody.version is None
         # A succession hook: one call installs new keys, kept by later versions.
-        leaf = await store.kt_record("alice", ChangeKind.RECOVERY, NOW,
-                                     account_key=b"\x05" * 32, recovery_key=b"\x06" * 32)
-        assert leaf.kind is ChangeKind.RECOVERY and leaf.epoch == 5
+        await store.kt_record("alice", ChangeKind.RECOVERY, NOW,
+                              account_key=b"\x05" * 32, recovery_key=b"\x06" * 32)
         await store.add_device("alice", "d3", alice.cert("d3"), NOW)
+        leaf, _ = await store.kt_fold()  # two changes of one account in one fold
+        assert leaf.kind is ChangeKind.RECOVERY and leaf.epoch == 5
         latest = await _lookup(store, "alice")
         assert latest.state is not None and latest.state.recovery_key == b"\x06" * 32
         # Consistency between two heads, from stored nodes only.
@@ -142,6 +149,7 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         for i in range(5):
             a = Account(f"user{i}")
             await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
         leaves = await store.kt_leaves(0, 10)
         assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(5))
         auditor = AuditingWitness(WITNESS, LOG.public)
@@ -156,6 +164,7 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         store.kt_writer = KTWriter(vrf=VRF, rng=secrets.token_bytes)
         a = Account("user9")
         await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
         note = KTLog(await store.kt_snapshot("user0", 6, 0, every_version=False),
                      vrf_key=VRF, log_signer=LOG).checkpoint()
         with pytest.raises(MapMismatch):
@@ -164,38 +173,43 @@ async def test_an_auditing_witness_replays_the_stored_leaves_and_refuses_a_tampe
         await store.close()
 
 
-def _append_then_fail(writer: KTWriter, user: str) -> Txn[None]:
-    yield from kt_tables.record(writer, user, ChangeKind.DEVICE_ADDED, NOW)
-    raise RuntimeError("the change failed after its append")
+def _fold_then_fail(writer: KTWriter) -> Txn[None]:
+    yield from kt_tables.fold(writer, kt_tables.FOLD_BATCH)
+    raise RuntimeError("the transaction failed after its fold")
 
 
-async def test_an_append_rolled_back_after_it_warmed_the_cache_leaves_no_trace(
+async def test_a_fold_rolled_back_after_it_warmed_the_cache_leaves_no_trace(
     store: SharedStorage,
 ) -> None:
-    """A node keeps the upper map nodes and the log's border of its last append in
-    memory. An append whose transaction then rolls back moved that copy on: the next
-    append finds the log's size and border differ and reads the tables again, so every
-    leaf's map root still replays."""
+    """A node keeps the upper map nodes and the log's border of its last fold in
+    memory. A fold whose transaction then rolls back moved that copy on: the next
+    fold finds the log's size and border differ and reads the tables again, so every
+    leaf's map root still replays; and the changes it took are still queued."""
     await store.open()
     try:
         for i in range(4):
             a = Account(f"user{i}")
             await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
         writer = store.kt_writer
         assert writer is not None and writer.cache.size == 4 and writer.cache.nodes
+        await store.kt_record("user1", ChangeKind.DEVICE_ADDED, NOW)
         with pytest.raises((RuntimeError, StorageError)):  # (SQLite's writer wraps it)
-            await store._write_op(_append_then_fail, writer, "user1")
+            await store._write_op(_fold_then_fail, writer)
         assert writer.cache.size == 5 and await store.kt_size() == 4
+        assert await store.kt_pending() == 1
         for i in range(4, 7):
             a = Account(f"user{i}")
             await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
         leaves = await store.kt_leaves(0, 10)
-        assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(7))
-        note = KTLog(await store.kt_snapshot("user0", 7, 0, every_version=False),
+        assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(8))
+        assert LogLeaf.decode(leaves[4]).kind is ChangeKind.DEVICE_ADDED
+        note = KTLog(await store.kt_snapshot("user0", 8, 0, every_version=False),
                      vrf_key=VRF, log_signer=LOG).checkpoint()
         AuditingWitness(WITNESS, LOG.public).cosign_audited(note, leaves, now_ms=NOW)
         for i in range(7):
-            assert (await _lookup(store, f"user{i}")).version == 0
+            assert (await _lookup(store, f"user{i}")).version == (1 if i == 1 else 0)
     finally:
         await store.close()
 
@@ -225,6 +239,10 @@ async def test_two_nodes_appending_at_once_take_consecutive_leaves(tmp_path: Pat
             await asyncio.gather(*(
                 nodes[i % 2].create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
                 for i, a in enumerate(accounts)))
+            # Both nodes fold at once: the fold lock orders them, none is taken twice.
+            folded = await asyncio.gather(*(st.kt_fold(5) for st in (*nodes, nodes[0])))
+            assert sum(len(f) for f in folded) == 15 and await nodes[1].kt_pending() == 1
+            await nodes[1].kt_fold()
             leaves = await nodes[0].kt_leaves(0, 100)
             assert [LogLeaf.decode(x).epoch for x in leaves] == list(range(16))
             auditor = AuditingWitness(WITNESS, LOG.public)
@@ -250,9 +268,12 @@ async def test_lookups_read_together_answer_as_each_read_alone(store: SharedStor
         for i in range(12):
             a = Account(f"user{i}")
             await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+            await store.kt_fold()  # one leaf per fold: a read at any size is at a fold's end
             for d in range(i % 4):  # 1 to 4 versions
                 await store.add_device(a.user, f"d{d + 2}", a.cert(f"d{d + 2}"), NOW)
+                await store.kt_fold()
         await store.delete_account("user5", NOW)
+        await store.kt_fold()
         names = ["user3", "nobody", "user0", "user5", "user3", "user7", "user11", "user2"]
         asks = [(n, False) for n in names] + [("user3", True)]
         for size in (await store.kt_size(), 9):
@@ -293,8 +314,10 @@ async def test_history_pages_read_from_the_tables_are_the_cores_and_fit_a_budget
     try:
         bob = Account("bob")
         await store.create_account("bob", bob.ak.public, "d1", bob.cert("d1"), NOW)
-        for d in range(2, 9):  # 8 versions in all
+        await store.kt_fold()
+        for d in range(2, 9):  # 8 versions in all, one fold each (read at every size)
             await store.add_device("bob", f"d{d}", bob.cert(f"d{d}"), NOW)
+            await store.kt_fold()
         policy = KTPolicy(log_key=LOG.public, vrf_key=VRF.public, witnesses=(WITNESS.public,))
         everything = OwnKeys(devices=frozenset((f"d{d}", bob.keys[f"d{d}"]) for d in range(1, 9)),
                              account_keys=frozenset({bob.ak.public}),

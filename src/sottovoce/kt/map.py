@@ -379,12 +379,18 @@ class SparseMap:
                 depth = split + 1
                 break
             depth += 1
-        # Rehash every inner node on the path, bottom up.
+        # Rehash every inner node on the path, bottom up: the child on the path is the
+        # one just hashed, so only its sibling is read.
+        h = entry_hash(key, value)
+        get, sha256 = store.get, hashlib.sha256
         for d in range(depth - 1, -1, -1):
-            left = _record_hash(store.get((d + 1, _prefix(k, d) << 1)))
-            right = _record_hash(store.get((d + 1, (_prefix(k, d) << 1) | 1)))
-            store[(d, _prefix(k, d))] = _NODE + inner_hash(left, right)
-        return self.root()
+            child = k >> (KEY_BITS - 1 - d)
+            sib = get((d + 1, child ^ 1))
+            s = EMPTY if sib is None else sib[1:] if sib[:1] == _NODE else entry_hash(
+                sib[1:33], sib[33:65])
+            h = sha256(_NODE + s + h if child & 1 else _NODE + h + s).digest()
+            store[(d, child >> 1)] = _NODE + h
+        return h
 
 
 # --- per-account version trees ------------------------------------------------------------------

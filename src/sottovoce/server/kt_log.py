@@ -1,7 +1,8 @@
 """The server's key-transparency log: checkpoints, witnesses, and the KT requests.
 
-    directory change ──► storage (the leaf, in the change's own transaction)
-                     ──► sync(): sign a checkpoint of the new size, push it to every
+    directory change ──► storage (a queued row, in the change's own transaction)
+                     ──► sync(): fold the queue into the log and map (a batch, one
+                         leaf per change), sign a checkpoint of the new size, push it to every
                          witness (add-checkpoint), store it with their cosignatures;
                          that checkpoint is now the one every answer is built on
     sottovoce.kt.head / lookup / history ──► the served checkpoint, proofs built from
@@ -80,7 +81,7 @@ from sottovoce.server.kt_witness import (
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.ratelimit import KeyedBuckets
 from sottovoce.server.session import Session
-from sottovoce.server.storage.kt import AppendCache, KTWriter
+from sottovoce.server.storage.kt import FOLD_BATCH, AppendCache, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
 
 #: Leaves per /kt/leaves request, at most.
@@ -165,8 +166,10 @@ class KTService:
     # --- checkpoints ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the served checkpoint; cosign the current size in the background (the
-        witnesses may call back this server's HTTP endpoints, so it must be listening)."""
+        """Append the directory changes a stop left queued; load the served checkpoint;
+        cosign the current size in the background (the witnesses may call back this
+        server's HTTP endpoints, so it must be listening)."""
+        await self.fold()
         await self._refresh(force=True)
 
     async def run(self) -> None:
@@ -189,6 +192,7 @@ class KTService:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
         served one (``again``: also if it is not, to refresh the cosignatures)."""
         async with self._round_lock:
+            await self.fold()
             # The newest stored checkpoint first, then the size: a size read before would
             # be older than a checkpoint another node stored meanwhile, and a round of it
             # would serve a smaller head than this node just took.
@@ -199,6 +203,23 @@ class KTService:
                 self._served = await self._round(size)
                 self._checked_at = time.monotonic()
             return self._served
+
+    async def fold(self) -> int:
+        """Append every queued directory change to the log (in batches of FOLD_BATCH, one
+        transaction each); how many. A fold that fails is logged and leaves its changes
+        queued for the next round, which still signs what was appended."""
+        done = 0
+        try:
+            while True:
+                leaves = await self.storage.kt_fold(FOLD_BATCH)
+                done += len(leaves)
+                if len(leaves) < FOLD_BATCH:
+                    break
+        except Exception as exc:
+            self.log.error("kt.fold_failed", error=type(exc).__name__)
+        if done:
+            self.log.info("kt.folded", count=done)
+        return done
 
     async def _round(self, size: int) -> Served:
         nodes = await self.storage.kt_log_nodes(set(root_nodes(size)))

@@ -8,6 +8,7 @@
     kt_labels        username -> VRF output and proof            (insert-only)
     kt_checkpoints   size -> the log-signed note                 (insert-only)
     kt_cosignatures  (size, witness, time) -> cosignature line   (insert-only)
+    kt_pending       seq -> a queued change and the state it left (inserted, folded, deleted)
 
 Nothing is rewritten in place. A map node changes with every account under it, so
 each change inserts the node's new record under the epoch (the leaf index) that
@@ -15,17 +16,23 @@ wrote it, and a read "as of tree size S" takes, for each node, the record of the
 largest epoch below S. So a crash before the commit leaves the previous head whole,
 and a lookup answers at exactly the checkpoint it serves while later appends land.
 
-:func:`record` is the one call that appends a directory change: it runs inside the
+:func:`record` is the one call that logs a directory change: it runs inside the
 transaction that changes the directory (registration, device added or revoked,
-deletion, and the account-key succession / recovery statements), under one lock so
-appends from several server nodes take consecutive leaf indexes. The sans-I/O core
-(kt/map.py, kt/merkle.py, kt/prover.py) works on the dicts the reads below fill.
+deletion, and the account-key succession / recovery statements) and only queues the
+change, with the account's state as it left it: a cheap insert on the request's path.
+:func:`fold` appends queued changes in batches, once per checkpoint round, under one
+lock so folds from several server nodes take consecutive leaf indexes; each change
+still gets its own version and leaf, but a batch shares its reads and writes. The
+sans-I/O core (kt/map.py, kt/merkle.py, kt/prover.py) works on the dicts the reads
+below fill.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecodeError
@@ -59,14 +66,16 @@ from sottovoce.kt.prover import (
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.server.storage.txn import Lock, Txn, blob, execute, many, one, rows, val
 
-#: Serializes appends (several server nodes on one PostgreSQL database).
+#: Serializes folds (several server nodes on one PostgreSQL database).
 _LOCK = Lock("kt_append", 1)
+#: Serializes queued changes, so that they commit in the order of their numbers.
+_QUEUE_LOCK = Lock("kt_queue", 1)
 #: Statement parameters per IN list (well under every engine's limit).
-_CHUNK = 400
-#: Map depths fetched per round trip while walking down to a key's entry: a map of
-#: N accounts is about log2(N) + 2 deep, so one round trip up to ~2^30 accounts.
+_CHUNK = 512
+#: Map depths fetched in the first round trip while walking down to a key's entry, at
+#: most: a map of N accounts is about log2(N) + 2 deep.
 _DEPTH_STEP = 32
-#: The same below what the append cache knew: the path ends a few depths further down.
+#: The same past that depth, or below what the append cache knew.
 _CACHED_STEP = 8
 #: The "no recovery key registered" value of an account state: an account registered
 #: before its owner committed a recovery key.
@@ -78,6 +87,9 @@ NO_RECOVERY_KEY = bytes(32)
 CACHE_DEPTH = 16
 #: VRF labels computed ahead of their registration's transaction, kept at most.
 _MAX_LABELS = 4096
+#: Queued changes one fold appends, at most (one write transaction: on SQLite, other
+#: writes wait for it, about 0.1-0.2 ms per change).
+FOLD_BATCH = 1024
 
 
 class AppendCache:
@@ -154,6 +166,17 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _padded(part: list[Any]) -> list[Any]:
+    """``part`` with its last item repeated up to the next power of two (up to 32) or
+    multiple of 32: a statement sized by its list then has a few texts, not one per
+    length, so the engine's cache of prepared statements keeps them (a 200-probe
+    statement costs milliseconds to prepare), for at most 31 repeated probes.
+    Repeated probes return repeated rows, which every caller merges."""
+    k = len(part)
+    n = 1 << (k - 1).bit_length() if 0 < k <= 32 else -(-k // 32) * 32
+    return part + [part[-1]] * (n - k)
+
+
 # --- reads --------------------------------------------------------------------------------
 
 
@@ -172,6 +195,7 @@ def log_nodes(wanted: Iterable[NodeId]) -> Txn[dict[NodeId, bytes]]:
     ids = sorted({node_id(n) for n in wanted})
     out: dict[NodeId, bytes] = {}
     for part in _chunks(ids):
+        part = _padded(part)
         found = yield rows(
             f"SELECT node, hash FROM kt_log_nodes WHERE node IN ({_marks(len(part))})",  # noqa: S608
             *part,
@@ -187,6 +211,7 @@ def _version_nodes(key: bytes, wanted: Iterable[NodeId]) -> Txn[VersionNodeMap]:
     ids = sorted({node_id(n) for n in wanted})
     out: VersionNodeMap = {}
     for part in _chunks(ids):
+        part = _padded(part)
         found = yield rows(
             "SELECT node, hash FROM kt_version_nodes "  # noqa: S608 -- placeholders only
             f"WHERE map_key=? AND node IN ({_marks(len(part))})",
@@ -247,11 +272,15 @@ def _map_paths(
     statement per step down, for all the keys still walking)."""
     paths: dict[bytes, dict[NodeId, bytes]] = {}
     walking: dict[bytes, tuple[int, int]] = {}  # key -> (first depth to read, step)
+    # A map of at most ``size`` accounts ends most paths by depth log2(size) + 2: the
+    # first step reads down to there (each depth read past a path's end is a wasted
+    # probe), a path that goes on takes further steps of _CACHED_STEP.
+    deep = min(size.bit_length() + 2, _DEPTH_STEP)
     for key in keys:
         out = paths[key] = {}
         start = 0 if cache is None else _cached_path(int.from_bytes(key, "big"), cache.nodes, out)
         if start >= 0:
-            walking[key] = (start, _CACHED_STEP if start else _DEPTH_STEP)
+            walking[key] = (start, max(_CACHED_STEP, deep - start))
     while walking:
         wanted: dict[bytes, NodeId] = {}
         for key, (start, step) in walking.items():
@@ -264,7 +293,7 @@ def _map_paths(
         got: dict[NodeId, bytes] = {}
         ids = list(wanted)
         for i in range(0, len(ids), _CHUNK // 2):
-            part = ids[i:i + _CHUNK // 2]
+            part = _padded(ids[i:i + _CHUNK // 2])
             # One index probe per node (its newest record below ``size``): a node near
             # the root has a record per epoch, so scanning them would grow with the log.
             found = yield rows(_newest_records(len(part)),
@@ -289,7 +318,7 @@ def _map_paths(
                     ended = True
                     break
             if not ended and start + step <= KEY_BITS:
-                going[key] = (start + step, _DEPTH_STEP)
+                going[key] = (start + step, _CACHED_STEP)
         walking = going
     return paths
 
@@ -353,7 +382,7 @@ def snapshots(
     labels = {u: c.labels[u] for u in users if c is not None and u in c.labels}
     missing = [u for u in users if u not in labels]
     for i in range(0, len(missing), _CHUNK):
-        part = missing[i:i + _CHUNK]
+        part = _padded(missing[i:i + _CHUNK])
         found = yield rows(
             f"SELECT username, label, proof FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
             *part,
@@ -415,7 +444,7 @@ def _latest_records(keys: list[bytes], size: int) -> Txn[dict[bytes, VersionReco
     """The latest version below ``size`` of each of ``keys`` that has one."""
     out: dict[bytes, VersionRecord] = {}
     for i in range(0, len(keys), _CHUNK // 2):
-        part = keys[i:i + _CHUNK // 2]
+        part = _padded(keys[i:i + _CHUNK // 2])
         sql = _LATEST.get(len(part))
         if sql is None:
             sql = _LATEST[len(part)] = " UNION ALL ".join(
@@ -536,51 +565,150 @@ def account_state(
 def record(
     writer: KTWriter, user: str, kind: ChangeKind, now_ms: int, *,
     account_key: bytes | None = None, recovery_key: bytes | None = None,
-) -> Txn[LogLeaf]:
-    """Append ``user``'s directory change to the log, inside the caller's transaction,
-    after its change to the accounts and devices tables: a new version of the account
-    (its state read back from those tables) and one log leaf.
+) -> Txn[None]:
+    """Queue ``user``'s directory change for the log, inside the caller's transaction,
+    after its change to the accounts and devices tables: one ``kt_pending`` row with the
+    account's state as those tables hold it now. :func:`fold` appends it (a new version
+    of the account and one log leaf) with the other changes queued before the next
+    checkpoint; the row is as durable as the change, so a crash before the fold loses
+    nothing (the next fold takes it).
 
     ``account_key`` / ``recovery_key``: the keys a succession or recovery statement
     installs (default: the account row's key, and the recovery key of the previous
-    version).
+    version, filled in by the fold).
+    """
+    # One queue for every node: rows commit in the order of their numbers, so the
+    # fold's ``ORDER BY seq`` is the order the changes were made in.
+    yield _QUEUE_LOCK
+    state = yield from account_state(user, None, account_key, recovery_key)
+    yield execute(
+        "INSERT INTO kt_pending(username, kind, ts, state, inherit_rk) VALUES (?, ?, ?, ?, ?)",
+        user, int(kind), now_ms, state.encode(), int(recovery_key is None),
+    )
+
+
+def pending_unlabelled(limit: int) -> Txn[list[str]]:
+    """Names among the first ``limit`` queued changes that have no stored VRF label yet
+    (new accounts): :func:`fold` needs them, and a caller computes them before its
+    transaction (a VRF evaluation costs more than the rest of a change's fold)."""
+    found = yield rows(
+        "SELECT DISTINCT p.username FROM (SELECT username FROM kt_pending ORDER BY seq "
+        "LIMIT ?) AS p LEFT JOIN kt_labels AS l ON l.username = p.username "
+        "WHERE l.username IS NULL",
+        limit,
+    )
+    return [str(r[0]) for r in found]
+
+
+def pending_count() -> Txn[int]:
+    n = yield val("SELECT count(*) FROM kt_pending")
+    return int(n or 0)
+
+
+def fold(writer: KTWriter, limit: int) -> Txn[list[LogLeaf]]:
+    """Append the first ``limit`` queued changes to the log and the map in one
+    transaction, in the order they were queued; return their leaves.
+
+    Each change still gets its own version and its own leaf, whose map root is the
+    map's root right after that change (so an auditor replays the leaves one by one as
+    before), but the reads and writes are shared: every key's map path is read once,
+    a map node several changes rewrote is stored once (its last record, under the
+    batch's last epoch: a checkpoint is only ever taken between two folds, so no read
+    is ever made at a size inside the batch), and each statement runs once for all.
     """
     yield _LOCK
+    queued = yield rows(
+        "SELECT seq, username, kind, ts, state, inherit_rk FROM kt_pending ORDER BY seq LIMIT ?",
+        limit,
+    )
+    if not queued:
+        return []
     size = yield from log_size()
-    beta, _ = yield from label(writer.vrf, user, keep=True, known=writer.labels.pop(user, None))
-    key = map_key(beta)
-    n = yield from _versions(key, size)
-    previous = None
-    if n:
-        previous = (yield from _records(key, n - 1, n))[(key, n - 1)].state
-    state = yield from account_state(user, previous, account_key, recovery_key)
+    users = list(dict.fromkeys(str(r[1]) for r in queued))
+    labels: dict[str, tuple[bytes, bytes]] = {}
+    for i in range(0, len(users), _CHUNK):
+        part = _padded(users[i:i + _CHUNK])
+        found = yield rows(
+            f"SELECT username, label FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
+            *part,
+        )
+        labels.update((str(r[0]), (blob(r[1]), b"")) for r in found)
+    new_labels = []
+    for u in users:
+        if u not in labels:
+            known = writer.labels.pop(u, None)
+            labels[u] = known if known is not None else writer.vrf.evaluate(u.encode("utf-8"))
+            new_labels.append((u, *labels[u]))
+    if new_labels:
+        yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)", new_labels)
+    keys = {u: map_key(labels[u][0]) for u in users}
+    unique = list(dict.fromkeys(keys.values()))
+    latest = yield from _latest_records(unique, size)
+    sizes = {k: r.version + 1 for k, r in latest.items()}
+    states = {k: r.state for k, r in latest.items()}
     nodes = yield from log_nodes(root_nodes(size))
     border = tuple(nodes[x] for x in root_nodes(size))
     cache = writer.cache
     cache.check(size, border)
-    path = Overlay(dict((yield from _map_path(key, size, cache))))
-    vnodes = Overlay(dict((yield from _version_nodes(key, root_nodes(n)))))
+    paths = yield from _map_paths(unique, size, cache)
+    # The map's nodes in a plain dict (the hot loop reads it ~40 times per change);
+    # what changed is found by comparing with what was read.
+    work: dict[NodeId, bytes] = {}
+    for p in paths.values():
+        work.update(p)
+    read = dict(work)
+    vbase: VersionNodeMap = {}
+    for k, n in sizes.items():
+        vbase.update((yield from _version_nodes(k, root_nodes(n))))
+    vnodes = Overlay(vbase)
     records: Overlay[tuple[bytes, int], VersionRecord] = Overlay({})
-    directory = Directory(path, vnodes, records, {key: n})
-    leaf = directory.append(key, state.encode(), kind=kind, epoch=size, timestamp_ms=now_ms,
-                            rng=writer.rng)
+    directory = Directory(work, vnodes, records, sizes)
     log = LogWriter(size, border)
-    yield execute("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)", size, leaf.encode())
-    yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)",
-               [(node_id(x), h) for x, h in log.append(leaf.hash())])
-    # As of the new size, if this transaction commits (else the next append sees the
+    leaves: list[LogLeaf] = []
+    log_writes: list[tuple[int, bytes]] = []
+    for i, (_, user, kind, ts, raw, inherit) in enumerate(queued):
+        key = keys[str(user)]
+        state = blob(raw)
+        previous = states.get(key)
+        if inherit and previous is not None:
+            state = _inherit_recovery_key(state, previous)
+        leaf = directory.append(key, state, kind=ChangeKind(int(kind)), epoch=size + i,
+                                timestamp_ms=int(ts), rng=writer.rng)
+        states[key] = state
+        leaves.append(leaf)
+        log_writes.extend((node_id(x), h) for x, h in log.append(leaf.hash()))
+    end = size + len(queued)
+    yield many("INSERT INTO kt_leaves(idx, leaf) VALUES (?, ?)",
+               [(leaf.epoch, leaf.encode()) for leaf in leaves])
+    yield many("INSERT INTO kt_log_nodes(node, hash) VALUES (?, ?)", log_writes)
+    # As of the new size, if this transaction commits (else the next fold sees the
     # log's size or border differ, and starts over).
-    cache.advance(size + 1, log.border, path.writes)
+    writes = {x: rec for x, rec in work.items() if read.get(x) != rec}
+    cache.advance(end, log.border, writes)
+    # Each table's rows in its key's order: the B-tree pages are filled in turn.
     yield many("INSERT INTO kt_map_nodes(node, epoch, record) VALUES (?, ?, ?)",
-               [(map_node_id(x), size, rec) for x, rec in path.writes.items()])
+               sorted((map_node_id(x), end - 1, rec) for x, rec in writes.items()))
     yield many("INSERT INTO kt_version_nodes(map_key, node, hash) VALUES (?, ?, ?)",
-               [(k, node_id((lv, i)), h) for (k, lv, i), h in vnodes.writes.items()])
+               sorted((k, node_id((lv, i)), h) for (k, lv, i), h in vnodes.writes.items()))
+    epochs = {(leaf.map_key, leaf.account_version): leaf.epoch for leaf in leaves}
     yield many(
         "INSERT INTO kt_versions(map_key, version, epoch, state, opening, commitment) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [(k, v, size, r.state, r.opening, r.commitment) for (k, v), r in records.writes.items()],
+        sorted((k, v, epochs[(k, v)], r.state, r.opening, r.commitment)
+               for (k, v), r in records.writes.items()),
     )
-    return leaf
+    yield execute("DELETE FROM kt_pending WHERE seq<=?", int(queued[-1][0]))
+    return leaves
+
+
+def _inherit_recovery_key(state: bytes, previous: bytes) -> bytes:
+    """``state`` with the recovery key of the account's previous version (a change that
+    installs none keeps the one there was)."""
+    try:
+        rk = AccountState.decode(previous).recovery_key
+    except DecodeError:  # pragma: no cover - every stored state was encoded here
+        return state
+    return dataclasses.replace(AccountState.decode(state), recovery_key=rk).encode()
 
 
 # --- checkpoints and cosignatures -----------------------------------------------------------

@@ -635,6 +635,30 @@ VERSIONS: tuple[Version, ...] = (
     DROP FUNCTION sv_append_batch;
     """ + _APPEND_FUNCTION_EXPIRY,
     ),
+    Version(
+        "key transparency: directory changes waiting for the log (storage/kt.py), each"
+        " queued in its change's transaction and folded into the log and map in batches",
+        sqlite="""
+    CREATE TABLE kt_pending(
+        seq INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        inherit_rk INTEGER NOT NULL
+    )
+    """,
+        postgres="""
+    CREATE TABLE kt_pending(
+        seq bigserial PRIMARY KEY,
+        username text NOT NULL,
+        kind integer NOT NULL,
+        ts bigint NOT NULL,
+        state bytea NOT NULL,
+        inherit_rk integer NOT NULL
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

@@ -118,10 +118,6 @@ class SharedStorage(Storage, Engine):
         self, user_id: str, account_key: bytes, device_id: str, certificate: bytes, now_ms: int,
         recovery_key: bytes | None = None,
     ) -> None:
-        kt = self.kt_writer
-        if kt is not None:  # the new name's VRF label, outside the writer and its lock
-            kt.remember(user_id, await asyncio.to_thread(kt.vrf.evaluate,
-                                                         user_id.encode("utf-8")))
         await self._write_op(
             accounts.create_account, user_id, account_key, device_id, certificate, now_ms,
             recovery_key, self.kt_writer,
@@ -169,11 +165,30 @@ class SharedStorage(Storage, Engine):
     async def kt_record(
         self, user_id: str, kind: ChangeKind, now_ms: int, *,
         account_key: bytes | None = None, recovery_key: bytes | None = None,
-    ) -> LogLeaf:
+    ) -> None:
+        """Queue a change for the log (as a directory change does in its transaction)."""
         if self.kt_writer is None:
             raise StorageError("this server keeps no key-transparency log")
         op = functools.partial(kt_tables.record, account_key=account_key, recovery_key=recovery_key)
-        return await self._write_op(op, self.kt_writer, user_id, kind, now_ms)
+        await self._write_op(op, self.kt_writer, user_id, kind, now_ms)
+
+    async def kt_fold(self, limit: int = kt_tables.FOLD_BATCH) -> list[LogLeaf]:
+        """Append up to ``limit`` queued changes to the log in one transaction (the new
+        names' VRF labels computed first, outside it); their leaves, in log order."""
+        kt = self.kt_writer
+        if kt is None:
+            return []
+        names = await self._read_op(kt_tables.pending_unlabelled, limit)
+        if names:
+            found = await asyncio.to_thread(
+                lambda: [(n, kt.vrf.evaluate(n.encode("utf-8"))) for n in names])
+            for name, label in found:
+                kt.remember(name, label)
+        return await self._write_op(kt_tables.fold, kt, limit)
+
+    async def kt_pending(self) -> int:
+        """How many changes wait for the log."""
+        return await self._read_op(kt_tables.pending_count)
 
     async def kt_size(self) -> int:
         return await self._read_op(kt_tables.log_size)
