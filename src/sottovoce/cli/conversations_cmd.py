@@ -35,8 +35,8 @@ from sottovoce.cli.session import (
     given_passphrase,
     new_passphrase,
     no_terminal,
+    passphrase_given,
     prompt_secret,
-    remember_secret,
     require_account,
     with_client,
 )
@@ -164,21 +164,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _new_given(args: argparse.Namespace) -> tuple[str, str] | None:
-    path: str | None = args.new_passphrase_file
-    if path:
-        try:
-            value = Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise CliError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"the passphrase file {path} is not UTF-8 text") from None
-        remember_secret(args, value)
-        return value, f"--new-passphrase-file {path}"
-    env = os.environ.get(ENV_NEW_PASSPHRASE)
-    if env:
-        remember_secret(args, env)
-        return env, f"${ENV_NEW_PASSPHRASE}"
-    return None
+    return passphrase_given(args, args.new_passphrase_file, "--new-passphrase-file",
+                            ENV_NEW_PASSPHRASE)
 
 
 def _open_store(args: argparse.Namespace, root: Path) -> tuple[Store, str]:

@@ -106,7 +106,16 @@ def remember_secret(args: argparse.Namespace, value: str) -> None:
 
 def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
     """The passphrase from --passphrase-file or the environment, with where it came from."""
-    path: str | None = getattr(args, "passphrase_file", None)
+    return passphrase_given(args, getattr(args, "passphrase_file", None),
+                            "--passphrase-file", ENV_PASSPHRASE)
+
+
+def passphrase_given(
+    args: argparse.Namespace, path: str | None, flag: str, env_name: str
+) -> tuple[str, str] | None:
+    """The passphrase in the file ``path`` (given with ``flag``; one trailing newline
+    dropped), else in the environment variable ``env_name``, with where it came from;
+    None when neither is given. Either way it is kept out of every message."""
     if path:
         try:
             text = Path(path).expanduser().read_text(encoding="utf-8")
@@ -116,11 +125,11 @@ def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
             raise CliError(f"the passphrase file {path} is not UTF-8 text") from None
         value = text.rstrip("\r\n")
         remember_secret(args, value)
-        return value, f"--passphrase-file {path}"
-    env = os.environ.get(ENV_PASSPHRASE)
+        return value, f"{flag} {path}"
+    env = os.environ.get(env_name)
     if env:
         remember_secret(args, env)
-        return env, f"${ENV_PASSPHRASE}"
+        return env, f"${env_name}"
     return None
 
 
