@@ -28,19 +28,16 @@ from sottovoce.cli.options import (
 )
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import (
-    PASSPHRASE_TRIES,
     CliError,
     Connect,
     data_dir,
-    given_passphrase,
     new_passphrase,
-    no_terminal,
+    open_with_passphrase,
     passphrase_given,
-    prompt_secret,
     require_account,
     with_client,
 )
-from sottovoce.client import Client, WrongPassphrase
+from sottovoce.client import Client
 from sottovoce.client.conversations import Conversation, SearchHit, message_time
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.store import Store
@@ -170,26 +167,8 @@ def _new_given(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _open_store(args: argparse.Namespace, root: Path) -> tuple[Store, str]:
     """The store and its current passphrase (three prompts at a terminal)."""
-    given = given_passphrase(args)
-    if given is not None:
-        try:
-            return Store.open(root, given[0]), given[0]
-        except WrongPassphrase:
-            raise CliError(f"wrong passphrase for the account in {root} "
-                           f"(from {given[1]}); nothing was changed") from None
-    if not sys.stdin.isatty():
-        raise no_terminal()
-    for attempt in range(1, PASSPHRASE_TRIES + 1):
-        old = prompt_secret(args, f"Current passphrase for {root}: ")
-        try:
-            if old:
-                return Store.open(root, old), old
-        except WrongPassphrase:
-            pass
-        if attempt < PASSPHRASE_TRIES:
-            print("wrong passphrase; try again", file=sys.stderr)
-    raise CliError(f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries); "
-                   "nothing was changed")
+    return open_with_passphrase(args, root, lambda passphrase: Store.open(root, passphrase),
+                                prompt="Current passphrase", after="; nothing was changed")
 
 
 def cmd_account_passphrase(args: argparse.Namespace) -> int:

@@ -188,26 +188,42 @@ def _load(args: argparse.Namespace) -> Client:
     """The account of ``args`` (three prompts at a terminal; one try otherwise)."""
     root = data_dir(args)
     require_account(root)
+    return open_with_passphrase(args, root, lambda passphrase: Client.load(root, passphrase))[0]
+
+
+def open_with_passphrase(
+    args: argparse.Namespace,
+    root: Path,
+    opener: Callable[[str], T],
+    *,
+    prompt: str = "Passphrase",
+    after: str = "",
+) -> tuple[T, str]:
+    """``opener`` of the passphrase given (one try) or typed at a terminal (three tries),
+    and that passphrase. A wrong one ends in a :class:`CliError` that says where it came
+    from, followed by ``after``."""
     given = given_passphrase(args)
     if given is not None:
         try:
-            return Client.load(root, given[0])
+            return opener(given[0]), given[0]
         except WrongPassphrase:
             raise CliError(
-                f"wrong passphrase for the account in {root} (from {given[1]})"
+                f"wrong passphrase for the account in {root} (from {given[1]}){after}"
             ) from None
     if not sys.stdin.isatty():
         raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        passphrase = prompt_secret(args, f"Passphrase for {root}: ")
+        typed = prompt_secret(args, f"{prompt} for {root}: ")
         try:
-            if passphrase:
-                return Client.load(root, passphrase)
+            if typed:
+                return opener(typed), typed
         except WrongPassphrase:
             pass
         if attempt < PASSPHRASE_TRIES:
             print("wrong passphrase; try again", file=sys.stderr)
-    raise CliError(f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries)")
+    raise CliError(
+        f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries){after}"
+    )
 
 
 # =============================================================================
