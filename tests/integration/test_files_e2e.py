@@ -73,6 +73,13 @@ async def file_message(client: Client, timeout: float = 20.0) -> str:
             return str(message.message_id)
 
 
+async def send_to_bob(alice: Client, bob: Client, src: Path, timeout: float = 20.0) -> str:
+    """Alice sends the file ``src`` to bob; the messageId bob stores it under."""
+    waiting = asyncio.ensure_future(file_message(bob, timeout=timeout))
+    await alice.files.send_file("bob", src)
+    return await waiting
+
+
 def blob_rows(server: ServerProcess) -> int:
     with sqlite3.connect(server.db_path) as db:
         return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
@@ -118,9 +125,7 @@ async def test_large_file_leaves_no_plaintext_on_the_server(
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "big.bin"
         digest = make_file(src, 50 * 1024 * 1024)
-        waiting = asyncio.ensure_future(file_message(bob, timeout=60))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src, timeout=60)
         for path in [*blob_files(server), *server.data_dir.glob("sottovoce.sqlite3*")]:
             with open(path, "rb") as f:
                 while block := f.read(8 << 20):
@@ -135,9 +140,7 @@ async def test_cut_off_download_resumes_and_completes(
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "resume.bin"
         digest = make_file(src, 80 * CHUNK_SIZE)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
 
         class Stopped(Exception):
             """The program stops a quarter of the way (as Ctrl-C would stop it)."""
@@ -172,9 +175,7 @@ async def test_tampered_chunk_is_refused_and_nothing_kept(
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "t.bin"
         make_file(src, 5 * CHUNK_SIZE)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
         [blob] = blob_files(server)
         with open(blob, "r+b") as f:
             f.seek(2 * SEALED_CHUNK_SIZE + 100)
@@ -351,9 +352,7 @@ async def test_unfetched_blob_expires_and_is_swept(
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "late.bin"
         make_file(src, 1000)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
         assert bob.files.info(message_id).expires_at_ms > 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
