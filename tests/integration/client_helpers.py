@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sottovoce.client import Client, EventStream, MessageReceived, StoredMessage
@@ -15,6 +17,19 @@ PASSPHRASE = "integration passphrase"
 async def make_account(server: ServerProcess, name: str, root: Path) -> Client:
     """A registered, connected account (cheap Argon2 parameters: tests only)."""
     return await Client.create_account(server.url, name, root / name, PASSPHRASE, kdf=TEST_KDF)
+
+
+@contextlib.asynccontextmanager
+async def accounts(server: ServerProcess, root: Path, *names: str) -> AsyncIterator[list[Client]]:
+    """Accounts made by :func:`make_account` one after the other, all closed on leaving."""
+    clients: list[Client] = []
+    try:
+        for name in names:
+            clients.append(await make_account(server, name, root))
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def received(stream: EventStream, n: int, timeout: float = 10.0) -> list[StoredMessage]:

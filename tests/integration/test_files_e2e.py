@@ -33,7 +33,7 @@ from sottovoce.client.events import RoomMessageReceived
 from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
 from sottovoce.errors import UsageError
 from sottovoce.protocol import blobs as pb
-from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
 from tests.integration.serverproc import ServerProcess
 
 CANARY = b"CANARY-plaintext-7f3a9c"
@@ -73,6 +73,13 @@ async def file_message(client: Client, timeout: float = 20.0) -> str:
             return str(message.message_id)
 
 
+async def send_to_bob(alice: Client, bob: Client, src: Path, timeout: float = 20.0) -> str:
+    """Alice sends the file ``src`` to bob; the messageId bob stores it under."""
+    waiting = asyncio.ensure_future(file_message(bob, timeout=timeout))
+    await alice.files.send_file("bob", src)
+    return await waiting
+
+
 def blob_rows(server: ServerProcess) -> int:
     with sqlite3.connect(server.db_path) as db:
         return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
@@ -85,9 +92,7 @@ def blob_files(server: ServerProcess) -> list[Path]:
 async def test_file_round_trips_one_to_one_and_goes_once_fetched(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "notes.txt"
         digest = make_file(src, 3 * CHUNK_SIZE + 1234)
         waiting = asyncio.ensure_future(file_message(bob))
@@ -112,44 +117,30 @@ async def test_file_round_trips_one_to_one_and_goes_once_fetched(
             await bob.files.save(message_id, out)
         again = await bob.files.save(message_id, tmp_path / "again.txt")  # from the local copy
         assert sha256_of(again) == digest
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_large_file_leaves_no_plaintext_on_the_server(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "big.bin"
         digest = make_file(src, 50 * 1024 * 1024)
-        waiting = asyncio.ensure_future(file_message(bob, timeout=60))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src, timeout=60)
         for path in [*blob_files(server), *server.data_dir.glob("sottovoce.sqlite3*")]:
             with open(path, "rb") as f:
                 while block := f.read(8 << 20):
                     assert CANARY not in block, path
         out = await bob.files.save(message_id, tmp_path / "big.out")
         assert sha256_of(out) == digest
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_cut_off_download_resumes_and_completes(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "resume.bin"
         digest = make_file(src, 80 * CHUNK_SIZE)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
 
         class Stopped(Exception):
             """The program stops a quarter of the way (as Ctrl-C would stop it)."""
@@ -176,22 +167,15 @@ async def test_cut_off_download_resumes_and_completes(
         assert first[0] > 20 * CHUNK_SIZE  # it carried on from the verified chunks
         assert bob.files.resumed  # and again after the dropped connection
         assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_tampered_chunk_is_refused_and_nothing_kept(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "t.bin"
         make_file(src, 5 * CHUNK_SIZE)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
         [blob] = blob_files(server)
         with open(blob, "r+b") as f:
             f.seek(2 * SEALED_CHUNK_SIZE + 100)
@@ -204,18 +188,13 @@ async def test_tampered_chunk_is_refused_and_nothing_kept(
         assert not dest.exists() and list(tmp_path.glob(".t.out*")) == []
         assert list((tmp_path / "bob" / "files").iterdir()) == []
         assert not bob.files.is_downloaded(message_id)
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_file_over_the_size_limit_or_quota_is_refused_before_upload(
     server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory("--max-file-size", "300000", "--file-quota", "400000")
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, _bob):
         src = tmp_path / "huge.bin"
         make_file(src, 300001)
         with pytest.raises(UsageError, match=r"too large: the server takes files of at most "
@@ -228,17 +207,12 @@ async def test_file_over_the_size_limit_or_quota_is_refused_before_upload(
         with pytest.raises(UsageError, match="would pass your quota"):
             await alice.files.send_file("bob", src)
         assert blob_rows(server) == 1
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_file_round_trips_in_a_room_and_goes_once_all_fetched(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob, carol = [await make_account(server, n, tmp_path)
-                         for n in ("alice", "bob", "carol")]
-    try:
+    async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
         room = await alice.rooms.create_room("team")
         await alice.rooms.invite("team", "bob")
         await alice.rooms.invite("team", "carol")
@@ -254,9 +228,6 @@ async def test_file_round_trips_in_a_room_and_goes_once_all_fetched(
         assert blob_rows(server) == 1  # carol has not fetched it yet
         assert sha256_of(await carol.files.save(sent, tmp_path / "c.pdf")) == digest
         assert blob_rows(server) == 0 and blob_files(server) == []
-    finally:
-        for c in (alice, bob, carol):
-            await c.close()
 
 
 def _cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -338,9 +309,7 @@ async def test_image_thumbnail_and_voice_duration_travel_in_the_message(
 ) -> None:
     from PIL import Image
 
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         picture = tmp_path / "cat.png"
         Image.new("RGB", (640, 480), (200, 120, 40)).save(picture)
         voice = tmp_path / "note.wav"
@@ -365,9 +334,6 @@ async def test_image_thumbnail_and_voice_duration_travel_in_the_message(
         shown = await bob.files.view(second)  # decrypted for playing, in the viewing area
         assert shown.parent.parent == tmp_path / "bob" / "view"
         assert shown.read_bytes() == voice.read_bytes()
-    finally:
-        await alice.close()
-        await bob.close()
     assert not (tmp_path / "bob" / "view").exists()  # wiped when the client closed
     # A run that could not close leaves its viewing area behind: the next start wipes it.
     (tmp_path / "bob" / "view" / "left").mkdir(parents=True)
@@ -383,14 +349,10 @@ async def test_unfetched_blob_expires_and_is_swept(
     server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory("--file-ttl-ms", "1500", "--expiry-interval-ms", "200")
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "late.bin"
         make_file(src, 1000)
-        waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src)
-        message_id = await waiting
+        message_id = await send_to_bob(alice, bob, src)
         assert bob.files.info(message_id).expires_at_ms > 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
@@ -401,17 +363,12 @@ async def test_unfetched_blob_expires_and_is_swept(
             await bob.files.download(message_id)
         assert gone.value.code == "unknown_blob"
         assert list((tmp_path / "bob" / "files").glob("*")) == []
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_upload_resumes_after_a_lost_connection(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "up.bin"
         digest = make_file(src, 80 * CHUNK_SIZE)
         drops: list[asyncio.Future[None]] = []
@@ -425,17 +382,12 @@ async def test_upload_resumes_after_a_lost_connection(
         assert alice.files.resumed and alice.files.resumed[0] >= 20  # carried on, not over
         message_id = await waiting
         assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_the_server_checks_every_blob_request(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob, carol = [await make_account(server, n, tmp_path)
-                         for n in ("alice", "bob", "carol")]
-    try:
+    async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
         blob = "ab" * 16
         bob_device = pb.Recipient(userId="bob", deviceId=bob.device_id)
 
@@ -474,6 +426,3 @@ async def test_the_server_checks_every_blob_request(
         assert chunk["data"] == b"x" * SEALED_CHUNK_SIZE
         assert await refused(carol, pb.BlobFetched(blobId=blob)) == "unknown_blob"
         assert blob_rows(server) == 1
-    finally:
-        for c in (alice, bob, carol):
-            await c.close()

@@ -11,10 +11,12 @@ the store), Ctrl-S shows the same safety number bob computes, Ctrl-Q exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,25 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
 
 
+@contextlib.asynccontextmanager
+async def alice_and_bob(tmp_path: Path) -> AsyncIterator[tuple[Tmux, Client]]:
+    """A server, alice's account made and closed (the chat in tmux opens it), bob's
+    client and a tmux to run the chat in; all stopped on leaving."""
+    server = ServerProcess(tmp_path / "server").start()
+    tmux = Tmux()
+    bob: Client | None = None
+    try:
+        alice = await make_account(server, "alice", tmp_path)
+        await alice.close()
+        bob = await make_account(server, "bob", tmp_path)
+        yield tmux, bob
+    finally:
+        tmux.kill()
+        if bob is not None:
+            await bob.close()
+        server.stop()
+
+
 async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "server").start()
     tmux = Tmux()
@@ -141,13 +162,7 @@ async def test_chat_in_tmux_rings_accepts_shows_the_call_line_and_declines(
 ) -> None:
     """F5 accepts bob's ringing call, the banner becomes the in-call line (codecs,
     rates, RTT, loss, E2EE), F6 hangs up; a second ring is declined with F6."""
-    server = ServerProcess(tmp_path / "server").start()
-    tmux = Tmux()
-    bob: Client | None = None
-    try:
-        alice = await make_account(server, "alice", tmp_path)
-        await alice.close()
-        bob = await make_account(server, "bob", tmp_path)
+    async with alice_and_bob(tmp_path) as (tmux, bob):
         calls = bob.start_calls(CallOptions(ice=IceConfig(loopback=True)))
         tmux.chat_as_alice(tmp_path, "--loopback")
         await tmux.wait_for("bob · connected")
@@ -173,8 +188,3 @@ async def test_chat_in_tmux_rings_accepts_shows_the_call_line_and_declines(
         assert calls.call is not None and calls.call.reason is EndReason.PEER_DECLINED
         tmux.keys("C-q")
         await tmux.wait_for("EXIT=0")
-    finally:
-        tmux.kill()
-        if bob is not None:
-            await bob.close()
-        server.stop()

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sottovoce.client import Client
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.store import Store
-from tests.integration.client_helpers import PASSPHRASE, make_account
-from tests.integration.serverproc import ServerProcess
-from tests.integration.test_tui import Tmux
+from tests.integration.client_helpers import PASSPHRASE
+from tests.integration.test_tui import alice_and_bob
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"
@@ -30,13 +28,7 @@ pytestmark = pytest.mark.skipif(
 async def test_chat_locks_when_idle_and_shows_nothing_until_the_passphrase(
     tmp_path: Path,
 ) -> None:
-    server = ServerProcess(tmp_path / "server").start()
-    tmux = Tmux()
-    bob: Client | None = None
-    try:
-        alice = await make_account(server, "alice", tmp_path)
-        await alice.close()
-        bob = await make_account(server, "bob", tmp_path)
+    async with alice_and_bob(tmp_path) as (tmux, bob):
         await bob.wait_sent(await bob.send_text("alice", "hello before the lock"))
         tmux.chat_as_alice(tmp_path, "--lock-after", "0.1")  # 6 s
         locked = await tmux.wait_for("sottovoce is locked", timeout=40)
@@ -54,11 +46,6 @@ async def test_chat_locks_when_idle_and_shows_nothing_until_the_passphrase(
         assert "bob: hello before the lock" in screen
         tmux.keys("C-q")
         await tmux.wait_for("EXIT=0")
-    finally:
-        tmux.kill()
-        if bob is not None:
-            await bob.close()
-        server.stop()
     store = Store.open(tmp_path / "alice", PASSPHRASE)
     try:
         assert Conversations(store, "alice").unread("bob") == 0  # shown, so read

@@ -309,6 +309,20 @@ async def _connect(client: Client, args: argparse.Namespace, options: CallOption
 
 
 def cmd_call(args: argparse.Namespace) -> int:
+    """call NAME: ring all of NAME's devices and follow the call
+
+    Ring every device of NAME (end-to-end encrypted signals; the server never sees
+    an SDP or an address) and print each change: ringing, answered, declined, busy,
+    no answer, ended. Peer-to-peer media (DTLS-SRTP), or through the server's TURN
+    relay with --relay-only. Headless, it sends a tone and numbered test frames.
+    Ctrl-C hangs up.
+
+    exit codes: 0 answered; 3 not answered (declined, busy, no answer); 1 error
+
+    example:
+      sottovoce call bob --data-dir ~/.sottovoce-alice
+      sottovoce call bob --audio-only --relay-only --seconds 30 --data-dir ~/.sottovoce-alice
+    """
     quiet(args)
     validate_username(args.name)
     options = call_options(args)
@@ -424,27 +438,8 @@ def _media_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    call = subcommand(
-        sub,
-        "call",
-        help="call NAME: ring all of NAME's devices and follow the call",
-        description=(
-            "Ring every device of NAME (end-to-end encrypted signals; the server never sees "
-            "an SDP or an address) and print each change: ringing, answered, declined, busy, "
-            "no answer, ended. Peer-to-peer media (DTLS-SRTP), or through the server's TURN "
-            "relay with --relay-only. Headless, it sends a tone and numbered test frames. "
-            "Ctrl-C hangs up."
-            "\n\nexit codes: 0 answered; 3 not answered (declined, busy, no answer); 1 error"
-        ),
-        example=(
-            "  sottovoce call bob --data-dir ~/.sottovoce-alice\n"
-            "  sottovoce call bob --audio-only --relay-only --seconds 30 "
-            "--data-dir ~/.sottovoce-alice"
-        ),
-        func=cmd_call,
-        args=[("NAME", "the username to call")],
-        options=_media_options,
-    )
+    call = subcommand(sub, "call", func=cmd_call, args=[("NAME", "the username to call")],
+                      options=_media_options)
     call.add_argument(
         "--ring-timeout", type=positive(float), default=45.0, metavar="S",
         help="give up after S seconds of ringing (default and most 45); both histories "

@@ -28,19 +28,16 @@ from sottovoce.cli.options import (
 )
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import (
-    PASSPHRASE_TRIES,
     CliError,
     Connect,
     data_dir,
-    given_passphrase,
     new_passphrase,
-    no_terminal,
-    prompt_secret,
-    remember_secret,
+    open_with_passphrase,
+    passphrase_given,
     require_account,
     with_client,
 )
-from sottovoce.client import Client, WrongPassphrase
+from sottovoce.client import Client
 from sottovoce.client.conversations import Conversation, SearchHit, message_time
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.store import Store
@@ -164,45 +161,14 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _new_given(args: argparse.Namespace) -> tuple[str, str] | None:
-    path: str | None = args.new_passphrase_file
-    if path:
-        try:
-            value = Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise CliError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"the passphrase file {path} is not UTF-8 text") from None
-        remember_secret(args, value)
-        return value, f"--new-passphrase-file {path}"
-    env = os.environ.get(ENV_NEW_PASSPHRASE)
-    if env:
-        remember_secret(args, env)
-        return env, f"${ENV_NEW_PASSPHRASE}"
-    return None
+    return passphrase_given(args, args.new_passphrase_file, "--new-passphrase-file",
+                            ENV_NEW_PASSPHRASE)
 
 
 def _open_store(args: argparse.Namespace, root: Path) -> tuple[Store, str]:
     """The store and its current passphrase (three prompts at a terminal)."""
-    given = given_passphrase(args)
-    if given is not None:
-        try:
-            return Store.open(root, given[0]), given[0]
-        except WrongPassphrase:
-            raise CliError(f"wrong passphrase for the account in {root} "
-                           f"(from {given[1]}); nothing was changed") from None
-    if not sys.stdin.isatty():
-        raise no_terminal()
-    for attempt in range(1, PASSPHRASE_TRIES + 1):
-        old = prompt_secret(args, f"Current passphrase for {root}: ")
-        try:
-            if old:
-                return Store.open(root, old), old
-        except WrongPassphrase:
-            pass
-        if attempt < PASSPHRASE_TRIES:
-            print("wrong passphrase; try again", file=sys.stderr)
-    raise CliError(f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries); "
-                   "nothing was changed")
+    return open_with_passphrase(args, root, lambda passphrase: Store.open(root, passphrase),
+                                prompt="Current passphrase", after="; nothing was changed")
 
 
 def cmd_account_passphrase(args: argparse.Namespace) -> int:

@@ -121,6 +121,23 @@ def _read_code(args: argparse.Namespace) -> str:
 
 
 def cmd_account_link(args: argparse.Namespace) -> int:
+    """make this device another device of an account (with a code from that one)
+
+    Link this device to an account you already use elsewhere. On the existing
+    device run 'sottovoce device link': it shows a QR code, the same code as text
+    (sottovoce-link:...) and a short code (1234-5678 word-word). Give either one
+    here with --code (or paste it when asked), or give a picture of the QR code
+    (PNG or JPEG; a screenshot or a photo of the screen) with --qr-image. Both
+    screens then show the same words; confirm on the existing device. This device
+    gets its own keys, certified by the account, the account's contacts, device names
+    and rooms (and, if the other device chose --with-history, the message history).
+    A wrong code ends the attempt: start a new one on the existing device.
+
+    example:
+      sottovoce account link --server ws://127.0.0.1:8765 --data-dir ~/.sv-laptop \\
+        --code '1234-5678 apple-river' --name laptop
+      sottovoce account link --data-dir ~/.sv-laptop --qr-image link-qr.png --name laptop
+    """
     root = new_account_dir(
         args, hint="link the new device into a directory of its own (--data-dir)"
     )
@@ -158,31 +175,7 @@ def cmd_account_link(args: argparse.Namespace) -> int:
 
 
 def add_account_link(account_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    link = subcommand(
-        account_sub,
-        "link",
-        help="make this device another device of an account (with a code from that one)",
-        description=(
-            "Link this device to an account you already use elsewhere. On the existing "
-            "device run 'sottovoce device link': it shows a QR code, the same code as text "
-            "(sottovoce-link:...) and a short code (1234-5678 word-word). Give either one "
-            "here with --code (or paste it when asked), or give a picture of the QR code "
-            "(PNG or JPEG; a screenshot or a photo of the screen) with --qr-image. Both "
-            "screens then show the same words; confirm on the "
-            "existing device. This device gets its own keys, certified by the account, the "
-            "account's contacts, device names and rooms (and, if the other device chose "
-            "--with-history, the message history). A wrong code ends the attempt: start "
-            "a new one on the existing device."
-        ),
-        example=(
-            "  sottovoce account link --server ws://127.0.0.1:8765 --data-dir ~/.sv-laptop "
-            "--code '1234-5678 apple-river' --name laptop\n"
-            "  sottovoce account link --data-dir ~/.sv-laptop --qr-image link-qr.png "
-            "--name laptop"
-        ),
-        func=cmd_account_link,
-        options=account_options,
-    )
+    link = subcommand(account_sub, "link", func=cmd_account_link, options=account_options)
     link.add_argument("--server", metavar="URL",
                       help=f"the account's server, for a short code (default {DEFAULT_SERVER}; "
                            "the linking text names its server itself)")

@@ -81,6 +81,17 @@ def send_file(args: argparse.Namespace, *, room: str | None = None) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    """write a received file, decrypted, to DEST
+
+    Fetch the file of message MESSAGE_ID from NAME (a user, or #ROOM) if it is not
+    here yet, check every chunk and the whole file's SHA-256, and write it to DEST
+    (a directory: under the sender's file name). `history` shows a file message's
+    id. Nothing is written when a check fails, and DEST is never left half-written;
+    an existing DEST is not replaced.
+
+    example:
+      sottovoce save alice FHQURZ-GjTY5UVNi29RsKg ~/Downloads --data-dir ~/.sottovoce-bob
+    """
     async def work(client: Client) -> str:
         info = client.files.info(args.message_id)
         if not any(m.message_id == args.message_id for m in _conversation(client, args.name)):
@@ -103,19 +114,7 @@ def _conversation(client: Client, name: str) -> list[StoredMessage]:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     subcommand(
-        sub,
-        "save",
-        help="write a received file, decrypted, to DEST",
-        description=(
-            "Fetch the file of message MESSAGE_ID from NAME (a user, or #ROOM) if it is not "
-            "here yet, check every chunk and the whole file's SHA-256, and write it to DEST "
-            "(a directory: under the sender's file name). `history` shows a file message's "
-            "id. Nothing is written when a check fails, and DEST is never left half-written; "
-            "an existing DEST is not replaced."
-        ),
-        example="  sottovoce save alice FHQURZ-GjTY5UVNi29RsKg ~/Downloads "
-                "--data-dir ~/.sottovoce-bob",
-        func=cmd_save,
+        sub, "save", func=cmd_save,
         args=[("NAME", "who sent it: a username, or #ROOM for a room"),
               ("MESSAGE_ID", "the file message's id, as `history` shows it"),
               ("DEST", "the file to write, or a directory to write it into")],

@@ -2,12 +2,19 @@
 
 Only :mod:`argparse`: declaring a command imports no client code, so a command
 that opens no account (``server``, ``kt witness``) starts without it.
+
+A command's help can be written once, as the docstring of the function that runs
+it (see :func:`command_text`), instead of as ``help``/``description``/``example``
+arguments; both ways give the same help.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 ENV_HOME = "SOTTOVOCE_HOME"
@@ -84,14 +91,51 @@ def timed_account_options(parser: argparse.ArgumentParser) -> None:
     add_timeout(parser)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandText:
+    """What a command's help says: the one line in the list of commands, the text
+    under its usage, and the example shown under ``heading`` at the end."""
+
+    help: str
+    description: str
+    example: str
+    heading: str = "example"
+
+
+_HEADING = re.compile(r"[a-z][a-z ]*:")
+
+
+def command_text(func: Callable[..., object]) -> CommandText:
+    """The help written as ``func``'s docstring, in paragraphs (blank lines between):
+    the first is the one-line help, the last opens with a heading line (``example:``)
+    followed by the example lines as shown, and those between are the description.
+    The lines of a paragraph are joined with spaces; in the example, a line ending in
+    a backslash goes on with the next line."""
+    doc = inspect.cleandoc(func.__doc__ or "")
+    paragraphs = doc.split("\n\n")
+    last = paragraphs[-1].splitlines()
+    if len(paragraphs) < 3 or not last or not _HEADING.fullmatch(last[0]):
+        raise ValueError(f"{func.__qualname__}: the docstring is not a command's help")
+    return CommandText(
+        help=_joined(paragraphs[0]),
+        description="\n\n".join(_joined(p) for p in paragraphs[1:-1]),
+        example=re.sub(r"\\\n *", "", "\n".join(last[1:])),
+        heading=last[0][:-1],
+    )
+
+
+def _joined(paragraph: str) -> str:
+    return " ".join(line.strip() for line in paragraph.splitlines())
+
+
 def subcommand(
     sub: Subparsers,
     name: str,
     *,
-    help: str,
-    description: str,
-    example: str,
     func: Callable[[argparse.Namespace], int],
+    help: str | None = None,
+    description: str = "",
+    example: str = "",
     args: Sequence[Positional] = (),
     options: Callable[[argparse.ArgumentParser], None] = timed_account_options,
     heading: str = "example",
@@ -100,8 +144,13 @@ def subcommand(
 
     Every account command takes the same options, so a new one is a table entry;
     the caller adds the flags only it has to the parser returned. ``example`` is
-    shown under ``heading`` at the end of the help.
+    shown under ``heading`` at the end of the help. Without ``help``, all four come
+    from ``func``'s docstring (:func:`command_text`).
     """
+    if help is None:
+        text = command_text(func)
+        help, description, example, heading = (
+            text.help, text.description, text.example, text.heading)
     parser = sub.add_parser(
         name,
         help=help,
@@ -110,8 +159,8 @@ def subcommand(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)
-    for metavar, text in args:
-        parser.add_argument(metavar.lower(), metavar=metavar, help=text)
+    for metavar, text_ in args:
+        parser.add_argument(metavar.lower(), metavar=metavar, help=text_)
     options(parser)
     return parser
 

@@ -63,6 +63,23 @@ def _create(args: argparse.Namespace, root: Path) -> None:
 
 
 def cmd_recorder(args: argparse.Namespace) -> int:
+    """run the opt-in recorder device: it records the calls of rooms that ask for it
+
+    Run a recorder device beside the server. The first run makes its account
+    (--name, default 'recorder') with a device named 'recorder'; a room's admin
+    invites that account like any member and turns the room's recorder setting on
+    (`room set ROOM --recorder on`). In such a room it joins every call as a
+    participant everyone sees, marked as the recorder, asks for recording under
+    the same rule as anyone (every participant says yes; any no or 20 s of silence
+    refuses), and writes what it receives sealed with its own key to
+    DATA_DIR/recordings/. With the setting off it never joins, and it leaves a call
+    when the setting is turned off. Ctrl-C stops.
+
+    exit codes: 0 stopped; 1 error; 2 wrong usage
+
+    example:
+      sottovoce recorder --server ws://127.0.0.1:8765 --data-dir /var/lib/sottovoce-rec
+    """
     quiet(args)
     root = data_dir(args)
     if not Store.exists(root):
@@ -101,27 +118,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subcommand(
-        sub,
-        "recorder",
-        help="run the opt-in recorder device: it records the calls of rooms that ask for it",
-        description=(
-            "Run a recorder device beside the server. The first run makes its account "
-            "(--name, default 'recorder') with a device named 'recorder'; a room's admin "
-            "invites that account like any member and turns the room's recorder setting on "
-            "(`room set ROOM --recorder on`). In such a room it joins every call as a "
-            "participant everyone sees, marked as the recorder, asks for recording under "
-            "the same rule as anyone (every participant says yes; any no or 20 s of silence "
-            "refuses), and writes what it receives sealed with its own key to "
-            "DATA_DIR/recordings/. With the setting off it never joins, and it leaves a call "
-            "when the setting is turned off. Ctrl-C stops."
-            "\n\nexit codes: 0 stopped; 1 error; 2 wrong usage"
-        ),
-        example=(
-            "  sottovoce recorder --server ws://127.0.0.1:8765 --data-dir /var/lib/sottovoce-rec"
-        ),
-        func=cmd_recorder,
-    )
+    p = subcommand(sub, "recorder", func=cmd_recorder)
     p.add_argument("--server", default=DEFAULT_SERVER, metavar="URL",
                    help=f"the relay server, for the first run (default {DEFAULT_SERVER})")
     p.add_argument("--name", default=DEFAULT_RECORDER_NAME, metavar="NAME",

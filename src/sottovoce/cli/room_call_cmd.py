@@ -164,6 +164,23 @@ def _summary(ctl: RoomCallController, others: set[Device]) -> None:
 
 
 def cmd_room_call(args: argparse.Namespace) -> int:
+    """start or join a call of ROOM and follow it
+
+    Join the call last started in ROOM, or start one (--new, or when none is
+    going on). The call has its own MLS group: its signals are end-to-end encrypted
+    room messages, every audio and video frame is SFrame-encrypted under its keys,
+    and the participants shown come from that group. Through the server's SFU when
+    it runs one; otherwise a mesh of at most 4. Headless, it sends a tone and
+    numbered test frames. Ctrl-C leaves.
+
+    exit codes: 0 joined (and left); 1 error or refused (e.g. a fifth participant
+    without an SFU); 2 wrong usage
+
+    example:
+      sottovoce room call friends --data-dir ~/.sottovoce-alice
+      sottovoce room call friends --audio-only --seconds 60 --data-dir ~/.sottovoce-bob
+      sottovoce room call friends --record --record-to call.rec --data-dir ~/.sottovoce-carol
+    """
     quiet(args)
     options = room_call_options(args)
     # ROOM as the room commands take it: its name, '#NAME' or its id.
@@ -200,30 +217,8 @@ def cmd_room_call(args: argparse.Namespace) -> int:
 
 def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`room call`: registered by the room commands."""
-    p = subcommand(
-        rs,
-        "call",
-        help="start or join a call of ROOM and follow it",
-        description=(
-            "Join the call last started in ROOM, or start one (--new, or when none is "
-            "going on). The call has its own MLS group: its signals are end-to-end encrypted "
-            "room messages, every audio and video frame is SFrame-encrypted under its keys, "
-            "and the participants shown come from that group. Through the server's SFU when "
-            "it runs one; otherwise a mesh of at most 4. Headless, it sends a tone and "
-            "numbered test frames. Ctrl-C leaves."
-            "\n\nexit codes: 0 joined (and left); 1 error or refused (e.g. a fifth "
-            "participant without an SFU); 2 wrong usage"
-        ),
-        example=(
-            "  sottovoce room call friends --data-dir ~/.sottovoce-alice\n"
-            "  sottovoce room call friends --audio-only --seconds 60 --data-dir "
-            "~/.sottovoce-bob\n"
-            "  sottovoce room call friends --record --record-to call.rec --data-dir "
-            "~/.sottovoce-carol"
-        ),
-        func=cmd_room_call,
-        args=[("ROOM", "the room: its name on this device, '#NAME' or its id")],
-    )
+    p = subcommand(rs, "call", func=cmd_room_call,
+                   args=[("ROOM", "the room: its name on this device, '#NAME' or its id")])
     p.add_argument("--new", action="store_true",
                    help="start a new call even if one was started in the room")
     add_source_options(p)

@@ -106,7 +106,16 @@ def remember_secret(args: argparse.Namespace, value: str) -> None:
 
 def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
     """The passphrase from --passphrase-file or the environment, with where it came from."""
-    path: str | None = getattr(args, "passphrase_file", None)
+    return passphrase_given(args, getattr(args, "passphrase_file", None),
+                            "--passphrase-file", ENV_PASSPHRASE)
+
+
+def passphrase_given(
+    args: argparse.Namespace, path: str | None, flag: str, env_name: str
+) -> tuple[str, str] | None:
+    """The passphrase in the file ``path`` (given with ``flag``; one trailing newline
+    dropped), else in the environment variable ``env_name``, with where it came from;
+    None when neither is given. Either way it is kept out of every message."""
     if path:
         try:
             text = Path(path).expanduser().read_text(encoding="utf-8")
@@ -116,11 +125,11 @@ def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
             raise CliError(f"the passphrase file {path} is not UTF-8 text") from None
         value = text.rstrip("\r\n")
         remember_secret(args, value)
-        return value, f"--passphrase-file {path}"
-    env = os.environ.get(ENV_PASSPHRASE)
+        return value, f"{flag} {path}"
+    env = os.environ.get(env_name)
     if env:
         remember_secret(args, env)
-        return env, f"${ENV_PASSPHRASE}"
+        return env, f"${env_name}"
     return None
 
 
@@ -179,26 +188,42 @@ def _load(args: argparse.Namespace) -> Client:
     """The account of ``args`` (three prompts at a terminal; one try otherwise)."""
     root = data_dir(args)
     require_account(root)
+    return open_with_passphrase(args, root, lambda passphrase: Client.load(root, passphrase))[0]
+
+
+def open_with_passphrase(
+    args: argparse.Namespace,
+    root: Path,
+    opener: Callable[[str], T],
+    *,
+    prompt: str = "Passphrase",
+    after: str = "",
+) -> tuple[T, str]:
+    """``opener`` of the passphrase given (one try) or typed at a terminal (three tries),
+    and that passphrase. A wrong one ends in a :class:`CliError` that says where it came
+    from, followed by ``after``."""
     given = given_passphrase(args)
     if given is not None:
         try:
-            return Client.load(root, given[0])
+            return opener(given[0]), given[0]
         except WrongPassphrase:
             raise CliError(
-                f"wrong passphrase for the account in {root} (from {given[1]})"
+                f"wrong passphrase for the account in {root} (from {given[1]}){after}"
             ) from None
     if not sys.stdin.isatty():
         raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        passphrase = prompt_secret(args, f"Passphrase for {root}: ")
+        typed = prompt_secret(args, f"{prompt} for {root}: ")
         try:
-            if passphrase:
-                return Client.load(root, passphrase)
+            if typed:
+                return opener(typed), typed
         except WrongPassphrase:
             pass
         if attempt < PASSPHRASE_TRIES:
             print("wrong passphrase; try again", file=sys.stderr)
-    raise CliError(f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries)")
+    raise CliError(
+        f"wrong passphrase for the account in {root} ({PASSPHRASE_TRIES} tries){after}"
+    )
 
 
 # =============================================================================

@@ -486,15 +486,19 @@ class KeyTransparency:
         # (WitnessPolicy.MISSING), unless the user opted out of witnesses.
         pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=chosen,
                     min_cosignatures=expected.min_cosignatures if expected else 1)
-        try:
-            policy = pins.policy()
-        except (MalformedProof, UsageError) as exc:
-            raise MalformedProof(f"the log's keys are unusable: {exc}") from None
-        verified = policy.open(answer.checkpoint, self._clock())
+        verified = self._open_under(pins, answer.checkpoint)
         with self._store.transaction():
             self._store.put_kt(_PINS, pins.encode())
             self._keep(verified)
         return pins
+
+    def _open_under(self, pins: Pins, checkpoint: bytes) -> VerifiedCheckpoint:
+        """``checkpoint`` verified under the keys and witness policy of ``pins``."""
+        try:
+            policy = pins.policy()
+        except (MalformedProof, UsageError) as exc:
+            raise MalformedProof(f"the log's keys are unusable: {exc}") from None
+        return policy.open(checkpoint, self._clock())
 
     async def repin(self, log_key: str) -> Pins:
         """Pin the log key ``log_key`` (checked by :func:`parse_vkey`) in place of the
@@ -515,11 +519,7 @@ class KeyTransparency:
                     min_cosignatures=old.min_cosignatures if old is not None else 1,
                     max_age_ms=old.max_age_ms if old is not None
                     else KT_DEFAULT_MAX_CHECKPOINT_AGE_MS)
-        try:
-            policy = pins.policy()
-        except (MalformedProof, UsageError) as exc:
-            raise MalformedProof(f"the log's keys are unusable: {exc}") from None
-        verified = policy.open(answer.checkpoint, self._clock())
+        verified = self._open_under(pins, answer.checkpoint)
         with self._store.transaction():
             self._store.put_kt(_PINS, pins.encode())
             self._keep(verified)  # another log: the old head proves nothing about it
