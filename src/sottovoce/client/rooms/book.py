@@ -28,6 +28,7 @@ from sottovoce.client.rooms.model import (
     identity_of,
     room_id_of,
 )
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, display_name
 from sottovoce.client.rooms.tokens import TokenBook
 from sottovoce.client.store import Store
 from sottovoce.crypto.sign import SigningKey
@@ -135,7 +136,7 @@ class RoomBook:
         join = Group.join_by_external_commit(
             group_info, credential=self.credential(), signing_key=self.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), psks=psks, remove_leaf=remove_leaf,
-            config=self.group_config(room_id),
+            config=self.group_config(room_id), capabilities=ROOM_CAPABILITIES,
         )
         if room_id_of(join.group.group_id) != room_id or join.group.epoch != epoch + 1:
             raise RemoteError("the GroupInfo is for another room or epoch")
@@ -165,11 +166,13 @@ class RoomBook:
             )
 
     def get(self, ref: str) -> Room:
-        """A room by id, or by its local name (must be unambiguous)."""
+        """A room by id, by its local name, or else by its shared name (unambiguous)."""
         room = self.rooms.get(ref)
         if room is not None:
             return room
         matches = [self.rooms[r] for r in self.store.rooms_by_label(ref) if r in self.rooms]
+        if not matches:  # the shared name (protocol/room_rules.py)
+            matches = [r for r in self.rooms.values() if display_name(r) == ref]
         live = [room for room in matches if not room.removed]
         if len(matches) == 1 or len(live) == 1:  # a room we were removed from yields its name
             return matches[0] if len(matches) == 1 else live[0]

@@ -49,6 +49,7 @@ from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.limits import ROOM_SEND_RETRIES
 from sottovoce.mls.group import ApplicationMessage
+from sottovoce.mls.proposals import QueuedProposal
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
@@ -90,6 +91,8 @@ class RoomMessages:
         #: a member's head goes to ``on_log_head`` (sender, size, root) to be compared.
         self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
+        #: Told of a room whose members sent a proposal (a member leaving): commit it.
+        self.on_proposal: Callable[[Room], None] | None = None
 
     # =========================================================================
     # Sending
@@ -244,6 +247,22 @@ class RoomMessages:
     # Receiving (inside the client's batch transaction; no awaits)
     # =========================================================================
 
+    def _take_proposal(self, room: Room, frame: RoomFrame, sender_ok: bool) -> None:
+        """A member's proposal (a Remove of its own leaves: it leaves the room), now in the
+        group's cache: kept as sent, for the commit that covers it to carry, and the
+        commit is started (protocol/room_rules.py)."""
+        if not sender_ok:
+            raise RemoteError("the room proposal's sender is not the envelope's")
+        group = room.group
+        kept = (group.epoch if group is not None else -1, frame.ciphertext)
+        if kept not in room.proposal_messages:
+            room.proposal_messages[:] = [
+                m for m in room.proposal_messages if m[0] == kept[0]
+            ] + [kept]
+        if self.on_proposal is not None:
+            sink = self.on_proposal
+            self._book.after.append(lambda: sink(room))
+
     def apply_message(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         if self._store.has_message(frame.message_id):
             self._own_call_signal(room, frame)
@@ -257,6 +276,9 @@ class RoomMessages:
             if group is None:
                 raise RemoteError("not a member")
             processed = group.process_message(frame.ciphertext, now_ms=now_ms())
+            if isinstance(processed.content, QueuedProposal):
+                self._take_proposal(room, frame, device_of(processed.credential) == sender)
+                return
             if not isinstance(processed.content, ApplicationMessage):
                 raise RemoteError("a message frame holds no application message")
             who = device_of(processed.credential)
