@@ -19,6 +19,7 @@ import pytest
 from sottovoce.client import Client, ServerError
 from sottovoce.client.events import ClientEvent, RoomRecovered
 from sottovoce.client.rooms import identity_of
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.mls.common import PreSharedKeyID, WireFormat
 from sottovoce.mls.framing import MLSMessage, sign_content
 from sottovoce.mls.group import ExternalJoin, Group, GroupConfig, PskStore
@@ -53,6 +54,7 @@ def forged_join(client: Client, info: bytes, token: str | None, psk_value: bytes
         info, credential=Credential.basic(identity_of(client.username, client.device_id)),
         signing_key=key, rng=secrets.token_bytes, psks=psks,
         config=GroupConfig(psk_lookup=PskStore({h: psk_value})),
+        capabilities=ROOM_CAPABILITIES,  # a room's profile extension, as every member's
     )
 
 

@@ -35,6 +35,7 @@ from sottovoce.client.events import (
 from sottovoce.client.kt import Alert
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
+from sottovoce.client.rooms.rules import display_name
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
@@ -135,7 +136,8 @@ def room_row(room: Room) -> str:
     """``team  room:…  epoch 2  members: alice, bob`` (the id once when it has no name)."""
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
-    name = "" if room.label == room.room_id else f"{safe(room.label)}  "
+    shown = display_name(room)  # the shared name; this device's label before names
+    name = "" if shown == room.room_id else f"{safe(shown)}  "
     return f"{name}{room.room_id}  {state}  members: {members}"
 
 

@@ -1,4 +1,5 @@
-"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`.
+"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`
+(`room call` and `room members|rename|topic|promote|demote|leave` have their own modules).
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
@@ -221,7 +222,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
-        return [render.room_row(room) for room in client.rooms.all()]
+        # A room this device left or was removed from is no longer listed.
+        return [render.room_row(room) for room in client.rooms.all() if not room.removed]
 
     rows = with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED)
     print("\n".join(rows) if rows else "no rooms yet (sottovoce room create NAME)")
@@ -392,16 +394,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_info,
         args=[ROOM],
     )
-    from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
+    from sottovoce.cli import room_admin_cmd, room_call_cmd  # in their own modules
 
     room_call_cmd.add_command(rs)
+    room_admin_cmd.add_command(rs)
     p = subcommand(
         rs,
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: name (when it has one), id, epoch and "
-            "members. Connects first, so rooms you were invited to meanwhile are listed."
+            "Rooms on this device, one per line: the room's shared name, id, epoch and "
+            "members (rooms you left or were removed from are not listed). Connects first, "
+            "so rooms you were invited to meanwhile are listed."
         ),
         example="  sottovoce room list --data-dir ~/.sottovoce-alice",
         func=cmd_list,
