@@ -58,6 +58,7 @@ from sottovoce.client.rooms.model import (
     member_refs,
     room_id_of,
 )
+from sottovoce.client.rooms.proposals import held
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import new_token
@@ -304,7 +305,7 @@ class Membership:
                     removes=member_refs(plan.removes),
                     groupInfo=info,
                     audit=audit,
-                    proposals=tuple(m for e, m in room.proposal_messages if e == epoch),
+                    proposals=tuple(held(self._store, room.room_id, epoch)),
                 )
                 room.inflight = message_id
                 try:

@@ -43,6 +43,8 @@ from sottovoce.client.rooms.model import (
     RoomFrame,
     device_of,
 )
+from sottovoce.client.rooms.proposals import keep
+from sottovoce.client.rooms.rules import profile
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -253,12 +255,8 @@ class RoomMessages:
         commit is started (protocol/room_rules.py)."""
         if not sender_ok:
             raise RemoteError("the room proposal's sender is not the envelope's")
-        group = room.group
-        kept = (group.epoch if group is not None else -1, frame.ciphertext)
-        if kept not in room.proposal_messages:
-            room.proposal_messages[:] = [
-                m for m in room.proposal_messages if m[0] == kept[0]
-            ] + [kept]
+        if room.group is not None:
+            keep(self._store, room.room_id, room.group.epoch, frame.ciphertext)
         if self.on_proposal is not None:
             sink = self.on_proposal
             self._book.after.append(lambda: sink(room))
@@ -353,15 +351,18 @@ class RoomMessages:
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
     ) -> None:
-        """We were invited: name the room as the inviter does, unless we named it already."""
+        """We were invited: name the room by its shared name (protocol/room_rules.py; the
+        inviter's name for a room made before names), unless we named it already."""
+        shared = profile(room)
+        name = notice.name if shared is None else shared.name
         if room.label == room.room_id:
 
             def taken(label: str) -> bool:
                 return any(r != room.room_id for r in self._store.rooms_by_label(label))
 
-            room.label = free_label(notice.name, taken)
+            room.label = free_label(name, taken)
             self._store.set_room_label(room.room_id, room.label)
             self._book.touched.add(room.room_id)
         events.append(
-            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+            RoomInvited(room_id=room.room_id, label=room.label, name=name, inviter=inviter)
         )

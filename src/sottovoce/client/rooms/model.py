@@ -196,9 +196,6 @@ class Room:
     #: Devices the server announced revoked in this room (removeRequest notices): any
     #: member may remove them (protocol/room_rules.py).
     revoked_notices: set[Device] = field(default_factory=set)
-    #: Proposal messages of the current epoch (epoch, message): a commit that holds
-    #: them by reference carries them, so the server can tell who proposed what.
-    proposal_messages: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def epoch(self) -> int:
