@@ -121,7 +121,7 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     subcommand(
         rs, "topic",
         help="set ROOM's topic for every member (admins only)",
-        description="Commit a new topic ('' clears it). Only an admin may.",
+        description="Commit a new topic for every member. Only an admin may.",
         example="  sottovoce room topic friends 'dinner on friday' --data-dir ~/.sottovoce-alice",
         func=cmd_topic, args=[ROOM, ("TOPIC", "the new topic")],
     )
