@@ -3,8 +3,8 @@
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
-everything the room missed, does its one thing and closes. ROOM is the local
-name given at ``room create`` (names stay on this device) or the room id
+everything the room missed, does its one thing and closes. ROOM is the room's
+name on this device (its shared name, or a label of this device's) or the room id
 (``room:`` + 32 hex digits) that ``room list`` shows.
 """
 
@@ -241,9 +241,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is the room's name on this device (the one you gave it, or the one "
-            "your inviter gave it), the same with a '#' in front as `chat` takes it, or its "
-            "id (room:…) as `room list` shows it. The server never sees a room's name."
+            "message. ROOM is the room's shared name (`room rename`), this device's own label "
+            "for it, the same with a '#' in front as `chat` takes it, or its id (room:…) as "
+            "`room list` shows it. The shared name, topic and admins live in the room's MLS "
+            "group context, which the server reads to check commits against the room's rules."
         ),
         example=(
             "  sottovoce room create friends && sottovoce room invite friends bob\n"
@@ -255,13 +256,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "create",
         help="make a room with you as its only member",
         description=(
-            "Make a new room with you as its only member. NAME is how this device names it; "
-            "the server never sees it, and people you invite receive it inside the room's "
-            "encryption."
+            "Make a new room with you as its only member and its admin. NAME becomes the "
+            "room's shared name: every member sees it, and so does the server (it is in the "
+            "room's group context, with the admins)."
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
-        args=[("NAME", "the room's local name")],
+        args=[("NAME", "the room's shared name")],
     )
     subcommand(
         rs,
@@ -280,8 +281,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         rs,
         "remove",
-        help="remove every device of USER from ROOM",
-        description="Commit the removal of USER's devices; they cannot read anything later.",
+        help="remove every device of USER from ROOM (admins; anyone for their own account)",
+        description="Commit the removal of USER's devices; they cannot read anything later. "
+                    "Only a room admin may remove another account; the server refuses "
+                    "anyone else's commit.",
         example="  sottovoce room remove friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_remove,
         args=[ROOM, USER],
