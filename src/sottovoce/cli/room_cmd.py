@@ -281,7 +281,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         rs,
         "remove",
-        help="remove every device of USER from ROOM (admins; anyone for their own account)",
+        help="remove every device of USER from ROOM (admins only)",
         description="Commit the removal of USER's devices; they cannot read anything later. "
                     "Only a room admin may remove another account; the server refuses "
                     "anyone else's commit.",
