@@ -31,6 +31,7 @@ from sottovoce.protocol.room_rules import (
     removed_others,
     with_profile,
 )
+from tests.imports_graph import SRC, imported, read_sources
 
 NOW = 1_900_000_000_000
 PUBLIC = GroupConfig(handshake_wire_format=WireFormat.PUBLIC_MESSAGE)
@@ -184,3 +185,24 @@ def test_the_public_view_refuses_a_private_or_forged_commit() -> None:
     forged = MLSMessage(body=replace(message, auth=replace(message.auth, signature=signature)))
     with pytest.raises(InvalidSignature):
         _check(groups, forged.encode())
+
+
+def test_protocol_reaches_mls_only_through_the_room_rules_and_its_public_view() -> None:
+    """The one import arrow from protocol/ into mls/ (docs/architecture.md, "Who may
+    import what"): the rule function must be one, run by the server and by members
+    over MLS proposals, so protocol/room_rules.py reads them with the key-free public
+    view the server may import anyway (mls.public, mls.messages, mls.common), and no
+    other protocol module imports mls at all."""
+    allowed = {"sottovoce.mls", "sottovoce.mls.public", "sottovoce.mls.messages",
+               "sottovoce.mls.common"}
+    found: dict[str, set[str]] = {}
+    for module, (source, is_package) in read_sources(SRC / "sottovoce" / "protocol").items():
+        names = {n for n, _ in imported(source, module, is_package)}
+        mls = {n for n in names if n == "sottovoce.mls" or n.startswith("sottovoce.mls.")}
+        if mls:
+            found[module] = mls
+    assert set(found) == {"sottovoce.protocol.room_rules"}
+    assert found["sottovoce.protocol.room_rules"] <= allowed | {
+        f"{m}.{name}" for m in allowed for name in ("Extension", "GroupContextExtensions",
+        "LeafNode", "Proposal", "ReInit", "Remove", "find_extension", "leaf_identity")
+    }
