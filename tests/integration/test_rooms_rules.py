@@ -1,5 +1,5 @@
-"""A room's rules through the real server and real clients (docs/architecture.md §Room
-rules): the creator is admin; a member's remove of another member, or a change of the
+"""A room's rules through the real server and real clients (docs/architecture.md §Rooms,
+"Room rules"): the creator is admin; a member's remove of another member, or a change of the
 room's profile, is refused by the server and cannot block the room; admins rename,
 set the topic, promote; every member sees the same; a member leaves by a self-remove
 proposal another member commits, and reads nothing sent after.

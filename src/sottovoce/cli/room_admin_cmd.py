@@ -1,5 +1,5 @@
 """`room members|rename|topic|promote|demote|leave`: who is in a room and in which role,
-the room's shared name and topic, and leaving it (docs/architecture.md §Room rules).
+the room's shared name and topic, and leaving it (docs/architecture.md §Rooms, "Room rules").
 
 The name, topic and roles live in the room's MLS group context: every member sees
 the same, and only an admin may change them (the server refuses anyone else's commit,

@@ -1,5 +1,5 @@
 """A room's shared profile (name, topic, admins) and the rules every commit must keep
-(docs/architecture.md §Room rules; wire format in docs/protocol.md §Room profile).
+(docs/architecture.md §Rooms, "Room rules"; wire format in docs/protocol.md §Rooms).
 
 The profile is a GroupContext extension of a private-use type (RFC 9420 §13.4), so
 every member of an epoch sees the same name, topic and admins, and the key schedule

@@ -1,5 +1,5 @@
-"""What a room's admins and members do to the room itself (docs/architecture.md §Room
-rules): rename it, change its topic, promote and demote, and leave.
+"""What a room's admins and members do to the room itself (docs/architecture.md §Rooms,
+"Room rules"): rename it, change its topic, promote and demote, and leave.
 
     rename / topic / promote / demote ──► one commit with a GroupContextExtensions
         proposal holding the new profile (protocol/room_rules.py) ──► every member

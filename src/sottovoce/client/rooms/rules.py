@@ -36,7 +36,7 @@ ROOM_CAPABILITIES = Capabilities(
 )
 
 #: Commits and proposals of rooms travel as PublicMessages: the delivery service
-#: checks each commit against the room's rules (docs/architecture.md §Room rules).
+#: checks each commit against the room's rules (docs/architecture.md §Rooms, "Room rules").
 HANDSHAKE_WIRE_FORMAT = WireFormat.PUBLIC_MESSAGE
 
 
