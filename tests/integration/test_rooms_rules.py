@@ -17,6 +17,7 @@ import pytest
 from sottovoce.client import Client
 from sottovoce.client.errors import ServerError
 from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
 from sottovoce.mls.common import WireFormat
 from sottovoce.mls.config import GroupConfig
@@ -24,7 +25,7 @@ from sottovoce.mls.group import Group
 from sottovoce.mls.messages import GroupContextExtensions
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.room_rules import RoomProfile, with_profile
-from tests.integration.client_helpers import make_account
+from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_rooms_e2e import close_all, members, room_messages
 
@@ -83,6 +84,7 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     alice, bob, carol, room_id = await _three(server, tmp_path)
+    clients = [alice, bob, carol]
     try:
         assert alice.rooms.roles(room_id) == {"alice": "admin", "bob": "member",
                                               "carol": "member"}
@@ -99,10 +101,16 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
         assert refused.code == "invalid_commit"
         with pytest.raises(UsageError):
             await bob.rooms.rename_room(room_id, "mine")
-        # Nothing stalled: the next valid commit, a member's own update, goes through.
+        # Nothing stalled: the next valid commits, a member's own update and a member's
+        # invite, go through.
         result = await bob.rooms.self_update(room_id)
         assert result is not None and result.epoch == 3
-        await asyncio.gather(*(c.rooms.wait_epoch(room_id, 3) for c in (alice, carol)))
+        dave = await make_account(server, "dave", tmp_path)
+        clients.append(dave)
+        invited = await bob.rooms.invite(room_id, "dave")
+        assert invited is not None and invited.epoch == 4
+        await asyncio.gather(*(c.rooms.wait_epoch(room_id, 4) for c in (alice, carol, dave)))
+        assert dave.rooms.roles(room_id)["alice"] == "admin"
         assert len({c.rooms.epoch_authenticator(room_id) for c in (alice, bob, carol)}) == 1
         assert ("carol", carol.device_id) in members(alice, room_id)
         # The admin's remove works.
@@ -110,9 +118,9 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
         assert removal is not None
         await carol.rooms.wait_until(lambda: carol.rooms.get(room_id).removed)
         await bob.rooms.wait_epoch(room_id, removal.epoch)
-        assert {u for u, _ in members(bob, room_id)} == {"alice", "bob"}
+        assert {u for u, _ in members(bob, room_id)} == {"alice", "bob", "dave"}
     finally:
-        await close_all([alice, bob, carol])
+        await close_all(clients)
 
 
 async def test_every_member_sees_the_same_name_topic_and_roles(
@@ -147,8 +155,16 @@ async def test_every_member_sees_the_same_name_topic_and_roles(
 async def test_a_leaver_reads_nothing_sent_after_it_left(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob, carol, room_id = await _three(server, tmp_path)
+    alice, bob, carol = await asyncio.gather(
+        *(make_account(server, n, tmp_path) for n in ("alice", "bob", "carol"))
+    )
+    tablet = await carol.add_device(tmp_path / "carol-tablet", PASSPHRASE, kdf=TEST_KDF)
+    room = await alice.rooms.create_room("team")
+    room_id = room.room_id
+    await alice.rooms.invite(room_id, "bob")
+    await alice.rooms.invite(room_id, "carol")  # both of carol's devices
     try:
+        await asyncio.gather(*(c.rooms.wait_epoch(room_id, 2) for c in (bob, carol, tablet)))
         await alice.rooms.send(room_id, "before carol left")
         assert await room_messages(carol, room_id, 1) == ["before carol left"]
         await carol.rooms.leave(room_id)
@@ -165,5 +181,7 @@ async def test_a_leaver_reads_nothing_sent_after_it_left(
         assert [m.text for m in carol.rooms.history(room_id) if m.text.startswith("after")] == []
         info = await alice.rooms.info(room_id)
         assert "carol" not in {m["userId"] for m in info["members"]}
+        # carol's other device was removed by the same commit: it left too.
+        assert await tablet.rooms.wait_until(lambda: tablet.rooms.get(room_id).removed, 20)
     finally:
-        await close_all([alice, bob, carol])
+        await close_all([alice, bob, carol, tablet])

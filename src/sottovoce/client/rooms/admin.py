@@ -33,7 +33,7 @@ from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, CommitResult, R
 from sottovoce.client.rooms.rules import profile, roles
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.mls.group import Group
-from sottovoce.mls.messages import GroupContextExtensions
+from sottovoce.mls.messages import GroupContextExtensions, Remove
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
@@ -129,8 +129,12 @@ class RoomAdmin:
         await asyncio.sleep(random.random() * 0.2)  # noqa: S311 - spread the herd
 
         def build(group: Group) -> Plan | None:
-            if not group.pending_proposals:
-                return None
+            pending = group.pending_proposals
+            if not pending or any(
+                isinstance(q.proposal, Remove) and q.proposal.removed == group.own_leaf_index
+                for q in pending
+            ):
+                return None  # nothing to do, or we are leaving too: another member commits
             bundle = group.commit(
                 rng=secrets.token_bytes, now_ms=now_ms(), authenticated_data=self._head()
             )
