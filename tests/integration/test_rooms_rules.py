@@ -16,6 +16,7 @@ import pytest
 
 from sottovoce.client import Client
 from sottovoce.client.errors import ServerError
+from sottovoce.client.events import RoomInvited
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
@@ -141,13 +142,26 @@ async def test_every_member_sees_the_same_name_topic_and_roles(
                 "alice": "admin", "bob": "admin", "carol": "member"
             }
         assert carol.rooms.get("core team").room_id == room_id
+        # An invitee is told the shared name, whatever the inviter's own label is.
+        dave = await make_account(server, "dave", tmp_path)
+        stream = dave.events()
+        try:
+            await alice.rooms.invite(room_id, "dave")
+            await alice.rooms.announce_invite(room_id, "dave")
+            while not isinstance(event := await stream.next(20), RoomInvited):
+                pass
+        finally:
+            stream.close()
+            await dave.close()
+        assert alice.rooms.get(room_id).label == "team"
+        assert (event.name, event.inviter, event.label) == ("core team", "alice", "core team")
         # bob, now admin, may remove; then alice demotes him.
         removal = await bob.rooms.remove(room_id, "carol")
         assert removal is not None
         demoted = await alice.rooms.demote(room_id, "bob")
         assert demoted is not None
         await bob.rooms.wait_epoch(room_id, demoted.epoch)
-        assert bob.rooms.roles(room_id) == {"alice": "admin", "bob": "member"}
+        assert bob.rooms.roles(room_id) == {"alice": "admin", "bob": "member", "dave": "member"}
     finally:
         await close_all([alice, bob, carol])
 
@@ -167,7 +181,7 @@ async def test_a_leaver_reads_nothing_sent_after_it_left(
         await asyncio.gather(*(c.rooms.wait_epoch(room_id, 2) for c in (bob, carol, tablet)))
         await alice.rooms.send(room_id, "before carol left")
         assert await room_messages(carol, room_id, 1) == ["before carol left"]
-        await carol.rooms.leave(room_id)
+        assert await carol.rooms.leave(room_id)  # a member committed it meanwhile
         gone = carol.rooms.get(room_id)
         assert gone.removed and gone.group is None  # its keys are gone at once
         # Another member commits carol's self-remove (no admin needed).

@@ -206,3 +206,16 @@ def test_protocol_reaches_mls_only_through_the_room_rules_and_its_public_view() 
         f"{m}.{name}" for m in allowed for name in ("Extension", "GroupContextExtensions",
         "LeafNode", "Proposal", "ReInit", "Remove", "find_extension", "leaf_identity")
     }
+
+
+def test_a_leaving_account_takes_its_other_devices_along() -> None:
+    """carol/d1 removes itself by reference: the committer (bob, not an admin) may remove
+    carol's other device by value in the same commit, and not otherwise."""
+    groups, _ = _room()
+    extensions = groups["alice"].group_context.extensions
+    members = {0: ("alice", "d1"), 1: ("bob", "d1"), 2: ("carol", "d1"), 3: ("carol", "d2")}
+    check_commit_rules(extensions, members, [(2, _remove(2)), (1, _remove(3))])
+    with pytest.raises(RuleBroken):
+        check_commit_rules(extensions, members, [(1, _remove(3))])
+    with pytest.raises(RuleBroken):  # carol leaving does not let bob remove alice
+        check_commit_rules(extensions, members, [(2, _remove(2)), (1, _remove(0))])

@@ -89,14 +89,15 @@ def _role(promote: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_leave(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> str:
+    async def work(client: Client) -> tuple[str, bool]:
         room = client.rooms.get(_ref(args.room))
         name = client.rooms.name(room.room_id)
-        await client.rooms.leave(room.room_id)
-        return name
+        return name, await client.rooms.leave(room.room_id)
 
-    name = with_client(args, work)
+    name, committed = with_client(args, work)
     print(f"left the room '{render.safe(name)}'; this device deleted its keys for it")
+    if not committed:
+        print("no member was online to commit your removal: the next one to connect will")
     return 0
 
 
@@ -141,9 +142,10 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     subcommand(
         rs, "leave",
         help="leave ROOM: your devices are removed and this one deletes its keys",
-        description="Send a self-remove proposal for every device of your account, then "
-                    "delete this device's keys for the room at once: nothing sent later can "
-                    "be read here. The next member to see the proposal commits it.",
+        description="Send a self-remove proposal; the next member to see it commits it, "
+                    "with the removal of your account's other devices. This device waits a "
+                    "few seconds for that commit, then deletes its keys for the room either "
+                    "way: nothing sent later can be read here.",
         example="  sottovoce room leave friends --data-dir ~/.sottovoce-carol",
         func=cmd_leave, args=[ROOM],
     )

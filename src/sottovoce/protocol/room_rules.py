@@ -11,7 +11,8 @@ member calls it again on the commit it processes (defence in depth)::
     committer is an admin ──► anything
     committer is a member ──► Add, Update, PSK; Remove of its own user's leaves;
                               a Remove by reference that its target proposed itself
-                              (leaving); a Remove of a device the directory revoked
+                              (leaving), and of that account's other devices with
+                              it; a Remove of a device the directory revoked
     nobody left is an admin ──► every member acts as one (a room is never orphaned)
     a room without a profile (made before profiles) ──► no rules until one is set
 
@@ -196,6 +197,12 @@ def check_commit_rules(
         return
     present = {user for user, _ in members.values()}
     orphaned = not (present & set(profile.admins))
+    # Accounts leaving in this commit: a leaf's Remove of itself takes its account's
+    # other devices with it.
+    leaving = {
+        who[0] for sender, p in proposals
+        if isinstance(p, Remove) and p.removed == sender and (who := members.get(sender))
+    }
 
     def is_admin(leaf: int) -> bool:
         who = members.get(leaf)
@@ -207,7 +214,7 @@ def check_commit_rules(
             if (
                 proposal.removed == sender
                 or (target is not None and by is not None and target[0] == by[0])
-                or (target is not None and target in revoked)
+                or (target is not None and (target in revoked or target[0] in leaving))
                 or is_admin(sender)
             ):
                 continue

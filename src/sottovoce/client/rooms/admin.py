@@ -4,10 +4,12 @@
     rename / topic / promote / demote ──► one commit with a GroupContextExtensions
         proposal holding the new profile (protocol/room_rules.py) ──► every member
         sees the same name, topic and roles from that epoch on
-    leave ──► a Remove proposal of each of our account's leaves (PublicMessages, sent
-        as room messages) ──► our group state is deleted at once (no key of a later
-        epoch ever reaches this device) ──► the next member to see the proposals
-        commits them by reference, carrying them for the server to check
+    leave ──► a Remove proposal of our own leaf (a PublicMessage, sent as a room
+        message) ──► the next member to see it commits it by reference (carrying it
+        for the server to check) with Removes of our account's other devices ──► we
+        wait up to LEAVE_WAIT_S for that commit (proposing again in a new epoch if
+        one came without it), then delete our group state whatever happened: no
+        key of a later epoch stays on this device
 
 A self-remove is a plain RFC 9420 Remove proposal by reference, not the SelfRemove
 proposal of the MLS extensions draft: every member and the server already parse
@@ -20,6 +22,7 @@ import asyncio
 import random
 import secrets
 from collections.abc import Callable
+from functools import partial
 
 from sottovoce.client.errors import ServerError
 from sottovoce.client.events import ErrorEvent
@@ -33,11 +36,25 @@ from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, CommitResult, R
 from sottovoce.client.rooms.rules import profile, roles
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.mls.group import Group
-from sottovoce.mls.messages import GroupContextExtensions, Remove
+from sottovoce.mls.messages import Credential, GroupContextExtensions, Remove
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.protocol.room_rules import RoomProfile, with_profile
+
+#: Proposals a leaving device sends, each after the epoch moved on without its removal.
+LEAVE_PROPOSALS = 3
+#: Seconds a leaving device waits for a member to commit its removal, per proposal.
+LEAVE_WAIT_S = 3.0
+
+
+def _moved_on(room: Room, epoch: int) -> bool:
+    return room.removed or room.epoch != epoch
+
+
+def _leaf_credential(group: Group, index: int) -> Credential | None:
+    member = group.member(index)
+    return None if member is None else member.credential
 
 
 class RoomAdmin:
@@ -95,31 +112,37 @@ class RoomAdmin:
 
     # --- leaving ------------------------------------------------------------------------
 
-    async def leave(self, room: Room) -> None:
-        """Propose the removal of every leaf of our account, then forget the room's keys."""
-        async with room.lock:
-            group = self._book.active(room)
-            me = self._book.username
-            ours = [
-                m.index for m in group.members()
-                if (d := device_of(m.credential)) is not None and d[0] == me
-                and m.index != group.own_leaf_index
-            ]
-            proposals = [group.propose_remove(i, rng=secrets.token_bytes) for i in ours]
-            proposals.append(group.leave(rng=secrets.token_bytes))
-            for proposal in proposals:
+    async def leave(self, room: Room) -> bool:
+        """Propose our own removal, wait a little for a member to commit it (proposing
+        again if the epoch moved on without it), then forget the room's keys either
+        way. True when the removal was committed while we waited; else the proposal
+        waits for the next member to come online (it stays valid in its epoch)."""
+        for _ in range(LEAVE_PROPOSALS):
+            async with room.lock:
+                group = self._book.active(room)
+                epoch = group.epoch
+                proposal = group.leave(rng=secrets.token_bytes)
+            try:
                 await self._link.request(
                     pr.RoomSend(
-                        roomId=room.room_id, epoch=group.epoch, messageId=new_id(),
+                        roomId=room.room_id, epoch=epoch, messageId=new_id(),
                         idempotencyKey=new_id(), contentType="text", ciphertext=proposal,
                         clientCreatedAtMs=now_ms(),
                     ),
                     frozenset({ev.SEND_ACK}),
                     timeout=ROOM_REQUEST_TIMEOUT_S,
                 )
-            room.removed, room.group = True, None
-            with self._book.store.transaction():
-                self._book.persist(room)
+            except ServerError as exc:
+                if exc.code != "stale_epoch":
+                    raise
+            await self._book.wait(partial(_moved_on, room, epoch), LEAVE_WAIT_S)
+            if room.removed or room.epoch == epoch:
+                break
+        done = room.removed
+        room.removed, room.group = True, None
+        with self._book.store.transaction():
+            self._book.persist(room)
+        return done
 
     def _commit_soon(self, room: Room) -> None:
         self._book.spawn(self.commit_pending(room))
@@ -135,8 +158,21 @@ class RoomAdmin:
                 for q in pending
             ):
                 return None  # nothing to do, or we are leaving too: another member commits
+            # An account that leaves takes its other devices along (protocol/room_rules.py).
+            leaving = {
+                who[0] for q in pending
+                if isinstance(q.proposal, Remove) and q.proposal.removed == q.sender.index
+                and (who := device_of(_leaf_credential(group, q.sender.index))) is not None
+            }
+            proposed = {q.proposal.removed for q in pending if isinstance(q.proposal, Remove)}
+            along = [
+                Remove(removed=m.index) for m in group.members()
+                if (d := device_of(m.credential)) is not None and d[0] in leaving
+                and m.index not in proposed
+            ]
             bundle = group.commit(
-                rng=secrets.token_bytes, now_ms=now_ms(), authenticated_data=self._head()
+                rng=secrets.token_bytes, now_ms=now_ms(), authenticated_data=self._head(),
+                proposals=along,
             )
             if not bundle.staged.removes and not bundle.staged.proposals:
                 group.clear_pending_commit()

@@ -191,9 +191,11 @@ class RoomManager:
     async def demote(self, ref: str, username: str) -> CommitResult | None:
         return await self._admin.demote(self.get(ref), username)
 
-    async def leave(self, ref: str) -> None:
-        """Leave the room: a self-remove proposal, then this device forgets its keys."""
-        await self._admin.leave(self.get(ref))
+    async def leave(self, ref: str) -> bool:
+        """Leave the room: a self-remove proposal, then this device forgets its keys.
+        True when a member committed the removal within a few seconds; else the next
+        member online commits it."""
+        return await self._admin.leave(self.get(ref))
 
     def rename(self, ref: str, label: str) -> None:
         """This device's own label for the room (the shared name: :meth:`rename_room`)."""
