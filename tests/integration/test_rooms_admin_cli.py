@@ -54,7 +54,9 @@ def test_room_roles_rename_topic_and_leave(server: ServerProcess, tmp_path: Path
     assert f"old friends  {room_id}" in listed  # once, by the shared name
     assert listed.count(room_id) == 1
 
-    assert "left the room 'old friends'" in _ok(_room("leave", room_id, home=carol))
+    left = _ok(_room("leave", room_id, home=carol))
+    assert "left the room 'old friends'" in left
+    assert "the next one to connect will" in left  # nobody else was online
     assert room_id not in _ok(_room("list", "--offline", home=carol))
     # The next commit of any member carries carol's self-remove.
     assert "bob is now a member" in _ok(_room("demote", room_id, "bob", home=alice))
