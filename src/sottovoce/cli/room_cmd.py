@@ -406,9 +406,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: the room's shared name, id, epoch and "
-            "members (rooms you left or were removed from are not listed). Connects first, "
-            "so rooms you were invited to meanwhile are listed."
+            "Rooms on this device, one per line: the room's shared name (then, in [ ], "
+            "this device's own name for it when that differs), id, epoch and members (rooms "
+            "you left or were removed from are not listed). Connects first, so rooms you "
+            "were invited to meanwhile are listed."
         ),
         example="  sottovoce room list --data-dir ~/.sottovoce-alice",
         func=cmd_list,
