@@ -219,3 +219,16 @@ def test_a_leaving_account_takes_its_other_devices_along() -> None:
         check_commit_rules(extensions, members, [(1, _remove(3))])
     with pytest.raises(RuleBroken):  # carol leaving does not let bob remove alice
         check_commit_rules(extensions, members, [(2, _remove(2)), (1, _remove(0))])
+
+
+def test_a_group_saved_with_private_handshakes_commits_publicly_once_told() -> None:
+    """A room saved before commits were public (RoomBook tells it on restore)."""
+    groups, _ = _room()
+    saved = Group.from_state(groups["alice"].to_state())
+    saved._state = replace(saved._state, config=GroupConfig())  # the old policy
+    restored = Group.from_state(saved.to_state())
+    with pytest.raises(InvalidCommit):
+        _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
+    restored.clear_pending_commit()
+    restored.use_handshake_wire_format(WireFormat.PUBLIC_MESSAGE)
+    _check(groups, restored.self_update(rng=secrets.token_bytes).commit)

@@ -146,9 +146,12 @@ class RoomBook:
 
     def _restore_group(self, room_id: str, state: bytes) -> Group | None:
         try:
-            return Group.from_state(state, psk_lookup=self.tokens.psk_lookup(room_id))
+            group = Group.from_state(state, psk_lookup=self.tokens.psk_lookup(room_id))
         except DecodeError:
             return None  # damaged record: the room is unusable, the rest of the account is not
+        # A room saved before its commits were public: the server now reads them.
+        group.use_handshake_wire_format(self.group_config(room_id).handshake_wire_format)
+        return group
 
     def _load(self) -> None:
         for row in self.store.rooms():
