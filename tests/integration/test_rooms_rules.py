@@ -100,6 +100,10 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
         assert refused.code == "not_admin"
         refused = await _refused(bob, _forge(bob, room_id, "remove", private=True))
         assert refused.code == "invalid_commit"
+        # alice's own (admin) commit, relayed by bob: the leaf that signed it is not his.
+        relayed = _forge(alice, room_id, "remove")
+        refused = await _refused(bob, relayed)
+        assert refused.code == "invalid_commit" and "not this device's" in refused.message
         with pytest.raises(UsageError):
             await bob.rooms.rename_room(room_id, "mine")
         # Nothing stalled: the next valid commits, a member's own update and a member's
