@@ -119,6 +119,12 @@ MLS_LIFETIME_SKEW_MS = 3600 * 1000
 
 #: Largest WebSocket frame either side accepts; bounds per-connection memory.
 MAX_FRAME_BYTES = 256 * 1024
+#: Files (server/blobs.py): the largest a client may upload (plaintext bytes), what one
+#: account may have stored at once, and how long an upload is kept at the latest (it goes
+#: sooner, once every device it is for has fetched it). Each is a server option.
+MAX_FILE_SIZE = 100 * 1024 * 1024
+FILE_QUOTA = 1024 * 1024 * 1024
+FILE_TTL_MS = 7 * 24 * 3600 * 1000
 #: Largest single ciphertext in an envelope (base64-decoded); big content goes as attachments.
 MAX_CIPHERTEXT_BYTES = 160 * 1024
 #: Ciphertexts one send may carry: the recipient's devices plus our own other devices.
@@ -134,6 +140,9 @@ REPLAY_BATCH = 500
 AUTH_CHALLENGE_TTL_MS = 30_000
 #: Unacked inbox frames are kept this long by default (server --retention-days).
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: A disappearing message's expiresAtMs on a send: at most this far ahead (the longest
+#: timer, a week) plus CLOCK_SKEW_MS, and no further than CLOCK_SKEW_MS in the past.
+MAX_MESSAGE_EXPIRY_MS = 7 * 24 * 3600 * 1000
 #: Default inbox quotas (server --inbox-*): what may wait unread in one device's inbox,
 #: in all (a device offline for the whole retention in busy conversations stays under it)...
 INBOX_MAX_MESSAGES = 20_000
@@ -329,6 +338,9 @@ KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
 #: Versions of one account kept in the map, and so walked by its monitor; each
 #: directory change of an account (device added, revoked, succession) is one version.
 KT_MAX_VERSIONS = 1 << 20
+#: Versions one ``sottovoce.kt.history`` page carries at most (fewer when they would not
+#: fit one frame): an account with a long history is monitored a page at a time.
+KT_HISTORY_PAGE = 256
 #: Devices one account-state value lists (the map commits to all of them).
 KT_MAX_DEVICES = 64
 #: Key-transparency requests (head, lookup, history) per device: each lookup costs the

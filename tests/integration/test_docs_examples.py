@@ -84,6 +84,10 @@ SKIP: dict[tuple[str, str], str] = {
      "'witness.example/w1+5e6f7a8b+BN...'"):
         "the keys are placeholders for ones obtained from an operator and a witness; "
         "tests/integration/test_kt_cli.py runs both commands with real keys",
+    ("README.md", ".venv/bin/sottovoce send bob --file photo.jpg --data-dir ~/.sottovoce-alice"):
+        "names files of the reader's and a message id that history prints; "
+        "tests/integration/test_files_e2e.py::test_cli_send_file_history_and_save runs "
+        "send --file, history, room send --file and save (1:1 and #ROOM)",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",
@@ -133,6 +137,10 @@ SKIP: dict[tuple[str, str], str] = {
      "sottovoce recorder --server wss://chat.example.org --data-dir /var/lib/sottovoce-rec"):
         "runs until Ctrl-C against a production server; "
         "tests/integration/test_room_calls_recorder.py runs the command and its room setting",
+    ("README.md", ".venv/bin/sottovoce account passphrase --data-dir ~/.sottovoce-alice"):
+        "asks for the passphrases at a terminal, and later examples open alice's directory "
+        "with the old one; tests/integration/test_conversations_cli.py runs it with "
+        "SOTTOVOCE_NEW_PASSPHRASE",
     ("README.md",
      ".venv/bin/sottovoce device revoke 3f9a0c1d --data-dir ~/.sottovoce-alice"):
         "needs a second device's id and the recovery code account create printed; "

@@ -30,28 +30,35 @@ COMMAND_MODULES = (
     "sottovoce.cli.client_cmd",
     "sottovoce.cli.device_cmd",
     "sottovoce.cli.revoke_cmd",
+    "sottovoce.cli.conversations_cmd",
     "sottovoce.cli.room_cmd",
+    "sottovoce.cli.timer_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.recorder_cmd",
     "sottovoce.cli.audit_cmd",
     "sottovoce.cli.kt_cmd",
+    "sottovoce.cli.files_cmd",
 )
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
 _REVOKE = "sottovoce.cli.revoke_cmd"
+_CONVERSATIONS = "sottovoce.cli.conversations_cmd"
 #: The modules that declare each top-level command, in COMMAND_MODULES order (``revoke``
 #: adds to the ``account`` and ``device`` groups, so it needs the modules that make them).
 COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "demo": ("sottovoce.cli.demo",),
     "server": ("sottovoce.cli.server_cmd",),
     **dict.fromkeys(("send", "listen", "chat", "history", "verify"), (_CLIENT,)),
-    "account": (_CLIENT, _REVOKE),
+    "account": (_CLIENT, _REVOKE, _CONVERSATIONS),
+    **dict.fromkeys(("list", "search", "export", "forget"), (_CONVERSATIONS,)),
     "device": (_CLIENT, _DEVICE, _REVOKE),
-    "room": ("sottovoce.cli.room_cmd",),
+    "room": ("sottovoce.cli.room_cmd", "sottovoce.cli.timer_cmd"),
+    "timer": ("sottovoce.cli.timer_cmd",),
     **dict.fromkeys(("call", "answer", "decline"), ("sottovoce.cli.call_cmd",)),
     "recorder": ("sottovoce.cli.recorder_cmd",),
     "audit": ("sottovoce.cli.audit_cmd",),
     "kt": ("sottovoce.cli.kt_cmd",),
+    "save": ("sottovoce.cli.files_cmd",),
 }
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.

@@ -32,7 +32,9 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
-from sottovoce.client.kt import Alert
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
+from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
+from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
 from sottovoce.client.rooms.rules import display_name
@@ -77,10 +79,15 @@ def _notice_text(m: StoredMessage, me: str) -> str:
     return f"— {inviter} invited {invited} to '{safe(notice.name)}'"
 
 
-def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
+def message_line(
+    m: StoredMessage, me: str, *, room: bool = False, expires_at_ms: int = 0,
+    now_ms: int | None = None,
+) -> str:
     """One message as a line: ``12:01 alice: hello``, ``12:02 you → bob: hi ✓``.
 
     ``room``: a room's line has no addressee (``m.peer`` is the room id).
+    ``expires_at_ms``: a disappearing message ends with ``⏱ 59 min left``; a timer
+    message reads ``alice set disappearing messages to 1 min``.
     """
     when = clock(m.client_created_ms or m.local_at_ms)
     if m.status is DeliveryStatus.FAILED and not m.text:
@@ -88,11 +95,48 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
     if m.content_type == INVITE_CONTENT_TYPE:
         return f"{when} {_notice_text(m, me)}"
     who = "you" if m.sender == me else safe(m.sender)
+    if m.content_type == TIMER_CONTENT_TYPE:
+        return f"{when} — {timer_notice(who, m.text)}"
+    if expires_at_ms:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return f"{_line(m, when, who, room)} ⏱ {remaining(expires_at_ms, now)} left"
+    return _line(m, when, who, room)
+
+
+def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
     tick = f" {m.status.tick}" if m.outgoing else ""
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     if m.content_type == MISSED_CALL_CONTENT_TYPE:
         return f"{when} {who}{to}: ☎ {missed_call_line(m.text, outgoing=m.outgoing)}{tick}"
+    if m.content_type == FILE_CONTENT_TYPE:
+        return f"{when} {who}{to}: {file_line(m.text, m.message_id)}{tick}"
     return f"{when} {who}{to}: {_body(m.text)}{tick}"
+
+
+def size_text(size: int) -> str:
+    """``512 B``, ``3.1 KiB``, ``100.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def file_line(body: str, message_id: str) -> str:
+    """A file message: ``[image] cat.jpg (3.1 KiB, image/jpeg) id ABC`` (the id is what
+    ``sottovoce save`` takes)."""
+    try:
+        info = FileInfo.decode(body)
+    except DecodeError:
+        return "[file that cannot be read]"
+    extra = ""
+    if info.duration_ms is not None:
+        extra = f" {info.duration_ms // 60000}:{info.duration_ms // 1000 % 60:02d}"
+    return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
+            f"{safe(info.media_type)}) id {safe(message_id)}")
 
 
 def room_message_line(m: StoredMessage, me: str, label: str) -> str:
@@ -387,3 +431,16 @@ def kt_alerts(alerts: Sequence[Alert], program: str = "sottovoce") -> list[str]:
         lines.append(f"  [{when} UTC] {safe(a.kind)}: {safe(a.message)}")
     lines.append(f"  details: {program} kt status; when dealt with: {program} kt ack")
     return lines
+
+
+def kt_witness_warning(policy: WitnessPolicy | None, program: str = "sottovoce") -> list[str]:
+    """What every command prints while the device pins fewer witnesses than it requires
+    (a server with no witness): empty otherwise, and after an explicit opt-out."""
+    if policy is not WitnessPolicy.MISSING:
+        return []
+    return [
+        "KEY-TRANSPARENCY WARNING: no pinned witness can cosign the log, so no lookup "
+        "can be verified and every one is refused",
+        f"  pin an independent witness: {program} kt pin-witness VKEY; or opt out "
+        f"knowingly: {program} kt require 0",
+    ]

@@ -12,7 +12,8 @@ import argparse
 from collections.abc import Callable
 
 from sottovoce.cli import render
-from sottovoce.cli.session import CliError, Positional, subcommand, with_client
+from sottovoce.cli.options import Positional, subcommand
+from sottovoce.cli.session import CliError, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.rooms.model import CommitResult

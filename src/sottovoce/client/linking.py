@@ -47,21 +47,21 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import NotConnected
-from sottovoce.client.identity import LocalIdentity
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries
+from sottovoce.client.identity import DeviceKeys, LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.ports import LinkPort
+from sottovoce.client.rooms import ROOM_PREFIX
 from sottovoce.client.store import Contact, DeliveryStatus, KdfParams, Store, StoredMessage
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.kdf import Hash, hkdf_expand
 from sottovoce.crypto.rng import Random
-from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.errors import DecodeError, IdentityError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountKey,
     DeviceCertificate,
     DevicePublicKeys,
-    DeviceSigningKey,
     validate_device_id,
     validate_username,
 )
@@ -74,7 +74,6 @@ from sottovoce.identity.pake import (
     ShortCode,
 )
 from sottovoce.limits import LINK_MAX_MESSAGES, LINK_MESSAGE_MAX_BYTES
-from sottovoce.pairwise import OlmAccount
 from sottovoce.protocol import events as ev
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.protocol.link import (
@@ -317,9 +316,11 @@ def all_messages(after: Callable[[int], list[StoredMessage]]) -> Iterator[Stored
 
 def history_archive(store: Store) -> tuple[list[bytes], int]:
     """Every stored message, encoded, in parts that each fit one mailbox message; and how
-    many messages."""
+    many messages. Disappearing messages are left out: the archive has no place for
+    their expiry, and a copy that outlives its expiry is what a timer rules out."""
     w = Writer()
-    messages = list(all_messages(store.messages_after))
+    expiries = Expiries(store)
+    messages = [m for m in all_messages(store.messages_after) if not expiries.of(m.message_id)]
     w.vector_v(messages, _write_message)
     raw = w.getvalue()
     parts = [raw[i:i + _HISTORY_PART] for i in range(0, len(raw), _HISTORY_PART)] or [b""]
@@ -330,13 +331,23 @@ def history_archive(store: Store) -> tuple[list[bytes], int]:
     return parts, len(messages)
 
 
-def import_history(store: Store, raw: bytes) -> int:
+def import_history(store: Store, raw: bytes, username: str) -> int:
+    """Store the handed-over messages; the timer messages among them set each chat's
+    disappearing-message timer here too (the newest wins, as when they arrive)."""
     records: list[dict[str, Any]] = _read(raw, lambda r: r.vector_v(_read_message))
     added = 0
+    expiries = Expiries(store)
     with store.transaction():
         for rec in records:
             if store.add_message(**rec) is not None:
                 added += 1
+            if rec["content_type"] == TIMER_CONTENT_TYPE and rec["status"] is DeliveryStatus.SENT:
+                peer = rec["peer"]
+                chat = (peer if peer.startswith(ROOM_PREFIX)
+                        else ev.dm_conversation_id(username, peer))
+                with contextlib.suppress(DecodeError):
+                    expiries.apply(chat, rec["sender"], rec["message_id"],
+                                   rec["client_created_ms"], rec["text"].encode("utf-8"))
     return added
 
 
@@ -739,14 +750,8 @@ class NewDevice:
         data_dir: str, passphrase: str | bytes, kdf: KdfParams | None,
         on_wait: Callable[[], None],
     ) -> tuple[Client, LinkedDevice]:
-        rng = self.rng
-        device_key = DeviceSigningKey.generate(rng)
-        mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
-        olm = OlmAccount.create(username=self.username, device_id=self.device_id)
-        keys = DevicePublicKeys(signing_key=device_key.public,
-                                olm_identity_key=olm.identity_key,
-                                olm_signing_key=olm.signing_key,
-                                mls_signature_key=mls_key.verify_key.data)
+        new = DeviceKeys.generate(username=self.username, device_id=self.device_id, rng=self.rng)
+        keys = new.public
         name = _name(name) or self.name_hint or "new device"
         hello = Writer()
         hello.opaque8(name.encode("utf-8"))
@@ -759,8 +764,8 @@ class NewDevice:
         history = b"".join([sealed.open(await joiner.body(), HISTORY) for _ in range(parts)])
         identity = LocalIdentity(username=self.username, device_id=self.device_id,
                                  server_url=self.server_url, account_key=account_key,
-                                 device_key=device_key, certificate=cert, mls_key=mls_key)
-        client = await Client.enroll_linked(identity, olm, data_dir, passphrase, kdf=kdf,
+                                 device_key=new.device_key, certificate=cert, mls_key=new.mls_key)
+        client = await Client.enroll_linked(identity, new.olm, data_dir, passphrase, kdf=kdf,
                                             connector=self.connector)
         try:
             port = client.linking()
@@ -769,7 +774,7 @@ class NewDevice:
                     if contact.username != self.username:
                         port.store.put_contact(contact)
             DeviceNames(port.store).update({**names, self.device_id: name})
-            imported = import_history(port.store, history) if parts else 0
+            imported = import_history(port.store, history, self.username) if parts else 0
             await joiner.put(sealed.seal(READY, b""))
             added = _read(sealed.open(await joiner.body(), DONE), lambda r: r.u16())
             await joiner.close(None)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sottovoce.client.events import ClientEvent
+from sottovoce.client.expiry import Expiries
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
 from sottovoce.client.rooms.admin import RoomAdmin
 from sottovoce.client.rooms.audit import AuditLog
@@ -277,6 +278,18 @@ class RoomManager:
         """
         return await self._messages.send(self.get(ref), text)
 
+    async def send_record(self, ref: str, content_type: str, text: str) -> str:
+        """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
+        return await self._messages.send_record(self.get(ref), content_type, text)
+
+    async def send_timer(self, ref: str, body: str) -> str:
+        """Send a timer message (client/expiry.py) to the room."""
+        return await self._messages.send_timer(self.get(ref), body)
+
+    def use_expiries(self, expiries: Expiries) -> None:
+        """Share the client's expiry bookkeeping (one sweep task wakes for every path)."""
+        self._messages.expiries = expiries
+
     async def send_call_signal(self, ref: str, signal: bytes) -> str:
         """Send one room-call signal as an MLS application message of the room."""
         return await self._messages.send_call_signal(self.get(ref), signal)
@@ -289,9 +302,11 @@ class RoomManager:
     def carry_log_head(
         self, head: Callable[[], tuple[int, bytes] | None], sink: Callable[[str, int, bytes], None]
     ) -> None:
-        """Room messages carry ``head()`` (our transparency-log head) and hand each
-        member's head to ``sink`` (sender, size, root) to be compared."""
+        """Room messages and commits (external joins too) carry ``head()`` (our
+        transparency-log head) and hand each member's head to ``sink`` (sender, size,
+        root) to be compared."""
         self._messages.log_head, self._messages.on_log_head = head, sink
+        self._book.log_head = head
 
     def leaf_keys(self, ref: str) -> dict[Device, bytes]:
         """The room's member devices now, each with the signature key of its leaf

@@ -107,6 +107,24 @@ _APPEND_FUNCTION_V4 = _APPEND_HEAD.format(args=_V4_ARGS) + """\
     $fn$;
 """  # noqa: S608 -- constants only
 
+# The disappearing-messages version of sv_append_batch: as v4's, and each inbox row
+# also takes the send's expiry (0 in ``i_expires``: NULL, kept until read).
+_V4_BODY = _APPEND_FUNCTION_V4[len(_APPEND_HEAD.format(args=_V4_ARGS)):]
+_APPEND_FUNCTION_EXPIRY = _APPEND_HEAD.format(
+    args=_V4_ARGS + "\n        i_expires bigint[],"
+) + _V4_BODY.replace(
+    "INSERT INTO inbox(dev, seq, received_at, envelope, sender)",
+    "INSERT INTO inbox(dev, seq, received_at, envelope, sender, expires_at)",
+).replace(
+    "                   u.sd\n",
+    "                   u.sd, nullif(u.ex, 0)\n",
+).replace(
+    "unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender)\n"
+    "                 AS u(dv, di, r, ci, sr, pre, post, sd)",
+    "unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender, i_expires)\n"
+    "                 AS u(dv, di, r, ci, sr, pre, post, sd, ex)",
+)
+
 
 VERSIONS: tuple[Version, ...] = (
     Version(
@@ -555,6 +573,67 @@ VERSIONS: tuple[Version, ...] = (
         PRIMARY KEY(size, witness, ts)
     );
     """,
+    ),
+    Version(
+        "file blobs (storage/blobs.py): who uploaded each one, its sealed size and chunk"
+        " count, whether it is complete, when it expires, and the devices it is for (each"
+        " marked once it fetched it); the chunks themselves are files in the data directory",
+        sqlite="""
+    CREATE TABLE blobs(
+        blob_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        owner_device TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        chunks INTEGER NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX blobs_owner ON blobs(owner, expires_at);
+    CREATE INDEX blobs_expiry ON blobs(expires_at);
+    CREATE TABLE blob_recipients(
+        blob_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        fetched INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(blob_id, user_id, device_id)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE blobs(
+        blob_id text PRIMARY KEY,
+        owner text NOT NULL,
+        owner_device text NOT NULL,
+        size bigint NOT NULL,
+        chunks bigint NOT NULL,
+        complete bigint NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        expires_at bigint NOT NULL
+    );
+    CREATE INDEX blobs_owner ON blobs(owner, expires_at);
+    CREATE INDEX blobs_expiry ON blobs(expires_at);
+    CREATE TABLE blob_recipients(
+        blob_id text NOT NULL,
+        user_id text NOT NULL,
+        device_id text NOT NULL,
+        fetched bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY(blob_id, user_id, device_id)
+    );
+    """,
+    ),
+    Version(
+        "disappearing messages (docs/protocol.md): an inbox row may carry the expiry its"
+        " sender gave (NULL: none); replay never returns an expired row and the expiry"
+        " loop deletes them (PostgreSQL: sv_append_batch takes the expiries)",
+        sqlite="""
+    ALTER TABLE inbox ADD COLUMN expires_at INTEGER;
+    CREATE INDEX inbox_expires ON inbox(expires_at) WHERE expires_at IS NOT NULL
+    """,
+        postgres="""
+    ALTER TABLE inbox ADD COLUMN expires_at bigint;
+    CREATE INDEX inbox_expires ON inbox(expires_at) WHERE expires_at IS NOT NULL;
+    DROP FUNCTION sv_append_batch;
+    """ + _APPEND_FUNCTION_EXPIRY,
     ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,7 +23,16 @@ from sottovoce.kt.merkle import NodeId
 from sottovoce.kt.prover import KTStores, LogProof
 from sottovoce.limits import MAX_ACCOUNT_STATEMENTS
 from sottovoce.server.errors import StorageError
-from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
+from sottovoce.server.storage import (
+    accounts,
+    blobs,
+    inbox,
+    keypackages,
+    kt_pages,
+    prekeys,
+    room_writes,
+    rooms,
+)
 from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage import statements as statements_ops
 from sottovoce.server.storage.base import AccountRecord, Applied, ClaimedPrekey, Storage
@@ -190,6 +200,15 @@ class SharedStorage(Storage, Engine):
     ) -> tuple[bytes | None, dict[NodeId, bytes]]:
         return await self._read_op(kt_tables.log_part, size, since, cache)
 
+    async def kt_history_page(
+        self, user_id: str, size: int, start: int, limit: int, part: LogProof, budget: int,
+        cache: kt_tables.AppendCache | None,
+    ) -> bytes:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        return await self._read_op(kt_pages.page, self.kt_writer.vrf, user_id, size, start,
+                                   limit, part, budget, cache)
+
     async def kt_leaves(self, start: int, count: int) -> list[bytes]:
         return await self._read_op(kt_tables.leaves, start, count)
 
@@ -239,7 +258,29 @@ class SharedStorage(Storage, Engine):
     async def read_inbox(
         self, user_id: str, device_id: str, after_seq: int, limit: int
     ) -> list[tuple[int, str]]:
-        return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit)
+        now = time.time_ns() // 1_000_000
+        return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit, now)
+
+    # --- file blobs' metadata (storage/blobs.py; the chunks are files: server/blobs.py) ---
+
+    async def create_blob(
+        self, blob_id: str, owner: tuple[str, str], size: int, chunks: int,
+        recipients: Sequence[tuple[str, str]], now_ms: int, expires_at: int, quota: int,
+    ) -> blobs.BlobMeta:
+        return await self._write_op(blobs.create_blob, blob_id, owner[0], owner[1], size,
+                                    chunks, list(recipients), now_ms, expires_at, quota)
+
+    async def blob_meta(self, blob_id: str) -> blobs.BlobMeta | None:
+        return await self._read_op(blobs.blob_meta, blob_id)
+
+    async def complete_blob(self, blob_id: str) -> None:
+        await self._write_op(blobs.complete_blob, blob_id, atomic=False)
+
+    async def blob_fetched(self, blob_id: str, user_id: str, device_id: str) -> bool:
+        return await self._write_op(blobs.blob_fetched, blob_id, user_id, device_id)
+
+    async def expire_blobs(self, now_ms: int, limit: int) -> list[str]:
+        return await self._write_op(blobs.expire_blobs, now_ms, limit)
 
 
 class SharedRooms(RoomStorage, Engine):
