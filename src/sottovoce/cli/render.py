@@ -37,6 +37,7 @@ from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
+from sottovoce.client.rooms.rules import display_name
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
@@ -176,10 +177,14 @@ def still_queued(count: int) -> str:
 
 
 def room_row(room: Room) -> str:
-    """``team  room:…  epoch 2  members: alice, bob`` (the id once when it has no name)."""
+    """``team  room:…  epoch 2  members: alice, bob``: the room's shared name (the id
+    once when it has none), then ``[label]`` when this device calls it otherwise."""
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
-    name = "" if room.label == room.room_id else f"{safe(room.label)}  "
+    shown = display_name(room)  # the shared name; this device's label before names
+    name = "" if shown == room.room_id else f"{safe(shown)}  "
+    if room.label not in (shown, room.room_id):
+        name = f"{safe(shown)} [{safe(room.label)}]  "
     return f"{name}{room.room_id}  {state}  members: {members}"
 
 

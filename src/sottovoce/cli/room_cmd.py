@@ -1,9 +1,10 @@
-"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`.
+"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`
+(`room call` and `room members|rename|topic|promote|demote|leave` have their own modules).
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
-everything the room missed, does its one thing and closes. ROOM is the local
-name given at ``room create`` (names stay on this device) or the room id
+everything the room missed, does its one thing and closes. ROOM is the room's
+name on this device (its shared name, or a label of this device's) or the room id
 (``room:`` + 32 hex digits) that ``room list`` shows.
 """
 
@@ -228,7 +229,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
-        return [render.room_row(room) for room in client.rooms.all()]
+        # A room this device left or was removed from is no longer listed.
+        return [render.room_row(room) for room in client.rooms.all() if not room.removed]
 
     rows = with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED)
     print("\n".join(rows) if rows else "no rooms yet (sottovoce room create NAME)")
@@ -251,9 +253,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is the room's name on this device (the one you gave it, or the one "
-            "your inviter gave it), the same with a '#' in front as `chat` takes it, or its "
-            "id (room:…) as `room list` shows it. The server never sees a room's name."
+            "message. ROOM is the room's shared name (`room rename`), this device's own label "
+            "for it, the same with a '#' in front as `chat` takes it, or its id (room:…) as "
+            "`room list` shows it. The shared name, topic and admins live in the room's MLS "
+            "group context, which the server reads to check commits against the room's rules."
         ),
         example=(
             "  sottovoce room create friends && sottovoce room invite friends bob\n"
@@ -265,13 +268,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "create",
         help="make a room with you as its only member",
         description=(
-            "Make a new room with you as its only member. NAME is how this device names it; "
-            "the server never sees it, and people you invite receive it inside the room's "
-            "encryption."
+            "Make a new room with you as its only member and its admin. NAME becomes the "
+            "room's shared name: every member sees it, and so does the server (it is in the "
+            "room's group context, with the admins)."
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
-        args=[("NAME", "the room's local name")],
+        args=[("NAME", "the room's shared name")],
     )
     subcommand(
         rs,
@@ -290,8 +293,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         rs,
         "remove",
-        help="remove every device of USER from ROOM",
-        description="Commit the removal of USER's devices; they cannot read anything later.",
+        help="remove every device of USER from ROOM (admins only)",
+        description="Commit the removal of USER's devices; they cannot read anything later. "
+                    "Only a room admin may remove another account; the server refuses "
+                    "anyone else's commit.",
         example="  sottovoce room remove friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_remove,
         args=[ROOM, USER],
@@ -409,16 +414,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_info,
         args=[ROOM],
     )
-    from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
+    from sottovoce.cli import room_admin_cmd, room_call_cmd  # in their own modules
 
     room_call_cmd.add_command(rs)
+    room_admin_cmd.add_command(rs)
     p = subcommand(
         rs,
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: name (when it has one), id, epoch and "
-            "members. Connects first, so rooms you were invited to meanwhile are listed."
+            "Rooms on this device, one per line: the room's shared name (then, in [ ], "
+            "this device's own name for it when that differs), id, epoch and members (rooms "
+            "you left or were removed from are not listed). Connects first, so rooms you "
+            "were invited to meanwhile are listed."
         ),
         example="  sottovoce room list --data-dir ~/.sottovoce-alice",
         func=cmd_list,

@@ -88,11 +88,12 @@ class RoomJoined:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomInvited:
-    """A member told us, inside the room's encryption, who invited us and the room's name.
+    """A member told us, inside the room's encryption, that it invited us.
 
-    ``label`` is the local name this device now uses for the room (the inviter's
-    name for it, unless another room here already has that name); ``inviter`` is
-    the authenticated sender of the notice.
+    ``name`` is the room's shared name (the inviter's name for a room made before
+    shared names); ``label`` is the local name this device now uses for the room
+    (that name, unless another room here already has it); ``inviter`` is the
+    authenticated sender of the notice.
     """
 
     room_id: str

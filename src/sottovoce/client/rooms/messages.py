@@ -44,12 +44,15 @@ from sottovoce.client.rooms.model import (
     RoomFrame,
     device_of,
 )
+from sottovoce.client.rooms.proposals import keep
+from sottovoce.client.rooms.rules import profile
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.limits import ROOM_SEND_RETRIES
 from sottovoce.mls.group import ApplicationMessage
+from sottovoce.mls.proposals import QueuedProposal
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
@@ -91,6 +94,8 @@ class RoomMessages:
         #: a member's head goes to ``on_log_head`` (sender, size, root) to be compared.
         self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
+        #: Told of a room whose members sent a proposal (a member leaving): commit it.
+        self.on_proposal: Callable[[Room], None] | None = None
         #: Disappearing messages: each message's expiry, the room's timer changes.
         self.expiries = Expiries(self._store)
 
@@ -261,6 +266,18 @@ class RoomMessages:
     # Receiving (inside the client's batch transaction; no awaits)
     # =========================================================================
 
+    def _take_proposal(self, room: Room, frame: RoomFrame, sender_ok: bool) -> None:
+        """A member's proposal (a Remove of its own leaves: it leaves the room), now in the
+        group's cache: kept as sent, for the commit that covers it to carry, and the
+        commit is started (protocol/room_rules.py)."""
+        if not sender_ok:
+            raise RemoteError("the room proposal's sender is not the envelope's")
+        if room.group is not None:
+            keep(self._store, room.room_id, room.group.epoch, frame.ciphertext)
+        if self.on_proposal is not None:
+            sink = self.on_proposal
+            self._book.after.append(lambda: sink(room))
+
     def apply_message(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         if self._store.has_message(frame.message_id):
             self._own_call_signal(room, frame)
@@ -275,6 +292,9 @@ class RoomMessages:
             if group is None:
                 raise RemoteError("not a member")
             processed = group.process_message(frame.ciphertext, now_ms=now_ms())
+            if isinstance(processed.content, QueuedProposal):
+                self._take_proposal(room, frame, device_of(processed.credential) == sender)
+                return
             if not isinstance(processed.content, ApplicationMessage):
                 raise RemoteError("a message frame holds no application message")
             who = device_of(processed.credential)
@@ -359,15 +379,18 @@ class RoomMessages:
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
     ) -> None:
-        """We were invited: name the room as the inviter does, unless we named it already."""
+        """We were invited: name the room by its shared name (protocol/room_rules.py; the
+        inviter's name for a room made before names), unless we named it already."""
+        shared = profile(room)
+        name = notice.name if shared is None else shared.name
         if room.label == room.room_id:
 
             def taken(label: str) -> bool:
                 return any(r != room.room_id for r in self._store.rooms_by_label(label))
 
-            room.label = free_label(notice.name, taken)
+            room.label = free_label(name, taken)
             self._store.set_room_label(room.room_id, room.label)
             self._book.touched.add(room.room_id)
         events.append(
-            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+            RoomInvited(room_id=room.room_id, label=room.label, name=name, inviter=inviter)
         )
