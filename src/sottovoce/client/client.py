@@ -46,6 +46,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.conversation import Controls
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
@@ -201,6 +202,9 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
+        #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
+        self.controls = Controls(store=store, direct=self._direct, rooms=self.rooms,
+                                 username=self.username, spawn=self._spawn)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by
@@ -980,6 +984,7 @@ class Client:
             self.rooms.discard_unflushed()
             raise
         self.rooms.after_batch()
+        self.controls.after_batch(events, received)
         if self._room_calls is not None:
             self._room_calls.rooms_changed()
         if any(isinstance(item, _Ack) for item in batch):

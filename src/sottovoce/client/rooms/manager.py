@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import ControlHook
 from sottovoce.client.events import ClientEvent
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
 from sottovoce.client.rooms.audit import AuditLog
@@ -239,6 +240,14 @@ class RoomManager:
         idempotencyKey, as 1:1 sends do (``client.wait_sent`` waits for the ack).
         """
         return await self._messages.send(self.get(ref), text)
+
+    async def send_control(self, ref: str, content_type: str, body: bytes, text: str) -> str:
+        """Send a control message (client/control.py) in the room, like a message."""
+        return await self._messages.send_control(self.get(ref), content_type, body, text)
+
+    def set_controls(self, hook: ControlHook) -> None:
+        """Where the room's control payloads go (client/conversation.py)."""
+        self._messages.controls = hook
 
     async def send_call_signal(self, ref: str, signal: bytes) -> str:
         """Send one room-call signal as an MLS application message of the room."""

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
 from sottovoce.client.ids import new_id, now_ms
@@ -58,8 +59,9 @@ from sottovoce.secret import Secret
 #: like any other, so the server cannot tell it from a chat message.
 ROOM_CALL_CONTENT_TYPE = "room-call"
 _CALL_SIGNAL_TEXT = "(call signal)"
-#: Payloads kept beside the room, out of its history, their body sealed in the store.
-_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE})
+#: Payloads kept beside the room, out of its history, their body sealed in the store
+#: (with the control messages of client/control.py but a reply, which is shown).
+_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE}) | MARKER_TYPES
 #: (room id, authenticated sender, signal): a decrypted room-call signal, in room order.
 CallSignalSink = Callable[[str, Device, bytes], None]
 
@@ -90,6 +92,8 @@ class RoomMessages:
         #: a member's head goes to ``on_log_head`` (sender, size, root) to be compared.
         self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
+        #: Control payloads (client/control.py) go here; without it they are dropped.
+        self.controls: ControlHook | None = None
 
     # =========================================================================
     # Sending
@@ -113,6 +117,10 @@ class RoomMessages:
         return await self._queue(
             room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
         )
+
+    async def send_control(self, room: Room, content_type: str, body: bytes, text: str) -> str:
+        """Queue a control message (client/control.py); ``text``: what history shows."""
+        return await self._queue(room, content_type, body, text)
 
     async def send_call_signal(self, room: Room, signal: bytes) -> str:
         """Queue one room-call signal; it reaches ``on_call_signal`` of every member
@@ -185,6 +193,8 @@ class RoomMessages:
             if body is None:
                 raise UsageError("a queued control message lost its body")
             return body
+        if stored.content_type in CONTROL_TYPES and self.controls is not None:
+            return self.controls.body_of(stored)  # a reply: rebuilt from its text
         return stored.text.encode("utf-8")
 
     def on_stale_send(self, message_id: str, room_id: str, details: dict[str, Any]) -> None:
@@ -276,6 +286,8 @@ class RoomMessages:
             elif content_type == ROOM_CALL_CONTENT_TYPE:
                 text = _CALL_SIGNAL_TEXT
                 self._hand_call_signal(room.room_id, sender, payload.body)
+            elif content_type in CONTROL_TYPES:
+                text = self._control(room, frame, payload, events)
             else:
                 text = payload.body.decode("utf-8")
                 if content_type == INVITE_CONTENT_TYPE:
@@ -305,6 +317,24 @@ class RoomMessages:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))
             if notice is not None and notice.invited == self._book.username and not own:
                 self._take_invitation(room, notice, frame.sender_user, events)
+
+    def _control(
+        self, room: Room, frame: RoomFrame, payload: Payload, events: list[ClientEvent]
+    ) -> str:
+        """A control payload, applied by ``controls``: a reply's text, or "" (a marker)."""
+        if self.controls is None:
+            return ""
+        shown = self.controls.incoming(
+            Incoming(
+                conversation=room.room_id, room=True, message_id=frame.message_id,
+                sender=frame.sender_user, sender_device=frame.sender_device,
+                own=frame.sender_user == self._book.username,
+                content_type=payload.content_type, body=payload.body,
+                created_ms=payload.created_at_ms,
+            ),
+            events,
+        )
+        return "" if shown is None else shown
 
     def _hand_call_signal(self, room_id: str, sender: Device, signal: bytes) -> None:
         """After the batch is stored (the controller awaits nothing of the store), in
