@@ -7,7 +7,7 @@
              ──► the rule: an edit or delete only from the target's authenticated
                  sender, a reaction or receipt counted for its authenticated sender
              ──► ctl_* tables (client/store_control.py); a ``MessageUpdated`` event
-    after a batch: a delivered receipt per conversation for the messages it stored
+    after a batch: a live delivered receipt per 1:1 chat for the messages it stored
     history shown: ``mark_read`` sends one read receipt for what was not read yet
 
 A control message whose target is not (yet) here, or that breaks a rule, is
@@ -18,6 +18,7 @@ naming it, so only a forged or damaged one meets that.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -31,9 +32,7 @@ from sottovoce.client.direct import DirectMessages
 from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     ClientEvent,
-    DeliveryStateChanged,
     MessageUpdated,
-    RoomMessageReceived,
     TypingStarted,
 )
 from sottovoce.client.ids import now_ms
@@ -99,6 +98,9 @@ class Controls:
         self._typing_sent: dict[str, float] = {}
         #: (conversation, user) -> when their typing notice stops showing (ms).
         self._typing_until: dict[tuple[str, str], int] = {}
+        self._in_flight = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
         direct.controls = self
         rooms.set_controls(self)
 
@@ -256,9 +258,7 @@ class Controls:
             return None
         self._typing_sent[chat] = time.monotonic()
         try:
-            return await self._direct.send_control(
-                chat, c.TYPING, c.typing_body(), "", ephemeral=True
-            )
+            return await self._direct.send_live(chat, c.typing_body(), c.TYPING)
         except (NotConnected, ServerError):
             return None
 
@@ -397,11 +397,6 @@ class Controls:
             kind = KIND_READ if receipt.kind == c.READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
-            if target.status is DeliveryStatus.SENT:
-                self._store.set_status(to, DeliveryStatus.DELIVERED)
-                events.append(DeliveryStateChanged(
-                    message_id=to, peer=item.conversation, status=DeliveryStatus.DELIVERED
-                ))
             events.append(MessageUpdated(conversation=item.conversation, message_id=to))
 
     def _apply_edit(self, to: str, edit_id: str, text: str, at_ms: int) -> None:
@@ -435,26 +430,41 @@ class Controls:
     # =========================================================================
 
     def after_batch(self, events: list[ClientEvent], received: list[str]) -> None:
-        """Send one delivered receipt per conversation for the messages just stored."""
-        fresh: dict[tuple[str, bool], list[str]] = {}
+        """Send one delivered receipt per 1:1 chat for the messages just stored.
+
+        It travels live (never stored by the server, no place in the chat's order):
+        a sender with no device online misses it, and the read receipt, which is
+        stored, says more later. Rooms have none (they show "read by N")."""
+        fresh: dict[str, list[str]] = {}
         for message_id in received:
             stored = self._store.get_message(message_id)
             if stored is not None and stored.sender != self.username:
-                fresh.setdefault((stored.peer, False), []).append(message_id)
-        for event in events:
-            if isinstance(event, RoomMessageReceived) and event.message.sender != self.username:
-                fresh.setdefault((event.room_id, True), []).append(event.message.message_id)
-        for (chat, room), ids in fresh.items():
-            self._spawn(self._deliver(chat, room, ids))
+                fresh.setdefault(stored.peer, []).append(message_id)
+        for chat, ids in fresh.items():
+            self._in_flight += 1
+            self._settled.clear()
+            self._spawn(self._deliver(chat, ids))
 
-    async def _deliver(self, chat: str, room: bool, ids: list[str]) -> None:
-        for i in range(0, len(ids), c.MAX_RECEIPT_IDS):
-            body = c.Receipt(kind=c.DELIVERED, ids=tuple(ids[i : i + c.MAX_RECEIPT_IDS])).encode()
-            try:
-                await self._send(chat, room, c.RECEIPT, body, "" if room else body.decode())
-            except SottovoceError as exc:  # best effort: the message itself is stored
-                log.info("delivered receipt not sent: %s", type(exc).__name__)
-                return
+    async def _deliver(self, chat: str, ids: list[str]) -> None:
+        try:
+            for i in range(0, len(ids), c.MAX_RECEIPT_IDS):
+                chunk = tuple(ids[i : i + c.MAX_RECEIPT_IDS])
+                body = c.Receipt(kind=c.DELIVERED, ids=chunk).encode()
+                await self._direct.send_live(chat, body, c.RECEIPT)
+        except SottovoceError as exc:  # best effort: the message itself is stored
+            log.info("delivered receipt not sent: %s", type(exc).__name__)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait until the delivered receipts under way are sent (before closing)."""
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def body_of(self, stored: StoredMessage) -> bytes:
         """See :class:`~sottovoce.client.control.ControlHook`."""

@@ -308,27 +308,38 @@ class DirectMessages:
 
         The server wants a ciphertext for every device of ``username`` and each other
         device of ours; a device without a signal gets an empty call payload, so the
-        relay cannot tell which device a signal is for. Nothing is stored, here or
-        there. Raises ``ServerError`` (``recipient_offline`` ...) or ``NotConnected``;
-        a device list that moved meanwhile is looked up again once.
+        relay cannot tell which device a signal is for. See :meth:`send_live`.
         """
+        await self.send_live(username, bodies, CALL_CONTENT_TYPE)
+
+    async def send_live(
+        self, username: str, bodies: Mapping[Device, bytes] | bytes, content_type: str
+    ) -> str:
+        """An ephemeral send (call signals, typing, delivered receipts): relayed to the
+        devices online, stored nowhere, here or there; ``bodies`` per device, or one
+        body for all. Returns its messageId; raises ``ServerError`` (``recipient_offline``
+        ...) or ``NotConnected``; a device list that moved meanwhile is looked up again once.
+        """
+        message_id = new_id()
         for attempt in range(2):
             async with self._send_lock:
                 targets = await self._directory.targets(username, refresh=attempt > 0)
                 send = self._send_event(
-                    username, targets, new_id(), new_id(), now_ms(), bodies,
-                    content_type=CALL_CONTENT_TYPE, ephemeral=True,
+                    username, targets, message_id, new_id(), now_ms(),
+                    {t: bodies for t in targets} if isinstance(bodies, bytes) else bodies,
+                    content_type=content_type, ephemeral=True,
                 )
                 with self._store.transaction():
                     self._sessions.flush()  # the ratchets moved, sent or not
             if len(send.to_frame(request_id="r")) > MAX_FRAME_BYTES:
-                raise UsageError("call signal too large for this many devices")
+                raise UsageError("signal too large for this many devices")
             try:
                 await self._link.request(send, frozenset({ev.SEND_ACK}))
-                return
+                break
             except ServerError as exc:
                 if exc.code != "device_mismatch" or attempt:
                     raise
+        return message_id
 
     async def send_unsent(self) -> None:
         """After a connection comes up: the messages queued offline go out (errors raise)."""

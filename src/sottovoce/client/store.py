@@ -182,7 +182,7 @@ def _passphrase_bytes(passphrase: str | bytes) -> bytes:
 class DeliveryStatus(enum.IntEnum):
     SENDING = 0  # in the outbox, no server ack yet
     SENT = 1  # ✓  the server acknowledged a durable write
-    DELIVERED = 2  # ✓✓ a device of the recipient stored it (a delivery receipt)
+    DELIVERED = 2  # ✓✓ (unused here: client.controls.view shows receipts)
     FAILED = 3  # the server refused it for good, or it could not be decrypted
 
     @property
