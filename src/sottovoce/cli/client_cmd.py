@@ -24,6 +24,7 @@ from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
+    DRAIN_TIMEOUT_S,
     CliError,
     Connect,
     Positional,
@@ -179,7 +180,10 @@ def cmd_account_delete(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     async def work(client: Client) -> int | None:
-        message_id = await client.send_text(args.name, args.text)
+        if args.reply_to:
+            message_id = await client.controls.reply(args.name, args.reply_to, args.text)
+        else:
+            message_id = await client.send_text(args.name, args.text)
         if not client.connected:
             return None
         try:
@@ -296,7 +300,11 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
         me = client.username
-        return [render.message_line(m, me) for m in client.history(args.name, limit=args.limit)]
+        views = client.controls.history(args.name, limit=args.limit)
+        if client.connected:  # shown: a read receipt (unless off), delivered ones first
+            await client.controls.settle(DRAIN_TIMEOUT_S)
+            await client.controls.mark_read(args.name)
+        return [render.view_line(v, me, ids=args.ids) for v in views]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:
@@ -422,6 +430,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 OTHER_USER: Positional = ("NAME", "the other user")
+IDS_HELP = "start each line with the first characters of the message's id (to edit, delete, "\
+    "react or --reply-to)"
 
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
@@ -520,6 +530,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         example="  sottovoce send bob 'hello bob' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
         args=[("NAME", "the recipient's username"), ("TEXT", "the message")],
+    ).add_argument(
+        "--reply-to", metavar="ID",
+        help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
     subcommand(
         sub,
@@ -563,13 +576,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="print the messages and calls with NAME from the local store",
         description=(
             "Connect if the server is there (to store what arrived), then print the last "
-            "messages with NAME, missed calls included, oldest first."
+            "messages with NAME, missed calls included, oldest first: replies with the line "
+            "they quote, \"(edited)\", '[deleted]', reactions with their counts, and your "
+            "messages' state (… sending, ✓ stored by the server, ✓✓ delivered, read). When "
+            "connected, NAME then gets a read receipt (see account settings)."
         ),
         example="  sottovoce history bob --data-dir ~/.sottovoce-alice",
         func=cmd_history,
         args=[OTHER_USER],
         options=history_options,
-    )
+    ).add_argument("--ids", action="store_true", help=IDS_HELP)
     verify = subcommand(
         sub,
         "verify",

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.device_cmd",
     "sottovoce.cli.revoke_cmd",
     "sottovoce.cli.room_cmd",
+    "sottovoce.cli.control_cmd",
     "sottovoce.cli.call_cmd",
     "sottovoce.cli.recorder_cmd",
     "sottovoce.cli.audit_cmd",
@@ -39,15 +40,18 @@ COMMAND_MODULES = (
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
 _REVOKE = "sottovoce.cli.revoke_cmd"
+_CONTROL = "sottovoce.cli.control_cmd"
 #: The modules that declare each top-level command, in COMMAND_MODULES order (``revoke``
-#: adds to the ``account`` and ``device`` groups, so it needs the modules that make them).
+#: adds to the ``account`` and ``device`` groups, so it needs the modules that make them;
+#: so do ``account settings`` and ``room edit|delete|react``).
 COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "demo": ("sottovoce.cli.demo",),
     "server": ("sottovoce.cli.server_cmd",),
     **dict.fromkeys(("send", "listen", "chat", "history", "verify"), (_CLIENT,)),
-    "account": (_CLIENT, _REVOKE),
+    "account": (_CLIENT, _REVOKE, _CONTROL),
     "device": (_CLIENT, _DEVICE, _REVOKE),
-    "room": ("sottovoce.cli.room_cmd",),
+    "room": ("sottovoce.cli.room_cmd", _CONTROL),
+    **dict.fromkeys(("edit", "delete", "react"), (_CONTROL,)),
     **dict.fromkeys(("call", "answer", "decline"), ("sottovoce.cli.call_cmd",)),
     "recorder": ("sottovoce.cli.recorder_cmd",),
     "audit": ("sottovoce.cli.audit_cmd",),

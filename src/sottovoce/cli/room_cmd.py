@@ -123,7 +123,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     async def work(client: Client) -> tuple[str, bool]:
         room = client.rooms.get(room_ref(args.room))
         # Online, rooms.send waits for the ✓ itself; offline (or a slow ack) it is queued.
-        message_id = await client.rooms.send(room.room_id, args.text)
+        if args.reply_to:
+            message_id = await client.controls.reply(
+                room.room_id, args.reply_to, args.text, room=True
+            )
+        else:
+            message_id = await client.rooms.send(room.room_id, args.text)
         stored = client.message(message_id)
         return room.label, stored is not None and stored.status is DeliveryStatus.SENT
 
@@ -137,11 +142,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
-        me = client.username
-        return [
-            render.message_line(m, me, room=True)
-            for m in client.rooms.history(room_ref(args.room), limit=args.limit)
-        ]
+        me, ref = client.username, room_ref(args.room)
+        views = client.controls.history(ref, room=True, limit=args.limit)
+        if client.connected:  # shown: a read receipt to the room (unless off)
+            await client.controls.mark_read(ref, room=True)
+        return [render.view_line(v, me, room=True, ids=args.ids) for v in views]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
         print(line)
@@ -315,16 +320,28 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         example="  sottovoce room send friends 'hello all' --data-dir ~/.sottovoce-alice",
         func=cmd_send,
         args=[ROOM, ("TEXT", None)],
+    ).add_argument(
+        "--reply-to", metavar="ID",
+        help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
     subcommand(
         rs,
         "history",
         help="print ROOM's messages from the local store (after catching up)",
-        description="Connect, store what arrived, then print the room's last messages.",
+        description=(
+            "Connect, store what arrived, then print the room's last messages (replies with "
+            "the line they quote, \"(edited)\", '[deleted]', reactions with their counts, "
+            "and 'read by N' on yours); the room then gets a read receipt (see account "
+            "settings)."
+        ),
         example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,
         args=[ROOM],
         options=history_options,
+    ).add_argument(
+        "--ids", action="store_true",
+        help="start each line with the first characters of the message's id (to edit, "
+        "delete, react or --reply-to)",
     )
     subcommand(
         rs,
