@@ -555,7 +555,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="chat with a person (NAME) or in a room ('#ROOM') in a terminal UI",
         description=(
             "A full-screen chat: history from the local store, an input line, delivery "
-            "ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll (older "
+            "ticks (… sending, ✓ stored by the server, ✓✓ delivered, read), edits, "
+            "deletes and reactions as they come, typing notices (1:1; see account settings), "
+            "PageUp/PageDown to scroll (older "
             "messages load at the top), Ctrl-S for the safety number, F5 to call NAME or "
             "accept a ringing call, F6 to decline or hang up, Ctrl-Q or Ctrl-C to quit. "
             "NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "

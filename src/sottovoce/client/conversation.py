@@ -274,7 +274,7 @@ class Controls:
 
     def view(self, message: StoredMessage) -> MessageView:
         state = self._db.state(message.message_id)
-        deleted = state.deleted == DELETED_FOR_EVERYONE
+        deleted = state.deleted != 0  # for everyone, or here (a screen still showing it)
         quote = None
         if state.reply_to is not None:
             quoted = self._store.get_message(state.reply_to)
