@@ -194,6 +194,9 @@ async def test_room_read_by_n_edits_forgery_and_delete(
         await bob.controls.mark_read(room.room_id, room=True)
         await carol.controls.mark_read(room.room_id, room=True)
         await until(alice, lambda: state(alice, "team", mid, True) == "read by 2")
+        # Typing in a room: live over 1:1 to each member, shown as the room's.
+        assert await bob.controls.typing(room.room_id, room=True) is not None
+        await until(carol, lambda: carol.controls.typing_now(room.room_id, room=True) == ["bob"])
         # Bob forges edits and deletes of alice's message: nobody applies them.
         for kind, body in ((c.EDIT, c.Quote(to=mid, text="forged").encode()),
                            (c.DELETE, c.Delete(to=mid).encode())):

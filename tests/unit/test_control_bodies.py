@@ -30,7 +30,10 @@ def test_bodies_round_trip_as_compact_versioned_json() -> None:
     assert c.Reaction.decode(reaction.encode()) == reaction
     receipt = c.Receipt(kind=c.READ, ids=(MID, MID[:-1] + "B"))
     assert c.Receipt.decode(receipt.encode()) == receipt
-    c.check_typing(c.typing_body())
+    assert c.read_typing(c.typing_body()) is None
+    room = "room:" + "0f" * 16
+    assert c.typing_body(room) == f'{{"v":1,"room":"{room}"}}'.encode()
+    assert c.read_typing(c.typing_body(room)) == room
 
 
 @pytest.mark.parametrize(
@@ -52,7 +55,8 @@ def test_bodies_round_trip_as_compact_versioned_json() -> None:
          '{"v":1,"kind":"read","ids":[' + ",".join(['"' + MID + '"'] * 201) + "]}",
          "too many"),
         (c.Delete.decode, '{"v":2,"to":"' + MID + '"}', "version"),
-        (c.check_typing, '{"v":1,"text":"hi"}', "wrong fields"),
+        (c.read_typing, '{"v":1,"text":"hi"}', "wrong fields"),
+        (c.read_typing, '{"v":1,"room":"room:../../x"}', "malformed room id"),
     ],
 )
 def test_malformed_bodies_are_refused(decode: object, body: str, why: str) -> None:

@@ -556,7 +556,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "A full-screen chat: history from the local store, an input line, delivery "
             "ticks (… sending, ✓ stored by the server, ✓✓ delivered, read), edits, "
-            "deletes and reactions as they come, typing notices (1:1; see account settings), "
+            "deletes and reactions as they come, typing notices (see account settings), "
             "PageUp/PageDown to scroll (older "
             "messages load at the top), Ctrl-S for the safety number, F5 to call NAME or "
             "accept a ringing call, F6 to decline or hang up, Ctrl-Q or Ctrl-C to quit. "

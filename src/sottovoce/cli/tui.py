@@ -12,8 +12,8 @@
 Events from the client only say *when* to look; every line shown is read
 back from the store, so the screen shows exactly what is stored (with what
 control messages did to it: client/conversation.py). Showing a peer's message
-sends a read receipt (unless they are off); typing in a 1:1 chat sends a
-typing notice, and the peer's shows as a notification.
+sends a read receipt (unless they are off); typing sends a typing notice,
+and others' show as a notification.
 
 `sottovoce chat '#ROOM'` opens a room the same way: history from the store
 (conversation = room id), one MLS message per line typed, the members in the
@@ -402,9 +402,11 @@ class ChatApp(App[int]):
     # --- actions --------------------------------------------------------------
 
     async def on_input_changed(self, event: Input.Changed) -> None:
-        """Typing in a 1:1 chat: a typing notice (at most one per 3 s; never stored)."""
-        if event.value and self.room_id is None:
-            self.run_worker(self.client.controls.typing(self.peer), group="typing")
+        """Typing: a typing notice (at most one per 3 s; never stored by the server)."""
+        if event.value and self.client.connected:
+            room = self.room_id is not None
+            self.run_worker(self.client.controls.typing(self._conversation, room=room),
+                            group="typing")
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()

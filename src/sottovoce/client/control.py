@@ -11,7 +11,7 @@ so the relay cannot tell a receipt from a chat line. The bodies are compact JSON
     delete    {"v":1,"to":ID}                   delete ID for everyone (its sender only)
     reaction  {"v":1,"to":ID,"emoji":E,"on":B}  add (on) or remove one emoji
     receipt   {"v":1,"kind":"delivered"|"read","ids":[ID,...]}
-    typing    {"v":1}                           ephemeral, never stored by the server
+    typing    {"v":1} or {"v":1,"room":ROOMID}  live only, never stored by the server
 
 Every field from a peer is checked here (types, lengths, ids shaped like ids);
 the *rules* (who may edit what) are applied by :mod:`sottovoce.client.conversation`
@@ -152,12 +152,25 @@ class Receipt:
         return cls(kind=data["kind"], ids=tuple(check_id(i) for i in ids))
 
 
-def typing_body() -> bytes:
-    return json_body().encode("utf-8")
+_ROOM_ID = re.compile(r"room:[0-9a-f]{32}")
 
 
-def check_typing(body: bytes) -> None:
-    read_json_body(body, (), "a typing notice")
+def typing_body(room_id: str | None = None) -> bytes:
+    """A typing notice: in the 1:1 chat it travels in, or in room ``room_id`` (a room
+    has no ephemeral path, so its notice goes live over 1:1 to each member)."""
+    return (json_body() if room_id is None else json_body(room=room_id)).encode("utf-8")
+
+
+def read_typing(body: bytes) -> str | None:
+    """The room a typing notice is for, or ``None`` for its 1:1 chat."""
+    try:
+        read_json_body(body, (), "a typing notice")
+        return None
+    except DecodeError:
+        room = read_json_body(body, ("room",), "a typing notice")["room"]
+    if not isinstance(room, str) or _ROOM_ID.fullmatch(room) is None:
+        raise DecodeError("a typing notice names a malformed room id")
+    return room
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -55,6 +55,8 @@ _SETTINGS = "control-settings"
 TYPING_INTERVAL_S = 3.0
 #: A typing notice shows for this long unless another one follows.
 TYPING_SHOWN_S = 6.0
+#: A room with more users than this gets no typing notices (one live send per user).
+TYPING_MAX_MEMBERS = 32
 #: How far back ``mark_read`` and id prefixes look.
 RECENT = 500
 _SHOWN_TYPES = ("text", c.REPLY)
@@ -247,26 +249,38 @@ class Controls:
                 self._db.mark_read_sent(chunk)
         return len(unread)
 
-    async def typing(self, chat: str) -> str | None:
-        """Tell ``chat`` (a user) that we are typing: ephemeral, never stored by the
-        server, at most one per ``TYPING_INTERVAL_S``. Returns the notice's id, or
-        ``None`` if none was sent (off, too soon, offline, or the peer is offline)."""
-        last = self._typing_sent.get(chat)
+    async def typing(self, chat: str, *, room: bool = False) -> str | None:
+        """Tell ``chat`` that we are typing: live, never stored by the server, at most
+        one per ``TYPING_INTERVAL_S``. Returns the notice's id (in a room, of one of
+        the per-member notices), or ``None`` if none was sent (off, too soon, offline,
+        nobody online, a room of more than ``TYPING_MAX_MEMBERS`` users)."""
+        conversation = self._conversation(chat, room)
+        last = self._typing_sent.get(conversation)
         if not self.settings.typing or (
             last is not None and time.monotonic() - last < TYPING_INTERVAL_S
         ):
             return None
-        self._typing_sent[chat] = time.monotonic()
+        self._typing_sent[conversation] = time.monotonic()
+        if not room:
+            return await self._typing_to(chat, c.typing_body())
+        users = sorted({u for u, _ in self._rooms.get(chat).members()} - {self.username})
+        if len(users) > TYPING_MAX_MEMBERS:
+            return None
+        body = c.typing_body(conversation)
+        sent = await asyncio.gather(*(self._typing_to(u, body) for u in users))
+        return next((s for s in sent if s is not None), None)
+
+    async def _typing_to(self, user: str, body: bytes) -> str | None:
         try:
-            return await self._direct.send_live(chat, c.typing_body(), c.TYPING)
+            return await self._direct.send_live(user, body, c.TYPING)
         except (NotConnected, ServerError):
             return None
 
-    def typing_now(self, chat: str) -> list[str]:
-        """Who is typing in ``chat`` (a user's name for 1:1) right now."""
-        now = now_ms()
+    def typing_now(self, chat: str, *, room: bool = False) -> list[str]:
+        """Who is typing in ``chat`` right now."""
+        conversation, now = self._conversation(chat, room), now_ms()
         return sorted(u for (conv, u), until in self._typing_until.items()
-                      if conv == chat and until > now)
+                      if conv == conversation and until > now)
 
     # =========================================================================
     # Reading
@@ -375,15 +389,21 @@ class Controls:
             raise _Refused("its sender did not send the target")
 
     def _typing(self, item: Incoming, events: list[ClientEvent]) -> None:
-        c.check_typing(item.body)
-        if not item.ephemeral:
+        room_id = c.read_typing(item.body)
+        if not item.ephemeral or item.room:
             raise _Refused("a stored typing notice")
         if item.own or not self.settings.typing:
             return
+        conversation = item.conversation
+        if room_id is not None:  # only from a member of a room we are in
+            room = next((r for r in self._rooms.all() if r.room_id == room_id), None)
+            if room is None or item.sender not in {u for u, _ in room.members()}:
+                raise _Refused("a typing notice for a room its sender is not in here")
+            conversation = room_id
         until = now_ms() + int(TYPING_SHOWN_S * 1000)
-        self._typing_until[(item.conversation, item.sender)] = until
+        self._typing_until[(conversation, item.sender)] = until
         events.append(
-            TypingStarted(conversation=item.conversation, sender=item.sender, until_ms=until)
+            TypingStarted(conversation=conversation, sender=item.sender, until_ms=until)
         )
 
     def _receipt(self, item: Incoming, receipt: c.Receipt, events: list[ClientEvent]) -> None:
