@@ -128,6 +128,11 @@ async def test_mallory_cannot_edit_delete_or_react_for_alice(
         await until(alice, lambda: view_of(alice, "bob", mid).reactions == {"👍": 2})
         await bob.controls.react("alice", mid, "👍", remove=True)
         await until(alice, lambda: view_of(alice, "bob", mid).reactions == {"👍": 1})
+        # Delete for me: gone from bob's history and store, untouched for alice.
+        assert await bob.controls.delete("alice", mid) is None
+        assert [v.message.message_id for v in bob.controls.history("alice")] == [barrier_a]
+        assert bob.message(mid) is not None and bob.message(mid).text == ""  # type: ignore[union-attr]
+        assert view_of(alice, "bob", mid).text == "the real text"
     finally:
         await close_all([alice, bob, mallory])
 
