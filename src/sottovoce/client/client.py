@@ -203,8 +203,7 @@ class Client:
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
-        self.controls = Controls(store=store, direct=self._direct, rooms=self.rooms,
-                                 username=self.username, spawn=self._spawn)
+        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
         # Calls (client/calls/): a CallController built from narrow callables (an
         # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
         # a TURN credential request), fed decrypted call payloads by

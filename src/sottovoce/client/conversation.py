@@ -26,8 +26,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sottovoce.client import control as c
-from sottovoce.client.control import Incoming
+from sottovoce.client.control import (
+    DELETE,
+    DELIVERED,
+    EDIT,
+    MAX_EMOJI_BYTES,
+    MAX_RECEIPT_IDS,
+    REACTION,
+    READ,
+    RECEIPT,
+    REPLY,
+    TYPING,
+    Delete,
+    Incoming,
+    Quote,
+    Reaction,
+    Receipt,
+    check_emoji,
+    read_typing,
+    typing_body,
+)
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
@@ -59,7 +77,7 @@ TYPING_SHOWN_S = 6.0
 TYPING_MAX_MEMBERS = 32
 #: How far back ``mark_read`` and id prefixes look.
 RECENT = 500
-_SHOWN_TYPES = ("text", c.REPLY)
+_SHOWN_TYPES = ("text", REPLY)
 DELETED_TEXT = "(deleted)"
 
 
@@ -90,7 +108,7 @@ class Controls:
     """The control messages of one device, owned by :class:`~sottovoce.client.Client`."""
 
     def __init__(
-        self, *, store: Store, direct: DirectMessages, rooms: RoomManager, username: str,
+        self, store: Store, direct: DirectMessages, rooms: RoomManager, username: str,
         spawn: Callable[[Any], None],
     ) -> None:
         self._store, self._direct, self._rooms = store, direct, rooms
@@ -174,9 +192,9 @@ class Controls:
     async def reply(self, chat: str, message_id: str, text: str, *, room: bool = False) -> str:
         """Send ``text`` quoting ``message_id`` (an id prefix works); returns the new id."""
         to = self.target(chat, message_id, room=room).message_id
-        body = c.Quote(to=to, text=text).encode()
-        c.Quote.decode(body, "a reply")  # the same checks a receiver applies
-        new = await self._send(chat, room, c.REPLY, body, text)
+        body = Quote(to=to, text=text).encode()
+        Quote.decode(body, "a reply")  # the same checks a receiver applies
+        new = await self._send(chat, room, REPLY, body, text)
         with self._store.transaction():
             state = self._db.state(new)
             state.reply_to = to
@@ -186,10 +204,10 @@ class Controls:
     async def edit(self, chat: str, message_id: str, text: str, *, room: bool = False) -> str:
         """Replace the text of our message ``message_id`` everywhere; returns the edit's id."""
         target = self._own_target(chat, message_id, room, "edit")
-        body = c.Quote(to=target.message_id, text=text).encode()
-        c.Quote.decode(body, "an edit")
+        body = Quote(to=target.message_id, text=text).encode()
+        Quote.decode(body, "an edit")
         # Kept here as the body (1:1, to resend it) or beside the room (sealed either way).
-        edit_id = await self._send(chat, room, c.EDIT, body, "" if room else body.decode())
+        edit_id = await self._send(chat, room, EDIT, body, "" if room else body.decode())
         with self._store.transaction():
             self._apply_edit(target.message_id, edit_id, text, now_ms())
         return edit_id
@@ -201,8 +219,8 @@ class Controls:
         member, a tombstone stays); returns the delete message's id, if one was sent."""
         if for_everyone:
             target = self._own_target(chat, message_id, room, "delete for everyone")
-            body = c.Delete(to=target.message_id).encode()
-            sent = await self._send(chat, room, c.DELETE, body, "" if room else body.decode())
+            body = Delete(to=target.message_id).encode()
+            sent = await self._send(chat, room, DELETE, body, "" if room else body.decode())
             with self._store.transaction():
                 self._wipe(target.message_id, DELETED_FOR_EVERYONE)
             return sent
@@ -217,13 +235,13 @@ class Controls:
         """Add (or ``remove``) one emoji on a message; returns the reaction's id."""
         target = self.target(chat, message_id, room=room)
         try:
-            c.check_emoji(emoji)
+            check_emoji(emoji)
         except DecodeError:
             raise UsageError(
-                f"a reaction is one emoji (at most {c.MAX_EMOJI_BYTES} bytes)"
+                f"a reaction is one emoji (at most {MAX_EMOJI_BYTES} bytes)"
             ) from None
-        body = c.Reaction(to=target.message_id, emoji=emoji, on=not remove).encode()
-        sent = await self._send(chat, room, c.REACTION, body, "" if room else body.decode())
+        body = Reaction(to=target.message_id, emoji=emoji, on=not remove).encode()
+        sent = await self._send(chat, room, REACTION, body, "" if room else body.decode())
         with self._store.transaction():
             self._apply_reaction(target.message_id, self.username, emoji, not remove)
         return sent
@@ -241,10 +259,10 @@ class Controls:
         ]
         done = self._db.read_sent(unread)
         unread = [m for m in unread if m not in done]
-        for i in range(0, len(unread), c.MAX_RECEIPT_IDS):
-            chunk = unread[i : i + c.MAX_RECEIPT_IDS]
-            body = c.Receipt(kind=c.READ, ids=tuple(chunk)).encode()
-            await self._send(chat, room, c.RECEIPT, body, "" if room else body.decode())
+        for i in range(0, len(unread), MAX_RECEIPT_IDS):
+            chunk = unread[i : i + MAX_RECEIPT_IDS]
+            body = Receipt(kind=READ, ids=tuple(chunk)).encode()
+            await self._send(chat, room, RECEIPT, body, "" if room else body.decode())
             with self._store.transaction():
                 self._db.mark_read_sent(chunk)
         return len(unread)
@@ -262,17 +280,17 @@ class Controls:
             return None
         self._typing_sent[conversation] = time.monotonic()
         if not room:
-            return await self._typing_to(chat, c.typing_body())
+            return await self._typing_to(chat, typing_body())
         users = sorted({u for u, _ in self._rooms.get(chat).members()} - {self.username})
         if len(users) > TYPING_MAX_MEMBERS:
             return None
-        body = c.typing_body(conversation)
+        body = typing_body(conversation)
         sent = await asyncio.gather(*(self._typing_to(u, body) for u in users))
         return next((s for s in sent if s is not None), None)
 
     async def _typing_to(self, user: str, body: bytes) -> str | None:
         try:
-            return await self._direct.send_live(user, body, c.TYPING)
+            return await self._direct.send_live(user, body, TYPING)
         except (NotConnected, ServerError):
             return None
 
@@ -342,33 +360,33 @@ class Controls:
     def incoming(self, item: Incoming, events: list[ClientEvent]) -> str | None:
         """See :class:`~sottovoce.client.control.ControlHook`."""
         try:
-            if item.content_type == c.REPLY:
-                quote = c.Quote.decode(item.body, "a reply")
+            if item.content_type == REPLY:
+                quote = Quote.decode(item.body, "a reply")
                 state = self._db.state(item.message_id)
                 state.reply_to = quote.to
                 self._db.put_state(item.message_id, state)
                 return quote.text
-            if item.content_type == c.TYPING:
+            if item.content_type == TYPING:
                 self._typing(item, events)
-            elif item.content_type == c.EDIT:
-                quote = c.Quote.decode(item.body, "an edit")
+            elif item.content_type == EDIT:
+                quote = Quote.decode(item.body, "an edit")
                 self._authored(item, quote.to)
                 self._apply_edit(quote.to, item.message_id, quote.text, item.created_ms)
                 events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to))
-            elif item.content_type == c.DELETE:
-                to = c.Delete.decode(item.body).to
+            elif item.content_type == DELETE:
+                to = Delete.decode(item.body).to
                 self._authored(item, to)
                 self._wipe(to, DELETED_FOR_EVERYONE)
                 events.append(MessageUpdated(conversation=item.conversation, message_id=to))
-            elif item.content_type == c.REACTION:
-                reaction = c.Reaction.decode(item.body)
+            elif item.content_type == REACTION:
+                reaction = Reaction.decode(item.body)
                 self._in_conversation(item, reaction.to)
                 self._apply_reaction(reaction.to, item.sender, reaction.emoji, reaction.on)
                 events.append(
                     MessageUpdated(conversation=item.conversation, message_id=reaction.to)
                 )
-            elif item.content_type == c.RECEIPT:
-                self._receipt(item, c.Receipt.decode(item.body), events)
+            elif item.content_type == RECEIPT:
+                self._receipt(item, Receipt.decode(item.body), events)
         except (DecodeError, _Refused) as exc:
             log.info("control message %s dropped: %s", item.message_id, exc)
         return None
@@ -389,7 +407,7 @@ class Controls:
             raise _Refused("its sender did not send the target")
 
     def _typing(self, item: Incoming, events: list[ClientEvent]) -> None:
-        room_id = c.read_typing(item.body)
+        room_id = read_typing(item.body)
         if not item.ephemeral or item.room:
             raise _Refused("a stored typing notice")
         if item.own or not self.settings.typing:
@@ -406,7 +424,7 @@ class Controls:
             TypingStarted(conversation=conversation, sender=item.sender, until_ms=until)
         )
 
-    def _receipt(self, item: Incoming, receipt: c.Receipt, events: list[ClientEvent]) -> None:
+    def _receipt(self, item: Incoming, receipt: Receipt, events: list[ClientEvent]) -> None:
         for to in receipt.ids:
             target = self._store.get_message(to)
             if (
@@ -414,7 +432,7 @@ class Controls:
                 or target.sender != self.username or item.sender == self.username
             ):
                 continue  # not ours, or our own other device: nothing to count
-            kind = KIND_READ if receipt.kind == c.READ else KIND_DELIVERED
+            kind = KIND_READ if receipt.kind == READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
             events.append(MessageUpdated(conversation=item.conversation, message_id=to))
@@ -467,10 +485,10 @@ class Controls:
 
     async def _deliver(self, chat: str, ids: list[str]) -> None:
         try:
-            for i in range(0, len(ids), c.MAX_RECEIPT_IDS):
-                chunk = tuple(ids[i : i + c.MAX_RECEIPT_IDS])
-                body = c.Receipt(kind=c.DELIVERED, ids=chunk).encode()
-                await self._direct.send_live(chat, body, c.RECEIPT)
+            for i in range(0, len(ids), MAX_RECEIPT_IDS):
+                chunk = tuple(ids[i : i + MAX_RECEIPT_IDS])
+                body = Receipt(kind=DELIVERED, ids=chunk).encode()
+                await self._direct.send_live(chat, body, RECEIPT)
         except SottovoceError as exc:  # best effort: the message itself is stored
             log.info("delivered receipt not sent: %s", type(exc).__name__)
         finally:
@@ -488,10 +506,10 @@ class Controls:
 
     def body_of(self, stored: StoredMessage) -> bytes:
         """See :class:`~sottovoce.client.control.ControlHook`."""
-        if stored.content_type == c.REPLY:
+        if stored.content_type == REPLY:
             to = self._db.state(stored.message_id).reply_to
             if to is not None:
-                return c.Quote(to=to, text=stored.text).encode()
+                return Quote(to=to, text=stored.text).encode()
         return stored.text.encode("utf-8")
 
 
