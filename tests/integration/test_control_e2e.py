@@ -112,10 +112,14 @@ async def test_mallory_cannot_edit_delete_or_react_for_alice(
         # ... and bob, a party to the chat, tries to edit and delete alice's message.
         for kind, body in forged[::2]:
             await bob._direct.send_control("alice", kind, body, body.decode())
+        # A reply quoting alice's message from mallory's chat does not show alice's text.
+        quoting = c.Quote(to=mid, text="look what alice said").encode()
+        fake_reply = await mallory._direct.send_control("bob", c.REPLY, quoting, "look")
         barrier_b = await mallory.send_text("bob", "barrier")
         barrier_a = await bob.send_text("alice", "barrier")
         await until(bob, lambda: bob.message(barrier_b) is not None)
         await until(alice, lambda: alice.message(barrier_a) is not None)
+        assert view_of(bob, "mallory", fake_reply).quote == "(a message not on this device)"
         for who, peer in ((bob, "alice"), (alice, "bob")):
             view = view_of(who, peer, mid)
             assert (view.text, view.edited, view.deleted, view.reactions) == (

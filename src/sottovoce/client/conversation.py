@@ -55,6 +55,7 @@ from sottovoce.client.events import (
 )
 from sottovoce.client.ids import now_ms
 from sottovoce.client.rooms import ROOM_PREFIX, RoomManager
+from sottovoce.client.rooms.messages import control_record
 from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
 from sottovoce.client.store_control import (
     DELETED_FOR_EVERYONE,
@@ -310,7 +311,7 @@ class Controls:
         quote = None
         if state.reply_to is not None:
             quoted = self._store.get_message(state.reply_to)
-            if quoted is None:
+            if quoted is None or quoted.peer != message.peer:  # only from its own chat
                 quote = "(a message not on this device)"
             elif self._db.state(quoted.message_id).deleted:
                 quote = DELETED_TEXT
@@ -458,8 +459,8 @@ class Controls:
         self._store.rewrite_text(to, "")
         for edit_id in self._db.edit_ids(to):
             self._store.rewrite_text(edit_id, "")
-            if self._store.get_secret(f"room-control:{edit_id}") is not None:
-                self._store.put_secret(f"room-control:{edit_id}", b"")
+            if self._store.get_secret(control_record(edit_id)) is not None:
+                self._store.put_secret(control_record(edit_id), b"")
         self._db.clear_reactions(to)
         self._db.put_state(to, MessageState(deleted=how, reply_to=state.reply_to))
 

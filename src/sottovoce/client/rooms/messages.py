@@ -66,7 +66,8 @@ _CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE}) | MARKER_TYPES
 CallSignalSink = Callable[[str, Device, bytes], None]
 
 
-def _control_record(message_id: str) -> str:
+def control_record(message_id: str) -> str:
+    """The ``secrets`` row keeping the body of one of our queued room control messages."""
     return f"room-control:{message_id}"
 
 
@@ -151,7 +152,7 @@ class RoomMessages:
                     created_ms=created, idempotency_key=idem, content_type=content_type,
                 )
                 if control:
-                    self._store.put_secret(_control_record(message_id), body)
+                    self._store.put_secret(control_record(message_id), body)
                 if token is not None:
                     self._book.tokens.remember(room.room_id, token)
                 self._book.persist(room)  # the sender ratchet moved
@@ -189,7 +190,7 @@ class RoomMessages:
     def _body_of(self, stored: StoredMessage) -> bytes:
         """What a queued message carries, to encrypt it again for a newer epoch."""
         if stored.content_type in _CONTROL_TYPES:
-            body = self._store.get_secret(_control_record(stored.message_id))
+            body = self._store.get_secret(control_record(stored.message_id))
             if body is None:
                 raise UsageError("a queued control message lost its body")
             return body
@@ -352,7 +353,7 @@ class RoomMessages:
         stored = self._store.get_message(frame.message_id)
         if stored is None or stored.content_type != ROOM_CALL_CONTENT_TYPE:
             return
-        record = _control_record(frame.message_id)
+        record = control_record(frame.message_id)
         body = self._store.get_secret(record)
         if body:
             self._store.put_secret(record, b"")
