@@ -120,6 +120,7 @@ class Controls:
         #: (conversation, user) -> when their typing notice stops showing (ms).
         self._typing_until: dict[tuple[str, str], int] = {}
         self._in_flight = 0
+        self._settings: Settings | None = None
         self._settled = asyncio.Event()
         self._settled.set()
         direct.controls = self
@@ -131,11 +132,13 @@ class Controls:
 
     @property
     def settings(self) -> Settings:
-        raw = self._store.get_secret(_SETTINGS)
-        if raw is None:
-            return Settings()
-        data = json.loads(raw)
-        return Settings(read_receipts=bool(data["read_receipts"]), typing=bool(data["typing"]))
+        """Read once (one process per store: nothing else changes them)."""
+        if self._settings is None:
+            raw = self._store.get_secret(_SETTINGS)
+            data = {} if raw is None else json.loads(raw)
+            self._settings = Settings(read_receipts=bool(data.get("read_receipts", True)),
+                                      typing=bool(data.get("typing", True)))
+        return self._settings
 
     def set_settings(
         self, *, read_receipts: bool | None = None, typing: bool | None = None
@@ -150,6 +153,7 @@ class Controls:
                 _SETTINGS,
                 json.dumps({"read_receipts": new.read_receipts, "typing": new.typing}).encode(),
             )
+        self._settings = new
         return new
 
     # =========================================================================
