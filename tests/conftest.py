@@ -1,8 +1,10 @@
-"""Shared fixtures: a deterministic random source for the sans-IO core."""
+"""Shared fixtures: a deterministic random source for the sans-IO core, and an open umask."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,3 +31,14 @@ def deterministic_rng(seed: bytes = b"sottovoce-tests") -> Random:
 def rng(request: pytest.FixtureRequest) -> Random:
     """A fresh deterministic source per test, seeded by the test's node id."""
     return deterministic_rng(request.node.nodeid.encode())
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask of 022 (the usual default), so that the file modes a test checks are the
+    code's doing: under a stricter umask the files would be private without it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -329,6 +329,9 @@ KT_DEFAULT_MAX_CHECKPOINT_AGE_MS = 24 * 3600 * 1000
 #: Versions of one account kept in the map, and so walked by its monitor; each
 #: directory change of an account (device added, revoked, succession) is one version.
 KT_MAX_VERSIONS = 1 << 20
+#: Versions one ``sottovoce.kt.history`` page carries at most (fewer when they would not
+#: fit one frame): an account with a long history is monitored a page at a time.
+KT_HISTORY_PAGE = 256
 #: Devices one account-state value lists (the map commits to all of them).
 KT_MAX_DEVICES = 64
 #: Key-transparency requests (head, lookup, history) per device: each lookup costs the

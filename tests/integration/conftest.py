@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +11,7 @@ import pytest
 from tests.integration.serverproc import ServerProcess
 
 if TYPE_CHECKING:
-    from tests.integration.calls_helpers import Coturn
+    from tests.integration.calls_helpers import Coturn, Net
     from tests.integration.janus_helpers import Janus
 
 
@@ -50,6 +50,19 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
         yield turn
     finally:
         turn.stop()
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[Net]:
+    """1:1 call devices wired in memory (``calls_helpers.Net``), closed after the test.
+    The room-call tests define their own ``net``: a ``RoomNet``."""
+    from tests.integration.calls_helpers import Net
+
+    n = Net()
+    try:
+        yield n
+    finally:
+        await n.close()
 
 
 @pytest.fixture(scope="module")

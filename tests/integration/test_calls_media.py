@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import struct
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -45,15 +44,6 @@ from sottovoce.secret import Secret
 from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state, write_clip
 
 LOOPBACK = CallOptions(ice=IceConfig(loopback=True))
-
-
-@pytest.fixture
-async def net() -> AsyncIterator[Net]:
-    n = Net()
-    try:
-        yield n
-    finally:
-        await n.close()
 
 
 async def connect(

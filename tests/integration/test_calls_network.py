@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import selector_events
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,6 @@ from sottovoce.secret import Secret
 from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state
 
 LOOPBACK = CallOptions(ice=IceConfig(loopback=True))
-
-
-@pytest.fixture
-async def net() -> AsyncIterator[Net]:
-    n = Net()
-    try:
-        yield n
-    finally:
-        await n.close()
 
 
 @pytest.fixture

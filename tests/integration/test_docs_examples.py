@@ -137,6 +137,10 @@ SKIP: dict[tuple[str, str], str] = {
      "sottovoce recorder --server wss://chat.example.org --data-dir /var/lib/sottovoce-rec"):
         "runs until Ctrl-C against a production server; "
         "tests/integration/test_room_calls_recorder.py runs the command and its room setting",
+    ("README.md", ".venv/bin/sottovoce account passphrase --data-dir ~/.sottovoce-alice"):
+        "asks for the passphrases at a terminal, and later examples open alice's directory "
+        "with the old one; tests/integration/test_conversations_cli.py runs it with "
+        "SOTTOVOCE_NEW_PASSPHRASE",
     ("README.md",
      ".venv/bin/sottovoce device revoke 3f9a0c1d --data-dir ~/.sottovoce-alice"):
         "needs a second device's id and the recovery code account create printed; "

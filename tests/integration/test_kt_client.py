@@ -7,6 +7,7 @@ whole data directory rolled back (log, map and witness state together).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
@@ -122,34 +123,95 @@ async def test_a_rolled_back_server_is_caught_at_the_next_check(tmp_path: Path) 
         server.stop()
 
 
+class _Heads:
+    """Every peer head a client is handed to compare (sender, size, root), awaitable."""
+
+    def __init__(self, client: Client) -> None:
+        self.seen: list[tuple[str, int, bytes]] = []
+        self._changed = asyncio.Event()
+        compare = client.kt.compare
+
+        async def recording(peer: str, size: int, root: bytes) -> None:
+            self.seen.append((peer, size, root))
+            self._changed.set()
+            await compare(peer, size, root)
+
+        client.kt.compare = recording  # type: ignore[method-assign]
+
+    async def wait(self, peer: str, head: tuple[int, bytes] | None, timeout: float = 10) -> None:
+        assert head is not None
+        async with asyncio.timeout(timeout):
+            while (peer, *head) not in self.seen:
+                self._changed.clear()
+                await self._changed.wait()
+
+
 async def test_room_messages_and_commits_carry_the_senders_head(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "server").start() as server:
         alice = await make_account(server, "alice", tmp_path)
         bob = await make_account(server, "bob", tmp_path)
         carol = await make_account(server, "carol", tmp_path)
-        seen: list[tuple[str, int, bytes]] = []
-        compare = bob.kt.compare
-
-        async def recording(peer: str, size: int, root: bytes) -> None:
-            seen.append((peer, size, root))
-            await compare(peer, size, root)
-
-        bob.kt.compare = recording  # type: ignore[method-assign]
+        heads = _Heads(bob)
         room = await alice.rooms.create_room("friends")
         await alice.rooms.invite("friends", "bob")
         await bob.rooms.wait_epoch(room.room_id, 1)
         await alice.check_log()
         await alice.rooms.send("friends", "hello")
-        head = alice.kt.checkpoint_ref()
-        assert head is not None
-        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        await heads.wait("alice", alice.kt.checkpoint_ref())
         # A commit carries it in its authenticated data.
-        seen.clear()
+        heads.seen.clear()
         await alice.rooms.invite("friends", "carol")
         await bob.rooms.wait_epoch(room.room_id, 2)
-        head = alice.kt.checkpoint_ref()
-        assert head is not None
-        await bob.rooms.wait_until(lambda: ("alice", *head) in seen, 10)
+        await heads.wait("alice", alice.kt.checkpoint_ref())
         assert bob.kt.alerts() == []
         for c in (alice, bob, carol):
+            await c.close()
+
+
+async def test_an_external_join_and_a_rejoin_carry_the_joiners_head(tmp_path: Path) -> None:
+    """Joining by token and rejoining (recovery) are external commits: like a member's
+    commit they carry the committer's log head, and the members compare it."""
+    with ServerProcess(tmp_path / "server").start() as server:
+        alice = await make_account(server, "alice", tmp_path)
+        carol = await make_account(server, "carol", tmp_path)
+        heads = _Heads(alice)
+        room = await alice.rooms.create_room("open")
+        token = await alice.rooms.create_token("open")
+        await carol.check_log()
+        await carol.rooms.join_with_token(token)
+        await alice.rooms.wait_epoch(room.room_id, 1)
+        await heads.wait("carol", carol.kt.checkpoint_ref())
+        # A rejoin (what a member that cannot follow the room does) carries it too.
+        heads.seen.clear()
+        await carol.rooms._recovery.recover(carol.rooms.get(room.room_id), "test")
+        await alice.rooms.wait_epoch(room.room_id, 2)
+        await heads.wait("carol", carol.kt.checkpoint_ref())
+        assert alice.kt.alerts() == [] and carol.kt.alerts() == []
+        for c in (alice, carol):
+            await c.close()
+
+
+async def test_the_own_account_is_monitored_in_pages_of_the_servers_size(
+    tmp_path: Path,
+) -> None:
+    """A server whose history pages hold two versions (--kt-history-page 2): a device
+    checks its account's three versions in two pages, and one page holds two."""
+    from sottovoce.kt.verify import HistoryPage, HistoryResponse
+    from sottovoce.protocol import kt as pk
+
+    extra = ["--kt-history-page", "2"]
+    with ServerProcess(tmp_path / "server", extra_args=extra).start() as server:
+        bob = await make_account(server, "bob", tmp_path)
+        others = [await bob.add_device(tmp_path / f"bob{i}", PASSPHRASE) for i in (2, 3)]
+        assert await bob.check_log() >= 0
+        assert bob.kt.monitor_state.versions == 3 and bob.kt.alerts() == []
+        answers = frozenset({pk.KT_HISTORY_RESULT})
+        _, data = await bob._conn.request(pk.KTHistory(since=0, start=0), answers)
+        page = HistoryPage.decode(pk.KTResponse.from_wire(data).response)
+        assert page.start == 0 and len(page.states) == 2
+        _, data = await bob._conn.request(pk.KTHistory(since=0), answers)  # all at once
+        assert len(HistoryResponse.decode(pk.KTResponse.from_wire(data).response).states) == 3
+        for c in (bob, *others):
+            await c.check_log()
+            assert c.kt.alerts() == []
             await c.close()

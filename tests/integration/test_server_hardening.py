@@ -11,7 +11,6 @@ import datetime
 import http.server
 import io
 import json
-import os
 import secrets
 import socket
 import ssl
@@ -53,17 +52,6 @@ def _metric(text: str, name: str) -> float:
 
 
 # --- data directory permissions ---------------------------------------------------------
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """A umask of 022 (the usual default), so that the modes tested are the server's
-    doing: under a stricter umask the files would be private without it."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 async def test_data_dir_is_0700_and_database_wal_shm_are_0600(

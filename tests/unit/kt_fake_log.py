@@ -24,6 +24,7 @@ from sottovoce.kt.merkle import consistency_proof
 from sottovoce.kt.prover import KTLog, KTStores
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.kt.witness import Witness
+from sottovoce.limits import KT_HISTORY_PAGE
 from sottovoce.protocol import kt as pk
 from sottovoce.protocol.fields import b64
 
@@ -121,6 +122,10 @@ class FakeLog:
     uncosigned: bool = False
     #: The log key named in kt.head answers (a server that changed its log key).
     served_log_key: str | None = None
+    #: The witness keys named in kt.head answers (``[]``: a server with no witness).
+    served_witnesses: list[str] | None = None
+    #: Versions per kt.history page (a request with ``start``).
+    page: int = KT_HISTORY_PAGE
     #: Rewrites a raw answer before it is sent (malformed proofs, bad signatures).
     tamper: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
 
@@ -161,11 +166,16 @@ class FakeLog:
                 "consistency": [b64(h) for h in w.proof(since)],
                 "log_key": self.served_log_key or LOG_SIGNER.public.vkey(),
                 "vrf_key": b64(VRF.public),
-                "witnesses": [WITNESS_SIGNER.public.vkey()],
+                "witnesses": ([WITNESS_SIGNER.public.vkey()] if self.served_witnesses is None
+                              else self.served_witnesses),
             }
         elif event == "sottovoce.kt.lookup":
             resp = w.core.lookup(data["username"], note, since=since)
             name, out = pk.KT_LOOKUP_RESULT, {"response": b64(resp.encode())}
+        elif "start" in data:
+            page = w.core.history_page(who, note, since=since, start=int(data["start"]),
+                                       limit=self.page)
+            name, out = pk.KT_HISTORY_RESULT, {"response": b64(page.encode())}
         else:
             resp2 = w.core.history(who, note, since=since)
             name, out = pk.KT_HISTORY_RESULT, {"response": b64(resp2.encode())}

@@ -18,7 +18,7 @@ from rich.text import Text
 from sottovoce.cli import render
 from sottovoce.cli.client_cmd import parse_target
 from sottovoce.cli.main import build_parser, redacted_traceback
-from sottovoce.cli.session import weak_passphrase
+from sottovoce.cli.passphrase_strength import weak_passphrase
 from sottovoce.client.events import ErrorEvent, RoomInvited, RoomMembershipChanged
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice, free_label
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -181,14 +181,26 @@ def test_safety_number_text_mentions_the_qr_code_only_when_shown() -> None:
         ("PASSWORD", True),
         ("aaaaaaaaaaaa", True),
         ("alice", True),
-        ("alicealice", False),
+        ("alicealice", True),  # the username, repeated
+        ("alice2026!", True),  # the username and a year
+        ("Password1!", True),  # a common password, decorated
+        ("qwertyuiop12", True),  # a keyboard walk
+        ("abcdefghijk", True),  # a sequence
+        ("8 chars!", True),  # long enough, but a few million guesses
         ("correct horse", False),
-        ("8 chars!", False),
+        ("violet lantern orbit", False),
+        ("x" * 200 + " orbit lantern violet", True),  # scored by its start: repeats
+        ("lantern violet orbit " * 5, False),  # longer than zxcvbn scores
     ],
 )
 def test_weak_passphrases_are_refused_at_creation(passphrase: str, weak: bool) -> None:
-    assert (weak_passphrase(passphrase, "alice") is not None) is weak
-    assert weak_passphrase("alicealice", "alicealice") is not None  # the username itself
+    why = weak_passphrase(passphrase, "alice")
+    assert (why is not None) is weak
+    if why is not None:  # why, and what would do
+        assert "\n" not in why and "four unrelated words will do" in why
+    assert weak_passphrase("bobsmith99", "bobsmith99") is not None  # the username itself
+    said = weak_passphrase("alice2026!", "alice")
+    assert said is not None and "contains the username" in said
 
 
 def test_connection_failures_are_worded_for_people() -> None:
@@ -324,3 +336,49 @@ def test_room_settings_and_info_as_shown() -> None:
         f"team  room:{'0' * 32}  epoch 3", "admin: alice", "data residency: none (any SFU)",
         "recorder: on", "members: alice/d1",
     ]
+
+
+def test_a_new_accounts_name_is_checked_before_any_passphrase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`account create` and the recorder's first run ask the server first: a taken name and
+    an unreachable server are each one plain error saying what to do."""
+    from sottovoce.cli import session
+    from sottovoce.client import NotConnected
+
+    async def available(server: str, name: str) -> bool:
+        if server == "ws://127.0.0.1:9":
+            raise NotConnected("cannot reach the server: connection refused")
+        return name == "bob"
+
+    monkeypatch.setattr(session, "username_available", available)
+    session.check_name_free("ws://127.0.0.1:8765", "bob")  # free: nothing to say
+    with pytest.raises(session.CliError) as taken:
+        session.check_name_free("ws://127.0.0.1:8765", "alice")
+    assert str(taken.value) == "the name 'alice' is taken on ws://127.0.0.1:8765: choose another"
+    with pytest.raises(session.CliError) as hinted:
+        session.check_name_free(
+            "ws://127.0.0.1:8765", "alice", taken_hint="give another with --name"
+        )
+    assert str(hinted.value).endswith(": give another with --name")
+    with pytest.raises(session.CliError) as down:
+        session.check_name_free("ws://127.0.0.1:9", "bob")
+    assert str(down.value).startswith(
+        "cannot reach the server at ws://127.0.0.1:9: connection refused\n"
+    )
+
+
+def test_a_new_account_goes_only_into_a_directory_without_one(tmp_path: Path) -> None:
+    """`account create`, `account link` and `account recover NAME` refuse a directory that
+    holds an account, each saying where the new one goes instead."""
+    from sottovoce.cli import session
+    from sottovoce.client.store import STORE_FILE
+
+    args = argparse.Namespace(data_dir=str(tmp_path / "new"))
+    assert session.new_account_dir(args, hint="unused") == tmp_path / "new"
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / STORE_FILE).write_bytes(b"")
+    with pytest.raises(session.CliError) as taken:
+        session.new_account_dir(args, hint="use another --data-dir")
+    assert str(taken.value) == f"there is already an account in {tmp_path / 'new'}\n" \
+        "use another --data-dir"

@@ -20,25 +20,37 @@ import pytest
 
 from sottovoce.client import Client, MessageReceived
 from sottovoce.client.errors import KeyNotInLog, KTAlertRaised
-from sottovoce.client.kt import LOG_INCONSISTENT, LOG_KEY_CHANGED, OWN_ACCOUNT, SPLIT_VIEW
+from sottovoce.client.events import ErrorEvent
+from sottovoce.client.kt import (
+    LOG_INCONSISTENT,
+    LOG_KEY_CHANGED,
+    OWN_ACCOUNT,
+    SPLIT_VIEW,
+    WitnessPolicy,
+)
 from sottovoce.client.payload import Payload
 from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
-from sottovoce.errors import DecodeError
+from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.checkpoint import NoteSigner
 from sottovoce.kt.errors import (
     BadCheckpointSignature,
     KTError,
     MalformedProof,
     NotEnoughCosignatures,
+    NoWitnessPinned,
 )
 from sottovoce.kt.map import ChangeKind
+from sottovoce.kt.prover import KTLog, KTStores
+from sottovoce.kt.witness import Witness
 from tests.unit.client_fake_relay import FakeRelay
 from tests.unit.kt_fake_log import (
     LOG_SIGNER,
     OTHER_WITNESS,
+    VRF,
     WITNESS_SIGNER,
     FakeLog,
+    World,
     state_of,
 )
 
@@ -146,6 +158,45 @@ async def test_a_changed_log_key_is_a_lasting_alert_until_acknowledged(tmp_path:
     assert alice.kt.acknowledge() == 1
     assert alice.kt.alerts() == [] and len(alice.kt.alerts(acknowledged=True)) == 1
     await alice.close()
+
+
+async def test_a_rotated_log_key_is_an_alert_until_the_user_pins_the_new_one(
+    tmp_path: Path,
+) -> None:
+    relay = _relay()
+    alice, bob = await _account(relay, "alice", tmp_path), await _account(relay, "bob", tmp_path)
+    log = relay.kt
+    assert log is not None
+    # The operator rotates the log key: the same changes, signed by a new key, that the
+    # witness now follows.
+    new = NoteSigner("kt.test/log2", SigningKey(SignatureScheme.ED25519, bytes([8]) * 32))
+    stores = KTStores.memory()
+    rotated = World(core=KTLog(stores, vrf_key=VRF, log_signer=new),
+                    witness=Witness(WITNESS_SIGNER, new.public), stores=stores)
+    for change in log.history:
+        rotated.change(change)
+    log.honest, log.served_log_key = rotated, new.public.vkey()
+    with pytest.raises(KTAlertRaised, match="another log key"):
+        await alice.check_log()
+    with pytest.raises(KTError):  # never silently: lookups fail under the old key
+        await alice.send_text("bob", "under the new key?")
+    assert alice.kt.pins is not None and alice.kt.pins.log_key == LOG_SIGNER.public.vkey()
+    # Re-pinning by hand: a key the server does not name is refused, nothing changes.
+    with pytest.raises(UsageError, match="another log key"):
+        await alice.kt.repin(_other_log_key())
+    assert alice.kt.pins.log_key == LOG_SIGNER.public.vkey()
+    pins = await alice.kt.repin(new.public.vkey())
+    assert pins.log_key == new.public.vkey() and pins.witnesses == (WITNESS_SIGNER.public.vkey(),)
+    assert alice.kt.alerts() == []  # the log-key alert is acknowledged, and kept
+    assert [a.kind for a in alice.kt.alerts(acknowledged=True)] == [LOG_KEY_CHANGED]
+    await alice.check_log()
+    await bob.kt.repin(new.public.vkey())  # bob checked the new key too
+    b_events = bob.events()
+    await alice.wait_sent(await alice.send_text("bob", "verified again"))
+    assert await _received(bob, b_events, 1) == ["verified again"]
+    assert alice.kt.alerts() == []
+    for c in (alice, bob):
+        await c.close()
 
 
 def _other_log_key() -> str:
@@ -387,6 +438,56 @@ async def test_malformed_proofs_and_bad_signatures_are_typed_and_replace_nothing
         await c.close()
 
 
+async def test_a_long_lived_account_is_monitored_a_page_at_a_time(tmp_path: Path) -> None:
+    relay = _relay()
+    log = relay.kt
+    assert log is not None
+    log.page = 3  # versions per kt.history page
+    await (await _account(relay, "bob", tmp_path)).close()
+    bob = await Client.open(tmp_path / "bob", PASS, connector=relay.connector)
+
+    async def polled_by_hand() -> int:
+        return 0
+
+    bob.check_log = polled_by_hand  # type: ignore[method-assign]  # no poll on connect
+    await bob.connect()
+    base = bob.kt.monitor_state.versions  # 1 if the poll at create ran to its end
+    pages: list[int] = []
+
+    def count(event: str, out: dict[str, Any]) -> dict[str, Any]:
+        if event == "sottovoce.kt.history":
+            pages.append(len(out["response"]))
+        return out
+
+    log.tamper = count
+    me = log.history[0].state
+    for _ in range(10):  # ten more versions of bob's own making (the same devices)
+        log.log("bob", me, ChangeKind.DEVICE_ADDED)
+    assert await bob.kt.poll_own() == 11 - base
+    assert bob.kt.monitor_state.versions == 11 and len(pages) == 4
+    # The next poll reads only what is new: one page.
+    pages.clear()
+    log.log("bob", me, ChangeKind.DEVICE_ADDED)
+    assert await bob.kt.poll_own() == 1 and len(pages) == 1
+    # A monitor record kept before pages (no compact range) is checked again from the
+    # first version, with no alert and nothing counted twice.
+    state = bob.kt.monitor_state
+    with bob._store.transaction():
+        bob._store.put_kt("monitor", b"\x01" + state.versions.to_bytes(4, "big")
+                          + bytes([32]) + state.version_root)
+    assert bob.kt.monitor_state.border == ()
+    pages.clear()
+    assert await bob.kt.poll_own() == 0 and len(pages) == 4
+    assert bob.kt.monitor_state == state
+    # A device bob did not add, many versions later, is still caught.
+    log.log("bob", state_of(me.account_key, [("x-evil", bytes([4]) * 32)]),
+            ChangeKind.DEVICE_ADDED)
+    with pytest.raises(KTAlertRaised, match=r"version 12 .*'x-evil'"):
+        await bob.kt.poll_own()
+    assert [a.kind for a in bob.kt.alerts()] == [OWN_ACCOUNT]
+    await bob.close()
+
+
 async def test_an_uncosigned_checkpoint_is_refused(tmp_path: Path) -> None:
     relay = _relay()
     alice = await _account(relay, "alice", tmp_path)
@@ -406,6 +507,47 @@ async def test_a_server_without_a_log_leaves_lookups_unverified(tmp_path: Path) 
         await c.close()
 
 
+async def test_a_server_with_no_witness_is_loud_and_refused_unless_the_user_opted_out(
+    tmp_path: Path,
+) -> None:
+    relay = _relay()
+    assert relay.kt is not None
+    relay.kt.served_witnesses = []
+    alice = await _account(relay, "alice", tmp_path)
+    bob = await _account(relay, "bob", tmp_path, kt_min_cosignatures=0)
+    assert alice.kt.pins is not None and alice.kt.pins.witnesses == ()
+    assert alice.kt.witness_policy is WitnessPolicy.MISSING
+    assert bob.kt.witness_policy is WitnessPolicy.OPTED_OUT
+    # At connect the client says so (a typed event), and every lookup is refused.
+    await alice.close()
+    alice = await Client.open(tmp_path / "alice", PASS, connector=relay.connector)
+    events = alice.events()
+    await alice.connect()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        event = await events.next(max(0.01, deadline - loop.time()))
+        if isinstance(event, ErrorEvent) and event.code == "kt_no_witness":
+            break
+    with pytest.raises(NoWitnessPinned):
+        await alice.send_text("bob", "unverifiable")
+    with pytest.raises(NoWitnessPinned):
+        await alice.check_log()
+    # Bob opted out knowingly: checked against the log key alone, no warning.
+    assert await bob.check_log() == 0
+    await bob.wait_sent(await bob.send_text("alice", "checked by the log key only"))
+    # A witness pinned by hand (or opting out) ends the refusal.
+    alice.kt.pin_witness(WITNESS_SIGNER.public.vkey())
+    assert alice.kt.witness_policy is WitnessPolicy.REQUIRED
+    await alice.wait_sent(await alice.send_text("bob", "verified"))
+    assert alice.kt.require(2).min_cosignatures == 2  # more than pinned: refused again
+    assert alice.kt.witness_policy is WitnessPolicy.MISSING
+    with pytest.raises(NoWitnessPinned):
+        await alice.check_log()
+    for c in (alice, bob):
+        await c.close()
+
+
 def test_witness_keys_are_parsed_and_checked() -> None:
     from sottovoce.client.kt import parse_vkey
     from sottovoce.errors import UsageError
@@ -419,6 +561,12 @@ def test_witness_keys_are_parsed_and_checked() -> None:
         parse_vkey(OTHER_WITNESS.public.vkey(), witness=False)
     with pytest.raises(UsageError, match="not a verifier key"):
         parse_vkey("nonsense", witness=False)
+    from sottovoce.client.kt import check_min_cosignatures
+
+    assert check_min_cosignatures(0) == 0 and check_min_cosignatures(32) == 32
+    for bad in (-1, 33):
+        with pytest.raises(UsageError, match="0-32"):
+            check_min_cosignatures(bad)
 
 
 def test_a_commits_log_head_round_trips_and_anything_else_is_no_head() -> None:

@@ -10,9 +10,7 @@ per account.
 from __future__ import annotations
 
 import base64
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -179,17 +177,6 @@ def test_one_process_per_account(tmp_path: Path) -> None:
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """A umask of 022 (the usual default), so that the modes tested are the store's
-    doing: under a stricter umask the files would be private without it."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_store_directory_is_0700_and_its_files_0600(tmp_path: Path, open_umask: None) -> None:

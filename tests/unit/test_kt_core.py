@@ -47,6 +47,7 @@ from sottovoce.kt.map import (
 )
 from sottovoce.kt.prover import KTLog, KTStores
 from sottovoce.kt.verify import (
+    HistoryPage,
     HistoryResponse,
     KTPolicy,
     LookupResponse,
@@ -54,6 +55,7 @@ from sottovoce.kt.verify import (
     OwnKeys,
     TrustedHead,
     monitor_own_account,
+    monitor_page,
     verify_lookup,
 )
 from sottovoce.kt.vrf import VRFSecretKey
@@ -305,6 +307,63 @@ def test_the_monitor_flags_a_rewritten_history_and_a_foreign_key() -> None:
     with pytest.raises(MonitorAlert, match="account key"):
         monitor_own_account(w.policy, None, "bob", _own(s0), first.state,
                             w.kt.history("bob", w.head()), now_ms=NOW)
+
+
+def _pages(w: World, own: OwnKeys, state: MonitorState, limit: int,
+           checked: MonitorState | None = None) -> tuple[MonitorState, int, int]:
+    """Poll ``bob``'s history ``limit`` versions a page; (final state, pages, versions)."""
+    pages = versions = 0
+    while True:
+        page = w.kt.history_page("bob", w.head(), start=state.versions, limit=limit)
+        assert HistoryPage.decode(page.encode()) == page and len(page.states) <= limit
+        result = monitor_page(w.policy, None, "bob", own, state, page, now_ms=NOW,
+                              checked=checked)
+        state, pages, versions = result.state, pages + 1, versions + len(result.new_versions)
+        if not result.more:
+            return state, pages, versions
+
+
+def test_a_long_history_is_monitored_a_page_at_a_time() -> None:
+    w = World()
+    states = [_state(11, "b1", *(f"d{j}" for j in range(i % 5))) for i in range(23)]
+    w.change("bob", states[0], ChangeKind.REGISTRATION)
+    for later in states[1:]:
+        w.change("bob", later)
+    own = _own(*states)
+    full = monitor_own_account(w.policy, None, "bob", own, MonitorState(),
+                               w.kt.history("bob", w.head()), now_ms=NOW)
+    state, pages, versions = _pages(w, own, MonitorState(), 4)
+    assert (pages, versions) == (6, 23) and state == full.state
+    # The next poll reads only the new versions, from the kept compact range.
+    w.change("bob", states[3])
+    state, pages, versions = _pages(w, own, state, 4)
+    assert (pages, versions, state.versions) == (1, 1, 24)
+    # A state kept before pages (no compact range) is checked again from version 0,
+    # with no alert for the versions it had checked.
+    old = MonitorState(versions=full.state.versions, version_root=full.state.version_root)
+    evil = _state(11, "b1", "x-evil")
+    again, _, versions = _pages(w, own, MonitorState(), 5,
+                                checked=old)
+    assert again == state and versions == 1
+    # A device nobody added, in a later page, is an alert naming its version.
+    w.change("bob", evil)
+    with pytest.raises(MonitorAlert, match=r"version 24 .*'x-evil'"):
+        _pages(w, own, state, 4)
+    # A page that is not the account's, or a history rewritten under the kept range.
+    page = w.kt.history_page("bob", w.head(), start=full.state.versions, limit=1)
+    for forged in (replace(page, states=(states[0].encode(),)),
+                   replace(page, rest_proof=page.rest_proof[1:])):
+        with pytest.raises(ProofMismatch):
+            monitor_page(w.policy, None, "bob", _own(*states, evil), full.state, forged,
+                         now_ms=NOW)
+    other = World()
+    other.rng = Counter(b"other")
+    for again_state in [*states, states[3], evil]:
+        other.change("bob", again_state)
+    with pytest.raises(MonitorAlert, match="rewritten"):
+        _pages(other, _own(*states, evil), state, 4)
+    with pytest.raises(MonitorAlert, match="rewritten"):
+        _pages(other, _own(*states, evil), MonitorState(), 4, checked=old)
 
 
 def test_the_auditing_witness_replays_leaves_and_refuses_a_bad_map_root() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sottovoce.limits import KT_MAX_LOG_SIZE
+from sottovoce.limits import KT_MAX_LOG_SIZE, KT_MAX_VERSIONS
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.protocol.kt import KTHead, KTHeadResult, KTHistory, KTLookup, KTResponse
@@ -21,6 +21,10 @@ def test_requests_parse_with_since_defaulting_to_zero() -> None:
     assert KTHistory.from_data({"since": KT_MAX_LOG_SIZE}).since == KT_MAX_LOG_SIZE
     for cls in (KTHead, KTLookup, KTHistory):
         assert pr.ALL_CLIENT_EVENTS[cls.name] is cls
+    # A history page starts at a version; without start, the whole history.
+    assert KTHistory.from_data({}).start is None and "start" not in KTHistory().to_data()
+    assert KTHistory.from_data({"start": KT_MAX_VERSIONS}).start == KT_MAX_VERSIONS
+    assert KTHistory(since=3, start=0).to_data() == {"since": 3, "start": 0}
 
 
 @pytest.mark.parametrize(("cls", "data", "field"), [
@@ -32,6 +36,9 @@ def test_requests_parse_with_since_defaulting_to_zero() -> None:
     (KTLookup, {"username": "a b"}, "username"),
     (KTLookup, {"username": "x" * 129}, "username"),
     (KTHistory, {"since": 1.5}, "since"),
+    (KTHistory, {"start": -1}, "start"),
+    (KTHistory, {"start": KT_MAX_VERSIONS + 1}, "start"),
+    (KTHistory, {"start": "0"}, "start"),
 ])
 def test_malformed_requests_are_refused_naming_the_field(
     cls: Any, data: dict[str, Any], field: str

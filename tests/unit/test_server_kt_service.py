@@ -15,6 +15,7 @@ from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
 from sottovoce.kt.errors import MalformedProof
 from sottovoce.kt.merkle import EMPTY_ROOT
+from sottovoce.limits import KT_HISTORY_PAGE
 from sottovoce.server import kt_keys, kt_log
 from sottovoce.server.config import ServerConfig, load_config
 from sottovoce.server.kt_witness import (
@@ -129,6 +130,10 @@ def test_witnesses_and_the_local_witness_switch_in_configuration(tmp_path: Path)
     log = kt_keys.note_key(tmp_path / "l.key", "kt.test/log", cosigner=False, what="l")
     with pytest.raises(ValueError, match="type 0x04"):
         parse_kt_witnesses("http://x=" + log.public.vkey())
+    assert load_config({}, environ={}).kt_history_page == KT_HISTORY_PAGE
+    assert load_config({"kt_history_page": "2"}, environ={}).kt_history_page == 2
+    with pytest.raises(UsageError, match="kt-history-page must be positive"):
+        load_config({"kt_history_page": "0"}, environ={})
 
 
 def test_the_server_flags_parse_repeated_witnesses_and_the_switch(tmp_path: Path) -> None:

@@ -276,3 +276,68 @@ async def test_lookups_read_together_answer_as_each_read_alone(store: SharedStor
         assert found.version == 3
     finally:
         await store.close()
+
+
+async def test_history_pages_read_from_the_tables_are_the_cores_and_fit_a_budget(
+    store: SharedStorage,
+) -> None:
+    """A page of an account's history (kt.history with start) read from the tables
+    holds the versions asked for and verifies from the compact range of the versions
+    before it, at the newest size and an older one; a small byte budget trims it to the
+    versions that fit, one at least."""
+    from sottovoce.kt import prover
+    from sottovoce.kt.merkle import LogWriter, leaf_hash
+    from sottovoce.kt.verify import HistoryPage, MonitorState, OwnKeys, monitor_page
+
+    await store.open()
+    try:
+        bob = Account("bob")
+        await store.create_account("bob", bob.ak.public, "d1", bob.cert("d1"), NOW)
+        for d in range(2, 9):  # 8 versions in all
+            await store.add_device("bob", f"d{d}", bob.cert(f"d{d}"), NOW)
+        policy = KTPolicy(log_key=LOG.public, vrf_key=VRF.public, witnesses=(WITNESS.public,))
+        everything = OwnKeys(devices=frozenset((f"d{d}", bob.keys[f"d{d}"]) for d in range(1, 9)),
+                             account_keys=frozenset({bob.ak.public}),
+                             recovery_keys=frozenset({NO_RECOVERY_KEY}))
+
+        async def page_at(size: int, start: int, limit: int, budget: int) -> HistoryPage:
+            stores = await store.kt_snapshot("bob", size, 0, every_version=True)
+            note = KTLog(stores, vrf_key=VRF, log_signer=LOG).checkpoint()
+            note = add_cosignature(note, WITNESS.cosign(note.text, timestamp_s=NOW // 1000))
+            leaf, nodes = await store.kt_log_part(size, 0, None)
+            assert leaf is not None
+            part = prover.log_proof(note.encode(), size, 0, leaf, nodes)
+            return HistoryPage.decode(await store.kt_history_page(
+                "bob", size, start, limit, part, budget, None))
+
+        async def before(size: int, start: int) -> MonitorState:
+            """The monitor's state after versions [0, start), from the stored records."""
+            stores = await store.kt_snapshot("bob", size, 0, every_version=True)
+            writer = LogWriter()
+            for v in range(start):
+                writer.append(leaf_hash(stores.records[(next(iter(stores.sizes)), v)].commitment))
+            return MonitorState(versions=start, version_root=writer.root() if start else b"",
+                                border=writer.border)
+
+        for size, versions in ((await store.kt_size(), 8), (5, 5)):
+            for start, limit in ((0, 3), (3, 3), (versions - 2, 3), (2, 100), (versions, 2)):
+                page = await page_at(size, start, limit, 1 << 20)
+                assert page.start == start
+                assert len(page.states) == min(limit, versions - start)
+                result = monitor_page(policy, None, "bob", everything,
+                                      await before(size, start), page, now_ms=NOW)
+                assert result.more == (start + len(page.states) < versions)
+        # A budget for about two versions: pages of two, each verified from the last.
+        size = await store.kt_size()
+        first = await page_at(size, 0, 100, 1 << 20)
+        budget = len(first.encode()) - sum(len(s) + 40 for s in first.states[2:])
+        state, sizes = MonitorState(), []
+        while state.versions < 8:
+            page = await page_at(size, state.versions, 100, budget)
+            state = monitor_page(policy, None, "bob", everything, state, page,
+                                 now_ms=NOW).state
+            sizes.append(len(page.states))
+        assert 1 <= max(sizes) < 8 and sum(sizes) == 8
+        assert len((await page_at(size, 0, 100, 1)).states) == 1  # one at least, always
+    finally:
+        await store.close()

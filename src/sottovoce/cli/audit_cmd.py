@@ -7,16 +7,15 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 from sottovoce.cli import render
+from sottovoce.cli.options import Subparsers, command_group, subcommand
 from sottovoce.cli.session import unreachable
 from sottovoce.client import NotConnected
 from sottovoce.client.connection import TransportClosed, websocket_connector, ws_url
 from sottovoce.errors import UsageError
 
 EXAMPLE = """\
-examples:
   sottovoce audit blindness --server ws://127.0.0.1:8765 \\
       --data ./relay-data --logs ./relay-data/server.log --push-capture
   sottovoce audit blindness --server wss://relay.example:8765 \\
@@ -59,25 +58,7 @@ The canary accounts stay registered on the server (their usernames start with
 """
 
 
-def add_commands(sub: Any) -> None:
-    audit: argparse.ArgumentParser = sub.add_parser(
-        "audit",
-        help="audit a running server (blindness kit)",
-        description="Audits of a running sottovoce server.",
-        epilog="example:\n  sottovoce audit blindness --server ws://127.0.0.1:8765 "
-        "--data ./relay-data --logs ./relay-data/server.log",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    audit_sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT")
-    audit.set_defaults(func=lambda _args: _help(audit))
-    p: argparse.ArgumentParser = audit_sub.add_parser(
-        "blindness",
-        help="send canaries through the server, then search its data, logs and push "
-        "payloads for them and for key material",
-        description="The blindness kit: prove the server never holds plaintext or private keys.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _blindness_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, metavar="URL",
                    help="the server's WebSocket URL (ws://HOST:PORT or wss://...)")
     p.add_argument("--data", action="append", default=[], metavar="PATH-or-DSN",
@@ -94,7 +75,31 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # Predictable canaries, for the kit's own tests (a planted canary must FAIL).
     p.add_argument("--canary-seed", type=bytes.fromhex, metavar="HEX", help=argparse.SUPPRESS)
-    p.set_defaults(func=run)
+
+
+def add_commands(sub: Subparsers) -> None:
+    audit_sub = command_group(
+        sub,
+        "audit",
+        help="audit a running server (blindness kit)",
+        description="Audits of a running sottovoce server.",
+        example=(
+            "  sottovoce audit blindness --server ws://127.0.0.1:8765 "
+            "--data ./relay-data --logs ./relay-data/server.log"
+        ),
+        metavar="AUDIT",
+    )
+    subcommand(
+        audit_sub,
+        "blindness",
+        help="send canaries through the server, then search its data, logs and push "
+        "payloads for them and for key material",
+        description="The blindness kit: prove the server never holds plaintext or private keys.",
+        example=EXAMPLE,
+        heading="examples",
+        func=run,
+        options=_blindness_options,
+    )
 
 
 async def _probe(url: str) -> None:
@@ -104,11 +109,6 @@ async def _probe(url: str) -> None:
     except TransportClosed as exc:
         raise NotConnected(f"cannot reach the server: {exc}") from None
     await transport.close()
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,15 +35,8 @@ from sottovoce.calls.effects import (
     StateChanged,
 )
 from sottovoce.cli import render
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    positive,
-    subcommand,
-    timed_account_options,
-    unreachable,
-    with_client,
-)
+from sottovoce.cli.options import positive, subcommand, timed_account_options
+from sottovoce.cli.session import CliError, Connect, unreachable, with_client
 from sottovoce.client import Client, NotConnected, ServerError
 from sottovoce.identity import validate_username
 

@@ -20,6 +20,14 @@ import sys
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
+from sottovoce.cli.options import (
+    Positional,
+    account_options,
+    command_group,
+    history_options,
+    positive,
+    subcommand,
+)
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
@@ -27,15 +35,12 @@ from sottovoce.cli.session import (
     DRAIN_TIMEOUT_S,
     CliError,
     Connect,
-    Positional,
-    account_options,
-    command_group,
+    check_name_free,
     data_dir,
-    history_options,
+    new_account_dir,
     new_passphrase,
     run,
     show_device_notices,
-    subcommand,
     unlock,
     unreachable,
     with_client,
@@ -60,7 +65,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
-from sottovoce.client.kt import Pins, parse_vkey
+from sottovoce.client.kt import Pins, check_min_cosignatures, parse_vkey, witness_policy_of
 from sottovoce.client.linking import DeviceNames
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.store import Store
@@ -81,29 +86,22 @@ EXIT_QUEUED = 75
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
-    root = data_dir(args)
     validate_username(args.name)
     ws_url(args.server)  # a wrong scheme is a plain error before any passphrase
-    if Store.exists(root):
-        raise CliError(
-            f"there is already an account in {root}\n"
-            "use another --data-dir for a second account (one directory per account)"
-        )
+    root = new_account_dir(
+        args, hint="use another --data-dir for a second account (one directory per account)"
+    )
     Store.make_dir(root)  # a file there, or no way to make it: said before the passphrase
-    # Before the passphrase is typed twice: is the server there, and the name free?
-    try:
-        free = run(username_available(args.server, args.name))
-    except NotConnected as exc:
-        raise unreachable(args.server, exc) from None
-    if not free:
-        raise CliError(f"the name '{args.name}' is taken on {args.server}: choose another")
+    check_name_free(args.server, args.name)  # before the passphrase is typed twice
     kt_key = parse_vkey(args.kt_key, witness=False) if args.kt_key else None
     kt_witnesses = tuple(parse_vkey(w, witness=True) for w in args.kt_witness or ())
+    kt_min = check_min_cosignatures(args.kt_min_cosignatures)
     passphrase = new_passphrase(args, args.name)
 
     async def go() -> tuple[str, str, Secret | None, Pins | None]:
         client = await Client.create_account(
-            args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses
+            args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses,
+            kt_min_cosignatures=kt_min,
         )
         pins = client.kt.pins
         await client.close()
@@ -135,6 +133,8 @@ def cmd_account_create(args: argparse.Namespace) -> int:
               "(compare it with the server's start-up banner)")
         for w in pins.witnesses:
             print(f"  witness:  {render.safe(w)}")
+        for line in render.kt_witness_warning(witness_policy_of(pins), command_name()):
+            print(line, file=sys.stderr)
     if code is not None:
         print("\n".join(recovery_lines(code)))
     program = command_name()
@@ -301,6 +301,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             raise CliError("that is you: a history is with another user")
         me = client.username
         views = client.controls.history(args.name, limit=args.limit)
+        client.conversations.mark_read(args.name, [v.message for v in views])
         if client.connected:  # shown: a read receipt (unless off), delivered ones first
             await client.controls.settle(DRAIN_TIMEOUT_S)
             await client.controls.mark_read(args.name)
@@ -414,11 +415,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     # Before the screen opens: they stay on the terminal the chat gives back.
     for line in render.kt_alerts(client.kt.alerts(), command_name()):
         print(line, file=sys.stderr)
+    for line in render.kt_witness_warning(client.kt.witness_policy, command_name()):
+        print(line, file=sys.stderr)
     show_device_notices(client)  # a device linked or revoked since the last command
     from sottovoce.client.calls import CallOptions, IceConfig
 
     options = CallOptions(ice=IceConfig(loopback=args.loopback, relay_only=args.relay_only))
-    code, problem = run_chat(client, peer, room_id=room_id, call_options=options)
+    lock_after = args.lock_after * 60 if args.lock_after else None
+    code, problem = run_chat(client, peer, room_id=room_id, call_options=options,
+                             lock_after_s=lock_after)
     if problem:
         raise CliError(problem)
     return code
@@ -436,6 +441,11 @@ IDS_HELP = "start each line with the first characters of the message's id (to ed
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
     add_path_options(parser)
+    parser.add_argument(
+        "--lock-after", type=positive(float), metavar="MINUTES", default=None,
+        help="lock the screen after MINUTES without a key press (a fraction will do); "
+        "the passphrase unlocks it, and nothing of the chat shows while locked",
+    )
     account_options(parser)
 
 
@@ -443,7 +453,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     account_sub = command_group(
         sub,
         "account",
-        help="create, link, recover or delete an account (username, keys, local store)",
+        help="create, link, recover or delete an account, or change its passphrase",
         description="Manage the account kept in a local directory.",
         example=(
             "  sottovoce account create alice --server ws://127.0.0.1:8765 "
@@ -490,6 +500,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="append",
         help="a witness key to pin instead of the ones the server names (repeatable); "
         "every checkpoint then needs a cosignature by one of them",
+    )
+    create.add_argument(
+        "--kt-min-cosignatures",
+        metavar="N",
+        type=int,
+        default=1,
+        help="how many pinned witnesses must cosign every checkpoint (default 1; 0 opts "
+        "out of witnesses, which leaves you unprotected against a server showing you a "
+        "forked log)",
     )
 
     delete = subcommand(

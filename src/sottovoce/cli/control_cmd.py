@@ -12,15 +12,9 @@ import argparse
 from collections.abc import Awaitable, Callable
 
 from sottovoce.cli import render
+from sottovoce.cli.options import Positional, account_options, subcommand
 from sottovoce.cli.room_cmd import room_ref
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    Positional,
-    account_options,
-    subcommand,
-    with_client,
-)
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 
 _ID: Positional = ("ID", "the message's id, or an unambiguous start of it (history --ids)")

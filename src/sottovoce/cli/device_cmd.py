@@ -16,18 +16,16 @@ import sys
 import time
 
 from sottovoce.cli import render
+from sottovoce.cli.options import account_options, command_group, subcommand
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    account_options,
-    command_group,
-    data_dir,
+    new_account_dir,
     new_passphrase,
     remember_secret,
     run,
-    subcommand,
     with_client,
 )
 from sottovoce.client import Client
@@ -40,7 +38,6 @@ from sottovoce.client.linking import (
     all_messages,
     link_existing,
 )
-from sottovoce.client.store import Store
 from sottovoce.identity.pake import QR_PREFIX
 
 WARNING = "Only link a device you are holding in your hand: it gets your account's keys."
@@ -124,10 +121,9 @@ def _read_code(args: argparse.Namespace) -> str:
 
 
 def cmd_account_link(args: argparse.Namespace) -> int:
-    root = data_dir(args)
-    if Store.exists(root):
-        raise CliError(f"there is already an account in {root}\n"
-                       "link the new device into a directory of its own (--data-dir)")
+    root = new_account_dir(
+        args, hint="link the new device into a directory of its own (--data-dir)"
+    )
     text = _read_code(args)
     if text.strip().startswith(QR_PREFIX):
         device = NewDevice.from_qr(text)

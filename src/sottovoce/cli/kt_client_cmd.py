@@ -1,26 +1,36 @@
-"""`sottovoce kt status|ack|pin-witness`: this device's view of the server's
+"""`sottovoce kt status|ack|pin|pin-witness|require`: this device's view of the server's
 transparency log (docs/protocol.md §Key transparency: client rules).
 
 ``status`` shows what is pinned (the log key and its fingerprint, the witness
 keys), the last verified checkpoint (size, root prefix, age, cosignatures) and
 every alert not yet acknowledged; connected, it checks the log first. ``ack``
-acknowledges the alerts (they are kept, marked seen); ``pin-witness`` adds a
-witness key obtained from elsewhere. Every other command prints the alerts not
-yet acknowledged (:func:`sottovoce.cli.render.kt_alerts`).
+acknowledges the alerts (they are kept, marked seen); ``pin`` replaces the
+pinned log key by the one the user checked after a rotation (the only way it
+ever changes); ``pin-witness`` adds a witness key obtained from elsewhere;
+``require`` sets how many pinned witnesses must cosign (0: the explicit opt-out).
+Every other command prints the alerts not yet acknowledged
+(:func:`sottovoce.cli.render.kt_alerts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import sys
 import time
 
 from sottovoce.cli import render
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import Connect, with_client
 from sottovoce.client import Client
-from sottovoce.client.kt import Alert, parse_vkey
-from sottovoce.errors import SottovoceError
+from sottovoce.client.kt import (
+    Alert,
+    WitnessPolicy,
+    check_min_cosignatures,
+    parse_vkey,
+    witness_policy_of,
+)
+from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.kt.checkpoint import NoteKey
 
 
@@ -47,14 +57,23 @@ def _status_lines(client: Client, checked: str | None) -> list[str]:
         f"log key:     {render.safe(pins.log_key)}",
         f"fingerprint: {log_key.fingerprint()}",
     ]
-    if pins.witnesses:
+    policy = witness_policy_of(pins)
+    if policy is WitnessPolicy.OPTED_OUT:
+        lines.append(f"witnesses:   {len(pins.witnesses)} pinned, none required (opted out: "
+                     "a checkpoint only the log signed does not show a forked log)")
+    elif policy is WitnessPolicy.MISSING:
+        lines.append(f"witnesses:   {len(pins.witnesses)} pinned, {pins.min_cosignatures} "
+                     "cosignature(s) required: lookups are refused until enough are pinned "
+                     "(kt pin-witness VKEY)")
+    else:
         lines.append(f"witnesses:   {len(pins.witnesses)} pinned, {pins.min_cosignatures} "
                      "cosignature(s) required on every checkpoint")
-        lines += [f"  {render.safe(w)}" for w in pins.witnesses]
+    lines += [f"  {render.safe(w)}" for w in pins.witnesses]
+    if policy is WitnessPolicy.OPTED_OUT:
+        lines.append("max age:     not checked (no cosignature required to date a checkpoint)")
     else:
-        lines.append("witnesses:   none pinned: lookups are refused until one is "
-                     "(kt pin-witness VKEY)")
-    lines.append(f"max age:     {_age(pins.max_age_ms)} (newest cosignature on a checkpoint)")
+        lines.append(f"max age:     {_age(pins.max_age_ms)} (newest cosignature on a "
+                     "checkpoint)")
     verified = kt.verified_head()
     if verified is None:
         lines.append("checkpoint:  none verified yet")
@@ -73,7 +92,7 @@ def _status_lines(client: Client, checked: str | None) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> tuple[list[str], list[Alert]]:
+    async def work(client: Client) -> tuple[list[str], list[Alert], WitnessPolicy | None]:
         checked: str | None = None
         if client.connected:
             try:
@@ -83,18 +102,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 checked = f"FAILED: {render.safe(str(exc))}"
         elif not args.offline:
             checked = "not connected: showing what this device kept"
-        return _status_lines(client, checked), client.kt.alerts()
+        return _status_lines(client, checked), client.kt.alerts(), client.kt.witness_policy
 
     connect = Connect.NO if args.offline else Connect.TRY
-    lines, alerts = with_client(args, work, connect=connect, alerts=False)
+    lines, alerts, policy = with_client(args, work, connect=connect, alerts=False)
     for line in lines:
         print(line)
+    warning = render.kt_witness_warning(policy, command_name())
+    for line in warning:
+        print(line, file=sys.stderr)
     if alerts:
         for line in render.kt_alerts(alerts, command_name()):
             print(line)
         return 1
     print("alerts:      none")
-    return 0
+    return 1 if warning else 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -115,4 +137,37 @@ def cmd_pin_witness(args: argparse.Namespace) -> int:
     n = with_client(args, work, connect=Connect.NO)
     print(f"pinned witness {render.safe(vkey.split('+', 1)[0])} ({n} pinned); "
           f"check it with: {command_name()} kt status{dir_flag(args)}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    vkey = parse_vkey(args.kt_key, witness=False)
+
+    async def work(client: Client) -> None:
+        await client.kt.repin(vkey)
+
+    with_client(args, work, connect=Connect.REQUIRED, notices=False)
+    key = NoteKey.from_vkey(vkey)
+    print(f"pinned log key {render.safe(key.name)} (fingerprint {key.fingerprint()}); "
+          f"check it with: {command_name()} kt status{dir_flag(args)}")
+    return 0
+
+
+def cmd_require(args: argparse.Namespace) -> int:
+    try:
+        n = check_min_cosignatures(int(args.cosignatures))
+    except ValueError:
+        raise UsageError("the cosignatures required are a number, 0-32") from None
+
+    async def work(client: Client) -> tuple[int, WitnessPolicy | None]:
+        pins = client.kt.require(n)
+        return len(pins.witnesses), client.kt.witness_policy
+
+    pinned, policy = with_client(args, work, connect=Connect.NO)
+    if policy is WitnessPolicy.OPTED_OUT:
+        print("no witness cosignature required any more: checkpoints are checked against "
+              "the log key alone, which does not show a forked log")
+    else:
+        print(f"{n} cosignature(s) by the {pinned} pinned witness(es) required on every "
+              "checkpoint")
     return 0

@@ -1,17 +1,16 @@
 """`sottovoce kt ...`: key-transparency commands (the witness: cli/kt_witness_cmd.py).
 
-The device's own commands (``status``, ``ack``, ``pin-witness``) run in
-cli/kt_client_cmd.py, imported only when one of them runs: a witness starts
-without the client code.
+The device's own commands (``status``, ``ack``, ``pin``, ``pin-witness``,
+``require``) run in cli/kt_client_cmd.py, imported only when one of them runs: a
+witness starts without the client code.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from sottovoce.cli import kt_witness_cmd
-from sottovoce.cli.options import subcommand, timed_account_options
+from sottovoce.cli.options import Subparsers, command_group, subcommand, timed_account_options
 
 # The device's commands import the client stack, so only when one of them runs.
 
@@ -28,6 +27,25 @@ def _ack(args: argparse.Namespace) -> int:
     return cmd_ack(args)
 
 
+def _pin(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_pin
+
+    return cmd_pin(args)
+
+
+def _pin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kt-key", required=True, metavar="VKEY",
+                        help="the log's new verifier key, checked out of band (its "
+                             "fingerprint from the server's operator)")
+    timed_account_options(parser)
+
+
+def _require(args: argparse.Namespace) -> int:
+    from sottovoce.cli.kt_client_cmd import cmd_require
+
+    return cmd_require(args)
+
+
 def _pin_witness(args: argparse.Namespace) -> int:
     from sottovoce.cli.kt_client_cmd import cmd_pin_witness
 
@@ -40,8 +58,8 @@ def _status_options(parser: argparse.ArgumentParser) -> None:
     timed_account_options(parser)
 
 
-def _add_client_commands(kt_sub: Any) -> None:
-    """``status``, ``ack`` and ``pin-witness`` under ``sottovoce kt``."""
+def _add_client_commands(kt_sub: Subparsers) -> None:
+    """``status``, ``ack``, ``pin``, ``pin-witness`` and ``require`` under ``sottovoce kt``."""
     subcommand(
         kt_sub, "status",
         help="this device's view of the server's transparency log, and any alert",
@@ -67,6 +85,21 @@ def _add_client_commands(kt_sub: Any) -> None:
         func=_ack,
     )
     subcommand(
+        kt_sub, "pin",
+        help="pin the log's new key after a rotation you checked (clears the alert)",
+        description=(
+            "A server naming another log key than the pinned one is an alert, never a "
+            "silent update. Once the operator confirmed the rotation and you compared "
+            "the new key's fingerprint out of band, pin it here: the server must name "
+            "this very key and its checkpoint must verify under it and the pinned "
+            "witnesses. The kept checkpoint and the own-account monitor start over on "
+            "the new log, and the log-key-changed alerts are acknowledged."
+        ),
+        example="  sottovoce kt pin --kt-key 'log.example/sottovoce-kt+1a2b3c4d+AX...' "
+                "--data-dir ~/.sottovoce-alice",
+        func=_pin, options=_pin_options,
+    )
+    subcommand(
         kt_sub, "pin-witness",
         help="pin one more witness key (a verifier key obtained from its operator)",
         description=(
@@ -80,16 +113,33 @@ def _add_client_commands(kt_sub: Any) -> None:
         func=_pin_witness,
         args=[("VKEY", "the witness's verifier key")],
     )
-
-
-def add_commands(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "kt", help="key transparency: this device's view of the log (status, ack), witnesses",
-        description="Key-transparency commands.",
-        epilog="example:\n  sottovoce kt status --data-dir ~/.sottovoce-alice\n"
-        "  sottovoce kt ack --data-dir ~/.sottovoce-alice",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    subcommand(
+        kt_sub, "require",
+        help="how many pinned witnesses must cosign every checkpoint (0 opts out)",
+        description=(
+            "Set how many pinned witnesses must cosign every checkpoint (default 1). "
+            "With fewer witnesses pinned than required, every lookup is refused and every "
+            "command warns. 0 is the explicit opt-out, for a server that runs no witness: "
+            "checkpoints are then checked against the log key alone, which does not show "
+            "a server that shows different users different logs."
+        ),
+        example="  sottovoce kt require 0 --data-dir ~/.sottovoce-alice",
+        func=_require,
+        args=[("COSIGNATURES", "the cosignatures required, 0-32")],
     )
-    kt_sub = p.add_subparsers(dest="kt_command", metavar="KT_COMMAND", required=True)
+
+
+def add_commands(sub: Subparsers) -> None:
+    kt_sub = command_group(
+        sub, "kt",
+        help="key transparency: this device's view of the log (status, ack), witnesses",
+        description="Key-transparency commands.",
+        example=(
+            "  sottovoce kt status --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce kt ack --data-dir ~/.sottovoce-alice"
+        ),
+        metavar="KT_COMMAND",
+        required=True,
+    )
     _add_client_commands(kt_sub)
     kt_witness_cmd.add_witness(kt_sub)

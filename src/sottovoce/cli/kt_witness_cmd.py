@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sottovoce.cli.options import subcommand
+from sottovoce.cli.options import Subparsers, subcommand
 from sottovoce.connect_failure import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
@@ -65,7 +65,7 @@ def _witness_options(p: argparse.ArgumentParser) -> None:
                    help="serve add-checkpoint here (port 0: any free port, printed)")
 
 
-def add_witness(sub: Any) -> None:
+def add_witness(sub: Subparsers) -> None:
     subcommand(
         sub, "witness",
         help="witness a server's key-transparency log: check each checkpoint, then cosign",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 ENV_HOME = "SOTTOVOCE_HOME"
 ENV_PASSPHRASE = "SOTTOVOCE_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -66,6 +67,9 @@ def add_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Where a command module adds its commands (what ``add_subparsers`` returns).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
 #: A positional argument as (METAVAR, help); its attribute is the metavar in lower case.
 Positional = tuple[str, str | None]
 
@@ -81,7 +85,7 @@ def timed_account_options(parser: argparse.ArgumentParser) -> None:
 
 
 def subcommand(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subparsers,
     name: str,
     *,
     help: str,
@@ -113,14 +117,17 @@ def subcommand(
 
 
 def command_group(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subparsers,
     name: str,
     *,
     help: str,
     description: str,
     example: str,
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """A command made of subcommands (``account``, ``room``); alone it prints its help (exit 2)."""
+    metavar: str = "SUBCOMMAND",
+    required: bool = False,
+) -> Subparsers:
+    """A command made of subcommands (``account``, ``room``); alone it prints its help (exit 2),
+    or, ``required``, says that ``metavar`` is missing (exit 2)."""
 
     def show_help(args: argparse.Namespace) -> int:
         group.print_help()
@@ -130,4 +137,4 @@ def command_group(
         sub, name, help=help, description=description, example=example, func=show_help,
         options=no_options,
     )
-    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    return group.add_subparsers(dest=f"{name}_command", metavar=metavar, required=required)

@@ -19,20 +19,19 @@ from pathlib import Path
 
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import connect, quiet, say, stop_on_signals
+from sottovoce.cli.options import positive, subcommand
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
+    check_name_free,
     data_dir,
     new_passphrase,
-    positive,
     run,
-    subcommand,
-    unreachable,
     with_client,
 )
-from sottovoce.client import Client, NotConnected, username_available
+from sottovoce.client import Client
 from sottovoce.client.connection import ws_url
 from sottovoce.client.store import Store
 from sottovoce.identity import validate_username
@@ -46,13 +45,7 @@ def _create(args: argparse.Namespace, root: Path) -> None:
     """The recorder's account: a new name on the server, its device named "recorder"."""
     validate_username(args.name)
     ws_url(args.server)
-    try:
-        free = run(username_available(args.server, args.name))
-    except NotConnected as exc:
-        raise unreachable(args.server, exc) from None
-    if not free:
-        raise CliError(f"the name '{args.name}' is taken on {args.server}: give another "
-                       "with --name")
+    check_name_free(args.server, args.name, taken_hint="give another with --name")
     passphrase = new_passphrase(args, args.name)
 
     async def go() -> None:

@@ -33,7 +33,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
-from sottovoce.client.kt import Alert
+from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -412,3 +412,16 @@ def kt_alerts(alerts: Sequence[Alert], program: str = "sottovoce") -> list[str]:
         lines.append(f"  [{when} UTC] {safe(a.kind)}: {safe(a.message)}")
     lines.append(f"  details: {program} kt status; when dealt with: {program} kt ack")
     return lines
+
+
+def kt_witness_warning(policy: WitnessPolicy | None, program: str = "sottovoce") -> list[str]:
+    """What every command prints while the device pins fewer witnesses than it requires
+    (a server with no witness): empty otherwise, and after an explicit opt-out."""
+    if policy is not WitnessPolicy.MISSING:
+        return []
+    return [
+        "KEY-TRANSPARENCY WARNING: no pinned witness can cosign the log, so no lookup "
+        "can be verified and every one is refused",
+        f"  pin an independent witness: {program} kt pin-witness VKEY; or opt out "
+        f"knowingly: {program} kt require 0",
+    ]

@@ -16,24 +16,20 @@ import os
 import time
 
 from sottovoce.cli import render
+from sottovoce.cli.options import account_options, command_group, subcommand, timed_account_options
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
     CliError,
     Connect,
-    account_options,
-    command_group,
-    data_dir,
+    new_account_dir,
     new_passphrase,
     run,
-    subcommand,
-    timed_account_options,
     with_client,
 )
 from sottovoce.client import Client
 from sottovoce.client.connection import ws_url
 from sottovoce.client.device_notices import DeviceNotices
-from sottovoce.client.store import Store
 from sottovoce.identity import validate_username
 from sottovoce.identity.succession import parse_recovery_code
 from sottovoce.secret import Secret
@@ -108,15 +104,12 @@ def cmd_account_recover(args: argparse.Namespace) -> int:
 
 
 def _recover_on_new_device(args: argparse.Namespace, code: str) -> tuple[str, Secret]:
-    root = data_dir(args)
     validate_username(args.name)
     ws_url(args.server)
-    if Store.exists(root):
-        raise CliError(
-            f"there is already an account in {root}\n"
-            "recover into a new --data-dir, or run `account recover` without NAME to recover "
-            "the account kept there"
-        )
+    root = new_account_dir(args, hint=(
+        "recover into a new --data-dir, or run `account recover` without NAME to recover "
+        "the account kept there"
+    ))
     passphrase = new_passphrase(args, args.name)
 
     async def go() -> tuple[str, Secret]:

@@ -35,13 +35,8 @@ from sottovoce.cli.call_cmd import (
     say,
     stop_on_signals,
 )
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    positive,
-    subcommand,
-    with_client,
-)
+from sottovoce.cli.options import positive, subcommand
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.errors import SottovoceError
 from sottovoce.protocol.fields import Device

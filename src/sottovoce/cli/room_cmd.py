@@ -14,16 +14,9 @@ import sys
 from typing import Any
 
 from sottovoce.cli import render
+from sottovoce.cli.options import Positional, command_group, history_options, subcommand
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.cli.session import (
-    CliError,
-    Connect,
-    Positional,
-    command_group,
-    history_options,
-    subcommand,
-    with_client,
-)
+from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.store import DeliveryStatus
@@ -142,10 +135,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
-        me, ref = client.username, room_ref(args.room)
-        views = client.controls.history(ref, room=True, limit=args.limit)
+        me = client.username
+        room = client.rooms.get(room_ref(args.room))
+        views = client.controls.history(room.room_id, room=True, limit=args.limit)
+        client.conversations.mark_read(room.room_id, [v.message for v in views])
         if client.connected:  # shown: a read receipt to the room (unless off)
-            await client.controls.mark_read(ref, room=True)
+            await client.controls.mark_read(room.room_id, room=True)
         return [render.view_line(v, me, room=True, ids=args.ids) for v in views]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):

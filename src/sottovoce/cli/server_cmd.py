@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sottovoce import __version__
-from sottovoce.cli.options import subcommand
+from sottovoce.cli.options import Subparsers, subcommand
 from sottovoce.cli.program import command_name
 from sottovoce.errors import UsageError
 from sottovoce.file_lock import exclusive_lock
@@ -72,7 +72,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
                        help=f"{opt.help}; env {opt.env}")
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subparsers) -> None:
     subcommand(
         sub, "server",
         help="run the relay server (embedded SQLite, no set-up)",

@@ -29,19 +29,16 @@ from typing import TypeVar
 import platformdirs
 
 from sottovoce.cli import render
-from sottovoce.cli.options import ENV_HOME as ENV_HOME
-from sottovoce.cli.options import ENV_PASSPHRASE as ENV_PASSPHRASE
-from sottovoce.cli.options import Positional as Positional
-from sottovoce.cli.options import account_options as account_options
-from sottovoce.cli.options import add_timeout as add_timeout
-from sottovoce.cli.options import command_group as command_group
-from sottovoce.cli.options import history_options as history_options
-from sottovoce.cli.options import no_options as no_options
-from sottovoce.cli.options import positive as positive
-from sottovoce.cli.options import subcommand as subcommand
-from sottovoce.cli.options import timed_account_options as timed_account_options
+from sottovoce.cli.options import ENV_HOME, ENV_PASSPHRASE
+from sottovoce.cli.passphrase_strength import MIN_PASSPHRASE_CHARS, weak_passphrase
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.client import Client, NotConnected, ServerError, WrongPassphrase
+from sottovoce.client import (
+    Client,
+    NotConnected,
+    ServerError,
+    WrongPassphrase,
+    username_available,
+)
 from sottovoce.client.connection import BadServerUrl, TransportClosed
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.linking import DeviceNames
@@ -51,15 +48,6 @@ from sottovoce.errors import SottovoceError, UsageError
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 #: Passphrase prompts at a terminal before giving up.
 PASSPHRASE_TRIES = 3
-#: Shortest passphrase accepted at account creation: it is all that protects the keys
-#: on a stolen disk (Argon2id slows each guess, it cannot make a short one long).
-MIN_PASSPHRASE_CHARS = 8
-#: Passphrases guessed first by anyone (a few of the most common, and ours).
-_COMMON = frozenset({
-    "password", "password1", "passw0rd", "12345678", "123456789", "1234567890",
-    "qwertyui", "qwertyuiop", "iloveyou", "sottovoce", "letmein1", "11111111",
-    "abcdefgh", "abc12345", "00000000", "87654321", "asdfghjk",
-})  # fmt: skip
 #: How long a command waits, before it closes, for queued messages to be acknowledged.
 DRAIN_TIMEOUT_S = 10.0
 
@@ -99,6 +87,15 @@ def require_account(root: Path) -> None:
         )
 
 
+def new_account_dir(args: argparse.Namespace, *, hint: str) -> Path:
+    """The data directory a new account (or device) goes into, refused if it holds an
+    account already; ``hint`` says where to put the new one instead."""
+    root = data_dir(args)
+    if Store.exists(root):
+        raise CliError(f"there is already an account in {root}\n{hint}")
+    return root
+
+
 def remember_secret(args: argparse.Namespace, value: str) -> None:
     """Keep ``value`` out of anything printed on failure (``--debug`` tracebacks too)."""
     if value:
@@ -127,7 +124,7 @@ def given_passphrase(args: argparse.Namespace) -> tuple[str, str] | None:
     return None
 
 
-def _prompt(args: argparse.Namespace, prompt: str) -> str:
+def prompt_secret(args: argparse.Namespace, prompt: str) -> str:
     try:
         value = getpass.getpass(prompt)
     except EOFError:
@@ -136,39 +133,33 @@ def _prompt(args: argparse.Namespace, prompt: str) -> str:
     return value
 
 
-def _no_terminal() -> CliError:
+def no_terminal() -> CliError:
     return CliError(
         f"no passphrase: use --passphrase-file FILE or ${ENV_PASSPHRASE}, or run in a terminal"
     )
 
 
-def weak_passphrase(passphrase: str, username: str = "") -> str | None:
-    """Why ``passphrase`` is too weak to seal an account, or ``None`` if it will do."""
-    if len(passphrase) < MIN_PASSPHRASE_CHARS:
-        return f"the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters"
-    folded = passphrase.strip().lower()
-    if len(set(folded)) == 1:
-        return "the passphrase repeats one character: choose a real one"
-    if folded in _COMMON or (username and folded == username.lower()):
-        return "the passphrase is one of the first any attacker tries: choose another"
-    return None
-
-
-def new_passphrase(args: argparse.Namespace, username: str) -> str:
-    """The passphrase of a new account: asked twice at a terminal, refused if weak."""
-    given = given_passphrase(args)
+def new_passphrase(
+    args: argparse.Namespace,
+    username: str,
+    *,
+    source: Callable[[argparse.Namespace], tuple[str, str] | None] = given_passphrase,
+    what: str = "Passphrase for the local store",
+) -> str:
+    """A new passphrase (from ``source``, else asked twice at a terminal), refused if weak."""
+    given = source(args)
     if given is not None:
         why = weak_passphrase(given[0], username)
         if why is not None:
             raise CliError(f"{why} (from {given[1]})")
         return given[0]
     if not sys.stdin.isatty():
-        raise _no_terminal()
+        raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        first = _prompt(args, "Passphrase for the local store (8 or more characters): ")
+        first = prompt_secret(args, f"{what} ({MIN_PASSPHRASE_CHARS} or more characters): ")
         why = weak_passphrase(first, username)
         if why is None:
-            if _prompt(args, "Repeat the passphrase: ") == first:
+            if prompt_secret(args, "Repeat the passphrase: ") == first:
                 return first
             why = "the passphrases differ"
         if attempt == PASSPHRASE_TRIES:
@@ -197,9 +188,9 @@ def _load(args: argparse.Namespace) -> Client:
                 f"wrong passphrase for the account in {root} (from {given[1]})"
             ) from None
     if not sys.stdin.isatty():
-        raise _no_terminal()
+        raise no_terminal()
     for attempt in range(1, PASSPHRASE_TRIES + 1):
-        passphrase = _prompt(args, f"Passphrase for {root}: ")
+        passphrase = prompt_secret(args, f"Passphrase for {root}: ")
         try:
             if passphrase:
                 return Client.load(root, passphrase)
@@ -231,6 +222,17 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
             "wss:// with TLS?"
         )
     return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
+
+
+def check_name_free(server: str, name: str, *, taken_hint: str = "choose another") -> None:
+    """Before a passphrase is typed: is ``server`` there, and ``name`` still free on it?
+    Each "no" is one plain error; ``taken_hint`` says what to do about a taken name."""
+    try:
+        free = run(username_available(server, name))
+    except NotConnected as exc:
+        raise unreachable(server, exc) from None
+    if not free:
+        raise CliError(f"the name '{name}' is taken on {server}: {taken_hint}")
 
 
 #: Refusals whose fix is a command: what happened, then what to run.
@@ -352,6 +354,8 @@ async def _session(
             events.close()
         if alerts and not client.closed:  # a deleted account's client closed itself
             for line in render.kt_alerts(client.kt.alerts(), command_name()):
+                print(line, file=sys.stderr)
+            for line in render.kt_witness_warning(client.kt.witness_policy, command_name()):
                 print(line, file=sys.stderr)
         if not client.closed:
             show_device_notices(client)

@@ -38,14 +38,16 @@ import contextlib
 from typing import ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
 from sottovoce.calls.effects import CallState, PeerRinging, StateChanged
 from sottovoce.cli import render
+from sottovoce.cli.idle_lock import IdleLock, LockScreen
 from sottovoce.client import (
     Client,
     ConnectionChanged,
@@ -139,8 +141,12 @@ class ChatApp(App[int]):
         *,
         room_id: str | None = None,
         call_options: CallOptions | None = None,
+        lock_after_s: float | None = None,
     ) -> None:
         super().__init__()
+        #: ``--lock-after``: locks the screen after that long without input (idle_lock.py).
+        self._idle = IdleLock(lock_after_s) if lock_after_s else None
+        self._held: list[tuple[str, bool]] = []  # notifications held back while locked
         self.client = client
         self.peer = peer
         self._call_options = call_options
@@ -183,9 +189,9 @@ class ChatApp(App[int]):
                 users = sorted({render.safe(u) for u, _ in room.members()})
                 where = "removed" if room.removed else f"{len(users)} members: {', '.join(users)}"
                 text = f"{me} in #{peer} ({where}) · {state}"
-                self.query_one("#status", Static).update(Text(text))
+                self._chat_screen.query_one("#status", Static).update(Text(text))
                 return
-        self.query_one("#status", Static).update(Text(f"{me} ⇄ {peer} · {state}"))
+        self._chat_screen.query_one("#status", Static).update(Text(f"{me} ⇄ {peer} · {state}"))
 
     def _format(self, message: StoredMessage) -> str:
         """With replies' quotes, "(edited)", tombstones, reactions, ✓✓ and "read"."""
@@ -203,23 +209,60 @@ class ChatApp(App[int]):
 
     def _tell(self, text: str, *, error: bool = False) -> None:
         """A notification; its text may quote a peer, so it is never read as markup."""
+        if self._locked:
+            self._held.append((text, error))  # shown once unlocked, never over the lock
+            return
         self.notify(text, severity="error" if error else "information", markup=False)
+
+    # --- the idle lock -----------------------------------------------------------
+
+    @property
+    def _locked(self) -> bool:
+        return self._idle is not None and self._idle.locked
+
+    async def on_event(self, event: events.Event) -> None:
+        if self._idle is not None and isinstance(event, events.Key | events.MouseDown):
+            self._idle.touch()
+        await super().on_event(event)
+
+    def _lock_if_idle(self) -> None:
+        if self._idle is not None and self._idle.due():
+            self._idle.lock()
+            self.clear_notifications()
+            store = self.client.linking().store  # the passphrase is checked against it
+            self.push_screen(LockScreen(store.check_passphrase, self._unlocked))
+
+    def _unlocked(self) -> None:
+        if self._idle is not None:
+            self._idle.unlock()
+        self.client.conversations.mark_read(self._conversation, self.client.last_local_id())
+        held, self._held = self._held, []
+        for text, error in held:
+            self._tell(text, error=error)
 
     def _line(self, message: StoredMessage) -> Static:
         widget = Static(Text(self._format(message)), classes="line")
         self._lines[message.message_id] = widget
         return widget
 
+    @property
+    def _chat_screen(self) -> Screen[object]:
+        """The chat's own screen, also while the lock or the safety number covers it."""
+        return self.screen_stack[0]
+
     async def on_mount(self) -> None:
         self._status()
         history = self.client.history(self._conversation, limit=PAGE)
         if history:
             self._oldest = history[0].local_id
-            await self.query_one("#history", VerticalScroll).mount_all(
+            await self._chat_screen.query_one("#history", VerticalScroll).mount_all(
                 [self._line(m) for m in history]
             )
-        self.query_one("#history", VerticalScroll).scroll_end(animate=False)
-        self.query_one("#input", Input).focus()
+            self.client.conversations.mark_read(self._conversation, history)
+        if self._idle is not None:
+            self.set_interval(min(5.0, self._idle.after_s / 4), self._lock_if_idle)
+        self._chat_screen.query_one("#history", VerticalScroll).scroll_end(animate=False)
+        self._chat_screen.query_one("#input", Input).focus()
         self.client.start_calls(self._call_options)  # before connecting: no ring is missed
         if self.room_id is not None:  # before connecting too: no call start is missed
             opts = self._call_options
@@ -271,7 +314,7 @@ class ChatApp(App[int]):
     # --- calls ----------------------------------------------------------------
 
     def _call_bar(self, text: str | None) -> None:
-        bar = self.query_one("#call", Static)
+        bar = self._chat_screen.query_one("#call", Static)
         bar.display = text is not None
         bar.update(Text(text or ""))
 
@@ -314,6 +357,8 @@ class ChatApp(App[int]):
         self._call_bar(f"☎ {render.call_stats(self._call_peer(), stats)} · F6 hang up")
 
     async def action_call_or_accept(self) -> None:
+        if self._locked:
+            return
         calls = self.client.calls
         try:
             if calls.state is CallState.INCOMING_RINGING:
@@ -326,6 +371,8 @@ class ChatApp(App[int]):
             self._tell(render.safe(str(exc)), error=True)
 
     async def action_decline_or_hang_up(self) -> None:
+        if self._locked:
+            return
         if self.room_id is not None and self.room_id in self.client.room_calls.active:
             await self.client.room_calls.end(self.room_id)
             self._call_bar(None)
@@ -383,9 +430,11 @@ class ChatApp(App[int]):
         stored = self.client.message(message_id)  # the screen shows the store, nothing else
         if stored is None or message_id in self._lines:
             return
-        log = self.query_one("#history", VerticalScroll)
+        log = self._chat_screen.query_one("#history", VerticalScroll)
         at_bottom = log.scroll_y >= log.max_scroll_y - 1
         await log.mount(self._line(stored))
+        if not self._locked:  # shown: read (what arrives while locked is read on unlock)
+            self.client.conversations.mark_read(self._conversation, stored.local_id)
         if self._oldest is None:
             self._oldest = stored.local_id
         if at_bottom or stored.outgoing:
@@ -427,7 +476,9 @@ class ChatApp(App[int]):
         return max(1, log.scrollable_content_region.height - 1)
 
     async def action_page_up(self) -> None:
-        log = self.query_one("#history", VerticalScroll)
+        if self._locked:
+            return
+        log = self._chat_screen.query_one("#history", VerticalScroll)
         top = log.scroll_target_y
         if top <= 0 and self._oldest is not None:
             older = self.client.history(self._conversation, limit=PAGE, before=self._oldest)
@@ -446,11 +497,15 @@ class ChatApp(App[int]):
         log.scroll_to(y=max(0, top - self._page(log)), animate=False, immediate=True)
 
     def action_page_down(self) -> None:
-        log = self.query_one("#history", VerticalScroll)
+        if self._locked:
+            return
+        log = self._chat_screen.query_one("#history", VerticalScroll)
         target = min(log.max_scroll_y, log.scroll_target_y + self._page(log))
         log.scroll_to(y=target, animate=False, immediate=True)
 
     async def action_safety(self) -> None:
+        if self._locked:
+            return
         if self.room_id is not None:
             self._tell("rooms have no single safety number: verify members one by one")
             return
@@ -475,11 +530,13 @@ def run_chat(
     *,
     room_id: str | None = None,
     call_options: CallOptions | None = None,
+    lock_after_s: float | None = None,
 ) -> tuple[int, str | None]:
     """Chat with the user ``peer``, or in the room ``room_id`` (then ``peer`` is its name).
 
     Returns the exit code, and a problem to report when the chat had to end.
     """
-    app = ChatApp(client, peer, room_id=room_id, call_options=call_options)
+    app = ChatApp(client, peer, room_id=room_id, call_options=call_options,
+                  lock_after_s=lock_after_s)
     code = app.run()
     return (code if isinstance(code, int) else 0), app.problem

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sottovoce.client.account_keys import (
     Rotation,
@@ -38,6 +38,7 @@ from sottovoce.client.account_keys import (
     revoke_by_succession,
     to_wire,
 )
+from sottovoce.client.call_surface import CallSurface
 from sottovoce.client.connection import (
     ConnectedInfo,
     Connection,
@@ -47,6 +48,7 @@ from sottovoce.client.connection import (
     ws_url,
 )
 from sottovoce.client.conversation import Controls
+from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
@@ -92,14 +94,7 @@ from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.secret import Secret
 
-if TYPE_CHECKING:
-    from sottovoce.client.calls import CallController, CallOptions, TurnServer
-    from sottovoce.client.calls.room_calls import RoomCalls
-    from sottovoce.client.calls.room_controller import RoomCallOptions
-
 CONNECT_TIMEOUT_S = 15.0
-#: Closing waits this long for a call's hang-up to leave and its media to stop.
-CALL_CLOSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +131,7 @@ _Item = _Frame | _Ack | _ReplayDone | _RoomFrame | SyncedMark
 _Handler = Callable[[str | None, dict[str, Any]], None]
 
 
-class Client:
+class Client(CallSurface):
     """One account on one device. Create with :meth:`create_account` or :meth:`open`."""
 
     def __init__(
@@ -202,17 +197,11 @@ class Client:
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
+        #: The list with unread counts, read marks, search, export, forget (local only).
+        self.conversations = Conversations(store, self.username)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
         self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
-        # Calls (client/calls/): a CallController built from narrow callables (an
-        # ephemeral 1:1 send for its signals, a durable 1:1 record for missed calls,
-        # a TURN credential request), fed decrypted call payloads by
-        # DirectMessages.accept (docs/architecture.md, "Client"). Built on first use:
-        # it needs the running event loop, and the media stack is heavy to import.
-        self._calls: CallController | None = None
-        # Room calls: a RoomCalls hub fed decrypted room-call signals by the room
-        # message path (rooms.on_call_signal) and told of room changes after each batch.
-        self._room_calls: RoomCalls | None = None
+        # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
         self._handlers: dict[str, _Handler] = {
@@ -251,6 +240,7 @@ class Client:
         device_id: str | None = None,
         kt_key: str | None = None,
         kt_witnesses: tuple[str, ...] = (),
+        kt_min_cosignatures: int = 1,
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -262,7 +252,8 @@ class Client:
         and witness keys, or ``kt_key`` / ``kt_witnesses`` (verifier keys) given
         from elsewhere, in which case a server with another log key is refused
         (:class:`~sottovoce.client.errors.KTAlertRaised`; the account stays, and
-        its lookups are refused until the right log is pinned). ``device_id``: the
+        its lookups are refused until the right log is pinned). ``kt_min_cosignatures``:
+        the witness cosignatures required (0 opts out of witnesses). ``device_id``: the
         device's id (default: random; the recorder device is named ``recorder``).
         """
         validate_username(username)
@@ -276,7 +267,7 @@ class Client:
         try:
             client = await cls._enroll(
                 url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
-                recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses),
+                recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses, kt_min_cosignatures),
             )
         except KTAlertRaised as exc:
             exc.recovery_code = code  # registered: the code must still reach its owner
@@ -370,7 +361,7 @@ class Client:
         add: bool,
         recovery_key: bytes | None = None,
         statements: tuple[ev.SignedStatement, ...] = (),
-        kt_expect: tuple[str | None, tuple[str, ...]] = (None, ()),
+        kt_expect: tuple[str | None, tuple[str, ...], int] = (None, (), 1),
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -501,13 +492,7 @@ class Client:
         """Disconnect, store whatever is already received, and close the store."""
         if self._closed:
             return
-        if self._calls is not None:
-            # Hang up first, while the hang-up can still reach the peer.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._calls.close(), CALL_CLOSE_TIMEOUT_S)
-        if self._room_calls is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room_calls.close(), CALL_CLOSE_TIMEOUT_S)
+        await self._close_calls()  # hang up while the hang-up can still reach the peer
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -1000,124 +985,6 @@ class Client:
         if replay_done and self._conn.is_up:
             self._synced.set()
             self._emit(ConnectionChanged(connected=True))
-
-    # =========================================================================
-    # Calls (1:1; docs/calls.md)
-    # =========================================================================
-
-    def start_calls(self, options: CallOptions | None = None) -> CallController:
-        """Build this device's call controller with ``options`` (once, before any call).
-
-        Start it before connecting so that no ring is missed; :attr:`calls` builds it
-        with the default options otherwise.
-        """
-        from sottovoce.client.calls import CallController
-        from sottovoce.client.calls.wiring import missed_call_recorder, signal_sender, turn_fetcher
-
-        if self._calls is not None:
-            raise UsageError("calls are already started on this client")
-        if self._closed:
-            raise UsageError("client is closed")
-
-        def current_peer() -> str | None:
-            call = self._calls.call if self._calls is not None else None
-            return call.peer if call is not None else None
-
-        self._calls = CallController(
-            user=self.username,
-            device=self.device_id,
-            send_signals=signal_sender(
-                me=self.username, send_call=self._direct.send_call, current_peer=current_peer
-            ),
-            record_missed=missed_call_recorder(self._direct.send_record),
-            options=options,
-            turn_servers=turn_fetcher(self._ask_turn),
-        )
-        return self._calls
-
-    async def _ask_turn(self) -> dict[str, Any]:
-        _, data = await self._conn.request(ev.TurnCredentialsRequest(), frozenset({ev.TURN_RESULT}))
-        return data
-
-    async def turn_servers(self) -> tuple[TurnServer, ...]:
-        """Fresh TURN credentials from the server (``ServerError`` ``turn_unavailable``
-        when it has none); calls fetch their own, this is for checking up front."""
-        from sottovoce.client.calls.wiring import turn_servers_from_wire
-
-        return turn_servers_from_wire(await self._ask_turn())
-
-    @property
-    def calls(self) -> CallController:
-        """This device's calls: dial, accept, hang up, ``events`` (a queue), ``stats()``."""
-        return self._calls if self._calls is not None else self.start_calls()
-
-    async def place_call(self, username: str, *, video: bool | None = None) -> bytes:
-        """Ring every device of ``username``; returns the call id (follow ``calls.events``)."""
-        validate_username(username)
-        if username == self.username:
-            raise UsageError("call another user")
-        targets = await self._directory.targets(username)
-        return self.calls.dial(
-            username,
-            [d for u, d in targets if u == username],
-            own_devices=[d for u, d in targets if u == self.username],
-            video=video,
-        )
-
-    def answer_call(self) -> None:
-        """Accept the call ringing here (the caller's other devices learn it was answered)."""
-        self.calls.accept(own_devices=self._sessions.devices_of(self.username))
-
-    # Room calls (docs/calls.md, "Room calls")
-
-    def start_room_calls(self, options: RoomCallOptions | None = None) -> RoomCalls:
-        """Build this device's room calls with ``options`` (once; before connecting, so
-        that no call started while it syncs is missed). ``room_calls.start(room)`` or
-        ``.join(room)`` then gives the room's RoomCallController."""
-        from sottovoce.client.calls.room_calls import RoomCalls
-
-        if self._room_calls is not None:
-            raise UsageError("room calls are already started on this client")
-        if self._closed:
-            raise UsageError("client is closed")
-        if self.identity.mls_key is None:
-            raise UsageError("this device has no room key (it predates rooms)")
-        hub = RoomCalls(
-            me=(self.username, self.device_id),
-            storage_key=self._store.storage_key,
-            signing_key=self.identity.mls_key,
-            send_signal=self.rooms.send_call_signal,
-            leaf_keys=self.rooms.leaf_keys,
-            append_audit=self.rooms.record_event,
-            ask_grant=self._ask_sfu_grant,
-            options=options,
-        )
-        self.rooms.on_call_signal(hub.receive)
-        self._room_calls = hub
-        return hub
-
-    @property
-    def room_calls(self) -> RoomCalls:
-        """This device's room calls (built with default options on first use)."""
-        return self._room_calls if self._room_calls is not None else self.start_room_calls()
-
-    async def _ask_sfu_grant(self, room_id: str, call_id: bytes) -> dict[str, Any]:
-        _, data = await self._conn.request(
-            pr.RoomCallGrant(roomId=room_id, callId=call_id), frozenset({pr.ROOM_CALL_GRANTED})
-        )
-        return data
-
-    def _on_call_signals(self, user: str, device: str, body: bytes) -> None:
-        """Decrypted call signals (inside the batch transaction: no await, no store).
-
-        A device rings only while an application that takes calls runs (it called
-        :meth:`start_calls`): a short command such as ``send`` must neither ring nor,
-        closing, decline a call the user could take on another device.
-        """
-        if self._calls is not None:
-            from sottovoce.client.calls.wiring import deliver_signals
-
-            deliver_signals(self._calls, user, device, body, self._emit)
 
     # =========================================================================
     # Reading (the UI reads the store only)

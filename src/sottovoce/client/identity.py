@@ -33,6 +33,33 @@ _VERSION = 2
 _VERSION_NO_MLS = 1
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class DeviceKeys:
+    """A new device's private keys and Olm account, and the public keys its certificate
+    binds: made the same way for a new account, an added device and a linked one."""
+
+    device_key: DeviceSigningKey
+    mls_key: SigningKey
+    olm: OlmAccount
+    public: DevicePublicKeys
+
+    @classmethod
+    def generate(cls, *, username: str, device_id: str, rng: Random) -> DeviceKeys:
+        device_key = DeviceSigningKey.generate(rng)
+        mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
+        olm = OlmAccount.create(username=username, device_id=device_id)
+        public = DevicePublicKeys(
+            signing_key=device_key.public,
+            olm_identity_key=olm.identity_key,
+            olm_signing_key=olm.signing_key,
+            mls_signature_key=mls_key.verify_key.data,
+        )
+        return cls(device_key, mls_key, olm, public)
+
+    def __repr__(self) -> str:
+        return "DeviceKeys(...)"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalIdentity:
     username: str
@@ -64,26 +91,15 @@ class LocalIdentity:
         validate_username(username)
         device = validate_device_id(device_id or rng(8).hex())
         ak = account_key if account_key is not None else AccountKey.generate(rng)
-        device_key = DeviceSigningKey.generate(rng)
-        mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
-        olm = OlmAccount.create(username=username, device_id=device)
+        keys = DeviceKeys.generate(username=username, device_id=device, rng=rng)
         cert = DeviceCertificate.issue(
-            ak,
-            username=username,
-            device_id=device,
-            keys=DevicePublicKeys(
-                signing_key=device_key.public,
-                olm_identity_key=olm.identity_key,
-                olm_signing_key=olm.signing_key,
-                mls_signature_key=mls_key.verify_key.data,
-            ),
-            now_ms=now_ms,
+            ak, username=username, device_id=device, keys=keys.public, now_ms=now_ms
         )
         ident = cls(
             username=username, device_id=device, server_url=server_url, account_key=ak,
-            device_key=device_key, certificate=cert, mls_key=mls_key,
+            device_key=keys.device_key, certificate=cert, mls_key=keys.mls_key,
         )
-        return ident, olm
+        return ident, keys.olm
 
     def encode(self) -> bytes:
         """Private keys included: only ever stored sealed."""

@@ -5,7 +5,7 @@
     every lookup   ──► kt.lookup ──► verify_lookup (pinned keys, >= 1 witness, age,
                        consistency with the kept head) ──► the directory's keys must
                        be in the verified account state, else KeyNotInLog
-    on connect and every KT_MONITOR_INTERVAL_S ──► kt.history ──► monitor_own_account
+    on connect and every KT_MONITOR_INTERVAL_S ──► kt.history pages ──► monitor_page
                        against every device this account's key certified
     every message  ──► carries our head (size, root); a peer's head of the same size
                        with another root, or one our log is not consistent with, is
@@ -21,6 +21,7 @@ is also stored as an alert that stays until acknowledged (``sottovoce kt ack``).
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -31,11 +32,18 @@ from sottovoce.client.store import Contact, Store
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.checkpoint import NoteKey, VerifiedCheckpoint, open_checkpoint
-from sottovoce.kt.errors import KTError, LogForked, LogShrank, MalformedProof, MonitorAlert
+from sottovoce.kt.errors import (
+    KTError,
+    LogForked,
+    LogShrank,
+    MalformedProof,
+    MonitorAlert,
+    NoWitnessPinned,
+)
 from sottovoce.kt.map import AccountState
 from sottovoce.kt.merkle import HASH_SIZE, verify_consistency
 from sottovoce.kt.verify import (
-    HistoryResponse,
+    HistoryPage,
     KTPolicy,
     LookupResponse,
     MonitorResult,
@@ -43,7 +51,7 @@ from sottovoce.kt.verify import (
     OwnKeys,
     TrustedHead,
     check_extension,
-    monitor_own_account,
+    monitor_page,
     verify_lookup,
 )
 from sottovoce.limits import (
@@ -82,7 +90,7 @@ class KTSource(Protocol):
 
     async def lookup(self, username: str, since: int) -> LookupResponse: ...
 
-    async def history(self, since: int) -> HistoryResponse: ...
+    async def history_page(self, since: int, start: int) -> HistoryPage: ...
 
 
 class LinkSource:
@@ -113,9 +121,9 @@ class LinkSource:
                                    pk.KT_LOOKUP_RESULT)
         return _decode(LookupResponse, raw)
 
-    async def history(self, since: int) -> HistoryResponse:
-        raw = await self._response(pk.KTHistory(since=since), pk.KT_HISTORY_RESULT)
-        return _decode(HistoryResponse, raw)
+    async def history_page(self, since: int, start: int) -> HistoryPage:
+        raw = await self._response(pk.KTHistory(since=since, start=start), pk.KT_HISTORY_RESULT)
+        return _decode(HistoryPage, raw)
 
 
 def _decode(cls: type[R], raw: bytes) -> R:
@@ -161,10 +169,12 @@ class Pins(WireStruct):
                    min_cosignatures=r.u8(), max_age_ms=r.u64())
 
     def policy(self) -> KTPolicy:
+        required = min(self.min_cosignatures, len(self.witnesses))
         return KTPolicy(log_key=NoteKey.from_vkey(self.log_key), vrf_key=self.vrf_key,
                         witnesses=tuple(NoteKey.from_vkey(v) for v in self.witnesses),
-                        min_cosignatures=min(self.min_cosignatures, len(self.witnesses)),
-                        max_age_ms=self.max_age_ms)
+                        min_cosignatures=required,
+                        # With no cosignature required, none dates a checkpoint.
+                        max_age_ms=self.max_age_ms if required else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,18 +197,27 @@ class _Head(WireStruct):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Monitor(WireStruct):
+    """Version 2 adds the version tree's compact range (version 1: checked again from
+    the first version, a page at a time)."""
+
     versions: int
     version_root: bytes
+    border: tuple[bytes, ...] = ()
 
     def write(self, w: Writer) -> None:
-        w.u8(_RECORD_VERSION)
+        w.u8(2)
         w.u32(self.versions)
         w.opaque8(self.version_root)
+        w.vector_v(self.border, lambda w2, h: w2.opaque8(h))
 
     @classmethod
     def read(cls, r: Reader) -> _Monitor:
-        _versioned(r, "monitor")
-        return cls(versions=r.u32(), version_root=r.opaque8())
+        version = r.u8()
+        if version not in (1, 2):
+            raise DecodeError("unknown monitor record version")
+        versions, root = r.u32(), r.opaque8()
+        border = tuple(r.vector_v(lambda r2: r2.opaque8())) if version == 2 else ()
+        return cls(versions=versions, version_root=root, border=border)
 
 
 def _write_device(w: Writer, device: tuple[str, bytes]) -> None:
@@ -250,6 +269,33 @@ class Alert(WireStruct):
         return cls(kind=r.opaque8().decode(), message=r.opaque_v().decode(), at_ms=r.u64())
 
 
+class WitnessPolicy(enum.Enum):
+    """What this device requires of witnesses (:attr:`KeyTransparency.witness_policy`)."""
+
+    #: At least one pinned witness must cosign every checkpoint (the default).
+    REQUIRED = "required"
+    #: Cosignatures are required but fewer witnesses are pinned than required (a server
+    #: with no witness): every lookup is refused, and the client says so at connect.
+    MISSING = "missing"
+    #: The user opted out (``--kt-min-cosignatures 0``): checkpoints are checked against
+    #: the log key alone, which proves nothing against a server showing a forked log.
+    OPTED_OUT = "opted-out"
+
+
+def witness_policy_of(pins: Pins | None) -> WitnessPolicy | None:
+    """What ``pins`` require of witnesses (``None`` for no pins)."""
+    if pins is None:
+        return None
+    if pins.min_cosignatures == 0:
+        return WitnessPolicy.OPTED_OUT
+    if len(pins.witnesses) < pins.min_cosignatures:
+        return WitnessPolicy.MISSING
+    return WitnessPolicy.REQUIRED
+
+
+#: The most cosignatures a device may require.
+MAX_MIN_COSIGNATURES = 32
+
 #: Alert kinds (``sottovoce kt status`` prints them as they are).
 LOG_KEY_CHANGED = "log-key-changed"
 LOG_INCONSISTENT = "log-inconsistent"
@@ -269,15 +315,26 @@ def parse_vkey(text: str, *, witness: bool) -> str:
     return key.vkey()
 
 
-def expect_log(store: Store, log_key: str | None, witnesses: Sequence[str]) -> None:
+def check_min_cosignatures(n: int) -> int:
+    """A ``--kt-min-cosignatures`` value, checked; a plain error if it is not one."""
+    if not 0 <= n <= MAX_MIN_COSIGNATURES:
+        raise UsageError(f"the cosignatures required are 0-{MAX_MIN_COSIGNATURES}")
+    return n
+
+
+def expect_log(store: Store, log_key: str | None, witnesses: Sequence[str],
+               min_cosignatures: int = 1) -> None:
     """Keys given from elsewhere (``--kt-key``, ``--kt-witness``), kept before the
     account is registered: the log is pinned only if the server's key is this one,
-    and lookups are refused until it is."""
-    if log_key is None and not witnesses:
+    and lookups are refused until it is. ``min_cosignatures`` other than 1 (0: the
+    explicit opt-out of witnesses) is kept the same way."""
+    if log_key is None and not witnesses and min_cosignatures == 1:
         return
     with store.transaction():
         store.put_kt(_EXPECT, Pins(log_key=log_key or "", vrf_key=b"",
-                                   witnesses=tuple(witnesses)).encode())
+                                   witnesses=tuple(witnesses),
+                                   min_cosignatures=check_min_cosignatures(min_cosignatures)
+                                   ).encode())
 
 
 # =============================================================================
@@ -322,8 +379,8 @@ class KeyTransparency:
     @property
     def monitor_state(self) -> MonitorState:
         m = self._record(_MONITOR, _Monitor)
-        return MonitorState() if m is None else MonitorState(versions=m.versions,
-                                                            version_root=m.version_root)
+        return MonitorState() if m is None else MonitorState(
+            versions=m.versions, version_root=m.version_root, border=m.border)
 
     def checkpoint_ref(self) -> tuple[int, bytes] | None:
         """What our messages carry: the last verified head's size and root."""
@@ -368,10 +425,30 @@ class KeyTransparency:
 
     # --- pinning -------------------------------------------------------------------
 
-    def expected_by_new_device(self) -> tuple[str | None, tuple[str, ...]]:
-        """What a device this one adds should pin: our log key and witnesses."""
+    def expected_by_new_device(self) -> tuple[str | None, tuple[str, ...], int]:
+        """What a device this one adds should pin: our log key and witnesses, and how
+        many cosignatures we require."""
         pins = self.pins
-        return (None, ()) if pins is None else (pins.log_key, pins.witnesses)
+        return ((None, (), 1) if pins is None
+                else (pins.log_key, pins.witnesses, pins.min_cosignatures))
+
+    @property
+    def witness_policy(self) -> WitnessPolicy | None:
+        """What this device requires of witnesses (``None`` while no log is pinned)."""
+        return witness_policy_of(self.pins)
+
+    def require(self, min_cosignatures: int) -> Pins:
+        """Require ``min_cosignatures`` pinned witnesses' cosignatures on every checkpoint
+        (0 opts out of witnesses: the user's explicit choice, never a default)."""
+        pins = self.pins
+        if pins is None:
+            raise UsageError("no log is pinned on this device yet")
+        new = Pins(log_key=pins.log_key, vrf_key=pins.vrf_key, witnesses=pins.witnesses,
+                   min_cosignatures=check_min_cosignatures(min_cosignatures),
+                   max_age_ms=pins.max_age_ms)
+        with self._store.transaction():
+            self._store.put_kt(_PINS, new.encode())
+        return new
 
     @property
     def required(self) -> bool:
@@ -405,8 +482,10 @@ class KeyTransparency:
         chosen = tuple(witnesses) if witnesses else tuple(
             _vkey(w, "witness key") for w in answer.witnesses
         )
-        # With no witness the log is pinned all the same: lookups are refused until one is.
-        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=chosen)
+        # With no witness the log is pinned all the same: lookups are refused until one is
+        # (WitnessPolicy.MISSING), unless the user opted out of witnesses.
+        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=chosen,
+                    min_cosignatures=expected.min_cosignatures if expected else 1)
         try:
             policy = pins.policy()
         except (MalformedProof, UsageError) as exc:
@@ -415,6 +494,39 @@ class KeyTransparency:
         with self._store.transaction():
             self._store.put_kt(_PINS, pins.encode())
             self._keep(verified)
+        return pins
+
+    async def repin(self, log_key: str) -> Pins:
+        """Pin the log key ``log_key`` (checked by :func:`parse_vkey`) in place of the
+        pinned one, after a legitimate rotation the user checked out of band: the server
+        must name that very key and its checkpoint must verify under it (and the pinned
+        witnesses, or the server's if none is). The head and the monitor start over on
+        the new log, and the log-key-changed alerts are acknowledged. Never automatic."""
+        answer = await self._source.head(0)
+        served = _vkey(answer.log_key, "log key")
+        if served != log_key:
+            shown = NoteKey.from_vkey(served)
+            raise UsageError(f"the server names another log key ({shown.name}, fingerprint "
+                             f"{shown.fingerprint()}); nothing was pinned")
+        old = self.pins or self._record(_EXPECT, Pins)
+        witnesses = old.witnesses if old is not None and old.witnesses else tuple(
+            _vkey(w, "witness key") for w in answer.witnesses)
+        pins = Pins(log_key=served, vrf_key=answer.vrf_key, witnesses=witnesses,
+                    min_cosignatures=old.min_cosignatures if old is not None else 1,
+                    max_age_ms=old.max_age_ms if old is not None
+                    else KT_DEFAULT_MAX_CHECKPOINT_AGE_MS)
+        try:
+            policy = pins.policy()
+        except (MalformedProof, UsageError) as exc:
+            raise MalformedProof(f"the log's keys are unusable: {exc}") from None
+        verified = policy.open(answer.checkpoint, self._clock())
+        with self._store.transaction():
+            self._store.put_kt(_PINS, pins.encode())
+            self._keep(verified)  # another log: the old head proves nothing about it
+            self._store.put_kt(_MONITOR, _Monitor(versions=0, version_root=b"").encode())
+            for alert in self.alerts():
+                if alert.kind == LOG_KEY_CHANGED:
+                    self._store.acknowledge_kt_alert(alert.id)
         return pins
 
     def pin_witness(self, vkey: str) -> Pins:
@@ -448,9 +560,12 @@ class KeyTransparency:
         if pins is None:
             raise KTError("no transparency log is pinned on this device, so its lookups "
                           "cannot be verified (see sottovoce kt status)")
-        if not pins.witnesses:
-            raise KTError("no witness is pinned, and at least one cosignature is required "
-                          "(pin one with: sottovoce kt pin-witness VKEY)")
+        if self.witness_policy is WitnessPolicy.MISSING:
+            raise NoWitnessPinned(
+                f"{len(pins.witnesses)} witness(es) pinned and {pins.min_cosignatures} "
+                "cosignature(s) required, so no checkpoint of the log can be verified: "
+                "pin an independent witness (sottovoce kt pin-witness VKEY), or opt out "
+                "knowingly (sottovoce kt require 0)")
         return pins.policy()
 
     def _inconsistent(self, exc: KTError) -> KTAlertRaised:
@@ -522,7 +637,7 @@ class KeyTransparency:
 
     # --- monitoring our own account -------------------------------------------------
 
-    def _own_keys(self, response: HistoryResponse | None = None) -> tuple[OwnKeys, _Own]:
+    def _own_keys(self, page: HistoryPage | None = None) -> tuple[OwnKeys, _Own]:
         kept = self._record(_OWN, _Own) or _Own(devices=(), account_keys=(), recovery_keys=())
         devices = set(kept.devices)
         account_keys = set(kept.account_keys)
@@ -530,7 +645,7 @@ class KeyTransparency:
         if contact is not None:
             devices |= {(d, c.keys.signing_key) for d, c in contact.certificates.items()}
             account_keys.add(contact.account_key)
-        recovery = set(kept.recovery_keys) or _first_recovery_key(response)
+        recovery = set(kept.recovery_keys) or _first_recovery_key(page)
         record = _Own(devices=tuple(sorted(devices)), account_keys=tuple(sorted(account_keys)),
                       recovery_keys=tuple(sorted(recovery)))
         own = OwnKeys(devices=frozenset(devices), account_keys=frozenset(account_keys),
@@ -538,46 +653,67 @@ class KeyTransparency:
         return own, record
 
     async def poll_own(self, refresh_own: Callable[[], Awaitable[None]] | None = None) -> int:
-        """Check every version of our own account since the last poll; returns how many
-        were new. A version we did not make raises (and stores) an alert; before that,
-        ``refresh_own`` (a fresh directory lookup of our own account) is awaited once,
-        since another of our devices may have certified a device this one has not seen."""
+        """Check every version of our own account since the last poll, a page at a time
+        (``sottovoce.kt.history`` with ``start``); returns how many were new. A version
+        we did not make raises (and stores) an alert; before that, ``refresh_own`` (a
+        fresh directory lookup of our own account) is awaited once, since another of our
+        devices may have certified a device this one has not seen."""
         policy = self._policy()
-        last, previous = self.head, self.monitor_state
-        response = await self._source.history(last.size if last else 0)
+        previous, checked = self.monitor_state, None
+        if previous.versions and not previous.border:
+            # Kept before pages: checked again from the first version, with no alert
+            # for the versions it had checked, and kept only once past them.
+            previous, checked = MonitorState(), previous
+        new = 0
+        while True:
+            last = self.head
+            page = await self._source.history_page(last.size if last else 0, previous.versions)
+            result, record = await self._check_page(policy, last, previous, page, checked,
+                                                    refresh_own)
+            if checked is None or result.state.versions >= checked.versions:
+                self._kept_poll(result, record)
+                checked = None
+            new += len(result.new_versions)
+            previous = result.state
+            if not result.more:
+                return new
+
+    async def _check_page(
+        self, policy: KTPolicy, last: TrustedHead | None, previous: MonitorState,
+        page: HistoryPage, checked: MonitorState | None,
+        refresh_own: Callable[[], Awaitable[None]] | None,
+    ) -> tuple[MonitorResult, _Own]:
         for attempt in range(2):
-            own, record = self._own_keys(response)
+            own, record = self._own_keys(page)
             try:
-                result = monitor_own_account(policy, last, self._username, own, previous,
-                                             response, now_ms=self._clock())
-                break
+                return monitor_page(policy, last, self._username, own, previous, page,
+                                    now_ms=self._clock(), checked=checked), record
             except (LogShrank, LogForked) as exc:
                 raise self._inconsistent(exc) from None
             except MonitorAlert as exc:
                 if attempt or refresh_own is None:
                     alert = self._alert(OWN_ACCOUNT, str(exc))
-                    self._move_past(policy, last, previous, response)
+                    self._move_past(policy, last, previous, page)
                     raise alert from None
                 await refresh_own()
-        self._kept_poll(result, record)
-        return len(result.new_versions)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _kept_poll(self, result: MonitorResult, record: _Own | None) -> None:
         with self._store.transaction():
             self._keep_head(result.head)
             self._store.put_kt(_MONITOR, _Monitor(versions=result.state.versions,
-                                                  version_root=result.state.version_root
-                                                  ).encode())
+                                                  version_root=result.state.version_root,
+                                                  border=result.state.border).encode())
             if record is not None:
                 self._store.put_kt(_OWN, record.encode())
 
     def _move_past(self, policy: KTPolicy, last: TrustedHead | None, previous: MonitorState,
-                   response: HistoryResponse) -> None:
+                   page: HistoryPage) -> None:
         """After an own-account alert is stored: the monitor moves past the versions it
         flagged (the alert stays), so the next poll checks only newer ones. A history
         that was rewritten or shrank is not moved past: it keeps failing."""
         states = []
-        for raw in response.states:
+        for raw in page.states:
             try:
                 states.append(AccountState.decode(raw))
             except DecodeError:
@@ -589,8 +725,8 @@ class KeyTransparency:
             deleted=any(st.deleted for st in states),
         )
         try:
-            result = monitor_own_account(policy, last, self._username, everything, previous,
-                                         response, now_ms=self._clock())
+            result = monitor_page(policy, last, self._username, everything, previous, page,
+                                  now_ms=self._clock())
         except KTError:
             return
         self._kept_poll(result, None)
@@ -658,13 +794,13 @@ def _vkey(text: str, what: str) -> str:
         raise MalformedProof(f"the server's {what} is not a verifier key") from None
 
 
-def _first_recovery_key(response: HistoryResponse | None) -> set[bytes]:
+def _first_recovery_key(page: HistoryPage | None) -> set[bytes]:
     """Devices make no recovery key yet, so the one the registration version shows is
     taken as ours (checked with the rest of the history before it is kept); the
     monitor then flags any other one in a later version."""
-    if response is None or not response.states:
+    if page is None or page.start != 0 or not page.states:
         return set()
     try:
-        return {AccountState.decode(response.states[0]).recovery_key}
+        return {AccountState.decode(page.states[0]).recovery_key}
     except DecodeError:
         return set()

@@ -47,7 +47,7 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import NotConnected
-from sottovoce.client.identity import LocalIdentity
+from sottovoce.client.identity import DeviceKeys, LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.ports import LinkPort
 from sottovoce.client.store import Contact, DeliveryStatus, KdfParams, Store, StoredMessage
@@ -55,13 +55,11 @@ from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.kdf import Hash, hkdf_expand
 from sottovoce.crypto.rng import Random
-from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.errors import DecodeError, IdentityError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountKey,
     DeviceCertificate,
     DevicePublicKeys,
-    DeviceSigningKey,
     validate_device_id,
     validate_username,
 )
@@ -74,7 +72,6 @@ from sottovoce.identity.pake import (
     ShortCode,
 )
 from sottovoce.limits import LINK_MAX_MESSAGES, LINK_MESSAGE_MAX_BYTES
-from sottovoce.pairwise import OlmAccount
 from sottovoce.protocol import events as ev
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.protocol.link import (
@@ -739,14 +736,8 @@ class NewDevice:
         data_dir: str, passphrase: str | bytes, kdf: KdfParams | None,
         on_wait: Callable[[], None],
     ) -> tuple[Client, LinkedDevice]:
-        rng = self.rng
-        device_key = DeviceSigningKey.generate(rng)
-        mls_key = SigningKey.generate(SignatureScheme.ED25519, rng)
-        olm = OlmAccount.create(username=self.username, device_id=self.device_id)
-        keys = DevicePublicKeys(signing_key=device_key.public,
-                                olm_identity_key=olm.identity_key,
-                                olm_signing_key=olm.signing_key,
-                                mls_signature_key=mls_key.verify_key.data)
+        new = DeviceKeys.generate(username=self.username, device_id=self.device_id, rng=self.rng)
+        keys = new.public
         name = _name(name) or self.name_hint or "new device"
         hello = Writer()
         hello.opaque8(name.encode("utf-8"))
@@ -759,8 +750,8 @@ class NewDevice:
         history = b"".join([sealed.open(await joiner.body(), HISTORY) for _ in range(parts)])
         identity = LocalIdentity(username=self.username, device_id=self.device_id,
                                  server_url=self.server_url, account_key=account_key,
-                                 device_key=device_key, certificate=cert, mls_key=mls_key)
-        client = await Client.enroll_linked(identity, olm, data_dir, passphrase, kdf=kdf,
+                                 device_key=new.device_key, certificate=cert, mls_key=new.mls_key)
+        client = await Client.enroll_linked(identity, new.olm, data_dir, passphrase, kdf=kdf,
                                             connector=self.connector)
         try:
             port = client.linking()

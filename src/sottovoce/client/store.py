@@ -1,6 +1,8 @@
 """The local store of one account on one device: SQLite, sealed at rest.
 
-    passphrase ──Argon2id(salt, params in `meta`)──► storage key (32 bytes, never stored)
+    passphrase ──Argon2id(salt, params in `meta`)──► wrapping key ──► storage key
+        (32 random bytes, stored only wrapped: client/store_keys.py; a new passphrase
+        re-wraps it and re-encrypts nothing)
     storage key ──seal_record──► every sensitive value (bodies, keys, Olm pickles, contacts)
     storage key ──HKDF──► index key ──HMAC──► peer tags (look-ups without plaintext names)
 
@@ -19,7 +21,6 @@ lock file stops a second process from forking the ratchet state.
 from __future__ import annotations
 
 import enum
-import json
 import os
 import secrets
 import sqlite3
@@ -30,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-
+import sottovoce.client.store_keys as store_keys
 from sottovoce.client.errors import StoreError, WrongPassphrase
+from sottovoce.client.store_keys import TEST_KDF as TEST_KDF
+from sottovoce.client.store_keys import KdfParams as KdfParams
+from sottovoce.client.store_keys import passphrase_bytes as _passphrase_bytes
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.crypto.kdf import Hash, hkdf, hmac
 from sottovoce.crypto.rng import Random
@@ -133,45 +136,6 @@ CREATE TABLE IF NOT EXISTS kt_alerts(
     acknowledged INTEGER NOT NULL DEFAULT 0
 );
 """
-
-
-# =============================================================================
-# Key derivation
-# =============================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class KdfParams:
-    """Argon2id parameters, recorded beside the salt so a store always reopens.
-
-    The default is RFC 9106 §4's second recommended option (64 MiB, t=3, p=4),
-    about 0.4 s on a 2-core machine.
-    """
-
-    memory_kib: int = 64 * 1024
-    iterations: int = 3
-    lanes: int = 4
-
-    def derive(self, passphrase: bytes, salt: bytes) -> Secret:
-        kdf = Argon2id(
-            salt=salt,
-            length=32,
-            iterations=self.iterations,
-            lanes=self.lanes,
-            memory_cost=self.memory_kib,
-        )
-        return Secret(kdf.derive(passphrase))
-
-
-#: Cheap parameters for unit tests only (the store records them; never use for real data).
-TEST_KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
-
-
-def _passphrase_bytes(passphrase: str | bytes) -> bytes:
-    raw = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
-    if not raw:
-        raise StoreError("the passphrase must not be empty")
-    return raw
 
 
 # =============================================================================
@@ -399,28 +363,19 @@ class Store:
         _warn(cls.make_dir(root) + private_file(root / LOCK_FILE))
         lock = _lock(root / LOCK_FILE)
         params = kdf or KdfParams()
-        salt = rng(16)
-        key = params.derive(raw, salt)
+        key = Secret(rng(store_keys.DATA_KEY_BYTES))
         try:
             # Created 0600 first: SQLite gives its -wal and -shm files the same mode.
             _warn(private_file(root / STORE_FILE))
             db = cls._connect(root / STORE_FILE)
             db.executescript(_SCHEMA + _ROOM_SCHEMA + _UNSENT_SCHEMA + _KT_SCHEMA)
-            kdf_record = {
-                "alg": "argon2id",
-                "version": 19,
-                "salt": salt.hex(),
-                "memory_kib": params.memory_kib,
-                "iterations": params.iterations,
-                "lanes": params.lanes,
-            }
             check = seal_record(key, b"keycheck", b"store", _KEYCHECK, rng)
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?)",
                 [
                     ("schema", str(SCHEMA_VERSION).encode()),
-                    ("kdf", json.dumps(kdf_record).encode()),
+                    *store_keys.key_rows(raw, key, params, rng),
                     ("keycheck", check),
                     ("last_inbox_seq", b"0"),
                 ],
@@ -452,26 +407,33 @@ class Store:
             if int(meta.get("schema", b"0")) != SCHEMA_VERSION:
                 raise StoreError("the local store has an unknown schema version")
             db.executescript(_ROOM_SCHEMA + _UNSENT_SCHEMA + _KT_SCHEMA)
-            try:
-                record = json.loads(meta["kdf"])
-                params = KdfParams(
-                    memory_kib=int(record["memory_kib"]),
-                    iterations=int(record["iterations"]),
-                    lanes=int(record["lanes"]),
-                )
-                salt = bytes.fromhex(record["salt"])
-            except (KeyError, ValueError, TypeError):
-                raise StoreError("the local store's key parameters are damaged") from None
-            key = params.derive(raw, salt)
+            key, unwrapped = store_keys.data_key(meta, raw)
             try:
                 if open_record(key, b"keycheck", b"store", meta["keycheck"]) != _KEYCHECK:
                     raise WrongPassphrase("wrong passphrase for this account")
             except DecryptionError:
                 raise WrongPassphrase("wrong passphrase for this account") from None
+            if unwrapped:  # made before the data key was wrapped: wrap it, re-encrypt nothing
+                params, _ = store_keys.read_kdf_record(meta.get(store_keys.KDF_ROW))
+                db.execute("BEGIN IMMEDIATE")
+                store_keys.write_rows(db, store_keys.key_rows(raw, key, params, rng))
+                db.execute("COMMIT")
         except BaseException:
             lock.close()
             raise
         return cls(root, db, key, lock, rng)
+
+    def change_passphrase(
+        self, old: str | bytes, new: str | bytes, *, kdf: KdfParams | None = None
+    ) -> None:
+        """Re-wrap the data key under ``new`` (``old`` must open it): nothing else is
+        re-encrypted, and a crash leaves either passphrase working, never neither."""
+        store_keys.rewrap(self._db, self._key, _passphrase_bytes(old), _passphrase_bytes(new),
+                          kdf or KdfParams(), self._rng)
+
+    def check_passphrase(self, passphrase: str | bytes) -> bool:
+        """Whether ``passphrase`` opens this store (e.g. to unlock an idle screen)."""
+        return store_keys.opens(self._db, self._key, _passphrase_bytes(passphrase))
 
     def close(self) -> None:
         try:
@@ -490,8 +452,8 @@ class Store:
         return self._rng
 
     @property
-    def db(self) -> sqlite3.Connection:
-        """The connection, for tables other modules keep (client/store_control.py)."""
+    def connection(self) -> sqlite3.Connection:
+        """For modules that keep their own tables here (sealed with :meth:`seal`)."""
         return self._db
 
     def seal(self, kind: bytes, record_id: bytes, plaintext: bytes) -> bytes:
@@ -609,6 +571,9 @@ class Store:
     def acknowledge_kt_alerts(self) -> int:
         cur = self._db.execute("UPDATE kt_alerts SET acknowledged = 1 WHERE acknowledged = 0")
         return cur.rowcount
+
+    def acknowledge_kt_alert(self, alert_id: int) -> None:
+        self._db.execute("UPDATE kt_alerts SET acknowledged = 1 WHERE id = ?", (alert_id,))
 
     # --- contacts ------------------------------------------------------------------------
 

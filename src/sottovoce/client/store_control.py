@@ -71,7 +71,7 @@ class ControlStore:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._db = store.db
+        self._db = store.connection
         self._db.executescript(_SCHEMA)
 
     # --- state ------------------------------------------------------------------------

@@ -56,6 +56,13 @@ class LogForked(KTError):
     code = "kt_log_forked"
 
 
+class NoWitnessPinned(KTError):
+    """The device requires witness cosignatures but pins fewer witnesses than it
+    requires (a server with no witness): nothing the log shows can be verified."""
+
+    code = "kt_no_witness"
+
+
 class StaleCheckpoint(KTError):
     """The newest cosignature timestamp on a checkpoint is older than allowed."""
 

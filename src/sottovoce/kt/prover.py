@@ -37,7 +37,7 @@ from sottovoce.kt.merkle import (
     inclusion_proof,
     root_nodes,
 )
-from sottovoce.kt.verify import EntryProof, HistoryResponse, LookupResponse
+from sottovoce.kt.verify import EntryProof, HistoryPage, HistoryResponse, LookupResponse
 from sottovoce.kt.vrf import VRFSecretKey
 
 
@@ -127,6 +127,14 @@ class KTLog:
         entry, key = self._entry(username, note, since)
         return history_response(entry, key, self._stores)
 
+    def history_page(self, username: str, note: SignedNote, *, since: int = 0, start: int = 0,
+                     limit: int) -> HistoryPage:
+        """At most ``limit`` versions of ``username`` from ``start`` on (:class:`HistoryPage`)."""
+        self.label(username)
+        entry, key = self._entry(username, note, since)
+        start = min(start, entry.versions)
+        return history_page(entry, key, self._stores, start, min(entry.versions, start + limit))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogProof:
@@ -191,3 +199,24 @@ def history_response(entry: EntryProof, key: bytes, stores: KTStores) -> History
     records = [directory.record(key, v) for v in range(entry.versions)]
     return HistoryResponse(entry=entry, states=tuple(r.state for r in records),
                            openings=tuple(r.opening for r in records))
+
+
+def history_page(entry: EntryProof, key: bytes, stores: KTStores, start: int,
+                 end: int) -> HistoryPage:
+    """Versions [start, end) of the entry's account, with the version tree's consistency
+    proofs from ``start`` and from ``end`` to its size; ``stores`` holds those records and
+    :func:`history_page_nodes` of the version tree."""
+    directory = Directory(stores.map_nodes, stores.version_nodes, stores.records, stores.sizes)
+    n, nodes = entry.versions, directory.version_nodes(key)
+    records = [directory.record(key, v) for v in range(start, end)]
+    return HistoryPage(
+        entry=entry, start=start, states=tuple(r.state for r in records),
+        openings=tuple(r.opening for r in records),
+        checked_proof=tuple(consistency_proof(start, n, nodes)) if 0 < start < n else (),
+        rest_proof=tuple(consistency_proof(end, n, nodes)) if 0 < end < n else (),
+    )
+
+
+def history_page_nodes(versions: int, start: int, end: int) -> set[NodeId]:
+    """The version-tree nodes :func:`history_page` reads (besides the root's)."""
+    return consistency_nodes(start, versions) | consistency_nodes(end, versions)

@@ -20,6 +20,14 @@ account, checks them against the map as above, checks that the versions it saw
 at its last poll are unchanged, and raises :class:`MonitorAlert` for any
 version holding a device or key its owner did not add -- including one that was
 added and removed again between two polls, since every version stays.
+
+A long history does not fit one answer, so the monitor also reads it a page at a
+time (:func:`monitor_page`): it keeps the compact range (:class:`LogWriter`
+border) of the version tree it checked, appends a page's versions to it, and
+checks two RFC 9162 consistency proofs in the version tree against the root the
+map commits to: from the versions checked before (else they were rewritten: an
+alert) and from the page's end (else the page is not the account's). Each page
+is thus fully verified on its own, and a poll downloads only new versions.
 """
 
 from __future__ import annotations
@@ -68,13 +76,15 @@ _MAX_PROOF_HASHES = 64
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KTPolicy:
     """What a client pins and requires: the log's note key and VRF key, the witness
-    keys it knows, how many of them must cosign, and how old a checkpoint may be."""
+    keys it knows, how many of them must cosign, and how old a checkpoint may be
+    (``None``: not checked, for a policy that requires no witness, since only a
+    cosignature says when a checkpoint was seen)."""
 
     log_key: NoteKey
     vrf_key: bytes
     witnesses: tuple[NoteKey, ...] = ()
     min_cosignatures: int = 1
-    max_age_ms: int = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
+    max_age_ms: int | None = KT_DEFAULT_MAX_CHECKPOINT_AGE_MS
 
     def __post_init__(self) -> None:
         known(self.witnesses)  # one key per witness name: K of N counts names
@@ -314,11 +324,14 @@ class OwnKeys:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MonitorState:
-    """What the monitor keeps between polls: how many versions it has checked and the
-    version tree's root at that count."""
+    """What the monitor keeps between polls: how many versions it has checked, the
+    version tree's root at that count, and (for :func:`monitor_page`) its compact range;
+    ``border`` is empty for a state kept before pages, which is checked again from the
+    first version."""
 
     versions: int = 0
     version_root: bytes = b""
+    border: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,6 +339,8 @@ class MonitorResult:
     head: TrustedHead
     state: MonitorState
     new_versions: tuple[AccountState, ...]
+    #: More versions than this page held (:func:`monitor_page`): ask for the next page.
+    more: bool = False
 
 
 def _unexpected(state: AccountState, own: OwnKeys) -> list[str]:
@@ -385,7 +400,115 @@ def monitor_own_account(
             )
     return MonitorResult(
         head=e.head,
-        state=MonitorState(versions=e.versions, version_root=writer.root() if e.versions else b""),
+        state=MonitorState(versions=e.versions, version_root=writer.root() if e.versions else b"",
+                           border=writer.border),
         new_versions=new_states,
     )
 
+
+
+# --- the history a page at a time ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryPage(WireStruct):
+    """Versions [start, start + len(states)) of the owner's account, with the entry
+    proof, the version tree's consistency proof from ``start`` (the versions the
+    device checked before) and the one from the page's end, both to the entry's count
+    (each empty where RFC 9162 has none: from 0, or to the same size)."""
+
+    entry: EntryProof
+    start: int
+    states: tuple[bytes, ...]
+    openings: tuple[bytes, ...]
+    checked_proof: tuple[bytes, ...] = ()
+    rest_proof: tuple[bytes, ...] = ()
+
+    def write(self, w: Writer) -> None:
+        self.entry.write(w)
+        w.u32(self.start)
+        w.vector_v(self.states, lambda w2, s: w2.opaque_v(s))
+        w.vector_v(self.openings, lambda w2, o: w2.opaque8(o))
+        _write_hashes(w, self.checked_proof)
+        _write_hashes(w, self.rest_proof)
+
+    @classmethod
+    def read(cls, r: Reader) -> HistoryPage:
+        return cls(entry=EntryProof.read(r), start=r.u32(),
+                   states=tuple(r.vector_v(lambda r2: r2.opaque_v())),
+                   openings=tuple(r.vector_v(lambda r2: r2.opaque8())),
+                   checked_proof=_read_hashes(r), rest_proof=_read_hashes(r))
+
+
+def _consistent(first: int, second: int, first_root: bytes, second_root: bytes,
+                proof: tuple[bytes, ...]) -> bool:
+    if first == 0 or first == second:
+        return not proof and (first == 0 or first_root == second_root)
+    try:
+        verify_consistency(first, second, first_root, second_root, list(proof))
+    except (ProofMismatch, MalformedProof):
+        return False
+    return True
+
+
+def monitor_page(
+    policy: KTPolicy,
+    last: TrustedHead | None,
+    username: str,
+    own: OwnKeys,
+    previous: MonitorState,
+    page: HistoryPage,
+    *,
+    now_ms: int,
+    checked: MonitorState | None = None,
+) -> MonitorResult:
+    """Check one page of one's own account's versions, from ``previous`` (the versions
+    checked so far and their compact range) on; the result's state is where the next
+    page starts (``more``: there is one). ``checked``: a state kept before pages (no
+    compact range), whose versions are checked again from the first one: the root at
+    its count must be the one kept, and its versions raise no alert again."""
+    e = _verify_entry(policy, last, username, page.entry, now_ms)
+    n, start = e.versions, previous.versions
+    if page.start != start:
+        raise MalformedProof("the history page does not start at the version asked for")
+    if n < start:
+        raise MonitorAlert("versions of this account disappeared since the last poll")
+    if len(page.states) != len(page.openings) or start + len(page.states) > n or (
+        start < n and not page.states
+    ):
+        raise MalformedProof("the history page lists the wrong versions")
+    try:
+        writer = LogWriter(start, previous.border)
+    except UsageError:
+        raise MalformedProof("the kept compact range does not fit its size") from None
+    if start and not _consistent(start, n, writer.root(), e.version_root, page.checked_proof):
+        raise MonitorAlert("earlier versions of this account were rewritten")
+    for i, (raw, opening) in enumerate(zip(page.states, page.openings, strict=True)):
+        if checked is not None and writer.size == checked.versions and checked.versions and (
+            writer.root() != checked.version_root
+        ):
+            raise MonitorAlert("earlier versions of this account were rewritten")
+        if len(opening) != 32:
+            raise MalformedProof("a commitment opening has the wrong length")
+        writer.append(leaf_hash(commit(e.key, start + i, raw, opening)))
+    end = writer.size
+    root = writer.root() if end else b""
+    if end and not _consistent(end, n, root, e.version_root, page.rest_proof):
+        raise ProofMismatch("the listed versions are not the account's")
+    if checked is not None and end == checked.versions and end and root != checked.version_root:
+        raise MonitorAlert("earlier versions of this account were rewritten")
+    new_states = tuple(_state(s) for s in page.states)
+    seen = checked.versions if checked is not None else 0
+    for offset, state in enumerate(new_states):
+        unexpected = _unexpected(state, own)
+        if unexpected and start + offset >= seen:
+            raise MonitorAlert(
+                f"version {start + offset} of your account shows {', '.join(unexpected)} "
+                "that none of your devices added"
+            )
+    return MonitorResult(
+        head=e.head,
+        state=MonitorState(versions=end, version_root=root, border=writer.border),
+        new_versions=new_states[max(0, seen - start):],
+        more=end < n,
+    )

@@ -46,6 +46,7 @@ from sottovoce.mls.errors import (
 from sottovoce.mls.messages import (
     LeafNode,
     Node,
+    NodeType,
     ParentNode,
     RequiredCapabilities,
     decode_ratchet_tree,
@@ -64,11 +65,6 @@ __all__ = [
     "TreeHashMismatch",
     "check_leaf_node",
 ]
-
-
-# RFC 9420 §7.8 NodeType values inside TreeHashInput.
-_LEAF = 1
-_PARENT = 2
 
 
 @dataclass(slots=True)
@@ -297,7 +293,7 @@ class RatchetTree:
     def _leaf_hash(self, x: int, node: Node | None) -> bytes:
         # TreeHashInput{leaf, LeafNodeHashInput{leaf_index, optional<LeafNode>}}
         w = Writer()
-        w.u8(_LEAF)
+        w.u8(NodeType.LEAF)
         w.u32(x >> 1)
         w.optional(node, write_struct)
         return self.suite.digest(w.getvalue())
@@ -305,7 +301,7 @@ class RatchetTree:
     def _parent_hash_input(self, node: Node | None, left: bytes, right: bytes) -> bytes:
         # TreeHashInput{parent, ParentNodeHashInput{optional<ParentNode>, left, right}}
         w = Writer()
-        w.u8(_PARENT)
+        w.u8(NodeType.PARENT)
         w.optional(node, write_struct)
         w.opaque_v(left)
         w.opaque_v(right)

@@ -5,11 +5,13 @@ Authenticated requests; each reply carries the request's ``requestId``::
     sottovoce.kt.head    {since?}            -> sottovoce.kt.head.result
         {checkpoint, consistency: [b64 32-byte hashes], log_key, vrf_key, witnesses: [vkey]}
     sottovoce.kt.lookup  {username, since?}  -> sottovoce.kt.lookup.result {response}
-    sottovoce.kt.history {since?}            -> sottovoce.kt.history.result {response}
+    sottovoce.kt.history {since?, start?}    -> sottovoce.kt.history.result {response}
 
 ``since`` is the tree size of the last checkpoint the client verified (0: none):
 the consistency proof runs from it to the checkpoint served. ``response`` is the
-base64 of a ``kt.verify.LookupResponse`` / ``HistoryResponse`` encoding. The
+base64 of a ``kt.verify.LookupResponse`` / ``HistoryResponse`` encoding, or with
+``start`` (a version number) a ``HistoryPage`` of the versions from ``start`` on, as
+many as the server's page holds (``--kt-history-page``) and one frame fits. The
 checkpoint is the signed note text with every cosignature line the server holds.
 Errors are ``ksmpv3.error`` frames; ``kt_unavailable`` (retryable) while the log
 has no checkpoint yet.
@@ -17,7 +19,7 @@ has no checkpoint yet.
 
 from __future__ import annotations
 
-from sottovoce.limits import KT_MAX_LOG_SIZE, KT_MAX_NOTE_BYTES, MAX_FRAME_BYTES
+from sottovoce.limits import KT_MAX_LOG_SIZE, KT_MAX_NOTE_BYTES, KT_MAX_VERSIONS, MAX_FRAME_BYTES
 from sottovoce.protocol.fields import B64, ID, Int, ListOf, Str
 from sottovoce.protocol.spec import ClientEvent, WireStruct, event, registry, struct, wire
 
@@ -52,9 +54,12 @@ class KTLookup(ClientEvent):
 
 @event("sottovoce.kt.history")
 class KTHistory(ClientEvent):
-    """Every version of the caller's own account (for its devices' monitor)."""
+    """Every version of the caller's own account (for its devices' monitor), or with
+    ``start`` one page of them from that version on."""
 
     since: int = wire(SINCE, default=0)
+    start: int | None = wire(Int(minimum=0, maximum=KT_MAX_VERSIONS), default=None,
+                             omit_default=True)
 
 
 @struct

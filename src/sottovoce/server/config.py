@@ -37,6 +37,7 @@ from sottovoce.limits import (
     INBOX_STRANGER_MESSAGES,
     KEEPALIVE_INTERVAL_MS,
     KT_COSIGN_INTERVAL_MS,
+    KT_HISTORY_PAGE,
     LINK_CODE_TTL_MS,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
@@ -124,6 +125,8 @@ class ServerConfig:
     kt_witness: tuple[RemoteWitness, ...] = ()
     no_local_witness: bool = False
     kt_cosign_interval_ms: int = KT_COSIGN_INTERVAL_MS
+    #: Versions one page of an account's history carries at most (kt.history with start).
+    kt_history_page: int = KT_HISTORY_PAGE
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -136,7 +139,8 @@ class ServerConfig:
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
                      "resume_interval_ms", "preauth_timeout_ms", "link_ttl_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
-                     "key_claims_per_target", "kt_cosign_interval_ms", *_INBOX_OPTIONS):
+                     "key_claims_per_target", "kt_cosign_interval_ms", "kt_history_page",
+                     *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -346,6 +350,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kt_cosign_interval_ms", int,
            "with no directory change, have the same checkpoint cosigned again this often "
            "(default 3600000)", "MS"),
+    Option("kt_history_page", int,
+           "versions of an account's history one kt.history page carries at most, fewer "
+           f"if they would not fit a frame (default {KT_HISTORY_PAGE})", "N"),
     Option("nats_namespace", str,
            "NATS subject namespace; deployments sharing one NATS need distinct ones "
            "(default sottovoce)", "NAME"),

@@ -51,6 +51,7 @@ from sottovoce.kt.merkle import consistency_nodes, consistency_proof, fold_range
 from sottovoce.kt.prover import LogProof, log_proof
 from sottovoce.kt.vrf import VRFSecretKey
 from sottovoce.limits import (
+    KT_HISTORY_PAGE,
     KT_LOOKUPS_BURST,
     KT_LOOKUPS_PER_MINUTE,
     KT_MAX_LOG_SIZE,
@@ -123,6 +124,8 @@ class KTService:
     log: JsonLogger
     cosign_interval_ms: InitVar[int]
     clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+    #: Versions per history page (``sottovoce.kt.history`` with ``start``), at most.
+    history_page: int = KT_HISTORY_PAGE
 
     def __post_init__(self, cosign_interval_ms: int) -> None:
         self._interval_s = cosign_interval_ms / 1000
@@ -411,8 +414,22 @@ class KTService:
                       rid: str | None) -> None:
         self._limit(session)
         user, _ = session.key
-        encoded = await self._answer(user, ev.since, history=True)
+        if ev.start is None:
+            encoded = await self._answer(user, ev.since, history=True)
+        else:
+            encoded = await self._page(user, ev.since, ev.start)
         session.reply(KT_HISTORY_RESULT, KTResponse(response=encoded).to_wire(), rid)
+
+    async def _page(self, user: str, since: int, start: int) -> bytes:
+        """One page of ``user``'s history from version ``start`` (storage/kt_pages.py)."""
+        served = await self.current(since)
+        if served.size == 0:
+            raise WireFailure("kt_unavailable", "the key-transparency log is empty",
+                              retryable=True, retry_after_ms=1000)
+        part = await self._log_proof(served, since if since <= served.size else 0)
+        cache = self._map_cache if self._map_cache.size == served.size else None
+        return await self.storage.kt_history_page(user, served.size, start, self.history_page,
+                                                  part, MAX_RESPONSE_BYTES, cache)
 
     # --- read-only HTTP for witnesses and auditors ----------------------------------------------
 
@@ -494,4 +511,5 @@ def from_config(config: ServerConfig, storage: SharedStorage, log: JsonLogger) -
                                clock_ms=lambda: time.time_ns() // 1_000_000)
     storage.kt_writer = KTWriter(vrf=vrf, rng=secrets.token_bytes)
     return KTService(storage, signer=signer, vrf=vrf, witnesses=config.kt_witness, local=local,
-                     log=log, cosign_interval_ms=config.kt_cosign_interval_ms)
+                     log=log, cosign_interval_ms=config.kt_cosign_interval_ms,
+                     history_page=config.kt_history_page)

@@ -20,6 +20,7 @@ from typing import Any
 from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import ClientEvent
 from sottovoce.client.ids import now_ms
+from sottovoce.client.payload import encode_log_head
 from sottovoce.client.ports import Emit, Link, Spawn
 from sottovoce.client.rooms.model import (
     ROOM_REQUEST_TIMEOUT_S,
@@ -86,6 +87,9 @@ class RoomBook:
         self.emit, self.spawn = emit, spawn
         self.tokens = TokenBook(store)
         self.rooms: dict[str, Room] = {}
+        #: Our transparency-log head (size, root), carried by every commit we make,
+        #: external joins included, so that members compare views.
+        self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
         # --- one batch of received frames (see flush / discard_unflushed) ---
         #: Rooms the batch changed in memory (restored from the store on a rollback).
         self.touched: set[str] = set()
@@ -131,10 +135,12 @@ class RoomBook:
         psks: Sequence[PreSharedKeyID] = (), remove_leaf: int | None = None,
     ) -> tuple[Group, bytes]:
         """Our group after an external commit (RFC 9420 §12.4.3.2) on the room's GroupInfo
-        at ``epoch``, and that commit; the group is real once the server accepts it."""
+        at ``epoch``, and that commit; the group is real once the server accepts it. Like
+        a member's commit, it carries our log head in its authenticated data."""
         join = Group.join_by_external_commit(
             group_info, credential=self.credential(), signing_key=self.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), psks=psks, remove_leaf=remove_leaf,
+            authenticated_data=encode_log_head(self.log_head()),
             config=self.group_config(room_id),
         )
         if room_id_of(join.group.group_id) != room_id or join.group.epoch != epoch + 1:

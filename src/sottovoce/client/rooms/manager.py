@@ -261,9 +261,11 @@ class RoomManager:
     def carry_log_head(
         self, head: Callable[[], tuple[int, bytes] | None], sink: Callable[[str, int, bytes], None]
     ) -> None:
-        """Room messages carry ``head()`` (our transparency-log head) and hand each
-        member's head to ``sink`` (sender, size, root) to be compared."""
+        """Room messages and commits (external joins too) carry ``head()`` (our
+        transparency-log head) and hand each member's head to ``sink`` (sender, size,
+        root) to be compared."""
         self._messages.log_head, self._messages.on_log_head = head, sink
+        self._book.log_head = head
 
     def leaf_keys(self, ref: str) -> dict[Device, bytes]:
         """The room's member devices now, each with the signature key of its leaf

@@ -22,7 +22,15 @@ from sottovoce.kt.merkle import NodeId
 from sottovoce.kt.prover import KTStores, LogProof
 from sottovoce.limits import MAX_ACCOUNT_STATEMENTS
 from sottovoce.server.errors import StorageError
-from sottovoce.server.storage import accounts, inbox, keypackages, prekeys, room_writes, rooms
+from sottovoce.server.storage import (
+    accounts,
+    inbox,
+    keypackages,
+    kt_pages,
+    prekeys,
+    room_writes,
+    rooms,
+)
 from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage import statements as statements_ops
 from sottovoce.server.storage.base import AccountRecord, Applied, ClaimedPrekey, Storage
@@ -189,6 +197,15 @@ class SharedStorage(Storage, Engine):
         self, size: int, since: int, cache: kt_tables.AppendCache | None
     ) -> tuple[bytes | None, dict[NodeId, bytes]]:
         return await self._read_op(kt_tables.log_part, size, since, cache)
+
+    async def kt_history_page(
+        self, user_id: str, size: int, start: int, limit: int, part: LogProof, budget: int,
+        cache: kt_tables.AppendCache | None,
+    ) -> bytes:
+        if self.kt_writer is None:
+            raise StorageError("this server keeps no key-transparency log")
+        return await self._read_op(kt_pages.page, self.kt_writer.vrf, user_id, size, start,
+                                   limit, part, budget, cache)
 
     async def kt_leaves(self, start: int, count: int) -> list[bytes]:
         return await self._read_op(kt_tables.leaves, start, count)
