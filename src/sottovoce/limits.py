@@ -119,6 +119,12 @@ MLS_LIFETIME_SKEW_MS = 3600 * 1000
 
 #: Largest WebSocket frame either side accepts; bounds per-connection memory.
 MAX_FRAME_BYTES = 256 * 1024
+#: Files (server/blobs.py): the largest a client may upload (plaintext bytes), what one
+#: account may have stored at once, and how long an upload is kept at the latest (it goes
+#: sooner, once every device it is for has fetched it). Each is a server option.
+MAX_FILE_SIZE = 100 * 1024 * 1024
+FILE_QUOTA = 1024 * 1024 * 1024
+FILE_TTL_MS = 7 * 24 * 3600 * 1000
 #: Largest single ciphertext in an envelope (base64-decoded); big content goes as attachments.
 MAX_CIPHERTEXT_BYTES = 160 * 1024
 #: Ciphertexts one send may carry: the recipient's devices plus our own other devices.

@@ -88,6 +88,10 @@ SKIP: dict[tuple[str, str], str] = {
      "'witness.example/w1+5e6f7a8b+BN...'"):
         "the keys are placeholders for ones obtained from an operator and a witness; "
         "tests/integration/test_kt_cli.py runs both commands with real keys",
+    ("README.md", ".venv/bin/sottovoce send bob --file photo.jpg --data-dir ~/.sottovoce-alice"):
+        "names files of the reader's and a message id that history prints; "
+        "tests/integration/test_files_e2e.py::test_cli_send_file_history_and_save runs "
+        "send --file, history, room send --file and save (1:1 and #ROOM)",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

@@ -17,7 +17,7 @@ import contextlib
 import signal
 import sys
 
-from sottovoce.cli import render
+from sottovoce.cli import files_cmd, render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
 from sottovoce.cli.options import (
@@ -27,6 +27,7 @@ from sottovoce.cli.options import (
     history_options,
     positive,
     subcommand,
+    timed_account_options,
 )
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
@@ -179,6 +180,9 @@ def cmd_account_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args):
+        return files_cmd.send_file(args)
+
     async def work(client: Client) -> int | None:
         if args.reply_to:
             message_id = await client.controls.reply(args.name, args.reply_to, args.text)
@@ -449,6 +453,11 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
     account_options(parser)
 
 
+def _send_options(parser: argparse.ArgumentParser) -> None:
+    files_cmd.add_text_or_file(parser)
+    timed_account_options(parser)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     account_sub = command_group(
         sub,
@@ -537,18 +546,23 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         sub,
         "send",
-        help="send one message and wait for the server's ✓",
+        help="send one message (or a file) and wait for the server's ✓",
         description=(
             "Encrypt TEXT for every device of NAME (and your other devices), send it, and "
             "wait until the server has stored it (✓). If the server is unreachable the "
             "message is kept in the encrypted local store and goes out, once, the next time "
             "any sottovoce command of this account connects (send, listen, chat, room ...)."
+            " With --file PATH the file is encrypted here, uploaded (a progress bar on a "
+            "terminal) and announced to NAME, who fetches it with `sottovoce save`; a file "
+            "needs the server now and is refused past the server's size limit."
             "\n\nexit codes: 0 sent (✓); 75 queued, not sent yet (do not send it again); "
             "1 error; 2 wrong usage"
         ),
-        example="  sottovoce send bob 'hello bob' --data-dir ~/.sottovoce-alice",
+        example="  sottovoce send bob 'hello bob' --data-dir ~/.sottovoce-alice\n"
+                "  sottovoce send bob --file photo.jpg --data-dir ~/.sottovoce-alice",
         func=cmd_send,
-        args=[("NAME", "the recipient's username"), ("TEXT", "the message")],
+        args=[("NAME", "the recipient's username")],
+        options=_send_options,
     ).add_argument(
         "--reply-to", metavar="ID",
         help="quote message ID (or an unambiguous start of it: history --ids) in the reply",

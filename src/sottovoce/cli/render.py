@@ -33,6 +33,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
+from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
@@ -92,6 +93,8 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     if m.content_type == MISSED_CALL_CONTENT_TYPE:
         return f"{when} {who}{to}: ☎ {missed_call_line(m.text, outgoing=m.outgoing)}{tick}"
+    if m.content_type == FILE_CONTENT_TYPE:
+        return f"{when} {who}{to}: {file_line(m.text, m.message_id)}{tick}"
     return f"{when} {who}{to}: {_body(m.text)}{tick}"
 
 
@@ -122,6 +125,32 @@ def view_line(view: MessageView, me: str, *, room: bool = False, ids: bool = Fal
     tick = f" {view.state}" if m.outgoing and view.state else ""
     when = clock(m.client_created_ms or m.local_at_ms)
     return f"{prefix}{when} {who}{to}: {quote}{text}{edited}{reactions}{tick}"
+
+
+def size_text(size: int) -> str:
+    """``512 B``, ``3.1 KiB``, ``100.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def file_line(body: str, message_id: str) -> str:
+    """A file message: ``[image] cat.jpg (3.1 KiB, image/jpeg) id ABC`` (the id is what
+    ``sottovoce save`` takes)."""
+    try:
+        info = FileInfo.decode(body)
+    except DecodeError:
+        return "[file that cannot be read]"
+    extra = ""
+    if info.duration_ms is not None:
+        extra = f" {info.duration_ms // 60000}:{info.duration_ms // 1000 % 60:02d}"
+    return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
+            f"{safe(info.media_type)}) id {safe(message_id)}")
 
 
 def room_message_line(m: StoredMessage, me: str, label: str) -> str:

@@ -13,8 +13,14 @@ import argparse
 import sys
 from typing import Any
 
-from sottovoce.cli import render
-from sottovoce.cli.options import Positional, command_group, history_options, subcommand
+from sottovoce.cli import files_cmd, render
+from sottovoce.cli.options import (
+    Positional,
+    command_group,
+    history_options,
+    subcommand,
+    timed_account_options,
+)
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
@@ -113,6 +119,9 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args):
+        return files_cmd.send_file(args, room=room_ref(args.room))
+
     async def work(client: Client) -> tuple[str, bool]:
         room = client.rooms.get(room_ref(args.room))
         # Online, rooms.send waits for the ✓ itself; offline (or a slow ack) it is queued.
@@ -232,6 +241,11 @@ ROOM: Positional = ("ROOM", None)
 USER: Positional = ("USER", None)
 
 
+def _send_options(parser: argparse.ArgumentParser) -> None:
+    files_cmd.add_text_or_file(parser)
+    timed_account_options(parser)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rs = command_group(
         sub,
@@ -304,17 +318,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         rs,
         "send",
-        help="send TEXT to ROOM and wait for the server's ✓",
+        help="send TEXT (or a file) to ROOM and wait for the server's ✓",
         description=(
             "Encrypt TEXT once for the whole room (MLS application message) and send it. If "
             "the server is unreachable the message is kept in the encrypted local store and "
             "goes out, once, the next time any sottovoce command of this account connects."
+            " With --file PATH the file is encrypted here, uploaded for every other member "
+            "device (a progress bar on a terminal) and announced in the room; members fetch "
+            "it with `sottovoce save #ROOM MESSAGE_ID DEST`. A file needs the server now."
             "\n\nexit codes: 0 sent (✓); 75 queued, not sent yet (do not send it again); "
             "1 error; 2 wrong usage"
         ),
-        example="  sottovoce room send friends 'hello all' --data-dir ~/.sottovoce-alice",
+        example="  sottovoce room send friends 'hello all' --data-dir ~/.sottovoce-alice\n"
+                "  sottovoce room send friends --file plan.pdf --data-dir ~/.sottovoce-alice",
         func=cmd_send,
-        args=[ROOM, ("TEXT", None)],
+        args=[ROOM],
+        options=_send_options,
     ).add_argument(
         "--reply-to", metavar="ID",
         help="quote message ID (or an unambiguous start of it: history --ids) in the reply",

@@ -61,6 +61,7 @@ from sottovoce.client.events import (
     EventStream,
     MessageReceived,
 )
+from sottovoce.client.files import Files
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
@@ -197,6 +198,8 @@ class Client(CallSurface):
             emit=self._emit, spawn=self._spawn, queue_marker=self._queue.put_nowait,
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
+        self.files = Files(store, self._conn, (self.username, self.device_id),  # files.py
+                           self._directory.targets, self._direct.send_record, self.rooms)
         #: The list with unread counts, read marks, search, export, forget (local only).
         self.conversations = Conversations(store, self.username)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
@@ -509,6 +512,7 @@ class Client(CallSurface):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._direct.forget_ephemeral()
+        self.files.wipe_views()
         self._store.close()
 
     async def _drain(self) -> None:

@@ -36,6 +36,7 @@ from sottovoce.errors import UsageError
 from sottovoce.identity import DeviceSigningKey
 from sottovoce.limits import KEEPALIVE_INTERVAL_MS, MAX_FRAME_BYTES
 from sottovoce.protocol import events as ev
+from sottovoce.protocol.blobs import BLOB_CHUNK, OP_CHUNK, unpack_chunk
 from sottovoce.protocol.fields import ProtocolError, req_b64
 
 WS_PATH = "/v3/ws"
@@ -100,9 +101,9 @@ class TransportClosed(Exception):
 
 
 class Transport(Protocol):
-    async def send(self, text: str) -> None: ...
+    async def send(self, text: str | bytes) -> None: ...
 
-    async def recv(self) -> str: ...
+    async def recv(self) -> str | bytes: ...
 
     async def close(self) -> None: ...
 
@@ -114,18 +115,17 @@ class _WebSocketTransport:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: str | bytes) -> None:
         try:
             await self._ws.send(text)
         except websockets.ConnectionClosed:
             raise TransportClosed from None
 
-    async def recv(self) -> str:
+    async def recv(self) -> str | bytes:
         try:
-            msg = await self._ws.recv()
+            return await self._ws.recv()
         except websockets.ConnectionClosed:
             raise TransportClosed from None
-        return msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
 
     async def close(self) -> None:
         await self._ws.close()
@@ -235,7 +235,7 @@ class Connection:
     def __post_init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._transport: Transport | None = None
-        self._outq: asyncio.Queue[str] = asyncio.Queue()
+        self._outq: asyncio.Queue[str | bytes] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
         self._next_request = 0
         self._up = asyncio.Event()
@@ -334,6 +334,19 @@ class Connection:
         wait_up: bool = True,
     ) -> tuple[str, dict[str, Any]]:
         """Send ``event`` and wait for its reply (matched by requestId)."""
+        return await self.request_built(event.to_frame, expect, timeout=timeout,
+                                        wait_up=wait_up)
+
+    async def request_built(
+        self,
+        build: Callable[[str], str | bytes],
+        expect: frozenset[str],
+        *,
+        timeout: float = REQUEST_TIMEOUT_S,
+        wait_up: bool = True,
+    ) -> tuple[str, dict[str, Any]]:
+        """Send the frame ``build(requestId)`` makes (text, or a binary file chunk:
+        protocol/blobs.py) and wait for its reply."""
         if wait_up:
             await self.wait_up(timeout)
         self._next_request += 1
@@ -343,7 +356,7 @@ class Connection:
         )
         self._pending[request_id] = future
         try:
-            self._outq.put_nowait(event.to_frame(request_id))
+            self._outq.put_nowait(build(request_id))
             name, data = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise NotConnected("the server did not answer in time") from None
@@ -446,7 +459,7 @@ class Connection:
         if was_up or error is not None:
             self.on_down(error)
 
-    async def _writer(self, transport: Transport, queue: asyncio.Queue[str]) -> None:
+    async def _writer(self, transport: Transport, queue: asyncio.Queue[str | bytes]) -> None:
         while True:
             text = await queue.get()
             await transport.send(text)
@@ -455,6 +468,9 @@ class Connection:
         while True:
             text = await transport.recv()
             self._last_rx = time.monotonic()
+            if isinstance(text, bytes):
+                self._binary(text)
+                continue
             try:
                 event, request_id, data = ev.parse_frame(text)
             except ProtocolError:
@@ -472,6 +488,17 @@ class Connection:
                 if isinstance(retry_after, int):
                     self._retry_after_ms = max(self._retry_after_ms, retry_after)
             self.on_frame(event, request_id, data)
+
+    def _binary(self, message: bytes) -> None:
+        """A file chunk answering a ``sottovoce.blob.get``; anything else is dropped."""
+        try:
+            chunk = unpack_chunk(message)
+        except ProtocolError:
+            return
+        future = self._pending.pop(chunk.request_id, None)
+        if chunk.op == OP_CHUNK and future is not None and not future.done():
+            future.set_result((BLOB_CHUNK, {"blobId": chunk.blob_id, "index": chunk.index,
+                                            "data": chunk.data}))
 
     async def _keepalive(self, transport: Transport, heartbeat_ms: int) -> None:
         interval = heartbeat_ms / 1000

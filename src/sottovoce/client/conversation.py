@@ -53,6 +53,7 @@ from sottovoce.client.events import (
     MessageUpdated,
     TypingStarted,
 )
+from sottovoce.client.file_body import FILE_CONTENT_TYPE
 from sottovoce.client.ids import now_ms
 from sottovoce.client.rooms import ROOM_PREFIX, RoomManager
 from sottovoce.client.rooms.messages import control_record
@@ -78,7 +79,9 @@ TYPING_SHOWN_S = 6.0
 TYPING_MAX_MEMBERS = 32
 #: How far back ``mark_read`` and id prefixes look.
 RECENT = 500
-_SHOWN_TYPES = ("text", REPLY)
+#: What control messages may name: messages a history shows (only texts are edited).
+_SHOWN_TYPES = ("text", REPLY, FILE_CONTENT_TYPE)
+_TEXT_TYPES = ("text", REPLY)
 DELETED_TEXT = "(deleted)"
 
 
@@ -209,6 +212,8 @@ class Controls:
     async def edit(self, chat: str, message_id: str, text: str, *, room: bool = False) -> str:
         """Replace the text of our message ``message_id`` everywhere; returns the edit's id."""
         target = self._own_target(chat, message_id, room, "edit")
+        if target.content_type not in _TEXT_TYPES:
+            raise UsageError("only a text message can be edited")
         body = Quote(to=target.message_id, text=text).encode()
         Quote.decode(body, "an edit")
         # Kept here as the body (1:1, to resend it) or beside the room (sealed either way).
@@ -375,7 +380,8 @@ class Controls:
                 self._typing(item, events)
             elif item.content_type == EDIT:
                 quote = Quote.decode(item.body, "an edit")
-                self._authored(item, quote.to)
+                if self._authored(item, quote.to).content_type not in _TEXT_TYPES:
+                    raise _Refused("its target is not a text")
                 self._apply_edit(quote.to, item.message_id, quote.text, item.created_ms)
                 events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to))
             elif item.content_type == DELETE:
@@ -406,10 +412,12 @@ class Controls:
             raise _Refused("its target was deleted")
         return target
 
-    def _authored(self, item: Incoming, to: str) -> None:
+    def _authored(self, item: Incoming, to: str) -> StoredMessage:
         """An edit or a delete: only from the target's authenticated sender."""
-        if self._in_conversation(item, to).sender != item.sender:
+        target = self._in_conversation(item, to)
+        if target.sender != item.sender:
             raise _Refused("its sender did not send the target")
+        return target
 
     def _typing(self, item: Incoming, events: list[ClientEvent]) -> None:
         room_id = read_typing(item.body)

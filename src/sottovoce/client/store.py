@@ -465,6 +465,11 @@ class Store:
         except DecryptionError:
             raise StoreError("a sealed record in the local store is damaged") from None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the tables other modules keep (e.g. client/store_files.py)."""
+        return self._db
+
     def tag(self, kind: str, value: str) -> bytes:
         """A keyed, deterministic tag so rows can be found without storing names in clear."""
         return hmac(Hash.SHA256, self._index_key, f"{kind}\x00{value}".encode())[:_TAG_LEN]

@@ -133,6 +133,7 @@ from sottovoce.limits import (
     ROOM_TOKEN_MAX_LEN,
     ROOM_TOKEN_MIN_LEN,
 )
+from sottovoce.protocol.blobs import BLOB_CLIENT_EVENTS
 from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, UsernameEvent
 from sottovoce.protocol.fields import (
     B64,
@@ -508,11 +509,12 @@ ROOM_CLIENT_EVENTS = registry(
     RoomCallGrant,
     RoomSettingSet,
 )
-#: Every client event the server understands, KSMP v3 core, rooms, device linking and key
-#: transparency: the one registry the server dispatches on (protocol/events.py cannot import
-#: this module: it is imported here).
+#: Every client event the server understands, KSMP v3 core, rooms, device linking, key
+#: transparency and file blobs: the one registry the server dispatches on
+#: (protocol/events.py cannot import this module: it is imported here).
 ALL_CLIENT_EVENTS = registry(*CLIENT_EVENTS.values(), *ROOM_CLIENT_EVENTS.values(),
-                             *LINK_CLIENT_EVENTS.values(), *KT_CLIENT_EVENTS.values())
+                             *LINK_CLIENT_EVENTS.values(), *KT_CLIENT_EVENTS.values(),
+                             *BLOB_CLIENT_EVENTS.values())
 
 
 # =============================================================================

@@ -57,6 +57,7 @@ from sottovoce.identity import (
 from sottovoce.identity.succession import Statement
 from sottovoce.limits import MAX_FRAME_BYTES
 from sottovoce.private_files import private_dir, private_file, sqlite_files
+from sottovoce.protocol.blobs import BlobPut, is_binary_chunk
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
     ACCOUNT_HEAD,
@@ -110,6 +111,7 @@ from sottovoce.server.auth import (
     spend,
     verify_possession,
 )
+from sottovoce.server.blobs import BlobService
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
@@ -280,6 +282,11 @@ class ServerApp:
         self.account_keys = AccountKeys(storage, self.directory, self.presence, self.rooms,
                                         logger)
         self._handlers[AccountStatements] = self._account_statements
+        #: File blobs (both storage engines keep their metadata; chunks are in data_dir).
+        self.blobs = (BlobService(storage, config, logger, now_ms)
+                      if isinstance(storage, SharedStorage) else None)
+        if self.blobs is not None:
+            self._handlers.update(self.blobs.handlers())
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)
@@ -344,6 +351,9 @@ class ServerApp:
         )
         await self._server.start(cfg.host, cfg.port, ssl=ctx, backlog=1024)
         self._spawn(self._expiry_loop())
+        if self.blobs is not None:
+            self.blobs.start()
+            self._spawn(self.blobs.run())
         if self.kt is not None:  # its first round may call witnesses that call us back
             self._spawn(self.kt.run())
         self.log.info("server.started", url=self.url, version=__version__,
@@ -526,6 +536,9 @@ class ServerApp:
         rid: str | None = None
         ev: ClientEvent | SendView | None = None
         try:
+            if (isinstance(message, bytes) and self.blobs is not None
+                    and is_binary_chunk(message)):
+                return self._binary(self.blobs, session, message)
             event, rid, data = parse_frame(message)
             cls = ALL_CLIENT_EVENTS.get(event)
             if cls is None:
@@ -559,6 +572,25 @@ class ServerApp:
             self.log.error("dispatch.failed", error=type(exc).__name__)
             session.error(WireFailure("internal", "internal error", retryable=True), rid)
         return None
+
+    def _binary(
+        self, blobs: BlobService, session: Session, message: bytes
+    ) -> Awaitable[None] | None:
+        """A file chunk in a binary message (server/blobs.py): the same checks as a frame."""
+        self.metrics.frame(BlobPut.name)
+        if session.user is None:
+            raise WireFailure("unauthorized", "authenticate first")
+        wait = session.bucket.take()
+        if wait:
+            raise RateLimited("too many requests", wait)
+        ev, rid = blobs.binary(session, message)
+        try:
+            result = self._handlers[BlobPut](session, ev, {}, rid)
+        except WireFailure as exc:
+            self._refuse(session, exc, rid, ev)
+            return None
+        session.strikes.good()
+        return None if result is None else self._guard(session, rid, result, ev)
 
     def _refuse(
         self, session: Session, failure: WireFailure, rid: str | None,

@@ -29,6 +29,8 @@ from sottovoce.errors import UsageError
 from sottovoce.limits import (
     AUTH_CHALLENGE_TTL_MS,
     DEFAULT_RETENTION_MS,
+    FILE_QUOTA,
+    FILE_TTL_MS,
     INBOX_CONTACT_BYTES,
     INBOX_CONTACT_MESSAGES,
     INBOX_MAX_BYTES,
@@ -39,6 +41,7 @@ from sottovoce.limits import (
     KT_COSIGN_INTERVAL_MS,
     KT_HISTORY_PAGE,
     LINK_CODE_TTL_MS,
+    MAX_FILE_SIZE,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
 from sottovoce.server.kt_witness import RemoteWitness, parse_kt_witnesses
@@ -83,6 +86,9 @@ class ServerConfig:
     key_claims_per_target: int = 20
     inbox_max_messages: int = INBOX_MAX_MESSAGES
     inbox_max_bytes: int = INBOX_MAX_BYTES
+    max_file_size: int = MAX_FILE_SIZE
+    file_quota: int = FILE_QUOTA
+    file_ttl_ms: int = FILE_TTL_MS
     inbox_contact_messages: int = INBOX_CONTACT_MESSAGES
     inbox_contact_bytes: int = INBOX_CONTACT_BYTES
     inbox_stranger_messages: int = INBOX_STRANGER_MESSAGES
@@ -140,7 +146,7 @@ class ServerConfig:
                      "resume_interval_ms", "preauth_timeout_ms", "link_ttl_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
                      "key_claims_per_target", "kt_cosign_interval_ms", "kt_history_page",
-                     *_INBOX_OPTIONS):
+                     "max_file_size", "file_quota", "file_ttl_ms", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
         if self.device_rate <= 0 or self.ip_rate <= 0:
@@ -277,6 +283,16 @@ OPTIONS: tuple[Option, ...] = (
            "to the device are refused with inbox_full", "N"),
     Option("inbox_max_bytes", int, "bytes that may wait in one device's inbox (256 MiB)",
            "BYTES"),
+    Option("max_file_size", int,
+           "largest file a client may upload, in bytes (default 104857600, 100 MiB); a larger "
+           "one is refused with file_too_large before any of it is sent", "BYTES"),
+    Option("file_quota", int,
+           "bytes of files one account may have stored at once, until fetched or expired "
+           "(default 1073741824, 1 GiB); past it uploads are refused with quota_exceeded",
+           "BYTES"),
+    Option("file_ttl_ms", int,
+           "an uploaded file is deleted this long after its upload at the latest, fetched or "
+           "not (default 7 days)", "MS"),
     Option("inbox_contact_messages", int,
            "frames one account may have waiting in a device's inbox once that device's "
            "account has written to it (default 10000)", "N"),

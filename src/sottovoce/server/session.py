@@ -143,6 +143,11 @@ class Session:
         if not self.closed:
             self.conn.write(text)
 
+    def write_binary(self, data: bytes) -> None:
+        """Queue one binary frame (a file chunk), flushed with the text frames."""
+        if not self.closed:
+            self.conn.write_binary(data)
+
     def buffered(self) -> int:
         return self.conn.buffered()
 

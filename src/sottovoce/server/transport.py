@@ -279,6 +279,22 @@ class Connection(asyncio.Protocol):
             self._scheduled = True
             self._loop.call_soon(self._flush)
 
+    def write_binary(self, data: bytes) -> None:
+        """Queue one binary frame (a file chunk: server/blobs.py), flushed as ``write``."""
+        if not self.open:
+            return
+        n = len(data)
+        if n < 126:
+            self._out.append(bytes((0x82, n)))
+        elif n < 65536:
+            self._out.append(b"\x82\x7e" + n.to_bytes(2, "big"))
+        else:
+            self._out.append(b"\x82\x7f" + n.to_bytes(8, "big"))
+        self._out.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
     def buffered(self) -> int:
         t = self._transport
         return 0 if t is None else t.get_write_buffer_size()

@@ -241,6 +241,10 @@ class RoomManager:
         """
         return await self._messages.send(self.get(ref), text)
 
+    async def send_record(self, ref: str, content_type: str, text: str) -> str:
+        """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
+        return await self._messages.send_record(self.get(ref), content_type, text)
+
     async def send_control(self, ref: str, content_type: str, body: bytes, text: str) -> str:
         """Send a control message (client/control.py) in the room, like a message."""
         return await self._messages.send_control(self.get(ref), content_type, body, text)

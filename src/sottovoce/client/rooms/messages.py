@@ -104,6 +104,11 @@ class RoomMessages:
         """Encrypt ``text`` once for the room and queue it (see RoomManager.send)."""
         return await self._queue(room, "text", text_body(text), text)
 
+    async def send_record(self, room: Room, content_type: str, text: str) -> str:
+        """A message of another kind than text (a file), queued like one; the envelope
+        says "text" as for any message."""
+        return await self._queue(room, content_type, text.encode("utf-8"), text)
+
     async def announce_invite(self, room: Room, username: str) -> str | None:
         """Tell the room that we invited ``username``, under this device's name for the
         room (:mod:`sottovoce.client.room_notice`); ``None`` if that name cannot be one."""

@@ -556,6 +556,53 @@ VERSIONS: tuple[Version, ...] = (
     );
     """,
     ),
+    Version(
+        "file blobs (storage/blobs.py): who uploaded each one, its sealed size and chunk"
+        " count, whether it is complete, when it expires, and the devices it is for (each"
+        " marked once it fetched it); the chunks themselves are files in the data directory",
+        sqlite="""
+    CREATE TABLE blobs(
+        blob_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        owner_device TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        chunks INTEGER NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX blobs_owner ON blobs(owner, expires_at);
+    CREATE INDEX blobs_expiry ON blobs(expires_at);
+    CREATE TABLE blob_recipients(
+        blob_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        fetched INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(blob_id, user_id, device_id)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE blobs(
+        blob_id text PRIMARY KEY,
+        owner text NOT NULL,
+        owner_device text NOT NULL,
+        size bigint NOT NULL,
+        chunks bigint NOT NULL,
+        complete bigint NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        expires_at bigint NOT NULL
+    );
+    CREATE INDEX blobs_owner ON blobs(owner, expires_at);
+    CREATE INDEX blobs_expiry ON blobs(expires_at);
+    CREATE TABLE blob_recipients(
+        blob_id text NOT NULL,
+        user_id text NOT NULL,
+        device_id text NOT NULL,
+        fetched bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY(blob_id, user_id, device_id)
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

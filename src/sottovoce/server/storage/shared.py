@@ -24,6 +24,7 @@ from sottovoce.limits import MAX_ACCOUNT_STATEMENTS
 from sottovoce.server.errors import StorageError
 from sottovoce.server.storage import (
     accounts,
+    blobs,
     inbox,
     keypackages,
     kt_pages,
@@ -257,6 +258,27 @@ class SharedStorage(Storage, Engine):
         self, user_id: str, device_id: str, after_seq: int, limit: int
     ) -> list[tuple[int, str]]:
         return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit)
+
+    # --- file blobs' metadata (storage/blobs.py; the chunks are files: server/blobs.py) ---
+
+    async def create_blob(
+        self, blob_id: str, owner: tuple[str, str], size: int, chunks: int,
+        recipients: Sequence[tuple[str, str]], now_ms: int, expires_at: int, quota: int,
+    ) -> blobs.BlobMeta:
+        return await self._write_op(blobs.create_blob, blob_id, owner[0], owner[1], size,
+                                    chunks, list(recipients), now_ms, expires_at, quota)
+
+    async def blob_meta(self, blob_id: str) -> blobs.BlobMeta | None:
+        return await self._read_op(blobs.blob_meta, blob_id)
+
+    async def complete_blob(self, blob_id: str) -> None:
+        await self._write_op(blobs.complete_blob, blob_id, atomic=False)
+
+    async def blob_fetched(self, blob_id: str, user_id: str, device_id: str) -> bool:
+        return await self._write_op(blobs.blob_fetched, blob_id, user_id, device_id)
+
+    async def expire_blobs(self, now_ms: int, limit: int) -> list[str]:
+        return await self._write_op(blobs.expire_blobs, now_ms, limit)
 
 
 class SharedRooms(RoomStorage, Engine):

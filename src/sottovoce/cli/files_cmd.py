@@ -1,0 +1,122 @@
+"""File commands: ``send NAME --file PATH``, ``room send ROOM --file PATH`` (the sending
+half, called by client_cmd.py and room_cmd.py) and ``save MESSAGE_ID DEST``.
+
+On a terminal both directions show a progress bar on standard error (bytes done of
+the total); when standard error is not a terminal they print nothing until the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+from sottovoce.cli import render
+from sottovoce.cli.options import subcommand
+from sottovoce.cli.session import CliError, Connect, with_client
+from sottovoce.client import Client
+from sottovoce.client.files import Progress
+from sottovoce.client.store import StoredMessage
+
+_BAR = 30
+
+
+def progress_bar(verb: str, stream: TextIO | None = None) -> Progress | None:
+    """A progress callback drawing ``verb [####......] 3.0 MiB / 10.0 MiB`` on a terminal;
+    ``None`` (no output) when the stream is not one."""
+    out = sys.stderr if stream is None else stream
+    if not out.isatty():
+        return None
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        filled = _BAR if total == 0 else _BAR * done // total
+        out.write(f"\r{verb} [{'#' * filled}{'.' * (_BAR - filled)}] "
+                  f"{render.size_text(done)} / {render.size_text(total)}\x1b[K")
+        if done >= total:
+            out.write("\n")
+        out.flush()
+
+    return show
+
+
+def add_text_or_file(parser: argparse.ArgumentParser) -> None:
+    """TEXT (optional) and ``--file PATH``: a send takes one or the other."""
+    parser.add_argument("text", metavar="TEXT", nargs="?", default=None,
+                        help="the message (leave out with --file)")
+    parser.add_argument("--file", metavar="PATH", default=None,
+                        help="send this file instead of a text: encrypted on this device in "
+                             "chunks, uploaded, and announced in an end-to-end encrypted "
+                             "message with its key (needs the server)")
+
+
+def wants_file(args: argparse.Namespace) -> bool:
+    """Whether this send is of a file; a plain error for both or neither."""
+    if args.file is not None and args.text is not None:
+        raise CliError("give TEXT or --file PATH, not both")
+    if args.file is None and args.text is None:
+        raise CliError("give the message TEXT, or --file PATH to send a file")
+    return args.file is not None
+
+
+def send_file(args: argparse.Namespace, *, room: str | None = None) -> int:
+    """``send NAME --file PATH`` (or, with ``room``, ``room send ROOM --file PATH``)."""
+
+    async def work(client: Client) -> str:
+        bar = progress_bar("sending")
+        if room is not None:
+            return await client.files.room_send_file(room, args.file, progress=bar)
+        return await client.files.send_file(args.name, args.file, progress=bar)
+
+    message_id = with_client(args, work, connect=Connect.REQUIRED)
+    target = f"#{room}" if room is not None else args.name
+    print(f"✓ sent {render.safe(args.file)} to {render.safe(target)} "
+          f"(message {render.safe(message_id)})")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> str:
+        info = client.files.info(args.message_id)
+        if not any(m.message_id == args.message_id for m in _conversation(client, args.name)):
+            raise CliError(f"message {args.message_id} is not in the conversation with "
+                           f"{args.name}")
+        bar = None if client.files.is_downloaded(args.message_id) else progress_bar("fetching")
+        path = await client.files.save(args.message_id, args.dest, progress=bar)
+        return f"saved {render.safe(info.name)} to {render.safe(str(path))}"
+
+    print(with_client(args, work, connect=Connect.TRY))
+    return 0
+
+
+def _conversation(client: Client, name: str) -> list[StoredMessage]:
+    """The messages of a 1:1 conversation, or of a room ('#NAME': its name or id)."""
+    if name.startswith("#"):
+        return client.rooms.history(name[1:], limit=1 << 30)
+    return client.history(name, limit=1 << 30)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    subcommand(
+        sub,
+        "save",
+        help="write a received file, decrypted, to DEST",
+        description=(
+            "Fetch the file of message MESSAGE_ID from NAME (a user, or #ROOM) if it is not "
+            "here yet, check every chunk and the whole file's SHA-256, and write it to DEST "
+            "(a directory: under the sender's file name). `history` shows a file message's "
+            "id. Nothing is written when a check fails, and DEST is never left half-written; "
+            "an existing DEST is not replaced."
+        ),
+        example="  sottovoce save alice FHQURZ-GjTY5UVNi29RsKg ~/Downloads "
+                "--data-dir ~/.sottovoce-bob",
+        func=cmd_save,
+        args=[("NAME", "who sent it: a username, or #ROOM for a room"),
+              ("MESSAGE_ID", "the file message's id, as `history` shows it"),
+              ("DEST", "the file to write, or a directory to write it into")],
+    )

@@ -1,0 +1,452 @@
+"""Files and media, 1:1 and in rooms: ``client.files`` (docs/architecture.md §Files).
+
+    send_file ──► random key and file id ──► blob.create (size limit and quota are
+        checked before any chunk leaves) ──► seal and put chunk by chunk, a few in
+        flight ──► a "file" message (key, SHA-256, size, name, type, thumbnail or
+        duration) through the normal 1:1 or room path
+    download ──► blob.get chunk by chunk ──► open and check each (crypto/file_chunks.py)
+        ──► sealed again under a local key into files/<id>.part ──► the whole checked
+        ──► files/<id>, blob.fetched (the server deletes the blob once every device
+        it was for has said so)
+    save ──► open the local copy, check it, write the plaintext beside DEST, rename
+
+A file streams through a fixed amount of memory (a few chunks) whatever its size.
+A dropped connection does not end a transfer: both sides wait for the connection
+and carry on from the chunk the server (upload) or the local copy (download) has.
+A chunk that is tampered with, reordered, missing or extra ends the download with a
+:class:`~sottovoce.crypto.file_chunks.FileIntegrityError` and nothing of the file is
+kept. Plaintext for viewing (:meth:`Files.view`) goes to ``view/`` in the data
+directory, wiped when the client closes and again when the next one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import mimetypes
+import os
+import shutil
+import wave
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sottovoce.client.connection import Connection
+from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.client.file_body import (
+    FILE_CONTENT_TYPE,
+    MAX_THUMBNAIL_BYTES,
+    FileInfo,
+    valid_name,
+)
+from sottovoce.client.rooms import RoomManager
+from sottovoce.client.store import Store
+from sottovoce.client.store_files import FileTable, LocalFile
+from sottovoce.crypto.file_chunks import (
+    CHUNK_SIZE,
+    SEALED_CHUNK_SIZE,
+    ChunkOpener,
+    ChunkSealer,
+    FileExtended,
+    FileIntegrityError,
+    new_file_id,
+    new_file_key,
+    sealed_chunk_size,
+    sealed_size,
+)
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.limits import FILE_TTL_MS
+from sottovoce.private_files import private_dir
+from sottovoce.protocol import blobs as pb
+
+#: ``progress(done_bytes, total_bytes)`` after each chunk.
+Progress = Callable[[int, int], None]
+Device = tuple[str, str]
+#: Chunk requests in flight at once (each chunk is 128 KiB: 2 MiB in flight).
+WINDOW = 16
+#: How long a transfer waits for a lost connection to come back, each time.
+RECONNECT_WAIT_S = 30.0
+#: Times one transfer carries on after a lost connection before it gives up.
+MAX_RESUMES = 20
+_CREATED = frozenset({pb.BLOB_CREATED})
+_STORED = frozenset({pb.BLOB_STORED})
+_CHUNK = frozenset({pb.BLOB_CHUNK})
+_RELEASED = frozenset({pb.BLOB_RELEASED})
+
+
+class Files:
+    """Sending, fetching and saving files for one client."""
+
+    def __init__(
+        self,
+        store: Store,
+        link: Connection,
+        me: Device,
+        targets: Callable[[str], Awaitable[list[Device]]],
+        send_record: Callable[[str, str, str], Awaitable[str]],
+        rooms: RoomManager,
+    ) -> None:
+        """``targets``: the devices a 1:1 message to a user goes to (ours included);
+        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms."""
+        self._store = store
+        self._link = link
+        self._me = me
+        self._targets = targets
+        self._send_record = send_record
+        self._rooms = rooms
+        self._table = FileTable(store)
+        self.view_dir = store.data_dir / "view"
+        self.wipe_views()  # what a run that did not close left behind
+        #: Chunks the last transfers resumed from after a lost connection (for tests).
+        self.resumed: list[int] = []
+
+    # --- sending ----------------------------------------------------------------------
+
+    async def send_file(
+        self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> str:
+        """Upload ``path`` for ``peer``'s devices and our other ones, then send the file
+        message; returns its messageId."""
+        targets = [d for d in await self._targets(peer) if d != self._me]
+        info = await self._upload(Path(path), targets, progress)
+        return await self._send_record(peer, FILE_CONTENT_TYPE, info.encode())
+
+    async def room_send_file(
+        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> str:
+        """Upload ``path`` for every other member device of room ``ref`` and send it there."""
+        members = [d for d in self._rooms.get(ref).members() if d != self._me]
+        if not members:
+            raise UsageError("the room has no other member to send a file to")
+        info = await self._upload(Path(path), members, progress)
+        return await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode())
+
+    async def _upload(
+        self, path: Path, recipients: list[Device], progress: Progress | None
+    ) -> FileInfo:
+        name, media_type = describe(path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 -- closed below, after the last chunk
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            key, file_id = new_file_key(self._store.rng), new_file_id(self._store.rng)
+            blob_id = file_id.hex()
+            sealer = ChunkSealer(key, file_id, size)
+            create = pb.BlobCreate(
+                blobId=blob_id, size=sealed_size(size), chunks=sealer.chunks,
+                ttlMs=FILE_TTL_MS,
+                recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in recipients),
+            )
+            created = await self._create(create, path)
+            await self._put_all(f, sealer, int(created["received"]), create, path,
+                                progress)
+            thumbnail, duration = (make_thumbnail(path) if media_type.startswith("image/")
+                                   else None), voice_duration(path, media_type)
+        kind = ("image" if thumbnail is not None else
+                "voice" if media_type.startswith("audio/") else "file")
+        return FileInfo(
+            blob_id=blob_id, key=key, sha256=sealer.digest(), size=size, name=name,
+            media_type=media_type, kind=kind, thumbnail=thumbnail, duration_ms=duration,
+            expires_at_ms=int(created["expiresAtMs"]),
+        )
+
+    async def _create(self, create: pb.BlobCreate, path: Path) -> dict[str, Any]:
+        try:
+            _, data = await self._link.request(create, _CREATED)
+        except ServerError as exc:
+            if exc.code == "file_too_large":
+                limit = exc.details.get("maxBytes")
+                raise UsageError(f"{path} is too large: the server takes files of at most "
+                                 f"{_size_text(limit)}") from None
+            if exc.code == "quota_exceeded":
+                raise UsageError("your files waiting on the server would pass your quota "
+                                 f"there ({_size_text(exc.details.get('quotaBytes'))}); "
+                                 "try again once they have been fetched") from None
+            raise
+        return data
+
+    async def _put_all(
+        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
+        path: Path, progress: Progress | None,
+    ) -> None:
+        inflight: deque[asyncio.Future[Any]] = deque()
+        try:
+            await self._put_window(f, sealer, start, create, path, progress, inflight)
+        finally:  # stopped early (an error, a cancel): no request outlives the transfer
+            for fut in inflight:
+                fut.cancel()
+
+    async def _put_window(
+        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
+        path: Path, progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+    ) -> None:
+        chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
+        acked = send_at = start
+        resumes = 0
+        while acked < chunks:
+            while send_at < chunks and len(inflight) < WINDOW:
+                f.seek(send_at * CHUNK_SIZE)
+                plaintext = f.read(min(CHUNK_SIZE, size - send_at * CHUNK_SIZE))
+                if send_at < sealer.next_index:  # sent before a lost connection
+                    sealed = sealer.reseal(send_at, plaintext)
+                else:
+                    sealed = sealer.seal(plaintext)
+                inflight.append(asyncio.ensure_future(self._link.request_built(
+                    functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at, data=sealed),
+                    _STORED)))
+                send_at += 1
+            try:
+                await inflight.popleft()
+            except (NotConnected, ServerError) as exc:
+                await _cancel(inflight)
+                resumes += 1
+                if ((isinstance(exc, ServerError) and exc.code != "bad_chunk")
+                        or resumes > MAX_RESUMES):
+                    raise
+                await self._link.wait_up(RECONNECT_WAIT_S)
+                created = await self._create(create, path)
+                acked = send_at = int(created["received"])
+                self.resumed.append(acked)
+                continue
+            acked += 1
+            if progress is not None:
+                progress(min(acked * CHUNK_SIZE, size), size)
+
+    # --- receiving --------------------------------------------------------------------
+
+    def info(self, message_id: str) -> FileInfo:
+        """The file a stored message carries (``UsageError`` if it carries none)."""
+        stored = self._store.get_message(message_id)
+        if stored is None:
+            raise UsageError(f"no message {message_id}")
+        if stored.content_type != FILE_CONTENT_TYPE:
+            raise UsageError(f"message {message_id} is not a file")
+        try:
+            return FileInfo.decode(stored.text)
+        except DecodeError as exc:
+            raise UsageError(f"message {message_id} holds no usable file ({exc})") from None
+
+    def is_downloaded(self, message_id: str) -> bool:
+        record = self._table.get(message_id)
+        return record is not None and record.complete
+
+    async def download(self, message_id: str, *, progress: Progress | None = None) -> None:
+        """Fetch, check and keep (sealed) the file of ``message_id``; resumes a download
+        cut off before. A :class:`FileIntegrityError` leaves nothing of the file."""
+        info = self.info(message_id)
+        record = self._table.get(message_id) or self._table.new(message_id)
+        if record.complete:
+            return
+        private_dir(self._table.dir)
+        opener = ChunkOpener(info.key, bytes.fromhex(info.blob_id), info.size, info.sha256)
+        part = self._table.path(record, part=True)
+        try:
+            have = self._verified_part(record, info, opener)
+            local = ChunkSealer(record.key, record.local_id, info.size, start=have)
+            with open(part, "ab") as out:
+                await self._get_all(info, opener, local, out, progress)
+                opener.finish()
+                out.flush()
+                os.fsync(out.fileno())
+        except FileIntegrityError:
+            self._table.forget(record)
+            raise
+        except ServerError as exc:
+            if exc.code == "unknown_blob":  # expired, or fetched by all: nothing to resume
+                self._table.forget(record)
+            raise
+        os.replace(part, self._table.path(record))
+        self._table.mark_complete(message_id)
+        with contextlib.suppress(NotConnected, ServerError):
+            # The server deletes the blob once every device it is for has it.
+            await self._link.request(pb.BlobFetched(blobId=info.blob_id), _RELEASED)
+
+    def _verified_part(self, record: LocalFile, info: FileInfo, opener: ChunkOpener) -> int:
+        """Chunks of an earlier, cut-off download of this file: each opened under the
+        local key and counted into ``opener``; a damaged rest is cut off."""
+        part = self._table.path(record, part=True)
+        try:
+            length = part.stat().st_size
+        except FileNotFoundError:
+            return 0
+        local = ChunkOpener(record.key, record.local_id, info.size, info.sha256)
+        have = 0
+        with open(part, "rb") as f:
+            while have < opener.chunks - 1:  # the final chunk is never left in a .part
+                sealed = f.read(SEALED_CHUNK_SIZE)
+                if len(sealed) < SEALED_CHUNK_SIZE:
+                    break
+                try:
+                    plaintext = local.open(sealed)
+                except FileIntegrityError:
+                    break
+                opener.accept_verified(plaintext)
+                have += 1
+        if length != have * SEALED_CHUNK_SIZE:
+            with open(part, "ab") as f:
+                f.truncate(have * SEALED_CHUNK_SIZE)
+        return have
+
+    async def _get_all(
+        self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
+        progress: Progress | None,
+    ) -> None:
+        inflight: deque[asyncio.Future[Any]] = deque()
+        try:
+            await self._get_window(info, opener, local, out, progress, inflight)
+        finally:  # stopped early (an error, a cancel): no request outlives the transfer
+            for fut in inflight:
+                fut.cancel()
+
+    async def _get_window(
+        self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
+        progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+    ) -> None:
+        chunks = opener.chunks
+        ask = opener.next_index
+        resumes = 0
+        while opener.next_index < chunks:
+            while ask < chunks and len(inflight) < WINDOW:
+                get = pb.BlobGet(blobId=info.blob_id, index=ask)
+                inflight.append(asyncio.ensure_future(self._link.request(get, _CHUNK)))
+                ask += 1
+            try:
+                _, data = await inflight.popleft()
+            except NotConnected:
+                await _cancel(inflight)
+                resumes += 1
+                if resumes > MAX_RESUMES:
+                    raise
+                await self._link.wait_up(RECONNECT_WAIT_S)
+                ask = opener.next_index
+                self.resumed.append(ask)
+                continue
+            except ServerError:
+                await _cancel(inflight)
+                raise
+            sealed = _chunk_data(data, info.blob_id, opener.next_index)
+            out.write(local.seal(opener.open(sealed)))
+            if progress is not None:
+                progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
+        if ask > chunks:
+            raise FileExtended("the server sent more chunks than the file has")
+
+    async def save(
+        self, message_id: str, dest: str | os.PathLike[str], *,
+        progress: Progress | None = None, overwrite: bool = False,
+    ) -> Path:
+        """Write the plaintext of ``message_id``'s file to ``dest`` (a directory: under
+        the sender's file name), fetching it first if needed; returns the path written.
+        The plaintext is written beside ``dest`` and renamed, so ``dest`` is never
+        half-written."""
+        info = self.info(message_id)
+        target = Path(dest)
+        if target.is_dir():
+            target = target / valid_name(info.name)
+        if target.exists() and not overwrite:
+            raise UsageError(f"{target} exists (choose another destination)")
+        if not target.parent.is_dir():
+            raise UsageError(f"{target.parent} is not a directory")
+        await self.download(message_id, progress=progress)
+        record = self._table.get(message_id)
+        if record is None or not record.complete:
+            raise UsageError(f"the file of message {message_id} is not here")
+        tmp = target.parent / f".{target.name}.part"
+        try:
+            self._write_plain(record, info, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def _write_plain(self, record: LocalFile, info: FileInfo, tmp: Path) -> None:
+        opener = ChunkOpener(record.key, record.local_id, info.size, info.sha256)
+        sealed_total = sealed_size(info.size)
+        with open(self._table.path(record), "rb") as src, open(tmp, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            for index in range(opener.chunks):
+                out.write(opener.open(src.read(sealed_chunk_size(index, opener.chunks,
+                                                                 sealed_total))))
+            if src.read(1):
+                raise FileExtended("the local copy has data past its final chunk")
+            opener.finish()
+
+    async def view(self, message_id: str, *, progress: Progress | None = None) -> Path:
+        """The plaintext of the file in this run's viewing area (wiped on close)."""
+        private_dir(self.view_dir)
+        folder = self.view_dir / message_id
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return await self.save(message_id, folder, progress=progress, overwrite=True)
+
+    def wipe_views(self) -> None:
+        shutil.rmtree(self.view_dir, ignore_errors=True)
+
+
+async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
+    for fut in inflight:
+        fut.cancel()
+    await asyncio.gather(*inflight, return_exceptions=True)
+    inflight.clear()
+
+
+def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes:
+    """The chunk of a ``sottovoce.blob.chunk`` reply, which must be the one asked for."""
+    if data.get("blobId") != blob_id or data.get("index") != index:
+        raise DecodeError("the server answered with another chunk")
+    chunk = data.get("data")
+    if isinstance(chunk, bytes):  # a binary message (the usual answer)
+        return chunk
+    return pb.CHUNK_DATA.parse(chunk, "data")
+
+
+def _size_text(value: object) -> str:
+    if not isinstance(value, int):
+        return "its limit"
+    return f"{value} bytes ({value / (1 << 20):.1f} MiB)"
+
+
+def describe(path: Path) -> tuple[str, str]:
+    """The name and media type a file is sent with (the type guessed from its name)."""
+    try:
+        name = valid_name(path.name)
+    except DecodeError:
+        raise UsageError(f"{path} has no name that can be sent") from None
+    guessed = (mimetypes.guess_type(name)[0] or "application/octet-stream").lower()
+    return name, guessed
+
+
+def make_thumbnail(path: Path) -> bytes | None:
+    """A small JPEG of an image, made here on the sender's device (``None`` if Pillow
+    cannot read it or no small enough one comes out)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.thumbnail((160, 160))
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    for quality in (70, 40):
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=quality)
+        if buf.tell() <= MAX_THUMBNAIL_BYTES:
+            return buf.getvalue()
+    return None
+
+
+def voice_duration(path: Path, media_type: str) -> int | None:
+    """Milliseconds of a WAV voice note (other formats: ``None``)."""
+    if media_type not in ("audio/wav", "audio/x-wav", "audio/wave"):
+        return None
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate = w.getframerate()
+            return None if rate <= 0 else w.getnframes() * 1000 // rate
+    except (OSError, EOFError, wave.Error):
+        return None

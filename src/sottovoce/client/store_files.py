@@ -1,0 +1,84 @@
+"""Received files kept in the account's data directory, sealed (client/files.py).
+
+A downloaded file is never plaintext on disk: each chunk, once verified, is sealed
+again (crypto/file_chunks.py) under a key of its own that only this table holds,
+sealed by the store's key. The file is ``files/<local id>`` (``.part`` while its
+download runs; the verified chunks in it let a cut-off download resume). A row is
+keyed by the message id; the local key and id are sealed, ``complete`` is clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sottovoce.client.store import Store
+from sottovoce.crypto.file_chunks import new_file_id, new_file_key
+from sottovoce.secret import Secret
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files(
+    message_id TEXT PRIMARY KEY,
+    complete INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+"""
+_KIND = b"file"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    message_id: str
+    local_id: bytes
+    key: Secret
+    complete: bool
+
+
+class FileTable:
+    """The ``files`` table of one store, and where its files live."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.dir = store.data_dir / "files"
+        store.db.executescript(_SCHEMA)
+
+    def path(self, record: LocalFile, *, part: bool = False) -> Path:
+        name = record.local_id.hex()
+        return self.dir / (name + ".part" if part else name)
+
+    def get(self, message_id: str) -> LocalFile | None:
+        row = self._store.db.execute(
+            "SELECT complete, sealed FROM files WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        raw = json.loads(self._store.unseal(_KIND, message_id.encode(), bytes(row[1])))
+        return LocalFile(message_id, bytes.fromhex(raw["id"]),
+                         Secret(base64.b64decode(raw["key"])), bool(row[0]))
+
+    def new(self, message_id: str) -> LocalFile:
+        rng = self._store.rng
+        record = LocalFile(message_id, new_file_id(rng), new_file_key(rng), False)
+        body = json.dumps({"id": record.local_id.hex(),
+                           "key": base64.b64encode(record.key.expose()).decode()}).encode()
+        with self._store.transaction():
+            self._store.db.execute(
+                "INSERT INTO files(message_id, complete, sealed) VALUES (?, 0, ?)",
+                (message_id, self._store.seal(_KIND, message_id.encode(), body)),
+            )
+        return record
+
+    def mark_complete(self, message_id: str) -> None:
+        with self._store.transaction():
+            self._store.db.execute("UPDATE files SET complete = 1 WHERE message_id = ?",
+                                   (message_id,))
+
+    def forget(self, record: LocalFile) -> None:
+        """The row and whatever of the file is on disk (a refused download keeps nothing)."""
+        for path in (self.path(record, part=True), self.path(record)):
+            path.unlink(missing_ok=True)
+        with self._store.transaction():
+            self._store.db.execute("DELETE FROM files WHERE message_id = ?",
+                                   (record.message_id,))

@@ -1,0 +1,113 @@
+"""The body of a "file" message (client/file_body.py): what a peer sends is checked
+field by field, and the command line shows it as one safe line (cli/render.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from sottovoce.cli import render
+from sottovoce.cli.files_cmd import progress_bar
+from sottovoce.cli.main import main as cli_main
+from sottovoce.client.file_body import FileInfo, valid_name
+from sottovoce.errors import DecodeError
+from sottovoce.secret import Secret
+
+INFO = FileInfo(
+    blob_id="0" * 32, key=Secret(b"k" * 32), sha256=b"\x01" * 32, size=3210,
+    name="cat.jpg", media_type="image/jpeg", kind="image", thumbnail=b"\xff\xd8jpeg",
+    duration_ms=None, expires_at_ms=123,
+)
+
+
+def _with(**fields: object) -> str:
+    body = json.loads(INFO.encode())
+    body.update(fields)
+    return json.dumps(body)
+
+
+def test_round_trip_and_no_key_in_repr() -> None:
+    again = FileInfo.decode(INFO.encode())
+    assert again == INFO
+    assert "kkkk" not in repr(again)
+
+
+@pytest.mark.parametrize("fields", [
+    {"blob": "../../etc"}, {"blob": "A" * 32}, {"key": "a2V5"}, {"sha256": "00"},
+    {"size": -1}, {"size": True}, {"size": "12"}, {"name": "../x"}, {"name": "a/b"},
+    {"name": ""}, {"name": "x" * 256}, {"name": "evil\x1b[2J"}, {"name": ".."},
+    {"type": "text/html; charset=x"}, {"kind": "exe"}, {"thumb": "!!"},
+    {"thumb": "A" * 20000}, {"durationMs": -5}, {"expires": None}, {"v": 2},
+    {"extra": 1},
+])
+def test_every_field_from_a_peer_is_checked(fields: dict[str, object]) -> None:
+    with pytest.raises(DecodeError):
+        FileInfo.decode(_with(**fields))
+
+
+def test_names_are_one_plain_file_name() -> None:
+    assert valid_name("report 2026.pdf") == "report 2026.pdf"
+    for bad in ("a\\b", "nul\x00", "\u0085x"):
+        with pytest.raises(DecodeError):
+            valid_name(bad)
+
+
+def test_history_line_of_a_file_message() -> None:
+    assert render.file_line(INFO.encode(), "MID") == "[image] cat.jpg (3.1 KiB, image/jpeg) id MID"
+    voice = _with(kind="voice", type="audio/wav", durationMs=65_000, thumb=None, size=100)
+    assert render.file_line(voice, "V") == "[voice 1:05] cat.jpg (100 B, audio/wav) id V"
+    assert render.file_line("{not json", "X") == "[file that cannot be read]"
+    assert render.size_text(100 * 1024 * 1024) == "100.0 MiB"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only() -> None:
+    assert progress_bar("sending", io.StringIO()) is None
+    out = _Tty()
+    bar = progress_bar("sending", out)
+    assert bar is not None
+    bar(0, 2048)
+    bar(2048, 2048)
+    text = out.getvalue()
+    assert "\rsending [" + "." * 30 + "] 0 B / 2.0 KiB" in text
+    assert "\rsending [" + "#" * 30 + "] 2.0 KiB / 2.0 KiB" in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["send", "bob", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+    (["send", "bob"], "give the message TEXT, or --file PATH to send a file"),
+    (["room", "send", "team", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+])
+def test_send_takes_text_or_a_file(
+    argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main([*argv, "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith(said) and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "promises"), [
+    (["send", "--help"], ["--file PATH", "encrypted on this device in chunks",
+                          "sottovoce save", "refused past the server's size limit"]),
+    (["room", "send", "--help"], ["--file PATH", "every other member device",
+                                  "sottovoce save #ROOM MESSAGE_ID DEST"]),
+    (["save", "--help"], ["SHA-256", "a directory: under the sender's file name",
+                          "never left half-written", "not replaced"]),
+    (["server", "--help"], ["--max-file-size", "--file-quota", "--file-ttl-ms"]),
+])
+def test_the_file_commands_help(
+    argv: list[str], promises: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for promise in promises:
+        assert promise in text, promise
