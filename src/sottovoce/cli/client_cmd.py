@@ -180,6 +180,8 @@ def cmd_account_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args) and args.reply_to:
+        raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
         return files_cmd.send_file(args)
 
