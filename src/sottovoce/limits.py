@@ -140,6 +140,9 @@ REPLAY_BATCH = 500
 AUTH_CHALLENGE_TTL_MS = 30_000
 #: Unacked inbox frames are kept this long by default (server --retention-days).
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: A disappearing message's expiresAtMs on a send: at most this far ahead (the longest
+#: timer, a week) plus CLOCK_SKEW_MS, and no further than CLOCK_SKEW_MS in the past.
+MAX_MESSAGE_EXPIRY_MS = 7 * 24 * 3600 * 1000
 #: Default inbox quotas (server --inbox-*): what may wait unread in one device's inbox,
 #: in all (a device offline for the whole retention in busy conversations stays under it)...
 INBOX_MAX_MESSAGES = 20_000

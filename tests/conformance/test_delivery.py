@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 import pytest
 
@@ -202,6 +203,24 @@ async def test_ack_read_deletes_frames(url: str) -> None:
     b2 = await logged_in(url, bob)
     again = await b2.resume(0)
     assert [f["data"]["globalInboxSeq"] for f in again] == [4, 5]
+
+
+async def test_expires_at_is_bounded_and_an_expired_frame_is_never_replayed(url: str) -> None:
+    bob = Device.new()
+    await (await registered(url, bob)).close()
+    a = await registered(url)
+    to_bob = [(bob.username, "d1", b"x")]
+    now = int(time.time() * 1000)
+    week, skew = 7 * 24 * 3600 * 1000, 5 * 60 * 1000
+    for bad in (now - skew - 60_000, now + week + skew + 60_000):
+        assert_error(await a.send_message(bob.username, to_bob, expiresAtMs=bad), "bad_request")
+    for expires in (now - 1000, now + 3_600_000, 0):  # 0: does not expire
+        ack = await a.send_message(bob.username, to_bob, expiresAtMs=expires)
+        assert ack["event"] == "ksmpv3.send.ack", ack
+    b = await logged_in(url, bob)
+    frames = await b.resume(0)
+    # The frame already expired is not replayed; the two others are, in order.
+    assert [f["data"]["globalInboxSeq"] for f in frames] == [2, 3]
 
 
 async def test_device_mismatch_lists_missing_and_stale(url: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -230,6 +231,26 @@ async def test_expiry_deletes_the_old_prefix_only(backend: Factory) -> None:
         # The idempotency records expired with them: k0 is a new send now.
         (again,) = await _append_all(st, [_req(0)])
         assert not again.duplicate
+    finally:
+        await st.close()
+
+
+async def test_disappearing_frames_are_never_replayed_and_the_sweep_drops_them(
+    backend: Factory,
+) -> None:
+    st = await _open(backend)
+    try:
+        now = time.time_ns() // 1_000_000
+        gone, later, plain = _req(1), _req(2), _req(3)
+        gone.expires_at_ms, later.expires_at_ms = now - 1, now + 3_600_000
+        await _append_all(st, [gone, later, plain])
+        # The expired frame is not replayed, even before a sweep deleted it.
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 0, 10)] == [2, 3]
+        assert await st.drop_expired(now) == 1
+        assert await st.drop_expired(now) == 0
+        assert await st.drop_expired(now + 3_600_000) == 1
+        assert [s for s, _ in await st.read_inbox("bob", "d1", 0, 10)] == [3]
+        assert await st.ack_read("bob", "d1", 3) == 1  # only the plain one was left
     finally:
         await st.close()
 

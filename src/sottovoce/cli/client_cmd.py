@@ -311,7 +311,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         if client.connected:  # shown: a read receipt (unless off), delivered ones first
             await client.controls.settle(DRAIN_TIMEOUT_S)
             await client.controls.mark_read(args.name)
-        return [render.view_line(v, me, ids=args.ids) for v in views]
+        return [render.view_line(v, me, ids=args.ids,
+                                 expires_at_ms=client.timers.expires_at(v.message.message_id))
+                for v in views]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:

@@ -33,6 +33,7 @@ from sottovoce.client.events import (
     RoomMembershipChanged,
     RoomMessageReceived,
 )
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
 from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
@@ -78,10 +79,15 @@ def _notice_text(m: StoredMessage, me: str) -> str:
     return f"— {inviter} invited {invited} to '{safe(notice.name)}'"
 
 
-def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
+def message_line(
+    m: StoredMessage, me: str, *, room: bool = False, expires_at_ms: int = 0,
+    now_ms: int | None = None,
+) -> str:
     """One message as a line: ``12:01 alice: hello``, ``12:02 you → bob: hi ✓``.
 
     ``room``: a room's line has no addressee (``m.peer`` is the room id).
+    ``expires_at_ms``: a disappearing message ends with ``⏱ 59 min left``; a timer
+    message reads ``alice set disappearing messages to 1 min``.
     """
     when = clock(m.client_created_ms or m.local_at_ms)
     if m.status is DeliveryStatus.FAILED and not m.text:
@@ -89,6 +95,15 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
     if m.content_type == INVITE_CONTENT_TYPE:
         return f"{when} {_notice_text(m, me)}"
     who = "you" if m.sender == me else safe(m.sender)
+    if m.content_type == TIMER_CONTENT_TYPE:
+        return f"{when} — {timer_notice(who, m.text)}"
+    if expires_at_ms:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return f"{_line(m, when, who, room)} ⏱ {remaining(expires_at_ms, now)} left"
+    return _line(m, when, who, room)
+
+
+def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
     tick = f" {m.status.tick}" if m.outgoing else ""
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     if m.content_type == MISSED_CALL_CONTENT_TYPE:
@@ -102,17 +117,24 @@ def message_line(m: StoredMessage, me: str, *, room: bool = False) -> str:
 SHORT_ID = 8
 
 
-def view_line(view: MessageView, me: str, *, room: bool = False, ids: bool = False) -> str:
+def view_line(
+    view: MessageView, me: str, *, room: bool = False, ids: bool = False,
+    expires_at_ms: int = 0,
+) -> str:
     """A message as :func:`message_line` shows it, with what control messages did: the
     quoted line of a reply, "(edited)", a tombstone, reactions with their counts, and
     for our own messages ✓✓ (delivered), "read" or "read by N" (rooms). ``ids``: the
-    start of its id first, to name it in `edit`, `delete`, `react` or `--reply-to`."""
+    start of its id first, to name it in `edit`, `delete`, `react` or `--reply-to`;
+    ``expires_at_ms``: a disappearing message's time left, as :func:`message_line`."""
     m = view.message
     prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
     if m.content_type not in ("text", "reply") or (
         m.status is DeliveryStatus.FAILED and not m.text and not view.deleted
     ):
-        return prefix + message_line(m, me, room=room)
+        return prefix + message_line(m, me, room=room, expires_at_ms=expires_at_ms)
+    left = ""
+    if expires_at_ms:
+        left = f" ⏱ {remaining(expires_at_ms, int(time.time() * 1000))} left"
     who = "you" if m.sender == me else safe(m.sender)
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     quote = ""
@@ -124,7 +146,7 @@ def view_line(view: MessageView, me: str, *, room: bool = False, ids: bool = Fal
     reactions = "".join(f" {safe(e)}{n}" for e, n in sorted(view.reactions.items()))
     tick = f" {view.state}" if m.outgoing and view.state else ""
     when = clock(m.client_created_ms or m.local_at_ms)
-    return f"{prefix}{when} {who}{to}: {quote}{text}{edited}{reactions}{tick}"
+    return f"{prefix}{when} {who}{to}: {quote}{text}{edited}{reactions}{tick}{left}"
 
 
 def size_text(size: int) -> str:

@@ -152,7 +152,11 @@ def cmd_history(args: argparse.Namespace) -> int:
         client.conversations.mark_read(room.room_id, [v.message for v in views])
         if client.connected:  # shown: a read receipt to the room (unless off)
             await client.controls.mark_read(room.room_id, room=True)
-        return [render.view_line(v, me, room=True, ids=args.ids) for v in views]
+        return [
+            render.view_line(v, me, room=True, ids=args.ids,
+                             expires_at_ms=client.timers.expires_at(v.message.message_id))
+            for v in views
+        ]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
         print(line)

@@ -62,6 +62,7 @@ from sottovoce.client.calls.media import MediaProblem
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.conversation import TYPING_SHOWN_S
 from sottovoce.client.events import (
+    MessagesExpired,
     MessageUpdated,
     RoomInvited,
     RoomMembershipChanged,
@@ -288,6 +289,11 @@ class ChatApp(App[int]):
         )
         if mine and isinstance(event, MessageReceived | RoomMessageReceived):
             await self._append(event.message.message_id)
+        elif isinstance(event, MessagesExpired):  # disappearing messages leave the screen too
+            for message_id in event.message_ids:
+                widget = self._lines.pop(message_id, None)
+                if widget is not None:
+                    await widget.remove()
         elif isinstance(event, RoomMembershipChanged) and event.room_id == self.room_id:
             self._status()
         elif isinstance(event, DeliveryStateChanged) and event.peer == self._conversation:

@@ -20,6 +20,7 @@ from sottovoce.client.events import (
     EventStream,
     MessageReceived,
     MessageSent,
+    MessagesExpired,
 )
 from sottovoce.client.registration import register_device, username_available
 from sottovoce.client.store import DeliveryStatus, KdfParams, StoredMessage
@@ -37,6 +38,7 @@ __all__ = [
     "KdfParams",
     "MessageReceived",
     "MessageSent",
+    "MessagesExpired",
     "NotConnected",
     "ServerError",
     "StoreError",

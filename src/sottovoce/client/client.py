@@ -79,6 +79,7 @@ from sottovoce.client.store import (
     Store,
     StoredMessage,
 )
+from sottovoce.client.timers import Timers
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.identity import (
     AccountDeletion,
@@ -176,9 +177,7 @@ class Client(CallSurface):
             kt=self.kt,
         )
         self._outbox = Outbox(store, self._conn, self._emit)
-        self._prekeys = Prekeys(
-            store, self._conn, self._sessions, identity.device_key, self._emit
-        )
+        self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
@@ -200,6 +199,7 @@ class Client(CallSurface):
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
         self.files = Files(store, self._conn, (self.username, self.device_id),  # files.py
                            self._directory.targets, self._direct.send_record, self.rooms)
+        self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
         #: The list with unread counts, read marks, search, export, forget (local only).
         self.conversations = Conversations(store, self.username)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
@@ -454,6 +454,7 @@ class Client(CallSurface):
             raise UsageError("client is closed")
         if self._processor is None:
             self._processor = asyncio.get_running_loop().create_task(self._process_loop())
+        self.timers.start()  # the sweep task (a task of the client's: close cancels it)
         self._conn.start()
         if wait:
             await self.sync(timeout=timeout, fail_fast=fail_fast)

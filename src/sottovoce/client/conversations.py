@@ -206,20 +206,18 @@ class Conversations:
         peer, _, _ = self.resolve(name)
         tag = self._tag(peer)
         db = self._db
+        # The store's default (it stays on: expired messages are deleted the same way).
         db.execute("PRAGMA secure_delete = ON")
-        try:
-            with self._store.transaction():
-                for table in ("outbox", "unsent"):
-                    db.execute(
-                        f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
-                        "(SELECT message_id FROM messages WHERE peer_tag = ?)",
-                        (tag,),
-                    )
-                count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
-                db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            db.execute("PRAGMA secure_delete = OFF")
+        with self._store.transaction():
+            for table in ("outbox", "unsent"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
+                    "(SELECT message_id FROM messages WHERE peer_tag = ?)",
+                    (tag,),
+                )
+            count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
+            db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
 
 

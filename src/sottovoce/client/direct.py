@@ -34,6 +34,7 @@ from sottovoce.client.control import (
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import IdentityChanged, NotConnected, ServerError
 from sottovoce.client.events import ClientEvent, EphemeralReceived, ErrorEvent
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body, wire_expiry
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.payload import Payload, text_body
@@ -61,6 +62,7 @@ class _PendingSend:
     text: str
     content_type: str
     created_ms: int
+    expires_ms: int
     frame: str
     done: asyncio.Future[None]
 
@@ -90,6 +92,8 @@ class DirectMessages:
         self._ephemeral: deque[EphemeralReceived] = deque(maxlen=EPHEMERAL_RING_SIZE)
         #: Control payloads (client/control.py) go here; without it they are dropped.
         self.controls: ControlHook | None = None
+        #: Disappearing messages: each send's expiry, each received one's, timer changes.
+        self.expiries = Expiries(store)
 
     # =========================================================================
     # Ephemeral messages (memory only)
@@ -143,6 +147,7 @@ class DirectMessages:
             if self._link.is_up and self._has_unsent:
                 await self._encrypt_unsent()  # older queued messages go out first
             message_id, idempotency_key, created = new_id(), new_id(), now_ms()
+            expires = self._expiry_for(username, created, content_type, ephemeral)
             try:
                 targets = await self._directory.targets(username)
             except NotConnected:
@@ -152,6 +157,7 @@ class DirectMessages:
             frame = self._send_event(
                 username, targets, message_id, idempotency_key, created,
                 {t: body for t in targets}, content_type=content_type, ephemeral=ephemeral,
+                expires_at_ms=expires,
             ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES or ephemeral:
                 with self._store.transaction():
@@ -171,7 +177,8 @@ class DirectMessages:
                 return message_id
             pending = _PendingSend(
                 message_id=message_id, idempotency_key=idempotency_key, peer=username,
-                text=text, content_type=content_type, created_ms=created, frame=frame,
+                text=text, content_type=content_type, created_ms=created, expires_ms=expires,
+                frame=frame,
                 done=asyncio.get_running_loop().create_future(),
             )
             self._pending_sends.append(pending)
@@ -192,6 +199,7 @@ class DirectMessages:
         *,
         content_type: str,
         ephemeral: bool = False,
+        expires_at_ms: int = 0,
     ) -> ev.Send:
         """The ``ksmpv3.send``: one ciphertext per target device (ratchets move).
 
@@ -208,6 +216,7 @@ class DirectMessages:
                 content_type=content_type,
                 created_at_ms=created,
                 body=body,
+                expires_at_ms=expires_at_ms,
             ).with_head(head).encode()
 
         ciphertexts = tuple(
@@ -230,21 +239,31 @@ class DirectMessages:
             ciphertexts=ciphertexts,
             senderUserId=self.username,
             ephemeral=ephemeral,
+            expiresAtMs=wire_expiry(expires_at_ms),
         )
         return send
+
+    def _expiry_for(self, username: str, created: int, content_type: str, ephemeral: bool) -> int:
+        """A new message's expiry: the chat's timer now (timer messages themselves stay)."""
+        if ephemeral or content_type == TIMER_CONTENT_TYPE:
+            return 0
+        return self.expiries.for_new(ev.dm_conversation_id(self.username, username), created)
 
     def _defer(self, username: str, text: str, content_type: str) -> str:
         """Store an outgoing message to encrypt on the next connection (see ``unsent``)."""
         message_id, idempotency_key, created = new_id(), new_id(), now_ms()
+        expires = self._expiry_for(username, created, content_type, False)
         with self._store.transaction():
-            self._add_outgoing(message_id, idempotency_key, username, text, created, content_type)
+            self._add_outgoing(
+                message_id, idempotency_key, username, text, created, content_type, expires
+            )
             self._store.add_unsent(message_id)
         self._has_unsent = True
         return message_id
 
     def _add_outgoing(
         self, message_id: str, idempotency_key: str, peer: str, text: str, created: int,
-        content_type: str,
+        content_type: str, expires: int,
     ) -> None:
         if content_type in MARKER_TYPES:
             peer = control_peer(peer)  # kept beside the chat, out of its history
@@ -253,6 +272,7 @@ class DirectMessages:
             text=text, created_ms=created, idempotency_key=idempotency_key,
             content_type=content_type,
         )
+        self.expiries.record(message_id, expires)
 
     async def _encrypt_unsent(self) -> None:
         """Encrypt the messages queued while offline, oldest first; call holding the send lock.
@@ -282,6 +302,7 @@ class DirectMessages:
                 stored.client_created_ms,
                 {t: body for t in targets},
                 content_type=stored.content_type,
+                expires_at_ms=self.expiries.of(message_id),
             ).to_frame(request_id=message_id)
             if len(frame) > MAX_FRAME_BYTES:
                 with self._store.transaction():
@@ -363,7 +384,7 @@ class DirectMessages:
                 for p in batch:
                     self._add_outgoing(
                         p.message_id, p.idempotency_key, p.peer, p.text, p.created_ms,
-                        p.content_type,
+                        p.content_type, p.expires_ms,
                     )
                     self._store.add_outbox(p.message_id, p.idempotency_key, p.frame)
         except Exception as exc:
@@ -403,6 +424,7 @@ class DirectMessages:
                     content_type=stored.content_type,
                     created_at_ms=old.clientCreatedAtMs,
                     body=self._body_of(stored),
+                    expires_at_ms=self.expiries.of(message_id),
                 ).with_head(self._log_head()).encode()
                 ciphertexts = tuple(
                     kept.get(t)
@@ -490,6 +512,8 @@ class DirectMessages:
                 raise RemoteError("ciphertext was moved to another message")
             call = payload.content_type == CALL_CONTENT_TYPE
             text = "" if call else payload.body.decode("utf-8")
+            if payload.content_type == TIMER_CONTENT_TYPE:
+                read_timer_body(payload.body)  # a malformed one is a failed message
         except (SottovoceError, UnicodeDecodeError) as exc:
             code = getattr(exc, "code", "decryption_failed")
             events.append(
@@ -543,7 +567,14 @@ class DirectMessages:
             client_created_ms=payload.created_at_ms,
             idempotency_key=envelope.idempotencyKey,
         )
-        received.append(envelope.messageId)
+        self.expiries.record(envelope.messageId, payload.expires_at_ms)
+        if payload.content_type == TIMER_CONTENT_TYPE:
+            self.expiries.apply(
+                envelope.conversationId, envelope.senderUserId, envelope.messageId,
+                payload.created_at_ms, payload.body,
+            )
+        if not self.expiries.due(payload.expires_at_ms):  # else the next sweep deletes it
+            received.append(envelope.messageId)
 
     def _hand_off_call(
         self, envelope: ev.Envelope, body: bytes, ephemeral: bool, peer: str, seq: int,

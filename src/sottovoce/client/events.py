@@ -183,8 +183,16 @@ class KeysChanged(ErrorEvent):
     dropped: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesExpired:
+    """Disappearing messages this device deleted because they expired: a UI drops them."""
+
+    message_ids: tuple[str, ...]
+
+
 ClientEvent = (
-    DeviceLinked
+    MessagesExpired
+    | DeviceLinked
     | DeviceRevoked
     | RoomMessageReceived
     | RoomJoined

@@ -47,9 +47,11 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import NotConnected
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries
 from sottovoce.client.identity import DeviceKeys, LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.ports import LinkPort
+from sottovoce.client.rooms import ROOM_PREFIX
 from sottovoce.client.store import Contact, DeliveryStatus, KdfParams, Store, StoredMessage
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.aead import Aead, AeadKey
@@ -314,9 +316,11 @@ def all_messages(after: Callable[[int], list[StoredMessage]]) -> Iterator[Stored
 
 def history_archive(store: Store) -> tuple[list[bytes], int]:
     """Every stored message, encoded, in parts that each fit one mailbox message; and how
-    many messages."""
+    many messages. Disappearing messages are left out: the archive has no place for
+    their expiry, and a copy that outlives its expiry is what a timer rules out."""
     w = Writer()
-    messages = list(all_messages(store.messages_after))
+    expiries = Expiries(store)
+    messages = [m for m in all_messages(store.messages_after) if not expiries.of(m.message_id)]
     w.vector_v(messages, _write_message)
     raw = w.getvalue()
     parts = [raw[i:i + _HISTORY_PART] for i in range(0, len(raw), _HISTORY_PART)] or [b""]
@@ -327,13 +331,23 @@ def history_archive(store: Store) -> tuple[list[bytes], int]:
     return parts, len(messages)
 
 
-def import_history(store: Store, raw: bytes) -> int:
+def import_history(store: Store, raw: bytes, username: str) -> int:
+    """Store the handed-over messages; the timer messages among them set each chat's
+    disappearing-message timer here too (the newest wins, as when they arrive)."""
     records: list[dict[str, Any]] = _read(raw, lambda r: r.vector_v(_read_message))
     added = 0
+    expiries = Expiries(store)
     with store.transaction():
         for rec in records:
             if store.add_message(**rec) is not None:
                 added += 1
+            if rec["content_type"] == TIMER_CONTENT_TYPE and rec["status"] is DeliveryStatus.SENT:
+                peer = rec["peer"]
+                chat = (peer if peer.startswith(ROOM_PREFIX)
+                        else ev.dm_conversation_id(username, peer))
+                with contextlib.suppress(DecodeError):
+                    expiries.apply(chat, rec["sender"], rec["message_id"],
+                                   rec["client_created_ms"], rec["text"].encode("utf-8"))
     return added
 
 
@@ -760,7 +774,7 @@ class NewDevice:
                     if contact.username != self.username:
                         port.store.put_contact(contact)
             DeviceNames(port.store).update({**names, self.device_id: name})
-            imported = import_history(port.store, history) if parts else 0
+            imported = import_history(port.store, history, self.username) if parts else 0
             await joiner.put(sealed.seal(READY, b""))
             added = _read(sealed.open(await joiner.body(), DONE), lambda r: r.u16())
             await joiner.close(None)

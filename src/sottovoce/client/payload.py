@@ -10,6 +10,9 @@
         // version 2 only: the sender's latest verified transparency-log head
         uint64 kt_size;
         opaque kt_root<0..255>;          // 32 bytes
+        // version 3 only: both fields above (size 0 and an empty root: no head),
+        // then when the message disappears (docs/protocol.md §Disappearing messages)
+        uint64 expires_at_ms;            // > 0
     } Payload;
 
 The receiver checks ``message_id`` and ``conversation_id`` against the
@@ -17,7 +20,10 @@ envelope, so the relay cannot move a ciphertext to another message or chat.
 Version 2 adds the sender's head of the key-transparency log (its size and
 root), so two users who talk compare the log they were shown
 (:meth:`sottovoce.client.kt.KeyTransparency.compare`); a sender with no head
-writes version 1.
+writes version 1. Version 3 adds the message's expiry (a disappearing message,
+:mod:`sottovoce.client.timers`) inside the ciphertext, so a later change of the
+chat's timer cannot move it; a payload without one is written as version 1 or 2
+as before, so older readers still read every message that does not disappear.
 
 Padding to size buckets (so a ciphertext's length says little about the text's)
 has one implementation, :mod:`sottovoce.pairwise.padding`: 1:1 sessions pad
@@ -40,11 +46,11 @@ from sottovoce.pairwise.padding import pad, unpad
 
 _VERSION = 1
 _VERSION_KT = 2
+_VERSION_EXPIRY = 3
 
 
 #: The ``"v"`` of the small JSON bodies some payloads carry (a missed call, a room invitation).
 JSON_BODY_VERSION = 1
-_VERSION_KT = 2
 
 
 def json_body(**fields: object) -> str:
@@ -92,22 +98,30 @@ class Payload(WireStruct):
     body: bytes
     kt_size: int = 0
     kt_root: bytes = b""
+    #: When the message disappears (Unix ms); 0: it does not.
+    expires_at_ms: int = 0
 
     def write(self, w: Writer) -> None:
-        w.u8(_VERSION_KT if self.kt_root else _VERSION)
+        if self.expires_at_ms:
+            version = _VERSION_EXPIRY
+        else:
+            version = _VERSION_KT if self.kt_root else _VERSION
+        w.u8(version)
         w.opaque8(self.message_id.encode("ascii"))
         w.opaque8(self.conversation_id.encode("ascii"))
         w.opaque8(self.content_type.encode("ascii"))
         w.u64(self.created_at_ms)
         w.opaque_v(self.body)
-        if self.kt_root:
-            w.u64(self.kt_size)
+        if version != _VERSION:
+            w.u64(self.kt_size if self.kt_root else 0)
             w.opaque8(self.kt_root)
+        if version == _VERSION_EXPIRY:
+            w.u64(self.expires_at_ms)
 
     @classmethod
     def read(cls, r: Reader) -> Payload:
         version = r.u8()
-        if version not in (_VERSION, _VERSION_KT):
+        if version not in (_VERSION, _VERSION_KT, _VERSION_EXPIRY):
             raise DecodeError("unknown payload version")
         payload = cls(
             message_id=r.opaque8().decode("ascii"),
@@ -119,9 +133,18 @@ class Payload(WireStruct):
         if version == _VERSION:
             return payload
         size, root = r.u64(), r.opaque8()
-        if size <= 0 or len(root) != 32:
+        if version == _VERSION_EXPIRY and size == 0 and not root:
+            head = None  # version 3 without a log head
+        elif size <= 0 or len(root) != 32:
             raise DecodeError("the payload's log head is malformed")
-        return payload.with_head((size, root))
+        else:
+            head = (size, root)
+        if version == _VERSION_KT:
+            return payload.with_head(head)
+        expires = r.u64()
+        if expires <= 0:
+            raise DecodeError("the payload's expiry is malformed")
+        return dataclasses.replace(payload.with_head(head), expires_at_ms=expires)
 
     def with_head(self, head: tuple[int, bytes] | None) -> Payload:
         """This payload carrying the log head ``(size, root)`` (unchanged without one)."""

@@ -344,7 +344,8 @@ class Store:
         # FULL: a frame we ack to the server must survive a power cut, not just a crash.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA secure_delete=ON")  # a wiped message's old pages are zeroed
+        # A deleted row (an expired message) is overwritten, not left in a free page.
+        db.execute("PRAGMA secure_delete=ON")
         return db
 
     @classmethod

@@ -297,6 +297,7 @@ def _send(d: Data) -> Data:
         ciphertexts=ciphertexts,
         senderUserId=opt_id(d, "senderUserId"),
         ephemeral=opt_bool(d, "ephemeral"),
+        expiresAtMs=opt_int(d, "expiresAtMs"),
     )
 
 

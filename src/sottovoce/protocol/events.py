@@ -351,6 +351,9 @@ class Send(ClientEvent):
     clientCreatedAtMs: int = wire(Int(), default=0)
     senderUserId: str | None = wire(OPT_ID, default=None, omit_default=True)
     ephemeral: bool = wire(Bool(), default=False)
+    #: A disappearing message: when the server must drop its ciphertext (Unix ms,
+    #: whole seconds; 0 or absent: kept until read). The server bounds it.
+    expiresAtMs: int = wire(Int(), default=0, omit_default=True)
 
 
 @event("ksmpv3.ack.read")

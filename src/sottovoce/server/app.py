@@ -405,6 +405,8 @@ class ServerApp:
             await asyncio.sleep(cfg.expiry_interval_ms / 1000)
             try:
                 deleted = await self.storage.expire(now_ms() - cfg.retention_ms)
+                # Disappearing messages whose expiresAtMs passed (replay skips them already).
+                deleted += await self.storage.drop_expired(now_ms())
             except Exception as exc:
                 self.log.error("expiry.failed", error=type(exc).__name__)
                 continue

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from sottovoce.limits import CLOCK_SKEW_MS, MAX_MESSAGE_EXPIRY_MS
 from sottovoce.protocol.events import dm_conversation_id
 from sottovoce.server.directory import Directory
 from sottovoce.server.errors import WireFailure
@@ -124,6 +125,13 @@ class Delivery:
                 "conversation_mismatch",
                 "conversationId must be dm_conversation_id(sender, recipientUserId)",
             )
+        expires = ev.expiresAtMs
+        if expires and not ev.ephemeral:
+            now = time.time_ns() // 1_000_000
+            if not now - CLOCK_SKEW_MS <= expires <= now + MAX_MESSAGE_EXPIRY_MS + CLOCK_SKEW_MS:
+                raise WireFailure(
+                    "bad_request", "expiresAtMs must be within a week from now"
+                )
         expected = self._expected_devices(user, device, sender_rec, recipient_rec)
         given = {(u, d) for u, d, _ in ev.targets}
         if given != expected:
@@ -144,6 +152,7 @@ class Delivery:
             # The validated base64 strings go into the envelope as they came.
             targets=ev.targets,
             ephemeral=ev.ephemeral,
+            expires_at_ms=0 if ev.ephemeral else expires,
         )
         if ev.ephemeral:
             return self._send_ephemeral(session, req, rid)

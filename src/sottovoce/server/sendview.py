@@ -46,6 +46,8 @@ class SendView:
     senderUserId: str | None
     ephemeral: bool
     targets: tuple[tuple[str, str, str], ...]
+    #: When the server drops this message's ciphertexts (Unix ms); 0: never.
+    expiresAtMs: int = 0
 
 
 def parse_send(data: dict[str, Any]) -> SendView:
@@ -64,6 +66,7 @@ def parse_send(data: dict[str, Any]) -> SendView:
         clientCreatedAtMs=ev.clientCreatedAtMs,
         senderUserId=ev.senderUserId,
         ephemeral=ev.ephemeral,
+        expiresAtMs=ev.expiresAtMs,
         targets=tuple(
             (c.userId, c.deviceId, raw[i]["ciphertext"]) for i, c in enumerate(ev.ciphertexts)
         ),
@@ -99,6 +102,11 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
     ephemeral = g("ephemeral", False)
     if type(ephemeral) is not bool:
         return None
+    expires = g("expiresAtMs")
+    if expires is None:
+        expires = 0
+    elif type(expires) is not int or not 0 <= expires <= _MAX_INT:
+        return None
     items = g("ciphertexts")
     if type(items) is not list or not 0 < len(items) <= MAX_SEND_DEVICES:
         return None
@@ -133,4 +141,5 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
         senderUserId=sender,
         ephemeral=ephemeral,
         targets=tuple(targets),
+        expiresAtMs=expires,
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from sottovoce.client.control import ControlHook
 from sottovoce.client.events import ClientEvent
+from sottovoce.client.expiry import Expiries
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook
@@ -252,6 +253,14 @@ class RoomManager:
     def set_controls(self, hook: ControlHook) -> None:
         """Where the room's control payloads go (client/conversation.py)."""
         self._messages.controls = hook
+
+    async def send_timer(self, ref: str, body: str) -> str:
+        """Send a timer message (client/expiry.py) to the room."""
+        return await self._messages.send_timer(self.get(ref), body)
+
+    def use_expiries(self, expiries: Expiries) -> None:
+        """Share the client's expiry bookkeeping (one sweep task wakes for every path)."""
+        self._messages.expiries = expiries
 
     async def send_call_signal(self, ref: str, signal: bytes) -> str:
         """Send one room-call signal as an MLS application message of the room."""

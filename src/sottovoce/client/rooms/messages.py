@@ -27,6 +27,7 @@ from typing import Any
 from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.payload import Payload, text_body
 from sottovoce.client.ports import Link, SendQueue
@@ -95,6 +96,8 @@ class RoomMessages:
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
         #: Control payloads (client/control.py) go here; without it they are dropped.
         self.controls: ControlHook | None = None
+        #: Disappearing messages: each message's expiry, the room's timer changes.
+        self.expiries = Expiries(self._store)
 
     # =========================================================================
     # Sending
@@ -128,6 +131,10 @@ class RoomMessages:
         """Queue a control message (client/control.py); ``text``: what history shows."""
         return await self._queue(room, content_type, body, text)
 
+    async def send_timer(self, room: Room, body: str) -> str:
+        """Set the room's disappearing-message timer for every member (a timer message)."""
+        return await self._queue(room, TIMER_CONTENT_TYPE, body.encode("utf-8"), body)
+
     async def send_call_signal(self, room: Room, signal: bytes) -> str:
         """Queue one room-call signal; it reaches ``on_call_signal`` of every member
         device, ours included, in the room's order."""
@@ -142,10 +149,12 @@ class RoomMessages:
         token as the room's, in the transaction that queues it."""
         message_id, idem, created = new_id(), new_id(), now_ms()
         control = content_type in _CONTROL_TYPES
+        lasting = control or content_type == TIMER_CONTENT_TYPE
+        expires = 0 if lasting else self.expiries.for_new(room.room_id, created)
         async with room.lock:
             frame = self._encrypt(
                 room, message_id=message_id, idempotency_key=idem, created_ms=created,
-                content_type=content_type, body=body,
+                content_type=content_type, body=body, expires_at_ms=expires,
             )
             # mls/state.py: the state that consumed the generation is durable before
             # the ciphertext can leave, in the transaction that queues it.
@@ -156,6 +165,7 @@ class RoomMessages:
                     sender=self._book.username, sender_device=self._book.device_id, text=text,
                     created_ms=created, idempotency_key=idem, content_type=content_type,
                 )
+                self.expiries.record(message_id, expires)
                 if control:
                     self._store.put_secret(control_record(message_id), body)
                 if token is not None:
@@ -170,7 +180,7 @@ class RoomMessages:
 
     def _encrypt(
         self, room: Room, *, message_id: str, idempotency_key: str, created_ms: int,
-        content_type: str, body: bytes,
+        content_type: str, body: bytes, expires_at_ms: int = 0,
     ) -> str:
         """A room.send frame for the room's current epoch (consumes one MLS generation:
         persist the group before the frame leaves). Call holding ``room.lock``."""
@@ -181,6 +191,7 @@ class RoomMessages:
             content_type=content_type,
             created_at_ms=created_ms,
             body=body,
+            expires_at_ms=expires_at_ms,
         ).with_head(self.log_head()).encode_padded()  # size buckets, as 1:1
         return pr.RoomSend(
             roomId=room.room_id,
@@ -247,6 +258,7 @@ class RoomMessages:
                         created_ms=queued.clientCreatedAtMs,
                         content_type=stored.content_type,
                         body=self._body_of(stored),
+                        expires_at_ms=self.expiries.of(message_id),
                     )
                     with self._store.transaction():
                         self._book.persist(room)
@@ -267,6 +279,7 @@ class RoomMessages:
         group = room.group
         sender = (frame.sender_user, frame.sender_device)
         notice: InviteNotice | None = None
+        expires, body = 0, b""
         text, status = "", DeliveryStatus.FAILED
         content_type, created = "text", frame.client_created_ms
         try:
@@ -282,6 +295,7 @@ class RoomMessages:
             if payload.message_id != frame.message_id or payload.conversation_id != room.room_id:
                 raise RemoteError("ciphertext was moved to another message")
             content_type, created = payload.content_type, payload.created_at_ms
+            expires, body = payload.expires_at_ms, payload.body
             if payload.kt_root and self.on_log_head is not None and sender != self._book.me:
                 self.on_log_head(frame.sender_user, payload.kt_size, payload.kt_root)
             if content_type == "system":
@@ -296,6 +310,8 @@ class RoomMessages:
                 text = self._control(room, frame, payload, events)
             else:
                 text = payload.body.decode("utf-8")
+                if content_type == TIMER_CONTENT_TYPE:
+                    read_timer_body(payload.body)  # a malformed one is a failed message
                 if content_type == INVITE_CONTENT_TYPE:
                     notice = InviteNotice.decode(payload.body)
             status = DeliveryStatus.SENT
@@ -317,7 +333,14 @@ class RoomMessages:
             server_received_ms=frame.server_received_ms, local_at_ms=now_ms(),
             server_seq=frame.server_seq, idempotency_key=frame.idempotency_key or None,
         )
-        if local is not None and status is DeliveryStatus.SENT and not control:
+        if local is not None and status is DeliveryStatus.SENT:
+            self.expiries.record(frame.message_id, expires)
+            if content_type == TIMER_CONTENT_TYPE:
+                self.expiries.apply(
+                    room.room_id, frame.sender_user, frame.message_id, created, body
+                )
+        shown = not control and not self.expiries.due(expires)  # else the sweep deletes it
+        if local is not None and status is DeliveryStatus.SENT and shown:
             stored = self._store.get_message(frame.message_id)
             if stored is not None:
                 events.append(RoomMessageReceived(room_id=room.room_id, message=stored))

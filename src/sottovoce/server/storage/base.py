@@ -9,7 +9,8 @@ Rules every adapter keeps (the conformance suite checks them through the wire):
   retention): a retry returns it with ``duplicate=True`` and writes nothing;
 * one inbox row per recipient device (1:1 ciphertexts differ per device);
 * ``ack_read`` deletes a device's rows up to a seq; ``expire`` deletes rows older
-  than the retention;
+  than the retention; ``drop_expired`` deletes the rows of disappearing messages
+  whose ``expiresAtMs`` passed, and ``read_inbox`` never returns one;
 * a one-time prekey is handed out at most once.
 
 Envelopes are stored as their JSON text (built once by :meth:`SendRequest.envelope`)
@@ -125,6 +126,8 @@ class SendRequest:
     #: (userId, deviceId, ciphertext as base64) per target device.
     targets: Sequence[tuple[str, str, str]]
     ephemeral: bool = False
+    #: A disappearing message: its inbox rows are dropped at this time (Unix ms; 0: never).
+    expires_at_ms: int = 0
 
     def envelope_parts(self) -> tuple[str, str]:
         """The envelope JSON before and after the per-device ciphertext (serialize once)."""
@@ -312,6 +315,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
         """Delete the device's frames up to ``up_to_seq``; returns how many."""
+
+    @abc.abstractmethod
+    async def drop_expired(self, now_ms: int) -> int:
+        """Delete the inbox frames of disappearing messages expired at ``now_ms``;
+        returns how many."""
 
     @abc.abstractmethod
     async def expire(self, before_ms: int) -> int:

@@ -1,5 +1,8 @@
 """Reading a device's inbox, written once for every engine (:mod:`.txn`).
 
+A disappearing message's rows carry ``expires_at`` (NULL for the others): from
+that time on they are never read, before a sweep deletes them.
+
 Writing it (sends, acks, expiry) stays with each engine: those keep sequence
 counters and inbox quotas where that engine keeps them (the SQLite writer's
 memory, PostgreSQL rows under lock) and batch their statements their own way.
@@ -16,12 +19,15 @@ def latest_inbox_seq(user: str, device: str) -> Txn[int]:
     return 0 if seq is None else int(seq)
 
 
-def read_inbox(user: str, device: str, after: int, limit: int) -> Txn[list[tuple[int, str]]]:
+def read_inbox(
+    user: str, device: str, after: int, limit: int, now_ms: int
+) -> Txn[list[tuple[int, str]]]:
     dev = yield DevId(user, device)
     if dev is None:
         return []
     found = yield rows(
-        "SELECT seq, envelope FROM inbox WHERE dev=? AND seq>? ORDER BY seq LIMIT ?",
-        dev, after, limit,
+        "SELECT seq, envelope FROM inbox WHERE dev=? AND seq>? "
+        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?",
+        dev, after, now_ms, limit,
     )
     return [(int(seq), str(env)) for seq, env in found]

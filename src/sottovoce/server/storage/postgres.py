@@ -181,6 +181,7 @@ def _release_sql(where: str) -> str:
 
 _ACK_RELEASE = _release_sql("dev=$1 AND seq<=$2")
 _EXPIRE_RELEASE = _release_sql("received_at < $1")
+_DROP_EXPIRED_RELEASE = _release_sql("expires_at <= $1")
 
 #: Bytes of an envelope after its serverSeq but for the idempotency key (received-at
 #: time, names, punctuation), plus ten digits of the serverSeq itself.
@@ -601,6 +602,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
         i_pre: list[str] = []
         i_post: list[str] = []
         i_sender: list[int] = []
+        i_expires: list[int] = []
         # Per fresh send: its conv index, rank, and (user, device, dev index, rank, pre, post).
         plan: list[tuple[int, int, list[tuple[str, str, int, int, str, str]]]] = []
         rec = str(received)
@@ -631,6 +633,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
                 i_pre.append(pre)
                 i_post.append(post)
                 i_sender.append(sender_of[i])
+                i_expires.append(req.expires_at_ms)
                 targets.append((user, device, di, r, pre, post))
             plan.append((ci, sr, targets))
         # Sorted by key so that two nodes inserting overlapping keys wait on each
@@ -647,13 +650,14 @@ class PostgresStorage(SharedStorage, PostgresRooms):
                 "$1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
                 "$5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[], "
                 "$11::bigint[], $12::int[], $13::bigint[], $14::int[], $15::bigint[], "
-                "$16::text[], $17::text[], $18::bigint, $19::bigint[], $20::text[], $21::text[])",
+                "$16::text[], $17::text[], $18::bigint, $19::bigint[], $20::text[], $21::text[], "
+                "$22::bigint[])",
                 convs, [conv_count[c] for c in convs],
                 dev_ids, [dev_count[d] for d in dev_ids],
                 [t[0] for t in sends], [t[1] for t in sends], [t[2] for t in sends],
                 [t[3] for t in sends], [t[4] + 1 for t in sends], [t[5] for t in sends],
                 i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, received, i_sender,
-                [u for u, _ in wrote], [p for _, p in wrote],
+                [u for u, _ in wrote], [p for _, p in wrote], i_expires,
             )
         except asyncpg.exceptions.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == IDEMPOTENCY_SQLSTATE:
@@ -737,6 +741,21 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             await conn.execute("SELECT 1 FROM devices WHERE dev=$1 FOR UPDATE", dev)
             deleted = int(await conn.fetchval(_ACK_RELEASE, dev, up_to_seq))
             self._usage.pop(dev, None)
+            return deleted
+
+        return await self._with(run)
+
+    async def drop_expired(self, now_ms: int) -> int:
+        async def run(conn: Any) -> int:
+            # As in expire: counter rows first, in the order send batches take them.
+            await conn.execute(
+                "SELECT 1 FROM devices WHERE dev IN (SELECT DISTINCT dev FROM inbox "
+                "WHERE expires_at <= $1) ORDER BY dev FOR UPDATE",
+                now_ms,
+            )
+            deleted = int(await conn.fetchval(_DROP_EXPIRED_RELEASE, now_ms))
+            if deleted:
+                self._usage.clear()
             return deleted
 
         return await self._with(run)

@@ -107,6 +107,24 @@ _APPEND_FUNCTION_V4 = _APPEND_HEAD.format(args=_V4_ARGS) + """\
     $fn$;
 """  # noqa: S608 -- constants only
 
+# The disappearing-messages version of sv_append_batch: as v4's, and each inbox row
+# also takes the send's expiry (0 in ``i_expires``: NULL, kept until read).
+_V4_BODY = _APPEND_FUNCTION_V4[len(_APPEND_HEAD.format(args=_V4_ARGS)):]
+_APPEND_FUNCTION_EXPIRY = _APPEND_HEAD.format(
+    args=_V4_ARGS + "\n        i_expires bigint[],"
+) + _V4_BODY.replace(
+    "INSERT INTO inbox(dev, seq, received_at, envelope, sender)",
+    "INSERT INTO inbox(dev, seq, received_at, envelope, sender, expires_at)",
+).replace(
+    "                   u.sd\n",
+    "                   u.sd, nullif(u.ex, 0)\n",
+).replace(
+    "unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender)\n"
+    "                 AS u(dv, di, r, ci, sr, pre, post, sd)",
+    "unnest(i_dev, i_di, i_rank, i_ci, i_srank, i_pre, i_post, i_sender, i_expires)\n"
+    "                 AS u(dv, di, r, ci, sr, pre, post, sd, ex)",
+)
+
 
 VERSIONS: tuple[Version, ...] = (
     Version(
@@ -602,6 +620,20 @@ VERSIONS: tuple[Version, ...] = (
         PRIMARY KEY(blob_id, user_id, device_id)
     );
     """,
+    ),
+    Version(
+        "disappearing messages (docs/protocol.md): an inbox row may carry the expiry its"
+        " sender gave (NULL: none); replay never returns an expired row and the expiry"
+        " loop deletes them (PostgreSQL: sv_append_batch takes the expiries)",
+        sqlite="""
+    ALTER TABLE inbox ADD COLUMN expires_at INTEGER;
+    CREATE INDEX inbox_expires ON inbox(expires_at) WHERE expires_at IS NOT NULL
+    """,
+        postgres="""
+    ALTER TABLE inbox ADD COLUMN expires_at bigint;
+    CREATE INDEX inbox_expires ON inbox(expires_at) WHERE expires_at IS NOT NULL;
+    DROP FUNCTION sv_append_batch;
+    """ + _APPEND_FUNCTION_EXPIRY,
     ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -257,7 +258,8 @@ class SharedStorage(Storage, Engine):
     async def read_inbox(
         self, user_id: str, device_id: str, after_seq: int, limit: int
     ) -> list[tuple[int, str]]:
-        return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit)
+        now = time.time_ns() // 1_000_000
+        return await self._read_op(inbox.read_inbox, user_id, device_id, after_seq, limit, now)
 
     # --- file blobs' metadata (storage/blobs.py; the chunks are files: server/blobs.py) ---
 

@@ -539,7 +539,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
         results: list[tuple[SendOutcome | None, BaseException | None]] = []
         sends_rows: list[tuple[int, str, str, str, int, int]] = []
-        inbox_rows: list[tuple[int, int, int, str, int]] = []
+        inbox_rows: list[tuple[int, int, int, str, int, int | None]] = []
         received = max(now_ms(), self._last_received)
         self._last_received = received
         conn.execute("SAVEPOINT sends_run")
@@ -570,7 +570,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                     dev_before[dev] = inbox_seq[dev]
                 g = inbox_seq[dev] + 1
                 inbox_seq[dev] = g
-                inbox_rows.append((dev, g, received, env, sender))
+                inbox_rows.append((dev, g, received, env, sender, req.expires_at_ms or None))
                 frames.append(StoredFrame(user, device, g, env))
             if self._note_written(conn, req.sender_user, req.recipient_user):
                 wrote.append((req.sender_user, req.recipient_user))
@@ -584,8 +584,8 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             sends_rows,
         )
         if conn.total_changes - before == len(sends_rows):
-            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES ",
-                        5, inbox_rows)
+            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope, sender, "
+                        "expires_at) VALUES ", 6, inbox_rows)
             conn.execute("RELEASE sends_run")
             self._dirty_convs.update(conv_before)
             self._dirty_devs.update(dev_before)
@@ -670,7 +670,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             "received_at) VALUES (?, ?, ?, ?, ?, ?)",
             (sender, req.idempotency_key, conv, req.message_id, seq, received),
         )
-        rows: list[tuple[int, int, int, str, int]] = []
+        rows: list[tuple[int, int, int, str, int, int | None]] = []
         frames: list[StoredFrame] = []
         inbox_seq = self._inbox_seq
         dirty = self._dirty_devs
@@ -678,11 +678,12 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             g = inbox_seq[dev] + 1
             inbox_seq[dev] = g
             dirty.add(dev)
-            rows.append((dev, g, received, env, sender))
+            rows.append((dev, g, received, env, sender, req.expires_at_ms or None))
             frames.append(StoredFrame(user, device, g, env))
         self._note_written(conn, req.sender_user, req.recipient_user)
         conn.executemany(
-            "INSERT INTO inbox(dev, seq, received_at, envelope, sender) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO inbox(dev, seq, received_at, envelope, sender, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
         return req.stored(seq, received, tuple(frames))
@@ -699,6 +700,13 @@ class SqliteStorage(SharedStorage, SqliteRooms):
 
     async def expire(self, before_ms: int) -> int:
         return await self._write(self._w_expire, before_ms)
+
+    async def drop_expired(self, now_ms: int) -> int:
+        return await self._write(self._w_drop_expired, now_ms)
+
+    def _w_drop_expired(self, conn: sqlite3.Connection, now: int) -> int:
+        self._release(conn, "expires_at <= ?", (now,))
+        return conn.execute("DELETE FROM inbox WHERE expires_at <= ?", (now,)).rowcount
 
     def _w_expire(self, conn: sqlite3.Connection, before: int) -> int:
         deleted = 0
