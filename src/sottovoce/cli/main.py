@@ -55,7 +55,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "account": (_CLIENT, _REVOKE, _CONVERSATIONS, _CONTROL),
     **dict.fromkeys(("list", "search", "export", "forget"), (_CONVERSATIONS,)),
     "device": (_CLIENT, _DEVICE, _REVOKE),
-    "room": ("sottovoce.cli.room_cmd", "sottovoce.cli.timer_cmd", _CONTROL),
+    "room": ("sottovoce.cli.room_cmd", _CONTROL, "sottovoce.cli.timer_cmd"),
     "timer": ("sottovoce.cli.timer_cmd",),
     **dict.fromkeys(("edit", "delete", "react"), (_CONTROL,)),
     **dict.fromkeys(("call", "answer", "decline"), ("sottovoce.cli.call_cmd",)),
