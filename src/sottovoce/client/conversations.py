@@ -22,7 +22,7 @@ not already hold:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,13 @@ def message_time(m: StoredMessage) -> int:
 class Conversations:
     """The conversations of one account's store (``client.conversations``)."""
 
-    def __init__(self, store: Store, me: str) -> None:
+    def __init__(
+        self, store: Store, me: str, hide: Callable[[], set[str]] = lambda: set()
+    ) -> None:
         self._store = store
         self._me = me
+        #: People whose conversations the list leaves out (requests, blocked: contact_list.py).
+        self._hide = hide
         store.connection.execute(_SCHEMA)  # one statement: joins no transaction
 
     @property
@@ -93,6 +97,7 @@ class Conversations:
         ).fetchall())  # fmt: skip
         out: list[Conversation] = []
         seen: set[str] = set()
+        hidden = self._hide()
         for tag, last_id, count in self._db.execute(
             "SELECT peer_tag, MAX(id), COUNT(*) FROM messages GROUP BY peer_tag"
         ).fetchall():
@@ -101,6 +106,8 @@ class Conversations:
             if room_id is None and "#" in last.peer:
                 continue  # a room's control messages
             peer = room_id or last.peer
+            if room_id is None and peer in hidden:
+                continue
             seen.add(peer)
             out.append(Conversation(
                 peer=peer, label=rooms.get(peer, peer), room=room_id is not None,
