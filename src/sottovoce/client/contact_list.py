@@ -241,9 +241,13 @@ class ContactList:
             return  # a newer version's change: nothing this device can apply
         if name == self._me:
             return
+        was = self.state(name)
         if state in (CONTACT, BLOCKED):
             self._set(name, state)
-            return
-        self._table.delete(name)
-        if state == DECLINED:
-            self._forget(name)
+        else:
+            self._table.delete(name)
+        drop = state == DECLINED or (state == BLOCKED and was == REQUEST)
+        if drop and self._conversations is not None:
+            # Inside the receive batch's transaction: the deletes without forget's
+            # overwrite-and-checkpoint (the next forget or checkpoint compacts them).
+            self._conversations.delete_rows(name)

@@ -211,22 +211,28 @@ class Conversations:
         """Delete one conversation's messages on this device (sends of it still queued
         are cancelled); returns how many. The rows' bytes are overwritten on disk."""
         peer, _, _ = self.resolve(name)
-        tag = self._tag(peer)
         db = self._db
         db.execute("PRAGMA secure_delete = ON")
         try:
-            with self._store.transaction():
-                for table in ("outbox", "unsent"):
-                    db.execute(
-                        f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
-                        "(SELECT message_id FROM messages WHERE peer_tag = ?)",
-                        (tag,),
-                    )
-                count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
-                db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
+            count = self.delete_rows(peer)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             db.execute("PRAGMA secure_delete = OFF")
+        return count
+
+    def delete_rows(self, peer: str) -> int:
+        """The deletes of :meth:`forget` alone, joining a transaction already open (as
+        the receive path's: no pragma or checkpoint can run inside one)."""
+        tag, db = self._tag(peer), self._db
+        with self._store.transaction():
+            for table in ("outbox", "unsent"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
+                    "(SELECT message_id FROM messages WHERE peer_tag = ?)",
+                    (tag,),
+                )
+            count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
+            db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
         return int(count)
 
 
