@@ -5,15 +5,20 @@
 * declining deletes the request's messages on both devices;
 * blocking: the server stores nothing from the blocked account for my devices (no inbox
   row), the sender's send is acknowledged exactly as before, nothing arrives on any of
-  my devices; unblocking restores delivery.
+  my devices; unblocking restores delivery;
+* `contacts` and `requests` as a user types them (the CLI's ``main``, in this process).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client, EventStream, MessageReceived
 from sottovoce.client.contact_list import CONTACTS_CONTENT_TYPE
 from sottovoce.client.store import TEST_KDF
@@ -98,8 +103,8 @@ async def test_block_stops_delivery_at_the_server_and_the_sender_cannot_tell(
     laptop = await alice.add_device(tmp_path / "alice-laptop", PASSPHRASE, kdf=TEST_KDF)
     bob = await make_account(server, "bob", tmp_path)
     acks: list[dict[str, Any]] = []
-    on_ack = bob._handlers[ev.SEND_ACK]  # noqa: SLF001 -- record the acks as they come
-    bob._handlers[ev.SEND_ACK] = lambda name, data: (acks.append(data), on_ack(name, data))  # noqa: SLF001
+    on_ack = bob._handlers[ev.SEND_ACK]
+    bob._handlers[ev.SEND_ACK] = lambda name, data: (acks.append(data), on_ack(name, data))
     streams = {c: c.events() for c in (alice, laptop)}
     try:
         first = await bob.send_text("alice", "first")
@@ -122,7 +127,7 @@ async def test_block_stops_delivery_at_the_server_and_the_sender_cannot_tell(
         try:
             await alice.send_text("bob", "hello?")
             raise AssertionError("a send to a blocked account went out")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             assert "blocked" in str(exc)
 
         await laptop.contacts.unblock("bob")
@@ -138,3 +143,61 @@ async def test_block_stops_delivery_at_the_server_and_the_sender_cannot_tell(
     finally:
         for c in (alice, laptop, bob):
             await c.close()
+
+
+async def _strangers_write(server: ServerProcess, root: Path) -> None:
+    alice, bob, carol = [await make_account(server, n, root) for n in ("alice", "bob", "carol")]
+    events = alice.events()
+    try:
+        await bob.wait_sent(await bob.send_text("alice", "hello from bob"))
+        await carol.wait_sent(await carol.send_text("alice", "hello from carol"))
+        await carol.wait_sent(await carol.send_text("alice", "still carol"))
+        await received(events, 3)
+    finally:
+        for c in (alice, bob, carol):
+            await c.close()
+
+
+def test_cli_contacts_and_requests(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asyncio.run(_strangers_write(server, tmp_path))
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("SOTTOVOCE_HOME", str(tmp_path / "alice"))
+        monkeypatch.setenv("SOTTOVOCE_PASSPHRASE", PASSPHRASE)
+        code = cli_main(list(args))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    def ok(*args: str) -> str:
+        code, out, err = cli(*args)
+        assert code == 0, (out, err)
+        return out
+
+    def refused(*args: str) -> str:
+        code, out, err = cli(*args)
+        assert code != 0 and len(err.strip().splitlines()) == 1, (out, err)
+        return err
+
+    assert "no contacts yet" in ok("contacts")
+    assert ok("requests").splitlines() == [
+        f"{'bob':<24} 1 message", f"{'carol':<24} 2 messages"]
+    assert ok("requests", "accept", "bob") == "bob is a contact now\n"
+    assert ok("contacts") == "bob\n"
+    assert [line.split()[0] for line in ok("list").splitlines()] == ["bob"]
+    assert ok("requests", "block", "carol") == "carol is blocked\n"
+    assert ok("requests") == ""
+    assert ok("contacts") == "bob\ncarol  (blocked)\n"
+    assert "carol is blocked" in refused("contacts", "add", "carol")
+    assert ok("contacts", "unblock", "carol") == "carol is no longer blocked\n"
+    assert "carol is not blocked" in refused("contacts", "unblock", "carol")
+    assert ok("contacts", "add", "dave") == "dave is a contact\n"
+    assert ok("contacts", "remove", "bob") == "bob is no longer a contact\n"
+    assert ok("contacts") == "dave\n"
+    assert "bob is not a contact" in refused("contacts", "remove", "bob")
+    assert "no message request from erin" in refused("requests", "decline", "erin")
+    assert "username must be" in refused("contacts", "add", "Not A Name")
+    assert "your own account" in refused("contacts", "block", "alice")
