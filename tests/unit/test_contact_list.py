@@ -67,6 +67,11 @@ async def test_rules_requests_contacts_and_blocks(store: Store) -> None:
 
     convs = Conversations(store, "myself", contacts.hidden)
     contacts.attach(send_own, convs)
+    # Someone this device wrote to before there was a contact list is a contact.
+    store.add_outgoing("m0", peer="olga", sender="myself", sender_device="d", text="hi",
+                       created_ms=1, idempotency_key="k0", content_type="text")
+    contacts.received("olga", False, "text", b"hello back")
+    assert contacts.state("olga") == "contact"
     # A stranger's message makes a request; nothing may go back to them.
     contacts.received("bob", False, "text", b"hi")
     assert contacts.requests() == ["bob"] and not contacts.may_signal("bob")
@@ -75,12 +80,12 @@ async def test_rules_requests_contacts_and_blocks(store: Store) -> None:
     assert contacts.requests() == ["bob"]
     # Accepting: a contact, synced to our other devices.
     await contacts.accept("bob")
-    assert contacts.contacts() == ["bob"] and contacts.may_signal("bob")
+    assert contacts.contacts() == ["bob", "olga"] and contacts.may_signal("bob")
     assert sent[-1] == (CONTACTS_CONTENT_TYPE, sync_body("bob", "contact"))
     # Writing to someone (from any of our devices) makes a contact.
     contacts.before_send("carol")
     contacts.received("dave", True, "text", b"from my laptop")
-    assert contacts.contacts() == ["bob", "carol", "dave"]
+    assert contacts.contacts() == ["bob", "carol", "dave", "olga"]
     # A change from our own device is applied; a blocked account is not admitted.
     contacts.received("myself", True, CONTACTS_CONTENT_TYPE, sync_body("erin", "blocked"))
     assert contacts.blocked() == ["erin"] and not contacts.admit("erin")

@@ -81,7 +81,7 @@ class ContactList:
     """The contact list, requests and blocks of one device (built by the Client)."""
 
     def __init__(self, store: Store, link: Link, username: str) -> None:
-        self._table = ContactTable(store)
+        self._table, self._store = ContactTable(store), store
         self._link, self._me = link, username
         self._send_own: SendOwn | None = None
         self._conversations: Conversations | None = None
@@ -231,7 +231,14 @@ class ContactList:
             elif self.state(peer) != CONTACT:
                 self._set(peer, CONTACT)  # one of our devices wrote to them
         elif self.state(peer) is None:
-            self._set(peer, REQUEST)
+            # Someone this device wrote to before contacts existed is one, not a stranger.
+            self._set(peer, CONTACT if self._wrote_to(peer) else REQUEST)
+
+    def _wrote_to(self, peer: str) -> bool:
+        return self._store.connection.execute(
+            "SELECT 1 FROM messages WHERE peer_tag = ? AND outgoing = 1 LIMIT 1",
+            (self._store.tag("user", peer),),
+        ).fetchone() is not None
 
     def _apply(self, body: bytes) -> None:
         """A change one of our devices made (authenticated: our own account's session)."""
