@@ -14,9 +14,11 @@ not already hold:
   disk, none kept in memory between calls: about 0.7 s for 10,000 messages on a
   loaded 2-core machine, tests/unit/test_conversations.py measures it);
 * **export**: one conversation's messages as a JSON-ready dict for the owner;
-* **forget**: delete one conversation's messages (and sends of it still queued)
-  with SQLite's ``secure_delete`` on, then checkpoint and truncate the WAL, so the
-  sealed records are overwritten in the file, not just unlinked from the b-tree.
+* **forget**: delete one conversation's messages and all that is held per message
+  (client/purge.py: queued sends, expiries, received files and their copies on
+  disk) and its timer, with SQLite's ``secure_delete`` on, then checkpoint and
+  truncate the WAL, so the sealed records are overwritten in the file, not just
+  unlinked from the b-tree.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sottovoce.client.purge import purge_messages, remove_copies
 from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
 from sottovoce.errors import UsageError
+from sottovoce.protocol import events as ev
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS read_marks(peer_tag BLOB PRIMARY KEY, local_id INTEGER NOT NULL)"
@@ -201,24 +205,27 @@ class Conversations:
         }  # fmt: skip
 
     def forget(self, name: str) -> int:
-        """Delete one conversation's messages on this device (sends of it still queued
-        are cancelled); returns how many. The rows' bytes are overwritten on disk."""
-        peer, _, _ = self.resolve(name)
+        """Delete one conversation's messages on this device, with everything held per
+        message (client/purge.py: sends still queued, expiries, received files and their
+        copies on disk) and the chat's timer; returns how many messages. The rows' bytes
+        are overwritten on disk."""
+        peer, _, room = self.resolve(name)
         tag = self._tag(peer)
         db = self._db
         # The store's default (it stays on: expired messages are deleted the same way).
         db.execute("PRAGMA secure_delete = ON")
+        chat = peer if room else ev.dm_conversation_id(self._me, peer)
         with self._store.transaction():
-            for table in ("outbox", "unsent"):
-                db.execute(
-                    f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
-                    "(SELECT message_id FROM messages WHERE peer_tag = ?)",
-                    (tag,),
-                )
-            count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
+            ids = [str(r[0]) for r in db.execute(
+                "SELECT message_id FROM messages WHERE peer_tag = ?", (tag,)).fetchall()]
+            copies = purge_messages(self._store, ids)
             db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chat_timers'").fetchone():
+                db.execute("DELETE FROM chat_timers WHERE tag = ?",
+                           (self._store.tag("timer", chat),))
+        remove_copies(copies)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(count)
+        return len(ids)
 
 
 def _exported(m: StoredMessage) -> dict[str, Any]:

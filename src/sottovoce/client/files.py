@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 from sottovoce.client.connection import Connection
 from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.client.expiry import Expiries
 from sottovoce.client.file_body import (
     FILE_CONTENT_TYPE,
     MAX_THUMBNAIL_BYTES,
@@ -61,6 +62,7 @@ from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import FILE_TTL_MS
 from sottovoce.private_files import private_dir
 from sottovoce.protocol import blobs as pb
+from sottovoce.protocol import events as ev
 
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
@@ -71,6 +73,9 @@ WINDOW = 16
 RECONNECT_WAIT_S = 30.0
 #: Times one transfer carries on after a lost connection before it gives up.
 MAX_RESUMES = 20
+#: How much longer than a chat's timer a blob is kept: the upload runs before the
+#: message (whose expiry counts from its creation) is sent.
+UPLOAD_GRACE_MS = 60_000
 _CREATED = frozenset({pb.BLOB_CREATED})
 _STORED = frozenset({pb.BLOB_STORED})
 _CHUNK = frozenset({pb.BLOB_CHUNK})
@@ -88,15 +93,18 @@ class Files:
         targets: Callable[[str], Awaitable[list[Device]]],
         send_record: Callable[[str, str, str], Awaitable[str]],
         rooms: RoomManager,
+        expiries: Expiries | None = None,
     ) -> None:
         """``targets``: the devices a 1:1 message to a user goes to (ours included);
-        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms."""
+        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms;
+        ``expiries``: the chats' disappearing-message timers (a blob lives no longer)."""
         self._store = store
         self._link = link
         self._me = me
         self._targets = targets
         self._send_record = send_record
         self._rooms = rooms
+        self._expiries = expiries
         self._table = FileTable(store)
         self.view_dir = store.data_dir / "view"
         self.wipe_views()  # what a run that did not close left behind
@@ -111,21 +119,30 @@ class Files:
         """Upload ``path`` for ``peer``'s devices and our other ones, then send the file
         message; returns its messageId."""
         targets = [d for d in await self._targets(peer) if d != self._me]
-        info = await self._upload(Path(path), targets, progress)
+        ttl = self._ttl(ev.dm_conversation_id(self._me[0], peer))
+        info = await self._upload(Path(path), targets, progress, ttl)
         return await self._send_record(peer, FILE_CONTENT_TYPE, info.encode())
 
     async def room_send_file(
         self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> str:
         """Upload ``path`` for every other member device of room ``ref`` and send it there."""
-        members = [d for d in self._rooms.get(ref).members() if d != self._me]
+        room = self._rooms.get(ref)
+        members = [d for d in room.members() if d != self._me]
         if not members:
             raise UsageError("the room has no other member to send a file to")
-        info = await self._upload(Path(path), members, progress)
+        info = await self._upload(Path(path), members, progress, self._ttl(room.room_id))
         return await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode())
 
+    def _ttl(self, chat: str) -> int:
+        """How long the server keeps the blob: the chat's disappearing-message timer
+        (plus :data:`UPLOAD_GRACE_MS`, as the message's clock starts once the upload is
+        done) if it is shorter than the server's own limit."""
+        seconds = 0 if self._expiries is None else self._expiries.seconds(chat)
+        return min(FILE_TTL_MS, seconds * 1000 + UPLOAD_GRACE_MS) if seconds else FILE_TTL_MS
+
     async def _upload(
-        self, path: Path, recipients: list[Device], progress: Progress | None
+        self, path: Path, recipients: list[Device], progress: Progress | None, ttl_ms: int
     ) -> FileInfo:
         name, media_type = describe(path)
         try:
@@ -139,7 +156,7 @@ class Files:
             sealer = ChunkSealer(key, file_id, size)
             create = pb.BlobCreate(
                 blobId=blob_id, size=sealed_size(size), chunks=sealer.chunks,
-                ttlMs=FILE_TTL_MS,
+                ttlMs=ttl_ms,
                 recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in recipients),
             )
             created = await self._create(create, path)
