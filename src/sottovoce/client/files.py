@@ -15,7 +15,9 @@ A dropped connection does not end a transfer: both sides wait for the connection
 and carry on from the chunk the server (upload) or the local copy (download) has.
 A chunk that is tampered with, reordered, missing or extra ends the download with a
 :class:`~sottovoce.crypto.file_chunks.FileIntegrityError` and nothing of the file is
-kept. Plaintext for viewing (:meth:`Files.view`) goes to ``view/`` in the data
+kept. A view-once file (client/file_body.py) is opened by :meth:`Files.save` or
+:meth:`Files.view` once; then its key and sealed copy are deleted and the message
+keeps a tombstone. Plaintext for viewing (:meth:`Files.view`) goes to ``view/`` in the data
 directory, wiped when the client closes and again when the next one starts.
 """
 
@@ -41,6 +43,8 @@ from sottovoce.client.file_body import (
     FILE_CONTENT_TYPE,
     MAX_THUMBNAIL_BYTES,
     FileInfo,
+    is_opened,
+    opened_body,
     valid_name,
 )
 from sottovoce.client.rooms import RoomManager
@@ -114,25 +118,39 @@ class Files:
     # --- sending ----------------------------------------------------------------------
 
     async def send_file(
-        self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+        self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
+        view_once: bool = False,
     ) -> str:
-        """Upload ``path`` for ``peer``'s devices and our other ones, then send the file
-        message; returns its messageId."""
-        targets = [d for d in await self._targets(peer) if d != self._me]
+        """Upload ``path`` for ``peer``'s devices and our other ones (a ``view_once`` file:
+        ``peer``'s only), then send the file message; returns its messageId."""
+        targets = [d for d in await self._targets(peer) if d != self._me
+                   and not (view_once and d[0] == self._me[0])]
         ttl = self._ttl(ev.dm_conversation_id(self._me[0], peer))
-        info = await self._upload(Path(path), targets, progress, ttl)
-        return await self._send_record(peer, FILE_CONTENT_TYPE, info.encode())
+        info = await self._upload(Path(path), targets, progress, ttl, view_once)
+        return self._sent(await self._send_record(peer, FILE_CONTENT_TYPE, info.encode()), info)
+
+    def _sent(self, message_id: str, info: FileInfo) -> str:
+        """A view-once file leaves the sender nothing but its tombstone."""
+        if info.view_once:
+            with self._store.transaction():
+                self._store.rewrite_text(message_id, opened_body(info))
+        return message_id
 
     async def room_send_file(
-        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
+        view_once: bool = False,
     ) -> str:
-        """Upload ``path`` for every other member device of room ``ref`` and send it there."""
+        """Upload ``path`` for every other member device of room ``ref`` (a ``view_once``
+        file: other members' only) and send it there."""
         room = self._rooms.get(ref)
-        members = [d for d in room.members() if d != self._me]
+        members = [d for d in room.members() if d != self._me
+                   and not (view_once and d[0] == self._me[0])]
         if not members:
             raise UsageError("the room has no other member to send a file to")
-        info = await self._upload(Path(path), members, progress, self._ttl(room.room_id))
-        return await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode())
+        info = await self._upload(Path(path), members, progress, self._ttl(room.room_id),
+                                  view_once)
+        return self._sent(
+            await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()), info)
 
     def _ttl(self, chat: str) -> int:
         """How long the server keeps the blob: the chat's disappearing-message timer
@@ -142,7 +160,8 @@ class Files:
         return min(FILE_TTL_MS, seconds * 1000 + UPLOAD_GRACE_MS) if seconds else FILE_TTL_MS
 
     async def _upload(
-        self, path: Path, recipients: list[Device], progress: Progress | None, ttl_ms: int
+        self, path: Path, recipients: list[Device], progress: Progress | None, ttl_ms: int,
+        view_once: bool = False,
     ) -> FileInfo:
         name, media_type = describe(path)
         try:
@@ -169,7 +188,7 @@ class Files:
         return FileInfo(
             blob_id=blob_id, key=key, sha256=sealer.digest(), size=size, name=name,
             media_type=media_type, kind=kind, thumbnail=thumbnail, duration_ms=duration,
-            expires_at_ms=int(created["expiresAtMs"]),
+            expires_at_ms=int(created["expiresAtMs"]), view_once=view_once,
         )
 
     async def _create(self, create: pb.BlobCreate, path: Path) -> dict[str, Any]:
@@ -243,6 +262,9 @@ class Files:
             raise UsageError(f"no message {message_id}")
         if stored.content_type != FILE_CONTENT_TYPE:
             raise UsageError(f"message {message_id} is not a file")
+        if is_opened(stored.text):
+            raise UsageError(f"message {message_id} was a view-once file: "
+                             f"{'sent' if stored.outgoing else 'already opened'}, none of it kept")
         try:
             return FileInfo.decode(stored.text)
         except DecodeError as exc:
@@ -380,6 +402,10 @@ class Files:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if info.view_once:  # opened once: its key and sealed copy go, a tombstone stays
+            self._table.forget(record)
+            with self._store.transaction():
+                self._store.rewrite_text(message_id, opened_body(info))
         return target
 
     def _write_plain(self, record: LocalFile, info: FileInfo, tmp: Path) -> None:
