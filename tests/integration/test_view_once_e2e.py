@@ -13,7 +13,9 @@ import pytest
 
 from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client
+from sottovoce.client.errors import ServerError
 from sottovoce.client.file_body import is_opened
+from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.file_chunks import CHUNK_SIZE
 from sottovoce.errors import UsageError
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
@@ -114,3 +116,25 @@ def test_cli_send_view_once_and_save_once(
     assert code == 0 and "[view-once file, opened: nothing of it kept]" in out, err
     code, out, err = cli("history", "bob", home="alice")
     assert code == 0 and "[view-once file, opened: nothing of it kept]" in out, err
+
+
+async def test_the_senders_other_device_cannot_fetch_a_view_once_file(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        laptop = await alice.add_device(tmp_path / "alice-laptop", PASSPHRASE, kdf=TEST_KDF)
+        try:
+            src = tmp_path / "once.bin"
+            make_file(src, 300)
+            own_copy = asyncio.ensure_future(file_message(laptop))
+            to_bob = asyncio.ensure_future(file_message(bob))
+            mid = await alice.files.send_file("bob", src, view_once=True)
+            assert await own_copy == mid and await to_bob == mid
+            # The laptop got the message (with its key) but is no recipient of the blob.
+            with pytest.raises(ServerError) as refused:
+                await laptop.files.download(mid)
+            assert refused.value.code == "unknown_blob"
+            assert _files_left(laptop) == []
+            await bob.files.download(mid)  # the recipient still can
+        finally:
+            await laptop.close()

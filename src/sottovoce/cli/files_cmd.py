@@ -54,8 +54,8 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
                              "chunks, uploaded, and announced in an end-to-end encrypted "
                              "message with its key (needs the server)")
     parser.add_argument("--view-once", action="store_true",
-                        help="with --file: the recipients can open the file once (save, or "
-                             "view on the chat screen); then its key and copy are deleted "
+                        help="with --file: the recipient can `save` the file once on each of "
+                             "their devices; then its key and copy are deleted "
                              "on that device and the message shows it was opened. You keep "
                              "no copy, and your other devices cannot fetch it")
 
@@ -97,7 +97,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     here yet, check every chunk and the whole file's SHA-256, and write it to DEST
     (a directory: under the sender's file name). `history` shows a file message's
     id. Nothing is written when a check fails, and DEST is never left half-written;
-    an existing DEST is not replaced.
+    an existing DEST is not replaced. A view-once file is saved once: then its key
+    and copy are deleted on this device.
 
     example:
       sottovoce save alice FHQURZ-GjTY5UVNi29RsKg ~/Downloads --data-dir ~/.sottovoce-bob
