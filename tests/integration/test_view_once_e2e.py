@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.cli.chat_files import open_file
 from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client
 from sottovoce.client.errors import ServerError
@@ -138,3 +139,27 @@ async def test_the_senders_other_device_cannot_fetch_a_view_once_file(
             await bob.files.download(mid)  # the recipient still can
         finally:
             await laptop.close()
+
+
+async def test_the_chat_screens_open_command_views_a_file_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """``/open ID`` on the chat screen (cli/chat_files.py) with real clients: the file
+    is written, decrypted, into the viewing area; a view-once one only the first time."""
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        src = tmp_path / "plan.txt"
+        digest = make_file(src, 700)
+        for once in (False, True):
+            waiting = asyncio.ensure_future(file_message(bob))
+            mid = await alice.files.send_file("bob", src, view_once=once)
+            assert await waiting == mid
+            said, failed = await open_file(bob, "alice", f"/open {mid}")
+            assert not failed and said.startswith("opened plan.txt: "), said
+            shown = Path(said.removeprefix("opened plan.txt: "))
+            assert shown.parent.parent == bob.files.view_dir and sha256_of(shown) == digest
+            said, failed = await open_file(bob, "alice", f"/open {mid}")
+            assert failed is once, said
+            if once:
+                assert "already opened" in said
+        said, failed = await open_file(bob, "carol", f"/open {mid}")
+        assert failed and "no message" in said  # another chat's message is not opened here
