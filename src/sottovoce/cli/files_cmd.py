@@ -54,10 +54,11 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
                              "chunks, uploaded, and announced in an end-to-end encrypted "
                              "message with its key (needs the server)")
     parser.add_argument("--view-once", action="store_true",
-                        help="with --file: the recipient can `save` the file (or `/open` it on "
-                             "the chat screen) once on each of their devices; then its key and copy are deleted "
-                             "on that device and the message shows it was opened. You keep "
-                             "no copy, and your other devices cannot fetch it")
+                        help="with --file: the recipient can `save` the file (or `/open` "
+                             "it on the chat screen) once on each of their devices; then "
+                             "its key and copy are deleted on that device and the message "
+                             "shows it was opened. You keep no copy, and your other devices "
+                             "cannot fetch it")
 
 
 def wants_file(args: argparse.Namespace) -> bool:
