@@ -23,6 +23,7 @@ from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.cli.terminal import error as error
 from sottovoce.cli.terminal import safe as safe
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
+from sottovoce.client.conversation import MessageView
 from sottovoce.client.device_notices import LINKED, REVOKED, DeviceNotice
 from sottovoce.client.events import (
     ErrorEvent,
@@ -111,6 +112,42 @@ def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
     if m.content_type == FILE_CONTENT_TYPE:
         return f"{when} {who}{to}: {file_line(m.text, m.message_id)}{tick}"
     return f"{when} {who}{to}: {_body(m.text)}{tick}"
+
+
+#: How many characters of a message id ``--ids`` shows (any unambiguous prefix is taken).
+SHORT_ID = 8
+
+
+def view_line(
+    view: MessageView, me: str, *, room: bool = False, ids: bool = False,
+    expires_at_ms: int = 0,
+) -> str:
+    """A message as :func:`message_line` shows it, with what control messages did: the
+    quoted line of a reply, "(edited)", a tombstone, reactions with their counts, and
+    for our own messages ✓✓ (delivered), "read" or "read by N" (rooms). ``ids``: the
+    start of its id first, to name it in `edit`, `delete`, `react` or `--reply-to`;
+    ``expires_at_ms``: a disappearing message's time left, as :func:`message_line`."""
+    m = view.message
+    prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
+    if m.content_type not in ("text", "reply") or (
+        m.status is DeliveryStatus.FAILED and not m.text and not view.deleted
+    ):
+        return prefix + message_line(m, me, room=room, expires_at_ms=expires_at_ms)
+    left = ""
+    if expires_at_ms:
+        left = f" ⏱ {remaining(expires_at_ms, int(time.time() * 1000))} left"
+    who = "you" if m.sender == me else safe(m.sender)
+    to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
+    quote = ""
+    if view.quote is not None:
+        first = view.quote.splitlines()[0] if view.quote else ""
+        quote = f"↪ “{safe(first[:40])}{'…' if len(first) > 40 else ''}” "
+    text = "[deleted]" if view.deleted else _body(view.text)
+    edited = " (edited)" if view.edited else ""
+    reactions = "".join(f" {safe(e)}{n}" for e, n in sorted(view.reactions.items()))
+    tick = f" {view.state}" if m.outgoing and view.state else ""
+    when = clock(m.client_created_ms or m.local_at_ms)
+    return f"{prefix}{when} {who}{to}: {quote}{text}{edited}{reactions}{tick}{left}"
 
 
 def size_text(size: int) -> str:

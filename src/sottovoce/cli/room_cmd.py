@@ -120,13 +120,20 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args) and args.reply_to:
+        raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
         return files_cmd.send_file(args, room=room_ref(args.room))
 
     async def work(client: Client) -> tuple[str, bool]:
         room = client.rooms.get(room_ref(args.room))
         # Online, rooms.send waits for the ✓ itself; offline (or a slow ack) it is queued.
-        message_id = await client.rooms.send(room.room_id, args.text)
+        if args.reply_to:
+            message_id = await client.controls.reply(
+                room.room_id, args.reply_to, args.text, room=True
+            )
+        else:
+            message_id = await client.rooms.send(room.room_id, args.text)
         stored = client.message(message_id)
         return room.label, stored is not None and stored.status is DeliveryStatus.SENT
 
@@ -142,13 +149,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         me = client.username
         room = client.rooms.get(room_ref(args.room))
-        shown = client.rooms.history(room.room_id, limit=args.limit)
-        client.conversations.mark_read(room.room_id, shown)
+        views = client.controls.history(room.room_id, room=True, limit=args.limit)
+        client.conversations.mark_read(room.room_id, [v.message for v in views])
+        if client.connected:  # shown: a read receipt to the room (unless off)
+            await client.controls.mark_read(room.room_id, room=True)
         return [
-            render.message_line(
-                m, me, room=True, expires_at_ms=client.timers.expires_at(m.message_id)
-            )
-            for m in shown
+            render.view_line(v, me, room=True, ids=args.ids,
+                             expires_at_ms=client.timers.expires_at(v.message.message_id))
+            for v in views
         ]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
@@ -337,16 +345,28 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_send,
         args=[ROOM],
         options=_send_options,
+    ).add_argument(
+        "--reply-to", metavar="ID",
+        help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
     subcommand(
         rs,
         "history",
         help="print ROOM's messages from the local store (after catching up)",
-        description="Connect, store what arrived, then print the room's last messages.",
+        description=(
+            "Connect, store what arrived, then print the room's last messages (replies with "
+            "the line they quote, \"(edited)\", '[deleted]', reactions with their counts, "
+            "and 'read by N' on yours); the room then gets a read receipt (see account "
+            "settings)."
+        ),
         example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,
         args=[ROOM],
         options=history_options,
+    ).add_argument(
+        "--ids", action="store_true",
+        help="start each line with the first characters of the message's id (to edit, "
+        "delete, react or --reply-to)",
     )
     subcommand(
         rs,

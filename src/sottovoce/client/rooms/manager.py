@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import ControlHook
 from sottovoce.client.events import ClientEvent
 from sottovoce.client.expiry import Expiries
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
@@ -281,6 +282,14 @@ class RoomManager:
     async def send_record(self, ref: str, content_type: str, text: str) -> str:
         """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
         return await self._messages.send_record(self.get(ref), content_type, text)
+
+    async def send_control(self, ref: str, content_type: str, body: bytes, text: str) -> str:
+        """Send a control message (client/control.py) in the room, like a message."""
+        return await self._messages.send_control(self.get(ref), content_type, body, text)
+
+    def set_controls(self, hook: ControlHook) -> None:
+        """Where the room's control payloads go (client/conversation.py)."""
+        self._messages.controls = hook
 
     async def send_timer(self, ref: str, body: str) -> str:
         """Send a timer message (client/expiry.py) to the room."""

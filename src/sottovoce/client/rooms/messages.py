@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body
@@ -62,13 +63,15 @@ from sottovoce.secret import Secret
 #: like any other, so the server cannot tell it from a chat message.
 ROOM_CALL_CONTENT_TYPE = "room-call"
 _CALL_SIGNAL_TEXT = "(call signal)"
-#: Payloads kept beside the room, out of its history, their body sealed in the store.
-_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE})
+#: Payloads kept beside the room, out of its history, their body sealed in the store
+#: (with the control messages of client/control.py but a reply, which is shown).
+_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE}) | MARKER_TYPES
 #: (room id, authenticated sender, signal): a decrypted room-call signal, in room order.
 CallSignalSink = Callable[[str, Device, bytes], None]
 
 
-def _control_record(message_id: str) -> str:
+def control_record(message_id: str) -> str:
+    """The ``secrets`` row keeping the body of one of our queued room control messages."""
     return f"room-control:{message_id}"
 
 
@@ -96,6 +99,8 @@ class RoomMessages:
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
         #: Told of a room whose members sent a proposal (a member leaving): commit it.
         self.on_proposal: Callable[[Room], None] | None = None
+        #: Control payloads (client/control.py) go here; without it they are dropped.
+        self.controls: ControlHook | None = None
         #: Disappearing messages: each message's expiry, the room's timer changes.
         self.expiries = Expiries(self._store)
 
@@ -126,6 +131,10 @@ class RoomMessages:
         return await self._queue(
             room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
         )
+
+    async def send_control(self, room: Room, content_type: str, body: bytes, text: str) -> str:
+        """Queue a control message (client/control.py); ``text``: what history shows."""
+        return await self._queue(room, content_type, body, text)
 
     async def send_timer(self, room: Room, body: str) -> str:
         """Set the room's disappearing-message timer for every member (a timer message)."""
@@ -163,7 +172,7 @@ class RoomMessages:
                 )
                 self.expiries.record(message_id, expires)
                 if control:
-                    self._store.put_secret(_control_record(message_id), body)
+                    self._store.put_secret(control_record(message_id), body)
                 if token is not None:
                     self._book.tokens.remember(room.room_id, token)
                 self._book.persist(room)  # the sender ratchet moved
@@ -202,10 +211,12 @@ class RoomMessages:
     def _body_of(self, stored: StoredMessage) -> bytes:
         """What a queued message carries, to encrypt it again for a newer epoch."""
         if stored.content_type in _CONTROL_TYPES:
-            body = self._store.get_secret(_control_record(stored.message_id))
+            body = self._store.get_secret(control_record(stored.message_id))
             if body is None:
                 raise UsageError("a queued control message lost its body")
             return body
+        if stored.content_type in CONTROL_TYPES and self.controls is not None:
+            return self.controls.body_of(stored)  # a reply: rebuilt from its text
         return stored.text.encode("utf-8")
 
     def on_stale_send(self, message_id: str, room_id: str, details: dict[str, Any]) -> None:
@@ -315,6 +326,8 @@ class RoomMessages:
             elif content_type == ROOM_CALL_CONTENT_TYPE:
                 text = _CALL_SIGNAL_TEXT
                 self._hand_call_signal(room.room_id, sender, payload.body)
+            elif content_type in CONTROL_TYPES:
+                text = self._control(room, frame, payload, events)
             else:
                 text = payload.body.decode("utf-8")
                 if content_type == TIMER_CONTENT_TYPE:
@@ -354,6 +367,24 @@ class RoomMessages:
             if notice is not None and notice.invited == self._book.username and not own:
                 self._take_invitation(room, notice, frame.sender_user, events)
 
+    def _control(
+        self, room: Room, frame: RoomFrame, payload: Payload, events: list[ClientEvent]
+    ) -> str:
+        """A control payload, applied by ``controls``: a reply's text, or "" (a marker)."""
+        if self.controls is None:
+            return ""
+        shown = self.controls.incoming(
+            Incoming(
+                conversation=room.room_id, room=True, message_id=frame.message_id,
+                sender=frame.sender_user, sender_device=frame.sender_device,
+                own=frame.sender_user == self._book.username,
+                content_type=payload.content_type, body=payload.body,
+                created_ms=payload.created_at_ms,
+            ),
+            events,
+        )
+        return "" if shown is None else shown
+
     def _hand_call_signal(self, room_id: str, sender: Device, signal: bytes) -> None:
         """After the batch is stored (the controller awaits nothing of the store), in
         the order the room's frames were played."""
@@ -370,7 +401,7 @@ class RoomMessages:
         stored = self._store.get_message(frame.message_id)
         if stored is None or stored.content_type != ROOM_CALL_CONTENT_TYPE:
             return
-        record = _control_record(frame.message_id)
+        record = control_record(frame.message_id)
         body = self._store.get_secret(record)
         if body:
             self._store.put_secret(record, b"")
