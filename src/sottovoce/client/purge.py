@@ -20,8 +20,14 @@ from pathlib import Path
 from sottovoce.client.store import Store
 from sottovoce.client.store_files import local_copies
 
-#: Every table with one row per message, keyed by ``message_id``.
-PER_MESSAGE_TABLES = ("messages", "outbox", "unsent", "message_expiry", "files")
+#: Every table with rows per message, keyed by ``message_id`` (a table not created
+#: in this store yet is skipped): the message, its queued and unsent sends, its
+#: expiry, a received file, and what control messages did to it (client/store_control.py:
+#: edits and their sealed texts, reactions, receipts, read receipts sent).
+PER_MESSAGE_TABLES = (
+    "messages", "outbox", "unsent", "message_expiry", "files",
+    "ctl_state", "ctl_edits", "ctl_reactions", "ctl_receipts", "ctl_read_sent",
+)
 #: Rows deleted per statement (SQLite's bound-parameter limit is far above this).
 _CHUNK = 200
 

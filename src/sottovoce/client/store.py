@@ -701,18 +701,6 @@ class Store:
             idempotency_key=idempotency_key,
         )
 
-    def rewrite_text(self, message_id: str, text: str) -> None:
-        """Replace a stored message's text (its sealed body is sealed again)."""
-        stored = self.get_message(message_id)
-        if stored is None:
-            return
-        body = _Body(peer=stored.peer, sender=stored.sender, sender_device=stored.sender_device,
-                     content_type=stored.content_type, text=text,
-                     client_created_ms=stored.client_created_ms,
-                     server_received_ms=stored.server_received_ms, local_at_ms=stored.local_at_ms)
-        self._db.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
-                         (self.seal(b"message", message_id.encode(), body.encode()), message_id))
-
     def mark_sent(self, message_id: str, server_seq: int) -> bool:
         """Record the server's ack; returns whether the message was still unacked."""
         cur = self._db.execute(
