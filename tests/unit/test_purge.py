@@ -1,5 +1,6 @@
 """One list of per-message tables (client/purge.py): a message that expires or whose
-conversation is forgotten leaves no row in any of them, control tables included."""
+conversation is forgotten leaves no row in any of them, control tables included, and
+forgetting a 1:1 chat removes the control markers kept beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.client.control import control_peer
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.purge import PER_MESSAGE_TABLES
 from sottovoce.client.store import TEST_KDF, DeliveryStatus, Store
@@ -76,6 +78,11 @@ def test_the_expiry_sweep_leaves_nothing_of_a_message(store: Store) -> None:
 def test_forget_leaves_nothing_of_the_conversation(store: Store) -> None:
     _message_with_everything(store, "M1", "bob")
     _message_with_everything(store, "M2", "carol")
+    with store.transaction():  # a reaction marker, kept beside the chat (client/control.py)
+        store.add_message(message_id="R1", peer=control_peer("bob"), sender="bob",
+                          sender_device="d", outgoing=False, status=DeliveryStatus.SENT,
+                          text='{"v":1,"to":"M1","emoji":"x","on":true}',
+                          content_type="reaction")
     assert Conversations(store, "me").forget("bob") == 1
-    assert set(_rows(store, "M1").values()) == {0}
+    assert set(_rows(store, "M1").values()) == {0} and store.get_message("R1") is None
     assert _rows(store, "M2")["ctl_reactions"] == 1 and len(_on_disk(store)) == 2

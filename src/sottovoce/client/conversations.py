@@ -19,7 +19,7 @@ not already hold:
   message as its name, size and type: never its key);
 * **forget**: delete one conversation's messages and all that is held per message
   (client/purge.py: queued sends, expiries, received files and their copies on
-  disk) and its timer, with SQLite's ``secure_delete`` on, then checkpoint and
+  disk, edits, reactions, receipts), a 1:1 chat's control markers, and its timer, with SQLite's ``secure_delete`` on, then checkpoint and
   truncate the WAL, so the sealed records are overwritten in the file, not just
   unlinked from the b-tree.
 """
@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sottovoce.client.control import control_peer
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE
 from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.purge import purge_messages, remove_copies
@@ -221,6 +222,10 @@ class Conversations:
             "messages": [_exported(m) for m in self.messages(peer)],
         }  # fmt: skip
 
+    def _ids(self, tag: bytes) -> list[str]:
+        rows = self._db.execute("SELECT message_id FROM messages WHERE peer_tag = ?", (tag,))
+        return [str(r[0]) for r in rows.fetchall()]
+
     def forget(self, name: str) -> int:
         """Delete one conversation's messages on this device, with everything held per
         message (client/purge.py: sends still queued, expiries, received files and their
@@ -233,9 +238,10 @@ class Conversations:
         db.execute("PRAGMA secure_delete = ON")
         chat = peer if room else ev.dm_conversation_id(self._me, peer)
         with self._store.transaction():
-            ids = [str(r[0]) for r in db.execute(
-                "SELECT message_id FROM messages WHERE peer_tag = ?", (tag,)).fetchall()]
-            copies = purge_messages(self._store, ids)
+            ids = self._ids(tag)
+            # A 1:1 chat's markers (receipts, reactions, edits, deletes) are kept beside it.
+            markers = [] if room else self._ids(self._tag(control_peer(peer)))
+            copies = purge_messages(self._store, ids + markers)
             db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chat_timers'").fetchone():
                 db.execute("DELETE FROM chat_timers WHERE tag = ?",
