@@ -19,9 +19,10 @@ not already hold:
   message as its name, size and type: never its key);
 * **forget**: delete one conversation's messages and all that is held per message
   (client/purge.py: queued sends, expiries, received files and their copies on
-  disk, edits, reactions, receipts), a 1:1 chat's control markers, and its timer, with SQLite's ``secure_delete`` on, then checkpoint and
-  truncate the WAL, so the sealed records are overwritten in the file, not just
-  unlinked from the b-tree.
+  disk, edits, reactions, receipts), a 1:1 chat's control markers, and its
+  timer, with SQLite's ``secure_delete`` on, then checkpoint and truncate the
+  WAL, so the sealed records are overwritten in the file, not just unlinked from
+  the b-tree.
 """
 
 from __future__ import annotations
