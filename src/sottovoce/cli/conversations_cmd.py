@@ -39,6 +39,7 @@ from sottovoce.cli.session import (
 )
 from sottovoce.client import Client
 from sottovoce.client.conversations import Conversation, SearchHit, message_time
+from sottovoce.client.file_body import FILE_CONTENT_TYPE
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError
@@ -82,7 +83,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def hit_line(hit: SearchHit) -> str:
     m = hit.message
     who = "you" if m.outgoing else render.safe(m.sender)
-    text = render.safe(m.text).replace("\n", " ")
+    if m.content_type == FILE_CONTENT_TYPE:
+        text = render.file_line(m.text, m.message_id)
+    else:
+        text = render.safe(m.text).replace("\n", " ")
     return f"{_when(message_time(m))}  {_name(hit.conversation, hit.room)}  {who}: {text}"
 
 
@@ -260,7 +264,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="find the messages on this device that hold every one of WORDS",
         description=(
             "Decrypt the history in memory and print the text messages (1:1 and rooms) that "
-            "hold all of WORDS, ignoring case, newest first. No index is written to disk. "
+            "hold all of WORDS, and the files whose names hold them, ignoring case, newest "
+            "first. No index is written to disk. "
             "Does not connect.\n\nexit codes: 0 found; 1 nothing found; 2 wrong usage"
         ),
         example=f"  {program} search lunch friday --data-dir ~/.sottovoce-alice",
@@ -276,7 +281,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="write one conversation's history to a JSON file only you can read",
         description=(
             "Write every message with NAME (a person, or '#ROOM' for a room) on this device "
-            "to FILE as JSON: who sent it, when, its text and delivery status. FILE is new "
+            "to FILE as JSON: who sent it, when, its text and delivery status (a file: its "
+            "name, size and type, never its key). FILE is new "
             "(an existing one is not overwritten) and readable by you only (0600); it is "
             "not encrypted. Does not connect."
         ),

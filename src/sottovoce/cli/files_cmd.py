@@ -53,6 +53,12 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
                         help="send this file instead of a text: encrypted on this device in "
                              "chunks, uploaded, and announced in an end-to-end encrypted "
                              "message with its key (needs the server)")
+    parser.add_argument("--view-once", action="store_true",
+                        help="with --file: the recipient can `save` the file (or `/open` "
+                             "it on the chat screen) once on each of their devices; then "
+                             "its key and copy are deleted on that device and the message "
+                             "shows it was opened. You keep no copy, and your other devices "
+                             "cannot fetch it")
 
 
 def wants_file(args: argparse.Namespace) -> bool:
@@ -61,6 +67,8 @@ def wants_file(args: argparse.Namespace) -> bool:
         raise CliError("give TEXT or --file PATH, not both")
     if args.file is None and args.text is None:
         raise CliError("give the message TEXT, or --file PATH to send a file")
+    if args.view_once and args.file is None:
+        raise CliError("--view-once is for a file: give --file PATH")
     return args.file is not None
 
 
@@ -70,13 +78,16 @@ def send_file(args: argparse.Namespace, *, room: str | None = None) -> int:
     async def work(client: Client) -> str:
         bar = progress_bar("sending")
         if room is not None:
-            return await client.files.room_send_file(room, args.file, progress=bar)
-        return await client.files.send_file(args.name, args.file, progress=bar)
+            return await client.files.room_send_file(room, args.file, progress=bar,
+                                                     view_once=args.view_once)
+        return await client.files.send_file(args.name, args.file, progress=bar,
+                                            view_once=args.view_once)
 
     message_id = with_client(args, work, connect=Connect.REQUIRED)
     target = f"#{room}" if room is not None else args.name
+    once = ", view once" if args.view_once else ""
     print(f"✓ sent {render.safe(args.file)} to {render.safe(target)} "
-          f"(message {render.safe(message_id)})")
+          f"(message {render.safe(message_id)}{once})")
     return 0
 
 
@@ -87,7 +98,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     here yet, check every chunk and the whole file's SHA-256, and write it to DEST
     (a directory: under the sender's file name). `history` shows a file message's
     id. Nothing is written when a check fails, and DEST is never left half-written;
-    an existing DEST is not replaced.
+    an existing DEST is not replaced. A view-once file is saved once: then its key
+    and copy are deleted on this device.
 
     example:
       sottovoce save alice FHQURZ-GjTY5UVNi29RsKg ~/Downloads --data-dir ~/.sottovoce-bob

@@ -34,7 +34,7 @@ from sottovoce.client.events import (
     RoomMessageReceived,
 )
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
-from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
+from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo, is_opened
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
@@ -164,7 +164,10 @@ def size_text(size: int) -> str:
 
 def file_line(body: str, message_id: str) -> str:
     """A file message: ``[image] cat.jpg (3.1 KiB, image/jpeg) id ABC`` (the id is what
-    ``sottovoce save`` takes)."""
+    ``sottovoce save`` takes); ``[image, view once] ...`` for a view-once file, and a
+    placeholder once it was opened."""
+    if is_opened(body):
+        return "[view-once file, opened: nothing of it kept]"
     try:
         info = FileInfo.decode(body)
     except DecodeError:
@@ -172,6 +175,8 @@ def file_line(body: str, message_id: str) -> str:
     extra = ""
     if info.duration_ms is not None:
         extra = f" {info.duration_ms // 60000}:{info.duration_ms // 1000 % 60:02d}"
+    if info.view_once:
+        extra += ", view once"
     return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
             f"{safe(info.media_type)}) id {safe(message_id)}")
 

@@ -21,6 +21,10 @@ status line. Every string on screen is made by :mod:`sottovoce.cli.render`
 (peer text escaped) and shown as a rich ``Text``, never parsed as markup;
 notifications are shown with ``markup=False`` for the same reason.
 
+Files: a file message is a placeholder line ending in its id; ``/open ID`` typed in
+the input fetches and decrypts it into the viewing area and says where
+(cli/chat_files.py).
+
 Calls: F5 calls the peer (or accepts a ringing call), F6 declines or hangs up.
 An incoming call from anyone shows a banner while it rings; during a call the
 banner is the in-call line (:func:`sottovoce.cli.render.call_stats`), refreshed
@@ -46,7 +50,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
 from sottovoce.calls.effects import CallState, PeerRinging, StateChanged
-from sottovoce.cli import render
+from sottovoce.cli import chat_files, render
 from sottovoce.cli.idle_lock import IdleLock, LockScreen
 from sottovoce.client import (
     Client,
@@ -468,6 +472,10 @@ class ChatApp(App[int]):
         if not text:
             return
         event.input.value = ""
+        if chat_files.is_open_command(text):  # /open ID: a file, into the viewing area
+            said, failed = await chat_files.open_file(self.client, self._conversation, text)
+            self._tell(said, error=failed)
+            return
         try:
             if self.room_id is not None:
                 message_id = await self.client.rooms.send(self.room_id, text)

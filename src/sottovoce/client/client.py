@@ -201,7 +201,8 @@ class Client(CallSurface):
         )
         self.rooms.carry_log_head(self.kt.checkpoint_ref, self._on_log_head)
         self.files = Files(store, self._conn, (self.username, self.device_id),  # files.py
-                           self._directory.targets, self._direct.send_record, self.rooms)
+                           self._directory.targets, self._direct.send_record, self.rooms,
+                           self._direct.expiries)
         self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
         #: The list with unread counts, read marks, search, export, forget (local only).
         self.conversations = Conversations(store, self.username, self.contacts.hidden)

@@ -4,19 +4,25 @@ Everything here reads the local store and writes nothing in clear that it did
 not already hold:
 
 * **list**: one entry per person with messages and per room this device is in,
-  with the unread count and the time of the last message. A person's name comes
+  with the unread count (received messages after the read mark; timer notices are
+  shown but not counted) and the time of the last message. A person's name comes
   from the sealed body of their latest message (rows carry only a keyed tag);
 * **read marks**: ``read_marks(peer_tag, local_id)``, the keyed tag of the
   conversation and the last local row shown (a counter): unread = received rows
   after it. `history`, `room history` and the chat screen move it when they show
   messages;
-* **search**: scan and decrypt, in memory, every text message (no index on
+* **search**: scan and decrypt, in memory, every text message and the file name of
+  every file message (no index on
   disk, none kept in memory between calls: about 0.7 s for 10,000 messages on a
   loaded 2-core machine, tests/unit/test_conversations.py measures it);
-* **export**: one conversation's messages as a JSON-ready dict for the owner;
-* **forget**: delete one conversation's messages (and sends of it still queued)
-  with SQLite's ``secure_delete`` on, then checkpoint and truncate the WAL, so the
-  sealed records are overwritten in the file, not just unlinked from the b-tree.
+* **export**: one conversation's messages as a JSON-ready dict for the owner (a file
+  message as its name, size and type: never its key);
+* **forget**: delete one conversation's messages and all that is held per message
+  (client/purge.py: queued sends, expiries, received files and their copies on
+  disk, edits, reactions, receipts), a 1:1 chat's control markers, and its
+  timer, with SQLite's ``secure_delete`` on, then checkpoint and truncate the
+  WAL, so the sealed records are overwritten in the file, not just unlinked from
+  the b-tree.
 """
 
 from __future__ import annotations
@@ -24,16 +30,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sottovoce.client.control import control_peer
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE
+from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
+from sottovoce.client.purge import purge_messages, remove_copies
 from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
-from sottovoce.errors import UsageError
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.protocol import events as ev
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS read_marks(peer_tag BLOB PRIMARY KEY, local_id INTEGER NOT NULL)"
 )
 #: Messages decrypted per query while scanning (search, export).
 _PAGE = 1000
+#: Rows shown in a chat but never counted as unread: a timer change is a notice about
+#: the chat, not a message to read.
+NOT_UNREAD = frozenset({TIMER_CONTENT_TYPE})
+#: What search looks in: text messages, and file messages by their file name.
+_SEARCHED = frozenset({"text", FILE_CONTENT_TYPE})
 #: The version of the export's JSON.
 EXPORT_VERSION = 1
 
@@ -90,11 +107,7 @@ class Conversations:
         """Every conversation, the most recent first (a room without messages last)."""
         rooms = self._rooms()
         room_tags = {self._tag(room_id): room_id for room_id in rooms}
-        unread = dict(self._db.execute(
-            "SELECT m.peer_tag, COUNT(*) FROM messages m "
-            "LEFT JOIN read_marks r ON r.peer_tag = m.peer_tag "
-            "WHERE m.outgoing = 0 AND m.id > COALESCE(r.local_id, 0) GROUP BY m.peer_tag"
-        ).fetchall())  # fmt: skip
+        unread = self._unread_counts()
         out: list[Conversation] = []
         seen: set[str] = set()
         hidden = self._hide()
@@ -111,7 +124,7 @@ class Conversations:
             seen.add(peer)
             out.append(Conversation(
                 peer=peer, label=rooms.get(peer, peer), room=room_id is not None,
-                unread=int(unread.get(tag, 0)), messages=int(count), last_ms=message_time(last),
+                unread=unread.get(bytes(tag), 0), messages=int(count), last_ms=message_time(last),
             ))  # fmt: skip
         out.sort(key=lambda c: c.last_ms, reverse=True)
         out += [
@@ -120,13 +133,24 @@ class Conversations:
         ]
         return out
 
+    def _unread_counts(self, peer: str | None = None) -> dict[bytes, int]:
+        """peer tag → received messages after its read mark, not counting timer notices
+        (decrypted one by one: only the rows after the mark are read)."""
+        where = "" if peer is None else "AND peer_tag = ? "
+        rows = self._db.execute(
+            f"SELECT peer_tag, {Store._COLUMNS} FROM messages WHERE outgoing = 0 "  # noqa: S608
+            f"{where}AND id > COALESCE((SELECT local_id FROM read_marks r "
+            "WHERE r.peer_tag = messages.peer_tag), 0)",
+            () if peer is None else (self._tag(peer),),
+        ).fetchall()
+        counts: dict[bytes, int] = {}
+        for tag, *row in rows:
+            if self._store._row(tuple(row)).content_type not in NOT_UNREAD:
+                counts[bytes(tag)] = counts.get(bytes(tag), 0) + 1
+        return counts
+
     def unread(self, peer: str) -> int:
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM messages WHERE peer_tag = ? AND outgoing = 0 AND id > "
-            "COALESCE((SELECT local_id FROM read_marks WHERE peer_tag = ?), 0)",
-            (self._tag(peer), self._tag(peer)),
-        ).fetchone()
-        return int(row[0])
+        return self._unread_counts(peer).get(self._tag(peer), 0)
 
     def mark_read(self, peer: str, shown: Sequence[StoredMessage] | int) -> None:
         """``shown`` (messages, or the last local id) has been shown: not unread any more."""
@@ -155,11 +179,11 @@ class Conversations:
         rooms = self._rooms()
         hits: list[SearchHit] = []
         for m in self._every_message():
-            if m.content_type != "text" or m.status is DeliveryStatus.FAILED:
+            if m.content_type not in _SEARCHED or m.status is DeliveryStatus.FAILED:
                 continue
             if "#" in m.peer:
                 continue  # a room's control messages
-            text = m.text.casefold()
+            text = searchable_text(m).casefold()
             if all(n in text for n in needles):
                 hits.append(SearchHit(rooms.get(m.peer, m.peer), m.peer in rooms, m))
         hits.sort(key=lambda h: (message_time(h.message), h.message.local_id), reverse=True)
@@ -207,34 +231,71 @@ class Conversations:
             "messages": [_exported(m) for m in self.messages(peer)],
         }  # fmt: skip
 
+    def _ids(self, tag: bytes) -> list[str]:
+        rows = self._db.execute("SELECT message_id FROM messages WHERE peer_tag = ?", (tag,))
+        return [str(r[0]) for r in rows.fetchall()]
+
     def forget(self, name: str) -> int:
-        """Delete one conversation's messages on this device (sends of it still queued
-        are cancelled); returns how many. The rows' bytes are overwritten on disk."""
-        peer, _, _ = self.resolve(name)
+        """Delete one conversation's messages on this device, with everything held per
+        message (client/purge.py: sends still queued, expiries, received files and their
+        copies on disk) and the chat's timer; returns how many messages. The rows' bytes
+        are overwritten on disk."""
+        peer, _, room = self.resolve(name)
         db = self._db
         # The store's default (it stays on: expired messages are deleted the same way).
         db.execute("PRAGMA secure_delete = ON")
-        count = self.delete_rows(peer)
+        with self._store.transaction():
+            count, copies = self._purge(peer, room=room)
+        remove_copies(copies)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return count
 
     def delete_rows(self, peer: str) -> int:
-        """The deletes of :meth:`forget` alone, joining a transaction already open (as
-        the receive path's: no pragma or checkpoint can run inside one)."""
-        tag, db = self._tag(peer), self._db
+        """The deletes of :meth:`forget` for a 1:1 chat alone, joining a transaction
+        already open (as the receive path's: no pragma or checkpoint can run inside one)."""
         with self._store.transaction():
-            for table in ("outbox", "unsent"):
-                db.execute(
-                    f"DELETE FROM {table} WHERE message_id IN "  # noqa: S608
-                    "(SELECT message_id FROM messages WHERE peer_tag = ?)",
-                    (tag,),
-                )
-            count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
-            db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
-        return int(count)
+            count, copies = self._purge(peer, room=False)
+        remove_copies(copies)
+        return count
+
+    def _purge(self, peer: str, *, room: bool) -> tuple[int, list[Path]]:
+        tag, db = self._tag(peer), self._db
+        chat = peer if room else ev.dm_conversation_id(self._me, peer)
+        ids = self._ids(tag)
+        # A 1:1 chat's markers (receipts, reactions, edits, deletes) are kept beside it.
+        markers = [] if room else self._ids(self._tag(control_peer(peer)))
+        copies = purge_messages(self._store, ids + markers)
+        db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chat_timers'").fetchone():
+            db.execute("DELETE FROM chat_timers WHERE tag = ?", (self._store.tag("timer", chat),))
+        return len(ids), copies
+
+
+def file_of(m: StoredMessage) -> FileInfo | None:
+    """The file a file message carries (``None``: not a file message, or unreadable)."""
+    if m.content_type != FILE_CONTENT_TYPE:
+        return None
+    try:
+        return FileInfo.decode(m.text)
+    except DecodeError:
+        return None
+
+
+def searchable_text(m: StoredMessage) -> str:
+    """What search looks in: a text message's text, a file message's file name."""
+    if m.content_type == FILE_CONTENT_TYPE:
+        info = file_of(m)
+        return "" if info is None else info.name
+    return m.text
 
 
 def _exported(m: StoredMessage) -> dict[str, Any]:
+    info = file_of(m)
+    extra: dict[str, Any] = {}
+    if m.content_type == FILE_CONTENT_TYPE:  # its name, size and type; never its key
+        extra["file"] = None if info is None else {
+            "name": info.name, "size": info.size, "type": info.media_type, "kind": info.kind,
+        }
     return {
         "messageId": m.message_id,
         "sender": m.sender,
@@ -242,8 +303,9 @@ def _exported(m: StoredMessage) -> dict[str, Any]:
         "outgoing": m.outgoing,
         "status": m.status.name.lower(),
         "contentType": m.content_type,
-        "text": m.text,
+        "text": "" if m.content_type == FILE_CONTENT_TYPE else m.text,
         "clientCreatedMs": m.client_created_ms,
         "serverReceivedMs": m.server_received_ms,
         "localAtMs": m.local_at_ms,
+        **extra,
     }

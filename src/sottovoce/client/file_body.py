@@ -8,6 +8,12 @@ the body is compact JSON (client/payload.py ``json_body``)::
      "size":N,"name":"photo.jpg","type":"image/jpeg","kind":"file"|"image"|"voice",
      "thumb":"<base64 JPEG>"|null,"durationMs":N|null,"expires":<ms>}
 
+A view-once file adds ``"once":true`` (a body without it is an ordinary file, so older
+clients read every ordinary file as before, and refuse a view-once one rather than keep
+it). The recipient opens it once; then its key, its sealed copy and the message body
+are replaced, on that device, by the local tombstone ``{"v":1,"opened":"<kind>"}``,
+which never travels. The sender keeps only that tombstone from the start.
+
 Images carry a small JPEG thumbnail made on the sender's device, voice notes their
 duration. Everything read from a peer is checked here: ids shaped like ids, a
 32-byte key, sizes in range, a name that is one plain file name.
@@ -50,6 +56,7 @@ class FileInfo:
     thumbnail: bytes | None
     duration_ms: int | None
     expires_at_ms: int
+    view_once: bool = False
 
     def encode(self) -> str:
         return json_body(
@@ -58,11 +65,17 @@ class FileInfo:
             kind=self.kind,
             thumb=None if self.thumbnail is None else base64.b64encode(self.thumbnail).decode(),
             durationMs=self.duration_ms, expires=self.expires_at_ms,
+            **({"once": True} if self.view_once else {}),
         )
 
     @classmethod
     def decode(cls, text: str) -> FileInfo:
-        d = read_json_body(text, _FIELDS, "file message")
+        try:
+            d = read_json_body(text, _FIELDS, "file message")
+        except DecodeError:
+            d = read_json_body(text, (*_FIELDS, "once"), "file message")
+            if d["once"] is not True:
+                raise DecodeError("file message has a malformed once") from None
         return cls(
             blob_id=_match(d, "blob", _BLOB),
             key=Secret(_b64(d["key"], "key", 32, 32)),
@@ -75,7 +88,22 @@ class FileInfo:
             else _b64(d["thumb"], "thumbnail", 1, MAX_THUMBNAIL_BYTES),
             duration_ms=None if d["durationMs"] is None else _int(d["durationMs"], "duration"),
             expires_at_ms=_int(d["expires"], "expiry"),
+            view_once="once" in d,
         )
+
+
+def opened_body(info: FileInfo) -> str:
+    """What a view-once file message becomes once opened (or sent): its kind only."""
+    return json_body(opened=info.kind)
+
+
+def is_opened(text: str) -> bool:
+    """Whether a stored file message is the tombstone of an opened view-once file."""
+    try:
+        read_json_body(text, ("opened",), "opened file")
+    except DecodeError:
+        return False
+    return True
 
 
 def valid_name(value: Any) -> str:

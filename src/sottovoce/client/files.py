@@ -15,7 +15,9 @@ A dropped connection does not end a transfer: both sides wait for the connection
 and carry on from the chunk the server (upload) or the local copy (download) has.
 A chunk that is tampered with, reordered, missing or extra ends the download with a
 :class:`~sottovoce.crypto.file_chunks.FileIntegrityError` and nothing of the file is
-kept. Plaintext for viewing (:meth:`Files.view`) goes to ``view/`` in the data
+kept. A view-once file (client/file_body.py) is opened by :meth:`Files.save` or
+:meth:`Files.view` once; then its key and sealed copy are deleted and the message
+keeps a tombstone. Plaintext for viewing (:meth:`Files.view`) goes to ``view/`` in the data
 directory, wiped when the client closes and again when the next one starts.
 """
 
@@ -36,10 +38,13 @@ from typing import Any, BinaryIO
 
 from sottovoce.client.connection import Connection
 from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.client.expiry import Expiries
 from sottovoce.client.file_body import (
     FILE_CONTENT_TYPE,
     MAX_THUMBNAIL_BYTES,
     FileInfo,
+    is_opened,
+    opened_body,
     valid_name,
 )
 from sottovoce.client.rooms import RoomManager
@@ -61,6 +66,7 @@ from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import FILE_TTL_MS
 from sottovoce.private_files import private_dir
 from sottovoce.protocol import blobs as pb
+from sottovoce.protocol import events as ev
 
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
@@ -71,6 +77,9 @@ WINDOW = 16
 RECONNECT_WAIT_S = 30.0
 #: Times one transfer carries on after a lost connection before it gives up.
 MAX_RESUMES = 20
+#: How much longer than a chat's timer a blob is kept: the upload runs before the
+#: message (whose expiry counts from its creation) is sent.
+UPLOAD_GRACE_MS = 60_000
 _CREATED = frozenset({pb.BLOB_CREATED})
 _STORED = frozenset({pb.BLOB_STORED})
 _CHUNK = frozenset({pb.BLOB_CHUNK})
@@ -88,15 +97,18 @@ class Files:
         targets: Callable[[str], Awaitable[list[Device]]],
         send_record: Callable[[str, str, str], Awaitable[str]],
         rooms: RoomManager,
+        expiries: Expiries | None = None,
     ) -> None:
         """``targets``: the devices a 1:1 message to a user goes to (ours included);
-        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms."""
+        ``send_record``: send a 1:1 message of a content type; ``rooms``: the rooms;
+        ``expiries``: the chats' disappearing-message timers (a blob lives no longer)."""
         self._store = store
         self._link = link
         self._me = me
         self._targets = targets
         self._send_record = send_record
         self._rooms = rooms
+        self._expiries = expiries
         self._table = FileTable(store)
         self.view_dir = store.data_dir / "view"
         self.wipe_views()  # what a run that did not close left behind
@@ -106,26 +118,50 @@ class Files:
     # --- sending ----------------------------------------------------------------------
 
     async def send_file(
-        self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+        self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
+        view_once: bool = False,
     ) -> str:
-        """Upload ``path`` for ``peer``'s devices and our other ones, then send the file
-        message; returns its messageId."""
-        targets = [d for d in await self._targets(peer) if d != self._me]
-        info = await self._upload(Path(path), targets, progress)
-        return await self._send_record(peer, FILE_CONTENT_TYPE, info.encode())
+        """Upload ``path`` for ``peer``'s devices and our other ones (a ``view_once`` file:
+        ``peer``'s only), then send the file message; returns its messageId."""
+        targets = [d for d in await self._targets(peer) if d != self._me
+                   and not (view_once and d[0] == self._me[0])]
+        ttl = self._ttl(ev.dm_conversation_id(self._me[0], peer))
+        info = await self._upload(Path(path), targets, progress, ttl, view_once)
+        return self._sent(await self._send_record(peer, FILE_CONTENT_TYPE, info.encode()), info)
+
+    def _sent(self, message_id: str, info: FileInfo) -> str:
+        """A view-once file leaves the sender nothing but its tombstone."""
+        if info.view_once:
+            with self._store.transaction():
+                self._store.rewrite_text(message_id, opened_body(info))
+        return message_id
 
     async def room_send_file(
-        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
+        view_once: bool = False,
     ) -> str:
-        """Upload ``path`` for every other member device of room ``ref`` and send it there."""
-        members = [d for d in self._rooms.get(ref).members() if d != self._me]
+        """Upload ``path`` for every other member device of room ``ref`` (a ``view_once``
+        file: other members' only) and send it there."""
+        room = self._rooms.get(ref)
+        members = [d for d in room.members() if d != self._me
+                   and not (view_once and d[0] == self._me[0])]
         if not members:
             raise UsageError("the room has no other member to send a file to")
-        info = await self._upload(Path(path), members, progress)
-        return await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode())
+        info = await self._upload(Path(path), members, progress, self._ttl(room.room_id),
+                                  view_once)
+        return self._sent(
+            await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()), info)
+
+    def _ttl(self, chat: str) -> int:
+        """How long the server keeps the blob: the chat's disappearing-message timer
+        (plus :data:`UPLOAD_GRACE_MS`, as the message's clock starts once the upload is
+        done) if it is shorter than the server's own limit."""
+        seconds = 0 if self._expiries is None else self._expiries.seconds(chat)
+        return min(FILE_TTL_MS, seconds * 1000 + UPLOAD_GRACE_MS) if seconds else FILE_TTL_MS
 
     async def _upload(
-        self, path: Path, recipients: list[Device], progress: Progress | None
+        self, path: Path, recipients: list[Device], progress: Progress | None, ttl_ms: int,
+        view_once: bool = False,
     ) -> FileInfo:
         name, media_type = describe(path)
         try:
@@ -139,7 +175,7 @@ class Files:
             sealer = ChunkSealer(key, file_id, size)
             create = pb.BlobCreate(
                 blobId=blob_id, size=sealed_size(size), chunks=sealer.chunks,
-                ttlMs=FILE_TTL_MS,
+                ttlMs=ttl_ms,
                 recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in recipients),
             )
             created = await self._create(create, path)
@@ -152,7 +188,7 @@ class Files:
         return FileInfo(
             blob_id=blob_id, key=key, sha256=sealer.digest(), size=size, name=name,
             media_type=media_type, kind=kind, thumbnail=thumbnail, duration_ms=duration,
-            expires_at_ms=int(created["expiresAtMs"]),
+            expires_at_ms=int(created["expiresAtMs"]), view_once=view_once,
         )
 
     async def _create(self, create: pb.BlobCreate, path: Path) -> dict[str, Any]:
@@ -226,6 +262,9 @@ class Files:
             raise UsageError(f"no message {message_id}")
         if stored.content_type != FILE_CONTENT_TYPE:
             raise UsageError(f"message {message_id} is not a file")
+        if is_opened(stored.text):
+            raise UsageError(f"message {message_id} was a view-once file: "
+                             f"{'sent' if stored.outgoing else 'already opened'}, none of it kept")
         try:
             return FileInfo.decode(stored.text)
         except DecodeError as exc:
@@ -363,6 +402,10 @@ class Files:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if info.view_once:  # opened once: its key and sealed copy go, a tombstone stays
+            self._table.forget(record)
+            with self._store.transaction():
+                self._store.rewrite_text(message_id, opened_body(info))
         return target
 
     def _write_plain(self, record: LocalFile, info: FileInfo, tmp: Path) -> None:

@@ -36,6 +36,25 @@ class LocalFile:
     complete: bool
 
 
+def local_copies(store: Store, message_ids: list[str]) -> list[Path]:
+    """The sealed local copies (whole and ``.part``) of these messages' files on disk."""
+    if not message_ids or store.db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'"
+    ).fetchone() is None:
+        return []
+    marks = ",".join("?" * len(message_ids))
+    rows = store.db.execute(
+        f"SELECT message_id, sealed FROM files WHERE message_id IN ({marks})",  # noqa: S608
+        message_ids,
+    ).fetchall()
+    out: list[Path] = []
+    for message_id, sealed in rows:
+        raw = json.loads(store.unseal(_KIND, str(message_id).encode(), bytes(sealed)))
+        name = bytes.fromhex(raw["id"]).hex()
+        out += [store.data_dir / "files" / name, store.data_dir / "files" / f"{name}.part"]
+    return out
+
+
 class FileTable:
     """The ``files`` table of one store, and where its files live."""
 

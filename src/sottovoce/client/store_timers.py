@@ -6,9 +6,10 @@ and the deletion of what expired (docs/architecture.md §Disappearing messages).
     message_expiry:  messageId -> expiry (Unix ms) in clear (random ids and times
                      only), indexed by expiry so a sweep finds what is due.
 
-:meth:`TimerStore.delete_expired` removes an expired message everywhere this store
-holds its content: the message row (sealed text), its outbox row (the sealed frame),
-its unsent row, a room control message's sealed body, and its expiry row. The store
+:meth:`TimerStore.delete_expired` removes an expired message everywhere this device
+holds its content (client/purge.py: the message row, its outbox and unsent rows, its
+expiry row, a room control message's sealed body, a received file's row, its sealed
+local copy and any decrypted copy in the viewing area). The store
 runs with ``secure_delete`` (the freed bytes are zeroed), and after a sweep the
 write-ahead log is checkpointed and truncated, so the sealed bytes of a deleted
 message are not left in the database file or its log either.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sottovoce.client.purge import purge_messages, remove_copies
 from sottovoce.client.store import Store
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError
@@ -30,8 +32,6 @@ CREATE TABLE IF NOT EXISTS message_expiry(
 );
 CREATE INDEX IF NOT EXISTS message_expiry_at ON message_expiry(expires_at);
 """
-#: Rows deleted per statement (SQLite's bound-parameter limit is far above this).
-_CHUNK = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,18 +142,8 @@ class TimerStore:
             return []
         self._db.execute("PRAGMA secure_delete = ON")  # the store's default; said again here
         with self._store.transaction():
-            for start in range(0, len(gone), _CHUNK):
-                chunk = gone[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for table in ("messages", "outbox", "unsent", "message_expiry"):
-                    self._db.execute(
-                        f"DELETE FROM {table} WHERE message_id IN ({marks})",  # noqa: S608
-                        chunk,
-                    )
-                self._db.execute(
-                    f"DELETE FROM secrets WHERE name IN ({marks})",  # noqa: S608
-                    [f"room-control:{m}" for m in chunk],
-                )
+            copies = purge_messages(self._store, gone)
+        remove_copies(copies)
         # The log still holds the pages as they were: write them back and empty it.
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return gone

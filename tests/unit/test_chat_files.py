@@ -1,0 +1,67 @@
+"""The chat screen's ``/open ID`` command (cli/chat_files.py): what it accepts, and a
+plain message (never a traceback) for each way it can go wrong.
+tests/integration/test_view_once_e2e.py runs it against real clients."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sottovoce.cli.chat_files import is_open_command, open_file
+from sottovoce.client.store import DeliveryStatus, StoredMessage
+from sottovoce.errors import UsageError
+
+
+class _Info:
+    name = "a\x1b[31m.txt"
+
+
+class _Files:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def info(self, message_id: str) -> _Info:
+        return _Info()
+
+    async def view(self, message_id: str) -> Path:
+        if self.fail:
+            raise UsageError(f"message {message_id} is not a file")
+        return Path("/data/view") / message_id / "a.txt"
+
+
+class _Client:
+    def __init__(self, fail: bool = False) -> None:
+        self.files = _Files(fail)
+
+    def message(self, message_id: str) -> StoredMessage | None:
+        if message_id != "M1":
+            return None
+        return StoredMessage(
+            local_id=1, message_id="M1", peer="alice", sender="alice", sender_device="d",
+            outgoing=False, status=DeliveryStatus.SENT, text="", content_type="file",
+            client_created_ms=0, server_received_ms=0, local_at_ms=0,
+        )
+
+
+def _run(client: Any, peer: str, text: str) -> tuple[str, bool]:
+    return asyncio.run(open_file(client, peer, text))
+
+
+def test_open_command_is_recognised_only_as_a_command() -> None:
+    assert is_open_command("/open M1") and is_open_command("/open")
+    assert not is_open_command("/opening hours") and not is_open_command("open M1")
+
+
+def test_open_views_a_file_of_this_chat_and_says_where() -> None:
+    said, failed = _run(_Client(), "alice", "/open M1")
+    assert not failed and said == "opened a\\x1b[31m.txt: /data/view/M1/a.txt"
+
+
+def test_open_refuses_plainly() -> None:
+    assert _run(_Client(), "alice", "/open") == (
+        "usage: /open ID (the id at the end of a file's line)", True)
+    assert _run(_Client(), "alice", "/open M1 M2")[1]
+    assert _run(_Client(), "alice", "/open M9") == ("no message M9 in this chat", True)
+    assert _run(_Client(), "bob", "/open M1") == ("no message M1 in this chat", True)
+    assert _run(_Client(fail=True), "alice", "/open M1") == ("message M1 is not a file", True)
