@@ -261,8 +261,11 @@ class Membership:
         """Fresh keys on our direct path (an empty commit with a path, RFC 9420 §12.4)."""
 
         def build(group: Group) -> Plan:
-            bundle = group.self_update(rng=secrets.token_bytes, now_ms=now_ms(),
-                                       authenticated_data=self._head_aad())
+            # Our leaf is refreshed with today's capabilities (a leaf from before the
+            # room profile thus gains it, RFC 9420 §12.4.2).
+            bundle = group.commit(rng=secrets.token_bytes, now_ms=now_ms(),
+                                  include_pending=False, capabilities=ROOM_CAPABILITIES,
+                                  authenticated_data=self._head_aad())
             return Plan(bundle, (), ())
 
         return await self.commit(room, build)
