@@ -19,6 +19,7 @@ import pytest
 from sottovoce.client import Client
 from sottovoce.client.rooms import membership
 from sottovoce.client.rooms.keypackages import KeyPackageRecord
+from sottovoce.client.rooms.manager import RoomManager
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, lacks_capabilities, profile
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
@@ -46,7 +47,7 @@ async def _device_from_before_profiles(server: ServerProcess, root: Path) -> Cli
     )
     bob.rooms._key_packages.capabilities = BEFORE_PROFILES
     await bob.connect()
-    await bob.rooms.ensure_key_packages()
+    await bob.rooms._key_packages.ensure()
     return bob
 
 
@@ -73,7 +74,12 @@ async def test_a_device_with_key_packages_from_before_room_profiles_renews_them_
         bob = await Client.open(tmp_path / "bob", PASSPHRASE)
         await bob.connect()
         await bob.rooms.ensure_key_packages()
-        # Every KeyPackage the server hands out now is fresh, the last resort included.
+        # The old one-time stock is gone from the server: what it hands out is fresh,
+        # and so is the last resort it now holds.
+        last_resort = [r for _, r, lr in bob._store.key_package_records() if lr]
+        assert len(last_resort) == 1
+        assert ROOM_PROFILE_EXTENSION in KeyPackageRecord.decode(last_resort[0]).key_package \
+            .leaf_node.capabilities.extensions
         for _ in range(2):
             after = await alice.rooms._key_packages.claim("bob")
             assert after and all(
@@ -85,6 +91,28 @@ async def test_a_device_with_key_packages_from_before_room_profiles_renews_them_
         await asyncio.wait_for(bob.rooms.wait_epoch(room.room_id, result.epoch), 30)
         assert bob.rooms.roles(room.room_id) == {"alice": "admin", "bob": "member"}
         await alice.rooms.send(room.room_id, "welcome back")
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+
+
+async def test_the_regular_top_up_also_replaces_a_stock_from_before_profiles(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+
+    async def nothing_at_connect(_: RoomManager) -> None:
+        return None  # only the top-up below may replace the stock
+
+    monkeypatch.setattr(RoomManager, "ensure_key_packages", nothing_at_connect)
+    bob = await _device_from_before_profiles(server, tmp_path)
+    try:
+        # The same running client, now with today's capabilities, told its stock is low.
+        bob.rooms._key_packages.capabilities = ROOM_CAPABILITIES
+        await bob.rooms.replenish()
+        claimed = await alice.rooms._key_packages.claim("bob")
+        assert claimed and all(
+            ROOM_PROFILE_EXTENSION in kp.leaf_node.capabilities.extensions for _, kp in claimed
+        )
     finally:
         await asyncio.gather(alice.close(), bob.close())
 

@@ -104,7 +104,7 @@ class RoomAdmin:
         before one can be set (RFC 9420 §12.1.7). Ours gains it by a self-update; the
         others' at their next commit (each device refreshes its leaf when it connects)."""
         if lacks_capabilities(group, group.own_leaf_index):
-            await self._membership.self_update(room)
+            await self._membership.self_update(room, only_old_leaf=True)
         behind = not_upgraded(self._book.active(room))
         if behind:
             raise UsageError(
@@ -124,7 +124,7 @@ class RoomAdmin:
             if not lacks_capabilities(group, group.own_leaf_index):
                 continue
             try:
-                await self._membership.self_update(room)
+                await self._membership.self_update(room, only_old_leaf=True)
             except (SottovoceError, UsageError) as exc:
                 self._book.emit(ErrorEvent(
                     code=getattr(exc, "code", "error"),
