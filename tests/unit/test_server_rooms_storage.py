@@ -24,6 +24,7 @@ from sottovoce.protocol.audit import AuditAction, entry_hash, make_entry
 from sottovoce.protocol.rooms import token_hash
 from sottovoce.secret import Secret
 from sottovoce.server.logs import JsonLogger
+from sottovoce.server.storage.base import UnknownAccount
 from sottovoce.server.storage.roombase import (
     AuditAppendage,
     CommitOutcome,
@@ -190,6 +191,28 @@ async def test_a_limited_key_package_claim_gets_the_last_resort_and_consumes_not
     got = await st.claim_key_packages("bob", ("alice", "d1"), one_time=False)
     assert [(c.key_package, c.remaining) for c in got] == [(b"last-resort", 2)]
     assert await st.count_key_packages("bob", "d1") == 2
+
+
+async def test_a_device_withdraws_only_its_own_one_time_key_packages(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await st.store_key_packages("bob", "d1", [b"old-1", b"old-2"], b"old-last", 500)
+    await st.store_key_packages("carol", "d1", [b"carol-1"], b"carol-last", 500)
+    assert await st.withdraw_key_packages("bob", "d1") == 2
+    assert await st.count_key_packages("bob", "d1") == 0
+    assert await st.count_key_packages("carol", "d1") == 1, "another device's stock stays"
+    # Nothing one-time left: a claim gets the last resort until the next upload replaces it.
+    got = await st.claim_key_packages("bob", ("alice", "d1"))
+    assert [c.key_package for c in got] == [b"old-last"]
+    await st.store_key_packages("bob", "d1", [b"new-1"], b"new-last", 500)
+    got = await st.claim_key_packages("bob", ("alice", "d1"))
+    assert [c.key_package for c in got] == [b"new-1"]
+    got = await st.claim_key_packages("bob", ("alice", "d1"))
+    assert [c.key_package for c in got] == [b"new-last"]
+    assert await st.withdraw_key_packages("bob", "d1") == 0, "withdrawing twice is harmless"
+    with pytest.raises(UnknownAccount):
+        await st.withdraw_key_packages("bob", "no-such-device")
 
 
 async def test_key_package_claimed_once_under_concurrent_claims(
@@ -500,6 +523,7 @@ def test_room_events_round_trip_through_their_wire_form() -> None:
     token = Secret(b"t" * 43)
     events = [
         wire.KeyPackagesUpload(keyPackages=(b"kp1", b"kp2"), lastResort=b"lr"),
+        wire.KeyPackagesWithdraw(),
         wire.KeyPackagesClaim(username="bob"),
         wire.RoomCreate(roomId=ROOM, groupInfo=b"gi"),
         wire.RoomCommit(roomId=ROOM, epoch=3, messageId="m", idempotencyKey="k", commit=b"c",

@@ -975,6 +975,14 @@ class Store:
             return None
         return self.unseal(b"key-package", ref, bytes(row[0])), bool(row[1])
 
+    def key_package_records(self) -> list[tuple[bytes, bytes, bool]]:
+        """Every KeyPackage of ours still held: (ref, record, last_resort)."""
+        found = self._db.execute("SELECT ref, sealed, last_resort FROM key_packages").fetchall()
+        return [
+            (bytes(ref), self.unseal(b"key-package", bytes(ref), bytes(sealed)), bool(lr))
+            for ref, sealed, lr in found
+        ]
+
     def delete_key_package(self, ref: bytes) -> None:
         self._db.execute("DELETE FROM key_packages WHERE ref = ? AND last_resort = 0", (ref,))
 

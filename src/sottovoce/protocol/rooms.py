@@ -11,6 +11,8 @@ Client → server (``data`` of each event; binary fields base64)::
 
     sottovoce.keypackages.upload {keyPackages: [b64], lastResort: b64|null}
         → sottovoce.keypackages.stored {count}        one-time KeyPackages now stored
+    sottovoce.keypackages.withdraw {}
+        → sottovoce.keypackages.withdrawn {count}     the caller's one-time KeyPackages deleted
     sottovoce.keypackages.claim  {username}
         → sottovoce.keypackages.bundles {username, keyPackages: [{deviceId, keyPackage}]}
     sottovoce.room.create  {roomId, groupInfo: b64|null}
@@ -175,6 +177,7 @@ ROOM_KINDS = frozenset({"commit", "message", "welcome", "notice"})
 #: Server → client event names.
 KEYPACKAGES_STORED = "sottovoce.keypackages.stored"
 KEYPACKAGE_BUNDLES = "sottovoce.keypackages.bundles"
+KEYPACKAGES_WITHDRAWN = "sottovoce.keypackages.withdrawn"
 KEYPACKAGES_LOW = "sottovoce.keypackages.low"
 ROOM_CREATED = "sottovoce.room.created"
 ROOM_COMMITTED = "sottovoce.room.committed"
@@ -322,6 +325,13 @@ class KeyPackagesUpload(ClientEvent):
         ListOf(KEY_PACKAGE, max_items=MAX_KEY_PACKAGES_PER_UPLOAD)
     )
     lastResort: bytes | None = wire(KEY_PACKAGE, default=None, check=_some_key_package)
+
+
+@event("sottovoce.keypackages.withdraw")
+class KeyPackagesWithdraw(ClientEvent):
+    """Delete every one-time KeyPackage the caller's own device has stored, unclaimed (a
+    device replacing a stock it can no longer use, e.g. leaves that lack a capability
+    rooms now need); the last-resort one stays until the next upload replaces it."""
 
 
 @event("sottovoce.keypackages.claim")
@@ -498,6 +508,7 @@ class RoomSettingSet(ClientEvent):
 
 ROOM_CLIENT_EVENTS = registry(
     KeyPackagesUpload,
+    KeyPackagesWithdraw,
     KeyPackagesClaim,
     RoomCreate,
     RoomCommit,

@@ -75,6 +75,7 @@ from sottovoce.protocol.rooms import (
     KEYPACKAGE_BUNDLES,
     KEYPACKAGES_LOW,
     KEYPACKAGES_STORED,
+    KEYPACKAGES_WITHDRAWN,
     ROOM_ACKED,
     ROOM_AUDIT,
     ROOM_AUDIT_APPENDED,
@@ -94,6 +95,7 @@ from sottovoce.protocol.rooms import (
     JoinRequest,
     KeyPackagesClaim,
     KeyPackagesUpload,
+    KeyPackagesWithdraw,
     RoomAck,
     RoomCommit,
     RoomCreate,
@@ -236,6 +238,7 @@ class Rooms:
     def handlers(self) -> dict[type[ClientEvent], Handler]:
         return {
             KeyPackagesUpload: self._kp_upload,
+            KeyPackagesWithdraw: self._kp_withdraw,
             KeyPackagesClaim: self._kp_claim,
             RoomCreate: self._create,
             RoomCommit: self._commit,
@@ -306,6 +309,15 @@ class Rooms:
                 user, device, ev.keyPackages, ev.lastResort, MAX_KEY_PACKAGES_PER_DEVICE
             )
         session.reply(KEYPACKAGES_STORED, {"count": count}, rid)
+
+    async def _kp_withdraw(
+        self, session: Session, ev: KeyPackagesWithdraw, data: dict[str, Any], rid: str | None
+    ) -> None:
+        # Only ever the authenticated device's own stock: the event names no one.
+        user, device = session.key
+        with _as_wire():
+            count = await self.store.withdraw_key_packages(user, device)
+        session.reply(KEYPACKAGES_WITHDRAWN, {"count": count}, rid)
 
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None

@@ -4,6 +4,9 @@
     rename / topic / promote / demote ──► one commit with a GroupContextExtensions
         proposal holding the new profile (protocol/room_rules.py) ──► every member
         sees the same name, topic and roles from that epoch on
+    a room made before profiles ──► each device, when it connects, self-updates where
+        its leaf lacks the profile capability; the first profile change waits (a plain
+        refusal naming who is behind) until every leaf lists it (RFC 9420 §12.1.7)
     leave ──► a Remove proposal of our own leaf (a PublicMessage, sent as a room
         message) ──► the next member to see it commits it by reference (carrying it
         for the server to check) with Removes of our account's other devices ──► we
@@ -33,7 +36,7 @@ from sottovoce.client.rooms.book import RoomBook
 from sottovoce.client.rooms.membership import Membership, Plan
 from sottovoce.client.rooms.messages import RoomMessages
 from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, CommitResult, Room, device_of
-from sottovoce.client.rooms.rules import profile, roles
+from sottovoce.client.rooms.rules import lacks_capabilities, not_upgraded, profile, roles
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.mls.group import Group
 from sottovoce.mls.messages import Credential, GroupContextExtensions, Remove
@@ -75,9 +78,11 @@ class RoomAdmin:
         self, room: Room, change: Callable[[RoomProfile], RoomProfile]
     ) -> CommitResult | None:
         """Commit ``change`` of the room's profile (admins only; ``None``: no change)."""
-        self._book.active(room)
+        group = self._book.active(room)
         if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
             raise UsageError("only a room admin may rename a room, set its topic or roles")
+        if profile(room) is None:
+            await self._upgrade(room, group)
 
         def build(group: Group) -> Plan | None:
             current = profile(room) or RoomProfile(
@@ -94,6 +99,38 @@ class RoomAdmin:
             return Plan(bundle, (), ())
 
         return await self._membership.commit(room, build)
+
+    async def _upgrade(self, room: Room, group: Group) -> None:
+        """A room made before room profiles: every leaf must list the profile extension
+        before one can be set (RFC 9420 §12.1.7). Ours gains it by a self-update; the
+        others' at their next commit (each device refreshes its leaf when it connects)."""
+        if lacks_capabilities(group, group.own_leaf_index):
+            await self._membership.self_update(room, only_old_leaf=True)
+        behind = not_upgraded(self._book.active(room))
+        if behind:
+            raise UsageError(
+                "this room was made before rooms had a shared name, topic and admins; "
+                f"a device of {', '.join(behind)} has not been updated for them yet. "
+                "It updates when it next connects: try again then"
+            )
+
+    async def refresh_leaves(self) -> None:
+        """Self-update in every room where our leaf predates the room profile capability,
+        so that its admins can set a profile (errors become events; the next connection
+        tries again)."""
+        for room in list(self._book.rooms.values()):
+            group = room.group
+            if room.removed or group is None:
+                continue
+            if not lacks_capabilities(group, group.own_leaf_index):
+                continue
+            try:
+                await self._membership.self_update(room, only_old_leaf=True)
+            except (SottovoceError, UsageError) as exc:
+                self._book.emit(ErrorEvent(
+                    code=getattr(exc, "code", "error"),
+                    message=f"room {room.room_id}: could not refresh our leaf: {exc}",
+                ))
 
     async def rename(self, room: Room, name: str) -> CommitResult | None:
         return await self.change(room, lambda p: RoomProfile(name, p.topic, p.admins))

@@ -3,6 +3,8 @@ claimed to add them (RFC 9420 §10).
 
     ensure / keypackages.low ──► generate (private halves sealed in the store first)
                              ──► keypackages.upload (a batch + one last resort)
+    ensure / keypackages.low, stock made before a capability our leaves now list
+                             ──► keypackages.withdraw ──► upload a fresh batch + last resort
     claim(user) ──► directory lookup ──► keypackages.claim ──► every KeyPackage
                     checked (§10.1) and its leaf bound to that device's certificate
 """
@@ -31,7 +33,7 @@ from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageErro
 from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH, MAX_KEY_PACKAGE_BYTES
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.mls.group import KeyPackagePrivate, generate_key_package
-from sottovoce.mls.messages import Credential, KeyPackage, Welcome
+from sottovoce.mls.messages import Capabilities, Credential, KeyPackage, Welcome
 from sottovoce.mls.proposals import validate_key_package
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError, req_b64, req_id
@@ -84,6 +86,8 @@ class KeyPackages:
         #: sent that then succeeded (as for prekeys, client/prekeys.py).
         self._notices = 0
         self._notices_answered = 0
+        #: What our KeyPackages' leaves support (tests make an older stock by changing it).
+        self.capabilities: Capabilities = ROOM_CAPABILITIES
 
     # --- ours -----------------------------------------------------------------------
 
@@ -101,6 +105,10 @@ class KeyPackages:
                         return
                     raise
                 self._store.set_flag("keypackages_uploaded")
+                self._store.set_flag(self._current_flag())
+                return
+            if self._stale():
+                await self._renew()
 
     async def replenish(self) -> None:
         """``sottovoce.keypackages.low``: top up at once, unless the notice came before an
@@ -112,15 +120,55 @@ class KeyPackages:
                 if self._notices_answered >= notice:
                     return
                 first = not self._store.flag("keypackages_uploaded")
+                if not first and self._stale():
+                    await self._renew()
+                    return
                 await self._upload(CLIENT_KEY_PACKAGE_BATCH, last_resort=first)
                 self._store.set_flag("keypackages_uploaded")
+                if first:
+                    self._store.set_flag(self._current_flag())
         except (SottovoceError, UsageError) as exc:
             self._book.emit(ErrorEvent(code=getattr(exc, "code", "error"), message=str(exc)))
+
+    def _current_flag(self) -> str:
+        """Set once the server's stock is all KeyPackages with today's extensions."""
+        return "keypackages_ext:" + ",".join(str(e) for e in sorted(self.capabilities.extensions))
+
+    def _stale(self) -> bool:
+        """Some KeyPackage we hold lacks an extension our leaves now support (one made
+        before it existed): a group that uses it could not add this device with it."""
+        if self._store.flag(self._current_flag()):
+            return False
+        wanted = set(self.capabilities.extensions)
+        for _, record, _ in self._store.key_package_records():
+            leaf = KeyPackageRecord.decode(record).key_package.leaf_node
+            if not wanted <= set(leaf.capabilities.extensions):
+                return True
+        self._store.set_flag(self._current_flag())  # nothing old left: no need to look again
+        return False
+
+    async def _renew(self) -> None:
+        """Withdraw the server's one-time stock and upload a fresh batch and last resort.
+
+        The private halves of the old ones stay in the store: one claimed before the
+        withdrawal may still arrive in a Welcome."""
+        try:
+            await self._link.request(
+                pr.KeyPackagesWithdraw(),
+                frozenset({pr.KEYPACKAGES_WITHDRAWN}),
+                timeout=ROOM_REQUEST_TIMEOUT_S,
+            )
+        except ServerError as exc:
+            if exc.code != "unknown_event":
+                raise
+            # A relay without withdrawal: the fresh batch is claimed once the old is gone.
+        await self._upload(CLIENT_KEY_PACKAGE_BATCH, last_resort=True)
+        self._store.set_flag(self._current_flag())
 
     def _generate(self, now: int) -> tuple[KeyPackage, KeyPackagePrivate]:
         return generate_key_package(
             SUITE, self._book.credential(), self._book.signing_key, secrets.token_bytes, now,
-            capabilities=ROOM_CAPABILITIES,
+            capabilities=self.capabilities,
         )
 
     async def _upload(self, count: int, *, last_resort: bool) -> None:

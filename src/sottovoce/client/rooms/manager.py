@@ -150,8 +150,10 @@ class RoomManager:
     # =========================================================================
 
     async def ensure_key_packages(self) -> None:
-        """Upload the first batch and a last-resort KeyPackage, once per device."""
+        """Upload the first batch and a last-resort KeyPackage, once per device; replace a
+        stock, and refresh our leaves, made before the room profile capability."""
         await self._key_packages.ensure()
+        await self._admin.refresh_leaves()
 
     async def replenish(self) -> None:
         """``sottovoce.keypackages.low``: top the stock up (errors become events)."""

@@ -59,7 +59,7 @@ from sottovoce.client.rooms.model import (
     room_id_of,
 )
 from sottovoce.client.rooms.proposals import held
-from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged, lacks_capabilities
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import new_token
 from sottovoce.client.store import DeliveryStatus
@@ -257,12 +257,19 @@ class Membership:
         if head is not None and sink is not None and who is not None and who != self._book.me:
             sink(who[0], *head)
 
-    async def self_update(self, room: Room) -> CommitResult | None:
-        """Fresh keys on our direct path (an empty commit with a path, RFC 9420 §12.4)."""
+    async def self_update(self, room: Room, *, only_old_leaf: bool = False) -> CommitResult | None:
+        """Fresh keys on our direct path (an empty commit with a path, RFC 9420 §12.4).
+        ``only_old_leaf``: none (``None``) unless our leaf lacks today's capabilities,
+        decided under the room's lock (two refreshes at once make one commit)."""
 
-        def build(group: Group) -> Plan:
-            bundle = group.self_update(rng=secrets.token_bytes, now_ms=now_ms(),
-                                       authenticated_data=self._head_aad())
+        def build(group: Group) -> Plan | None:
+            if only_old_leaf and not lacks_capabilities(group, group.own_leaf_index):
+                return None
+            # Our leaf is refreshed with today's capabilities (a leaf from before the
+            # room profile thus gains it, RFC 9420 §12.4.2).
+            bundle = group.commit(rng=secrets.token_bytes, now_ms=now_ms(),
+                                  include_pending=False, capabilities=ROOM_CAPABILITIES,
+                                  authenticated_data=self._head_aad())
             return Plan(bundle, (), ())
 
         return await self.commit(room, build)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sottovoce.client.ports import Contacts
-from sottovoce.client.rooms.model import SUITE, Device, Room
+from sottovoce.client.rooms.model import SUITE, Device, Room, device_of
 from sottovoce.errors import DecodeError
 from sottovoce.mls.common import CredentialType, ProtocolVersion, SenderType, WireFormat
 from sottovoce.mls.epoch import StagedCommit
@@ -49,6 +49,22 @@ def profile(room: Room) -> RoomProfile | None:
         return profile_of(group.group_context.extensions)
     except DecodeError:
         return None
+
+
+def lacks_capabilities(group: Group, index: int) -> bool:
+    """The leaf at ``index`` predates a capability our leaves now list (a member that has
+    not committed since): a profile cannot be set while any leaf lacks it (RFC 9420
+    §12.1.7)."""
+    member = group.member(index)
+    if member is None:
+        return False
+    return not set(ROOM_CAPABILITIES.extensions) <= set(member.leaf.capabilities.extensions)
+
+
+def not_upgraded(group: Group) -> list[str]:
+    """The accounts with a device whose leaf lacks the room profile capability."""
+    found = (device_of(m.credential) for m in group.members() if lacks_capabilities(group, m.index))
+    return sorted({d[0] if d is not None else "?" for d in found})
 
 
 def display_name(room: Room) -> str:

@@ -45,6 +45,16 @@ def store_key_packages(
     return have + len(kps)
 
 
+def withdraw_key_packages(user: str, device: str) -> Txn[int]:
+    """Delete the device's unclaimed one-time KeyPackages; how many there were."""
+    dev = yield DevId(user, device)
+    if dev is None:
+        raise UnknownAccount("device is not registered")
+    have = yield from stored_count("kps", _COUNT, dev)
+    yield execute("DELETE FROM key_packages WHERE dev=?", dev)
+    return have
+
+
 def count_key_packages(user: str, device: str) -> Txn[int | None]:
     """One-time KeyPackages stored; None if the device never uploaded any."""
     row = yield one(

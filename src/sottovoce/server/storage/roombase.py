@@ -230,6 +230,10 @@ class RoomStorage(abc.ABC):
         """Returns the one-time KeyPackages now stored; raises ``RoomRefused`` when full."""
 
     @abc.abstractmethod
+    async def withdraw_key_packages(self, user_id: str, device_id: str) -> int:
+        """Delete the device's own unclaimed one-time KeyPackages; returns how many."""
+
+    @abc.abstractmethod
     async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
         """One-time KeyPackages stored; None if the device never uploaded any."""
 

@@ -317,6 +317,9 @@ class SharedRooms(RoomStorage, Engine):
             last_resort, max_stored,
         )
 
+    async def withdraw_key_packages(self, user_id: str, device_id: str) -> int:
+        return await self._write_op(keypackages.withdraw_key_packages, user_id, device_id)
+
     async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
         return await self._read_op(keypackages.count_key_packages, user_id, device_id)
 
