@@ -94,7 +94,7 @@ def test_record_to_writes_the_peers_media_only_with_consent(
     assert answer.finish() == 0
     assert "recording: the peer does not consent" in answer.stdout()
     assert not refused.exists() or refused.stat().st_size == 0
-    answer = start(bob, "answer", "--seconds", "5", "--record-to", str(granted), *LOOPBACK)
+    answer = start(bob, "answer", "--seconds", "8", "--record-to", str(granted), *LOOPBACK)
     answer.wait_for("waiting up to")
     assert run(alice, "call", "bob", "--allow-recording", *LOOPBACK).returncode == 0
     assert answer.finish() == 0
