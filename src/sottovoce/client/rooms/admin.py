@@ -1,9 +1,10 @@
 """What a room's admins and members do to the room itself (docs/architecture.md §Rooms,
-"Room rules"): rename it, change its topic, promote and demote, and leave.
+"Room rules"): promote and demote, and leave.
 
-    rename / topic / promote / demote ──► one commit with a GroupContextExtensions
-        proposal holding the new profile (protocol/room_rules.py) ──► every member
-        sees the same name, topic and roles from that epoch on
+    promote / demote ──► one commit with a GroupContextExtensions proposal holding
+        the new profile (protocol/room_rules.py) ──► every member sees the same roles
+        from that epoch on; the profile names no room (UNSHARED_NAME, no topic: the
+        server reads it), and a change also clears a name an older profile carried
     leave ──► a Remove proposal of our own leaf (a PublicMessage, sent as a room
         message) ──► the next member to see it commits it by reference (carrying it
         for the server to check) with Removes of our account's other devices ──► we
@@ -40,7 +41,7 @@ from sottovoce.mls.messages import Credential, GroupContextExtensions, Remove
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
-from sottovoce.protocol.room_rules import RoomProfile, with_profile
+from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, with_profile
 
 #: Proposals a leaving device sends, each after the epoch moved on without its removal.
 LEAVE_PROPOSALS = 3
@@ -77,13 +78,11 @@ class RoomAdmin:
         """Commit ``change`` of the room's profile (admins only; ``None``: no change)."""
         self._book.active(room)
         if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
-            raise UsageError("only a room admin may rename a room, set its topic or roles")
+            raise UsageError("only a room admin may change roles")
 
         def build(group: Group) -> Plan | None:
-            current = profile(room) or RoomProfile(
-                room.label[:100] or "room", "", (self._book.username,)
-            )
-            new = change(current)
+            current = profile(room) or RoomProfile(UNSHARED_NAME, "", (self._book.username,))
+            new = RoomProfile(UNSHARED_NAME, "", change(current).admins)
             if new == current:
                 return None
             extensions = with_profile(group.group_context.extensions, new)
@@ -94,12 +93,6 @@ class RoomAdmin:
             return Plan(bundle, (), ())
 
         return await self._membership.commit(room, build)
-
-    async def rename(self, room: Room, name: str) -> CommitResult | None:
-        return await self.change(room, lambda p: RoomProfile(name, p.topic, p.admins))
-
-    async def set_topic(self, room: Room, topic: str) -> CommitResult | None:
-        return await self.change(room, lambda p: RoomProfile(p.name, topic, p.admins))
 
     async def promote(self, room: Room, username: str) -> CommitResult | None:
         if username not in roles(room):

@@ -52,9 +52,9 @@ def profile(room: Room) -> RoomProfile | None:
 
 
 def display_name(room: Room) -> str:
-    """What a room is called: its shared name, else this device's label for it."""
-    p = profile(room)
-    return room.label if p is None else p.name
+    """What a room is called: this device's label for it. The profile carries no name
+    (protocol/room_rules.py ``UNSHARED_NAME``: the server reads it)."""
+    return room.label
 
 
 def roles(room: Room) -> dict[str, str]:
