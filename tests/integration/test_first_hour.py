@@ -375,8 +375,8 @@ def test_join_name_is_kept_on_a_rejoin(up: World) -> None:
     assert again.returncode == 0, again.stderr
     assert "joined room 'writers'" in again.stdout
     listed = cli("room", "list", "--offline", home=dave).stdout
-    # The shared name first, then this device's own name for the room.
-    assert listed.startswith("club [writers] ") and "readers" not in listed
+    # This device's own name for the room: rooms share no name (the server would see it).
+    assert listed.startswith("writers ") and "readers" not in listed and "club" not in listed
 
 
 def test_one_name_names_one_room(up: World) -> None:

@@ -1,8 +1,7 @@
-"""`sottovoce room members|rename|topic|promote|demote|leave` as a user types them,
-against the real server (each command its own process, as in test_rooms_cli.py):
-roles are shown, a member's remove or rename ends in one plain line and a non-zero exit, an
-admin renames for everyone, a promoted member may remove, a leaver's list drops the
-room.
+"""`sottovoce room members|rename|promote|demote|leave` as a user types them, against
+the real server (each command its own process, as in test_rooms_cli.py): roles are
+shown, a member's remove ends in one plain line and a non-zero exit, a rename is this
+device's only, a promoted member may remove, a leaver's list drops the room.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ def _fails(*args: str, home: Path) -> str:
     return lines[0]
 
 
-def test_room_roles_rename_topic_and_leave(server: ServerProcess, tmp_path: Path) -> None:
+def test_room_roles_rename_and_leave(server: ServerProcess, tmp_path: Path) -> None:
     async def setup() -> str:
         """Three accounts in one room alice made (through the SDK: the CLI's own
         create and invite are test_rooms_cli.py's)."""
@@ -45,17 +44,20 @@ def test_room_roles_rename_topic_and_leave(server: ServerProcess, tmp_path: Path
     assert len(members) == 3
     assert "only a room admin" in _fails("remove", room_id, "carol", home=bob)
 
-    assert "renamed the room to 'old friends' for every member" in _ok(
+    assert "renamed the room to 'old friends' on this device only" in _ok(
         _room("rename", "friends", "old friends", home=alice)
     )
-    assert "topic set for every member" in _ok(_room("topic", room_id, "friday", home=alice))
+    # Anyone may rename a room for themselves; nobody else sees it.
+    assert "on this device only" in _ok(_room("rename", room_id, "pals", home=bob))
     assert "bob is now an admin" in _ok(_room("promote", room_id, "bob", home=alice))
     listed = _ok(_room("list", home=bob))
-    assert f"old friends  {room_id}" in listed  # once, by the shared name
+    assert f"pals  {room_id}" in listed and "friends" not in listed
     assert listed.count(room_id) == 1
+    assert f"old friends  {room_id}" in _ok(_room("list", "--offline", home=alice))
+    assert _room("topic", room_id, "friday", home=alice).returncode != 0  # no such command
 
     left = _ok(_room("leave", room_id, home=carol))
-    assert "left the room 'old friends'" in left
+    assert f"left the room '{room_id}'" in left  # carol was never told a name
     assert "the next one to connect will" in left  # nobody else was online
     assert room_id not in _ok(_room("list", "--offline", home=carol))
     # The next commit of any member carries carol's self-remove.

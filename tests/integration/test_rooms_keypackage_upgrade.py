@@ -142,9 +142,9 @@ async def test_a_room_from_before_profiles_gets_one_once_every_leaf_is_refreshed
         # bob's device is offline with its old leaf: alice's own leaf is refreshed, but
         # no profile can be set yet, and she is told why and what to do.
         with pytest.raises(UsageError) as refused:
-            await alice.rooms.rename_room(room_id, "Renamed")
+            await alice.rooms.promote(room_id, "bob")
         message = str(refused.value)
-        assert "made before rooms had a shared name" in message and "bob" in message
+        assert "made before rooms had admins" in message and "bob" in message
         assert "\n" not in message
         assert not _own_leaf_is_old(alice, room_id)
         assert profile(alice.rooms.get(room_id)) is None
@@ -155,12 +155,12 @@ async def test_a_room_from_before_profiles_gets_one_once_every_leaf_is_refreshed
         await bob.rooms.ensure_key_packages()
         assert not _own_leaf_is_old(bob, room_id)
         await asyncio.wait_for(alice.rooms.wait_epoch(room_id, epoch + 1), 30)
-        renamed = await alice.rooms.rename_room(room_id, "Renamed")
+        renamed = await alice.rooms.promote(room_id, "bob")
         assert renamed is not None
         await asyncio.wait_for(bob.rooms.wait_epoch(room_id, renamed.epoch), 30)
         for client in (alice, bob):
             shared = profile(client.rooms.get(room_id))
-            assert shared is not None and shared.name == "Renamed"
-            assert client.rooms.roles(room_id) == {"alice": "admin", "bob": "member"}
+            assert shared is not None and shared.admins == ("alice", "bob")
+            assert client.rooms.roles(room_id) == {"alice": "admin", "bob": "admin"}
     finally:
         await asyncio.gather(alice.close(), bob.close())

@@ -1,8 +1,8 @@
 """A room's rules through the real server and real clients (docs/architecture.md §Rooms,
 "Room rules"): the creator is admin; a member's remove of another member, or a change of the
-room's profile, is refused by the server and cannot block the room; admins rename,
-set the topic, promote; every member sees the same; a member leaves by a self-remove
-proposal another member commits, and reads nothing sent after.
+room's profile, is refused by the server and cannot block the room; admins promote and
+demote; every member sees the same roles, and the server never the room's name; a member
+leaves by a self-remove proposal another member commits, and reads nothing sent after.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sottovoce.client import Client
 from sottovoce.client.errors import ServerError
 from sottovoce.client.events import RoomInvited
 from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.rooms.rules import profile
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
 from sottovoce.mls.common import WireFormat
@@ -25,19 +26,21 @@ from sottovoce.mls.config import GroupConfig
 from sottovoce.mls.group import Group
 from sottovoce.mls.messages import GroupContextExtensions
 from sottovoce.protocol import rooms as pr
-from sottovoce.protocol.room_rules import RoomProfile, with_profile
+from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, with_profile
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_rooms_e2e import close_all, members, room_messages
 
 
-async def _three(server: ServerProcess, root: Path) -> tuple[Client, Client, Client, str]:
+async def _three(
+    server: ServerProcess, root: Path, label: str = "team"
+) -> tuple[Client, Client, Client, str]:
     alice, bob, carol = await asyncio.gather(
         *(make_account(server, n, root) for n in ("alice", "bob", "carol"))
     )
-    room = await alice.rooms.create_room("team")
-    await alice.rooms.invite("team", "bob")
-    await alice.rooms.invite("team", "carol")
+    room = await alice.rooms.create_room(label)
+    await alice.rooms.invite(label, "bob")
+    await alice.rooms.invite(label, "carol")
     await asyncio.gather(*(c.rooms.wait_epoch(room.room_id, 2) for c in (bob, carol)))
     return alice, bob, carol, room.room_id
 
@@ -105,7 +108,7 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
         refused = await _refused(bob, relayed)
         assert refused.code == "invalid_commit" and "not this device's" in refused.message
         with pytest.raises(UsageError):
-            await bob.rooms.rename_room(room_id, "mine")
+            await bob.rooms.promote(room_id, "bob")
         # Nothing stalled: the next valid commits, a member's own update and a member's
         # invite, go through.
         result = await bob.rooms.self_update(room_id)
@@ -128,25 +131,32 @@ async def test_a_members_remove_is_refused_and_cannot_block_the_room(
         await close_all(clients)
 
 
-async def test_every_member_sees_the_same_name_topic_and_roles(
+def _server_bytes(server: ServerProcess) -> bytes:
+    """Every file the server keeps (its SQLite database, WAL included, and logs)."""
+    files = sorted(p for p in server.data_dir.rglob("*") if p.is_file())
+    return b"".join(p.read_bytes() for p in files)
+
+
+async def test_every_member_sees_the_same_roles_and_the_server_no_name(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob, carol, room_id = await _three(server, tmp_path)
+    canary = f"canary-{secrets.token_hex(8)}"
+    alice, bob, carol, room_id = await _three(server, tmp_path, canary)
     try:
-        assert bob.rooms.name(room_id) == "team"  # the creator's name, shared
-        await alice.rooms.rename_room(room_id, "core team")
-        await alice.rooms.set_topic(room_id, "release on friday")
         last = await alice.rooms.promote(room_id, "bob")
         assert last is not None
         for c in (alice, bob, carol):
             await c.rooms.wait_epoch(room_id, last.epoch)
-            assert c.rooms.name(room_id) == "core team"
-            assert c.rooms.topic(room_id) == "release on friday"
             assert c.rooms.roles(room_id) == {
                 "alice": "admin", "bob": "admin", "carol": "member"
             }
-        assert carol.rooms.get("core team").room_id == room_id
-        # An invitee is told the shared name, whatever the inviter's own label is.
+            shared = profile(c.rooms.get(room_id))  # admins only: no name, no topic
+            assert shared is not None and (shared.name, shared.topic) == (UNSHARED_NAME, "")
+        # A name is this device's own: bob's rename changes nobody else's.
+        bob.rooms.rename(room_id, "ours")
+        assert (bob.rooms.name(room_id), alice.rooms.name(room_id)) == ("ours", canary)
+        assert bob.rooms.get("ours").room_id == room_id
+        # An invitee is told the inviter's name, inside the room's encryption.
         dave = await make_account(server, "dave", tmp_path)
         stream = dave.events()
         try:
@@ -157,8 +167,7 @@ async def test_every_member_sees_the_same_name_topic_and_roles(
         finally:
             stream.close()
             await dave.close()
-        assert alice.rooms.get(room_id).label == "team"
-        assert (event.name, event.inviter, event.label) == ("core team", "alice", "core team")
+        assert (event.name, event.inviter, event.label) == (canary, "alice", canary)
         # bob, now admin, may remove; then alice demotes him.
         removal = await bob.rooms.remove(room_id, "carol")
         assert removal is not None
@@ -166,6 +175,10 @@ async def test_every_member_sees_the_same_name_topic_and_roles(
         assert demoted is not None
         await bob.rooms.wait_epoch(room_id, demoted.epoch)
         assert bob.rooms.roles(room_id) == {"alice": "admin", "bob": "member", "dave": "member"}
+        # The server holds the room (its id, its group info) but never its name.
+        stored = _server_bytes(server)  # (a failure names no server bytes: keys are there)
+        held, leaked = room_id.encode() in stored, canary.encode() in stored
+        assert held and not leaked
     finally:
         await close_all([alice, bob, carol])
 

@@ -22,6 +22,7 @@ from sottovoce.mls.group import Group, generate_key_package
 from sottovoce.mls.messages import Credential, GroupContextExtensions
 from sottovoce.mls.public import PublicMessage, check_group_info, check_member_commit
 from sottovoce.protocol.room_rules import (
+    UNSHARED_NAME,
     RoomProfile,
     RuleBroken,
     check_commit_rules,
@@ -73,6 +74,16 @@ def _check(groups: dict[str, Group], commit: bytes, proposals: tuple[bytes, ...]
     checked = check_member_commit(commit, info, proposals)
     check_commit_rules(info.context.extensions, members_of(enumerate(info.leaves)),
                        checked.proposals, revoked=revoked)
+
+
+def test_the_profile_we_write_names_no_room() -> None:
+    """The server reads the profile: ours carries the fixed placeholder and no topic,
+    and a role change keeps it so (older profiles with a name still decode above)."""
+    ours = RoomProfile(UNSHARED_NAME, "", ("alice",))
+    assert ours.encode() == b"\x01\x04room\x00\x06\x05alice"
+    promoted = ours.with_admins({"alice", "bob"})
+    assert (promoted.name, promoted.topic, promoted.admins) == ("room", "", ("alice", "bob"))
+    assert RoomProfile.decode(promoted.encode()) == promoted
 
 
 def test_profile_round_trips_and_refuses_bad_input() -> None:

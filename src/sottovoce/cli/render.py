@@ -219,14 +219,12 @@ def still_queued(count: int) -> str:
 
 
 def room_row(room: Room) -> str:
-    """``team  room:…  epoch 2  members: alice, bob``: the room's shared name (the id
-    once when it has none), then ``[label]`` when this device calls it otherwise."""
+    """``team  room:…  epoch 2  members: alice, bob``: this device's name for the room
+    (the id once when it has none)."""
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
-    shown = display_name(room)  # the shared name; this device's label before names
+    shown = display_name(room)
     name = "" if shown == room.room_id else f"{safe(shown)}  "
-    if room.label not in (shown, room.room_id):
-        name = f"{safe(shown)} [{safe(room.label)}]  "
     return f"{name}{room.room_id}  {state}  members: {members}"
 
 

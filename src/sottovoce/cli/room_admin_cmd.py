@@ -1,9 +1,10 @@
-"""`room members|rename|topic|promote|demote|leave`: who is in a room and in which role,
-the room's shared name and topic, and leaving it (docs/architecture.md §Rooms, "Room rules").
+"""`room members|rename|promote|demote|leave`: who is in a room and in which role, this
+device's name for it, and leaving it (docs/architecture.md §Rooms, "Room rules").
 
-The name, topic and roles live in the room's MLS group context: every member sees
-the same, and only an admin may change them (the server refuses anyone else's commit,
-and every member checks it again). `room leave` works for anyone.
+The roles live in the room's MLS group context: every member sees the same, and only
+an admin may change them (the server refuses anyone else's commit, and every member
+checks it again). A room's name is not shared (the server reads the group context):
+`room rename` changes this device's name for it. `room leave` works for anyone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.rooms.model import CommitResult
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
-from sottovoce.protocol.room_rules import MAX_ROOM_TOPIC_BYTES
 
 ROOM: Positional = ("ROOM", "the room: its name, '#NAME' or its id")
 USER: Positional = ("USER", "a member's username")
@@ -55,23 +55,12 @@ def cmd_rename(args: argparse.Namespace) -> int:
         raise CliError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes of printable text, "
                        "without spaces at either end")
 
-    async def work(client: Client) -> CommitResult | None:
-        return await client.rooms.rename_room(_ref(args.room), args.name)
+    async def work(client: Client) -> None:
+        client.rooms.rename(_ref(args.room), args.name)
 
-    result = with_client(args, work)
-    print(f"renamed the room to '{render.safe(args.name)}' for every member{_epoch(result)}")
-    return 0
-
-
-def cmd_topic(args: argparse.Namespace) -> int:
-    if len(args.topic.encode("utf-8")) > MAX_ROOM_TOPIC_BYTES:
-        raise CliError(f"a room topic is at most {MAX_ROOM_TOPIC_BYTES} bytes")
-
-    async def work(client: Client) -> CommitResult | None:
-        return await client.rooms.set_topic(_ref(args.room), args.topic)
-
-    result = with_client(args, work)
-    print(f"topic set for every member{_epoch(result)}")
+    with_client(args, work)
+    print(f"renamed the room to '{render.safe(args.name)}' on this device only "
+          "(other members keep their own names for it)")
     return 0
 
 
@@ -114,26 +103,20 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     subcommand(
         rs, "rename",
-        help="change ROOM's name for every member (admins only)",
-        description="Commit a new shared name: every member's devices show the room by it. "
-                    "Only an admin may; the server refuses anyone else.",
+        help="change this device's name for ROOM (other members keep theirs)",
+        description="Rename the room on this device only. Rooms share no name: the "
+                    "server reads the room's group context, so a name there would not be "
+                    "private. Anyone may rename a room for themselves.",
         example="  sottovoce room rename friends 'old friends' --data-dir ~/.sottovoce-alice",
         func=cmd_rename, args=[ROOM, ("NAME", "the new name")],
-    )
-    subcommand(
-        rs, "topic",
-        help="set ROOM's topic for every member (admins only)",
-        description="Commit a new topic for every member. Only an admin may.",
-        example="  sottovoce room topic friends 'dinner on friday' --data-dir ~/.sottovoce-alice",
-        func=cmd_topic, args=[ROOM, ("TOPIC", "the new topic")],
     )
     for promote in (True, False):
         subcommand(
             rs, "promote" if promote else "demote",
             help=f"make USER {'an admin' if promote else 'a plain member'} of ROOM "
                  "(admins only)",
-            description=("Admins may remove members, rename the room, set its topic and "
-                         "promote or demote. " if promote else
+            description=("Admins may remove other members' devices and promote or "
+                         "demote. " if promote else
                          "USER keeps its membership and loses the admin role. ")
                         + "Only an admin may change roles.",
             example=f"  sottovoce room {'promote' if promote else 'demote'} friends bob "

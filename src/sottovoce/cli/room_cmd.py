@@ -1,10 +1,10 @@
 """Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`
-(`room call` and `room members|rename|topic|promote|demote|leave` have their own modules).
+(`room call` and `room members|rename|promote|demote|leave` have their own modules).
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
 everything the room missed, does its one thing and closes. ROOM is the room's
-name on this device (its shared name, or a label of this device's) or the room id
+name on this device (rooms share no name: the server would see it) or the room id
 (``room:`` + 32 hex digits) that ``room list`` shows.
 """
 
@@ -261,10 +261,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is the room's shared name (`room rename`), this device's own label "
-            "for it, the same with a '#' in front as `chat` takes it, or its id (room:…) as "
-            "`room list` shows it. The shared name, topic and admins live in the room's MLS "
-            "group context, which the server reads to check commits against the room's rules."
+            "message. ROOM is this device's name for the room (`room rename`), the same with "
+            "a '#' in front as `chat` takes it, or its id (room:…) as `room list` shows it. "
+            "The admins live in the room's MLS group context, which the server reads to "
+            "check commits against the room's rules; names never go there."
         ),
         example=(
             "  sottovoce room create friends && sottovoce room invite friends bob\n"
@@ -276,13 +276,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "create",
         help="make a room with you as its only member",
         description=(
-            "Make a new room with you as its only member and its admin. NAME becomes the "
-            "room's shared name: every member sees it, and so does the server (it is in the "
-            "room's group context, with the admins)."
+            "Make a new room with you as its only member and its admin. NAME is this "
+            "device's name for it; the server never sees it. Invitees first call the room "
+            "by the name of whoever invited them (told inside the room's encryption)."
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
-        args=[("NAME", "the room's shared name")],
+        args=[("NAME", "this device's name for the room")],
     )
     subcommand(
         rs,
@@ -443,8 +443,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: the room's shared name (then, in [ ], "
-            "this device's own name for it when that differs), id, epoch and members (rooms "
+            "Rooms on this device, one per line: this device's name for the room, its "
+            "id, epoch and members (rooms "
             "you left or were removed from are not listed). Connects first, so rooms you "
             "were invited to meanwhile are listed."
         ),

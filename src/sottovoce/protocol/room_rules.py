@@ -1,9 +1,13 @@
-"""A room's shared profile (name, topic, admins) and the rules every commit must keep
+"""A room's shared profile (its admins) and the rules every commit must keep
 (docs/architecture.md §Rooms, "Room rules"; wire format in docs/protocol.md §Rooms).
 
 The profile is a GroupContext extension of a private-use type (RFC 9420 §13.4), so
-every member of an epoch sees the same name, topic and admins, and the key schedule
-binds them. One rule function serves both sides: the delivery service calls it on
+every member of an epoch sees the same admins, and the key schedule binds them. The
+server reads group contexts (commits, GroupInfo), so the profile carries nothing the
+server may not see: its name is always :data:`UNSHARED_NAME` and its topic empty
+(the wire format keeps both fields; a room's name is each device's own label).
+
+One rule function serves both sides: the delivery service calls it on
 the proposals :func:`sottovoce.mls.public.check_member_commit` found in a commit
 (so a commit that breaks the rules never becomes an epoch's commit), and every
 member calls it again on the commit it processes (defence in depth)::
@@ -43,6 +47,7 @@ __all__ = [
     "MAX_ROOM_TOPIC_BYTES",
     "PROFILE_VERSION",
     "ROOM_PROFILE_EXTENSION",
+    "UNSHARED_NAME",
     "Device",
     "RoomProfile",
     "RuleBroken",
@@ -59,6 +64,10 @@ __all__ = [
 ROOM_PROFILE_EXTENSION = 0xF5A1
 PROFILE_VERSION = 1
 MAX_ROOM_TOPIC_BYTES = 1024
+#: The name every profile we write carries. The real name is never put there: the
+#: delivery service reads the group context to check commits, so a name in it would be
+#: in clear on the server. The topic likewise stays empty.
+UNSHARED_NAME = "room"
 #: A user id or device id is at most this many bytes (protocol/fields.py's ID kind).
 _MAX_ID_BYTES = 128
 
@@ -81,7 +90,9 @@ def _text(raw: bytes, what: str, limit: int, *, empty: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RoomProfile:
-    """What every member sees of a room: its name, topic and admin usernames."""
+    """What every member (and the server) sees of a room: its admin usernames. ``name``
+    and ``topic`` stay on the wire for compatibility; we write :data:`UNSHARED_NAME` and
+    an empty topic."""
 
     name: str
     topic: str = ""

@@ -1,9 +1,10 @@
 """What a room's admins and members do to the room itself (docs/architecture.md §Rooms,
-"Room rules"): rename it, change its topic, promote and demote, and leave.
+"Room rules"): promote and demote, and leave.
 
-    rename / topic / promote / demote ──► one commit with a GroupContextExtensions
-        proposal holding the new profile (protocol/room_rules.py) ──► every member
-        sees the same name, topic and roles from that epoch on
+    promote / demote ──► one commit with a GroupContextExtensions proposal holding
+        the new profile (protocol/room_rules.py) ──► every member sees the same roles
+        from that epoch on; the profile names no room (UNSHARED_NAME, no topic: the
+        server reads it), and a change also clears a name an older profile carried
     a room made before profiles ──► each device, when it connects, self-updates where
         its leaf lacks the profile capability; the first profile change waits (a plain
         refusal naming who is behind) until every leaf lists it (RFC 9420 §12.1.7)
@@ -43,7 +44,7 @@ from sottovoce.mls.messages import Credential, GroupContextExtensions, Remove
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
-from sottovoce.protocol.room_rules import RoomProfile, with_profile
+from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, with_profile
 
 #: Proposals a leaving device sends, each after the epoch moved on without its removal.
 LEAVE_PROPOSALS = 3
@@ -80,15 +81,13 @@ class RoomAdmin:
         """Commit ``change`` of the room's profile (admins only; ``None``: no change)."""
         group = self._book.active(room)
         if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
-            raise UsageError("only a room admin may rename a room, set its topic or roles")
+            raise UsageError("only a room admin may change roles")
         if profile(room) is None:
             await self._upgrade(room, group)
 
         def build(group: Group) -> Plan | None:
-            current = profile(room) or RoomProfile(
-                room.label[:100] or "room", "", (self._book.username,)
-            )
-            new = change(current)
+            current = profile(room) or RoomProfile(UNSHARED_NAME, "", (self._book.username,))
+            new = RoomProfile(UNSHARED_NAME, "", change(current).admins)
             if new == current:
                 return None
             extensions = with_profile(group.group_context.extensions, new)
@@ -109,7 +108,7 @@ class RoomAdmin:
         behind = not_upgraded(self._book.active(room))
         if behind:
             raise UsageError(
-                "this room was made before rooms had a shared name, topic and admins; "
+                "this room was made before rooms had admins; "
                 f"a device of {', '.join(behind)} has not been updated for them yet. "
                 "It updates when it next connects: try again then"
             )
@@ -131,12 +130,6 @@ class RoomAdmin:
                     code=getattr(exc, "code", "error"),
                     message=f"room {room.room_id}: could not refresh our leaf: {exc}",
                 ))
-
-    async def rename(self, room: Room, name: str) -> CommitResult | None:
-        return await self.change(room, lambda p: RoomProfile(name, p.topic, p.admins))
-
-    async def set_topic(self, room: Room, topic: str) -> CommitResult | None:
-        return await self.change(room, lambda p: RoomProfile(p.name, topic, p.admins))
 
     async def promote(self, room: Room, username: str) -> CommitResult | None:
         if username not in roles(room):

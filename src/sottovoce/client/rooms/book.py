@@ -29,7 +29,7 @@ from sottovoce.client.rooms.model import (
     identity_of,
     room_id_of,
 )
-from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, display_name
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.client.rooms.tokens import TokenBook
 from sottovoce.client.store import Store
 from sottovoce.crypto.sign import SigningKey
@@ -175,13 +175,11 @@ class RoomBook:
             )
 
     def get(self, ref: str) -> Room:
-        """A room by id, by its local name, or else by its shared name (unambiguous)."""
+        """A room by id or by this device's name for it (unambiguous)."""
         room = self.rooms.get(ref)
         if room is not None:
             return room
         matches = [self.rooms[r] for r in self.store.rooms_by_label(ref) if r in self.rooms]
-        if not matches:  # the shared name (protocol/room_rules.py)
-            matches = [r for r in self.rooms.values() if display_name(r) == ref]
         live = [room for room in matches if not room.removed]
         if len(matches) == 1 or len(live) == 1:  # a room we were removed from yields its name
             return matches[0] if len(matches) == 1 else live[0]

@@ -37,7 +37,7 @@ from sottovoce.client.rooms.model import (
     device_of,
 )
 from sottovoce.client.rooms.recovery import Recovery
-from sottovoce.client.rooms.rules import display_name, profile, roles
+from sottovoce.client.rooms.rules import display_name, roles
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.store import Store, StoredMessage
 from sottovoce.crypto.sign import SigningKey
@@ -168,26 +168,15 @@ class RoomManager:
         for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
         return await self._membership.create_room(label)
 
-    # --- the shared profile (protocol/room_rules.py) and leaving -----------------------
+    # --- roles (the shared profile, protocol/room_rules.py) and leaving ---------------
 
     def name(self, ref: str) -> str:
-        """The room's shared name (this device's label for a room made before names)."""
+        """This device's name for the room (no name is shared: the server would see it)."""
         return display_name(self.get(ref))
-
-    def topic(self, ref: str) -> str:
-        p = profile(self.get(ref))
-        return "" if p is None else p.topic
 
     def roles(self, ref: str) -> dict[str, str]:
         """Username → ``admin`` / ``member``, for every member account."""
         return roles(self.get(ref))
-
-    async def rename_room(self, ref: str, name: str) -> CommitResult | None:
-        """Change the room's shared name (admins only): every member sees it."""
-        return await self._admin.rename(self.get(ref), name)
-
-    async def set_topic(self, ref: str, topic: str) -> CommitResult | None:
-        return await self._admin.set_topic(self.get(ref), topic)
 
     async def promote(self, ref: str, username: str) -> CommitResult | None:
         return await self._admin.promote(self.get(ref), username)
@@ -202,7 +191,7 @@ class RoomManager:
         return await self._admin.leave(self.get(ref))
 
     def rename(self, ref: str, label: str) -> None:
-        """This device's own label for the room (the shared name: :meth:`rename_room`)."""
+        """Change this device's own name for the room; other members keep theirs."""
         room = self.get(ref)
         with self._book.store.transaction():
             self._book.store.set_room_label(room.room_id, label)

@@ -70,7 +70,7 @@ from sottovoce.mls.group import CommitBundle, Group, StagedCommit
 from sottovoce.mls.messages import Credential
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
-from sottovoce.protocol.room_rules import RoomProfile, profile_extension
+from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, profile_extension
 from sottovoce.secret import Secret
 
 
@@ -160,8 +160,11 @@ class Membership:
             SUITE, credential=self._book.credential(), signing_key=self._book.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), group_id=group_id,
             config=self._book.group_config(room_id), capabilities=ROOM_CAPABILITIES,
-            # The label is the room's shared name; its creator its first admin.
-            extensions=[profile_extension(RoomProfile(label, "", (self._book.username,)))],
+            # Its creator is its first admin; the label stays on this device (the server
+            # reads the group context, so the profile names no room: UNSHARED_NAME).
+            extensions=[
+                profile_extension(RoomProfile(UNSHARED_NAME, "", (self._book.username,)))
+            ],
         )
         await self._link.request(
             pr.RoomCreate(roomId=room_id, groupInfo=group.group_info()),

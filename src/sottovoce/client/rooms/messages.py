@@ -46,7 +46,6 @@ from sottovoce.client.rooms.model import (
     device_of,
 )
 from sottovoce.client.rooms.proposals import keep
-from sottovoce.client.rooms.rules import profile
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
 from sottovoce.client.store import DeliveryStatus, StoredMessage
@@ -417,10 +416,9 @@ class RoomMessages:
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
     ) -> None:
-        """We were invited: name the room by its shared name (protocol/room_rules.py; the
-        inviter's name for a room made before names), unless we named it already."""
-        shared = profile(room)
-        name = notice.name if shared is None else shared.name
+        """We were invited: name the room by the inviter's name for it (the notice,
+        encrypted to the room), unless we named it already."""
+        name = notice.name
         if room.label == room.room_id:
 
             def taken(label: str) -> bool:

@@ -68,9 +68,9 @@ def not_upgraded(group: Group) -> list[str]:
 
 
 def display_name(room: Room) -> str:
-    """What a room is called: its shared name, else this device's label for it."""
-    p = profile(room)
-    return room.label if p is None else p.name
+    """What a room is called: this device's label for it. The profile carries no name
+    (protocol/room_rules.py ``UNSHARED_NAME``: the server reads it)."""
+    return room.label
 
 
 def roles(room: Room) -> dict[str, str]:
