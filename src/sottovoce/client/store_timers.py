@@ -97,13 +97,9 @@ class TimerStore:
         """Record ``timer`` for ``chat`` unless a newer one is kept; returns whether it was."""
         if not timer.newer_than(self.timer(chat)):
             return False
-        self._db.execute(
-            "INSERT INTO chat_timers(tag, sealed) VALUES (?, ?) "
-            "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed",
-            (
-                self._store.tag("timer", chat),
-                self._store.seal(b"chat-timer", chat.encode(), timer.encode()),
-            ),
+        self._store.upsert(
+            "chat_timers", ("tag", "sealed"), self._store.tag("timer", chat),
+            self._store.seal(b"chat-timer", chat.encode(), timer.encode()),
         )
         return True
 
