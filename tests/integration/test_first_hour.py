@@ -292,7 +292,7 @@ def test_usage_mistakes_are_two_lines_naming_the_help(tmp_path: Path) -> None:
     cases = [
         (("room", "set", "team", "--recorder", "maybe"), "sottovoce room set",
          "invalid choice: 'maybe'"),
-        (("send",), "sottovoce send", "required: NAME, TEXT"),
+        (("send",), "sottovoce send", "required: NAME"),
         (("sendd", "bob", "hi"), "sottovoce", "invalid choice: 'sendd'"),
         (("kt",), "sottovoce kt", "required: KT_COMMAND"),
         (("account", "create", "erin", "--bogus"), "sottovoce", "unrecognized arguments"),
@@ -375,7 +375,8 @@ def test_join_name_is_kept_on_a_rejoin(up: World) -> None:
     assert again.returncode == 0, again.stderr
     assert "joined room 'writers'" in again.stdout
     listed = cli("room", "list", "--offline", home=dave).stdout
-    assert listed.startswith("writers ") and "readers" not in listed
+    # The shared name first, then this device's own name for the room.
+    assert listed.startswith("club [writers] ") and "readers" not in listed
 
 
 def test_one_name_names_one_room(up: World) -> None:
@@ -388,6 +389,7 @@ def test_one_name_names_one_room(up: World) -> None:
     assert "cannot start with 'room:'" in plain_failure(cli("room", "create", "room:x",
                                                            home=alice))
     assert cli("room", "invite", "twice", "bob", home=alice).returncode == 0
+    assert cli("room", "promote", "twice", "bob", home=alice).returncode == 0  # admins remove
     assert cli("room", "remove", "twice", "alice", home=bob).returncode == 0
     assert cli("room", "create", "twice", home=alice).returncode == 0
     sent = cli("room", "send", "twice", "to the new one", home=alice)

@@ -68,7 +68,8 @@ async def test_invite_by_welcome_and_messages_both_ways(
         result = await alice.rooms.invite("friends", "bob")
         assert result is not None and result.epoch == 1
         joined = await bob.rooms.wait_epoch(room.room_id, 1)
-        assert joined.label == room.room_id  # the name never left alice's device
+        assert joined.label == room.room_id  # bob's own name for it: none until told
+        assert bob.rooms.name(room.room_id) == "friends"  # the shared name, from the group
         assert members(bob, room.room_id) == {
             ("alice", alice.device_id),
             ("bob", bob.device_id),

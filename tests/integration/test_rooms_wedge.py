@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from sottovoce.client import Client, ServerError
 from sottovoce.client.events import ClientEvent, RoomRecovered
 from sottovoce.client.rooms import identity_of
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.mls.common import PreSharedKeyID, WireFormat
 from sottovoce.mls.framing import MLSMessage, sign_content
 from sottovoce.mls.group import ExternalJoin, Group, GroupConfig, PskStore
@@ -53,6 +55,7 @@ def forged_join(client: Client, info: bytes, token: str | None, psk_value: bytes
         info, credential=Credential.basic(identity_of(client.username, client.device_id)),
         signing_key=key, rng=secrets.token_bytes, psks=psks,
         config=GroupConfig(psk_lookup=PskStore({h: psk_value})),
+        capabilities=ROOM_CAPABILITIES,  # a room's profile extension, as every member's
     )
 
 
@@ -235,8 +238,10 @@ async def test_members_who_cannot_read_a_members_commit_rejoin_on_its_groupinfo(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     """The insider's other try: an unreadable commit with a good next GroupInfo (of a
-    commit it made but did not send). The server takes it; every member, the sender's
-    own client included, fails to process it, rejoins on that GroupInfo, says so, and
+    commit it made but did not send). Random bytes the server refuses now (a member's
+    commit is a PublicMessage it checks); one signed right but with a wrong membership
+    tag (only members can check that) it takes, and every member, the sender's own
+    client included, fails to process it, rejoins on that GroupInfo, says so, and
     the room chats on."""
     alice, bob, carol = await make_accounts(server, ["alice", "bob", "carol"], tmp_path)
     said: dict[str, asyncio.Event] = {c.username: asyncio.Event() for c in (alice, bob, carol)}
@@ -269,6 +274,15 @@ async def test_members_who_cannot_read_a_members_commit_rejoin_on_its_groupinfo(
             idempotencyKey=secrets.token_hex(8), commit=secrets.token_bytes(200),
             groupInfo=info,
         )
+        with pytest.raises(ServerError) as caught:
+            await carol._conn.request(request, frozenset({pr.ROOM_COMMITTED}))
+        assert caught.value.code == "invalid_commit"
+        message = MLSMessage.decode(bundle.commit).body
+        assert isinstance(message, PublicMessage) and message.membership_tag is not None
+        untagged = MLSMessage(body=replace(
+            message, membership_tag=secrets.token_bytes(len(message.membership_tag))
+        )).encode()
+        request = replace(request, commit=untagged, messageId=secrets.token_hex(8))
         _, done = await carol._conn.request(request, frozenset({pr.ROOM_COMMITTED}))
         assert done["epoch"] == 3
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in said.values())), 30)

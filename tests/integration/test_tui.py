@@ -126,7 +126,7 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         (got,) = await received(b_events, 1)
         assert got.text == "hello from tmux"
 
-        await bob.send_text("alice", "reply from bob")
+        reply = await bob.send_text("alice", "reply from bob")
         await tmux.wait_for("bob: reply from bob")
 
         for _ in range(12):
@@ -139,6 +139,20 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         assert "reply from bob" not in screen
         tmux.keys("PageDown", "PageDown", "PageDown", "PageDown")
         await tmux.wait_for("bob: reply from bob")
+
+        # Control messages: the screen showed bob's reply (a read receipt), shows his
+        # edit and reaction as they come, and his typing notice.
+        def shown_read() -> bool:
+            stored = bob.message(reply) if bob is not None else None
+            return stored is not None and bob.controls.view(stored).state == "read"
+
+        assert await bob.rooms.wait_until(shown_read, 20)
+        await bob.controls.edit("alice", reply, "reply, edited")
+        await tmux.wait_for("bob: reply, edited (edited)")
+        await bob.controls.react("alice", got.message_id, "👍")
+        await tmux.wait_for("hello from tmux 👍1")
+        assert await bob.controls.typing("alice") is not None
+        await tmux.wait_for("bob is typing")
 
         tmux.keys("C-s")
         screen = await tmux.wait_for("Safety number: alice and bob")

@@ -67,6 +67,9 @@ class FakeRelay:
     inbox: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     next_global: dict[tuple[str, str], int] = field(default_factory=dict)
     conv_seq: dict[str, int] = field(default_factory=dict)
+    ephemeral_seq: int = 0
+    #: Ephemeral sends (typing, delivered receipts, call signals): relayed, never stored.
+    live_sends: list[dict[str, Any]] = field(default_factory=list)
     idem: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     online: dict[tuple[str, str], _Socket] = field(default_factory=dict)
     sends: list[dict[str, Any]] = field(default_factory=list)
@@ -229,6 +232,30 @@ class FakeRelay:
             "latestGlobalInboxSeq": 0, "heartbeatMs": 20_000,
         }, rid))
 
+    def _relay_live(self, sock: _Socket, rid: str | None, send: ev.Send) -> None:
+        """An ephemeral send: to the target devices online (globalInboxSeq 0), never stored,
+        no serverSeq (as the server does: docs/protocol.md §Ephemeral)."""
+        assert sock.who is not None
+        self.ephemeral_seq += 1
+        for c in send.ciphertexts:
+            live = self.online.get((c.userId, c.deviceId))
+            if live is None:
+                continue
+            env = ev.Envelope(
+                conversationId=send.conversationId, messageId=send.messageId,
+                senderUserId=sock.who[0], senderDeviceId=sock.who[1],
+                recipientUserId=send.recipientUserId, ciphertext=c.ciphertext,
+                contentType=send.contentType, clientCreatedAtMs=send.clientCreatedAtMs,
+                ephemeral=True, ephemeralSeq=self.ephemeral_seq, serverReceivedAtMs=NOW,
+                idempotencyKey=send.idempotencyKey,
+            ).to_wire()
+            live.push(ev.inbox_frame(0, env))
+        sock.push(ev.frame(ev.SEND_ACK, {
+            "messageId": send.messageId, "idempotencyKey": send.idempotencyKey,
+            "conversationId": send.conversationId, "ephemeral": True,
+            "ephemeralSeq": self.ephemeral_seq, "serverReceivedAtMs": NOW, "duplicate": False,
+        }, rid))
+
     def _send(self, sock: _Socket, rid: str | None, send: ev.Send) -> None:
         assert sock.who is not None
         user, dev = sock.who
@@ -250,6 +277,10 @@ class FakeRelay:
                 messageId=send.messageId,
                 details={"missing": missing, "stale": stale},
             )
+            return
+        if send.ephemeral:
+            self.live_sends.append(send.to_data())
+            self._relay_live(sock, rid, send)
             return
         self.sends.append(send.to_data())
         seq = self.conv_seq.get(send.conversationId, 0) + 1

@@ -33,6 +33,7 @@ from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.revoke_cmd import recovery_lines
 from sottovoce.cli.session import (
     DEFAULT_SERVER,
+    DRAIN_TIMEOUT_S,
     CliError,
     Connect,
     check_name_free,
@@ -179,11 +180,16 @@ def cmd_account_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args) and args.reply_to:
+        raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
         return files_cmd.send_file(args)
 
     async def work(client: Client) -> int | None:
-        message_id = await client.send_text(args.name, args.text)
+        if args.reply_to:
+            message_id = await client.controls.reply(args.name, args.reply_to, args.text)
+        else:
+            message_id = await client.send_text(args.name, args.text)
         if not client.connected:
             return None
         try:
@@ -300,10 +306,14 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.name == client.username:
             raise CliError("that is you: a history is with another user")
         me = client.username
-        shown = client.history(args.name, limit=args.limit)
-        client.conversations.mark_read(args.name, shown)
-        return [render.message_line(m, me, expires_at_ms=client.timers.expires_at(m.message_id))
-                for m in shown]
+        views = client.controls.history(args.name, limit=args.limit)
+        client.conversations.mark_read(args.name, [v.message for v in views])
+        if client.connected:  # shown: a read receipt (unless off), delivered ones first
+            await client.controls.settle(DRAIN_TIMEOUT_S)
+            await client.controls.mark_read(args.name)
+        return [render.view_line(v, me, ids=args.ids,
+                                 expires_at_ms=client.timers.expires_at(v.message.message_id))
+                for v in views]
 
     lines = with_client(args, work, connect=Connect.NO if args.offline else Connect.TRY)
     for line in lines:
@@ -433,6 +443,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 OTHER_USER: Positional = ("NAME", "the other user")
+IDS_HELP = "start each line with the first characters of the message's id (to edit, delete, "\
+    "react or --reply-to)"
 
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
@@ -555,6 +567,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_send,
         args=[("NAME", "the recipient's username")],
         options=_send_options,
+    ).add_argument(
+        "--reply-to", metavar="ID",
+        help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
     subcommand(
         sub,
@@ -577,7 +592,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="chat with a person (NAME) or in a room ('#ROOM') in a terminal UI",
         description=(
             "A full-screen chat: history from the local store, an input line, delivery "
-            "ticks (… sending, ✓ stored by the server), PageUp/PageDown to scroll (older "
+            "ticks (… sending, ✓ stored by the server, ✓✓ delivered, read), edits, "
+            "deletes and reactions as they come, typing notices (see account settings), "
+            "PageUp/PageDown to scroll (older "
             "messages load at the top), Ctrl-S for the safety number, F5 to call NAME or "
             "accept a ringing call, F6 to decline or hang up, Ctrl-Q or Ctrl-C to quit. "
             "NAME is a person; '#ROOM' is one of your rooms (quote it: the shell "
@@ -598,13 +615,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="print the messages and calls with NAME from the local store",
         description=(
             "Connect if the server is there (to store what arrived), then print the last "
-            "messages with NAME, missed calls included, oldest first."
+            "messages with NAME, missed calls included, oldest first: replies with the line "
+            "they quote, \"(edited)\", '[deleted]', reactions with their counts, and your "
+            "messages' state (… sending, ✓ stored by the server, ✓✓ delivered, read). When "
+            "connected, NAME then gets a read receipt (see account settings)."
         ),
         example="  sottovoce history bob --data-dir ~/.sottovoce-alice",
         func=cmd_history,
         args=[OTHER_USER],
         options=history_options,
-    )
+    ).add_argument("--ids", action="store_true", help=IDS_HELP)
     verify = subcommand(
         sub,
         "verify",

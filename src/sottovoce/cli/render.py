@@ -23,6 +23,7 @@ from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.cli.terminal import error as error
 from sottovoce.cli.terminal import safe as safe
 from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
+from sottovoce.client.conversation import MessageView
 from sottovoce.client.device_notices import LINKED, REVOKED, DeviceNotice
 from sottovoce.client.events import (
     ErrorEvent,
@@ -37,6 +38,7 @@ from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
+from sottovoce.client.rooms.rules import display_name
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
@@ -112,6 +114,42 @@ def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
     return f"{when} {who}{to}: {_body(m.text)}{tick}"
 
 
+#: How many characters of a message id ``--ids`` shows (any unambiguous prefix is taken).
+SHORT_ID = 8
+
+
+def view_line(
+    view: MessageView, me: str, *, room: bool = False, ids: bool = False,
+    expires_at_ms: int = 0,
+) -> str:
+    """A message as :func:`message_line` shows it, with what control messages did: the
+    quoted line of a reply, "(edited)", a tombstone, reactions with their counts, and
+    for our own messages ✓✓ (delivered), "read" or "read by N" (rooms). ``ids``: the
+    start of its id first, to name it in `edit`, `delete`, `react` or `--reply-to`;
+    ``expires_at_ms``: a disappearing message's time left, as :func:`message_line`."""
+    m = view.message
+    prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
+    if m.content_type not in ("text", "reply") or (
+        m.status is DeliveryStatus.FAILED and not m.text and not view.deleted
+    ):
+        return prefix + message_line(m, me, room=room, expires_at_ms=expires_at_ms)
+    left = ""
+    if expires_at_ms:
+        left = f" ⏱ {remaining(expires_at_ms, int(time.time() * 1000))} left"
+    who = "you" if m.sender == me else safe(m.sender)
+    to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
+    quote = ""
+    if view.quote is not None:
+        first = view.quote.splitlines()[0] if view.quote else ""
+        quote = f"↪ “{safe(first[:40])}{'…' if len(first) > 40 else ''}” "
+    text = "[deleted]" if view.deleted else _body(view.text)
+    edited = " (edited)" if view.edited else ""
+    reactions = "".join(f" {safe(e)}{n}" for e, n in sorted(view.reactions.items()))
+    tick = f" {view.state}" if m.outgoing and view.state else ""
+    when = clock(m.client_created_ms or m.local_at_ms)
+    return f"{prefix}{when} {who}{to}: {quote}{text}{edited}{reactions}{tick}{left}"
+
+
 def size_text(size: int) -> str:
     """``512 B``, ``3.1 KiB``, ``100.0 MiB``."""
     if size < 1024:
@@ -176,10 +214,14 @@ def still_queued(count: int) -> str:
 
 
 def room_row(room: Room) -> str:
-    """``team  room:…  epoch 2  members: alice, bob`` (the id once when it has no name)."""
+    """``team  room:…  epoch 2  members: alice, bob``: the room's shared name (the id
+    once when it has none), then ``[label]`` when this device calls it otherwise."""
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
-    name = "" if room.label == room.room_id else f"{safe(room.label)}  "
+    shown = display_name(room)  # the shared name; this device's label before names
+    name = "" if shown == room.room_id else f"{safe(shown)}  "
+    if room.label not in (shown, room.room_id):
+        name = f"{safe(shown)} [{safe(room.label)}]  "
     return f"{name}{room.room_id}  {state}  members: {members}"
 
 

@@ -1,9 +1,10 @@
-"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`.
+"""Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`
+(`room call` and `room members|rename|topic|promote|demote|leave` have their own modules).
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
-everything the room missed, does its one thing and closes. ROOM is the local
-name given at ``room create`` (names stay on this device) or the room id
+everything the room missed, does its one thing and closes. ROOM is the room's
+name on this device (its shared name, or a label of this device's) or the room id
 (``room:`` + 32 hex digits) that ``room list`` shows.
 """
 
@@ -119,13 +120,20 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if files_cmd.wants_file(args) and args.reply_to:
+        raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
         return files_cmd.send_file(args, room=room_ref(args.room))
 
     async def work(client: Client) -> tuple[str, bool]:
         room = client.rooms.get(room_ref(args.room))
         # Online, rooms.send waits for the ✓ itself; offline (or a slow ack) it is queued.
-        message_id = await client.rooms.send(room.room_id, args.text)
+        if args.reply_to:
+            message_id = await client.controls.reply(
+                room.room_id, args.reply_to, args.text, room=True
+            )
+        else:
+            message_id = await client.rooms.send(room.room_id, args.text)
         stored = client.message(message_id)
         return room.label, stored is not None and stored.status is DeliveryStatus.SENT
 
@@ -141,13 +149,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         me = client.username
         room = client.rooms.get(room_ref(args.room))
-        shown = client.rooms.history(room.room_id, limit=args.limit)
-        client.conversations.mark_read(room.room_id, shown)
+        views = client.controls.history(room.room_id, room=True, limit=args.limit)
+        client.conversations.mark_read(room.room_id, [v.message for v in views])
+        if client.connected:  # shown: a read receipt to the room (unless off)
+            await client.controls.mark_read(room.room_id, room=True)
         return [
-            render.message_line(
-                m, me, room=True, expires_at_ms=client.timers.expires_at(m.message_id)
-            )
-            for m in shown
+            render.view_line(v, me, room=True, ids=args.ids,
+                             expires_at_ms=client.timers.expires_at(v.message.message_id))
+            for v in views
         ]
 
     for line in with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED):
@@ -228,7 +237,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
-        return [render.room_row(room) for room in client.rooms.all()]
+        # A room this device left or was removed from is no longer listed.
+        return [render.room_row(room) for room in client.rooms.all() if not room.removed]
 
     rows = with_client(args, work, connect=Connect.NO if args.offline else Connect.REQUIRED)
     print("\n".join(rows) if rows else "no rooms yet (sottovoce room create NAME)")
@@ -251,9 +261,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is the room's name on this device (the one you gave it, or the one "
-            "your inviter gave it), the same with a '#' in front as `chat` takes it, or its "
-            "id (room:…) as `room list` shows it. The server never sees a room's name."
+            "message. ROOM is the room's shared name (`room rename`), this device's own label "
+            "for it, the same with a '#' in front as `chat` takes it, or its id (room:…) as "
+            "`room list` shows it. The shared name, topic and admins live in the room's MLS "
+            "group context, which the server reads to check commits against the room's rules."
         ),
         example=(
             "  sottovoce room create friends && sottovoce room invite friends bob\n"
@@ -265,13 +276,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "create",
         help="make a room with you as its only member",
         description=(
-            "Make a new room with you as its only member. NAME is how this device names it; "
-            "the server never sees it, and people you invite receive it inside the room's "
-            "encryption."
+            "Make a new room with you as its only member and its admin. NAME becomes the "
+            "room's shared name: every member sees it, and so does the server (it is in the "
+            "room's group context, with the admins)."
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
-        args=[("NAME", "the room's local name")],
+        args=[("NAME", "the room's shared name")],
     )
     subcommand(
         rs,
@@ -290,8 +301,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     subcommand(
         rs,
         "remove",
-        help="remove every device of USER from ROOM",
-        description="Commit the removal of USER's devices; they cannot read anything later.",
+        help="remove every device of USER from ROOM (admins only)",
+        description="Commit the removal of USER's devices; they cannot read anything later. "
+                    "Only a room admin may remove another account; the server refuses "
+                    "anyone else's commit.",
         example="  sottovoce room remove friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_remove,
         args=[ROOM, USER],
@@ -332,16 +345,28 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_send,
         args=[ROOM],
         options=_send_options,
+    ).add_argument(
+        "--reply-to", metavar="ID",
+        help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
     subcommand(
         rs,
         "history",
         help="print ROOM's messages from the local store (after catching up)",
-        description="Connect, store what arrived, then print the room's last messages.",
+        description=(
+            "Connect, store what arrived, then print the room's last messages (replies with "
+            "the line they quote, \"(edited)\", '[deleted]', reactions with their counts, "
+            "and 'read by N' on yours); the room then gets a read receipt (see account "
+            "settings)."
+        ),
         example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,
         args=[ROOM],
         options=history_options,
+    ).add_argument(
+        "--ids", action="store_true",
+        help="start each line with the first characters of the message's id (to edit, "
+        "delete, react or --reply-to)",
     )
     subcommand(
         rs,
@@ -409,16 +434,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_info,
         args=[ROOM],
     )
-    from sottovoce.cli import room_call_cmd  # `room call` lives in its own module
+    from sottovoce.cli import room_admin_cmd, room_call_cmd  # in their own modules
 
     room_call_cmd.add_command(rs)
+    room_admin_cmd.add_command(rs)
     p = subcommand(
         rs,
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: name (when it has one), id, epoch and "
-            "members. Connects first, so rooms you were invited to meanwhile are listed."
+            "Rooms on this device, one per line: the room's shared name (then, in [ ], "
+            "this device's own name for it when that differs), id, epoch and members (rooms "
+            "you left or were removed from are not listed). Connects first, so rooms you "
+            "were invited to meanwhile are listed."
         ),
         example="  sottovoce room list --data-dir ~/.sottovoce-alice",
         func=cmd_list,

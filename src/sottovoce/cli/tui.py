@@ -10,7 +10,10 @@
     └ footer: key bindings ─────────────────────────┘
 
 Events from the client only say *when* to look; every line shown is read
-back from the store, so the screen shows exactly what is stored.
+back from the store, so the screen shows exactly what is stored (with what
+control messages did to it: client/conversation.py). Showing a peer's message
+sends a read receipt (unless they are off); typing sends a typing notice,
+and others' show as a notification.
 
 `sottovoce chat '#ROOM'` opens a room the same way: history from the store
 (conversation = room id), one MLS message per line typed, the members in the
@@ -57,11 +60,14 @@ from sottovoce.client import (
 from sottovoce.client.calls import CallOptions, SignalFailed
 from sottovoce.client.calls.media import MediaProblem
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
+from sottovoce.client.conversation import TYPING_SHOWN_S
 from sottovoce.client.events import (
     MessagesExpired,
+    MessageUpdated,
     RoomInvited,
     RoomMembershipChanged,
     RoomMessageReceived,
+    TypingStarted,
 )
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
@@ -189,9 +195,18 @@ class ChatApp(App[int]):
         self._chat_screen.query_one("#status", Static).update(Text(f"{me} ⇄ {peer} · {state}"))
 
     def _format(self, message: StoredMessage) -> str:
-        return render.message_line(
-            message, self.client.username, room=self.room_id is not None
+        """With replies' quotes, "(edited)", tombstones, reactions, ✓✓ and "read"."""
+        return render.view_line(
+            self.client.controls.view(message), self.client.username,
+            room=self.room_id is not None,
         )
+
+    def _mark_read(self) -> None:
+        """What the screen shows was read: one read receipt (unless they are off)."""
+        if self.client.connected:
+            room = self.room_id is not None
+            self.run_worker(self.client.controls.mark_read(self._conversation, room=room),
+                            group="receipts")
 
     def _tell(self, text: str, *, error: bool = False) -> None:
         """A notification; its text may quote a peer, so it is never read as markup."""
@@ -283,9 +298,15 @@ class ChatApp(App[int]):
             self._status()
         elif isinstance(event, DeliveryStateChanged) and event.peer == self._conversation:
             self._refresh(event.message_id)
+        elif isinstance(event, MessageUpdated) and event.conversation == self._conversation:
+            self._refresh(event.message_id)  # an edit, a delete, a reaction, a receipt
+        elif isinstance(event, TypingStarted) and event.conversation == self._conversation:
+            self.notify(f"{render.safe(event.sender)} is typing…", markup=False,
+                        timeout=TYPING_SHOWN_S)
         elif isinstance(event, ConnectionChanged):
             self._connected = event.connected
             self._status()
+            self._mark_read()
         elif isinstance(event, EphemeralReceived) and event.peer == self.peer:
             self._tell(f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}")
         elif isinstance(event, RoomInvited):
@@ -424,6 +445,8 @@ class ChatApp(App[int]):
             self._oldest = stored.local_id
         if at_bottom or stored.outgoing:
             log.scroll_end(animate=False)
+        if not stored.outgoing:
+            self._mark_read()
 
     def _refresh(self, message_id: str) -> None:
         stored = self.client.message(message_id)
@@ -432,6 +455,13 @@ class ChatApp(App[int]):
             widget.update(Text(self._format(stored)))
 
     # --- actions --------------------------------------------------------------
+
+    async def on_input_changed(self, event: Input.Changed) -> None:
+        """Typing: a typing notice (at most one per 3 s; never stored by the server)."""
+        if event.value and self.client.connected:
+            room = self.room_id is not None
+            self.run_worker(self.client.controls.typing(self._conversation, room=room),
+                            group="typing")
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()

@@ -47,6 +47,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
@@ -201,6 +202,8 @@ class Client(CallSurface):
         self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
         #: The list with unread counts, read marks, search, export, forget (local only).
         self.conversations = Conversations(store, self.username)
+        #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
+        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
@@ -970,6 +973,7 @@ class Client(CallSurface):
             self.rooms.discard_unflushed()
             raise
         self.rooms.after_batch()
+        self.controls.after_batch(events, received)
         if self._room_calls is not None:
             self._room_calls.rooms_changed()
         if any(isinstance(item, _Ack) for item in batch):

@@ -24,6 +24,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from sottovoce.client.call_payloads import CALL_CONTENT_TYPE
+from sottovoce.client.control import (
+    CONTROL_TYPES,
+    MARKER_TYPES,
+    ControlHook,
+    Incoming,
+    control_peer,
+)
 from sottovoce.client.directory import Directory
 from sottovoce.client.errors import IdentityChanged, NotConnected, ServerError
 from sottovoce.client.events import ClientEvent, EphemeralReceived, ErrorEvent
@@ -33,7 +40,7 @@ from sottovoce.client.outbox import Outbox
 from sottovoce.client.payload import Payload, text_body
 from sottovoce.client.ports import Link
 from sottovoce.client.sessions import Device, SessionManager
-from sottovoce.client.store import DeliveryStatus, Store
+from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.identity import validate_username
 from sottovoce.limits import (
@@ -83,6 +90,8 @@ class DirectMessages:
         #: Sends stored offline wait for encryption (one process per store: exact).
         self._has_unsent = store.unsent_size() > 0
         self._ephemeral: deque[EphemeralReceived] = deque(maxlen=EPHEMERAL_RING_SIZE)
+        #: Control payloads (client/control.py) go here; without it they are dropped.
+        self.controls: ControlHook | None = None
         #: Disappearing messages: each send's expiry, each received one's, timer changes.
         self.expiries = Expiries(store)
 
@@ -106,6 +115,13 @@ class DirectMessages:
         if username == self.username:
             raise UsageError("send to another user; your other devices get a copy anyway")
         return await self._send(username, text, text_body(text), "text", ephemeral=ephemeral)
+
+    async def send_control(
+        self, username: str, content_type: str, body: bytes, text: str, *, ephemeral: bool = False
+    ) -> str:
+        """A control message (client/control.py); ``text`` is what is kept of it here."""
+        validate_username(username)
+        return await self._send(username, text, body, content_type, ephemeral=ephemeral)
 
     async def send_record(self, username: str, content_type: str, text: str) -> str:
         """A durable entry of another kind than text (a missed call), sent like a message.
@@ -151,6 +167,8 @@ class DirectMessages:
                     raise UsageError("message too large for this many devices")
                 if not self._link.send_frame(frame):
                     raise NotConnected("ephemeral messages need a live connection")
+                if content_type in MARKER_TYPES:
+                    return message_id  # a typing notice: nothing to keep
                 self._ephemeral.append(
                     EphemeralReceived(
                         peer=username, sender=self.username, message_id=message_id, text=text
@@ -247,6 +265,8 @@ class DirectMessages:
         self, message_id: str, idempotency_key: str, peer: str, text: str, created: int,
         content_type: str, expires: int,
     ) -> None:
+        if content_type in MARKER_TYPES:
+            peer = control_peer(peer)  # kept beside the chat, out of its history
         self._store.add_outgoing(
             message_id, peer=peer, sender=self.username, sender_device=self.device_id,
             text=text, created_ms=created, idempotency_key=idempotency_key,
@@ -267,15 +287,15 @@ class DirectMessages:
                     self._store.remove_unsent(message_id)
                 continue
             try:
-                targets = await self._directory.targets(stored.peer)
+                targets = await self._directory.targets(_chat_peer(stored.peer))
             except NotConnected:
                 return  # the next connection tries again
             except SottovoceError as exc:  # e.g. unknown_user: this message can never go
                 self._outbox.fail(message_id, exc.code, str(exc))
                 continue
-            body = stored.text.encode("utf-8")
+            body = self._body_of(stored)
             frame = self._send_event(
-                stored.peer,
+                _chat_peer(stored.peer),
                 targets,
                 message_id,
                 stored.idempotency_key or new_id(),
@@ -298,32 +318,49 @@ class DirectMessages:
             self._outbox.pump()
         self._has_unsent = self._store.unsent_size() > 0
 
+    def _body_of(self, stored: StoredMessage) -> bytes:
+        """What a queued message of ours carries (a reply's body is rebuilt)."""
+        if stored.content_type in CONTROL_TYPES and self.controls is not None:
+            return self.controls.body_of(stored)
+        return stored.text.encode("utf-8")
+
     async def send_call(self, username: str, bodies: Mapping[Device, bytes]) -> None:
         """Call signals for devices of ``username`` (and of ours), sent ephemerally.
 
         The server wants a ciphertext for every device of ``username`` and each other
         device of ours; a device without a signal gets an empty call payload, so the
-        relay cannot tell which device a signal is for. Nothing is stored, here or
-        there. Raises ``ServerError`` (``recipient_offline`` ...) or ``NotConnected``;
-        a device list that moved meanwhile is looked up again once.
+        relay cannot tell which device a signal is for. See :meth:`send_live`.
         """
+        await self.send_live(username, bodies, CALL_CONTENT_TYPE)
+
+    async def send_live(
+        self, username: str, bodies: Mapping[Device, bytes] | bytes, content_type: str
+    ) -> str:
+        """An ephemeral send (call signals, typing, delivered receipts): relayed to the
+        devices online, stored nowhere, here or there; ``bodies`` per device, or one
+        body for all. Returns its messageId; raises ``ServerError`` (``recipient_offline``
+        ...) or ``NotConnected``; a device list that moved meanwhile is looked up again once.
+        """
+        message_id = new_id()
         for attempt in range(2):
             async with self._send_lock:
                 targets = await self._directory.targets(username, refresh=attempt > 0)
                 send = self._send_event(
-                    username, targets, new_id(), new_id(), now_ms(), bodies,
-                    content_type=CALL_CONTENT_TYPE, ephemeral=True,
+                    username, targets, message_id, new_id(), now_ms(),
+                    {t: bodies for t in targets} if isinstance(bodies, bytes) else bodies,
+                    content_type=content_type, ephemeral=True,
                 )
                 with self._store.transaction():
                     self._sessions.flush()  # the ratchets moved, sent or not
             if len(send.to_frame(request_id="r")) > MAX_FRAME_BYTES:
-                raise UsageError("call signal too large for this many devices")
+                raise UsageError("signal too large for this many devices")
             try:
                 await self._link.request(send, frozenset({ev.SEND_ACK}))
-                return
+                break
             except ServerError as exc:
                 if exc.code != "device_mismatch" or attempt:
                     raise
+        return message_id
 
     async def send_unsent(self) -> None:
         """After a connection comes up: the messages queued offline go out (errors raise)."""
@@ -380,13 +417,13 @@ class DirectMessages:
                 _, _, data = ev.parse_frame(item.frame)
                 old = ev.Send.from_data(data)
                 kept = {(c.userId, c.deviceId): c for c in old.ciphertexts}
-                targets = await self._directory.targets(stored.peer, refresh=True)
+                targets = await self._directory.targets(_chat_peer(stored.peer), refresh=True)
                 payload = Payload(
                     message_id=message_id,
                     conversation_id=old.conversationId,
                     content_type=stored.content_type,
                     created_at_ms=old.clientCreatedAtMs,
-                    body=stored.text.encode("utf-8"),
+                    body=self._body_of(stored),
                     expires_at_ms=self.expiries.of(message_id),
                 ).with_head(self._log_head()).encode()
                 ciphertexts = tuple(
@@ -494,6 +531,24 @@ class DirectMessages:
         if call:
             self._hand_off_call(envelope, payload.body, ephemeral, peer, seq, events)
             return
+        if payload.content_type in CONTROL_TYPES:
+            shown = None if self.controls is None else self.controls.incoming(
+                Incoming(
+                    conversation=peer, room=False, message_id=envelope.messageId,
+                    sender=envelope.senderUserId, sender_device=envelope.senderDeviceId,
+                    own=own_copy, content_type=payload.content_type, body=payload.body,
+                    ephemeral=ephemeral, created_ms=payload.created_at_ms,
+                ),
+                events,
+            )
+            if shown is None:  # a marker: its row only dedupes a replay
+                if not ephemeral:
+                    self._record_envelope(
+                        envelope, control_peer(peer), seq, own_copy, DeliveryStatus.SENT, "",
+                        content_type=payload.content_type,
+                    )
+                return
+            text = shown
         if ephemeral:
             item = EphemeralReceived(
                 peer=peer, sender=envelope.senderUserId, message_id=envelope.messageId, text=text
@@ -561,3 +616,8 @@ class DirectMessages:
             server_received_ms=envelope.serverReceivedAtMs, local_at_ms=now_ms(),
             server_seq=envelope.serverSeq, inbox_seq=seq, idempotency_key=idempotency_key,
         )
+
+
+def _chat_peer(stored_peer: str) -> str:
+    """The user a stored outgoing row is for (a control row is kept beside the chat)."""
+    return stored_peer.removesuffix(control_peer(""))

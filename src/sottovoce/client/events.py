@@ -67,6 +67,27 @@ class EphemeralReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageUpdated:
+    """A control message changed how a stored message shows (an edit, a delete for
+    everyone, a reaction, a receipt): read it again with ``client.controls.view``.
+
+    ``conversation`` is the peer's username (1:1) or the room id."""
+
+    conversation: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TypingStarted:
+    """``sender`` is typing in ``conversation`` (a username for 1:1); it stops showing
+    at ``until_ms`` unless another notice follows. Never stored anywhere."""
+
+    conversation: str
+    sender: str
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RoomMessageReceived:
     """A room message from a member (or from another of our devices), stored.
 
@@ -88,11 +109,12 @@ class RoomJoined:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomInvited:
-    """A member told us, inside the room's encryption, who invited us and the room's name.
+    """A member told us, inside the room's encryption, that it invited us.
 
-    ``label`` is the local name this device now uses for the room (the inviter's
-    name for it, unless another room here already has that name); ``inviter`` is
-    the authenticated sender of the notice.
+    ``name`` is the room's shared name (the inviter's name for a room made before
+    shared names); ``label`` is the local name this device now uses for the room
+    (that name, unless another room here already has it); ``inviter`` is the
+    authenticated sender of the notice.
     """
 
     room_id: str
@@ -185,6 +207,8 @@ ClientEvent = (
     | ErrorEvent
     | ConnectionChanged
     | EphemeralReceived
+    | MessageUpdated
+    | TypingStarted
 )
 
 

@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS kt_alerts(
 class DeliveryStatus(enum.IntEnum):
     SENDING = 0  # in the outbox, no server ack yet
     SENT = 1  # ✓  the server acknowledged a durable write
-    DELIVERED = 2  # ✓✓ (reserved: delivery receipts come later)
+    DELIVERED = 2  # ✓✓ (unused here: client.controls.view shows receipts)
     FAILED = 3  # the server refused it for good, or it could not be decrypted
 
     @property
@@ -708,6 +708,17 @@ class Store:
         self._db.execute(
             "UPDATE messages SET status = ? WHERE message_id = ?", (int(status), message_id)
         )
+
+    def rewrite_text(self, message_id: str, text: str) -> None:
+        """Replace a stored message's sealed text (a delete wipes it; the row stays)."""
+        m = self.get_message(message_id)
+        if m is not None:
+            body = _Body(peer=m.peer, sender=m.sender, sender_device=m.sender_device,
+                         content_type=m.content_type, client_created_ms=m.client_created_ms,
+                         server_received_ms=m.server_received_ms, local_at_ms=m.local_at_ms,
+                         text=text)
+            self._db.execute("UPDATE messages SET sealed = ? WHERE message_id = ?", (
+                self.seal(b"message", message_id.encode(), body.encode()), message_id))
 
     def _row(self, row: tuple[Any, ...]) -> StoredMessage:
         local_id, message_id, outgoing, status, idem, server_seq, inbox_seq, sealed = row

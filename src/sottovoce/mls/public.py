@@ -3,6 +3,10 @@ without a secret, which is what the delivery service may check.
 
 ::
 
+    PublicMessage commit ──check_member_commit(bytes, PublicGroupInfo, proposals)──► MemberCommit
+        §6.2 framing; a member sender of the GroupInfo's epoch whose leaf signed the
+        FramedContentTBS; every proposal by reference carried beside it, signed by its
+        own member sender (what a room's rules need: who proposed what)
     PublicMessage commit ──check_external_commit(bytes, GroupContext)──► ExternalCommit
         §6.2 framing; sender new_member_commit; group id and epoch; §12.2 list of an
         external commit; FramedContentTBS signed by the UpdatePath leaf it adds
@@ -78,6 +82,7 @@ from sottovoce.mls.errors import (
 )
 from sottovoce.mls.messages import (
     GROUP_INFO_TBS_LABEL,
+    PROPOSAL_REF_LABEL,
     Commit,
     ExternalInit,
     ExternalPub,
@@ -109,6 +114,7 @@ __all__ = [
     "ExternalCommit",
     "FramedContent",
     "FramedContentAuthData",
+    "MemberCommit",
     "MlsError",
     "PublicGroupInfo",
     "PublicMessage",
@@ -118,6 +124,7 @@ __all__ = [
     "check_group_info",
     "check_key_package",
     "check_leaf_node",
+    "check_member_commit",
     "content_type_of",
     "decode_key_package",
     "decode_mls",
@@ -794,3 +801,101 @@ def check_external_commit(
             leaf_index=group_info.joiner_index(removed), now_ms=now_ms,
         )
     return ExternalCommit(message=message, commit=commit, leaf=leaf, removed=removed, psks=psks)
+
+
+# --- member commits (§12.4) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberCommit:
+    """A member's commit that passed :func:`check_member_commit`."""
+
+    message: PublicMessage
+    commit: Commit
+    #: The committer's leaf index in the epoch the commit was made in.
+    committer: int
+    #: Every proposal the commit covers, in order, with the leaf index of its sender
+    #: (the committer for a proposal by value, §12.4).
+    proposals: tuple[tuple[int, Proposal], ...]
+
+
+def _member_signed(
+    data: bytes, group_info: PublicGroupInfo, what: str
+) -> tuple[PublicMessage, int]:
+    """A PublicMessage of ``group_info``'s group and epoch from a member whose leaf
+    (in ``group_info``'s tree) signed it; its sender's leaf index."""
+    try:
+        message = decode_public(data)
+    except MlsDecodeError:
+        raise InvalidCommit(f"the {what} is not a PublicMessage") from None
+    if not isinstance(message, PublicMessage):
+        raise InvalidCommit(f"the {what} is not a PublicMessage")
+    content = message.content
+    context = group_info.context
+    if content.sender.sender_type != SenderType.MEMBER:
+        raise InvalidCommit(f"the {what}'s sender is not a member")
+    if content.group_id != context.group_id:
+        raise WrongGroup(f"the {what} is for another group")
+    if content.epoch != context.epoch:
+        raise WrongEpoch(f"the {what} is not for the group's current epoch")
+    index = content.sender.index
+    leaf = group_info.leaves[index] if index < len(group_info.leaves) else None
+    if leaf is None:
+        raise InvalidCommit(f"the {what}'s sender is not a member")
+    tbs = framed_content_tbs(WireFormat.PUBLIC_MESSAGE, content, context)
+    verify_labeled(
+        group_info.suite, leaf.signature_key, FRAMED_CONTENT_TBS_LABEL, tbs,
+        message.auth.signature,
+    )
+    return message, index
+
+
+def _proposal_ref(suite: PublicSuite, message: PublicMessage) -> bytes:
+    # §5.2: MakeProposalRef = RefHash("MLS 1.0 Proposal Reference", AuthenticatedContent).
+    w = Writer()
+    w.opaque_v(PROPOSAL_REF_LABEL)
+    w.opaque_v(message.authenticated_content().encode())
+    return suite.digest(w.getvalue())
+
+
+def check_member_commit(
+    data: bytes, group_info: PublicGroupInfo, proposals: Sequence[bytes] = ()
+) -> MemberCommit:
+    """What the delivery service can check of a member's commit into the epoch
+    ``group_info`` describes (its GroupInfo must carry the ratchet tree):
+
+    * it is an MLSMessage(PublicMessage) carrying a Commit from a ``member`` sender
+      (§6.2), for ``group_info``'s group id and epoch;
+    * FramedContentTBS (with the GroupContext, §6.1) is signed by the sender's leaf;
+    * every proposal it holds by reference is one of ``proposals`` (MLSMessages of
+      this epoch), each a PublicMessage signed by its own member sender.
+
+    The membership tag and the confirmation tag need the epoch's secrets: members
+    check them. Raises :class:`MlsDecodeError`, :class:`InvalidCommit`,
+    :class:`WrongGroup`, :class:`WrongEpoch` or :class:`InvalidSignature`.
+    """
+    if not group_info.leaves:
+        raise InvalidCommit("the GroupInfo carries no ratchet tree to check a commit by")
+    message, committer = _member_signed(data, group_info, "commit")
+    commit = message.content.content
+    if not isinstance(commit, Commit):
+        raise InvalidCommit("the message does not carry a commit")
+    by_ref: dict[bytes, tuple[int, Proposal]] = {}
+    for raw in proposals:
+        prop_message, sender = _member_signed(raw, group_info, "proposal")
+        proposal = prop_message.content.content
+        if isinstance(proposal, (bytes, Commit)):
+            raise InvalidCommit("a referenced message does not carry a proposal")
+        by_ref[_proposal_ref(group_info.suite, prop_message)] = (sender, proposal)
+    covered: list[tuple[int, Proposal]] = []
+    for item in commit.proposals:
+        if isinstance(item, bytes):
+            found = by_ref.get(item)
+            if found is None:
+                raise InvalidCommit("the commit references a proposal it does not carry")
+            covered.append(found)
+        else:
+            covered.append((committer, item))
+    return MemberCommit(
+        message=message, commit=commit, committer=committer, proposals=tuple(covered)
+    )

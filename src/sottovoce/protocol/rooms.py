@@ -17,7 +17,7 @@ Client → server (``data`` of each event; binary fields base64)::
         → sottovoce.room.created {roomId, epoch: 0, serverSeq: 0}
     sottovoce.room.commit  {roomId, epoch, messageId, idempotencyKey, commit, welcome|null,
                             adds: [{userId, deviceId}], removes: [..], groupInfo|null,
-                            audit|null, token|null}
+                            audit|null, token|null, proposals: [b64]}
         → sottovoce.room.committed {roomId, epoch: <new>, serverSeq, messageId,
                                     idempotencyKey, duplicate}
     sottovoce.room.send    {roomId, epoch, messageId, idempotencyKey, contentType,
@@ -369,6 +369,12 @@ class RoomCommit(ClientEvent):
     groupInfo: bytes | None = wire(GROUP_INFO, default=None)
     audit: bytes | None = wire(AUDIT, default=None)
     token: Secret | None = wire(TOKEN, default=None)
+    #: The proposal messages (MLS PublicMessages of ``epoch``) the commit holds by
+    #: reference, so the server can tell who proposed each (protocol/room_rules.py).
+    proposals: tuple[bytes, ...] = wire(
+        ListOf(B64(max_bytes=MAX_ROOM_COMMIT_BYTES, nonempty=True), max_items=MAX_ROOM_MEMBERS),
+        default=(),
+    )
 
 
 @event("sottovoce.room.send")

@@ -50,6 +50,7 @@ from sottovoce.mls.public import (
     check_external_commit,
     check_group_info,
     check_key_package,
+    check_member_commit,
     decode_key_package,
     is_external_commit,
     leaf_identity,
@@ -64,6 +65,12 @@ from sottovoce.protocol.audit import (
 )
 from sottovoce.protocol.events import ClientEvent
 from sottovoce.protocol.fields import b64
+from sottovoce.protocol.room_rules import (
+    RuleBroken,
+    check_commit_rules,
+    members_of,
+    removed_others,
+)
 from sottovoce.protocol.rooms import (
     KEYPACKAGE_BUNDLES,
     KEYPACKAGES_LOW,
@@ -419,7 +426,39 @@ class Rooms:
         except MlsError:
             return  # the room never held a GroupInfo anyone could rejoin on
         key = await self._certified_mls_key(user, device, "invalid_commit")
+        await self._check_rules(user, device, ev, info, key)
         _check_next_group_info(ev.groupInfo, key, info, epoch)
+
+    async def _check_rules(
+        self, user: str, device: str, ev: RoomCommit, info: PublicGroupInfo, key: bytes
+    ) -> None:
+        """A member's commit is a PublicMessage signed by the sending device's leaf in the
+        room's current tree, and keeps the room's rules (protocol/room_rules.py): what
+        every member would refuse never becomes an epoch's commit. Raises
+        ``WireFailure`` (invalid_commit, not_admin)."""
+        try:
+            checked = check_member_commit(ev.commit, info, ev.proposals)
+        except MlsError as exc:
+            raise WireFailure("invalid_commit", f"commit refused: {exc}") from None
+        members = members_of(enumerate(info.leaves))
+        leaf = info.leaves[checked.committer]
+        if members.get(checked.committer) != (user, device) or leaf is None or not (
+            hmac.compare_digest(leaf.signature_key, key)
+        ):
+            raise WireFailure("invalid_commit", "the commit's sender leaf is not this device's")
+        revoked = [d for d in removed_others(members, checked.proposals)
+                   if await self._revoked(*d)]
+        try:
+            check_commit_rules(info.context.extensions, members, checked.proposals,
+                               revoked=revoked)
+        except RuleBroken as exc:
+            raise WireFailure("not_admin", str(exc)) from None
+
+    async def _revoked(self, user: str, device: str) -> bool:
+        """The directory says the device is gone (revoked, or its account deleted)."""
+        rec = await self.directory.account(user)
+        dev = None if rec is None else rec.device(device)
+        return dev is None or dev.revoked
 
     async def _certified_mls_key(self, user: str, device: str, code: str) -> bytes:
         """The MLS signature key the device's certificate holds (the account key signed it:

@@ -29,6 +29,7 @@ from sottovoce.client.rooms.model import (
     identity_of,
     room_id_of,
 )
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, display_name
 from sottovoce.client.rooms.tokens import TokenBook
 from sottovoce.client.store import Store
 from sottovoce.crypto.sign import SigningKey
@@ -141,7 +142,7 @@ class RoomBook:
             group_info, credential=self.credential(), signing_key=self.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), psks=psks, remove_leaf=remove_leaf,
             authenticated_data=encode_log_head(self.log_head()),
-            config=self.group_config(room_id),
+            config=self.group_config(room_id), capabilities=ROOM_CAPABILITIES,
         )
         if room_id_of(join.group.group_id) != room_id or join.group.epoch != epoch + 1:
             raise RemoteError("the GroupInfo is for another room or epoch")
@@ -151,9 +152,12 @@ class RoomBook:
 
     def _restore_group(self, room_id: str, state: bytes) -> Group | None:
         try:
-            return Group.from_state(state, psk_lookup=self.tokens.psk_lookup(room_id))
+            group = Group.from_state(state, psk_lookup=self.tokens.psk_lookup(room_id))
         except DecodeError:
             return None  # damaged record: the room is unusable, the rest of the account is not
+        # A room saved before its commits were public: the server now reads them.
+        group.use_handshake_wire_format(self.group_config(room_id).handshake_wire_format)
+        return group
 
     def _load(self) -> None:
         for row in self.store.rooms():
@@ -171,11 +175,13 @@ class RoomBook:
             )
 
     def get(self, ref: str) -> Room:
-        """A room by id, or by its local name (must be unambiguous)."""
+        """A room by id, by its local name, or else by its shared name (unambiguous)."""
         room = self.rooms.get(ref)
         if room is not None:
             return room
         matches = [self.rooms[r] for r in self.store.rooms_by_label(ref) if r in self.rooms]
+        if not matches:  # the shared name (protocol/room_rules.py)
+            matches = [r for r in self.rooms.values() if display_name(r) == ref]
         live = [room for room in matches if not room.removed]
         if len(matches) == 1 or len(live) == 1:  # a room we were removed from yields its name
             return matches[0] if len(matches) == 1 else live[0]

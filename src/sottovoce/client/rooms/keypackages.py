@@ -25,6 +25,7 @@ from sottovoce.client.rooms.model import (
     key_matches,
     mls_suite,
 )
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.codec.tls import Reader, WireStruct, Writer
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH, MAX_KEY_PACKAGE_BYTES
@@ -118,7 +119,8 @@ class KeyPackages:
 
     def _generate(self, now: int) -> tuple[KeyPackage, KeyPackagePrivate]:
         return generate_key_package(
-            SUITE, self._book.credential(), self._book.signing_key, secrets.token_bytes, now
+            SUITE, self._book.credential(), self._book.signing_key, secrets.token_bytes, now,
+            capabilities=ROOM_CAPABILITIES,
         )
 
     async def _upload(self, count: int, *, last_resort: bool) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import ControlHook
 from sottovoce.client.events import ClientEvent
 from sottovoce.client.expiry import Expiries
 from sottovoce.client.ports import Contacts, Emit, Link, SendQueue, Spawn
+from sottovoce.client.rooms.admin import RoomAdmin
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook
 from sottovoce.client.rooms.joins import Joins
@@ -35,6 +37,7 @@ from sottovoce.client.rooms.model import (
     device_of,
 )
 from sottovoce.client.rooms.recovery import Recovery
+from sottovoce.client.rooms.rules import display_name, profile, roles
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.store import Store, StoredMessage
 from sottovoce.crypto.sign import SigningKey
@@ -76,6 +79,7 @@ class RoomManager:
             self._book, link, contacts, self._key_packages, self._audit, self._sync
         )
         self._recovery = Recovery(self._book, link, self._sync, self._membership)
+        self._admin = RoomAdmin(self._book, link, self._membership, self._messages)
         self._sync.wire(
             kinds={
                 "commit": self._membership.apply_commit,
@@ -162,7 +166,41 @@ class RoomManager:
         for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
         return await self._membership.create_room(label)
 
+    # --- the shared profile (protocol/room_rules.py) and leaving -----------------------
+
+    def name(self, ref: str) -> str:
+        """The room's shared name (this device's label for a room made before names)."""
+        return display_name(self.get(ref))
+
+    def topic(self, ref: str) -> str:
+        p = profile(self.get(ref))
+        return "" if p is None else p.topic
+
+    def roles(self, ref: str) -> dict[str, str]:
+        """Username → ``admin`` / ``member``, for every member account."""
+        return roles(self.get(ref))
+
+    async def rename_room(self, ref: str, name: str) -> CommitResult | None:
+        """Change the room's shared name (admins only): every member sees it."""
+        return await self._admin.rename(self.get(ref), name)
+
+    async def set_topic(self, ref: str, topic: str) -> CommitResult | None:
+        return await self._admin.set_topic(self.get(ref), topic)
+
+    async def promote(self, ref: str, username: str) -> CommitResult | None:
+        return await self._admin.promote(self.get(ref), username)
+
+    async def demote(self, ref: str, username: str) -> CommitResult | None:
+        return await self._admin.demote(self.get(ref), username)
+
+    async def leave(self, ref: str) -> bool:
+        """Leave the room: a self-remove proposal, then this device forgets its keys.
+        True when a member committed the removal within a few seconds; else the next
+        member online commits it."""
+        return await self._admin.leave(self.get(ref))
+
     def rename(self, ref: str, label: str) -> None:
+        """This device's own label for the room (the shared name: :meth:`rename_room`)."""
         room = self.get(ref)
         with self._book.store.transaction():
             self._book.store.set_room_label(room.room_id, label)
@@ -244,6 +282,14 @@ class RoomManager:
     async def send_record(self, ref: str, content_type: str, text: str) -> str:
         """Send a message of another kind than text (a file) to the room, like :meth:`send`."""
         return await self._messages.send_record(self.get(ref), content_type, text)
+
+    async def send_control(self, ref: str, content_type: str, body: bytes, text: str) -> str:
+        """Send a control message (client/control.py) in the room, like a message."""
+        return await self._messages.send_control(self.get(ref), content_type, body, text)
+
+    def set_controls(self, hook: ControlHook) -> None:
+        """Where the room's control payloads go (client/conversation.py)."""
+        self._messages.controls = hook
 
     async def send_timer(self, ref: str, body: str) -> str:
         """Send a timer message (client/expiry.py) to the room."""

@@ -58,6 +58,8 @@ from sottovoce.client.rooms.model import (
     member_refs,
     room_id_of,
 )
+from sottovoce.client.rooms.proposals import held
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import new_token
 from sottovoce.client.store import DeliveryStatus
@@ -68,6 +70,7 @@ from sottovoce.mls.group import CommitBundle, Group, StagedCommit
 from sottovoce.mls.messages import Credential
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
+from sottovoce.protocol.room_rules import RoomProfile, profile_extension
 from sottovoce.secret import Secret
 
 
@@ -156,7 +159,9 @@ class Membership:
         group = Group.create(
             SUITE, credential=self._book.credential(), signing_key=self._book.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), group_id=group_id,
-            config=self._book.group_config(room_id),
+            config=self._book.group_config(room_id), capabilities=ROOM_CAPABILITIES,
+            # The label is the room's shared name; its creator its first admin.
+            extensions=[profile_extension(RoomProfile(label, "", (self._book.username,)))],
         )
         await self._link.request(
             pr.RoomCreate(roomId=room_id, groupInfo=group.group_info()),
@@ -274,6 +279,10 @@ class Membership:
                 if plan is None:
                     return None  # someone else already did it (e.g. removed a revoked device)
                 epoch = group.epoch
+                # Proposals held by reference (a member leaving) remove devices too.
+                gone = {d for m in plan.bundle.staged.removes if (d := device_of(m.credential))}
+                if gone - set(plan.removes):
+                    plan = replace(plan, removes=tuple(sorted(gone | set(plan.removes))))
                 message_id, idem = new_id(), new_id()
                 info = group.staged_group_info(plan.bundle.staged)
                 staged = plan.bundle.staged
@@ -296,6 +305,7 @@ class Membership:
                     removes=member_refs(plan.removes),
                     groupInfo=info,
                     audit=audit,
+                    proposals=tuple(held(self._store, room.room_id, epoch)),
                 )
                 room.inflight = message_id
                 try:
@@ -426,6 +436,7 @@ class Membership:
                 joiner = group_member_after(staged, processed.credential)
                 resync = _check_external_join(staged, *joiner[0])
             self.check_declared(staged, frame, joiner, resync)
+            check_staged(group, staged, self._contacts, room.revoked_notices)
             self._compare_head(processed.authenticated_data, processed.credential)
         except NotConnected:
             raise  # not a verdict: fail the batch (nothing acked), the resume retries it
@@ -500,6 +511,7 @@ class Membership:
             return
         if frame.remove_request is not None:
             user, device = frame.remove_request
+            room.revoked_notices.add((user, device))
             self._book.after.append(
                 lambda: self._book.spawn(self._auto_remove(room, user, device))
             )

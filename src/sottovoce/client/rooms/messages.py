@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body
@@ -44,12 +45,15 @@ from sottovoce.client.rooms.model import (
     RoomFrame,
     device_of,
 )
+from sottovoce.client.rooms.proposals import keep
+from sottovoce.client.rooms.rules import profile
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.limits import ROOM_SEND_RETRIES
 from sottovoce.mls.group import ApplicationMessage
+from sottovoce.mls.proposals import QueuedProposal
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
@@ -59,13 +63,15 @@ from sottovoce.secret import Secret
 #: like any other, so the server cannot tell it from a chat message.
 ROOM_CALL_CONTENT_TYPE = "room-call"
 _CALL_SIGNAL_TEXT = "(call signal)"
-#: Payloads kept beside the room, out of its history, their body sealed in the store.
-_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE})
+#: Payloads kept beside the room, out of its history, their body sealed in the store
+#: (with the control messages of client/control.py but a reply, which is shown).
+_CONTROL_TYPES = frozenset({"system", ROOM_CALL_CONTENT_TYPE}) | MARKER_TYPES
 #: (room id, authenticated sender, signal): a decrypted room-call signal, in room order.
 CallSignalSink = Callable[[str, Device, bytes], None]
 
 
-def _control_record(message_id: str) -> str:
+def control_record(message_id: str) -> str:
+    """The ``secrets`` row keeping the body of one of our queued room control messages."""
     return f"room-control:{message_id}"
 
 
@@ -91,6 +97,10 @@ class RoomMessages:
         #: a member's head goes to ``on_log_head`` (sender, size, root) to be compared.
         self.log_head: Callable[[], tuple[int, bytes] | None] = lambda: None
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
+        #: Told of a room whose members sent a proposal (a member leaving): commit it.
+        self.on_proposal: Callable[[Room], None] | None = None
+        #: Control payloads (client/control.py) go here; without it they are dropped.
+        self.controls: ControlHook | None = None
         #: Disappearing messages: each message's expiry, the room's timer changes.
         self.expiries = Expiries(self._store)
 
@@ -121,6 +131,10 @@ class RoomMessages:
         return await self._queue(
             room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
         )
+
+    async def send_control(self, room: Room, content_type: str, body: bytes, text: str) -> str:
+        """Queue a control message (client/control.py); ``text``: what history shows."""
+        return await self._queue(room, content_type, body, text)
 
     async def send_timer(self, room: Room, body: str) -> str:
         """Set the room's disappearing-message timer for every member (a timer message)."""
@@ -158,7 +172,7 @@ class RoomMessages:
                 )
                 self.expiries.record(message_id, expires)
                 if control:
-                    self._store.put_secret(_control_record(message_id), body)
+                    self._store.put_secret(control_record(message_id), body)
                 if token is not None:
                     self._book.tokens.remember(room.room_id, token)
                 self._book.persist(room)  # the sender ratchet moved
@@ -197,10 +211,12 @@ class RoomMessages:
     def _body_of(self, stored: StoredMessage) -> bytes:
         """What a queued message carries, to encrypt it again for a newer epoch."""
         if stored.content_type in _CONTROL_TYPES:
-            body = self._store.get_secret(_control_record(stored.message_id))
+            body = self._store.get_secret(control_record(stored.message_id))
             if body is None:
                 raise UsageError("a queued control message lost its body")
             return body
+        if stored.content_type in CONTROL_TYPES and self.controls is not None:
+            return self.controls.body_of(stored)  # a reply: rebuilt from its text
         return stored.text.encode("utf-8")
 
     def on_stale_send(self, message_id: str, room_id: str, details: dict[str, Any]) -> None:
@@ -261,6 +277,18 @@ class RoomMessages:
     # Receiving (inside the client's batch transaction; no awaits)
     # =========================================================================
 
+    def _take_proposal(self, room: Room, frame: RoomFrame, sender_ok: bool) -> None:
+        """A member's proposal (a Remove of its own leaves: it leaves the room), now in the
+        group's cache: kept as sent, for the commit that covers it to carry, and the
+        commit is started (protocol/room_rules.py)."""
+        if not sender_ok:
+            raise RemoteError("the room proposal's sender is not the envelope's")
+        if room.group is not None:
+            keep(self._store, room.room_id, room.group.epoch, frame.ciphertext)
+        if self.on_proposal is not None:
+            sink = self.on_proposal
+            self._book.after.append(lambda: sink(room))
+
     def apply_message(self, room: Room, frame: RoomFrame, events: list[ClientEvent]) -> None:
         if self._store.has_message(frame.message_id):
             self._own_call_signal(room, frame)
@@ -275,6 +303,9 @@ class RoomMessages:
             if group is None:
                 raise RemoteError("not a member")
             processed = group.process_message(frame.ciphertext, now_ms=now_ms())
+            if isinstance(processed.content, QueuedProposal):
+                self._take_proposal(room, frame, device_of(processed.credential) == sender)
+                return
             if not isinstance(processed.content, ApplicationMessage):
                 raise RemoteError("a message frame holds no application message")
             who = device_of(processed.credential)
@@ -295,6 +326,8 @@ class RoomMessages:
             elif content_type == ROOM_CALL_CONTENT_TYPE:
                 text = _CALL_SIGNAL_TEXT
                 self._hand_call_signal(room.room_id, sender, payload.body)
+            elif content_type in CONTROL_TYPES:
+                text = self._control(room, frame, payload, events)
             else:
                 text = payload.body.decode("utf-8")
                 if content_type == TIMER_CONTENT_TYPE:
@@ -334,6 +367,24 @@ class RoomMessages:
             if notice is not None and notice.invited == self._book.username and not own:
                 self._take_invitation(room, notice, frame.sender_user, events)
 
+    def _control(
+        self, room: Room, frame: RoomFrame, payload: Payload, events: list[ClientEvent]
+    ) -> str:
+        """A control payload, applied by ``controls``: a reply's text, or "" (a marker)."""
+        if self.controls is None:
+            return ""
+        shown = self.controls.incoming(
+            Incoming(
+                conversation=room.room_id, room=True, message_id=frame.message_id,
+                sender=frame.sender_user, sender_device=frame.sender_device,
+                own=frame.sender_user == self._book.username,
+                content_type=payload.content_type, body=payload.body,
+                created_ms=payload.created_at_ms,
+            ),
+            events,
+        )
+        return "" if shown is None else shown
+
     def _hand_call_signal(self, room_id: str, sender: Device, signal: bytes) -> None:
         """After the batch is stored (the controller awaits nothing of the store), in
         the order the room's frames were played."""
@@ -350,7 +401,7 @@ class RoomMessages:
         stored = self._store.get_message(frame.message_id)
         if stored is None or stored.content_type != ROOM_CALL_CONTENT_TYPE:
             return
-        record = _control_record(frame.message_id)
+        record = control_record(frame.message_id)
         body = self._store.get_secret(record)
         if body:
             self._store.put_secret(record, b"")
@@ -359,15 +410,18 @@ class RoomMessages:
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
     ) -> None:
-        """We were invited: name the room as the inviter does, unless we named it already."""
+        """We were invited: name the room by its shared name (protocol/room_rules.py; the
+        inviter's name for a room made before names), unless we named it already."""
+        shared = profile(room)
+        name = notice.name if shared is None else shared.name
         if room.label == room.room_id:
 
             def taken(label: str) -> bool:
                 return any(r != room.room_id for r in self._store.rooms_by_label(label))
 
-            room.label = free_label(notice.name, taken)
+            room.label = free_label(name, taken)
             self._store.set_room_label(room.room_id, room.label)
             self._book.touched.add(room.room_id)
         events.append(
-            RoomInvited(room_id=room.room_id, label=room.label, name=notice.name, inviter=inviter)
+            RoomInvited(room_id=room.room_id, label=room.label, name=name, inviter=inviter)
         )

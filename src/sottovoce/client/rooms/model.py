@@ -193,6 +193,9 @@ class Room:
     recoveries: int = 0
     #: Devices a commit we refused added: removed again once we have rejoined.
     refused: set[Device] = field(default_factory=set)
+    #: Devices the server announced revoked in this room (removeRequest notices): any
+    #: member may remove them (protocol/room_rules.py).
+    revoked_notices: set[Device] = field(default_factory=set)
 
     @property
     def epoch(self) -> int:

@@ -15,7 +15,7 @@ import secrets
 from sottovoce.client.store import Store
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.errors import DecodeError
-from sottovoce.mls.common import PreSharedKeyID, PSKType
+from sottovoce.mls.common import PreSharedKeyID, PSKType, WireFormat
 from sottovoce.mls.group import GroupConfig, PskLookup
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
@@ -105,4 +105,7 @@ class TokenBook:
         return lookup
 
     def group_config(self, room_id: str) -> GroupConfig:
-        return GroupConfig(psk_lookup=self.psk_lookup(room_id))
+        # Public handshakes: the server checks each commit against the room's rules.
+        return GroupConfig(
+            handshake_wire_format=WireFormat.PUBLIC_MESSAGE, psk_lookup=self.psk_lookup(room_id)
+        )

@@ -63,7 +63,7 @@ from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import UsageError
 from sottovoce.limits import MLS_KEY_PACKAGE_LIFETIME_MS
-from sottovoce.mls.common import Extension, GroupContext
+from sottovoce.mls.common import Extension, GroupContext, WireFormat
 from sottovoce.mls.config import GroupConfig, PskLookup, PskStore
 from sottovoce.mls.epoch import Member, StagedCommit
 from sottovoce.mls.errors import (
@@ -411,6 +411,14 @@ class Group:
         if psk_lookup is not None:
             config = replace(config, psk_lookup=psk_lookup)
         return cls(EpochState.restore(snapshot, config))
+
+    def use_handshake_wire_format(self, wire_format: WireFormat) -> None:
+        """Send our later proposals and commits as ``wire_format`` (a policy change of
+        the application's, e.g. for a group saved under an older policy)."""
+        self._state = replace(
+            self._state,
+            config=replace(self._state.config, handshake_wire_format=wire_format),
+        )
 
     def to_state(self) -> bytes:
         """Everything this member holds, as bytes to seal and store (they are secret).

@@ -1,0 +1,86 @@
+"""The control-message commands as a user types them (cli/control_cmd.py): `history
+--ids`, `send --reply-to`, `edit`, `react`, `delete --for-everyone`, `account settings`,
+`room react`, and the plain one-line refusals.
+
+The accounts are made with the SDK (cheap key derivation); every step after that is
+a `sottovoce` process against the real server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from sottovoce.client import Client
+from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.serverproc import ServerProcess
+
+
+def _cli(home: Path, *args: str, code: int = 0) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env.update(SOTTOVOCE_HOME=str(home), SOTTOVOCE_PASSPHRASE=PASSPHRASE)
+    done = subprocess.run(
+        [sys.executable, "-m", "sottovoce", *args], env=env, capture_output=True, text=True,
+        timeout=90, check=False,
+    )
+    assert done.returncode == code, (args, done.stdout, done.stderr)
+    if code:  # one plain line (and argparse's hint on a usage mistake)
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == code, done.stderr
+        return done.stderr
+    return done.stdout
+
+
+async def test_edit_react_reply_delete_and_settings_from_the_command_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        room = await alice.rooms.create_room("team")
+        await alice.rooms.invite("team", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1)
+        first = await alice.send_text("bob", "hello bob")
+        in_room = await alice.rooms.send("team", "hello team")
+        assert await bob.rooms.wait_until(
+            lambda: bob.message(first) is not None and bob.message(in_room) is not None, 15
+        )
+    finally:
+        await alice.close()
+        await bob.close()
+    a, b = tmp_path / "alice", tmp_path / "bob"
+
+    line = _cli(b, "history", "alice", "--ids").strip()
+    assert re.fullmatch(rf"\[{first[:8]}\] \d\d:\d\d alice: hello bob", line), line
+    assert _cli(b, "send", "alice", "hi back", "--reply-to", first[:8]).startswith("✓ sent")
+    mine = _cli(a, "history", "bob").splitlines()
+    assert mine[0].endswith("you → bob: hello bob read"), mine  # bob's read receipt
+    assert mine[1].endswith("bob: ↪ “hello bob” hi back"), mine
+
+    assert _cli(a, "edit", "bob", first[:8], "hello, bob!").strip() == f"edited {first[:8]}"
+    assert _cli(b, "react", "alice", first[:8], "👍").strip() == f"👍 added to {first[:8]}"
+    shown = _cli(a, "history", "bob").splitlines()[0]
+    assert shown.endswith("you → bob: hello, bob! (edited) 👍1 read"), shown
+    assert "no message" in _cli(b, "delete", "alice", "zzzzzzzz", code=1)
+    assert _cli(a, "delete", "bob", first, "--for-everyone").strip() == (
+        f"deleted {first[:8]} for everyone"
+    )
+    theirs = _cli(b, "history", "alice")
+    assert "alice: [deleted]" in theirs and "hello" not in theirs.splitlines()[0], theirs
+
+    assert _cli(b, "account", "settings", "--read-receipts", "off").splitlines() == [
+        "read receipts: off", "typing notices: on"
+    ]
+    assert "invalid on/off value" in _cli(b, "account", "settings", "--typing", "maybe", code=2)
+
+    # The room form: a member's reaction, counted on the sender's side.
+    assert _cli(b, "room", "react", room.room_id, in_room[:8], "🎉").startswith("🎉 added")
+    assert "you: hello team 🎉1 ✓" in _cli(a, "room", "history", "team")
+
+    reopened = await Client.open(b, PASSPHRASE)
+    try:
+        assert reopened.controls.settings.read_receipts is False
+    finally:
+        await reopened.close()

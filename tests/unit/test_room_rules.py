@@ -1,0 +1,234 @@
+"""The room profile codec and the rule function the server and members share
+(protocol/room_rules.py), over real MLS commits read by the public view
+(mls/public.py ``check_member_commit``): who may remove whom, who may change the
+profile, a leaver's Remove by reference, revoked devices, an orphaned room.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+
+import pytest
+
+from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
+from sottovoce.crypto.sign import SignatureScheme, SigningKey
+from sottovoce.errors import DecodeError, UsageError
+from sottovoce.mls.common import WireFormat
+from sottovoce.mls.config import GroupConfig
+from sottovoce.mls.errors import InvalidCommit, InvalidSignature
+from sottovoce.mls.framing import MLSMessage, sign_content
+from sottovoce.mls.group import Group, generate_key_package
+from sottovoce.mls.messages import Credential, GroupContextExtensions
+from sottovoce.mls.public import PublicMessage, check_group_info, check_member_commit
+from sottovoce.protocol.room_rules import (
+    RoomProfile,
+    RuleBroken,
+    check_commit_rules,
+    members_of,
+    profile_extension,
+    profile_of,
+    removed_others,
+    with_profile,
+)
+from tests.imports_graph import SRC, imported, read_sources
+
+NOW = 1_900_000_000_000
+PUBLIC = GroupConfig(handshake_wire_format=WireFormat.PUBLIC_MESSAGE)
+
+
+def _key() -> SigningKey:
+    return SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
+
+
+def _room() -> tuple[dict[str, Group], dict[str, int]]:
+    """alice (admin), bob and carol in one room; every group, and each one's leaf."""
+    keys = {n: _key() for n in ("alice", "bob", "carol")}
+    alice = Group.create(
+        1, credential=Credential.basic(b"alice/d1"), signing_key=keys["alice"],
+        rng=secrets.token_bytes, now_ms=NOW, capabilities=ROOM_CAPABILITIES, config=PUBLIC,
+        extensions=[profile_extension(RoomProfile("team", "", ("alice",)))],
+    )
+    groups = {"alice": alice}
+    packages = {
+        n: generate_key_package(1, Credential.basic(f"{n}/d1".encode()), keys[n],
+                                secrets.token_bytes, NOW, capabilities=ROOM_CAPABILITIES)
+        for n in ("bob", "carol")
+    }
+    bundle = alice.add_members([kp for kp, _ in packages.values()], rng=secrets.token_bytes,
+                               now_ms=NOW)
+    alice.merge_pending_commit()
+    assert bundle.welcome is not None
+    for n, (kp, priv) in packages.items():
+        groups[n] = Group.join_from_welcome(bundle.welcome, kp, priv, signing_key=keys[n],
+                                            config=PUBLIC)
+    leaves = {n: g.own_leaf_index for n, g in groups.items()}
+    return groups, leaves
+
+
+def _check(groups: dict[str, Group], commit: bytes, proposals: tuple[bytes, ...] = (),
+           revoked: tuple[tuple[str, str], ...] = ()) -> None:
+    """What the server does: the public view of the commit, then the rules."""
+    info = check_group_info(groups["alice"].group_info())
+    checked = check_member_commit(commit, info, proposals)
+    check_commit_rules(info.context.extensions, members_of(enumerate(info.leaves)),
+                       checked.proposals, revoked=revoked)
+
+
+def test_profile_round_trips_and_refuses_bad_input() -> None:
+    profile = RoomProfile("core team", "friday", ("alice", "bob"))
+    assert RoomProfile.decode(profile.encode()) == profile
+    assert profile_of([profile_extension(profile)]) == profile
+    assert profile_of([]) is None
+    with pytest.raises(UsageError):
+        RoomProfile("")
+    with pytest.raises(UsageError):
+        RoomProfile("x", admins=("bob", "alice"))  # not sorted
+    with pytest.raises(UsageError):
+        RoomProfile("x", admins=("bob/d1",))  # a device, not a username
+    with pytest.raises(DecodeError):
+        RoomProfile.decode(b"\x02" + profile.encode()[1:])  # unknown version
+    with pytest.raises(DecodeError):
+        RoomProfile.decode(profile.encode() + b"\x00")  # trailing bytes
+    with pytest.raises(DecodeError):
+        RoomProfile.decode(b"\x01\x02\xff\xfe\x00\x00")  # the name is not UTF-8
+    assert profile.with_admins({"carol", "alice"}).admins == ("alice", "carol")
+
+
+def test_an_admin_may_remove_and_rename_a_member_may_not() -> None:
+    groups, leaves = _room()
+    remove_carol = groups["alice"].remove_members([leaves["carol"]], rng=secrets.token_bytes)
+    _check(groups, remove_carol.commit)  # the admin's
+    groups["alice"].clear_pending_commit()
+    by_bob = groups["bob"].remove_members([leaves["carol"]], rng=secrets.token_bytes)
+    with pytest.raises(RuleBroken, match="only a room admin may remove"):
+        _check(groups, by_bob.commit)
+    groups["bob"].clear_pending_commit()
+    seized = with_profile(groups["bob"].group_context.extensions,
+                          RoomProfile("mine", "", ("bob",)))
+    rename = groups["bob"].commit(rng=secrets.token_bytes,
+                                  proposals=[GroupContextExtensions(extensions=seized)])
+    with pytest.raises(RuleBroken, match="only a room admin may rename"):
+        _check(groups, rename.commit)
+    groups["bob"].clear_pending_commit()
+    dropped = groups["alice"].commit(rng=secrets.token_bytes,
+                                     proposals=[GroupContextExtensions(extensions=())])
+    with pytest.raises(RuleBroken, match="cannot be dropped"):
+        _check(groups, dropped.commit)
+
+
+def test_a_member_commits_a_leavers_own_remove_by_reference() -> None:
+    groups, leaves = _room()
+    leave = groups["carol"].leave(rng=secrets.token_bytes)
+    groups["bob"].process_message(leave)
+    commit = groups["bob"].commit(rng=secrets.token_bytes)
+    assert any(isinstance(p, bytes) for p in _proposals_of(commit.commit))
+    _check(groups, commit.commit, (leave,))
+    # Without the proposal beside it the server cannot tell who proposed it.
+    with pytest.raises(InvalidCommit, match="references a proposal"):
+        _check(groups, commit.commit)
+    # bob's own proposal to remove carol, by reference, is not carol's leaving.
+    groups, leaves = _room()
+    forged = groups["bob"].propose_remove(leaves["carol"], rng=secrets.token_bytes)
+    commit = groups["bob"].commit(rng=secrets.token_bytes)
+    assert any(isinstance(p, bytes) for p in _proposals_of(commit.commit))
+    with pytest.raises(RuleBroken, match="only a room admin may remove"):
+        _check(groups, commit.commit, (forged,))
+
+
+def _proposals_of(commit: bytes) -> tuple[object, ...]:
+    from sottovoce.mls.messages import Commit
+    from sottovoce.mls.public import PublicMessage, decode_public
+
+    message = decode_public(commit)
+    assert isinstance(message, PublicMessage) and isinstance(message.content.content, Commit)
+    return message.content.content.proposals
+
+
+def test_revoked_devices_and_an_orphaned_room() -> None:
+    groups, leaves = _room()
+    members = members_of((m.index, m.leaf) for m in groups["alice"].members())
+    by_bob = groups["bob"].remove_members([leaves["carol"]], rng=secrets.token_bytes)
+    assert removed_others(members, [(leaves["bob"], _remove(leaves["carol"]))]) == [
+        ("carol", "d1")
+    ]
+    _check(groups, by_bob.commit, revoked=(("carol", "d1"),))  # the directory vouches
+    # Once no member is an admin any more, every member acts as one.
+    extensions = groups["alice"].group_context.extensions
+    orphaned = with_profile(extensions, RoomProfile("team", "", ("dave",)))
+    check_commit_rules(orphaned, members, [(leaves["bob"], _remove(leaves["carol"]))])
+    with pytest.raises(RuleBroken):
+        check_commit_rules(extensions, members, [(leaves["bob"], _remove(leaves["carol"]))])
+    # A room made before profiles has no rules until one is set.
+    check_commit_rules((), members, [(leaves["bob"], _remove(leaves["carol"]))])
+
+
+def _remove(leaf: int) -> object:
+    from sottovoce.mls.messages import Remove
+
+    return Remove(removed=leaf)
+
+
+def test_the_public_view_refuses_a_private_or_forged_commit() -> None:
+    groups, _ = _room()
+    private = Group.from_state(groups["alice"].to_state())
+    private._state = replace(private._state, config=GroupConfig())
+    bundle = private.self_update(rng=secrets.token_bytes)
+    with pytest.raises(InvalidCommit, match="not a PublicMessage"):
+        _check(groups, bundle.commit)
+    # bob's commit, its signature made by another key than bob's leaf holds.
+    good = groups["bob"].self_update(rng=secrets.token_bytes).commit
+    message = MLSMessage.decode(good).body
+    assert isinstance(message, PublicMessage)
+    context = check_group_info(groups["alice"].group_info()).context
+    signature = sign_content(_key(), WireFormat.PUBLIC_MESSAGE, message.content, context)
+    forged = MLSMessage(body=replace(message, auth=replace(message.auth, signature=signature)))
+    with pytest.raises(InvalidSignature):
+        _check(groups, forged.encode())
+
+
+def test_protocol_reaches_mls_only_through_the_room_rules_and_its_public_view() -> None:
+    """The one import arrow from protocol/ into mls/ (docs/architecture.md, "Who may
+    import what"): the rule function must be one, run by the server and by members
+    over MLS proposals, so protocol/room_rules.py reads them with the key-free public
+    view the server may import anyway (mls.public, mls.messages, mls.common), and no
+    other protocol module imports mls at all."""
+    allowed = {"sottovoce.mls", "sottovoce.mls.public", "sottovoce.mls.messages",
+               "sottovoce.mls.common"}
+    found: dict[str, set[str]] = {}
+    for module, (source, is_package) in read_sources(SRC / "sottovoce" / "protocol").items():
+        names = {n for n, _ in imported(source, module, is_package)}
+        mls = {n for n in names if n == "sottovoce.mls" or n.startswith("sottovoce.mls.")}
+        if mls:
+            found[module] = mls
+    assert set(found) == {"sottovoce.protocol.room_rules"}
+    assert found["sottovoce.protocol.room_rules"] <= allowed | {
+        f"{m}.{name}" for m in allowed for name in ("Extension", "GroupContextExtensions",
+        "LeafNode", "Proposal", "ReInit", "Remove", "find_extension", "leaf_identity")
+    }
+
+
+def test_a_leaving_account_takes_its_other_devices_along() -> None:
+    """carol/d1 removes itself by reference: the committer (bob, not an admin) may remove
+    carol's other device by value in the same commit, and not otherwise."""
+    groups, _ = _room()
+    extensions = groups["alice"].group_context.extensions
+    members = {0: ("alice", "d1"), 1: ("bob", "d1"), 2: ("carol", "d1"), 3: ("carol", "d2")}
+    check_commit_rules(extensions, members, [(2, _remove(2)), (1, _remove(3))])
+    with pytest.raises(RuleBroken):
+        check_commit_rules(extensions, members, [(1, _remove(3))])
+    with pytest.raises(RuleBroken):  # carol leaving does not let bob remove alice
+        check_commit_rules(extensions, members, [(2, _remove(2)), (1, _remove(0))])
+
+
+def test_a_group_saved_with_private_handshakes_commits_publicly_once_told() -> None:
+    """A room saved before commits were public (RoomBook tells it on restore)."""
+    groups, _ = _room()
+    saved = Group.from_state(groups["alice"].to_state())
+    saved._state = replace(saved._state, config=GroupConfig())  # the old policy
+    restored = Group.from_state(saved.to_state())
+    with pytest.raises(InvalidCommit):
+        _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
+    restored.clear_pending_commit()
+    restored.use_handshake_wire_format(WireFormat.PUBLIC_MESSAGE)
+    _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
