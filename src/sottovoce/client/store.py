@@ -197,8 +197,7 @@ class _Body(WireStruct):
 
     @classmethod
     def read(cls, r: Reader) -> _Body:
-        if r.u8() != 1:
-            raise DecodeError("unknown message record version")
+        r.version(1, "message record")
         peer, sender, device, ctype = (r.opaque8().decode("utf-8") for _ in range(4))
         return cls(
             peer=peer,

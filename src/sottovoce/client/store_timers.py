@@ -53,8 +53,7 @@ class ChatTimer(WireStruct):
 
     @classmethod
     def read(cls, r: Reader) -> ChatTimer:
-        if r.u8() != 1:
-            raise DecodeError("unknown chat timer record version")
+        r.version(1, "chat timer record")
         return cls(
             seconds=r.u32(),
             setter=r.opaque8().decode("utf-8"),
