@@ -134,6 +134,8 @@ MAX_ID_LEN = 128
 #: Prekeys accepted per upload and stored per device.
 MAX_PREKEYS_PER_UPLOAD = 100
 MAX_PREKEYS_PER_DEVICE = 500
+#: Accounts one account may block at the server (``sottovoce.block``).
+MAX_BLOCKED_ACCOUNTS = 10_000
 #: Frames replayed per resume batch before the server yields to other clients.
 REPLAY_BATCH = 500
 #: A server challenge must be answered within this window and only once.

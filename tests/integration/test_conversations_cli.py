@@ -76,6 +76,7 @@ async def _conversations(server: ServerProcess, root: Path) -> None:
     await bob.send_text("alice", "are you there")
     await carol.send_text("alice", "carol's canary message")
     await alice.send_text("carol", "hello carol")
+    await alice.contacts.add("bob")  # bob wrote first: a request until alice adds him
     seen = {"direct": 0, "room": 0}
     while seen != {"direct": 3, "room": 1}:
         event = await events.next(30)

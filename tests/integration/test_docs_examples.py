@@ -96,6 +96,10 @@ SKIP: dict[tuple[str, str], str] = {
         "names files of the reader's and a message id that history prints; "
         "tests/integration/test_files_e2e.py::test_cli_send_file_history_and_save runs "
         "send --file, history, room send --file and save (1:1 and #ROOM)",
+    ("README.md", ".venv/bin/sottovoce requests --data-dir ~/.sottovoce-bob"):
+        "needs pending requests from carol, dave and mallory; "
+        "tests/integration/test_contacts_e2e.py::test_cli_contacts_and_requests runs "
+        "requests, accept, decline and block",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

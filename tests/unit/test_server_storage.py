@@ -14,6 +14,7 @@ import io
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -669,3 +670,31 @@ def test_server_on_postgres_reports_storage_and_residency(pg_dsn: str, tmp_path:
         health = srv.health()
         assert (health["storage"], health["residency"]) == ("postgresql", "eu-west")
     assert not (tmp_path / "srv" / "sottovoce.sqlite3").exists()
+
+
+async def test_blocks_are_kept_per_account_and_a_send_may_store_no_inbox_row(
+    backend: Factory,
+) -> None:
+    st = await _open(backend)
+    try:
+        await st.set_block("bob", "alice", True)
+        await st.set_block("bob", "alice", True)  # idempotent
+        await st.set_block("bob", "carol", True)
+        rec = await st.get_account("bob")
+        assert rec is not None and rec.blocked == frozenset({"alice", "carol"})
+        alice = await st.get_account("alice")
+        assert alice is not None and alice.blocked == frozenset()
+        await st.set_block("bob", "carol", False)
+        rec = await st.get_account("bob")
+        assert rec is not None and rec.blocked == frozenset({"alice"})
+        # What delivery stores for a blocked sender with no other device: no inbox row,
+        # and an ordinary outcome (serverSeq and all) for the ack.
+        blocked = replace(_req(1), targets=[])
+        (outcome,) = await _append_all(st, [blocked])
+        assert outcome.server_seq == 1 and not outcome.duplicate
+        assert await st.read_inbox("bob", "d1", 0, 10) == []
+        await st.delete_account("bob", 5)  # the blocks go with the account
+        rec = await st.get_account("bob")
+        assert rec is not None and rec.blocked == frozenset()
+    finally:
+        await st.close()

@@ -47,6 +47,7 @@ from sottovoce.client.connection import (
     websocket_connector,
     ws_url,
 )
+from sottovoce.client.contact_list import ContactList
 from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
@@ -178,11 +179,13 @@ class Client(CallSurface):
         )
         self._outbox = Outbox(store, self._conn, self._emit)
         self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
+        #: Contacts, message requests and blocks (contact_list.py).
+        self.contacts = ContactList(store, self._conn, self.username)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
             on_call=self._on_call_signals, log_head=self.kt.checkpoint_ref,
-            on_log_head=self._on_log_head,
+            on_log_head=self._on_log_head, contacts=self.contacts,
         )
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._processor: asyncio.Task[None] | None = None
@@ -201,7 +204,8 @@ class Client(CallSurface):
                            self._directory.targets, self._direct.send_record, self.rooms)
         self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
         #: The list with unread counts, read marks, search, export, forget (local only).
-        self.conversations = Conversations(store, self.username)
+        self.conversations = Conversations(store, self.username, self.contacts.hidden)
+        self.contacts.attach(self._direct.send_to_own_devices, self.conversations)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
         self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.

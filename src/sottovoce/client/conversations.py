@@ -22,7 +22,7 @@ not already hold:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,13 @@ def message_time(m: StoredMessage) -> int:
 class Conversations:
     """The conversations of one account's store (``client.conversations``)."""
 
-    def __init__(self, store: Store, me: str) -> None:
+    def __init__(
+        self, store: Store, me: str, hide: Callable[[], set[str]] = lambda: set()
+    ) -> None:
         self._store = store
         self._me = me
+        #: People whose conversations the list leaves out (requests, blocked: contact_list.py).
+        self._hide = hide
         store.connection.execute(_SCHEMA)  # one statement: joins no transaction
 
     @property
@@ -93,6 +97,7 @@ class Conversations:
         ).fetchall())  # fmt: skip
         out: list[Conversation] = []
         seen: set[str] = set()
+        hidden = self._hide()
         for tag, last_id, count in self._db.execute(
             "SELECT peer_tag, MAX(id), COUNT(*) FROM messages GROUP BY peer_tag"
         ).fetchall():
@@ -101,6 +106,8 @@ class Conversations:
             if room_id is None and "#" in last.peer:
                 continue  # a room's control messages
             peer = room_id or last.peer
+            if room_id is None and peer in hidden:
+                continue
             seen.add(peer)
             out.append(Conversation(
                 peer=peer, label=rooms.get(peer, peer), room=room_id is not None,
@@ -204,10 +211,17 @@ class Conversations:
         """Delete one conversation's messages on this device (sends of it still queued
         are cancelled); returns how many. The rows' bytes are overwritten on disk."""
         peer, _, _ = self.resolve(name)
-        tag = self._tag(peer)
         db = self._db
         # The store's default (it stays on: expired messages are deleted the same way).
         db.execute("PRAGMA secure_delete = ON")
+        count = self.delete_rows(peer)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return count
+
+    def delete_rows(self, peer: str) -> int:
+        """The deletes of :meth:`forget` alone, joining a transaction already open (as
+        the receive path's: no pragma or checkpoint can run inside one)."""
+        tag, db = self._tag(peer), self._db
         with self._store.transaction():
             for table in ("outbox", "unsent"):
                 db.execute(
@@ -217,7 +231,6 @@ class Conversations:
                 )
             count = db.execute("DELETE FROM messages WHERE peer_tag = ?", (tag,)).rowcount
             db.execute("DELETE FROM read_marks WHERE peer_tag = ?", (tag,))
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
 
 

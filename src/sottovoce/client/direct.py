@@ -12,7 +12,9 @@
 
     inbox envelope (inside the client's batch transaction, no awaits):
               ─► replay of a stored messageId? skip before decrypting
+              ─► from an account we blocked? dropped, nothing stored (contact_list.py)
               ─► decrypt once ─► payload bound to messageId and conversation
+              ─► contact list: a stranger's first message makes a request
               ─► message row (ephemeral: the in-memory ring only)
 """
 
@@ -24,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from sottovoce.client.call_payloads import CALL_CONTENT_TYPE
+from sottovoce.client.contact_list import ContactList
 from sottovoce.client.control import (
     CONTROL_TYPES,
     MARKER_TYPES,
@@ -76,6 +79,7 @@ class DirectMessages:
         on_call: Callable[[str, str, bytes], None] | None = None,
         log_head: Callable[[], tuple[int, bytes] | None] = lambda: None,
         on_log_head: Callable[[str, int, bytes], None] | None = None,
+        contacts: ContactList | None = None,
     ) -> None:
         self._store, self._link, self._sessions = store, link, sessions
         #: Our latest verified transparency-log head, carried in every payload we send;
@@ -84,6 +88,8 @@ class DirectMessages:
         #: Where decrypted call signals go: (sender user, sender device, signals body).
         self._on_call = on_call
         self._directory, self._outbox = directory, outbox
+        #: Requests and blocks (client/contact_list.py): who is kept, who becomes a contact.
+        self._contacts = contacts
         self.username, self.device_id = username, device_id
         self._send_lock = asyncio.Lock()
         self._pending_sends: list[_PendingSend] = []
@@ -132,9 +138,17 @@ class DirectMessages:
         validate_username(username)
         return await self._send(username, text, text.encode("utf-8"), content_type)
 
+    async def send_to_own_devices(self, content_type: str, body: bytes) -> str:
+        """A durable message to our other devices only (contact-list changes), UTF-8."""
+        if not self._link.is_up and not self._sessions.devices_of(self.username):
+            return ""  # no other device known: nothing to tell
+        return await self._send(self.username, body.decode("utf-8"), body, content_type)
+
     async def _send(
         self, username: str, text: str, body: bytes, content_type: str, *, ephemeral: bool = False
     ) -> str:
+        if self._contacts is not None:
+            self._contacts.before_send(username)
         if ephemeral and not self._link.is_up:
             raise NotConnected("ephemeral messages need a live connection")
         async with self._send_lock:
@@ -490,6 +504,8 @@ class DirectMessages:
         ephemeral = envelope.ephemeral or seq == 0
         if not ephemeral and self._store.has_message(envelope.messageId):
             return  # replay of a stored message: never decrypt twice
+        if self._contacts is not None and not self._contacts.admit(envelope.senderUserId):
+            return  # blocked: dropped unread, nothing stored
         own_copy = envelope.senderUserId == self.username
         peer = envelope.recipientUserId if own_copy else envelope.senderUserId
         if envelope.senderUserId in failed_lookup:
@@ -531,6 +547,8 @@ class DirectMessages:
         if call:
             self._hand_off_call(envelope, payload.body, ephemeral, peer, seq, events)
             return
+        if self._contacts is not None and not ephemeral:
+            self._contacts.received(peer, own_copy, payload.content_type, payload.body)
         if payload.content_type in CONTROL_TYPES:
             shown = None if self.controls is None else self.controls.incoming(
                 Incoming(

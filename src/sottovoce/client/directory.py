@@ -118,7 +118,8 @@ class Directory:
         targets = [(username, d) for d in self._sessions.devices_of(username)]
         if not targets:
             raise RemoteError(f"'{username}' has no device we can encrypt to")
-        targets += [(self._username, d) for d in self._sessions.devices_of(self._username)]
+        if username != self._username:  # to ourselves: our other devices, once
+            targets += [(self._username, d) for d in self._sessions.devices_of(self._username)]
         for user in sorted({u for u, d in targets if not self._sessions.has_session(u, d)}):
             await self.claim(user)
         return [t for t in targets if self._sessions.has_session(*t)]

@@ -380,6 +380,15 @@ class PushRegister(ClientEvent):
     endpoint: str = wire(PUSH_ENDPOINT)
 
 
+@event("sottovoce.block")
+class BlockSet(ClientEvent):
+    """Block (``blocked: true``) or unblock an account: while blocked, nothing it sends
+    is stored for this account's devices, and its sends are acknowledged as usual."""
+
+    userId: str = wire(ID)
+    blocked: bool = wire(Bool())
+
+
 @event("sottovoce.device.revoke")
 class RevokeDevice(ClientEvent):
     """An encoded ``RevocationStatement`` signed by the account key."""
@@ -433,6 +442,7 @@ CLIENT_EVENTS = registry(
     Resume,
     Ping,
     PushRegister,
+    BlockSet,
     RevokeDevice,
     DeleteAccount,
     AccountStatements,
@@ -496,6 +506,8 @@ ACCOUNT_HEAD = "sottovoce.account.head"
 #: To the correspondents of an account whose account key changed: look it up again.
 KEYS_CHANGED = "sottovoce.keys.changed"
 PUSH_REGISTERED = "sottovoce.push.registered"
+#: The reply to :class:`BlockSet`: ``{userId, blocked}`` as now stored.
+BLOCK_RESULT = "sottovoce.block.result"
 
 
 def inbox_frame(global_inbox_seq: int, envelope: dict[str, Any]) -> str:

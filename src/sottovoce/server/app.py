@@ -61,6 +61,7 @@ from sottovoce.protocol.blobs import BlobPut, is_binary_chunk
 from sottovoce.protocol.events import (
     ACCOUNT_DELETED,
     ACCOUNT_HEAD,
+    BLOCK_RESULT,
     CHALLENGE,
     CONNECTED,
     DEVICE_ADDED,
@@ -77,6 +78,7 @@ from sottovoce.protocol.events import (
     AckRead,
     AddDevice,
     Auth,
+    BlockSet,
     ClientEvent,
     DeleteAccount,
     DirectoryLookup,
@@ -259,6 +261,7 @@ class ServerApp:
             PrekeysUpload: self._prekeys_upload,
             PrekeysClaim: self._prekeys_claim,
             PushRegister: self._push_register,
+            BlockSet: self._block,
             RevokeDevice: self._revoke,
             DeleteAccount: self._delete_account,
         }
@@ -818,6 +821,13 @@ class ServerApp:
         }, rid)
         self.presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
                                  self.config.prekey_low_watermark, PREKEYS_LOW)
+
+    async def _block(
+        self, session: Session, ev: BlockSet, data: dict[str, Any], rid: str | None
+    ) -> None:
+        user, _ = session.key
+        await self.directory.set_block(user, ev.userId, ev.blocked)
+        session.reply(BLOCK_RESULT, {"userId": ev.userId, "blocked": ev.blocked}, rid)
 
     async def _push_register(
         self, session: Session, ev: PushRegister, data: dict[str, Any], rid: str | None

@@ -9,6 +9,10 @@
 
     ksmpv3.ack.read{n} ──► delete the device's frames ≤ n
 
+A send to an account that blocked the sender (``sottovoce.block``, carried by the cached
+account record) keeps only the sender's own-device copies and is acknowledged exactly
+as any other: the sender cannot tell (docs/threat-model.md §Blocking).
+
 (``ksmpv3.resume`` is :mod:`.replay`'s.) One serverSeq per logical message (per
 conversation, strictly increasing); one globalInboxSeq per device per frame; both
 assigned inside the commit. Ephemeral sends never touch storage: they are relayed to
@@ -140,6 +144,10 @@ class Delivery:
                 "ciphertexts do not match the active devices",
                 details={"missing": _pairs(expected - given), "stale": _pairs(given - expected)},
             )
+        targets = ev.targets
+        if user in recipient_rec.blocked:
+            # Blocked: the sender's own copies only, and the same ack as for any send.
+            targets = tuple(t for t in targets if t[0] != recipient)
         req = SendRequest(
             sender_user=user,
             sender_device=device,
@@ -150,12 +158,14 @@ class Delivery:
             content_type=ev.contentType,
             client_created_at_ms=ev.clientCreatedAtMs,
             # The validated base64 strings go into the envelope as they came.
-            targets=ev.targets,
+            targets=targets,
             ephemeral=ev.ephemeral,
             expires_at_ms=0 if ev.ephemeral else expires,
         )
         if ev.ephemeral:
-            return self._send_ephemeral(session, req, rid)
+            return self._send_ephemeral(
+                session, req, rid, blocked=len(targets) != len(ev.targets)
+            )
         self.storage.append(req, partial(self._stored, session, rid, ev.messageId))
         return None
 
@@ -172,7 +182,11 @@ class Delivery:
         found = self._expected.get(key)
         if found is None:
             recipient = recipient_rec.user_id
-            want = {(recipient, d.device_id) for d in recipient_rec.devices if not d.revoked}
+            # To one's own account (contact-list changes): the other devices only.
+            want = {
+                (recipient, d.device_id) for d in recipient_rec.devices
+                if not d.revoked and (recipient, d.device_id) != (user, device)
+            }
             want.update(
                 (user, d.device_id)
                 for d in sender_rec.devices
@@ -216,7 +230,7 @@ class Delivery:
         metrics.deliveries_live += live
 
     def _send_ephemeral(
-        self, session: Session, req: SendRequest, rid: str | None
+        self, session: Session, req: SendRequest, rid: str | None, *, blocked: bool = False
     ) -> Awaitable[None] | None:
         idem = (req.sender_user, req.sender_device, req.idempotency_key)
         seen = self._eph_idem.get(idem)
@@ -230,7 +244,10 @@ class Delivery:
             return None
         online = self.presence.online
         remote = self.fanout.remote
-        here = any(u == req.recipient_user and (u, d) in online for u, d, _ in req.targets)
+        # A blocked sender is answered as if a device of the recipient were online.
+        here = blocked or any(
+            u == req.recipient_user and (u, d) in online for u, d, _ in req.targets
+        )
         if not here and not remote:
             raise WireFailure("recipient_offline", "no device of the recipient is online")
         seq = self._eph_seq.get(req.conversation_id, 0) + 1

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from sottovoce.errors import PrekeyBundleError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.identity.prekeys import SignedPrekey
-from sottovoce.limits import MAX_PREKEYS_PER_DEVICE
+from sottovoce.limits import MAX_BLOCKED_ACCOUNTS, MAX_PREKEYS_PER_DEVICE
 from sottovoce.server.errors import WireFailure, decoded
 from sottovoce.server.ratelimit import ClaimLimits
 from sottovoce.server.storage.base import (
@@ -146,6 +146,19 @@ class Directory:
         await self.refresh(user_id)
         await self.logged()
         return revoked
+
+    async def set_block(self, user_id: str, peer: str, blocked: bool) -> None:
+        """Record ``user_id``'s block of ``peer`` (or lift it); the cached account (here
+        and on the other nodes) then carries it, so delivery reads it without a query."""
+        rec = await self.account(user_id)
+        if rec is None:
+            raise WireFailure("unauthorized", "account no longer exists")
+        if blocked and peer not in rec.blocked and len(rec.blocked) >= MAX_BLOCKED_ACCOUNTS:
+            raise WireFailure("too_many_blocks", "too many blocked accounts")
+        if peer == user_id:
+            raise WireFailure("invalid_request", "an account cannot block itself")
+        await self._storage.set_block(user_id, peer, blocked)
+        await self.refresh(user_id)
 
     async def set_push(self, user_id: str, device_id: str, endpoint: str | None) -> None:
         await self._storage.set_push_endpoint(user_id, device_id, endpoint)

@@ -66,6 +66,7 @@ class RoomAdmin:
         self._book, self._link = book, link
         self._membership, self._messages = membership, messages
         messages.on_proposal = self._commit_soon
+        messages.commit_first = partial(self.commit_pending, spread=False)
 
     def _head(self) -> bytes:
         return encode_log_head(self._messages.log_head())
@@ -147,9 +148,11 @@ class RoomAdmin:
     def _commit_soon(self, room: Room) -> None:
         self._book.spawn(self.commit_pending(room))
 
-    async def commit_pending(self, room: Room) -> CommitResult | None:
-        """Commit the proposals members sent this epoch (spread so one member wins)."""
-        await asyncio.sleep(random.random() * 0.2)  # noqa: S311 - spread the herd
+    async def commit_pending(self, room: Room, *, spread: bool = True) -> CommitResult | None:
+        """Commit the proposals members sent this epoch (spread so one member wins,
+        unless we are about to send and must commit them first)."""
+        if spread:
+            await asyncio.sleep(random.random() * 0.2)  # noqa: S311 - spread the herd
 
         def build(group: Group) -> Plan | None:
             pending = group.pending_proposals

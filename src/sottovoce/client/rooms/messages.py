@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
@@ -99,6 +99,9 @@ class RoomMessages:
         self.on_log_head: Callable[[str, int, bytes], None] | None = None
         #: Told of a room whose members sent a proposal (a member leaving): commit it.
         self.on_proposal: Callable[[Room], None] | None = None
+        #: Commits the proposals a member sent this epoch before we send application
+        #: data (RFC 9420 §12.4 forbids sending with proposals pending).
+        self.commit_first: Callable[[Room], Awaitable[object]] | None = None
         #: Control payloads (client/control.py) go here; without it they are dropped.
         self.controls: ControlHook | None = None
         #: Disappearing messages: each message's expiry, the room's timer changes.
@@ -152,6 +155,10 @@ class RoomMessages:
         """Queue one room message (``text`` is what the history shows of it); a control
         message sharing ``token`` keeps its body sealed for a re-encryption and the
         token as the room's, in the transaction that queues it."""
+        if self.commit_first is not None and room.group is not None and (
+            room.group.pending_proposals
+        ):
+            await self.commit_first(room)
         message_id, idem, created = new_id(), new_id(), now_ms()
         control = content_type in _CONTROL_TYPES
         lasting = control or content_type == TIMER_CONTENT_TYPE

@@ -119,6 +119,7 @@ def delete_account(
             user,
         )
     yield execute("DELETE FROM correspondents WHERE user_id=? OR peer=?", user, user)
+    yield execute("DELETE FROM blocks WHERE user_id=? OR blocked=?", user, user)
     yield from logged(kt, user, ChangeKind.DELETION, now)
     active = tuple(str(r[1]) for r in devices if r[2] is None)
     return active, [int(r[0]) for r in devices]
@@ -136,8 +137,10 @@ def get_account(user: str) -> Txn[AccountRecord | None]:
         "WHERE user_id=? ORDER BY dev",
         user,
     )
+    blocked = yield rows("SELECT blocked FROM blocks WHERE user_id=?", user)
     return AccountRecord(
         user_id=user,
+        blocked=frozenset(str(r[0]) for r in blocked),
         account_key=blob(found[0]),
         devices=tuple(
             DeviceRecord(device_id=r[0], certificate=blob(r[1]), revoked=r[2] is not None,
@@ -156,3 +159,13 @@ def set_push_endpoint(user: str, device: str, endpoint: str | None) -> Txn[None]
         "UPDATE devices SET push_endpoint=? WHERE user_id=? AND device_id=?",
         endpoint, user, device,
     )
+
+
+def set_block(user: str, peer: str, blocked: bool) -> Txn[None]:
+    if blocked:
+        yield execute(
+            "INSERT INTO blocks(user_id, blocked) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            user, peer,
+        )
+    else:
+        yield execute("DELETE FROM blocks WHERE user_id=? AND blocked=?", user, peer)

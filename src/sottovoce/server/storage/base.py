@@ -71,6 +71,8 @@ class AccountRecord:
     #: key is empty for accounts registered before recovery codes.
     genesis_key: bytes = b""
     recovery_key: bytes = b""
+    #: The accounts this one blocked: nothing they send is stored for its devices.
+    blocked: frozenset[str] = frozenset()
 
     def active(self) -> tuple[DeviceRecord, ...]:
         return tuple(d for d in self.devices if not d.revoked)
@@ -269,6 +271,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def get_account(self, user_id: str) -> AccountRecord | None:
         """The account, or its tombstone (``deleted``) when it was deleted."""
+
+    @abc.abstractmethod
+    async def set_block(self, user_id: str, peer: str, blocked: bool) -> None:
+        """Record (or lift) ``user_id``'s block of ``peer`` (idempotent)."""
 
     @abc.abstractmethod
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:

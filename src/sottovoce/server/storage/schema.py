@@ -659,6 +659,24 @@ VERSIONS: tuple[Version, ...] = (
     );
     """,
     ),
+    Version(
+        "blocks: the accounts each account blocked; delivery stores nothing from a"
+        " blocked sender for the blocker's devices (docs/threat-model.md §Blocking)",
+        sqlite="""
+    CREATE TABLE blocks(
+        user_id TEXT NOT NULL,
+        blocked TEXT NOT NULL,
+        PRIMARY KEY(user_id, blocked)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE blocks(
+        user_id text NOT NULL,
+        blocked text NOT NULL,
+        PRIMARY KEY(user_id, blocked)
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

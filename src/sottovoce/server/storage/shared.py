@@ -242,6 +242,9 @@ class SharedStorage(Storage, Engine):
     async def kt_latest_checkpoint(self) -> tuple[int, bytes, list[str]] | None:
         return await self._read_op(kt_tables.latest_checkpoint)
 
+    async def set_block(self, user_id: str, peer: str, blocked: bool) -> None:
+        await self._write_op(accounts.set_block, user_id, peer, blocked, atomic=False)
+
     async def set_push_endpoint(self, user_id: str, device_id: str, endpoint: str | None) -> None:
         await self._write_op(
             accounts.set_push_endpoint, user_id, device_id, endpoint, atomic=False
