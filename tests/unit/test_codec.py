@@ -266,6 +266,16 @@ def test_reader_finish_rejects_leftovers_and_eof_reports_them() -> None:
     r.finish()
 
 
+def test_reader_version_reads_the_expected_octet_and_names_what_is_unknown() -> None:
+    r = Reader(b"\x01\x02")
+    r.version(1, "chat timer record")
+    assert r.remaining == 1
+    with pytest.raises(DecodeError, match=r"^unknown chat timer record version$"):
+        r.version(1, "chat timer record")
+    with pytest.raises(DecodeError, match="truncated"):
+        Reader(b"").version(1, "message record")
+
+
 @pytest.mark.parametrize(
     "encoded",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pytest
 
@@ -81,3 +82,23 @@ def test_a_docstring_and_the_same_text_as_arguments_declare_the_same_command() -
     assert own.endswith("examples:\n  sottovoce thing bob --data-dir ~/.a --long-option value\n"
                         "  sottovoce thing carol\n")
     assert "on two lines.\n\nexit codes: 0 done; 1 error" in own
+
+
+def _pasted(args: argparse.Namespace) -> int:
+    """do a thing
+
+    {program} runs it.
+
+    example:
+      {program} thing bob
+    """
+    return 0
+
+
+def test_program_in_a_docstring_is_the_program_as_it_can_be_pasted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["/nowhere/bin/sv"])  # not the one PATH finds
+    text = command_text(_pasted)
+    assert (text.description, text.example) == ("/nowhere/bin/sv runs it.",
+                                                 "  /nowhere/bin/sv thing bob")

@@ -33,6 +33,8 @@ def test_bodies_round_trip_compact_and_versioned() -> None:
         ('{"v":1,"name":"team","invited":"bob","by":"eve"}', "wrong fields"),
         ('["v",1]', "wrong fields"),
         ("{", "not JSON"),
+        ('{"v":1,"name":"team","invited":"Bob Smith!"}', "bad username"),
+        ('{"v":1,"name":"team","invited":7}', "bad username"),
     ],
 )
 def test_an_invitation_with_other_fields_or_version_is_refused(body: str, why: str) -> None:

@@ -55,6 +55,7 @@ def _agree(data: dict[str, Any]) -> None:
     assert fast.idempotencyKey == ev.idempotencyKey
     assert fast.recipientUserId == ev.recipientUserId and fast.contentType == ev.contentType
     assert fast.clientCreatedAtMs == ev.clientCreatedAtMs
+    assert fast.expiresAtMs == ev.expiresAtMs
     assert fast.senderUserId == ev.senderUserId and fast.ephemeral == ev.ephemeral
     assert [(u, d, base64.b64decode(c)) for u, d, c in fast.targets] == [
         (c.userId, c.deviceId, c.ciphertext) for c in ev.ciphertexts
@@ -68,7 +69,7 @@ def test_fast_path_accepts_the_common_shape() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(field=st.sampled_from([*FIELDS, "senderUserId", "missing"]), value=WEIRD)
+@given(field=st.sampled_from([*FIELDS, "senderUserId", "expiresAtMs", "missing"]), value=WEIRD)
 def test_fast_path_is_never_more_lenient_on_fields(field: str, value: Any) -> None:
     data = dict(GOOD)
     if field == "missing":

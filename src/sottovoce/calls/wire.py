@@ -200,8 +200,7 @@ class TaggedStruct:
             raise DecodeError(f"{cls.WHAT} too large")
 
         def read(r: Reader) -> TaggedStruct:
-            if r.u8() != VERSION:
-                raise DecodeError(f"unknown {cls.WHAT} version")
+            r.version(VERSION, cls.WHAT)
             kind = cls.KINDS.get(r.u8())
             if kind is None:
                 raise DecodeError(f"unknown {cls.WHAT} type")

@@ -5,7 +5,8 @@ that opens no account (``server``, ``kt witness``) starts without it.
 
 A command's help can be written once, as the docstring of the function that runs
 it (see :func:`command_text`), instead of as ``help``/``description``/``example``
-arguments; both ways give the same help.
+arguments; both ways give the same help. ``{program}`` in such a docstring stands
+for the program as it can be pasted (:func:`sottovoce.cli.program.command_name`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
+
+from sottovoce.cli.program import command_name
 
 ENV_HOME = "SOTTOVOCE_HOME"
 ENV_PASSPHRASE = "SOTTOVOCE_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -102,6 +105,9 @@ class CommandText:
     heading: str = "example"
 
 
+#: In a command's docstring, the program as it can be pasted (``sottovoce`` only when
+#: PATH finds this one).
+PROGRAM = "{program}"
 _HEADING = re.compile(r"[a-z][a-z ]*:")
 
 
@@ -110,8 +116,11 @@ def command_text(func: Callable[..., object]) -> CommandText:
     the first is the one-line help, the last opens with a heading line (``example:``)
     followed by the example lines as shown, and those between are the description.
     The lines of a paragraph are joined with spaces; in the example, a line ending in
-    a backslash goes on with the next line."""
+    a backslash goes on with the next line; ``{program}`` is the program's name as
+    it can be pasted."""
     doc = inspect.cleandoc(func.__doc__ or "")
+    if PROGRAM in doc:
+        doc = doc.replace(PROGRAM, command_name())
     paragraphs = doc.split("\n\n")
     last = paragraphs[-1].splitlines()
     if len(paragraphs) < 3 or not last or not _HEADING.fullmatch(last[0]):

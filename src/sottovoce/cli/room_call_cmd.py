@@ -89,14 +89,7 @@ async def _follow(
 ) -> bool:
     """Print the call's changes until it is left; whether this device got in. Adds
     everyone else who was in the call meanwhile to ``others``."""
-    from sottovoce.calls.room_effects import (
-        Joined,
-        JoinRefused,
-        Left,
-        ParticipantsChanged,
-        RecordingRefused,
-        RecordingState,
-    )
+    from sottovoce.calls import room_effects as fx
     from sottovoce.client.calls.media import MediaProblem
 
     loop = asyncio.get_running_loop()
@@ -114,8 +107,8 @@ async def _follow(
             return True
         # The starter is in from the start (no Welcome): its first participant list says so.
         if not joined and (
-            isinstance(event, Joined)
-            or (isinstance(event, ParticipantsChanged) and ctl.call.me in event.participants)
+            isinstance(event, fx.Joined)
+            or (isinstance(event, fx.ParticipantsChanged) and ctl.call.me in event.participants)
         ):
             joined = True
             timer.cancel()
@@ -125,23 +118,23 @@ async def _follow(
             if args.record:
                 ctl.request_recording()
                 say("asked everyone in the call to consent to recording")
-        if isinstance(event, ParticipantsChanged):
+        if isinstance(event, fx.ParticipantsChanged):
             others.update(d for d in event.participants if d != ctl.call.me)
             epoch = ctl.call.epoch
             names = ", ".join(who(d) for d in event.participants)
             say(f"participants ({len(event.participants)}, epoch {epoch}): {names}")
-        elif isinstance(event, JoinRefused):
+        elif isinstance(event, fx.JoinRefused):
             raise CliError(str(event.error))
-        elif isinstance(event, RecordingState):
+        elif isinstance(event, fx.RecordingState):
             mark = "" if event.consented else " (not consented!)"
             say(f"REC {'on' if event.on else 'off'}: recorded by {who(event.by)}{mark}")
-        elif isinstance(event, RecordingRefused):
+        elif isinstance(event, fx.RecordingRefused):
             by = ", ".join(who(d) for d in event.refused_by) or "nobody answered in time"
             say(f"recording refused ({by})", err=True)
         elif isinstance(event, MediaProblem):
             say(f"call problem ({render.safe(event.where)}): {render.safe(event.error)}",
                  err=True)
-        elif isinstance(event, Left):
+        elif isinstance(event, fx.Left):
             say("removed from the call (this device left the room)" if event.removed
                  else "left the call")
             return joined

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from sottovoce.cli import render
-from sottovoce.cli.options import command_group, subcommand
+from sottovoce.cli.options import Subparsers, command_group, subcommand
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client, DeliveryStatus
@@ -26,11 +26,6 @@ EXIT_QUEUED = 75
 _SETTING_HELP = (
     f"one of {', '.join(TIMER_CHOICES)} (5 seconds, 1 minute, 1 hour, 1 day, 1 week, off); "
     "without it, print the current timer"
-)
-_COUNTING = (
-    "A message's expiry counts from when it is sent (not from when it is read) and travels "
-    "inside its encryption, so changing the timer later never moves it. The server drops "
-    "the ciphertext of an expired message that is still waiting for a device."
 )
 
 
@@ -56,6 +51,22 @@ def _report(label: str, seconds: int, sent: bool) -> int:
 
 
 def cmd_timer(args: argparse.Namespace) -> int:
+    """set or show the disappearing-messages timer of a chat
+
+    Set how long messages with NAME last: every device of both sides applies the
+    new timer (an end-to-end encrypted timer message; the chat shows who set it)
+    and deletes each message when it expires, also what expired while it was
+    closed, as soon as it opens. A message's expiry counts from when it is sent
+    (not from when it is read) and travels inside its encryption, so changing the
+    timer later never moves it. The server drops the ciphertext of an expired
+    message that is still waiting for a device.
+
+    exit codes: 0 set (or shown); 75 queued, not sent yet; 1 error; 2 wrong usage
+
+    example:
+      {program} timer bob 1m --data-dir ~/.sottovoce-alice
+      {program} timer bob off --data-dir ~/.sottovoce-alice
+    """
     name = args.name.removeprefix("@")
     if name.startswith("#"):
         raise CliError(f"{render.safe(name)} is a room: {command_name()} room timer "
@@ -85,6 +96,19 @@ def cmd_timer(args: argparse.Namespace) -> int:
 
 
 def cmd_room_timer(args: argparse.Namespace) -> int:
+    """set or show the disappearing-messages timer of a room
+
+    Set how long messages in ROOM last, for every member (a timer message inside
+    the room's encryption). A message's expiry counts from when it is sent (not
+    from when it is read) and travels inside its encryption, so changing the timer
+    later never moves it. The server drops the ciphertext of an expired message
+    that is still waiting for a device.
+
+    exit codes: 0 set (or shown); 75 queued, not sent yet; 1 error; 2 wrong usage
+
+    example:
+      {program} room timer team 1h --data-dir ~/.sottovoce-alice
+    """
     ref = args.room[1:] if args.room.startswith("#") else args.room
     seconds = None if args.setting is None else parse_timer(args.setting)
 
@@ -105,9 +129,7 @@ def cmd_room_timer(args: argparse.Namespace) -> int:
     return _report(render.safe(label), seconds, sent)
 
 
-def _room_group(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+def _room_group(sub: Subparsers) -> Subparsers:
     """The `room` command's subcommands (made by room_cmd, which is loaded before us)."""
     parser = sub.choices.get("room")
     if parser is not None and parser._subparsers is not None:
@@ -120,39 +142,11 @@ def _room_group(
     )
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    timer = subcommand(
-        sub,
-        "timer",
-        help="set or show the disappearing-messages timer of a chat",
-        description=(
-            "Set how long messages with NAME last: every device of both sides applies the "
-            "new timer (an end-to-end encrypted timer message; the chat shows who set it) "
-            "and deletes each message when it expires, also what expired while it was "
-            "closed, as soon as it opens. " + _COUNTING + "\n\nexit codes: 0 set (or shown); "
-            "75 queued, not sent yet; 1 error; 2 wrong usage"
-        ),
-        example=(
-            f"  {command_name()} timer bob 1m --data-dir ~/.sottovoce-alice\n"
-            f"  {command_name()} timer bob off --data-dir ~/.sottovoce-alice"
-        ),
-        func=cmd_timer,
-        args=[("NAME", "the other user")],
-    )
-    timer.add_argument("setting", metavar="SETTING", nargs="?", default=None, help=_SETTING_HELP)
-    room_timer = subcommand(
-        _room_group(sub),
-        "timer",
-        help="set or show the disappearing-messages timer of a room",
-        description=(
-            "Set how long messages in ROOM last, for every member (a timer message inside "
-            "the room's encryption). " + _COUNTING + "\n\nexit codes: 0 set (or shown); "
-            "75 queued, not sent yet; 1 error; 2 wrong usage"
-        ),
-        example=f"  {command_name()} room timer team 1h --data-dir ~/.sottovoce-alice",
-        func=cmd_room_timer,
-        args=[("ROOM", "the room's name on this device, '#NAME', or its id")],
-    )
-    room_timer.add_argument(
-        "setting", metavar="SETTING", nargs="?", default=None, help=_SETTING_HELP
-    )
+def add_commands(sub: Subparsers) -> None:
+    chat = ("NAME", "the other user")
+    room = ("ROOM", "the room's name on this device, '#NAME', or its id")
+    for group, func, what in ((sub, cmd_timer, chat), (_room_group(sub), cmd_room_timer, room)):
+        parser = subcommand(group, "timer", func=func, args=[what])
+        parser.add_argument(
+            "setting", metavar="SETTING", nargs="?", default=None, help=_SETTING_HELP
+        )

@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sottovoce.client.payload import json_body, read_json_body, text_body
-from sottovoce.errors import DecodeError, UsageError
+from sottovoce.client.payload import JsonBody, json_body, peer_check, read_json_body, text_body
+from sottovoce.errors import DecodeError
 
 if TYPE_CHECKING:
     from sottovoce.client.events import ClientEvent
@@ -81,22 +81,17 @@ def check_emoji(value: object) -> str:
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise DecodeError("a control message's text is not text")
-    try:
+    with peer_check("a control message's text is empty or too long"):
         text_body(value)
-    except UsageError:
-        raise DecodeError("a control message's text is empty or too long") from None
     return value
 
 
 @dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(JsonBody):
     """A reply or an edit: ``text`` for message ``to``."""
 
     to: str
     text: str
-
-    def encode(self) -> bytes:
-        return json_body(to=self.to, text=self.text).encode("utf-8")
 
     @classmethod
     def decode(cls, body: bytes, what: str) -> Quote:
@@ -105,11 +100,8 @@ class Quote:
 
 
 @dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(JsonBody):
     to: str
-
-    def encode(self) -> bytes:
-        return json_body(to=self.to).encode("utf-8")
 
     @classmethod
     def decode(cls, body: bytes) -> Delete:
@@ -117,13 +109,10 @@ class Delete:
 
 
 @dataclass(frozen=True, slots=True)
-class Reaction:
+class Reaction(JsonBody):
     to: str
     emoji: str
     on: bool
-
-    def encode(self) -> bytes:
-        return json_body(to=self.to, emoji=self.emoji, on=self.on).encode("utf-8")
 
     @classmethod
     def decode(cls, body: bytes) -> Reaction:
@@ -134,12 +123,9 @@ class Reaction:
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(JsonBody):
     kind: str
     ids: tuple[str, ...]
-
-    def encode(self) -> bytes:
-        return json_body(kind=self.kind, ids=list(self.ids)).encode("utf-8")
 
     @classmethod
     def decode(cls, body: bytes) -> Receipt:

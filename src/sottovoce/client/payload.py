@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,27 @@ def json_body(**fields: object) -> str:
     return json.dumps(
         {"v": JSON_BODY_VERSION, **fields}, ensure_ascii=False, separators=(",", ":")
     )
+
+
+@contextmanager
+def peer_check(message: str) -> Iterator[None]:
+    """Around a check written for our own input (it raises ``UsageError``): what it
+    refuses in a body from a peer is a ``DecodeError`` saying ``message``."""
+    try:
+        yield
+    except UsageError:
+        raise DecodeError(message) from None
+
+
+class JsonBody:
+    """A dataclass whose body is :func:`json_body` of its fields, in their order (a tuple
+    as a list); the subclass reads it back with :func:`read_json_body` and its checks."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
+        return json_body(**{f.name: getattr(self, f.name) for f in fields}).encode("utf-8")
 
 
 def read_json_body(data: str | bytes, fields: Collection[str], what: str) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sottovoce.client.payload import json_body, read_json_body
-from sottovoce.errors import DecodeError, UsageError
+from sottovoce.client.payload import JsonBody, peer_check, read_json_body
+from sottovoce.errors import DecodeError
 from sottovoce.identity import validate_username
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
 
@@ -37,12 +37,9 @@ def valid_room_name(name: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InviteNotice:
+class InviteNotice(JsonBody):
     name: str
     invited: str
-
-    def encode(self) -> bytes:
-        return json_body(name=self.name, invited=self.invited).encode("utf-8")
 
     @classmethod
     def decode(cls, data: bytes) -> InviteNotice:
@@ -52,10 +49,8 @@ class InviteNotice:
             raise DecodeError("invitation notice: bad room name")
         if not isinstance(invited, str):
             raise DecodeError("invitation notice: bad username")
-        try:
+        with peer_check("invitation notice: bad username"):
             validate_username(invited)
-        except UsageError:
-            raise DecodeError("invitation notice: bad username") from None
         return cls(name=name, invited=invited)
 
 

@@ -197,8 +197,7 @@ class _Body(WireStruct):
 
     @classmethod
     def read(cls, r: Reader) -> _Body:
-        if r.u8() != 1:
-            raise DecodeError("unknown message record version")
+        r.version(1, "message record")
         peer, sender, device, ctype = (r.opaque8().decode("utf-8") for _ in range(4))
         return cls(
             peer=peer,
@@ -475,6 +474,17 @@ class Store:
         """A keyed, deterministic tag so rows can be found without storing names in clear."""
         return hmac(Hash.SHA256, self._index_key, f"{kind}\x00{value}".encode())[:_TAG_LEN]
 
+    def upsert(self, table: str, columns: tuple[str, str], key: object, value: object) -> None:
+        """Insert the row (``key``, ``value``) into ``table``, whose ``columns`` are its key
+        and value (names from the caller's code, never input), or replace the value of the
+        row that has this key."""
+        k, v = columns
+        self._db.execute(
+            f"INSERT INTO {table}({k}, {v}) VALUES (?, ?) "  # noqa: S608 -- names from code
+            f"ON CONFLICT({k}) DO UPDATE SET {v} = excluded.{v}",
+            (key, value),
+        )
+
     # --- transactions ----------------------------------------------------------------
 
     @contextmanager
@@ -505,11 +515,7 @@ class Store:
         return None if row is None else bytes(row[0])
 
     def _set_meta(self, key: str, value: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        self.upsert("meta", ("key", "value"), key, value)
 
     def flag(self, name: str) -> bool:
         return self._meta(f"flag:{name}") is not None
@@ -541,11 +547,7 @@ class Store:
 
     def put_secret_sealed(self, name: str, sealed: bytes) -> None:
         """Store a record the caller sealed itself (Olm pickles seal their own binding)."""
-        self._db.execute(
-            "INSERT INTO secrets(name, sealed) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET sealed = excluded.sealed",
-            (name, sealed),
-        )
+        self.upsert("secrets", ("name", "sealed"), name, sealed)
 
     # --- key transparency -----------------------------------------------------------------
 
@@ -554,11 +556,7 @@ class Store:
         return None if row is None else self.unseal(b"kt", name.encode(), bytes(row[0]))
 
     def put_kt(self, name: str, value: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO kt_state(name, sealed) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET sealed = excluded.sealed",
-            (name, self.seal(b"kt", name.encode(), value)),
-        )
+        self.upsert("kt_state", ("name", "sealed"), name, self.seal(b"kt", name.encode(), value))
 
     def add_kt_alert(self, record: bytes) -> int:
         cur = self._db.execute(
@@ -596,11 +594,7 @@ class Store:
 
     def put_contact(self, contact: Contact) -> None:
         sealed = self.seal(b"contact", contact.username.encode(), contact.encode())
-        self._db.execute(
-            "INSERT INTO contacts(tag, sealed) VALUES (?, ?) "
-            "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed",
-            (self.tag("user", contact.username), sealed),
-        )
+        self.upsert("contacts", ("tag", "sealed"), self.tag("user", contact.username), sealed)
 
     # --- pairwise sessions (sealed by pairwise/ itself) ------------------------------------
 

@@ -54,10 +54,8 @@ class ContactTable:
         tag = self._tag(entry.username)
         record = json.dumps([entry.username, entry.state, entry.changed_ms]).encode()
         with self._store.transaction():
-            self._store.connection.execute(
-                "INSERT INTO contact_list(tag, sealed) VALUES (?, ?) "
-                "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed",
-                (tag, self._store.seal(_KIND, tag, record)),
+            self._store.upsert(
+                "contact_list", ("tag", "sealed"), tag, self._store.seal(_KIND, tag, record)
             )
 
     def delete(self, username: str) -> bool:

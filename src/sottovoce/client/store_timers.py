@@ -53,8 +53,7 @@ class ChatTimer(WireStruct):
 
     @classmethod
     def read(cls, r: Reader) -> ChatTimer:
-        if r.u8() != 1:
-            raise DecodeError("unknown chat timer record version")
+        r.version(1, "chat timer record")
         return cls(
             seconds=r.u32(),
             setter=r.opaque8().decode("utf-8"),
@@ -97,13 +96,9 @@ class TimerStore:
         """Record ``timer`` for ``chat`` unless a newer one is kept; returns whether it was."""
         if not timer.newer_than(self.timer(chat)):
             return False
-        self._db.execute(
-            "INSERT INTO chat_timers(tag, sealed) VALUES (?, ?) "
-            "ON CONFLICT(tag) DO UPDATE SET sealed = excluded.sealed",
-            (
-                self._store.tag("timer", chat),
-                self._store.seal(b"chat-timer", chat.encode(), timer.encode()),
-            ),
+        self._store.upsert(
+            "chat_timers", ("tag", "sealed"), self._store.tag("timer", chat),
+            self._store.seal(b"chat-timer", chat.encode(), timer.encode()),
         )
         return True
 

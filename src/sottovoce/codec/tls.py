@@ -159,6 +159,11 @@ class Reader:
         self._pos += 1
         return v
 
+    def version(self, expected: int, what: str) -> None:
+        """Read a record's version octet: anything but ``expected`` is an unknown ``what``."""
+        if self.u8() != expected:
+            raise DecodeError(f"unknown {what} version")
+
     def u16(self) -> int:
         return self._uint(2)
 

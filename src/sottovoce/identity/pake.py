@@ -429,8 +429,7 @@ class QRPayload:
             raise UsageError("the linking code is damaged") from None
 
         def read(r: Reader) -> QRPayload:
-            if r.u8() != _QR_VERSION:
-                raise DecodeError("unknown linking code version")
+            r.version(_QR_VERSION, "linking code")
             secret, fp, expires = r.raw(32), r.raw(32), r.u64()
             url = r.opaque16().decode("ascii")
             return cls(secret=Secret(secret), device_fingerprint=fp, server_url=url,

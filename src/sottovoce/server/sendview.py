@@ -89,11 +89,6 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
     ctype = g("contentType")
     if type(ctype) is not str or ctype not in CONTENT_TYPES or g("protocol", PROTOCOL) != PROTOCOL:
         return None
-    created = g("clientCreatedAtMs")
-    if created is None:
-        created = 0
-    elif type(created) is not int or not 0 <= created <= _MAX_INT:
-        return None
     sender = g("senderUserId")
     if sender is None or sender == "":
         sender = None
@@ -102,10 +97,12 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
     ephemeral = g("ephemeral", False)
     if type(ephemeral) is not bool:
         return None
-    expires = g("expiresAtMs")
-    if expires is None:
-        expires = 0
-    elif type(expires) is not int or not 0 <= expires <= _MAX_INT:
+    # Both optional: absent is 0 (an explicit null takes the contract path).
+    created, expires = g("clientCreatedAtMs", 0), g("expiresAtMs", 0)
+    if not (
+        type(created) is int and 0 <= created <= _MAX_INT
+        and type(expires) is int and 0 <= expires <= _MAX_INT
+    ):
         return None
     items = g("ciphertexts")
     if type(items) is not list or not 0 < len(items) <= MAX_SEND_DEVICES:

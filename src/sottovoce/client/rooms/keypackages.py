@@ -66,8 +66,7 @@ class KeyPackageRecord(WireStruct):
 
     @classmethod
     def read(cls, r: Reader) -> KeyPackageRecord:
-        if r.u8() != 1:
-            raise DecodeError("unknown KeyPackage record version")
+        r.version(1, "KeyPackage record")
         kp = KeyPackage.decode(r.opaque_v())
         init, enc = r.opaque8(), r.opaque8()
         private = KeyPackagePrivate(init_private=Secret(init), encryption_private=Secret(enc))

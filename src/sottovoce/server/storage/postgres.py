@@ -179,9 +179,27 @@ def _release_sql(where: str) -> str:
     )
 
 
+def _sweep_sql(where: str) -> tuple[str, str]:
+    """A sweep of the inbox rows matching ``where`` (one parameter, ``$1``): first lock
+    the counter rows of the devices it touches, in the order send batches take them (so
+    the two never lock those rows in opposite orders, as in ack_read), then release."""
+    return (
+        "SELECT 1 FROM devices WHERE dev IN (SELECT DISTINCT dev FROM inbox "  # noqa: S608
+        "WHERE " + where + ") ORDER BY dev FOR UPDATE",
+        _release_sql(where),
+    )
+
+
+async def _sweep(conn: Any, sql: tuple[str, str], ms: int) -> int:
+    """Run a :func:`_sweep_sql` on ``conn`` (in its transaction); returns the rows deleted."""
+    lock, release = sql
+    await conn.execute(lock, ms)
+    return int(await conn.fetchval(release, ms))
+
+
 _ACK_RELEASE = _release_sql("dev=$1 AND seq<=$2")
-_EXPIRE_RELEASE = _release_sql("received_at < $1")
-_DROP_EXPIRED_RELEASE = _release_sql("expires_at <= $1")
+_EXPIRE_SWEEP = _sweep_sql("received_at < $1")
+_DROP_EXPIRED_SWEEP = _sweep_sql("expires_at <= $1")
 
 #: Bytes of an envelope after its serverSeq but for the idempotency key (received-at
 #: time, names, punctuation), plus ten digits of the serverSeq itself.
@@ -747,13 +765,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
 
     async def drop_expired(self, now_ms: int) -> int:
         async def run(conn: Any) -> int:
-            # As in expire: counter rows first, in the order send batches take them.
-            await conn.execute(
-                "SELECT 1 FROM devices WHERE dev IN (SELECT DISTINCT dev FROM inbox "
-                "WHERE expires_at <= $1) ORDER BY dev FOR UPDATE",
-                now_ms,
-            )
-            deleted = int(await conn.fetchval(_DROP_EXPIRED_RELEASE, now_ms))
+            deleted = await _sweep(conn, _DROP_EXPIRED_SWEEP, now_ms)
             if deleted:
                 self._usage.clear()
             return deleted
@@ -762,13 +774,7 @@ class PostgresStorage(SharedStorage, PostgresRooms):
 
     async def expire(self, before_ms: int) -> int:
         async def run(conn: Any) -> int:
-            # As in ack_read: counter rows first, in the order send batches take them.
-            await conn.execute(
-                "SELECT 1 FROM devices WHERE dev IN "
-                "(SELECT DISTINCT dev FROM inbox WHERE received_at < $1) ORDER BY dev FOR UPDATE",
-                before_ms,
-            )
-            deleted = int(await conn.fetchval(_EXPIRE_RELEASE, before_ms))
+            deleted = await _sweep(conn, _EXPIRE_SWEEP, before_ms)
             await conn.execute("DELETE FROM sends WHERE received_at < $1", before_ms)
             await conn.execute("DELETE FROM room_messages WHERE received_at < $1", before_ms)
             self._usage.clear()
