@@ -192,12 +192,9 @@ class Files:
         resumes = 0
         while acked < chunks:
             while send_at < chunks and len(inflight) < WINDOW:
-                f.seek(send_at * CHUNK_SIZE)
-                plaintext = f.read(min(CHUNK_SIZE, size - send_at * CHUNK_SIZE))
-                if send_at < sealer.next_index:  # sent before a lost connection
-                    sealed = sealer.reseal(send_at, plaintext)
-                else:
-                    sealed = sealer.seal(plaintext)
+                # Read, seal and hash off the event loop (they let go of the GIL), while
+                # the chunks before go out.
+                sealed = await asyncio.to_thread(_read_sealed, f, sealer, send_at)
                 inflight.append(asyncio.ensure_future(self._link.request_built(
                     functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at, data=sealed),
                     _STORED)))
@@ -336,8 +333,9 @@ class Files:
                 await _cancel(inflight)
                 raise
             sealed = _chunk_data(data, info.blob_id, opener.next_index)
-            opener.open(sealed)  # checked (and hashed) before it is kept, as it came
-            out.write(sealed)
+            # Checked (and hashed) before it is kept as it came, off the event loop, while
+            # the next chunks come in.
+            await asyncio.to_thread(_keep_checked, opener, out, sealed)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -365,7 +363,7 @@ class Files:
             raise UsageError(f"the file of message {message_id} is not here")
         tmp = target.parent / f".{target.name}.part"
         try:
-            self._write_plain(record, info, tmp)
+            await asyncio.to_thread(self._write_plain, record, info, tmp)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -400,6 +398,21 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
         fut.cancel()
     await asyncio.gather(*inflight, return_exceptions=True)
     inflight.clear()
+
+
+def _read_sealed(f: BinaryIO, sealer: ChunkSealer, index: int) -> bytes:
+    """Chunk ``index`` of the file, sealed (again, the same bytes, if it was sent before a
+    lost connection)."""
+    f.seek(index * CHUNK_SIZE)
+    plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
+    if index < sealer.next_index:
+        return sealer.reseal(index, plaintext)
+    return sealer.seal(plaintext)
+
+
+def _keep_checked(opener: ChunkOpener, out: BinaryIO, sealed: bytes) -> None:
+    opener.open(sealed)
+    out.write(sealed)
 
 
 def _opens_with(record: LocalFile, key: Secret, file_id: bytes) -> bool:
