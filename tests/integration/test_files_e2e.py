@@ -6,6 +6,8 @@
   plaintext;
 * a download cut off halfway (the task cancelled, then the connection dropped)
   resumes and completes;
+* the local copy is the sealed chunks as the server kept them (nothing is opened and
+  sealed again), and a cut-off download sealed under a local key starts over;
 * a chunk tampered with on the server is refused and nothing of the file is kept;
 * a file over the server's --max-file-size is refused before any of it is sent.
 """
@@ -33,6 +35,7 @@ from sottovoce.client.events import RoomMessageReceived
 from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
 from sottovoce.errors import UsageError
 from sottovoce.protocol import blobs as pb
+from sottovoce.secret import Secret
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 
@@ -175,6 +178,37 @@ async def test_cut_off_download_resumes_and_completes(
         await bob.files.download(message_id, progress=progress)
         assert first[0] > 20 * CHUNK_SIZE  # it carried on from the verified chunks
         assert bob.files.resumed  # and again after the dropped connection
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_local_copy_is_the_chunks_as_they_came_and_an_old_style_part_starts_over(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "kept.bin"
+        digest = make_file(src, 6 * CHUNK_SIZE + 7)
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+        [blob] = blob_files(server)
+        on_server = blob.read_bytes()
+        # A download cut off by an earlier version: chunks sealed again under a local key
+        # and id of their own. It cannot carry on under the file's key: it starts over.
+        table = bob.files._table
+        old = table.new(message_id, Secret(os.urandom(32)), os.urandom(16))
+        table.dir.mkdir(mode=0o700, exist_ok=True)
+        table.path(old, part=True).write_bytes(os.urandom(2 * SEALED_CHUNK_SIZE))
+        await bob.files.download(message_id)
+        assert not table.path(old, part=True).exists()
+        record = table.get(message_id)
+        assert record is not None and record.complete
+        # The local copy is the sealed chunks byte for byte as the server kept them.
+        assert table.path(record).read_bytes() == on_server
         assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
     finally:
         await alice.close()
