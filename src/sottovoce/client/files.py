@@ -191,16 +191,21 @@ class Files:
         acked = send_at = start
         resumes = 0
         while acked < chunks:
-            while send_at < chunks and len(inflight) < WINDOW:
-                # Read, seal and hash off the event loop (they let go of the GIL), while
-                # the chunks before go out.
-                sealed = await asyncio.to_thread(_read_sealed, f, sealer, send_at)
-                inflight.append(asyncio.ensure_future(self._link.request_built(
-                    functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at, data=sealed),
-                    _STORED)))
-                send_at += 1
+            if send_at < chunks and len(inflight) < WINDOW:
+                # Read, seal and hash the free slots' chunks off the event loop (that work
+                # lets go of the GIL), in one hop, while the chunks before go out.
+                count = min(chunks - send_at, WINDOW - len(inflight))
+                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, send_at,
+                                                      count):
+                    inflight.append(asyncio.ensure_future(self._link.request_built(
+                        functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at,
+                                          data=sealed), _STORED)))
+                    send_at += 1
             try:
                 await inflight.popleft()
+                while inflight and _succeeded(inflight[0]):  # acks that came together
+                    inflight.popleft()
+                    acked += 1
             except (NotConnected, ServerError) as exc:
                 await _cancel(inflight)
                 resumes += 1
@@ -332,10 +337,14 @@ class Files:
             except ServerError:
                 await _cancel(inflight)
                 raise
-            sealed = _chunk_data(data, info.blob_id, opener.next_index)
-            # Checked (and hashed) before it is kept as it came, off the event loop, while
-            # the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, sealed)
+            index = opener.next_index
+            batch = [_chunk_data(data, info.blob_id, index)]
+            while inflight and _succeeded(inflight[0]):  # chunks that came together
+                batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
+                                         index + len(batch)))
+            # Checked (and hashed) before they are kept as they came, off the event loop
+            # and in one hop, while the next chunks come in.
+            await asyncio.to_thread(_keep_checked, opener, out, batch)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -400,19 +409,29 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
     inflight.clear()
 
 
-def _read_sealed(f: BinaryIO, sealer: ChunkSealer, index: int) -> bytes:
-    """Chunk ``index`` of the file, sealed (again, the same bytes, if it was sent before a
-    lost connection)."""
-    f.seek(index * CHUNK_SIZE)
-    plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
-    if index < sealer.next_index:
-        return sealer.reseal(index, plaintext)
-    return sealer.seal(plaintext)
+def _read_sealed(f: BinaryIO, sealer: ChunkSealer, start: int, count: int) -> list[bytes]:
+    """Chunks ``start`` to ``start + count`` of the file, sealed (again, the same bytes,
+    those sent before a lost connection)."""
+    f.seek(start * CHUNK_SIZE)
+    sealed = []
+    for index in range(start, start + count):
+        plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
+        if index < sealer.next_index:
+            sealed.append(sealer.reseal(index, plaintext))
+        else:
+            sealed.append(sealer.seal(plaintext))
+    return sealed
 
 
-def _keep_checked(opener: ChunkOpener, out: BinaryIO, sealed: bytes) -> None:
-    opener.open(sealed)
-    out.write(sealed)
+def _keep_checked(opener: ChunkOpener, out: BinaryIO, batch: list[bytes]) -> None:
+    for sealed in batch:
+        opener.open(sealed)
+        out.write(sealed)
+
+
+def _succeeded(fut: asyncio.Future[Any]) -> bool:
+    """Whether a request has its answer already (a failed one is left to be awaited)."""
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 def _opens_with(record: LocalFile, key: Secret, file_id: bytes) -> bool:
