@@ -10,10 +10,10 @@ Phases, each on the same generated file (random bytes, in the page cache):
 * ``cp``: ``cp SRC DST`` (a subprocess), the floor for moving the bytes at all;
 * AES-GCM alone: the file read in 128 KiB chunks, each sealed and opened again with
   AES-256-GCM (``cryptography``), nothing else;
-* upload: ``alice.files.send_file`` (read, seal, base64, WebSocket, the server writes
+* upload: ``alice.files.send_file`` (read, seal, binary WebSocket messages, the server writes
   the chunks to disk, then the file message);
-* download: ``bob.files.download`` (fetch every chunk, open and check it, seal it again
-  under bob's local key, write it; the whole file's SHA-256 checked);
+* download: ``bob.files.download`` (fetch every chunk, open and check it, write it as
+  it came, still sealed; the whole file's SHA-256 checked);
 * save: ``bob.files.save`` (open the local copy, check it, write the plaintext).
 
 End to end = upload + download + save. Client memory: the peak that ``tracemalloc``

@@ -6,6 +6,8 @@
   plaintext;
 * a download cut off halfway (the task cancelled, then the connection dropped)
   resumes and completes;
+* the local copy is the sealed chunks as the server kept them (nothing is opened and
+  sealed again), and a cut-off download sealed under a local key starts over;
 * a chunk tampered with on the server is refused and nothing of the file is kept;
 * a file over the server's --max-file-size is refused before any of it is sent.
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +36,7 @@ from sottovoce.client.events import RoomMessageReceived
 from sottovoce.crypto.file_chunks import CHUNK_SIZE, SEALED_CHUNK_SIZE, ChunkTampered
 from sottovoce.errors import UsageError
 from sottovoce.protocol import blobs as pb
+from sottovoce.secret import Secret
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
 from tests.integration.serverproc import ServerProcess
 
@@ -167,6 +171,37 @@ async def test_cut_off_download_resumes_and_completes(
         assert first[0] > 20 * CHUNK_SIZE  # it carried on from the verified chunks
         assert bob.files.resumed  # and again after the dropped connection
         assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
+
+
+async def test_local_copy_is_the_chunks_as_they_came_and_an_old_style_part_starts_over(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    try:
+        src = tmp_path / "kept.bin"
+        digest = make_file(src, 6 * CHUNK_SIZE + 7)
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        message_id = await waiting
+        [blob] = blob_files(server)
+        on_server = blob.read_bytes()
+        # A download cut off by an earlier version: chunks sealed again under a local key
+        # and id of their own. It cannot carry on under the file's key: it starts over.
+        table = bob.files._table
+        old = table.new(message_id, Secret(os.urandom(32)), os.urandom(16))
+        table.dir.mkdir(mode=0o700, exist_ok=True)
+        table.path(old, part=True).write_bytes(os.urandom(2 * SEALED_CHUNK_SIZE))
+        await bob.files.download(message_id)
+        assert not table.path(old, part=True).exists()
+        record = table.get(message_id)
+        assert record is not None and record.complete
+        # The local copy is the sealed chunks byte for byte as the server kept them.
+        assert table.path(record).read_bytes() == on_server
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "out.bin")) == digest
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 async def test_tampered_chunk_is_refused_and_nothing_kept(
@@ -371,14 +406,22 @@ async def test_upload_resumes_after_a_lost_connection(
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         src = tmp_path / "up.bin"
         digest = make_file(src, 80 * CHUNK_SIZE)
-        drops: list[asyncio.Future[None]] = []
+        drops: list[int] = []
+        link = alice.files._link
+        request_built = link.request_built
 
-        def progress(done: int, total: int) -> None:
-            if not drops and done >= total // 4:
-                drops.append(asyncio.ensure_future(alice.drop_connection()))
+        async def put_then_drop(build: Any, *args: Any, **kwargs: Any) -> Any:
+            # The connection breaks (no closing handshake that would let the chunks in
+            # flight finish) as chunk 40 is sent: at least 24 of the 40 before it are
+            # stored by then (16 chunks are in flight at most), and not all of them.
+            if not drops and getattr(build, "args", ())[2:3] == (40,):
+                drops.append(40)
+                link._transport._ws.transport.abort()
+            return await request_built(build, *args, **kwargs)
 
+        link.request_built = put_then_drop  # type: ignore[method-assign]
         waiting = asyncio.ensure_future(file_message(bob))
-        await alice.files.send_file("bob", src, progress=progress)
+        await alice.files.send_file("bob", src)
         assert alice.files.resumed and alice.files.resumed[0] >= 20  # carried on, not over
         message_id = await waiting
         assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest

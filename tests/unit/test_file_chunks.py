@@ -11,6 +11,7 @@ import pytest
 from sottovoce.crypto.file_chunks import (
     CHUNK_OVERHEAD,
     CHUNK_SIZE,
+    RESEAL_WINDOW,
     SEALED_CHUNK_SIZE,
     ChunkOpener,
     ChunkOutOfOrder,
@@ -28,6 +29,7 @@ from sottovoce.crypto.file_chunks import (
     valid_layout,
 )
 from sottovoce.errors import UsageError
+from sottovoce.secret import Secret
 
 DATA = bytes(range(256)) * (CHUNK_SIZE * 3 // 256) + b"tail"
 
@@ -137,6 +139,23 @@ def test_resumed_sealing_and_opening_give_the_same_file() -> None:
     for c in chunks[2:]:
         opener.open(c)
     opener.finish()
+
+
+def test_reseal_refuses_other_plaintext_and_chunks_it_no_longer_remembers() -> None:
+    key, file_id = Secret(bytes(range(32))), bytes(16)
+    size = (RESEAL_WINDOW + 2) * CHUNK_SIZE
+    sealer = ChunkSealer(key, file_id, size)
+    block = bytes(CHUNK_SIZE)
+    first = sealer.seal(block)
+    assert sealer.reseal(0, block) == first
+    changed = b"\x01" + block[1:]
+    with pytest.raises(UsageError, match="changed"):  # same nonce, other bytes: never
+        sealer.reseal(0, changed)
+    for _ in range(RESEAL_WINDOW):
+        sealer.seal(block)
+    with pytest.raises(UsageError, match="last chunks"):
+        sealer.reseal(0, block)
+    assert sealer.reseal(1, block)[:4] == (1).to_bytes(4, "big")
 
 
 def test_binary_chunk_messages_round_trip_and_refuse_malformed_ones() -> None:

@@ -5,7 +5,7 @@
         flight ──► a "file" message (key, SHA-256, size, name, type, thumbnail or
         duration) through the normal 1:1 or room path
     download ──► blob.get chunk by chunk ──► open and check each (crypto/file_chunks.py)
-        ──► sealed again under a local key into files/<id>.part ──► the whole checked
+        ──► kept as it came (still sealed) in files/<id>.part ──► the whole checked
         ──► files/<id>, blob.fetched (the server deletes the blob once every device
         it was for has said so)
     save ──► open the local copy, check it, write the plaintext beside DEST, rename
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import io
 import mimetypes
 import os
@@ -67,6 +68,7 @@ from sottovoce.limits import FILE_TTL_MS
 from sottovoce.private_files import private_dir
 from sottovoce.protocol import blobs as pb
 from sottovoce.protocol import events as ev
+from sottovoce.secret import Secret
 
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
@@ -225,19 +227,21 @@ class Files:
         acked = send_at = start
         resumes = 0
         while acked < chunks:
-            while send_at < chunks and len(inflight) < WINDOW:
-                f.seek(send_at * CHUNK_SIZE)
-                plaintext = f.read(min(CHUNK_SIZE, size - send_at * CHUNK_SIZE))
-                if send_at < sealer.next_index:  # sent before a lost connection
-                    sealed = sealer.reseal(send_at, plaintext)
-                else:
-                    sealed = sealer.seal(plaintext)
-                inflight.append(asyncio.ensure_future(self._link.request_built(
-                    functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at, data=sealed),
-                    _STORED)))
-                send_at += 1
+            if send_at < chunks and len(inflight) < WINDOW:
+                # Read, seal and hash the free slots' chunks off the event loop (that work
+                # lets go of the GIL), in one hop, while the chunks before go out.
+                count = min(chunks - send_at, WINDOW - len(inflight))
+                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, send_at,
+                                                      count):
+                    inflight.append(asyncio.ensure_future(self._link.request_built(
+                        functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at,
+                                          data=sealed), _STORED)))
+                    send_at += 1
             try:
                 await inflight.popleft()
+                while inflight and _succeeded(inflight[0]):  # acks that came together
+                    inflight.popleft()
+                    acked += 1
             except (NotConnected, ServerError) as exc:
                 await _cancel(inflight)
                 resumes += 1
@@ -278,17 +282,23 @@ class Files:
         """Fetch, check and keep (sealed) the file of ``message_id``; resumes a download
         cut off before. A :class:`FileIntegrityError` leaves nothing of the file."""
         info = self.info(message_id)
-        record = self._table.get(message_id) or self._table.new(message_id)
-        if record.complete:
+        file_id = bytes.fromhex(info.blob_id)
+        record = self._table.get(message_id)
+        if record is not None and record.complete:
             return
+        if record is None or not _opens_with(record, info.key, file_id):
+            # A cut-off download that sealed each chunk again (an earlier version) starts
+            # over: the chunks are now kept as they came.
+            if record is not None:
+                self._table.forget(record)
+            record = self._table.new(message_id, info.key, file_id)
         private_dir(self._table.dir)
-        opener = ChunkOpener(info.key, bytes.fromhex(info.blob_id), info.size, info.sha256)
+        opener = ChunkOpener(info.key, file_id, info.size, info.sha256)
         part = self._table.path(record, part=True)
         try:
-            have = self._verified_part(record, info, opener)
-            local = ChunkSealer(record.key, record.local_id, info.size, start=have)
+            self._verified_part(record, opener)
             with open(part, "ab") as out:
-                await self._get_all(info, opener, local, out, progress)
+                await self._get_all(info, opener, out, progress)
                 opener.finish()
                 out.flush()
                 os.fsync(out.fileno())
@@ -305,15 +315,15 @@ class Files:
             # The server deletes the blob once every device it is for has it.
             await self._link.request(pb.BlobFetched(blobId=info.blob_id), _RELEASED)
 
-    def _verified_part(self, record: LocalFile, info: FileInfo, opener: ChunkOpener) -> int:
-        """Chunks of an earlier, cut-off download of this file: each opened under the
-        local key and counted into ``opener``; a damaged rest is cut off."""
+    def _verified_part(self, record: LocalFile, opener: ChunkOpener) -> int:
+        """Chunks of an earlier, cut-off download of this file: each opened and checked
+        again by ``opener`` (which then carries on after them); a damaged rest is cut
+        off."""
         part = self._table.path(record, part=True)
         try:
             length = part.stat().st_size
         except FileNotFoundError:
             return 0
-        local = ChunkOpener(record.key, record.local_id, info.size, info.sha256)
         have = 0
         with open(part, "rb") as f:
             while have < opener.chunks - 1:  # the final chunk is never left in a .part
@@ -321,10 +331,9 @@ class Files:
                 if len(sealed) < SEALED_CHUNK_SIZE:
                     break
                 try:
-                    plaintext = local.open(sealed)
+                    opener.open(sealed)
                 except FileIntegrityError:
                     break
-                opener.accept_verified(plaintext)
                 have += 1
         if length != have * SEALED_CHUNK_SIZE:
             with open(part, "ab") as f:
@@ -332,19 +341,18 @@ class Files:
         return have
 
     async def _get_all(
-        self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
-        progress: Progress | None,
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._get_window(info, opener, local, out, progress, inflight)
+            await self._get_window(info, opener, out, progress, inflight)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
 
     async def _get_window(
-        self, info: FileInfo, opener: ChunkOpener, local: ChunkSealer, out: BinaryIO,
-        progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
+        inflight: deque[asyncio.Future[Any]],
     ) -> None:
         chunks = opener.chunks
         ask = opener.next_index
@@ -368,8 +376,14 @@ class Files:
             except ServerError:
                 await _cancel(inflight)
                 raise
-            sealed = _chunk_data(data, info.blob_id, opener.next_index)
-            out.write(local.seal(opener.open(sealed)))
+            index = opener.next_index
+            batch = [_chunk_data(data, info.blob_id, index)]
+            while inflight and _succeeded(inflight[0]):  # chunks that came together
+                batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
+                                         index + len(batch)))
+            # Checked (and hashed) before they are kept as they came, off the event loop
+            # and in one hop, while the next chunks come in.
+            await asyncio.to_thread(_keep_checked, opener, out, batch)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -397,7 +411,7 @@ class Files:
             raise UsageError(f"the file of message {message_id} is not here")
         tmp = target.parent / f".{target.name}.part"
         try:
-            self._write_plain(record, info, tmp)
+            await asyncio.to_thread(self._write_plain, record, info, tmp)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -436,6 +450,37 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
         fut.cancel()
     await asyncio.gather(*inflight, return_exceptions=True)
     inflight.clear()
+
+
+def _read_sealed(f: BinaryIO, sealer: ChunkSealer, start: int, count: int) -> list[bytes]:
+    """Chunks ``start`` to ``start + count`` of the file, sealed (again, the same bytes,
+    those sent before a lost connection)."""
+    f.seek(start * CHUNK_SIZE)
+    sealed = []
+    for index in range(start, start + count):
+        plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
+        if index < sealer.next_index:
+            sealed.append(sealer.reseal(index, plaintext))
+        else:
+            sealed.append(sealer.seal(plaintext))
+    return sealed
+
+
+def _keep_checked(opener: ChunkOpener, out: BinaryIO, batch: list[bytes]) -> None:
+    for sealed in batch:
+        opener.open(sealed)
+        out.write(sealed)
+
+
+def _succeeded(fut: asyncio.Future[Any]) -> bool:
+    """Whether a request has its answer already (a failed one is left to be awaited)."""
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _opens_with(record: LocalFile, key: Secret, file_id: bytes) -> bool:
+    """Whether a local copy's chunks are the file's own, sealed under ``key``."""
+    return record.local_id == file_id and hmac.compare_digest(record.key.expose(),
+                                                              key.expose())
 
 
 def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes:

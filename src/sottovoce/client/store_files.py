@@ -1,10 +1,13 @@
 """Received files kept in the account's data directory, sealed (client/files.py).
 
-A downloaded file is never plaintext on disk: each chunk, once verified, is sealed
-again (crypto/file_chunks.py) under a key of its own that only this table holds,
-sealed by the store's key. The file is ``files/<local id>`` (``.part`` while its
-download runs; the verified chunks in it let a cut-off download resume). A row is
-keyed by the message id; the local key and id are sealed, ``complete`` is clear.
+A downloaded file is never plaintext on disk: it is kept as it came, each chunk
+sealed under the file's key (crypto/file_chunks.py) and checked before it is
+written, so nothing is decrypted and sealed again on the way in. The key and file
+id that open the local copy are in this table, sealed by the store's key (rows
+written by earlier versions name a local key and id of their own; both kinds open
+the same way). The file is ``files/<local id>`` (``.part`` while its download
+runs; the verified chunks in it let a cut-off download resume). A row is keyed by
+the message id; the key and id are sealed, ``complete`` is clear.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sottovoce.client.store import Store
-from sottovoce.crypto.file_chunks import new_file_id, new_file_key
 from sottovoce.secret import Secret
 
 _SCHEMA = """
@@ -77,14 +79,15 @@ class FileTable:
         return LocalFile(message_id, bytes.fromhex(raw["id"]),
                          Secret(base64.b64decode(raw["key"])), bool(row[0]))
 
-    def new(self, message_id: str) -> LocalFile:
-        rng = self._store.rng
-        record = LocalFile(message_id, new_file_id(rng), new_file_key(rng), False)
+    def new(self, message_id: str, key: Secret, file_id: bytes) -> LocalFile:
+        """A row for a download starting now: its chunks open under ``key`` and
+        ``file_id`` (the file's own, so the chunks are kept as they came)."""
+        record = LocalFile(message_id, file_id, key, False)
         body = json.dumps({"id": record.local_id.hex(),
                            "key": base64.b64encode(record.key.expose()).decode()}).encode()
         with self._store.transaction():
             self._store.db.execute(
-                "INSERT INTO files(message_id, complete, sealed) VALUES (?, 0, ?)",
+                "INSERT OR REPLACE INTO files(message_id, complete, sealed) VALUES (?, 0, ?)",
                 (message_id, self._store.seal(_KIND, message_id.encode(), body)),
             )
         return record

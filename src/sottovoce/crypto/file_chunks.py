@@ -51,13 +51,16 @@ from sottovoce.secret import Secret
 
 __all__ = [
     "CHUNK_OVERHEAD", "CHUNK_SIZE", "FILE_ID_SIZE", "HEADER_SIZE", "KEY_SIZE", "MAX_CHUNKS",
-    "SEALED_CHUNK_SIZE", "TAG_SIZE", "ChunkOpener", "ChunkOutOfOrder", "ChunkSealer",
-    "ChunkTampered", "FileExtended", "FileIntegrityError", "FileMismatch", "FileTruncated",
-    "chunk_count", "new_file_id", "new_file_key", "plain_size", "sealed_chunk_size",
-    "sealed_size", "valid_layout",
+    "RESEAL_WINDOW", "SEALED_CHUNK_SIZE", "TAG_SIZE", "ChunkOpener", "ChunkOutOfOrder",
+    "ChunkSealer", "ChunkTampered", "FileExtended", "FileIntegrityError", "FileMismatch",
+    "FileTruncated", "chunk_count", "new_file_id", "new_file_key", "plain_size",
+    "sealed_chunk_size", "sealed_size", "valid_layout",
 ]
 
 KEY_SIZE = 32
+#: How many of the last sealed chunks a sealer can seal again (their tags are kept):
+#: far more than a transfer has in flight.
+RESEAL_WINDOW = 256
 
 _AAD = b"sottovoce file chunk v1"
 
@@ -110,7 +113,7 @@ def _aead(key: Secret, file_id: bytes) -> AESGCM:
 class ChunkSealer:
     """Seals the chunks of one file, in order, and hashes its plaintext on the way."""
 
-    __slots__ = ("_aead", "_file_id", "_hash", "_next", "_start", "chunks", "size")
+    __slots__ = ("_aead", "_file_id", "_hash", "_next", "_start", "_tags", "chunks", "size")
 
     def __init__(self, key: Secret, file_id: bytes, size: int, *, start: int = 0) -> None:
         """``start``: seal from that chunk on (the ones before are sealed already; the
@@ -121,6 +124,8 @@ class ChunkSealer:
         self.chunks = chunk_count(size)
         self._next = self._start = start
         self._hash = hashlib.sha256()
+        #: The tags of the last chunks sealed, by index (:meth:`reseal` checks against them).
+        self._tags: dict[int, bytes] = {}
 
     def seal(self, plaintext: bytes) -> bytes:
         """Seal the next chunk (``CHUNK_SIZE`` bytes, the last one up to that)."""
@@ -135,7 +140,10 @@ class ChunkSealer:
         self._hash.update(plaintext)
         header = _header(index, last)
         nonce = index.to_bytes(12, "big")
-        return header + self._aead.encrypt(nonce, plaintext, _AAD + self._file_id + header)
+        sealed = header + self._aead.encrypt(nonce, plaintext, _AAD + self._file_id + header)
+        self._tags[index] = sealed[-TAG_SIZE:]
+        self._tags.pop(index - RESEAL_WINDOW, None)
+        return sealed
 
     @property
     def next_index(self) -> int:
@@ -152,15 +160,23 @@ class ChunkSealer:
         return self._hash.digest()
 
     def reseal(self, index: int, plaintext: bytes) -> bytes:
-        """Chunk ``index`` again, already sealed once (a resumed upload sends it again):
-        the same bytes, since the nonce is the index; the hash is not touched."""
+        """Chunk ``index`` again, one of the last sealed (a resumed upload sends it again):
+        the same bytes, since the nonce is the index; the hash is not touched. Plaintext
+        that is not what was sealed there (the file changed meanwhile) is refused before
+        anything of it leaves: the same nonce on other bytes would give away both."""
         if index >= self._next:
             raise UsageError("only a chunk sealed before can be sealed again")
+        tag = self._tags.get(index)
+        if tag is None:
+            raise UsageError("only one of the last chunks sealed can be sealed again")
         last = index == self.chunks - 1
         header = _header(index, last)
-        return header + self._aead.encrypt(
+        sealed = header + self._aead.encrypt(
             index.to_bytes(12, "big"), plaintext, _AAD + self._file_id + header
         )
+        if not hmac.compare_digest(sealed[-TAG_SIZE:], tag):
+            raise UsageError("the file changed while it was being sent")
+        return sealed
 
 
 class ChunkOpener:
