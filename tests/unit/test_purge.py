@@ -4,6 +4,7 @@ forgetting a 1:1 chat removes the control markers kept beside it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sottovoce.client.store import TEST_KDF, DeliveryStatus, Store
 from sottovoce.client.store_control import ControlStore, MessageState
 from sottovoce.client.store_files import FileTable
 from sottovoce.client.store_timers import TimerStore
+from sottovoce.secret import Secret
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def _message_with_everything(store: Store, message_id: str, peer: str) -> None:
     control, files, timers = ControlStore(store), FileTable(store), TimerStore(store)
-    record = files.new(message_id)
+    record = files.new(message_id, Secret(os.urandom(32)), os.urandom(16))
     files.dir.mkdir(exist_ok=True)
     files.path(record).write_bytes(b"sealed copy")
     (store.data_dir / "view" / message_id).mkdir(parents=True)
