@@ -21,7 +21,7 @@ from sottovoce.client import control as c
 from sottovoce.client.conversation import MessageView
 from sottovoce.client.events import TypingStarted
 from sottovoce.client.store import TEST_KDF
-from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
 from tests.integration.serverproc import ServerProcess
 
 T = 15.0
@@ -95,10 +95,7 @@ async def test_edit_and_delete_for_everyone_one_to_one(
 async def test_mallory_cannot_edit_delete_or_react_for_alice(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    mallory = await make_account(server, "mallory", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob", "mallory") as (alice, bob, mallory):
         mid = await alice.send_text("bob", "the real text")
         await until(bob, lambda: bob.message(mid) is not None)
         # Mallory names alice's message id in her own chat with bob ...
@@ -137,8 +134,6 @@ async def test_mallory_cannot_edit_delete_or_react_for_alice(
         assert [v.message.message_id for v in bob.controls.history("alice")] == [barrier_a]
         assert bob.message(mid) is not None and bob.message(mid).text == ""  # type: ignore[union-attr]
         assert view_of(alice, "bob", mid).text == "the real text"
-    finally:
-        await close_all([alice, bob, mallory])
 
 
 async def test_delivered_and_read_receipts_reach_the_senders_devices(
@@ -163,9 +158,7 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
 
 
 async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_path: Path) -> None:
-    alice = await make_account(server, "alice", tmp_path)
-    bob = await make_account(server, "bob", tmp_path)
-    try:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         bob.controls.set_settings(read_receipts=False)
         to_bob = await alice.send_text("bob", "to bob")
         await until(alice, lambda: state(alice, "bob", to_bob) == "✓✓")
@@ -180,8 +173,6 @@ async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_p
         assert state(alice, "bob", to_bob) == "✓✓"
         bob.controls.set_settings(read_receipts=True)
         assert state(bob, "alice", to_alice) == "read"  # kept, shown once on again
-    finally:
-        await close_all([alice, bob])
 
 
 async def test_room_read_by_n_edits_forgery_and_delete(
