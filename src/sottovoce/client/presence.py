@@ -130,6 +130,7 @@ class Presence:
         self._heard: dict[str, dict[str, tuple[str, int]]] = {}
         self._last_seen: dict[str, int] | None = None
         self._sent_at: dict[str, float] = {}
+        self._answered_at: dict[str, float] = {}
         self._held: dict[str, str] = {}
         self._announced: set[str] = set()
         self._refreshed = clock()
@@ -210,7 +211,7 @@ class Presence:
         self._awaiting.discard(sender)
         if ask and self._up and self._started:
             self._announced.add(sender)  # they asked: our answer is the announcement
-            self._spawn(self._to(sender, self.state, ask=False))
+            self._spawn(self._answer(sender))
 
     # --- sending -----------------------------------------------------------------------
 
@@ -273,6 +274,17 @@ class Presence:
         self._announced.update(fresh)
         took = await asyncio.gather(*(self._to(p, self.state, ask=True) for p in fresh))
         self._awaiting.update(p for p, ok in zip(fresh, took, strict=True) if ok)
+
+    async def _answer(self, peer: str) -> None:
+        """A peer asked (it just came online, so it has not heard us): our state now,
+        whatever we sent before; at most one answer per ``min_interval_s`` per peer."""
+        now = self._clock()
+        last = self._answered_at.get(peer)
+        if last is not None and now - last < self.min_interval_s:
+            self._held[peer] = self.state
+            return
+        self._answered_at[peer] = now
+        await self._to(peer, self.state, ask=False, force=True)
 
     async def _to(self, peer: str, state: str, *, ask: bool, force: bool = False) -> bool:
         """One notice (rate limited: a notice too soon is held for the next tick)."""
