@@ -16,6 +16,8 @@ from sottovoce.client.presence import (
     AWAY,
     OFFLINE,
     ONLINE,
+    REFRESH_S,
+    STALE_MS,
     UNKNOWN,
     PeerPresence,
     Presence,
@@ -64,6 +66,9 @@ class _Clock:
     def __call__(self) -> float:
         return self.now
 
+    def ms(self) -> int:
+        return int(self.now * 1000)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
@@ -90,7 +95,7 @@ def _presence(store: Store, contacts: list[str], clock: _Clock) -> tuple[Presenc
     direct = _Direct()
     spawned: list[Any] = []
     presence = Presence(store, _Contacts(contacts), direct, lambda e: None, spawned.append,
-                        clock=clock)
+                        clock=clock, clock_ms=clock.ms)
     presence.spawned = spawned  # type: ignore[attr-defined]
     return presence, direct
 
@@ -229,4 +234,27 @@ async def test_an_offline_contact_is_not_waited_for(store: Store) -> None:
     presence.start()
     await presence.settle(5)  # returns at once: nobody took the announcement
     assert direct.sent == [] and presence.of("bob").state == UNKNOWN
+    await presence.close()
+
+
+async def test_refreshes_go_to_peers_heard_and_silence_turns_to_offline(store: Store) -> None:
+    _wrote_with(store, "bob", "dave")
+    clock = _Clock()
+    presence, direct = _presence(store, ["bob", "dave"], clock)
+    direct.offline.add("dave")  # dave is not online: never heard, never refreshed
+    presence.away_after_s = 10 * REFRESH_S
+    presence.connected()
+    presence.start()
+    await presence.settle(0.1)
+    events: list[ClientEvent] = []
+    presence.incoming("bob", "phone", presence_body(ONLINE, ask=False), events)
+    clock.now += REFRESH_S
+    await presence.tick()
+    await _run_spawned(presence)
+    assert direct.sent == [("bob", (ONLINE, True)), ("bob", (ONLINE, False))]
+    assert presence.of("bob").state == ONLINE
+    # bob's device vanished without a clean close: after STALE_MS it shows offline.
+    clock.now += STALE_MS / 1000
+    assert presence.of("bob") == PeerPresence(OFFLINE, int((clock.now - REFRESH_S
+                                                              - STALE_MS / 1000) * 1000))
     await presence.close()

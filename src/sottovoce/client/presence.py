@@ -118,10 +118,10 @@ class Presence:
     def __init__(
         self, store: Store, contacts: Contacts, direct: Direct,
         emit: Callable[[ClientEvent], None], spawn: Callable[[Any], None],
-        *, clock: Callable[[], float] = time.monotonic,
+        *, clock: Callable[[], float] = time.monotonic, clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self._store, self._contacts, self._direct = store, contacts, direct
-        self._emit, self._spawn, self._clock = emit, spawn, clock
+        self._emit, self._spawn, self._clock, self._clock_ms = emit, spawn, clock, clock_ms
         self.away_after_s, self.min_interval_s, self.tick_s = AWAY_AFTER_S, MIN_INTERVAL_S, TICK_S
         self.state = ONLINE
         self._last_input = clock()
@@ -175,7 +175,7 @@ class Presence:
         if not self.enabled or not self._contacts.may_signal(peer):
             return PeerPresence(UNKNOWN if seen is None else OFFLINE, seen)
         devices = self._heard.get(peer, {})
-        fresh = {s for s, at in devices.values() if now_ms() - at < STALE_MS}
+        fresh = {s for s, at in devices.values() if self._clock_ms() - at < STALE_MS}
         state = next((s for s in (ONLINE, AWAY) if s in fresh), None)
         if state is None:
             state = UNKNOWN if seen is None else OFFLINE
@@ -201,7 +201,7 @@ class Presence:
             log.info("presence notice dropped: %s", exc)
             return
         before = self.of(sender)
-        at = now_ms()
+        at = self._clock_ms()
         self._heard.setdefault(sender, {})[device] = (state, at)
         self._seen()[sender] = at
         self._store.put_secret(_LAST_SEEN, json.dumps(self._seen()).encode())
