@@ -6,17 +6,22 @@
 * a stranger who wrote (a pending request on my side) gets nothing from me: not one
   frame from my account reaches their connection, and what they send me is not shown;
 * the setting off stops it both ways;
+* `contacts` asks the contacts online and lists "(online)", or "(last seen HH:MM)";
 * the server keeps no row of it (every table's row count is the same before and after).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client
 from sottovoce.client.presence import AWAY, OFFLINE, ONLINE, UNKNOWN, PeerPresence
 from sottovoce.protocol import events as ev
@@ -138,3 +143,29 @@ async def test_presence_off_stops_it_both_ways(server: ServerProcess, tmp_path: 
         await _until(lambda: bob.contacts.presence("alice").state == ONLINE, "alice online")
         await _until(lambda: alice.contacts.presence("bob").state == ONLINE, "bob online")
         assert len(from_alice) >= 1
+
+
+async def test_cli_contacts_shows_presence_and_last_seen(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        await _acquaint(bob, alice)
+        await alice.close()  # `contacts` opens alice's store itself
+        _share(bob)
+        monkeypatch.setenv("SOTTOVOCE_HOME", str(tmp_path / "alice"))
+        monkeypatch.setenv("SOTTOVOCE_PASSPHRASE", PASSPHRASE)
+
+        def contacts() -> str:
+            assert cli_main(["contacts"]) == 0
+            out, err = capsys.readouterr()
+            assert "Traceback" not in err
+            return out
+
+        # bob is online and shares: alice's `contacts` asks and waits for his answer.
+        assert await asyncio.to_thread(contacts) == "bob  (online)\n"
+        # bob saw alice come (the command shared hers) and go (its clean close).
+        await _until(lambda: bob.contacts.presence("alice").state == OFFLINE, "alice gone")
+        await bob.close()
+        shown = await asyncio.to_thread(contacts)
+        assert re.fullmatch(r"bob  \(last seen (\d{4}-\d\d-\d\d )?\d\d:\d\d\)\n", shown), shown
