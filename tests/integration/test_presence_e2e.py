@@ -97,10 +97,11 @@ async def test_presence_flows_between_contacts_and_never_to_a_stranger(
         bob.presence.away_after_s = 3600.0
         _share(bob)
         _share(carol)  # carol wrote to alice: alice is carol's contact, not the reverse
-        alice.presence.away_after_s = 1.0
+        alice.presence.away_after_s = 3600.0
         _share(alice)
         await _until(lambda: bob.contacts.presence("alice").state == ONLINE, "alice online")
         await _until(lambda: alice.contacts.presence("bob").state == ONLINE, "bob online")
+        alice.presence.away_after_s = 1.0  # idle since it started sharing
 
         await _until(lambda: bob.contacts.presence("alice").state == AWAY, "alice away")
         alice.presence.activity()
