@@ -258,3 +258,20 @@ async def test_refreshes_go_to_peers_heard_and_silence_turns_to_offline(store: S
     assert presence.of("bob") == PeerPresence(OFFLINE, int((clock.now - REFRESH_S
                                                               - STALE_MS / 1000) * 1000))
     await presence.close()
+
+
+async def test_turning_it_off_while_sharing_tells_who_sees_us_once(store: Store) -> None:
+    _wrote_with(store, "bob")
+    presence, direct = _presence(store, ["bob"], _Clock())
+    presence.connected()
+    presence.start()
+    await presence.settle(0.1)
+    events: list[ClientEvent] = []
+    presence.incoming("bob", "phone", presence_body(ONLINE, ask=False), events)
+    presence.set_enabled(False)
+    await _run_spawned(presence)
+    assert direct.sent == [("bob", (ONLINE, True)), ("bob", (OFFLINE, False))]
+    presence.activity()
+    await presence.tick()
+    await presence.close()
+    assert len(direct.sent) == 2  # and nothing after

@@ -152,11 +152,15 @@ class Presence:
         return self._enabled
 
     def set_enabled(self, on: bool) -> bool:
-        """Off: nothing sent from now on, nothing shown (what was heard is dropped)."""
+        """Off: nothing sent from now on (but one "offline" to the contacts that hear
+        us, if sharing), nothing shown (what was heard is dropped)."""
         with self._store.transaction():
             self._store.put_secret(_SETTINGS, json.dumps({"presence": on}).encode())
         self._enabled = on
         if not on:
+            if self._up and self._started:  # who sees us online is told we are gone
+                for peer in self._listening():
+                    self._spawn(self._to(peer, OFFLINE, ask=False, force=True))
             self._heard.clear()
             self._held.clear()
         return on
@@ -287,8 +291,9 @@ class Presence:
         await self._to(peer, self.state, ask=False, force=True)
 
     async def _to(self, peer: str, state: str, *, ask: bool, force: bool = False) -> bool:
-        """One notice (rate limited: a notice too soon is held for the next tick)."""
-        if not self.enabled or not self.eligible(peer):
+        """One notice (rate limited: a notice too soon is held for the next tick;
+        ``force``: neither held nor stopped by the setting, for the last ones)."""
+        if not (self.enabled or force) or not self.eligible(peer):
             return False
         now = self._clock()
         last = self._sent_at.get(peer)
