@@ -6,6 +6,9 @@
 * blocking: the server stores nothing from the blocked account for my devices (no inbox
   row), the sender's send is acknowledged exactly as before, nothing arrives on any of
   my devices; unblocking restores delivery;
+* call signals (live sends) from a blocked account reach none of my devices: the server
+  drops them (no frame reaches my connection), acknowledges them as if delivered, and
+  says so whether or not I am online;
 * `contacts` and `requests` as a user types them (the CLI's ``main``, in this process).
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import pytest
 
 from sottovoce.cli.main import main as cli_main
 from sottovoce.client import Client, EventStream, MessageReceived
+from sottovoce.client.call_payloads import CALL_CONTENT_TYPE, encode_signals
 from sottovoce.client.contact_list import CONTACTS_CONTENT_TYPE
 from sottovoce.client.store import TEST_KDF
 from sottovoce.protocol import events as ev
@@ -143,6 +148,58 @@ async def test_block_stops_delivery_at_the_server_and_the_sender_cannot_tell(
     finally:
         for c in (alice, laptop, bob):
             await c.close()
+
+
+def _frames_from(client: Client, sender: str) -> list[dict[str, Any]]:
+    """Every inbox frame from ``sender`` reaching ``client``'s connection from now on
+    (before the client's own checks: what the server let through)."""
+    seen: list[dict[str, Any]] = []
+    handler = client._handlers[ev.INBOX_FRAME]
+
+    def spy(name: str, data: dict[str, Any]) -> Any:
+        envelope = data.get("envelope")
+        if isinstance(envelope, dict) and envelope.get("senderUserId") == sender:
+            seen.append(data)
+        return handler(name, data)
+
+    client._handlers[ev.INBOX_FRAME] = spy
+    return seen
+
+
+async def test_call_signals_from_a_blocked_account_are_dropped_at_the_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = await make_account(server, "alice", tmp_path)
+    bob = await make_account(server, "bob", tmp_path)
+    phone = await bob.add_device(tmp_path / "bob-phone", PASSPHRASE, kdf=TEST_KDF)
+    rings: list[tuple[str, str, bytes]] = []
+    alice._direct._on_call = lambda user, device, body: rings.append((user, device, body))
+    to_alice, to_phone = _frames_from(alice, "bob"), _frames_from(phone, "bob")
+    offer = encode_signals([b"an offer, as the call engine would send it"])
+    try:
+        await bob._direct.send_live("alice", offer, CALL_CONTENT_TYPE)  # the control
+        await _until(lambda: len(rings) == 1 and len(to_alice) == 1)
+        assert rings[0][0] == "bob"
+
+        await alice.contacts.block("bob")
+        acked = await bob._direct.send_live("alice", offer, CALL_CONTENT_TYPE)
+        assert acked  # acknowledged as if alice's device took it: bob cannot tell
+        await _until(lambda: len(to_phone) == 2)  # bob's own copy went on, alice's did not
+        await asyncio.sleep(0.3)
+        assert len(to_alice) == 1 and len(rings) == 1
+        await alice.close()  # blocked: not even "offline" tells bob anything
+        await bob._direct.send_live("alice", offer, CALL_CONTENT_TYPE)
+    finally:
+        for c in (alice, bob, phone):
+            await c.close()
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 async def _strangers_write(server: ServerProcess, root: Path) -> None:

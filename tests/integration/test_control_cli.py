@@ -71,8 +71,9 @@ async def test_edit_react_reply_delete_and_settings_from_the_command_line(
     assert "alice: [deleted]" in theirs and "hello" not in theirs.splitlines()[0], theirs
 
     assert _cli(b, "account", "settings", "--read-receipts", "off").splitlines() == [
-        "read receipts: off", "typing notices: on"
+        "read receipts: off", "typing notices: on", "presence: on"
     ]
+    assert _cli(b, "account", "settings", "--presence", "off").splitlines()[2] == "presence: off"
     assert "invalid on/off value" in _cli(b, "account", "settings", "--typing", "maybe", code=2)
 
     # The room form: a member's reaction, counted on the sender's side.
@@ -82,5 +83,6 @@ async def test_edit_react_reply_delete_and_settings_from_the_command_line(
     reopened = await Client.open(b, PASSPHRASE)
     try:
         assert reopened.controls.settings.read_receipts is False
+        assert reopened.presence.enabled is False
     finally:
         await reopened.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import re
 import subprocess
@@ -39,9 +40,10 @@ from sottovoce.client.linking import (
     link_existing,
 )
 from sottovoce.client.store import TEST_KDF
+from sottovoce.errors import UsageError
 from sottovoce.identity.pake import ShortCode
 from tests.conformance.rawclient import RawClient
-from tests.integration.client_helpers import PASSPHRASE, make_account, received
+from tests.integration.client_helpers import PASSPHRASE, accounts, make_account, received
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_rooms_e2e import room_messages
 
@@ -152,6 +154,41 @@ async def test_link_by_qr_with_history_rooms_and_the_other_devices_told(
         assert [m.text for m in await received(bob_inbox, 1)] == ["from the laptop"]
     finally:
         await asyncio.gather(laptop.close(), second.close())
+    await no_mailboxes(server)
+
+
+async def test_link_carries_the_contact_list_with_marks_requests_and_blocks(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, bob = alice_bob
+    async with accounts(server, tmp_path, "carol", "dave") as (carol, _dave):
+        inbox = alice.events()
+        await bob.wait_sent(await bob.send_text("alice", "hi, it is bob"))
+        await carol.wait_sent(await carol.send_text("alice", "a request"))
+        await received(inbox, 2)
+        await alice.contacts.accept("bob")
+        await alice.contacts.add("erin")  # added, never written to
+        await alice.contacts.block("dave")
+        store = alice.linking().store
+        pinned = store.get_contact("bob")
+        assert pinned is not None and not pinned.verified
+        with store.transaction():
+            store.put_contact(dataclasses.replace(pinned, verified=True))  # compared numbers
+
+        laptop, _ = await linked_device(server, tmp_path, Existing(alice), by_code(server))
+        try:
+            assert laptop.contacts.contacts() == ["bob", "erin"]
+            assert laptop.contacts.requests() == ["carol"]
+            assert laptop.contacts.blocked() == ["dave"]
+            carried = laptop.linking().store.get_contact("bob")
+            assert carried is not None and carried.verified
+            assert carried.account_key == pinned.account_key
+            with pytest.raises(UsageError, match="blocked"):
+                await laptop.send_text("dave", "hello?")
+            # The request stays a request: carol learns nothing, bob may be signalled.
+            assert not laptop.contacts.may_signal("carol") and laptop.contacts.may_signal("bob")
+        finally:
+            await laptop.close()
     await no_mailboxes(server)
 
 

@@ -5,7 +5,8 @@ keys are typed with ``send-keys`` and the screen is read with ``capture-pane``.
 Bob is an SDK client in this process. Checked: the history comes from the
 local store, a typed message is sent and gets its ✓, a message from bob
 appears, PageUp scrolls back to the oldest message (loading older pages from
-the store), Ctrl-S shows the same safety number bob computes, Ctrl-Q exits 0.
+the store), the status line shows bob's presence and bob sees alice's (offline after
+Ctrl-Q), Ctrl-S shows the same safety number bob computes, Ctrl-Q exits 0.
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
 
         reply = await bob.send_text("alice", "reply from bob")
         await tmux.wait_for("bob: reply from bob")
+        # Presence (contacts both ways now): bob's shows in the status line, and the
+        # open chat answers with alice's.
+        bob.presence.tick_s = 0.1
+        bob.presence.start()
+        await tmux.wait_for("bob (online) · connected")
+        await wait_for(lambda: bob.contacts.presence("alice").state == "online", 10)
 
         for _ in range(12):
             tmux.keys("PageUp")
@@ -164,6 +171,8 @@ async def test_chat_in_tmux_send_receive_scroll_safety_number(tmp_path: Path) ->
         await asyncio.sleep(0.5)
         tmux.keys("C-q")
         await tmux.wait_for("EXIT=0")
+        # A clean close told bob: offline, last seen now.
+        await wait_for(lambda: bob.contacts.presence("alice").state == "offline", 10)
     finally:
         tmux.kill()
         if bob is not None:

@@ -1,6 +1,8 @@
 """`contacts` and `requests`: the contact list, message requests and blocks (1:1).
 
-`contacts` lists the contacts (and, below them, the blocked accounts); `contacts add`,
+`contacts` lists the contacts with their presence (client/presence.py: it shares this
+device's for the moment it runs, and waits briefly for the answers of contacts online;
+then below them the blocked accounts); `contacts add`,
 `remove`, `block`, `unblock` change it. `requests` lists the people whose first message
 waits for an answer; `requests accept|decline|block` answers. Every change reaches the
 account's other devices (client/contact_list.py); blocking also asks the server to
@@ -18,6 +20,7 @@ from sottovoce.cli.options import subcommand, timed_account_options
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import Connect, with_client
 from sottovoce.client import Client
+from sottovoce.client.ids import now_ms
 
 _NAME = [("NAME", "the other person's username")]
 _BLOCK_NOTE = (
@@ -26,13 +29,25 @@ _BLOCK_NOTE = (
 )
 
 
+#: How long `contacts` waits for the answers of contacts with a device online.
+PRESENCE_WAIT_S = 1.0
+
+
 def cmd_contacts(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> tuple[list[str], list[str]]:
-        return client.contacts.contacts(), client.contacts.blocked()
+    async def work(client: Client) -> tuple[list[tuple[str, str]], list[str]]:
+        if client.connected and client.presence.enabled:
+            client.presence.start()  # asks the contacts online (and tells them: online)
+            await client.presence.settle(PRESENCE_WAIT_S)
+        now = now_ms()
+        shown = []
+        for name in client.contacts.contacts():
+            seen = client.contacts.presence(name)
+            shown.append((name, render.presence(seen.state, seen.last_seen_ms, now)))
+        return shown, client.contacts.blocked()
 
     contacts, blocked = with_client(args, work, connect=Connect.TRY)
-    for name in contacts:
-        print(render.safe(name))
+    for name, presence in contacts:
+        print(render.safe(name) + (f"  ({presence})" if presence else ""))
     for name in blocked:
         print(f"{render.safe(name)}  (blocked)")
     if not contacts and not blocked:
@@ -80,7 +95,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         sub, "contacts",
         help="your contacts: list, add, remove, block, unblock",
         description=(
-            "Alone: list your contacts, then the accounts you blocked. A contact is someone "
+            "Alone: list your contacts with their presence (online, away, or when last "
+            "seen: only between contacts who both share it, see account settings "
+            "--presence), then the accounts you blocked. A contact is someone "
             "you added, accepted or wrote to; a message from anyone else arrives as a "
             f"request ({program} requests). The list lives on your devices only, sealed, "
             "and every change reaches your other devices."

@@ -1,5 +1,6 @@
 """Commands that act on a message already sent: `edit`, `delete`, `react` (and the
-same under `room`), and `account settings` for read receipts and typing notices.
+same under `room`), and `account settings` for read receipts, typing notices
+and presence.
 
 A message is named by its id, or by any unambiguous start of it: `history --ids`
 shows the first characters of each. The work is ``client.controls``
@@ -85,9 +86,12 @@ _on_off.__name__ = "on/off"
 def cmd_settings(args: argparse.Namespace) -> int:
     async def work(client: Client) -> list[str]:
         now = client.controls.set_settings(read_receipts=args.read_receipts, typing=args.typing)
+        if args.presence is not None:
+            client.presence.set_enabled(args.presence)
         return [
             f"read receipts: {'on' if now.read_receipts else 'off'}",
             f"typing notices: {'on' if now.typing else 'off'}",
+            f"presence: {'on' if client.presence.enabled else 'off'}",
         ]
 
     for line in with_client(args, work, connect=Connect.NO, notices=False):
@@ -171,11 +175,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         return
     settings = subcommand(
         account, "settings",
-        help="show or change read receipts and typing notices for this account",
+        help="show or change read receipts, typing notices and presence for this account",
         description=(
             "Without options, show the settings. --read-receipts off: this device sends no "
             "read receipts and shows nobody else's (delivered ✓✓ still shows). --typing off: "
-            "it sends no typing notices and shows nobody else's."
+            "it sends no typing notices and shows nobody else's. --presence off: it tells "
+            "no contact whether you are online, away or offline, and shows nobody's."
         ),
         example="  sottovoce account settings --read-receipts off --data-dir ~/.sottovoce-alice",
         func=cmd_settings, options=account_options,
@@ -184,4 +189,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                           help="send and show read receipts (default on)")
     settings.add_argument("--typing", type=_on_off, metavar="on|off",
                           help="send and show typing notices (default on)")
+    settings.add_argument("--presence", type=_on_off, metavar="on|off",
+                          help="share online/away/offline with contacts, and see theirs "
+                          "(default on)")
 

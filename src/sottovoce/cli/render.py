@@ -60,6 +60,17 @@ def clock(ms: int) -> str:
     return time.strftime("%H:%M", time.localtime(ms / 1000))
 
 
+def presence(state: str, last_seen_ms: int | None, now_ms: int) -> str:
+    """A contact's presence as ``contacts`` and the chat header show it ("" if unknown)."""
+    if state in ("online", "away"):
+        return state
+    if last_seen_ms is None:
+        return ""
+    day = time.strftime("%Y-%m-%d", time.localtime(last_seen_ms / 1000))
+    today = time.strftime("%Y-%m-%d", time.localtime(now_ms / 1000))
+    return f"last seen {clock(last_seen_ms) if day == today else day + ' ' + clock(last_seen_ms)}"
+
+
 def quoted_room(label: str) -> str:
     """How to name a room on a command line: ``'#team'`` (the shell would eat a bare #)."""
     return shlex.quote("#" + label)

@@ -13,7 +13,9 @@ Events from the client only say *when* to look; every line shown is read
 back from the store, so the screen shows exactly what is stored (with what
 control messages did to it: client/conversation.py). Showing a peer's message
 sends a read receipt (unless they are off); typing sends a typing notice,
-and others' show as a notification.
+and others' show as a notification. A 1:1 chat shares presence while it is open
+(client/presence.py): the status line shows the peer's (online, away, last seen),
+any key or click counts as activity, and without input the peer sees us away.
 
 `sottovoce chat '#ROOM'` opens a room the same way: history from the store
 (conversation = room id), one MLS message per line typed, the members in the
@@ -68,11 +70,13 @@ from sottovoce.client.conversation import TYPING_SHOWN_S
 from sottovoce.client.events import (
     MessagesExpired,
     MessageUpdated,
+    PresenceChanged,
     RoomInvited,
     RoomMembershipChanged,
     RoomMessageReceived,
     TypingStarted,
 )
+from sottovoce.client.ids import now_ms
 from sottovoce.errors import SottovoceError
 from sottovoce.identity import SafetyNumber
 
@@ -196,6 +200,9 @@ class ChatApp(App[int]):
                 text = f"{me} in #{peer} ({where}) · {state}"
                 self._chat_screen.query_one("#status", Static).update(Text(text))
                 return
+        seen = self.client.contacts.presence(self.peer)
+        shown = render.presence(seen.state, seen.last_seen_ms, now_ms())
+        peer += f" ({shown})" if shown else ""
         self._chat_screen.query_one("#status", Static).update(Text(f"{me} ⇄ {peer} · {state}"))
 
     def _format(self, message: StoredMessage) -> str:
@@ -226,8 +233,10 @@ class ChatApp(App[int]):
         return self._idle is not None and self._idle.locked
 
     async def on_event(self, event: events.Event) -> None:
-        if self._idle is not None and isinstance(event, events.Key | events.MouseDown):
-            self._idle.touch()
+        if isinstance(event, events.Key | events.MouseDown):
+            self.client.presence.activity()  # away after a while without input
+            if self._idle is not None:
+                self._idle.touch()
         await super().on_event(event)
 
     def _lock_if_idle(self) -> None:
@@ -269,6 +278,8 @@ class ChatApp(App[int]):
         self._chat_screen.query_one("#history", VerticalScroll).scroll_end(animate=False)
         self._chat_screen.query_one("#input", Input).focus()
         self.client.start_calls(self._call_options)  # before connecting: no ring is missed
+        if self.room_id is None:
+            self.client.presence.start()  # the peer's presence in the status line, ours theirs
         if self.room_id is not None:  # before connecting too: no call start is missed
             opts = self._call_options
             self.client.start_room_calls(
@@ -307,6 +318,8 @@ class ChatApp(App[int]):
         elif isinstance(event, TypingStarted) and event.conversation == self._conversation:
             self.notify(f"{render.safe(event.sender)} is typing…", markup=False,
                         timeout=TYPING_SHOWN_S)
+        elif isinstance(event, PresenceChanged) and event.user == self.peer:
+            self._status()
         elif isinstance(event, ConnectionChanged):
             self._connected = event.connected
             self._status()

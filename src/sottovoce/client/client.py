@@ -69,6 +69,7 @@ from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.ports import LinkPort
 from sottovoce.client.prekeys import Prekeys
+from sottovoce.client.presence import Presence
 from sottovoce.client.registration import register_device
 from sottovoce.client.rooms import ROOM_PREFIX, RoomManager, SyncedMark
 from sottovoce.client.sessions import SessionManager
@@ -209,6 +210,8 @@ class Client(CallSurface):
         self.contacts.attach(self._direct.send_to_own_devices, self.conversations)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
         self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
+        #: Online/away/offline between contacts (client/presence.py); ``start()`` shares it.
+        self.presence = Presence(store, self.contacts, self._direct, self._emit, self._spawn)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
@@ -502,6 +505,7 @@ class Client(CallSurface):
         if self._closed:
             return
         await self._close_calls()  # hang up while the hang-up can still reach the peer
+        await self.presence.close()  # "offline" to the contacts that hear us
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -543,9 +547,11 @@ class Client(CallSurface):
         self._conn.mark_up()
         self._spawn(self._send_unsent())
         self._spawn(self._maintenance())
+        self.presence.connected()
 
     def _on_down(self, error: BaseException | None) -> None:
         self._synced.clear()
+        self.presence.disconnected()
         # docs/protocol.md §Ephemeral: the ring dies with the connection
         self._direct.forget_ephemeral()
         self._emit(ConnectionChanged(connected=False))

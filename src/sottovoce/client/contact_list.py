@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.ids import now_ms
@@ -44,6 +45,9 @@ from sottovoce.client.store_contact_list import (
 from sottovoce.errors import DecodeError, RemoteError, UsageError
 from sottovoce.identity import validate_username
 from sottovoce.protocol import events as ev
+
+if TYPE_CHECKING:
+    from sottovoce.client.presence import PeerPresence, Presence
 
 #: The inner content type of a contact-list change sent to one's own devices.
 CONTACTS_CONTENT_TYPE = "contacts"
@@ -85,6 +89,7 @@ class ContactList:
         self._link, self._me = link, username
         self._send_own: SendOwn | None = None
         self._conversations: Conversations | None = None
+        self._presence: Presence | None = None
 
     def attach(self, send_own: SendOwn, conversations: Conversations) -> None:
         """What the Client builds after this: the self-send and the conversations."""
@@ -112,6 +117,18 @@ class ContactList:
         """Whether anything may go back to ``peer`` unasked (receipts, typing): contacts
         only. A stranger, a pending request or a blocked account learns nothing."""
         return self.state(peer) == CONTACT
+
+    def watch_presence(self, presence: Presence) -> None:
+        """The presence tracker (client/presence.py) that :meth:`presence` reads."""
+        self._presence = presence
+
+    def presence(self, username: str) -> PeerPresence:
+        """Whether contact ``username`` is online, away or offline, and when they were
+        last seen (only between contacts who both share presence: client/presence.py)."""
+        name = self._name(username)
+        if self._presence is None:
+            raise UsageError("presence is not available on this client")
+        return self._presence.of(name)
 
     def hidden(self) -> set[str]:
         """Conversations left out of the list: requests, blocked accounts, and the

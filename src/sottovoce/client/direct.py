@@ -42,6 +42,7 @@ from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.payload import Payload, text_body
 from sottovoce.client.ports import Link
+from sottovoce.client.presence import PRESENCE_CONTENT_TYPE, Presence
 from sottovoce.client.sessions import Device, SessionManager
 from sottovoce.client.store import DeliveryStatus, Store, StoredMessage
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
@@ -96,6 +97,8 @@ class DirectMessages:
         #: Sends stored offline wait for encryption (one process per store: exact).
         self._has_unsent = store.unsent_size() > 0
         self._ephemeral: deque[EphemeralReceived] = deque(maxlen=EPHEMERAL_RING_SIZE)
+        #: Presence notices (client/presence.py) go here; without it they are dropped.
+        self.presence: Presence | None = None
         #: Control payloads (client/control.py) go here; without it they are dropped.
         self.controls: ControlHook | None = None
         #: Disappearing messages: each send's expiry, each received one's, timer changes.
@@ -547,6 +550,9 @@ class DirectMessages:
         if call:
             self._hand_off_call(envelope, payload.body, ephemeral, peer, seq, events)
             return
+        if payload.content_type == PRESENCE_CONTENT_TYPE:
+            self._hand_off_presence(envelope, payload.body, ephemeral, peer, seq, events)
+            return
         if self._contacts is not None and not ephemeral:
             self._contacts.received(peer, own_copy, payload.content_type, payload.body)
         if payload.content_type in CONTROL_TYPES:
@@ -616,6 +622,18 @@ class DirectMessages:
             return
         if body and self._on_call is not None:
             self._on_call(envelope.senderUserId, envelope.senderDeviceId, body)
+
+    def _hand_off_presence(
+        self, envelope: ev.Envelope, body: bytes, ephemeral: bool, peer: str, seq: int,
+        events: list[ClientEvent],
+    ) -> None:
+        """A presence notice is live only (one the server stored is skipped, like a call
+        signal); from our own devices it says nothing we show."""
+        own = envelope.senderUserId == self.username
+        if not ephemeral:
+            self._store_failed(envelope, peer, seq, own)
+        elif not own and self.presence is not None:
+            self.presence.incoming(envelope.senderUserId, envelope.senderDeviceId, body, events)
 
     def _store_failed(self, envelope: ev.Envelope, peer: str, seq: int, own_copy: bool) -> None:
         """A placeholder, so the gap is visible and the frame is never retried."""

@@ -88,6 +88,16 @@ class TypingStarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PresenceChanged:
+    """What this device shows of contact ``user`` changed (client/presence.py):
+    ``state`` online, away or offline; ``last_seen_ms`` when they were last heard."""
+
+    user: str
+    state: str
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RoomMessageReceived:
     """A room message from a member (or from another of our devices), stored.
 
@@ -209,6 +219,7 @@ ClientEvent = (
     | EphemeralReceived
     | MessageUpdated
     | TypingStarted
+    | PresenceChanged
 )
 
 

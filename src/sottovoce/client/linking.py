@@ -10,7 +10,7 @@ mailbox (protocol/link.py), then the handover sealed under the PAKE's session ke
          ◄──────────────────────────────────────────────────── HELLO {name, public keys}
     shows name + words, the user confirms (B shows the same words)
     GRANT  {certificate, account key, own certificate, device names, contacts,
-            rooms, history parts} ───────────────────────────► checks, registers, uploads
+            rooms, history parts, contact list} ──────────────► checks, registers, uploads
     HISTORY × parts (only with history) ─────────────────────►   prekeys and KeyPackages
          ◄──────────────────────────────────────────────────── READY
     adds B to every room (MLS Add); DONE; closes the mailbox ► syncs (Welcomes), relabels
@@ -53,6 +53,7 @@ from sottovoce.client.ids import now_ms
 from sottovoce.client.ports import LinkPort
 from sottovoce.client.rooms import ROOM_PREFIX
 from sottovoce.client.store import Contact, DeliveryStatus, KdfParams, Store, StoredMessage
+from sottovoce.client.store_contact_list import STATES, ContactTable, Entry
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.kdf import Hash, hkdf_expand
@@ -549,6 +550,7 @@ async def _link_existing(
     grant.vector_v(_contacts(client, store), lambda w2, c: w2.opaque_v(c.encode()))
     grant.vector_v(rooms, _write_pair)
     grant.u16(len(parts))
+    grant.vector_v(ContactTable(store).all(), _write_entry)
     await opener.put(mailbox, sealed.seal(GRANT, grant.getvalue()))
     for part in parts:
         await opener.put(mailbox, sealed.seal(HISTORY, part))
@@ -579,6 +581,7 @@ def _contacts(client: Client, store: Store) -> list[Contact]:
         users.update((m.peer, m.sender))
     for room in client.rooms.all():
         users.update(u for u, _ in room.members())
+    users.update(e.username for e in ContactTable(store).all())  # their marks too
     users.discard(client.username)
     found = []
     for user in sorted(users):
@@ -759,7 +762,7 @@ class NewDevice:
         await joiner.put(sealed.seal(HELLO, hello.getvalue()))
         on_wait()
         grant = _read(sealed.open(await joiner.body(), GRANT), _read_grant)
-        cert, account_key, existing, names, contacts, rooms, parts = grant
+        cert, account_key, existing, names, contacts, rooms, parts, entries = grant
         self._check_grant(cert, account_key, existing, keys, result)
         history = b"".join([sealed.open(await joiner.body(), HISTORY) for _ in range(parts)])
         identity = LocalIdentity(username=self.username, device_id=self.device_id,
@@ -773,6 +776,10 @@ class NewDevice:
                 for contact in contacts:
                     if contact.username != self.username:
                         port.store.put_contact(contact)
+                table = ContactTable(port.store)
+                for entry in entries:
+                    if entry.username != self.username:
+                        table.put(entry)
             DeviceNames(port.store).update({**names, self.device_id: name})
             imported = import_history(port.store, history, self.username) if parts else 0
             await joiner.put(sealed.seal(READY, b""))
@@ -819,8 +826,24 @@ class NewDevice:
                 client.rooms.rename(room.room_id, label)
 
 
+def _write_entry(w: Writer, entry: Entry) -> None:
+    """One contact-list entry: who, contact/request/blocked, and when it changed."""
+    w.opaque8(entry.username.encode("ascii"))
+    w.opaque8(entry.state.encode("ascii"))
+    w.u64(entry.changed_ms)
+
+
+def _read_entry(r: Reader) -> Entry:
+    username = validate_username(r.opaque8().decode("ascii"))
+    state = r.opaque8().decode("ascii")
+    if state not in STATES:
+        raise DecodeError("a contact-list entry has an unknown state")
+    return Entry(username=username, state=state, changed_ms=r.u64())
+
+
 def _read_grant(r: Reader) -> tuple[DeviceCertificate, AccountKey, DeviceCertificate,
-                                    dict[str, str], list[Contact], list[tuple[str, str]], int]:
+                                    dict[str, str], list[Contact], list[tuple[str, str]], int,
+                                    list[Entry]]:
     cert = DeviceCertificate.decode(r.opaque_v())
     account_key = AccountKey(r.opaque8())
     existing = DeviceCertificate.decode(r.opaque_v())
@@ -830,5 +853,6 @@ def _read_grant(r: Reader) -> tuple[DeviceCertificate, AccountKey, DeviceCertifi
     parts = r.u16()
     if parts > LINK_MAX_MESSAGES:
         raise DecodeError("too many history parts")
-    return cert, account_key, existing, names, contacts, rooms, parts
+    entries = r.vector_v(_read_entry)
+    return cert, account_key, existing, names, contacts, rooms, parts, entries
 
