@@ -7,7 +7,8 @@
              ──► the rule: an edit or delete only from the target's authenticated
                  sender, a reaction or receipt counted for its authenticated sender
              ──► ctl_* tables (client/store_control.py); a ``MessageUpdated`` event
-    after a batch: a live delivered receipt per 1:1 chat for the messages it stored
+    after a batch: a live delivered receipt per 1:1 chat, and per room and sender, for
+             the messages it stored (a room's goes over 1:1 to the sender, naming it)
     history shown: ``mark_read`` sends one read receipt for what was not read yet
 
 A control message whose target is not (yet) here, or that breaks a rule, is
@@ -51,6 +52,7 @@ from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     ClientEvent,
     MessageUpdated,
+    RoomMessageReceived,
     TypingStarted,
 )
 from sottovoce.client.file_body import FILE_CONTENT_TYPE
@@ -104,7 +106,8 @@ class MessageView:
     reply_to: str | None = None
     quote: str | None = None
     reactions: dict[str, int] = field(default_factory=dict)
-    #: For our messages: "…", "✓", "✓✓", "read", "read by N" or "✗"; else "".
+    #: For our messages: "…", "✓", "✓✓", "read", or in a room "delivered to N",
+    #: "read by N"; "✗"; else "".
     state: str = ""
 
 
@@ -349,6 +352,9 @@ class Controls:
             readers = self._db.receipt_count(message.message_id, KIND_READ)
             if readers:
                 return f"read by {readers}" if room else "read"
+        if room:
+            got = self._db.receipt_count(message.message_id, KIND_DELIVERED)
+            return f"delivered to {got}" if got else message.status.tick
         if message.status is DeliveryStatus.DELIVERED or self._db.receipt_count(
             message.message_id, KIND_DELIVERED
         ):
@@ -427,8 +433,7 @@ class Controls:
             return
         conversation = item.conversation
         if room_id is not None:  # only from a member of a room we are in
-            room = next((r for r in self._rooms.all() if r.room_id == room_id), None)
-            if room is None or item.sender not in {u for u, _ in room.members()}:
+            if item.sender not in self._members(room_id):
                 raise _Refused("a typing notice for a room its sender is not in here")
             conversation = room_id
         until = now_ms() + int(TYPING_SHOWN_S * 1000)
@@ -438,17 +443,29 @@ class Controls:
         )
 
     def _receipt(self, item: Incoming, receipt: Receipt, events: list[ClientEvent]) -> None:
+        conversation = item.conversation
+        if receipt.room is not None:  # a room's delivered receipt: live over 1:1
+            if not item.ephemeral or item.room or receipt.kind != DELIVERED:
+                raise _Refused("a room receipt that is not a live delivered receipt")
+            if item.sender not in self._members(receipt.room):
+                raise _Refused("a receipt for a room its sender is not in here")
+            conversation = receipt.room
         for to in receipt.ids:
             target = self._store.get_message(to)
             if (
-                target is None or target.peer != item.conversation
+                target is None or target.peer != conversation
                 or target.sender != self.username or item.sender == self.username
             ):
                 continue  # not ours, or our own other device: nothing to count
             kind = KIND_READ if receipt.kind == READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
-            events.append(MessageUpdated(conversation=item.conversation, message_id=to))
+            events.append(MessageUpdated(conversation=conversation, message_id=to))
+
+    def _members(self, room_id: str) -> set[str]:
+        """The users of room ``room_id`` here (none if we are not in it)."""
+        room = next((r for r in self._rooms.all() if r.room_id == room_id), None)
+        return set() if room is None else {u for u, _ in room.members()}
 
     def _apply_edit(self, to: str, edit_id: str, text: str, at_ms: int) -> None:
         state = self._db.state(to)
@@ -481,27 +498,36 @@ class Controls:
     # =========================================================================
 
     def after_batch(self, events: list[ClientEvent], received: list[str]) -> None:
-        """Send one delivered receipt per 1:1 chat for the messages just stored.
+        """Send one delivered receipt per 1:1 chat, and per (room, sender), for the
+        messages just stored.
 
         It travels live (never stored by the server, no place in the chat's order):
         a sender with no device online misses it, and the read receipt, which is
-        stored, says more later. Rooms have none (they show "read by N")."""
-        fresh: dict[str, list[str]] = {}
+        stored, says more later. A room has no ephemeral path: its receipt goes over
+        1:1 to the message's sender only, naming the room ("delivered to N")."""
+        fresh: dict[tuple[str, str | None], list[str]] = {}
         for message_id in received:
             stored = self._store.get_message(message_id)
             if stored is not None and stored.sender != self.username:
-                fresh.setdefault(stored.peer, []).append(message_id)
-        for chat, ids in fresh.items():
+                fresh.setdefault((stored.peer, None), []).append(message_id)
+        for event in events:
+            if isinstance(event, RoomMessageReceived) and (
+                event.message.sender != self.username
+                and event.message.content_type in _SHOWN_TYPES
+            ):
+                key = (event.message.sender, event.room_id)
+                fresh.setdefault(key, []).append(event.message.message_id)
+        for (user, room_id), ids in fresh.items():
             self._in_flight += 1
             self._settled.clear()
-            self._spawn(self._deliver(chat, ids))
+            self._spawn(self._deliver(user, ids, room_id))
 
-    async def _deliver(self, chat: str, ids: list[str]) -> None:
+    async def _deliver(self, user: str, ids: list[str], room_id: str | None) -> None:
         try:
             for i in range(0, len(ids), MAX_RECEIPT_IDS):
                 chunk = tuple(ids[i : i + MAX_RECEIPT_IDS])
-                body = Receipt(kind=DELIVERED, ids=chunk).encode()
-                await self._direct.send_live(chat, body, RECEIPT)
+                body = Receipt(kind=DELIVERED, ids=chunk, room=room_id).encode()
+                await self._direct.send_live(user, body, RECEIPT)
         except SottovoceError as exc:  # best effort: the message itself is stored
             log.info("delivered receipt not sent: %s", type(exc).__name__)
         finally:
