@@ -126,7 +126,8 @@ def view_line(
     quoted line of a reply, "(edited)", a tombstone, reactions with their counts, and
     for our own messages ✓✓ (delivered), "read", or "delivered to N", "read by N"
     (rooms). ``ids``: the start of its id first, to name it in `edit`, `delete`,
-    `react` or `--reply-to`; ``expires_at_ms``: a disappearing message's time left, as :func:`message_line`."""
+    `react` or `--reply-to`; ``expires_at_ms``: a disappearing message's time left,
+    as :func:`message_line`."""
     m = view.message
     prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
     if m.content_type not in ("text", "reply") or (
