@@ -29,6 +29,7 @@ from sottovoce.client.events import (
     ErrorEvent,
     KeysChanged,
     MessageReceived,
+    MessageUpdated,
     RoomInvited,
     RoomMembershipChanged,
     RoomMessageReceived,
@@ -180,6 +181,18 @@ def file_line(body: str, message_id: str) -> str:
         extra += ", view once"
     return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
             f"{safe(info.media_type)}) id {safe(message_id)}")
+
+
+def update_line(view: MessageView, me: str, event: MessageUpdated, label: str | None) -> str:
+    """An edit, delete or reaction as it arrives (``listen``), then the message as it
+    shows now: ``~ alice edited: 12:01 alice: new text (edited)``; ``label``: a room's."""
+    who = "you" if event.sender == me else safe(event.sender)
+    if event.kind == "reaction":
+        did = f"reacted {safe(event.emoji)}" if event.on else f"took back {safe(event.emoji)}"
+    else:
+        did = "deleted" if event.kind == "delete" else "edited"
+    where = "" if label is None else f"#{safe(label)} "
+    return f"{where}~ {who} {did}: {view_line(view, me, room=label is not None)}"
 
 
 def room_message_line(m: StoredMessage, me: str, label: str) -> str:

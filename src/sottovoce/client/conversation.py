@@ -389,19 +389,22 @@ class Controls:
                 if self._authored(item, quote.to).content_type not in _TEXT_TYPES:
                     raise _Refused("its target is not a text")
                 self._apply_edit(quote.to, item.message_id, quote.text, item.created_ms)
-                events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to))
+                events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to,
+                                             kind=EDIT, sender=item.sender))
             elif item.content_type == DELETE:
                 to = Delete.decode(item.body).to
                 self._authored(item, to)
                 self._wipe(to, DELETED_FOR_EVERYONE)
-                events.append(MessageUpdated(conversation=item.conversation, message_id=to))
+                events.append(MessageUpdated(conversation=item.conversation, message_id=to,
+                                             kind=DELETE, sender=item.sender))
             elif item.content_type == REACTION:
                 reaction = Reaction.decode(item.body)
                 self._in_conversation(item, reaction.to)
                 self._apply_reaction(reaction.to, item.sender, reaction.emoji, reaction.on)
-                events.append(
-                    MessageUpdated(conversation=item.conversation, message_id=reaction.to)
-                )
+                events.append(MessageUpdated(
+                    conversation=item.conversation, message_id=reaction.to, kind=REACTION,
+                    sender=item.sender, emoji=reaction.emoji, on=reaction.on,
+                ))
             elif item.content_type == RECEIPT:
                 self._receipt(item, Receipt.decode(item.body), events)
         except (DecodeError, _Refused) as exc:
@@ -460,7 +463,8 @@ class Controls:
             kind = KIND_READ if receipt.kind == READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
-            events.append(MessageUpdated(conversation=conversation, message_id=to))
+            events.append(MessageUpdated(conversation=conversation, message_id=to,
+                                         kind=RECEIPT, sender=item.sender))
 
     def _members(self, room_id: str) -> set[str]:
         """The users of room ``room_id`` here (none if we are not in it)."""
