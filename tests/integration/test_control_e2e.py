@@ -20,7 +20,7 @@ from sottovoce.client import Client
 from sottovoce.client import control as c
 from sottovoce.client.conversation import MessageView
 from sottovoce.client.events import TypingStarted
-from sottovoce.client.store import TEST_KDF
+from sottovoce.client.store import TEST_KDF, DeliveryStatus
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
 from tests.integration.serverproc import ServerProcess
 
@@ -146,10 +146,14 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
         mids = [await alice.send_text("bob", f"line {i}") for i in range(3)]
         await until(alice, lambda: all(state(alice, "bob", m) == "✓✓" for m in mids))
         await until(laptop, lambda: all(state(laptop, "bob", m) == "✓✓" for m in mids))
+        for who in (alice, laptop):  # the stored status says the same as the view
+            assert [m.status for m in who.history("bob")] == [DeliveryStatus.DELIVERED] * 3
         assert await bob.controls.mark_read("alice") == 3
         assert await bob.controls.mark_read("alice") == 0  # once per message
         for who in (alice, laptop):
             await until(who, lambda w=who: all(state(w, "bob", m) == "read" for m in mids))
+            assert [m.status for m in who.history("bob")] == [DeliveryStatus.READ] * 3
+            assert [m.status.tick for m in who.history("bob")] == ["read"] * 3
         # Receipts are never shown in the history, and never answered with receipts.
         assert [m.text for m in bob.history("alice")] == ["line 0", "line 1", "line 2"]
         assert len(alice.history("bob")) == 3
@@ -170,6 +174,7 @@ async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_p
         barrier = await alice.send_text("bob", "barrier")
         await until(bob, lambda: bob.message(barrier) is not None)
         assert state(bob, "alice", to_alice) == "✓✓"
+        assert bob.message(to_alice).status is DeliveryStatus.READ  # type: ignore[union-attr]
         assert state(alice, "bob", to_bob) == "✓✓"
         bob.controls.set_settings(read_receipts=True)
         assert state(bob, "alice", to_alice) == "read"  # kept, shown once on again

@@ -355,10 +355,10 @@ class Controls:
         if room:
             got = self._db.receipt_count(message.message_id, KIND_DELIVERED)
             return f"delivered to {got}" if got else message.status.tick
-        if message.status is DeliveryStatus.DELIVERED or self._db.receipt_count(
-            message.message_id, KIND_DELIVERED
+        if message.status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ) or (
+            self._db.receipt_count(message.message_id, KIND_DELIVERED)
         ):
-            return DeliveryStatus.DELIVERED.tick
+            return DeliveryStatus.DELIVERED.tick  # read receipts off: no "read" shown
         return message.status.tick
 
     def history(self, chat: str, *, room: bool = False, limit: int = 50) -> list[MessageView]:
@@ -463,8 +463,19 @@ class Controls:
             kind = KIND_READ if receipt.kind == READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
+            self._raise_status(target, receipt.kind)
             events.append(MessageUpdated(conversation=conversation, message_id=to,
                                          kind=RECEIPT, sender=item.sender))
+
+    def _raise_status(self, target: StoredMessage, kind: str) -> None:
+        """The stored status follows the receipts (SENT → DELIVERED → READ, never back),
+        so ``Client.history`` says what ``controls.view`` shows; a message not acked
+        yet keeps SENDING (the ack moves it only from there)."""
+        want = DeliveryStatus.READ if kind == READ else DeliveryStatus.DELIVERED
+        if target.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) and (
+            target.status < want
+        ):
+            self._store.set_status(target.message_id, want)
 
     def _members(self, room_id: str) -> set[str]:
         """The users of room ``room_id`` here (none if we are not in it)."""
