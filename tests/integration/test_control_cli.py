@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from sottovoce.client import Client
-from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.client_helpers import PASSPHRASE, befriend, make_account
 from tests.integration.serverproc import ServerProcess
 
 
@@ -45,6 +45,7 @@ async def test_edit_react_reply_delete_and_settings_from_the_command_line(
     alice = await make_account(server, "alice", tmp_path)
     bob = await make_account(server, "bob", tmp_path)
     try:
+        await befriend(alice, bob)  # receipts go to contacts only
         room = await alice.rooms.create_room("team")
         await alice.rooms.invite("team", "bob")
         await bob.rooms.wait_epoch(room.room_id, 1)

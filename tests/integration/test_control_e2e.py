@@ -21,7 +21,7 @@ from sottovoce.client import control as c
 from sottovoce.client.conversation import MessageView
 from sottovoce.client.events import TypingStarted
 from sottovoce.client.store import TEST_KDF, DeliveryStatus
-from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
+from tests.integration.client_helpers import PASSPHRASE, accounts, befriend, make_account
 from tests.integration.serverproc import ServerProcess
 
 T = 15.0
@@ -143,6 +143,7 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
     bob = await make_account(server, "bob", tmp_path)
     laptop = await alice.add_device(tmp_path / "alice-laptop", PASSPHRASE, kdf=TEST_KDF)
     try:
+        await befriend(alice, bob)
         mids = [await alice.send_text("bob", f"line {i}") for i in range(3)]
         await until(alice, lambda: all(state(alice, "bob", m) == "✓✓" for m in mids))
         await until(laptop, lambda: all(state(laptop, "bob", m) == "✓✓" for m in mids))
@@ -163,6 +164,7 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
 
 async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_path: Path) -> None:
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        await befriend(alice, bob)
         bob.controls.set_settings(read_receipts=False)
         to_bob = await alice.send_text("bob", "to bob")
         await until(alice, lambda: state(alice, "bob", to_bob) == "✓✓")
@@ -188,6 +190,7 @@ async def test_room_read_by_n_edits_forgery_and_delete(
     )
     canary = f"CANARY-{secrets.token_hex(6)}"
     try:
+        await befriend(alice, bob, carol)
         room = await alice.rooms.create_room("team")
         await alice.rooms.invite("team", "bob")
         await alice.rooms.invite("team", "carol")
@@ -239,6 +242,7 @@ async def test_typing_reaches_the_peer_and_is_never_stored(
     bob = await make_account(server, "bob", tmp_path)
     stream = bob.events()
     try:
+        await befriend(alice, bob)
         hello = await bob.send_text("alice", "hello")  # sessions both ways
         await until(alice, lambda: alice.message(hello) is not None)
         typing_id = await alice.controls.typing("bob")
@@ -264,3 +268,33 @@ async def test_typing_reaches_the_peer_and_is_never_stored(
     finally:
         stream.close()
         await close_all([alice, bob])
+
+
+async def test_a_stranger_gets_no_receipt_and_no_typing_until_accepted(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        live: list[str] = []  # every live send bob's device makes (receipts, typing)
+        send_live = bob._direct.send_live
+
+        async def recording(user: str, body: bytes | object, content_type: str) -> str:
+            live.append(content_type)
+            return await send_live(user, body, content_type)  # type: ignore[arg-type]
+
+        bob._direct.send_live = recording  # type: ignore[method-assign]
+        hello = await alice.send_text("bob", "hello, stranger")
+        await until(bob, lambda: bob.message(hello) is not None)
+        assert bob.contacts.requests() == ["alice"]
+        assert await bob.controls.settle(T)  # nothing under way: nothing was started
+        assert await bob.controls.mark_read("alice") == 0
+        assert await bob.controls.typing("alice") is None
+        assert live == [] and state(alice, "bob", hello) == "✓"
+        # Accepted: the read receipt held back goes now, and typing reaches alice.
+        await bob.contacts.accept("alice")
+        assert await bob.controls.mark_read("alice") == 1
+        await until(alice, lambda: state(alice, "bob", hello) == "read")
+        assert await bob.controls.typing("alice") is not None
+        await until(alice, lambda: alice.controls.typing_now("bob") == ["bob"])
+        assert live == [c.TYPING]
+        second = await alice.send_text("bob", "now we talk")
+        await until(alice, lambda: state(alice, "bob", second) == "✓✓")  # delivered, live

@@ -208,7 +208,8 @@ class Client(CallSurface):
         self.conversations = Conversations(store, self.username, self.contacts.hidden)
         self.contacts.attach(self._direct.send_to_own_devices, self.conversations)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
-        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
+        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn,
+                                 self.contacts.may_signal)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).

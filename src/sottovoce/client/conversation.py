@@ -116,9 +116,12 @@ class Controls:
 
     def __init__(
         self, store: Store, direct: DirectMessages, rooms: RoomManager, username: str,
-        spawn: Callable[[Any], None],
+        spawn: Callable[[Any], None], may_signal: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self._store, self._direct, self._rooms = store, direct, rooms
+        #: Whether a receipt or typing notice may go to a user (contacts only: a
+        #: stranger whose request is not accepted learns nothing from us).
+        self._may_signal = may_signal
         self._db = ControlStore(store)
         self.username = username
         self._spawn = spawn
@@ -261,8 +264,9 @@ class Controls:
 
     async def mark_read(self, chat: str, *, room: bool = False) -> int:
         """The conversation was shown: one read receipt for the messages not read yet
-        (none with read receipts off); returns how many it names."""
-        if not self.settings.read_receipts:
+        (none with read receipts off, none to a 1:1 peer who is not a contact: sent
+        once they are); returns how many it names. A room's goes to the room."""
+        if not self.settings.read_receipts or (not room and not self._may_signal(chat)):
             return 0
         conversation = self._conversation(chat, room)
         unread = [
@@ -284,18 +288,23 @@ class Controls:
         """Tell ``chat`` that we are typing: live, never stored by the server, at most
         one per ``TYPING_INTERVAL_S``. Returns the notice's id (in a room, of one of
         the per-member notices), or ``None`` if none was sent (off, too soon, offline,
-        nobody online, a room of more than ``TYPING_MAX_MEMBERS`` users)."""
+        nobody online, not a contact: only contacts get one, in a room too; a room of
+        more than ``TYPING_MAX_MEMBERS`` users)."""
         conversation = self._conversation(chat, room)
         last = self._typing_sent.get(conversation)
         if not self.settings.typing or (
             last is not None and time.monotonic() - last < TYPING_INTERVAL_S
         ):
             return None
-        self._typing_sent[conversation] = time.monotonic()
         if not room:
+            if not self._may_signal(chat):
+                return None
+            self._typing_sent[conversation] = time.monotonic()
             return await self._typing_to(chat, typing_body())
-        users = sorted({u for u, _ in self._rooms.get(chat).members()} - {self.username})
-        if len(users) > TYPING_MAX_MEMBERS:
+        self._typing_sent[conversation] = time.monotonic()
+        members = {u for u, _ in self._rooms.get(chat).members()} - {self.username}
+        users = sorted(u for u in members if self._may_signal(u))
+        if len(members) > TYPING_MAX_MEMBERS:
             return None
         body = typing_body(conversation)
         sent = await asyncio.gather(*(self._typing_to(u, body) for u in users))
@@ -519,16 +528,20 @@ class Controls:
         It travels live (never stored by the server, no place in the chat's order):
         a sender with no device online misses it, and the read receipt, which is
         stored, says more later. A room has no ephemeral path: its receipt goes over
-        1:1 to the message's sender only, naming the room ("delivered to N")."""
+        1:1 to the message's sender only, naming the room ("delivered to N"). Only to
+        contacts: a stranger (a message request) learns nothing."""
         fresh: dict[tuple[str, str | None], list[str]] = {}
         for message_id in received:
             stored = self._store.get_message(message_id)
-            if stored is not None and stored.sender != self.username:
+            if stored is not None and stored.sender != self.username and (
+                self._may_signal(stored.peer)
+            ):
                 fresh.setdefault((stored.peer, None), []).append(message_id)
         for event in events:
             if isinstance(event, RoomMessageReceived) and (
                 event.message.sender != self.username
                 and event.message.content_type in _SHOWN_TYPES
+                and self._may_signal(event.message.sender)
             ):
                 key = (event.message.sender, event.room_id)
                 fresh.setdefault(key, []).append(event.message.message_id)
