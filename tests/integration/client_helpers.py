@@ -32,6 +32,15 @@ async def accounts(server: ServerProcess, root: Path, *names: str) -> AsyncItera
             await client.close()
 
 
+async def befriend(*clients: Client) -> None:
+    """Make every pair of ``clients`` each other's contacts (receipts and typing notices
+    go only to contacts: a stranger's message is a request)."""
+    for client in clients:
+        for other in clients:
+            if other.username != client.username:
+                await client.contacts.add(other.username)
+
+
 async def received(stream: EventStream, n: int, timeout: float = 10.0) -> list[StoredMessage]:
     """The next ``n`` messages stored by the client behind ``stream``."""
     out: list[StoredMessage] = []

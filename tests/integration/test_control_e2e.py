@@ -20,8 +20,8 @@ from sottovoce.client import Client
 from sottovoce.client import control as c
 from sottovoce.client.conversation import MessageView
 from sottovoce.client.events import TypingStarted
-from sottovoce.client.store import TEST_KDF
-from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
+from sottovoce.client.store import TEST_KDF, DeliveryStatus
+from tests.integration.client_helpers import PASSPHRASE, accounts, befriend, make_account
 from tests.integration.serverproc import ServerProcess
 
 T = 15.0
@@ -143,13 +143,18 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
     bob = await make_account(server, "bob", tmp_path)
     laptop = await alice.add_device(tmp_path / "alice-laptop", PASSPHRASE, kdf=TEST_KDF)
     try:
+        await befriend(alice, bob)
         mids = [await alice.send_text("bob", f"line {i}") for i in range(3)]
         await until(alice, lambda: all(state(alice, "bob", m) == "✓✓" for m in mids))
         await until(laptop, lambda: all(state(laptop, "bob", m) == "✓✓" for m in mids))
+        for who in (alice, laptop):  # the stored status says the same as the view
+            assert [m.status for m in who.history("bob")] == [DeliveryStatus.DELIVERED] * 3
         assert await bob.controls.mark_read("alice") == 3
         assert await bob.controls.mark_read("alice") == 0  # once per message
         for who in (alice, laptop):
             await until(who, lambda w=who: all(state(w, "bob", m) == "read" for m in mids))
+            assert [m.status for m in who.history("bob")] == [DeliveryStatus.READ] * 3
+            assert [m.status.tick for m in who.history("bob")] == ["read"] * 3
         # Receipts are never shown in the history, and never answered with receipts.
         assert [m.text for m in bob.history("alice")] == ["line 0", "line 1", "line 2"]
         assert len(alice.history("bob")) == 3
@@ -159,6 +164,7 @@ async def test_delivered_and_read_receipts_reach_the_senders_devices(
 
 async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_path: Path) -> None:
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        await befriend(alice, bob)
         bob.controls.set_settings(read_receipts=False)
         to_bob = await alice.send_text("bob", "to bob")
         await until(alice, lambda: state(alice, "bob", to_bob) == "✓✓")
@@ -170,6 +176,7 @@ async def test_read_receipts_off_in_both_directions(server: ServerProcess, tmp_p
         barrier = await alice.send_text("bob", "barrier")
         await until(bob, lambda: bob.message(barrier) is not None)
         assert state(bob, "alice", to_alice) == "✓✓"
+        assert bob.message(to_alice).status is DeliveryStatus.READ  # type: ignore[union-attr]
         assert state(alice, "bob", to_bob) == "✓✓"
         bob.controls.set_settings(read_receipts=True)
         assert state(bob, "alice", to_alice) == "read"  # kept, shown once on again
@@ -183,6 +190,7 @@ async def test_room_read_by_n_edits_forgery_and_delete(
     )
     canary = f"CANARY-{secrets.token_hex(6)}"
     try:
+        await befriend(alice, bob, carol)
         room = await alice.rooms.create_room("team")
         await alice.rooms.invite("team", "bob")
         await alice.rooms.invite("team", "carol")
@@ -190,7 +198,8 @@ async def test_room_read_by_n_edits_forgery_and_delete(
         mid = await alice.rooms.send("team", canary)
         for who in (bob, carol):
             await until(who, lambda w=who: w.message(mid) is not None)
-        assert state(alice, "team", mid, True) == "✓"  # rooms have no delivered receipts
+        # Each member's device that stored it tells alice, live over 1:1.
+        await until(alice, lambda: state(alice, "team", mid, True) == "delivered to 2")
         await bob.controls.mark_read(room.room_id, room=True)
         await carol.controls.mark_read(room.room_id, room=True)
         await until(alice, lambda: state(alice, "team", mid, True) == "read by 2")
@@ -233,6 +242,7 @@ async def test_typing_reaches_the_peer_and_is_never_stored(
     bob = await make_account(server, "bob", tmp_path)
     stream = bob.events()
     try:
+        await befriend(alice, bob)
         hello = await bob.send_text("alice", "hello")  # sessions both ways
         await until(alice, lambda: alice.message(hello) is not None)
         typing_id = await alice.controls.typing("bob")
@@ -258,3 +268,33 @@ async def test_typing_reaches_the_peer_and_is_never_stored(
     finally:
         stream.close()
         await close_all([alice, bob])
+
+
+async def test_a_stranger_gets_no_receipt_and_no_typing_until_accepted(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        live: list[str] = []  # every live send bob's device makes (receipts, typing)
+        send_live = bob._direct.send_live
+
+        async def recording(user: str, body: bytes | object, content_type: str) -> str:
+            live.append(content_type)
+            return await send_live(user, body, content_type)  # type: ignore[arg-type]
+
+        bob._direct.send_live = recording  # type: ignore[method-assign]
+        hello = await alice.send_text("bob", "hello, stranger")
+        await until(bob, lambda: bob.message(hello) is not None)
+        assert bob.contacts.requests() == ["alice"]
+        assert await bob.controls.settle(T)  # nothing under way: nothing was started
+        assert await bob.controls.mark_read("alice") == 0
+        assert await bob.controls.typing("alice") is None
+        assert live == [] and state(alice, "bob", hello) == "✓"
+        # Accepted: the read receipt held back goes now, and typing reaches alice.
+        await bob.contacts.accept("alice")
+        assert await bob.controls.mark_read("alice") == 1
+        await until(alice, lambda: state(alice, "bob", hello) == "read")
+        assert await bob.controls.typing("alice") is not None
+        await until(alice, lambda: alice.controls.typing_now("bob") == ["bob"])
+        assert live == [c.TYPING]
+        second = await alice.send_text("bob", "now we talk")
+        await until(alice, lambda: state(alice, "bob", second) == "✓✓")  # delivered, live

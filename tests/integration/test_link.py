@@ -3,7 +3,8 @@
 * by the QR code's text, by a picture of the QR code and by the short code: the same
   words on both screens; the new device reads a room message sent after linking, and
   with the history the old 1:1 messages; it can send 1:1 itself; the account's other
-  device is told;
+  device is told; the history carries edits, reactions, receipts, replies and each
+  disappearing message's expiry;
 * a wrong code ends the attempt, and the right code afterwards finds nothing;
 * an expired code is refused;
 * a device offline during a link, then a revocation, is told by its next command, once;
@@ -190,6 +191,44 @@ async def test_link_carries_the_contact_list_with_marks_requests_and_blocks(
         finally:
             await laptop.close()
     await no_mailboxes(server)
+
+
+async def test_a_linked_history_carries_edits_reactions_receipts_replies_and_expiries(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    alice, bob = alice_bob
+    await bob.contacts.add("alice")  # so bob's device answers with receipts
+    first = await alice.send_text("bob", "draft")
+    await bob.rooms.wait_until(lambda: bob.message(first) is not None, 10)
+    await alice.controls.edit("bob", first, "final")
+    await bob.controls.react("alice", first, "👍")
+    reply = await bob.controls.reply("alice", first, "ok")
+    await bob.rooms.wait_until(lambda: bob.controls.view(bob.message(first)).edited, 10)  # type: ignore[arg-type]
+    assert await bob.controls.mark_read("alice") >= 1
+    await alice.timers.set_chat_timer("bob", 3600)
+    fades = await alice.send_text("bob", "fades in an hour")
+
+    def shown() -> bool:
+        m = alice.message(first)
+        if m is None or alice.message(reply) is None:
+            return False
+        view = alice.controls.view(m)
+        return view.state == "read" and view.reactions == {"👍": 1}
+
+    assert await alice.rooms.wait_until(shown, 15)
+    laptop, _ = await linked_device(server, tmp_path, Existing(alice, with_history=True), by_qr)
+    try:
+        views = {v.message.message_id: v for v in laptop.controls.history("bob")}
+        view = views[first]
+        assert (view.text, view.edited, view.reactions, view.state) == (
+            "final", True, {"👍": 1}, "read")
+        assert views[reply].quote == "final" and views[reply].text == "ok"
+        ends = laptop.timers.expires_at(fades)
+        assert ends and ends == alice.timers.expires_at(fades)
+        laptop.timers.expiries.clock = lambda: ends + 1
+        assert fades in laptop.timers.sweep() and laptop.message(fades) is None
+    finally:
+        await laptop.close()
 
 
 async def test_link_by_short_code_then_send(

@@ -3,7 +3,9 @@
 * a 5 s timer, in real time: the message is in both stores, then gone from both
   (row and sealed bytes, in the database file and its log);
 * an offline recipient (SQLite and PostgreSQL): the server drops the expired
-  ciphertext, the recipient connects after expiry and gets nothing of it;
+  ciphertext, the recipient connects after expiry and gets nothing of it; the same
+  for an offline member of a room (the room's log drops it, and the hole it leaves
+  in the room's serverSeqs does not stop the member from catching up);
 * a timer change does not revive or move an old message's expiry;
 * a client closed while a message expired deletes it when it opens;
 * a room's timer applies for all three members.
@@ -90,21 +92,22 @@ async def test_a_5s_message_is_gone_from_both_stores_after_5s(
         await bob.close()
 
 
-async def _server_inbox_expiring(server: ServerProcess, dsn: str | None) -> int:
-    """How many inbox rows with an expiry the server's database still holds."""
+async def _server_inbox_expiring(
+    server: ServerProcess, dsn: str | None, table: str = "inbox"
+) -> int:
+    """How many rows with an expiry the server's ``table`` still holds."""
+    query = f"SELECT count(*) FROM {table} WHERE expires_at IS NOT NULL"
     if dsn is None:
         db = sqlite3.connect(server.data_dir / "sottovoce.sqlite3")
         try:
-            return int(db.execute(
-                "SELECT count(*) FROM inbox WHERE expires_at IS NOT NULL").fetchone()[0])
+            return int(db.execute(query).fetchone()[0])
         finally:
             db.close()
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM inbox WHERE expires_at IS NOT NULL"))
+        return int(await conn.fetchval(query))
     finally:
         await conn.close()
 
@@ -140,6 +143,45 @@ async def _offline_recipient(root: Path, dsn: str | None) -> None:
         await asyncio.to_thread(server.stop)
 
 
+async def _offline_room_member(root: Path, dsn: str | None) -> None:
+    """Amy's room message with a 5 s timer, and bea offline until it expired."""
+    args = ["--expiry-interval-ms", "200"] + (["--database", dsn] if dsn else [])
+    server = await asyncio.to_thread(ServerProcess(root / "server", extra_args=args).start)
+    try:
+        alice = await make_account(server, "amy", root)
+        bob = await make_account(server, "bea", root)
+        try:
+            room = await alice.rooms.create_room("team")
+            await alice.rooms.invite("team", "bea")
+            await bob.rooms.wait_epoch(room.room_id, 1)
+            await bob.close()  # offline from now on
+            await alice.timers.set_room_timer("team", 5)
+            mid = await alice.rooms.send("team", "gone before bob looks")
+            await alice.wait_sent(mid)
+            await alice.timers.set_room_timer("team", 0)  # after it: a hole at its seq
+            assert await _server_inbox_expiring(server, dsn, "room_messages") == 1
+            expires = alice.timers.expires_at(mid)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 25
+            while await _server_inbox_expiring(server, dsn, "room_messages"):  # the sweep
+                assert loop.time() < deadline, "the server kept the expired room message"
+                await asyncio.sleep(0.2)
+            assert time.time() * 1000 >= expires - 1000  # dropped at its time, not before
+            bob = await Client.open(root / "bea", PASSPHRASE)
+            await bob.connect()
+            # Bob catches up past the hole: both timer changes arrive, the message never.
+            assert await bob.rooms.wait_until(
+                lambda: [m.content_type for m in bob.rooms.history(room.room_id)].count(
+                    TIMER_CONTENT_TYPE) == 2, 15)
+            assert bob.message(mid) is None and bob.timers.deleted == 0  # never stored
+            assert "text" not in [m.content_type for m in bob.rooms.history(room.room_id)]
+        finally:
+            await alice.close()
+            await bob.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 async def test_the_server_drops_an_expired_message_for_an_offline_recipient(
     tmp_path: Path,
 ) -> None:
@@ -147,14 +189,18 @@ async def test_the_server_drops_an_expired_message_for_an_offline_recipient(
     if reason is not None:
         pytest.skip(reason)
     name, dsn = await asyncio.to_thread(pgschema.create_schema, "sv_timer")
+    room_name, room_dsn = await asyncio.to_thread(pgschema.create_schema, "sv_room_timer")
     try:
-        # Both engines at once: the 5 s wait is paid once.
+        # Both engines at once, 1:1 and room: the 5 s wait is paid once.
         await asyncio.gather(
             _offline_recipient(tmp_path / "sqlite", None),
             _offline_recipient(tmp_path / "postgres", dsn),
+            _offline_room_member(tmp_path / "room-sqlite", None),
+            _offline_room_member(tmp_path / "room-postgres", room_dsn),
         )
     finally:
         await asyncio.to_thread(pgschema.drop_schema, name)
+        await asyncio.to_thread(pgschema.drop_schema, room_name)
 
 
 async def test_a_timer_change_does_not_revive_an_old_message(

@@ -4,7 +4,9 @@ Checked: the chat locks itself when no key is pressed for that long; while
 locked the terminal shows only the lock prompt (no message, no name, not even a
 message that arrives meanwhile); a wrong passphrase keeps it locked; the right
 one brings the chat back with what arrived; and what the chat showed is no
-longer unread for `sottovoce list`.
+longer unread for `sottovoce list`. The lock also covers the safety-number
+screen when that is open, and neither it nor the command palette opens over
+the lock.
 """
 
 from __future__ import annotations
@@ -51,3 +53,28 @@ async def test_chat_locks_when_idle_and_shows_nothing_until_the_passphrase(
         assert Conversations(store, "alice").unread("bob") == 0  # shown, so read
     finally:
         store.close()
+
+
+async def test_the_lock_covers_the_safety_number_screen_and_the_command_palette(
+    tmp_path: Path,
+) -> None:
+    async with alice_and_bob(tmp_path) as (tmux, bob):
+        await bob.wait_sent(await bob.send_text("alice", "hello before the lock"))
+        tmux.chat_as_alice(tmp_path, "--lock-after", "0.1")  # 6 s
+        await tmux.wait_for("bob: hello before the lock")
+        tmux.keys("C-s")
+        digits = (await bob.safety_number("alice")).grouped().splitlines()[0]
+        await tmux.wait_for(digits)
+        locked = await tmux.wait_for("sottovoce is locked", timeout=40)
+        for text in ("Safety number", digits, "hello before", "bob", "alice"):
+            assert text not in locked, locked
+        tmux.keys("C-s", "C-p")  # no screen or panel opens over the lock
+        time.sleep(0.5)
+        for text in ("Safety number", digits, "Search for commands"):
+            assert text not in tmux.screen(), tmux.screen()
+        tmux.keys(PASSPHRASE, "Enter")
+        await tmux.wait_for(digits, timeout=15)  # back where it was
+        tmux.keys("Escape")
+        await tmux.wait_for("bob: hello before the lock")
+        tmux.keys("C-q")
+        await tmux.wait_for("EXIT=0")

@@ -34,6 +34,10 @@ def test_bodies_round_trip_as_compact_versioned_json() -> None:
     room = "room:" + "0f" * 16
     assert c.typing_body(room) == f'{{"v":1,"room":"{room}"}}'.encode()
     assert c.read_typing(c.typing_body(room)) == room
+    delivered = c.Receipt(kind=c.DELIVERED, ids=(MID,), room=room)
+    wire = f'{{"v":1,"kind":"delivered","ids":["{MID}"],"room":"{room}"}}'
+    assert delivered.encode() == wire.encode()
+    assert c.Receipt.decode(delivered.encode()) == delivered
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,8 @@ def test_bodies_round_trip_as_compact_versioned_json() -> None:
         (c.Delete.decode, '{"v":2,"to":"' + MID + '"}', "version"),
         (c.read_typing, '{"v":1,"text":"hi"}', "wrong fields"),
         (c.read_typing, '{"v":1,"room":"room:../../x"}', "malformed room id"),
+        (c.Receipt.decode, '{"v":1,"kind":"read","ids":["' + MID + '"],"room":"bob"}',
+         "malformed room id"),
     ],
 )
 def test_malformed_bodies_are_refused(decode: object, body: str, why: str) -> None:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -124,10 +125,11 @@ def _commit(user: str, epoch: int, key: str, **kw: Any) -> CommitRequest:
     return CommitRequest(**fields)
 
 
-def _send(user: str, epoch: int, key: str) -> RoomSendRequest:
+def _send(user: str, epoch: int, key: str, expires_at_ms: int = 0) -> RoomSendRequest:
     return RoomSendRequest(
         room_id=ROOM, user=user, device="d1", epoch=epoch, message_id="m-" + key,
         idempotency_key=key, content_type="text", client_created_at_ms=0, ciphertext_b64=CT,
+        expires_at_ms=expires_at_ms,
     )
 
 
@@ -181,6 +183,27 @@ async def test_server_seq_strictly_increasing_across_sends_and_commits(
     assert exc.value.code == "stale_epoch" and exc.value.details["currentEpoch"] == 1
     frames = await st.room_read(ROOM, "carol", "d1", 0, 100)
     assert [s for s, _ in frames.frames] == list(range(2, 32)), "carol joined at seq 1"
+
+
+async def test_an_expired_room_message_is_never_read_then_swept(
+    room_storage: SqliteStorage,
+) -> None:
+    st = room_storage
+    await _room_of_three(st)
+    past = time.time_ns() // 1_000_000 - 1000
+    later = past + 3_600_000
+    await _cb(st.room_send, _send("alice", 1, "gone", expires_at_ms=past))  # seq 2
+    await _cb(st.room_send, _send("alice", 1, "kept", expires_at_ms=later))  # seq 3
+    await _cb(st.room_send, _send("alice", 1, "last", expires_at_ms=past))  # seq 4
+    got = await st.room_read(ROOM, "bob", "d1", 1, 100)
+    # The expired ones are holes; the read still covers them (room.sync steps over).
+    assert [s for s, _ in got.frames] == [3] and got.scanned_to == got.latest_seq == 4
+    assert [s for s, _ in await st.room_replay(ROOM, 1, None, 100)] == [3]
+    # A full batch covers only up to its last frame (seq 4 may still hold one).
+    assert (await st.room_read(ROOM, "bob", "d1", 0, 1)).scanned_to == 3
+    assert await st.drop_expired(past + 1) == 2
+    assert await _scalar(st, "SELECT count(*) FROM room_messages WHERE expires_at IS NOT NULL") == 1
+    assert await st.drop_expired(later) == 1
 
 
 async def test_a_limited_key_package_claim_gets_the_last_resort_and_consumes_nothing(

@@ -190,7 +190,7 @@ def test_the_send_frame_carries_expires_at_and_both_validators_agree() -> None:
             ev.Send.from_data(_send(expiresAtMs=bad))
 
 
-def test_a_linked_device_gets_no_disappearing_message_but_gets_the_timers(
+def test_a_linked_device_gets_disappearing_messages_with_their_expiry_and_the_timers(
     tmp_path: Path,
 ) -> None:
     from sottovoce.client.linking import history_archive, import_history
@@ -199,16 +199,21 @@ def test_a_linked_device_gets_no_disappearing_message_but_gets_the_timers(
     exp = Expiries(old)
     with old.transaction():
         for mid, ctype, text in (("t1", "timer", timer_body(3600)), ("m1", "text", "fades"),
-                                 ("m2", "text", "stays")):
+                                 ("m2", "text", "stays"), ("m3", "text", "gone already")):
             old.add_message(message_id=mid, peer="bob", sender="bob", sender_device="d",
                             outgoing=False, status=DeliveryStatus.SENT, text=text,
                             content_type=ctype, client_created_ms=5)
         exp.record("m1", 10**13)
+        exp.record("m3", 1000)  # expired, not swept yet: never handed over
     parts, count = history_archive(old)
-    assert count == 2
+    assert count == 3
     new = Store.create(tmp_path / "new", "pw", kdf=TEST_KDF)
-    assert import_history(new, b"".join(parts), "alice") == 2
-    assert [m.message_id for m in new.history("bob")] == ["t1", "m2"]
+    assert import_history(new, b"".join(parts), "alice") == 3
+    assert [m.message_id for m in new.history("bob")] == ["t1", "m1", "m2"]
+    later = Expiries(new)
+    assert later.of("m1") == 10**13 and later.of("m2") == 0
+    later.clock = lambda: 10**13
+    assert later.sweep() == ["m1"]  # it disappears here at the same time
     timer = Expiries(new).table.timer(ev.dm_conversation_id("alice", "bob"))
     assert timer is not None and (timer.seconds, timer.setter) == (3600, "bob")
     old.close()

@@ -56,11 +56,13 @@ from sottovoce.client import (
     username_available,
 )
 from sottovoce.client.connection import ws_url
+from sottovoce.client.control import DELETE, EDIT, REACTION
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.errors import KTAlertRaised
 from sottovoce.client.events import (
     DeviceLinked,
     DeviceRevoked,
+    MessageUpdated,
     RoomInvited,
     RoomJoined,
     RoomMembershipChanged,
@@ -69,6 +71,7 @@ from sottovoce.client.events import (
 from sottovoce.client.kt import Pins, check_min_cosignatures, parse_vkey, witness_policy_of
 from sottovoce.client.linking import DeviceNames
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
+from sottovoce.client.rooms import ROOM_PREFIX
 from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.identity import SafetyNumber, validate_username
@@ -205,6 +208,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``listen`` prints of the control messages (receipts only change ticks).
+_SHOWN_UPDATES = frozenset({EDIT, DELETE, REACTION})
+
+
 def _listen_line(
     client: Client, event: object, hint: tuple[str, str] = ("sottovoce", "")
 ) -> tuple[str, bool] | None:
@@ -225,6 +232,13 @@ def _listen_line(
                     return None  # RoomInvited says it, with the room's name
         label = client.rooms.get(event.room_id).label
         return render.room_message_line(stored, me, label), False
+    if isinstance(event, MessageUpdated) and event.kind in _SHOWN_UPDATES:
+        stored = client.message(event.message_id)
+        if stored is None:
+            return None
+        room = event.conversation.startswith(ROOM_PREFIX)
+        where = client.rooms.get(event.conversation).label if room else None
+        return render.update_line(client.controls.view(stored), me, event, where), False
     if isinstance(event, RoomInvited):
         return render.invitation(event, *hint), False
     if isinstance(event, RoomJoined):
@@ -577,8 +591,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="print incoming messages, room messages and invitations (Ctrl-C to stop)",
         description=(
             "Connect, catch up on everything that arrived while offline, then print each "
-            "message (1:1 and rooms, a room's lines start with #NAME), each invitation to a "
-            "room and each change of a room's members as it is stored locally. Says when the "
+            "message (1:1 and rooms, a room's lines start with #NAME), each edit, delete for "
+            "everyone and reaction ('~ alice edited: ...', with the message as it now shows), "
+            "each invitation to a room and each change of a room's members as it is stored "
+            "locally. Says when the "
             "server goes away and when it is back (it reconnects by itself). Ctrl-C stops "
             "cleanly."
         ),

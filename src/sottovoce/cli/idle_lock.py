@@ -4,9 +4,11 @@
 mouse press restarts the idle time; past ``after_s`` the chat locks. While
 locked, :class:`LockScreen` replaces the chat screen whole (it is a screen, not
 a modal drawn over the chat), so no message, name or call banner stays on
-the terminal; the chat holds back its notifications and does not mark what
-arrives as read. The passphrase unlocks it: it is checked against the store
-(one Argon2id, in a thread so the screen stays responsive). Ctrl-Q still quits.
+the terminal; it goes on top of whatever screen is open (the safety number's,
+the command palette), and none opens over it; the chat holds back its
+notifications and does not mark what arrives as read. The passphrase unlocks
+it: it is checked against the store (one Argon2id, in a thread so the screen
+stays responsive). Ctrl-Q still quits.
 """
 
 from __future__ import annotations

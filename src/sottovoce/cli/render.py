@@ -29,6 +29,7 @@ from sottovoce.client.events import (
     ErrorEvent,
     KeysChanged,
     MessageReceived,
+    MessageUpdated,
     RoomInvited,
     RoomMembershipChanged,
     RoomMessageReceived,
@@ -135,9 +136,10 @@ def view_line(
 ) -> str:
     """A message as :func:`message_line` shows it, with what control messages did: the
     quoted line of a reply, "(edited)", a tombstone, reactions with their counts, and
-    for our own messages ✓✓ (delivered), "read" or "read by N" (rooms). ``ids``: the
-    start of its id first, to name it in `edit`, `delete`, `react` or `--reply-to`;
-    ``expires_at_ms``: a disappearing message's time left, as :func:`message_line`."""
+    for our own messages ✓✓ (delivered), "read", or "delivered to N", "read by N"
+    (rooms). ``ids``: the start of its id first, to name it in `edit`, `delete`,
+    `react` or `--reply-to`; ``expires_at_ms``: a disappearing message's time left,
+    as :func:`message_line`."""
     m = view.message
     prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
     if m.content_type not in ("text", "reply") or (
@@ -190,6 +192,18 @@ def file_line(body: str, message_id: str) -> str:
         extra += ", view once"
     return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
             f"{safe(info.media_type)}) id {safe(message_id)}")
+
+
+def update_line(view: MessageView, me: str, event: MessageUpdated, label: str | None) -> str:
+    """An edit, delete or reaction as it arrives (``listen``), then the message as it
+    shows now: ``~ alice edited: 12:01 alice: new text (edited)``; ``label``: a room's."""
+    who = "you" if event.sender == me else safe(event.sender)
+    if event.kind == "reaction":
+        did = f"reacted {safe(event.emoji)}" if event.on else f"took back {safe(event.emoji)}"
+    else:
+        did = "deleted" if event.kind == "delete" else "edited"
+    where = "" if label is None else f"#{safe(label)} "
+    return f"{where}~ {who} {did}: {view_line(view, me, room=label is not None)}"
 
 
 def room_message_line(m: StoredMessage, me: str, label: str) -> str:

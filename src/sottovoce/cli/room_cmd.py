@@ -356,8 +356,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "Connect, store what arrived, then print the room's last messages (replies with "
             "the line they quote, \"(edited)\", '[deleted]', reactions with their counts, "
-            "and 'read by N' on yours); the room then gets a read receipt (see account "
-            "settings)."
+            "and 'delivered to N', 'read by N' on yours); the room then gets a read receipt "
+            "(see account settings)."
         ),
         example="  sottovoce room history friends --data-dir ~/.sottovoce-bob",
         func=cmd_history,

@@ -246,6 +246,12 @@ class ChatApp(App[int]):
             store = self.client.linking().store  # the passphrase is checked against it
             self.push_screen(LockScreen(store.check_passphrase, self._unlocked))
 
+    def action_command_palette(self) -> None:
+        """Textual's command palette (Ctrl-P) is a screen of its own: none while locked
+        (the lock screen is all there is; the safety number's is refused likewise)."""
+        if not self._locked:
+            super().action_command_palette()
+
     def _unlocked(self) -> None:
         if self._idle is not None:
             self._idle.unlock()

@@ -209,7 +209,8 @@ class Client(CallSurface):
         self.conversations = Conversations(store, self.username, self.contacts.hidden)
         self.contacts.attach(self._direct.send_to_own_devices, self.conversations)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
-        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
+        self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn,
+                                 self.contacts.may_signal)
         #: Online/away/offline between contacts (client/presence.py); ``start()`` shares it.
         self.presence = Presence(store, self.contacts, self._direct, self._emit, self._spawn)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.

@@ -11,6 +11,7 @@ so the relay cannot tell a receipt from a chat line. The bodies are compact JSON
     delete    {"v":1,"to":ID}                   delete ID for everyone (its sender only)
     reaction  {"v":1,"to":ID,"emoji":E,"on":B}  add (on) or remove one emoji
     receipt   {"v":1,"kind":"delivered"|"read","ids":[ID,...]}
+              or {...,"room":ROOMID}              a room's delivered receipt (live, 1:1)
     typing    {"v":1} or {"v":1,"room":ROOMID}  live only, never stored by the server
 
 Every field from a peer is checked here (types, lengths, ids shaped like ids);
@@ -123,19 +124,34 @@ class Reaction(JsonBody):
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt(JsonBody):
+class Receipt:
+    """``room``: a delivered receipt for room messages, sent live over 1:1 to their
+    sender (a room has no ephemeral path); ``None`` for the chat it travels in."""
+
     kind: str
     ids: tuple[str, ...]
+    room: str | None = None
+
+    def encode(self) -> bytes:
+        fields: dict[str, object] = {"kind": self.kind, "ids": list(self.ids)}
+        if self.room is not None:
+            fields["room"] = self.room
+        return json_body(**fields).encode("utf-8")
 
     @classmethod
     def decode(cls, body: bytes) -> Receipt:
-        data = read_json_body(body, ("kind", "ids"), "a receipt")
+        try:
+            data = read_json_body(body, ("kind", "ids"), "a receipt")
+            room = None
+        except DecodeError:
+            data = read_json_body(body, ("kind", "ids", "room"), "a receipt")
+            room = check_room_id(data["room"])
         ids = data["ids"]
         if data["kind"] not in (DELIVERED, READ):
             raise DecodeError("unknown receipt kind")
         if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_RECEIPT_IDS:
             raise DecodeError("a receipt names no message, or too many")
-        return cls(kind=data["kind"], ids=tuple(check_id(i) for i in ids))
+        return cls(kind=data["kind"], ids=tuple(check_id(i) for i in ids), room=room)
 
 
 _ROOM_ID = re.compile(r"room:[0-9a-f]{32}")
@@ -154,9 +170,13 @@ def read_typing(body: bytes) -> str | None:
         return None
     except DecodeError:
         room = read_json_body(body, ("room",), "a typing notice")["room"]
-    if not isinstance(room, str) or _ROOM_ID.fullmatch(room) is None:
-        raise DecodeError("a typing notice names a malformed room id")
-    return room
+    return check_room_id(room)
+
+
+def check_room_id(value: object) -> str:
+    if not isinstance(value, str) or _ROOM_ID.fullmatch(value) is None:
+        raise DecodeError("a control message names a malformed room id")
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

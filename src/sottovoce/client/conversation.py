@@ -7,7 +7,8 @@
              ──► the rule: an edit or delete only from the target's authenticated
                  sender, a reaction or receipt counted for its authenticated sender
              ──► ctl_* tables (client/store_control.py); a ``MessageUpdated`` event
-    after a batch: a live delivered receipt per 1:1 chat for the messages it stored
+    after a batch: a live delivered receipt per 1:1 chat, and per room and sender, for
+             the messages it stored (a room's goes over 1:1 to the sender, naming it)
     history shown: ``mark_read`` sends one read receipt for what was not read yet
 
 A control message whose target is not (yet) here, or that breaks a rule, is
@@ -51,6 +52,7 @@ from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     ClientEvent,
     MessageUpdated,
+    RoomMessageReceived,
     TypingStarted,
 )
 from sottovoce.client.file_body import FILE_CONTENT_TYPE
@@ -104,7 +106,8 @@ class MessageView:
     reply_to: str | None = None
     quote: str | None = None
     reactions: dict[str, int] = field(default_factory=dict)
-    #: For our messages: "…", "✓", "✓✓", "read", "read by N" or "✗"; else "".
+    #: For our messages: "…", "✓", "✓✓", "read", or in a room "delivered to N",
+    #: "read by N"; "✗"; else "".
     state: str = ""
 
 
@@ -113,9 +116,12 @@ class Controls:
 
     def __init__(
         self, store: Store, direct: DirectMessages, rooms: RoomManager, username: str,
-        spawn: Callable[[Any], None],
+        spawn: Callable[[Any], None], may_signal: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self._store, self._direct, self._rooms = store, direct, rooms
+        #: Whether a receipt or typing notice may go to a user (contacts only: a
+        #: stranger whose request is not accepted learns nothing from us).
+        self._may_signal = may_signal
         self._db = ControlStore(store)
         self.username = username
         self._spawn = spawn
@@ -258,8 +264,9 @@ class Controls:
 
     async def mark_read(self, chat: str, *, room: bool = False) -> int:
         """The conversation was shown: one read receipt for the messages not read yet
-        (none with read receipts off); returns how many it names."""
-        if not self.settings.read_receipts:
+        (none with read receipts off, none to a 1:1 peer who is not a contact: sent
+        once they are); returns how many it names. A room's goes to the room."""
+        if not self.settings.read_receipts or (not room and not self._may_signal(chat)):
             return 0
         conversation = self._conversation(chat, room)
         unread = [
@@ -281,18 +288,23 @@ class Controls:
         """Tell ``chat`` that we are typing: live, never stored by the server, at most
         one per ``TYPING_INTERVAL_S``. Returns the notice's id (in a room, of one of
         the per-member notices), or ``None`` if none was sent (off, too soon, offline,
-        nobody online, a room of more than ``TYPING_MAX_MEMBERS`` users)."""
+        nobody online, not a contact: only contacts get one, in a room too; a room of
+        more than ``TYPING_MAX_MEMBERS`` users)."""
         conversation = self._conversation(chat, room)
         last = self._typing_sent.get(conversation)
         if not self.settings.typing or (
             last is not None and time.monotonic() - last < TYPING_INTERVAL_S
         ):
             return None
-        self._typing_sent[conversation] = time.monotonic()
         if not room:
+            if not self._may_signal(chat):
+                return None
+            self._typing_sent[conversation] = time.monotonic()
             return await self._typing_to(chat, typing_body())
-        users = sorted({u for u, _ in self._rooms.get(chat).members()} - {self.username})
-        if len(users) > TYPING_MAX_MEMBERS:
+        self._typing_sent[conversation] = time.monotonic()
+        members = {u for u, _ in self._rooms.get(chat).members()} - {self.username}
+        users = sorted(u for u in members if self._may_signal(u))
+        if len(members) > TYPING_MAX_MEMBERS:
             return None
         body = typing_body(conversation)
         sent = await asyncio.gather(*(self._typing_to(u, body) for u in users))
@@ -349,10 +361,13 @@ class Controls:
             readers = self._db.receipt_count(message.message_id, KIND_READ)
             if readers:
                 return f"read by {readers}" if room else "read"
-        if message.status is DeliveryStatus.DELIVERED or self._db.receipt_count(
-            message.message_id, KIND_DELIVERED
+        if room:
+            got = self._db.receipt_count(message.message_id, KIND_DELIVERED)
+            return f"delivered to {got}" if got else message.status.tick
+        if message.status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ) or (
+            self._db.receipt_count(message.message_id, KIND_DELIVERED)
         ):
-            return DeliveryStatus.DELIVERED.tick
+            return DeliveryStatus.DELIVERED.tick  # read receipts off: no "read" shown
         return message.status.tick
 
     def history(self, chat: str, *, room: bool = False, limit: int = 50) -> list[MessageView]:
@@ -383,19 +398,22 @@ class Controls:
                 if self._authored(item, quote.to).content_type not in _TEXT_TYPES:
                     raise _Refused("its target is not a text")
                 self._apply_edit(quote.to, item.message_id, quote.text, item.created_ms)
-                events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to))
+                events.append(MessageUpdated(conversation=item.conversation, message_id=quote.to,
+                                             kind=EDIT, sender=item.sender))
             elif item.content_type == DELETE:
                 to = Delete.decode(item.body).to
                 self._authored(item, to)
                 self._wipe(to, DELETED_FOR_EVERYONE)
-                events.append(MessageUpdated(conversation=item.conversation, message_id=to))
+                events.append(MessageUpdated(conversation=item.conversation, message_id=to,
+                                             kind=DELETE, sender=item.sender))
             elif item.content_type == REACTION:
                 reaction = Reaction.decode(item.body)
                 self._in_conversation(item, reaction.to)
                 self._apply_reaction(reaction.to, item.sender, reaction.emoji, reaction.on)
-                events.append(
-                    MessageUpdated(conversation=item.conversation, message_id=reaction.to)
-                )
+                events.append(MessageUpdated(
+                    conversation=item.conversation, message_id=reaction.to, kind=REACTION,
+                    sender=item.sender, emoji=reaction.emoji, on=reaction.on,
+                ))
             elif item.content_type == RECEIPT:
                 self._receipt(item, Receipt.decode(item.body), events)
         except (DecodeError, _Refused) as exc:
@@ -427,8 +445,7 @@ class Controls:
             return
         conversation = item.conversation
         if room_id is not None:  # only from a member of a room we are in
-            room = next((r for r in self._rooms.all() if r.room_id == room_id), None)
-            if room is None or item.sender not in {u for u, _ in room.members()}:
+            if item.sender not in self._members(room_id):
                 raise _Refused("a typing notice for a room its sender is not in here")
             conversation = room_id
         until = now_ms() + int(TYPING_SHOWN_S * 1000)
@@ -438,17 +455,41 @@ class Controls:
         )
 
     def _receipt(self, item: Incoming, receipt: Receipt, events: list[ClientEvent]) -> None:
+        conversation = item.conversation
+        if receipt.room is not None:  # a room's delivered receipt: live over 1:1
+            if not item.ephemeral or item.room or receipt.kind != DELIVERED:
+                raise _Refused("a room receipt that is not a live delivered receipt")
+            if item.sender not in self._members(receipt.room):
+                raise _Refused("a receipt for a room its sender is not in here")
+            conversation = receipt.room
         for to in receipt.ids:
             target = self._store.get_message(to)
             if (
-                target is None or target.peer != item.conversation
+                target is None or target.peer != conversation
                 or target.sender != self.username or item.sender == self.username
             ):
                 continue  # not ours, or our own other device: nothing to count
             kind = KIND_READ if receipt.kind == READ else KIND_DELIVERED
             self._db.add_receipt(to, item.sender, kind)
             self._db.add_receipt(to, item.sender, KIND_DELIVERED)
-            events.append(MessageUpdated(conversation=item.conversation, message_id=to))
+            self._raise_status(target, receipt.kind)
+            events.append(MessageUpdated(conversation=conversation, message_id=to,
+                                         kind=RECEIPT, sender=item.sender))
+
+    def _raise_status(self, target: StoredMessage, kind: str) -> None:
+        """The stored status follows the receipts (SENT → DELIVERED → READ, never back),
+        so ``Client.history`` says what ``controls.view`` shows; a message not acked
+        yet keeps SENDING (the ack moves it only from there)."""
+        want = DeliveryStatus.READ if kind == READ else DeliveryStatus.DELIVERED
+        if target.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) and (
+            target.status < want
+        ):
+            self._store.set_status(target.message_id, want)
+
+    def _members(self, room_id: str) -> set[str]:
+        """The users of room ``room_id`` here (none if we are not in it)."""
+        room = next((r for r in self._rooms.all() if r.room_id == room_id), None)
+        return set() if room is None else {u for u, _ in room.members()}
 
     def _apply_edit(self, to: str, edit_id: str, text: str, at_ms: int) -> None:
         state = self._db.state(to)
@@ -481,27 +522,40 @@ class Controls:
     # =========================================================================
 
     def after_batch(self, events: list[ClientEvent], received: list[str]) -> None:
-        """Send one delivered receipt per 1:1 chat for the messages just stored.
+        """Send one delivered receipt per 1:1 chat, and per (room, sender), for the
+        messages just stored.
 
         It travels live (never stored by the server, no place in the chat's order):
         a sender with no device online misses it, and the read receipt, which is
-        stored, says more later. Rooms have none (they show "read by N")."""
-        fresh: dict[str, list[str]] = {}
+        stored, says more later. A room has no ephemeral path: its receipt goes over
+        1:1 to the message's sender only, naming the room ("delivered to N"). Only to
+        contacts: a stranger (a message request) learns nothing."""
+        fresh: dict[tuple[str, str | None], list[str]] = {}
         for message_id in received:
             stored = self._store.get_message(message_id)
-            if stored is not None and stored.sender != self.username:
-                fresh.setdefault(stored.peer, []).append(message_id)
-        for chat, ids in fresh.items():
+            if stored is not None and stored.sender != self.username and (
+                self._may_signal(stored.peer)
+            ):
+                fresh.setdefault((stored.peer, None), []).append(message_id)
+        for event in events:
+            if isinstance(event, RoomMessageReceived) and (
+                event.message.sender != self.username
+                and event.message.content_type in _SHOWN_TYPES
+                and self._may_signal(event.message.sender)
+            ):
+                key = (event.message.sender, event.room_id)
+                fresh.setdefault(key, []).append(event.message.message_id)
+        for (user, room_id), ids in fresh.items():
             self._in_flight += 1
             self._settled.clear()
-            self._spawn(self._deliver(chat, ids))
+            self._spawn(self._deliver(user, ids, room_id))
 
-    async def _deliver(self, chat: str, ids: list[str]) -> None:
+    async def _deliver(self, user: str, ids: list[str], room_id: str | None) -> None:
         try:
             for i in range(0, len(ids), MAX_RECEIPT_IDS):
                 chunk = tuple(ids[i : i + MAX_RECEIPT_IDS])
-                body = Receipt(kind=DELIVERED, ids=chunk).encode()
-                await self._direct.send_live(chat, body, RECEIPT)
+                body = Receipt(kind=DELIVERED, ids=chunk, room=room_id).encode()
+                await self._direct.send_live(user, body, RECEIPT)
         except SottovoceError as exc:  # best effort: the message itself is stored
             log.info("delivered receipt not sent: %s", type(exc).__name__)
         finally:

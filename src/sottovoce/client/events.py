@@ -71,10 +71,17 @@ class MessageUpdated:
     """A control message changed how a stored message shows (an edit, a delete for
     everyone, a reaction, a receipt): read it again with ``client.controls.view``.
 
-    ``conversation`` is the peer's username (1:1) or the room id."""
+    ``conversation`` is the peer's username (1:1) or the room id; ``kind`` the control
+    message's (``"edit"``, ``"delete"``, ``"reaction"``, ``"receipt"``) and ``sender``
+    its authenticated sender, so a listener can say what happened; ``emoji`` and ``on``
+    for a reaction (added or removed)."""
 
     conversation: str
     message_id: str
+    kind: str = ""
+    sender: str = ""
+    emoji: str = ""
+    on: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,8 +31,9 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ from sottovoce.client.ports import LinkPort
 from sottovoce.client.rooms import ROOM_PREFIX
 from sottovoce.client.store import Contact, DeliveryStatus, KdfParams, Store, StoredMessage
 from sottovoce.client.store_contact_list import STATES, ContactTable, Entry
+from sottovoce.client.store_control import ControlStore
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.kdf import Hash, hkdf_expand
@@ -315,14 +317,27 @@ def all_messages(after: Callable[[int], list[StoredMessage]]) -> Iterator[Stored
         last = batch[-1].local_id
 
 
-def history_archive(store: Store) -> tuple[list[bytes], int]:
+def history_archive(
+    store: Store, users: Iterable[str] = ()
+) -> tuple[list[bytes], int]:
     """Every stored message, encoded, in parts that each fit one mailbox message; and how
-    many messages. Disappearing messages are left out: the archive has no place for
-    their expiry, and a copy that outlives its expiry is what a timer rules out."""
+    many messages. Then, as JSON, what control messages did to them (``ctl_*``, with
+    the usernames of ``users`` and of every sender for their keyed tags) and each
+    disappearing message's expiry: the linked device deletes it at the same time.
+    A message already expired is left out."""
     w = Writer()
     expiries = Expiries(store)
-    messages = [m for m in all_messages(store.messages_after) if not expiries.of(m.message_id)]
+    now = expiries.clock()
+    messages = [m for m in all_messages(store.messages_after)
+                if not expiries.due(expiries.of(m.message_id))]
     w.vector_v(messages, _write_message)
+    ids = [m.message_id for m in messages]
+    names = {m.sender for m in messages} | {m.peer for m in messages} | set(users)
+    extras = {
+        "controls": ControlStore(store).export(ids, names),
+        "expiries": {m: e for m in ids if (e := expiries.of(m)) and e > now},
+    }
+    w.opaque_v(json.dumps(extras, separators=(",", ":")).encode("utf-8"))
     raw = w.getvalue()
     parts = [raw[i:i + _HISTORY_PART] for i in range(0, len(raw), _HISTORY_PART)] or [b""]
     if len(parts) > LINK_MAX_MESSAGES - _FIXED_MESSAGES:
@@ -332,16 +347,33 @@ def history_archive(store: Store) -> tuple[list[bytes], int]:
     return parts, len(messages)
 
 
+def _read_archive(r: Reader) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    records = r.vector_v(_read_message)
+    extras = json.loads(r.opaque_v()) if not r.eof() else {}
+    if not isinstance(extras, dict):
+        raise ValueError("a history's records are malformed")
+    return records, extras
+
+
 def import_history(store: Store, raw: bytes, username: str) -> int:
-    """Store the handed-over messages; the timer messages among them set each chat's
-    disappearing-message timer here too (the newest wins, as when they arrive)."""
-    records: list[dict[str, Any]] = _read(raw, lambda r: r.vector_v(_read_message))
+    """Store the handed-over messages, their expiries and control records; the timer
+    messages among them set each chat's disappearing-message timer here too (the
+    newest wins, as when they arrive)."""
+    records, extras = _read(raw, _read_archive)
     added = 0
     expiries = Expiries(store)
+    ends = extras.get("expiries", {})
+    if not isinstance(ends, dict):
+        raise LinkError("a linking message is malformed")
+    controls = ControlStore(store)  # its tables first: executescript commits
     with store.transaction():
         for rec in records:
+            end = ends.get(rec["message_id"], 0)
+            if not isinstance(end, int) or expiries.due(end):
+                continue  # expired meanwhile (or malformed): never stored here
             if store.add_message(**rec) is not None:
                 added += 1
+                expiries.record(rec["message_id"], end)
             if rec["content_type"] == TIMER_CONTENT_TYPE and rec["status"] is DeliveryStatus.SENT:
                 peer = rec["peer"]
                 chat = (peer if peer.startswith(ROOM_PREFIX)
@@ -349,6 +381,11 @@ def import_history(store: Store, raw: bytes, username: str) -> int:
                 with contextlib.suppress(DecodeError):
                     expiries.apply(chat, rec["sender"], rec["message_id"],
                                    rec["client_created_ms"], rec["text"].encode("utf-8"))
+        try:
+            controls.restore(extras.get("controls") or {
+                "state": {}, "edits": [], "reactions": [], "receipts": [], "read_sent": []})
+        except ValueError:
+            raise LinkError("a linking message is malformed") from None
     return added
 
 
@@ -540,8 +577,10 @@ async def _link_existing(
     names = DeviceNames(store)
     names.set(new_id, name)
     DeviceNotices(store, client.device_id).expect(new_id)  # linked here: no notice here
-    parts, count = history_archive(store) if with_history else ([], 0)
     rooms = [(r.room_id, r.label) for r in client.rooms.all() if not r.removed]
+    users = {u for r in client.rooms.all() for u, _ in r.members()} | set(
+        client.contacts.contacts())
+    parts, count = history_archive(store, users) if with_history else ([], 0)
     grant = Writer()
     grant.opaque_v(cert.encode())
     grant.opaque8(ident.account_key.private_bytes().expose())
@@ -782,6 +821,7 @@ class NewDevice:
                         table.put(entry)
             DeviceNames(port.store).update({**names, self.device_id: name})
             imported = import_history(port.store, history, self.username) if parts else 0
+            client.timers.wake()  # the expiries just handed over
             await joiner.put(sealed.seal(READY, b""))
             added = _read(sealed.open(await joiner.body(), DONE), lambda r: r.u16())
             await joiner.close(None)

@@ -146,12 +146,13 @@ CREATE TABLE IF NOT EXISTS kt_alerts(
 class DeliveryStatus(enum.IntEnum):
     SENDING = 0  # in the outbox, no server ack yet
     SENT = 1  # ✓  the server acknowledged a durable write
-    DELIVERED = 2  # ✓✓ (unused here: client.controls.view shows receipts)
+    DELIVERED = 2  # ✓✓ a receipt said a device of a recipient has it
     FAILED = 3  # the server refused it for good, or it could not be decrypted
+    READ = 4  # a read receipt came (client/conversation.py; shown only with them on)
 
     @property
     def tick(self) -> str:
-        return {0: "…", 1: "✓", 2: "✓✓", 3: "✗"}[self.value]
+        return {0: "…", 1: "✓", 2: "✓✓", 3: "✗", 4: "read"}[self.value]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,11 +11,16 @@ Tables (created on open if missing, so existing stores open):
 
 Only random ids, counters and keyed tags are in clear; text, names and emoji
 are sealed with the store's key (client/store.py).
+
+A linked device gets them with the history (:meth:`ControlStore.export`, then
+:meth:`ControlStore.restore` there): the keyed tags are this store's, so each is
+turned back into the username it was made from, among the users the history names.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,3 +201,52 @@ class ControlStore:
             "INSERT OR IGNORE INTO ctl_read_sent(message_id) VALUES (?)",
             [(m,) for m in message_ids],
         )
+
+    # --- hand-over to a linked device -------------------------------------------------
+
+    def export(self, message_ids: Collection[str], users: Iterable[str]) -> dict[str, Any]:
+        """What the tables say about ``message_ids``, with names for tags: a reaction or
+        receipt of a user not in ``users`` (no message of theirs here) is left out."""
+        names = {self._store.tag("user", u): u for u in users}
+        ids = set(message_ids)
+        out: dict[str, Any] = {"state": {}, "edits": [], "reactions": [], "receipts": [],
+                               "read_sent": []}
+        for (mid,) in self._db.execute("SELECT message_id FROM ctl_state").fetchall():
+            if mid in ids:
+                st = self.state(mid)
+                out["state"][mid] = [int(st.edited), st.deleted, st.reply_to,
+                                     [list(e) for e in st.edits]]
+        out["edits"] = [[e, m] for e, m in self._db.execute(
+            "SELECT edit_id, message_id FROM ctl_edits").fetchall() if m in ids]
+        for mid, tag, sealed in self._db.execute(
+            "SELECT message_id, sender_tag, sealed FROM ctl_reactions"
+        ).fetchall():
+            if mid in ids and bytes(tag) in names:
+                emoji = json.loads(self._open_reactions(mid, bytes(sealed)))
+                out["reactions"].append([mid, names[bytes(tag)], emoji])
+        for mid, tag, kind in self._db.execute(
+            "SELECT message_id, reader_tag, kind FROM ctl_receipts"
+        ).fetchall():
+            if mid in ids and bytes(tag) in names:
+                out["receipts"].append([mid, names[bytes(tag)], int(kind)])
+        out["read_sent"] = sorted(self.read_sent(sorted(ids)))
+        return out
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Write what :meth:`export` gave (inside the caller's transaction); a value of
+        the wrong shape raises ``ValueError``."""
+        try:
+            for mid, (edited, deleted, reply_to, edits) in data["state"].items():
+                self.put_state(str(mid), MessageState(
+                    edited=bool(edited), deleted=int(deleted),
+                    reply_to=None if reply_to is None else str(reply_to),
+                    edits=[(int(t), str(x)) for t, x in edits]))
+            for edit_id, mid in data["edits"]:
+                self.add_edit_id(str(edit_id), str(mid))
+            for mid, user, emoji in data["reactions"]:
+                self.set_reactions(str(mid), str(user), {str(e) for e in emoji})
+            for mid, user, kind in data["receipts"]:
+                self.add_receipt(str(mid), str(user), int(kind))
+            self.mark_read_sent([str(m) for m in data["read_sent"]])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError("a history's control records are malformed") from exc

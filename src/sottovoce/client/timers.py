@@ -140,6 +140,10 @@ class Timers:
     def _recorded(self, expires_at_ms: int) -> None:
         self._wake.set()
 
+    def wake(self) -> None:
+        """Expiries were written behind our back (a linked history): plan again."""
+        self._wake.set()
+
     async def _run(self) -> None:
         try:
             await self._sweep_forever()

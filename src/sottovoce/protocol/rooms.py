@@ -23,7 +23,7 @@ Client → server (``data`` of each event; binary fields base64)::
         → sottovoce.room.committed {roomId, epoch: <new>, serverSeq, messageId,
                                     idempotencyKey, duplicate}
     sottovoce.room.send    {roomId, epoch, messageId, idempotencyKey, contentType,
-                            clientCreatedAtMs, ciphertext}
+                            clientCreatedAtMs, ciphertext, expiresAtMs?}
         → ksmpv3.send.ack (conversationId = roomId)
     sottovoce.room.ack     {roomId, upToServerSeq} → sottovoce.room.acked {roomId, upToServerSeq}
     sottovoce.room.sync    {roomId, afterServerSeq}
@@ -398,6 +398,9 @@ class RoomSend(ClientEvent):
     idempotencyKey: str = wire(ID)
     clientCreatedAtMs: int = wire(Int(), default=0)
     ciphertext: bytes = wire(B64(max_bytes=MAX_CIPHERTEXT_BYTES, nonempty=True))
+    #: A disappearing message: when the server must drop its ciphertext from the room's
+    #: log (Unix ms, whole seconds; 0 or absent: kept as any room message). Bounded.
+    expiresAtMs: int = wire(Int(), default=0, omit_default=True)
 
 
 @event("sottovoce.room.ack")

@@ -64,6 +64,16 @@ def _pairs(items: AbstractSet[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"userId": u, "deviceId": d} for u, d in sorted(items)]
 
 
+def check_expiry(expires_ms: int) -> None:
+    """A disappearing message's ``expiresAtMs`` (1:1 or room): 0, or within a week from
+    now (give or take the clock skew), so no row is kept longer than a timer allows."""
+    now = time.time_ns() // 1_000_000
+    if expires_ms and not (
+        now - CLOCK_SKEW_MS <= expires_ms <= now + MAX_MESSAGE_EXPIRY_MS + CLOCK_SKEW_MS
+    ):
+        raise WireFailure("bad_request", "expiresAtMs must be within a week from now")
+
+
 @dataclass(eq=False, repr=False)
 class Delivery:
     storage: Storage
@@ -130,12 +140,8 @@ class Delivery:
                 "conversationId must be dm_conversation_id(sender, recipientUserId)",
             )
         expires = ev.expiresAtMs
-        if expires and not ev.ephemeral:
-            now = time.time_ns() // 1_000_000
-            if not now - CLOCK_SKEW_MS <= expires <= now + MAX_MESSAGE_EXPIRY_MS + CLOCK_SKEW_MS:
-                raise WireFailure(
-                    "bad_request", "expiresAtMs must be within a week from now"
-                )
+        if not ev.ephemeral:
+            check_expiry(expires)
         expected = self._expected_devices(user, device, sender_rec, recipient_rec)
         given = {(u, d) for u, d, _ in ev.targets}
         if given != expected:

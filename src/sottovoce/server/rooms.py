@@ -110,6 +110,7 @@ from sottovoce.protocol.rooms import (
     setting_refusal,
     token_hash,
 )
+from sottovoce.server.delivery import check_expiry
 from sottovoce.server.directory import Directory
 from sottovoce.server.errors import RateLimited, WireFailure, decoded
 from sottovoce.server.frames import stored_ack_text
@@ -550,6 +551,7 @@ class Rooms:
         self, session: Session, ev: RoomSend, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
+        check_expiry(ev.expiresAtMs)
         req = RoomSendRequest(
             room_id=ev.roomId,
             user=user,
@@ -560,6 +562,7 @@ class Rooms:
             content_type=ev.contentType,
             client_created_at_ms=ev.clientCreatedAtMs,
             ciphertext_b64=data["ciphertext"],
+            expires_at_ms=ev.expiresAtMs,
         )
         self.store.room_send(req, partial(self._sent, session, rid, ev.messageId))
 
@@ -603,6 +606,8 @@ class Rooms:
             written += len(text)
             if written > budget:
                 break
+        else:  # all sent: past the expired messages after the last one too
+            up_to = max(up_to, got.scanned_to)
         session.reply(ROOM_SYNCED, {
             "roomId": ev.roomId,
             "upToServerSeq": up_to,

@@ -27,7 +27,7 @@ from typing import Any
 from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomInvited, RoomMessageReceived
-from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body, wire_expiry
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.payload import Payload, text_body
 from sottovoce.client.ports import Link, SendQueue
@@ -212,6 +212,8 @@ class RoomMessages:
             contentType="text",
             clientCreatedAtMs=created_ms,
             ciphertext=group.encrypt_application(payload, rng=secrets.token_bytes),
+            # The server drops it from the room's log then (an offline member never gets it).
+            expiresAtMs=wire_expiry(expires_at_ms),
         ).to_frame(request_id=message_id)
 
     def _body_of(self, stored: StoredMessage) -> bytes:

@@ -324,8 +324,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def drop_expired(self, now_ms: int) -> int:
-        """Delete the inbox frames of disappearing messages expired at ``now_ms``;
-        returns how many."""
+        """Delete the inbox frames and room messages of disappearing messages expired
+        at ``now_ms``; returns how many."""
 
     @abc.abstractmethod
     async def expire(self, before_ms: int) -> int:

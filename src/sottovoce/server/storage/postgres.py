@@ -768,7 +768,8 @@ class PostgresStorage(SharedStorage, PostgresRooms):
             deleted = await _sweep(conn, _DROP_EXPIRED_SWEEP, now_ms)
             if deleted:
                 self._usage.clear()
-            return deleted
+            rooms = await conn.execute("DELETE FROM room_messages WHERE expires_at <= $1", now_ms)
+            return deleted + int(rooms.split()[-1])
 
         return await self._with(run)
 

@@ -111,12 +111,16 @@ def _audit_write(room: RoomView, audit: AuditAppendage) -> Txn[None]:
     room.audit_count, room.audit_head = audit.index + 1, audit.entry_hash
 
 
-def _store_message(room: RoomView, received: int, envelope: str) -> Txn[None]:
-    """Store the room's next message (``envelope`` carries serverSeq ``room.last_seq + 1``)."""
+def _store_message(
+    room: RoomView, received: int, envelope: str, expires_at_ms: int = 0
+) -> Txn[None]:
+    """Store the room's next message (``envelope`` carries serverSeq ``room.last_seq + 1``;
+    ``expires_at_ms``: a disappearing message's, 0 for none)."""
     seq = room.last_seq + 1
     yield execute(
-        "INSERT INTO room_messages(room, seq, received_at, envelope) VALUES (?, ?, ?, ?)",
-        room.pk, seq, received, envelope,
+        "INSERT INTO room_messages(room, seq, received_at, envelope, expires_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        room.pk, seq, received, envelope, expires_at_ms or None,
     )
     room.last_seq = seq
     yield RoomAdvanced(room)
@@ -266,7 +270,7 @@ def send(req: RoomSendRequest) -> Txn[RoomStored]:
         client_created_at_ms=req.client_created_at_ms, server_seq=seq, received_at_ms=received,
         idempotency_key=req.idempotency_key, epoch=req.epoch, kind="message",
     )
-    yield from _store_message(room, received, env)
+    yield from _store_message(room, received, env, req.expires_at_ms)
     yield execute(_RECORD_SEND, sender, req.idempotency_key, req.room_id, req.message_id, seq,
                   received)
     return RoomStored(req.room_id, req.message_id, req.idempotency_key, seq, received, False,

@@ -95,6 +95,8 @@ class RoomSendRequest(RoomWrite):
     content_type: str
     client_created_at_ms: int
     ciphertext_b64: str
+    #: A disappearing message's expiry (0: none): never read, then deleted, after it.
+    expires_at_ms: int = 0
 
 
 class RoomStored(NamedTuple):
@@ -163,6 +165,8 @@ class RoomFrames:
     frames: list[tuple[int, str]]
     epoch: int
     latest_seq: int
+    #: Every serverSeq up to this one was read (expired messages are holes in ``frames``).
+    scanned_to: int = 0
 
 
 RoomCallback = Callable[[Any, BaseException | None], None]
@@ -292,7 +296,8 @@ class RoomStorage(abc.ABC):
     async def room_replay(
         self, room_id: str, after_seq: int, until_seq: int | None, limit: int
     ) -> list[tuple[int, str]]:
-        """(serverSeq, envelope JSON) after ``after_seq`` (and ≤ ``until_seq``), ascending."""
+        """(serverSeq, envelope JSON) after ``after_seq`` (and ≤ ``until_seq``), ascending;
+        expired disappearing messages left out."""
 
     @abc.abstractmethod
     async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState: ...

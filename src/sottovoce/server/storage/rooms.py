@@ -141,20 +141,29 @@ def current_member(room_id: str, user: str, device: str) -> Txn[tuple[int, int]]
     return pk, epoch
 
 
-def messages(pk: int, after: int, until: int | None, limit: int) -> Txn[list[tuple[int, str]]]:
+def messages(
+    pk: int, after: int, until: int | None, limit: int, now_ms: int
+) -> Txn[list[tuple[int, str]]]:
+    """The room's frames after ``after`` (a disappearing message past its expiry never:
+    its serverSeq is a hole that room.sync's ``upToServerSeq`` steps over)."""
     found = yield rows(
         "SELECT seq, envelope FROM room_messages WHERE room=? AND seq>? AND seq<=? "
-        "ORDER BY seq LIMIT ?",
-        pk, after, _NO_TOP if until is None else until, limit,
+        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?",
+        pk, after, _NO_TOP if until is None else until, now_ms, limit,
     )
     return [(int(seq), str(env)) for seq, env in found]
 
 
-def room_read(room_id: str, user: str, device: str, after: int, limit: int) -> Txn[RoomFrames]:
+def room_read(
+    room_id: str, user: str, device: str, after: int, limit: int, now_ms: int
+) -> Txn[RoomFrames]:
     pk, epoch, last, joined, until = yield from membership(room_id, user, device)
     # Nothing from before the device joined; a removed device up to its removal.
-    frames = yield from messages(pk, max(after, joined), until, limit)
-    return RoomFrames(frames, epoch, last)
+    frames = yield from messages(pk, max(after, joined), until, limit, now_ms)
+    # Fewer than asked: every row up to the end was looked at (expired ones skipped).
+    top = last if until is None else min(last, until)
+    scanned = frames[-1][0] if len(frames) == limit else max(after, top)
+    return RoomFrames(frames, epoch, last, scanned)
 
 
 def room_positions(user: str, device: str) -> Txn[list[RoomPosition]]:
@@ -169,12 +178,12 @@ def room_positions(user: str, device: str) -> Txn[list[RoomPosition]]:
 
 
 def room_replay(
-    room_id: str, after: int, until: int | None, limit: int
+    room_id: str, after: int, until: int | None, limit: int, now_ms: int
 ) -> Txn[list[tuple[int, str]]]:
     pk = yield val("SELECT room FROM rooms WHERE room_id=?", room_id)
     if pk is None:
         return []
-    return (yield from messages(int(pk), after, until, limit))
+    return (yield from messages(int(pk), after, until, limit, now_ms))
 
 
 def room_state(room_id: str, user: str, device: str) -> Txn[RoomState]:

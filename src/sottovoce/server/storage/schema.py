@@ -677,6 +677,21 @@ VERSIONS: tuple[Version, ...] = (
     );
     """,
     ),
+    Version(
+        "disappearing room messages: a room message may carry the expiry its sender gave"
+        " (room_messages.expires_at, NULL: none); room.sync and replay never return an"
+        " expired row and the expiry loop deletes them",
+        sqlite="""
+    ALTER TABLE room_messages ADD COLUMN expires_at INTEGER;
+    CREATE INDEX room_messages_expires ON room_messages(expires_at)
+        WHERE expires_at IS NOT NULL
+    """,
+        postgres="""
+    ALTER TABLE room_messages ADD COLUMN expires_at bigint;
+    CREATE INDEX room_messages_expires ON room_messages(expires_at)
+        WHERE expires_at IS NOT NULL;
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

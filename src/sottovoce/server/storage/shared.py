@@ -338,7 +338,10 @@ class SharedRooms(RoomStorage, Engine):
     async def room_read(
         self, room_id: str, user_id: str, device_id: str, after_seq: int, limit: int
     ) -> RoomFrames:
-        return await self._read_op(rooms.room_read, room_id, user_id, device_id, after_seq, limit)
+        now = time.time_ns() // 1_000_000
+        return await self._read_op(
+            rooms.room_read, room_id, user_id, device_id, after_seq, limit, now
+        )
 
     async def room_positions(self, user_id: str, device_id: str) -> list[RoomPosition]:
         return await self._read_op(rooms.room_positions, user_id, device_id)
@@ -346,7 +349,8 @@ class SharedRooms(RoomStorage, Engine):
     async def room_replay(
         self, room_id: str, after_seq: int, until_seq: int | None, limit: int
     ) -> list[tuple[int, str]]:
-        return await self._read_op(rooms.room_replay, room_id, after_seq, until_seq, limit)
+        now = time.time_ns() // 1_000_000
+        return await self._read_op(rooms.room_replay, room_id, after_seq, until_seq, limit, now)
 
     async def room_state(self, room_id: str, user_id: str, device_id: str) -> RoomState:
         return await self._read_op(rooms.room_state, room_id, user_id, device_id)

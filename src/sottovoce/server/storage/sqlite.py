@@ -706,7 +706,10 @@ class SqliteStorage(SharedStorage, SqliteRooms):
 
     def _w_drop_expired(self, conn: sqlite3.Connection, now: int) -> int:
         self._release(conn, "expires_at <= ?", (now,))
-        return conn.execute("DELETE FROM inbox WHERE expires_at <= ?", (now,)).rowcount
+        deleted = conn.execute("DELETE FROM inbox WHERE expires_at <= ?", (now,)).rowcount
+        return deleted + conn.execute(
+            "DELETE FROM room_messages WHERE expires_at <= ?", (now,)
+        ).rowcount
 
     def _w_expire(self, conn: sqlite3.Connection, before: int) -> int:
         deleted = 0
