@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -50,7 +50,7 @@ _MAX_NONCE = 2**64 - 1  # reserved by the spec: never used for a message
 @dataclass(frozen=True, slots=True)
 class _Hash:
     name: str
-    new: Callable[..., object]
+    new: Any  # a hashlib constructor (hashlib's own type is private)
     hashlen: int
 
 
@@ -147,8 +147,8 @@ class _SymmetricState:
 
     def _digest(self, data: bytes) -> bytes:
         h = self._hash.new()
-        h.update(data)  # type: ignore[attr-defined]
-        return h.digest()  # type: ignore[attr-defined, no-any-return]
+        h.update(data)
+        return bytes(h.digest())
 
     def _hkdf(self, ikm: bytes, n: int) -> list[bytes]:
         """Noise's HKDF (§4.3): HMAC-HASH outputs chained from ``ck``."""
