@@ -104,7 +104,7 @@ def test_a_forged_statement_is_refused() -> None:
 
 
 def test_close_wipes_the_keys_and_nothing_more_goes_out() -> None:
-    a, b, _ = _open_pair()
+    a, _b, _ = _open_pair()
     send_key = a._transport.send._k if a._transport else None
     assert send_key is not None and any(send_key)
     a.close()

@@ -52,6 +52,7 @@ from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
+from sottovoce.client.ephemeral import EphemeralChats
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
@@ -209,6 +210,12 @@ class Client(CallSurface):
         self.contacts.attach(self._direct.send_to_own_devices, self.conversations)
         #: Receipts, typing, replies, edits, deletes, reactions (client/conversation.py).
         self.controls = Controls(store, self._direct, self.rooms, self.username, self._spawn)
+        #: Ephemeral chats (client/ephemeral.py): keys in memory only, nothing stored.
+        self.ephemeral = EphemeralChats(
+            link=self._conn, contacts=self._directory, username=self.username,
+            device_id=self.device_id, device_key=identity.device_key, emit=self._emit,
+            spawn=self._spawn)
+        self._direct.ephemeral_frames = self.ephemeral.on_envelope
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
@@ -502,6 +509,7 @@ class Client(CallSurface):
         if self._closed:
             return
         await self._close_calls()  # hang up while the hang-up can still reach the peer
+        self.ephemeral.panic()  # ends every ephemeral chat, telling the peer
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -548,6 +556,7 @@ class Client(CallSurface):
         self._synced.clear()
         # docs/protocol.md §Ephemeral: the ring dies with the connection
         self._direct.forget_ephemeral()
+        self.ephemeral.connection_lost()
         self._emit(ConnectionChanged(connected=False))
         if self._conn.fatal is not None:
             err = self._conn.fatal
@@ -1019,8 +1028,9 @@ class Client(CallSurface):
         return self._direct.ephemeral_messages(username)
 
     def panic(self) -> None:
-        """Forget every ephemeral message now."""
+        """Forget every ephemeral message now and end every ephemeral chat."""
         self._direct.forget_ephemeral()
+        self.ephemeral.panic()
 
     @property
     def last_inbox_seq(self) -> int:

@@ -269,7 +269,8 @@ class HandshakeState:
             sym.mix_key(_dh(self._e, self._rs))
             sym.mix_key(_dh(self._s, self._rs))
         else:  # e, ee, se
-            assert self._re is not None
+            if self._re is None:
+                raise UsageError("not our turn in the Noise handshake")
             sym.mix_key(_dh(self._e, self._re))
             sym.mix_key(_dh(self._e, self._rs))
         out = self._e_pub + sym.encrypt_and_hash(payload)

@@ -33,7 +33,7 @@ from sottovoce.crypto import kdf
 from sottovoce.crypto.noise import HandshakeState, Transport, x25519_public
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import ed25519_verify
-from sottovoce.errors import CryptoError, DecodeError, SignatureError, UsageError
+from sottovoce.errors import CryptoError, DecodeError, UsageError
 from sottovoce.identity import DeviceCertificate, DeviceSigningKey
 
 MAGIC = b"SVEC\x01"
@@ -60,6 +60,7 @@ class Inner(enum.IntEnum):
     TEXT = 2
     SIGNAL = 3
     BYE = 4
+    PING = 5  # keeps a quiet chat known to be alive
 
 
 class State(enum.Enum):
