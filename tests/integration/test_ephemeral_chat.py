@@ -98,7 +98,7 @@ async def test_a_thousand_relayed_messages_leave_no_row_no_canary_and_no_key(
         assert a_chat.session.key_material() == [] == b_chat.session.key_material()
         assert b_chat.messages() == []
     server.stop()
-    needles = [canary.encode()] + keys
+    needles = [canary.encode(), *keys]
     roots = [server.data_dir, tmp_path / "alice", tmp_path / "bob"]
     assert _found(needles, _files(*roots)) == []
     assert _found(needles, _files(Path(tempfile.gettempdir()), since=started)) == []

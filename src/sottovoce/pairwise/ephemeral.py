@@ -39,6 +39,8 @@ from sottovoce.identity import DeviceCertificate, DeviceSigningKey
 MAGIC = b"SVEC\x01"
 CHAT_ID_LEN = 16
 NONCE_LEN = 32
+#: How far behind the newest frame an older one may still arrive (then it is refused).
+REPLAY_WINDOW = 64
 _DH_INFO = b"sottovoce ephemeral-chat device DH v1"
 _STATEMENT_DOMAIN = b"sottovoce device DH key v1"
 _PROLOGUE = b"sottovoce ephemeral chat v1"
@@ -195,7 +197,8 @@ class ChatSession:
         self._peer_dh = b""
         self._hs: HandshakeState | None = None
         self._transport: Transport | None = None
-        self._next_in = 0
+        self._next_in = 0  # one more than the highest counter received
+        self._window = 0  # bit i: counter (_next_in - 1 - i) was received
 
     def __repr__(self) -> str:
         return f"ChatSession({self.peer[0]}, {self.state.value}, <redacted>)"
@@ -297,24 +300,23 @@ class ChatSession:
         return self._frame(Kind.DATA, counter.to_bytes(8, "big") + ct).encode()
 
     def open_data(self, frame: Frame) -> tuple[Inner, bytes]:
-        """A DATA frame's content; a replayed or reordered-back one is refused."""
+        """A DATA frame's content; a replayed one, or one older than the window, is refused."""
         t = self._transport
         if t is None or self.state not in (State.CONFIRMING, State.OPEN):
             raise UsageError("the chat is not open")
         if len(frame.body) < 8 + 17:
             raise DecodeError("DATA frame too short")
         counter = int.from_bytes(frame.body[:8], "big")
-        if counter < self._next_in:
+        if not self._fresh(counter):
             raise CryptoError("replayed ephemeral-chat frame")
         saved = t.receive.n
         t.receive.n = counter
         try:
             plain = t.decrypt(frame.body[8:], Frame(Kind.DATA, frame.chat_id, frame.sender_device,
                                                    frame.to_device, b"").header())
-        except BaseException:
+        finally:
             t.receive.n = saved
-            raise
-        self._next_in = counter + 1
+        self._mark(counter)
         try:
             inner = Inner(plain[0])
         except ValueError:
@@ -324,6 +326,22 @@ class ChatSession:
                 raise CryptoError("key confirmation failed")
             self.state = State.OPEN
         return inner, plain[1:]
+
+    def _fresh(self, counter: int) -> bool:
+        """Not seen before and not older than the window: frames may take two paths
+        (relay and data channel) for a moment, so a little reordering is allowed."""
+        if counter >= self._next_in:
+            return True
+        age = self._next_in - 1 - counter
+        return age < REPLAY_WINDOW and not self._window >> age & 1
+
+    def _mark(self, counter: int) -> None:
+        if counter >= self._next_in:
+            shift = counter + 1 - self._next_in
+            self._window = ((self._window << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._next_in = counter + 1
+        else:
+            self._window |= 1 << (self._next_in - 1 - counter)
 
     def close(self) -> None:
         """Wipe every key of this chat; nothing can be sent or read afterwards."""
