@@ -5,12 +5,12 @@ test_ephemeral_chat.py. The SDP offer and answer travel inside the chat's keys."
 from __future__ import annotations
 
 import asyncio
+from asyncio import selector_events
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncio import selector_events
 
 from sottovoce.client import Client
 from sottovoce.client.calls import IceConfig

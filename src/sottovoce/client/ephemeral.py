@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sottovoce.client import ephemeral_memory as memory
+from sottovoce.client.ephemeral_memory import harden_process, lock, wipe
 from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
     EphemeralChatEnded,
@@ -137,9 +137,9 @@ class EphemeralChats:
 
     def _keys(self) -> tuple[bytearray, DhStatement]:
         if self._static is None or self._statement is None:
-            memory.harden_process()
+            harden_process()
             self._static = device_dh_private(self._device_key)
-            memory.lock(self._static)
+            lock(self._static)
             self._statement = DhStatement.make(
                 self._device_key, self.username, self.device_id, self._static
             )
@@ -202,7 +202,7 @@ class EphemeralChats:
         for chat in list(self._chats.values()):
             self._end(chat, "panic", tell=True)
         if self._static is not None:
-            memory.wipe(self._static)
+            wipe(self._static)
         self._static, self._statement = None, None
 
     def connection_lost(self) -> None:
@@ -311,7 +311,7 @@ class EphemeralChats:
                     self._relay_now(chat.peer, session.seal(Inner.BYE, b""))  # both ways
         session.close()
         for _, text in chat.ring:
-            memory.wipe(text)
+            wipe(text)
         chat.ring.clear()
         self._chats.pop(session.chat_id, None)
         self._ended.add(session.chat_id)
