@@ -91,6 +91,8 @@ class Chat:
     end_reason: str = ""
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     frames_via_pipe: int = 0
+    #: Both sides asked at once and this request gave way: the chat that goes on.
+    replaced_by: Chat | None = None
     #: The event loop's time when the peer was last heard from (any DATA frame).
     last_heard: float = 0.0
     frames_via_relay: int = 0
@@ -161,18 +163,41 @@ class EphemeralChats:
             raise UsageError("an ephemeral chat is with another user")
         if not self._link.is_up:
             raise NotConnected("an ephemeral chat needs a live connection")
-        waiting = [c for c in self.requests() if c.peer == peer]
-        chat = waiting[0] if waiting else await self._request(peer)
-        if waiting:
-            await self._answer(chat)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiting = await self._waiting_request(peer, min(timeout, REQUEST_RESEND_S * 1.5))
         try:
-            await asyncio.wait_for(self._opened_or_ended(chat), timeout)
-        except TimeoutError:
-            self._end(chat, "nobody answered", tell=False)
-            raise UsageError(f"{peer} did not answer the ephemeral chat request") from None
+            chat = waiting if waiting is not None else await self._request(peer)
+        except ServerError as exc:
+            if exc.code != "recipient_offline":
+                raise
+            raise UsageError(
+                f"{peer} is not online: an ephemeral chat needs both sides online") from None
+        if waiting is not None:
+            await self._answer(chat)
+        while True:
+            try:
+                await asyncio.wait_for(self._opened_or_ended(chat), deadline - loop.time())
+            except TimeoutError:
+                self._end(chat, "nobody answered", tell=False)
+                raise UsageError(f"{peer} did not answer the ephemeral chat request") from None
+            if chat.replaced_by is None:
+                break
+            chat = chat.replaced_by
         if chat.ended.is_set():
             raise UsageError(f"the ephemeral chat with {peer} ended: {chat.end_reason}")
         return chat
+
+    async def _waiting_request(self, peer: str, patience: float) -> Chat | None:
+        """A request from ``peer``, waiting or arriving within ``patience`` (one resend
+        interval and a half: the other side may have asked just before we started)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + patience
+        while True:
+            waiting = [c for c in self.requests() if c.peer == peer]
+            if waiting or loop.time() >= until:
+                return waiting[0] if waiting else None
+            await asyncio.sleep(0.05)
 
     async def _opened_or_ended(self, chat: Chat) -> None:
         tasks = [asyncio.ensure_future(e.wait()) for e in (chat.opened, chat.ended)]
@@ -408,6 +433,7 @@ class EphemeralChats:
         self._chats[session.chat_id] = chat
         if mine:  # both asked at once: we answer theirs, ours is dropped
             for c in mine:
+                c.replaced_by = chat
                 self._end(c, "crossed with the other side's request", tell=False)
             self._spawn(self._answer(chat))
             return
