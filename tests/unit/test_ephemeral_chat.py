@@ -4,6 +4,7 @@ key confirmation, texts both ways, replays refused, keys wiped on close."""
 from __future__ import annotations
 
 import secrets
+from types import SimpleNamespace
 
 import pytest
 
@@ -134,3 +135,46 @@ def test_frames_may_arrive_a_little_out_of_order_but_never_twice() -> None:
     with pytest.raises(CryptoError):
         b.open_data(_frame(frames[2]))  # 67 behind the newest: outside the window
     assert b.open_data(_frame(frames[10]))[1] == b"10"
+
+
+class _Contacts:
+    def __init__(self, *idents: LocalIdentity) -> None:
+        self.by_user = {i.username: i for i in idents}
+
+    async def lookup(self, username: str) -> None:
+        return None
+
+    def contact(self, username: str) -> object:
+        ident = self.by_user[username]
+        return SimpleNamespace(certificates={ident.device_id: ident.certificate}, revoked=set())
+
+
+def test_a_flood_of_requests_keeps_only_the_newest_sixteen() -> None:
+    from sottovoce.client.ephemeral import MAX_PENDING_REQUESTS, EphemeralChats
+    from sottovoce.client.events import EphemeralChatEnded, EphemeralChatRequested
+
+    alice, bob = _ident("alice"), _ident("bob")
+    emitted: list[object] = []
+    chats = EphemeralChats(
+        link=None, contacts=_Contacts(alice, bob), username="bob",  # type: ignore[arg-type]
+        device_id=bob.device_id, device_key=bob.device_key, emit=emitted.append,
+        spawn=lambda coro: coro.close(),
+    )
+    a_static, a_st = _statement(alice)
+    ids = []
+    for _ in range(MAX_PENDING_REQUESTS + 4):
+        s, request = ChatSession.start(me=("alice", alice.device_id), peer_user="bob",
+                                       static=a_static, statement=a_st, rng=secrets.token_bytes)
+        chats._on_frame("alice", _frame(request))
+        chats._on_frame("alice", _frame(request))  # a resend: not a second request
+        ids.append(s.chat_id.hex())
+    assert [c.chat_id for c in chats.requests()] == ids[-MAX_PENDING_REQUESTS:]
+    assert sum(isinstance(e, EphemeralChatRequested) for e in emitted) == len(ids)
+    assert sum(isinstance(e, EphemeralChatEnded) for e in emitted) == 4
+    # A request whose statement another device signed is refused.
+    mallory = _ident("mallory")
+    _, m_st = _statement(mallory)
+    _, forged = ChatSession.start(me=("alice", alice.device_id), peer_user="bob",
+                                  static=a_static, statement=m_st, rng=secrets.token_bytes)
+    with pytest.raises(SignatureError):
+        chats._on_frame("alice", _frame(forged))

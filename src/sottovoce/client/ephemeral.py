@@ -56,6 +56,8 @@ REQUEST_RESEND_S = 1.0
 KEEPALIVE_S = 2.0
 #: Nothing heard from the peer for this long (it pings every KEEPALIVE_S): it is gone.
 PEER_SILENCE_S = 3 * KEEPALIVE_S
+#: Requests shown and not answered, at most: a flood of them pushes the oldest out.
+MAX_PENDING_REQUESTS = 16
 #: The longest text one frame carries (the Noise limit, less room for the header).
 MAX_TEXT_BYTES = 60_000
 
@@ -429,6 +431,9 @@ class EphemeralChats:
                 if c.peer == sender and c.session.state is State.REQUESTED]
         if mine and self.username < sender:
             return  # both asked at once: the other side answers ours
+        pending = self.requests()
+        if len(pending) >= MAX_PENDING_REQUESTS:
+            self._end(pending[0], "too many requests waiting", tell=False)
         chat = Chat(session)
         self._chats[session.chat_id] = chat
         if mine:  # both asked at once: we answer theirs, ours is dropped
