@@ -25,7 +25,6 @@ from sottovoce.cli import render
 from sottovoce.cli.options import DATA_DIR_HELP, Subparsers, positive, subcommand
 from sottovoce.cli.session import CliError, Connect, data_dir, with_client
 from sottovoce.client import Client
-from sottovoce.client.calls import IceConfig
 from sottovoce.client.ephemeral import Chat
 from sottovoce.client.events import EphemeralChatEnded, EphemeralChatMessage
 from sottovoce.errors import SottovoceError
@@ -81,6 +80,8 @@ def run_ephemeral(args: argparse.Namespace, name: str) -> int:
 
 
 def _use_data_channel(client: Client, args: argparse.Namespace) -> None:
+    # Imported here: the media stack loads only for a chat that may use it.
+    from sottovoce.client.calls import IceConfig
     from sottovoce.client.calls.datachannel import pipe_maker
 
     async def ice() -> IceConfig:
