@@ -461,6 +461,8 @@ class EphemeralChats:
             self._end(chat, "the handshake could not be sent", tell=False)
 
     def _opened(self, chat: Chat) -> None:
+        for buf in chat.session.key_buffers():
+            lock(buf)  # best effort: kept out of swap where the kernel allows
         chat.opened.set()
         self._emit(EphemeralChatOpened(chat_id=chat.chat_id, peer=chat.peer))
         self._spawn(self._keepalive(chat))

@@ -353,6 +353,13 @@ class ChatSession:
             self._transport = None
         self.state = State.CLOSED
 
+    def key_buffers(self) -> list[bytearray]:
+        """The chat's cipher keys as the buffers that hold them (to ``mlock`` them)."""
+        t = self._transport
+        if t is None:
+            return []
+        return [k for k in (t.send._k, t.receive._k) if k is not None]
+
     def key_material(self) -> list[bytes]:
         """The chat's current cipher keys (for a test to search storage for them)."""
         t = self._transport
