@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from sottovoce.client import Client, EventStream
 from sottovoce.client import ephemeral as eph
 from sottovoce.client.events import (
@@ -19,6 +21,7 @@ from sottovoce.client.events import (
     EphemeralChatMessage,
     EphemeralChatRequested,
 )
+from sottovoce.errors import UsageError
 from sottovoce.pairwise.ephemeral import State
 from tests.integration.client_helpers import accounts
 from tests.integration.serverproc import ServerProcess
@@ -121,15 +124,15 @@ async def test_panic_ends_the_peers_view_within_a_second_and_cannot_be_reopened(
         assert b_chat.messages() == []
         # Nothing reopens it: a frame of the old chat is dropped, not answered.
         assert a_chat.session.chat_id in alice.ephemeral._ended
+        await bob.close()
+        with pytest.raises(UsageError, match="bob is not online: an ephemeral chat needs both"):
+            await alice.ephemeral.open("bob", timeout=5)
 
 
 async def test_a_vanished_peer_ends_the_chat(
-    server: ServerProcess, tmp_path: Path, monkeypatch: object
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pytest
-
     mp = monkeypatch
-    assert isinstance(mp, pytest.MonkeyPatch)
     mp.setattr(eph, "KEEPALIVE_S", 0.2)
     mp.setattr(eph, "PEER_SILENCE_S", 0.8)
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):

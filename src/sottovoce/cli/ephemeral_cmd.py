@@ -26,6 +26,7 @@ from sottovoce.cli.options import DATA_DIR_HELP, Subparsers, positive, subcomman
 from sottovoce.cli.session import CliError, Connect, data_dir, with_client
 from sottovoce.client import Client
 from sottovoce.client.ephemeral import Chat
+from sottovoce.client.errors import ServerError
 from sottovoce.client.events import EphemeralChatEnded, EphemeralChatMessage
 from sottovoce.errors import SottovoceError
 
@@ -85,7 +86,15 @@ def _use_data_channel(client: Client, args: argparse.Namespace) -> None:
     from sottovoce.client.calls.datachannel import pipe_maker
 
     async def ice() -> IceConfig:
-        turn = await client.turn_servers() if not args.loopback else ()
+        try:
+            turn = await client.turn_servers()
+        except ServerError as exc:
+            if exc.code != "turn_unavailable":
+                raise
+            turn = ()  # no TURN here: P2P, else the server's ephemeral path
+            if args.relay_only:
+                print("no TURN server: messages go through the server's ephemeral path",
+                      flush=True)
         return IceConfig(turn=turn, relay_only=args.relay_only, loopback=args.loopback)
 
     client.ephemeral.pipe_maker = pipe_maker(client.ephemeral, ice)
@@ -106,6 +115,7 @@ async def _talk(client: Client, chat: Chat, pidfile: Path) -> int:
     print(f"ephemeral chat with {render.safe(chat.peer)} open: nothing is stored; "
           "/quit leaves, /panic or Ctrl-\\ ends it at once", flush=True)
     lines = asyncio.ensure_future(_read_lines(client, chat, panic))
+    channel = asyncio.ensure_future(_tell_channel(chat))
     try:
         while True:
             event = await events.next()
@@ -116,9 +126,22 @@ async def _talk(client: Client, chat: Chat, pidfile: Path) -> int:
                 return EXIT_PANIC if panicked.is_set() else 0
     finally:
         lines.cancel()
+        channel.cancel()
         events.close()
         for sig in (signal.SIGUSR1, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
+
+
+async def _tell_channel(chat: Chat) -> None:
+    """Say once when messages start to go over the data channel instead of the server."""
+    while chat.pipe is None or not chat.pipe.is_open:
+        if chat.ended.is_set():
+            return
+        await asyncio.sleep(0.1)
+    path = getattr(chat.pipe, "path", lambda: "")()
+    how = {"relay": "through TURN", "host": "peer to peer", "srflx": "peer to peer"}.get(
+        path, "direct")
+    print(f"data channel open ({how}): messages no longer pass the server", flush=True)
 
 
 async def _read_lines(client: Client, chat: Chat, panic: Callable[[], None]) -> None:
