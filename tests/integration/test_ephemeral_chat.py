@@ -127,6 +127,7 @@ async def test_panic_ends_the_peers_view_within_a_second_and_cannot_be_reopened(
         await bob.close()
         with pytest.raises(UsageError, match="bob is not online: an ephemeral chat needs both"):
             await alice.ephemeral.open("bob", timeout=5)
+        assert alice.ephemeral.chats() == []  # the failed request is not left behind
 
 
 async def test_a_vanished_peer_ends_the_chat(

@@ -249,8 +249,12 @@ class EphemeralChats:
         )
         chat = Chat(session)
         self._chats[session.chat_id] = chat
+        try:
+            await self._relay(peer, request)
+        except BaseException:
+            self._end(chat, "the request could not be sent", tell=False)
+            raise
         self._spawn(self._resend_request(chat, statement))
-        await self._relay(peer, request)
         return chat
 
     async def _resend_request(self, chat: Chat, statement: DhStatement) -> None:
