@@ -80,10 +80,19 @@ async def test_a_thousand_relayed_messages_leave_no_row_no_canary_and_no_key(
     canary = "ephcanary" + secrets.token_hex(8)
     keys: list[bytes] = []
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        drawn: list[bytes] = []  # chat ids, nonces and the handshakes' ephemeral keys
+
+        def recording(n: int) -> bytes:
+            drawn.append(secrets.token_bytes(n))
+            return drawn[-1]
+
+        alice.ephemeral._rng = bob.ephemeral._rng = recording
         a_chat, b_chat = await _open(alice, bob)
+        assert len(drawn) == 5  # chat id, nonce_i, nonce_r, two ephemeral keys
+        keys += drawn
         keys += a_chat.session.key_material() + b_chat.session.key_material()
         keys += [bytes(alice.ephemeral._static or b""), bytes(bob.ephemeral._static or b"")]
-        assert len(keys) == 6 and all(len(k) == 32 and any(k) for k in keys)
+        assert len(keys) == 11 and all(len(k) >= 16 and any(k) for k in keys)
         b_events = bob.events()
         for i in range(1000):
             await alice.ephemeral.send(a_chat, f"{canary} {i}")
