@@ -100,6 +100,9 @@ SKIP: dict[tuple[str, str], str] = {
         "needs pending requests from carol, dave and mallory; "
         "tests/integration/test_contacts_e2e.py::test_cli_contacts_and_requests runs "
         "requests, accept, decline and block",
+    ("README.md", ".venv/bin/sottovoce chat bob --ephemeral --data-dir ~/.sottovoce-alice"):
+        "two terminals chatting and a third that panics while they do; "
+        "tests/integration/test_ephemeral_cli.py runs chat --ephemeral on both sides and panic",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

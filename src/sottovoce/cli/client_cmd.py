@@ -17,7 +17,7 @@ import contextlib
 import signal
 import sys
 
-from sottovoce.cli import files_cmd, render
+from sottovoce.cli import ephemeral_cmd, files_cmd, render
 from sottovoce.cli.call_cmd import add_path_options
 from sottovoce.cli.device_cmd import add_account_link
 from sottovoce.cli.options import (
@@ -62,6 +62,7 @@ from sottovoce.client.errors import KTAlertRaised
 from sottovoce.client.events import (
     DeviceLinked,
     DeviceRevoked,
+    EphemeralChatRequested,
     MessageUpdated,
     RoomInvited,
     RoomJoined,
@@ -247,6 +248,10 @@ def _listen_line(
         return render.membership(event, client.rooms.get(event.room_id).label), False
     if isinstance(event, EphemeralReceived):
         return f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}", False
+    if isinstance(event, EphemeralChatRequested):
+        who = render.safe(event.peer)
+        return (f"{who} asks for an ephemeral chat: {hint[0]} chat {who} --ephemeral"
+                f"{hint[1]} answers (stop listen first)"), False
     if isinstance(event, ErrorEvent):
         return render.error_event(event), True
     if isinstance(event, DeviceLinked | DeviceRevoked):
@@ -424,6 +429,8 @@ def _chat_target(client: Client, name: str) -> tuple[str, str | None]:
 def cmd_chat(args: argparse.Namespace) -> int:
     from sottovoce.cli.tui import run_chat
 
+    if args.ephemeral:
+        return _ephemeral_chat(args)
     client = unlock(args)  # a wrong passphrase fails before the screen opens
     try:
         peer, room_id = _chat_target(client, args.name)
@@ -451,6 +458,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return code
 
 
+def _ephemeral_chat(args: argparse.Namespace) -> int:
+    kind, name = parse_target(args.name)
+    if kind == "room":
+        raise CliError("an ephemeral chat is with one person, not a room")
+    validate_username(name)
+    return ephemeral_cmd.run_ephemeral(args, name)
+
+
 # =============================================================================
 # Parsers
 # =============================================================================
@@ -463,6 +478,7 @@ IDS_HELP = "start each line with the first characters of the message's id (to ed
 
 def _chat_options(parser: argparse.ArgumentParser) -> None:
     add_path_options(parser)
+    ephemeral_cmd.add_chat_options(parser)
     parser.add_argument(
         "--lock-after", type=positive(float), metavar="MINUTES", default=None,
         help="lock the screen after MINUTES without a key press (a fraction will do); "
@@ -619,7 +635,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
         example=(
             "  sottovoce chat bob --data-dir ~/.sottovoce-alice\n"
-            "  sottovoce chat '#team' --data-dir ~/.sottovoce-alice"
+            "  sottovoce chat '#team' --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce chat bob --ephemeral --relay-only --data-dir ~/.sottovoce-alice"
         ),
         func=cmd_chat,
         args=[("NAME", "a username, or '#ROOM' for a room")],

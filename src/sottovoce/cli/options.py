@@ -32,6 +32,7 @@ _DATA_DIR_HELP = (
     f"the account directory (default: ${ENV_HOME}, else {{user data dir}}/sottovoce/client); "
     "use one directory per account to keep several accounts on one machine"
 )
+DATA_DIR_HELP = _DATA_DIR_HELP  #: for a command that takes --data-dir only
 
 
 def account_options(parser: argparse.ArgumentParser) -> None:

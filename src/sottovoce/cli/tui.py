@@ -68,6 +68,7 @@ from sottovoce.client.calls.media import MediaProblem
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.conversation import TYPING_SHOWN_S
 from sottovoce.client.events import (
+    EphemeralChatRequested,
     MessagesExpired,
     MessageUpdated,
     PresenceChanged,
@@ -332,6 +333,9 @@ class ChatApp(App[int]):
             self._mark_read()
         elif isinstance(event, EphemeralReceived) and event.peer == self.peer:
             self._tell(f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}")
+        elif isinstance(event, EphemeralChatRequested):
+            who = render.safe(event.peer)
+            self._tell(f"{who} asks for an ephemeral chat: quit and run chat {who} --ephemeral")
         elif isinstance(event, RoomInvited):
             self._tell(render.invitation(event))
         elif isinstance(event, ErrorEvent):

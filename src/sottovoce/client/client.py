@@ -52,6 +52,7 @@ from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
+from sottovoce.client.ephemeral import EphemeralChats
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
@@ -213,6 +214,12 @@ class Client(CallSurface):
                                  self.contacts.may_signal)
         #: Online/away/offline between contacts (client/presence.py); ``start()`` shares it.
         self.presence = Presence(store, self.contacts, self._direct, self._emit, self._spawn)
+        #: Ephemeral chats (client/ephemeral.py): keys in memory only, nothing stored.
+        self.ephemeral = EphemeralChats(
+            link=self._conn, contacts=self._directory, username=self.username,
+            device_id=self.device_id, device_key=identity.device_key, emit=self._emit,
+            spawn=self._spawn)
+        self._direct.ephemeral_frames = self.ephemeral.on_envelope
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
@@ -507,6 +514,7 @@ class Client(CallSurface):
             return
         await self._close_calls()  # hang up while the hang-up can still reach the peer
         await self.presence.close()  # "offline" to the contacts that hear us
+        self.ephemeral.panic()  # ends every ephemeral chat, telling the peer
         self._closed = True
         self._outbox.close()
         await self._conn.close()
@@ -555,6 +563,7 @@ class Client(CallSurface):
         self.presence.disconnected()
         # docs/protocol.md §Ephemeral: the ring dies with the connection
         self._direct.forget_ephemeral()
+        self.ephemeral.connection_lost()
         self._emit(ConnectionChanged(connected=False))
         if self._conn.fatal is not None:
             err = self._conn.fatal
@@ -1026,8 +1035,9 @@ class Client(CallSurface):
         return self._direct.ephemeral_messages(username)
 
     def panic(self) -> None:
-        """Forget every ephemeral message now."""
+        """Forget every ephemeral message now and end every ephemeral chat."""
         self._direct.forget_ephemeral()
+        self.ephemeral.panic()
 
     @property
     def last_inbox_seq(self) -> int:

@@ -103,6 +103,9 @@ class DirectMessages:
         self.controls: ControlHook | None = None
         #: Disappearing messages: each send's expiry, each received one's, timer changes.
         self.expiries = Expiries(store)
+        #: Ephemeral-chat frames (client/ephemeral.py) are taken here before any Olm
+        #: decryption: ``True`` means the envelope was one of them.
+        self.ephemeral_frames: Callable[[ev.Envelope], bool] | None = None
 
     # =========================================================================
     # Ephemeral messages (memory only)
@@ -509,6 +512,8 @@ class DirectMessages:
             return  # replay of a stored message: never decrypt twice
         if self._contacts is not None and not self._contacts.admit(envelope.senderUserId):
             return  # blocked: dropped unread, nothing stored
+        if envelope.ephemeral and self.ephemeral_frames and self.ephemeral_frames(envelope):
+            return  # an ephemeral-chat frame: never Olm, never stored
         own_copy = envelope.senderUserId == self.username
         peer = envelope.recipientUserId if own_copy else envelope.senderUserId
         if envelope.senderUserId in failed_lookup:

@@ -67,6 +67,44 @@ class EphemeralReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralChatRequested:
+    """``peer`` asks for an ephemeral chat: ``client.ephemeral.open(peer)`` accepts."""
+
+    chat_id: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralChatOpened:
+    """Both sides hold the chat's keys and confirmed them: messages may flow."""
+
+    chat_id: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralChatMessage:
+    """A text of an ephemeral chat (held in the chat's memory ring only)."""
+
+    chat_id: str
+    peer: str
+    sender: str
+    text: str
+
+    def __repr__(self) -> str:
+        return f"EphemeralChatMessage({self.peer}, <{len(self.text)} chars>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralChatEnded:
+    """The chat is over (left, panic, peer gone): its keys and messages are wiped."""
+
+    chat_id: str
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageUpdated:
     """A control message changed how a stored message shows (an edit, a delete for
     everyone, a reaction, a receipt): read it again with ``client.controls.view``.
@@ -224,6 +262,10 @@ ClientEvent = (
     | ErrorEvent
     | ConnectionChanged
     | EphemeralReceived
+    | EphemeralChatRequested
+    | EphemeralChatOpened
+    | EphemeralChatMessage
+    | EphemeralChatEnded
     | MessageUpdated
     | TypingStarted
     | PresenceChanged
