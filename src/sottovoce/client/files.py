@@ -69,6 +69,7 @@ from sottovoce.private_files import private_dir
 from sottovoce.protocol import blobs as pb
 from sottovoce.protocol import events as ev
 from sottovoce.secret import Secret
+from sottovoce.write_behind import WriteBehind
 
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
@@ -239,9 +240,10 @@ class Files:
                     send_at += 1
             try:
                 await inflight.popleft()
+                acked = _acked(acked + 1, size, progress)
                 while inflight and _succeeded(inflight[0]):  # acks that came together
                     inflight.popleft()
-                    acked += 1
+                    acked = _acked(acked + 1, size, progress)
             except (NotConnected, ServerError) as exc:
                 await _cancel(inflight)
                 resumes += 1
@@ -252,10 +254,6 @@ class Files:
                 created = await self._create(create, path)
                 acked = send_at = int(created["received"])
                 self.resumed.append(acked)
-                continue
-            acked += 1
-            if progress is not None:
-                progress(min(acked * CHUNK_SIZE, size), size)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -298,10 +296,15 @@ class Files:
         try:
             self._verified_part(record, opener)
             with open(part, "ab") as out:
-                await self._get_all(info, opener, out, progress)
+                behind = WriteBehind()
+                try:
+                    await self._get_all(info, opener, out, behind, progress)
+                finally:  # its duplicate descriptor is its own, but its error is ours
+                    await behind.drain()
                 opener.finish()
                 out.flush()
-                os.fsync(out.fileno())
+                # Mostly on disk already (write_behind.py); the rest off the event loop.
+                await asyncio.to_thread(os.fsync, out.fileno())
         except FileIntegrityError:
             self._table.forget(record)
             raise
@@ -341,18 +344,19 @@ class Files:
         return have
 
     async def _get_all(
-        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
+        progress: Progress | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._get_window(info, opener, out, progress, inflight)
+            await self._get_window(info, opener, out, behind, progress, inflight)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
 
     async def _get_window(
-        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
-        inflight: deque[asyncio.Future[Any]],
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
+        progress: Progress | None, inflight: deque[asyncio.Future[Any]],
     ) -> None:
         chunks = opener.chunks
         ask = opener.next_index
@@ -383,7 +387,7 @@ class Files:
                                          index + len(batch)))
             # Checked (and hashed) before they are kept as they came, off the event loop
             # and in one hop, while the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, batch)
+            await asyncio.to_thread(_keep_checked, opener, out, behind, batch)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -466,10 +470,21 @@ def _read_sealed(f: BinaryIO, sealer: ChunkSealer, start: int, count: int) -> li
     return sealed
 
 
-def _keep_checked(opener: ChunkOpener, out: BinaryIO, batch: list[bytes]) -> None:
+def _acked(acked: int, size: int, progress: Progress | None) -> int:
+    """``acked`` chunks are stored: say so (progress is reported after each chunk)."""
+    if progress is not None:
+        progress(min(acked * CHUNK_SIZE, size), size)
+    return acked
+
+
+def _keep_checked(
+    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes]
+) -> None:
     for sealed in batch:
         opener.open(sealed)
         out.write(sealed)
+    out.flush()
+    behind.wrote(out.fileno(), sum(map(len, batch)))
 
 
 def _succeeded(fut: asyncio.Future[Any]) -> bool:

@@ -54,6 +54,7 @@ from sottovoce.server.logs import JsonLogger
 from sottovoce.server.session import Session
 from sottovoce.server.storage.blobs import BlobMeta
 from sottovoce.server.storage.shared import SharedStorage
+from sottovoce.write_behind import WriteBehind, fsync_path
 
 #: Blobs whose metadata is kept in memory (a download asks for it once per chunk).
 _CACHED = 1024
@@ -78,6 +79,8 @@ class BlobService:
         self._meta: OrderedDict[str, BlobMeta] = OrderedDict()
         #: Chunks stored so far of uploads in progress on this node.
         self._received: dict[str, int] = {}
+        #: The background flushes of those uploads' files (write_behind.py).
+        self._behind: dict[str, WriteBehind] = {}
         self.deleted = 0
 
     def handlers(self) -> dict[type, Handler]:
@@ -192,24 +195,51 @@ class BlobService:
         if len(ev.data) != sealed_chunk_size(ev.index, meta.chunks, meta.size):
             raise WireFailure("bad_chunk", "the chunk has the wrong length",
                               details={"expected": expected})
-        part = self._path(meta.blob_id, part=True)
-        last = ev.index == meta.chunks - 1
-        with open(part, "ab") as f:
-            f.write(ev.data)
-            if last:
-                f.flush()
-                os.fsync(f.fileno())
-        if not last:
-            self._received[meta.blob_id] = expected + 1
+        behind = self._behind.get(meta.blob_id)
+        if behind is None:
+            behind = self._behind[meta.blob_id] = WriteBehind()
+        self._append(self._path(meta.blob_id, part=True), expected, ev.data, behind)
+        # Counted at once, the last chunk too: a put of the same index while the last
+        # one is being made durable is refused, never appended a second time.
+        self._received[meta.blob_id] = expected + 1
+        if ev.index != meta.chunks - 1:
             session.reply(BLOB_STORED,
                           {"blobId": meta.blob_id, "index": ev.index, "complete": False}, rid)
             return None
         return self._complete(session, meta, ev.index, rid)
 
+    @staticmethod
+    def _append(part: Path, index: int, data: bytes, behind: WriteBehind) -> None:
+        """Chunk ``index`` at the end of ``part``, in one write; a failed write is cut off
+        again, so the file never holds a torn chunk that the next one would follow."""
+        fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                os.ftruncate(fd, index * SEALED_CHUNK_SIZE)
+                raise
+            behind.wrote(fd, len(data))
+        finally:
+            os.close(fd)
+
     async def _complete(
         self, session: Session, meta: BlobMeta, index: int, rid: str | None
     ) -> None:
-        os.replace(self._path(meta.blob_id, part=True), self._path(meta.blob_id))
+        part = self._path(meta.blob_id, part=True)
+        try:
+            # Durable before it counts as complete; most of it was flushed on the way
+            # (write_behind.py), and the rest is waited for off the event loop.
+            behind = self._behind.pop(meta.blob_id, None)
+            if behind is not None:
+                await behind.drain()
+            await asyncio.to_thread(fsync_path, part)
+        except BaseException:
+            self._received.pop(meta.blob_id, None)  # counted again from the file
+            raise
+        os.replace(part, self._path(meta.blob_id))
         await self._storage.complete_blob(meta.blob_id)
         self._received.pop(meta.blob_id, None)
         self._remember(BlobMeta(meta.blob_id, meta.owner, meta.owner_device, meta.size,
@@ -247,12 +277,15 @@ class BlobService:
         if index >= meta.chunks:
             raise WireFailure("bad_request", f"the file has {meta.chunks} chunks")
         try:
-            with open(self._path(meta.blob_id), "rb") as f:
-                f.seek(index * SEALED_CHUNK_SIZE)
-                chunk = f.read(sealed_chunk_size(index, meta.chunks, meta.size))
+            fd = os.open(self._path(meta.blob_id), os.O_RDONLY)
         except FileNotFoundError:
             raise WireFailure("unknown_blob",
                               "no such file on the server (gone or expired)") from None
+        try:
+            chunk = os.pread(fd, sealed_chunk_size(index, meta.chunks, meta.size),
+                             index * SEALED_CHUNK_SIZE)
+        finally:
+            os.close(fd)
         if rid is None:
             session.reply(BLOB_CHUNK, {"blobId": meta.blob_id, "index": index,
                                        "data": b64(chunk)}, rid)
@@ -275,6 +308,7 @@ class BlobService:
     def _forget(self, blob_id: str) -> None:
         self._meta.pop(blob_id, None)
         self._received.pop(blob_id, None)
+        self._behind.pop(blob_id, None)
         for path in (self._path(blob_id), self._path(blob_id, part=True)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
