@@ -10,6 +10,8 @@ PostgreSQL alike. Chunks are AES-GCM ciphertext under a key the server never see
         the last chunk: fsync, rename, complete ──► get (recipients, any index) ──►
         fetched by every recipient device ──► rows and file deleted
     expiry (file_ttl_ms at the latest, complete or not) ──► the sweep deletes both
+    a file with no rows (a crash came between the two deletes) ──► the sweep deletes it
+        too, once it has not changed for ORPHAN_GRACE_MS
 
 An upload resumes where the file on disk ends (every chunk but the last has the same
 length, so the number of whole chunks stored is its length divided by that). Only the
@@ -36,6 +38,7 @@ from sottovoce.private_files import private_dir
 from sottovoce.protocol.blobs import (
     BLOB_CHUNK,
     BLOB_CREATED,
+    BLOB_ID_RE,
     BLOB_RELEASED,
     BLOB_STORED,
     OP_CHUNK,
@@ -60,6 +63,12 @@ from sottovoce.write_behind import WriteBehind, fsync_path
 _CACHED = 1024
 #: Expired blobs deleted per sweep transaction.
 _SWEEP_BATCH = 500
+#: A file in the blob directory without rows is an orphan (a crash came between deleting
+#: a blob's rows and its file) once it has not changed for this long: a younger one may be
+#: a write still under way (on this node or another sharing the directory).
+ORPHAN_GRACE_MS = 10 * 60_000
+#: How often the sweep looks for orphans (the first sweep after start-up always does).
+ORPHAN_EVERY_MS = 60 * 60_000
 
 Handler = Callable[[Session, Any, dict[str, Any], str | None], Awaitable[None] | None]
 
@@ -82,6 +91,7 @@ class BlobService:
         #: The background flushes of those uploads' files (write_behind.py).
         self._behind: dict[str, WriteBehind] = {}
         self.deleted = 0
+        self._orphans_at: int | None = None
 
     def handlers(self) -> dict[type, Handler]:
         return {BlobCreate: self._create, BlobPut: self._put, BlobGet: self._get,
@@ -328,7 +338,50 @@ class BlobService:
                 break
         if total:
             self._log.info("blob.expired", deleted=total)
+        if self._orphans_at is None or self._now() - self._orphans_at >= ORPHAN_EVERY_MS:
+            await self.sweep_orphans()
         return total
+
+    async def sweep_orphans(self) -> int:
+        """Delete the blob files that have no rows and have not changed for
+        :data:`ORPHAN_GRACE_MS`; how many files went. Rows are always written before a
+        blob's file and deleted before it, so a file without rows is left over."""
+        now = self._orphans_at = self._now()
+        old = self._old_files(now - ORPHAN_GRACE_MS)
+        if not old:
+            return 0
+        known = await self._storage.known_blobs(sorted(old))
+        removed = 0
+        for blob_id, paths in old.items():
+            if blob_id in known or blob_id in self._received:
+                continue
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime_ns // 1_000_000 <= now - ORPHAN_GRACE_MS:
+                        path.unlink()  # still untouched: no write started meanwhile
+                        removed += 1
+        if removed:
+            self._log.info("blob.orphans_deleted", deleted=removed)
+        return removed
+
+    def _old_files(self, before_ms: int) -> dict[str, list[Path]]:
+        """The blob files (``<id>``, ``<id>.part``) last changed before ``before_ms``, by
+        blob id; anything else in the directory is not ours to judge."""
+        found: dict[str, list[Path]] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                blob_id = entry.name.removesuffix(".part")
+                if not BLOB_ID_RE.fullmatch(blob_id):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    changed = entry.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
+                except FileNotFoundError:
+                    continue
+                if changed <= before_ms:
+                    found.setdefault(blob_id, []).append(Path(entry.path))
+        return found
 
     async def run(self) -> None:
         while True:
