@@ -9,7 +9,9 @@
 * the local copy is the sealed chunks as the server kept them (nothing is opened and
   sealed again), and a cut-off download sealed under a local key starts over;
 * a chunk tampered with on the server is refused and nothing of the file is kept;
-* a file over the server's --max-file-size is refused before any of it is sent.
+* a file over the server's --max-file-size is refused before any of it is sent;
+* an upload cut off by a crash carries on in the next run, and starts over under a new
+  id if the file changed meanwhile.
 """
 
 from __future__ import annotations
@@ -425,6 +427,63 @@ async def test_upload_resumes_after_a_lost_connection(
         assert alice.files.resumed and alice.files.resumed[0] >= 20  # carried on, not over
         message_id = await waiting
         assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest
+
+
+class Crash(Exception):
+    """The client stops dead in the middle of an upload."""
+
+
+def crash_after(chunks: int) -> Any:
+    def progress(done: int, total: int) -> None:
+        if done >= chunks * CHUNK_SIZE:
+            raise Crash
+    return progress
+
+
+async def test_an_upload_cut_off_by_a_crash_resumes_in_the_next_run(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    bob = await make_account(server, "bob", tmp_path)
+    alice = await make_account(server, "alice", tmp_path)
+    try:
+        src = tmp_path / "up.bin"
+        digest = make_file(src, 60 * CHUNK_SIZE + 7)
+        with pytest.raises(Crash):  # 30 chunks stored, up to 16 more sealed and sent
+            await alice.files.send_file("bob", src, progress=crash_after(30))
+        await alice.close()
+        [first] = [p.name for p in blob_files(server)]
+        # The next run of the client: the same file to the same devices carries on.
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)
+        await alice.connect()
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        assert len(alice.files.resumed) == 1 and 30 <= alice.files.resumed[0] < 60
+        message_id = await waiting
+        assert bob.files.info(message_id).blob_id + ".part" == first  # the same blob
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest
+        assert blob_files(server) == [] and list((tmp_path / "alice" / "uploads").iterdir()) == []
+
+        # A file that changed since (same size and time) starts over under a new id: its
+        # chunks must never be sealed again under the nonces the old ones used.
+        with pytest.raises(Crash):
+            await alice.files.send_file("bob", src, progress=crash_after(30))
+        [abandoned] = [p.name for p in blob_files(server)]
+        before = src.stat()
+        with open(src, "r+b") as f:
+            f.seek(5 * CHUNK_SIZE)
+            f.write(b"changed")
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        assert len(alice.files.resumed) == 1  # not resumed this time
+        message_id = await waiting
+        assert bob.files.info(message_id).blob_id + ".part" != abandoned
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "up2.out")) == \
+            sha256_of(src)
+        assert [p.name for p in blob_files(server)] == [abandoned]  # left to expire
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 async def test_the_server_checks_every_blob_request(
