@@ -1,10 +1,11 @@
 """File blobs: sealed chunks parked on the server for the devices a file message goes to
 (docs/protocol.md §Files; the events are in protocol/blobs.py).
 
-The chunks of a blob are one file in ``<data dir>/blobs/`` (``<blobId>.part`` while
-the upload runs, ``<blobId>`` once complete); its metadata (owner, sizes, expiry, the
-devices it is for) are rows in the database (storage/blobs.py), on SQLite and
-PostgreSQL alike. Chunks are AES-GCM ciphertext under a key the server never sees.
+The chunks of a blob are one file in ``--blob-dir`` (default ``<data dir>/blobs/``;
+``<blobId>.part`` while the upload runs, ``<blobId>`` once complete), a directory that
+nodes on one database share; its metadata (owner, sizes, expiry, the devices it is for)
+are rows in the database (storage/blobs.py), on SQLite and PostgreSQL alike. Chunks are
+AES-GCM ciphertext under a key the server never sees.
 
     create ──► rows (quota, size limit checked first) ──► put 0, 1, … in order ──►
         the last chunk: fsync, rename, complete ──► get (recipients, any index) ──►
@@ -84,7 +85,7 @@ class BlobService:
         self._cfg = config
         self._log = log
         self._now = now_ms
-        self.root = config.data_dir / "blobs"
+        self.root = config.blob_path
         self._meta: OrderedDict[str, BlobMeta] = OrderedDict()
         #: Chunks stored so far of uploads in progress on this node.
         self._received: dict[str, int] = {}
