@@ -517,6 +517,19 @@ async def test_an_upload_cut_off_by_a_crash_starts_over_if_the_file_changed(
             sha256_of(src)
         assert [p.name for p in blob_files(server)] == [abandoned]  # left to expire
         assert list((tmp_path / "alice" / "uploads").iterdir()) == []
+
+        # The same file sent twice at once: two uploads, neither takes the other's over.
+        ids = await asyncio.gather(alice.files.send_file("bob", src, progress=lambda d, t: None),
+                                   alice.files.send_file("bob", src))
+        blobs = {alice.files.info(i).blob_id for i in ids}
+        assert len(blobs) == 2 and abandoned.removesuffix(".part") not in blobs
+        for i, message_id in enumerate(ids):
+            for _ in range(200):  # bob stores both messages
+                if bob._store.get_message(message_id) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            out = await bob.files.save(message_id, tmp_path / f"twice{i}.out")
+            assert sha256_of(out) == sha256_of(src)
     finally:
         await alice.close()
         await bob.close()

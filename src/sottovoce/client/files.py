@@ -123,6 +123,8 @@ class Files:
         self._expiries = expiries
         self._table = FileTable(store)
         self._uploads = UploadTable(store)
+        #: Uploads running in this process (another send of the same file begins anew).
+        self._active: set[str] = set()
         self.view_dir = store.data_dir / "view"
         self.wipe_views()  # what a run that did not close left behind
         #: Chunks the last transfers resumed from after a lost connection or an earlier
@@ -141,7 +143,15 @@ class Files:
                    and not (view_once and d[0] == self._me[0])]
         chat = ev.dm_conversation_id(self._me[0], peer)
         info = await self._upload(Path(path), targets, progress, chat, view_once)
-        return self._sent(await self._send_record(peer, FILE_CONTENT_TYPE, info.encode()), info)
+        return await self._announce(info, self._send_record(peer, FILE_CONTENT_TYPE,
+                                                            info.encode()))
+
+    async def _announce(self, info: FileInfo, sending: Awaitable[str]) -> str:
+        """Send the file message of an uploaded file; its messageId."""
+        try:
+            return self._sent(await sending, info)
+        finally:
+            self._active.discard(info.blob_id)
 
     def _sent(self, message_id: str, info: FileInfo) -> str:
         """The upload is over (a later send of the file is a new one); a view-once file
@@ -164,8 +174,8 @@ class Files:
         if not members:
             raise UsageError("the room has no other member to send a file to")
         info = await self._upload(Path(path), members, progress, room.room_id, view_once)
-        return self._sent(
-            await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()), info)
+        return await self._announce(
+            info, self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()))
 
     def _ttl(self, chat: str) -> int:
         """How long the server keeps the blob: the chat's disappearing-message timer
@@ -194,7 +204,7 @@ class Files:
             earlier = self._uploads.find(pending.path, pending.size, pending.mtime_ns, chat,
                                          pending.recipients, view_once)
             sent: tuple[dict[str, Any], ChunkSealer] | None = None
-            if earlier is not None:
+            if earlier is not None and earlier.blob_id not in self._active:
                 try:
                     sent = await self._send_chunks(f, path, earlier, progress)
                     pending = earlier
@@ -226,6 +236,17 @@ class Files:
             ttlMs=self._ttl(upload.chat),
             recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in upload.recipients),
         )
+        self._active.add(upload.blob_id)  # until its message is sent (_announce)
+        try:
+            return await self._send_missing(f, path, upload, sealer, create, progress)
+        except BaseException:
+            self._active.discard(upload.blob_id)
+            raise
+
+    async def _send_missing(
+        self, f: BinaryIO, path: Path, upload: PendingUpload, sealer: ChunkSealer,
+        create: pb.BlobCreate, progress: Progress | None,
+    ) -> tuple[dict[str, Any], ChunkSealer]:
         created = await self._create(create, path)
         received = int(created["received"])
         log = TagLog(self._uploads.log_path(upload.blob_id))
