@@ -110,3 +110,31 @@ async def test_the_sweep_deletes_blob_files_without_rows_once_they_are_old(
         assert not young.exists() and kept.exists()
     finally:
         await st.close()
+
+
+def test_a_failed_chunk_write_is_cut_off_so_no_torn_chunk_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sottovoce.crypto.file_layout import SEALED_CHUNK_SIZE
+    from sottovoce.server import blobs as server_blobs
+    from sottovoce.write_behind import WriteBehind
+
+    part = tmp_path / "x.part"
+    chunk = b"s" * SEALED_CHUNK_SIZE
+    BlobService._append(part, 0, chunk, WriteBehind())
+    real = os.write
+    calls: list[int] = []
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, bytes(data[:1000]))  # a short write, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(server_blobs.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        BlobService._append(part, 1, chunk, WriteBehind())
+    assert part.stat().st_size == SEALED_CHUNK_SIZE  # chunk 0 whole, nothing of chunk 1
+    monkeypatch.setattr(server_blobs.os, "write", real)
+    BlobService._append(part, 1, chunk, WriteBehind())
+    assert part.read_bytes() == chunk * 2
