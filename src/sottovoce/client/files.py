@@ -85,6 +85,8 @@ Progress = Callable[[int, int], None]
 Device = tuple[str, str]
 #: Chunk requests in flight at once (each chunk is 128 KiB: 2 MiB in flight).
 WINDOW = 16
+#: An upload seals more chunks once this many of the window are free (or at the end).
+REFILL = 8
 #: How long a transfer waits for a lost connection to come back, each time.
 RECONNECT_WAIT_S = 30.0
 #: Times one transfer carries on after a lost connection before it gives up.
@@ -296,9 +298,10 @@ class Files:
         acked = send_at = start
         resumes = 0
         while acked < chunks:
-            if send_at < chunks and len(inflight) < WINDOW:
+            if send_at < chunks and len(inflight) <= WINDOW - REFILL:
                 # Read, seal and hash the free slots' chunks off the event loop (that work
-                # lets go of the GIL), in one hop, while the chunks before go out.
+                # lets go of the GIL), in one hop, while the chunks before go out; a hop
+                # for at least REFILL chunks (each hop costs a thread switch).
                 count = min(chunks - send_at, WINDOW - len(inflight))
                 for sealed in await asyncio.to_thread(_read_sealed, f, sealer, log,
                                                       send_at, count):
