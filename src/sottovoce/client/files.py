@@ -85,7 +85,8 @@ Progress = Callable[[int, int], None]
 Device = tuple[str, str]
 #: Chunk requests in flight at once (each chunk is 128 KiB: 2 MiB in flight).
 WINDOW = 16
-#: An upload seals more chunks once this many of the window are free (or at the end).
+#: An upload seals more chunks once this many of the window are free (or at the end); a
+#: download checks the chunks that came once this many are in (or the last ones).
 REFILL = 8
 #: How long a transfer waits for a lost connection to come back, each time.
 RECONNECT_WAIT_S = 30.0
@@ -439,6 +440,10 @@ class Files:
                 ask += 1
             try:
                 _, data = await inflight.popleft()
+                if len(inflight) >= REFILL - 1:
+                    # Check a batch of at least REFILL chunks per thread hop (a failed
+                    # request is left in place, to be awaited and handled below).
+                    await asyncio.wait({inflight[REFILL - 2]})
             except NotConnected:
                 await _cancel(inflight)
                 resumes += 1
