@@ -11,9 +11,11 @@ Phases, each on the same generated file (random bytes, in the page cache):
 * AES-GCM alone: the file read in 128 KiB chunks, each sealed and opened again with
   AES-256-GCM (``cryptography``), nothing else;
 * upload: ``alice.files.send_file`` (read, seal, binary WebSocket messages, the server writes
-  the chunks to disk, then the file message);
+  the chunks to disk, flushing them in the background, and fsyncs the file before it
+  is complete; then the file message);
 * download: ``bob.files.download`` (fetch every chunk, open and check it, write it as
-  it came, still sealed; the whole file's SHA-256 checked);
+  it came, still sealed, flushed in the background; the whole file's SHA-256 checked,
+  the file fsynced);
 * save: ``bob.files.save`` (open the local copy, check it, write the plaintext).
 
 End to end = upload + download + save. Client memory: the peak that ``tracemalloc``

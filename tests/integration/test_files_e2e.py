@@ -9,7 +9,10 @@
 * the local copy is the sealed chunks as the server kept them (nothing is opened and
   sealed again), and a cut-off download sealed under a local key starts over;
 * a chunk tampered with on the server is refused and nothing of the file is kept;
-* a file over the server's --max-file-size is refused before any of it is sent.
+* a file over the server's --max-file-size is refused before any of it is sent;
+* an upload cut off by a crash (simulated, and a ``send --file`` process killed)
+  carries on in the next run, and starts over under a new id if the file changed
+  meanwhile.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import hashlib
 import io
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -339,6 +344,49 @@ def test_cli_send_file_history_and_save(
     assert code == 1 and "is not in the conversation with bob" in err
 
 
+def test_send_file_killed_mid_upload_carries_on_with_the_next_send(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A real ``sottovoce send --file`` process killed (SIGKILL) in the middle of its
+    upload; the next ``send --file`` of the same path finishes the same blob."""
+
+    async def setup() -> None:
+        for name in ("alice", "bob"):
+            await (await make_account(server, name, tmp_path)).close()
+
+    asyncio.run(setup())
+    src = tmp_path / "big.bin"
+    digest = make_file(src, 160 * CHUNK_SIZE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+    env.update(SOTTOVOCE_HOME=str(tmp_path / "alice"), SOTTOVOCE_PASSPHRASE=PASSPHRASE)
+    proc = subprocess.Popen([sys.executable, "-m", "sottovoce", "send", "bob", "--file",
+                             str(src)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    part = None
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        parts = list((server.data_dir / "blobs").glob("*.part"))
+        if parts and parts[0].stat().st_size >= 24 * SEALED_CHUNK_SIZE:
+            part = parts[0]
+            proc.kill()
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert part is not None and proc.returncode == -signal.SIGKILL
+
+    sent = _cli("send", "bob", "--file", str(src), home=tmp_path / "alice")
+    assert sent.returncode == 0, sent.stderr
+    # Carried on: the killed run's blob is the one completed, and no other was begun.
+    assert [p.name for p in blob_files(server)] == [part.name.removesuffix(".part")]
+    message_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", sent.stdout)
+    assert message_id is not None
+    saved = _cli("save", "alice", message_id.group(1), str(tmp_path / "big.out"),
+                 home=tmp_path / "bob")
+    assert saved.returncode == 0, saved.stderr
+    assert sha256_of(tmp_path / "big.out") == digest
+    assert list((tmp_path / "alice" / "uploads").iterdir()) == []  # nothing left pending
+
+
 async def test_image_thumbnail_and_voice_duration_travel_in_the_message(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -425,6 +473,66 @@ async def test_upload_resumes_after_a_lost_connection(
         assert alice.files.resumed and alice.files.resumed[0] >= 20  # carried on, not over
         message_id = await waiting
         assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == digest
+
+
+class Crash(Exception):
+    """The client stops dead in the middle of an upload."""
+
+
+def crash_after(chunks: int) -> Any:
+    def progress(done: int, total: int) -> None:
+        if done >= chunks * CHUNK_SIZE:
+            raise Crash
+    return progress
+
+
+async def test_an_upload_cut_off_by_a_crash_starts_over_if_the_file_changed(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The next run resumes an unchanged file (the killed ``send --file`` test below); a
+    file that changed since, even with its size and time kept, starts over under a new
+    key and id: its chunks must never be sealed again under the old ones' nonces."""
+    bob = await make_account(server, "bob", tmp_path)
+    alice = await make_account(server, "alice", tmp_path)
+    try:
+        src = tmp_path / "up.bin"
+        make_file(src, 60 * CHUNK_SIZE + 7)
+        with pytest.raises(Crash):  # 30 chunks stored, up to 16 more sealed and sent
+            await alice.files.send_file("bob", src, progress=crash_after(30))
+        await alice.close()
+        [abandoned] = [p.name for p in blob_files(server)]
+        before = src.stat()
+        with open(src, "r+b") as f:
+            f.seek(5 * CHUNK_SIZE)
+            f.write(b"changed")
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+        alice = await Client.open(tmp_path / "alice", PASSPHRASE)  # the next run
+        await alice.connect()
+        waiting = asyncio.ensure_future(file_message(bob))
+        await alice.files.send_file("bob", src)
+        assert alice.files.resumed == []  # begun again, not carried on
+        message_id = await waiting
+        assert bob.files.info(message_id).blob_id + ".part" != abandoned
+        assert sha256_of(await bob.files.save(message_id, tmp_path / "up.out")) == \
+            sha256_of(src)
+        assert [p.name for p in blob_files(server)] == [abandoned]  # left to expire
+        assert list((tmp_path / "alice" / "uploads").iterdir()) == []
+
+        # The same file sent twice at once: two uploads, neither takes the other's over.
+        ids = await asyncio.gather(alice.files.send_file("bob", src, progress=lambda d, t: None),
+                                   alice.files.send_file("bob", src))
+        blobs = {alice.files.info(i).blob_id for i in ids}
+        assert len(blobs) == 2 and abandoned.removesuffix(".part") not in blobs
+        for i, message_id in enumerate(ids):
+            for _ in range(200):  # bob stores both messages
+                if bob._store.get_message(message_id) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            out = await bob.files.save(message_id, tmp_path / f"twice{i}.out")
+            assert sha256_of(out) == sha256_of(src)
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 async def test_the_server_checks_every_blob_request(

@@ -2,7 +2,8 @@
 
 Each cluster gets a throw-away PostgreSQL schema and its own NATS subject
 namespace, so runs never hear each other; the tests of the module share one
-cluster per size. Clients speak raw KSMP v3.
+cluster per size. Clients speak raw KSMP v3, but for the file test (the nodes share
+one blob directory: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from sottovoce.client import Client, MessageReceived
+from sottovoce.client.store import TEST_KDF
 from sottovoce.identity import RevocationStatement
 from tests.conformance.rawclient import Device, RawClient, b64, logged_in, now_ms, registered
 from tests.integration.pgschema import create_schema, drop_schema, unreachable
@@ -45,6 +48,8 @@ class Cluster:
 
     def __init__(self, root: Path, dsn: str, namespace: str) -> None:
         self.root, self.dsn, self.namespace = root, dsn, namespace
+        #: The nodes share one blob directory, as docs/operations.md says they must.
+        self.blob_dir = root / "blobs"
         self.nodes: list[ServerProcess] = []
 
     def add(self, *extra: str) -> ServerProcess:
@@ -53,7 +58,7 @@ class Cluster:
         node = ServerProcess(self.root / f"node{i}", extra_args=[
             "--database", self.dsn, "--nats", NATS_URL, "--nats-namespace", self.namespace,
             "--node-id", f"node{i}", *shared_kt_args(self.root / "kt", self.root / f"node{i}"),
-            *extra,
+            "--blob-dir", str(self.blob_dir), *extra,
         ])
         self.nodes.append(node)
         return node
@@ -257,3 +262,32 @@ async def test_a_newer_connection_on_another_node_replaces_the_older(
             await asyncio.wait_for(first.ws.recv(), 5)
     assert info.value.rcvd is not None and info.value.rcvd.code == 4000
     assert (await second.request("ping", {}))["event"] == "pong"
+
+
+async def test_a_file_uploaded_through_one_node_is_downloaded_through_another(
+    cluster_factory: Callable[[int], Awaitable[Cluster]], tmp_path: Path,
+) -> None:
+    c = await cluster_factory(2)
+    tag = secrets.token_hex(4)
+    alice = await Client.create_account(c.nodes[0].url, f"alice{tag}", tmp_path / "a", "pw",
+                                        kdf=TEST_KDF)
+    bob = await Client.create_account(c.nodes[1].url, f"bob{tag}", tmp_path / "b", "pw",
+                                      kdf=TEST_KDF)
+    try:
+        src = tmp_path / "f.bin"
+        data = secrets.token_bytes(5 * 128 * 1024 + 99)
+        src.write_bytes(data)
+        stream = bob.events()
+        await alice.files.send_file(f"bob{tag}", src)
+        while not isinstance(event := await stream.next(20), MessageReceived) \
+                or event.message.content_type != "file":
+            pass
+        info = bob.files.info(event.message.message_id)
+        assert (c.blob_dir / info.blob_id).exists()  # written by node 0, in the shared dir
+        out = await bob.files.save(event.message.message_id, tmp_path / "out.bin")
+        assert out.read_bytes() == data  # read by node 1
+        assert not (c.blob_dir / info.blob_id).exists()  # and deleted there once fetched
+        assert not any((node.data_dir / "blobs").exists() for node in c.nodes)
+    finally:
+        await alice.close()
+        await bob.close()

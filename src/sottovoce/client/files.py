@@ -31,6 +31,7 @@ import io
 import mimetypes
 import os
 import shutil
+import time
 import wave
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -50,10 +51,18 @@ from sottovoce.client.file_body import (
 )
 from sottovoce.client.rooms import RoomManager
 from sottovoce.client.store import Store
-from sottovoce.client.store_files import FileTable, LocalFile
+from sottovoce.client.store_files import (
+    FileChanged,
+    FileTable,
+    LocalFile,
+    PendingUpload,
+    TagLog,
+    UploadTable,
+)
 from sottovoce.crypto.file_chunks import (
     CHUNK_SIZE,
     SEALED_CHUNK_SIZE,
+    TAG_SIZE,
     ChunkOpener,
     ChunkSealer,
     FileExtended,
@@ -69,12 +78,16 @@ from sottovoce.private_files import private_dir
 from sottovoce.protocol import blobs as pb
 from sottovoce.protocol import events as ev
 from sottovoce.secret import Secret
+from sottovoce.write_behind import WriteBehind
 
 #: ``progress(done_bytes, total_bytes)`` after each chunk.
 Progress = Callable[[int, int], None]
 Device = tuple[str, str]
 #: Chunk requests in flight at once (each chunk is 128 KiB: 2 MiB in flight).
 WINDOW = 16
+#: An upload seals more chunks once this many of the window are free (or at the end); a
+#: download checks the chunks that came once this many are in (or the last ones).
+REFILL = 8
 #: How long a transfer waits for a lost connection to come back, each time.
 RECONNECT_WAIT_S = 30.0
 #: Times one transfer carries on after a lost connection before it gives up.
@@ -112,9 +125,13 @@ class Files:
         self._rooms = rooms
         self._expiries = expiries
         self._table = FileTable(store)
+        self._uploads = UploadTable(store)
+        #: Uploads running in this process (another send of the same file begins anew).
+        self._active: set[str] = set()
         self.view_dir = store.data_dir / "view"
         self.wipe_views()  # what a run that did not close left behind
-        #: Chunks the last transfers resumed from after a lost connection (for tests).
+        #: Chunks the last transfers resumed from after a lost connection or an earlier
+        #: run that did not finish (for tests).
         self.resumed: list[int] = []
 
     # --- sending ----------------------------------------------------------------------
@@ -127,12 +144,22 @@ class Files:
         ``peer``'s only), then send the file message; returns its messageId."""
         targets = [d for d in await self._targets(peer) if d != self._me
                    and not (view_once and d[0] == self._me[0])]
-        ttl = self._ttl(ev.dm_conversation_id(self._me[0], peer))
-        info = await self._upload(Path(path), targets, progress, ttl, view_once)
-        return self._sent(await self._send_record(peer, FILE_CONTENT_TYPE, info.encode()), info)
+        chat = ev.dm_conversation_id(self._me[0], peer)
+        info = await self._upload(Path(path), targets, progress, chat, view_once)
+        return await self._announce(info, self._send_record(peer, FILE_CONTENT_TYPE,
+                                                            info.encode()))
+
+    async def _announce(self, info: FileInfo, sending: Awaitable[str]) -> str:
+        """Send the file message of an uploaded file; its messageId."""
+        try:
+            return self._sent(await sending, info)
+        finally:
+            self._active.discard(info.blob_id)
 
     def _sent(self, message_id: str, info: FileInfo) -> str:
-        """A view-once file leaves the sender nothing but its tombstone."""
+        """The upload is over (a later send of the file is a new one); a view-once file
+        leaves the sender nothing but its tombstone."""
+        self._uploads.forget(info.blob_id)
         if info.view_once:
             with self._store.transaction():
                 self._store.rewrite_text(message_id, opened_body(info))
@@ -149,10 +176,9 @@ class Files:
                    and not (view_once and d[0] == self._me[0])]
         if not members:
             raise UsageError("the room has no other member to send a file to")
-        info = await self._upload(Path(path), members, progress, self._ttl(room.room_id),
-                                  view_once)
-        return self._sent(
-            await self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()), info)
+        info = await self._upload(Path(path), members, progress, room.room_id, view_once)
+        return await self._announce(
+            info, self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()))
 
     def _ttl(self, chat: str) -> int:
         """How long the server keeps the blob: the chat's disappearing-message timer
@@ -162,36 +188,81 @@ class Files:
         return min(FILE_TTL_MS, seconds * 1000 + UPLOAD_GRACE_MS) if seconds else FILE_TTL_MS
 
     async def _upload(
-        self, path: Path, recipients: list[Device], progress: Progress | None, ttl_ms: int,
+        self, path: Path, recipients: list[Device], progress: Progress | None, chat: str,
         view_once: bool = False,
     ) -> FileInfo:
+        """Upload ``path`` for ``recipients`` in ``chat``, carrying on an upload of the same
+        file to the same devices that an earlier run began and did not finish."""
         name, media_type = describe(path)
         try:
             f = open(path, "rb")  # noqa: SIM115 -- closed below, after the last chunk
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
-            size = os.fstat(f.fileno()).st_size
-            key, file_id = new_file_key(self._store.rng), new_file_id(self._store.rng)
-            blob_id = file_id.hex()
-            sealer = ChunkSealer(key, file_id, size)
-            create = pb.BlobCreate(
-                blobId=blob_id, size=sealed_size(size), chunks=sealer.chunks,
-                ttlMs=ttl_ms,
-                recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in recipients),
-            )
-            created = await self._create(create, path)
-            await self._put_all(f, sealer, int(created["received"]), create, path,
-                                progress)
+            st = os.fstat(f.fileno())
+            pending = PendingUpload(
+                new_file_id(self._store.rng).hex(), new_file_key(self._store.rng),
+                str(path.resolve()), st.st_size, st.st_mtime_ns, chat, tuple(sorted(recipients)),
+                view_once, int(time.time() * 1000))
+            earlier = self._uploads.find(pending.path, pending.size, pending.mtime_ns, chat,
+                                         pending.recipients, view_once)
+            sent: tuple[dict[str, Any], ChunkSealer] | None = None
+            if earlier is not None and earlier.blob_id not in self._active:
+                try:
+                    sent = await self._send_chunks(f, path, earlier, progress)
+                    pending = earlier
+                except FileChanged:  # nothing of it left: start over, new key and id
+                    self._uploads.forget(earlier.blob_id)
+            if sent is None:
+                self._uploads.begin(pending)
+                sent = await self._send_chunks(f, path, pending, progress)
+            created, sealer = sent
             thumbnail, duration = (make_thumbnail(path) if media_type.startswith("image/")
                                    else None), voice_duration(path, media_type)
         kind = ("image" if thumbnail is not None else
                 "voice" if media_type.startswith("audio/") else "file")
         return FileInfo(
-            blob_id=blob_id, key=key, sha256=sealer.digest(), size=size, name=name,
+            blob_id=pending.blob_id, key=pending.key, sha256=sealer.digest(), size=sealer.size,
+            name=name,
             media_type=media_type, kind=kind, thumbnail=thumbnail, duration_ms=duration,
             expires_at_ms=int(created["expiresAtMs"]), view_once=view_once,
         )
+
+    async def _send_chunks(
+        self, f: BinaryIO, path: Path, upload: PendingUpload, progress: Progress | None,
+    ) -> tuple[dict[str, Any], ChunkSealer]:
+        """Every chunk of ``upload`` the server lacks; its answer to the create and the
+        sealer (which has hashed the whole file)."""
+        sealer = ChunkSealer(upload.key, bytes.fromhex(upload.blob_id), upload.size)
+        create = pb.BlobCreate(
+            blobId=upload.blob_id, size=sealed_size(upload.size), chunks=sealer.chunks,
+            ttlMs=self._ttl(upload.chat),
+            recipients=tuple(pb.Recipient(userId=u, deviceId=d) for u, d in upload.recipients),
+        )
+        self._active.add(upload.blob_id)  # until its message is sent (_announce)
+        try:
+            return await self._send_missing(f, path, upload, sealer, create, progress)
+        except BaseException:
+            self._active.discard(upload.blob_id)
+            raise
+
+    async def _send_missing(
+        self, f: BinaryIO, path: Path, upload: PendingUpload, sealer: ChunkSealer,
+        create: pb.BlobCreate, progress: Progress | None,
+    ) -> tuple[dict[str, Any], ChunkSealer]:
+        created = await self._create(create, path)
+        received = int(created["received"])
+        log = TagLog(self._uploads.log_path(upload.blob_id))
+        try:
+            if received or len(log):  # an earlier run began it
+                # The chunks the server has are sealed again only to hash them and to
+                # check their tags (the file is unchanged); none of them leaves.
+                await asyncio.to_thread(_seal_unsent, f, sealer, log, received)
+                self.resumed.append(received)
+            await self._put_all(f, sealer, log, received, create, path, progress)
+        finally:
+            log.close()
+        return created, sealer
 
     async def _create(self, create: pb.BlobCreate, path: Path) -> dict[str, Any]:
         try:
@@ -209,39 +280,42 @@ class Files:
         return data
 
     async def _put_all(
-        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
-        path: Path, progress: Progress | None,
+        self, f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int,
+        create: pb.BlobCreate, path: Path, progress: Progress | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._put_window(f, sealer, start, create, path, progress, inflight)
+            await self._put_window(f, sealer, log, start, create, path, progress, inflight)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
 
     async def _put_window(
-        self, f: BinaryIO, sealer: ChunkSealer, start: int, create: pb.BlobCreate,
-        path: Path, progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+        self, f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int,
+        create: pb.BlobCreate, path: Path, progress: Progress | None,
+        inflight: deque[asyncio.Future[Any]],
     ) -> None:
         chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
         resumes = 0
         while acked < chunks:
-            if send_at < chunks and len(inflight) < WINDOW:
+            if send_at < chunks and len(inflight) <= WINDOW - REFILL:
                 # Read, seal and hash the free slots' chunks off the event loop (that work
-                # lets go of the GIL), in one hop, while the chunks before go out.
+                # lets go of the GIL), in one hop, while the chunks before go out; a hop
+                # for at least REFILL chunks (each hop costs a thread switch).
                 count = min(chunks - send_at, WINDOW - len(inflight))
-                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, send_at,
-                                                      count):
+                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, log,
+                                                      send_at, count):
                     inflight.append(asyncio.ensure_future(self._link.request_built(
                         functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at,
                                           data=sealed), _STORED)))
                     send_at += 1
             try:
                 await inflight.popleft()
+                acked = _acked(acked + 1, size, progress)
                 while inflight and _succeeded(inflight[0]):  # acks that came together
                     inflight.popleft()
-                    acked += 1
+                    acked = _acked(acked + 1, size, progress)
             except (NotConnected, ServerError) as exc:
                 await _cancel(inflight)
                 resumes += 1
@@ -252,10 +326,6 @@ class Files:
                 created = await self._create(create, path)
                 acked = send_at = int(created["received"])
                 self.resumed.append(acked)
-                continue
-            acked += 1
-            if progress is not None:
-                progress(min(acked * CHUNK_SIZE, size), size)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -298,10 +368,15 @@ class Files:
         try:
             self._verified_part(record, opener)
             with open(part, "ab") as out:
-                await self._get_all(info, opener, out, progress)
+                behind = WriteBehind()
+                try:
+                    await self._get_all(info, opener, out, behind, progress)
+                finally:  # its duplicate descriptor is its own, but its error is ours
+                    await behind.drain()
                 opener.finish()
                 out.flush()
-                os.fsync(out.fileno())
+                # Mostly on disk already (write_behind.py); the rest off the event loop.
+                await asyncio.to_thread(os.fsync, out.fileno())
         except FileIntegrityError:
             self._table.forget(record)
             raise
@@ -341,18 +416,19 @@ class Files:
         return have
 
     async def _get_all(
-        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
+        progress: Progress | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._get_window(info, opener, out, progress, inflight)
+            await self._get_window(info, opener, out, behind, progress, inflight)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
 
     async def _get_window(
-        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, progress: Progress | None,
-        inflight: deque[asyncio.Future[Any]],
+        self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
+        progress: Progress | None, inflight: deque[asyncio.Future[Any]],
     ) -> None:
         chunks = opener.chunks
         ask = opener.next_index
@@ -364,6 +440,10 @@ class Files:
                 ask += 1
             try:
                 _, data = await inflight.popleft()
+                if len(inflight) >= REFILL - 1:
+                    # Check a batch of at least REFILL chunks per thread hop (a failed
+                    # request is left in place, to be awaited and handled below).
+                    await asyncio.wait({inflight[REFILL - 2]})
             except NotConnected:
                 await _cancel(inflight)
                 resumes += 1
@@ -383,7 +463,7 @@ class Files:
                                          index + len(batch)))
             # Checked (and hashed) before they are kept as they came, off the event loop
             # and in one hop, while the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, batch)
+            await asyncio.to_thread(_keep_checked, opener, out, behind, batch)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -452,24 +532,50 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
     inflight.clear()
 
 
-def _read_sealed(f: BinaryIO, sealer: ChunkSealer, start: int, count: int) -> list[bytes]:
+def _read_sealed(
+    f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, count: int
+) -> list[bytes]:
     """Chunks ``start`` to ``start + count`` of the file, sealed (again, the same bytes,
-    those sent before a lost connection)."""
+    those sent before a lost connection), each tag logged (or checked against the log)
+    before any of them leaves."""
     f.seek(start * CHUNK_SIZE)
-    sealed = []
+    out = []
     for index in range(start, start + count):
         plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
         if index < sealer.next_index:
-            sealed.append(sealer.reseal(index, plaintext))
+            out.append(sealer.reseal(index, plaintext))
         else:
-            sealed.append(sealer.seal(plaintext))
-    return sealed
+            sealed = sealer.seal(plaintext)
+            log.sealed(index, sealed[-TAG_SIZE:])
+            out.append(sealed)
+    return out
 
 
-def _keep_checked(opener: ChunkOpener, out: BinaryIO, batch: list[bytes]) -> None:
+def _seal_unsent(f: BinaryIO, sealer: ChunkSealer, log: TagLog, count: int) -> None:
+    """The first ``count`` chunks (the server has them) through ``sealer`` and checked
+    against ``log``: the whole file is hashed, and a file that changed is caught
+    (:class:`FileChanged`) before anything more of it is sent."""
+    f.seek(0)
+    for index in range(count):
+        sealed = sealer.seal(f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE)))
+        log.sealed(index, sealed[-TAG_SIZE:])
+
+
+def _acked(acked: int, size: int, progress: Progress | None) -> int:
+    """``acked`` chunks are stored: say so (progress is reported after each chunk)."""
+    if progress is not None:
+        progress(min(acked * CHUNK_SIZE, size), size)
+    return acked
+
+
+def _keep_checked(
+    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes]
+) -> None:
     for sealed in batch:
         opener.open(sealed)
         out.write(sealed)
+    out.flush()
+    behind.wrote(out.fileno(), sum(map(len, batch)))
 
 
 def _succeeded(fut: asyncio.Future[Any]) -> bool:

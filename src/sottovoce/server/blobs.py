@@ -1,15 +1,18 @@
 """File blobs: sealed chunks parked on the server for the devices a file message goes to
 (docs/protocol.md §Files; the events are in protocol/blobs.py).
 
-The chunks of a blob are one file in ``<data dir>/blobs/`` (``<blobId>.part`` while
-the upload runs, ``<blobId>`` once complete); its metadata (owner, sizes, expiry, the
-devices it is for) are rows in the database (storage/blobs.py), on SQLite and
-PostgreSQL alike. Chunks are AES-GCM ciphertext under a key the server never sees.
+The chunks of a blob are one file in ``--blob-dir`` (default ``<data dir>/blobs/``;
+``<blobId>.part`` while the upload runs, ``<blobId>`` once complete), a directory that
+nodes on one database share; its metadata (owner, sizes, expiry, the devices it is for)
+are rows in the database (storage/blobs.py), on SQLite and PostgreSQL alike. Chunks are
+AES-GCM ciphertext under a key the server never sees.
 
     create ──► rows (quota, size limit checked first) ──► put 0, 1, … in order ──►
         the last chunk: fsync, rename, complete ──► get (recipients, any index) ──►
         fetched by every recipient device ──► rows and file deleted
     expiry (file_ttl_ms at the latest, complete or not) ──► the sweep deletes both
+    a file with no rows (a crash came between the two deletes) ──► the sweep deletes it
+        too, once it has not changed for ORPHAN_GRACE_MS
 
 An upload resumes where the file on disk ends (every chunk but the last has the same
 length, so the number of whole chunks stored is its length divided by that). Only the
@@ -36,6 +39,7 @@ from sottovoce.private_files import private_dir
 from sottovoce.protocol.blobs import (
     BLOB_CHUNK,
     BLOB_CREATED,
+    BLOB_ID_RE,
     BLOB_RELEASED,
     BLOB_STORED,
     OP_CHUNK,
@@ -54,11 +58,18 @@ from sottovoce.server.logs import JsonLogger
 from sottovoce.server.session import Session
 from sottovoce.server.storage.blobs import BlobMeta
 from sottovoce.server.storage.shared import SharedStorage
+from sottovoce.write_behind import WriteBehind, fsync_path
 
 #: Blobs whose metadata is kept in memory (a download asks for it once per chunk).
 _CACHED = 1024
 #: Expired blobs deleted per sweep transaction.
 _SWEEP_BATCH = 500
+#: A file in the blob directory without rows is an orphan (a crash came between deleting
+#: a blob's rows and its file) once it has not changed for this long: a younger one may be
+#: a write still under way (on this node or another sharing the directory).
+ORPHAN_GRACE_MS = 10 * 60_000
+#: How often the sweep looks for orphans (the first sweep after start-up always does).
+ORPHAN_EVERY_MS = 60 * 60_000
 
 Handler = Callable[[Session, Any, dict[str, Any], str | None], Awaitable[None] | None]
 
@@ -74,11 +85,14 @@ class BlobService:
         self._cfg = config
         self._log = log
         self._now = now_ms
-        self.root = config.data_dir / "blobs"
+        self.root = config.blob_path
         self._meta: OrderedDict[str, BlobMeta] = OrderedDict()
         #: Chunks stored so far of uploads in progress on this node.
         self._received: dict[str, int] = {}
+        #: The background flushes of those uploads' files (write_behind.py).
+        self._behind: dict[str, WriteBehind] = {}
         self.deleted = 0
+        self._orphans_at: int | None = None
 
     def handlers(self) -> dict[type, Handler]:
         return {BlobCreate: self._create, BlobPut: self._put, BlobGet: self._get,
@@ -192,24 +206,51 @@ class BlobService:
         if len(ev.data) != sealed_chunk_size(ev.index, meta.chunks, meta.size):
             raise WireFailure("bad_chunk", "the chunk has the wrong length",
                               details={"expected": expected})
-        part = self._path(meta.blob_id, part=True)
-        last = ev.index == meta.chunks - 1
-        with open(part, "ab") as f:
-            f.write(ev.data)
-            if last:
-                f.flush()
-                os.fsync(f.fileno())
-        if not last:
-            self._received[meta.blob_id] = expected + 1
+        behind = self._behind.get(meta.blob_id)
+        if behind is None:
+            behind = self._behind[meta.blob_id] = WriteBehind()
+        self._append(self._path(meta.blob_id, part=True), expected, ev.data, behind)
+        # Counted at once, the last chunk too: a put of the same index while the last
+        # one is being made durable is refused, never appended a second time.
+        self._received[meta.blob_id] = expected + 1
+        if ev.index != meta.chunks - 1:
             session.reply(BLOB_STORED,
                           {"blobId": meta.blob_id, "index": ev.index, "complete": False}, rid)
             return None
         return self._complete(session, meta, ev.index, rid)
 
+    @staticmethod
+    def _append(part: Path, index: int, data: bytes, behind: WriteBehind) -> None:
+        """Chunk ``index`` at the end of ``part``, in one write; a failed write is cut off
+        again, so the file never holds a torn chunk that the next one would follow."""
+        fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                os.ftruncate(fd, index * SEALED_CHUNK_SIZE)
+                raise
+            behind.wrote(fd, len(data))
+        finally:
+            os.close(fd)
+
     async def _complete(
         self, session: Session, meta: BlobMeta, index: int, rid: str | None
     ) -> None:
-        os.replace(self._path(meta.blob_id, part=True), self._path(meta.blob_id))
+        part = self._path(meta.blob_id, part=True)
+        try:
+            # Durable before it counts as complete; most of it was flushed on the way
+            # (write_behind.py), and the rest is waited for off the event loop.
+            behind = self._behind.pop(meta.blob_id, None)
+            if behind is not None:
+                await behind.drain()
+            await asyncio.to_thread(fsync_path, part)
+        except BaseException:
+            self._received.pop(meta.blob_id, None)  # counted again from the file
+            raise
+        os.replace(part, self._path(meta.blob_id))
         await self._storage.complete_blob(meta.blob_id)
         self._received.pop(meta.blob_id, None)
         self._remember(BlobMeta(meta.blob_id, meta.owner, meta.owner_device, meta.size,
@@ -247,12 +288,15 @@ class BlobService:
         if index >= meta.chunks:
             raise WireFailure("bad_request", f"the file has {meta.chunks} chunks")
         try:
-            with open(self._path(meta.blob_id), "rb") as f:
-                f.seek(index * SEALED_CHUNK_SIZE)
-                chunk = f.read(sealed_chunk_size(index, meta.chunks, meta.size))
+            fd = os.open(self._path(meta.blob_id), os.O_RDONLY)
         except FileNotFoundError:
             raise WireFailure("unknown_blob",
                               "no such file on the server (gone or expired)") from None
+        try:
+            chunk = os.pread(fd, sealed_chunk_size(index, meta.chunks, meta.size),
+                             index * SEALED_CHUNK_SIZE)
+        finally:
+            os.close(fd)
         if rid is None:
             session.reply(BLOB_CHUNK, {"blobId": meta.blob_id, "index": index,
                                        "data": b64(chunk)}, rid)
@@ -275,6 +319,7 @@ class BlobService:
     def _forget(self, blob_id: str) -> None:
         self._meta.pop(blob_id, None)
         self._received.pop(blob_id, None)
+        self._behind.pop(blob_id, None)
         for path in (self._path(blob_id), self._path(blob_id, part=True)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -294,7 +339,50 @@ class BlobService:
                 break
         if total:
             self._log.info("blob.expired", deleted=total)
+        if self._orphans_at is None or self._now() - self._orphans_at >= ORPHAN_EVERY_MS:
+            await self.sweep_orphans()
         return total
+
+    async def sweep_orphans(self) -> int:
+        """Delete the blob files that have no rows and have not changed for
+        :data:`ORPHAN_GRACE_MS`; how many files went. Rows are always written before a
+        blob's file and deleted before it, so a file without rows is left over."""
+        now = self._orphans_at = self._now()
+        old = self._old_files(now - ORPHAN_GRACE_MS)
+        if not old:
+            return 0
+        known = await self._storage.known_blobs(sorted(old))
+        removed = 0
+        for blob_id, paths in old.items():
+            if blob_id in known or blob_id in self._received:
+                continue
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime_ns // 1_000_000 <= now - ORPHAN_GRACE_MS:
+                        path.unlink()  # still untouched: no write started meanwhile
+                        removed += 1
+        if removed:
+            self._log.info("blob.orphans_deleted", deleted=removed)
+        return removed
+
+    def _old_files(self, before_ms: int) -> dict[str, list[Path]]:
+        """The blob files (``<id>``, ``<id>.part``) last changed before ``before_ms``, by
+        blob id; anything else in the directory is not ours to judge."""
+        found: dict[str, list[Path]] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                blob_id = entry.name.removesuffix(".part")
+                if not BLOB_ID_RE.fullmatch(blob_id):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    changed = entry.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
+                except FileNotFoundError:
+                    continue
+                if changed <= before_ms:
+                    found.setdefault(blob_id, []).append(Path(entry.path))
+        return found
 
     async def run(self) -> None:
         while True:

@@ -89,6 +89,9 @@ class ServerConfig:
     max_file_size: int = MAX_FILE_SIZE
     file_quota: int = FILE_QUOTA
     file_ttl_ms: int = FILE_TTL_MS
+    #: Where the sealed chunks of uploaded files live (default ``<data dir>/blobs``);
+    #: nodes that share a database share this directory too.
+    blob_dir: Path | None = None
     inbox_contact_messages: int = INBOX_CONTACT_MESSAGES
     inbox_contact_bytes: int = INBOX_CONTACT_BYTES
     inbox_stranger_messages: int = INBOX_STRANGER_MESSAGES
@@ -190,6 +193,10 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "sottovoce.sqlite3"
+
+    @property
+    def blob_path(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
 
 
 #: The inbox quota options, each with the field of InboxLimits it sets.
@@ -293,6 +300,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("file_ttl_ms", int,
            "an uploaded file is deleted this long after its upload at the latest, fetched or "
            "not (default 7 days)", "MS"),
+    Option("blob_dir", Path,
+           "directory of uploaded files' sealed chunks (default: <data dir>/blobs); nodes "
+           "that share a database must share it", "DIR"),
     Option("inbox_contact_messages", int,
            "frames one account may have waiting in a device's inbox once that device's "
            "account has written to it (default 10000)", "N"),

@@ -172,9 +172,9 @@ class Connection(asyncio.Protocol):
             self.data_received(rest)
 
     def _frames(self, data: bytes) -> None:
-        """The hot path: whole, masked, unfragmented text frames (RFC 6455 §5.2) are
-        unmasked and dispatched here; any other frame goes, whole, to the protocol
-        (control frames, fragments, binary, RSV bits, oversize, unmasked). The
+        """The hot path: whole, masked, unfragmented text and binary frames (RFC 6455
+        §5.2) are unmasked and dispatched here; any other frame goes, whole, to the
+        protocol (control frames, fragments, RSV bits, oversize, unmasked). The
         protocol is only ever given whole frames while open, so its parser is at a
         frame boundary whenever this path takes a frame.
 
@@ -217,6 +217,9 @@ class Connection(asyncio.Protocol):
                 pos = end
                 if not self._text(payload):
                     return
+            elif b1 == 0x82 and self._fragments is None:  # a file chunk (server/blobs.py)
+                self._message(apply_mask(view[head + 4 : end], data[head : head + 4]))
+                pos = end
             else:
                 self._feed(data[pos:end])
                 pos = end

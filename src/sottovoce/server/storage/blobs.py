@@ -107,3 +107,19 @@ def expire_blobs(now: int, limit: int) -> Txn[list[str]]:
     for blob_id in ids:
         yield from _delete(blob_id)
     return ids
+
+
+#: Ids asked about in one statement of :func:`known_blobs`.
+_KNOWN_BATCH = 500
+
+
+def known_blobs(blob_ids: Sequence[str]) -> Txn[set[str]]:
+    """Which of ``blob_ids`` have a row (the others' files are orphans: server/blobs.py)."""
+    found: set[str] = set()
+    for start in range(0, len(blob_ids), _KNOWN_BATCH):
+        part = blob_ids[start:start + _KNOWN_BATCH]
+        marks = ",".join("?" * len(part))
+        got = yield rows(f"SELECT blob_id FROM blobs WHERE blob_id IN ({marks})",  # noqa: S608
+                         *part)
+        found.update(str(r[0]) for r in got)
+    return found

@@ -300,6 +300,9 @@ class SharedStorage(Storage, Engine):
     async def expire_blobs(self, now_ms: int, limit: int) -> list[str]:
         return await self._write_op(blobs.expire_blobs, now_ms, limit)
 
+    async def known_blobs(self, blob_ids: Sequence[str]) -> set[str]:
+        return await self._read_op(blobs.known_blobs, list(blob_ids))
+
 
 class SharedRooms(RoomStorage, Engine):
     """:class:`RoomStorage`: KeyPackages, rooms, their messages and reads."""
