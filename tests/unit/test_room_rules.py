@@ -24,6 +24,7 @@ from sottovoce.mls.public import PublicMessage, check_group_info, check_member_c
 from sottovoce.protocol.room_names import (
     KEY_ID_BYTES,
     NONCE_BYTES,
+    PAD_TO,
     NameKey,
     RoomNames,
     SealedNames,
@@ -299,3 +300,15 @@ def test_a_group_saved_with_private_handshakes_commits_publicly_once_told() -> N
     restored.clear_pending_commit()
     restored.use_handshake_wire_format(WireFormat.PUBLIC_MESSAGE)
     _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
+
+
+def test_sealed_names_are_padded_to_a_size_class() -> None:
+    """The ciphertext's length tells the server only a 64-byte size class of the name
+    and topic; padding that is not zeros is refused."""
+    sizes = {len(RoomNames(n, t).encode()) for n, t in (("a", ""), ("a" * 40, "b" * 10))}
+    assert sizes == {PAD_TO}
+    assert len(RoomNames("a" * 200, "b" * 1024).encode()) % PAD_TO == 0
+    assert RoomNames.decode(RoomNames("team", "friday").encode()) == RoomNames("team", "friday")
+    with pytest.raises(DecodeError):
+        RoomNames.decode(RoomNames("team").encode()[:-1] + b"\x01")
+    assert len(_sealed("a")) == len(_sealed("a" * 40, "b" * 10))

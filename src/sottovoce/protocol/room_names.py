@@ -37,6 +37,7 @@ __all__ = [
     "NAME_KEY_LABEL",
     "NONCE_BYTES",
     "NameKey",
+    "PAD_TO",
     "RoomNames",
     "SealedNames",
     "open_names",
@@ -51,8 +52,11 @@ NAME_KEY_BYTES = 32
 _AEAD = Aead.CHACHA20POLY1305
 NONCE_BYTES = _AEAD.nonce_size
 _AAD_LABEL = b"sottovoce room names v1"
-#: Two length prefixes of at most 4 bytes each and the AEAD tag around the texts.
-_MAX_CIPHERTEXT = MAX_ROOM_NAME_BYTES + MAX_ROOM_TOPIC_BYTES + 8 + _AEAD.tag_size
+#: The names are padded to a multiple of this many bytes, so the ciphertext's length
+#: tells the server only a size class of the name and topic.
+PAD_TO = 64
+#: Three length prefixes of at most 4 bytes each, padding and the AEAD tag.
+_MAX_CIPHERTEXT = MAX_ROOM_NAME_BYTES + MAX_ROOM_TOPIC_BYTES + 12 + PAD_TO + _AEAD.tag_size
 #: What a profile's sealed field may hold at most (key id, nonce, ciphertext, prefixes).
 MAX_SEALED_NAMES_BYTES = KEY_ID_BYTES + NONCE_BYTES + _MAX_CIPHERTEXT + 12
 
@@ -80,9 +84,13 @@ class RoomNames:
             raise UsageError(f"a room topic is at most {MAX_ROOM_TOPIC_BYTES} bytes")
 
     def encode(self) -> bytes:
+        """``opaque name<V>; opaque topic<V>; opaque padding<V>`` (zeros, to a multiple
+        of :data:`PAD_TO` bytes in all)."""
         w = Writer()
         w.opaque_v(self.name.encode("utf-8"))
         w.opaque_v(self.topic.encode("utf-8"))
+        pad = -(len(w) + 1) % PAD_TO  # under 64: its length prefix is one byte
+        w.opaque_v(bytes(pad))
         return w.getvalue()
 
     @classmethod
@@ -90,6 +98,8 @@ class RoomNames:
         def read(r: Reader) -> RoomNames:
             name = _text(r.opaque_v(), "name", MAX_ROOM_NAME_BYTES, empty=False)
             topic = _text(r.opaque_v(), "topic", MAX_ROOM_TOPIC_BYTES, empty=True)
+            if any(r.opaque_v()):
+                raise DecodeError("the room names' padding is not zeros")
             return cls(name, topic)
 
         return decode(read, data)
