@@ -22,6 +22,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
+from sottovoce.client.room_notice import free_label
 from sottovoce.client.rooms.model import Room
 from sottovoce.client.rooms.rules import profile
 from sottovoce.client.store import Store
@@ -124,11 +125,7 @@ def follow(store: Store, room: Room, old: RoomNames | None, taken: Callable[[str
         return False
     if room.label != room.room_id and (old is None or room.label != old.name):
         return False  # a name of this device's own choosing stays
-    label = new.name
-    n = 2
-    while taken(label):
-        label = f"{new.name}-{n}"
-        n += 1
+    label = free_label(new.name, taken)
     room.label = label
     store.set_room_label(room.room_id, label)
     return True
