@@ -84,8 +84,7 @@ class RoomAdmin:
     ) -> CommitResult | None:
         """Commit ``change`` of the room's profile (admins only; ``None``: no change)."""
         group = self._book.active(room)
-        if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
-            raise UsageError(f"only a room admin may {what}")
+        self._require_admin(room, what)
         if profile(room) is None:
             await self._upgrade(room, group)
 
@@ -95,13 +94,20 @@ class RoomAdmin:
             if new == current:
                 return None
             extensions = with_profile(group.group_context.extensions, new)
+            # New names never share a commit with a member's pending removal: that
+            # member would process it in this epoch and derive the names' key.
             bundle = group.commit(
                 rng=secrets.token_bytes, now_ms=now_ms(), authenticated_data=self._head(),
                 proposals=[GroupContextExtensions(extensions=extensions)],
+                include_pending=new.sealed == current.sealed,
             )
             return Plan(bundle, (), ())
 
         return await self._membership.commit(room, build)
+
+    def _require_admin(self, room: Room, what: str) -> None:
+        if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
+            raise UsageError(f"only a room admin may {what}")
 
     async def _upgrade(self, room: Room, group: Group) -> None:
         """A room made before room profiles: every leaf must list the profile extension
@@ -164,7 +170,10 @@ class RoomAdmin:
         self, room: Room, names: Callable[[], RoomNames], what: str
     ) -> CommitResult | None:
         """Seal ``names()`` under a fresh name key of the epoch the commit is made in:
-        every member of that epoch derives it; one removed before cannot."""
+        every member of that epoch derives it; one removed before cannot. Members'
+        pending proposals (a leaver's removal) are committed first, on their own."""
+        self._require_admin(room, what)
+        await self.commit_pending(room, spread=False)
 
         def sealed(current: RoomProfile, group: Group) -> RoomProfile:
             key = derived_key(group, secrets.token_bytes(KEY_ID_BYTES))
