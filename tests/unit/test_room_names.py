@@ -116,7 +116,7 @@ def test_members_of_the_epoch_derive_the_key_a_removed_member_cannot() -> None:
 
 
 def test_a_stale_or_wrong_key_opens_nothing_and_the_label_shows() -> None:
-    groups, room = _room()
+    _, room = _room()
     room.name_key = random_key()  # not the key the names were sealed under
     assert shared_names(room) is None
     assert (display_name(room), topic(room)) == ("mine", "")
