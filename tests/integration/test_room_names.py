@@ -140,4 +140,9 @@ async def test_shared_names_reach_members_and_joiners_never_the_server(
         await carol.rooms.join_with_token(token)
         assert await _sees(carol, room_id, later, topic)
 
+        # An empty topic clears it, for every member.
+        cleared = await alice.rooms.set_topic(room_id, "")
+        assert cleared is not None
+        assert await _sees(bob, room_id, later, "")
+
     _assert_blind(server, [first, renamed, later, topic])
