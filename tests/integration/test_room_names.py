@@ -22,7 +22,8 @@ from sottovoce.errors import UsageError
 from sottovoce.mls.group import Group
 from sottovoce.mls.messages import GroupContextExtensions
 from sottovoce.protocol import rooms as pr
-from sottovoce.protocol.room_names import KEY_ID_BYTES, NONCE_BYTES, RoomNames, seal_names
+from sottovoce.protocol.room_names import KEY_ID_BYTES, NONCE_BYTES, RoomNames
+from sottovoce.protocol.room_names_seal import seal_names
 from sottovoce.protocol.room_rules import with_profile
 from sottovoce.secret import Secret
 from tests.integration.client_helpers import accounts

@@ -30,7 +30,8 @@ from sottovoce.mls.config import GroupConfig
 from sottovoce.mls.epoch import StagedCommit
 from sottovoce.mls.group import Group, generate_key_package
 from sottovoce.mls.messages import Credential, GroupContextExtensions
-from sottovoce.protocol.room_names import KEY_ID_BYTES, RoomNames, open_names
+from sottovoce.protocol.room_names import KEY_ID_BYTES, RoomNames
+from sottovoce.protocol.room_names_seal import open_names
 from sottovoce.protocol.room_rules import RoomProfile, profile_extension, with_profile
 
 NOW = 1_900_000_000_000

@@ -25,12 +25,12 @@ from sottovoce.protocol.room_names import (
     KEY_ID_BYTES,
     NONCE_BYTES,
     PAD_TO,
+    TAG_BYTES,
     NameKey,
     RoomNames,
     SealedNames,
-    open_names,
-    seal_names,
 )
+from sottovoce.protocol.room_names_seal import AEAD, open_names, seal_names
 from sottovoce.protocol.room_rules import (
     RoomProfile,
     RuleBroken,
@@ -300,6 +300,12 @@ def test_a_group_saved_with_private_handshakes_commits_publicly_once_told() -> N
     restored.clear_pending_commit()
     restored.use_handshake_wire_format(WireFormat.PUBLIC_MESSAGE)
     _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
+
+
+def test_the_shapes_the_server_checks_are_the_aeads() -> None:
+    """protocol/room_names.py states the AEAD's sizes without loading it (the server
+    checks the sealed field's shape and holds no AEAD code)."""
+    assert (AEAD.nonce_size, AEAD.tag_size) == (NONCE_BYTES, TAG_BYTES)
 
 
 def test_sealed_names_are_padded_to_a_size_class() -> None:

@@ -16,7 +16,9 @@ there only as an AEAD ciphertext under a *name key* the server never holds::
         encryption (a control message, client/rooms/names.py)
 
 Each name key seals one ciphertext, so a fresh random nonce is not even needed for
-uniqueness; one is drawn anyway. Sans-IO: the caller passes key, key id and nonce.
+uniqueness; one is drawn anyway. This module is the shapes, which the server checks;
+sealing and opening (the AEAD, which the server never loads) are
+protocol/room_names_seal.py. Sans-IO: the caller passes key, key id and nonce.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sottovoce.codec.tls import Reader, Writer, decode
-from sottovoce.crypto.aead import Aead, open_, seal
 from sottovoce.errors import DecodeError, UsageError
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
 from sottovoce.secret import Secret
@@ -40,8 +41,6 @@ __all__ = [
     "NameKey",
     "RoomNames",
     "SealedNames",
-    "open_names",
-    "seal_names",
 ]
 
 MAX_ROOM_TOPIC_BYTES = 1024
@@ -49,14 +48,13 @@ MAX_ROOM_TOPIC_BYTES = 1024
 NAME_KEY_LABEL = b"sottovoce room name key"
 KEY_ID_BYTES = 16
 NAME_KEY_BYTES = 32
-_AEAD = Aead.CHACHA20POLY1305
-NONCE_BYTES = _AEAD.nonce_size
-_AAD_LABEL = b"sottovoce room names v1"
+#: ChaCha20-Poly1305's nonce and tag (protocol/room_names_seal.py; a test checks).
+NONCE_BYTES, TAG_BYTES = 12, 16
 #: The names are padded to a multiple of this many bytes, so the ciphertext's length
 #: tells the server only a size class of the name and topic.
 PAD_TO = 64
 #: Three length prefixes of at most 4 bytes each, padding and the AEAD tag.
-_MAX_CIPHERTEXT = MAX_ROOM_NAME_BYTES + MAX_ROOM_TOPIC_BYTES + 12 + PAD_TO + _AEAD.tag_size
+_MAX_CIPHERTEXT = MAX_ROOM_NAME_BYTES + MAX_ROOM_TOPIC_BYTES + 12 + PAD_TO + TAG_BYTES
 #: What a profile's sealed field may hold at most (key id, nonce, ciphertext, prefixes).
 MAX_SEALED_NAMES_BYTES = KEY_ID_BYTES + NONCE_BYTES + _MAX_CIPHERTEXT + 12
 
@@ -128,40 +126,13 @@ class SealedNames:
             key_id, nonce, ciphertext = r.opaque_v(), r.opaque_v(), r.opaque_v()
             if len(key_id) != KEY_ID_BYTES or len(nonce) != NONCE_BYTES:
                 raise DecodeError("sealed room names: bad key id or nonce")
-            if not _AEAD.tag_size < len(ciphertext) <= _MAX_CIPHERTEXT:
+            if not TAG_BYTES < len(ciphertext) <= _MAX_CIPHERTEXT:
                 raise DecodeError("sealed room names: bad ciphertext size")
             return cls(key_id, nonce, ciphertext)
 
         if len(data) > MAX_SEALED_NAMES_BYTES:
             raise DecodeError("sealed room names: too long")
         return decode(read, data)
-
-
-def _aad(group_id: bytes, key_id: bytes) -> bytes:
-    return _AAD_LABEL + len(group_id).to_bytes(2, "big") + group_id + key_id
-
-
-def seal_names(
-    names: RoomNames, key: Secret, *, key_id: bytes, nonce: bytes, group_id: bytes
-) -> bytes:
-    """The encoded :class:`SealedNames` of ``names`` under ``key`` for the room
-    ``group_id`` (bound in the AAD, so a ciphertext cannot be moved to another room)."""
-    if len(key_id) != KEY_ID_BYTES or len(key) != NAME_KEY_BYTES:
-        raise UsageError("a room name key is 32 bytes with a 16-byte id")
-    ciphertext = seal(_AEAD, key.expose(), nonce, names.encode(), _aad(group_id, key_id))
-    return SealedNames(key_id, nonce, ciphertext).encode()
-
-
-def open_names(sealed: SealedNames, key: Secret, *, group_id: bytes) -> RoomNames:
-    """The names under ``sealed``; ``DecryptionError`` for a wrong key or a forgery,
-    ``DecodeError`` for plaintext that is not a valid name and topic."""
-    plain = open_(
-        _AEAD, key.expose(), sealed.nonce, sealed.ciphertext, _aad(group_id, sealed.key_id)
-    )
-    try:
-        return RoomNames.decode(plain)
-    except UsageError as exc:
-        raise DecodeError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

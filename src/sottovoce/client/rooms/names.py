@@ -37,9 +37,8 @@ from sottovoce.protocol.room_names import (
     NONCE_BYTES,
     NameKey,
     RoomNames,
-    open_names,
-    seal_names,
 )
+from sottovoce.protocol.room_names_seal import open_names, seal_names
 from sottovoce.protocol.room_rules import profile_of
 from sottovoce.secret import Secret
 
