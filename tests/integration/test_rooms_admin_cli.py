@@ -60,6 +60,7 @@ def test_room_roles_rename_and_leave(server: ServerProcess, tmp_path: Path) -> N
     assert "bob is now an admin" in _ok(_room("promote", room_id, "bob", home=alice))
     listed = _ok(_room("list", home=bob))
     assert f"old friends [pals]  {room_id}" in listed and "mine" not in listed
+    assert listed.rstrip().endswith("topic: dinner on friday")
     assert listed.count(room_id) == 1
     info = _ok(_room("info", "pals", home=bob)).splitlines()
     assert info[0].startswith(f"old friends  {room_id}")

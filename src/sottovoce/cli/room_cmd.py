@@ -446,7 +446,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="list this device's rooms",
         description=(
             "Rooms on this device, one per line: the room's shared name (then, in [ ], "
-            "this device's own name for it when that differs), id, epoch and members (rooms "
+            "this device's own name for it when that differs), id, epoch, members and the "
+            "shared topic (rooms "
             "you left or were removed from are not listed). Connects first, so rooms you "
             "were invited to meanwhile are listed."
         ),
