@@ -65,6 +65,9 @@ def test_kit_passes_against_the_real_server_on_sqlite(tmp_path: Path) -> None:
     assert report["findings"] == [] and report["problems"] == []
     labels = report["canaries"]
     assert {"1:1 live", "ephemeral", "1:1 to both devices of one user"} <= set(labels)
+    # A room's shared name, a rename and its topic: in the profile the server reads,
+    # sealed.
+    assert {"room name (sealed)", "room rename (sealed)", "room topic (sealed)"} <= set(labels)
     assert sum("offline" in label for label in labels) == 2
     assert report["privateKeys"] > 100  # account, device, Olm identity/one-time/ratchet keys…
     scanned = kinds(report)

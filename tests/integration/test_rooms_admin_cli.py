@@ -1,7 +1,8 @@
-"""`sottovoce room members|rename|promote|demote|leave` as a user types them, against
-the real server (each command its own process, as in test_rooms_cli.py): roles are
-shown, a member's remove ends in one plain line and a non-zero exit, a rename is this
-device's only, a promoted member may remove, a leaver's list drops the room.
+"""`sottovoce room members|rename|topic|promote|demote|leave` as a user types them,
+against the real server (each command its own process, as in test_rooms_cli.py): roles
+are shown, a member's remove or rename ends in one plain line and a non-zero exit, an
+admin's rename and topic reach every member, `rename --local` is this device's only, a
+promoted member may remove, a leaver's list drops the room.
 """
 
 from __future__ import annotations
@@ -44,20 +45,30 @@ def test_room_roles_rename_and_leave(server: ServerProcess, tmp_path: Path) -> N
     assert len(members) == 3
     assert "only a room admin" in _fails("remove", room_id, "carol", home=bob)
 
-    assert "renamed the room to 'old friends' on this device only" in _ok(
+    assert "renamed the room to 'old friends' for every member (room epoch 3)" in _ok(
         _room("rename", "friends", "old friends", home=alice)
     )
+    assert "topic set for every member (room epoch 4)" in _ok(
+        _room("topic", "old friends", "dinner on friday", home=alice)
+    )
+    # Only an admin renames for everyone (or sets the topic): one plain line for bob.
+    assert "only a room admin may rename the room" in _fails(
+        "rename", room_id, "mine", home=bob
+    )
     # Anyone may rename a room for themselves; nobody else sees it.
-    assert "on this device only" in _ok(_room("rename", room_id, "pals", home=bob))
+    assert "on this device only" in _ok(_room("rename", "--local", room_id, "pals", home=bob))
     assert "bob is now an admin" in _ok(_room("promote", room_id, "bob", home=alice))
     listed = _ok(_room("list", home=bob))
-    assert f"pals  {room_id}" in listed and "friends" not in listed
+    assert f"old friends [pals]  {room_id}" in listed and "mine" not in listed
+    assert listed.rstrip().endswith("topic: dinner on friday")
     assert listed.count(room_id) == 1
+    info = _ok(_room("info", "pals", home=bob)).splitlines()
+    assert info[0].startswith(f"old friends  {room_id}")
+    assert info[1] == "topic: dinner on friday"
     assert f"old friends  {room_id}" in _ok(_room("list", "--offline", home=alice))
-    assert _room("topic", room_id, "friday", home=alice).returncode != 0  # no such command
 
-    left = _ok(_room("leave", room_id, home=carol))
-    assert f"left the room '{room_id}'" in left  # carol was never told a name
+    left = _ok(_room("leave", "old friends", home=carol))
+    assert "left the room 'old friends'" in left
     assert "the next one to connect will" in left  # nobody else was online
     assert room_id not in _ok(_room("list", "--offline", home=carol))
     # The next commit of any member carries carol's self-remove.

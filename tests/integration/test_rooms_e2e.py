@@ -68,8 +68,11 @@ async def test_invite_by_welcome_and_messages_both_ways(
         result = await alice.rooms.invite("friends", "bob")
         assert result is not None and result.epoch == 1
         joined = await bob.rooms.wait_epoch(room.room_id, 1)
-        assert joined.label == room.room_id  # bob's own name for it: none until told
-        assert bob.rooms.name(room.room_id) == room.room_id  # rooms share no name
+        assert joined.room_id == room.room_id
+        # The room's shared name: bob's devices learn its key from alice, inside the
+        # room's encryption, and his label follows it.
+        assert await bob.rooms.wait_until(lambda: bob.rooms.name(room.room_id) == "friends")
+        assert joined.label == "friends" and bob.rooms.get("friends").room_id == room.room_id
         assert members(bob, room.room_id) == {
             ("alice", alice.device_id),
             ("bob", bob.device_id),
@@ -554,9 +557,10 @@ async def test_room_send_while_offline_is_queued_and_delivered_once(
         ).fetchone()
     finally:
         db.close()
-    # One accepted send; and the room's rows were: invite 1, bob's update 2, this 3
-    # (read rows may be deleted, the counter stays): no second copy was appended.
-    assert accepted == 1 and last_seq == seq == 3
+    # One accepted send; and the room's rows were: invite 1, the name key alice sent
+    # bob 2, bob's update 3, this 4 (read rows may be deleted, the counter stays): no
+    # second copy was appended.
+    assert accepted == 1 and last_seq == seq == 4
 
 
 def _decoded(keys: Any, frames: list[bytes]) -> int:

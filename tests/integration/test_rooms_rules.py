@@ -26,7 +26,7 @@ from sottovoce.mls.config import GroupConfig
 from sottovoce.mls.group import Group
 from sottovoce.mls.messages import GroupContextExtensions
 from sottovoce.protocol import rooms as pr
-from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, with_profile
+from sottovoce.protocol.room_rules import RoomProfile, with_profile
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_rooms_e2e import close_all, members, room_messages
@@ -64,7 +64,9 @@ def _forge(client: Client, room_id: str, build: str, *, private: bool = False) -
             if u == "carol"
         )
     else:
-        seized = RoomProfile("mine now", "", ("bob",))
+        current = profile(client.rooms.get(room_id))
+        assert current is not None
+        seized = RoomProfile(("bob",), current.sealed)
         ext = with_profile(copy.group_context.extensions, seized)
         bundle = copy.commit(rng=secrets.token_bytes, now_ms=now_ms(),
                              proposals=[GroupContextExtensions(extensions=ext)])
@@ -150,13 +152,16 @@ async def test_every_member_sees_the_same_roles_and_the_server_no_name(
             assert c.rooms.roles(room_id) == {
                 "alice": "admin", "bob": "admin", "carol": "member"
             }
-            shared = profile(c.rooms.get(room_id))  # admins only: no name, no topic
-            assert shared is not None and (shared.name, shared.topic) == (UNSHARED_NAME, "")
-        # A name is this device's own: bob's rename changes nobody else's.
+            # Every member sees the shared name; the profile holds it only sealed.
+            assert c.rooms.name(room_id) == canary
+            shared = profile(c.rooms.get(room_id))
+            assert shared is not None and canary.encode() not in shared.encode()
+        # A local name is this device's own: bob's changes nobody else's, nor the
+        # shared name he is shown.
         bob.rooms.rename(room_id, "ours")
-        assert (bob.rooms.name(room_id), alice.rooms.name(room_id)) == ("ours", canary)
+        assert (bob.rooms.name(room_id), alice.rooms.get(room_id).label) == (canary, canary)
         assert bob.rooms.get("ours").room_id == room_id
-        # An invitee is told the inviter's name, inside the room's encryption.
+        # An invitee is told the shared name, inside the room's encryption.
         dave = await make_account(server, "dave", tmp_path)
         stream = dave.events()
         try:

@@ -328,14 +328,18 @@ def test_room_settings_and_info_as_shown() -> None:
     assert render.room_setting("residency", "eu") == "data residency: eu"
     assert render.room_setting("residency", "none") == "data residency: none (any SFU)"
     assert render.room_setting("recorder", "on") == "recorder: on"
-    lines = render.room_info("team", {
+    state = {
         "roomId": "room:" + "0" * 32, "epoch": 3, "admin": "alice", "residency": None,
         "recorder": True, "members": [{"userId": "alice", "deviceId": "d1"}, "junk"],
-    })
+    }
+    lines = render.room_info("team", "", state)
     assert lines == [
         f"team  room:{'0' * 32}  epoch 3", "admin: alice", "data residency: none (any SFU)",
         "recorder: on", "members: alice/d1",
     ]
+    # A shared topic shows under the name, made safe like every peer's text.
+    topic = render.room_info("team", "friday \x1b[2J", state)
+    assert topic[:2] == [f"team  room:{'0' * 32}  epoch 3", "topic: friday \\x1b[2J"]
 
 
 def test_a_new_accounts_name_is_checked_before_any_passphrase(

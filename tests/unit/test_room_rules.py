@@ -13,7 +13,7 @@ import pytest
 
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
-from sottovoce.errors import DecodeError, UsageError
+from sottovoce.errors import DecodeError, DecryptionError, UsageError
 from sottovoce.mls.common import WireFormat
 from sottovoce.mls.config import GroupConfig
 from sottovoce.mls.errors import InvalidCommit, InvalidSignature
@@ -21,8 +21,17 @@ from sottovoce.mls.framing import MLSMessage, sign_content
 from sottovoce.mls.group import Group, generate_key_package
 from sottovoce.mls.messages import Credential, GroupContextExtensions
 from sottovoce.mls.public import PublicMessage, check_group_info, check_member_commit
+from sottovoce.protocol.room_names import (
+    KEY_ID_BYTES,
+    NONCE_BYTES,
+    PAD_TO,
+    TAG_BYTES,
+    NameKey,
+    RoomNames,
+    SealedNames,
+)
+from sottovoce.protocol.room_names_seal import AEAD, open_names, seal_names
 from sottovoce.protocol.room_rules import (
-    UNSHARED_NAME,
     RoomProfile,
     RuleBroken,
     check_commit_rules,
@@ -32,6 +41,7 @@ from sottovoce.protocol.room_rules import (
     removed_others,
     with_profile,
 )
+from sottovoce.secret import Secret
 from tests.imports_graph import SRC, imported, read_sources
 
 NOW = 1_900_000_000_000
@@ -42,13 +52,22 @@ def _key() -> SigningKey:
     return SigningKey.generate(SignatureScheme.ED25519, secrets.token_bytes)
 
 
+GROUP_ID = b"g" * 16
+KEY = NameKey(b"k" * KEY_ID_BYTES, Secret(b"K" * 32))
+
+
+def _sealed(name: str, topic: str = "", key: NameKey = KEY) -> bytes:
+    return seal_names(RoomNames(name, topic), key.key, key_id=key.key_id,
+                      nonce=secrets.token_bytes(NONCE_BYTES), group_id=GROUP_ID)
+
+
 def _room() -> tuple[dict[str, Group], dict[str, int]]:
     """alice (admin), bob and carol in one room; every group, and each one's leaf."""
     keys = {n: _key() for n in ("alice", "bob", "carol")}
     alice = Group.create(
         1, credential=Credential.basic(b"alice/d1"), signing_key=keys["alice"],
         rng=secrets.token_bytes, now_ms=NOW, capabilities=ROOM_CAPABILITIES, config=PUBLIC,
-        extensions=[profile_extension(RoomProfile("team", "", ("alice",)))],
+        extensions=[profile_extension(RoomProfile(("alice",), _sealed("team")))],
     )
     groups = {"alice": alice}
     packages = {
@@ -76,34 +95,59 @@ def _check(groups: dict[str, Group], commit: bytes, proposals: tuple[bytes, ...]
                        checked.proposals, revoked=revoked)
 
 
-def test_the_profile_we_write_names_no_room() -> None:
-    """The server reads the profile: ours carries the fixed placeholder and no topic,
-    and a role change keeps it so (older profiles with a name still decode above)."""
-    ours = RoomProfile(UNSHARED_NAME, "", ("alice",))
-    assert ours.encode() == b"\x01\x04room\x00\x06\x05alice"
+def test_the_profile_seals_the_name_and_topic() -> None:
+    """The server reads the profile: it holds the name and topic only as ciphertext
+    under the name key, bound to the room; a role change keeps that ciphertext."""
+    sealed = _sealed("secret-name", "secret-topic")
+    ours = RoomProfile(("alice",), sealed)
+    encoded = ours.encode()
+    assert encoded[0] == 2 and b"secret" not in encoded
     promoted = ours.with_admins({"alice", "bob"})
-    assert (promoted.name, promoted.topic, promoted.admins) == ("room", "", ("alice", "bob"))
+    assert promoted.sealed == sealed and promoted.admins == ("alice", "bob")
     assert RoomProfile.decode(promoted.encode()) == promoted
+    names = promoted.names
+    assert names is not None and names.key_id == KEY.key_id
+    assert open_names(names, KEY.key, group_id=GROUP_ID) == RoomNames(
+        "secret-name", "secret-topic"
+    )
+    with pytest.raises(DecryptionError):  # another room's profile: the AAD differs
+        open_names(names, KEY.key, group_id=b"h" * 16)
+    with pytest.raises(DecryptionError):  # a removed member's old key
+        open_names(names, Secret(b"J" * 32), group_id=GROUP_ID)
+    # A version 1 profile (name and topic in clear, only ever a placeholder) still
+    # decodes, to no shared name.
+    assert RoomProfile.decode(b"\x01\x04room\x00\x06\x05alice") == RoomProfile(("alice",))
 
 
 def test_profile_round_trips_and_refuses_bad_input() -> None:
-    profile = RoomProfile("core team", "friday", ("alice", "bob"))
+    profile = RoomProfile(("alice", "bob"), _sealed("core team", "friday"))
     assert RoomProfile.decode(profile.encode()) == profile
     assert profile_of([profile_extension(profile)]) == profile
     assert profile_of([]) is None
+    assert RoomProfile(("alice",)).names is None
     with pytest.raises(UsageError):
-        RoomProfile("")
+        RoomProfile(("bob", "alice"))  # not sorted
     with pytest.raises(UsageError):
-        RoomProfile("x", admins=("bob", "alice"))  # not sorted
+        RoomProfile(("bob/d1",))  # a device, not a username
     with pytest.raises(UsageError):
-        RoomProfile("x", admins=("bob/d1",))  # a device, not a username
+        RoomProfile(("bob",), b"not sealed names")
     with pytest.raises(DecodeError):
-        RoomProfile.decode(b"\x02" + profile.encode()[1:])  # unknown version
+        RoomProfile.decode(b"\x03" + profile.encode()[1:])  # unknown version
     with pytest.raises(DecodeError):
         RoomProfile.decode(profile.encode() + b"\x00")  # trailing bytes
     with pytest.raises(DecodeError):
-        RoomProfile.decode(b"\x01\x02\xff\xfe\x00\x00")  # the name is not UTF-8
+        RoomProfile.decode(b"\x01\x02\xff\xfe\x00\x00")  # a v1 name that is not UTF-8
+    short = SealedNames(b"k" * 15, b"n" * NONCE_BYTES, b"c" * 40).encode()
+    with pytest.raises(DecodeError):
+        RoomProfile.decode(RoomProfile(("bob",)).encode()[:1] + bytes([len(short)]) + short
+                           + b"\x00")
     assert profile.with_admins({"carol", "alice"}).admins == ("alice", "carol")
+    with pytest.raises(UsageError):
+        RoomNames("")
+    with pytest.raises(UsageError):
+        RoomNames("x", "t" * 1025)
+    assert NameKey.decode(KEY.encode()).key == KEY.key
+    assert "KKKK" not in repr(KEY) and "redacted" in repr(KEY)
 
 
 def test_an_admin_may_remove_and_rename_a_member_may_not() -> None:
@@ -116,12 +160,25 @@ def test_an_admin_may_remove_and_rename_a_member_may_not() -> None:
         _check(groups, by_bob.commit)
     groups["bob"].clear_pending_commit()
     seized = with_profile(groups["bob"].group_context.extensions,
-                          RoomProfile("mine", "", ("bob",)))
+                          RoomProfile(("bob",), _sealed("mine")))
     rename = groups["bob"].commit(rng=secrets.token_bytes,
                                   proposals=[GroupContextExtensions(extensions=seized)])
     with pytest.raises(RuleBroken, match="only a room admin may rename"):
         _check(groups, rename.commit)
     groups["bob"].clear_pending_commit()
+    # Only the sealed names changed (same admins): still a rename, still refused; the
+    # server sees that they changed, never what they say.
+    renamed = with_profile(groups["bob"].group_context.extensions,
+                           RoomProfile(("alice",), _sealed("mine")))
+    rename = groups["bob"].commit(rng=secrets.token_bytes,
+                                  proposals=[GroupContextExtensions(extensions=renamed)])
+    with pytest.raises(RuleBroken, match="only a room admin may rename"):
+        _check(groups, rename.commit)
+    groups["bob"].clear_pending_commit()
+    by_alice = groups["alice"].commit(rng=secrets.token_bytes,
+                                      proposals=[GroupContextExtensions(extensions=renamed)])
+    _check(groups, by_alice.commit)
+    groups["alice"].clear_pending_commit()
     dropped = groups["alice"].commit(rng=secrets.token_bytes,
                                      proposals=[GroupContextExtensions(extensions=())])
     with pytest.raises(RuleBroken, match="cannot be dropped"):
@@ -166,7 +223,7 @@ def test_revoked_devices_and_an_orphaned_room() -> None:
     _check(groups, by_bob.commit, revoked=(("carol", "d1"),))  # the directory vouches
     # Once no member is an admin any more, every member acts as one.
     extensions = groups["alice"].group_context.extensions
-    orphaned = with_profile(extensions, RoomProfile("team", "", ("dave",)))
+    orphaned = with_profile(extensions, RoomProfile(("dave",)))
     check_commit_rules(orphaned, members, [(leaves["bob"], _remove(leaves["carol"]))])
     with pytest.raises(RuleBroken):
         check_commit_rules(extensions, members, [(leaves["bob"], _remove(leaves["carol"]))])
@@ -243,3 +300,21 @@ def test_a_group_saved_with_private_handshakes_commits_publicly_once_told() -> N
     restored.clear_pending_commit()
     restored.use_handshake_wire_format(WireFormat.PUBLIC_MESSAGE)
     _check(groups, restored.self_update(rng=secrets.token_bytes).commit)
+
+
+def test_the_shapes_the_server_checks_are_the_aeads() -> None:
+    """protocol/room_names.py states the AEAD's sizes without loading it (the server
+    checks the sealed field's shape and holds no AEAD code)."""
+    assert (AEAD.nonce_size, AEAD.tag_size) == (NONCE_BYTES, TAG_BYTES)
+
+
+def test_sealed_names_are_padded_to_a_size_class() -> None:
+    """The ciphertext's length tells the server only a 64-byte size class of the name
+    and topic; padding that is not zeros is refused."""
+    sizes = {len(RoomNames(n, t).encode()) for n, t in (("a", ""), ("a" * 40, "b" * 10))}
+    assert sizes == {PAD_TO}
+    assert len(RoomNames("a" * 200, "b" * 1024).encode()) % PAD_TO == 0
+    assert RoomNames.decode(RoomNames("team", "friday").encode()) == RoomNames("team", "friday")
+    with pytest.raises(DecodeError):
+        RoomNames.decode(RoomNames("team").encode()[:-1] + b"\x01")
+    assert len(_sealed("a")) == len(_sealed("a" * 40, "b" * 10))

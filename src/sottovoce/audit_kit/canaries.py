@@ -119,19 +119,26 @@ async def _room_canary(
 ) -> None:
     """Room canaries through the SDK's rooms API (``client.rooms``), if this build has one.
 
-    The room's name is a canary too (it is a client-side label, never sent in
-    clear), and so is a join token (the server keeps only its hash).
+    The room's shared name, a rename and its topic are canaries too (the room's
+    profile, which the server reads, holds them only sealed), and so is a join token
+    (the server keeps only its hash).
     """
     rooms: Any = getattr(a1, "rooms", None)
     if rooms is None or not hasattr(rooms, "create_room"):
         run.notes.append("room canary not sent: this SDK has no rooms API yet")
         return
-    name, message = make("room name (client-side only)"), make("room message")
+    name, message = make("room name (sealed)"), make("room message")
     try:
         room = await asyncio.wait_for(rooms.create_room(name.text), STEP_TIMEOUT_S)
         room_id: str = room.room_id
         run.canaries.append(name)
         await asyncio.wait_for(rooms.invite(room_id, bob), STEP_TIMEOUT_S)
+        if hasattr(rooms, "set_topic"):
+            for what, change in (("room rename", rooms.rename_room),
+                                 ("room topic", rooms.set_topic)):
+                canary = make(f"{what} (sealed)")
+                await asyncio.wait_for(change(room_id, canary.text), STEP_TIMEOUT_S)
+                run.canaries.append(canary)
         if hasattr(rooms, "create_token"):
             token: str = await asyncio.wait_for(rooms.create_token(room_id), STEP_TIMEOUT_S)
             run.keys.append(KeySecret("room join token", Secret(token.encode())))

@@ -39,7 +39,7 @@ from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo, is_opened
 from sottovoce.client.kt import Alert, WitnessPolicy
 from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
-from sottovoce.client.rooms.rules import display_name
+from sottovoce.client.rooms.names import display_name, topic
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
@@ -244,13 +244,18 @@ def still_queued(count: int) -> str:
 
 
 def room_row(room: Room) -> str:
-    """``team  room:…  epoch 2  members: alice, bob``: this device's name for the room
-    (the id once when it has none)."""
+    """``team  room:…  epoch 2  members: alice, bob  topic: …``: the room's shared name
+    (the id once when it has none), then ``[label]`` when this device calls it
+    otherwise; the shared topic last, when there is one."""
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
     shown = display_name(room)
     name = "" if shown == room.room_id else f"{safe(shown)}  "
-    return f"{name}{room.room_id}  {state}  members: {members}"
+    if room.label not in (shown, room.room_id):
+        name = f"{safe(shown)} [{safe(room.label)}]  "
+    shared_topic = topic(room)
+    about = f"  topic: {safe(shared_topic)}" if shared_topic else ""
+    return f"{name}{room.room_id}  {state}  members: {members}{about}"
 
 
 def participant(device: tuple[str, str], *, with_device: bool = True) -> str:
@@ -267,12 +272,14 @@ def room_setting(name: str, value: str) -> str:
     return f"{safe(name)}: {safe(value)}"
 
 
-def room_info(label: str, state: dict[str, Any]) -> list[str]:
-    """``room info``: the server's view of a room, its settings first."""
+def room_info(name: str, shared_topic: str, state: dict[str, Any]) -> list[str]:
+    """``room info``: the room's shared name and topic (members' view), then the
+    server's view of it, its settings first."""
     residency = state.get("residency")
     members = state.get("members") or []
     return [
-        f"{safe(label)}  {safe(str(state.get('roomId')))}  epoch {state.get('epoch')}",
+        f"{safe(name)}  {safe(str(state.get('roomId')))}  epoch {state.get('epoch')}",
+        *([f"topic: {safe(shared_topic)}"] if shared_topic else []),
         f"admin: {safe(str(state.get('admin') or '?'))}",
         room_setting("residency", residency if isinstance(residency, str) else "none"),
         room_setting("recorder", "on" if state.get("recorder") is True else "off"),

@@ -1,10 +1,12 @@
-"""`room members|rename|promote|demote|leave`: who is in a room and in which role, this
-device's name for it, and leaving it (docs/architecture.md §Rooms, "Room rules").
+"""`room members|rename|topic|promote|demote|leave`: who is in a room and in which
+role, the room's shared name and topic, and leaving it (docs/architecture.md §Rooms,
+"Room rules").
 
-The roles live in the room's MLS group context: every member sees the same, and only
-an admin may change them (the server refuses anyone else's commit, and every member
-checks it again). A room's name is not shared (the server reads the group context):
-`room rename` changes this device's name for it. `room leave` works for anyone.
+The name, topic and roles live in the room's MLS group context: every member sees the
+same, and only an admin may change them (the server refuses anyone else's commit, and
+every member checks it again). The server reads that context, so the name and topic
+are there sealed under a key only members hold. `room rename --local` changes this
+device's own name for a room instead; `room leave` works for anyone.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import argparse
 from collections.abc import Callable
 
 from sottovoce.cli import render
-from sottovoce.cli.options import Positional, subcommand
+from sottovoce.cli.options import Positional, subcommand, timed_account_options
 from sottovoce.cli.session import CliError, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
 from sottovoce.client.rooms.model import CommitResult
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
+from sottovoce.protocol.room_names import MAX_ROOM_TOPIC_BYTES
 
 ROOM: Positional = ("ROOM", "the room: its name, '#NAME' or its id")
 USER: Positional = ("USER", "a member's username")
@@ -55,13 +58,47 @@ def cmd_rename(args: argparse.Namespace) -> int:
         raise CliError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes of printable text, "
                        "without spaces at either end")
 
-    async def work(client: Client) -> None:
-        client.rooms.rename(_ref(args.room), args.name)
+    if args.local:
 
-    with_client(args, work)
-    print(f"renamed the room to '{render.safe(args.name)}' on this device only "
-          "(other members keep their own names for it)")
+        async def local(client: Client) -> None:
+            client.rooms.rename(_ref(args.room), args.name)
+
+        with_client(args, local)
+        print(f"renamed the room to '{render.safe(args.name)}' on this device only "
+              "(other members keep the room's shared name)")
+        return 0
+
+    async def work(client: Client) -> CommitResult | None:
+        return await client.rooms.rename_room(_ref(args.room), args.name)
+
+    result = with_client(args, work)
+    print(f"renamed the room to '{render.safe(args.name)}' for every member{_epoch(result)}")
     return 0
+
+
+def cmd_topic(args: argparse.Namespace) -> int:
+    text = args.topic
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_ROOM_TOPIC_BYTES or not (
+        text.isprintable()
+    ):
+        raise CliError(f"a room topic is at most {MAX_ROOM_TOPIC_BYTES} bytes of printable "
+                       "text")
+
+    async def work(client: Client) -> CommitResult | None:
+        return await client.rooms.set_topic(_ref(args.room), text)
+
+    result = with_client(args, work)
+    print(f"topic set for every member{_epoch(result)}")
+    return 0
+
+
+def _local_option(parser: argparse.ArgumentParser) -> None:
+    timed_account_options(parser)
+    parser.add_argument(
+        "--local", action="store_true",
+        help="rename the room on this device only (anyone may); other members keep "
+             "its shared name",
+    )
 
 
 def _role(promote: bool) -> Callable[[argparse.Namespace], int]:
@@ -103,20 +140,30 @@ def add_command(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     subcommand(
         rs, "rename",
-        help="change this device's name for ROOM (other members keep theirs)",
-        description="Rename the room on this device only. Rooms share no name: the "
-                    "server reads the room's group context, so a name there would not be "
-                    "private. Anyone may rename a room for themselves.",
+        help="change ROOM's name for every member (admins only; --local: this device's)",
+        description="Commit a new shared name: every member's devices show the room by it. "
+                    "Only an admin may; the server refuses anyone else, and it never reads "
+                    "the name (it is sealed under a key only members hold). With --local, "
+                    "rename the room on this device only, which anyone may.",
         example="  sottovoce room rename friends 'old friends' --data-dir ~/.sottovoce-alice",
-        func=cmd_rename, args=[ROOM, ("NAME", "the new name")],
+        func=cmd_rename, args=[ROOM, ("NAME", "the new name")], options=_local_option,
+    )
+    subcommand(
+        rs, "topic",
+        help="set ROOM's topic for every member (admins only)",
+        description="Commit a new topic, sealed like the room's name: every member sees "
+                    "it (`room info`), the server never. Only an admin may; an empty "
+                    "TOPIC clears it.",
+        example="  sottovoce room topic friends 'dinner on friday' --data-dir ~/.sottovoce-alice",
+        func=cmd_topic, args=[ROOM, ("TOPIC", "the new topic")],
     )
     for promote in (True, False):
         subcommand(
             rs, "promote" if promote else "demote",
             help=f"make USER {'an admin' if promote else 'a plain member'} of ROOM "
                  "(admins only)",
-            description=("Admins may remove other members' devices and promote or "
-                         "demote. " if promote else
+            description=("Admins may remove other members' devices, rename the room, "
+                         "set its topic and promote or demote. " if promote else
                          "USER keeps its membership and loses the admin role. ")
                         + "Only an admin may change roles.",
             example=f"  sottovoce room {'promote' if promote else 'demote'} friends bob "

@@ -1,11 +1,11 @@
 """Room commands: `room create|invite|join|remove|send|audit|token|set|info|list|history`
-(`room call` and `room members|rename|promote|demote|leave` have their own modules).
+(`room call` and `room members|rename|topic|promote|demote|leave` have their own modules).
 
 Each command opens the account like the other client commands (``--data-dir``,
 ``--passphrase-file`` / ``$SOTTOVOCE_PASSPHRASE``), connects, catches up on
 everything the room missed, does its one thing and closes. ROOM is the room's
-name on this device (rooms share no name: the server would see it) or the room id
-(``room:`` + 32 hex digits) that ``room list`` shows.
+shared name, this device's own name for it, or the room id (``room:`` + 32 hex
+digits) that ``room list`` shows.
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def cmd_invite(args: argparse.Namespace) -> int:
         room = client.rooms.get(room_ref(args.room))
         result = await client.rooms.invite(room.room_id, args.user)
         if result is None:
-            return None, room.label
+            return None, client.rooms.name(room.room_id)
         # Inside the room's encryption: the invitee learns who invited it, and the name.
         await client.rooms.announce_invite(room.room_id, args.user)
-        return result.epoch, room.label
+        return result.epoch, client.rooms.name(room.room_id)
 
     epoch, label = with_client(args, work)
     user = render.safe(args.user)
@@ -226,12 +226,13 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> tuple[str, dict[str, Any]]:
+    async def work(client: Client) -> tuple[str, str, dict[str, Any]]:
         room = client.rooms.get(room_ref(args.room))
-        return room.label, await client.rooms.info(room.room_id)
+        state = await client.rooms.info(room.room_id)
+        return client.rooms.name(room.room_id), client.rooms.topic(room.room_id), state
 
-    label, state = with_client(args, work)
-    print("\n".join(render.room_info(label, state)))
+    name, topic, state = with_client(args, work)
+    print("\n".join(render.room_info(name, topic, state)))
     return 0
 
 
@@ -261,10 +262,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="rooms: group chats end-to-end encrypted with MLS",
         description=(
             "Rooms are MLS groups; the server orders commits and fans out one ciphertext per "
-            "message. ROOM is this device's name for the room (`room rename`), the same with "
-            "a '#' in front as `chat` takes it, or its id (room:…) as `room list` shows it. "
-            "The admins live in the room's MLS group context, which the server reads to "
-            "check commits against the room's rules; names never go there."
+            "message. ROOM is the room's shared name (`room rename`), this device's own name "
+            "for it, the same with a '#' in front as `chat` takes it, or its id (room:…) as "
+            "`room list` shows it. The shared name, topic and admins live in the room's MLS "
+            "group context, which the server reads to check commits against the room's "
+            "rules; the name and topic are there only sealed under a key members hold."
         ),
         example=(
             "  sottovoce room create friends && sottovoce room invite friends bob\n"
@@ -276,13 +278,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "create",
         help="make a room with you as its only member",
         description=(
-            "Make a new room with you as its only member and its admin. NAME is this "
-            "device's name for it; the server never sees it. Invitees first call the room "
-            "by the name of whoever invited them (told inside the room's encryption)."
+            "Make a new room with you as its only member and its admin. NAME becomes the "
+            "room's shared name: every member sees it, the server never (it is sealed "
+            "under a key only members hold)."
         ),
         example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
         func=cmd_create,
-        args=[("NAME", "this device's name for the room")],
+        args=[("NAME", "the room's shared name")],
     )
     subcommand(
         rs,
@@ -292,7 +294,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "Fetch one KeyPackage per device of USER, check each against USER's device "
             "certificates, and commit their addition; each device gets a Welcome. Then a "
             "notice inside the room's encryption tells the room that you invited USER, and "
-            "under which name: USER's devices show the room by that name."
+            "the room's shared name, whose key USER's devices are sent the same way."
         ),
         example="  sottovoce room invite friends bob --data-dir ~/.sottovoce-alice",
         func=cmd_invite,
@@ -443,8 +445,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "list",
         help="list this device's rooms",
         description=(
-            "Rooms on this device, one per line: this device's name for the room, its "
-            "id, epoch and members (rooms "
+            "Rooms on this device, one per line: the room's shared name (then, in [ ], "
+            "this device's own name for it when that differs), id, epoch, members and the "
+            "shared topic (rooms "
             "you left or were removed from are not listed). Connects first, so rooms you "
             "were invited to meanwhile are listed."
         ),

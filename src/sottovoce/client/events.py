@@ -166,10 +166,10 @@ class RoomJoined:
 class RoomInvited:
     """A member told us, inside the room's encryption, that it invited us.
 
-    ``name`` is the inviter's name for the room (rooms share no name: the server
-    would see it); ``label`` is the local name this device now uses for the room
-    (that name, unless another room here already has it); ``inviter`` is the
-    authenticated sender of the notice.
+    ``name`` is the room's shared name (the inviter's name for a room without
+    one, or while we lack the key of its names); ``label`` is the local name this
+    device now uses for the room (that name, unless another room here already has
+    it); ``inviter`` is the authenticated sender of the notice.
     """
 
     room_id: str

@@ -1,19 +1,22 @@
 """The invitation notice: who invited whom to which room, inside the room's encryption.
 
-The server never learns a room's name: it is a label each device keeps sealed
-in its local store. So that an invitee sees the room under the name its
-inviter gave it (and knows who invited it), the inviter sends, right after the
-commit that adds the invitee, one room application message whose payload has
-content type :data:`INVITE_CONTENT_TYPE` and this body (UTF-8 JSON)::
+The server never learns a room's name: the room's profile holds it sealed
+(client/rooms/names.py) and each device keeps its label for the room sealed in
+its local store. So that an invitee knows who invited it to which room, the
+inviter sends, right after the commit that adds the invitee (and the room's
+name key), one room application message whose payload has content type
+:data:`INVITE_CONTENT_TYPE` and this body (UTF-8 JSON)::
 
-    {"v": 1, "name": "<the inviter's name for the room>", "invited": "<username>"}
+    {"v": 1, "name": "<the room's shared name>", "invited": "<username>"}
 
 The outer ``sottovoce.room.send`` says ``contentType: "text"`` like any other
 message and the payload is padded to the same size buckets, so the relay
 cannot tell a notice from a message. The inviter is the MLS-authenticated
 sender of the message, never a field of the body. Every member stores the
-notice in the room's history; the invitee also takes the name as its local
-label when it has not named the room itself.
+notice in the room's history; the invitee also takes the name (the one the
+profile's name key opens, if it holds that key) as its local label when it has
+not named the room itself. A room without a shared name is named by the
+inviter's label for it.
 """
 
 from __future__ import annotations

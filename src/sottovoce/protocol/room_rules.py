@@ -2,10 +2,10 @@
 (docs/architecture.md §Rooms, "Room rules"; wire format in docs/protocol.md §Rooms).
 
 The profile is a GroupContext extension of a private-use type (RFC 9420 §13.4), so
-every member of an epoch sees the same admins, and the key schedule binds them. The
-server reads group contexts (commits, GroupInfo), so the profile carries nothing the
-server may not see: its name is always :data:`UNSHARED_NAME` and its topic empty
-(the wire format keeps both fields; a room's name is each device's own label).
+every member of an epoch sees the same admins, name and topic, and the key schedule
+binds them. The server reads group contexts (commits, GroupInfo), so the name and
+topic are there only sealed under a key it never holds (protocol/room_names.py): it
+sees that they changed and who changed them, never what they say.
 
 One rule function serves both sides: the delivery service calls it on
 the proposals :func:`sottovoce.mls.public.check_member_commit` found in a commit
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from sottovoce.codec.tls import Reader, Writer, decode
 from sottovoce.errors import DecodeError, RemoteError, UsageError
-from sottovoce.limits import MAX_ROOM_MEMBERS, MAX_ROOM_NAME_BYTES
+from sottovoce.limits import MAX_ROOM_MEMBERS
 from sottovoce.mls.common import Extension
 from sottovoce.mls.messages import (
     GroupContextExtensions,
@@ -42,12 +42,11 @@ from sottovoce.mls.messages import (
 )
 from sottovoce.mls.public import leaf_identity
 from sottovoce.protocol.fields import ID_RE
+from sottovoce.protocol.room_names import MAX_SEALED_NAMES_BYTES, SealedNames
 
 __all__ = [
-    "MAX_ROOM_TOPIC_BYTES",
     "PROFILE_VERSION",
     "ROOM_PROFILE_EXTENSION",
-    "UNSHARED_NAME",
     "Device",
     "RoomProfile",
     "RuleBroken",
@@ -62,12 +61,10 @@ __all__ = [
 #: The extension type of the profile: RFC 9420 §17.3 reserves 0xF000-0xFFFF for
 #: private use.
 ROOM_PROFILE_EXTENSION = 0xF5A1
-PROFILE_VERSION = 1
-MAX_ROOM_TOPIC_BYTES = 1024
-#: The name every profile we write carries. The real name is never put there: the
-#: delivery service reads the group context to check commits, so a name in it would be
-#: in clear on the server. The topic likewise stays empty.
-UNSHARED_NAME = "room"
+#: Version 2 seals the name and topic; version 1 (read, never written) had them in
+#: clear, where clients only ever wrote a placeholder name and no topic.
+PROFILE_VERSION = 2
+_V1_MAX_NAME_BYTES, _V1_MAX_TOPIC_BYTES = 200, 1024
 #: A user id or device id is at most this many bytes (protocol/fields.py's ID kind).
 _MAX_ID_BYTES = 128
 
@@ -90,49 +87,63 @@ def _text(raw: bytes, what: str, limit: int, *, empty: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RoomProfile:
-    """What every member (and the server) sees of a room: its admin usernames. ``name``
-    and ``topic`` stay on the wire for compatibility; we write :data:`UNSHARED_NAME` and
-    an empty topic."""
+    """What every member (and the server) sees of a room: its admin usernames, and its
+    name and topic sealed (``sealed``: an encoded
+    :class:`~sottovoce.protocol.room_names.SealedNames`, empty when the room shares no
+    name, as one made before sealed names)."""
 
-    name: str
-    topic: str = ""
     admins: tuple[str, ...] = ()
+    sealed: bytes = b""
 
     def __post_init__(self) -> None:
-        name, topic = self.name.encode("utf-8"), self.topic.encode("utf-8")
-        if not name or len(name) > MAX_ROOM_NAME_BYTES:
-            raise UsageError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes")
-        if len(topic) > MAX_ROOM_TOPIC_BYTES:
-            raise UsageError(f"a room topic is at most {MAX_ROOM_TOPIC_BYTES} bytes")
         if len(self.admins) > MAX_ROOM_MEMBERS or list(self.admins) != sorted(set(self.admins)):
             raise UsageError("room admins are sorted, distinct and at most one per member")
         for admin in self.admins:
             if len(admin) > _MAX_ID_BYTES or not ID_RE.fullmatch(admin) or "/" in admin:
                 raise UsageError("a room admin is a username")
+        if self.sealed:
+            try:
+                SealedNames.decode(self.sealed)
+            except DecodeError as exc:
+                raise UsageError(str(exc)) from None
+
+    @property
+    def names(self) -> SealedNames | None:
+        """The sealed name and topic, parsed (``None``: the room shares none)."""
+        return SealedNames.decode(self.sealed) if self.sealed else None
 
     def with_admins(self, admins: Iterable[str]) -> RoomProfile:
-        return RoomProfile(self.name, self.topic, tuple(sorted(set(admins))))
+        return RoomProfile(tuple(sorted(set(admins))), self.sealed)
+
+    def with_sealed(self, sealed: bytes) -> RoomProfile:
+        return RoomProfile(self.admins, sealed)
 
     def encode(self) -> bytes:
-        """``uint8 version; opaque name<V>; opaque topic<V>; opaque admins<V><V>``."""
+        """``uint8 version = 2; opaque sealed<V>; opaque admins<V><V>``."""
         w = Writer()
         w.u8(PROFILE_VERSION)
-        w.opaque_v(self.name.encode("utf-8"))
-        w.opaque_v(self.topic.encode("utf-8"))
+        w.opaque_v(self.sealed)
         w.vector_v([a.encode("ascii") for a in self.admins], Writer.opaque_v)
         return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> RoomProfile:
-        if r.u8() != PROFILE_VERSION:
+        version = r.u8()
+        if version == 1:  # name and topic in clear: only ever a placeholder, dropped
+            _text(r.opaque_v(), "name", _V1_MAX_NAME_BYTES, empty=False)
+            _text(r.opaque_v(), "topic", _V1_MAX_TOPIC_BYTES, empty=True)
+            sealed = b""
+        elif version == PROFILE_VERSION:
+            sealed = r.opaque_v()
+            if len(sealed) > MAX_SEALED_NAMES_BYTES:
+                raise DecodeError("the room's sealed names are too long")
+        else:
             raise DecodeError("unknown room profile version")
-        name = _text(r.opaque_v(), "name", MAX_ROOM_NAME_BYTES, empty=False)
-        topic = _text(r.opaque_v(), "topic", MAX_ROOM_TOPIC_BYTES, empty=True)
         admins = tuple(
             _text(a, "admin", _MAX_ID_BYTES, empty=False) for a in r.vector_v(Reader.opaque_v)
         )
         try:
-            return cls(name, topic, admins)
+            return cls(admins, sealed)
         except UsageError as exc:
             raise DecodeError(str(exc)) from None
 
@@ -238,6 +249,8 @@ def check_commit_rules(
             if after is None:
                 raise RuleBroken("a room's profile cannot be dropped")
             if after != profile and not is_admin(sender):
-                raise RuleBroken("only a room admin may rename a room or change its roles")
+                raise RuleBroken(
+                    "only a room admin may rename a room, set its topic or change its roles"
+                )
         if isinstance(proposal, ReInit) and not is_admin(sender):
             raise RuleBroken("only a room admin may reinitialise a room")

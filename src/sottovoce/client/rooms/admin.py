@@ -1,10 +1,11 @@
 """What a room's admins and members do to the room itself (docs/architecture.md §Rooms,
-"Room rules"): promote and demote, and leave.
+"Room rules"): rename it, set its topic, promote and demote, and leave.
 
-    promote / demote ──► one commit with a GroupContextExtensions proposal holding
-        the new profile (protocol/room_rules.py) ──► every member sees the same roles
-        from that epoch on; the profile names no room (UNSHARED_NAME, no topic: the
-        server reads it), and a change also clears a name an older profile carried
+    rename / topic / promote / demote ──► one commit with a GroupContextExtensions
+        proposal holding the new profile (protocol/room_rules.py) ──► every member
+        sees the same name, topic and roles from that epoch on; the name and topic
+        are sealed under a name key from this epoch's exporter (names.py), so the
+        server, which reads the profile, sees only that they changed
     a room made before profiles ──► each device, when it connects, self-updates where
         its leaf lacks the profile capability; the first profile change waits (a plain
         refusal naming who is behind) until every leaf lists it (RFC 9420 §12.1.7)
@@ -37,6 +38,7 @@ from sottovoce.client.rooms.book import RoomBook
 from sottovoce.client.rooms.membership import Membership, Plan
 from sottovoce.client.rooms.messages import RoomMessages
 from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, CommitResult, Room, device_of
+from sottovoce.client.rooms.names import derived_key, display_name, seal, shared_names, topic
 from sottovoce.client.rooms.rules import lacks_capabilities, not_upgraded, profile, roles
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.mls.group import Group
@@ -44,7 +46,8 @@ from sottovoce.mls.messages import Credential, GroupContextExtensions, Remove
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
-from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, with_profile
+from sottovoce.protocol.room_names import KEY_ID_BYTES, RoomNames
+from sottovoce.protocol.room_rules import RoomProfile, with_profile
 
 #: Proposals a leaving device sends, each after the epoch moved on without its removal.
 LEAVE_PROPOSALS = 3
@@ -76,28 +79,35 @@ class RoomAdmin:
         return encode_log_head(self._messages.log_head())
 
     async def change(
-        self, room: Room, change: Callable[[RoomProfile], RoomProfile]
+        self, room: Room, change: Callable[[RoomProfile, Group], RoomProfile],
+        what: str = "change roles",
     ) -> CommitResult | None:
         """Commit ``change`` of the room's profile (admins only; ``None``: no change)."""
         group = self._book.active(room)
-        if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
-            raise UsageError("only a room admin may change roles")
+        self._require_admin(room, what)
         if profile(room) is None:
             await self._upgrade(room, group)
 
         def build(group: Group) -> Plan | None:
-            current = profile(room) or RoomProfile(UNSHARED_NAME, "", (self._book.username,))
-            new = RoomProfile(UNSHARED_NAME, "", change(current).admins)
+            current = profile(room) or RoomProfile((self._book.username,))
+            new = change(current, group)
             if new == current:
                 return None
             extensions = with_profile(group.group_context.extensions, new)
+            # New names never share a commit with a member's pending removal: that
+            # member would process it in this epoch and derive the names' key.
             bundle = group.commit(
                 rng=secrets.token_bytes, now_ms=now_ms(), authenticated_data=self._head(),
                 proposals=[GroupContextExtensions(extensions=extensions)],
+                include_pending=new.sealed == current.sealed,
             )
             return Plan(bundle, (), ())
 
         return await self._membership.commit(room, build)
+
+    def _require_admin(self, room: Room, what: str) -> None:
+        if roles(room).get(self._book.username) != "admin" and profile(room) is not None:
+            raise UsageError(f"only a room admin may {what}")
 
     async def _upgrade(self, room: Room, group: Group) -> None:
         """A room made before room profiles: every leaf must list the profile extension
@@ -134,12 +144,42 @@ class RoomAdmin:
     async def promote(self, room: Room, username: str) -> CommitResult | None:
         if username not in roles(room):
             raise UsageError(f"'{username}' is not a member of this room")
-        return await self.change(room, lambda p: p.with_admins({*p.admins, username}))
+        return await self.change(room, lambda p, _: p.with_admins({*p.admins, username}))
 
     async def demote(self, room: Room, username: str) -> CommitResult | None:
         if username not in roles(room):
             raise UsageError(f"'{username}' is not a member of this room")
-        return await self.change(room, lambda p: p.with_admins(set(p.admins) - {username}))
+        return await self.change(room, lambda p, _: p.with_admins(set(p.admins) - {username}))
+
+    async def rename(self, room: Room, name: str) -> CommitResult | None:
+        """Commit a new shared name (admins only), keeping the topic."""
+        if shared_names(room) == RoomNames(name, topic(room)):
+            return None
+        return await self._set_names(room, lambda: RoomNames(name, topic(room)),
+                                     "rename the room")
+
+    async def set_topic(self, room: Room, text: str) -> CommitResult | None:
+        """Commit a new shared topic (admins only), keeping the name (this device's
+        label becomes the shared name of a room that had none)."""
+        if shared_names(room) == RoomNames(display_name(room), text):
+            return None
+        return await self._set_names(room, lambda: RoomNames(display_name(room), text),
+                                     "set the room's topic")
+
+    async def _set_names(
+        self, room: Room, names: Callable[[], RoomNames], what: str
+    ) -> CommitResult | None:
+        """Seal ``names()`` under a fresh name key of the epoch the commit is made in:
+        every member of that epoch derives it; one removed before cannot. Members'
+        pending proposals (a leaver's removal) are committed first, on their own."""
+        self._require_admin(room, what)
+        await self.commit_pending(room, spread=False)
+
+        def sealed(current: RoomProfile, group: Group) -> RoomProfile:
+            key = derived_key(group, secrets.token_bytes(KEY_ID_BYTES))
+            return current.with_sealed(seal(group.group_id, names(), key))
+
+        return await self.change(room, sealed, what)
 
     # --- leaving ------------------------------------------------------------------------
 

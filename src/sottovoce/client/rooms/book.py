@@ -29,6 +29,7 @@ from sottovoce.client.rooms.model import (
     identity_of,
     room_id_of,
 )
+from sottovoce.client.rooms.names import display_name, load_key
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES
 from sottovoce.client.rooms.tokens import TokenBook
 from sottovoce.client.store import Store
@@ -172,14 +173,18 @@ class RoomBook:
                 group=group,
                 last_seq=row.last_seq,
                 removed=row.removed,
+                name_key=load_key(self.store, row.room_id),
             )
 
     def get(self, ref: str) -> Room:
-        """A room by id or by this device's name for it (unambiguous)."""
+        """A room by id, by this device's name for it, or else by its shared name
+        (unambiguous)."""
         room = self.rooms.get(ref)
         if room is not None:
             return room
         matches = [self.rooms[r] for r in self.store.rooms_by_label(ref) if r in self.rooms]
+        if not matches:  # the shared name (client/rooms/names.py)
+            matches = [r for r in self.rooms.values() if display_name(r) == ref]
         live = [room for room in matches if not room.removed]
         if len(matches) == 1 or len(live) == 1:  # a room we were removed from yields its name
             return matches[0] if len(matches) == 1 else live[0]
@@ -237,6 +242,7 @@ class RoomBook:
             room.last_seq = row.last_seq
             room.removed = row.removed
             room.label = row.label  # an invitation notice may have renamed it
+            room.name_key = load_key(self.store, room_id)
             # Held frames were never acked: the resume after the rollback brings them again.
             room.catching_up, room.held_overflow = False, False
             room.held.clear()

@@ -150,6 +150,7 @@ class Joins:
         if old is not None:
             room.label = old.label
             room.lock = old.lock
+            room.name_key = old.name_key  # still opens the names if they did not change
         if not self._store.add_room(room.room_id, room.label):
             self._store.update_room(room.room_id, removed=False)
         self._book.rooms[room.room_id] = room

@@ -36,8 +36,9 @@ from sottovoce.client.rooms.model import (
     SyncedMark,
     device_of,
 )
+from sottovoce.client.rooms.names import display_name, topic
 from sottovoce.client.rooms.recovery import Recovery
-from sottovoce.client.rooms.rules import display_name, roles
+from sottovoce.client.rooms.rules import roles
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.store import Store, StoredMessage
 from sottovoce.crypto.sign import SigningKey
@@ -168,11 +169,24 @@ class RoomManager:
         for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
         return await self._membership.create_room(label)
 
-    # --- roles (the shared profile, protocol/room_rules.py) and leaving ---------------
+    # --- the shared profile (protocol/room_rules.py, names.py) and leaving ------------
 
     def name(self, ref: str) -> str:
-        """This device's name for the room (no name is shared: the server would see it)."""
+        """The room's shared name (this device's label for a room that shares none, or
+        until a member told us its name key)."""
         return display_name(self.get(ref))
+
+    def topic(self, ref: str) -> str:
+        return topic(self.get(ref))
+
+    async def rename_room(self, ref: str, name: str) -> CommitResult | None:
+        """Change the room's shared name (admins only): every member sees it, the
+        server only that it changed (``None``: it already had that name)."""
+        return await self._admin.rename(self.get(ref), name)
+
+    async def set_topic(self, ref: str, text: str) -> CommitResult | None:
+        """Change the room's shared topic (admins only), sealed like its name."""
+        return await self._admin.set_topic(self.get(ref), text)
 
     def roles(self, ref: str) -> dict[str, str]:
         """Username → ``admin`` / ``member``, for every member account."""
@@ -191,7 +205,8 @@ class RoomManager:
         return await self._admin.leave(self.get(ref))
 
     def rename(self, ref: str, label: str) -> None:
-        """Change this device's own name for the room; other members keep theirs."""
+        """Change this device's own name for the room (the shared one:
+        :meth:`rename_room`); other members keep theirs."""
         room = self.get(ref)
         with self._book.store.transaction():
             self._book.store.set_room_label(room.room_id, label)

@@ -58,6 +58,14 @@ from sottovoce.client.rooms.model import (
     member_refs,
     room_id_of,
 )
+from sottovoce.client.rooms.names import (
+    follow,
+    keep_key,
+    key_of_commit,
+    random_key,
+    seal,
+    shared_names,
+)
 from sottovoce.client.rooms.proposals import held
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged, lacks_capabilities
 from sottovoce.client.rooms.sync import RoomSync
@@ -70,7 +78,8 @@ from sottovoce.mls.group import CommitBundle, Group, StagedCommit
 from sottovoce.mls.messages import Credential
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
-from sottovoce.protocol.room_rules import UNSHARED_NAME, RoomProfile, profile_extension
+from sottovoce.protocol.room_names import NameKey, RoomNames
+from sottovoce.protocol.room_rules import RoomProfile, profile_extension
 from sottovoce.secret import Secret
 
 
@@ -156,15 +165,16 @@ class Membership:
             raise UsageError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes")
         group_id = secrets.token_bytes(GROUP_ID_BYTES)
         room_id = room_id_of(group_id)
+        key = random_key()
         group = Group.create(
             SUITE, credential=self._book.credential(), signing_key=self._book.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), group_id=group_id,
             config=self._book.group_config(room_id), capabilities=ROOM_CAPABILITIES,
-            # Its creator is its first admin; the label stays on this device (the server
-            # reads the group context, so the profile names no room: UNSHARED_NAME).
-            extensions=[
-                profile_extension(RoomProfile(UNSHARED_NAME, "", (self._book.username,)))
-            ],
+            # Its creator is its first admin; the label is its shared name, sealed under
+            # a random name key (the server reads the group context: names.py).
+            extensions=[profile_extension(
+                RoomProfile((self._book.username,), seal(group_id, RoomNames(label), key))
+            )],
         )
         await self._link.request(
             pr.RoomCreate(roomId=room_id, groupInfo=group.group_info()),
@@ -174,6 +184,7 @@ class Membership:
         room = Room(room_id=room_id, label=label, group=group)
         with self._store.transaction():
             self._store.add_room(room_id, label)
+            keep_key(self._store, room, key)
             self._book.persist(room)
         self._book.rooms[room_id] = room
         self._book.emit(RoomJoined(room_id=room_id, label=label, epoch=0))
@@ -202,7 +213,28 @@ class Membership:
         result = await self.commit(room, build)
         if result is not None:
             await self._share_current_token(room)
+            await self._share_name_key(room)
         return result
+
+    async def _share_name_key(self, room: Room) -> None:
+        """Members we added learn the key of the room's shared names (names.py). The
+        add itself succeeded: a failure here is reported, not raised."""
+        key = room.name_key
+        if key is None or shared_names(room) is None:
+            return
+        try:
+            await self._messages.send_name_key(room, key)
+        except (SottovoceError, UsageError) as exc:
+            self._report(exc, f"room {room.room_id}: new members not told its name: {exc}")
+
+    async def _share_name_key_soon(self, room: Room, epoch: int) -> None:
+        """A device joined by an external commit in ``epoch``: the first member to get
+        to it (spread, so usually one) sends it the name key."""
+        await asyncio.sleep(random.random() * 0.3)  # noqa: S311 - spread the herd
+        if room.name_key_sent >= epoch or room.removed:
+            return  # another member did, or the room moved on without us
+        room.name_key_sent = epoch
+        await self._share_name_key(room)
 
     async def _share_current_token(self, room: Room) -> None:
         """Members added by a Welcome learn the room's token (to check later joiners).
@@ -363,7 +395,10 @@ class Membership:
         if room.inflight != message_id or room.group is None:
             return
         room.inflight = None
+        pending, old = room.group.pending_commit, shared_names(room)
+        key = None if pending is None else key_of_commit(room.group, pending)
         staged = room.group.merge_pending_commit()
+        self._learn(room, key, old)
         # The position is not moved to our commit's serverSeq: frames before it
         # (messages of the old epoch) may still be queued; our own frame moves it.
         self._book.touched.add(room.room_id)
@@ -465,9 +500,17 @@ class Membership:
         if room.inflight is not None:
             # Our own commit for this epoch lost: the server will say commit_conflict.
             room.inflight = None
+        key, old = key_of_commit(group, staged), shared_names(room)
         group.merge_staged_commit(staged)
         if staged.self_removed:
             room.removed = True
+        else:
+            self._learn(room, key, old)
+        if staged.external and not staged.self_removed:
+            epoch = group.epoch
+            self._book.after.append(
+                lambda: self._book.spawn(self._share_name_key_soon(room, epoch))
+            )
         committer = device_of(processed.credential) or (frame.sender_user, frame.sender_device)
         change = changed(room, staged, committer[0], committer[1])
         if resync:
@@ -475,6 +518,19 @@ class Membership:
         elif staged.external:
             change = replace(change, added=(*change.added, f"{committer[0]}/{committer[1]}"))
         events.append(change)
+
+    def _learn(self, room: Room, key: NameKey | None, old: RoomNames | None) -> None:
+        """A merged commit sealed new names under ``key``: keep it, and let a label
+        that was the old name follow the new one (inside the batch transaction)."""
+        if key is None:
+            return
+        keep_key(self._store, room, key)
+
+        def taken(label: str) -> bool:
+            return any(r != room.room_id for r in self._store.rooms_by_label(label))
+
+        follow(self._store, room, old, taken)
+        self._book.touched.add(room.room_id)
 
     def check_declared(
         self,
@@ -571,5 +627,6 @@ class Membership:
             await asyncio.sleep(random.random() * 0.05)  # noqa: S311 - spread the herd
             if await self.commit(room, build) is not None:
                 await self._share_current_token(room)
+                await self._share_name_key(room)
         except (SottovoceError, UsageError) as exc:
             self._report(exc)

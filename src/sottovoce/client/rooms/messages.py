@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from sottovoce.client.control import CONTROL_TYPES, MARKER_TYPES, ControlHook, Incoming
@@ -45,6 +46,16 @@ from sottovoce.client.rooms.model import (
     RoomFrame,
     device_of,
 )
+from sottovoce.client.rooms.names import (
+    NAME_KEY_SHARED_TEXT,
+    display_name,
+    follow,
+    is_name_key_control,
+    name_key_control,
+    read_name_key_control,
+    shared_names,
+    take_shared_key,
+)
 from sottovoce.client.rooms.proposals import keep
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import TOKEN_SHARED_TEXT, read_token_control, token_control
@@ -56,6 +67,7 @@ from sottovoce.mls.proposals import QueuedProposal
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import ProtocolError
+from sottovoce.protocol.room_names import NameKey
 from sottovoce.secret import Secret
 
 #: A room-call signal (calls/room_signals.py): an MLS application message of the room
@@ -120,11 +132,13 @@ class RoomMessages:
         return await self._queue(room, content_type, text.encode("utf-8"), text)
 
     async def announce_invite(self, room: Room, username: str) -> str | None:
-        """Tell the room that we invited ``username``, under this device's name for the
-        room (:mod:`sottovoce.client.room_notice`); ``None`` if that name cannot be one."""
-        if not valid_room_name(room.label):
+        """Tell the room that we invited ``username``, under the room's shared name (this
+        device's label for a room without one; :mod:`sottovoce.client.room_notice`);
+        ``None`` if that name cannot be one."""
+        name = display_name(room)
+        if not valid_room_name(name):
             return None
-        notice = InviteNotice(name=room.label, invited=username).encode()
+        notice = InviteNotice(name=name, invited=username).encode()
         return await self._queue(room, INVITE_CONTENT_TYPE, notice, notice.decode("utf-8"))
 
     async def send_token(self, room: Room, token: Secret) -> str:
@@ -133,6 +147,12 @@ class RoomMessages:
         return await self._queue(
             room, "system", token_control(token), TOKEN_SHARED_TEXT, token=token
         )
+
+    async def send_name_key(self, room: Room, key: NameKey) -> str:
+        """Tell the room the key of its shared names (for the members that just joined;
+        the others ignore a key they hold). A control message, sealed like a token."""
+        room.name_key_sent = room.epoch
+        return await self._queue(room, "system", name_key_control(key), NAME_KEY_SHARED_TEXT)
 
     async def send_control(self, room: Room, content_type: str, body: bytes, text: str) -> str:
         """Queue a control message (client/control.py); ``text``: what history shows."""
@@ -326,7 +346,10 @@ class RoomMessages:
             expires, body = payload.expires_at_ms, payload.body
             if payload.kt_root and self.on_log_head is not None and sender != self._book.me:
                 self.on_log_head(frame.sender_user, payload.kt_size, payload.kt_root)
-            if content_type == "system":
+            if content_type == "system" and is_name_key_control(payload.body):
+                # The key of the room's shared names, sent to a member that joined.
+                text = self._take_name_key(room, read_name_key_control(payload.body))
+            elif content_type == "system":
                 # The room's join token, shared by the member that set it (only members
                 # see it): kept to check the PSK of the next external join.
                 self._book.tokens.remember(room.room_id, read_token_control(payload.body))
@@ -375,6 +398,18 @@ class RoomMessages:
             if notice is not None and notice.invited == self._book.username and not own:
                 self._take_invitation(room, notice, frame.sender_user, events)
 
+    def _take_name_key(self, room: Room, key: NameKey) -> str:
+        """Keep a name key that opens the room's names; a label that is still the room id
+        (a join by token) becomes the shared name."""
+        room.name_key_sent = room.epoch
+        if take_shared_key(self._store, room, key):
+            follow(self._store, room, None, partial(self._label_taken, room))
+            self._book.touched.add(room.room_id)
+        return NAME_KEY_SHARED_TEXT
+
+    def _label_taken(self, room: Room, label: str) -> bool:
+        return any(r != room.room_id for r in self._store.rooms_by_label(label))
+
     def _control(
         self, room: Room, frame: RoomFrame, payload: Payload, events: list[ClientEvent]
     ) -> str:
@@ -418,15 +453,12 @@ class RoomMessages:
     def _take_invitation(
         self, room: Room, notice: InviteNotice, inviter: str, events: list[ClientEvent]
     ) -> None:
-        """We were invited: name the room by the inviter's name for it (the notice,
-        encrypted to the room), unless we named it already."""
-        name = notice.name
+        """We were invited: name the room by its shared name (the notice's, encrypted to
+        the room, until we hold the name key), unless we named it already."""
+        shared = shared_names(room)
+        name = notice.name if shared is None else shared.name
         if room.label == room.room_id:
-
-            def taken(label: str) -> bool:
-                return any(r != room.room_id for r in self._store.rooms_by_label(label))
-
-            room.label = free_label(name, taken)
+            room.label = free_label(name, partial(self._label_taken, room))
             self._store.set_room_label(room.room_id, room.label)
             self._book.touched.add(room.room_id)
         events.append(

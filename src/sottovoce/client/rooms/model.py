@@ -21,6 +21,7 @@ from sottovoce.mls.messages import Credential
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.fields import Device as Device
 from sottovoce.protocol.fields import ProtocolError
+from sottovoce.protocol.room_names import NameKey
 from sottovoce.sframe.suites import CipherSuiteId
 
 #: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (RFC 9420 §17.1).
@@ -196,6 +197,10 @@ class Room:
     #: Devices the server announced revoked in this room (removeRequest notices): any
     #: member may remove them (protocol/room_rules.py).
     revoked_notices: set[Device] = field(default_factory=set)
+    #: The name key of the room's shared names (client/rooms/names.py), if we hold it.
+    name_key: NameKey | None = None
+    #: The epoch in which a member last sent the name key (a joiner's is sent once).
+    name_key_sent: int = -1
 
     @property
     def epoch(self) -> int:

@@ -67,12 +67,6 @@ def not_upgraded(group: Group) -> list[str]:
     return sorted({d[0] if d is not None else "?" for d in found})
 
 
-def display_name(room: Room) -> str:
-    """What a room is called: this device's label for it. The profile carries no name
-    (protocol/room_rules.py ``UNSHARED_NAME``: the server reads it)."""
-    return room.label
-
-
 def roles(room: Room) -> dict[str, str]:
     """Username → ``admin`` or ``member`` for every member account of the room."""
     p = profile(room)
