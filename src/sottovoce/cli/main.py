@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.kt_cmd",
     "sottovoce.cli.files_cmd",
     "sottovoce.cli.contacts_cmd",
+    "sottovoce.cli.app_cmd",
 )
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
@@ -65,6 +66,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "kt": ("sottovoce.cli.kt_cmd",),
     "save": ("sottovoce.cli.files_cmd",),
     **dict.fromkeys(("contacts", "requests"), ("sottovoce.cli.contacts_cmd",)),
+    "app": ("sottovoce.cli.app_cmd",),
 }
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
