@@ -208,6 +208,12 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             await expect_text(message(alice, CANARIES["cli_back"]), "✓")
             assert CANARIES["cli_back"] in cli(dirs["carol"], "history", "alice")
 
+            # The server goes away: the page says so while the SDK retries, then recovers.
+            server.stop()
+            await expect_text(alice.locator("#status"), "Server unreachable")
+            server.start()
+            await expect(alice.locator("#status")).to_have_text("", timeout=20_000)
+
             await expect_text(alice.locator("#conversations"), "# team")
             await shot(alice, "conversations")
             # At a phone's width one pane at a time: the chat, back to the list, a chat.

@@ -100,6 +100,9 @@ SKIP: dict[tuple[str, str], str] = {
         "needs pending requests from carol, dave and mallory; "
         "tests/integration/test_contacts_e2e.py::test_cli_contacts_and_requests runs "
         "requests, accept, decline and block",
+    ("docs/app.md", "sottovoce app --data-dir ~/.sottovoce-alice"):
+        "serves the page until stopped; the README runs app --check, and tests/browser/ "
+        "drives app --no-browser in Chromium",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

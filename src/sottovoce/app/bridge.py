@@ -202,7 +202,8 @@ class Bridge:
     def _ops(self) -> dict[str, Handler]:
         return {
             "status": self._op_status, "unlock": self._op_unlock, "list": self._op_list,
-            "search": self._op_search, "request": self._op_request, "open": self._op_open, "send": self._op_send,
+            "search": self._op_search, "request": self._op_request, "open": self._op_open,
+            "send": self._op_send,
             "edit": self._op_edit, "delete": self._op_delete, "react": self._op_react,
             "timer": self._op_timer, "typing": self._op_typing,
             "room_create": self._op_room_create, "room_invite": self._op_room_invite,
@@ -215,8 +216,10 @@ class Bridge:
         return self.status()
 
     async def _op_unlock(self, req: dict[str, Any]) -> Any:
+        """Unlocked: the status and the list at once (read before the connection's own
+        work gets the event loop), so the page draws the list without asking again."""
         await self.unlock(_str(req, "passphrase", limit=1024))
-        return self.status()
+        return {**self.status(), "list": await self._op_list(req)}
 
     async def _op_list(self, _: dict[str, Any]) -> Any:
         c = self._client()

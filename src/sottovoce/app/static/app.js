@@ -22,10 +22,11 @@ function status(s) {
   if (!s.unlocked) { $("status").textContent = ""; $("passphrase").focus(); return; }
   state.me = s.username;
   $("me").textContent = s.username;
+  // Until a first attempt failed the SDK is still connecting: no alarm for that.
   $("status").textContent = s.connected ? ""
-    : `Server unreachable${s.problem ? ` (${s.problem})` : ""}; retrying…`;
+    : s.problem ? `Server unreachable (${s.problem}); retrying…` : "Connecting…";
   if (!s.connected) setTimeout(() => rpc.call("status").then(status, () => {}), 3000);
-  refreshList();
+  if (s.list) drawList(s.list); else refreshList();
 }
 
 let pending = null;
