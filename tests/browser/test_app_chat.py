@@ -159,6 +159,11 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             mine = alice.locator("#messages li.mine", has_text=CANARIES["edited"])
             await expect_text(mine, "read")  # bob's read receipt
 
+            # A disappearing-messages timer set in one page shows in the other.
+            await alice.select_option("#timer", "1h")
+            await expect_text(bob.locator("#messages li.notice").last, "disappearing")
+            await expect(bob.locator("#timer")).to_have_value("1h", timeout=WAIT_MS)
+
             # A file by the picker, with a hostile name; bob gets it as an attachment only.
             await alice.set_input_files("#file", files=[{
                 "name": FILE_NAME, "mimeType": "text/html",

@@ -1,4 +1,4 @@
-"""`sottovoce app` refuses whoever is not the page it launched (docs/app.md §Security):
+"""`sottovoce app` refuses whoever is not the page it launched (docs/app.md §Security model):
 a request without the cookie, a second use of the launch token, a wrong Host, and a
 WebSocket from another Origin; and every answer carries the security headers."""
 

@@ -1,6 +1,6 @@
 """`sottovoce app`'s gate and bridge without a browser: the launch token is good once,
 only the app's own Host and Origin pass, every header the docs promise is there, and
-the page's requests are checked before they reach the SDK (docs/app.md §Security)."""
+the page's requests are checked before they reach the SDK (docs/app.md §Security model)."""
 
 from __future__ import annotations
 

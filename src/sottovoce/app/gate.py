@@ -1,4 +1,4 @@
-"""Who may talk to the app, and the headers every response carries (docs/app.md §Security).
+"""Who may talk to the app, and the headers every response carries (docs/app.md §Security model).
 
 Anything on the machine can reach a port on 127.0.0.1, and any web page the user
 visits can make the browser send requests to it. So:
