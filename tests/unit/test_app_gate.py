@@ -4,6 +4,7 @@ the page's requests are checked before they reach the SDK (docs/app.md §Securit
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,18 @@ async def test_requests_are_checked_and_errors_are_plain(tmp_path: Path) -> None
 @pytest.fixture(autouse=True)
 def _no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sottovoce.app.bridge._WRONG_PASSPHRASE_PAUSE_S", 0.0)
+
+
+def test_the_app_imports_the_sdk_but_not_the_server_or_the_cli() -> None:
+    root = Path(__file__).resolve().parents[2] / "src" / "sottovoce" / "app"
+    imported = set()
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+    assert any(m.startswith("sottovoce.client") for m in imported)
+    wrong = sorted(m for m in imported if m.split(".")[:2] in (
+        ["sottovoce", "server"], ["sottovoce", "cli"]))
+    assert wrong == []

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sottovoce.cli import render
+from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
 from sottovoce.client.conversations import file_of
-from sottovoce.client.file_body import FILE_CONTENT_TYPE
+from sottovoce.client.expiry import TIMER_CONTENT_TYPE, timer_notice
+from sottovoce.client.file_body import FILE_CONTENT_TYPE, is_opened
+from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
+from sottovoce.client.store import DeliveryStatus, StoredMessage
+from sottovoce.errors import DecodeError
 
 if TYPE_CHECKING:
     from sottovoce.client import Client
@@ -45,6 +49,26 @@ def message(client: Client, view: MessageView, *, room: bool) -> dict[str, Any]:
         out.update(kind="file", text="", file={"name": info.name, "size": info.size,
                                                "type": info.media_type})
         return out
-    line = render.message_line(m, client.username, room=room)
-    out.update(kind="notice", text=line.split(" ", 1)[1] if " " in line else line)
+    out.update(kind="notice", text=notice(m, client.username))
     return out
+
+
+def notice(m: StoredMessage, me: str) -> str:
+    """A line for what is not a text or a file: a timer, an invitation, a missed call."""
+    who = "you" if m.sender == me else m.sender
+    if m.status is DeliveryStatus.FAILED and not m.text:
+        return f"{who}: a message that could not be decrypted"
+    if m.content_type == TIMER_CONTENT_TYPE:
+        return timer_notice(who, m.text)
+    if m.content_type == INVITE_CONTENT_TYPE:
+        try:
+            invite = InviteNotice.decode(m.text.encode("utf-8"))
+        except (DecodeError, UnicodeEncodeError):
+            return "an invitation notice that could not be read"
+        invited = "you" if invite.invited == me else invite.invited
+        return f"{who} invited {invited} to '{invite.name}'"
+    if m.content_type == MISSED_CALL_CONTENT_TYPE:
+        return f"☎ {missed_call_line(m.text, outgoing=m.outgoing)}"
+    if m.content_type == FILE_CONTENT_TYPE and is_opened(m.text):
+        return f"{who}: a view-once file, opened (none of it kept)"
+    return f"{who}: a message of a kind this app does not show ({m.content_type})"
