@@ -152,8 +152,13 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
                 "button", name="Delete for everyone").click()
             await expect(message(bob, "onerror")).to_have_count(0, timeout=WAIT_MS)
             await expect_text(bob.locator("#messages"), "(deleted)")
-            await message(bob, CANARIES["edited"]).get_by_role(
-                "button", name="Reply to this message").click()
+            reply = message(bob, CANARIES["edited"]).get_by_role(
+                "button", name="Reply to this message")
+            await reply.click()
+            await bob.press("#text", "Escape")  # by keyboard: the reply is dropped
+            await expect(bob.locator("#composing")).to_be_hidden()
+            await reply.click()
+            await expect_text(bob.locator("#composing"), "Replying to")
             await send(bob, CANARIES["reply"])
             await expect_text(message(alice, CANARIES["reply"]), CANARIES["edited"])
             mine = alice.locator("#messages li.mine", has_text=CANARIES["edited"])

@@ -5,7 +5,8 @@ import { Rpc } from "./rpc.js";
 
 const REACTIONS = ["👍", "❤️", "😂"];
 const state = {
-  me: null, chat: null, composing: null, cache: new Map(), unlocked: false,
+  me: null, chat: null, composing: null, cache: new Map(), listCache: new Map(),
+  unlocked: false,
 };
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
@@ -68,16 +69,23 @@ function drawList({ conversations, requests }) {
     action("Decline", () => answer(user, "decline"), `Decline the request from ${user}`),
     action("Block", () => answer(user, "block"), `Block ${user}`))));
   show($("requests-box"), requests.length > 0);
+  const seen = new Map();
   const items = conversations.map((c) => {
-    const current = state.chat && state.chat.peer === c.peer;
+    const current = Boolean(state.chat && state.chat.peer === c.peer);
+    const key = JSON.stringify([c, current]);
+    const old = state.listCache.get(c.peer);
+    if (old && old.key === key) { seen.set(c.peer, old); return old.el; }
     const label = c.room ? `# ${c.label}` : c.label;
     const button = h("button", { type: "button", "aria-current": current ? "true" : null },
       h("span", {}, label),
       c.unread ? h("span", { class: "badge", "aria-label": `${c.unread} unread` },
         c.unread) : null);
     button.addEventListener("click", () => openChat(c.peer, c.room, c.label));
-    return h("li", {}, button);
+    const el = h("li", {}, button);
+    seen.set(c.peer, { key, el });  // unchanged rows stay the same nodes: focus stays put
+    return el;
   });
+  state.listCache = seen;
   reconcile($("conversations"), items);
   document.title = conversations.some((c) => c.unread) ? "sottovoce (new)" : "sottovoce";
 }
@@ -268,8 +276,13 @@ $("send-form").addEventListener("submit", (e) => {
   sent.then(refreshList);
 });
 
-// Enter sends, Shift+Enter is a new line.
+// Enter sends, Shift+Enter is a new line, Escape drops a reply or an edit.
 $("text").addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && state.composing) {
+    e.preventDefault();
+    $("composing-cancel").click();
+    return;
+  }
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     $("send-form").requestSubmit();
