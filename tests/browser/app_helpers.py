@@ -3,6 +3,7 @@ through Playwright (never a browser of Playwright's own), raw HTTP for the refus
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -40,6 +41,9 @@ class AppProcess:
     lines: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 20.0) -> AppProcess:
+        return self.spawn().wait_url(timeout)
+
+    def spawn(self) -> AppProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
@@ -48,6 +52,11 @@ class AppProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL,
         )
+        return self
+
+    def wait_url(self, timeout: float = 20.0) -> AppProcess:
+        """The URL the app prints (its first lines are read until it comes)."""
+        assert self.proc is not None
         assert self.proc.stdout is not None
         watchdog = threading.Timer(timeout, self.proc.kill)  # a hung start ends the read
         watchdog.start()
@@ -99,20 +108,22 @@ def websocket_headers(port: int, **extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def chromium(profile: Path) -> AsyncIterator[Any]:
-    """A persistent Chromium context with its profile in ``profile`` (scanned afterwards)."""
+async def chromium(*profiles: Path) -> AsyncIterator[list[Any]]:
+    """One persistent Chromium context per profile dir (scanned afterwards), started
+    together under one Playwright driver."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
+        contexts = await asyncio.gather(*(pw.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), headless=True,
             accept_downloads=True, args=["--no-sandbox", "--disable-gpu"],
             viewport={"width": 1100, "height": 760},
-        )
+        ) for profile in profiles))
         try:
-            yield context
+            yield list(contexts)
         finally:
-            await context.close()
+            for context in contexts:
+                await context.close()
 
 
 def files_holding(root: Path, needles: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 async def make_accounts(server: ServerProcess, root: Path, *names: str) -> dict[str, Path]:
     """Registered accounts (cheap Argon2: tests only), closed again: each app opens its own."""
-    for name in names:
+    async def make(name: str) -> None:
         client = await Client.create_account(server.url, name, root / name, PASSPHRASE,
                                              kdf=TEST_KDF)
         await client.close()
+
+    await asyncio.gather(*(make(name) for name in names))
     return {name: root / name for name in names}

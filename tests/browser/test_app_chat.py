@@ -96,16 +96,25 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def cli(account: Path, *args: str) -> str:
+def cli_start(account: Path, *args: str) -> subprocess.Popen[str]:
+    """A `sottovoce` command of the CLI account, running while the browsers go on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
     env["SOTTOVOCE_PASSPHRASE"] = PASSPHRASE
-    done = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "sottovoce", *args, "--data-dir", str(account)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+
+
+def cli_done(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out
+
+
+def cli(account: Path, *args: str) -> str:
+    return cli_done(cli_start(account, *args))
 
 
 async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_path: Path) -> None:
@@ -113,11 +122,13 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
     from playwright.async_api import expect
 
     dirs = await make_accounts(server, tmp_path, "alice", "bob", "carol")
-    apps = {n: AppProcess(dirs[n]).start() for n in ("alice", "bob")}
+    apps = {n: AppProcess(dirs[n]).spawn() for n in ("alice", "bob")}  # both start at once
+    for app in apps.values():
+        app.wait_url()
     watch = Watch()
     profiles = {n: tmp_path / f"profile-{n}" for n in apps}
     try:
-        async with chromium(profiles["alice"]) as ctx_a, chromium(profiles["bob"]) as ctx_b:
+        async with chromium(profiles["alice"], profiles["bob"]) as (ctx_a, ctx_b):
             alice = await open_app(ctx_a, apps["alice"], watch)
             bob = await open_app(ctx_b, apps["bob"], watch)
             await shot(alice, "unlock")
@@ -127,6 +138,7 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             await unlock(alice)
             await unlock(bob)
             await expect(alice.locator("#me")).to_have_text("alice", timeout=WAIT_MS)
+            carol_sends = cli_start(dirs["carol"], "send", "alice", CANARIES["cli"])
 
             # alice writes first; bob sees a request, accepts it and reads.
             await alice.fill("#new-chat", "bob")
@@ -210,7 +222,7 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             await shot(bob, "room")
 
             # A CLI account writes to alice's browser, and reads her answer.
-            cli(dirs["carol"], "send", "alice", CANARIES["cli"])
+            cli_done(carol_sends)  # started when alice unlocked
             await alice.get_by_role("button", name="Accept the request from carol").click()
             await alice.locator("#conversations button", has_text="carol").click()
             await expect_text(alice.locator("#messages"), CANARIES["cli"])
