@@ -133,3 +133,53 @@ def test_the_app_imports_the_sdk_but_not_the_server_or_the_cli() -> None:
     wrong = sorted(m for m in imported if m.split(".")[:2] in (
         ["sottovoce", "server"], ["sottovoce", "cli"]))
     assert wrong == []
+
+
+async def test_the_app_prints_its_url_and_opens_the_browser_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from sottovoce.app import run
+
+    opened: list[str] = []
+    lines: list[str] = []
+
+    def no_browser(url: str) -> bool:
+        opened.append(url)
+        return False
+
+    monkeypatch.setattr(run, "open_browser", no_browser)
+    task = asyncio.create_task(run.run_app(tmp_path, say=lines.append))
+    while not any("Ctrl-C" in line for line in lines):
+        await asyncio.sleep(0.01)
+    url = next(line.split(": ", 1)[1] for line in lines if line.startswith("open (once"))
+    assert url.startswith("http://127.0.0.1:") and "/launch?t=" in url
+    assert opened == [url]
+    assert "no browser to open here: open the URL above in one" in lines
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    lines.clear()
+    await run.run_app(tmp_path, check=True, browser=True, say=lines.append)
+    assert lines == [
+        "app check: ok (the launch gives a cookie, the page needs it, the page is served "
+        "with its CSP, a second launch is refused)"]
+    assert len(opened) == 1, "--check opens no browser"
+
+
+def test_a_wrong_port_or_a_missing_account_is_a_plain_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def app(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sottovoce", "app", "--check", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    for port in ("65536",):
+        done = app("--port", port, "--data-dir", str(tmp_path))
+        assert done.returncode == 2 and "invalid port value" in done.stderr, done.stderr
+    done = app("--data-dir", str(tmp_path / "nobody"))
+    assert done.returncode == 1 and "no account in" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from sottovoce.cli.options import Subparsers, subcommand
+from sottovoce.cli.options import ENV_HOME, Subparsers, subcommand
 from sottovoce.cli.session import data_dir, require_account
 
 
@@ -31,9 +31,21 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """An argparse type: 0 (a free port) to 65535 (argparse turns the ValueError into usage)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+_port.__name__ = "port"  # what argparse names in its message
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR", help="the account directory")
-    parser.add_argument("--port", type=int, default=0, metavar="PORT",
+    parser.add_argument("--data-dir", metavar="DIR", help=(
+        f"the account directory (default: ${ENV_HOME}, else {{user data dir}}/sottovoce/client)"))
+    parser.add_argument("--port", type=_port, default=0, metavar="PORT",
                         help="listen on this port of 127.0.0.1 (default: a free one)")
     parser.add_argument("--no-browser", action="store_true",
                         help="only print the URL; do not open a browser")
