@@ -11,6 +11,7 @@ any canary text. Screenshots of the main views go to tests/browser/artifacts/.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,10 +217,17 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             await expect_text(alice.locator("#members"), "bob — member")
             await expect_text(alice.locator("#members"), "alice (you) — admin")
             await send(alice, CANARIES["room"])
-            await bob.locator("#conversations button", has_text="# team").click()
+            team = bob.locator("#conversations button", has_text="# team")
+            await expect(team.locator(".badge")).to_have_attribute(
+                "aria-label", re.compile(r"^[1-9]\d* unread$"), timeout=WAIT_MS)
+            await team.click()
             await expect_text(bob.locator("#messages"), CANARIES["room"])
             await expect_text(bob.locator("#members"), "alice — admin")
+            await expect(team.locator(".badge")).to_have_count(0, timeout=WAIT_MS)
             await shot(bob, "room")
+            await bob.get_by_role("button", name="Leave room").click()
+            await expect(alice.locator("#members li")).to_have_count(1, timeout=WAIT_MS)
+            await expect_text(alice.locator("#members"), "alice (you) — admin")
 
             # A CLI account writes to alice's browser, and reads her answer.
             cli_done(carol_sends)  # started when alice unlocked
@@ -238,6 +246,18 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
 
             await expect_text(alice.locator("#conversations"), "# team")
             await shot(alice, "conversations")
+            await alice.fill("#search", "CANARY-cli-back")  # any case
+            await alice.press("#search", "Enter")
+            hit = alice.locator("#search-results button", has_text=CANARIES["cli_back"])
+            await hit.click()
+            await expect_text(alice.locator("#chat-title"), "carol")
+            # Light by default, dark where the system prefers it.
+            background = "getComputedStyle(document.body).backgroundColor"
+            assert await alice.evaluate(background) == "rgb(255, 255, 255)"
+            await alice.emulate_media(color_scheme="dark")
+            assert await alice.evaluate(background) == "rgb(22, 23, 26)"
+            await shot(alice, "chat-dark")
+            await alice.emulate_media(color_scheme="light")
             # At a phone's width one pane at a time: the chat, back to the list, a chat.
             await alice.set_viewport_size({"width": 390, "height": 800})
             await expect(alice.locator("#list-pane")).to_be_hidden()
