@@ -183,3 +183,13 @@ def test_a_wrong_port_or_a_missing_account_is_a_plain_error(tmp_path: Path) -> N
     done = app("--data-dir", str(tmp_path / "nobody"))
     assert done.returncode == 1 and "no account in" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_plaintext_a_crashed_run_left_of_a_file_being_sent_goes_at_start(
+    tmp_path: Path,
+) -> None:
+    left = tmp_path / "app-upload" / "0011223344556677" / "photo.jpg"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"plaintext")
+    Bridge(tmp_path)
+    assert not (tmp_path / "app-upload").exists()

@@ -86,6 +86,10 @@ class Bridge:
     _sockets: set[ServerConnection] = field(default_factory=set)
     _pump: asyncio.Task[None] | None = None
 
+    def __post_init__(self) -> None:
+        # What a run that did not close left of files being sent (plaintext) goes first.
+        shutil.rmtree(self._upload_dir, ignore_errors=True)
+
     def __repr__(self) -> str:
         return f"Bridge(unlocked={self.client is not None})"
 
