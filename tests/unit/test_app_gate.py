@@ -193,3 +193,13 @@ def test_plaintext_a_crashed_run_left_of_a_file_being_sent_goes_at_start(
     left.write_bytes(b"plaintext")
     Bridge(tmp_path)
     assert not (tmp_path / "app-upload").exists()
+
+
+def test_app_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.help_promises import assert_help_says
+
+    assert_help_says(["app", "--help"], [
+        "on 127.0.0.1 (a free port unless --port)",
+        "one-time launch token", "session cookie", "asks for the passphrase",
+        "Runs until Ctrl-C", "--check", "--no-browser",
+    ], capsys)
