@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: one real server on 127.0.0.1 and accounts on it."""
+"""Fixtures of the browser tests: one real server on 127.0.0.1 for all of them, and
+accounts on it (each test makes its own, under its own names)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.integration.serverproc import ServerProcess
 PASSPHRASE = "browser test passphrase"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("server")).start()
     try:

@@ -6,7 +6,7 @@ import { Rpc } from "./rpc.js";
 const REACTIONS = ["👍", "❤️", "😂"];
 const state = {
   me: null, chat: null, composing: null, cache: new Map(), listCache: new Map(),
-  unlocked: false,
+  unlocked: false, poll: null,
 };
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
@@ -26,7 +26,8 @@ function status(s) {
   // Until a first attempt failed the SDK is still connecting: no alarm for that.
   $("status").textContent = s.connected ? ""
     : s.problem ? `Server unreachable (${s.problem}); retrying…` : "Connecting…";
-  if (!s.connected) setTimeout(() => rpc.call("status").then(status, () => {}), 3000);
+  clearTimeout(state.poll);  // one poll at a time, however many notices came
+  if (!s.connected) state.poll = setTimeout(() => rpc.call("status").then(status, () => {}), 3000);
   if (s.list) drawList(s.list); else refreshList();
 }
 
