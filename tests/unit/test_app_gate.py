@@ -135,28 +135,53 @@ def test_the_app_imports_the_sdk_but_not_the_server_or_the_cli() -> None:
     assert wrong == []
 
 
-async def test_the_app_prints_its_url_and_opens_the_browser_once(
+async def test_the_app_prints_its_url_and_opens_the_browser_on_a_private_launcher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The browser is started on a file only this user can read (a command line is
+    visible to every user), which goes once the token is spent or the app stops."""
     import asyncio
+    import stat
 
     from sottovoce.app import run
 
     opened: list[str] = []
     lines: list[str] = []
+    answer = [True]
 
-    def no_browser(url: str) -> bool:
+    def browser(url: str) -> bool:
         opened.append(url)
-        return False
+        return answer[0]
 
-    monkeypatch.setattr(run, "open_browser", no_browser)
-    task = asyncio.create_task(run.run_app(tmp_path, say=lines.append))
-    while not any("Ctrl-C" in line for line in lines):
-        await asyncio.sleep(0.01)
-    url = next(line.split(": ", 1)[1] for line in lines if line.startswith("open (once"))
-    assert url.startswith("http://127.0.0.1:") and "/launch?t=" in url
-    assert opened == [url]
+    monkeypatch.setattr(run, "open_browser", browser)
+    launcher = tmp_path / run.LAUNCHER
+
+    async def started() -> tuple[asyncio.Task[None], str]:
+        lines.clear()
+        task = asyncio.create_task(run.run_app(tmp_path, say=lines.append))
+        while not any("Ctrl-C" in line for line in lines):
+            await asyncio.sleep(0.01)
+        url = next(line.split(": ", 1)[1] for line in lines if line.startswith("open (once"))
+        assert url.startswith("http://127.0.0.1:") and "/launch?t=" in url
+        return task, url
+
+    task, url = await started()
+    assert opened == [launcher.as_uri()]
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o600
+    assert f'content="0;url={url}"' in launcher.read_text()
+    assert url not in " ".join(opened)
+    port = int(url.split(":")[2].split("/")[0])
+    path = url.split(str(port), 1)[1]
+    launched = await asyncio.to_thread(run._get, port, path)
+    assert launched.status == 303 and not launcher.exists()  # spent: the launcher goes
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    answer[0] = False
+    task, url = await started()
     assert "no browser to open here: open the URL above in one" in lines
+    assert not launcher.exists()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -166,7 +191,7 @@ async def test_the_app_prints_its_url_and_opens_the_browser_once(
     assert lines == [
         "app check: ok (the launch gives a cookie, the page needs it, the page is served "
         "with its CSP, a second launch is refused)"]
-    assert len(opened) == 1, "--check opens no browser"
+    assert len(opened) == 2, "--check opens no browser"
 
 
 def test_a_wrong_port_or_a_missing_account_is_a_plain_error(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import os
 import signal
 import webbrowser
 from collections.abc import Callable
@@ -46,14 +47,42 @@ async def run_app(
             return
         say(f"sottovoce app for {data_dir} on http://127.0.0.1:{web.gate.port}/")
         say(f"open (once; it is spent on first use): {url}")
-        if browser and not await asyncio.to_thread(open_browser, url):
-            say("no browser to open here: open the URL above in one")
+        if browser:
+            launcher = write_launcher(data_dir, url)
+            web.after_launch = lambda: launcher.unlink(missing_ok=True)
+            if not await asyncio.to_thread(open_browser, launcher.as_uri()):
+                launcher.unlink(missing_ok=True)
+                say("no browser to open here: open the URL above in one")
         say("stop with Ctrl-C")
         await _until_stopped()
     finally:
         server.close()
         await server.wait_closed()
         await bridge.close()
+        (data_dir / LAUNCHER).unlink(missing_ok=True)
+
+
+#: The page the browser is opened on, in the account directory (mode 0600).
+LAUNCHER = "app-launch.html"
+
+
+def write_launcher(data_dir: Path, url: str) -> Path:
+    """A page only this user can read that sends the browser on to ``url``.
+
+    The browser is started with this file's path, not with the URL: a command
+    line is visible to every user of the machine (``ps``), and the first to use
+    the launch token gets the session. The file goes once the token is spent.
+    """
+    path = data_dir / LAUNCHER
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(
+            '<!doctype html><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="0;url={url}">'
+            f'<title>sottovoce</title><p><a href="{url}">Open sottovoce</a></p>\n'
+        )
+    return path
 
 
 async def _until_stopped() -> None:

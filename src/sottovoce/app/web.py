@@ -13,6 +13,7 @@ import http
 import importlib.resources
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -62,6 +63,8 @@ class WebApp:
     bridge: Bridge
     gate: Gate
     static: dict[str, tuple[bytes, str]] = field(default_factory=load_static)
+    #: Called once the launch token is spent (run.py removes the launcher file).
+    after_launch: Callable[[], None] = lambda: None
 
     def __repr__(self) -> str:
         return f"WebApp({self.gate!r})"
@@ -104,6 +107,7 @@ class WebApp:
         session = self.gate.launch(token)
         if session is None:
             return _refused(http.HTTPStatus.FORBIDDEN)
+        self.after_launch()
         return _response(http.HTTPStatus.SEE_OTHER, extra=(
             ("Location", "/"), ("Set-Cookie", cookie_header(session))))
 
