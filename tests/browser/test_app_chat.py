@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sottovoce.app.run import write_launcher
 from tests.browser.app_helpers import ARTIFACTS, AppProcess, chromium, files_holding, need_chromium
 from tests.browser.conftest import PASSPHRASE, make_accounts
 from tests.integration.serverproc import ServerProcess
@@ -64,10 +65,14 @@ class Watch:
         page.on("response", on_response)
 
 
-async def open_app(context: Any, app: AppProcess, watch: Watch) -> Any:
+async def open_app(context: Any, app: AppProcess, watch: Watch, launcher: Path | None = None,
+                   ) -> Any:
+    """The page, from the launch URL or (``launcher``) from the file the app starts a
+    browser on; either way it ends on the clean URL."""
     page = await context.new_page()
     watch.attach(page, app.origin)
-    await page.goto(app.url)
+    await page.goto(app.url if launcher is None else write_launcher(launcher, app.url).as_uri())
+    await page.wait_for_url(app.origin + "/")
     assert page.url == app.origin + "/", "the launch URL is replaced by a clean one"
     return page
 
@@ -130,7 +135,8 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
     profiles = {n: tmp_path / f"profile-{n}" for n in apps}
     try:
         async with chromium(profiles["alice"], profiles["bob"]) as (ctx_a, ctx_b):
-            alice = await open_app(ctx_a, apps["alice"], watch)
+            (tmp_path / "launcher").mkdir()
+            alice = await open_app(ctx_a, apps["alice"], watch, tmp_path / "launcher")
             bob = await open_app(ctx_b, apps["bob"], watch)
             await shot(alice, "unlock")
             await unlock(alice, "not the passphrase")

@@ -4,8 +4,8 @@ Anything on the machine can reach a port on 127.0.0.1, and any web page the user
 visits can make the browser send requests to it. So:
 
 * the URL the command prints carries a **launch token**, good once: the first
-  request with it gets a session cookie (HttpOnly, SameSite=Strict) and a redirect
-  to a URL without it, so the token left in the history or on the screen opens nothing;
+  request with it gets a session cookie (HttpOnly, SameSite=Strict) and a page that
+  moves on to a URL without it, so the token left in the history or on the screen opens nothing;
 * every request needs that cookie and an exact ``Host`` (``127.0.0.1:PORT`` or
   ``localhost:PORT``): a DNS-rebinding page has another Host;
 * the WebSocket also needs an ``Origin`` of the app itself: a page elsewhere that

@@ -115,7 +115,7 @@ def self_check(gate: Gate) -> str:
     cookie = (launched.getheader("Set-Cookie") or "").partition(";")[0].partition("=")[2]
     page = _get(gate.port, "/", cookie)
     checks = {
-        "the launch gives a cookie": launched.status == 303 and bool(cookie),
+        "the launch gives a cookie": launched.status == 200 and bool(cookie),
         "the page needs it": _get(gate.port, "/").status == 401,
         "the page is served with its CSP": page.status == 200
         and "frame-ancestors 'none'" in (page.getheader("Content-Security-Policy") or ""),

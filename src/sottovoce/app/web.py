@@ -32,6 +32,11 @@ STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
 }
+#: What the launch answers: on to the page, without the token in the address bar.
+LAUNCHED_PAGE = (
+    b'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=/">'
+    b'<title>sottovoce</title><p><a href="/">Open sottovoce</a></p>\n'
+)
 _STATIC_NAME = re.compile(r"[a-z][a-z0-9_-]*\.(?:js|css|svg)")
 _FILE_PATH = re.compile(r"/file/([A-Za-z0-9_-]{8,128})")
 
@@ -108,8 +113,11 @@ class WebApp:
         if session is None:
             return _refused(http.HTTPStatus.FORBIDDEN)
         self.after_launch()
-        return _response(http.HTTPStatus.SEE_OTHER, extra=(
-            ("Location", "/"), ("Set-Cookie", cookie_header(session))))
+        # Not a redirect: a navigation that started on another site (the launcher file,
+        # another program) would carry on without the SameSite=Strict cookie; a refresh
+        # from this page is same-site, so the cookie goes with it.
+        return _response(http.HTTPStatus.OK, LAUNCHED_PAGE, STATIC_TYPES[".html"], extra=(
+            ("Set-Cookie", cookie_header(session)),))
 
     def _static(self, name: str) -> Response:
         if name != "index.html" and _STATIC_NAME.fullmatch(name) is None:
