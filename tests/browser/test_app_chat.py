@@ -234,6 +234,14 @@ async def test_two_browsers_and_a_cli_account_chat(server: ServerProcess, tmp_pa
             await bob.get_by_role("button", name="Leave room").click()
             await expect(alice.locator("#members li")).to_have_count(1, timeout=WAIT_MS)
             await expect_text(alice.locator("#members"), "alice (you) — admin")
+            await team.click()  # a room left keeps its history here, without members
+            await expect_text(bob.locator("#messages"), CANARIES["room"])
+            await expect(bob.locator("#members li")).to_have_count(0)
+            await expect(bob.locator("#chat-error")).to_have_text("")
+            await team.click()  # a room left keeps its history here, without members
+            await expect_text(bob.locator("#messages"), CANARIES["room"])
+            await expect(bob.locator("#members li")).to_have_count(0)
+            await expect(bob.locator("#chat-error")).to_have_text("")
 
             # A CLI account writes to alice's browser, and reads her answer.
             cli_done(carol_sends)  # started when alice unlocked

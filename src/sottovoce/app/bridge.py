@@ -278,8 +278,9 @@ class Bridge:
             "timer": timer.seconds if timer is not None else 0,
         }
         if room:
-            r = c.rooms.get(peer)
-            out["label"], out["members"] = r.label, sorted(c.rooms.roles(peer).items())
+            r = c.rooms.get(peer)  # a room this device left keeps its history, no members
+            out["label"] = r.label
+            out["members"] = [] if r.removed else sorted(c.rooms.roles(peer).items())
         return out
 
     async def _op_send(self, req: dict[str, Any]) -> Any:
@@ -337,7 +338,7 @@ class Bridge:
     # --- files ----------------------------------------------------------------------
 
     async def _upload_begin(self, req: dict[str, Any], upload: dict[str, _Upload]) -> Any:
-        c, peer, room = self._chat(req)
+        _, peer, room = self._chat(req)
         try:
             name = valid_name(req.get("name"))
         except DecodeError:
@@ -353,7 +354,6 @@ class Bridge:
         folder.mkdir(mode=0o700)
         path = folder / name
         upload["current"] = _Upload(path, size, peer, room, handle=path.open("wb"))
-        del c
         return {"piece": UPLOAD_PIECE}
 
     async def _piece(self, ws: ServerConnection, upload: dict[str, _Upload], data: bytes) -> None:
