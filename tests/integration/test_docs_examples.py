@@ -103,6 +103,9 @@ SKIP: dict[tuple[str, str], str] = {
     ("README.md", ".venv/bin/sottovoce chat bob --ephemeral --data-dir ~/.sottovoce-alice"):
         "two terminals chatting and a third that panics while they do; "
         "tests/integration/test_ephemeral_cli.py runs chat --ephemeral on both sides and panic",
+    ("docs/app.md", "sottovoce app --data-dir ~/.sottovoce-alice"):
+        "serves the page until stopped; the README runs app --check, and tests/browser/ "
+        "drives app --no-browser in Chromium",
     ("README.md", ".venv/bin/python bench/pairwise.py"):
         "benchmarks take minutes of full load; BENCHMARKS.md has their figures",
     ("README.md",

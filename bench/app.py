@@ -1,0 +1,148 @@
+"""`sottovoce app`: how long from pressing Enter on the passphrase to the drawn list.
+
+    python bench/app.py [--rounds R] [--peers N] [--kdf default|test]
+
+Set-up (not timed): a server on 127.0.0.1, one account with N conversations (one
+message from each of N peers, accepted as contacts), made with the store's default
+Argon2id parameters (``--kdf test``: the tests' cheap ones).
+
+Each round, for a fresh `sottovoce app --no-browser` process and a fresh headless
+Chromium profile (Debian's /usr/bin/chromium through Playwright):
+
+* page:      goto the launch URL -> the unlock form shown (the launch redirect,
+             the page and its modules over loopback);
+* unlock:    Enter pressed on the passphrase -> every one of the N conversations
+             drawn in the list (the store opened with the passphrase, the SDK
+             started, the list read and sent, the DOM built) -- the target figure;
+* baseline:  the same work in one Python process without a browser or the app:
+             ``Client.load`` (in a thread, as the app does), ``connect(wait=False)``
+             and ``conversations.all()``, then close -- the floor the page adds to.
+
+Wall-clock times (perf_counter) per round; the figures are the medians over
+rounds, and the ratio is the median of each round's unlock / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser.app_helpers import CHROMIUM, AppProcess  # noqa: E402
+from tests.integration.serverproc import ServerProcess  # noqa: E402
+
+from sottovoce.client import Client  # noqa: E402
+from sottovoce.client.store import TEST_KDF  # noqa: E402
+
+PASSPHRASE = "bench app passphrase 7"
+
+
+async def make(server: ServerProcess, root: Path, peers: int, kdf: str) -> Path:
+    params = {"kdf": TEST_KDF} if kdf == "test" else {}
+    me = await Client.create_account(server.url, "reader", root / "reader", PASSPHRASE, **params)
+    try:
+        for i in range(peers):
+            peer = await Client.create_account(server.url, f"peer{i}", root / f"peer{i}",
+                                               PASSPHRASE, kdf=TEST_KDF)
+            await peer.send_text("reader", f"hello {i}")
+            await peer.drain_outbox(10)
+            await peer.close()
+        deadline = time.monotonic() + 30
+        while len(me.contacts.requests()) < peers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for name in me.contacts.requests():
+            await me.contacts.accept(name)
+        if len(me.conversations.all()) != peers:
+            raise SystemExit(f"set-up: {len(me.conversations.all())} of {peers} conversations")
+    finally:
+        await me.close()
+    return root / "reader"
+
+
+async def baseline(account: Path, peers: int) -> float:
+    start = time.perf_counter()
+    client = await asyncio.to_thread(Client.load, account, PASSPHRASE)
+    await client.connect(wait=False)
+    listed = client.conversations.all()
+    took = time.perf_counter() - start
+    await client.close()
+    assert len(listed) == peers
+    return took
+
+
+async def browser_round(account: Path, peers: int, pw: object) -> tuple[float, float]:
+    app = AppProcess(account).start()
+    profile = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    try:
+        context = await pw.chromium.launch_persistent_context(  # type: ignore[attr-defined]
+            str(profile), executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu"])
+        page = await context.new_page()
+        start = time.perf_counter()
+        await page.goto(app.url)
+        await page.wait_for_selector("#passphrase", state="visible")
+        page_s = time.perf_counter() - start
+        await page.fill("#passphrase", PASSPHRASE)
+        start = time.perf_counter()
+        await page.press("#passphrase", "Enter")
+        # (a string predicate would be eval, which the page's CSP refuses)
+        await page.locator("#conversations li").nth(peers - 1).wait_for(timeout=60_000)
+        unlock_s = time.perf_counter() - start
+        await context.close()
+        return page_s, unlock_s
+    finally:
+        app.stop()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def main(rounds: int, peers: int, kdf: str) -> None:
+    from playwright.async_api import async_playwright
+
+    print(__doc__.split("\n\n", 2)[2].rstrip())
+    print(f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, playwright {metadata.version('playwright')}, "
+          f"load average {os.getloadavg()[0]:.2f}; {rounds} rounds, {peers} conversations, "
+          f"KDF {kdf}")
+    root = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    server = ServerProcess(root / "server").start()
+    try:
+        account = await make(server, root, peers, kdf)
+        pages, unlocks, bases, ratios = [], [], [], []
+        async with async_playwright() as pw:
+            for _ in range(rounds):
+                base = await baseline(account, peers)
+                page_s, unlock_s = await browser_round(account, peers, pw)
+                pages.append(page_s)
+                unlocks.append(unlock_s)
+                bases.append(base)
+                ratios.append(unlock_s / base)
+        ms = lambda xs: f"{statistics.median(xs) * 1000:7.1f} ms"  # noqa: E731
+        print(f"page (launch -> unlock form):       {ms(pages)}")
+        print(f"unlock -> list drawn (target):      {ms(unlocks)}")
+        print(f"baseline (SDK open + list, no UI):  {ms(bases)}")
+        print(f"unlock / baseline:                  {statistics.median(ratios):7.2f} x")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peers", type=int, default=20)
+    parser.add_argument("--kdf", choices=("default", "test"), default="default")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
+    asyncio.run(main(args.rounds, args.peers, args.kdf))
