@@ -358,6 +358,19 @@ def label(
     return beta, pi
 
 
+def store_labels(found: list[tuple[str, bytes, bytes]]) -> Txn[None]:
+    """Keep (username, VRF output, proof) computed ahead, in bulk (a bulk load computes
+    a million of them in a process pool): :func:`fold` then reads them like any stored
+    label. A name already labelled keeps its row (a name's label never changes)."""
+    for i in range(0, len(found), _BULK_ROWS):
+        yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?) "
+                   "ON CONFLICT DO NOTHING", sorted(found[i:i + _BULK_ROWS]))
+
+
+#: Rows per statement of :func:`store_labels`.
+_BULK_ROWS = 65_536
+
+
 class _Sized(dict[int, bytes]):
     """The leaves a proof reads, reporting the tree's size as its length (KTLog sizes
     its log by ``len(leaves)``)."""
@@ -643,14 +656,16 @@ def fold(writer: KTWriter, limit: int) -> Txn[list[LogLeaf]]:
         yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)", new_labels)
     keys = {u: map_key(labels[u][0]) for u in users}
     unique = list(dict.fromkeys(keys.values()))
-    latest = yield from _latest_records(unique, size)
+    latest = (yield from _latest_records(unique, size)) if size else {}
     sizes = {k: r.version + 1 for k, r in latest.items()}
     states = {k: r.state for k, r in latest.items()}
     nodes = yield from log_nodes(root_nodes(size))
     border = tuple(nodes[x] for x in root_nodes(size))
     cache = writer.cache
     cache.check(size, border)
-    paths = yield from _map_paths(unique, size, cache)
+    # An empty log has an empty map and no versions: nothing to read (a bulk load's
+    # first fold).
+    paths = (yield from _map_paths(unique, size, cache)) if size else {k: {} for k in unique}
     # The map's nodes in a plain dict (the hot loop reads it ~40 times per change);
     # what changed is found by comparing with what was read.
     work: dict[NodeId, bytes] = {}
