@@ -403,6 +403,19 @@ async def test_labels_stored_in_bulk_are_folded_and_paths_read_in_small_steps_ar
         for _ in range(2):
             assert await store._read_op(kt_tables._map_paths, keys, size, cache) == whole
         assert cache.tops and all(n[0] <= 3 for n in cache.nodes)
+        # Answers built on proofs' shared tops (at depth 1 here) are those built without.
+        from sottovoce.kt import map as kt_map
+        from sottovoce.kt import prover
+
+        monkeypatch.setattr(kt_map, "PROOF_TOP", 1)
+        leaf, nodes = await store.kt_log_part(size, 0, None)
+        assert leaf is not None
+        part = prover.log_proof(b"a checkpoint", size, 0, leaf, nodes)
+        asks = [(a.user, False, part) for a in accounts] + [("nobody", False, part)]
+        alone = [(await store.kt_answers([ask], size, None))[0] for ask in asks]
+        for _ in range(2):
+            assert await store.kt_answers(asks, size, cache) == alone
+        assert len(cache.proofs) == 2
         for a in accounts[:8]:
             await store.add_device(a.user, "d2", a.cert("d2"), NOW)
             await store.kt_fold(3)

@@ -45,6 +45,7 @@ from sottovoce.kt.map import (
     Directory,
     LogLeaf,
     Overlay,
+    ProofTops,
     VersionRecord,
     map_key,
 )
@@ -108,7 +109,7 @@ class AppendCache:
     back, makes it start over (equal borders mean equal logs, hence equal leaves and
     map roots). ``None`` records a node known to be absent."""
 
-    __slots__ = ("border", "labels", "leaf", "log", "nodes", "size", "tops")
+    __slots__ = ("border", "labels", "leaf", "log", "nodes", "proofs", "size", "tops")
 
     def __init__(self, size: int = -1) -> None:
         self.size = size
@@ -122,18 +123,22 @@ class AppendCache:
         #: What :func:`_cached_path` found of the paths through each node at depth
         #: TOP_DEPTH (a path's first depths are shared by thousands of keys).
         self.tops: dict[int, tuple[tuple[tuple[NodeId, bytes], ...], int]] = {}
+        #: What lookups' map proofs at ``size`` share (kt/map.py ``SparseMap.prove``).
+        self.proofs: ProofTops = {}
 
     def check(self, size: int, border: tuple[bytes, ...]) -> None:
         if size != self.size or border != self.border:
             self.size, self.border = size, border
             self.nodes.clear()
             self.tops.clear()
+            self.proofs.clear()
 
     def advance(self, size: int, border: tuple[bytes, ...],
                 writes: dict[NodeId, bytes]) -> None:
         self.size, self.border = size, border
         self.nodes.update((n, r) for n, r in writes.items() if n[0] <= CACHE_DEPTH)
         self.tops.clear()
+        self.proofs.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,9 +478,10 @@ def answers(
     size ``size``, each built on its log proof: read as :func:`snapshots` reads, built
     where they are read (no hand-off of the rows between threads)."""
     found = yield from snapshots(vrf, [(u, h) for u, h, _ in asks], size, cache)
+    tops = cache.proofs if cache is not None and cache.size == size else None
     out = []
     for (user, history, part), stores in zip(asks, found, strict=True):
-        entry, key = entry_proof(part, stores, user)
+        entry, key = entry_proof(part, stores, user, tops)
         resp = (history_response(entry, key, stores) if history
                 else lookup_response(entry, key, stores))
         out.append(resp.encode())
