@@ -101,7 +101,11 @@ def main() -> None:
     ap.add_argument("--quick-load", action="store_true",
                     help="with --sqlite: bulk accounts share account keys, and only the "
                          "names looked up get real VRF labels (random ones for the others)")
+    ap.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.generator:
+        _generator()
+        return
     if args.sqlite:
         asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed, args.workers,
                                  args.keep, args.quick_load))
@@ -355,68 +359,123 @@ async def _load_and_register(plain: Any, st: Any, kt: Any, tmp: Any, n: int, tim
 
 
 async def _lookups(st: Any, kt: Any, n: int, lookups: int) -> None:
-    """Lookups answered as the server answers them, each name the first time at the
-    served checkpoint, and each answer verified (module docstring)."""
+    """Lookups answered as the server answers them, asked by a load generator in
+    another process, each name the first time at the served checkpoint, and each
+    answer verified there as a client verifies it (module docstring)."""
+    # Four sets of names, each asked for the first time at this checkpoint (what
+    # earlier lookups warmed -- upper map nodes, log proofs -- is shared, as on a
+    # server answering many names); then the third set again.
+    picks = [f"user{i:07d}" for i in _picks(n, lookups)]
+    sets = [picks[i::4] for i in range(4)]
+    plan = [(names, at_once) for names, at_once in zip(sets, (8, 1, 8, 64), strict=True)]
+    plan.append((sets[2], 8))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: a name a line in, each answer's bytes out (length first)."""
+        try:
+            while line := await reader.readline():
+                data = await kt._answer(line.decode().strip(), 0, history=False)
+                writer.write(len(data).to_bytes(4, "big") + data)
+        finally:
+            writer.close()
+
+    import json
+    import sys
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--generator", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, limit=1 << 26)
+    assert gen.stdin is not None and gen.stdout is not None
+    gen.stdin.write(json.dumps({"port": server.sockets[0].getsockname()[1], "plan": plan,
+                                "keys": kt.keys(), "vrf_key": kt.vrf.public.hex()}).encode()
+                    + b"\n")
+    await gen.stdin.drain()
+    figures = []
+    for names, at_once in plan:
+        assert json.loads(await gen.stdout.readline()) == "start"
+        c = time.process_time()
+        wall = json.loads(await gen.stdout.readline())
+        cpu = time.process_time() - c
+        figures.append(f"{len(names) / wall:,.0f}/s {at_once} at once "
+                       f"({cpu / len(names) * 1e6:.0f} us CPU each)")
+    found = json.loads(await gen.stdout.readline())
+    await gen.wait()
+    server.close()
+    assert gen.returncode == 0 and found["again_same"]
+    sizes, verify, again = found["sizes"], found["verify"], found["again"]
+    print("lookups with proofs served (the load generator in another process, a TCP "
+          "connection on 127.0.0.1 per lookup in flight), each name the first time at "
+          f"this checkpoint: the first {len(sets[0]):,} names (nothing of the checkpoint "
+          f"read yet) {figures[0]}; then {', '.join(figures[1:4])}; server CPU only")
+    print(f"  response median {statistics.median(sizes):.0f} B, max {max(sizes)} B; all "
+          f"{len(sizes):,} verify, client verification median "
+          f"{statistics.median(verify) * 1e3:.3f} ms, p99 "
+          f"{_percentile(verify, 0.99) * 1e3:.3f} ms (the checkpoint's signatures checked "
+          f"once; each name's VRF proof the first time); the first {len(again):,} names "
+          f"again (VRF proof checked before): median {statistics.median(again) * 1e3:.3f} "
+          f"ms, p99 {_percentile(again, 0.99) * 1e3:.3f} ms")
+    print(f"lookups of the same names again at this checkpoint: {figures[4]}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _generator() -> None:
+    """The load generator (its own process, ``--generator``): the server's port, the
+    plan and the keys as one JSON line on stdin; figures as JSON lines on stdout."""
+    import json
+    import sys
+
+    job = json.loads(sys.stdin.readline())
+
+    def send(obj: Any) -> None:
+        print(json.dumps(obj), flush=True)
+
+    asyncio.run(_generate(job["port"], job["plan"], send, job["keys"],
+                          bytes.fromhex(job["vrf_key"])))
+
+
+async def _generate(port: int, plan: list[tuple[list[str], int]], send: Any,
+                    keys: dict[str, Any], vrf_key: bytes) -> None:
+    """Ask each set of names over ``at_once`` connections, telling the server side when
+    each set starts and how long it took; then verify every answer as a client does."""
     from sottovoce.kt.checkpoint import NoteKey
     from sottovoce.kt.verify import LookupResponse
 
+    got: list[list[bytes]] = []
+    for names, at_once in plan:
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(at_once)]
+        todo = iter(enumerate(names))
+        answers: list[bytes] = [b""] * len(names)
 
-    keys = kt.keys()
-    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
+        async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      todo: Any = todo, answers: list[bytes] = answers) -> None:
+            for i, name in todo:
+                writer.write(name.encode() + b"\n")
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                answers[i] = await reader.readexactly(size)
+
+        send("start")
+        t = time.perf_counter()
+        await asyncio.gather(*(ask(r, w) for r, w in conns))
+        send(time.perf_counter() - t)
+        for _, w in conns:
+            w.close()
+        got.append(answers)
+    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=vrf_key,
                       witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
-    # Four sets of names, each asked for the first time at this checkpoint (what
-    # earlier lookups warmed -- upper map nodes, log proofs -- is shared, as on a
-    # server answering many names).
-    picks = [f"user{i:07d}" for i in _picks(n, lookups)]
-    sets = [picks[i::4] for i in range(4)]
-
-    async def run(names: list[str], at_once: int) -> tuple[list[bytes], float, float]:
-        sem = asyncio.Semaphore(at_once)
-
-        async def answer(name: str) -> bytes:
-            async with sem:
-                return await kt._answer(name, 0, history=False)
-
-        t, c = time.perf_counter(), time.process_time()
-        got = await asyncio.gather(*(answer(u) for u in names))
-        return got, time.perf_counter() - t, time.process_time() - c
-
-    figures = []
-    answers: list[bytes] = []
-    for names, at_once in zip(sets, (8, 1, 8, 64), strict=True):
-        got, wall, cpu = await run(names, at_once)
-        figures.append(f"{len(names) / wall:,.0f}/s {at_once} at once "
-                       f"({cpu / len(names) * 1e6:.0f} us CPU each)")
-        answers += got
-    again, wall, cpu = await run(sets[2], 8)
-    start = len(sets[0]) + len(sets[1])
-    assert again == answers[start:start + len(sets[2])]
-    verify, again, verify_now = [], [], int(time.time() * 1000)
-    vrf_module._VERIFIED.clear()
-    for name, data in zip([u for s in sets for u in s], answers, strict=True):
+    verify, again, now = [], [], int(time.time() * 1000)
+    for (names, _), answers in zip(plan[:4], got[:4], strict=True):
+        for name, data in zip(names, answers, strict=True):
+            t = time.process_time()
+            result = verify_lookup(policy, None, name, LookupResponse.decode(data), now_ms=now)
+            verify.append(time.process_time() - t)
+            assert result.version == 0
+    for name, data in zip(plan[0][0], got[0], strict=True):  # contacts looked up again
         t = time.process_time()
-        result = verify_lookup(policy, None, name, LookupResponse.decode(data),
-                               now_ms=verify_now)
-        verify.append(time.process_time() - t)
-        assert result.version == 0
-    for name, data in zip(sets[0], answers, strict=False):  # contacts looked up again
-        t = time.process_time()
-        verify_lookup(policy, None, name, LookupResponse.decode(data), now_ms=verify_now)
+        verify_lookup(policy, None, name, LookupResponse.decode(data), now_ms=now)
         again.append(time.process_time() - t)
-    print("lookups with proofs served, each name the first time at this checkpoint: "
-          f"the first {len(sets[0]):,} names (nothing of the checkpoint read yet) "
-          f"{figures[0]}; then {', '.join(figures[1:])}")
-    print(f"  response median {statistics.median(len(a) for a in answers):.0f} B, "
-          f"max {max(len(a) for a in answers)} B; all {len(answers):,} verify, client "
-          f"verification median {statistics.median(verify) * 1e3:.3f} ms, p99 "
-          f"{_percentile(verify, 0.99) * 1e3:.3f} ms (the checkpoint's signatures "
-          f"checked once; each name's VRF proof the first time); the first "
-          f"{len(again):,} names again (VRF proof checked before): median "
-          f"{statistics.median(again) * 1e3:.3f} ms, p99 {_percentile(again, 0.99) * 1e3:.3f} ms")
-    print(f"lookups of the same names again at this checkpoint: "
-          f"{len(sets[2]) / wall:,.0f}/s 8 at once "
-          f"({cpu / len(sets[2]) * 1e6:.0f} us CPU each)")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    send({"sizes": [len(a) for answers in got[:4] for a in answers], "verify": verify,
+               "again": again, "again_same": got[4] == got[2]})
 
 
 def _picks(n: int, lookups: int) -> list[int]:
