@@ -2,7 +2,7 @@
 server's log in its real SQLite store.
 
     python bench/kt.py [--accounts N] [--lookups L]
-    python bench/kt.py --sqlite N [--lookups L]
+    python bench/kt.py --sqlite N [--timed K] [--lookups L] [--quick-load] [--keep DIR]
 
 Method:
 
@@ -28,26 +28,41 @@ wall-clock times far more). Targets: a lookup's proofs
 ``--sqlite N``: the server's own store (server/storage/sqlite.py, WAL,
 synchronous=FULL, group commit) and key-transparency service (server/kt_log.py,
 co-located witness), at N accounts, each with a real device certificate. The first
-N - K (``--timed K``, default 20,000) are bulk-loaded through the same storage code
-(``accounts.create_account``, which queues each change for the log) in 10,000-account
-transactions into two stores, one without a log and one with it, the latter's queue
-folded into the log in batches (``Storage.kt_fold``, the VRF labels computed on a
-thread first). Then the last K are registered through ``Storage.create_account``, 64
-in flight as many clients would send them, in the same run: all K into the store
-without a log; half into the store with it while no checkpoint round runs (the
-request alone: the change and its queued row), then one round that folds them and
-signs; the other half while rounds run back to back as a server runs them (each
-folds what is queued, signs, the co-located witness cosigns). Then L lookups
-answered the way the server answers ``sottovoce.kt.lookup`` (read the rows as of the
-served checkpoint, build the proofs, encode) -- L names 8 at once right after the
-checkpoint (what lookups share -- upper map nodes, log proofs -- not read yet), then
-L others one at a time, L others 8 at once, L others 64 at once (as many clients
-would ask), each name for the first time at that checkpoint; then the third L names
-again (a server that keeps its answers per checkpoint answers those from memory) --
-each answer checked once with ``verify_lookup`` (its CPU time reported). CPU time is
-``time.process_time`` (the process, all threads). ``KT_BENCH_DIR``: where the
-temporary databases go.
-No WebSocket: the cost of the relay's framing is in the relay figures.
+N - K (``--timed K``, default 20,000) are bulk-loaded: their certificates and VRF
+labels made in a process pool (``--workers P``, default one per core), their
+accounts written by the same storage code as a registration
+(``accounts.create_account``, which queues each change for the log) in
+10,000-account transactions into two stores, one without a log and one with it,
+their labels stored in bulk (``kt.store_labels``) and the queue folded into the log
+by the real fold (``kt.fold``) 250,000 changes at a time; then both WALs are
+checkpointed. ``--quick-load``: the bulk accounts share 256 account keys per pool
+process, and only the names the bench looks up get real VRF labels (the others
+random bytes in their place: the map has the same shape), which cuts the load's CPU
+by about two thirds. Then the last K are registered through
+``Storage.create_account``, 64 in flight as many clients would send them, in the same
+run: all K into the store without a log; half into the store with it while no
+checkpoint round runs (the request alone: the change and its queued row), then one
+round that folds them and signs; the other half while rounds run back to back as a
+server runs them (each folds what is queued, signs, the co-located witness cosigns).
+Then lookups answered the way the server answers ``sottovoce.kt.lookup`` (read the
+rows as of the served checkpoint, build the proofs, encode), asked by a load
+generator in another process (this script with ``--generator``) over TCP
+connections on 127.0.0.1, one per lookup in flight (a name a line, the answer's
+bytes back) -- L names 8 at once right after the checkpoint (what lookups share --
+upper map nodes, log proofs -- not read yet), then L others one at a time, L others
+8 at once, L others 64 at once, each name for the first time at that checkpoint;
+then the third L names again (a server that keeps its answers per checkpoint
+answers those from memory). The generator then checks each answer with
+``verify_lookup`` (its CPU time reported), and the first L again (a client that
+checked a name's VRF proof before). CPU time is ``time.process_time`` of the
+serving process (all its threads, not the generator's). ``--keep DIR``: the stores
+are built in DIR and kept; a later run with the same DIR measures the lookups only.
+``KT_BENCH_DIR``: where the temporary databases go.
+
+    python bench/kt.py --sqlite 1000000 --timed 20000 --lookups 1000 --quick-load --keep DIR
+
+No WebSocket or session rate limits: the cost of the relay's framing is in the relay
+figures.
 """
 
 from __future__ import annotations
@@ -60,6 +75,7 @@ import time
 from typing import Any
 
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
+from sottovoce.kt import vrf as vrf_module
 from sottovoce.kt.checkpoint import _VERIFIED, NoteSigner, add_cosignature
 from sottovoce.kt.map import AccountState, ChangeKind, DeviceEntry
 from sottovoce.kt.prover import KTLog, KTStores
@@ -91,9 +107,23 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=20_000, metavar="K",
                     help="with --sqlite: the last K registrations are timed one request "
                          "each; the N - K before are bulk-loaded")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="P",
+                    help="with --sqlite: processes making the bulk accounts' certificates "
+                         "and VRF labels")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="with --sqlite: build the stores in DIR and keep them; if DIR holds "
+                         "them already, measure the lookups only")
+    ap.add_argument("--quick-load", action="store_true",
+                    help="with --sqlite: bulk accounts share account keys, and only the "
+                         "names looked up get real VRF labels (random ones for the others)")
+    ap.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.generator:
+        _generator()
+        return
     if args.sqlite:
-        asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed))
+        asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed, args.workers,
+                                 args.keep, args.quick_load))
         return
     now = int(time.time() * 1000)
 
@@ -131,6 +161,7 @@ def main() -> None:
                       witnesses=(witness_signer.public,))
 
     gen, verify, verify_cold, sizes, opens, vrfs = [], [], [], [], [], []
+    verify_again: list[float] = []
     parts: dict[str, list[int]] = {k: [] for k in
                                    ("vrf", "log inclusion", "map", "version", "checkpoint")}
     for name in users:
@@ -139,12 +170,17 @@ def main() -> None:
         gen.append(time.process_time() - t)
         data = resp.encode()
         _VERIFIED.clear()  # a client's first lookup at this checkpoint
+        vrf_module._VERIFIED.clear()  # and of this name
         t = time.process_time()
         result = verify_lookup(policy, None, name, type(resp).decode(data), now_ms=now)
         verify_cold.append(time.process_time() - t)
-        t = time.process_time()  # every later lookup at this checkpoint
+        vrf_module._VERIFIED.clear()
+        t = time.process_time()  # every later lookup at this checkpoint, of another name
         result = verify_lookup(policy, None, name, type(resp).decode(data), now_ms=now)
         verify.append(time.process_time() - t)
+        t = time.process_time()  # the same name again (its VRF proof checked before)
+        result = verify_lookup(policy, None, name, type(resp).decode(data), now_ms=now)
+        verify_again.append(time.process_time() - t)
         assert result.state is not None
         _VERIFIED.clear()
         t = time.process_time()
@@ -167,7 +203,9 @@ def main() -> None:
           f"p99 {_percentile(verify, 0.99) * 1e3:.3f} ms (checkpoint's signatures checked "
           f"before); the first at a checkpoint: median "
           f"{statistics.median(verify_cold) * 1e3:.3f} ms, "
-          f"p99 {_percentile(verify_cold, 0.99) * 1e3:.3f} ms")
+          f"p99 {_percentile(verify_cold, 0.99) * 1e3:.3f} ms; a name checked before "
+          f"(a contact looked up again): median {statistics.median(verify_again) * 1e3:.3f} "
+          f"ms, p99 {_percentile(verify_again, 0.99) * 1e3:.3f} ms")
     print(f"  of which the checkpoint (log signature + 1 cosignature): median "
           f"{statistics.median(opens) * 1e3:.3f} ms; the VRF proof: median "
           f"{statistics.median(vrfs) * 1e3:.3f} ms")
@@ -177,13 +215,16 @@ def main() -> None:
         print(f"  {k}: median {statistics.median(v):.0f} B, max {max(v)} B")
 
 
-def _certs(first: int, n: int) -> list[tuple[str, bytes, bytes]]:
-    """(username, account key, certificate) of accounts ``first`` .. ``first + n - 1``."""
+def _certs(first: int, n: int, account_keys: list[Any] | None = None,
+           ) -> list[tuple[str, bytes, bytes]]:
+    """(username, account key, certificate) of accounts ``first`` .. ``first + n - 1``;
+    each its own new account key, or one of ``account_keys`` in turn."""
     from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys
 
     out = []
     for i in range(first, first + n):
-        ak = AccountKey.generate(os.urandom)
+        ak = (account_keys[i % len(account_keys)] if account_keys
+              else AccountKey.generate(os.urandom))
         keys = DevicePublicKeys(signing_key=os.urandom(32), olm_identity_key=bytes(32),
                                 olm_signing_key=bytes(32))
         name = f"user{i:07d}"
@@ -216,172 +257,350 @@ async def _register(st: Any, certs: list[tuple[str, bytes, bytes]], now: int) ->
     return time.perf_counter() - t0
 
 
-async def sqlite_bench(n: int, lookups: int, timed: int) -> None:
+async def sqlite_bench(n: int, lookups: int, timed: int, workers: int,
+                       keep: str | None, quick: bool) -> None:
+    import contextlib
     import io
     import tempfile
     from pathlib import Path
 
-    from sottovoce.kt.checkpoint import NoteKey
-    from sottovoce.kt.verify import LookupResponse
     from sottovoce.server import kt_log
     from sottovoce.server.config import ServerConfig
     from sottovoce.server.logs import JsonLogger
     from sottovoce.server.storage.sqlite import SqliteStorage
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    now = int(time.time() * 1000)
-    timed = min(timed, n)
-    bulk = n - timed
-    with tempfile.TemporaryDirectory(dir=os.environ.get("KT_BENCH_DIR")) as tmp:
+    with contextlib.ExitStack() as stack:
+        if keep:
+            tmp = keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = stack.enter_context(
+                tempfile.TemporaryDirectory(dir=os.environ.get("KT_BENCH_DIR")))
+        built = (Path(tmp) / "kt.sqlite3").exists()
         log = JsonLogger(io.StringIO())
-        plain = SqliteStorage(Path(tmp) / "plain.sqlite3", logger=log)
-        await plain.open()
         st = SqliteStorage(Path(tmp) / "kt.sqlite3", logger=log)
         kt = kt_log.from_config(ServerConfig(data_dir=Path(tmp) / "data"), st, log)
         await st.open()
-        if bulk:
-            # The first accounts in large transactions through the same storage code,
-            # then folded into the log in large batches (VRF labels on a thread).
-            t0, c0 = time.perf_counter(), time.process_time()
-            made = fold_s = 0.0
-            for first in range(0, bulk, BULK_BATCH):
-                t = time.perf_counter()
-                certs = _certs(first, min(BULK_BATCH, bulk - first))
-                made += time.perf_counter() - t
-                await plain._write_op(_bulk_op, certs, now, None)
-                await st._write_op(_bulk_op, certs, now, st.kt_writer)
-                t = time.perf_counter()
-                while await st.kt_fold(BULK_BATCH):
-                    pass
-                fold_s += time.perf_counter() - t
-                if first // BULK_BATCH % 20 == 19:
-                    print(f"  bulk {first + BULK_BATCH:,} accounts, "
-                          f"{time.perf_counter() - t0:.0f} s", flush=True)
-            print(f"bulk load of {bulk:,} accounts in {BULK_BATCH:,}-account transactions: "
-                  f"{time.perf_counter() - t0:.0f} s wall ({made:.0f} s making certificates, "
-                  f"{fold_s:.0f} s folding: {fold_s / bulk * 1e6:.0f} us per change with its "
-                  f"VRF label), {time.process_time() - c0:.0f} s CPU")
-        certs = _certs(bulk, timed)
-        c = time.process_time()
-        base = await _register(plain, certs, now)
-        base_cpu = time.process_time() - c
-        await plain.close()
-        half = timed // 2
-        # With the log, the request alone: each change and its queued row; then the
-        # checkpoint round that folds them all (in FOLD_BATCH transactions) and signs.
-        c = time.process_time()
-        queued = await _register(st, certs[:half], now)
-        queued_cpu = time.process_time() - c
-        t, c = time.perf_counter(), time.process_time()
-        served = await kt.sync()
-        folded, folded_cpu = time.perf_counter() - t, time.process_time() - c
-        assert served is not None and served.size == bulk + half
-        # With the log as a server runs it: checkpoint rounds (each folds what is
-        # queued, signs, the co-located witness cosigns) run while the changes arrive,
-        # as each change's request triggers one.
-        done = asyncio.Event()
-        rounds = 0
-
-        async def server_rounds() -> None:
-            nonlocal rounds
-            while not done.is_set():
-                await kt.sync()
-                rounds += 1
-                await asyncio.sleep(0)
-
-        c = time.process_time()
-        roundtask = asyncio.create_task(server_rounds())
-        t0 = time.perf_counter()
-        with_kt = await _register(st, certs[half:], now)
-        done.set()
-        await roundtask
-        served = await kt.sync()  # the rest of the queue
-        drained = time.perf_counter() - t0
-        kt_cpu = time.process_time() - c
-        assert served is not None and served.size == n and await st.kt_pending() == 0
-        rest = timed - half
-        per, per_cpu = base / timed, base_cpu / timed
-        print(f"at {bulk:,} -> {n:,} accounts, registrations 64 in flight:")
-        print(f"  without the log ({timed:,}): {timed / base:,.0f}/s ({per * 1e6:.0f} us each, "
-              f"{per_cpu * 1e6:.0f} us CPU)")
-        print(f"  with the log, the requests alone ({half:,}, change + queued row): "
-              f"{half / queued:,.0f}/s ({queued / half * 1e6:.0f} us each, "
-              f"x{queued / half / per:.2f}; {queued_cpu / half * 1e6:.0f} us CPU, "
-              f"x{queued_cpu / half / per_cpu:.2f})")
-        print(f"    then one round folding them: {folded / half * 1e6:.0f} us each "
-              f"({folded_cpu / half * 1e6:.0f} us CPU, the VRF label included); request "
-              f"and fold x{(queued + folded) / half / per:.2f} wall, "
-              f"x{(queued_cpu + folded_cpu) / half / per_cpu:.2f} CPU")
-        print(f"  with the log and rounds running meanwhile ({rest:,}, {rounds + 1} rounds): "
-              f"{rest / with_kt:,.0f}/s ({with_kt / rest * 1e6:.0f} us each, "
-              f"x{with_kt / rest / per:.2f}); until all folded and cosigned "
-              f"{drained / rest * 1e6:.0f} us each (x{drained / rest / per:.2f}), "
-              f"{kt_cpu / rest * 1e6:.0f} us CPU (x{kt_cpu / rest / per_cpu:.2f})")
-        t = time.perf_counter()
-        for _ in range(3):
-            a = _certs(n + _, 1)[0]
-            await st.create_account(a[0], a[1], "d1", a[2], now)
-        served = await kt.sync()
-        print(f"a checkpoint round folding 3 changes: {(time.perf_counter() - t) * 1e3:.1f} ms "
-              f"at size {served.size if served else 0:,}")
-        size = os.path.getsize(Path(tmp) / "kt.sqlite3") + os.path.getsize(
-            Path(tmp) / "kt.sqlite3-wal")
-        print(f"database with the log: {size / n:,.0f} B per account")
-        keys = kt.keys()
-        policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
-                          witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
-        # Four sets of names, each asked for the first time at this checkpoint (what
-        # earlier lookups warmed -- upper map nodes, log proofs -- is shared, as on a
-        # server answering many names).
-        picks = [f"user{(i * 7919) % n:07d}" for i in range(min(n, 4 * lookups))]
-        sets = [picks[i::4] for i in range(4)]
-
-        async def run(names: list[str], at_once: int) -> tuple[list[bytes], float, float]:
-            sem = asyncio.Semaphore(at_once)
-
-            async def answer(name: str) -> bytes:
-                async with sem:
-                    return await kt._answer(name, 0, history=False)
-
-            t, c = time.perf_counter(), time.process_time()
-            got = await asyncio.gather(*(answer(u) for u in names))
-            return got, time.perf_counter() - t, time.process_time() - c
-
-        figures = []
-        answers: list[bytes] = []
-        for names, at_once in zip(sets, (8, 1, 8, 64), strict=True):
-            got, wall, cpu = await run(names, at_once)
-            figures.append(f"{len(names) / wall:,.0f}/s {at_once} at once "
-                           f"({cpu / len(names) * 1e6:.0f} us CPU each)")
-            answers += got
-        again, wall, cpu = await run(sets[2], 8)
-        start = len(sets[0]) + len(sets[1])
-        assert again == answers[start:start + len(sets[2])]
-        verify, verify_now = [], int(time.time() * 1000)
-        for name, data in zip([u for s in sets for u in s], answers, strict=True):
-            t = time.process_time()
-            result = verify_lookup(policy, None, name, LookupResponse.decode(data),
-                                   now_ms=verify_now)
-            verify.append(time.process_time() - t)
-            assert result.version == 0
-        print("lookups with proofs served, each name the first time at this checkpoint: "
-              f"the first {len(sets[0]):,} names (nothing of the checkpoint read yet) "
-              f"{figures[0]}; then {', '.join(figures[1:])}")
-        print(f"  response median {statistics.median(len(a) for a in answers):.0f} B, "
-              f"max {max(len(a) for a in answers)} B; all {len(answers):,} verify, client "
-              f"verification median {statistics.median(verify) * 1e3:.3f} ms, p99 "
-              f"{_percentile(verify, 0.99) * 1e3:.3f} ms (the checkpoint's signatures "
-              f"checked once)")
-        print(f"lookups of the same names again at this checkpoint: "
-              f"{len(sets[2]) / wall:,.0f}/s 8 at once "
-              f"({cpu / len(sets[2]) * 1e6:.0f} us CPU each)")
+        if built:  # --keep of a store built before: the lookups only
+            served = await kt.sync()
+            print(f"the store in {tmp}: {served.size if served else 0:,} log leaves")
+        else:
+            plain = SqliteStorage(Path(tmp) / "plain.sqlite3", logger=log)
+            await plain.open()
+            real = (frozenset(_picks(n, lookups)) if quick else None)
+            await _load_and_register(plain, st, kt, Path(tmp), n, timed, workers, real)
+        await _lookups(st, kt, n, lookups)
         await kt.close()
         await st.close()
+
+
+async def _load_and_register(plain: Any, st: Any, kt: Any, tmp: Any, n: int, timed: int,
+                             workers: int, real: frozenset[int] | None) -> None:
+    """Bulk-load the first n - timed accounts, then time the last ``timed``
+    registrations without and with the log (module docstring)."""
+    now = int(time.time() * 1000)
+    timed = min(timed, n)
+    bulk = n - timed
+    if bulk:
+        await _bulk_load(plain, st, kt.vrf.private_bytes().expose(), bulk, now, workers, real)
+        for path in (tmp / "plain.sqlite3", tmp / "kt.sqlite3"):
+            _wal_checkpoint(path)
+    certs = _certs(bulk, timed)
+    c = time.process_time()
+    base = await _register(plain, certs, now)
+    base_cpu = time.process_time() - c
+    await plain.close()
+    half = timed // 2
+    # With the log, the request alone: each change and its queued row; then the
+    # checkpoint round that folds them all (in FOLD_BATCH transactions) and signs.
+    c = time.process_time()
+    queued = await _register(st, certs[:half], now)
+    queued_cpu = time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    served = await kt.sync()
+    folded, folded_cpu = time.perf_counter() - t, time.process_time() - c
+    assert served is not None and served.size == bulk + half
+    # With the log as a server runs it: checkpoint rounds (each folds what is
+    # queued, signs, the co-located witness cosigns) run while the changes arrive,
+    # as each change's request triggers one.
+    done = asyncio.Event()
+    rounds = 0
+
+    async def server_rounds() -> None:
+        nonlocal rounds
+        while not done.is_set():
+            await kt.sync()
+            rounds += 1
+            await asyncio.sleep(0)
+
+    c = time.process_time()
+    roundtask = asyncio.create_task(server_rounds())
+    t0 = time.perf_counter()
+    with_kt = await _register(st, certs[half:], now)
+    done.set()
+    await roundtask
+    served = await kt.sync()  # the rest of the queue
+    drained = time.perf_counter() - t0
+    kt_cpu = time.process_time() - c
+    assert served is not None and served.size == n and await st.kt_pending() == 0
+    rest = timed - half
+    per, per_cpu = base / timed, base_cpu / timed
+    print(f"at {bulk:,} -> {n:,} accounts, registrations 64 in flight:")
+    print(f"  without the log ({timed:,}): {timed / base:,.0f}/s ({per * 1e6:.0f} us each, "
+          f"{per_cpu * 1e6:.0f} us CPU)")
+    print(f"  with the log, the requests alone ({half:,}, change + queued row): "
+          f"{half / queued:,.0f}/s ({queued / half * 1e6:.0f} us each, "
+          f"x{queued / half / per:.2f}; {queued_cpu / half * 1e6:.0f} us CPU, "
+          f"x{queued_cpu / half / per_cpu:.2f})")
+    print(f"    then one round folding them: {folded / half * 1e6:.0f} us each "
+          f"({folded_cpu / half * 1e6:.0f} us CPU, the VRF label included); request "
+          f"and fold x{(queued + folded) / half / per:.2f} wall, "
+          f"x{(queued_cpu + folded_cpu) / half / per_cpu:.2f} CPU")
+    print(f"  with the log and rounds running meanwhile ({rest:,}, {rounds + 1} rounds): "
+          f"{rest / with_kt:,.0f}/s ({with_kt / rest * 1e6:.0f} us each, "
+          f"x{with_kt / rest / per:.2f}); until all folded and cosigned "
+          f"{drained / rest * 1e6:.0f} us each (x{drained / rest / per:.2f}), "
+          f"{kt_cpu / rest * 1e6:.0f} us CPU (x{kt_cpu / rest / per_cpu:.2f})")
+    t = time.perf_counter()
+    for _ in range(3):
+        a = _certs(n + _, 1)[0]
+        await st.create_account(a[0], a[1], "d1", a[2], now)
+    served = await kt.sync()
+    print(f"a checkpoint round folding 3 changes: {(time.perf_counter() - t) * 1e3:.1f} ms "
+          f"at size {served.size if served else 0:,}")
+    size = os.path.getsize(tmp / "kt.sqlite3") + os.path.getsize(tmp / "kt.sqlite3-wal")
+    print(f"database with the log: {size / n:,.0f} B per account")
+
+
+async def _lookups(st: Any, kt: Any, n: int, lookups: int) -> None:
+    """Lookups answered as the server answers them, asked by a load generator in
+    another process, each name the first time at the served checkpoint, and each
+    answer verified there as a client verifies it (module docstring)."""
+    # Four sets of names, each asked for the first time at this checkpoint (what
+    # earlier lookups warmed -- upper map nodes, log proofs -- is shared, as on a
+    # server answering many names); then the third set again.
+    picks = [f"user{i:07d}" for i in _picks(n, lookups)]
+    sets = [picks[i::4] for i in range(4)]
+    plan = [(names, at_once) for names, at_once in zip(sets, (8, 1, 8, 64), strict=True)]
+    plan.append((sets[2], 8))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: a name a line in, each answer's bytes out (length first)."""
+        try:
+            while line := await reader.readline():
+                data = await kt._answer(line.decode().strip(), 0, history=False)
+                writer.write(len(data).to_bytes(4, "big") + data)
+        finally:
+            writer.close()
+
+    import json
+    import sys
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--generator", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, limit=1 << 26)
+    assert gen.stdin is not None and gen.stdout is not None
+    gen.stdin.write(json.dumps({"port": server.sockets[0].getsockname()[1], "plan": plan,
+                                "keys": kt.keys(), "vrf_key": kt.vrf.public.hex()}).encode()
+                    + b"\n")
+    await gen.stdin.drain()
+    figures = []
+    for names, at_once in plan:
+        assert json.loads(await gen.stdout.readline()) == "start"
+        c = time.process_time()
+        wall = json.loads(await gen.stdout.readline())
+        cpu = time.process_time() - c
+        figures.append(f"{len(names) / wall:,.0f}/s {at_once} at once "
+                       f"({cpu / len(names) * 1e6:.0f} us CPU each)")
+    found = json.loads(await gen.stdout.readline())
+    await gen.wait()
+    server.close()
+    assert gen.returncode == 0 and found["again_same"]
+    sizes, verify, again = found["sizes"], found["verify"], found["again"]
+    print("lookups with proofs served (the load generator in another process, a TCP "
+          "connection on 127.0.0.1 per lookup in flight), each name the first time at "
+          f"this checkpoint: the first {len(sets[0]):,} names (nothing of the checkpoint "
+          f"read yet) {figures[0]}; then {', '.join(figures[1:4])}; server CPU only")
+    print(f"  response median {statistics.median(sizes):.0f} B, max {max(sizes)} B; all "
+          f"{len(sizes):,} verify, client verification median "
+          f"{statistics.median(verify) * 1e3:.3f} ms, p99 "
+          f"{_percentile(verify, 0.99) * 1e3:.3f} ms (the checkpoint's signatures checked "
+          f"once; each name's VRF proof the first time); the first {len(again):,} names "
+          f"again (VRF proof checked before): median {statistics.median(again) * 1e3:.3f} "
+          f"ms, p99 {_percentile(again, 0.99) * 1e3:.3f} ms")
+    print(f"lookups of the same names again at this checkpoint: {figures[4]}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
-#: Accounts per transaction (and per fold) of the bulk load.
+def _generator() -> None:
+    """The load generator (its own process, ``--generator``): the server's port, the
+    plan and the keys as one JSON line on stdin; figures as JSON lines on stdout."""
+    import json
+    import sys
+
+    job = json.loads(sys.stdin.readline())
+
+    def send(obj: Any) -> None:
+        print(json.dumps(obj), flush=True)
+
+    asyncio.run(_generate(job["port"], job["plan"], send, job["keys"],
+                          bytes.fromhex(job["vrf_key"])))
+
+
+async def _generate(port: int, plan: list[tuple[list[str], int]], send: Any,
+                    keys: dict[str, Any], vrf_key: bytes) -> None:
+    """Ask each set of names over ``at_once`` connections, telling the server side when
+    each set starts and how long it took; then verify every answer as a client does."""
+    from sottovoce.kt.checkpoint import NoteKey
+    from sottovoce.kt.verify import LookupResponse
+
+    got: list[list[bytes]] = []
+    for names, at_once in plan:
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(at_once)]
+        todo = iter(enumerate(names))
+        answers: list[bytes] = [b""] * len(names)
+
+        async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      todo: Any = todo, answers: list[bytes] = answers) -> None:
+            for i, name in todo:
+                writer.write(name.encode() + b"\n")
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                answers[i] = await reader.readexactly(size)
+
+        send("start")
+        t = time.perf_counter()
+        await asyncio.gather(*(ask(r, w) for r, w in conns))
+        send(time.perf_counter() - t)
+        for _, w in conns:
+            w.close()
+        got.append(answers)
+    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=vrf_key,
+                      witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
+    verify, again, now = [], [], int(time.time() * 1000)
+    for (names, _), answers in zip(plan[:4], got[:4], strict=True):
+        for name, data in zip(names, answers, strict=True):
+            t = time.process_time()
+            result = verify_lookup(policy, None, name, LookupResponse.decode(data), now_ms=now)
+            verify.append(time.process_time() - t)
+            assert result.version == 0
+            if len(again) < len(plan[0][0]):  # the same name again (a contact, later)
+                t = time.process_time()
+                verify_lookup(policy, None, name, LookupResponse.decode(data), now_ms=now)
+                again.append(time.process_time() - t)
+    send({"sizes": [len(a) for answers in got[:4] for a in answers], "verify": verify,
+               "again": again, "again_same": got[4] == got[2]})
+
+
+def _picks(n: int, lookups: int) -> list[int]:
+    """The accounts the lookups ask for: 4 sets of ``lookups``, spread over all ``n``."""
+    return [(i * 7919) % n for i in range(min(n, 4 * lookups))]
+
+
+def _wal_checkpoint(path: Any) -> None:
+    """Copy a store's WAL into its file and empty it, so a bulk load's last large
+    transactions do not slow the timed requests after it (a server would have done
+    it over the minutes such a load takes)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
+
+
+#: Accounts per transaction of the bulk load, and per task of its process pool.
 BULK_BATCH = 10_000
+#: Queued changes per fold of the bulk load (one transaction: map nodes several
+#: changes rewrote are written once per fold, so large folds write far fewer rows).
+BULK_FOLD = 250_000
+#: Pool tasks queued ahead of the writes, at most.
+_AHEAD = 6
+
+_POOL_VRF: VRFSecretKey | None = None
+_POOL_REAL: frozenset[int] | None = None
+_POOL_KEYS: list[Any] = []
+
+
+def _pool_init(seed: bytes, real: frozenset[int] | None) -> None:
+    global _POOL_VRF, _POOL_REAL
+    from sottovoce.identity import AccountKey
+
+    _POOL_VRF, _POOL_REAL = VRFSecretKey(seed), real
+    if real is not None:
+        _POOL_KEYS[:] = [AccountKey.generate(os.urandom) for _ in range(256)]
+
+
+def _pool_make(first: int, n: int) -> tuple[list[tuple[str, bytes, bytes]],
+                                            list[tuple[str, bytes, bytes]]]:
+    """In a pool process: the certificates of accounts ``first`` .. ``first + n - 1`` and
+    their names' VRF labels (what a fold would compute; the costliest part of a load).
+    With ``--quick-load``: the accounts share 256 account keys per process, and only the
+    names the bench looks up get their VRF label, the others 64 + 80 random bytes in
+    its place (a VRF output is uniform: the map has the same shape)."""
+    assert _POOL_VRF is not None
+    certs = _certs(first, n, _POOL_KEYS or None)
+    vrf = _POOL_VRF
+    return certs, [
+        (name, *(vrf.evaluate(name.encode()) if _POOL_REAL is None or first + i in _POOL_REAL
+                 else (os.urandom(64), os.urandom(80))))
+        for i, (name, _, _) in enumerate(certs)
+    ]
+
+
+async def _bulk_load(plain: Any, st: Any, seed: bytes, bulk: int, now: int,
+                     workers: int, real: frozenset[int] | None) -> None:
+    """The first ``bulk`` accounts, written by the same storage code as registrations
+    (``accounts.create_account``: account, device, statement and, with the log, the
+    queued change) in BULK_BATCH-account transactions into both stores; their
+    certificates and VRF labels made in a process pool meanwhile, the labels stored
+    (``kt.store_labels``), and the queue folded into the log (``kt.fold``, the real
+    append) every BULK_FOLD changes. The result is the store a server that had
+    registered them would have, checkpoints apart."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sottovoce.server.storage import kt as kt_tables
+
+    t0, c0, k0 = time.perf_counter(), time.process_time(), os.times()
+    waited = fold_s = write_s = 0.0
+    queued = done = 0
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(seed, real)) as pool:
+        starts = deque(range(0, bulk, BULK_BATCH))
+        ahead: deque[Any] = deque()
+        while starts or ahead:
+            while starts and len(ahead) < _AHEAD:
+                first = starts.popleft()
+                ahead.append(loop.run_in_executor(
+                    pool, _pool_make, first, min(BULK_BATCH, bulk - first)))
+            t = time.perf_counter()
+            certs, labels = await ahead.popleft()
+            waited += time.perf_counter() - t
+            t = time.perf_counter()
+            await plain._write_op(_bulk_op, certs, now, None)
+            await st._write_op(_bulk_op, certs, now, st.kt_writer)
+            await st._write_op(kt_tables.store_labels, labels)
+            write_s += time.perf_counter() - t
+            queued += len(certs)
+            done += len(certs)
+            if queued >= BULK_FOLD or not (starts or ahead):
+                t = time.perf_counter()
+                while await st.kt_fold(BULK_FOLD):
+                    pass
+                fold_s += time.perf_counter() - t
+                queued = 0
+                print(f"  bulk {done:,} accounts, {time.perf_counter() - t0:.0f} s",
+                      flush=True)
+    k1 = os.times()
+    pool_cpu = k1.children_user + k1.children_system - k0.children_user - k0.children_system
+    print(f"bulk load of {bulk:,} accounts: {time.perf_counter() - t0:.0f} s wall "
+          f"({waited:.0f} s waiting for the pool of {workers}, {write_s:.0f} s writing both "
+          f"stores, {fold_s:.0f} s folding: {fold_s / bulk * 1e6:.0f} us per change); CPU "
+          f"{time.process_time() - c0:.0f} s here + {pool_cpu:.0f} s in the pool "
+          f"(certificates and VRF labels)")
 
 
 if __name__ == "__main__":

@@ -467,3 +467,27 @@ def test_sparse_map_root_and_proofs_match_the_definition(
                         replace(good, depth=good.depth + 1, present=good.present + b"\x00")):
                 with pytest.raises(KTError):
                     verify_map_proof(root, pick, bad)
+
+
+def test_map_proofs_built_on_shared_tops_are_the_proofs_built_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys under one node at depth PROOF_TOP share their proofs' siblings above it: a
+    caller proving many keys of one map keeps them, and the proofs are unchanged."""
+    from sottovoce.kt import map as kt_map
+
+    monkeypatch.setattr(kt_map, "PROOF_TOP", 3)
+    store: dict[tuple[int, int], bytes] = {}
+    smap = SparseMap(store)
+    keys = [hashlib.sha256(b"k%d" % i).digest() for i in range(300)]
+    for k in keys:
+        smap.set(k, hashlib.sha256(k).digest())
+    others = [hashlib.sha256(b"absent%d" % i).digest() for i in range(100)]
+    tops: kt_map.ProofTops = {}
+    for _ in range(2):  # filling the tops, then from them
+        for k in keys + others:
+            proof = smap.prove(k, tops)
+            assert proof == smap.prove(k)
+            assert verify_map_proof(smap.root(), k, proof) == (
+                hashlib.sha256(k).digest() if k in keys else None)
+    assert len(tops) == 8

@@ -364,3 +364,64 @@ async def test_history_pages_read_from_the_tables_are_the_cores_and_fit_a_budget
         assert len((await page_at(size, 0, 100, 1)).states) == 1  # one at least, always
     finally:
         await store.close()
+
+
+async def test_labels_stored_in_bulk_are_folded_and_paths_read_in_small_steps_are_whole(
+    store: SharedStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk load's labels (``store_labels``, computed elsewhere) are the ones a fold
+    uses, with no VRF evaluation; a name stored twice keeps its first label. Map paths
+    read through the cache (whose path tops are kept per checkpoint) and in steps of a
+    few depths are the paths read whole without it, cache cold and warm, and folds and
+    lookups made that way verify."""
+    accounts = [Account(f"bulk{i}") for i in range(40)]
+    labels = [(a.user, *VRF.evaluate(a.user.encode())) for a in accounts]
+    await store.open()
+    try:
+        await store._write_op(kt_tables.store_labels, labels)
+        await store._write_op(kt_tables.store_labels, [(labels[0][0], bytes(64), bytes(80))])
+        for a in accounts:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+
+        def no_vrf(*_: object) -> None:
+            raise AssertionError("a stored label was evaluated again")
+
+        with monkeypatch.context() as m:
+            m.setattr(VRFSecretKey, "evaluate", no_vrf)
+            m.setattr(VRFSecretKey, "prove", no_vrf)
+            assert len(await store.kt_fold(1000)) == 40  # from the empty log, in one fold
+        size = await store.kt_size()
+        keys = [kt_tables.map_key(b) for _, b, _ in labels] + [secrets.token_bytes(32)
+                                                              for _ in range(5)]
+        whole = await store._read_op(kt_tables._map_paths, keys, size, None)
+        assert all(whole[k] for k in keys[:40])
+        # Tops at depth 1, the cache to depth 3, one depth per round trip at first.
+        monkeypatch.setattr(kt_tables, "TOP_DEPTH", 1)
+        monkeypatch.setattr(kt_tables, "CACHE_DEPTH", 3)
+        monkeypatch.setattr(kt_tables, "_PAST_LOG2", -size.bit_length())
+        cache = kt_tables.AppendCache(size)
+        for _ in range(2):
+            assert await store._read_op(kt_tables._map_paths, keys, size, cache) == whole
+        assert cache.tops and all(n[0] <= 3 for n in cache.nodes)
+        # Answers built on proofs' shared tops (at depth 1 here) are those built without.
+        from sottovoce.kt import map as kt_map
+        from sottovoce.kt import prover
+
+        monkeypatch.setattr(kt_map, "PROOF_TOP", 1)
+        leaf, nodes = await store.kt_log_part(size, 0, None)
+        assert leaf is not None
+        part = prover.log_proof(b"a checkpoint", size, 0, leaf, nodes)
+        asks = [(a.user, False, part) for a in accounts] + [("nobody", False, part)]
+        alone = [(await store.kt_answers([ask], size, None))[0] for ask in asks]
+        for _ in range(2):
+            assert await store.kt_answers(asks, size, cache) == alone
+        assert len(cache.proofs) == 2
+        for a in accounts[:8]:
+            await store.add_device(a.user, "d2", a.cert("d2"), NOW)
+            await store.kt_fold(3)
+        for a in accounts[:8:3]:
+            found = await _lookup(store, a.user)
+            assert found.state is not None and len(found.state.devices) == 2
+        assert (await _lookup(store, accounts[20].user)).version == 0
+    finally:
+        await store.close()

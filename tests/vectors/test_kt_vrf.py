@@ -153,3 +153,35 @@ def test_secret_key_never_prints_or_pickles() -> None:
     assert bytes(range(32)).hex() not in repr(sk)
     with pytest.raises(TypeError):
         pickle.dumps(sk)
+
+
+def test_the_cached_verifier_keeps_only_successes_and_needs_every_input_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pk, alpha, pi = _vector(1)
+    monkeypatch.setattr(vrf, "_VERIFIED", {})
+    calls: list[bytes] = []
+    real = vrf.verify
+
+    def counted(key: bytes, a: bytes, p: bytes) -> bytes:
+        calls.append(p)
+        return real(key, a, p)
+
+    monkeypatch.setattr(vrf, "verify", counted)
+    beta = vrf.verify_cached(pk, alpha, pi)
+    assert beta == real(pk, alpha, pi)
+    assert vrf.verify_cached(pk, alpha, pi) == beta and len(calls) == 1  # a hit
+    bad = bytearray(pi)
+    bad[40] ^= 1
+    for _ in range(2):  # a failure is never kept: checked, and refused, each time
+        with pytest.raises(VRFError):
+            vrf.verify_cached(pk, alpha, bytes(bad))
+    assert len(calls) == 3
+    other_pk, _, _ = _vector(2)
+    with pytest.raises(VRFError):  # the proof that verified, under another key or name
+        vrf.verify_cached(other_pk, alpha, pi)
+    with pytest.raises(VRFError):
+        vrf.verify_cached(pk, alpha + b"\x00", pi)
+    with pytest.raises(VRFError):  # not bytes: verify's own refusal, nothing cached
+        vrf.verify_cached(pk, alpha, bytearray(pi))  # type: ignore[arg-type]
+    assert list(vrf._VERIFIED) == [(pk, alpha, pi)]

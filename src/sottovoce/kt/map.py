@@ -320,6 +320,12 @@ def verify_map_proof(root: bytes, key: bytes, proof: MapProof) -> bytes | None:
     return found
 
 
+#: The depth above which :meth:`SparseMap.prove` can reuse a proof's siblings.
+PROOF_TOP = 12
+#: Proofs' siblings above PROOF_TOP: (key's first PROOF_TOP bits) -> (bitmap, siblings).
+ProofTops = dict[int, tuple[bytes, tuple[bytes, ...]]]
+
+
 class SparseMap:
     """The sparse tree over a :class:`MapStore`. Updates are incremental: O(depth)
     records read and written per change."""
@@ -332,22 +338,32 @@ class SparseMap:
     def root(self) -> bytes:
         return _record_hash(self._store.get((0, 0)))
 
-    def prove(self, key: bytes) -> MapProof:
+    def prove(self, key: bytes, tops: ProofTops | None = None) -> MapProof:
+        """``key``'s proof. ``tops``: proofs' first PROOF_TOP depths, by the key's first
+        PROOF_TOP bits, kept by a caller that proves many keys of this very map (every
+        key below one node at that depth has the same siblings above it)."""
         if len(key) != 32:
             raise UsageError("a map key is 32 bytes")
         k = int.from_bytes(key, "big")
         present = bytearray(32)
         siblings: list[bytes] = []
+        get = self._store.get  # the loop runs ~20 times per proof: names bound once
         depth = 0
-        while True:
-            rec = self._store.get((depth, _prefix(k, depth)))
-            if rec is None or rec[:1] == _LEAF:
-                break
-            sib = _record_hash(self._store.get((depth + 1, _prefix(k, depth + 1) ^ 1)))
-            if sib != EMPTY:
-                present[depth // 8] |= 0x80 >> (depth % 8)
-                siblings.append(sib)
+        top = k >> (KEY_BITS - PROOF_TOP)
+        known = tops.get(top) if tops is not None else None
+        if known is not None:
+            depth, present[:len(known[0])], siblings[:] = PROOF_TOP, known[0], known[1]
+        rec = get((depth, k >> (KEY_BITS - depth)))
+        while rec is not None and rec[:1] != _LEAF:  # an inner node: go down
+            if depth == PROOF_TOP and tops is not None and known is None:
+                tops[top] = (bytes(present[:(PROOF_TOP + 7) // 8]), tuple(siblings))
+            child = k >> (KEY_BITS - 1 - depth)
+            sib = get((depth + 1, child ^ 1))
+            if sib is not None:
+                present[depth >> 3] |= 0x80 >> (depth & 7)
+                siblings.append(sib[1:] if sib[:1] == _NODE else _record_hash(sib))
             depth += 1
+            rec = get((depth, child))
         tkey = rec[1:33] if rec is not None else None
         tval = rec[33:65] if rec is not None else None
         return MapProof(depth=depth, terminal_key=tkey, terminal_value=tval,
@@ -488,8 +504,8 @@ class Directory:
         return LogLeaf(epoch=epoch, timestamp_ms=timestamp_ms, kind=kind, map_key=key,
                        account_version=version, commitment=commitment, map_root=root)
 
-    def prove(self, key: bytes) -> MapProof:
-        return self._map.prove(key)
+    def prove(self, key: bytes, tops: ProofTops | None = None) -> MapProof:
+        return self._map.prove(key, tops)
 
     def record(self, key: bytes, version: int) -> VersionRecord:
         try:

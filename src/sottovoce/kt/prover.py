@@ -25,6 +25,7 @@ from sottovoce.kt.map import (
     Directory,
     LogLeaf,
     MapStore,
+    ProofTops,
     VersionRecord,
     map_key,
 )
@@ -166,9 +167,12 @@ def log_proof_nodes(size: int, since: int) -> set[NodeId]:
     return inclusion_nodes(size - 1, size) | consistency_nodes(since, size)
 
 
-def entry_proof(part: LogProof, stores: KTStores, username: str) -> tuple[EntryProof, bytes]:
+def entry_proof(
+    part: LogProof, stores: KTStores, username: str, tops: ProofTops | None = None
+) -> tuple[EntryProof, bytes]:
     """``username``'s entry proof (and map key) over ``stores``, which hold its label,
-    its map path and its version tree as of the checkpoint of ``part``."""
+    its map path and its version tree as of the checkpoint of ``part``; ``tops``: what
+    the map proofs of that checkpoint share (:meth:`SparseMap.prove`)."""
     _, pi = stores.labels[username]
     key = map_key(stores.labels[username][0])
     directory = Directory(stores.map_nodes, stores.version_nodes, stores.records, stores.sizes)
@@ -178,7 +182,7 @@ def entry_proof(part: LogProof, stores: KTStores, username: str) -> tuple[EntryP
         leaf=part.leaf,
         leaf_proof=part.leaf_proof,
         vrf_proof=pi,
-        map_proof=directory.prove(key),
+        map_proof=directory.prove(key, tops),
         versions=directory.versions(key),
         version_root=directory.version_root(key),
     ), key

@@ -242,7 +242,7 @@ def _verify_entry(
     if leaf.epoch != cp.size - 1:
         raise MalformedProof("the leaf is not the checkpoint's latest")
     verify_inclusion(cp.size - 1, cp.size, leaf.hash(), entry.leaf_proof, cp.root)
-    label = vrf.verify(policy.vrf_key, username.encode("utf-8"), entry.vrf_proof)
+    label = vrf.verify_cached(policy.vrf_key, username.encode("utf-8"), entry.vrf_proof)
     key = map_key(label)
     value = verify_map_proof(leaf.map_root, key, entry.map_proof)
     if value is None:

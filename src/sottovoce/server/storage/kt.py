@@ -45,6 +45,7 @@ from sottovoce.kt.map import (
     Directory,
     LogLeaf,
     Overlay,
+    ProofTops,
     VersionRecord,
     map_key,
 )
@@ -73,10 +74,16 @@ _QUEUE_LOCK = Lock("kt_queue", 1)
 #: Statement parameters per IN list (well under every engine's limit).
 _CHUNK = 512
 #: Map depths fetched in the first round trip while walking down to a key's entry, at
-#: most: a map of N accounts is about log2(N) + 2 deep.
+#: most.
 _DEPTH_STEP = 32
-#: The same past that depth, or below what the append cache knew.
-_CACHED_STEP = 8
+#: The first round trip reads down to depth log2(size) + _PAST_LOG2: a map of N
+#: random keys ends about 60 % of its paths by depth log2(N) + 1 (a key's entry sits
+#: one below the longest prefix it shares, and P(no other key shares d bits) =
+#: exp(-N / 2^d)); each depth read past a path's end costs two wasted index probes.
+_PAST_LOG2 = 1
+#: Depths per later round trip, for the paths that go on (one statement for all the
+#: keys still walking: an extra statement costs far less than wasted probes).
+_CACHED_STEP = 2
 #: The "no recovery key registered" value of an account state: an account registered
 #: before its owner committed a recovery key.
 NO_RECOVERY_KEY = bytes(32)
@@ -85,6 +92,8 @@ NO_RECOVERY_KEY = bytes(32)
 #: Map depths whose nodes the append cache keeps (every append reads the top ones): at
 #: most 2^(depth+1) nodes, a few tens of MB at most.
 CACHE_DEPTH = 16
+#: The depth of the paths :class:`AppendCache` keeps whole (2^TOP_DEPTH of them).
+TOP_DEPTH = 12
 #: VRF labels computed ahead of their registration's transaction, kept at most.
 _MAX_LABELS = 4096
 #: Queued changes one fold appends, at most (one write transaction: on SQLite, other
@@ -100,7 +109,7 @@ class AppendCache:
     back, makes it start over (equal borders mean equal logs, hence equal leaves and
     map roots). ``None`` records a node known to be absent."""
 
-    __slots__ = ("border", "labels", "leaf", "log", "nodes", "size")
+    __slots__ = ("border", "labels", "leaf", "log", "nodes", "proofs", "size", "tops")
 
     def __init__(self, size: int = -1) -> None:
         self.size = size
@@ -111,16 +120,25 @@ class AppendCache:
         self.log: dict[NodeId, bytes] = {}
         self.leaf: bytes | None = None
         self.labels: dict[str, tuple[bytes, bytes]] = {}
+        #: What :func:`_cached_path` found of the paths through each node at depth
+        #: TOP_DEPTH (a path's first depths are shared by thousands of keys).
+        self.tops: dict[int, tuple[tuple[tuple[NodeId, bytes], ...], int]] = {}
+        #: What lookups' map proofs at ``size`` share (kt/map.py ``SparseMap.prove``).
+        self.proofs: ProofTops = {}
 
     def check(self, size: int, border: tuple[bytes, ...]) -> None:
         if size != self.size or border != self.border:
             self.size, self.border = size, border
             self.nodes.clear()
+            self.tops.clear()
+            self.proofs.clear()
 
     def advance(self, size: int, border: tuple[bytes, ...],
                 writes: dict[NodeId, bytes]) -> None:
         self.size, self.border = size, border
         self.nodes.update((n, r) for n, r in writes.items() if n[0] <= CACHE_DEPTH)
+        self.tops.clear()
+        self.proofs.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +263,30 @@ def _map_path(
     return (yield from _map_paths([key], size, cache))[key]
 
 
-def _cached_path(k: int, known: dict[NodeId, bytes | None], out: dict[NodeId, bytes]) -> int:
+def _cached_path(k: int, cache: AppendCache, out: dict[NodeId, bytes]) -> int:
     """Fill ``out`` with key ``k``'s path from the cache; return the first depth the
-    cache cannot give, or -1 if the path ended within it."""
-    start = 0
-    while start <= CACHE_DEPTH:
+    cache cannot give, or -1 if the path ended within it. Its first TOP_DEPTH depths
+    come from ``cache.tops`` once a walk found them all."""
+    top = k >> (KEY_BITS - TOP_DEPTH)
+    memo = cache.tops.get(top)
+    if memo is None:
+        found: dict[NodeId, bytes] = {}
+        start = _walk(k, cache.nodes, found, 0, TOP_DEPTH)
+        if start < 0 or start > TOP_DEPTH:  # complete: the same for every key below
+            cache.tops[top] = memo = (tuple(found.items()), start)
+        else:
+            out.update(found)
+            return start
+    items, start = memo
+    out.update(items)
+    return start if start < 0 else _walk(k, cache.nodes, out, start, CACHE_DEPTH)
+
+
+def _walk(k: int, known: dict[NodeId, bytes | None], out: dict[NodeId, bytes], start: int,
+          last: int) -> int:
+    """Key ``k``'s path at depths ``start`` .. ``last`` from ``known`` into ``out``; the
+    first depth not known, -1 if the path ended, else ``last + 1``."""
+    while start <= last:
         here = (start, k >> (KEY_BITS - start))
         beside = (start, here[1] ^ 1)
         if here not in known or (start and beside not in known):
@@ -272,15 +309,15 @@ def _map_paths(
     statement per step down, for all the keys still walking)."""
     paths: dict[bytes, dict[NodeId, bytes]] = {}
     walking: dict[bytes, tuple[int, int]] = {}  # key -> (first depth to read, step)
-    # A map of at most ``size`` accounts ends most paths by depth log2(size) + 2: the
+    # A map of at most ``size`` accounts ends most paths by depth log2(size) + 1: the
     # first step reads down to there (each depth read past a path's end is a wasted
     # probe), a path that goes on takes further steps of _CACHED_STEP.
-    deep = min(size.bit_length() + 2, _DEPTH_STEP)
+    deep = min(size.bit_length() + _PAST_LOG2, _DEPTH_STEP)
     for key in keys:
         out = paths[key] = {}
-        start = 0 if cache is None else _cached_path(int.from_bytes(key, "big"), cache.nodes, out)
+        start = 0 if cache is None else _cached_path(int.from_bytes(key, "big"), cache, out)
         if start >= 0:
-            walking[key] = (start, max(_CACHED_STEP, deep - start))
+            walking[key] = (start, max(1, deep - start))
     while walking:
         wanted: dict[bytes, NodeId] = {}
         for key, (start, step) in walking.items():
@@ -358,6 +395,19 @@ def label(
     return beta, pi
 
 
+def store_labels(found: list[tuple[str, bytes, bytes]]) -> Txn[None]:
+    """Keep (username, VRF output, proof) computed ahead, in bulk (a bulk load computes
+    a million of them in a process pool): :func:`fold` then reads them like any stored
+    label. A name already labelled keeps its row (a name's label never changes)."""
+    for i in range(0, len(found), _BULK_ROWS):
+        yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?) "
+                   "ON CONFLICT DO NOTHING", sorted(found[i:i + _BULK_ROWS]))
+
+
+#: Rows per statement of :func:`store_labels`.
+_BULK_ROWS = 65_536
+
+
 class _Sized(dict[int, bytes]):
     """The leaves a proof reads, reporting the tree's size as its length (KTLog sizes
     its log by ``len(leaves)``)."""
@@ -428,9 +478,10 @@ def answers(
     size ``size``, each built on its log proof: read as :func:`snapshots` reads, built
     where they are read (no hand-off of the rows between threads)."""
     found = yield from snapshots(vrf, [(u, h) for u, h, _ in asks], size, cache)
+    tops = cache.proofs if cache is not None and cache.size == size else None
     out = []
     for (user, history, part), stores in zip(asks, found, strict=True):
-        entry, key = entry_proof(part, stores, user)
+        entry, key = entry_proof(part, stores, user, tops)
         resp = (history_response(entry, key, stores) if history
                 else lookup_response(entry, key, stores))
         out.append(resp.encode())
@@ -643,14 +694,16 @@ def fold(writer: KTWriter, limit: int) -> Txn[list[LogLeaf]]:
         yield many("INSERT INTO kt_labels(username, label, proof) VALUES (?, ?, ?)", new_labels)
     keys = {u: map_key(labels[u][0]) for u in users}
     unique = list(dict.fromkeys(keys.values()))
-    latest = yield from _latest_records(unique, size)
+    latest = (yield from _latest_records(unique, size)) if size else {}
     sizes = {k: r.version + 1 for k, r in latest.items()}
     states = {k: r.state for k, r in latest.items()}
     nodes = yield from log_nodes(root_nodes(size))
     border = tuple(nodes[x] for x in root_nodes(size))
     cache = writer.cache
     cache.check(size, border)
-    paths = yield from _map_paths(unique, size, cache)
+    # An empty log has an empty map and no versions: nothing to read (a bulk load's
+    # first fold).
+    paths = (yield from _map_paths(unique, size, cache)) if size else {k: {} for k in unique}
     # The map's nodes in a plain dict (the hot loop reads it ~40 times per change);
     # what changed is found by comparing with what was read.
     work: dict[NodeId, bytes] = {}
