@@ -96,6 +96,7 @@ from sottovoce.protocol.events import (
 )
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.link import LINK_PRE_AUTH
+from sottovoce.protocol.pow import DifficultyRule
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 from sottovoce.server import kt_log
 from sottovoce.server.account_keys import (
@@ -130,6 +131,7 @@ from sottovoce.server.link_mailbox import LinkMailboxes
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.ports import DeviceKey
+from sottovoce.server.pow_gate import PowGate
 from sottovoce.server.presence import Presence
 from sottovoce.server.push import (
     Pusher,
@@ -201,6 +203,8 @@ class ServerApp:
         )
         self.key_claims = ClaimLimits(config.key_claims_per_requester,
                                       config.key_claims_per_target)
+        self.pow = PowGate(DifficultyRule(base_bits=config.pow_bits,
+                                          half_life_ms=config.pow_half_life_ms))
         self.sessions: set[Session] = set()
         #: Sessions not authenticated yet, oldest first, and how many per address.
         self.preauth_sessions: OrderedDict[Session, None] = OrderedDict()
@@ -279,6 +283,7 @@ class ServerApp:
         if self.kt is not None:
             self._handlers.update(self.kt.handlers())
             self.directory.kt_changed = self.kt.changed
+            self.kt.gate = self.pow.require
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
                                    rearm=self._arm_preauth)
         self._handlers.update(self.links.handlers())
@@ -741,6 +746,7 @@ class ServerApp:
             validate_username(ev.username)
         except UsageError as exc:
             raise WireFailure("invalid_username", str(exc)) from None
+        self.pow.require(f"addr:{address_key(session.remote)}", ev.username, ev.pow)
         taken = await self.directory.exists(ev.username)
         session.reply(USERNAME_RESULT, {"username": ev.username, "available": not taken}, rid)
 
@@ -769,6 +775,7 @@ class ServerApp:
     async def _lookup(
         self, session: Session, ev: DirectoryLookup, data: dict[str, Any], rid: str | None
     ) -> None:
+        self.pow.require(session.key[0], ev.username, ev.pow)
         rec = await self.directory.account(ev.username)
         if rec is None:
             raise WireFailure("unknown_user", "no such user")
@@ -810,6 +817,7 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
+        self.pow.require(session.key[0], ev.username, ev.pow)
         one_time = await self.directory.one_time_claims(
             self.key_claims, "prekey", session.key[0], ev.username
         )
