@@ -52,6 +52,7 @@ from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
+from sottovoce.client.discovery import Discovery
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
@@ -181,6 +182,8 @@ class Client(CallSurface):
         self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
         #: Contacts, message requests and blocks (contact_list.py).
         self.contacts = ContactList(store, self._conn, self.username)
+        #: Discovery mode and prefix search (discovery.py).
+        self.discovery = Discovery(self._conn)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,

@@ -118,6 +118,7 @@ from sottovoce.server.blobs import BlobService
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
+from sottovoce.server.discovery import DiscoveryService
 from sottovoce.server.errors import (
     ABUSE_CODES,
     CLOSE_ABUSE,
@@ -295,6 +296,8 @@ class ServerApp:
                       if isinstance(storage, SharedStorage) else None)
         if self.blobs is not None:
             self._handlers.update(self.blobs.handlers())
+        if isinstance(storage, SharedStorage):  # modes, search, static codes (both engines)
+            self._handlers.update(DiscoveryService(storage, self.pow).handlers())
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)

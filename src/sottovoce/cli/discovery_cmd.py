@@ -1,0 +1,79 @@
+"""`account discovery` and `find`: who may find this account, and the search over the
+accounts that chose to be found (client/discovery.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sottovoce.cli import render
+from sottovoce.cli.options import subcommand
+from sottovoce.cli.program import command_name
+from sottovoce.cli.session import Connect, with_client
+from sottovoce.client import Client
+
+_MODES_TEXT = (
+    "public: anyone may find the account by searching the start of its name (find PREFIX); "
+    "default: only someone who knows the exact name finds it; strict: the server answers "
+    "about it as about a name nobody holds, except to your own devices."
+)
+
+
+def cmd_discovery(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> str:
+        return await client.discovery.mode(args.mode)
+
+    mode = with_client(args, work, connect=Connect.REQUIRED)
+    print(f"discovery: {mode}" if args.mode is None else f"discovery is now {mode}")
+    return 0
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> list[str]:
+        return await client.discovery.find(args.prefix)
+
+    found = with_client(args, work, connect=Connect.REQUIRED)
+    for name in found:
+        print(render.safe(name))
+    if not found:
+        print(f"no public account starts with {render.safe(args.prefix)}")
+    return 0
+
+
+def _account_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser] | None:
+    parser = sub.choices.get("account")
+    if parser is None or parser._subparsers is None:
+        return None
+    for action in parser._subparsers._group_actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    program = command_name()
+    subcommand(
+        sub, "find",
+        help="search the public accounts by the start of their name",
+        description=(
+            "List the accounts whose name starts with PREFIX (at least 3 characters, at "
+            "most 20 names) among those that chose public discovery. Each search costs "
+            "your device a proof of work (a fraction of a second) and the server allows "
+            "a few a minute."
+        ),
+        example=f"  {program} find ali",
+        func=cmd_find, args=[("PREFIX", "the start of the name")],
+    )
+    account = _account_group(sub)
+    if account is None:
+        return
+    parser = subcommand(
+        account, "discovery",
+        help="show or change who may find this account: public, default or strict",
+        description="Without MODE, show the account's discovery mode. " + _MODES_TEXT,
+        example=f"  {program} account discovery public",
+        func=cmd_discovery,
+    )
+    parser.add_argument("mode", nargs="?", choices=("public", "default", "strict"),
+                        metavar="MODE", help="public, default or strict")

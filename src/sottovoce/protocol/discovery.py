@@ -1,0 +1,79 @@
+"""Discovery events (docs/protocol.md §Discovery): an account's discovery mode, the
+prefix search over public accounts, and the static friend verification codes.
+
+    client: sottovoce.discovery {mode?}          set (or, without mode, read) the mode
+    server: sottovoce.discovery.result {mode}    default | public | strict
+    client: sottovoce.find {prefix, pow?}        public accounts whose name starts so
+    server: sottovoce.find.result {prefix, usernames: [...]}  (at most FIND_LIMIT, sorted)
+    client: sottovoce.fvc.static {codes: [{slot, salt, hash}]}  replace (none: revoke)
+    server: sottovoce.fvc.static.result {count}
+
+``sottovoce.find`` always needs a proof of work (each search pays: a pass would let
+one proof enumerate), and is rate-limited per account besides.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sottovoce.protocol.fields import B64, Int, ListOf, Str
+from sottovoce.protocol.pow import PROOF_BYTES
+from sottovoce.protocol.spec import (
+    ClientEvent,
+    Nested,
+    WireStruct,
+    event,
+    registry,
+    struct,
+    wire,
+)
+
+DISCOVERY_RESULT = "sottovoce.discovery.result"
+FIND_RESULT = "sottovoce.find.result"
+FVC_STATIC_RESULT = "sottovoce.fvc.static.result"
+MODES = ("default", "public", "strict")
+#: Shortest prefix a search takes: one or two characters would list a large share.
+FIND_MIN_PREFIX = 3
+#: Most names one search returns.
+FIND_LIMIT = 20
+#: Most static codes an account keeps at once.
+MAX_STATIC_CODES = 20
+SALT_BYTES = 16
+HASH_BYTES = 32
+
+_PREFIX = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+@event("sottovoce.discovery")
+class DiscoverySet(ClientEvent):
+    """Set the account's discovery mode; without ``mode``, only read it."""
+
+    mode: str | None = wire(Str(max_len=16, choices=frozenset(MODES)), default=None,
+                            omit_default=True)
+
+
+@event("sottovoce.find")
+class Find(ClientEvent):
+    prefix: str = wire(Str(max_len=32, pattern=_PREFIX,
+                           why="must be lower-case letters, digits, '_', '.', '-'"))
+    pow: bytes | None = wire(B64(max_bytes=PROOF_BYTES, size=PROOF_BYTES), default=None,
+                             omit_default=True)
+
+
+@struct
+class StaticCode(WireStruct):
+    slot: int = wire(Int(minimum=0, maximum=MAX_STATIC_CODES - 1))
+    salt: bytes = wire(B64(max_bytes=SALT_BYTES, size=SALT_BYTES))
+    hash: bytes = wire(B64(max_bytes=HASH_BYTES, size=HASH_BYTES))
+
+
+@event("sottovoce.fvc.static")
+class StaticCodes(ClientEvent):
+    """Replace the account's static friend verification codes (their hashes only)."""
+
+    codes: tuple[StaticCode, ...] = wire(ListOf(
+        Nested(StaticCode, why="items must be objects"), max_items=MAX_STATIC_CODES,
+        unique=lambda c: c.slot, repeated="names a slot twice"))
+
+
+DISCOVERY_CLIENT_EVENTS = registry(DiscoverySet, Find, StaticCodes)
