@@ -63,7 +63,18 @@ def _change(
     return run
 
 
-_ADD = _change(lambda c, n: c.contacts.add(n), "{name} is a contact", Connect.TRY)
+def cmd_add(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> None:
+        if args.code:
+            await client.discovery.reach(args.name, args.code)
+        await client.contacts.add(args.name)
+
+    with_client(args, work, connect=Connect.REQUIRED if args.code else Connect.TRY)
+    print(f"{render.safe(args.name)} is a contact")
+    return 0
+
+
+_ADD = cmd_add
 _REMOVE = _change(lambda c, n: c.contacts.remove(n), "{name} is no longer a contact",
                   Connect.TRY)
 _BLOCK = _change(lambda c, n: c.contacts.block(n), "{name} is blocked", Connect.REQUIRED)
@@ -97,10 +108,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
          " " + _BLOCK_NOTE),
         ("unblock", _UNBLOCK, "lift a block (their next message is a request)", ""),
     ):
-        subcommand(
+        parser = subcommand(
             group, name, help=text, description=text[0].upper() + text[1:] + "." + extra,
             example=f"  {program} contacts {name} bob", func=func, args=_NAME,
         )
+        if name == "add":
+            parser.add_argument("--code", metavar="CODE",
+                                help="NAME's friend verification code (NAME in strict "
+                                     "discovery: they let you in when it is good)")
     requests = subcommand(
         sub, "requests",
         help="message requests: list, accept, decline, block",

@@ -64,6 +64,7 @@ from sottovoce.client.events import (
     MessageReceived,
 )
 from sottovoce.client.files import Files
+from sottovoce.client.fvc import FriendCodes
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
@@ -182,8 +183,10 @@ class Client(CallSurface):
         self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
         #: Contacts, message requests and blocks (contact_list.py).
         self.contacts = ContactList(store, self._conn, self.username)
-        #: Discovery mode and prefix search (discovery.py).
-        self.discovery = Discovery(self._conn)
+        #: Friend verification codes (fvc.py); discovery mode, search, strict (discovery.py).
+        self.fvc = FriendCodes(store, self._conn, self.username)
+        self.discovery = Discovery(self._conn, store, self.fvc, self.contacts,
+                                   self._directory.lookup)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
@@ -228,6 +231,7 @@ class Client(CallSurface):
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
             pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
         }
+        self._handlers.update(self.discovery.handlers(self._spawn))
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
 
     def __repr__(self) -> str:

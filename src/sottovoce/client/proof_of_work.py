@@ -40,6 +40,16 @@ async def solve(exc: ServerError) -> bytes:
     return await asyncio.to_thread(pw.solve, token, max_bits=MAX_BITS)
 
 
+def with_cap(event: E, cap_for: Callable[[str], bytes | None] | None) -> E:
+    """``event`` with the capability a strict account granted us for its ``username``
+    (client/discovery.py), if it takes one and we hold one."""
+    if cap_for is None or "cap" not in getattr(event, "__dataclass_fields__", {}):
+        return event
+    name = getattr(event, "username", None)
+    cap = cap_for(name) if isinstance(name, str) else None
+    return event if cap is None else cast(E, dataclasses.replace(cast(Any, event), cap=cap))
+
+
 async def with_proof(event: E, ask: Callable[[E], Awaitable[T]]) -> T:
     """``ask(event)``; on ``pow_required``, solve and ask again with the proof."""
     for _ in range(ATTEMPTS - 1):

@@ -7,6 +7,12 @@ prefix search over public accounts, and the static friend verification codes.
     server: sottovoce.find.result {prefix, usernames: [...]}  (at most FIND_LIMIT, sorted)
     client: sottovoce.fvc.static {codes: [{slot, salt, hash}]}  replace (none: revoke)
     server: sottovoce.fvc.static.result {count}
+    client: sottovoce.contact.request {username, proof? | staticCode?, pow?}
+    server: sottovoce.contact.request.accepted {}   the same bytes for every name
+    server: sottovoce.contact.request.incoming {from, proof}  to a strict owner's devices
+    client: sottovoce.discovery.grant {userId, token}  (owner) let userId find us
+    server: sottovoce.discovery.granted {}           to the owner
+    server: sottovoce.contact.granted {userId, token}  to the requester's devices
 
 ``sottovoce.find`` always needs a proof of work (each search pays: a pass would let
 one proof enumerate), and is rate-limited per account besides.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from sottovoce.protocol.fields import B64, Int, ListOf, Str
+from sottovoce.protocol.fields import B64, ID, Int, ListOf, Str
 from sottovoce.protocol.pow import PROOF_BYTES
 from sottovoce.protocol.spec import (
     ClientEvent,
@@ -76,4 +82,35 @@ class StaticCodes(ClientEvent):
         unique=lambda c: c.slot, repeated="names a slot twice"))
 
 
-DISCOVERY_CLIENT_EVENTS = registry(DiscoverySet, Find, StaticCodes)
+CAP_BYTES = 32
+#: A capability a strict account's device handed to one accepted contact (its SHA-256 is
+#: what the server keeps); about another account it opens lookups and claims.
+CAP = B64(max_bytes=CAP_BYTES, size=CAP_BYTES)
+CONTACT_REQUEST_ACCEPTED = "sottovoce.contact.request.accepted"
+CONTACT_REQUEST_INCOMING = "sottovoce.contact.request.incoming"
+CONTACT_GRANTED = "sottovoce.contact.granted"
+DISCOVERY_GRANTED = "sottovoce.discovery.granted"
+
+
+@event("sottovoce.contact.request")
+class ContactRequest(ClientEvent):
+    """Ask a strict account to let us reach it: a TOTP code's proof (protocol/fvc.py) or
+    a static code. Always answered ``accepted``, whatever the name."""
+
+    username: str = wire(ID)
+    proof: bytes | None = wire(B64(max_bytes=32, size=32), default=None, omit_default=True)
+    staticCode: str | None = wire(Str(max_len=16), default=None, omit_default=True)
+    pow: bytes | None = wire(B64(max_bytes=PROOF_BYTES, size=PROOF_BYTES), default=None,
+                             omit_default=True)
+
+
+@event("sottovoce.discovery.grant")
+class DiscoveryGrant(ClientEvent):
+    """A strict account's device lets ``userId`` find it with ``token``."""
+
+    userId: str = wire(ID)
+    token: bytes = wire(CAP)
+
+
+DISCOVERY_CLIENT_EVENTS = registry(DiscoverySet, Find, StaticCodes, ContactRequest,
+                                   DiscoveryGrant)

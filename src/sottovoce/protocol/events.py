@@ -246,6 +246,8 @@ class GatedUsernameEvent(UsernameEvent):
     of work (``pow``), asked for with ``pow_required`` (docs/protocol.md §Proof of work)."""
 
     pow: bytes | None = wire(POW, default=None, omit_default=True)
+    #: The capability a strict account handed us (protocol/discovery.py), if any.
+    cap: bytes | None = wire(B64(max_bytes=32, size=32), default=None, omit_default=True)
 
 
 @struct

@@ -54,6 +54,7 @@ class KTLookup(ClientEvent):
     since: int = wire(SINCE, default=0)
     #: About another account: a proof of work, as for a directory lookup (events.POW).
     pow: bytes | None = wire(POW, default=None, omit_default=True)
+    cap: bytes | None = wire(B64(max_bytes=32, size=32), default=None, omit_default=True)
 
 
 @event("sottovoce.kt.history")

@@ -45,6 +45,25 @@ def find_public(prefix: str, limit: int) -> Txn[list[str]]:
     return [str(r[0]) for r in found]
 
 
+def visibility(user: str, grant_hash: bytes) -> Txn[tuple[int, bool]]:
+    """(mode, whether ``grant_hash`` is granted) in one read, whether or not ``user``
+    exists: the same work for every name."""
+    found = yield one(
+        "SELECT d.mode, (SELECT 1 FROM discovery_grants g WHERE g.user_id = d.user_id "
+        "AND g.grant_hash = ?) FROM discovery d WHERE d.user_id = ?", grant_hash, user,
+    )
+    return (DEFAULT, False) if found is None else (int(found[0]), found[1] is not None)
+
+
+def set_grant(user: str, grant_hash: bytes, granted: bool) -> Txn[None]:
+    if granted:
+        yield execute("INSERT INTO discovery_grants(user_id, grant_hash) VALUES (?, ?) "
+                      "ON CONFLICT DO NOTHING", user, grant_hash)
+    else:
+        yield execute("DELETE FROM discovery_grants WHERE user_id=? AND grant_hash=?",
+                      user, grant_hash)
+
+
 def set_static_codes(user: str, hashed: Sequence[tuple[int, bytes, bytes]]) -> Txn[None]:
     """Replace the account's static codes by ``(slot, salt, hash)`` rows (none: revoke)."""
     yield execute("DELETE FROM fvc_static WHERE user_id=?", user)

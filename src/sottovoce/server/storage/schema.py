@@ -681,7 +681,8 @@ VERSIONS: tuple[Version, ...] = (
         "discovery: each account's discovery mode where it is not the default (1 public:"
         " found by prefix search; 2 strict: only with a friend verification code), and the"
         " static one-time friend verification codes, each only as an scrypt hash with its"
-        " own salt, deleted when used (storage/discovery.py, server/discovery.py)",
+        " own salt, deleted when used, and the hashed capabilities a strict account's devices"
+        " granted (storage/discovery.py, server/discovery.py)",
         sqlite="""
     CREATE TABLE discovery(
         user_id TEXT PRIMARY KEY,
@@ -693,6 +694,11 @@ VERSIONS: tuple[Version, ...] = (
         salt BLOB NOT NULL,
         hash BLOB NOT NULL,
         PRIMARY KEY(user_id, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE discovery_grants(
+        user_id TEXT NOT NULL,
+        grant_hash BLOB NOT NULL,
+        PRIMARY KEY(user_id, grant_hash)
     ) WITHOUT ROWID
     """,
         postgres="""
@@ -706,6 +712,11 @@ VERSIONS: tuple[Version, ...] = (
         salt bytea NOT NULL,
         hash bytea NOT NULL,
         PRIMARY KEY(user_id, slot)
+    );
+    CREATE TABLE discovery_grants(
+        user_id text NOT NULL,
+        grant_hash bytea NOT NULL,
+        PRIMARY KEY(user_id, grant_hash)
     );
     """,
     ),

@@ -254,6 +254,12 @@ class SharedStorage(Storage, Engine):
     async def find_public(self, prefix: str, limit: int) -> list[str]:
         return await self._read_op(discovery.find_public, prefix, limit)
 
+    async def visibility(self, user_id: str, grant_hash: bytes) -> tuple[int, bool]:
+        return await self._read_op(discovery.visibility, user_id, grant_hash)
+
+    async def set_grant(self, user_id: str, grant_hash: bytes, granted: bool) -> None:
+        await self._write_op(discovery.set_grant, user_id, grant_hash, granted, atomic=False)
+
     async def set_static_codes(self, user_id: str, hashed: Sequence[tuple[int, bytes, bytes]],
                                ) -> None:
         await self._write_op(discovery.set_static_codes, user_id, hashed)
