@@ -1,5 +1,5 @@
-"""The proof-of-work gate in front of probes and first contact (docs/protocol.md §Proof of
-work): ``sottovoce.username.check``, ``sottovoce.directory.lookup``,
+"""The proof-of-work gate in front of probes and first contact
+(docs/protocol.md §Proof of work): ``sottovoce.username.check``, ``sottovoce.directory.lookup``,
 ``sottovoce.prekeys.claim`` (the start of every session with another account, so of
 every first message and contact request) and ``sottovoce.find``.
 
