@@ -118,7 +118,8 @@ def add_fvc_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description=(
             "A friend verification code lets someone reach this account in strict "
             "discovery: they pass it with --code to send or contacts add. Your devices "
-            "check it; the server never sees the code itself."
+            "check a time-based code (the server never sees it); a static code is checked "
+            "by the server against its hash and then deleted."
         ),
         epilog=f"example:\n  {program} fvc show",
         formatter_class=argparse.RawDescriptionHelpFormatter,
