@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from sottovoce.client.errors import ServerError
 from sottovoce.errors import UsageError
 from sottovoce.protocol import fvc
 from sottovoce.protocol import pow as pw
@@ -159,3 +161,25 @@ async def test_static_codes_are_hashed_burnt_on_use_and_revocable(
         await alice.fvc.revoke()
         with pytest.raises(UsageError, match="did not let you in"):
             await frank.discovery.reach("alice", codes[1], timeout=3)  # revoked
+
+
+async def test_contacts_from_before_strict_keep_reaching_the_account(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
+        await alice.contacts.add("bob")
+        await alice.discovery.mode("strict")  # bob gets a capability, carol nothing
+        for _ in range(100):
+            if bob.discovery.cap_for("alice") is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert bob.discovery.cap_for("alice") is not None
+        assert carol.discovery.cap_for("alice") is None
+        stream = alice.events()
+        bob._directory.forget("alice")  # the next send looks alice up again, with the cap
+        await bob.send_text("alice", "still here")
+        [msg] = await received(stream, 1)
+        assert msg.text == "still here"
+        with pytest.raises(ServerError) as info:
+            await carol._directory.lookup("alice")
+        assert info.value.code == "unknown_user"

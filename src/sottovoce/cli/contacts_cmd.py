@@ -68,6 +68,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         if args.code:
             await client.discovery.reach(args.name, args.code)
         await client.contacts.add(args.name)
+        await _let_in(client, args.name)
 
     with_client(args, work, connect=Connect.REQUIRED if args.code else Connect.TRY)
     print(f"{render.safe(args.name)} is a contact")
@@ -80,7 +81,18 @@ _REMOVE = _change(lambda c, n: c.contacts.remove(n), "{name} is no longer a cont
 _BLOCK = _change(lambda c, n: c.contacts.block(n), "{name} is blocked", Connect.REQUIRED)
 _UNBLOCK = _change(lambda c, n: c.contacts.unblock(n), "{name} is no longer blocked",
                    Connect.REQUIRED)
-_ACCEPT = _change(lambda c, n: c.contacts.accept(n), "{name} is a contact now", Connect.TRY)
+async def _let_in(client: Client, name: str) -> None:
+    """A new contact of a strict account gets a capability to find it (when online)."""
+    if client.connected:
+        await client.discovery.let_in(name)
+
+
+async def _accept(client: Client, name: str) -> None:
+    await client.contacts.accept(name)
+    await _let_in(client, name)
+
+
+_ACCEPT = _change(_accept, "{name} is a contact now", Connect.TRY)
 _DECLINE = _change(lambda c, n: c.contacts.decline(n),
                    "declined: the messages of {name} are deleted", Connect.TRY)
 

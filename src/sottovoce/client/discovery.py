@@ -56,6 +56,7 @@ from sottovoce.protocol.discovery import (
 from sottovoce.protocol.fields import ID_RE
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+_MODE = "discovery-mode"
 #: How long :meth:`Discovery.reach` waits for the owner's devices to answer.
 REACH_TIMEOUT_S = 20.0
 
@@ -146,12 +147,31 @@ class Discovery:
         """The account's mode on the server, after setting it to ``new`` if given."""
         if new is not None and new not in MODES:
             raise UsageError(f"discovery mode must be one of {', '.join(MODES)}")
+        was = self._cached()
         _, data = await self._link.request(DiscoverySet(mode=new),
                                            frozenset({DISCOVERY_RESULT}))
         mode = data.get("mode")
         if mode not in MODES:
             raise RemoteError("the server answered with an unknown discovery mode")
+        with self._store.transaction():
+            self._store.put_secret(_MODE, str(mode).encode())
+        if mode == "strict" and was != "strict":
+            # Our contacts must keep finding us: each gets a capability of its own (the
+            # server learns whom it hands them to; see docs/threat-model.md §Discovery).
+            for name in self._contacts.contacts():
+                await self.grant(name)
         return str(mode)
+
+    def _cached(self) -> str | None:
+        raw = self._store.get_secret(_MODE)
+        return None if raw is None else raw.decode()
+
+    async def let_in(self, username: str) -> bool:
+        """After we made ``username`` a contact: if we are strict, let them find us."""
+        if self._cached() != "strict" or username == self._me:
+            return False
+        await self.grant(username)
+        return True
 
     async def find(self, prefix: str) -> list[str]:
         """The public accounts whose name starts with ``prefix`` (at most FIND_LIMIT)."""
