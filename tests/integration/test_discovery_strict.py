@@ -122,7 +122,7 @@ async def test_totp_codes_let_in_once_within_the_window_only(
         assert len(code) == 8 and code.isdigit() and 0 < left <= 60
         stale = _code_at(alice, time.time() - 3 * fvc.TOTP_STEP_S)  # outside ±1 step
         with pytest.raises(UsageError, match="did not let you in"):
-            await dave.discovery.reach("alice", stale, timeout=3)
+            await dave.discovery.reach("alice", stale, timeout=1.5)
         stream = alice.events()
         await bob.discovery.reach("alice", code)
         await bob.send_text("alice", "let in by a code")
@@ -130,7 +130,7 @@ async def test_totp_codes_let_in_once_within_the_window_only(
         assert msg.text == "let in by a code"
         assert "bob" in alice.contacts.contacts()
         with pytest.raises(UsageError, match="did not let you in"):
-            await carol.discovery.reach("alice", code, timeout=3)  # used: refused again
+            await carol.discovery.reach("alice", code, timeout=1.5)  # used: refused again
         with pytest.raises(UsageError, match="8 digits"):
             await carol.discovery.reach("alice", "12ab")
 
@@ -157,10 +157,10 @@ async def test_static_codes_are_hashed_burnt_on_use_and_revocable(
         finally:
             db.close()
         with pytest.raises(UsageError, match="did not let you in"):
-            await frank.discovery.reach("alice", codes[0], timeout=3)  # burnt
+            await frank.discovery.reach("alice", codes[0], timeout=1.5)  # burnt
         await alice.fvc.revoke()
         with pytest.raises(UsageError, match="did not let you in"):
-            await frank.discovery.reach("alice", codes[1], timeout=3)  # revoked
+            await frank.discovery.reach("alice", codes[1], timeout=1.5)  # revoked
 
 
 async def test_contacts_from_before_strict_keep_reaching_the_account(

@@ -33,6 +33,7 @@ from typing import Any
 
 from sottovoce.client.connection import Connection
 from sottovoce.client.contact_list import ContactList
+from sottovoce.client.errors import ServerError
 from sottovoce.client.fvc import FVC_CONTENT_TYPE, FriendCodes
 from sottovoce.client.store import Store
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
@@ -100,16 +101,17 @@ class Discovery:
 
     async def _on_incoming(self, data: dict[str, Any]) -> None:
         """A contact request to us (strict): check the code's proof here, then let the
-        requester in; a static code the server checked arrives already granted."""
+        requester in and make them a contact. A static code the server checked arrives
+        already granted; the server's word adds no contact (their first message is a
+        request, as any stranger's)."""
         requester, proof = data.get("from"), _b64(data.get("proof"))
-        if not isinstance(requester, str) or requester == self._me:
-            return
+        if not isinstance(requester, str) or requester == self._me or proof is None:
+            return  # a static code: the server let them in; their message is a request
         with contextlib.suppress(SottovoceError):
-            if data.get("static") is not True:
-                if proof is None or not self._codes.check(requester, proof=proof):
-                    return
-                await self.grant(requester)
-                await self._codes.spent_elsewhere()
+            if not await self._codes.check_proof(requester, proof):
+                return
+            await self.grant(requester)
+            await self._codes.spent_elsewhere()
             await self._contacts.add(requester)
 
     async def grant(self, username: str) -> None:
@@ -121,8 +123,8 @@ class Discovery:
     async def reach(self, username: str, code: str, *, timeout: float = REACH_TIMEOUT_S,
                     ) -> None:
         """Ask ``username`` (if strict) to let us in with a friend verification code, and
-        wait until it did. The server's answer is the same whether or not the name
-        exists; only the owner's devices' grant tells."""
+        wait until it did; a name we can look up already needs nothing. The server's
+        answer is the same whether or not the name exists; only the owner's grant tells."""
         code = code.strip()
         if fvc.is_totp(code):
             proof = fvc.code_proof(code, owner=username, requester=self._me)
@@ -132,6 +134,12 @@ class Discovery:
         else:
             raise UsageError("a friend verification code is 8 digits, or NN-NNNNNNNN "
                              "(a static code)")
+        try:
+            await self._lookup(username)
+            return  # found already (not strict, or it let us in): no code needed
+        except ServerError as exc:
+            if exc.code != "unknown_user":
+                raise
         event = self._granted.setdefault(username, asyncio.Event())
         event.clear()
         await self._link.request(request, frozenset({CONTACT_REQUEST_ACCEPTED}))

@@ -11,6 +11,7 @@ made here, printed once and handed to the server only as scrypt hashes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -93,26 +94,47 @@ class FriendCodes:
         left = fvc.TOTP_STEP_S - now % fvc.TOTP_STEP_S
         return self._totp(state).at(now), left
 
-    def check(self, requester: str, *, proof: bytes | None = None,
-              code: str | None = None) -> bool:
-        """Whether ``requester`` presents a code of the window (as a proof, or the code
-        itself on this device); the step used is spent."""
+    def _window(self) -> list[tuple[int, str]]:
+        """(step, code) of the accepted window not used yet, the current step first."""
         state = self._state()
         if state is None:
-            return False
+            return []
         totp = self._totp(state)
-        for step in fvc.totp_steps(int(self._clock())):
-            if step <= int(state["lastStep"]):
-                continue
-            expected = totp.at(step * fvc.TOTP_STEP_S)
-            good = (code is not None and hmac.compare_digest(code, expected)) or (
-                proof is not None and hmac.compare_digest(
-                    proof, fvc.code_proof(expected, owner=self._me, requester=requester)))
-            if good:
-                state["lastStep"] = step
-                self._save(state)
+        return [(step, totp.at(step * fvc.TOTP_STEP_S))
+                for step in fvc.totp_steps(int(self._clock()))
+                if step > int(state["lastStep"])]
+
+    def _spend(self, step: int) -> None:
+        state = self._state()
+        if state is not None:
+            state["lastStep"] = max(step, int(state["lastStep"]))
+            self._save(state)
+
+    def check(self, code: str) -> bool:
+        """Whether ``code`` itself is good now (then its step is spent)."""
+        for step, expected in self._window():
+            if hmac.compare_digest(code, expected):
+                self._spend(step)
                 return True
         return False
+
+    async def check_proof(self, requester: str, proof: bytes) -> bool:
+        """Whether ``requester``'s proof stands for a code of the window (then its step is
+        spent). The three scrypts run in a worker thread, off the event loop."""
+        window = self._window()
+
+        def matching() -> int | None:
+            for step, code in window:
+                if hmac.compare_digest(
+                        proof, fvc.code_proof(code, owner=self._me, requester=requester)):
+                    return step
+            return None
+
+        step = await asyncio.to_thread(matching)
+        if step is None:
+            return False
+        self._spend(step)
+        return True
 
     async def spent_elsewhere(self) -> None:
         """Tell our other devices which step was used (after :meth:`check` said yes)."""
