@@ -57,6 +57,8 @@ def test_cli_discovery_find_and_codes(
     assert "1-20 static codes" in refused("alice", "fvc", "new", "--static", "0")
     assert "revoked" in ok("alice", "fvc", "revoke")
     assert "8 digits" in refused("bob", "send", "alice", "hi", "--code", "12ab")
+    # alice is not strict: the code is not needed, the message simply goes.
+    assert ok("bob", "contacts", "add", "alice", "--code", "12345678") == "alice is a contact\n"
     with pytest.raises(SystemExit) as usage:
         cli_main(["account", "discovery", "hidden"])
     assert usage.value.code == 2
