@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys, DeviceSigningKey
 from sottovoce.protocol.events import auth_message, dm_conversation_id
+from sottovoce.protocol.pow import solve as pow_solve
 
 TIMEOUT = 10.0
 #: Unsolicited server notices; ``recv``/``expect`` set them aside in ``notices``.
@@ -174,7 +175,19 @@ class RawClient:
         raise AssertionError(f"unexpected frame {f!r}")
 
     async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Send and return the reply carrying our requestId (skipping other frames)."""
+        """Send and return the reply carrying our requestId (skipping other frames); a
+        ``pow_required`` refusal is solved and the request sent again with ``pow``, as
+        the SDK does (client/proof_of_work.py)."""
+        for _ in range(3):
+            reply = await self._request_once(event, data)
+            err = reply["data"] if reply["event"] == "ksmpv3.error" else {}
+            if err.get("code") != "pow_required":
+                return reply
+            proof = pow_solve(unb64(err["details"]["challenge"]))
+            data = {**data, "pow": b64(proof)}
+        return reply
+
+    async def _request_once(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         rid = await self.send(event, data)
         deadline = time.monotonic() + TIMEOUT
         for i, f in enumerate(self._backlog):

@@ -99,6 +99,9 @@ class ServerProcess:
             "--data-dir", str(self.data_dir),
             "--log-file", str(self.log_path),
             "--push-allow-private", "true",
+            # Proof of work at a token level unless a test asks for its own: the flow runs
+            # in every test (refusal, solution, retry) without 0.2 s per new pair.
+            *([] if "--pow-bits" in self.extra_args else ["--pow-bits", "4"]),
             *self.extra_args,
         ]
 

@@ -156,9 +156,11 @@ async def test_each_directory_change_grows_the_log_and_lookups_verify(
         await bob.delete_account()
         found = verify_lookup(policy, None, "bob", await _lookup(alice, "bob"), now_ms=_now())
         assert found.state is not None and found.state.deleted and found.head.size == 5
-        nobody = verify_lookup(policy, None, "carol", await _lookup(alice, "carol"),
-                               now_ms=_now())
-        assert nobody.version is None
+        # A name nobody holds is refused as a strict account is: no proof of absence to
+        # another account, so the two cannot be told apart (docs/protocol.md §Discovery).
+        with pytest.raises(ServerError) as info:
+            await _lookup(alice, "carol")
+        assert info.value.code == "unknown_user"
 
         # The HTTP view agrees: consistency between two heads from /kt/consistency.
         proof = json.loads(server.http_get("/kt/consistency?old=2&new=5"))["proof"]

@@ -190,6 +190,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         return files_cmd.send_file(args)
 
     async def work(client: Client) -> int | None:
+        if getattr(args, "code", None):
+            await client.discovery.reach(args.name, args.code)
         if args.reply_to:
             message_id = await client.controls.reply(args.name, args.reply_to, args.text)
         else:
@@ -597,10 +599,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_send,
         args=[("NAME", "the recipient's username")],
         options=_send_options,
-    ).add_argument(
+    )
+    send = sub.choices["send"]
+    send.add_argument(
         "--reply-to", metavar="ID",
         help="quote message ID (or an unambiguous start of it: history --ids) in the reply",
     )
+    send.add_argument("--code", metavar="CODE",
+                      help="NAME's friend verification code (needed when NAME is in strict "
+                           "discovery and you are not their contact yet)")
     subcommand(
         sub,
         "listen",

@@ -78,13 +78,36 @@ def _change(
     return run
 
 
-_ADD = _change(lambda c, n: c.contacts.add(n), "{name} is a contact", Connect.TRY)
+def cmd_add(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> None:
+        if args.code:
+            await client.discovery.reach(args.name, args.code)
+        await client.contacts.add(args.name)
+        await _let_in(client, args.name)
+
+    with_client(args, work, connect=Connect.REQUIRED if args.code else Connect.TRY)
+    print(f"{render.safe(args.name)} is a contact")
+    return 0
+
+
+_ADD = cmd_add
 _REMOVE = _change(lambda c, n: c.contacts.remove(n), "{name} is no longer a contact",
                   Connect.TRY)
 _BLOCK = _change(lambda c, n: c.contacts.block(n), "{name} is blocked", Connect.REQUIRED)
 _UNBLOCK = _change(lambda c, n: c.contacts.unblock(n), "{name} is no longer blocked",
                    Connect.REQUIRED)
-_ACCEPT = _change(lambda c, n: c.contacts.accept(n), "{name} is a contact now", Connect.TRY)
+async def _let_in(client: Client, name: str) -> None:
+    """A new contact of a strict account gets a capability to find it (when online)."""
+    if client.connected:
+        await client.discovery.let_in(name)
+
+
+async def _accept(client: Client, name: str) -> None:
+    await client.contacts.accept(name)
+    await _let_in(client, name)
+
+
+_ACCEPT = _change(_accept, "{name} is a contact now", Connect.TRY)
 _DECLINE = _change(lambda c, n: c.contacts.decline(n),
                    "declined: the messages of {name} are deleted", Connect.TRY)
 
@@ -114,10 +137,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
          " " + _BLOCK_NOTE),
         ("unblock", _UNBLOCK, "lift a block (their next message is a request)", ""),
     ):
-        subcommand(
+        parser = subcommand(
             group, name, help=text, description=text[0].upper() + text[1:] + "." + extra,
             example=f"  {program} contacts {name} bob", func=func, args=_NAME,
         )
+        if name == "add":
+            parser.add_argument("--code", metavar="CODE",
+                                help="NAME's friend verification code (NAME in strict "
+                                     "discovery: they let you in when it is good)")
     requests = subcommand(
         sub, "requests",
         help="message requests: list, accept, decline, block",

@@ -42,12 +42,14 @@ COMMAND_MODULES = (
     "sottovoce.cli.contacts_cmd",
     "sottovoce.cli.ephemeral_cmd",
     "sottovoce.cli.app_cmd",
+    "sottovoce.cli.discovery_cmd",
 )
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
 _REVOKE = "sottovoce.cli.revoke_cmd"
 _CONTROL = "sottovoce.cli.control_cmd"
 _CONVERSATIONS = "sottovoce.cli.conversations_cmd"
+_DISCOVERY = "sottovoce.cli.discovery_cmd"
 #: The modules that declare each top-level command, in COMMAND_MODULES order (``revoke``
 #: adds to the ``account`` and ``device`` groups, so it needs the modules that make them;
 #: so do ``account settings`` and ``room edit|delete|react``).
@@ -55,7 +57,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "demo": ("sottovoce.cli.demo",),
     "server": ("sottovoce.cli.server_cmd",),
     **dict.fromkeys(("send", "listen", "chat", "history", "verify"), (_CLIENT,)),
-    "account": (_CLIENT, _REVOKE, _CONVERSATIONS, _CONTROL),
+    "account": (_CLIENT, _REVOKE, _CONVERSATIONS, _CONTROL, _DISCOVERY),
     **dict.fromkeys(("list", "search", "export", "forget"), (_CONVERSATIONS,)),
     "device": (_CLIENT, _DEVICE, _REVOKE),
     "room": ("sottovoce.cli.room_cmd", _CONTROL, "sottovoce.cli.timer_cmd"),
@@ -69,6 +71,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("contacts", "requests"), ("sottovoce.cli.contacts_cmd",)),
     "panic": ("sottovoce.cli.ephemeral_cmd",),
     "app": ("sottovoce.cli.app_cmd",),
+    **dict.fromkeys(("find", "fvc"), (_DISCOVERY,)),
 }
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.

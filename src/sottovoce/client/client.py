@@ -52,6 +52,7 @@ from sottovoce.client.conversation import Controls
 from sottovoce.client.conversations import Conversations
 from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
+from sottovoce.client.discovery import Discovery
 from sottovoce.client.ephemeral import EphemeralChats
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
@@ -64,6 +65,7 @@ from sottovoce.client.events import (
     MessageReceived,
 )
 from sottovoce.client.files import Files
+from sottovoce.client.fvc import FriendCodes
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
@@ -183,6 +185,10 @@ class Client(CallSurface):
         self._prekeys = Prekeys(store, self._conn, self._sessions, identity.device_key, self._emit)
         #: Contacts, message requests and blocks (contact_list.py).
         self.contacts = ContactList(store, self._conn, self.username)
+        #: Friend verification codes (fvc.py); discovery mode, search, strict (discovery.py).
+        self.fvc = FriendCodes(store, self._conn, self.username)
+        self.discovery = Discovery(self._conn, store, self.fvc, self.contacts,
+                                   self._directory.lookup)
         self._direct = DirectMessages(
             store=store, link=self._conn, sessions=self._sessions, directory=self._directory,
             outbox=self._outbox, username=self.username, device_id=self.device_id,
@@ -236,6 +242,7 @@ class Client(CallSurface):
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
             pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
         }
+        self._handlers.update(self.discovery.handlers(self._spawn))
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)
 
     def __repr__(self) -> str:

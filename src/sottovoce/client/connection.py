@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from sottovoce.client.errors import NotConnected, ServerError
+from sottovoce.client.proof_of_work import with_cap, with_proof
 from sottovoce.connect_failure import describe_failure
 from sottovoce.errors import UsageError
 from sottovoce.identity import DeviceSigningKey
@@ -243,6 +244,8 @@ class Connection:
         self._retry_after_ms = 0
         self._last_rx = 0.0
         self.backoff_base_s = BACKOFF_BASE_S
+        #: The capability a strict account granted us, by its name (client/discovery.py).
+        self.cap_for: Callable[[str], bytes | None] | None = None
         self.backoff_cap_s = BACKOFF_CAP_S
         self.fatal: ServerError | None = None
         self.info: ConnectedInfo | None = None
@@ -333,9 +336,13 @@ class Connection:
         timeout: float = REQUEST_TIMEOUT_S,
         wait_up: bool = True,
     ) -> tuple[str, dict[str, Any]]:
-        """Send ``event`` and wait for its reply (matched by requestId)."""
-        return await self.request_built(event.to_frame, expect, timeout=timeout,
-                                        wait_up=wait_up)
+        """Send ``event`` and wait for its reply (matched by requestId); a request the
+        server wants a proof of work for is solved and sent again (client/proof_of_work.py)."""
+        async def ask(e: ev.ClientEvent) -> tuple[str, dict[str, Any]]:
+            return await self.request_built(e.to_frame, expect, timeout=timeout,
+                                            wait_up=wait_up)
+
+        return await with_proof(with_cap(event, self.cap_for), ask)
 
     async def request_built(
         self,

@@ -87,13 +87,22 @@ class ContactList:
     def __init__(self, store: Store, link: Link, username: str) -> None:
         self._table, self._store = ContactTable(store), store
         self._link, self._me = link, username
+        self.me = username
         self._send_own: SendOwn | None = None
         self._conversations: Conversations | None = None
         self._presence: Presence | None = None
+        #: Other state our devices share the same way (content type -> apply), e.g. the
+        #: friend verification codes (client/fvc.py).
+        self.own_sync: dict[str, Callable[[bytes], None]] = {}
 
     def attach(self, send_own: SendOwn, conversations: Conversations) -> None:
         """What the Client builds after this: the self-send and the conversations."""
         self._send_own, self._conversations = send_own, conversations
+
+    async def send_own(self, content_type: str, body: bytes) -> None:
+        """Send ``body`` to our other devices (nothing to do before attach)."""
+        if self._send_own is not None:
+            await self._send_own(content_type, body)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -245,6 +254,9 @@ class ContactList:
             if peer == self._me:
                 if content_type == CONTACTS_CONTENT_TYPE:
                     self._apply(body)
+                elif content_type in self.own_sync:
+                    with contextlib.suppress(DecodeError):  # a newer version's change
+                        self.own_sync[content_type](body)
             elif self.state(peer) != CONTACT:
                 self._set(peer, CONTACT)  # one of our devices wrote to them
         elif self.state(peer) is None:

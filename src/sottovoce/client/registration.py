@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sottovoce.client.connection import (
     Connector,
@@ -22,6 +23,7 @@ from sottovoce.client.connection import (
 )
 from sottovoce.client.errors import NotConnected
 from sottovoce.client.identity import LocalIdentity
+from sottovoce.client.proof_of_work import with_proof
 from sottovoce.protocol import events as ev
 
 
@@ -73,6 +75,11 @@ async def username_available(
 ) -> bool:
     async with _short_connection(ws_url(server_url), connector) as transport:
         await read_challenge(transport)
-        await transport.send(ev.UsernameCheck(username=username).to_frame("check"))
-        _, data = await expect_reply(transport, frozenset({ev.USERNAME_RESULT}))
+
+        async def ask(check: ev.UsernameCheck) -> dict[str, Any]:
+            await transport.send(check.to_frame("check"))
+            _, data = await expect_reply(transport, frozenset({ev.USERNAME_RESULT}))
+            return data
+
+        data = await with_proof(ev.UsernameCheck(username=username), ask)
         return bool(data.get("available"))

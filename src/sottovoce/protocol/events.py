@@ -108,6 +108,7 @@ from sottovoce.protocol.fields import (
 from sottovoce.protocol.fields import CONTENT_TYPES as CONTENT_TYPES
 from sottovoce.protocol.fields import ProtocolError as ProtocolError
 from sottovoce.protocol.fields import b64 as b64
+from sottovoce.protocol.pow import PROOF_BYTES as POW_PROOF_BYTES
 from sottovoce.protocol.spec import ClientEvent as ClientEvent
 from sottovoce.protocol.spec import Nested, WireStruct, event, registry, struct, wire
 from sottovoce.protocol.spec import frame as frame
@@ -235,6 +236,20 @@ class UsernameEvent(ClientEvent):
     username: str = wire(ID)
 
 
+#: A solved proof of work (protocol/pow.py): the server's challenge token and a counter.
+POW = B64(max_bytes=POW_PROOF_BYTES, size=POW_PROOF_BYTES)
+
+
+@struct
+class GatedUsernameEvent(UsernameEvent):
+    """A username event that probes the directory: about another account it needs a proof
+    of work (``pow``), asked for with ``pow_required`` (docs/protocol.md §Proof of work)."""
+
+    pow: bytes | None = wire(POW, default=None, omit_default=True)
+    #: The capability a strict account handed us (protocol/discovery.py), if any.
+    cap: bytes | None = wire(B64(max_bytes=32, size=32), default=None, omit_default=True)
+
+
 @struct
 class _Certified(ClientEvent):
     """A device certificate (signed by the account key) and the device key's signature
@@ -297,12 +312,12 @@ class Auth(ClientEvent):
 
 
 @event("sottovoce.username.check")
-class UsernameCheck(UsernameEvent):
+class UsernameCheck(GatedUsernameEvent):
     pass
 
 
 @event("sottovoce.directory.lookup")
-class DirectoryLookup(UsernameEvent):
+class DirectoryLookup(GatedUsernameEvent):
     pass
 
 
@@ -315,7 +330,7 @@ class PrekeysUpload(ClientEvent):
 
 
 @event("sottovoce.prekeys.claim")
-class PrekeysClaim(UsernameEvent):
+class PrekeysClaim(GatedUsernameEvent):
     """Fetch one prekey bundle per active device of ``username`` (consumes one-time keys)."""
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from sottovoce.limits import KT_MAX_LOG_SIZE, KT_MAX_NOTE_BYTES, KT_MAX_VERSIONS, MAX_FRAME_BYTES
 from sottovoce.protocol.fields import B64, ID, Int, ListOf, Str
+from sottovoce.protocol.pow import PROOF_BYTES as POW_PROOF_BYTES
 from sottovoce.protocol.spec import ClientEvent, WireStruct, event, registry, struct, wire
 
 #: A tree size a client may name: 0 (none) up to the largest log there can be.
 SINCE = Int(minimum=0, maximum=KT_MAX_LOG_SIZE)
 HASH = B64(max_bytes=32, size=32)
+POW = B64(max_bytes=POW_PROOF_BYTES, size=POW_PROOF_BYTES)
 #: A C2SP verifier key ("name+keyid+base64"): a key name (256 bytes at most) and 54 more.
 VKEY = Str(max_len=320)
 #: The most proof hashes a consistency proof can have for a log of KT_MAX_LOG_SIZE leaves.
@@ -50,6 +52,9 @@ class KTLookup(ClientEvent):
 
     username: str = wire(ID)
     since: int = wire(SINCE, default=0)
+    #: About another account: a proof of work, as for a directory lookup (events.POW).
+    pow: bytes | None = wire(POW, default=None, omit_default=True)
+    cap: bytes | None = wire(B64(max_bytes=32, size=32), default=None, omit_default=True)
 
 
 @event("sottovoce.kt.history")

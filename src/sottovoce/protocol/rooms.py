@@ -136,6 +136,7 @@ from sottovoce.limits import (
     ROOM_TOKEN_MIN_LEN,
 )
 from sottovoce.protocol.blobs import BLOB_CLIENT_EVENTS
+from sottovoce.protocol.discovery import DISCOVERY_CLIENT_EVENTS
 from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, UsernameEvent
 from sottovoce.protocol.fields import (
     B64,
@@ -534,7 +535,7 @@ ROOM_CLIENT_EVENTS = registry(
 #: (protocol/events.py cannot import this module: it is imported here).
 ALL_CLIENT_EVENTS = registry(*CLIENT_EVENTS.values(), *ROOM_CLIENT_EVENTS.values(),
                              *LINK_CLIENT_EVENTS.values(), *KT_CLIENT_EVENTS.values(),
-                             *BLOB_CLIENT_EVENTS.values())
+                             *BLOB_CLIENT_EVENTS.values(), *DISCOVERY_CLIENT_EVENTS.values())
 
 
 # =============================================================================

@@ -96,6 +96,7 @@ from sottovoce.protocol.events import (
 )
 from sottovoce.protocol.fields import ProtocolError, b64
 from sottovoce.protocol.link import LINK_PRE_AUTH
+from sottovoce.protocol.pow import DifficultyRule
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS
 from sottovoce.server import kt_log
 from sottovoce.server.account_keys import (
@@ -117,6 +118,7 @@ from sottovoce.server.blobs import BlobService
 from sottovoce.server.config import ServerConfig
 from sottovoce.server.delivery import Delivery
 from sottovoce.server.directory import Directory
+from sottovoce.server.discovery import DiscoveryService
 from sottovoce.server.errors import (
     ABUSE_CODES,
     CLOSE_ABUSE,
@@ -130,6 +132,7 @@ from sottovoce.server.link_mailbox import LinkMailboxes
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.ports import DeviceKey
+from sottovoce.server.pow_gate import PowGate
 from sottovoce.server.presence import Presence
 from sottovoce.server.push import (
     Pusher,
@@ -201,6 +204,8 @@ class ServerApp:
         )
         self.key_claims = ClaimLimits(config.key_claims_per_requester,
                                       config.key_claims_per_target)
+        self.pow = PowGate(DifficultyRule(base_bits=config.pow_bits,
+                                          half_life_ms=config.pow_half_life_ms))
         self.sessions: set[Session] = set()
         #: Sessions not authenticated yet, oldest first, and how many per address.
         self.preauth_sessions: OrderedDict[Session, None] = OrderedDict()
@@ -279,6 +284,7 @@ class ServerApp:
         if self.kt is not None:
             self._handlers.update(self.kt.handlers())
             self.directory.kt_changed = self.kt.changed
+            self.kt.gate = self._kt_gate
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
                                    rearm=self._arm_preauth)
         self._handlers.update(self.links.handlers())
@@ -290,6 +296,11 @@ class ServerApp:
                       if isinstance(storage, SharedStorage) else None)
         if self.blobs is not None:
             self._handlers.update(self.blobs.handlers())
+        #: Discovery modes, search, friend codes (both storage engines keep them).
+        self.discovery = (DiscoveryService(storage, self.pow, self.directory, self.presence)
+                          if isinstance(storage, SharedStorage) else None)
+        if self.discovery is not None:
+            self._handlers.update(self.discovery.handlers())
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)
@@ -741,7 +752,10 @@ class ServerApp:
             validate_username(ev.username)
         except UsageError as exc:
             raise WireFailure("invalid_username", str(exc)) from None
-        taken = await self.directory.exists(ev.username)
+        requester = f"addr:{address_key(session.remote)}"
+        self.pow.require(requester, ev.username, ev.pow)
+        taken = (await self.directory.exists(ev.username) if self.discovery is None
+                 else await self.discovery.taken(requester, ev.username))
         session.reply(USERNAME_RESULT, {"username": ev.username, "available": not taken}, rid)
 
     def _ping(self, session: Session, ev: Ping, data: dict[str, Any], rid: str | None) -> None:
@@ -769,7 +783,7 @@ class ServerApp:
     async def _lookup(
         self, session: Session, ev: DirectoryLookup, data: dict[str, Any], rid: str | None
     ) -> None:
-        rec = await self.directory.account(ev.username)
+        rec = await self._visible(session, ev.username, ev.pow, ev.cap)
         if rec is None:
             raise WireFailure("unknown_user", "no such user")
         session.reply(DIRECTORY_RESULT, {
@@ -782,6 +796,23 @@ class ServerApp:
             "forked": rec.forked,
             **chain_data(rec.genesis_key, rec.recovery_key, await self._chain(rec)),
         }, rid)
+
+    async def _visible(self, session: Session, name: str, pow_proof: bytes | None,
+                       cap: bytes | None) -> AccountRecord | None:
+        """The account a lookup or claim is about, after its proof of work; None for a
+        name nobody holds and, alike, for a strict account hidden from the requester."""
+        self.pow.require(session.key[0], name, pow_proof)
+        if self.discovery is None:
+            return await self.directory.account(name)
+        return await self.discovery.account(session.key[0], name, cap)
+
+    async def _kt_gate(self, requester: str, name: str, pow_proof: bytes | None,
+                       cap: bytes | None) -> None:
+        """Key-transparency lookups about another account: the same proof of work, and
+        a hidden or free name is ``unknown_user`` (no proof of absence to strangers)."""
+        self.pow.require(requester, name, pow_proof)
+        if self.discovery is not None and not await self.discovery.known(requester, name, cap):
+            raise WireFailure("unknown_user", "no such user")
 
     async def _chain(self, rec: AccountRecord) -> list[Statement]:
         """An account's successions and recoveries (none to read while it has its first key)."""
@@ -810,6 +841,8 @@ class ServerApp:
     async def _prekeys_claim(
         self, session: Session, ev: PrekeysClaim, data: dict[str, Any], rid: str | None
     ) -> None:
+        if await self._visible(session, ev.username, ev.pow, ev.cap) is None:
+            raise WireFailure("unknown_user", "no such user")
         one_time = await self.directory.one_time_claims(
             self.key_claims, "prekey", session.key[0], ev.username
         )

@@ -44,6 +44,8 @@ from sottovoce.limits import (
     MAX_FILE_SIZE,
     ONE_TIME_KEYS_LOW_WATERMARK,
 )
+from sottovoce.protocol.pow import BASE_BITS as POW_BASE_BITS
+from sottovoce.protocol.pow import MAX_BITS as POW_MAX_BITS
 from sottovoce.server.kt_witness import RemoteWitness, parse_kt_witnesses
 from sottovoce.server.sfu import SfuEndpoint, parse_sfu_option
 from sottovoce.server.storage.quota import InboxLimits
@@ -84,6 +86,10 @@ class ServerConfig:
     max_preauth_per_ip: int = 64
     key_claims_per_requester: int = 5
     key_claims_per_target: int = 20
+    #: Proof of work for probes and first contact (server/pow_gate.py): the difficulty in
+    #: leading zero bits while quiet, and the half-life of the counts that raise it.
+    pow_bits: int = POW_BASE_BITS
+    pow_half_life_ms: int = 60_000
     inbox_max_messages: int = INBOX_MAX_MESSAGES
     inbox_max_bytes: int = INBOX_MAX_BYTES
     max_file_size: int = MAX_FILE_SIZE
@@ -148,10 +154,13 @@ class ServerConfig:
                      "max_batch", "device_burst", "ip_burst", "abuse_strikes", "resume_burst",
                      "resume_interval_ms", "preauth_timeout_ms", "link_ttl_ms", "max_connections",
                      "max_preauth", "max_preauth_per_ip", "key_claims_per_requester",
-                     "key_claims_per_target", "kt_cosign_interval_ms", "kt_history_page",
+                     "key_claims_per_target", "pow_half_life_ms", "kt_cosign_interval_ms",
+                     "kt_history_page",
                      "max_file_size", "file_quota", "file_ttl_ms", *_INBOX_OPTIONS):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be positive")
+        if not 0 <= self.pow_bits <= POW_MAX_BITS:
+            raise UsageError(f"pow-bits must be 0-{POW_MAX_BITS}")
         if self.device_rate <= 0 or self.ip_rate <= 0:
             raise UsageError("rates must be positive")
         limits = self.inbox_limits
@@ -285,6 +294,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("key_claims_per_target", int,
            "one-time prekeys / KeyPackages all other accounts together may take of one "
            "account per hour (20)", "N"),
+    Option("pow_bits", int,
+           f"proof of work asked of username checks, lookups, prekey claims and searches "
+           f"about another account: leading zero bits of SHA-256 while quiet (default "
+           f"{POW_BASE_BITS}, about 0.2 s of one core; it rises under abuse)", "BITS"),
+    Option("pow_half_life_ms", int,
+           "how fast the proof-of-work difficulty falls back once requests stop: the "
+           "half-life of the request counts that raise it (default 60000)", "MS"),
     Option("inbox_max_messages", int,
            "frames that may wait unread in one device's inbox (default 20000); past it sends "
            "to the device are refused with inbox_full", "N"),

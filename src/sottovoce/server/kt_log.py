@@ -35,7 +35,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, InitVar, dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -136,6 +136,9 @@ class KTService:
         #: The size each remote witness last cosigned, as far as this node knows.
         self._witness_size: dict[str, int] = {}
         self._buckets = KeyedBuckets(KT_LOOKUPS_PER_MINUTE / 60, KT_LOOKUPS_BURST)
+        #: Checks (requester, username, proof of work, capability) before a lookup.
+        self.gate: Callable[[str, str, bytes | None, bytes | None], Awaitable[None]] | None = (
+            None)
         #: Answers built on the served checkpoint (the very note, cosignatures and all),
         #: by (username, since, history); and the upper map nodes as of its size.
         self._answers: dict[tuple[str, int, bool], bytes] = {}
@@ -428,6 +431,8 @@ class KTService:
             validate_username(ev.username)
         except UsageError as exc:
             raise WireFailure("invalid_username", str(exc)) from None
+        if self.gate is not None:  # proof of work and discovery (server/app.py)
+            await self.gate(session.key[0], ev.username, ev.pow, ev.cap)
         encoded = await self._answer(ev.username, ev.since, history=False)
         session.reply(KT_LOOKUP_RESULT, KTResponse(response=encoded).to_wire(), rid)
 

@@ -692,6 +692,49 @@ VERSIONS: tuple[Version, ...] = (
         WHERE expires_at IS NOT NULL;
     """,
     ),
+    Version(
+        "discovery: each account's discovery mode where it is not the default (1 public:"
+        " found by prefix search; 2 strict: only with a friend verification code), and the"
+        " static one-time friend verification codes, each only as an scrypt hash with its"
+        " own salt, deleted when used, and the hashed capabilities a strict account's devices"
+        " granted (storage/discovery.py, server/discovery.py)",
+        sqlite="""
+    CREATE TABLE discovery(
+        user_id TEXT PRIMARY KEY,
+        mode INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE fvc_static(
+        user_id TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        salt BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY(user_id, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE discovery_grants(
+        user_id TEXT NOT NULL,
+        grant_hash BLOB NOT NULL,
+        PRIMARY KEY(user_id, grant_hash)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE discovery(
+        user_id text PRIMARY KEY,
+        mode integer NOT NULL
+    );
+    CREATE TABLE fvc_static(
+        user_id text NOT NULL,
+        slot integer NOT NULL,
+        salt bytea NOT NULL,
+        hash bytea NOT NULL,
+        PRIMARY KEY(user_id, slot)
+    );
+    CREATE TABLE discovery_grants(
+        user_id text NOT NULL,
+        grant_hash bytea NOT NULL,
+        PRIMARY KEY(user_id, grant_hash)
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

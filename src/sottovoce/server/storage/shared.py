@@ -26,6 +26,7 @@ from sottovoce.server.errors import StorageError
 from sottovoce.server.storage import (
     accounts,
     blobs,
+    discovery,
     inbox,
     keypackages,
     kt_pages,
@@ -241,6 +242,33 @@ class SharedStorage(Storage, Engine):
 
     async def kt_latest_checkpoint(self) -> tuple[int, bytes, list[str]] | None:
         return await self._read_op(kt_tables.latest_checkpoint)
+
+    # --- discovery (storage/discovery.py) -----------------------------------------------
+
+    async def set_discovery(self, user_id: str, mode: int) -> None:
+        await self._write_op(discovery.set_mode, user_id, mode, atomic=False)
+
+    async def discovery_mode(self, user_id: str) -> int:
+        return await self._read_op(discovery.get_mode, user_id)
+
+    async def find_public(self, prefix: str, limit: int) -> list[str]:
+        return await self._read_op(discovery.find_public, prefix, limit)
+
+    async def visibility(self, user_id: str, grant_hash: bytes) -> tuple[int, bool]:
+        return await self._read_op(discovery.visibility, user_id, grant_hash)
+
+    async def set_grant(self, user_id: str, grant_hash: bytes, granted: bool) -> None:
+        await self._write_op(discovery.set_grant, user_id, grant_hash, granted, atomic=False)
+
+    async def set_static_codes(self, user_id: str, hashed: Sequence[tuple[int, bytes, bytes]],
+                               ) -> None:
+        await self._write_op(discovery.set_static_codes, user_id, hashed)
+
+    async def static_code(self, user_id: str, slot: int) -> tuple[bytes, bytes] | None:
+        return await self._read_op(discovery.static_code, user_id, slot)
+
+    async def burn_static_code(self, user_id: str, slot: int, digest: bytes) -> bool:
+        return await self._write_op(discovery.burn_static_code, user_id, slot, digest)
 
     async def set_block(self, user_id: str, peer: str, blocked: bool) -> None:
         await self._write_op(accounts.set_block, user_id, peer, blocked, atomic=False)
