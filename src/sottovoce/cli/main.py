@@ -41,6 +41,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.files_cmd",
     "sottovoce.cli.contacts_cmd",
     "sottovoce.cli.ephemeral_cmd",
+    "sottovoce.cli.release_cmd",
 )
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
@@ -67,6 +68,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "save": ("sottovoce.cli.files_cmd",),
     **dict.fromkeys(("contacts", "requests"), ("sottovoce.cli.contacts_cmd",)),
     "panic": ("sottovoce.cli.ephemeral_cmd",),
+    "verify-build": ("sottovoce.cli.release_cmd",),
 }
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
