@@ -131,7 +131,8 @@ def test_the_lock_pins_every_runtime_dependency_with_hashes_as_constraints_do() 
     for dep in deps:
         name = _canonical(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
         assert name in pins, f"{name} is a runtime dependency missing from requirements.lock"
-    constraints = {_canonical(n): v for n, v in _PIN.findall((ROOT / "constraints.txt").read_text())}
+    pinned = _PIN.findall((ROOT / "constraints.txt").read_text())
+    constraints = {_canonical(n): v for n, v in pinned}
     differ = {n: (v, constraints.get(n)) for n, v in pins.items() if constraints.get(n) != v}
     assert differ == {}, "requirements.lock and constraints.txt pin different versions"
     assert "--find-links" not in lock and "--index-url" not in lock
@@ -156,3 +157,17 @@ def test_the_sbom_is_cyclonedx_1_5_of_every_locked_package() -> None:
     assert not any(r.startswith("pkg:pypi/anyio@") for r in root)  # only via httpx
     refs = set(deps)
     assert all(set(d) <= refs for d in deps.values()), "a dependsOn names no component"
+
+
+def test_the_release_steps_in_the_docs_are_the_commands_the_release_test_runs() -> None:
+    plan = (ROOT / "TEST_PLAN.md").read_text()
+    key = minisign.load_public_key(verify.RELEASE_PUBLIC_KEY).base64
+    for command in (f"minisign -Vm SHA256SUMS -P {key}", "sha256sum -c SHA256SUMS",
+                    f"minisign -Vm MANIFEST.sha256 -P {key}", "sha256sum -c ../MANIFEST.sha256",
+                    "scripts/release --out rebuilt", "sottovoce verify-build --manifest "
+                    "MANIFEST.sha256", "sottovoce verify-build sottovoce-0.1.0-py3-none-any.whl"):
+        assert command in plan, f"TEST_PLAN.md lacks `{command}`"
+    # 66 = 64 hex digits and two spaces: the cut in TEST_PLAN.md gives the path.
+    assert "cut -c67-" in plan and len(build.tree_manifest(ROOT / "release").split("  ")[0]) == 64
+    security = (ROOT / "SECURITY.md").read_text()
+    assert "docs/threat-model.md" in security and "Supported versions" in security

@@ -1,7 +1,7 @@
 """minisign keys and signatures, with ``cryptography``'s Ed25519.
 
-Releases are signed in minisign's format so that anyone can check them with the
-``minisign`` tool alone (``minisign -Vm FILE -P KEY``), without installing
+Releases are signed in minisign's format so that anyone can check them with
+the ``minisign`` tool alone (``minisign -Vm FILE -P KEY``), without installing
 sottovoce first. The formats (https://jedisct1.github.io/minisign/):
 
 * public key: ``"Ed" || key id (8) || Ed25519 public key (32)``, base64, on the
@@ -12,7 +12,8 @@ sottovoce first. The formats (https://jedisct1.github.io/minisign/):
   the trusted comment, so the comment cannot be swapped;
 * secret key: minisign's layout with no passphrase (``minisign -G -W``): the
   KDF algorithm is zero and the key material is stored as is, guarded by a
-  BLAKE2b-256 checksum (which minisign itself leaves zero in such keys). Encrypted secret keys are refused with a plain message.
+  BLAKE2b-256 checksum (which minisign itself leaves zero in such keys).
+  Encrypted secret keys are refused with a plain message.
 
 Pure functions over bytes: the caller reads files and supplies randomness.
 """
