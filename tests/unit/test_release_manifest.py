@@ -171,3 +171,14 @@ def test_the_release_steps_in_the_docs_are_the_commands_the_release_test_runs() 
     assert "cut -c67-" in plan and len(build.tree_manifest(ROOT / "release").split("  ")[0]) == 64
     security = (ROOT / "SECURITY.md").read_text()
     assert "docs/threat-model.md" in security and "Supported versions" in security
+
+
+def test_verify_build_help_says_what_it_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.help_promises import assert_help_says
+
+    assert_help_says(["verify-build", "--help"], [
+        "checked first against the release key built into this copy, or --key FILE",
+        "names each file that differs, is missing or is extra, and exits 1 if there is any",
+        "minisign -Vm MANIFEST.sha256 -p release/sottovoce-release.pub && sha256sum -c "
+        "MANIFEST.sha256",
+    ], capsys)
