@@ -83,6 +83,14 @@ SKIP: dict[tuple[str, str], str] = {
      "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[dev]' "
      "&& .venv/bin/ruff check src tests bench && .venv/bin/mypy src && .venv/bin/pytest"):
         "command 2 is this test suite itself; CI runs it (.ci/run, tests/unit/test_project.py)",
+    ("README.md",
+     "python3 -m venv .venv && .venv/bin/pip install -q --require-hashes -r requirements.lock "
+     "&& .venv/bin/pip install -q --no-deps -e . && .venv/bin/sottovoce server"):
+        "command 1 with hashed dependencies: installs into .venv and starts a server that runs "
+        "until stopped; tests/unit/test_release_manifest.py checks the lock's pins and hashes",
+    ("README.md", ".venv/bin/sottovoce verify-build --manifest MANIFEST.sha256"):
+        "needs a release's signed manifest; tests/integration/test_release.py makes a release "
+        "and runs verify-build on a checkout, a wheel and the installed copy",
     ("README.md", ".venv/bin/sottovoce device link --with-history --data-dir ~/.sottovoce-alice"):
         "two terminals: the code device link shows goes to account link, and the words are "
         "confirmed by hand; tests/integration/test_link.py runs both commands, list and rename",

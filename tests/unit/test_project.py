@@ -42,8 +42,8 @@ def test_crypto_dependencies_are_pinned_to_a_minor_range() -> None:
 # --- the repository stands on its own ----------------------------------------------------
 
 #: What a clone must be able to read without anything beside it. Vector data is upstream's.
-_OWN_TEXT = ("README.md", "BENCHMARKS.md", "pyproject.toml", "docs", "deploy", "src", "tests",
-             "bench", ".ci")
+_OWN_TEXT = ("README.md", "BENCHMARKS.md", "SECURITY.md", "TEST_PLAN.md", "pyproject.toml",
+             "docs", "deploy", "src", "tests", "bench", ".ci", "scripts", "release")
 _SKIP_DIRS = frozenset({"__pycache__", "data", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
 #: References to material outside the repository: the design notes, house rules and
 #: issue tracker its authors used, and the machine it was written on. The character

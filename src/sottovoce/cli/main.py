@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.ephemeral_cmd",
     "sottovoce.cli.app_cmd",
     "sottovoce.cli.discovery_cmd",
+    "sottovoce.cli.release_cmd",
 )
 _CLIENT = "sottovoce.cli.client_cmd"
 _DEVICE = "sottovoce.cli.device_cmd"
@@ -72,6 +73,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "panic": ("sottovoce.cli.ephemeral_cmd",),
     "app": ("sottovoce.cli.app_cmd",),
     **dict.fromkeys(("find", "fvc"), (_DISCOVERY,)),
+    "verify-build": ("sottovoce.cli.release_cmd",),
 }
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
