@@ -169,3 +169,120 @@ async def test_expiry_and_a_lost_connection_end_the_mailbox() -> None:
     h2.boxes.lost(b)
     assert len(h2.boxes) == 0
     assert a.frames[-1][1] == {"mailbox": "1234", "reason": "peer_gone"}
+
+
+# --- two nodes: the mailbox on one, the joiner on the other (through the fan-out) --------
+
+
+class Bus:
+    """What NATS does for the link subjects of two nodes, in memory."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, Any] = {}
+
+
+class BusFanout:
+    """One node's link channels on the :class:`Bus` (delivery on a later loop turn)."""
+
+    remote = True
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def link_listen(self, channel: str, handler: Any) -> None:
+        self.bus.listeners[channel] = handler
+
+    def link_unlisten(self, channel: str) -> None:
+        self.bus.listeners.pop(channel, None)
+
+    def link_publish(self, channel: str, data: bytes) -> None:
+        handler = self.bus.listeners.get(channel)
+        if handler is not None:
+            asyncio.get_running_loop().create_task(handler(data))
+
+    async def link_request(self, channel: str, data: bytes) -> bytes | None:
+        handler = self.bus.listeners.get(channel)
+        return None if handler is None else await handler(data)  # type: ignore[no-any-return]
+
+
+class Node(Harness):
+    def __init__(self, bus: Bus, ttl_ms: int = 60_000) -> None:
+        self.rearmed = []
+        self.boxes = LinkMailboxes(ttl_ms=ttl_ms, log=JsonLogger(level="error"),
+                                   rearm=lambda s, d: self.rearmed.append((s, d)),  # type: ignore[arg-type]
+                                   fanout=BusFanout(bus))  # type: ignore[arg-type]
+
+    async def aopen(self, s: FakeSession, mailbox: str) -> None:
+        await self.boxes.open(s, LinkOpen(mailbox=mailbox), {}, "o")  # type: ignore[arg-type,misc]
+
+    async def ajoin(self, s: FakeSession, mailbox: str) -> None:
+        await self.boxes.join(s, LinkJoin(mailbox=mailbox), {}, "j")  # type: ignore[arg-type,misc]
+
+
+async def _turns() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_across_nodes_relay_one_joiner_and_the_bound() -> None:
+    bus = Bus()
+    holding, other = Node(bus), Node(bus)
+    a, b, late = FakeSession("alice"), FakeSession(), FakeSession()
+    with pytest.raises(WireFailure) as exc:
+        await other.ajoin(b, "1234")  # opened nowhere
+    assert code_of(exc) == "link_not_found" and len(other.boxes) == 0
+    await holding.aopen(a, "1234")
+    assert a.events() == ["sottovoce.link.opened"]
+    holding.put(a, "1234", b"first")
+    await other.ajoin(b, "1234")
+    await _turns()
+    assert b.events()[:2] == ["sottovoce.link.joined", "sottovoce.link.message"]
+    assert b.bodies() == [b"first"] and "sottovoce.link.joined" in a.events()
+    for node in (holding, other):  # one joiner, on either node
+        with pytest.raises(WireFailure) as exc:
+            await node.ajoin(late, "1234")
+        assert code_of(exc) == "link_not_found"
+    other.put(b, "1234", b"second")
+    holding.put(a, "1234", b"third")
+    await _turns()
+    assert a.bodies() == [b"second"] and b.bodies() == [b"first", b"third"]
+    sent = 0
+    with pytest.raises(WireFailure):  # the holding node ended it: the joiner's node knows
+        for _ in range(LINK_MAX_MESSAGES):
+            other.put(b, "1234", b"x")
+            sent += 1
+            await _turns()
+    assert sent == LINK_MAX_MESSAGES - 2  # the bound counts both sides' messages
+    assert a.frames[-1][1].get("reason") == "too_many"
+    assert b.frames[-1][1].get("reason") == "too_many"
+    assert len(holding.boxes) == len(other.boxes) == 0 and not bus.listeners
+
+
+async def test_across_nodes_either_side_s_loss_or_the_joiner_node_s_expiry_ends_both() -> None:
+    bus = Bus()
+    holding, other = Node(bus), Node(bus)
+    a, b = FakeSession("alice"), FakeSession()
+    await holding.aopen(a, "1234")
+    await other.ajoin(b, "1234")
+    other.boxes.lost(b)
+    await _turns()
+    assert a.frames[-1][1] == {"mailbox": "1234", "reason": "peer_gone"}
+    assert len(holding.boxes) == len(other.boxes) == 0
+
+    await holding.aopen(a, "5678")
+    b2 = FakeSession()
+    await other.ajoin(b2, "5678")
+    holding.boxes.lost(a)
+    await _turns()
+    assert b2.frames[-1][1] == {"mailbox": "5678", "reason": "peer_gone"}
+    assert len(other.boxes) == 0 and not bus.listeners
+
+    # The holding node goes silent: the joiner's node still ends it when the code expires.
+    short = Node(bus, ttl_ms=50)
+    await holding.aopen(a, "9999")
+    b3 = FakeSession()
+    await short.ajoin(b3, "9999")
+    bus.listeners.pop("9999.o")
+    await asyncio.sleep(0.2)
+    assert b3.frames[-1][1] == {"mailbox": "9999", "reason": "expired"}
+    assert len(short.boxes) == 0

@@ -68,6 +68,7 @@ from sottovoce.client.files import Files
 from sottovoce.client.fvc import FriendCodes
 from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
+from sottovoce.client.key_handover import KeyHandover
 from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.ports import LinkPort
@@ -226,6 +227,10 @@ class Client(CallSurface):
             device_id=self.device_id, device_key=identity.device_key, emit=self._emit,
             spawn=self._spawn)
         self._direct.ephemeral_frames = self.ephemeral.on_envelope
+        self._direct.key_handover = self.key_handover = KeyHandover(  # after device revoke
+            store, username=self.username, send_own=self._direct.send_to_own_devices,
+            refresh_own=self.refresh_own_devices, own=self.own_contact,
+            identity=lambda: self.identity, adopt=self._adopt, spawn=self._spawn)
         # Calls (1:1 and room calls) are built on first use: see CallSurface.
 
         #: What each unsolicited server event does (replies to requests never come here).
@@ -563,6 +568,7 @@ class Client(CallSurface):
         self._conn.mark_up()
         self._spawn(self._send_unsent())
         self._spawn(self._maintenance())
+        self._spawn(self.key_handover.settle())
         self.presence.connected()
 
     def _on_down(self, error: BaseException | None) -> None:
@@ -686,6 +692,7 @@ class Client(CallSurface):
             frozenset({ev.ACCOUNT_HEAD}),
         )
         await self._adopt(rotation)
+        await self.key_handover.send(rotation)  # the survivors hold the new key too
 
     async def recover_account(self, code: str) -> Secret:
         """Take the account back with its printed recovery code (from this device, even a

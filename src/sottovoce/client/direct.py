@@ -39,6 +39,7 @@ from sottovoce.client.errors import IdentityChanged, NotConnected, ServerError
 from sottovoce.client.events import ClientEvent, EphemeralReceived, ErrorEvent
 from sottovoce.client.expiry import TIMER_CONTENT_TYPE, Expiries, read_timer_body, wire_expiry
 from sottovoce.client.ids import new_id, now_ms
+from sottovoce.client.key_handover import ACCOUNT_KEY_CONTENT_TYPE, KeyHandover
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.payload import Payload, text_body
 from sottovoce.client.ports import Link
@@ -101,6 +102,8 @@ class DirectMessages:
         self.presence: Presence | None = None
         #: Control payloads (client/control.py) go here; without it they are dropped.
         self.controls: ControlHook | None = None
+        #: A new account key from another device of ours (client/key_handover.py).
+        self.key_handover: KeyHandover | None = None
         #: Disappearing messages: each send's expiry, each received one's, timer changes.
         self.expiries = Expiries(store)
         #: Ephemeral-chat frames (client/ephemeral.py) are taken here before any Olm
@@ -144,11 +147,15 @@ class DirectMessages:
         validate_username(username)
         return await self._send(username, text, text.encode("utf-8"), content_type)
 
-    async def send_to_own_devices(self, content_type: str, body: bytes) -> str:
-        """A durable message to our other devices only (contact-list changes), UTF-8."""
+    async def send_to_own_devices(
+        self, content_type: str, body: bytes, text: str | None = None
+    ) -> str:
+        """A durable message to our other devices only (contact-list changes), UTF-8;
+        ``text`` is what is kept of it here (the body itself when not given)."""
         if not self._link.is_up and not self._sessions.devices_of(self.username):
             return ""  # no other device known: nothing to tell
-        return await self._send(self.username, body.decode("utf-8"), body, content_type)
+        kept = body.decode("utf-8") if text is None else text
+        return await self._send(self.username, kept, body, content_type)
 
     async def _send(
         self, username: str, text: str, body: bytes, content_type: str, *, ephemeral: bool = False
@@ -557,6 +564,14 @@ class DirectMessages:
             return
         if payload.content_type == PRESENCE_CONTENT_TYPE:
             self._hand_off_presence(envelope, payload.body, ephemeral, peer, seq, events)
+            return
+        if payload.content_type == ACCOUNT_KEY_CONTENT_TYPE:  # never stored as a message
+            if self.key_handover is not None and not ephemeral:
+                self.key_handover.incoming(envelope.senderUserId, envelope.senderDeviceId,
+                                           payload.body)
+                self._record_envelope(envelope, control_peer(peer), seq, own_copy,
+                                      DeliveryStatus.SENT, "",
+                                      content_type=ACCOUNT_KEY_CONTENT_TYPE)
             return
         if self._contacts is not None and not ephemeral:
             self._contacts.received(peer, own_copy, payload.content_type, payload.body)

@@ -286,7 +286,7 @@ class ServerApp:
             self.directory.kt_changed = self.kt.changed
             self.kt.gate = self._kt_gate
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
-                                   rearm=self._arm_preauth)
+                                   rearm=self._arm_preauth, fanout=self.fanout)
         self._handlers.update(self.links.handlers())
         self.account_keys = AccountKeys(storage, self.directory, self.presence, self.rooms,
                                         logger)

@@ -28,7 +28,10 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from sottovoce.server.ports import DeviceKey, FanoutPorts
 from sottovoce.server.session import Session
 
-__all__ = ["DeviceKey", "Fanout", "InProcessFanout"]
+__all__ = ["DeviceKey", "Fanout", "InProcessFanout", "LinkHandler"]
+
+#: What a node does with a link message from another node: the reply to a request.
+LinkHandler = Callable[[bytes], Awaitable[bytes | None]]
 
 
 class Fanout(abc.ABC):
@@ -103,6 +106,25 @@ class Fanout(abc.ABC):
     def members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         """A commit stored here removed ``devices`` from ``room_id``: tell the other nodes
         (each kicks the feeds of the calls it opened). One node: nothing to tell."""
+        return None
+
+    # --- link mailboxes whose other side is on another node (server/link_mailbox.py) ---
+
+    def link_listen(self, channel: str, handler: LinkHandler) -> Awaitable[None] | None:
+        """Receive what other nodes send on ``channel`` (a mailbox's side); the awaitable
+        finishes once other nodes can reach it. ``handler``'s answer is the reply to a
+        request. One node: nobody else can send (no-op)."""
+        return None
+
+    def link_unlisten(self, channel: str) -> None:
+        return None
+
+    def link_publish(self, channel: str, data: bytes) -> None:
+        """Send ``data`` to whoever listens on ``channel`` (lost if nobody does)."""
+        return None
+
+    async def link_request(self, channel: str, data: bytes) -> bytes | None:
+        """Ask whoever listens on ``channel``; ``None``: nobody answered."""
         return None
 
     def deliver_live(self, session: Session, seq: int, text: str) -> None:

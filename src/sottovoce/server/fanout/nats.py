@@ -43,6 +43,11 @@ gossips which devices are online on which node; it only decides whether an
 offline device gets a push tickle (a stale entry costs one tickle too many or
 too few, never a frame).
 
+``<prefix>.link.<token>`` (the token keys a mailbox id and a side, ``o`` for the
+node holding the mailbox, ``j`` for the node of a joiner connected elsewhere)
+carries a device-linking mailbox across nodes: the join as a request, then the
+opaque bodies and the close (server/link_mailbox.py). Nothing of it is stored.
+
 When the NATS connection drops, frames published meanwhile are lost to this
 node's subscribers; on reconnect every connected device is caught up from
 storage from the last globalInboxSeq written to it (the durable inbox covers
@@ -69,10 +74,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sottovoce.errors import UsageError
-from sottovoce.limits import MAX_ID_LEN
+from sottovoce.limits import LINK_MESSAGE_MAX_BYTES, MAX_ID_LEN
 from sottovoce.protocol.fields import ID_RE
 from sottovoce.server.errors import CLOSE_ACCOUNT_DELETED, CLOSE_REPLACED, CLOSE_REVOKED
-from sottovoce.server.fanout.base import Fanout
+from sottovoce.server.fanout.base import Fanout, LinkHandler
 from sottovoce.server.ports import DeviceKey, FanoutPorts
 from sottovoce.server.session import Session
 
@@ -102,6 +107,10 @@ FANOUT_GAP_WAIT_S = 0.05
 FANOUT_GAP_MAX_FRAMES = 1000
 #: Largest presence message accepted (2,000 tokens of 32 hex chars per chunk).
 MAX_PRESENCE_BYTES = 128 * 1024
+#: A join asks the node holding the mailbox; it answers at once if it is there.
+FANOUT_LINK_TIMEOUT_S = 1.0
+#: Largest link message accepted from NATS (one body and its kind byte).
+MAX_LINK_BYTES = LINK_MESSAGE_MAX_BYTES + 64
 #: Most devices one removal names (one commit removes at most this many).
 MAX_REMOVED_DEVICES = 1000
 #: Largest removal message accepted.
@@ -131,6 +140,8 @@ class NatsFanout(Fanout):
         self.nc: NatsClient | None = None
         self._subs: dict[DeviceKey, Subscription] = {}
         self._subjects: dict[DeviceKey, str] = {}
+        #: The link mailbox sides this node listens for (see link_listen).
+        self._link_subs: dict[str, Subscription] = {}
         #: The attach time of this node's connection of each device (orders replacements).
         self._stamps: dict[DeviceKey, int] = {}
         self._out: list[tuple[str, bytes]] = []
@@ -337,6 +348,57 @@ class NatsFanout(Fanout):
             chunk = [list(d) for d in devices[i:i + MAX_REMOVED_DEVICES]]
             self._publish(f"{self.prefix}.sfu",
                           json.dumps({"room": room_id, "devices": chunk}).encode())
+
+    # --- link mailboxes (server/link_mailbox.py) ------------------------------------
+
+    def link_subject(self, channel: str) -> str:
+        """``<prefix>.link.<token>``: the mailbox id and side keyed, as device subjects."""
+        return f"{self.prefix}.link.{device_token('link', channel, self._token_key)}"
+
+    async def link_listen(self, channel: str, handler: LinkHandler) -> None:
+        nc = self.nc
+        if nc is None:
+            return
+
+        async def on_message(msg: Msg) -> None:
+            if len(msg.data) > MAX_LINK_BYTES:
+                self.ports.log.warning("fanout.bad_message", reason="link subject")
+                return
+            reply = await handler(msg.data)
+            if msg.reply and reply is not None:
+                with contextlib.suppress(NatsError):
+                    await msg.respond(reply)
+
+        try:
+            sub = await nc.subscribe(self.link_subject(channel), cb=on_message)
+        except NatsError as exc:
+            self.ports.log.warning("fanout.subscribe_failed", error=type(exc).__name__)
+            return
+        old = self._link_subs.pop(channel, None)
+        if old is not None:
+            self._spawn(_unsubscribe(old))
+        self._link_subs[channel] = sub
+        with contextlib.suppress(TimeoutError, NatsError):
+            await nc.flush(FANOUT_FLUSH_TIMEOUT_S)
+
+    def link_unlisten(self, channel: str) -> None:
+        sub = self._link_subs.pop(channel, None)
+        if sub is not None:
+            self._spawn(_unsubscribe(sub))
+
+    def link_publish(self, channel: str, data: bytes) -> None:
+        self._publish(self.link_subject(channel), data)
+
+    async def link_request(self, channel: str, data: bytes) -> bytes | None:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return None
+        try:
+            reply = await nc.request(self.link_subject(channel), data,
+                                     timeout=FANOUT_LINK_TIMEOUT_S)
+        except (TimeoutError, NoRespondersError, NatsTimeoutError, NatsError):
+            return None
+        return reply.data if len(reply.data) <= MAX_LINK_BYTES else None
 
     # --- ordering -------------------------------------------------------------------
     #
