@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "sottovoce.cli.audit_cmd",
     "sottovoce.cli.kt_cmd",
     "sottovoce.cli.files_cmd",
+    "sottovoce.cli.voice_cmd",
     "sottovoce.cli.contacts_cmd",
     "sottovoce.cli.ephemeral_cmd",
 )
@@ -65,6 +66,7 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     "audit": ("sottovoce.cli.audit_cmd",),
     "kt": ("sottovoce.cli.kt_cmd",),
     "save": ("sottovoce.cli.files_cmd",),
+    "play": ("sottovoce.cli.voice_cmd",),
     **dict.fromkeys(("contacts", "requests"), ("sottovoce.cli.contacts_cmd",)),
     "panic": ("sottovoce.cli.ephemeral_cmd",),
 }
