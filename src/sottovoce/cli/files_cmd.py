@@ -57,7 +57,7 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
                              "message with its key (needs the server)")
     parser.add_argument("--voice", metavar="FILE", default=None,
                         help="send this audio file (wav, mp3, ogg, m4a...) as a voice note: "
-                             "transcoded on this device to Opus (mono, 48 kHz, 32 kbit/s) "
+                             "transcoded on this device to Opus (mono, 48 kHz, ~28 kbit/s) "
                              "and sent like --file with its duration")
     parser.add_argument("--record", metavar="SECONDS", type=float, default=None,
                         help="record a voice note of SECONDS from the microphone and send "
