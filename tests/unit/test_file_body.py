@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sottovoce.cli import render
-from sottovoce.cli.files_cmd import progress_bar
+from sottovoce.cli.files_cmd import duration_bar, progress_bar
 from sottovoce.cli.main import main as cli_main
 from sottovoce.client.file_body import FileInfo, valid_name
 from sottovoce.errors import DecodeError
@@ -79,6 +79,18 @@ def test_progress_bar_on_a_terminal_only() -> None:
     text = out.getvalue()
     assert "\rsending [" + "." * 30 + "] 0 B / 2.0 KiB" in text
     assert "\rsending [" + "#" * 30 + "] 2.0 KiB / 2.0 KiB" in text and text.endswith("\n")
+
+
+def test_encoding_bar_shows_minutes_of_audio_on_a_terminal_only() -> None:
+    assert duration_bar(io.StringIO()) is None
+    out = _Tty()
+    bar = duration_bar(out)
+    assert bar is not None
+    bar(3_000, 600_000)
+    bar(600_000, 600_000)  # the end is always drawn, however soon after
+    text = out.getvalue()
+    assert "\rencoding [" + "." * 30 + "] 0:03 / 10:00" in text
+    assert text.endswith("\rencoding [" + "#" * 30 + "] 10:00 / 10:00\x1b[K")
 
 
 _ONE_OF = "give one of TEXT, --file PATH, --voice FILE or --record SECONDS"

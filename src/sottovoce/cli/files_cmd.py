@@ -136,7 +136,7 @@ def duration_bar(stream: TextIO | None = None) -> Callable[[int, int], None] | N
 
     def show(done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.1:
+        if done < total and now - last[0] < 0.1:
             return
         last[0] = now
         filled = _BAR if total <= 0 else min(_BAR, _BAR * done // total)
