@@ -6,7 +6,7 @@
 * recording from an injected microphone (FFmpeg's ``lavfi`` sine source) makes a note
   of the asked length; where no microphone exists the error says how to send a file;
 * a note plays to an injected output (FFmpeg's ``null`` muxer), and where no output
-  exists the error offers ``save``;
+  exists the error offers ``save``; what is not Opus in Ogg is never decoded;
 * the render shows a voice note as ``voice note M:SS``.
 """
 
@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import av
 import pytest
 
 from sottovoce.cli import render
@@ -95,6 +96,17 @@ def test_a_note_plays_to_an_injected_output_and_no_output_offers_save(
     broken.write_bytes(b"OggS" + b"\x00" * 200)
     with pytest.raises(UsageError, match="cannot be decoded"):
         voice.play(broken, voice.Device("null", os.devnull))
+    # Only the Ogg demuxer and the Opus decoder ever see a peer's file.
+    with pytest.raises(UsageError, match="cannot be decoded"):
+        voice.play(source, voice.Device("null", os.devnull))
+    flac_in_ogg = tmp_path / "other.ogg"
+    with av.open(str(source)) as src, av.open(str(flac_in_ogg), "w", format="ogg") as out:
+        stream = out.add_stream("flac", rate=44_100, layout="mono")
+        for frame in src.decode(audio=0):
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(UsageError, match="not Opus in Ogg"):
+        voice.play(flac_in_ogg, voice.Device("null", os.devnull))
 
 
 def test_a_voice_note_is_shown_with_its_length() -> None:

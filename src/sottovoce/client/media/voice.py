@@ -6,8 +6,8 @@
     record(SECONDS) ──► the platform's microphone input (pulse or alsa, avfoundation,
         dshow) or an injected one (tests: FFmpeg's ``lavfi`` sine source) ──► the same
         encoder
-    play(NOTE) ──► decoded in memory ──► the platform's audio output (or an injected
-        one, e.g. FFmpeg's ``null`` muxer)
+    play(NOTE) ──► only Ogg and Opus accepted ──► decoded frame by frame in memory ──►
+        the platform's audio output (or an injected one, e.g. FFmpeg's ``null`` muxer)
 
 Everything here blocks (CPU or a device): callers run it in a thread. A device that is
 not there is a plain :class:`~sottovoce.errors.UsageError` naming what to do instead.
@@ -110,42 +110,60 @@ def record(seconds: float, dest: Path, microphone: Device | None = None,
 
 
 def play(note: Path, speaker: Device | None = None) -> int:
-    """Play a voice note (any audio FFmpeg reads) to the audio output (by default the
-    platform's); the milliseconds played. Decoded in memory, never written out."""
-    frames = list(_decoded(note))
-    devices = (speaker,) if speaker else _SPEAKERS.get(sys.platform, ())
+    """Play a voice note (Opus in Ogg: the one demuxer and decoder a peer's file
+    reaches) to the audio output (by default the platform's); the milliseconds played.
+    Decoded a frame at a time in memory, never written out, and no longer than
+    :data:`MAX_NOTE_MS` whatever the note claims."""
+    try:
+        container = av.open(str(note), format="ogg")
+    except (av.error.FFmpegError, OSError, ValueError):
+        raise UsageError("the voice note cannot be decoded") from None
+    with container:
+        audio = container.streams.audio
+        if not audio or audio[0].codec_context.name != "opus":
+            raise UsageError("the voice note is not Opus in Ogg; save it to play elsewhere")
+        out = _open_output((speaker,) if speaker else _SPEAKERS.get(sys.platform, ()))
+        with out:
+            try:
+                return _play_to(out, container.decode(audio[0]))
+            except (av.error.FFmpegError, OSError, ValueError):
+                raise UsageError("the voice note cannot be decoded or played") from None
+
+
+def _open_output(devices: Iterable[Device]) -> av.container.OutputContainer:
+    """The first audio output that opens, ready for 16-bit mono 48 kHz PCM."""
     for device in devices:
         try:
-            return _play_to(device, frames)
+            out = av.open(device.name, "w", format=device.format, options=device.options)
         except (av.error.FFmpegError, OSError, ValueError):
             continue
+        try:
+            out.add_stream("pcm_s16le", rate=RATE, layout="mono")
+            out.start_encoding()  # a device that is not there fails here
+        except (av.error.FFmpegError, OSError, ValueError):
+            out.close()
+            continue
+        return out
     raise NoAudioOutput("no audio output was found on this device; save the note and "
                         "play it elsewhere: sottovoce save NAME ID DEST")
 
 
-def _decoded(note: Path) -> Iterator[av.AudioFrame]:
-    """The note's audio as mono 48 kHz 16-bit frames."""
+def _play_to(out: av.container.OutputContainer, frames: Iterable[av.AudioFrame]) -> int:
+    stream = out.streams.audio[0]
     resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    try:
-        with av.open(str(note)) as container:
-            if not container.streams.audio:
-                raise UsageError("the voice note has no audio in it")
-            for frame in container.decode(container.streams.audio[0]):
-                yield from resampler.resample(frame)
-            yield from resampler.resample(None)
-    except (av.error.FFmpegError, OSError, ValueError):
-        raise UsageError("the voice note cannot be decoded") from None
-
-
-def _play_to(device: Device, frames: list[av.AudioFrame]) -> int:
     samples = 0
-    with av.open(device.name, "w", format=device.format, options=device.options) as out:
-        stream = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
-        for frame in frames:
-            frame.pts = None
-            out.mux(stream.encode(frame))
-            samples += frame.samples
-        out.mux(stream.encode(None))
+    for frame in frames:
+        for piece in resampler.resample(frame):
+            samples += piece.samples
+            if samples * 1000 > MAX_NOTE_MS * RATE:
+                raise UsageError("the voice note is longer than any made here; not played")
+            piece.pts = None
+            out.mux(stream.encode(piece))
+    for piece in resampler.resample(None):
+        samples += piece.samples
+        piece.pts = None
+        out.mux(stream.encode(piece))
+    out.mux(stream.encode(None))
     return samples * 1000 // RATE
 
 
