@@ -75,8 +75,9 @@ def test_no_microphone_says_how_to_send_a_file_instead(
     with pytest.raises(voice.NoMicrophone, match="no microphone was found") as caught:
         voice.record(2, tmp_path / "rec.ogg")
     assert "--voice FILE" in str(caught.value)
-    with pytest.raises(UsageError, match="from 1 s"):
-        voice.record(0, tmp_path / "rec.ogg")
+    for seconds in (0, 0.5, -3, float("nan"), 31 * 60):
+        with pytest.raises(UsageError, match="from 1 s"):
+            voice.record(seconds, tmp_path / "rec.ogg")
 
 
 def test_a_note_plays_to_an_injected_output_and_no_output_offers_save(

@@ -91,7 +91,7 @@ def record(seconds: float, dest: Path, microphone: Device | None = None,
            progress: Progress | None = None) -> int:
     """Record ``seconds`` from the microphone (by default the platform's) into ``dest``
     as a voice note; its duration in milliseconds."""
-    if not 0 < seconds * 1000 <= MAX_NOTE_MS:
+    if not 1000 <= seconds * 1000 <= MAX_NOTE_MS:
         raise UsageError(f"a recording lasts from 1 s to {MAX_NOTE_MS // 60000} minutes")
     devices = (microphone,) if microphone else _MICROPHONES.get(sys.platform, ())
     for device in devices:
@@ -103,8 +103,11 @@ def record(seconds: float, dest: Path, microphone: Device | None = None,
             if not container.streams.audio:
                 continue
             frames = container.decode(container.streams.audio[0])
-            return _encode(_first(frames, int(seconds * 1000)), dest, progress,
-                           int(seconds * 1000))
+            try:
+                return _encode(_first(frames, int(seconds * 1000)), dest, progress,
+                               int(seconds * 1000))
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                raise UsageError(f"recording from the microphone stopped: {exc}") from None
     raise NoMicrophone("no microphone was found on this device; record the note with "
                        "another program and send the file: sottovoce send NAME --voice FILE")
 
