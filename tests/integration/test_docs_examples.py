@@ -104,6 +104,11 @@ SKIP: dict[tuple[str, str], str] = {
         "names files of the reader's and a message id that history prints; "
         "tests/integration/test_files_e2e.py::test_cli_send_file_history_and_save runs "
         "send --file, history, room send --file and save (1:1 and #ROOM)",
+    ("README.md", ".venv/bin/sottovoce play alice ID --data-dir ~/.sottovoce-bob"):
+        "needs a message id that history prints, an audio output and a microphone; "
+        "tests/integration/test_voice_e2e.py runs play and send --record where there are "
+        "none, and tests/unit/test_voice_notes.py plays to a null output and records from "
+        "an injected source",
     ("README.md", ".venv/bin/sottovoce requests --data-dir ~/.sottovoce-bob"):
         "needs pending requests from carol, dave and mallory; "
         "tests/integration/test_contacts_e2e.py::test_cli_contacts_and_requests runs "
@@ -178,6 +183,11 @@ SKIP: dict[tuple[str, str], str] = {
 
 #: (document, first command) -> run with these substitutions of production paths.
 RUN_OTHER: dict[tuple[str, str], str] = {
+    ("README.md",
+     ".venv/bin/python -c \"import wave; w = wave.open('hello.wav', 'wb'); w.setnchannels(1); "
+     "w.setsampwidth(2); w.setframerate(48000); w.writeframes(bytes(2 * 48000 * 7)); "
+     "w.close()\""):
+        "writes the WAV that the voice-note examples send (7 s of silence)",
     ("docs/single-server.md",
      "sudo -u sottovoce deploy/sottovoce-backup.sh /var/lib/sottovoce /var/backups/sottovoce"):
         "the online backup, against the test server's data while it runs",

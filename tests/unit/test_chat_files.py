@@ -1,5 +1,5 @@
-"""The chat screen's ``/open ID`` command (cli/chat_files.py): what it accepts, and a
-plain message (never a traceback) for each way it can go wrong.
+"""The chat screen's ``/open ID`` and ``/play ID`` commands (cli/chat_files.py): what
+they accept, and a plain message (never a traceback) for each way they can go wrong.
 tests/integration/test_view_once_e2e.py runs it against real clients."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from sottovoce.cli.chat_files import is_open_command, open_file
+from sottovoce.cli.chat_files import is_open_command, is_play_command, open_file, play_voice
+from sottovoce.client.media.voice import NoAudioOutput
 from sottovoce.client.store import DeliveryStatus, StoredMessage
 from sottovoce.errors import UsageError
 
@@ -30,9 +31,22 @@ class _Files:
         return Path("/data/view") / message_id / "a.txt"
 
 
+class _Voice:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.played: list[str] = []
+
+    async def play(self, message_id: str) -> int:
+        if self.error is not None:
+            raise self.error
+        self.played.append(message_id)
+        return 7_400
+
+
 class _Client:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, voice_error: Exception | None = None) -> None:
         self.files = _Files(fail)
+        self.voice = _Voice(voice_error)
 
     def message(self, message_id: str) -> StoredMessage | None:
         if message_id != "M1":
@@ -65,3 +79,26 @@ def test_open_refuses_plainly() -> None:
     assert _run(_Client(), "alice", "/open M9") == ("no message M9 in this chat", True)
     assert _run(_Client(), "bob", "/open M1") == ("no message M1 in this chat", True)
     assert _run(_Client(fail=True), "alice", "/open M1") == ("message M1 is not a file", True)
+
+
+def test_play_command_plays_a_voice_note_of_this_chat() -> None:
+    assert is_play_command("/play M1") and is_play_command("/play")
+    assert not is_play_command("/player M1") and not is_play_command("play M1")
+    client = _Client()
+    said = asyncio.run(play_voice(client, "alice", "/play M1"))
+    assert said == ("played voice note 0:07", False) and client.voice.played == ["M1"]
+
+
+def test_play_refuses_plainly() -> None:
+    def play(client: Any, peer: str, text: str) -> tuple[str, bool]:
+        return asyncio.run(play_voice(client, peer, text))
+
+    assert play(_Client(), "alice", "/play") == (
+        "usage: /play ID (the id at the end of a voice note's line)", True)
+    assert play(_Client(), "bob", "/play M1") == ("no message M1 in this chat", True)
+    no_output = NoAudioOutput("no audio output was found on this device; save the note")
+    assert play(_Client(voice_error=no_output), "alice", "/play M1") == (
+        "no audio output was found on this device; save the note", True)
+    not_voice = UsageError("message M1 is not a voice note")
+    assert play(_Client(voice_error=not_voice), "alice", "/play M1") == (
+        "message M1 is not a voice note", True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sottovoce.cli import render
-from sottovoce.cli.files_cmd import progress_bar
+from sottovoce.cli.files_cmd import duration_bar, progress_bar
 from sottovoce.cli.main import main as cli_main
 from sottovoce.client.file_body import FileInfo, valid_name
 from sottovoce.errors import DecodeError
@@ -59,7 +59,7 @@ def test_names_are_one_plain_file_name() -> None:
 def test_history_line_of_a_file_message() -> None:
     assert render.file_line(INFO.encode(), "MID") == "[image] cat.jpg (3.1 KiB, image/jpeg) id MID"
     voice = _with(kind="voice", type="audio/wav", durationMs=65_000, thumb=None, size=100)
-    assert render.file_line(voice, "V") == "[voice 1:05] cat.jpg (100 B, audio/wav) id V"
+    assert render.file_line(voice, "V") == "[voice note 1:05] cat.jpg (100 B, audio/wav) id V"
     assert render.file_line("{not json", "X") == "[file that cannot be read]"
     assert render.size_text(100 * 1024 * 1024) == "100.0 MiB"
 
@@ -81,10 +81,28 @@ def test_progress_bar_on_a_terminal_only() -> None:
     assert "\rsending [" + "#" * 30 + "] 2.0 KiB / 2.0 KiB" in text and text.endswith("\n")
 
 
+def test_encoding_bar_shows_minutes_of_audio_on_a_terminal_only() -> None:
+    assert duration_bar(io.StringIO()) is None
+    out = _Tty()
+    bar = duration_bar(out)
+    assert bar is not None
+    bar(3_000, 600_000)
+    bar(600_000, 600_000)  # the end is always drawn, however soon after
+    text = out.getvalue()
+    assert "\rencoding [" + "." * 30 + "] 0:03 / 10:00" in text
+    assert text.endswith("\rencoding [" + "#" * 30 + "] 10:00 / 10:00\x1b[K")
+
+
+_ONE_OF = "give one of TEXT, --file PATH, --voice FILE or --record SECONDS"
+
+
 @pytest.mark.parametrize(("argv", "said"), [
-    (["send", "bob", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+    (["send", "bob", "hi", "--file", "x.txt"], _ONE_OF),
     (["send", "bob"], "give the message TEXT, or --file PATH to send a file"),
-    (["room", "send", "team", "hi", "--file", "x.txt"], "give TEXT or --file PATH, not both"),
+    (["room", "send", "team", "hi", "--file", "x.txt"], _ONE_OF),
+    (["send", "bob", "--voice", "a.wav", "--file", "x.txt"], _ONE_OF),
+    (["room", "send", "team", "--voice", "a.wav", "--record", "3"], _ONE_OF),
+    (["send", "bob", "--voice", "a.wav", "--view-once"], "give --file PATH"),
 ])
 def test_send_takes_text_or_a_file(
     argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -102,6 +120,11 @@ def test_send_takes_text_or_a_file(
     (["save", "--help"], ["SHA-256", "a directory: under the sender's file name",
                           "never left half-written", "not replaced"]),
     (["server", "--help"], ["--max-file-size", "--file-quota", "--file-ttl-ms"]),
+    (["send", "--help"], ["--voice FILE", "wav, mp3, ogg, m4a", "Opus (mono, 48 kHz",
+                          "--record SECONDS", "no microphone"]),
+    (["room", "send", "--help"], ["--voice FILE", "--record SECONDS"]),
+    (["play", "--help"], ["decode it in memory", "default audio output", "`save`",
+                          "[voice note 0:07]"]),
 ])
 def test_the_file_commands_help(
     argv: list[str], promises: list[str], capsys: pytest.CaptureFixture[str]

@@ -1,5 +1,6 @@
 """File commands: ``send NAME --file PATH``, ``room send ROOM --file PATH`` (the sending
-half, called by client_cmd.py and room_cmd.py) and ``save MESSAGE_ID DEST``.
+half, called by client_cmd.py and room_cmd.py; ``--voice FILE`` and ``--record SECONDS``
+send a voice note instead) and ``save MESSAGE_ID DEST``.
 
 On a terminal both directions show a progress bar on standard error (bytes done of
 the total); when standard error is not a terminal they print nothing until the end.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from sottovoce.cli import render
@@ -53,6 +55,13 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
                         help="send this file instead of a text: encrypted on this device in "
                              "chunks, uploaded, and announced in an end-to-end encrypted "
                              "message with its key (needs the server)")
+    parser.add_argument("--voice", metavar="FILE", default=None,
+                        help="send this audio file (wav, mp3, ogg, m4a...) as a voice note: "
+                             "transcoded on this device to Opus (mono, 48 kHz, ~28 kbit/s) "
+                             "and sent like --file with its duration")
+    parser.add_argument("--record", metavar="SECONDS", type=float, default=None,
+                        help="record a voice note of SECONDS from the microphone and send "
+                             "it (where there is no microphone, use --voice FILE)")
     parser.add_argument("--view-once", action="store_true",
                         help="with --file: the recipient can `save` the file (or `/open` "
                              "it on the chat screen) once on each of their devices; then "
@@ -62,18 +71,22 @@ def add_text_or_file(parser: argparse.ArgumentParser) -> None:
 
 
 def wants_file(args: argparse.Namespace) -> bool:
-    """Whether this send is of a file; a plain error for both or neither."""
-    if args.file is not None and args.text is not None:
-        raise CliError("give TEXT or --file PATH, not both")
-    if args.file is None and args.text is None:
+    """Whether this send is of a file (or voice note); a plain error for two or none."""
+    given = [args.text is not None, args.file is not None, args.voice is not None,
+             args.record is not None]
+    if sum(given) > 1:
+        raise CliError("give one of TEXT, --file PATH, --voice FILE or --record SECONDS")
+    if not any(given):
         raise CliError("give the message TEXT, or --file PATH to send a file")
     if args.view_once and args.file is None:
         raise CliError("--view-once is for a file: give --file PATH")
-    return args.file is not None
+    return args.text is None
 
 
 def send_file(args: argparse.Namespace, *, room: str | None = None) -> int:
     """``send NAME --file PATH`` (or, with ``room``, ``room send ROOM --file PATH``)."""
+    if args.file is None:
+        return _send_voice(args, room)
 
     async def work(client: Client) -> str:
         bar = progress_bar("sending")
@@ -91,6 +104,49 @@ def send_file(args: argparse.Namespace, *, room: str | None = None) -> int:
     return 0
 
 
+def _send_voice(args: argparse.Namespace, room: str | None) -> int:
+    """``--voice FILE`` or ``--record SECONDS``: a voice note, made here and sent."""
+
+    async def work(client: Client) -> tuple[str, str]:
+        to = room if room is not None else args.name
+        bar, encoding = progress_bar("sending"), duration_bar()
+        if args.voice is not None:
+            message_id = await client.voice.send(to, args.voice, room=room is not None,
+                                                 progress=bar, encoding=encoding)
+        else:
+            message_id = await client.voice.record(to, args.record, room=room is not None,
+                                                   progress=bar, encoding=encoding)
+        info = client.files.info(message_id)
+        return message_id, render.duration_text(info.duration_ms or 0)
+
+    message_id, length = with_client(args, work, connect=Connect.REQUIRED)
+    target = f"#{room}" if room is not None else args.name
+    print(f"✓ sent voice note {length} to {render.safe(target)} "
+          f"(message {render.safe(message_id)})")
+    return 0
+
+
+def duration_bar(stream: TextIO | None = None) -> Callable[[int, int], None] | None:
+    """A callback drawing ``encoding [####......] 0:03 / 0:10`` on a terminal while a
+    voice note is made (long files take a while); ``None`` when not on one."""
+    out = sys.stderr if stream is None else stream
+    if not out.isatty():
+        return None
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        filled = _BAR if total <= 0 else min(_BAR, _BAR * done // total)
+        out.write(f"\rencoding [{'#' * filled}{'.' * (_BAR - filled)}] "
+                  f"{render.duration_text(done)} / {render.duration_text(total)}\x1b[K")
+        out.flush()
+
+    return show
+
+
 def cmd_save(args: argparse.Namespace) -> int:
     """write a received file, decrypted, to DEST
 
@@ -106,15 +162,19 @@ def cmd_save(args: argparse.Namespace) -> int:
     """
     async def work(client: Client) -> str:
         info = client.files.info(args.message_id)
-        if not any(m.message_id == args.message_id for m in _conversation(client, args.name)):
-            raise CliError(f"message {args.message_id} is not in the conversation with "
-                           f"{args.name}")
+        in_conversation(client, args.name, args.message_id)
         bar = None if client.files.is_downloaded(args.message_id) else progress_bar("fetching")
         path = await client.files.save(args.message_id, args.dest, progress=bar)
         return f"saved {render.safe(info.name)} to {render.safe(str(path))}"
 
     print(with_client(args, work, connect=Connect.TRY))
     return 0
+
+
+def in_conversation(client: Client, name: str, message_id: str) -> None:
+    """A plain error unless ``message_id`` is in the conversation ``name`` names."""
+    if not any(m.message_id == message_id for m in _conversation(client, name)):
+        raise CliError(f"message {message_id} is not in the conversation with {name}")
 
 
 def _conversation(client: Client, name: str) -> list[StoredMessage]:

@@ -175,22 +175,27 @@ def size_text(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def duration_text(ms: int) -> str:
+    """A voice note's length as ``M:SS`` (``0:07``, ``12:30``)."""
+    return f"{ms // 60000}:{ms // 1000 % 60:02d}"
+
+
 def file_line(body: str, message_id: str) -> str:
     """A file message: ``[image] cat.jpg (3.1 KiB, image/jpeg) id ABC`` (the id is what
-    ``sottovoce save`` takes); ``[image, view once] ...`` for a view-once file, and a
-    placeholder once it was opened."""
+    ``sottovoce save`` takes), ``[voice note 0:07] ...`` for a voice note,
+    ``[image, view once] ...`` for a view-once file, and a placeholder once it was
+    opened."""
     if is_opened(body):
         return "[view-once file, opened: nothing of it kept]"
     try:
         info = FileInfo.decode(body)
     except DecodeError:
         return "[file that cannot be read]"
-    extra = ""
-    if info.duration_ms is not None:
-        extra = f" {info.duration_ms // 60000}:{info.duration_ms // 1000 % 60:02d}"
+    extra = "" if info.duration_ms is None else " " + duration_text(info.duration_ms)
     if info.view_once:
         extra += ", view once"
-    return (f"[{info.kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
+    kind = "voice note" if info.kind == "voice" else info.kind
+    return (f"[{kind}{extra}] {safe(info.name)} ({size_text(info.size)}, "
             f"{safe(info.media_type)}) id {safe(message_id)}")
 
 

@@ -23,7 +23,8 @@ status line. Every string on screen is made by :mod:`sottovoce.cli.render`
 (peer text escaped) and shown as a rich ``Text``, never parsed as markup;
 notifications are shown with ``markup=False`` for the same reason.
 
-Files: a file message is a placeholder line ending in its id; ``/open ID`` typed in
+Files: a file message is a placeholder line ending in its id (``/play ID`` plays a
+voice note); ``/open ID`` typed in
 the input fetches and decrypts it into the viewing area and says where
 (cli/chat_files.py).
 
@@ -499,6 +500,9 @@ class ChatApp(App[int]):
             said, failed = await chat_files.open_file(self.client, self._conversation, text)
             self._tell(said, error=failed)
             return
+        if chat_files.is_play_command(text):  # /play ID: a voice note, without blocking
+            self.run_worker(self._play(text), group="play")
+            return
         try:
             if self.room_id is not None:
                 message_id = await self.client.rooms.send(self.room_id, text)
@@ -508,6 +512,10 @@ class ChatApp(App[int]):
             self._tell(render.safe(str(exc)), error=True)
             return
         await self._append(message_id)
+
+    async def _play(self, text: str) -> None:
+        said, failed = await chat_files.play_voice(self.client, self._conversation, text)
+        self._tell(said, error=failed)
 
     def _page(self, log: VerticalScroll) -> int:
         return max(1, log.scrollable_content_region.height - 1)

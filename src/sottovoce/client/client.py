@@ -70,6 +70,7 @@ from sottovoce.client.identity import LocalIdentity
 from sottovoce.client.ids import now_ms
 from sottovoce.client.key_handover import KeyHandover
 from sottovoce.client.kt import KeyTransparency, LinkSource, Pins, expect_log
+from sottovoce.client.media.notes import VoiceNotes
 from sottovoce.client.outbox import Outbox
 from sottovoce.client.ports import LinkPort
 from sottovoce.client.prekeys import Prekeys
@@ -212,6 +213,7 @@ class Client(CallSurface):
         self.files = Files(store, self._conn, (self.username, self.device_id),  # files.py
                            self._directory.targets, self._direct.send_record, self.rooms,
                            self._direct.expiries)
+        self.voice = VoiceNotes(self.files)  #: voice notes: made, sent, played (client/media)
         self.timers = Timers(store, self._direct, self.rooms, self._emit, self._spawn)  #: expiry
         #: The list with unread counts, read marks, search, export, forget (local only).
         self.conversations = Conversations(store, self.username, self.contacts.hidden)

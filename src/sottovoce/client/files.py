@@ -95,6 +95,8 @@ MAX_RESUMES = 20
 #: How much longer than a chat's timer a blob is kept: the upload runs before the
 #: message (whose expiry counts from its creation) is sent.
 UPLOAD_GRACE_MS = 60_000
+#: What a voice note made on this device is (client/media/voice.py).
+VOICE_MEDIA_TYPE = "audio/ogg"
 _CREATED = frozenset({pb.BLOB_CREATED})
 _STORED = frozenset({pb.BLOB_STORED})
 _CHUNK = frozenset({pb.BLOB_CHUNK})
@@ -138,14 +140,15 @@ class Files:
 
     async def send_file(
         self, peer: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
-        view_once: bool = False,
+        view_once: bool = False, voice_ms: int | None = None,
     ) -> str:
         """Upload ``path`` for ``peer``'s devices and our other ones (a ``view_once`` file:
-        ``peer``'s only), then send the file message; returns its messageId."""
+        ``peer``'s only), then send the file message; returns its messageId. ``voice_ms``:
+        ``path`` is an Ogg Opus voice note of that many milliseconds (client/media)."""
         targets = [d for d in await self._targets(peer) if d != self._me
                    and not (view_once and d[0] == self._me[0])]
         chat = ev.dm_conversation_id(self._me[0], peer)
-        info = await self._upload(Path(path), targets, progress, chat, view_once)
+        info = await self._upload(Path(path), targets, progress, chat, view_once, voice_ms)
         return await self._announce(info, self._send_record(peer, FILE_CONTENT_TYPE,
                                                             info.encode()))
 
@@ -167,16 +170,17 @@ class Files:
 
     async def room_send_file(
         self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None,
-        view_once: bool = False,
+        view_once: bool = False, voice_ms: int | None = None,
     ) -> str:
         """Upload ``path`` for every other member device of room ``ref`` (a ``view_once``
-        file: other members' only) and send it there."""
+        file: other members' only) and send it there (``voice_ms``: as for send_file)."""
         room = self._rooms.get(ref)
         members = [d for d in room.members() if d != self._me
                    and not (view_once and d[0] == self._me[0])]
         if not members:
             raise UsageError("the room has no other member to send a file to")
-        info = await self._upload(Path(path), members, progress, room.room_id, view_once)
+        info = await self._upload(Path(path), members, progress, room.room_id, view_once,
+                                  voice_ms)
         return await self._announce(
             info, self._rooms.send_record(ref, FILE_CONTENT_TYPE, info.encode()))
 
@@ -189,11 +193,13 @@ class Files:
 
     async def _upload(
         self, path: Path, recipients: list[Device], progress: Progress | None, chat: str,
-        view_once: bool = False,
+        view_once: bool = False, voice_ms: int | None = None,
     ) -> FileInfo:
         """Upload ``path`` for ``recipients`` in ``chat``, carrying on an upload of the same
         file to the same devices that an earlier run began and did not finish."""
         name, media_type = describe(path)
+        if voice_ms is not None:
+            media_type = VOICE_MEDIA_TYPE
         try:
             f = open(path, "rb")  # noqa: SIM115 -- closed below, after the last chunk
         except OSError as exc:
@@ -218,7 +224,7 @@ class Files:
                 sent = await self._send_chunks(f, path, pending, progress)
             created, sealer = sent
             thumbnail, duration = (make_thumbnail(path) if media_type.startswith("image/")
-                                   else None), voice_duration(path, media_type)
+                                   else None), voice_ms or voice_duration(path, media_type)
         kind = ("image" if thumbnail is not None else
                 "voice" if media_type.startswith("audio/") else "file")
         return FileInfo(
