@@ -79,6 +79,20 @@ def _labeled_expand(h: Hash, suite_id: bytes, prk: bytes, label: bytes, info: by
     return kdf.hkdf_expand(h, prk, labeled, length)
 
 
+def key_schedule(h: Hash, aead: Aead, suite_id: bytes, mode: int, shared: bytes, info: bytes,
+                 psk: bytes = b"", psk_id: bytes = b"") -> XWingContext:
+    """RFC 9180 §5.1 KeySchedule for any KEM's shared secret (tested against the RFC's
+    vectors with their DHKEM secrets, since none are published for X-Wing)."""
+    psk_id_hash = _labeled_extract(h, suite_id, b"", b"psk_id_hash", psk_id)
+    info_hash = _labeled_extract(h, suite_id, b"", b"info_hash", info)
+    context = bytes([mode]) + psk_id_hash + info_hash
+    secret = _labeled_extract(h, suite_id, shared, b"secret", psk)
+    key = _labeled_expand(h, suite_id, secret, b"key", context, aead.key_size)
+    nonce = _labeled_expand(h, suite_id, secret, b"base_nonce", context, aead.nonce_size)
+    exporter = _labeled_expand(h, suite_id, secret, b"exp", context, h.size)
+    return XWingContext(h, aead, suite_id, key, nonce, exporter)
+
+
 class XWingHpke:
     """HPKE with KEM X-Wing and the given KDF and AEAD (RFC 9180 §5, §6)."""
 
@@ -107,15 +121,8 @@ class XWingHpke:
 
     def _schedule(self, mode: int, shared: bytes, info: bytes, psk: bytes,
                   psk_id: bytes) -> XWingContext:
-        h, sid = self._hash, self._suite_id
-        psk_id_hash = _labeled_extract(h, sid, b"", b"psk_id_hash", psk_id)
-        info_hash = _labeled_extract(h, sid, b"", b"info_hash", info)
-        context = bytes([mode]) + psk_id_hash + info_hash
-        secret = _labeled_extract(h, sid, shared, b"secret", psk)
-        key = _labeled_expand(h, sid, secret, b"key", context, self._aead.key_size)
-        nonce = _labeled_expand(h, sid, secret, b"base_nonce", context, self._aead.nonce_size)
-        exporter = _labeled_expand(h, sid, secret, b"exp", context, h.size)
-        return XWingContext(h, self._aead, sid, key, nonce, exporter)
+        return key_schedule(self._hash, self._aead, self._suite_id, mode, shared, info, psk,
+                            psk_id)
 
     @staticmethod
     def _mode(psk: bytes, psk_id: bytes, sender: object) -> int:
