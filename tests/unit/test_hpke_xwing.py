@@ -72,3 +72,13 @@ def test_the_hybrid_mls_suite_uses_xwing() -> None:
     assert suite.name == "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519"
     assert isinstance(suite.hpke, XWingHpke)
     assert suite.nh == 32 and suite.aead_key_size == 16
+
+
+def test_ml_kem_encapsulation_key_check_refuses_an_out_of_range_coefficient(rng: Random) -> None:
+    """FIPS 203 §7.2: a coefficient >= q (here 0xFFF) in pk_M fails encapsulation."""
+    kp = HPKE.generate_key_pair(rng)
+    bad = b"\xff\xff" + kp.public[2:]
+    with pytest.raises(InvalidKey):
+        HPKE.seal(bad, b"", b"", b"x", rng)
+    with pytest.raises(InvalidKey):
+        xwing.encapsulate(bad, rng(32))
