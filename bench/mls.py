@@ -1,7 +1,12 @@
 """MLS group operations (RFC 9420) at 10, 100 and 1,000 members: milliseconds and bytes.
 
-    python bench/mls.py [--sizes 10,100,1000] [--suite 1] [--repeat 5] [--shape full,sparse]
-                        [--wire public|private]
+    python bench/mls.py [--sizes 10,100,1000] [--suites 1,x25519-mlkem768] [--repeat 5]
+                        [--shape full,sparse] [--wire public|private]
+
+``--suites`` takes code points or short names (``x25519`` is suite 1,
+``x25519-mlkem768`` the hybrid X-Wing suite 0xF001); every suite runs in this
+one process, and each later suite's rows get a ratio against the first suite's
+same row, so the comparison is under the same load.
 
 Operations, each timed with ``time.perf_counter`` in this one process (median of
 ``--repeat`` runs; nothing is cached between runs because every run works on
@@ -38,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from sottovoce.crypto.mls_suites import SUITE_NAMES
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.mls import treemath
@@ -46,6 +52,7 @@ from sottovoce.mls.epoch import Epoch
 from sottovoce.mls.group import (
     Group,
     GroupConfig,
+    InvalidWelcome,
     KeyPackagePrivate,
     StagedCommit,
     generate_key_package,
@@ -203,7 +210,14 @@ def bench_size(
         return Group.join_from_welcome(welcome, joiner.key_package, joiner.private,
                                        signing_key=joiner.signing_key, config=config)
 
-    joined = join()
+    try:
+        joined = join()
+    except InvalidWelcome as exc:
+        # Hybrid keys are 1,216 bytes: at 1,000 members the tree outgrows
+        # limits.MAX_DECODE_BYTES, which a joiner enforces on every decode.
+        print(f"  [join from Welcome refused: {exc}; Welcome {len(welcome)} bytes]")
+        row("join from Welcome (tree inside)", float("nan"), len(welcome))
+        return rows
     if joined.epoch_authenticator != bundle.staged.epoch_authenticator:  # type: ignore[attr-defined]
         raise SystemExit("the joiner computed another epoch")
     row("join from Welcome (tree inside)", _median_ms(join, max(1, repeat // 2 + 1)),
@@ -215,26 +229,39 @@ def bench_size(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,100,1000")
-    ap.add_argument("--suite", type=int, default=1)
+    ap.add_argument("--suites", "--suite", default="1",
+                    help="comma-separated code points (1, 0xF001) or names (x25519-mlkem768)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--shape", default="full,sparse")
     ap.add_argument("--wire", choices=("public", "private"), default="public")
     args = ap.parse_args()
-    suite = cipher_suite(args.suite)
+    suites = [cipher_suite(_suite_id(x)) for x in args.suites.split(",")]
     wire = WireFormat.PUBLIC_MESSAGE if args.wire == "public" else WireFormat.PRIVATE_MESSAGE
     config = GroupConfig(handshake_wire_format=wire)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"suite {suite.id} ({suite.name}), {args.wire} handshake messages, "
+    names = ", ".join(f"{s.id:#x} ({s.name})" for s in suites)
+    print(f"suites {names}, {args.wire} handshake messages, "
           f"median of {args.repeat}, load average {load:.2f}, {os.cpu_count()} cpus")
-    rows: list[Row] = []
-    for shape in args.shape.split(","):
-        for n in (int(x) for x in args.sizes.split(",")):
-            rows += bench_size(suite, n, shape, config, args.repeat)
+    table: list[tuple[int, Row]] = []
+    for suite in suites:
+        for shape in args.shape.split(","):
+            for n in (int(x) for x in args.sizes.split(",")):
+                table += [(suite.id, r) for r in bench_size(suite, n, shape, config, args.repeat)]
+    base = {r[:3]: r[3] for sid, r in table if sid == suites[0].id}
     print()
-    print(f"{'members':>7}  {'tree':<6}  {'operation':<34}  {'ms':>9}  {'bytes':>9}")
-    for n, shape, op, ms, size in rows:
-        print(f"{n:>7}  {shape:<6}  {op:<34}  {ms:9.2f}  {'' if size is None else size:>9}")
+    print(f"{'suite':>6}  {'members':>7}  {'tree':<6}  {'operation':<34}  {'ms':>9}  {'bytes':>9}"
+          f"  {'x first':>7}")
+    for sid, (n, shape, op, ms, size) in table:
+        first = base.get((n, shape, op))
+        ratio = "" if sid == suites[0].id or not first else f"{ms / first:.2f}"
+        print(f"{sid:>#6x}  {n:>7}  {shape:<6}  {op:<34}  {ms:9.2f}  "
+              f"{'' if size is None else size:>9}  {ratio:>7}")
 
+
+def _suite_id(text: str) -> int:
+    """A suite by code point (decimal or 0x hex) or by its short name."""
+    text = text.strip()
+    return SUITE_NAMES[text] if text in SUITE_NAMES else int(text, 0)
 
 if __name__ == "__main__":
     main()

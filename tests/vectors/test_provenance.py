@@ -24,7 +24,7 @@ _HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$", re.M)
 #: A vector file named in a test ("mls/welcome.json", "kt/c2sp/signed-note.md"), or a
 #: directory ending in "/" whose every file a test reads (loader.files).
 _VECTOR_NAME = re.compile(
-    r"""["']((?:mls|hpke|sframe|kt|link|noise)/(?:[\w.@\[\]-]+/)*(?:[\w.@\[\]-]+\.[a-z]+|[\w-]+/))["']"""
+    r"""["']((?:mls|hpke|sframe|kt|link|noise|xwing)/(?:[\w.@\[\]-]+/)*(?:[\w.@\[\]-]+\.[a-z]+|[\w-]+/))["']"""
 )
 
 

@@ -57,7 +57,17 @@ SUITE_TABLE: dict[int, SuiteEntry] = {
                   Hash.SHA512, SignatureScheme.ED448),
     7: SuiteEntry("MLS_256_DHKEMP384_AES256GCM_SHA384_P384",
                   Hash.SHA384, SignatureScheme.ECDSA_SECP384R1_SHA384),
+    # Hybrid post-quantum suite: suite 1 with its KEM replaced by X-Wing
+    # (X25519 + ML-KEM-768). No IANA value is assigned yet, so it sits in the
+    # private-use range (RFC 9420 §17.1: 0xF000-0xFFFF) until one is.
+    0xF001: SuiteEntry("MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519",
+                       Hash.SHA256, SignatureScheme.ED25519),
 }
+
+#: The hybrid X-Wing suite's private-use code point.
+XWING_SUITE_ID = 0xF001
+#: Short names for the suites a user picks a room's suite by.
+SUITE_NAMES = {"x25519": 1, "x25519-mlkem768": XWING_SUITE_ID}
 
 #: Suite 1 is the mandatory-to-implement default (RFC 9420 §17.1).
 DEFAULT_SUITE_ID = 1

@@ -1,4 +1,4 @@
-"""The seven MLS cipher suites (RFC 9420 §17.1) as one object each.
+"""The seven MLS cipher suites (RFC 9420 §17.1) and the hybrid X-Wing one, as one object each.
 
 A :class:`CipherSuite` bundles the hash/KDF, AEAD, HPKE and signature scheme of
 a suite. Which suites exist, with their names, hashes and signature schemes, is
@@ -14,6 +14,7 @@ from functools import cache
 from sottovoce.crypto import kdf
 from sottovoce.crypto.aead import Aead, AeadKey
 from sottovoce.crypto.hpke import AeadId, Hpke, KdfId, KemId, KemKeyPair
+from sottovoce.crypto.hpke_xwing import XWingHpke
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.mls_suites import DEFAULT_SUITE_ID as DEFAULT_SUITE_ID
 from sottovoce.crypto.mls_suites import SUPPORTED_SUITES as SUPPORTED_SUITES
@@ -30,7 +31,7 @@ class CipherSuite(PublicSuite):
 
     name: str
     aead: Aead
-    hpke: Hpke = field(compare=False, repr=False)
+    hpke: Hpke | XWingHpke = field(compare=False, repr=False)
 
     # --- hash, MAC, KDF --------------------------------------------------------
 
@@ -69,8 +70,9 @@ class CipherSuite(PublicSuite):
 
 
 #: What members add to each suite of :data:`~sottovoce.crypto.mls_suites.SUITE_TABLE`:
-#: the HPKE KEM, and the AEAD (of messages and of HPKE alike).
-_KEM_AND_AEAD = {
+#: the HPKE KEM (None: X-Wing, run by :mod:`~sottovoce.crypto.hpke_xwing`), and the
+#: AEAD (of messages and of HPKE alike).
+_KEM_AND_AEAD: dict[int, tuple[KemId | None, Aead]] = {
     1: (KemId.X25519_SHA256, Aead.AES128GCM),
     2: (KemId.P256_SHA256, Aead.AES128GCM),
     3: (KemId.X25519_SHA256, Aead.CHACHA20POLY1305),
@@ -78,6 +80,7 @@ _KEM_AND_AEAD = {
     5: (KemId.P521_SHA512, Aead.AES256GCM),
     6: (KemId.X448_SHA512, Aead.CHACHA20POLY1305),
     7: (KemId.P384_SHA384, Aead.AES256GCM),
+    0xF001: (None, Aead.AES128GCM),
 }
 #: RFC 9420 §17.1: a suite's HPKE runs HKDF over the suite's hash and the suite's AEAD.
 _HPKE_KDF = {
@@ -97,5 +100,9 @@ def cipher_suite(suite_id: int) -> CipherSuite:
     """Return the suite for an RFC 9420 code point, or raise :class:`UnsupportedError`."""
     name, hash_, sig = suite_entry(suite_id)
     kem, aead = _KEM_AND_AEAD[suite_id]
-    hpke = Hpke(kem, _HPKE_KDF[hash_], _HPKE_AEAD[aead])
+    hpke: Hpke | XWingHpke
+    if kem is None:
+        hpke = XWingHpke(_HPKE_KDF[hash_], _HPKE_AEAD[aead])
+    else:
+        hpke = Hpke(kem, _HPKE_KDF[hash_], _HPKE_AEAD[aead])
     return CipherSuite(id=suite_id, hash=hash_, signature=sig, name=name, aead=aead, hpke=hpke)
