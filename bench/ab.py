@@ -15,6 +15,9 @@ Figures compared:
 * MLS: every row of ``bench/mls.py``'s table (ms per operation) for the given sizes,
   ``full`` tree, median of its own ``--repeat 3``.
 
+Under the table each figure's ratio per round is printed too (both sides of a round
+ran back to back), so that a ratio within the rounds' spread can be seen as noise.
+
 Nothing here is a pass/fail check; the figures and the load average at the start
 are printed for the reader to judge.
 """
@@ -36,6 +39,10 @@ RELAY_PATTERNS = {
         r"latency @200 msgs/s: send→delivered p50 [\d.]+ ms, p99 ([\d.]+)", False
     ),
     "relay fan-out deliveries/s": (r"fan-out to \d+ devices: ([\d,]+) deliveries/s", True),
+    "relay 1:1 server CPU µs/frame": (
+        r"1:1 throughput:[^\n]*\n[^\n]*= (\d+) µs of server CPU per frame", False
+    ),
+    "disk fdatasync p99 ms": (r"fdatasync of 16 KiB p50 [\d.]+ ms, p99 ([\d.]+) ms", False),
 }
 MLS_ROW = re.compile(r"^\s*(\d+)\s+(full|sparse)\s+(.+?)\s{2,}([\d.]+)(?:\s+\d+)?\s*$")
 
@@ -104,6 +111,11 @@ def main() -> None:
         a = statistics.median(samples["after"][name])
         hint = "higher is better" if better[name] else "lower is better"
         print(f"{name:<52} {b:10.2f} {a:10.2f} {a / b:13.3f}  ({hint})")
+    # Round by round: a ratio that flips around 1 from one round to the next is noise.
+    print("\nper round (after/before, same round):")
+    for name in samples["before"]:
+        pairs = zip(samples["before"][name], samples["after"].get(name, []), strict=False)
+        print(f"  {name:<50} " + "  ".join(f"{a / b:.3f}" for b, a in pairs if b))
 
 
 if __name__ == "__main__":

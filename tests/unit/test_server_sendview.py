@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sottovoce.protocol.events import Send
 from sottovoce.protocol.fields import ProtocolError
+from sottovoce.server import sendview
 from sottovoce.server.sendview import fast_send, parse_send
 
 GOOD: dict[str, Any] = {
@@ -128,3 +129,21 @@ def test_ciphertext_limit_is_exact_on_decoded_bytes() -> None:
         assert exc.code == "payload_too_large"
     else:
         raise AssertionError("a ciphertext one byte over the limit was accepted")
+
+
+def test_remembered_ids_never_admit_a_bad_one() -> None:
+    """Ids that passed once are remembered; a bad id in the same places is still refused,
+    and the memory stays bounded however many ids a client cycles through."""
+    assert fast_send(GOOD) is not None  # the good ids are remembered now
+    assert {"dm:alice:bob", "bob", "alice", "d1"} <= sendview._KNOWN_IDS
+    for bad in ("a b", "", "é", "x" * 129):
+        assert fast_send({**GOOD, "conversationId": bad}) is None
+        assert fast_send({**GOOD, "recipientUserId": bad}) is None
+        items = [{**GOOD["ciphertexts"][0], "deviceId": bad}, GOOD["ciphertexts"][1]]
+        assert fast_send({**GOOD, "ciphertexts": items}) is None
+        items = [{**GOOD["ciphertexts"][0], "userId": bad}, GOOD["ciphertexts"][1]]
+        assert fast_send({**GOOD, "ciphertexts": items}) is None
+    assert not any(" " in i or not i for i in sendview._KNOWN_IDS)
+    for n in range(sendview._KNOWN_IDS_MAX + 10):
+        assert fast_send({**GOOD, "recipientUserId": f"u{n}"}) is not None
+    assert len(sendview._KNOWN_IDS) <= sendview._KNOWN_IDS_MAX

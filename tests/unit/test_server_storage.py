@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -491,6 +492,35 @@ async def test_wal_is_truncated_under_sustained_writes(tmp_path: Path) -> None:
         assert wal.stat().st_size < 8 * 1024 * 1024
     finally:
         await st.close()
+
+
+async def test_inbox_rows_carry_an_expiry_only_when_the_send_has_one(tmp_path: Path) -> None:
+    """Batches without any expiry are written without the column (NULL, outside the
+    partial index); a batch with one, alone or mixed, keeps each row's own value."""
+    path = tmp_path / "db.sqlite3"
+    st = SqliteStorage(path, logger=JsonLogger(io.StringIO()))
+    await st.open()
+    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    now = time.time_ns() // 1_000_000
+    plain, alone, mixed_plain, mixed = _req(1), _req(2), _req(3), _req(4)
+    alone.expires_at_ms, mixed.expires_at_ms = now - 1, now + 3_600_000
+    try:
+        await _append_all(st, [plain])
+        await _append_all(st, [alone])
+        await _append_all(st, [mixed_plain, mixed])
+    finally:
+        await st.close()
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT seq, expires_at FROM inbox ORDER BY seq").fetchall()
+        indexed = conn.execute(
+            "SELECT count(*) FROM inbox INDEXED BY inbox_expires WHERE expires_at IS NOT NULL"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert rows == [(1, None), (2, now - 1), (3, None), (4, now + 3_600_000)]
+    assert indexed == (2,)
 
 
 # --- PostgreSQL only: several nodes on one database, failures -----------------------------

@@ -30,6 +30,22 @@ _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}").fullmatch
 # the contract path (events.Send), which checks the decoded length exactly.
 _B64_MAX = (MAX_CIPHERTEXT_BYTES + 2) // 3 * 4
 _MAX_INT = (1 << 63) - 1
+#: Ids that passed ``_ID`` lately. Conversation, recipient, user and device ids recur
+#: on every send of a connection, and a set lookup costs a fraction of the regex
+#: (message ids and idempotency keys are new each time and always take the regex).
+#: Bounded: emptied when full, so a client cycling ids only costs itself the regex.
+_KNOWN_IDS: set[str] = set()
+_KNOWN_IDS_MAX = 4096
+
+
+def _learn_id(value: str) -> bool:
+    """``_ID(value)``, remembered when it holds."""
+    if _ID(value) is None:
+        return False
+    if len(_KNOWN_IDS) >= _KNOWN_IDS_MAX:
+        _KNOWN_IDS.clear()
+    _KNOWN_IDS.add(value)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +95,12 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
     conv, mid, key, rcpt = g("conversationId"), g("messageId"), g("idempotencyKey"), g(
         "recipientUserId"
     )
+    known = _KNOWN_IDS
     if not (
-        type(conv) is str and _ID(conv)
+        type(conv) is str and (conv in known or _learn_id(conv))
         and type(mid) is str and _ID(mid)
         and type(key) is str and _ID(key)
-        and type(rcpt) is str and _ID(rcpt)
+        and type(rcpt) is str and (rcpt in known or _learn_id(rcpt))
     ):
         return None
     ctype = g("contentType")
@@ -116,11 +133,11 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
             return None
         u, dv, ct = item.get("userId"), item.get("deviceId"), item.get("ciphertext")
         if u != checked_user:
-            if type(u) is not str or not _ID(u):
+            if type(u) is not str or not (u in known or _learn_id(u)):
                 return None
             checked_user = u
         if not (
-            type(dv) is str and _ID(dv)
+            type(dv) is str and (dv in known or _learn_id(dv))
             and type(ct) is str and len(ct) < _B64_MAX and not len(ct) & 3
             and _B64(ct)
         ):

@@ -79,7 +79,7 @@ WAL_TRUNCATE_FRAMES = 16_384
 #: Rows per multi-row INSERT, largest first. One statement per chunk means one
 #: sqlite3_step, so the writer thread gives up and retakes the GIL once per
 #: chunk instead of once per row (each retake can wait for the event loop).
-_CHUNKS = (256, 64, 16, 4, 1)
+_CHUNKS = (256, 64, 32, 16, 4, 1)
 _SQL_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -97,6 +97,20 @@ def insert_many(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[
         params = [v for row in rows[i:i + size] for v in row]
         conn.execute(sql, params)
         i += size
+
+
+_INBOX_HEAD = "INSERT INTO inbox(dev, seq, received_at, envelope, sender"
+InboxRow = tuple[int, int, int, str, int, int | None]
+
+
+def insert_inbox(conn: sqlite3.Connection, rows: Sequence[InboxRow]) -> None:
+    """Inbox rows (the last field: expires_at or None). Rows without an expiry, the
+    common case, are written without the column: one bind fewer per row, and the
+    column's default (NULL) keeps them out of the partial index on expires_at."""
+    if any(row[5] is not None for row in rows):
+        insert_many(conn, _INBOX_HEAD + ", expires_at) VALUES ", 6, rows)
+    else:
+        insert_many(conn, _INBOX_HEAD + ") VALUES ", 5, [row[:5] for row in rows])
 
 
 def now_ms() -> int:
@@ -539,7 +553,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
         results: list[tuple[SendOutcome | None, BaseException | None]] = []
         sends_rows: list[tuple[int, str, str, str, int, int]] = []
-        inbox_rows: list[tuple[int, int, int, str, int, int | None]] = []
+        inbox_rows: list[InboxRow] = []
         received = max(now_ms(), self._last_received)
         self._last_received = received
         conn.execute("SAVEPOINT sends_run")
@@ -584,8 +598,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             sends_rows,
         )
         if conn.total_changes - before == len(sends_rows):
-            insert_many(conn, "INSERT INTO inbox(dev, seq, received_at, envelope, sender, "
-                        "expires_at) VALUES ", 6, inbox_rows)
+            insert_inbox(conn, inbox_rows)
             conn.execute("RELEASE sends_run")
             self._dirty_convs.update(conv_before)
             self._dirty_devs.update(dev_before)
@@ -670,7 +683,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             "received_at) VALUES (?, ?, ?, ?, ?, ?)",
             (sender, req.idempotency_key, conv, req.message_id, seq, received),
         )
-        rows: list[tuple[int, int, int, str, int, int | None]] = []
+        rows: list[InboxRow] = []
         frames: list[StoredFrame] = []
         inbox_seq = self._inbox_seq
         dirty = self._dirty_devs
@@ -681,11 +694,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             rows.append((dev, g, received, env, sender, req.expires_at_ms or None))
             frames.append(StoredFrame(user, device, g, env))
         self._note_written(conn, req.sender_user, req.recipient_user)
-        conn.executemany(
-            "INSERT INTO inbox(dev, seq, received_at, envelope, sender, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        insert_inbox(conn, rows)
         return req.stored(seq, received, tuple(frames))
 
     async def ack_read(self, user_id: str, device_id: str, up_to_seq: int) -> int:
