@@ -27,6 +27,13 @@ _BAR = 30
 def progress_bar(verb: str, stream: TextIO | None = None) -> Progress | None:
     """A progress callback drawing ``verb [####......] 3.0 MiB / 10.0 MiB`` on a terminal;
     ``None`` (no output) when the stream is not one."""
+    return _terminal_bar(verb, render.size_text, stream, end_line=True)
+
+
+def _terminal_bar(verb: str, unit: Callable[[int], str], stream: TextIO | None,
+                  *, end_line: bool) -> Callable[[int, int], None] | None:
+    """``verb [####......] DONE / TOTAL`` redrawn at most ten times a second on a
+    terminal (``unit`` writes the amounts); ``None`` when the stream is not one."""
     out = sys.stderr if stream is None else stream
     if not out.isatty():
         return None
@@ -37,10 +44,10 @@ def progress_bar(verb: str, stream: TextIO | None = None) -> Progress | None:
         if done < total and now - last[0] < 0.1:
             return
         last[0] = now
-        filled = _BAR if total == 0 else _BAR * done // total
+        filled = _BAR if total <= 0 else min(_BAR, _BAR * done // total)
         out.write(f"\r{verb} [{'#' * filled}{'.' * (_BAR - filled)}] "
-                  f"{render.size_text(done)} / {render.size_text(total)}\x1b[K")
-        if done >= total:
+                  f"{unit(done)} / {unit(total)}\x1b[K")
+        if end_line and done >= total:
             out.write("\n")
         out.flush()
 
@@ -129,22 +136,7 @@ def _send_voice(args: argparse.Namespace, room: str | None) -> int:
 def duration_bar(stream: TextIO | None = None) -> Callable[[int, int], None] | None:
     """A callback drawing ``encoding [####......] 0:03 / 0:10`` on a terminal while a
     voice note is made (long files take a while); ``None`` when not on one."""
-    out = sys.stderr if stream is None else stream
-    if not out.isatty():
-        return None
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < 0.1:
-            return
-        last[0] = now
-        filled = _BAR if total <= 0 else min(_BAR, _BAR * done // total)
-        out.write(f"\rencoding [{'#' * filled}{'.' * (_BAR - filled)}] "
-                  f"{render.duration_text(done)} / {render.duration_text(total)}\x1b[K")
-        out.flush()
-
-    return show
+    return _terminal_bar("encoding", render.duration_text, stream, end_line=False)
 
 
 def cmd_save(args: argparse.Namespace) -> int:
