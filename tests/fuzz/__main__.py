@@ -13,8 +13,21 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from tests.fuzz.engine import run, run_atheris, save_finding
-from tests.fuzz.harnesses import HARNESSES
+
+def _instrumented_imports() -> None:
+    """Under atheris, import the decoders with coverage instrumentation of sottovoce only
+    (instrumenting every loaded module takes minutes)."""
+    if "atheris" in sys.argv and importlib.util.find_spec("atheris") is not None:
+        import atheris
+
+        with atheris.instrument_imports(include=["sottovoce"]):
+            import tests.fuzz.harnesses  # noqa: F401
+
+
+_instrumented_imports()
+
+from tests.fuzz.engine import run, run_atheris, save_finding  # noqa: E402
+from tests.fuzz.harnesses import HARNESSES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

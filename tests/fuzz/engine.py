@@ -61,7 +61,8 @@ class Finding:
     detail: str
 
     def describe(self) -> str:
-        return f"{self.harness}: {self.kind} on {self.data[:64]!r} ({len(self.data)} B)\n{self.detail}"
+        head = f"{self.harness}: {self.kind} on {self.data[:64]!r} ({len(self.data)} B)"
+        return f"{head}\n{self.detail}"
 
 
 @dataclass(slots=True)
@@ -221,12 +222,9 @@ def run_atheris(name: str, runs: int, extra: Sequence[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     def one_input(data: bytes) -> None:
-        try:
+        with contextlib.suppress(SottovoceError):
             harness.target(data)
-        except SottovoceError:
-            pass
 
-    atheris.instrument_all()
     argv = [sys.argv[0], f"-runs={runs}", f"-timeout={int(HANG_CPU_S)}", "-rss_limit_mb=2048",
             f"-max_len={MAX_LEN}", f"-artifact_prefix={out}/", *extra, str(out),
             str(CORPUS / name)]

@@ -23,7 +23,13 @@ from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.crypto.suite import cipher_suite
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSigner, SignedNote, open_checkpoint
 from sottovoce.kt.merkle import verify_consistency, verify_inclusion
-from sottovoce.kt.verify import HistoryPage, HistoryResponse, KTPolicy, LookupResponse, verify_lookup
+from sottovoce.kt.verify import (
+    HistoryPage,
+    HistoryResponse,
+    KTPolicy,
+    LookupResponse,
+    verify_lookup,
+)
 from sottovoce.mls.framing import PrivateMessage, PrivateMessageContent, SenderData, decode_message
 from sottovoce.mls.messages import (
     Commit,
