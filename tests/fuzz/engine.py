@@ -99,6 +99,11 @@ def _wall_limit() -> Iterator[None]:
 
 def run_one(harness: Harness, data: bytes) -> Finding | None:
     """Feed one input; the finding it causes, or ``None``."""
+    with _wall_limit():
+        return _run_one(harness, data)
+
+
+def _run_one(harness: Harness, data: bytes) -> Finding | None:
     start = time.process_time()
     signal.setitimer(signal.ITIMER_REAL, STOP_WALL_S)
     try:
@@ -171,13 +176,13 @@ def run(name: str, runs: int, *, seed: int = 0, max_seconds: float | None = None
     started = time.monotonic()
     warm_rss: float | None = None
     seen: set[str] = set()
-    with _wall_limit():
+    with _wall_limit():  # once for the whole run: _run_one needs it in place
         inputs = iter(corpus)
         while stats.inputs < len(corpus) + runs:
             data = next(inputs, None)
             if data is None:
                 data = mutate(rng.choice(corpus), rng, corpus, harness.kind)
-            finding = run_one(harness, data)
+            finding = _run_one(harness, data)
             stats.inputs += 1
             if finding is not None:
                 key = finding.kind + finding.detail.splitlines()[-1] if finding.detail else ""
