@@ -67,6 +67,15 @@ LONG_RUNNING = {
 
 #: (document, first command of the block) -> why the block is not run. Reviewed.
 SKIP: dict[tuple[str, str], str] = {
+    ("docs/fuzzing.md", ".venv/bin/python -m tests.fuzz --list"):
+        "fuzz runs take minutes of full load from the checkout; tests/fuzz/test_fuzz.py runs "
+        "every harness over its corpus and seeded mutations",
+    ("docs/fuzzing.md",
+     "nice -n 19 .venv/bin/python -m tests.fuzz all --runs 1000000 --seconds 600"):
+        "a long fuzz campaign (hours); tests/fuzz/test_fuzz.py runs the short one",
+    ("docs/fuzzing.md", ".venv/bin/pip install -q -c constraints.txt -e '.[fuzz]'"):
+        "installs the fuzz extra (atheris) and runs a coverage-guided campaign for minutes; "
+        "tests/fuzz/test_fuzz.py runs the harnesses without it",
     ("docs/deploy.md",
      "sottovoce kt pin --kt-key 'chat.example.org+1a2b3c4d+AZ...' --data-dir ~/.sottovoce-alice"):
         "needs a server whose log key was rotated; tests/integration/test_kt_cli.py rotates one "

@@ -91,7 +91,8 @@ def read_json_body(data: str | bytes, fields: Collection[str], what: str) -> dic
     try:
         # Bytes are UTF-8 only (json.loads alone would guess UTF-16 or UTF-32 too).
         value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: a peer's deeply nested arrays exhaust the parser's stack.
         raise DecodeError(f"{what} is not JSON") from None
     if not isinstance(value, dict) or set(value) != {"v", *fields}:
         raise DecodeError(f"{what} has the wrong fields")

@@ -53,7 +53,9 @@ TYPE_COSIGNATURE_V1 = 0x04
 _DASH = "\u2014 "
 _ED25519_SIG = 64
 _COSIG_HEADER = "cosignature/v1\n"
-_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+#: At most 20 digits (a uint64): int() of a longer run is slow, and past 4,300 digits it
+#: raises ValueError instead of the MalformedProof a peer's bad note must end in.
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 #: Unicode spaces (category Zs plus the ASCII whitespace) and "+" are not allowed in names.
 _BAD_NAME_CHARS = re.compile(r"[\s+\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
