@@ -1,5 +1,5 @@
 """After `device revoke`, every surviving device holds the new account key, through the
-real server (docs/threat-model.md §Who holds the account key): a connected device at
+real server (docs/threat-model.md §A stolen or seized device): a connected device at
 once, an offline one on its next connect; the revoked device (a thief with a copy of
 its data) gets nothing and can do nothing.
 """

@@ -1,5 +1,5 @@
 """Handing the new account key to every surviving device after ``device revoke``
-(docs/protocol.md §Succession, docs/threat-model.md §Who holds the account key).
+(docs/protocol.md §Succession, docs/threat-model.md §A stolen or seized device).
 
 Under the account-key model every device of an account holds the account key. A
 revocation replaces it; the device that revoked hands the new key to each surviving
@@ -217,8 +217,11 @@ class KeyHandover:
             cert = new_certificate(identity, own)
             if cert is None:
                 return  # our new certificate is not there yet: the next settle tries
-            await self._adopt(Rotation(account_key=AccountKey(chosen.key), statements=(),
-                                       certificate=cert))
+            try:
+                await self._adopt(Rotation(account_key=AccountKey(chosen.key), statements=(),
+                                           certificate=cert))
+            except SottovoceError:
+                return  # kept, but the lookup after it failed (e.g. closing): next settle
         if chosen is not None or own.account_key == identity.account_key.public:
             self._save([])  # installed, or nothing left to install
 
