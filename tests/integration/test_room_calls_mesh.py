@@ -58,7 +58,7 @@ async def test_a_mesh_of_three_decodes_95_percent_then_a_fifth_is_told_an_sfu_is
     await net.until(lambda: all(numbers(x, w) for x, w in pairs), 20)
     assert all(isinstance(c.media, MeshMedia) and len(c.media.peers()) == 2 for c in everyone)
     starts = {c.call.me: camera(c).sent for c in everyone}
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(6.0)  # ~90 frames: one short stall on a loaded machine stays under 5%
     ends = {c.call.me: camera(c).sent for c in everyone}
     await window_settled(lambda: all(max(numbers(x, w), default=-1) >= ends[dev(w)] + 2
                                      for x, w in pairs))
