@@ -22,28 +22,14 @@ from pathlib import Path
 import pytest
 
 from sottovoce.cli.main import main as cli_main
-from sottovoce.client import Client, MessageReceived
-from sottovoce.client.events import RoomMessageReceived
 from sottovoce.client.media import voice
 from tests.audio_samples import opus_stream, tone
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account
 from tests.integration.serverproc import ServerProcess
+from tests.integration.test_files_e2e import file_message
 
 NOWHERE = voice.Device("oss", "/nonexistent/sottovoce-dsp")
 NULL = voice.Device("null", os.devnull)
-
-
-async def file_message(client: Client, timeout: float = 20.0) -> str:
-    """The messageId of the next file message ``client`` stores (1:1 or room)."""
-    stream = client.events()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        event = await stream.next(max(0.01, deadline - loop.time()))
-        message = getattr(event, "message", None)
-        if isinstance(event, MessageReceived | RoomMessageReceived) and message is not None \
-                and message.content_type == "file":
-            return str(message.message_id)
 
 
 async def test_wav_and_mp3_arrive_as_ogg_opus_voice_notes_with_their_duration(
