@@ -54,6 +54,12 @@ async def test_edit_react_reply_delete_and_settings_from_the_command_line(
         assert await bob.rooms.wait_until(
             lambda: bob.message(first) is not None and bob.message(in_room) is not None, 15
         )
+
+        def delivered() -> bool:  # live only: it must reach alice before she closes
+            sent = alice.message(in_room)
+            return sent is not None and alice.controls.view(sent).state == "delivered to 1"
+
+        assert await alice.rooms.wait_until(delivered, 15)
     finally:
         await alice.close()
         await bob.close()
