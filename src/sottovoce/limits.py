@@ -297,8 +297,9 @@ ROOM_TOKEN_MAX_LEN = 128
 #: Rooms listed by sottovoce.rooms.list (bounded so the reply fits one frame).
 MAX_ROOMS_LISTED = 2000
 #: A join request carries the requester's own KeyPackage with a basic credential (~400
-#: bytes), fanned out to every member: nothing bigger is needed, so nothing bigger goes.
-MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES = 2 * 1024
+#: bytes; ~2,650 in the hybrid X-Wing suite, whose init and leaf keys are 1,216 bytes
+#: each), fanned out to every member: nothing bigger is needed, so nothing bigger goes.
+MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES = 4 * 1024
 #: Join requests one device may send (a burst, then one a minute): asking to join is rare.
 JOIN_REQUESTS_PER_DEVICE_BURST = 3
 JOIN_REQUESTS_PER_DEVICE_PER_S = 1 / 60
