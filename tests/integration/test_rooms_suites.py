@@ -9,6 +9,8 @@
   cannot be invited to an X-Wing room: the inviter gets NoKeyPackageForSuite naming
   the user and the suite, and the same client is invited to a suite-1 room at once.
 * The server refuses an upload naming a suite its KeyPackages are not of.
+* `room create --suite` takes a suite by name or number and `room info` shows it;
+  an unknown suite is a plain error.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from sottovoce.crypto.mls_suites import XWING_SUITE_ID
 from sottovoce.errors import SottovoceError
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.protocol import rooms as pr
-from tests.integration.client_helpers import PASSPHRASE
+from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
+from tests.integration.test_rooms_cli import _ok, _room
 from tests.integration.test_rooms_e2e import (
     _tap_room_ciphertexts,
     close_all,
@@ -175,3 +178,31 @@ async def test_the_server_refuses_key_packages_of_another_suite_than_named(
         assert data["count"] >= 1
     finally:
         await asyncio.gather(alice.close())
+
+
+def test_room_create_suite_and_room_info_on_the_command_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async def accounts() -> None:
+        for name in ("alice", "bob"):
+            await (await make_account(server, name, tmp_path)).close()
+
+    asyncio.run(accounts())
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    xwing = "xwing (0xf001, MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519)"
+    classic = "classic (0x0001, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519)"
+
+    assert xwing in _ok(_room("create", "vault", "--suite", "xwing", home=alice))
+    assert "invited bob" in _ok(_room("invite", "vault", "bob", home=alice))
+    assert f"suite: {xwing}" in _ok(_room("info", "vault", home=bob))
+    assert classic in _ok(_room("create", "plain", home=alice))  # suite 1 by default
+    assert f"suite: {classic}" in _ok(_room("info", "plain", home=alice))
+    assert xwing in _ok(_room("create", "vault2", "--suite", "0xF001", home=alice))
+
+    bad = _room("create", "other", "--suite", "kyber", home=alice)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "unknown MLS cipher suite 'kyber'" in bad.stderr and "xwing (0xf001" in bad.stderr
+    assert _room("create", "other", "--suite", "2", home=alice).returncode != 0  # not a room's
+
+    shown = _ok(_room("create", "--help", home=alice))
+    assert "--suite" in shown and "xwing" in shown and "private-use" in shown

@@ -15,8 +15,8 @@ import os
 import time
 
 import pytest
-
 from bench.mls import _member, build_full
+
 from sottovoce.codec.tls import Writer, decode
 from sottovoce.crypto import xwing
 from sottovoce.crypto.mls_suites import XWING_SUITE_ID

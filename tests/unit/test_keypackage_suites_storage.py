@@ -21,8 +21,10 @@ from sottovoce.server.storage import sqlite as sqlite_mod
 from sottovoce.server.storage.roombase import RoomRefused
 from sottovoce.server.storage.sqlite import SqliteStorage
 from tests.integration import pgschema
-from tests.unit.test_server_rooms_storage import _scalar
-from tests.unit.test_server_rooms_storage import room_storage  # noqa: F401 - the fixture
+from tests.unit.test_server_rooms_storage import (
+    _scalar,
+    room_storage,  # noqa: F401 - the fixture
+)
 
 XWING = 0xF001
 
