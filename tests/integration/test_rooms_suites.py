@@ -9,6 +9,8 @@
   cannot be invited to an X-Wing room: the inviter gets NoKeyPackageForSuite naming
   the user and the suite, and the same client is invited to a suite-1 room at once.
 * The server refuses an upload naming a suite its KeyPackages are not of.
+* A client uploads a stock of each suite, and a low notice tops up the suite it
+  names (suite 1 when it names none).
 * `room create --suite` takes a suite by name or number and `room info` shows it;
   an unknown suite is a plain error.
 """
@@ -16,17 +18,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from sottovoce.client import Client
 from sottovoce.client.errors import ServerError
-from sottovoce.client.rooms.keypackages import NoKeyPackageForSuite
+from sottovoce.client.rooms.keypackages import KeyPackageRecord, NoKeyPackageForSuite
 from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S
 from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.mls_suites import XWING_SUITE_ID
 from sottovoce.errors import SottovoceError
+from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.protocol import rooms as pr
 from tests.integration.client_helpers import PASSPHRASE, make_account
@@ -206,3 +210,34 @@ def test_room_create_suite_and_room_info_on_the_command_line(
 
     shown = _ok(_room("create", "--help", home=alice))
     assert "--suite" in shown and "xwing" in shown and "private-use" in shown
+
+
+def _stock(server: ServerProcess) -> dict[int, int]:
+    """One-time KeyPackages the server holds, by suite (its SQLite database)."""
+    with sqlite3.connect(server.db_path) as db:
+        rows = db.execute("SELECT suite, count(*) FROM key_packages GROUP BY suite").fetchall()
+    return {int(suite): int(n) for suite, n in rows}
+
+
+async def test_a_client_uploads_both_suites_and_tops_up_the_one_a_notice_names(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (alice,) = await make_accounts(server, ["alice"], tmp_path)
+    try:
+        await alice.rooms.ensure_key_packages()
+        batch = CLIENT_KEY_PACKAGE_BATCH
+        assert _stock(server) == {1: batch, XWING_SUITE_ID: batch}
+        await alice.rooms.replenish({"remaining": 3, "suite": XWING_SUITE_ID})
+        assert _stock(server) == {
+            1: CLIENT_KEY_PACKAGE_BATCH, XWING_SUITE_ID: 2 * CLIENT_KEY_PACKAGE_BATCH,
+        }
+        await alice.rooms.replenish({"remaining": 3})  # a notice naming no suite: suite 1
+        assert _stock(server) == {
+            1: 2 * CLIENT_KEY_PACKAGE_BATCH, XWING_SUITE_ID: 2 * CLIENT_KEY_PACKAGE_BATCH,
+        }
+        # Each suite keeps its own last resort on the device too.
+        records = [r for _, r, lr in alice._store.key_package_records() if lr]
+        assert sorted(KeyPackageRecord.decode(r).key_package.cipher_suite for r in records) == [
+            1, XWING_SUITE_ID]
+    finally:
+        await close_all([alice])
