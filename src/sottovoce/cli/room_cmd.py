@@ -298,7 +298,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "default) or 'xwing' (0xF001, MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519: "
             "the hybrid post-quantum KEM X-Wing, X25519 + ML-KEM-768, under a private-use "
             "code point until one is assigned). An xwing room can add only devices whose "
-            "client uploads xwing KeyPackages; its keys and commits are about 15 times larger."
+            "client uploads xwing KeyPackages; its KeyPackages, commits and Welcomes are "
+            "10-16 times larger."
         ),
         example=(
             "  sottovoce room create friends --data-dir ~/.sottovoce-alice\n"
