@@ -9,6 +9,7 @@
   cannot be invited to an X-Wing room: the inviter gets NoKeyPackageForSuite naming
   the user and the suite, and the same client is invited to a suite-1 room at once.
 * The server refuses an upload naming a suite its KeyPackages are not of.
+* A call in an X-Wing room runs its own MLS group in X-Wing too (real clients).
 * A client uploads a stock of each suite, and a low notice tops up the suite it
   names (suite 1 when it names none).
 * `room create --suite` takes a suite by name or number and `room info` shows it;
@@ -35,6 +36,7 @@ from sottovoce.mls.framing import MLSMessage
 from sottovoce.protocol import rooms as pr
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.serverproc import ServerProcess
+from tests.integration.test_room_calls_server import QUIET, call_in, until
 from tests.integration.test_rooms_cli import _ok, _room
 from tests.integration.test_rooms_e2e import (
     _tap_room_ciphertexts,
@@ -241,3 +243,24 @@ async def test_a_client_uploads_both_suites_and_tops_up_the_one_a_notice_names(
             1, XWING_SUITE_ID]
     finally:
         await close_all([alice])
+
+
+async def test_a_call_in_an_xwing_room_runs_its_group_in_the_room_suite(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob = await make_accounts(server, ["alice", "bob"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("pq-call", XWING_SUITE_ID)
+        await alice.rooms.invite(room.room_id, "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1, 20)
+        ctls = await call_in([alice, bob], room.room_id, [QUIET, QUIET])
+        await until(lambda: all(len(c.participants) == 2 for c in ctls), 40)
+        for ctl in ctls:
+            group = ctl.call.group
+            assert group is not None and group.suite.id == XWING_SUITE_ID
+        auths = [ctl.call.group.epoch_authenticator.expose() for ctl in ctls]  # type: ignore[union-attr]
+        assert auths[0] == auths[1]  # both in the same epoch of the same call group
+        for ctl in ctls:
+            await ctl.close()
+    finally:
+        await close_all([alice, bob])
