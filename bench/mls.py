@@ -1,10 +1,10 @@
 """MLS group operations (RFC 9420) at 10, 100 and 1,000 members: milliseconds and bytes.
 
-    python bench/mls.py [--sizes 10,100,1000] [--suites 1,x25519-mlkem768] [--repeat 5]
+    python bench/mls.py [--sizes 10,100,1000] [--suites classic,xwing] [--repeat 5]
                         [--shape full,sparse] [--wire public|private]
 
-``--suites`` takes code points or short names (``x25519`` is suite 1,
-``x25519-mlkem768`` the hybrid X-Wing suite 0xF001); every suite runs in this
+``--suites`` takes code points or short names (``classic`` is suite 1,
+``xwing`` the hybrid X-Wing suite 0xF001); every suite runs in this
 one process, and each later suite's rows get a ratio against the first suite's
 same row, so the comparison is under the same load.
 
@@ -13,6 +13,8 @@ Operations, each timed with ``time.perf_counter`` in this one process (median of
 the same unchanged group state, which the state machine guarantees):
 
 * KeyPackage generation (two HPKE key pairs, two signatures);
+* creating a room: a one-member group (its leaf's key pair, signatures, key
+  schedule), with the size of its GroupInfo (tree inside);
 * add, remove and update commits, created by member A (leaf n/3); the add
   commit includes the Welcome, which carries the ratchet tree;
 * processing each of them by member B (leaf 2n/3): decode, membership tag,
@@ -43,7 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from sottovoce.crypto.mls_suites import SUITE_NAMES
+from sottovoce.crypto.mls_suites import parse_suite
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.mls import treemath
@@ -186,6 +188,13 @@ def bench_size(
                                                 joiner.signing_key, rng, NOW), repeat),
         len(joiner.key_package.encode()))
 
+    def create() -> Group:
+        return Group.create(suite, credential=Credential.basic(b"x"),
+                            signing_key=joiner.signing_key, rng=rng, now_ms=NOW, config=config)
+
+    row("room creation (GroupInfo bytes)", _median_ms(create, repeat),
+        len(create().group_info()))
+
     def commit_and_process(label: str, make: Callable[[], object]) -> object:
         bundle = make()
         ms = _median_ms(make, repeat)
@@ -213,8 +222,8 @@ def bench_size(
     try:
         joined = join()
     except InvalidWelcome as exc:
-        # Hybrid keys are 1,216 bytes: at 1,000 members the tree outgrows
-        # limits.MAX_DECODE_BYTES, which a joiner enforces on every decode.
+        # A tree beyond limits.MAX_GROUP_DECODE_BYTES, which a joiner enforces on the
+        # Welcome (sized for MAX_ROOM_MEMBERS leaves of the largest suite's keys).
         print(f"  [join from Welcome refused: {exc}; Welcome {len(welcome)} bytes]")
         row("join from Welcome (tree inside)", float("nan"), len(welcome))
         return rows
@@ -230,7 +239,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--suites", "--suite", default="1",
-                    help="comma-separated code points (1, 0xF001) or names (x25519-mlkem768)")
+                    help="comma-separated code points (1, 0xF001) or names (classic, xwing)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--shape", default="full,sparse")
     ap.add_argument("--wire", choices=("public", "private"), default="public")
@@ -261,7 +270,7 @@ def main() -> None:
 def _suite_id(text: str) -> int:
     """A suite by code point (decimal or 0x hex) or by its short name."""
     text = text.strip()
-    return SUITE_NAMES[text] if text in SUITE_NAMES else int(text, 0)
+    return parse_suite(text)
 
 if __name__ == "__main__":
     main()

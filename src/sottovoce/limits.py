@@ -244,6 +244,37 @@ MAX_KEY_PACKAGES_PER_DEVICE = 500
 KEY_PACKAGES_LOW_WATERMARK = 10
 #: Member devices per room: bounds fan-out work per message and the roster kept in memory.
 MAX_ROOM_MEMBERS = 1000
+#: The largest HPKE public key of any MLS suite we implement: X-Wing's (X25519 +
+#: ML-KEM-768, crypto/xwing.py), against 32 bytes for X25519. Every tree node holds one.
+MAX_MLS_KEM_PUBLIC_KEY_BYTES = 1216
+#: What a ratchet-tree leaf holds besides its encryption key, at most: signature key
+#: (≤ 133 bytes, P-521), a basic credential ``user/device`` (≤ 97), capabilities, lifetime,
+#: leaf extensions and a signature (≤ 139). Generous, so no real leaf comes near it.
+MAX_MLS_LEAF_OVERHEAD_BYTES = 1024
+#: A parent node besides its key: a parent hash (≤ 64) and its varint headers; its
+#: unmerged leaves are counted once for the whole tree (≤ ~10 ancestors per leaf, 4 bytes).
+MAX_MLS_PARENT_OVERHEAD_BYTES = 128
+MAX_MLS_UNMERGED_BYTES = MAX_ROOM_MEMBERS * 10 * 4
+#: The largest ratchet tree of a room (RFC 9420 §12.4.3.3), from the room size cap and
+#: the largest suite's keys: MAX_ROOM_MEMBERS leaves and one parent fewer. X-Wing at
+#: 1,000 members needs ~2.6 MB of it; MAX_DECODE_BYTES (2 MiB) is too small for that.
+MAX_RATCHET_TREE_BYTES = (
+    MAX_ROOM_MEMBERS * (MAX_MLS_KEM_PUBLIC_KEY_BYTES + MAX_MLS_LEAF_OVERHEAD_BYTES)
+    + (MAX_ROOM_MEMBERS - 1) * (MAX_MLS_KEM_PUBLIC_KEY_BYTES + MAX_MLS_PARENT_OVERHEAD_BYTES)
+    + MAX_MLS_UNMERGED_BYTES
+)
+#: One new member's EncryptedGroupSecrets in a Welcome: a KeyPackageRef, the KEM output
+#: (X-Wing: 1,120 bytes) and the sealed GroupSecrets (with a path secret and PSK ids).
+MAX_MLS_WELCOME_SECRETS_BYTES = 2048
+#: The one decode limit that is larger than MAX_DECODE_BYTES: a Welcome (which carries the
+#: GroupInfo, the tree inside it, and a secrets entry per new member), a GroupInfo or a
+#: ratchet tree handed to a join. The tree and the secrets are bounded above; 256 KiB is
+#: for the GroupInfo's context and extensions. Only those three decodes take it; every
+#: other decode (network frames, 1:1 payloads, commits) keeps MAX_DECODE_BYTES, and the
+#: item budget MAX_DECODE_ITEMS stays the same for all.
+MAX_GROUP_DECODE_BYTES = (
+    MAX_RATCHET_TREE_BYTES + MAX_ROOM_MEMBERS * MAX_MLS_WELCOME_SECRETS_BYTES + 256 * 1024
+)
 #: A commit, a Welcome and a GroupInfo each fit one frame (MAX_FRAME_BYTES bounds their sum;
 #: a GroupInfo carrying the ratchet tree of a very large room needs more and is refused).
 MAX_ROOM_COMMIT_BYTES = 160 * 1024
@@ -266,8 +297,9 @@ ROOM_TOKEN_MAX_LEN = 128
 #: Rooms listed by sottovoce.rooms.list (bounded so the reply fits one frame).
 MAX_ROOMS_LISTED = 2000
 #: A join request carries the requester's own KeyPackage with a basic credential (~400
-#: bytes), fanned out to every member: nothing bigger is needed, so nothing bigger goes.
-MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES = 2 * 1024
+#: bytes; ~2,650 in the hybrid X-Wing suite, whose init and leaf keys are 1,216 bytes
+#: each), fanned out to every member: nothing bigger is needed, so nothing bigger goes.
+MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES = 4 * 1024
 #: Join requests one device may send (a burst, then one a minute): asking to join is rare.
 JOIN_REQUESTS_PER_DEVICE_BURST = 3
 JOIN_REQUESTS_PER_DEVICE_PER_S = 1 / 60

@@ -23,7 +23,7 @@ import pytest
 
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.identity import RevocationStatement
-from sottovoce.limits import MAX_ROOM_COMMIT_BYTES
+from sottovoce.limits import MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES, MAX_ROOM_COMMIT_BYTES
 from sottovoce.mls.common import PreSharedKeyID
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.mls.group import Group, GroupConfig, PskStore, generate_key_package
@@ -559,7 +559,8 @@ async def test_a_join_request_carries_only_the_requesters_own_key_package(url: s
         (secrets.token_bytes(300), "invalid_key_package"),      # attacker-chosen bytes
         (key_package(asker, name=a), "invalid_key_package"),    # names another device
         (key_package(asker, key=stranger), "invalid_key_package"),  # not its certified key
-        (key_package(asker) + b"\x00" * 2048, "payload_too_large"),  # over the size cap
+        (key_package(asker) + b"\x00" * MAX_JOIN_REQUEST_KEY_PACKAGE_BYTES,
+         "payload_too_large"),  # over the size cap
     ):
         assert_error(await asker.request("sottovoce.room.join.request",
                                          {"token": token, "keyPackage": b64(bad)}), code)
@@ -717,7 +718,8 @@ async def test_keypackages_claimed_once_then_last_resort_and_low_notice(url: str
     # At auth, a device that uses rooms hears that its stock is low.
     await owner.close()
     again = await logged_in(url, owner.device)  # type: ignore[arg-type]
-    assert (await again.wait_for("sottovoce.keypackages.low"))["data"] == {"remaining": 0}
+    low = await again.wait_for("sottovoce.keypackages.low")
+    assert low["data"] == {"remaining": 0, "suite": 1}  # a stock from before suites: suite 1
 
 
 # --- audit -----------------------------------------------------------------------------

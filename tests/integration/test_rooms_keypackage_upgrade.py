@@ -20,6 +20,7 @@ from sottovoce.client import Client
 from sottovoce.client.rooms import membership
 from sottovoce.client.rooms.keypackages import KeyPackageRecord
 from sottovoce.client.rooms.manager import RoomManager
+from sottovoce.client.rooms.model import ROOM_SUITES
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, lacks_capabilities, profile
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
@@ -75,11 +76,15 @@ async def test_a_device_with_key_packages_from_before_room_profiles_renews_them_
         await bob.connect()
         await bob.rooms.ensure_key_packages()
         # The old one-time stock is gone from the server: what it hands out is fresh,
-        # and so is the last resort it now holds.
-        last_resort = [r for _, r, lr in bob._store.key_package_records() if lr]
-        assert len(last_resort) == 1
-        assert ROOM_PROFILE_EXTENSION in KeyPackageRecord.decode(last_resort[0]).key_package \
-            .leaf_node.capabilities.extensions
+        # and so are the last resorts it now holds, one per suite.
+        last_resort = [
+            KeyPackageRecord.decode(r).key_package
+            for _, r, lr in bob._store.key_package_records() if lr
+        ]
+        assert sorted(kp.cipher_suite for kp in last_resort) == sorted(ROOM_SUITES)
+        assert all(
+            ROOM_PROFILE_EXTENSION in kp.leaf_node.capabilities.extensions for kp in last_resort
+        )
         for _ in range(2):
             after = await alice.rooms._key_packages.claim("bob")
             assert after and all(

@@ -55,9 +55,11 @@ class Room:
     queue: list[tuple[Device, bytes]] = field(default_factory=list)
     log: list[tuple[Device, bytes]] = field(default_factory=list)
     drop: Callable[[Device, bytes], bool] | None = None
+    #: The room's MLS cipher suite, which its calls' groups run in.
+    suite: int = CALL_MLS_SUITE
 
     def __post_init__(self) -> None:
-        suite = cipher_suite(CALL_MLS_SUITE)
+        suite = cipher_suite(self.suite)
         for name in self.names:
             d = dev(name)
             self.members[d] = Member(d, suite.generate_signing_key(secrets.token_bytes))
@@ -83,6 +85,7 @@ class Room:
             signing_key=m.signing_key,
             rng=secrets.token_bytes,
             now_ms=self.now_ms,
+            suite=self.suite,
         )
         self.collect(m)
         return m.call
@@ -97,7 +100,7 @@ class Room:
             signing_key=m.signing_key,
             rng=secrets.token_bytes,
             now_ms=self.now_ms,
-            **kw,  # type: ignore[arg-type]
+            **{"suite": self.suite, **kw},  # type: ignore[arg-type]
         )
         self.collect(m)
         return m.call

@@ -230,7 +230,9 @@ def _plain(v: Any) -> Any:
 
 
 #: Optional fields added to events after the old parser was frozen (absent: their default).
-ADDED_SINCE = {"recoveryKey", "statements", "proposals", "expiresAtMs", "pow", "cap"}
+ADDED_SINCE = {
+    "recoveryKey", "statements", "proposals", "expiresAtMs", "pow", "cap", "suite",
+}
 
 
 def _only_old_keys(new: Any, old: Any) -> Any:

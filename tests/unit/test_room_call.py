@@ -42,6 +42,7 @@ from sottovoce.calls.room_signals import (
     Sealed,
     Start,
 )
+from sottovoce.crypto.mls_suites import XWING_SUITE_ID
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import cipher_suite
 from sottovoce.errors import DecodeError
@@ -522,3 +523,20 @@ def test_the_last_one_out_stops_the_call_in_the_audit_trail() -> None:
     room.call(A).leave()
     room.collect(room.member(A))
     assert room.effects_of(A, AppendAudit)[-1] == AppendAudit(action=AuditAction.CALL_STOPPED)
+
+
+def test_a_call_in_an_xwing_room_runs_its_group_in_that_suite() -> None:
+    room = Room([A, B, C], suite=XWING_SUITE_ID)
+    call_of(room, B, C)
+    for name in (A, B, C):
+        group = room.call(name).group
+        assert group is not None and group.suite.id == XWING_SUITE_ID
+        assert room.participants(name) == (dev(A), dev(B), dev(C))
+    frame = frame_from(room, B)
+    assert room.member(C).keys.unprotect(frame, b"hdr", room.now_ms).sender == dev(B)
+    # A suite-1 KeyPackage (a device that ignored the room's suite) is refused.
+    dave = Room([A, D], suite=XWING_SUITE_ID)
+    call_id = call_of(dave)
+    dave.join(D, call_id, suite=1)
+    dave.pump()
+    assert dave.effects_of(D, JoinRefused) and dave.member(D).call.group is None  # type: ignore[union-attr]

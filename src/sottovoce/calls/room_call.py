@@ -118,7 +118,8 @@ from sottovoce.mls.proposals import validate_key_package
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.protocol.rooms import member_identity
 
-#: The call group's MLS cipher suite: the room's mandatory one (RFC 9420 §17.1, 0x0001).
+#: The call group's MLS cipher suite unless the room's is given: the mandatory one (RFC
+#: 9420 §17.1, 0x0001). A call in a room of the hybrid X-Wing suite runs in that suite.
 CALL_MLS_SUITE = 1
 #: SFrame suites this implementation offers when joining.
 OFFERED_SFRAME_SUITES = (CALL_SFRAME_SUITE,)
@@ -190,6 +191,7 @@ class RoomCall:
         me: Device,
         signing_key: SigningKey,
         rng: Random,
+        suite: int = CALL_MLS_SUITE,
     ) -> None:
         if not isinstance(call_id, bytes) or len(call_id) != CALL_ID_BYTES:
             raise UsageError(f"a call id is {CALL_ID_BYTES} bytes")
@@ -200,7 +202,7 @@ class RoomCall:
         self.phase = Phase.JOINING
         self._signing_key = signing_key
         self._rng = rng
-        self._suite = cipher_suite(CALL_MLS_SUITE)
+        self._suite = cipher_suite(suite)
         self.group: Group | None = None
         self._kp: tuple[KeyPackage, KeyPackagePrivate] | None = None
         #: A joiner: the highest epoch a commit was seen for (later ones for it lost).
@@ -230,9 +232,11 @@ class RoomCall:
         rng: Random,
         now_ms: int,
         call_id: bytes | None = None,
+        suite: int = CALL_MLS_SUITE,
     ) -> RoomCall:
         """Start a call in the room: this device is the call group's first member
-        (``call_id``: one drawn already, e.g. to ask the server for an SFU grant first)."""
+        (``call_id``: one drawn already, e.g. to ask the server for an SFU grant first;
+        ``suite``: the room's MLS cipher suite, which the call group runs in too)."""
         if call_id is not None and len(call_id) != CALL_ID_BYTES:
             raise UsageError(f"a call id is {CALL_ID_BYTES} bytes")
         call = cls(
@@ -242,6 +246,7 @@ class RoomCall:
             me=me,
             signing_key=signing_key,
             rng=rng,
+            suite=suite,
         )
         call.group = Group.create(
             call._suite,
@@ -269,10 +274,13 @@ class RoomCall:
         rng: Random,
         now_ms: int,
         sframe_suites: tuple[int, ...] = OFFERED_SFRAME_SUITES,
+        suite: int = CALL_MLS_SUITE,
     ) -> RoomCall:
-        """Ask to join the call announced by a :class:`Start` signal."""
+        """Ask to join the call announced by a :class:`Start` signal (``suite``: the room's
+        MLS cipher suite, the call group's too)."""
         call = cls(
-            room_id=room_id, call_id=call_id, mode=mode, me=me, signing_key=signing_key, rng=rng
+            room_id=room_id, call_id=call_id, mode=mode, me=me, signing_key=signing_key, rng=rng,
+            suite=suite,
         )
         credential = call._credential()
         kp, private = generate_key_package(
@@ -283,7 +291,7 @@ class RoomCall:
             now_ms,
             extensions=(Extension(extension_type=CALL_ID_EXTENSION, extension_data=call_id),),
             capabilities=Capabilities(
-                cipher_suites=(CALL_MLS_SUITE,),
+                cipher_suites=(suite,),
                 extensions=(CALL_ID_EXTENSION,),
                 credentials=(int(credential.credential_type),),
             ),
@@ -539,7 +547,7 @@ class RoomCall:
         if device is None or device not in room:
             return "not a member of the room"
         try:
-            validate_key_package(kp, cipher_suite_id=CALL_MLS_SUITE, now_ms=now_ms)
+            validate_key_package(kp, cipher_suite_id=self._suite.id, now_ms=now_ms)
         except (DecodeError, RemoteError):
             return "not a valid KeyPackage"
         leaf = kp.leaf_node

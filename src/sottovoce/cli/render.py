@@ -41,6 +41,7 @@ from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
 from sottovoce.client.rooms import Room
 from sottovoce.client.rooms.names import display_name, topic
 from sottovoce.client.store import DeliveryStatus, StoredMessage
+from sottovoce.crypto.mls_suites import describe_suite
 from sottovoce.errors import DecodeError
 from sottovoce.identity import SafetyNumber
 from sottovoce.protocol.audit import AuditAction, AuditEntry, AuditTrail
@@ -277,14 +278,17 @@ def room_setting(name: str, value: str) -> str:
     return f"{safe(name)}: {safe(value)}"
 
 
-def room_info(name: str, shared_topic: str, state: dict[str, Any]) -> list[str]:
-    """``room info``: the room's shared name and topic (members' view), then the
-    server's view of it, its settings first."""
+def room_info(
+    name: str, shared_topic: str, state: dict[str, Any], suite: int | None = None
+) -> list[str]:
+    """``room info``: the room's shared name, topic and MLS cipher suite (members'
+    view), then the server's view of it, its settings first."""
     residency = state.get("residency")
     members = state.get("members") or []
     return [
         f"{safe(name)}  {safe(str(state.get('roomId')))}  epoch {state.get('epoch')}",
         *([f"topic: {safe(shared_topic)}"] if shared_topic else []),
+        *([f"suite: {describe_suite(suite)}"] if suite is not None else []),
         f"admin: {safe(str(state.get('admin') or '?'))}",
         room_setting("residency", residency if isinstance(residency, str) else "none"),
         room_setting("recorder", "on" if state.get("recorder") is True else "off"),

@@ -26,7 +26,10 @@ from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import CliError, Connect, with_client
 from sottovoce.client import Client
 from sottovoce.client.room_notice import valid_room_name
+from sottovoce.client.rooms.model import ROOM_SUITES
 from sottovoce.client.store import DeliveryStatus
+from sottovoce.crypto.mls_suites import describe_suite, parse_suite
+from sottovoce.errors import UsageError
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
 from sottovoce.protocol.audit import AuditChainError
 from sottovoce.protocol.rooms import setting_refusal
@@ -55,20 +58,29 @@ def room_name(value: str) -> str:
     return value
 
 
+def room_suite(value: str) -> int:
+    """``--suite``: a room suite by name or number (``classic``, ``xwing``, ``1``, ``0xF001``)."""
+    try:
+        return parse_suite(value, ROOM_SUITES)
+    except UsageError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     name = room_name(args.name)
+    suite = room_suite(args.suite)
 
     async def work(client: Client) -> tuple[str, str]:
         same = [r.room_id for r in client.rooms.all() if r.label == name and not r.removed]
         if same:  # two rooms of one name could then only be told apart by their ids
             raise CliError(f"you already have a room called '{render.safe(name)}' ({same[0]}); "
                            "choose another name")
-        room = await client.rooms.create_room(name)
+        room = await client.rooms.create_room(name, suite)
         return room.label, room.room_id
 
     label, room_id = with_client(args, work)
     shown = render.safe(label)
-    print(f"created room '{shown}' ({room_id})")
+    print(f"created room '{shown}' ({room_id}), MLS cipher suite {describe_suite(suite)}")
     program = command_name()
     print(f"next: {program} room invite {render.quoted_room(shown)} USER{dir_flag(args)}, "
           f"{program} chat {render.quoted_room(shown)}{dir_flag(args)}")
@@ -226,13 +238,14 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> tuple[str, str, dict[str, Any]]:
+    async def work(client: Client) -> tuple[str, str, dict[str, Any], int | None]:
         room = client.rooms.get(room_ref(args.room))
         state = await client.rooms.info(room.room_id)
-        return client.rooms.name(room.room_id), client.rooms.topic(room.room_id), state
+        rooms = client.rooms
+        return rooms.name(room.room_id), rooms.topic(room.room_id), state, rooms.suite(room.room_id)
 
-    name, topic, state = with_client(args, work)
-    print("\n".join(render.room_info(name, topic, state)))
+    name, topic, state, suite = with_client(args, work)
+    print("\n".join(render.room_info(name, topic, state, suite)))
     return 0
 
 
@@ -273,18 +286,33 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "  sottovoce chat '#friends'"
         ),
     )
-    subcommand(
+    create = subcommand(
         rs,
         "create",
         help="make a room with you as its only member",
         description=(
             "Make a new room with you as its only member and its admin. NAME becomes the "
             "room's shared name: every member sees it, the server never (it is sealed "
-            "under a key only members hold)."
+            "under a key only members hold). --suite picks the room's MLS cipher suite, "
+            "for good: 'classic' (1, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the "
+            "default) or 'xwing' (0xF001, MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519: "
+            "the hybrid post-quantum KEM X-Wing, X25519 + ML-KEM-768, under a private-use "
+            "code point until one is assigned). An xwing room can add only devices whose "
+            "client uploads xwing KeyPackages; its KeyPackages, commits and Welcomes are "
+            "10-16 times larger."
         ),
-        example="  sottovoce room create friends --data-dir ~/.sottovoce-alice",
+        example=(
+            "  sottovoce room create friends --data-dir ~/.sottovoce-alice\n"
+            "  sottovoce room create vault --suite xwing --data-dir ~/.sottovoce-alice"
+        ),
         func=cmd_create,
         args=[("NAME", "the room's shared name")],
+    )
+    create.add_argument(
+        "--suite", default="classic", metavar="SUITE",
+        help="the room's MLS cipher suite, by name or number: classic (1, the default) or "
+             "xwing (0xF001: hybrid post-quantum, private-use code point until one is "
+             "assigned)",
     )
     subcommand(
         rs,

@@ -156,6 +156,7 @@ class CallSurface:
             append_audit=self.rooms.record_event,
             ask_grant=self._ask_sfu_grant,
             options=options,
+            room_suite=self.rooms.suite,
         )
         self.rooms.on_call_signal(hub.receive)
         self._room_calls = hub

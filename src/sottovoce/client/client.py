@@ -247,7 +247,7 @@ class Client(CallSurface):
             ev.ACCOUNT_DELETED: self._on_account_deleted,
             ev.KEYS_CHANGED: self._on_keys_changed,
             pr.ROOM_FRAME: lambda _, data: self._queue.put_nowait(_RoomFrame(data)),
-            pr.KEYPACKAGES_LOW: lambda _, __: self._spawn(self.rooms.replenish()),
+            pr.KEYPACKAGES_LOW: lambda _, data: self._spawn(self.rooms.replenish(data)),
         }
         self._handlers.update(self.discovery.handlers(self._spawn))
         self._account_deleted = store.flag(ACCOUNT_DELETED_FLAG)

@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS outbox(
 #                 the local name is sealed, looked up by a keyed tag; the group state
 #                 (when the MLS layer can serialize it) is sealed and written in the
 #                 same transaction as the messages/epoch change that produced it.
-#   key_packages: our unused KeyPackages with their private keys, sealed, by KeyPackageRef.
+#   key_packages: our unused KeyPackages with their private keys, sealed, by KeyPackageRef;
+#     last_resort is 0 for a one-time one, else the last resort's suite.
 #   room_epochs:  epoch authenticators this member has seen (audit verification offline).
 _ROOM_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms(
@@ -954,12 +955,16 @@ class Store:
 
     # --- MLS KeyPackages (private halves, sealed) -------------------------------------------
 
-    def add_key_package(self, ref: bytes, record: bytes, *, last_resort: bool, now: int) -> None:
+    def add_key_package(
+        self, ref: bytes, record: bytes, *, last_resort: bool, now: int, suite: int = 1
+    ) -> None:
+        """``last_resort`` is stored as the KeyPackage's suite (0: one-time; 1, as before
+        suites, suite 1): a new last resort replaces only the one of its own suite."""
         if last_resort:
-            self._db.execute("DELETE FROM key_packages WHERE last_resort = 1")
+            self._db.execute("DELETE FROM key_packages WHERE last_resort = ?", (suite,))
         self._db.execute(
             "INSERT INTO key_packages(ref, last_resort, created, sealed) VALUES (?, ?, ?, ?)",
-            (ref, int(last_resort), now, self.seal(b"key-package", ref, record)),
+            (ref, suite if last_resort else 0, now, self.seal(b"key-package", ref, record)),
         )
 
     def get_key_package(self, ref: bytes) -> tuple[bytes, bool] | None:

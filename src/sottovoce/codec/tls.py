@@ -259,14 +259,16 @@ def encode(write: Callable[[Writer, T], None], value: T) -> bytes:
     return w.getvalue()
 
 
-def decode(read: Callable[[Reader], T], data: bytes) -> T:
+def decode(read: Callable[[Reader], T], data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> T:
     """Decode ``data`` completely with ``read``; only ``DecodeError`` escapes.
 
-    :data:`READER_ERRORS` are turned into ``DecodeError`` here, once.
+    :data:`READER_ERRORS` are turned into ``DecodeError`` here, once. ``max_bytes``
+    is larger only where a caller needs it (``limits.MAX_GROUP_DECODE_BYTES``: a
+    Welcome, GroupInfo or ratchet tree handed to a join); the item budget is the same.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UsageError("decode expects bytes")
-    if len(data) > MAX_DECODE_BYTES:
+    if len(data) > max_bytes:
         raise DecodeError("input too large")
     r = Reader(bytes(data), budget=[MAX_DECODE_ITEMS])
     try:
@@ -308,9 +310,9 @@ class WireStruct(Encodable):
         raise NotImplementedError
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
+    def decode(cls, data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Self:
         """Decode exactly ``data``; raises only ``DecodeError``."""
-        return decode(cls.read, data)
+        return decode(cls.read, data, max_bytes=max_bytes)
 
 
 def write_struct(w: Writer, item: WireStruct) -> None:

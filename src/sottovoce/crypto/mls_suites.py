@@ -15,7 +15,7 @@ from typing import NamedTuple
 from sottovoce.crypto import kdf
 from sottovoce.crypto.kdf import Hash
 from sottovoce.crypto.sign import SignatureScheme, VerifyKey
-from sottovoce.errors import UnsupportedError
+from sottovoce.errors import UnsupportedError, UsageError
 from sottovoce.readonly import ReadOnly
 
 
@@ -66,8 +66,14 @@ SUITE_TABLE: dict[int, SuiteEntry] = {
 
 #: The hybrid X-Wing suite's private-use code point.
 XWING_SUITE_ID = 0xF001
-#: Short names for the suites a user picks a room's suite by.
-SUITE_NAMES = {"x25519": 1, "x25519-mlkem768": XWING_SUITE_ID}
+#: Short names for the suites a user picks a room's suite by: the first name of each
+#: suite is the one shown (``room info``); the others are accepted too.
+SUITE_NAMES = {
+    "classic": 1,
+    "xwing": XWING_SUITE_ID,
+    "x25519": 1,
+    "x25519-mlkem768": XWING_SUITE_ID,
+}
 
 #: Suite 1 is the mandatory-to-implement default (RFC 9420 §17.1).
 DEFAULT_SUITE_ID = 1
@@ -80,3 +86,33 @@ def suite_entry(suite_id: int) -> SuiteEntry:
         return SUITE_TABLE[suite_id]
     except KeyError:
         raise UnsupportedError(f"unsupported MLS cipher suite {suite_id:#06x}") from None
+
+
+def suite_short_name(suite_id: int) -> str | None:
+    """The name a user picks ``suite_id`` by (``classic``, ``xwing``), if it has one."""
+    return next((name for name, i in SUITE_NAMES.items() if i == suite_id), None)
+
+
+def describe_suite(suite_id: int) -> str:
+    """``xwing (0xf001, MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519)``: the short name
+    (if any), the code point and the RFC 9420 name (``unknown`` for a suite we lack)."""
+    entry = SUITE_TABLE.get(suite_id)
+    full = f"{suite_id:#06x}, {entry.name if entry else 'unknown'}"
+    short = suite_short_name(suite_id)
+    return f"{short} ({full})" if short else f"suite {full}"
+
+
+def parse_suite(text: str, allowed: tuple[int, ...] = SUPPORTED_SUITES) -> int:
+    """A suite a user named, by short name or number (``xwing``, ``0xF001``, ``1``), one of
+    ``allowed``; raises :class:`UsageError` naming the choices otherwise."""
+    value = text.strip().lower()
+    suite_id = SUITE_NAMES.get(value)
+    if suite_id is None:
+        try:
+            suite_id = int(value, 0)
+        except ValueError:
+            suite_id = None
+    if suite_id not in allowed:
+        choices = ", ".join(describe_suite(s) for s in allowed)
+        raise UsageError(f"unknown MLS cipher suite {text!r}: choose one of {choices}")
+    return suite_id

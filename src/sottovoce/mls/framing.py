@@ -49,6 +49,7 @@ from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey, VerifyKey
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import DecryptionError, SignatureError, UsageError
+from sottovoce.limits import MAX_DECODE_BYTES
 from sottovoce.mls.common import (
     ContentType,
     GroupContext,
@@ -510,7 +511,12 @@ class MLSMessage(WireStruct):
         return cls(version=version, body=body)
 
 
-def decode_message(message: bytes | MLSMessage) -> MLSMessage:
+def decode_message(
+    message: bytes | MLSMessage, *, max_bytes: int = MAX_DECODE_BYTES
+) -> MLSMessage:
     """The MLSMessage of ``message``; malformed bytes raise :class:`MlsDecodeError`,
-    which is both an MLS error and a ``DecodeError`` (the codec's own is neither)."""
-    return message if isinstance(message, MLSMessage) else decode_mls(MLSMessage.read, message)
+    which is both an MLS error and a ``DecodeError`` (the codec's own is neither).
+    ``max_bytes``: larger for a Welcome or GroupInfo handed to a join."""
+    if isinstance(message, MLSMessage):
+        return message
+    return decode_mls(MLSMessage.read, message, max_bytes=max_bytes)

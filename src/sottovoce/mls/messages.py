@@ -51,6 +51,7 @@ from sottovoce.codec.tls import (
 from sottovoce.crypto.labels import ref_hash, sign_with_label, verify_with_label
 from sottovoce.crypto.sign import SigningKey, VerifyKey
 from sottovoce.errors import DecodeError, SignatureError, UsageError
+from sottovoce.limits import MAX_GROUP_DECODE_BYTES
 from sottovoce.mls.common import (
     EXTENSIONS,
     CredentialType,
@@ -403,7 +404,9 @@ def encode_ratchet_tree(nodes: Sequence[Node | None]) -> bytes:
 
 
 def decode_ratchet_tree(data: bytes) -> list[Node | None]:
-    return decode(read_ratchet_tree, data)
+    """A ratchet tree (§12.4.3.3): up to MAX_GROUP_DECODE_BYTES, the size a room's
+    largest tree needs in the suite with the largest keys (limits.py)."""
+    return decode(read_ratchet_tree, data, max_bytes=MAX_GROUP_DECODE_BYTES)
 
 
 _RATCHET_TREE = Codec(write_ratchet_tree, lambda r: tuple(read_ratchet_tree(r)))

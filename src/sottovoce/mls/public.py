@@ -50,6 +50,7 @@ from sottovoce.errors import (
     UnsupportedError,
     UsageError,
 )
+from sottovoce.limits import MAX_DECODE_BYTES
 from sottovoce.mls.common import (
     ContentType,
     CredentialType,
@@ -412,11 +413,13 @@ class PublicMessage(WireStruct):
 T = TypeVar("T")
 
 
-def decode_mls(read: Callable[[Reader], T], data: bytes) -> T:
+def decode_mls(
+    read: Callable[[Reader], T], data: bytes, *, max_bytes: int = MAX_DECODE_BYTES
+) -> T:
     """``codec.decode`` for MLS input: malformed bytes raise :class:`MlsDecodeError`, which
     is a ``DecodeError`` and an MLS error (the codec's own is only the first)."""
     try:
-        return decode(read, data)
+        return decode(read, data, max_bytes=max_bytes)
     except MlsDecodeError:
         raise
     except DecodeError as exc:

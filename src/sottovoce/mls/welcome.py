@@ -28,6 +28,7 @@ from sottovoce.crypto.labels import decrypt_with_label, encrypt_with_label
 from sottovoce.crypto.rng import Random
 from sottovoce.crypto.suite import CipherSuite
 from sottovoce.errors import DecodeError, DecryptionError, InvalidKey
+from sottovoce.limits import MAX_GROUP_DECODE_BYTES
 from sottovoce.mls.errors import InvalidWelcome, NoMatchingKeyPackage
 from sottovoce.mls.key_schedule import PreSharedKeyID, welcome_key_nonce, welcome_secret
 from sottovoce.mls.messages import (
@@ -163,7 +164,7 @@ def decrypt_group_info(
     key, nonce = welcome_key_nonce(suite, welcome_secret(suite, joiner_secret, psk_secret))
     try:
         plain = suite.aead_key(key).open(nonce, welcome.encrypted_group_info, b"")
-        return GroupInfo.decode(plain)
+        return GroupInfo.decode(plain, max_bytes=MAX_GROUP_DECODE_BYTES)
     except DecryptionError:
         raise InvalidWelcome("the Welcome's group info does not decrypt") from None
     except DecodeError:

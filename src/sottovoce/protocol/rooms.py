@@ -9,12 +9,13 @@ external ones, with the MLS public view (see "Joining by token").
 
 Client → server (``data`` of each event; binary fields base64)::
 
-    sottovoce.keypackages.upload {keyPackages: [b64], lastResort: b64|null}
-        → sottovoce.keypackages.stored {count}        one-time KeyPackages now stored
+    sottovoce.keypackages.upload {keyPackages: [b64], lastResort: b64|null, suite?}
+        → sottovoce.keypackages.stored {count}        one-time KeyPackages of that suite stored
     sottovoce.keypackages.withdraw {}
         → sottovoce.keypackages.withdrawn {count}     the caller's one-time KeyPackages deleted
-    sottovoce.keypackages.claim  {username}
-        → sottovoce.keypackages.bundles {username, keyPackages: [{deviceId, keyPackage}]}
+    sottovoce.keypackages.claim  {username, suite?}
+        → sottovoce.keypackages.bundles {username, suite,
+                                         keyPackages: [{deviceId, keyPackage}]}
     sottovoce.room.create  {roomId, groupInfo: b64|null}
         → sottovoce.room.created {roomId, epoch: 0, serverSeq: 0}
     sottovoce.room.commit  {roomId, epoch, messageId, idempotencyKey, commit, welcome|null,
@@ -50,7 +51,14 @@ Server → member device, unsolicited::
                                         + roomEpoch, roomKind ("commit" | "message" | "notice")
                                         + adds/removes (commits), joinRequest / removeRequest
                                         (notices)
-    sottovoce.keypackages.low {remaining}
+    sottovoce.keypackages.low {remaining, suite}
+
+KeyPackages are kept per MLS cipher suite (``suite``, the RFC 9420 §17.1 code
+point; absent: 1, as before suites were named): an upload naming a suite is checked
+-- every KeyPackage in it must decode and carry that ``cipher_suite`` -- and a
+claim hands out, per device, one KeyPackage of the suite it names, passing over a
+device that has none of it. An upload without ``suite`` is stored, opaque, as
+suite 1 (what clients from before suites uploaded).
 
 A commit's ``epoch`` is the epoch it was made in; the server takes exactly one
 commit per epoch and answers every other one with ``commit_conflict``
@@ -317,15 +325,22 @@ def _some_key_package(values: dict[str, Any], _: dict[str, Any]) -> None:
         raise bad("keyPackages", "must not be empty without a lastResort")
 
 
+#: An MLS cipher suite code point (RFC 9420 §17.1: uint16); the server knows which exist.
+SUITE = Int(minimum=1, maximum=0xFFFF)
+
+
 @event("sottovoce.keypackages.upload")
 class KeyPackagesUpload(ClientEvent):
-    """One-time KeyPackages (RFC 9420 §10, opaque to the server) and optionally a new
-    last-resort one, which is handed out when the one-time stock is empty and never consumed."""
+    """One-time KeyPackages (RFC 9420 §10) and optionally a new last-resort one, which is
+    handed out when the one-time stock is empty and never consumed, all of one ``suite``.
+    Named, the suite is checked against each KeyPackage's own ``cipher_suite``; absent
+    (clients from before suites), the KeyPackages are stored unread as suite 1."""
 
     keyPackages: tuple[bytes, ...] = wire(
         ListOf(KEY_PACKAGE, max_items=MAX_KEY_PACKAGES_PER_UPLOAD)
     )
     lastResort: bytes | None = wire(KEY_PACKAGE, default=None, check=_some_key_package)
+    suite: int | None = wire(SUITE, default=None, omit_default=True)
 
 
 @event("sottovoce.keypackages.withdraw")
@@ -337,7 +352,10 @@ class KeyPackagesWithdraw(ClientEvent):
 
 @event("sottovoce.keypackages.claim")
 class KeyPackagesClaim(UsernameEvent):
-    """One KeyPackage per active device of ``username`` (the caller's own device excluded)."""
+    """One KeyPackage of ``suite`` (default 1) per active device of ``username`` that has
+    one (the caller's own device excluded)."""
+
+    suite: int = wire(SUITE, default=1, omit_default=True)
 
 
 # =============================================================================

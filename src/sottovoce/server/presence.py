@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sottovoce.protocol.events import frame
 from sottovoce.server.directory import Directory
@@ -121,13 +122,16 @@ class Presence:
             self.fanout.notice([key], text)
 
     def notice_low(
-        self, user: str, claimed: Iterable[tuple[str, int]], below: int, event: str
+        self, user: str, claimed: Iterable[tuple[str, int]], below: int, event: str,
+        *, extra: dict[str, Any] | None = None,
     ) -> None:
         """After a claim of ``user``'s keys, (device id, keys left) each: ``event`` to each
-        device left with fewer than ``below``, so that it uploads more."""
+        device left with fewer than ``below``, so that it uploads more (``extra``: more
+        fields of the notice, such as the KeyPackages' suite)."""
         for device_id, remaining in claimed:
             if remaining < below:
-                self.notice((user, device_id), frame(event, {"remaining": remaining}))
+                data = {"remaining": remaining, **(extra or {})}
+                self.notice((user, device_id), frame(event, data))
 
     def notify_user(self, user: str, text: str, *, skip: Session | None = None) -> None:
         """A frame to every connected device of ``user`` (but ``skip``), on every node."""

@@ -146,6 +146,24 @@ def _wire(exc: BaseException | None) -> WireFailure:
     return WireFailure("internal", "room operation failed", retryable=True, retry_after_ms=100)
 
 
+def _check_uploaded(raw: bytes, suite: int, identity: bytes, key: bytes, now: int) -> None:
+    """An uploaded KeyPackage of a named ``suite``: it decodes, is valid (RFC 9420 §10.1)
+    with that very ``cipher_suite``, and its leaf is the uploading device's (name and key)."""
+    try:
+        kp = decode_key_package(raw)
+        check_key_package(kp, cipher_suite_id=suite, now_ms=now)
+    except MlsError as exc:
+        raise WireFailure(
+            "invalid_key_package", f"KeyPackage refused for suite {suite:#06x}: {exc}"
+        ) from None
+    if leaf_identity(kp.leaf_node) != identity or not (
+        hmac.compare_digest(kp.leaf_node.signature_key, key)
+    ):
+        raise WireFailure(
+            "invalid_key_package", "the KeyPackage is not this device's (name or key)"
+        )
+
+
 @contextmanager
 def _as_wire(*kinds: type[BaseException]) -> Iterator[None]:
     """A storage refusal (``RoomRefused``, ``UnknownAccount`` unless ``kinds`` are named)
@@ -280,9 +298,10 @@ class Rooms:
         if self.room_store is None:
             return
         user, device = session.key
-        remaining = await self.room_store.count_key_packages(user, device)
-        if remaining is not None and remaining < KEY_PACKAGES_LOW_WATERMARK:
-            session.reply(KEYPACKAGES_LOW, {"remaining": remaining}, None)
+        stock = await self.room_store.key_package_stock(user, device)
+        for suite, remaining in sorted(stock.items()):
+            if remaining < KEY_PACKAGES_LOW_WATERMARK:
+                session.reply(KEYPACKAGES_LOW, {"remaining": remaining, "suite": suite}, None)
 
     def device_revoked(self, user: str, device: str) -> None:
         """The device gets nothing more from any room; each of its rooms gets a removeRequest
@@ -305,9 +324,15 @@ class Rooms:
         self, session: Session, ev: KeyPackagesUpload, data: dict[str, Any], rid: str | None
     ) -> None:
         user, device = session.key
+        if ev.suite is not None:  # named: every KeyPackage must be of it, and this device's
+            key = await self._certified_mls_key(user, device, "invalid_key_package")
+            now = time.time_ns() // 1_000_000
+            for raw in (*ev.keyPackages, *(() if ev.lastResort is None else (ev.lastResort,))):
+                _check_uploaded(raw, ev.suite, member_identity(user, device), key, now)
         with _as_wire():
             count = await self.store.store_key_packages(
-                user, device, ev.keyPackages, ev.lastResort, MAX_KEY_PACKAGES_PER_DEVICE
+                user, device, ev.keyPackages, ev.lastResort, MAX_KEY_PACKAGES_PER_DEVICE,
+                1 if ev.suite is None else ev.suite,
             )
         session.reply(KEYPACKAGES_STORED, {"count": count}, rid)
 
@@ -327,15 +352,19 @@ class Rooms:
         one_time = await self.directory.one_time_claims(
             self.key_claims, "keypackage", session.key[0], ev.username
         )
-        claimed = await self.store.claim_key_packages(ev.username, session.key, one_time=one_time)
+        claimed = await self.store.claim_key_packages(
+            ev.username, session.key, one_time=one_time, suite=ev.suite
+        )
         session.reply(KEYPACKAGE_BUNDLES, {
             "username": ev.username,
+            "suite": ev.suite,
             "keyPackages": [
                 {"deviceId": c.device_id, "keyPackage": b64(c.key_package)} for c in claimed
             ],
         }, rid)
         self.presence.notice_low(ev.username, [(c.device_id, c.remaining) for c in claimed],
-                                  KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW)
+                                  KEY_PACKAGES_LOW_WATERMARK, KEYPACKAGES_LOW,
+                                  extra={"suite": ev.suite})
 
     # --- rooms ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sottovoce.calls.room_call import CALL_MLS_SUITE
 from sottovoce.calls.room_signals import CallMode, RoomCallSignal, Start
 from sottovoce.client.calls.recording import export_recording
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
@@ -89,8 +90,11 @@ class RoomCalls:
         options: RoomCallOptions | None = None,
         storage_key: Secret | None = None,
         rng: Random = secrets.token_bytes,
+        room_suite: Callable[[str], int | None] | None = None,
     ) -> None:
         self.me = me
+        #: A room's MLS cipher suite (its calls' groups run in it; None: suite 1).
+        self._room_suite = room_suite
         options = options or RoomCallOptions()
         if options.record_to is not None and options.storage_key is None:
             # This device's recordings are sealed at rest with its store's key.
@@ -154,8 +158,8 @@ class RoomCalls:
             mode = CallMode.MESH
         ctl = RoomCallController.start(
             room_id=room_id, me=self.me, signing_key=self._key, mode=mode, rng=self._rng,
-            call_id=call_id, **self._wiring(room_id, first if mode is CallMode.SFU else None,
-                                            mode),
+            call_id=call_id, suite=self._suite_of(room_id),
+            **self._wiring(room_id, first if mode is CallMode.SFU else None, mode),
         )
         self._keep(room_id, ctl)
         return ctl
@@ -172,10 +176,15 @@ class RoomCalls:
             call_id, mode = seen.call_id, seen.mode
         ctl = RoomCallController.join(
             room_id=room_id, call_id=call_id, mode=mode, me=self.me, signing_key=self._key,
-            rng=self._rng, **self._wiring(room_id, None, mode),
+            rng=self._rng, suite=self._suite_of(room_id), **self._wiring(room_id, None, mode),
         )
         self._keep(room_id, ctl)
         return ctl
+
+    def _suite_of(self, room_id: str) -> int:
+        """The suite the room's call group runs in: the room's own."""
+        suite = None if self._room_suite is None else self._room_suite(room_id)
+        return CALL_MLS_SUITE if suite is None else suite
 
     def _free(self, room_id: str) -> None:
         if room_id in self.active:

@@ -37,7 +37,7 @@ from typing import Literal
 from sottovoce.calls.errors import CallError
 from sottovoce.calls.frames import Codec
 from sottovoce.calls.media_keys import Device
-from sottovoce.calls.room_call import Phase, RoomCall, RoomView
+from sottovoce.calls.room_call import CALL_MLS_SUITE, Phase, RoomCall, RoomView
 from sottovoce.calls.room_effects import (
     AppendAudit,
     EpochChanged,
@@ -156,11 +156,12 @@ class RoomCallController:
         rng: Random = secrets.token_bytes,
         clock_ms: Callable[[], int] = wall_clock_ms,
         call_id: bytes | None = None,
+        suite: int = CALL_MLS_SUITE,
         **kwargs: object,
     ) -> RoomCallController:
         call = RoomCall.start(
             room_id=room_id, mode=mode, me=me, signing_key=signing_key, rng=rng,
-            now_ms=clock_ms(), call_id=call_id,
+            now_ms=clock_ms(), call_id=call_id, suite=suite,
         )
         return cls(call=call, rng=rng, clock_ms=clock_ms, **kwargs)  # type: ignore[arg-type]
 
@@ -175,6 +176,7 @@ class RoomCallController:
         signing_key: SigningKey,
         rng: Random = secrets.token_bytes,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        suite: int = CALL_MLS_SUITE,
         **kwargs: object,
     ) -> RoomCallController:
         call = RoomCall.join(
@@ -185,6 +187,7 @@ class RoomCallController:
             signing_key=signing_key,
             rng=rng,
             now_ms=clock_ms(),
+            suite=suite,
         )
         return cls(call=call, rng=rng, clock_ms=clock_ms, **kwargs)  # type: ignore[arg-type]
 

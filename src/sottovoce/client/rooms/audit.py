@@ -17,7 +17,7 @@ from sottovoce.client.errors import ServerError
 from sottovoce.client.ids import now_ms
 from sottovoce.client.ports import Link
 from sottovoce.client.rooms.book import RoomBook, backoff, request_retrying
-from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, SUITE, Device, Room
+from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S, Device, Room
 from sottovoce.errors import UsageError
 from sottovoce.limits import MAX_ROOM_AUDIT_ENTRY_BYTES, ROOM_AUDIT_BATCH, ROOM_COMMIT_RETRIES
 from sottovoce.protocol import events as ev
@@ -60,7 +60,7 @@ class AuditLog:
         auth = authenticator if authenticator is not None else group.epoch_authenticator
         entry = make_entry(
             signing_key=self._book.signing_key,
-            suite=SUITE,
+            suite=group.suite.id,
             prev=room.audit[-1] if room.audit else None,
             room_id=room.room_id,
             epoch=group.epoch if epoch is None else epoch,

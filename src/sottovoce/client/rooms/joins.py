@@ -7,7 +7,8 @@
     join_with_token ──► groupinfo.get {token} ──► external commit injecting the PSK
         token_psk(T), psk_id = its hash ──► room.commit ──► joined (members check the
         PSK: a wrong, unknown or missing one is refused)
-    request_join ──► a fresh KeyPackage ──► room.join.request ──► a member online
+    request_join ──► groupinfo.get {token}: the room's suite ──► a fresh KeyPackage of
+        it ──► room.join.request ──► a member online
         commits our Add and its Welcome comes to the inbox (above)
 """
 
@@ -27,6 +28,7 @@ from sottovoce.client.rooms.book import RoomBook, request_commit
 from sottovoce.client.rooms.keypackages import KeyPackages
 from sottovoce.client.rooms.model import (
     ROOM_REQUEST_TIMEOUT_S,
+    SUITE,
     Device,
     Room,
     RoomFrame,
@@ -38,16 +40,17 @@ from sottovoce.client.rooms.model import (
     room_id_of,
 )
 from sottovoce.client.rooms.sync import RoomSync
-from sottovoce.errors import RemoteError, SottovoceError, UsageError
+from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import MAX_ROOM_GROUP_INFO_BYTES, ROOM_COMMIT_RETRIES
 from sottovoce.mls.common import PreSharedKeyID
-from sottovoce.mls.framing import MLSMessage
+from sottovoce.mls.framing import MLSMessage, decode_message
 from sottovoce.mls.group import Group
-from sottovoce.mls.messages import Welcome
+from sottovoce.mls.messages import GroupInfo, Welcome
 from sottovoce.protocol import events as ev
 from sottovoce.protocol import rooms as pr
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.protocol.fields import ProtocolError, req_b64, req_int
+from sottovoce.secret import Secret
 
 
 class Joins:
@@ -131,11 +134,10 @@ class Joins:
         Returns the room id; the room appears (``RoomJoined``) when the Welcome arrives.
         """
         secret_token = pr.req_token({"token": token})
-        kp = self._key_packages.make_one()
+        wire = pr.wire_token(secret_token)
+        kp = self._key_packages.make_one(await self._room_suite(wire))
         _, data = await self._link.request(
-            pr.JoinRequest(
-                token=pr.wire_token(secret_token), keyPackage=MLSMessage(body=kp).encode()
-            ),
+            pr.JoinRequest(token=wire, keyPackage=MLSMessage(body=kp).encode()),
             frozenset({pr.ROOM_JOIN_REQUESTED}),
             timeout=ROOM_REQUEST_TIMEOUT_S,
         )
@@ -143,6 +145,24 @@ class Joins:
         with self._store.transaction():  # to check later joiners' PSK once we are in
             self._book.tokens.remember(room_id, secret_token)
         return room_id
+
+    async def _room_suite(self, wire: Secret) -> int:
+        """The MLS cipher suite of the room the token opens, from its GroupInfo (suite 1
+        if the server holds none). Unverified: a wrong one only makes the join fail."""
+        _, data = await self._link.request(
+            pr.GroupInfoGet(token=wire), frozenset({pr.ROOM_GROUPINFO}),
+            timeout=ROOM_REQUEST_TIMEOUT_S,
+        )
+        if data.get("groupInfo") is None:
+            return SUITE
+        info = req_b64(data, "groupInfo", max_bytes=MAX_ROOM_GROUP_INFO_BYTES)
+        try:
+            body = decode_message(info).body
+        except DecodeError:
+            body = None
+        if not isinstance(body, GroupInfo):
+            raise RemoteError("the room's GroupInfo does not decode")
+        return body.group_context.cipher_suite
 
     def join(self, room: Room, events: list[ClientEvent]) -> None:
         """Store a room we just joined and play the frames that came before we knew it."""

@@ -30,6 +30,7 @@ from sottovoce.client.rooms.messages import CallSignalSink, RoomMessages
 from sottovoce.client.rooms.model import (
     MEDIA_SUITE,
     ROOM_REQUEST_TIMEOUT_S,
+    SUITE,
     CommitResult,
     Device,
     Room,
@@ -156,18 +157,29 @@ class RoomManager:
         await self._key_packages.ensure()
         await self._admin.refresh_leaves()
 
-    async def replenish(self) -> None:
-        """``sottovoce.keypackages.low``: top the stock up (errors become events)."""
-        await self._key_packages.replenish()
+    async def replenish(self, notice: dict[str, Any] | None = None) -> None:
+        """``sottovoce.keypackages.low``: top the stock of the suite it names up (suite 1
+        if it names none; errors become events)."""
+        suite = (notice or {}).get("suite", SUITE)
+        valid = isinstance(suite, int) and not isinstance(suite, bool)
+        await self._key_packages.replenish(suite if valid else SUITE)
 
     # =========================================================================
     # Membership
     # =========================================================================
 
-    async def create_room(self, label: str) -> Room:
+    async def create_room(self, label: str, suite: int = SUITE) -> Room:
         """A new room with this device as its only member; ``label`` is this device's name
-        for it (the server never sees it; :meth:`announce_invite` tells invitees)."""
-        return await self._membership.create_room(label)
+        for it (the server never sees it; :meth:`announce_invite` tells invitees).
+        ``suite``: its MLS cipher suite, one of ROOM_SUITES (suite 1 unless asked; the
+        hybrid X-Wing suite adds only devices with KeyPackages of it)."""
+        return await self._membership.create_room(label, suite)
+
+    def suite(self, ref: str) -> int | None:
+        """The room's MLS cipher suite (RFC 9420 §17.1 code point; ``None`` once this
+        device holds no group state for it, say after it was removed)."""
+        group = self.get(ref).group
+        return None if group is None else group.suite.id
 
     # --- the shared profile (protocol/room_rules.py, names.py) and leaving ------------
 

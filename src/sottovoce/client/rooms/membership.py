@@ -1,8 +1,9 @@
 """Who is in a room: the commits this device makes, the ones it receives, and the
 room's join token (RFC 9420 §12; docs/architecture.md §Rooms).
 
-    create_room ──► Group.create (suite 1, random 16-byte group id) ──► room.create
-    invite      ──► directory + keypackages.claim ──► validate each KeyPackage against
+    create_room ──► Group.create (its suite, random 16-byte group id) ──► room.create
+    invite      ──► directory + keypackages.claim {the room's suite} ──► validate each
+                    KeyPackage (that suite) against
                     the device certificate ──► commit Add(s) + Welcome ─┐
     remove      ──► commit Remove(s) of every leaf of that user ────────┤
     auto        ──► removeRequest notice (revoked device) / joinRequest ┤
@@ -49,6 +50,7 @@ from sottovoce.client.rooms.messages import RoomMessages
 from sottovoce.client.rooms.model import (
     GROUP_ID_BYTES,
     ROOM_REQUEST_TIMEOUT_S,
+    ROOM_SUITES,
     SUITE,
     CommitResult,
     Device,
@@ -159,15 +161,17 @@ class Membership:
     # Creating and changing rooms
     # =========================================================================
 
-    async def create_room(self, label: str) -> Room:
+    async def create_room(self, label: str, suite: int = SUITE) -> Room:
         """A new room with this device as its only member (see RoomManager.create_room)."""
         if not label or len(label.encode("utf-8")) > MAX_ROOM_NAME_BYTES:
             raise UsageError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes")
+        if suite not in ROOM_SUITES:
+            raise UsageError(f"rooms use the MLS cipher suites {ROOM_SUITES}, not {suite}")
         group_id = secrets.token_bytes(GROUP_ID_BYTES)
         room_id = room_id_of(group_id)
         key = random_key()
         group = Group.create(
-            SUITE, credential=self._book.credential(), signing_key=self._book.signing_key,
+            suite, credential=self._book.credential(), signing_key=self._book.signing_key,
             rng=secrets.token_bytes, now_ms=now_ms(), group_id=group_id,
             config=self._book.group_config(room_id), capabilities=ROOM_CAPABILITIES,
             # Its creator is its first admin; the label is its shared name, sealed under
@@ -192,8 +196,9 @@ class Membership:
         return room
 
     async def invite(self, room: Room, username: str) -> CommitResult | None:
-        """Add every device of ``username`` (a commit with Adds and a Welcome)."""
-        claimed = await self._key_packages.claim(username)
+        """Add every device of ``username`` (a commit with Adds and a Welcome), each with a
+        KeyPackage of the room's suite."""
+        claimed = await self._key_packages.claim(username, self._book.active(room).suite.id)
         if not claimed:
             raise RemoteError(f"'{username}' has no device with a usable KeyPackage")
         packages = dict(claimed)
@@ -615,7 +620,8 @@ class Membership:
         try:
             await self._contacts.lookup(user)
             kp = decode_key_package(kp_bytes)
-            self._key_packages.check(user, device, kp, now_ms())
+            suite = self._book.active(room).suite.id
+            self._key_packages.check(user, device, kp, now_ms(), suite)
 
             def build(group: Group) -> Plan | None:
                 if (user, device) in room.members():

@@ -1,6 +1,7 @@
 """What a room is on this device, and the names and frames the room code shares.
 
-A room is one MLS group (RFC 9420) in the mandatory suite; its id is ``room:``
+A room is one MLS group (RFC 9420) in one of ROOM_SUITES, chosen when it is created
+(the mandatory suite unless asked otherwise); its id is ``room:``
 and the hex of the group id, the only name the server ever sees. A member is a
 device, named in its basic credential as ``user/device``.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from sottovoce.client.events import ClientEvent, ErrorEvent
 from sottovoce.client.store import Contact
+from sottovoce.crypto.mls_suites import XWING_SUITE_ID
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import RemoteError
 from sottovoce.mls.group import Group
@@ -24,8 +26,12 @@ from sottovoce.protocol.fields import ProtocolError
 from sottovoce.protocol.room_names import NameKey
 from sottovoce.sframe.suites import CipherSuiteId
 
-#: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (RFC 9420 §17.1).
+#: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, the mandatory suite (RFC 9420 §17.1):
+#: rooms are created in it unless asked otherwise.
 SUITE = 1
+#: The suites a room may use, each with its own KeyPackage stock on the server: suite 1
+#: and the hybrid post-quantum X-Wing suite (X25519 + ML-KEM-768, private-use 0xF001).
+ROOM_SUITES: tuple[int, ...] = (SUITE, XWING_SUITE_ID)
 #: SFrame suite for calls in rooms: AES-128-GCM (RFC 9605 §4.5), the fast one.
 MEDIA_SUITE = int(CipherSuiteId.AES_128_GCM_SHA256_128)
 ROOM_PREFIX = "room:"
@@ -34,8 +40,8 @@ GROUP_ID_BYTES = 16
 ROOM_REQUEST_TIMEOUT_S = 20.0
 
 
-def mls_suite() -> CipherSuite:
-    return cipher_suite(SUITE)
+def mls_suite(suite_id: int = SUITE) -> CipherSuite:
+    return cipher_suite(suite_id)
 
 
 def room_id_of(group_id: bytes) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sottovoce.client.ports import Contacts
-from sottovoce.client.rooms.model import SUITE, Device, Room, device_of
+from sottovoce.client.rooms.model import ROOM_SUITES, Device, Room, device_of
 from sottovoce.errors import DecodeError
 from sottovoce.mls.common import CredentialType, ProtocolVersion, SenderType, WireFormat
 from sottovoce.mls.epoch import StagedCommit
@@ -25,12 +25,12 @@ from sottovoce.protocol.room_rules import (
     removed_others,
 )
 
-#: What every leaf of ours supports: MLS 1.0, the rooms' suite, basic credentials and
+#: What every leaf of ours supports: MLS 1.0, the rooms' suites, basic credentials and
 #: the room profile extension (RFC 9420 §13.4: a GroupContext extension must be
 #: supported by every member).
 ROOM_CAPABILITIES = Capabilities(
     versions=(ProtocolVersion.MLS10,),
-    cipher_suites=(SUITE,),
+    cipher_suites=ROOM_SUITES,
     extensions=(ROOM_PROFILE_EXTENSION,),
     credentials=(int(CredentialType.BASIC),),
 )

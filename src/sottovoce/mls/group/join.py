@@ -25,6 +25,7 @@ from sottovoce.crypto.rng import Random
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import CipherSuite, cipher_suite
 from sottovoce.errors import DecodeError, InvalidKey, UnsupportedError, UsageError
+from sottovoce.limits import MAX_GROUP_DECODE_BYTES
 from sottovoce.mls.common import Extension, ExtensionType, ProtocolVersion, WireFormat
 from sottovoce.mls.config import GroupConfig, PskLookup, resolve_psks
 from sottovoce.mls.epoch import Epoch
@@ -296,7 +297,7 @@ def _joining_body(message: bytes | MLSMessage | Welcome | GroupInfo, what: str) 
     if isinstance(message, Welcome | GroupInfo):
         return message
     try:
-        return decode_message(message).body
+        return decode_message(message, max_bytes=MAX_GROUP_DECODE_BYTES).body
     except MlsDecodeError:
         raise InvalidWelcome(f"the {what} does not decode") from None
 

@@ -22,7 +22,9 @@ from sottovoce.server.storage.txn import DevId, Txn, blob, execute, one, rows
 DEVICE_OWNED = ("prekeys", "fallback_keys", "inbox", "inbox_usage")
 #: And, on account deletion, its KeyPackages too (a revoked device's stay unclaimable:
 #: claims skip revoked devices).
-ACCOUNT_OWNED = (*DEVICE_OWNED, "key_packages", "key_package_devices")
+ACCOUNT_OWNED = (
+    *DEVICE_OWNED, "key_packages", "key_package_last_resorts", "key_package_devices"
+)
 
 _NEW_DEVICE = (
     "INSERT INTO devices(user_id, device_id, certificate, created_at) VALUES (?, ?, ?, ?) "

@@ -340,6 +340,7 @@ def device_revoked(user: str, device: str) -> Txn[list[RoomStored]]:
         return []
     # A revoked device must not be added anywhere again.
     yield execute("DELETE FROM key_packages WHERE dev=?", dev)
+    yield execute("DELETE FROM key_package_last_resorts WHERE dev=?", dev)
     yield execute("DELETE FROM key_package_devices WHERE dev=?", dev)
     extra = ',"removeRequest":' + json.dumps(
         {"userId": user, "deviceId": device, "reason": "revoked"}, separators=(",", ":")

@@ -230,23 +230,33 @@ class RoomStorage(abc.ABC):
         key_packages: Sequence[bytes],
         last_resort: bytes | None,
         max_stored: int,
+        suite: int = 1,
     ) -> int:
-        """Returns the one-time KeyPackages now stored; raises ``RoomRefused`` when full."""
+        """Returns the one-time KeyPackages of ``suite`` now stored; raises ``RoomRefused``
+        when full."""
 
     @abc.abstractmethod
     async def withdraw_key_packages(self, user_id: str, device_id: str) -> int:
-        """Delete the device's own unclaimed one-time KeyPackages; returns how many."""
+        """Delete the device's own unclaimed one-time KeyPackages (every suite); how many."""
 
     @abc.abstractmethod
-    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
-        """One-time KeyPackages stored; None if the device never uploaded any."""
+    async def count_key_packages(
+        self, user_id: str, device_id: str, suite: int = 1
+    ) -> int | None:
+        """One-time KeyPackages of ``suite`` stored; None if the device never uploaded any."""
+
+    @abc.abstractmethod
+    async def key_package_stock(self, user_id: str, device_id: str) -> dict[int, int]:
+        """One-time KeyPackages stored, by suite, for each suite the device uploaded."""
 
     @abc.abstractmethod
     async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True,
+        suite: int = 1,
     ) -> list[ClaimedKeyPackage]:
-        """Atomically take one one-time KeyPackage (else the last-resort one) per active device;
-        ``one_time=False``: the last-resort one only, consuming nothing (a limited requester)."""
+        """Atomically take one one-time KeyPackage of ``suite`` (else that suite's last-resort
+        one) per active device that has one; ``one_time=False``: the last-resort one only,
+        consuming nothing (a limited requester)."""
 
     # --- rooms ---------------------------------------------------------------------
 

@@ -735,6 +735,41 @@ VERSIONS: tuple[Version, ...] = (
     );
     """,
     ),
+    Version(
+        "KeyPackages per MLS cipher suite: key_packages.suite (the RFC 9420 code point; 1"
+        " for every row stored before suites were named) and each device's last-resort"
+        " KeyPackage per suite in key_package_last_resorts, where the one key_package_devices"
+        " held moves as suite 1 (key_package_devices keeps one row per device that uploads);"
+        " a claim takes a KeyPackage of the suite it names (storage/keypackages.py)",
+        sqlite="""
+    ALTER TABLE key_packages ADD COLUMN suite INTEGER NOT NULL DEFAULT 1;
+    DROP INDEX key_packages_dev;
+    CREATE INDEX key_packages_dev ON key_packages(dev, suite, id);
+    CREATE TABLE key_package_last_resorts(
+        dev INTEGER NOT NULL,
+        suite INTEGER NOT NULL,
+        last_resort BLOB NOT NULL,
+        PRIMARY KEY(dev, suite)
+    ) WITHOUT ROWID;
+    INSERT INTO key_package_last_resorts(dev, suite, last_resort)
+        SELECT dev, 1, last_resort FROM key_package_devices WHERE last_resort IS NOT NULL;
+    ALTER TABLE key_package_devices DROP COLUMN last_resort
+    """,
+        postgres="""
+    ALTER TABLE key_packages ADD COLUMN suite integer NOT NULL DEFAULT 1;
+    DROP INDEX key_packages_dev;
+    CREATE INDEX key_packages_dev ON key_packages(dev, suite, id);
+    CREATE TABLE key_package_last_resorts(
+        dev bigint NOT NULL,
+        suite integer NOT NULL,
+        last_resort bytea NOT NULL,
+        PRIMARY KEY(dev, suite)
+    );
+    INSERT INTO key_package_last_resorts(dev, suite, last_resort)
+        SELECT dev, 1, last_resort FROM key_package_devices WHERE last_resort IS NOT NULL;
+    ALTER TABLE key_package_devices DROP COLUMN last_resort;
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

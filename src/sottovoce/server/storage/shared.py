@@ -342,23 +342,30 @@ class SharedRooms(RoomStorage, Engine):
         key_packages: Sequence[bytes],
         last_resort: bytes | None,
         max_stored: int,
+        suite: int = 1,
     ) -> int:
         return await self._write_op(
             keypackages.store_key_packages, user_id, device_id, list(key_packages),
-            last_resort, max_stored,
+            last_resort, max_stored, suite,
         )
 
     async def withdraw_key_packages(self, user_id: str, device_id: str) -> int:
         return await self._write_op(keypackages.withdraw_key_packages, user_id, device_id)
 
-    async def count_key_packages(self, user_id: str, device_id: str) -> int | None:
-        return await self._read_op(keypackages.count_key_packages, user_id, device_id)
+    async def count_key_packages(
+        self, user_id: str, device_id: str, suite: int = 1
+    ) -> int | None:
+        return await self._read_op(keypackages.count_key_packages, user_id, device_id, suite)
+
+    async def key_package_stock(self, user_id: str, device_id: str) -> dict[int, int]:
+        return await self._read_op(keypackages.key_package_stock, user_id, device_id)
 
     async def claim_key_packages(
-        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True
+        self, user_id: str, exclude_device: Member | None, *, one_time: bool = True,
+        suite: int = 1,
     ) -> list[ClaimedKeyPackage]:
         return await self._write_op(
-            keypackages.claim_key_packages, user_id, exclude_device, one_time
+            keypackages.claim_key_packages, user_id, exclude_device, one_time, suite
         )
 
     async def create_room(
