@@ -8,7 +8,9 @@
         ──► kept as it came (still sealed) in files/<id>.part ──► the whole checked
         ──► files/<id>, blob.fetched (the server deletes the blob once every device
         it was for has said so)
-    save ──► open the local copy, check it, write the plaintext beside DEST, rename
+    save ──► not fetched yet: the download writes each chunk's plaintext beside DEST as
+        it checks it (one pass); fetched before: open the local copy, check it, write
+        the plaintext beside DEST ──► the whole checked, rename
 
 A file streams through a fixed amount of memory (a few chunks) whatever its size.
 A dropped connection does not end a transfer: both sides wait for the connection
@@ -357,11 +359,19 @@ class Files:
     async def download(self, message_id: str, *, progress: Progress | None = None) -> None:
         """Fetch, check and keep (sealed) the file of ``message_id``; resumes a download
         cut off before. A :class:`FileIntegrityError` leaves nothing of the file."""
+        await self._fetch(message_id, progress, None)
+
+    async def _fetch(
+        self, message_id: str, progress: Progress | None, plain: BinaryIO | None
+    ) -> bool:
+        """:meth:`download`, and each chunk's plaintext, in order, to ``plain`` as it is
+        checked (``save`` writes the file in the same pass); ``False`` if the file was
+        here already (then nothing went to ``plain``)."""
         info = self.info(message_id)
         file_id = bytes.fromhex(info.blob_id)
         record = self._table.get(message_id)
         if record is not None and record.complete:
-            return
+            return False
         if record is None or not _opens_with(record, info.key, file_id):
             # A cut-off download that sealed each chunk again (an earlier version) starts
             # over: the chunks are now kept as they came.
@@ -372,11 +382,11 @@ class Files:
         opener = ChunkOpener(info.key, file_id, info.size, info.sha256)
         part = self._table.path(record, part=True)
         try:
-            self._verified_part(record, opener)
+            self._verified_part(record, opener, plain)
             with open(part, "ab") as out:
                 behind = WriteBehind()
                 try:
-                    await self._get_all(info, opener, out, behind, progress)
+                    await self._get_all(info, opener, out, behind, progress, plain)
                 finally:  # its duplicate descriptor is its own, but its error is ours
                     await behind.drain()
                 opener.finish()
@@ -395,11 +405,14 @@ class Files:
         with contextlib.suppress(NotConnected, ServerError):
             # The server deletes the blob once every device it is for has it.
             await self._link.request(pb.BlobFetched(blobId=info.blob_id), _RELEASED)
+        return True
 
-    def _verified_part(self, record: LocalFile, opener: ChunkOpener) -> int:
+    def _verified_part(
+        self, record: LocalFile, opener: ChunkOpener, plain: BinaryIO | None = None
+    ) -> int:
         """Chunks of an earlier, cut-off download of this file: each opened and checked
-        again by ``opener`` (which then carries on after them); a damaged rest is cut
-        off."""
+        again by ``opener`` (which then carries on after them; their plaintext to
+        ``plain``); a damaged rest is cut off."""
         part = self._table.path(record, part=True)
         try:
             length = part.stat().st_size
@@ -412,9 +425,11 @@ class Files:
                 if len(sealed) < SEALED_CHUNK_SIZE:
                     break
                 try:
-                    opener.open(sealed)
+                    plaintext = opener.open(sealed)
                 except FileIntegrityError:
                     break
+                if plain is not None:
+                    plain.write(plaintext)
                 have += 1
         if length != have * SEALED_CHUNK_SIZE:
             with open(part, "ab") as f:
@@ -423,11 +438,11 @@ class Files:
 
     async def _get_all(
         self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
-        progress: Progress | None,
+        progress: Progress | None, plain: BinaryIO | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._get_window(info, opener, out, behind, progress, inflight)
+            await self._get_window(info, opener, out, behind, progress, inflight, plain)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
@@ -435,6 +450,7 @@ class Files:
     async def _get_window(
         self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
         progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+        plain: BinaryIO | None,
     ) -> None:
         chunks = opener.chunks
         ask = opener.next_index
@@ -469,7 +485,7 @@ class Files:
                                          index + len(batch)))
             # Checked (and hashed) before they are kept as they came, off the event loop
             # and in one hop, while the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, behind, batch)
+            await asyncio.to_thread(_keep_checked, opener, out, behind, batch, plain)
             if progress is not None:
                 progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
         if ask > chunks:
@@ -491,13 +507,20 @@ class Files:
             raise UsageError(f"{target} exists (choose another destination)")
         if not target.parent.is_dir():
             raise UsageError(f"{target.parent} is not a directory")
-        await self.download(message_id, progress=progress)
-        record = self._table.get(message_id)
-        if record is None or not record.complete:
-            raise UsageError(f"the file of message {message_id} is not here")
         tmp = target.parent / f".{target.name}.part"
         try:
-            await asyncio.to_thread(self._write_plain, record, info, tmp)
+            streamed = False
+            if not self.is_downloaded(message_id):
+                # Fetched and written in one pass: each chunk's plaintext goes to the
+                # temporary file as it is checked; the whole is checked before the rename.
+                with open(tmp, "wb") as out:
+                    os.fchmod(out.fileno(), 0o600)
+                    streamed = await self._fetch(message_id, progress, out)
+            record = self._table.get(message_id)
+            if record is None or not record.complete:
+                raise UsageError(f"the file of message {message_id} is not here")
+            if not streamed:  # from the local copy, checked again
+                await asyncio.to_thread(self._write_plain, record, info, tmp)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -575,10 +598,13 @@ def _acked(acked: int, size: int, progress: Progress | None) -> int:
 
 
 def _keep_checked(
-    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes]
+    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes],
+    plain: BinaryIO | None,
 ) -> None:
     for sealed in batch:
-        opener.open(sealed)
+        plaintext = opener.open(sealed)
+        if plain is not None:
+            plain.write(plaintext)
         out.write(sealed)
     out.flush()
     behind.wrote(out.fileno(), sum(map(len, batch)))
