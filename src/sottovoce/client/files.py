@@ -63,6 +63,7 @@ from sottovoce.client.store_files import (
 )
 from sottovoce.crypto.file_chunks import (
     CHUNK_SIZE,
+    HEADER_SIZE,
     SEALED_CHUNK_SIZE,
     TAG_SIZE,
     ChunkOpener,
@@ -311,12 +312,13 @@ class Files:
                 # Read, seal and hash the free slots' chunks off the event loop (that work
                 # lets go of the GIL), in one hop, while the chunks before go out; a hop
                 # for at least REFILL chunks (each hop costs a thread switch).
+                # Each chunk is sealed in place in its binary message (no copies).
                 count = min(chunks - send_at, WINDOW - len(inflight))
-                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, log,
-                                                      send_at, count):
+                rids = [self._link.new_request_id() for _ in range(count)]
+                for rid, message in zip(rids, await asyncio.to_thread(
+                        _read_sealed, f, sealer, log, send_at, blob_id, rids), strict=True):
                     inflight.append(asyncio.ensure_future(self._link.request_built(
-                        functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at,
-                                          data=sealed), _STORED)))
+                        functools.partial(_built, message), _STORED, request_id=rid)))
                     send_at += 1
             try:
                 await inflight.popleft()
@@ -562,22 +564,45 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
 
 
 def _read_sealed(
-    f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, count: int
-) -> list[bytes]:
-    """Chunks ``start`` to ``start + count`` of the file, sealed (again, the same bytes,
-    those sent before a lost connection), each tag logged (or checked against the log)
-    before any of them leaves."""
-    f.seek(start * CHUNK_SIZE)
+    f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, blob_id: str,
+    rids: list[str],
+) -> list[bytearray]:
+    """The binary put messages (``rids``: their requestIds) of chunks ``start`` on of
+    the file, each chunk sealed in place (again, the same bytes, if it was sent before a
+    lost connection), each tag logged (or checked against the log) before any leaves."""
+    plain = memoryview(bytearray(CHUNK_SIZE))
     out = []
-    for index in range(start, start + count):
-        plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
+    for index, rid in enumerate(rids, start):
+        plaintext = _pread_into(f.fileno(), plain[:min(CHUNK_SIZE, sealer.size
+                                                         - index * CHUNK_SIZE)],
+                                index * CHUNK_SIZE)
+        head = pb.chunk_head(pb.OP_PUT, blob_id, index, rid)
+        message = bytearray(len(head) + HEADER_SIZE + len(plaintext) + TAG_SIZE)
+        message[:len(head)] = head
+        sealed = memoryview(message)[len(head):]
         if index < sealer.next_index:
-            out.append(sealer.reseal(index, plaintext))
+            sealed[:] = sealer.reseal(index, plaintext)
         else:
-            sealed = sealer.seal(plaintext)
-            log.sealed(index, sealed[-TAG_SIZE:])
-            out.append(sealed)
+            sealer.seal_into(plaintext, sealed)
+            log.sealed(index, bytes(sealed[-TAG_SIZE:]))
+        out.append(message)
     return out
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> memoryview:
+    """``buf`` filled from ``offset`` of ``fd`` (the part filled, if the file ends first)."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return buf[:got]
+
+
+def _built(message: bytearray, request_id: str) -> bytearray:
+    """A put message made with its requestId already in it (:func:`_read_sealed`)."""
+    return message
 
 
 def _seal_unsent(f: BinaryIO, sealer: ChunkSealer, log: TagLog, count: int) -> None:
@@ -598,7 +623,7 @@ def _acked(acked: int, size: int, progress: Progress | None) -> int:
 
 
 def _keep_checked(
-    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes],
+    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes | memoryview],
     plain: BinaryIO | None,
 ) -> None:
     for sealed in batch:
@@ -621,12 +646,12 @@ def _opens_with(record: LocalFile, key: Secret, file_id: bytes) -> bool:
                                                               key.expose())
 
 
-def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes:
+def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes | memoryview:
     """The chunk of a ``sottovoce.blob.chunk`` reply, which must be the one asked for."""
     if data.get("blobId") != blob_id or data.get("index") != index:
         raise DecodeError("the server answered with another chunk")
     chunk = data.get("data")
-    if isinstance(chunk, bytes):  # a binary message (the usual answer)
+    if isinstance(chunk, bytes | memoryview):  # a binary message (the usual answer)
         return chunk
     return pb.CHUNK_DATA.parse(chunk, "data")
 
