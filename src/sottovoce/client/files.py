@@ -455,43 +455,51 @@ class Files:
         plain: BinaryIO | None,
     ) -> None:
         chunks = opener.chunks
-        ask = opener.next_index
+        got = ask = opener.next_index  # got: chunks come in and handed to the check
         resumes = 0
-        while opener.next_index < chunks:
-            while ask < chunks and len(inflight) < WINDOW:
-                get = pb.BlobGet(blobId=info.blob_id, index=ask)
-                inflight.append(asyncio.ensure_future(self._link.request(get, _CHUNK)))
-                ask += 1
-            try:
-                _, data = await inflight.popleft()
-                if len(inflight) >= REFILL - 1:
-                    # Check a batch of at least REFILL chunks per thread hop (a failed
-                    # request is left in place, to be awaited and handled below).
-                    await asyncio.wait({inflight[REFILL - 2]})
-            except NotConnected:
-                await _cancel(inflight)
-                resumes += 1
-                if resumes > MAX_RESUMES:
+        checking: asyncio.Future[None] | None = None
+        try:
+            while got < chunks:
+                while ask < chunks and len(inflight) < WINDOW:
+                    get = pb.BlobGet(blobId=info.blob_id, index=ask)
+                    inflight.append(asyncio.ensure_future(self._link.request(get, _CHUNK)))
+                    ask += 1
+                try:
+                    _, data = await inflight.popleft()
+                    if len(inflight) >= REFILL - 1:
+                        # Check a batch of at least REFILL chunks per thread hop (a failed
+                        # request is left in place, to be awaited and handled below).
+                        await asyncio.wait({inflight[REFILL - 2]})
+                except NotConnected:
+                    await _cancel(inflight)
+                    resumes += 1
+                    if resumes > MAX_RESUMES:
+                        raise
+                    await self._link.wait_up(RECONNECT_WAIT_S)
+                    ask = got
+                    self.resumed.append(ask)
+                    continue
+                except ServerError:
+                    await _cancel(inflight)
                     raise
-                await self._link.wait_up(RECONNECT_WAIT_S)
-                ask = opener.next_index
-                self.resumed.append(ask)
-                continue
-            except ServerError:
-                await _cancel(inflight)
-                raise
-            index = opener.next_index
-            batch = [_chunk_data(data, info.blob_id, index)]
-            while inflight and _succeeded(inflight[0]):  # chunks that came together
-                batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
-                                         index + len(batch)))
-            # Checked (and hashed) before they are kept as they came, off the event loop
-            # and in one hop, while the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, behind, batch, plain)
-            if progress is not None:
-                progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
-        if ask > chunks:
-            raise FileExtended("the server sent more chunks than the file has")
+                batch = [_chunk_data(data, info.blob_id, got)]
+                while inflight and _succeeded(inflight[0]):  # chunks that came together
+                    batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
+                                             got + len(batch)))
+                got += len(batch)
+                # Checked (and hashed) before they are kept as they came, off the event
+                # loop and in one hop, after the batch before (in order); meanwhile the
+                # window is refilled and the next chunks come in.
+                await _checked(checking, opener, info.size, progress)
+                checking = asyncio.ensure_future(asyncio.to_thread(
+                    _keep_checked, opener, out, behind, batch, plain))
+            done, checking = checking, None
+            await _checked(done, opener, info.size, progress)
+        finally:
+            if checking is not None:  # stopped early: the thread still writes to ``out``
+                await asyncio.wait({checking})
+                if not checking.cancelled():
+                    checking.exception()  # the error that stopped it comes first
 
     async def save(
         self, message_id: str, dest: str | os.PathLike[str], *,
@@ -633,6 +641,19 @@ def _keep_checked(
         out.write(sealed)
     out.flush()
     behind.wrote(out.fileno(), sum(map(len, batch)))
+
+
+async def _checked(
+    checking: asyncio.Future[None] | None, opener: ChunkOpener, size: int,
+    progress: Progress | None,
+) -> None:
+    """Wait for the check of the batch before (its error is raised here), then say how
+    far the download is."""
+    if checking is None:
+        return
+    await checking
+    if progress is not None:
+        progress(min(opener.next_index * CHUNK_SIZE, size), size)
 
 
 def _succeeded(fut: asyncio.Future[Any]) -> bool:
