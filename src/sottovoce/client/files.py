@@ -307,35 +307,51 @@ class Files:
         chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
         resumes = 0
-        while acked < chunks:
-            if send_at < chunks and len(inflight) <= WINDOW - REFILL:
-                # Read, seal and hash the free slots' chunks off the event loop (that work
-                # lets go of the GIL), in one hop, while the chunks before go out; a hop
-                # for at least REFILL chunks (each hop costs a thread switch).
-                # Each chunk is sealed in place in its binary message (no copies).
-                count = min(chunks - send_at, WINDOW - len(inflight))
-                rids = [self._link.new_request_id() for _ in range(count)]
-                for rid, message in zip(rids, await asyncio.to_thread(
-                        _read_sealed, f, sealer, log, send_at, blob_id, rids), strict=True):
-                    inflight.append(asyncio.ensure_future(self._link.request_built(
-                        functools.partial(_built, message), _STORED, request_id=rid)))
-                    send_at += 1
-            try:
-                await inflight.popleft()
-                acked = _acked(acked + 1, size, progress)
-                while inflight and _succeeded(inflight[0]):  # acks that came together
-                    inflight.popleft()
+        # The next batch's put messages, read and sealed ahead (its first index, and the
+        # work in the worker thread), while the chunks before are on their way.
+        ahead: tuple[int, asyncio.Future[list[tuple[str, bytearray]]]] | None = None
+        try:
+            while acked < chunks:
+                if ahead is None and send_at < chunks:
+                    ahead = send_at, self._seal_ahead(f, sealer, log, send_at, blob_id)
+                if ahead is not None and len(inflight) <= WINDOW - REFILL:
+                    # A hop to the worker thread per REFILL chunks (each costs a switch).
+                    for rid, message in await ahead[1]:
+                        inflight.append(asyncio.ensure_future(self._link.request_built(
+                            functools.partial(_built, message), _STORED, request_id=rid)))
+                        send_at += 1
+                    ahead = ((send_at, self._seal_ahead(f, sealer, log, send_at, blob_id))
+                             if send_at < chunks else None)
+                try:
+                    await inflight.popleft()
                     acked = _acked(acked + 1, size, progress)
-            except (NotConnected, ServerError) as exc:
-                await _cancel(inflight)
-                resumes += 1
-                if ((isinstance(exc, ServerError) and exc.code != "bad_chunk")
-                        or resumes > MAX_RESUMES):
-                    raise
-                await self._link.wait_up(RECONNECT_WAIT_S)
-                created = await self._create(create, path)
-                acked = send_at = int(created["received"])
-                self.resumed.append(acked)
+                    while inflight and _succeeded(inflight[0]):  # acks that came together
+                        inflight.popleft()
+                        acked = _acked(acked + 1, size, progress)
+                except (NotConnected, ServerError) as exc:
+                    await _cancel(inflight)
+                    await _settled(ahead)  # sealed again from where the server is
+                    ahead = None
+                    resumes += 1
+                    if ((isinstance(exc, ServerError) and exc.code != "bad_chunk")
+                            or resumes > MAX_RESUMES):
+                        raise
+                    await self._link.wait_up(RECONNECT_WAIT_S)
+                    created = await self._create(create, path)
+                    acked = send_at = int(created["received"])
+                    self.resumed.append(acked)
+        finally:  # stopped early: the worker may still be reading the file
+            await _settled(ahead)
+
+    def _seal_ahead(
+        self, f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, blob_id: str,
+    ) -> asyncio.Future[list[tuple[str, bytearray]]]:
+        """Read and seal up to REFILL chunks from ``start`` in the worker thread, each in
+        place in its binary put message (no copies), with its requestId."""
+        rids = [self._link.new_request_id() for _ in range(min(REFILL, sealer.chunks - start))]
+        return asyncio.ensure_future(asyncio.to_thread(
+            lambda: list(zip(rids, _read_sealed(f, sealer, log, start, blob_id, rids),
+                             strict=True))))
 
     # --- receiving --------------------------------------------------------------------
 
@@ -641,6 +657,15 @@ def _keep_checked(
         out.write(sealed)
     out.flush()
     behind.wrote(out.fileno(), sum(map(len, batch)))
+
+
+async def _settled(ahead: tuple[int, asyncio.Future[Any]] | None) -> None:
+    """Wait until a batch sealed ahead is done with the file and the sealer, and drop it
+    (an error in it comes again when those chunks are sealed anew)."""
+    if ahead is not None:
+        await asyncio.wait({ahead[1]})
+        if not ahead[1].cancelled():
+            ahead[1].exception()
 
 
 async def _checked(
