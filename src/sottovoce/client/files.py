@@ -307,20 +307,20 @@ class Files:
         chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
         resumes = 0
-        # The next batch's put messages, read and sealed ahead (its first index, and the
-        # work in the worker thread), while the chunks before are on their way.
-        ahead: tuple[int, asyncio.Future[list[tuple[str, bytearray]]]] | None = None
+        # The next batch's put messages, read and sealed ahead in the worker thread while
+        # the chunks before are on their way.
+        ahead: asyncio.Future[list[tuple[str, bytearray]]] | None = None
         try:
             while acked < chunks:
                 if ahead is None and send_at < chunks:
-                    ahead = send_at, self._seal_ahead(f, sealer, log, send_at, blob_id)
+                    ahead = self._seal_ahead(f, sealer, log, send_at, blob_id)
                 if ahead is not None and len(inflight) <= WINDOW - REFILL:
                     # A hop to the worker thread per REFILL chunks (each costs a switch).
-                    for rid, message in await ahead[1]:
+                    for rid, message in await ahead:
                         inflight.append(asyncio.ensure_future(self._link.request_built(
                             functools.partial(_built, message), _STORED, request_id=rid)))
                         send_at += 1
-                    ahead = ((send_at, self._seal_ahead(f, sealer, log, send_at, blob_id))
+                    ahead = (self._seal_ahead(f, sealer, log, send_at, blob_id)
                              if send_at < chunks else None)
                 try:
                     await inflight.popleft()
@@ -659,13 +659,13 @@ def _keep_checked(
     behind.wrote(out.fileno(), sum(map(len, batch)))
 
 
-async def _settled(ahead: tuple[int, asyncio.Future[Any]] | None) -> None:
+async def _settled(ahead: asyncio.Future[Any] | None) -> None:
     """Wait until a batch sealed ahead is done with the file and the sealer, and drop it
     (an error in it comes again when those chunks are sealed anew)."""
     if ahead is not None:
-        await asyncio.wait({ahead[1]})
-        if not ahead[1].cancelled():
-            ahead[1].exception()
+        await asyncio.wait({ahead})
+        if not ahead.cancelled():
+            ahead.exception()
 
 
 async def _checked(
