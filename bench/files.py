@@ -2,6 +2,7 @@
 against ``cp`` of the same bytes and AES-256-GCM alone, in the same run.
 
     python bench/files.py [--size-mib 100] [--memory-sizes 10,100] [--database DSN]
+                          [--separate]
 
 One server subprocess (embedded SQLite unless ``--database``) on 127.0.0.1; two
 clients (alice sends, bob receives) in this process, as a user's devices would be.
@@ -13,10 +14,12 @@ Phases, each on the same generated file (random bytes, in the page cache):
 * upload: ``alice.files.send_file`` (read, seal, binary WebSocket messages, the server writes
   the chunks to disk, flushing them in the background, and fsyncs the file before it
   is complete; then the file message);
-* download: ``bob.files.download`` (fetch every chunk, open and check it, write it as
-  it came, still sealed, flushed in the background; the whole file's SHA-256 checked,
-  the file fsynced);
-* save: ``bob.files.save`` (open the local copy, check it, write the plaintext).
+* download + save: ``bob.files.save`` of the file not fetched yet (fetch every chunk,
+  open and check it, write it as it came, still sealed, flushed in the background, and
+  its plaintext beside the destination; the whole file's SHA-256 checked, the local
+  copy fsynced, the plaintext renamed into place);
+* with ``--separate``: ``bob.files.download`` (as above without the plaintext), then
+  ``bob.files.save`` (open the local copy, check it, write the plaintext), each timed.
 
 End to end = upload + download + save. Client memory: the peak that ``tracemalloc``
 sees during upload + download + save of each ``--memory-sizes`` file (both clients are
@@ -117,17 +120,22 @@ class Phases:
         self._mark = now
 
 
-async def transfer(alice: Client, bob: Client, src: Path, dst: Path, phases: Phases) -> None:
+async def transfer(alice: Client, bob: Client, src: Path, dst: Path, phases: Phases,
+                   separate: bool = False) -> None:
     waiting = asyncio.ensure_future(next_file(bob))
     phases.restart()
     await alice.files.send_file("bob", src)
     phases.done("upload")
     message_id = await waiting
     phases.restart()
-    await bob.files.download(message_id)
-    phases.done("download")
-    await bob.files.save(message_id, dst)
-    phases.done("save")
+    if separate:
+        await bob.files.download(message_id)
+        phases.done("download")
+        await bob.files.save(message_id, dst)
+        phases.done("save")
+    else:
+        await bob.files.save(message_id, dst)
+        phases.done("download + save")
     dst.unlink()
 
 
@@ -137,6 +145,8 @@ async def main() -> None:
     parser.add_argument("--memory-sizes", default="10,100",
                         help="file sizes (MiB) whose client peak memory is measured")
     parser.add_argument("--database", default=None, help="a postgresql:// DSN (else SQLite)")
+    parser.add_argument("--separate", action="store_true",
+                        help="download, then save from the local copy (two phases)")
     args = parser.parse_args()
     size = args.size_mib * MIB
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python "
@@ -160,7 +170,7 @@ async def main() -> None:
             aes = aes_seconds(src)
             assert server.proc is not None
             phases = Phases(server.proc.pid)
-            await transfer(alice, bob, src, dst, phases)
+            await transfer(alice, bob, src, dst, phases, args.separate)
             total = sum(row[1] for row in phases.rows)
             print(f"file: {args.size_mib} MiB, {CHUNK_SIZE // 1024} KiB chunks, "
                   f"storage {'postgresql' if args.database else 'sqlite'}")

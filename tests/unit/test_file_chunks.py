@@ -4,6 +4,7 @@ its own typed error (crypto/file_chunks.py)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 
 import pytest
@@ -178,3 +179,22 @@ def test_binary_chunk_messages_round_trip_and_refuse_malformed_ones() -> None:
         with pytest.raises(ProtocolError):
             pb.unpack_chunk(bad)
     assert not pb.is_binary_chunk(b'{"event":"x"}')
+
+
+def test_sealing_in_place_gives_the_same_chunk_and_needs_its_exact_length() -> None:
+    key, file_id = Secret(os.urandom(32)), os.urandom(16)
+    size = CHUNK_SIZE + 10
+    a, b = ChunkSealer(key, file_id, size), ChunkSealer(key, file_id, size)
+    data = os.urandom(size)
+    buf = bytearray(7 + SEALED_CHUNK_SIZE)
+    b.seal_into(memoryview(data)[:CHUNK_SIZE], memoryview(buf)[7:])
+    assert bytes(buf[7:]) == a.seal(data[:CHUNK_SIZE])
+    with pytest.raises(UsageError):  # one byte short: nothing sealed, nothing counted
+        b.seal_into(data[CHUNK_SIZE:], memoryview(bytearray(CHUNK_OVERHEAD + 9)))
+    assert b.next_index == 1
+    last = bytearray(CHUNK_OVERHEAD + 10)
+    b.seal_into(data[CHUNK_SIZE:], memoryview(last))
+    assert bytes(last) == a.seal(data[CHUNK_SIZE:]) and a.digest() == b.digest()
+    opener = ChunkOpener(key, file_id, size, hashlib.sha256(data).digest())
+    assert opener.open(memoryview(buf)[7:]) + opener.open(memoryview(last)) == data
+    opener.finish()

@@ -102,7 +102,7 @@ class TransportClosed(Exception):
 
 
 class Transport(Protocol):
-    async def send(self, text: str | bytes) -> None: ...
+    async def send(self, text: str | bytes | bytearray) -> None: ...
 
     async def recv(self) -> str | bytes: ...
 
@@ -116,7 +116,7 @@ class _WebSocketTransport:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
 
-    async def send(self, text: str | bytes) -> None:
+    async def send(self, text: str | bytes | bytearray) -> None:
         try:
             await self._ws.send(text)
         except websockets.ConnectionClosed:
@@ -236,7 +236,7 @@ class Connection:
     def __post_init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._transport: Transport | None = None
-        self._outq: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self._outq: asyncio.Queue[str | bytes | bytearray] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
         self._next_request = 0
         self._up = asyncio.Event()
@@ -346,18 +346,20 @@ class Connection:
 
     async def request_built(
         self,
-        build: Callable[[str], str | bytes],
+        build: Callable[[str], str | bytes | bytearray],
         expect: frozenset[str],
         *,
         timeout: float = REQUEST_TIMEOUT_S,
         wait_up: bool = True,
+        request_id: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Send the frame ``build(requestId)`` makes (text, or a binary file chunk:
-        protocol/blobs.py) and wait for its reply."""
+        protocol/blobs.py) and wait for its reply; ``request_id``: one taken before from
+        :meth:`new_request_id` (a chunk's message is made with it, off the event loop)."""
         if wait_up:
             await self.wait_up(timeout)
-        self._next_request += 1
-        request_id = f"r{self._next_request}"
+        if request_id is None:
+            request_id = self.new_request_id()
         future: asyncio.Future[tuple[str, dict[str, Any]]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -374,6 +376,10 @@ class Connection:
         if name not in expect:
             raise ServerError("unexpected_reply", f"expected {sorted(expect)}, got {name}")
         return name, data
+
+    def new_request_id(self) -> str:
+        self._next_request += 1
+        return f"r{self._next_request}"
 
     # --- the run loop -----------------------------------------------------------------
 
@@ -466,7 +472,9 @@ class Connection:
         if was_up or error is not None:
             self.on_down(error)
 
-    async def _writer(self, transport: Transport, queue: asyncio.Queue[str | bytes]) -> None:
+    async def _writer(
+        self, transport: Transport, queue: asyncio.Queue[str | bytes | bytearray]
+    ) -> None:
         while True:
             text = await queue.get()
             await transport.send(text)

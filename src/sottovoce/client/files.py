@@ -8,7 +8,9 @@
         ──► kept as it came (still sealed) in files/<id>.part ──► the whole checked
         ──► files/<id>, blob.fetched (the server deletes the blob once every device
         it was for has said so)
-    save ──► open the local copy, check it, write the plaintext beside DEST, rename
+    save ──► not fetched yet: the download writes each chunk's plaintext beside DEST as
+        it checks it (one pass); fetched before: open the local copy, check it, write
+        the plaintext beside DEST ──► the whole checked, rename
 
 A file streams through a fixed amount of memory (a few chunks) whatever its size.
 A dropped connection does not end a transfer: both sides wait for the connection
@@ -61,6 +63,7 @@ from sottovoce.client.store_files import (
 )
 from sottovoce.crypto.file_chunks import (
     CHUNK_SIZE,
+    HEADER_SIZE,
     SEALED_CHUNK_SIZE,
     TAG_SIZE,
     ChunkOpener,
@@ -304,34 +307,51 @@ class Files:
         chunks, size, blob_id = sealer.chunks, sealer.size, create.blobId
         acked = send_at = start
         resumes = 0
-        while acked < chunks:
-            if send_at < chunks and len(inflight) <= WINDOW - REFILL:
-                # Read, seal and hash the free slots' chunks off the event loop (that work
-                # lets go of the GIL), in one hop, while the chunks before go out; a hop
-                # for at least REFILL chunks (each hop costs a thread switch).
-                count = min(chunks - send_at, WINDOW - len(inflight))
-                for sealed in await asyncio.to_thread(_read_sealed, f, sealer, log,
-                                                      send_at, count):
-                    inflight.append(asyncio.ensure_future(self._link.request_built(
-                        functools.partial(pb.pack_chunk, pb.OP_PUT, blob_id, send_at,
-                                          data=sealed), _STORED)))
-                    send_at += 1
-            try:
-                await inflight.popleft()
-                acked = _acked(acked + 1, size, progress)
-                while inflight and _succeeded(inflight[0]):  # acks that came together
-                    inflight.popleft()
+        # The next batch's put messages, read and sealed ahead in the worker thread while
+        # the chunks before are on their way.
+        ahead: asyncio.Future[list[tuple[str, bytearray]]] | None = None
+        try:
+            while acked < chunks:
+                if ahead is None and send_at < chunks:
+                    ahead = self._seal_ahead(f, sealer, log, send_at, blob_id)
+                if ahead is not None and len(inflight) <= WINDOW - REFILL:
+                    # A hop to the worker thread per REFILL chunks (each costs a switch).
+                    for rid, message in await ahead:
+                        inflight.append(asyncio.ensure_future(self._link.request_built(
+                            functools.partial(_built, message), _STORED, request_id=rid)))
+                        send_at += 1
+                    ahead = (self._seal_ahead(f, sealer, log, send_at, blob_id)
+                             if send_at < chunks else None)
+                try:
+                    await inflight.popleft()
                     acked = _acked(acked + 1, size, progress)
-            except (NotConnected, ServerError) as exc:
-                await _cancel(inflight)
-                resumes += 1
-                if ((isinstance(exc, ServerError) and exc.code != "bad_chunk")
-                        or resumes > MAX_RESUMES):
-                    raise
-                await self._link.wait_up(RECONNECT_WAIT_S)
-                created = await self._create(create, path)
-                acked = send_at = int(created["received"])
-                self.resumed.append(acked)
+                    while inflight and _succeeded(inflight[0]):  # acks that came together
+                        inflight.popleft()
+                        acked = _acked(acked + 1, size, progress)
+                except (NotConnected, ServerError) as exc:
+                    await _cancel(inflight)
+                    await _settled(ahead)  # sealed again from where the server is
+                    ahead = None
+                    resumes += 1
+                    if ((isinstance(exc, ServerError) and exc.code != "bad_chunk")
+                            or resumes > MAX_RESUMES):
+                        raise
+                    await self._link.wait_up(RECONNECT_WAIT_S)
+                    created = await self._create(create, path)
+                    acked = send_at = int(created["received"])
+                    self.resumed.append(acked)
+        finally:  # stopped early: the worker may still be reading the file
+            await _settled(ahead)
+
+    def _seal_ahead(
+        self, f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, blob_id: str,
+    ) -> asyncio.Future[list[tuple[str, bytearray]]]:
+        """Read and seal up to REFILL chunks from ``start`` in the worker thread, each in
+        place in its binary put message (no copies), with its requestId."""
+        rids = [self._link.new_request_id() for _ in range(min(REFILL, sealer.chunks - start))]
+        return asyncio.ensure_future(asyncio.to_thread(
+            lambda: list(zip(rids, _read_sealed(f, sealer, log, start, blob_id, rids),
+                             strict=True))))
 
     # --- receiving --------------------------------------------------------------------
 
@@ -357,11 +377,19 @@ class Files:
     async def download(self, message_id: str, *, progress: Progress | None = None) -> None:
         """Fetch, check and keep (sealed) the file of ``message_id``; resumes a download
         cut off before. A :class:`FileIntegrityError` leaves nothing of the file."""
+        await self._fetch(message_id, progress, None)
+
+    async def _fetch(
+        self, message_id: str, progress: Progress | None, plain: BinaryIO | None
+    ) -> bool:
+        """:meth:`download`, and each chunk's plaintext, in order, to ``plain`` as it is
+        checked (``save`` writes the file in the same pass); ``False`` if the file was
+        here already (then nothing went to ``plain``)."""
         info = self.info(message_id)
         file_id = bytes.fromhex(info.blob_id)
         record = self._table.get(message_id)
         if record is not None and record.complete:
-            return
+            return False
         if record is None or not _opens_with(record, info.key, file_id):
             # A cut-off download that sealed each chunk again (an earlier version) starts
             # over: the chunks are now kept as they came.
@@ -372,11 +400,11 @@ class Files:
         opener = ChunkOpener(info.key, file_id, info.size, info.sha256)
         part = self._table.path(record, part=True)
         try:
-            self._verified_part(record, opener)
+            self._verified_part(record, opener, plain)
             with open(part, "ab") as out:
                 behind = WriteBehind()
                 try:
-                    await self._get_all(info, opener, out, behind, progress)
+                    await self._get_all(info, opener, out, behind, progress, plain)
                 finally:  # its duplicate descriptor is its own, but its error is ours
                     await behind.drain()
                 opener.finish()
@@ -395,11 +423,14 @@ class Files:
         with contextlib.suppress(NotConnected, ServerError):
             # The server deletes the blob once every device it is for has it.
             await self._link.request(pb.BlobFetched(blobId=info.blob_id), _RELEASED)
+        return True
 
-    def _verified_part(self, record: LocalFile, opener: ChunkOpener) -> int:
+    def _verified_part(
+        self, record: LocalFile, opener: ChunkOpener, plain: BinaryIO | None = None
+    ) -> int:
         """Chunks of an earlier, cut-off download of this file: each opened and checked
-        again by ``opener`` (which then carries on after them); a damaged rest is cut
-        off."""
+        again by ``opener`` (which then carries on after them; their plaintext to
+        ``plain``); a damaged rest is cut off."""
         part = self._table.path(record, part=True)
         try:
             length = part.stat().st_size
@@ -412,9 +443,11 @@ class Files:
                 if len(sealed) < SEALED_CHUNK_SIZE:
                     break
                 try:
-                    opener.open(sealed)
+                    plaintext = opener.open(sealed)
                 except FileIntegrityError:
                     break
+                if plain is not None:
+                    plain.write(plaintext)
                 have += 1
         if length != have * SEALED_CHUNK_SIZE:
             with open(part, "ab") as f:
@@ -423,11 +456,11 @@ class Files:
 
     async def _get_all(
         self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
-        progress: Progress | None,
+        progress: Progress | None, plain: BinaryIO | None,
     ) -> None:
         inflight: deque[asyncio.Future[Any]] = deque()
         try:
-            await self._get_window(info, opener, out, behind, progress, inflight)
+            await self._get_window(info, opener, out, behind, progress, inflight, plain)
         finally:  # stopped early (an error, a cancel): no request outlives the transfer
             for fut in inflight:
                 fut.cancel()
@@ -435,45 +468,54 @@ class Files:
     async def _get_window(
         self, info: FileInfo, opener: ChunkOpener, out: BinaryIO, behind: WriteBehind,
         progress: Progress | None, inflight: deque[asyncio.Future[Any]],
+        plain: BinaryIO | None,
     ) -> None:
         chunks = opener.chunks
-        ask = opener.next_index
+        got = ask = opener.next_index  # got: chunks come in and handed to the check
         resumes = 0
-        while opener.next_index < chunks:
-            while ask < chunks and len(inflight) < WINDOW:
-                get = pb.BlobGet(blobId=info.blob_id, index=ask)
-                inflight.append(asyncio.ensure_future(self._link.request(get, _CHUNK)))
-                ask += 1
-            try:
-                _, data = await inflight.popleft()
-                if len(inflight) >= REFILL - 1:
-                    # Check a batch of at least REFILL chunks per thread hop (a failed
-                    # request is left in place, to be awaited and handled below).
-                    await asyncio.wait({inflight[REFILL - 2]})
-            except NotConnected:
-                await _cancel(inflight)
-                resumes += 1
-                if resumes > MAX_RESUMES:
+        checking: asyncio.Future[None] | None = None
+        try:
+            while got < chunks:
+                while ask < chunks and len(inflight) < WINDOW:
+                    get = pb.BlobGet(blobId=info.blob_id, index=ask)
+                    inflight.append(asyncio.ensure_future(self._link.request(get, _CHUNK)))
+                    ask += 1
+                try:
+                    _, data = await inflight.popleft()
+                    if len(inflight) >= REFILL - 1:
+                        # Check a batch of at least REFILL chunks per thread hop (a failed
+                        # request is left in place, to be awaited and handled below).
+                        await asyncio.wait({inflight[REFILL - 2]})
+                except NotConnected:
+                    await _cancel(inflight)
+                    resumes += 1
+                    if resumes > MAX_RESUMES:
+                        raise
+                    await self._link.wait_up(RECONNECT_WAIT_S)
+                    ask = got
+                    self.resumed.append(ask)
+                    continue
+                except ServerError:
+                    await _cancel(inflight)
                     raise
-                await self._link.wait_up(RECONNECT_WAIT_S)
-                ask = opener.next_index
-                self.resumed.append(ask)
-                continue
-            except ServerError:
-                await _cancel(inflight)
-                raise
-            index = opener.next_index
-            batch = [_chunk_data(data, info.blob_id, index)]
-            while inflight and _succeeded(inflight[0]):  # chunks that came together
-                batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
-                                         index + len(batch)))
-            # Checked (and hashed) before they are kept as they came, off the event loop
-            # and in one hop, while the next chunks come in.
-            await asyncio.to_thread(_keep_checked, opener, out, behind, batch)
-            if progress is not None:
-                progress(min(opener.next_index * CHUNK_SIZE, info.size), info.size)
-        if ask > chunks:
-            raise FileExtended("the server sent more chunks than the file has")
+                batch = [_chunk_data(data, info.blob_id, got)]
+                while inflight and _succeeded(inflight[0]):  # chunks that came together
+                    batch.append(_chunk_data(inflight.popleft().result()[1], info.blob_id,
+                                             got + len(batch)))
+                got += len(batch)
+                # Checked (and hashed) before they are kept as they came, off the event
+                # loop and in one hop, after the batch before (in order); meanwhile the
+                # window is refilled and the next chunks come in.
+                await _checked(checking, opener, info.size, progress)
+                checking = asyncio.ensure_future(asyncio.to_thread(
+                    _keep_checked, opener, out, behind, batch, plain))
+            done, checking = checking, None
+            await _checked(done, opener, info.size, progress)
+        finally:
+            if checking is not None:  # stopped early: the thread still writes to ``out``
+                await asyncio.wait({checking})
+                if not checking.cancelled():
+                    checking.exception()  # the error that stopped it comes first
 
     async def save(
         self, message_id: str, dest: str | os.PathLike[str], *,
@@ -491,13 +533,20 @@ class Files:
             raise UsageError(f"{target} exists (choose another destination)")
         if not target.parent.is_dir():
             raise UsageError(f"{target.parent} is not a directory")
-        await self.download(message_id, progress=progress)
-        record = self._table.get(message_id)
-        if record is None or not record.complete:
-            raise UsageError(f"the file of message {message_id} is not here")
         tmp = target.parent / f".{target.name}.part"
         try:
-            await asyncio.to_thread(self._write_plain, record, info, tmp)
+            streamed = False
+            if not self.is_downloaded(message_id):
+                # Fetched and written in one pass: each chunk's plaintext goes to the
+                # temporary file as it is checked; the whole is checked before the rename.
+                with open(tmp, "wb") as out:
+                    os.fchmod(out.fileno(), 0o600)
+                    streamed = await self._fetch(message_id, progress, out)
+            record = self._table.get(message_id)
+            if record is None or not record.complete:
+                raise UsageError(f"the file of message {message_id} is not here")
+            if not streamed:  # from the local copy, checked again
+                await asyncio.to_thread(self._write_plain, record, info, tmp)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -539,22 +588,45 @@ async def _cancel(inflight: deque[asyncio.Future[Any]]) -> None:
 
 
 def _read_sealed(
-    f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, count: int
-) -> list[bytes]:
-    """Chunks ``start`` to ``start + count`` of the file, sealed (again, the same bytes,
-    those sent before a lost connection), each tag logged (or checked against the log)
-    before any of them leaves."""
-    f.seek(start * CHUNK_SIZE)
+    f: BinaryIO, sealer: ChunkSealer, log: TagLog, start: int, blob_id: str,
+    rids: list[str],
+) -> list[bytearray]:
+    """The binary put messages (``rids``: their requestIds) of chunks ``start`` on of
+    the file, each chunk sealed in place (again, the same bytes, if it was sent before a
+    lost connection), each tag logged (or checked against the log) before any leaves."""
+    plain = memoryview(bytearray(CHUNK_SIZE))
     out = []
-    for index in range(start, start + count):
-        plaintext = f.read(min(CHUNK_SIZE, sealer.size - index * CHUNK_SIZE))
+    for index, rid in enumerate(rids, start):
+        plaintext = _pread_into(f.fileno(), plain[:min(CHUNK_SIZE, sealer.size
+                                                         - index * CHUNK_SIZE)],
+                                index * CHUNK_SIZE)
+        head = pb.chunk_head(pb.OP_PUT, blob_id, index, rid)
+        message = bytearray(len(head) + HEADER_SIZE + len(plaintext) + TAG_SIZE)
+        message[:len(head)] = head
+        sealed = memoryview(message)[len(head):]
         if index < sealer.next_index:
-            out.append(sealer.reseal(index, plaintext))
+            sealed[:] = sealer.reseal(index, plaintext)
         else:
-            sealed = sealer.seal(plaintext)
-            log.sealed(index, sealed[-TAG_SIZE:])
-            out.append(sealed)
+            sealer.seal_into(plaintext, sealed)
+            log.sealed(index, bytes(sealed[-TAG_SIZE:]))
+        out.append(message)
     return out
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> memoryview:
+    """``buf`` filled from ``offset`` of ``fd`` (the part filled, if the file ends first)."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return buf[:got]
+
+
+def _built(message: bytearray, request_id: str) -> bytearray:
+    """A put message made with its requestId already in it (:func:`_read_sealed`)."""
+    return message
 
 
 def _seal_unsent(f: BinaryIO, sealer: ChunkSealer, log: TagLog, count: int) -> None:
@@ -575,13 +647,38 @@ def _acked(acked: int, size: int, progress: Progress | None) -> int:
 
 
 def _keep_checked(
-    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes]
+    opener: ChunkOpener, out: BinaryIO, behind: WriteBehind, batch: list[bytes | memoryview],
+    plain: BinaryIO | None,
 ) -> None:
     for sealed in batch:
-        opener.open(sealed)
+        plaintext = opener.open(sealed)
+        if plain is not None:
+            plain.write(plaintext)
         out.write(sealed)
     out.flush()
     behind.wrote(out.fileno(), sum(map(len, batch)))
+
+
+async def _settled(ahead: asyncio.Future[Any] | None) -> None:
+    """Wait until a batch sealed ahead is done with the file and the sealer, and drop it
+    (an error in it comes again when those chunks are sealed anew)."""
+    if ahead is not None:
+        await asyncio.wait({ahead})
+        if not ahead.cancelled():
+            ahead.exception()
+
+
+async def _checked(
+    checking: asyncio.Future[None] | None, opener: ChunkOpener, size: int,
+    progress: Progress | None,
+) -> None:
+    """Wait for the check of the batch before (its error is raised here), then say how
+    far the download is."""
+    if checking is None:
+        return
+    await checking
+    if progress is not None:
+        progress(min(opener.next_index * CHUNK_SIZE, size), size)
 
 
 def _succeeded(fut: asyncio.Future[Any]) -> bool:
@@ -595,12 +692,12 @@ def _opens_with(record: LocalFile, key: Secret, file_id: bytes) -> bool:
                                                               key.expose())
 
 
-def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes:
+def _chunk_data(data: dict[str, Any], blob_id: str, index: int) -> bytes | memoryview:
     """The chunk of a ``sottovoce.blob.chunk`` reply, which must be the one asked for."""
     if data.get("blobId") != blob_id or data.get("index") != index:
         raise DecodeError("the server answered with another chunk")
     chunk = data.get("data")
-    if isinstance(chunk, bytes):  # a binary message (the usual answer)
+    if isinstance(chunk, bytes | memoryview):  # a binary message (the usual answer)
         return chunk
     return pb.CHUNK_DATA.parse(chunk, "data")
 

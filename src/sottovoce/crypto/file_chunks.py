@@ -129,6 +129,13 @@ class ChunkSealer:
 
     def seal(self, plaintext: bytes) -> bytes:
         """Seal the next chunk (``CHUNK_SIZE`` bytes, the last one up to that)."""
+        sealed = bytearray(HEADER_SIZE + len(plaintext) + TAG_SIZE)
+        self.seal_into(plaintext, memoryview(sealed))
+        return bytes(sealed)
+
+    def seal_into(self, plaintext: bytes | bytearray | memoryview, out: memoryview) -> None:
+        """:meth:`seal`, written into ``out`` (``HEADER_SIZE + len(plaintext) + TAG_SIZE``
+        bytes, the chunk's place in a larger buffer) instead of new bytes."""
         index = self._next
         if index >= self.chunks:
             raise UsageError("the file has no more chunks")
@@ -136,14 +143,17 @@ class ChunkSealer:
         want = self.size - index * CHUNK_SIZE if last else CHUNK_SIZE
         if len(plaintext) != want:
             raise UsageError("the file changed while it was being sent")
+        if len(out) != HEADER_SIZE + want + TAG_SIZE:
+            raise UsageError("a sealed chunk needs its exact length")
         self._next += 1
         self._hash.update(plaintext)
         header = _header(index, last)
         nonce = index.to_bytes(12, "big")
-        sealed = header + self._aead.encrypt(nonce, plaintext, _AAD + self._file_id + header)
-        self._tags[index] = sealed[-TAG_SIZE:]
+        out[:HEADER_SIZE] = header
+        self._aead.encrypt_into(nonce, plaintext, _AAD + self._file_id + header,
+                                out[HEADER_SIZE:])
+        self._tags[index] = bytes(out[-TAG_SIZE:])
         self._tags.pop(index - RESEAL_WINDOW, None)
-        return sealed
 
     @property
     def next_index(self) -> int:
@@ -159,7 +169,7 @@ class ChunkSealer:
             raise UsageError("the file is not sealed from its start to its end")
         return self._hash.digest()
 
-    def reseal(self, index: int, plaintext: bytes) -> bytes:
+    def reseal(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Chunk ``index`` again, one of the last sealed (a resumed upload sends it again):
         the same bytes, since the nonce is the index; the hash is not touched. Plaintext
         that is not what was sealed there (the file changed meanwhile) is refused before
@@ -212,7 +222,7 @@ class ChunkOpener:
         self._hash.update(plaintext)
         self._done = self._next == self.chunks
 
-    def open(self, sealed: bytes) -> bytes:
+    def open(self, sealed: bytes | memoryview) -> bytes:
         """The plaintext of the next chunk, or a :class:`FileIntegrityError`."""
         if self._done:
             raise FileExtended("data follows the file's final chunk")
@@ -225,7 +235,7 @@ class ChunkOpener:
         nonce = index.to_bytes(12, "big")
         try:
             plaintext = self._aead.decrypt(
-                nonce, bytes(sealed[HEADER_SIZE:]), _AAD + self._file_id + header
+                nonce, memoryview(sealed)[HEADER_SIZE:], _AAD + self._file_id + header
             )
         except InvalidTag:
             raise ChunkTampered(f"chunk {index} does not open under the file's key") from None

@@ -80,7 +80,8 @@ class BlobCreate(ClientEvent):
 class BlobPut(ClientEvent):
     blobId: str = wire(BLOB_ID)
     index: int = wire(Int(maximum=MAX_CHUNKS - 1))
-    data: bytes = wire(CHUNK_DATA)
+    #: A binary put's is a view into its message (no copy of the chunk).
+    data: bytes | memoryview = wire(CHUNK_DATA)
 
 
 @event("sottovoce.blob.get")
@@ -112,17 +113,24 @@ class BinaryChunk:
     blob_id: str
     index: int
     request_id: str
-    data: bytes
+    #: A view into the message (no copy of the chunk is made).
+    data: memoryview
 
 
 def is_binary_chunk(message: bytes) -> bool:
     return message[:1] in (b"\x01", b"\x02")
 
 
-def pack_chunk(op: int, blob_id: str, index: int, request_id: str, data: bytes) -> bytes:
+def chunk_head(op: int, blob_id: str, index: int, request_id: str) -> bytes:
+    """What comes before the chunk in its binary message (the chunk itself may then be
+    written, or sealed, right after it: no copy of it is made)."""
     rid = request_id.encode("ascii")
     return b"".join((bytes((op,)), bytes.fromhex(blob_id), index.to_bytes(4, "big"),
-                     bytes((len(rid),)), rid, data))
+                     bytes((len(rid),)), rid))
+
+
+def pack_chunk(op: int, blob_id: str, index: int, request_id: str, data: bytes) -> bytes:
+    return chunk_head(op, blob_id, index, request_id) + data
 
 
 def unpack_chunk(message: bytes) -> BinaryChunk:
@@ -133,7 +141,7 @@ def unpack_chunk(message: bytes) -> BinaryChunk:
     rid = bytes(message[_HEAD:_HEAD + n]).decode("ascii", "replace")
     if not n or len(message) < _HEAD + n or not ID_RE.fullmatch(rid):
         raise bad("requestId", "must be 1-255 id characters")
-    data = bytes(message[_HEAD + n:])
+    data = memoryview(message)[_HEAD + n:]
     if not data or len(data) > SEALED_CHUNK_SIZE:
         raise bad("data", f"must be 1-{SEALED_CHUNK_SIZE} bytes")
     return BinaryChunk(message[0], bytes(message[1:1 + FILE_ID_SIZE]).hex(),

@@ -48,7 +48,7 @@ from sottovoce.protocol.blobs import (
     BlobFetched,
     BlobGet,
     BlobPut,
-    pack_chunk,
+    chunk_head,
     unpack_chunk,
 )
 from sottovoce.protocol.fields import ProtocolError, b64
@@ -220,7 +220,7 @@ class BlobService:
         return self._complete(session, meta, ev.index, rid)
 
     @staticmethod
-    def _append(part: Path, index: int, data: bytes, behind: WriteBehind) -> None:
+    def _append(part: Path, index: int, data: bytes | memoryview, behind: WriteBehind) -> None:
         """Chunk ``index`` at the end of ``part``, in one write; a failed write is cut off
         again, so the file never holds a torn chunk that the next one would follow."""
         fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -301,7 +301,7 @@ class BlobService:
             session.reply(BLOB_CHUNK, {"blobId": meta.blob_id, "index": index,
                                        "data": b64(chunk)}, rid)
         else:  # raw bytes in a binary message: no base64, no JSON
-            session.write_binary(pack_chunk(OP_CHUNK, meta.blob_id, index, rid, chunk))
+            session.write_binary(chunk_head(OP_CHUNK, meta.blob_id, index, rid), chunk)
 
     async def _fetched(
         self, session: Session, ev: BlobFetched, data: dict[str, Any], rid: str | None

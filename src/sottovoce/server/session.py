@@ -143,10 +143,11 @@ class Session:
         if not self.closed:
             self.conn.write(text)
 
-    def write_binary(self, data: bytes) -> None:
-        """Queue one binary frame (a file chunk), flushed with the text frames."""
+    def write_binary(self, head: bytes, data: bytes = b"") -> None:
+        """Queue one binary frame of ``head`` and ``data`` (a file chunk's message, not
+        joined into one), flushed with the text frames."""
         if not self.closed:
-            self.conn.write_binary(data)
+            self.conn.write_binary(head, data)
 
     def buffered(self) -> int:
         return self.conn.buffered()

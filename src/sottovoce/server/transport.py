@@ -282,18 +282,22 @@ class Connection(asyncio.Protocol):
             self._scheduled = True
             self._loop.call_soon(self._flush)
 
-    def write_binary(self, data: bytes) -> None:
-        """Queue one binary frame (a file chunk: server/blobs.py), flushed as ``write``."""
+    def write_binary(self, head: bytes, data: bytes = b"") -> None:
+        """Queue one binary frame whose payload is ``head`` then ``data`` (a file chunk's
+        message, server/blobs.py: the chunk is not copied into one buffer), flushed as
+        ``write``."""
         if not self.open:
             return
-        n = len(data)
+        n = len(head) + len(data)
         if n < 126:
             self._out.append(bytes((0x82, n)))
         elif n < 65536:
             self._out.append(b"\x82\x7e" + n.to_bytes(2, "big"))
         else:
             self._out.append(b"\x82\x7f" + n.to_bytes(8, "big"))
-        self._out.append(data)
+        self._out.append(head)
+        if data:
+            self._out.append(data)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -533,7 +537,8 @@ class Connection(asyncio.Protocol):
         out = self._out
         if out:
             self._out = []
-            t.write(b"".join(out))
+            # One gathered write (uvloop: writev): a file chunk is not copied again here.
+            t.writelines(out)
         if self._eof:
             self._eof = False
             if self._proto.state is State.CONNECTING or not t.can_write_eof():
