@@ -11,6 +11,15 @@ const state = {
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
 
+// The account views (settings, devices, safety numbers, audit, drag and drop) load
+// after the first list is drawn: nothing of theirs is in the way of the first paint.
+let account = null;
+function loadAccount() {
+  if (!account) {
+    account = import("./account.js").then((m) => { m.accountReady(rpc, () => state.chat); return m; });
+  }
+}
+
 function socketState(up) {
   if (up) { rpc.call("status").then(status, () => {}); return; }
   $("status").textContent = "The app is not answering; retrying…";
@@ -29,12 +38,14 @@ function status(s) {
   clearTimeout(state.poll);  // one poll at a time, however many notices came
   if (!s.connected) state.poll = setTimeout(() => rpc.call("status").then(status, () => {}), 3000);
   if (s.list) drawList(s.list); else refreshList();
+  requestAnimationFrame(() => setTimeout(loadAccount, 0));
 }
 
 let pending = null;
 function notice(n) {
   if (n.event === "status") { status(n); return; }
   if (n.event === "upload") { uploadNotice(n); return; }
+  if (n.event === "link") { if (account) account.then((m) => m.accountNotice(n)); return; }
   if (n.event === "changed" && state.unlocked) {
     clearTimeout(pending);  // a burst of events is one refresh
     pending = setTimeout(() => { refreshList(); if (state.chat) refreshChat(); }, 60);
@@ -143,6 +154,7 @@ function openChat(peer, room, label) {
   show($("chat-pane"), true);
   show($("room-panel"), room);
   $("app-view").classList.add("chatting");
+  if (account) account.then((m) => m.chatOpened());
   reconcile($("messages"), []);
   refreshChat().then(() => { $("text").focus(); refreshList(); });
 }
