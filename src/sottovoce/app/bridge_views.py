@@ -47,6 +47,8 @@ LINK_CONFIRM_S = 300.0
 THEMES = ("system", "light", "dark")
 DISCOVERY_MODES = ("public", "default", "strict")
 _APP_SETTINGS = "app-settings.json"
+#: The most messages one ``older`` request answers with.
+OLDER_PAGE = 500
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -88,7 +90,7 @@ class AccountViews:
             "link_confirm": self.link_confirm, "link_cancel": self.link_cancel,
             "kt_status": self.kt_status, "kt_ack": self.kt_ack, "audit": self.audit,
             "settings": self.settings, "settings_set": self.settings_set,
-            "settings_theme": self.settings_theme,
+            "settings_theme": self.settings_theme, "older": self.older,
         }
 
     async def close(self) -> None:
@@ -352,6 +354,24 @@ class AccountViews:
         rejected = [{"index": bad.index, "reason": bad.reason, "verified": False}
                     for bad in trail.rejected]
         return {"valid": True, "entries": entries, "rejected": rejected}
+
+    # --- a long chat, a page at a time -------------------------------------------------
+
+    async def older(self, req: dict[str, Any]) -> Any:
+        """The messages before ``before`` (a message id the page has), newest last: the
+        page's virtual list asks for them as it is scrolled up."""
+        from sottovoce.app import views
+        from sottovoce.app.bridge import _str
+
+        c, peer, room = self.bridge._chat(req)
+        count = req.get("count", OLDER_PAGE)
+        if not isinstance(count, int) or not 0 < count <= OLDER_PAGE:
+            count = OLDER_PAGE
+        shown = c.controls.history(peer, room=room, limit=count,
+                                   before=_str(req, "before", limit=200))
+        more = bool(shown) and bool(c.controls.history(
+            peer, room=room, limit=1, before=shown[0].message.message_id))
+        return {"messages": [views.message(c, v, room=room) for v in shown], "more": more}
 
     # --- settings ---------------------------------------------------------------------
 
