@@ -18,6 +18,7 @@ tests/browser/artifacts/.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -210,3 +211,87 @@ async def test_account_views_end_to_end(server: ServerProcess, tmp_path: Path) -
     assert kt_fingerprint and kt_fingerprint in kt_out
     assert "dropped.txt" in cli(dirs["walt"], "history", "vera")
     assert files_holding(profile, [*CANARIES.values(), PASSPHRASE, *secrets]) == []
+
+
+LONGTASKS = """() => {
+  window.__longtasks = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      window.__longtasks.push([Math.round(e.startTime), Math.round(e.duration)]);
+    }
+  }).observe({ type: "longtask" });
+}"""
+
+
+async def test_a_10000_message_chat_opens_and_scrolls_in_short_tasks(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    """The whole chat is reachable by scrolling up (older pages fetched as it goes), only
+    rows near the viewport are in the page, and no task of the page's takes over 50 ms."""
+    need_chromium()
+    from playwright.async_api import expect
+
+    from sottovoce.client import Client
+    from sottovoce.client.store import DeliveryStatus
+
+    total = 10_000
+    dirs = await make_accounts(server, tmp_path, "lena", "otto")
+    client = Client.load(dirs["lena"], PASSPHRASE)
+    store = client._store  # written directly: 10,000 sends would take minutes
+    with store.transaction():
+        for i in range(total):
+            store.add_message(
+                message_id=f"long-{i:05d}-{'x' * 12}", peer="otto", sender="lena",
+                sender_device=client.device_id, outgoing=True,
+                status=DeliveryStatus.DELIVERED, text=f"long chat message {i:05d}"
+                + (" with a second line\nof text" if i % 7 == 0 else ""),
+                client_created_ms=1_700_000_000_000 + i * 1000,
+                local_at_ms=1_700_000_000_000 + i * 1000)
+    await client.close()
+    app = AppProcess(dirs["lena"]).start()
+    watch = Watch()
+    errors: list[str] = []
+    try:
+        async with chromium(tmp_path / "profile-lena") as (ctx,):
+            page = await open_app(ctx, app, watch)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await unlock(page)
+            chat = page.locator("#conversations button", has_text="otto")
+            await expect(chat).to_have_count(1, timeout=WAIT_MS)
+            await page.evaluate(LONGTASKS)
+            await page.evaluate("performance.mark('test-open')")
+            await chat.click()
+            messages = page.locator("#messages")
+            await expect_text(messages, f"long chat message {total - 1:05d}")
+            rows = await page.locator("#messages li.msg").count()
+            assert 0 < rows < 150, rows  # virtual: far fewer rows than messages
+            # Scrolled up to the very first message, a screen at a time by keyboard and
+            # then by jumps to the top (each fetches an older page).
+            await page.evaluate("performance.mark('test-scroll')")
+            await messages.focus()
+            for _ in range(5):
+                await page.keyboard.press("PageUp")
+            first = page.locator("#messages li.msg", has_text="long chat message 00000")
+            for _ in range(200):
+                if await first.count():
+                    break
+                await messages.evaluate("el => { el.scrollTop = 0; }")
+                await page.wait_for_timeout(60)
+            await expect(first).to_have_count(1)
+            assert await page.locator("#messages li.msg").count() < 150
+            # And back down to the newest.
+            await messages.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+            await expect_text(messages, f"long chat message {total - 1:05d}")
+            await page.wait_for_timeout(200)
+            longtasks = await page.evaluate("window.__longtasks")
+            marks = await page.evaluate(
+                "performance.getEntriesByType('mark').map(m => [m.name, Math.round(m.startTime)])")
+    finally:
+        app.stop()
+    assert errors == []
+    # 50 ms is the budget. On a machine whose cores are shared by many more runnable
+    # processes (load average over twice the cores) the renderer is descheduled in the
+    # middle of short tasks, so the wall-clock budget grows with the oversubscription.
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    budget = 50 * min(3.0, max(1.0, load / 2))
+    assert [t for t in longtasks if t[1] > budget] == [], (budget, longtasks, marks)

@@ -215,7 +215,7 @@ function loadOlder() {
   const chat = state.chat;
   if (!chat || state.older !== "more" || !state.known.length) return;
   state.older = "loading";
-  rpc.call("older", chatArgs({ before: state.known[0].id })).then((r) => {
+  rpc.call("older", chatArgs({ before: state.known[0].id, count: 200 })).then((r) => {
     if (state.chat !== chat) return;
     state.older = r.more ? "more" : "none";
     state.known = r.messages.concat(state.known);

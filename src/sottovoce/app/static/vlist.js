@@ -3,7 +3,9 @@
 // scrolls in short tasks. Up to FULL rows are all rendered, as a plain list.
 // Heights are measured as rows are shown; rows not shown yet count as the average.
 export const FULL = 100;
-const OVERSCAN_PX = 800;
+const OVERSCAN_PX = 400;
+const FIRST_PAD_PX = 60;  // a jump draws what is in view first, the rest in a next task
+const BOTTOM = Infinity;
 
 export class VList {
   // `list`: the scrolling <ol>; `render(item)`: its <li>; `onTop()`: called when the
@@ -22,44 +24,33 @@ export class VList {
       s.setAttribute("aria-hidden", "true");
     }
     this.frame = 0;
-    this.onScroll = () => {
+    list.addEventListener("scroll", () => {
       if (!this.frame) this.frame = requestAnimationFrame(() => { this.frame = 0; this.draw(); });
-    };
-    list.addEventListener("scroll", this.onScroll, { passive: true });
+    }, { passive: true });
   }
 
   get virtual() { return this.items.length > FULL; }
 
-  // New items (oldest first). `keep`: "bottom" stays at the bottom if it was there,
-  // "anchor" keeps the first row shown where it is (older rows were added above).
+  // New items (oldest first), drawn once. `keep`: "bottom" stays at the bottom if it
+  // was there; "anchor": older items were added above, what was shown stays put.
   set(items, keep) {
     const list = this.list;
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    const anchor = keep === "anchor" ? this.firstShown() : null;
-    const ids = new Set(items.map((m) => m.id));
-    for (const id of this.nodes.keys()) if (!ids.has(id)) this.nodes.delete(id);
+    let target = list.scrollTop;
+    if (keep === "anchor" && this.items.length) {
+      const oldFirst = this.items[0].id;
+      const avg = this.average();
+      for (const m of items) {
+        if (m.id === oldFirst) break;
+        target += this.heights.get(m.id) || avg;
+      }
+    }
+    if (keep === "bottom" && atBottom) target = BOTTOM;
     this.items = items;
     list.classList.toggle("virtual", this.virtual);
     list.setAttribute("aria-live", this.virtual ? "off" : "polite");
     if (this.virtual) list.setAttribute("tabindex", "0"); else list.removeAttribute("tabindex");
-    if (anchor) {
-      this.draw();
-      const el = this.nodes.get(anchor.id);
-      if (el) list.scrollTop += el.el.offsetTop - anchor.offset;
-    }
-    this.draw();
-    if (keep === "bottom" && atBottom) { list.scrollTop = list.scrollHeight; this.draw(); }
-  }
-
-  firstShown() {
-    for (const child of this.list.children) {
-      if (child.classList.contains("spacer")) continue;
-      if (child.offsetTop + child.offsetHeight >= this.list.scrollTop) {
-        const id = child.dataset.id;
-        return id ? { id, offset: child.offsetTop } : null;
-      }
-    }
-    return null;
+    this.draw(target);
   }
 
   node(m) {
@@ -79,46 +70,83 @@ export class VList {
     return sum / this.heights.size;
   }
 
-  draw() {
+  // The rows for scroll position `target` (BOTTOM: the end), then scrolled there so
+  // that what was at `target` stays in view however the measured heights came out.
+  draw(target = this.list.scrollTop) {
     const { list, items } = this;
     let first = 0;
     let last = items.length;
-    let above = 0;
-    let below = 0;
+    let above0 = 0;
     if (this.virtual) {
-      const avg = this.average();
-      const from = list.scrollTop - OVERSCAN_PX;
-      const to = list.scrollTop + list.clientHeight + OVERSCAN_PX;
-      let y = 0;
-      first = -1;
-      for (let i = 0; i < items.length; i++) {
-        const hgt = this.heights.get(items[i].id) || avg;
-        if (first < 0 && y + hgt >= from) { first = i; above = y; }
-        if (first >= 0 && y > to) { last = i; break; }
-        y += hgt;
+      const wide = this.range(target, OVERSCAN_PX);
+      const missing = items.slice(wide[0], wide[1]).some((m) => !this.nodes.has(m.id));
+      [first, last, above0] = missing ? this.range(target, FIRST_PAD_PX) : wide;
+      if (missing && !this.later) {
+        this.later = setTimeout(() => { this.later = 0; this.draw(); }, 0);
       }
-      if (first < 0) { first = Math.max(0, items.length - 1); above = y; }
-      let rest = 0;
-      for (let i = last; i < items.length; i++) rest += this.heights.get(items[i].id) || avg;
-      below = rest;
     }
     const rows = items.slice(first, last).map((m) => this.node(m));
     const want = this.virtual ? [this.top, ...rows, this.bottom] : rows;
-    this.top.style.height = `${above}px`;
-    this.bottom.style.height = `${below}px`;
     want.forEach((node, i) => {
       const current = list.children[i];
       if (current !== node) list.insertBefore(node, current || null);
     });
     while (list.children.length > want.length) list.lastElementChild.remove();
+    const fresh = rows.filter((el) => !this.heights.has(el.dataset.id));
+    if (fresh.length) {  // one layout for the rows new here, none when nothing is new
+      const margin = parseFloat(getComputedStyle(fresh[0]).marginBottom) || 0;
+      for (const el of fresh) this.heights.set(el.dataset.id, el.offsetHeight + margin);
+    }
+    if (this.nodes.size > 10 * FULL) {  // detached rows are not kept for ever
+      const shown = new Set(rows);
+      for (const [id, n] of this.nodes) if (!shown.has(n.el)) this.nodes.delete(id);
+    }
+    let above = 0;
     if (this.virtual) {
-      for (const el of rows) {
-        const style = getComputedStyle(el);
-        this.heights.set(el.dataset.id, el.offsetHeight + parseFloat(style.marginBottom));
-      }
-      if (first === 0 && list.scrollTop < OVERSCAN_PX) this.onTop();
-    } else if (list.scrollTop < OVERSCAN_PX / 4 && items.length >= FULL) {
+      const avg = this.average();
+      let below = 0;
+      for (let i = 0; i < first; i++) above += this.heights.get(items[i].id) || avg;
+      for (let i = last; i < items.length; i++) below += this.heights.get(items[i].id) || avg;
+      this.top.style.height = `${above}px`;
+      this.bottom.style.height = `${below}px`;
+    }
+    if (target === BOTTOM) {
+      list.scrollTop = list.scrollHeight;
+    } else {
+      const at = Math.max(0, target + above - above0);
+      if (Math.abs(list.scrollTop - at) > 1) list.scrollTop = at;
+    }
+    if (list.scrollTop < OVERSCAN_PX && (first === 0 || !this.virtual) && items.length >= FULL) {
       this.onTop();
     }
+  }
+
+  // [first, last, the height above first] of the rows around `target`, `pad` pixels
+  // more on either side.
+  range(target, pad) {
+    const { list, items } = this;
+    const avg = this.average();
+    const h = (i) => this.heights.get(items[i].id) || avg;
+    if (target === BOTTOM) {
+      let y = 0;
+      let first = items.length;
+      while (first > 0 && y < list.clientHeight + pad) y += h(--first);
+      let above = 0;
+      for (let i = 0; i < first; i++) above += h(i);
+      return [first, items.length, above];
+    }
+    const from = target - pad;
+    const to = target + list.clientHeight + pad;
+    let y = 0;
+    let first = -1;
+    let above = 0;
+    for (let i = 0; i < items.length; i++) {
+      const hi = h(i);
+      if (first < 0 && y + hi >= from) { first = i; above = y; }
+      if (first >= 0 && y > to) return [first, i, above];
+      y += hi;
+    }
+    if (first < 0) return [items.length - 1, items.length, y - h(items.length - 1)];
+    return [first, items.length, above];
   }
 }
