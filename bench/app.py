@@ -1,6 +1,6 @@
 """`sottovoce app`: how long from pressing Enter on the passphrase to the drawn list.
 
-    python bench/app.py [--rounds R] [--peers N] [--kdf default|test]
+    python bench/app.py [--rounds R] [--peers N] [--kdf default|test] [--compare-src DIR]
 
 Set-up (not timed): a server on 127.0.0.1, one account with N conversations (one
 message from each of N peers, accepted as contacts), made with the store's default
@@ -26,6 +26,10 @@ Chromium profile (Debian's /usr/bin/chromium through Playwright):
              and ``conversations.all()``, then close -- the floor the page adds to;
 * kdf+open:  the ``Client.load`` part of the baseline alone: the passphrase's Argon2id
              key derivation and opening the store, which unlock cannot avoid.
+
+``--compare-src DIR``: each round also runs the app of another source tree (its
+``src``, e.g. a checkout of the previous release) and times its unlock the same
+way, alternating with this one: "unlock (other)" and the ratio this / other.
 
 Wall-clock times (perf_counter, and the page's performance clock for ready and
 reopen) per round; the figures are the medians over rounds, and the ratio is the
@@ -105,9 +109,21 @@ async def _marks(page: object) -> tuple[list[float], list[float]]:
         await asyncio.sleep(0.02)
 
 
-async def browser_round(account: Path, peers: int, pw: object,
+async def browser_round(account: Path, peers: int, pw: object, src: str | None = None,
                         ) -> tuple[float, float, float, float]:
-    app = AppProcess(account).start()
+    """One round; ``src``: the app of that source tree (its marks may not exist: the
+    ready and reopen figures are then NaN)."""
+    saved = os.environ.get("PYTHONPATH")
+    if src is not None:
+        os.environ["PYTHONPATH"] = src
+    try:
+        app = AppProcess(account).start()
+    finally:
+        if src is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
     profile = Path(tempfile.mkdtemp(prefix="bench-app-"))
     try:
         context = await pw.chromium.launch_persistent_context(  # type: ignore[attr-defined]
@@ -124,6 +140,9 @@ async def browser_round(account: Path, peers: int, pw: object,
         # (a string predicate would be eval, which the page's CSP refuses)
         await page.locator("#conversations li").nth(peers - 1).wait_for(timeout=60_000)
         unlock_s = time.perf_counter() - start
+        if src is not None:
+            await context.close()
+            return page_s, unlock_s, float("nan"), float("nan")
         answered, shown = await _marks(page)
         ready_s = (shown[0] - answered[0]) / 1000
         await page.reload()
@@ -137,7 +156,7 @@ async def browser_round(account: Path, peers: int, pw: object,
         shutil.rmtree(profile, ignore_errors=True)
 
 
-async def main(rounds: int, peers: int, kdf: str) -> None:
+async def main(rounds: int, peers: int, kdf: str, other: str | None = None) -> None:
     from playwright.async_api import async_playwright
 
     print(__doc__.split("\n\n", 2)[2].rstrip())
@@ -150,8 +169,11 @@ async def main(rounds: int, peers: int, kdf: str) -> None:
     try:
         account = await make(server, root, peers, kdf)
         pages, unlocks, readies, reopens, bases, kdfs, ratios = [], [], [], [], [], [], []
+        others: list[float] = []
         async with async_playwright() as pw:
             for _ in range(rounds):
+                if other is not None:
+                    others.append((await browser_round(account, peers, pw, other))[1])
                 base, kdf_open = await baseline(account, peers)
                 page_s, unlock_s, ready_s, reopen_s = await browser_round(account, peers, pw)
                 pages.append(page_s)
@@ -170,6 +192,10 @@ async def main(rounds: int, peers: int, kdf: str) -> None:
         print(f"baseline (SDK open + list, no UI):  {ms(bases)}")
         print(f"  of which kdf+open (Client.load):  {ms(kdfs)}")
         print(f"unlock / baseline:                  {statistics.median(ratios):7.2f} x")
+        if others:
+            print(f"unlock (other: {other}):  {ms(others)}")
+            ratio = statistics.median(unlocks) / statistics.median(others)
+            print(f"unlock this / other:                {ratio:7.2f} x")
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         server.stop()
@@ -181,7 +207,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peers", type=int, default=20)
     parser.add_argument("--kdf", choices=("default", "test"), default="default")
+    parser.add_argument("--compare-src", metavar="DIR",
+                        help="also time the app of another source tree's src, alternating")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
-    asyncio.run(main(args.rounds, args.peers, args.kdf))
+    asyncio.run(main(args.rounds, args.peers, args.kdf, args.compare_src))
