@@ -29,7 +29,7 @@ function draw(label, t) {
     }
     const at = new Date(e.atMs).toLocaleString([], { dateStyle: "medium", timeStyle: "medium" });
     return h("li", { class: "entry" },
-      h("span", { class: "mark", "aria-label": "verified" }, "✓"),
+      h("span", { class: "mark" }, "✓", h("span", { class: "sr-only" }, " verified:")),
       h("div", {}, h("strong", {}, `${e.actor}: ${e.action} ${subjects(e)}`.trim()),
         h("div", { class: "meta" }, `#${e.index} · ${at} · epoch ${e.epoch} · device ` +
           e.actorDevice)));
