@@ -17,7 +17,10 @@ const rpc = new Rpc({ onNotice: notice, onState: socketState });
 let account = null;
 function loadAccount() {
   if (!account) {
-    account = import("./account.js").then((m) => { m.accountReady(rpc, () => state.chat); return m; });
+    account = import("./account.js").then((m) => {
+      m.accountReady(rpc, () => state.chat);
+      return m;
+    });
   }
 }
 
