@@ -142,10 +142,25 @@ async def test_account_views_end_to_end(server: ServerProcess, tmp_path: Path) -
             await expect_text(page.locator("#audit-timeline"), "vera: ")
             await shot(page, "audit")
 
-            # Devices: this one, then a new one linked with the codes shown here.
+            # Devices: this one; a new one whose words are refused here is not linked.
             await page.get_by_role("button", name="Devices").click()
             await expect(page.locator("#device-list > li")).to_have_count(1, timeout=WAIT_MS)
             await expect_text(page.locator("#device-list"), "this device")
+            await page.get_by_role("button", name="Link a new device").click()
+            code = await page.locator("#link-code").text_content() or ""
+            secrets.append(code)
+            refused = cli_start(tmp_path / "vera-stranger", "account", "link", "--server",
+                                server.url, "--code", code, "--name", "stranger")
+            await expect(page.locator("#link-words")).to_have_text(re.compile(r"\S+ \S+"),
+                                                                   timeout=60_000)
+            await page.get_by_role("button", name="No", exact=True).click()
+            await expect_text(page.locator("#link-result"), "you did not confirm the new device")
+            _, refused_err = refused.communicate(timeout=60)
+            assert refused.returncode != 0 and "Traceback" not in refused_err, refused_err
+            await expect(page.locator("#device-list > li")).to_have_count(1)
+            await page.get_by_role("button", name="Link another device").click()
+
+            # Then a new one linked with the codes shown here, the words confirmed.
             await page.get_by_role("button", name="Link a new device").click()
             await expect(page.locator("#link-warning")).to_have_text(
                 "Only link a device you are holding in your hand: it gets your account's keys.",

@@ -127,8 +127,14 @@ function linkSection() {
       h("p", { id: "link-words", class: "words" }, linking.hello.words.join(" ")),
       h("p", {}, "Do both screens show these words, and is it your device?")), yes, no);
   } else if (linking.stage === "done" || linking.stage === "failed") {
+    const again = h("button", { type: "button", id: "link-again" }, "Link another device");
+    again.addEventListener("click", () => {
+      linking = null;
+      refreshLink();
+      $("link-start").focus();
+    });
     section.append(h("p", { id: "link-result", role: "status",
-      class: linking.stage === "done" ? "ok" : "error" }, linking.result));
+      class: linking.stage === "done" ? "ok" : "error" }, linking.result), again);
   } else {
     const cancel = h("button", { type: "button", id: "link-cancel" }, "Cancel linking");
     cancel.addEventListener("click", () => rpc.call("link_cancel").catch(() => {}));
