@@ -149,6 +149,10 @@ async def test_account_views_end_to_end(server: ServerProcess, tmp_path: Path) -
             await page.get_by_role("button", name="Link a new device").click()
             code = await page.locator("#link-code").text_content() or ""
             secrets.append(code)
+            # The page loaded again in the middle of it shows the same linking.
+            await page.reload()
+            await page.get_by_role("button", name="Devices").click()
+            await expect(page.locator("#link-code")).to_have_text(code, timeout=WAIT_MS)
             refused = cli_start(tmp_path / "vera-stranger", "account", "link", "--server",
                                 server.url, "--code", code, "--name", "stranger")
             await expect(page.locator("#link-words")).to_have_text(re.compile(r"\S+ \S+"),

@@ -78,6 +78,9 @@ class AccountViews:
         self.bridge = bridge
         self._link: asyncio.Task[LinkedDevice] | None = None
         self._answer: concurrent.futures.Future[bool] | None = None
+        #: The linking under way as the page shows it (a page opened again gets it).
+        self._shown: dict[str, Any] | None = None
+        self._hello: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"AccountViews(linking={self._link is not None and not self._link.done()})"
@@ -88,6 +91,7 @@ class AccountViews:
             "devices": self.devices, "device_rename": self.device_rename,
             "device_revoke": self.device_revoke, "link_start": self.link_start,
             "link_confirm": self.link_confirm, "link_cancel": self.link_cancel,
+            "link_state": self.link_state,
             "kt_status": self.kt_status, "kt_ack": self.kt_ack, "audit": self.audit,
             "settings": self.settings, "settings_set": self.settings_set,
             "settings_theme": self.settings_theme, "older": self.older,
@@ -230,14 +234,15 @@ class AccountViews:
         def confirm(hello: PeerHello) -> bool:  # run in a thread by link_existing
             answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
             self._answer = answer
-            asyncio.run_coroutine_threadsafe(self.bridge._broadcast({
-                "event": "link", "stage": "confirm", "device": hello.device_id,
-                "name": hello.name, "words": list(hello.words)}), loop)
+            self._hello = {"event": "link", "stage": "confirm", "device": hello.device_id,
+                           "name": hello.name, "words": list(hello.words)}
+            asyncio.run_coroutine_threadsafe(self.bridge._broadcast(self._hello), loop)
             try:
                 return answer.result(timeout=LINK_CONFIRM_S)
             except concurrent.futures.TimeoutError:
                 return False
 
+        self._shown = self._hello = None
         self._link = loop.create_task(link_existing(
             c, show=show, confirm=confirm, name_hint=hint.strip(),
             with_history=_flag(req, "withHistory")))
@@ -251,11 +256,22 @@ class AccountViews:
                             else "the linking could not start")
         invite = shown.result()
         payload = invite.qr.encode()
-        return {"warning": LINK_WARNING, "qr": qr_rows(payload), "text": payload,
-                "code": str(invite.code), "expiresAtMs": invite.expires_at_ms,
-                "server": invite.qr.server_url}
+        self._shown = {"warning": LINK_WARNING, "qr": qr_rows(payload), "text": payload,
+                       "code": str(invite.code), "expiresAtMs": invite.expires_at_ms,
+                       "server": invite.qr.server_url}
+        return self._shown
+
+    async def link_state(self, _: dict[str, Any]) -> Any:
+        """The linking under way, for a page opened (again) in the middle of it: its
+        codes and, once the new device answered, the words to confirm; else null."""
+        self._client()
+        if self._link is None or self._link.done() or self._shown is None:
+            return None
+        waiting = self._answer is not None and not self._answer.done()
+        return {"invite": self._shown, "hello": self._hello if waiting else None}
 
     async def _linked(self, task: asyncio.Task[LinkedDevice]) -> None:
+        self._shown = self._hello = None
         notice: dict[str, Any]
         if task.cancelled():
             notice = {"event": "link", "stage": "failed", "error": "the linking was cancelled"}

@@ -15,9 +15,16 @@ function when(ms) {
 
 export function openDevices(theRpc, from) {
   rpc = theRpc;
-  linking = null;
   openPanel(TITLE, [h("p", { class: "meta" }, "Loading the devices…")], from);
-  refresh();
+  // A linking under way (this page or one before it) is shown again, words and all.
+  rpc.call("link_state").then((now) => {
+    if (!now) {
+      if (linking && linking.stage !== "done" && linking.stage !== "failed") linking = null;
+    } else if (!linking || linking.invite.code !== now.invite.code || now.hello) {
+      linking = now.hello ? { invite: now.invite, stage: "confirm", hello: now.hello }
+        : { invite: now.invite, stage: "invite" };
+    }
+  }, () => {}).finally(refresh);
 }
 
 function refresh() {
