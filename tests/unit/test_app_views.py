@@ -94,3 +94,11 @@ def test_the_theme_is_kept_beside_the_store(tmp_path: Path) -> None:
     assert (tmp_path / "app-settings.json").stat().st_mode & 0o777 == 0o600
     (tmp_path / "app-settings.json").write_text("not json")
     assert views.theme() == "system"
+
+
+def test_no_linking_under_way_is_none_and_cancel_is_harmless(tmp_path: Path) -> None:
+    views = _views(tmp_path)
+    assert asyncio.run(views.ops()["link_state"]({})) is None
+    assert asyncio.run(views.ops()["link_cancel"]({})) is None
+    with pytest.raises(PageError, match="linking needs it"):  # not connected
+        asyncio.run(views.ops()["link_start"]({"nameHint": "phone"}))
