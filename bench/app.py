@@ -1,6 +1,6 @@
 """`sottovoce app`: how long from pressing Enter on the passphrase to the drawn list.
 
-    python bench/app.py [--rounds R] [--peers N] [--kdf default|test]
+    python bench/app.py [--rounds R] [--peers N] [--kdf default|test] [--compare-src DIR]
 
 Set-up (not timed): a server on 127.0.0.1, one account with N conversations (one
 message from each of N peers, accepted as contacts), made with the store's default
@@ -13,13 +13,27 @@ Chromium profile (Debian's /usr/bin/chromium through Playwright):
              the page and its modules over loopback);
 * unlock:    Enter pressed on the passphrase -> every one of the N conversations
              drawn in the list (the store opened with the passphrase, the SDK
-             started, the list read and sent, the DOM built) -- the target figure;
-* baseline:  the same work in one Python process without a browser or the app:
-             ``Client.load`` (in a thread, as the app does), ``connect(wait=False)``
-             and ``conversations.all()``, then close -- the floor the page adds to.
+             started, the list read and sent, the DOM built);
+* ready:     the unlock request's answer received in the page -> the list painted
+             (the page's own performance marks ``sv-unlock-answered`` and
+             ``sv-list-shown``, the latter in a task after the frame that drew the
+             list) -- the page-ready target figure (<= 300 ms);
+* reopen:    the page loaded again while the app is unlocked (the page reuses the
+             app's unlocked SDK session, no passphrase, no key derivation):
+             navigation start -> the list painted (``sv-list-shown``);
+* baseline:  the same work as unlock in one Python process without a browser or the
+             app: ``Client.load`` (in a thread, as the app does), ``connect(wait=False)``
+             and ``conversations.all()``, then close -- the floor the page adds to;
+* kdf+open:  the ``Client.load`` part of the baseline alone: the passphrase's Argon2id
+             key derivation and opening the store, which unlock cannot avoid.
 
-Wall-clock times (perf_counter) per round; the figures are the medians over
-rounds, and the ratio is the median of each round's unlock / baseline.
+``--compare-src DIR``: each round also runs the app of another source tree (its
+``src``, e.g. a checkout of the previous release) and times its unlock the same
+way, alternating with this one: "unlock (other)" and the ratio this / other.
+
+Wall-clock times (perf_counter, and the page's performance clock for ready and
+reopen) per round; the figures are the medians over rounds, and the ratio is the
+median of each round's unlock / baseline.
 """
 
 from __future__ import annotations
@@ -70,19 +84,46 @@ async def make(server: ServerProcess, root: Path, peers: int, kdf: str) -> Path:
     return root / "reader"
 
 
-async def baseline(account: Path, peers: int) -> float:
+async def baseline(account: Path, peers: int) -> tuple[float, float]:
     start = time.perf_counter()
     client = await asyncio.to_thread(Client.load, account, PASSPHRASE)
+    loaded = time.perf_counter() - start
     await client.connect(wait=False)
     listed = client.conversations.all()
     took = time.perf_counter() - start
     await client.close()
     assert len(listed) == peers
-    return took
+    return took, loaded
 
 
-async def browser_round(account: Path, peers: int, pw: object) -> tuple[float, float]:
-    app = AppProcess(account).start()
+_MARKS = ("() => [performance.getEntriesByName('sv-unlock-answered').map(e => e.startTime),"
+          " performance.getEntriesByName('sv-list-shown').map(e => e.startTime)]")
+
+
+async def _marks(page: object) -> tuple[list[float], list[float]]:
+    deadline = time.monotonic() + 30
+    while True:
+        answered, shown = await page.evaluate(_MARKS)  # type: ignore[attr-defined]
+        if shown or time.monotonic() > deadline:
+            return answered, shown
+        await asyncio.sleep(0.02)
+
+
+async def browser_round(account: Path, peers: int, pw: object, src: str | None = None,
+                        ) -> tuple[float, float, float, float]:
+    """One round; ``src``: the app of that source tree (its marks may not exist: the
+    ready and reopen figures are then NaN)."""
+    saved = os.environ.get("PYTHONPATH")
+    if src is not None:
+        os.environ["PYTHONPATH"] = src
+    try:
+        app = AppProcess(account).start()
+    finally:
+        if src is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
     profile = Path(tempfile.mkdtemp(prefix="bench-app-"))
     try:
         context = await pw.chromium.launch_persistent_context(  # type: ignore[attr-defined]
@@ -99,14 +140,23 @@ async def browser_round(account: Path, peers: int, pw: object) -> tuple[float, f
         # (a string predicate would be eval, which the page's CSP refuses)
         await page.locator("#conversations li").nth(peers - 1).wait_for(timeout=60_000)
         unlock_s = time.perf_counter() - start
+        if src is not None:
+            await context.close()
+            return page_s, unlock_s, float("nan"), float("nan")
+        answered, shown = await _marks(page)
+        ready_s = (shown[0] - answered[0]) / 1000
+        await page.reload()
+        await page.locator("#conversations li").nth(peers - 1).wait_for(timeout=60_000)
+        _, shown = await _marks(page)
+        reopen_s = shown[0] / 1000  # from the navigation's start
         await context.close()
-        return page_s, unlock_s
+        return page_s, unlock_s, ready_s, reopen_s
     finally:
         app.stop()
         shutil.rmtree(profile, ignore_errors=True)
 
 
-async def main(rounds: int, peers: int, kdf: str) -> None:
+async def main(rounds: int, peers: int, kdf: str, other: str | None = None) -> None:
     from playwright.async_api import async_playwright
 
     print(__doc__.split("\n\n", 2)[2].rstrip())
@@ -118,20 +168,35 @@ async def main(rounds: int, peers: int, kdf: str) -> None:
     server = ServerProcess(root / "server").start()
     try:
         account = await make(server, root, peers, kdf)
-        pages, unlocks, bases, ratios = [], [], [], []
+        pages, unlocks, readies, reopens, bases, kdfs, ratios = [], [], [], [], [], [], []
+        others: list[float] = []
         async with async_playwright() as pw:
             for _ in range(rounds):
-                base = await baseline(account, peers)
-                page_s, unlock_s = await browser_round(account, peers, pw)
+                if other is not None:
+                    others.append((await browser_round(account, peers, pw, other))[1])
+                base, kdf_open = await baseline(account, peers)
+                page_s, unlock_s, ready_s, reopen_s = await browser_round(account, peers, pw)
                 pages.append(page_s)
                 unlocks.append(unlock_s)
+                readies.append(ready_s)
+                reopens.append(reopen_s)
                 bases.append(base)
+                kdfs.append(kdf_open)
                 ratios.append(unlock_s / base)
         ms = lambda xs: f"{statistics.median(xs) * 1000:7.1f} ms"  # noqa: E731
         print(f"page (launch -> unlock form):       {ms(pages)}")
-        print(f"unlock -> list drawn (target):      {ms(unlocks)}")
+        print(f"unlock: Enter -> list drawn:        {ms(unlocks)}")
+        print(f"ready: unlock answer -> list shown: {ms(readies)}   (target <= 300 ms; "
+              f"max {max(readies) * 1000:.1f} ms)")
+        print(f"reopen: reload, unlocked -> list:   {ms(reopens)}")
         print(f"baseline (SDK open + list, no UI):  {ms(bases)}")
+        print(f"  of which kdf+open (Client.load):  {ms(kdfs)}")
         print(f"unlock / baseline:                  {statistics.median(ratios):7.2f} x")
+        if others:
+            print(f"unlock (other: {other}):  {ms(others)}")
+            ratio = statistics.median(unlocks) / statistics.median(others)
+            print(f"unlock this / other:                {ratio:7.2f} x")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -142,7 +207,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peers", type=int, default=20)
     parser.add_argument("--kdf", choices=("default", "test"), default="default")
+    parser.add_argument("--compare-src", metavar="DIR",
+                        help="also time the app of another source tree's src, alternating")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
-    asyncio.run(main(args.rounds, args.peers, args.kdf))
+    asyncio.run(main(args.rounds, args.peers, args.kdf, args.compare_src))

@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from sottovoce.audit_kit.needles import Scanner, needles_for
 from sottovoce.client import Client
 from sottovoce.client import control as c
 from sottovoce.client.conversation import MessageView
 from sottovoce.client.events import TypingStarted
 from sottovoce.client.store import TEST_KDF, DeliveryStatus
+from sottovoce.errors import UsageError
 from tests.integration.client_helpers import PASSPHRASE, accounts, befriend, make_account
 from tests.integration.serverproc import ServerProcess
 
@@ -298,3 +301,18 @@ async def test_a_stranger_gets_no_receipt_and_no_typing_until_accepted(
         assert live == [c.TYPING]
         second = await alice.send_text("bob", "now we talk")
         await until(alice, lambda: state(alice, "bob", second) == "✓✓")  # delivered, live
+
+
+async def test_history_a_page_before_a_message(server: ServerProcess, tmp_path: Path) -> None:
+    """``Controls.history(before=)``: the page before a message of that conversation,
+    oldest first; a message of another conversation is refused (the app's long chats)."""
+    async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, _, _):
+        sent = [await alice.send_text("bob", f"to bob {i}") for i in range(5)]
+        other = await alice.send_text("carol", "to carol")
+        page = alice.controls.history("bob", limit=2, before=sent[3])
+        assert [v.message.message_id for v in page] == sent[1:3]
+        assert alice.controls.history("bob", limit=9, before=sent[0]) == []
+        with pytest.raises(UsageError, match="no such message in this conversation"):
+            alice.controls.history("bob", before=other)
+        with pytest.raises(UsageError, match="no such message in this conversation"):
+            alice.controls.history("bob", before="not-a-message-id")

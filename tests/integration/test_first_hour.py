@@ -530,6 +530,20 @@ def test_verify_no_qr_does_not_mention_a_qr_code(up: World) -> None:
     assert len(re.findall(r"^\d{5}(?: \d{5}){3}$", done.stdout, flags=re.M)) == 3
 
 
+def test_verify_marks_and_unmarks_a_contact(up: World) -> None:
+    alice = up.home("alice")
+    assert "bob is not marked verified" in cli("verify", "bob", "--no-qr", home=alice).stdout
+    marked = cli("verify", "bob", "--no-qr", "--mark", home=alice)
+    assert marked.returncode == 0, marked.stderr
+    assert "bob is marked verified on this device" in marked.stdout
+    kept = cli("verify", "bob", "--no-qr", home=alice)  # kept with the pinned key
+    assert "bob is marked verified on this device" in kept.stdout
+    said = plain_failure(cli("verify", "bob", "--mark", "--unmark", home=alice))
+    assert "give --mark or --unmark, not both" in said
+    cleared = cli("verify", "bob", "--no-qr", "--unmark", home=alice)
+    assert "bob is not marked verified" in cleared.stdout
+
+
 def test_server_banner_commands_work_when_pasted(tmp_path: Path) -> None:
     program = Path(sys.executable).with_name("sottovoce")
     launcher = [str(program)] if program.exists() else [sys.executable, "-m", "sottovoce"]

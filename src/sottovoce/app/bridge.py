@@ -85,6 +85,7 @@ class Bridge:
     _unlock_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sockets: set[ServerConnection] = field(default_factory=set)
     _pump: asyncio.Task[None] | None = None
+    _views: Any = None  # bridge_views.AccountViews, made on the first request
 
     def __post_init__(self) -> None:
         # What a run that did not close left of files being sent (plaintext) goes first.
@@ -109,6 +110,8 @@ class Bridge:
             self._pump = asyncio.get_running_loop().create_task(self._events(client))
 
     async def close(self) -> None:
+        if self._views is not None:
+            await self._views.close()
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,7 +207,10 @@ class Bridge:
         return {"id": rid, "ok": True, "result": result}
 
     def _ops(self) -> dict[str, Handler]:
-        return {
+        if self._views is None:
+            from sottovoce.app.bridge_views import AccountViews
+            self._views = AccountViews(self)
+        return {**self._views.ops(),
             "status": self._op_status, "unlock": self._op_unlock, "list": self._op_list,
             "search": self._op_search, "request": self._op_request, "open": self._op_open,
             "send": self._op_send,

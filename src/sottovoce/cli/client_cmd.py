@@ -358,17 +358,24 @@ async def _print_calls(client: Client) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    async def work(client: Client) -> tuple[str, SafetyNumber]:
+    async def work(client: Client) -> tuple[str, SafetyNumber, bool]:
         if args.name == client.username:
             raise CliError("that is you: a safety number is between you and someone else")
+        if args.mark and args.unmark:
+            raise CliError("give --mark or --unmark, not both")
         sn = client.known_safety_number(args.name)
         if sn is None:
             await client.connect(timeout=args.timeout, fail_fast=True)
             sn = await client.safety_number(args.name)
-        return client.username, sn
+        if args.mark or args.unmark:
+            client.mark_verified(args.name, bool(args.mark))
+        return client.username, sn, client.is_verified(args.name)
 
-    me, sn = with_client(args, work, connect=Connect.NO)
+    me, sn, verified = with_client(args, work, connect=Connect.NO)
     print(render.safety_number(me, args.name, sn, qr=not args.no_qr))
+    print(f"{render.safe(args.name)} is "
+          + ("marked verified on this device" if verified else
+             "not marked verified (compare, then: --mark)"))
     return 0
 
 
@@ -672,6 +679,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "Print the 60-digit safety number of your account and NAME's, and a QR code of "
             "it. Both of you see the same number; if it differs, someone is in the middle. "
+            "Once compared, --mark marks NAME verified on this device (the mark goes with a "
+            "new key of theirs); it is handed to devices linked later. "
             "Not while this account's chat or listen is running (one process per account)."
         ),
         example="  sottovoce verify bob --data-dir ~/.sottovoce-alice",
@@ -679,3 +688,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         args=[OTHER_USER],
     )
     verify.add_argument("--no-qr", action="store_true", help="print the digits only")
+    verify.add_argument("--mark", action="store_true",
+                        help="mark NAME verified (after comparing the number)")
+    verify.add_argument("--unmark", action="store_true", help="clear the verified mark")

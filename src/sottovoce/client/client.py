@@ -1076,6 +1076,14 @@ class Client(CallSurface):
             return None
         return safety_number(self.identity.certificate.account_key, contact.account_key)
 
+    def mark_verified(self, username: str, verified: bool = True) -> bool:
+        """Mark (or unmark) ``username``'s pinned key as compared in person; False: not pinned."""
+        return self._sessions.mark_verified(username, verified)
+
+    def is_verified(self, username: str) -> bool:
+        contact = self._directory.contact(username)
+        return bool(contact is not None and contact.verified)
+
     # =========================================================================
     # Audit only
     # =========================================================================

@@ -370,11 +370,19 @@ class Controls:
             return DeliveryStatus.DELIVERED.tick  # read receipts off: no "read" shown
         return message.status.tick
 
-    def history(self, chat: str, *, room: bool = False, limit: int = 50) -> list[MessageView]:
-        """The conversation as shown: messages deleted for me left out, the rest viewed."""
+    def history(self, chat: str, *, room: bool = False, limit: int = 50,
+                before: str | None = None) -> list[MessageView]:
+        """The conversation as shown: messages deleted for me left out, the rest viewed
+        (``before``: only those older than that message of this conversation)."""
         conversation = self._conversation(chat, room)
+        local = None
+        if before is not None:
+            older = self._store.get_message(before)
+            if older is None or older.peer != conversation:
+                raise UsageError("no such message in this conversation")
+            local = older.local_id
         return [
-            self.view(m) for m in self._store.history(conversation, limit=limit)
+            self.view(m) for m in self._store.history(conversation, limit=limit, before=local)
             if self._db.state(m.message_id).deleted != DELETED_FOR_ME
         ]
 

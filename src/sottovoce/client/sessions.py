@@ -62,6 +62,17 @@ class SessionManager:
             self._contacts[username] = found
         return self._contacts[username]
 
+    def mark_verified(self, username: str, verified: bool) -> bool:
+        """Set or clear the mark that the safety number with ``username`` was compared
+        (kept with the pinned key; a new key by succession clears it, read_directory)."""
+        contact = self.contact(username)
+        if contact is None:
+            return False
+        contact.verified = verified
+        with self.store.transaction():
+            self.store.put_contact(contact)
+        return True
+
     def apply_directory(
         self, data: dict[str, Any], on_change: Callable[[Contact, Contact], None] | None = None
     ) -> Contact:

@@ -7,7 +7,7 @@ export const policy = window.trustedTypes
   : null;
 
 const ATTRIBUTES = new Set(["class", "type", "role", "title", "download", "aria-label",
-  "aria-current", "aria-live", "for", "id", "value", "tabindex"]);
+  "aria-current", "aria-live", "for", "id", "value", "tabindex", "autocomplete", "placeholder"]);
 
 // h("li", {class: "msg"}, "text", child) -> an element. Only listed attributes are set,
 // so no "on…" handler or "src" can come in through a caller's object.
