@@ -619,3 +619,19 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     with pytest.raises(LinkError, match="cancelled on the other device"):
         await asyncio.wait_for(task, 10)
     await nothing_linked(server, alice)
+
+
+async def test_a_device_linked_here_then_revoked_at_once_raises_no_alert(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
+) -> None:
+    """The existing device remembers the device it certified, so its own monitor never
+    takes the linked device's versions for a device that none of the account's added,
+    even when it has not polled between the link and the revocation."""
+    alice, _ = alice_bob
+    assert alice.kt.pins is not None
+    laptop, _ = await linked_device(server, tmp_path, Existing(alice), by_qr)
+    laptop_id = laptop.device_id
+    await laptop.close()
+    await alice.revoke_device(laptop_id)
+    await alice.check_log()
+    assert alice.kt.alerts() == []

@@ -200,11 +200,6 @@ class AccountViews:
             raise PageError("this is the device you are using: revoke it from another one")
         if not _flag(req, "confirmed"):
             raise PageError("confirm the revocation first")
-        # Our own account's versions checked while the device is still ours: a
-        # long-running app may not have polled since it was linked, and once revoked a
-        # version listing it would read as a device none of ours added (a false alert).
-        with contextlib.suppress(SottovoceError):
-            await c.check_log()
         await c.revoke_device(device)
         DeviceNotices(c.linking().store, c.device_id).forget(device)
         return await self.devices({})

@@ -573,6 +573,8 @@ async def _link_existing(
 
     cert = DeviceCertificate.issue(ident.account_key, username=client.username,
                                    device_id=new_id, keys=keys, now_ms=now_ms())
+    if client.kt.pins is not None:  # certified here: our own monitor accepts it
+        client.kt.remember_own_device(new_id, keys.signing_key)
     store = port.store
     names = DeviceNames(store)
     names.set(new_id, name)
