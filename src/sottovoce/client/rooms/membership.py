@@ -43,6 +43,7 @@ from sottovoce.client.events import (
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.payload import decode_log_head, encode_log_head
 from sottovoce.client.ports import Contacts, Link
+from sottovoce.client.rooms import tree_blob
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook, backoff, request_retrying
 from sottovoce.client.rooms.keypackages import KeyPackages, decode_key_package
@@ -325,6 +326,17 @@ class Membership:
                 plan = build(group)
                 if plan is None:
                     return None  # someone else already did it (e.g. removed a revoked device)
+                if len(plan.bundle.welcome or b"") > tree_blob.INLINE_WELCOME_MAX:
+                    # Too large for a frame: the same commit again, its tree out of band.
+                    group.clear_pending_commit()
+                    group.welcome_tree = carrier = tree_blob.TreeCarrier()
+                    try:
+                        plan = build(group)
+                    finally:
+                        group.welcome_tree = None
+                    if plan is None:
+                        return None
+                    await carrier.upload(self._link, plan.adds)
                 epoch = group.epoch
                 # Proposals held by reference (a member leaving) remove devices too.
                 gone = {d for m in plan.bundle.staged.removes if (d := device_of(m.credential))}
