@@ -12,6 +12,8 @@ it, the joiner fetching, checking and joining, then reading and sending.
 * A tree tampered with on the server is refused with ``bad_welcome_tree`` and the
   device does not join.
 * A small Welcome keeps its tree inline and no blob is made.
+* A commit whose GroupInfo (which keeps the tree) is over the frame cap is refused
+  on the client with ``room_too_large`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -116,4 +118,26 @@ async def test_a_tampered_tree_is_refused_with_a_typed_error(
         assert room.room_id not in {r.room_id for r in bob.rooms.all()}
     finally:
         events.close()
+        await close_all([alice, bob])
+
+
+async def test_a_commit_the_relay_would_refuse_is_a_plain_error_and_changes_nothing(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The GroupInfo a commit publishes keeps its tree (the server checks commits with it):
+    # over the frame cap the inviter is told before anything leaves, and the room is as it was.
+    alice, bob = await make_accounts(server, ["alice", "bob"], tmp_path)
+    try:
+        room = await alice.rooms.create_room("pq", XWING_SUITE_ID)
+        monkeypatch.setattr(tree_blob, "FRAME_GROUP_INFO_MAX", 1000)
+        with pytest.raises(tree_blob.RoomTooLarge, match=r"GroupInfo of \d+ KiB") as info:
+            await alice.rooms.invite("pq", "bob")
+        assert info.value.code == "room_too_large"
+        assert alice.rooms.get(room.room_id).epoch == 0
+        monkeypatch.undo()
+        await alice.rooms.invite("pq", "bob")
+        await bob.rooms.wait_epoch(room.room_id, 1, 20)
+        await bob.rooms.send(room.room_id, "in")
+        assert await room_messages(alice, room.room_id, 1, 20) == ["in"]
+    finally:
         await close_all([alice, bob])

@@ -326,6 +326,7 @@ class Membership:
                 plan = build(group)
                 if plan is None:
                     return None  # someone else already did it (e.g. removed a revoked device)
+                carrier: tree_blob.TreeCarrier | None = None
                 if len(plan.bundle.welcome or b"") > tree_blob.INLINE_WELCOME_MAX:
                     # Too large for a frame: the same commit again, its tree out of band.
                     group.clear_pending_commit()
@@ -336,7 +337,6 @@ class Membership:
                         group.welcome_tree = None
                     if plan is None:
                         return None
-                    await carrier.upload(self._link, plan.adds)
                 epoch = group.epoch
                 # Proposals held by reference (a member leaving) remove devices too.
                 gone = {d for m in plan.bundle.staged.removes if (d := device_of(m.credential))}
@@ -344,6 +344,13 @@ class Membership:
                     plan = replace(plan, removes=tuple(sorted(gone | set(plan.removes))))
                 message_id, idem = new_id(), new_id()
                 info = group.staged_group_info(plan.bundle.staged)
+                try:
+                    tree_blob.check_fits(room.room_id, plan.bundle.commit, info)
+                    if carrier is not None:  # the tree is on the server before its Welcome
+                        await carrier.upload(self._link, plan.adds)
+                except BaseException:
+                    group.clear_pending_commit()
+                    raise
                 staged = plan.bundle.staged
                 audit = self._audit.entry(
                     room,

@@ -31,8 +31,13 @@ from sottovoce.crypto.file_chunks import (
     new_file_key,
 )
 from sottovoce.crypto.file_layout import CHUNK_SIZE, FILE_ID_SIZE, chunk_count, sealed_size
-from sottovoce.errors import DecodeError, RemoteError
-from sottovoce.limits import MAX_RATCHET_TREE_BYTES, MAX_ROOM_WELCOME_BYTES
+from sottovoce.errors import DecodeError, RemoteError, UsageError
+from sottovoce.limits import (
+    MAX_RATCHET_TREE_BYTES,
+    MAX_ROOM_COMMIT_BYTES,
+    MAX_ROOM_GROUP_INFO_BYTES,
+    MAX_ROOM_WELCOME_BYTES,
+)
 from sottovoce.mls.common import Extension
 from sottovoce.mls.messages import GroupInfo
 from sottovoce.protocol import blobs as pb
@@ -40,9 +45,13 @@ from sottovoce.secret import Secret
 
 #: The GroupInfo extension that says where a Welcome's out-of-band tree is (MLS
 #: private-use range, RFC 9420 §17.3).
-TREE_REF_EXTENSION = 0xF5A1
+TREE_REF_EXTENSION = 0xF5A2
 #: A Welcome larger than this sends its tree out of band (module level for tests).
 INLINE_WELCOME_MAX = MAX_ROOM_WELCOME_BYTES
+#: What the relay takes in one frame of a commit: the commit and the GroupInfo it
+#: publishes (with the tree: the server checks commits against it). Module level for tests.
+FRAME_COMMIT_MAX = MAX_ROOM_COMMIT_BYTES
+FRAME_GROUP_INFO_MAX = MAX_ROOM_GROUP_INFO_BYTES
 #: How long the server keeps an out-of-band tree for the joiners (a week, like a file a
 #: device that was offline fetches later).
 TREE_TTL_MS = 7 * 24 * 3600 * 1000
@@ -60,6 +69,25 @@ class BadWelcomeTree(RemoteError):
     reference names."""
 
     code = "bad_welcome_tree"
+
+
+class RoomTooLarge(UsageError):
+    """A commit, or the GroupInfo (with the ratchet tree) it publishes, is over what the
+    relay takes in one frame: the room cannot grow (or change) that way."""
+
+    code = "room_too_large"
+
+
+def check_fits(room_id: str, commit: bytes, group_info: bytes | None) -> None:
+    """Refuse, before anything is sent, a commit the relay would close the connection on."""
+    info = len(group_info or b"")
+    if len(commit) > FRAME_COMMIT_MAX or info > FRAME_GROUP_INFO_MAX:
+        raise RoomTooLarge(
+            f"room {room_id}: this change makes a commit of {len(commit) // 1024} KiB and a "
+            f"GroupInfo of {info // 1024} KiB; the relay takes {FRAME_COMMIT_MAX // 1024} KiB "
+            f"and {FRAME_GROUP_INFO_MAX // 1024} KiB (add fewer devices at once; a room in "
+            "the hybrid suite holds about 60 to 110 members, see docs/protocol.md §Limits)"
+        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
