@@ -2,7 +2,11 @@
 hybrid X-Wing Welcome over the one-frame cap becomes a small Welcome whose encrypted,
 signed GroupInfo names a sealed tree; the joiner fetches it, checks every chunk and the
 whole, and the join checks it against the GroupContext's tree hash. A small Welcome keeps
-its tree inline."""
+its tree inline.
+
+The big case is one the relay takes: an X-Wing room of MEMBERS with every parent keyed
+(bench/mls.py ``build_full``) adds ADDS devices in one commit; the commit and the next
+GroupInfo (with the tree) fit their frames, the Welcome with the tree would not."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from bench.mls import _member
+from bench.mls import _member, build_full
 
 from sottovoce.client.rooms import tree_blob
 from sottovoce.client.rooms.tree_blob import BadWelcomeTree, TreeCarrier, TreeRef
@@ -22,16 +26,17 @@ from sottovoce.limits import MAX_ROOM_GROUP_INFO_BYTES, MAX_ROOM_WELCOME_BYTES
 from sottovoce.mls.common import ExtensionType
 from sottovoce.mls.errors import TreeHashMismatch
 from sottovoce.mls.framing import MLSMessage
-from sottovoce.mls.group import Group, InvalidWelcome
+from sottovoce.mls.group import Group, GroupConfig, InvalidWelcome
 from sottovoce.mls.messages import Credential, Welcome
 from sottovoce.protocol import blobs as pb
 from sottovoce.secret import Secret
 
 XWING = cipher_suite(XWING_SUITE_ID)
 NOW = int(time.time() * 1000)
-#: Members added in one commit: the X-Wing Welcome (tree and a secrets entry each) is
-#: then over MAX_ROOM_WELCOME_BYTES, its GroupInfo with the tree still under its cap.
-ADDS = 70
+MEMBERS = 52
+#: Devices added in one commit: the Welcome (the tree and a secrets entry each) is then
+#: over MAX_ROOM_WELCOME_BYTES, the commit and the GroupInfo with the tree under theirs.
+ADDS = 12
 
 
 class BlobServer:
@@ -60,13 +65,15 @@ def _creator() -> Group:
 def big() -> tuple[Group, Any, TreeCarrier, bytes, bytes]:
     """A creator adding ADDS X-Wing members in one commit, first inline (to measure), then
     with the tree out of band; the joiner (the first added) and its Welcome."""
-    members = [_member(XWING, i) for i in range(ADDS)]
-    group = _creator()
+    members = [_member(XWING, 1000 + i) for i in range(ADDS)]
+    group = build_full(XWING, MEMBERS, GroupConfig(), [0])[0]
     inline = group.add_members([m.key_package for m in members], rng=os.urandom, now_ms=NOW)
     group.clear_pending_commit()
     group.welcome_tree = carrier = TreeCarrier()
     bundle = group.add_members([m.key_package for m in members], rng=os.urandom, now_ms=NOW)
     group.welcome_tree = None
+    # What the inviting client checks before sending: the relay takes this commit.
+    tree_blob.check_fits("room:test", bundle.commit, group.staged_group_info(bundle.staged))
     group.merge_pending_commit()
     assert inline.welcome is not None and bundle.welcome is not None
     return group, members[0], carrier, inline.welcome, bundle.welcome
@@ -90,6 +97,7 @@ async def test_an_xwing_welcome_over_the_cap_joins_with_its_tree_out_of_band(big
     # The same commit inline is over the one-frame cap; its GroupInfo with the tree is not.
     assert len(inline) > MAX_ROOM_WELCOME_BYTES
     assert len(group.group_info()) < MAX_ROOM_GROUP_INFO_BYTES
+    assert len(group.members()) == MEMBERS + ADDS
     assert len(welcome) < MAX_ROOM_WELCOME_BYTES  # the tree is no longer in it
     ref = _ref_of(welcome, joiner)
     assert ref.size == len(group.export_ratchet_tree()) and len(ref.encode()) == 84
@@ -99,7 +107,7 @@ async def test_an_xwing_welcome_over_the_cap_joins_with_its_tree_out_of_band(big
     joined = Group.join_from_welcome(welcome, joiner.key_package, joiner.private,
                                      signing_key=joiner.signing_key, ratchet_tree=tree, now_ms=NOW)
     assert joined.epoch_authenticator == group.epoch_authenticator
-    assert len(joined.members()) == ADDS + 1
+    assert len(joined.members()) == MEMBERS + ADDS
     # Without the tree the Welcome cannot be joined at all.
     with pytest.raises(Exception, match="no ratchet tree"):
         Group.join_from_welcome(welcome, joiner.key_package, joiner.private,
