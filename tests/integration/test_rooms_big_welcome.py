@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from sottovoce.client.events import ErrorEvent
-from sottovoce.client.rooms import tree_blob
+from sottovoce.client.rooms import joins, tree_blob
 from sottovoce.crypto.mls_suites import XWING_SUITE_ID
 from sottovoce.limits import MAX_ROOM_WELCOME_BYTES
 from tests.integration.serverproc import ServerProcess
@@ -34,14 +34,14 @@ from tests.integration.test_rooms_e2e import close_all, make_accounts, members, 
 
 def _count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     fetched: list[int] = []
-    real = tree_blob.fetch_tree
+    real = joins.fetch_tree
 
     async def counting(link: Any, ref: tree_blob.TreeRef) -> bytes:
         tree = await real(link, ref)
         fetched.append(len(tree))
         return tree
 
-    monkeypatch.setattr(tree_blob, "fetch_tree", counting)
+    monkeypatch.setattr(joins, "fetch_tree", counting)
     return fetched
 
 

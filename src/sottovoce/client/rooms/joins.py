@@ -23,7 +23,6 @@ from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import ClientEvent, ErrorEvent, RoomJoined
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.ports import Contacts, Link
-from sottovoce.client.rooms import tree_blob
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook, request_commit
 from sottovoce.client.rooms.keypackages import KeyPackages
@@ -41,6 +40,7 @@ from sottovoce.client.rooms.model import (
     room_id_of,
 )
 from sottovoce.client.rooms.sync import RoomSync
+from sottovoce.client.rooms.tree_blob import BadWelcomeTree, TreeRef, fetch_tree, tree_ref
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import MAX_ROOM_GROUP_INFO_BYTES, ROOM_COMMIT_RETRIES
 from sottovoce.mls.common import PreSharedKeyID
@@ -228,23 +228,23 @@ class Joins:
         try:
             ref = self._tree_ref(envelope.ciphertext)
             if ref is not None:
-                self._trees[key] = await tree_blob.fetch_tree(self._link, ref)
-        except tree_blob.BadWelcomeTree as exc:
+                self._trees[key] = await fetch_tree(self._link, ref)
+        except BadWelcomeTree as exc:
             self._welcomes[key] = exc  # the batch reports it
         except ServerError as exc:
-            self._welcomes[key] = tree_blob.BadWelcomeTree(
+            self._welcomes[key] = BadWelcomeTree(
                 f"the Welcome's out-of-band tree is not on the server ({exc.code})")
         except (SottovoceError, UsageError):
             pass  # opening the Welcome reports it
 
-    def _tree_ref(self, data: bytes) -> tree_blob.TreeRef | None:
+    def _tree_ref(self, data: bytes) -> TreeRef | None:
         welcome = MLSMessage.decode(data).body
         found = self._key_packages.find(welcome) if isinstance(welcome, Welcome) else None
         if not isinstance(welcome, Welcome) or found is None:
             return None
         _, record = found
         info = Group.welcome_group_info(welcome, record.key_package, record.private)
-        return tree_blob.tree_ref(info)
+        return tree_ref(info)
 
     def _prepare_welcome(self, envelope: ev.Envelope) -> list[Device]:
         """Open a Welcome for us (cached for the batch); the member devices it names."""
@@ -276,7 +276,7 @@ class Joins:
         if found is None:
             raise RemoteError("the Welcome is for none of our KeyPackages")
         ref, record = found
-        if tree is None and tree_blob.tree_ref(
+        if tree is None and tree_ref(
                 Group.welcome_group_info(welcome, record.key_package, record.private)):
             raise NotConnected("the Welcome's out-of-band tree is not fetched yet")
         group = Group.join_from_welcome(

@@ -43,7 +43,6 @@ from sottovoce.client.events import (
 from sottovoce.client.ids import new_id, now_ms
 from sottovoce.client.payload import decode_log_head, encode_log_head
 from sottovoce.client.ports import Contacts, Link
-from sottovoce.client.rooms import tree_blob
 from sottovoce.client.rooms.audit import AuditLog
 from sottovoce.client.rooms.book import RoomBook, backoff, request_retrying
 from sottovoce.client.rooms.keypackages import KeyPackages, decode_key_package
@@ -73,6 +72,7 @@ from sottovoce.client.rooms.proposals import held
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged, lacks_capabilities
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import new_token
+from sottovoce.client.rooms.tree_blob import TreeCarrier, check_fits, welcome_fits
 from sottovoce.client.store import DeliveryStatus
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.limits import MAX_ROOM_NAME_BYTES, ROOM_COMMIT_RETRIES
@@ -326,11 +326,11 @@ class Membership:
                 plan = build(group)
                 if plan is None:
                     return None  # someone else already did it (e.g. removed a revoked device)
-                carrier: tree_blob.TreeCarrier | None = None
-                if len(plan.bundle.welcome or b"") > tree_blob.INLINE_WELCOME_MAX:
+                carrier: TreeCarrier | None = None
+                if not welcome_fits(plan.bundle.welcome):
                     # Too large for a frame: the same commit again, its tree out of band.
                     group.clear_pending_commit()
-                    group.welcome_tree = carrier = tree_blob.TreeCarrier()
+                    group.welcome_tree = carrier = TreeCarrier()
                     try:
                         plan = build(group)
                     finally:
@@ -345,7 +345,7 @@ class Membership:
                 message_id, idem = new_id(), new_id()
                 info = group.staged_group_info(plan.bundle.staged)
                 try:
-                    tree_blob.check_fits(room.room_id, plan.bundle.commit, info)
+                    check_fits(room.room_id, plan.bundle.commit, info)
                     if carrier is not None:  # the tree is on the server before its Welcome
                         await carrier.upload(self._link, plan.adds)
                 except BaseException:

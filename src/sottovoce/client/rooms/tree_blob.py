@@ -71,6 +71,11 @@ class BadWelcomeTree(RemoteError):
     code = "bad_welcome_tree"
 
 
+def welcome_fits(welcome: bytes | None) -> bool:
+    """Whether a Welcome goes as it is (its tree inline); else its tree goes out of band."""
+    return len(welcome or b"") <= INLINE_WELCOME_MAX
+
+
 class RoomTooLarge(UsageError):
     """A commit, or the GroupInfo (with the ratchet tree) it publishes, is over what the
     relay takes in one frame: the room cannot grow (or change) that way."""
