@@ -7,6 +7,7 @@ One file per job, each opening with its own diagram:
     membership.py  commits: create, invite, remove, update, the join token; commits
                    and notices of the other members (declared roster checked)
     joins.py       entering a room: by Welcome, by token, by request
+    tree_blob.py   a Welcome too large for a frame: its ratchet tree through the blob store
     messages.py    the room message path: send (padded), receive, stale-epoch re-encrypt
     sync.py        frames in serverSeq order: gap detection, room.sync, holding frames
     recovery.py    rejoining a room after a commit this device could not follow

@@ -40,6 +40,7 @@ from sottovoce.client.rooms.model import (
     room_id_of,
 )
 from sottovoce.client.rooms.sync import RoomSync
+from sottovoce.client.rooms.tree_blob import BadWelcomeTree, TreeRef, fetch_tree, tree_ref
 from sottovoce.errors import DecodeError, RemoteError, SottovoceError, UsageError
 from sottovoce.limits import MAX_ROOM_GROUP_INFO_BYTES, ROOM_COMMIT_RETRIES
 from sottovoce.mls.common import PreSharedKeyID
@@ -65,10 +66,13 @@ class Joins:
         self._audit, self._sync = audit, sync
         #: Welcomes opened (and their members looked up) before the batch that stores them.
         self._welcomes: dict[str, tuple[Group, bytes] | SottovoceError] = {}
+        #: Out-of-band trees of Welcomes (tree_blob.py), fetched before the batch.
+        self._trees: dict[str, bytes] = {}
 
     def forget_welcomes(self) -> None:
         """The batch is over (stored or rolled back): its opened Welcomes are dropped."""
         self._welcomes.clear()
+        self._trees.clear()
 
     # =========================================================================
     # By token, or by asking the members
@@ -189,6 +193,7 @@ class Joins:
         and open each Welcome to look up its members (checked in the batch)."""
         wanted: set[str] = set()
         for envelope in welcomes:
+            await self._fetch_tree(envelope)
             for member_user, member_device in self._prepare_welcome(envelope):
                 known = self._contacts.contact(member_user)
                 if known is None or (
@@ -215,12 +220,41 @@ class Joins:
             except (SottovoceError, ProtocolError):
                 pass
 
+    async def _fetch_tree(self, envelope: ev.Envelope) -> None:
+        """The out-of-band tree of a Welcome for us, if its GroupInfo names one."""
+        key = envelope.messageId
+        if key in self._welcomes or key in self._trees:
+            return
+        try:
+            ref = self._tree_ref(envelope.ciphertext)
+            if ref is not None:
+                self._trees[key] = await fetch_tree(self._link, ref)
+        except BadWelcomeTree as exc:
+            self._welcomes[key] = exc  # the batch reports it
+        except ServerError as exc:
+            self._welcomes[key] = BadWelcomeTree(
+                f"the Welcome's out-of-band tree is not on the server ({exc.code})")
+        except (SottovoceError, UsageError):
+            pass  # opening the Welcome reports it
+
+    def _tree_ref(self, data: bytes) -> TreeRef | None:
+        welcome = MLSMessage.decode(data).body
+        found = self._key_packages.find(welcome) if isinstance(welcome, Welcome) else None
+        if not isinstance(welcome, Welcome) or found is None:
+            return None
+        _, record = found
+        info = Group.welcome_group_info(welcome, record.key_package, record.private)
+        return tree_ref(info)
+
     def _prepare_welcome(self, envelope: ev.Envelope) -> list[Device]:
         """Open a Welcome for us (cached for the batch); the member devices it names."""
         if envelope.messageId in self._welcomes:
             return []
         try:
-            opened = self._open_welcome(envelope.ciphertext, envelope.conversationId)
+            opened = self._open_welcome(envelope.ciphertext, envelope.conversationId,
+                                        self._trees.get(envelope.messageId))
+        except NotConnected:
+            return []  # its tree could not be fetched: the batch tries again
         except SottovoceError as exc:
             self._welcomes[envelope.messageId] = exc  # the batch reports it
             return []
@@ -230,8 +264,11 @@ class Joins:
         others = (device_of(m.credential) for m in opened[0].members())
         return [d for d in others if d is not None and d != self._book.me]
 
-    def _open_welcome(self, data: bytes, room_id: str) -> tuple[Group, bytes]:
-        """Join the group of a Welcome for one of our KeyPackages (nothing is stored)."""
+    def _open_welcome(
+        self, data: bytes, room_id: str, tree: bytes | None = None
+    ) -> tuple[Group, bytes]:
+        """Join the group of a Welcome for one of our KeyPackages (nothing is stored);
+        ``tree``: its out-of-band ratchet tree, fetched before."""
         welcome = MLSMessage.decode(data).body
         if not isinstance(welcome, Welcome):
             raise RemoteError("room welcome is not an MLS Welcome")
@@ -239,10 +276,14 @@ class Joins:
         if found is None:
             raise RemoteError("the Welcome is for none of our KeyPackages")
         ref, record = found
+        if tree is None and tree_ref(
+                Group.welcome_group_info(welcome, record.key_package, record.private)):
+            raise NotConnected("the Welcome's out-of-band tree is not fetched yet")
         group = Group.join_from_welcome(
             welcome,
             record.key_package,
             record.private,
+            ratchet_tree=tree,
             signing_key=self._book.signing_key,
             now_ms=now_ms(),
             config=self._book.group_config(room_id),
@@ -302,7 +343,8 @@ class Joins:
             if isinstance(opened, SottovoceError):
                 raise opened
             if opened is None:
-                opened = self._open_welcome(frame.ciphertext, frame.room_id)
+                opened = self._open_welcome(frame.ciphertext, frame.room_id,
+                                            self._trees.get(frame.message_id))
             group, ref = opened
             if room_id_of(group.group_id) != frame.room_id or group.epoch != frame.epoch:
                 raise RemoteError("the Welcome is for another room or epoch")

@@ -72,6 +72,7 @@ from sottovoce.client.rooms.proposals import held
 from sottovoce.client.rooms.rules import ROOM_CAPABILITIES, check_staged, lacks_capabilities
 from sottovoce.client.rooms.sync import RoomSync
 from sottovoce.client.rooms.tokens import new_token
+from sottovoce.client.rooms.tree_blob import TreeCarrier, check_fits, welcome_fits
 from sottovoce.client.store import DeliveryStatus
 from sottovoce.errors import RemoteError, SottovoceError, UsageError
 from sottovoce.limits import MAX_ROOM_NAME_BYTES, ROOM_COMMIT_RETRIES
@@ -325,6 +326,17 @@ class Membership:
                 plan = build(group)
                 if plan is None:
                     return None  # someone else already did it (e.g. removed a revoked device)
+                carrier: TreeCarrier | None = None
+                if not welcome_fits(plan.bundle.welcome):
+                    # Too large for a frame: the same commit again, its tree out of band.
+                    group.clear_pending_commit()
+                    group.welcome_tree = carrier = TreeCarrier()
+                    try:
+                        plan = build(group)
+                    finally:
+                        group.welcome_tree = None
+                    if plan is None:
+                        return None
                 epoch = group.epoch
                 # Proposals held by reference (a member leaving) remove devices too.
                 gone = {d for m in plan.bundle.staged.removes if (d := device_of(m.credential))}
@@ -332,6 +344,13 @@ class Membership:
                     plan = replace(plan, removes=tuple(sorted(gone | set(plan.removes))))
                 message_id, idem = new_id(), new_id()
                 info = group.staged_group_info(plan.bundle.staged)
+                try:
+                    check_fits(room.room_id, plan.bundle.commit, info)
+                    if carrier is not None:  # the tree is on the server before its Welcome
+                        await carrier.upload(self._link, plan.adds)
+                except BaseException:
+                    group.clear_pending_commit()
+                    raise
                 staged = plan.bundle.staged
                 audit = self._audit.entry(
                     room,

@@ -54,7 +54,7 @@ which RFC 9420 §7.3 only RECOMMENDS (a leaf may expire in transit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Required, TypedDict, Unpack
 
@@ -178,11 +178,15 @@ class Group:
     :meth:`join_by_external_commit` (or :meth:`restore` / :meth:`from_state`).
     """
 
-    __slots__ = ("_state",)
+    __slots__ = ("_state", "welcome_tree")
 
     def __init__(self, state: EpochState) -> None:
         """Internal; use the constructors above."""
         self._state = state
+        #: Set: the Welcomes of this group's commits carry no ``ratchet_tree`` extension
+        #: but the one this callable makes from the encoded tree (§12.4.3.3, the tree
+        #: delivered out of band); see :func:`create_commit`.
+        self.welcome_tree: Callable[[bytes], Extension] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -255,6 +259,15 @@ class Group:
             ratchet_tree=ratchet_tree, psk_lookup=psk_lookup, now_ms=now_ms, config=config,
             resumed_from=None if resumed_from is None else resumed_from._state,
         ))
+
+    @staticmethod
+    def welcome_group_info(
+        welcome: Welcome, key_package: KeyPackage, key_package_private: KeyPackagePrivate
+    ) -> GroupInfo:
+        """The GroupInfo of a Welcome for ``key_package``, decrypted but not yet checked
+        (no PSKs): what its extensions say before a join (e.g. where an out-of-band
+        ratchet tree is). :meth:`join_from_welcome` checks it all."""
+        return join.welcome_group_info(welcome, key_package, key_package_private)
 
     @classmethod
     def join_by_external_commit(
@@ -581,6 +594,7 @@ class Group:
             authenticated_data=authenticated_data,
             capabilities=capabilities,
             leaf_extensions=leaf_extensions,
+            welcome_tree=self.welcome_tree,
         )
         return bundle
 

@@ -19,7 +19,7 @@ PrivateMessage commit consumes (last, once everything else succeeded).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from sottovoce.crypto.rng import Random
@@ -135,6 +135,7 @@ def create_commit(
     leaf_extensions: Sequence[Extension] | None = None,
     extra_psks: Mapping[bytes, Secret] | None = None,
     allowed_psk_usage: ResumptionPSKUsage | None = None,
+    welcome_tree: Callable[[bytes], Extension] | None = None,
 ) -> tuple[EpochState, CommitBundle]:
     """A commit over ``proposals`` (by value) and, if ``include_pending``, the cached
     proposals of this epoch (by reference); the returned state holds it as the
@@ -142,6 +143,9 @@ def create_commit(
 
     ``extra_psks`` (keyed by encoded PreSharedKeyID) and ``allowed_psk_usage``
     serve the first commit of a reinitialized or branched group (§11.2, §11.3).
+    ``welcome_tree``: the Welcome's GroupInfo carries no ``ratchet_tree`` extension
+    (§12.4.3.3: the tree is delivered out of band); the callable gets the new epoch's
+    encoded tree and returns the extension that tells the joiners where it is.
     """
     st.require_active()
     suite = st.suite
@@ -227,8 +231,9 @@ def create_commit(
     if applied.adds:
         group_info = nxt.group_info(
             st.signing_key,
-            with_ratchet_tree=st.config.ratchet_tree_in_welcome,
+            with_ratchet_tree=welcome_tree is None and st.config.ratchet_tree_in_welcome,
             with_external_pub=False,
+            extensions=() if welcome_tree is None else (welcome_tree(nxt.tree.encode()),),
         )
         welcome = build_welcome(
             suite,

@@ -57,6 +57,7 @@ from sottovoce.mls.key_schedule import (
     ResumptionPSKUsage,
     external_init_send,
     join_epoch,
+    zero_secret,
 )
 from sottovoce.mls.messages import (
     Capabilities,
@@ -87,6 +88,18 @@ from sottovoce.mls.treekem import TreeKemPrivate, create_update_path
 from sottovoce.mls.welcome import decrypt_group_info, decrypt_group_secrets
 
 __all__ = ["by_external_commit", "from_welcome"]
+
+
+def welcome_group_info(
+    welcome: Welcome, key_package: KeyPackage, key_package_private: KeyPackagePrivate
+) -> GroupInfo:
+    """The Welcome's GroupInfo, decrypted for ``key_package`` (a Welcome with PSKs is
+    refused here); unchecked: see :meth:`Group.welcome_group_info`."""
+    suite = _suite(welcome.cipher_suite, "Welcome")
+    secrets = decrypt_group_secrets(suite, welcome, key_package, key_package_private.init_private)
+    if secrets.psks:
+        raise InvalidWelcome("a Welcome with pre-shared keys is opened by joining")
+    return decrypt_group_info(suite, welcome, secrets.joiner_secret, zero_secret(suite))
 
 
 def from_welcome(
