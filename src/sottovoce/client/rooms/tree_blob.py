@@ -172,7 +172,7 @@ async def fetch_tree(link: Link, ref: TreeRef) -> bytes:
             chunk = data.get("data")
             if data.get("blobId") != blob_id or data.get("index") != index:
                 raise BadWelcomeTree("the server answered with another chunk of the tree")
-            if not isinstance(chunk, bytes):
+            if not isinstance(chunk, (bytes, memoryview)):  # a text reply's base64
                 chunk = pb.CHUNK_DATA.parse(chunk, "data")
             parts.append(opener.open(chunk))
         opener.finish()
