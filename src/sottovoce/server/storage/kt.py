@@ -482,9 +482,10 @@ def answers(
     out = []
     for (user, history, part), stores in zip(asks, found, strict=True):
         entry, key = entry_proof(part, stores, user, tops)
-        resp = (history_response(entry, key, stores) if history
-                else lookup_response(entry, key, stores))
-        out.append(resp.encode())
+        if history:
+            out.append(history_response(entry, key, stores).encode())
+        else:  # the log's part encoded once per checkpoint and client size
+            out.append(lookup_response(entry, key, stores).encode_after(part.encoded))
     return out
 
 
