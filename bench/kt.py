@@ -75,8 +75,8 @@ import time
 from typing import Any
 
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
-from sottovoce.kt import vrf as vrf_module
 from sottovoce.kt import checkpoint as checkpoint_module
+from sottovoce.kt import vrf as vrf_module
 from sottovoce.kt.checkpoint import NoteSigner, add_cosignature
 from sottovoce.kt.map import AccountState, ChangeKind, DeviceEntry
 from sottovoce.kt.prover import KTLog, KTStores
