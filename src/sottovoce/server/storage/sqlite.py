@@ -117,11 +117,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-#: How much of the database file each reader connection maps into memory, at most
-#: (address space, not memory: the pages are the kernel's page cache).
-READER_MMAP_BYTES = 0x7FFF0000
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -786,11 +781,6 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         if conn is None:
             conn = _connect(self.path)
             conn.execute("PRAGMA query_only=ON")
-            # Reads map the file instead of copying each page in with a read() call:
-            # a key-transparency lookup at a million accounts probes a dozen B-tree
-            # paths (about a quarter less CPU per probe). Pages in the WAL are read
-            # from it as before; SQLite caps the size at its compile-time limit.
-            conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             self._local.conn = conn
         return conn
 
