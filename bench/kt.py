@@ -54,8 +54,11 @@ upper map nodes, log proofs -- not read yet), then L others one at a time, L oth
 then the third L names again (a server that keeps its answers per checkpoint
 answers those from memory). The generator then checks each answer with
 ``verify_lookup`` (its CPU time reported), and the first L again (a client that
-checked a name's VRF proof before). CPU time is ``time.process_time`` of the
-serving process (all its threads, not the generator's). ``--keep DIR``: the stores
+checked a name's VRF proof before). Last, lookups right after a new checkpoint (3
+changes folded), 8 at once, answered in the serving process: with the upper map nodes
+carried over from the checkpoint before, then after another new checkpoint with the
+cache emptied, twice each. CPU time is ``time.process_time`` of the serving process
+(all its threads, not the generator's). ``--keep DIR``: the stores
 are built in DIR and kept; a later run with the same DIR measures the lookups only.
 ``KT_BENCH_DIR``: where the temporary databases go.
 
