@@ -204,3 +204,44 @@ def test_a_checkpoint_checked_before_is_not_checked_again_but_a_changed_one_is(
     with pytest.raises(BadCheckpointSignature):  # a failure is not remembered either
         check(other)
     assert len(calls) == 5
+
+
+def test_a_note_opened_before_is_not_parsed_again_but_each_call_checks_count_clock_and_age(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sottovoce.kt import checkpoint as module
+
+    parsed = []
+    real = module.SignedNote.decode.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[SignedNote], data: bytes) -> SignedNote:
+        parsed.append(data)
+        return real(cls, data)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(module.SignedNote, "decode", classmethod(counted))
+    monkeypatch.setattr(module, "_OPENED", {})
+    data = _note(9, ROOT, W1, ts=NOW // 1000).encode()
+    keys = {"log_key": LOG.public, "witnesses": (W1.public, W2.public)}
+    v = open_checkpoint(data, min_cosignatures=1, now_ms=NOW, max_age_ms=60_000, **keys)
+    again = open_checkpoint(data, min_cosignatures=1, now_ms=NOW, max_age_ms=60_000, **keys)
+    assert again == v and again.cosignatures is not v.cosignatures
+    assert len(parsed) == 1
+    with pytest.raises(NotEnoughCosignatures):
+        open_checkpoint(data, min_cosignatures=2, now_ms=NOW, **keys)
+    with pytest.raises(StaleCheckpoint):
+        open_checkpoint(data, min_cosignatures=1, now_ms=NOW + 61_000, max_age_ms=60_000,
+                        **keys)
+    with pytest.raises(BadCheckpointSignature):  # dated after this clock
+        open_checkpoint(data, now_ms=NOW - 3_600_000, **keys)
+    assert len(parsed) == 1
+    # Other keys are another entry: checked from the start.
+    with pytest.raises(BadCheckpointSignature):
+        open_checkpoint(data, log_key=_signer(9, LOG.public.name).public,
+                        witnesses=(W1.public,))
+    assert len(parsed) == 2
+    # A failure is not kept: the same bad note is parsed (and refused) each time.
+    bad = data.replace(b"kt.example/log\n9", b"kt.example/log\n8")
+    for _ in range(2):
+        with pytest.raises(BadCheckpointSignature):
+            open_checkpoint(bad, **keys)
+    assert len(parsed) == 4

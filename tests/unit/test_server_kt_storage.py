@@ -425,3 +425,61 @@ async def test_labels_stored_in_bulk_are_folded_and_paths_read_in_small_steps_ar
         assert (await _lookup(store, accounts[20].user)).version == 0
     finally:
         await store.close()
+
+
+def _node_at(node: tuple[int, int], size: int) -> Txn[bytes | None]:
+    from sottovoce.server.storage.txn import blob, one
+
+    found = yield one(
+        "SELECT record FROM kt_map_nodes WHERE node=? AND epoch<? ORDER BY epoch DESC LIMIT 1",
+        kt_tables.map_node_id(node), size)
+    return None if found is None else blob(found[0])
+
+
+async def test_a_cache_carried_to_a_later_size_keeps_only_nodes_that_did_not_change(
+    store: SharedStorage,
+) -> None:
+    """The lookup cache of a served checkpoint, carried to the next one minus the paths
+    (and the nodes beside them) of the keys the leaves between them changed, holds for
+    every node it keeps the very record (or absence) a read at the new size finds, new
+    accounts pushing old entries down included; and answers built on it are byte for
+    byte those built without a cache."""
+    from sottovoce.kt import prover
+
+    await store.open()
+    try:
+        accounts = [Account(f"user{i}") for i in range(40)]
+        for a in accounts[:24]:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
+        old_size = await store.kt_size()
+        old = kt_tables.AppendCache(old_size)
+        leaf, nodes = await store.kt_log_part(old_size, 0, None)
+        assert leaf is not None
+        part = prover.log_proof(b"note", old_size, 0, leaf, nodes)
+        names = [a.user for a in accounts[:24]] + ["nobody"]
+        await store.kt_answers([(n, False, part) for n in names], old_size, old)
+        assert old.nodes
+        # New accounts (entries pushed down beside them) and a changed one.
+        for a in accounts[24:]:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.add_device("user3", "d2", accounts[3].cert("d2"), NOW)
+        await store.kt_fold()
+        size = await store.kt_size()
+        changed = await store.kt_changed_keys(old_size, size)
+        assert len(changed) == size - old_size == 17
+        new = kt_tables.AppendCache(size)
+        new.carry(old, changed)
+        kept = dict(new.nodes)
+        assert kept and len(kept) < len(old.nodes)
+        assert set(new.labels) == set(old.labels)
+        for node, rec in kept.items():
+            assert await store._read_op(_node_at, node, size) == rec, node
+        leaf, nodes = await store.kt_log_part(size, 0, None)
+        assert leaf is not None
+        part = prover.log_proof(b"note", size, 0, leaf, nodes)
+        asks = [(a.user, False, part) for a in accounts] + [("nobody", False, part)]
+        assert (await store.kt_answers(asks, size, new)
+                == await store.kt_answers(asks, size, None))
+    finally:
+        await store.close()

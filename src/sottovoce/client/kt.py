@@ -169,12 +169,27 @@ class Pins(WireStruct):
                    min_cosignatures=r.u8(), max_age_ms=r.u64())
 
     def policy(self) -> KTPolicy:
+        """The policy these pins make (kept per pins: parsing the keys costs more than
+        the rest of a lookup's check without its VRF proof)."""
+        policy = _POLICIES.get(self)
+        if policy is None:
+            policy = self._policy()
+            if len(_POLICIES) >= 16:
+                _POLICIES.clear()
+            _POLICIES[self] = policy
+        return policy
+
+    def _policy(self) -> KTPolicy:
         required = min(self.min_cosignatures, len(self.witnesses))
         return KTPolicy(log_key=NoteKey.from_vkey(self.log_key), vrf_key=self.vrf_key,
                         witnesses=tuple(NoteKey.from_vkey(v) for v in self.witnesses),
                         min_cosignatures=required,
                         # With no cosignature required, none dates a checkpoint.
                         max_age_ms=self.max_age_ms if required else None)
+
+
+#: :meth:`Pins.policy` of the pins seen (both frozen: equal pins make equal policies).
+_POLICIES: dict[Pins, KTPolicy] = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

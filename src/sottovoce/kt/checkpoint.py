@@ -58,6 +58,8 @@ _COSIG_HEADER = "cosignature/v1\n"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 #: Unicode spaces (category Zs plus the ASCII whitespace) and "+" are not allowed in names.
 _BAD_NAME_CHARS = re.compile(r"[\s+\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+#: The control characters a note may not hold (all but the newline), and DEL.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 def _b64decode(text: str, what: str) -> bytes:
@@ -119,7 +121,7 @@ class SignedNote:
             note = data.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedProof("signed note is not UTF-8") from None
-        if any(ord(ch) < 0x20 and ch != "\n" for ch in note) or "\x7f" in note:
+        if _CONTROL.search(note):
             raise MalformedProof("signed note contains a control character")
         split = note.rfind("\n\n")
         if split < 0 or not note.endswith("\n"):
@@ -346,6 +348,17 @@ def add_cosignature(note: SignedNote, sig: NoteSignature) -> SignedNote:
     return SignedNote(text=note.text, signatures=(*kept, sig))
 
 
+#: Notes :func:`open_checkpoint` opened, as (note bytes, log key, witness keys) -> (its
+#: checkpoint, the known witnesses' cosignature times, the note): a client opens the same
+#: checkpoint for every lookup until the next one. Parsing and the signature checks depend
+#: on nothing but the key, so a hit is exactly as strong as doing them again; the checks
+#: that depend on the call (how many cosignatures, the clock, the age) run every time.
+#: Only successes are kept; when full, it starts again empty.
+_OPENED: dict[tuple[bytes, NoteKey, tuple[NoteKey, ...]],
+              tuple[Checkpoint, dict[str, int], SignedNote]] = {}
+_OPENED_MAX = 16
+
+
 def open_checkpoint(
     data: bytes | SignedNote,
     *,
@@ -362,11 +375,43 @@ def open_checkpoint(
     Raises :class:`BadCheckpointSignature`, :class:`NotEnoughCosignatures`,
     :class:`StaleCheckpoint` or :class:`MalformedProof`.
     """
-    note = data if isinstance(data, SignedNote) else SignedNote.decode(data)
     if log_key.sig_type != TYPE_ED25519 or any(
         w.sig_type != TYPE_COSIGNATURE_V1 for w in witnesses
     ):
         raise UsageError("the log key signs notes; witness keys sign cosignatures")
+    entry = (data, log_key, tuple(witnesses)) if type(data) is bytes else None
+    opened = _OPENED.get(entry) if entry is not None else None
+    if opened is None:
+        opened = _open(data, log_key, witnesses)
+        if entry is not None:
+            if len(_OPENED) >= _OPENED_MAX:
+                _OPENED.clear()  # one step, safe beside other threads
+            _OPENED[entry] = opened
+    checkpoint, signed, note = opened
+    cosignatures = dict(signed)
+    if now_ms is not None:
+        future = [n for n, ts in cosignatures.items() if ts * 1000 > now_ms + CLOCK_SKEW_MS]
+        if future:
+            raise BadCheckpointSignature("a cosignature is dated in the future")
+    if len(cosignatures) < min_cosignatures:
+        raise NotEnoughCosignatures(
+            f"{len(cosignatures)} known witness cosignature(s), {min_cosignatures} required"
+        )
+    if max_age_ms is not None:
+        if now_ms is None:
+            raise UsageError("a maximum age needs now_ms")
+        newest = max(cosignatures.values(), default=None)
+        if newest is None or newest * 1000 < now_ms - max_age_ms:
+            raise StaleCheckpoint("the checkpoint's newest cosignature is too old")
+    return VerifiedCheckpoint(checkpoint=checkpoint, cosignatures=cosignatures, note=note)
+
+
+def _open(
+    data: bytes | SignedNote, log_key: NoteKey, witnesses: Sequence[NoteKey]
+) -> tuple[Checkpoint, dict[str, int], SignedNote]:
+    """Parse a note and check its signatures: the log key's, which must be there, and
+    each known witness's; return the checkpoint and the witnesses' cosignature times."""
+    note = data if isinstance(data, SignedNote) else SignedNote.decode(data)
     checkpoint = Checkpoint.parse(note.text)
     if checkpoint.origin != log_key.name:
         raise BadCheckpointSignature("checkpoint is from another log")
@@ -384,21 +429,7 @@ def open_checkpoint(
                     cosignatures[w.name] = max(ts, cosignatures.get(w.name, 0))
     if not log_signed:
         raise BadCheckpointSignature("checkpoint is not signed by the pinned log key")
-    if now_ms is not None:
-        future = [n for n, ts in cosignatures.items() if ts * 1000 > now_ms + CLOCK_SKEW_MS]
-        if future:
-            raise BadCheckpointSignature("a cosignature is dated in the future")
-    if len(cosignatures) < min_cosignatures:
-        raise NotEnoughCosignatures(
-            f"{len(cosignatures)} known witness cosignature(s), {min_cosignatures} required"
-        )
-    if max_age_ms is not None:
-        if now_ms is None:
-            raise UsageError("a maximum age needs now_ms")
-        newest = max(cosignatures.values(), default=None)
-        if newest is None or newest * 1000 < now_ms - max_age_ms:
-            raise StaleCheckpoint("the checkpoint's newest cosignature is too old")
-    return VerifiedCheckpoint(checkpoint=checkpoint, cosignatures=cosignatures, note=note)
+    return checkpoint, cosignatures, note
 
 
 def known(witnesses: Iterable[NoteKey]) -> tuple[NoteKey, ...]:

@@ -264,8 +264,7 @@ class MapProof(WireStruct):
             w.raw(self.terminal_key)
             w.raw(self.terminal_value)
         w.raw(self.present)
-        for s in self.siblings:
-            w.raw(s)
+        w.raw(b"".join(self.siblings))
 
     @classmethod
     def read(cls, r: Reader) -> MapProof:

@@ -15,7 +15,7 @@ transaction that changes the directory.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import UsageError
@@ -38,7 +38,13 @@ from sottovoce.kt.merkle import (
     inclusion_proof,
     root_nodes,
 )
-from sottovoce.kt.verify import EntryProof, HistoryPage, HistoryResponse, LookupResponse
+from sottovoce.kt.verify import (
+    EntryProof,
+    HistoryPage,
+    HistoryResponse,
+    LookupResponse,
+    log_part_bytes,
+)
 from sottovoce.kt.vrf import VRFSecretKey
 
 
@@ -147,6 +153,12 @@ class LogProof:
     consistency: tuple[bytes, ...]
     leaf: bytes
     leaf_proof: tuple[bytes, ...]
+    #: The four above as every answer's entry proof begins (:func:`log_part_bytes`).
+    encoded: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoded", log_part_bytes(
+            self.checkpoint, self.consistency, self.leaf, self.leaf_proof))
 
 
 def log_proof(

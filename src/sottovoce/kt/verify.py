@@ -136,7 +136,7 @@ def check_extension(last: TrustedHead | None, new: VerifiedCheckpoint, proof: li
 
 
 def _write_hashes(w: Writer, hashes: tuple[bytes, ...]) -> None:
-    w.vector_v(hashes, lambda w2, h: w2.raw(h))
+    w.opaque_v(b"".join(hashes))  # a vector of raw 32-byte hashes: its bytes, length first
 
 
 def _read_hashes(r: Reader) -> tuple[bytes, ...]:
@@ -144,6 +144,18 @@ def _read_hashes(r: Reader) -> tuple[bytes, ...]:
     if len(out) > _MAX_PROOF_HASHES:
         raise DecodeError("proof has too many hashes")
     return out
+
+
+def log_part_bytes(checkpoint: bytes, consistency: tuple[bytes, ...], leaf: bytes,
+                   leaf_proof: tuple[bytes, ...]) -> bytes:
+    """How an :class:`EntryProof` begins: the log's part, the same in every answer at one
+    checkpoint to clients at one size (a server encodes it once)."""
+    w = Writer()
+    w.opaque_v(checkpoint)
+    _write_hashes(w, consistency)
+    w.opaque_v(leaf)
+    _write_hashes(w, leaf_proof)
+    return w.getvalue()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,10 +174,11 @@ class EntryProof(WireStruct):
     version_root: bytes
 
     def write(self, w: Writer) -> None:
-        w.opaque_v(self.checkpoint)
-        _write_hashes(w, self.consistency)
-        w.opaque_v(self.leaf)
-        _write_hashes(w, self.leaf_proof)
+        w.raw(log_part_bytes(self.checkpoint, self.consistency, self.leaf, self.leaf_proof))
+        self.write_rest(w)
+
+    def write_rest(self, w: Writer) -> None:
+        """What follows the log's part (:func:`log_part_bytes`)."""
         w.opaque8(self.vrf_proof)
         self.map_proof.write(w)
         w.u32(self.versions)
@@ -197,9 +210,21 @@ class LookupResponse(WireStruct):
 
     def write(self, w: Writer) -> None:
         self.entry.write(w)
+        self._write_rest(w)
+
+    def _write_rest(self, w: Writer) -> None:
         _write_hashes(w, self.version_proof)
         w.opaque_v(self.state)
         w.opaque8(self.opening)
+
+    def encode_after(self, log_part: bytes) -> bytes:
+        """:meth:`encode`, given the entry's :func:`log_part_bytes` (encoded once per
+        checkpoint and client size)."""
+        w = Writer()
+        w.raw(log_part)
+        self.entry.write_rest(w)
+        self._write_rest(w)
+        return w.getvalue()
 
     @classmethod
     def read(cls, r: Reader) -> LookupResponse:

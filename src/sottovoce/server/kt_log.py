@@ -102,6 +102,9 @@ MAX_CACHED_SINCE = 256
 #: (the store's reader threads).
 MAX_READ_BATCH = 32
 READ_TASKS = 2
+#: Leaves between two served checkpoints, at most, for the second to take the upper map
+#: nodes the first read (past that, reading them again costs less than the leaves).
+MAX_CARRIED_LEAVES = 4096
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -148,6 +151,8 @@ class KTService:
         #: Lookups waiting for their rows, and the task reading them.
         self._queue: list[tuple[str, bool, LogProof, int, asyncio.Future[bytes]]] = []
         self._reading: set[asyncio.Task[None]] = set()
+        #: Tasks carrying the map cache over to a new checkpoint (:meth:`_carry`).
+        self._carrying: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
     # --- keys ------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ class KTService:
         return self._served
 
     async def close(self) -> None:
-        for task in self._reading:
+        for task in (*self._reading, *self._carrying):
             task.cancel()
         for *_, fut in self._queue:
             fut.cancel()
@@ -361,7 +366,10 @@ class KTService:
         if served is not self._answers_for:
             self._answers, self._answers_for, self._parts = {}, served, {}
             if self._map_cache.size != served.size:
-                self._map_cache = AppendCache(served.size)
+                old, self._map_cache = self._map_cache, AppendCache(served.size)
+                if 0 <= old.size < served.size <= old.size + MAX_CARRIED_LEAVES:
+                    self._carrying = {t for t in self._carrying if not t.done()}
+                    self._carrying.add(asyncio.create_task(self._carry(old, self._map_cache)))
         answers, ask = self._answers, (user, since, history)
         encoded = answers.get(ask)
         if encoded is None:
@@ -376,6 +384,16 @@ class KTService:
         if len(encoded) > MAX_RESPONSE_BYTES:
             raise WireFailure("kt_too_large", "this account's history does not fit one frame")
         return encoded
+
+    async def _carry(self, old: AppendCache, new: AppendCache) -> None:
+        """Fill ``new`` with what ``old`` knows that the leaves between their sizes did not
+        change (:meth:`AppendCache.carry`), so a new checkpoint's first lookups do not all
+        read the upper map nodes again. The cache stays correct without it."""
+        try:
+            changed = await self.storage.kt_changed_keys(old.size, new.size)
+        except StorageError:
+            return
+        new.carry(old, changed)
 
     async def _log_proof(self, served: Served, since: int) -> LogProof:
         """The log's part of every answer at ``served`` to clients at ``since``."""

@@ -133,6 +133,25 @@ class AppendCache:
             self.tops.clear()
             self.proofs.clear()
 
+    def carry(self, old: AppendCache, changed: Iterable[bytes]) -> None:
+        """Take what ``old`` (of an earlier size) knows and is still true at this size:
+        every map node but those the leaves between the two sizes may have changed --
+        the nodes on their keys' paths, and the nodes beside them (where an entry is
+        pushed down to make room) -- and the names' labels, which never change. Nodes
+        this cache read meanwhile stay as they are (they are of this size)."""
+        nodes = old.nodes.copy()  # one step: reads of the old size may still add to it
+        ks = {int.from_bytes(key, "big") for key in changed}
+        for depth in range(CACHE_DEPTH + 1):
+            for prefix in {k >> (KEY_BITS - depth) for k in ks}:  # upper depths: shared
+                nodes.pop((depth, prefix), None)
+                nodes.pop((depth, prefix ^ 1), None)
+        for node, rec in nodes.items():
+            self.nodes.setdefault(node, rec)
+        for user, found in old.labels.copy().items():
+            if len(self.labels) >= _MAX_LABELS:
+                break
+            self.labels.setdefault(user, found)
+
     def advance(self, size: int, border: tuple[bytes, ...],
                 writes: dict[NodeId, bytes]) -> None:
         self.size, self.border = size, border
@@ -201,6 +220,12 @@ def _padded(part: list[Any]) -> list[Any]:
 def log_size() -> Txn[int]:
     last = yield val("SELECT max(idx) FROM kt_leaves")
     return 0 if last is None else int(last) + 1
+
+
+def changed_keys(start: int, end: int) -> Txn[list[bytes]]:
+    """The map keys the leaves [start, end) changed (each leaf names its key)."""
+    found = yield rows("SELECT leaf FROM kt_leaves WHERE idx>=? AND idx<?", start, end)
+    return [LogLeaf.decode(blob(r[0])).map_key for r in found]
 
 
 def leaves(start: int, count: int) -> Txn[list[bytes]]:
@@ -482,9 +507,10 @@ def answers(
     out = []
     for (user, history, part), stores in zip(asks, found, strict=True):
         entry, key = entry_proof(part, stores, user, tops)
-        resp = (history_response(entry, key, stores) if history
-                else lookup_response(entry, key, stores))
-        out.append(resp.encode())
+        if history:
+            out.append(history_response(entry, key, stores).encode())
+        else:  # the log's part encoded once per checkpoint and client size
+            out.append(lookup_response(entry, key, stores).encode_after(part.encoded))
     return out
 
 

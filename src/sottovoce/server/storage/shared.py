@@ -211,6 +211,9 @@ class SharedStorage(Storage, Engine):
             raise StorageError("this server keeps no key-transparency log")
         return await self._read_op(kt_tables.answers, self.kt_writer.vrf, asks, size, cache)
 
+    async def kt_changed_keys(self, start: int, end: int) -> list[bytes]:
+        return await self._read_op(kt_tables.changed_keys, start, end)
+
     async def kt_log_part(
         self, size: int, since: int, cache: kt_tables.AppendCache | None
     ) -> tuple[bytes | None, dict[NodeId, bytes]]:
