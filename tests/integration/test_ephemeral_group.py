@@ -20,6 +20,7 @@ from sottovoce.client.calls import IceConfig
 from sottovoce.client.ephemeral_group import GroupChat
 from sottovoce.client.ephemeral_media import MediaKind, read_once
 from sottovoce.client.events import (
+    EphemeralChatEnded,
     EphemeralChatMessage,
     EphemeralGroupEnded,
     EphemeralGroupMessage,
@@ -29,7 +30,7 @@ from sottovoce.client.events import (
 from sottovoce.pairwise.ephemeral import State
 from tests.integration.client_helpers import accounts
 from tests.integration.serverproc import ServerProcess
-from tests.integration.test_ephemeral_chat import _files, _found, _next
+from tests.integration.test_ephemeral_chat import _files, _found, _next, _open
 from tests.integration.test_ephemeral_datachannel import _piped, _use
 
 
@@ -221,3 +222,33 @@ async def test_a_non_member_is_neither_asked_nor_accepted(
         assert refused == ["a group chat request from outside its room"]
         assert chat.session.state is State.REQUESTED and ga.members() == ["bob"]
         dave.ephemeral.end(chat, "done")
+
+
+async def test_a_photo_crosses_a_one_to_one_chat_from_memory_and_leaves_no_trace(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    started = time.time() - 1
+    photo_canary = b"ONE2ONECANARY" + secrets.token_bytes(51)
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        a_chat, b_chat = await _open(alice, bob)
+        path = tmp_path / "cat.png"
+        path.write_bytes(_png(320, 200, photo_canary))
+        data = read_once(str(path))
+        path.unlink()
+        b_events = bob.events()
+        await alice.ephemeral.send_media(a_chat, MediaKind.PHOTO, "cat.png", data)
+        size, data[:] = len(data), bytes(len(data))
+        e = await _next(b_events, EphemeralMediaReceived, timeout=20)
+        assert isinstance(e, EphemeralMediaReceived) and e.index == 1 and e.sender == "alice"
+        assert e.about == f"photo 'cat.png': PNG image, 320×200, {size} bytes"
+        held = b_chat.media[0].data
+        assert photo_canary in bytes(held) and len(held) == size
+        assert a_chat.frames_via_relay > size // (16 * 1024)  # it went in chunks
+        await alice.ephemeral.leave(a_chat)
+        await _next(b_events, EphemeralChatEnded)
+        assert not any(held) and not b_chat.media
+        b_events.close()
+    server.stop()
+    roots = [server.data_dir, tmp_path / "alice", tmp_path / "bob"]
+    assert _found([photo_canary], _files(*roots)) == []
+    assert _found([photo_canary], _files(Path(tempfile.gettempdir()), since=started)) == []

@@ -462,8 +462,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def _ephemeral_chat(args: argparse.Namespace) -> int:
     kind, name = parse_target(args.name)
-    if kind == "room":
-        raise CliError("an ephemeral chat is with one person, not a room")
+    if kind == "room":  # the same as `room chat NAME --ephemeral`
+        return ephemeral_cmd.run_group(args, name)
     validate_username(name)
     return ephemeral_cmd.run_ephemeral(args, name)
 
