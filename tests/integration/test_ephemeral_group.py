@@ -23,6 +23,7 @@ from sottovoce.client.events import (
     EphemeralChatEnded,
     EphemeralChatMessage,
     EphemeralGroupEnded,
+    EphemeralGroupLeft,
     EphemeralGroupMessage,
     EphemeralGroupOpened,
     EphemeralMediaReceived,
@@ -136,6 +137,9 @@ async def test_three_members_chat_over_the_relay_and_nothing_stays_anywhere(
         held = [ga.media[0].data, gc.media[0].data]
         await bob.ephemeral.groups.leave(gb)
         await _until(lambda: ga.members() == ["carol"])  # alice and carol go on without bob
+        told = await _next(streams[2], EphemeralGroupLeft)
+        assert isinstance(told, EphemeralGroupLeft) and told.user == "bob"
+        assert told.reason == "the other side left"
         assert not ga.ended.is_set() and gc.members() == ["alice"]
         await alice.ephemeral.groups.leave(ga)
         ended = await _next(streams[2], EphemeralGroupEnded)

@@ -14,6 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.help_promises import assert_help_says
 from tests.integration.calls_cli_helpers import Cli, accounts, env, run
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_ephemeral_chat import _files, _found
@@ -124,3 +127,23 @@ def test_room_chat_mistakes_are_plain_errors(server: ServerProcess, tmp_path: Pa
     alone = run(alice, "room", "chat", "team", "--ephemeral", "--wait", "2", "--server-relay")
     assert alone.returncode == 1 and "nobody joined the ephemeral room chat" in alone.stderr
     assert "Traceback" not in alone.stderr
+
+
+def test_room_chat_help_says_what_the_tests_above_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert_help_says(["room", "chat", "--help"], [
+        "With --ephemeral (required)", "nothing stored by anyone",
+        "The first member to run it starts the chat and asks the others",
+        "who runs it later joins",
+        "peer to peer where it can, else the server's ephemeral path",
+        "Only the room's members, as this device's copy of the room says, are asked or let in",
+        "/quit leaves (the others go on and are told), /panic or Ctrl-\\ ends it for everyone",
+        "a member who goes offline drops out",
+        "/photo PATH and /clip PATH send a file from memory",
+        "exit codes: 0 left or ended; 1 an error or nobody joined in time; 3 panic",
+    ], capsys)
+    assert_help_says(["chat", "--help"], [
+        "/photo PATH and /clip PATH send a file from memory",
+        "(in a room: for a first member to join)",
+    ], capsys)
