@@ -14,6 +14,9 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sottovoce.client import Client, EventStream
 from sottovoce.client.calls import IceConfig
@@ -256,3 +259,31 @@ async def test_a_photo_crosses_a_one_to_one_chat_from_memory_and_leaves_no_trace
     roots = [server.data_dir, tmp_path / "alice", tmp_path / "bob"]
     assert _found([photo_canary], _files(*roots)) == []
     assert _found([photo_canary], _files(Path(tempfile.gettempdir()), since=started)) == []
+
+
+async def test_a_member_not_looked_up_yet_is_looked_up_then_let_in(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob's device does not know alice's devices yet: her first request is dropped, her
+    devices are looked up (she is a member of the room it names), and her next resend
+    is let in."""
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        room_id = await _room(alice, bob)
+        directory = bob.ephemeral._contacts
+        real_contact, real_lookup = directory.contact, directory.lookup
+        looked: list[str] = []
+
+        def contact(user: str) -> Any:
+            return None if user == "alice" and not looked else real_contact(user)
+
+        async def lookup(user: str) -> None:
+            looked.append(user)
+            await real_lookup(user)
+
+        monkeypatch.setattr(directory, "contact", contact)
+        monkeypatch.setattr(directory, "lookup", lookup)
+        ga = await alice.ephemeral.groups.open(room_id)
+        gb = await bob.ephemeral.groups.open(room_id, patience=10)
+        await _linked(ga, 1)
+        await _linked(gb, 1)
+        assert looked == ["alice"]

@@ -51,6 +51,7 @@ from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.identity import DeviceSigningKey
 from sottovoce.limits import EPHEMERAL_RING_SIZE
 from sottovoce.pairwise.ephemeral import (
+    NONCE_LEN,
     ChatSession,
     DhStatement,
     Frame,
@@ -511,7 +512,13 @@ class EphemeralChats:
     def _on_request(self, sender: str, frame: Frame) -> None:
         if frame.chat_id in self._chats or frame.to_device != "*":
             return  # a resend of one we know
-        statement = self._checked_statement(sender, frame)
+        try:
+            statement = self._checked_statement(sender, frame)
+        except UsageError:
+            # A room member's device not looked up yet: looked up now, so the request's
+            # next resend (every second) is checked against it.
+            self.groups.unknown_device(sender, frame.body[NONCE_LEN + 96:])
+            raise
         static, _ = self._keys()
         session = ChatSession.incoming(
             frame, me=(self.username, self.device_id), peer_user=sender,

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 
 #: How often a group chat asks members that are not linked yet, and checks membership.
 INVITE_EVERY_S = 1.0
+#: A member who was offline when asked is asked again this often.
+ASK_OFFLINE_EVERY_S = 3.0
+#: A room member's devices are looked up for a request at most this often.
+LOOKUP_EVERY_S = 5.0
 _ROOM_TAG = b"sottovoce ephemeral group chat room tag v1"
 
 
@@ -108,6 +112,8 @@ class GroupChat:
     panicked: bool = False
     #: Members whose link was open and ended: the starter does not ask them again.
     gone: set[str] = field(default_factory=set)
+    #: When the starter may ask a member again whose last request failed (offline).
+    next_ask: dict[str, float] = field(default_factory=dict)
 
     @property
     def chat_id(self) -> str:
@@ -137,6 +143,8 @@ class EphemeralGroups:
         self._groups: dict[bytes, GroupChat] = {}
         #: Group chat ids that ended here: a late request naming one is dropped.
         self._ended: set[bytes] = set()
+        #: When each unknown sender of a group request was last looked up.
+        self._looked_up: dict[str, float] = {}
         #: Called for a group frame this device cannot place (tests count them).
         self.on_refused: Callable[[str], None] | None = None
 
@@ -247,6 +255,22 @@ class EphemeralGroups:
             group.links.pop(chat.peer, None)
             self._chats.end(old, "crossed with the other side's request")
         self._take(group, chat)
+
+    def unknown_device(self, sender: str, context: bytes) -> None:
+        """A group request from a device this one has not looked up: if the sender is a
+        member of the room it names, look the sender up (at most every few seconds)."""
+        room_id = self._room_of(context) if len(context) == 32 else None
+        users = None if room_id is None else self._users(room_id)
+        loop = asyncio.get_running_loop()
+        if users is None or sender not in users or self._looked_up.get(sender, -1e9) > \
+                loop.time() - LOOKUP_EVERY_S:
+            return
+        self._looked_up[sender] = loop.time()
+        self._spawn(self._lookup(sender))
+
+    async def _lookup(self, user: str) -> None:
+        with contextlib.suppress(SottovoceError):
+            await self._chats._contacts.lookup(user)
 
     def on_opened(self, chat: Chat) -> None:
         group = self._group_of(chat)
@@ -406,8 +430,11 @@ class EphemeralGroups:
                 if user not in users:
                     self._chats.end(chat, "no longer a member of the room", tell=True)
             if group.starter:
+                now = asyncio.get_running_loop().time()
                 for user in sorted(users - set(group.links) - group.gone):
-                    await self._ask(group, user)
+                    if group.next_ask.get(user, 0.0) <= now:
+                        group.next_ask[user] = now + ASK_OFFLINE_EVERY_S
+                        await self._ask(group, user)
             await asyncio.sleep(INVITE_EVERY_S)
 
     def _end(self, group: GroupChat, reason: str) -> None:
