@@ -156,11 +156,11 @@ async def _groups(srv: ServerProcess, root: Path, alice: Client, bob: Client,
         figures = await _measure(lambda t, g=group: alice.ephemeral.groups.send(g, t), streams,
                                  EphemeralGroupMessage, args.messages, args.samples)
         rows.append((name, figures, "host" if ice else ""))
+        print(f"  measured: {name}", file=sys.stderr, flush=True)
         for s in streams:
             s.close()
-        await alice.ephemeral.groups.leave(group)
-        for g in others:
-            await g.ended.wait()
+        for c, g in zip((alice, bob, carol), (group, *others), strict=True):
+            await c.ephemeral.groups.leave(g)
         await asyncio.sleep(0.3)
     await carol.close()
     return rows
@@ -198,6 +198,7 @@ async def run(args: argparse.Namespace) -> None:
                 path = a_chat.pipe.path() if isinstance(a_chat.pipe, DataPipe) else ""
                 assert a_chat.frames_via_pipe >= (args.messages if ice else 0)
                 rows.append((name, figures, path))
+                print(f"  measured: {name}", file=sys.stderr, flush=True)
                 await alice.ephemeral.leave(a_chat)
                 await asyncio.sleep(0.3)
             rows += await _groups(srv, root, alice, bob, args)

@@ -449,12 +449,11 @@ def cmd_room_chat(args: argparse.Namespace) -> int:
     example:
       {program} room chat friends --ephemeral --data-dir ~/.sottovoce-alice
     """
-    from sottovoce.cli.room_cmd import room_ref
-
+    room = args.room.removeprefix("#")  # as `room` commands take it: name, #name or id
     if not args.ephemeral:
         raise CliError(f"room chat is the ephemeral group chat: add --ephemeral (the "
-                       f"room's stored chat is: chat {render.quoted_room(room_ref(args.room))})")
-    return run_group(args, room_ref(args.room))
+                       f"room's stored chat is: chat {render.quoted_room(room)})")
+    return run_group(args, room)
 
 
 def add_room_command(rs: Subparsers) -> None:

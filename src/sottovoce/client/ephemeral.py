@@ -22,18 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
+from sottovoce.client.ephemeral_chat import Chat, Pipe
 from sottovoce.client.ephemeral_group import EphemeralGroups, RoomLookup
-from sottovoce.client.ephemeral_media import (
-    MEDIA_RING_SIZE,
-    Assembler,
-    Media,
-    MediaKind,
-)
+from sottovoce.client.ephemeral_media import MediaKind
 from sottovoce.client.ephemeral_media import chunks as media_chunks
 from sottovoce.client.ephemeral_memory import harden_process, lock, wipe
 from sottovoce.client.errors import NotConnected, ServerError
@@ -49,7 +42,6 @@ from sottovoce.client.ports import Contacts, Emit, Link, Spawn
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.identity import DeviceSigningKey
-from sottovoce.limits import EPHEMERAL_RING_SIZE
 from sottovoce.pairwise.ephemeral import (
     NONCE_LEN,
     ChatSession,
@@ -76,60 +68,10 @@ MAX_PENDING_REQUESTS = 16
 MAX_TEXT_BYTES = 60_000
 
 
-class Pipe(Protocol):
-    """A direct path to the peer (the WebRTC data channel) carrying frames as they are."""
-
-    @property
-    def is_open(self) -> bool: ...
-
-    def send(self, data: bytes) -> bool: ...
-
-    async def close(self) -> None: ...
-
-
 #: Makes the data channel of a chat: (chat, frame sender for signals, frame receiver).
-PipeMaker = Callable[["Chat", Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+PipeMaker = Callable[[Chat, Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
-
-@dataclass(eq=False)
-class Chat:
-    """One chat as the application sees it (its keys stay inside ``session``)."""
-
-    session: ChatSession
-    ring: deque[tuple[str, bytearray]] = field(
-        default_factory=lambda: deque(maxlen=EPHEMERAL_RING_SIZE)
-    )
-    pipe: Pipe | None = None
-    #: Inbound SIGNAL contents (SDP) for the data channel; the pipe maker reads them.
-    signals: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
-    opened: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str = ""
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    frames_via_pipe: int = 0
-    #: Both sides asked at once and this request gave way: the chat that goes on.
-    replaced_by: Chat | None = None
-    #: The event loop's time when the peer was last heard from (any DATA frame).
-    last_heard: float = 0.0
-    frames_via_relay: int = 0
-    #: Photos and clips received, whole (memory only), and the ones still arriving.
-    media: deque[Media] = field(default_factory=lambda: deque(maxlen=MEDIA_RING_SIZE))
-    assembler: Assembler = field(default_factory=Assembler)
-
-    @property
-    def chat_id(self) -> str:
-        return self.session.chat_id.hex()
-
-    @property
-    def peer(self) -> str:
-        return self.session.peer[0]
-
-    def __repr__(self) -> str:
-        return f"Chat({self.peer}, {self.session.state.value})"
-
-    def messages(self) -> list[tuple[str, str]]:
-        """(sender, text) of what is still in the ring, oldest first."""
-        return [(s, bytes(t).decode("utf-8")) for s, t in self.ring]
+__all__ = ["Chat", "EphemeralChats", "Pipe", "PipeMaker"]
 
 
 class EphemeralChats:
@@ -256,6 +198,16 @@ class EphemeralChats:
             raise UsageError("the ephemeral chat is not open")
         for piece in media_chunks(self._rng(8), MediaKind(kind), name, data):
             await self._send_data(chat, Inner.MEDIA, prefix + piece)
+
+    @property
+    def connected(self) -> bool:
+        return self._link.is_up
+
+    def random(self, n: int) -> bytes:
+        return self._rng(n)
+
+    async def lookup(self, user: str) -> None:
+        await self._contacts.lookup(user)
 
     async def send_inner(self, chat: Chat, inner: Inner, content: bytes) -> None:
         await self._send_data(chat, inner, content)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sottovoce.client.ephemeral_chat import Chat
 from sottovoce.client.ephemeral_media import MEDIA_RING_SIZE, Media
 from sottovoce.client.ephemeral_memory import wipe
 from sottovoce.client.events import (
@@ -47,7 +48,6 @@ from sottovoce.limits import EPHEMERAL_RING_SIZE
 from sottovoce.pairwise.ephemeral import CHAT_ID_LEN, Inner, State
 
 if TYPE_CHECKING:
-    from sottovoce.client.ephemeral import Chat, EphemeralChats
     from sottovoce.client.rooms import RoomManager
 
 #: How often a group chat asks members that are not linked yet, and checks membership.
@@ -57,6 +57,34 @@ ASK_OFFLINE_EVERY_S = 3.0
 #: A room member's devices are looked up for a request at most this often.
 LOOKUP_EVERY_S = 5.0
 _ROOM_TAG = b"sottovoce ephemeral group chat room tag v1"
+
+
+class ChatHost(Protocol):
+    """What the group chats use of the 1:1 chats (client/ephemeral.py)."""
+
+    username: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    def random(self, n: int) -> bytes: ...
+
+    async def lookup(self, user: str) -> None: ...
+
+    def group_requests(self) -> list[Chat]: ...
+
+    async def request(self, peer: str, *, group: bytes) -> Chat: ...
+
+    async def answer(self, chat: Chat) -> None: ...
+
+    def end(self, chat: Chat, reason: str, *, tell: bool = False) -> None: ...
+
+    async def send_inner(self, chat: Chat, inner: Inner, content: bytes) -> None: ...
+
+    def send_now(self, chat: Chat, inner: Inner, content: bytes) -> None: ...
+
+    async def send_media(self, chat: Chat, kind: int, name: str, data: bytearray, *,
+                         prefix: bytes = b"") -> None: ...
 
 
 class RoomLookup(Protocol):
@@ -137,7 +165,7 @@ class GroupChat:
 class EphemeralGroups:
     """Every ephemeral group chat of one device (``client.ephemeral.groups``)."""
 
-    def __init__(self, chats: EphemeralChats, rooms: RoomLookup | None, *,
+    def __init__(self, chats: ChatHost, rooms: RoomLookup | None, *,
                  emit: Emit, spawn: Spawn) -> None:
         self._chats, self._rooms, self._emit, self._spawn = chats, rooms, emit, spawn
         self._groups: dict[bytes, GroupChat] = {}
@@ -173,7 +201,7 @@ class EphemeralGroups:
         users = self._users(room_id)
         if users is None:
             raise UsageError("you are not a member of that room")
-        if not self._chats._link.is_up:
+        if not self._chats.connected:
             from sottovoce.client.errors import NotConnected
 
             raise NotConnected("an ephemeral group chat needs a live connection")
@@ -187,7 +215,7 @@ class EphemeralGroups:
                 if chat.session.group == group.context:
                     self._take(group, chat)
         else:
-            group = self._new(self._chats._rng(CHAT_ID_LEN), room_id, starter=True)
+            group = self._new(self._chats.random(CHAT_ID_LEN), room_id, starter=True)
         self._spawn(self._maintain(group))
         return group
 
@@ -270,7 +298,7 @@ class EphemeralGroups:
 
     async def _lookup(self, user: str) -> None:
         with contextlib.suppress(SottovoceError):
-            await self._chats._contacts.lookup(user)
+            await self._chats.lookup(user)
 
     def on_opened(self, chat: Chat) -> None:
         group = self._group_of(chat)
