@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 
 #: How often a group chat asks members that are not linked yet, and checks membership.
 INVITE_EVERY_S = 1.0
+#: How long ``open`` waits for a request of a group chat already under way (two resends
+#: and a directory lookup, as a loaded machine takes them) before it starts one.
+OPEN_PATIENCE_S = 3.0
+#: A link that has not opened this long after it was asked or accepted is given up.
+LINK_SETUP_S = 15.0
 #: A member who was offline when asked is asked again this often.
 ASK_OFFLINE_EVERY_S = 3.0
 #: A room member's devices are looked up for a request at most this often.
@@ -140,7 +145,12 @@ class GroupChat:
     panicked: bool = False
     #: Members whose link was open and ended: the starter does not ask them again.
     gone: set[str] = field(default_factory=set)
-    #: When the starter may ask a member again whose last request failed (offline).
+    #: Members a request is being made to right now, and when each link was made.
+    asking: set[str] = field(default_factory=set)
+    linked_at: dict[str, float] = field(default_factory=dict)
+    #: Members a roster named (the ones whose name sorts after ours are ours to ask).
+    known: set[str] = field(default_factory=set)
+    #: When a member may be asked again whose last request failed (offline).
     next_ask: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -194,7 +204,7 @@ class EphemeralGroups:
                 if c.session.group[:CHAT_ID_LEN] not in self._groups
                 and (room_id is None or self._room_of(c.session.group) == room_id)]
 
-    async def open(self, room_id: str, *, patience: float = 1.5) -> GroupChat:
+    async def open(self, room_id: str, *, patience: float = OPEN_PATIENCE_S) -> GroupChat:
         """Join the room's group chat an online member already started (its request
         arrives within ``patience``), else start one; returns at once (members join as
         they accept: ``EphemeralGroupOpened`` says when one does)."""
@@ -371,7 +381,7 @@ class EphemeralGroups:
         return group
 
     def _take(self, group: GroupChat, chat: Chat) -> None:
-        group.links[chat.peer] = chat
+        self._link(group, chat.peer, chat)
         self._spawn(self._chats.answer(chat))
 
     def _refuse(self, chat: Chat, why: str) -> None:
@@ -430,40 +440,65 @@ class EphemeralGroups:
                 raise DecodeError("roster name is not ASCII") from None
         r.finish()
         for user in named:
-            # Only room members, as this device's MLS group says; the smaller name asks.
+            # Only room members, as this device's MLS group says; the smaller name asks
+            # (now, and again every few seconds while the link is missing: _maintain).
+            if user in users and user != self.username:
+                group.known.add(user)
             if user in users and user not in group.links and self.username < user:
+                group.next_ask[user] = asyncio.get_running_loop().time() + ASK_OFFLINE_EVERY_S
                 self._spawn(self._ask(group, user))
 
     async def _ask(self, group: GroupChat, user: str) -> None:
-        if group.ended.is_set() or user in group.links:
+        if group.ended.is_set() or user in group.links or user in group.asking:
             return
+        group.asking.add(user)  # one request at a time: two would cross each other
         try:
             chat = await self._chats.request(user, group=group.context)
         except SottovoceError:
             return  # offline, or gone: the next roster or invitation round tries again
+        finally:
+            group.asking.discard(user)
         if group.ended.is_set() or user in group.links:
             self._chats.end(chat, "not needed")
             return
+        self._link(group, user, chat)
+
+    def _link(self, group: GroupChat, user: str, chat: Chat) -> None:
         group.links[user] = chat
+        group.linked_at[user] = asyncio.get_running_loop().time()
 
     async def _maintain(self, group: GroupChat) -> None:
         """Every second: drop links of users who are no longer members (telling them),
-        and the starter asks members not linked yet."""
+        and asks members not linked yet: the starter every member, the others those a
+        roster named whose name sorts after theirs."""
         while not group.ended.is_set():
             users = self._users(group.room_id)
             if users is None:
                 self._end(group, "you are no longer a member of the room")
                 return
+            now = asyncio.get_running_loop().time()
             for user, chat in list(group.links.items()):
                 if user not in users:
                     self._chats.end(chat, "no longer a member of the room", tell=True)
-            if group.starter:
-                now = asyncio.get_running_loop().time()
-                for user in sorted(users - set(group.links) - group.gone):
+                elif self._stuck(group, user, chat, now):
+                    self._chats.end(chat, "the link did not open")  # asked again below
+            wanted = users if group.starter else {
+                u for u in group.known & users if self.username < u}
+            if wanted:
+                for user in sorted(wanted - set(group.links) - group.gone):
                     if group.next_ask.get(user, 0.0) <= now:
                         group.next_ask[user] = now + ASK_OFFLINE_EVERY_S
                         await self._ask(group, user)
             await asyncio.sleep(INVITE_EVERY_S)
+
+    @staticmethod
+    def _stuck(group: GroupChat, user: str, chat: Chat, now: float) -> bool:
+        """A link that should have opened by now and did not (its other side gave it
+        up): a starter's unanswered invitation waits, as the member may come later."""
+        state = chat.session.state
+        if state is State.OPEN or now - group.linked_at.get(user, now) < LINK_SETUP_S:
+            return False
+        return state is not State.REQUESTED or not group.starter
 
     def _end(self, group: GroupChat, reason: str) -> None:
         if self._groups.pop(group.group_id, None) is None:
