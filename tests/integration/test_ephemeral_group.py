@@ -287,3 +287,21 @@ async def test_a_member_not_looked_up_yet_is_looked_up_then_let_in(
         await _linked(ga, 1)
         await _linked(gb, 1)
         assert looked == ["alice"]
+
+
+async def test_a_member_removed_from_the_room_drops_out_and_is_told(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob", "carol") as clients:
+        alice, bob, carol = clients
+        room_id = await _room(alice, bob, carol)
+        ga, gb, gc = await _group(room_id, alice, bob, carol)
+        c_events = carol.events()
+        await alice.rooms.remove(room_id, "carol")
+        ended = await _next(c_events, EphemeralGroupEnded, timeout=15)
+        assert isinstance(ended, EphemeralGroupEnded)
+        assert ended.reason in ("you are no longer a member of the room",
+                                "the other side left", "everyone else left")
+        await _until(lambda: ga.members() == ["bob"] and gb.members() == ["alice"], 15)
+        assert gc.messages() == [] and not gc.links
+        assert await alice.ephemeral.groups.send(ga, "without carol") == 1
