@@ -19,7 +19,12 @@ Paths: ``durable`` is ``client.send_text`` (Olm, stored, group commit and fsync 
 the server: the baseline); ``server relay`` is an ephemeral chat whose frames go
 through the server's ephemeral path (stored nowhere); ``P2P`` and ``TURN`` are an
 ephemeral chat on the WebRTC data channel, 127.0.0.1 host candidates or
-relay-only through coturn. Ratios are against ``durable`` in the same run.
+relay-only through coturn. ``group of 3`` is an ephemeral group chat of a room
+(alice, bob, carol; client/ephemeral_group.py) over the server relay and over P2P
+data channels: alice's texts fan out to both others, and a text counts as arrived
+when both have it (messages/s counts texts alice sent, not copies delivered).
+Ratios are against ``durable`` in the same run; compare the group rows with the
+1:1 rows of the same path for the fan-out's cost.
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ from sottovoce.client import Client, EventStream, MessageReceived
 from sottovoce.client.calls import IceConfig
 from sottovoce.client.calls.datachannel import DataPipe, pipe_maker
 from sottovoce.client.ephemeral import Chat
-from sottovoce.client.events import EphemeralChatMessage, EphemeralChatRequested
+from sottovoce.client.events import (
+    EphemeralChatMessage,
+    EphemeralChatRequested,
+    EphemeralGroupMessage,
+)
 from sottovoce.client.store import TEST_KDF
 
 PASSPHRASE = "bench passphrase"
@@ -59,17 +68,24 @@ async def _arrivals(stream: EventStream, n: int, kind: type) -> float:
     return time.perf_counter()
 
 
-async def _measure(send: Callable[[str], Awaitable[object]], stream: EventStream, kind: type,
-                   messages: int, samples: int) -> tuple[float, float, float]:
-    """(messages/s, p50 ms, p99 ms) of one path."""
-    waiter = asyncio.ensure_future(_arrivals(stream, messages, kind))
+async def _all_arrive(streams: list[EventStream], n: int, kind: type) -> float:
+    """When the last of ``streams`` has had ``n`` events of ``kind``."""
+    return max(await asyncio.gather(*(_arrivals(s, n, kind) for s in streams)))
+
+
+async def _measure(send: Callable[[str], Awaitable[object]], stream: EventStream | list[
+                   EventStream], kind: type, messages: int, samples: int
+                   ) -> tuple[float, float, float]:
+    """(messages/s, p50 ms, p99 ms) of one path (all of ``stream`` must get each text)."""
+    streams = stream if isinstance(stream, list) else [stream]
+    waiter = asyncio.ensure_future(_all_arrive(streams, messages, kind))
     t0 = time.perf_counter()
     for i in range(messages):
         await send(f"{TEXT}{i:08d}")
     rate = messages / (await waiter - t0)
     latencies = []
     for i in range(samples):
-        waiter = asyncio.ensure_future(_arrivals(stream, 1, kind))
+        waiter = asyncio.ensure_future(_all_arrive(streams, 1, kind))
         start = time.perf_counter()
         await send(f"{TEXT}{i:08d}")
         latencies.append((await waiter - start) * 1000)
@@ -101,6 +117,53 @@ async def _chat(alice: Client, bob: Client, ice: IceConfig | None) -> tuple[Chat
         else:
             raise RuntimeError("the data channel did not open")
     return a_chat, b_chat
+
+
+async def _groups(srv: ServerProcess, root: Path, alice: Client, bob: Client,
+                  args: argparse.Namespace) -> list[tuple[str, tuple[float, float, float], str]]:
+    """The group rows: a room of three, its ephemeral group chat on two paths."""
+    carol = await Client.create_account(srv.url, "carol", root / "carol", PASSPHRASE,
+                                        kdf=TEST_KDF)
+    room = await alice.rooms.create_room("bench")
+    for i, other in enumerate((bob, carol), 1):
+        await alice.rooms.invite("bench", other.username)
+        await other.rooms.wait_epoch(room.room_id, i)
+    await bob.rooms.wait_epoch(room.room_id, 2)
+    rows = []
+    for name, ice in (("ephemeral group of 3, server relay", None),
+                      ("ephemeral group of 3, data channel P2P", IceConfig(loopback=True))):
+        for c in (alice, bob, carol):
+            if ice is None:
+                c.ephemeral.pipe_maker = None
+            else:
+                async def config(ice: IceConfig = ice) -> IceConfig:
+                    return ice
+
+                c.ephemeral.pipe_maker = pipe_maker(c.ephemeral, config)
+        group = await alice.ephemeral.groups.open(room.room_id)
+        others = [await c.ephemeral.groups.open(room.room_id, patience=10) for c in (bob, carol)]
+        for _ in range(600):
+            links = [link for g in (group, *others) for link in g.links.values()]
+            ready = all(len(g.members()) == 2 for g in (group, *others)) and (
+                ice is None or all(isinstance(x.pipe, DataPipe) and x.pipe.is_open
+                                   for x in links))
+            if ready:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("the group chat did not form")
+        streams = [bob.events(), carol.events()]
+        figures = await _measure(lambda t, g=group: alice.ephemeral.groups.send(g, t), streams,
+                                 EphemeralGroupMessage, args.messages, args.samples)
+        rows.append((name, figures, "host" if ice else ""))
+        print(f"  measured: {name}", file=sys.stderr, flush=True)
+        for s in streams:
+            s.close()
+        for c, g in zip((alice, bob, carol), (group, *others), strict=True):
+            await c.ephemeral.groups.leave(g)
+        await asyncio.sleep(0.3)
+    await carol.close()
+    return rows
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -135,8 +198,10 @@ async def run(args: argparse.Namespace) -> None:
                 path = a_chat.pipe.path() if isinstance(a_chat.pipe, DataPipe) else ""
                 assert a_chat.frames_via_pipe >= (args.messages if ice else 0)
                 rows.append((name, figures, path))
+                print(f"  measured: {name}", file=sys.stderr, flush=True)
                 await alice.ephemeral.leave(a_chat)
                 await asyncio.sleep(0.3)
+            rows += await _groups(srv, root, alice, bob, args)
             await alice.close()
             await bob.close()
         finally:

@@ -61,6 +61,8 @@ LONG_RUNNING = {
     "decline": "waits for a call from another terminal; tests/integration/test_calls_cli.py",
     "room call": "stays in the call until Ctrl-C, the others joining from other terminals; "
                  "tests/integration/test_room_calls_server.py runs three of them",
+    "room chat": "an ephemeral group chat until /quit, the others joining from other "
+                 "terminals; tests/integration/test_ephemeral_group_cli.py runs three",
     "kt witness": "serves add-checkpoint until stopped (or checks another machine's server "
                   "once); tests/integration/test_kt_server.py runs both kinds",
 }
@@ -125,6 +127,11 @@ SKIP: dict[tuple[str, str], str] = {
     ("README.md", ".venv/bin/sottovoce chat bob --ephemeral --data-dir ~/.sottovoce-alice"):
         "two terminals chatting and a third that panics while they do; "
         "tests/integration/test_ephemeral_cli.py runs chat --ephemeral on both sides and panic",
+    ("README.md",
+     ".venv/bin/sottovoce room chat friends --ephemeral --data-dir ~/.sottovoce-alice"):
+        "two terminals in one room's ephemeral group chat; "
+        "tests/integration/test_ephemeral_group_cli.py runs room chat --ephemeral for three "
+        "members, /photo, /media, /save and panic",
     ("docs/app.md", "sottovoce app --data-dir ~/.sottovoce-alice"):
         "serves the page until stopped; the README runs app --check, and tests/browser/ "
         "drives app --no-browser in Chromium",

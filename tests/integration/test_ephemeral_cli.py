@@ -77,5 +77,5 @@ def test_not_answering_is_a_plain_error_and_listen_shows_the_request(
     finally:
         listen.proc.terminate()
         listen.finish(10)
-    room = run(alice, "chat", "#team", "--ephemeral")
-    assert room.returncode == 1 and "not a room" in room.stderr
+    room = run(alice, "chat", "#team", "--ephemeral")  # a room: its ephemeral group chat
+    assert room.returncode == 1 and "no room 'team' on this device" in room.stderr

@@ -8,8 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from sottovoce.client.ephemeral_media import (
+    CHUNK_BYTES,
+    MAX_MEDIA_BYTES,
+    Assembler,
+    MediaKind,
+    chunks,
+    describe,
+)
 from sottovoce.client.identity import LocalIdentity
-from sottovoce.errors import CryptoError, SignatureError, SottovoceError, UsageError
+from sottovoce.errors import CryptoError, DecodeError, SignatureError, SottovoceError, UsageError
 from sottovoce.pairwise.ephemeral import (
     ChatSession,
     DhStatement,
@@ -18,6 +26,7 @@ from sottovoce.pairwise.ephemeral import (
     Kind,
     State,
     device_dh_private,
+    statement_of,
 )
 
 
@@ -178,3 +187,82 @@ def test_a_flood_of_requests_keeps_only_the_newest_sixteen() -> None:
                                   static=a_static, statement=m_st, rng=secrets.token_bytes)
     with pytest.raises(SignatureError):
         chats._on_frame("alice", _frame(forged))
+
+
+def test_a_group_link_binds_its_group_chat_and_a_swapped_context_does_not_fit() -> None:
+    """The REQUEST of a group chat's link names the group chat; the handshake binds it,
+    so a relay that swaps the context for another group chat's breaks the handshake."""
+    alice, bob = _ident("alice"), _ident("bob")
+    a_static, a_st = _statement(alice)
+    b_static, b_st = _statement(bob)
+    group, other = secrets.token_bytes(32), secrets.token_bytes(32)
+    a, request = ChatSession.start(me=("alice", alice.device_id), peer_user="bob",
+                                   static=a_static, statement=a_st, rng=secrets.token_bytes,
+                                   group=group)
+    req = _frame(request)
+    assert req.body[-32:] == group and statement_of(req) == a_st.encode()
+    b = ChatSession.incoming(req, me=("bob", bob.device_id), peer_user="alice",
+                             peer_statement=a_st, static=b_static, rng=secrets.token_bytes)
+    assert b.group == group
+    swapped = Frame(req.kind, req.chat_id, req.sender_device, req.to_device,
+                    req.body[:-32] + other)
+    b2 = ChatSession.incoming(swapped, me=("bob", bob.device_id), peer_user="alice",
+                              peer_statement=a_st, static=b_static, rng=secrets.token_bytes)
+    assert b2.group == other
+    hs1 = a.on_accept(_frame(b2.accept(b_st)), b_st)
+    with pytest.raises(SottovoceError):
+        b2.on_hs1(_frame(hs1))
+    with pytest.raises(UsageError):
+        ChatSession.start(me=("alice", alice.device_id), peer_user="bob", static=a_static,
+                          statement=a_st, rng=secrets.token_bytes, group=b"short")
+
+
+def test_a_request_with_a_malformed_group_context_is_refused() -> None:
+    alice = _ident("alice")
+    a_static, a_st = _statement(alice)
+    _, request = ChatSession.start(me=("alice", alice.device_id), peer_user="bob",
+                                   static=a_static, statement=a_st, rng=secrets.token_bytes)
+    req = _frame(request)
+    bad = Frame(req.kind, req.chat_id, req.sender_device, req.to_device, req.body + b"x" * 7)
+    with pytest.raises(DecodeError):
+        ChatSession.incoming(bad, me=("bob", "d"), peer_user="alice", peer_statement=a_st,
+                             static=a_static, rng=secrets.token_bytes)
+
+
+def test_media_chunks_reassemble_and_a_chunk_that_does_not_add_up_is_refused() -> None:
+    data = bytearray(secrets.token_bytes(3 * CHUNK_BYTES + 5))
+    pieces = chunks(b"12345678", MediaKind.CLIP, "clip.webm", data)
+    assert len(pieces) == 4
+    asm = Assembler()
+    for piece in reversed(pieces[1:]):
+        assert asm.add("bob", piece) is None
+    with pytest.raises(DecodeError):  # the last chunk cut short
+        asm.add("bob", pieces[0][:-1])
+    with pytest.raises(DecodeError):  # the same item under another name
+        asm.add("bob", chunks(b"12345678", MediaKind.CLIP, "other", data)[0])
+    media = asm.add("bob", pieces[0])
+    assert media is not None and bytes(media.data) == bytes(data) and media.sender == "bob"
+    assert media.describe() == f"clip 'clip.webm': clip of unknown format, {len(data)} bytes"
+    media.wipe()
+    assert not any(media.data)
+    with pytest.raises(UsageError):
+        chunks(b"12345678", MediaKind.PHOTO, "big", bytearray(MAX_MEDIA_BYTES + 1))
+    lie = bytearray(pieces[1])
+    lie[13:17] = (MAX_MEDIA_BYTES + 1).to_bytes(4, "big")  # total over the limit
+    with pytest.raises(DecodeError):
+        Assembler().add("bob", bytes(lie))
+    half = Assembler()
+    half.add("bob", pieces[1])
+    half.wipe()
+    assert repr(half) == "Assembler(0 in flight)"
+
+
+def test_media_descriptions_read_image_sizes_from_headers_only() -> None:
+    jpeg = (b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xc0\x00\x11\x08\x01\xe0\x02\x80"
+            + b"\x00" * 12)
+    assert describe(MediaKind.PHOTO, "a.jpg", jpeg) == (
+        f"photo 'a.jpg': JPEG image, 640×480, {len(jpeg)} bytes")
+    gif = b"GIF89a" + (33).to_bytes(2, "little") + (7).to_bytes(2, "little") + b"\x00" * 8
+    assert describe(MediaKind.PHOTO, "g", gif).endswith("GIF image, 33×7, 18 bytes")
+    assert describe(MediaKind.CLIP, "m", b"\x00\x00\x00\x18ftypmp42").startswith(
+        "clip 'm': MP4/QuickTime clip, 12 bytes")

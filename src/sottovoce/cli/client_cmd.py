@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import sys
 
@@ -63,6 +64,7 @@ from sottovoce.client.events import (
     DeviceLinked,
     DeviceRevoked,
     EphemeralChatRequested,
+    EphemeralGroupInvited,
     MessageUpdated,
     RoomInvited,
     RoomJoined,
@@ -254,6 +256,10 @@ def _listen_line(
         who = render.safe(event.peer)
         return (f"{who} asks for an ephemeral chat: {hint[0]} chat {who} --ephemeral"
                 f"{hint[1]} answers (stop listen first)"), False
+    if isinstance(event, EphemeralGroupInvited):
+        who, label = render.safe(event.peer), render.safe(client.rooms.get(event.room_id).label)
+        return (f"{who} asks you into an ephemeral chat of #{label}: {hint[0]} room chat "
+                f"{shlex.quote(label)} --ephemeral{hint[1]} joins (stop listen first)"), False
     if isinstance(event, ErrorEvent):
         return render.error_event(event), True
     if isinstance(event, DeviceLinked | DeviceRevoked):
@@ -469,8 +475,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def _ephemeral_chat(args: argparse.Namespace) -> int:
     kind, name = parse_target(args.name)
-    if kind == "room":
-        raise CliError("an ephemeral chat is with one person, not a room")
+    if kind == "room":  # the same as `room chat NAME --ephemeral`
+        return ephemeral_cmd.run_group(args, name)
     validate_username(name)
     return ephemeral_cmd.run_ephemeral(args, name)
 

@@ -464,9 +464,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         func=cmd_info,
         args=[ROOM],
     )
-    from sottovoce.cli import room_admin_cmd, room_call_cmd  # in their own modules
+    from sottovoce.cli import ephemeral_cmd, room_admin_cmd, room_call_cmd  # own modules
 
     room_call_cmd.add_command(rs)
+    ephemeral_cmd.add_room_command(rs)
     room_admin_cmd.add_command(rs)
     p = subcommand(
         rs,

@@ -36,6 +36,11 @@ unless a device source is configured. In a room, F5 joins the call last started
 in the room (or starts one) and F6 leaves it; the banner then shows what the
 call's own MLS group says: "E2EE on, epoch N", its participants, and REC while
 someone records.
+
+Ephemeral chats (cli/tui_ephemeral.py): an incoming request shows a banner, F7
+accepts it (the chat opens in a panel above the history, and the input line goes to it
+while it is open; nothing of it is stored), F8 declines it; F9 is the panic key, in
+the footer at all times: every ephemeral chat ends, the other side is told, keys wiped.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from textual.widgets import Footer, Input, Static
 from sottovoce.calls.effects import CallState, PeerRinging, StateChanged
 from sottovoce.cli import chat_files, render
 from sottovoce.cli.idle_lock import IdleLock, LockScreen
+from sottovoce.cli.tui_ephemeral import EphemeralPanel
 from sottovoce.client import (
     Client,
     ConnectionChanged,
@@ -69,7 +75,6 @@ from sottovoce.client.calls.media import MediaProblem
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
 from sottovoce.client.conversation import TYPING_SHOWN_S
 from sottovoce.client.events import (
-    EphemeralChatRequested,
     MessagesExpired,
     MessageUpdated,
     PresenceChanged,
@@ -130,14 +135,20 @@ class ChatApp(App[int]):
     CSS = """
     #status { height: 1; background: $primary; color: $text; padding: 0 1; }
     #call { height: 1; background: $warning; color: $text; padding: 0 1; display: none; }
+    #ephemeral { height: auto; background: $error; color: $text; padding: 0 1;
+                 display: none; }
     #history { height: 1fr; padding: 0 1; }
     .line { height: auto; }
     #input { dock: bottom; margin-bottom: 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
+        # First: the panic key must always fit in the footer.
+        Binding("f9", "panic", "Panic", priority=True),
         Binding("ctrl+s", "safety", "Safety number"),
         Binding("f5", "call_or_accept", "Call/Accept", priority=True),
         Binding("f6", "decline_or_hang_up", "Decline/Hang up", priority=True),
+        Binding("f7", "ephemeral_accept", "Eph. accept", priority=True),
+        Binding("f8", "ephemeral_decline", "Eph. decline", priority=True),
         Binding("pageup", "page_up", "Older", priority=True),
         Binding("pagedown", "page_down", "Newer", priority=True),
         Binding("ctrl+q", "leave", "Quit", priority=True),
@@ -169,12 +180,17 @@ class ChatApp(App[int]):
         self._connected: bool | None = None
         #: Set when the chat cannot go on (e.g. the account was deleted); printed on exit.
         self.problem: str | None = None
+        #: The ephemeral chat's request banner and panel (F7, F8, F9).
+        self.ephemeral = EphemeralPanel(
+            client, lambda: self._chat_screen.query_one("#ephemeral", Static),
+            lambda text, error: self._tell(text, error=error))
 
     # --- layout ---------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
         yield Static(id="call")
+        yield Static(id="ephemeral")
         yield VerticalScroll(id="history")
         yield Input(placeholder=f"Message {render.safe(self.peer)} (Enter sends)", id="input")
         yield Footer()
@@ -334,9 +350,8 @@ class ChatApp(App[int]):
             self._mark_read()
         elif isinstance(event, EphemeralReceived) and event.peer == self.peer:
             self._tell(f"(ephemeral) {render.safe(event.sender)}: {render.safe(event.text)}")
-        elif isinstance(event, EphemeralChatRequested):
-            who = render.safe(event.peer)
-            self._tell(f"{who} asks for an ephemeral chat: quit and run chat {who} --ephemeral")
+        elif self.ephemeral.on_event(event):
+            pass  # a request, an ephemeral chat's line or its end: the panel shows it
         elif isinstance(event, RoomInvited):
             self._tell(render.invitation(event))
         elif isinstance(event, ErrorEvent):
@@ -496,6 +511,9 @@ class ChatApp(App[int]):
         if not text:
             return
         event.input.value = ""
+        if self.ephemeral.is_open:  # the ephemeral chat has the input while it is open
+            await self.ephemeral.send(text)
+            return
         if chat_files.is_open_command(text):  # /open ID: a file, into the viewing area
             said, failed = await chat_files.open_file(self.client, self._conversation, text)
             self._tell(said, error=failed)
@@ -561,6 +579,20 @@ class ChatApp(App[int]):
             except SottovoceError as exc:
                 self._tell(render.safe(str(exc)), error=True)
         await self.push_screen(SafetyNumberScreen(self.client.username, self.peer, number))
+
+    # --- ephemeral chats ------------------------------------------------------------
+
+    async def action_ephemeral_accept(self) -> None:
+        if not self._locked:
+            self.run_worker(self.ephemeral.accept(), group="ephemeral")
+
+    def action_ephemeral_decline(self) -> None:
+        if not self._locked:
+            self.ephemeral.decline()
+
+    def action_panic(self) -> None:
+        """Works while locked too: a panic key must never wait for a passphrase."""
+        self.ephemeral.panic()
 
     def action_leave(self) -> None:
         self.exit(0)

@@ -54,6 +54,7 @@ from sottovoce.client.direct import DirectMessages
 from sottovoce.client.directory import Directory
 from sottovoce.client.discovery import Discovery
 from sottovoce.client.ephemeral import EphemeralChats
+from sottovoce.client.ephemeral_group import RoomMembers
 from sottovoce.client.errors import KTAlertRaised, NotConnected, ServerError, StoreError
 from sottovoce.client.events import (
     ClientEvent,
@@ -227,7 +228,7 @@ class Client(CallSurface):
         self.ephemeral = EphemeralChats(
             link=self._conn, contacts=self._directory, username=self.username,
             device_id=self.device_id, device_key=identity.device_key, emit=self._emit,
-            spawn=self._spawn)
+            spawn=self._spawn, rooms=RoomMembers(self.rooms))  # groups: room members
         self._direct.ephemeral_frames = self.ephemeral.on_envelope
         self._direct.key_handover = self.key_handover = KeyHandover(  # after device revoke
             store, username=self.username, send_own=self._direct.send_to_own_devices,

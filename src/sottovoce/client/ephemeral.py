@@ -12,6 +12,9 @@ Frames travel as the per-device "ciphertext" of an ephemeral ``ksmpv3.send``: th
 same bytes to every device the server wants one for (the peer's devices and our
 other ones); a device that is not addressed drops them. No Olm session is used or
 made and no prekey is claimed. Nothing of a chat touches the store.
+
+Group chats (``groups``, client/ephemeral_group.py) are meshes of these chats; photos
+and clips (``send_media``, client/ephemeral_media.py) travel as MEDIA chunks.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
+from sottovoce.client.ephemeral_chat import Chat, Pipe
+from sottovoce.client.ephemeral_group import EphemeralGroups, RoomLookup
+from sottovoce.client.ephemeral_media import MediaKind
+from sottovoce.client.ephemeral_media import chunks as media_chunks
 from sottovoce.client.ephemeral_memory import harden_process, lock, wipe
 from sottovoce.client.errors import NotConnected, ServerError
 from sottovoce.client.events import (
@@ -31,14 +35,15 @@ from sottovoce.client.events import (
     EphemeralChatMessage,
     EphemeralChatOpened,
     EphemeralChatRequested,
+    EphemeralMediaReceived,
 )
 from sottovoce.client.ids import new_id
 from sottovoce.client.ports import Contacts, Emit, Link, Spawn
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import SottovoceError, UsageError
 from sottovoce.identity import DeviceSigningKey
-from sottovoce.limits import EPHEMERAL_RING_SIZE
 from sottovoce.pairwise.ephemeral import (
+    NONCE_LEN,
     ChatSession,
     DhStatement,
     Frame,
@@ -46,6 +51,7 @@ from sottovoce.pairwise.ephemeral import (
     Kind,
     State,
     device_dh_private,
+    statement_of,
 )
 from sottovoce.protocol import events as ev
 
@@ -62,57 +68,10 @@ MAX_PENDING_REQUESTS = 16
 MAX_TEXT_BYTES = 60_000
 
 
-class Pipe(Protocol):
-    """A direct path to the peer (the WebRTC data channel) carrying frames as they are."""
-
-    @property
-    def is_open(self) -> bool: ...
-
-    def send(self, data: bytes) -> bool: ...
-
-    async def close(self) -> None: ...
-
-
 #: Makes the data channel of a chat: (chat, frame sender for signals, frame receiver).
-PipeMaker = Callable[["Chat", Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+PipeMaker = Callable[[Chat, Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
-
-@dataclass(eq=False)
-class Chat:
-    """One chat as the application sees it (its keys stay inside ``session``)."""
-
-    session: ChatSession
-    ring: deque[tuple[str, bytearray]] = field(
-        default_factory=lambda: deque(maxlen=EPHEMERAL_RING_SIZE)
-    )
-    pipe: Pipe | None = None
-    #: Inbound SIGNAL contents (SDP) for the data channel; the pipe maker reads them.
-    signals: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
-    opened: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str = ""
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    frames_via_pipe: int = 0
-    #: Both sides asked at once and this request gave way: the chat that goes on.
-    replaced_by: Chat | None = None
-    #: The event loop's time when the peer was last heard from (any DATA frame).
-    last_heard: float = 0.0
-    frames_via_relay: int = 0
-
-    @property
-    def chat_id(self) -> str:
-        return self.session.chat_id.hex()
-
-    @property
-    def peer(self) -> str:
-        return self.session.peer[0]
-
-    def __repr__(self) -> str:
-        return f"Chat({self.peer}, {self.session.state.value})"
-
-    def messages(self) -> list[tuple[str, str]]:
-        """(sender, text) of what is still in the ring, oldest first."""
-        return [(s, bytes(t).decode("utf-8")) for s, t in self.ring]
+__all__ = ["Chat", "EphemeralChats", "Pipe", "PipeMaker"]
 
 
 class EphemeralChats:
@@ -121,7 +80,7 @@ class EphemeralChats:
     def __init__(
         self, *, link: Link, contacts: Contacts, username: str, device_id: str,
         device_key: DeviceSigningKey, emit: Emit, spawn: Spawn,
-        rng: Random = secrets.token_bytes,
+        rng: Random = secrets.token_bytes, rooms: RoomLookup | None = None,
     ) -> None:
         self._link, self._contacts, self._emit, self._spawn = link, contacts, emit, spawn
         self.username, self.device_id = username, device_id
@@ -133,6 +92,8 @@ class EphemeralChats:
         self._ended: set[bytes] = set()
         #: Set by the application to carry chats over a WebRTC data channel.
         self.pipe_maker: PipeMaker | None = None
+        #: Ephemeral group chats among a room's online members.
+        self.groups = EphemeralGroups(self, rooms, emit=emit, spawn=spawn)
 
     def __repr__(self) -> str:
         return f"EphemeralChats({len(self._chats)} chats)"
@@ -155,8 +116,14 @@ class EphemeralChats:
         return list(self._chats.values())
 
     def requests(self) -> list[Chat]:
-        """Requests shown but not answered yet."""
-        return [c for c in self._chats.values() if c.session.state is State.INCOMING]
+        """Requests (for a 1:1 chat) shown but not answered yet."""
+        return [c for c in self._chats.values()
+                if c.session.state is State.INCOMING and not c.session.group]
+
+    def group_requests(self) -> list[Chat]:
+        """Requests naming a group chat, not answered yet (``groups`` sorts them out)."""
+        return [c for c in self._chats.values()
+                if c.session.state is State.INCOMING and c.session.group]
 
     async def open(self, peer: str, *, timeout: float = 60.0) -> Chat:
         """Accept ``peer``'s waiting request, or ask ``peer`` and wait for an answer;
@@ -224,8 +191,49 @@ class EphemeralChats:
         self._end(chat, "you left", tell=True)
         await asyncio.sleep(0)
 
+    async def send_media(self, chat: Chat, kind: int, name: str, data: bytearray, *,
+                         prefix: bytes = b"") -> None:
+        """A photo or clip held in ``data`` (the caller wipes it), in MEDIA chunks."""
+        if chat.session.state is not State.OPEN:
+            raise UsageError("the ephemeral chat is not open")
+        for piece in media_chunks(self._rng(8), MediaKind(kind), name, data):
+            await self._send_data(chat, Inner.MEDIA, prefix + piece)
+
+    @property
+    def connected(self) -> bool:
+        return self._link.is_up
+
+    def random(self, n: int) -> bytes:
+        return self._rng(n)
+
+    async def lookup(self, user: str) -> None:
+        await self._contacts.lookup(user)
+
+    async def send_inner(self, chat: Chat, inner: Inner, content: bytes) -> None:
+        await self._send_data(chat, inner, content)
+
+    def send_now(self, chat: Chat, inner: Inner, content: bytes) -> None:
+        """One frame at once, without waiting (panic)."""
+        with contextlib.suppress(SottovoceError):
+            frame = chat.session.seal(inner, content)
+            pipe = chat.pipe
+            if not (pipe is not None and pipe.is_open and pipe.send(frame)):
+                self._relay_now(chat.peer, frame)
+
+    async def request(self, peer: str, *, group: bytes) -> Chat:
+        """Ask ``peer`` for a link of a group chat (resent until answered or ended)."""
+        return await self._request(peer, group=group)
+
+    async def answer(self, chat: Chat) -> None:
+        with contextlib.suppress(SottovoceError):
+            await self._answer(chat)
+
+    def end(self, chat: Chat, reason: str, *, tell: bool = False) -> None:
+        self._end(chat, reason, tell=tell)
+
     def panic(self) -> None:
         """End every chat at once (synchronous: from a signal handler or a key)."""
+        self.groups.panic()
         for chat in list(self._chats.values()):
             self._end(chat, "panic", tell=True)
         if self._static is not None:
@@ -235,17 +243,18 @@ class EphemeralChats:
     def connection_lost(self) -> None:
         """The server connection went down: without it no chat can be trusted to be
         live (no relay, no way to notice the peer): every chat ends."""
+        self.groups.connection_lost()
         for chat in list(self._chats.values()):
             self._end(chat, "connection lost", tell=False)
 
     # --- sending ------------------------------------------------------------------------
 
-    async def _request(self, peer: str) -> Chat:
+    async def _request(self, peer: str, *, group: bytes = b"") -> Chat:
         await self._contacts.lookup(peer)
         static, statement = self._keys()
         session, request = ChatSession.start(
             me=(self.username, self.device_id), peer_user=peer, static=static,
-            statement=statement, rng=self._rng,
+            statement=statement, rng=self._rng, group=group,
         )
         chat = Chat(session)
         self._chats[session.chat_id] = chat
@@ -344,6 +353,10 @@ class EphemeralChats:
         for _, text in chat.ring:
             wipe(text)
         chat.ring.clear()
+        for media in chat.media:
+            media.wipe()
+        chat.media.clear()
+        chat.assembler.wipe()
         self._chats.pop(session.chat_id, None)
         self._ended.add(session.chat_id)
         chat.end_reason = reason
@@ -351,6 +364,8 @@ class EphemeralChats:
         if chat.pipe is not None:
             self._spawn(chat.pipe.close())
         self._emit(EphemeralChatEnded(chat_id=chat.chat_id, peer=chat.peer, reason=reason))
+        if session.group:
+            self.groups.on_ended(chat)
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -421,23 +436,57 @@ class EphemeralChats:
             chat.signals.put_nowait(content)
         elif inner is Inner.BYE:
             self._end(chat, "the other side left", tell=False)
+        elif inner in (Inner.GROUP_TEXT, Inner.PANIC, Inner.ROSTER, Inner.MEDIA):
+            self._on_extra(chat, inner, content)
+
+    def _on_extra(self, chat: Chat, inner: Inner, content: bytes) -> None:
+        if chat.session.group:
+            piece = self.groups.on_data(chat, inner, content)
+        elif inner is Inner.MEDIA:
+            piece = content
+        else:
+            return  # group content in a 1:1 chat: dropped
+        if piece is None:
+            return
+        media = chat.assembler.add(chat.peer, piece)
+        if media is None:
+            return
+        if chat.session.group:
+            self.groups.on_media(chat, media)
+            return
+        if len(chat.media) == chat.media.maxlen:
+            chat.media[0].wipe()
+        chat.media.append(media)
+        self._emit(EphemeralMediaReceived(chat_id=chat.chat_id, peer=chat.peer,
+                                          sender=chat.peer, index=len(chat.media),
+                                          about=media.describe()))
 
     def _on_request(self, sender: str, frame: Frame) -> None:
         if frame.chat_id in self._chats or frame.to_device != "*":
             return  # a resend of one we know
-        statement = self._checked_statement(sender, frame)
+        try:
+            statement = self._checked_statement(sender, frame)
+        except UsageError:
+            # A room member's device not looked up yet: looked up now, so the request's
+            # next resend (every second) is checked against it.
+            self.groups.unknown_device(sender, frame.body[NONCE_LEN + 96:])
+            raise
         static, _ = self._keys()
         session = ChatSession.incoming(
             frame, me=(self.username, self.device_id), peer_user=sender,
             peer_statement=statement, static=static, rng=self._rng,
         )
-        mine = [c for c in self._chats.values()
-                if c.peer == sender and c.session.state is State.REQUESTED]
+        if session.group:
+            self._evict_requests()
+            chat = Chat(session)
+            self._chats[session.chat_id] = chat
+            self.groups.on_request(chat)
+            return
+        mine = [c for c in self._chats.values() if c.peer == sender
+                and c.session.state is State.REQUESTED and not c.session.group]
         if mine and self.username < sender:
             return  # both asked at once: the other side answers ours
-        pending = self.requests()
-        if len(pending) >= MAX_PENDING_REQUESTS:
-            self._end(pending[0], "too many requests waiting", tell=False)
+        self._evict_requests()
         chat = Chat(session)
         self._chats[session.chat_id] = chat
         if mine:  # both asked at once: we answer theirs, ours is dropped
@@ -448,12 +497,17 @@ class EphemeralChats:
             return
         self._emit(EphemeralChatRequested(chat_id=chat.chat_id, peer=sender))
 
+    def _evict_requests(self) -> None:
+        pending = [c for c in self._chats.values() if c.session.state is State.INCOMING]
+        if len(pending) >= MAX_PENDING_REQUESTS:
+            self._end(pending[0], "too many requests waiting", tell=False)
+
     def _checked_statement(self, sender: str, frame: Frame) -> DhStatement:
         contact = self._contacts.contact(sender)
         cert = None if contact is None else contact.certificates.get(frame.sender_device)
         if cert is None or contact is None or frame.sender_device in contact.revoked:
             raise UsageError("ephemeral chat frame from an unknown device")
-        statement = DhStatement.decode(frame.body[-96:])
+        statement = DhStatement.decode(statement_of(frame))
         statement.verify(cert)
         return statement
 
@@ -469,6 +523,8 @@ class EphemeralChats:
             lock(buf)  # best effort: kept out of swap where the kernel allows
         chat.opened.set()
         self._emit(EphemeralChatOpened(chat_id=chat.chat_id, peer=chat.peer))
+        if chat.session.group:
+            self.groups.on_opened(chat)
         self._spawn(self._keepalive(chat))
         if self.pipe_maker is not None:
             self._spawn(self._make_pipe(chat))

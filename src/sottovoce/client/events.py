@@ -105,6 +105,70 @@ class EphemeralChatEnded:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralMediaReceived:
+    """A photo or clip arrived whole in an ephemeral chat (kept in memory only):
+    ``about`` describes it, ``index`` is its number in the chat's media ring (1 = the
+    oldest kept); ``peer`` is the room's id in a group chat."""
+
+    chat_id: str
+    peer: str
+    sender: str
+    index: int
+    about: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralGroupInvited:
+    """``peer`` asks this device into an ephemeral group chat of the room ``room_id``
+    (``client.ephemeral.groups.open(room_id)`` joins)."""
+
+    chat_id: str
+    room_id: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralGroupOpened:
+    """``user`` is linked into the group chat: messages reach them from now on."""
+
+    chat_id: str
+    room_id: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralGroupLeft:
+    """``user`` dropped out of the group chat (left, went offline, removed)."""
+
+    chat_id: str
+    room_id: str
+    user: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralGroupMessage:
+    """A text of an ephemeral group chat (held in the group's memory ring only)."""
+
+    chat_id: str
+    room_id: str
+    sender: str
+    text: str
+
+    def __repr__(self) -> str:
+        return f"EphemeralGroupMessage({self.sender}, <{len(self.text)} chars>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EphemeralGroupEnded:
+    """The group chat is over here (left, panic, everyone gone): everything wiped."""
+
+    chat_id: str
+    room_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageUpdated:
     """A control message changed how a stored message shows (an edit, a delete for
     everyone, a reaction, a receipt): read it again with ``client.controls.view``.
@@ -266,6 +330,12 @@ ClientEvent = (
     | EphemeralChatOpened
     | EphemeralChatMessage
     | EphemeralChatEnded
+    | EphemeralMediaReceived
+    | EphemeralGroupInvited
+    | EphemeralGroupOpened
+    | EphemeralGroupLeft
+    | EphemeralGroupMessage
+    | EphemeralGroupEnded
     | MessageUpdated
     | TypingStarted
     | PresenceChanged

@@ -20,6 +20,11 @@ about a chat; the chat itself is authenticated by Diffie-Hellman alone (Noise KK
 so its transcript proves nothing to anyone else. The Noise prologue binds the chat
 id, both devices and both fresh nonces, so a recorded HS1 fits no other chat.
 
+A chat that is one link of an ephemeral *group* chat (client/ephemeral_group.py)
+carries a group context in its REQUEST: the group chat's id and a tag of its room.
+The prologue binds it too, so a link of one group chat cannot be passed off as a
+link of another, and every group message inside repeats the group chat's id.
+
 Nothing here touches a file, a socket or a clock; randomness is passed in.
 """
 
@@ -39,6 +44,9 @@ from sottovoce.identity import DeviceCertificate, DeviceSigningKey
 MAGIC = b"SVEC\x01"
 CHAT_ID_LEN = 16
 NONCE_LEN = 32
+#: A group context: the group chat's id (16 bytes) and its room's tag (16 bytes).
+GROUP_LEN = 32
+_STATEMENT_LEN = 96
 #: How far behind the newest frame an older one may still arrive (then it is refused).
 REPLAY_WINDOW = 64
 _DH_INFO = b"sottovoce ephemeral-chat device DH v1"
@@ -63,6 +71,10 @@ class Inner(enum.IntEnum):
     SIGNAL = 3
     BYE = 4
     PING = 5  # keeps a quiet chat known to be alive
+    GROUP_TEXT = 6  # a text of the group chat this chat is a link of
+    PANIC = 7  # a group member panicked: the whole group chat ends
+    ROSTER = 8  # who else is in the group chat (the receiver links to them)
+    MEDIA = 9  # one chunk of a photo or a clip, sent from memory
 
 
 class State(enum.Enum):
@@ -170,7 +182,7 @@ class DhStatement:
 
 
 def _prologue(chat_id: bytes, initiator: tuple[str, str], responder: tuple[str, str],
-              nonce_i: bytes, nonce_r: bytes) -> bytes:
+              nonce_i: bytes, nonce_r: bytes, group: bytes) -> bytes:
     w = Writer()
     w.opaque8(_PROLOGUE)
     w.raw(chat_id)
@@ -179,7 +191,14 @@ def _prologue(chat_id: bytes, initiator: tuple[str, str], responder: tuple[str, 
         w.opaque8(device.encode("ascii"))
     w.raw(nonce_i)
     w.raw(nonce_r)
+    if group:  # a 1:1 chat's prologue stays what it was
+        w.opaque8(group)
     return w.getvalue()
+
+
+def statement_of(frame: Frame) -> bytes:
+    """The DH statement's bytes in a REQUEST or an ACCEPT (after the nonce)."""
+    return frame.body[NONCE_LEN:NONCE_LEN + _STATEMENT_LEN]
 
 
 class ChatSession:
@@ -188,8 +207,11 @@ class ChatSession:
     that does not fit, which the caller drops (a forged frame never changes state)."""
 
     def __init__(self, *, chat_id: bytes, initiator: bool, me: tuple[str, str],
-                 peer: tuple[str, str], static: bytearray, rng: Random) -> None:
+                 peer: tuple[str, str], static: bytearray, rng: Random,
+                 group: bytes = b"") -> None:
         self.chat_id, self.initiator, self.me, self.peer = chat_id, initiator, me, peer
+        #: The group context (group chat id + room tag) of a group chat's link, else b"".
+        self.group = group
         self._static, self._rng = static, rng
         self.state = State.REQUESTED if initiator else State.INCOMING
         self._nonce_i = b""
@@ -212,20 +234,25 @@ class ChatSession:
 
     @classmethod
     def start(cls, *, me: tuple[str, str], peer_user: str, static: bytearray,
-              statement: DhStatement, rng: Random) -> tuple[ChatSession, bytes]:
-        """A new chat and its REQUEST (to every device of ``peer_user``: ``to`` is ``*``)."""
+              statement: DhStatement, rng: Random,
+              group: bytes = b"") -> tuple[ChatSession, bytes]:
+        """A new chat and its REQUEST (to every device of ``peer_user``: ``to`` is ``*``);
+        ``group``: the group context when the chat is a link of a group chat."""
+        if group and len(group) != GROUP_LEN:
+            raise UsageError("a group context is 32 bytes")
         s = cls(chat_id=rng(CHAT_ID_LEN), initiator=True, me=me, peer=(peer_user, "*"),
-                static=static, rng=rng)
+                static=static, rng=rng, group=group)
         s._nonce_i = rng(NONCE_LEN)
         return s, s.request_frame(statement)
 
     def request_frame(self, statement: DhStatement) -> bytes:
         """The REQUEST again (resent while nobody answered): same chat id, same nonce."""
-        return self._frame(Kind.REQUEST, self._nonce_i + statement.encode(), "*").encode()
+        body = self._nonce_i + statement.encode() + self.group
+        return self._frame(Kind.REQUEST, body, "*").encode()
 
     def on_accept(self, frame: Frame, peer_statement: DhStatement) -> bytes:
         """The peer's ACCEPT (its statement checked by the caller) ─► HS1."""
-        if self.state is not State.REQUESTED or len(frame.body) != NONCE_LEN + 96:
+        if self.state is not State.REQUESTED or len(frame.body) != NONCE_LEN + _STATEMENT_LEN:
             raise UsageError("unexpected accept")
         self.peer = (self.peer[0], frame.sender_device)
         self._nonce_r, self._peer_dh = frame.body[:NONCE_LEN], peer_statement.dh_public
@@ -250,10 +277,12 @@ class ChatSession:
     def incoming(cls, frame: Frame, *, me: tuple[str, str], peer_user: str,
                  peer_statement: DhStatement, static: bytearray, rng: Random) -> ChatSession:
         """A REQUEST (its statement checked by the caller): shown, not answered yet."""
-        if frame.kind is not Kind.REQUEST or len(frame.body) != NONCE_LEN + 96:
+        if frame.kind is not Kind.REQUEST or len(frame.body) not in (
+                NONCE_LEN + _STATEMENT_LEN, NONCE_LEN + _STATEMENT_LEN + GROUP_LEN):
             raise DecodeError("malformed ephemeral-chat request")
         s = cls(chat_id=frame.chat_id, initiator=False, me=me,
-                peer=(peer_user, frame.sender_device), static=static, rng=rng)
+                peer=(peer_user, frame.sender_device), static=static, rng=rng,
+                group=frame.body[NONCE_LEN + _STATEMENT_LEN:])
         s._nonce_i, s._peer_dh = frame.body[:NONCE_LEN], peer_statement.dh_public
         return s
 
@@ -283,7 +312,8 @@ class ChatSession:
         init, resp = (self.me, self.peer) if self.initiator else (self.peer, self.me)
         return HandshakeState(
             initiator=self.initiator,
-            prologue=_prologue(self.chat_id, init, resp, self._nonce_i, self._nonce_r),
+            prologue=_prologue(self.chat_id, init, resp, self._nonce_i, self._nonce_r,
+                               self.group),
             static=self._static, remote_static=self._peer_dh, ephemeral=self._rng(32),
         )
 
