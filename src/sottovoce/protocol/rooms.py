@@ -137,7 +137,7 @@ from sottovoce.limits import (
 )
 from sottovoce.protocol.blobs import BLOB_CLIENT_EVENTS
 from sottovoce.protocol.discovery import DISCOVERY_CLIENT_EVENTS
-from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, UsernameEvent
+from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, GatedUsernameEvent
 from sottovoce.protocol.fields import (
     B64,
     CONTENT_TYPE,
@@ -336,8 +336,9 @@ class KeyPackagesWithdraw(ClientEvent):
 
 
 @event("sottovoce.keypackages.claim")
-class KeyPackagesClaim(UsernameEvent):
-    """One KeyPackage per active device of ``username`` (the caller's own device excluded)."""
+class KeyPackagesClaim(GatedUsernameEvent):
+    """One KeyPackage per active device of ``username`` (the caller's own device excluded);
+    gated like a prekey claim (a proof of work, and a strict account's capability)."""
 
 
 # =============================================================================

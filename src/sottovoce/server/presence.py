@@ -129,6 +129,10 @@ class Presence:
             if remaining < below:
                 self.notice((user, device_id), frame(event, {"remaining": remaining}))
 
+    def connected(self, user: str) -> bool:
+        """Whether a device of ``user`` is connected to this node."""
+        return any(u == user for u, _ in self.online)
+
     def notify_user(self, user: str, text: str, *, skip: Session | None = None) -> None:
         """A frame to every connected device of ``user`` (but ``skip``), on every node."""
         for (u, _), s in list(self.online.items()):
