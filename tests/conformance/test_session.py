@@ -8,6 +8,7 @@ import json
 import secrets
 
 from sottovoce.identity import AccountKey
+from sottovoce.protocol.pow import solve as pow_solve
 from tests.conformance.rawclient import (
     Device,
     RawClient,
@@ -15,6 +16,7 @@ from tests.conformance.rawclient import (
     logged_in,
     now_ms,
     registered,
+    unb64,
     unique_name,
 )
 
@@ -56,10 +58,16 @@ async def test_register_and_device_add_get_exactly_one_reply(url: str) -> None:
     alice = Device.new()
     for c, rid in [(await RawClient.open(url), "reg"), (await RawClient.open(url), "add")]:
         device = alice if rid == "reg" else alice.sibling("d2")
-        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", {
-            "certificate": b64(device.certificate.encode()),
-            "signature": b64(device.sign_challenge(c.nonce)),
-        }, request_id=rid)
+        data = {"certificate": b64(device.certificate.encode()),
+                "signature": b64(device.sign_challenge(c.nonce))}
+        if rid == "reg":  # a registration pays a proof of work first; the challenge stands
+            await c.send("sottovoce.register", data, request_id="reg0")
+            refused = await c.recv()
+            assert refused["data"]["code"] == "pow_required", refused
+            token = unb64(refused["data"]["details"]["challenge"])
+            data = {**data, "pow": b64(pow_solve(token))}
+        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", data,
+                     request_id=rid)
         first = await c.recv()
         assert first["event"] == "sottovoce.registered" and first["requestId"] == rid, first
         await c.send("ping", {}, request_id="after")
