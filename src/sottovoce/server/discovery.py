@@ -6,6 +6,11 @@ to answer searches and to route) and, for static codes, their scrypt hashes; not
 about its contacts. ``sottovoce.find`` lists public accounts only; each search pays a
 proof of work of its own (no pass: one proof must not buy an enumeration) and one
 account may search ``FIND_PER_MINUTE`` times a minute.
+
+A TOTP request to a strict account goes to its connected devices with the time the
+server received it; if none is connected here it also waits (a week at most) for the
+first of them to connect. The owner's devices withdraw grants by naming them; only
+the authenticated account's own grants can go.
 """
 
 from __future__ import annotations
