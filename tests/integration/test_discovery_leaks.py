@@ -303,3 +303,27 @@ async def _offline_owner(server: ServerProcess, tmp_path: Path) -> None:
             assert db.execute("SELECT count(*) FROM contact_requests").fetchone()[0] == 0
         finally:
             db.close()
+
+
+async def test_a_contact_let_in_keeps_writing_when_the_strict_account_adds_a_device(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    """bob's copy of alice's device list goes stale: the server does not name her new
+    device to him (unknown_recipient, as to anyone without a look-up); bob looks her up
+    again with his capability and the message reaches both her devices."""
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        await _let_in(alice, "bob")
+        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        stream = alice.events()
+        await bob.send_text("alice", "one device")
+        await received(stream, 1)
+        tablet = await alice.add_device(tmp_path / "alice-tablet", PASSPHRASE, kdf=TEST_KDF)
+        try:
+            on_tablet = tablet.events()
+            await bob.send_text("alice", "two devices")
+            [msg] = await received(on_tablet, 1, timeout=20)
+            assert msg.text == "two devices"
+            [msg] = await received(stream, 1, timeout=20)
+            assert msg.text == "two devices"
+        finally:
+            await tablet.close()
