@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sottovoce.client import Client
+from sottovoce.client.control import TYPING, typing_body
 from sottovoce.client.errors import ServerError
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
@@ -325,5 +326,10 @@ async def test_a_contact_let_in_keeps_writing_when_the_strict_account_adds_a_dev
             assert msg.text == "two devices"
             [msg] = await received(stream, 1, timeout=20)
             assert msg.text == "two devices"
+            # A third device, and a live send (typing) meets the stale list: it too
+            # looks alice up again with the capability, then goes.
+            phone = await alice.add_device(tmp_path / "alice-phone", PASSPHRASE, kdf=TEST_KDF)
+            await phone.close()
+            assert await bob._direct.send_live("alice", typing_body(), TYPING)
         finally:
             await tablet.close()
