@@ -333,3 +333,22 @@ async def test_a_contact_let_in_keeps_writing_when_the_strict_account_adds_a_dev
             assert await bob._direct.send_live("alice", typing_body(), TYPING)
         finally:
             await tablet.close()
+
+
+async def test_a_contact_removed_offline_loses_its_grant_at_the_next_connect(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
+        await _let_in(alice, "bob")
+        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        await alice.close()
+        offline = Client.load(tmp_path / "alice", PASSPHRASE)  # not connected
+        try:
+            await offline.contacts.remove("bob")  # kept for the next connect
+            bob._directory.forget("alice")
+            await bob._directory.lookup("alice")  # the server was not told yet
+            await offline.connect()
+            await _until(lambda: _grants(server, "alice") == 0)
+            await _hidden_from(bob, "alice")
+        finally:
+            await offline.close()

@@ -574,6 +574,7 @@ class Client(CallSurface):
         self._outbox.reopen(self._conn.send_frame_opening)
         self._conn.mark_up()
         self._spawn(self._send_unsent())
+        self._spawn(self.discovery.send_pending())  # grants withdrawn while offline
         self._spawn(self._maintenance())
         self._spawn(self.key_handover.settle())
         self.presence.connected()

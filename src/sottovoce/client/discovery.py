@@ -21,8 +21,9 @@ The capability is kept sealed in the store and attached to every lookup, claim (
 and room KeyPackages) and key-transparency lookup of that account
 (:meth:`Discovery.cap_for`). It is derived from a key our devices share
 (client/fvc.py), so when we remove, block or decline someone, any of our devices
-withdraws what they may hold (:meth:`Discovery.withdraw`); a withdrawal the server
-could not take yet is kept and sent again with the next one.
+withdraws what they may hold (:meth:`Discovery.withdraw`); a withdrawal made offline,
+or that the server could not take, is kept and sent at the next connect or with the
+next withdrawal.
 
 A TOTP request that waited on the server while we were offline carries the server's
 receive stamp (``receivedMs``); the code is judged as of then (client/fvc.py).
@@ -149,6 +150,16 @@ class Discovery:
         if not self._codes.withdraw_tokens(username):
             return
         self._set_pending([*(n for n in self._pending() if n != username), username])
+        if self._link.is_up:  # else at the next connect (:meth:`send_pending`)
+            await self._withdraw_pending()
+
+    async def send_pending(self) -> None:
+        """After a connect: the withdrawals made offline (kept for the next try if the
+        server cannot take them now)."""
+        with contextlib.suppress(SottovoceError):
+            await self._withdraw_pending()
+
+    async def _withdraw_pending(self) -> None:
         for name in self._pending():
             tokens = tuple(self._codes.withdraw_tokens(name))
             await self._link.request(DiscoveryWithdraw(tokens=tokens),
