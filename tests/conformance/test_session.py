@@ -196,6 +196,27 @@ async def test_auth_failures_say_nothing_about_which_devices_exist(url: str) -> 
     assert all(a == answers[0] for a in answers), answers
 
 
+async def test_device_add_says_nothing_about_which_names_exist(url: str) -> None:
+    """A device.add of a stranger's certificate for a taken name and for a name nobody
+    holds: one identical answer, with or without statements (a recertified login)."""
+    alice = Device.new()
+    await registered(url, alice)
+    for statements in (False, True):
+        answers = []
+        for name in (alice.username, unique_name()):
+            device = Device.new(name)  # a certificate of another account key
+            c = await RawClient.open(url)
+            data = {"certificate": b64(device.certificate.encode()),
+                    "signature": b64(device.sign_challenge(c.nonce))}
+            if statements:
+                data["statements"] = [{"kind": "certificate", "data": data["certificate"]}]
+            reply = await c.request("sottovoce.device.add", data)
+            answers.append(assert_error(
+                reply, "stale_account_key" if statements else "invalid_certificate"))
+            await c.close()
+        assert answers[0] == answers[1], answers
+
+
 async def test_send_before_auth_is_unauthorized(url: str) -> None:
     c = await RawClient.open(url)
     reply = await c.request("ksmpv3.send", {"conversationId": "dm:a:b"})
