@@ -8,6 +8,7 @@ import json
 import secrets
 
 from sottovoce.identity import AccountKey
+from sottovoce.protocol.pow import solve as pow_solve
 from tests.conformance.rawclient import (
     Device,
     RawClient,
@@ -15,6 +16,7 @@ from tests.conformance.rawclient import (
     logged_in,
     now_ms,
     registered,
+    unb64,
     unique_name,
 )
 
@@ -56,10 +58,16 @@ async def test_register_and_device_add_get_exactly_one_reply(url: str) -> None:
     alice = Device.new()
     for c, rid in [(await RawClient.open(url), "reg"), (await RawClient.open(url), "add")]:
         device = alice if rid == "reg" else alice.sibling("d2")
-        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", {
-            "certificate": b64(device.certificate.encode()),
-            "signature": b64(device.sign_challenge(c.nonce)),
-        }, request_id=rid)
+        data = {"certificate": b64(device.certificate.encode()),
+                "signature": b64(device.sign_challenge(c.nonce))}
+        if rid == "reg":  # a registration pays a proof of work first; the challenge stands
+            await c.send("sottovoce.register", data, request_id="reg0")
+            refused = await c.recv()
+            assert refused["data"]["code"] == "pow_required", refused
+            token = unb64(refused["data"]["details"]["challenge"])
+            data = {**data, "pow": b64(pow_solve(token))}
+        await c.send("sottovoce.register" if rid == "reg" else "sottovoce.device.add", data,
+                     request_id=rid)
         first = await c.recv()
         assert first["event"] == "sottovoce.registered" and first["requestId"] == rid, first
         await c.send("ping", {}, request_id="after")
@@ -186,6 +194,27 @@ async def test_auth_failures_say_nothing_about_which_devices_exist(url: str) -> 
         answers.append(assert_error(reply, "auth_failed"))
         await c.close()
     assert all(a == answers[0] for a in answers), answers
+
+
+async def test_device_add_says_nothing_about_which_names_exist(url: str) -> None:
+    """A device.add of a stranger's certificate for a taken name and for a name nobody
+    holds: one identical answer, with or without statements (a recertified login)."""
+    alice = Device.new()
+    await registered(url, alice)
+    for statements in (False, True):
+        answers = []
+        for name in (alice.username, unique_name()):
+            device = Device.new(name)  # a certificate of another account key
+            c = await RawClient.open(url)
+            data = {"certificate": b64(device.certificate.encode()),
+                    "signature": b64(device.sign_challenge(c.nonce))}
+            if statements:
+                data["statements"] = [{"kind": "certificate", "data": data["certificate"]}]
+            reply = await c.request("sottovoce.device.add", data)
+            answers.append(assert_error(
+                reply, "stale_account_key" if statements else "invalid_certificate"))
+            await c.close()
+        assert answers[0] == answers[1], answers
 
 
 async def test_send_before_auth_is_unauthorized(url: str) -> None:

@@ -44,9 +44,10 @@ async def _raw_reply(raw: RawClient, event: str, data: dict[str, object]) -> str
 
 async def _paid(raw: RawClient, event: str, data: dict[str, object]) -> str:
     """The reply once a proof of work is attached (solved here, as a client would)."""
-    first = json.loads(await _raw_reply(raw, event, data))
+    text = await _raw_reply(raw, event, data)
+    first = json.loads(text)
     if first["event"] != "ksmpv3.error" or first["data"]["code"] != "pow_required":
-        return json.dumps(first)
+        return text  # a pass (e.g. the registration from this address paid for the name)
     token = base64.b64decode(first["data"]["details"]["challenge"])
     return await _raw_reply(raw, event, {**data, "pow": b64(pw.solve(token))})
 

@@ -10,6 +10,7 @@ client would hide the behaviour (it answers pings, never sends bad UTF-8).
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable
@@ -307,6 +308,7 @@ async def test_a_connection_lost_during_registration_is_not_left_online(tmp_path
     the lean transport reports the loss at once. A registration that commits after the
     TCP connection is gone must not attach the dead session to its device (it would be
     'online' for good: frames written to nothing, no push tickle)."""
+    from sottovoce.protocol.pow import solve as pow_solve
     from sottovoce.server.app import ServerApp
     from sottovoce.server.config import ServerConfig
     from sottovoce.server.logs import JsonLogger
@@ -334,10 +336,12 @@ async def test_a_connection_lost_during_registration_is_not_left_online(tmp_path
         app.presence.attach = recording_attach  # type: ignore[method-assign]
         dev = Device.new()
         client = await RawClient.open(app.url + "/v3/ws")
-        await client.send("sottovoce.register", {
-            "certificate": b64(dev.certificate.encode()),
-            "signature": b64(dev.sign_challenge(client.nonce)),
-        })
+        data = {"certificate": b64(dev.certificate.encode()),
+                "signature": b64(dev.sign_challenge(client.nonce))}
+        await client.send("sottovoce.register", data)
+        refused = await client.recv()  # a registration pays a proof of work first
+        challenge = base64.b64decode(refused["data"]["details"]["challenge"])
+        await client.send("sottovoce.register", {**data, "pow": b64(pow_solve(challenge))})
         for _ in range(500):  # the handler is parked in register()
             if app.sessions and next(iter(app.sessions)).user is None and gate._waiters:
                 break

@@ -103,3 +103,58 @@ def test_static_code_hashes() -> None:
     assert len(digest) == 32 and digest != fvc.static_hash(code, bytes(16))
     assert fvc.static_matches(code, salt, digest)
     assert not fvc.static_matches("07-12345679", salt, digest)
+
+
+def test_a_waiting_request_is_judged_at_the_servers_receive_stamp(tmp_path: Path) -> None:
+    """A request that waited on the server while the owner was offline: its code is
+    checked as of the receive stamp, within a week and not ahead of the owner's clock."""
+    clock = Clock()
+    codes = codes_of(tmp_path, "a", clock)
+    code, _ = asyncio.run(codes.current())
+    stamp_ms = int(clock.now * 1000)
+    proof = fvc.code_proof(code, owner="alice", requester="bob")
+    clock.now += 180  # the owner comes back three minutes later
+    assert not asyncio.run(codes.check_proof("bob", proof))  # as of now: expired
+    assert asyncio.run(codes.check_proof("bob", proof, stamp_ms))  # as of the stamp
+    assert not asyncio.run(codes.check_proof("bob", proof, stamp_ms))  # used: refused
+    now = int(clock.now)
+    assert codes.judged_at(None) == now
+    assert codes.judged_at((now - fvc.REQUEST_MAX_AGE_S) * 1000) == now - fvc.REQUEST_MAX_AGE_S
+    assert codes.judged_at((now - fvc.REQUEST_MAX_AGE_S - 1) * 1000) is None  # too old
+    assert codes.judged_at((now + fvc.STAMP_SKEW_S + 1) * 1000) is None  # from the future
+
+
+def test_a_stamp_out_of_bounds_lets_nobody_in(tmp_path: Path) -> None:
+    clock = Clock()
+    codes = codes_of(tmp_path, "a", clock)
+    state = asyncio.run(codes._ensure())
+    old = NOW - fvc.REQUEST_MAX_AGE_S - 600
+    code = codes._totp(state).at(old)  # the code of that old moment
+    proof = fvc.code_proof(code, owner="alice", requester="bob")
+    assert not asyncio.run(codes.check_proof("bob", proof, old * 1000))
+
+
+def test_grants_are_the_same_on_each_device_and_withdrawable(tmp_path: Path) -> None:
+    """Every device of the account derives the same capability for a contact, and can
+    name every capability a contact may hold (its grant, one per static code)."""
+    clock = Clock()
+    phone, laptop = codes_of(tmp_path, "phone", clock), codes_of(tmp_path, "laptop", clock)
+    sent: list[bytes] = []
+
+    async def send_own(content_type: str, body: bytes) -> None:
+        sent.append(body)
+
+    phone.send_own = send_own
+    assert phone.withdraw_tokens("bob") == []  # never granted anything
+    token = asyncio.run(phone.grant_token("bob"))
+    assert token != asyncio.run(phone.grant_token("carol")) and len(token) == 32
+    laptop.apply(sent[-1])
+    assert asyncio.run(laptop.grant_token("bob")) == token
+    state = phone._state()
+    assert state is not None
+    state["static"] = [(bytes([7]) * 32).hex()]
+    phone._save(state)
+    asyncio.run(phone._sync(state))
+    laptop.apply(sent[-1])
+    digest = bytes([7]) * 32
+    assert laptop.withdraw_tokens("bob") == [token, fvc.static_grant_token(digest, "bob")]

@@ -74,6 +74,10 @@ async def test_each_suite_has_its_own_stock_last_resort_and_claims(
     assert await _scalar(st, "SELECT count(*) FROM key_package_last_resorts") == 1  # carol's
 
 
+#: The schema version before the one that stores KeyPackages per suite (version 15).
+BEFORE_SUITES = 14
+
+
 def _ks_rows(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     with sqlite3.connect(path) as con:
         kps = con.execute("SELECT suite, key_package FROM key_packages ORDER BY id").fetchall()
@@ -86,8 +90,8 @@ async def test_sqlite_database_from_before_suites_keeps_its_key_packages_as_suit
 ) -> None:
     path = tmp_path / "db.sqlite3"
     latest = sqlite_mod.MIGRATIONS
-    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", latest[:-1])
-    monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", len(latest) - 1)
+    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", latest[:BEFORE_SUITES])
+    monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", BEFORE_SUITES)
     old = SqliteStorage(path, logger=JsonLogger(io.StringIO()))
     await old.open()
     await old.create_account("bob", b"b" * 32, "d1", b"cert", 0)
@@ -122,7 +126,7 @@ async def test_pg_database_from_before_suites_keeps_its_key_packages_as_suite_1(
 
     with pgschema.fresh_schema("sv_kps") as dsn:
         old = PostgresStorage(dsn, logger=JsonLogger(io.StringIO()), pool_size=2,
-                              migrations=MIGRATIONS[:-1])
+                              migrations=MIGRATIONS[:BEFORE_SUITES])
         await old.open()
         await old.create_account("bob", b"b" * 32, "d1", b"cert", 0)
         await old.close()

@@ -41,6 +41,7 @@ from sottovoce.cli.session import (
     data_dir,
     new_account_dir,
     new_passphrase,
+    pow_notice,
     run,
     show_device_notices,
     unlock,
@@ -108,7 +109,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
     async def go() -> tuple[str, str, Secret | None, Pins | None]:
         client = await Client.create_account(
             args.server, args.name, root, passphrase, kt_key=kt_key, kt_witnesses=kt_witnesses,
-            kt_min_cosignatures=kt_min,
+            kt_min_cosignatures=kt_min, on_pow=pow_notice,
         )
         pins = client.kt.pins
         await client.close()

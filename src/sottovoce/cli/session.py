@@ -42,6 +42,7 @@ from sottovoce.client import (
 from sottovoce.client.connection import BadServerUrl, TransportClosed
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.linking import DeviceNames
+from sottovoce.client.proof_of_work import SLOW_BITS
 from sottovoce.client.store import Store
 from sottovoce.errors import SottovoceError, UsageError
 
@@ -249,11 +250,19 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
     return CliError(f"cannot reach the server at {url}: {reason}\n{hint}")
 
 
+def pow_notice(bits: int) -> None:
+    """Say why a name check or registration takes a while: the server asks for more
+    proof of work than usual (it sees many probes from this address or about the name)."""
+    if bits >= SLOW_BITS:
+        print(f"solving the server's proof of work ({bits} bits: about 2^{bits} hashes; "
+              "it asks for more while it sees many probes)...", file=sys.stderr, flush=True)
+
+
 def check_name_free(server: str, name: str, *, taken_hint: str = "choose another") -> None:
     """Before a passphrase is typed: is ``server`` there, and ``name`` still free on it?
     Each "no" is one plain error; ``taken_hint`` says what to do about a taken name."""
     try:
-        free = run(username_available(server, name))
+        free = run(username_available(server, name, on_pow=pow_notice))
     except NotConnected as exc:
         raise unreachable(server, exc) from None
     if not free:

@@ -275,6 +275,7 @@ class Client(CallSurface):
         kt_key: str | None = None,
         kt_witnesses: tuple[str, ...] = (),
         kt_min_cosignatures: int = 1,
+        on_pow: Callable[[int], None] | None = None,
     ) -> Client:
         """Claim ``username`` on the server and keep the new keys in ``data_dir``.
 
@@ -289,6 +290,7 @@ class Client(CallSurface):
         its lookups are refused until the right log is pinned). ``kt_min_cosignatures``:
         the witness cosignatures required (0 opts out of witnesses). ``device_id``: the
         device's id (default: random; the recorder device is named ``recorder``).
+        ``on_pow(bits)``: called before the registration's proof of work is solved.
         """
         validate_username(username)
         url = ws_url(server_url)
@@ -302,6 +304,7 @@ class Client(CallSurface):
             client = await cls._enroll(
                 url, identity, olm, data_dir, passphrase, kdf, connector, connect, add=False,
                 recovery_key=rk.public, kt_expect=(kt_key, kt_witnesses, kt_min_cosignatures),
+                on_pow=on_pow,
             )
         except KTAlertRaised as exc:
             exc.recovery_code = code  # registered: the code must still reach its owner
@@ -396,6 +399,7 @@ class Client(CallSurface):
         recovery_key: bytes | None = None,
         statements: tuple[ev.SignedStatement, ...] = (),
         kt_expect: tuple[str | None, tuple[str, ...], int] = (None, (), 1),
+        on_pow: Callable[[int], None] | None = None,
     ) -> Client:
         root = Path(data_dir)
         created_dir = not root.exists()
@@ -408,7 +412,8 @@ class Client(CallSurface):
                 )
             expect_log(store, *kt_expect)
             await register_device(url, identity, add=add, connector=connector,
-                                  recovery_key=recovery_key, statements=statements)
+                                  recovery_key=recovery_key, statements=statements,
+                                  on_pow=on_pow)
             store.set_flag("registered")
         except BaseException:
             store.close()
@@ -570,6 +575,7 @@ class Client(CallSurface):
         self._outbox.reopen(self._conn.send_frame_opening)
         self._conn.mark_up()
         self._spawn(self._send_unsent())
+        self._spawn(self.discovery.send_pending())  # grants withdrawn while offline
         self._spawn(self._maintenance())
         self._spawn(self.key_handover.settle())
         self.presence.connected()
@@ -849,7 +855,8 @@ class Client(CallSurface):
             if stored is not None and stored.peer.startswith(ROOM_PREFIX):
                 self.rooms.on_stale_send(message_id, stored.peer, err.details)
                 return
-        if code == "device_mismatch":
+        if code == "device_mismatch" or (  # a strict contact's devices changed: look up
+                code == "unknown_recipient" and self.discovery.holds_cap(message_id)):
             self._spawn(self._direct.resend_after_mismatch(message_id))
             return
         if err is not None and err.retryable:

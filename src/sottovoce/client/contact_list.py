@@ -94,6 +94,9 @@ class ContactList:
         #: Other state our devices share the same way (content type -> apply), e.g. the
         #: friend verification codes (client/fvc.py).
         self.own_sync: dict[str, Callable[[bytes], None]] = {}
+        #: Told when the user removes, blocks or declines someone (client/discovery.py
+        #: withdraws what a strict account granted them).
+        self.on_drop: Callable[[str], Awaitable[None]] | None = None
 
     def attach(self, send_own: SendOwn, conversations: Conversations) -> None:
         """What the Client builds after this: the self-send and the conversations."""
@@ -170,6 +173,11 @@ class ContactList:
             raise UsageError(f"{name} is not a contact")
         self._table.delete(name)
         await self._sync(name, NONE)
+        await self._dropped(name)
+
+    async def _dropped(self, name: str) -> None:
+        if self.on_drop is not None:
+            await self.on_drop(name)
 
     async def accept(self, username: str) -> None:
         name = self._request(username)
@@ -182,6 +190,7 @@ class ContactList:
         self._table.delete(name)
         count = self._forget(name)
         await self._sync(name, DECLINED)
+        await self._dropped(name)
         return count
 
     def _request(self, username: str) -> str:
@@ -200,6 +209,7 @@ class ContactList:
         if was == REQUEST:
             self._forget(name)
         await self._sync(name, BLOCKED)
+        await self._dropped(name)
 
     async def unblock(self, username: str) -> None:
         """Lift a block: ``username`` is a stranger again (their next message a request)."""

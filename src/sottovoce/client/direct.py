@@ -385,8 +385,15 @@ class DirectMessages:
                 await self._link.request(send, frozenset({ev.SEND_ACK}))
                 break
             except ServerError as exc:
-                if exc.code != "device_mismatch" or attempt:
+                if attempt or exc.code not in ("device_mismatch", "unknown_recipient"):
                     raise
+                if exc.code == "unknown_recipient":
+                    # A strict contact's devices moved (the server names them to no one
+                    # without a look-up): only a look-up with our capability tells.
+                    try:
+                        await self._directory.targets(username, refresh=True)
+                    except ServerError:
+                        raise exc from None
         return message_id
 
     async def send_unsent(self) -> None:

@@ -17,8 +17,16 @@ Reaching a strict account with a friend verification code (:meth:`Discovery.reac
     server ── contact.granted {userId: owner, token} ──► requester's devices
     requester: lookups and claims of owner carry ``cap: token`` from then on
 
-The capability is kept sealed in the store and attached to every lookup, claim and
-key-transparency lookup of that account (:meth:`Discovery.cap_for`).
+The capability is kept sealed in the store and attached to every lookup, claim (prekeys
+and room KeyPackages) and key-transparency lookup of that account
+(:meth:`Discovery.cap_for`). It is derived from a key our devices share
+(client/fvc.py), so when we remove, block or decline someone, any of our devices
+withdraws what they may hold (:meth:`Discovery.withdraw`); a withdrawal made offline,
+or that the server could not take, is kept and sent at the next connect or with the
+next withdrawal.
+
+A TOTP request that waited on the server while we were offline carries the server's
+receive stamp (``receivedMs``); the code is judged as of then (client/fvc.py).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import secrets
+import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -45,6 +53,7 @@ from sottovoce.protocol.discovery import (
     CONTACT_REQUEST_INCOMING,
     DISCOVERY_GRANTED,
     DISCOVERY_RESULT,
+    DISCOVERY_WITHDRAWN,
     FIND_LIMIT,
     FIND_MIN_PREFIX,
     FIND_RESULT,
@@ -52,12 +61,14 @@ from sottovoce.protocol.discovery import (
     ContactRequest,
     DiscoveryGrant,
     DiscoverySet,
+    DiscoveryWithdraw,
     Find,
 )
 from sottovoce.protocol.fields import ID_RE
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _MODE = "discovery-mode"
+_PENDING = "discovery-withdraw-pending"
 #: How long :meth:`Discovery.reach` waits for the owner's devices to answer.
 REACH_TIMEOUT_S = 20.0
 
@@ -78,6 +89,7 @@ class Discovery:
         self._granted: dict[str, asyncio.Event] = {}
         codes.send_own = contacts.send_own
         contacts.own_sync[FVC_CONTENT_TYPE] = codes.apply
+        contacts.on_drop = self.withdraw
         link.cap_for = self.cap_for
 
     def handlers(self, spawn: Spawn) -> dict[str, Callable[[str | None, dict[str, Any]], None]]:
@@ -90,6 +102,13 @@ class Discovery:
     def cap_for(self, username: str) -> bytes | None:
         """The capability ``username`` (a strict account) granted us, if any."""
         return self._store.get_secret(f"cap:{username}")
+
+    def holds_cap(self, message_id: str) -> bool:
+        """Whether the peer of our 1:1 message ``message_id`` let us in: a send to a strict
+        account with an old device list is refused as to a name nobody holds, and we
+        look its devices up again with the capability."""
+        stored = self._store.get_message(message_id)
+        return stored is not None and self.cap_for(stored.peer) is not None
 
     def _on_granted(self, data: dict[str, Any]) -> None:
         owner, token = data.get("userId"), _b64(data.get("token"))
@@ -107,18 +126,53 @@ class Discovery:
         requester, proof = data.get("from"), _b64(data.get("proof"))
         if not isinstance(requester, str) or requester == self._me or proof is None:
             return  # a static code: the server let them in; their message is a request
+        stamp = data.get("receivedMs")
+        received = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else None
         with contextlib.suppress(SottovoceError):
-            if not await self._codes.check_proof(requester, proof):
+            if not await self._codes.check_proof(requester, proof, received):
                 return
             await self.grant(requester)
             await self._codes.spent_elsewhere()
             await self._contacts.add(requester)
 
     async def grant(self, username: str) -> None:
-        """Let ``username`` find this account while it is strict (a capability of its own)."""
-        token = secrets.token_bytes(CAP_BYTES)
+        """Let ``username`` find this account while it is strict (a capability of its own,
+        the same from each of our devices)."""
+        token = await self._codes.grant_token(username)
+        self._set_pending([n for n in self._pending() if n != username])
         await self._link.request(DiscoveryGrant(userId=username, token=token),
                                  frozenset({DISCOVERY_GRANTED}))
+
+    async def withdraw(self, username: str) -> None:
+        """``username`` is no contact of ours any more (removed, blocked, declined): the
+        capabilities they may hold from us end, on the server, so they are a stranger
+        to lookups and claims again. Nothing to do if we never granted any."""
+        if not self._codes.withdraw_tokens(username):
+            return
+        self._set_pending([*(n for n in self._pending() if n != username), username])
+        if self._link.is_up:  # else at the next connect (:meth:`send_pending`)
+            await self._withdraw_pending()
+
+    async def send_pending(self) -> None:
+        """After a connect: the withdrawals made offline (kept for the next try if the
+        server cannot take them now)."""
+        with contextlib.suppress(SottovoceError):
+            await self._withdraw_pending()
+
+    async def _withdraw_pending(self) -> None:
+        for name in self._pending():
+            tokens = tuple(self._codes.withdraw_tokens(name))
+            await self._link.request(DiscoveryWithdraw(tokens=tokens),
+                                     frozenset({DISCOVERY_WITHDRAWN}))
+            self._set_pending([n for n in self._pending() if n != name])
+
+    def _pending(self) -> list[str]:
+        raw = self._store.get_secret(_PENDING)
+        return [] if raw is None else [str(n) for n in json.loads(raw)]
+
+    def _set_pending(self, names: list[str]) -> None:
+        with self._store.transaction():
+            self._store.put_secret(_PENDING, json.dumps(names).encode())
 
     async def reach(self, username: str, code: str, *, timeout: float = REACH_TIMEOUT_S,
                     ) -> None:

@@ -21,12 +21,20 @@ T = TypeVar("T")
 E = TypeVar("E", bound=ev.ClientEvent)
 #: The most work a client does for one request: 2^28 hashes, about ten minutes in Python.
 MAX_BITS = 28
+#: From this difficulty on (about a second of one core) the CLI says it is working.
+SLOW_BITS = 18
 #: Requests sent before giving up (the difficulty may rise between two of them).
 ATTEMPTS = 4
 
 
 def needs_proof(event: ev.ClientEvent, exc: ServerError) -> bool:
     return exc.code == "pow_required" and "pow" in getattr(event, "__dataclass_fields__", {})
+
+
+def difficulty_of(exc: ServerError) -> int:
+    """The difficulty a ``pow_required`` refusal asks for (0 if it names none)."""
+    bits = exc.details.get("difficulty")
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else 0
 
 
 async def solve(exc: ServerError) -> bytes:
@@ -50,14 +58,18 @@ def with_cap(event: E, cap_for: Callable[[str], bytes | None] | None) -> E:
     return event if cap is None else cast(E, dataclasses.replace(cast(Any, event), cap=cap))
 
 
-async def with_proof(event: E, ask: Callable[[E], Awaitable[T]]) -> T:
-    """``ask(event)``; on ``pow_required``, solve and ask again with the proof."""
+async def with_proof(event: E, ask: Callable[[E], Awaitable[T]],
+                     on_pow: Callable[[int], None] | None = None) -> T:
+    """``ask(event)``; on ``pow_required``, solve and ask again with the proof
+    (``on_pow(difficulty)`` first, e.g. to say that it may take a while)."""
     for _ in range(ATTEMPTS - 1):
         try:
             return await ask(event)
         except ServerError as exc:
             if not needs_proof(event, exc):
                 raise
+            if on_pow is not None:
+                on_pow(difficulty_of(exc))
             proof = await solve(exc)
         event = cast(E, dataclasses.replace(cast(Any, event), pow=proof))
     return await ask(event)

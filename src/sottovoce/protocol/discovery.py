@@ -13,6 +13,8 @@ prefix search over public accounts, and the static friend verification codes.
     client: sottovoce.discovery.grant {userId, token}  (owner) let userId find us
     server: sottovoce.discovery.granted {}           to the owner
     server: sottovoce.contact.granted {userId, token}  to the requester's devices
+    client: sottovoce.discovery.withdraw {tokens}    (owner) those capabilities end
+    server: sottovoce.discovery.withdrawn {count}    how many the server still held
 
 ``sottovoce.find`` always needs a proof of work (each search pays: a pass would let
 one proof enumerate), and is rate-limited per account besides.
@@ -90,6 +92,10 @@ CONTACT_REQUEST_ACCEPTED = "sottovoce.contact.request.accepted"
 CONTACT_REQUEST_INCOMING = "sottovoce.contact.request.incoming"
 CONTACT_GRANTED = "sottovoce.contact.granted"
 DISCOVERY_GRANTED = "sottovoce.discovery.granted"
+DISCOVERY_WITHDRAWN = "sottovoce.discovery.withdrawn"
+#: Most capabilities one withdrawal names: a contact's own one and one per static code
+#: the account may have handed out (client/fvc.py keeps that many).
+MAX_WITHDRAW_TOKENS = 64
 
 
 @event("sottovoce.contact.request")
@@ -112,5 +118,13 @@ class DiscoveryGrant(ClientEvent):
     token: bytes = wire(CAP)
 
 
+@event("sottovoce.discovery.withdraw")
+class DiscoveryWithdraw(ClientEvent):
+    """A strict account's device ends the capabilities ``tokens`` (its own account's only:
+    the server deletes rows of the authenticated account)."""
+
+    tokens: tuple[bytes, ...] = wire(ListOf(CAP, max_items=MAX_WITHDRAW_TOKENS))
+
+
 DISCOVERY_CLIENT_EVENTS = registry(DiscoverySet, Find, StaticCodes, ContactRequest,
-                                   DiscoveryGrant)
+                                   DiscoveryGrant, DiscoveryWithdraw)

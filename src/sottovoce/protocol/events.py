@@ -301,6 +301,9 @@ class Register(_Certified):
 
     recoveryKey: bytes | None = wire(B64(max_bytes=32, size=32), default=None,
                                      omit_default=True)
+    #: A registration tells whether the name is taken, so it pays a proof of work like
+    #: ``username.check`` (docs/protocol.md §Proof of work).
+    pow: bytes | None = wire(POW, default=None, omit_default=True)
 
 
 @event("sottovoce.device.add")

@@ -26,6 +26,11 @@ TOTP_DIGITS = 8
 TOTP_STEP_S = 60
 #: Steps accepted either side of the current one.
 TOTP_WINDOW = 1
+#: A contact request waits this long for the owner's devices (the server keeps it); the
+#: owner's device judges its code as of the server's receive stamp no older than this.
+REQUEST_MAX_AGE_S = 7 * 86_400
+#: How far ahead of the owner's clock a receive stamp may be (clock skew).
+STAMP_SKEW_S = 300
 STATIC_DIGITS = 8
 HASH_BYTES = 32
 SALT_BYTES = 16
@@ -75,3 +80,16 @@ def totp_steps(now_s: int) -> list[int]:
     """The time steps a code is accepted for at ``now_s``: the current one first."""
     step = now_s // TOTP_STEP_S
     return [step, *(step + d for k in range(1, TOTP_WINDOW + 1) for d in (-k, k))]
+
+
+def static_grant_token(digest: bytes, requester: str) -> bytes:
+    """The capability a used static code grants ``requester``: keyed by the code's hash,
+    which the owner's devices keep, so that they can withdraw it later."""
+    return hmac.new(digest, b"sottovoce static grant v1" + requester.encode(),
+                    "sha256").digest()
+
+
+def grant_token(key: bytes, requester: str) -> bytes:
+    """The capability an owner's device grants ``requester``: the same on each of its
+    devices (they share ``key``), so any of them can withdraw it."""
+    return hmac.new(key, b"sottovoce grant v1" + requester.encode(), "sha256").digest()

@@ -145,7 +145,7 @@ from sottovoce.limits import (
 )
 from sottovoce.protocol.blobs import BLOB_CLIENT_EVENTS
 from sottovoce.protocol.discovery import DISCOVERY_CLIENT_EVENTS
-from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, UsernameEvent
+from sottovoce.protocol.events import CLIENT_EVENTS, Envelope, GatedUsernameEvent
 from sottovoce.protocol.fields import (
     B64,
     CONTENT_TYPE,
@@ -351,9 +351,10 @@ class KeyPackagesWithdraw(ClientEvent):
 
 
 @event("sottovoce.keypackages.claim")
-class KeyPackagesClaim(UsernameEvent):
+class KeyPackagesClaim(GatedUsernameEvent):
     """One KeyPackage of ``suite`` (default 1) per active device of ``username`` that has
-    one (the caller's own device excluded)."""
+    one (the caller's own device excluded); gated like a prekey claim (a proof of work,
+    and a strict account's capability)."""
 
     suite: int = wire(SUITE, default=1, omit_default=True)
 

@@ -106,6 +106,12 @@ _STALE = {
 }
 
 
+def stale_key() -> WireFailure:
+    """What statements for a name nobody holds get: the answer to a stranger's statements
+    about an account that exists (a recertified device.add is no existence oracle)."""
+    return WireFailure("stale_account_key", _STALE["stale_account_key"])
+
+
 class AccountKeys:
     """Applies statements and what follows from them (revoked devices go at once)."""
 

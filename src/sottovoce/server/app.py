@@ -37,6 +37,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -105,6 +106,7 @@ from sottovoce.server.account_keys import (
     check_recovery_key,
     decode_statements,
     head_data,
+    stale_key,
 )
 from sottovoce.server.auth import (
     Decoy,
@@ -132,7 +134,7 @@ from sottovoce.server.link_mailbox import LinkMailboxes
 from sottovoce.server.logs import JsonLogger
 from sottovoce.server.metrics import Metrics
 from sottovoce.server.ports import DeviceKey
-from sottovoce.server.pow_gate import PowGate
+from sottovoce.server.pow_gate import PowGate, PowRequired
 from sottovoce.server.presence import Presence
 from sottovoce.server.push import (
     Pusher,
@@ -301,6 +303,9 @@ class ServerApp:
                           if isinstance(storage, SharedStorage) else None)
         if self.discovery is not None:
             self._handlers.update(self.discovery.handlers())
+        self.rooms.visible = self._visible  # KeyPackage claims: gated like prekey claims
+        if self.discovery is not None:
+            self.delivery.hidden = partial(self.discovery.hidden, cap=None)
 
     def _members_removed(self, room_id: str, devices: Sequence[DeviceKey]) -> None:
         self.sfu.members_removed(room_id, devices)
@@ -630,6 +635,9 @@ class ServerApp:
         try:
             await pending
             return
+        except PowRequired as exc:
+            self._refuse(session, exc, rid, ev)
+            return  # asked before the login's challenge was spent: it still stands
         except WireFailure as exc:
             self._refuse(session, exc, rid, ev)
         except Exception as exc:
@@ -650,8 +658,15 @@ class ServerApp:
     async def _register(
         self, session: Session, ev: Register, data: dict[str, Any], rid: str | None
     ) -> None:
+        if session.user is not None:
+            raise WireFailure("already_authenticated", "this connection is authenticated")
+        cert = check_certificate(ev.certificate, now_ms=now_ms())
+        # ``username_taken`` tells that the name exists: a proof of work each time (no
+        # pass), its difficulty per address and name (docs/threat-model.md §Discovery),
+        # asked for before the challenge is spent: the same signed request comes back.
+        self.pow.spend(f"addr:{address_key(session.remote)}", f"register:{cert.username}",
+                       ev.pow)
         now, nonce = self._spend_challenge(session)
-        cert = check_certificate(ev.certificate, now_ms=now)
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
         check_recovery_key(ev.recoveryKey, cert.account_key)
@@ -667,12 +682,13 @@ class ServerApp:
             await self._recertified_login(session, ev, cert, nonce, now, rid)
             return
         rec = await self.directory.account(cert.username)
-        if rec is None:
-            raise WireFailure("unknown_user", "no such account")
+        # A name nobody holds answers as a certificate of the wrong account key: a
+        # device.add must not tell a prober which names exist (docs/threat-model.md
+        # §Discovery); only a holder of the account key gets past this.
+        if rec is None or cert.account_key != rec.account_key:
+            raise WireFailure("invalid_certificate", "certificate is not signed by the account")
         if rec.forked:
             raise WireFailure("account_forked", "the account is forked: recover it first")
-        if cert.account_key != rec.account_key:
-            raise WireFailure("invalid_certificate", "certificate is not signed by the account")
         verify_possession(cert.keys.signing_key, nonce, cert.username, cert.device_id,
                           ev.signature)
         await self.directory.add_device(cert, ev.certificate, now)
@@ -690,7 +706,13 @@ class ServerApp:
                           ev.signature)
         statements = decode_statements(cert.username, ev.statements)
         cert_statement = DeviceCertificate.decode(ev.certificate)
-        rec = await self.account_keys.apply(cert.username, [*statements, cert_statement], now)
+        try:
+            rec = await self.account_keys.apply(cert.username, [*statements, cert_statement],
+                                                now)
+        except WireFailure as exc:
+            if exc.code == "unauthorized":  # no such account: answered as a wrong key
+                raise stale_key() from None
+            raise
         dev = rec.device(cert.device_id)
         if dev is None or dev.revoked or dev.certificate != ev.certificate:
             raise WireFailure("invalid_certificate", "certificate is not the ruling one")
@@ -744,6 +766,8 @@ class ServerApp:
         if remaining < self.config.prekey_low_watermark:
             session.reply(PREKEYS_LOW, {"remaining": remaining}, None)
         await self.rooms.authenticated(session)
+        if self.discovery is not None:
+            await self.discovery.authenticated(session)
 
     async def _username_check(
         self, session: Session, ev: UsernameCheck, data: dict[str, Any], rid: str | None

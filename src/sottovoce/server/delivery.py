@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -92,6 +92,9 @@ class Delivery:
         init=False, default_factory=dict
     )
     _expected_version: int = field(init=False, default=-1)
+    #: Whether a name must look like one nobody holds to a sender (strict discovery:
+    #: server/discovery.py), asked only when a send's devices do not match.
+    hidden: Callable[[str, str], Awaitable[bool]] | None = field(init=False, default=None)
 
     # --- send -----------------------------------------------------------------------
 
@@ -145,11 +148,14 @@ class Delivery:
         expected = self._expected_devices(user, device, sender_rec, recipient_rec)
         given = {(u, d) for u, d, _ in ev.targets}
         if given != expected:
-            raise WireFailure(
+            mismatch = WireFailure(
                 "device_mismatch",
                 "ciphertexts do not match the active devices",
                 details={"missing": _pairs(expected - given), "stale": _pairs(given - expected)},
             )
+            if self.hidden is not None and recipient != user:
+                return self._mismatch(user, recipient, mismatch, self.hidden)
+            raise mismatch
         targets = ev.targets
         if user in recipient_rec.blocked:
             # Blocked: the sender's own copies only, and the same ack as for any send.
@@ -174,6 +180,15 @@ class Delivery:
             )
         self.storage.append(req, partial(self._stored, session, rid, ev.messageId))
         return None
+
+    async def _mismatch(self, user: str, recipient: str, mismatch: WireFailure,
+                        hidden: Callable[[str, str], Awaitable[bool]]) -> None:
+        """The device list is the recipient's: a strict account hidden from the sender
+        answers as a name nobody holds (a contact it let in looks its devices up with
+        its capability and sends again; docs/threat-model.md §Discovery)."""
+        if await hidden(user, recipient):
+            raise WireFailure("unknown_recipient", "no such recipient")
+        raise mismatch
 
     def _expected_devices(
         self, user: str, device: str, sender_rec: AccountRecord, recipient_rec: AccountRecord

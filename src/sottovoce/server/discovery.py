@@ -6,13 +6,18 @@ to answer searches and to route) and, for static codes, their scrypt hashes; not
 about its contacts. ``sottovoce.find`` lists public accounts only; each search pays a
 proof of work of its own (no pass: one proof must not buy an enumeration) and one
 account may search ``FIND_PER_MINUTE`` times a minute.
+
+A TOTP request to a strict account goes to its connected devices with the time the
+server received it; if none is connected here it also waits (a week at most) for the
+first of them to connect. The owner's devices withdraw grants by naming them; only
+the authenticated account's own grants can go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +28,7 @@ from sottovoce.protocol.discovery import (
     CONTACT_REQUEST_INCOMING,
     DISCOVERY_GRANTED,
     DISCOVERY_RESULT,
+    DISCOVERY_WITHDRAWN,
     FIND_LIMIT,
     FIND_MIN_PREFIX,
     FIND_RESULT,
@@ -30,6 +36,7 @@ from sottovoce.protocol.discovery import (
     ContactRequest,
     DiscoveryGrant,
     DiscoverySet,
+    DiscoveryWithdraw,
     Find,
     StaticCodes,
 )
@@ -49,6 +56,10 @@ FIND_PER_MINUTE = 10
 #: Contact requests (code attempts) about one name per hour, from everyone together: past
 #: it they are answered as always and dropped (docs/threat-model.md §Discovery).
 CODE_ATTEMPTS_PER_TARGET_HOUR = 20
+#: How long a TOTP contact request waits for the owner's devices, and how many wait per
+#: account; the owner's device accepts a code stamped no older than this (client/fvc.py).
+REQUEST_MAX_AGE_MS = fvc.REQUEST_MAX_AGE_S * 1000
+REQUESTS_QUEUED_PER_ACCOUNT = 200
 #: A name no account can hold: reading it costs what reading a missing name costs.
 _NO_NAME = "-"
 
@@ -73,7 +84,8 @@ class DiscoveryService:
 
     def handlers(self) -> dict[type[ClientEvent], Callable[..., Awaitable[None]]]:
         return {DiscoverySet: self.mode, Find: self.find, StaticCodes: self.static_codes,
-                ContactRequest: self.contact_request, DiscoveryGrant: self.grant}
+                ContactRequest: self.contact_request, DiscoveryGrant: self.grant,
+                DiscoveryWithdraw: self.withdraw}
 
     # --- who sees a name ------------------------------------------------------------------
 
@@ -131,8 +143,26 @@ class DiscoveryService:
         if ev.staticCode is not None:
             await self._static(user, ev.username, ev.staticCode, strict=strict)
         elif ev.proof is not None and strict:
+            # Stamped with the time it came in: the owner's device checks the code against
+            # it, so a request that waited for an offline owner is judged as of then.
+            received = time.time_ns() // 1_000_000
+            if not self._presence.connected(ev.username):
+                await self._storage.queue_contact_request(
+                    ev.username, user, ev.proof, received, REQUEST_MAX_AGE_MS,
+                    REQUESTS_QUEUED_PER_ACCOUNT)
             self._presence.notify_user(ev.username, frame(CONTACT_REQUEST_INCOMING, {
-                "from": user, "proof": b64(ev.proof)}))
+                "from": user, "proof": b64(ev.proof), "receivedMs": received}))
+
+    async def authenticated(self, session: Session) -> None:
+        """A device of a strict account connected: the contact requests that waited."""
+        user, _ = session.key
+        if not await self._storage.has_contact_requests(user):
+            return
+        now = time.time_ns() // 1_000_000
+        for requester, proof, received in await self._storage.take_contact_requests(
+                user, now, REQUEST_MAX_AGE_MS):
+            session.reply(CONTACT_REQUEST_INCOMING, {
+                "from": requester, "proof": b64(proof), "receivedMs": received}, None)
 
     async def _static(self, user: str, name: str, code: str, *, strict: bool) -> None:
         """Check a static code with one scrypt whether or not the slot holds one; burn it;
@@ -145,7 +175,7 @@ class DiscoveryService:
             return
         if not await self._storage.burn_static_code(name, slot, digest):
             return  # used meanwhile
-        token = os.urandom(32)
+        token = fvc.static_grant_token(digest, user)  # the owner's devices can withdraw it
         await self._storage.set_grant(name, cap_hash(token), True)
         self._presence.notify_user(user, frame(CONTACT_GRANTED, {
             "userId": name, "token": b64(token)}))
@@ -161,6 +191,14 @@ class DiscoveryService:
         session.reply(DISCOVERY_GRANTED, {}, rid)
         self._presence.notify_user(ev.userId, frame(CONTACT_GRANTED, {
             "userId": user, "token": b64(ev.token)}))
+
+    async def withdraw(self, session: Session, ev: DiscoveryWithdraw, data: dict[str, Any],
+                       rid: str | None) -> None:
+        """The owner's device ends capabilities it (or a static code) granted: only rows
+        of the authenticated account go."""
+        user, _ = session.key
+        count = await self._storage.withdraw_grants(user, [cap_hash(t) for t in ev.tokens])
+        session.reply(DISCOVERY_WITHDRAWN, {"count": count}, rid)
 
     async def mode(self, session: Session, ev: DiscoverySet, data: dict[str, Any],
                    rid: str | None) -> None:

@@ -26,8 +26,9 @@ Wire error codes the server emits (``retryable`` in brackets):
 ``prekeys_full``       the device already stores the maximum of one-time keys [no]
 ``invalid_revocation`` revocation not signed by the account key [no]
 ``invalid_deletion``   account deletion not signed by the account key, or stale [no]
-``unknown_user``       directory/prekey/key-transparency lookup of a username that does not exist,
-                       or of a strict account hidden from the requester (the same answer) [no]
+``unknown_user``       directory/prekey/KeyPackage/key-transparency lookup of a name nobody
+                       holds, or of a strict account hidden from the requester (the same
+                       answer) [no]
 ``pow_required``       the request needs a proof of work: ``details`` ``{challenge, difficulty}``
                        (server/pow_gate.py) [yes]
 ``unknown_recipient``  a send to a username that does not exist [no]

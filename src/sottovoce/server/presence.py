@@ -133,6 +133,10 @@ class Presence:
                 data = {"remaining": remaining, **(extra or {})}
                 self.notice((user, device_id), frame(event, data))
 
+    def connected(self, user: str) -> bool:
+        """Whether a device of ``user`` is connected to this node."""
+        return any(u == user for u, _ in self.online)
+
     def notify_user(self, user: str, text: str, *, skip: Session | None = None) -> None:
         """A frame to every connected device of ``user`` (but ``skip``), on every node."""
         for (u, _), s in list(self.online.items()):

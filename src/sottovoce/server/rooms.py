@@ -251,6 +251,10 @@ class Rooms:
             JOIN_REQUESTS_PER_ROOM_PER_S, JOIN_REQUESTS_PER_ROOM_BURST
         ),
     )
+    #: The gate of a claim about another account (the app's: proof of work, strict mode),
+    #: None for a name the requester may not see.
+    visible: Callable[[Session, str, bytes | None, bytes | None], Awaitable[object]] | None = (
+        field(init=False, default=None))
     #: Told of the devices each stored commit removed (room calls revoke their grants).
     on_removed: Callable[[str, Sequence[Member]], None] | None = field(init=False, default=None)
 
@@ -348,6 +352,10 @@ class Rooms:
     async def _kp_claim(
         self, session: Session, ev: KeyPackagesClaim, data: dict[str, Any], rid: str | None
     ) -> None:
+        # Gated as a prekey claim: a hidden strict account is a name nobody holds.
+        if self.visible is not None and await self.visible(
+                session, ev.username, ev.pow, ev.cap) is None:
+            raise WireFailure("unknown_user", "no such user")
         # A limited requester gets the last-resort KeyPackage (ratelimit.ClaimLimits).
         one_time = await self.directory.one_time_claims(
             self.key_claims, "keypackage", session.key[0], ev.username

@@ -7,6 +7,10 @@ prefix (``substr``: the same on both engines, whatever the database's collation;
 the table holds only the accounts that left the default mode) and skips deleted
 accounts. Static codes are stored only as ``(salt, scrypt hash)`` per
 slot; using one deletes its row in the transaction that checks it.
+
+A TOTP contact request to a strict account waits in ``contact_requests`` (schema
+version 16) with the time the server received it until one of the owner's devices
+connects and takes it, at most ``max_age`` (a week) and ``max_rows`` per account.
 """
 
 from __future__ import annotations
@@ -62,6 +66,45 @@ def set_grant(user: str, grant_hash: bytes, granted: bool) -> Txn[None]:
     else:
         yield execute("DELETE FROM discovery_grants WHERE user_id=? AND grant_hash=?",
                       user, grant_hash)
+
+
+def withdraw_grants(user: str, grant_hashes: Sequence[bytes]) -> Txn[int]:
+    """Delete ``user``'s grants among ``grant_hashes``; how many there were."""
+    count = 0
+    for grant_hash in grant_hashes:
+        n = yield execute("DELETE FROM discovery_grants WHERE user_id=? AND grant_hash=?",
+                          user, grant_hash)
+        count += int(n or 0)
+    return count
+
+
+def queue_request(user: str, requester: str, proof: bytes, received_ms: int,
+                  max_age_ms: int, max_rows: int) -> Txn[None]:
+    """Keep a contact request for ``user``'s devices (the oldest go past ``max_rows``)."""
+    yield execute("DELETE FROM contact_requests WHERE user_id=? AND received_ms < ?",
+                  user, received_ms - max_age_ms)
+    yield execute("INSERT INTO contact_requests(user_id, received_ms, requester, proof) "
+                  "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                  user, received_ms, requester, proof)
+    yield execute(
+        "DELETE FROM contact_requests WHERE user_id=? AND received_ms < (SELECT received_ms "
+        "FROM contact_requests WHERE user_id=? ORDER BY received_ms DESC LIMIT 1 OFFSET ?)",
+        user, user, max_rows - 1)
+
+
+def has_requests(user: str) -> Txn[bool]:
+    found = yield val("SELECT 1 FROM contact_requests WHERE user_id=? LIMIT 1", user)
+    return found is not None
+
+
+def take_requests(user: str, now_ms: int, max_age_ms: int,
+                  ) -> Txn[list[tuple[str, bytes, int]]]:
+    """The (requester, proof, received_ms) waiting for ``user``, oldest first; gone after."""
+    found = yield rows("SELECT requester, proof, received_ms FROM contact_requests "
+                       "WHERE user_id=? AND received_ms >= ? ORDER BY received_ms, requester",
+                       user, now_ms - max_age_ms)
+    yield execute("DELETE FROM contact_requests WHERE user_id=?", user)
+    return [(str(r[0]), blob(r[1]), int(r[2])) for r in found]
 
 
 def set_static_codes(user: str, hashed: Sequence[tuple[int, bytes, bytes]]) -> Txn[None]:

@@ -770,6 +770,30 @@ VERSIONS: tuple[Version, ...] = (
     ALTER TABLE key_package_devices DROP COLUMN last_resort;
     """,
     ),
+    Version(
+        "contact requests to a strict account wait for its devices: each TOTP request"
+        " with the time the server received it (the owner's device checks the code"
+        " against that time), taken by the first of its devices to connect, at most a"
+        " week and 200 per account (storage/discovery.py, server/discovery.py)",
+        sqlite="""
+    CREATE TABLE contact_requests(
+        user_id TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        requester TEXT NOT NULL,
+        proof BLOB NOT NULL,
+        PRIMARY KEY(user_id, received_ms, requester)
+    ) WITHOUT ROWID
+    """,
+        postgres="""
+    CREATE TABLE contact_requests(
+        user_id text NOT NULL,
+        received_ms bigint NOT NULL,
+        requester text NOT NULL,
+        proof bytea NOT NULL,
+        PRIMARY KEY(user_id, received_ms, requester)
+    );
+    """,
+    ),
 )
 SQLITE_MIGRATIONS = tuple(v.sqlite for v in VERSIONS)
 POSTGRES_MIGRATIONS = tuple(v.postgres for v in VERSIONS)

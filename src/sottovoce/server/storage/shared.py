@@ -263,6 +263,21 @@ class SharedStorage(Storage, Engine):
     async def set_grant(self, user_id: str, grant_hash: bytes, granted: bool) -> None:
         await self._write_op(discovery.set_grant, user_id, grant_hash, granted, atomic=False)
 
+    async def withdraw_grants(self, user_id: str, grant_hashes: Sequence[bytes]) -> int:
+        return await self._write_op(discovery.withdraw_grants, user_id, grant_hashes)
+
+    async def queue_contact_request(self, user_id: str, requester: str, proof: bytes,
+                                    received_ms: int, max_age_ms: int, max_rows: int) -> None:
+        await self._write_op(discovery.queue_request, user_id, requester, proof, received_ms,
+                             max_age_ms, max_rows)
+
+    async def has_contact_requests(self, user_id: str) -> bool:
+        return await self._read_op(discovery.has_requests, user_id)
+
+    async def take_contact_requests(self, user_id: str, now_ms: int, max_age_ms: int,
+                                    ) -> list[tuple[str, bytes, int]]:
+        return await self._write_op(discovery.take_requests, user_id, now_ms, max_age_ms)
+
     async def set_static_codes(self, user_id: str, hashed: Sequence[tuple[int, bytes, bytes]],
                                ) -> None:
         await self._write_op(discovery.set_static_codes, user_id, hashed)
