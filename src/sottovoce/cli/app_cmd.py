@@ -27,7 +27,8 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     root = data_dir(args)
     require_account(root)
-    asyncio.run(run_app(root, port=args.port, browser=not args.no_browser, check=args.check))
+    asyncio.run(run_app(root, port=args.port, browser=not args.no_browser, check=args.check,
+                        loopback=args.loopback))
     return 0
 
 
@@ -51,6 +52,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="only print the URL; do not open a browser")
     parser.add_argument("--check", action="store_true",
                         help="start, check the launch and the page over loopback, and stop")
+    parser.add_argument("--loopback", action="store_true",
+                        help="calls: hand on no address but 127.0.0.1 (tests on one machine)")
 
 
 def add_commands(sub: Subparsers) -> None:

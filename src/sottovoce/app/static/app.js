@@ -2,6 +2,7 @@
 // Everything shown is read back from the SDK over the socket; notices only say when.
 import { $, fileLink, h, reconcile, show } from "./dom.js";
 import { Rpc } from "./rpc.js";
+import { callNotice, callRoom, initCalls } from "./call.js";
 
 const REACTIONS = ["👍", "❤️", "😂"];
 const state = {
@@ -10,6 +11,7 @@ const state = {
 };
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
+initCalls(rpc);
 
 function socketState(up) {
   if (up) { rpc.call("status").then(status, () => {}); return; }
@@ -35,6 +37,7 @@ let pending = null;
 function notice(n) {
   if (n.event === "status") { status(n); return; }
   if (n.event === "upload") { uploadNotice(n); return; }
+  if (n.event === "call") { callNotice(n); return; }
   if (n.event === "changed" && state.unlocked) {
     clearTimeout(pending);  // a burst of events is one refresh
     pending = setTimeout(() => { refreshList(); if (state.chat) refreshChat(); }, 60);
@@ -142,6 +145,7 @@ function openChat(peer, room, label) {
   $("chat-error").textContent = "";
   show($("chat-pane"), true);
   show($("room-panel"), room);
+  callRoom(room ? peer : null);
   $("app-view").classList.add("chatting");
   reconcile($("messages"), []);
   refreshChat().then(() => { $("text").focus(); refreshList(); });

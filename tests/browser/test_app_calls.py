@@ -1,0 +1,259 @@
+"""Room calls in the browser: `sottovoce app --loopback` in Chromium (its own WebRTC, fake
+camera and microphone) and an aiortc participant (the SDK) in one call through a real
+Janus on 127.0.0.1, every frame SFrame-sealed on both sides (docs/app.md, "Calls").
+
+Counted both ways over the same window: frames the sender sealed against frames the
+other side decoded (the browser: its worker's sealed video frames and getStats'
+framesDecoded; Python: the test pattern's frame counter and its sink). An outsider
+with a real grant but another call's keys subscribes to the browser's feed and
+decodes nothing. A screenshot of the call view goes to tests/browser/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sottovoce.calls.media_keys import CallKeys, EpochKeys
+from sottovoce.client import Client
+from sottovoce.client.calls.e2ee import FrameCrypto
+from sottovoce.client.calls.media import IceConfig
+from sottovoce.client.calls.room_calls import access_from_wire
+from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
+from sottovoce.client.calls.room_media import SfuMedia
+from sottovoce.client.calls.sources import MediaSpec, PatternTrack
+from sottovoce.client.store import TEST_KDF
+from sottovoce.secret import Secret
+from sottovoce.server.sfu import sfu_feed_id
+from tests.browser.app_helpers import ARTIFACTS, CHROMIUM, AppProcess, need_chromium
+from tests.browser.conftest import PASSPHRASE
+from tests.integration.janus_helpers import Janus
+from tests.integration.serverproc import ServerProcess
+
+WAIT_MS = 20_000
+BOB_OPTIONS = dict(media=MediaSpec(width=320, height=240, fps=15), ice=IceConfig(loopback=True))
+MEDIA_FLAGS = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
+               "--allow-loopback-in-peer-connection"]
+
+
+@pytest.fixture(scope="module")
+def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    j = Janus(tmp_path_factory.mktemp("janus")).start()
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+@pytest.fixture
+def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
+    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(janus.key_file(tmp_path))]
+    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class CallApp(AppProcess):
+    """`sottovoce app --no-browser --loopback`: calls hand on 127.0.0.1 only."""
+
+    def spawn(self) -> CallApp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sottovoce", "app", "--no-browser", "--loopback",
+             "--data-dir", str(self.data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def page_until(page: Any, js: str, timeout: float = 30.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await page.evaluate(js)
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the page never met {js}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Chromium with fake media devices; ``grant=False`` leaves camera and microphone
+    to a prompt that headless Chromium denies."""
+    need_chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        contexts: list[Any] = []
+
+        async def launch(grant: bool = True) -> Any:
+            flags = [*MEDIA_FLAGS, *(["--use-fake-ui-for-media-stream"] if grant
+                                     else ["--deny-permission-prompts"])]
+            ctx = await pw.chromium.launch_persistent_context(
+                str(tmp_path / f"profile-{len(contexts)}"), executable_path=str(CHROMIUM),
+                headless=True, args=flags, viewport={"width": 1100, "height": 900})
+            contexts.append(ctx)
+            return ctx
+
+        try:
+            yield launch
+        finally:
+            for ctx in contexts:
+                await ctx.close()
+
+
+async def room_with_alice(server: ServerProcess, root: Path, *others: str,
+                          ) -> tuple[list[Client], str, Path]:
+    """Alice's account (closed: her app opens it), bob's and the ``others``' (connected,
+    in this process), and bob's room with all of them invited."""
+    alice = await Client.create_account(server.url, "alice", root / "alice", PASSPHRASE,
+                                        kdf=TEST_KDF)
+    await alice.close()
+    clients = [await Client.create_account(server.url, name, root / name, PASSPHRASE,
+                                           kdf=TEST_KDF) for name in ("bob", *others)]
+    room = await clients[0].rooms.create_room("call-room")
+    for name in ("alice", *others):
+        await clients[0].rooms.invite(room.room_id, name)
+    return clients, room.room_id, root / "alice"
+
+
+async def open_room(ctx: Any, app: AppProcess) -> Any:
+    page = await ctx.new_page()
+    await page.goto(app.url)
+    await page.wait_for_url(app.origin + "/")
+    await page.fill("#passphrase", PASSPHRASE)
+    await page.press("#passphrase", "Enter")
+    room = page.locator("#conversations button", has_text="call-room")
+    await room.wait_for(timeout=WAIT_MS)
+    await room.click()
+    await page.locator("#call-button").wait_for(timeout=WAIT_MS)
+    return page
+
+
+async def stats(page: Any) -> dict[str, Any]:
+    value: dict[str, Any] = await page.evaluate("window.sottovoceCall.stats()")
+    return value
+
+
+def sink_frames(ctl: RoomCallController, who: tuple[str, str]) -> int:
+    return 0 if ctl.media is None else ctl.media.sink(who, "camera").frames
+
+
+def pattern(ctl: RoomCallController) -> PatternTrack:
+    assert ctl.media is not None
+    track = ctl.media._sources.camera
+    assert isinstance(track, PatternTrack)
+    return track
+
+
+async def test_a_browser_and_an_aiortc_participant_decode_each_other_through_janus(
+    sfu_server: ServerProcess, janus: Janus, tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    (bob, carol), room_id, alice_dir = await room_with_alice(sfu_server, tmp_path, "carol")
+    app = CallApp(alice_dir).start()
+    outsider: SfuMedia | None = None
+    try:
+        hub = bob.start_room_calls(RoomCallOptions(
+            **BOB_OPTIONS, record_to=tmp_path / "bob.svrec"))  # type: ignore[arg-type]
+        page = await open_room(await browser(), app)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.click("#call-button")  # nobody is in a call yet: the browser starts one
+        await until(lambda: room_id in hub.seen)
+        ctl = hub.join(room_id)
+        await until(lambda: len(ctl.participants) == 2)
+        alice = next(d for d in ctl.participants if d[0] == "alice")
+        await page_until(page, "window.sottovoceCall.stats().then(s => Object.values(s.decoded)"
+                               ".some(n => n > 5))")
+        await until(lambda: sink_frames(ctl, alice) > 5)
+        e2ee = await page.text_content("#call-e2ee")
+        assert e2ee is not None and e2ee.startswith("E2EE on · epoch ")
+
+        # Both directions over one window: sealed by one side, decoded by the other.
+        bob_name = f"{bob.username}/{bob.device_id}"
+        s0, bob_sent0, got0 = await stats(page), pattern(ctl).sent, sink_frames(ctl, alice)
+        await asyncio.sleep(4.0)
+        s1, bob_sent1 = await stats(page), pattern(ctl).sent
+        await asyncio.sleep(1.5)  # what was in flight at the end arrives
+        s2, got2 = await stats(page), sink_frames(ctl, alice)
+        sealed = s1["worker"]["send video"]["frames"] - s0["worker"]["send video"]["frames"]
+        assert sealed >= 30 and got2 - got0 >= 0.95 * sealed, (got2 - got0, sealed)
+        sent = bob_sent1 - bob_sent0
+        decoded = s2["decoded"][bob_name] - s0["decoded"][bob_name]
+        assert sent >= 30 and decoded >= 0.95 * sent, (decoded, sent)
+        opened = s2["worker"][f"recv {bob_name} video"]
+        assert opened["failed"] == opened["misbound"] == opened["unkeyed"] == 0, opened
+        assert ctl.media is not None and ctl.media.failed() == 0
+
+        # Carol, a room member outside the call, gets a real grant from the server and
+        # the browser's frames, but holds another call's keys: she decodes none of them.
+        await carol.rooms.wait_epoch(room_id, 2, timeout=20)
+        grant = access_from_wire(await carol._ask_sfu_grant(room_id, ctl.call.call_id))
+        me_carol = (carol.username, carol.device_id)
+        wrong = CallKeys()
+        wrong.begin_epoch(EpochKeys.derive(
+            epoch=ctl.call.epoch or 0,
+            exporter=lambda label, ctx, n: Secret(hashlib.shake_256(label + ctx).digest(n)),
+            roster={0: alice, 1: (bob.username, bob.device_id), 2: me_carol}, own_leaf=2), 0)
+        outsider = SfuMedia(
+            access=grant,
+            spec=MediaSpec(audio=False, video=False), ice=IceConfig(loopback=True),
+            crypto=FrameCrypto(wrong))
+        await outsider.publish()
+        await outsider.subscribe(sfu_feed_id(janus.admin_key, room_id, ctl.call.call_id, alice),
+                                 alice)
+        await asyncio.sleep(3.0)
+        assert outsider.sink(alice, "camera").frames == 0
+        assert outsider.sink(alice, "audio").frames == 0
+        assert outsider.dropped(alice) > 20  # frames came, none opened
+
+        # Recording: bob asks, the page asks alice, she allows: the REC badge shows.
+        ctl.request_recording()
+        await page.locator("#call-asked button", has_text="Allow").click(timeout=WAIT_MS)
+        await page.locator("#call-rec").wait_for(state="visible", timeout=WAIT_MS)
+
+        # Camera off: the browser seals no more video; mute: bob hears of it.
+        await page.click("#call-camera")
+        await page.click("#call-mute")
+        await asyncio.sleep(0.5)
+        before = (await stats(page))["worker"]["send video"]["frames"]
+        await asyncio.sleep(1.0)
+        assert (await stats(page))["worker"]["send video"]["frames"] == before
+        await page.locator("#call-grid figcaption", has_text="muted").first.wait_for(
+            timeout=WAIT_MS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "call.png"))
+
+        # Bob leaves: the page shows alice alone again.
+        await hub.end(room_id)
+        await page.locator("#call-note", has_text="Waiting for others").wait_for(timeout=WAIT_MS)
+        await page.click("#call-leave")
+        await page.locator("#call-note", has_text="You left the call").wait_for(timeout=WAIT_MS)
+        assert errors == [] and await page.text_content("#call-error") == ""
+    finally:
+        if outsider is not None:
+            await outsider.close()
+        await bob.close()
+        await carol.close()
+        app.stop()
