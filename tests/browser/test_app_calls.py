@@ -257,3 +257,39 @@ async def test_a_browser_and_an_aiortc_participant_decode_each_other_through_jan
         await bob.close()
         await carol.close()
         app.stop()
+
+
+async def test_a_denied_camera_and_a_server_without_an_sfu_are_plain_messages(
+    server: ServerProcess, tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """No camera or microphone: the page says so and joins nothing. With them but a
+    server that runs no SFU (as when Janus is down), the page says the media server
+    cannot be reached and is in no call."""
+    alice = await Client.create_account(server.url, "alice", tmp_path / "alice", PASSPHRASE,
+                                        kdf=TEST_KDF)
+    await alice.close()
+    app = CallApp(tmp_path / "alice").start()
+    try:
+        ctx = await browser(grant=False)
+        page = await ctx.new_page()
+        await page.goto(app.url)
+        await page.wait_for_url(app.origin + "/")
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.press("#passphrase", "Enter")
+        await page.fill("#new-room", "call-room")
+        await page.press("#new-room", "Enter")
+        await page.locator("#conversations button", has_text="call-room").click(timeout=WAIT_MS)
+        await page.click("#call-button")
+        error = page.locator("#call-error")
+        await error.filter(has_text="access was denied").wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("window.sottovoceCall.stats()") is None  # in no call
+
+        await ctx.grant_permissions(["camera", "microphone"], origin=app.origin)
+        await page.click("#call-button")
+        await error.filter(has_text="no media server (Janus) can be reached").wait_for(
+            timeout=WAIT_MS)
+        assert await page.evaluate("window.sottovoceCall.stats()") is None
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "call-no-sfu.png"))
+    finally:
+        app.stop()

@@ -46,6 +46,7 @@ from sottovoce.calls.room_effects import (
     RecordingRequested,
     RecordingState,
 )
+from sottovoce.calls.room_signals import CallMode
 from sottovoce.client import Client
 from sottovoce.client.calls.media import IceConfig, MediaProblem, clean_sdp
 from sottovoce.client.calls.room_calls import RoomCalls
@@ -66,6 +67,11 @@ PAGE_SDP_TIMEOUT_S = 60.0
 MAX_SDP = 64 * 1024
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", re.I)
 _TRACK_NAMES = {Track.AUDIO: "audio", Track.VIDEO: "video", Track.SCREEN: "screen"}
+
+
+#: What the page says when a call cannot go through the SFU.
+NO_SFU = ("no media server (Janus) can be reached for this call, and calls in the browser "
+          "go through one: try again later, or call from the command line")
 
 
 class PageCallError(Exception):
@@ -277,12 +283,18 @@ class CallsBridge:
             raise PageCallError("say whether to start a call or join the one running")
         if not start and room not in hub.seen:
             raise PageCallError("no call has been started in this room")
+        if not start and hub.seen[room].mode is not CallMode.SFU:
+            raise PageCallError(NO_SFU)
         self.room = room
         try:
             ctl = await hub.start(room) if start else hub.join(room)
         except (SottovoceError, CallError):
             self.room = None
             raise
+        if ctl.call.mode is not CallMode.SFU:  # the server could not reach its SFU
+            self.ctl = ctl
+            await self.leave(tell=False)
+            raise PageCallError(NO_SFU)
         self.ctl = ctl
         ctl.crypto.watch(partial(self._keys, room))
         self._pump = asyncio.get_running_loop().create_task(self._events(room, ctl))
@@ -353,7 +365,7 @@ class CallsBridge:
             room, self.ctl, self.room = self.room, None, None
             await self.hub.end(room)
 
-    async def leave(self) -> None:
+    async def leave(self, *, tell: bool = True) -> None:
         """Leave the call (the page asked, or it went: its worker's counters went with
         it, so its keys must never seal again)."""
         ctl = self.ctl
@@ -363,8 +375,9 @@ class CallsBridge:
         if self._pump is not None:
             self._pump.cancel()
         await self._drop(ctl)
-        with contextlib.suppress(Exception):
-            await self.link.send(ctl.call.room_id, "left", removed=False)
+        if tell:
+            with contextlib.suppress(Exception):
+                await self.link.send(ctl.call.room_id, "left", removed=False)
 
     async def close(self) -> None:
         await self.leave()
@@ -396,5 +409,5 @@ def _event_notice(event: object) -> dict[str, Any] | None:
 
 def _problem_text(code: str) -> str:
     if code in ("sfu_unavailable", "SfuUnavailable"):
-        return "the call's media server (Janus) cannot be reached"
+        return NO_SFU
     return f"the call's media failed ({code})"

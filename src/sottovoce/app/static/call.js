@@ -38,7 +38,7 @@ export function initCalls(theRpc) {
     h("p", { id: "call-note", class: "note", "aria-live": "polite" }),
     h("div", { id: "call-asked", class: "row" }),
     h("div", { id: "call-grid", class: "call-grid", "aria-label": "Participants" }),
-    h("div", { class: "row call-controls" },
+    h("div", { id: "call-controls", class: "row call-controls" },
       h("button", { id: "call-mute", type: "button" }, "Mute"),
       h("button", { id: "call-camera", type: "button" }, "Camera off"),
       h("button", { id: "call-screen", type: "button" }, "Share screen"),
@@ -49,6 +49,7 @@ export function initCalls(theRpc) {
   $("call-screen").addEventListener("click", () => { shareScreen().catch(failed); });
   $("call-leave").addEventListener("click", () => { leave("You left the call."); });
   show($("call-rec"), false);
+  show($("call-controls"), false);
   window.sottovoceCall = { stats };  // what the tests and bench/app_calls.py read
 }
 
@@ -59,6 +60,7 @@ export function callRoom(room) {
 }
 
 function failed(err) {
+  show($("call-view"), true);
   $("call-error").textContent = err && err.message ? err.message : String(err);
 }
 
@@ -71,7 +73,7 @@ async function join() {
   let local;
   try {
     local = await navigator.mediaDevices.getUserMedia({
-      audio: true, video: { width: 320, height: 240, frameRate: 15 } });
+      audio: true, video: { width: 640, height: 480, frameRate: 30 } });
   } catch (err) {
     throw new Error(err && err.name === "NotAllowedError"
       ? "Camera or microphone access was denied: allow them for this page to join the call."
@@ -84,6 +86,7 @@ async function join() {
     me: null, statsWaiting: new Map(), nextRef: 1 };
   worker.onmessage = workerMessage;
   show($("call-view"), true);
+  show($("call-controls"), true);
   $("call-note").textContent = "Joining…";
   drawState();
   try {
@@ -117,6 +120,7 @@ function teardown() {
   $("call-grid").replaceChildren();
   $("call-asked").replaceChildren();
   show($("call-rec"), false);
+  show($("call-controls"), false);
   $("call-e2ee").textContent = "";
   show($("call-view"), true);
 }
@@ -137,7 +141,15 @@ export function callNotice(n) {
     published: () => call.pub.setRemoteDescription({ type: "answer", sdp: n.sdp }).catch(failed),
     subscribe: () => subscribe(n).catch((err) => answerError(n.ref, err)),
     unsubscribe: () => dropSub(n.device),
-    participants: () => { call.participants = n.participants; call.epoch = n.epoch; drawState(); },
+    participants: () => {
+      const gone = call.participants.filter((d) => d !== call.me && !n.participants.includes(d));
+      call.participants = n.participants;
+      call.epoch = n.epoch;
+      drawState();
+      if (gone.length) $("call-note").textContent = n.participants.length > 1
+        ? `${gone.join(", ")} left the call.`
+        : `${gone.join(", ")} left the call. Waiting for others to join…`;
+    },
     peer_media: () => { call.peers.set(n.device, n); drawGrid(); },
     recording: () => { call.recording = n.on; drawState(); },
     recording_asked: () => askRecording(n.by),
@@ -343,8 +355,9 @@ function drawGrid() {
   };
   const meLabel = () => `${call.me || "you"} (you)${call.audioMuted ? " · muted" : ""}`
     + (call.cameraOn ? "" : " · camera off");
-  add("me", () => tile("me", call.local, true, "")).querySelector("figcaption")
-    .textContent = meLabel();
+  const mine = add("me", () => tile("me", call.local, true, ""));
+  mine.querySelector("figcaption").textContent = meLabel();
+  mine.classList.toggle("off", !call.cameraOn);
   for (const device of call.participants) {
     if (device === call.me) continue;
     const sub = call.subs.get(device);
@@ -352,6 +365,7 @@ function drawGrid() {
     const state = peer ? `${peer.audioMuted ? " · muted" : ""}${peer.cameraOn ? "" : " · camera off"}`
       : "";
     const el = add(`p ${device}`, () => tile(device, sub ? sub.stream : null, false, ""));
+    el.classList.toggle("off", !!peer && !peer.cameraOn);
     const video = el.querySelector("video");
     if (sub && video.srcObject !== sub.stream) video.srcObject = sub.stream;
     el.querySelector("figcaption").textContent = `${device}${sub ? "" : " · connecting"}${state}`;

@@ -8,7 +8,7 @@
 // authentication, or when it is a replay. Keys of the previous epoch stay for the
 // senders still in the call for GRACE_MS after a new one (as the Python side).
 import {
-  CALL_SUITE, SFrameError, TRACK, clearBytes, frameKey, kidFields, parseHeader, protect,
+  CALL_SUITE, SFrameError, TRACK, clearBytes, frameKey, kidFields, parseHeader, sealInto,
   unprotect,
 } from "./sframe.js";
 
@@ -94,12 +94,8 @@ function sealer(opts) {
     const t0 = performance.now();
     const data = new Uint8Array(frame.data);
     const n = clearBytes(opts.codec, data);
-    const head = data.slice(0, n);
-    const sealed = await protect(fk, data.subarray(n), head);
-    const out = new Uint8Array(n + sealed.length);
-    out.set(head, 0);
-    out.set(sealed, n);
-    frame.data = out.buffer;
+    const head = data.subarray(0, n);
+    frame.data = (await sealInto(fk, data.subarray(n), head, head)).buffer;
     c.busyUs += (performance.now() - t0) * 1000;
     c.frames++;
     c.bytes += data.length;

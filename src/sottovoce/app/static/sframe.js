@@ -24,6 +24,8 @@ export class SFrameError extends Error {}
 
 // --- header (§4.3) -------------------------------------------------------------------
 
+const SHORT = Array.from({ length: 128 }, (_, b) => Uint8Array.of(b));
+
 function compact(value) {
   if (value < 8n) return [Number(value), []];
   const bytes = [];
@@ -33,6 +35,7 @@ function compact(value) {
 
 export function encodeHeader(kid, ctr) {
   kid = BigInt(kid); ctr = BigInt(ctr);
+  if (kid < 8n && ctr < 8n) return SHORT[Number((kid << 4n) | ctr)];
   if (kid < 0n || kid > MAX64 || ctr < 0n || ctr > MAX64) {
     throw new SFrameError("SFrame KID and CTR must fit in 64 bits");
   }
@@ -116,9 +119,9 @@ export async function frameKey(kid, baseKey, suite = CALL_SUITE) {
 }
 
 function nonceOf(salt, ctr) {
-  const nonce = Uint8Array.from(salt);
-  const c = u64(ctr);
-  for (let i = 0; i < 8; i++) nonce[nonce.length - 8 + i] ^= c[i];
+  const nonce = salt.slice();
+  let v = ctr;
+  for (let i = nonce.length - 1; v > 0n; i--) { nonce[i] ^= Number(v & 0xffn); v >>= 8n; }
   return nonce;
 }
 
@@ -126,6 +129,11 @@ function nonceOf(salt, ctr) {
 
 // header ‖ AEAD.Encrypt(key, nonce, header ‖ metadata, plaintext), with the key's next CTR.
 export async function protect(fk, plaintext, metadata = new Uint8Array(0), ctr = null) {
+  return sealInto(fk, plaintext, metadata, new Uint8Array(0), ctr);
+}
+
+// prefix ‖ protect(...) in one buffer: the worker puts the clear codec bytes first.
+export async function sealInto(fk, plaintext, metadata, prefix, ctr = null) {
   const c = ctr === null ? fk.ctr : BigInt(ctr);
   if (c > MAX64) throw new SFrameError("SFrame counter exhausted");
   if (ctr === null) fk.ctr = c + 1n;
@@ -133,7 +141,11 @@ export async function protect(fk, plaintext, metadata = new Uint8Array(0), ctr =
   const ct = await crypto.subtle.encrypt(
     { name: "AES-GCM", iv: nonceOf(fk.salt, c), additionalData: concat(header, metadata),
       tagLength: 128 }, fk.aead, plaintext);
-  return concat(header, new Uint8Array(ct));
+  const out = new Uint8Array(prefix.length + header.length + ct.byteLength);
+  out.set(prefix, 0);
+  out.set(header, prefix.length);
+  out.set(new Uint8Array(ct), prefix.length + header.length);
+  return out;
 }
 
 // {kid, ctr, plaintext} of a frame under fk; throws SFrameError on any failure. The
