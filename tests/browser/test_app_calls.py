@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from sottovoce.calls.effects import CallState
 from sottovoce.calls.media_keys import CallKeys, EpochKeys
 from sottovoce.client import Client
+from sottovoce.client.calls.controller import CallOptions
 from sottovoce.client.calls.e2ee import FrameCrypto
 from sottovoce.client.calls.media import IceConfig
 from sottovoce.client.calls.room_calls import access_from_wire
@@ -292,4 +294,55 @@ async def test_a_denied_camera_and_a_server_without_an_sfu_are_plain_messages(
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "call-no-sfu.png"))
     finally:
+        app.stop()
+
+
+async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
+    server: ServerProcess, tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """The browser dials bob (the SDK, aiortc): bob answers, the call is DTLS-SRTP
+    between the two devices, video decoded on both sides; bob hangs up and the page
+    says so."""
+    alice = await Client.create_account(server.url, "alice", tmp_path / "alice", PASSPHRASE,
+                                        kdf=TEST_KDF)
+    await alice.close()
+    bob = await Client.create_account(server.url, "bob", tmp_path / "bob", PASSPHRASE,
+                                      kdf=TEST_KDF)
+    calls = bob.start_calls(CallOptions(ice=IceConfig(loopback=True),
+                                        media=MediaSpec(width=320, height=240, fps=15)))
+    await bob.send_text("alice", "call me")
+    app = CallApp(tmp_path / "alice").start()
+    try:
+        page = await (await browser()).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(app.url)
+        await page.wait_for_url(app.origin + "/")
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.press("#passphrase", "Enter")
+        await page.get_by_role("button", name="Accept the request from bob").click(
+            timeout=WAIT_MS)
+        await page.locator("#conversations button", has_text="bob").click(timeout=WAIT_MS)
+        await page.click("#p2p-call-button")
+        await until(lambda: calls.state is CallState.INCOMING_RINGING)
+        bob.answer_call()
+        await until(lambda: calls.state is CallState.ACTIVE)
+        await page.locator("#p2p-state", has_text="Connected").wait_for(timeout=WAIT_MS)
+        session = calls.session()
+        assert session is not None
+        await page_until(page, "window.sottovoceP2p.stats().then(s => s && s.decoded > 30"
+                               " && s.audioIn > 30)")
+        await until(lambda: session.sinks["camera"].frames > 30
+                    and session.sinks["audio"].frames > 30)
+        # Only 127.0.0.1 on the path: bob's aiortc saw no other candidate from the page.
+        assert session.peer_candidate_types <= {"host"}
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "call-1to1.png"))
+
+        calls.hangup()
+        await page.locator("#p2p-note", has_text="bob hung up").wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("window.sottovoceP2p.stats()") is None
+        assert errors == []
+    finally:
+        await bob.close()
         app.stop()

@@ -32,7 +32,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sottovoce.calls.errors import CallError
 from sottovoce.calls.janus import SfuError
@@ -56,6 +56,9 @@ from sottovoce.client.calls.sources import MediaSpec
 from sottovoce.errors import SottovoceError
 from sottovoce.janus_session import JanusSession
 from sottovoce.sframe import Track
+
+if TYPE_CHECKING:
+    from sottovoce.app.p2p_bridge import P2pBridge
 
 log = logging.getLogger("sottovoce.app")
 
@@ -113,14 +116,16 @@ def keys_notice(keys: EpochKeys) -> dict[str, Any]:
 class PageLink:
     """The calls' side of the page's socket: notices out, descriptions in (by ref)."""
 
-    def __init__(self, notify: Notify, *, loopback: bool) -> None:
+    def __init__(self, notify: Notify, *, loopback: bool, event: str = "call",
+                 scope: str = "room") -> None:
         self.notify = notify
         self.loopback = loopback
+        self._event, self._scope = event, scope
         self._refs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[str]] = {}
 
     async def send(self, room: str, kind: str, **fields: Any) -> None:
-        await self.notify({"event": "call", "room": room, "kind": kind, **fields})
+        await self.notify({"event": self._event, self._scope: room, "kind": kind, **fields})
 
     async def ask(self, room: str, kind: str, **fields: Any) -> str:
         """Send a notice that needs a description back (``call_sdp`` with its ref)."""
@@ -239,6 +244,7 @@ class CallsBridge:
         self.hub: RoomCalls | None = None
         self.room: str | None = None
         self.ctl: RoomCallController | None = None
+        self.p2p: P2pBridge | None = None
         self._pump: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -246,12 +252,16 @@ class CallsBridge:
 
     def attach(self, client: Client) -> None:
         """Before the client connects (so no call started while it syncs is missed)."""
+        from sottovoce.app.p2p_bridge import P2pBridge
+
         options = RoomCallOptions(
             media=MediaSpec(audio=False, video=False),
             ice=IceConfig(loopback=self.loopback),
             sfu_media=self._media,
         )
         self.hub = client.start_room_calls(options)
+        self.p2p = P2pBridge(self.link.notify, loopback=self.loopback)
+        self.p2p.attach(client)
 
     def _media(self, **kwargs: Any) -> SfuMedia:
         if self.room is None:
@@ -261,9 +271,10 @@ class CallsBridge:
     # --- requests from the page ------------------------------------------------------
 
     def ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
-        return {"call_join": self._op_join, "call_leave": self._op_leave,
-                "call_sdp": self._op_sdp, "call_media": self._op_media,
-                "call_recording": self._op_recording, "call_state": self._op_state}
+        ops = {"call_join": self._op_join, "call_leave": self._op_leave,
+               "call_sdp": self._op_sdp, "call_media": self._op_media,
+               "call_recording": self._op_recording, "call_state": self._op_state}
+        return {**ops, **(self.p2p.ops() if self.p2p is not None else {})}
 
     def _hub(self) -> RoomCalls:
         if self.hub is None:
@@ -381,6 +392,8 @@ class CallsBridge:
 
     async def close(self) -> None:
         await self.leave()
+        if self.p2p is not None:
+            await self.p2p.close()
 
 
 def _event_notice(event: object) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 import { $, fileLink, h, reconcile, show } from "./dom.js";
 import { Rpc } from "./rpc.js";
 import { callNotice, callRoom, initCalls } from "./call.js";
+import { initP2p, p2pNotice, p2pPeer } from "./p2p.js";
 
 const REACTIONS = ["👍", "❤️", "😂"];
 const state = {
@@ -12,6 +13,7 @@ const state = {
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
 initCalls(rpc);
+initP2p(rpc);
 
 function socketState(up) {
   if (up) { rpc.call("status").then(status, () => {}); return; }
@@ -38,6 +40,7 @@ function notice(n) {
   if (n.event === "status") { status(n); return; }
   if (n.event === "upload") { uploadNotice(n); return; }
   if (n.event === "call") { callNotice(n); return; }
+  if (n.event === "p2p") { p2pNotice(n); return; }
   if (n.event === "changed" && state.unlocked) {
     clearTimeout(pending);  // a burst of events is one refresh
     pending = setTimeout(() => { refreshList(); if (state.chat) refreshChat(); }, 60);
@@ -146,6 +149,7 @@ function openChat(peer, room, label) {
   show($("chat-pane"), true);
   show($("room-panel"), room);
   callRoom(room ? peer : null);
+  p2pPeer(room ? null : peer);
   $("app-view").classList.add("chatting");
   reconcile($("messages"), []);
   refreshChat().then(() => { $("text").focus(); refreshList(); });
