@@ -94,6 +94,12 @@ function sealer(opts) {
     const t0 = performance.now();
     const data = new Uint8Array(frame.data);
     const n = clearBytes(opts.codec, data);
+    // A frame shorter than its codec header would be cut in the wrong place on the
+    // other side (calls/frames.py): it is not sent at all.
+    if (!data.length || (opts.codec === "vp8" && data.length < (data[0] & 1 ? 3 : 10))) {
+      c.failed++;
+      return;
+    }
     const head = data.subarray(0, n);
     frame.data = (await sealInto(fk, data.subarray(n), head, head)).buffer;
     c.busyUs += (performance.now() - t0) * 1000;
