@@ -24,6 +24,7 @@ import pytest
 
 from sottovoce.calls.effects import CallState
 from sottovoce.calls.media_keys import CallKeys, EpochKeys
+from sottovoce.calls.room_effects import PeerMediaState
 from sottovoce.client import Client
 from sottovoce.client.calls.controller import CallOptions
 from sottovoce.client.calls.e2ee import FrameCrypto
@@ -247,15 +248,47 @@ async def test_a_browser_and_an_aiortc_participant_decode_each_other_through_jan
         assert (await stats(page))["worker"]["send video"]["frames"] == before
         await page.locator("#call-grid figcaption", has_text="muted").first.wait_for(
             timeout=WAIT_MS)
+        states: list[PeerMediaState] = []
+
+        def told() -> bool:
+            while not ctl.events.empty():
+                event = ctl.events.get_nowait()
+                if isinstance(event, PeerMediaState) and event.device == alice:
+                    states.append(event)
+            return any(s.audio_muted and not s.camera_on for s in states)
+
+        await until(told)  # bob's call heard it from alice's device, sealed in the call
+
+        # Screen share: a third sealed stream, opened on bob's side.
+        await page.click("#call-screen")
+        await page_until(page, "window.sottovoceCall.stats().then(s => "
+                               "s.worker['send screen'].frames > 10)")
+        await until(lambda: ctl.media is not None
+                    and ctl.media.sink(alice, "screen").frames > 10)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "call.png"))
+        await page.click("#call-screen")
 
-        # Bob leaves: the page shows alice alone again.
+        # Bob leaves: the page shows alice alone again; bob comes back.
         await hub.end(room_id)
         await page.locator("#call-note", has_text="Waiting for others").wait_for(timeout=WAIT_MS)
+        ctl = hub.join(room_id)
+        await until(lambda: len(ctl.participants) == 2)
+        await page.locator("#call-e2ee", has_text="epoch").wait_for(timeout=WAIT_MS)
+        assert errors == [] and await page.text_content("#call-error") == ""
+        # Alice leaves, then joins the call that goes on.
+        me = (bob.username, bob.device_id)
         await page.click("#call-leave")
         await page.locator("#call-note", has_text="You left the call").wait_for(timeout=WAIT_MS)
-        assert errors == [] and await page.text_content("#call-error") == ""
+        await until(lambda: ctl.participants == (me,))
+        await page.click("#call-button")
+        await until(lambda: len(ctl.participants) == 2)
+        await page_until(page, "window.sottovoceCall.stats().then(s => s && "
+                               "Object.values(s.decoded).some(n => n > 5))")
+        # The page goes (a reload): the app leaves the call for it.
+        await page.reload()
+        await until(lambda: ctl.participants == (me,))
+        await hub.end(room_id)
     finally:
         if outsider is not None:
             await outsider.close()

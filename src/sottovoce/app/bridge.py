@@ -179,7 +179,7 @@ class Bridge:
         finally:
             self._sockets.discard(ws)
             if not self._sockets and self.calls is not None:
-                await self.calls.leave()  # the page in the call went, and its worker's keys
+                await self.calls.page_gone()  # the page in the call went, and its worker
             for up in upload.values():
                 _drop(up)
 

@@ -390,8 +390,14 @@ class CallsBridge:
             with contextlib.suppress(Exception):
                 await self.link.send(ctl.call.room_id, "left", removed=False)
 
-    async def close(self) -> None:
+    async def page_gone(self) -> None:
+        """The page's last socket closed: leave the room call, hang up a 1:1 call."""
         await self.leave()
+        if self.p2p is not None:
+            self.p2p.hang_up()
+
+    async def close(self) -> None:
+        await self.page_gone()
         if self.p2p is not None:
             await self.p2p.close()
 

@@ -260,6 +260,13 @@ class P2pBridge:
                 with contextlib.suppress(SottovoceError):
                     await self.link.send(self.peer, **notice)
 
+    def hang_up(self) -> None:
+        """End the call there is (the page that ran its media went)."""
+        if self.calls is not None and self.calls.state.value in (
+                "outgoing_ringing", "connecting", "active"):
+            with contextlib.suppress(SottovoceError):
+                self.calls.hangup()
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
