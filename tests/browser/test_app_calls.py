@@ -38,6 +38,7 @@ from sottovoce.secret import Secret
 from sottovoce.server.sfu import sfu_feed_id
 from tests.browser.app_helpers import ARTIFACTS, CHROMIUM, AppProcess, need_chromium
 from tests.browser.conftest import PASSPHRASE
+from tests.integration.calls_helpers import Coturn
 from tests.integration.janus_helpers import Janus
 from tests.integration.serverproc import ServerProcess
 
@@ -333,21 +334,22 @@ async def test_a_denied_camera_and_a_server_without_an_sfu_are_plain_messages(
         app.stop()
 
 
-async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
-    server: ServerProcess, tmp_path: Path, browser: Callable[..., Any]
-) -> None:
-    """The browser (amy) dials ben (the SDK, aiortc): ben answers, the call is DTLS-SRTP
-    between the two devices, video decoded on both sides; ben hangs up and the page
-    says so."""
-    alice = await Client.create_account(server.url, "amy", tmp_path / "amy", PASSPHRASE,
+async def one_to_one(server: ServerProcess, tmp_path: Path, browser: Callable[..., Any],
+                     names: tuple[str, str], *, turn: bool = False) -> set[str]:
+    """The browser (the first name) dials the SDK peer (the second, aiortc), who answers;
+    video and audio decoded on both sides; the peer hangs up and the page says so.
+    Returns the candidate types the peer saw from the page."""
+    mine, theirs = names
+    alice = await Client.create_account(server.url, mine, tmp_path / mine, PASSPHRASE,
                                         kdf=TEST_KDF)
     await alice.close()
-    bob = await Client.create_account(server.url, "ben", tmp_path / "ben", PASSPHRASE,
+    bob = await Client.create_account(server.url, theirs, tmp_path / theirs, PASSPHRASE,
                                       kdf=TEST_KDF)
-    calls = bob.start_calls(CallOptions(ice=IceConfig(loopback=True),
-                                        media=MediaSpec(width=320, height=240, fps=15)))
-    await bob.send_text("amy", "call me")
-    app = CallApp(tmp_path / "amy").start()
+    calls = bob.start_calls(CallOptions(
+        ice=IceConfig(loopback=True, turn=await bob.turn_servers() if turn else ()),
+        media=MediaSpec(width=320, height=240, fps=15)))
+    await bob.send_text(mine, "call me")
+    app = CallApp(tmp_path / mine).start()
     try:
         page = await (await browser()).new_page()
         errors: list[str] = []
@@ -356,9 +358,9 @@ async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
         await page.wait_for_url(app.origin + "/")
         await page.fill("#passphrase", PASSPHRASE)
         await page.press("#passphrase", "Enter")
-        await page.get_by_role("button", name="Accept the request from ben").click(
+        await page.get_by_role("button", name=f"Accept the request from {theirs}").click(
             timeout=WAIT_MS)
-        await page.locator("#conversations button", has_text="ben").click(timeout=WAIT_MS)
+        await page.locator("#conversations button", has_text=theirs).click(timeout=WAIT_MS)
         await page.click("#p2p-call-button")
         await until(lambda: calls.state is CallState.INCOMING_RINGING)
         bob.answer_call()
@@ -370,15 +372,42 @@ async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
                                " && s.audioIn > 30)")
         await until(lambda: session.sinks["camera"].frames > 30
                     and session.sinks["audio"].frames > 30)
-        # Only 127.0.0.1 on the path: bob's aiortc saw no other candidate from the page.
-        assert session.peer_candidate_types <= {"host"}
         ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "call-1to1.png"))
-
+        suffix = "-turn" if turn else ""
+        await page.screenshot(path=str(ARTIFACTS / f"call-1to1{suffix}.png"))
+        seen = set(session.peer_candidate_types)
         calls.hangup()
-        await page.locator("#p2p-note", has_text="ben hung up").wait_for(timeout=WAIT_MS)
+        await page.locator("#p2p-note", has_text=f"{theirs} hung up").wait_for(timeout=WAIT_MS)
         assert await page.evaluate("window.sottovoceP2p.stats()") is None
         assert errors == []
+        return seen
     finally:
         await bob.close()
         app.stop()
+
+
+async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
+    server: ServerProcess, tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """DTLS-SRTP between the two devices, on 127.0.0.1 only (the page's candidates the
+    peer saw are host candidates there)."""
+    assert await one_to_one(server, tmp_path, browser, ("amy", "ben")) <= {"host"}
+
+
+async def test_a_1to1_call_from_the_browser_through_the_servers_turn(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """A server that hands out coturn credentials (``--turn-url``): the page gathers
+    relay candidates (on 127.0.0.1) with the credentials the app got for it, and hands
+    them to the peer in its description."""
+    turn = Coturn(tmp_path / "coturn").start()
+    secret = tmp_path / "turn-secret"
+    secret.write_bytes(turn.secret.expose() + b"\n")
+    server = ServerProcess(tmp_path / "server", extra_args=[
+        "--turn-url", turn.url, "--turn-secret-file", str(secret)]).start()
+    try:
+        seen = await one_to_one(server, tmp_path, browser, ("cleo", "dan"), turn=True)
+        assert "relay" in seen, seen
+    finally:
+        server.stop()
+        turn.stop()

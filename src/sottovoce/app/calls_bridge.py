@@ -69,6 +69,7 @@ PAGE_SDP_TIMEOUT_S = 60.0
 #: The longest description the page may send.
 MAX_SDP = 64 * 1024
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", re.I)
+_RELATED = re.compile(r" raddr (\S+)")
 _TRACK_NAMES = {Track.AUDIO: "audio", Track.VIDEO: "video", Track.SCREEN: "screen"}
 
 
@@ -95,7 +96,9 @@ def page_sdp(sdp: object, *, loopback: bool) -> str:
     lines = []
     for line in sdp.splitlines():
         found = _CANDIDATE.match(line)
-        if found and found.group(1) != "127.0.0.1":
+        related = _RELATED.search(line) if found else None
+        if found and (found.group(1) != "127.0.0.1"
+                      or (related and related.group(1) not in ("127.0.0.1", "0.0.0.0"))):  # noqa: S104
             continue  # a loopback call: no other address leaves this machine
         if line.startswith("c=IN IP4 ") and line[9:] not in ("127.0.0.1", "0.0.0.0"):  # noqa: S104
             line = "c=IN IP4 127.0.0.1"
