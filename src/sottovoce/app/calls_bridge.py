@@ -126,6 +126,21 @@ class PageLink:
         self._event, self._scope = event, scope
         self._refs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+
+    def post(self, room: str, kind: str, **fields: Any) -> None:
+        """A notice from synchronous code (key changes), sent after the ones posted
+        before it, in order."""
+        self._queue.put_nowait({"event": self._event, self._scope: room, "kind": kind,
+                                **fields})
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while not self._queue.empty():
+            with contextlib.suppress(Exception):
+                await self.notify(self._queue.get_nowait())
 
     async def send(self, room: str, kind: str, **fields: Any) -> None:
         await self.notify({"event": self._event, self._scope: room, "kind": kind, **fields})
@@ -360,8 +375,8 @@ class CallsBridge:
             notice = {"kind": "wipe"}
         else:
             notice = {"kind": "revoke", "device": device_name(change)}
-        # Keys change synchronously with the call engine; the notice goes out in order.
-        asyncio.get_running_loop().create_task(self.link.send(room, **notice))
+        # Keys change synchronously with the call engine; the notices go out in order.
+        self.link.post(room, **notice)
 
     async def _events(self, room: str, ctl: RoomCallController) -> None:
         while True:
