@@ -82,7 +82,7 @@ class CallApp(AppProcess):
         return self
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 45.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
@@ -171,16 +171,23 @@ def pattern(ctl: RoomCallController) -> PatternTrack:
     return track
 
 
+@pytest.mark.parametrize("api", ["script-transform", "insertable-streams"])
 async def test_a_browser_and_an_aiortc_participant_decode_each_other_through_janus(
-    sfu_server: ServerProcess, janus: Janus, tmp_path: Path, browser: Callable[..., Any]
+    sfu_server: ServerProcess, janus: Janus, tmp_path: Path, browser: Callable[..., Any],
+    api: str,
 ) -> None:
+    """``insertable-streams``: a browser without RTCRtpScriptTransform, where the page
+    hands the worker each sender's and receiver's encoded streams instead."""
     (bob, carol), room_id, alice_dir = await room_with_alice(sfu_server, tmp_path, "carol")
     app = CallApp(alice_dir).start()
     outsider: SfuMedia | None = None
     try:
         hub = bob.start_room_calls(RoomCallOptions(
             **BOB_OPTIONS, record_to=tmp_path / "bob.svrec"))  # type: ignore[arg-type]
-        page = await open_room(await browser(), app)
+        ctx = await browser()
+        if api == "insertable-streams":
+            await ctx.add_init_script("delete window.RTCRtpScriptTransform;")
+        page = await open_room(ctx, app)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         await page.click("#call-button")  # nobody is in a call yet: the browser starts one
@@ -201,6 +208,7 @@ async def test_a_browser_and_an_aiortc_participant_decode_each_other_through_jan
         s1, bob_sent1 = await stats(page), pattern(ctl).sent
         await asyncio.sleep(1.5)  # what was in flight at the end arrives
         s2, got2 = await stats(page), sink_frames(ctl, alice)
+        assert s0["api"] == api
         sealed = s1["worker"]["send video"]["frames"] - s0["worker"]["send video"]["frames"]
         assert sealed >= 30 and got2 - got0 >= 0.95 * sealed, (got2 - got0, sealed)
         sent = bob_sent1 - bob_sent0

@@ -400,7 +400,8 @@ async function stats() {
     c.worker.postMessage({ type: "stats", ref });
   });
   const out = { worker: worker.stats, workerEpoch: worker.epoch, sending: worker.sending,
-    encoder: {}, decoded: {}, epoch: c.epoch };
+    encoder: {}, decoded: {}, epoch: c.epoch,
+    api: SCRIPT_TRANSFORM ? "script-transform" : "insertable-streams" };
   if (c.pub) {
     (await c.pub.getStats()).forEach((s) => {
       if (s.type === "outbound-rtp" && s.kind === "video" && s.framesEncoded) {
