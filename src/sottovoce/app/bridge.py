@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from sottovoce.app import views
+from sottovoce.app.calls_bridge import CallsBridge, PageCallError
 from sottovoce.client import Client, ConnectionChanged, WrongPassphrase
 from sottovoce.client.expiry import parse_timer
 from sottovoce.client.file_body import valid_name
@@ -86,6 +87,8 @@ class Bridge:
     _sockets: set[ServerConnection] = field(default_factory=set)
     _pump: asyncio.Task[None] | None = None
     _views: Any = None  # bridge_views.AccountViews, made on the first request
+    calls_loopback: bool = False
+    calls: CallsBridge | None = None
 
     def __post_init__(self) -> None:
         # What a run that did not close left of files being sent (plaintext) goes first.
@@ -106,6 +109,8 @@ class Bridge:
                 await asyncio.sleep(_WRONG_PASSPHRASE_PAUSE_S)  # slows guessing down
                 raise PageError("wrong passphrase") from None
             self.client = client
+            self.calls = CallsBridge(self._broadcast, loopback=self.calls_loopback)
+            self.calls.attach(client)  # before connecting: no call started meanwhile is missed
             await client.connect(wait=False)  # it keeps retrying by itself
             self._pump = asyncio.get_running_loop().create_task(self._events(client))
 
@@ -116,6 +121,8 @@ class Bridge:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        if self.calls is not None:
+            await self.calls.close()
         if self.client is not None:
             await self.client.close()
         shutil.rmtree(self._upload_dir, ignore_errors=True)
@@ -174,6 +181,8 @@ class Bridge:
             pass
         finally:
             self._sockets.discard(ws)
+            if not self._sockets and self.calls is not None:
+                await self.calls.page_gone()  # the page in the call went, and its worker
             for up in upload.values():
                 _drop(up)
 
@@ -199,7 +208,7 @@ class Bridge:
                 raise PageError("unknown request")
             else:
                 result = await handler(req)
-        except (PageError, SottovoceError) as exc:
+        except (PageError, PageCallError, SottovoceError) as exc:
             return {"id": rid, "ok": False, "error": str(exc)}
         except Exception as exc:  # a plain line for the page; the kind only for the log
             log.warning("request %s failed: %s", op, type(exc).__name__)
@@ -218,6 +227,7 @@ class Bridge:
             "timer": self._op_timer, "typing": self._op_typing,
             "room_create": self._op_room_create, "room_invite": self._op_room_invite,
             "room_leave": self._op_room_leave,
+            **(self.calls.ops() if self.calls is not None else {}),
         }
 
     # --- requests -------------------------------------------------------------------

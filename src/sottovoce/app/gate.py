@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 COOKIE = "sv_session"
 #: The trusted-types policy the page creates (the only one the CSP allows).
 TRUSTED_TYPES_POLICY = "sottovoce"
+#: The policy that makes the call worker's URL, and only that (static/call.js).
+WORKER_POLICY = "sottovoce-worker"
 _TOKEN_BYTES = 32
 
 
@@ -36,13 +38,14 @@ def content_security_policy(port: int) -> str:
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self'",
+        "worker-src 'self'",
         f"connect-src 'self' {sockets}",
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",
         "require-trusted-types-for 'script'",
-        f"trusted-types {TRUSTED_TYPES_POLICY}",
+        f"trusted-types {TRUSTED_TYPES_POLICY} {WORKER_POLICY}",
     ))
 
 

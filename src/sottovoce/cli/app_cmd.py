@@ -10,14 +10,15 @@ from sottovoce.cli.session import data_dir, require_account
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """open chats and rooms in the browser
+    """open chats, rooms and calls in the browser
 
     Serve the browser UI for the account on 127.0.0.1 (a free port unless --port),
     print its URL and open the default browser on it. The URL carries a one-time
     launch token that the browser exchanges at once for a session cookie; the page
     then asks for the passphrase. Runs until Ctrl-C. With --check it starts, goes
     through the launch and the page once over loopback, and stops (exit 0 when every
-    check holds).
+    check holds). Calls (room calls through the server's SFU, 1:1 calls) use the
+    browser's camera and microphone; --loopback keeps their addresses to 127.0.0.1.
 
     example:
       {program} app --check --data-dir ~/.sottovoce-alice
@@ -27,7 +28,8 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     root = data_dir(args)
     require_account(root)
-    asyncio.run(run_app(root, port=args.port, browser=not args.no_browser, check=args.check))
+    asyncio.run(run_app(root, port=args.port, browser=not args.no_browser, check=args.check,
+                        loopback=args.loopback))
     return 0
 
 
@@ -51,6 +53,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="only print the URL; do not open a browser")
     parser.add_argument("--check", action="store_true",
                         help="start, check the launch and the page over loopback, and stop")
+    parser.add_argument("--loopback", action="store_true",
+                        help="calls: hand on no address but 127.0.0.1 (tests on one machine)")
 
 
 def add_commands(sub: Subparsers) -> None:

@@ -3,6 +3,8 @@
 import { $, fileLink, h, reconcile, show } from "./dom.js";
 import { Rpc } from "./rpc.js";
 import { FULL, VList } from "./vlist.js";
+import { callNotice, callRoom, initCalls } from "./call.js";
+import { initP2p, p2pNotice, p2pPeer } from "./p2p.js";
 
 const REACTIONS = ["👍", "❤️", "😂"];
 const state = {
@@ -11,6 +13,8 @@ const state = {
 };
 
 const rpc = new Rpc({ onNotice: notice, onState: socketState });
+initCalls(rpc);
+initP2p(rpc);
 
 // The account views (settings, devices, safety numbers, audit, drag and drop) load
 // after the first list is drawn: nothing of theirs is in the way of the first paint.
@@ -49,6 +53,8 @@ function notice(n) {
   if (n.event === "status") { status(n); return; }
   if (n.event === "upload") { uploadNotice(n); return; }
   if (n.event === "link") { if (account) account.then((m) => m.accountNotice(n)); return; }
+  if (n.event === "call") { callNotice(n); return; }
+  if (n.event === "p2p") { p2pNotice(n); return; }
   if (n.event === "changed" && state.unlocked) {
     clearTimeout(pending);  // a burst of events is one refresh
     pending = setTimeout(() => { refreshList(); if (state.chat) refreshChat(); }, 60);
@@ -166,6 +172,8 @@ function openChat(peer, room, label) {
   $("chat-error").textContent = "";
   show($("chat-pane"), true);
   show($("room-panel"), room);
+  callRoom(room ? peer : null);
+  p2pPeer(room ? null : peer);
   $("app-view").classList.add("chatting");
   if (account) account.then((m) => m.chatOpened());
   vlist.set([]);

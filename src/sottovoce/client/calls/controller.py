@@ -100,6 +100,8 @@ class CallOptions:
     recording_consent: Literal["ask", "grant", "refuse"] = "ask"
     #: How long a call rings before "no answer" (at most the engine's 45 s).
     ring_timeout_ms: int = CALL_RING_TIMEOUT_MS
+    #: How a call's media are made (``MediaSession``; the browser app's page has its own).
+    media_session: Callable[..., MediaSession] = MediaSession
 
 
 def wall_clock_ms() -> int:
@@ -330,7 +332,7 @@ class CallController:
         if isinstance(op, CreateDescription):
             session = self.media.get(op.call_id)
             if session is None:
-                session = MediaSession(
+                session = self.options.media_session(
                     spec=self.options.media,
                     ice=self.options.ice,
                     record_to=self.options.record_to,

@@ -46,6 +46,10 @@ def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+#: What :meth:`FrameCrypto.watch` hands on: new keys, a revoked sender, or None (wiped).
+KeyWatcher = Callable[[EpochKeys | Device | None], None]
+
+
 class FrameTransform(Protocol):
     """What the media layer needs of the frame protection (``FrameCrypto``)."""
 
@@ -63,6 +67,8 @@ class FrameCrypto:
         self._keys = keys or CallKeys()
         self._lock = threading.Lock()
         self._clock = clock_ms
+        self._current: EpochKeys | None = None
+        self._watchers: list[KeyWatcher] = []
 
     def __repr__(self) -> str:
         return f"FrameCrypto({self._keys!r})"
@@ -74,14 +80,30 @@ class FrameCrypto:
     def begin_epoch(self, keys: EpochKeys) -> None:
         with self._lock:
             self._keys.begin_epoch(keys, self._clock())
+            self._current = keys
+        for watch in list(self._watchers):
+            watch(keys)
 
     def revoke(self, device: Device) -> None:
         with self._lock:
             self._keys.revoke(device)
+        for watch in list(self._watchers):
+            watch(device)
 
     def wipe(self) -> None:
         with self._lock:
             self._keys.wipe()
+            self._current = None
+        for watch in list(self._watchers):
+            watch(None)
+
+    def watch(self, watcher: KeyWatcher) -> None:
+        """Hand every key change to ``watcher`` too, the current epoch's keys at once: a
+        new epoch's :class:`EpochKeys`, a revoked sender's device, or None when wiped
+        (a browser's encoded-transform worker seals and opens with them)."""
+        self._watchers.append(watcher)
+        if self._current is not None:
+            watcher(self._current)
 
     def seal(self, track: Track, codec: Codec, frame: bytes) -> bytes:
         """``clear codec bytes ‖ SFrame(rest, metadata = the clear bytes)``."""

@@ -102,6 +102,8 @@ class RoomCallOptions:
     recording_consent: Literal["ask", "grant", "refuse"] = "ask"
     record_to: Path | None = None
     storage_key: Secret | None = None
+    #: How SFU media are made (``SfuMedia``; the browser app hands media to its page).
+    sfu_media: Callable[..., SfuMedia] = SfuMedia
 
 
 class RoomCallController:
@@ -353,7 +355,7 @@ class RoomCallController:
             if self._sfu_grant is None:  # pragma: no cover - checked in __init__
                 return
             access = await self._sfu_grant(self.call.call_id)
-            media = SfuMedia(access=access, **self._media_kwargs())
+            media = self.options.sfu_media(access=access, **self._media_kwargs())
             self.media = media
             await media.publish()
             self._own_feed = access.feed_id

@@ -305,7 +305,7 @@ class SfuMedia(RoomMedia):
         self._publisher = peer
         peer.tracks = self._add_send_sections(pc, "sendonly")
         offer = await self._set_local(pc, await pc.createOffer())
-        reply = await janus.message(handle, {"request": "publish"}, jsep=_jsep("offer", offer))
+        reply = await janus.message(handle, {"request": "publish"}, jsep=e2ee_jsep("offer", offer))
         if reply.jsep is None or reply.jsep.get("type") != "answer":
             raise SfuError("the SFU did not answer the publication")
         answer = clean_sdp(reply.jsep["sdp"])
@@ -325,7 +325,7 @@ class SfuMedia(RoomMedia):
         )
         if reply.jsep is None or reply.jsep.get("type") != "offer":
             raise SfuError("the SFU did not offer the feed")
-        feed_mids = _feed_mids(reply.data.get("streams"))
+        mids = feed_mids(reply.data.get("streams"))
         offer = clean_sdp(reply.jsep["sdp"])
         self._check_addresses(offer)
         pc = RTCPeerConnection(self.ice.rtc_configuration())
@@ -333,13 +333,13 @@ class SfuMedia(RoomMedia):
         self._subscriptions[device] = peer
 
         def role_of(mid: str | None) -> str | None:
-            track = TRACK_OF_MID.get(feed_mids.get(mid or "", ""))
+            track = TRACK_OF_MID.get(mids.get(mid or "", ""))
             return None if track is None else ROLE_OF_TRACK[track]
 
         pc.on("track", self._on_track(peer, device, role_of))
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         for transceiver in pc.getTransceivers():
-            track = TRACK_OF_MID.get(feed_mids.get(transceiver.mid or "", ""))
+            track = TRACK_OF_MID.get(mids.get(transceiver.mid or "", ""))
             if track is None:
                 transceiver.direction = "inactive"
                 continue
@@ -353,7 +353,7 @@ class SfuMedia(RoomMedia):
             local.sdp.replace("a=setup:active", "a=setup:passive"), "answer"
         )
         answer = await self._set_local(pc, passive)
-        await janus.message(handle, {"request": "start"}, jsep=_jsep("answer", answer))
+        await janus.message(handle, {"request": "start"}, jsep=e2ee_jsep("answer", answer))
         # Ask for a keyframe at once rather than wait for the publisher's next one:
         # the first packets that arrive carry the request back (PLI, RFC 4585 §6.3.1).
         for guard in peer.guards:
@@ -385,12 +385,12 @@ class SfuMedia(RoomMedia):
             self._janus = None
 
 
-def _jsep(kind: str, sdp: str) -> dict[str, object]:
+def e2ee_jsep(kind: str, sdp: str) -> dict[str, object]:
     """Every description we hand Janus says it is end-to-end encrypted (``require_e2ee``)."""
     return {"type": kind, "sdp": sdp, "e2ee": True}
 
 
-def _feed_mids(streams: object) -> dict[str, str]:
+def feed_mids(streams: object) -> dict[str, str]:
     """Our mid -> the publisher's mid, from a subscriber's "streams" (only well-formed
     entries; the SFU is not trusted with more than routing, see the module docstring)."""
     out: dict[str, str] = {}

@@ -1,0 +1,80 @@
+"""The app's call bridge: what it accepts of the page's descriptions and answers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sottovoce.app.calls_bridge import PageCallError, PageLink, keys_notice, page_sdp
+from sottovoce.calls import sdp as sdp_text
+from sottovoce.calls.media_keys import EpochKeys
+
+SDP = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 192.0.2.2",
+    f"a=extmap:1 {sdp_text.AUDIO_LEVEL_URI}",
+    "a=candidate:1 1 udp 2122194687 127.0.0.1 34098 typ host generation 0",
+    "a=candidate:2 1 udp 2122063615 192.0.2.2 39060 typ host generation 0",
+    "a=candidate:3 1 udp 58597375 127.0.0.1 42485 typ relay raddr 127.0.0.1 rport 34098",
+    "a=candidate:4 1 udp 58466303 127.0.0.1 42488 typ relay raddr 192.0.2.2 rport 39060",
+    "a=candidate:5 1 udp 2122 ::1 60851 typ host generation 0",
+    "a=rtpmap:111 opus/48000/2", "",
+])
+
+
+def test_a_loopback_description_keeps_only_127_0_0_1_and_loses_the_audio_level() -> None:
+    out = page_sdp(SDP, loopback=True)
+    assert [c.address for c in sdp_text.candidates(out)] == ["127.0.0.1", "127.0.0.1"]
+    assert "raddr 192.0.2.2" not in out and "192.0.2.2" not in out
+    assert sdp_text.AUDIO_LEVEL_URI not in out
+    assert "c=IN IP4 127.0.0.1" in out
+
+
+def test_without_loopback_every_candidate_stays_but_the_audio_level_goes() -> None:
+    out = page_sdp(SDP, loopback=False)
+    assert len(sdp_text.candidates(out)) == 5
+    assert sdp_text.AUDIO_LEVEL_URI not in out
+
+
+@pytest.mark.parametrize("bad", [None, 5, "", "hello", "v=0" + "x" * 70_000])
+def test_what_is_not_a_description_is_refused(bad: Any) -> None:
+    with pytest.raises(PageCallError):
+        page_sdp(bad, loopback=True)
+
+
+async def test_a_description_is_taken_only_under_a_ref_that_was_asked_for() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def notify(notice: dict[str, Any]) -> None:
+        sent.append(notice)
+
+    link = PageLink(notify, loopback=True)
+    with pytest.raises(PageCallError):
+        link.answer(1, SDP)  # nothing asked yet
+    task = asyncio.ensure_future(link.ask("room", "publish"))
+    await asyncio.sleep(0)
+    assert sent == [{"event": "call", "room": "room", "kind": "publish", "ref": 1}]
+    with pytest.raises(PageCallError):
+        link.answer("1", SDP)  # a ref is a number
+    link.answer(1, SDP)
+    assert "192.0.2.2" not in await task
+    with pytest.raises(PageCallError):
+        link.answer(1, SDP)  # once only
+    task = asyncio.ensure_future(link.ask("room", "publish"))
+    await asyncio.sleep(0)
+    link.answer(2, None, "camera denied")
+    with pytest.raises(PageCallError, match="camera denied"):
+        await task
+
+
+def test_the_keys_notice_carries_every_kid_and_the_roster_and_no_exporter() -> None:
+    keys = EpochKeys.derive(epoch=17, exporter=lambda label, ctx, n: bytes(n) + ctx[:0],
+                            roster={0: ("alice", "a1"), 3: ("bob", "b1")}, own_leaf=3)
+    notice = keys_notice(keys)
+    assert notice["epoch"] == 17 and notice["ownLeaf"] == 3
+    assert notice["roster"] == {"0": "alice/a1", "3": "bob/b1"}
+    assert sorted(int(k) for k in notice["keys"]) == sorted(keys.base_keys)
+    # KID = leaf ‖ track ‖ epoch mod 16: leaf 3, video (2), epoch 17 -> 0x321.
+    assert str(0x321) in notice["keys"]
