@@ -257,9 +257,11 @@ class Harness:
         if port_open(a.ws_port):
             raise StepFailed(f"port {a.ws_port} is already in use")
         script = str(HERE / "ws_ceiling.py")
-        srv = subprocess.Popen([sys.executable, script, "serve", "--port", str(a.ws_port),
-                                "--max-seconds", "240"], stdout=subprocess.DEVNULL,
-                               start_new_session=True)
+        # the port probe below is a connection without a handshake: the server logs it
+        with (self.base / "ws-server.log").open("ab") as err:
+            srv = subprocess.Popen([sys.executable, script, "serve", "--port", str(a.ws_port),
+                                    "--max-seconds", "240"], stdout=subprocess.DEVNULL,
+                                   stderr=err, start_new_session=True)
         try:
             if not wait_port(a.ws_port, True, 30):
                 raise StepFailed("websockets ceiling server did not start")
