@@ -127,7 +127,7 @@ def test_configs_refuse_bad_input() -> None:
         configs.prosody_config(Path('/tmp/a"b'), "plain", 15222)
 
 
-def test_xmpp_client_helpers() -> None:
+def test_xmpp_client_stanzas_and_results() -> None:
     stanza = chat("u1@localhost", 7, 200)
     assert stanza.startswith("<message to='u1@localhost' type='chat' id='b7'><body>7:")
     body = stanza.split("<body>")[1].split("</body>")[0]
