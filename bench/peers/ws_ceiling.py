@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def main() -> None:
     p.add_argument("--server-pid", type=int, default=0)
     p.add_argument("--label", default="")
     args = p.parse_args()
+    run: Callable[..., Any]
     try:
         import uvloop
         run = uvloop.run
