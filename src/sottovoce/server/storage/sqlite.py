@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,8 +95,7 @@ def insert_many(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[
         if sql is None:
             one = "(" + ",".join("?" * width) + ")"
             sql = _SQL_CACHE[key] = head + ",".join([one] * size)
-        params = [v for row in rows[i:i + size] for v in row]
-        conn.execute(sql, params)
+        conn.execute(sql, list(chain.from_iterable(rows[i:i + size])))
         i += size
 
 
