@@ -73,6 +73,21 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK
 
 
+def thread_seconds(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds used so far by the event loop (the main thread) and
+    by all the other threads of ``pid`` (the SQLite writer, its checkpointer, readers)."""
+    out: dict[str, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "loop" if task.name == str(pid) else "threads"
+        user, system = out.get(name, (0.0, 0.0))
+        out[name] = (user + int(fields[11]) / _CLK, system + int(fields[12]) / _CLK)
+    return out
+
+
 def postgres_seconds() -> dict[str, float]:
     """CPU seconds used so far by each of the machine's PostgreSQL processes (by pid)."""
     out: dict[str, float] = {}
@@ -254,8 +269,10 @@ class Cpu:
     b0: float = 0.0
     m0: float = 0.0
     p0: dict[str, float] = field(default_factory=dict)
+    th0: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def start(self) -> None:
+        self.th0 = thread_seconds(self.pid)
         self.t0, self.s0 = time.perf_counter(), cpu_seconds(self.pid)
         self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
         self.p0 = postgres_seconds()
@@ -267,7 +284,18 @@ class Cpu:
         bench = 100 * (cpu_seconds() - self.b0) / dt
         pg = 100 * postgres_used(self.p0) / dt
         other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench - pg)
-        per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered" if count else ""
+        per = ""
+        if count:
+            per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered"
+            # Where the server's CPU went: the event loop, the other threads (the writer
+            # above all); user + system, µs per frame.
+            th = thread_seconds(self.pid)
+            parts = []
+            for name in ("loop", "threads"):
+                u1, s1 = th.get(name, (0.0, 0.0))
+                u0, s0 = self.th0.get(name, (0.0, 0.0))
+                parts.append(f"{name} {1e6 * (u1 - u0) / count:.1f}+{1e6 * (s1 - s0) / count:.1f}")
+            per += " (user+system µs: " + ", ".join(parts) + ")"
         return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, PostgreSQL {pg:.0f}%, "
                 f"other processes {other:.0f}%{per}")
 
