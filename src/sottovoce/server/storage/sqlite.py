@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,16 +127,19 @@ def update_many(conn: sqlite3.Connection, head: str, width: int,
 
 _INBOX_HEAD = "INSERT INTO inbox(dev, seq, received_at, envelope, sender"
 InboxRow = tuple[int, int, int, str, int, int | None]
+_EXPIRES_AT = itemgetter(5)
+_NO_EXPIRY = itemgetter(0, 1, 2, 3, 4)
 
 
 def insert_inbox(conn: sqlite3.Connection, rows: Sequence[InboxRow]) -> None:
     """Inbox rows (the last field: expires_at or None). Rows without an expiry, the
     common case, are written without the column: one bind fewer per row, and the
     column's default (NULL) keeps them out of the partial index on expires_at."""
-    if any(row[5] is not None for row in rows):
+    # itemgetter: both passes over the rows run in C (expires_at is None or > 0).
+    if any(map(_EXPIRES_AT, rows)):
         insert_many(conn, _INBOX_HEAD + ", expires_at)", 6, rows)
     else:
-        insert_many(conn, _INBOX_HEAD + ")", 5, [row[:5] for row in rows])
+        insert_many(conn, _INBOX_HEAD + ")", 5, list(map(_NO_EXPIRY, rows)))
 
 
 def now_ms() -> int:
