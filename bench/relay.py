@@ -27,9 +27,11 @@ The server runs in its own process (its data directory on the same disk as
 /tmp, WAL + synchronous=FULL); the clients run in this process on uvloop, so
 the two share the machine's cores the way a real deployment would not. The
 CPU time used by each process during every phase is printed so that it is
-visible which side saturated. ``--profile`` runs the server under cProfile and
-prints where its event-loop thread spent its time (the writer thread is not
-profiled; its commit time is in the /metrics histogram, printed too).
+visible which side saturated (the server's also split between its event loop and
+its other threads, the SQLite writer above all, user + system). ``--profile``
+runs the server under cProfile and prints where its event-loop thread spent its
+time (the writer thread is not profiled; its commit time is in the /metrics
+histogram, printed too).
 """
 
 from __future__ import annotations
