@@ -27,9 +27,11 @@ The server runs in its own process (its data directory on the same disk as
 /tmp, WAL + synchronous=FULL); the clients run in this process on uvloop, so
 the two share the machine's cores the way a real deployment would not. The
 CPU time used by each process during every phase is printed so that it is
-visible which side saturated. ``--profile`` runs the server under cProfile and
-prints where its event-loop thread spent its time (the writer thread is not
-profiled; its commit time is in the /metrics histogram, printed too).
+visible which side saturated (the server's also split between its event loop and
+its other threads, the SQLite writer above all, user + system). ``--profile``
+runs the server under cProfile and prints where its event-loop thread spent its
+time (the writer thread is not profiled; its commit time is in the /metrics
+histogram, printed too).
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def cpu_seconds(pid: int | None = None) -> float:
         return t.user + t.system
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def thread_seconds(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds used so far by the event loop (the main thread) and
+    by all the other threads of ``pid`` (the SQLite writer, its checkpointer, readers)."""
+    out: dict[str, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "loop" if task.name == str(pid) else "threads"
+        user, system = out.get(name, (0.0, 0.0))
+        out[name] = (user + int(fields[11]) / _CLK, system + int(fields[12]) / _CLK)
+    return out
 
 
 def postgres_seconds() -> dict[str, float]:
@@ -254,8 +271,10 @@ class Cpu:
     b0: float = 0.0
     m0: float = 0.0
     p0: dict[str, float] = field(default_factory=dict)
+    th0: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def start(self) -> None:
+        self.th0 = thread_seconds(self.pid)
         self.t0, self.s0 = time.perf_counter(), cpu_seconds(self.pid)
         self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
         self.p0 = postgres_seconds()
@@ -267,7 +286,18 @@ class Cpu:
         bench = 100 * (cpu_seconds() - self.b0) / dt
         pg = 100 * postgres_used(self.p0) / dt
         other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench - pg)
-        per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered" if count else ""
+        per = ""
+        if count:
+            per = f" = {1e6 * srv_s / count:.0f} µs of server CPU per frame delivered"
+            # Where the server's CPU went: the event loop, the other threads (the writer
+            # above all); user + system, µs per frame.
+            th = thread_seconds(self.pid)
+            parts = []
+            for name in ("loop", "threads"):
+                u1, s1 = th.get(name, (0.0, 0.0))
+                u0, s0 = self.th0.get(name, (0.0, 0.0))
+                parts.append(f"{name} {1e6 * (u1 - u0) / count:.1f}+{1e6 * (s1 - s0) / count:.1f}")
+            per += " (user+system µs: " + ", ".join(parts) + ")"
         return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, PostgreSQL {pg:.0f}%, "
                 f"other processes {other:.0f}%{per}")
 

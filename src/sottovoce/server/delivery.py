@@ -87,8 +87,9 @@ class Delivery:
         init=False, default_factory=OrderedDict
     )
     _tasks: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
-    # (sender, sender device, recipient) -> the devices a send must cover.
-    _expected: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = field(
+    # (sender, sender device, recipient) -> the conversation id and the devices a send
+    # must cover.
+    _expected: dict[tuple[str, str, str], tuple[str, frozenset[tuple[str, str]]]] = field(
         init=False, default_factory=dict
     )
     _expected_version: int = field(init=False, default=-1)
@@ -137,7 +138,8 @@ class Delivery:
     ) -> Awaitable[None] | None:
         user, device = session.key
         recipient = recipient_rec.user_id
-        if ev.conversationId != dm_conversation_id(user, recipient):
+        conversation, expected = self._expected_devices(user, device, sender_rec, recipient_rec)
+        if ev.conversationId != conversation:
             raise WireFailure(
                 "conversation_mismatch",
                 "conversationId must be dm_conversation_id(sender, recipientUserId)",
@@ -145,8 +147,7 @@ class Delivery:
         expires = ev.expiresAtMs
         if not ev.ephemeral:
             check_expiry(expires)
-        expected = self._expected_devices(user, device, sender_rec, recipient_rec)
-        given = {(u, d) for u, d, _ in ev.targets}
+        given = ev.devices
         if given != expected:
             mismatch = WireFailure(
                 "device_mismatch",
@@ -192,10 +193,10 @@ class Delivery:
 
     def _expected_devices(
         self, user: str, device: str, sender_rec: AccountRecord, recipient_rec: AccountRecord
-    ) -> frozenset[tuple[str, str]]:
-        """The ciphertexts must cover exactly the recipient's active devices and the
-        sender's other active devices (docs/protocol.md §Delivery); cached until the
-        directory changes."""
+    ) -> tuple[str, frozenset[tuple[str, str]]]:
+        """The conversation id a send must name, and the devices its ciphertexts must
+        cover: exactly the recipient's active devices and the sender's other active
+        devices (docs/protocol.md §Delivery); cached until the directory changes."""
         if self._expected_version != self.directory.version:
             self._expected.clear()
             self._expected_version = self.directory.version
@@ -213,7 +214,7 @@ class Delivery:
                 for d in sender_rec.devices
                 if not d.revoked and d.device_id != device
             )
-            found = frozenset(want)
+            found = (dm_conversation_id(user, recipient), frozenset(want))
             if len(self._expected) > 100_000:
                 self._expected.clear()
             self._expected[key] = found

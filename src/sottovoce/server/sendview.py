@@ -13,8 +13,7 @@ or raises the precise ``ProtocolError`` — for anything else.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 from sottovoce.limits import MAX_CIPHERTEXT_BYTES, MAX_ID_LEN, MAX_SEND_DEVICES
 from sottovoce.protocol.events import CONTENT_TYPES, PROTOCOL, Send
@@ -48,11 +47,13 @@ def _learn_id(value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class SendView:
-    """A validated send; ``targets`` holds (userId, deviceId, ciphertext base64) as received."""
+class SendView(NamedTuple):
+    """A validated send; ``targets`` holds (userId, deviceId, ciphertext base64) as received.
 
-    name: ClassVar[str] = Send.name
+    A NamedTuple rather than a frozen dataclass: one is built per send, and a frozen
+    dataclass costs several times more to construct.
+    """
+
     conversationId: str
     messageId: str
     idempotencyKey: str
@@ -63,7 +64,14 @@ class SendView:
     ephemeral: bool
     targets: tuple[tuple[str, str, str], ...]
     #: When the server drops this message's ciphertexts (Unix ms); 0: never.
-    expiresAtMs: int = 0
+    expiresAtMs: int
+    #: The (userId, deviceId) of ``targets``, all distinct: what delivery compares with
+    #: the active devices.
+    devices: frozenset[tuple[str, str]]
+
+    @property
+    def name(self) -> str:
+        return Send.name
 
 
 def parse_send(data: dict[str, Any]) -> SendView:
@@ -86,6 +94,7 @@ def parse_send(data: dict[str, Any]) -> SendView:
         targets=tuple(
             (c.userId, c.deviceId, raw[i]["ciphertext"]) for i, c in enumerate(ev.ciphertexts)
         ),
+        devices=frozenset((c.userId, c.deviceId) for c in ev.ciphertexts),
     )
 
 
@@ -143,7 +152,8 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
         ):
             return None
         targets.append((u, dv, ct))
-    if len({(u, dv) for u, dv, _ in targets}) != len(targets):
+    devices = frozenset([(u, dv) for u, dv, _ in targets])
+    if len(devices) != len(targets):
         return None
     return SendView(
         conversationId=conv,
@@ -156,4 +166,5 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
         ephemeral=ephemeral,
         targets=tuple(targets),
         expiresAtMs=expires,
+        devices=devices,
     )

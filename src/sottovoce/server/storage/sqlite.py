@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,49 +78,77 @@ CHECKPOINT_INTERVAL_S = 0.5
 WAL_TRUNCATE_FRAMES = 16_384
 
 
-#: Rows per multi-row INSERT, largest first. One statement per chunk means one
-#: sqlite3_step, so the writer thread gives up and retakes the GIL once per
-#: chunk instead of once per row (each retake can wait for the event loop).
-_CHUNKS = (256, 64, 32, 16, 4, 1)
+#: Rows per statement at most. Each statement is one sqlite3_step, and the writer
+#: thread gives up and retakes the GIL around each step (each retake can wait for the
+#: event loop), so a batch's rows go in as few statements as possible.
+_MAX_ROWS = 1024
 _SQL_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def insert_many(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[Any, ...]]
-                ) -> None:
-    """``head`` is "INSERT ... INTO t(cols) VALUES"; rows are written in a few statements."""
-    i, n = 0, len(rows)
-    while i < n:
-        size = next(c for c in _CHUNKS if c <= n - i)
-        key = (head, width, size)
-        sql = _SQL_CACHE.get(key)
-        if sql is None:
-            one = "(" + ",".join("?" * width) + ")"
-            sql = _SQL_CACHE[key] = head + ",".join([one] * size)
-        params = [v for row in rows[i:i + size] for v in row]
+def _values(width: int, rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[Any]]:
+    """The parameters of a VALUES list for ``rows``, padded with rows of NULLs to a
+    power of two up to 64, else to a multiple of 64 (so that at most 22 statements per
+    table stay prepared, and padding costs little), and its number of rows."""
+    n = len(rows)
+    size = 1 << (n - 1).bit_length() if n <= 64 else -(-n // 64) * 64
+    params = list(chain.from_iterable(rows))
+    params.extend([None] * (width * (size - len(rows))))
+    return size, params
+
+
+def _sql(head: str, width: int, size: int, tail: str) -> str:
+    key = (head + tail, width, size)
+    sql = _SQL_CACHE.get(key)
+    if sql is None:
+        one = "(" + ",".join("?" * width) + ")"
+        sql = _SQL_CACHE[key] = head + "VALUES " + ",".join([one] * size) + tail
+    return sql
+
+
+def insert_many(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[Any, ...]],
+                tail: str = "") -> None:
+    """``head`` is "INSERT ... INTO t(cols)", ``tail`` what may follow (ON CONFLICT ...):
+    one statement per 1,024 rows; the padding rows (first column NULL) are skipped."""
+    for i in range(0, len(rows), _MAX_ROWS):
+        size, params = _values(width, rows[i:i + _MAX_ROWS])
+        sql = _sql(head + " SELECT * FROM (", width, size,  # noqa: S608 - constant heads
+                   ") WHERE column1 IS NOT NULL" + tail)
         conn.execute(sql, params)
-        i += size
+
+
+def update_many(conn: sqlite3.Connection, head: str, width: int,
+                rows: Sequence[tuple[Any, ...]], where: str) -> None:
+    """``head`` is "UPDATE t SET col=v.column2, ...", ``where`` matches v.column1 to the
+    key: one statement per 1,024 rows (padding rows match nothing)."""
+    for i in range(0, len(rows), _MAX_ROWS):
+        size, params = _values(width, rows[i:i + _MAX_ROWS])
+        conn.execute(_sql(head + " FROM (", width, size, ") AS v WHERE " + where), params)
 
 
 _INBOX_HEAD = "INSERT INTO inbox(dev, seq, received_at, envelope, sender"
 InboxRow = tuple[int, int, int, str, int, int | None]
+_EXPIRES_AT = itemgetter(5)
+_NO_EXPIRY = itemgetter(0, 1, 2, 3, 4)
 
 
 def insert_inbox(conn: sqlite3.Connection, rows: Sequence[InboxRow]) -> None:
     """Inbox rows (the last field: expires_at or None). Rows without an expiry, the
     common case, are written without the column: one bind fewer per row, and the
     column's default (NULL) keeps them out of the partial index on expires_at."""
-    if any(row[5] is not None for row in rows):
-        insert_many(conn, _INBOX_HEAD + ", expires_at) VALUES ", 6, rows)
+    # itemgetter: both passes over the rows run in C (expires_at is None or > 0).
+    if any(map(_EXPIRES_AT, rows)):
+        insert_many(conn, _INBOX_HEAD + ", expires_at)", 6, rows)
     else:
-        insert_many(conn, _INBOX_HEAD + ") VALUES ", 5, [row[:5] for row in rows])
+        insert_many(conn, _INBOX_HEAD + ")", 5, list(map(_NO_EXPIRY, rows)))
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+def _connect(path: Path, statements: int = 128) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
+                           cached_statements=statements)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: the WAL is fsynced at every commit, so an ack survives power loss.
     conn.execute("PRAGMA synchronous=FULL")
@@ -219,7 +249,9 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         private_dir(self.path.parent)
         private_file(self.path)
         self._loop = asyncio.get_running_loop()
-        conn = _connect(self.path)
+        # The writer keeps its multi-row statements prepared (insert_many: up to 22 per
+        # table) beside everything else it runs.
+        conn = _connect(self.path, statements=512)
         found = migrate(conn)
         if found != SCHEMA_VERSION:
             self._log.info("storage.migrated", version=SCHEMA_VERSION, count=found)
@@ -395,24 +427,26 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                         keep.append((dev, sender, entry[0], entry[1]))
                 usage.dirty.clear()
             if keep:
-                conn.executemany(
-                    "INSERT INTO inbox_usage(dev, sender, messages, bytes) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(dev, sender) DO UPDATE SET messages=excluded.messages, "
-                    "bytes=excluded.bytes", keep)
+                insert_many(
+                    conn, "INSERT INTO inbox_usage(dev, sender, messages, bytes)", 4, keep,
+                    " ON CONFLICT(dev, sender) DO UPDATE SET messages=excluded.messages, "
+                    "bytes=excluded.bytes")
             if drop:
                 conn.executemany("DELETE FROM inbox_usage WHERE dev=? AND sender=?", drop)
             self._dirty_usage.clear()
+        # One statement per table, not one per row: each statement's step hands the GIL
+        # to the event loop and back, which under load costs up to the switch interval.
         if self._dirty_devs:
-            conn.executemany(
-                "UPDATE devices SET last_inbox_seq=? WHERE dev=?",
-                [(self._inbox_seq[d], d) for d in self._dirty_devs],
+            update_many(
+                conn, "UPDATE devices SET last_inbox_seq=v.column2", 2,
+                [(d, self._inbox_seq[d]) for d in self._dirty_devs], "devices.dev=v.column1",
             )
             self._dirty_devs.clear()
         if self._dirty_convs:
-            conn.executemany(
-                "INSERT INTO conversations(conversation_id, last_seq) VALUES (?, ?) "
-                "ON CONFLICT(conversation_id) DO UPDATE SET last_seq=excluded.last_seq",
+            insert_many(
+                conn, "INSERT INTO conversations(conversation_id, last_seq)", 2,
                 [(c, self._conv_seq[c]) for c in self._dirty_convs],
+                " ON CONFLICT(conversation_id) DO UPDATE SET last_seq=excluded.last_seq",
             )
             self._dirty_convs.clear()
 
@@ -593,7 +627,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         insert_many(
             conn,
             "INSERT OR IGNORE INTO sends(sender_dev, idem_key, conversation_id, message_id, "
-            "server_seq, received_at) VALUES ",
+            "server_seq, received_at)",
             6,
             sends_rows,
         )
