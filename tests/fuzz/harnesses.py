@@ -21,10 +21,11 @@ from sottovoce.calls.room_signals import CallPayload, RoomCallSignal
 from sottovoce.calls.signals import CallSignal
 from sottovoce.client import control, linking
 from sottovoce.client.ephemeral_group import EphemeralGroups
-from sottovoce.client.ephemeral_media import Assembler
+from sottovoce.client.ephemeral_media import Assembler, MediaKind, describe
 from sottovoce.client.file_body import FileInfo, is_opened
 from sottovoce.client.key_handover import Offer as KeyOffer
 from sottovoce.client.payload import Payload, decode_log_head, read_json_body
+from sottovoce.client.presence import read_presence
 from sottovoce.client.rooms.tree_blob import TreeRef
 from sottovoce.codec.tls import Reader, decode
 from sottovoce.crypto.file_chunks import ChunkOpener
@@ -293,6 +294,16 @@ def _ephemeral_content(data: bytes) -> None:
           lambda: EphemeralGroups._on_roster(roster_owner, None, data, set()))  # type: ignore[arg-type]
 
 
+def _media_describe(data: bytes) -> None:
+    """What a completed photo or clip is (format, dimensions from its header)."""
+    if data:
+        describe(MediaKind(1 + data[0] % 2), "a", data[1:])
+
+
+def _presence(data: bytes) -> None:
+    read_presence(data)
+
+
 def _key(label: bytes) -> bytes:
     return hashlib.sha256(label).digest()
 
@@ -436,6 +447,8 @@ HARNESSES: dict[str, Harness] = {
         Harness("control_body", _control, "json"),
         Harness("ephemeral_frame", _ephemeral_frame),
         Harness("ephemeral_content", _ephemeral_content),
+        Harness("media_describe", _media_describe),
+        Harness("presence", _presence, "json"),
         Harness("noise_handshake", _noise),
         Harness("link_pake", _link_pake),
         Harness("link_message", _link_message),

@@ -1,4 +1,5 @@
-"""Write the seed corpora of tests/fuzz/corpus/NAME/ (``python -m tests.fuzz.make_seeds``).
+"""Write the seed corpora of tests/fuzz/corpus/NAME/ (``python -m tests.fuzz.make_seeds
+[NAME ...]``; without names, every corpus).
 
 Seeds come from the test vectors in tests/vectors/data (RFC 9420 messages, RFC 9605
 SFrame headers, C2SP notes) and from objects the project's own encoders build, so
@@ -12,6 +13,7 @@ import copy
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from sottovoce.client.control import READ, Delete, Quote, Reaction, Receipt, typ
 from sottovoce.client.ephemeral_media import MediaKind
 from sottovoce.client.key_handover import offer_body
 from sottovoce.client.payload import Payload, encode_log_head, json_body
+from sottovoce.client.presence import presence_body
 from sottovoce.client.rooms.tree_blob import TreeRef
 from sottovoce.codec.tls import Writer
 from sottovoce.crypto.file_chunks import ChunkSealer
@@ -195,7 +198,14 @@ def _ephemeral() -> dict[str, list[bytes]]:
     responder, _, one = noise_states()
     reply = copy.deepcopy(responder)
     reply.read_message(one)
+    png = (b"\x89PNG\r\n\x1a\n" + bytes([0, 0, 0, 13]) + b"IHDR"
+           + bytes([0, 0, 2, 128, 0, 0, 1, 224]))
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(11) + b"\xff\xc0\x00\x11\x08\x01\xe0\x02\x80"
+    media = [b"\x00" + png + bytes(8), b"\x00" + jpeg + bytes(8), b"\x00GIF89a\x80\x02\xe0\x01",
+             b"\x01OggS\x00\x02" + bytes(22), b"\x01\x00\x00\x00\x18ftypisom" + bytes(8)]
     return {"ephemeral_frame": frames, "ephemeral_content": [chunk, roster],
+            "media_describe": media,
+            "presence": [presence_body("online", ask=True), presence_body("away", ask=False)],
             "noise_handshake": [one, reply.write_message(b"")]}
 
 
@@ -259,8 +269,11 @@ def seeds() -> dict[str, list[bytes]]:
     return out
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    """Write every corpus, or only those of ``names``."""
     for name, items in seeds().items():
+        if names and name not in names:
+            continue
         folder = CORPUS / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -269,4 +282,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
