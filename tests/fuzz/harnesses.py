@@ -9,18 +9,32 @@ is a finding (see :mod:`tests.fuzz.engine`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
-from sottovoce.client import control
+from sottovoce.calls import sdp
+from sottovoce.calls.room_signals import CallPayload, RoomCallSignal
+from sottovoce.calls.signals import CallSignal
+from sottovoce.client import control, linking
+from sottovoce.client.ephemeral_group import EphemeralGroups
+from sottovoce.client.ephemeral_media import Assembler, MediaKind, describe
 from sottovoce.client.file_body import FileInfo, is_opened
+from sottovoce.client.key_handover import Offer as KeyOffer
 from sottovoce.client.payload import Payload, decode_log_head, read_json_body
+from sottovoce.client.presence import read_presence
+from sottovoce.client.rooms.tree_blob import TreeRef
 from sottovoce.codec.tls import Reader, decode
 from sottovoce.crypto.file_chunks import ChunkOpener
+from sottovoce.crypto.noise import HandshakeState, x25519_public
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.crypto.suite import cipher_suite
+from sottovoce.identity import pake
+from sottovoce.identity.certificates import DevicePublicKeys, validate_username
+from sottovoce.identity.pake import LinkError, LinkResult, QRPayload, Role, ShortCode
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSigner, SignedNote, open_checkpoint
 from sottovoce.kt.merkle import verify_consistency, verify_inclusion
 from sottovoce.kt.verify import (
@@ -50,10 +64,14 @@ from sottovoce.mls.public import (
     is_external_commit,
 )
 from sottovoce.mls.tree import RatchetTree
+from sottovoce.pairwise import ephemeral
+from sottovoce.protocol import pow as pow_
 from sottovoce.protocol.audit import AuditEntry
 from sottovoce.protocol.blobs import unpack_chunk
 from sottovoce.protocol.events import Envelope, parse_frame, parse_inbox_frame
 from sottovoce.protocol.kt import KTHeadResult, KTResponse
+from sottovoce.protocol.room_names import NameKey, RoomNames, SealedNames
+from sottovoce.protocol.room_names_seal import open_names
 from sottovoce.protocol.rooms import ALL_CLIENT_EVENTS, parse_room_frame
 from sottovoce.secret import Secret
 from sottovoce.sframe.header import SFrameHeader, parse_header
@@ -257,6 +275,137 @@ def _control(data: bytes) -> None:
           lambda: control.read_typing(data), lambda: read_json_body(data, ("to",), "body"))
 
 
+# --- ephemeral chats, Noise, device linking ---------------------------------------------------
+
+
+def _ephemeral_frame(data: bytes) -> None:
+    """An ephemeral-chat frame (or ``None`` for an Olm message), the DH statement in it."""
+    frame = ephemeral.Frame.decode(data)
+    if frame is not None:
+        ephemeral.DhStatement.decode(ephemeral.statement_of(frame))
+    ephemeral.DhStatement.decode(data[-96:])
+
+
+def _ephemeral_content(data: bytes) -> None:
+    """A media chunk into a fresh assembler; a group roster (no member is in the room, so
+    the parse is all that runs)."""
+    roster_owner = SimpleNamespace(username="alice")
+    _each(lambda: Assembler().add("alice", data),
+          lambda: EphemeralGroups._on_roster(roster_owner, None, data, set()))  # type: ignore[arg-type]
+
+
+def _media_describe(data: bytes) -> None:
+    """What a completed photo or clip is (format, dimensions from its header)."""
+    if data:
+        describe(MediaKind(1 + data[0] % 2), "a", data[1:])
+
+
+def _presence(data: bytes) -> None:
+    read_presence(data)
+
+
+def _key(label: bytes) -> bytes:
+    return hashlib.sha256(label).digest()
+
+
+@functools.cache
+def noise_states() -> tuple[HandshakeState, HandshakeState, bytes]:
+    """A responder before message 1, an initiator after it, and message 1 (fixed keys)."""
+    a, b = _key(b"noise static a"), _key(b"noise static b")
+    responder = HandshakeState(initiator=False, prologue=b"fuzz", static=b,
+                               remote_static=x25519_public(a), ephemeral=_key(b"noise e b"))
+    initiator = HandshakeState(initiator=True, prologue=b"fuzz", static=a,
+                               remote_static=x25519_public(b), ephemeral=_key(b"noise e a"))
+    first = initiator.write_message(b"")
+    return responder, initiator, first
+
+
+def _noise(data: bytes) -> None:
+    """Noise KK message 1 (to the responder) and message 2 (to the initiator)."""
+    responder, initiator, _ = noise_states()
+    _each(lambda: copy.deepcopy(responder).read_message(data),
+          lambda: copy.deepcopy(initiator).read_message(data))
+
+
+def _link_pake(data: bytes) -> None:
+    """The CPace shares of device linking, the ``PAKE`` mailbox body, QR and short code."""
+    text = data.decode("utf-8", "replace")
+    _each(lambda: pake._decode_share(data, LinkError), lambda: linking._pake_body(data),
+          lambda: QRPayload.decode(text, now_ms=1_700_000_000_000),
+          lambda: ShortCode.parse(text))
+
+
+_LINK_SESSION = LinkResult(session_key=Secret(bytes(32)), peer_device_id="d1", words=())
+
+
+def _link_hello(r: Reader) -> object:
+    return linking._name(r.opaque8().decode("utf-8")), DevicePublicKeys.read(r)
+
+
+def _link_offer(r: Reader) -> object:
+    return validate_username(r.opaque8().decode("ascii")), linking._name(
+        r.opaque8().decode("utf-8"))
+
+
+def _link_message(data: bytes) -> None:
+    """The sealed handover messages (OFFER, HELLO, GRANT, the history, DONE) as the peer's
+    device reads them once opened, and the sealed envelope itself under a known key."""
+    readers = (_link_offer, _link_hello, linking._read_grant, linking._read_archive,
+               linking._read_names, lambda r: r.u16())
+    _each(*(functools.partial(linking._read, data, read) for read in readers),
+          lambda: linking._Sealed(_LINK_SESSION, Role.NEW).open(data, linking.OFFER))
+
+
+# --- rooms: tree references, names; key handover; proof of work ---------------------------------
+
+
+def _tree_ref(data: bytes) -> None:
+    TreeRef.decode(data)
+
+
+NAMES_KEY = Secret(bytes(range(32)))
+NAMES_GROUP = b"fuzz group"
+
+
+def _room_names(data: bytes) -> None:
+    """Room names (plain), the sealed field, a name key; and sealed names opened under a
+    known key (the seeds are sealed under it, so mutations reach the plaintext)."""
+
+    def sealed() -> None:
+        open_names(SealedNames.decode(data), NAMES_KEY, group_id=NAMES_GROUP)
+
+    _each(lambda: RoomNames.decode(data), sealed, lambda: NameKey.decode(data))
+
+
+def _key_handover(data: bytes) -> None:
+    KeyOffer.from_body("d1", data)
+
+
+POW_KEY = bytes(32)
+
+
+def _pow(data: bytes) -> None:
+    """A challenge as the client reads it; a proof as the server checks it."""
+    _each(lambda: pow_.read_token(data),
+          lambda: pow_.check(POW_KEY, "alice", "bob", data, now_ms=1_700_000_000_000))
+
+
+# --- calls -----------------------------------------------------------------------------------
+
+
+def _call_signal(data: bytes) -> None:
+    _each(lambda: CallSignal.decode(data), lambda: RoomCallSignal.decode(data),
+          lambda: CallPayload.decode(data))
+
+
+def _sdp(data: bytes) -> None:
+    """The SDP checks the call engine runs on the peer's offer or answer."""
+    text = data.decode("utf-8", "replace")
+    _each(lambda: sdp.fingerprints(text), lambda: sdp.check_fingerprints(text, ()),
+          lambda: sdp.header_extensions(text), lambda: sdp.candidates(text),
+          lambda: sdp.connection_addresses(text), lambda: sdp.codecs(text))
+
+
 def _typed(exc: BaseException) -> bool:
     from sottovoce.errors import SottovoceError
 
@@ -296,6 +445,19 @@ HARNESSES: dict[str, Harness] = {
         Harness("payload", _payload),
         Harness("file_body", _file_body, "json"),
         Harness("control_body", _control, "json"),
+        Harness("ephemeral_frame", _ephemeral_frame),
+        Harness("ephemeral_content", _ephemeral_content),
+        Harness("media_describe", _media_describe),
+        Harness("presence", _presence, "json"),
+        Harness("noise_handshake", _noise),
+        Harness("link_pake", _link_pake),
+        Harness("link_message", _link_message),
+        Harness("tree_ref", _tree_ref),
+        Harness("room_names", _room_names),
+        Harness("key_handover", _key_handover, "json"),
+        Harness("pow", _pow),
+        Harness("call_signal", _call_signal),
+        Harness("sdp", _sdp, "text"),
     )
 }
 

@@ -1,4 +1,5 @@
-"""Write the seed corpora of tests/fuzz/corpus/NAME/ (``python -m tests.fuzz.make_seeds``).
+"""Write the seed corpora of tests/fuzz/corpus/NAME/ (``python -m tests.fuzz.make_seeds
+[NAME ...]``; without names, every corpus).
 
 Seeds come from the test vectors in tests/vectors/data (RFC 9420 messages, RFC 9605
 SFrame headers, C2SP notes) and from objects the project's own encoders build, so
@@ -8,25 +9,49 @@ Each corpus keeps a few small entries: the folder is committed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sottovoce.client import linking
 from sottovoce.client.control import READ, Delete, Quote, Reaction, Receipt, typing_body
+from sottovoce.client.ephemeral_media import MediaKind
+from sottovoce.client.key_handover import offer_body
 from sottovoce.client.payload import Payload, encode_log_head, json_body
+from sottovoce.client.presence import presence_body
+from sottovoce.client.rooms.tree_blob import TreeRef
+from sottovoce.codec.tls import Writer
 from sottovoce.crypto.file_chunks import ChunkSealer
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
+from sottovoce.identity import pake
+from sottovoce.identity.keys import AccountKey
+from sottovoce.identity.pake import QRPayload, Role, ShortCode
+from sottovoce.identity.succession import Succession
 from sottovoce.kt.checkpoint import Checkpoint
 from sottovoce.kt.map import MapProof
 from sottovoce.kt.verify import EntryProof, HistoryPage, HistoryResponse, LookupResponse
 from sottovoce.mls.public import decode_key_package
+from sottovoce.pairwise import ephemeral
+from sottovoce.protocol import pow as pow_
 from sottovoce.protocol.audit import AuditAction, make_entry
 from sottovoce.protocol.blobs import OP_CHUNK, OP_PUT, pack_chunk
+from sottovoce.protocol.room_names import RoomNames
+from sottovoce.protocol.room_names_seal import seal_names
 from sottovoce.secret import Secret
 from tests.fuzz.engine import CORPUS
-from tests.fuzz.harnesses import FILE_SIZE, _signer
+from tests.fuzz.harnesses import (
+    _LINK_SESSION,
+    FILE_SIZE,
+    NAMES_GROUP,
+    NAMES_KEY,
+    POW_KEY,
+    _signer,
+    noise_states,
+)
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "data"
 #: Seeds per harness and the largest seed kept (the corpus is committed).
@@ -163,16 +188,92 @@ def _control() -> list[bytes]:
             typing_body(), typing_body("room:" + "a" * 32)]
 
 
+def _ephemeral() -> dict[str, list[bytes]]:
+    chat = bytes(range(16))
+    frames = [ephemeral.Frame(kind, chat, "d1", "d2", bytes(16) + bytes(range(96))).encode()
+              for kind in ephemeral.Kind]
+    chunk = (bytes(8) + bytes([MediaKind.PHOTO]) + (0).to_bytes(2, "big")
+             + (1).to_bytes(2, "big") + (5).to_bytes(4, "big") + b"\x05a.png" + b"hello")
+    roster = (2).to_bytes(2, "big") + b"\x05alice\x03bob"
+    responder, _, one = noise_states()
+    reply = copy.deepcopy(responder)
+    reply.read_message(one)
+    png = (b"\x89PNG\r\n\x1a\n" + bytes([0, 0, 0, 13]) + b"IHDR"
+           + bytes([0, 0, 2, 128, 0, 0, 1, 224]))
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(11) + b"\xff\xc0\x00\x11\x08\x01\xe0\x02\x80"
+    media = [b"\x00" + png + bytes(8), b"\x00" + jpeg + bytes(8), b"\x00GIF89a\x80\x02\xe0\x01",
+             b"\x01OggS\x00\x02" + bytes(22), b"\x01\x00\x00\x00\x18ftypisom" + bytes(8)]
+    return {"ephemeral_frame": frames, "ephemeral_content": [chunk, roster],
+            "media_describe": media,
+            "presence": [presence_body("online", ask=True), presence_body("away", ask=False)],
+            "noise_handshake": [one, reply.write_message(b"")]}
+
+
+def _linking() -> dict[str, list[bytes]]:
+    share = pake._encode_share(bytes(range(32)), b"d1", b"")
+    tagged = pake._encode_share(bytes(range(32)), b"d2", bytes(64))
+    code = ShortCode.generate(_rng(b"code"))
+    qr = QRPayload(secret=Secret(bytes(32)), device_fingerprint=bytes(32),
+                   server_url="http://127.0.0.1:8080", expires_at_ms=1_800_000_000_000)
+    sealed = linking._Sealed(_LINK_SESSION, Role.EXISTING)
+    offer = Writer()
+    offer.opaque8(b"alice")
+    offer.opaque8(b"laptop")
+    names = Writer()
+    linking._write_names(names, {"d1": "phone", "d2": "laptop"})
+    history = Writer()
+    history.vector_v([], lambda w, m: None)
+    history.opaque_v(b'{"controls":{},"expiries":{}}')
+    return {"link_pake": [share, tagged, bytes([linking._PAKE]) + share, str(code).encode(),
+                          qr.encode().encode()],
+            "link_message": [sealed.seal(linking.OFFER, offer.getvalue()), offer.getvalue(),
+                             names.getvalue(), history.getvalue(), b"\x00\x03"]}
+
+
+def _rng(label: bytes) -> Callable[[int], bytes]:
+    return lambda n: hashlib.shake_256(label).digest(n)
+
+
+def _rooms() -> dict[str, list[bytes]]:
+    ref = TreeRef(bytes(16), Secret(bytes(32)), bytes(32), 1000)
+    names = RoomNames("Book club", "Fridays")
+    sealed = seal_names(names, NAMES_KEY, key_id=bytes(16), nonce=bytes(12),
+                        group_id=NAMES_GROUP)
+    token = pow_.issue(POW_KEY, "alice", "bob", difficulty=0, now_ms=1_700_000_000_000,
+                       ttl_ms=60_000, nonce=bytes(16))
+    old, new = AccountKey.generate(_rng(b"old")), AccountKey.generate(_rng(b"new"))
+    chain = (Succession.issue(old, new, username="alice", now_ms=1_700_000_000_000),)
+    return {"tree_ref": [ref.encode()],
+            "room_names": [names.encode(), sealed, bytes(48)],
+            "pow": [token, pow_.solve(token)],
+            "key_handover": [json_body(key="A" * 43 + "=", chain=["AAAA"]).encode(),
+                             offer_body(new, chain)]}
+
+
+def _calls() -> dict[str, list[bytes]]:
+    from tests.unit.call_sim import fake_sdp
+    from tests.unit.test_calls_signals import FP, SAMPLE_SIGNALS
+    from tests.unit.test_room_call_signals import PAYLOADS, SIGNALS
+
+    signals = [s.encode() for s in (*SAMPLE_SIGNALS, *SIGNALS, *PAYLOADS)]
+    return {"call_signal": sorted(signals, key=len)[:: max(1, len(signals) // PER_HARNESS)],
+            "sdp": [fake_sdp(FP, "tok").encode()]}
+
+
 def seeds() -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {"tls": [b"\x00\x05hello", b"\x11\x40\x05hello\x00"]}
     out |= _mls_vectors() | _kt() | _frames() | _files()
+    out |= _ephemeral() | _linking() | _rooms() | _calls()
     out |= {"sframe_header": _sframe(), "audit_entry": _audit(), "payload": _payloads(),
             "control_body": _control()}
     return out
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    """Write every corpus, or only those of ``names``."""
     for name, items in seeds().items():
+        if names and name not in names:
+            continue
         folder = CORPUS / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -181,4 +282,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sottovoce.client import control
+from sottovoce.client.ephemeral_media import MediaKind, describe
 from sottovoce.client.file_body import FileInfo
 from sottovoce.client.payload import read_json_body
 from sottovoce.errors import DecodeError
@@ -48,3 +49,22 @@ def test_the_fuzz_finding_note_is_refused_as_malformed() -> None:
                                                 signature=bytes(64)),))
     with pytest.raises(MalformedProof):
         Checkpoint.parse(SignedNote.decode(note.encode()).text)
+
+
+@pytest.mark.parametrize("head", [
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x02\x80",  # the finding: 20 bytes
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    b"GIF89a\x80\x02\xff",  # the finding: 9 bytes
+    b"GIF87a",
+])
+def test_a_photo_with_a_truncated_header_is_described_without_a_size(head: bytes) -> None:
+    """Found by the media_describe harness: a PNG or GIF photo shorter than its size
+    field made struct.unpack raise struct.error out of describe(), which runs on every
+    photo a peer sends in an ephemeral chat."""
+    text = describe(MediaKind.PHOTO, "a.png", head)
+    assert text.endswith(f"image, {len(head)} bytes") and "\u00d7" not in text
+
+
+def test_a_whole_png_header_still_gives_the_size() -> None:
+    head = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x02\x80\x00\x00\x01\xe0"
+    assert "640\u00d7480" in describe(MediaKind.PHOTO, "a.png", head)

@@ -203,9 +203,13 @@ def _dimensions(data: bytes | bytearray) -> tuple[int, int] | None:
     """An image's width and height from its header (PNG, GIF, JPEG), else ``None``."""
     head = bytes(data[:32])
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        if len(head) < 24:  # a truncated header names no size
+            return None
         w, h = struct.unpack(">II", head[16:24])
         return w, h
     if head[:6] in (b"GIF87a", b"GIF89a"):
+        if len(head) < 10:
+            return None
         w, h = struct.unpack("<HH", head[6:10])
         return w, h
     if head.startswith(b"\xff\xd8"):
