@@ -96,10 +96,10 @@ def welcome_group_info(
     """The Welcome's GroupInfo, decrypted for ``key_package`` (a Welcome with PSKs is
     refused here); unchecked: see :meth:`Group.welcome_group_info`."""
     suite = _suite(welcome.cipher_suite, "Welcome")
-    secrets = decrypt_group_secrets(suite, welcome, key_package, key_package_private.init_private)
-    if secrets.psks:
+    opened = decrypt_group_secrets(suite, welcome, key_package, key_package_private.init_private)
+    if opened.psks:
         raise InvalidWelcome("a Welcome with pre-shared keys is opened by joining")
-    return decrypt_group_info(suite, welcome, secrets.joiner_secret, zero_secret(suite))
+    return decrypt_group_info(suite, welcome, opened.joiner_secret, zero_secret(suite))
 
 
 def from_welcome(
