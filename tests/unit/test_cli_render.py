@@ -350,7 +350,7 @@ def test_a_new_accounts_name_is_checked_before_any_passphrase(
     from sottovoce.cli import session
     from sottovoce.client import NotConnected
 
-    async def available(server: str, name: str) -> bool:
+    async def available(server: str, name: str, on_pow: object = None) -> bool:
         if server == "ws://127.0.0.1:9":
             raise NotConnected("cannot reach the server: connection refused")
         return name == "bob"
