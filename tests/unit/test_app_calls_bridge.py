@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sottovoce.app.calls_bridge import PageCallError, PageLink, keys_notice, page_sdp
+from sottovoce.app.calls_bridge import keys_notice
+from sottovoce.app.page_link import PageCallError, PageLink, page_sdp
 from sottovoce.calls import sdp as sdp_text
 from sottovoce.calls.media_keys import EpochKeys
 

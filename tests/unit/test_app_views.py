@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from sottovoce.app.bridge import Bridge, PageError
+from sottovoce.app.bridge import Bridge
 from sottovoce.app.bridge_views import AccountViews, fingerprint, qr_rows
+from sottovoce.app.page_input import PageError
 
 
 def _decode(rows: list[str]) -> bytes:

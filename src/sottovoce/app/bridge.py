@@ -28,7 +28,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from sottovoce.app import views
-from sottovoce.app.calls_bridge import CallsBridge, PageCallError
+from sottovoce.app.calls_bridge import CallsBridge
+from sottovoce.app.page_input import PageError, flag_field, text_field
+from sottovoce.app.page_link import PageCallError
 from sottovoce.client import Client, ConnectionChanged, WrongPassphrase
 from sottovoce.client.expiry import parse_timer
 from sottovoce.client.file_body import valid_name
@@ -46,24 +48,6 @@ _HISTORY = 200
 _WRONG_PASSPHRASE_PAUSE_S = 1.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class PageError(Exception):
-    """A request the bridge refuses, with the plain message the page shows."""
-
-
-def _str(req: dict[str, Any], key: str, *, empty: bool = False, limit: int = 65536) -> str:
-    value = req.get(key)
-    if not isinstance(value, str) or (not empty and not value) or len(value) > limit:
-        raise PageError(f"'{key}' is missing or not text")
-    return value
-
-
-def _flag(req: dict[str, Any], key: str) -> bool:
-    value = req.get(key, False)
-    if not isinstance(value, bool):
-        raise PageError(f"'{key}' is not true or false")
-    return value
 
 
 @dataclass
@@ -238,7 +222,7 @@ class Bridge:
     async def _op_unlock(self, req: dict[str, Any]) -> Any:
         """Unlocked: the status and the list at once (read before the connection's own
         work gets the event loop), so the page draws the list without asking again."""
-        await self.unlock(_str(req, "passphrase", limit=1024))
+        await self.unlock(text_field(req, "passphrase", limit=1024))
         return {**self.status(), "list": await self._op_list(req)}
 
     async def _op_list(self, _: dict[str, Any]) -> Any:
@@ -249,7 +233,7 @@ class Bridge:
     async def _op_request(self, req: dict[str, Any]) -> Any:
         """A message request (a first message from someone not a contact) answered."""
         c = self._client()
-        user, answer = _str(req, "user", limit=100), _str(req, "answer", limit=10)
+        user, answer = text_field(req, "user", limit=100), text_field(req, "answer", limit=10)
         if user not in c.contacts.requests():
             raise PageError(f"no message request from {user}")
         if answer == "accept":
@@ -264,14 +248,14 @@ class Bridge:
 
     async def _op_search(self, req: dict[str, Any]) -> Any:
         c = self._client()
-        hits = c.conversations.search(_str(req, "q", limit=1000).split(), limit=50)
+        hits = c.conversations.search(text_field(req, "q", limit=1000).split(), limit=50)
         return [{"peer": h.message.peer, "label": h.conversation, "room": h.room,
                  "id": h.message.message_id, "text": views.message(
                      c, c.controls.view(h.message), room=h.room)["text"]} for h in hits]
 
     def _chat(self, req: dict[str, Any]) -> tuple[Client, str, bool]:
         c = self._client()
-        peer, room = _str(req, "peer", limit=200), _flag(req, "room")
+        peer, room = text_field(req, "peer", limit=200), flag_field(req, "room")
         if room:
             c.rooms.get(peer)  # a plain error for a room this device is not in
         elif peer == c.username or "#" in peer:
@@ -301,31 +285,32 @@ class Bridge:
 
     async def _op_send(self, req: dict[str, Any]) -> Any:
         c, peer, room = self._chat(req)
-        text = _str(req, "text")
+        text = text_field(req, "text")
         reply_to = req.get("replyTo")
         if reply_to is not None:
-            return await c.controls.reply(peer, _str(req, "replyTo", limit=200), text, room=room)
+            quoted = text_field(req, "replyTo", limit=200)
+            return await c.controls.reply(peer, quoted, text, room=room)
         return await (c.rooms.send(peer, text) if room else c.send_text(peer, text))
 
     async def _op_edit(self, req: dict[str, Any]) -> Any:
         c, peer, room = self._chat(req)
-        return await c.controls.edit(peer, _str(req, "msg", limit=200), _str(req, "text"),
-                                     room=room)
+        return await c.controls.edit(peer, text_field(req, "msg", limit=200),
+                                     text_field(req, "text"), room=room)
 
     async def _op_delete(self, req: dict[str, Any]) -> Any:
         c, peer, room = self._chat(req)
-        return await c.controls.delete(peer, _str(req, "msg", limit=200),
-                                       for_everyone=_flag(req, "everyone"), room=room)
+        return await c.controls.delete(peer, text_field(req, "msg", limit=200),
+                                       for_everyone=flag_field(req, "everyone"), room=room)
 
     async def _op_react(self, req: dict[str, Any]) -> Any:
         c, peer, room = self._chat(req)
-        return await c.controls.react(peer, _str(req, "msg", limit=200),
-                                      _str(req, "emoji", limit=64),
-                                      remove=_flag(req, "remove"), room=room)
+        return await c.controls.react(peer, text_field(req, "msg", limit=200),
+                                      text_field(req, "emoji", limit=64),
+                                      remove=flag_field(req, "remove"), room=room)
 
     async def _op_timer(self, req: dict[str, Any]) -> Any:
         c, peer, room = self._chat(req)
-        seconds = parse_timer(_str(req, "setting", limit=10))
+        seconds = parse_timer(text_field(req, "setting", limit=10))
         if room:
             return await c.timers.set_room_timer(peer, seconds)
         return await c.timers.set_chat_timer(peer, seconds)
@@ -337,12 +322,12 @@ class Bridge:
         return None
 
     async def _op_room_create(self, req: dict[str, Any]) -> Any:
-        room = await self._client().rooms.create_room(_str(req, "name", limit=100))
+        room = await self._client().rooms.create_room(text_field(req, "name", limit=100))
         return {"peer": room.room_id, "label": room.label}
 
     async def _op_room_invite(self, req: dict[str, Any]) -> Any:
         c, peer, _ = self._chat({**req, "room": True})
-        user = _str(req, "user", limit=100).removeprefix("@")
+        user = text_field(req, "user", limit=100).removeprefix("@")
         await c.rooms.invite(peer, user)
         await c.rooms.announce_invite(peer, user)
         return sorted(c.rooms.roles(peer).items())

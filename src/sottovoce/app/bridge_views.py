@@ -19,8 +19,10 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from sottovoce.app.page_input import PageError, flag_field, text_field
 from sottovoce.client import Client
 from sottovoce.client.device_notices import DeviceNotices
 from sottovoce.client.kt import WitnessPolicy, witness_policy_of
@@ -36,9 +38,6 @@ from sottovoce.errors import SottovoceError
 from sottovoce.identity.certificates import validate_username
 from sottovoce.kt.checkpoint import NoteKey
 from sottovoce.protocol.audit import AuditAction, AuditChainError
-
-if TYPE_CHECKING:
-    from sottovoce.app.bridge import Bridge
 
 #: The CLI's warning, shown above a linking code (`device link`).
 LINK_WARNING = "Only link a device you are holding in your hand: it gets your account's keys."
@@ -69,6 +68,18 @@ def fingerprint(key: bytes) -> str:
 
 def _age_ms(now_ms: int, at_ms: int) -> int:
     return max(0, now_ms - at_ms)
+
+
+class Bridge(Protocol):
+    """What the account views need of the app's bridge (app/bridge.py)."""
+
+    data_dir: Path
+
+    def _client(self) -> Client: ...
+
+    def _chat(self, req: dict[str, Any]) -> tuple[Client, str, bool]: ...
+
+    async def _broadcast(self, notice: dict[str, Any]) -> None: ...
 
 
 class AccountViews:
@@ -111,9 +122,8 @@ class AccountViews:
     # --- safety numbers ---------------------------------------------------------------
 
     def _peer(self, req: dict[str, Any], c: Client) -> str:
-        from sottovoce.app.bridge import PageError, _str
 
-        peer = _str(req, "peer", limit=100).removeprefix("@")
+        peer = text_field(req, "peer", limit=100).removeprefix("@")
         try:
             validate_username(peer)
         except SottovoceError:
@@ -134,11 +144,10 @@ class AccountViews:
 
     async def mark_verified(self, req: dict[str, Any]) -> Any:
         """`verify NAME --mark` (or ``--unmark`` with ``verified`` false)."""
-        from sottovoce.app.bridge import PageError, _flag
 
         c = self._client()
         peer = self._peer(req, c)
-        if not c.mark_verified(peer, _flag(req, "verified")):
+        if not c.mark_verified(peer, flag_field(req, "verified")):
             raise PageError(f"{peer}'s key is not known here yet: show the safety number first")
         return {"peer": peer, "verified": c.is_verified(peer)}
 
@@ -172,19 +181,17 @@ class AccountViews:
         return out
 
     def _device(self, req: dict[str, Any], c: Client) -> str:
-        from sottovoce.app.bridge import PageError, _str
 
-        device = _str(req, "device", limit=100)
+        device = text_field(req, "device", limit=100)
         if device not in self._own(c):
             raise PageError("no such device of this account")
         return device
 
     async def device_rename(self, req: dict[str, Any]) -> Any:
-        from sottovoce.app.bridge import PageError, _str
 
         c = self._client()
         device = self._device(req, c)
-        name = _str(req, "name", limit=64).strip()
+        name = text_field(req, "name", limit=64).strip()
         if not name:
             raise PageError("a device name cannot be empty")
         DeviceNames(c.linking().store).set(device, name)
@@ -192,13 +199,12 @@ class AccountViews:
 
     async def device_revoke(self, req: dict[str, Any]) -> Any:
         """`device revoke ID`: the page asked the user to confirm before sending this."""
-        from sottovoce.app.bridge import PageError, _flag
 
         c = self._client()
         device = self._device(req, c)
         if device == c.device_id:
             raise PageError("this is the device you are using: revoke it from another one")
-        if not _flag(req, "confirmed"):
+        if not flag_field(req, "confirmed"):
             raise PageError("confirm the revocation first")
         await c.revoke_device(device)
         DeviceNotices(c.linking().store, c.device_id).forget(device)
@@ -209,7 +215,6 @@ class AccountViews:
     async def link_start(self, req: dict[str, Any]) -> Any:
         """`device link`: answered with the codes; the rest comes as ``link`` notices (the
         new device's words to confirm, then done or failed)."""
-        from sottovoce.app.bridge import PageError, _flag
 
         c = self._client()
         if self._link is not None and not self._link.done():
@@ -240,7 +245,7 @@ class AccountViews:
         self._shown = self._hello = None
         self._link = loop.create_task(link_existing(
             c, show=show, confirm=confirm, name_hint=hint.strip(),
-            with_history=_flag(req, "withHistory")))
+            with_history=flag_field(req, "withHistory")))
         self._link.add_done_callback(lambda t: loop.create_task(self._linked(t)))
         link: asyncio.Future[Any] = self._link
         await asyncio.wait({shown, link}, return_when=asyncio.FIRST_COMPLETED)
@@ -283,12 +288,11 @@ class AccountViews:
         await self.bridge._broadcast(notice)
 
     async def link_confirm(self, req: dict[str, Any]) -> Any:
-        from sottovoce.app.bridge import PageError, _flag
 
         answer = self._answer
         if answer is None or answer.done():
             raise PageError("no new device is waiting for an answer")
-        answer.set_result(_flag(req, "accept"))
+        answer.set_result(flag_field(req, "accept"))
         return None
 
     async def link_cancel(self, _: dict[str, Any]) -> Any:
@@ -345,10 +349,9 @@ class AccountViews:
     async def audit(self, req: dict[str, Any]) -> Any:
         """`room audit ROOM`: every entry verified (links, signatures, epoch bindings), the
         ones that are not authentic reported and skipped, or the chain INVALID."""
-        from sottovoce.app.bridge import _str
 
         c = self._client()
-        room = c.rooms.get(_str(req, "peer", limit=200))
+        room = c.rooms.get(text_field(req, "peer", limit=200))
         try:
             trail = await c.rooms.audit(room.room_id)
         except AuditChainError as exc:
@@ -372,14 +375,13 @@ class AccountViews:
         """The messages before ``before`` (a message id the page has), newest last: the
         page's virtual list asks for them as it is scrolled up."""
         from sottovoce.app import views
-        from sottovoce.app.bridge import _str
 
         c, peer, room = self.bridge._chat(req)
         count = req.get("count", OLDER_PAGE)
         if not isinstance(count, int) or not 0 < count <= OLDER_PAGE:
             count = OLDER_PAGE
         shown = c.controls.history(peer, room=room, limit=count,
-                                   before=_str(req, "before", limit=200))
+                                   before=text_field(req, "before", limit=200))
         more = bool(shown) and bool(c.controls.history(
             peer, room=room, limit=1, before=shown[0].message.message_id))
         return {"messages": [views.message(c, v, room=room) for v in shown], "more": more}
@@ -421,23 +423,22 @@ class AccountViews:
         return self.theme()
 
     async def settings_set(self, req: dict[str, Any]) -> Any:
-        from sottovoce.app.bridge import PageError, _flag, _str
 
         c = self._client()
-        key = _str(req, "key", limit=20)
+        key = text_field(req, "key", limit=20)
         if key == "readReceipts":
-            c.controls.set_settings(read_receipts=_flag(req, "value"))
+            c.controls.set_settings(read_receipts=flag_field(req, "value"))
         elif key == "typing":
-            c.controls.set_settings(typing=_flag(req, "value"))
+            c.controls.set_settings(typing=flag_field(req, "value"))
         elif key == "presence":
-            c.presence.set_enabled(_flag(req, "value"))
+            c.presence.set_enabled(flag_field(req, "value"))
         elif key == "discovery":
-            mode = _str(req, "value", limit=10)
+            mode = text_field(req, "value", limit=10)
             if mode not in DISCOVERY_MODES:
                 raise PageError("discovery is public, default or strict")
             await c.discovery.mode(mode)
         elif key == "theme":
-            theme = _str(req, "value", limit=10)
+            theme = text_field(req, "value", limit=10)
             if theme not in THEMES:
                 raise PageError("the theme is system, light or dark")
             self._write_theme(theme)

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sottovoce.app.calls_bridge import Notify, PageCallError, PageLink
+from sottovoce.app.page_link import Notify, PageCallError, PageLink, page_sdp
 from sottovoce.calls import sdp as sdp_text
 from sottovoce.calls.effects import PeerMediaState, StateChanged
 from sottovoce.calls.signals import Fingerprint
@@ -83,8 +83,6 @@ class BrowserMediaSession(MediaSession):
     def _check(self, remote_sdp: str, expected: tuple[Fingerprint, ...]) -> str:
         sdp_text.check_fingerprints(remote_sdp, expected)  # the engine did; we do not trust it
         if self.ice.loopback:
-            from sottovoce.app.calls_bridge import page_sdp
-
             return page_sdp(remote_sdp, loopback=True)
         return remote_sdp
 

@@ -21,8 +21,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from sottovoce.app.bridge import MAX_REQUEST, UPLOAD_PIECE, Bridge, PageError
+from sottovoce.app.bridge import MAX_REQUEST, UPLOAD_PIECE, Bridge
 from sottovoce.app.gate import ATTACHMENT_CSP, Gate, common_headers, cookie_header, read_cookie
+from sottovoce.app.page_input import PageError
 from sottovoce.errors import SottovoceError
 
 #: The files of the page (the package's static/), each with its media type.
