@@ -33,7 +33,6 @@ from sottovoce.crypto.noise import HandshakeState, x25519_public
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
 from sottovoce.crypto.suite import cipher_suite
 from sottovoce.identity import pake
-from sottovoce.identity.certificates import DevicePublicKeys, validate_username
 from sottovoce.identity.pake import LinkError, LinkResult, QRPayload, Role, ShortCode
 from sottovoce.kt.checkpoint import Checkpoint, NoteKey, NoteSigner, SignedNote, open_checkpoint
 from sottovoce.kt.merkle import verify_consistency, verify_inclusion
@@ -338,19 +337,10 @@ def _link_pake(data: bytes) -> None:
 _LINK_SESSION = LinkResult(session_key=Secret(bytes(32)), peer_device_id="d1", words=())
 
 
-def _link_hello(r: Reader) -> object:
-    return linking._name(r.opaque8().decode("utf-8")), DevicePublicKeys.read(r)
-
-
-def _link_offer(r: Reader) -> object:
-    return validate_username(r.opaque8().decode("ascii")), linking._name(
-        r.opaque8().decode("utf-8"))
-
-
 def _link_message(data: bytes) -> None:
     """The sealed handover messages (OFFER, HELLO, GRANT, the history, DONE) as the peer's
     device reads them once opened, and the sealed envelope itself under a known key."""
-    readers = (_link_offer, _link_hello, linking._read_grant, linking._read_archive,
+    readers = (linking.read_offer, linking.read_hello, linking._read_grant, linking._read_archive,
                linking._read_names, lambda r: r.u16())
     _each(*(functools.partial(linking._read, data, read) for read in readers),
           lambda: linking._Sealed(_LINK_SESSION, Role.NEW).open(data, linking.OFFER))

@@ -271,6 +271,16 @@ def _write_names(w: Writer, names: dict[str, str]) -> None:
     w.vector_v(sorted(names.items()), _write_pair)
 
 
+def read_offer(r: Reader) -> tuple[str, str]:
+    """OFFER, as the new device reads it: the account's username and a name hint."""
+    return validate_username(r.opaque8().decode("ascii")), _name(r.opaque8().decode("utf-8"))
+
+
+def read_hello(r: Reader) -> tuple[str, DevicePublicKeys]:
+    """HELLO, as the existing device reads it: the new device's name and public keys."""
+    return _name(r.opaque8().decode("utf-8")), DevicePublicKeys.read(r)
+
+
 def _read_names(r: Reader) -> list[tuple[str, str]]:
     def one(r2: Reader) -> tuple[str, str]:
         device, name = _read_pair(r2)
@@ -562,8 +572,7 @@ async def _link_existing(
     w.opaque8(client.username.encode("ascii"))
     w.opaque8(_name(name_hint).encode("utf-8"))
     await opener.put(mailbox, sealed.seal(OFFER, w.getvalue()))
-    name, keys = _read(sealed.open(await opener.body(mailbox), HELLO), lambda r: (
-        _name(r.opaque8().decode("utf-8")), DevicePublicKeys.read(r)))
+    name, keys = _read(sealed.open(await opener.body(mailbox), HELLO), read_hello)
     new_id = result.peer_device_id
     name = name or _name(name_hint) or "new device"
     if not await asyncio.to_thread(confirm, PeerHello(new_id, name, result.words)):
@@ -762,9 +771,7 @@ class NewDevice:
             self._result = session.finish(_pake_body(await self._joiner.body()))
             self._sealed = _Sealed(self._result, Role.NEW)
             self.username, self.name_hint = _read(
-                self._sealed.open(await self._joiner.body(), OFFER), lambda r: (
-                    validate_username(r.opaque8().decode("ascii")),
-                    _name(r.opaque8().decode("utf-8"))))
+                self._sealed.open(await self._joiner.body(), OFFER), read_offer)
         except BaseException as exc:
             await self.abort(exc)
             raise
