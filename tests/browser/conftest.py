@@ -11,6 +11,7 @@ import pytest
 
 from sottovoce.client import Client
 from sottovoce.client.store import TEST_KDF
+from tests.integration.janus_helpers import janus, sfu_server  # noqa: F401 (fixtures of the call tests)
 from tests.integration.serverproc import ServerProcess
 
 PASSPHRASE = "browser test passphrase"

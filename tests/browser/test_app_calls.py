@@ -16,7 +16,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +46,6 @@ WAIT_MS = 20_000
 BOB_OPTIONS = dict(media=MediaSpec(width=320, height=240, fps=15), ice=IceConfig(loopback=True))
 MEDIA_FLAGS = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
                "--allow-loopback-in-peer-connection"]
-
-
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
-@pytest.fixture
-def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
-    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(janus.key_file(tmp_path))]
-    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 class CallApp(AppProcess):

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.integration.janus_helpers import janus, sfu_server  # noqa: F401 (fixtures)
 from tests.integration.serverproc import ServerProcess
 
 if TYPE_CHECKING:
     from tests.integration.calls_helpers import Coturn, Net
-    from tests.integration.janus_helpers import Janus
 
 
 @pytest.fixture
@@ -65,24 +65,3 @@ async def net() -> AsyncIterator[Net]:
         await n.close()
 
 
-@pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
-    """A Janus of the module's own on 127.0.0.1 (skips where janus or gcc is missing)."""
-    from tests.integration.janus_helpers import Janus
-
-    j = Janus(tmp_path_factory.mktemp("janus")).start()
-    try:
-        yield j
-    finally:
-        j.stop()
-
-
-@pytest.fixture
-def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
-    """A fresh server whose SFU is the module's Janus (``--sfu``, ``--sfu-key-file``)."""
-    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(janus.key_file(tmp_path))]
-    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()

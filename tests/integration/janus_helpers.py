@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import pytest
 
 from sottovoce.secret import Secret
 from tests.integration.calls_helpers import free_port_range
+from tests.integration.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "deploy" / "janus"
@@ -194,3 +196,24 @@ class Janus:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@pytest.fixture(scope="module")
+def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    """A Janus of the module's own on 127.0.0.1 (skips where janus or gcc is missing)."""
+    j = Janus(tmp_path_factory.mktemp("janus")).start()
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+@pytest.fixture
+def sfu_server(janus: Janus, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server whose SFU is the module's Janus (``--sfu``, ``--sfu-key-file``)."""
+    args = ["--sfu", janus.ws_url, "--sfu-key-file", str(janus.key_file(tmp_path))]
+    srv = ServerProcess(tmp_path / "server", extra_args=args).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

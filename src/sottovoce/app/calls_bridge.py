@@ -53,7 +53,6 @@ from sottovoce.client.calls.room_controller import RoomCallController, RoomCallO
 from sottovoce.client.calls.room_media import TRACK_OF_MID, SfuMedia, e2ee_jsep, feed_mids
 from sottovoce.client.calls.sources import MediaSpec
 from sottovoce.errors import SottovoceError
-from sottovoce.janus_session import JanusSession
 from sottovoce.sframe import Track
 
 if TYPE_CHECKING:
@@ -96,22 +95,10 @@ class BrowserSfuMedia(SfuMedia):
         self._pub_handle: int | None = None
 
     async def publish(self) -> None:
-        janus = await JanusSession.connect(self.access.url)
-        self._janus = janus
-        handle, joined = await self._join(
-            janus, "publisher", id=self.access.feed_id, token=self.access.token
-        )
-        private_id = joined.data.get("private_id")
-        if not isinstance(private_id, int) or isinstance(private_id, bool):
-            raise SfuError("the SFU did not give this publisher a private id")
-        self._private_id = private_id
+        janus, handle = await self._join_as_publisher()
         self._pub_handle = handle
         offer = await self.link.ask(self.room_id, "publish")
-        reply = await janus.message(handle, {"request": "publish"}, jsep=e2ee_jsep("offer", offer))
-        if reply.jsep is None or reply.jsep.get("type") != "answer":
-            raise SfuError("the SFU did not answer the publication")
-        answer = clean_sdp(reply.jsep["sdp"])
-        self._check_addresses(answer)
+        answer = await self._publish_offer(janus, handle, offer)
         await self.link.send(self.room_id, "published", sdp=answer)
 
     async def subscribe(self, feed_id: str, device: Device) -> None:

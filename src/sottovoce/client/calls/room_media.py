@@ -291,6 +291,19 @@ class SfuMedia(RoomMedia):
     async def publish(self) -> None:
         """Join the VideoRoom as a publisher with the grant and send the three sections.
         :class:`~sottovoce.calls.janus.SfuUnauthorized` without a valid grant."""
+        janus, handle = await self._join_as_publisher()
+        pc = RTCPeerConnection(self.ice.rtc_configuration())
+        peer = _Peer(pc=pc, device=None, handle=handle)
+        self._publisher = peer
+        peer.tracks = self._add_send_sections(pc, "sendonly")
+        offer = await self._set_local(pc, await pc.createOffer())
+        answer = await self._publish_offer(janus, handle, offer)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await self._connected(pc)
+
+    async def _join_as_publisher(self) -> tuple[JanusSession, int]:
+        """A Janus session joined to the room as this grant's publisher: the session and
+        the publisher's handle (its private id kept for subscriptions)."""
         janus = await JanusSession.connect(self.access.url)
         self._janus = janus
         handle, joined = await self._join(
@@ -300,18 +313,16 @@ class SfuMedia(RoomMedia):
         if not isinstance(private_id, int) or isinstance(private_id, bool):
             raise SfuError("the SFU did not give this publisher a private id")
         self._private_id = private_id
-        pc = RTCPeerConnection(self.ice.rtc_configuration())
-        peer = _Peer(pc=pc, device=None, handle=handle)
-        self._publisher = peer
-        peer.tracks = self._add_send_sections(pc, "sendonly")
-        offer = await self._set_local(pc, await pc.createOffer())
+        return janus, handle
+
+    async def _publish_offer(self, janus: JanusSession, handle: int, offer: str) -> str:
+        """Publish ``offer`` (the E2EE sections marked); the SFU's answer, checked."""
         reply = await janus.message(handle, {"request": "publish"}, jsep=e2ee_jsep("offer", offer))
         if reply.jsep is None or reply.jsep.get("type") != "answer":
             raise SfuError("the SFU did not answer the publication")
         answer = clean_sdp(reply.jsep["sdp"])
         self._check_addresses(answer)
-        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        await self._connected(pc)
+        return answer
 
     async def subscribe(self, feed_id: str, device: Device) -> None:
         """Receive ``device``'s feed: only frames sealed with ``device``'s keys open."""
