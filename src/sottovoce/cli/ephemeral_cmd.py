@@ -25,7 +25,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from sottovoce.cli import render
@@ -77,6 +77,17 @@ def _pidfile(args: argparse.Namespace) -> Path:
     return data_dir(args) / PIDFILE
 
 
+def _run_chat(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
+    """Run an ephemeral chat's ``work``; its pidfile (``panic``'s way in) goes after."""
+    pidfile = _pidfile(args)
+    try:
+        return with_client(args, work, connect=Connect.NO, notices=False)
+    finally:
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == str(os.getpid()):
+                pidfile.unlink()
+
+
 def run_ephemeral(args: argparse.Namespace, name: str) -> int:
     """`chat NAME --ephemeral`: the exit code (0 left or ended, 3 panic)."""
     async def work(client: Client) -> int:
@@ -89,15 +100,9 @@ def run_ephemeral(args: argparse.Namespace, name: str) -> int:
               f"(up to {args.wait:g} s; they run: chat {render.safe(client.username)} "
               "--ephemeral)", flush=True)
         chat = await client.ephemeral.open(name, timeout=args.wait)
-        return await _talk(client, chat, pidfile)
+        return await _talk(client, chat, _pidfile(args))
 
-    pidfile = _pidfile(args)
-    try:
-        return with_client(args, work, connect=Connect.NO, notices=False)
-    finally:
-        with contextlib.suppress(OSError):
-            if pidfile.read_text().strip() == str(os.getpid()):
-                pidfile.unlink()
+    return _run_chat(args, work)
 
 
 def _use_data_channel(client: Client, args: argparse.Namespace) -> None:
@@ -300,15 +305,9 @@ def run_group(args: argparse.Namespace, room: str) -> int:
         if group.starter:
             print(f"waiting for members to join (up to {args.wait:g} s; they run: room chat "
                   f"{shlex.quote(render.safe(label))} --ephemeral)", flush=True)
-        return await _talk_group(client, group, pidfile, args.wait)
+        return await _talk_group(client, group, _pidfile(args), args.wait)
 
-    pidfile = _pidfile(args)
-    try:
-        return with_client(args, work, connect=Connect.NO, notices=False)
-    finally:
-        with contextlib.suppress(OSError):
-            if pidfile.read_text().strip() == str(os.getpid()):
-                pidfile.unlink()
+    return _run_chat(args, work)
 
 
 async def _talk_group(client: Client, group: GroupChat, pidfile: Path, wait: float) -> int:
