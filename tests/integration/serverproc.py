@@ -53,6 +53,16 @@ def shared_kt_args(root: Path, data_dir: Path) -> list[str]:
     return ["--kt-log-key-file", str(log_key), "--kt-vrf-key-file", str(vrf_key)]
 
 
+def worker_index() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) in one process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    try:
+        return int(worker.removeprefix("gw")), max(int(count), 1)
+    except ValueError:
+        return 0, 1
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
