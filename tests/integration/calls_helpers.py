@@ -42,6 +42,7 @@ from sottovoce.client.calls.sources import PatternTrack, ToneTrack
 from sottovoce.errors import DecodeError
 from sottovoce.secret import Secret
 from sottovoce.server.turn import TurnConfig, turn_credentials
+from tests.integration.serverproc import worker_index
 
 
 def free_udp_port() -> int:
@@ -50,10 +51,30 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for ``bind(port 0)`` (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_range(count: int) -> int:
-    """The first of ``count`` consecutive UDP ports that are free now."""
+    """The first of ``count`` consecutive UDP ports that are free now.
+
+    Picked below the kernel's ephemeral range, so that no socket bound to port 0 (an
+    ICE candidate, a server of another test) lands in it before its owner (Janus's
+    RTP ports, coturn's relays) binds it; and in a slice of that span of this
+    pytest-xdist worker's own, so that two workers never pick overlapping ranges.
+    """
+    low, high = 15_000, _ephemeral_low()
+    if high - low < 4 * count:  # a kernel range reaching down low: anywhere, at random
+        low, high = 20_000, 50_000
+    index, workers = worker_index()
+    width = (high - low) // workers
+    low += index * width
     for _ in range(200):
-        start = 20_000 + secrets.randbelow(30_000)
+        start = low + secrets.randbelow(max(width - count, 1))
         try:
             socks = []
             for port in range(start, start + count):

@@ -53,10 +53,24 @@ def shared_kt_args(root: Path, data_dir: Path) -> list[str]:
     return ["--kt-log-key-file", str(log_key), "--kt-vrf-key-file", str(vrf_key)]
 
 
+def worker_index() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) in one process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    try:
+        return int(worker.removeprefix("gw")), max(int(count), 1)
+    except ValueError:
+        return 0, 1
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class _PortTaken(Exception):
+    """The server exited because another process listens on its port."""
 
 
 class ServerProcess:
@@ -64,6 +78,9 @@ class ServerProcess:
         self, data_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()
     ) -> None:
         self.data_dir = Path(data_dir)
+        #: A port picked here may be taken by another process before the server binds it
+        #: (tests run side by side): then the first start tries another one.
+        self._may_move = port is None
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.tls = "--tls-cert" in self.extra_args
@@ -108,8 +125,28 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         if self.running:
             return self
+        for _ in range(5):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                if not self._may_move:
+                    raise RuntimeError(
+                        f"port {self.port} is taken:\n{self.output()[-3000:]}"
+                    ) from None
+                self.port = free_port()
+                continue
+            self._may_move = False  # a restart keeps the address clients know
+            return self
+        raise RuntimeError("five free ports were taken before the server could bind one")
+
+    def _start(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
+        # Healthy means *this* process logged that it listens, then answers: a health
+        # check alone may be answered by another server that holds the port.
+        own_log = not {"--log-file", "--log-level"} & set(self.extra_args)
+        started_before = self._started_count()
+        output_before = len(self.output())
         with self.output_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -118,15 +155,24 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "the port is already in use" in self.output()[output_before:]:
+                    raise _PortTaken
                 raise RuntimeError(
                     f"server exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
                 )
-            with contextlib.suppress(OSError, ValueError):
-                if self.health().get("status") == "ok":
-                    return self
+            if not own_log or self._started_count() > started_before:
+                with contextlib.suppress(OSError, ValueError):
+                    if self.health().get("status") == "ok":
+                        return
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server did not become healthy:\n{self.output()[-3000:]}")
+
+    def _started_count(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count('"event":"server.started"')
+        except OSError:
+            return 0
 
     def health(self) -> dict[str, Any]:
         return json.loads(self.http_get("/healthz"))  # type: ignore[no-any-return]

@@ -35,7 +35,7 @@ import textwrap
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -548,6 +548,8 @@ class Sandbox:
     server: ServerProcess
     env: dict[str, str]
     outputs: list[str]
+    #: The command that printed each of ``outputs``.
+    commands: list[str] = field(default_factory=list)
 
     def substitute(self, command: str) -> str:
         out = command.replace(README_URL, self.server.url)
@@ -558,7 +560,10 @@ class Sandbox:
         out = re.sub(r"(?<![\w/.])deploy/", f"{ROOT}/deploy/", out)
         out = re.sub(r"^sudo -u sottovoce ", "", out)
         if re.search(r"\bTOKEN\b", out):
-            tokens = [t for o in self.outputs for t in join_tokens(o)]
+            # Only what `room token` printed: another command's output (a key in base64)
+            # can hold 43 characters that look like one.
+            tokens = [t for c, o in zip(self.commands, self.outputs, strict=True)
+                      if re.search(r"\broom token\b", c) for t in join_tokens(o)]
             assert tokens, f"no join token printed before `{command}`"
             out = re.sub(r"\bTOKEN\b", tokens[-1], out)
         return out
@@ -576,6 +581,7 @@ class Sandbox:
                 ["bash", "-c", concrete], cwd=self.work, env=self.env, capture_output=True,
                 text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
             )
+            self.commands.append(command)
             self.outputs.append(done.stdout)
             assert done.returncode == 0, (
                 f"{block.where()}: `{command}` exited {done.returncode}\n"

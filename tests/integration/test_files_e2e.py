@@ -331,7 +331,9 @@ def test_cli_send_file_history_and_save(
     monkeypatch.setenv("SOTTOVOCE_PASSPHRASE", PASSPHRASE)
 
     def cli(*args: str, home: Path) -> tuple[int, str, str]:
-        code = cli_main([*args, "--data-dir", str(home)])
+        # Before a "--" (which ends the options: a message id may begin with "-").
+        end = args.index("--") if "--" in args else len(args)
+        code = cli_main([*args[:end], "--data-dir", str(home), *args[end:]])
         out = capsys.readouterr()
         return code, out.out, out.err
 
@@ -354,11 +356,12 @@ def test_cli_send_file_history_and_save(
                      + re.escape(message_id.group(1)), out), out
 
     dest = tmp_path / "saved.txt"
-    code, out, err = cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
+    # "--": a message id may begin with "-" (base64url), which alone would read as an option.
+    code, out, err = cli("save", "alice", "--", message_id.group(1), str(dest), home=bob_home)
     assert code == 0, err
     assert f"saved report.txt to {dest}" in out
     assert sha256_of(dest) == digest
-    code, _, err = cli("save", "alice", message_id.group(1), str(dest), home=bob_home)
+    code, _, err = cli("save", "alice", "--", message_id.group(1), str(dest), home=bob_home)
     assert code == 1 and "exists" in err
 
     code, out, err = cli("room", "send", "team", "--file", str(src), home=alice_home)
@@ -367,11 +370,11 @@ def test_cli_send_file_history_and_save(
     in_room = re.search(r"\(message ([A-Za-z0-9_-]+)\)", out)
     assert in_room is not None
     (tmp_path / "room-dl").mkdir()
-    code, out, err = cli("save", f"#{room_id}", in_room.group(1), str(tmp_path / "room-dl"),
+    code, out, err = cli("save", f"#{room_id}", "--", in_room.group(1), str(tmp_path / "room-dl"),
                          home=bob_home)
     assert code == 0, err
     assert sha256_of(tmp_path / "room-dl" / "report.txt") == digest
-    code, _, err = cli("save", "bob", in_room.group(1), str(tmp_path / "x"), home=alice_home)
+    code, _, err = cli("save", "bob", "--", in_room.group(1), str(tmp_path / "x"), home=alice_home)
     assert code == 1 and "is not in the conversation with bob" in err
 
 
@@ -411,7 +414,7 @@ def test_send_file_killed_mid_upload_carries_on_with_the_next_send(
     assert [p.name for p in blob_files(server)] == [part.name.removesuffix(".part")]
     message_id = re.search(r"\(message ([A-Za-z0-9_-]+)\)", sent.stdout)
     assert message_id is not None
-    saved = _cli("save", "alice", message_id.group(1), str(tmp_path / "big.out"),
+    saved = _cli("save", "alice", "--", message_id.group(1), str(tmp_path / "big.out"),
                  home=tmp_path / "bob")
     assert saved.returncode == 0, saved.stderr
     assert sha256_of(tmp_path / "big.out") == digest

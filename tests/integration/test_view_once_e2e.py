@@ -93,7 +93,9 @@ def test_cli_send_view_once_and_save_once(
     monkeypatch.setenv("SOTTOVOCE_PASSPHRASE", PASSPHRASE)
 
     def cli(*args: str, home: str) -> tuple[int, str, str]:
-        code = cli_main([*args, "--data-dir", str(tmp_path / home)])
+        # Before a "--" (which ends the options: a message id may begin with "-").
+        end = args.index("--") if "--" in args else len(args)
+        code = cli_main([*args[:end], "--data-dir", str(tmp_path / home), *args[end:]])
         out = capsys.readouterr()
         return code, out.out, out.err
 
@@ -109,9 +111,9 @@ def test_cli_send_view_once_and_save_once(
     code, out, err = cli("history", "alice", home="bob")
     assert code == 0, err
     assert re.search(r"alice: \[file, view once\] note\.txt .* id " + re.escape(mid), out), out
-    code, out, err = cli("save", "alice", mid, str(tmp_path / "got.txt"), home="bob")
+    code, out, err = cli("save", "alice", "--", mid, str(tmp_path / "got.txt"), home="bob")
     assert code == 0 and "saved note.txt" in out, err
-    code, _, err = cli("save", "alice", mid, str(tmp_path / "again.txt"), home="bob")
+    code, _, err = cli("save", "alice", "--", mid, str(tmp_path / "again.txt"), home="bob")
     assert code == 1 and "already opened" in err and "Traceback" not in err
     code, out, err = cli("history", "alice", home="bob")
     assert code == 0 and "[view-once file, opened: nothing of it kept]" in out, err

@@ -94,7 +94,7 @@ def test_a_missing_vector_file_fails_the_run_and_never_skips(tmp_path: Path) -> 
         f"mls/tree-validation.json={absent / 'tree-validation.json'}"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
          "tests/vectors/test_tree_math.py",
          "tests/unit/test_mls_tree.py::test_rfc9420_7_3_bad_leaf_signature_is_rejected"],
         cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300, check=False,
