@@ -74,11 +74,15 @@ class PrivateNats:
 
 
 class Balancer:
-    """Round-robin TCP proxy; a backend that refuses the connection is skipped."""
+    """TCP proxy to the node with the fewest open connections (ties taken in turn), as a
+    least-connections balancer does; a backend that refuses the connection is skipped.
+    Short connections (a registration's proof of work is sent on a second one) come and
+    go, so the clients' long-lived connections still spread over every node."""
 
     def __init__(self, ports: list[int]) -> None:
         self.ports = ports
         self.next = 0
+        self.open = [0] * len(ports)
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -97,19 +101,24 @@ class Balancer:
             t.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(len(self.ports)):
-            port = self.ports[self.next % len(self.ports)]
-            self.next += 1
+        n, turn = len(self.ports), self.next
+        self.next += 1
+        for i in sorted(range(n), key=lambda i: (self.open[i], (i - turn) % n)):
             try:
-                up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", self.ports[i])
             except OSError:
                 continue
+            self.open[i] += 1
             for src, dst in ((reader, up_w), (up_r, writer)):
                 task = asyncio.get_running_loop().create_task(_pipe(src, dst))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(lambda _, i=i: self._closed(i))  # the node's side ended
             return
         writer.close()
+
+    def _closed(self, i: int) -> None:
+        self.open[i] -= 1
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -118,3 +118,24 @@ def test_gate_asks_checks_refuses_replay_and_gives_a_pass() -> None:
     with pytest.raises(PowRequired):
         gate.require("alice", "carol", None)  # the pass is for bob only
     gate.require("alice", "alice", None)  # an account never pays for itself
+
+
+def test_nodes_that_share_the_log_key_take_each_others_challenges() -> None:
+    """A registration sends its proof on a new connection, which a balancer may give to
+    another node: gates keyed from the same VRF key accept it, others do not."""
+    from sottovoce.kt.vrf import VRFSecretKey
+
+    shared = VRFSecretKey(bytes(range(32))).derive_key(b"proof-of-work MAC")
+    assert shared == VRFSecretKey(bytes(range(32))).derive_key(b"proof-of-work MAC")
+    assert shared != VRFSecretKey(bytes(range(32))).derive_key(b"another purpose")
+    one, two, alone = (PowGate(pw.DifficultyRule(base_bits=6)) for _ in range(3))
+    one.use_key(shared)
+    two.use_key(shared)
+    with pytest.raises(PowRequired) as info:
+        one.spend("addr:1", "name:bob", None)
+    proof = pw.solve(challenge_of(info.value))
+    with pytest.raises(PowRequired, match="another challenge"):
+        alone.spend("addr:1", "name:bob", proof)  # a key of its own
+    two.spend("addr:1", "name:bob", proof)
+    with pytest.raises(ValueError):
+        one.use_key(b"short")

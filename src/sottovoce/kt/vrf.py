@@ -149,6 +149,13 @@ class VRFSecretKey:
         """For sealing into the server's key store only."""
         return self._seed
 
+    def derive_key(self, label: bytes) -> bytes:
+        """A 32-byte key for another purpose of the same deployment (HMAC-SHA-256 of
+        ``label`` under the seed): nodes that share this key file share it too, and it
+        tells nothing about the seed or the VRF's outputs."""
+        return hmac.new(self._seed.expose(), b"sottovoce derived key: " + label,
+                        hashlib.sha256).digest()
+
     def prove(self, alpha: bytes) -> bytes:
         """RFC 9381 §5.1: the 80-byte proof pi for ``alpha``."""
         x = self._x % _Q

@@ -287,6 +287,7 @@ class ServerApp:
             self._handlers.update(self.kt.handlers())
             self.directory.kt_changed = self.kt.changed
             self.kt.gate = self._kt_gate
+            self.pow.use_key(self.kt.vrf.derive_key(b"proof-of-work MAC"))
         self.links = LinkMailboxes(ttl_ms=config.link_ttl_ms, log=logger,
                                    rearm=self._arm_preauth, fanout=self.fanout)
         self._handlers.update(self.links.handlers())

@@ -12,9 +12,11 @@ requester paid for a target, its later requests about that target (the lookup
 before each session, the claim after it) go through for ``pass_ttl_ms``. An
 account asking about itself never pays.
 
-The MAC key is made at start and lives in memory: a challenge is answered on the
-connection that asked for it, so one node's key suffices (several nodes each have
-their own; a pass is per node too, and a client that moves pays again).
+The MAC key lives in memory. A registration answers its challenge on a new
+connection, which behind a load balancer may reach another node, so nodes that
+share a key-transparency log (and so its VRF key file) derive the same MAC key
+from it (:meth:`PowGate.use_key`); a server without the log makes one at start.
+The replay guard and the passes are per node: a client that moves pays again.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ class PowGate:
         #: For the metrics and tests: challenges issued, proofs accepted.
         self.issued = 0
         self.accepted = 0
+
+
+    def use_key(self, key: bytes) -> None:
+        """MAC challenges under ``key`` (the same on every node of a deployment), so a
+        challenge one node issued is answered at any of them."""
+        if len(key) != _KEY_BYTES:
+            raise ValueError("a proof-of-work MAC key is 32 bytes")
+        self._key = bytes(key)
 
     def challenge(self, requester: str, target: str, why: str) -> PowRequired:
         """A fresh challenge (counted against requester and target) in a refusal."""
