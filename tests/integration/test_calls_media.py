@@ -385,8 +385,8 @@ async def test_recording_needs_consent_then_writes_the_peers_media(
         "dave", "d1", CallOptions(ice=IceConfig(loopback=True), recording_consent="grant")
     )
     await connect(net, carol, dave)
-    await wait_for(lambda: session(carol).sinks["camera"].frames > 15)
-    await asyncio.sleep(0.5)
+    # Consent arrives after the media: count what the recording took, not what arrived.
+    await wait_for(lambda: session(carol).recorded_video_frames() > 30)
     carol.hangup()
     await wait_state(carol, CallState.ENDED)
     await wait_for(lambda: not carol.media)

@@ -594,6 +594,10 @@ class MediaSession:
         track = self._sources.camera
         return track.sent if isinstance(track, PatternTrack) else None
 
+    def recorded_video_frames(self) -> int:
+        """Camera frames handed to the recording so far (0 without one, or consent)."""
+        return 0 if self._recorder is None else self._recorder.video_frames
+
     def allow_recording(self, allowed: bool) -> None:
         """Write received media to ``record_to`` only while the peer consents."""
         if self._recorder is not None:
@@ -747,6 +751,7 @@ class _Recorder:
         self._recorder: MediaRecorder | None = None
         self._tracks = {"audio": _Forward("audio"), "camera": _Forward("video")}
         self.allowed = False
+        self.video_frames = 0
 
     async def feed(self, role: str, frame: av.AudioFrame | av.VideoFrame) -> None:
         if not self.allowed:
@@ -763,6 +768,8 @@ class _Recorder:
                 self._recorder.addTrack(track)
             await self._recorder.start()
         self._tracks[role].put(frame)
+        if role == "camera":
+            self.video_frames += 1
 
     async def close(self) -> None:
         if self._recorder is not None:
