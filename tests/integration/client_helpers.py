@@ -9,6 +9,8 @@ from pathlib import Path
 
 from sottovoce.client import Client, EventStream, MessageReceived, StoredMessage
 from sottovoce.client.store import TEST_KDF
+from sottovoce.errors import SottovoceError
+from sottovoce.mls.group import Group
 from tests.integration.serverproc import ServerProcess
 
 PASSPHRASE = "integration passphrase"
@@ -57,3 +59,15 @@ async def received(stream: EventStream, n: int, timeout: float = 10.0) -> list[S
         if isinstance(event, MessageReceived):
             out.append(event.message)
     return out
+
+
+def opened_by(group: Group, ciphertexts: list[bytes]) -> int:
+    """How many of ``ciphertexts`` ``group`` opens (a removed member's group: none)."""
+    opened = 0
+    for ciphertext in ciphertexts:
+        try:
+            group.process_message(ciphertext)
+            opened += 1
+        except SottovoceError:
+            pass
+    return opened

@@ -26,7 +26,7 @@ from sottovoce.client.events import ErrorEvent, RoomMessageReceived
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import SottovoceError
 from sottovoce.protocol.audit import AuditAction, AuditChainError
-from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.client_helpers import PASSPHRASE, make_account, opened_by
 from tests.integration.serverproc import ServerProcess
 
 
@@ -155,14 +155,7 @@ async def test_removed_member_decrypts_nothing_later(
         assert carol_group is not None and not carol_group.is_active
         later = [ct for seq, ct in tapped if seq > removal.server_seq]
         assert len(later) == 6  # alice's five and bob's own (echoed to all members)
-        opened = 0
-        for ciphertext in later:
-            try:
-                carol_group.process_message(ciphertext)
-                opened += 1
-            except SottovoceError:
-                pass
-        assert opened == 0
+        assert opened_by(carol_group, later) == 0
     finally:
         await close_all([alice, bob, carol])
 

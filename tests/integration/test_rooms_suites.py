@@ -30,11 +30,10 @@ from sottovoce.client.rooms.keypackages import KeyPackageRecord, NoKeyPackageFor
 from sottovoce.client.rooms.model import ROOM_REQUEST_TIMEOUT_S
 from sottovoce.client.store import TEST_KDF
 from sottovoce.crypto.mls_suites import XWING_SUITE_ID
-from sottovoce.errors import SottovoceError
 from sottovoce.limits import CLIENT_KEY_PACKAGE_BATCH
 from sottovoce.mls.framing import MLSMessage
 from sottovoce.protocol import rooms as pr
-from tests.integration.client_helpers import PASSPHRASE, make_account
+from tests.integration.client_helpers import PASSPHRASE, make_account, opened_by
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_room_calls_server import QUIET, call_in, until
 from tests.integration.test_rooms_cli import _ok, _room
@@ -105,14 +104,7 @@ async def test_three_clients_hold_an_xwing_room_beside_a_suite_1_room(
         assert carol_group is not None and not carol_group.is_active
         later = [ct for seq, ct in tapped if seq > removal.server_seq]
         assert len(later) == 4
-        opened = 0
-        for ciphertext in later:
-            try:
-                carol_group.process_message(ciphertext)
-                opened += 1
-            except SottovoceError:
-                pass
-        assert opened == 0
+        assert opened_by(carol_group, later) == 0
         assert _suite_of(bob, room.room_id) == XWING_SUITE_ID
     finally:
         await close_all([alice, bob, carol])

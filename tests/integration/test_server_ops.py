@@ -10,6 +10,7 @@ import sys
 import urllib.error
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sottovoce import __version__
@@ -84,6 +85,17 @@ def test_healthz_metrics_and_unknown_paths(server: ServerProcess) -> None:
     with pytest.raises(urllib.error.HTTPError) as exc:
         server.http_get("/admin")
     assert exc.value.code == 404
+
+
+def test_http_answers_say_the_connection_closes(server: ServerProcess) -> None:
+    """The server closes the connection after each plain HTTP answer, and says so: a client
+    that pools connections (httpx, as `kt witness` does) must not send its next request on
+    a connection that is closing, where it would get a reset instead of an answer."""
+    with httpx.Client(timeout=5) as http:
+        for path in ("/healthz", "/kt/keys", "/admin", "/healthz"):
+            resp = http.get(server.http_url + path)
+            assert resp.status_code in (200, 404)
+            assert resp.headers["connection"] == "close", path
 
 
 async def test_logs_and_metrics_never_contain_ciphertext(server: ServerProcess) -> None:

@@ -980,4 +980,7 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
     headers["Cache-Control"] = "no-store"
+    # The transport closes the connection after an HTTP answer; saying so keeps a client
+    # from sending its next request on it (and getting a reset instead of an answer).
+    headers["Connection"] = "close"
     return Response(status.value, status.phrase, headers, body)

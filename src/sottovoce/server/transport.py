@@ -607,4 +607,5 @@ async def _settle(pending: Awaitable[Response]) -> Response | None:
         return await pending
     except Exception as exc:
         _WS_LOG.error("process_request failed: %s", type(exc).__name__)
-        return Response(500, "Internal Server Error", Headers([("Content-Length", "0")]), b"")
+        headers = Headers([("Content-Length", "0"), ("Connection", "close")])
+        return Response(500, "Internal Server Error", headers, b"")
