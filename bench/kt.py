@@ -64,8 +64,32 @@ are built in DIR and kept; a later run with the same DIR measures the lookups on
 
     python bench/kt.py --sqlite 1000000 --timed 20000 --lookups 1000 --quick-load --keep DIR
 
-No WebSocket or session rate limits: the cost of the relay's framing is in the relay
-figures.
+No WebSocket or session rate limits in these: the cost of the relay's framing is in the
+relay figures, and in ``--through-server``:
+
+    python bench/kt.py --through-server K [--pairs P] [--server-store DIR]
+
+K registrations as a client makes them (``sottovoce.register`` over a new WebSocket
+each, proof of work solved on refusal, 64 in flight from one client process) sent to
+a real ``sottovoce server`` subprocess on SQLite: once to a server without the log
+(the same command with the key-transparency service left out, so no change is queued,
+folded or checkpointed) and once to a server with it, alternated P times (default 2).
+Each server's CPU time (user + system, ``/proc/PID/stat``) is read before the K
+registrations and, with the log, after the checkpoint covering all K is served (every
+change folded, signed and cosigned); 64 registrations before are not counted. The
+servers run on new empty stores, or with ``--server-store DIR`` on the stores a
+``--keep DIR`` run built (plain.sqlite3 for the server without the log, kt.sqlite3 and
+its keys for the one with it: the files are moved into the servers' data directories
+and written, so DIR must be a copy). Proof of work at 4 bits (the server's check costs
+the same at every difficulty; a client would spend seconds per registration solving
+the default one).
+
+    python bench/kt.py --fold-more K [--fold-batch B] --keep DIR
+
+K more accounts registered through ``Storage.create_account`` into the store kept in
+DIR (a copy: it is written), folded B per round as a server's rounds fold them (new
+names' VRF labels included); CPU (``time.process_time``) per folded change, and per
+registration request.
 """
 
 from __future__ import annotations
