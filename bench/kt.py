@@ -89,7 +89,7 @@ the default one).
 K more accounts registered through ``Storage.create_account`` into the store kept in
 DIR (a copy: it is written), folded B per round as a server's rounds fold them (new
 names' VRF labels included); CPU (``time.process_time``) per folded change, and per
-registration request.
+registration request, beside the same registrations into DIR's store without the log.
 """
 
 from __future__ import annotations
@@ -705,8 +705,9 @@ async def _bulk_load(plain: Any, st: Any, seed: bytes, bulk: int, now: int,
 async def fold_more(keep: str, k: int, batch: int) -> None:
     """``--fold-more K --keep DIR``: K more accounts registered (with the log) into the
     store kept in DIR, then folded as a server's rounds fold them, ``batch`` changes per
-    round; CPU per folded change (VRF labels included), and the registrations' own CPU.
-    It writes into DIR: run it on a copy."""
+    round; CPU per folded change (VRF labels included), and the registrations' own CPU;
+    the same accounts registered into DIR's store without the log in turn (the plain
+    ``Storage.create_account`` of the same run). It writes into DIR: run it on a copy."""
     import io
     from pathlib import Path
 
@@ -719,15 +720,20 @@ async def fold_more(keep: str, k: int, batch: int) -> None:
     log = JsonLogger(io.StringIO())
     st = SqliteStorage(Path(keep) / "kt.sqlite3", logger=log)
     kt = kt_log.from_config(ServerConfig(data_dir=Path(keep) / "data"), st, log)
+    plain = SqliteStorage(Path(keep) / "plain.sqlite3", logger=log)
     await st.open()
+    await plain.open()
     try:
         size = await st.kt_size()
         await kt.fold()
         first = 20_000_000 + size  # names no earlier run registered
         now = int(time.time() * 1000)
-        reg_cpu = fold_cpu = fold_wall = 0.0
+        reg_cpu = fold_cpu = fold_wall = plain_cpu = 0.0
         for start in range(0, k, batch):
             certs = _certs(first + start, min(batch, k - start))
+            c = time.process_time()
+            await _register(plain, certs, now)
+            plain_cpu += time.process_time() - c
             c = time.process_time()
             await _register(st, certs, now)
             reg_cpu += time.process_time() - c
@@ -739,10 +745,13 @@ async def fold_more(keep: str, k: int, batch: int) -> None:
         print(f"{k:,} changes at {size:,} -> {size + k:,} log leaves, folded {batch} per "
               f"round: {fold_cpu / k * 1e6:.0f} us CPU per change ({fold_wall / k * 1e6:.0f} "
               f"us wall, the VRF label included); the requests {reg_cpu / k * 1e6:.0f} us "
-              f"CPU each")
+              f"CPU each; without the log {plain_cpu / k * 1e6:.0f} us CPU each: request "
+              f"x{reg_cpu / plain_cpu:.2f}, request and fold "
+              f"x{(reg_cpu + fold_cpu) / plain_cpu:.2f}")
     finally:
         await kt.close()
         await st.close()
+        await plain.close()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
