@@ -64,8 +64,32 @@ are built in DIR and kept; a later run with the same DIR measures the lookups on
 
     python bench/kt.py --sqlite 1000000 --timed 20000 --lookups 1000 --quick-load --keep DIR
 
-No WebSocket or session rate limits: the cost of the relay's framing is in the relay
-figures.
+No WebSocket or session rate limits in these: the cost of the relay's framing is in the
+relay figures, and in ``--through-server``:
+
+    python bench/kt.py --through-server K [--pairs P] [--server-store DIR]
+
+K registrations as a client makes them (``sottovoce.register`` over a new WebSocket
+each, proof of work solved on refusal, 64 in flight from one client process) sent to
+a real ``sottovoce server`` subprocess on SQLite: once to a server without the log
+(the same command with the key-transparency service left out, so no change is queued,
+folded or checkpointed) and once to a server with it, alternated P times (default 2).
+Each server's CPU time (user + system, ``/proc/PID/stat``) is read before the K
+registrations and, with the log, after the checkpoint covering all K is served (every
+change folded, signed and cosigned); 64 registrations before are not counted. The
+servers run on new empty stores, or with ``--server-store DIR`` on the stores a
+``--keep DIR`` run built (plain.sqlite3 for the server without the log, kt.sqlite3 and
+its keys for the one with it: the files are moved into the servers' data directories
+and written, so DIR must be a copy). Proof of work at 4 bits (the server's check costs
+the same at every difficulty; a client would spend seconds per registration solving
+the default one).
+
+    python bench/kt.py --fold-more K [--fold-batch B] --keep DIR
+
+K more accounts registered through ``Storage.create_account`` into the store kept in
+DIR (a copy: it is written), folded B per round as a server's rounds fold them (new
+names' VRF labels included); CPU (``time.process_time``) per folded change, and per
+registration request, beside the same registrations into DIR's store without the log.
 """
 
 from __future__ import annotations
@@ -74,6 +98,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -126,10 +151,31 @@ def main() -> None:
     ap.add_argument("--quick-load", action="store_true",
                     help="with --sqlite: bulk accounts share account keys, and only the "
                          "names looked up get real VRF labels (random ones for the others)")
+    ap.add_argument("--fold-more", type=int, metavar="K",
+                    help="with --keep DIR (a copy: it is written): register K more accounts "
+                         "into the kept store and fold them, --fold-batch per round")
+    ap.add_argument("--fold-batch", type=int, default=256, metavar="B")
+    ap.add_argument("--through-server", type=int, metavar="K",
+                    help="K registrations through a real server subprocess, without and "
+                         "with the log, alternated --pairs times")
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--server-store", metavar="DIR",
+                    help="with --through-server: run the servers on the stores of a --keep "
+                         "DIR (a copy: they are moved and written)")
     ap.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--plain-server"]:
+        sys.exit(_plain_server(sys.argv[2:]))
     args = ap.parse_args()
     if args.generator:
         _generator()
+        return
+    if args.fold_more:
+        if not args.keep:
+            ap.error("--fold-more needs --keep DIR")
+        asyncio.run(fold_more(args.keep, args.fold_more, args.fold_batch))
+        return
+    if args.through_server:
+        asyncio.run(through_server(args.through_server, args.pairs, args.server_store))
         return
     if args.sqlite:
         asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed, args.workers,
@@ -651,6 +697,168 @@ async def _bulk_load(plain: Any, st: Any, seed: bytes, bulk: int, now: int,
           f"stores, {fold_s:.0f} s folding: {fold_s / bulk * 1e6:.0f} us per change); CPU "
           f"{time.process_time() - c0:.0f} s here + {pool_cpu:.0f} s in the pool "
           f"(certificates and VRF labels)")
+
+
+# --- appending to a kept store; registrations through a real server ----------------------
+
+
+async def fold_more(keep: str, k: int, batch: int) -> None:
+    """``--fold-more K --keep DIR``: K more accounts registered (with the log) into the
+    store kept in DIR, then folded as a server's rounds fold them, ``batch`` changes per
+    round; CPU per folded change (VRF labels included), and the registrations' own CPU;
+    the same accounts registered into DIR's store without the log in turn (the plain
+    ``Storage.create_account`` of the same run). It writes into DIR: run it on a copy."""
+    import io
+    from pathlib import Path
+
+    from sottovoce.server import kt_log
+    from sottovoce.server.config import ServerConfig
+    from sottovoce.server.logs import JsonLogger
+    from sottovoce.server.storage.sqlite import SqliteStorage
+
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    log = JsonLogger(io.StringIO())
+    st = SqliteStorage(Path(keep) / "kt.sqlite3", logger=log)
+    kt = kt_log.from_config(ServerConfig(data_dir=Path(keep) / "data"), st, log)
+    plain = SqliteStorage(Path(keep) / "plain.sqlite3", logger=log)
+    await st.open()
+    await plain.open()
+    try:
+        size = await st.kt_size()
+        await kt.fold()
+        first = 20_000_000 + size  # names no earlier run registered
+        now = int(time.time() * 1000)
+        reg_cpu = fold_cpu = fold_wall = plain_cpu = 0.0
+        for start in range(0, k, batch):
+            certs = _certs(first + start, min(batch, k - start))
+            c = time.process_time()
+            await _register(plain, certs, now)
+            plain_cpu += time.process_time() - c
+            c = time.process_time()
+            await _register(st, certs, now)
+            reg_cpu += time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            folded = await kt.fold()
+            fold_cpu += time.process_time() - c
+            fold_wall += time.perf_counter() - t
+            assert folded == len(certs)
+        print(f"{k:,} changes at {size:,} -> {size + k:,} log leaves, folded {batch} per "
+              f"round: {fold_cpu / k * 1e6:.0f} us CPU per change ({fold_wall / k * 1e6:.0f} "
+              f"us wall, the VRF label included); the requests {reg_cpu / k * 1e6:.0f} us "
+              f"CPU each; without the log {plain_cpu / k * 1e6:.0f} us CPU each: request "
+              f"x{reg_cpu / plain_cpu:.2f}, request and fold "
+              f"x{(reg_cpu + fold_cpu) / plain_cpu:.2f}")
+    finally:
+        await kt.close()
+        await st.close()
+        await plain.close()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _server_cpu(pid: int) -> float:
+    """A process's user + system CPU seconds (``/proc/PID/stat``)."""
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _plain_server(argv: list[str]) -> int:
+    """``--plain-server ARGS``: ``sottovoce ARGS`` with no key-transparency log (the
+    server as it was before it kept one: no queued change, no fold, no checkpoint)."""
+    from sottovoce.cli.main import main as cli
+    from sottovoce.server import app
+
+    app.kt_log.from_config = lambda *_: None  # type: ignore[assignment,return-value]
+    sys.argv = ["sottovoce", *argv]
+    return int(cli() or 0)
+
+
+async def through_server(k: int, pairs: int, store: str | None) -> None:
+    """``--through-server K``: K registrations (``sottovoce.register`` over a new
+    WebSocket each, 64 in flight, proof of work and signatures checked) sent to a real
+    server subprocess on SQLite, without the log and with it, alternated ``pairs`` times;
+    server CPU (``/proc/PID/stat``) per registration, with the log until every change is
+    folded and the checkpoint covering it cosigned. ``--server-store DIR``: the servers
+    run on the stores a ``--keep DIR`` run built (DIR/plain.sqlite3 and DIR/kt.sqlite3,
+    moved into their data directories: run it on a copy); else on new empty stores."""
+    import shutil
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conformance.rawclient import Device, RawClient
+    from tests.integration.serverproc import ServerProcess
+
+    class PlainServer(ServerProcess):
+        def command(self) -> list[str]:
+            return [sys.executable, __file__, "--plain-server", *super().command()[3:]]
+
+    async def register(url: str, device: Any, sem: asyncio.Semaphore) -> None:
+        async with sem:
+            client = await RawClient.open(url)
+            try:
+                reply = await client.register(device)
+            finally:
+                await client.close()
+            if reply["event"] != "sottovoce.registered":
+                raise RuntimeError(f"registration refused: {reply}")
+
+    def checkpoint_size(srv: ServerProcess) -> int:
+        with urllib.request.urlopen(srv.http_url + "/kt/checkpoint", timeout=5) as resp:
+            return int(resp.read().decode().split("\n")[1])
+
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    root = Path(tempfile.mkdtemp(prefix="kt-through-", dir=os.environ.get("KT_BENCH_DIR")))
+    dirs = {"plain": root / "plain", "log": root / "log"}
+    if store is not None:  # the kept stores, each moved to where a server finds it
+        for name, db, data in (("plain", "plain.sqlite3", root / "plain"),
+                               ("log", "kt.sqlite3", Path(store) / "data")):
+            data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for suffix in ("", "-wal", "-shm"):
+                if (Path(store) / (db + suffix)).exists():
+                    os.replace(Path(store) / (db + suffix), data / ("sottovoce.sqlite3" + suffix))
+            dirs[name] = data
+    extra = ["--ip-rate", "1000000", "--ip-burst", "1000000", "--max-preauth-per-ip",
+             "100000", "--log-level", "warning"]
+    figures: dict[str, list[float]] = {"plain": [], "log": []}
+    walls: dict[str, list[float]] = {"plain": [], "log": []}
+    try:
+        for pair in range(pairs):
+            for how in ("plain", "log"):
+                cls = PlainServer if how == "plain" else ServerProcess
+                srv = cls(dirs[how], extra_args=extra).start(timeout=120)
+                assert srv.proc is not None
+                try:
+                    devices = [Device.new(f"reg{pair}x{i:06d}{how[0]}") for i in range(k + 64)]
+                    sem = asyncio.Semaphore(64)
+                    # Warm up (first imports, caches, the first checkpoint), not counted.
+                    await asyncio.gather(*(register(srv.ws_url, d, sem) for d in devices[:64]))
+                    start = checkpoint_size(srv) if how == "log" else 0
+                    c, t = _server_cpu(srv.proc.pid), time.perf_counter()
+                    await asyncio.gather(*(register(srv.ws_url, d, sem) for d in devices[64:]))
+                    if how == "log":  # until every change is folded and cosigned
+                        while checkpoint_size(srv) < start + k:
+                            await asyncio.sleep(0.02)
+                    walls[how].append(time.perf_counter() - t)
+                    figures[how].append(_server_cpu(srv.proc.pid) - c)
+                finally:
+                    srv.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{k:,} registrations through a real server (SQLite, 64 in flight, a WebSocket "
+          f"each), {pairs} alternated pairs, server CPU per registration:")
+    for how, label in (("plain", "without the log"),
+                       ("log", "with the log, until all folded and cosigned")):
+        print(f"  {label}: " + ", ".join(f"{x / k * 1e6:.0f}" for x in figures[how])
+              + " us (wall " + ", ".join(f"{x / k * 1e6:.0f}" for x in walls[how]) + " us)")
+    ratios = [b / a for a, b in zip(figures["plain"], figures["log"], strict=True)]
+    print("  with / without: " + ", ".join(f"x{r:.2f}" for r in ratios)
+          + "; what the log adds per change: "
+          + ", ".join(f"{(b - a) / k * 1e6:.0f}" for a, b in
+                      zip(figures["plain"], figures["log"], strict=True)) + " us")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

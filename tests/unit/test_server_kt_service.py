@@ -341,3 +341,48 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
     finally:
         await kt.close()
         await st.close()
+
+
+async def test_changes_waiting_together_share_a_round_that_covers_each(tmp_path: Path) -> None:
+    """Changes that wait for a checkpoint at once share the rounds that begin after they
+    committed (not a fold and a round each), and each is answered only once one of those
+    is over: the served checkpoint then covers it."""
+    import asyncio
+
+    from tests.unit.test_server_kt_storage import Account
+
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
+                            JsonLogger(io.StringIO()))
+    await st.open()
+    folds = 0
+    real_fold = kt.fold
+
+    async def counted() -> int:
+        nonlocal folds
+        folds += 1
+        return await real_fold()
+
+    kt.fold = counted  # type: ignore[method-assign]
+    committed = 0
+
+    async def register(user: str) -> int:
+        nonlocal committed
+        a = Account(user)
+        await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        committed += 1
+        before = committed  # this change and every one counted before it are durable
+        await kt.changed()
+        served = await kt.current()
+        assert served.size >= before
+        return served.size
+
+    try:
+        sizes = await asyncio.gather(*(register(f"user{i:02d}") for i in range(24)))
+        assert max(sizes) == 24 and await st.kt_pending() == 0
+        assert 1 <= folds < 12  # a fold per change would be 24
+        # A lone change after them still gets a round of its own.
+        assert await register("late") == 25
+    finally:
+        await kt.close()
+        await st.close()

@@ -134,6 +134,11 @@ class KTService:
     def __post_init__(self, cosign_interval_ms: int) -> None:
         self._interval_s = cosign_interval_ms / 1000
         self._round_lock = asyncio.Lock()
+        #: Rounds begun so far, and the number of the last one over: a change committed
+        #: before round n began is folded (or left queued by a failed fold) by the time
+        #: round n is over.
+        self._begun = 0
+        self._over = 0
         self._served: Served | None = None
         self._checked_at = 0.0
         #: The size each remote witness last cosigned, as far as this node knows.
@@ -190,16 +195,23 @@ class KTService:
             await asyncio.sleep(self._interval_s)
 
     async def changed(self) -> None:
-        """A directory change committed: wait (bounded) for a checkpoint that covers it."""
+        """A directory change committed: wait (bounded) for a checkpoint that covers it:
+        the first round that begins from now on. Changes that wait meanwhile share it
+        (they do not each run a round of their own, which finds nothing new to fold)."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.sync()), SYNC_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self.sync(after=self._begun)), SYNC_WAIT_S)
         except Exception as exc:  # the change is durable: answer it anyway
             self.log.warning("kt.sync_late", error=type(exc).__name__)
 
-    async def sync(self, *, again: bool = False) -> Served | None:
+    async def sync(self, *, again: bool = False, after: int | None = None) -> Served | None:
         """Sign, cosign and store a checkpoint of the current size if it is newer than the
-        served one (``again``: also if it is not, to refresh the cosignatures)."""
+        served one (``again``: also if it is not, to refresh the cosignatures). ``after``:
+        nothing to do if a round begun after that many rounds is over already."""
         async with self._round_lock:
+            if after is not None and self._over > after:
+                return self._served
+            self._begun += 1
+            number = self._begun
             await self.fold()
             # The newest stored checkpoint first, then the size: a size read before would
             # be older than a checkpoint another node stored meanwhile, and a round of it
@@ -210,6 +222,7 @@ class KTService:
             if served is None or size > served.size or again:
                 self._served = await self._round(size)
                 self._checked_at = time.monotonic()
+            self._over = number  # a round that fails covers nothing: its waiters run another
             return self._served
 
     async def fold(self) -> int:
