@@ -145,8 +145,10 @@ class AppendCache:
             for prefix in {k >> (KEY_BITS - depth) for k in ks}:  # upper depths: shared
                 nodes.pop((depth, prefix), None)
                 nodes.pop((depth, prefix ^ 1), None)
-        for node, rec in nodes.items():
-            self.nodes.setdefault(node, rec)
+        # One C call and a swap, not a Python loop over some 100,000 nodes: a node a
+        # reader thread adds to the replaced dict meanwhile is only read again later.
+        nodes.update(self.nodes)
+        self.nodes = nodes
         for user, found in old.labels.copy().items():
             if len(self.labels) >= _MAX_LABELS:
                 break
@@ -383,6 +385,44 @@ def _map_paths(
                 going[key] = (start + step, _CACHED_STEP)
         walking = going
     return paths
+
+
+def fill_upper(size: int, nodes: list[NodeId], cache: AppendCache) -> Txn[list[NodeId]]:
+    """Read into ``cache`` (of tree size ``size``) those of ``nodes`` (map nodes down to
+    CACHE_DEPTH) it does not hold, one index probe each, in one statement per _CHUNK / 2;
+    return the children of the inner ones, down to CACHE_DEPTH: the next nodes to read.
+    Called depth by depth from the root, it fills the cache with the map's upper
+    depths, so that every lookup's path then starts below them."""
+    if cache.size != size:  # the cache was replaced meanwhile: nothing to fill
+        return []
+    known = cache.nodes
+    missing = [n for n in nodes if n not in known]
+    for i in range(0, len(missing), _CHUNK // 2):
+        part = missing[i:i + _CHUNK // 2]
+        ids = _padded([map_node_id(n) for n in part])
+        found = yield rows(_newest_records(len(ids)), *(p for x in ids for p in (x, size)))
+        got = {blob(r[0]): blob(r[1]) for r in found}
+        for node, nid in zip(part, ids, strict=False):  # ids may be padded
+            known[node] = got.get(nid)
+    below: list[NodeId] = []
+    for depth, prefix in nodes:
+        rec = known.get((depth, prefix))
+        if depth < CACHE_DEPTH and rec is not None and rec[:1] == b"\x11":
+            below += ((depth + 1, 2 * prefix), (depth + 1, 2 * prefix + 1))
+    return below
+
+
+def path_nodes(keys: Iterable[bytes]) -> list[NodeId]:
+    """The map nodes down to CACHE_DEPTH on ``keys``' paths and beside them: those
+    :meth:`AppendCache.carry` leaves out for keys that changed."""
+    out: dict[NodeId, None] = {}
+    for key in keys:
+        k = int.from_bytes(key, "big")
+        out[(0, 0)] = None
+        for depth in range(1, CACHE_DEPTH + 1):
+            prefix = k >> (KEY_BITS - depth)
+            out[(depth, prefix)] = out[(depth, prefix ^ 1)] = None
+    return list(out)
 
 
 def _versions(key: bytes, size: int) -> Txn[int]:
