@@ -48,7 +48,10 @@ Then lookups answered the way the server answers ``sottovoce.kt.lookup`` (read t
 rows as of the served checkpoint, build the proofs, encode), asked by a load
 generator in another process (this script with ``--generator``) over TCP
 connections on 127.0.0.1, one per lookup in flight (a name a line, the answer's
-bytes back) -- L names 8 at once right after the checkpoint (what lookups share --
+bytes back). First the served checkpoint's cache is filled with the map's upper
+depths (``KTService.warm``: the background read a server starts when it serves a
+checkpoint; its wall and CPU time printed; the code before had none). Then
+L names 8 at once right after the checkpoint (what lookups share --
 upper map nodes, log proofs -- not read yet), then L others one at a time, L others
 8 at once, L others 64 at once, each name for the first time at that checkpoint;
 then the third L names again (a server that keeps its answers per checkpoint
@@ -57,9 +60,11 @@ answers those from memory). The generator then checks each answer with
 checked a name's VRF proof before). Last, lookups right after a new checkpoint (3
 changes folded), 8 at once, answered in the serving process: with the upper map nodes
 carried over from the checkpoint before, then after another new checkpoint with the
-cache emptied, twice each. CPU time is ``time.process_time`` of the serving process
-(all its threads, not the generator's). ``--keep DIR``: the stores
-are built in DIR and kept; a later run with the same DIR measures the lookups only.
+cache emptied, twice each; the CPU spent before those lookups (the first one, the
+carry and the background fill, waited for) is printed apart. CPU time is
+``time.process_time`` of the serving process (all its threads, not the generator's).
+``--keep DIR``: the stores are built in DIR and kept; a later run with the same DIR
+measures the lookups only.
 ``KT_BENCH_DIR``: where the temporary databases go.
 
     python bench/kt.py --sqlite 1000000 --timed 20000 --lookups 1000 --quick-load --keep DIR
