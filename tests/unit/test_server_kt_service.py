@@ -386,3 +386,80 @@ async def test_changes_waiting_together_share_a_round_that_covers_each(tmp_path:
     finally:
         await kt.close()
         await st.close()
+
+
+async def test_the_served_checkpoints_cache_is_filled_with_the_upper_map_and_kept_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a checkpoint is served, its cache is filled in the background with every
+    map node down to the cache's depth, as the tables hold them at its size; at the
+    next checkpoint it is carried over and only the changed keys' paths are read
+    again, and it is again what the tables hold; lookups then walk no path step by
+    step above the cache's depth, and answer as a read without any cache."""
+    from sottovoce.server.storage import kt as kt_tables
+    from tests.unit.test_server_kt_storage import Account, _node_at
+
+    monkeypatch.setattr(kt_tables, "CACHE_DEPTH", 3)
+    monkeypatch.setattr(kt_tables, "TOP_DEPTH", 1)
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
+                            JsonLogger(io.StringIO()))
+    await st.open()
+    read: list[int] = []
+    fill = st.kt_fill_upper
+
+    async def counted(size: int, nodes: list[tuple[int, int]],
+                      cache: kt_tables.AppendCache) -> list[tuple[int, int]]:
+        read.append(len([n for n in nodes if n not in cache.nodes]))
+        return await fill(size, nodes, cache)
+
+    st.kt_fill_upper = counted  # type: ignore[method-assign]
+
+    async def upper(size: int) -> dict[tuple[int, int], bytes | None]:
+        found: dict[tuple[int, int], bytes | None] = {}
+        level = [(0, 0)]
+        while level:
+            below = []
+            for node in level:
+                rec = found[node] = await st._read_op(_node_at, node, size)
+                if node[0] < 3 and rec is not None and rec[:1] == b"\x11":
+                    below += [(node[0] + 1, 2 * node[1]), (node[0] + 1, 2 * node[1] + 1)]
+            level = below
+        return found
+
+    try:
+        accounts = [Account(f"user{i}") for i in range(30)]
+        for a in accounts[:24]:
+            await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await kt.sync()
+        await kt.warm()
+        cache = kt._map_cache
+        assert cache.nodes == await upper(cache.size) and kt._filled is cache
+        assert sum(read) == len(cache.nodes)
+        for a in accounts[24:27]:
+            await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await kt.sync()
+        read.clear()
+        await kt.warm()
+        carried = kt._map_cache
+        assert carried is not cache and kt._filled is carried
+        assert carried.nodes == await upper(carried.size)
+        changed = await st.kt_changed_keys(cache.size, carried.size)
+        assert 0 < sum(read) <= len(kt_tables.path_nodes(changed)) < len(carried.nodes)
+        walked: list[bytes] = []
+        step_by_step = kt_tables._map_paths
+
+        def spy(keys: list[bytes], size: int, cache: kt_tables.AppendCache | None,
+                ) -> object:
+            walked.extend(keys)
+            return step_by_step(keys, size, cache)
+
+        monkeypatch.setattr(kt_tables, "_map_paths", spy)
+        part = await kt._log_proof(kt._answers_for, 0)  # type: ignore[arg-type]
+        asks = [(a.user, False, part) for a in accounts[:27]]
+        got = await st.kt_answers(asks, carried.size, carried)
+        assert not walked
+        assert got == await st.kt_answers(asks, carried.size, None)
+    finally:
+        await kt.close()
+        await st.close()

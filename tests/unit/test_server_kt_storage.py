@@ -483,3 +483,74 @@ async def test_a_cache_carried_to_a_later_size_keeps_only_nodes_that_did_not_cha
                 == await store.kt_answers(asks, size, None))
     finally:
         await store.close()
+
+
+async def test_paths_read_below_the_cache_in_one_statement_are_the_whole_paths(
+    store: SharedStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below the cache a lookup reads only its path's siblings and its entry, whose depth
+    its key's neighbours tell, in one statement for all the names read together: the
+    answers are byte for byte those of whole paths read step by step, at the newest
+    size and at an older one (where later keys are not neighbours yet), cache cold and
+    warm; only names with no entry at that size are walked step by step; and an entry
+    not found where its neighbours put it is walked step by step too, to the same
+    answer."""
+    from sottovoce.kt import prover
+
+    accounts = [Account(f"deep{i}") for i in range(40)]
+    await store.open()
+    try:
+        for a in accounts[:24]:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold(1000)
+        older = await store.kt_size()
+        for a in accounts[24:]:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        for a in accounts[:6]:
+            await store.add_device(a.user, "d2", a.cert("d2"), NOW)
+        await store.delete_account(accounts[7].user, NOW)
+        await store.kt_fold(1000)
+        newest = await store.kt_size()
+        monkeypatch.setattr(kt_tables, "TOP_DEPTH", 1)
+        monkeypatch.setattr(kt_tables, "CACHE_DEPTH", 2)
+        walked: list[bytes] = []
+        step_by_step = kt_tables._map_paths
+
+        def spy(keys: list[bytes], size: int, cache: kt_tables.AppendCache | None,
+                ) -> Txn[dict[bytes, dict[tuple[int, int], bytes]]]:
+            if cache is not None:
+                walked.extend(keys)
+            return step_by_step(keys, size, cache)
+
+        monkeypatch.setattr(kt_tables, "_map_paths", spy)
+        names = [a.user for a in accounts] + ["nobody"]
+        for size, known in ((newest, 40), (older, 24)):
+            leaf, nodes = await store.kt_log_part(size, 0, None)
+            assert leaf is not None
+            part = prover.log_proof(b"a checkpoint", size, 0, leaf, nodes)
+            asks = [(n, n == "deep3", part) for n in names]
+            alone = [(await store.kt_answers([ask], size, None))[0] for ask in asks]
+            cache = kt_tables.AppendCache(size)
+            for _ in range(2):
+                walked.clear()
+                assert await store.kt_answers(asks, size, cache) == alone
+                keys = {kt_tables.map_key(VRF.evaluate(n.encode())[0]): n for n in names}
+                assert sorted(keys[k] for k in walked) == sorted(names[known:])
+            assert any(n[0] == 2 for n in cache.nodes)
+        # Depths one too deep: no entry there, so those paths are walked step by step.
+        entries = kt_tables._entries
+
+        def too_deep(users: list[str], size: int) -> Txn[tuple[
+                dict[str, tuple[bytes, bytes]], dict[bytes, kt_tables.VersionRecord],
+                dict[bytes, int]]]:
+            labels, latest, depths = yield from entries(users, size)
+            return labels, latest, {k: d + 1 for k, d in depths.items()}
+
+        monkeypatch.setattr(kt_tables, "_entries", too_deep)
+        walked.clear()
+        assert await store.kt_answers(asks, older, kt_tables.AppendCache(older)) == alone
+        assert len(walked) == len(names)
+        found = await _lookup(store, accounts[30].user)
+        assert found.state is not None and found.version == 0
+    finally:
+        await store.close()

@@ -145,8 +145,10 @@ class AppendCache:
             for prefix in {k >> (KEY_BITS - depth) for k in ks}:  # upper depths: shared
                 nodes.pop((depth, prefix), None)
                 nodes.pop((depth, prefix ^ 1), None)
-        for node, rec in nodes.items():
-            self.nodes.setdefault(node, rec)
+        # One C call and a swap, not a Python loop over some 100,000 nodes: a node a
+        # reader thread adds to the replaced dict meanwhile is only read again later.
+        nodes.update(self.nodes)
+        self.nodes = nodes
         for user, found in old.labels.copy().items():
             if len(self.labels) >= _MAX_LABELS:
                 break
@@ -385,6 +387,44 @@ def _map_paths(
     return paths
 
 
+def fill_upper(size: int, nodes: list[NodeId], cache: AppendCache) -> Txn[list[NodeId]]:
+    """Read into ``cache`` (of tree size ``size``) those of ``nodes`` (map nodes down to
+    CACHE_DEPTH) it does not hold, one index probe each, in one statement per _CHUNK / 2;
+    return the children of the inner ones, down to CACHE_DEPTH: the next nodes to read.
+    Called depth by depth from the root, it fills the cache with the map's upper
+    depths, so that every lookup's path then starts below them."""
+    if cache.size != size:  # the cache was replaced meanwhile: nothing to fill
+        return []
+    known = cache.nodes
+    missing = [n for n in nodes if n not in known]
+    for i in range(0, len(missing), _CHUNK // 2):
+        part = missing[i:i + _CHUNK // 2]
+        ids = _padded([map_node_id(n) for n in part])
+        found = yield rows(_newest_records(len(ids)), *(p for x in ids for p in (x, size)))
+        got = {blob(r[0]): blob(r[1]) for r in found}
+        for node, nid in zip(part, ids, strict=False):  # ids may be padded
+            known[node] = got.get(nid)
+    below: list[NodeId] = []
+    for depth, prefix in nodes:
+        rec = known.get((depth, prefix))
+        if depth < CACHE_DEPTH and rec is not None and rec[:1] == b"\x11":
+            below += ((depth + 1, 2 * prefix), (depth + 1, 2 * prefix + 1))
+    return below
+
+
+def path_nodes(keys: Iterable[bytes]) -> list[NodeId]:
+    """The map nodes down to CACHE_DEPTH on ``keys``' paths and beside them: those
+    :meth:`AppendCache.carry` leaves out for keys that changed."""
+    out: dict[NodeId, None] = {}
+    for key in keys:
+        k = int.from_bytes(key, "big")
+        out[(0, 0)] = None
+        for depth in range(1, CACHE_DEPTH + 1):
+            prefix = k >> (KEY_BITS - depth)
+            out[(depth, prefix)] = out[(depth, prefix ^ 1)] = None
+    return list(out)
+
+
 def _versions(key: bytes, size: int) -> Txn[int]:
     last = yield val("SELECT max(version) FROM kt_versions WHERE map_key=? AND epoch<?",
                      key, size)
@@ -450,37 +490,36 @@ def snapshots(
 ) -> Txn[list[KTStores]]:
     """:func:`snapshot` of several (user, every_version) at tree size ``size`` without
     the log's part (the caller keeps that per checkpoint), in one reader round trip
-    and with the same statements for all: the labels in one, the map paths one per
-    step down, the latest versions in one."""
+    and with the same statements for all: each name's label, latest version and its
+    key's neighbours in one (:func:`_entries`), the map paths below the cache in one
+    more (:func:`_planned_paths`); names without an account, and paths the cache
+    does not reach yet, one statement per step down (:func:`_map_paths`)."""
     c = cache if cache is not None and cache.size == size else None
     users = list(dict.fromkeys(user for user, _ in asks))
-    labels = {u: c.labels[u] for u in users if c is not None and u in c.labels}
-    missing = [u for u in users if u not in labels]
-    for i in range(0, len(missing), _CHUNK):
-        part = _padded(missing[i:i + _CHUNK])
-        found = yield rows(
-            f"SELECT username, label, proof FROM kt_labels WHERE username IN ({_marks(len(part))})",  # noqa: S608
-            *part,
-        )
-        labels.update((str(r[0]), (blob(r[1]), blob(r[2]))) for r in found)
+    labels, latest, depths = yield from _entries(users, size)
+    missing = [u for u in users if u not in labels]  # no stored label: no account
     for u in missing:
-        if u not in labels:  # no account: computed, not stored
-            labels[u] = vrf.evaluate(u.encode("utf-8"))
-        if c is not None and len(c.labels) < _MAX_LABELS:
-            c.labels[u] = labels[u]
+        labels[u] = c.labels[u] if c is not None and u in c.labels else vrf.evaluate(
+            u.encode("utf-8"))
+    if c is not None:
+        for u in missing:
+            if len(c.labels) >= _MAX_LABELS:
+                break
+            c.labels.setdefault(u, labels[u])
     keys = {u: map_key(labels[u][0]) for u in users}
-    paths = yield from _map_paths(list(dict.fromkeys(keys.values())), size, c)
-    latest = yield from _latest_records(
-        list(dict.fromkeys(keys[u] for u, every in asks if not every)), size)
+    unique = list(dict.fromkeys(keys.values()))
+    paths = yield from _planned_paths(unique, depths, size, c)
+    rest = [k for k in unique if k not in paths]
+    if rest:
+        paths.update((yield from _map_paths(rest, size, c)))
     out = []
     for user, every_version in asks:
         key = keys[user]
+        last = latest.get(key)
+        n = 0 if last is None else last.version + 1
         if every_version:
-            n = yield from _versions(key, size)
             records = yield from _records(key, 0, n)
         else:
-            last = latest.get(key)
-            n = 0 if last is None else last.version + 1
             records = {} if last is None else {(key, n - 1): last}
         if n == 1:  # a one-leaf tree's only node is its leaf
             vnodes = {(key, 0, 0): leaf_hash(records[(key, 0)].commitment)}
@@ -493,6 +532,126 @@ def snapshots(
             labels={user: labels[user]},
         ))
     return out
+
+
+_ENTRIES: dict[int, str] = {}
+#: A name's label, its key's latest version below a size and the keys beside it.
+_ENTRY_ROWS = (
+    "SELECT l.username, l.label, l.proof, "
+    "(SELECT p.map_key FROM kt_versions AS p WHERE p.map_key < substr(l.label, 1, 32) "
+    "AND p.epoch < ? ORDER BY p.map_key DESC LIMIT 1), "
+    "(SELECT s.map_key FROM kt_versions AS s WHERE s.map_key > substr(l.label, 1, 32) "
+    "AND s.epoch < ? ORDER BY s.map_key LIMIT 1), "
+    "v.version, v.state, v.opening, v.commitment "
+    "FROM kt_labels AS l LEFT JOIN kt_versions AS v "
+    "ON v.map_key = substr(l.label, 1, 32) AND v.version = ("
+    "SELECT max(m.version) FROM kt_versions AS m "
+    "WHERE m.map_key = substr(l.label, 1, 32) AND m.epoch < ?)"
+)
+
+
+def _entries(
+    users: list[str], size: int
+) -> Txn[tuple[dict[str, tuple[bytes, bytes]], dict[bytes, VersionRecord], dict[bytes, int]]]:
+    """The stored label of each of ``users`` that has one, in one statement with its map
+    key's latest version below ``size`` and the keys next to it in the map as of
+    ``size`` (the index of ``kt_versions`` has them on the same pages): (labels, latest
+    versions by key, the depth of each such key's entry). A key's entry sits one depth
+    below the longest prefix it shares with another key (the map only ever pushes
+    an entry down to where it parts from a new one), and the keys sharing the longest
+    prefix with it are its neighbours in key order."""
+    labels: dict[str, tuple[bytes, bytes]] = {}
+    latest: dict[bytes, VersionRecord] = {}
+    depths: dict[bytes, int] = {}
+    for i in range(0, len(users), _CHUNK):
+        part = _padded(users[i:i + _CHUNK])
+        sql = _ENTRIES.get(len(part))
+        if sql is None:
+            sql = _ENTRIES[len(part)] = (
+                f"{_ENTRY_ROWS} WHERE l.username IN ({_marks(len(part))})")
+        found = yield rows(sql, size, size, size, *part)
+        for r in found:
+            beta = blob(r[1])
+            labels[str(r[0])] = (beta, blob(r[2]))
+            if r[5] is None:
+                continue
+            key = map_key(beta)
+            latest[key] = VersionRecord(version=int(r[5]), state=blob(r[6]),
+                                        opening=blob(r[7]), commitment=blob(r[8]))
+            k, shared = int.from_bytes(key, "big"), -1
+            for other in (r[3], r[4]):
+                if other is not None:
+                    diff = int.from_bytes(blob(other), "big") ^ k
+                    shared = max(shared, KEY_BITS - diff.bit_length())
+            depths[key] = shared + 1
+    return labels, latest, depths
+
+
+#: A path node's record where only its kind matters: :meth:`SparseMap.prove` reads the
+#: nodes on a key's own path only to go down past them (their hashes are not in a
+#: proof, their siblings' are).
+_INNER = b"\x11"
+
+
+def _planned_paths(
+    keys: list[bytes], depths: dict[bytes, int], size: int, cache: AppendCache | None,
+) -> Txn[dict[bytes, dict[NodeId, bytes]]]:
+    """The paths of those ``keys`` whose entry depth is known (:func:`_entries`), all in
+    one statement: from the first depth ``cache`` does not hold, each node on the path
+    and beside it down to CACHE_DEPTH (for the cache), then only the siblings down to
+    the entry and the entry itself. A path the cache ends is whole at once. A key whose
+    entry is not where it was expected (it cannot be, on a map the folds wrote) is left
+    out, for :func:`_map_paths`."""
+    paths: dict[bytes, dict[NodeId, bytes]] = {}
+    if cache is None:
+        return paths
+    plans: dict[bytes, tuple[dict[NodeId, bytes], int, int]] = {}
+    wanted: dict[bytes, NodeId] = {}
+    top = CACHE_DEPTH
+    for key in keys:
+        k = int.from_bytes(key, "big")
+        out: dict[NodeId, bytes] = {}
+        start = _cached_path(k, cache, out)
+        if start < 0:
+            paths[key] = out
+            continue
+        end = depths.get(key, -1)
+        if end < start:
+            continue
+        plans[key] = (out, start, end)
+        for depth in range(start, end + 1):
+            prefix = k >> (KEY_BITS - depth)
+            if depth <= top or depth == end:
+                wanted[map_node_id((depth, prefix))] = (depth, prefix)
+            if depth:
+                wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
+    got: dict[NodeId, bytes] = {}
+    ids = list(wanted)
+    for i in range(0, len(ids), _CHUNK // 2):
+        part = _padded(ids[i:i + _CHUNK // 2])
+        found = yield rows(_newest_records(len(part)),
+                           *(p for node in part for p in (node, size)))
+        got.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+    cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= top)
+    for key, (out, start, end) in plans.items():
+        k = int.from_bytes(key, "big")
+        entry = got.get((end, k >> (KEY_BITS - end)))
+        if entry is None or entry[:33] != b"\x10" + key:
+            continue
+        for depth in range(start, end):
+            here = (depth, k >> (KEY_BITS - depth))
+            rec = got.get(here) if depth <= top else _INNER
+            if rec is None or rec[:1] != _INNER:
+                break
+            out[here] = rec
+        else:
+            for depth in range(max(start, 1), end + 1):
+                beside = (depth, (k >> (KEY_BITS - depth)) ^ 1)
+                if (sib := got.get(beside)) is not None:
+                    out[beside] = sib
+            out[(end, k >> (KEY_BITS - end))] = entry
+            paths[key] = out
+    return paths
 
 
 def answers(

@@ -211,6 +211,11 @@ class SharedStorage(Storage, Engine):
             raise StorageError("this server keeps no key-transparency log")
         return await self._read_op(kt_tables.answers, self.kt_writer.vrf, asks, size, cache)
 
+    async def kt_fill_upper(
+        self, size: int, nodes: list[NodeId], cache: kt_tables.AppendCache
+    ) -> list[NodeId]:
+        return await self._read_op(kt_tables.fill_upper, size, nodes, cache)
+
     async def kt_changed_keys(self, start: int, end: int) -> list[bytes]:
         return await self._read_op(kt_tables.changed_keys, start, end)
 
