@@ -55,6 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._ksmp_load import LeanReceiver, LeanSender, check, send_parts, wait_all
 from tests.conformance.rawclient import Device, RawClient
 from tests.integration.serverproc import ServerProcess
 
@@ -62,8 +63,7 @@ from sottovoce.protocol.events import dm_conversation_id
 
 PAYLOAD = base64.b64encode(secrets.token_bytes(200)).decode()
 ACK_EVERY = 256
-_SEQ = re.compile(r'"globalInboxSeq":(\d+)')
-_MID = re.compile(r'"messageId":"m(\d+)-')
+PROBE_BYTES = 16384
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,125 +140,41 @@ class BenchServer(ServerProcess):
 
 def send_frame(sender: str, recipient: str, targets: list[tuple[str, str]], i: int, tag: str,
                now_ms: int) -> str:
-    """A ksmpv3.send frame built by string formatting (the bench must not be the bottleneck)."""
-    cts = ",".join(
+    """The ksmpv3.send text of message ``i`` (the lean senders splice ``i`` and the time
+    into the same template, pre-encoded: see bench/_ksmp_load.py)."""
+    a, b, c, d = send_parts(dm_conversation_id(sender, recipient), recipient,
+                            ciphertexts(targets), tag)
+    s = str(i).encode()
+    return (a + s + b + s + c + str(now_ms).encode() + d).decode()
+
+
+def ciphertexts(targets: list[tuple[str, str]]) -> str:
+    return ",".join(
         f'{{"userId":"{u}","deviceId":"{d}","ciphertext":"{PAYLOAD}"}}' for u, d in targets
     )
-    conv = dm_conversation_id(sender, recipient)
-    return (
-        f'{{"event":"ksmpv3.send","data":{{"conversationId":"{conv}","messageId":"m{i}-{tag}",'
-        f'"idempotencyKey":"k{i}-{tag}","recipientUserId":"{recipient}","contentType":"text",'
-        f'"clientCreatedAtMs":{now_ms},"ciphertexts":[{cts}]}}}}'
-    )
-
-
-@dataclass
-class Receiver:
-    client: RawClient
-    delivered: int = 0
-    arrivals: dict[int, float] = field(default_factory=dict)
-    track: bool = False
-
-    async def run(self) -> None:
-        ws = self.client.ws
-        last_acked = 0
-        try:
-            async for msg in ws:
-                if not isinstance(msg, str) or '"ksmpv3.inbox.frame"' not in msg[:40]:
-                    continue
-                self.delivered += 1
-                if self.track:
-                    m = _MID.search(msg)
-                    if m:
-                        self.arrivals[int(m.group(1))] = time.perf_counter()
-                if self.delivered - last_acked >= ACK_EVERY:
-                    seq = _SEQ.search(msg)
-                    if seq:
-                        last_acked = self.delivered
-                        await ws.send(
-                            '{"event":"ksmpv3.ack.read","data":{"upToGlobalInboxSeq":'
-                            + seq.group(1) + "}}"
-                        )
-        except Exception:
-            pass
-
-
-@dataclass
-class Sender:
-    client: RawClient
-    recipient: str
-    targets: list[tuple[str, str]]
-    window: int
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
-    acked: int = 0
-    sent: int = 0
-    ack_times: dict[int, float] = field(default_factory=dict)
-    send_times: dict[int, float] = field(default_factory=dict)
-    _room: asyncio.Event = field(default_factory=asyncio.Event)
-    stop: bool = False
-
-    async def read_acks(self, track: bool = False) -> None:
-        try:
-            async for msg in self.client.ws:
-                if isinstance(msg, str) and '"ksmpv3.send.ack"' in msg[:40]:
-                    self.acked += 1
-                    if track:
-                        m = _MID.search(msg)
-                        if m:
-                            self.ack_times[int(m.group(1))] = time.perf_counter()
-                    if self.sent - self.acked < self.window:
-                        self._room.set()
-                elif isinstance(msg, str) and '"ksmpv3.error"' in msg[:40]:
-                    raise RuntimeError(f"server error: {msg[:300]}")
-        except RuntimeError:
-            raise
-        except Exception:
-            pass
-
-    async def flood(self) -> None:
-        ws = self.client.ws
-        me = self.client.device.username  # type: ignore[union-attr]
-        now = int(time.time() * 1000)
-        while not self.stop:
-            if self.sent - self.acked >= self.window:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            burst = min(64, self.window - (self.sent - self.acked))
-            for _ in range(burst):
-                await ws.send(send_frame(me, self.recipient, self.targets, self.sent, self.tag,
-                                         now))
-                self.sent += 1
-
-    async def paced(self, count: int, interval: float) -> None:
-        ws = self.client.ws
-        me = self.client.device.username  # type: ignore[union-attr]
-        t0 = time.perf_counter()
-        for i in range(count):
-            target = t0 + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = send_frame(me, self.recipient, self.targets, i, self.tag,
-                              int(time.time() * 1000))
-            self.send_times[i] = time.perf_counter()
-            await ws.send(text)
-            self.sent += 1
 
 
 async def online(url: str, device: Device | None = None, add: bool = False) -> RawClient:
-    if add and device is not None:
-        c = await RawClient.open(url, max_queue=None)
-        reply = await c.add_device(device)
-        if reply["event"] != "sottovoce.registered":
-            raise RuntimeError(reply)
-    else:
-        c = await RawClient.open(url, max_queue=None)
-        reply = await c.register(device or Device.new())
-        if reply["event"] != "sottovoce.registered":
-            raise RuntimeError(reply)
+    c = await RawClient.open(url, max_queue=None, ping_interval=None)
+    reply = await (c.add_device(device) if add and device is not None
+                   else c.register(device or Device.new()))
+    if reply["event"] != "sottovoce.registered":
+        raise RuntimeError(reply)
     await c.resume()
     return c
+
+
+def lean_sender(client: RawClient, recipient: str, targets: list[tuple[str, str]],
+                window: int = 0, track: bool = False) -> LeanSender:
+    me = client.device.username  # type: ignore[union-attr]
+    return LeanSender.take_over(client, f"sender {me}", dm_conversation_id(me, recipient),
+                                recipient, ciphertexts(targets), secrets.token_hex(3), window,
+                                track)
+
+
+def lean_receiver(client: RawClient, sender: LeanSender, track: bool = False) -> LeanReceiver:
+    name = f"receiver {client.device.username}/{client.device.device_id}"  # type: ignore[union-attr]
+    return LeanReceiver.take_over(client, name, sender.tag.decode(), PAYLOAD, ACK_EVERY, track)
 
 
 @dataclass
@@ -279,11 +195,13 @@ class Cpu:
         self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
         self.p0 = postgres_seconds()
 
-    def stop(self, count: float = 0) -> str:
+    def stop(self, count: float = 0, exclude: float = 0.0) -> str:
+        """``exclude``: CPU seconds of this process that were not the clients' (a probe)."""
         dt = time.perf_counter() - self.t0
         srv_s = cpu_seconds(self.pid) - self.s0
         srv = 100 * srv_s / dt
-        bench = 100 * (cpu_seconds() - self.b0) / dt
+        bench_s = cpu_seconds() - self.b0 - exclude
+        bench = 100 * bench_s / dt
         pg = 100 * postgres_used(self.p0) / dt
         other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench - pg)
         per = ""
@@ -298,6 +216,7 @@ class Cpu:
                 u0, s0 = self.th0.get(name, (0.0, 0.0))
                 parts.append(f"{name} {1e6 * (u1 - u0) / count:.1f}+{1e6 * (s1 - s0) / count:.1f}")
             per += " (user+system µs: " + ", ".join(parts) + ")"
+            per += f"; bench clients {1e6 * bench_s / count:.1f} µs of CPU per frame"
         return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, PostgreSQL {pg:.0f}%, "
                 f"other processes {other:.0f}%{per}")
 
@@ -313,84 +232,197 @@ async def measure(pid: int, seconds: float, get: Callable[[], int]) -> tuple[flo
 
 
 async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds: float) -> dict:
-    senders, receivers, tasks = [], [], []
+    senders, receivers = [], []
     for _ in range(pairs):
         a = await online(url)
         b = await online(url)
         bob = b.device.username  # type: ignore[union-attr]
-        s = Sender(a, bob, [(bob, "d1")], window)
-        r = Receiver(b)
+        s = lean_sender(a, bob, [(bob, "d1")], window)
         senders.append(s)
-        receivers.append(r)
-        tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(r.run()),
-                  asyncio.create_task(s.flood())]
-    await asyncio.sleep(1.5)  # warm-up
-    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+        receivers.append(lean_receiver(b, s))
+    conns = senders + receivers
     for s in senders:
-        s.stop = True
-        s._room.set()
-    for c in [s.client for s in senders] + [r.client for r in receivers]:
-        await c.ws.close()
-    for t in tasks:
-        t.cancel()
-    return {"rate": rate, "cpu": cpu}
+        s.start_flood()
+    await wait_all(conns, lambda: False, 1.5)  # warm-up
+    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+    check(conns)
+    for s in senders:
+        s.running = False
+    await wait_all(conns, lambda: all(r.delivered == s.sent for s, r in
+                                      zip(senders, receivers, strict=True)), 30)
+    lost = sum(s.sent - r.delivered for s, r in zip(senders, receivers, strict=True))
+    for c in conns:
+        c.close()
+    return {"rate": rate, "cpu": cpu, "sent": sum(s.sent for s in senders), "lost": lost,
+            "sampled": sum(r.sampled for r in receivers)}
 
 
-async def bench_latency(url: str, pid: int, rate: float, seconds: float) -> dict:
+async def paced(s: LeanSender, count: int, interval: float) -> None:
+    """``count`` sends, one every ``interval`` s on an absolute schedule (a late send
+    does not push the next ones back)."""
+    t0 = time.perf_counter()
+    for k in range(count):
+        delay = t0 + k * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        s.send_times.append(time.perf_counter())
+        s.send_next(1)
+
+
+async def bench_latency(url: str, pid: int, rate: float, seconds: float, probe_dir: Path,
+                        blocks: int, trace: Path | None = None) -> dict:
+    """Latency in ``blocks`` blocks, each followed by as many fdatasyncs at the same
+    rate in the server's data directory (the disk's floor, measured under the same
+    conditions and over as many samples)."""
     a = await online(url)
     b = await online(url)
     bob = b.device.username  # type: ignore[union-attr]
-    s = Sender(a, bob, [(bob, "d1")], window=1 << 30)
-    r = Receiver(b, track=True)
-    tasks = [asyncio.create_task(s.read_acks(track=True)), asyncio.create_task(r.run())]
+    s = lean_sender(a, bob, [(bob, "d1")], track=True)
+    r = lean_receiver(b, s, track=True)
+    conns = [s, r]
+    await paced(s, 200, 1 / rate)  # warm-up
+    await wait_all(conns, lambda: r.delivered == s.acked == s.sent, 10)
+    tag = secrets.token_hex(3)
+    s.retag(tag)
+    r.retag(tag)
     count = int(rate * seconds)
-    await s.paced(200, 1 / rate)  # warm-up
-    s.send_times.clear()
-    r.arrivals.clear()
-    s.ack_times.clear()
-    s.tag = secrets.token_hex(3)
+    per_block = max(1, count // blocks)
+    probe = FsyncProbe(probe_dir)
+    w0 = written_bytes(pid)
+    q0 = run_delay(pid), run_delay(os.getpid())
     cpu = Cpu(pid)
     cpu.start()
-    await s.paced(count, 1 / rate)
-    await asyncio.sleep(0.5)
-    cpu_text = cpu.stop()
-    deliver = sorted(r.arrivals[i] - t for i, t in s.send_times.items() if i in r.arrivals)
-    ack = sorted(s.ack_times[i] - t for i, t in s.send_times.items() if i in s.ack_times)
-    for t in tasks:
-        t.cancel()
-    await a.ws.close()
-    await b.ws.close()
+    try:
+        for _ in range(blocks):
+            await paced(s, per_block, 1 / rate)
+            await wait_all(conns, lambda: r.delivered == s.acked == s.sent, 10)
+            await asyncio.to_thread(probe.run, per_block, 1 / rate)
+    finally:
+        probe.close()
+    w1 = written_bytes(pid)
+    waits = run_delay(pid) - q0[0], run_delay(os.getpid()) - q0[1]
+    cpu_text = cpu.stop(s.sent, exclude=probe.cpu)
+    check(conns)
+    deliver = sorted(r.arrivals[i] - t for i, t in enumerate(s.send_times) if i in r.arrivals)
+    ack = sorted(s.ack_times[i] - t for i, t in enumerate(s.send_times) if i in s.ack_times)
+    for c in conns:
+        c.close()
+    if trace is not None:
+        # one line per message (send time, send→delivered, send→ack) and per probe
+        # fdatasync (its start, its duration); times in Unix seconds, durations in ms
+        wall = time.time() - time.perf_counter()
+        with trace.open("w") as f:
+            f.write("kind,unix_s,ms,ack_ms\n")
+            for i, t in enumerate(s.send_times):
+                d, a = r.arrivals.get(i), s.ack_times.get(i)
+                f.write(f"msg,{wall + t:.6f},{'' if d is None else f'{1000 * (d - t):.3f}'},"
+                        f"{'' if a is None else f'{1000 * (a - t):.3f}'}\n")
+            for t, x in zip(probe.started, probe.times, strict=True):
+                f.write(f"fdatasync,{wall + t:.6f},{1000 * x:.3f},\n")
 
     def pct(xs: list[float], p: float) -> float:
         return 1000 * xs[min(len(xs) - 1, int(p * len(xs)))]
 
     return {
-        "n": count, "delivered": len(deliver),
+        "n": s.sent, "delivered": len(deliver),
         "p50": pct(deliver, 0.50), "p99": pct(deliver, 0.99), "max": 1000 * deliver[-1],
         "ack_p50": pct(ack, 0.50), "ack_p99": pct(ack, 0.99),
         "mean": 1000 * statistics.fmean(deliver), "cpu": cpu_text,
+        "disk": probe.summary(), "disk_p99": 1000 * probe.p99(), "waits": waits,
+        "written": (w1 - w0) / max(1, s.sent) if w0 >= 0 and w1 >= 0 else -1.0,
     }
 
 
 async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: float) -> dict:
     fan = Device.new()
-    receivers = [Receiver(await online(url, fan))]
+    clients = [await online(url, fan)]
     for i in range(1, devices):
-        receivers.append(Receiver(await online(url, fan.sibling(f"d{i + 1}"), add=True)))
-    a = await online(url)
-    targets = [(fan.username, "d1")] + [(fan.username, f"d{i + 1}") for i in range(1, devices)]
-    s = Sender(a, fan.username, targets, window)
-    tasks = [asyncio.create_task(r.run()) for r in receivers]
-    tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(s.flood())]
-    await asyncio.sleep(1.5)
+        clients.append(await online(url, fan.sibling(f"d{i + 1}"), add=True))
+    targets = [(fan.username, f"d{i + 1}") for i in range(devices)]
+    s = lean_sender(await online(url), fan.username, targets, window)
+    receivers = [lean_receiver(c, s) for c in clients]
+    conns = [s, *receivers]
+    s.start_flood()
+    await wait_all(conns, lambda: False, 1.5)
     rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
-    s.stop = True
-    s._room.set()
-    for t in tasks:
-        t.cancel()
-    for c in [s.client] + [r.client for r in receivers]:
-        await c.ws.close()
-    return {"rate": rate, "cpu": cpu}
+    s.running = False
+    await wait_all(conns, lambda: all(r.delivered == s.sent for r in receivers), 30)
+    lost = sum(s.sent - r.delivered for r in receivers)
+    for c in conns:
+        c.close()
+    return {"rate": rate, "cpu": cpu, "lost": lost}
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a core
+    (/proc/PID/task/*/schedstat, second field): CPU starvation, not disk waits."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes ``pid`` caused to be written to storage so far (/proc/PID/io; -1 if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+class FsyncProbe:
+    """The disk's own durability latency, the way the server's WAL meets it in steady
+    state: ``PROBE_BYTES`` overwritten in a preallocated 4 MiB file (no size change, as
+    when SQLite restarts its WAL after a checkpoint), then fdatasync. Paced on an absolute
+    schedule; only the fdatasync is timed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "fsync-probe"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.size = 4 << 20
+        os.write(self.fd, b"\0" * self.size)
+        os.fsync(self.fd)
+        self.offset = 0
+        self.cpu = 0.0  # CPU seconds of the probe (not the clients')
+        self.times: list[float] = []
+        self.started: list[float] = []
+
+    def run(self, count: int, interval: float) -> None:
+        block = secrets.token_bytes(PROBE_BYTES)
+        t0 = time.perf_counter()
+        for k in range(count):
+            delay = t0 + k * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            c = time.thread_time()
+            os.pwrite(self.fd, block, self.offset)
+            self.offset = (self.offset + PROBE_BYTES) % (self.size - PROBE_BYTES)
+            t = time.perf_counter()
+            os.fdatasync(self.fd)
+            self.times.append(time.perf_counter() - t)
+            self.started.append(t)
+            self.cpu += time.thread_time() - c
+
+    def p99(self) -> float:
+        xs = sorted(self.times)
+        return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+
+    def summary(self) -> str:
+        xs = sorted(self.times)
+        n = len(xs)
+        return (f"fdatasync of {PROBE_BYTES // 1024} KiB (overwrite) in the server's data "
+                f"directory, interleaved: p50 {1000 * xs[n // 2]:.2f} ms, p99 "
+                f"{1000 * self.p99():.2f} ms, max {1000 * xs[-1]:.2f} ms ({n} samples)")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
 
 
 def fsync_floor(directory: Path, n: int = 300) -> str:
@@ -482,16 +514,28 @@ async def _phase(phase: str, data: Path, args: argparse.Namespace,
     srv.start()
     assert srv.proc is not None
     pid = srv.proc.pid
+    print(f"    server pid {pid}", flush=True)
     try:
         if phase == "1to1":
             r = await bench_one_to_one(srv.ws_url, pid, args.pairs, args.window, args.seconds)
             print(f"1:1 throughput: {r['rate']:,.0f} msgs/s delivered (durable; {args.pairs} "
-                  f"pairs, window {args.window}, {args.seconds:.0f}s)\n    {r['cpu']}")
+                  f"pairs, window {args.window}, {args.seconds:.0f}s)\n    {r['cpu']}\n"
+                  f"    checked: {r['sent']:,} sends acked in order, every frame delivered in "
+                  f"order ({r['lost']} missing), {r['sampled']} frames parsed whole")
         elif phase == "latency":
-            r = await bench_latency(srv.ws_url, pid, 200, args.latency_seconds)
+            r = await bench_latency(srv.ws_url, pid, 200, args.latency_seconds, data,
+                                    args.latency_blocks, args.latency_trace)
+            target = 2 * r["disk_p99"] + 1
             print(f"latency @200 msgs/s: send→delivered p50 {r['p50']:.2f} ms, p99 "
                   f"{r['p99']:.2f} ms, max {r['max']:.2f} ms; send→ack p50 {r['ack_p50']:.2f} "
-                  f"ms, p99 {r['ack_p99']:.2f} ms ({r['delivered']}/{r['n']} msgs)\n    {r['cpu']}")
+                  f"ms, p99 {r['ack_p99']:.2f} ms ({r['delivered']}/{r['n']} msgs, "
+                  f"{args.latency_blocks} blocks)\n    {r['cpu']}\n    disk: {r['disk']}\n"
+                  f"    p99 against 2 × disk p99 + 1 ms = {target:.2f} ms: "
+                  f"{'met' if r['p99'] <= target else 'missed'} (ratio "
+                  f"{r['p99'] / target:.2f}); server wrote {r['written'] / 1024:.1f} KiB "
+                  f"per message\n    run-queue waits (runnable, no free core): server threads "
+                  f"{1000 * r['waits'][0]:.0f} ms, bench process {1000 * r['waits'][1]:.0f} ms "
+                  f"over the phase")
         else:
             r = await bench_fanout(srv.ws_url, pid, args.fanout, args.fanout_window,
                                    args.seconds)
@@ -535,10 +579,16 @@ def main() -> None:
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--latency-blocks", type=int, default=10,
+                   help="latency sends in this many blocks, each followed by as many "
+                        "fdatasyncs of the disk probe at the same rate")
     p.add_argument("--fanout", type=int, default=50)
     p.add_argument("--fanout-window", type=int, default=32)
     p.add_argument("--only", nargs="+", default=["1to1", "latency", "fanout"],
                    choices=["1to1", "latency", "fanout"])
+    p.add_argument("--latency-trace", type=Path, metavar="CSV",
+                   help="write every latency message's send time and latencies, and every "
+                        "probe fdatasync, to this file")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-top", type=int, default=30)
     p.add_argument("--server-arg", action="append", help="extra server flag (repeatable)")
