@@ -15,10 +15,20 @@ What is measured (payloads are 200 opaque random bytes; the relay never looks in
   ``ksmpv3.send.ack`` arrives, i.e. after the group commit's fsync). Recipients
   are online and send ``ksmpv3.ack.read`` every 256 frames. Figure: inbox frames
   delivered to recipients per second over the measured interval (after a warm-up).
-* **latency at 200 msgs/s** — one pair, sends paced at 5 ms; per message the
-  time from the sender's ``ws.send`` to the recipient receiving the inbox frame
-  (and to the sender receiving the ack), both taken with one monotonic clock in
-  the bench process. p50/p99.
+* **latency at 200 msgs/s** — one pair, sends paced at 5 ms on an absolute
+  schedule, in ``--latency-blocks`` blocks; per message the time from writing the
+  send to the socket to the recipient's socket read that carries the inbox frame
+  (and to the sender's read carrying the ack), one monotonic clock in the bench
+  process. p50/p99. After each block, with the server idle, the **disk probe**
+  takes as many samples at the same rate: 16 KiB overwritten in a preallocated
+  file in the server's own data directory, then fdatasync (what the WAL meets
+  in steady state). So the latency p99 and the disk's p99 come from the same
+  period, the same file system and the same number of samples; the line under
+  the figures compares them with the goal (p99 ≤ 2 × disk p99 + 1 ms) and gives
+  the run-queue waits of the server's threads and of the bench process
+  (/proc/PID/task/*/schedstat: time runnable without a free core), which show
+  when CPU starvation, not the disk, made the tail. ``--latency-trace CSV``
+  writes every message's and every probe sample's time and latency.
 * **50-recipient fan-out** — one user with ``--fanout`` devices, all online; each
   send carries one 200-byte ciphertext per device (one serverSeq, ``--fanout``
   inbox rows, one frame per device socket). Figure: inbox frames delivered per second.
@@ -26,9 +36,17 @@ What is measured (payloads are 200 opaque random bytes; the relay never looks in
 The server runs in its own process (its data directory on the same disk as
 /tmp, WAL + synchronous=FULL); the clients run in this process on uvloop, so
 the two share the machine's cores the way a real deployment would not. The
+clients are lean (bench/_ksmp_load.py): each connection is set up with the
+conformance suite's websockets client, then its socket is driven by a bare
+protocol writing pre-encoded frames (only the message number and the time
+spliced in; the JSON text is the same as before) and counting the server's frames
+by their headers, checking that acks and deliveries arrive complete, in order,
+once, with the ciphertext sent (one frame in 512 parsed whole). A wrong or missing
+frame stops the run. The
 CPU time used by each process during every phase is printed so that it is
 visible which side saturated (the server's also split between its event loop and
-its other threads, the SQLite writer above all, user + system). ``--profile``
+its other threads, the SQLite writer above all, user + system), and the bench
+clients' CPU per frame. ``--profile``
 runs the server under cProfile and prints where its event-loop thread spent its
 time (the writer thread is not profiled; its commit time is in the /metrics
 histogram, printed too).
