@@ -31,10 +31,12 @@ PAYLOAD = relay.PAYLOAD
 class FakeTransport:
     def __init__(self) -> None:
         self.out = b""
+        self.writes = 0
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.out += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return self.closed
@@ -96,11 +98,23 @@ async def test_sender_writes_masked_frames_a_server_reads_as_the_same_text() -> 
     assert texts == [relay.send_frame("alice", "bob", [("bob", "d1")], i, "ab12cd",
                                       json.loads(texts[i])["data"]["clientCreatedAtMs"])
                      for i in range(3)]
+    assert t.writes == 3  # one write per frame, as the websockets client did
     # an ack opens the window by one: message 3 goes out, nothing more
     t.out = b""
     s.data_received(server_frame(ack(0, "ab12cd")))
     assert s.error is None and s.acked == 1 and s.sent == 4
     assert [json.loads(x)["data"]["messageId"] for x in client_texts(t.out)] == ["m3-ab12cd"]
+
+
+async def test_coalesced_sender_writes_a_burst_in_one_call() -> None:
+    s = LeanSender("s", "c", "bob", relay.ciphertexts([("bob", "d1")]), "ab12cd", window=5)
+    s.coalesce = True
+    t = FakeTransport()
+    s.transport = t  # type: ignore[assignment]
+    s.start_flood()
+    assert t.writes == 1
+    assert [json.loads(x)["data"]["messageId"] for x in client_texts(t.out)] == [
+        f"m{i}-ab12cd" for i in range(5)]
 
 
 def test_mask_frame_lengths_and_split_frames() -> None:
