@@ -198,6 +198,106 @@ def lean_receiver(client: RawClient, sender: LeanSender, track: bool = False) ->
     return LeanReceiver.take_over(client, name, sender.tag.decode(), PAYLOAD, ACK_EVERY, track)
 
 
+# The websockets-library clients this bench used before the lean ones: bench/multinode.py
+# still drives its nodes with them (its figures stay comparable with its earlier runs).
+_SEQ = re.compile(r'"globalInboxSeq":(\d+)')
+_MID = re.compile(r'"messageId":"m(\d+)-')
+
+
+@dataclass
+class Receiver:
+    client: RawClient
+    delivered: int = 0
+    arrivals: dict[int, float] = field(default_factory=dict)
+    track: bool = False
+
+    async def run(self) -> None:
+        ws = self.client.ws
+        last_acked = 0
+        try:
+            async for msg in ws:
+                if not isinstance(msg, str) or '"ksmpv3.inbox.frame"' not in msg[:40]:
+                    continue
+                self.delivered += 1
+                if self.track:
+                    m = _MID.search(msg)
+                    if m:
+                        self.arrivals[int(m.group(1))] = time.perf_counter()
+                if self.delivered - last_acked >= ACK_EVERY:
+                    seq = _SEQ.search(msg)
+                    if seq:
+                        last_acked = self.delivered
+                        await ws.send(
+                            '{"event":"ksmpv3.ack.read","data":{"upToGlobalInboxSeq":'
+                            + seq.group(1) + "}}"
+                        )
+        except Exception:
+            pass
+
+
+@dataclass
+class Sender:
+    client: RawClient
+    recipient: str
+    targets: list[tuple[str, str]]
+    window: int
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    acked: int = 0
+    sent: int = 0
+    ack_times: dict[int, float] = field(default_factory=dict)
+    send_times: dict[int, float] = field(default_factory=dict)
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: bool = False
+
+    async def read_acks(self, track: bool = False) -> None:
+        try:
+            async for msg in self.client.ws:
+                if isinstance(msg, str) and '"ksmpv3.send.ack"' in msg[:40]:
+                    self.acked += 1
+                    if track:
+                        m = _MID.search(msg)
+                        if m:
+                            self.ack_times[int(m.group(1))] = time.perf_counter()
+                    if self.sent - self.acked < self.window:
+                        self._room.set()
+                elif isinstance(msg, str) and '"ksmpv3.error"' in msg[:40]:
+                    raise RuntimeError(f"server error: {msg[:300]}")
+        except RuntimeError:
+            raise
+        except Exception:
+            pass
+
+    async def flood(self) -> None:
+        ws = self.client.ws
+        me = self.client.device.username  # type: ignore[union-attr]
+        now = int(time.time() * 1000)
+        while not self.stop:
+            if self.sent - self.acked >= self.window:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            burst = min(64, self.window - (self.sent - self.acked))
+            for _ in range(burst):
+                await ws.send(send_frame(me, self.recipient, self.targets, self.sent, self.tag,
+                                         now))
+                self.sent += 1
+
+    async def paced(self, count: int, interval: float) -> None:
+        ws = self.client.ws
+        me = self.client.device.username  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        for i in range(count):
+            target = t0 + i * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = send_frame(me, self.recipient, self.targets, i, self.tag,
+                              int(time.time() * 1000))
+            self.send_times[i] = time.perf_counter()
+            await ws.send(text)
+            self.sent += 1
+
+
 @dataclass
 class Cpu:
     """CPU used during a phase, in % of one core: server, bench clients, everything else."""
