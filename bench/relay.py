@@ -73,7 +73,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._ksmp_load import LeanReceiver, LeanSender, check, send_parts, wait_all
+from bench._ksmp_load import (
+    BenchError,
+    LeanReceiver,
+    LeanSender,
+    check,
+    send_parts,
+    wait_all,
+)
 from tests.conformance.rawclient import Device, RawClient
 from tests.integration.serverproc import ServerProcess
 
@@ -182,10 +189,11 @@ async def online(url: str, device: Device | None = None, add: bool = False) -> R
     return c
 
 
-def lean_sender(client: RawClient, recipient: str, targets: list[tuple[str, str]],
-                window: int = 0, track: bool = False, coalesce: bool = False) -> LeanSender:
+async def lean_sender(client: RawClient, recipient: str, targets: list[tuple[str, str]],
+                      window: int = 0, track: bool = False,
+                      coalesce: bool = False) -> LeanSender:
     me = client.device.username  # type: ignore[union-attr]
-    s: LeanSender = LeanSender.take_over(client, f"sender {me}",
+    s: LeanSender = await LeanSender.take_over(client, f"sender {me}",
                                          dm_conversation_id(me, recipient), recipient,
                                          ciphertexts(targets), secrets.token_hex(3), window,
                                          track)
@@ -193,9 +201,12 @@ def lean_sender(client: RawClient, recipient: str, targets: list[tuple[str, str]
     return s
 
 
-def lean_receiver(client: RawClient, sender: LeanSender, track: bool = False) -> LeanReceiver:
+async def lean_receiver(client: RawClient, sender: LeanSender,
+                        track: bool = False) -> LeanReceiver:
     name = f"receiver {client.device.username}/{client.device.device_id}"  # type: ignore[union-attr]
-    return LeanReceiver.take_over(client, name, sender.tag.decode(), PAYLOAD, ACK_EVERY, track)
+    r: LeanReceiver = await LeanReceiver.take_over(client, name, sender.tag.decode(), PAYLOAD,
+                                                   ACK_EVERY, track)
+    return r
 
 
 # The websockets-library clients this bench used before the lean ones: bench/multinode.py
@@ -359,9 +370,9 @@ async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds:
         a = await online(url)
         b = await online(url)
         bob = b.device.username  # type: ignore[union-attr]
-        s = lean_sender(a, bob, [(bob, "d1")], window, coalesce=coalesce)
+        s = await lean_sender(a, bob, [(bob, "d1")], window, coalesce=coalesce)
         senders.append(s)
-        receivers.append(lean_receiver(b, s))
+        receivers.append(await lean_receiver(b, s))
     conns = senders + receivers
     for s in senders:
         s.start_flood()
@@ -373,6 +384,8 @@ async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds:
     await wait_all(conns, lambda: all(r.delivered == s.sent for s, r in
                                       zip(senders, receivers, strict=True)), 30)
     lost = sum(s.sent - r.delivered for s, r in zip(senders, receivers, strict=True))
+    if lost:
+        raise BenchError(f"{lost} sends acked but never delivered within 30 s")
     for c in conns:
         c.close()
     return {"rate": rate, "cpu": cpu, "sent": sum(s.sent for s in senders), "lost": lost,
@@ -399,8 +412,8 @@ async def bench_latency(url: str, pid: int, rate: float, seconds: float, probe_d
     a = await online(url)
     b = await online(url)
     bob = b.device.username  # type: ignore[union-attr]
-    s = lean_sender(a, bob, [(bob, "d1")], track=True)
-    r = lean_receiver(b, s, track=True)
+    s = await lean_sender(a, bob, [(bob, "d1")], track=True)
+    r = await lean_receiver(b, s, track=True)
     conns = [s, r]
     await paced(s, 200, 1 / rate)  # warm-up
     await wait_all(conns, lambda: r.delivered == s.acked == s.sent, 10)
@@ -463,8 +476,8 @@ async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: f
     for i in range(1, devices):
         clients.append(await online(url, fan.sibling(f"d{i + 1}"), add=True))
     targets = [(fan.username, f"d{i + 1}") for i in range(devices)]
-    s = lean_sender(await online(url), fan.username, targets, window, coalesce=coalesce)
-    receivers = [lean_receiver(c, s) for c in clients]
+    s = await lean_sender(await online(url), fan.username, targets, window, coalesce=coalesce)
+    receivers = [await lean_receiver(c, s) for c in clients]
     conns = [s, *receivers]
     s.start_flood()
     await wait_all(conns, lambda: False, 1.5)
@@ -472,9 +485,11 @@ async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: f
     s.running = False
     await wait_all(conns, lambda: all(r.delivered == s.sent for r in receivers), 30)
     lost = sum(s.sent - r.delivered for r in receivers)
+    if lost:
+        raise BenchError(f"{lost} deliveries missing 30 s after the last send")
     for c in conns:
         c.close()
-    return {"rate": rate, "cpu": cpu, "lost": lost}
+    return {"rate": rate, "cpu": cpu, "lost": lost, "sampled": sum(r.sampled for r in receivers)}
 
 
 def run_delay(pid: int) -> float:
@@ -677,7 +692,8 @@ async def _phase(phase: str, data: Path, args: argparse.Namespace,
                                    args.seconds, args.coalesce_writes)
             print(f"fan-out to {args.fanout} devices: {r['rate']:,.0f} deliveries/s "
                   f"({r['rate'] / args.fanout:,.0f} sends/s, window {args.fanout_window})\n"
-                  f"    {r['cpu']}")
+                  f"    {r['cpu']}\n    checked: every device got every send in order "
+                  f"({r['lost']} missing), {r['sampled']} frames parsed whole")
         print("    storage:", commit_stats(srv.metrics()), flush=True)
     finally:
         srv.stop(timeout=30)
@@ -739,10 +755,14 @@ def main() -> None:
                    choices=["sqlite", "postgres"], help="which storages to measure")
     args = p.parse_args()
     try:
-        import uvloop
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run(args))
+        else:
+            uvloop.run(run(args))
+    except BenchError as exc:  # the server answered what a correct relay would not
+        raise SystemExit(f"relay.py: {exc}") from None
 
 
 if __name__ == "__main__":
