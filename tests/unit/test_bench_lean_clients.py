@@ -4,6 +4,7 @@ reordered or duplicated ack or delivery. No server: the server's frames are fed 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,11 +20,16 @@ from bench._ksmp_load import (
     LeanSender,
     mask_frame,
     split_frames,
+    wait_all,
 )
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask  # type: ignore[import-not-found]
+
+from tests.conformance.rawclient import RawClient
 
 PAYLOAD = relay.PAYLOAD
 
@@ -185,3 +191,47 @@ async def test_receiver_answers_ping_and_reports_close() -> None:
     r.data_received(Frame(Opcode.CLOSE, b"\x03\xe9going away").serialize(mask=False,
                                                                          extensions=[]))
     assert r.error is not None and "closed" in r.error and r.closed.done()
+
+
+async def test_take_over_reads_off_queued_notices_then_drives_the_socket() -> None:
+    """Against a bare local websockets server: notices queued before the take-over
+    are read off; afterwards the lean receiver counts frames and acks with a frame
+    the server reads as ordinary text."""
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        for _ in range(2):
+            await ws.send('{"event":"sottovoce.device.added","data":{}}')
+        await ws.recv()  # the client's go
+        for i in range(3):
+            await ws.send(inbox(i, "ab12cd"))
+        await got.put(str(await ws.recv()))
+        await ws.wait_closed()  # the client closes first
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await connect(f"ws://127.0.0.1:{port}", compression=None, ping_interval=None)
+        while len(ws.recv_messages.frames) < 2:
+            await asyncio.sleep(0.01)
+        r = await LeanReceiver.take_over(RawClient(ws), "r", "ab12cd", PAYLOAD, 3)
+        r.send_frames([b'{"go":1}'])
+        await wait_all([r], lambda: r.delivered == 3, 5)
+        ack = json.loads(await asyncio.wait_for(got.get(), 5))
+        assert ack == {"event": "ksmpv3.ack.read", "data": {"upToGlobalInboxSeq": 2 + 7}}
+        assert r.error is None and r.sampled == 1
+        r.close()
+
+
+async def test_take_over_refuses_a_bench_frame_that_came_too_early() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(inbox(0, "ab12cd"))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await connect(f"ws://127.0.0.1:{port}", compression=None, ping_interval=None)
+        while not len(ws.recv_messages.frames):
+            await asyncio.sleep(0.01)
+        with pytest.raises(BenchError, match="before the take-over"):
+            await LeanReceiver.take_over(RawClient(ws), "r", "ab12cd", PAYLOAD)
+        await ws.close()
