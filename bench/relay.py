@@ -381,11 +381,13 @@ async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds:
     check(conns)
     for s in senders:
         s.running = False
-    await wait_all(conns, lambda: all(r.delivered == s.sent for s, r in
+    await wait_all(conns, lambda: all(r.delivered == s.sent == s.acked for s, r in
                                       zip(senders, receivers, strict=True)), 30)
     lost = sum(s.sent - r.delivered for s, r in zip(senders, receivers, strict=True))
-    if lost:
-        raise BenchError(f"{lost} sends acked but never delivered within 30 s")
+    unacked = sum(s.sent - s.acked for s in senders)
+    if lost or unacked:
+        raise BenchError(f"30 s after the last send, {unacked} sends not acked and "
+                         f"{lost} not delivered")
     for c in conns:
         c.close()
     return {"rate": rate, "cpu": cpu, "sent": sum(s.sent for s in senders), "lost": lost,
@@ -483,10 +485,12 @@ async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: f
     await wait_all(conns, lambda: False, 1.5)
     rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
     s.running = False
-    await wait_all(conns, lambda: all(r.delivered == s.sent for r in receivers), 30)
+    await wait_all(conns, lambda: s.acked == s.sent and all(r.delivered == s.sent
+                                                              for r in receivers), 30)
     lost = sum(s.sent - r.delivered for r in receivers)
-    if lost:
-        raise BenchError(f"{lost} deliveries missing 30 s after the last send")
+    if lost or s.acked != s.sent:
+        raise BenchError(f"30 s after the last send, {s.sent - s.acked} sends not acked and "
+                         f"{lost} deliveries missing")
     for c in conns:
         c.close()
     return {"rate": rate, "cpu": cpu, "lost": lost, "sampled": sum(r.sampled for r in receivers)}
