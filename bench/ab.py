@@ -1,6 +1,7 @@
 """Before/after: the relay and MLS benchmarks of two checkouts, interleaved in one run.
 
     python bench/ab.py BEFORE_DIR AFTER_DIR [--rounds 3] [--relay-seconds 5] [--mls-sizes 10,100]
+    python bench/ab.py BEFORE_DIR AFTER_DIR --no-mls --relay-only 1to1 latency
 
 Each checkout runs with its own ``.venv/bin/python`` and its own ``bench/relay.py``
 and ``bench/mls.py``. One round runs BEFORE then AFTER, the next AFTER then BEFORE,
@@ -11,7 +12,10 @@ AFTER/BEFORE (for a rate, above 1 is faster; for a time, below 1 is faster).
 Figures compared:
 
 * relay (embedded SQLite only): 1:1 throughput (msgs/s), latency p50 and p99 at
-  200 msgs/s (ms), 50-device fan-out (deliveries/s);
+  200 msgs/s (ms), 50-device fan-out (deliveries/s), the server's and the bench
+  clients' CPU per 1:1 frame (µs; the clients' from the CPU percentage relay.py
+  prints and its rate, so that a checkout without the per-frame figure compares too),
+  the disk's fdatasync p99 (ms);
 * MLS: every row of ``bench/mls.py``'s table (ms per operation) for the given sizes,
   ``full`` tree, median of its own ``--repeat 3``.
 
@@ -43,7 +47,11 @@ RELAY_PATTERNS = {
         r"1:1 throughput:[^\n]*\n[^\n]*= (\d+) µs of server CPU per frame", False
     ),
     "disk fdatasync p99 ms": (r"fdatasync of 16 KiB p50 [\d.]+ ms, p99 ([\d.]+) ms", False),
+    "disk fdatasync p99 ms, interleaved": (r"interleaved: p50 [\d.]+ ms, p99 ([\d.]+) ms", False),
 }
+# The bench clients' CPU per 1:1 frame, from the percentage every relay.py prints (old
+# checkouts print no per-frame figure for the clients): % of one core / msgs per second.
+CLIENT_CPU = re.compile(r"1:1 throughput: ([\d,]+) msgs/s[^\n]*\n[^\n]*bench clients (\d+)%")
 MLS_ROW = re.compile(r"^\s*(\d+)\s+(full|sparse)\s+(.+?)\s{2,}([\d.]+)(?:\s+\d+)?\s*$")
 
 
@@ -64,6 +72,10 @@ def relay_figures(out: str) -> dict[str, tuple[float, bool]]:
         m = re.search(pattern, out)
         if m:
             figures[name] = (float(m.group(1).replace(",", "")), higher_better)
+    m = CLIENT_CPU.search(out)
+    if m and float(m.group(1).replace(",", "")):
+        rate = float(m.group(1).replace(",", ""))
+        figures["relay 1:1 client CPU µs/frame"] = (1e4 * float(m.group(2)) / rate, False)
     return figures
 
 
@@ -83,10 +95,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--relay-seconds", default="5")
     ap.add_argument("--mls-sizes", default="10,100")
+    ap.add_argument("--no-mls", action="store_true", help="the relay figures only")
+    ap.add_argument("--relay-only", nargs="+", choices=["1to1", "latency", "fanout"],
+                    default=["1to1", "latency", "fanout"], help="relay.py's --only")
     args = ap.parse_args()
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     relay_args = ["--backends", "sqlite", "--seconds", args.relay_seconds,
-                  "--latency-seconds", args.relay_seconds]
+                  "--latency-seconds", args.relay_seconds, "--only", *args.relay_only]
     mls_args = ["--sizes", args.mls_sizes, "--shape", "full", "--repeat", "3"]
     samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     better: dict[str, bool] = {}
@@ -98,7 +113,8 @@ def main() -> None:
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for side in order:
             figures = relay_figures(run(sides[side], "relay.py", relay_args))
-            figures |= mls_figures(run(sides[side], "mls.py", mls_args))
+            if not args.no_mls:
+                figures |= mls_figures(run(sides[side], "mls.py", mls_args))
             for name, (value, higher_better) in figures.items():
                 samples[side].setdefault(name, []).append(value)
                 better[name] = higher_better

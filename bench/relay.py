@@ -15,10 +15,20 @@ What is measured (payloads are 200 opaque random bytes; the relay never looks in
   ``ksmpv3.send.ack`` arrives, i.e. after the group commit's fsync). Recipients
   are online and send ``ksmpv3.ack.read`` every 256 frames. Figure: inbox frames
   delivered to recipients per second over the measured interval (after a warm-up).
-* **latency at 200 msgs/s** — one pair, sends paced at 5 ms; per message the
-  time from the sender's ``ws.send`` to the recipient receiving the inbox frame
-  (and to the sender receiving the ack), both taken with one monotonic clock in
-  the bench process. p50/p99.
+* **latency at 200 msgs/s** — one pair, sends paced at 5 ms on an absolute
+  schedule, in ``--latency-blocks`` blocks; per message the time from writing the
+  send to the socket to the recipient's socket read that carries the inbox frame
+  (and to the sender's read carrying the ack), one monotonic clock in the bench
+  process. p50/p99. After each block, with the server idle, the **disk probe**
+  takes as many samples at the same rate: 16 KiB overwritten in a preallocated
+  file in the server's own data directory, then fdatasync (what the WAL meets
+  in steady state). So the latency p99 and the disk's p99 come from the same
+  period, the same file system and the same number of samples; the line under
+  the figures compares them with the goal (p99 ≤ 2 × disk p99 + 1 ms) and gives
+  the run-queue waits of the server's threads and of the bench process
+  (/proc/PID/task/*/schedstat: time runnable without a free core), which show
+  when CPU starvation, not the disk, made the tail. ``--latency-trace CSV``
+  writes every message's and every probe sample's time and latency.
 * **50-recipient fan-out** — one user with ``--fanout`` devices, all online; each
   send carries one 200-byte ciphertext per device (one serverSeq, ``--fanout``
   inbox rows, one frame per device socket). Figure: inbox frames delivered per second.
@@ -26,9 +36,17 @@ What is measured (payloads are 200 opaque random bytes; the relay never looks in
 The server runs in its own process (its data directory on the same disk as
 /tmp, WAL + synchronous=FULL); the clients run in this process on uvloop, so
 the two share the machine's cores the way a real deployment would not. The
+clients are lean (bench/_ksmp_load.py): each connection is set up with the
+conformance suite's websockets client, then its socket is driven by a bare
+protocol writing pre-encoded frames (only the message number and the time
+spliced in; the JSON text is the same as before) and counting the server's frames
+by their headers, checking that acks and deliveries arrive complete, in order,
+once, with the ciphertext sent (one frame in 512 parsed whole). A wrong or missing
+frame stops the run. The
 CPU time used by each process during every phase is printed so that it is
 visible which side saturated (the server's also split between its event loop and
-its other threads, the SQLite writer above all, user + system). ``--profile``
+its other threads, the SQLite writer above all, user + system), and the bench
+clients' CPU per frame. ``--profile``
 runs the server under cProfile and prints where its event-loop thread spent its
 time (the writer thread is not profiled; its commit time is in the /metrics
 histogram, printed too).
@@ -55,6 +73,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._ksmp_load import (
+    BenchError,
+    LeanReceiver,
+    LeanSender,
+    check,
+    send_parts,
+    wait_all,
+)
 from tests.conformance.rawclient import Device, RawClient
 from tests.integration.serverproc import ServerProcess
 
@@ -62,8 +88,7 @@ from sottovoce.protocol.events import dm_conversation_id
 
 PAYLOAD = base64.b64encode(secrets.token_bytes(200)).decode()
 ACK_EVERY = 256
-_SEQ = re.compile(r'"globalInboxSeq":(\d+)')
-_MID = re.compile(r'"messageId":"m(\d+)-')
+PROBE_BYTES = 16384
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,16 +165,54 @@ class BenchServer(ServerProcess):
 
 def send_frame(sender: str, recipient: str, targets: list[tuple[str, str]], i: int, tag: str,
                now_ms: int) -> str:
-    """A ksmpv3.send frame built by string formatting (the bench must not be the bottleneck)."""
-    cts = ",".join(
+    """The ksmpv3.send text of message ``i`` (the lean senders splice ``i`` and the time
+    into the same template, pre-encoded: see bench/_ksmp_load.py)."""
+    a, b, c, d = send_parts(dm_conversation_id(sender, recipient), recipient,
+                            ciphertexts(targets), tag)
+    s = str(i).encode()
+    return (a + s + b + s + c + str(now_ms).encode() + d).decode()
+
+
+def ciphertexts(targets: list[tuple[str, str]]) -> str:
+    return ",".join(
         f'{{"userId":"{u}","deviceId":"{d}","ciphertext":"{PAYLOAD}"}}' for u, d in targets
     )
-    conv = dm_conversation_id(sender, recipient)
-    return (
-        f'{{"event":"ksmpv3.send","data":{{"conversationId":"{conv}","messageId":"m{i}-{tag}",'
-        f'"idempotencyKey":"k{i}-{tag}","recipientUserId":"{recipient}","contentType":"text",'
-        f'"clientCreatedAtMs":{now_ms},"ciphertexts":[{cts}]}}}}'
-    )
+
+
+async def online(url: str, device: Device | None = None, add: bool = False) -> RawClient:
+    c = await RawClient.open(url, max_queue=None, ping_interval=None)
+    reply = await (c.add_device(device) if add and device is not None
+                   else c.register(device or Device.new()))
+    if reply["event"] != "sottovoce.registered":
+        raise RuntimeError(reply)
+    await c.resume()
+    return c
+
+
+async def lean_sender(client: RawClient, recipient: str, targets: list[tuple[str, str]],
+                      window: int = 0, track: bool = False,
+                      coalesce: bool = False) -> LeanSender:
+    me = client.device.username  # type: ignore[union-attr]
+    s: LeanSender = await LeanSender.take_over(client, f"sender {me}",
+                                         dm_conversation_id(me, recipient), recipient,
+                                         ciphertexts(targets), secrets.token_hex(3), window,
+                                         track)
+    s.coalesce = coalesce
+    return s
+
+
+async def lean_receiver(client: RawClient, sender: LeanSender,
+                        track: bool = False) -> LeanReceiver:
+    name = f"receiver {client.device.username}/{client.device.device_id}"  # type: ignore[union-attr]
+    r: LeanReceiver = await LeanReceiver.take_over(client, name, sender.tag.decode(), PAYLOAD,
+                                                   ACK_EVERY, track)
+    return r
+
+
+# The websockets-library clients this bench used before the lean ones: bench/multinode.py
+# still drives its nodes with them (its figures stay comparable with its earlier runs).
+_SEQ = re.compile(r'"globalInboxSeq":(\d+)')
+_MID = re.compile(r'"messageId":"m(\d+)-')
 
 
 @dataclass
@@ -246,21 +309,6 @@ class Sender:
             self.sent += 1
 
 
-async def online(url: str, device: Device | None = None, add: bool = False) -> RawClient:
-    if add and device is not None:
-        c = await RawClient.open(url, max_queue=None)
-        reply = await c.add_device(device)
-        if reply["event"] != "sottovoce.registered":
-            raise RuntimeError(reply)
-    else:
-        c = await RawClient.open(url, max_queue=None)
-        reply = await c.register(device or Device.new())
-        if reply["event"] != "sottovoce.registered":
-            raise RuntimeError(reply)
-    await c.resume()
-    return c
-
-
 @dataclass
 class Cpu:
     """CPU used during a phase, in % of one core: server, bench clients, everything else."""
@@ -279,11 +327,13 @@ class Cpu:
         self.b0, self.m0 = cpu_seconds(), machine_busy_seconds()
         self.p0 = postgres_seconds()
 
-    def stop(self, count: float = 0) -> str:
+    def stop(self, count: float = 0, exclude: float = 0.0) -> str:
+        """``exclude``: CPU seconds of this process that were not the clients' (a probe)."""
         dt = time.perf_counter() - self.t0
         srv_s = cpu_seconds(self.pid) - self.s0
         srv = 100 * srv_s / dt
-        bench = 100 * (cpu_seconds() - self.b0) / dt
+        bench_s = cpu_seconds() - self.b0 - exclude
+        bench = 100 * bench_s / dt
         pg = 100 * postgres_used(self.p0) / dt
         other = max(0.0, 100 * (machine_busy_seconds() - self.m0) / dt - srv - bench - pg)
         per = ""
@@ -298,6 +348,7 @@ class Cpu:
                 u0, s0 = self.th0.get(name, (0.0, 0.0))
                 parts.append(f"{name} {1e6 * (u1 - u0) / count:.1f}+{1e6 * (s1 - s0) / count:.1f}")
             per += " (user+system µs: " + ", ".join(parts) + ")"
+            per += f"; bench clients {1e6 * bench_s / count:.1f} µs of CPU per frame"
         return (f"CPU: server {srv:.0f}%, bench clients {bench:.0f}%, PostgreSQL {pg:.0f}%, "
                 f"other processes {other:.0f}%{per}")
 
@@ -312,85 +363,217 @@ async def measure(pid: int, seconds: float, get: Callable[[], int]) -> tuple[flo
     return (c1 - c0) / seconds, cpu.stop(c1 - c0)
 
 
-async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds: float) -> dict:
-    senders, receivers, tasks = [], [], []
+async def bench_one_to_one(url: str, pid: int, pairs: int, window: int, seconds: float,
+                           coalesce: bool = False) -> dict:
+    senders, receivers = [], []
     for _ in range(pairs):
         a = await online(url)
         b = await online(url)
         bob = b.device.username  # type: ignore[union-attr]
-        s = Sender(a, bob, [(bob, "d1")], window)
-        r = Receiver(b)
+        s = await lean_sender(a, bob, [(bob, "d1")], window, coalesce=coalesce)
         senders.append(s)
-        receivers.append(r)
-        tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(r.run()),
-                  asyncio.create_task(s.flood())]
-    await asyncio.sleep(1.5)  # warm-up
-    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+        receivers.append(await lean_receiver(b, s))
+    conns = senders + receivers
     for s in senders:
-        s.stop = True
-        s._room.set()
-    for c in [s.client for s in senders] + [r.client for r in receivers]:
-        await c.ws.close()
-    for t in tasks:
-        t.cancel()
-    return {"rate": rate, "cpu": cpu}
+        s.start_flood()
+    await wait_all(conns, lambda: False, 1.5)  # warm-up
+    rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
+    check(conns)
+    for s in senders:
+        s.running = False
+    await wait_all(conns, lambda: all(r.delivered == s.sent == s.acked for s, r in
+                                      zip(senders, receivers, strict=True)), 30)
+    lost = sum(s.sent - r.delivered for s, r in zip(senders, receivers, strict=True))
+    unacked = sum(s.sent - s.acked for s in senders)
+    if lost or unacked:
+        raise BenchError(f"30 s after the last send, {unacked} sends not acked and "
+                         f"{lost} not delivered")
+    for c in conns:
+        c.close()
+    return {"rate": rate, "cpu": cpu, "sent": sum(s.sent for s in senders), "lost": lost,
+            "sampled": sum(r.sampled for r in receivers)}
 
 
-async def bench_latency(url: str, pid: int, rate: float, seconds: float) -> dict:
+async def paced(s: LeanSender, count: int, interval: float) -> None:
+    """``count`` sends, one every ``interval`` s on an absolute schedule (a late send
+    does not push the next ones back)."""
+    t0 = time.perf_counter()
+    for k in range(count):
+        delay = t0 + k * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        s.send_times.append(time.perf_counter())
+        s.send_next(1)
+
+
+async def bench_latency(url: str, pid: int, rate: float, seconds: float, probe_dir: Path,
+                        blocks: int, trace: Path | None = None) -> dict:
+    """Latency in ``blocks`` blocks, each followed by as many fdatasyncs at the same
+    rate in the server's data directory (the disk's floor, measured under the same
+    conditions and over as many samples)."""
     a = await online(url)
     b = await online(url)
     bob = b.device.username  # type: ignore[union-attr]
-    s = Sender(a, bob, [(bob, "d1")], window=1 << 30)
-    r = Receiver(b, track=True)
-    tasks = [asyncio.create_task(s.read_acks(track=True)), asyncio.create_task(r.run())]
+    s = await lean_sender(a, bob, [(bob, "d1")], track=True)
+    r = await lean_receiver(b, s, track=True)
+    conns = [s, r]
+    await paced(s, 200, 1 / rate)  # warm-up
+    await wait_all(conns, lambda: r.delivered == s.acked == s.sent, 10)
+    tag = secrets.token_hex(3)
+    s.retag(tag)
+    r.retag(tag)
     count = int(rate * seconds)
-    await s.paced(200, 1 / rate)  # warm-up
-    s.send_times.clear()
-    r.arrivals.clear()
-    s.ack_times.clear()
-    s.tag = secrets.token_hex(3)
+    per_block = max(1, count // blocks)
+    probe = FsyncProbe(probe_dir)
+    w0 = written_bytes(pid)
+    q0 = run_delay(pid), run_delay(os.getpid())
     cpu = Cpu(pid)
     cpu.start()
-    await s.paced(count, 1 / rate)
-    await asyncio.sleep(0.5)
-    cpu_text = cpu.stop()
-    deliver = sorted(r.arrivals[i] - t for i, t in s.send_times.items() if i in r.arrivals)
-    ack = sorted(s.ack_times[i] - t for i, t in s.send_times.items() if i in s.ack_times)
-    for t in tasks:
-        t.cancel()
-    await a.ws.close()
-    await b.ws.close()
+    try:
+        for _ in range(blocks):
+            await paced(s, per_block, 1 / rate)
+            await wait_all(conns, lambda: r.delivered == s.acked == s.sent, 10)
+            await asyncio.to_thread(probe.run, per_block, 1 / rate)
+    finally:
+        probe.close()
+    w1 = written_bytes(pid)
+    waits = run_delay(pid) - q0[0], run_delay(os.getpid()) - q0[1]
+    cpu_text = cpu.stop(s.sent, exclude=probe.cpu)
+    check(conns)
+    deliver = sorted(r.arrivals[i] - t for i, t in enumerate(s.send_times) if i in r.arrivals)
+    ack = sorted(s.ack_times[i] - t for i, t in enumerate(s.send_times) if i in s.ack_times)
+    for c in conns:
+        c.close()
+    if trace is not None:
+        # one line per message (send time, send→delivered, send→ack) and per probe
+        # fdatasync (its start, its duration); times in Unix seconds, durations in ms
+        wall = time.time() - time.perf_counter()
+        with trace.open("w") as f:
+            f.write("kind,unix_s,ms,ack_ms\n")
+            for i, t in enumerate(s.send_times):
+                d, a = r.arrivals.get(i), s.ack_times.get(i)
+                f.write(f"msg,{wall + t:.6f},{'' if d is None else f'{1000 * (d - t):.3f}'},"
+                        f"{'' if a is None else f'{1000 * (a - t):.3f}'}\n")
+            for t, x in zip(probe.started, probe.times, strict=True):
+                f.write(f"fdatasync,{wall + t:.6f},{1000 * x:.3f},\n")
 
     def pct(xs: list[float], p: float) -> float:
         return 1000 * xs[min(len(xs) - 1, int(p * len(xs)))]
 
     return {
-        "n": count, "delivered": len(deliver),
+        "n": s.sent, "delivered": len(deliver),
         "p50": pct(deliver, 0.50), "p99": pct(deliver, 0.99), "max": 1000 * deliver[-1],
         "ack_p50": pct(ack, 0.50), "ack_p99": pct(ack, 0.99),
         "mean": 1000 * statistics.fmean(deliver), "cpu": cpu_text,
+        "disk": probe.summary(), "disk_p99": 1000 * probe.p99(), "waits": waits,
+        "disk_q99": 1000 * probe.p99(queued=True),
+        "written": (w1 - w0) / max(1, s.sent) if w0 >= 0 and w1 >= 0 else -1.0,
     }
 
 
-async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: float) -> dict:
+async def bench_fanout(url: str, pid: int, devices: int, window: int, seconds: float,
+                       coalesce: bool = False) -> dict:
     fan = Device.new()
-    receivers = [Receiver(await online(url, fan))]
+    clients = [await online(url, fan)]
     for i in range(1, devices):
-        receivers.append(Receiver(await online(url, fan.sibling(f"d{i + 1}"), add=True)))
-    a = await online(url)
-    targets = [(fan.username, "d1")] + [(fan.username, f"d{i + 1}") for i in range(1, devices)]
-    s = Sender(a, fan.username, targets, window)
-    tasks = [asyncio.create_task(r.run()) for r in receivers]
-    tasks += [asyncio.create_task(s.read_acks()), asyncio.create_task(s.flood())]
-    await asyncio.sleep(1.5)
+        clients.append(await online(url, fan.sibling(f"d{i + 1}"), add=True))
+    targets = [(fan.username, f"d{i + 1}") for i in range(devices)]
+    s = await lean_sender(await online(url), fan.username, targets, window, coalesce=coalesce)
+    receivers = [await lean_receiver(c, s) for c in clients]
+    conns = [s, *receivers]
+    s.start_flood()
+    await wait_all(conns, lambda: False, 1.5)
     rate, cpu = await measure(pid, seconds, lambda: sum(r.delivered for r in receivers))
-    s.stop = True
-    s._room.set()
-    for t in tasks:
-        t.cancel()
-    for c in [s.client] + [r.client for r in receivers]:
-        await c.ws.close()
-    return {"rate": rate, "cpu": cpu}
+    s.running = False
+    await wait_all(conns, lambda: s.acked == s.sent and all(r.delivered == s.sent
+                                                              for r in receivers), 30)
+    lost = sum(s.sent - r.delivered for r in receivers)
+    if lost or s.acked != s.sent:
+        raise BenchError(f"30 s after the last send, {s.sent - s.acked} sends not acked and "
+                         f"{lost} deliveries missing")
+    for c in conns:
+        c.close()
+    return {"rate": rate, "cpu": cpu, "lost": lost, "sampled": sum(r.sampled for r in receivers)}
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a core
+    (/proc/PID/task/*/schedstat, second field): CPU starvation, not disk waits."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes ``pid`` caused to be written to storage so far (/proc/PID/io; -1 if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+class FsyncProbe:
+    """The disk's own durability latency, the way the server's WAL meets it in steady
+    state: ``PROBE_BYTES`` overwritten in a preallocated 4 MiB file (no size change, as
+    when SQLite restarts its WAL after a checkpoint), then fdatasync. Paced on an absolute
+    schedule; only the fdatasync is timed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "fsync-probe"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.size = 4 << 20
+        os.write(self.fd, b"\0" * self.size)
+        os.fsync(self.fd)
+        self.offset = 0
+        self.cpu = 0.0  # CPU seconds of the probe (not the clients')
+        self.times: list[float] = []
+        self.started: list[float] = []
+        # completion - scheduled start: a sample due while an earlier one was stuck
+        # counts the wait, as a message queued behind a stalled commit does
+        self.queued: list[float] = []
+
+    def run(self, count: int, interval: float) -> None:
+        block = secrets.token_bytes(PROBE_BYTES)
+        t0 = time.perf_counter()
+        for k in range(count):
+            due = t0 + k * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            c = time.thread_time()
+            os.pwrite(self.fd, block, self.offset)
+            self.offset = (self.offset + PROBE_BYTES) % (self.size - PROBE_BYTES)
+            t = time.perf_counter()
+            os.fdatasync(self.fd)
+            end = time.perf_counter()
+            self.times.append(end - t)
+            self.started.append(t)
+            self.queued.append(end - due)
+            self.cpu += time.thread_time() - c
+
+    def p99(self, queued: bool = False) -> float:
+        xs = sorted(self.queued if queued else self.times)
+        return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+
+    def summary(self) -> str:
+        xs = sorted(self.times)
+        n = len(xs)
+        return (f"fdatasync of {PROBE_BYTES // 1024} KiB (overwrite) in the server's data "
+                f"directory, interleaved: p50 {1000 * xs[n // 2]:.2f} ms, p99 "
+                f"{1000 * self.p99():.2f} ms, max {1000 * xs[-1]:.2f} ms ({n} samples); "
+                f"counting the wait behind a slow one (done - due): p99 "
+                f"{1000 * self.p99(queued=True):.2f} ms")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
 
 
 def fsync_floor(directory: Path, n: int = 300) -> str:
@@ -482,22 +665,39 @@ async def _phase(phase: str, data: Path, args: argparse.Namespace,
     srv.start()
     assert srv.proc is not None
     pid = srv.proc.pid
+    print(f"    server pid {pid}", flush=True)
     try:
         if phase == "1to1":
-            r = await bench_one_to_one(srv.ws_url, pid, args.pairs, args.window, args.seconds)
+            r = await bench_one_to_one(srv.ws_url, pid, args.pairs, args.window, args.seconds,
+                                       args.coalesce_writes)
+            writes = "a burst per write" if args.coalesce_writes else "one write per frame"
             print(f"1:1 throughput: {r['rate']:,.0f} msgs/s delivered (durable; {args.pairs} "
-                  f"pairs, window {args.window}, {args.seconds:.0f}s)\n    {r['cpu']}")
+                  f"pairs, window {args.window}, {writes}, {args.seconds:.0f}s)\n    {r['cpu']}\n"
+                  f"    checked: {r['sent']:,} sends acked in order, every frame delivered in "
+                  f"order ({r['lost']} missing), {r['sampled']} frames parsed whole")
         elif phase == "latency":
-            r = await bench_latency(srv.ws_url, pid, 200, args.latency_seconds)
+            r = await bench_latency(srv.ws_url, pid, 200, args.latency_seconds, data,
+                                    args.latency_blocks, args.latency_trace)
+            target = 2 * r["disk_p99"] + 1
             print(f"latency @200 msgs/s: send→delivered p50 {r['p50']:.2f} ms, p99 "
                   f"{r['p99']:.2f} ms, max {r['max']:.2f} ms; send→ack p50 {r['ack_p50']:.2f} "
-                  f"ms, p99 {r['ack_p99']:.2f} ms ({r['delivered']}/{r['n']} msgs)\n    {r['cpu']}")
+                  f"ms, p99 {r['ack_p99']:.2f} ms ({r['delivered']}/{r['n']} msgs, "
+                  f"{args.latency_blocks} blocks)\n    {r['cpu']}\n    disk: {r['disk']}\n"
+                  f"    p99 against 2 × disk p99 + 1 ms = {target:.2f} ms: "
+                  f"{'met' if r['p99'] <= target else 'missed'} (ratio "
+                  f"{r['p99'] / target:.2f}; against 2 × the queued disk p99 + 1 ms: "
+                  f"{r['p99'] / (2 * r['disk_q99'] + 1):.2f}); server wrote "
+                  f"{r['written'] / 1024:.1f} KiB per message\n"
+                  f"    run-queue waits (runnable, no free core): server threads "
+                  f"{1000 * r['waits'][0]:.0f} ms, bench process {1000 * r['waits'][1]:.0f} ms "
+                  f"over the phase")
         else:
             r = await bench_fanout(srv.ws_url, pid, args.fanout, args.fanout_window,
-                                   args.seconds)
+                                   args.seconds, args.coalesce_writes)
             print(f"fan-out to {args.fanout} devices: {r['rate']:,.0f} deliveries/s "
                   f"({r['rate'] / args.fanout:,.0f} sends/s, window {args.fanout_window})\n"
-                  f"    {r['cpu']}")
+                  f"    {r['cpu']}\n    checked: every device got every send in order "
+                  f"({r['lost']} missing), {r['sampled']} frames parsed whole")
         print("    storage:", commit_stats(srv.metrics()), flush=True)
     finally:
         srv.stop(timeout=30)
@@ -535,10 +735,19 @@ def main() -> None:
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--latency-blocks", type=int, default=10,
+                   help="latency sends in this many blocks, each followed by as many "
+                        "fdatasyncs of the disk probe at the same rate")
     p.add_argument("--fanout", type=int, default=50)
     p.add_argument("--fanout-window", type=int, default=32)
     p.add_argument("--only", nargs="+", default=["1to1", "latency", "fanout"],
                    choices=["1to1", "latency", "fanout"])
+    p.add_argument("--coalesce-writes", action="store_true",
+                   help="senders write each burst of frames in one call (as the XMPP load "
+                        "client does) instead of one call per frame (as before)")
+    p.add_argument("--latency-trace", type=Path, metavar="CSV",
+                   help="write every latency message's send time and latencies, and every "
+                        "probe fdatasync, to this file")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-top", type=int, default=30)
     p.add_argument("--server-arg", action="append", help="extra server flag (repeatable)")
@@ -550,10 +759,14 @@ def main() -> None:
                    choices=["sqlite", "postgres"], help="which storages to measure")
     args = p.parse_args()
     try:
-        import uvloop
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run(args))
+        else:
+            uvloop.run(run(args))
+    except BenchError as exc:  # the server answered what a correct relay would not
+        raise SystemExit(f"relay.py: {exc}") from None
 
 
 if __name__ == "__main__":

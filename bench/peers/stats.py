@@ -18,6 +18,7 @@ SV_ROOM = "sottovoce room"
 PEERS = ("prosody-plain", "ejabberd-plain", "prosody-mam", "ejabberd-mam")
 
 _TPUT = re.compile(r"1:1 throughput: ([\d,]+) msgs/s.*?\n.*?= (\d+) µs")
+_CLIENT = re.compile(r"1:1 throughput:[^\n]*\n[^\n]*bench clients ([\d.]+) µs of CPU per frame")
 _LAT = re.compile(r"send→delivered p50 ([\d.]+) ms, p99 ([\d.]+) ms")
 _ROOM = re.compile(
     r"room fan-out to \d+ member devices: ([\d,]+) deliveries/s.*?\n.*?\(([\d.]+) µs")
@@ -36,11 +37,15 @@ def _num(s: str) -> float:
 
 
 def parse_relay(text: str) -> dict[str, float]:
-    """Figures printed by bench/relay.py (1:1 throughput, server µs/frame, latency p50/p99)."""
+    """Figures printed by bench/relay.py (1:1 throughput, server and client µs/frame,
+    latency p50/p99)."""
     out: dict[str, float] = {}
     m = _TPUT.search(text)
     if m:
         out["tput"], out["tput_cpu_us"] = _num(m.group(1)), _num(m.group(2))
+    m = _CLIENT.search(text)
+    if m:
+        out["tput_client_us"] = float(m.group(1))
     m = _LAT.search(text)
     if m:
         out["p50"], out["p99"] = float(m.group(1)), float(m.group(2))
@@ -59,18 +64,24 @@ def xmpp_values(rec: Mapping[str, Any]) -> dict[str, float]:
         return {}
     cpu = rec.get("server_cpu_s")
     per_us = 1e6 * cpu / rec["delivered"] if cpu is not None and rec.get("delivered") else None
+    own = rec.get("client_cpu_s")
+    client_us = 1e6 * own / rec["delivered"] if own is not None and rec.get("delivered") else None
     test = rec.get("test")
     out: dict[str, float] = {}
     if test == "throughput":
         out["tput"] = float(rec["per_s"])
         if per_us is not None:
             out["tput_cpu_us"] = per_us
+        if client_us is not None:
+            out["tput_client_us"] = client_us
     elif test == "latency" and rec.get("p50_ms") is not None:
         out["p50"], out["p99"] = float(rec["p50_ms"]), float(rec["p99_ms"])
     elif test == "fanout":
         out["fan"] = float(rec["per_s"])
         if per_us is not None:
             out["fan_cpu_us"] = per_us
+        if client_us is not None:
+            out["fan_client_us"] = client_us
     return out
 
 
@@ -131,6 +142,8 @@ SECTIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 CPU_OF = {"tput": "tput_cpu_us", "fan": "fan_cpu_us"}
+#: The load client's own CPU per delivery (it shares the cores with the server it drives).
+CLIENT_OF = {"tput": "tput_client_us", "fan": "fan_client_us"}
 
 
 def render(table: Table, loads: Iterable[str] = ()) -> str:
@@ -142,8 +155,8 @@ def render(table: Table, loads: Iterable[str] = ()) -> str:
         cpu = CPU_OF.get(metric)
         lines += ["", f"### {title}", "",
                   "| system | median (min–max) | sottovoce/system, per round |"
-                  + (" server CPU µs/delivery |" if cpu else ""),
-                  "|---|---|---|" + ("---|" if cpu else "")]
+                  + (" server CPU µs/delivery | client CPU µs/delivery |" if cpu else ""),
+                  "|---|---|---|" + ("---|---|" if cpu else "")]
         for s in (sv, *others):
             if (metric, s) not in table:
                 continue
@@ -152,6 +165,7 @@ def render(table: Table, loads: Iterable[str] = ()) -> str:
             row = f"| {s} | {median_range(table[(metric, s)])} | {cell} |"
             if cpu:
                 row += f" {median_range(table.get((cpu, s), {}))} |"
+                row += f" {median_range(table.get((CLIENT_OF[metric], s), {}))} |"
             lines.append(row)
     lines += ["", "### per-round raw values", ""]
     for (metric, system), d in sorted(table.items()):

@@ -91,11 +91,12 @@ async def echo(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(rt, max(1.0, deadline - time.monotonic()))
             return got
 
-    cpu0, t0 = server_cpu(args.server_pid), time.monotonic()
+    cpu0, t0, own0 = server_cpu(args.server_pid), time.monotonic(), time.process_time()
     got = sum(await asyncio.gather(*(one() for _ in range(args.conns))))
     t1 = time.monotonic()
     return result("throughput", per * args.conns, got, t1 - t0, [],
-                  (cpu0, server_cpu(args.server_pid)), conns=args.conns, window=args.window)
+                  (cpu0, server_cpu(args.server_pid)), conns=args.conns, window=args.window,
+                  client_cpu_s=round(time.process_time() - own0, 3))
 
 
 async def relay(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +118,7 @@ async def relay(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         tasks = [asyncio.ensure_future(reader(i)) for i in range(args.members)]
-        cpu0, t0 = server_cpu(args.server_pid), time.monotonic()
+        cpu0, t0, own0 = server_cpu(args.server_pid), time.monotonic(), time.process_time()
         deadline = t0 + PHASE_LIMIT
         sent = 0
         while sent < args.n and time.monotonic() < deadline:
@@ -134,7 +135,8 @@ async def relay(args: argparse.Namespace) -> dict[str, Any]:
         for c in conns:
             await c.close()
     return result("fanout", args.n * args.members, sum(counts), t1 - t0, [],
-                  (cpu0, server_cpu(args.server_pid)), members=args.members, window=args.window)
+                  (cpu0, server_cpu(args.server_pid)), members=args.members, window=args.window,
+                  client_cpu_s=round(time.process_time() - own0, 3))
 
 
 def main() -> None:

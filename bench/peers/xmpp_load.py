@@ -17,7 +17,8 @@ needs, so that the client costs less CPU than the server it measures.
   groupchat messages, never more than ``--fanout-window`` ahead of the slowest member;
   figure: deliveries per second summed over members (the sender's reflection counts).
 
-Every wait is bounded; the server's CPU seconds (from /proc/PID/stat) are reported.
+Every wait is bounded; the server's CPU seconds (from /proc/PID/stat) and this
+client's own (``client_cpu_s``, process_time over the test) are reported.
 """
 
 from __future__ import annotations
@@ -226,19 +227,20 @@ async def _flood(sender: Conn, to: str, n: int, window: int, size: int, kind: st
 async def throughput(a: Conn, b: Conn, args: argparse.Namespace, n: int) -> dict[str, Any]:
     b.reset(record=False)
     pid = args.server_pid
-    cpu0, t0 = server_cpu(pid), time.monotonic()
+    cpu0, t0, own0 = server_cpu(pid), time.monotonic(), time.process_time()
     await _flood(a, f"{b.user}@{DOMAIN}", n, args.window, args.size, "chat",
                  lambda: b.received, lambda: b)
     await b.wait_for(n, t0 + PHASE_LIMIT)
     t1 = time.monotonic()
     return result("throughput", n, b.received, t1 - t0, [], (cpu0, server_cpu(pid)),
-                  window=args.window, size=args.size)
+                  window=args.window, size=args.size,
+                  client_cpu_s=round(time.process_time() - own0, 3))
 
 
 async def latency(a: Conn, b: Conn, args: argparse.Namespace) -> dict[str, Any]:
     b.reset(record=True)
     n, to = int(args.rate * args.seconds), f"{b.user}@{DOMAIN}"
-    cpu0, t0 = server_cpu(args.server_pid), time.monotonic()
+    cpu0, t0, own0 = server_cpu(args.server_pid), time.monotonic(), time.process_time()
     for i in range(n):
         delay = t0 + i / args.rate - time.monotonic()
         if delay > 0:
@@ -247,7 +249,8 @@ async def latency(a: Conn, b: Conn, args: argparse.Namespace) -> dict[str, Any]:
     await b.wait_for(n, time.monotonic() + 30)
     t1 = time.monotonic()
     return result("latency", n, b.received, t1 - t0, b.lat_ns, (cpu0, server_cpu(args.server_pid)),
-                  rate=args.rate, size=args.size)
+                  rate=args.rate, size=args.size,
+                  client_cpu_s=round(time.process_time() - own0, 3))
 
 
 async def fanout(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,7 +278,7 @@ async def fanout(args: argparse.Namespace) -> dict[str, Any]:
         for c in members:
             c.reset(record=False)
         k = args.fanout_n
-        cpu0, t0 = server_cpu(args.server_pid), time.monotonic()
+        cpu0, t0, own0 = server_cpu(args.server_pid), time.monotonic(), time.process_time()
         await _flood(owner, room, k, args.fanout_window, args.size, "groupchat",
                      lambda: min(c.received for c in members),
                      lambda: min(members, key=lambda c: c.received))
@@ -285,7 +288,8 @@ async def fanout(args: argparse.Namespace) -> dict[str, Any]:
         got = sum(c.received for c in members)
         return result("fanout", k * len(members), got, t1 - t0, [],
                       (cpu0, server_cpu(args.server_pid)), members=len(members), size=args.size,
-                      window=args.fanout_window)
+                      window=args.fanout_window,
+                      client_cpu_s=round(time.process_time() - own0, 3))
     finally:
         for c in members:
             await c.close()

@@ -18,7 +18,7 @@ from bench.peers.xmpp_load import chat, check_loopback, count_bodies, result
 RELAY_OUT = """machine: x86_64 2 cores
 [sqlite]
 1:1 throughput: 16,660 msgs/s delivered (durable; 4 pairs, window 256, 8s)
-    CPU: server 95%, bench clients 80%, PostgreSQL 0%, other processes 20% = 57 µs of server CPU per frame delivered
+    CPU: server 95%, bench clients 80%, PostgreSQL 0%, other processes 20% = 57 µs of server CPU per frame delivered (user+system µs: loop 30.0+2.0, threads 20.0+5.0); bench clients 6.5 µs of CPU per frame
     storage: 120 commits, 30.0 jobs/commit, 1.20 ms/commit (writer thread)
 [sqlite]
 latency @200 msgs/s: send→delivered p50 1.93 ms, p99 8.25 ms, max 20.10 ms; send→ack p50 1.50 ms, p99 7.00 ms (2000/2000 msgs)
@@ -40,7 +40,11 @@ def test_percentile_nearest_rank() -> None:
 
 def test_parse_relay_and_rooms_output() -> None:
     assert stats.parse_relay(RELAY_OUT) == {"tput": 16660.0, "tput_cpu_us": 57.0,
-                                            "p50": 1.93, "p99": 8.25}
+                                            "tput_client_us": 6.5, "p50": 1.93, "p99": 8.25}
+    # an older relay.py printed no client figure: the rest still parses
+    old = RELAY_OUT.replace("; bench clients 6.5 µs of CPU per frame", "")
+    assert stats.parse_relay(old) == {"tput": 16660.0, "tput_cpu_us": 57.0,
+                                      "p50": 1.93, "p99": 8.25}
     assert stats.parse_rooms(ROOMS_OUT) == {"fan": 103065.0, "fan_cpu_us": 8.7}
     assert stats.parse_relay("nothing here") == {}
     assert stats.parse_rooms("") == {}
@@ -49,10 +53,14 @@ def test_parse_relay_and_rooms_output() -> None:
 def test_xmpp_values_per_test_and_errors() -> None:
     tp = {"test": "throughput", "per_s": 15000.0, "delivered": 30000, "server_cpu_s": 1.5}
     assert stats.xmpp_values(tp) == {"tput": 15000.0, "tput_cpu_us": 50.0}
+    tp["client_cpu_s"] = 0.3
+    assert stats.xmpp_values(tp)["tput_client_us"] == pytest.approx(10.0)
     lat = {"test": "latency", "per_s": 200.0, "p50_ms": 1.5, "p99_ms": 3.7, "delivered": 2000}
     assert stats.xmpp_values(lat) == {"p50": 1.5, "p99": 3.7}
     fan = {"test": "fanout", "per_s": 30000.0, "delivered": 100000, "server_cpu_s": None}
     assert stats.xmpp_values(fan) == {"fan": 30000.0}
+    fan["client_cpu_s"] = 0.5
+    assert stats.xmpp_values(fan) == {"fan": 30000.0, "fan_client_us": 5.0}
     assert stats.xmpp_values({"test": "fanout", "error": "warm-up reached 3/50"}) == {}
 
 
@@ -82,10 +90,13 @@ def test_render_summary_has_medians_ratios_and_loads() -> None:
     for rnd, (sv, pr, cpu) in enumerate([(16000.0, 8000.0, 50.0), (18000.0, 6000.0, 40.0)], 1):
         stats.put(t, "tput", stats.SV_TPUT, rnd, sv)
         stats.put(t, "tput_cpu_us", stats.SV_TPUT, rnd, cpu)
+        stats.put(t, "tput_client_us", "prosody-plain", rnd, cpu / 10)
         stats.put(t, "tput", "prosody-plain", rnd, pr)
     out = stats.render(t, ["13:00:00 round 1 prosody-plain 12.00 11.00 10.00"])
-    assert "| sottovoce 4x256 | 17,000 (16,000–18,000) n=2 | — | 45.00 (40.00–50.00) n=2 |" in out
-    assert "| prosody-plain | 7,000 (6,000–8,000) n=2 | 2.5× (r1 2, r2 3) | — |" in out
+    assert ("| sottovoce 4x256 | 17,000 (16,000–18,000) n=2 | — | 45.00 (40.00–50.00) n=2 | — |"
+            in out)
+    assert ("| prosody-plain | 7,000 (6,000–8,000) n=2 | 2.5× (r1 2, r2 3) | — | "
+            "4.50 (4.00–5.00) n=2 |" in out)
     assert "round 1 prosody-plain 12.00" in out
     assert "latency" not in out  # no sottovoce figure, no section
 
@@ -138,7 +149,9 @@ def test_xmpp_client_stanzas_and_results() -> None:
     with pytest.raises(SystemExit):
         check_loopback("10.0.0.1")
     check_loopback("127.0.0.1")
-    r = result("throughput", 100, 100, 2.0, [1_000_000, 3_000_000], (1.0, 1.5))
+    r = result("throughput", 100, 100, 2.0, [1_000_000, 3_000_000], (1.0, 1.5),
+               client_cpu_s=0.25)
     assert r["per_s"] == 50.0 and r["server_cpu_s"] == 0.5
+    assert stats.xmpp_values(r)["tput_client_us"] == 2500.0
     assert r["p50_ms"] == 1.0 and r["p99_ms"] == 3.0
     assert result("latency", 1, 0, 1.0, [], (None, None))["server_cpu_s"] is None
