@@ -147,3 +147,23 @@ def test_remembered_ids_never_admit_a_bad_one() -> None:
     for n in range(sendview._KNOWN_IDS_MAX + 10):
         assert fast_send({**GOOD, "recipientUserId": f"u{n}"}) is not None
     assert len(sendview._KNOWN_IDS) <= sendview._KNOWN_IDS_MAX
+
+
+B64_LIKE = st.text(alphabet=st.sampled_from(
+    "ABCxyz019+/=-_ .\n\x00é\u00e9\U0001f600"), max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ct=st.one_of(B64_LIKE, st.text(max_size=12)))
+def test_base64_check_is_the_alphabet_then_at_most_two_pads(ct: str) -> None:
+    import re
+
+    want = re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", ct) is not None
+    assert sendview._b64(ct) is want
+
+
+def test_base64_check_on_padding_and_foreign_characters() -> None:
+    for ok in ("", "QUJD", "QQ==", "QUI=", "a+/Z", "Q==="[:3]):
+        assert sendview._b64(ok), ok
+    for bad in ("Q===", "QQ=Q", "=QQQ", "QU JD", "QUJD\n", "QUJ\u00e9", "QU-_", "QUJ\x00"):
+        assert not sendview._b64(bad), bad

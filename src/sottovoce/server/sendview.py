@@ -13,18 +13,27 @@ or raises the precise ``ProtocolError`` — for anything else.
 from __future__ import annotations
 
 import re
+import string
 from typing import Any, NamedTuple
 
 from sottovoce.limits import MAX_CIPHERTEXT_BYTES, MAX_ID_LEN, MAX_SEND_DEVICES
 from sottovoce.protocol.events import CONTENT_TYPES, PROTOCOL, Send
 
 _ID = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,%d}" % MAX_ID_LEN).fullmatch  # noqa: UP031
-# What base64.b64decode(validate=True) accepts, in canonical groups of four: together
-# with ``len(ct) % 4 == 0`` this is the same set as
-# ``(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?`` (one or two "="
-# leave 3 or 2 characters of the last group), but one flat character-class scan is
-# about three times faster than the grouped pattern on a 200-byte ciphertext.
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}").fullmatch
+_B64_ALPHABET = (string.ascii_letters + string.digits + "+/").encode()
+
+
+def _b64(ct: str) -> bool:
+    """``ct`` matches ``[A-Za-z0-9+/]*={0,2}``: together with ``len(ct) % 4 == 0``, what
+    base64.b64decode(validate=True) accepts, in canonical groups of four (one or two
+    "=" leave 3 or 2 characters of the last group). Deleting the alphabet with
+    ``bytes.translate`` runs in C, about four times faster than the regex on a 200-byte
+    ciphertext."""
+    body = ct.rstrip("=")
+    return (len(ct) - len(body) <= 2 and body.isascii()
+            and not body.encode().translate(None, _B64_ALPHABET))
+
+
 # A ciphertext this long may decode to up to two bytes over the limit: such a send takes
 # the contract path (events.Send), which checks the decoded length exactly.
 _B64_MAX = (MAX_CIPHERTEXT_BYTES + 2) // 3 * 4
@@ -148,7 +157,7 @@ def fast_send(d: dict[str, Any]) -> SendView | None:
         if not (
             type(dv) is str and (dv in known or _learn_id(dv))
             and type(ct) is str and len(ct) < _B64_MAX and not len(ct) & 3
-            and _B64(ct)
+            and _b64(ct)
         ):
             return None
         targets.append((u, dv, ct))
