@@ -134,18 +134,16 @@ class SendRequest:
     def envelope_parts(self) -> tuple[str, str]:
         """The envelope JSON before and after the per-device ciphertext (serialize once)."""
         head = (
-            '{"protocol":"ksmpv3","conversationId":"' + self.conversation_id
-            + '","messageId":"' + self.message_id
-            + '","senderUserId":"' + self.sender_user
-            + '","senderDeviceId":"' + self.sender_device
-            + '","recipientUserId":"' + self.recipient_user
-            + '","ciphertext":"'
+            f'{{"protocol":"ksmpv3","conversationId":"{self.conversation_id}",'
+            f'"messageId":"{self.message_id}","senderUserId":"{self.sender_user}",'
+            f'"senderDeviceId":"{self.sender_device}",'
+            f'"recipientUserId":"{self.recipient_user}","ciphertext":"'
         )
+        # An ephemeral message has no serverSeq: its own counter, its own name.
+        seq = "ephemeralSeq" if self.ephemeral else "serverSeq"
         tail = (
-            '","contentType":"' + self.content_type
-            + '","clientCreatedAtMs":' + str(self.client_created_at_ms)
-            # An ephemeral message has no serverSeq: its own counter, its own name.
-            + (',"ephemeralSeq":' if self.ephemeral else ',"serverSeq":')
+            f'","contentType":"{self.content_type}",'
+            f'"clientCreatedAtMs":{self.client_created_at_ms},"{seq}":'
         )
         return head, tail
 
@@ -171,11 +169,11 @@ class SendRequest:
 def envelope_text(
     req: SendRequest, head: str, tail: str, ct: str, server_seq: int, received_at_ms: int
 ) -> str:
+    # One f-string: the text is built once, where a chain of "+" copies it at every step.
     return (
-        head + ct + tail + str(server_seq)
-        + ',"serverReceivedAtMs":' + str(received_at_ms)
-        + ',"idempotencyKey":"' + req.idempotency_key
-        + ('","ephemeral":true}' if req.ephemeral else '","ephemeral":false}')
+        f'{head}{ct}{tail}{server_seq},"serverReceivedAtMs":{received_at_ms},'
+        f'"idempotencyKey":"{req.idempotency_key}",'
+        f'"ephemeral":{"true" if req.ephemeral else "false"}}}'
     )
 
 
