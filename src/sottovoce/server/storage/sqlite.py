@@ -33,11 +33,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 from sottovoce.errors import RemoteError, UsageError
 from sottovoce.private_files import private_dir, private_file
@@ -188,8 +189,9 @@ def migrate(conn: sqlite3.Connection) -> int:
 Done = Callable[[Any, BaseException | None], None]
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(msgspec.Struct):
+    """One write for the writer thread (one per send: a Struct's constructor runs in C)."""
+
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     done: Done
