@@ -595,9 +595,8 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         for job in jobs:
             req: SendRequest = job.args[0]
             sender = self._dev(conn, req.sender_user, req.sender_device)
-            found = [self._dev(conn, u, d) for u, d, _ in req.targets]
-            devs = [d for d in found if d is not None]
-            if sender is None or len(devs) != len(found):
+            devs = self._target_devs(conn, req)
+            if sender is None or devs is None:
                 results.append((job.done, None, UnknownAccount("device is not registered")))
                 continue
             conv = req.conversation_id
@@ -658,6 +657,16 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             except RemoteError as exc:
                 slow.append((job.done, None, exc))
         return slow
+
+    def _target_devs(self, conn: sqlite3.Connection, req: SendRequest) -> list[int] | None:
+        """The internal ids of a send's target devices, in order; None if one is unknown."""
+        devs = []
+        for user, device, _ in req.targets:
+            dev = self._dev(conn, user, device)
+            if dev is None:
+                return None
+            devs.append(dev)
+        return devs
 
     def _stored_or(
         self, conn: sqlite3.Connection, sender: int, req: SendRequest, error: RemoteError
