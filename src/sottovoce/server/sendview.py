@@ -193,6 +193,7 @@ def _checked(d: _SendData) -> SendView | None:
     if not 0 < len(items) <= MAX_SEND_DEVICES:
         return None
     targets: list[tuple[str, str, str]] = []
+    pairs: list[tuple[str, str]] = []
     # Targets name one or two users many times over: check each user id once.
     checked_user: str | None = None  # equal to no user id (they are str)
     for item in items:
@@ -207,7 +208,8 @@ def _checked(d: _SendData) -> SendView | None:
         ):
             return None
         targets.append((u, dv, ct))
-    devices = frozenset([(u, dv) for u, dv, _ in targets])
+        pairs.append((u, dv))
+    devices = frozenset(pairs)
     if len(devices) != len(targets):
         return None
     return SendView(
