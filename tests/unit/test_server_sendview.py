@@ -8,15 +8,16 @@ validator, so the relay can never be more lenient than the contract.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sottovoce.protocol.events import Send
+from sottovoce.protocol.events import Send, parse_frame
 from sottovoce.protocol.fields import ProtocolError
 from sottovoce.server import sendview
-from sottovoce.server.sendview import fast_send, parse_send
+from sottovoce.server.sendview import fast_send, parse_send, send_frame
 
 GOOD: dict[str, Any] = {
     "protocol": "ksmpv3",
@@ -147,3 +148,97 @@ def test_remembered_ids_never_admit_a_bad_one() -> None:
     for n in range(sendview._KNOWN_IDS_MAX + 10):
         assert fast_send({**GOOD, "recipientUserId": f"u{n}"}) is not None
     assert len(sendview._KNOWN_IDS) <= sendview._KNOWN_IDS_MAX
+
+
+B64_LIKE = st.text(alphabet=st.sampled_from(
+    "ABCxyz019+/=-_ .\n\x00é\u00e9\U0001f600"), max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ct=st.one_of(B64_LIKE, st.text(max_size=12)))
+def test_base64_check_is_the_alphabet_then_at_most_two_pads(ct: str) -> None:
+    import re
+
+    want = re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", ct) is not None
+    assert sendview._b64(ct) is want
+
+
+def test_base64_check_on_padding_and_foreign_characters() -> None:
+    for ok in ("", "QUJD", "QQ==", "QUI=", "a+/Z", "Q==="[:3]):
+        assert sendview._b64(ok), ok
+    for bad in ("Q===", "QQ=Q", "=QQQ", "QU JD", "QUJD\n", "QUJ\u00e9", "QU-_", "QUJ\x00"):
+        assert not sendview._b64(bad), bad
+
+
+def _frame_agrees(obj: dict[str, Any]) -> None:
+    """The relay's one-pass decode of a whole frame gives what parse_frame then parse_send
+    give, or None (then those two run and answer, as for any frame)."""
+    text = json.dumps(obj)
+    got = send_frame(text)
+    assert got == send_frame(text.encode())
+    try:
+        event, rid, data = parse_frame(text)
+        want = parse_send(data) if event == "ksmpv3.send" else None
+    except ProtocolError:
+        assert got is None, f"one-pass decode accepted a refused frame: {text}"
+        return
+    if got is not None:
+        assert want is not None, f"one-pass decode took another event: {text}"
+        assert got == (rid, want)
+
+
+def test_send_frame_takes_the_common_shape_only() -> None:
+    assert send_frame(json.dumps({"event": "ksmpv3.send", "data": GOOD})) == (None, fast_send(GOOD))
+    ok = send_frame(json.dumps({"event": "ksmpv3.send", "requestId": "r-1", "data": GOOD}))
+    assert ok is not None and ok[0] == "r-1"
+    assert send_frame(json.dumps({"event": "ksmpv3.send", "requestId": "", "data": GOOD})) == (
+        None, fast_send(GOOD))
+    for obj in (
+        {"event": "ksmpv3.ack.read", "data": GOOD},
+        {"event": "ksmpv3.send", "requestId": "a b", "data": GOOD},
+        {"event": "ksmpv3.send", "requestId": 5, "data": GOOD},
+        {"event": "ksmpv3.send", "data": {**GOOD, "clientCreatedAtMs": None}},
+        {"event": "ksmpv3.send", "data": {**GOOD, "ciphertexts": "QUJD"}},
+        {"event": "ksmpv3.send"},
+    ):
+        assert send_frame(json.dumps(obj)) is None, obj
+        _frame_agrees(obj)
+    # Duplicate keys: the last one counts, as for json.loads.
+    good = json.dumps(GOOD)
+    assert send_frame('{"event":"ksmpv3.send","event":"ksmpv3.ping","data":' + good + "}") is None
+    twice = send_frame('{"event":"ksmpv3.ping","event":"ksmpv3.send","data":' + good + "}")
+    assert twice is None or twice == (None, fast_send(GOOD))
+    first = json.dumps({**GOOD, "messageId": "m-0"})
+    last = send_frame('{"event":"ksmpv3.send","data":' + first + ',"data":' + good + "}")
+    assert last == (None, fast_send(GOOD))
+    # Too large for a frame: parse_frame refuses it with its own code.
+    from sottovoce.limits import MAX_FRAME_BYTES
+
+    big = json.dumps({"event": "ksmpv3.send", "pad": "x" * MAX_FRAME_BYTES, "data": GOOD})
+    assert send_frame(big) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from([*FIELDS, "senderUserId", "expiresAtMs", "missing"]), value=WEIRD,
+       rid=st.one_of(st.none(), st.just("r-1"), WEIRD))
+def test_send_frame_agrees_on_fields(field: str, value: Any, rid: Any) -> None:
+    data = dict(GOOD)
+    if field == "missing":
+        del data["conversationId"]
+    else:
+        data[field] = value
+    _frame_agrees({"event": "ksmpv3.send", "requestId": rid, "data": data})
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, 1), field=st.sampled_from([*ITEM_FIELDS, "drop"]), value=WEIRD,
+       dup=st.booleans())
+def test_send_frame_agrees_on_ciphertexts(index: int, field: str, value: Any, dup: bool) -> None:
+    items = [dict(i) for i in GOOD["ciphertexts"]]
+    if field == "drop":
+        del items[index]["ciphertext"]
+    else:
+        items[index][field] = value
+    if dup:
+        items.append(dict(items[0]))
+    _frame_agrees({"event": "ksmpv3.send", "data": {**GOOD, "ciphertexts": items}})

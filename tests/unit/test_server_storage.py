@@ -15,10 +15,10 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from sottovoce.server.errors import StorageError
 from sottovoce.server.logs import JsonLogger

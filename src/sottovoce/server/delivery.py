@@ -145,7 +145,7 @@ class Delivery:
                 "conversationId must be dm_conversation_id(sender, recipientUserId)",
             )
         expires = ev.expiresAtMs
-        if not ev.ephemeral:
+        if expires and not ev.ephemeral:
             check_expiry(expires)
         given = ev.devices
         if given != expected:

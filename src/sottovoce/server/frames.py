@@ -1,9 +1,9 @@
 """The hot-path frames, built as strings around already-serialized envelopes.
 
 A send's ack and each inbox frame are written once per message and device; building
-them by concatenation instead of ``json.dumps`` keeps the group-commit callback cheap
-(docs/architecture.md §Hot path). Every id placed here passed the protocol's id
-alphabet check, so none needs JSON escaping.
+them as f-strings (one allocation each) instead of with ``json.dumps`` keeps the
+group-commit callback cheap (docs/architecture.md §Hot path). Every id placed here
+passed the protocol's id alphabet check, so none needs JSON escaping.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class Stored(Protocol):
 def inbox_frame_text(global_seq: int, envelope: str) -> str:
     """``ksmpv3.inbox.frame`` around an already-serialized envelope (serialize once)."""
     return (
-        '{"event":"ksmpv3.inbox.frame","data":{"globalInboxSeq":' + str(global_seq)
-        + ',"envelope":' + envelope + "}}"
+        f'{{"event":"ksmpv3.inbox.frame","data":{{"globalInboxSeq":{global_seq},'
+        f'"envelope":{envelope}}}}}'
     )
 
 
@@ -47,14 +47,13 @@ def ack_text(
 ) -> str:
     """``ksmpv3.send.ack``; ``server_seq`` is the ephemeralSeq for an ephemeral send
     (and named so)."""
-    rid = '"requestId":"' + request_id + '",' if request_id is not None else ""
+    rid = f'"requestId":"{request_id}",' if request_id is not None else ""
+    seq = "ephemeralSeq" if ephemeral else "serverSeq"
     return (
-        '{"event":"ksmpv3.send.ack",' + rid + '"data":{"messageId":"' + message_id
-        + '","idempotencyKey":"' + idempotency_key
-        + '","conversationId":"' + conversation_id
-        + ('","ephemeralSeq":' if ephemeral else '","serverSeq":') + str(server_seq)
-        + ',"serverReceivedAtMs":' + str(received_at_ms)
-        + (',"duplicate":true}}' if duplicate else ',"duplicate":false}}')
+        f'{{"event":"ksmpv3.send.ack",{rid}"data":{{"messageId":"{message_id}",'
+        f'"idempotencyKey":"{idempotency_key}","conversationId":"{conversation_id}",'
+        f'"{seq}":{server_seq},"serverReceivedAtMs":{received_at_ms},'
+        f'"duplicate":{"true" if duplicate else "false"}}}}}'
     )
 
 

@@ -71,16 +71,17 @@ class Presence:
         online = self.online
         fanout = self.fanout
         live = 0
-        for user, device, seq, envelope in frames:
-            target = online.get((user, device))
+        for f in frames:
+            key = (f.user_id, f.device_id)
+            target = online.get(key)
             if target is not None:
-                target.deliver(seq, inbox_frame_text(seq, envelope))
+                target.deliver(f.global_seq, inbox_frame_text(f.global_seq, f.envelope))
                 live += 1
             else:
                 if fanout.remote:  # the node holding the device, if any, writes it
-                    fanout.frame(user, device, seq, inbox_frame_text(seq, envelope))
-                if not fanout.online_elsewhere((user, device)):
-                    self.tickle((user, device), conversation_id, server_seq)
+                    fanout.frame(*key, f.global_seq, inbox_frame_text(f.global_seq, f.envelope))
+                if not fanout.online_elsewhere(key):
+                    self.tickle(key, conversation_id, server_seq)
         return live
 
     def room_frame(self, room_id: str, seq: int, text: str, members: Sequence[DeviceKey]) -> int:

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from msgspec.structs import replace
 
 from sottovoce.errors import RemoteError, UsageError
 from sottovoce.server.errors import StorageError
@@ -506,8 +507,8 @@ class PostgresStorage(SharedStorage, PostgresRooms):
         for i, j in dup_of.items():
             first = results[j]
             if first is not None and first[0] is not None:
-                results[i] = (first[0]._replace(idempotency_key=reqs[i].idempotency_key,
-                                                duplicate=True, frames=()), None)
+                results[i] = (replace(first[0], idempotency_key=reqs[i].idempotency_key,
+                                      duplicate=True, frames=()), None)
         return [r if r is not None else (None, StorageError()) for r in results]
 
     async def _load_usage(self, conn: Any, devs: set[int], now: float) -> dict[int, Usage]:

@@ -33,11 +33,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 from sottovoce.errors import RemoteError, UsageError
 from sottovoce.private_files import private_dir, private_file
@@ -188,8 +189,9 @@ def migrate(conn: sqlite3.Connection) -> int:
 Done = Callable[[Any, BaseException | None], None]
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(msgspec.Struct):
+    """One write for the writer thread (one per send: a Struct's constructor runs in C)."""
+
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     done: Done
@@ -368,9 +370,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                     j = i
                     while j < len(batch) and batch[j].fn == self._w_append:
                         j += 1
-                    run = batch[i:j]
-                    for rjob, (res, err) in zip(run, self._append_run(conn, run), strict=True):
-                        results.append((rjob.done, res, err))
+                    results.extend(self._append_run(conn, batch[i:j]))
                     i = j
                     continue
                 try:
@@ -570,8 +570,9 @@ class SqliteStorage(SharedStorage, SqliteRooms):
 
     def _append_run(
         self, conn: sqlite3.Connection, jobs: list[_Job]
-    ) -> list[tuple[SendOutcome | None, BaseException | None]]:
-        """Store a run of sends with one INSERT per table (the common case: no retries).
+    ) -> list[tuple[Done, SendOutcome | None, BaseException | None]]:
+        """Store a run of sends with one INSERT per table (the common case: no retries);
+        returns each job's callback with its outcome or error.
 
         Idempotency records go in with INSERT OR IGNORE; if any was already there
         (a retry, or the same key twice in this run) the run is rolled back to
@@ -585,7 +586,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         dev_before: dict[int, int] = {}
         charged: list[tuple[str, list[int], list[str]]] = []  # undone with the run
         wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
-        results: list[tuple[SendOutcome | None, BaseException | None]] = []
+        results: list[tuple[Done, SendOutcome | None, BaseException | None]] = []
         sends_rows: list[tuple[int, str, str, str, int, int]] = []
         inbox_rows: list[InboxRow] = []
         received = max(now_ms(), self._last_received)
@@ -594,10 +595,9 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         for job in jobs:
             req: SendRequest = job.args[0]
             sender = self._dev(conn, req.sender_user, req.sender_device)
-            found = [self._dev(conn, u, d) for u, d, _ in req.targets]
-            devs = [d for d in found if d is not None]
-            if sender is None or len(devs) != len(found):
-                results.append((None, UnknownAccount("device is not registered")))
+            devs = self._target_devs(conn, req)
+            if sender is None or devs is None:
+                results.append((job.done, None, UnknownAccount("device is not registered")))
                 continue
             conv = req.conversation_id
             seq = self._last_conv_seq(conn, conv) + 1
@@ -605,7 +605,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
             full = self._charge(conn, req, devs, envs)
             if full is not None:
-                results.append(self._stored_or(conn, sender, req, full))
+                results.append((job.done, *self._stored_or(conn, sender, req, full)))
                 continue
             charged.append((req.sender_user, devs, envs))
             if conv not in conv_before:
@@ -622,7 +622,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 frames.append(StoredFrame(user, device, g, env))
             if self._note_written(conn, req.sender_user, req.recipient_user):
                 wrote.append((req.sender_user, req.recipient_user))
-            results.append((req.stored(seq, received, tuple(frames)), None))
+            results.append((job.done, req.stored(seq, received, tuple(frames)), None))
         before = conn.total_changes
         insert_many(
             conn,
@@ -650,13 +650,23 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         for account, devs, envs in charged:
             self._uncharge(account, devs, envs)
         self._wrote.difference_update(wrote)
-        slow: list[tuple[SendOutcome | None, BaseException | None]] = []
+        slow: list[tuple[Done, SendOutcome | None, BaseException | None]] = []
         for job in jobs:
             try:
-                slow.append((self._w_append(conn, job.args[0]), None))
+                slow.append((job.done, self._w_append(conn, job.args[0]), None))
             except RemoteError as exc:
-                slow.append((None, exc))
+                slow.append((job.done, None, exc))
         return slow
+
+    def _target_devs(self, conn: sqlite3.Connection, req: SendRequest) -> list[int] | None:
+        """The internal ids of a send's target devices, in order; None if one is unknown."""
+        devs = []
+        for user, device, _ in req.targets:
+            dev = self._dev(conn, user, device)
+            if dev is None:
+                return None
+            devs.append(dev)
+        return devs
 
     def _stored_or(
         self, conn: sqlite3.Connection, sender: int, req: SendRequest, error: RemoteError
