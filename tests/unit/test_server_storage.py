@@ -494,6 +494,39 @@ async def test_wal_is_truncated_under_sustained_writes(tmp_path: Path) -> None:
         await st.close()
 
 
+async def test_the_wal_is_copied_by_work_done_not_at_every_look(tmp_path: Path) -> None:
+    """A few commits wait for the next copy (until enough jobs or the longest wait), many
+    commits are copied at the next look: a low rate of sends does not meet a checkpoint's
+    fsync twice a second."""
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    await st.open()
+    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+    st.checkpoint_interval_s = 0.01
+    st.checkpoint_jobs = 40
+    st.checkpoint_max_wait_s = 3600.0
+    loop = asyncio.get_running_loop()
+
+    async def copies_after(jobs: int, start: int) -> int:
+        seen = st.stats.checkpoints
+        for i in range(jobs):
+            await _append_all(st, [_req(start + i)])
+        deadline = loop.time() + 0.3  # ~30 looks
+        while loop.time() < deadline and st.stats.checkpoints == seen:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # a second copy, if one were due, would come now
+        return st.stats.checkpoints - seen
+
+    try:
+        await asyncio.sleep(0.1)  # the two accounts' jobs: below the threshold
+        assert await copies_after(5, 0) == 0
+        assert await copies_after(40, 5) == 1
+        st.checkpoint_max_wait_s = 0.05  # the longest wait passes: a lone job is copied
+        assert await copies_after(1, 45) == 1
+    finally:
+        await st.close()
+
+
 async def test_inbox_rows_carry_an_expiry_only_when_the_send_has_one(tmp_path: Path) -> None:
     """Batches without any expiry are written without the column (NULL, outside the
     partial index); a batch with one, alone or mixed, keeps each row's own value."""

@@ -66,6 +66,7 @@ class BatchStats:
         self.commit_seconds = 0.0
         self.last_batch = 0
         self.truncations = 0
+        self.checkpoints = 0  # SQLite: WAL copies into the database file
         self.observers: list[Callable[[int, float], None]] = []
 
     def record(self, jobs: int, seconds: float) -> None:
