@@ -431,8 +431,9 @@ class KTService:
                         await self.storage.kt_fill_upper(new.size, nodes[i:i + FILL_STEP], new)
                 except StorageError:
                     return
+                # The lookup memos: carried over but for the few the changes reached,
+                # which lookups remake as they need them.
                 self._filled = new
-                await self._build_tops(new)
                 return
         if await self._fill(new):
             self._filled = new
@@ -442,8 +443,9 @@ class KTService:
         """Make, in steps between which lookups run, the memos every lookup below a
         node at the memos' depth shares (its path down to there, its proof's siblings
         above it), which the first lookup below each node would make: so that the first
-        lookups at a checkpoint do not each pay for them (at 1,000,000 accounts 4,096
-        nodes, each shared by some 250 names)."""
+        lookups of a process, or after its cache was filled again, do not each pay for
+        them (at 1,000,000 accounts 4,096 nodes, each shared by some 250 names; 0.13 s
+        of CPU). A cache carried over takes most of them from the one before."""
         for first in range(0, kt_tables.TOPS, TOPS_STEP):
             if self._map_cache is not cache:
                 return
