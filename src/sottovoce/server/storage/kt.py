@@ -141,8 +141,9 @@ class AppendCache:
         """Take what ``old`` (of an earlier size) knows and is still true at this size:
         every map node but those the leaves between the two sizes may have changed --
         the nodes on their keys' paths, and the nodes beside them (where an entry is
-        pushed down to make room) -- and the names' labels, which never change. Nodes
-        this cache read meanwhile stay as they are (they are of this size)."""
+        pushed down to make room) -- the lookup memos' lower parts those leaves did not
+        reach, and the names' labels, which never change. Nodes and memos this cache
+        made meanwhile stay as they are (they are of this size)."""
         nodes = old.nodes.copy()  # one step: reads of the old size may still add to it
         ks = {int.from_bytes(key, "big") for key in changed}
         for depth in range(CACHE_DEPTH + 1):
