@@ -394,8 +394,9 @@ async def test_the_served_checkpoints_cache_is_filled_with_the_upper_map_and_kep
     """Once a checkpoint is served, its cache is filled in the background with every
     map node down to the cache's depth, as the tables hold them at its size; at the
     next checkpoint it is carried over and only the changed keys' paths are read
-    again, and it is again what the tables hold; lookups then walk no path step by
-    step above the cache's depth, and answer as a read without any cache."""
+    again, and it is again what the tables hold; the lookup memos are made once it
+    is filled; lookups then walk no path step by step above the cache's depth, and
+    answer as a read without any cache."""
     from sottovoce.server.storage import kt as kt_tables
     from tests.unit.test_server_kt_storage import Account, _node_at
 
@@ -436,6 +437,8 @@ async def test_the_served_checkpoints_cache_is_filled_with_the_upper_map_and_kep
         cache = kt._map_cache
         assert cache.nodes == await upper(cache.size) and kt._filled is cache
         assert sum(read) == len(cache.nodes)
+        # The lookup memos of every node at TOP_DEPTH (and of the one above) are made.
+        assert cache.tops.keys() == {(0, 0), (1, 0), (1, 1)}
         for a in accounts[24:27]:
             await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
         await kt.sync()

@@ -415,7 +415,7 @@ async def test_labels_stored_in_bulk_are_folded_and_paths_read_in_small_steps_ar
         alone = [(await store.kt_answers([ask], size, None))[0] for ask in asks]
         for _ in range(2):
             assert await store.kt_answers(asks, size, cache) == alone
-        assert len(cache.proofs) == 2
+        assert sum(d == 1 for d, _ in cache.proofs) == 2
         for a in accounts[:8]:
             await store.add_device(a.user, "d2", a.cert("d2"), NOW)
             await store.kt_fold(3)
@@ -481,6 +481,73 @@ async def test_a_cache_carried_to_a_later_size_keeps_only_nodes_that_did_not_cha
         asks = [(a.user, False, part) for a in accounts] + [("nobody", False, part)]
         assert (await store.kt_answers(asks, size, new)
                 == await store.kt_answers(asks, size, None))
+    finally:
+        await store.close()
+
+
+async def _filled(store: SharedStorage, size: int,
+                  cache: kt_tables.AppendCache | None = None) -> kt_tables.AppendCache:
+    """``cache`` (a new one if None) with every map node down to CACHE_DEPTH read, as a
+    server fills its served checkpoint's, and its lookup memos built."""
+    cache = kt_tables.AppendCache(size) if cache is None else cache
+    nodes = [(0, 0)]
+    while nodes:
+        nodes = await store.kt_fill_upper(size, nodes, cache)
+    kt_tables.build_tops(cache, 0, kt_tables.TOPS)
+    return cache
+
+
+async def test_lookup_memos_carried_to_a_later_size_are_those_made_afresh(
+    store: SharedStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memos lookups share below the nodes at the memos' middle depth (path walks
+    and proofs' siblings), carried to the next checkpoint where no changed key goes
+    through, are the very memos a cache filled afresh at that size makes; answers
+    built on them are byte for byte those built without a cache."""
+    from sottovoce.kt import map as kt_map
+    from sottovoce.kt import prover
+
+    for module in (kt_tables, kt_map):
+        monkeypatch.setattr(module, "PROOF_TOP", 4)
+    monkeypatch.setattr(kt_tables, "TOP_DEPTH", 4)
+    monkeypatch.setattr(kt_tables, "CACHE_DEPTH", 6)
+    monkeypatch.setattr(kt_tables, "TOPS", 16)
+    await store.open()
+    try:
+        accounts = [Account(f"memo{i}") for i in range(64)]
+        for a in accounts[:60]:
+            await store.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        await store.kt_fold()
+        old = await _filled(store, old_size := await store.kt_size())
+        # A proof's memo is kept below inner nodes only (a few paths end at depth 4).
+        assert sum(d == 4 for d, _ in old.tops) == 16
+        assert sum(d == 4 for d, _ in old.proofs) >= 12
+        await store.add_device("memo3", "d2", accounts[3].cert("d2"), NOW)
+        await store.create_account(accounts[60].user, accounts[60].ak.public, "d1",
+                                   accounts[60].cert("d1"), NOW)
+        await store.kt_fold()
+        size = await store.kt_size()
+        new = kt_tables.AppendCache(size)
+        new.carry(old, await store.kt_changed_keys(old_size, size))
+        carried = {"tops": dict(new.tops), "proofs": dict(new.proofs)}
+        assert all(d == 4 for memos in carried.values() for d, _ in memos)
+        assert 0 < len(carried["tops"]) < 16 and 0 < len(carried["proofs"]) < 16
+        # Lookups on the carried cache (upper memos and the changed paths' nodes not
+        # made or read yet) answer as without a cache, and what they make is exact.
+        leaf, nodes = await store.kt_log_part(size, 0, None)
+        assert leaf is not None
+        part = prover.log_proof(b"note", size, 0, leaf, nodes)
+        asks = [(a.user, False, part) for a in accounts] + [("nobody", False, part)]
+        alone = await store.kt_answers(asks, size, None)
+        assert await store.kt_answers(asks, size, new) == alone
+        fresh = await _filled(store, size)
+        for node, memo in carried["tops"].items():
+            assert fresh.tops[node] == memo, node
+        for node, memo in carried["proofs"].items():
+            assert fresh.proofs[node] == memo, node
+        await _filled(store, size, new)
+        assert new.tops == fresh.tops and new.proofs == fresh.proofs
+        assert await store.kt_answers(asks, size, new) == alone
     finally:
         await store.close()
 

@@ -319,10 +319,50 @@ def verify_map_proof(root: bytes, key: bytes, proof: MapProof) -> bytes | None:
     return found
 
 
-#: The depth above which :meth:`SparseMap.prove` can reuse a proof's siblings.
+#: The depth above which :meth:`SparseMap.prove` can reuse a proof's siblings (at most
+#: 16: the bitmap of a proof's first 16 depths is kept as a 16-bit number).
 PROOF_TOP = 12
-#: Proofs' siblings above PROOF_TOP: (key's first PROOF_TOP bits) -> (bitmap, siblings).
-ProofTops = dict[int, tuple[bytes, tuple[bytes, ...]]]
+#: Proofs' siblings above a node, in two parts: by the node at depth PROOF_TOP // 2
+#: those of the depths above it, by the node at PROOF_TOP those between the two
+#: ((depth, prefix) -> (bitmap bits of those depths, siblings)). The upper part is
+#: shared by more keys and changes with more changes to the map: a caller may keep the
+#: lower part of the nodes the changes did not reach when the map changes.
+ProofTops = dict[tuple[int, int], tuple[int, tuple[bytes, ...]]]
+
+
+def _from_tops(k: int, tops: ProofTops, present: bytearray, siblings: list[bytes]) -> int:
+    """Start key ``k``'s proof from ``tops``: the depth it reaches (0, PROOF_TOP // 2
+    or PROOF_TOP)."""
+    mid = PROOF_TOP // 2
+    upper = tops.get((mid, k >> (KEY_BITS - mid)))
+    if upper is None:
+        return 0
+    lower = tops.get((PROOF_TOP, k >> (KEY_BITS - PROOF_TOP)))
+    bits = upper[0] if lower is None else upper[0] | lower[0]
+    present[:2] = bits.to_bytes(2, "big")
+    siblings += upper[1]
+    if lower is None:
+        return mid
+    siblings += lower[1]
+    return PROOF_TOP
+
+
+def _to_tops(k: int, depth: int, tops: ProofTops, present: bytearray,
+             siblings: list[bytes]) -> None:
+    """Keep in ``tops`` what key ``k``'s proof found above ``depth`` (PROOF_TOP // 2 or
+    PROOF_TOP), for the other keys below that node."""
+    node = (depth, k >> (KEY_BITS - depth))
+    if node in tops:
+        return
+    mid = PROOF_TOP // 2
+    bits = int.from_bytes(present[:2], "big")
+    if depth == mid:
+        tops[node] = (bits, tuple(siblings))
+        return
+    upper = tops.get((mid, k >> (KEY_BITS - mid)))
+    if upper is not None:  # the depths below ``mid``: their bits and siblings
+        tops[node] = (bits & ((0x8000 >> (mid - 1)) - 1 if mid else 0xFFFF),
+                      tuple(siblings[len(upper[1]):]))
 
 
 class SparseMap:
@@ -338,24 +378,21 @@ class SparseMap:
         return _record_hash(self._store.get((0, 0)))
 
     def prove(self, key: bytes, tops: ProofTops | None = None) -> MapProof:
-        """``key``'s proof. ``tops``: proofs' first PROOF_TOP depths, by the key's first
-        PROOF_TOP bits, kept by a caller that proves many keys of this very map (every
-        key below one node at that depth has the same siblings above it)."""
+        """``key``'s proof. ``tops``: proofs' first PROOF_TOP depths (:data:`ProofTops`),
+        kept by a caller that proves many keys of this very map (every key below one
+        node has the same siblings above it)."""
         if len(key) != 32:
             raise UsageError("a map key is 32 bytes")
         k = int.from_bytes(key, "big")
         present = bytearray(32)
         siblings: list[bytes] = []
         get = self._store.get  # the loop runs ~20 times per proof: names bound once
-        depth = 0
-        top = k >> (KEY_BITS - PROOF_TOP)
-        known = tops.get(top) if tops is not None else None
-        if known is not None:
-            depth, present[:len(known[0])], siblings[:] = PROOF_TOP, known[0], known[1]
+        depth = 0 if tops is None else _from_tops(k, tops, present, siblings)
+        marks = (PROOF_TOP // 2, PROOF_TOP) if tops is not None else ()
         rec = get((depth, k >> (KEY_BITS - depth)))
         while rec is not None and rec[:1] != _LEAF:  # an inner node: go down
-            if depth == PROOF_TOP and tops is not None and known is None:
-                tops[top] = (bytes(present[:(PROOF_TOP + 7) // 8]), tuple(siblings))
+            if depth in marks and tops is not None:
+                _to_tops(k, depth, tops, present, siblings)
             child = k >> (KEY_BITS - 1 - depth)
             sib = get((depth + 1, child ^ 1))
             if sib is not None:

@@ -109,6 +109,9 @@ MAX_CARRIED_LEAVES = 4096
 #: Map nodes per reader round trip of the background read of the upper map
 #: (:meth:`KTService._fill`): each round trip holds a reader a few milliseconds.
 FILL_STEP = 1024
+#: Nodes whose lookup memos one step of :meth:`KTService._build_tops` makes (a few
+#: milliseconds of the event loop).
+TOPS_STEP = 256
 #: An encoded response must fit a frame once in base64 inside its JSON.
 MAX_RESPONSE_BYTES = MAX_FRAME_BYTES * 3 // 4 - 1024
 
@@ -428,10 +431,26 @@ class KTService:
                         await self.storage.kt_fill_upper(new.size, nodes[i:i + FILL_STEP], new)
                 except StorageError:
                     return
+                # The lookup memos: carried over but for the few the changes reached,
+                # which lookups remake as they need them.
                 self._filled = new
                 return
         if await self._fill(new):
             self._filled = new
+            await self._build_tops(new)
+
+    async def _build_tops(self, cache: AppendCache) -> None:
+        """Make, in steps between which lookups run, the memos every lookup below a
+        node at the memos' depth shares (its path down to there, its proof's siblings
+        above it), which the first lookup below each node would make: so that the first
+        lookups of a process, or after its cache was filled again, do not each pay for
+        them (at 1,000,000 accounts 4,096 nodes, each shared by some 250 names; 0.13 s
+        of CPU). A cache carried over takes most of them from the one before."""
+        for first in range(0, kt_tables.TOPS, TOPS_STEP):
+            if self._map_cache is not cache:
+                return
+            kt_tables.build_tops(cache, first, TOPS_STEP)
+            await asyncio.sleep(0)
 
     async def _fill(self, cache: AppendCache) -> bool:
         """Read the map nodes down to the cache's depth that ``cache`` does not hold,

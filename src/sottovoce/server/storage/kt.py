@@ -32,20 +32,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import DecodeError
 from sottovoce.identity import DeviceCertificate
 from sottovoce.kt.map import (
     KEY_BITS,
+    PROOF_TOP,
     AccountState,
     ChangeKind,
     DeviceEntry,
     Directory,
     LogLeaf,
+    MapStore,
     Overlay,
     ProofTops,
+    SparseMap,
     VersionRecord,
     map_key,
 )
@@ -120,9 +123,10 @@ class AppendCache:
         self.log: dict[NodeId, bytes] = {}
         self.leaf: bytes | None = None
         self.labels: dict[str, tuple[bytes, bytes]] = {}
-        #: What :func:`_cached_path` found of the paths through each node at depth
-        #: TOP_DEPTH (a path's first depths are shared by thousands of keys).
-        self.tops: dict[int, tuple[tuple[tuple[NodeId, bytes], ...], int]] = {}
+        #: What :func:`_cached_path` found of the paths through each node at depths
+        #: TOP_DEPTH // 2 and TOP_DEPTH (a path's first depths are shared by thousands
+        #: of keys).
+        self.tops: dict[NodeId, tuple[tuple[tuple[NodeId, bytes], ...], int]] = {}
         #: What lookups' map proofs at ``size`` share (kt/map.py ``SparseMap.prove``).
         self.proofs: ProofTops = {}
 
@@ -137,8 +141,9 @@ class AppendCache:
         """Take what ``old`` (of an earlier size) knows and is still true at this size:
         every map node but those the leaves between the two sizes may have changed --
         the nodes on their keys' paths, and the nodes beside them (where an entry is
-        pushed down to make room) -- and the names' labels, which never change. Nodes
-        this cache read meanwhile stay as they are (they are of this size)."""
+        pushed down to make room) -- the lookup memos' lower parts those leaves did not
+        reach, and the names' labels, which never change. Nodes and memos this cache
+        made meanwhile stay as they are (they are of this size)."""
         nodes = old.nodes.copy()  # one step: reads of the old size may still add to it
         ks = {int.from_bytes(key, "big") for key in changed}
         for depth in range(CACHE_DEPTH + 1):
@@ -149,6 +154,11 @@ class AppendCache:
         # reader thread adds to the replaced dict meanwhile is only read again later.
         nodes.update(self.nodes)
         self.nodes = nodes
+        # The memos' lower parts (below TOP_DEPTH // 2 and PROOF_TOP // 2) of the nodes
+        # no changed key's path goes through: a change alters the nodes on its path
+        # and beside it, so at depths below d only under its depth d - 1 node.
+        _carry_lower(old.tops, self.tops, ks, TOP_DEPTH)
+        _carry_lower(old.proofs, self.proofs, ks, PROOF_TOP)
         for user, found in old.labels.copy().items():
             if len(self.labels) >= _MAX_LABELS:
                 break
@@ -160,6 +170,17 @@ class AppendCache:
         self.nodes.update((n, r) for n, r in writes.items() if n[0] <= CACHE_DEPTH)
         self.tops.clear()
         self.proofs.clear()
+
+
+def _carry_lower(old: dict[NodeId, Any], new: dict[NodeId, Any], changed: set[int],
+                 top: int) -> None:
+    """Copy into ``new`` the memos of ``old`` kept by nodes at depth ``top`` that are
+    below no node at depth ``top // 2`` a ``changed`` key goes through."""
+    mid = top // 2
+    reached = {k >> (KEY_BITS - mid) for k in changed}
+    for node, memo in old.copy().items():  # a reader thread may add to it meanwhile
+        if node[0] == top and node[1] >> (top - mid) not in reached:
+            new.setdefault(node, memo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,20 +314,57 @@ def _map_path(
 def _cached_path(k: int, cache: AppendCache, out: dict[NodeId, bytes]) -> int:
     """Fill ``out`` with key ``k``'s path from the cache; return the first depth the
     cache cannot give, or -1 if the path ended within it. Its first TOP_DEPTH depths
-    come from ``cache.tops`` once a walk found them all."""
-    top = k >> (KEY_BITS - TOP_DEPTH)
-    memo = cache.tops.get(top)
+    come from ``cache.tops`` once walks found them all, in two parts (the depths down
+    to TOP_DEPTH // 2, and those below down to TOP_DEPTH): the lower part is carried
+    over to the next checkpoint's cache where no change reached it."""
+    mid = TOP_DEPTH // 2
+    start = _memo_walk(k, cache, out, 0, mid)
+    if start == mid + 1:
+        start = _memo_walk(k, cache, out, start, TOP_DEPTH)
+    if start == TOP_DEPTH + 1:
+        start = _walk(k, cache.nodes, out, start, CACHE_DEPTH)
+    return start
+
+
+def _memo_walk(k: int, cache: AppendCache, out: dict[NodeId, bytes], first: int,
+               last: int) -> int:
+    """:func:`_walk` of key ``k`` at depths ``first`` .. ``last``, kept in ``cache.tops``
+    by the path's node at ``last`` if complete (the same for every key below it)."""
+    node = (last, k >> (KEY_BITS - last))
+    memo = cache.tops.get(node)
     if memo is None:
         found: dict[NodeId, bytes] = {}
-        start = _walk(k, cache.nodes, found, 0, TOP_DEPTH)
-        if start < 0 or start > TOP_DEPTH:  # complete: the same for every key below
-            cache.tops[top] = memo = (tuple(found.items()), start)
-        else:
+        start = _walk(k, cache.nodes, found, first, last)
+        if first <= start <= last:  # incomplete: the cache lacks a node
             out.update(found)
             return start
-    items, start = memo
-    out.update(items)
-    return start if start < 0 else _walk(k, cache.nodes, out, start, CACHE_DEPTH)
+        memo = cache.tops[node] = (tuple(found.items()), start)
+    out.update(memo[0])
+    return memo[1]
+
+
+#: The nodes :func:`build_tops` makes memos for: those at depth TOP_DEPTH (PROOF_TOP).
+TOPS = 1 << max(TOP_DEPTH, PROOF_TOP)
+
+
+def build_tops(cache: AppendCache, first: int, count: int) -> None:
+    """Make the memos lookups share for the nodes ``first`` .. ``first + count - 1`` at
+    depth TOP_DEPTH (and PROOF_TOP): each node's path walk (``cache.tops``) and its map
+    proofs' upper siblings (``cache.proofs``), as the first lookup below it would.
+    Only for a cache that holds every map node down to CACHE_DEPTH (a node it records
+    as absent, None, is absent: a proof takes a node it lacks for an empty one)."""
+    prover = SparseMap(cast(MapStore, cache.nodes))  # absent nodes: None, as from get
+    for top in range(first, first + count):
+        if top < 1 << TOP_DEPTH and not _has_memos(cache.tops, top, TOP_DEPTH):
+            _cached_path(top << (KEY_BITS - TOP_DEPTH), cache, {})
+        if top < 1 << PROOF_TOP and not _has_memos(cache.proofs, top, PROOF_TOP):
+            prover.prove((top << (KEY_BITS - PROOF_TOP)).to_bytes(32, "big"), cache.proofs)
+
+
+def _has_memos(memos: dict[NodeId, Any], top: int, depth: int) -> bool:
+    """Whether ``memos`` has both parts for node ``top`` at ``depth``."""
+    mid = depth // 2
+    return (depth, top) in memos and (mid, top >> (depth - mid)) in memos
 
 
 def _walk(k: int, known: dict[NodeId, bytes | None], out: dict[NodeId, bytes], start: int,
