@@ -203,9 +203,9 @@ async def main(windows: int, seconds: float, size: tuple[int, int] | None) -> No
                     n = handled(s0, s1) or 1
                     wcpu = (w1 - w0) / 1e3 / n
                     e1 = next(iter(s1["encoder"].values()))
-                    size = f"{e1.get('frameWidth')}x{e1.get('frameHeight')}"
+                    shape = f"{e1.get('frameWidth')}x{e1.get('frameHeight')}"
                     rows.append((seal, opened_us, audio, enc, seal / enc, sync, sync / enc,
-                                 wcpu, wcpu / enc, sealed, encoded, opened, n, size))
+                                 wcpu, wcpu / enc, sealed, encoded, opened, n, shape))
                 await ctx.close()
             await hub.end(room_id)
         finally:
