@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sottovoce.calls.effects import CallState
 from sottovoce.calls.media_keys import CallKeys, EpochKeys
 from sottovoce.calls.room_effects import PeerMediaState
 from sottovoce.client import Client
+from sottovoce.client.calls import hooks
 from sottovoce.client.calls.controller import CallOptions
 from sottovoce.client.calls.e2ee import FrameCrypto
 from sottovoce.client.calls.media import IceConfig
@@ -48,14 +50,19 @@ MEDIA_FLAGS = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-str
                "--allow-loopback-in-peer-connection"]
 
 
+@dataclass
 class CallApp(AppProcess):
-    """`sottovoce app --no-browser --loopback`: calls hand on 127.0.0.1 only."""
+    """`sottovoce app --no-browser --loopback`: calls hand on 127.0.0.1 only
+    (``relay_only``: with --relay-only too)."""
+
+    relay_only: bool = False
 
     def spawn(self) -> CallApp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sottovoce", "app", "--no-browser", "--loopback",
+             *(["--relay-only"] if self.relay_only else []),
              "--data-dir", str(self.data_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL,
@@ -323,11 +330,22 @@ async def test_a_denied_camera_and_a_server_without_an_sfu_are_plain_messages(
         app.stop()
 
 
+@dataclass
+class Path1to1:
+    """What a 1:1 call took: the page's candidate types the peer saw, and the selected
+    pair's (local, remote) candidate types on each side while media flowed."""
+
+    seen: set[str]
+    page: tuple[str, str]
+    peer: tuple[str, str]
+
+
 async def one_to_one(server: ServerProcess, tmp_path: Path, browser: Callable[..., Any],
-                     names: tuple[str, str], *, turn: bool = False) -> set[str]:
+                     names: tuple[str, str], *, turn: bool = False,
+                     relay_only: bool = False) -> Path1to1:
     """The browser (the first name) dials the SDK peer (the second, aiortc), who answers;
     video and audio decoded on both sides; the peer hangs up and the page says so.
-    Returns the candidate types the peer saw from the page."""
+    ``relay_only``: both sides relay-only (the app's and the peer's --relay-only)."""
     mine, theirs = names
     alice = await Client.create_account(server.url, mine, tmp_path / mine, PASSPHRASE,
                                         kdf=TEST_KDF)
@@ -335,10 +353,11 @@ async def one_to_one(server: ServerProcess, tmp_path: Path, browser: Callable[..
     bob = await Client.create_account(server.url, theirs, tmp_path / theirs, PASSPHRASE,
                                       kdf=TEST_KDF)
     calls = bob.start_calls(CallOptions(
-        ice=IceConfig(loopback=True, turn=await bob.turn_servers() if turn else ()),
+        ice=IceConfig(loopback=True, turn=await bob.turn_servers() if turn else (),
+                      relay_only=relay_only),
         media=MediaSpec(width=320, height=240, fps=15)))
     await bob.send_text(mine, "call me")
-    app = CallApp(tmp_path / mine).start()
+    app = CallApp(tmp_path / mine, relay_only=relay_only).start()
     try:
         page = await (await browser()).new_page()
         errors: list[str] = []
@@ -361,15 +380,19 @@ async def one_to_one(server: ServerProcess, tmp_path: Path, browser: Callable[..
                                " && s.audioIn > 30)")
         await until(lambda: session.sinks["camera"].frames > 30
                     and session.sinks["audio"].frames > 30)
+        page_path = (await page.evaluate("window.sottovoceP2p.stats()"))["path"]
+        pc = session.current()
+        peer_pair = None if pc is None else hooks.selected_pair(pc)
+        assert peer_pair is not None
         ARTIFACTS.mkdir(exist_ok=True)
-        suffix = "-turn" if turn else ""
+        suffix = ("-relay-only" if relay_only else "-turn") if turn else ""
         await page.screenshot(path=str(ARTIFACTS / f"call-1to1{suffix}.png"))
         seen = set(session.peer_candidate_types)
         calls.hangup()
         await page.locator("#p2p-note", has_text=f"{theirs} hung up").wait_for(timeout=WAIT_MS)
         assert await page.evaluate("window.sottovoceP2p.stats()") is None
         assert errors == []
-        return seen
+        return Path1to1(seen, tuple(page_path), (peer_pair[0].type, peer_pair[1].type))
     finally:
         await bob.close()
         app.stop()
@@ -380,7 +403,11 @@ async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
 ) -> None:
     """DTLS-SRTP between the two devices, on 127.0.0.1 only (the page's candidates the
     peer saw are host candidates there)."""
-    assert await one_to_one(server, tmp_path, browser, ("amy", "ben")) <= {"host"}
+    path = await one_to_one(server, tmp_path, browser, ("amy", "ben"))
+    assert path.seen <= {"host"}
+    assert path.page == ("host", "host")
+    # The page's checks may reach the peer before its description: peer-reflexive.
+    assert path.peer[0] == "host" and path.peer[1] in ("host", "prflx"), path
 
 
 async def test_a_1to1_call_from_the_browser_through_the_servers_turn(
@@ -395,8 +422,30 @@ async def test_a_1to1_call_from_the_browser_through_the_servers_turn(
     server = ServerProcess(tmp_path / "server", extra_args=[
         "--turn-url", turn.url, "--turn-secret-file", str(secret)]).start()
     try:
-        seen = await one_to_one(server, tmp_path, browser, ("cleo", "dan"), turn=True)
-        assert "relay" in seen, seen
+        path = await one_to_one(server, tmp_path, browser, ("cleo", "dan"), turn=True)
+        assert "relay" in path.seen, path
+    finally:
+        server.stop()
+        turn.stop()
+
+
+async def test_a_relay_only_1to1_call_between_the_browser_and_a_python_peer(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """Both sides relay-only (`sottovoce app --relay-only`, the peer's IceConfig as
+    `call --relay-only`): each gathers and hands out relay candidates only, and media
+    flow both ways over a pair of relay candidates on both sides, through coturn."""
+    turn = Coturn(tmp_path / "coturn").start()
+    secret = tmp_path / "turn-secret"
+    secret.write_bytes(turn.secret.expose() + b"\n")
+    server = ServerProcess(tmp_path / "server", extra_args=[
+        "--turn-url", turn.url, "--turn-secret-file", str(secret)]).start()
+    try:
+        path = await one_to_one(server, tmp_path, browser, ("erin", "finn"), turn=True,
+                                relay_only=True)
+        assert path.seen == {"relay"}, path
+        assert path.page == ("relay", "relay"), path
+        assert path.peer == ("relay", "relay"), path
     finally:
         server.stop()
         turn.stop()

@@ -79,3 +79,65 @@ def test_the_keys_notice_carries_every_kid_and_the_roster_and_no_exporter() -> N
     assert sorted(int(k) for k in notice["keys"]) == sorted(keys.base_keys)
     # KID = leaf ‖ track ‖ epoch mod 16: leaf 3, video (2), epoch 17 -> 0x321.
     assert str(0x321) in notice["keys"]
+
+
+def _p2p_session(notify: Any, ice: Any) -> Any:
+    from sottovoce.app.p2p_bridge import BrowserMediaSession, P2pBridge
+    from sottovoce.client.calls.sources import MediaSpec
+
+    bridge = P2pBridge(notify, loopback=True, relay_only=True)
+    bridge.peer = "bob"
+    return BrowserMediaSession(link=bridge.link, bridge=bridge, spec=MediaSpec(), ice=ice,
+                               on_event=lambda event: None)
+
+
+async def test_relay_only_takes_from_the_page_a_description_of_relay_candidates_only() -> None:
+    """`sottovoce app --relay-only`: the page is told the "relay" policy, a description
+    with a host candidate is refused (never signalled), as is one without any relay
+    candidate, and without TURN credentials from the server nothing is asked."""
+    from sottovoce.client.calls.errors import CandidateLeak, TurnError
+    from sottovoce.client.calls.media import IceConfig, TurnServer
+    from sottovoce.secret import Secret
+
+    sent: list[dict[str, Any]] = []
+
+    async def notify(notice: dict[str, Any]) -> None:
+        sent.append(notice)
+
+    turn = (TurnServer(url="turn:127.0.0.1:3478", username="1:u",
+                       credential=Secret(b"pw")),)
+    relay_only = "\r\n".join(line for line in SDP.split("\r\n") if "typ host" not in line)
+    no_candidates = "\r\n".join(line for line in SDP.split("\r\n") if "candidate" not in line)
+    for page, refused in [(SDP, CandidateLeak), (no_candidates, TurnError), (relay_only, None)]:
+        session = _p2p_session(notify, IceConfig(loopback=True, relay_only=True, turn=turn))
+        task = asyncio.ensure_future(session.create_offer(0))
+        await asyncio.sleep(0)
+        assert sent[-1]["relayOnly"] is True and sent[-1]["iceServers"][0]["urls"] == turn[0].url
+        session.link.answer(sent[-1]["ref"], page)
+        if refused is None:
+            assert {c.type for c in sdp_text.candidates(await task)} == {"relay"}
+        else:
+            with pytest.raises(refused):
+                await task
+    before = len(sent)
+    session = _p2p_session(notify, IceConfig(loopback=True, relay_only=True))
+    with pytest.raises(TurnError, match="need a TURN server"):
+        await session.create_offer(0)
+    assert len(sent) == before  # the page was not asked
+
+
+def test_the_candidates_of_each_m_section_are_read_with_its_mid() -> None:
+    """What the SDK adds again after a remote description (a browser with max-bundle
+    lists its candidates in the first m-section only)."""
+    sdp = "\r\n".join([
+        "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0",
+        "a=candidate:3 1 udp 58597375 127.0.0.1 42485 typ relay raddr 0.0.0.0 rport 0",
+        "a=end-of-candidates",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:1", "a=bundle-only", "",
+    ])
+    assert sdp_text.section_candidates(sdp) == [
+        ("0", ("candidate:3 1 udp 58597375 127.0.0.1 42485 typ relay raddr 0.0.0.0 rport 0",),
+         True),
+        ("1", (), False),
+    ]

@@ -72,6 +72,7 @@ class Bridge:
     _pump: asyncio.Task[None] | None = None
     _views: Any = None  # bridge_views.AccountViews, made on the first request
     calls_loopback: bool = False
+    calls_relay_only: bool = False
     calls: CallsBridge | None = None
 
     def __post_init__(self) -> None:
@@ -93,7 +94,8 @@ class Bridge:
                 await asyncio.sleep(_WRONG_PASSPHRASE_PAUSE_S)  # slows guessing down
                 raise PageError("wrong passphrase") from None
             self.client = client
-            self.calls = CallsBridge(self._broadcast, loopback=self.calls_loopback)
+            self.calls = CallsBridge(self._broadcast, loopback=self.calls_loopback,
+                                     relay_only=self.calls_relay_only)
             self.calls.attach(client)  # before connecting: no call started meanwhile is missed
             await client.connect(wait=False)  # it keeps retrying by itself
             self._pump = asyncio.get_running_loop().create_task(self._events(client))

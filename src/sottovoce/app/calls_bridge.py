@@ -152,9 +152,10 @@ class BrowserSfuMedia(SfuMedia):
 class CallsBridge:
     """The page's room calls, one at a time (see the module docstring)."""
 
-    def __init__(self, notify: Notify, *, loopback: bool = False) -> None:
+    def __init__(self, notify: Notify, *, loopback: bool = False,
+                 relay_only: bool = False) -> None:
         self.link = PageLink(notify, loopback=loopback)
-        self.loopback = loopback
+        self.loopback, self.relay_only = loopback, relay_only
         self.hub: RoomCalls | None = None
         self.room: str | None = None
         self.ctl: RoomCallController | None = None
@@ -174,7 +175,8 @@ class CallsBridge:
             sfu_media=self._media,
         )
         self.hub = client.start_room_calls(options)
-        self.p2p = P2pBridge(self.link.notify, loopback=self.loopback)
+        self.p2p = P2pBridge(self.link.notify, loopback=self.loopback,
+                             relay_only=self.relay_only)
         self.p2p.attach(client)
 
     def _media(self, **kwargs: Any) -> SfuMedia:

@@ -16,7 +16,8 @@ the SDK or another browser. Media are DTLS-SRTP between the two devices, bound t
 the fingerprints the signals carry: every remote description is checked against
 them here before the page sees it. TURN credentials come from the server for each
 new connection; with ``--loopback`` every candidate but 127.0.0.1 is dropped both
-ways.
+ways; with ``--relay-only`` the page's connection has the ICE policy "relay" and a
+description of the page's with any other candidate is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sottovoce.calls.effects import PeerMediaState, StateChanged
 from sottovoce.calls.signals import Fingerprint
 from sottovoce.client import Client
 from sottovoce.client.calls.controller import CallController, CallOptions, SignalFailed
-from sottovoce.client.calls.errors import MediaError
+from sottovoce.client.calls.errors import CandidateLeak, MediaError, TurnError
 from sottovoce.client.calls.media import (
     ROLES,
     IceConfig,
@@ -80,6 +81,22 @@ class BrowserMediaSession(MediaSession):
                                for t in self.ice.turn],
                 "relayOnly": self.ice.relay_only}
 
+    def _need_relay(self) -> None:
+        if self.ice.relay_only and not self.ice.turn:
+            raise TurnError("relay-only calls need a TURN server, and the server hands "
+                            "out none")
+
+    def _relay_checked(self, sdp: str) -> str:
+        """--relay-only: the page's description holds relay candidates only (the
+        browser's "relay" policy gathers no other; this does not take its word)."""
+        if self.ice.relay_only:
+            found = sdp_text.candidates(sdp)
+            if any(c.type != "relay" for c in found):
+                raise CandidateLeak("a relay-only call gathered a host or reflexive candidate")
+            if not found:
+                raise TurnError("no relay candidate could be gathered from the TURN server")
+        return sdp
+
     def _check(self, remote_sdp: str, expected: tuple[Fingerprint, ...]) -> str:
         sdp_text.check_fingerprints(remote_sdp, expected)  # the engine did; we do not trust it
         if self.ice.loopback:
@@ -90,8 +107,10 @@ class BrowserMediaSession(MediaSession):
         if self._closed:
             raise MediaError("the call's media is closed")
         self._live_generations.add(generation)
-        return await self.link.ask(self.bridge.peer, "offer", generation=generation,
-                                   video=self.camera_on, **self._ice())
+        self._need_relay()
+        return self._relay_checked(await self.link.ask(
+            self.bridge.peer, "offer", generation=generation, video=self.camera_on,
+            **self._ice()))
 
     async def create_answer(
         self, generation: int, remote_sdp: str, expected: tuple[Fingerprint, ...]
@@ -100,8 +119,10 @@ class BrowserMediaSession(MediaSession):
             raise MediaError("the call's media is closed")
         offer = self._check(remote_sdp, expected)
         self._live_generations.add(generation)
-        return await self.link.ask(self.bridge.peer, "answer", generation=generation,
-                                   sdp=offer, video=self.camera_on, **self._ice())
+        self._need_relay()
+        return self._relay_checked(await self.link.ask(
+            self.bridge.peer, "answer", generation=generation, sdp=offer,
+            video=self.camera_on, **self._ice()))
 
     async def apply_answer(
         self, generation: int, remote_sdp: str, expected: tuple[Fingerprint, ...]
@@ -154,9 +175,9 @@ class BrowserMediaSession(MediaSession):
 class P2pBridge:
     """The page's 1:1 calls (see the module docstring)."""
 
-    def __init__(self, notify: Notify, *, loopback: bool) -> None:
+    def __init__(self, notify: Notify, *, loopback: bool, relay_only: bool = False) -> None:
         self.link = PageLink(notify, loopback=loopback, event="p2p", scope="peer")
-        self.loopback = loopback
+        self.loopback, self.relay_only = loopback, relay_only
         self.client: Client | None = None
         self.calls: CallController | None = None
         self.session: BrowserMediaSession | None = None
@@ -167,7 +188,7 @@ class P2pBridge:
         return f"P2pBridge(in_call={self.session is not None})"
 
     def attach(self, client: Client) -> None:
-        options = CallOptions(ice=IceConfig(loopback=self.loopback),
+        options = CallOptions(ice=IceConfig(loopback=self.loopback, relay_only=self.relay_only),
                               media_session=self._session)
         self.client = client
         self.calls = client.start_calls(options)

@@ -27,14 +27,14 @@ def open_browser(url: str) -> bool:
 
 async def run_app(
     data_dir: Path, *, port: int = 0, browser: bool = True, check: bool = False,
-    say: Callable[[str], None] = print, loopback: bool = False,
+    say: Callable[[str], None] = print, loopback: bool = False, relay_only: bool = False,
 ) -> None:
     """Serve the app for the account in ``data_dir`` until SIGINT or SIGTERM.
 
     ``check``: start, go through the launch and fetch the page once over loopback
     (the URL printed is then spent), and stop; a failure raises ``UsageError``.
     """
-    bridge = Bridge(data_dir, calls_loopback=loopback)
+    bridge = Bridge(data_dir, calls_loopback=loopback, calls_relay_only=relay_only)
     web = WebApp(bridge, Gate(port))
     try:
         server = await web.start(port)

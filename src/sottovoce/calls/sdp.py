@@ -128,6 +128,17 @@ def candidates(sdp: str) -> list[SdpCandidate]:
     return out
 
 
+def section_candidates(sdp: str) -> list[tuple[str, tuple[str, ...], bool]]:
+    """Per m-section: its mid, its ``candidate:...`` values and whether it says
+    ``a=end-of-candidates`` (RFC 8839 §5.1, §5.2), in the description's order."""
+    out = []
+    for lines in _sections(sdp)[1]:
+        mid = next((line[6:] for line in lines if line.startswith("a=mid:")), "")
+        found = tuple(line[2:] for line in lines if line.startswith("a=candidate:"))
+        out.append((mid, found, "a=end-of-candidates" in lines))
+    return out
+
+
 def parse_candidate(value: str) -> SdpCandidate:
     """One ``candidate:...`` attribute value (RFC 8839 §5.1)."""
     parts = value.strip().split()

@@ -18,7 +18,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     then asks for the passphrase. Runs until Ctrl-C. With --check it starts, goes
     through the launch and the page once over loopback, and stops (exit 0 when every
     check holds). Calls (room calls through the server's SFU, 1:1 calls) use the
-    browser's camera and microphone; --loopback keeps their addresses to 127.0.0.1.
+    browser's camera and microphone; --loopback keeps their addresses to 127.0.0.1;
+    --relay-only sends 1:1 calls' media through the server's TURN relay only, so the
+    peer never learns this device's address (the server must hand out TURN
+    credentials: --turn-url).
 
     example:
       {program} app --check --data-dir ~/.sottovoce-alice
@@ -29,7 +32,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     root = data_dir(args)
     require_account(root)
     asyncio.run(run_app(root, port=args.port, browser=not args.no_browser, check=args.check,
-                        loopback=args.loopback))
+                        loopback=args.loopback, relay_only=args.relay_only))
     return 0
 
 
@@ -55,6 +58,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="start, check the launch and the page over loopback, and stop")
     parser.add_argument("--loopback", action="store_true",
                         help="calls: hand on no address but 127.0.0.1 (tests on one machine)")
+    parser.add_argument("--relay-only", action="store_true",
+                        help="1:1 calls: media only through the server's TURN relay")
 
 
 def add_commands(sub: Subparsers) -> None:

@@ -406,7 +406,8 @@ async function stats() {
     (await c.pub.getStats()).forEach((s) => {
       if (s.type === "outbound-rtp" && s.kind === "video" && s.framesEncoded) {
         out.encoder[s.mid] = { framesEncoded: s.framesEncoded,
-          totalEncodeTime: s.totalEncodeTime, framesSent: s.framesSent };
+          totalEncodeTime: s.totalEncodeTime, framesSent: s.framesSent,
+          frameWidth: s.frameWidth, frameHeight: s.frameHeight };
       }
     });
   }

@@ -227,15 +227,25 @@ function toggle(what) {
     .catch(failed);
 }
 
-// {sent: video frames sent, decoded: video frames decoded, state} of the live connection.
+// {sent: video frames sent, decoded: video frames decoded, audioIn: audio packets received,
+// state, path: [local, remote] candidate types of the selected pair} of the live connection.
 async function stats() {
   if (!call || !call.pcs.size) return null;
   const pc = [...call.pcs.values()].pop();
-  const out = { sent: 0, decoded: 0, audioIn: 0, state: pc.connectionState };
-  (await pc.getStats()).forEach((s) => {
+  const out = { sent: 0, decoded: 0, audioIn: 0, state: pc.connectionState, path: null };
+  const report = await pc.getStats();
+  report.forEach((s) => {
     if (s.type === "outbound-rtp" && s.kind === "video") out.sent += s.framesSent || 0;
     if (s.type === "inbound-rtp" && s.kind === "video") out.decoded += s.framesDecoded || 0;
     if (s.type === "inbound-rtp" && s.kind === "audio") out.audioIn += s.packetsReceived || 0;
+    // The path media take: the selected pair's candidate types (local, remote).
+    const pair = s.type === "transport" && s.selectedCandidatePairId
+      && report.get(s.selectedCandidatePairId);
+    if (pair) {
+      const local = report.get(pair.localCandidateId);
+      const remote = report.get(pair.remoteCandidateId);
+      out.path = [local && local.candidateType, remote && remote.candidateType];
+    }
   });
   return out;
 }

@@ -109,13 +109,17 @@ export async function deriveKeySalt(kid, baseKey, suite = CALL_SUITE) {
   return { key: new Uint8Array(key), salt: new Uint8Array(salt) };
 }
 
-// One KID's keyed AEAD: what protect/unprotect need (the CryptoKey is not extractable).
+// One KID's keyed AEAD: what protect/unprotect need (the CryptoKey is not extractable,
+// imported once per KID: every frame under it reuses it). `ctr` is the next counter
+// of this sender (a Number: 2^53 frames are never reached, and the seal refuses them).
 export async function frameKey(kid, baseKey, suite = CALL_SUITE) {
   const { key, salt } = await deriveKeySalt(kid, baseKey, suite);
   const aead = await crypto.subtle.importKey("raw", key, "AES-GCM", false,
     ["encrypt", "decrypt"]);
   key.fill(0);
-  return { kid: BigInt(kid), suite, aead, salt, ctr: 0n, window: new ReplayWindow() };
+  const fk = { kid: BigInt(kid), suite, aead, salt, ctr: 0, window: new ReplayWindow(),
+    sealing: null };
+  return fk;
 }
 
 function nonceOf(salt, ctr) {
@@ -132,11 +136,17 @@ export async function protect(fk, plaintext, metadata = new Uint8Array(0), ctr =
   return sealInto(fk, plaintext, metadata, new Uint8Array(0), ctr);
 }
 
-// prefix ‖ protect(...) in one buffer: the worker puts the clear codec bytes first.
+// prefix ‖ protect(...) in one buffer. Without `ctr`, the key's next counter (the
+// worker's path is sealFrame below, the same bytes without the per-call allocations).
 export async function sealInto(fk, plaintext, metadata, prefix, ctr = null) {
-  const c = ctr === null ? fk.ctr : BigInt(ctr);
-  if (c > MAX64) throw new SFrameError("SFrame counter exhausted");
-  if (ctr === null) fk.ctr = c + 1n;
+  let c;
+  if (ctr === null) {
+    if (fk.ctr >= MAX_CTR) throw new SFrameError("SFrame counter exhausted");
+    c = BigInt(fk.ctr++);
+  } else {
+    c = BigInt(ctr);
+  }
+  if (c < 0n || c > MAX64) throw new SFrameError("SFrame counter exhausted");
   const header = encodeHeader(fk.kid, c);
   const ct = await crypto.subtle.encrypt(
     { name: "AES-GCM", iv: nonceOf(fk.salt, c), additionalData: concat(header, metadata),
@@ -146,6 +156,76 @@ export async function sealInto(fk, plaintext, metadata, prefix, ctr = null) {
   out.set(header, prefix.length);
   out.set(new Uint8Array(ct), prefix.length + header.length);
   return out;
+}
+
+// --- the worker's seal: one encrypted frame with no per-frame garbage but the output ---
+
+const MAX_CTR = Number.MAX_SAFE_INTEGER;  // the implicit counter's end (never reached)
+const MAX_META = 16;                      // more clear bytes than a codec header: refused
+
+// What sealFrame reuses for every frame under one key: the KID part of the header,
+// the nonce and AAD scratch buffers, and the WebCrypto parameters. WebCrypto copies
+// iv, additionalData and data when encrypt() is called (WebCrypto §14.3.1, "get a copy
+// of the bytes"), so the scratch buffers are free again as soon as it returns.
+class SealState {
+  constructor(fk) {
+    const kid = fk.kid;
+    if (kid < 0n || kid > MAX64) throw new SFrameError("SFrame KID must fit in 64 bits");
+    const [k, kb] = compact(kid);  // k: the config byte's KID bits, K flag included
+    this.kidConfig = k << 4;
+    this.kidBytes = Uint8Array.from(kb);
+    const salt = new DataView(fk.salt.buffer, fk.salt.byteOffset, fk.salt.byteLength);
+    this.salt4 = salt.getUint32(4);
+    this.salt8 = salt.getUint32(8);
+    this.nonce = new DataView(new ArrayBuffer(12));
+    this.nonce.setUint32(0, salt.getUint32(0));  // the CTR only reaches the last 8 bytes
+    this.aad = new Uint8Array(1 + 8 + 8 + MAX_META);
+    this.aadViews = [];  // aad.subarray(0, n) for each length n, made once
+    for (let n = 0; n <= this.aad.length; n++) this.aadViews.push(this.aad.subarray(0, n));
+    this.params = { name: "AES-GCM", iv: this.nonce, additionalData: null, tagLength: 128 };
+  }
+}
+
+// Seal `data` (a Uint8Array over an encoded frame) whose first `n` bytes stay clear:
+// returns {out, ready}, `out` the whole frame as it goes on the wire (clear bytes ‖
+// SFrame header ‖ ciphertext ‖ tag) and `ready` a promise settled when `out` holds
+// the ciphertext. The encrypt call is made before this returns, so frames sealed
+// one after the other are in flight together and keep their counters' order.
+export function sealFrame(fk, data, n) {
+  const st = fk.sealing || (fk.sealing = new SealState(fk));
+  if (n > MAX_META) throw new SFrameError("too many clear bytes before the SFrame header");
+  const c = fk.ctr;
+  if (c >= MAX_CTR) throw new SFrameError("SFrame counter exhausted");
+  fk.ctr = c + 1;
+  // Header (RFC 9605 §4.3): the KID part as precomputed, the CTR in the fewest bytes.
+  const aad = st.aad;
+  let at = 1 + st.kidBytes.length;
+  aad.set(st.kidBytes, 1);
+  if (c < 8) {
+    aad[0] = st.kidConfig | c;
+  } else {
+    let len = 0;
+    for (let v = c; v > 0; v = Math.floor(v / 256)) len++;
+    aad[0] = st.kidConfig | 0x08 | (len - 1);
+    for (let i = len - 1, v = c; i >= 0; i--, v = Math.floor(v / 256)) aad[at + i] = v % 256;
+    at += len;
+  }
+  const hlen = at;
+  // AAD = header ‖ metadata (the clear codec bytes).
+  for (let i = 0; i < n; i++) aad[hlen + i] = data[i];
+  // Nonce = salt XOR CTR (the CTR in the last 8 bytes, big-endian).
+  const hi = Math.floor(c / 0x100000000);
+  const lo = c >>> 0;
+  const nonce = st.nonce;
+  nonce.setUint32(4, (st.salt4 ^ hi) >>> 0);
+  nonce.setUint32(8, (st.salt8 ^ lo) >>> 0);
+  st.params.additionalData = st.aadViews[hlen + n];
+  const pending = crypto.subtle.encrypt(st.params, fk.aead, data.subarray(n));
+  const out = new Uint8Array(data.length + hlen + 16);
+  out.set(data.subarray(0, n), 0);
+  out.set(aad.subarray(0, hlen), n);
+  const ready = pending.then((ct) => { out.set(new Uint8Array(ct), n + hlen); return out; });
+  return { out, ready };
 }
 
 // {kid, ctr, plaintext} of a frame under fk; throws SFrameError on any failure. The

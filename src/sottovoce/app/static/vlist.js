@@ -94,8 +94,10 @@ export class VList {
     while (list.children.length > want.length) list.lastElementChild.remove();
     const fresh = rows.filter((el) => !this.heights.has(el.dataset.id));
     if (fresh.length) {  // one layout for the rows new here, none when nothing is new
-      const margin = parseFloat(getComputedStyle(fresh[0]).marginBottom) || 0;
-      for (const el of fresh) this.heights.set(el.dataset.id, el.offsetHeight + margin);
+      if (this.margin === undefined) {  // the rows' margin, from the stylesheet: read once
+        this.margin = parseFloat(getComputedStyle(fresh[0]).marginBottom) || 0;
+      }
+      for (const el of fresh) this.heights.set(el.dataset.id, el.offsetHeight + this.margin);
     }
     if (this.nodes.size > 10 * FULL) {  // detached rows are not kept for ever
       const shown = new Set(rows);

@@ -340,6 +340,7 @@ class MediaSession:
         gen.expected = self._check_remote(remote_sdp, expected)
         pc = gen.pc
         await pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "offer"))
+        await self._add_section_candidates(pc, remote_sdp)
         transceivers = pc.getTransceivers()
         if [t.kind for t in transceivers] != ["audio", "video", "video"]:
             raise MediaError("the offer does not have the call's audio, camera and screen sections")
@@ -357,6 +358,7 @@ class MediaSession:
             return
         gen.expected = self._check_remote(remote_sdp, expected)
         await gen.pc.setRemoteDescription(RTCSessionDescription(clean_sdp(remote_sdp), "answer"))
+        await self._add_section_candidates(gen.pc, remote_sdp)
 
     async def add_candidates(
         self, generation: int, candidates: tuple[tuple[str, str], ...], complete: bool
@@ -377,6 +379,31 @@ class MediaSession:
             await gen.pc.addIceCandidate(candidate)
         if complete:
             await gen.pc.addIceCandidate(None)
+
+    async def _add_section_candidates(self, pc: RTCPeerConnection, remote_sdp: str) -> None:
+        """The remote description's candidates, added to the transport once more.
+
+        With BUNDLE, aiortc keeps the candidates of only the last m-section that
+        shares the transport. A browser with max-bundle lists its candidates in
+        the first m-section only (RFC 9143 §7.1.1: the others are bundle-only), so
+        aiortc would pair nothing. A direct call still connects (the browser's
+        checks reach us and are answered as peer-reflexive), but through TURN the
+        relay drops them: no permission was made for a peer we never sent to, and
+        the call fails. Added by mid here, duplicates are ignored (aioice)."""
+        mids = {t.mid for t in pc.getTransceivers()}
+        complete = False
+        for mid, lines, end in sdp_text.section_candidates(remote_sdp):
+            if mid not in mids:
+                continue
+            complete = complete or end
+            for line in lines:
+                candidate = candidate_from_sdp(line.removeprefix("candidate:"))
+                if self.ice.loopback and candidate.ip != hooks.LOOPBACK:
+                    continue
+                candidate.sdpMid = mid
+                await pc.addIceCandidate(candidate)
+        if complete:
+            await pc.addIceCandidate(None)
 
     def _live(self, generation: int) -> _Generation | None:
         """The connection of ``generation``, unless it is gone or closing (a late signal)."""
