@@ -183,8 +183,11 @@ def main() -> None:
         asyncio.run(through_server(args.through_server, args.pairs, args.server_store))
         return
     if args.sqlite:
-        asyncio.run(sqlite_bench(args.sqlite, args.lookups, args.timed, args.workers,
-                                 args.keep, args.quick_load))
+        # The lookups are served in this process: on uvloop, as `sottovoce server` runs.
+        import uvloop
+
+        uvloop.run(sqlite_bench(args.sqlite, args.lookups, args.timed, args.workers,
+                                args.keep, args.quick_load))
         return
     now = int(time.time() * 1000)
 
