@@ -34,11 +34,12 @@ from sottovoce.cli.main import (
 CLIENT_PREFIXES = ("sottovoce.client", "sottovoce.mls.group", "sottovoce.calls.")
 SERVER_CALL_PARTS = {"sottovoce.calls.janus", "sottovoce.calls.turn"}
 
-#: Runs main(argv) and, at exit, prints the imported sottovoce modules as a JSON line.
+#: Runs main(argv) and, at exit, prints the imported sottovoce modules (and httpx) as a
+#: JSON line.
 RUN = """\
 import atexit, json, sys
 atexit.register(lambda: print("MODULES " + json.dumps(
-    sorted(m for m in sys.modules if m.startswith("sottovoce"))), flush=True))
+    sorted(m for m in sys.modules if m.startswith("sottovoce") or m == "httpx")), flush=True))
 sys.argv = ["sottovoce", *sys.argv[1:]]
 from sottovoce.cli.main import main
 sys.exit(main())
@@ -87,6 +88,9 @@ def test_a_server_starts_and_serves_without_client_code(tmp_path: Path) -> None:
     )
     assert "sottovoce.server.app" in modules  # it did start, past parsing
     assert client_modules(modules) == []
+    # What only an SFU, a remote witness or a push needs is loaded by the first use.
+    assert "sottovoce.janus_session" not in modules
+    assert "httpx" not in modules
 
 
 def test_a_witness_parses_and_fails_plainly_without_client_code(tmp_path: Path) -> None:
