@@ -109,14 +109,46 @@ def test_a_witness_parses_and_fails_plainly_without_client_code(tmp_path: Path) 
     assert client_modules(modules) == []
 
 
-def test_a_client_command_still_loads_the_client() -> None:
-    """The check above can fail: a command that needs the client stack shows it."""
+def test_a_client_command_still_loads_the_client(tmp_path: Path) -> None:
+    """The check above can fail: a command that opens an account shows the client stack
+    (here it finds no account in an empty directory, a plain error)."""
     proc = subprocess.run(
-        [sys.executable, "-c", RUN, "send", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", RUN, "send", "bob", "hi", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("sottovoce: error: no account in"), proc.stderr
     modules = json.loads(proc.stdout.split("MODULES ", 1)[1])
     assert "sottovoce.client.client" in client_modules(modules)
+
+
+#: Builds the parser of every command, formats the help at every level, and prints the
+#: sottovoce modules then imported as a JSON line.
+EVERY_HELP = """\
+import argparse, json, sys
+from sottovoce.cli.main import build_parser
+def walk(parser):
+    parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                walk(child)
+walk(build_parser())
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("sottovoce"))))
+"""
+
+
+def test_no_commands_help_loads_the_client_stack() -> None:
+    """Every command's module declares its parser without the client SDK, MLS groups or
+    the call engines: they are imported by the functions that run a command, so
+    ``sottovoce CMD --help`` stays quick."""
+    proc = subprocess.run(
+        [sys.executable, "-c", EVERY_HELP], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout)
+    assert set(COMMAND_MODULES) <= set(modules)
+    assert client_modules(modules) == []
 
 
 def _helps(
