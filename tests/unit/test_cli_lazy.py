@@ -274,3 +274,17 @@ def test_a_command_after_an_abbreviated_option_is_still_found(
         a for a in build_parser(["server"])._actions if isinstance(a, argparse._SubParsersAction)
     )
     assert capsys.readouterr().out == subcommands.choices["server"].format_help()
+
+
+def test_the_servers_help_loads_neither_the_sfu_nor_the_witness_code() -> None:
+    """The options table parses --sfu and --kt-witness with modules it loads only when
+    one of them is given."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, "server", "--help"], capture_output=True, text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout.split("MODULES ", 1)[1])
+    assert "sottovoce.server.config" in modules
+    assert "sottovoce.server.sfu" not in modules
+    assert "sottovoce.server.kt_witness" not in modules
