@@ -29,14 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1] / "src"
-#: The short command lines measured: the list of commands, one command's help (a client
-#: command and the server), and the version (the cheapest).
-LINES: list[list[str]] = [
-    ["--help"],
-    ["send", "--help"],
-    ["room", "create", "--help"],
-    ["server", "--help"],
-    ["--version"],
+#: The short command lines measured, each with the exit code it ends with: the list of
+#: commands, one command's help (client commands and the server), the version (the
+#: cheapest), and a client command that loads the client and stops at once (no account
+#: in an empty directory: exit 1), as every real client command loads the client.
+LINES: list[tuple[list[str], int]] = [
+    (["--help"], 0),
+    (["send", "--help"], 0),
+    (["room", "create", "--help"], 0),
+    (["server", "--help"], 0),
+    (["--version"], 0),
+    (["send", "bob", "hi", "--data-dir", "EMPTY"], 1),
 ]
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -45,18 +48,22 @@ def env_for(src: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "COLUMNS": "80"}
 
 
-def run_once(argv: list[str], src: Path) -> tuple[float, float]:
-    """(CPU s, wall s) of one ``python -m sottovoce ARGV``."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sottovoce", *argv], env=env_for(src),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
+def run_once(argv: list[str], code: int, src: Path) -> tuple[float, float]:
+    """(CPU s, wall s) of one ``python -m sottovoce ARGV`` (``EMPTY``: an empty directory),
+    which must exit with ``code``."""
+    with tempfile.TemporaryDirectory() as empty:
+        argv = [empty if a == "EMPTY" else a for a in argv]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sottovoce", *argv], env=env_for(src),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"sottovoce {' '.join(argv)} exited {proc.returncode} (PYTHONPATH={src})")
+    if proc.returncode != code:
+        sys.exit(f"sottovoce {' '.join(argv)} exited {proc.returncode}, not {code} "
+                 f"(PYTHONPATH={src})")
     return usage.ru_utime + usage.ru_stime, wall
 
 
@@ -101,8 +108,8 @@ def main() -> None:
     sides = {"after": HERE} if args.before is None else {"before": args.before.resolve(),
                                                           "after": HERE}
     cases: dict[str, Callable[[Path], tuple[float, float]]] = {
-        "sottovoce " + " ".join(argv): (lambda src, argv=argv: run_once(argv, src))
-        for argv in LINES
+        "sottovoce " + " ".join(argv): (lambda src, argv=argv, code=code: run_once(argv, code, src))
+        for argv, code in LINES
     }
     cases["sottovoce server (to its health line)"] = serve_once
     print(f"load average at start: {load()}; {args.rounds} rounds; python {sys.version.split()[0]}")
@@ -115,18 +122,18 @@ def main() -> None:
             for side in order:
                 results.setdefault((name, side), []).append(case(sides[side]))
     print()
-    print(f"{'command line':46} {'side':6} {'CPU ms':>8} {'wall ms':>8}")
+    print(f"{'command line':50} {'side':6} {'CPU ms':>8} {'wall ms':>8}")
     for name in cases:
         medians = {}
         for side in sides:
             runs = results[(name, side)]
             medians[side] = (statistics.median(c for c, _ in runs) * 1000,
                              statistics.median(w for _, w in runs) * 1000)
-            print(f"{name:46} {side:6} {medians[side][0]:8.0f} {medians[side][1]:8.0f}")
+            print(f"{name:50} {side:6} {medians[side][0]:8.0f} {medians[side][1]:8.0f}")
         if len(sides) == 2:
             cpu = medians["after"][0] / medians["before"][0]
             wall = medians["after"][1] / medians["before"][1]
-            print(f"{'':46} {'ratio':6} {cpu:8.2f} {wall:8.2f}")
+            print(f"{'':50} {'ratio':6} {cpu:8.2f} {wall:8.2f}")
     print(f"\nload average at end: {load()} (medians over the rounds; CPU = user + system "
           "time of the child process)")
 
