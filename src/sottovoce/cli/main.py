@@ -2,7 +2,11 @@
 
 Each command family lives in its own module exposing
 ``add_commands(subparsers)``; every parser it adds sets ``func`` (a callable
-taking the parsed ``argparse.Namespace`` and returning an exit code).
+taking the parsed ``argparse.Namespace`` and returning an exit code). Start-up
+stays short: the list of commands comes from :data:`COMMAND_HELP` without any
+command module, a command imports only its own modules (:data:`COMMAND_SOURCES`),
+and those import the client stack (client, MLS, calls) inside the functions that
+run a command, never at their top, so ``sottovoce CMD --help`` loads none of it.
 
 Every failure ends here as one or two plain lines on stderr and a non-zero exit
 code. ``--debug`` adds the traceback, with every secret and message text the
