@@ -275,6 +275,10 @@ def _listen_line(
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    # What _listen_line imports is loaded before "listening as ..." (the line a script
+    # waits for): the client loads all of it but the device names, and an import at the
+    # first event would let the store move on before that event's line is made.
+    import sottovoce.client.linking  # noqa: F401
     from sottovoce.client import ConnectionChanged
 
     async def work(client: Client) -> int:
