@@ -145,6 +145,11 @@ DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: A disappearing message's expiresAtMs on a send: at most this far ahead (the longest
 #: timer, a week) plus CLOCK_SKEW_MS, and no further than CLOCK_SKEW_MS in the past.
 MAX_MESSAGE_EXPIRY_MS = 7 * 24 * 3600 * 1000
+#: The disappearing-messages timers a chat can have, as the CLI names them, in seconds
+#: (0: off); the longest is the week above.
+TIMER_CHOICES: dict[str, int] = {
+    "off": 0, "5s": 5, "1m": 60, "1h": 3600, "1d": 86_400, "1w": 604_800,
+}
 #: Default inbox quotas (server --inbox-*): what may wait unread in one device's inbox,
 #: in all (a device offline for the whole retention in busy conversations stays under it)...
 INBOX_MAX_MESSAGES = 20_000

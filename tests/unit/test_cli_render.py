@@ -355,7 +355,7 @@ def test_a_new_accounts_name_is_checked_before_any_passphrase(
             raise NotConnected("cannot reach the server: connection refused")
         return name == "bob"
 
-    monkeypatch.setattr(session, "username_available", available)
+    monkeypatch.setattr("sottovoce.client.username_available", available)
     session.check_name_free("ws://127.0.0.1:8765", "bob")  # free: nothing to say
     with pytest.raises(session.CliError) as taken:
         session.check_name_free("ws://127.0.0.1:8765", "alice")

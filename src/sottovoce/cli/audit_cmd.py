@@ -11,8 +11,6 @@ from pathlib import Path
 from sottovoce.cli import render
 from sottovoce.cli.options import Subparsers, command_group, subcommand
 from sottovoce.cli.session import unreachable
-from sottovoce.client import NotConnected
-from sottovoce.client.connection import TransportClosed, websocket_connector, ws_url
 from sottovoce.errors import UsageError
 
 EXAMPLE = """\
@@ -104,6 +102,9 @@ def add_commands(sub: Subparsers) -> None:
 
 async def _probe(url: str) -> None:
     """Open and close one WebSocket to ``url`` (NotConnected, saying why, if it fails)."""
+    from sottovoce.client import NotConnected
+    from sottovoce.client.connection import TransportClosed, websocket_connector, ws_url
+
     try:
         transport = await websocket_connector(ws_url(url))
     except TransportClosed as exc:
@@ -114,6 +115,7 @@ async def _probe(url: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from sottovoce.audit_kit import AuditOptions, run_audit
     from sottovoce.audit_kit.kit import check_options
+    from sottovoce.client import NotConnected
 
     opts = AuditOptions(
         server=args.server,

@@ -27,18 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from sottovoce.calls.effects import (
-    CallState,
-    EndReason,
-    PeerRinging,
-    RecordingPermission,
-    StateChanged,
-)
 from sottovoce.cli import render
 from sottovoce.cli.options import positive, subcommand, timed_account_options
 from sottovoce.cli.session import CliError, Connect, unreachable, with_client
-from sottovoce.client import Client, NotConnected, ServerError
-from sottovoce.identity import validate_username
+
+if TYPE_CHECKING:
+    from sottovoce.calls.effects import EndReason, StateChanged
+    from sottovoce.client import Client
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when a call command runs
     from sottovoce.client.calls import CallOptions, MediaSession, MediaSpec, TurnServer
@@ -110,6 +105,8 @@ def _media_file(name: str) -> str:
 
 async def require_turn(client: Client) -> tuple[TurnServer, ...]:
     """--relay-only: the server must hand out TURN credentials, or the call cannot go."""
+    from sottovoce.client import ServerError
+
     try:
         return await client.turn_servers()
     except ServerError as exc:
@@ -166,6 +163,7 @@ async def next_or_stop(events: asyncio.Queue[T], stop: asyncio.Event) -> T | Non
 
 async def _follow(client: Client, args: argparse.Namespace, run: _Run) -> None:
     """Print the call's state changes until it ends (Ctrl-C or --seconds hang up)."""
+    from sottovoce.calls.effects import CallState, PeerRinging, RecordingPermission, StateChanged
     from sottovoce.client.calls import SignalFailed
     from sottovoce.client.calls.media import MediaProblem
 
@@ -223,6 +221,8 @@ def args_peer(args: argparse.Namespace) -> str:
 
 async def _end(client: Client, run: _Run) -> None:
     """Ctrl-C or --seconds: hang up (or decline a ring), after one last stats line."""
+    from sottovoce.calls.effects import CallState
+
     calls = client.calls
     if calls.state is CallState.ACTIVE:
         await _print_stats(client, run)
@@ -267,6 +267,8 @@ def _summary(run: _Run) -> None:
 
 async def _finish(client: Client, run: _Run) -> int:
     # The last signals (hang-up, a missed-call entry) leave before the account closes.
+    from sottovoce.calls.effects import EndReason
+
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(client.calls.close(), FLUSH_TIMEOUT_S)
     await client.drain_outbox(FLUSH_TIMEOUT_S)
@@ -290,6 +292,8 @@ def quiet(args: argparse.Namespace) -> None:
 async def connect(client: Client, args: argparse.Namespace) -> None:
     """Connect once the account's calls are started (so no ring or call start is
     missed), or say plainly why the server cannot be reached."""
+    from sottovoce.client import NotConnected
+
     try:
         await client.connect(timeout=args.timeout, fail_fast=True)
     except NotConnected as exc:
@@ -323,6 +327,8 @@ def cmd_call(args: argparse.Namespace) -> int:
       sottovoce call bob --data-dir ~/.sottovoce-alice
       sottovoce call bob --audio-only --relay-only --seconds 30 --data-dir ~/.sottovoce-alice
     """
+    from sottovoce.identity import validate_username
+
     quiet(args)
     validate_username(args.name)
     options = call_options(args)
@@ -341,6 +347,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
     """The next incoming ring within ``wait_s`` (other events before it are dropped)."""
+    from sottovoce.calls.effects import CallState, StateChanged
+
     calls = client.calls
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -358,8 +366,10 @@ async def _wait_for_ring(client: Client, wait_s: float) -> StateChanged | None:
 
 def _incoming(decline: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        quiet(args)
+        from sottovoce.calls.effects import EndReason
         from sottovoce.client.calls import CallOptions
+
+        quiet(args)
 
         options = CallOptions() if decline else call_options(args)
 

@@ -17,6 +17,7 @@ import contextlib
 import shlex
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import ephemeral_cmd, files_cmd, render
 from sottovoce.cli.call_cmd import add_path_options
@@ -48,39 +49,13 @@ from sottovoce.cli.session import (
     unreachable,
     with_client,
 )
-from sottovoce.client import (
-    Client,
-    ConnectionChanged,
-    EphemeralReceived,
-    ErrorEvent,
-    MessageReceived,
-    NotConnected,
-    username_available,
-)
-from sottovoce.client.connection import ws_url
-from sottovoce.client.control import DELETE, EDIT, REACTION
-from sottovoce.client.device_notices import DeviceNotices
-from sottovoce.client.errors import KTAlertRaised
-from sottovoce.client.events import (
-    DeviceLinked,
-    DeviceRevoked,
-    EphemeralChatRequested,
-    EphemeralGroupInvited,
-    MessageUpdated,
-    RoomInvited,
-    RoomJoined,
-    RoomMembershipChanged,
-    RoomMessageReceived,
-)
-from sottovoce.client.kt import Pins, check_min_cosignatures, parse_vkey, witness_policy_of
-from sottovoce.client.linking import DeviceNames
-from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
-from sottovoce.client.rooms import ROOM_PREFIX
-from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError, UsageError
-from sottovoce.identity import SafetyNumber, validate_username
-from sottovoce.kt.checkpoint import NoteKey
-from sottovoce.secret import Secret
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.kt import Pins
+    from sottovoce.identity import SafetyNumber
+    from sottovoce.secret import Secret
 
 #: `send`: the message is stored and queued, not acknowledged yet (sysexits.h EX_TEMPFAIL:
 #: "not really an error ... the request should be reattempted later", which the client
@@ -94,6 +69,14 @@ EXIT_QUEUED = 75
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
+    from sottovoce.client import Client
+    from sottovoce.client.connection import ws_url
+    from sottovoce.client.errors import KTAlertRaised
+    from sottovoce.client.kt import check_min_cosignatures, parse_vkey, witness_policy_of
+    from sottovoce.client.store import Store
+    from sottovoce.identity import validate_username
+    from sottovoce.kt.checkpoint import NoteKey
+
     validate_username(args.name)
     ws_url(args.server)  # a wrong scheme is a plain error before any passphrase
     root = new_account_dir(
@@ -187,6 +170,8 @@ def cmd_account_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from sottovoce.client import NotConnected
+
     if files_cmd.wants_file(args) and args.reply_to:
         raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
@@ -214,15 +199,29 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What ``listen`` prints of the control messages (receipts only change ticks).
-_SHOWN_UPDATES = frozenset({EDIT, DELETE, REACTION})
-
-
 def _listen_line(
     client: Client, event: object, hint: tuple[str, str] = ("sottovoce", "")
 ) -> tuple[str, bool] | None:
     """What ``listen`` prints for one event, and whether it goes to stderr (``hint``: the
     program and the ``--data-dir`` flag of the commands it suggests)."""
+    from sottovoce.client import EphemeralReceived, ErrorEvent, MessageReceived
+    from sottovoce.client.control import DELETE, EDIT, REACTION
+    from sottovoce.client.device_notices import DeviceNotices
+    from sottovoce.client.events import (
+        DeviceLinked,
+        DeviceRevoked,
+        EphemeralChatRequested,
+        EphemeralGroupInvited,
+        MessageUpdated,
+        RoomInvited,
+        RoomJoined,
+        RoomMembershipChanged,
+        RoomMessageReceived,
+    )
+    from sottovoce.client.linking import DeviceNames
+    from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
+    from sottovoce.client.rooms import ROOM_PREFIX
+
     me = client.username
     if isinstance(event, MessageReceived):
         # Read back from the store: the store is what the UI shows.
@@ -238,7 +237,8 @@ def _listen_line(
                     return None  # RoomInvited says it, with the room's name
         label = client.rooms.get(event.room_id).label
         return render.room_message_line(stored, me, label), False
-    if isinstance(event, MessageUpdated) and event.kind in _SHOWN_UPDATES:
+    # Of the control messages, receipts only change ticks.
+    if isinstance(event, MessageUpdated) and event.kind in (EDIT, DELETE, REACTION):
         stored = client.message(event.message_id)
         if stored is None:
             return None
@@ -275,6 +275,12 @@ def _listen_line(
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    # What _listen_line imports is loaded before "listening as ..." (the line a script
+    # waits for): the client loads all of it but the device names, and an import at the
+    # first event would let the store move on before that event's line is made.
+    import sottovoce.client.linking  # noqa: F401
+    from sottovoce.client import ConnectionChanged
+
     async def work(client: Client) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -400,6 +406,8 @@ def parse_target(name: str) -> tuple[str, str]:
 
 def _user_exists(client: Client, name: str) -> bool:
     """Known here, or (asking the server before auth) registered there."""
+    from sottovoce.client import NotConnected, username_available
+
     if client.known_contact(name):
         return True
     try:
@@ -413,6 +421,8 @@ def _user_exists(client: Client, name: str) -> bool:
 
 def _chat_target(client: Client, name: str) -> tuple[str, str | None]:
     """(who or which room, room id or None), refusing what cannot be a chat."""
+    from sottovoce.identity import validate_username
+
     kind, value = parse_target(name)
     room = None
     if kind != "user":
@@ -475,6 +485,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _ephemeral_chat(args: argparse.Namespace) -> int:
+    from sottovoce.identity import validate_username
+
     kind, name = parse_target(args.name)
     if kind == "room":  # the same as `room chat NAME --ephemeral`
         return ephemeral_cmd.run_group(args, name)

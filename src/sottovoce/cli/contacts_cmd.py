@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import subcommand, timed_account_options
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import Connect, with_client
-from sottovoce.client import Client
-from sottovoce.client.ids import now_ms
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 _NAME = [("NAME", "the other person's username")]
 _BLOCK_NOTE = (
@@ -34,6 +36,8 @@ PRESENCE_WAIT_S = 1.0
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
+    from sottovoce.client.ids import now_ms
+
     async def work(client: Client) -> tuple[list[tuple[str, str]], list[str]]:
         if client.connected and client.presence.enabled:
             client.presence.start()  # asks the contacts online (and tells them: online)

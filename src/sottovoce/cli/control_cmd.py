@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import Positional, account_options, subcommand
 from sottovoce.cli.room_cmd import room_ref
 from sottovoce.cli.session import CliError, Connect, with_client
-from sottovoce.client import Client
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 _ID: Positional = ("ID", "the message's id, or an unambiguous start of it (history --ids)")
 _NAME: Positional = ("NAME", "the other user")

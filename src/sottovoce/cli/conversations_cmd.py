@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import (
@@ -37,12 +38,12 @@ from sottovoce.cli.session import (
     require_account,
     with_client,
 )
-from sottovoce.client import Client
-from sottovoce.client.conversations import Conversation, SearchHit, message_time
-from sottovoce.client.file_body import FILE_CONTENT_TYPE
-from sottovoce.client.identity import LocalIdentity
-from sottovoce.client.store import Store
 from sottovoce.errors import DecodeError
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.conversations import Conversation, SearchHit
+    from sottovoce.client.store import Store
 
 ENV_NEW_PASSPHRASE = "SOTTOVOCE_NEW_PASSPHRASE"  # noqa: S105 - the variable's name
 #: `search`: nothing matched (as grep says it).
@@ -81,6 +82,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def hit_line(hit: SearchHit) -> str:
+    from sottovoce.client.conversations import message_time
+    from sottovoce.client.file_body import FILE_CONTENT_TYPE
+
     m = hit.message
     who = "you" if m.outgoing else render.safe(m.sender)
     if m.content_type == FILE_CONTENT_TYPE:
@@ -171,11 +175,15 @@ def _new_given(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _open_store(args: argparse.Namespace, root: Path) -> tuple[Store, str]:
     """The store and its current passphrase (three prompts at a terminal)."""
+    from sottovoce.client.store import Store
+
     return open_with_passphrase(args, root, lambda passphrase: Store.open(root, passphrase),
                                 prompt="Current passphrase", after="; nothing was changed")
 
 
 def cmd_account_passphrase(args: argparse.Namespace) -> int:
+    from sottovoce.client.identity import LocalIdentity
+
     root = data_dir(args)
     require_account(root)
     store, old = _open_store(args, root)

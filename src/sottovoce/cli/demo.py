@@ -14,16 +14,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sottovoce.cli.options import no_options, subcommand
-from sottovoce.identity import (
-    AccountKey,
-    DeviceCertificate,
-    DevicePublicKeys,
-    DeviceSigningKey,
-    safety_number,
-)
-from sottovoce.pairwise import OlmAccount, PairwiseSession, PrekeyBundle, SignedPrekey
+
+if TYPE_CHECKING:
+    from sottovoce.identity import AccountKey, DeviceCertificate, DeviceSigningKey
+    from sottovoce.pairwise import OlmAccount, PairwiseSession, PrekeyBundle, SignedPrekey
 
 
 @dataclass
@@ -49,6 +46,8 @@ class _Relay:
         self.directory[cert.username] = (cert, list(prekeys))
 
     def fetch_bundle(self, username: str) -> PrekeyBundle:
+        from sottovoce.pairwise import PrekeyBundle
+
         cert, prekeys = self.directory[username]
         return PrekeyBundle(certificate=cert, prekey=prekeys.pop(0))
 
@@ -58,6 +57,9 @@ class _Relay:
 
 
 def _make_device(username: str, now_ms: int) -> _Device:
+    from sottovoce.identity import AccountKey, DeviceCertificate, DevicePublicKeys, DeviceSigningKey
+    from sottovoce.pairwise import OlmAccount
+
     rng = secrets.token_bytes
     account_key = AccountKey.generate(rng)
     device_key = DeviceSigningKey.generate(rng)
@@ -77,6 +79,9 @@ def _make_device(username: str, now_ms: int) -> _Device:
 
 
 def run_demo(out: Callable[[str], None] = print) -> int:
+    from sottovoce.identity import safety_number
+    from sottovoce.pairwise import PairwiseSession
+
     now_ms = int(time.time() * 1000)
     relay = _Relay()
     out("sottovoce demo — two users, one device each, one relay in the middle\n")

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import account_options, command_group, subcommand
@@ -28,17 +29,10 @@ from sottovoce.cli.session import (
     run,
     with_client,
 )
-from sottovoce.client import Client
-from sottovoce.client.linking import (
-    DeviceNames,
-    LinkedDevice,
-    LinkInvite,
-    NewDevice,
-    PeerHello,
-    all_messages,
-    link_existing,
-)
-from sottovoce.identity.pake import QR_PREFIX
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.linking import LinkedDevice, LinkInvite, PeerHello
 
 WARNING = "Only link a device you are holding in your hand: it gets your account's keys."
 
@@ -77,6 +71,8 @@ def _confirm(hello: PeerHello) -> bool:
 
 
 def cmd_device_link(args: argparse.Namespace) -> int:
+    from sottovoce.client.linking import link_existing
+
     async def work(client: Client) -> LinkedDevice:
         return await link_existing(
             client, show=lambda i: _show_invite(i, qr=not args.no_qr), confirm=_confirm,
@@ -138,6 +134,9 @@ def cmd_account_link(args: argparse.Namespace) -> int:
         --code '1234-5678 apple-river' --name laptop
       sottovoce account link --data-dir ~/.sv-laptop --qr-image link-qr.png --name laptop
     """
+    from sottovoce.client.linking import NewDevice
+    from sottovoce.identity.pake import QR_PREFIX
+
     root = new_account_dir(
         args, hint="link the new device into a directory of its own (--data-dir)"
     )
@@ -212,6 +211,8 @@ def _own_devices(client: Client) -> dict[str, tuple[int, bytes]]:
 
 def _last_active(client: Client) -> dict[str, int]:
     """When this device last heard from each of the account's devices (its messages)."""
+    from sottovoce.client.linking import all_messages
+
     seen: dict[str, int] = {}
     for m in all_messages(client.messages_after):
         if m.sender == client.username:
@@ -220,6 +221,8 @@ def _last_active(client: Client) -> dict[str, int]:
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
+    from sottovoce.client.linking import DeviceNames
+
     async def work(client: Client) -> list[str]:
         if client.connected:
             await client.refresh_own_devices()
@@ -241,6 +244,8 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 
 
 def cmd_device_rename(args: argparse.Namespace) -> int:
+    from sottovoce.client.linking import DeviceNames
+
     async def work(client: Client) -> str:
         devices = _own_devices(client)
         matches = [d for d in devices if d.startswith(args.id)] if args.id else []

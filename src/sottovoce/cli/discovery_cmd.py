@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import subcommand
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import Connect, with_client
-from sottovoce.client import Client
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 _MODES_TEXT = (
     "public: anyone may find the account by searching the start of its name (find PREFIX); "

@@ -27,26 +27,19 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import DATA_DIR_HELP, Subparsers, positive, subcommand
 from sottovoce.cli.session import CliError, Connect, data_dir, with_client
-from sottovoce.client import Client
-from sottovoce.client.ephemeral import Chat
-from sottovoce.client.ephemeral_group import GroupChat
-from sottovoce.client.ephemeral_media import Media, MediaKind, read_once
-from sottovoce.client.ephemeral_memory import wipe
-from sottovoce.client.errors import ServerError
-from sottovoce.client.events import (
-    EphemeralChatEnded,
-    EphemeralChatMessage,
-    EphemeralGroupEnded,
-    EphemeralGroupLeft,
-    EphemeralGroupMessage,
-    EphemeralGroupOpened,
-    EphemeralMediaReceived,
-)
 from sottovoce.errors import SottovoceError, UsageError
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.ephemeral import Chat
+    from sottovoce.client.ephemeral_group import GroupChat
+    from sottovoce.client.ephemeral_media import Media, MediaKind
+    from sottovoce.client.events import EphemeralMediaReceived
 
 PIDFILE = "ephemeral.pid"
 #: `chat --ephemeral` exits with this after a panic (0 after leaving, 1 on an error).
@@ -109,6 +102,7 @@ def _use_data_channel(client: Client, args: argparse.Namespace) -> None:
     # Imported here: the media stack loads only for a chat that may use it.
     from sottovoce.client.calls import IceConfig
     from sottovoce.client.calls.datachannel import pipe_maker
+    from sottovoce.client.errors import ServerError
 
     async def ice() -> IceConfig:
         try:
@@ -126,6 +120,12 @@ def _use_data_channel(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _talk(client: Client, chat: Chat, pidfile: Path) -> int:
+    from sottovoce.client.events import (
+        EphemeralChatEnded,
+        EphemeralChatMessage,
+        EphemeralMediaReceived,
+    )
+
     loop = asyncio.get_running_loop()
     panicked = asyncio.Event()
 
@@ -233,6 +233,9 @@ async def _read_lines(target: _OneToOne | _Group, panic: Callable[[], None]) -> 
 
 
 async def _media_command(target: _OneToOne | _Group, line: str) -> None:
+    from sottovoce.client.ephemeral_media import MediaKind, read_once
+    from sottovoce.client.ephemeral_memory import wipe
+
     word, _, rest = line.partition(" ")
     rest = rest.strip()
     if word in ("/photo", "/clip"):
@@ -311,6 +314,14 @@ def run_group(args: argparse.Namespace, room: str) -> int:
 
 
 async def _talk_group(client: Client, group: GroupChat, pidfile: Path, wait: float) -> int:
+    from sottovoce.client.events import (
+        EphemeralGroupEnded,
+        EphemeralGroupLeft,
+        EphemeralGroupMessage,
+        EphemeralGroupOpened,
+        EphemeralMediaReceived,
+    )
+
     loop = asyncio.get_running_loop()
     panicked = asyncio.Event()
 

@@ -12,14 +12,16 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sottovoce.cli import render
 from sottovoce.cli.options import subcommand
 from sottovoce.cli.session import CliError, Connect, with_client
-from sottovoce.client import Client
-from sottovoce.client.files import Progress
-from sottovoce.client.store import StoredMessage
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.files import Progress
+    from sottovoce.client.store import StoredMessage
 
 _BAR = 30
 

@@ -19,18 +19,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from sottovoce.cli.options import Subparsers, subcommand
-from sottovoce.connect_failure import describe_failure
 from sottovoce.errors import UsageError
-from sottovoce.kt.checkpoint import Checkpoint, NoteKey, SignedNote
-from sottovoce.kt.errors import KTError
-from sottovoce.server.kt_keys import note_key
-from sottovoce.server.kt_witness import MAX_BODY_BYTES, Conflict, WitnessService
+
+if TYPE_CHECKING:
+    import httpx
+
+    from sottovoce.server.kt_witness import WitnessService
 
 EXAMPLE = """\
   sottovoce kt witness --server https://relay.example:8765 --key witness.key \\
@@ -92,6 +90,10 @@ def http_base(url: str) -> str:
 
 def unreachable_why(exc: httpx.HTTPError) -> str:
     """Why the server could not be asked, in words (the OS's reason, not httpx's class)."""
+    import httpx
+
+    from sottovoce.connect_failure import describe_failure
+
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError):  # ssl.SSLError and socket.gaierror too
@@ -108,10 +110,14 @@ class LogClient:
     """The server's read-only key-transparency endpoints."""
 
     def __init__(self, base: str) -> None:
+        import httpx
+
         self.base = base
         self._http = httpx.Client(timeout=10.0)
 
     def get(self, path: str) -> bytes:
+        import httpx
+
         try:
             resp = self._http.get(self.base + path)
         except httpx.HTTPError as exc:
@@ -151,6 +157,11 @@ class LogClient:
 
 
 def _service(args: argparse.Namespace, client: LogClient) -> WitnessService:
+    from sottovoce.kt.checkpoint import NoteKey
+    from sottovoce.kt.errors import KTError
+    from sottovoce.server.kt_keys import note_key
+    from sottovoce.server.kt_witness import WitnessService
+
     name = args.name or f"{socket.gethostname()}/sottovoce-witness"
     signer = note_key(args.key, name, cosigner=True, what="witness key file")
     log_key = None
@@ -168,6 +179,10 @@ def _service(args: argparse.Namespace, client: LogClient) -> WitnessService:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sottovoce.kt.checkpoint import Checkpoint, SignedNote
+    from sottovoce.kt.errors import KTError
+    from sottovoce.server.kt_witness import Conflict
+
     client = LogClient(http_base(args.server))
     service = _service(args, client)
     print(f"witness {service.signer.public.vkey()}", flush=True)
@@ -187,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _listen(service: WitnessService, where: str) -> int:
+    from sottovoce.server.kt_witness import MAX_BODY_BYTES
+
     host, sep, port = where.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise UsageError("--listen must be HOST:PORT")

@@ -2,7 +2,11 @@
 
 Each command family lives in its own module exposing
 ``add_commands(subparsers)``; every parser it adds sets ``func`` (a callable
-taking the parsed ``argparse.Namespace`` and returning an exit code).
+taking the parsed ``argparse.Namespace`` and returning an exit code). Start-up
+stays short: the list of commands comes from :data:`COMMAND_HELP` without any
+command module, a command imports only its own modules (:data:`COMMAND_SOURCES`),
+and those import the client stack (client, MLS, calls) inside the functions that
+run a command, never at their top, so ``sottovoce CMD --help`` loads none of it.
 
 Every failure ends here as one or two plain lines on stderr and a non-zero exit
 code. ``--debug`` adds the traceback, with every secret and message text the
@@ -77,6 +81,45 @@ COMMAND_SOURCES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("find", "fvc"), (_DISCOVERY,)),
     "verify-build": ("sottovoce.cli.release_cmd",),
 }
+#: What the top-level help says of each command, in help order: the list of commands needs
+#: no command module (tests/unit/test_cli_lazy.py holds it to the modules' own help).
+COMMAND_HELP: dict[str, str] = {
+    "demo": "two users exchange messages through an in-memory relay that sees only ciphertext",
+    "server": "run the relay server (embedded SQLite, no set-up)",
+    "account": "create, link, recover or delete an account, or change its passphrase",
+    "send": "send one message (or a file) and wait for the server's ✓",
+    "listen": "print incoming messages, room messages and invitations (Ctrl-C to stop)",
+    "chat": "chat with a person (NAME) or in a room ('#ROOM') in a terminal UI",
+    "history": "print the messages and calls with NAME from the local store",
+    "verify": "show the safety number with NAME (digits and a QR code)",
+    "device": "link a new device to this account, list and name its devices",
+    "list": "list every conversation, with unread counts and the last message's time",
+    "search": "find the messages on this device that hold every one of WORDS",
+    "export": "write one conversation's history to a JSON file only you can read",
+    "forget": "delete one conversation's messages on this device",
+    "room": "rooms: group chats end-to-end encrypted with MLS",
+    "edit": "replace the text of a message you sent (everyone sees it was edited)",
+    "delete": "delete a message on this device, or for everyone (--for-everyone)",
+    "react": "add (or --remove) an emoji reaction on a message",
+    "timer": "set or show the disappearing-messages timer of a chat",
+    "call": "call NAME: ring all of NAME's devices and follow the call",
+    "answer": "wait for the next incoming call and accept it",
+    "decline": "wait for the next incoming call and decline it",
+    "recorder": "run the opt-in recorder device: it records the calls of rooms that ask for it",
+    "audit": "audit a running server (blindness kit)",
+    "kt": "key transparency: this device's view of the log (status, ack), witnesses",
+    "save": "write a received file, decrypted, to DEST",
+    "play": "play a received voice note on this device's audio output",
+    "contacts": "your contacts: list, add, remove, block, unblock",
+    "requests": "message requests: list, accept, decline, block",
+    "panic": "end the running ephemeral chat of an account at once",
+    "app": "open chats, rooms and calls in the browser",
+    "find": "search the public accounts by the start of their name",
+    "fvc": "friend verification codes: show, new --static N, revoke",
+    "verify-build": (
+        "check an installed copy, a checkout or a wheel against a signed release manifest"
+    ),
+}
 _DEBUG_HELP = "on an error, also print the traceback (secrets and message text are blotted out)"
 #: Arguments whose values never appear in what a failure prints.
 _SECRET_ARGS = ("text", "token", "code")
@@ -111,20 +154,24 @@ class _Parser(argparse.ArgumentParser):
 
 def modules_for(argv: Sequence[str]) -> tuple[str, ...]:
     """The command modules a parse of ``argv`` needs: only the named command's when the
-    command comes first (after ``--debug`` at most), else all (the top-level help lists
-    every command, and an unknown one is told the choices). A server start thus imports
-    no client code."""
+    command comes first (after ``--debug`` at most), else none (the top-level help, the
+    version and an unknown command's choices come from :data:`COMMAND_HELP`). A server
+    start thus imports no client code."""
     for word in argv:
         if word == "--debug":
             continue
         if word in COMMAND_SOURCES:
             return COMMAND_SOURCES[word]
         break
-    return COMMAND_MODULES
+    return ()
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, or, given ``argv``, of what parsing it needs."""
+    """The parser of every command, or, given ``argv``, of what parsing it needs.
+
+    When ``argv`` names no command first, that is the list of commands only, each one
+    a stand-in without options (:func:`parse` parses again with the command's own
+    modules when one is picked that way, as in ``sottovoce --deb server``)."""
     parser = _Parser(
         prog="sottovoce",
         description="End-to-end encrypted messaging with a blind relay server.",
@@ -132,10 +179,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sottovoce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES if argv is None else modules_for(argv):
+    modules = COMMAND_MODULES if argv is None else modules_for(argv)
+    for name in modules:
         importlib.import_module(name).add_commands(sub)
+    if not modules:
+        for command, summary in COMMAND_HELP.items():
+            sub.add_parser(command, help=summary, add_help=False)
     _add_debug(parser, top=True)
     return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser ``argv`` needs and what it makes of ``argv``; a usage mistake, ``--help``
+    and ``--version`` exit here."""
+    parser = build_parser(argv)
+    if not modules_for(argv):
+        picked, _ = parser.parse_known_args(argv)
+        if picked.command is not None:
+            parser = build_parser([picked.command])
+    return parser, parser.parse_args(argv)
 
 
 def redacted_traceback(exc: BaseException, secrets: Sequence[str]) -> str:
@@ -168,8 +230,7 @@ def _explain(exc: SottovoceError, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    parser, args = parse(argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

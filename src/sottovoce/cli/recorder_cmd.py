@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.call_cmd import connect, quiet, say, stop_on_signals
@@ -31,11 +32,9 @@ from sottovoce.cli.session import (
     run,
     with_client,
 )
-from sottovoce.client import Client
-from sottovoce.client.connection import ws_url
-from sottovoce.client.store import Store
-from sottovoce.identity import validate_username
-from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 #: The recorder account's name when --name is not given.
 DEFAULT_RECORDER_NAME = "recorder"
@@ -43,6 +42,11 @@ DEFAULT_RECORDER_NAME = "recorder"
 
 def _create(args: argparse.Namespace, root: Path) -> None:
     """The recorder's account: a new name on the server, its device named "recorder"."""
+    from sottovoce.client import Client
+    from sottovoce.client.connection import ws_url
+    from sottovoce.identity import validate_username
+    from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
+
     validate_username(args.name)
     ws_url(args.server)
     check_name_free(args.server, args.name, taken_hint="give another with --name")
@@ -80,6 +84,9 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     example:
       sottovoce recorder --server ws://127.0.0.1:8765 --data-dir /var/lib/sottovoce-rec
     """
+    from sottovoce.client.store import Store
+    from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
+
     quiet(args)
     root = data_dir(args)
     if not Store.exists(root):

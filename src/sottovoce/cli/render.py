@@ -19,33 +19,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sottovoce.calls.effects import CallState, EndReason, Role, StateChanged
 from sottovoce.cli.terminal import error as error
 from sottovoce.cli.terminal import safe as safe
-from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
-from sottovoce.client.conversation import MessageView
-from sottovoce.client.device_notices import LINKED, REVOKED, DeviceNotice
-from sottovoce.client.events import (
-    ErrorEvent,
-    KeysChanged,
-    MessageReceived,
-    MessageUpdated,
-    RoomInvited,
-    RoomMembershipChanged,
-    RoomMessageReceived,
-)
-from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
-from sottovoce.client.file_body import FILE_CONTENT_TYPE, FileInfo, is_opened
-from sottovoce.client.kt import Alert, WitnessPolicy
-from sottovoce.client.room_notice import INVITE_CONTENT_TYPE, InviteNotice
-from sottovoce.client.rooms import Room
-from sottovoce.client.rooms.names import display_name, topic
-from sottovoce.client.store import DeliveryStatus, StoredMessage
-from sottovoce.crypto.mls_suites import describe_suite
 from sottovoce.errors import DecodeError
-from sottovoce.identity import SafetyNumber
-from sottovoce.protocol.audit import AuditAction, AuditEntry, AuditTrail
-from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
+
+if TYPE_CHECKING:
+    from sottovoce.calls.effects import StateChanged
+    from sottovoce.client.conversation import MessageView
+    from sottovoce.client.device_notices import DeviceNotice
+    from sottovoce.client.events import (
+        ErrorEvent,
+        MessageUpdated,
+        RoomInvited,
+        RoomMembershipChanged,
+    )
+    from sottovoce.client.kt import Alert, WitnessPolicy
+    from sottovoce.client.rooms import Room
+    from sottovoce.client.store import StoredMessage
+    from sottovoce.identity import SafetyNumber
+    from sottovoce.protocol.audit import AuditEntry, AuditTrail
 
 if TYPE_CHECKING:  # the media stack is imported by call commands only
     from sottovoce.client.calls.media import CallStats
@@ -84,6 +76,8 @@ def quoted_room(label: str) -> str:
 
 
 def _notice_text(m: StoredMessage, me: str) -> str:
+    from sottovoce.client.room_notice import InviteNotice
+
     try:
         notice = InviteNotice.decode(m.text.encode("utf-8"))
     except (DecodeError, UnicodeEncodeError):
@@ -103,6 +97,10 @@ def message_line(
     ``expires_at_ms``: a disappearing message ends with ``⏱ 59 min left``; a timer
     message reads ``alice set disappearing messages to 1 min``.
     """
+    from sottovoce.client.expiry import TIMER_CONTENT_TYPE, remaining, timer_notice
+    from sottovoce.client.room_notice import INVITE_CONTENT_TYPE
+    from sottovoce.client.store import DeliveryStatus
+
     when = clock(m.client_created_ms or m.local_at_ms)
     if m.status is DeliveryStatus.FAILED and not m.text:
         return f"{when} {safe(m.sender)}: [message could not be decrypted]"
@@ -118,6 +116,9 @@ def message_line(
 
 
 def _line(m: StoredMessage, when: str, who: str, room: bool) -> str:
+    from sottovoce.client.call_payloads import MISSED_CALL_CONTENT_TYPE, missed_call_line
+    from sottovoce.client.file_body import FILE_CONTENT_TYPE
+
     tick = f" {m.status.tick}" if m.outgoing else ""
     to = f" → {safe(m.peer)}" if m.outgoing and not room else ""
     if m.content_type == MISSED_CALL_CONTENT_TYPE:
@@ -141,6 +142,9 @@ def view_line(
     (rooms). ``ids``: the start of its id first, to name it in `edit`, `delete`,
     `react` or `--reply-to`; ``expires_at_ms``: a disappearing message's time left,
     as :func:`message_line`."""
+    from sottovoce.client.expiry import remaining
+    from sottovoce.client.store import DeliveryStatus
+
     m = view.message
     prefix = f"[{m.message_id[:SHORT_ID]}] " if ids else ""
     if m.content_type not in ("text", "reply") or (
@@ -186,6 +190,8 @@ def file_line(body: str, message_id: str) -> str:
     ``sottovoce save`` takes), ``[voice note 0:07] ...`` for a voice note,
     ``[image, view once] ...`` for a view-once file, and a placeholder once it was
     opened."""
+    from sottovoce.client.file_body import FileInfo, is_opened
+
     if is_opened(body):
         return "[view-once file, opened: nothing of it kept]"
     try:
@@ -253,6 +259,8 @@ def room_row(room: Room) -> str:
     """``team  room:…  epoch 2  members: alice, bob  topic: …``: the room's shared name
     (the id once when it has none), then ``[label]`` when this device calls it
     otherwise; the shared topic last, when there is one."""
+    from sottovoce.client.rooms.names import display_name, topic
+
     state = "removed" if room.removed else f"epoch {room.epoch}"
     members = ", ".join(sorted({safe(u) for u, _ in room.members()}))
     shown = display_name(room)
@@ -267,6 +275,8 @@ def room_row(room: Room) -> str:
 def participant(device: tuple[str, str], *, with_device: bool = True) -> str:
     """A call participant as every list shows it: ``user/device``, and ``(recorder)``
     after the opt-in recorder device."""
+    from sottovoce.protocol.rooms import RECORDER_DEVICE_ID
+
     name = f"{safe(device[0])}/{safe(device[1])}" if with_device else safe(device[0])
     return name + (" (recorder)" if device[1] == RECORDER_DEVICE_ID else "")
 
@@ -283,6 +293,8 @@ def room_info(
 ) -> list[str]:
     """``room info``: the room's shared name, topic and MLS cipher suite (members'
     view), then the server's view of it, its settings first."""
+    from sottovoce.crypto.mls_suites import describe_suite
+
     residency = state.get("residency")
     members = state.get("members") or []
     return [
@@ -324,6 +336,8 @@ def membership(event: RoomMembershipChanged, label: str) -> str:
 
 
 def audit_entry(entry: AuditEntry) -> str:
+    from sottovoce.protocol.audit import AuditAction
+
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time_ms / 1000))
     subjects = ", ".join(f"{safe(s.user_id)}/{safe(s.device_id)}" for s in entry.subjects)
     action = entry.action.name.lower().replace("_", " ")
@@ -366,6 +380,8 @@ def device_notices(notices: Iterable[DeviceNotice], names: Mapping[str, str],
                    program: str = "sottovoce") -> list[str]:
     """What every command prints of the changes of the account's devices not shown yet
     (client/device_notices.py), and `listen` as they happen."""
+    from sottovoce.client.device_notices import LINKED, REVOKED
+
     lines = []
     for n in notices:
         device = safe(n.device_id)
@@ -402,6 +418,14 @@ def notices(
     """What a command that is not `listen` mentions of the events of its run: invitations,
     and who wrote (the messages are stored; `listen` and `chat` show them). The commands
     it suggests start with ``program`` and end with ``flag`` (the ``--data-dir``)."""
+    from sottovoce.client.events import (
+        KeysChanged,
+        MessageReceived,
+        RoomInvited,
+        RoomMessageReceived,
+    )
+    from sottovoce.client.room_notice import INVITE_CONTENT_TYPE
+
     lines: list[str] = []
     senders: dict[str, int] = {}
     rooms: dict[str, int] = {}
@@ -434,24 +458,28 @@ def _unread(count: int, where: str, command: str) -> str:
 # Calls
 # =============================================================================
 
+#: What a call that ended says, by the name of its :class:`~sottovoce.calls.effects.EndReason`
+#: (names, so that rendering other things loads no call code).
 _ENDED = {
-    EndReason.HUNG_UP: "ended (you hung up)",
-    EndReason.PEER_HUNG_UP: "ended ({peer} hung up)",
-    EndReason.CANCELLED: "cancelled",
-    EndReason.DECLINED: "declined",
-    EndReason.PEER_DECLINED: "declined by {peer}",
-    EndReason.DECLINED_ELSEWHERE: "declined on another of your devices",
-    EndReason.BUSY: "busy: {peer} is in another call",
-    EndReason.NO_ANSWER: "no answer",
-    EndReason.MISSED: "missed call from {peer}",
-    EndReason.ANSWERED_ELSEWHERE: "answered on another of your devices",
-    EndReason.SUPERSEDED: "{peer} called you at the same moment: taking that call",
-    EndReason.FAILED: "failed: the call's media could not connect (or reconnect)",
+    "HUNG_UP": "ended (you hung up)",
+    "PEER_HUNG_UP": "ended ({peer} hung up)",
+    "CANCELLED": "cancelled",
+    "DECLINED": "declined",
+    "PEER_DECLINED": "declined by {peer}",
+    "DECLINED_ELSEWHERE": "declined on another of your devices",
+    "BUSY": "busy: {peer} is in another call",
+    "NO_ANSWER": "no answer",
+    "MISSED": "missed call from {peer}",
+    "ANSWERED_ELSEWHERE": "answered on another of your devices",
+    "SUPERSEDED": "{peer} called you at the same moment: taking that call",
+    "FAILED": "failed: the call's media could not connect (or reconnect)",
 }
 
 
 def call_state(change: StateChanged) -> str:
     """One line per call state: ``calling bob…``, ``answered``, ``no answer`` …"""
+    from sottovoce.calls.effects import CallState, Role
+
     peer = safe(change.peer)
     kind = "video call" if change.video else "call"
     if change.state is CallState.OUTGOING_RINGING:
@@ -463,7 +491,7 @@ def call_state(change: StateChanged) -> str:
     if change.state is CallState.ACTIVE:
         return f"connected: in a {kind} with {peer} (end-to-end encrypted)"
     if change.state is CallState.ENDED and change.reason is not None:
-        return _ENDED[change.reason].format(peer=peer)
+        return _ENDED[change.reason.name].format(peer=peer)
     return str(change.state.value)
 
 
@@ -517,6 +545,8 @@ def kt_alerts(alerts: Sequence[Alert], program: str = "sottovoce") -> list[str]:
 def kt_witness_warning(policy: WitnessPolicy | None, program: str = "sottovoce") -> list[str]:
     """What every command prints while the device pins fewer witnesses than it requires
     (a server with no witness): empty otherwise, and after an explicit opt-out."""
+    from sottovoce.client.kt import WitnessPolicy
+
     if policy is not WitnessPolicy.MISSING:
         return []
     return [

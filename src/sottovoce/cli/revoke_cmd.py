@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import account_options, command_group, subcommand, timed_account_options
@@ -27,12 +28,10 @@ from sottovoce.cli.session import (
     run,
     with_client,
 )
-from sottovoce.client import Client
-from sottovoce.client.connection import ws_url
-from sottovoce.client.device_notices import DeviceNotices
-from sottovoce.identity import validate_username
-from sottovoce.identity.succession import parse_recovery_code
-from sottovoce.secret import Secret
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.secret import Secret
 
 #: Where `account recover` reads the code when --code is not given (keeps it out of `ps`).
 ENV_RECOVERY_CODE = "SOTTOVOCE_RECOVERY_CODE"
@@ -49,6 +48,8 @@ def recovery_lines(code: Secret) -> list[str]:
 
 
 def _code(args: argparse.Namespace) -> str:
+    from sottovoce.identity.succession import parse_recovery_code
+
     code = args.code or os.environ.get(ENV_RECOVERY_CODE, "")
     if not code:
         raise CliError(f"give the recovery code: --code CODE (or ${ENV_RECOVERY_CODE})")
@@ -57,6 +58,8 @@ def _code(args: argparse.Namespace) -> str:
 
 
 def cmd_device_revoke(args: argparse.Namespace) -> int:
+    from sottovoce.client.device_notices import DeviceNotices
+
     async def work(client: Client) -> str:
         await client.revoke_device(args.id)
         DeviceNotices(client.linking().store, client.device_id).forget(args.id)  # done here
@@ -104,6 +107,10 @@ def cmd_account_recover(args: argparse.Namespace) -> int:
 
 
 def _recover_on_new_device(args: argparse.Namespace, code: str) -> tuple[str, Secret]:
+    from sottovoce.client import Client
+    from sottovoce.client.connection import ws_url
+    from sottovoce.identity import validate_username
+
     validate_username(args.name)
     ws_url(args.server)
     root = new_account_dir(args, hint=(

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import Positional, subcommand, timed_account_options
 from sottovoce.cli.session import CliError, with_client
-from sottovoce.client import Client
-from sottovoce.client.room_notice import valid_room_name
-from sottovoce.client.rooms.model import CommitResult
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
-from sottovoce.protocol.room_names import MAX_ROOM_TOPIC_BYTES
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.rooms.model import CommitResult
 
 ROOM: Positional = ("ROOM", "the room: its name, '#NAME' or its id")
 USER: Positional = ("USER", "a member's username")
@@ -54,6 +55,8 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
+    from sottovoce.client.room_notice import valid_room_name
+
     if not valid_room_name(args.name):
         raise CliError(f"a room name is 1-{MAX_ROOM_NAME_BYTES} bytes of printable text, "
                        "without spaces at either end")
@@ -77,6 +80,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_topic(args: argparse.Namespace) -> int:
+    from sottovoce.protocol.room_names import MAX_ROOM_TOPIC_BYTES
+
     text = args.topic
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ROOM_TOPIC_BYTES or not (
         text.isprintable()

@@ -37,9 +37,11 @@ from sottovoce.cli.call_cmd import (
 )
 from sottovoce.cli.options import positive, subcommand
 from sottovoce.cli.session import CliError, Connect, with_client
-from sottovoce.client import Client
 from sottovoce.errors import SottovoceError
-from sottovoce.protocol.fields import Device
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.protocol.fields import Device
 
 if TYPE_CHECKING:  # the media stack (aiortc, PyAV) is imported when the command runs
     from sottovoce.client.calls.room_calls import RoomCalls

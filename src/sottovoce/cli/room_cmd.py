@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sottovoce.cli import files_cmd, render
 from sottovoce.cli.options import (
@@ -24,15 +24,11 @@ from sottovoce.cli.options import (
 )
 from sottovoce.cli.program import command_name, dir_flag
 from sottovoce.cli.session import CliError, Connect, with_client
-from sottovoce.client import Client
-from sottovoce.client.room_notice import valid_room_name
-from sottovoce.client.rooms.model import ROOM_SUITES
-from sottovoce.client.store import DeliveryStatus
-from sottovoce.crypto.mls_suites import describe_suite, parse_suite
 from sottovoce.errors import UsageError
 from sottovoce.limits import MAX_ROOM_NAME_BYTES
-from sottovoce.protocol.audit import AuditChainError
-from sottovoce.protocol.rooms import setting_refusal
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 #: `room audit`: the trail does not verify.
 EXIT_AUDIT_INVALID = 3
@@ -47,6 +43,8 @@ def room_ref(value: str) -> str:
 
 def room_name(value: str) -> str:
     """A new local name for a room (refused when it could not be shown or typed back)."""
+    from sottovoce.client.room_notice import valid_room_name
+
     if value.startswith(("#", "@")):
         raise CliError(f"leave out the '{value[0]}': it only marks a room or a person on the "
                        "command line")
@@ -60,6 +58,9 @@ def room_name(value: str) -> str:
 
 def room_suite(value: str) -> int:
     """``--suite``: a room suite by name or number (``classic``, ``xwing``, ``1``, ``0xF001``)."""
+    from sottovoce.client.rooms.model import ROOM_SUITES
+    from sottovoce.crypto.mls_suites import parse_suite
+
     try:
         return parse_suite(value, ROOM_SUITES)
     except UsageError as exc:
@@ -67,6 +68,8 @@ def room_suite(value: str) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from sottovoce.crypto.mls_suites import describe_suite
+
     name = room_name(args.name)
     suite = room_suite(args.suite)
 
@@ -132,6 +135,8 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from sottovoce.client.store import DeliveryStatus
+
     if files_cmd.wants_file(args) and args.reply_to:
         raise CliError("--reply-to goes with a TEXT, not with --file")
     if files_cmd.wants_file(args):
@@ -177,6 +182,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from sottovoce.protocol.audit import AuditChainError
+
     async def work(client: Client) -> list[str] | str:
         try:
             entries = await client.rooms.audit(room_ref(args.room))
@@ -215,6 +222,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
+    from sottovoce.protocol.rooms import setting_refusal
+
     changes = [(name, value) for name, value in (("residency", args.residency),
                                                 ("recorder", args.recorder)) if value is not None]
     if not changes:

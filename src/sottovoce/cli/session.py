@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import platformdirs
 
@@ -32,19 +32,10 @@ from sottovoce.cli import render
 from sottovoce.cli.options import ENV_HOME, ENV_PASSPHRASE
 from sottovoce.cli.passphrase_strength import MIN_PASSPHRASE_CHARS, weak_passphrase
 from sottovoce.cli.program import command_name, dir_flag
-from sottovoce.client import (
-    Client,
-    NotConnected,
-    ServerError,
-    WrongPassphrase,
-    username_available,
-)
-from sottovoce.client.connection import BadServerUrl, TransportClosed
-from sottovoce.client.device_notices import DeviceNotices
-from sottovoce.client.linking import DeviceNames
-from sottovoce.client.proof_of_work import SLOW_BITS
-from sottovoce.client.store import Store
 from sottovoce.errors import SottovoceError, UsageError
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 #: Passphrase prompts at a terminal before giving up.
@@ -80,6 +71,8 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 def require_account(root: Path) -> None:
     """Before any passphrase is asked: is there an account in ``root`` at all?"""
+    from sottovoce.client.store import Store
+
     if not Store.exists(root):
         raise CliError(
             f"no account in {root}\n"
@@ -91,6 +84,8 @@ def require_account(root: Path) -> None:
 def new_account_dir(args: argparse.Namespace, *, hint: str) -> Path:
     """The data directory a new account (or device) goes into, refused if it holds an
     account already; ``hint`` says where to put the new one instead."""
+    from sottovoce.client.store import Store
+
     root = data_dir(args)
     if Store.exists(root):
         raise CliError(f"there is already an account in {root}\n{hint}")
@@ -187,6 +182,8 @@ def unlock(args: argparse.Namespace) -> Client:
 
 def _load(args: argparse.Namespace) -> Client:
     """The account of ``args`` (three prompts at a terminal; one try otherwise)."""
+    from sottovoce.client import Client
+
     root = data_dir(args)
     require_account(root)
     return open_with_passphrase(args, root, lambda passphrase: Client.load(root, passphrase))[0]
@@ -203,6 +200,8 @@ def open_with_passphrase(
     """``opener`` of the passphrase given (one try) or typed at a terminal (three tries),
     and that passphrase. A wrong one ends in a :class:`CliError` that says where it came
     from, followed by ``after``."""
+    from sottovoce.client import WrongPassphrase
+
     given = given_passphrase(args)
     if given is not None:
         try:
@@ -253,6 +252,8 @@ def unreachable(url: str, exc: SottovoceError) -> CliError:
 def pow_notice(bits: int) -> None:
     """Say why a name check or registration takes a while: the server asks for more
     proof of work than usual (it sees many probes from this address or about the name)."""
+    from sottovoce.client.proof_of_work import SLOW_BITS
+
     if bits >= SLOW_BITS:
         print(f"solving the server's proof of work ({bits} bits: about 2^{bits} hashes; "
               "it asks for more while it sees many probes)...", file=sys.stderr, flush=True)
@@ -261,6 +262,8 @@ def pow_notice(bits: int) -> None:
 def check_name_free(server: str, name: str, *, taken_hint: str = "choose another") -> None:
     """Before a passphrase is typed: is ``server`` there, and ``name`` still free on it?
     Each "no" is one plain error; ``taken_hint`` says what to do about a taken name."""
+    from sottovoce.client import NotConnected, username_available
+
     try:
         free = run(username_available(server, name, on_pow=pow_notice))
     except NotConnected as exc:
@@ -295,6 +298,9 @@ _FIXES = {
 
 def explain(exc: SottovoceError, args: argparse.Namespace) -> str:
     """The message ``main`` prints for ``exc`` (one or two lines, nothing secret)."""
+    from sottovoce.client import NotConnected, ServerError
+    from sottovoce.client.connection import BadServerUrl
+
     name = getattr(args, "user", None) or getattr(args, "name", None)
     server = getattr(args, "server_url", None) or getattr(args, "server", None)
     if isinstance(exc, BadServerUrl) and exc.problem:
@@ -356,6 +362,9 @@ async def _session(
     notices: bool,
     alerts: bool = True,
 ) -> T:
+    from sottovoce.client import NotConnected
+    from sottovoce.client.connection import TransportClosed
+
     events = client.events() if notices else None
     try:
         queued = client.pending_sends()
@@ -399,6 +408,9 @@ async def _session(
 def show_device_notices(client: Client) -> None:
     """Print the changes of this account's devices not shown yet (a device linked or
     revoked, also while this one was offline) to stderr, once: then they are seen."""
+    from sottovoce.client.device_notices import DeviceNotices
+    from sottovoce.client.linking import DeviceNames
+
     store = client.linking().store
     notices = DeviceNotices(store, client.device_id)
     pending = notices.pending()

@@ -11,15 +11,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.options import Subparsers, command_group, subcommand
 from sottovoce.cli.program import command_name
 from sottovoce.cli.session import CliError, Connect, with_client
-from sottovoce.client import Client, DeliveryStatus
-from sottovoce.client.errors import NotConnected
-from sottovoce.client.expiry import TIMER_CHOICES, parse_timer, spoken
-from sottovoce.client.store_timers import ChatTimer
+from sottovoce.limits import TIMER_CHOICES
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
+    from sottovoce.client.store_timers import ChatTimer
 
 #: As `send`: stored and queued, not acknowledged yet.
 EXIT_QUEUED = 75
@@ -30,6 +32,8 @@ _SETTING_HELP = (
 
 
 def _shown(timer: ChatTimer | None, me: str) -> str:
+    from sottovoce.client.expiry import spoken
+
     if timer is None or not timer.seconds:
         return "off"
     who = "you" if timer.setter == me else render.safe(timer.setter)
@@ -37,11 +41,15 @@ def _shown(timer: ChatTimer | None, me: str) -> str:
 
 
 def _sent(client: Client, message_id: str) -> bool:
+    from sottovoce.client import DeliveryStatus
+
     stored = client.message(message_id)
     return stored is not None and stored.status is DeliveryStatus.SENT
 
 
 def _report(label: str, seconds: int, sent: bool) -> int:
+    from sottovoce.client.expiry import spoken
+
     what = "off" if not seconds else f"{spoken(seconds)} after sending"
     print(f"disappearing messages with {label}: {what}")
     if sent:
@@ -67,6 +75,9 @@ def cmd_timer(args: argparse.Namespace) -> int:
       {program} timer bob 1m --data-dir ~/.sottovoce-alice
       {program} timer bob off --data-dir ~/.sottovoce-alice
     """
+    from sottovoce.client.errors import NotConnected
+    from sottovoce.client.expiry import parse_timer
+
     name = args.name.removeprefix("@")
     if name.startswith("#"):
         raise CliError(f"{render.safe(name)} is a room: {command_name()} room timer "
@@ -109,6 +120,8 @@ def cmd_room_timer(args: argparse.Namespace) -> int:
     example:
       {program} room timer team 1h --data-dir ~/.sottovoce-alice
     """
+    from sottovoce.client.expiry import parse_timer
+
     ref = args.room[1:] if args.room.startswith("#") else args.room
     seconds = None if args.setting is None else parse_timer(args.setting)
 

@@ -5,12 +5,15 @@ the default audio output. Where there is none, a plain message offers ``save``."
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from sottovoce.cli import render
 from sottovoce.cli.files_cmd import in_conversation, progress_bar
 from sottovoce.cli.options import subcommand
 from sottovoce.cli.session import Connect, with_client
-from sottovoce.client import Client
+
+if TYPE_CHECKING:
+    from sottovoce.client import Client
 
 
 def cmd_play(args: argparse.Namespace) -> int:

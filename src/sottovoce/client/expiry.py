@@ -20,14 +20,11 @@ from sottovoce.client.payload import json_body, read_json_body
 from sottovoce.client.store import Store
 from sottovoce.client.store_timers import ChatTimer, TimerStore
 from sottovoce.errors import DecodeError, UsageError
+from sottovoce.limits import TIMER_CHOICES
 
 #: The inner content type of a timer message.
 TIMER_CONTENT_TYPE = "timer"
 
-#: The timers a chat can have, as the CLI names them, in seconds (0: off).
-TIMER_CHOICES: dict[str, int] = {
-    "off": 0, "5s": 5, "1m": 60, "1h": 3600, "1d": 86_400, "1w": 604_800,
-}
 TIMER_SECONDS = frozenset(TIMER_CHOICES.values())
 #: The longest timer (a week), in milliseconds.
 MAX_TIMER_MS = max(TIMER_SECONDS) * 1000

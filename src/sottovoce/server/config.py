@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
@@ -46,10 +46,12 @@ from sottovoce.limits import (
 )
 from sottovoce.protocol.pow import BASE_BITS as POW_BASE_BITS
 from sottovoce.protocol.pow import MAX_BITS as POW_MAX_BITS
-from sottovoce.server.kt_witness import RemoteWitness, parse_kt_witnesses
-from sottovoce.server.sfu import SfuEndpoint, parse_sfu_option
 from sottovoce.server.storage.quota import InboxLimits
 from sottovoce.server.turn import parse_turn_urls
+
+if TYPE_CHECKING:
+    from sottovoce.server.kt_witness import RemoteWitness
+    from sottovoce.server.sfu import SfuEndpoint
 
 DEFAULT_PORT = 8765
 ENV_PREFIX = "SOTTOVOCE_"
@@ -227,6 +229,22 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+# The SFU's and the witnesses' modules are loaded when their option is given: the help
+# and the options table need neither.
+def _parse_sfu(value: str) -> tuple[SfuEndpoint, ...]:
+    """``--sfu``: :func:`sottovoce.server.sfu.parse_sfu_option`."""
+    from sottovoce.server.sfu import parse_sfu_option
+
+    return parse_sfu_option(value)
+
+
+def _parse_kt_witnesses(text: str) -> tuple[RemoteWitness, ...]:
+    """``--kt-witness``: :func:`sottovoce.server.kt_witness.parse_kt_witnesses`."""
+    from sottovoce.server.kt_witness import parse_kt_witnesses
+
+    return parse_kt_witnesses(text)
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str
@@ -367,7 +385,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("turn_secret_file", Path,
            "file holding the secret shared with coturn (its static-auth-secret), one line",
            "FILE"),
-    Option("sfu", parse_sfu_option,
+    Option("sfu", _parse_sfu,
            "Janus SFU(s) for room calls: their WebSocket API URL (ws:// or wss://), several "
            "separated by commas, each optionally REGION=URL (needs --sfu-key-file); without "
            "it rooms of up to 4 call as a mesh", "[REGION=]URL"),
@@ -383,7 +401,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("kt_origin", str,
            "name (checkpoint origin) a newly made log key gets (default HOSTNAME/sottovoce-kt)",
            "NAME"),
-    Option("kt_witness", parse_kt_witnesses,
+    Option("kt_witness", _parse_kt_witnesses,
            "an independent witness to push each checkpoint to and take its cosignature "
            "from: its URL and verifier key (repeatable)", "URL=VKEY", repeat=True),
     Option("no_local_witness", _bool,

@@ -39,10 +39,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, InitVar, dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-
-import httpx
 
 from sottovoce.errors import UsageError
 from sottovoce.identity import validate_username
@@ -84,6 +82,9 @@ from sottovoce.server.session import Session
 from sottovoce.server.storage import kt as kt_tables
 from sottovoce.server.storage.kt import FOLD_BATCH, AppendCache, KTWriter
 from sottovoce.server.storage.shared import SharedStorage
+
+if TYPE_CHECKING:  # the HTTP client is loaded by the first request to a remote witness
+    import httpx
 
 #: Leaves per /kt/leaves request, at most.
 MAX_LEAVES_PER_REQUEST = 1000
@@ -295,6 +296,8 @@ class KTService:
             return None
 
     async def _ask(self, w: RemoteWitness, size: int, note: bytes) -> NoteSignature | None:
+        import httpx
+
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=WITNESS_TIMEOUT_S)
         for _ in range(2):  # a 409 tells the witness's real size: one retry from it

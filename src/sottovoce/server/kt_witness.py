@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sottovoce.errors import UsageError
 from sottovoce.kt.checkpoint import NoteKey, NoteSignature, NoteSigner, SignedNote, open_checkpoint
@@ -39,10 +40,12 @@ from sottovoce.kt.errors import (
     LogShrank,
     MalformedProof,
 )
-from sottovoce.kt.verify import TrustedHead
 from sottovoce.kt.witness import AuditingWitness, Witness, WitnessState
 from sottovoce.limits import KT_MAX_NOTE_BYTES
 from sottovoce.private_files import PRIVATE_FILE_MODE
+
+if TYPE_CHECKING:  # the verifier is loaded by the first state file read
+    from sottovoce.kt.verify import TrustedHead
 
 #: The most proof lines an add-checkpoint body may carry, and its largest size.
 MAX_PROOF_LINES = 100
@@ -136,6 +139,8 @@ def load_state(path: Path) -> SavedState:
         return SavedState(None, None)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the witness state file {path}: {exc}") from None
+    from sottovoce.kt.verify import TrustedHead
+
     try:
         head = None
         if raw.get("size") is not None:

@@ -25,13 +25,14 @@ import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import SplitResult, urlsplit, urlunsplit
-
-import httpx
 
 from sottovoce.server.errors import WireFailure
 from sottovoce.server.logs import JsonLogger
+
+if TYPE_CHECKING:  # the HTTP client is loaded by the first push
+    import httpx
 
 TICKLE_TYPE = "ksmpv3_tickle"
 #: HTTP clients kept, one per endpoint origin (scheme, name, port): a pooled
@@ -162,6 +163,8 @@ class WebhookTickleSender:
         self._clients: OrderedDict[tuple[str, str, int], httpx.AsyncClient] = OrderedDict()
 
     def _client(self, origin: tuple[str, str, int]) -> httpx.AsyncClient:
+        import httpx
+
         client = self._clients.get(origin)
         if client is not None:
             self._clients.move_to_end(origin)
@@ -183,6 +186,8 @@ class WebhookTickleSender:
         except WireFailure as exc:
             self._log.warning("push.refused", code=exc.code)
             return
+        import httpx
+
         extensions = {} if target.server_name is None else {"sni_hostname": target.server_name}
         try:
             resp = await self._client(target.origin).post(

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sottovoce.calls.janus import (
     SfuError,
@@ -47,7 +47,6 @@ from sottovoce.calls.janus import (
 )
 from sottovoce.crypto.rng import Random
 from sottovoce.errors import RemoteError, UsageError
-from sottovoce.janus_session import JanusSession
 from sottovoce.limits import (
     ROOM_CALL_MAX_PARTICIPANTS,
     SFU_GRANT_TTL_MS,
@@ -58,6 +57,9 @@ from sottovoce.protocol.fields import Device
 from sottovoce.protocol.rooms import REGION_RE, RESIDENCY_NONE
 from sottovoce.secret import Secret
 from sottovoce.server.secret_file import read_secret_line
+
+if TYPE_CHECKING:  # the WebSocket client is loaded by the first SFU connection
+    from sottovoce.janus_session import JanusSession
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +285,8 @@ class JanusConnection:
     async def open(
         cls, url: str, *, rng: Random, timeout_s: float = SFU_REQUEST_TIMEOUT_S
     ) -> JanusConnection:
+        from sottovoce.janus_session import JanusSession
+
         session = await JanusSession.connect(url, rng=rng, timeout_s=timeout_s)
         try:
             return cls(session, await session.attach())
