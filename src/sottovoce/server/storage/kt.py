@@ -302,6 +302,21 @@ def _newest_records(n: int) -> str:
     return sql
 
 
+
+def _newest_of(wanted: dict[bytes, NodeId], size: int) -> Txn[dict[NodeId, bytes]]:
+    """The newest record below ``size`` of each node in ``wanted`` (its id -> the node),
+    keyed by the node; a node with none is absent. One index probe per node (a node near
+    the root has a record per epoch, so scanning them would grow with the log)."""
+    got: dict[NodeId, bytes] = {}
+    ids = list(wanted)
+    for i in range(0, len(ids), _CHUNK // 2):
+        part = _padded(ids[i:i + _CHUNK // 2])
+        found = yield rows(_newest_records(len(part)),
+                           *(p for node in part for p in (node, size)))
+        got.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+    return got
+
+
 def _map_path(
     key: bytes, size: int, cache: AppendCache | None = None
 ) -> Txn[dict[NodeId, bytes]]:
@@ -412,15 +427,7 @@ def _map_paths(
                 wanted[map_node_id((depth, prefix))] = (depth, prefix)
                 if depth:
                     wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
-        got: dict[NodeId, bytes] = {}
-        ids = list(wanted)
-        for i in range(0, len(ids), _CHUNK // 2):
-            part = _padded(ids[i:i + _CHUNK // 2])
-            # One index probe per node (its newest record below ``size``): a node near
-            # the root has a record per epoch, so scanning them would grow with the log.
-            found = yield rows(_newest_records(len(part)),
-                               *(p for node in part for p in (node, size)))
-            got.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+        got = yield from _newest_of(wanted, size)
         if cache is not None:
             cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= CACHE_DEPTH)
         going: dict[bytes, tuple[int, int]] = {}
@@ -683,13 +690,7 @@ def _planned_paths(
                 wanted[map_node_id((depth, prefix))] = (depth, prefix)
             if depth:
                 wanted[map_node_id((depth, prefix ^ 1))] = (depth, prefix ^ 1)
-    got: dict[NodeId, bytes] = {}
-    ids = list(wanted)
-    for i in range(0, len(ids), _CHUNK // 2):
-        part = _padded(ids[i:i + _CHUNK // 2])
-        found = yield rows(_newest_records(len(part)),
-                           *(p for node in part for p in (node, size)))
-        got.update((wanted[blob(r[0])], blob(r[1])) for r in found)
+    got = yield from _newest_of(wanted, size)
     cache.nodes.update((n, got.get(n)) for n in wanted.values() if n[0] <= top)
     for key, (out, start, end) in plans.items():
         k = int.from_bytes(key, "big")
