@@ -45,12 +45,6 @@ from sottovoce.server.turn import TurnConfig, turn_credentials
 from tests.integration.serverproc import worker_index
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ephemeral_low() -> int:
     """The first port of the kernel's range for ``bind(port 0)`` (Linux: 32768)."""
     try:
@@ -59,8 +53,8 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def free_port_range(count: int) -> int:
-    """The first of ``count`` consecutive UDP ports that are free now.
+def free_port_range(count: int, *, tcp: bool = False) -> int:
+    """The first of ``count`` consecutive UDP ports (``tcp``: and TCP ports) free now.
 
     Picked below the kernel's ephemeral range, so that no socket bound to port 0 (an
     ICE candidate, a server of another test) lands in it before its owner (Janus's
@@ -70,6 +64,7 @@ def free_port_range(count: int) -> int:
     low, high = 15_000, _ephemeral_low()
     if high - low < 4 * count:  # a kernel range reaching down low: anywhere, at random
         low, high = 20_000, 50_000
+    kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if tcp else (socket.SOCK_DGRAM,)
     index, workers = worker_index()
     width = (high - low) // workers
     low += index * width
@@ -78,9 +73,10 @@ def free_port_range(count: int) -> int:
         try:
             socks = []
             for port in range(start, start + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
+                for kind in kinds:
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
         except OSError:
             continue
         finally:
@@ -103,13 +99,22 @@ def _stun_binding_answered(port: int) -> bool:
     return data[4:8] == request[4:8]
 
 
+#: coturn's relay ports (one per allocation).
+RELAY_PORTS = 64
+
+
 class Coturn:
     """A coturn of our own, listening and relaying on 127.0.0.1 only."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_udp_port()
+        # The relay ports and, right after them, the listening port (UDP and TCP: coturn
+        # listens on both), all below the kernel's ephemeral range: a port picked by
+        # bind(port 0) could be any test's client connection's local port by the time
+        # coturn binds it, which then fails (EADDRINUSE) and never answers.
+        self._low = free_port_range(RELAY_PORTS + 1, tcp=True)
+        self.port = self._low + RELAY_PORTS
         self.secret = Secret(secrets.token_hex(16).encode())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "turn.log"
@@ -122,9 +127,8 @@ class Coturn:
         binary = shutil.which("turnserver")
         if binary is None:
             pytest.skip("coturn is not installed (apt-get install coturn; .ci/services does)")
-        low = free_port_range(64)
         config = self.workdir / "turnserver.conf"
-        config.write_text("\n".join([*self.config_lines(low), ""]))
+        config.write_text("\n".join([*self.config_lines(self._low), ""]))
         self.proc = subprocess.Popen(
             [binary, "-c", str(config)],
             stdout=subprocess.DEVNULL,
@@ -145,13 +149,13 @@ class Coturn:
         raise RuntimeError(f"turnserver did not answer on 127.0.0.1:{self.port}")
 
     def config_lines(self, low: int) -> list[str]:
-        """coturn's configuration: relaying on ports ``low`` to ``low + 63``."""
+        """coturn's configuration: relaying on ports ``low`` to ``low + RELAY_PORTS - 1``."""
         return [
             "listening-ip=127.0.0.1",
             "relay-ip=127.0.0.1",
             f"listening-port={self.port}",
             f"min-port={low}",
-            f"max-port={low + 63}",
+            f"max-port={low + RELAY_PORTS - 1}",
             "realm=sottovoce.test",
             "use-auth-secret",
             f"static-auth-secret={self.secret.expose().decode()}",

@@ -43,14 +43,6 @@ SHIM_SOURCE = Path(__file__).with_name("janus_loopback.c")
 RTP_PORTS = 100
 
 
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _set(text: str, key: str, value: str) -> str:
     """Set ``key = value`` in a jcfg text, uncommenting the line if needed."""
     pattern = re.compile(rf"^(\s*)#?\s*{re.escape(key)} = .*$", re.M)
@@ -98,8 +90,10 @@ class Janus:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_dir = workdir / "janus"
-        self.http_port = _free_tcp_port()
-        self.ws_port = _free_tcp_port()
+        # Below the kernel's ephemeral range (as the RTP ports): a port bind(port 0) gave
+        # could be another test's client connection's local port by the time Janus binds.
+        self.http_port = free_port_range(2, tcp=True)
+        self.ws_port = self.http_port + 1
         self.admin_key = Secret(secrets.token_hex(16).encode())
         self.admin_secret = secrets.token_hex(16)
         self.rec_dir = workdir / "recordings"

@@ -27,7 +27,7 @@ from sottovoce.client.calls import CallController, CallOptions, IceConfig, Media
 from sottovoce.client.calls.media import LOST_PATH_CHECKS, MediaSession
 from sottovoce.limits import TURN_CREDENTIAL_MAX_TTL_S
 from sottovoce.secret import Secret
-from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state
+from tests.integration.calls_helpers import RELAY_PORTS, Coturn, Net, wait_for, wait_state
 
 LOOPBACK = CallOptions(ice=IceConfig(loopback=True))
 
@@ -199,7 +199,7 @@ class DeployedCoturn(Coturn):
             "listening-ip": "127.0.0.1",
             "relay-ip": "127.0.0.1",
             "min-port": str(low),
-            "max-port": str(low + 63),
+            "max-port": str(low + RELAY_PORTS - 1),
             "static-auth-secret": self.secret.expose().decode(),
             "log-file": str(self.log_path),
             "userdb": str(self.workdir / "turndb"),
