@@ -81,12 +81,9 @@ def test_fast_path_is_never_more_lenient_on_fields(field: str, value: Any) -> No
     _agree(data)
 
 
-@settings(max_examples=400, deadline=None)
-@given(index=st.integers(0, 1), field=st.sampled_from([*ITEM_FIELDS, "drop"]), value=WEIRD,
-       dup=st.booleans())
-def test_fast_path_is_never_more_lenient_on_ciphertexts(
-    index: int, field: str, value: Any, dup: bool
-) -> None:
+def _mutated_items(index: int, field: str, value: Any, dup: bool) -> list[dict[str, Any]]:
+    """GOOD's ciphertext items with item ``index``'s ``field`` set to ``value`` (or its
+    ciphertext dropped), and the first item repeated when ``dup``."""
     items = [dict(i) for i in GOOD["ciphertexts"]]
     if field == "drop":
         del items[index]["ciphertext"]
@@ -94,6 +91,16 @@ def test_fast_path_is_never_more_lenient_on_ciphertexts(
         items[index][field] = value
     if dup:
         items.append(dict(items[0]))
+    return items
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, 1), field=st.sampled_from([*ITEM_FIELDS, "drop"]), value=WEIRD,
+       dup=st.booleans())
+def test_fast_path_is_never_more_lenient_on_ciphertexts(
+    index: int, field: str, value: Any, dup: bool
+) -> None:
+    items = _mutated_items(index, field, value, dup)
     _agree({**GOOD, "ciphertexts": items})
 
 
@@ -234,11 +241,5 @@ def test_send_frame_agrees_on_fields(field: str, value: Any, rid: Any) -> None:
 @given(index=st.integers(0, 1), field=st.sampled_from([*ITEM_FIELDS, "drop"]), value=WEIRD,
        dup=st.booleans())
 def test_send_frame_agrees_on_ciphertexts(index: int, field: str, value: Any, dup: bool) -> None:
-    items = [dict(i) for i in GOOD["ciphertexts"]]
-    if field == "drop":
-        del items[index]["ciphertext"]
-    else:
-        items[index][field] = value
-    if dup:
-        items.append(dict(items[0]))
+    items = _mutated_items(index, field, value, dup)
     _frame_agrees({"event": "ksmpv3.send", "data": {**GOOD, "ciphertexts": items}})
