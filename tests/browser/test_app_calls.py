@@ -12,11 +12,12 @@ decodes nothing. A screenshot of the call view goes to tests/browser/artifacts/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,23 +411,30 @@ async def test_a_browser_calls_a_python_peer_1to1_and_media_flow_both_ways(
     assert path.peer[0] == "host" and path.peer[1] in ("host", "prflx"), path
 
 
-async def test_a_1to1_call_from_the_browser_through_the_servers_turn(
-    tmp_path: Path, browser: Callable[..., Any]
-) -> None:
-    """A server that hands out coturn credentials (``--turn-url``): the page gathers
-    relay candidates (on 127.0.0.1) with the credentials the app got for it, and hands
-    them to the peer in its description."""
+@contextlib.contextmanager
+def turn_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A coturn on 127.0.0.1 and a server that hands out its credentials (``--turn-url``)."""
     turn = Coturn(tmp_path / "coturn").start()
     secret = tmp_path / "turn-secret"
     secret.write_bytes(turn.secret.expose() + b"\n")
     server = ServerProcess(tmp_path / "server", extra_args=[
         "--turn-url", turn.url, "--turn-secret-file", str(secret)]).start()
     try:
-        path = await one_to_one(server, tmp_path, browser, ("cleo", "dan"), turn=True)
-        assert "relay" in path.seen, path
+        yield server
     finally:
         server.stop()
         turn.stop()
+
+
+async def test_a_1to1_call_from_the_browser_through_the_servers_turn(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """A server that hands out coturn credentials (``--turn-url``): the page gathers
+    relay candidates (on 127.0.0.1) with the credentials the app got for it, and hands
+    them to the peer in its description."""
+    with turn_server(tmp_path) as server:
+        path = await one_to_one(server, tmp_path, browser, ("cleo", "dan"), turn=True)
+        assert "relay" in path.seen, path
 
 
 async def test_a_relay_only_1to1_call_between_the_browser_and_a_python_peer(
@@ -435,17 +443,9 @@ async def test_a_relay_only_1to1_call_between_the_browser_and_a_python_peer(
     """Both sides relay-only (`sottovoce app --relay-only`, the peer's IceConfig as
     `call --relay-only`): each gathers and hands out relay candidates only, and media
     flow both ways over a pair of relay candidates on both sides, through coturn."""
-    turn = Coturn(tmp_path / "coturn").start()
-    secret = tmp_path / "turn-secret"
-    secret.write_bytes(turn.secret.expose() + b"\n")
-    server = ServerProcess(tmp_path / "server", extra_args=[
-        "--turn-url", turn.url, "--turn-secret-file", str(secret)]).start()
-    try:
+    with turn_server(tmp_path) as server:
         path = await one_to_one(server, tmp_path, browser, ("erin", "finn"), turn=True,
                                 relay_only=True)
         assert path.seen == {"relay"}, path
         assert path.page == ("relay", "relay"), path
         assert path.peer == ("relay", "relay"), path
-    finally:
-        server.stop()
-        turn.stop()
