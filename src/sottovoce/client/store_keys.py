@@ -48,10 +48,11 @@ class KdfParams:
 
     The default is RFC 9106 §4's second recommended option (64 MiB, t=3, p=4).
 
-    The derivation is libargon2's (argon2-cffi), which fills the lanes in one thread
-    each, as RFC 9106 §3.2 allows: on two cores about half the time of one thread
-    (the output is the same; `cryptography`'s OpenSSL Argon2id fills them one after
-    another, its thread count not being settable from Python).
+    The derivation is libargon2's (argon2-cffi), which fills each lane in a thread of
+    its own, so two free cores work on it at once; `cryptography`'s OpenSSL Argon2id
+    fills the lanes one after another (its thread count cannot be set from Python).
+    The output is the same (tests/unit/test_store_keys.py), and libargon2 needs 0.72x
+    the instructions (BENCHMARKS.md).
     """
 
     memory_kib: int = 64 * 1024
