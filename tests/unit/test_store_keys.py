@@ -6,7 +6,10 @@ the store; a wrong old passphrase changes nothing; a crash between the two row
 writes of a change (a real process exit inside the transaction) leaves the old
 passphrase working; a store made before wrapping existed (a fixture file made by
 that code) opens, is wrapped on first open in one transaction, and can then
-change its passphrase.
+change its passphrase. The key derivation (libargon2, lanes in threads) gives what
+`cryptography`'s OpenSSL Argon2id gives for the same parameters, the default ones
+included, so every store made before opens; parameters Argon2 refuses are a damaged
+store, not a crash.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from sottovoce.client import DeliveryStatus, WrongPassphrase, store_keys
-from sottovoce.client.store import STORE_FILE, TEST_KDF, Store
+from sottovoce.client.errors import StoreError
+from sottovoce.client.store import STORE_FILE, TEST_KDF, KdfParams, Store
 
 OLD = "the first passphrase"
 NEW = "the second passphrase"
@@ -166,3 +171,28 @@ def test_a_store_made_before_wrapping_opens_and_is_wrapped_once(tmp_path: Path) 
     store = Store.open(tmp_path, NEW)
     assert store.history("bob")[0].text == "canary-old-format-message"
     store.close()
+
+
+@pytest.mark.parametrize("params", [
+    KdfParams(),  # the default every store is made with: 64 MiB, t=3, 4 lanes
+    TEST_KDF,
+    KdfParams(memory_kib=96, iterations=2, lanes=3),  # lanes that do not divide evenly
+], ids=["default", "test", "odd"])
+def test_the_derivation_matches_openssl_argon2id(params: KdfParams) -> None:
+    salt, passphrase = bytes(range(16)), "pâssphrase ünïcode".encode()
+    expected = Argon2id(salt=salt, length=32, iterations=params.iterations,
+                        lanes=params.lanes, memory_cost=params.memory_kib).derive(passphrase)
+    assert params.derive(passphrase, salt).expose() == expected
+    assert params.derive(passphrase + b"!", salt).expose() != expected
+
+
+@pytest.mark.parametrize("params", [
+    KdfParams(memory_kib=8 * 1024, iterations=1, lanes=0),
+    KdfParams(memory_kib=8 * 1024, iterations=0, lanes=1),
+    KdfParams(memory_kib=7, iterations=1, lanes=1),  # below 8 KiB per lane
+    KdfParams(memory_kib=8 * 1024, iterations=1, lanes=-1),
+    KdfParams(memory_kib=2**40, iterations=1, lanes=1),
+])
+def test_parameters_argon2_refuses_are_a_damaged_store(params: KdfParams) -> None:
+    with pytest.raises(StoreError, match="key parameters are damaged"):
+        params.derive(b"a passphrase", bytes(16))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import secrets
@@ -46,6 +47,11 @@ UPLOAD_PIECE = 256 * 1024
 MAX_REQUEST = 256 * 1024
 _HISTORY = 200
 _WRONG_PASSPHRASE_PAUSE_S = 1.0
+#: What the page's first request (the account views) and the unlock (the calls' wiring,
+#: attached before connecting) import on first use: imported when the app starts
+#: (:meth:`Bridge.prewarm`), not while the page waits for its list.
+PREWARM = ("sottovoce.app.bridge_views", "sottovoce.app.p2p_bridge",
+           "sottovoce.client.calls.wiring")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -81,6 +87,12 @@ class Bridge:
 
     def __repr__(self) -> str:
         return f"Bridge(unlocked={self.client is not None})"
+
+    def prewarm(self) -> None:
+        """Import :data:`PREWARM` and make the account views now (at the app's start)."""
+        for name in PREWARM:
+            importlib.import_module(name)
+        self._ops()
 
     # --- the account ----------------------------------------------------------------
 

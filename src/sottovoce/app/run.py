@@ -35,6 +35,8 @@ async def run_app(
     (the URL printed is then spent), and stop; a failure raises ``UsageError``.
     """
     bridge = Bridge(data_dir, calls_loopback=loopback, calls_relay_only=relay_only)
+    if not check:
+        bridge.prewarm()  # before the URL is out: the page's first requests wait on nothing
     web = WebApp(bridge, Gate(port))
     try:
         server = await web.start(port)

@@ -23,7 +23,8 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from argon2.exceptions import HashingError
+from argon2.low_level import Type, hash_secret_raw
 
 from sottovoce.client.errors import StoreError, WrongPassphrase
 from sottovoce.crypto.rng import Random
@@ -32,6 +33,8 @@ from sottovoce.errors import DecryptionError
 from sottovoce.secret import Secret
 
 DATA_KEY_BYTES = 32
+#: Argon2 version 1.3 (0x13), the one RFC 9106 specifies; recorded in the ``kdf`` row.
+ARGON2_VERSION = 19
 #: meta rows: the Argon2id salt and parameters, and the data key sealed under their output.
 KDF_ROW = "kdf"
 WRAPPED_ROW = "wrapped_key"
@@ -43,8 +46,13 @@ _WRAP_ID = b"store"
 class KdfParams:
     """Argon2id parameters, recorded beside the salt so a store always reopens.
 
-    The default is RFC 9106 §4's second recommended option (64 MiB, t=3, p=4),
-    about 0.4 s on a 2-core machine.
+    The default is RFC 9106 §4's second recommended option (64 MiB, t=3, p=4).
+
+    The derivation is libargon2's (argon2-cffi), which fills each lane in a thread of
+    its own, so two free cores work on it at once; `cryptography`'s OpenSSL Argon2id
+    fills the lanes one after another (its thread count cannot be set from Python).
+    The output is the same (tests/unit/test_store_keys.py), and libargon2 needs 0.72x
+    the instructions (BENCHMARKS.md).
     """
 
     memory_kib: int = 64 * 1024
@@ -52,14 +60,13 @@ class KdfParams:
     lanes: int = 4
 
     def derive(self, passphrase: bytes, salt: bytes) -> Secret:
-        kdf = Argon2id(
-            salt=salt,
-            length=32,
-            iterations=self.iterations,
-            lanes=self.lanes,
-            memory_cost=self.memory_kib,
-        )
-        return Secret(kdf.derive(passphrase))
+        try:
+            key = hash_secret_raw(passphrase, salt, time_cost=self.iterations,
+                                  memory_cost=self.memory_kib, parallelism=self.lanes,
+                                  hash_len=32, type=Type.ID, version=ARGON2_VERSION)
+        except (HashingError, OverflowError):  # parameters Argon2 refuses (a damaged record)
+            raise StoreError("the local store's key parameters are damaged") from None
+        return Secret(key)
 
 
 #: Cheap parameters for unit tests only (the store records them; never use for real data).
@@ -76,7 +83,7 @@ def passphrase_bytes(passphrase: str | bytes) -> bytes:
 def kdf_record(params: KdfParams, salt: bytes) -> bytes:
     return json.dumps({
         "alg": "argon2id",
-        "version": 19,
+        "version": ARGON2_VERSION,
         "salt": salt.hex(),
         "memory_kib": params.memory_kib,
         "iterations": params.iterations,

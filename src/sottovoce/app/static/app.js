@@ -16,16 +16,29 @@ const rpc = new Rpc({ onNotice: notice, onState: socketState });
 initCalls(rpc);
 initP2p(rpc);
 
-// The account views (settings, devices, safety numbers, audit, drag and drop) load
+// The account views (settings, devices, safety numbers, audit, drag and drop) are built
 // after the first list is drawn: nothing of theirs is in the way of the first paint.
+// Their modules (which do nothing when loaded) and the clock's locale data are loaded
+// while the unlock form waits for the passphrase, when the page has nothing else to do,
+// not in the frames right after the list is drawn.
 let account = null;
+let accountModule = null;
+function importAccount() {
+  if (!accountModule) {
+    accountModule = import("./account.js").catch((e) => { accountModule = null; throw e; });
+  }
+  return accountModule;
+}
 function loadAccount() {
   if (!account) {
-    account = import("./account.js").then((m) => {
+    account = importAccount().then((m) => {
       m.accountReady(rpc, () => state.chat);
       return m;
     });
   }
+}
+function whileIdle(run) {
+  if (window.requestIdleCallback) requestIdleCallback(run); else setTimeout(run, 0);
 }
 
 function socketState(up) {
@@ -37,7 +50,12 @@ function status(s) {
   state.unlocked = s.unlocked;
   show($("unlock-view"), !s.unlocked);
   show($("app-view"), s.unlocked);
-  if (!s.unlocked) { $("status").textContent = ""; $("passphrase").focus(); return; }
+  if (!s.unlocked) {
+    $("status").textContent = "";
+    $("passphrase").focus();
+    whileIdle(() => { importAccount().catch(() => {}); clockFormatter(); });
+    return;
+  }
   state.me = s.username;
   $("me").textContent = s.username;
   // Until a first attempt failed the SDK is still connecting: no alarm for that.
@@ -246,7 +264,8 @@ function timerSetting(seconds) {
 // One formatter for every row's time. Making one is what costs (the first in a page
 // loads the locale's data: most of a 10,000-message chat's first draw, when each row
 // made its own through toLocaleTimeString); it is made once, in a task of its own
-// after the conversation list is painted, and formatting with it is cheap.
+// while the unlock form waits (or after the list is painted, when the page opens on an
+// unlocked app), and formatting with it is cheap.
 let clockFormat = null;
 
 function clockFormatter() {
