@@ -325,6 +325,32 @@ async def test_a_name_asked_from_another_size_is_answered_from_the_kept_answer(
             reads.append(1)
         history = await kt._answer("user3", 0, history=True)
         assert len(reads) == 2 and history != first
+        # A lookup that waits for its log part while the next checkpoint is served
+        # and answered is still built on its own checkpoint, whole.
+        import asyncio
+
+        served = kt._served
+        assert served is not None
+        real_part, hold = st.kt_log_part, asyncio.Event()
+
+        async def held(size: int, since: int, cache: object) -> object:
+            if since == 5:  # a size no lookup came from yet: its part is read
+                await hold.wait()
+            return await real_part(size, since, cache)  # type: ignore[arg-type]
+
+        st.kt_log_part = held  # type: ignore[assignment,method-assign]
+        waiting = asyncio.create_task(kt._answer("user3", 5, history=False))
+        await asyncio.sleep(0.05)
+        a = Account("user6")
+        await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        newer = await kt.sync()
+        assert newer is not None and newer.size > served.size
+        assert await kt._answer("user3", 0, history=False) != first
+        hold.set()
+        got = LookupResponse.decode(await waiting)
+        assert got.entry.checkpoint == served.note
+        res = verify_lookup(policy, None, "user3", got, now_ms=kt.clock_ms())
+        assert res.version == 0 and res.state == old.state
     finally:
         await kt.close()
         await st.close()

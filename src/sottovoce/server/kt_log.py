@@ -394,7 +394,9 @@ class KTService:
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
         self._serve(served)
-        answers, ask = self._answers, (user, since, history)
+        # The caches of ``served`` (taken before any wait: another checkpoint may be
+        # served meanwhile, and its answers must not be joined to this one's part).
+        answers, tails, ask = self._answers, self._tails, (user, since, history)
         encoded = answers.get(ask)
         if encoded is None:
             part = self._parts.get(since)
@@ -402,7 +404,7 @@ class KTService:
                 part = await self._log_proof(served, since)
             # An answer is the log's part for the client's size, then what depends on
             # the name alone: that is kept, for this name asked from any other size.
-            tails, name = self._tails, (user, history)
+            name = (user, history)
             tail = tails.get(name)
             if tail is not None:
                 encoded = part.encoded + tail
