@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sottovoce.crypto.sign import SignatureScheme, SigningKey
-from sottovoce.errors import DecodeError
+from sottovoce.errors import DecodeError, UsageError
 from sottovoce.kt.checkpoint import NoteSigner, SignedNote, add_cosignature
 from sottovoce.kt.errors import (
     BadCheckpointSignature,
@@ -54,6 +54,7 @@ from sottovoce.kt.verify import (
     MonitorState,
     OwnKeys,
     TrustedHead,
+    log_part_bytes,
     monitor_own_account,
     monitor_page,
     verify_lookup,
@@ -142,6 +143,30 @@ def test_lookup_verifies_and_returns_the_latest_state() -> None:
     # The wire form round-trips.
     resp = w.kt.lookup("bob", note)
     assert LookupResponse.decode(resp.encode()) == resp
+
+
+def test_an_answer_encoded_after_its_log_part_is_the_whole_encoding() -> None:
+    # The server encodes the log's part once per checkpoint and joins the rest to it;
+    # the bytes are those of the field-by-field encoding, for an absent name, one
+    # version and several, and a proof that ends in an empty subtree or an entry.
+    w = World()
+    w.change("alice", _state(10, "a1"), ChangeKind.REGISTRATION)
+    for i in range(4):
+        w.change("bob", _state(11, *(f"b{j}" for j in range(i + 1))))
+    for i in range(12):
+        w.change(f"user{i}", _state(20 + i, "d1"), ChangeKind.REGISTRATION)
+    note = w.head()
+    for since in (0, 3):
+        for name in ("alice", "bob", "carol", "user7", "nobody"):
+            resp = w.kt.lookup(name, note, since=since)
+            e = resp.entry
+            part = log_part_bytes(e.checkpoint, e.consistency, e.leaf, e.leaf_proof)
+            assert resp.encode_after(part) == resp.encode()
+    # A field too long for its length is refused by both.
+    long = replace(resp, opening=bytes(256))
+    for encode in (long.encode, lambda: long.encode_after(part)):
+        with pytest.raises(UsageError):
+            encode()
 
 
 def test_a_stale_unsigned_or_uncosigned_checkpoint_is_refused() -> None:

@@ -274,6 +274,88 @@ async def test_lookups_answered_from_memory_follow_the_served_checkpoint(tmp_pat
         await st.close()
 
 
+async def test_a_name_asked_from_another_size_is_answered_from_the_kept_answer(
+    tmp_path: Path,
+) -> None:
+    """An answer is kept without the log's part it begins with: the same name asked by
+    a client at another size (another consistency proof) reads no rows again, and gets
+    the bytes a fresh read builds, which verify from that client's head; a history is
+    kept apart from a lookup."""
+    from sottovoce.kt.verify import KTPolicy, LookupResponse, TrustedHead, verify_lookup
+    from tests.unit.test_server_kt_storage import Account
+
+    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
+    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
+                            JsonLogger(io.StringIO()))
+    await st.open()
+    keys = kt.keys()
+    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
+                      witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
+    reads: list[int] = []
+    real = st.kt_answers
+
+    async def counted(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
+        reads.append(len(asks))
+        return await real(asks, size, cache)  # type: ignore[arg-type]
+
+    st.kt_answers = counted  # type: ignore[assignment,method-assign]
+    try:
+        heads = []
+        for i in range(6):
+            a = Account(f"user{i}")
+            await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+            heads.append(await kt.sync())
+        now = kt.clock_ms()
+        first = await kt._answer("user3", 0, history=False)
+        old = verify_lookup(policy, None, "user3", LookupResponse.decode(first), now_ms=now)
+        assert len(reads) == 1
+        for head in heads[1:4]:
+            assert head is not None
+            got = await kt._answer("user3", head.size, history=False)
+            assert len(reads) == 1 and got != first
+            trusted = TrustedHead(size=head.size, root=Checkpoint.parse(
+                SignedNote.decode(head.note).text).root, note=head.note)
+            res = verify_lookup(policy, trusted, "user3", LookupResponse.decode(got), now_ms=now)
+            assert res.version == old.version == 0 and res.state == old.state
+            kt._answers.clear()
+            kt._tails.clear()
+            assert await kt._answer("user3", head.size, history=False) == got
+            assert len(reads) == 2
+            reads.clear()
+            reads.append(1)
+        history = await kt._answer("user3", 0, history=True)
+        assert len(reads) == 2 and history != first
+        # A lookup that waits for its log part while the next checkpoint is served
+        # and answered is still built on its own checkpoint, whole.
+        import asyncio
+
+        served = kt._served
+        assert served is not None
+        real_part, hold = st.kt_log_part, asyncio.Event()
+
+        async def held(size: int, since: int, cache: object) -> object:
+            if since == 5:  # a size no lookup came from yet: its part is read
+                await hold.wait()
+            return await real_part(size, since, cache)  # type: ignore[arg-type]
+
+        st.kt_log_part = held  # type: ignore[assignment,method-assign]
+        waiting = asyncio.create_task(kt._answer("user3", 5, history=False))
+        await asyncio.sleep(0.05)
+        a = Account("user6")
+        await st.create_account(a.user, a.ak.public, "d1", a.cert("d1"), NOW)
+        newer = await kt.sync()
+        assert newer is not None and newer.size > served.size
+        assert await kt._answer("user3", 0, history=False) != first
+        hold.set()
+        got = LookupResponse.decode(await waiting)
+        assert got.entry.checkpoint == served.note
+        res = verify_lookup(policy, None, "user3", got, now_ms=kt.clock_ms())
+        assert res.version == 0 and res.state == old.state
+    finally:
+        await kt.close()
+        await st.close()
+
+
 async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_only_its_own(
     tmp_path: Path,
 ) -> None:
@@ -315,6 +397,7 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
             res = verify_lookup(policy, None, n, LookupResponse.decode(data), now_ms=now)
             assert (res.version == 0) == n.startswith("user")
             kt._answers.clear()
+            kt._tails.clear()
             assert await kt._answer(n, 0, history=False) == data
 
         async def broken(asks: object, size: object, cache: object) -> object:
@@ -322,6 +405,7 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
 
         st.kt_answers = broken  # type: ignore[assignment,method-assign]
         kt._answers.clear()
+        kt._tails.clear()
         failed = await asyncio.gather(*(kt._answer(n, 0, history=False) for n in names[:5]),
                                       return_exceptions=True)
         assert all(isinstance(f, StorageError) for f in failed)
@@ -336,6 +420,7 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
 
         st.kt_answers = once  # type: ignore[assignment,method-assign]
         kt._answers.clear()
+        kt._tails.clear()
         assert await kt._answer("user2", 0, history=False) == together[2]
         assert not failures
     finally:

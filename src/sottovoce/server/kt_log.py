@@ -96,7 +96,8 @@ SYNC_WAIT_S = 5.0
 WITNESS_TIMEOUT_S = 3.0
 #: How long another node's newer checkpoint may go unseen by this one.
 REFRESH_S = 1.0
-#: Answers kept for the served checkpoint, at most (about 2 KB each).
+#: Answers kept for the served checkpoint, at most (about 2 KB each), and as many
+#: without their log part (about 1 KB each).
 MAX_CACHED_ANSWERS = 8192
 #: Log proofs kept for the served checkpoint, one per size clients come from, at most.
 MAX_CACHED_SINCE = 256
@@ -156,8 +157,11 @@ class KTService:
         self.gate: Callable[[str, str, bytes | None, bytes | None], Awaitable[None]] | None = (
             None)
         #: Answers built on the served checkpoint (the very note, cosignatures and all),
-        #: by (username, since, history); and the upper map nodes as of its size.
+        #: by (username, since, history); the same by (username, history) without the
+        #: log's part they begin with, which depends on the client's size only
+        #: (``_parts``); and the upper map nodes as of its size.
         self._answers: dict[tuple[str, int, bool], bytes] = {}
+        self._tails: dict[tuple[str, bool], bytes] = {}
         self._answers_for: Served | None = None
         self._parts: dict[int, LogProof] = {}
         self._map_cache = AppendCache()
@@ -390,13 +394,26 @@ class KTService:
         # A client ahead of this checkpoint gets no proof: it sees the log shrank.
         since = since if since <= served.size else 0
         self._serve(served)
-        answers, ask = self._answers, (user, since, history)
+        # The caches of ``served`` (taken before any wait: another checkpoint may be
+        # served meanwhile, and its answers must not be joined to this one's part).
+        answers, tails, ask = self._answers, self._tails, (user, since, history)
         encoded = answers.get(ask)
         if encoded is None:
             part = self._parts.get(since)
             if part is None:
                 part = await self._log_proof(served, since)
-            encoded = await self._read(user, history, part, served.size)
+            # An answer is the log's part for the client's size, then what depends on
+            # the name alone: that is kept, for this name asked from any other size.
+            name = (user, history)
+            tail = tails.get(name)
+            if tail is not None:
+                encoded = part.encoded + tail
+            else:
+                encoded = await self._read(user, history, part, served.size)
+                if served is self._answers_for and encoded.startswith(part.encoded):
+                    if len(tails) >= MAX_CACHED_ANSWERS:
+                        tails.clear()
+                    tails[name] = encoded[len(part.encoded):]
             if served is self._answers_for:  # not a checkpoint that was replaced meanwhile
                 if len(answers) >= MAX_CACHED_ANSWERS:
                     answers.clear()
@@ -410,7 +427,7 @@ class KTService:
         dropped; a cache for its size is made, and prepared in the background."""
         if served is self._answers_for:
             return
-        self._answers, self._answers_for, self._parts = {}, served, {}
+        self._answers, self._answers_for, self._parts, self._tails = {}, served, {}, {}
         if self._map_cache.size != served.size:
             old, self._map_cache = self._map_cache, AppendCache(served.size)
             carried = 0 <= old.size < served.size <= old.size + MAX_CARRIED_LEAVES
