@@ -30,6 +30,8 @@ from sottovoce.server.storage.base import (
     Storage,
     UnknownAccount,
     UsernameTaken,
+    envelope_one,
+    received_part,
 )
 from sottovoce.server.storage.quota import InboxFull, InboxLimits
 from sottovoce.server.storage.sqlite import SqliteStorage
@@ -445,6 +447,41 @@ async def test_inbox_quota_counts_bytes_and_one_batch_cannot_overshoot(backend: 
         assert len(await st.read_inbox("bob", "d1", 0, 100)) == 3
     finally:
         await st.close()
+
+
+async def test_a_run_with_a_fan_out_and_a_retry_counts_each_stored_frame_once(
+    backend: Factory,
+) -> None:
+    limits = InboxLimits(device_messages=100, device_bytes=10**9, contact_messages=100,
+                         contact_bytes=10**9, stranger_messages=3, stranger_bytes=10**9)
+    st = await _open(backend, limits=limits)
+    try:
+        await st.add_device("bob", "d2", b"cert-b2", 0)
+        both = [("bob", "d1"), ("bob", "d2")]
+        # Queued together: the retry sends the run down the careful path, which must undo
+        # what the run had counted before it counts each send again.
+        out = await _append_all(st, [_req(1), _req(2, targets=both), _req(3, key="k1"),
+                                     _req(4)])
+        assert [o.duplicate for o in out] == [False, False, True, False]
+        assert [len(o.frames) for o in out] == [1, 2, 0, 1]
+        assert [f.global_seq for f in out[1].frames] == [2, 1]
+        # bob/d1 holds 3 of alice's frames (her stranger quota), bob/d2 one: two more fit.
+        assert (await _refused(st, _req(5))).scope == "stranger"
+        await _append_all(st, [_req(6, targets=[("bob", "d2")])])
+        await _append_all(st, [_req(7, targets=[("bob", "d2")])])
+        assert (await _refused(st, _req(8, targets=[("bob", "d2")]))).scope == "stranger"
+        assert [s for s, _ in await st.read_inbox("bob", "d2", 0, 10)] == [1, 2, 3]
+    finally:
+        await st.close()
+
+
+@pytest.mark.parametrize("ephemeral", [False, True])
+def test_the_one_step_envelope_is_the_envelope(ephemeral: bool) -> None:
+    req = _req(7)
+    req.ephemeral = ephemeral
+    req.client_created_at_ms = 1_765_000_000_123
+    assert envelope_one(req, CT, 42, received_part(1_765_000_000_456)) == req.envelope(
+        CT, 42, 1_765_000_000_456)
 
 
 async def test_inbox_usage_survives_a_restart_and_expiry_frees_it(backend: Factory) -> None:

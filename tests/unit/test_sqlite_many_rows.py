@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from sottovoce.server.storage.sqlite import insert_inbox, insert_many, update_many
+from sottovoce.server.storage.sqlite import insert_flat, insert_inbox, insert_many, update_many
 
 
 def _table() -> sqlite3.Connection:
@@ -26,6 +26,23 @@ def test_insert_many_writes_every_row_once_in_order_and_no_padding(n: int) -> No
     assert conn.total_changes - before == n
     # rowid order is the order given (the inbox relies on arrival order)
     assert conn.execute("SELECT k, v FROM t ORDER BY rowid").fetchall() == rows
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 64, 65, 1024, 1025, 2500])
+def test_insert_flat_writes_every_row_once_in_order_with_the_last_column_bound_once(
+    n: int,
+) -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t(k INTEGER NOT NULL, v TEXT, w INTEGER, at INTEGER)")
+    conn.execute("CREATE UNIQUE INDEX t_k ON t(k)")
+    params: list[object] = []
+    for i in range(n):
+        params += (i, f"v{i}", -i)
+    before = conn.total_changes
+    insert_flat(conn, "INSERT OR IGNORE INTO t(k, v, w, at)", 3, params, 1_765_000_000_000)
+    assert conn.total_changes - before == n
+    assert conn.execute("SELECT k, v, w, at FROM t ORDER BY rowid").fetchall() == [
+        (i, f"v{i}", -i, 1_765_000_000_000) for i in range(n)]
 
 
 def test_insert_many_or_ignore_counts_only_new_rows_and_upsert_tail_applies() -> None:

@@ -180,6 +180,26 @@ def envelope_text(
     )
 
 
+def received_part(received_at_ms: int) -> str:
+    """The envelope text between the serverSeq and the idempotency key, the same for every
+    send stored at ``received_at_ms`` (the SQLite writer builds it once per batch)."""
+    return f',"serverReceivedAtMs":{received_at_ms},"idempotencyKey":"'
+
+
+def envelope_one(req: SendRequest, ct: str, server_seq: int, received: str) -> str:
+    """:func:`envelope_text` for one ciphertext, built in one step (no head and tail first);
+    ``received`` is :func:`received_part` of the time stored. The same text."""
+    return (
+        f'{{"protocol":"ksmpv3","conversationId":"{req.conversation_id}",'
+        f'"messageId":"{req.message_id}","senderUserId":"{req.sender_user}",'
+        f'"senderDeviceId":"{req.sender_device}",'
+        f'"recipientUserId":"{req.recipient_user}","ciphertext":"{ct}",'
+        f'"contentType":"{req.content_type}","clientCreatedAtMs":{req.client_created_at_ms},'
+        f'"{"ephemeralSeq" if req.ephemeral else "serverSeq"}":{server_seq}{received}'
+        f'{req.idempotency_key}","ephemeral":{"true" if req.ephemeral else "false"}}}'
+    )
+
+
 class StoredFrame(msgspec.Struct, frozen=True, gc=False):
     """One inbox row just written: who gets it, its globalInboxSeq and envelope text.
 

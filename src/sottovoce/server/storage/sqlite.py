@@ -51,7 +51,9 @@ from sottovoce.server.storage.base import (
     SendRequest,
     StoredFrame,
     UnknownAccount,
+    envelope_one,
     envelope_text,
+    received_part,
 )
 from sottovoce.server.storage.quota import (
     UNKNOWN_SENDER,
@@ -131,6 +133,24 @@ def update_many(conn: sqlite3.Connection, head: str, width: int,
     for i in range(0, len(rows), _MAX_ROWS):
         size, params = _values(width, rows[i:i + _MAX_ROWS])
         conn.execute(_sql(head + " FROM (", width, size, ") AS v WHERE " + where), params)
+
+
+def insert_flat(conn: sqlite3.Connection, head: str, width: int, params: list[Any],
+                last: Any) -> None:
+    """``head`` is "INSERT ... INTO t(cols)" whose last column is ``last`` in every row,
+    ``params`` the other ``width`` columns' values, row after row (not one tuple per row):
+    the rows as :func:`insert_many` writes them, ``last`` bound once per statement."""
+    cols = ", ".join([f"column{k}" for k in range(1, width + 1)])
+    step = width * _MAX_ROWS
+    for i in range(0, len(params), step):
+        chunk = [last]
+        chunk += params[i:i + step]
+        n = (len(chunk) - 1) // width
+        size = 1 << (n - 1).bit_length() if n <= 64 else -(-n // 64) * 64
+        chunk.extend([None] * (width * (size - n)))
+        # ?1 is ``last``; each bare ? after it takes the next number (2, 3, ...).
+        conn.execute(_sql(f"{head} SELECT {cols}, ?1 FROM (", width, size,  # noqa: S608
+                          ") WHERE column1 IS NOT NULL"), chunk)
 
 
 _INBOX_HEAD = "INSERT INTO inbox(dev, seq, received_at, envelope, sender"
@@ -380,12 +400,13 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         try:
             conn.execute("BEGIN IMMEDIATE")
             i = 0
+            w_append = self._w_append  # (a new bound method at every attribute access)
             while i < len(batch):
                 job = batch[i]
-                if job.fn == self._w_append:
+                if job.fn == w_append:
                     # A run of sends: written with a few statements for the whole run.
                     j = i
-                    while j < len(batch) and batch[j].fn == self._w_append:
+                    while j < len(batch) and batch[j].fn == w_append:
                         j += 1
                     results.extend(self._append_run(conn, batch[i:j]))
                     i = j
@@ -598,58 +619,124 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         that would pass an inbox quota is answered alone: with its original ack if
         it is a retry, else refused (nothing of it is written).
         """
-        conv_seq, inbox_seq = self._conv_seq, self._inbox_seq
+        conv_seq, inbox_seq, devs_get = self._conv_seq, self._inbox_seq, self._devs.get
+        usages, dirty_usage, wrote_cache = self._usage, self._dirty_usage, self._wrote
+        lim = self.limits
+        max_messages, max_bytes = lim.device_messages, lim.device_bytes
+        new_messages, new_bytes = lim.stranger_messages, lim.stranger_bytes
         conv_before: dict[str, int | None] = {}
         dev_before: dict[int, int] = {}
-        charged: list[tuple[str, list[int], list[str]]] = []  # undone with the run
+        charged: list[tuple[str, int, int]] = []  # (account, dev, size): undone with the run
         wrote: list[tuple[str, str]] = []  # correspondents cached, undone with the run
         results: list[tuple[Done, SendOutcome | None, BaseException | None]] = []
-        sends_rows: list[tuple[int, str, str, str, int, int]] = []
-        inbox_rows: list[InboxRow] = []
+        # The rows' values one after the other, 5 per send and 4 per inbox row (their
+        # received_at, the same for the whole run, is bound once per statement).
+        sends_params: list[Any] = []
+        inbox_params: list[Any] = []
+        expiring: list[tuple[int, int]] = []  # (inbox row, expires_at) of the rows with one
         received = max(now_ms(), self._last_received)
         self._last_received = received
+        received_text = received_part(received)
         conn.execute("SAVEPOINT sends_run")
         for job in jobs:
             req: SendRequest = job.args[0]
-            sender = self._dev(conn, req.sender_user, req.sender_device)
-            devs = self._target_devs(conn, req)
-            if sender is None or devs is None:
-                results.append((job.done, None, UnknownAccount("device is not registered")))
-                continue
+            account = req.sender_user
+            sender = (devs_get((account, req.sender_device))
+                      or self._dev(conn, account, req.sender_device))
+            targets = req.targets
             conv = req.conversation_id
-            seq = self._last_conv_seq(conn, conv) + 1
-            head, tail = req.envelope_parts()
-            envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in req.targets]
-            full = self._charge(conn, req, devs, envs)
-            if full is not None:
-                results.append((job.done, *self._stored_or(conn, sender, req, full)))
-                continue
-            charged.append((req.sender_user, devs, envs))
-            if conv not in conv_before:
-                conv_before[conv] = conv_seq.get(conv)
-            conv_seq[conv] = seq
-            sends_rows.append((sender, req.idempotency_key, conv, req.message_id, seq, received))
-            frames: list[StoredFrame] = []
-            for (user, device, _), dev, env in zip(req.targets, devs, envs, strict=True):
+            # (0 is never cached: a conversation's first serverSeq is 1)
+            seq = (conv_seq.get(conv) or self._last_conv_seq(conn, conv)) + 1
+            if len(targets) == 1:
+                # The common case written out inline: one frame, its quota charge below
+                # every limit (the same test and counting as _charge, which decides the rest).
+                user, device, ct = targets[0]
+                dev = devs_get((user, device)) or self._dev(conn, user, device)
+                if sender is None or dev is None:
+                    results.append((job.done, None, UnknownAccount("device is not registered")))
+                    continue
+                env = envelope_one(req, ct, seq, received_text)
+                size = len(env)
+                usage = usages.get(dev) or self._usage_of(conn, dev)
+                entry = usage.by_sender.get(account)
+                if (usage.messages < max_messages and usage.bytes + size <= max_bytes and (
+                    user == account or entry is None
+                    or (entry[0] < new_messages and entry[1] + size <= new_bytes)
+                )):
+                    usage.messages += 1
+                    usage.bytes += size
+                    if entry is None:
+                        usage.by_sender[account] = [1, size]
+                    else:
+                        entry[0] += 1
+                        entry[1] += size
+                    if account not in usage.dirty:
+                        usage.dirty.add(account)
+                        dirty_usage.add(dev)
+                else:
+                    full = self._charge(conn, req, [dev], [env])
+                    if full is not None:
+                        results.append((job.done, *self._stored_or(conn, sender, req, full)))
+                        continue
+                charged.append((account, dev, size))
                 if dev not in dev_before:
                     dev_before[dev] = inbox_seq[dev]
                 g = inbox_seq[dev] + 1
                 inbox_seq[dev] = g
-                inbox_rows.append((dev, g, received, env, sender, req.expires_at_ms or None))
-                frames.append(StoredFrame(user, device, g, env))
-            if self._note_written(conn, req.sender_user, req.recipient_user):
-                wrote.append((req.sender_user, req.recipient_user))
-            results.append((job.done, req.stored(seq, received, tuple(frames)), None))
+                if req.expires_at_ms:
+                    expiring.append((len(inbox_params) // 4, req.expires_at_ms))
+                inbox_params += (dev, g, env, sender)
+                frames: tuple[StoredFrame, ...] = (StoredFrame(user, device, g, env),)
+            else:
+                devs = self._target_devs(conn, req)
+                if sender is None or devs is None:
+                    results.append((job.done, None, UnknownAccount("device is not registered")))
+                    continue
+                head, tail = req.envelope_parts()
+                envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in targets]
+                full = self._charge(conn, req, devs, envs)
+                if full is not None:
+                    results.append((job.done, *self._stored_or(conn, sender, req, full)))
+                    continue
+                framed: list[StoredFrame] = []
+                for (user, device, _), dev, env in zip(targets, devs, envs, strict=True):
+                    charged.append((account, dev, len(env)))
+                    if dev not in dev_before:
+                        dev_before[dev] = inbox_seq[dev]
+                    g = inbox_seq[dev] + 1
+                    inbox_seq[dev] = g
+                    if req.expires_at_ms:
+                        expiring.append((len(inbox_params) // 4, req.expires_at_ms))
+                    inbox_params += (dev, g, env, sender)
+                    framed.append(StoredFrame(user, device, g, env))
+                frames = tuple(framed)
+            if conv not in conv_before:
+                conv_before[conv] = conv_seq.get(conv)
+            conv_seq[conv] = seq
+            sends_params += (sender, req.idempotency_key, conv, req.message_id, seq)
+            peer = req.recipient_user
+            if (account, peer) not in wrote_cache and self._note_written(conn, account, peer):
+                wrote.append((account, peer))
+            results.append((job.done, SendOutcome(conv, req.message_id, req.idempotency_key,
+                                                  seq, received, False, frames), None))
         before = conn.total_changes
-        insert_many(
+        insert_flat(
             conn,
             "INSERT OR IGNORE INTO sends(sender_dev, idem_key, conversation_id, message_id, "
             "server_seq, received_at)",
-            6,
-            sends_rows,
+            5,
+            sends_params,
+            received,
         )
-        if conn.total_changes - before == len(sends_rows):
-            insert_inbox(conn, inbox_rows)
+        if conn.total_changes - before == len(sends_params) // 5:
+            if expiring:
+                insert_flat(conn, "INSERT INTO inbox(dev, seq, envelope, sender, expires_at, "
+                            "received_at)", 5, _with_expiry(inbox_params, expiring), received)
+            else:
+                # Rows without an expiry, the common case, are written without the column:
+                # its default (NULL) keeps them out of the partial index on expires_at.
+                insert_flat(conn, "INSERT INTO inbox(dev, seq, envelope, sender, received_at)",
+                            4, inbox_params, received)
             conn.execute("RELEASE sends_run")
             self._dirty_convs.update(conv_before)
             self._dirty_devs.update(dev_before)
@@ -664,9 +751,9 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 conv_seq[conv] = old
         for dev, old_seq in dev_before.items():
             inbox_seq[dev] = old_seq
-        for account, devs, envs in charged:
-            self._uncharge(account, devs, envs)
-        self._wrote.difference_update(wrote)
+        for account, dev, size in charged:
+            usages[dev].remove(account, 1, size)
+        wrote_cache.difference_update(wrote)
         slow: list[tuple[Done, SendOutcome | None, BaseException | None]] = []
         for job in jobs:
             try:
@@ -856,6 +943,19 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 raise StorageError() from None
 
         return await loop.run_in_executor(self._readers, run)
+
+
+def _with_expiry(params: list[Any], expiring: list[tuple[int, int]]) -> list[Any]:
+    """Inbox rows of 4 values (dev, seq, envelope, sender) as rows of 5, with expires_at
+    (None but for the rows in ``expiring``)."""
+    expires: list[int | None] = [None] * (len(params) // 4)
+    for row, at in expiring:
+        expires[row] = at
+    out: list[Any] = []
+    for row, expires_at in enumerate(expires):
+        out += params[4 * row:4 * row + 4]
+        out.append(expires_at)
+    return out
 
 
 def _resolve(results: list[tuple[Done, Any, BaseException | None]]) -> None:
