@@ -158,6 +158,7 @@ from sottovoce.server.turn_handler import TurnHandler
 WS_PATH = "/v3/ws"
 #: Events a connection may send before it is authenticated (the link events only for the
 #: one linking mailbox it joined: server/link_mailbox.py).
+SEND = Send.name
 PRE_AUTH = frozenset({Register.name, AddDevice.name, Auth.name, UsernameCheck.name, Ping.name,
                       *LINK_PRE_AUTH})
 
@@ -561,19 +562,26 @@ class ServerApp:
             if (isinstance(message, bytes) and self.blobs is not None
                     and is_binary_chunk(message)):
                 return self._binary(self.blobs, session, message)
-            # A send of the common shape is decoded and checked in one pass; any other
+            # A send of the common shape is decoded and checked in one pass, and handed
+            # to delivery straight away (the steps below, for a send only); any other
             # frame, or a send it does not take, goes the general way (sendview.py).
-            cls: type[ClientEvent] | None
-            data: dict[str, Any]
             fast = send_frame(message)
             if fast is not None:
                 rid, view = fast
-                event, cls, data = Send.name, Send, {}  # its handler reads the view only
-            else:
-                event, rid, data = parse_frame(message)
-                cls = ALL_CLIENT_EVENTS.get(event)
-                if cls is None:
-                    raise ProtocolError("unknown_event", "unknown event")
+                self.metrics.frames[SEND] += 1
+                if session.user is None:  # a send is never a pre-auth event
+                    raise WireFailure("unauthorized", "authenticate first")
+                wait = session.bucket.take()
+                if wait:
+                    raise RateLimited("too many requests", wait)
+                ev = view
+                result = self.delivery.send(session, view, {}, rid)  # it reads the view only
+                session.strikes.good()
+                return None if result is None else self._guard(session, rid, result, view)
+            event, rid, data = parse_frame(message)
+            cls = ALL_CLIENT_EVENTS.get(event)
+            if cls is None:
+                raise ProtocolError("unknown_event", "unknown event")
             self.metrics.frame(event)
             if session.user is None:
                 if event not in PRE_AUTH:
@@ -583,10 +591,7 @@ class ServerApp:
                 wait = session.bucket.take()
             if wait:
                 raise RateLimited("too many requests", wait)
-            if fast is not None:
-                ev = view
-            else:
-                ev = parse_send(data) if cls is Send else cls.from_data(data)
+            ev = parse_send(data) if cls is Send else cls.from_data(data)
             result = self._handlers[cls](session, ev, data, rid)
             session.strikes.good()
             if result is None:

@@ -102,7 +102,7 @@ class Delivery:
     def send(
         self, session: Session, ev: SendView, data: dict[str, Any], rid: str | None
     ) -> Awaitable[None] | None:
-        user, _ = session.key
+        user, device = session.key
         if ev.senderUserId is not None and ev.senderUserId != user:
             raise WireFailure("forbidden", "senderUserId is not the authenticated user")
         directory = self.directory
@@ -111,7 +111,7 @@ class Delivery:
         if sender_rec is None or recipient_rec is None:
             # Rare (cold cache): load, keeping this connection's sends in order.
             return self._send_cold(session, ev, data, rid)
-        return self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
+        return self._send_checked(session, user, device, ev, rid, sender_rec, recipient_rec)
 
     async def _send_cold(
         self, session: Session, ev: SendView, data: dict[str, Any], rid: str | None
@@ -123,20 +123,21 @@ class Delivery:
             raise WireFailure("unknown_recipient", "no such recipient")
         if sender_rec is None:
             raise WireFailure("unauthorized", "account no longer exists")
-        pending = self._send_checked(session, ev, data, rid, sender_rec, recipient_rec)
+        user, device = session.key
+        pending = self._send_checked(session, user, device, ev, rid, sender_rec, recipient_rec)
         if pending is not None:
             await pending
 
     def _send_checked(
         self,
         session: Session,
+        user: str,
+        device: str,
         ev: SendView,
-        data: dict[str, Any],
         rid: str | None,
         sender_rec: AccountRecord,
         recipient_rec: AccountRecord,
     ) -> Awaitable[None] | None:
-        user, device = session.key
         recipient = recipient_rec.user_id
         conversation, expected = self._expected_devices(user, device, sender_rec, recipient_rec)
         if ev.conversationId != conversation:

@@ -23,7 +23,9 @@ class TokenBucket:
     def take(self, cost: float = 1.0, *, now: float | None = None) -> int:
         """Spend ``cost`` tokens if there are enough; else return the wait in ms (>= 1)."""
         t = time.monotonic() if now is None else now
-        tokens = min(self._burst, self._tokens + (t - self._stamp) * self._rate)
+        tokens = self._tokens + (t - self._stamp) * self._rate
+        if tokens > self._burst:  # min(), without the call: once per frame
+            tokens = self._burst
         self._stamp = t
         if tokens >= cost:
             self._tokens = tokens - cost

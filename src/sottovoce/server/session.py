@@ -209,7 +209,8 @@ class Session:
             order.deliver_live(self, seq, text)
             return
         self.last_sent = seq
-        self.write(text)
+        if not self.closed:  # self.write, inline: once per live frame
+            self.conn.write(text)
 
     def deliver_room(self, room_id: str, seq: int, text: str) -> None:
         """A stored room frame: per room in serverSeq order, once per connection (as

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ from sottovoce.limits import (
 # websockets logs every open/close at INFO on this logger; the app logs its own events.
 _WS_LOG = logging.getLogger("sottovoce.server.ws")
 _WS_LOG.setLevel(logging.WARNING)
+
+#: Unmasked text frame headers (RFC 6455 §5.2): the 2-byte ones for payloads under 126
+#: bytes, and the packer of the 4-byte ones (126, then a 16-bit length).
+_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
+_HEAD16 = struct.Struct(">BBH").pack
 
 #: Reasons reading is paused (a bit each); reading resumes when none is left.
 _HOLD_BACKLOG = 1
@@ -213,10 +219,21 @@ class Connection(asyncio.Protocol):
             if end > n:
                 break
             if b1 == 0x81 and self._fragments is None:
-                payload = apply_mask(view[head + 4 : end], data[head : head + 4])
                 pos = end
-                if not self._text(payload):
+                try:
+                    text = apply_mask(view[head + 4 : end], data[head : head + 4]).decode()
+                except UnicodeDecodeError:
+                    self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                     return
+                peer = self._peer
+                if self._busy is None and not self._backlog and peer is not None:
+                    # _message and _run inline: nothing waits ahead of this frame.
+                    pending = peer.message(text)
+                    if pending is not None:
+                        self._busy = asyncio.ensure_future(pending)
+                        self._busy.add_done_callback(self._done)
+                else:
+                    self._message(text)
             elif b1 == 0x82 and self._fragments is None:  # a file chunk (server/blobs.py)
                 self._message(apply_mask(view[head + 4 : end], data[head : head + 4]))
                 pos = end
@@ -272,9 +289,9 @@ class Connection(asyncio.Protocol):
         n = len(data)
         out = self._out
         if n < 126:
-            out.append(bytes((0x81, n)))
+            out.append(_TEXT_HEADS[n])
         elif n < 65536:
-            out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+            out.append(_HEAD16(0x81, 126, n))
         else:
             out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
         out.append(data)
