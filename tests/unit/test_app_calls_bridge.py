@@ -141,3 +141,70 @@ def test_the_candidates_of_each_m_section_are_read_with_its_mid() -> None:
          True),
         ("1", (), False),
     ]
+
+
+async def test_leaving_sends_the_leave_even_if_the_calls_media_work_then_asks_the_page() -> None:
+    """The page's leave request holds its socket until the leave is done, and the call's
+    media work (here a publish whose Janus join returns only after the leave began)
+    then asks the page for a description: the page's answer could only come after
+    that request, so the ask is refused at once and the leave goes out."""
+    import secrets
+
+    from sottovoce.app.calls_bridge import BrowserSfuMedia, CallsBridge
+    from sottovoce.calls.room_call import CALL_MLS_SUITE
+    from sottovoce.calls.room_signals import Leave, RoomCallSignal
+    from sottovoce.client.calls.room_calls import RoomCalls
+    from sottovoce.client.calls.room_controller import RoomCallOptions
+    from sottovoce.crypto.suite import cipher_suite
+    from sottovoce.protocol.audit import AuditAction
+
+    notices: list[dict[str, Any]] = []
+    signals: list[bytes] = []
+    janus_replied = asyncio.Event()
+
+    async def notify(notice: dict[str, Any]) -> None:
+        notices.append(notice)
+
+    class SlowJanus(BrowserSfuMedia):
+        async def _join_as_publisher(self) -> Any:
+            await janus_replied.wait()
+            return None, 1
+
+    async def send(room_id: str, signal: bytes) -> None:
+        signals.append(signal)
+
+    async def audit(room_id: str, action: AuditAction) -> None:
+        return None
+
+    async def grant(room_id: str, call_id: bytes) -> dict[str, Any]:
+        return {"url": "ws://127.0.0.1:8188/", "room": "ab" * 16, "feedId": "cd" * 16,
+                "token": "ef" * 16}
+
+    bridge = CallsBridge(notify, loopback=True)
+    key = cipher_suite(CALL_MLS_SUITE).generate_signing_key(secrets.token_bytes)
+    bridge.hub = RoomCalls(
+        me=("alice", "a1"), signing_key=key, send_signal=send, leaf_keys=lambda room: {},
+        append_audit=audit, ask_grant=grant,
+        options=RoomCallOptions(sfu_media=lambda **kw: SlowJanus(
+            link=bridge.link, room_id="room-1", **kw)))
+    await bridge._op_join({"room": "room-1", "start": True})
+    for _ in range(5):
+        await asyncio.sleep(0)  # the controller's worker is in the Janus join now
+    leaving = asyncio.ensure_future(bridge._op_leave({}))
+    await asyncio.sleep(0)
+    janus_replied.set()
+    # Before, the leave waited the page's whole timeout (a minute) for that answer.
+    await asyncio.wait_for(leaving, 10)
+    assert any(isinstance(RoomCallSignal.decode(s), Leave) for s in signals)
+    assert not any(n.get("kind") == "publish" for n in notices)  # never asked
+    assert bridge.ctl is None and bridge.hub.active == {}
+    # The next call asks the page again.
+    janus_replied.clear()
+    await bridge._op_join({"room": "room-1", "start": True})
+    for _ in range(5):
+        await asyncio.sleep(0)
+    janus_replied.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [n["kind"] for n in notices if n.get("kind") == "publish"] == ["publish"]
+    await bridge.leave()

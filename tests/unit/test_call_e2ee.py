@@ -151,3 +151,30 @@ async def test_the_frame_filter_must_be_installed_before_the_receiver_starts() -
         hooks.filter_frames(receiver, lambda codec, frame: frame)
     receiver._RTCRtpReceiver__decoder_thread = None  # type: ignore[attr-defined]
     await pc.close()
+
+
+async def test_a_sender_whose_keys_were_wiped_ends_its_stream_quietly_and_sends_nothing() -> None:
+    """Leaving wipes the keys at once and closes the media a moment later: a frame the
+    encoder hands over in between ends the stream with the error aiortc ends a sender on
+    without a traceback. Before any epoch, sealing stays a usage error (a bug)."""
+    from aiortc.mediastreams import MediaStreamError
+
+    from sottovoce.errors import UsageError
+
+    with pytest.raises(UsageError):
+        FrameCrypto().seal(Track.AUDIO, Codec.OPUS, b"\x00" * 40)
+    alice = crypto(ALICE)
+    opus = SealingOpusEncoder(alice)
+    tone = ToneTrack()
+    assert opus.encode(await tone.recv())[0]
+    alice.wipe()
+    with pytest.raises(MediaStreamError):
+        opus.encode(await tone.recv())
+    vp8 = hooks.FrameSealingVp8Encoder(lambda f: alice.seal(Track.VIDEO, Codec.VP8, f))
+    with pytest.raises(MediaStreamError):
+        vp8.encode(await PatternTrack().recv())
+    # New keys (a later call with the same object): frames are sealed again.
+    alice.begin_epoch(EpochKeys.derive(
+        epoch=0, own_leaf=0, roster=ROSTER,
+        exporter=lambda label, ctx, n: Secret(hashlib.shake_256(b"x" + label + ctx).digest(n))))
+    assert opus.encode(await tone.recv())[0]

@@ -213,6 +213,7 @@ class CallsBridge:
         if not start and hub.seen[room].mode is not CallMode.SFU:
             raise PageCallError(NO_SFU)
         self.room = room
+        self.link.open()
         try:
             ctl = await hub.start(room) if start else hub.join(room)
         except (SottovoceError, CallError):
@@ -298,7 +299,10 @@ class CallsBridge:
         ctl = self.ctl
         if ctl is None:
             return
-        self.link.cancel_all()
+        # Media work the call still runs (a Janus subscribe, say) must not wait on the
+        # page: this request holds its socket, and the page's answer would queue behind
+        # it, so the leave would wait out the page's whole timeout before it is sent.
+        self.link.close()
         if self._pump is not None:
             self._pump.cancel()
         await self._drop(ctl)

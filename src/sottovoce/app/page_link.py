@@ -63,6 +63,7 @@ class PageLink:
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
+        self._closed = False
 
     def post(self, room: str, kind: str, **fields: Any) -> None:
         """A notice from synchronous code (key changes), sent after the ones posted
@@ -81,7 +82,10 @@ class PageLink:
         await self.notify({"event": self._event, self._scope: room, "kind": kind, **fields})
 
     async def ask(self, room: str, kind: str, **fields: Any) -> str:
-        """Send a notice that needs a description back (``call_sdp`` with its ref)."""
+        """Send a notice that needs a description back (``call_sdp`` with its ref);
+        refused at once while the link is closed (see :meth:`close`)."""
+        if self._closed:
+            raise PageCallError("the page left the call")
         ref = next(self._refs)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = future
@@ -107,3 +111,15 @@ class PageLink:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(PageCallError("the page went away"))
+
+    def close(self) -> None:
+        """The page left the call: what waits for a description fails now, and so does
+        every later :meth:`ask` until :meth:`open`. The page's answer to an ask made
+        while it leaves could only come as a request after the leave it is still
+        waiting on, so the call's media work must not wait for one."""
+        self._closed = True
+        self.cancel_all()
+
+    def open(self) -> None:
+        """A new call: descriptions may be asked for again."""
+        self._closed = False

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
 from av.frame import Frame
 
 from sottovoce.calls.errors import StreamBindingError
@@ -44,6 +45,13 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.5
 
 def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+class KeysWiped(MediaStreamError):
+    """The call's keys are gone (this device left): the stream ends, nothing more is sent.
+
+    aiortc ends a sender's RTP loop quietly on a ``MediaStreamError``; keys are wiped at
+    once when the device leaves, while its media close a moment later."""
 
 
 #: What :meth:`FrameCrypto.watch` hands on: new keys, a revoked sender, or None (wiped).
@@ -68,6 +76,7 @@ class FrameCrypto:
         self._lock = threading.Lock()
         self._clock = clock_ms
         self._current: EpochKeys | None = None
+        self._wiped = False
         self._watchers: list[KeyWatcher] = []
 
     def __repr__(self) -> str:
@@ -81,6 +90,7 @@ class FrameCrypto:
         with self._lock:
             self._keys.begin_epoch(keys, self._clock())
             self._current = keys
+            self._wiped = False
         for watch in list(self._watchers):
             watch(keys)
 
@@ -94,6 +104,7 @@ class FrameCrypto:
         with self._lock:
             self._keys.wipe()
             self._current = None
+            self._wiped = True
         for watch in list(self._watchers):
             watch(None)
 
@@ -106,10 +117,15 @@ class FrameCrypto:
             watcher(self._current)
 
     def seal(self, track: Track, codec: Codec, frame: bytes) -> bytes:
-        """``clear codec bytes ‖ SFrame(rest, metadata = the clear bytes)``."""
+        """``clear codec bytes ‖ SFrame(rest, metadata = the clear bytes)``; raises
+        :class:`KeysWiped` once the keys were wiped (never a frame unsealed). An epoch
+        change swaps the keys under the lock: there is no moment without a send key
+        while in the call."""
         n = clear_bytes(codec, frame)
         head = frame[:n]
         with self._lock:
+            if self._wiped:
+                raise KeysWiped("the call's keys are gone: this stream ends")
             return head + self._keys.protect(track, frame[n:], head)
 
     def open(self, codec: Codec, data: bytes, *, sender: Device, track: Track) -> bytes:
