@@ -85,6 +85,7 @@ function fail(where) { return (e) => { $(where).textContent = e.message; }; }
 
 $("unlock-form").addEventListener("submit", (e) => {
   e.preventDefault();
+  performance.mark("sv-unlock-submitted");  // bench/app.py: unlock starts here
   const field = $("passphrase");
   const passphrase = field.value;
   field.value = "";
