@@ -11,7 +11,9 @@ Chromium profile (Debian's /usr/bin/chromium through Playwright):
 
 * page:      goto the launch URL -> the unlock form shown (the launch redirect,
              the page and its modules over loopback);
-* unlock:    Enter pressed on the passphrase -> every one of the N conversations
+* unlock:    Enter pressed on the passphrase (--typing-s after the form showed: the
+             page loads the account views' modules while the form waits) -> every
+             one of the N conversations
              drawn in the list (the store opened with the passphrase, the SDK
              started, the list read and sent, the DOM built), on the bench's clock,
              so with Playwright's own round trips to the browser in it; and the
@@ -113,8 +115,8 @@ async def _marks(page: object) -> tuple[list[float], list[float], list[float]]:
         await asyncio.sleep(0.02)
 
 
-async def browser_round(account: Path, peers: int, pw: object, src: str | None = None,
-                        ) -> tuple[float, float, float, float, float]:
+async def browser_round(account: Path, peers: int, pw: object, typing_s: float,
+                        src: str | None = None) -> tuple[float, float, float, float, float]:
     """One round; ``src``: the app of that source tree (its marks may not exist: the
     ready and reopen figures are then NaN)."""
     saved = os.environ.get("PYTHONPATH")
@@ -139,6 +141,7 @@ async def browser_round(account: Path, peers: int, pw: object, src: str | None =
         await page.wait_for_selector("#passphrase", state="visible")
         page_s = time.perf_counter() - start
         await page.fill("#passphrase", PASSPHRASE)
+        await asyncio.sleep(typing_s)  # the time a person takes to type the passphrase
         start = time.perf_counter()
         await page.press("#passphrase", "Enter")
         # (a string predicate would be eval, which the page's CSP refuses)
@@ -161,14 +164,15 @@ async def browser_round(account: Path, peers: int, pw: object, src: str | None =
         shutil.rmtree(profile, ignore_errors=True)
 
 
-async def main(rounds: int, peers: int, kdf: str, other: str | None = None) -> None:
+async def main(rounds: int, peers: int, kdf: str, typing_s: float,
+               other: str | None = None) -> None:
     from playwright.async_api import async_playwright
 
     print(__doc__.split("\n\n", 2)[2].rstrip())
     print(f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, playwright {metadata.version('playwright')}, "
           f"load average {os.getloadavg()[0]:.2f}; {rounds} rounds, {peers} conversations, "
-          f"KDF {kdf}")
+          f"KDF {kdf}; Enter {typing_s:.1f} s after the form showed")
     root = Path(tempfile.mkdtemp(prefix="bench-app-"))
     server = ServerProcess(root / "server").start()
     try:
@@ -179,10 +183,10 @@ async def main(rounds: int, peers: int, kdf: str, other: str | None = None) -> N
         async with async_playwright() as pw:
             for _ in range(rounds):
                 if other is not None:
-                    others.append((await browser_round(account, peers, pw, other))[1])
+                    others.append((await browser_round(account, peers, pw, typing_s, other))[1])
                 base, kdf_open = await baseline(account, peers)
                 page_s, unlock_s, in_page_s, ready_s, reopen_s = await browser_round(
-                    account, peers, pw)
+                    account, peers, pw, typing_s)
                 pages.append(page_s)
                 unlocks.append(unlock_s)
                 in_pages.append(in_page_s)
@@ -217,9 +221,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peers", type=int, default=20)
     parser.add_argument("--kdf", choices=("default", "test"), default="default")
+    parser.add_argument("--typing-s", type=float, default=1.5, metavar="S",
+                        help="press Enter S seconds after the unlock form showed, as a person "
+                             "typing the passphrase would (0: at once, while the page still "
+                             "loads what it loads while the form waits)")
     parser.add_argument("--compare-src", metavar="DIR",
                         help="also time the app of another source tree's src, alternating")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
-    asyncio.run(main(args.rounds, args.peers, args.kdf, args.compare_src))
+    asyncio.run(main(args.rounds, args.peers, args.kdf, args.typing_s, args.compare_src))
