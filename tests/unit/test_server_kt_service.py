@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,15 +275,10 @@ async def test_lookups_answered_from_memory_follow_the_served_checkpoint(tmp_pat
         await st.close()
 
 
-async def test_a_name_asked_from_another_size_is_answered_from_the_kept_answer(
-    tmp_path: Path,
-) -> None:
-    """An answer is kept without the log's part it begins with: the same name asked by
-    a client at another size (another consistency proof) reads no rows again, and gets
-    the bytes a fresh read builds, which verify from that client's head; a history is
-    kept apart from a lookup."""
-    from sottovoce.kt.verify import KTPolicy, LookupResponse, TrustedHead, verify_lookup
-    from tests.unit.test_server_kt_storage import Account
+async def _counted_service(tmp_path: Path) -> tuple[SqliteStorage, Any, Any, list[int]]:
+    """A store and its KT service on SQLite, the policy that trusts them, and the sizes
+    of the reader round trips for answers (one entry per ``kt_answers`` call)."""
+    from sottovoce.kt.verify import KTPolicy
 
     st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
     kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
@@ -299,6 +295,20 @@ async def test_a_name_asked_from_another_size_is_answered_from_the_kept_answer(
         return await real(asks, size, cache)  # type: ignore[arg-type]
 
     st.kt_answers = counted  # type: ignore[assignment,method-assign]
+    return st, kt, policy, reads
+
+
+async def test_a_name_asked_from_another_size_is_answered_from_the_kept_answer(
+    tmp_path: Path,
+) -> None:
+    """An answer is kept without the log's part it begins with: the same name asked by
+    a client at another size (another consistency proof) reads no rows again, and gets
+    the bytes a fresh read builds, which verify from that client's head; a history is
+    kept apart from a lookup."""
+    from sottovoce.kt.verify import LookupResponse, TrustedHead, verify_lookup
+    from tests.unit.test_server_kt_storage import Account
+
+    st, kt, policy, reads = await _counted_service(tmp_path)
     try:
         heads = []
         for i in range(6):
@@ -365,25 +375,12 @@ async def test_lookups_at_once_share_reader_round_trips_and_a_failed_one_fails_o
     next ones are answered."""
     import asyncio
 
-    from sottovoce.kt.verify import KTPolicy, LookupResponse, verify_lookup
+    from sottovoce.kt.verify import LookupResponse, verify_lookup
     from sottovoce.server.errors import StorageError
     from tests.unit.test_server_kt_storage import Account
 
-    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
-    kt = kt_log.from_config(ServerConfig(data_dir=tmp_path / "data"), st,
-                            JsonLogger(io.StringIO()))
-    await st.open()
-    keys = kt.keys()
-    policy = KTPolicy(log_key=NoteKey.from_vkey(keys["log_key"]), vrf_key=kt.vrf.public,
-                      witnesses=tuple(NoteKey.from_vkey(w) for w in keys["witnesses"]))
-    reads: list[int] = []
-    real = st.kt_answers
-
-    async def counted(asks: list[tuple[str, bool, object]], size: int, cache: object) -> object:
-        reads.append(len(asks))
-        return await real(asks, size, cache)  # type: ignore[arg-type]
-
-    st.kt_answers = counted  # type: ignore[assignment,method-assign]
+    st, kt, policy, reads = await _counted_service(tmp_path)
+    counted, real = st.kt_answers, SqliteStorage.kt_answers.__get__(st)
     try:
         for i in range(10):
             a = Account(f"user{i}")

@@ -89,6 +89,27 @@ class Usage:
             entry[0] += messages
             entry[1] += size
 
+    def take(self, limits: InboxLimits, sender: str, own: bool, size: int) -> bool:
+        """Count one frame of ``size`` bytes from ``sender`` (``own``: for the sender's own
+        other device) if it stays below the device's limits and, from another account,
+        a stranger's: the common case, which needs no look-up. False, counting nothing,
+        when :func:`refusal` must decide. A counted sender is marked dirty."""
+        entry = self.by_sender.get(sender)
+        if not (self.messages < limits.device_messages
+                and self.bytes + size <= limits.device_bytes
+                and (own or entry is None or (entry[0] < limits.stranger_messages
+                                              and entry[1] + size <= limits.stranger_bytes))):
+            return False
+        self.messages += 1
+        self.bytes += size
+        if entry is None:
+            self.by_sender[sender] = [1, size]
+        else:
+            entry[0] += 1
+            entry[1] += size
+        self.dirty.add(sender)
+        return True
+
     def remove(self, sender: str, messages: int, size: int) -> None:
         """Frames deleted; never below zero (frames that counted nowhere, such as Welcomes,
         are deleted too)."""

@@ -550,22 +550,16 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         self, conn: sqlite3.Connection, req: SendRequest, devs: list[int], envs: list[str]
     ) -> InboxFull | None:
         """Count the send's frames in their devices' usage, or, if one would pass a quota,
-        count none of them and return the refusal. Runs for every frame stored, so the
-        common case (far below every limit) is written out inline."""
+        count none of them and return the refusal. The common case, far below every
+        limit, is :meth:`Usage.take`'s, which needs no look-up."""
         lim = self.limits
-        max_messages, max_bytes = lim.device_messages, lim.device_bytes
-        new_messages, new_bytes = lim.stranger_messages, lim.stranger_bytes
         sender = req.sender_user
         usages = self._usage
         targets = zip(req.targets, devs, envs, strict=True)
         for charged, ((user, device, _), dev, env) in enumerate(targets):
             usage = usages.get(dev) or self._usage_of(conn, dev)
             size = len(env)
-            entry = usage.by_sender.get(sender)
-            if not (usage.messages < max_messages and usage.bytes + size <= max_bytes and (
-                user == sender or entry is None
-                or (entry[0] < new_messages and entry[1] + size <= new_bytes)
-            )):
+            if not usage.take(lim, sender, user == sender, size):
                 scope = refusal(
                     lim, usage, sender=sender, own=user == sender, size=size,
                     known=lambda: self._has_written(conn, req.recipient_user, sender),
@@ -573,16 +567,9 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 if scope is not None:
                     self._uncharge(sender, devs[:charged], envs[:charged])
                     return InboxFull(scope, user, device)
-            usage.messages += 1
-            usage.bytes += size
-            if entry is None:
-                usage.by_sender[sender] = [1, size]
-            else:
-                entry[0] += 1
-                entry[1] += size
-            if sender not in usage.dirty:
+                usage.add(sender, 1, size)
                 usage.dirty.add(sender)
-                self._dirty_usage.add(dev)
+            self._dirty_usage.add(dev)
         return None
 
     def _uncharge(self, sender: str, devs: list[int], envs: list[str]) -> None:
@@ -622,8 +609,6 @@ class SqliteStorage(SharedStorage, SqliteRooms):
         conv_seq, inbox_seq, devs_get = self._conv_seq, self._inbox_seq, self._devs.get
         usages, dirty_usage, wrote_cache = self._usage, self._dirty_usage, self._wrote
         lim = self.limits
-        max_messages, max_bytes = lim.device_messages, lim.device_bytes
-        new_messages, new_bytes = lim.stranger_messages, lim.stranger_bytes
         conv_before: dict[str, int | None] = {}
         dev_before: dict[int, int] = {}
         charged: list[tuple[str, int, int]] = []  # (account, dev, size): undone with the run
@@ -648,37 +633,36 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             # (0 is never cached: a conversation's first serverSeq is 1)
             seq = (conv_seq.get(conv) or self._last_conv_seq(conn, conv)) + 1
             if len(targets) == 1:
-                # The common case written out inline: one frame, its quota charge below
-                # every limit (the same test and counting as _charge, which decides the rest).
+                # The common case written out inline: one frame, counted by Usage.take
+                # when it is below every limit (_charge decides the rest).
                 user, device, ct = targets[0]
                 dev = devs_get((user, device)) or self._dev(conn, user, device)
                 if sender is None or dev is None:
                     results.append((job.done, None, UnknownAccount("device is not registered")))
                     continue
                 env = envelope_one(req, ct, seq, received_text)
-                size = len(env)
+                devs, envs = [dev], [env]
                 usage = usages.get(dev) or self._usage_of(conn, dev)
-                entry = usage.by_sender.get(account)
-                if (usage.messages < max_messages and usage.bytes + size <= max_bytes and (
-                    user == account or entry is None
-                    or (entry[0] < new_messages and entry[1] + size <= new_bytes)
-                )):
-                    usage.messages += 1
-                    usage.bytes += size
-                    if entry is None:
-                        usage.by_sender[account] = [1, size]
-                    else:
-                        entry[0] += 1
-                        entry[1] += size
-                    if account not in usage.dirty:
-                        usage.dirty.add(account)
-                        dirty_usage.add(dev)
+                if usage.take(lim, account, user == account, len(env)):
+                    dirty_usage.add(dev)
+                    full = None
                 else:
-                    full = self._charge(conn, req, [dev], [env])
-                    if full is not None:
-                        results.append((job.done, *self._stored_or(conn, sender, req, full)))
-                        continue
-                charged.append((account, dev, size))
+                    full = self._charge(conn, req, devs, envs)
+            else:
+                found = self._target_devs(conn, req)
+                if sender is None or found is None:
+                    results.append((job.done, None, UnknownAccount("device is not registered")))
+                    continue
+                devs = found
+                head, tail = req.envelope_parts()
+                envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in targets]
+                full = self._charge(conn, req, devs, envs)
+            if full is not None:
+                results.append((job.done, *self._stored_or(conn, sender, req, full)))
+                continue
+            framed: list[StoredFrame] = []
+            for (user, device, _), dev, env in zip(targets, devs, envs, strict=True):
+                charged.append((account, dev, len(env)))
                 if dev not in dev_before:
                     dev_before[dev] = inbox_seq[dev]
                 g = inbox_seq[dev] + 1
@@ -686,30 +670,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
                 if req.expires_at_ms:
                     expiring.append((len(inbox_params) // 4, req.expires_at_ms))
                 inbox_params += (dev, g, env, sender)
-                frames: tuple[StoredFrame, ...] = (StoredFrame(user, device, g, env),)
-            else:
-                devs = self._target_devs(conn, req)
-                if sender is None or devs is None:
-                    results.append((job.done, None, UnknownAccount("device is not registered")))
-                    continue
-                head, tail = req.envelope_parts()
-                envs = [envelope_text(req, head, tail, ct, seq, received) for _, _, ct in targets]
-                full = self._charge(conn, req, devs, envs)
-                if full is not None:
-                    results.append((job.done, *self._stored_or(conn, sender, req, full)))
-                    continue
-                framed: list[StoredFrame] = []
-                for (user, device, _), dev, env in zip(targets, devs, envs, strict=True):
-                    charged.append((account, dev, len(env)))
-                    if dev not in dev_before:
-                        dev_before[dev] = inbox_seq[dev]
-                    g = inbox_seq[dev] + 1
-                    inbox_seq[dev] = g
-                    if req.expires_at_ms:
-                        expiring.append((len(inbox_params) // 4, req.expires_at_ms))
-                    inbox_params += (dev, g, env, sender)
-                    framed.append(StoredFrame(user, device, g, env))
-                frames = tuple(framed)
+                framed.append(StoredFrame(user, device, g, env))
             if conv not in conv_before:
                 conv_before[conv] = conv_seq.get(conv)
             conv_seq[conv] = seq
@@ -718,7 +679,7 @@ class SqliteStorage(SharedStorage, SqliteRooms):
             if (account, peer) not in wrote_cache and self._note_written(conn, account, peer):
                 wrote.append((account, peer))
             results.append((job.done, SendOutcome(conv, req.message_id, req.idempotency_key,
-                                                  seq, received, False, frames), None))
+                                                  seq, received, False, tuple(framed)), None))
         before = conn.total_changes
         insert_flat(
             conn,
