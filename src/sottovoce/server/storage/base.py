@@ -109,11 +109,13 @@ class ClaimedPrekey:
     remaining: int
 
 
-class SendRequest(msgspec.Struct):
+class SendRequest(msgspec.Struct, gc=False):
     """One logical message, validated by the delivery layer, ready to store.
 
     A msgspec Struct, like :class:`StoredFrame` and :class:`SendOutcome`: one is built per
     send, and its constructor runs in C (a dataclass's ``__init__`` is Python code).
+    ``gc=False``: its fields are strings, numbers and tuples of strings, never a cycle, so
+    the cycle collector need not track one (nor count it towards its next pass).
 
     Every string field was checked against the protocol id alphabet
     (``[A-Za-z0-9_.:@/+=-]``) or a fixed set, and ciphertexts are validated
@@ -214,8 +216,9 @@ class StoredFrame(msgspec.Struct, frozen=True, gc=False):
     envelope: str
 
 
-class SendOutcome(msgspec.Struct, frozen=True):
-    """A stored send (one per message; a Struct for the same reason as StoredFrame)."""
+class SendOutcome(msgspec.Struct, frozen=True, gc=False):
+    """A stored send (one per message; a Struct for the same reason as StoredFrame, and
+    untracked by the cycle collector as it is: it holds strings, numbers and those)."""
 
     conversation_id: str
     message_id: str
