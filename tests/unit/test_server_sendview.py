@@ -225,6 +225,29 @@ def test_send_frame_takes_the_common_shape_only() -> None:
     assert send_frame(big) is None
 
 
+RIDS = st.one_of(
+    st.text(max_size=140),
+    st.text(st.characters(codec="ascii"), min_size=120, max_size=135),
+    st.from_regex(r"r[0-9]{1,20}", fullmatch=True),
+    st.text(alphabet="aZ09é٣Ⅻ_-. ", max_size=130),
+    st.sampled_from(["r1", "R" + "7" * 127, "r" + "7" * 128, "r-1", "é", "٣", "Ⅻ", "a\n", "\x00"]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(rid=RIDS)
+def test_send_frame_takes_the_request_ids_the_id_pattern_takes(rid: str) -> None:
+    """The requestId check (an alphanumeric shortcut, then the pattern) accepts exactly
+    what the protocol's id pattern does; the empty id reads as none."""
+    taken = send_frame(json.dumps({"event": "ksmpv3.send", "requestId": rid, "data": GOOD}))
+    if rid == "":
+        assert taken == (None, fast_send(GOOD))
+    elif sendview._ID(rid) is not None:
+        assert taken is not None and taken[0] == rid
+    else:
+        assert taken is None
+
+
 @settings(max_examples=400, deadline=None)
 @given(field=st.sampled_from([*FIELDS, "senderUserId", "expiresAtMs", "missing"]), value=WEIRD,
        rid=st.one_of(st.none(), st.just("r-1"), WEIRD))
