@@ -251,16 +251,26 @@ async def test_frames_missed_while_nats_was_away_are_caught_up(nodes: list[Serve
     fan_b = b.fanout
     assert isinstance(fan_b, NatsFanout) and fan_b.nc is not None
     reconnects = fan_b.reconnects
-    # Cut node b's NATS connection; nats-py reconnects on its own.
-    fan_b.nc._transport.close()  # type: ignore[union-attr]
-    # The client notices the cut on its next read: a loop turn on a quiet machine, a
-    # second or more on a loaded one.
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while fan_b.connected and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    # nats-py awaits the disconnected callback before it reconnects; holding it there keeps
+    # node b away from NATS while Alice sends. Without the hold a local reconnect takes a
+    # few milliseconds, so on a loaded machine it can finish before the send.
+    nc = fan_b.nc
+    on_disconnected = nc._disconnected_cb
+    away, back = asyncio.Event(), asyncio.Event()
+
+    async def held() -> None:
+        assert on_disconnected is not None
+        await on_disconnected()
+        away.set()
+        await back.wait()
+
+    nc._disconnected_cb = held
+    nc._transport.close()  # type: ignore[union-attr]  # cut node b's connection
+    await asyncio.wait_for(away.wait(), 10)
     assert not fan_b.connected
     ack = await alice.send_message(bob.device.username, targets(alice, bob.device))
     assert ack["event"] == "ksmpv3.send.ack"
+    back.set()
     f = await bob.wait_for("ksmpv3.inbox.frame", timeout=10)
     assert f["data"]["envelope"]["messageId"] == ack["data"]["messageId"]
     assert fan_b.reconnects == reconnects + 1
