@@ -1,6 +1,7 @@
 """CPU time of the SQLite writer's group commit per 1:1 send, without the event loop.
 
     python bench/writer_batch.py [--rounds 5] [--batches 100] [--batch 64] [--src OTHER/src]
+        [--keys counter|random] [--prefill N]
 
 Each round builds ``--batches`` batches of ``--batch`` one-target sends (200-byte
 ciphertext, as bench/relay.py sends) between two accounts, then hands each batch to
@@ -11,6 +12,14 @@ system CPU time of this thread per send (``getrusage(RUSAGE_THREAD)``), median a
 fastest round, so that other processes on a busy machine weigh on it less than on
 wall time. ``--src`` measures another checkout's code with this script (an A/B:
 run it alternately). Building each round's requests is outside the timed part.
+
+``--keys``: the sends' idempotency keys (and message ids), numbered as bench/relay.py
+numbers them (``counter``: consecutive sends land in the same leaves of the ``sends``
+indexes) or random as the client makes them (``random``: 22 url-safe characters, 128
+bits, so each send lands in its own leaf of a large index). ``--prefill N`` stores N
+sends of that kind first (untimed), as a server holds its retention window's sends.
+Also printed: the bytes this thread wrote per send (``wchar`` of /proc/thread-self/io,
+the WAL's pages above all).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--keys", choices=("counter", "random"), default="counter")
+    ap.add_argument("--prefill", type=int, default=0, help="sends stored before the rounds")
     ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
@@ -65,6 +76,26 @@ def main() -> None:
         n = 0
         user_us: list[float] = []
         sys_us: list[float] = []
+        wrote: list[float] = []
+
+        def key(prefix: str, i: int) -> str:
+            return f"{prefix}{i}-b" if args.keys == "counter" else secrets.token_urlsafe(16)
+
+        if args.prefill:
+            (dev,), = conn.execute("SELECT dev FROM devices WHERE user_id='u-alice'")
+            # In the order they come (random keys leave the index's leaves part full, as a
+            # server's index is), with a cache that holds the whole transaction.
+            keys = [key("p", i) for i in range(args.prefill)]
+            (cache,), = conn.execute("PRAGMA cache_size")
+            conn.execute("PRAGMA cache_size=-262144")
+            conn.execute("BEGIN")  # the connection is in autocommit mode
+            conn.executemany(
+                "INSERT INTO sends(sender_dev, idem_key, conversation_id, message_id, "
+                "server_seq, received_at) VALUES (?, ?, ?, ?, 0, 0)",
+                ((dev, k, conv, k) for k in keys))
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute(f"PRAGMA cache_size={int(cache)}")
 
         def done(result: Any, error: BaseException | None) -> None:
             pass
@@ -75,10 +106,11 @@ def main() -> None:
                 jobs = []
                 for _ in range(args.batch):
                     n += 1
-                    req = SendRequest("u-alice", "d1", conv, f"m{n}-b", f"k{n}-b", "u-bob",
+                    req = SendRequest("u-alice", "d1", conv, key("m", n), key("k", n), "u-bob",
                                       "text", 1765000000000, (("u-bob", "d1", CT),))
                     jobs.append(engine._Job(st._w_append, (req,), done))
                 batches.append(jobs)
+            w0 = _written()
             r0 = resource.getrusage(resource.RUSAGE_THREAD)
             for jobs in batches:
                 for _, _, error in st._run_batch(conn, jobs):
@@ -86,6 +118,7 @@ def main() -> None:
                         raise SystemExit(f"a send failed: {error!r}")
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             sends = args.batches * args.batch
+            wrote.append((_written() - w0) / sends)
             user_us.append(1e6 * (r1.ru_utime - r0.ru_utime) / sends)
             sys_us.append(1e6 * (r1.ru_stime - r0.ru_stime) / sends)
         conn.close()
@@ -96,6 +129,14 @@ def main() -> None:
           f"(fastest round {min(user_us):.2f}), system median {statistics.median(sys_us):.2f} µs "
           f"({args.rounds} rounds of {args.batches} batches of {args.batch} sends; "
           "getrusage of this thread)")
+    print(f"written per send: median {statistics.median(wrote):,.0f} bytes "
+          f"(keys: {args.keys}, {args.prefill:,} sends stored before)")
+
+
+def _written() -> int:
+    """Bytes this thread has written (write calls, to the WAL above all)."""
+    with open("/proc/thread-self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
 
 
 if __name__ == "__main__":
