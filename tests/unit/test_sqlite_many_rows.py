@@ -74,3 +74,18 @@ def test_insert_inbox_keeps_expiry_only_when_a_row_has_one() -> None:
     insert_inbox(conn, [(1, 3, 11, "e3", 2, None), (1, 4, 11, "e4", 2, 99)])
     assert conn.execute("SELECT seq, expires_at FROM inbox ORDER BY rowid").fetchall() == [
         (1, None), (2, None), (3, None), (4, 99)]
+
+
+def test_bytes_parameters_bind_as_the_same_blobs_with_their_adapter() -> None:
+    """storage/sqlite.py registers ``bytes`` as the adapter of bytes parameters (the
+    default lookup formats an exception per parameter): they must still bind as BLOBs,
+    byte for byte, empty and NUL bytes included, and a subclass as before."""
+
+    class Sub(bytes):
+        pass
+
+    assert sqlite3.adapters.get((bytes, sqlite3.PrepareProtocol)) is bytes
+    conn = sqlite3.connect(":memory:")
+    for value in (b"", b"\x00", b"\x00\xffab\x00", bytes(range(256)) * 40, Sub(b"\x01\x02")):
+        kind, back = conn.execute("SELECT typeof(?1), ?1", (value,)).fetchone()
+        assert (kind, back) == ("blob", bytes(value))
