@@ -535,31 +535,46 @@ async def test_the_wal_is_copied_by_work_done_not_at_every_look(tmp_path: Path) 
     """A few commits wait for the next copy (until enough jobs or the longest wait), many
     commits are copied at the next look: a low rate of sends does not meet a checkpoint's
     fsync twice a second."""
-    st = SqliteStorage(tmp_path / "db.sqlite3", logger=JsonLogger(io.StringIO()))
-    await st.open()
-    await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
-    await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
-    st.checkpoint_interval_s = 0.01
-    st.checkpoint_jobs = 40
-    st.checkpoint_max_wait_s = 3600.0
     loop = asyncio.get_running_loop()
 
-    async def copies_after(jobs: int, start: int) -> int:
+    async def opened(name: str) -> SqliteStorage:
+        st = SqliteStorage(tmp_path / name, logger=JsonLogger(io.StringIO()))
+        await st.open()
+        await st.create_account("alice", b"a" * 32, "d1", b"cert-a", 0)
+        await st.create_account("bob", b"b" * 32, "d1", b"cert-b", 0)
+        st.checkpoint_interval_s = 0.01
+        st.checkpoint_jobs = 40
+        st.checkpoint_max_wait_s = 3600.0
+        return st
+
+    async def copied(st: SqliteStorage, seen: int, wait_s: float) -> None:
+        deadline = loop.time() + wait_s
+        while loop.time() < deadline and st.stats.checkpoints == seen:
+            await asyncio.sleep(0.01)
+
+    async def copies_after(st: SqliteStorage, jobs: int, start: int, wait_s: float) -> int:
         seen = st.stats.checkpoints
         for i in range(jobs):
             await _append_all(st, [_req(start + i)])
-        deadline = loop.time() + 0.3  # ~30 looks
-        while loop.time() < deadline and st.stats.checkpoints == seen:
-            await asyncio.sleep(0.01)
+        await copied(st, seen, wait_s)
         await asyncio.sleep(0.05)  # a second copy, if one were due, would come now
         return st.stats.checkpoints - seen
 
+    st = await opened("many.sqlite3")
     try:
         await asyncio.sleep(0.1)  # the two accounts' jobs: below the threshold
-        assert await copies_after(5, 0) == 0
-        assert await copies_after(40, 5) == 1
-        st.checkpoint_max_wait_s = 0.05  # the longest wait passes: a lone job is copied
-        assert await copies_after(1, 45) == 1
+        assert await copies_after(st, 5, 0, wait_s=0.3) == 0  # ~30 looks
+        assert await copies_after(st, 40, 5, wait_s=10.0) == 1
+    finally:
+        await st.close()
+    # The longest wait passes: a lone job is copied. A store of its own, whose account
+    # jobs are copied first, so no job left over from above shares (or splits) its copy.
+    st = await opened("lone.sqlite3")
+    try:
+        st.checkpoint_max_wait_s = 0.05
+        await copied(st, 0, wait_s=10.0)
+        assert st.stats.checkpoints == 1
+        assert await copies_after(st, 1, 0, wait_s=10.0) == 1
     finally:
         await st.close()
 
