@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +55,8 @@ class CallApp(AppProcess):
 
     relay_only: bool = False
 
-    def spawn(self) -> CallApp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sottovoce", "app", "--no-browser", "--loopback",
-             *(["--relay-only"] if self.relay_only else []),
-             "--data-dir", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        return self
+    def options(self) -> list[str]:
+        return ["--loopback", *(["--relay-only"] if self.relay_only else [])]
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 45.0) -> None:
