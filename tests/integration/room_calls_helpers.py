@@ -27,7 +27,7 @@ from sottovoce.calls.room_call import CALL_MLS_SUITE
 from sottovoce.calls.room_signals import CallMode
 from sottovoce.client.calls.media import IceConfig
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
-from sottovoce.client.calls.room_media import SfuAccess
+from sottovoce.client.calls.room_media import SfuAccess, SfuMedia
 from sottovoce.client.calls.sources import MediaSpec, read_frame_number
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import cipher_suite
@@ -193,6 +193,12 @@ def watch_sent(track: MediaStreamTrack) -> set[int]:
 
     track.recv = recv_and_note  # type: ignore[method-assign]
     return sent
+
+
+def watch_published(ctl: RoomCallController) -> set[int]:
+    """:func:`watch_sent` of the camera ``ctl`` publishes to the SFU."""
+    assert isinstance(ctl.media, SfuMedia) and ctl.media._publisher is not None
+    return watch_sent(ctl.media._publisher.tracks[1])  # the tracks in the order of ROLES
 
 
 async def sent_and_decoded(
