@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 #: Where the tests write screenshots of the main views (git-ignored).
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+#: Seconds the app has to print its URL: generous, as a loaded machine starts it slowly.
+START_TIMEOUT = 60.0
+#: Lines of the app's output kept for failure messages.
+KEPT_LINES = 400
 _URL = re.compile(r"open \(once; it is spent on first use\): (http://127\.0\.0\.1:(\d+)/\S+)")
 
 
@@ -32,45 +37,62 @@ def need_chromium() -> None:
 
 @dataclass
 class AppProcess:
-    """`sottovoce app --no-browser` for one account directory, on a free port."""
+    """`sottovoce app --no-browser` for one account directory, on a free port.
+
+    A thread reads the app's output to its end, so that the app never blocks on a full
+    pipe once the URL is found; the last lines are kept for failure messages."""
 
     data_dir: Path
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     port: int = 0
-    lines: list[str] = field(default_factory=list)
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_LINES))
+    _url_or_end: threading.Event = field(default_factory=threading.Event, repr=False)
+    _reader: threading.Thread | None = field(default=None, repr=False)
 
-    def start(self, timeout: float = 20.0) -> AppProcess:
+    def start(self, timeout: float = START_TIMEOUT) -> AppProcess:
         return self.spawn().wait_url(timeout)
+
+    def options(self) -> list[str]:
+        """The command's options besides ``--no-browser`` and ``--data-dir``."""
+        return []
 
     def spawn(self) -> AppProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOTTOVOCE_")}
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sottovoce", "app", "--no-browser",
+            [sys.executable, "-m", "sottovoce", "app", "--no-browser", *self.options(),
              "--data-dir", str(self.data_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL,
         )
+        self._reader = threading.Thread(target=self._drain, name="app-output", daemon=True)
+        self._reader.start()
         return self
 
-    def wait_url(self, timeout: float = 20.0) -> AppProcess:
-        """The URL the app prints (its first lines are read until it comes)."""
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        watchdog = threading.Timer(timeout, self.proc.kill)  # a hung start ends the read
-        watchdog.start()
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
         try:
             for line in self.proc.stdout:
                 self.lines.append(line)
-                found = _URL.search(line)
+                found = None if self.url else _URL.search(line)
                 if found:
-                    self.url, self.port = found.group(1), int(found.group(2))
-                    return self
+                    self.port, self.url = int(found.group(2)), found.group(1)
+                    self._url_or_end.set()
         finally:
-            watchdog.cancel()
+            self._url_or_end.set()  # the output ended: nobody waits for a URL any more
+
+    def wait_url(self, timeout: float = START_TIMEOUT) -> AppProcess:
+        """The URL the app prints, once it has printed it (the app is killed if it has
+        not within ``timeout`` seconds, or has ended without)."""
+        if self._url_or_end.wait(timeout) and self.url:
+            return self
         self.stop()
-        raise RuntimeError(f"the app printed no URL: {''.join(self.lines)}")
+        raise RuntimeError(f"the app printed no URL within {timeout} s: {self.output()}")
+
+    def output(self) -> str:
+        """The app's last lines of output (all of them, once it has ended)."""
+        return "".join(self.lines)
 
     @property
     def origin(self) -> str:
@@ -84,6 +106,8 @@ class AppProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(10)  # the pipe's end: every last line is kept
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None,

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.calls_helpers import Coturn
@@ -36,6 +36,8 @@ class Cli:
     proc: subprocess.Popen[bytes]
     out: Path
     err: Path
+    #: When it was started (``time.monotonic()``): no line of its output is older.
+    started: float = field(default_factory=time.monotonic)
 
     def stdout(self) -> str:
         return self.out.read_text(encoding="utf-8", errors="replace")
@@ -44,15 +46,24 @@ class Cli:
         return self.err.read_text(encoding="utf-8", errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        return self.wait_between(pattern, timeout)[0]
+
+    def wait_between(
+        self, pattern: str, timeout: float = 30.0
+    ) -> tuple[re.Match[str], float, float]:
+        """:meth:`wait_for`, and when the line came: after the first ``time.monotonic()``
+        returned and no later than the second (far apart on a loaded machine)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        not_yet = self.started
+        while (before := time.monotonic()) < deadline:
             found = re.search(pattern, self.stdout())
             if found:
-                return found
+                return found, not_yet, time.monotonic()
+            not_yet = before
             if self.proc.poll() is not None:
                 found = re.search(pattern, self.stdout())
                 if found:
-                    return found
+                    return found, not_yet, time.monotonic()
                 raise AssertionError(
                     f"exited {self.proc.returncode} before {pattern!r}:\n"
                     f"{self.stdout()}\n{self.stderr()}"
@@ -78,11 +89,12 @@ def env(home: Path) -> dict[str, str]:
 def start(home: Path, *args: str) -> Cli:
     n = len(list(home.parent.glob(f"{home.name}-*.out")))
     out, err = home.parent / f"{home.name}-{n}.out", home.parent / f"{home.name}-{n}.err"
+    began = time.monotonic()
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sottovoce", *args], env=env(home), stdout=o, stderr=e
         )
-    return Cli(proc, out, err)
+    return Cli(proc, out, err, began)
 
 
 def run(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

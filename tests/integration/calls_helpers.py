@@ -282,6 +282,21 @@ async def wait_for(
         await asyncio.sleep(step)
 
 
+async def stops_growing(count: Callable[[], int], quiet: float, timeout: float = 30.0) -> None:
+    """``count()`` stays the same for ``quiet`` seconds, within ``timeout``: what was in
+    flight when something stopped has arrived, however late a loaded machine is."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    before = count()
+    while True:
+        await asyncio.sleep(quiet)
+        now = count()
+        if now == before:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still growing after {timeout} s: {before} -> {now}")
+        before = now
+
+
 async def wait_state(ctl: CallController, state: CallState, timeout: float = 10.0) -> None:
     await wait_for(lambda: ctl.state is state, timeout)
 

@@ -17,19 +17,24 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import av
+from aiortc.mediastreams import MediaStreamTrack
 
 from sottovoce.calls.media_keys import Device
 from sottovoce.calls.room_call import CALL_MLS_SUITE
 from sottovoce.calls.room_signals import CallMode
 from sottovoce.client.calls.media import IceConfig
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
-from sottovoce.client.calls.room_media import SfuAccess
-from sottovoce.client.calls.sources import MediaSpec
+from sottovoce.client.calls.room_media import SfuAccess, SfuMedia
+from sottovoce.client.calls.sources import MediaSpec, read_frame_number
 from sottovoce.crypto.sign import SigningKey
 from sottovoce.crypto.suite import cipher_suite
 from sottovoce.protocol.audit import AuditAction
 from sottovoce.server.sfu import SfuDriver
+
+K = TypeVar("K")
 
 ROOM = "room-under-test"
 LOOPBACK = RoomCallOptions(
@@ -169,3 +174,53 @@ async def window_settled(later_seen: Callable[[], bool], timeout: float = 10.0) 
     deadline = asyncio.get_running_loop().time() + timeout
     while not later_seen() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
+
+
+def watch_sent(track: MediaStreamTrack) -> set[int]:
+    """The numbers of the pattern frames a sender's ``track`` hands its encoder from now
+    on (the set grows as they go): the frames that were sent. A sender's source may
+    number more, as a sender behind real time (a loaded machine) skips the stale frames
+    its relay held, and a receiver can decode only what was sent."""
+    sent: set[int] = set()
+    recv = track.recv
+
+    async def recv_and_note() -> Any:
+        frame = await recv()
+        number = read_frame_number(frame) if isinstance(frame, av.VideoFrame) else None
+        if number is not None:
+            sent.add(number)
+        return frame
+
+    track.recv = recv_and_note  # type: ignore[method-assign]
+    return sent
+
+
+def watch_published(ctl: RoomCallController) -> set[int]:
+    """:func:`watch_sent` of the camera ``ctl`` publishes to the SFU."""
+    assert isinstance(ctl.media, SfuMedia) and ctl.media._publisher is not None
+    return watch_sent(ctl.media._publisher.tracks[1])  # the tracks in the order of ROLES
+
+
+async def sent_and_decoded(
+    sent: dict[K, set[int]],
+    decoded: Callable[[K], set[int]],
+    *,
+    frames: int = 60,
+    timeout: float = 60.0,
+) -> dict[K, tuple[set[int], set[int]]]:
+    """For each stream ``k`` (its sent frames watched by :func:`watch_sent`, ``decoded(k)``
+    what its receiver decoded): (the window, those of it decoded). The window is the
+    first ``frames`` frames sent since watching began, however long a loaded machine
+    takes to send them (up to ``timeout``); it is judged once each receiver has decoded
+    a frame sent after it (:func:`window_settled`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(len(numbers) >= frames for numbers in sent.values()):
+        if loop.time() > deadline:
+            raise AssertionError(f"fewer than {frames} frames sent in {timeout} s: "
+                                 f"{[len(numbers) for numbers in sent.values()]}")
+        await asyncio.sleep(0.05)
+    window = {k: set(sorted(numbers)[:frames]) for k, numbers in sent.items()}
+    await window_settled(lambda: all(max(decoded(k), default=-1) >= max(w) + 2
+                                     for k, w in window.items()), timeout)
+    return {k: (w, decoded(k) & w) for k, w in window.items()}

@@ -41,7 +41,15 @@ from sottovoce.client.calls.errors import CandidateLeak
 from sottovoce.client.calls.media import OPUS_CBR_BITRATE, MediaSession
 from sottovoce.client.calls.sources import PatternTrack
 from sottovoce.secret import Secret
-from tests.integration.calls_helpers import Coturn, Net, wait_for, wait_state, write_clip
+from tests.integration.calls_helpers import (
+    Coturn,
+    Net,
+    stops_growing,
+    wait_for,
+    wait_state,
+    write_clip,
+)
+from tests.integration.room_calls_helpers import sent_and_decoded, watch_sent
 
 LOOPBACK = CallOptions(ice=IceConfig(loopback=True))
 
@@ -62,6 +70,20 @@ def session(ctl: CallController) -> MediaSession:
     return s
 
 
+async def camera_window(
+    sender: CallController, receiver: CallController
+) -> tuple[set[int], set[int]]:
+    """The first 75 camera frames (5 s at 15 fps) the sender sends over its current
+    connection from now on, and those of them the receiver decoded."""
+    assert sender.call is not None
+    track = session(sender)._generations[sender.call.generation].tracks["camera"]
+    assert track is not None
+    sent = watch_sent(track)
+    judged = await sent_and_decoded(
+        {"camera": sent}, lambda _: session(receiver).sinks["camera"].numbers, frames=75)
+    return judged["camera"]
+
+
 def camera_source(ctl: CallController) -> PatternTrack:
     track = session(ctl)._sources.camera
     assert isinstance(track, PatternTrack)
@@ -75,15 +97,9 @@ async def test_p2p_call_decodes_at_least_95_percent_of_video_frames_sent_in_5_s(
     alice = net.device("alice", "a1", LOOPBACK)
     bob = net.device("bob", "b1", LOOPBACK)
     await connect(net, alice, bob)
-    source = camera_source(alice)
     await wait_for(lambda: len(session(bob).sinks["camera"].numbers) > 0)
-    first = source.sent
-    await asyncio.sleep(5.0)
-    last = source.sent
-    await asyncio.sleep(0.3)  # frames in flight at the end of the window
-    decoded = {n for n in session(bob).sinks["camera"].numbers if first <= n < last}
-    assert last - first >= 70  # 15 fps for 5 s
-    assert len(decoded) >= 0.95 * (last - first), (len(decoded), last - first)
+    window, decoded = await camera_window(alice, bob)
+    assert len(decoded) >= 0.95 * len(window), sorted(window - decoded)
     assert session(bob).sinks["audio"].frames > 200  # the tone arrived too
     stats = await alice.stats()
     assert stats is not None and stats.audio_codec == "opus" and stats.video_codec == "VP8"
@@ -178,11 +194,9 @@ async def test_camera_off_and_screen_share_mid_call(net: Net) -> None:
     assert sinks["screen"].frames == 0
     alice.set_media(audio_muted=False, camera_on=False, screen_on=True)
     await wait_for(lambda: sinks["screen"].frames > 5)
-    await asyncio.sleep(0.3)
+    await stops_growing(lambda: sinks["camera"].frames, 0.6)  # the camera stopped
     camera_now = sinks["camera"].frames
-    await asyncio.sleep(0.6)
-    assert sinks["camera"].frames <= camera_now + 1  # the camera stopped
-    assert sinks["screen"].frames > 8  # the screen is its own track
+    await wait_for(lambda: sinks["screen"].frames > 8)  # the screen is its own track
     states = [e for e in _drain(bob) if isinstance(e, PeerMediaState)]
     assert states[-1].screen_on and not states[-1].camera_on
     alice.set_media(audio_muted=False, camera_on=True, screen_on=False)
@@ -456,15 +470,9 @@ async def test_relay_only_call_runs_through_coturn_and_never_reveals_a_host_cand
     pair = hooks.selected_pair(pc)
     assert pair is not None and pair[0].type == "relay" and pair[1].type == "relay"
     assert pair[0].host == "127.0.0.1"
-    source = camera_source(alice)
     await wait_for(lambda: len(session(bob).sinks["camera"].numbers) > 0)
-    first = source.sent
-    await asyncio.sleep(5.0)
-    last = source.sent
-    await asyncio.sleep(0.3)
-    decoded = {n for n in session(bob).sinks["camera"].numbers if first <= n < last}
-    assert last - first >= 70  # 15 fps for 5 s
-    assert len(decoded) >= 0.95 * (last - first), (len(decoded), last - first)
+    window, decoded = await camera_window(alice, bob)
+    assert len(decoded) >= 0.95 * len(window), sorted(window - decoded)
     stats = await alice.stats()
     assert stats is not None and stats.relayed is True
     # An ICE restart allocates again, with credentials fetched for it.

@@ -93,9 +93,9 @@ async def test_the_recorder_joins_only_opted_in_rooms_visibly_and_records_with_c
         # The setting is off: a call goes on without the recorder, whose grant is refused.
         a, b = await a_call()
         await until(lambda: len(a.participants) == 2 and len(b.participants) == 2)
-        await asyncio.sleep(2.0)
+        await until(lambda: any("recorder setting is off: not joining" in line
+                                for line in said), 30, said)
         assert room_id not in rec_hub.active and me_rec not in a.participants
-        assert any("recorder setting is off: not joining" in line for line in said)
         with pytest.raises(ServerError) as off:
             await rec._ask_sfu_grant(room_id, secrets.token_bytes(16))
         assert off.value.code == "recorder_off"
@@ -120,7 +120,15 @@ async def test_the_recorder_joins_only_opted_in_rooms_visibly_and_records_with_c
         await until(lambda: all(me_rec in c.participants for c in (a, b)))
         await until(lambda: all(any(s.on and s.by == me_rec and s.consented
                                     for s in recording_states(c)) for c in (a, b)), 40)
-        await asyncio.sleep(2.5)  # frames to record
+        # Frames to record: 20 more of each of them reach the recorder.
+        heard = recorder.attending[room_id].ctl
+        speakers = [(alice.username, alice.device_id), (bob.username, bob.device_id)]
+
+        def frames_of(device: tuple[str, str]) -> int:
+            return 0 if heard.media is None else heard.media.sink(device, "camera").frames
+
+        before = {d: frames_of(d) for d in speakers}
+        await until(lambda: all(frames_of(d) >= before[d] + 20 for d in speakers), 40, said)
         await hang_up()
         (path,) = recorder.recordings
         assert path.parent == out and call_id.hex() in path.name

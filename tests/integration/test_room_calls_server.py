@@ -26,7 +26,7 @@ from sottovoce.calls.room_effects import JoinRefused
 from sottovoce.calls.room_signals import CallMode
 from sottovoce.client import Client, ServerError
 from sottovoce.client.calls.room_controller import RoomCallController, RoomCallOptions
-from sottovoce.client.calls.sources import MediaSpec, PatternTrack
+from sottovoce.client.calls.sources import MediaSpec
 from sottovoce.server.sfu import (
     JanusConnection,
     sfu_feed_id,
@@ -36,7 +36,12 @@ from sottovoce.server.sfu import (
 from tests.integration.calls_cli_helpers import Cli, run, start
 from tests.integration.client_helpers import PASSPHRASE, make_account
 from tests.integration.janus_helpers import Janus
-from tests.integration.room_calls_helpers import LOOPBACK, events_of, window_settled
+from tests.integration.room_calls_helpers import (
+    LOOPBACK,
+    events_of,
+    sent_and_decoded,
+    watch_published,
+)
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_tui import Tmux
 
@@ -78,13 +83,6 @@ def numbers(ctl: RoomCallController, who: tuple[str, str]) -> set[int]:
     return set() if ctl.media is None else ctl.media.sink(who, "camera").numbers
 
 
-def camera(ctl: RoomCallController) -> PatternTrack:
-    assert ctl.media is not None
-    track = ctl.media._sources.camera
-    assert isinstance(track, PatternTrack)
-    return track
-
-
 async def close_all(clients: Iterable[Client]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
@@ -117,15 +115,11 @@ async def test_a_call_of_three_through_the_servers_sfu_then_a_removed_member_is_
         assert all(set(c.participants) == set(devices) for c in ctls)
         pairs = [(x, w) for x in ctls for w in devices if w != x.call.me]
         await until(lambda: all(numbers(x, w) for x, w in pairs), 30)
-        starts = {c.call.me: camera(c).sent for c in ctls}
-        await asyncio.sleep(3.0)
-        ends = {c.call.me: camera(c).sent for c in ctls}
-        await window_settled(lambda: all(max(numbers(x, w), default=-1) >= ends[w] + 2
-                                         for x, w in pairs))
-        for x, w in pairs:
-            got = {n for n in numbers(x, w) if starts[w] <= n < ends[w]}
-            sent = ends[w] - starts[w]
-            assert sent >= 30 and len(got) >= 0.95 * sent, (x.call.me, w, len(got), sent)
+        sent = {c.call.me: watch_published(c) for c in ctls}
+        judged = await sent_and_decoded({(x, w): sent[w] for x, w in pairs},
+                                        lambda pair: numbers(*pair), frames=45)
+        for (x, w), (window, got) in judged.items():
+            assert len(got) >= 0.95 * len(window), (x.call.me, w, sorted(window - got))
         call_id = ctls[0].call.call_id
         carol_feed = sfu_feed_id(janus.admin_key, room_id, call_id, devices[2])
         assert carol_feed in await feeds_in(janus, room_id, call_id)
