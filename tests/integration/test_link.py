@@ -598,10 +598,11 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
 ) -> None:
     alice, _ = alice_bob
-    left = threading.Event()
+    asked, left = threading.Event(), threading.Event()
     invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
 
     def confirm(hello: PeerHello) -> bool:
+        asked.set()
         left.wait(10)
         return True
 
@@ -610,7 +611,8 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     await device.start()
     hello_sent = asyncio.create_task(device.complete(
         name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE, kdf=TEST_KDF))
-    await asyncio.sleep(0.5)  # HELLO is out; the existing device waits for the user
+    # HELLO is out when the existing device asks its user; it waits for the answer.
+    assert await asyncio.to_thread(asked.wait, 10)
     hello_sent.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await hello_sent

@@ -9,11 +9,12 @@ resends the same frame, and the relay's idempotency check keeps it single.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sottovoce.client import Client, DeliveryStatus, MessageReceived, NotConnected
+from sottovoce.client import Client, DeliveryStatus, EventStream, MessageReceived, NotConnected
 from sottovoce.client.connection import TransportClosed
 from sottovoce.client.store import TEST_KDF
 from tests.unit.client_fake_relay import FakeRelay
@@ -33,6 +34,24 @@ class Switch:
         if self.down:
             raise TransportClosed("connection refused: nothing listens on that port")
         return await self.relay.connector(url)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (polled); fail if it does not hold within ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def _next_message(events: EventStream, timeout: float = 10.0) -> MessageReceived:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        event = await events.next(max(0.01, deadline - loop.time()))
+        if isinstance(event, MessageReceived):
+            return event
 
 
 async def test_offline_send_to_a_new_contact_is_queued_and_arrives_once(tmp_path: Path) -> None:
@@ -59,10 +78,7 @@ async def test_offline_send_to_a_new_contact_is_queued_and_arrives_once(tmp_path
     alice = await Client.open(tmp_path / "alice", PASS, connector=switch)  # type: ignore[arg-type]
     assert alice.pending_sends() == 1
     await alice.connect(timeout=5)
-    for _ in range(100):
-        if relay.sends:
-            break
-        await asyncio.sleep(0.02)
+    await _until(lambda: bool(relay.sends))
     assert alice.pending_sends() == 1  # no ack yet
     await relay.drop_all()  # reconnect: the outbox goes out again, same key
     assert await alice.wait_sent(mid, timeout=5) == 1
@@ -72,8 +88,9 @@ async def test_offline_send_to_a_new_contact_is_queued_and_arrives_once(tmp_path
     carol = await Client.open(tmp_path / "carol", PASS, connector=relay.connector)
     events = carol.events()
     await carol.connect(timeout=5)
-    await asyncio.sleep(0.1)
-    got = [e.message.text for e in events.pending() if isinstance(e, MessageReceived)]
+    first = await _next_message(events)
+    got = [first.message.text]
+    got += [e.message.text for e in events.pending() if isinstance(e, MessageReceived)]
     assert got == ["written while the server was down"]
     assert [m.text for m in carol.history("alice")] == got
     await carol.close()
@@ -93,13 +110,12 @@ async def test_queued_message_to_a_user_that_does_not_exist_fails_visibly(
     mid = await alice.send_text("nobody", "to no one")
     switch.down = False
     await alice.connect(timeout=5)
-    for _ in range(100):
+
+    def failed() -> bool:
         stored = alice.message(mid)
-        if stored is not None and stored.status is DeliveryStatus.FAILED:
-            break
-        await asyncio.sleep(0.02)
-    stored = alice.message(mid)
-    assert stored is not None and stored.status is DeliveryStatus.FAILED
+        return stored is not None and stored.status is DeliveryStatus.FAILED
+
+    await _until(failed)
     assert alice.pending_sends() == 0
     await alice.close()
 
