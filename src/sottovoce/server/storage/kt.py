@@ -93,11 +93,8 @@ NO_RECOVERY_KEY = bytes(32)
 
 
 #: Map depths whose nodes the append cache keeps (every append reads the top ones): at
-#: most 2^(depth+1) nodes, a few tens of MB at most (at 1,000,000 accounts 262,143
-#: nodes: the server's memory grows by some 72 MiB as it reads them, 44 MiB at depth
-#: 16). A lookup reads its path below them from the store, one probe a depth or so:
-#: a depth more is a probe less per lookup once the map is that deep.
-CACHE_DEPTH = 17
+#: most 2^(depth+1) nodes, a few tens of MB at most.
+CACHE_DEPTH = 16
 #: The depth of the paths :class:`AppendCache` keeps whole (2^TOP_DEPTH of them).
 TOP_DEPTH = 12
 #: VRF labels computed ahead of their registration's transaction, kept at most.
