@@ -27,10 +27,11 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sottovoce.client import Client
+from sottovoce.client import Client, linking
 from sottovoce.client.events import DeviceLinked
 from sottovoce.client.linking import (
     LinkedDevice,
@@ -43,6 +44,7 @@ from sottovoce.client.linking import (
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
 from sottovoce.identity.pake import ShortCode
+from sottovoce.protocol.link import LINK_CLOSED
 from tests.conformance.rawclient import RawClient
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account, received
 from tests.integration.serverproc import ServerProcess
@@ -619,6 +621,47 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     await asyncio.sleep(0.3)
     left.set()
     with pytest.raises(LinkError, match="cancelled on the other device"):
+        await asyncio.wait_for(task, 10)
+    await nothing_linked(server, alice)
+
+
+async def test_the_new_device_leaving_as_the_user_confirms_ends_the_link(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The notice that the new device left can still be on its way when the user says
+    yes (here it comes a second late): the handover then finds no mailbox, and that ends
+    the link with a LinkError as the notice would, not with a server error."""
+    alice, _ = alice_bob
+    feed = linking._Inbox.feed
+
+    def late_close(inbox: linking._Inbox, event: str, data: dict[str, Any]) -> None:
+        if event == LINK_CLOSED:
+            asyncio.get_running_loop().call_later(1.0, feed, inbox, event, data)
+        else:
+            feed(inbox, event, data)
+
+    monkeypatch.setattr(linking._Inbox, "feed", late_close)
+    asked, left = threading.Event(), threading.Event()
+    invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
+
+    def confirm(hello: PeerHello) -> bool:
+        asked.set()
+        left.wait(10)
+        return True
+
+    task = asyncio.create_task(link_existing(alice, show=invites.put_nowait, confirm=confirm))
+    device = by_qr(await invites.get())
+    await device.start()
+    hello_sent = asyncio.create_task(device.complete(
+        name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE, kdf=TEST_KDF))
+    assert await asyncio.to_thread(asked.wait, 10)
+    hello_sent.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await hello_sent
+    await no_mailboxes(server)  # the server has ended the mailbox; the notice is late
+    left.set()
+    with pytest.raises(LinkError, match="the other device ended the link"):
         await asyncio.wait_for(task, 10)
     await nothing_linked(server, alice)
 

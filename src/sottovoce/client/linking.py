@@ -453,8 +453,16 @@ class _Opener:
         return expires if isinstance(expires, int) else now_ms()
 
     async def put(self, mailbox: str, body: bytes) -> None:
-        await self._port.link.request(LinkPut(mailbox=mailbox, body=body),
-                                      frozenset({LINK_SENT}))
+        try:
+            await self._port.link.request(LinkPut(mailbox=mailbox, body=body),
+                                          frozenset({LINK_SENT}))
+        except SottovoceError as exc:
+            if getattr(exc, "code", "") != "link_not_found":
+                raise
+            # The new device left (or the code expired) after this side last looked:
+            # say so as the notice does, not as a server error about the code.
+            self.check_open(mailbox)
+            raise _closed_error("") from None
 
     async def close(self, mailbox: str, reason: str) -> None:
         if mailbox not in self.open_boxes:
