@@ -44,7 +44,7 @@ from sottovoce.client.linking import (
 from sottovoce.client.store import TEST_KDF
 from sottovoce.errors import UsageError
 from sottovoce.identity.pake import ShortCode
-from sottovoce.protocol.link import LINK_CLOSED
+from sottovoce.protocol.link import LINK_CLOSED, LINK_JOINED
 from tests.conformance.rawclient import RawClient
 from tests.integration.client_helpers import PASSPHRASE, accounts, make_account, received
 from tests.integration.serverproc import ServerProcess
@@ -596,16 +596,39 @@ def test_cli_link_mistakes_are_plain(tmp_path: Path) -> None:
     assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
 
 
-async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
-    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client]
-) -> None:
-    alice, _ = alice_bob
-    asked, left = threading.Event(), threading.Event()
+async def left_at_the_question(
+    server: ServerProcess, alice: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    *, notice_delay_s: float = 0.0,
+) -> asyncio.Task[LinkedDevice]:
+    """Start a link by QR; the new device says HELLO, then leaves while Alice's device asks
+    its user. Once the server has ended the mailbox and (unless the notice of it is held
+    back ``notice_delay_s``) Alice's device has the notice, the user says yes. Returns
+    Alice's side of the link."""
+    loop = asyncio.get_running_loop()
+    feed = linking._Inbox.feed
+    noticed = asyncio.Event()
+    existing: list[linking._Inbox] = []  # told the new device joined: Alice's side
+
+    def fed(inbox: linking._Inbox, event: str, data: dict[str, Any]) -> None:
+        if event == LINK_JOINED:
+            existing.append(inbox)
+        if event != LINK_CLOSED or not any(inbox is mine for mine in existing):
+            feed(inbox, event, data)
+            return
+
+        def deliver() -> None:
+            feed(inbox, event, data)
+            noticed.set()
+
+        loop.call_later(notice_delay_s, deliver)
+
+    monkeypatch.setattr(linking._Inbox, "feed", fed)
+    asked, answer = threading.Event(), threading.Event()
     invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
 
     def confirm(hello: PeerHello) -> bool:
         asked.set()
-        left.wait(10)
+        answer.wait(10)
         return True
 
     task = asyncio.create_task(link_existing(alice, show=invites.put_nowait, confirm=confirm))
@@ -618,8 +641,19 @@ async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
     hello_sent.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await hello_sent
-    await asyncio.sleep(0.3)
-    left.set()
+    await no_mailboxes(server)
+    if not notice_delay_s:
+        await asyncio.wait_for(noticed.wait(), 10)
+    answer.set()
+    return task
+
+
+async def test_the_new_device_leaving_while_the_user_decides_ends_the_link(
+    server: ServerProcess, tmp_path: Path, alice_bob: tuple[Client, Client],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice, _ = alice_bob
+    task = await left_at_the_question(server, alice, tmp_path, monkeypatch)
     with pytest.raises(LinkError, match="cancelled on the other device"):
         await asyncio.wait_for(task, 10)
     await nothing_linked(server, alice)
@@ -633,34 +667,7 @@ async def test_the_new_device_leaving_as_the_user_confirms_ends_the_link(
     yes (here it comes a second late): the handover then finds no mailbox, and that ends
     the link with a LinkError as the notice would, not with a server error."""
     alice, _ = alice_bob
-    feed = linking._Inbox.feed
-
-    def late_close(inbox: linking._Inbox, event: str, data: dict[str, Any]) -> None:
-        if event == LINK_CLOSED:
-            asyncio.get_running_loop().call_later(1.0, feed, inbox, event, data)
-        else:
-            feed(inbox, event, data)
-
-    monkeypatch.setattr(linking._Inbox, "feed", late_close)
-    asked, left = threading.Event(), threading.Event()
-    invites: asyncio.Queue[LinkInvite] = asyncio.Queue()
-
-    def confirm(hello: PeerHello) -> bool:
-        asked.set()
-        left.wait(10)
-        return True
-
-    task = asyncio.create_task(link_existing(alice, show=invites.put_nowait, confirm=confirm))
-    device = by_qr(await invites.get())
-    await device.start()
-    hello_sent = asyncio.create_task(device.complete(
-        name="x", data_dir=str(tmp_path / "x"), passphrase=PASSPHRASE, kdf=TEST_KDF))
-    assert await asyncio.to_thread(asked.wait, 10)
-    hello_sent.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await hello_sent
-    await no_mailboxes(server)  # the server has ended the mailbox; the notice is late
-    left.set()
+    task = await left_at_the_question(server, alice, tmp_path, monkeypatch, notice_delay_s=1.0)
     with pytest.raises(LinkError, match="the other device ended the link"):
         await asyncio.wait_for(task, 10)
     await nothing_linked(server, alice)
