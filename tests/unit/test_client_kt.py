@@ -19,13 +19,15 @@ from typing import Any
 import pytest
 
 from sottovoce.client import Client, MessageReceived
-from sottovoce.client.errors import KeyNotInLog, KTAlertRaised
+from sottovoce.client.errors import KeyNotInLog, KTAlertRaised, ServerError
 from sottovoce.client.events import ErrorEvent
 from sottovoce.client.kt import (
     LOG_INCONSISTENT,
     LOG_KEY_CHANGED,
     OWN_ACCOUNT,
+    RATE_LIMIT_PATIENCE_S,
     SPLIT_VIEW,
+    LinkSource,
     WitnessPolicy,
 )
 from sottovoce.client.payload import Payload
@@ -43,6 +45,7 @@ from sottovoce.kt.errors import (
 from sottovoce.kt.map import ChangeKind
 from sottovoce.kt.prover import KTLog, KTStores
 from sottovoce.kt.witness import Witness
+from sottovoce.protocol import kt as pk
 from tests.unit.client_fake_relay import FakeRelay
 from tests.unit.kt_fake_log import (
     LOG_SIGNER,
@@ -579,3 +582,36 @@ def test_a_commits_log_head_round_trips_and_anything_else_is_no_head() -> None:
     for bad in (b"\x02" + good[1:], good + b"\x00", good[:-1], encode_log_head((0, head[1])),
                 encode_log_head((9, bytes(31)))):
         assert decode_log_head(bad) is None
+
+
+class _PacedLink:
+    """A link whose server refuses the first ``refusals`` requests as rate limited, each
+    with a retry hint of ``hint_ms``, then answers."""
+
+    def __init__(self, refusals: int, hint_ms: int) -> None:
+        self.refusals, self.hint_ms, self.asked = refusals, hint_ms, 0
+
+    async def request(self, event: Any, expect: frozenset[str]) -> tuple[str, dict[str, Any]]:
+        self.asked += 1
+        if self.asked <= self.refusals:
+            raise ServerError("rate_limited", "too many key-transparency requests",
+                              retryable=True, retry_after_ms=self.hint_ms)
+        return pk.KT_LOOKUP_RESULT, pk.KTResponse(response=b"answer").to_wire()
+
+
+async def test_a_rate_limited_kt_request_waits_for_the_hint_and_asks_again() -> None:
+    link = _PacedLink(refusals=2, hint_ms=100)
+    source = LinkSource(link)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await source._response(pk.KTLookup(username="bob"), pk.KT_LOOKUP_RESULT)
+    assert answer == b"answer" and link.asked == 3
+    assert loop.time() - started >= 0.2  # both hints were waited out
+
+
+async def test_a_kt_rate_limit_longer_than_the_patience_reaches_the_caller() -> None:
+    link = _PacedLink(refusals=1, hint_ms=int(RATE_LIMIT_PATIENCE_S * 1000) + 1)
+    source = LinkSource(link)  # type: ignore[arg-type]
+    with pytest.raises(ServerError, match="too many key-transparency requests"):
+        await source._response(pk.KTLookup(username="bob"), pk.KT_LOOKUP_RESULT)
+    assert link.asked == 1

@@ -93,15 +93,35 @@ class KTSource(Protocol):
     async def history_page(self, since: int, start: int) -> HistoryPage: ...
 
 
+#: How long, in all, one key-transparency request waits out the server's rate limit (as
+#: its refusal's retry hint says) before the refusal reaches the caller.
+RATE_LIMIT_PATIENCE_S = 10.0
+
+
 class LinkSource:
     """:class:`KTSource` over the authenticated connection."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
 
+    async def _request(self, event: Any, names: frozenset[str]) -> dict[str, Any]:
+        """The answer to ``event``; a retryable ``rate_limited`` is waited out and asked
+        again (a room invite looks up every member: a burst the server paces)."""
+        waited = 0.0
+        while True:
+            try:
+                _, data = await self._link.request(event, names)
+                return data
+            except ServerError as exc:
+                delay = max(exc.retry_after_ms, 50) / 1000
+                if (exc.code != "rate_limited" or not exc.retryable
+                        or waited + delay > RATE_LIMIT_PATIENCE_S):
+                    raise
+            waited += delay
+            await asyncio.sleep(delay)
+
     async def head(self, since: int) -> HeadAnswer:
-        _, data = await self._link.request(pk.KTHead(since=since),
-                                           frozenset({pk.KT_HEAD_RESULT}))
+        data = await self._request(pk.KTHead(since=since), frozenset({pk.KT_HEAD_RESULT}))
         try:
             r = pk.KTHeadResult.from_wire(data)
         except ProtocolError as exc:
@@ -110,7 +130,7 @@ class LinkSource:
                           log_key=r.log_key, vrf_key=r.vrf_key, witnesses=tuple(r.witnesses))
 
     async def _response(self, event: Any, name: str) -> bytes:
-        _, data = await self._link.request(event, frozenset({name}))
+        data = await self._request(event, frozenset({name}))
         try:
             return pk.KTResponse.from_wire(data).response
         except ProtocolError as exc:
