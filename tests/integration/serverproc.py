@@ -119,6 +119,12 @@ class ServerProcess:
             # Proof of work at a token level unless a test asks for its own: the flow runs
             # in every test (refusal, solution, retry) without 0.2 s per new pair.
             *([] if "--pow-bits" in self.extra_args else ["--pow-bits", "4"]),
+            # Past a device's burst of 4 replays, the next one waits resume_interval_ms
+            # (5 s by default): each CLI command is a connection and a replay, so a test
+            # running a dozen of them waited a minute. The wait stays, 50 ms long;
+            # test_server_hardening checks the default limit on a server of its own.
+            *([] if "--resume-interval-ms" in self.extra_args
+              else ["--resume-interval-ms", "50"]),
             *self.extra_args,
         ]
 
