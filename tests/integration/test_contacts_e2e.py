@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from sottovoce.client.store import TEST_KDF
 from sottovoce.protocol import events as ev
 from tests.integration.client_helpers import PASSPHRASE, make_account, received
 from tests.integration.serverproc import ServerProcess
+from tests.waiting import until
 
 
 async def _synced(stream: EventStream) -> None:
@@ -178,13 +178,13 @@ async def test_call_signals_from_a_blocked_account_are_dropped_at_the_server(
     offer = encode_signals([b"an offer, as the call engine would send it"])
     try:
         await bob._direct.send_live("alice", offer, CALL_CONTENT_TYPE)  # the control
-        await _until(lambda: len(rings) == 1 and len(to_alice) == 1)
+        await until(lambda: len(rings) == 1 and len(to_alice) == 1)
         assert rings[0][0] == "bob"
 
         await alice.contacts.block("bob")
         acked = await bob._direct.send_live("alice", offer, CALL_CONTENT_TYPE)
         assert acked  # acknowledged as if alice's device took it: bob cannot tell
-        await _until(lambda: len(to_phone) == 2)  # bob's own copy went on, alice's did not
+        await until(lambda: len(to_phone) == 2)  # bob's own copy went on, alice's did not
         await asyncio.sleep(0.3)
         assert len(to_alice) == 1 and len(rings) == 1
         await alice.close()  # blocked: not even "offline" tells bob anything
@@ -193,13 +193,6 @@ async def test_call_signals_from_a_blocked_account_are_dropped_at_the_server(
         for c in (alice, bob, phone):
             await c.close()
 
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def _strangers_write(server: ServerProcess, root: Path) -> None:

@@ -33,6 +33,7 @@ from tests.integration import pgschema
 from tests.integration.client_helpers import PASSPHRASE, accounts, received
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_discovery_strict import FREE, _paid
+from tests.waiting import until
 
 
 async def _let_in(owner: Client, *names: str) -> None:
@@ -41,13 +42,6 @@ async def _let_in(owner: Client, *names: str) -> None:
         await owner.contacts.add(name)
     await owner.discovery.mode("strict")
 
-
-async def _until(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def _hidden_from(client: Client, name: str) -> None:
@@ -93,7 +87,7 @@ async def test_keypackage_claims_of_a_strict_name_answer_like_a_free_one(
         finally:
             await raw.close()
         # bob holds a capability: he invites alice to a room and she joins it.
-        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        await until(lambda: bob.discovery.cap_for("alice") is not None)
         room = await bob.rooms.create_room("friends")
         await bob.rooms.invite("friends", "alice")
         await alice.rooms.wait_epoch(room.room_id, 1)
@@ -126,7 +120,7 @@ async def test_a_send_to_a_strict_name_does_not_list_its_devices(
         finally:
             await raw.close()
         # bob, let in, still writes to alice.
-        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        await until(lambda: bob.discovery.cap_for("alice") is not None)
         stream = alice.events()
         await bob.send_text("alice", "still reachable")
         [msg] = await received(stream, 1)
@@ -145,7 +139,7 @@ async def test_removing_or_blocking_a_contact_withdraws_its_grant(
 async def _withdrawals(server: ServerProcess, tmp_path: Path) -> None:
     async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
         await _let_in(alice, "bob", "carol")
-        await _until(lambda: None not in (bob.discovery.cap_for("alice"),
+        await until(lambda: None not in (bob.discovery.cap_for("alice"),
                                           carol.discovery.cap_for("alice")))
         assert _grants(server, "alice") in (2, None)
         bob._directory.forget("alice")
@@ -289,8 +283,8 @@ async def _offline_owner(server: ServerProcess, tmp_path: Path) -> None:
         back.fvc._clock = lambda: time.time() + 180
         await back.connect()
         try:
-            await _until(lambda: bob.discovery.cap_for("alice") is not None)
-            await _until(lambda: "bob" in back.contacts.contacts())
+            await until(lambda: bob.discovery.cap_for("alice") is not None)
+            await until(lambda: "bob" in back.contacts.contacts())
             bob._directory.forget("alice")
             await bob._directory.lookup("alice")
             await asyncio.sleep(1.0)  # carol's request was judged too: a used code
@@ -314,7 +308,7 @@ async def test_a_contact_let_in_keeps_writing_when_the_strict_account_adds_a_dev
     again with his capability and the message reaches both her devices."""
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         await _let_in(alice, "bob")
-        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        await until(lambda: bob.discovery.cap_for("alice") is not None)
         stream = alice.events()
         await bob.send_text("alice", "one device")
         await received(stream, 1)
@@ -340,7 +334,7 @@ async def test_a_contact_removed_offline_loses_its_grant_at_the_next_connect(
 ) -> None:
     async with accounts(server, tmp_path, "alice", "bob") as (alice, bob):
         await _let_in(alice, "bob")
-        await _until(lambda: bob.discovery.cap_for("alice") is not None)
+        await until(lambda: bob.discovery.cap_for("alice") is not None)
         await alice.close()
         offline = Client.load(tmp_path / "alice", PASSPHRASE)  # not connected
         try:
@@ -348,7 +342,7 @@ async def test_a_contact_removed_offline_loses_its_grant_at_the_next_connect(
             bob._directory.forget("alice")
             await bob._directory.lookup("alice")  # the server was not told yet
             await offline.connect()
-            await _until(lambda: _grants(server, "alice") == 0)
+            await until(lambda: _grants(server, "alice") == 0)
             await _hidden_from(bob, "alice")
         finally:
             await offline.close()

@@ -12,7 +12,6 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tests.integration.client_helpers import accounts
 from tests.integration.serverproc import ServerProcess
 from tests.integration.test_ephemeral_chat import _files, _found, _next, _open
 from tests.integration.test_ephemeral_datachannel import _piped, _use
+from tests.waiting import until
 
 
 async def _room(alice: Client, *others: Client) -> str:
@@ -57,13 +57,6 @@ async def _linked(group: GroupChat, n: int, timeout: float = 20.0) -> None:
         assert loop.time() < until, f"{group.members()} linked, {n} wanted"
         await asyncio.sleep(0.05)
 
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + timeout
-    while not check():
-        assert loop.time() < until, "not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def _group(room_id: str, *clients: Client) -> list[GroupChat]:
@@ -139,7 +132,7 @@ async def test_three_members_chat_over_the_relay_and_nothing_stays_anywhere(
         assert photo_canary in bytes(ga.media[0].data)
         held = [ga.media[0].data, gc.media[0].data]
         await bob.ephemeral.groups.leave(gb)
-        await _until(lambda: ga.members() == ["carol"])  # alice and carol go on without bob
+        await until(lambda: ga.members() == ["carol"])  # alice and carol go on without bob
         told = await _next(streams[2], EphemeralGroupLeft)
         assert isinstance(told, EphemeralGroupLeft) and told.user == "bob"
         assert told.reason == "the other side left"
@@ -302,6 +295,6 @@ async def test_a_member_removed_from_the_room_drops_out_and_is_told(
         assert isinstance(ended, EphemeralGroupEnded)
         assert ended.reason in ("you are no longer a member of the room",
                                 "the other side left", "everyone else left")
-        await _until(lambda: ga.members() == ["bob"] and gb.members() == ["alice"], 15)
+        await until(lambda: ga.members() == ["bob"] and gb.members() == ["alice"], 15)
         assert gc.messages() == [] and not gc.links
         assert await alice.ephemeral.groups.send(ga, "without carol") == 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,10 @@ from sottovoce.client.presence import AWAY, OFFLINE, ONLINE, UNKNOWN, PeerPresen
 from sottovoce.protocol import events as ev
 from tests.integration.client_helpers import PASSPHRASE, accounts, received
 from tests.integration.serverproc import ServerProcess
+from tests.waiting import until
 
 FAST_TICK_S = 0.1
 
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _share(client: Client) -> None:
@@ -89,7 +81,7 @@ async def test_presence_flows_between_contacts_and_never_to_a_stranger(
     async with accounts(server, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
         await _acquaint(bob, alice)
         await carol.wait_sent(await carol.send_text("alice", "buy cheap watches"))
-        await _until(lambda: alice.contacts.requests() == ["carol"], "carol's request")
+        await until(lambda: alice.contacts.requests() == ["carol"], what="carol's request")
         assert await alice.controls.settle(5)  # (receipts are not what this test is about)
         to_carol = _frames_from(carol, "alice")
         before = _row_counts(server)
@@ -99,13 +91,13 @@ async def test_presence_flows_between_contacts_and_never_to_a_stranger(
         _share(carol)  # carol wrote to alice: alice is carol's contact, not the reverse
         alice.presence.away_after_s = 3600.0
         _share(alice)
-        await _until(lambda: bob.contacts.presence("alice").state == ONLINE, "alice online")
-        await _until(lambda: alice.contacts.presence("bob").state == ONLINE, "bob online")
+        await until(lambda: bob.contacts.presence("alice").state == ONLINE, what="alice online")
+        await until(lambda: alice.contacts.presence("bob").state == ONLINE, what="bob online")
         alice.presence.away_after_s = 1.0  # idle since it started sharing
 
-        await _until(lambda: bob.contacts.presence("alice").state == AWAY, "alice away")
+        await until(lambda: bob.contacts.presence("alice").state == AWAY, what="alice away")
         alice.presence.activity()
-        await _until(lambda: bob.contacts.presence("alice").state == ONLINE, "alice back")
+        await until(lambda: bob.contacts.presence("alice").state == ONLINE, what="alice back")
 
         # carol's notices reach alice's devices, but a request is shown nothing of them.
         await asyncio.sleep(0.5)
@@ -114,7 +106,7 @@ async def test_presence_flows_between_contacts_and_never_to_a_stranger(
         assert to_carol == []  # not one frame from alice reached the stranger
 
         await alice.close()
-        await _until(lambda: bob.contacts.presence("alice").state == OFFLINE, "alice offline")
+        await until(lambda: bob.contacts.presence("alice").state == OFFLINE, what="alice offline")
         seen = bob.contacts.presence("alice").last_seen_ms
         assert seen is not None and seen > 0
         assert to_carol == []
@@ -141,8 +133,8 @@ async def test_presence_off_stops_it_both_ways(server: ServerProcess, tmp_path: 
         assert from_alice == []
         # On again (and the next announcement): both see each other.
         alice.presence.set_enabled(True)
-        await _until(lambda: bob.contacts.presence("alice").state == ONLINE, "alice online")
-        await _until(lambda: alice.contacts.presence("bob").state == ONLINE, "bob online")
+        await until(lambda: bob.contacts.presence("alice").state == ONLINE, what="alice online")
+        await until(lambda: alice.contacts.presence("bob").state == ONLINE, what="bob online")
         assert len(from_alice) >= 1
 
 
@@ -166,7 +158,7 @@ async def test_cli_contacts_shows_presence_and_last_seen(
         # bob is online and shares: alice's `contacts` asks and waits for his answer.
         assert await asyncio.to_thread(contacts) == "bob  (online)\n"
         # bob saw alice come (the command shared hers) and go (its clean close).
-        await _until(lambda: bob.contacts.presence("alice").state == OFFLINE, "alice gone")
+        await until(lambda: bob.contacts.presence("alice").state == OFFLINE, what="alice gone")
         await bob.close()
         shown = await asyncio.to_thread(contacts)
         assert re.fullmatch(r"bob  \(last seen (\d{4}-\d\d-\d\d )?\d\d:\d\d\)\n", shown), shown

@@ -9,7 +9,6 @@ resends the same frame, and the relay's idempotency check keeps it single.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from sottovoce.client import Client, DeliveryStatus, EventStream, MessageReceive
 from sottovoce.client.connection import TransportClosed
 from sottovoce.client.store import TEST_KDF
 from tests.unit.client_fake_relay import FakeRelay
+from tests.waiting import until
 
 URL = "ws://fake.invalid:1"
 PASS = "pass"
@@ -35,14 +35,6 @@ class Switch:
             raise TransportClosed("connection refused: nothing listens on that port")
         return await self.relay.connector(url)
 
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for ``condition`` (polled); fail if it does not hold within ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def _next_message(events: EventStream, timeout: float = 10.0) -> MessageReceived:
@@ -78,7 +70,7 @@ async def test_offline_send_to_a_new_contact_is_queued_and_arrives_once(tmp_path
     alice = await Client.open(tmp_path / "alice", PASS, connector=switch)  # type: ignore[arg-type]
     assert alice.pending_sends() == 1
     await alice.connect(timeout=5)
-    await _until(lambda: bool(relay.sends))
+    await until(lambda: bool(relay.sends))
     assert alice.pending_sends() == 1  # no ack yet
     await relay.drop_all()  # reconnect: the outbox goes out again, same key
     assert await alice.wait_sent(mid, timeout=5) == 1
@@ -115,7 +107,7 @@ async def test_queued_message_to_a_user_that_does_not_exist_fails_visibly(
         stored = alice.message(mid)
         return stored is not None and stored.status is DeliveryStatus.FAILED
 
-    await _until(failed)
+    await until(failed)
     assert alice.pending_sends() == 0
     await alice.close()
 
